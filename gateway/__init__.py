@@ -1,0 +1,1 @@
+"""stagecast gateway: WHIP ingest, stages, operator API, pages and CLI, on top of ``relay``."""

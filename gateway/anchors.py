@@ -1,0 +1,183 @@
+"""Anchor sessions (WHIP): one recvonly peer connection per anchor, tapped into the room's hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError, OperationError
+
+from relay.errors import Conflict, NotFound, Unprocessable
+from relay.http_common import new_etag, new_session_id
+from relay.hub import FanoutHub
+from relay.ingest import TrackIngest
+from relay.media import CodecSpec, MediaKind
+from relay.peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
+from relay.sdp import OfferSummary, TrickleFragment, pick_codec
+
+from .settings import Settings
+from .stages import StageTable
+
+log = logging.getLogger(__name__)
+
+CLOCK_RATES = {"video": 90000, "audio": 48000}
+
+
+@dataclass(eq=False)
+class AnchorSession:
+    id: str
+    room: str
+    subject: str
+    pc: RTCPeerConnection
+    hub: FanoutHub
+    etag: str
+    ingests: dict[MediaKind, TrackIngest] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.monotonic)
+    connected_at: float | None = None
+    ended_reason: str | None = None
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_keyframe(self) -> None:
+        video = self.ingests.get("video")
+        if video is not None:
+            video.request_keyframe()
+
+    @property
+    def last_media_at(self) -> float | None:
+        times = [i.last_packet_at for i in self.ingests.values() if i.last_packet_at is not None]
+        return max(times) if times else None
+
+
+class AnchorService:
+    """Owns every anchor session of this node and the room's hub while it is live."""
+
+    def __init__(self, settings: Settings, stages: StageTable) -> None:
+        self._settings = settings
+        self._stages = stages
+        self.sessions: dict[str, AnchorSession] = {}
+
+    async def open(
+        self, room: str, offer_sdp: str, summary: OfferSummary, subject: str
+    ) -> AnchorSession:
+        stage = self._stages.ensure(room)
+        if stage.anchor_id is not None:
+            raise Conflict(
+                f"room {room!r} already has a live anchor; co-hosting is not enabled",
+                retry_after=self._settings.sessions.retry_after,
+            )
+        sid = new_session_id()
+        stage.anchor_id = sid  # reserve the room across the awaits below
+        media = self._settings.media
+        codecs: dict[MediaKind, CodecSpec] = {}
+        for kind, offered in summary.codecs.items():
+            name = pick_codec(offered, media.video_codecs if kind == "video" else ("opus",))
+            codecs[kind] = CodecSpec(kind, name, CLOCK_RATES[kind])
+        hub = FanoutHub(
+            room,
+            codecs,
+            keyframe_interval=media.keyframe_interval,
+            video_queue_frames=media.video_queue_frames,
+            audio_queue_frames=media.audio_queue_frames,
+        )
+        pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
+        session = AnchorSession(sid, room, subject, pc, hub, new_etag())
+        try:
+            for kind, spec in codecs.items():
+                transceiver = pc.addTransceiver(kind, direction="recvonly")
+                transceiver.setCodecPreferences(codec_preferences(kind, spec.name, receiving=True))
+                session.ingests[kind] = TrackIngest(
+                    kind, transceiver.receiver, hub, max_wait=media.reassembly_wait
+                )
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (OperationError, InvalidStateError, ValueError) as exc:
+            await self._abort(stage.room, sid, pc)
+            raise Unprocessable(f"offer could not be negotiated: {exc}") from exc
+        except BaseException:
+            await self._abort(stage.room, sid, pc)
+            raise
+        hub.set_keyframe_requester(session.request_keyframe)
+        stage.hub = hub
+        self.sessions[sid] = session
+        pc.on("connectionstatechange", lambda: self._on_state(session))
+        session.task = asyncio.create_task(self._watch(session), name=f"anchor-{sid}")
+        log.info("anchor %s (%s) live in room %s with %s", sid, subject, room, codecs)
+        return session
+
+    async def _abort(self, room: str, sid: str, pc: RTCPeerConnection) -> None:
+        stage = self._stages.get(room)
+        if stage is not None and stage.anchor_id == sid:
+            stage.anchor_id = None
+            self._stages.discard_if_idle(room)
+        await close_quietly(pc)
+
+    def _on_state(self, session: AnchorSession) -> None:
+        state = session.pc.connectionState
+        if state == "connected" and session.connected_at is None:
+            session.connected_at = time.monotonic()
+        elif state in CLOSED_STATES:
+            session.ended_reason = session.ended_reason or f"connection {state}"
+            session.stop.set()
+
+    async def _watch(self, session: AnchorSession) -> None:
+        """Ends the session on DELETE, ICE failure, connect timeout or media silence."""
+        cfg = self._settings.sessions
+        try:
+            while not session.stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(session.stop.wait(), 0.5)
+                now = time.monotonic()
+                if session.connected_at is None:
+                    if now - session.created_at > cfg.connect_timeout:
+                        session.ended_reason = "never connected"
+                        break
+                    continue
+                last = session.last_media_at or session.connected_at
+                if now - last > cfg.anchor_media_timeout:
+                    session.ended_reason = "media timeout"
+                    break
+        except asyncio.CancelledError:
+            session.ended_reason = session.ended_reason or "shutdown"
+        finally:
+            await self._teardown(session)
+
+    async def _teardown(self, session: AnchorSession) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        stage = self._stages.get(session.room)
+        if stage is not None and stage.anchor_id == session.id:
+            stage.anchor_id = None
+            stage.hub = None
+            self._stages.discard_if_idle(session.room)
+        session.hub.close()
+        await close_quietly(session.pc)
+        log.info("anchor %s left room %s: %s", session.id, session.room, session.ended_reason)
+
+    def get(self, room: str, session_id: str) -> AnchorSession:
+        session = self.sessions.get(session_id)
+        if session is None or session.room != room:
+            raise NotFound("no such anchor session")
+        return session
+
+    async def close(self, room: str, session_id: str, reason: str = "deleted") -> None:
+        session = self.get(room, session_id)
+        session.ended_reason = session.ended_reason or reason
+        session.stop.set()
+        if session.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.task
+
+    async def trickle(self, session: AnchorSession, frag: TrickleFragment) -> None:
+        await apply_trickle(session.pc, frag)
+
+    async def shutdown(self) -> None:
+        for session in list(self.sessions.values()):
+            session.ended_reason = "shutdown"
+            session.stop.set()
+        tasks = [s.task for s in self.sessions.values() if s.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)

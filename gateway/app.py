@@ -1,0 +1,104 @@
+"""The gateway's ASGI app: one factory, every long-lived object owned by its lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from relay.access import AccessPolicy
+from relay.aiortc_adapter import check_version
+from relay.http_common import CorsHeaders
+from relay.problems import install_problem_handlers
+from relay.tokens import TokenAuthority
+from relay.viewers import ViewerLimits, ViewerService
+from relay.whep_http import whep_router
+
+from .anchors import AnchorService
+from .settings import Settings, ephemeral_secret
+from .stages import StageTable
+from .whip_http import whip_router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Gateway:
+    """Everything one gateway process owns; reachable as ``app.state.gateway``."""
+
+    settings: Settings
+    tokens: TokenAuthority
+    stages: StageTable
+    anchors: AnchorService
+    viewers: ViewerService
+
+    async def shutdown(self) -> None:
+        await self.anchors.shutdown()
+        await self.viewers.shutdown()
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    check_version()
+    tokens = TokenAuthority(settings.auth.token_secret or ephemeral_secret())
+    stages = StageTable()
+    viewers = ViewerService(
+        stages.live_hub,
+        ice_servers=settings.ice_servers,
+        limits=ViewerLimits(
+            connect_timeout=settings.sessions.connect_timeout,
+            retry_after=settings.sessions.retry_after,
+        ),
+    )
+    return Gateway(settings, tokens, stages, AnchorService(settings, stages), viewers)
+
+
+def ice_link_headers(settings: Settings) -> tuple[str, ...]:
+    return tuple(f'<{url}>; rel="ice-server"' for url in settings.ice_servers)
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
+    gw = gateway or build_gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("gateway up at %s", settings.base_url)
+        try:
+            yield
+        finally:
+            await gw.shutdown()
+
+    app = FastAPI(
+        title="stagecast gateway",
+        version="0.1.0",
+        summary="WHIP anchors in, encoded fan-out, WHEP audiences out.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    install_problem_handlers(app)
+    app.add_middleware(CorsHeaders, allow_origin=settings.cors_origin)
+    access = AccessPolicy(gw.tokens, anonymous_audience=settings.auth.anonymous_audience)
+    links = ice_link_headers(settings)
+    limit = settings.sessions.max_sdp_bytes
+    app.include_router(whip_router(gw.anchors, access, max_sdp_bytes=limit, link_headers=links))
+    app.include_router(whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ready",
+                "rooms": len(gw.stages),
+                "anchors": len(gw.anchors.sessions),
+                "viewers": gw.viewers.count(),
+            }
+        )
+
+    return app

@@ -1,0 +1,112 @@
+"""The one settings object: defaults < TOML file < ``STAGECAST_*`` environment; unknown keys fail."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "STAGECAST_CONFIG"
+
+
+class MediaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    video_codecs: tuple[str, ...] = ("H264", "VP8")
+    """Codecs an anchor may publish, most preferred first (H264 lets the CDN bridge copy)."""
+    keyframe_interval: float = Field(0.25, gt=0, le=5)
+    """Upstream keyframe requests (joins, PLIs) are coalesced to one per this many seconds."""
+    video_queue_frames: int = Field(60, ge=2, le=1000)
+    """Per-viewer video queue; on overflow the viewer drops to the next keyframe."""
+    audio_queue_frames: int = Field(100, ge=2, le=1000)
+    reassembly_wait: float = Field(0.1, gt=0, le=2)
+    """How long a missing packet may hold back later frames before they are skipped."""
+
+
+class SessionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect_timeout: float = Field(15.0, gt=0)
+    """A peer that has not connected after this many seconds is dropped."""
+    anchor_media_timeout: float = Field(5.0, gt=0)
+    """An anchor that sends no media for this long is treated as gone."""
+    max_sdp_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    retry_after: int = Field(2, ge=1)
+
+
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_secret: str = ""
+    """HMAC secret for tokens (>= 32 bytes). Empty: a random one per process (single node only)."""
+    anonymous_audience: bool = True
+    """Let viewers pull without a token (rooms can still be private once the API says so)."""
+    token_ttl: int = Field(3600, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STAGECAST_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str = ""
+    """Base URL printed and handed to clients; default http://HOST:PORT."""
+    ice_servers: tuple[str, ...] = ()
+    """STUN/TURN URLs for peers; empty means host candidates only."""
+    cors_origin: str = "*"
+    log_level: str = "info"
+    media: MediaSettings = MediaSettings()
+    sessions: SessionSettings = SessionSettings()
+    auth: AuthSettings = AuthSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config`` (or $STAGECAST_CONFIG), then the environment, then ``overrides``."""
+    path = config or os.environ.get(CONFIG_ENV)
+    if not path:
+        return Settings(**overrides)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": Path(path)})
+
+    return FileSettings(**overrides)
+
+
+def ephemeral_secret() -> str:
+    """A per-process token secret for a single node started without one."""
+    return secrets.token_urlsafe(48)

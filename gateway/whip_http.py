@@ -1,0 +1,54 @@
+"""WHIP anchor push endpoint (RFC 9725): POST a sendonly offer -> 201 recvonly answer."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from relay.access import AccessPolicy
+from relay.http_common import SDP, check_room, read_limited, require_content_type
+from relay.sdp import check_offer, decode_body
+from relay.session_http import add_session_routes, created_response
+
+from .anchors import AnchorService
+
+
+def whip_router(
+    service: AnchorService,
+    access: AccessPolicy,
+    *,
+    max_sdp_bytes: int = 64 * 1024,
+    link_headers: tuple[str, ...] = (),
+) -> APIRouter:
+    router = APIRouter(tags=["whip"])
+
+    @router.post(
+        "/whip/{room}",
+        status_code=201,
+        responses={201: {"content": {SDP: {}}, "description": "SDP answer"}},
+    )
+    async def whip_post(
+        request: Request,
+        room: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> Response:
+        check_room(room)
+        subject = access.authorize(room, "anchor", authorization, access_token)
+        require_content_type(request, SDP)
+        text = decode_body(await read_limited(request, max_sdp_bytes), max_bytes=max_sdp_bytes)
+        summary = check_offer(text, "publish")
+        session = await service.open(room, text, summary, subject)
+        return created_response(
+            "/whip", room, session.id, session.etag, session.pc.localDescription.sdp, link_headers
+        )
+
+    add_session_routes(
+        router,
+        "/whip",
+        "anchor",
+        service,
+        access,
+        post_methods="POST, OPTIONS",
+        max_sdp_bytes=max_sdp_bytes,
+    )
+    return router

@@ -1,0 +1,1 @@
+"""Encoded-media layer of stagecast: frames, fan-out hub, viewer (WHEP) side, cluster plumbing."""

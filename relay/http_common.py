@@ -1,0 +1,78 @@
+"""HTTP plumbing shared by the WHIP and WHEP endpoints: bodies, content types, CORS, ETags."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from fastapi import Request
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from .errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+
+SDP = "application/sdp"
+TRICKLE = "application/trickle-ice-sdpfrag"
+EXPOSED = "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After"
+ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_room(room: str) -> None:
+    if not ROOM_PATTERN.fullmatch(room):
+        raise Unprocessable("room names are 1-64 characters of A-Z a-z 0-9 _ . -")
+
+
+def new_session_id() -> str:
+    """Unguessable resource id (128 bits) for a session URL."""
+    return secrets.token_urlsafe(16)
+
+
+def new_etag() -> str:
+    return f'"{secrets.token_hex(8)}"'
+
+
+def require_content_type(request: Request, expected: str) -> None:
+    got = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if got != expected:
+        raise UnsupportedMediaType(f"Content-Type must be {expected}, got {got or 'none'}")
+
+
+async def read_limited(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing (413) as soon as it is known to exceed ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {max_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def preflight_headers(methods: str, origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": methods,
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+        "Access-Control-Expose-Headers": EXPOSED,
+        "Access-Control-Max-Age": "86400",
+    }
+
+
+class CorsHeaders(BaseHTTPMiddleware):
+    """Adds the response-side CORS headers a browser WHIP/WHEP client needs to read Location etc."""
+
+    def __init__(self, app: ASGIApp, allow_origin: str = "*") -> None:
+        super().__init__(app)
+        self.allow_origin = allow_origin
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        if "origin" in request.headers:
+            response.headers.setdefault("Access-Control-Allow-Origin", self.allow_origin)
+            response.headers.setdefault("Access-Control-Expose-Headers", EXPOSED)
+        return response

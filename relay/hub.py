@@ -1,0 +1,165 @@
+"""The fan-out hub: one stream's encoded frames copied by reference into every viewer's queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .limiter import IntervalLimiter
+from .media import CodecSpec, EncodedFrame, MediaKind
+from .viewer_queue import ViewerQueue
+
+log = logging.getLogger(__name__)
+
+KeyframeRequester = Callable[[], None]
+
+
+@dataclass(slots=True)
+class HubStats:
+    frames_in: int = 0
+    bytes_in: int = 0
+    keyframes_in: int = 0
+    keyframe_requests: int = 0
+    keyframe_requests_coalesced: int = 0
+    viewers_joined: int = 0
+    viewer_drops: int = 0
+
+
+@dataclass(eq=False)
+class Viewer:
+    """One audience member's queues; the transport side (a WebRTC sender) drains them."""
+
+    id: str
+    queues: dict[MediaKind, ViewerQueue] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for q in self.queues.values():
+            q.close()
+
+
+class FanoutHub:
+    """Distributes one stream to its viewers without decoding or re-encoding.
+
+    ``publish`` is synchronous and O(viewers) reference copies; it never waits on a viewer. Keyframe
+    requests (viewer joins, viewer PLIs, overflows) are coalesced to one per ``keyframe_interval``.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        codecs: dict[MediaKind, CodecSpec],
+        *,
+        keyframe_interval: float = 0.25,
+        video_queue_frames: int = 60,
+        audio_queue_frames: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream_id = stream_id
+        self.codecs = dict(codecs)
+        self._clock = clock
+        self._limiter = IntervalLimiter(keyframe_interval)
+        self._queue_sizes: dict[MediaKind, int] = {
+            "video": video_queue_frames,
+            "audio": audio_queue_frames,
+        }
+        self._viewers: dict[str, Viewer] = {}
+        self._requester: KeyframeRequester | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self.stats = HubStats()
+        self.started_at = clock()
+        self.last_frame_at: float | None = None
+        self.closed = asyncio.Event()
+
+    # -- source side -------------------------------------------------------------------------
+    def set_keyframe_requester(self, requester: KeyframeRequester | None) -> None:
+        self._requester = requester
+
+    def publish(self, frame: EncodedFrame) -> None:
+        if self.closed.is_set():
+            return
+        st = self.stats
+        st.frames_in += 1
+        st.bytes_in += sum(len(p) for p in frame.payloads)
+        if frame.keyframe and frame.kind == "video":
+            st.keyframes_in += 1
+        self.last_frame_at = frame.received_at
+        starving = False
+        for viewer in self._viewers.values():
+            q = viewer.queues.get(frame.kind)
+            if q is not None and not q.offer(frame):
+                starving = True
+        if starving:
+            self.request_keyframe()
+
+    # -- viewer side -------------------------------------------------------------------------
+    @property
+    def viewer_count(self) -> int:
+        return len(self._viewers)
+
+    def viewers(self) -> list[Viewer]:
+        return list(self._viewers.values())
+
+    def create_viewer(self, viewer_id: str) -> Viewer:
+        """A viewer with a queue per kind of this stream, not yet receiving (see ``attach``)."""
+        viewer = Viewer(viewer_id)
+        for kind in self.codecs:
+            viewer.queues[kind] = ViewerQueue(kind, self._queue_sizes[kind])
+        return viewer
+
+    def attach(self, viewer: Viewer) -> None:
+        """Start feeding a viewer (once its transport is up, so nothing stale piles up) and ask
+        the source for a keyframe so its first picture comes at once."""
+        if self.closed.is_set():
+            viewer.close()
+            return
+        self._viewers[viewer.id] = viewer
+        self.stats.viewers_joined += 1
+        if "video" in viewer.queues:
+            self.request_keyframe()
+
+    def add_viewer(self, viewer_id: str) -> Viewer:
+        viewer = self.create_viewer(viewer_id)
+        self.attach(viewer)
+        return viewer
+
+    def remove_viewer(self, viewer: Viewer) -> None:
+        if self._viewers.pop(viewer.id, None) is not None:
+            self.stats.viewer_drops += sum(q.dropped for q in viewer.queues.values())
+        viewer.close()
+
+    def request_keyframe(self) -> None:
+        """Ask the source for a keyframe, at most once per interval; later asks are coalesced."""
+        if self._requester is None or self.closed.is_set():
+            return
+        now = self._clock()
+        if self._limiter.try_acquire(now):
+            self.stats.keyframe_requests += 1
+            self._requester()
+            return
+        self.stats.keyframe_requests_coalesced += 1
+        delay = self._limiter.due(now)
+        if delay is not None and self._retry is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._retry = loop.call_later(delay, self._flush_pending)
+
+    def _flush_pending(self) -> None:
+        self._retry = None
+        if self._limiter.pending:
+            self.request_keyframe()
+
+    def close(self) -> None:
+        """End the stream for every viewer: their queues drain and their tracks end."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        for viewer in list(self._viewers.values()):
+            self.remove_viewer(viewer)

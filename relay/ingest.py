@@ -1,0 +1,71 @@
+"""Feeds a hub from a WebRTC receiver without decoding: tap -> FrameAssembler -> FanoutHub."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCRtpReceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from .aiortc_adapter import install_ingest_tap, packet_data, send_pli
+from .hub import FanoutHub
+from .media import MediaKind
+from .reassembly import FrameAssembler
+
+
+class TrackIngest:
+    """One received track (audio or video) of a source, published into ``hub``."""
+
+    def __init__(
+        self,
+        kind: MediaKind,
+        receiver: RTCRtpReceiver,
+        hub: FanoutHub,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_wait: float = 0.1,
+    ) -> None:
+        self.kind = kind
+        self._receiver = receiver
+        self._hub = hub
+        self._clock = clock
+        self._max_wait = max_wait
+        self._assembler: FrameAssembler | None = None
+        self.ssrc: int | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.last_packet_at: float | None = None
+        install_ingest_tap(receiver, self._on_packet)
+
+    def _on_packet(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
+        now = self._clock()
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        self.last_packet_at = now
+        self.ssrc = packet.ssrc
+        asm = self._assembler
+        if asm is None or asm.codec != codec.name:
+            asm = self._assembler = FrameAssembler(self.kind, codec.name, max_wait=self._max_wait)
+        result = asm.push(
+            packet.sequence_number,
+            packet.timestamp,
+            bool(packet.marker),
+            packet.payload,
+            packet_data(packet),
+            now,
+        )
+        for frame in result.frames:
+            self._hub.publish(frame)
+        if result.need_keyframe:
+            self._hub.request_keyframe()
+
+    def request_keyframe(self) -> None:
+        """Send a PLI for the media SSRC seen last (nothing to ask before the first packet)."""
+        if self.ssrc is not None:
+            send_pli(self._receiver, self.ssrc)
+
+    @property
+    def frames_skipped(self) -> int:
+        return self._assembler.frames_skipped if self._assembler else 0

@@ -1,0 +1,114 @@
+"""The HTTP resource shape WHIP and WHEP share: OPTIONS, DELETE and trickle PATCH on a session."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from .access import AccessPolicy
+from .errors import PreconditionFailed, PreconditionRequired, Unprocessable
+from .http_common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
+from .sdp import TrickleFragment, decode_body, parse_trickle
+from .tokens import Role
+
+
+class SessionLike(Protocol):
+    etag: str
+    pc: Any
+
+
+class SessionService(Protocol):
+    def get(self, room: str, session_id: str) -> Any: ...
+
+    async def close(self, room: str, session_id: str) -> None: ...
+
+    async def trickle(self, session: Any, frag: TrickleFragment) -> None: ...
+
+
+def add_session_routes(
+    router: APIRouter,
+    prefix: str,
+    role: Role,
+    service: SessionService,
+    access: AccessPolicy,
+    *,
+    post_methods: str,
+    max_sdp_bytes: int,
+) -> None:
+    """Adds ``OPTIONS {prefix}/{room}`` and OPTIONS/DELETE/PATCH on ``{prefix}/{room}/{id}``."""
+
+    @router.options(prefix + "/{room}", status_code=204)
+    async def endpoint_options(request: Request, room: str) -> Response:
+        headers = preflight_headers(post_methods, request.headers.get("origin", "*"))
+        headers["Accept-Post"] = SDP
+        return Response(status_code=204, headers=headers)
+
+    @router.options(prefix + "/{room}/{session_id}", status_code=204)
+    async def session_options(request: Request, room: str, session_id: str) -> Response:
+        headers = preflight_headers("PATCH, DELETE, OPTIONS", request.headers.get("origin", "*"))
+        headers["Accept-Patch"] = TRICKLE
+        return Response(status_code=204, headers=headers)
+
+    @router.delete(prefix + "/{room}/{session_id}", status_code=200)
+    async def session_delete(
+        room: str,
+        session_id: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> Response:
+        service.get(room, session_id)
+        access.authorize(room, role, authorization, access_token)
+        await service.close(room, session_id)
+        return Response(status_code=200)
+
+    @router.patch(prefix + "/{room}/{session_id}", status_code=204)
+    async def session_patch(
+        request: Request,
+        room: str,
+        session_id: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+        if_match: str | None = Header(default=None),
+    ) -> Response:
+        session = service.get(room, session_id)
+        access.authorize(room, role, authorization, access_token)
+        require_content_type(request, TRICKLE)
+        body = await read_limited(request, max_sdp_bytes)
+        frag = parse_trickle(decode_body(body, max_bytes=max_sdp_bytes))
+        check_patch_preconditions(if_match, session.etag, frag.ufrag, remote_ufrag(session.pc))
+        await service.trickle(session, frag)
+        return Response(status_code=204)
+
+
+def created_response(
+    prefix: str, room: str, session_id: str, etag: str, answer_sdp: str, links: tuple[str, ...]
+) -> Response:
+    """201 with the answer and the session resource's Location and ETag (RFC 9725 4.2)."""
+    headers = {"Location": f"{prefix}/{room}/{session_id}", "ETag": etag, "Accept-Patch": TRICKLE}
+    if links:
+        headers["Link"] = ", ".join(links)
+    return Response(answer_sdp, status_code=201, media_type=SDP, headers=headers)
+
+
+def remote_ufrag(pc: Any) -> str | None:
+    desc = getattr(pc, "remoteDescription", None)
+    if desc is None:
+        return None
+    for line in desc.sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return str(line.split(":", 1)[1].strip())
+    return None
+
+
+def check_patch_preconditions(
+    if_match: str | None, etag: str, frag_ufrag: str | None, current_ufrag: str | None
+) -> None:
+    """RFC 9725 section 4.3: ETag preconditions, and ICE restarts (which aiortc cannot do)."""
+    if if_match is None:
+        raise PreconditionRequired("PATCH needs If-Match with the session's ETag")
+    restart = frag_ufrag is not None and current_ufrag is not None and frag_ufrag != current_ufrag
+    if restart or if_match.strip() == "*":
+        raise Unprocessable("ICE restarts are not supported; open a new session instead")
+    if if_match.strip() != etag:
+        raise PreconditionFailed("If-Match does not match the session's ETag")

@@ -1,0 +1,92 @@
+"""Room- and role-scoped HMAC tokens (JWT, HS256), in the spirit of TRTC's UserSig."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+
+from .errors import Forbidden, Unauthorized
+
+Role = Literal["anchor", "audience"]
+ROLES: tuple[Role, ...] = ("anchor", "audience")
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    room: str
+    role: Role
+    subject: str
+    expires_at: int
+    token_id: str
+
+
+class TokenAuthority:
+    """Mints and verifies tokens with one shared secret (every node of a cluster holds it)."""
+
+    def __init__(self, secret: str, *, issuer: str = "stagecast", leeway: float = 5.0) -> None:
+        if len(secret.encode()) < 32:
+            raise ValueError("token secret must be at least 32 bytes")
+        self._secret = secret
+        self._issuer = issuer
+        self._leeway = leeway
+
+    def mint(
+        self, room: str, role: Role, subject: str, ttl: float, *, now: float | None = None
+    ) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        issued = int(time.time() if now is None else now)
+        claims = {
+            "iss": self._issuer,
+            "sub": subject,
+            "room": room,
+            "role": role,
+            "iat": issued,
+            "exp": issued + int(ttl),
+            "jti": secrets.token_urlsafe(12),
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str, *, room: str, role: Role) -> TokenClaims:
+        """Claims of a valid token for ``room`` and ``role``; Unauthorized/Forbidden otherwise."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub", "iss"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {type(exc).__name__}") from exc
+        if not isinstance(claims.get("room"), str) or claims.get("role") not in ROLES:
+            raise Unauthorized("token lacks room or role")
+        if not secrets.compare_digest(claims["room"], room):
+            raise Forbidden("token is for another room")
+        if claims["role"] != role:
+            raise Forbidden(f"token role {claims['role']!r} may not act as {role!r}")
+        return TokenClaims(
+            room=claims["room"],
+            role=claims["role"],
+            subject=str(claims["sub"]),
+            expires_at=int(claims["exp"]),
+            token_id=str(claims.get("jti", "")),
+        )
+
+
+def bearer_token(authorization: str | None, query_token: str | None = None) -> str | None:
+    """Token from ``Authorization: Bearer`` (preferred) or an ``access_token`` query parameter."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("Authorization must be a Bearer token")
+        return value.strip()
+    return query_token or None

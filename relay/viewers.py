@@ -1,0 +1,166 @@
+"""Audience sessions (WHEP): one sendonly peer connection per viewer, fed by a hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from .aiortc_adapter import install_prepacked_sender
+from .errors import Conflict, NotFound, Unprocessable
+from .http_common import new_etag, new_session_id
+from .hub import FanoutHub, Viewer
+from .peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
+from .sdp import OfferSummary, TrickleFragment
+from .tracks import HubTrack
+
+log = logging.getLogger(__name__)
+
+HubLookup = Callable[[str], FanoutHub | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerLimits:
+    connect_timeout: float = 15.0  # a viewer that never connects is reaped after this
+    retry_after: int = 2  # seconds a client should wait when nothing is live
+
+
+@dataclass(eq=False)
+class ViewerSession:
+    id: str
+    room: str
+    subject: str
+    pc: RTCPeerConnection
+    hub: FanoutHub
+    viewer: Viewer
+    etag: str
+    created_at: float = field(default_factory=time.monotonic)
+    connected_at: float | None = None
+    task: asyncio.Task[None] | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ViewerService:
+    """Owns every viewer session of this node; created and closed by the app's lifespan."""
+
+    def __init__(
+        self,
+        lookup: HubLookup,
+        *,
+        ice_servers: tuple[str, ...] = (),
+        limits: ViewerLimits | None = None,
+    ) -> None:
+        self._lookup = lookup
+        self._ice_servers = ice_servers
+        self.limits = limits or ViewerLimits()
+        self.sessions: dict[str, ViewerSession] = {}
+
+    def count(self, room: str | None = None) -> int:
+        return sum(1 for s in self.sessions.values() if room is None or s.room == room)
+
+    def live_hub(self, room: str) -> FanoutHub:
+        hub = self._lookup(room)
+        if hub is None or hub.closed.is_set():
+            raise Conflict(f"room {room!r} is not live", retry_after=self.limits.retry_after)
+        return hub
+
+    async def open(
+        self, room: str, offer_sdp: str, summary: OfferSummary, subject: str
+    ) -> ViewerSession:
+        hub = self.live_hub(room)
+        pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
+        sid = new_session_id()
+        viewer = hub.create_viewer(sid)
+        try:
+            for kind, spec in hub.codecs.items():
+                if kind not in summary.codecs:
+                    continue
+                if not any(n.lower() == spec.name.lower() for n in summary.codecs[kind]):
+                    raise Unprocessable(
+                        f"the stream's {kind} is {spec.name}, which the offer does not list"
+                    )
+                track = HubTrack(kind, viewer.queues[kind])
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                transceiver.setCodecPreferences(codec_preferences(kind, spec.name, receiving=False))
+                install_prepacked_sender(transceiver.sender, hub.request_keyframe)
+            if not pc.getTransceivers():
+                raise Unprocessable("the offer asks for no kind of media this stream carries")
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:
+            viewer.close()
+            await close_quietly(pc)
+            raise
+        session = ViewerSession(sid, room, subject, pc, hub, viewer, new_etag())
+        self.sessions[sid] = session
+        pc.on("connectionstatechange", lambda: self._on_state(session))
+        session.task = asyncio.create_task(self._watch(session), name=f"viewer-{sid}")
+        log.info("viewer %s joined room %s (%d viewers)", sid, room, self.count(room))
+        return session
+
+    def _on_state(self, session: ViewerSession) -> None:
+        state = session.pc.connectionState
+        if state == "connected" and session.connected_at is None:
+            session.connected_at = time.monotonic()
+            session.hub.attach(session.viewer)
+        elif state in CLOSED_STATES:
+            session.closed.set()
+
+    async def _watch(self, session: ViewerSession) -> None:
+        """Ends the session when the viewer goes away, never connects, or the stream ends."""
+        waits = [
+            asyncio.ensure_future(session.closed.wait()),
+            asyncio.ensure_future(session.hub.closed.wait()),
+        ]
+        try:
+            deadline = self.limits.connect_timeout
+            done, _ = await asyncio.wait(waits, timeout=deadline, return_when="FIRST_COMPLETED")
+            if not done and session.connected_at is not None:
+                await asyncio.wait(waits, return_when="FIRST_COMPLETED")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            for w in waits:
+                w.cancel()
+            await self._teardown(session)
+
+    async def _teardown(self, session: ViewerSession) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.hub.remove_viewer(session.viewer)
+        session.closed.set()
+        await close_quietly(session.pc)
+        log.info("viewer %s left room %s", session.id, session.room)
+
+    def get(self, room: str, session_id: str) -> ViewerSession:
+        session = self.sessions.get(session_id)
+        if session is None or session.room != room:
+            raise NotFound("no such viewer session")
+        return session
+
+    async def close(self, room: str, session_id: str) -> None:
+        session = self.get(room, session_id)
+        session.closed.set()
+        await self._finish(session)
+
+    async def trickle(self, session: ViewerSession, frag: TrickleFragment) -> None:
+        await apply_trickle(session.pc, frag)
+
+    async def _finish(self, session: ViewerSession) -> None:
+        task = session.task
+        if task is not None and task is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
+            await self._teardown(session)
+
+    async def shutdown(self) -> None:
+        sessions = list(self.sessions.values())
+        for s in sessions:
+            s.closed.set()
+        await asyncio.gather(*(self._finish(s) for s in sessions), return_exceptions=True)

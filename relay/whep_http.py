@@ -1,0 +1,59 @@
+"""WHEP audience endpoint: POST a recvonly offer -> 201 sendonly answer; HEAD tells liveness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from .access import AccessPolicy
+from .http_common import SDP, check_room, read_limited, require_content_type
+from .sdp import check_offer, decode_body
+from .session_http import add_session_routes, created_response
+from .viewers import ViewerService
+
+
+def whep_router(
+    service: ViewerService,
+    access: AccessPolicy,
+    *,
+    max_sdp_bytes: int = 64 * 1024,
+    link_headers: tuple[str, ...] = (),
+) -> APIRouter:
+    router = APIRouter(tags=["whep"])
+
+    @router.head("/whep/{room}")
+    async def whep_head(room: str) -> Response:
+        """200 when the room is live, 409 + Retry-After when not."""
+        service.live_hub(room)
+        return Response(status_code=200, headers={"Content-Type": SDP, "Accept-Post": SDP})
+
+    @router.post(
+        "/whep/{room}",
+        status_code=201,
+        responses={201: {"content": {SDP: {}}, "description": "SDP answer"}},
+    )
+    async def whep_post(
+        request: Request,
+        room: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> Response:
+        check_room(room)
+        subject = access.authorize(room, "audience", authorization, access_token)
+        require_content_type(request, SDP)
+        text = decode_body(await read_limited(request, max_sdp_bytes), max_bytes=max_sdp_bytes)
+        summary = check_offer(text, "view")
+        session = await service.open(room, text, summary, subject)
+        return created_response(
+            "/whep", room, session.id, session.etag, session.pc.localDescription.sdp, link_headers
+        )
+
+    add_session_routes(
+        router,
+        "/whep",
+        "audience",
+        service,
+        access,
+        post_methods="POST, HEAD, OPTIONS",
+        max_sdp_bytes=max_sdp_bytes,
+    )
+    return router
