@@ -16,7 +16,13 @@ from relay.http_common import new_etag, new_session_id
 from relay.hub import FanoutHub
 from relay.ingest import TrackIngest
 from relay.media import CodecSpec, MediaKind
-from relay.peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
+from relay.peer import (
+    CLOSED_STATES,
+    apply_trickle,
+    close_quietly,
+    codec_preferences,
+    rtc_configuration,
+)
 from relay.sdp import OfferSummary, TrickleFragment, pick_codec
 
 from .settings import Settings

@@ -30,7 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  publish (WHIP): {base}/whip/{room}", flush=True)
     print(f"    anchor token: {anchor}", flush=True)
     watch = f"{base}/whep/{room}"
-    print(f"  watch (WHEP):   {watch}{'' if settings.auth.anonymous_audience else ' (token needed)'}")
+    print(
+        f"  watch (WHEP):   {watch}{'' if settings.auth.anonymous_audience else ' (token needed)'}"
+    )
     print(f"  API docs:       {base}/docs", flush=True)
     if not settings.auth.token_secret:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
@@ -43,7 +45,10 @@ def _token(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     if not settings.auth.token_secret:
-        print("auth.token_secret is not set (config file or STAGECAST_AUTH__TOKEN_SECRET)", file=sys.stderr)
+        print(
+            "auth.token_secret is not set (config file or STAGECAST_AUTH__TOKEN_SECRET)",
+            file=sys.stderr,
+        )
         return 2
     ttl = args.ttl or settings.auth.token_ttl
     print(TokenAuthority(settings.auth.token_secret).mint(args.room, args.role, args.subject, ttl))

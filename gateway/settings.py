@@ -1,4 +1,5 @@
-"""The one settings object: defaults < TOML file < ``STAGECAST_*`` environment; unknown keys fail."""
+"""The one settings object: defaults < TOML file < ``STAGECAST_*`` environment; unknown keys
+fail."""
 
 from __future__ import annotations
 
@@ -92,17 +93,17 @@ class Settings(BaseSettings):
         return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
 
-
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Settings from ``config`` (or $STAGECAST_CONFIG), then the environment, then ``overrides``."""
-    path = config or os.environ.get(CONFIG_ENV)
+    path: Path | str | None = config or os.environ.get(CONFIG_ENV)
     if not path:
         return Settings(**overrides)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {file} does not exist")
 
     class FileSettings(Settings):
-        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": Path(path)})
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": file})
 
     return FileSettings(**overrides)
 

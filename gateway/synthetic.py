@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -19,7 +20,12 @@ import av
 import httpx
 import numpy as np
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
+from aiortc.mediastreams import (
+    AudioStreamTrack,
+    MediaStreamError,
+    MediaStreamTrack,
+    VideoStreamTrack,
+)
 
 from relay.aiortc_adapter import install_ingest_tap
 from relay.peer import close_quietly, rtc_configuration
@@ -28,7 +34,7 @@ from relay.stamps import draw_stamp, read_stamp, wall_ms
 VIDEO_CLOCK = 90000
 
 
-class StampedVideoTrack(VideoStreamTrack):  # type: ignore[misc]
+class StampedVideoTrack(VideoStreamTrack):
     """A moving pattern with a stamp (frame counter, send time) drawn into each frame."""
 
     def __init__(self, width: int = 1280, height: int = 720, fps: int = 30) -> None:
@@ -38,15 +44,15 @@ class StampedVideoTrack(VideoStreamTrack):  # type: ignore[misc]
         pattern = (128 + 60 * np.sin(x / 23.0) + 30 * np.sin(x / 7.0)).astype(np.uint8)
         self._pattern = np.tile(pattern, (height, 1))
         self._yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
-        self._start: float | None = None
+        self._t0: float | None = None
         self.counter = 0
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self.counter / self.fps
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        due = self._t0 + self.counter / self.fps
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -60,7 +66,7 @@ class StampedVideoTrack(VideoStreamTrack):  # type: ignore[misc]
         return frame
 
 
-class ToneAudioTrack(AudioStreamTrack):  # type: ignore[misc]
+class ToneAudioTrack(AudioStreamTrack):
     """A continuous sine tone, 20 ms frames of 48 kHz mono s16."""
 
     def __init__(self, frequency: float = 440.0, amplitude: float = 0.3) -> None:
@@ -68,15 +74,15 @@ class ToneAudioTrack(AudioStreamTrack):  # type: ignore[misc]
         self.frequency = frequency
         self.amplitude = amplitude
         self._samples = 0
-        self._start: float | None = None
+        self._t0: float | None = None
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         rate, n = 48000, 960
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._samples / rate - time.monotonic()
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        delay = self._t0 + self._samples / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         t = (np.arange(n) + self._samples) / rate
@@ -192,7 +198,8 @@ class Viewer:
             self.first_frame_at = time.monotonic()
         self.video_frames += 1
         plane = frame.planes[0]
-        luma = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, : frame.width]
+        luma = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+        luma = luma[:, : frame.width]
         stamp = read_stamp(luma)
         if stamp is not None:
             latency = (wall_ms(now) - stamp.sent_ms) % (1 << 40) + (now * 1000) % 1
@@ -207,9 +214,9 @@ class Viewer:
         try:
             while True:
                 frame = await track.recv()
-                if track.kind == "video":
+                if isinstance(frame, av.VideoFrame):
                     self._video(frame)
-                else:
+                elif isinstance(frame, av.AudioFrame):
                     self._audio(frame)
         except MediaStreamError:
             pass
@@ -255,10 +262,7 @@ async def whep_watch(
             if decode:
                 viewer.tasks.append(asyncio.create_task(viewer._consume(t.receiver.track)))
             else:
-                kind = t.kind
-                install_ingest_tap(
-                    t.receiver, lambda p, c, k=kind: viewer._count_packets(k, p, c)
-                )
+                install_ingest_tap(t.receiver, functools.partial(viewer._count_packets, t.kind))
     except BaseException:
         await close_quietly(pc)
         await client.aclose()

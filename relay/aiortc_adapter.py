@@ -48,7 +48,8 @@ class _TapBuffer:
     """Stands in for aiortc's JitterBuffer: forwards packets, never returns a frame."""
 
     def __init__(self, receiver: RTCRtpReceiver, sink: PacketSink) -> None:
-        self._codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs
+        codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        self._codecs = codecs
         self._sink = sink
 
     @property
@@ -63,7 +64,8 @@ class _TapBuffer:
 
 
 def install_ingest_tap(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
-    """Route the receiver's depayloaded packets (``packet._data``) to ``sink``; call in ``track``."""
+    """Route the receiver's depayloaded packets (``packet._data``) to ``sink``; install before
+    the first packet (right after the transceiver exists)."""
     if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer") or not hasattr(
         receiver, "_RTCRtpReceiver__codecs"
     ):
@@ -97,7 +99,7 @@ def install_prepacked_sender(sender: RTCRtpSender, on_keyframe_request: Callable
     if not hasattr(sender, "_RTCRtpSender__encoder") or not hasattr(sender, "_send_keyframe"):
         raise AdapterError("RTCRtpSender internals changed: no encoder / keyframe hook")
     sender._RTCRtpSender__encoder = _PrepackedEncoder()
-    sender._send_keyframe = on_keyframe_request
+    sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
 
 def set_transceiver_codecs(transceiver: Any, codecs: list[RTCRtpCodecParameters]) -> None:

@@ -27,7 +27,8 @@ class EncodedFrame:
     """One access unit as received, ready to be sent to any number of viewers.
 
     ``payloads`` are the RTP payloads exactly as the anchor packetised them, so forwarding costs no
-    re-packetisation; ``data`` is the depayloaded bitstream (Annex-B for H264) for bridges and mixers.
+    re-packetisation; ``data`` is the depayloaded bitstream (Annex-B for H264) for bridges and
+    mixers.
     """
 
     kind: MediaKind

@@ -26,14 +26,18 @@ CLOSED_STATES = frozenset({"failed", "closed"})
 def rtc_configuration(ice_servers: Sequence[str]) -> RTCConfiguration:
     """An explicit ICE server list: empty means host candidates only (aiortc would otherwise
     contact a public STUN server)."""
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=list(ice_servers))] if ice_servers else [])
+    return RTCConfiguration(
+        iceServers=[RTCIceServer(urls=list(ice_servers))] if ice_servers else []
+    )
 
 
 def codec_preferences(
     kind: MediaKind, name: str, *, receiving: bool
 ) -> list[RTCRtpCodecCapability]:
     """aiortc's capabilities for one codec name, plus RTX for video."""
-    caps = (RTCRtpReceiver if receiving else RTCRtpSender).getCapabilities(kind).codecs
+    capabilities = (RTCRtpReceiver if receiving else RTCRtpSender).getCapabilities(kind)
+    assert capabilities is not None
+    caps = capabilities.codecs
     chosen = [c for c in caps if c.name.lower() == name.lower()]
     if not chosen:
         raise Unprocessable(f"codec {name} is not available for {kind}")

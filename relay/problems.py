@@ -1,4 +1,4 @@
-"""Maps every error to an RFC 9457 ``application/problem+json`` response, once, for the whole app."""
+"""Maps every error to an RFC 9457 ``application/problem+json`` response, once, for the app."""
 
 from __future__ import annotations
 
@@ -78,7 +78,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(
-            500, "Internal error", "unexpected server error", slug="internal",
+            500,
+            "Internal error",
+            "unexpected server error",
+            slug="internal",
             instance=request.url.path,
         )
 

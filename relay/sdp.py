@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from aiortc import sdp as aiortc_sdp
 
@@ -63,7 +63,7 @@ def check_offer(text: str, role: Role) -> OfferSummary:
     for media in desc.media:
         if media.kind not in ("audio", "video"):
             raise Unprocessable(f"media kind {media.kind!r} is not supported")
-        kind: MediaKind = media.kind
+        kind = cast(MediaKind, media.kind)
         if kind in codecs:
             raise Unprocessable(f"only one {kind} section is supported")
         if media.direction not in _DIRECTIONS[role]:

@@ -37,7 +37,9 @@ def stamp_bits(counter: int, sent_ms: int) -> list[int]:
     counter &= 0xFFFFFF
     sent_ms &= (1 << 40) - 1
     return (
-        _bits(SYNC, 8) + _bits(counter, 24) + _bits(sent_ms, 40)
+        _bits(SYNC, 8)
+        + _bits(counter, 24)
+        + _bits(sent_ms, 40)
         + _bits(_checksum(counter, sent_ms), 8)
     )
 

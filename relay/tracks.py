@@ -8,7 +8,7 @@ from .media import EncodedFrame, MediaKind
 from .viewer_queue import ViewerQueue
 
 
-class HubTrack(MediaStreamTrack):  # type: ignore[misc]
+class HubTrack(MediaStreamTrack):
     """Reads one kind of a viewer's frames; ends (MediaStreamError) when the queue closes."""
 
     def __init__(self, kind: MediaKind, queue: ViewerQueue) -> None:

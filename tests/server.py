@@ -80,7 +80,9 @@ def run_server(**overrides: Any) -> Iterator[RunningServer]:
         asyncio.set_event_loop(loop)
         gateway = build_gateway(settings)
         app = create_app(settings, gateway)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
         server = uvicorn.Server(config)
         holder["gateway"], holder["server"] = gateway, server
         loop.run_until_complete(server.serve())
@@ -93,7 +95,9 @@ def run_server(**overrides: Any) -> Iterator[RunningServer]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("gateway did not start")
         time.sleep(0.02)
-    running = RunningServer(f"http://127.0.0.1:{port}", settings, holder["gateway"], loop, holder["server"])
+    running = RunningServer(
+        f"http://127.0.0.1:{port}", settings, holder["gateway"], loop, holder["server"]
+    )
     try:
         yield running
     finally:

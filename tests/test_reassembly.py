@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from relay.reassembly import FrameAssembler, Unwrapper
+
+IDR = b"\x00\x00\x00\x01\x65" + b"\x11" * 10
+P = b"\x00\x00\x00\x01\x41" + b"\x22" * 10
+
+
+def push(asm: FrameAssembler, seq: int, ts: int, marker: bool, data: bytes = P, now: float = 0.0):
+    return asm.push(seq & 0xFFFF, ts & 0xFFFFFFFF, marker, b"pl" + data, data, now)
+
+
+def test_frame_released_on_marker_not_on_next_frame() -> None:
+    asm = FrameAssembler("video", "H264")
+    assert push(asm, 10, 1000, False, IDR).frames == []
+    out = push(asm, 11, 1000, True, IDR)
+    assert len(out.frames) == 1
+    frame = out.frames[0]
+    assert frame.keyframe and frame.timestamp == 1000
+    assert frame.payloads == (b"pl" + IDR, b"pl" + IDR)
+    assert frame.data == IDR + IDR
+
+
+def test_reordered_packets_complete_the_frame() -> None:
+    asm = FrameAssembler("video", "H264")
+    push(asm, 1, 0, True)
+    assert push(asm, 4, 3000, True).frames == []
+    assert push(asm, 2, 3000, False).frames == []
+    out = push(asm, 3, 3000, False)
+    assert [f.timestamp for f in out.frames] == [3000]
+    assert len(out.frames[0].payloads) == 3
+
+
+def test_lost_packet_is_skipped_after_max_wait_and_asks_for_keyframe() -> None:
+    asm = FrameAssembler("video", "H264", max_wait=0.05)
+    push(asm, 1, 0, True)
+    push(asm, 3, 3000, True, now=0.0)  # packet 2 lost: frame 3000 incomplete
+    assert push(asm, 4, 6000, False, now=0.01).frames == []
+    out = push(asm, 5, 6000, True, now=0.2)
+    assert out.need_keyframe
+    assert [f.timestamp for f in out.frames] == [6000]
+    assert asm.frames_skipped == 1
+
+
+def test_sequence_wraparound() -> None:
+    asm = FrameAssembler("video", "VP8")
+    assert len(push(asm, 65534, 0, True, b"\x00abc").frames) == 1
+    push(asm, 65535, 3000, False, b"\x01x")
+    out = push(asm, 0, 3000, True, b"\x01y")
+    assert len(out.frames) == 1 and not out.frames[0].keyframe
+
+
+def test_duplicates_and_late_packets_dropped() -> None:
+    asm = FrameAssembler("video", "H264")
+    push(asm, 5, 0, True)
+    assert push(asm, 5, 0, True).frames == []
+    assert push(asm, 4, 0, True).frames == []
+
+
+def test_audio_packets_are_frames() -> None:
+    asm = FrameAssembler("audio", "opus")
+    out = push(asm, 100, 960, False, b"opus")
+    assert len(out.frames) == 1 and out.frames[0].keyframe
+
+
+def test_unwrapper_both_directions() -> None:
+    u = Unwrapper(16)
+    assert [u.unwrap(v) for v in (65530, 65535, 2, 65533)] == [65530, 65535, 65538, 65533]

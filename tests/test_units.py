@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from relay.errors import BadSdp, Forbidden, Unauthorized, Unprocessable
+from relay.keyframes import is_keyframe
+from relay.sdp import check_offer, parse_trickle, pick_codec
+from relay.stamps import draw_stamp, read_stamp, wall_ms
+from relay.tokens import TokenAuthority, bearer_token
+
+SECRET = "s" * 40
+
+
+def test_keyframes() -> None:
+    assert is_keyframe("H264", b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x65\x88")
+    assert not is_keyframe("H264", b"\x00\x00\x00\x01\x41\x9a")
+    assert is_keyframe("VP8", b"\x10\x02\x00")
+    assert not is_keyframe("VP8", b"\x11\x02\x00")
+    assert not is_keyframe("VP8", b"")
+
+
+def test_stamp_roundtrip_and_scaled() -> None:
+    luma = np.full((720, 1280), 90, np.uint8)
+    now = wall_ms(time.time())
+    draw_stamp(luma, 4242, now)
+    stamp = read_stamp(luma)
+    assert stamp is not None and stamp.counter == 4242 and stamp.sent_ms == now
+    small = luma[::2, ::2].copy()
+    assert read_stamp(small) == stamp
+    assert read_stamp(np.full((720, 1280), 90, np.uint8)) is None
+
+
+def test_tokens_scope_and_expiry() -> None:
+    auth = TokenAuthority(SECRET)
+    tok = auth.mint("room1", "anchor", "alice", 60)
+    assert auth.verify(tok, room="room1", role="anchor").subject == "alice"
+    with pytest.raises(Forbidden):
+        auth.verify(tok, room="room2", role="anchor")
+    with pytest.raises(Forbidden):
+        auth.verify(tok, room="room1", role="audience")
+    expired = auth.mint("room1", "anchor", "alice", 10, now=time.time() - 100)
+    with pytest.raises(Unauthorized, match="expired"):
+        auth.verify(expired, room="room1", role="anchor")
+    with pytest.raises(Unauthorized):
+        TokenAuthority("o" * 40).verify(tok, room="room1", role="anchor")
+    with pytest.raises(ValueError):
+        TokenAuthority("short")
+
+
+def test_alg_none_token_refused() -> None:
+    import jwt
+
+    forged = jwt.encode(
+        {"iss": "stagecast", "sub": "x", "room": "r", "role": "anchor", "exp": time.time() + 60},
+        key=None,
+        algorithm="none",
+    )
+    with pytest.raises(Unauthorized):
+        TokenAuthority(SECRET).verify(forged, room="r", role="anchor")
+
+
+def test_bearer_parsing() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token(None, "q") == "q"
+    assert bearer_token(None) is None
+    with pytest.raises(Unauthorized):
+        bearer_token("Basic abc")
+
+
+OFFER = """v=0
+o=- 1 1 IN IP4 127.0.0.1
+s=-
+t=0 0
+a=group:BUNDLE 0
+m=video 9 UDP/TLS/RTP/SAVPF 96
+c=IN IP4 0.0.0.0
+a=mid:0
+a=sendonly
+a=ice-ufrag:abcd
+a=ice-pwd:abcdefghijklmnopqrstuvwx
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF
+a=setup:actpass
+a=rtcp-mux
+a=rtpmap:96 VP8/90000
+"""
+
+
+def test_check_offer_accepts_and_refuses() -> None:
+    summary = check_offer(OFFER, "publish")
+    assert summary.codecs == {"video": ("VP8",)}
+    with pytest.raises(Unprocessable):
+        check_offer(OFFER, "view")  # a viewer must receive
+    with pytest.raises(Unprocessable):
+        check_offer(OFFER.replace("VP8/90000", "AV1/90000"), "publish")
+    with pytest.raises(BadSdp):
+        check_offer(OFFER.replace("a=ice-ufrag:abcd\n", ""), "publish")
+    with pytest.raises(BadSdp):
+        check_offer("hello", "publish")
+    with pytest.raises(BadSdp):
+        check_offer("v=0\nm=video notaport\n", "publish")
+    assert pick_codec(("VP8", "H264"), ("H264", "VP8")) == "H264"
+
+
+def test_trickle_fragment() -> None:
+    frag = parse_trickle(
+        "a=ice-ufrag:abcd\na=ice-pwd:xyz\nm=audio 9 RTP/AVP 0\na=mid:0\n"
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\na=end-of-candidates\n"
+    )
+    assert frag.ufrag == "abcd" and frag.end_of_candidates
+    assert frag.candidates == (("0", "1 1 udp 2130706431 127.0.0.1 5000 typ host"),)
+    with pytest.raises(BadSdp):
+        parse_trickle("a=candidate:1 2\n")
+    with pytest.raises(BadSdp):
+        parse_trickle("garbage")
