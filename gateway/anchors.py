@@ -108,7 +108,7 @@ class AnchorService:
             await self._abort(stage.room, sid, pc)
             raise
         hub.set_keyframe_requester(session.request_keyframe)
-        stage.hub = hub
+        self._stages.set_hub(room, hub)
         self.sessions[sid] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"anchor-{sid}")
@@ -158,7 +158,8 @@ class AnchorService:
         stage = self._stages.get(session.room)
         if stage is not None and stage.anchor_id == session.id:
             stage.anchor_id = None
-            stage.hub = None
+            session.hub.close()
+            self._stages.set_hub(session.room, None)
             self._stages.discard_if_idle(session.room)
         session.hub.close()
         await close_quietly(session.pc)

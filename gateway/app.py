@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from relay.access import AccessPolicy
@@ -19,6 +19,7 @@ from relay.viewers import ViewerLimits, ViewerService
 from relay.whep_http import whep_router
 
 from .anchors import AnchorService
+from .operator_auth import OperatorAuth
 from .settings import Settings, ephemeral_secret
 from .stages import StageTable
 from .whip_http import whip_router
@@ -32,6 +33,7 @@ class Gateway:
 
     settings: Settings
     tokens: TokenAuthority
+    operator_key: str
     stages: StageTable
     anchors: AnchorService
     viewers: ViewerService
@@ -53,7 +55,9 @@ def build_gateway(settings: Settings) -> Gateway:
             retry_after=settings.sessions.retry_after,
         ),
     )
-    return Gateway(settings, tokens, stages, AnchorService(settings, stages), viewers)
+    operator_key = settings.api.operator_key or ephemeral_secret()
+    anchors = AnchorService(settings, stages)
+    return Gateway(settings, tokens, operator_key, stages, anchors, viewers)
 
 
 def ice_link_headers(settings: Settings) -> tuple[str, ...]:
@@ -85,6 +89,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     limit = settings.sessions.max_sdp_bytes
     app.include_router(whip_router(gw.anchors, access, max_sdp_bytes=limit, link_headers=links))
     app.include_router(whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links))
+
+    operator = OperatorAuth(gw.operator_key)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(operator)])
+    # Operator routers (rooms, anchors, bridges, ...) are added to ``v1`` here.
+    app.include_router(v1)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:

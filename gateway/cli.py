@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"  watch (WHEP):   {watch}{'' if settings.auth.anonymous_audience else ' (token needed)'}"
     )
     print(f"  API docs:       {base}/docs", flush=True)
+    print(f"  operator key:   {gateway.operator_key}", flush=True)
     if not settings.auth.token_secret:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

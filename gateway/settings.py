@@ -54,6 +54,14 @@ class AuthSettings(BaseModel):
     token_ttl: int = Field(3600, gt=0)
 
 
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operator_key: str = ""
+    """Key for the operator API (``Authorization: Bearer KEY`` or ``X-API-Key``). Empty: a random
+    one per process, printed at start."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STAGECAST_",
@@ -73,6 +81,7 @@ class Settings(BaseSettings):
     media: MediaSettings = MediaSettings()
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from relay.hub import FanoutHub
+
+log = logging.getLogger(__name__)
+
+HubListener = Callable[[str, FanoutHub | None], None]
 
 
 @dataclass(eq=False)
@@ -23,6 +29,27 @@ class StageTable:
 
     def __init__(self) -> None:
         self._stages: dict[str, Stage] = {}
+        self._listeners: list[HubListener] = []
+
+    def subscribe(self, listener: HubListener) -> None:
+        """Call ``listener(room, hub)`` whenever a room's program hub appears (hub) or ends (None);
+        bridges and recorders follow a room across anchor sessions this way."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: HubListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def set_hub(self, room: str, hub: FanoutHub | None) -> None:
+        stage = self.ensure(room) if hub is not None else self._stages.get(room)
+        if stage is None:
+            return
+        stage.hub = hub
+        for listener in list(self._listeners):
+            try:
+                listener(room, hub)
+            except Exception:
+                log.exception("stage listener failed for room %s", room)
 
     def get(self, room: str) -> Stage | None:
         return self._stages.get(room)
@@ -42,7 +69,7 @@ class StageTable:
         stage = self._stages.get(room)
         return stage.hub if stage is not None else None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Stage]:
         return iter(list(self._stages.values()))
 
     def __len__(self) -> int:
