@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError, OperationError
 
+from relay.access import Grant
 from relay.errors import Conflict, NotFound, Unprocessable
 from relay.http_common import new_etag, new_session_id
 from relay.hub import FanoutHub
@@ -37,7 +38,7 @@ CLOCK_RATES = {"video": 90000, "audio": 48000}
 class AnchorSession:
     id: str
     room: str
-    subject: str
+    grant: Grant
     pc: RTCPeerConnection
     hub: FanoutHub
     etag: str
@@ -68,9 +69,13 @@ class AnchorService:
         self.sessions: dict[str, AnchorSession] = {}
 
     async def open(
-        self, room: str, offer_sdp: str, summary: OfferSummary, subject: str
+        self, room: str, offer_sdp: str, summary: OfferSummary, grant: Grant
     ) -> AnchorSession:
-        stage = self._stages.ensure(room)
+        stage = self._stages.get(room)
+        if stage is None:
+            if not self._settings.rooms.auto_create:
+                raise NotFound(f"room {room!r} does not exist; create it through the API")
+            stage = self._stages.ensure(room)
         if stage.anchor_id is not None:
             raise Conflict(
                 f"room {room!r} already has a live anchor; co-hosting is not enabled",
@@ -91,7 +96,7 @@ class AnchorService:
             audio_queue_frames=media.audio_queue_frames,
         )
         pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
-        session = AnchorSession(sid, room, subject, pc, hub, new_etag())
+        session = AnchorSession(sid, room, grant, pc, hub, new_etag())
         try:
             for kind, spec in codecs.items():
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
@@ -112,7 +117,7 @@ class AnchorService:
         self.sessions[sid] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"anchor-{sid}")
-        log.info("anchor %s (%s) live in room %s with %s", sid, subject, room, codecs)
+        log.info("anchor %s (%s) live in room %s with %s", sid, grant.subject, room, codecs)
         return session
 
     async def _abort(self, room: str, sid: str, pc: RTCPeerConnection) -> None:
@@ -164,6 +169,9 @@ class AnchorService:
         session.hub.close()
         await close_quietly(session.pc)
         log.info("anchor %s left room %s: %s", session.id, session.room, session.ended_reason)
+
+    def in_room(self, room: str) -> list[AnchorSession]:
+        return [s for s in self.sessions.values() if s.room == room]
 
     def get(self, room: str, session_id: str) -> AnchorSession:
         session = self.sessions.get(session_id)

@@ -19,6 +19,7 @@ from relay.viewers import ViewerLimits, ViewerService
 from relay.whep_http import whep_router
 
 from .anchors import AnchorService
+from .api_rooms import default_node_id, operator_router
 from .operator_auth import OperatorAuth
 from .settings import Settings, ephemeral_secret
 from .stages import StageTable
@@ -33,7 +34,9 @@ class Gateway:
 
     settings: Settings
     tokens: TokenAuthority
+    access: AccessPolicy
     operator_key: str
+    node_id: str
     stages: StageTable
     anchors: AnchorService
     viewers: ViewerService
@@ -47,17 +50,26 @@ def build_gateway(settings: Settings) -> Gateway:
     check_version()
     tokens = TokenAuthority(settings.auth.token_secret or ephemeral_secret())
     stages = StageTable()
+    access = AccessPolicy(
+        tokens,
+        anonymous_audience=settings.auth.anonymous_audience,
+        room_is_private=stages.is_private,
+    )
     viewers = ViewerService(
         stages.live_hub,
         ice_servers=settings.ice_servers,
         limits=ViewerLimits(
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,
+            max_viewers=settings.rooms.max_viewers_per_node,
         ),
+        room_limit=stages.max_viewers,
     )
     operator_key = settings.api.operator_key or ephemeral_secret()
     anchors = AnchorService(settings, stages)
-    return Gateway(settings, tokens, operator_key, stages, anchors, viewers)
+    return Gateway(
+        settings, tokens, access, operator_key, default_node_id(), stages, anchors, viewers
+    )
 
 
 def ice_link_headers(settings: Settings) -> tuple[str, ...]:
@@ -84,7 +96,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.state.gateway = gw
     install_problem_handlers(app)
     app.add_middleware(CorsHeaders, allow_origin=settings.cors_origin)
-    access = AccessPolicy(gw.tokens, anonymous_audience=settings.auth.anonymous_audience)
+    access = gw.access
     links = ice_link_headers(settings)
     limit = settings.sessions.max_sdp_bytes
     app.include_router(whip_router(gw.anchors, access, max_sdp_bytes=limit, link_headers=links))
@@ -93,6 +105,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     operator = OperatorAuth(gw.operator_key)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(operator)])
     # Operator routers (rooms, anchors, bridges, ...) are added to ``v1`` here.
+    v1.include_router(
+        operator_router(
+            settings, gw.stages, gw.anchors, gw.viewers, gw.access, gw.tokens, gw.node_id
+        )
+    )
     app.include_router(v1)
 
     @app.get("/healthz", tags=["ops"])

@@ -54,6 +54,15 @@ class AuthSettings(BaseModel):
     token_ttl: int = Field(3600, gt=0)
 
 
+class RoomSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    auto_create: bool = True
+    """A WHIP push to an unknown room creates it; false: rooms must be created through the API."""
+    max_viewers_per_node: int | None = Field(None, ge=1)
+    """Viewers this node serves at most; beyond: 503 + Retry-After. None: no limit."""
+
+
 class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +91,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
+    rooms: RoomSettings = RoomSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -14,14 +14,25 @@ log = logging.getLogger(__name__)
 HubListener = Callable[[str, FanoutHub | None], None]
 
 
+@dataclass(frozen=True, slots=True)
+class RoomConfig:
+    """Per-room settings an operator can set when creating a room."""
+
+    private: bool = False  # audience needs a token even where anonymous pulls are allowed
+    max_viewers: int | None = None  # on this node
+
+
 @dataclass(eq=False)
 class Stage:
-    """A room: its program hub exists while an anchor is live."""
+    """A room: its program hub exists while an anchor is live. Rooms created through the API
+    persist; rooms created implicitly by a WHIP push go away when idle."""
 
     room: str
+    config: RoomConfig = field(default_factory=RoomConfig)
+    persistent: bool = False
     hub: FanoutHub | None = None
     anchor_id: str | None = None
-    created_at: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.time)
 
 
 class StageTable:
@@ -60,10 +71,28 @@ class StageTable:
             stage = self._stages[room] = Stage(room)
         return stage
 
+    def create(self, room: str, config: RoomConfig) -> Stage:
+        """Create (or adopt an implicit) room with operator settings."""
+        stage = self.ensure(room)
+        stage.config = config
+        stage.persistent = True
+        return stage
+
+    def remove(self, room: str) -> None:
+        self._stages.pop(room, None)
+
     def discard_if_idle(self, room: str) -> None:
         stage = self._stages.get(room)
-        if stage is not None and stage.hub is None and stage.anchor_id is None:
+        if stage is not None and not stage.persistent and stage.hub is None and not stage.anchor_id:
             del self._stages[room]
+
+    def is_private(self, room: str) -> bool:
+        stage = self._stages.get(room)
+        return stage is not None and stage.config.private
+
+    def max_viewers(self, room: str) -> int | None:
+        stage = self._stages.get(room)
+        return stage.config.max_viewers if stage is not None else None
 
     def live_hub(self, room: str) -> FanoutHub | None:
         stage = self._stages.get(room)

@@ -1,25 +1,58 @@
-"""Who may publish to or watch a room: token checks plus the anonymous-audience switch."""
+"""Who may publish to or watch a room: token checks, revocations, the anonymous-audience switch."""
 
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .errors import Unauthorized
 from .tokens import Role, TokenAuthority, bearer_token
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a request was allowed as; ``token_id`` is empty for anonymous viewers."""
+
+    subject: str
+    token_id: str
+    expires_at: float
+
+
 class AccessPolicy:
-    def __init__(self, tokens: TokenAuthority, *, anonymous_audience: bool = False) -> None:
+    def __init__(
+        self,
+        tokens: TokenAuthority,
+        *,
+        anonymous_audience: bool = False,
+        room_is_private: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.tokens = tokens
         self.anonymous_audience = anonymous_audience
+        self._room_is_private = room_is_private or (lambda room: False)
+        self._clock = clock
+        self._revoked: dict[str, float] = {}  # token id -> expiry (kept until the token expires)
+
+    def revoke(self, token_id: str, expires_at: float) -> None:
+        """Refuse this token from now on (a kicked anchor cannot come straight back)."""
+        if token_id:
+            self._revoked[token_id] = expires_at
+            now = self._clock()
+            for tid in [t for t, exp in self._revoked.items() if exp < now]:
+                del self._revoked[tid]
 
     def authorize(
         self, room: str, role: Role, authorization: str | None, query_token: str | None = None
-    ) -> str:
-        """The subject allowed to act as ``role`` in ``room``; raises 401/403 otherwise."""
+    ) -> Grant:
+        """The grant to act as ``role`` in ``room``; raises 401/403 otherwise."""
         token = bearer_token(authorization, query_token)
         if token is None:
-            if role == "audience" and self.anonymous_audience:
-                return "anonymous-" + secrets.token_hex(4)
+            if role == "audience" and self.anonymous_audience and not self._room_is_private(room):
+                return Grant("anonymous-" + secrets.token_hex(4), "", float("inf"))
             raise Unauthorized(f"a Bearer token with role {role!r} is required")
-        return self.tokens.verify(token, room=room, role=role).subject
+        claims = self.tokens.verify(token, room=room, role=role)
+        if claims.token_id in self._revoked:
+            raise Unauthorized("token has been revoked")
+        return Grant(claims.subject, claims.token_id, claims.expires_at)

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .bitstream import picture_size
 from .limiter import IntervalLimiter
 from .media import CodecSpec, EncodedFrame, MediaKind
+from .meter import RateMeter
 from .viewer_queue import ViewerQueue
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ class FanoutHub:
         self._requester: KeyframeRequester | None = None
         self._retry: asyncio.TimerHandle | None = None
         self.stats = HubStats()
+        self.meters: dict[MediaKind, RateMeter] = {kind: RateMeter() for kind in self.codecs}
+        self.picture_size: tuple[int, int] | None = None
+        self.muted: set[MediaKind] = set()
         self.started_at = clock()
         self.last_frame_at: float | None = None
         self.closed = asyncio.Event()
@@ -81,11 +86,18 @@ class FanoutHub:
         if self.closed.is_set():
             return
         st = self.stats
+        size = sum(len(p) for p in frame.payloads)
         st.frames_in += 1
-        st.bytes_in += sum(len(p) for p in frame.payloads)
+        st.bytes_in += size
+        meter = self.meters.get(frame.kind)
+        if meter is not None:
+            meter.add(frame.received_at, size)
         if frame.keyframe and frame.kind == "video":
             st.keyframes_in += 1
+            self.picture_size = picture_size(frame.codec, frame.data) or self.picture_size
         self.last_frame_at = frame.received_at
+        if frame.kind in self.muted:
+            return
         starving = False
         for viewer in self._viewers.values():
             q = viewer.queues.get(frame.kind)
@@ -93,6 +105,19 @@ class FanoutHub:
                 starving = True
         if starving:
             self.request_keyframe()
+
+    def set_muted(self, kind: MediaKind, muted: bool) -> None:
+        """Stop (or resume) forwarding one kind; video resumes on a fresh keyframe."""
+        if not muted and kind in self.muted:
+            self.muted.discard(kind)
+            if kind == "video":
+                for viewer in self._viewers.values():
+                    q = viewer.queues.get("video")
+                    if q is not None:
+                        q.restart()
+                self.request_keyframe()
+        elif muted:
+            self.muted.add(kind)
 
     # -- viewer side -------------------------------------------------------------------------
     @property

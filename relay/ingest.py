@@ -12,7 +12,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from .aiortc_adapter import install_ingest_tap, packet_data, send_pli
 from .hub import FanoutHub
 from .media import MediaKind
-from .reassembly import FrameAssembler
+from .reassembly import FrameAssembler, Unwrapper
 
 
 class TrackIngest:
@@ -37,6 +37,8 @@ class TrackIngest:
         self.packets = 0
         self.bytes = 0
         self.last_packet_at: float | None = None
+        self._seq = Unwrapper(16)
+        self._lowest = self._highest = 0
         install_ingest_tap(receiver, self._on_packet)
 
     def _on_packet(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
@@ -45,6 +47,12 @@ class TrackIngest:
         self.bytes += len(packet.payload)
         self.last_packet_at = now
         self.ssrc = packet.ssrc
+        seq = self._seq.unwrap(packet.sequence_number)
+        if self.packets == 1:
+            self._lowest = self._highest = seq
+        else:
+            self._lowest = min(self._lowest, seq)
+            self._highest = max(self._highest, seq)
         asm = self._assembler
         if asm is None or asm.codec != codec.name:
             asm = self._assembler = FrameAssembler(self.kind, codec.name, max_wait=self._max_wait)
@@ -65,6 +73,11 @@ class TrackIngest:
         """Send a PLI for the media SSRC seen last (nothing to ask before the first packet)."""
         if self.ssrc is not None:
             send_pli(self._receiver, self.ssrc)
+
+    @property
+    def packets_lost(self) -> int:
+        """Sequence numbers never seen (before NACK recovery is counted back in)."""
+        return max(0, self._highest - self._lowest + 1 - self.packets) if self.packets else 0
 
     @property
     def frames_skipped(self) -> int:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from .access import Grant
 from .aiortc_adapter import install_prepacked_sender
-from .errors import Conflict, NotFound, Unprocessable
+from .errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from .http_common import new_etag, new_session_id
 from .hub import FanoutHub, Viewer
 from .peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
@@ -28,13 +29,14 @@ HubLookup = Callable[[str], FanoutHub | None]
 class ViewerLimits:
     connect_timeout: float = 15.0  # a viewer that never connects is reaped after this
     retry_after: int = 2  # seconds a client should wait when nothing is live
+    max_viewers: int | None = None  # this node's capacity; beyond it: 503 + Retry-After
 
 
 @dataclass(eq=False)
 class ViewerSession:
     id: str
     room: str
-    subject: str
+    grant: Grant
     pc: RTCPeerConnection
     hub: FanoutHub
     viewer: Viewer
@@ -54,8 +56,10 @@ class ViewerService:
         *,
         ice_servers: tuple[str, ...] = (),
         limits: ViewerLimits | None = None,
+        room_limit: Callable[[str], int | None] | None = None,
     ) -> None:
         self._lookup = lookup
+        self._room_limit = room_limit or (lambda room: None)
         self._ice_servers = ice_servers
         self.limits = limits or ViewerLimits()
         self.sessions: dict[str, ViewerSession] = {}
@@ -69,10 +73,22 @@ class ViewerService:
             raise Conflict(f"room {room!r} is not live", retry_after=self.limits.retry_after)
         return hub
 
+    def _admit(self, room: str) -> None:
+        node_max = self.limits.max_viewers
+        if node_max is not None and len(self.sessions) >= node_max:
+            raise ServiceUnavailable("this node is full", retry_after=self.limits.retry_after)
+        room_max = self._room_limit(room)
+        if room_max is not None and self.count(room) >= room_max:
+            raise ServiceUnavailable(
+                f"room {room!r} has its maximum of {room_max} viewers",
+                retry_after=self.limits.retry_after,
+            )
+
     async def open(
-        self, room: str, offer_sdp: str, summary: OfferSummary, subject: str
+        self, room: str, offer_sdp: str, summary: OfferSummary, grant: Grant
     ) -> ViewerSession:
         hub = self.live_hub(room)
+        self._admit(room)
         pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
         sid = new_session_id()
         viewer = hub.create_viewer(sid)
@@ -96,7 +112,7 @@ class ViewerService:
             viewer.close()
             await close_quietly(pc)
             raise
-        session = ViewerSession(sid, room, subject, pc, hub, viewer, new_etag())
+        session = ViewerSession(sid, room, grant, pc, hub, viewer, new_etag())
         self.sessions[sid] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"viewer-{sid}")

@@ -38,11 +38,11 @@ def whep_router(
         access_token: str | None = Query(default=None),
     ) -> Response:
         check_room(room)
-        subject = access.authorize(room, "audience", authorization, access_token)
+        grant = access.authorize(room, "audience", authorization, access_token)
         require_content_type(request, SDP)
         text = decode_body(await read_limited(request, max_sdp_bytes), max_bytes=max_sdp_bytes)
         summary = check_offer(text, "view")
-        session = await service.open(room, text, summary, subject)
+        session = await service.open(room, text, summary, grant)
         return created_response(
             "/whep", room, session.id, session.etag, session.pc.localDescription.sdp, link_headers
         )

@@ -1,0 +1,108 @@
+"""Request and response bodies of the operator API (pydantic lives only at the HTTP boundary)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROOM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RoomCreate(_Body):
+    name: str = Field(pattern=ROOM_PATTERN)
+    private: bool = False
+    max_viewers: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class MediaStats(BaseModel):
+    codec: str
+    fps: float
+    bitrate_bps: float
+    muted: bool
+
+
+class StreamView(BaseModel):
+    room: str
+    live: bool
+    video: MediaStats | None = None
+    audio: MediaStats | None = None
+    width: int | None = None
+    height: int | None = None
+    viewers: int
+    keyframe_requests: int
+    frames_in: int
+    bytes_in: int
+    uptime_s: float
+
+
+class AnchorView(BaseModel):
+    id: str
+    room: str
+    subject: str
+    state: str
+    connected: bool
+    muted: list[str]
+    packets_received: int
+    packets_lost: int
+    frames_skipped: int
+
+
+class ViewerView(BaseModel):
+    id: str
+    room: str
+    subject: str
+    state: str
+    frames_sent: int
+    frames_dropped: int
+
+
+class RoomView(BaseModel):
+    name: str
+    private: bool
+    max_viewers: int | None
+    persistent: bool
+    live: bool
+    anchors: list[AnchorView]
+    viewers: int
+    created_at: float
+
+
+class ViewerList(BaseModel):
+    room: str
+    count: int
+    viewers: list[ViewerView]
+
+
+class MuteRequest(_Body):
+    audio: bool | None = None
+    video: bool | None = None
+
+
+class TokenRequest(_Body):
+    room: str = Field(pattern=ROOM_PATTERN)
+    role: Literal["anchor", "audience"]
+    subject: str = Field(min_length=1, max_length=128)
+    ttl: int = Field(3600, ge=10, le=7 * 24 * 3600)
+
+
+class TokenResponse(BaseModel):
+    token: str
+    room: str
+    role: str
+    expires_at: int
+    url: str
+
+
+class NodeView(BaseModel):
+    id: str
+    url: str
+    role: str
+    rooms: int
+    anchors: int
+    viewers: int
+    cpu_percent: float

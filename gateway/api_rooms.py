@@ -1,0 +1,221 @@
+"""Operator API: rooms, anchors (list, kick, mute), viewers, live stream stats, tokens, nodes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import psutil
+from fastapi import APIRouter, Response
+
+from relay.access import AccessPolicy
+from relay.errors import Conflict, NotFound
+from relay.hub import FanoutHub
+from relay.tokens import TokenAuthority
+from relay.viewers import ViewerService
+
+from .anchors import AnchorService, AnchorSession
+from .api_models import (
+    AnchorView,
+    MediaStats,
+    MuteRequest,
+    NodeView,
+    RoomCreate,
+    RoomView,
+    StreamView,
+    TokenRequest,
+    TokenResponse,
+    ViewerList,
+    ViewerView,
+)
+from .settings import Settings
+from .stages import RoomConfig, Stage, StageTable
+
+
+def stream_view(room: str, hub: FanoutHub | None, viewers: int) -> StreamView:
+    if hub is None:
+        return StreamView(
+            room=room,
+            live=False,
+            viewers=viewers,
+            keyframe_requests=0,
+            frames_in=0,
+            bytes_in=0,
+            uptime_s=0.0,
+        )
+    now = time.monotonic()
+    media: dict[str, MediaStats] = {}
+    for kind, spec in hub.codecs.items():
+        fps, bps = hub.meters[kind].rates(now)
+        media[kind] = MediaStats(
+            codec=spec.name, fps=round(fps, 2), bitrate_bps=round(bps), muted=kind in hub.muted
+        )
+    size = hub.picture_size
+    return StreamView(
+        room=room,
+        live=not hub.closed.is_set(),
+        video=media.get("video"),
+        audio=media.get("audio"),
+        width=size[0] if size else None,
+        height=size[1] if size else None,
+        viewers=viewers,
+        keyframe_requests=hub.stats.keyframe_requests,
+        frames_in=hub.stats.frames_in,
+        bytes_in=hub.stats.bytes_in,
+        uptime_s=round(now - hub.started_at, 3),
+    )
+
+
+def anchor_view(session: AnchorSession) -> AnchorView:
+    received = sum(i.packets for i in session.ingests.values())
+    return AnchorView(
+        id=session.id,
+        room=session.room,
+        subject=session.grant.subject,
+        state=session.pc.connectionState,
+        connected=session.connected_at is not None,
+        muted=sorted(session.hub.muted),
+        packets_received=received,
+        packets_lost=sum(i.packets_lost for i in session.ingests.values()),
+        frames_skipped=sum(i.frames_skipped for i in session.ingests.values()),
+    )
+
+
+def operator_router(
+    settings: Settings,
+    stages: StageTable,
+    anchors: AnchorService,
+    viewers: ViewerService,
+    access: AccessPolicy,
+    tokens: TokenAuthority,
+    node_id: str,
+) -> APIRouter:
+    router = APIRouter(tags=["operator"])
+
+    def room_view(stage: Stage) -> RoomView:
+        return RoomView(
+            name=stage.room,
+            private=stage.config.private,
+            max_viewers=stage.config.max_viewers,
+            persistent=stage.persistent,
+            live=stage.hub is not None,
+            anchors=[anchor_view(s) for s in anchors.in_room(stage.room)],
+            viewers=viewers.count(stage.room),
+            created_at=stage.created_at,
+        )
+
+    def stage_or_404(room: str) -> Stage:
+        stage = stages.get(room)
+        if stage is None:
+            raise NotFound(f"no room {room!r}")
+        return stage
+
+    @router.get("/rooms", response_model=list[RoomView])
+    async def list_rooms() -> list[RoomView]:
+        return [room_view(s) for s in stages]
+
+    @router.post("/rooms", status_code=201, response_model=RoomView)
+    async def create_room(body: RoomCreate, response: Response) -> RoomView:
+        existing = stages.get(body.name)
+        if existing is not None and existing.persistent:
+            raise Conflict(f"room {body.name!r} already exists")
+        stage = stages.create(body.name, RoomConfig(body.private, body.max_viewers))
+        response.headers["Location"] = f"/v1/rooms/{body.name}"
+        return room_view(stage)
+
+    @router.get("/rooms/{room}", response_model=RoomView)
+    async def get_room(room: str) -> RoomView:
+        return room_view(stage_or_404(room))
+
+    @router.delete("/rooms/{room}", status_code=204)
+    async def close_room(room: str) -> Response:
+        """Ends the room: its anchors are kicked (their viewers are told), the room is removed."""
+        stage_or_404(room)
+        for session in anchors.in_room(room):
+            access.revoke(session.grant.token_id, session.grant.expires_at)
+            await anchors.close(room, session.id, reason="room closed")
+        stages.remove(room)
+        return Response(status_code=204)
+
+    @router.get("/rooms/{room}/anchors", response_model=list[AnchorView])
+    async def list_anchors(room: str) -> list[AnchorView]:
+        stage_or_404(room)
+        return [anchor_view(s) for s in anchors.in_room(room)]
+
+    @router.delete("/rooms/{room}/anchors/{anchor_id}", status_code=204)
+    async def kick_anchor(room: str, anchor_id: str) -> Response:
+        """Ends the anchor's session and revokes its token so it cannot publish straight back."""
+        session = anchors.get(room, anchor_id)
+        access.revoke(session.grant.token_id, session.grant.expires_at)
+        await anchors.close(room, anchor_id, reason="kicked")
+        return Response(status_code=204)
+
+    @router.post("/rooms/{room}/anchors/{anchor_id}/mute", response_model=AnchorView)
+    async def mute_anchor(room: str, anchor_id: str, body: MuteRequest) -> AnchorView:
+        session = anchors.get(room, anchor_id)
+        if body.audio is not None and "audio" in session.hub.codecs:
+            session.hub.set_muted("audio", body.audio)
+        if body.video is not None and "video" in session.hub.codecs:
+            session.hub.set_muted("video", body.video)
+        return anchor_view(session)
+
+    @router.get("/rooms/{room}/viewers", response_model=ViewerList)
+    async def list_viewers(room: str) -> ViewerList:
+        stage_or_404(room)
+        listed = [
+            ViewerView(
+                id=s.id,
+                room=s.room,
+                subject=s.grant.subject,
+                state=s.pc.connectionState,
+                frames_sent=sum(q.sent for q in s.viewer.queues.values()),
+                frames_dropped=sum(q.dropped for q in s.viewer.queues.values()),
+            )
+            for s in viewers.sessions.values()
+            if s.room == room
+        ]
+        return ViewerList(room=room, count=len(listed), viewers=listed)
+
+    @router.get("/streams", response_model=list[StreamView])
+    async def list_streams() -> list[StreamView]:
+        return [
+            stream_view(s.room, s.hub, viewers.count(s.room)) for s in stages if s.hub is not None
+        ]
+
+    @router.get("/rooms/{room}/stream", response_model=StreamView)
+    async def get_stream(room: str) -> StreamView:
+        stage = stage_or_404(room)
+        return stream_view(room, stage.hub, viewers.count(room))
+
+    @router.post("/tokens", status_code=201, response_model=TokenResponse)
+    async def mint_token(body: TokenRequest) -> TokenResponse:
+        token = tokens.mint(body.room, body.role, body.subject, body.ttl)
+        path = "whip" if body.role == "anchor" else "whep"
+        return TokenResponse(
+            token=token,
+            room=body.room,
+            role=body.role,
+            expires_at=int(time.time()) + body.ttl,
+            url=f"{settings.base_url}/{path}/{body.room}",
+        )
+
+    @router.get("/nodes", response_model=list[NodeView])
+    async def list_nodes() -> list[NodeView]:
+        return [
+            NodeView(
+                id=node_id,
+                url=settings.base_url,
+                role="origin",
+                rooms=len(stages),
+                anchors=len(anchors.sessions),
+                viewers=viewers.count(),
+                cpu_percent=psutil.Process(os.getpid()).cpu_percent(interval=None),
+            )
+        ]
+
+    return router
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"

@@ -1,0 +1,168 @@
+"""Operator API over a real uvicorn: every route and its refusals as problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
+from tests.server import RunningServer, run_server
+from tests.test_live_path import wait_for
+from tests.test_protocol import SDP, assert_problem, make_offer
+
+
+@pytest.fixture
+async def api(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {server.gateway.operator_key}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=10) as c:
+        yield c
+
+
+async def test_operator_key_required(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+        assert_problem(await c.get("/v1/rooms"), 401)
+        assert_problem(await c.get("/v1/rooms", headers={"X-API-Key": "wrong-key-wrong-key"}), 401)
+        ok = await c.get("/v1/rooms", headers={"X-API-Key": server.gateway.operator_key})
+        assert ok.status_code == 200 and ok.json() == []
+
+
+async def test_room_lifecycle_and_validation(api: httpx.AsyncClient) -> None:
+    resp = await api.post("/v1/rooms", json={"name": "show", "max_viewers": 2})
+    assert resp.status_code == 201 and resp.headers["location"] == "/v1/rooms/show"
+    room = resp.json()
+    assert room["name"] == "show" and room["max_viewers"] == 2 and not room["live"]
+    assert_problem(await api.post("/v1/rooms", json={"name": "show"}), 409)
+    assert_problem(await api.post("/v1/rooms", json={"name": "bad name"}), 422)
+    assert_problem(await api.post("/v1/rooms", json={"name": "x", "bogus": 1}), 422)
+    assert_problem(
+        await api.post(
+            "/v1/rooms", content=b"{not json", headers={"Content-Type": "application/json"}
+        ),
+        422,
+    )
+    assert [r["name"] for r in (await api.get("/v1/rooms")).json()] == ["show"]
+    assert (await api.get("/v1/rooms/show")).json()["persistent"] is True
+    assert_problem(await api.get("/v1/rooms/nope"), 404)
+    assert (await api.delete("/v1/rooms/show")).status_code == 204
+    assert_problem(await api.delete("/v1/rooms/show"), 404)
+
+
+async def test_tokens_minted_by_api_work(server: RunningServer, api: httpx.AsyncClient) -> None:
+    resp = await api.post(
+        "/v1/tokens", json={"room": "t1", "role": "anchor", "subject": "amy", "ttl": 60}
+    )
+    assert resp.status_code == 201
+    body = resp.json()
+    assert body["url"].endswith("/whip/t1")
+    claims = server.gateway.tokens.verify(body["token"], room="t1", role="anchor")
+    assert claims.subject == "amy"
+    assert_problem(
+        await api.post("/v1/tokens", json={"room": "t1", "role": "admin", "subject": "x"}), 422
+    )
+    assert_problem(
+        await api.post(
+            "/v1/tokens", json={"room": "t1", "role": "anchor", "subject": "x", "ttl": 1}
+        ),
+        422,
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_live_stats_viewers_mute_and_kick(
+    server: RunningServer, api: httpx.AsyncClient
+) -> None:
+    room = "op1"
+    tok = server.anchor_token(room)
+    pub = await whip_publish(
+        server.base_url, room, tok, video=StampedVideoTrack(640, 360, 30), audio=ToneAudioTrack()
+    )
+    viewer = await whep_watch(server.base_url, room)
+    assert await wait_for(lambda: viewer.video_frames > 30, 10)
+    await asyncio.sleep(2.1)  # a full stats window
+
+    stream = (await api.get(f"/v1/rooms/{room}/stream")).json()
+    assert stream["live"] and stream["viewers"] == 1
+    assert (stream["width"], stream["height"]) == (640, 360)
+    assert stream["video"]["codec"] in ("H264", "VP8") and 20 <= stream["video"]["fps"] <= 35
+    assert stream["video"]["bitrate_bps"] > 50_000 and stream["audio"]["codec"] == "opus"
+    assert [s["room"] for s in (await api.get("/v1/streams")).json()] == [room]
+
+    viewers = (await api.get(f"/v1/rooms/{room}/viewers")).json()
+    assert viewers["count"] == 1 and viewers["viewers"][0]["frames_sent"] > 30
+
+    anchors = (await api.get(f"/v1/rooms/{room}/anchors")).json()
+    assert len(anchors) == 1 and anchors[0]["subject"] == "test-anchor" and anchors[0]["connected"]
+    anchor_id = anchors[0]["id"]
+    room_view = (await api.get(f"/v1/rooms/{room}")).json()
+    assert room_view["live"] and room_view["viewers"] == 1
+
+    # mute audio: the viewer's audio stops while video goes on
+    muted = await api.post(f"/v1/rooms/{room}/anchors/{anchor_id}/mute", json={"audio": True})
+    assert muted.json()["muted"] == ["audio"]
+    await asyncio.sleep(0.3)
+    a0, v0 = viewer.audio_frames, viewer.video_frames
+    await asyncio.sleep(1.0)
+    assert viewer.audio_frames - a0 <= 2 and viewer.video_frames - v0 >= 20
+    await api.post(f"/v1/rooms/{room}/anchors/{anchor_id}/mute", json={"audio": False})
+    a1 = viewer.audio_frames
+    assert await wait_for(lambda: viewer.audio_frames - a1 > 20, 5)
+
+    assert_problem(await api.delete(f"/v1/rooms/{room}/anchors/nosuch"), 404)
+    assert_problem(
+        await api.post(f"/v1/rooms/{room}/anchors/{anchor_id}/mute", json={"audio": "loud"}), 422
+    )
+
+    # kick: the anchor's session ends, its viewers see the end, its token no longer works
+    assert (await api.delete(f"/v1/rooms/{room}/anchors/{anchor_id}")).status_code == 204
+    await asyncio.wait_for(viewer.ended.wait(), 10)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+        again = await c.post(
+            f"/whip/{room}",
+            content=await make_offer("sendonly"),
+            headers={**SDP, "Authorization": f"Bearer {tok}"},
+        )
+        assert_problem(again, 401)
+    await viewer.close()
+    await pub.close()
+
+
+@pytest.mark.timeout(60)
+async def test_private_room_and_viewer_limits() -> None:
+    with run_server(rooms={"max_viewers_per_node": 3}) as server:
+        headers = {"X-API-Key": server.gateway.operator_key}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=10) as api:
+            await api.post("/v1/rooms", json={"name": "vip", "private": True, "max_viewers": 1})
+            pub = await whip_publish(
+                server.base_url,
+                "vip",
+                server.anchor_token("vip"),
+                video=StampedVideoTrack(320, 180, 15),
+            )
+            offer = await make_offer("recvonly")
+            assert_problem(await api.post("/whep/vip", content=offer, headers=SDP), 401)
+            tok = {"Authorization": f"Bearer {server.audience_token('vip')}"}
+            first = await api.post("/whep/vip", content=offer, headers={**SDP, **tok})
+            assert first.status_code == 201
+            full = await api.post("/whep/vip", content=offer, headers={**SDP, **tok})
+            assert_problem(full, 503)
+            assert "retry-after" in full.headers
+            await pub.close()
+
+
+async def test_rooms_must_exist_when_auto_create_off() -> None:
+    with run_server(rooms={"auto_create": False}) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            resp = await c.post(
+                "/whip/ghost",
+                content=await make_offer("sendonly"),
+                headers={**SDP, "Authorization": f"Bearer {server.anchor_token('ghost')}"},
+            )
+            assert_problem(resp, 404)
+
+
+async def test_nodes(api: httpx.AsyncClient) -> None:
+    nodes = (await api.get("/v1/nodes")).json()
+    assert len(nodes) == 1 and nodes[0]["role"] == "origin"
