@@ -60,6 +60,24 @@ class AnchorSession:
         return max(times) if times else None
 
 
+@dataclass(slots=True)
+class IngressTotals:
+    """Node-wide ingest counters, monotonic: finished anchors are folded in when they leave."""
+
+    sessions: int = 0
+    frames: int = 0
+    bytes: int = 0
+    keyframe_requests: int = 0
+    keyframe_requests_coalesced: int = 0
+
+    def add_hub(self, hub: FanoutHub) -> None:
+        st = hub.stats
+        self.frames += st.frames_in
+        self.bytes += st.bytes_in
+        self.keyframe_requests += st.keyframe_requests
+        self.keyframe_requests_coalesced += st.keyframe_requests_coalesced
+
+
 class AnchorService:
     """Owns every anchor session of this node and the room's hub while it is live."""
 
@@ -67,6 +85,7 @@ class AnchorService:
         self._settings = settings
         self._stages = stages
         self.sessions: dict[str, AnchorSession] = {}
+        self.finished = IngressTotals()
 
     async def open(
         self, room: str, offer_sdp: str, summary: OfferSummary, grant: Grant
@@ -167,8 +186,20 @@ class AnchorService:
             self._stages.set_hub(session.room, None)
             self._stages.discard_if_idle(session.room)
         session.hub.close()
+        self.finished.add_hub(session.hub)
+        self.finished.sessions += 1
         await close_quietly(session.pc)
         log.info("anchor %s left room %s: %s", session.id, session.room, session.ended_reason)
+
+    def ingress(self) -> IngressTotals:
+        """Totals so far, live anchors included."""
+        f = self.finished
+        total = IngressTotals(
+            f.sessions, f.frames, f.bytes, f.keyframe_requests, f.keyframe_requests_coalesced
+        )
+        for s in self.sessions.values():
+            total.add_hub(s.hub)
+        return total
 
     def in_room(self, room: str) -> list[AnchorSession]:
         return [s for s in self.sessions.values() if s.room == room]

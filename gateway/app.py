@@ -5,21 +5,31 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from relay.access import AccessPolicy
 from relay.aiortc_adapter import check_version
 from relay.http_common import CorsHeaders
 from relay.problems import install_problem_handlers
+from relay.ratelimit import ClientRateLimiter
 from relay.tokens import TokenAuthority
 from relay.viewers import ViewerLimits, ViewerService
 from relay.whep_http import whep_router
 
 from .anchors import AnchorService
 from .api_rooms import default_node_id, operator_router
+from .guards import RequestGuards
+from .metrics import (
+    CONTENT_TYPE,
+    ExtraCounters,
+    GatewayCollector,
+    LoopLagMonitor,
+    build_registry,
+    render,
+)
 from .operator_auth import OperatorAuth
 from .settings import Settings, ephemeral_secret
 from .stages import StageTable
@@ -40,10 +50,16 @@ class Gateway:
     stages: StageTable
     anchors: AnchorService
     viewers: ViewerService
+    lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    metric_sources: list[ExtraCounters] = field(default_factory=list)
+
+    async def start(self) -> None:
+        self.lag.start()
 
     async def shutdown(self) -> None:
         await self.anchors.shutdown()
         await self.viewers.shutdown()
+        await self.lag.stop()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -82,6 +98,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("gateway up at %s", settings.base_url)
+        await gw.start()
         try:
             yield
         finally:
@@ -96,6 +113,12 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.state.gateway = gw
     install_problem_handlers(app)
     app.add_middleware(CorsHeaders, allow_origin=settings.cors_origin)
+    lim = settings.limits
+    app.add_middleware(
+        RequestGuards,
+        max_body_bytes=lim.max_body_bytes,
+        limiter=ClientRateLimiter(lim.session_posts_per_second, lim.session_post_burst),
+    )
     access = gw.access
     links = ice_link_headers(settings)
     limit = settings.sessions.max_sdp_bytes
@@ -111,6 +134,15 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         )
     )
     app.include_router(v1)
+
+    registry = build_registry(
+        GatewayCollector(gw.stages, gw.anchors, gw.viewers, gw.lag, gw.metric_sources)
+    )
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus exposition of the node's rooms, sessions, traffic and loop lag."""
+        return Response(render(registry), media_type=CONTENT_TYPE)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:

@@ -63,6 +63,45 @@ class RoomSettings(BaseModel):
     """Viewers this node serves at most; beyond: 503 + Retry-After. None: no limit."""
 
 
+class LimitSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    """Largest request body of any kind (JSON, SDP); bigger: 413."""
+    session_posts_per_second: float = Field(5.0, gt=0)
+    """WHIP/WHEP POSTs a client address may make per second, sustained; beyond: 429."""
+    session_post_burst: int = Field(20, ge=1)
+
+
+class BridgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ffmpeg: str = ""
+    """ffmpeg binary the CDN bridges run; empty: the one in the ``imageio-ffmpeg`` wheel."""
+    hls_dir: str = ""
+    """Where HLS is written (one directory per room); empty: a temporary directory per process."""
+    keyframe_interval: float = Field(1.0, ge=0.5, le=10)
+    """Bridges ask the anchor for a keyframe this often (s); HLS segments start at keyframes, so
+    this is also the HLS segment duration."""
+    hls_part_duration: float = Field(0.3, ge=0.1, le=2)
+    """LL-HLS part target (s)."""
+    hls_window: int = Field(6, ge=3, le=1000)
+    """Segments listed in the HLS playlist (older files are deleted)."""
+    backoff_initial: float = Field(0.5, gt=0)
+    """First restart delay (s) of a bridge whose ffmpeg died; doubles per failure."""
+    backoff_max: float = Field(15.0, gt=0)
+    retry_limit: int = Field(10, ge=0)
+    """Consecutive failures before a bridge is marked failed (0: retry forever)."""
+    stop_timeout: float = Field(3.0, gt=0)
+    """How long ffmpeg may take to finish after end of input before it is terminated, then killed."""
+    queue_frames: int = Field(90, ge=4, le=10000)
+    """Frames queued for ffmpeg; when it falls behind the bridge drops to the next keyframe."""
+    video_bitrate_kbps: int = Field(2500, ge=100)
+    """H264 bitrate when the program is VP8 and has to be transcoded."""
+    audio_bitrate_kbps: int = Field(128, ge=16)
+    max_per_room: int = Field(4, ge=1)
+
+
 class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -92,6 +131,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
     rooms: RoomSettings = RoomSettings()
+    limits: LimitSettings = LimitSettings()
+    bridge: BridgeSettings = BridgeSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -23,6 +23,8 @@ class ViewerQueue:
         self._closed = False
         self.waiting_keyframe = kind == "video"
         self.sent = 0
+        self.sent_bytes = 0
+        self.sent_packets = 0
         self.dropped = 0
         self.overflows = 0
 
@@ -73,5 +75,8 @@ class ViewerQueue:
                 return None
             self._ready.clear()
             await self._ready.wait()
+        frame = self._frames.popleft()
         self.sent += 1
-        return self._frames.popleft()
+        self.sent_packets += len(frame.payloads)
+        self.sent_bytes += sum(len(p) for p in frame.payloads)
+        return frame

@@ -32,6 +32,24 @@ class ViewerLimits:
     max_viewers: int | None = None  # this node's capacity; beyond it: 503 + Retry-After
 
 
+@dataclass(slots=True)
+class EgressTotals:
+    """Node-wide egress counters, monotonic: finished viewers are folded in when they leave."""
+
+    sessions: int = 0
+    frames: int = 0
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0
+
+    def add_viewer(self, viewer: Viewer) -> None:
+        for q in viewer.queues.values():
+            self.frames += q.sent
+            self.packets += q.sent_packets
+            self.bytes += q.sent_bytes
+            self.dropped += q.dropped
+
+
 @dataclass(eq=False)
 class ViewerSession:
     id: str
@@ -63,6 +81,15 @@ class ViewerService:
         self._ice_servers = ice_servers
         self.limits = limits or ViewerLimits()
         self.sessions: dict[str, ViewerSession] = {}
+        self.finished = EgressTotals()
+
+    def egress(self) -> EgressTotals:
+        """Totals so far, live viewers included."""
+        f = self.finished
+        total = EgressTotals(f.sessions, f.frames, f.packets, f.bytes, f.dropped)
+        for s in self.sessions.values():
+            total.add_viewer(s.viewer)
+        return total
 
     def count(self, room: str | None = None) -> int:
         return sum(1 for s in self.sessions.values() if room is None or s.room == room)
@@ -149,6 +176,8 @@ class ViewerService:
         if self.sessions.pop(session.id, None) is None:
             return
         session.hub.remove_viewer(session.viewer)
+        self.finished.add_viewer(session.viewer)
+        self.finished.sessions += 1
         session.closed.set()
         await close_quietly(session.pc)
         log.info("viewer %s left room %s", session.id, session.room)

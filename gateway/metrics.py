@@ -1,0 +1,131 @@
+"""Prometheus metrics: read from the gateway's own state at scrape time (no double bookkeeping),
+plus the event-loop lag measured by a small task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from relay.viewers import ViewerService
+
+from .anchors import AnchorService
+from .stages import StageTable
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ExtraCounters(Protocol):
+    """Other subsystems (bridges, webhooks) expose their counters through this."""
+
+    def counters(self) -> dict[str, tuple[str, float]]: ...
+
+
+class LoopLagMonitor:
+    """How late the event loop wakes a 100 ms sleep: media forwarding shares that loop."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.last_lag = 0.0
+        self.max_lag = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loop-lag")
+
+    async def _run(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.last_lag = max(0.0, time.monotonic() - t0 - self.interval)
+            self.max_lag = max(self.max_lag, self.last_lag)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class GatewayCollector(Collector):
+    def __init__(
+        self,
+        stages: StageTable,
+        anchors: AnchorService,
+        viewers: ViewerService,
+        lag: LoopLagMonitor,
+        extras: list[ExtraCounters],
+    ) -> None:
+        self._stages, self._anchors, self._viewers = stages, anchors, viewers
+        self._lag = lag
+        self._extras = extras
+
+    def collect(self) -> Iterator[Metric]:
+        live = [s for s in self._stages if s.hub is not None]
+        yield GaugeMetricFamily("stagecast_rooms", "Rooms known to this node", len(self._stages))
+        yield GaugeMetricFamily("stagecast_live_streams", "Rooms with a live program", len(live))
+        yield GaugeMetricFamily(
+            "stagecast_anchors", "Live anchor sessions", len(self._anchors.sessions)
+        )
+        viewers = GaugeMetricFamily("stagecast_viewers", "Viewer sessions", labels=["room"])
+        for stage in self._stages:
+            viewers.add_metric([stage.room], self._viewers.count(stage.room))
+        yield viewers
+        eg = self._viewers.egress()
+        ing = self._anchors.ingress()
+        counters: tuple[tuple[str, str, float], ...] = (
+            (
+                "stagecast_viewer_sessions",
+                "Viewer sessions ended or live",
+                eg.sessions + len(self._viewers.sessions),
+            ),
+            (
+                "stagecast_anchor_sessions",
+                "Anchor sessions ended or live",
+                ing.sessions + len(self._anchors.sessions),
+            ),
+            ("stagecast_egress_bytes", "RTP payload bytes sent to viewers", eg.bytes),
+            ("stagecast_egress_packets", "RTP packets sent to viewers", eg.packets),
+            ("stagecast_egress_frames", "Frames sent to viewers", eg.frames),
+            ("stagecast_viewer_frame_drops", "Frames dropped by slow viewers' queues", eg.dropped),
+            ("stagecast_ingress_bytes", "RTP payload bytes received from anchors", ing.bytes),
+            ("stagecast_ingress_frames", "Frames received from anchors", ing.frames),
+            (
+                "stagecast_keyframe_requests",
+                "Keyframe requests sent to anchors",
+                ing.keyframe_requests,
+            ),
+            (
+                "stagecast_keyframe_requests_coalesced",
+                "Keyframe requests coalesced",
+                ing.keyframe_requests_coalesced,
+            ),
+        )
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=value)
+        for extra in self._extras:
+            for name, (doc, value) in extra.counters().items():
+                yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "stagecast_event_loop_lag_seconds", "Last event-loop lag", self._lag.last_lag
+        )
+        yield GaugeMetricFamily(
+            "stagecast_event_loop_lag_max_seconds", "Largest event-loop lag", self._lag.max_lag
+        )
+
+
+def build_registry(collector: GatewayCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
