@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError, OperationError
@@ -32,6 +34,8 @@ from .stages import StageTable
 log = logging.getLogger(__name__)
 
 CLOCK_RATES = {"video": 90000, "audio": 48000}
+
+EventSink = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(eq=False)
@@ -81,9 +85,12 @@ class IngressTotals:
 class AnchorService:
     """Owns every anchor session of this node and the room's hub while it is live."""
 
-    def __init__(self, settings: Settings, stages: StageTable) -> None:
+    def __init__(
+        self, settings: Settings, stages: StageTable, events: EventSink | None = None
+    ) -> None:
         self._settings = settings
         self._stages = stages
+        self._events: EventSink = events or (lambda kind, data: None)
         self.sessions: dict[str, AnchorSession] = {}
         self.finished = IngressTotals()
 
@@ -137,6 +144,11 @@ class AnchorService:
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"anchor-{sid}")
         log.info("anchor %s (%s) live in room %s with %s", sid, grant.subject, room, codecs)
+        who = {"room": room, "anchor_id": sid, "subject": grant.subject}
+        self._events("anchor.joined", who)
+        self._events(
+            "stream.started", {"room": room, "codecs": {k: c.name for k, c in codecs.items()}}
+        )
         return session
 
     async def _abort(self, room: str, sid: str, pc: RTCPeerConnection) -> None:
@@ -190,6 +202,13 @@ class AnchorService:
         self.finished.sessions += 1
         await close_quietly(session.pc)
         log.info("anchor %s left room %s: %s", session.id, session.room, session.ended_reason)
+        reason = session.ended_reason or "unknown"
+        who = {"room": session.room, "anchor_id": session.id, "subject": session.grant.subject}
+        self._events("anchor.left", {**who, "reason": reason})
+        duration = round(time.monotonic() - session.created_at, 3)
+        self._events(
+            "stream.ended", {"room": session.room, "reason": reason, "duration_s": duration}
+        )
 
     def ingress(self) -> IngressTotals:
         """Totals so far, live anchors included."""

@@ -33,6 +33,7 @@ from .metrics import (
 from .operator_auth import OperatorAuth
 from .settings import Settings, ephemeral_secret
 from .stages import StageTable
+from .webhooks import WebhookDispatcher
 from .whip_http import whip_router
 
 log = logging.getLogger(__name__)
@@ -50,21 +51,33 @@ class Gateway:
     stages: StageTable
     anchors: AnchorService
     viewers: ViewerService
+    webhooks: WebhookDispatcher
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
 
     async def start(self) -> None:
         self.lag.start()
+        self.webhooks.start()
 
     async def shutdown(self) -> None:
         await self.anchors.shutdown()
         await self.viewers.shutdown()
+        await self.webhooks.stop()
         await self.lag.stop()
 
 
 def build_gateway(settings: Settings) -> Gateway:
     check_version()
-    tokens = TokenAuthority(settings.auth.token_secret or ephemeral_secret())
+    secret = settings.auth.token_secret or ephemeral_secret()
+    tokens = TokenAuthority(secret)
+    hooks = settings.webhooks
+    webhooks = WebhookDispatcher(
+        hooks.urls,
+        hooks.secret or secret,
+        timeout=hooks.timeout,
+        max_attempts=hooks.max_attempts,
+        backoff_base=hooks.backoff_base,
+    )
     stages = StageTable()
     access = AccessPolicy(
         tokens,
@@ -82,10 +95,20 @@ def build_gateway(settings: Settings) -> Gateway:
         room_limit=stages.max_viewers,
     )
     operator_key = settings.api.operator_key or ephemeral_secret()
-    anchors = AnchorService(settings, stages)
-    return Gateway(
-        settings, tokens, access, operator_key, default_node_id(), stages, anchors, viewers
+    anchors = AnchorService(settings, stages, webhooks.emit)
+    gateway = Gateway(
+        settings,
+        tokens,
+        access,
+        operator_key,
+        default_node_id(),
+        stages,
+        anchors,
+        viewers,
+        webhooks,
     )
+    gateway.metric_sources.append(webhooks)
+    return gateway
 
 
 def ice_link_headers(settings: Settings) -> tuple[str, ...]:

@@ -93,13 +93,26 @@ class BridgeSettings(BaseModel):
     retry_limit: int = Field(10, ge=0)
     """Consecutive failures before a bridge is marked failed (0: retry forever)."""
     stop_timeout: float = Field(3.0, gt=0)
-    """How long ffmpeg may take to finish after end of input before it is terminated, then killed."""
+    """How long ffmpeg may take to finish after end of input before it is terminated (then
+    killed)."""
     queue_frames: int = Field(90, ge=4, le=10000)
     """Frames queued for ffmpeg; when it falls behind the bridge drops to the next keyframe."""
     video_bitrate_kbps: int = Field(2500, ge=100)
     """H264 bitrate when the program is VP8 and has to be transcoded."""
     audio_bitrate_kbps: int = Field(128, ge=16)
     max_per_room: int = Field(4, ge=1)
+
+
+class WebhookSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: tuple[str, ...] = ()
+    """Endpoints that receive signed JSON events (anchor.joined/left, stream.started/ended, ...)."""
+    secret: str = ""
+    """HMAC key for the X-Stagecast-Signature header; empty: the token secret is used."""
+    timeout: float = Field(5.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=20)
+    backoff_base: float = Field(0.5, gt=0)
 
 
 class ApiSettings(BaseModel):
@@ -132,6 +145,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     rooms: RoomSettings = RoomSettings()
     limits: LimitSettings = LimitSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     bridge: BridgeSettings = BridgeSettings()
 
     @classmethod
