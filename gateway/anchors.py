@@ -143,7 +143,10 @@ class AnchorService:
         self.sessions[sid] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"anchor-{sid}")
-        log.info("anchor %s (%s) live in room %s with %s", sid, grant.subject, room, codecs)
+        ctx = {"room": room, "session": sid, "subject": grant.subject, "event": "anchor.joined"}
+        log.info(
+            "anchor %s (%s) live in room %s with %s", sid, grant.subject, room, codecs, extra=ctx
+        )
         who = {"room": room, "anchor_id": sid, "subject": grant.subject}
         self._events("anchor.joined", who)
         self._events(
@@ -201,7 +204,10 @@ class AnchorService:
         self.finished.add_hub(session.hub)
         self.finished.sessions += 1
         await close_quietly(session.pc)
-        log.info("anchor %s left room %s: %s", session.id, session.room, session.ended_reason)
+        ctx = {"room": session.room, "session": session.id, "event": "anchor.left"}
+        log.info(
+            "anchor %s left room %s: %s", session.id, session.room, session.ended_reason, extra=ctx
+        )
         reason = session.ended_reason or "unknown"
         who = {"room": session.room, "anchor_id": session.id, "subject": session.grant.subject}
         self._events("anchor.left", {**who, "reason": reason})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from .logs import configure_logging
 from .settings import Settings, load_settings
 
 
@@ -17,10 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(args.config, **overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     gateway = build_gateway(settings)
     app = create_app(settings, gateway)
     base = settings.base_url
@@ -56,6 +53,48 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from .status import render_status
+
+    settings = load_settings(args.config)
+    key = args.key or settings.api.operator_key
+    if not key:
+        print("an operator key is needed: --key or api.operator_key", file=sys.stderr)
+        return 2
+    url = (args.url or settings.base_url).rstrip("/")
+    console = Console()
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=5) as client:
+
+        def table() -> Table:
+            rooms = client.get("/v1/rooms")
+            streams = client.get("/v1/streams")
+            for resp in (rooms, streams):
+                if resp.status_code != 200:
+                    raise SystemExit(f"{resp.request.url}: HTTP {resp.status_code} {resp.text}")
+            return render_status(url, rooms.json(), streams.json())
+
+        try:
+            if not args.watch:
+                console.print(table())
+                return 0
+            with Live(table(), console=console, refresh_per_second=2) as live:
+                while True:
+                    time.sleep(args.interval)
+                    live.update(table())
+        except httpx.HTTPError as exc:
+            print(f"cannot reach {url}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
@@ -71,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="cli")
     token.add_argument("--ttl", type=int, default=None, help="seconds (default auth.token_ttl)")
     token.set_defaults(func=_token)
+    status = sub.add_parser("status", help="live table of rooms from a gateway's API")
+    status.add_argument("--url", default=None, help="gateway base URL (default: from settings)")
+    status.add_argument("--key", default=None, help="operator key (default: api.operator_key)")
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--interval", type=float, default=1.0)
+    status.set_defaults(func=_status)
     return parser
 
 

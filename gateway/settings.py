@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     """STUN/TURN URLs for peers; empty means host candidates only."""
     cors_origin: str = "*"
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """json: one JSON object per line with room/session ids, for log collectors."""
     media: MediaSettings = MediaSettings()
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()

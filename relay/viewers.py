@@ -143,7 +143,13 @@ class ViewerService:
         self.sessions[sid] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"viewer-{sid}")
-        log.info("viewer %s joined room %s (%d viewers)", sid, room, self.count(room))
+        log.info(
+            "viewer %s joined room %s (%d viewers)",
+            sid,
+            room,
+            self.count(room),
+            extra={"room": room, "session": sid, "event": "viewer.joined"},
+        )
         return session
 
     def _on_state(self, session: ViewerSession) -> None:
@@ -180,7 +186,12 @@ class ViewerService:
         self.finished.sessions += 1
         session.closed.set()
         await close_quietly(session.pc)
-        log.info("viewer %s left room %s", session.id, session.room)
+        log.info(
+            "viewer %s left room %s",
+            session.id,
+            session.room,
+            extra={"room": session.room, "session": session.id, "event": "viewer.left"},
+        )
 
     def get(self, room: str, session_id: str) -> ViewerSession:
         session = self.sessions.get(session_id)

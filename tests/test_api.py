@@ -231,3 +231,38 @@ async def test_metrics_rise_during_a_live_stream(server: RunningServer) -> None:
         end = (await c.get("/metrics")).text
         assert metric(end, "stagecast_egress_bytes") >= metric(later, "stagecast_egress_bytes")
         assert metric(end, "stagecast_anchor_sessions") == 1
+
+
+@pytest.mark.timeout(60)
+async def test_status_command_prints_live_rooms(server: RunningServer) -> None:
+    import subprocess
+    import sys
+
+    pub = await whip_publish(
+        server.base_url, "st1", server.anchor_token("st1"), video=StampedVideoTrack(320, 180, 15)
+    )
+    assert await wait_for(lambda: server.gateway.stages.live_hub("st1") is not None, 5)
+    await asyncio.sleep(0.5)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "status",
+        "--url",
+        server.base_url,
+        "--key",
+        server.gateway.operator_key,
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"COLUMNS": "200", "PATH": ""}
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "st1" in text and "test-anchor" in text and "yes" in text
+    bad = await asyncio.create_subprocess_exec(
+        *cmd[:-1], "wrong-key-wrong-key", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, _ = await asyncio.wait_for(bad.communicate(), 30)
+    assert bad.returncode != 0
+    await pub.close()
