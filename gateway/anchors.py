@@ -37,6 +37,9 @@ CLOCK_RATES = {"video": 90000, "audio": 48000}
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
+# Ends after which viewers are told at once; any other (network) end gets the reconnect grace.
+FINAL_REASONS = frozenset({"deleted", "kicked", "room closed", "shutdown"})
+
 
 @dataclass(eq=False)
 class AnchorSession:
@@ -93,6 +96,7 @@ class AnchorService:
         self._events: EventSink = events or (lambda kind, data: None)
         self.sessions: dict[str, AnchorSession] = {}
         self.finished = IngressTotals()
+        self._grace: dict[str, asyncio.Task[None]] = {}
 
     async def open(
         self, room: str, offer_sdp: str, summary: OfferSummary, grant: Grant
@@ -103,24 +107,38 @@ class AnchorService:
                 raise NotFound(f"room {room!r} does not exist; create it through the API")
             stage = self._stages.ensure(room)
         if stage.anchor_id is not None:
-            raise Conflict(
-                f"room {room!r} already has a live anchor; co-hosting is not enabled",
-                retry_after=self._settings.sessions.retry_after,
-            )
+            current = self.sessions.get(stage.anchor_id)
+            if current is None or current.grant.subject != grant.subject:
+                raise Conflict(
+                    f"room {room!r} already has a live anchor; co-hosting is not enabled",
+                    retry_after=self._settings.sessions.retry_after,
+                )
+            # The same anchor publishing again (its network dropped before we noticed): the new
+            # session takes over and viewers stay.
+            await self.close(room, current.id, reason="replaced")
         sid = new_session_id()
         stage.anchor_id = sid  # reserve the room across the awaits below
         media = self._settings.media
+        previous = stage.hub if stage.hub is not None and not stage.hub.closed.is_set() else None
         codecs: dict[MediaKind, CodecSpec] = {}
         for kind, offered in summary.codecs.items():
-            name = pick_codec(offered, media.video_codecs if kind == "video" else ("opus",))
+            prefer = media.video_codecs if kind == "video" else ("opus",)
+            if previous is not None and kind in previous.codecs:
+                prefer = (previous.codecs[kind].name, *prefer)
+            name = pick_codec(offered, prefer)
             codecs[kind] = CodecSpec(kind, name, CLOCK_RATES[kind])
-        hub = FanoutHub(
-            room,
-            codecs,
-            keyframe_interval=media.keyframe_interval,
-            video_queue_frames=media.video_queue_frames,
-            audio_queue_frames=media.audio_queue_frames,
-        )
+        if previous is not None and previous.compatible(codecs):
+            hub = previous
+        else:
+            if previous is not None:
+                self._end_stream(room, previous, "source changed codecs")
+            hub = FanoutHub(
+                room,
+                codecs,
+                keyframe_interval=media.keyframe_interval,
+                video_queue_frames=media.video_queue_frames,
+                audio_queue_frames=media.audio_queue_frames,
+            )
         pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
         session = AnchorSession(sid, room, grant, pc, hub, new_etag())
         try:
@@ -138,8 +156,11 @@ class AnchorService:
         except BaseException:
             await self._abort(stage.room, sid, pc)
             raise
-        hub.set_keyframe_requester(session.request_keyframe)
-        self._stages.set_hub(room, hub)
+        resumed = hub is previous
+        self._cancel_grace(room)
+        hub.attach_source(session.request_keyframe)
+        if not resumed:
+            self._stages.set_hub(room, hub)
         self.sessions[sid] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"anchor-{sid}")
@@ -148,10 +169,11 @@ class AnchorService:
             "anchor %s (%s) live in room %s with %s", sid, grant.subject, room, codecs, extra=ctx
         )
         who = {"room": room, "anchor_id": sid, "subject": grant.subject}
-        self._events("anchor.joined", who)
-        self._events(
-            "stream.started", {"room": room, "codecs": {k: c.name for k, c in codecs.items()}}
-        )
+        self._events("anchor.joined", {**who, "resumed": resumed})
+        if not resumed:
+            self._events(
+                "stream.started", {"room": room, "codecs": {k: c.name for k, c in codecs.items()}}
+            )
         return session
 
     async def _abort(self, room: str, sid: str, pc: RTCPeerConnection) -> None:
@@ -195,26 +217,59 @@ class AnchorService:
         if self.sessions.pop(session.id, None) is None:
             return
         stage = self._stages.get(session.room)
+        reason = session.ended_reason or "unknown"
         if stage is not None and stage.anchor_id == session.id:
             stage.anchor_id = None
-            session.hub.close()
-            self._stages.set_hub(session.room, None)
-            self._stages.discard_if_idle(session.room)
-        session.hub.close()
-        self.finished.add_hub(session.hub)
+        hub = session.hub
+        if stage is not None and stage.hub is hub and not hub.closed.is_set():
+            grace = self._settings.sessions.reconnect_grace
+            if reason == "replaced":
+                hub.detach_source()  # the new session attaches at once
+            elif reason in FINAL_REASONS or grace <= 0:
+                self._end_stream(session.room, hub, reason)
+            else:
+                hub.detach_source()
+                self._grace[session.room] = asyncio.create_task(
+                    self._grace_period(session.room, hub, grace, reason),
+                    name=f"grace-{session.room}",
+                )
         self.finished.sessions += 1
         await close_quietly(session.pc)
         ctx = {"room": session.room, "session": session.id, "event": "anchor.left"}
         log.info(
             "anchor %s left room %s: %s", session.id, session.room, session.ended_reason, extra=ctx
         )
-        reason = session.ended_reason or "unknown"
         who = {"room": session.room, "anchor_id": session.id, "subject": session.grant.subject}
         self._events("anchor.left", {**who, "reason": reason})
-        duration = round(time.monotonic() - session.created_at, 3)
-        self._events(
-            "stream.ended", {"room": session.room, "reason": reason, "duration_s": duration}
-        )
+
+    async def _grace_period(self, room: str, hub: FanoutHub, grace: float, reason: str) -> None:
+        """Viewers keep their connection (a frozen picture) while the anchor may come back."""
+        try:
+            await asyncio.sleep(grace)
+        except asyncio.CancelledError:
+            return
+        if self._grace.get(room) is asyncio.current_task():
+            del self._grace[room]
+        stage = self._stages.get(room)
+        if stage is not None and stage.hub is hub and stage.anchor_id is None:
+            self._end_stream(room, hub, f"{reason}; no reconnect within {grace:g} s")
+
+    def _cancel_grace(self, room: str) -> None:
+        task = self._grace.pop(room, None)
+        if task is not None:
+            task.cancel()
+
+    def _end_stream(self, room: str, hub: FanoutHub, reason: str) -> None:
+        """The program ends for its viewers: their tracks end and their sessions close."""
+        self._cancel_grace(room)
+        hub.close()
+        self.finished.add_hub(hub)
+        stage = self._stages.get(room)
+        if stage is not None and stage.hub is hub:
+            self._stages.set_hub(room, None)
+            self._stages.discard_if_idle(room)
+        duration = round(time.monotonic() - hub.started_at, 3)
+        self._events("stream.ended", {"room": room, "reason": reason, "duration_s": duration})
 
     def ingress(self) -> IngressTotals:
         """Totals so far, live anchors included."""
@@ -222,8 +277,9 @@ class AnchorService:
         total = IngressTotals(
             f.sessions, f.frames, f.bytes, f.keyframe_requests, f.keyframe_requests_coalesced
         )
-        for s in self.sessions.values():
-            total.add_hub(s.hub)
+        for stage in self._stages:
+            if stage.hub is not None and not stage.hub.closed.is_set():
+                total.add_hub(stage.hub)
         return total
 
     def in_room(self, room: str) -> list[AnchorSession]:
@@ -243,6 +299,16 @@ class AnchorService:
             with contextlib.suppress(asyncio.CancelledError):
                 await session.task
 
+    async def close_room(self, room: str, reason: str = "room closed") -> list[AnchorSession]:
+        """End every anchor of the room and its program at once; returns the ended sessions."""
+        ended = self.in_room(room)
+        for session in ended:
+            await self.close(room, session.id, reason=reason)
+        stage = self._stages.get(room)
+        if stage is not None and stage.hub is not None:
+            self._end_stream(room, stage.hub, reason)
+        return ended
+
     async def trickle(self, session: AnchorSession, frag: TrickleFragment) -> None:
         await apply_trickle(session.pc, frag)
 
@@ -252,3 +318,7 @@ class AnchorService:
             session.stop.set()
         tasks = [s.task for s in self.sessions.values() if s.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        for task in list(self._grace.values()):
+            task.cancel()
+        await asyncio.gather(*self._grace.values(), return_exceptions=True)
+        self._grace.clear()

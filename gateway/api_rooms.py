@@ -134,7 +134,7 @@ def operator_router(
         stage_or_404(room)
         for session in anchors.in_room(room):
             access.revoke(session.grant.token_id, session.grant.expires_at)
-            await anchors.close(room, session.id, reason="room closed")
+        await anchors.close_room(room)
         stages.remove(room)
         return Response(status_code=204)
 

@@ -40,6 +40,9 @@ class SessionSettings(BaseModel):
     """A peer that has not connected after this many seconds is dropped."""
     anchor_media_timeout: float = Field(5.0, gt=0)
     """An anchor that sends no media for this long is treated as gone."""
+    reconnect_grace: float = Field(10.0, ge=0)
+    """After an anchor's network drops, viewers keep their connection this long for it to
+    publish again (same program, continuous timestamps). DELETE and kicks end at once. 0: off."""
     max_sdp_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     retry_after: int = Field(2, ge=1)
 

@@ -12,6 +12,7 @@ from .bitstream import picture_size
 from .limiter import IntervalLimiter
 from .media import CodecSpec, EncodedFrame, MediaKind
 from .meter import RateMeter
+from .rebase import TimestampRebaser
 from .viewer_queue import ViewerQueue
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,40 @@ class FanoutHub:
         self.muted: set[MediaKind] = set()
         self.started_at = clock()
         self.last_frame_at: float | None = None
+        self.source_lost_at: float | None = None
+        self.sources = 0
+        self._rebaser = TimestampRebaser({k: c.clock_rate for k, c in self.codecs.items()})
         self.closed = asyncio.Event()
 
     # -- source side -------------------------------------------------------------------------
     def set_keyframe_requester(self, requester: KeyframeRequester | None) -> None:
         self._requester = requester
+
+    def attach_source(self, requester: KeyframeRequester) -> None:
+        """A (new) source feeds this hub: timestamps continue, viewers wait for its keyframe,
+        which is asked for at once."""
+        self._requester = requester
+        self.sources += 1
+        self.source_lost_at = None
+        if self.sources > 1:
+            self._rebaser.new_source()
+            for viewer in self._viewers.values():
+                q = viewer.queues.get("video")
+                if q is not None:
+                    q.restart()
+            self._limiter.reset()
+            self.request_keyframe()
+
+    def detach_source(self) -> None:
+        """The source went away; viewers stay (frozen) until a new source or ``close``."""
+        self._requester = None
+        self.source_lost_at = self._clock()
+
+    def compatible(self, codecs: dict[MediaKind, CodecSpec]) -> bool:
+        """Whether a new source with ``codecs`` can continue this stream for its viewers."""
+        return set(codecs) == set(self.codecs) and all(
+            codecs[k].name.lower() == self.codecs[k].name.lower() for k in codecs
+        )
 
     def publish(self, frame: EncodedFrame) -> None:
         if self.closed.is_set():
@@ -98,6 +128,7 @@ class FanoutHub:
         self.last_frame_at = frame.received_at
         if frame.kind in self.muted:
             return
+        frame = self._rebaser.apply(frame)
         starving = False
         for viewer in self._viewers.values():
             q = viewer.queues.get(frame.kind)

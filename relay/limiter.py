@@ -24,6 +24,11 @@ class IntervalLimiter:
         self.coalesced += 1
         return False
 
+    def reset(self) -> None:
+        """Forget the last action (a new source has never been asked)."""
+        self._last = None
+        self.pending = False
+
     def due(self, now: float) -> float | None:
         """Seconds until a pending request may go out, or None when nothing is pending."""
         if not self.pending or self._last is None:

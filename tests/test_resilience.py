@@ -1,0 +1,121 @@
+"""Staying up: an anchor that drops and publishes again keeps its audience."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, Viewer, whep_watch, whip_publish
+from relay.aiortc_adapter import install_ingest_tap
+from tests.server import run_server
+from tests.test_live_path import wait_for
+
+
+class RtpLog:
+    """What a viewer's receiver saw on the wire: (arrival, seq, timestamp, marker) per packet."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[float, int, int, int]] = []
+
+    def __call__(self, packet, codec) -> None:  # type: ignore[no-untyped-def]
+        self.packets.append(
+            (time.monotonic(), packet.sequence_number, packet.timestamp, packet.marker)
+        )
+
+
+def video_log(viewer: Viewer) -> RtpLog:
+    log = RtpLog()
+    video = next(t for t in viewer.pc.getTransceivers() if t.kind == "video")
+    install_ingest_tap(video.receiver, log)
+    return log
+
+
+@pytest.mark.timeout(90)
+async def test_anchor_reconnect_keeps_viewers_with_continuous_rtp() -> None:
+    with run_server(sessions={"reconnect_grace": 5.0}) as server:
+        room = "again"
+        token = server.anchor_token(room)
+        pub = await whip_publish(
+            server.base_url,
+            room,
+            token,
+            video=StampedVideoTrack(640, 360, 30),
+            audio=ToneAudioTrack(),
+        )
+        watcher = await whep_watch(server.base_url, room)
+        wire = await whep_watch(server.base_url, room, decode=False)
+        log = video_log(wire)
+        assert await wait_for(lambda: len(watcher.samples) > 30 and len(log.packets) > 50, 10)
+        hub = server.gateway.stages.live_hub(room)
+
+        # the anchor's network drops: no DELETE, its peer connection is just gone
+        await pub.close(delete=False)
+        assert await wait_for(lambda: not server.gateway.anchors.sessions, 10)
+        assert server.gateway.stages.live_hub(room) is hub  # program kept for the grace period
+        assert len(server.gateway.viewers.sessions) == 2
+        await asyncio.sleep(1.0)
+        frozen_at = len(watcher.samples)
+
+        # it publishes again (new WHIP session, same token) and the same viewers get the picture
+        t0 = time.monotonic()
+        pub2 = await whip_publish(
+            server.base_url,
+            room,
+            token,
+            video=StampedVideoTrack(640, 360, 30),
+            audio=ToneAudioTrack(),
+        )
+        assert await wait_for(lambda: len(watcher.samples) > frozen_at + 15, 10)
+        resumed_after = next(s.received_at for s in watcher.samples[frozen_at:])
+        assert resumed_after - (time.time() - (time.monotonic() - t0)) < 2.0
+        assert not watcher.ended.is_set() and wire.pc.connectionState == "connected"
+        assert server.gateway.stages.live_hub(room) is hub and hub.sources == 2
+
+        # on the wire: sequence numbers continue without a gap, timestamps move forward by about
+        # the wall-clock pause (no jump backwards, no jump far ahead)
+        await asyncio.sleep(0.5)
+        seqs = [p[1] for p in log.packets]
+        steps = [(b - a) % 65536 for a, b in itertools.pairwise(seqs)]
+        assert max(steps) <= 2, f"sequence gap {max(steps)}"
+        pairs = list(itertools.pairwise(log.packets))
+        gap = max(pairs, key=lambda ab: ab[1][0] - ab[0][0])
+        wall = gap[1][0] - gap[0][0]
+        ts_step = ((gap[1][2] - gap[0][2]) % (1 << 32)) / 90000
+        assert wall > 1.0 and abs(ts_step - wall) < 0.5, (wall, ts_step)
+        for a, b in pairs:
+            assert (b[2] - a[2]) % (1 << 32) < (1 << 31)  # never backwards
+
+        await pub2.close()
+        await asyncio.wait_for(watcher.ended.wait(), 10)
+        assert await wait_for(lambda: not server.gateway.viewers.sessions, 10)
+        for v in (watcher, wire):
+            await v.close()
+
+
+@pytest.mark.timeout(60)
+async def test_same_anchor_takes_over_before_timeout_and_strangers_get_409() -> None:
+    with run_server(sessions={"reconnect_grace": 5.0}) as server:
+        room = "takeover"
+        pub = await whip_publish(
+            server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(320, 180, 30)
+        )
+        viewer = await whep_watch(server.base_url, room, kinds=("video",))
+        assert await wait_for(lambda: viewer.video_frames > 10, 10)
+        other = server.gateway.tokens.mint(room, "anchor", "someone-else", 60)
+        with pytest.raises(Exception, match="409"):
+            await whip_publish(server.base_url, room, other, video=StampedVideoTrack(320, 180, 30))
+        # the same subject publishes again while its first session still looks alive
+        pub2 = await whip_publish(
+            server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(320, 180, 30)
+        )
+        assert await wait_for(lambda: len(server.gateway.anchors.sessions) == 1, 5)
+        before = viewer.video_frames
+        assert await wait_for(lambda: viewer.video_frames > before + 20, 10)
+        assert not viewer.ended.is_set()
+        await pub.close(delete=False)
+        await pub2.close()
+        await asyncio.wait_for(viewer.ended.wait(), 10)
+        await viewer.close()
