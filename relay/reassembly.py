@@ -109,7 +109,8 @@ class FrameAssembler:
 
     def _drain(self) -> list[EncodedFrame]:
         out: list[EncodedFrame] = []
-        assert self._next is not None
+        if self._next is None:  # everything was dropped: restart at the next packet
+            return out
         while True:
             seq = self._next
             run: list[_Packet] = []
