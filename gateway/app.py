@@ -21,6 +21,7 @@ from relay.whep_http import whep_router
 
 from .anchors import AnchorService
 from .api_rooms import default_node_id, operator_router
+from .api_runtime import runtime_router
 from .guards import RequestGuards
 from .metrics import (
     CONTENT_TYPE,
@@ -156,6 +157,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             settings, gw.stages, gw.anchors, gw.viewers, gw.access, gw.tokens, gw.node_id
         )
     )
+    v1.include_router(runtime_router(gw.anchors, gw.viewers))
     app.include_router(v1)
 
     registry = build_registry(

@@ -1,0 +1,229 @@
+"""Churn soak: many viewer join/leave cycles and anchor publish/unpublish cycles against a gateway
+process, then what it still holds (tasks, threads, fds, peer connections, memory).
+
+    python -m bench.soak --viewer-cycles 1000 --anchor-cycles 100     # the full soak
+    python -m bench.soak --viewer-cycles 60 --anchor-cycles 10        # the short CI form
+
+Only 127.0.0.1 traffic; the gateway runs as a child process and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from gateway.synthetic import StampedVideoTrack, whep_watch, whip_publish
+from relay.tokens import TokenAuthority
+
+SECRET = "soak-secret-" + "s" * 40
+KEY = "soak-operator-key-0123456789"
+
+
+@dataclass
+class SoakResult:
+    viewer_cycles: int
+    anchor_cycles: int
+    viewer_failures: int
+    anchor_failures: int
+    seconds: float
+    before: dict[str, Any]
+    after: dict[str, Any]
+    rss_growth_bytes: int
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _runtime(client: httpx.AsyncClient) -> dict[str, Any]:
+    resp = await client.get("/v1/runtime", params={"deep": "true"})
+    resp.raise_for_status()
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+async def _settle(client: httpx.AsyncClient, timeout: float = 20.0) -> dict[str, Any]:
+    """Runtime figures once every session has gone (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rt = await _runtime(client)
+        done = (
+            rt["anchor_sessions"] == 0
+            and rt["viewer_sessions"] == 0
+            and rt["peer_connections"] == 0
+        )
+        if done or time.monotonic() > deadline:
+            return rt
+        await asyncio.sleep(0.5)
+
+
+async def soak(base: str, viewer_cycles: int, anchor_cycles: int, batch: int) -> SoakResult:
+    tokens = TokenAuthority(SECRET)
+    headers = {"X-API-Key": KEY}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=15) as client:
+        # warm up once so lazily created things (codecs, thread pools) are in the baseline
+        warm = await whip_publish(
+            base,
+            "warm",
+            tokens.mint("warm", "anchor", "soak", 600),
+            video=StampedVideoTrack(320, 180, 15),
+        )
+        v = await whep_watch(base, "warm", kinds=("video",), decode=False)
+        await asyncio.sleep(1.0)
+        await v.close()
+        await warm.close()
+        before = await _settle(client)
+        t0 = time.monotonic()
+        room = "soak"
+        pub = await whip_publish(
+            base,
+            room,
+            tokens.mint(room, "anchor", "soak", 3600),
+            video=StampedVideoTrack(320, 180, 15),
+        )
+        viewer_failures = 0
+
+        async def one_viewer() -> bool:
+            try:
+                viewer = await whep_watch(base, room, kinds=("video",), decode=False)
+            except httpx.HTTPError:
+                return False
+            try:
+                for _ in range(500):  # up to 10 s for the first frame
+                    if viewer.video_frames:
+                        break
+                    await asyncio.sleep(0.02)
+                return viewer.video_frames > 0
+            finally:
+                await viewer.close()
+
+        done = 0
+        while done < viewer_cycles:
+            n = min(batch, viewer_cycles - done)
+            results = await asyncio.gather(*(one_viewer() for _ in range(n)))
+            viewer_failures += results.count(False)
+            done += n
+        await pub.close()
+
+        anchor_failures = 0
+        for i in range(anchor_cycles):
+            r = f"cycle{i % 5}"
+            try:
+                p = await whip_publish(
+                    base,
+                    r,
+                    tokens.mint(r, "anchor", f"soak{i}", 600),
+                    video=StampedVideoTrack(320, 180, 15),
+                )
+            except httpx.HTTPError:
+                anchor_failures += 1
+                continue
+            deadline = time.monotonic() + 10
+            ok = False
+            while time.monotonic() < deadline:
+                streams = (await client.get("/v1/streams")).json()
+                if any(s["room"] == r and s["frames_in"] > 3 for s in streams):
+                    ok = True
+                    break
+                await asyncio.sleep(0.05)
+            anchor_failures += 0 if ok else 1
+            await p.close()
+        seconds = time.monotonic() - t0
+        after = await _settle(client)
+    return SoakResult(
+        viewer_cycles,
+        anchor_cycles,
+        viewer_failures,
+        anchor_failures,
+        round(seconds, 1),
+        before,
+        after,
+        after["rss_bytes"] - before["rss_bytes"],
+    )
+
+
+def run(viewer_cycles: int, anchor_cycles: int, batch: int = 8) -> SoakResult:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+        "STAGECAST_API__OPERATOR_KEY": KEY,
+        "STAGECAST_LOG_LEVEL": "warning",
+        "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "1000",
+        "STAGECAST_LIMITS__SESSION_POST_BURST": "1000",
+        "STAGECAST_SESSIONS__RECONNECT_GRACE": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        return asyncio.run(soak(base, viewer_cycles, anchor_cycles, batch))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--viewer-cycles", type=int, default=1000)
+    parser.add_argument("--anchor-cycles", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=8, help="viewers joining at once")
+    parser.add_argument("--json", default=None, help="write the result here too")
+    args = parser.parse_args()
+    result = run(args.viewer_cycles, args.anchor_cycles, args.batch)
+    b, a = result.before, result.after
+    print(
+        f"viewer cycles {result.viewer_cycles} (failed {result.viewer_failures}), "
+        f"anchor cycles {result.anchor_cycles} (failed {result.anchor_failures}) "
+        f"in {result.seconds} s"
+    )
+    for key in (
+        "tasks",
+        "threads",
+        "fds",
+        "peer_connections",
+        "anchor_sessions",
+        "viewer_sessions",
+    ):
+        print(f"  {key:18} before {b[key]:>6}  after {a[key]:>6}")
+    print(
+        f"  {'rss MiB':18} before {b['rss_bytes'] / 2**20:6.1f}"
+        f"  after {a['rss_bytes'] / 2**20:6.1f}"
+        f"  growth {result.rss_growth_bytes / 2**20:+.1f}"
+    )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(asdict(result), fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

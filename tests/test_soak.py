@@ -1,0 +1,19 @@
+"""The short form of bench/soak.py: churn leaves nothing behind in the gateway process."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.soak import run
+
+
+@pytest.mark.timeout(240)
+def test_churn_leaves_nothing_behind() -> None:
+    result = run(viewer_cycles=60, anchor_cycles=10)
+    assert result.viewer_failures == 0 and result.anchor_failures == 0
+    before, after = result.before, result.after
+    for key in ("tasks", "threads", "fds"):
+        assert after[key] <= before[key], (key, before[key], after[key])
+    assert after["peer_connections"] == 0
+    assert after["anchor_sessions"] == 0 and after["viewer_sessions"] == 0
+    assert result.rss_growth_bytes < 64 * 2**20
