@@ -119,3 +119,57 @@ async def test_same_anchor_takes_over_before_timeout_and_strangers_get_409() -> 
         await pub2.close()
         await asyncio.wait_for(viewer.ended.wait(), 10)
         await viewer.close()
+
+
+def make_lossy(viewer: Viewer, loss: float, seed: int = 1) -> dict[str, int]:
+    """A lossy link at the edge: the viewer's ICE transport drops a share of incoming RTP
+    (DTLS, STUN and RTCP pass, so the session itself stays up)."""
+    import random
+
+    rng = random.Random(seed)
+    counts = {"rtp": 0, "dropped": 0}
+    ice = viewer.pc.getTransceivers()[0].receiver.transport.transport
+    inner = ice._recv
+
+    async def lossy_recv() -> bytes:
+        while True:
+            data: bytes = await inner()
+            is_rtp = len(data) > 12 and 128 <= data[0] < 192 and 96 <= (data[1] & 0x7F) <= 127
+            if not is_rtp:
+                return data
+            counts["rtp"] += 1
+            if rng.random() >= loss:
+                return data
+            counts["dropped"] += 1
+
+    ice._recv = lossy_recv
+    return counts
+
+
+@pytest.mark.timeout(90)
+async def test_lossy_viewer_degrades_alone() -> None:
+    with run_server() as server:
+        room = "lossy"
+        pub = await whip_publish(
+            server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(640, 360, 30)
+        )
+        clean = await whep_watch(server.base_url, room, kinds=("video",))
+        bad = await whep_watch(server.base_url, room, kinds=("video",))
+        assert await wait_for(lambda: len(clean.samples) > 20 and len(bad.samples) > 20, 10)
+        counts = make_lossy(bad, 0.2)
+        c0, b0 = len(clean.samples), len(bad.samples)
+        await asyncio.sleep(4.0)
+        clean_fps = (len(clean.samples) - c0) / 4.0
+        assert counts["dropped"] > 20  # the link really is lossy
+        assert clean_fps >= 24, f"clean viewer fell to {clean_fps} fps"
+        counters = [s.counter for s in clean.samples[c0:]]
+        assert (
+            max(b - a for a, b in itertools.pairwise(counters)) <= 3
+        )  # no freeze on the clean one
+        # the lossy viewer is served too (NACK/RTX, PLI) and keeps getting pictures
+        assert len(bad.samples) > b0
+        hub = server.gateway.stages.live_hub(room)
+        assert hub is not None and hub.viewer_count == 2
+        await clean.close()
+        await bad.close()
+        await pub.close()
