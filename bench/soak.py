@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 
+from gateway.launcher import gateway_process
 from gateway.synthetic import StampedVideoTrack, whep_watch, whip_publish
 from relay.tokens import TokenAuthority
 
@@ -38,14 +36,6 @@ class SoakResult:
     before: dict[str, Any]
     after: dict[str, Any]
     rss_growth_bytes: int
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _runtime(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -102,7 +92,7 @@ async def soak(base: str, viewer_cycles: int, anchor_cycles: int, batch: int) ->
             except httpx.HTTPError:
                 return False
             try:
-                for _ in range(500):  # up to 10 s for the first frame
+                for _ in range(1000):  # up to 20 s for the first frame
                     if viewer.video_frames:
                         break
                     await asyncio.sleep(0.02)
@@ -156,9 +146,7 @@ async def soak(base: str, viewer_cycles: int, anchor_cycles: int, batch: int) ->
 
 
 def run(viewer_cycles: int, anchor_cycles: int, batch: int = 8) -> SoakResult:
-    port = _free_port()
     env = {
-        **os.environ,
         "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
         "STAGECAST_API__OPERATOR_KEY": KEY,
         "STAGECAST_LOG_LEVEL": "warning",
@@ -166,28 +154,8 @@ def run(viewer_cycles: int, anchor_cycles: int, batch: int = 8) -> SoakResult:
         "STAGECAST_LIMITS__SESSION_POST_BURST": "1000",
         "STAGECAST_SESSIONS__RECONNECT_GRACE": "0",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+    with gateway_process(env) as (base, _):
         return asyncio.run(soak(base, viewer_cycles, anchor_cycles, batch))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:

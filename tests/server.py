@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,15 +19,10 @@ import uvicorn
 from aiortc import RTCPeerConnection
 
 from gateway.app import Gateway, build_gateway, create_app
+from gateway.launcher import free_port
 from gateway.settings import Settings
 
 SECRET = "test-secret-" + "x" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
