@@ -22,6 +22,7 @@ from relay.whep_http import whep_router
 from .anchors import AnchorService
 from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
+from .bridge import BridgeService, bridge_router, hls_router
 from .guards import RequestGuards
 from .metrics import (
     CONTENT_TYPE,
@@ -53,6 +54,7 @@ class Gateway:
     anchors: AnchorService
     viewers: ViewerService
     webhooks: WebhookDispatcher
+    bridges: BridgeService
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
 
@@ -61,6 +63,7 @@ class Gateway:
         self.webhooks.start()
 
     async def shutdown(self) -> None:
+        await self.bridges.shutdown()
         await self.anchors.shutdown()
         await self.viewers.shutdown()
         await self.webhooks.stop()
@@ -107,6 +110,7 @@ def build_gateway(settings: Settings) -> Gateway:
         anchors,
         viewers,
         webhooks,
+        bridges=BridgeService(settings.bridge, stages),
     )
     gateway.metric_sources.append(webhooks)
     return gateway
@@ -157,8 +161,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             settings, gw.stages, gw.anchors, gw.viewers, gw.access, gw.tokens, gw.node_id
         )
     )
+    v1.include_router(bridge_router(gw.bridges))
     v1.include_router(runtime_router(gw.anchors, gw.viewers))
     app.include_router(v1)
+    app.include_router(hls_router(gw.bridges, access))
 
     registry = build_registry(
         GatewayCollector(gw.stages, gw.anchors, gw.viewers, gw.lag, gw.metric_sources)

@@ -1,0 +1,236 @@
+"""LL-HLS packaging: fMP4 fragments in, partial segments, segments and the media playlist out.
+
+``LlHlsPackager`` holds no files and does no I/O: it returns the files to write and delete and
+renders the playlist. A fragment that starts on a keyframe opens a new segment (so every part
+before one is a segment's last part and segments are independent whenever the source obeys the
+keyframe requests); a segment that would outgrow the target duration is cut at a part boundary.
+The playlist is also a valid classic HLS playlist: players without LL-HLS use whole segments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+PLAYLIST = "index.m3u8"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFile:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFile:
+    name: str
+
+
+Action = WriteFile | DeleteFile
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    name: str
+    duration: float
+    independent: bool
+
+
+@dataclass(eq=False)
+class Segment:
+    msn: int
+    name: str
+    init: str
+    discontinuity: bool
+    program_time: float | None  # wall-clock (epoch) seconds of its first sample
+    parts: list[Part] = field(default_factory=list)
+    duration: float = 0.0
+    complete: bool = False
+    chunks: list[bytes] = field(default_factory=list)
+
+
+def target_duration_for(keyframe_interval: float) -> int:
+    """EXT-X-TARGETDURATION for segments cut at keyframes requested this often."""
+    return max(1, math.ceil(keyframe_interval - 1e-6))
+
+
+def format_program_time(epoch: float) -> str:
+    stamp = datetime.fromtimestamp(epoch, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+class LlHlsPackager:
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        part_target: float,
+        target_duration: int,
+        window: int = 6,
+        part_window: int = 3,
+    ) -> None:
+        self.prefix = prefix  # unguessable per bridge: file names are never reused
+        self.part_target = part_target
+        self.target_duration = target_duration
+        self.window = window
+        self.part_window = part_window
+        self.segments: deque[Segment] = deque()
+        self.next_msn = 0
+        self.discontinuity_sequence = 0
+        self._init: str | None = None
+        self._inits = 0
+        self._new_stream = False
+        self.last_complete_msn = -1
+        self.parts_made = 0
+
+    # -- input ---------------------------------------------------------------------------------
+    def start_stream(self, init: bytes) -> list[Action]:
+        """A new fMP4 stream (new ffmpeg run): its init segment; a discontinuity follows."""
+        actions = self.end_stream()
+        self._init = f"{self.prefix}-init{self._inits}.mp4"
+        self._inits += 1
+        self._new_stream = True
+        actions.append(WriteFile(self._init, init))
+        return actions
+
+    def add_part(
+        self, data: bytes, duration: float, independent: bool, program_time: float | None = None
+    ) -> list[Action]:
+        if self._init is None:
+            raise RuntimeError("start_stream() first")
+        actions: list[Action] = []
+        seg = self.open_segment
+        if seg is not None and seg.parts:
+            too_long = seg.duration + duration >= self.target_duration + 0.5
+            if independent or too_long:
+                actions += self._close(seg)
+                seg = None
+        if seg is None:
+            seg = Segment(
+                self.next_msn,
+                f"{self.prefix}-{self.next_msn}.m4s",
+                self._init,
+                discontinuity=self._new_stream and bool(self.segments),
+                program_time=program_time,
+            )
+            self._new_stream = False
+            self.next_msn += 1
+            self.segments.append(seg)
+        part = Part(self._part_name(self.parts_made), duration, independent)
+        self.parts_made += 1
+        seg.parts.append(part)
+        seg.chunks.append(data)
+        seg.duration += duration
+        actions.append(WriteFile(part.name, data))
+        actions += self._expire()
+        return actions
+
+    def end_stream(self) -> list[Action]:
+        """The stream stopped (anchor gone, ffmpeg restarting): close the open segment."""
+        seg = self.open_segment
+        return self._close(seg) if seg is not None else []
+
+    def _close(self, seg: Segment) -> list[Action]:
+        seg.complete = True
+        self.last_complete_msn = max(self.last_complete_msn, seg.msn)
+        data = b"".join(seg.chunks)
+        seg.chunks.clear()
+        return [WriteFile(seg.name, data)]
+
+    def _expire(self) -> list[Action]:
+        actions: list[Action] = []
+        while sum(1 for s in self.segments if s.complete) > self.window:
+            old = self.segments.popleft()
+            if old.discontinuity:
+                self.discontinuity_sequence += 1
+            actions.append(DeleteFile(old.name))
+            actions += [DeleteFile(p.name) for p in old.parts]
+            if old.init != self._init and all(s.init != old.init for s in self.segments):
+                actions.append(DeleteFile(old.init))
+        if self.segments and self.segments[0].discontinuity:
+            # the first listed segment needs no tag: EXT-X-DISCONTINUITY-SEQUENCE counts it
+            self.segments[0].discontinuity = False
+            self.discontinuity_sequence += 1
+        return actions
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def open_segment(self) -> Segment | None:
+        if self.segments and not self.segments[-1].complete:
+            return self.segments[-1]
+        return None
+
+    @property
+    def newest_part(self) -> tuple[int, int] | None:
+        """(media sequence number, part index) of the newest part."""
+        for seg in reversed(self.segments):
+            if seg.parts:
+                return seg.msn, len(seg.parts) - 1
+        return None
+
+    def _part_name(self, n: int) -> str:
+        # numbered across segments, so the preload hint is right whether or not the next part
+        # starts a new segment
+        return f"{self.prefix}-p{n}.m4s"
+
+    @property
+    def preload_hint(self) -> str | None:
+        return None if self.open_segment is None else self._part_name(self.parts_made)
+
+    def reached(self, msn: int, part: int | None) -> bool:
+        """Whether a blocking playlist request for ``_HLS_msn``/``_HLS_part`` can be answered."""
+        if part is None:
+            return self.last_complete_msn >= msn
+        newest = self.newest_part
+        return newest is not None and newest >= (msn, part)
+
+    def names(self) -> set[str]:
+        listed = {s.name for s in self.segments} | {s.init for s in self.segments}
+        listed |= {p.name for s in self.segments for p in s.parts}
+        if self._init is not None:
+            listed.add(self._init)
+        return listed
+
+    # -- output ----------------------------------------------------------------------------------
+    @property
+    def part_hold_back(self) -> float:
+        return 3 * self.part_target
+
+    @property
+    def hold_back(self) -> float:
+        return 3.0 * self.target_duration
+
+    def playlist(self) -> str:
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:6",
+            f"#EXT-X-TARGETDURATION:{self.target_duration}",
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
+            f"PART-HOLD-BACK={self.part_hold_back:.3f},HOLD-BACK={self.hold_back:.3f}",
+            f"#EXT-X-PART-INF:PART-TARGET={self.part_target:.3f}",
+            f"#EXT-X-MEDIA-SEQUENCE:{self.segments[0].msn if self.segments else self.next_msn}",
+            f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}",
+        ]
+        with_parts = {s.msn for s in list(self.segments)[-self.part_window :]}
+        init: str | None = None
+        for seg in self.segments:
+            if seg.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            if seg.init != init:
+                lines.append(f'#EXT-X-MAP:URI="{seg.init}"')
+                init = seg.init
+            if seg.program_time is not None:
+                lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_program_time(seg.program_time)}")
+            if seg.msn in with_parts:
+                for p in seg.parts:
+                    flag = ",INDEPENDENT=YES" if p.independent else ""
+                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.5f},URI="{p.name}"{flag}')
+            if seg.complete:
+                lines.append(f"#EXTINF:{seg.duration:.5f},")
+                lines.append(seg.name)
+        hint = self.preload_hint
+        if hint is not None:
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint}"')
+        return "\n".join(lines) + "\n"
