@@ -69,7 +69,7 @@ class TokenAuthority:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from exc
         if not isinstance(claims.get("room"), str) or claims.get("role") not in ROLES:
             raise Unauthorized("token lacks room or role")
-        if not secrets.compare_digest(claims["room"], room):
+        if not secrets.compare_digest(claims["room"].encode(), room.encode()):
             raise Forbidden("token is for another room")
         if claims["role"] != role:
             raise Forbidden(f"token role {claims['role']!r} may not act as {role!r}")

@@ -48,6 +48,8 @@ def test_tokens_scope_and_expiry() -> None:
         TokenAuthority("o" * 40).verify(tok, room="room1", role="anchor")
     with pytest.raises(ValueError):
         TokenAuthority("short")
+    with pytest.raises(Forbidden):  # non-ASCII room names are compared as bytes, not a 500
+        auth.verify(tok, room="r\u00f6\u00f6m", role="anchor")
 
 
 def test_alg_none_token_refused() -> None:
