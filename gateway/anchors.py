@@ -26,10 +26,14 @@ from relay.peer import (
     codec_preferences,
     rtc_configuration,
 )
-from relay.sdp import OfferSummary, TrickleFragment, pick_codec
+from relay.sdp import OfferSummary, TrickleFragment, pick_codec, strip_mdns_candidates
 
+from .mixer.anchor_hub import AnchorHub
+from .mixer.director import MixerConfig, ProgramDirector
+from .mixer.layout import LayoutSpec, parse_colour
+from .mixer.program import RenditionSpec
 from .settings import Settings
-from .stages import StageTable
+from .stages import Stage, StageTable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class AnchorSession:
     room: str
     grant: Grant
     pc: RTCPeerConnection
-    hub: FanoutHub
+    hub: AnchorHub  # the anchor's own stream (co-hosts pull it); the program is the stage's hub
     etag: str
     ingests: dict[MediaKind, TrackIngest] = field(default_factory=dict)
     created_at: float = field(default_factory=time.monotonic)
@@ -84,9 +88,15 @@ class IngressTotals:
         self.keyframe_requests += st.keyframe_requests
         self.keyframe_requests_coalesced += st.keyframe_requests_coalesced
 
+    def add_requests(self, hub: FanoutHub) -> None:
+        """A program hub: only its keyframe requests (to the anchor or the mixer) count here."""
+        self.keyframe_requests += hub.stats.keyframe_requests
+        self.keyframe_requests_coalesced += hub.stats.keyframe_requests_coalesced
+
 
 class AnchorService:
-    """Owns every anchor session of this node and the room's hub while it is live."""
+    """Owns every anchor session of this node, each anchor's own hub, and the room's program
+    hubs (one per rendition) with their director (passthrough or mixer) while the room is live."""
 
     def __init__(
         self, settings: Settings, stages: StageTable, events: EventSink | None = None
@@ -97,6 +107,22 @@ class AnchorService:
         self.sessions: dict[str, AnchorSession] = {}
         self.finished = IngressTotals()
         self._grace: dict[str, asyncio.Task[None]] = {}
+        self.directors: dict[str, ProgramDirector] = {}
+        self._retired: list[ProgramDirector] = []  # closed, their threads maybe still ending
+        st = settings.stage
+        self._mixer = MixerConfig(
+            renditions=tuple(
+                RenditionSpec(r.name, r.width, r.height, r.video_bitrate_kbps * 1000)
+                for r in st.renditions
+            ),
+            fps=st.fps,
+            gop=max(1, round(st.fps * st.keyframe_interval)),
+            audio_bitrate=st.audio_bitrate_kbps * 1000,
+            input_frames=st.input_queue_frames,
+        )
+        self.default_layout = LayoutSpec(
+            background=parse_colour(st.background), placeholder_after=st.placeholder_after
+        )
 
     async def open(
         self, room: str, offer_sdp: str, summary: OfferSummary, grant: Grant
@@ -106,20 +132,21 @@ class AnchorService:
             if not self._settings.rooms.auto_create:
                 raise NotFound(f"room {room!r} does not exist; create it through the API")
             stage = self._stages.ensure(room)
-        if stage.anchor_id is not None:
-            current = self.sessions.get(stage.anchor_id)
-            if current is None or current.grant.subject != grant.subject:
-                raise Conflict(
-                    f"room {room!r} already has a live anchor; co-hosting is not enabled",
-                    retry_after=self._settings.sessions.retry_after,
-                )
+        same = next((s for s in self.in_room(room) if s.grant.subject == grant.subject), None)
+        if same is not None:
             # The same anchor publishing again (its network dropped before we noticed): the new
             # session takes over and viewers stay.
-            await self.close(room, current.id, reason="replaced")
+            await self.close(room, same.id, reason="replaced")
+        elif len(stage.anchor_ids) >= self._settings.stage.max_anchors:
+            raise Conflict(
+                f"room {room!r} already has {len(stage.anchor_ids)} live anchor(s), its maximum",
+                retry_after=self._settings.sessions.retry_after,
+            )
         sid = new_session_id()
-        stage.anchor_id = sid  # reserve the room across the awaits below
+        stage.anchor_ids.append(sid)  # reserve a place across the awaits below
         media = self._settings.media
         previous = stage.hub if stage.hub is not None and not stage.hub.closed.is_set() else None
+        others = [s for s in self.in_room(room) if s.id != sid]
         codecs: dict[MediaKind, CodecSpec] = {}
         for kind, offered in summary.codecs.items():
             prefer = media.video_codecs if kind == "video" else ("opus",)
@@ -127,18 +154,20 @@ class AnchorService:
                 prefer = (previous.codecs[kind].name, *prefer)
             name = pick_codec(offered, prefer)
             codecs[kind] = CodecSpec(kind, name, CLOCK_RATES[kind])
-        if previous is not None and previous.compatible(codecs):
-            hub = previous
-        else:
-            if previous is not None:
-                self._end_stream(room, previous, "source changed codecs")
-            hub = FanoutHub(
-                room,
-                codecs,
-                keyframe_interval=media.keyframe_interval,
-                video_queue_frames=media.video_queue_frames,
-                audio_queue_frames=media.audio_queue_frames,
-            )
+        # The program keeps its codecs while it lives; other anchors' codecs go through the
+        # mixer. A lone anchor with other codecs than the program's (reconnecting) starts anew.
+        program: FanoutHub | None = None
+        if previous is not None and (previous.compatible(codecs) or others):
+            program = previous
+        elif previous is not None:
+            self._end_stream(room, previous, "source changed codecs")
+        hub = AnchorHub(
+            f"{room}/{sid}",
+            codecs,
+            keyframe_interval=media.keyframe_interval,
+            video_queue_frames=media.video_queue_frames,
+            audio_queue_frames=media.audio_queue_frames,
+        )
         pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
         session = AnchorSession(sid, room, grant, pc, hub, new_etag())
         try:
@@ -148,7 +177,9 @@ class AnchorService:
                 session.ingests[kind] = TrackIngest(
                     kind, transceiver.receiver, hub, max_wait=media.reassembly_wait
                 )
-            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await pc.setRemoteDescription(
+                RTCSessionDescription(strip_mdns_candidates(offer_sdp), "offer")
+            )
             await pc.setLocalDescription(await pc.createAnswer())
         except (OperationError, InvalidStateError, ValueError) as exc:
             await self._abort(stage.room, sid, pc)
@@ -156,12 +187,15 @@ class AnchorService:
         except BaseException:
             await self._abort(stage.room, sid, pc)
             raise
-        resumed = hub is previous
+        resumed = program is not None
         self._cancel_grace(room)
         hub.attach_source(session.request_keyframe)
-        if not resumed:
-            self._stages.set_hub(room, hub)
         self.sessions[sid] = session
+        if program is None:
+            program = self._new_program(stage, codecs)
+        self.directors[room].update(self.in_room(room))
+        if not resumed:
+            self._stages.set_hub(room, program)
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"anchor-{sid}")
         ctx = {"room": room, "session": sid, "subject": grant.subject, "event": "anchor.joined"}
@@ -176,10 +210,39 @@ class AnchorService:
             )
         return session
 
+    def _new_program(self, stage: Stage, codecs: dict[MediaKind, CodecSpec]) -> FanoutHub:
+        """The room's program hubs (one per rendition, same codecs) and their director."""
+        media = self._settings.media
+        room = stage.room
+        hubs: dict[str, FanoutHub] = {}
+        for i, r in enumerate(self._mixer.renditions):
+            hubs[r.name] = FanoutHub(
+                room if i == 0 else f"{room}?rendition={r.name}",
+                codecs,
+                keyframe_interval=media.keyframe_interval,
+                video_queue_frames=media.video_queue_frames,
+                audio_queue_frames=media.audio_queue_frames,
+            )
+        stage.renditions = hubs
+        default = self.default_layout
+        self.directors[room] = ProgramDirector(
+            room,
+            hubs,
+            self._mixer,
+            layout=lambda: stage.layout or default,
+            controls=lambda: stage.audio,
+        )
+        return next(iter(hubs.values()))
+
+    def anchor_hub(self, room: str, anchor_id: str) -> FanoutHub | None:
+        """An anchor's own stream, for co-hosts pulling ``/whep/{room}?anchor={id}``."""
+        session = self.sessions.get(anchor_id)
+        return session.hub if session is not None and session.room == room else None
+
     async def _abort(self, room: str, sid: str, pc: RTCPeerConnection) -> None:
         stage = self._stages.get(room)
-        if stage is not None and stage.anchor_id == sid:
-            stage.anchor_id = None
+        if stage is not None and sid in stage.anchor_ids:
+            stage.anchor_ids.remove(sid)
             self._stages.discard_if_idle(room)
         await close_quietly(pc)
 
@@ -218,10 +281,16 @@ class AnchorService:
             return
         stage = self._stages.get(session.room)
         reason = session.ended_reason or "unknown"
-        if stage is not None and stage.anchor_id == session.id:
-            stage.anchor_id = None
-        hub = session.hub
-        if stage is not None and stage.hub is hub and not hub.closed.is_set():
+        if stage is not None and session.id in stage.anchor_ids:
+            stage.anchor_ids.remove(session.id)
+        session.hub.close()  # co-hosts pulling this anchor see its end
+        self.finished.add_hub(session.hub)
+        hub = stage.hub if stage is not None else None
+        remaining = self.in_room(session.room)
+        director = self.directors.get(session.room)
+        if director is not None and hub is not None and not hub.closed.is_set():
+            director.update(remaining)
+        if stage is not None and hub is not None and not hub.closed.is_set() and not remaining:
             grace = self._settings.sessions.reconnect_grace
             if reason == "replaced":
                 hub.detach_source()  # the new session attaches at once
@@ -262,10 +331,20 @@ class AnchorService:
     def _end_stream(self, room: str, hub: FanoutHub, reason: str) -> None:
         """The program ends for its viewers: their tracks end and their sessions close."""
         self._cancel_grace(room)
-        hub.close()
-        self.finished.add_hub(hub)
+        director = self.directors.get(room)
+        hubs = [hub]
+        if director is not None and director.main is hub:
+            del self.directors[room]
+            director.close()  # its mixer thread (if any) ends on its own; joined at shutdown
+            self._retired = [d for d in self._retired if d.busy]
+            self._retired.append(director)
+            hubs = list(director.hubs.values())
+        for h in hubs:
+            h.close()
+            self.finished.add_requests(h)
         stage = self._stages.get(room)
         if stage is not None and stage.hub is hub:
+            stage.renditions = {}
             self._stages.set_hub(room, None)
             self._stages.discard_if_idle(room)
         duration = round(time.monotonic() - hub.started_at, 3)
@@ -277,9 +356,13 @@ class AnchorService:
         total = IngressTotals(
             f.sessions, f.frames, f.bytes, f.keyframe_requests, f.keyframe_requests_coalesced
         )
-        for stage in self._stages:
-            if stage.hub is not None and not stage.hub.closed.is_set():
-                total.add_hub(stage.hub)
+        for session in self.sessions.values():
+            if not session.hub.closed.is_set():
+                total.add_hub(session.hub)
+        for director in self.directors.values():
+            for hub in director.hubs.values():
+                if not hub.closed.is_set():
+                    total.add_requests(hub)
         return total
 
     def in_room(self, room: str) -> list[AnchorSession]:
@@ -322,3 +405,9 @@ class AnchorService:
             task.cancel()
         await asyncio.gather(*self._grace.values(), return_exceptions=True)
         self._grace.clear()
+        for room, director in list(self.directors.items()):
+            del self.directors[room]
+            self._retired.append(director)
+        retired, self._retired = self._retired, []
+        for director in retired:
+            await director.aclose()

@@ -20,6 +20,7 @@ from relay.viewers import ViewerLimits, ViewerService
 from relay.whep_http import whep_router
 
 from .anchors import AnchorService
+from .api_layout import layout_router
 from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
 from .bridge import BridgeService, bridge_router, hls_router
@@ -32,7 +33,9 @@ from .metrics import (
     build_registry,
     render,
 )
+from .mixer.selection import hub_selector
 from .operator_auth import OperatorAuth
+from .pages import mount_pages
 from .settings import Settings, ephemeral_secret
 from .stages import StageTable
 from .webhooks import WebhookDispatcher
@@ -88,8 +91,14 @@ def build_gateway(settings: Settings) -> Gateway:
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=stages.is_private,
     )
+    anchors = AnchorService(settings, stages, webhooks.emit)
     viewers = ViewerService(
-        stages.live_hub,
+        hub_selector(
+            stages.live_hub,
+            stages.rendition_hub,
+            anchors.anchor_hub,
+            [r.name for r in settings.stage.renditions],
+        ),
         ice_servers=settings.ice_servers,
         limits=ViewerLimits(
             connect_timeout=settings.sessions.connect_timeout,
@@ -99,7 +108,6 @@ def build_gateway(settings: Settings) -> Gateway:
         room_limit=stages.max_viewers,
     )
     operator_key = settings.api.operator_key or ephemeral_secret()
-    anchors = AnchorService(settings, stages, webhooks.emit)
     gateway = Gateway(
         settings,
         tokens,
@@ -163,6 +171,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     )
     v1.include_router(bridge_router(gw.bridges))
     v1.include_router(runtime_router(gw.anchors, gw.viewers))
+    v1.include_router(layout_router(gw.stages, gw.anchors))
     app.include_router(v1)
     app.include_router(hls_router(gw.bridges, access))
 
@@ -190,4 +199,5 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             }
         )
 
+    mount_pages(app, settings)
     return app

@@ -126,6 +126,73 @@ class ApiSettings(BaseModel):
     one per process, printed at start."""
 
 
+class RenditionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")
+    """What viewers ask for: ``/whep/ROOM?rendition=NAME``."""
+    width: int = Field(ge=64, le=3840, multiple_of=2)
+    height: int = Field(ge=64, le=2160, multiple_of=2)
+    video_bitrate_kbps: int = Field(ge=50, le=20000)
+
+
+class StageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_anchors: int = Field(9, ge=1, le=50)
+    """Anchors a room (stage) takes at once; one more gets 409. 1: co-hosting off."""
+    fps: int = Field(30, ge=5, le=60)
+    """Output clock of the mixed program (frames per second)."""
+    renditions: tuple[RenditionSettings, ...] = Field(
+        (
+            RenditionSettings(name="720p", width=1280, height=720, video_bitrate_kbps=2000),
+            RenditionSettings(name="360p", width=640, height=360, video_bitrate_kbps=600),
+        ),
+        min_length=1,
+        max_length=4,
+    )
+    """The mixer's ladder, each encoded once; the first is the default program (``/whep/ROOM``),
+    the others are picked with ``?rendition=NAME``."""
+    audio_bitrate_kbps: int = Field(64, ge=8, le=510)
+    """Opus bitrate of the mixed audio."""
+    keyframe_interval: float = Field(2.0, ge=0.5, le=10)
+    """GOP of the mixer's encoders (s); viewers' PLIs force a keyframe sooner."""
+    placeholder_after: float = Field(2.0, gt=0, le=60)
+    """An anchor whose picture stalls this long shows a placeholder (before: frozen tile)."""
+    background: str = Field("#101010", pattern=r"^#[0-9a-fA-F]{6}$")
+    """Canvas colour behind the tiles (a layout may set its own)."""
+    input_queue_frames: int = Field(30, ge=2, le=1000)
+    """Encoded frames queued per anchor for the mixer; beyond: drop to the next keyframe."""
+
+
+class ClusterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str = ""
+    """This node's id in the cluster; empty: HOSTNAME-PID."""
+    role: Literal["origin", "edge"] = "origin"
+    """origin: takes anchors (``serve``); edge: a relay pulling from ``upstream`` (``relay``)."""
+    redis_url: str = ""
+    """Cluster registry, e.g. redis://redis:6379/0; empty: in-memory (a single node)."""
+    key_prefix: str = "stagecast:"
+    """Prefix of every Redis key and channel (several clusters can share one Redis)."""
+    upstream: str = ""
+    """An edge's upstream: the origin's (or a parent relay's) base URL."""
+    heartbeat: float = Field(1.0, gt=0, le=30)
+    """Seconds between a node's registry heartbeats (also how often it re-reads the cluster)."""
+    node_ttl: float = Field(3.0, gt=0, le=120)
+    """A node whose heartbeat stops is out of rotation after this many seconds."""
+    max_viewers: int | None = Field(None, ge=1)
+    """Viewers this node takes; a full edge redirects (307) or answers 503. None: no limit."""
+    max_egress_bitrate: int | None = Field(None, ge=1)
+    """Egress (bits/s) beyond which this node takes no new viewers. None: no limit."""
+    idle_grace: float = Field(10.0, ge=0)
+    """An edge tears a pull down after this many seconds without a local viewer."""
+    silence_timeout: float = Field(3.0, gt=0)
+    """An edge whose pull brings no media this long checks the upstream and ends the pull if the
+    stream is gone there (an origin restart is picked up by the next viewer)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STAGECAST_",
@@ -152,6 +219,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     webhooks: WebhookSettings = WebhookSettings()
     bridge: BridgeSettings = BridgeSettings()
+    stage: StageSettings = StageSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(

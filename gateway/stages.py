@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 from relay.hub import FanoutHub
 
+from .mixer.audio_mix import AudioControl
+from .mixer.layout import LayoutSpec
+
 log = logging.getLogger(__name__)
 
 HubListener = Callable[[str, FanoutHub | None], None]
@@ -31,8 +34,16 @@ class Stage:
     config: RoomConfig = field(default_factory=RoomConfig)
     persistent: bool = False
     hub: FanoutHub | None = None
-    anchor_id: str | None = None
+    anchor_ids: list[str] = field(default_factory=list)  # live anchor sessions, join order
     created_at: float = field(default_factory=time.time)
+    renditions: dict[str, FanoutHub] = field(default_factory=dict)  # name -> hub, main first
+    layout: LayoutSpec | None = None  # how the mixer draws the stage; None: the settings' grid
+    audio: dict[str, AudioControl] = field(default_factory=dict)  # anchor id -> gain / mute
+
+    @property
+    def anchor_id(self) -> str | None:
+        """The first live anchor (the one passed through when it is alone)."""
+        return self.anchor_ids[0] if self.anchor_ids else None
 
 
 class StageTable:
@@ -97,6 +108,13 @@ class StageTable:
     def live_hub(self, room: str) -> FanoutHub | None:
         stage = self._stages.get(room)
         return stage.hub if stage is not None else None
+
+    def rendition_hub(self, room: str, rendition: str) -> FanoutHub | None:
+        """A rendition's hub of the room's program (the main one under its own name too)."""
+        stage = self._stages.get(room)
+        if stage is None or stage.hub is None:
+            return None
+        return stage.renditions.get(rendition)
 
     def __iter__(self) -> Iterator[Stage]:
         return iter(list(self._stages.values()))

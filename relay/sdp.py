@@ -85,6 +85,22 @@ def check_offer(text: str, role: Role) -> OfferSummary:
     return OfferSummary(codecs=codecs, ice_ufrag=ufrag, ice_pwd=pwd)
 
 
+def strip_mdns_candidates(text: str) -> str:
+    """Drop host candidates hidden behind mDNS names (``*.local``, RFC 8445 / Chrome's default).
+
+    aiortc would try to resolve them inside setRemoteDescription (about a second, and they do not
+    resolve across hosts anyway); the connection works without them: the answer carries our
+    addresses, and the browser's checks reveal its own as peer-reflexive candidates."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) > 4 and fields[4].lower().endswith(".local"):
+                continue
+        kept.append(line)
+    return "".join(kept)
+
+
 def pick_codec(offered: tuple[str, ...], preference: tuple[str, ...]) -> str:
     """First codec of ``preference`` that the offer lists (case-insensitive)."""
     lowered = {n.lower() for n in offered}

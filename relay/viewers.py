@@ -17,7 +17,7 @@ from .errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from .http_common import new_etag, new_session_id
 from .hub import FanoutHub, Viewer
 from .peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
-from .sdp import OfferSummary, TrickleFragment
+from .sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from .tracks import HubTrack
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,9 @@ class ViewerService:
                 install_prepacked_sender(transceiver.sender, hub.request_keyframe)
             if not pc.getTransceivers():
                 raise Unprocessable("the offer asks for no kind of media this stream carries")
-            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await pc.setRemoteDescription(
+                RTCSessionDescription(strip_mdns_candidates(offer_sdp), "offer")
+            )
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             viewer.close()

@@ -97,7 +97,8 @@ async def test_anchor_reconnect_keeps_viewers_with_continuous_rtp() -> None:
 
 @pytest.mark.timeout(60)
 async def test_same_anchor_takes_over_before_timeout_and_strangers_get_409() -> None:
-    with run_server(sessions={"reconnect_grace": 5.0}) as server:
+    # a one-anchor stage (co-hosting off): a stranger finds the room full
+    with run_server(sessions={"reconnect_grace": 5.0}, stage={"max_anchors": 1}) as server:
         room = "takeover"
         pub = await whip_publish(
             server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(320, 180, 30)

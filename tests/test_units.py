@@ -106,6 +106,17 @@ def test_check_offer_accepts_and_refuses() -> None:
     assert pick_codec(("VP8", "H264"), ("H264", "VP8")) == "H264"
 
 
+def test_mdns_candidates_stripped() -> None:
+    from relay.sdp import strip_mdns_candidates
+
+    text = OFFER + (
+        "a=candidate:1 1 udp 2122260223 0b7c3c9e-1f2d-4a1e-9c3b-7d2a1e5f6a7b.local 54321 typ host\n"
+        "a=candidate:2 1 udp 2122260223 127.0.0.1 54322 typ host\n"
+    )
+    out = strip_mdns_candidates(text)
+    assert ".local" not in out and "127.0.0.1 54322" in out and out.startswith("v=0")
+
+
 def test_trickle_fragment() -> None:
     frag = parse_trickle(
         "a=ice-ufrag:abcd\na=ice-pwd:xyz\nm=audio 9 RTP/AVP 0\na=mid:0\n"

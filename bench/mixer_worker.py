@@ -1,0 +1,117 @@
+"""The mixer worker alone, no network: CPU per output frame of a 2- and 4-anchor 720p room.
+
+Pre-encoded 720p30 H264 clips (x264 ultrafast, ~1.5 Mbps) and Opus tones are fed in real time
+to a ``ProgramWorker`` (decode each once, composite to a grid, encode 720p and 360p once,
+mix and encode Opus); its thread CPU is read from ``time.thread_time`` in the worker.
+
+    python -m bench.mixer_worker [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from bench.mixer import make_clip
+from gateway.mixer.audio_mix import AudioControl
+from gateway.mixer.codecs import OpusEncoder
+from gateway.mixer.layout import LayoutSpec
+from gateway.mixer.program import ProgramWorker, RenditionSpec
+from relay.media import EncodedFrame
+
+
+def opus_clip(freq: float, frames: int = 150) -> list[bytes]:
+    enc = OpusEncoder()
+    out: list[bytes] = []
+    for i in range(frames):
+        t = (np.arange(960) + i * 960) / 48000
+        out += enc.encode((0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32))
+    return out
+
+
+def run(anchors: int, seconds: float, clip: list[tuple[bytes, bool]]) -> dict[str, float]:
+    emitted = {"video": 0, "audio": 0}
+
+    def emit(r: str | None, f: EncodedFrame) -> None:
+        emitted[f.kind] += 1
+
+    worker = ProgramWorker(
+        video_codec="H264",
+        audio=True,
+        renditions=[
+            RenditionSpec("720p", 1280, 720, 2_000_000),
+            RenditionSpec("360p", 640, 360, 600_000),
+        ],
+        fps=30,
+        gop=60,
+        audio_bitrate=64_000,
+        input_frames=30,
+        layout=LayoutSpec,
+        controls=lambda: dict[str, AudioControl](),
+        emit=emit,
+    )
+    ids = [f"a{i}" for i in range(anchors)]
+    tones = [opus_clip(300 + 250 * i) for i in range(anchors)]
+    for aid in ids:
+        worker.add_input(aid, lambda: None)
+    worker.start()
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < seconds:
+        due = t0 + n / 50  # 50 Hz: audio every tick, video every 5/3
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.monotonic()
+        for i, aid in enumerate(ids):
+            p = tones[i][n % len(tones[i])]
+            worker.feed(aid, EncodedFrame("audio", "opus", n * 960, (p,), p, True, now))
+            if n * 3 % 5 < 3:
+                v = n * 3 // 5
+                data, key = clip[v % len(clip)]
+                worker.feed(aid, EncodedFrame("video", "H264", v * 3000, (), data, key, now))
+        n += 1
+    worker.stop()
+    worker.join(5)
+    st = worker.stats
+    ticks = max(1, st.video_ticks)
+    seconds = time.monotonic() - t0
+    enc = st.encode_cpu_seconds
+    decode_ms = st.decode_cpu_seconds / max(1, st.decoded_frames) * 1000
+    composite_ms = st.composite_cpu_seconds / ticks * 1000
+    enc720_ms = enc.get("720p", 0) / ticks * 1000
+    enc360_ms = enc.get("360p", 0) / ticks * 1000
+    audio_cores = st.audio_cpu_seconds / seconds
+    # at a full 30 fps: every anchor decoded 30 times, 30 composites and encodes, the audio
+    p720 = (anchors * decode_ms + composite_ms + enc720_ms) * 30 / 1000 + audio_cores
+    return {
+        "anchors": anchors,
+        "seconds": round(seconds, 2),
+        "output_frames": st.video_ticks,
+        "skipped_ticks": st.skipped_ticks,
+        "decode_ms_per_frame": round(decode_ms, 2),
+        "composite_ms_per_output_frame": round(composite_ms, 2),
+        "encode_720p_ms_per_frame": round(enc720_ms, 2),
+        "encode_360p_ms_per_frame": round(enc360_ms, 2),
+        "audio_cores": round(audio_cores, 4),
+        "measured_mixer_cores": round(st.cpu_seconds / seconds, 3),
+        "projected_720p_cores_30fps": round(p720, 3),
+        "projected_both_renditions_cores_30fps": round(p720 + enc360_ms * 30 / 1000, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    clip = make_clip(1280, 720)
+    rows = [run(n, args.seconds, clip) for n in (2, 4)]
+    print(json.dumps({"rows": rows, "load_avg": os.getloadavg()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

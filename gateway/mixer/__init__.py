@@ -1,0 +1,1 @@
+"""Co-hosting: several anchors mixed into one program (layout, audio mix, composite, encode)."""

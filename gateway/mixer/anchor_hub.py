@@ -1,0 +1,31 @@
+"""An anchor's own hub: co-hosts pull it directly (``/whep/{room}?anchor={id}``) and the stage's
+director taps its frames (passthrough into the program, or into the mixer)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from relay.hub import FanoutHub
+from relay.media import EncodedFrame, MediaKind
+
+FrameSink = Callable[[EncodedFrame], None]
+MuteListener = Callable[[MediaKind, bool], None]
+
+
+class AnchorHub(FanoutHub):
+    """A ``FanoutHub`` whose published frames also go to one ``sink`` (set by the director),
+    and whose mute changes are reported to ``on_mute``."""
+
+    sink: FrameSink | None = None
+    on_mute: MuteListener | None = None
+
+    def publish(self, frame: EncodedFrame) -> None:
+        super().publish(frame)
+        sink = self.sink
+        if sink is not None and not self.closed.is_set():
+            sink(frame)
+
+    def set_muted(self, kind: MediaKind, muted: bool) -> None:
+        super().set_muted(kind, muted)
+        if self.on_mute is not None:
+            self.on_mute(kind, muted)

@@ -1,0 +1,166 @@
+"""PyAV encoders/decoders and RTP packetising for the program worker (worker thread only).
+
+The mixer encodes in the program's codec, so viewers that negotiated it never renegotiate:
+H264 with libx264 (ultrafast, zerolatency, constrained baseline, level 3.1, Annex-B) or VP8 with
+libvpx (realtime, cpu-used -6, no lag). Audio is always Opus, one RTP payload per 20 ms frame.
+
+RTP packetising reuses aiortc's packetisers (``H264Encoder._packetize``/``_split_bitstream``,
+``Vp8Encoder._packetize``): private aiortc API, pinned with the rest of the adapter (aiortc
+>=1.14,<1.17); ``tests/test_mixer_units.py`` fails loudly if they move.
+"""
+
+from __future__ import annotations
+
+import fractions
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+
+from .audio_mix import Samples, to_s16
+
+RATE = 48000
+AUDIO_FRAME = 960  # 20 ms
+VIDEO_CLOCK = 90000
+
+
+def packetize_h264(data: bytes) -> list[bytes]:
+    payloads: list[bytes] = H264Encoder._packetize(H264Encoder._split_bitstream(data))
+    return payloads
+
+
+class Vp8Packetizer:
+    def __init__(self) -> None:
+        self.picture_id = 0
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        payloads: list[bytes] = Vp8Encoder._packetize(data, self.picture_id)
+        self.picture_id = (self.picture_id + 1) % (1 << 15)
+        return payloads
+
+
+class VideoEncoder:
+    """One rendition's encoder: ``encode(frame, keyframe)`` -> [(bitstream, is_keyframe)]."""
+
+    def __init__(
+        self, codec: str, width: int, height: int, fps: int, bitrate: int, gop: int
+    ) -> None:
+        self.codec = codec.upper()
+        if self.codec == "H264":
+            ctx = av.CodecContext.create("libx264", "w")
+            ctx.options = {
+                "preset": "ultrafast",
+                "tune": "zerolatency",
+                "level": "31",
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1",
+            }
+            ctx.profile = "Baseline"
+            self._pack: Any = packetize_h264
+        elif self.codec == "VP8":
+            ctx = av.CodecContext.create("libvpx", "w")
+            ctx.gop_size = gop
+            ctx.options = {
+                "deadline": "realtime",
+                "cpu-used": "-6",
+                "lag-in-frames": "0",
+                "static-thresh": "1",
+                "undershoot-pct": "100",
+                "overshoot-pct": "15",
+                "bufsize": str(bitrate),
+                "minrate": str(bitrate),
+                "maxrate": str(bitrate),
+            }
+            ctx.qmin, ctx.qmax = 2, 56
+            self._pack = Vp8Packetizer()
+        else:
+            raise ValueError(f"the mixer cannot encode {codec}")
+        ctx.width, ctx.height = width, height
+        ctx.pix_fmt = "yuv420p"
+        ctx.bit_rate = bitrate
+        ctx.framerate = fractions.Fraction(fps, 1)
+        ctx.time_base = fractions.Fraction(1, fps)
+        ctx.thread_count = 1
+        self._ctx = ctx
+        self.width, self.height = width, height
+        self._pts = 0
+
+    def encode(self, frame: Any, keyframe: bool) -> list[tuple[bytes, bool]]:
+        if frame.width != self.width or frame.height != self.height:
+            frame = frame.reformat(
+                width=self.width, height=self.height, format="yuv420p", interpolation="AREA"
+            )
+        frame.pts = self._pts
+        frame.time_base = self._ctx.time_base
+        self._pts += 1
+        frame.pict_type = av.video.frame.PictureType.I if keyframe else 0
+        return [(bytes(p), bool(p.is_keyframe)) for p in self._ctx.encode(frame)]
+
+    def packetize(self, data: bytes) -> list[bytes]:
+        payloads: list[bytes] = self._pack(data)
+        return payloads
+
+
+class OpusEncoder:
+    def __init__(self, bitrate: int = 64000) -> None:
+        ctx = av.CodecContext.create("libopus", "w")
+        ctx.sample_rate = RATE
+        ctx.layout = "mono"
+        ctx.format = "s16"
+        ctx.bit_rate = bitrate
+        ctx.time_base = fractions.Fraction(1, RATE)
+        ctx.options = {"application": "lowdelay", "frame_duration": "20"}
+        self._ctx = ctx
+        self._pts = 0
+
+    def encode(self, block: Samples) -> list[bytes]:
+        pcm = to_s16(block).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._pts += block.size
+        return [bytes(p) for p in self._ctx.encode(frame)]
+
+
+class VideoDecoder:
+    def __init__(self, codec: str) -> None:
+        name = {"H264": "h264", "VP8": "vp8"}.get(codec.upper())
+        if name is None:
+            raise ValueError(f"the mixer cannot decode {codec}")
+        self.codec = codec.upper()
+        self._ctx: Any = av.CodecContext.create(name, "r")
+        self._ctx.thread_count = 1
+        self.errors = 0
+
+    def decode(self, data: bytes) -> list[Any]:
+        try:
+            return list(self._ctx.decode(av.Packet(data)))
+        except av.FFmpegError:
+            self.errors += 1
+            return []
+
+
+class AudioDecoder:
+    """Opus -> 48 kHz mono float32 (whatever the anchor's channel layout)."""
+
+    def __init__(self) -> None:
+        self._ctx: Any = av.CodecContext.create("libopus", "r")
+        self._ctx.sample_rate = RATE
+        self._ctx.layout = "stereo"
+        self._ctx.format = "s16"
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        self.errors = 0
+
+    def decode(self, data: bytes) -> Samples:
+        try:
+            frames = list(self._ctx.decode(av.Packet(data)))
+        except av.FFmpegError:
+            self.errors += 1
+            return np.zeros(0, np.float32)
+        out: list[Samples] = []
+        for frame in frames:
+            for r in self._resampler.resample(frame):
+                out.append(r.to_ndarray().reshape(-1).astype(np.float32))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -1,0 +1,331 @@
+"""The mixer's sans-I/O pieces: layout geometry, audio mixing and limiting, compositing, the
+codec/packetiser adapter, and the worker driven without sockets."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gateway.mixer.audio_mix import AudioControl, AudioMixer, InputBuffer, Limiter, to_s16
+from gateway.mixer.codecs import (
+    AudioDecoder,
+    OpusEncoder,
+    VideoDecoder,
+    VideoEncoder,
+    Vp8Packetizer,
+    packetize_h264,
+)
+from gateway.mixer.compositor import Canvas, Compositor, Picture, rgb_to_yuv
+from gateway.mixer.layout import (
+    LayoutSpec,
+    Rect,
+    Region,
+    compute_layout,
+    fit_rect,
+    format_colour,
+    grid_shape,
+    parse_colour,
+)
+from gateway.mixer.program import ProgramWorker, RenditionSpec
+from relay.keyframes import is_keyframe
+from relay.media import EncodedFrame
+
+
+def ids(n: int) -> list[str]:
+    return [f"a{i}" for i in range(n)]
+
+
+# -- layout -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("n", "shape"),
+    [(0, (0, 0)), (1, (1, 1)), (2, (2, 1)), (3, (2, 2)), (4, (2, 2)), (5, (3, 2)), (9, (3, 3))],
+)
+def test_grid_shape(n: int, shape: tuple[int, int]) -> None:
+    assert grid_shape(n) == shape
+
+
+def test_grid_tiles_cover_canvas_with_empty_slots() -> None:
+    tiles = compute_layout(LayoutSpec(), ids(3), 1280, 720)
+    assert [t.anchor_id for t in tiles] == ["a0", "a1", "a2", None]
+    assert tiles[0].rect == Rect(0, 0, 640, 360)
+    assert tiles[1].rect == Rect(640, 0, 640, 360)
+    assert tiles[2].rect == Rect(0, 360, 640, 360)
+    assert tiles[3].rect == Rect(640, 360, 640, 360)
+    assert compute_layout(LayoutSpec(), [], 1280, 720) == []
+    # one anchor fills the canvas; every coordinate is even for 4:2:0
+    (only,) = compute_layout(LayoutSpec(), ids(1), 1280, 720)
+    assert only.rect == Rect(0, 0, 1280, 720)
+    for n in range(1, 10):
+        for t in compute_layout(LayoutSpec(), ids(n), 1280, 720):
+            assert all(v % 2 == 0 for v in (t.rect.x, t.rect.y, t.rect.w, t.rect.h))
+            assert t.rect.x + t.rect.w <= 1280 and t.rect.y + t.rect.h <= 720
+
+
+def test_speaker_layout_big_plus_strip() -> None:
+    tiles = compute_layout(LayoutSpec(mode="speaker", speaker="a2"), ids(3), 1280, 720)
+    main = next(t for t in tiles if t.anchor_id == "a2")
+    assert main.rect == Rect(0, 0, 1280, 540)
+    strip = [t for t in tiles if t.anchor_id != "a2"]
+    assert [t.anchor_id for t in strip] == ["a0", "a1"]
+    assert all(t.rect.y == 540 and t.rect.h == 180 and t.z > main.z for t in strip)
+    # unknown speaker: the first anchor
+    tiles = compute_layout(LayoutSpec(mode="speaker", speaker="gone"), ids(2), 1280, 720)
+    assert tiles[0].anchor_id == "a0" and tiles[0].rect.h == 540
+
+
+def test_pip_layout_insets_on_top() -> None:
+    tiles = compute_layout(LayoutSpec(mode="pip"), ids(3), 1280, 720)
+    assert tiles[0].anchor_id == "a0" and tiles[0].rect == Rect(0, 0, 1280, 720)
+    insets = tiles[1:]
+    assert [t.z for t in insets] == [1, 2]
+    for t in insets:
+        assert t.rect.w == 320 and t.rect.h == 180
+        assert t.rect.x + t.rect.w <= 1280 and t.rect.y + t.rect.h <= 720
+    assert insets[0].rect.x > insets[1].rect.x  # right to left
+
+
+def test_custom_regions_z_order_and_unknown_anchors() -> None:
+    spec = LayoutSpec(
+        mode="custom",
+        regions=(
+            ("a1", Region(0.5, 0.5, 0.5, 0.5, z=3)),
+            ("a0", Region(0, 0, 1, 1, z=0)),
+            ("ghost", Region(0, 0, 0.1, 0.1, z=9)),
+        ),
+    )
+    tiles = compute_layout(spec, ids(2), 1280, 720)
+    assert [t.anchor_id for t in tiles] == ["a0", "a1"]  # back to front
+    assert tiles[1].rect == Rect(640, 360, 640, 360)
+
+
+def test_fit_rect_keeps_aspect() -> None:
+    box = Rect(0, 0, 640, 360)
+    assert fit_rect(1280, 720, box) == box
+    portrait = fit_rect(720, 1280, box)  # pillarbox
+    assert portrait.h == 360 and abs(portrait.w - 202) <= 2 and portrait.x > 0
+    wide = fit_rect(1920, 600, box)  # letterbox
+    assert wide.w == 640 and wide.h < 360 and wide.y > 0
+    assert fit_rect(0, 0, box).w == 0
+
+
+def test_colours() -> None:
+    assert parse_colour("#ff8000") == (255, 128, 0)
+    assert format_colour((255, 128, 0)) == "#ff8000"
+    with pytest.raises(ValueError):
+        parse_colour("red")
+    assert rgb_to_yuv((0, 0, 0)) == (16, 128, 128)
+    assert rgb_to_yuv((255, 255, 255)) == (235, 128, 128)
+
+
+# -- audio --------------------------------------------------------------------------------
+def tone(freq: float, n: int = 960, amp: float = 0.5, start: int = 0) -> np.ndarray:
+    t = (np.arange(n) + start) / 48000
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_mix_gain_mute_and_mix_minus() -> None:
+    mixer = AudioMixer(960)
+    blocks = {"a": tone(440), "b": tone(1000)}
+    out = mixer.mix(blocks, {"a": AudioControl(gain=0.5), "b": AudioControl(muted=True)})
+    assert np.allclose(out, tone(440) * 0.5, atol=1e-6)
+    minus = AudioMixer(960).mix(blocks, {}, exclude=["a"])
+    assert np.allclose(minus, tone(1000), atol=1e-6)
+
+
+def test_limiter_never_clips_and_recovers() -> None:
+    mixer = AudioMixer(960)
+    loud = {k: tone(f, amp=0.8, start=0) for k, f in (("a", 440), ("b", 445), ("c", 450))}
+    peaks = []
+    for _ in range(10):
+        out = mixer.mix(loud, {})
+        peaks.append(np.abs(out).max())
+        assert np.abs(to_s16(out).astype(np.int32)).max() < 32767
+    assert max(peaks) <= 0.98 + 1e-6 and mixer.limiter.engaged_blocks >= 1
+    # quiet again: the gain ramps back to unity, never jumping above the ceiling
+    quiet = {"a": tone(440, amp=0.1)}
+    for _ in range(40):
+        out = mixer.mix(quiet, {})
+        assert np.abs(out).max() <= 0.98
+    assert mixer.limiter.gain == pytest.approx(1.0)
+
+
+def test_limiter_unity_below_ceiling() -> None:
+    lim = Limiter()
+    block = tone(440, amp=0.5)
+    assert np.array_equal(lim.process(block), block)
+
+
+def test_input_buffer_prebuffers_bounds_and_pads() -> None:
+    buf = InputBuffer(max_samples=4800, prebuffer=960)
+    buf.push(tone(440, 480))
+    assert not buf.pop(960).any()  # still pre-buffering: silence
+    buf.push(tone(440, 960))
+    got = buf.pop(960)
+    assert got.any() and len(buf) == 480
+    tail = buf.pop(960)  # underrun: padded with silence
+    assert not tail[480:].any() and buf.underruns == 1
+    buf.push(np.ones(10000, np.float32))
+    assert len(buf) == 4800 and buf.dropped == 10000 - 4800
+
+
+# -- compositor ---------------------------------------------------------------------------
+def solid(rgb: tuple[int, int, int], w: int, h: int) -> object:
+    c = Canvas(w, h)
+    c.fill(rgb)
+    return c.to_frame()
+
+
+def test_compositor_places_tiles_keeps_aspect_and_placeholders() -> None:
+    comp = Compositor(320, 180)
+    tiles = compute_layout(LayoutSpec(), ["r", "g", "b"], 320, 180)
+    pics = {
+        "r": Picture(solid((255, 0, 0), 160, 90), 1),
+        "g": Picture(solid((0, 255, 0), 90, 160), 1),  # portrait: pillarboxed
+        "b": Picture(solid((0, 0, 255), 160, 90), 1, stale=True),  # placeholder
+    }
+    frame = comp.compose(tiles, pics, background=(0, 0, 0), empty=(128, 128, 128))
+    rgb = frame.to_ndarray(format="rgb24").astype(int)
+
+    def near(px: np.ndarray, ref: tuple[int, int, int]) -> bool:
+        return bool(np.abs(px - np.array(ref)).max() < 40)
+
+    assert near(rgb[45, 80], (255, 0, 0))
+    assert near(rgb[45, 240], (0, 255, 0))
+    assert near(rgb[45, 165], (0, 0, 0))  # pillarbox bars: background
+    assert near(rgb[135, 80], (128, 128, 128))  # stale anchor: placeholder
+    assert near(rgb[135, 240], (128, 128, 128))  # empty slot
+
+
+# -- codecs and the aiortc packetiser hooks -------------------------------------------------
+@pytest.mark.parametrize("codec", ["H264", "VP8"])
+def test_encoder_keyframes_on_request_and_packetises(codec: str) -> None:
+    enc = VideoEncoder(codec, 320, 180, 30, 300_000, 300)
+    dec = VideoDecoder(codec)
+    frame = solid((255, 0, 0), 320, 180)
+    keys = []
+    for i in range(6):
+        for data, key in enc.encode(frame, keyframe=(i == 4)):
+            keys.append(key)
+            assert key == is_keyframe(codec, data)
+            payloads = enc.packetize(data)
+            assert payloads and all(len(p) <= 1300 for p in payloads)
+            assert dec.decode(data)
+    assert keys[0] and keys[4] and not keys[1] and not keys[5]
+
+
+def test_aiortc_packetisers_still_exist() -> None:
+    big = b"\x00\x00\x00\x01\x65" + bytes(5000)
+    assert len(packetize_h264(big)) >= 4  # FU-A fragments
+    pack = Vp8Packetizer()
+    assert len(pack(bytes(3000))) >= 3 and pack.picture_id == 1
+
+
+def test_opus_roundtrip_48k_mono() -> None:
+    enc, dec = OpusEncoder(), AudioDecoder()
+    out = []
+    for i in range(10):
+        for p in enc.encode(tone(440, start=i * 960)):
+            out.append(dec.decode(p))
+    pcm = np.concatenate(out)
+    assert pcm.size == 9600 and np.abs(pcm[2000:]).max() > 0.3
+
+
+# -- the worker without sockets -----------------------------------------------------------
+def encoded_stream(codec: str, rgb: tuple[int, int, int], n: int) -> list[EncodedFrame]:
+    enc = VideoEncoder(codec, 160, 90, 30, 200_000, 300)
+    frames = []
+    for i in range(n):
+        for data, key in enc.encode(solid(rgb, 160, 90), keyframe=i == 0):
+            frames.append(EncodedFrame("video", codec, i * 3000, (), data, key, time.monotonic()))
+    return frames
+
+
+def opus_stream(freq: float, n: int) -> list[EncodedFrame]:
+    enc = OpusEncoder()
+    out = []
+    for i in range(n):
+        for p in enc.encode(tone(freq, start=i * 960, amp=0.3)):
+            out.append(EncodedFrame("audio", "opus", i * 960, (p,), p, True, time.monotonic()))
+    return out
+
+
+@pytest.mark.timeout(30)
+def test_worker_mixes_two_inputs_on_its_clock() -> None:
+    got: list[tuple[str | None, EncodedFrame]] = []
+    lock = threading.Lock()
+
+    def emit(r: str | None, f: EncodedFrame) -> None:
+        with lock:
+            got.append((r, f))
+
+    asked: list[str] = []
+    worker = ProgramWorker(
+        video_codec="H264",
+        audio=True,
+        renditions=[
+            RenditionSpec("main", 320, 180, 300_000),
+            RenditionSpec("low", 160, 90, 100_000),
+        ],
+        fps=30,
+        gop=300,
+        audio_bitrate=48_000,
+        input_frames=30,
+        layout=LayoutSpec,
+        controls=lambda: {"b": AudioControl(muted=True)},
+        emit=emit,
+    )
+    worker.add_input("a", lambda: asked.append("a"))
+    worker.add_input("b", lambda: asked.append("b"))
+    assert asked == ["a", "b"]  # each input starts by asking for a keyframe
+    # a delta frame before any keyframe is dropped and asks again
+    vp8 = encoded_stream("VP8", (0, 255, 0), 20)
+    worker.feed("b", vp8[1])
+    assert asked[-1] == "b"
+    worker.start()
+    started = time.monotonic()
+    try:
+        for fa, fb in zip(encoded_stream("H264", (255, 0, 0), 20), vp8, strict=True):
+            worker.feed("a", fa)
+            worker.feed("b", fb)
+        # audio in real time, as anchors send it
+        for fa, fb in zip(opus_stream(440, 50), opus_stream(1000, 50), strict=True):
+            worker.feed("a", fa)
+            worker.feed("b", fb)
+            time.sleep(0.02)
+        worker.request_keyframe("low")
+        time.sleep(0.3)
+    finally:
+        worker.stop()
+        elapsed = time.monotonic() - started
+        worker.join(5)
+    assert not worker.alive and worker.error is None
+    video = [(r, f) for r, f in got if f.kind == "video"]
+    audio = [f for r, f in got if f.kind == "audio"]
+    main = [f for r, f in video if r == "main"]
+    low = [f for r, f in video if r == "low"]
+    # ~30 fps and 50 audio frames/s on the worker's clock, whatever the inputs do (a starved
+    # thread skips ticks rather than piling up)
+    assert 0.5 * elapsed * 30 <= len(main) <= elapsed * 30 + 2 and len(low) == len(main)
+    assert main[0].keyframe and low[0].keyframe and sum(f.keyframe for f in low) >= 2
+    steps = {b.timestamp - a.timestamp for a, b in itertools.pairwise(main)}
+    assert all(d % 3000 == 0 and d > 0 for d in steps)  # on the 30 fps clock (skips jump)
+    assert 0.5 * elapsed * 50 <= len(audio) <= elapsed * 50 + 2 and all(
+        r is None for r, f in got if f.kind == "audio"
+    )
+    # the program picture: red left, green right
+    dec = VideoDecoder("H264")
+    pics = [p for f in main for p in dec.decode(f.data)]
+    rgb = pics[-1].to_ndarray(format="rgb24").astype(int)
+    assert rgb[90, 80, 0] > 180 and rgb[90, 80, 1] < 80
+    assert rgb[90, 240, 1] > 180 and rgb[90, 240, 0] < 80
+    # the audio: 440 Hz present, the muted 1000 Hz absent
+    adec = AudioDecoder()
+    pcm = np.concatenate([adec.decode(f.data) for f in audio])[-30000:-6000]
+    mag = np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))
+    freqs = np.fft.rfftfreq(pcm.size, 1 / 48000)
+    at = {f: mag[(freqs > f - 10) & (freqs < f + 10)].max() for f in (440, 1000)}
+    assert at[440] > 20 * at[1000]
