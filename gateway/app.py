@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from relay.access import AccessPolicy
 from relay.aiortc_adapter import check_version
+from relay.cluster import ClusterNode
 from relay.http_common import CorsHeaders
 from relay.problems import install_problem_handlers
 from relay.ratelimit import ClientRateLimiter
@@ -24,6 +25,7 @@ from .api_layout import layout_router
 from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
 from .bridge import BridgeService, bridge_router, hls_router
+from .cluster import build_origin_cluster, node_id
 from .guards import RequestGuards
 from .metrics import (
     CONTENT_TYPE,
@@ -60,17 +62,24 @@ class Gateway:
     bridges: BridgeService
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
+    cluster: ClusterNode | None = None
 
     async def start(self) -> None:
         self.lag.start()
         self.webhooks.start()
+        if self.cluster is not None:
+            await self.cluster.start()
 
     async def shutdown(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.set_draining(True)
         await self.bridges.shutdown()
         await self.anchors.shutdown()
         await self.viewers.shutdown()
         await self.webhooks.stop()
         await self.lag.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -113,7 +122,7 @@ def build_gateway(settings: Settings) -> Gateway:
         tokens,
         access,
         operator_key,
-        default_node_id(),
+        node_id(settings) if settings.cluster.node_id else default_node_id(),
         stages,
         anchors,
         viewers,
@@ -121,6 +130,9 @@ def build_gateway(settings: Settings) -> Gateway:
         bridges=BridgeService(settings.bridge, stages),
     )
     gateway.metric_sources.append(webhooks)
+    gateway.cluster = build_origin_cluster(
+        settings, gateway.node_id, tokens, stages, anchors, viewers
+    )
     return gateway
 
 
@@ -159,7 +171,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     links = ice_link_headers(settings)
     limit = settings.sessions.max_sdp_bytes
     app.include_router(whip_router(gw.anchors, access, max_sdp_bytes=limit, link_headers=links))
-    app.include_router(whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links))
+    whep_gate = [Depends(gw.cluster.whep_gate)] if gw.cluster is not None else []
+    app.include_router(
+        whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links),
+        dependencies=whep_gate,  # 307 to the edge that should serve a viewer (relay.cluster)
+    )
 
     operator = OperatorAuth(gw.operator_key)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(operator)])

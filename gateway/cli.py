@@ -1,4 +1,5 @@
-"""``stagecast`` command line: ``serve`` runs a single node, ``token`` mints an access token."""
+"""``stagecast`` command line: ``serve`` runs a node, ``relay`` an edge relay, ``token`` mints an
+access token."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(args.config, **overrides)
+    if settings.cluster.role == "edge":
+        return _relay(args)  # one config file can pick the node's role
     configure_logging(settings.log_level, settings.log_format)
     gateway = build_gateway(settings)
     app = create_app(settings, gateway)
@@ -34,6 +37,47 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  operator key:   {gateway.operator_key}", flush=True)
     if not settings.auth.token_secret:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .cluster import build_edge_node
+    from .settings import ClusterSettings
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    base = load_settings(args.config)
+    cluster = base.cluster.model_dump()
+    cluster["role"] = "edge"
+    for key in ("upstream", "redis_url", "node_id"):
+        value = getattr(args, key, None)
+        if value is not None:
+            cluster[key] = value
+    settings = load_settings(args.config, cluster=ClusterSettings(**cluster), **overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.cluster.upstream:
+        print("a relay needs --upstream URL (or cluster.upstream)", file=sys.stderr)
+        return 2
+    if not settings.auth.token_secret:
+        print(
+            "a relay needs auth.token_secret (shared with its upstream) to pull private rooms",
+            file=sys.stderr,
+        )
+    from relay.edge import create_edge_app
+
+    node = build_edge_node(settings)
+    app = create_edge_app(
+        node,
+        max_sdp_bytes=settings.sessions.max_sdp_bytes,
+        link_headers=tuple(f'<{u}>; rel="ice-server"' for u in settings.ice_servers),
+        cors_origin=settings.cors_origin,
+    )
+    print(f"stagecast relay {node.cluster.config.node_id}", flush=True)
+    print(f"  upstream:       {settings.cluster.upstream}", flush=True)
+    print(f"  watch (WHEP):   {settings.base_url}/whep/ROOM", flush=True)
+    print(f"  registry:       {settings.cluster.redis_url or 'in-memory'}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
@@ -104,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--room", default="demo", help="room whose URLs are printed")
     serve.set_defaults(func=_serve)
+    relay = sub.add_parser("relay", help="run an edge relay that pulls from --upstream")
+    relay.add_argument("--upstream", default=None, help="origin or parent relay base URL")
+    relay.add_argument("--host", default=None)
+    relay.add_argument("--port", type=int, default=None)
+    relay.add_argument("--redis-url", dest="redis_url", default=None, help="cluster registry")
+    relay.add_argument("--node-id", dest="node_id", default=None)
+    relay.set_defaults(func=_relay)
     token = sub.add_parser("token", help="mint an anchor or audience token")
     token.add_argument("--room", required=True)
     token.add_argument("--role", choices=["anchor", "audience"], required=True)

@@ -1,0 +1,106 @@
+"""Cluster wiring from settings: the origin's membership and the edge (``stagecast relay``) node."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from relay.access import AccessPolicy
+from relay.cluster import ClusterConfig, ClusterNode, NodeLoad
+from relay.edge import EdgeConfig, EdgeNode, EdgeService
+from relay.link import LinkConfig
+from relay.registry import NodeRole, make_registry
+from relay.tokens import TokenAuthority
+from relay.viewers import ViewerLimits, ViewerService
+
+from .anchors import AnchorService
+from .settings import Settings, ephemeral_secret
+from .stages import StageTable
+
+
+def node_id(settings: Settings) -> str:
+    return settings.cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def cluster_config(settings: Settings, role: NodeRole, node: str) -> ClusterConfig:
+    c = settings.cluster
+    max_viewers = c.max_viewers
+    if role == "origin" and max_viewers is None:
+        max_viewers = settings.rooms.max_viewers_per_node
+    return ClusterConfig(
+        node_id=node,
+        url=settings.base_url,
+        role=role,
+        heartbeat=c.heartbeat,
+        ttl=c.node_ttl,
+        max_viewers=max_viewers,
+        max_egress_bps=float(c.max_egress_bitrate) if c.max_egress_bitrate else None,
+        retry_after=settings.sessions.retry_after,
+        upstream=c.upstream if role == "edge" else "",
+    )
+
+
+def build_origin_cluster(
+    settings: Settings,
+    node: str,
+    tokens: TokenAuthority,
+    stages: StageTable,
+    anchors: AnchorService,
+    viewers: ViewerService,
+) -> ClusterNode:
+    """The origin's membership: it owns (leases) the rooms whose program it puts out."""
+
+    def figures() -> NodeLoad:
+        owned = tuple(s.room for s in stages if s.hub is not None and not s.hub.closed.is_set())
+        return NodeLoad(viewers.count(), viewers.egress().bytes, owned=owned)
+
+    del anchors  # (kept in the signature: a future origin record may carry anchor counts)
+    registry = make_registry(settings.cluster.redis_url, prefix=settings.cluster.key_prefix)
+    return ClusterNode(cluster_config(settings, "origin", node), registry, figures, tokens=tokens)
+
+
+def build_edge_node(settings: Settings) -> EdgeNode:
+    """Everything a relay process owns, from settings (``cluster.upstream`` is required)."""
+    c = settings.cluster
+    if not c.upstream:
+        raise ValueError("an edge needs cluster.upstream (the origin's or a parent relay's URL)")
+    secret = settings.auth.token_secret or ephemeral_secret()
+    tokens = TokenAuthority(secret)
+    node = node_id(settings)
+    media = settings.media
+    edge = EdgeService(
+        EdgeConfig(
+            link=LinkConfig(
+                upstream=c.upstream,
+                node_id=node,
+                ice_servers=settings.ice_servers,
+                keyframe_interval=media.keyframe_interval,
+                video_queue_frames=media.video_queue_frames,
+                audio_queue_frames=media.audio_queue_frames,
+                reassembly_wait=media.reassembly_wait,
+                retry_after=settings.sessions.retry_after,
+            ),
+            idle_grace=c.idle_grace,
+            silence_timeout=c.silence_timeout,
+            connect_timeout=settings.sessions.connect_timeout,
+        ),
+        tokens,
+    )
+    viewers = ViewerService(
+        edge.live_hub,
+        ice_servers=settings.ice_servers,
+        limits=ViewerLimits(
+            connect_timeout=settings.sessions.connect_timeout,
+            retry_after=settings.sessions.retry_after,
+            max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
+        ),
+    )
+    edge.viewer_count = viewers.count
+    access = AccessPolicy(tokens, anonymous_audience=settings.auth.anonymous_audience)
+
+    def figures() -> NodeLoad:
+        return NodeLoad(viewers.count(), viewers.egress().bytes, rooms=edge.egress_rooms())
+
+    registry = make_registry(c.redis_url, prefix=c.key_prefix)
+    cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
+    return EdgeNode(edge, viewers, access, cluster)

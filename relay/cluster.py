@@ -1,0 +1,270 @@
+"""A node's membership of the cluster: heartbeat, cached view of the others, routing gate.
+
+``ClusterNode`` drives the sans-I/O parts (``relay.routing``) with a registry
+(``relay.registry``): it re-registers at every heartbeat (so a node whose registry came back is
+in the cluster again at the next beat), keeps the last view it read (so a registry outage never
+stops routing or media), holds the ownership leases of the streams it originates, and wakes up
+early on cluster events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import psutil
+from fastapi import Request
+
+from .errors import ServiceUnavailable, StagecastError
+from .registry import ClusterEvent, ClusterRegistry, NodeRecord, NodeRole, RegistryError
+from .routing import Decision, Full, Redirect, route
+from .tokens import TokenAuthority, bearer_token
+
+log = logging.getLogger(__name__)
+
+LINK_HEADER = "X-Stagecast-Link"
+LINK_SUBJECT_PREFIX = "node:"
+
+
+class TemporaryRedirect(StagecastError):
+    status, title, type_slug = 307, "Temporary redirect", "redirect"
+
+    def __init__(self, location: str) -> None:
+        super().__init__(f"served by {location}", headers={"Location": location})
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    node_id: str
+    url: str
+    role: NodeRole
+    heartbeat: float = 1.0
+    ttl: float = 3.0
+    max_viewers: int | None = None
+    max_egress_bps: float | None = None
+    retry_after: int = 2
+    upstream: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    viewers: int
+    egress_bytes: int  # monotonic total
+    rooms: tuple[str, ...] = ()  # streams served (edge: pulled) now
+    owned: tuple[str, ...] = ()  # streams originated here (their leases are held)
+
+
+@dataclass(slots=True)
+class ClusterStatus:
+    registered: bool = False
+    beats: int = 0
+    failures: int = 0
+    last_error: str = ""
+    registrations: int = 0
+    events: list[ClusterEvent] = field(default_factory=list)
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        registry: ClusterRegistry,
+        figures: Callable[[], NodeLoad],
+        *,
+        tokens: TokenAuthority | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self._figures = figures
+        self._tokens = tokens
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self.view: list[NodeRecord] = []
+        self.me = NodeRecord(config.node_id, config.url, config.role)
+        self.status = ClusterStatus()
+        self.draining = False
+        self._owned: set[str] = set()
+        self._owned_now: set[str] = set()
+        self._last_bytes: tuple[float, int] | None = None
+        self._proc = psutil.Process()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._proc.cpu_percent(None)
+        await self.beat()
+        self._tasks = [
+            asyncio.create_task(self._beat_loop(), name=f"cluster-beat-{self.config.node_id}"),
+            asyncio.create_task(self._event_loop(), name=f"cluster-events-{self.config.node_id}"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if not self.status.registered:  # the registry is down: the record expires on its own
+            await self.registry.close()
+            return
+        with contextlib.suppress(RegistryError):
+            for room in list(self._owned):
+                await self.registry.release_stream(room, self.config.node_id)
+            await self.registry.remove(self.config.node_id)
+            await self.registry.publish(self._event("node.down"))
+        await self.registry.close()
+
+    def _event(self, kind: str, room: str = "") -> ClusterEvent:
+        return ClusterEvent(kind, self.config.node_id, room, self._clock())  # type: ignore[arg-type]
+
+    # -- heartbeat --------------------------------------------------------------------------
+    def record(self) -> NodeRecord:
+        load = self._figures()
+        now = self._clock()
+        bps = 0.0
+        if self._last_bytes is not None and now > self._last_bytes[0]:
+            bps = max(0, load.egress_bytes - self._last_bytes[1]) * 8 / (now - self._last_bytes[0])
+        self._last_bytes = (now, load.egress_bytes)
+        cfg = self.config
+        self.me = NodeRecord(
+            id=cfg.node_id,
+            url=cfg.url,
+            role=cfg.role,
+            viewers=load.viewers,
+            max_viewers=cfg.max_viewers,
+            egress_bps=round(bps, 1),
+            max_egress_bps=cfg.max_egress_bps,
+            cpu=float(self._proc.cpu_percent(None)),
+            draining=self.draining,
+            rooms=tuple(sorted(set(load.rooms) | set(load.owned))),
+            upstream=cfg.upstream,
+            updated_at=now,
+        )
+        self._owned_now = set(load.owned)
+        return self.me
+
+    async def beat(self) -> None:
+        """One heartbeat: register/refresh, hold leases, read the cluster view."""
+        record = self.record()
+        cfg = self.config
+        try:
+            await self.registry.heartbeat(record, cfg.ttl)
+            for room in self._owned_now - self._owned:
+                if await self.registry.acquire_stream(room, cfg.node_id, cfg.ttl):
+                    await self.registry.publish(self._event("stream.owned", room))
+            for room in self._owned & self._owned_now:
+                if not await self.registry.refresh_stream(room, cfg.node_id, cfg.ttl):
+                    await self.registry.acquire_stream(room, cfg.node_id, cfg.ttl)
+            for room in self._owned - self._owned_now:
+                await self.registry.release_stream(room, cfg.node_id)
+                await self.registry.publish(self._event("stream.released", room))
+            self._owned = set(self._owned_now)
+            self.view = await self.registry.nodes()
+            if not self.status.registered:
+                self.status.registered = True
+                self.status.registrations += 1
+                log.info("node %s registered in the cluster (%s)", cfg.node_id, cfg.role)
+                await self.registry.publish(self._event("node.up"))
+            self.status.beats += 1
+        except RegistryError as exc:
+            self.status.failures += 1
+            self.status.last_error = str(exc)
+            if self.status.registered:
+                log.warning("cluster registry unreachable, keeping the last view: %s", exc)
+            self.status.registered = False
+
+    async def _beat_loop(self) -> None:
+        while not self._stopping:
+            # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.heartbeat):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                await self.beat()
+            except Exception:
+                log.exception("cluster heartbeat failed")
+
+    async def _event_loop(self) -> None:
+        while True:
+            try:
+                async for event in self.registry.events():
+                    if event.node_id == self.config.node_id:
+                        continue
+                    self.status.events = [*self.status.events[-49:], event]
+                    if event.kind.startswith("node."):
+                        self._wake.set()
+            except RegistryError:
+                pass
+            except Exception:
+                log.exception("cluster event subscription failed")
+            await asyncio.sleep(self.config.heartbeat)
+
+    async def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+        if not self.status.registered:
+            return  # announced with the next successful heartbeat
+        with contextlib.suppress(RegistryError):
+            await self.registry.set_draining(self.config.node_id, draining)
+            if draining:
+                await self.registry.publish(self._event("node.draining"))
+        self._wake.set()
+
+    # -- routing ----------------------------------------------------------------------------
+    def decide(self, room: str) -> Decision:
+        me = self.me
+        if self.draining != me.draining:
+            me = replace(me, draining=self.draining)
+        others = [n for n in self.view if n.id != me.id]
+        return route(me, [me, *others], room, rng=self._rng)
+
+    def is_link(self, request: Request, room: str) -> bool:
+        """A pull from another node of the cluster (never routed elsewhere)."""
+        if LINK_HEADER.lower() not in request.headers or self._tokens is None:
+            return False
+        try:
+            token = bearer_token(
+                request.headers.get("authorization"), request.query_params.get("access_token")
+            )
+            if token is None:
+                return False
+            claims = self._tokens.verify(token, room=room, role="audience")
+        except StagecastError:
+            return False
+        return claims.subject.startswith(LINK_SUBJECT_PREFIX)
+
+    def check_whep_post(self, request: Request, room: str) -> None:
+        """Raise 307 to the edge that should serve this viewer, or 503 when all are full."""
+        if self.is_link(request, room):
+            return
+        decision = self.decide(room)
+        if isinstance(decision, Redirect):
+            location = f"{decision.node.url.rstrip('/')}/whep/{room}"
+            if request.url.query:
+                location += "?" + request.url.query
+            raise TemporaryRedirect(location)
+        if isinstance(decision, Full):
+            raise ServiceUnavailable(decision.reason, retry_after=self.config.retry_after)
+
+    async def whep_gate(self, request: Request) -> None:
+        """FastAPI dependency for the WHEP router: routes ``POST /whep/{room}`` only."""
+        room = request.path_params.get("room")
+        if request.method != "POST" or room is None or "session_id" in request.path_params:
+            return
+        self.check_whep_post(request, str(room))
+
+
+def link_token(tokens: TokenAuthority, room: str, node_id: str, ttl: float = 300) -> str:
+    """The token an edge pulls ``room`` from its upstream with."""
+    return tokens.mint(room, "audience", LINK_SUBJECT_PREFIX + node_id, ttl)

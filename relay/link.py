@@ -1,0 +1,158 @@
+"""The internal link: an edge pulls one stream from its upstream exactly as a viewer would (WHEP
+recvonly offer), but taps the encoded frames into a local hub instead of decoding them.
+
+Keyframe requests on the local hub go upstream as RTCP PLI on this link (the upstream hub
+coalesces them with its own). The link is authenticated with an audience token whose subject is
+``node:<id>`` and marked with the ``X-Stagecast-Link`` header so the upstream never redirects it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+
+from .cluster import LINK_HEADER
+from .errors import BadSdp, Conflict, ServiceUnavailable
+from .hub import FanoutHub
+from .ingest import TrackIngest
+from .media import CodecSpec, MediaKind
+from .peer import close_quietly, rtc_configuration
+from .sdp import SUPPORTED_CODECS
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    upstream: str  # base URL of the origin or parent relay
+    node_id: str
+    ice_servers: tuple[str, ...] = ()
+    keyframe_interval: float = 0.25
+    video_queue_frames: int = 60
+    audio_queue_frames: int = 100
+    reassembly_wait: float = 0.1
+    request_timeout: float = 5.0
+    retry_after: int = 2
+
+
+def answer_codecs(answer: str) -> dict[MediaKind, CodecSpec]:
+    """The codec the upstream sends per kind, read from its SDP answer (sans-I/O)."""
+    try:
+        desc = aiortc_sdp.SessionDescription.parse(answer)
+    except Exception as exc:
+        raise BadSdp(f"upstream answer could not be parsed: {type(exc).__name__}") from exc
+    codecs: dict[MediaKind, CodecSpec] = {}
+    for media in desc.media:
+        if media.kind not in SUPPORTED_CODECS or media.direction not in ("sendonly", "sendrecv"):
+            continue
+        if media.port == 0:
+            continue
+        kind: MediaKind = media.kind
+        for codec in media.rtp.codecs:
+            if any(codec.name.lower() == s.lower() for s in SUPPORTED_CODECS[kind]):
+                codecs[kind] = CodecSpec(kind, codec.name, codec.clockRate)
+                break
+    return codecs
+
+
+@dataclass(eq=False)
+class UpstreamLink:
+    room: str
+    pc: RTCPeerConnection
+    hub: FanoutHub
+    location: str
+    headers: dict[str, str]
+    ingests: dict[MediaKind, TrackIngest] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.monotonic)
+
+    def request_keyframe(self) -> None:
+        video = self.ingests.get("video")
+        if video is not None:
+            video.request_keyframe()
+
+    @property
+    def last_media_at(self) -> float | None:
+        times = [i.last_packet_at for i in self.ingests.values() if i.last_packet_at is not None]
+        return max(times) if times else None
+
+    @property
+    def packets(self) -> int:
+        return sum(i.packets for i in self.ingests.values())
+
+    async def close(self, client: httpx.AsyncClient | None, *, delete: bool = True) -> None:
+        """End the pull: the upstream session is deleted, the peer connection closed."""
+        if delete and client is not None:
+            try:
+                await client.delete(self.location, headers=self.headers, timeout=2.0)
+            except httpx.HTTPError as exc:
+                log.debug("upstream DELETE of %s failed: %r", self.location, exc)
+        await close_quietly(self.pc)
+
+
+async def open_link(
+    config: LinkConfig, room: str, token: str, client: httpx.AsyncClient, *, query: str = ""
+) -> UpstreamLink:
+    """Pull ``room`` from the upstream; raises Conflict (not live there) or ServiceUnavailable."""
+    pc = RTCPeerConnection(rtc_configuration(config.ice_servers))
+    headers = {"Authorization": f"Bearer {token}", LINK_HEADER: config.node_id}
+    try:
+        transceivers = {
+            kind: pc.addTransceiver(kind, direction="recvonly") for kind in SUPPORTED_CODECS
+        }
+        await pc.setLocalDescription(await pc.createOffer())
+        url = f"{config.upstream.rstrip('/')}/whep/{room}" + (f"?{query}" if query else "")
+        resp = None
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                resp = await client.post(
+                    url,
+                    content=pc.localDescription.sdp,
+                    headers={**headers, "Content-Type": "application/sdp"},
+                    timeout=config.request_timeout,
+                )
+            except httpx.HTTPError as exc:
+                raise ServiceUnavailable(
+                    f"upstream {config.upstream} unreachable: {type(exc).__name__}",
+                    retry_after=config.retry_after,
+                ) from exc
+            if resp.status_code not in (307, 308):
+                break
+            url = urljoin(url, resp.headers.get("location", url))
+        assert resp is not None
+        if resp.status_code == 409:
+            raise Conflict(f"room {room!r} is not live", retry_after=config.retry_after)
+        if resp.status_code != 201:
+            raise ServiceUnavailable(
+                f"upstream refused the pull: HTTP {resp.status_code}",
+                retry_after=config.retry_after,
+            )
+        codecs = answer_codecs(resp.text)
+        if not codecs:
+            raise ServiceUnavailable("upstream sends no media", retry_after=config.retry_after)
+        hub = FanoutHub(
+            room,
+            codecs,
+            keyframe_interval=config.keyframe_interval,
+            video_queue_frames=config.video_queue_frames,
+            audio_queue_frames=config.audio_queue_frames,
+        )
+        link = UpstreamLink(room, pc, hub, urljoin(url, resp.headers["location"]), headers)
+        for kind, transceiver in transceivers.items():
+            if kind in codecs:
+                link.ingests[kind] = TrackIngest(
+                    kind, transceiver.receiver, hub, max_wait=config.reassembly_wait
+                )
+        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+    except BaseException:
+        await close_quietly(pc)
+        raise
+    hub.attach_source(link.request_keyframe)
+    return link

@@ -1,0 +1,210 @@
+"""The cluster registry: node records with a TTL, stream ownership leases, events.
+
+One interface (``ClusterRegistry``), two implementations: ``MemoryRegistry`` here (a single node,
+the default) and ``RedisRegistry`` in ``relay.registry_redis`` (many nodes). ``make_registry``
+picks one from a Redis URL (empty: memory). ``tests/test_registry_contract.py`` runs the same
+contract against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, Protocol
+
+NodeRole = Literal["origin", "edge"]
+EventKind = Literal["node.up", "node.draining", "node.down", "stream.owned", "stream.released"]
+
+
+class RegistryError(Exception):
+    """The registry's backend cannot be reached (e.g. Redis is down); callers keep going."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """What a node says about itself at each heartbeat."""
+
+    id: str
+    url: str  # base URL clients and other nodes reach it at
+    role: NodeRole
+    viewers: int = 0
+    max_viewers: int | None = None
+    egress_bps: float = 0.0
+    max_egress_bps: float | None = None
+    cpu: float = 0.0  # percent of one core, as psutil reports it
+    draining: bool = False
+    rooms: tuple[str, ...] = ()  # streams this node is serving (an edge: pulling) now
+    upstream: str = ""  # an edge's upstream base URL
+    updated_at: float = 0.0  # wall clock of the heartbeat
+
+    @property
+    def has_capacity(self) -> bool:
+        if self.max_viewers is not None and self.viewers >= self.max_viewers:
+            return False
+        return self.max_egress_bps is None or self.egress_bps < self.max_egress_bps
+
+    @property
+    def load(self) -> float:
+        """0 (idle) .. 1 (full) by the tighter of its limits; raw viewers when it has none."""
+        parts = []
+        if self.max_viewers:
+            parts.append(self.viewers / self.max_viewers)
+        if self.max_egress_bps:
+            parts.append(self.egress_bps / self.max_egress_bps)
+        return max(parts) if parts else float(self.viewers)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> NodeRecord:
+        data: dict[str, Any] = json.loads(text)
+        data["rooms"] = tuple(data.get("rooms", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEvent:
+    kind: EventKind
+    node_id: str
+    room: str = ""
+    at: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ClusterEvent:
+        return cls(**json.loads(text))
+
+
+class ClusterRegistry(Protocol):
+    """Shared cluster state. Every method may raise ``RegistryError`` when the backend is down."""
+
+    async def heartbeat(self, record: NodeRecord, ttl: float) -> None:
+        """Create or refresh this node's record; it vanishes ``ttl`` s after the last call."""
+        ...
+
+    async def nodes(self) -> list[NodeRecord]:
+        """Every node whose record has not expired."""
+        ...
+
+    async def remove(self, node_id: str) -> None: ...
+
+    async def set_draining(self, node_id: str, draining: bool) -> None:
+        """Mark a registered node as draining (routing skips it) or back in rotation."""
+        ...
+
+    async def acquire_stream(self, room: str, node_id: str, ttl: float) -> bool:
+        """Take the ownership lease of ``room`` (SET NX EX); True if it is now ``node_id``'s
+        (also when it already was: the lease is then refreshed)."""
+        ...
+
+    async def refresh_stream(self, room: str, node_id: str, ttl: float) -> bool:
+        """Extend the lease if ``node_id`` still holds it."""
+        ...
+
+    async def release_stream(self, room: str, node_id: str) -> None:
+        """Drop the lease if ``node_id`` holds it."""
+        ...
+
+    async def stream_owner(self, room: str) -> str | None: ...
+
+    async def publish(self, event: ClusterEvent) -> None: ...
+
+    def events(self) -> AsyncIterator[ClusterEvent]:
+        """Events published from now on (by any node), until the iterator is closed."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryRegistry:
+    """A single process's registry: dicts with expiry times, in-process event queues."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._nodes: dict[str, tuple[NodeRecord, float]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._subscribers: list[asyncio.Queue[ClusterEvent]] = []
+
+    async def heartbeat(self, record: NodeRecord, ttl: float) -> None:
+        self._nodes[record.id] = (record, self._clock() + ttl)
+
+    async def nodes(self) -> list[NodeRecord]:
+        now = self._clock()
+        for nid in [n for n, (_, exp) in self._nodes.items() if exp <= now]:
+            del self._nodes[nid]
+        return sorted((rec for rec, _ in self._nodes.values()), key=lambda r: r.id)
+
+    async def remove(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    async def set_draining(self, node_id: str, draining: bool) -> None:
+        entry = self._nodes.get(node_id)
+        if entry is not None and entry[1] > self._clock():
+            self._nodes[node_id] = (replace(entry[0], draining=draining), entry[1])
+
+    def _lease(self, room: str) -> str | None:
+        entry = self._leases.get(room)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._leases[room]
+            return None
+        return entry[0]
+
+    async def acquire_stream(self, room: str, node_id: str, ttl: float) -> bool:
+        owner = self._lease(room)
+        if owner is not None and owner != node_id:
+            return False
+        self._leases[room] = (node_id, self._clock() + ttl)
+        return True
+
+    async def refresh_stream(self, room: str, node_id: str, ttl: float) -> bool:
+        if self._lease(room) != node_id:
+            return False
+        self._leases[room] = (node_id, self._clock() + ttl)
+        return True
+
+    async def release_stream(self, room: str, node_id: str) -> None:
+        if self._lease(room) == node_id:
+            del self._leases[room]
+
+    async def stream_owner(self, room: str) -> str | None:
+        return self._lease(room)
+
+    async def publish(self, event: ClusterEvent) -> None:
+        for q in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[ClusterEvent]:
+        q: asyncio.Queue[ClusterEvent] = asyncio.Queue(maxsize=1000)
+        self._subscribers.append(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._subscribers.remove(q)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._subscribers.clear()
+
+
+def make_registry(redis_url: str = "", *, prefix: str = "stagecast:") -> ClusterRegistry:
+    """The one factory: Redis when a URL is configured, memory otherwise."""
+    if not redis_url:
+        return MemoryRegistry()
+    from .registry_redis import RedisRegistry
+
+    return RedisRegistry(redis_url, prefix=prefix)

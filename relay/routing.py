@@ -1,0 +1,73 @@
+"""Which node serves a viewer: a pure function of the cluster's node records (sans-I/O).
+
+* An edge in rotation with room to spare serves its own viewers.
+* Otherwise the viewer is sent (307) to an edge already pulling the stream (least loaded of
+  those), else to the less loaded of two random healthy edges ("power of two choices").
+* An origin alone (no edges registered: the single-node default) serves everyone itself.
+* Edges exist but every one is full or draining: 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .registry import NodeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """This node takes the viewer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    node: NodeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Full:
+    reason: str
+
+
+Decision = Serve | Redirect | Full
+
+
+def in_rotation(node: NodeRecord) -> bool:
+    return node.role == "edge" and not node.draining and node.has_capacity
+
+
+def choose_edge(
+    nodes: list[NodeRecord],
+    room: str,
+    *,
+    rng: random.Random,
+    exclude: str = "",
+) -> NodeRecord | None:
+    """The edge a new viewer of ``room`` should go to, or None when none can take one."""
+    candidates = [n for n in nodes if in_rotation(n) and n.id != exclude]
+    if not candidates:
+        return None
+    pulling = [n for n in candidates if room in n.rooms]
+    if pulling:
+        return min(pulling, key=lambda n: (n.load, n.id))
+    pair = rng.sample(candidates, min(2, len(candidates)))
+    return min(pair, key=lambda n: (n.load, n.id))
+
+
+def route(
+    me: NodeRecord,
+    nodes: list[NodeRecord],
+    room: str,
+    *,
+    rng: random.Random,
+) -> Decision:
+    """Where a viewer asking ``me`` for ``room`` should be served."""
+    if me.role == "edge" and in_rotation(me):
+        return Serve()
+    if me.role == "origin" and not any(n.role == "edge" for n in nodes if n.id != me.id):
+        return Serve() if me.has_capacity else Full("this node is full")
+    target = choose_edge(nodes, room, rng=rng, exclude=me.id)
+    if target is None:
+        return Full("every edge is full or draining")
+    return Redirect(target)
