@@ -1,0 +1,174 @@
+"""Load viewers in a subprocess: WHEP viewers that count frames without decoding them.
+
+``bench.fanout`` starts one or more of these so that the load side does not share an event loop
+(and a core) with the publisher and the probe viewer whose latency is being measured. Driven by
+JSON lines on stdin; every answer is one JSON line on stdout:
+
+  {"op": "set", "n": 25}  open or close viewers until 25 are watching; answers
+                          {"op": "set", "n": 25, "failed": 0, "ttff": [seconds, ...]} (new ones)
+  {"op": "mark"}          remember every viewer's frame counts and the time
+  {"op": "read"}          counts per viewer since the mark: {"op": "read", "video": [frames],
+                          "audio": [packets], "packets": [RTP packets], "elapsed": seconds}
+  {"op": "quit"} or EOF   close every viewer and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from gateway.synthetic import Viewer, whep_watch
+
+log = logging.getLogger("bench.load_viewers")
+
+
+async def rtp_packets(viewer: Viewer) -> int:
+    """RTP packets (all kinds) the viewer's peer connection has received (its RTCP stats)."""
+    total = 0
+    with contextlib.suppress(Exception):
+        for stat in (await viewer.pc.getStats()).values():
+            if getattr(stat, "type", None) == "inbound-rtp":
+                total += int(stat.packetsReceived)
+    return total
+
+
+class LoadPool:
+    def __init__(
+        self,
+        base_url: str,
+        room: str,
+        *,
+        concurrency: int,
+        join_timeout: float,
+    ) -> None:
+        self.base_url = base_url
+        self.room = room
+        self.viewers: list[Viewer] = []
+        self._sem = asyncio.Semaphore(concurrency)
+        self._join_timeout = join_timeout
+        self._mark: list[tuple[int, int, int]] = []
+        self._mark_at = time.monotonic()
+
+    async def _open_one(self) -> Viewer | None:
+        async with self._sem:
+            try:
+                viewer = await whep_watch(
+                    self.base_url, self.room, decode=False, timeout=self._join_timeout
+                )
+            except Exception as exc:
+                log.warning("viewer failed to join: %r", exc)
+                return None
+        deadline = time.monotonic() + self._join_timeout
+        while time.monotonic() < deadline:  # polled: Viewer has no first-frame event
+            if viewer.first_frame_at is not None:
+                break
+            await asyncio.sleep(0.05)
+        if viewer.first_frame_at is None:
+            log.warning("viewer joined but got no frame within %.0f s", self._join_timeout)
+            await viewer.close()
+            return None
+        return viewer
+
+    async def resize(self, n: int) -> dict[str, Any]:
+        ttff: list[float] = []
+        failed = 0
+        if n > len(self.viewers):
+            opened = await asyncio.gather(*(self._open_one() for _ in range(n - len(self.viewers))))
+            for v in opened:
+                if v is None:
+                    failed += 1
+                else:
+                    self.viewers.append(v)
+                    if v.time_to_first_frame is not None:
+                        ttff.append(v.time_to_first_frame)
+        elif n < len(self.viewers):
+            gone, self.viewers = self.viewers[n:], self.viewers[:n]
+            await asyncio.gather(*(v.close() for v in gone), return_exceptions=True)
+        return {"op": "set", "n": len(self.viewers), "failed": failed, "ttff": ttff}
+
+    async def mark(self) -> dict[str, Any]:
+        packets = await asyncio.gather(*(rtp_packets(v) for v in self.viewers))
+        self._mark = [
+            (v.video_frames, v.audio_frames, p) for v, p in zip(self.viewers, packets, strict=True)
+        ]
+        self._mark_at = time.monotonic()
+        return {"op": "mark", "n": len(self.viewers)}
+
+    async def read(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self._mark_at
+        counts = [(v.video_frames, v.audio_frames) for v in self.viewers]
+        now_packets = await asyncio.gather(*(rtp_packets(v) for v in self.viewers))
+        video, audio, packets = [], [], []
+        for i, ((vf, af), p) in enumerate(zip(counts, now_packets, strict=True)):
+            v0, a0, p0 = self._mark[i] if i < len(self._mark) else (0, 0, 0)
+            video.append(vf - v0)
+            audio.append(af - a0)
+            packets.append(p - p0)
+        return {
+            "op": "read",
+            "video": video,
+            "audio": audio,
+            "packets": packets,
+            "elapsed": elapsed,
+        }
+
+    async def close(self) -> None:
+        await self.resize(0)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    pool = LoadPool(
+        args.base_url,
+        args.room,
+        concurrency=args.concurrency,
+        join_timeout=args.join_timeout,
+    )
+    try:
+        while True:
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                break
+            cmd = json.loads(line)
+            op = cmd.get("op")
+            if op == "set":
+                reply = await pool.resize(int(cmd["n"]))
+            elif op == "mark":
+                reply = await pool.mark()
+            elif op == "read":
+                reply = await pool.read()
+            elif op == "quit":
+                break
+            else:
+                reply = {"op": "error", "error": f"unknown op {op!r}"}
+            print(json.dumps(reply), flush=True)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pool.close(), 30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--room", required=True)
+    parser.add_argument("--concurrency", type=int, default=4, help="joins in flight at once")
+    parser.add_argument("--join-timeout", type=float, default=15.0)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args))
+    else:
+        asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
