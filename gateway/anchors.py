@@ -17,7 +17,7 @@ from relay.access import Grant
 from relay.errors import Conflict, NotFound, Unprocessable
 from relay.http_common import new_etag, new_session_id
 from relay.hub import FanoutHub
-from relay.ingest import TrackIngest
+from relay.ingest import IngestSet, TrackIngest
 from relay.media import CodecSpec, MediaKind
 from relay.peer import (
     CLOSED_STATES,
@@ -53,7 +53,7 @@ class AnchorSession:
     pc: RTCPeerConnection
     hub: AnchorHub  # the anchor's own stream (co-hosts pull it); the program is the stage's hub
     etag: str
-    ingests: dict[MediaKind, TrackIngest] = field(default_factory=dict)
+    ingests: IngestSet = field(default_factory=IngestSet)
     created_at: float = field(default_factory=time.monotonic)
     connected_at: float | None = None
     ended_reason: str | None = None
@@ -61,14 +61,11 @@ class AnchorSession:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def request_keyframe(self) -> None:
-        video = self.ingests.get("video")
-        if video is not None:
-            video.request_keyframe()
+        self.ingests.request_keyframe()
 
     @property
     def last_media_at(self) -> float | None:
-        times = [i.last_packet_at for i in self.ingests.values() if i.last_packet_at is not None]
-        return max(times) if times else None
+        return self.ingests.last_media_at
 
 
 @dataclass(slots=True)

@@ -68,7 +68,7 @@ def stream_view(room: str, hub: FanoutHub | None, viewers: int) -> StreamView:
 
 
 def anchor_view(session: AnchorSession) -> AnchorView:
-    received = sum(i.packets for i in session.ingests.values())
+    received = session.ingests.packets
     return AnchorView(
         id=session.id,
         room=session.room,
@@ -77,8 +77,8 @@ def anchor_view(session: AnchorSession) -> AnchorView:
         connected=session.connected_at is not None,
         muted=sorted(session.hub.muted),
         packets_received=received,
-        packets_lost=sum(i.packets_lost for i in session.ingests.values()),
-        frames_skipped=sum(i.frames_skipped for i in session.ingests.values()),
+        packets_lost=session.ingests.packets_lost,
+        frames_skipped=session.ingests.frames_skipped,
     )
 
 

@@ -82,3 +82,29 @@ class TrackIngest:
     @property
     def frames_skipped(self) -> int:
         return self._assembler.frames_skipped if self._assembler else 0
+
+
+class IngestSet(dict[MediaKind, TrackIngest]):
+    """The tracks of one source (an anchor, or an edge's upstream pull), by kind."""
+
+    def request_keyframe(self) -> None:
+        video = self.get("video")
+        if video is not None:
+            video.request_keyframe()
+
+    @property
+    def last_media_at(self) -> float | None:
+        times = [i.last_packet_at for i in self.values() if i.last_packet_at is not None]
+        return max(times) if times else None
+
+    @property
+    def packets(self) -> int:
+        return sum(i.packets for i in self.values())
+
+    @property
+    def packets_lost(self) -> int:
+        return sum(i.packets_lost for i in self.values())
+
+    @property
+    def frames_skipped(self) -> int:
+        return sum(i.frames_skipped for i in self.values())

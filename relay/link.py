@@ -20,7 +20,7 @@ from aiortc import sdp as aiortc_sdp
 from .cluster import LINK_HEADER
 from .errors import BadSdp, Conflict, ServiceUnavailable
 from .hub import FanoutHub
-from .ingest import TrackIngest
+from .ingest import IngestSet, TrackIngest
 from .media import CodecSpec, MediaKind
 from .peer import close_quietly, rtc_configuration
 from .sdp import SUPPORTED_CODECS
@@ -70,22 +70,19 @@ class UpstreamLink:
     hub: FanoutHub
     location: str
     headers: dict[str, str]
-    ingests: dict[MediaKind, TrackIngest] = field(default_factory=dict)
+    ingests: IngestSet = field(default_factory=IngestSet)
     created_at: float = field(default_factory=time.monotonic)
 
     def request_keyframe(self) -> None:
-        video = self.ingests.get("video")
-        if video is not None:
-            video.request_keyframe()
+        self.ingests.request_keyframe()
 
     @property
     def last_media_at(self) -> float | None:
-        times = [i.last_packet_at for i in self.ingests.values() if i.last_packet_at is not None]
-        return max(times) if times else None
+        return self.ingests.last_media_at
 
     @property
     def packets(self) -> int:
-        return sum(i.packets for i in self.ingests.values())
+        return self.ingests.packets
 
     async def close(self, client: httpx.AsyncClient | None, *, delete: bool = True) -> None:
         """End the pull: the upstream session is deleted, the peer connection closed."""

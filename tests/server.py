@@ -61,8 +61,9 @@ def live_peer_connections() -> int:
 
 
 @contextmanager
-def run_server(**overrides: Any) -> Iterator[RunningServer]:
-    port = free_port()
+def run_server(port: int | None = None, **overrides: Any) -> Iterator[RunningServer]:
+    """A gateway on ``port`` (default: a free one) with ``overrides`` on top of test settings."""
+    port = port or free_port()
     base: dict[str, Any] = {"host": "127.0.0.1", "port": port}
     auth = {"token_secret": SECRET, "anonymous_audience": True}
     auth.update(overrides.pop("auth", {}))

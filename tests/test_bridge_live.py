@@ -15,7 +15,7 @@ import socket
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ import pytest
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
 from relay.stamps import Stamp, read_stamp
 from tests.server import RunningServer, free_port, run_server
+from tests.test_live_path import wait_for
 
 NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 BRIDGE_SETTINGS = {"backoff_initial": 0.2, "backoff_max": 1.0, "stop_timeout": 2.0}
@@ -119,15 +120,6 @@ def ffmpeg_children() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(step)
-    return bool(predicate())
 
 
 def operator(server: RunningServer) -> httpx.AsyncClient:

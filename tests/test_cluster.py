@@ -416,53 +416,10 @@ async def test_sigkilled_edge_viewers_reconnect_elsewhere_within_3s(cluster: Clu
 @contextlib.contextmanager
 def origin_on_port(port: int, redis_url: str) -> Iterator[RunningServer]:
     """An origin on a given port (a restart of the cluster's origin at the same address)."""
-    import threading
-
-    import uvicorn
-
-    from gateway.app import build_gateway, create_app
-    from gateway.settings import Settings
-
-    settings = Settings(
-        host="127.0.0.1",
-        port=port,
-        auth={"token_secret": SECRET, "anonymous_audience": True},
-        cluster={
-            "node_id": "origin",
-            "redis_url": redis_url,
-            "heartbeat": HEARTBEAT,
-            "node_ttl": TTL,
-        },
-        limits={"session_posts_per_second": 100, "session_post_burst": 100},
-    )
-    loop = asyncio.new_event_loop()
-    holder: dict[str, Any] = {}
-
-    def target() -> None:
-        asyncio.set_event_loop(loop)
-        gateway = build_gateway(settings)
-        config = uvicorn.Config(
-            create_app(settings, gateway), host="127.0.0.1", port=port, log_level="warning"
-        )
-        holder["gateway"], holder["server"] = gateway, uvicorn.Server(config)
-        loop.run_until_complete(holder["server"].serve())
-        loop.close()
-
-    thread = threading.Thread(target=target, name=f"origin-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not (holder.get("server") and holder["server"].started):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("origin did not start again")
-        time.sleep(0.02)
-    running = RunningServer(
-        f"http://127.0.0.1:{port}", settings, holder["gateway"], loop, holder["server"]
-    )
-    try:
+    cluster = {"node_id": "origin", "redis_url": redis_url, "heartbeat": HEARTBEAT, "node_ttl": TTL}
+    limits = {"session_posts_per_second": 100, "session_post_burst": 100}
+    with run_server(port, cluster=cluster, limits=limits) as running:
         yield running
-    finally:
-        running.server.should_exit = True
-        thread.join(15)
 
 
 @pytest.mark.timeout(60)
