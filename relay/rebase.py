@@ -26,7 +26,10 @@ class TimestampRebaser:
     def apply(self, frame: EncodedFrame) -> EncodedFrame:
         kind = frame.kind
         if kind in self._pending:
-            self._pending.discard(kind)
+            # Video viewers resume on the new source's first keyframe: anchor the offset there,
+            # so the pause they see in timestamps is the pause they see on the wall clock.
+            if kind != "video" or frame.keyframe:
+                self._pending.discard(kind)
             last = self._last.get(kind)
             if last is not None:
                 elapsed = max(0.0, frame.received_at - last[1])
@@ -35,5 +38,6 @@ class TimestampRebaser:
         offset = self._offset.get(kind, 0)
         if offset:
             frame = replace(frame, timestamp=frame.timestamp + offset)
-        self._last[kind] = (frame.timestamp, frame.received_at)
+        if kind not in self._pending:
+            self._last[kind] = (frame.timestamp, frame.received_at)
         return frame
