@@ -190,7 +190,7 @@ class LoadWorker:
 class LoadRead:
     video: list[int]
     audio: list[int]
-    packets: list[int]
+    packets: list[int | None]  # None: the viewer's stats could not be read
     elapsed: list[float]  # each viewer's worker's window, s
 
 
@@ -203,12 +203,12 @@ class LoadFleet:
 
     @classmethod
     async def start(
-        cls, children: Children, base_url: str, procs: int, loop: str, tag: str
+        cls, children: Children, base_url: str, procs: int, loop: str, tag: str, nice: int = 0
     ) -> LoadFleet:
         workers = []
         for i in range(procs):
             argv = [sys.executable, "-m", "bench.load_viewers", "--base-url", base_url]
-            argv += ["--room", ROOM, "--loop", loop]
+            argv += ["--room", ROOM, "--loop", loop, "--nice", str(nice)]
             workers.append(LoadWorker(await children.start(f"{tag}-load{i}", argv, pipes=True)))
         return cls(workers)
 
@@ -239,7 +239,7 @@ class LoadFleet:
         replies = await asyncio.gather(*(w.call({"op": "read"}, 10) for w in self.workers))
         video = [int(x) for r in replies for x in r["video"]]
         audio = [int(x) for r in replies for x in r["audio"]]
-        packets = [int(x) for r in replies for x in r["packets"]]
+        packets = [None if x is None else int(x) for r in replies for x in r["packets"]]
         elapsed = [float(r["elapsed"]) for r in replies for _ in r["video"]]
         return LoadRead(video, audio, packets, elapsed)
 
@@ -416,7 +416,7 @@ class Settings:
     skip_naive: bool
     skip_gateway: bool = False
     reference: bool = True
-    load_nice: int = 0
+    load_nice: int = 10
     quiet_threshold: float = 0.3
     quiet_wait: float = 20.0
     reassembly_wait: float = 1.0
@@ -533,7 +533,9 @@ async def steady_window(
         fractions_ = [v / (rate * e) for v, e in zip(load.video, load.elapsed, strict=True)]
         row.load_fraction_mean = float(np.mean(fractions_))
         row.load_fraction_min = min(fractions_)
-        row.load_packets_per_s = sum(p / e for p, e in zip(load.packets, load.elapsed, strict=True))
+        rates = [p / e for p, e in zip(load.packets, load.elapsed, strict=True) if p is not None]
+        if len(rates) == len(load.packets):
+            row.load_packets_per_s = sum(rates)
 
 
 async def wait_first_frames(viewers: list[Viewer], timeout: float) -> None:
@@ -636,12 +638,13 @@ class ServerPath:
             # The latency floor, measured in the same windows as the server path.
             self.reference = await DirectLink.open(self.cfg.codec)
         self.fleet = await LoadFleet.start(
-            self.children, self.base_url, self.cfg.load_procs, self.cfg.loop, self.path
+            self.children,
+            self.base_url,
+            self.cfg.load_procs,
+            self.cfg.loop,
+            self.path,
+            self.cfg.load_nice,
         )
-        if self.cfg.load_nice:
-            for proc in self.fleet.processes():
-                with contextlib.suppress(psutil.Error):
-                    proc.nice(self.cfg.load_nice)
 
     async def recover(self) -> str:
         """The room stopped being live (the anchor session ended): start over with a new anchor
@@ -656,7 +659,12 @@ class ServerPath:
         await asyncio.sleep(1.0)
         await self._publish()
         self.fleet = await LoadFleet.start(
-            self.children, self.base_url, self.cfg.load_procs, self.cfg.loop, self.path
+            self.children,
+            self.base_url,
+            self.cfg.load_procs,
+            self.cfg.loop,
+            self.path,
+            self.cfg.load_nice,
         )
         return "anchor session had ended (see the server log); re-published, viewers re-joined"
 
@@ -1062,7 +1070,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
-        "--load-nice", type=int, default=0, help="niceness of the load viewer subprocesses"
+        "--load-nice",
+        type=int,
+        default=10,
+        help="niceness of the load viewer subprocesses (10): they stand for remote clients, so "
+        "the server gets the CPU first; 0 lets them compete as equals",
     )
     parser.add_argument(
         "--quiet-threshold",

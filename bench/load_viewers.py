@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -28,14 +29,15 @@ from gateway.synthetic import Viewer, whep_watch
 log = logging.getLogger("bench.load_viewers")
 
 
-async def rtp_packets(viewer: Viewer) -> int:
+async def rtp_packets(viewer: Viewer) -> int | None:
     """RTP packets (all kinds) the viewer's peer connection has received (its RTCP stats)."""
-    total = 0
-    with contextlib.suppress(Exception):
-        for stat in (await viewer.pc.getStats()).values():
-            if getattr(stat, "type", None) == "inbound-rtp":
-                total += int(stat.packetsReceived)
-    return total
+    try:
+        stats = await viewer.pc.getStats()
+    except Exception:
+        return None
+    return sum(
+        int(s.packetsReceived) for s in stats.values() if getattr(s, "type", None) == "inbound-rtp"
+    )
 
 
 class LoadPool:
@@ -52,7 +54,7 @@ class LoadPool:
         self.viewers: list[Viewer] = []
         self._sem = asyncio.Semaphore(concurrency)
         self._join_timeout = join_timeout
-        self._mark: list[tuple[int, int, int]] = []
+        self._mark: list[tuple[int, int, int | None]] = []
         self._mark_at = time.monotonic()
 
     async def _open_one(self) -> Viewer | None:
@@ -104,12 +106,13 @@ class LoadPool:
         elapsed = time.monotonic() - self._mark_at
         counts = [(v.video_frames, v.audio_frames) for v in self.viewers]
         now_packets = await asyncio.gather(*(rtp_packets(v) for v in self.viewers))
-        video, audio, packets = [], [], []
+        video, audio = [], []
+        packets: list[int | None] = []
         for i, ((vf, af), p) in enumerate(zip(counts, now_packets, strict=True)):
-            v0, a0, p0 = self._mark[i] if i < len(self._mark) else (0, 0, 0)
+            v0, a0, p0 = self._mark[i] if i < len(self._mark) else (0, 0, None)
             video.append(vf - v0)
             audio.append(af - a0)
-            packets.append(p - p0)
+            packets.append(p - p0 if p is not None and p0 is not None and p >= p0 else None)
         return {
             "op": "read",
             "video": video,
@@ -159,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="joins in flight at once")
     parser.add_argument("--join-timeout", type=float, default=15.0)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)  # before any thread exists, so that every thread inherits it
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.loop == "uvloop":
         import uvloop
