@@ -33,6 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"  watch (WHEP):   {watch}{'' if settings.auth.anonymous_audience else ' (token needed)'}"
     )
+    print(f"  publish page:   {base}/publish?room={room}#token={anchor}", flush=True)
+    print(f"  watch page:     {base}/watch?room={room}", flush=True)
     print(f"  API docs:       {base}/docs", flush=True)
     print(f"  operator key:   {gateway.operator_key}", flush=True)
     if not settings.auth.token_secret:
