@@ -8,7 +8,8 @@ JSON lines on stdin; every answer is one JSON line on stdout:
                           {"op": "set", "n": 25, "failed": 0, "ttff": [seconds, ...]} (new ones)
   {"op": "mark"}          remember every viewer's frame counts and the time
   {"op": "read"}          counts per viewer since the mark: {"op": "read", "video": [frames],
-                          "audio": [packets], "packets": [RTP packets], "elapsed": seconds}
+                          "audio": [packets], "packets": [RTP packets], "elapsed": seconds,
+                          "connected": peer connections still connected}
   {"op": "quit"} or EOF   close every viewer and exit
 """
 
@@ -119,6 +120,7 @@ class LoadPool:
             "audio": audio,
             "packets": packets,
             "elapsed": elapsed,
+            "connected": sum(1 for v in self.viewers if v.pc.connectionState == "connected"),
         }
 
     async def close(self) -> None:

@@ -41,6 +41,7 @@ class NaiveServer:
     codec: str
     rooms: dict[str, Room] = field(default_factory=dict)
     pcs: dict[str, RTCPeerConnection] = field(default_factory=dict)
+    viewer_ids: set[str] = field(default_factory=set)
 
     def _track_prefs(self, kind: str) -> list[RTCRtpCodecCapability]:
         caps = RTCRtpSender.getCapabilities(kind).codecs
@@ -88,7 +89,12 @@ class NaiveServer:
             transceiver.setCodecPreferences(self._track_prefs(kind))
         await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        return self._keep(pc), pc.localDescription.sdp
+        sid = self._keep(pc)
+        self.viewer_ids.add(sid)
+        return sid, pc.localDescription.sdp
+
+    def viewer_count(self) -> int:
+        return sum(1 for sid in self.viewer_ids if sid in self.pcs)
 
     async def close(self, sid: str) -> bool:
         pc = self.pcs.pop(sid, None)
@@ -143,6 +149,10 @@ def create_app(codec: str) -> FastAPI:
     @app.delete("/whep/{room}/{sid}")
     async def delete(room: str, sid: str) -> Response:
         return Response(status_code=200 if await server.close(sid) else 404)
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, object]:
+        return {"status": "ready", "viewers": server.viewer_count()}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
