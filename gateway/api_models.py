@@ -99,10 +99,21 @@ class TokenResponse(BaseModel):
 
 
 class NodeView(BaseModel):
+    """A node of the cluster as its last heartbeat in the registry describes it."""
+
     id: str
     url: str
-    role: str
-    rooms: int
+    role: Literal["origin", "edge"]
+    state: Literal["up", "draining", "stale"]  # stale: heartbeat older than the TTL (last view)
+    draining: bool
+    local: bool  # the node answering this request
+    upstream: str  # an edge's upstream ("" for an origin)
+    rooms: list[str]  # streams it serves now (an edge: pulls)
     anchors: int
     viewers: int
-    cpu_percent: float
+    max_viewers: int | None
+    egress_bps: float
+    max_egress_bps: float | None
+    load: float  # 0 (idle) .. 1 (full) by its tighter limit; its viewer count when it has none
+    cpu_percent: float  # of one core
+    heartbeat_age_s: float

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 
-import psutil
 from fastapi import APIRouter, Response
 
 from relay.access import AccessPolicy
+from relay.cluster import ClusterNode
 from relay.errors import Conflict, NotFound
 from relay.hub import FanoutHub
+from relay.registry import NodeRecord, RegistryError
 from relay.tokens import TokenAuthority
 from relay.viewers import ViewerService
 
@@ -82,6 +84,28 @@ def anchor_view(session: AnchorSession) -> AnchorView:
     )
 
 
+def node_view(record: NodeRecord, *, local: bool, ttl: float, now: float) -> NodeView:
+    age = round(max(0.0, now - record.updated_at), 3)
+    return NodeView(
+        id=record.id,
+        url=record.url,
+        role=record.role,
+        state="draining" if record.draining else "stale" if age > ttl else "up",
+        draining=record.draining,
+        local=local,
+        upstream=record.upstream,
+        rooms=list(record.rooms),
+        anchors=record.anchors,
+        viewers=record.viewers,
+        max_viewers=record.max_viewers,
+        egress_bps=record.egress_bps,
+        max_egress_bps=record.max_egress_bps,
+        load=round(record.load, 4),
+        cpu_percent=record.cpu,
+        heartbeat_age_s=age,
+    )
+
+
 def operator_router(
     settings: Settings,
     stages: StageTable,
@@ -89,9 +113,16 @@ def operator_router(
     viewers: ViewerService,
     access: AccessPolicy,
     tokens: TokenAuthority,
-    node_id: str,
+    cluster: ClusterNode | None,
 ) -> APIRouter:
     router = APIRouter(tags=["operator"])
+
+    async def publish_policies() -> None:
+        """Edges enforce a room's policy from the registry: publish a change at once (a registry
+        outage is retried by the next heartbeat)."""
+        if cluster is not None:
+            with contextlib.suppress(RegistryError):
+                await cluster.publish_room_policies()
 
     def room_view(stage: Stage) -> RoomView:
         return RoomView(
@@ -121,6 +152,7 @@ def operator_router(
         if existing is not None and existing.persistent:
             raise Conflict(f"room {body.name!r} already exists")
         stage = stages.create(body.name, RoomConfig(body.private, body.max_viewers))
+        await publish_policies()
         response.headers["Location"] = f"/v1/rooms/{body.name}"
         return room_view(stage)
 
@@ -136,6 +168,7 @@ def operator_router(
             access.revoke(session.grant.token_id, session.grant.expires_at)
         await anchors.close_room(room)
         stages.remove(room)
+        await publish_policies()
         return Response(status_code=204)
 
     @router.get("/rooms/{room}/anchors", response_model=list[AnchorView])
@@ -202,16 +235,24 @@ def operator_router(
 
     @router.get("/nodes", response_model=list[NodeView])
     async def list_nodes() -> list[NodeView]:
-        return [
-            NodeView(
-                id=node_id,
+        """Every node in the cluster registry (origin and edges), this one marked ``local``;
+        in single-node mode just this one."""
+        now = time.time()
+        if cluster is None:  # no cluster membership at all: this node as it is now
+            local = NodeRecord(
+                id=settings.cluster.node_id or default_node_id(),
                 url=settings.base_url,
                 role="origin",
-                rooms=len(stages),
-                anchors=len(anchors.sessions),
                 viewers=viewers.count(),
-                cpu_percent=psutil.Process(os.getpid()).cpu_percent(interval=None),
+                rooms=tuple(s.room for s in stages if s.hub is not None),
+                anchors=len(anchors.sessions),
+                updated_at=now,
             )
+            return [node_view(local, local=True, ttl=settings.cluster.node_ttl, now=now)]
+        me = cluster.config.node_id
+        return [
+            node_view(r, local=r.id == me, ttl=cluster.config.ttl, now=now)
+            for r in await cluster.current_nodes()
         ]
 
     return router

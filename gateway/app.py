@@ -182,7 +182,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     # Operator routers (rooms, anchors, bridges, ...) are added to ``v1`` here.
     v1.include_router(
         operator_router(
-            settings, gw.stages, gw.anchors, gw.viewers, gw.access, gw.tokens, gw.node_id
+            settings, gw.stages, gw.anchors, gw.viewers, gw.access, gw.tokens, gw.cluster
         )
     )
     v1.include_router(bridge_router(gw.bridges))

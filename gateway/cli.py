@@ -67,6 +67,13 @@ def _relay(args: argparse.Namespace) -> int:
             "a relay needs auth.token_secret (shared with its upstream) to pull private rooms",
             file=sys.stderr,
         )
+    if not settings.cluster.redis_url and settings.auth.anonymous_audience:
+        print(
+            "an in-memory registry: this relay is in no cluster and does not learn the origin's"
+            " room policies (private rooms, room limits); set cluster.redis_url to the origin's,"
+            " or auth.anonymous_audience = false",
+            file=sys.stderr,
+        )
     from relay.edge import create_edge_app
 
     node = build_edge_node(settings)

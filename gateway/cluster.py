@@ -9,7 +9,7 @@ from relay.access import AccessPolicy
 from relay.cluster import ClusterConfig, ClusterNode, NodeLoad
 from relay.edge import EdgeConfig, EdgeNode, EdgeService
 from relay.link import LinkConfig
-from relay.registry import NodeRole, make_registry
+from relay.registry import NodeRole, RoomPolicy, make_registry
 from relay.tokens import TokenAuthority
 from relay.viewers import ViewerLimits, ViewerService
 
@@ -48,15 +48,32 @@ def build_origin_cluster(
     anchors: AnchorService,
     viewers: ViewerService,
 ) -> ClusterNode:
-    """The origin's membership: it owns (leases) the rooms whose program it puts out."""
+    """The origin's membership: it owns (leases) the rooms whose program it puts out and
+    publishes the policies (private, max viewers) of its rooms for the edges to enforce."""
 
     def figures() -> NodeLoad:
         owned = tuple(s.room for s in stages if s.hub is not None and not s.hub.closed.is_set())
-        return NodeLoad(viewers.count(), viewers.egress().bytes, owned=owned)
+        return NodeLoad(
+            viewers.count(), viewers.egress().bytes, owned=owned, anchors=len(anchors.sessions)
+        )
 
-    del anchors  # (kept in the signature: a future origin record may carry anchor counts)
     registry = make_registry(settings.cluster.redis_url, prefix=settings.cluster.key_prefix)
-    return ClusterNode(cluster_config(settings, "origin", node), registry, figures, tokens=tokens)
+    return ClusterNode(
+        cluster_config(settings, "origin", node),
+        registry,
+        figures,
+        tokens=tokens,
+        room_policies=lambda: room_policies(stages),
+    )
+
+
+def room_policies(stages: StageTable) -> list[RoomPolicy]:
+    """The policies the origin publishes for the edges: every room that is private or limited."""
+    return [
+        RoomPolicy(s.room, s.config.private, s.config.max_viewers)
+        for s in stages
+        if s.config.private or s.config.max_viewers is not None
+    ]
 
 
 def build_edge_node(settings: Settings) -> EdgeNode:
@@ -86,6 +103,13 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         ),
         tokens,
     )
+
+    def figures() -> NodeLoad:
+        return NodeLoad(viewers.count(), viewers.egress().bytes, rooms=edge.egress_rooms())
+
+    registry = make_registry(c.redis_url, prefix=c.key_prefix)
+    cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
+    # The origin's room policies (relay.cluster): private rooms need a token, room limits hold
     viewers = ViewerService(
         edge.live_hub,
         ice_servers=settings.ice_servers,
@@ -94,13 +118,12 @@ def build_edge_node(settings: Settings) -> EdgeNode:
             retry_after=settings.sessions.retry_after,
             max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
         ),
+        room_limit=cluster.room_max_viewers,
     )
     edge.viewer_count = viewers.count
-    access = AccessPolicy(tokens, anonymous_audience=settings.auth.anonymous_audience)
-
-    def figures() -> NodeLoad:
-        return NodeLoad(viewers.count(), viewers.egress().bytes, rooms=edge.egress_rooms())
-
-    registry = make_registry(c.redis_url, prefix=c.key_prefix)
-    cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
+    access = AccessPolicy(
+        tokens,
+        anonymous_audience=settings.auth.anonymous_audience,
+        room_is_private=cluster.room_is_private,
+    )
     return EdgeNode(edge, viewers, access, cluster)

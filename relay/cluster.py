@@ -1,10 +1,11 @@
 """A node's membership of the cluster: heartbeat, cached view of the others, routing gate.
 
-``ClusterNode`` drives the sans-I/O parts (``relay.routing``) with a registry
+``ClusterNode`` drives the sans-I/O parts (``relay.routing``, ``merge_policies``) with a registry
 (``relay.registry``): it re-registers at every heartbeat (so a node whose registry came back is
 in the cluster again at the next beat), keeps the last view it read (so a registry outage never
-stops routing or media), holds the ownership leases of the streams it originates, and wakes up
-early on cluster events.
+stops routing or media), holds the ownership leases of the streams it originates, publishes the
+policies of the rooms it is the origin of (private, max viewers) or, on an edge, keeps the view
+of those policies that its access checks read, and wakes up early on cluster events.
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import psutil
 from fastapi import Request
 
 from .errors import ServiceUnavailable, StagecastError
-from .registry import ClusterEvent, ClusterRegistry, NodeRecord, NodeRole, RegistryError
+from .registry import (
+    ClusterEvent,
+    ClusterRegistry,
+    NodeRecord,
+    NodeRole,
+    RegistryError,
+    RoomPolicy,
+)
 from .routing import Decision, Full, Redirect, route
 from .tokens import TokenAuthority, bearer_token
 
@@ -29,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LINK_HEADER = "X-Stagecast-Link"
 LINK_SUBJECT_PREFIX = "node:"
+POLICY_READ_TIMEOUT = 0.5  # a viewer's POST waits at most this for its room's policy
 
 
 class TemporaryRedirect(StagecastError):
@@ -57,6 +66,7 @@ class NodeLoad:
     egress_bytes: int  # monotonic total
     rooms: tuple[str, ...] = ()  # streams served (edge: pulled) now
     owned: tuple[str, ...] = ()  # streams originated here (their leases are held)
+    anchors: int = 0  # anchor sessions (an origin's)
 
 
 @dataclass(slots=True)
@@ -69,6 +79,23 @@ class ClusterStatus:
     events: list[ClusterEvent] = field(default_factory=list)
 
 
+def merge_policies(
+    known: Mapping[str, RoomPolicy],
+    read: Iterable[RoomPolicy],
+    nodes: Iterable[NodeRecord],
+) -> dict[str, RoomPolicy]:
+    """The room policies an edge enforces after reading the registry (sans-I/O).
+
+    What the registry holds replaces what was known, but only when an origin is registered: an
+    origin puts its policies before its own record at every heartbeat, so with an origin in the
+    view its policies are there too, and a room missing from them is public again. Without one
+    (a Redis that restarted empty, an origin restarting) the last known policies stay: a private
+    room never turns public on the edges because its record is momentarily missing."""
+    if not any(n.role == "origin" for n in nodes):
+        return dict(known)
+    return {p.room: p for p in read}
+
+
 class ClusterNode:
     def __init__(
         self,
@@ -77,13 +104,20 @@ class ClusterNode:
         figures: Callable[[], NodeLoad],
         *,
         tokens: TokenAuthority | None = None,
+        room_policies: Callable[[], Iterable[RoomPolicy]] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``room_policies``: the policies of the rooms this node is the origin of (it publishes
+        them); without it the node reads every origin's policies (an edge)."""
         self.config = config
         self.registry = registry
         self._figures = figures
         self._tokens = tokens
+        self._policy_source = room_policies
+        self.policies: dict[str, RoomPolicy] = {}  # an edge's view: room -> origin's policy
+        self._published: dict[str, tuple[bool, int | None]] = {}
+        self._policy_lock = asyncio.Lock()
         self._rng = rng or random.Random()
         self._clock = clock
         self.view: list[NodeRecord] = []
@@ -148,6 +182,7 @@ class ClusterNode:
             rooms=tuple(sorted(set(load.rooms) | set(load.owned))),
             upstream=cfg.upstream,
             updated_at=now,
+            anchors=load.anchors,
         )
         self._owned_now = set(load.owned)
         return self.me
@@ -157,6 +192,7 @@ class ClusterNode:
         record = self.record()
         cfg = self.config
         try:
+            await self.publish_room_policies()  # before the record: see merge_policies
             await self.registry.heartbeat(record, cfg.ttl)
             for room in self._owned_now - self._owned:
                 if await self.registry.acquire_stream(room, cfg.node_id, cfg.ttl):
@@ -169,6 +205,9 @@ class ClusterNode:
                 await self.registry.publish(self._event("stream.released", room))
             self._owned = set(self._owned_now)
             self.view = await self.registry.nodes()
+            if self._policy_source is None:
+                read = await self.registry.room_policies()
+                self.policies = merge_policies(self.policies, read, self.view)
             if not self.status.registered:
                 self.status.registered = True
                 self.status.registrations += 1
@@ -203,7 +242,7 @@ class ClusterNode:
                     if event.node_id == self.config.node_id:
                         continue
                     self.status.events = [*self.status.events[-49:], event]
-                    if event.kind.startswith("node."):
+                    if event.kind.startswith("node.") or event.kind == "room.policy":
                         self._wake.set()
             except RegistryError:
                 pass
@@ -220,6 +259,66 @@ class ClusterNode:
             if draining:
                 await self.registry.publish(self._event("node.draining"))
         self._wake.set()
+
+    # -- room policies ----------------------------------------------------------------------
+    async def publish_room_policies(self) -> None:
+        """An origin: put the policies of its rooms into the registry (refreshing their TTL),
+        remove those of rooms that are gone or back to the default, and tell the other nodes
+        when something changed. Runs at every heartbeat, and at once when an operator changes a
+        room. Raises ``RegistryError`` (the next heartbeat tries again)."""
+        if self._policy_source is None:
+            return
+        async with self._policy_lock:
+            now = self._clock()
+            current = {
+                p.room: replace(p, node_id=self.config.node_id, updated_at=now)
+                for p in self._policy_source()
+            }
+            # (twice the node TTL: a stalled origin's record lapses before its policies do)
+            await self.registry.put_room_policies(list(current.values()), 2 * self.config.ttl)
+            for room in sorted(self._published.keys() - current.keys()):
+                await self.registry.remove_room_policy(room)
+            terms = {room: p.terms for room, p in current.items()}
+            changed = terms != self._published
+            self._published = terms
+            if changed and self.status.registered:
+                await self.registry.publish(self._event("room.policy"))
+
+    async def refresh_room_policy(self, room: str) -> RoomPolicy | None:
+        """An edge, before it admits a viewer: the room's policy as the registry has it now (so
+        a room made private a moment ago is private here too). A policy found replaces the
+        known one; none found, an outage or a slow registry leave the known one in force (the
+        next heartbeat settles removals)."""
+        if self._policy_source is not None or not self.status.registered:
+            return self.policies.get(room)
+        try:
+            async with asyncio.timeout(POLICY_READ_TIMEOUT):
+                policy = await self.registry.room_policy(room)
+        except (RegistryError, TimeoutError):
+            policy = None
+        if policy is not None:
+            self.policies[room] = policy
+        return self.policies.get(room)
+
+    def room_is_private(self, room: str) -> bool:
+        policy = self.policies.get(room)
+        return policy is not None and policy.private
+
+    def room_max_viewers(self, room: str) -> int | None:
+        policy = self.policies.get(room)
+        return policy.max_viewers if policy is not None else None
+
+    # -- cluster listing --------------------------------------------------------------------
+    async def current_nodes(self) -> list[NodeRecord]:
+        """Every node of the registry, read now (the last view when it cannot be read), this
+        node always among them."""
+        try:
+            nodes = await self.registry.nodes()
+        except RegistryError:
+            nodes = list(self.view)
+        if all(n.id != self.config.node_id for n in nodes):
+            nodes.append(replace(self.me, draining=self.draining))
+        return sorted(nodes, key=lambda n: n.id)
 
     # -- routing ----------------------------------------------------------------------------
     def decide(self, room: str) -> Decision:

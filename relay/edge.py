@@ -257,12 +257,15 @@ def create_edge_app(
     app.add_middleware(CorsHeaders, allow_origin=cors_origin)
 
     async def gate(request: Request) -> None:
-        """Before a viewer's POST: authorize, route (307/503), then make sure the pull runs."""
+        """Before a viewer's POST: read the room's policy as its origin published it, authorize
+        by it (a private room needs an audience token, as at the origin), route (307/503), then
+        make sure the pull runs."""
         room = request.path_params.get("room")
         if request.method != "POST" or room is None or "session_id" in request.path_params:
             return
         room = str(room)
         check_room(room)
+        await node.cluster.refresh_room_policy(room)
         node.access.authorize(
             room,
             "audience",
@@ -300,7 +303,7 @@ def create_edge_app(
 
     @ops.get("/cluster")
     async def cluster_view() -> JSONResponse:
-        """This node's record, its view of the cluster and its pulls."""
+        """This node's record, its view of the cluster (nodes, room policies) and its pulls."""
         c = node.cluster
         return JSONResponse(
             {
@@ -308,6 +311,7 @@ def create_edge_app(
                 "nodes": [asdict(n) for n in c.view],
                 "registered": c.status.registered,
                 "registrations": c.status.registrations,
+                "room_policies": {room: asdict(p) for room, p in sorted(c.policies.items())},
                 "pulls": {
                     room: {"packets": p.link.packets, "viewers": p.link.hub.viewer_count}
                     for room, p in node.edge.pulls.items()

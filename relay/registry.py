@@ -1,4 +1,4 @@
-"""The cluster registry: node records with a TTL, stream ownership leases, events.
+"""The cluster registry: node records with a TTL, stream ownership leases, room policies, events.
 
 One interface (``ClusterRegistry``), two implementations: ``MemoryRegistry`` here (a single node,
 the default) and ``RedisRegistry`` in ``relay.registry_redis`` (many nodes). ``make_registry``
@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
 NodeRole = Literal["origin", "edge"]
-EventKind = Literal["node.up", "node.draining", "node.down", "stream.owned", "stream.released"]
+EventKind = Literal[
+    "node.up", "node.draining", "node.down", "stream.owned", "stream.released", "room.policy"
+]
 
 
 class RegistryError(Exception):
@@ -40,6 +42,7 @@ class NodeRecord:
     rooms: tuple[str, ...] = ()  # streams this node is serving (an edge: pulling) now
     upstream: str = ""  # an edge's upstream base URL
     updated_at: float = 0.0  # wall clock of the heartbeat
+    anchors: int = 0  # anchor sessions on this node (an origin's)
 
     @property
     def has_capacity(self) -> bool:
@@ -65,6 +68,31 @@ class NodeRecord:
         data: dict[str, Any] = json.loads(text)
         data["rooms"] = tuple(data.get("rooms", ()))
         return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPolicy:
+    """Who may watch a room, as the room's origin says. The origin puts the policy of each room
+    that is not the default (public, no limit) into the registry at every heartbeat, so that
+    every edge enforces it; a room without a record is public."""
+
+    room: str
+    private: bool = False  # the audience needs a token for the room, even where anonymous is on
+    max_viewers: int | None = None  # viewers of the room on each node
+    node_id: str = ""  # the node that publishes it (the room's origin)
+    updated_at: float = 0.0  # wall clock of the publication
+
+    @property
+    def terms(self) -> tuple[bool, int | None]:
+        """What the policy says, apart from who said it when."""
+        return self.private, self.max_viewers
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RoomPolicy:
+        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +142,20 @@ class ClusterRegistry(Protocol):
 
     async def stream_owner(self, room: str) -> str | None: ...
 
+    async def put_room_policies(self, policies: Sequence[RoomPolicy], ttl: float) -> None:
+        """Create or refresh each room's policy; each vanishes ``ttl`` s after its last put."""
+        ...
+
+    async def remove_room_policy(self, room: str) -> None: ...
+
+    async def room_policy(self, room: str) -> RoomPolicy | None:
+        """The room's policy, or None when it has none (public, no limit) or it expired."""
+        ...
+
+    async def room_policies(self) -> list[RoomPolicy]:
+        """Every room policy that has not expired, by room name."""
+        ...
+
     async def publish(self, event: ClusterEvent) -> None: ...
 
     def events(self) -> AsyncIterator[ClusterEvent]:
@@ -132,6 +174,7 @@ class MemoryRegistry:
         self._clock = clock
         self._nodes: dict[str, tuple[NodeRecord, float]] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._policies: dict[str, tuple[RoomPolicy, float]] = {}
         self._subscribers: list[asyncio.Queue[ClusterEvent]] = []
 
     async def heartbeat(self, record: NodeRecord, ttl: float) -> None:
@@ -179,6 +222,26 @@ class MemoryRegistry:
 
     async def stream_owner(self, room: str) -> str | None:
         return self._lease(room)
+
+    async def put_room_policies(self, policies: Sequence[RoomPolicy], ttl: float) -> None:
+        expires = self._clock() + ttl
+        for policy in policies:
+            self._policies[policy.room] = (policy, expires)
+
+    async def remove_room_policy(self, room: str) -> None:
+        self._policies.pop(room, None)
+
+    def _live_policies(self) -> dict[str, RoomPolicy]:
+        now = self._clock()
+        for room in [r for r, (_, exp) in self._policies.items() if exp <= now]:
+            del self._policies[room]
+        return {room: policy for room, (policy, _) in self._policies.items()}
+
+    async def room_policy(self, room: str) -> RoomPolicy | None:
+        return self._live_policies().get(room)
+
+    async def room_policies(self) -> list[RoomPolicy]:
+        return [p for _, p in sorted(self._live_policies().items())]
 
     async def publish(self, event: ClusterEvent) -> None:
         for q in list(self._subscribers):

@@ -6,6 +6,9 @@ Keys (all under ``prefix``):
 * ``nodes``       a set of node ids ever seen; ids whose record expired are pruned on read
 * ``stream:{room}`` the ownership lease: the owner's id, SET NX PX, refreshed/released with
   compare-and-set scripts so a node never extends or drops another node's lease
+* ``room:{room}`` a room's policy (``RoomPolicy`` JSON) put by its origin, SET with PX = ttl at
+  every heartbeat (an origin that stops takes its policies with it)
+* ``rooms``       a set of rooms whose policy was ever put; pruned on read like ``nodes``
 * ``events``      the pub/sub channel of ``ClusterEvent`` JSON messages
 
 Every backend failure is raised as ``RegistryError``; timeouts are short so an outage is noticed
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .registry import ClusterEvent, NodeRecord, RegistryError
+from .registry import ClusterEvent, NodeRecord, RegistryError, RoomPolicy
 
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -68,6 +71,9 @@ class RedisRegistry:
 
     def _lease_key(self, room: str) -> str:
         return f"{self._prefix}stream:{room}"
+
+    def _policy_key(self, room: str) -> str:
+        return f"{self._prefix}room:{room}"
 
     async def heartbeat(self, record: NodeRecord, ttl: float) -> None:
         try:
@@ -143,6 +149,56 @@ class RedisRegistry:
         except (RedisError, OSError) as exc:
             raise RegistryError(f"redis: {exc}") from exc
         return None if raw is None else str(raw.decode())
+
+    async def put_room_policies(self, policies: Sequence[RoomPolicy], ttl: float) -> None:
+        if not policies:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for policy in policies:
+                    pipe.set(self._policy_key(policy.room), policy.to_json(), px=_ms(ttl))
+                pipe.sadd(self._prefix + "rooms", *(p.room for p in policies))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def remove_room_policy(self, room: str) -> None:
+        try:
+            await self._redis.delete(self._policy_key(room))
+            await self._redis.srem(self._prefix + "rooms", room)
+        except (RedisError, OSError) as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def room_policy(self, room: str) -> RoomPolicy | None:
+        try:
+            raw = await self._redis.get(self._policy_key(room))
+        except (RedisError, OSError) as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+        if raw is None:
+            return None
+        try:
+            return RoomPolicy.from_json(raw)
+        except (ValueError, TypeError):
+            return None
+
+    async def room_policies(self) -> list[RoomPolicy]:
+        try:
+            rooms = sorted(r.decode() for r in await self._redis.smembers(self._prefix + "rooms"))
+            if not rooms:
+                return []
+            raw = await self._redis.mget([self._policy_key(r) for r in rooms])
+            gone = [r for r, v in zip(rooms, raw, strict=True) if v is None]
+            if gone:
+                await self._redis.srem(self._prefix + "rooms", *gone)
+        except (RedisError, OSError) as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+        policies = []
+        for r in raw:
+            if r is None:
+                continue
+            with contextlib.suppress(ValueError, TypeError):
+                policies.append(RoomPolicy.from_json(r))
+        return policies
 
     async def publish(self, event: ClusterEvent) -> None:
         try:

@@ -163,9 +163,45 @@ async def test_rooms_must_exist_when_auto_create_off() -> None:
             assert_problem(resp, 404)
 
 
-async def test_nodes(api: httpx.AsyncClient) -> None:
+@pytest.mark.timeout(30)
+async def test_nodes_single_node_lists_itself(
+    server: RunningServer, api: httpx.AsyncClient
+) -> None:
+    """Single-node mode (in-memory registry): /v1/nodes is this node, from its own heartbeat."""
+    cluster = server.gateway.cluster
+    assert cluster is not None
     nodes = (await api.get("/v1/nodes")).json()
-    assert len(nodes) == 1 and nodes[0]["role"] == "origin"
+    assert len(nodes) == 1
+    me = nodes[0]
+    assert me["id"] == server.gateway.node_id and me["url"] == server.base_url
+    assert me["role"] == "origin" and me["local"] is True
+    assert me["state"] == "up" and me["draining"] is False
+    assert me["upstream"] == "" and me["rooms"] == [] and me["anchors"] == 0
+    assert me["viewers"] == 0 and me["egress_bps"] == 0
+    assert 0 <= me["heartbeat_age_s"] <= server.settings.cluster.node_ttl
+    # an anchor goes live: the next heartbeat carries it (room served, one anchor)
+    pub = await whip_publish(
+        server.base_url, "n1", server.anchor_token("n1"), video=StampedVideoTrack(160, 96, 10)
+    )
+    try:
+
+        async def listed() -> dict[str, object]:
+            got: dict[str, object] = (await api.get("/v1/nodes")).json()[0]
+            return got
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while (got := await listed())["rooms"] != ["n1"] or got["anchors"] != 1:
+            assert asyncio.get_running_loop().time() < deadline, got
+            await asyncio.sleep(0.1)
+    finally:
+        await pub.close()
+    # draining shows as such
+    asyncio.run_coroutine_threadsafe(cluster.set_draining(True), server.loop).result(5)
+    try:
+        me = (await api.get("/v1/nodes")).json()[0]
+        assert me["state"] == "draining" and me["draining"] is True
+    finally:
+        asyncio.run_coroutine_threadsafe(cluster.set_draining(False), server.loop).result(5)
 
 
 async def test_signalling_rate_limit_and_body_limit() -> None:

@@ -37,6 +37,7 @@ from relay.peer import close_quietly, rtc_configuration
 from relay.registry_redis import RedisRegistry
 from tests.redis_server import RedisProcess, require_redis, run_redis
 from tests.server import SECRET, RunningServer, free_port, run_server
+from tests.test_protocol import assert_problem
 
 HEARTBEAT = 0.25
 TTL = 0.8
@@ -284,6 +285,177 @@ async def test_redis_outage_loses_no_viewer_and_nodes_reregister(cluster: Cluste
         for v in viewers:
             await v.close()
         await pub.close()
+
+
+def operator(cluster: Cluster) -> httpx.AsyncClient:
+    origin = cluster.origin
+    headers = {"X-API-Key": origin.gateway.operator_key}
+    return httpx.AsyncClient(base_url=origin.base_url, headers=headers, timeout=10)
+
+
+SDP_HEADERS = {"Content-Type": "application/sdp"}
+
+
+async def _knows_policy(edge: EdgeProcess, room: str, present: bool = True) -> bool:
+    return (room in (await edge.cluster())["room_policies"]) == present
+
+
+@pytest.mark.timeout(60)
+async def test_private_room_needs_an_audience_token_on_every_edge(cluster: Cluster) -> None:
+    room = "vip"
+    async with operator(cluster) as api:
+        assert (
+            await api.post("/v1/rooms", json={"name": room, "private": True})
+        ).status_code == 201
+    pub = await publish(cluster, room)
+    viewers: list[Viewer] = []
+    try:
+        offer = await _offer()
+        elsewhere = cluster.origin.gateway.tokens.mint("elsewhere", "audience", "v", 600)
+        async with httpx.AsyncClient(timeout=10) as client:
+            for name in ("edge-a", "edge-c"):  # a direct edge, an edge of an edge
+                url = f"{cluster.edges[name].url}/whep/{room}"
+                anonymous = await client.post(url, content=offer, headers=SDP_HEADERS)
+                assert_problem(anonymous, 401)
+                assert anonymous.headers["www-authenticate"].startswith("Bearer")
+                wrong = await client.post(
+                    url,
+                    content=offer,
+                    headers={**SDP_HEADERS, "Authorization": f"Bearer {elsewhere}"},
+                )
+                assert_problem(wrong, 403)
+                # refused before anything is pulled
+                assert room not in (await cluster.edges[name].cluster())["pulls"]
+        token = cluster.origin.audience_token(room)
+        viewers = [
+            await whep_watch(cluster.edges[name].url, room, token, kinds=("video",))
+            for name in ("edge-a", "edge-c")
+        ]
+        t0 = time.time()
+        await asyncio.sleep(1.5)
+        for v in viewers:
+            assert_flowing(v, t0, 10)
+        # every edge holds the policy (each heartbeat reads them all)
+        for edge in cluster.edges.values():
+            assert await wait_for(lambda e=edge: _knows_policy(e, room), 3), edge.name
+        # closing the room: the edge viewers see the end, the policy leaves the cluster
+        async with operator(cluster) as api:
+            assert (await api.delete(f"/v1/rooms/{room}")).status_code == 204
+        for v in viewers:
+            await asyncio.wait_for(v.ended.wait(), 10)
+        reg = RedisRegistry(cluster.redis.url)
+        try:
+            assert await reg.room_policy(room) is None
+        finally:
+            await reg.close()
+        for edge in cluster.edges.values():
+            assert await wait_for(lambda e=edge: _knows_policy(e, room, False), 3), edge.name
+    finally:
+        for v in viewers:
+            await v.close()
+        await pub.close()
+
+
+@pytest.mark.timeout(60)
+async def test_room_made_private_keeps_its_viewers_and_refuses_new_anonymous_ones(
+    cluster: Cluster,
+) -> None:
+    """As at the origin: a room turned private keeps the viewers it has; new ones need a token."""
+    room = "turned"
+    pub = await publish(cluster, room)  # an implicit (public) room
+    b = cluster.edges["edge-b"]
+    watcher = await whep_watch(b.url, room, kinds=("video",))  # anonymous
+    viewers = [watcher]
+    try:
+        assert await wait_for(lambda: len(watcher.samples) > 5, 10)
+        async with operator(cluster) as api:  # the operator adopts the live room as private
+            made = await api.post("/v1/rooms", json={"name": room, "private": True})
+            assert made.status_code == 201 and made.json()["live"]
+        offer = await _offer()
+        async with httpx.AsyncClient(timeout=10) as client:
+            for edge in (b, cluster.edges["edge-a"]):  # pulling the room already, and not
+                r = await client.post(f"{edge.url}/whep/{room}", content=offer, headers=SDP_HEADERS)
+                assert_problem(r, 401)
+        token = cluster.origin.audience_token(room)
+        viewers.append(await whep_watch(b.url, room, token, kinds=("video",)))
+        t0 = time.time()
+        await asyncio.sleep(1.5)
+        for v in viewers:
+            assert_flowing(v, t0, 10)
+            assert not v.ended.is_set()
+    finally:
+        for v in viewers:
+            await v.close()
+        await pub.close()
+
+
+@pytest.mark.timeout(60)
+async def test_room_limit_holds_on_each_edge_and_nodes_lists_the_cluster(cluster: Cluster) -> None:
+    room = "capped"
+    a, b, c = (cluster.edges[n] for n in ("edge-a", "edge-b", "edge-c"))
+    async with operator(cluster) as api:
+        made = await api.post("/v1/rooms", json={"name": room, "max_viewers": 2})
+        assert made.status_code == 201
+    pub = await publish(cluster, room)
+    viewers: list[Viewer] = []
+    try:
+        viewers = [await whep_watch(b.url, room, kinds=("video",)) for _ in range(2)]
+        async with httpx.AsyncClient(timeout=10) as client:
+            full = await client.post(
+                f"{b.url}/whep/{room}", content=await _offer(), headers=SDP_HEADERS
+            )
+        assert_problem(full, 503)
+        assert "retry-after" in full.headers
+        viewers.append(await whep_watch(a.url, room, kinds=("video",)))  # per node: a has room
+        # GET /v1/nodes: every node of the registry with its role, state and load
+        async with operator(cluster) as api:
+
+            async def listing() -> dict[str, dict[str, Any]]:
+                r = await api.get("/v1/nodes")
+                assert r.status_code == 200
+                return {n["id"]: n for n in r.json()}
+
+            def settled(nodes: dict[str, dict[str, Any]]) -> bool:
+                return (
+                    nodes["edge-b"]["viewers"] == 2
+                    and room in nodes["edge-b"]["rooms"]
+                    and nodes["edge-a"]["viewers"] == 1
+                    and room in nodes["edge-a"]["rooms"]
+                    and room in nodes["origin"]["rooms"]
+                    and nodes["origin"]["anchors"] >= 1
+                    and nodes["origin"]["viewers"] >= 2  # the two edges' pulls
+                )
+
+            assert await wait_for(lambda: _settled_listing(listing, settled), 5)
+            nodes = await listing()
+        assert list(nodes) == ["edge-a", "edge-b", "edge-c", "origin"]
+        origin_url = cluster.origin.base_url
+        assert {k: (n["role"], n["upstream"]) for k, n in nodes.items()} == {
+            "edge-a": ("edge", origin_url),
+            "edge-b": ("edge", origin_url),
+            "edge-c": ("edge", a.url),
+            "origin": ("origin", ""),
+        }
+        assert [k for k, n in nodes.items() if n["local"]] == ["origin"]
+        assert {k: n["url"] for k, n in nodes.items()} == {
+            "edge-a": a.url,
+            "edge-b": b.url,
+            "edge-c": c.url,
+            "origin": origin_url,
+        }
+        for n in nodes.values():
+            assert n["state"] == "up" and not n["draining"]
+            assert 0 <= n["heartbeat_age_s"] <= TTL
+            assert n["cpu_percent"] >= 0 and n["egress_bps"] >= 0 and n["load"] >= 0
+        assert nodes["edge-b"]["egress_bps"] > 0  # two viewers watching
+    finally:
+        for v in viewers:
+            await v.close()
+        await pub.close()
+
+
+async def _settled_listing(listing: Any, settled: Any) -> bool:
+    return bool(settled(await listing()))
 
 
 async def _count_is(cluster: Cluster, n: int) -> bool:

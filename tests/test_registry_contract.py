@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 
 import pytest
 
-from relay.registry import ClusterEvent, ClusterRegistry, MemoryRegistry, NodeRecord
+from relay.registry import ClusterEvent, ClusterRegistry, MemoryRegistry, NodeRecord, RoomPolicy
 from relay.registry_redis import RedisRegistry
 from tests.redis_server import RedisProcess, run_redis
 
@@ -94,6 +95,30 @@ async def test_stream_lease(registry: ClusterRegistry) -> None:
 
 
 @pytest.mark.timeout(20)
+async def test_room_policies_with_ttl(registry: ClusterRegistry) -> None:
+    assert await registry.room_policies() == []
+    assert await registry.room_policy("vip") is None
+    await registry.put_room_policies([], ttl=1)  # nothing to put: nothing happens
+    vip = RoomPolicy("vip", private=True, max_viewers=5, node_id="o", updated_at=1.5)
+    capped = RoomPolicy("capped", max_viewers=2, node_id="o", updated_at=1.5)
+    await registry.put_room_policies([vip, capped], ttl=0.6)
+    assert await registry.room_policy("vip") == vip  # the record round-trips exactly
+    assert await registry.room_policies() == [capped, vip]  # by room name
+    await asyncio.sleep(0.4)
+    await registry.put_room_policies([vip], ttl=0.6)  # vip refreshed, capped not
+    await asyncio.sleep(0.4)
+    assert await registry.room_policies() == [vip]
+    assert await registry.room_policy("capped") is None
+    public = replace(vip, private=False, max_viewers=None)
+    await registry.put_room_policies([public], ttl=5)  # a new policy replaces the old
+    assert await registry.room_policy("vip") == public
+    await registry.remove_room_policy("vip")
+    await registry.remove_room_policy("ghost")  # unknown room: nothing happens
+    assert await registry.room_policies() == []
+    assert await registry.room_policy("vip") is None
+
+
+@pytest.mark.timeout(20)
 async def test_events_reach_subscribers(registry: ClusterRegistry) -> None:
     got: list[ClusterEvent] = []
     ready = asyncio.Event()
@@ -106,17 +131,19 @@ async def test_events_reach_subscribers(registry: ClusterRegistry) -> None:
         got.append(await first)
         async for event in stream:
             got.append(event)
-            if len(got) == 2:
+            if len(got) == 3:
                 break
 
     task = asyncio.create_task(listen())
     await asyncio.wait_for(ready.wait(), 5)
     await registry.publish(ClusterEvent("node.up", "a", at=1.0))
     await registry.publish(ClusterEvent("stream.owned", "a", room="r", at=2.0))
+    await registry.publish(ClusterEvent("room.policy", "a", at=3.0))
     await asyncio.wait_for(task, 5)
     assert got == [
         ClusterEvent("node.up", "a", at=1.0),
         ClusterEvent("stream.owned", "a", room="r", at=2.0),
+        ClusterEvent("room.policy", "a", at=3.0),
     ]
 
 
@@ -134,6 +161,12 @@ async def test_unreachable_redis_raises_registry_error() -> None:
             await reg.nodes()
         with pytest.raises(RegistryError):
             await reg.acquire_stream("r", "a", 1)
+        with pytest.raises(RegistryError):
+            await reg.put_room_policies([RoomPolicy("r", private=True)], 1)
+        with pytest.raises(RegistryError):
+            await reg.room_policy("r")
+        with pytest.raises(RegistryError):
+            await reg.room_policies()
         with contextlib.suppress(RegistryError):
             await reg.publish(ClusterEvent("node.up", "a"))
     finally:
