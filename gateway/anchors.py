@@ -14,7 +14,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError, OperationError
 
 from relay.access import Grant
-from relay.errors import Conflict, NotFound, Unprocessable
+from relay.errors import Conflict, Forbidden, NotFound, Unprocessable
 from relay.http_common import new_etag, new_session_id
 from relay.hub import FanoutHub
 from relay.ingest import IngestSet, TrackIngest
@@ -228,13 +228,41 @@ class AnchorService:
             self._mixer,
             layout=lambda: stage.layout or default,
             controls=lambda: stage.audio,
+            mixminus_hub=self._mixminus_hub_factory(room)
+            if self._settings.stage.mix_minus
+            else None,
         )
         return next(iter(hubs.values()))
+
+    def _mixminus_hub_factory(self, room: str) -> Callable[[str], FanoutHub]:
+        media = self._settings.media
+
+        def make(anchor_id: str) -> FanoutHub:
+            return FanoutHub(
+                f"{room}?mixminus={anchor_id}",
+                {"audio": CodecSpec("audio", "opus", CLOCK_RATES["audio"])},
+                keyframe_interval=media.keyframe_interval,
+                audio_queue_frames=media.audio_queue_frames,
+            )
+
+        return make
 
     def anchor_hub(self, room: str, anchor_id: str) -> FanoutHub | None:
         """An anchor's own stream, for co-hosts pulling ``/whep/{room}?anchor={id}``."""
         session = self.sessions.get(anchor_id)
         return session.hub if session is not None and session.room == room else None
+
+    def mixminus_hub(self, room: str, anchor_id: str, subject: str | None) -> FanoutHub | None:
+        """An anchor's mix-minus (everyone else's audio), for ``/whep/{room}?mixminus={id}``.
+        ``subject`` is the requester's anchor-token subject, which must be that anchor's own
+        (None: a liveness probe, HEAD). None when the anchor or its feed is not there."""
+        session = self.sessions.get(anchor_id)
+        if session is None or session.room != room:
+            return None
+        if subject is not None and subject != session.grant.subject:
+            raise Forbidden("a mix-minus is for its own anchor: use that anchor's token")
+        director = self.directors.get(room)
+        return director.mixminus.get(anchor_id) if director is not None else None
 
     async def _abort(self, room: str, sid: str, pc: RTCPeerConnection) -> None:
         stage = self._stages.get(room)

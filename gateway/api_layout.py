@@ -79,6 +79,11 @@ class ProgramView(BaseModel):
     anchors: list[str]
     renditions: list[str]
     switches: int
+    mixer_state: Literal["running", "restarting", "stopped"] = "stopped"  # restarting: died
+    mixer_restarts: int = 0  # mixer threads restarted after dying, this program
+    mixer_last_error: str | None = None
+    mixminus_listeners: dict[str, int] = Field(default_factory=dict)  # anchor id -> pulls
+    mixer_mixminus_frames: int = 0
     mixer_video_ticks: int = 0
     mixer_late_ticks: int = 0
     mixer_skipped_ticks: int = 0
@@ -148,7 +153,9 @@ def layout_router(stages: StageTable, anchors: AnchorService) -> APIRouter:
 
     @router.get("/rooms/{room}/program", response_model=ProgramView)
     async def get_program(room: str) -> ProgramView:
-        """What feeds the room's program now: ``idle``, ``passthrough`` or ``mixed``."""
+        """What feeds the room's program now: ``idle``, ``passthrough`` or ``mixed``; the mixer
+        thread's state (``running``, ``restarting`` after it died, ``stopped``) and restarts;
+        who pulls each anchor's mix-minus."""
         stage = stage_or_404(room)
         director = anchors.directors.get(room)
         view = ProgramView(
@@ -159,6 +166,11 @@ def layout_router(stages: StageTable, anchors: AnchorService) -> APIRouter:
             renditions=list(stage.renditions),
             switches=director.switches if director is not None else 0,
         )
+        if director is not None:
+            view.mixer_state = director.mixer_state
+            view.mixer_restarts = director.restarts
+            view.mixer_last_error = director.last_error
+            view.mixminus_listeners = {a: h.viewer_count for a, h in director.mixminus.items()}
         worker = director.worker if director is not None else None
         if worker is not None:
             st = worker.stats
@@ -167,6 +179,7 @@ def layout_router(stages: StageTable, anchors: AnchorService) -> APIRouter:
             view.mixer_skipped_ticks = st.skipped_ticks
             view.mixer_work_seconds = round(st.work_seconds, 3)
             view.mixer_cpu_seconds = round(st.cpu_seconds, 3)
+            view.mixer_mixminus_frames = st.mixminus_frames
             view.mixer_encode_cpu_seconds = {
                 k: round(v, 3) for k, v in dict(st.encode_cpu_seconds).items()
             }

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from relay.access import AccessPolicy
@@ -107,6 +107,7 @@ def build_gateway(settings: Settings) -> Gateway:
             stages.rendition_hub,
             anchors.anchor_hub,
             [r.name for r in settings.stage.renditions],
+            mixminus=anchors.mixminus_hub,
         ),
         ice_servers=settings.ice_servers,
         limits=ViewerLimits(
@@ -134,6 +135,17 @@ def build_gateway(settings: Settings) -> Gateway:
         settings, gateway.node_id, tokens, stages, anchors, viewers
     )
     return gateway
+
+
+def origin_whep_gate(cluster: ClusterNode) -> Callable[[Request], Awaitable[None]]:
+    """The cluster's WHEP routing (307 to an edge), except for mix-minus pulls: only the origin,
+    where the anchors are, has those (an edge answers 404)."""
+
+    async def gate(request: Request) -> None:
+        if "mixminus" not in request.query_params:
+            await cluster.whep_gate(request)
+
+    return gate
 
 
 def ice_link_headers(settings: Settings) -> tuple[str, ...]:
@@ -171,9 +183,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     links = ice_link_headers(settings)
     limit = settings.sessions.max_sdp_bytes
     app.include_router(whip_router(gw.anchors, access, max_sdp_bytes=limit, link_headers=links))
-    whep_gate = [Depends(gw.cluster.whep_gate)] if gw.cluster is not None else []
+    whep_gate = [Depends(origin_whep_gate(gw.cluster))] if gw.cluster is not None else []
     app.include_router(
-        whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links),
+        whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links, mixminus=True),
         dependencies=whep_gate,  # 307 to the edge that should serve a viewer (relay.cluster)
     )
 

@@ -78,6 +78,20 @@ class GatewayCollector(Collector):
         for stage in self._stages:
             viewers.add_metric([stage.room], self._viewers.count(stage.room))
         yield viewers
+        running = GaugeMetricFamily(
+            "stagecast_mixer_running", "1 while the room's mixer thread runs", labels=["room"]
+        )
+        restarts = CounterMetricFamily(
+            "stagecast_mixer_restarts",
+            "Mixer threads restarted after dying (the room's current program)",
+            labels=["room"],
+        )
+        for room, director in list(self._anchors.directors.items()):
+            if director.mode == "mixed":
+                running.add_metric([room], 1.0 if director.mixer_state == "running" else 0.0)
+                restarts.add_metric([room], director.restarts)
+        yield running
+        yield restarts
         eg = self._viewers.egress()
         ing = self._anchors.ingress()
         counters: tuple[tuple[str, str, float], ...] = (

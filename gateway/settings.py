@@ -163,6 +163,9 @@ class StageSettings(BaseModel):
     """Canvas colour behind the tiles (a layout may set its own)."""
     input_queue_frames: int = Field(30, ge=2, le=1000)
     """Encoded frames queued per anchor for the mixer; beyond: drop to the next keyframe."""
+    mix_minus: bool = True
+    """Each anchor of a mixed stage gets an Opus feed of everyone else's audio, pulled with
+    ``/whep/ROOM?mixminus=ID`` and the anchor's own token (encoded only while pulled)."""
 
 
 class ClusterSettings(BaseModel):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import Unauthorized
+from .errors import Forbidden, Unauthorized
 from .tokens import Role, TokenAuthority, bearer_token
 
 
@@ -56,3 +56,21 @@ class AccessPolicy:
         if claims.token_id in self._revoked:
             raise Unauthorized("token has been revoked")
         return Grant(claims.subject, claims.token_id, claims.expires_at)
+
+    def authorize_any(
+        self,
+        room: str,
+        roles: tuple[Role, ...],
+        authorization: str | None,
+        query_token: str | None = None,
+    ) -> Grant:
+        """The grant for the first of ``roles`` the request qualifies for; the first role's
+        refusal otherwise."""
+        first: Unauthorized | Forbidden | None = None
+        for role in roles:
+            try:
+                return self.authorize(room, role, authorization, query_token)
+            except (Unauthorized, Forbidden) as exc:
+                first = first or exc
+        assert first is not None, "no roles given"
+        raise first

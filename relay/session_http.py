@@ -29,14 +29,16 @@ class SessionService(Protocol):
 def add_session_routes(
     router: APIRouter,
     prefix: str,
-    role: Role,
+    role: Role | tuple[Role, ...],
     service: SessionService,
     access: AccessPolicy,
     *,
     post_methods: str,
     max_sdp_bytes: int,
 ) -> None:
-    """Adds ``OPTIONS {prefix}/{room}`` and OPTIONS/DELETE/PATCH on ``{prefix}/{room}/{id}``."""
+    """Adds ``OPTIONS {prefix}/{room}`` and OPTIONS/DELETE/PATCH on ``{prefix}/{room}/{id}``;
+    DELETE and PATCH take a grant for ``role`` (or any of several roles) in the room."""
+    roles = role if isinstance(role, tuple) else (role,)
 
     @router.options(prefix + "/{room}", status_code=204)
     async def endpoint_options(request: Request, room: str) -> Response:
@@ -58,7 +60,7 @@ def add_session_routes(
         access_token: str | None = Query(default=None),
     ) -> Response:
         service.get(room, session_id)
-        access.authorize(room, role, authorization, access_token)
+        access.authorize_any(room, roles, authorization, access_token)
         await service.close(room, session_id)
         return Response(status_code=200)
 
@@ -72,7 +74,7 @@ def add_session_routes(
         if_match: str | None = Header(default=None),
     ) -> Response:
         session = service.get(room, session_id)
-        access.authorize(room, role, authorization, access_token)
+        access.authorize_any(room, roles, authorization, access_token)
         require_content_type(request, TRICKLE)
         body = await read_limited(request, max_sdp_bytes)
         frag = parse_trickle(decode_body(body, max_bytes=max_sdp_bytes))

@@ -8,20 +8,26 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from .access import AccessPolicy
+from .errors import BadRequest, NotFound
 from .http_common import SDP, check_room, read_limited, require_content_type
 from .sdp import check_offer, decode_body
 from .session_http import add_session_routes, created_response
+from .tokens import Role
 from .viewers import ViewerService
 
 
 @dataclass(frozen=True, slots=True)
 class HubSelection:
     """What a WHEP request asks for beyond its room: a rendition of the program
-    (``?rendition=360p``) or one anchor's own stream (``?anchor=ID``). The service's hub lookup
-    reads it (``current_selection``) while the request opens its session."""
+    (``?rendition=360p``), one anchor's own stream (``?anchor=ID``) or one anchor's mix-minus
+    (``?mixminus=ID``: everyone else's audio, for that anchor). The service's hub lookup reads it
+    (``current_selection``) while the request opens its session. ``subject`` is the subject of
+    the token a session is opened with (None for HEAD, which only asks whether it is live)."""
 
     rendition: str | None = None
     anchor: str | None = None
+    mixminus: str | None = None
+    subject: str | None = None
 
 
 _NONE = HubSelection()
@@ -38,17 +44,32 @@ def whep_router(
     *,
     max_sdp_bytes: int = 64 * 1024,
     link_headers: tuple[str, ...] = (),
+    mixminus: bool = False,
 ) -> APIRouter:
+    """``mixminus``: this node serves ``?mixminus=ID`` (the origin, where the anchors are); pulls
+    of a mix-minus need an anchor token for the room. Elsewhere such a request gets 404."""
     router = APIRouter(tags=["whep"])
+
+    def selection(
+        rendition: str | None, anchor: str | None, mix: str | None, subject: str | None
+    ) -> HubSelection:
+        if mix is not None:
+            if not mixminus:
+                raise NotFound("this node serves no mix-minus feeds; ask the origin")
+            if rendition is not None or anchor is not None:
+                raise BadRequest("mixminus goes alone, without rendition or anchor")
+        return HubSelection(rendition, anchor, mix, subject)
 
     @router.head("/whep/{room}")
     async def whep_head(
         room: str,
         rendition: str | None = Query(default=None, max_length=16),
         anchor: str | None = Query(default=None, max_length=64),
+        mixminus_id: str | None = Query(default=None, alias="mixminus", max_length=64),
     ) -> Response:
-        """200 when the room (rendition, anchor) is live, 409 + Retry-After when not."""
-        token = _selection.set(HubSelection(rendition, anchor))
+        """200 when the room (rendition, anchor, mix-minus) is live, 409 + Retry-After when
+        not."""
+        token = _selection.set(selection(rendition, anchor, mixminus_id, None))
         try:
             service.live_hub(room)
         finally:
@@ -67,15 +88,19 @@ def whep_router(
         access_token: str | None = Query(default=None),
         rendition: str | None = Query(default=None, max_length=16),
         anchor: str | None = Query(default=None, max_length=64),
+        mixminus_id: str | None = Query(default=None, alias="mixminus", max_length=64),
     ) -> Response:
         """Watch the room's program; ``?rendition=NAME`` picks a rendition (e.g. 360p),
-        ``?anchor=ID`` one anchor's own stream (co-hosts pulling each other)."""
+        ``?anchor=ID`` one anchor's own stream (co-hosts pulling each other), ``?mixminus=ID``
+        (audio only, with that anchor's own anchor token) everyone else's audio mixed for it."""
         check_room(room)
-        grant = access.authorize(room, "audience", authorization, access_token)
+        role: Role = "anchor" if mixminus_id is not None else "audience"
+        grant = access.authorize(room, role, authorization, access_token)
+        sel = selection(rendition, anchor, mixminus_id, grant.subject)
         require_content_type(request, SDP)
         text = decode_body(await read_limited(request, max_sdp_bytes), max_bytes=max_sdp_bytes)
         summary = check_offer(text, "view")
-        token = _selection.set(HubSelection(rendition, anchor))
+        token = _selection.set(sel)
         try:
             session = await service.open(room, text, summary, grant)
         finally:
@@ -87,7 +112,7 @@ def whep_router(
     add_session_routes(
         router,
         "/whep",
-        "audience",
+        ("audience", "anchor") if mixminus else "audience",
         service,
         access,
         post_methods="POST, HEAD, OPTIONS",

@@ -120,11 +120,20 @@ class ProgramViewer:
         await self.client.aclose()
 
 
-async def watch_program(base_url: str, path: str) -> ProgramViewer:
+async def watch_program(
+    base_url: str,
+    path: str,
+    *,
+    token: str | None = None,
+    kinds: tuple[str, ...] = ("video", "audio"),
+) -> ProgramViewer:
+    """A WHEP viewer of ``path`` (e.g. ``/whep/ROOM?mixminus=ID`` with ``kinds=("audio",)`` and
+    the anchor's token); its DELETE carries the same token."""
     pc = RTCPeerConnection(rtc_configuration(()))
-    client = httpx.AsyncClient(base_url=base_url, timeout=10)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    client = httpx.AsyncClient(base_url=base_url, timeout=10, headers=auth)
     try:
-        transceivers = [pc.addTransceiver(k, direction="recvonly") for k in ("video", "audio")]
+        transceivers = [pc.addTransceiver(k, direction="recvonly") for k in kinds]
         await pc.setLocalDescription(await pc.createOffer())
         resp = await client.post(
             path,

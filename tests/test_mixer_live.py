@@ -12,10 +12,19 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from aiortc import RTCPeerConnection
+from fastapi import FastAPI
 
 from gateway.synthetic import Publisher, ToneAudioTrack, whip_publish
+from relay.access import AccessPolicy
+from relay.peer import close_quietly, rtc_configuration
+from relay.problems import install_problem_handlers
+from relay.registry import NodeRecord
+from relay.tokens import TokenAuthority
+from relay.viewers import ViewerService
+from relay.whep_http import whep_router
 from tests.mixer_clients import RGB, ProgramViewer, SolidColourTrack, watch_program
-from tests.server import RunningServer, run_server
+from tests.server import SECRET, RunningServer, run_server
 from tests.test_live_path import wait_for
 
 SMALL_STAGE = {
@@ -217,3 +226,137 @@ async def test_mixer_encodes_in_the_programs_codec() -> None:
         await viewer.close()
         await b.close()
         assert await wait_for(lambda: not gw.anchors.sessions, 10)
+
+
+def anchor_id(publisher: Publisher) -> str:
+    return str(publisher.location).rstrip("/").rsplit("/", 1)[-1]
+
+
+async def audio_offer() -> str:
+    """A recvonly audio offer, for requests that are refused before any session exists."""
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await close_quietly(pc)
+
+
+@pytest.mark.timeout(120)
+async def test_mixminus_gives_each_anchor_everyone_else() -> None:
+    """Three anchors with distinct tones: A's mix-minus (pulled over WHEP with A's own token)
+    carries B's and C's tones and not A's; the operator's mute applies to it; nobody else may
+    pull it."""
+    with run_server(stage=SMALL_STAGE) as server:
+        room = "mixminus"
+        gw = server.gateway
+        a = await publish(server, room, "red")
+        b = await publish(server, room, "green")
+        c = await publish(server, room, "blue")
+        assert await wait_for(lambda: mode(server, room) == "mixed", 10)
+        a_id, b_id = anchor_id(a), anchor_id(b)
+        a_token = gw.tokens.mint(room, "anchor", "anchor-red", 600)  # A's subject
+        path = f"/whep/{room}?mixminus={a_id}"
+
+        offer = await audio_offer()
+        sdp = {"Content-Type": "application/sdp"}
+
+        def bearer(token: str) -> dict[str, str]:
+            return {**sdp, "Authorization": f"Bearer {token}"}
+
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            assert (await http.head(path)).status_code == 200
+            assert (await http.head(f"/whep/{room}?mixminus=nobody")).status_code == 404
+            # anonymous audience, an audience token, another anchor's token: refused
+            assert (await http.post(path, content=offer, headers=sdp)).status_code == 401
+            audience = server.audience_token(room)
+            r = await http.post(path, content=offer, headers=bearer(audience))
+            assert r.status_code == 403, r.text
+            b_token = gw.tokens.mint(room, "anchor", "anchor-green", 600)
+            r = await http.post(path, content=offer, headers=bearer(b_token))
+            assert r.status_code == 403 and "own anchor" in r.text, r.text
+            other_room = gw.tokens.mint("elsewhere", "anchor", "anchor-red", 600)
+            r = await http.post(path, content=offer, headers=bearer(other_room))
+            assert r.status_code == 403, r.text
+            r = await http.post(
+                f"/whep/{room}?mixminus=nobody", content=offer, headers=bearer(a_token)
+            )
+            assert r.status_code == 404
+            r = await http.post(f"{path}&rendition=low", content=offer, headers=bearer(a_token))
+            assert r.status_code == 400
+
+        t0 = time.monotonic()
+        minus = await watch_program(server.base_url, path, token=a_token, kinds=("audio",))
+        levels = await hears(
+            minus, lambda lv: lv[440.0] < 0.05 and lv[1000.0] > 0.3 and lv[2500.0] > 0.3, 15
+        )
+        print(f"A's mix-minus {levels} after {time.monotonic() - t0:.2f} s")
+        director = gw.anchors.directors[room]
+        assert set(director.mixminus) == {a_id, b_id, anchor_id(c)}
+        assert director.mixminus[a_id].viewer_count == 1
+        # only the listened-to feed is encoded: B's and C's have nobody
+        assert all(director.mixminus[x].stats.frames_in == 0 for x in (b_id, anchor_id(c)))
+
+        headers = {"X-API-Key": gw.operator_key}
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=10) as api:
+            prog = (await api.get(f"/v1/rooms/{room}/program")).json()
+            assert prog["mixminus_listeners"][a_id] == 1 and prog["mixer_mixminus_frames"] > 0
+            # the operator's mute applies to the mix-minus too
+            r = await api.post(f"/v1/rooms/{room}/anchors/{b_id}/audio", json={"muted": True})
+            assert r.status_code == 200
+            await hears(minus, lambda lv: lv[1000.0] < 0.05 and lv[440.0] < 0.05, 10)
+
+        # A leaves: its mix-minus ends for its listener
+        await a.close()
+        assert await wait_for(minus.ended.is_set, 10)
+        r = await minus.client.delete(minus.location)
+        assert r.status_code in (200, 404)
+        await minus.close()
+
+        # DELETE of a mix-minus session takes the anchor token that opened it
+        b_minus = await watch_program(
+            server.base_url, f"/whep/{room}?mixminus={b_id}", token=b_token, kinds=("audio",)
+        )
+        await hears(b_minus, lambda lv: lv[2500.0] > 0.5 and lv[1000.0] < 0.05, 15)
+        r = await b_minus.client.delete(b_minus.location)
+        assert r.status_code == 200, r.text
+        await b_minus.close()
+        await b.close()
+        await c.close()
+        assert await wait_for(lambda: not gw.anchors.sessions, 10)
+
+
+@pytest.mark.timeout(30)
+async def test_mixminus_is_served_by_the_origin_only() -> None:
+    """The origin's 307 routing to edges leaves mix-minus pulls alone (only the origin has the
+    anchors); a WHEP router without mix-minus (an edge's) answers 404 to one."""
+    with run_server() as server:
+        cluster = server.gateway.cluster
+        assert cluster is not None
+        spare = NodeRecord(
+            id="spare", url="http://spare:8080", role="edge", viewers=3, max_viewers=100
+        )
+
+        async def seed() -> None:
+            await cluster.registry.heartbeat(spare, ttl=30)
+            cluster.view = await cluster.registry.nodes()
+
+        asyncio.run_coroutine_threadsafe(seed(), server.loop).result(5)
+        offer = {"Content-Type": "application/sdp"}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            r = await http.post("/whep/r?access_token=abc", content="v=0", headers=offer)
+            assert r.status_code == 307  # a viewer goes to the edge...
+            r = await http.post("/whep/r?mixminus=x", content="v=0", headers=offer)
+            assert r.status_code == 401  # ... a mix-minus pull stays (and needs a token)
+
+    tokens = TokenAuthority(SECRET)
+    edge_app = FastAPI()
+    install_problem_handlers(edge_app)
+    edge_app.include_router(whep_router(ViewerService(lambda room: None), AccessPolicy(tokens)))
+    transport = httpx.ASGITransport(app=edge_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as http:
+        bearer = {"Authorization": f"Bearer {tokens.mint('r', 'anchor', 'a', 60)}", **offer}
+        r = await http.post("/whep/r?mixminus=x", content="v=0", headers=bearer)
+        assert r.status_code == 404 and "origin" in r.text
+        assert (await http.head("/whep/r?mixminus=x")).status_code == 404

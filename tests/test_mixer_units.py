@@ -10,7 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from gateway.mixer.audio_mix import AudioControl, AudioMixer, InputBuffer, Limiter, to_s16
+from gateway.mixer.audio_mix import (
+    AudioControl,
+    AudioMixer,
+    InputBuffer,
+    Limiter,
+    MixMinus,
+    to_s16,
+)
 from gateway.mixer.codecs import (
     AudioDecoder,
     OpusEncoder,
@@ -134,6 +141,56 @@ def test_mix_gain_mute_and_mix_minus() -> None:
     assert np.allclose(out, tone(440) * 0.5, atol=1e-6)
     minus = AudioMixer(960).mix(blocks, {}, exclude=["a"])
     assert np.allclose(minus, tone(1000), atol=1e-6)
+
+
+def test_mix_minus_is_everyone_else_with_own_limiters() -> None:
+    blocks = {"a": tone(440), "b": tone(1000), "c": tone(2500)}
+    controls = {"b": AudioControl(gain=0.5), "c": AudioControl(muted=True)}
+    minus = MixMinus(960)
+    out = minus.mix(blocks, controls, ["a", "b", "c"])
+    assert np.allclose(out["a"], tone(1000) * 0.5, atol=1e-6)  # b at its gain; c muted
+    assert np.allclose(out["b"], tone(440), atol=1e-6)
+    assert np.allclose(out["c"], tone(440) + tone(1000) * 0.5, atol=1e-6)
+    # the same as a full mix that excludes the anchor
+    for anchor in blocks:
+        ref = AudioMixer(960).mix(blocks, controls, exclude=[anchor])
+        assert np.allclose(out[anchor], ref, atol=1e-6)
+    # only the anchors asked for; loud sums limited per anchor, never clipping
+    loud = {k: tone(f, amp=0.8) for k, f in (("a", 440), ("b", 445), ("c", 450))}
+    out = minus.mix(loud, {}, ["c"])
+    assert list(out) == ["c"] and np.abs(out["c"]).max() <= 0.98 + 1e-6
+    assert minus.limiters["c"].engaged_blocks == 1 and minus.limiters["a"].engaged_blocks == 0
+    minus.mix({"a": tone(440)}, {}, ["a"])
+    assert set(minus.limiters) == {"a"}  # gone anchors' limiters are forgotten
+
+
+def test_input_buffer_trims_a_standing_backlog_not_jitter() -> None:
+    buf = InputBuffer(max_samples=9600, prebuffer=960, window=10)
+    frame = tone(440, 960)
+    # steady: one frame in, one out, with a frame of cushion; never trimmed
+    buf.push(frame)
+    for _ in range(30):
+        buf.push(frame)
+        buf.pop(960)
+    assert buf.trimmed == 0 and len(buf) == 960
+    # jitter: a frame a tick late, then two at once; the cushion covers it, nothing is trimmed
+    for _ in range(3):
+        buf.pop(960)  # nothing came this tick
+        buf.push(np.tile(frame, 2))  # the late frame with the next one
+        buf.pop(960)
+        for _ in range(12):
+            buf.push(frame)
+            buf.pop(960)
+    assert buf.trimmed == 0 and buf.underruns == 0 and len(buf) == 960
+    # a hiccup: five frames arrive together and stay as delay... until the window ends
+    buf.push(np.tile(frame, 5))
+    levels = []
+    for _ in range(20):
+        buf.push(frame)
+        buf.pop(960)
+        levels.append(len(buf))
+    assert max(levels) >= 5 * 960 and levels[-1] <= 2 * 960 and buf.trimmed >= 4 * 960
+    assert buf.dropped == buf.trimmed
 
 
 def test_limiter_never_clips_and_recovers() -> None:
@@ -329,3 +386,104 @@ def test_worker_mixes_two_inputs_on_its_clock() -> None:
     freqs = np.fft.rfftfreq(pcm.size, 1 / 48000)
     at = {f: mag[(freqs > f - 10) & (freqs < f + 10)].max() for f in (440, 1000)}
     assert at[440] > 20 * at[1000]
+
+
+def spectrum_levels(frames: list[EncodedFrame], freqs: list[float]) -> dict[float, float]:
+    """Peak magnitude near each frequency in the decoded Opus frames (their steady middle)."""
+    dec = AudioDecoder()
+    pcm = np.concatenate([dec.decode(f.data) for f in frames])[-24000:-4800]
+    mag = np.abs(np.fft.rfft(pcm * np.hanning(pcm.size)))
+    bins = np.fft.rfftfreq(pcm.size, 1 / 48000)
+    return {f: float(mag[(bins > f - 10) & (bins < f + 10)].max()) for f in freqs}
+
+
+@pytest.mark.timeout(30)
+def test_worker_mixminus_is_everyone_else_per_listened_anchor() -> None:
+    """Each anchor's mix-minus carries the others' tones (gain and mute applied), never its own;
+    it is encoded only for anchors someone listens to, and the program audio is unchanged."""
+    program: list[EncodedFrame] = []
+    minus: dict[str, list[EncodedFrame]] = {}
+    lock = threading.Lock()
+
+    def emit(r: str | None, f: EncodedFrame) -> None:
+        with lock:
+            program.append(f)
+
+    def emit_mixminus(anchor: str, f: EncodedFrame) -> None:
+        with lock:
+            minus.setdefault(anchor, []).append(f)
+
+    worker = ProgramWorker(
+        video_codec=None,  # audio only: no video ticks
+        audio=True,
+        renditions=[RenditionSpec("main", 320, 180, 300_000)],
+        fps=30,
+        gop=300,
+        audio_bitrate=48_000,
+        input_frames=30,
+        layout=LayoutSpec,
+        controls=lambda: {"c": AudioControl(muted=True)},
+        emit=emit,
+        emit_mixminus=emit_mixminus,
+        mixminus_wanted=lambda anchor: anchor != "b",
+    )
+    tones = {"a": 440.0, "b": 1000.0, "c": 2500.0}
+    for aid in tones:
+        worker.add_input(aid, lambda: None)
+    streams = {aid: opus_stream(f, 60) for aid, f in tones.items()}
+    worker.start()
+    try:
+        for i in range(60):
+            for aid in tones:
+                worker.feed(aid, streams[aid][i])
+            time.sleep(0.02)
+        time.sleep(0.1)
+    finally:
+        worker.stop()
+        worker.join(5)
+    assert not worker.alive and worker.error is None
+    assert set(minus) == {"a", "c"}  # nobody listens to b's: not encoded
+    assert worker.stats.mixminus_frames == len(minus["a"]) + len(minus["c"])
+    assert abs(len(minus["a"]) - len(program)) <= 1
+    freqs = list(tones.values())
+    a = spectrum_levels(minus["a"], freqs)
+    assert a[1000.0] > 20 * a[440.0]  # b in, a itself out
+    assert a[1000.0] > 20 * a[2500.0]  # c is muted in every mix
+    c = spectrum_levels(minus["c"], freqs)
+    assert c[440.0] > 0.3 * c[1000.0] and c[1000.0] > 0.3 * c[440.0]  # a and b
+    assert c[440.0] > 20 * c[2500.0]  # not c itself
+    prog = spectrum_levels(program, freqs)
+    assert prog[440.0] > 0.3 * prog[1000.0] and prog[440.0] > 20 * prog[2500.0]
+
+
+@pytest.mark.timeout(30)
+def test_worker_reports_its_death() -> None:
+    """An exception in the worker thread ends it, is kept in ``error`` and reported once."""
+    reported: list[BaseException] = []
+    died = threading.Event()
+
+    def broken_layout() -> LayoutSpec:
+        raise ValueError("layout exploded")
+
+    def on_error(exc: BaseException) -> None:
+        reported.append(exc)
+        died.set()
+
+    worker = ProgramWorker(
+        video_codec="H264",
+        audio=False,
+        renditions=[RenditionSpec("main", 160, 90, 100_000)],
+        fps=30,
+        gop=300,
+        audio_bitrate=48_000,
+        input_frames=30,
+        layout=broken_layout,
+        controls=dict,
+        emit=lambda r, f: None,
+        on_error=on_error,
+    )
+    worker.start()
+    assert died.wait(5)
+    worker.join(5)
+    assert not worker.alive and isinstance(worker.error, ValueError)
+    assert reported == [worker.error]

@@ -26,15 +26,33 @@ class AudioControl:
 class InputBuffer:
     """One anchor's pending samples. A short underrun reads as silence; more than ``max_samples``
     pending (the anchor ran ahead or the mixer stalled) drops the oldest, so delay stays bounded.
-    Waits for ``prebuffer`` samples before it starts (and after running dry) to absorb jitter."""
+    Waits for ``prebuffer`` samples before it starts (and after running dry) to absorb jitter.
 
-    def __init__(self, max_samples: int = 9600, prebuffer: int = 960) -> None:
+    A hiccup (the anchor's packets held up, then arriving at once; the mixer thread starved)
+    would otherwise leave its backlog as delay for good. So the lowest level seen after a pop
+    over each ``window`` pops is the standing delay: what of it exceeds ``target`` samples is
+    dropped (oldest first), which brings the delay back to about ``target`` within a window
+    while short jitter, which the level recovers from, is never cut."""
+
+    def __init__(
+        self,
+        max_samples: int = 9600,
+        prebuffer: int = 960,
+        *,
+        target: int | None = None,
+        window: int = 50,
+    ) -> None:
         self.max_samples = max_samples
         self.prebuffer = prebuffer
+        self.target = prebuffer if target is None else target
+        self.window = window
         self._buf: Samples = np.zeros(0, np.float32)
         self._started = False
+        self._pops = 0
+        self._low: int | None = None
         self.underruns = 0
         self.dropped = 0
+        self.trimmed = 0  # samples dropped to cut a standing delay (also counted in dropped)
 
     def __len__(self) -> int:
         return int(self._buf.size)
@@ -58,6 +76,18 @@ class InputBuffer:
         if take < n:
             self.underruns += 1
             self._started = False
+            self._pops, self._low = 0, None
+            return out
+        level = int(self._buf.size)
+        self._low = level if self._low is None else min(self._low, level)
+        self._pops += 1
+        if self._pops >= self.window:
+            excess = self._low - self.target
+            if excess > 0:
+                self._buf = self._buf[excess:]
+                self.trimmed += excess
+                self.dropped += excess
+            self._pops, self._low = 0, None
         return out
 
 
@@ -101,7 +131,7 @@ class AudioMixer:
         controls: Mapping[str, AudioControl],
         exclude: Iterable[str] = (),
     ) -> Samples:
-        """One block of the program (or a mix-minus without ``exclude``)."""
+        """One block of the program (or, with ``exclude``, of everyone but them)."""
         skip = set(exclude)
         acc = np.zeros(self.frame_samples, np.float32)
         for anchor, block in blocks.items():
@@ -110,6 +140,46 @@ class AudioMixer:
                 continue
             acc[: block.size] += block[: self.frame_samples] * np.float32(ctl.gain)
         return self.limiter.process(acc)
+
+
+class MixMinus:
+    """Each anchor's mix of everyone else (gain and mute applied), each through a limiter of its
+    own: the sum of every weighted block minus the anchor's own, O(anchors) per block rather
+    than one full mix per anchor."""
+
+    def __init__(self, frame_samples: int = 960, ceiling: float = 0.98) -> None:
+        self.frame_samples = frame_samples
+        self.ceiling = ceiling
+        self.limiters: dict[str, Limiter] = {}
+
+    def mix(
+        self,
+        blocks: Mapping[str, Samples],
+        controls: Mapping[str, AudioControl],
+        anchors: Iterable[str],
+    ) -> dict[str, Samples]:
+        """One block for each of ``anchors``: everyone in ``blocks`` but that anchor."""
+        n = self.frame_samples
+        total = np.zeros(n, np.float32)
+        parts: dict[str, Samples] = {}
+        for anchor, block in blocks.items():
+            ctl = controls.get(anchor, AudioControl())
+            if ctl.muted or ctl.gain <= 0:
+                continue
+            part = np.zeros(n, np.float32)
+            part[: block.size] = block[:n] * np.float32(ctl.gain)
+            parts[anchor] = part
+            total += part
+        out: dict[str, Samples] = {}
+        for anchor in anchors:
+            limiter = self.limiters.get(anchor)
+            if limiter is None:
+                limiter = self.limiters[anchor] = Limiter(self.ceiling)
+            own = parts.get(anchor)
+            out[anchor] = limiter.process(total - own if own is not None else total.copy())
+        for gone in [a for a in self.limiters if a not in blocks]:
+            del self.limiters[gone]
+        return out
 
 
 def to_s16(block: Samples) -> npt.NDArray[np.int16]:

@@ -10,14 +10,26 @@ Rules:
 * two or more anchors, or a lone anchor whose codecs differ from the program's: the mixer
   (``ProgramWorker``) encodes in the PROGRAM's video codec (H264 with libx264, VP8 with libvpx),
   whatever each anchor publishes, so the codec viewers negotiated stays valid.
+
+Mix-minus: with a ``mixminus_hub`` factory, every live anchor gets an audio-only hub of its own
+(``/whep/{room}?mixminus={id}``) for as long as it is live. While the room is mixed the worker
+feeds it everyone else's audio; with a lone anchor there is nobody else, so it stays silent.
+
+Supervision: a mixer thread that dies (an exception in decode, layout, mix or encode) is
+restarted with exponential backoff (``restart_initial`` doubling up to ``restart_max``; a run
+that lasted ``restart_stable_after`` s counts as healthy and resets it). The new worker takes
+the same anchors and attaches to the same hubs, so viewers keep their connections and resume on
+its first keyframe. ``mixer_state``, ``restarts`` and ``last_error`` tell the API and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -25,6 +37,7 @@ from typing import Literal, Protocol
 from relay.hub import FanoutHub
 from relay.media import EncodedFrame, MediaKind
 
+from ..bridge.backoff import Backoff
 from .anchor_hub import AnchorHub
 from .audio_mix import AudioControl
 from .layout import LayoutSpec
@@ -33,6 +46,8 @@ from .program import ProgramWorker, RenditionSpec
 log = logging.getLogger(__name__)
 
 Mode = Literal["idle", "passthrough", "mixed"]
+MixerState = Literal["stopped", "running", "restarting"]
+MixMinusHubFactory = Callable[[str], FanoutHub]  # anchor id -> a new audio-only (Opus) hub
 
 
 class AnchorFeed(Protocol):
@@ -53,6 +68,9 @@ class MixerConfig:
     audio_bitrate: int = 64000
     input_frames: int = 30
     max_pending: int = 240  # encoded frames handed to the loop and not yet published
+    restart_initial: float = 0.2  # s before restarting a mixer thread that died; doubles...
+    restart_max: float = 5.0  # ... up to this
+    restart_stable_after: float = 10.0  # a run this long resets the backoff
 
 
 class ProgramDirector:
@@ -63,6 +81,7 @@ class ProgramDirector:
         config: MixerConfig,
         layout: Callable[[], LayoutSpec],
         controls: Callable[[], Mapping[str, AudioControl]],
+        mixminus_hub: MixMinusHubFactory | None = None,
     ) -> None:
         self.room = room
         self.hubs = dict(hubs)  # rendition name -> hub, the main program first
@@ -78,15 +97,34 @@ class ProgramDirector:
         self._pending_lock = threading.Lock()
         self.switches = 0
         self.dropped_outputs = 0
+        self._mixminus_factory = mixminus_hub
+        self.mixminus: dict[str, FanoutHub] = {}  # anchor id -> its mix-minus hub
+        self._feeds: dict[str, AnchorFeed] = {}  # the anchors the mixer takes (mixed mode)
+        self._backoff = Backoff(
+            config.restart_initial, config.restart_max, stable_after=config.restart_stable_after
+        )
+        self._restart: asyncio.TimerHandle | None = None
+        self._worker_started_at = 0.0
+        self.restarts = 0
+        self.last_error: str | None = None
 
     @property
     def main(self) -> FanoutHub:
         return next(iter(self.hubs.values()))
 
+    @property
+    def mixer_state(self) -> MixerState:
+        """``running`` (a live mixer thread), ``restarting`` (it died; a new one is due) or
+        ``stopped`` (no mixer: idle or passthrough)."""
+        if self._restart is not None:
+            return "restarting"
+        return "running" if self.worker is not None else "stopped"
+
     # -- switching ------------------------------------------------------------------------
     def update(self, anchors: Sequence[AnchorFeed]) -> None:
         """The room's live anchors changed (join order): pick and wire the program's source."""
         live = [a for a in anchors if not a.hub.closed.is_set()]
+        self._sync_mixminus(live)
         if not live:
             self.close()
             for hub in self.hubs.values():
@@ -97,9 +135,24 @@ class ProgramDirector:
         else:
             self._mixed(live)
 
+    def _sync_mixminus(self, live: Sequence[AnchorFeed]) -> None:
+        """One mix-minus hub per live anchor: new anchors get theirs, gone ones' end."""
+        factory = self._mixminus_factory
+        if factory is None:
+            return
+        ids = {a.id for a in live}
+        for aid in [a for a in self.mixminus if a not in ids]:
+            self.mixminus.pop(aid).close()
+        worker = self.worker
+        for aid in ids - set(self.mixminus):
+            hub = self.mixminus[aid] = factory(aid)
+            if worker is not None:
+                hub.attach_source(_no_keyframes)
+
     def _passthrough(self, anchor: AnchorFeed) -> None:
         if self.mode == "passthrough" and self._lone is anchor:
             return
+        self._feeds = {}
         self._untap_all()
         self._stop_worker()
         self._lone = anchor
@@ -132,16 +185,23 @@ class ProgramDirector:
         log.info("room %s: passthrough of anchor %s", self.room, aid, extra={"room": self.room})
 
     def _mixed(self, anchors: Sequence[AnchorFeed]) -> None:
-        if self.mode != "mixed" or self.worker is None:
+        self._feeds = {a.id: a for a in anchors}
+        if self.mode != "mixed":
             self._untap_all()
             self._lone = None
             self._start_worker()
             self.mode = "mixed"
             self.switches += 1
             log.info("room %s: mixing %d anchors", self.room, len(anchors))
-        worker = self.worker
-        assert worker is not None
-        wanted = {a.id: a for a in anchors}
+        elif self.worker is None and self._restart is None:
+            self._start_worker()
+        if self.worker is not None:
+            self._wire(self.worker)
+        # else: the mixer died and its restart is due; the new worker takes ``_feeds``
+
+    def _wire(self, worker: ProgramWorker) -> None:
+        """Make the worker's inputs the mixed anchors (``_feeds``) and tap their hubs into it."""
+        wanted = self._feeds
         for gone in set(worker.input_ids()) - set(wanted):
             worker.remove_input(gone)
             hub = self._tapped.pop(gone, None)
@@ -193,6 +253,25 @@ class ProgramDirector:
             except RuntimeError:  # the loop is gone (shutdown)
                 worker.stop()
 
+        def emit_mixminus(anchor_id: str, frame: EncodedFrame) -> None:  # worker thread
+            with self._pending_lock:
+                if self._pending >= cfg.max_pending:
+                    self.dropped_outputs += 1
+                    return
+                self._pending += 1
+            try:
+                loop.call_soon_threadsafe(self._deliver_mixminus, worker, anchor_id, frame)
+            except RuntimeError:
+                worker.stop()
+
+        def listened(anchor_id: str) -> bool:  # worker thread: a dict read and an int
+            hub = self.mixminus.get(anchor_id)
+            return hub is not None and hub.viewer_count > 0
+
+        def failed(exc: BaseException) -> None:  # worker thread, as it dies
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to restart
+                loop.call_soon_threadsafe(self._worker_failed, worker, exc)
+
         worker = ProgramWorker(
             video_codec=video.name if video is not None else None,
             audio="audio" in main.codecs,
@@ -204,6 +283,9 @@ class ProgramDirector:
             layout=self._layout,
             controls=self._controls,
             emit=emit,
+            emit_mixminus=emit_mixminus if self._mixminus_factory is not None else None,
+            mixminus_wanted=listened,
+            on_error=failed,
             name=f"mixer-{self.room}",
         )
         self.worker = worker
@@ -211,7 +293,48 @@ class ProgramDirector:
             for kind in hub.codecs:
                 hub.set_muted(kind, False)
             hub.attach_source(functools.partial(worker.request_keyframe, name))
+        for hub in self.mixminus.values():
+            hub.attach_source(_no_keyframes)
+        self._worker_started_at = time.monotonic()
         worker.start()
+
+    def _worker_failed(self, worker: ProgramWorker, exc: BaseException) -> None:
+        """The mixer thread died: keep the hubs (and their viewers), restart after a backoff."""
+        if worker is not self.worker:
+            return  # an old worker, already replaced or stopped
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._untap_all()  # nothing feeds a dead worker; the new one taps the anchors again
+        self._stop_worker()
+        for hub in [*self.hubs.values(), *self.mixminus.values()]:
+            hub.detach_source()  # viewers stay, frozen, until the new worker attaches
+        ran_for = time.monotonic() - self._worker_started_at
+        delay = self._backoff.failed(ran_for) or self.config.restart_max
+        log.error(
+            "room %s: mixer thread died after %.1f s (%s); restarting in %.2f s",
+            self.room,
+            ran_for,
+            self.last_error,
+            delay,
+            extra={"room": self.room, "event": "mixer.died"},
+        )
+        loop = asyncio.get_running_loop()
+        self._restart = loop.call_later(delay, self._restart_worker)
+
+    def _restart_worker(self) -> None:
+        self._restart = None
+        if self.mode != "mixed":
+            return
+        self.restarts += 1
+        self._start_worker()
+        assert self.worker is not None
+        self._wire(self.worker)
+        log.info(
+            "room %s: mixer restarted (%d so far) with %d anchors",
+            self.room,
+            self.restarts,
+            len(self._feeds),
+            extra={"room": self.room, "event": "mixer.restarted"},
+        )
 
     def _deliver(self, worker: ProgramWorker, rendition: str | None, frame: EncodedFrame) -> None:
         with self._pending_lock:
@@ -227,7 +350,19 @@ class ProgramDirector:
             if target is not None and frame.kind in target.codecs:
                 target.publish(frame)
 
+    def _deliver_mixminus(self, worker: ProgramWorker, anchor_id: str, frame: EncodedFrame) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+        if worker is not self.worker:
+            return
+        hub = self.mixminus.get(anchor_id)
+        if hub is not None:
+            hub.publish(frame)
+
     def _stop_worker(self) -> None:
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
         if self.worker is not None:
             self.worker.stop()
             self._stopped.append(self.worker)
@@ -235,11 +370,16 @@ class ProgramDirector:
         self._stopped = [w for w in self._stopped if w.alive]
 
     def close(self) -> None:
-        """Stop feeding the hubs; a mixer thread is told to stop and ends on its own."""
+        """Stop feeding the hubs (mix-minus hubs end); a mixer thread is told to stop and ends
+        on its own."""
         self._untap_all()
         self._stop_worker()
         self._lone = None
+        self._feeds = {}
         self.mode = "idle"
+        for hub in self.mixminus.values():
+            hub.close()
+        self.mixminus.clear()
 
     @property
     def busy(self) -> bool:
@@ -252,3 +392,7 @@ class ProgramDirector:
         stopped, self._stopped = self._stopped, []
         for w in stopped:
             await asyncio.to_thread(w.join, 5.0)
+
+
+def _no_keyframes() -> None:
+    """Mix-minus hubs carry audio only: nothing to ask for."""

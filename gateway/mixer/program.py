@@ -2,6 +2,11 @@
 audio, encodes once per rendition. Runs in its own thread; the event loop only hands it encoded
 frames (``feed``) and receives encoded frames back through ``emit``.
 
+Mix-minus: with ``emit_mixminus`` set, every audio tick also mixes, for each anchor, everyone
+else's audio (same gains, mutes and a limiter of its own) and encodes it once to Opus for that
+anchor (``emit_mixminus(anchor_id, frame)``), while ``mixminus_wanted(anchor_id)`` says someone
+listens. Co-hosts hear each other through it without hearing themselves.
+
 Timing: video ticks every 1/fps s and audio every 20 ms of a monotonic clock, whatever the inputs
 do. At each video tick every anchor's queued frames are decoded and its latest picture is drawn;
 an anchor that sent nothing keeps its last picture (a freeze) and after ``placeholder_after`` s
@@ -22,7 +27,7 @@ import numpy as np
 from relay.keyframes import is_keyframe
 from relay.media import EncodedFrame
 
-from .audio_mix import AudioControl, AudioMixer, InputBuffer, Samples
+from .audio_mix import AudioControl, AudioMixer, InputBuffer, MixMinus, Samples
 from .codecs import (
     AUDIO_FRAME,
     RATE,
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # (rendition name, frame); rendition None: the frame (audio) goes to every rendition
 Emit = Callable[[str | None, EncodedFrame], None]
+# (anchor id, frame): one anchor's mix-minus (everyone else's audio)
+EmitMixMinus = Callable[[str, EncodedFrame], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,8 @@ class WorkerStats:
     encode_cpu_seconds: dict[str, float] = field(default_factory=dict)  # per rendition
     decode_cpu_seconds: float = 0.0  # every anchor's video decode
     composite_cpu_seconds: float = 0.0  # layout, scaling, pasting
-    audio_cpu_seconds: float = 0.0  # Opus decode, resample, mix, Opus encode
+    audio_cpu_seconds: float = 0.0  # Opus decode, resample, mix, Opus encode (mix-minus too)
+    mixminus_frames: int = 0  # Opus frames encoded for anchors' mix-minus feeds
 
 
 @dataclass(eq=False)
@@ -79,6 +87,7 @@ class _Input:
     decoder: VideoDecoder | None = None
     audio_decoder: AudioDecoder | None = None
     buffer: InputBuffer = field(default_factory=InputBuffer)
+    mixminus_encoder: OpusEncoder | None = None  # everyone else's audio, for this anchor
     picture: Picture | None = None
     last_picture_at: float | None = None
     added_at: float = field(default_factory=time.monotonic)
@@ -101,6 +110,9 @@ class ProgramWorker:
         layout: Callable[[], LayoutSpec],
         controls: Callable[[], Mapping[str, AudioControl]],
         emit: Emit,
+        emit_mixminus: EmitMixMinus | None = None,
+        mixminus_wanted: Callable[[str], bool] = lambda anchor_id: True,
+        on_error: Callable[[BaseException], None] | None = None,
         name: str = "mixer",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -114,6 +126,9 @@ class ProgramWorker:
         self._layout = layout
         self._controls = controls
         self._emit = emit
+        self._emit_mixminus = emit_mixminus
+        self._mixminus_wanted = mixminus_wanted
+        self._on_error = on_error
         self._clock = clock
         self._lock = threading.Lock()
         self._inputs: dict[str, _Input] = {}
@@ -196,9 +211,14 @@ class ProgramWorker:
     def _run(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:  # logged; the director sees ``error`` and the dead thread
+        except BaseException as exc:  # logged, then reported: the director restarts the mixer
             self.error = exc
             log.exception("mixer thread failed")
+            if self._on_error is not None:
+                try:
+                    self._on_error(exc)
+                except Exception:
+                    log.exception("mixer failure callback failed")
 
     def _loop(self) -> None:
         main = self.renditions[0]
@@ -214,7 +234,9 @@ class ProgramWorker:
             else {}
         )
         opus = OpusEncoder(self.audio_bitrate) if self.audio else None
+        audio_ticks = opus is not None or self._emit_mixminus is not None
         mixer = AudioMixer(AUDIO_FRAME)
+        minus = MixMinus(AUDIO_FRAME)
         t0 = self._clock()
         cpu0 = time.thread_time()
         vt = at = 0
@@ -222,7 +244,7 @@ class ProgramWorker:
         audio_step = AUDIO_FRAME / RATE
         while not self._stop.is_set():
             next_v = t0 + vt * video_step if encoders else float("inf")
-            next_a = t0 + at * audio_step if opus else float("inf")
+            next_a = t0 + at * audio_step if audio_ticks else float("inf")
             due = min(next_v, next_a)
             if due == float("inf"):
                 self._stop.wait(0.1)
@@ -233,7 +255,7 @@ class ProgramWorker:
                 continue
             if now - due > 0.25:  # far behind (machine overloaded): skip, never pile up
                 skip_v = int((now - next_v) / video_step) if encoders else 0
-                skip_a = int((now - next_a) / audio_step) if opus else 0
+                skip_a = int((now - next_a) / audio_step) if audio_ticks else 0
                 vt += max(0, skip_v)
                 at += max(0, skip_a)
                 self.stats.skipped_ticks += max(0, skip_v)
@@ -241,9 +263,9 @@ class ProgramWorker:
             if now - due > video_step:
                 self.stats.late_ticks += 1
             started = time.perf_counter()
-            if next_a <= next_v and opus is not None:
+            if next_a <= next_v and audio_ticks:
                 c0 = time.thread_time()
-                self._audio_tick(mixer, opus, at * AUDIO_FRAME)
+                self._audio_tick(mixer, minus, opus, at * AUDIO_FRAME)
                 self.stats.audio_cpu_seconds += time.thread_time() - c0
                 at += 1
                 self.stats.audio_ticks += 1
@@ -265,20 +287,38 @@ class ProgramWorker:
                 q.clear()
             return out
 
-    def _audio_tick(self, mixer: AudioMixer, opus: OpusEncoder, timestamp: int) -> None:
+    def _audio_tick(
+        self, mixer: AudioMixer, minus: MixMinus, opus: OpusEncoder | None, timestamp: int
+    ) -> None:
         blocks: dict[str, Samples] = {}
+        inputs: list[_Input] = []
         for inp, frames in self._take("audio"):
             if inp.audio_decoder is None:
                 inp.audio_decoder = AudioDecoder()
             for f in frames:
                 inp.buffer.push(inp.audio_decoder.decode(f.data))
             blocks[inp.anchor_id] = inp.buffer.pop(AUDIO_FRAME)
-        mixed = mixer.mix(blocks, self._controls()) if blocks else np.zeros(AUDIO_FRAME, np.float32)
-        for packet in opus.encode(mixed):
-            self._emit(
-                None,
-                EncodedFrame("audio", "opus", timestamp, (packet,), packet, True, self._clock()),
-            )
+            inputs.append(inp)
+        controls = self._controls()
+        if opus is not None:
+            mixed = mixer.mix(blocks, controls) if blocks else np.zeros(AUDIO_FRAME, np.float32)
+            for packet in opus.encode(mixed):
+                self._emit(None, self._opus_frame(timestamp, packet))
+        emit = self._emit_mixminus
+        if emit is None:
+            return
+        # each listened-to anchor's mix of everyone else, encoded once for that anchor
+        listened = {inp.anchor_id: inp for inp in inputs if self._mixminus_wanted(inp.anchor_id)}
+        for aid, block in minus.mix(blocks, controls, listened).items():
+            inp = listened[aid]
+            if inp.mixminus_encoder is None:
+                inp.mixminus_encoder = OpusEncoder(self.audio_bitrate)
+            for packet in inp.mixminus_encoder.encode(block):
+                self.stats.mixminus_frames += 1
+                emit(aid, self._opus_frame(timestamp, packet))
+
+    def _opus_frame(self, timestamp: int, packet: bytes) -> EncodedFrame:
+        return EncodedFrame("audio", "opus", timestamp, (packet,), packet, True, self._clock())
 
     def _video_tick(
         self, compositor: Compositor, encoders: dict[str, VideoEncoder], timestamp: int
