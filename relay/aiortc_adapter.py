@@ -8,6 +8,11 @@ Two hooks make encoded forwarding possible:
 * pre-packed sender: the sender's encoder is replaced by one whose ``pack`` returns the payloads a
   frame already carries, and its keyframe hook is redirected to the hub, so viewer PLIs reach the
   anchor instead of a (non-existent) local encoder.
+* direct sender (the viewers' path): frames skip the sender's RTP task altogether. The negotiated
+  parameters are caught in ``send()``, packets are rewritten per viewer (``rtp_rewrite``),
+  encrypted with the DTLS transport's SRTP session and written to the nominated ICE pair's UDP
+  socket synchronously; NACKs are answered from our own history, and sender reports read our
+  counters. aiortc's RTCP task (SR, RR handling, PLI) keeps running.
 
 ``tests/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these.
 """
@@ -15,14 +20,28 @@ Two hooks make encoded forwarding possible:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import socket
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
+from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.clock import current_ntp_time
+from aiortc.codecs import is_rtx
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from pylibsrtp import Session as SrtpSession
+from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
+from pylibsrtp._binding import lib as srtp_lib
 
 from .media import EncodedFrame
+from .rtp_rewrite import SEQ_TS_SSRC, RtpRewriter, SendProfile, TemplateCache
+
+log = logging.getLogger(__name__)
 
 SUPPORTED = ((1, 14), (1, 17))  # [lower, upper)
 
@@ -105,3 +124,190 @@ def install_prepacked_sender(sender: RTCRtpSender, on_keyframe_request: Callable
 def set_transceiver_codecs(transceiver: Any, codecs: list[RTCRtpCodecParameters]) -> None:
     """Narrow an already-negotiated transceiver's codec list (before the answer is created)."""
     transceiver._codecs = codecs
+
+
+def new_template_cache() -> TemplateCache:
+    """One per node: shared by every direct sender it creates."""
+    return TemplateCache(current_ntp_time)
+
+
+def _send_profile(parameters: RTCRtpSendParameters) -> SendProfile:
+    primary = parameters.codecs[0]
+    if primary.payloadType is None:
+        raise AdapterError("negotiated codec has no payload type")
+    rtx = next(
+        (
+            c.payloadType
+            for c in parameters.codecs
+            if is_rtx(c) and c.parameters.get("apt") == primary.payloadType
+        ),
+        None,
+    )
+    return SendProfile(
+        payload_type=primary.payloadType,
+        mid=parameters.muxId or None,
+        extensions=tuple((e.uri, e.id) for e in parameters.headerExtensions),
+        rtx_payload_type=rtx,
+    )
+
+
+class _SrtpWriter:
+    """Builds, numbers and encrypts a packet in one C buffer of the viewer's SRTP session.
+
+    pylibsrtp's ``protect`` allocates and copies the packet twice per call; this writes the
+    template once, patches the header in place and hands the socket a view of the result.
+    """
+
+    def __init__(self, session: SrtpSession) -> None:
+        self._session = session  # keeps the C context alive
+        self._ctx = session._srtp[0]
+        self._cdata = srtp_ffi.new("char[]", 2048)
+        self._buf = srtp_ffi.buffer(self._cdata)
+        self._view = memoryview(self._buf)
+        self._len = srtp_ffi.new("int *")
+
+    def protect(self, template: bytes, seq: int, ts: int, ssrc: int) -> memoryview:
+        n = len(template)
+        if n > 2048 - 16:
+            raise ValueError("RTP packet too large")
+        buf = self._buf
+        buf[0:n] = template
+        SEQ_TS_SSRC.pack_into(buf, 2, seq, ts, ssrc)
+        self._len[0] = n
+        status = srtp_lib.srtp_protect(self._ctx, self._cdata, self._len)
+        if status:
+            raise AdapterError(f"srtp_protect failed: {status}")
+        return self._view[: self._len[0]]
+
+
+class DirectSender:
+    """Forwards EncodedFrames to one viewer at RTP level, bypassing the sender's RTP task.
+
+    ``send_frame`` is synchronous: it returns False when the viewer's socket is backlogged (the
+    caller drops to the next keyframe; the frame that found the buffer full went out in part, so
+    the next one is dropped too) and True otherwise, sent or not (a transport that is not up yet,
+    or gone, just loses the frame; the session's own state handling ends it).
+    """
+
+    def __init__(
+        self,
+        sender: RTCRtpSender,
+        cache: TemplateCache,
+        *,
+        on_keyframe_request: Callable[[], None],
+        on_ready: Callable[[], None],
+    ) -> None:
+        for name in ("send", "_retransmit", "_send_keyframe", "_ssrc", "_rtx_ssrc"):
+            if not hasattr(sender, name):
+                raise AdapterError(f"RTCRtpSender internals changed: no {name}")
+        self._sender = sender
+        self._cache = cache
+        self._on_ready = on_ready
+        self._pair: Any = None
+        self._sock: socket.socket | None = None
+        self._writer: _SrtpWriter | None = None
+        self._backlogged = False
+        self._closed = False
+        self.rewriter: RtpRewriter | None = None
+        self.octets = 0
+        self.congested = 0
+        self.errors = 0
+        original_send = sender.send
+
+        async def send(parameters: RTCRtpSendParameters) -> None:
+            first = self.rewriter is None
+            if first:
+                self.rewriter = RtpRewriter(
+                    sender._ssrc, _send_profile(parameters), rtx_ssrc=sender._rtx_ssrc
+                )
+            await original_send(parameters)
+            if first:
+                self._on_ready()
+
+        sender.send = send  # type: ignore[method-assign]
+        sender._retransmit = self._retransmit  # type: ignore[method-assign]
+        sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+
+    @property
+    def ready(self) -> bool:
+        return self.rewriter is not None
+
+    def _route(self) -> tuple[_SrtpWriter, socket.socket, tuple[str, int]] | None:
+        """(srtp session, UDP socket, remote address) when the transport is up.
+
+        The socket is our own duplicate of the ICE pair's descriptor: sending on it directly
+        skips asyncio's transport layer, and a full send buffer shows as BlockingIOError."""
+        dtls = self._sender.transport
+        if dtls._state != DtlsState.CONNECTED or self._closed:
+            return None
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return None
+        if pair is not self._pair:
+            protocol = pair.protocol
+            if not isinstance(protocol, StunProtocol) or protocol.transport is None:
+                return None
+            fd = protocol.transport.get_extra_info("socket").fileno()
+            if self._sock is not None:
+                self._sock.close()
+            self._sock = socket.socket(fileno=os.dup(fd))
+            self._sock.setblocking(False)
+            self._writer = _SrtpWriter(dtls._tx_srtp)
+            self._pair = pair
+        assert self._sock is not None and self._writer is not None
+        return self._writer, self._sock, pair.remote_addr
+
+    def close(self) -> None:
+        """Release the duplicated socket (the ICE transport keeps its own)."""
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._pair = None
+
+    def send_frame(self, frame: EncodedFrame) -> bool:
+        rewriter = self.rewriter
+        if rewriter is None:
+            return True
+        route = self._route()
+        if route is None:
+            return True
+        writer, sock, addr = route
+        if self._backlogged:
+            self._backlogged = False
+            self.congested += 1
+            return False
+        templates = self._cache.templates(frame, rewriter.profile)
+        seq, ts = rewriter.assign(templates, frame.timestamp)
+        ssrc = rewriter.ssrc
+        try:
+            for template in templates:
+                sock.sendto(writer.protect(template, seq, ts, ssrc), addr)
+                seq = (seq + 1) & 0xFFFF
+        except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
+            self._backlogged = True
+            self.congested += 1
+            return False
+        except Exception:  # an SRTP or socket failure loses this viewer's frame, nobody else's
+            self.errors += 1
+            if self.errors == 1:
+                log.exception("direct send failed")
+            return True
+        self.octets += sum(len(p) for p in frame.payloads)
+        sender = self._sender
+        sender._RTCRtpSender__ntp_timestamp = self._cache.ntp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = rewriter.last_timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count = rewriter.packets  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count = self.octets  # type: ignore[attr-defined]
+        return True
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        rewriter = self.rewriter
+        route = self._route()
+        if rewriter is None or route is None:
+            return
+        packet = rewriter.retransmission(sequence_number)
+        if packet is not None:
+            _, sock, addr = route
+            with contextlib.suppress(OSError):
+                sock.sendto(self._sender.transport._tx_srtp.protect(packet), addr)

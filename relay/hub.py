@@ -158,11 +158,12 @@ class FanoutHub:
     def viewers(self) -> list[Viewer]:
         return list(self._viewers.values())
 
-    def create_viewer(self, viewer_id: str) -> Viewer:
-        """A viewer with a queue per kind of this stream, not yet receiving (see ``attach``)."""
+    def create_viewer(self, viewer_id: str, *, direct: bool = False) -> Viewer:
+        """A viewer with a queue per kind of this stream, not yet receiving (see ``attach``);
+        ``direct`` queues are drained by a synchronous sink (see ``ViewerQueue.bind``)."""
         viewer = Viewer(viewer_id)
         for kind in self.codecs:
-            viewer.queues[kind] = ViewerQueue(kind, self._queue_sizes[kind])
+            viewer.queues[kind] = ViewerQueue(kind, self._queue_sizes[kind], direct=direct)
         return viewer
 
     def attach(self, viewer: Viewer) -> None:

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from .media import EncodedFrame, MediaKind
 
+FrameSink = Callable[[EncodedFrame], bool]
+"""Sends a frame at once; False when the viewer's transport is backlogged (frame not sent)."""
+
 
 class ViewerQueue:
-    """Frames waiting to be sent to one viewer for one kind.
+    """Frames on their way to one viewer for one kind.
 
     Video starts at a keyframe and, on overflow, drops everything queued and waits for the next
     keyframe (``offer`` returns False so the hub can ask for one). Audio drops its oldest frame.
+
+    A *direct* queue is drained by a synchronous sink (RTP-level forwarding) once ``bind`` gives
+    it one: frames then leave inside ``offer`` and the backlog that matters is the socket's, so a
+    sink that reports congestion counts as an overflow. Until bound it holds frames; ``get``
+    never yields them (it only reports the close).
     """
 
-    def __init__(self, kind: MediaKind, maxlen: int) -> None:
+    def __init__(self, kind: MediaKind, maxlen: int, *, direct: bool = False) -> None:
         self.kind = kind
         self.maxlen = maxlen
+        self.direct = direct
+        self._sink: FrameSink | None = None
         self._frames: deque[EncodedFrame] = deque()
         self._ready = asyncio.Event()
         self._closed = False
@@ -48,9 +59,37 @@ class ViewerQueue:
             self._frames.popleft()
             self.dropped += 1
             self.overflows += 1
+        if self._sink is not None:
+            return self._deliver(self._sink, frame)
         self._frames.append(frame)
-        self._ready.set()
+        if not self.direct:
+            self._ready.set()
         return True
+
+    def _deliver(self, sink: FrameSink, frame: EncodedFrame) -> bool:
+        if sink(frame):
+            self.sent += 1
+            self.sent_packets += len(frame.payloads)
+            self.sent_bytes += sum(map(len, frame.payloads))
+            return True
+        self.dropped += 1
+        self.overflows += 1
+        if self.kind == "video":
+            self.waiting_keyframe = True
+            return False
+        return True
+
+    def bind(self, sink: FrameSink) -> bool:
+        """Send through ``sink`` from now on, starting with what is held; False when the
+        viewer now needs a keyframe."""
+        self._sink = sink
+        ok = True
+        while self._frames and not self._closed:
+            frame = self._frames.popleft()
+            if not self._deliver(sink, frame):
+                self._frames.clear()
+                ok = False
+        return ok
 
     def restart(self) -> None:
         """Forget queued frames and wait for a keyframe (new source, or the viewer asked)."""
@@ -59,6 +98,7 @@ class ViewerQueue:
 
     def close(self) -> None:
         self._closed = True
+        self._sink = None
         self._ready.set()
 
     @property
@@ -69,7 +109,12 @@ class ViewerQueue:
         return len(self._frames)
 
     async def get(self) -> EncodedFrame | None:
-        """Next frame, or None once the queue is closed and empty."""
+        """Next frame, or None once the queue is closed and empty (a direct queue: once closed)."""
+        if self.direct:
+            while not self._closed:
+                self._ready.clear()
+                await self._ready.wait()
+            return None
         while not self._frames:
             if self._closed:
                 return None

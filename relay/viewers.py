@@ -9,16 +9,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from .access import Grant
-from .aiortc_adapter import install_prepacked_sender
+from .aiortc_adapter import DirectSender, install_prepacked_sender, new_template_cache
 from .errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from .http_common import new_etag, new_session_id
 from .hub import FanoutHub, Viewer
 from .peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
 from .sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from .tracks import HubTrack
+from .viewer_queue import ViewerQueue
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class ViewerLimits:
     connect_timeout: float = 15.0  # a viewer that never connects is reaped after this
     retry_after: int = 2  # seconds a client should wait when nothing is live
     max_viewers: int | None = None  # this node's capacity; beyond it: 503 + Retry-After
+    direct: bool = True  # RTP-level forwarding (DirectSender); False: aiortc's sender task
 
 
 @dataclass(slots=True)
@@ -63,6 +65,10 @@ class ViewerSession:
     connected_at: float | None = None
     task: asyncio.Task[None] | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    senders: dict[str, DirectSender] = field(default_factory=dict)
+
+    def request_keyframe(self) -> None:
+        self.hub.request_keyframe()
 
 
 class ViewerService:
@@ -82,6 +88,7 @@ class ViewerService:
         self.limits = limits or ViewerLimits()
         self.sessions: dict[str, ViewerSession] = {}
         self.finished = EgressTotals()
+        self._templates = new_template_cache()
 
     def egress(self) -> EgressTotals:
         """Totals so far, live viewers included."""
@@ -118,7 +125,9 @@ class ViewerService:
         self._admit(room)
         pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
         sid = new_session_id()
-        viewer = hub.create_viewer(sid)
+        direct = self.limits.direct
+        viewer = hub.create_viewer(sid, direct=direct)
+        session = ViewerSession(sid, room, grant, pc, hub, viewer, new_etag())
         try:
             for kind, spec in hub.codecs.items():
                 if kind not in summary.codecs:
@@ -130,7 +139,12 @@ class ViewerService:
                 track = HubTrack(kind, viewer.queues[kind])
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(codec_preferences(kind, spec.name, receiving=False))
-                install_prepacked_sender(transceiver.sender, hub.request_keyframe)
+                if direct:
+                    session.senders[kind] = self._direct_sender(
+                        session, transceiver.sender, viewer.queues[kind]
+                    )
+                else:
+                    install_prepacked_sender(transceiver.sender, session.request_keyframe)
             if not pc.getTransceivers():
                 raise Unprocessable("the offer asks for no kind of media this stream carries")
             await pc.setRemoteDescription(
@@ -141,7 +155,6 @@ class ViewerService:
             viewer.close()
             await close_quietly(pc)
             raise
-        session = ViewerSession(sid, room, grant, pc, hub, viewer, new_etag())
         self.sessions[sid] = session
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"viewer-{sid}")
@@ -153,6 +166,21 @@ class ViewerService:
             extra={"room": room, "session": sid, "event": "viewer.joined"},
         )
         return session
+
+    def _direct_sender(
+        self, session: ViewerSession, sender: RTCRtpSender, queue: ViewerQueue
+    ) -> DirectSender:
+        def ready() -> None:
+            if not queue.bind(direct.send_frame):
+                session.request_keyframe()
+
+        direct = DirectSender(
+            sender,
+            self._templates,
+            on_keyframe_request=session.request_keyframe,
+            on_ready=ready,
+        )
+        return direct
 
     def _on_state(self, session: ViewerSession) -> None:
         state = session.pc.connectionState
@@ -187,6 +215,8 @@ class ViewerService:
         self.finished.add_viewer(session.viewer)
         self.finished.sessions += 1
         session.closed.set()
+        for sender in session.senders.values():
+            sender.close()
         await close_quietly(session.pc)
         log.info(
             "viewer %s left room %s",

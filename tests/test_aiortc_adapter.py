@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from aioice.ice import Connection
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from gateway.synthetic import StampedVideoTrack
-from relay.aiortc_adapter import check_version, install_ingest_tap, install_prepacked_sender
-from relay.peer import close_quietly, rtc_configuration
+from relay.aiortc_adapter import (
+    DirectSender,
+    check_version,
+    install_ingest_tap,
+    install_prepacked_sender,
+    new_template_cache,
+)
+from relay.media import EncodedFrame
+from relay.peer import close_quietly, codec_preferences, rtc_configuration
+from relay.tracks import HubTrack
+from relay.viewer_queue import ViewerQueue
 
 
 def test_version_in_supported_range() -> None:
@@ -55,3 +69,66 @@ async def test_tap_sees_packets_and_pli_reaches_hook() -> None:
     finally:
         await close_quietly(a)
         await close_quietly(b)
+
+
+def test_direct_sender_internals_exist() -> None:
+    names = RTCRtpSender._run_rtcp.__code__.co_names + RTCRtpSender.__init__.__code__.co_names
+    for name in (
+        "_RTCRtpSender__ntp_timestamp",
+        "_RTCRtpSender__rtp_timestamp",
+        "_RTCRtpSender__packet_count",
+        "_RTCRtpSender__octet_count",
+    ):
+        assert name in names
+    assert "_retransmit" in RTCRtpSender._handle_rtcp_packet.__code__.co_names
+    assert "_tx_srtp" in RTCDtlsTransport._send_rtp.__code__.co_names
+    assert "_nominated" in Connection.sendto.__code__.co_names
+
+
+async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> None:
+    """A real receiver decodes VP8 frames sent by a DirectSender; sender reports carry its
+    counters and a NACKed packet goes out again over RTX."""
+    a, b = RTCPeerConnection(rtc_configuration(())), RTCPeerConnection(rtc_configuration(()))
+    queue = ViewerQueue("video", 30, direct=True)
+    ready = asyncio.Event()
+    try:
+        transceiver = a.addTransceiver(HubTrack("video", queue), direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences("video", "VP8", receiving=False))
+        direct = DirectSender(
+            transceiver.sender,
+            new_template_cache(),
+            on_keyframe_request=lambda: None,
+            on_ready=ready.set,
+        )
+        got: asyncio.Queue[object] = asyncio.Queue()
+        b.on("track", lambda t: asyncio.ensure_future(_drain(t, got)))
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        await asyncio.wait_for(ready.wait(), 10)
+        assert queue.bind(direct.send_frame)
+        encoder = Vp8Encoder()
+        source = StampedVideoTrack(320, 180, 30)
+        for i in range(30):
+            vframe = await source.recv()
+            payloads, ts = encoder.encode(vframe, force_keyframe=i == 0)
+            frame = EncodedFrame("video", "VP8", ts, tuple(payloads), b"", i == 0, 0.0)
+            assert queue.offer(frame)
+        decoded = await asyncio.wait_for(got.get(), 10)
+        assert getattr(decoded, "width", None) == 320
+        assert direct.rewriter is not None and direct.rewriter.packets >= 30
+        stats = await transceiver.sender.getStats()
+        outbound = [s for s in stats.values() if s.type == "outbound-rtp"]
+        assert outbound and outbound[0].packetsSent == direct.rewriter.packets
+        await transceiver.sender._retransmit((direct.rewriter.sequence - 1) & 0xFFFF)
+        assert direct.rewriter.retransmissions == 1
+    finally:
+        await close_quietly(a)
+        await close_quietly(b)
+
+
+async def _drain(track: MediaStreamTrack, out: asyncio.Queue[object]) -> None:
+    with contextlib.suppress(Exception):
+        while True:
+            await out.put(await track.recv())

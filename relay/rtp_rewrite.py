@@ -1,0 +1,190 @@
+"""RTP-level forwarding, sans I/O: shared header templates and per-viewer rewriting.
+
+A frame is serialised into RTP packets once per *send profile* (payload type, MID and negotiated
+header extensions, which every browser viewer shares), with zero sequence number, timestamp and
+SSRC. Each viewer then patches its own 10 bytes into a copy. That keeps the per-viewer, per-packet
+cost to a copy, a ``struct.pack_into`` and the SRTP encryption, instead of aiortc's per-packet
+``RtpPacket`` object, header-extension serialisation and awaits (measured ~60 us per packet).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from struct import Struct
+
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+from .media import EncodedFrame
+
+HISTORY_SIZE = 512  # packets kept per viewer for NACK: ~2 s of 720p video
+SEQ_TS_SSRC = Struct("!HII")
+_U16 = Struct("!H")
+
+
+@dataclass(frozen=True, slots=True)
+class SendProfile:
+    """What a viewer's sender negotiated that shapes the bytes of its packets."""
+
+    payload_type: int
+    mid: str | None
+    extensions: tuple[tuple[str, int], ...]  # (uri, id)
+    rtx_payload_type: int | None = None
+
+    @property
+    def template_key(self) -> tuple[int, str | None, tuple[tuple[str, int], ...]]:
+        return self.payload_type, self.mid, self.extensions
+
+
+def abs_send_time(ntp: int) -> int:
+    """The 24-bit 6.18 fixed-point abs-send-time from a 64-bit NTP timestamp."""
+    return (ntp >> 14) & 0x00FFFFFF
+
+
+def header_length(packet: bytes | bytearray) -> int:
+    """Bytes before the payload: fixed header, CSRCs and the extension block."""
+    length = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:
+        length += 4 + 4 * _U16.unpack_from(packet, length + 2)[0]
+    return length
+
+
+def build_templates(
+    payloads: tuple[bytes, ...], profile: SendProfile, send_time: int, ext_map: HeaderExtensionsMap
+) -> tuple[bytes, ...]:
+    """The frame's packets with sequence number, timestamp and SSRC left at zero."""
+    last = len(payloads) - 1
+    out = []
+    for i, payload in enumerate(payloads):
+        packet = RtpPacket(payload_type=profile.payload_type, marker=int(i == last))
+        packet.payload = payload
+        packet.extensions.abs_send_time = send_time
+        packet.extensions.mid = profile.mid
+        out.append(packet.serialize(ext_map))
+    return tuple(out)
+
+
+def extensions_map(profile: SendProfile) -> HeaderExtensionsMap:
+    ext_map = HeaderExtensionsMap()
+    ext_map.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=i, uri=uri) for uri, i in profile.extensions
+            ]
+        )
+    )
+    return ext_map
+
+
+class TemplateCache:
+    """Templates of the frame being fanned out, per profile.
+
+    ``FanoutHub.publish`` hands one frame object to every viewer in turn, so keeping only the
+    current frame (by identity) makes every viewer after the first a cache hit.
+    """
+
+    def __init__(self, ntp_clock: Callable[[], int]) -> None:
+        self._ntp_clock = ntp_clock
+        self._frame: EncodedFrame | None = None
+        self._templates: dict[tuple[object, ...], tuple[bytes, ...]] = {}
+        self._maps: dict[tuple[object, ...], HeaderExtensionsMap] = {}
+        self.ntp = 0
+        self.builds = 0
+
+    def templates(self, frame: EncodedFrame, profile: SendProfile) -> tuple[bytes, ...]:
+        if frame is not self._frame:
+            self._frame = frame
+            self._templates.clear()
+            self.ntp = self._ntp_clock()
+        key = profile.template_key
+        found = self._templates.get(key)
+        if found is None:
+            ext_map = self._maps.get(key)
+            if ext_map is None:
+                ext_map = self._maps[key] = extensions_map(profile)
+            found = build_templates(frame.payloads, profile, abs_send_time(self.ntp), ext_map)
+            self._templates[key] = found
+            self.builds += 1
+        return found
+
+
+class RtpRewriter:
+    """One viewer's RTP numbering for one kind: its SSRC, sequence numbers, timestamp origin and
+    the history that answers its NACKs (with RTX when negotiated)."""
+
+    def __init__(
+        self,
+        ssrc: int,
+        profile: SendProfile,
+        *,
+        rtx_ssrc: int = 0,
+        rng: random.Random | None = None,
+    ) -> None:
+        rng = rng or random.Random()
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.profile = profile
+        self.sequence = rng.randrange(0, 1 << 16)
+        self.rtx_sequence = rng.randrange(0, 1 << 16)
+        self.timestamp_origin = rng.randrange(0, 1 << 32)
+        self.last_timestamp = 0
+        self.packets = 0
+        self.retransmissions = 0
+        self._history: list[tuple[int, bytes, int] | None] = [None] * HISTORY_SIZE
+        self._continue_after: int | None = None
+
+    def continue_timeline(self, advance: int) -> None:
+        """The next frame comes from another timeline (another hub): place it ``advance`` ticks
+        after the last one sent so the viewer's timestamps stay monotonic."""
+        self._continue_after = advance
+
+    def assign(self, templates: tuple[bytes, ...], timestamp: int) -> tuple[int, int]:
+        """Number the frame's packets for this viewer: (first sequence number, timestamp); the
+        i-th packet gets ``(first + i) & 0xFFFF``. Records them for NACKs."""
+        if self._continue_after is not None:
+            base = self.last_timestamp + self._continue_after
+            self.timestamp_origin = (base - timestamp) & 0xFFFFFFFF
+            self._continue_after = None
+        ts = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
+        first = seq = self.sequence
+        history = self._history
+        for template in templates:
+            history[seq % HISTORY_SIZE] = (seq, template, ts)
+            seq = (seq + 1) & 0xFFFF
+        self.packets += len(templates)
+        self.sequence = seq
+        self.last_timestamp = ts
+        return first, ts
+
+    def packets_for(self, templates: tuple[bytes, ...], timestamp: int) -> list[bytes]:
+        """The frame's packets as this viewer must receive them (plaintext RTP)."""
+        first, ts = self.assign(templates, timestamp)
+        out = []
+        for i, template in enumerate(templates):
+            buf = bytearray(template)
+            SEQ_TS_SSRC.pack_into(buf, 2, (first + i) & 0xFFFF, ts, self.ssrc)
+            out.append(bytes(buf))
+        return out
+
+    def retransmission(self, sequence: int) -> bytes | None:
+        """The packet a NACK asks for again: RTX-wrapped (RFC 4588) when negotiated."""
+        entry = self._history[sequence % HISTORY_SIZE]
+        if entry is None or entry[0] != sequence:
+            return None
+        _, template, ts = entry
+        self.retransmissions += 1
+        rtx_pt = self.profile.rtx_payload_type
+        if rtx_pt is None:
+            buf = bytearray(template)
+            SEQ_TS_SSRC.pack_into(buf, 2, sequence, ts, self.ssrc)
+            return bytes(buf)
+        head = header_length(template)
+        buf = bytearray(template[:head])
+        buf[1] = (buf[1] & 0x80) | rtx_pt
+        SEQ_TS_SSRC.pack_into(buf, 2, self.rtx_sequence, ts, self.rtx_ssrc)
+        self.rtx_sequence = (self.rtx_sequence + 1) & 0xFFFF
+        buf += _U16.pack(sequence)
+        buf += template[head:]
+        return bytes(buf)

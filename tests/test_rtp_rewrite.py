@@ -1,0 +1,117 @@
+"""RTP-level forwarding, sans I/O: templates, per-viewer numbering, NACK history and RTX."""
+
+from __future__ import annotations
+
+import random
+
+from aiortc.rtp import RtpPacket
+
+from relay.media import EncodedFrame
+from relay.rtp_rewrite import (
+    HISTORY_SIZE,
+    RtpRewriter,
+    SendProfile,
+    TemplateCache,
+    extensions_map,
+    header_length,
+)
+
+MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AST = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+PROFILE = SendProfile(96, "1", ((MID, 1), (AST, 2)), rtx_payload_type=97)
+
+
+def frame(ts: int, payloads: tuple[bytes, ...] = (b"a" * 10, b"b" * 20, b"c")) -> EncodedFrame:
+    return EncodedFrame("video", "VP8", ts, payloads, b"", False, 0.0)
+
+
+def parse(data: bytes) -> RtpPacket:
+    return RtpPacket.parse(data, extensions_map(PROFILE))
+
+
+def test_viewers_share_templates_and_get_their_own_numbering() -> None:
+    cache = TemplateCache(lambda: 0x1234_5678_9ABC_DEF0)
+    f = frame(3000)
+    v1 = RtpRewriter(0x1111, PROFILE, rng=random.Random(1))
+    v2 = RtpRewriter(0x2222, PROFILE, rng=random.Random(2))
+    p1 = v1.packets_for(cache.templates(f, PROFILE), f.timestamp)
+    p2 = v2.packets_for(cache.templates(f, PROFILE), f.timestamp)
+    assert cache.builds == 1
+    for rewriter, packets in ((v1, p1), (v2, p2)):
+        parsed = [parse(p) for p in packets]
+        assert [p.payload for p in parsed] == list(f.payloads)
+        assert [p.marker for p in parsed] == [0, 0, 1]
+        assert {p.ssrc for p in parsed} == {rewriter.ssrc}
+        assert {p.payload_type for p in parsed} == {96}
+        assert {p.timestamp for p in parsed} == {(rewriter.timestamp_origin + 3000) & 0xFFFFFFFF}
+        seqs = [p.sequence_number for p in parsed]
+        assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(3)]
+        assert parsed[0].extensions.mid == "1"
+        assert parsed[0].extensions.abs_send_time == (0x1234_5678_9ABC_DEF0 >> 14) & 0xFFFFFF
+    cache.templates(frame(6000), PROFILE)
+    assert cache.builds == 2
+
+
+def test_sequence_numbers_wrap_and_continue_across_frames() -> None:
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(1, PROFILE)
+    r.sequence = 0xFFFE
+    seqs = []
+    for ts in (0, 3000):
+        f = frame(ts)
+        seqs += [parse(p).sequence_number for p in r.packets_for(cache.templates(f, PROFILE), ts)]
+    assert seqs == [0xFFFE, 0xFFFF, 0, 1, 2, 3]
+    assert r.packets == 6
+
+
+def test_continue_timeline_keeps_timestamps_monotonic() -> None:
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(1, PROFILE)
+    f = frame(90_000)
+    r.packets_for(cache.templates(f, PROFILE), f.timestamp)
+    last = r.last_timestamp
+    r.continue_timeline(3000)
+    g = frame(5)  # another hub's timeline, far behind
+    packets = r.packets_for(cache.templates(g, PROFILE), g.timestamp)
+    assert parse(packets[0]).timestamp == (last + 3000) & 0xFFFFFFFF
+    h = frame(3005)
+    packets = r.packets_for(cache.templates(h, PROFILE), h.timestamp)
+    assert parse(packets[0]).timestamp == (last + 6000) & 0xFFFFFFFF
+
+
+def test_retransmission_is_rtx_wrapped_with_original_sequence() -> None:
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
+    f = frame(100)
+    originals = [parse(p) for p in r.packets_for(cache.templates(f, PROFILE), f.timestamp)]
+    lost = originals[1]
+    rtx = r.retransmission(lost.sequence_number)
+    assert rtx is not None
+    parsed = parse(rtx)
+    assert parsed.payload_type == 97 and parsed.ssrc == 0xBBBB
+    assert parsed.timestamp == lost.timestamp and parsed.marker == lost.marker
+    assert parsed.payload[:2] == lost.sequence_number.to_bytes(2, "big")
+    assert parsed.payload[2:] == lost.payload
+    assert parsed.extensions.mid == "1"
+    again = parse(r.retransmission(lost.sequence_number) or b"")
+    assert again.sequence_number == (parsed.sequence_number + 1) & 0xFFFF
+    assert r.retransmission((lost.sequence_number + HISTORY_SIZE) & 0xFFFF) is None
+
+
+def test_retransmission_without_rtx_repeats_the_packet() -> None:
+    profile = SendProfile(96, None, ())
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(7, profile)
+    f = frame(100)
+    packets = r.packets_for(cache.templates(f, profile), f.timestamp)
+    seq = parse(packets[2]).sequence_number
+    assert r.retransmission(seq) == packets[2]
+
+
+def test_header_length_counts_csrcs_and_extensions() -> None:
+    p = RtpPacket(payload_type=96)
+    p.csrc = [1, 2]
+    p.payload = b"xyz"
+    p.extensions.mid = "0"
+    data = p.serialize(extensions_map(PROFILE))
+    assert data[header_length(data) :] == b"xyz"
