@@ -11,6 +11,11 @@ JSON lines on stdin; every answer is one JSON line on stdout:
                           "audio": [packets], "packets": [RTP packets], "elapsed": seconds,
                           "connected": peer connections still connected}
   {"op": "quit"} or EOF   close every viewer and exit
+
+``--light``: once a viewer has its first frame, its RTP is counted at the socket (aioice's
+connection) and never decrypted or parsed by aiortc, so one core holds hundreds of viewers; "read"
+then reports those packet counts under "packets" (RTCP from the server is dropped too). This is
+bench tooling reaching into aioice, never used by the product.
 """
 
 from __future__ import annotations
@@ -41,6 +46,20 @@ async def rtp_packets(viewer: Viewer) -> int | None:
     )
 
 
+class SocketCounter:
+    """Counts a connected viewer's incoming RTP datagrams instead of handing them to aiortc."""
+
+    def __init__(self, viewer: Viewer) -> None:
+        self.packets = 0
+        dtls = viewer.pc.getTransceivers()[0].receiver.transport
+        connection = dtls.transport._connection
+        connection.data_received = self._received
+
+    def _received(self, data: bytes, component: int) -> None:
+        if len(data) > 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+            self.packets += 1
+
+
 class LoadPool:
     def __init__(
         self,
@@ -49,10 +68,13 @@ class LoadPool:
         *,
         concurrency: int,
         join_timeout: float,
+        light: bool = False,
     ) -> None:
         self.base_url = base_url
         self.room = room
         self.viewers: list[Viewer] = []
+        self.light = light
+        self.counters: dict[int, SocketCounter] = {}
         self._sem = asyncio.Semaphore(concurrency)
         self._join_timeout = join_timeout
         self._mark: list[tuple[int, int, int | None]] = []
@@ -76,6 +98,8 @@ class LoadPool:
             log.warning("viewer joined but got no frame within %.0f s", self._join_timeout)
             await viewer.close()
             return None
+        if self.light:
+            self.counters[id(viewer)] = SocketCounter(viewer)
         return viewer
 
     async def resize(self, n: int) -> dict[str, Any]:
@@ -92,11 +116,18 @@ class LoadPool:
                         ttff.append(v.time_to_first_frame)
         elif n < len(self.viewers):
             gone, self.viewers = self.viewers[n:], self.viewers[:n]
+            for v in gone:
+                self.counters.pop(id(v), None)
             await asyncio.gather(*(v.close() for v in gone), return_exceptions=True)
         return {"op": "set", "n": len(self.viewers), "failed": failed, "ttff": ttff}
 
+    async def _packets(self) -> list[int | None]:
+        if self.light:
+            return [self.counters[id(v)].packets for v in self.viewers]
+        return list(await asyncio.gather(*(rtp_packets(v) for v in self.viewers)))
+
     async def mark(self) -> dict[str, Any]:
-        packets = await asyncio.gather(*(rtp_packets(v) for v in self.viewers))
+        packets = await self._packets()
         self._mark = [
             (v.video_frames, v.audio_frames, p) for v, p in zip(self.viewers, packets, strict=True)
         ]
@@ -106,7 +137,7 @@ class LoadPool:
     async def read(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self._mark_at
         counts = [(v.video_frames, v.audio_frames) for v in self.viewers]
-        now_packets = await asyncio.gather(*(rtp_packets(v) for v in self.viewers))
+        now_packets = await self._packets()
         video, audio = [], []
         packets: list[int | None] = []
         for i, ((vf, af), p) in enumerate(zip(counts, now_packets, strict=True)):
@@ -133,6 +164,7 @@ async def serve(args: argparse.Namespace) -> None:
         args.room,
         concurrency=args.concurrency,
         join_timeout=args.join_timeout,
+        light=args.light,
     )
     try:
         while True:
@@ -164,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="joins in flight at once")
     parser.add_argument("--join-timeout", type=float, default=15.0)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    parser.add_argument("--light", action="store_true", help="count RTP at the socket only")
     parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
     args = parser.parse_args(argv)
     if args.nice:

@@ -252,6 +252,18 @@ class AnchorService:
         session = self.sessions.get(anchor_id)
         return session.hub if session is not None and session.room == room else None
 
+    def lower_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
+        """The hub of the rendition below ``hub`` while the room is mixed (passthrough carries
+        the anchor's own stream in every rendition: nothing lower to fall back to)."""
+        director = self.directors.get(room)
+        if director is None or director.mode != "mixed":
+            return None
+        hubs = list(director.hubs.values())  # main program first, then down the ladder
+        if hub not in hubs:
+            return None
+        i = hubs.index(hub)
+        return hubs[i + 1] if i + 1 < len(hubs) else None
+
     def mixminus_hub(self, room: str, anchor_id: str, subject: str | None) -> FanoutHub | None:
         """An anchor's mix-minus (everyone else's audio), for ``/whep/{room}?mixminus={id}``.
         ``subject`` is the requester's anchor-token subject, which must be that anchor's own

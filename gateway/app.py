@@ -116,6 +116,7 @@ def build_gateway(settings: Settings) -> Gateway:
             max_viewers=settings.rooms.max_viewers_per_node,
         ),
         room_limit=stages.max_viewers,
+        fallback=anchors.lower_rendition,
     )
     operator_key = settings.api.operator_key or ephemeral_secret()
     gateway = Gateway(

@@ -182,6 +182,16 @@ class FanoutHub:
         self.attach(viewer)
         return viewer
 
+    def detach(self, viewer: Viewer) -> bool:
+        """Stop feeding a viewer without ending it (it moves to another hub); its queues start
+        again at the next keyframe wherever they go."""
+        if self._viewers.pop(viewer.id, None) is None:
+            return False
+        self.stats.viewer_drops += sum(q.dropped for q in viewer.queues.values())
+        for q in viewer.queues.values():
+            q.restart()
+        return True
+
     def remove_viewer(self, viewer: Viewer) -> None:
         if self._viewers.pop(viewer.id, None) is not None:
             self.stats.viewer_drops += sum(q.dropped for q in viewer.queues.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,8 @@ from .aiortc_adapter import install_ingest_tap, packet_data, send_pli
 from .hub import FanoutHub
 from .media import MediaKind
 from .reassembly import FrameAssembler, Unwrapper
+
+log = logging.getLogger(__name__)
 
 
 class TrackIngest:
@@ -39,9 +42,20 @@ class TrackIngest:
         self.last_packet_at: float | None = None
         self._seq = Unwrapper(16)
         self._lowest = self._highest = 0
+        self.errors = 0
         install_ingest_tap(receiver, self._on_packet)
 
     def _on_packet(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
+        """Runs inside aiortc's receive path: an exception escaping here would stop the anchor's
+        whole transport, so a failing packet is logged and dropped instead."""
+        try:
+            self._ingest(packet, codec)
+        except Exception:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 1000 == 0:
+                log.exception("ingest of a %s packet failed (%d so far)", self.kind, self.errors)
+
+    def _ingest(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
         now = self._clock()
         self.packets += 1
         self.bytes += len(packet.payload)

@@ -3,8 +3,11 @@
 aiortc's own JitterBuffer only releases a video frame when the first packet of the *next* frame
 arrives, which costs a whole frame interval (33 ms at 30 fps) per hop. Here a frame leaves as soon
 as its marker packet arrives and every packet before it (back to the previous frame's end) is in.
-A gap that NACK does not fill within ``max_wait`` is skipped and reported so the caller can ask
-the sender for a keyframe.
+A gap (a missing sequence number with later packets already in) that NACK does not fill within
+``max_wait`` is skipped with the frame it broke, and reported so the caller can ask the sender for
+a keyframe. A frame whose packets merely arrive slowly (a paced keyframe, a busy loop) has no gap
+and is never cut. After a skip, or at the start, a frame is only released from its first packet:
+the tail of a broken frame never reaches viewers.
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ class AssemblyResult:
     need_keyframe: bool = False
 
 
+def starts_frame(codec: str, packet: _Packet) -> bool:
+    """Whether a packet is the first of a frame, from its payload format."""
+    name = codec.upper()
+    if name == "H264":  # the depayloader puts a start code before every NAL unit it begins
+        return packet.data.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))
+    if name == "VP8":  # RFC 7741: S bit set, partition index 0
+        return bool(packet.payload) and packet.payload[0] & 0x17 == 0x10
+    return True
+
+
 class FrameAssembler:
     """Marker-bit frame assembly for one video SSRC; every audio packet is a frame of its own."""
 
@@ -69,6 +82,8 @@ class FrameAssembler:
         self._packets: dict[int, _Packet] = {}
         self._next: int | None = None  # sequence number the next frame starts at
         self._gap_since: float | None = None
+        self._resync = True  # the next frame must begin with a frame's first packet
+        self._lost = False
         self.frames_out = 0
         self.frames_skipped = 0
 
@@ -92,15 +107,30 @@ class FrameAssembler:
             return AssemblyResult([self._frame([_Packet(ts, marker, payload, data, now)])])
         self._packets[seq] = _Packet(ts, marker, payload, data, now)
         frames = self._drain()
-        need_keyframe = False
+        self._track_gap(now)
         if self._packets and self._stalled(now):
-            need_keyframe = self._skip_gap()
+            self._skip_gap()
             frames.extend(self._drain())
-        if not self._packets:
+            self._track_gap(now)
+        need_keyframe, self._lost = self._lost, False
+        return AssemblyResult(frames, need_keyframe)
+
+    def _track_gap(self, now: float) -> None:
+        """Start the clock at the first missing sequence number, stop it once none is."""
+        if not self._has_gap():
             self._gap_since = None
         elif self._gap_since is None:
             self._gap_since = now
-        return AssemblyResult(frames, need_keyframe)
+
+    def _has_gap(self) -> bool:
+        if not self._packets:
+            return False
+        seq = self._next
+        if seq is None:
+            return False
+        while seq in self._packets:
+            seq += 1
+        return seq <= max(self._packets)
 
     def _stalled(self, now: float) -> bool:
         return len(self._packets) > self._max_packets or (
@@ -124,14 +154,19 @@ class FrameAssembler:
             for s in range(self._next, seq + 1):
                 del self._packets[s]
             self._next = seq + 1
-            self._gap_since = None
             # After a skipped gap the run can begin with the tail of a broken frame: keep the
-            # packets of the marker's timestamp only.
+            # packets of the marker's timestamp only, and only from a frame's first packet.
             last_ts = run[-1].timestamp
-            out.append(self._frame([p for p in run if p.timestamp == last_ts]))
+            packets = [p for p in run if p.timestamp == last_ts]
+            if self._resync and not starts_frame(self.codec, packets[0]):
+                self.frames_skipped += 1
+                self._lost = True
+                continue
+            self._resync = False
+            out.append(self._frame(packets))
 
-    def _skip_gap(self) -> bool:
-        """Drop everything up to the first marker after the gap; True when data was lost."""
+    def _skip_gap(self) -> None:
+        """Drop everything up to the first marker after the gap (the frame the gap broke)."""
         markers = sorted(s for s, p in self._packets.items() if p.marker)
         if not markers:
             self._packets.clear()
@@ -142,8 +177,9 @@ class FrameAssembler:
                 del self._packets[s]
             self._next = cut + 1
         self._gap_since = None
+        self._resync = True
+        self._lost = True
         self.frames_skipped += 1
-        return True
 
     def _frame(self, packets: list[_Packet]) -> EncodedFrame:
         data = b"".join(p.data for p in packets)

@@ -66,6 +66,40 @@ def build_templates(
     return tuple(out)
 
 
+def gso_runs(
+    sizes: tuple[int, ...], *, max_segments: int = 64, max_bytes: int = 60_000
+) -> tuple[tuple[int, int], ...]:
+    """Split a frame's packets into runs one UDP GSO send can carry: every packet of a run has
+    the run's first size except the last, which may be shorter (Linux ``UDP_SEGMENT`` rules).
+    Returns ``(start, end)`` index pairs covering every packet in order."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    n = len(sizes)
+    while start < n:
+        seg = sizes[start]
+        end = start + 1
+        while (
+            end < n
+            and end - start < max_segments
+            and (end - start + 1) * seg <= max_bytes
+            and sizes[end] <= seg
+        ):
+            end += 1
+            if sizes[end - 1] < seg:
+                break
+        runs.append((start, end))
+        start = end
+    return tuple(runs)
+
+
+@dataclass(frozen=True, slots=True)
+class FramePackets:
+    """A frame's packet templates for one send profile, and how they batch for GSO."""
+
+    templates: tuple[bytes, ...]
+    runs: tuple[tuple[int, int], ...]
+
+
 def extensions_map(profile: SendProfile) -> HeaderExtensionsMap:
     ext_map = HeaderExtensionsMap()
     ext_map.configure(
@@ -88,12 +122,15 @@ class TemplateCache:
     def __init__(self, ntp_clock: Callable[[], int]) -> None:
         self._ntp_clock = ntp_clock
         self._frame: EncodedFrame | None = None
-        self._templates: dict[tuple[object, ...], tuple[bytes, ...]] = {}
+        self._templates: dict[tuple[object, ...], FramePackets] = {}
         self._maps: dict[tuple[object, ...], HeaderExtensionsMap] = {}
         self.ntp = 0
         self.builds = 0
 
     def templates(self, frame: EncodedFrame, profile: SendProfile) -> tuple[bytes, ...]:
+        return self.packets(frame, profile).templates
+
+    def packets(self, frame: EncodedFrame, profile: SendProfile) -> FramePackets:
         if frame is not self._frame:
             self._frame = frame
             self._templates.clear()
@@ -104,7 +141,8 @@ class TemplateCache:
             ext_map = self._maps.get(key)
             if ext_map is None:
                 ext_map = self._maps[key] = extensions_map(profile)
-            found = build_templates(frame.payloads, profile, abs_send_time(self.ntp), ext_map)
+            templates = build_templates(frame.payloads, profile, abs_send_time(self.ntp), ext_map)
+            found = FramePackets(templates, gso_runs(tuple(map(len, templates))))
             self._templates[key] = found
             self.builds += 1
         return found

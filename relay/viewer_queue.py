@@ -8,6 +8,10 @@ from collections.abc import Callable
 
 from .media import EncodedFrame, MediaKind
 
+MAX_DELAY = 1.0
+"""Seconds of media a queue may hold (by arrival time) on top of its frame limit: a viewer that
+far behind is better served by the next keyframe than by stale frames."""
+
 FrameSink = Callable[[EncodedFrame], bool]
 """Sends a frame at once; False when the viewer's transport is backlogged (frame not sent)."""
 
@@ -24,9 +28,12 @@ class ViewerQueue:
     never yields them (it only reports the close).
     """
 
-    def __init__(self, kind: MediaKind, maxlen: int, *, direct: bool = False) -> None:
+    def __init__(
+        self, kind: MediaKind, maxlen: int, *, direct: bool = False, max_delay: float = MAX_DELAY
+    ) -> None:
         self.kind = kind
         self.maxlen = maxlen
+        self.max_delay = max_delay
         self.direct = direct
         self._sink: FrameSink | None = None
         self._frames: deque[EncodedFrame] = deque()
@@ -49,22 +56,30 @@ class ViewerQueue:
                     self.dropped += 1
                     return False
                 self.waiting_keyframe = False
-            elif len(self._frames) >= self.maxlen:
-                self.dropped += len(self._frames) + 1
+            elif len(self._frames) >= self.maxlen or self._too_old(frame):
                 self.overflows += 1
+                self.dropped += len(self._frames)
                 self._frames.clear()
-                self.waiting_keyframe = True
-                return False
-        elif len(self._frames) >= self.maxlen:
-            self._frames.popleft()
-            self.dropped += 1
+                if not frame.keyframe:  # start again at this keyframe, or wait for the next
+                    self.dropped += 1
+                    self.waiting_keyframe = True
+                    return False
+        elif len(self._frames) >= self.maxlen or self._too_old(frame):
             self.overflows += 1
+            while self._frames and (len(self._frames) >= self.maxlen or self._too_old(frame)):
+                self._frames.popleft()
+                self.dropped += 1
         if self._sink is not None:
             return self._deliver(self._sink, frame)
         self._frames.append(frame)
         if not self.direct:
             self._ready.set()
         return True
+
+    def _too_old(self, frame: EncodedFrame) -> bool:
+        return bool(self._frames) and frame.received_at - self._frames[0].received_at > (
+            self.max_delay
+        )
 
     def _deliver(self, sink: FrameSink, frame: EncodedFrame) -> bool:
         if sink(frame):

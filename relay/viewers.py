@@ -14,8 +14,10 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from .access import Grant
 from .aiortc_adapter import DirectSender, install_prepacked_sender, new_template_cache
 from .errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from .fallback import FallbackPolicy
 from .http_common import new_etag, new_session_id
 from .hub import FanoutHub, Viewer
+from .media import MediaKind
 from .peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
 from .sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from .tracks import HubTrack
@@ -24,6 +26,8 @@ from .viewer_queue import ViewerQueue
 log = logging.getLogger(__name__)
 
 HubLookup = Callable[[str], FanoutHub | None]
+# (room, the hub a viewer is on) -> the next lower rendition's hub, or None
+FallbackLookup = Callable[[str, FanoutHub], FanoutHub | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,8 @@ class ViewerSession:
     connected_at: float | None = None
     task: asyncio.Task[None] | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
-    senders: dict[str, DirectSender] = field(default_factory=dict)
+    senders: dict[MediaKind, DirectSender] = field(default_factory=dict)
+    fallbacks: int = 0
 
     def request_keyframe(self) -> None:
         self.hub.request_keyframe()
@@ -81,6 +86,8 @@ class ViewerService:
         ice_servers: tuple[str, ...] = (),
         limits: ViewerLimits | None = None,
         room_limit: Callable[[str], int | None] | None = None,
+        fallback: FallbackLookup | None = None,
+        fallback_policy: FallbackPolicy | None = None,
     ) -> None:
         self._lookup = lookup
         self._room_limit = room_limit or (lambda room: None)
@@ -89,6 +96,9 @@ class ViewerService:
         self.sessions: dict[str, ViewerSession] = {}
         self.finished = EgressTotals()
         self._templates = new_template_cache()
+        self._fallback = fallback
+        self._policy = fallback_policy or FallbackPolicy()
+        self._monitor: asyncio.Task[None] | None = None
 
     def egress(self) -> EgressTotals:
         """Totals so far, live viewers included."""
@@ -156,6 +166,8 @@ class ViewerService:
             await close_quietly(pc)
             raise
         self.sessions[sid] = session
+        if self._fallback is not None and direct and self._monitor is None:
+            self._monitor = asyncio.create_task(self._watch_overflows(), name="viewer-fallback")
         pc.on("connectionstatechange", lambda: self._on_state(session))
         session.task = asyncio.create_task(self._watch(session), name=f"viewer-{sid}")
         log.info(
@@ -181,6 +193,51 @@ class ViewerService:
             on_ready=ready,
         )
         return direct
+
+    async def _watch_overflows(self, interval: float = 1.0) -> None:
+        """Steps viewers whose video keeps overflowing (or who report loss) down to a lower
+        rendition; ends when the last viewer has gone (the next one starts it again)."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self.sessions:
+                self._monitor = None
+                return
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                q = session.viewer.queues.get("video")
+                sender = session.senders.get("video")
+                if q is None or sender is None or session.connected_at is None:
+                    continue
+                congestion = q.overflows + sender.lossy_reports
+                if self._policy.observe(session.id, congestion, now):
+                    self._step_down(session)
+
+    def _step_down(self, session: ViewerSession) -> None:
+        assert self._fallback is not None
+        lower = self._fallback(session.room, session.hub)
+        if (
+            lower is None
+            or lower is session.hub
+            or lower.closed.is_set()
+            or not lower.compatible(session.hub.codecs)
+            or not session.hub.detach(session.viewer)
+        ):
+            return
+        for kind, sender in session.senders.items():
+            spec = session.hub.codecs.get(kind)
+            if sender.rewriter is not None and spec is not None:
+                frame_interval = 30 if kind == "video" else 50  # ~30 fps video, 20 ms audio
+                sender.rewriter.continue_timeline(spec.clock_rate // frame_interval)
+        session.hub = lower
+        lower.attach(session.viewer)
+        session.fallbacks += 1
+        self._policy.moved(session.id)
+        log.info(
+            "viewer %s fell back to %s",
+            session.id,
+            lower.stream_id,
+            extra={"room": session.room, "session": session.id, "event": "viewer.fallback"},
+        )
 
     def _on_state(self, session: ViewerSession) -> None:
         state = session.pc.connectionState
@@ -212,6 +269,7 @@ class ViewerService:
         if self.sessions.pop(session.id, None) is None:
             return
         session.hub.remove_viewer(session.viewer)
+        self._policy.forget(session.id)
         self.finished.add_viewer(session.viewer)
         self.finished.sessions += 1
         session.closed.set()
@@ -248,6 +306,11 @@ class ViewerService:
             await self._teardown(session)
 
     async def shutdown(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
         sessions = list(self.sessions.values())
         for s in sessions:
             s.closed.set()

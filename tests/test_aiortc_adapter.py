@@ -86,8 +86,8 @@ def test_direct_sender_internals_exist() -> None:
 
 
 async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> None:
-    """A real receiver decodes VP8 frames sent by a DirectSender; sender reports carry its
-    counters and a NACKed packet goes out again over RTX."""
+    """A real receiver decodes VP8 frames sent by a DirectSender (multi-packet frames as UDP
+    GSO runs); sender reports carry its counters and a NACKed packet goes out again over RTX."""
     a, b = RTCPeerConnection(rtc_configuration(())), RTCPeerConnection(rtc_configuration(()))
     queue = ViewerQueue("video", 30, direct=True)
     ready = asyncio.Event()
@@ -109,14 +109,15 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
         await asyncio.wait_for(ready.wait(), 10)
         assert queue.bind(direct.send_frame)
         encoder = Vp8Encoder()
-        source = StampedVideoTrack(320, 180, 30)
+        source = StampedVideoTrack(640, 360, 30)
         for i in range(30):
             vframe = await source.recv()
             payloads, ts = encoder.encode(vframe, force_keyframe=i == 0)
             frame = EncodedFrame("video", "VP8", ts, tuple(payloads), b"", i == 0, 0.0)
             assert queue.offer(frame)
         decoded = await asyncio.wait_for(got.get(), 10)
-        assert getattr(decoded, "width", None) == 320
+        assert getattr(decoded, "width", None) == 640
+        assert direct.gso and direct.gso_sends >= 1  # multi-packet frames went out as GSO runs
         assert direct.rewriter is not None and direct.rewriter.packets >= 30
         stats = await transceiver.sender.getStats()
         outbound = [s for s in stats.values() if s.type == "outbound-rtp"]

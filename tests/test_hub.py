@@ -2,9 +2,15 @@ from __future__ import annotations
 
 import asyncio
 
+from aiortc import RTCPeerConnection
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
 from relay.hub import FanoutHub
+from relay.ingest import TrackIngest
 from relay.limiter import IntervalLimiter
 from relay.media import CodecSpec, EncodedFrame
+from relay.peer import rtc_configuration
 from relay.viewer_queue import ViewerQueue
 
 CODECS = {"video": CodecSpec("video", "H264", 90000), "audio": CodecSpec("audio", "opus", 48000)}
@@ -74,3 +80,49 @@ async def test_close_ends_viewers_and_pending_retry() -> None:
     assert await viewer.queues["video"].get() is None
     await asyncio.sleep(0)
     assert hub.viewer_count == 0 and asks == [1]
+
+
+async def test_ingest_survives_a_failing_viewer_path() -> None:
+    """An exception under the ingest callback runs inside aiortc's receive path, where it would
+    end the anchor's transport: it is logged and counted, and the next packets go on."""
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        receiver = pc.addTransceiver("audio", direction="recvonly").receiver
+        hub = FanoutHub("s", {"audio": CodecSpec("audio", "opus", 48000)})
+        broken = hub.add_viewer("broken")
+        got: list[int] = []
+
+        def sink(frame: EncodedFrame) -> bool:
+            got.append(frame.timestamp)
+            if len(got) == 1:
+                raise RuntimeError("viewer path bug")
+            return True
+
+        broken.queues["audio"].bind(sink)
+        ingest = TrackIngest("audio", receiver, hub)
+        codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111)
+        for seq in (1, 2):
+            packet = RtpPacket(payload_type=111, sequence_number=seq, timestamp=seq * 960)
+            packet.payload = b"\x01\x02"
+            ingest._on_packet(packet, codec)
+        assert ingest.errors == 1 and got == [960, 1920]
+    finally:
+        await pc.close()
+
+
+async def test_queue_is_bounded_in_time_too() -> None:
+    """A queued (not direct) viewer more than max_delay behind starts again at a keyframe."""
+    q = ViewerQueue("video", 1000, max_delay=0.5)
+
+    def at(t: float, key: bool = False) -> EncodedFrame:
+        return EncodedFrame("video", "H264", int(t * 90000), (b"x",), b"x", key, t)
+
+    assert q.offer(at(0.0, key=True))
+    assert all(q.offer(at(i / 30)) for i in range(1, 15))
+    assert not q.offer(at(0.6))  # 0.6 s behind its oldest frame: drop to the next keyframe
+    assert len(q) == 0 and q.waiting_keyframe and q.overflows == 1
+    assert q.offer(at(0.7, key=True)) and len(q) == 1
+    audio = ViewerQueue("audio", 1000, max_delay=0.1)
+    for i in range(20):
+        audio.offer(EncodedFrame("audio", "opus", i * 960, (b"a",), b"a", True, i * 0.02))
+    assert len(audio) == 6 and audio.dropped == 14

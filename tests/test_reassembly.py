@@ -66,3 +66,52 @@ def test_audio_packets_are_frames() -> None:
 def test_unwrapper_both_directions() -> None:
     u = Unwrapper(16)
     assert [u.unwrap(v) for v in (65530, 65535, 2, 65533)] == [65530, 65535, 65538, 65533]
+
+
+TAIL = b"\x33" * 10  # an FU-A continuation: the depayloader puts no start code before it
+
+
+def test_slow_frame_without_a_gap_is_never_cut() -> None:
+    """A paced keyframe (or a stalled loop) spreads one frame over more than max_wait."""
+    asm = FrameAssembler("video", "H264", max_wait=0.05)
+    push(asm, 1, 0, True, IDR, now=0.0)
+    assert push(asm, 2, 3000, False, IDR, now=0.0).frames == []
+    assert push(asm, 3, 3000, False, TAIL, now=0.2).frames == []
+    out = push(asm, 4, 3000, True, TAIL, now=0.4)
+    assert not out.need_keyframe
+    assert [len(f.payloads) for f in out.frames] == [3]
+    assert asm.frames_skipped == 0
+
+
+def test_tail_of_a_broken_frame_never_reaches_viewers() -> None:
+    asm = FrameAssembler("video", "H264", max_wait=0.05)
+    push(asm, 1, 0, True, IDR)
+    push(asm, 3, 3000, False, TAIL, now=0.0)  # 2, the frame's head, is lost
+    push(asm, 4, 3000, True, TAIL, now=0.01)
+    push(asm, 5, 6000, False, P, now=0.02)
+    out = push(asm, 6, 6000, True, TAIL, now=0.2)
+    assert out.need_keyframe
+    assert [f.timestamp for f in out.frames] == [6000]
+    assert out.frames[0].payloads[0] == b"pl" + P
+
+
+def test_restart_mid_frame_waits_for_a_frame_start() -> None:
+    """The first packets seen (a new source, or after everything was dropped) may be a tail."""
+    asm = FrameAssembler("video", "H264")
+    out = push(asm, 10, 0, True, TAIL)
+    assert out.frames == [] and out.need_keyframe
+    push(asm, 11, 3000, False, IDR)
+    out = push(asm, 12, 3000, True, TAIL)
+    assert [f.timestamp for f in out.frames] == [3000] and not out.need_keyframe
+
+
+def test_vp8_frame_start_from_payload_descriptor() -> None:
+    asm = FrameAssembler("video", "VP8")
+    assert push_vp8(asm, 1, 0, True, start=False).frames == []
+    push_vp8(asm, 2, 3000, False, start=True)
+    assert len(push_vp8(asm, 3, 3000, True, start=False).frames) == 1
+
+
+def push_vp8(asm: FrameAssembler, seq: int, ts: int, marker: bool, *, start: bool):
+    descriptor = b"\x10" if start else b"\x00"
+    return asm.push(seq, ts, marker, descriptor + b"\x00abc", b"\x00abc", 0.0)

@@ -13,6 +13,7 @@ from relay.rtp_rewrite import (
     SendProfile,
     TemplateCache,
     extensions_map,
+    gso_runs,
     header_length,
 )
 
@@ -115,3 +116,17 @@ def test_header_length_counts_csrcs_and_extensions() -> None:
     p.extensions.mid = "0"
     data = p.serialize(extensions_map(PROFILE))
     assert data[header_length(data) :] == b"xyz"
+
+
+def test_gso_runs_follow_udp_segment_rules() -> None:
+    # aiortc's FU-A split: the first packets one byte longer than the rest
+    assert gso_runs((1001, 1001, 1000, 1000)) == ((0, 3), (3, 4))
+    assert gso_runs((30, 1200, 1200, 1200, 500)) == ((0, 1), (1, 5))
+    assert gso_runs((1200, 1200, 1300, 1300, 1300)) == ((0, 2), (2, 5))
+    assert gso_runs((1200,) * 70) == ((0, 50), (50, 70))  # <= 60 kB per send
+    assert gso_runs((100,)) == ((0, 1),) and gso_runs(()) == ()
+    sizes = (5, 9, 9, 3, 9, 9, 9, 9, 1, 1)
+    runs = gso_runs(sizes)
+    assert [i for a, b in runs for i in range(a, b)] == list(range(len(sizes)))
+    for a, b in runs:
+        assert all(sizes[i] == sizes[a] for i in range(a, b - 1)) and sizes[b - 1] <= sizes[a]

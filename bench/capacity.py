@@ -1,0 +1,266 @@
+"""Capacity benchmark: how many 720p30 viewers one gateway or relay-edge process serves before
+frames drop, and its CPU per viewer, with the server alone on its own core.
+
+On this 2-core machine the process under test is pinned to CPU 0 (``taskset``) and everything
+else to CPU 1: the anchor (x264 ultrafast, CBR 1.5 Mbps, stamped frames + tone), one decoding
+probe viewer reading glass-to-glass stamps, the origin when an edge is measured, and N *light*
+viewers (``bench.load_viewers --light``: real aiortc peers that do ICE, DTLS and WHEP, then count
+SRTP packets at the socket instead of decrypting them, so one core holds hundreds).
+
+Per N, over a steady window: the server's CPU (psutil; it has a core to itself, so CPU time is
+not inflated by the load side), marginal CPU per viewer over N=0, packets each light viewer got
+against what the anchor sent (min / mean), the probe's latency p50/p95, and /healthz response
+time (the server's event loop). ``capacity`` is the largest N whose minimum delivery is >= 99 %,
+probe p95 stays within 100 ms of N=0's and the server is below 0.95 core.
+
+    python -m bench.capacity                          # gateway, N = 0,50,100,200,300
+    python -m bench.capacity --target edge --viewers 0,100,200,300,400
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.fanout import (
+    ROOM,
+    SECRET,
+    Children,
+    LoadFleet,
+    LoadWorker,
+    cpu_seconds,
+    pct,
+    sample_response_times,
+    use_anchor_encoder,
+    wait_healthy,
+)
+from gateway.launcher import free_port
+from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, Viewer, whep_watch, whip_publish
+from relay.tokens import TokenAuthority
+
+
+@dataclass
+class Point:
+    n: int
+    viewers_seen: int = 0
+    server_cores: float = 0.0
+    core_per_viewer: float | None = None  # marginal over N=0
+    viewers_per_core: float | None = None
+    anchor_pkt_s: float = 0.0
+    delivery_min: float | None = None
+    delivery_mean: float | None = None
+    probe_p50_ms: float | None = None
+    probe_p95_ms: float | None = None
+    probe_frames: int = 0
+    healthz_p50_ms: float | None = None
+    healthz_max_ms: float | None = None
+    client_cores: float = 0.0
+
+
+async def anchor_packets(pc: Any) -> int:
+    stats = await pc.getStats()
+    return sum(int(s.packetsSent) for s in stats.values() if s.type == "outbound-rtp")
+
+
+async def start_fleet(children: Children, base_url: str, procs: int, cpus: str) -> LoadFleet:
+    workers = []
+    for i in range(procs):
+        argv = ["taskset", "-c", cpus, sys.executable, "-m", "bench.load_viewers"]
+        argv += ["--base-url", base_url, "--room", ROOM, "--loop", "uvloop", "--light"]
+        argv += ["--concurrency", "8"]
+        workers.append(LoadWorker(await children.start(f"light{i}", argv, pipes=True)))
+    return LoadFleet(workers)
+
+
+async def measure(
+    n: int,
+    fleet: LoadFleet,
+    server: psutil.Process,
+    clients: list[psutil.Process],
+    publisher: Any,
+    probe: Viewer,
+    base_url: str,
+    window: float,
+) -> Point:
+    await fleet.resize(n, timeout=30 + n * 0.5)
+    await asyncio.sleep(3.0)  # settle: joins' keyframes and DTLS handshakes done
+    await fleet.mark()
+    probe.samples.clear()
+    frames0 = probe.video_frames
+    sent0 = await anchor_packets(publisher.pc)
+    cpu0 = cpu_seconds(server)
+    ccpu0 = sum(cpu_seconds(p) for p in clients)
+    t0 = time.monotonic()
+    healthz = await sample_response_times(base_url, window)
+    elapsed = time.monotonic() - t0
+    cpu = cpu_seconds(server) - cpu0
+    ccpu = sum(cpu_seconds(p) for p in clients) - ccpu0
+    sent = await anchor_packets(publisher.pc) - sent0
+    read = await fleet.read()
+    point = Point(n, viewers_seen=len(read.packets))
+    point.server_cores = cpu / elapsed
+    point.client_cores = ccpu / elapsed
+    point.anchor_pkt_s = sent / elapsed
+    if read.packets and sent:
+        rate = sent / elapsed
+        ratios = [(p or 0) / (rate * e) for p, e in zip(read.packets, read.elapsed, strict=True)]
+        point.delivery_min, point.delivery_mean = min(ratios), sum(ratios) / len(ratios)
+    latencies = [s.latency_ms for s in probe.samples]
+    point.probe_p50_ms, point.probe_p95_ms = pct(latencies, 50), pct(latencies, 95)
+    point.probe_frames = probe.video_frames - frames0
+    point.healthz_p50_ms, point.healthz_max_ms = pct(healthz, 50), max(healthz, default=None)
+    return point
+
+
+def table(points: list[Point], target: str) -> str:
+    head = (
+        "| target | N | server cores | core/viewer (marginal) | viewers/core | anchor pkt/s "
+        "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
+        "| client cores |"
+    )
+    lines = [head, "|" + "---|" * 11]
+
+    def f(v: float | None, d: int = 1) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    for p in points:
+        lines.append(
+            f"| {target} | {p.n} | {p.server_cores:.3f} | {f(p.core_per_viewer, 4)} "
+            f"| {f(p.viewers_per_core, 0)} | {p.anchor_pkt_s:.0f} "
+            f"| {f(p.delivery_min and p.delivery_min * 100)}% / "
+            f"{f(p.delivery_mean and p.delivery_mean * 100)}% "
+            f"| {f(p.probe_p50_ms)} / {f(p.probe_p95_ms)} | {p.probe_frames / 10:.0f} "
+            f"| {f(p.healthz_p50_ms)} / {f(p.healthz_max_ms)} | {p.client_cores:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> list[Point]:
+    counts = [int(x) for x in args.viewers.split(",")]
+    log_dir = Path(tempfile.mkdtemp(prefix="stagecast-capacity-"))
+    children = Children(log_dir)
+    env = {
+        "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+        "STAGECAST_LOG_LEVEL": "warning",
+        "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "1000",
+        "STAGECAST_LIMITS__SESSION_POST_BURST": "1000",
+    }
+    tokens = TokenAuthority(SECRET)
+    pin_server = ["taskset", "-c", args.server_cpu]
+    pin_client = ["taskset", "-c", args.client_cpus]
+    publisher = probe = None
+    fleet: LoadFleet | None = None
+    points: list[Point] = []
+    try:
+        origin_port = free_port()
+        serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(origin_port)]
+        origin_pin = pin_server if args.target == "gateway" else pin_client
+        origin = await children.start("origin", origin_pin + serve, env=env)
+        origin_url = f"http://127.0.0.1:{origin_port}"
+        await wait_healthy(origin_url, origin)
+        server, url = origin, origin_url
+        if args.target == "edge":
+            edge_port = free_port()
+            relay = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", origin_url]
+            relay += ["--port", str(edge_port), "--node-id", "edge-bench"]
+            server = await children.start("edge", pin_server + relay, env=env)
+            url = f"http://127.0.0.1:{edge_port}"
+            await wait_healthy(url, server)
+        use_anchor_encoder("ultrafast", args.kbps)
+        publisher = await whip_publish(
+            origin_url,
+            ROOM,
+            tokens.mint(ROOM, "anchor", "bench", 3600),
+            video=StampedVideoTrack(1280, 720, 30),
+            audio=ToneAudioTrack(440),
+            video_codec="H264",
+        )
+        await asyncio.sleep(2.0)
+        probe = await whep_watch(url, ROOM, timeout=20)
+        fleet = await start_fleet(children, url, args.procs, args.client_cpus)
+        clients = [psutil.Process(os.getpid()), *fleet.processes()]
+        if args.target == "edge":
+            clients.append(origin.ps)
+        base: Point | None = None
+        for n in counts:
+            point = await measure(n, fleet, server.ps, clients, publisher, probe, url, args.window)
+            if base is None and n == 0:
+                base = point
+            if base is not None and n > 0:
+                point.core_per_viewer = (point.server_cores - base.server_cores) / n
+                if point.core_per_viewer > 0:
+                    point.viewers_per_core = 1 / point.core_per_viewer
+            points.append(point)
+            print(table([point], args.target).splitlines()[-1], flush=True)
+            if point.server_cores > 0.98:
+                print("server core saturated; stopping the ramp", flush=True)
+                break
+    finally:
+        if fleet is not None:
+            with contextlib.suppress(Exception):
+                await fleet.close(children)
+        for peer in (probe, publisher):
+            if peer is not None:
+                with contextlib.suppress(Exception):
+                    await peer.close()
+        await children.stop_all()
+        print(f"logs: {log_dir}", flush=True)
+    return points
+
+
+def capacity(points: list[Point]) -> int | None:
+    base = next((p for p in points if p.n == 0), None)
+    best = None
+    for p in points:
+        if p.n == 0:
+            continue
+        ok = (
+            (p.delivery_min or 0) >= 0.99
+            and p.server_cores < 0.95
+            and p.probe_p95_ms is not None
+            and (
+                base is None
+                or base.probe_p95_ms is None
+                or p.probe_p95_ms <= base.probe_p95_ms + 100
+            )
+        )
+        if ok:
+            best = p.n
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", choices=("gateway", "edge"), default="gateway")
+    parser.add_argument("--viewers", default="0,50,100,200,300")
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--procs", type=int, default=2, help="light-viewer processes")
+    parser.add_argument("--kbps", type=int, default=1500)
+    parser.add_argument("--server-cpu", default="0")
+    parser.add_argument("--client-cpus", default="1")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+    print(table([], args.target), flush=True)
+    points = asyncio.run(run(args))
+    print()
+    print(table(points, args.target))
+    cap = capacity(points)
+    print(f"\ncapacity ({args.target}, one core): {cap if cap is not None else 'none'} viewers")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(p) for p in points], indent=1))
+
+
+if __name__ == "__main__":
+    main()
