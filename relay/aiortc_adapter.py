@@ -8,6 +8,8 @@ Two hooks make encoded forwarding possible:
 * pre-packed sender: the sender's encoder is replaced by one whose ``pack`` returns the payloads a
   frame already carries, and its keyframe hook is redirected to the hub, so viewer PLIs reach the
   anchor instead of a (non-existent) local encoder.
+* packetisers: the mixer's encoded program is cut into RTP payloads by aiortc's own H264 and VP8
+  packetisers (``H264Encoder._packetize``/``_split_bitstream``, ``Vp8Encoder._packetize``).
 * direct sender (the viewers' path): frames skip the sender's RTP task altogether. The negotiated
   parameters are caught in ``send()``, packets are rewritten per viewer (``rtp_rewrite``),
   encrypted with the DTLS transport's SRTP session and written to the nominated ICE pair's UDP
@@ -34,6 +36,8 @@ from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.clock import current_ntp_time
 from aiortc.codecs import is_rtx
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
@@ -127,6 +131,24 @@ def install_prepacked_sender(sender: RTCRtpSender, on_keyframe_request: Callable
 def set_transceiver_codecs(transceiver: Any, codecs: list[RTCRtpCodecParameters]) -> None:
     """Narrow an already-negotiated transceiver's codec list (before the answer is created)."""
     transceiver._codecs = codecs
+
+
+def packetize_h264(data: bytes) -> list[bytes]:
+    """RTP payloads (single NAL, STAP-A, FU-A) of an Annex-B access unit."""
+    payloads: list[bytes] = H264Encoder._packetize(H264Encoder._split_bitstream(data))
+    return payloads
+
+
+class Vp8Packetizer:
+    """RTP payloads of VP8 frames, with a picture id running across calls."""
+
+    def __init__(self) -> None:
+        self.picture_id = 0
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        payloads: list[bytes] = Vp8Encoder._packetize(data, self.picture_id)
+        self.picture_id = (self.picture_id + 1) % (1 << 15)
+        return payloads
 
 
 def new_template_cache() -> TemplateCache:

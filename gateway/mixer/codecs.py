@@ -4,9 +4,8 @@ The mixer encodes in the program's codec, so viewers that negotiated it never re
 H264 with libx264 (ultrafast, zerolatency, constrained baseline, level 3.1, Annex-B) or VP8 with
 libvpx (realtime, cpu-used -6, no lag). Audio is always Opus, one RTP payload per 20 ms frame.
 
-RTP packetising reuses aiortc's packetisers (``H264Encoder._packetize``/``_split_bitstream``,
-``Vp8Encoder._packetize``): private aiortc API, pinned with the rest of the adapter (aiortc
->=1.14,<1.17); ``tests/test_mixer_units.py`` fails loudly if they move.
+RTP packetising reuses aiortc's packetisers through ``relay.aiortc_adapter`` (private aiortc API,
+kept with the adapter's other hooks and pinned with it).
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc.codecs.h264 import H264Encoder
-from aiortc.codecs.vpx import Vp8Encoder
+
+from relay.aiortc_adapter import Vp8Packetizer, packetize_h264
 
 from .audio_mix import Samples, to_s16
 
@@ -26,19 +25,7 @@ AUDIO_FRAME = 960  # 20 ms
 VIDEO_CLOCK = 90000
 
 
-def packetize_h264(data: bytes) -> list[bytes]:
-    payloads: list[bytes] = H264Encoder._packetize(H264Encoder._split_bitstream(data))
-    return payloads
-
-
-class Vp8Packetizer:
-    def __init__(self) -> None:
-        self.picture_id = 0
-
-    def __call__(self, data: bytes) -> list[bytes]:
-        payloads: list[bytes] = Vp8Encoder._packetize(data, self.picture_id)
-        self.picture_id = (self.picture_id + 1) % (1 << 15)
-        return payloads
+__all__ = ["Vp8Packetizer", "packetize_h264"]
 
 
 class VideoEncoder:
