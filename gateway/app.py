@@ -14,6 +14,7 @@ from relay.access import AccessPolicy
 from relay.aiortc_adapter import check_version
 from relay.cluster import ClusterNode
 from relay.http_common import CorsHeaders
+from relay.loop_lag import overload_check
 from relay.problems import install_problem_handlers
 from relay.ratelimit import ClientRateLimiter
 from relay.tokens import TokenAuthority
@@ -101,6 +102,7 @@ def build_gateway(settings: Settings) -> Gateway:
         room_is_private=stages.is_private,
     )
     anchors = AnchorService(settings, stages, webhooks.emit)
+    lag = LoopLagMonitor()
     viewers = ViewerService(
         hub_selector(
             stages.live_hub,
@@ -117,6 +119,7 @@ def build_gateway(settings: Settings) -> Gateway:
         ),
         room_limit=stages.max_viewers,
         fallback=anchors.lower_rendition,
+        overloaded=overload_check(lag, settings.limits.max_loop_lag),
     )
     operator_key = settings.api.operator_key or ephemeral_secret()
     gateway = Gateway(
@@ -130,6 +133,7 @@ def build_gateway(settings: Settings) -> Gateway:
         viewers,
         webhooks,
         bridges=BridgeService(settings.bridge, stages),
+        lag=lag,
     )
     gateway.metric_sources.append(webhooks)
     gateway.cluster = build_origin_cluster(

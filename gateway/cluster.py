@@ -9,6 +9,7 @@ from relay.access import AccessPolicy
 from relay.cluster import ClusterConfig, ClusterNode, NodeLoad
 from relay.edge import EdgeConfig, EdgeNode, EdgeService
 from relay.link import LinkConfig
+from relay.loop_lag import LoopLagMonitor, overload_check
 from relay.registry import NodeRole, RoomPolicy, make_registry
 from relay.tokens import TokenAuthority
 from relay.viewers import ViewerLimits, ViewerService
@@ -110,6 +111,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
     registry = make_registry(c.redis_url, prefix=c.key_prefix)
     cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
     # The origin's room policies (relay.cluster): private rooms need a token, room limits hold
+    lag = LoopLagMonitor()
     viewers = ViewerService(
         edge.live_hub,
         ice_servers=settings.ice_servers,
@@ -119,6 +121,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
             max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
         ),
         room_limit=cluster.room_max_viewers,
+        overloaded=overload_check(lag, settings.limits.max_loop_lag),
     )
     edge.viewer_count = viewers.count
     access = AccessPolicy(
@@ -126,4 +129,4 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=cluster.room_is_private,
     )
-    return EdgeNode(edge, viewers, access, cluster)
+    return EdgeNode(edge, viewers, access, cluster, lag)

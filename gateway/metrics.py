@@ -3,9 +3,6 @@ plus the event-loop lag measured by a small task."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -13,10 +10,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.loop_lag import LoopLagMonitor
 from relay.viewers import ViewerService
 
 from .anchors import AnchorService
 from .stages import StageTable
+
+__all__ = ["GatewayCollector", "LoopLagMonitor", "build_registry", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,33 +25,6 @@ class ExtraCounters(Protocol):
     """Other subsystems (bridges, webhooks) expose their counters through this."""
 
     def counters(self) -> dict[str, tuple[str, float]]: ...
-
-
-class LoopLagMonitor:
-    """How late the event loop wakes a 100 ms sleep: media forwarding shares that loop."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.interval = interval
-        self.last_lag = 0.0
-        self.max_lag = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="loop-lag")
-
-    async def _run(self) -> None:
-        while True:
-            t0 = time.monotonic()
-            await asyncio.sleep(self.interval)
-            self.last_lag = max(0.0, time.monotonic() - t0 - self.interval)
-            self.max_lag = max(self.max_lag, self.last_lag)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
 
 class GatewayCollector(Collector):

@@ -74,6 +74,10 @@ class LimitSettings(BaseModel):
     session_posts_per_second: float = Field(5.0, gt=0)
     """WHIP/WHEP POSTs a client address may make per second, sustained; beyond: 429."""
     session_post_burst: int = Field(20, ge=1)
+    max_loop_lag: float | None = Field(0.5, gt=0)
+    """New viewers get 503 + Retry-After while the event loop has run more than this many
+    seconds late in the last 3 s (the node is saturated: more viewers would make every stream
+    late and starve the anchors' ICE checks). None: off."""
 
 
 class BridgeSettings(BaseModel):

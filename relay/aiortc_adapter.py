@@ -252,9 +252,9 @@ class DirectSender:
     """Forwards EncodedFrames to one viewer at RTP level, bypassing the sender's RTP task.
 
     ``send_frame`` is synchronous: it returns False when the viewer's socket is backlogged (the
-    caller drops to the next keyframe; the frame that found the buffer full went out in part, so
-    the next one is dropped too) and True otherwise, sent or not (a transport that is not up yet,
-    or gone, just loses the frame; the session's own state handling ends it).
+    frame went out in part at most; the caller drops to the next keyframe) and True otherwise,
+    sent or not (a transport that is not up yet, or gone, just loses the frame; the session's own
+    state handling ends it).
     """
 
     def __init__(
@@ -283,7 +283,6 @@ class DirectSender:
         self._pair: Any = None
         self._sock: socket.socket | None = None
         self._writer: _SrtpWriter | None = None
-        self._backlogged = False
         self._closed = False
         self.gso = gso
         self.gso_sends = 0
@@ -367,10 +366,6 @@ class DirectSender:
         if route is None:
             return True
         writer, sock, addr = route
-        if self._backlogged:
-            self._backlogged = False
-            self.congested += 1
-            return False
         packets = self._cache.packets(frame, rewriter.profile)
         templates = packets.templates
         seq, ts = rewriter.assign(templates, frame.timestamp)
@@ -393,7 +388,6 @@ class DirectSender:
                     sock.sendto(writer.protect(templates[i], seq, ts, ssrc), addr)
                     seq = (seq + 1) & 0xFFFF
         except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
-            self._backlogged = True
             self.congested += 1
             return False
         except Exception:  # an SRTP or socket failure loses this viewer's frame, nobody else's

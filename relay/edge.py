@@ -28,6 +28,7 @@ from .errors import ServiceUnavailable
 from .http_common import CorsHeaders, check_room
 from .hub import FanoutHub
 from .link import LinkConfig, UpstreamLink, open_link
+from .loop_lag import LoopLagMonitor
 from .peer import CLOSED_STATES
 from .problems import install_problem_handlers
 from .tokens import TokenAuthority
@@ -219,8 +220,10 @@ class EdgeNode:
     viewers: ViewerService
     access: AccessPolicy
     cluster: ClusterNode
+    lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
 
     async def start(self) -> None:
+        self.lag.start()
         await self.cluster.start()
 
     async def shutdown(self) -> None:
@@ -229,6 +232,7 @@ class EdgeNode:
         await self.viewers.shutdown()
         await self.edge.shutdown()
         await self.cluster.stop()
+        await self.lag.stop()
 
 
 def create_edge_app(

@@ -187,7 +187,6 @@ class FanoutHub:
         again at the next keyframe wherever they go."""
         if self._viewers.pop(viewer.id, None) is None:
             return False
-        self.stats.viewer_drops += sum(q.dropped for q in viewer.queues.values())
         for q in viewer.queues.values():
             q.restart()
         return True

@@ -88,6 +88,7 @@ class ViewerService:
         room_limit: Callable[[str], int | None] | None = None,
         fallback: FallbackLookup | None = None,
         fallback_policy: FallbackPolicy | None = None,
+        overloaded: Callable[[], bool] | None = None,
     ) -> None:
         self._lookup = lookup
         self._room_limit = room_limit or (lambda room: None)
@@ -97,6 +98,7 @@ class ViewerService:
         self.finished = EgressTotals()
         self._templates = new_template_cache()
         self._fallback = fallback
+        self._overloaded = overloaded or (lambda: False)
         self._policy = fallback_policy or FallbackPolicy()
         self._monitor: asyncio.Task[None] | None = None
 
@@ -118,6 +120,11 @@ class ViewerService:
         return hub
 
     def _admit(self, room: str) -> None:
+        if self._overloaded():
+            raise ServiceUnavailable(
+                "this node is overloaded (its event loop is running late)",
+                retry_after=self.limits.retry_after,
+            )
         node_max = self.limits.max_viewers
         if node_max is not None and len(self.sessions) >= node_max:
             raise ServiceUnavailable("this node is full", retry_after=self.limits.retry_after)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
+from relay.loop_lag import LoopLagMonitor
 from tests.server import RunningServer, run_server
 from tests.test_live_path import wait_for
 from tests.test_protocol import SDP, assert_problem, make_offer
@@ -302,3 +304,44 @@ async def test_status_command_prints_live_rooms(server: RunningServer) -> None:
     _, _ = await asyncio.wait_for(bad.communicate(), 30)
     assert bad.returncode != 0
     await pub.close()
+
+
+def test_loop_lag_window() -> None:
+    lag = LoopLagMonitor(window=3.0)
+    lag.record(0.01, now=10.0)
+    assert not lag.lagging(0.5, now=10.0)
+    lag.record(0.8, now=11.0)
+    assert lag.lagging(0.5, now=11.5) and lag.lagging(0.5, now=13.9)
+    lag.record(0.01, now=14.5)
+    assert not lag.lagging(0.5, now=14.5)  # the late tick has left the window
+    assert lag.max_lag == 0.8
+
+
+@pytest.mark.timeout(60)
+async def test_overloaded_node_refuses_new_viewers_only() -> None:
+    """A late event loop (here: blocked 0.4 s) answers new viewers 503 + Retry-After for a few
+    seconds; the viewer already watching keeps its stream."""
+    with run_server(limits={"max_loop_lag": 0.2}) as server:
+        room = "busy"
+        pub = await whip_publish(
+            server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(320, 180, 15)
+        )
+        watching = await whep_watch(server.base_url, room, kinds=("video",))
+        try:
+            assert await wait_for(lambda: len(watching.samples) > 5, 10)
+            server.loop.call_soon_threadsafe(time.sleep, 0.4)  # the loop falls behind
+            await asyncio.sleep(0.8)
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+                offer = await make_offer("recvonly")
+                busy = await c.post(f"/whep/{room}", content=offer, headers=SDP)
+                assert_problem(busy, 503)
+                assert "overloaded" in busy.json()["detail"]
+                assert "retry-after" in busy.headers
+            seen = len(watching.samples)
+            assert await wait_for(lambda: len(watching.samples) > seen + 5, 10)
+            await asyncio.sleep(3.0)  # out of the lag window: admitted again
+            again = await whep_watch(server.base_url, room, kinds=("video",))
+            await again.close()
+        finally:
+            await watching.close()
+            await pub.close()
