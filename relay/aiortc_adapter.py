@@ -282,7 +282,9 @@ class DirectSender:
         self._on_ready = on_ready
         self._pair: Any = None
         self._sock: socket.socket | None = None
-        self._writer: _SrtpWriter | None = None
+        self._dtls: Any = None
+        self._nominated: dict[int, Any] = {}
+        self._cached: tuple[_SrtpWriter, socket.socket, tuple[str, int]] | None = None
         self._closed = False
         self.gso = gso
         self.gso_sends = 0
@@ -329,26 +331,33 @@ class DirectSender:
         """(srtp session, UDP socket, remote address) when the transport is up.
 
         The socket is our own duplicate of the ICE pair's descriptor: sending on it directly
-        skips asyncio's transport layer, and a full send buffer shows as BlockingIOError."""
-        dtls = self._sender.transport
-        if dtls._state != DtlsState.CONNECTED or self._closed:
+        skips asyncio's transport layer, and a full send buffer shows as BlockingIOError. The
+        route is kept until the nominated pair changes (called per frame and viewer)."""
+        dtls = self._dtls
+        if dtls is None:
+            dtls = self._sender.transport
+            if dtls._state != DtlsState.CONNECTED:
+                return None
+            self._dtls = dtls
+            self._nominated = dtls.transport._connection._nominated
+        if dtls._state is not DtlsState.CONNECTED or self._closed:
             return None
-        pair = dtls.transport._connection._nominated.get(1)
+        pair = self._nominated.get(1)
+        if pair is self._pair and pair is not None:
+            return self._cached
         if pair is None:
             return None
-        if pair is not self._pair:
-            protocol = pair.protocol
-            if not isinstance(protocol, StunProtocol) or protocol.transport is None:
-                return None
-            fd = protocol.transport.get_extra_info("socket").fileno()
-            if self._sock is not None:
-                self._sock.close()
-            self._sock = socket.socket(fileno=os.dup(fd))
-            self._sock.setblocking(False)
-            self._writer = _SrtpWriter(dtls._tx_srtp)
-            self._pair = pair
-        assert self._sock is not None and self._writer is not None
-        return self._writer, self._sock, pair.remote_addr
+        protocol = pair.protocol
+        if not isinstance(protocol, StunProtocol) or protocol.transport is None:
+            return None
+        fd = protocol.transport.get_extra_info("socket").fileno()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._sock.setblocking(False)
+        self._pair = pair
+        self._cached = (_SrtpWriter(dtls._tx_srtp), self._sock, pair.remote_addr)
+        return self._cached
 
     def close(self) -> None:
         """Release the duplicated socket (the ICE transport keeps its own)."""
@@ -357,6 +366,7 @@ class DirectSender:
             self._sock.close()
             self._sock = None
             self._pair = None
+            self._cached = None
 
     def send_frame(self, frame: EncodedFrame) -> bool:
         rewriter = self.rewriter
