@@ -119,7 +119,7 @@ def build_gateway(settings: Settings) -> Gateway:
         ),
         room_limit=stages.max_viewers,
         fallback=anchors.lower_rendition,
-        overloaded=overload_check(lag, settings.limits.max_loop_lag),
+        overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
     )
     operator_key = settings.api.operator_key or ephemeral_secret()
     gateway = Gateway(

@@ -121,7 +121,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
             max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
         ),
         room_limit=cluster.room_max_viewers,
-        overloaded=overload_check(lag, settings.limits.max_loop_lag),
+        overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
     )
     edge.viewer_count = viewers.count
     access = AccessPolicy(

@@ -78,6 +78,9 @@ class LimitSettings(BaseModel):
     """New viewers get 503 + Retry-After while the event loop has run more than this many
     seconds late in the last 3 s (the node is saturated: more viewers would make every stream
     late and starve the anchors' ICE checks). None: off."""
+    max_loop_busy: float | None = Field(0.8, gt=0, le=1)
+    """New viewers get 503 + Retry-After while the event loop's thread has used this share of
+    one core over the last 3 s (one loop cannot use more than one core). None: off."""
 
 
 class BridgeSettings(BaseModel):

@@ -10,40 +10,50 @@ from collections.abc import Callable
 
 
 class LoopLagMonitor:
-    """Measures how late a ``interval`` sleep wakes up, and remembers the last ``window`` s.
+    """Measures how late a ``interval`` sleep wakes up and how busy the loop's thread was
+    meanwhile (its own CPU time, so other processes on the machine do not count), and
+    remembers the last ``window`` s.
 
-    A loop that is behind cannot take on more viewers without making every viewer (and the
-    anchor's ICE consent checks) late: ``lagging`` is what admission control asks."""
+    One event loop can use one core. A loop that is behind, or near that core, cannot take on
+    more viewers without making every viewer (and the anchors' ICE consent checks) late:
+    ``lagging`` and ``busy`` are what admission control asks."""
 
     def __init__(self, interval: float = 0.1, window: float = 3.0) -> None:
         self.interval = interval
         self.window = window
         self.last_lag = 0.0
         self.max_lag = 0.0
-        self._recent: deque[tuple[float, float]] = deque()
+        self._recent: deque[tuple[float, float, float]] = deque()  # (time, lag, busy)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="loop-lag")
 
-    def record(self, lag: float, now: float) -> None:
+    def record(self, lag: float, now: float, busy: float = 0.0) -> None:
         self.last_lag = lag
         self.max_lag = max(self.max_lag, lag)
-        self._recent.append((now, lag))
+        self._recent.append((now, lag, busy))
         while self._recent and now - self._recent[0][0] > self.window:
             self._recent.popleft()
 
     def lagging(self, threshold: float, now: float | None = None) -> bool:
         """Whether the loop was more than ``threshold`` s late within the last window."""
         now = time.monotonic() if now is None else now
-        return any(lag > threshold for t, lag in self._recent if now - t <= self.window)
+        return any(lag > threshold for t, lag, _ in self._recent if now - t <= self.window)
+
+    def busy(self, now: float | None = None) -> float:
+        """The loop thread's mean CPU share (of one core) over the last window."""
+        now = time.monotonic() if now is None else now
+        shares = [b for t, _, b in self._recent if now - t <= self.window]
+        return sum(shares) / len(shares) if shares else 0.0
 
     async def _run(self) -> None:
         while True:
-            t0 = time.monotonic()
+            t0, c0 = time.monotonic(), time.thread_time()
             await asyncio.sleep(self.interval)
             now = time.monotonic()
-            self.record(max(0.0, now - t0 - self.interval), now)
+            busy = (time.thread_time() - c0) / max(now - t0, 1e-6)
+            self.record(max(0.0, now - t0 - self.interval), now, min(1.0, busy))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -53,8 +63,15 @@ class LoopLagMonitor:
             self._task = None
 
 
-def overload_check(lag: LoopLagMonitor, threshold: float | None) -> Callable[[], bool]:
-    """Admission control for viewers: refuse while the loop runs late (None: never)."""
-    if threshold is None:
-        return lambda: False
-    return lambda: lag.lagging(threshold)
+def overload_check(
+    lag: LoopLagMonitor, max_lag: float | None, max_busy: float | None
+) -> Callable[[], bool]:
+    """Admission control for viewers: refuse while the loop runs late or near its core (None
+    turns a check off)."""
+
+    def overloaded() -> bool:
+        if max_lag is not None and lag.lagging(max_lag):
+            return True
+        return max_busy is not None and lag.busy() >= max_busy
+
+    return overloaded

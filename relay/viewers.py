@@ -122,7 +122,7 @@ class ViewerService:
     def _admit(self, room: str) -> None:
         if self._overloaded():
             raise ServiceUnavailable(
-                "this node is overloaded (its event loop is running late)",
+                "this node is overloaded (its event loop is late or near its core)",
                 retry_after=self.limits.retry_after,
             )
         node_max = self.limits.max_viewers

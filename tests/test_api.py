@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
-from relay.loop_lag import LoopLagMonitor
+from relay.loop_lag import LoopLagMonitor, overload_check
 from tests.server import RunningServer, run_server
 from tests.test_live_path import wait_for
 from tests.test_protocol import SDP, assert_problem, make_offer
@@ -315,13 +315,21 @@ def test_loop_lag_window() -> None:
     lag.record(0.01, now=14.5)
     assert not lag.lagging(0.5, now=14.5)  # the late tick has left the window
     assert lag.max_lag == 0.8
+    busy = LoopLagMonitor(window=1.0)
+    for i in range(10):
+        busy.record(0.0, now=20 + i * 0.1, busy=0.95)
+    assert abs(busy.busy(now=21.0) - 0.95) < 1e-9
+    assert overload_check(busy, None, 0.9)() is False  # its samples are old by wall clock
+    assert overload_check(busy, None, None)() is False
+    busy.record(0.0, now=time.monotonic(), busy=0.95)
+    assert overload_check(busy, None, 0.9)() and not overload_check(busy, None, 0.99)()
 
 
 @pytest.mark.timeout(60)
 async def test_overloaded_node_refuses_new_viewers_only() -> None:
     """A late event loop (here: blocked 0.4 s) answers new viewers 503 + Retry-After for a few
     seconds; the viewer already watching keeps its stream."""
-    with run_server(limits={"max_loop_lag": 0.2}) as server:
+    with run_server(limits={"max_loop_lag": 0.2, "max_loop_busy": None}) as server:
         room = "busy"
         pub = await whip_publish(
             server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(320, 180, 15)
