@@ -255,14 +255,23 @@ class AnchorService:
     def lower_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
         """The hub of the rendition below ``hub`` while the room is mixed (passthrough carries
         the anchor's own stream in every rendition: nothing lower to fall back to)."""
+        return self._neighbour_rendition(room, hub, +1, mixed_only=True)
+
+    def higher_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
+        """The hub of the rendition above ``hub`` (a viewer that fell back, trying again)."""
+        return self._neighbour_rendition(room, hub, -1, mixed_only=False)
+
+    def _neighbour_rendition(
+        self, room: str, hub: FanoutHub, step: int, *, mixed_only: bool
+    ) -> FanoutHub | None:
         director = self.directors.get(room)
-        if director is None or director.mode != "mixed":
+        if director is None or (mixed_only and director.mode != "mixed"):
             return None
         hubs = list(director.hubs.values())  # main program first, then down the ladder
         if hub not in hubs:
             return None
-        i = hubs.index(hub)
-        return hubs[i + 1] if i + 1 < len(hubs) else None
+        i = hubs.index(hub) + step
+        return hubs[i] if 0 <= i < len(hubs) else None
 
     def mixminus_hub(self, room: str, anchor_id: str, subject: str | None) -> FanoutHub | None:
         """An anchor's mix-minus (everyone else's audio), for ``/whep/{room}?mixminus={id}``.

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from relay.access import AccessPolicy
 from relay.aiortc_adapter import check_version
 from relay.cluster import ClusterNode
+from relay.fallback import FallbackPolicy
 from relay.http_common import CorsHeaders
 from relay.loop_lag import overload_check
 from relay.problems import install_problem_handlers
@@ -119,6 +120,8 @@ def build_gateway(settings: Settings) -> Gateway:
         ),
         room_limit=stages.max_viewers,
         fallback=anchors.lower_rendition,
+        step_up=anchors.higher_rendition,
+        fallback_policy=FallbackPolicy(hold=settings.stage.fallback_hold),
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
     )
     operator_key = settings.api.operator_key or ephemeral_secret()

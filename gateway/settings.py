@@ -173,6 +173,9 @@ class StageSettings(BaseModel):
     mix_minus: bool = True
     """Each anchor of a mixed stage gets an Opus feed of everyone else's audio, pulled with
     ``/whep/ROOM?mixminus=ID`` and the anchor's own token (encoded only while pulled)."""
+    fallback_hold: float = Field(20.0, gt=0, le=3600)
+    """A viewer moved down the ladder for congestion is tried one rendition up after this many
+    quiet seconds (doubling, up to 5 min, each time it falls right back)."""
 
 
 class ClusterSettings(BaseModel):

@@ -26,7 +26,7 @@ from .viewer_queue import ViewerQueue
 log = logging.getLogger(__name__)
 
 HubLookup = Callable[[str], FanoutHub | None]
-# (room, the hub a viewer is on) -> the next lower rendition's hub, or None
+# (room, the hub a viewer is on) -> the next lower (or higher) rendition's hub, or None
 FallbackLookup = Callable[[str, FanoutHub], FanoutHub | None]
 
 
@@ -71,6 +71,7 @@ class ViewerSession:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     senders: dict[MediaKind, DirectSender] = field(default_factory=dict)
     fallbacks: int = 0
+    step_ups: int = 0
 
     def request_keyframe(self) -> None:
         self.hub.request_keyframe()
@@ -87,6 +88,7 @@ class ViewerService:
         limits: ViewerLimits | None = None,
         room_limit: Callable[[str], int | None] | None = None,
         fallback: FallbackLookup | None = None,
+        step_up: FallbackLookup | None = None,
         fallback_policy: FallbackPolicy | None = None,
         overloaded: Callable[[], bool] | None = None,
     ) -> None:
@@ -98,6 +100,7 @@ class ViewerService:
         self.finished = EgressTotals()
         self._templates = new_template_cache()
         self._fallback = fallback
+        self._step_up = step_up
         self._overloaded = overloaded or (lambda: False)
         self._policy = fallback_policy or FallbackPolicy()
         self._monitor: asyncio.Task[None] | None = None
@@ -217,16 +220,20 @@ class ViewerService:
                     continue
                 congestion = q.overflows + sender.lossy_reports
                 if self._policy.observe(session.id, congestion, now):
-                    self._step_down(session)
+                    assert self._fallback is not None
+                    self._move(session, self._fallback(session.room, session.hub), now, down=True)
+                elif self._step_up is not None and self._policy.should_step_up(session.id, now):
+                    self._move(session, self._step_up(session.room, session.hub), now, down=False)
 
-    def _step_down(self, session: ViewerSession) -> None:
-        assert self._fallback is not None
-        lower = self._fallback(session.room, session.hub)
+    def _move(
+        self, session: ViewerSession, target: FanoutHub | None, now: float, *, down: bool
+    ) -> None:
+        """Move a viewer to another rendition's hub on the same connection."""
         if (
-            lower is None
-            or lower is session.hub
-            or lower.closed.is_set()
-            or not lower.compatible(session.hub.codecs)
+            target is None
+            or target is session.hub
+            or target.closed.is_set()
+            or not target.compatible(session.hub.codecs)
             or not session.hub.detach(session.viewer)
         ):
             return
@@ -235,15 +242,23 @@ class ViewerService:
             if sender.rewriter is not None and spec is not None:
                 frame_interval = 30 if kind == "video" else 50  # ~30 fps video, 20 ms audio
                 sender.rewriter.continue_timeline(spec.clock_rate // frame_interval)
-        session.hub = lower
-        lower.attach(session.viewer)
-        session.fallbacks += 1
-        self._policy.moved(session.id)
+        session.hub = target
+        target.attach(session.viewer)
+        if down:
+            session.fallbacks += 1
+        else:
+            session.step_ups += 1
+        self._policy.moved(session.id, now, down=down)
         log.info(
-            "viewer %s fell back to %s",
+            "viewer %s %s to %s",
             session.id,
-            lower.stream_id,
-            extra={"room": session.room, "session": session.id, "event": "viewer.fallback"},
+            "fell back" if down else "stepped up",
+            target.stream_id,
+            extra={
+                "room": session.room,
+                "session": session.id,
+                "event": "viewer.fallback" if down else "viewer.step_up",
+            },
         )
 
     def _on_state(self, session: ViewerSession) -> None:

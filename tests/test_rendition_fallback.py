@@ -1,7 +1,10 @@
 """A viewer whose link cannot carry the program steps down to the lower rendition on its own,
-without renegotiating; the other viewers keep the main one."""
+without renegotiating, and back up once its link has been clean for a while; the other viewers
+keep the main one."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
@@ -10,7 +13,29 @@ from tests.mixer_clients import watch_program
 from tests.server import run_server
 from tests.test_live_path import wait_for
 from tests.test_mixer_live import SMALL_STAGE, mode, publish
-from tests.test_resilience import make_lossy
+
+
+def lossy_link(viewer: object, share: dict[str, float], seed: int = 1) -> dict[str, int]:
+    """The viewer's ICE transport drops ``share["loss"]`` of incoming RTP (a link at the edge
+    whose loss the test can change)."""
+    rng = random.Random(seed)
+    counts = {"rtp": 0, "dropped": 0}
+    ice = viewer.pc.getTransceivers()[0].receiver.transport.transport  # type: ignore[attr-defined]
+    inner = ice._recv
+
+    async def recv() -> bytes:
+        while True:
+            data: bytes = await inner()
+            is_rtp = len(data) > 12 and 128 <= data[0] < 192 and 96 <= (data[1] & 0x7F) <= 127
+            if not is_rtp:
+                return data
+            counts["rtp"] += 1
+            if rng.random() >= share["loss"]:
+                return data
+            counts["dropped"] += 1
+
+    ice._recv = recv
+    return counts
 
 
 def test_policy_steps_down_on_repeated_congestion_only() -> None:
@@ -21,15 +46,34 @@ def test_policy_steps_down_on_repeated_congestion_only() -> None:
     assert not p.observe("v", 2, 20.0)  # the first event has aged out
     assert not p.observe("v", 3, 21.0)
     assert p.observe("v", 4, 22.0)
-    p.moved("v")
+    p.moved("v", 22.0)
     assert not p.observe("v", 5, 23.0)  # judged afresh on the new rendition
     p.forget("v")
     assert not p.observe("v", 100, 24.0)  # a new viewer starts from its current count
 
 
+def test_policy_steps_back_up_after_a_quiet_hold_and_backs_off() -> None:
+    p = FallbackPolicy(threshold=1, window=10.0, hold=5.0, settle=30.0, max_hold=12.0)
+    assert not p.observe("v", 0, -1.0)
+    assert p.observe("v", 1, 0.0)
+    p.moved("v", 0.0)
+    assert not p.should_step_up("v", 4.0)
+    p.observe("v", 2, 3.0)  # still congested on the lower rendition: the hold restarts
+    assert not p.should_step_up("v", 7.0) and p.should_step_up("v", 8.0)
+    p.moved("v", 8.0, down=False)
+    assert not p.should_step_up("v", 100.0)  # back at the top: nothing above to try
+    assert p.observe("v", 3, 10.0)  # falls right back: the link cannot carry it
+    p.moved("v", 10.0)
+    assert not p.should_step_up("v", 19.0) and p.should_step_up("v", 20.0)  # hold 5 -> 10
+    p.moved("v", 20.0, down=False)
+    p.observe("v", 4, 21.0)
+    p.moved("v", 21.0)
+    assert not p.should_step_up("v", 32.0) and p.should_step_up("v", 33.0)  # capped at 12
+
+
 @pytest.mark.timeout(120)
-async def test_lossy_viewer_falls_back_to_the_lower_rendition() -> None:
-    with run_server(stage=SMALL_STAGE) as server:
+async def test_lossy_viewer_falls_back_to_the_lower_rendition_and_recovers() -> None:
+    with run_server(stage={**SMALL_STAGE, "fallback_hold": 3.0}) as server:
         room = "ladder"
         red = await publish(server, room, "red")
         green = await publish(server, room, "green")
@@ -45,7 +89,8 @@ async def test_lossy_viewer_falls_back_to_the_lower_rendition() -> None:
                 return None if pic is None else int(pic.shape[1])
 
             assert await wait_for(lambda: width(clean) == 320 and width(bad) == 320, 15)
-            counts = make_lossy(bad, 0.3)  # type: ignore[arg-type]
+            share = {"loss": 0.3}
+            counts = lossy_link(bad, share)
             assert await wait_for(lambda: width(bad) == 160, 30), "no fall back"
             sessions = list(server.gateway.viewers.sessions.values())
             assert sorted(s.fallbacks for s in sessions) == [0, 1]
@@ -53,6 +98,9 @@ async def test_lossy_viewer_falls_back_to_the_lower_rendition() -> None:
             frames = clean.video_frames
             assert await wait_for(lambda: clean.video_frames > frames + 10, 5)
             assert width(clean) == 320  # the clean viewer keeps the main rendition
+            share["loss"] = 0.0  # the link heals: after the hold, one step back up
+            assert await wait_for(lambda: width(bad) == 320, 30), "never stepped back up"
+            assert sorted(s.step_ups for s in sessions) == [0, 1]
         finally:
             for v in viewers:
                 await v.close()
