@@ -31,12 +31,11 @@ from .registry import (
     RoomPolicy,
 )
 from .routing import Decision, Full, Redirect, route
-from .tokens import TokenAuthority, bearer_token
+from .tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
 
 log = logging.getLogger(__name__)
 
 LINK_HEADER = "X-Stagecast-Link"
-LINK_SUBJECT_PREFIX = "node:"
 POLICY_READ_TIMEOUT = 0.5  # a viewer's POST waits at most this for its room's policy
 
 

@@ -16,6 +16,10 @@ ROLES: tuple[Role, ...] = ("anchor", "audience")
 ALGORITHM = "HS256"
 
 
+LINK_SUBJECT_PREFIX = "node:"
+"""Subject prefix of the tokens relay nodes pull each other's streams with (``link_token``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     room: str

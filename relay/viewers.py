@@ -20,6 +20,7 @@ from .hub import FanoutHub, Viewer
 from .media import MediaKind
 from .peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
 from .sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
+from .tokens import LINK_SUBJECT_PREFIX
 from .tracks import HubTrack
 from .viewer_queue import ViewerQueue
 
@@ -113,8 +114,14 @@ class ViewerService:
             total.add_viewer(s.viewer)
         return total
 
-    def count(self, room: str | None = None) -> int:
-        return sum(1 for s in self.sessions.values() if room is None or s.room == room)
+    def count(self, room: str | None = None, *, audience_only: bool = False) -> int:
+        """Viewer sessions (of ``room``); ``audience_only`` leaves out other nodes' pulls."""
+        return sum(
+            1
+            for s in self.sessions.values()
+            if (room is None or s.room == room)
+            and not (audience_only and s.grant.subject.startswith(LINK_SUBJECT_PREFIX))
+        )
 
     def live_hub(self, room: str) -> FanoutHub:
         hub = self._lookup(room)
@@ -122,8 +129,12 @@ class ViewerService:
             raise Conflict(f"room {room!r} is not live", retry_after=self.limits.retry_after)
         return hub
 
-    def _admit(self, room: str) -> None:
-        if self._overloaded():
+    def _admit(self, room: str, grant: Grant) -> None:
+        """Capacity checks. Another node's pull (a relay edge) is exempt from the room's viewer
+        limit (each of its viewers is counted where it watches) and from overload refusal (the
+        edge is what takes load off this node); the node's own maximum still holds."""
+        link = grant.subject.startswith(LINK_SUBJECT_PREFIX)
+        if not link and self._overloaded():
             raise ServiceUnavailable(
                 "this node is overloaded (its event loop is late or near its core)",
                 retry_after=self.limits.retry_after,
@@ -131,8 +142,8 @@ class ViewerService:
         node_max = self.limits.max_viewers
         if node_max is not None and len(self.sessions) >= node_max:
             raise ServiceUnavailable("this node is full", retry_after=self.limits.retry_after)
-        room_max = self._room_limit(room)
-        if room_max is not None and self.count(room) >= room_max:
+        room_max = None if link else self._room_limit(room)
+        if room_max is not None and self.count(room, audience_only=True) >= room_max:
             raise ServiceUnavailable(
                 f"room {room!r} has its maximum of {room_max} viewers",
                 retry_after=self.limits.retry_after,
@@ -142,7 +153,7 @@ class ViewerService:
         self, room: str, offer_sdp: str, summary: OfferSummary, grant: Grant
     ) -> ViewerSession:
         hub = self.live_hub(room)
-        self._admit(room)
+        self._admit(room, grant)
         pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
         sid = new_session_id()
         direct = self.limits.direct
@@ -249,11 +260,16 @@ class ViewerService:
         else:
             session.step_ups += 1
         self._policy.moved(session.id, now, down=down)
+        q = session.viewer.queues.get("video")
+        sender = session.senders.get("video")
         log.info(
-            "viewer %s %s to %s",
+            "viewer %s %s to %s (overflows %d, lossy reports %d, last loss %.0f %%)",
             session.id,
             "fell back" if down else "stepped up",
             target.stream_id,
+            q.overflows if q is not None else 0,
+            sender.lossy_reports if sender is not None else 0,
+            100 * sender.fraction_lost if sender is not None else 0.0,
             extra={
                 "room": session.room,
                 "session": session.id,

@@ -454,6 +454,31 @@ async def test_room_limit_holds_on_each_edge_and_nodes_lists_the_cluster(cluster
         await pub.close()
 
 
+@pytest.mark.timeout(60)
+async def test_edge_pulls_do_not_use_up_the_rooms_viewer_limit(cluster: Cluster) -> None:
+    """``max_viewers`` counts audience members where they watch: two edges pulling a room with a
+    limit of one each serve their one viewer (the edges' pulls at the origin are not viewers)."""
+    room = "solo"
+    a, b = cluster.edges["edge-a"], cluster.edges["edge-b"]
+    async with operator(cluster) as api:
+        made = await api.post("/v1/rooms", json={"name": room, "max_viewers": 1})
+        assert made.status_code == 201
+    pub = await publish(cluster, room)
+    viewers: list[Viewer] = []
+    try:
+        viewers = [await whep_watch(edge.url, room, kinds=("video",)) for edge in (a, b)]
+        assert await wait_for(lambda: all(len(v.samples) > 5 for v in viewers), 15)
+        async with httpx.AsyncClient(timeout=10) as client:
+            full = await client.post(
+                f"{a.url}/whep/{room}", content=await _offer(), headers=SDP_HEADERS
+            )
+        assert_problem(full, 503)  # the edge's own viewer limit still holds
+    finally:
+        for v in viewers:
+            await v.close()
+        await pub.close()
+
+
 async def _settled_listing(listing: Any, settled: Any) -> bool:
     return bool(settled(await listing()))
 
