@@ -260,16 +260,16 @@ class ViewerService:
         else:
             session.step_ups += 1
         self._policy.moved(session.id, now, down=down)
-        q = session.viewer.queues.get("video")
-        sender = session.senders.get("video")
+        vq = session.viewer.queues.get("video")
+        video = session.senders.get("video")
         log.info(
             "viewer %s %s to %s (overflows %d, lossy reports %d, last loss %.0f %%)",
             session.id,
             "fell back" if down else "stepped up",
             target.stream_id,
-            q.overflows if q is not None else 0,
-            sender.lossy_reports if sender is not None else 0,
-            100 * sender.fraction_lost if sender is not None else 0.0,
+            vq.overflows if vq is not None else 0,
+            video.lossy_reports if video is not None else 0,
+            100 * video.fraction_lost if video is not None else 0.0,
             extra={
                 "room": session.room,
                 "session": session.id,
