@@ -11,7 +11,8 @@ Per N, over a steady window: the server's CPU (psutil; it has a core to itself, 
 not inflated by the load side), marginal CPU per viewer over N=0, packets each light viewer got
 against what the anchor sent (min / mean), the probe's latency p50/p95, and /healthz response
 time (the server's event loop). ``capacity`` is the largest N whose minimum delivery is >= 99 %,
-probe p95 stays within 100 ms of N=0's and the server is below 0.95 core.
+probe p95 stays within 100 ms of N=0's and the server is below 0.95 core, counted in viewers
+actually admitted (the node refuses new viewers with 503 once its loop is busy or late).
 
     python -m bench.capacity                          # gateway, N = 0,50,100,200,300
     python -m bench.capacity --target edge --viewers 0,100,200,300,400
@@ -125,7 +126,8 @@ async def measure(
 
 def table(points: list[Point], target: str) -> str:
     head = (
-        "| target | N | server cores | core/viewer (marginal) | viewers/core | anchor pkt/s "
+        "| target | N (admitted) | server cores | core/viewer (marginal) | viewers/core "
+        "| anchor pkt/s "
         "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
         "| client cores |"
     )
@@ -136,8 +138,8 @@ def table(points: list[Point], target: str) -> str:
 
     for p in points:
         lines.append(
-            f"| {target} | {p.n} | {p.server_cores:.3f} | {f(p.core_per_viewer, 4)} "
-            f"| {f(p.viewers_per_core, 0)} | {p.anchor_pkt_s:.0f} "
+            f"| {target} | {p.n} ({p.viewers_seen}) | {p.server_cores:.3f} "
+            f"| {f(p.core_per_viewer, 4)} | {f(p.viewers_per_core, 0)} | {p.anchor_pkt_s:.0f} "
             f"| {f(p.delivery_min and p.delivery_min * 100)}% / "
             f"{f(p.delivery_mean and p.delivery_mean * 100)}% "
             f"| {f(p.probe_p50_ms)} / {f(p.probe_p95_ms)} | {p.probe_frames / 10:.0f} "
@@ -197,8 +199,10 @@ async def run(args: argparse.Namespace) -> list[Point]:
             point = await measure(n, fleet, server.ps, clients, publisher, probe, url, args.window)
             if base is None and n == 0:
                 base = point
-            if base is not None and n > 0:
-                point.core_per_viewer = (point.server_cores - base.server_cores) / n
+            if base is not None and point.viewers_seen > 0:
+                # per viewer actually served: admission control may refuse some (503)
+                extra = point.server_cores - base.server_cores
+                point.core_per_viewer = extra / point.viewers_seen
                 if point.core_per_viewer > 0:
                     point.viewers_per_core = 1 / point.core_per_viewer
             points.append(point)
@@ -223,7 +227,7 @@ def capacity(points: list[Point]) -> int | None:
     base = next((p for p in points if p.n == 0), None)
     best = None
     for p in points:
-        if p.n == 0:
+        if p.viewers_seen == 0:
             continue
         ok = (
             (p.delivery_min or 0) >= 0.99
@@ -236,7 +240,7 @@ def capacity(points: list[Point]) -> int | None:
             )
         )
         if ok:
-            best = p.n
+            best = max(best or 0, p.viewers_seen)
     return best
 
 
