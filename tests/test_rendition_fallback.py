@@ -4,8 +4,6 @@ keep the main one."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from relay.fallback import FallbackPolicy
@@ -13,29 +11,7 @@ from tests.mixer_clients import watch_program
 from tests.server import run_server
 from tests.test_live_path import wait_for
 from tests.test_mixer_live import SMALL_STAGE, mode, publish
-
-
-def lossy_link(viewer: object, share: dict[str, float], seed: int = 1) -> dict[str, int]:
-    """The viewer's ICE transport drops ``share["loss"]`` of incoming RTP (a link at the edge
-    whose loss the test can change)."""
-    rng = random.Random(seed)
-    counts = {"rtp": 0, "dropped": 0}
-    ice = viewer.pc.getTransceivers()[0].receiver.transport.transport  # type: ignore[attr-defined]
-    inner = ice._recv
-
-    async def recv() -> bytes:
-        while True:
-            data: bytes = await inner()
-            is_rtp = len(data) > 12 and 128 <= data[0] < 192 and 96 <= (data[1] & 0x7F) <= 127
-            if not is_rtp:
-                return data
-            counts["rtp"] += 1
-            if rng.random() >= share["loss"]:
-                return data
-            counts["dropped"] += 1
-
-    ice._recv = recv
-    return counts
+from tests.test_resilience import lossy_link
 
 
 def test_policy_steps_down_on_repeated_congestion_only() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import pytest
 
@@ -124,9 +125,10 @@ async def test_same_anchor_takes_over_before_timeout_and_strangers_get_409() -> 
         await viewer.close()
 
 
-def make_lossy(viewer: Viewer, loss: float, seed: int = 1) -> dict[str, int]:
-    """A lossy link at the edge: the viewer's ICE transport drops a share of incoming RTP
-    (DTLS, STUN and RTCP pass, so the session itself stays up)."""
+def lossy_link(viewer: Any, share: dict[str, float], seed: int = 1) -> dict[str, int]:
+    """A lossy link at the edge: the viewer's ICE transport drops ``share["loss"]`` of incoming
+    RTP (DTLS, STUN and RTCP pass, so the session itself stays up); the test may change the share
+    as it goes."""
     import random
 
     rng = random.Random(seed)
@@ -141,12 +143,16 @@ def make_lossy(viewer: Viewer, loss: float, seed: int = 1) -> dict[str, int]:
             if not is_rtp:
                 return data
             counts["rtp"] += 1
-            if rng.random() >= loss:
+            if rng.random() >= share["loss"]:
                 return data
             counts["dropped"] += 1
 
     ice._recv = lossy_recv
     return counts
+
+
+def make_lossy(viewer: Viewer, loss: float, seed: int = 1) -> dict[str, int]:
+    return lossy_link(viewer, {"loss": loss}, seed)
 
 
 @pytest.mark.timeout(90)
