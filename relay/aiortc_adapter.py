@@ -216,11 +216,24 @@ class _SrtpWriter:
         self, templates: tuple[bytes, ...], start: int, end: int, seq: int, ts: int, ssrc: int
     ) -> tuple[memoryview, int]:
         """Packets ``start:end`` (equal sizes but the last) encrypted back to back: the bytes of
-        one GSO send and its segment size."""
+        one GSO send and its segment size. (``_protect_at`` inlined: this is the hot loop.)"""
+        buf, cdata, length_p, ctx = self._buf, self._cdata, self._len, self._ctx
+        protect = srtp_lib.srtp_protect
+        pack = SEQ_TS_SSRC.pack_into
         offset = 0
         segment = 0
         for i in range(start, end):
-            length = self._protect_at(offset, templates[i], (seq + i - start) & 0xFFFF, ts, ssrc)
+            template = templates[i]
+            n = len(template)
+            if offset + n + SRTP_TRAILER > self.SIZE:
+                raise ValueError("RTP packets too large for the SRTP buffer")
+            buf[offset : offset + n] = template
+            pack(buf, offset + 2, (seq + i - start) & 0xFFFF, ts, ssrc)
+            length_p[0] = n
+            status = protect(ctx, cdata + offset, length_p)
+            if status:
+                raise AdapterError(f"srtp_protect failed: {status}")
+            length: int = length_p[0]
             segment = segment or length
             offset += length
         return self._view[:offset], segment
@@ -286,6 +299,7 @@ class DirectSender:
         self._nominated: dict[int, Any] = {}
         self._cached: tuple[_SrtpWriter, socket.socket, tuple[str, int]] | None = None
         self._closed = False
+        self._template_id = 0
         self.gso = gso
         self.gso_sends = 0
         self.rewriter: RtpRewriter | None = None
@@ -310,9 +324,9 @@ class DirectSender:
         async def send(parameters: RTCRtpSendParameters) -> None:
             first = self.rewriter is None
             if first:
-                self.rewriter = RtpRewriter(
-                    sender._ssrc, _send_profile(parameters), rtx_ssrc=sender._rtx_ssrc
-                )
+                profile = _send_profile(parameters)
+                self._template_id = cache.template_id(profile)
+                self.rewriter = RtpRewriter(sender._ssrc, profile, rtx_ssrc=sender._rtx_ssrc)
             await original_send(parameters)
             if first:
                 self._on_ready()
@@ -376,7 +390,7 @@ class DirectSender:
         if route is None:
             return True
         writer, sock, addr = route
-        packets = self._cache.packets(frame, rewriter.profile)
+        packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         templates = packets.templates
         seq, ts = rewriter.assign(templates, frame.timestamp)
         ssrc = rewriter.ssrc
@@ -405,7 +419,7 @@ class DirectSender:
             if self.errors == 1:
                 log.exception("direct send failed")
             return True
-        self.octets += sum(len(p) for p in frame.payloads)
+        self.octets += frame.size
         sender = self._sender
         sender._RTCRtpSender__ntp_timestamp = self._cache.ntp  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = rewriter.last_timestamp  # type: ignore[attr-defined]

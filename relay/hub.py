@@ -116,7 +116,7 @@ class FanoutHub:
         if self.closed.is_set():
             return
         st = self.stats
-        size = sum(len(p) for p in frame.payloads)
+        size = frame.size
         st.frames_in += 1
         st.bytes_in += size
         meter = self.meters.get(frame.kind)

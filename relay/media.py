@@ -38,3 +38,7 @@ class EncodedFrame:
     data: bytes
     keyframe: bool
     received_at: float = field(compare=False)  # monotonic seconds when the last packet arrived
+    size: int = field(init=False, compare=False)  # payload bytes, summed once (not per viewer)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", sum(map(len, self.payloads)))

@@ -10,6 +10,7 @@ cost to a copy, a ``struct.pack_into`` and the SRTP encryption, instead of aiort
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from struct import Struct
@@ -19,7 +20,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from .media import EncodedFrame
 
-HISTORY_SIZE = 512  # packets kept per viewer for NACK: ~2 s of 720p video
+HISTORY_FRAMES = 128  # frames kept per viewer and kind for NACKs: ~4 s of video, 2.5 s of audio
 SEQ_TS_SSRC = Struct("!HII")
 _U16 = Struct("!H")
 
@@ -122,28 +123,39 @@ class TemplateCache:
     def __init__(self, ntp_clock: Callable[[], int]) -> None:
         self._ntp_clock = ntp_clock
         self._frame: EncodedFrame | None = None
-        self._templates: dict[tuple[object, ...], FramePackets] = {}
-        self._maps: dict[tuple[object, ...], HeaderExtensionsMap] = {}
+        self._templates: dict[int, FramePackets] = {}
+        self._ids: dict[tuple[object, ...], int] = {}
+        self._maps: dict[int, HeaderExtensionsMap] = {}
         self.ntp = 0
         self.builds = 0
+
+    def template_id(self, profile: SendProfile) -> int:
+        """A small int naming the profile's packet shape: the per-frame lookup key."""
+        key = profile.template_key
+        tid = self._ids.get(key)
+        if tid is None:
+            tid = self._ids[key] = len(self._ids)
+            self._maps[tid] = extensions_map(profile)
+        return tid
 
     def templates(self, frame: EncodedFrame, profile: SendProfile) -> tuple[bytes, ...]:
         return self.packets(frame, profile).templates
 
-    def packets(self, frame: EncodedFrame, profile: SendProfile) -> FramePackets:
+    def packets(
+        self, frame: EncodedFrame, profile: SendProfile, tid: int | None = None
+    ) -> FramePackets:
         if frame is not self._frame:
             self._frame = frame
             self._templates.clear()
             self.ntp = self._ntp_clock()
-        key = profile.template_key
-        found = self._templates.get(key)
+        if tid is None:
+            tid = self.template_id(profile)
+        found = self._templates.get(tid)
         if found is None:
-            ext_map = self._maps.get(key)
-            if ext_map is None:
-                ext_map = self._maps[key] = extensions_map(profile)
+            ext_map = self._maps[tid]
             templates = build_templates(frame.payloads, profile, abs_send_time(self.ntp), ext_map)
             found = FramePackets(templates, gso_runs(tuple(map(len, templates))))
-            self._templates[key] = found
+            self._templates[tid] = found
             self.builds += 1
         return found
 
@@ -170,7 +182,8 @@ class RtpRewriter:
         self.last_timestamp = 0
         self.packets = 0
         self.retransmissions = 0
-        self._history: list[tuple[int, bytes, int] | None] = [None] * HISTORY_SIZE
+        # (first sequence number, templates, timestamp) per frame sent, newest last
+        self._history: deque[tuple[int, tuple[bytes, ...], int]] = deque(maxlen=HISTORY_FRAMES)
         self._continue_after: int | None = None
 
     def continue_timeline(self, advance: int) -> None:
@@ -186,13 +199,11 @@ class RtpRewriter:
             self.timestamp_origin = (base - timestamp) & 0xFFFFFFFF
             self._continue_after = None
         ts = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
-        first = seq = self.sequence
-        history = self._history
-        for template in templates:
-            history[seq % HISTORY_SIZE] = (seq, template, ts)
-            seq = (seq + 1) & 0xFFFF
-        self.packets += len(templates)
-        self.sequence = seq
+        first = self.sequence
+        n = len(templates)
+        self._history.append((first, templates, ts))
+        self.packets += n
+        self.sequence = (first + n) & 0xFFFF
         self.last_timestamp = ts
         return first, ts
 
@@ -206,12 +217,20 @@ class RtpRewriter:
             out.append(bytes(buf))
         return out
 
+    def _find(self, sequence: int) -> tuple[bytes, int] | None:
+        """(template, timestamp) of a packet still in the history, newest frames first."""
+        for first, templates, ts in reversed(self._history):
+            offset = (sequence - first) & 0xFFFF
+            if offset < len(templates):
+                return templates[offset], ts
+        return None
+
     def retransmission(self, sequence: int) -> bytes | None:
         """The packet a NACK asks for again: RTX-wrapped (RFC 4588) when negotiated."""
-        entry = self._history[sequence % HISTORY_SIZE]
-        if entry is None or entry[0] != sequence:
+        found = self._find(sequence)
+        if found is None:
             return None
-        _, template, ts = entry
+        template, ts = found
         self.retransmissions += 1
         rtx_pt = self.profile.rtx_payload_type
         if rtx_pt is None:

@@ -85,7 +85,7 @@ class ViewerQueue:
         if sink(frame):
             self.sent += 1
             self.sent_packets += len(frame.payloads)
-            self.sent_bytes += sum(map(len, frame.payloads))
+            self.sent_bytes += frame.size
             return True
         self.dropped += 1
         self.overflows += 1

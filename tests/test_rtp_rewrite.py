@@ -8,7 +8,7 @@ from aiortc.rtp import RtpPacket
 
 from relay.media import EncodedFrame
 from relay.rtp_rewrite import (
-    HISTORY_SIZE,
+    HISTORY_FRAMES,
     RtpRewriter,
     SendProfile,
     TemplateCache,
@@ -96,7 +96,11 @@ def test_retransmission_is_rtx_wrapped_with_original_sequence() -> None:
     assert parsed.extensions.mid == "1"
     again = parse(r.retransmission(lost.sequence_number) or b"")
     assert again.sequence_number == (parsed.sequence_number + 1) & 0xFFFF
-    assert r.retransmission((lost.sequence_number + HISTORY_SIZE) & 0xFFFF) is None
+    assert r.retransmission((lost.sequence_number + 100) & 0xFFFF) is None  # never sent
+    for i in range(HISTORY_FRAMES):  # the frame ages out of the history
+        g = frame(200 + i * 3000)
+        r.packets_for(cache.templates(g, PROFILE), g.timestamp)
+    assert r.retransmission(lost.sequence_number) is None
 
 
 def test_retransmission_without_rtx_repeats_the_packet() -> None:
