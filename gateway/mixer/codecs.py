@@ -130,12 +130,15 @@ class VideoDecoder:
 
 
 class AudioDecoder:
-    """Opus -> 48 kHz mono float32 (whatever the anchor's channel layout)."""
+    """Opus -> 48 kHz mono float32 (whatever the anchor's channel layout).
+
+    libopus downmixes to mono itself when asked, so the usual frame only needs scaling; the
+    resampler is kept for anything else a decoder may hand back."""
 
     def __init__(self) -> None:
         self._ctx: Any = av.CodecContext.create("libopus", "r")
         self._ctx.sample_rate = RATE
-        self._ctx.layout = "stereo"
+        self._ctx.layout = "mono"
         self._ctx.format = "s16"
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
         self.errors = 0
@@ -148,6 +151,13 @@ class AudioDecoder:
             return np.zeros(0, np.float32)
         out: list[Samples] = []
         for frame in frames:
+            if (
+                frame.format.name == "s16"
+                and frame.layout.name == "mono"
+                and frame.sample_rate == RATE
+            ):
+                out.append(frame.to_ndarray().reshape(-1).astype(np.float32) * (1 / 32768))
+                continue
             for r in self._resampler.resample(frame):
                 out.append(r.to_ndarray().reshape(-1).astype(np.float32))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
