@@ -15,7 +15,7 @@ from relay.aiortc_adapter import check_version
 from relay.cluster import ClusterNode
 from relay.fallback import FallbackPolicy
 from relay.http_common import CorsHeaders
-from relay.loop_lag import overload_check
+from relay.loop_lag import LoopLagMonitor, overload_check
 from relay.problems import install_problem_handlers
 from relay.ratelimit import ClientRateLimiter
 from relay.tokens import TokenAuthority
@@ -33,7 +33,6 @@ from .metrics import (
     CONTENT_TYPE,
     ExtraCounters,
     GatewayCollector,
-    LoopLagMonitor,
     build_registry,
     render,
 )

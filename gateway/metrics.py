@@ -16,8 +16,6 @@ from relay.viewers import ViewerService
 from .anchors import AnchorService
 from .stages import StageTable
 
-__all__ = ["GatewayCollector", "LoopLagMonitor", "build_registry", "render"]
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

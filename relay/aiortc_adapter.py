@@ -14,8 +14,8 @@ Two hooks make encoded forwarding possible:
   parameters are caught in ``send()``, packets are rewritten per viewer (``rtp_rewrite``),
   encrypted with the DTLS transport's SRTP session and written to the nominated ICE pair's UDP
   socket synchronously; NACKs are answered from our own history, and sender reports read our
-  counters. aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss and
-  REMB estimates are noted on the way (the rendition fallback reads them).
+  counters. aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is
+  noted on the way (the rendition fallback reads it).
 
 ``tests/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these.
 """
@@ -195,28 +195,14 @@ class _SrtpWriter:
         self._view = memoryview(self._buf)
         self._len = srtp_ffi.new("int *")
 
-    def _protect_at(self, offset: int, template: bytes, seq: int, ts: int, ssrc: int) -> int:
-        n = len(template)
-        if offset + n + SRTP_TRAILER > self.SIZE:
-            raise ValueError("RTP packets too large for the SRTP buffer")
-        buf = self._buf
-        buf[offset : offset + n] = template
-        SEQ_TS_SSRC.pack_into(buf, offset + 2, seq, ts, ssrc)
-        self._len[0] = n
-        status = srtp_lib.srtp_protect(self._ctx, self._cdata + offset, self._len)
-        if status:
-            raise AdapterError(f"srtp_protect failed: {status}")
-        length: int = self._len[0]
-        return length
-
     def protect(self, template: bytes, seq: int, ts: int, ssrc: int) -> memoryview:
-        return self._view[: self._protect_at(0, template, seq, ts, ssrc)]
+        return self.protect_run((template,), 0, 1, seq, ts, ssrc)[0]
 
     def protect_run(
         self, templates: tuple[bytes, ...], start: int, end: int, seq: int, ts: int, ssrc: int
     ) -> tuple[memoryview, int]:
         """Packets ``start:end`` (equal sizes but the last) encrypted back to back: the bytes of
-        one GSO send and its segment size. (``_protect_at`` inlined: this is the hot loop.)"""
+        one GSO send and its segment size (locals bound once: this is the hot loop)."""
         buf, cdata, length_p, ctx = self._buf, self._cdata, self._len, self._ctx
         protect = srtp_lib.srtp_protect
         pack = SEQ_TS_SSRC.pack_into
@@ -245,22 +231,6 @@ UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg,
 _U16_NATIVE = struct.Struct("=H")
 
 
-class _RembProbe:
-    """Sits where aiortc keeps the sender's encoder (never used to encode on the direct path):
-    aiortc hands REMB estimates to ``encoder.target_bitrate``."""
-
-    def __init__(self, owner: DirectSender) -> None:
-        self._owner = owner
-
-    @property
-    def target_bitrate(self) -> int:
-        return self._owner.remb_bps or 0
-
-    @target_bitrate.setter
-    def target_bitrate(self, value: int) -> None:
-        self._owner.remb_bps = value
-
-
 class DirectSender:
     """Forwards EncodedFrames to one viewer at RTP level, bypassing the sender's RTP task.
 
@@ -286,7 +256,6 @@ class DirectSender:
             "_handle_rtcp_packet",
             "_ssrc",
             "_rtx_ssrc",
-            "_RTCRtpSender__encoder",
         ):
             if not hasattr(sender, name):
                 raise AdapterError(f"RTCRtpSender internals changed: no {name}")
@@ -308,7 +277,6 @@ class DirectSender:
         self.errors = 0
         self.lossy_reports = 0  # receiver reports with fraction lost >= LOSSY_FRACTION
         self.fraction_lost = 0.0
-        self.remb_bps: int | None = None
         original_send = sender.send
         original_rtcp = sender._handle_rtcp_packet
 
@@ -334,12 +302,7 @@ class DirectSender:
         sender.send = send  # type: ignore[method-assign]
         sender._retransmit = self._retransmit  # type: ignore[method-assign]
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
-        sender._RTCRtpSender__encoder = _RembProbe(self)  # type: ignore[attr-defined]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
-
-    @property
-    def ready(self) -> bool:
-        return self.rewriter is not None
 
     def _route(self) -> tuple[_SrtpWriter, socket.socket, tuple[str, int]] | None:
         """(srtp session, UDP socket, remote address) when the transport is up.
