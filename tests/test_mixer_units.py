@@ -257,6 +257,44 @@ def test_compositor_places_tiles_keeps_aspect_and_placeholders() -> None:
     assert near(rgb[135, 240], (128, 128, 128))  # empty slot
 
 
+def test_compositor_repaints_only_changes_yet_matches_a_fresh_canvas() -> None:
+    """Skipped background fills and unchanged tiles never leave stale pixels: after every
+    step (new pictures, a frozen one, a stall, layout switches with overlaps, a leave) the
+    canvas equals what a fresh compositor draws."""
+    w, h = 320, 180
+    comp = Compositor(w, h)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    serial = itertools.count(1)
+
+    def pic(i: int, size: tuple[int, int] = (160, 90), stale: bool = False) -> Picture:
+        return Picture(solid(colours[i % len(colours)], *size), next(serial), stale)
+
+    grid, pip = LayoutSpec(), LayoutSpec(mode="pip")
+    speaker = LayoutSpec(mode="speaker", background=(0, 0, 90))
+    pics = {"a": pic(0), "b": pic(1, (90, 160)), "c": pic(2)}
+    steps: list[tuple[LayoutSpec, list[str], dict[str, Picture]]] = []
+    steps.append((grid, ["a", "b", "c"], dict(pics)))
+    pics["a"] = pic(3)  # a new picture, b and c frozen
+    steps.append((grid, ["a", "b", "c"], dict(pics)))
+    steps.append((grid, ["a", "b", "c"], dict(pics)))  # nothing new at all
+    pics["b"] = pic(4, (90, 160), stale=True)  # stalled: placeholder
+    steps.append((grid, ["a", "b", "c"], dict(pics)))
+    pics["b"] = pic(1, (90, 160))
+    steps.append((pip, ["a", "b", "c"], dict(pics)))  # insets over the big picture
+    pics["a"] = pic(2)  # under the insets: they are drawn again on top
+    steps.append((pip, ["a", "b", "c"], dict(pics)))
+    steps.append((speaker, ["a", "b", "c"], dict(pics)))
+    pics["c"] = pic(0, (320, 180))  # same tile, another source size
+    steps.append((speaker, ["a", "b", "c"], dict(pics)))
+    del pics["b"]
+    steps.append((grid, ["a", "c"], dict(pics)))
+    for spec, ids, shown in steps:
+        tiles = compute_layout(spec, ids, w, h)
+        got = comp.compose(tiles, shown, spec.background, spec.empty).to_ndarray()
+        fresh = Compositor(w, h).compose(tiles, shown, spec.background, spec.empty)
+        assert np.array_equal(got, fresh.to_ndarray()), (spec.mode, ids)
+
+
 # -- codecs and the aiortc packetiser hooks -------------------------------------------------
 @pytest.mark.parametrize("codec", ["H264", "VP8"])
 def test_encoder_keyframes_on_request_and_packetises(codec: str) -> None:

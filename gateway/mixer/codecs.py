@@ -15,10 +15,12 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from relay.aiortc_adapter import Vp8Packetizer, packetize_h264
 
 from .audio_mix import Samples, to_s16
+from .compositor import scale_frame
 
 RATE = 48000
 AUDIO_FRAME = 960  # 20 ms
@@ -71,13 +73,12 @@ class VideoEncoder:
         ctx.thread_count = 1
         self._ctx = ctx
         self.width, self.height = width, height
+        self._scaler = VideoReformatter()  # the program picture -> this rendition's size
         self._pts = 0
 
     def encode(self, frame: Any, keyframe: bool) -> list[tuple[bytes, bool]]:
         if frame.width != self.width or frame.height != self.height:
-            frame = frame.reformat(
-                width=self.width, height=self.height, format="yuv420p", interpolation="AREA"
-            )
+            frame = scale_frame(self._scaler, frame, self.width, self.height)
         frame.pts = self._pts
         frame.time_base = self._ctx.time_base
         self._pts += 1

@@ -15,6 +15,7 @@ shows a placeholder. A stalled anchor never holds the program back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -136,6 +137,7 @@ class ProgramWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.stats = WorkerStats()
+        self._serials = itertools.count(1)  # Picture.serial (worker thread only)
         self.error: BaseException | None = None
 
     # -- event-loop side ------------------------------------------------------------------
@@ -338,8 +340,9 @@ class ProgramWorker:
                 decoded = inp.decoder.decode(f.data)
                 self.stats.decoded_frames += len(decoded)
                 if decoded:
-                    serial = inp.picture.serial + 1 if inp.picture else 1
-                    inp.picture = Picture(decoded[-1], serial)
+                    # unique across inputs: an anchor that leaves and comes back (a new
+                    # _Input) never matches the compositor's scaled copy of its old picture
+                    inp.picture = Picture(decoded[-1], next(self._serials))
                     inp.last_picture_at = now
             if inp.picture is not None:
                 since = inp.last_picture_at or inp.added_at
