@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -186,6 +187,7 @@ class _SrtpWriter:
     """
 
     SIZE = 65536
+    LIMIT = SIZE - 16  # room for the longest authentication tag (AEAD GCM)
 
     def __init__(self, session: SrtpSession) -> None:
         self._session = session  # keeps the C context alive
@@ -196,7 +198,18 @@ class _SrtpWriter:
         self._len = srtp_ffi.new("int *")
 
     def protect(self, template: bytes, seq: int, ts: int, ssrc: int) -> memoryview:
-        return self.protect_run((template,), 0, 1, seq, ts, ssrc)[0]
+        """One packet, encrypted: a view valid until the next call."""
+        n = len(template)
+        if n > self.LIMIT:
+            raise ValueError("RTP packet too large for the SRTP buffer")
+        buf, length_p = self._buf, self._len
+        buf[:n] = template
+        SEQ_TS_SSRC.pack_into(buf, 2, seq, ts, ssrc)
+        length_p[0] = n
+        status = srtp_lib.srtp_protect(self._ctx, self._cdata, length_p)
+        if status:
+            raise AdapterError(f"srtp_protect failed: {status}")
+        return self._view[: length_p[0]]
 
     def protect_run(
         self, templates: tuple[bytes, ...], start: int, end: int, seq: int, ts: int, ssrc: int
@@ -206,29 +219,34 @@ class _SrtpWriter:
         buf, cdata, length_p, ctx = self._buf, self._cdata, self._len, self._ctx
         protect = srtp_lib.srtp_protect
         pack = SEQ_TS_SSRC.pack_into
-        offset = 0
-        segment = 0
-        for i in range(start, end):
-            template = templates[i]
+        limit = self.LIMIT
+        offset = n = 0
+        for template in templates[start:end]:
             n = len(template)
-            if offset + n + SRTP_TRAILER > self.SIZE:
+            if offset + n > limit:
                 raise ValueError("RTP packets too large for the SRTP buffer")
             buf[offset : offset + n] = template
-            pack(buf, offset + 2, (seq + i - start) & 0xFFFF, ts, ssrc)
+            pack(buf, offset + 2, seq, ts, ssrc)
+            seq = (seq + 1) & 0xFFFF
             length_p[0] = n
             status = protect(ctx, cdata + offset, length_p)
             if status:
                 raise AdapterError(f"srtp_protect failed: {status}")
-            length: int = length_p[0]
-            segment = segment or length
-            offset += length
-        return self._view[:offset], segment
+            offset += length_p[0]
+        # every packet gets the same tag: the first one's protected size is the segment
+        return self._view[:offset], len(templates[start]) + length_p[0] - n
 
 
 LOSSY_FRACTION = 0.1
-SRTP_TRAILER = 16  # the longest authentication tag (AEAD GCM); HMAC-SHA1-80 adds 10
+SR_INTERVAL = 0.2  # seconds between updates of the counters aiortc puts in sender reports
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg, many datagrams
 _U16_NATIVE = struct.Struct("=H")
+
+
+@functools.lru_cache(maxsize=64)
+def _gso_cmsg(segment: int) -> tuple[tuple[int, int, bytes], ...]:
+    """The ``UDP_SEGMENT`` control message for a segment size (a handful of sizes recur)."""
+    return ((socket.SOL_UDP, UDP_SEGMENT, _U16_NATIVE.pack(segment)),)
 
 
 class DirectSender:
@@ -269,6 +287,7 @@ class DirectSender:
         self._cached: tuple[_SrtpWriter, socket.socket, tuple[str, int]] | None = None
         self._closed = False
         self._template_id = 0
+        self._sr_due = 0.0
         self.gso = gso
         self.gso_sends = 0
         self.rewriter: RtpRewriter | None = None
@@ -279,6 +298,7 @@ class DirectSender:
         self.fraction_lost = 0.0
         original_send = sender.send
         original_rtcp = sender._handle_rtcp_packet
+        original_stats = sender.getStats
 
         async def handle_rtcp(packet: Any) -> None:
             if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
@@ -299,7 +319,12 @@ class DirectSender:
             if first:
                 self._on_ready()
 
+        async def get_stats() -> Any:
+            self._update_sender_report()
+            return await original_stats()
+
         sender.send = send  # type: ignore[method-assign]
+        sender.getStats = get_stats  # type: ignore[method-assign]
         sender._retransmit = self._retransmit  # type: ignore[method-assign]
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
@@ -349,9 +374,15 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None:
             return True
-        route = self._route()
-        if route is None:
-            return True
+        route = self._cached
+        if (
+            route is None
+            or self._dtls._state is not DtlsState.CONNECTED
+            or self._nominated.get(1) is not self._pair
+        ):
+            route = self._route()
+            if route is None:
+                return True
         writer, sock, addr = route
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         templates = packets.templates
@@ -362,8 +393,7 @@ class DirectSender:
                 if end - start > 1 and self.gso:
                     data, segment = writer.protect_run(templates, start, end, seq, ts, ssrc)
                     try:
-                        cmsg = [(socket.SOL_UDP, UDP_SEGMENT, _U16_NATIVE.pack(segment))]
-                        sock.sendmsg([data], cmsg, 0, addr)
+                        sock.sendmsg([data], _gso_cmsg(segment), 0, addr)
                         self.gso_sends += 1
                         seq = (seq + end - start) & 0xFFFF
                         continue
@@ -371,8 +401,8 @@ class DirectSender:
                         raise
                     except OSError:  # no UDP GSO here: one datagram per call from now on
                         self.gso = False
-                for i in range(start, end):
-                    sock.sendto(writer.protect(templates[i], seq, ts, ssrc), addr)
+                for template in templates[start:end]:
+                    sock.sendto(writer.protect(template, seq, ts, ssrc), addr)
                     seq = (seq + 1) & 0xFFFF
         except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
             self.congested += 1
@@ -383,12 +413,22 @@ class DirectSender:
                 log.exception("direct send failed")
             return True
         self.octets += frame.size
+        if frame.received_at >= self._sr_due:
+            self._sr_due = frame.received_at + SR_INTERVAL
+            self._update_sender_report()
+        return True
+
+    def _update_sender_report(self) -> None:
+        """Hand aiortc our counters and the NTP/RTP pair of the last frame sent, for its sender
+        reports (~1 s apart) and ``getStats``; every frame would cost four name-mangled writes."""
+        rewriter = self.rewriter
+        if rewriter is None:
+            return
         sender = self._sender
         sender._RTCRtpSender__ntp_timestamp = self._cache.ntp  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = rewriter.last_timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count = rewriter.packets  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count = self.octets  # type: ignore[attr-defined]
-        return True
 
     async def _retransmit(self, sequence_number: int) -> None:
         rewriter = self.rewriter

@@ -67,30 +67,66 @@ def build_templates(
     return tuple(out)
 
 
-def gso_runs(
-    sizes: tuple[int, ...], *, max_segments: int = 64, max_bytes: int = 60_000
-) -> tuple[tuple[int, int], ...]:
-    """Split a frame's packets into runs one UDP GSO send can carry: every packet of a run has
-    the run's first size except the last, which may be shorter (Linux ``UDP_SEGMENT`` rules).
-    Returns ``(start, end)`` index pairs covering every packet in order."""
+GSO_PAD_BUDGET = 0.05
+"""Share of a GSO run's bytes that RTP padding may add to make it one send. An encoder with
+sliced threads (x264 zerolatency) gives 3-4 slices per frame, each fragmented to its own packet
+size: padding the odd packets up turns ~3.6 sends per 720p frame into ~2.5 for ~1.2 % more bytes,
+and on loopback a send costs ~8 us where a datagram inside a GSO send costs ~3 us."""
+MAX_RTP_PADDING = 255  # the padding count is one byte (RFC 3550 5.1)
+
+
+def gso_plan(
+    sizes: tuple[int, ...],
+    *,
+    pad_budget: float = GSO_PAD_BUDGET,
+    max_segments: int = 64,
+    max_bytes: int = 60_000,
+) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """Split a frame's packets into runs one UDP GSO send can carry, and the RTP padding that
+    makes them fit: every packet of a run but the last must have the run's segment size (the
+    last may be shorter: Linux ``UDP_SEGMENT`` rules). A run grows while padding its shorter
+    packets up costs at most ``pad_budget`` of its bytes (and at most 255 bytes a packet).
+    Returns ``(start, end)`` pairs covering every packet in order, and each packet's padding."""
     runs: list[tuple[int, int]] = []
+    pads = [0] * len(sizes)
     start = 0
     n = len(sizes)
     while start < n:
-        seg = sizes[start]
+        seg = smallest = total = sizes[start]
+        body = 0  # bytes of the run's packets before its last
         end = start + 1
-        while (
-            end < n
-            and end - start < max_segments
-            and (end - start + 1) * seg <= max_bytes
-            and sizes[end] <= seg
-        ):
-            end += 1
-            if sizes[end - 1] < seg:
+        while end < n and end - start < max_segments:
+            size = sizes[end]
+            new_seg = max(seg, size)
+            new_body = body + sizes[end - 1]
+            new_smallest = min(smallest, sizes[end - 1])
+            count = end - start  # packets that would be padded to new_seg
+            padding = count * new_seg - new_body
+            if (
+                new_seg - new_smallest > MAX_RTP_PADDING
+                or padding > pad_budget * (total + size)
+                or count * new_seg + size > max_bytes
+            ):
                 break
+            seg, body, smallest, total = new_seg, new_body, new_smallest, total + size
+            end += 1
+        for i in range(start, end - 1):
+            pads[i] = seg - sizes[i]
         runs.append((start, end))
         start = end
-    return tuple(runs)
+    return tuple(runs), tuple(pads)
+
+
+def gso_runs(sizes: tuple[int, ...], **limits: int) -> tuple[tuple[int, int], ...]:
+    """Runs needing no padding: equal sizes but a shorter last."""
+    return gso_plan(sizes, pad_budget=0.0, **limits)[0]
+
+
+def padded(template: bytes, padding: int) -> bytes:
+    """The packet with ``padding`` bytes of RTP padding (P bit set, count in the last byte)."""
+    if not padding:
+        return template
+    return bytes([template[0] | 0x20]) + template[1:] + bytes(padding - 1) + bytes([padding])
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +190,10 @@ class TemplateCache:
         if found is None:
             ext_map = self._maps[tid]
             templates = build_templates(frame.payloads, profile, abs_send_time(self.ntp), ext_map)
-            found = FramePackets(templates, gso_runs(tuple(map(len, templates))))
+            runs, pads = gso_plan(tuple(map(len, templates)))
+            if any(pads):
+                templates = tuple(map(padded, templates, pads))
+            found = FramePackets(templates, runs)
             self._templates[tid] = found
             self.builds += 1
         return found

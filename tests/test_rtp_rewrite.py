@@ -8,11 +8,13 @@ from aiortc.rtp import RtpPacket
 
 from relay.media import EncodedFrame
 from relay.rtp_rewrite import (
+    GSO_PAD_BUDGET,
     HISTORY_FRAMES,
     RtpRewriter,
     SendProfile,
     TemplateCache,
     extensions_map,
+    gso_plan,
     gso_runs,
     header_length,
 )
@@ -134,3 +136,39 @@ def test_gso_runs_follow_udp_segment_rules() -> None:
     assert [i for a, b in runs for i in range(a, b)] == list(range(len(sizes)))
     for a, b in runs:
         assert all(sizes[i] == sizes[a] for i in range(a, b - 1)) and sizes[b - 1] <= sizes[a]
+
+
+def test_gso_plan_pads_odd_packets_up_within_budget() -> None:
+    # x264 with sliced threads: three slices, each fragmented to its own packet size
+    sizes = (962, 1033, 1032, 1123, 1122, 1122)
+    runs, pads = gso_plan(sizes)
+    assert len(runs) < len(gso_runs(sizes))
+    assert [i for a, b in runs for i in range(a, b)] == list(range(len(sizes)))
+    for a, b in runs:
+        seg = sizes[a] + pads[a]
+        assert all(sizes[i] + pads[i] == seg for i in range(a, b - 1))
+        assert pads[b - 1] == 0 and sizes[b - 1] <= seg
+        assert sum(pads[a:b]) <= GSO_PAD_BUDGET * sum(sizes[a:b])
+    # a tiny packet beside big ones would need > 255 bytes of padding: its own send
+    runs, pads = gso_plan((31, 1036, 1036, 981))
+    assert runs[0] == (0, 1) and pads[0] == 0
+    assert gso_plan((1000, 1001), pad_budget=0.0) == (((0, 1), (1, 2)), (0, 0))
+    assert gso_plan((1000, 1001)) == (((0, 2),), (1, 0))
+
+
+def test_padded_templates_carry_the_same_payload_and_retransmit() -> None:
+    payloads = (b"a" * 900, b"b" * 960, b"c" * 959, b"d" * 300)
+    cache = TemplateCache(lambda: 0)
+    f = frame(3000, payloads)
+    templates = cache.templates(f, PROFILE)
+    assert len({len(t) for t in templates[:-1]}) == 1  # one GSO run of equal segments
+    assert cache.packets(f, PROFILE).runs == ((0, 4),)
+    v = RtpRewriter(0x1111, PROFILE, rtx_ssrc=0x2222, rng=random.Random(1))
+    sent = [parse(p) for p in v.packets_for(templates, f.timestamp)]
+    assert [p.payload for p in sent] == list(payloads)
+    assert [p.marker for p in sent] == [0, 0, 0, 1]
+    rtx = v.retransmission(sent[0].sequence_number)
+    assert rtx is not None
+    wrapped = parse(rtx)
+    assert wrapped.payload[:2] == sent[0].sequence_number.to_bytes(2, "big")
+    assert wrapped.payload[2:] == payloads[0]
