@@ -104,8 +104,10 @@ class Limiter:
     def process(self, block: Samples) -> Samples:
         if block.size == 0:
             return block
-        peak = float(np.max(np.abs(block)))
+        peak = float(max(block.max(), -block.min()))
         target = 1.0 if peak <= self.ceiling else self.ceiling / peak
+        if target == 1.0 and self.gain == 1.0:
+            return block  # not engaged, nothing to release: as it came (within [-1, 1])
         if target < self.gain:
             self.engaged_blocks += 1
             gains: Samples | float = target

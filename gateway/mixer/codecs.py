@@ -133,32 +133,36 @@ class VideoDecoder:
 class AudioDecoder:
     """Opus -> 48 kHz mono float32 (whatever the anchor's channel layout).
 
-    libopus downmixes to mono itself when asked, so the usual frame only needs scaling; the
-    resampler is kept for anything else a decoder may hand back."""
+    libopus downmixes to mono and hands out float samples itself when asked, so the usual
+    frame is read in place (no conversion); the resampler is kept for anything else a decoder
+    may hand back."""
 
     def __init__(self) -> None:
         self._ctx: Any = av.CodecContext.create("libopus", "r")
         self._ctx.sample_rate = RATE
         self._ctx.layout = "mono"
-        self._ctx.format = "s16"
+        self._ctx.options = {"request_sample_fmt": "flt"}
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
         self.errors = 0
 
     def decode(self, data: bytes) -> Samples:
         try:
-            frames = list(self._ctx.decode(av.Packet(data)))
+            frames = self._ctx.decode(av.Packet(data))
         except av.FFmpegError:
             self.errors += 1
             return np.zeros(0, np.float32)
         out: list[Samples] = []
         for frame in frames:
             if (
-                frame.format.name == "s16"
-                and frame.layout.name == "mono"
-                and frame.sample_rate == RATE
+                frame.sample_rate == RATE
+                and frame.format.name == "flt"
+                and frame.layout.nb_channels == 1
             ):
-                out.append(frame.to_ndarray().reshape(-1).astype(np.float32) * (1 / 32768))
+                # a view of the frame's buffer (it keeps the frame alive); the caller copies
+                out.append(np.frombuffer(frame.planes[0], np.float32, frame.samples))
                 continue
             for r in self._resampler.resample(frame):
                 out.append(r.to_ndarray().reshape(-1).astype(np.float32))
+        if len(out) == 1:
+            return out[0]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
