@@ -124,9 +124,34 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
         assert outbound and outbound[0].packetsSent == direct.rewriter.packets
         await transceiver.sender._retransmit((direct.rewriter.sequence - 1) & 0xFFFF)
         assert direct.rewriter.retransmissions == 1
+        # a full send buffer: that frame is an overflow and the viewer waits for a keyframe
+        route = direct._cached
+        assert route is not None
+        direct._cached = (route[0], _FullSocket(), route[2])  # type: ignore[assignment]
+        payloads, ts = encoder.encode(await source.recv())
+        assert not queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
+        assert direct.congested == 1 and queue.overflows == 1 and queue.waiting_keyframe
+        direct._cached = route
+        sent = direct.rewriter.packets
+        payloads, ts = encoder.encode(await source.recv())
+        assert not queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
+        assert direct.rewriter.packets == sent  # dropped: not a keyframe
+        payloads, ts = encoder.encode(await source.recv(), force_keyframe=True)
+        assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", True, 0.0))
+        assert direct.rewriter.packets > sent
     finally:
         await close_quietly(a)
         await close_quietly(b)
+
+
+class _FullSocket:
+    """A UDP socket whose send buffer is full."""
+
+    def sendmsg(self, *_: object) -> int:
+        raise BlockingIOError
+
+    def sendto(self, *_: object) -> int:
+        raise BlockingIOError
 
 
 async def _drain(track: MediaStreamTrack, out: asyncio.Queue[object]) -> None:
