@@ -13,11 +13,13 @@ from .tokens import Role, TokenAuthority, bearer_token
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a request was allowed as; ``token_id`` is empty for anonymous viewers."""
+    """What a request was allowed as; ``token_id`` is empty for anonymous viewers (and for
+    tokens minted without a ``jti``)."""
 
     subject: str
     token_id: str
     expires_at: float
+    anonymous: bool = False
 
 
 class AccessPolicy:
@@ -50,7 +52,7 @@ class AccessPolicy:
         token = bearer_token(authorization, query_token)
         if token is None:
             if role == "audience" and self.anonymous_audience and not self._room_is_private(room):
-                return Grant("anonymous-" + secrets.token_hex(4), "", float("inf"))
+                return Grant("anonymous-" + secrets.token_hex(4), "", float("inf"), anonymous=True)
             raise Unauthorized(f"a Bearer token with role {role!r} is required")
         claims = self.tokens.verify(token, room=room, role=role)
         if claims.token_id in self._revoked:

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from .access import AccessPolicy
+from .access import AccessPolicy, Grant
 from .errors import PreconditionFailed, PreconditionRequired, Unprocessable
 from .http_common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
 from .sdp import TrickleFragment, decode_body, parse_trickle
@@ -40,6 +40,17 @@ def add_session_routes(
     DELETE and PATCH take a grant for ``role`` (or any of several roles) in the room."""
     roles = role if isinstance(role, tuple) else (role,)
 
+    def authorize_session(
+        session: Any, room: str, authorization: str | None, access_token: str | None
+    ) -> None:
+        """A session admitted without a token is ended or patched through its unguessable URL
+        alone, even after its room turned private; any other needs a token for the role."""
+        grant = getattr(session, "grant", None)
+        anonymous = isinstance(grant, Grant) and grant.anonymous
+        if anonymous and authorization is None and access_token is None:
+            return
+        access.authorize_any(room, roles, authorization, access_token)
+
     @router.options(prefix + "/{room}", status_code=204)
     async def endpoint_options(request: Request, room: str) -> Response:
         headers = preflight_headers(post_methods, request.headers.get("origin", "*"))
@@ -59,8 +70,8 @@ def add_session_routes(
         authorization: str | None = Header(default=None),
         access_token: str | None = Query(default=None),
     ) -> Response:
-        service.get(room, session_id)
-        access.authorize_any(room, roles, authorization, access_token)
+        session = service.get(room, session_id)
+        authorize_session(session, room, authorization, access_token)
         await service.close(room, session_id)
         return Response(status_code=200)
 
@@ -74,7 +85,7 @@ def add_session_routes(
         if_match: str | None = Header(default=None),
     ) -> Response:
         session = service.get(room, session_id)
-        access.authorize_any(room, roles, authorization, access_token)
+        authorize_session(session, room, authorization, access_token)
         require_content_type(request, TRICKLE)
         body = await read_limited(request, max_sdp_bytes)
         frag = parse_trickle(decode_body(body, max_bytes=max_sdp_bytes))

@@ -383,6 +383,10 @@ async def test_room_made_private_keeps_its_viewers_and_refuses_new_anonymous_one
         for v in viewers:
             assert_flowing(v, t0, 10)
             assert not v.ended.is_set()
+        # the anonymous viewer still ends its own session by its URL, and only it can
+        async with httpx.AsyncClient(base_url=b.url, timeout=10) as client:
+            assert_problem(await client.delete(viewers[1].location), 401)
+            assert (await client.delete(watcher.location)).status_code == 200
     finally:
         for v in viewers:
             await v.close()
