@@ -1,5 +1,5 @@
 """``stagecast`` command line: ``serve`` runs a node, ``relay`` an edge relay, ``token`` mints an
-access token."""
+access token, ``status`` shows rooms, ``cert`` makes a self-signed certificate for HTTPS."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from .settings import Settings, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .app import build_gateway, create_app
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -39,13 +37,35 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  operator key:   {gateway.operator_key}", flush=True)
     if not settings.auth.token_secret:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    _run(app, settings)
+    return 0
+
+
+def _run(app: object, settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ssl_certfile=settings.tls_certfile or None,
+        ssl_keyfile=settings.tls_keyfile or None,
+    )
+
+
+def _cert(args: argparse.Namespace) -> int:
+    from .tls import write_self_signed
+
+    cert, key = write_self_signed(args.out, args.name, days=args.days)
+    print(f"certificate: {cert}\nkey:         {key}")
+    print("serve HTTPS with:")
+    print(f"  STAGECAST_TLS_CERTFILE={cert} STAGECAST_TLS_KEYFILE={key} stagecast serve")
+    print("(self-signed: each browser asks once to accept it)")
     return 0
 
 
 def _relay(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .cluster import build_edge_node
     from .settings import ClusterSettings
 
@@ -87,7 +107,7 @@ def _relay(args: argparse.Namespace) -> int:
     print(f"  upstream:       {settings.cluster.upstream}", flush=True)
     print(f"  watch (WHEP):   {settings.base_url}/whep/ROOM", flush=True)
     print(f"  registry:       {settings.cluster.redis_url or 'in-memory'}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    _run(app, settings)
     return 0
 
 
@@ -176,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     status.add_argument("--interval", type=float, default=1.0)
     status.set_defaults(func=_status)
+    cert = sub.add_parser("cert", help="write a self-signed certificate to serve HTTPS on a LAN")
+    cert.add_argument(
+        "--name",
+        action="append",
+        required=True,
+        help="host name or IP address the certificate is for (repeat for several)",
+    )
+    cert.add_argument("--out", type=Path, default=Path("tls"), help="directory (default ./tls)")
+    cert.add_argument("--days", type=int, default=30)
+    cert.set_defaults(func=_cert)
     return parser
 
 

@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -217,7 +217,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str = ""
-    """Base URL printed and handed to clients; default http://HOST:PORT."""
+    """Base URL printed and handed to clients; default http(s)://HOST:PORT."""
+    tls_certfile: str = ""
+    """PEM certificate (chain) to serve HTTPS, with ``tls_keyfile``; ``stagecast cert`` makes a
+    self-signed pair. Browsers open the camera only on HTTPS pages or localhost."""
+    tls_keyfile: str = ""
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs for peers; empty means host candidates only."""
     cors_origin: str = "*"
@@ -249,9 +253,16 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        return self
+
     @property
     def base_url(self) -> str:
-        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_certfile else "http"
+        return self.public_url.rstrip("/") or f"{scheme}://{self.host}:{self.port}"
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiortc import RTCPeerConnection
 from pydantic import ValidationError
 
 from gateway.launcher import free_port, wait_healthy
@@ -100,3 +103,82 @@ def test_serve_prints_urls_and_serves() -> None:
     finally:
         proc.terminate()
         assert proc.wait(15) in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
+
+
+def test_serve_over_https_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    """``stagecast cert`` then ``serve`` with it: printed URLs are https, a WHIP publish over TLS
+    (certificate verified for 127.0.0.1) gets its 201 and its DELETE."""
+    made = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "cert", "--name", "127.0.0.1", "--out", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    assert cert.is_file() and key.stat().st_mode & 0o777 == 0o600
+    port = free_port()
+    env = {**os.environ, "STAGECAST_TLS_CERTFILE": str(cert), "STAGECAST_TLS_KEYFILE": str(key)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    base = f"https://127.0.0.1:{port}"
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "API docs" not in "".join(lines):
+            lines.append(proc.stdout.readline())
+        text = "".join(lines)
+        assert f"{base}/whip/demo" in text and f"{base}/publish?room=demo" in text
+        token = re.search(r"anchor token: (\S+)", text)
+        assert token
+        with httpx.Client(
+            base_url=base, verify=ssl.create_default_context(cafile=str(cert)), timeout=5
+        ) as client:
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "no HTTPS healthz"
+                time.sleep(0.2)
+            headers = {"Authorization": f"Bearer {token.group(1)}"}
+            created = client.post(
+                "/whip/demo",
+                content=asyncio.run(_offer()),
+                headers={**headers, "Content-Type": "application/sdp"},
+            )
+            assert created.status_code == 201, created.text
+            assert client.delete(created.headers["location"], headers=headers).status_code == 200
+        with pytest.raises(httpx.ConnectError):  # an unknown certificate is refused
+            httpx.get(f"{base}/healthz", timeout=5)
+    finally:
+        proc.terminate()
+        assert proc.wait(15) in (0, -15)
+
+
+async def _offer() -> str:
+    from gateway.synthetic import StampedVideoTrack
+    from relay.peer import close_quietly, rtc_configuration
+
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        pc.addTransceiver(StampedVideoTrack(320, 180, 30), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await close_quietly(pc)
+
+
+def test_tls_settings_go_in_pairs() -> None:
+    with pytest.raises(ValidationError):
+        Settings(tls_certfile="cert.pem")
+    assert Settings(tls_certfile="c", tls_keyfile="k", port=8443).base_url == (
+        "https://127.0.0.1:8443"
+    )
