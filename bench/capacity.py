@@ -16,6 +16,13 @@ actually admitted (the node refuses new viewers with 503 once its loop is busy o
 
     python -m bench.capacity                          # gateway, N = 0,50,100,200,300
     python -m bench.capacity --target edge --viewers 0,100,200,300,400
+    python -m bench.capacity --viewers 0,100 --perf   # + the send-side share (needs perf)
+
+With ``--perf``, ``perf record`` samples the server during each window and the table adds the
+share of its CPU inside ``net_rx_action``: on loopback the kernel delivers each datagram to the
+viewer's socket and wakes the viewer's process inside the server's ``sendto`` (``bench.udp_cost``
+times it), work that a NIC leaves to the viewer's machine. "core/viewer send side" is the
+marginal CPU per viewer without it; the plain marginal figure stays the headline.
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ class Point:
     healthz_p50_ms: float | None = None
     healthz_max_ms: float | None = None
     client_cores: float = 0.0
+    window_s: float = 0.0
+    loopback_rx_share: float | None = None  # --perf: server CPU spent delivering to viewers
+    send_side_core_per_viewer: float | None = None
 
 
 async def anchor_packets(pc: Any) -> int:
@@ -84,6 +94,33 @@ async def start_fleet(children: Children, base_url: str, procs: int, cpus: str) 
     return LoadFleet(workers)
 
 
+async def loopback_rx_share(pid: int, seconds: float, out: Path) -> float | None:
+    """Share of the server's CPU samples inside ``net_rx_action``: on loopback the kernel runs
+    the receiver's half of each datagram (IP/UDP delivery, socket queueing, waking the viewer's
+    process) inside the sender's ``sendto``; over a NIC that work is on the viewer's machine.
+    None when ``perf`` is missing or not allowed."""
+    try:
+        rec = await asyncio.create_subprocess_exec(
+            "perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(pid),
+            "-o", str(out), "--", "sleep", f"{seconds:.1f}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await rec.wait()
+        rep = await asyncio.create_subprocess_exec(
+            "perf", "report", "-i", str(out), "--children", "--sort", "sym", "-g", "none",
+            "--stdio",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        text, _ = await rep.communicate()
+    except FileNotFoundError:
+        return None
+    for line in text.decode(errors="replace").splitlines():
+        fields = line.split()
+        if fields and fields[-1] == "net_rx_action" and fields[0].endswith("%"):
+            return float(fields[0].rstrip("%")) / 100
+    return None if rec.returncode else 0.0
+
+
 async def measure(
     n: int,
     fleet: LoadFleet,
@@ -93,6 +130,7 @@ async def measure(
     probe: Viewer,
     base_url: str,
     window: float,
+    perf_dir: Path | None = None,
 ) -> Point:
     await fleet.resize(n, timeout=30 + n * 0.5)
     await asyncio.sleep(3.0)  # settle: joins' keyframes and DTLS handshakes done
@@ -103,13 +141,20 @@ async def measure(
     cpu0 = cpu_seconds(server)
     ccpu0 = sum(cpu_seconds(p) for p in clients)
     t0 = time.monotonic()
+    perf: asyncio.Task[float | None] | None = None
+    if perf_dir is not None:
+        perf = asyncio.create_task(
+            loopback_rx_share(server.pid, window * 0.8, perf_dir / f"perf-{n}.data")
+        )
     healthz = await sample_response_times(base_url, window)
     elapsed = time.monotonic() - t0
     cpu = cpu_seconds(server) - cpu0
     ccpu = sum(cpu_seconds(p) for p in clients) - ccpu0
     sent = await anchor_packets(publisher.pc) - sent0
     read = await fleet.read()
-    point = Point(n, viewers_seen=len(read.packets))
+    point = Point(n, viewers_seen=len(read.packets), window_s=elapsed)
+    if perf is not None:
+        point.loopback_rx_share = await perf
     point.server_cores = cpu / elapsed
     point.client_cores = ccpu / elapsed
     point.anchor_pkt_s = sent / elapsed
@@ -129,9 +174,9 @@ def table(points: list[Point], target: str) -> str:
         "| target | N (admitted) | server cores | core/viewer (marginal) | viewers/core "
         "| anchor pkt/s "
         "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
-        "| client cores |"
+        "| client cores | loopback rx share | core/viewer send side |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
 
     def f(v: float | None, d: int = 1) -> str:
         return "-" if v is None else f"{v:.{d}f}"
@@ -142,8 +187,11 @@ def table(points: list[Point], target: str) -> str:
             f"| {f(p.core_per_viewer, 4)} | {f(p.viewers_per_core, 0)} | {p.anchor_pkt_s:.0f} "
             f"| {f(p.delivery_min and p.delivery_min * 100)}% / "
             f"{f(p.delivery_mean and p.delivery_mean * 100)}% "
-            f"| {f(p.probe_p50_ms)} / {f(p.probe_p95_ms)} | {p.probe_frames / 10:.0f} "
-            f"| {f(p.healthz_p50_ms)} / {f(p.healthz_max_ms)} | {p.client_cores:.2f} |"
+            f"| {f(p.probe_p50_ms)} / {f(p.probe_p95_ms)} "
+            f"| {p.probe_frames / p.window_s if p.window_s else 0:.0f} "
+            f"| {f(p.healthz_p50_ms)} / {f(p.healthz_max_ms)} | {p.client_cores:.2f} "
+            f"| {f(p.loopback_rx_share and p.loopback_rx_share * 100)}% "
+            f"| {f(p.send_side_core_per_viewer, 4)} |"
         )
     return "\n".join(lines)
 
@@ -196,7 +244,10 @@ async def run(args: argparse.Namespace) -> list[Point]:
             clients.append(origin.ps)
         base: Point | None = None
         for n in counts:
-            point = await measure(n, fleet, server.ps, clients, publisher, probe, url, args.window)
+            perf_dir = log_dir if args.perf else None
+            point = await measure(
+                n, fleet, server.ps, clients, publisher, probe, url, args.window, perf_dir
+            )
             if base is None and n == 0:
                 base = point
             if base is not None and point.viewers_seen > 0:
@@ -205,6 +256,10 @@ async def run(args: argparse.Namespace) -> list[Point]:
                 point.core_per_viewer = extra / point.viewers_seen
                 if point.core_per_viewer > 0:
                     point.viewers_per_core = 1 / point.core_per_viewer
+                if point.loopback_rx_share is not None and base.loopback_rx_share is not None:
+                    own = point.server_cores * (1 - point.loopback_rx_share)
+                    own0 = base.server_cores * (1 - base.loopback_rx_share)
+                    point.send_side_core_per_viewer = (own - own0) / point.viewers_seen
             points.append(point)
             print(table([point], args.target).splitlines()[-1], flush=True)
             if point.server_cores > 0.98:
@@ -254,6 +309,11 @@ def main() -> None:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpus", default="1")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample the server with perf: split off the viewers' loopback receive path",
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
     print(table([], args.target), flush=True)
