@@ -415,18 +415,20 @@ class DirectSender:
         self.octets += frame.size
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
-            self._update_sender_report()
+            self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
         return True
 
-    def _update_sender_report(self) -> None:
-        """Hand aiortc our counters and the NTP/RTP pair of the last frame sent, for its sender
-        reports (~1 s apart) and ``getStats``; every frame would cost four name-mangled writes."""
+    def _update_sender_report(self, ntp: int | None = None) -> None:
+        """Hand aiortc our counters, and with ``ntp`` the NTP/RTP pair of the frame just sent,
+        for its sender reports (~1 s apart) and ``getStats``; every frame would cost four
+        name-mangled writes."""
         rewriter = self.rewriter
         if rewriter is None:
             return
         sender = self._sender
-        sender._RTCRtpSender__ntp_timestamp = self._cache.ntp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = rewriter.last_timestamp  # type: ignore[attr-defined]
+        if ntp is not None:
+            sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_timestamp = rewriter.last_timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count = rewriter.packets  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count = self.octets  # type: ignore[attr-defined]
 
