@@ -42,6 +42,8 @@ from typing import Any
 import psutil
 
 from bench.fanout import (
+    ANCHOR_FILLER,
+    ANCHOR_GRAIN,
     ROOM,
     SECRET,
     Children,
@@ -80,8 +82,10 @@ class Point:
 
 
 async def anchor_packets(pc: Any) -> int:
+    """Packets the anchor sent that viewers should get: all but H.264 filler data."""
     stats = await pc.getStats()
-    return sum(int(s.packetsSent) for s in stats.values() if s.type == "outbound-rtp")
+    sent = sum(int(s.packetsSent) for s in stats.values() if s.type == "outbound-rtp")
+    return sent - ANCHOR_FILLER[0]
 
 
 async def start_fleet(children: Children, base_url: str, procs: int, cpus: str) -> LoadFleet:
@@ -232,7 +236,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
             origin_url,
             ROOM,
             tokens.mint(ROOM, "anchor", "bench", 3600),
-            video=StampedVideoTrack(1280, 720, 30),
+            video=StampedVideoTrack(1280, 720, 30, grain=ANCHOR_GRAIN),
             audio=ToneAudioTrack(440),
             video_codec="H264",
         )

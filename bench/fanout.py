@@ -55,6 +55,7 @@ from gateway.synthetic import (
     whip_publish,
 )
 from relay.peer import close_quietly, rtc_configuration
+from relay.reassembly import is_h264_filler
 from relay.tokens import TokenAuthority
 
 ROOM = "bench"
@@ -256,18 +257,24 @@ class LoadFleet:
 
 
 # -- anchor encoder -----------------------------------------------------------------------------
+ANCHOR_GRAIN = 4  # StampedVideoTrack grain: 1.5 Mbps of picture, no filler (see below)
+ANCHOR_FILLER = [0]
+"""Filler-data packets the bench anchors in this process sent (the gateway forwards none)."""
+
+
 def use_anchor_encoder(preset: str, kbps: int) -> None:
     """Give aiortc's H264 encoder in THIS process (the anchor's) an x264 preset and a fixed
     constant bitrate.
 
     aiortc sets no preset, so libx264 runs ``medium`` (11-14 ms per 720p frame, ~0.4 core of the
     2 this machine has); a real anchor (browser, OBS) uses a hardware or fast software encoder.
-    aiortc also follows REMB, re-opening the encoder (a new IDR) at every >10% change, and on this
-    easy test pattern undershoots to 300-800 kbps; CBR (``nal-hrd=cbr``, filler) at a fixed
-    ``kbps`` makes every run carry the same packet rate. The p2p reference and the anchor of every
-    server path share this encoder, so server-added latency is unaffected; the servers are not
-    patched (the naive server's per-viewer encoders stay aiortc's). ``preset="aiortc"`` leaves
-    aiortc alone.
+    aiortc also follows REMB, re-opening the encoder (a new IDR) at every >10% change, and on the
+    bare test pattern undershoots to 300-800 kbps; CBR (``nal-hrd=cbr``, filler) at a fixed
+    ``kbps`` makes every run carry the same packet rate, and the anchors' ``ANCHOR_GRAIN`` makes
+    it all picture data (without it half was filler, which the gateway now drops). The p2p
+    reference and the anchor of every server path share this encoder, so server-added latency
+    is unaffected; the servers are not patched (the naive server's per-viewer encoders stay
+    aiortc's). ``preset="aiortc"`` leaves aiortc alone.
     """
     if preset == "aiortc":
         return
@@ -309,6 +316,11 @@ def use_anchor_encoder(preset: str, kbps: int) -> None:
             result: Iterator[bytes] = super()._encode_frame(frame, force_keyframe)
             return result
 
+        def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+            payloads, timestamp = super().encode(frame, force_keyframe)
+            ANCHOR_FILLER[0] += sum(1 for p in payloads if is_h264_filler(p))
+            return payloads, timestamp
+
     original: Callable[[Any], Any] = getattr(rtcrtpsender, "get_encoder")  # noqa: B009
 
     def get_encoder(codec: Any) -> Any:
@@ -338,7 +350,7 @@ class DirectLink:
     async def open(cls, codec: str) -> DirectLink:
         pub = RTCPeerConnection(rtc_configuration(()))
         sub = RTCPeerConnection(rtc_configuration(()))
-        video = StampedVideoTrack()
+        video = StampedVideoTrack(grain=ANCHOR_GRAIN)
         prefer_codec(pub.addTransceiver(video, direction="sendonly"), codec)
         pub.addTransceiver(ToneAudioTrack(), direction="sendonly")
         viewer = Viewer(sub, "", httpx.AsyncClient(), {}, time.monotonic())
@@ -626,13 +638,13 @@ class ServerPath:
         self.path, self.cfg, self.children, self.server = path, cfg, children, server
         self.base_url, self.token, self.log = base_url, token, log
         self.publisher: Publisher | None = None
-        self.anchor_video = StampedVideoTrack()
+        self.anchor_video = StampedVideoTrack(grain=ANCHOR_GRAIN)
         self.fleet: LoadFleet | None = None
         self.reference: DirectLink | None = None
         self.anchor_losses = 0
 
     async def _publish(self) -> None:
-        self.anchor_video = StampedVideoTrack()
+        self.anchor_video = StampedVideoTrack(grain=ANCHOR_GRAIN)
         self.publisher = await whip_publish(
             self.base_url,
             ROOM,

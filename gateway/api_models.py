@@ -50,6 +50,8 @@ class AnchorView(BaseModel):
     packets_received: int
     packets_lost: int
     frames_skipped: int
+    filler_bytes_dropped: int = 0
+    """H.264 filler data (CBR padding) received and not forwarded."""
 
 
 class ViewerView(BaseModel):

@@ -81,6 +81,7 @@ def anchor_view(session: AnchorSession) -> AnchorView:
         packets_received=received,
         packets_lost=session.ingests.packets_lost,
         frames_skipped=session.ingests.frames_skipped,
+        filler_bytes_dropped=session.ingests.filler_bytes,
     )
 
 

@@ -97,6 +97,11 @@ class TrackIngest:
     def frames_skipped(self) -> int:
         return self._assembler.frames_skipped if self._assembler else 0
 
+    @property
+    def filler_bytes(self) -> int:
+        """H.264 filler data dropped before fan-out."""
+        return self._assembler.filler_bytes if self._assembler else 0
+
 
 class IngestSet(dict[MediaKind, TrackIngest]):
     """The tracks of one source (an anchor, or an edge's upstream pull), by kind."""
@@ -122,3 +127,7 @@ class IngestSet(dict[MediaKind, TrackIngest]):
     @property
     def frames_skipped(self) -> int:
         return sum(i.frames_skipped for i in self.values())
+
+    @property
+    def filler_bytes(self) -> int:
+        return sum(i.filler_bytes for i in self.values())

@@ -52,6 +52,21 @@ class AssemblyResult:
     need_keyframe: bool = False
 
 
+H264_FILLER = 12  # filler data NAL unit (H.264 7.4.2.7): HRD padding, no picture data
+H264_FU_A = 28
+
+
+def is_h264_filler(payload: bytes) -> bool:
+    """An RTP payload (RFC 6184) that carries filler data: a single NAL unit or an FU-A
+    fragment of one."""
+    if not payload:
+        return False
+    nal = payload[0] & 0x1F
+    if nal == H264_FU_A:
+        return len(payload) > 1 and payload[1] & 0x1F == H264_FILLER
+    return nal == H264_FILLER
+
+
 def starts_frame(codec: str, packet: _Packet) -> bool:
     """Whether a packet is the first of a frame, from its payload format."""
     name = codec.upper()
@@ -86,6 +101,8 @@ class FrameAssembler:
         self._lost = False
         self.frames_out = 0
         self.frames_skipped = 0
+        self.filler_bytes = 0
+        self._h264 = codec.upper() == "H264"
 
     def push(
         self,
@@ -182,6 +199,15 @@ class FrameAssembler:
         self.frames_skipped += 1
 
     def _frame(self, packets: list[_Packet]) -> EncodedFrame:
+        if self._h264:
+            # CBR encoders (x264 with nal-hrd=cbr, as OBS sets it) pad with filler NAL units,
+            # often a third of the bitrate: no decoder needs them, so no viewer is sent them.
+            kept = [p for p in packets if not is_h264_filler(p.payload)]
+            if kept and len(kept) < len(packets):
+                self.filler_bytes += sum(len(p.payload) for p in packets) - sum(
+                    len(p.payload) for p in kept
+                )
+                packets = kept
         data = b"".join(p.data for p in packets)
         self.frames_out += 1
         return EncodedFrame(

@@ -115,3 +115,35 @@ def test_vp8_frame_start_from_payload_descriptor() -> None:
 def push_vp8(asm: FrameAssembler, seq: int, ts: int, marker: bool, *, start: bool):
     descriptor = b"\x10" if start else b"\x00"
     return asm.push(seq, ts, marker, descriptor + b"\x00abc", b"\x00abc", 0.0)
+
+
+def test_h264_filler_data_is_not_forwarded() -> None:
+    """x264 CBR (as OBS runs it) pads frames with filler NAL units (type 12): they are dropped,
+    as a single NAL unit or as FU-A fragments, and counted; the frame keeps everything else."""
+    asm = FrameAssembler("video", "H264")
+    sei = b"\x06\x05\x01\x80"
+    slice_a, slice_b = b"\x7c\x81" + b"\x33" * 50, b"\x7c\x41" + b"\x33" * 40  # FU-A of an IDR
+    filler_a, filler_b = b"\x7c\x8c" + b"\xff" * 60, b"\x7c\x4c" + b"\xff" * 59 + b"\x80"
+    single_filler = b"\x0c" + b"\xff" * 20 + b"\x80"
+    packets = [
+        (sei, b"\x00\x00\x00\x01" + sei),
+        (slice_a, b"\x00\x00\x00\x01\x65" + slice_a[2:]),
+        (slice_b, slice_b[2:]),
+        (single_filler, b"\x00\x00\x00\x01" + single_filler),
+        (filler_a, b"\x00\x00\x00\x01\x0c" + filler_a[2:]),
+        (filler_b, filler_b[2:]),
+    ]
+    out = []
+    for i, (payload, data) in enumerate(packets):
+        out += asm.push(100 + i, 9000, i == len(packets) - 1, payload, data, 0.0).frames
+    assert len(out) == 1
+    frame = out[0]
+    assert frame.payloads == (sei, slice_a, slice_b)
+    assert frame.data == b"\x00\x00\x00\x01" + sei + b"\x00\x00\x00\x01\x65" + b"\x33" * 90
+    assert frame.keyframe
+    assert asm.filler_bytes == len(single_filler) + len(filler_a) + len(filler_b)
+    # a VP8 payload that happens to start like one is left alone
+    vp8 = FrameAssembler("video", "VP8")
+    assert vp8.push(1, 0, False, b"\x10\x00", b"\x10\x00", 0.0).frames == []
+    frames = vp8.push(2, 0, True, b"\x0c\xff", b"\x0c\xff", 0.0).frames
+    assert frames[0].payloads == (b"\x10\x00", b"\x0c\xff") and vp8.filler_bytes == 0
