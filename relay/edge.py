@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .access import AccessPolicy
-from .cluster import ClusterNode, link_token
+from .cluster import ClusterNode, TemporaryRedirect, link_token
 from .errors import ServiceUnavailable
 from .http_common import CorsHeaders, check_room
 from .hub import FanoutHub
@@ -265,9 +265,17 @@ def create_edge_app(
         by it (a private room needs an audience token, as at the origin), route (307/503), then
         make sure the pull runs."""
         room = request.path_params.get("room")
-        if request.method != "POST" or room is None or "session_id" in request.path_params:
+        if room is None or "session_id" in request.path_params:
             return
         room = str(room)
+        if request.method in ("POST", "HEAD") and "mixminus" in request.query_params:
+            # an anchor's mix-minus is mixed where the anchors are: send it up the tree (each
+            # parent relay does the same, the origin serves it; clients follow 307, RFC 9725)
+            check_room(room)
+            upstream = node.edge.config.link.upstream.rstrip("/")
+            raise TemporaryRedirect(f"{upstream}/whep/{room}?{request.url.query}")
+        if request.method != "POST":
+            return
         check_room(room)
         await node.cluster.refresh_room_policy(room)
         node.access.authorize(

@@ -15,8 +15,11 @@ import pytest
 from aiortc import RTCPeerConnection
 from fastapi import FastAPI
 
+from gateway.cluster import build_edge_node
+from gateway.settings import AuthSettings, ClusterSettings, Settings
 from gateway.synthetic import Publisher, ToneAudioTrack, whip_publish
 from relay.access import AccessPolicy
+from relay.edge import create_edge_app
 from relay.peer import close_quietly, rtc_configuration
 from relay.problems import install_problem_handlers
 from relay.registry import NodeRecord
@@ -330,7 +333,8 @@ async def test_mixminus_gives_each_anchor_everyone_else() -> None:
 @pytest.mark.timeout(30)
 async def test_mixminus_is_served_by_the_origin_only() -> None:
     """The origin's 307 routing to edges leaves mix-minus pulls alone (only the origin has the
-    anchors); a WHEP router without mix-minus (an edge's) answers 404 to one."""
+    anchors); a WHEP router without mix-minus answers 404 to one, and a relay redirects it to its
+    upstream."""
     with run_server() as server:
         cluster = server.gateway.cluster
         assert cluster is not None
@@ -360,3 +364,20 @@ async def test_mixminus_is_served_by_the_origin_only() -> None:
         r = await http.post("/whep/r?mixminus=x", content="v=0", headers=bearer)
         assert r.status_code == 404 and "origin" in r.text
         assert (await http.head("/whep/r?mixminus=x")).status_code == 404
+
+    # a relay process sends a mix-minus pull up its tree, query and all (the origin serves it)
+    settings = Settings(
+        auth=AuthSettings(token_secret=SECRET),
+        cluster=ClusterSettings(role="edge", upstream="http://origin.test:8080/"),
+    )
+    relay = create_edge_app(build_edge_node(settings))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=relay), base_url="http://edge"
+    ) as http:
+        r = await http.post("/whep/r?mixminus=x&access_token=t", content="v=0", headers=offer)
+        assert r.status_code == 307
+        assert r.headers["location"] == "http://origin.test:8080/whep/r?mixminus=x&access_token=t"
+        r = await http.head("/whep/r?mixminus=x")
+        assert r.status_code == 307
+        r = await http.post("/whep/bad room?mixminus=x", content="v=0", headers=offer)
+        assert 400 <= r.status_code < 500  # a bad room name is refused, not redirected
