@@ -36,7 +36,6 @@ import psutil
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.mixer.codecs import VideoEncoder
 from gateway.synthetic import (
     Publisher,
     StampedVideoTrack,
@@ -65,14 +64,30 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def make_clip(width: int, height: int, frames: int = 90, gop: int = 30) -> list[tuple[bytes, bool]]:
-    """A moving pattern encoded once with x264 ultrafast: what a load anchor loops."""
-    enc = VideoEncoder("H264", width, height, 30, 1_500_000, gop)
+    """A moving pattern encoded once with x264 ultrafast: what a load anchor loops. Its encoder
+    is fixed here, not the mixer's ``VideoEncoder``, so tuning the mixer's encoder never changes
+    the benchmark's input."""
+    import fractions
+
+    import av
+
+    ctx = av.CodecContext.create("libx264", "w")
+    ctx.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "level": "31",
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1",
+    }
+    ctx.profile = "Baseline"
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+    ctx.bit_rate = 1_500_000
+    ctx.framerate = fractions.Fraction(30, 1)
+    ctx.time_base = fractions.Fraction(1, 30)
+    ctx.thread_count = 1
     x = np.arange(width * 2)
     row = (128 + 60 * np.sin(x / 23.0) + 30 * np.sin(x / 7.0)).astype(np.uint8)
     pattern = np.tile(row, (height, 1))
     out: list[tuple[bytes, bool]] = []
-    import av
-
     for i in range(frames):
         yuv = np.full((height * 3 // 2, width), 128, np.uint8)
         shift = (i * 8) % width
@@ -80,7 +95,9 @@ def make_clip(width: int, height: int, frames: int = 90, gop: int = 30) -> list[
         bx, by = (i * 12) % (width - 160), (i * 7) % (height - 160)
         yuv[by : by + 160, bx : bx + 160] = 235  # a moving square
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        out += enc.encode(frame, keyframe=i % gop == 0)
+        frame.pts = i
+        frame.pict_type = av.video.frame.PictureType.I if i % gop == 0 else 0
+        out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(frame)]
     return out
 
 
