@@ -18,6 +18,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **overrides)
     if settings.cluster.role == "edge":
         return _relay(args)  # one config file can pick the node's role
+    problem = _tls_problem(settings)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     gateway = build_gateway(settings)
     app = create_app(settings, gateway)
@@ -39,6 +43,22 @@ def _serve(args: argparse.Namespace) -> int:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
     _run(app, settings)
     return 0
+
+
+def _tls_problem(settings: Settings) -> str | None:
+    """Why the configured certificate and key cannot serve HTTPS (checked before anything
+    starts, instead of a traceback from the server's startup), or None."""
+    if not settings.tls_certfile:
+        return None
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_certfile, settings.tls_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot serve HTTPS with {settings.tls_certfile} / {settings.tls_keyfile}: {exc}"
+    return None
 
 
 def _run(app: object, settings: Settings) -> None:
@@ -79,6 +99,10 @@ def _relay(args: argparse.Namespace) -> int:
             cluster[key] = value
     settings = load_settings(args.config, cluster=ClusterSettings(**cluster), **overrides)
     configure_logging(settings.log_level, settings.log_format)
+    problem = _tls_problem(settings)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     if not settings.cluster.upstream:
         print("a relay needs --upstream URL (or cluster.upstream)", file=sys.stderr)
         return 2

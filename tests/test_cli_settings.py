@@ -176,6 +176,25 @@ async def _offer() -> str:
         await close_quietly(pc)
 
 
+def test_serve_refuses_an_unusable_certificate_clearly(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    env = {
+        **os.environ,
+        "STAGECAST_TLS_CERTFILE": str(tmp_path / "cert.pem"),
+        "STAGECAST_TLS_KEYFILE": str(tmp_path / "missing.pem"),
+    }
+    for command in (["serve"], ["relay", "--upstream", "http://127.0.0.1:9"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *command, "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert done.returncode == 2
+        assert "cannot serve HTTPS" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_tls_settings_go_in_pairs() -> None:
     with pytest.raises(ValidationError):
         Settings(tls_certfile="cert.pem")
