@@ -189,7 +189,15 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     access = gw.access
     links = ice_link_headers(settings)
     limit = settings.sessions.max_sdp_bytes
-    app.include_router(whip_router(gw.anchors, access, max_sdp_bytes=limit, link_headers=links))
+    app.include_router(
+        whip_router(
+            gw.anchors,
+            access,
+            max_sdp_bytes=limit,
+            link_headers=links,
+            start_kbps=settings.media.anchor_start_kbps,
+        )
+    )
     whep_gate = [Depends(origin_whep_gate(gw.cluster))] if gw.cluster is not None else []
     app.include_router(
         whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links, mixminus=True),

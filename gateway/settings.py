@@ -31,6 +31,9 @@ class MediaSettings(BaseModel):
     audio_queue_frames: int = Field(100, ge=2, le=1000)
     reassembly_wait: float = Field(0.1, gt=0, le=2)
     """How long a missing packet may hold back later frames before they are skipped."""
+    anchor_start_kbps: int = Field(1200, ge=0, le=20000)
+    """Where a browser anchor's bandwidth estimate starts (x-google-start-bitrate in the WHIP
+    answer); its default, 300 kbps, makes a 720p camera send 360p for its first ~10 s. 0: off."""
 
 
 class SessionSettings(BaseModel):

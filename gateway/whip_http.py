@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from relay.access import AccessPolicy
 from relay.http_common import SDP, check_room, read_limited, require_content_type
-from relay.sdp import check_offer, decode_body
+from relay.sdp import check_offer, decode_body, with_start_bitrate
 from relay.session_http import add_session_routes, created_response
 
 from .anchors import AnchorService
@@ -18,7 +18,9 @@ def whip_router(
     *,
     max_sdp_bytes: int = 64 * 1024,
     link_headers: tuple[str, ...] = (),
+    start_kbps: int = 0,
 ) -> APIRouter:
+    """``start_kbps``: the bandwidth estimate a browser anchor starts from (0: its own)."""
     router = APIRouter(tags=["whip"])
 
     @router.post(
@@ -38,9 +40,8 @@ def whip_router(
         text = decode_body(await read_limited(request, max_sdp_bytes), max_bytes=max_sdp_bytes)
         summary = check_offer(text, "publish")
         session = await service.open(room, text, summary, grant)
-        return created_response(
-            "/whip", room, session.id, session.etag, session.pc.localDescription.sdp, link_headers
-        )
+        answer = with_start_bitrate(session.pc.localDescription.sdp, start_kbps)
+        return created_response("/whip", room, session.id, session.etag, answer, link_headers)
 
     add_session_routes(
         router,

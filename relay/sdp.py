@@ -101,6 +101,54 @@ def strip_mdns_candidates(text: str) -> str:
     return "".join(kept)
 
 
+_VIDEO_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
+
+
+def with_start_bitrate(answer: str, kbps: int) -> str:
+    """An SDP answer whose video codecs carry libwebrtc's ``x-google-start-bitrate`` format
+    parameter (kbps).
+
+    A browser sending to us has only REMB for bandwidth estimation (aiortc has no transport-cc),
+    and from its default 300 kbps start it ramps a 720p camera up over tens of seconds, sending
+    360p meanwhile. Told where to start, it begins near the rate the stream needs. Other clients
+    ignore the parameter (RFC 8866: unknown format parameters are ignored)."""
+    if kbps <= 0:
+        return answer
+    lines = answer.splitlines(keepends=True)
+    out: list[str] = []
+    video = False
+    pts: set[str] = set()
+    with_fmtp: set[str] = set()
+    for line in lines:  # first pass: which payload types are video codecs, which have fmtp
+        if line.startswith("m="):
+            video = line.startswith("m=video")
+        elif video and line.startswith("a=rtpmap:"):
+            pt, _, rest = line[len("a=rtpmap:") :].partition(" ")
+            if rest.split("/")[0].strip().lower() in _VIDEO_CODECS:
+                pts.add(pt)
+        elif video and line.startswith("a=fmtp:"):
+            with_fmtp.add(line[len("a=fmtp:") :].partition(" ")[0])
+    param = f"x-google-start-bitrate={kbps}"
+    video = False
+    for line in lines:
+        if line.startswith("m="):
+            video = line.startswith("m=video")
+        body = line.rstrip("\r\n")
+        end = line[len(body) :] or "\r\n"
+        if video and line.startswith("a=fmtp:"):
+            pt, _, params = body[len("a=fmtp:") :].partition(" ")
+            if pt in pts and "x-google-start-bitrate" not in params:
+                line = (
+                    f"a=fmtp:{pt} {params};{param}{end}" if params else f"a=fmtp:{pt} {param}{end}"
+                )
+        out.append(line)
+        if video and line.startswith("a=rtpmap:"):
+            pt = body[len("a=rtpmap:") :].partition(" ")[0]
+            if pt in pts and pt not in with_fmtp:
+                out.append(f"a=fmtp:{pt} {param}{end}")
+    return "".join(out)
+
+
 def pick_codec(offered: tuple[str, ...], preference: tuple[str, ...]) -> str:
     """First codec of ``preference`` that the offer lists (case-insensitive)."""
     lowered = {n.lower() for n in offered}

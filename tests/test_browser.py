@@ -313,3 +313,27 @@ async def test_console_kicks_anchor_and_watch_page_reads_stamps(
                 assert page.errors == []
     finally:
         await anchor.close()
+
+
+@pytest.mark.timeout(60)
+async def test_chromium_anchor_starts_near_the_bitrate_it_needs(server: RunningServer) -> None:
+    """The WHIP answer tells the browser where its bandwidth estimate starts
+    (``media.anchor_start_kbps``): a 720p camera sends >= 540p within seconds. From Chrome's own
+    300 kbps start it sent 360p for its first ~8 s (measured on this machine)."""
+    room = "ramp"
+    url = f"{server.base_url}/publish?room={room}&quality=720#token={server.anchor_token(room)}"
+    async with chromium(fake_media=True) as browser:
+        pub = await open_page(browser, url)
+        await until(pub, "window.stagecast.stream && !document.querySelector('#go').disabled", 10)
+        await pub.click("#go")
+        await until(pub, "window.stagecast.state === 'live'", 10, "the anchor going live")
+        t0 = time.monotonic()
+        await until(
+            pub,
+            "(window.stagecast.stats?.video?.width || 0) >= 960",
+            5,
+            "a >= 540p picture from the start",
+        )
+        print(f"Chromium anchor at >= 540p {time.monotonic() - t0:.1f} s after going live")
+        await pub.click("#stop")
+        assert pub.errors == []

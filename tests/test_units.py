@@ -117,6 +117,34 @@ def test_mdns_candidates_stripped() -> None:
     assert ".local" not in out and "127.0.0.1 54322" in out and out.startswith("v=0")
 
 
+def test_start_bitrate_goes_on_every_video_codec_of_the_answer() -> None:
+    from aiortc.sdp import SessionDescription
+
+    from relay.sdp import with_start_bitrate
+
+    answer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 minptime=10\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102\r\na=rtpmap:96 VP8/90000\r\n"
+        "a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rtpmap:102 H264/90000\r\n"
+        "a=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n"
+    )
+    out = with_start_bitrate(answer, 1200)
+    lines = out.split("\r\n")
+    assert "a=fmtp:96 x-google-start-bitrate=1200" in lines  # added after VP8's rtpmap
+    assert (
+        "a=fmtp:102 packetization-mode=1;profile-level-id=42e01f;x-google-start-bitrate=1200"
+        in (lines)
+    )
+    assert "a=fmtp:97 apt=96" in lines and "a=fmtp:111 minptime=10" in lines  # rtx, audio
+    assert with_start_bitrate(out, 1200) == out and with_start_bitrate(answer, 0) == answer
+    parsed = SessionDescription.parse(out)  # still a valid description, same codecs
+    codecs = {c.payloadType: c for c in parsed.media[1].rtp.codecs}
+    assert str(codecs[102].parameters["x-google-start-bitrate"]) == "1200"
+    assert codecs[102].parameters["profile-level-id"] == "42e01f"
+
+
 def test_trickle_fragment() -> None:
     frag = parse_trickle(
         "a=ice-ufrag:abcd\na=ice-pwd:xyz\nm=audio 9 RTP/AVP 0\na=mid:0\n"
