@@ -69,9 +69,10 @@ def build_templates(
 
 GSO_PAD_BUDGET = 0.05
 """Share of a GSO run's bytes that RTP padding may add to make it one send. An encoder with
-sliced threads (x264 zerolatency) gives 3-4 slices per frame, each fragmented to its own packet
-size: padding the odd packets up turns ~3.6 sends per 720p frame into ~2.5 for ~1.2 % more bytes,
-and on loopback a send costs ~8 us where a datagram inside a GSO send costs ~3 us."""
+sliced threads (x264 zerolatency) sends an SEI and 2-3 slices per frame, each fragmented to its
+own packet size: padding the odd packets up turns 3.4 sends per 720p 1.5 Mbps frame into 2.4 for
+1.5 % more bytes, and on loopback a send costs ~8 us where a datagram inside a GSO send costs
+~3 us (``bench.udp_cost``)."""
 MAX_RTP_PADDING = 255  # the padding count is one byte (RFC 3550 5.1)
 
 
