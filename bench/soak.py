@@ -45,8 +45,12 @@ async def _runtime(client: httpx.AsyncClient) -> dict[str, Any]:
     return data
 
 
-async def _settle(client: httpx.AsyncClient, timeout: float = 20.0) -> dict[str, Any]:
-    """Runtime figures once every session has gone (or the timeout passed)."""
+async def _settle(
+    client: httpx.AsyncClient, baseline: dict[str, Any] | None = None, timeout: float = 20.0
+) -> dict[str, Any]:
+    """Runtime figures once every session has gone and, given a ``baseline``, tasks, threads and
+    fds are back to it (closing peers finish their last tasks a moment after the session ends);
+    or whatever they are when the timeout passes: a leak stays above the baseline."""
     deadline = time.monotonic() + timeout
     while True:
         rt = await _runtime(client)
@@ -55,6 +59,8 @@ async def _settle(client: httpx.AsyncClient, timeout: float = 20.0) -> dict[str,
             and rt["viewer_sessions"] == 0
             and rt["peer_connections"] == 0
         )
+        if baseline is not None:
+            done = done and all(rt[k] <= baseline[k] for k in ("tasks", "threads", "fds"))
         if done or time.monotonic() > deadline:
             return rt
         await asyncio.sleep(0.5)
@@ -132,7 +138,7 @@ async def soak(base: str, viewer_cycles: int, anchor_cycles: int, batch: int) ->
             anchor_failures += 0 if ok else 1
             await p.close()
         seconds = time.monotonic() - t0
-        after = await _settle(client)
+        after = await _settle(client, before)
     return SoakResult(
         viewer_cycles,
         anchor_cycles,
@@ -188,6 +194,10 @@ def main() -> None:
         f"  after {a['rss_bytes'] / 2**20:6.1f}"
         f"  growth {result.rss_growth_bytes / 2**20:+.1f}"
     )
+    kinds_before, kinds_after = b.get("task_kinds") or {}, a.get("task_kinds") or {}
+    for kind, count in kinds_after.items():
+        if count > kinds_before.get(kind, 0):
+            print(f"  more tasks of {kind}: {kinds_before.get(kind, 0)} -> {count}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(asdict(result), fh, indent=2)

@@ -8,6 +8,7 @@ import gc
 import os
 import threading
 import time
+from collections import Counter
 
 import psutil
 from aiortc import RTCPeerConnection
@@ -28,6 +29,8 @@ class RuntimeView(BaseModel):
     viewer_sessions: int
     peer_connections: int | None
     uptime_s: float
+    task_kinds: dict[str, int] | None = None
+    """With ``deep``: running tasks by coroutine, to see what a leak is made of."""
 
 
 def count_peer_connections() -> int:
@@ -38,6 +41,15 @@ def count_peer_connections() -> int:
         for o in gc.get_objects()
         if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
     )
+
+
+def task_kinds() -> dict[str, int]:
+    """Running asyncio tasks counted by their coroutine's qualified name."""
+    kinds: Counter[str] = Counter()
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        kinds[getattr(coro, "__qualname__", type(coro).__name__)] += 1
+    return dict(sorted(kinds.items()))
 
 
 def runtime_router(anchors: AnchorService, viewers: ViewerService) -> APIRouter:
@@ -58,6 +70,7 @@ def runtime_router(anchors: AnchorService, viewers: ViewerService) -> APIRouter:
             viewer_sessions=len(viewers.sessions),
             peer_connections=count_peer_connections() if deep else None,
             uptime_s=round(time.monotonic() - started, 3),
+            task_kinds=task_kinds() if deep else None,
         )
 
     return router
