@@ -201,7 +201,7 @@ class FrameAssembler:
     def _frame(self, packets: list[_Packet]) -> EncodedFrame:
         if self._h264:
             # CBR encoders (x264 with nal-hrd=cbr, as OBS sets it) pad with filler NAL units,
-            # often a third of the bitrate: no decoder needs them, so no viewer is sent them.
+            # up to half of the bitrate: no decoder needs them, so no viewer is sent them.
             kept = [p for p in packets if not is_h264_filler(p.payload)]
             if kept and len(kept) < len(packets):
                 self.filler_bytes += sum(len(p.payload) for p in packets) - sum(
