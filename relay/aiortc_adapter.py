@@ -199,17 +199,7 @@ class _SrtpWriter:
 
     def protect(self, template: bytes, seq: int, ts: int, ssrc: int) -> memoryview:
         """One packet, encrypted: a view valid until the next call."""
-        n = len(template)
-        if n > self.LIMIT:
-            raise ValueError("RTP packet too large for the SRTP buffer")
-        buf, length_p = self._buf, self._len
-        buf[:n] = template
-        SEQ_TS_SSRC.pack_into(buf, 2, seq, ts, ssrc)
-        length_p[0] = n
-        status = srtp_lib.srtp_protect(self._ctx, self._cdata, length_p)
-        if status:
-            raise AdapterError(f"srtp_protect failed: {status}")
-        return self._view[: length_p[0]]
+        return self.protect_run((template,), 0, 1, seq, ts, ssrc)[0]
 
     def protect_run(
         self, templates: tuple[bytes, ...], start: int, end: int, seq: int, ts: int, ssrc: int
@@ -374,15 +364,9 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None:
             return True
-        route = self._cached
-        if (
-            route is None
-            or self._dtls._state is not DtlsState.CONNECTED
-            or self._nominated.get(1) is not self._pair
-        ):
-            route = self._route()
-            if route is None:
-                return True
+        route = self._route()
+        if route is None:
+            return True
         writer, sock, addr = route
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         templates = packets.templates
