@@ -38,6 +38,7 @@ from gateway.mixer.layout import (
     parse_colour,
 )
 from gateway.mixer.program import ProgramWorker, RenditionSpec
+from gateway.mixer.swscale import load as load_swscale
 from relay.keyframes import is_keyframe
 from relay.media import EncodedFrame
 
@@ -293,6 +294,35 @@ def test_compositor_repaints_only_changes_yet_matches_a_fresh_canvas() -> None:
         got = comp.compose(tiles, shown, spec.background, spec.empty).to_ndarray()
         fresh = Compositor(w, h).compose(tiles, shown, spec.background, spec.empty)
         assert np.array_equal(got, fresh.to_ndarray()), (spec.mode, ids)
+
+
+def test_compositor_scales_into_the_canvas_as_pyav_would() -> None:
+    """The direct path (libswscale through ctypes into the canvas) is found on this platform
+    and draws the very pixels of the VideoReformatter + paste path, for a downscale, a
+    pillarboxed portrait (too narrow for swscale's write blocks: it takes the copying path,
+    so nothing spills into its neighbours) and a same-size copy."""
+    assert load_swscale() is not None
+    w, h = 320, 180
+    rng = np.random.default_rng(7)
+
+    def noise(fw: int, fh: int) -> object:
+        c = Canvas(fw, fh)
+        c.y[:] = rng.integers(16, 236, c.y.shape, dtype=np.uint8)
+        c.u[:] = rng.integers(16, 241, c.u.shape, dtype=np.uint8)
+        c.v[:] = rng.integers(16, 241, c.v.shape, dtype=np.uint8)
+        return c.to_frame()
+
+    pics = {
+        "a": Picture(noise(640, 360), 1),
+        "b": Picture(noise(200, 300), 1),
+        "c": Picture(noise(160, 90), 1),
+    }
+    tiles = compute_layout(LayoutSpec(), ["a", "b", "c"], w, h)
+    comp = Compositor(w, h)
+    direct = comp.compose(tiles, pics, (0, 0, 0), (9, 9, 9)).to_ndarray()
+    assert comp.direct_draws == 2  # "b" is 60 wide (not whole blocks): the copying path
+    copied = Compositor(w, h, direct=False).compose(tiles, pics, (0, 0, 0), (9, 9, 9))
+    assert np.array_equal(direct, copied.to_ndarray())
 
 
 # -- codecs and the aiortc packetiser hooks -------------------------------------------------

@@ -1,7 +1,8 @@
 """Video compositing: decoded anchor pictures scaled (swscale, aspect kept) onto a YUV canvas.
 
 Synchronous and socket-free; the program worker calls it once per output tick. Pictures that did
-not change since the last tick are not scaled again.
+not change since the last tick are not scaled again; where tiles do not overlap, each new
+picture is scaled straight into the canvas (``swscale.RegionScaler``), with no copy in between.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
 from .layout import Rect, Rgb, Tile, fit_rect
+from .swscale import RegionScaler, load
 
 Plane = npt.NDArray[np.uint8]
 
@@ -124,12 +126,17 @@ class Compositor:
 
     Repaints only what changed: the background only when the geometry (tile rects, which are
     placeholders, colours) changed since the last call, and, when no two tiles overlap, only
-    the tiles whose picture changed. Each anchor's picture is scaled once per new picture."""
+    the tiles whose picture changed. Each anchor's picture is scaled once per new picture:
+    straight into the canvas when no two tiles overlap, else into a kept copy that is pasted
+    again whenever a tile below it is redrawn."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, *, direct: bool = True) -> None:
         self.canvas = Canvas(width, height)
         self._cache: dict[str, tuple[int, Rect, tuple[Plane, Plane, Plane]]] = {}
         self._scalers: dict[str, Any] = {}  # anchor id -> its VideoReformatter
+        self._sws = load() if direct else None
+        self._region: dict[str, RegionScaler] = {}  # anchor id -> its scaler into the canvas
+        self.direct_draws = 0  # pictures scaled straight into the canvas
         self._geometry: tuple[object, ...] | None = None
         self._drawn: list[_Draw] = []
 
@@ -152,13 +159,13 @@ class Compositor:
             if fit.w > 0 and fit.h > 0:
                 draws.append(_Draw(fit, tile.anchor_id, pic.serial))
         geometry = (background, empty, tuple((d.rect, d.anchor_id) for d in draws))
+        overlapping = any(
+            _overlap(a.rect, b.rect) for i, a in enumerate(draws) for b in draws[i + 1 :]
+        )
         if geometry != self._geometry:
             c.fill(background)
             previous: list[_Draw] = []
         else:
-            overlapping = any(
-                _overlap(a.rect, b.rect) for i, a in enumerate(draws) for b in draws[i + 1 :]
-            )
             previous = [] if overlapping else self._drawn
         for i, d in enumerate(draws):
             if i < len(previous) and previous[i] == d:
@@ -166,14 +173,32 @@ class Compositor:
             if d.anchor_id is None:
                 c.fill(empty, d.rect)
                 continue
-            c.paste(d.rect, self._scaled(d.anchor_id, pictures[d.anchor_id], d.rect))
+            pic = pictures[d.anchor_id]
+            if not overlapping and self._draw_direct(d.anchor_id, pic, d.rect):
+                continue
+            c.paste(d.rect, self._scaled(d.anchor_id, pic, d.rect))
         used = {d.anchor_id for d in draws}
         for gone in [a for a in self._cache if a not in used]:
             del self._cache[gone]
         for gone in [a for a in self._scalers if a not in used]:
             del self._scalers[gone]
+        for gone in [a for a in self._region if a not in used]:
+            self._region.pop(gone).close()
         self._geometry, self._drawn = geometry, draws
         return c.to_frame()
+
+    def _draw_direct(self, anchor_id: str, pic: Picture, fit: Rect) -> bool:
+        """Scale ``pic`` straight into the canvas; False where that path is not available."""
+        if self._sws is None:
+            return False
+        scaler = self._region.get(anchor_id)
+        if scaler is None:
+            scaler = self._region[anchor_id] = RegionScaler(self._sws, self.canvas.frame)
+        if not scaler.scale(pic.frame, fit):
+            return False
+        self._cache.pop(anchor_id, None)  # a later overlapping layout scales it again
+        self.direct_draws += 1
+        return True
 
     def _scaled(self, anchor_id: str, pic: Picture, fit: Rect) -> tuple[Plane, Plane, Plane]:
         cached = self._cache.get(anchor_id)
