@@ -39,7 +39,7 @@ from .codecs import (
     VideoEncoder,
 )
 from .compositor import Compositor, Picture
-from .layout import LayoutSpec, compute_layout
+from .layout import LayoutSpec, Tile, compute_layout
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class ProgramWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.stats = WorkerStats()
         self._serials = itertools.count(1)  # Picture.serial (worker thread only)
+        # the last layout computed (worker thread only): the same spec and anchors give the
+        # same tiles, so a steady room skips ``compute_layout`` (~0.09 ms a tick for 4 tiles)
+        self._tiles_key: tuple[LayoutSpec, tuple[str, ...]] | None = None
+        self._tiles: list[Tile] = []
         self.error: BaseException | None = None
 
     # -- event-loop side ------------------------------------------------------------------
@@ -350,8 +354,11 @@ class ProgramWorker:
                 pictures[inp.anchor_id] = inp.picture
         c1 = time.thread_time()
         main = self.renditions[0]
-        tiles = compute_layout(spec, order, main.width, main.height)
-        frame = compositor.compose(tiles, pictures, spec.background, spec.empty)
+        layout_key = (spec, tuple(order))
+        if layout_key != self._tiles_key:
+            self._tiles = compute_layout(spec, order, main.width, main.height)
+            self._tiles_key = layout_key
+        frame = compositor.compose(self._tiles, pictures, spec.background, spec.empty)
         self.stats.decode_cpu_seconds += c1 - c0
         self.stats.composite_cpu_seconds += time.thread_time() - c1
         with self._lock:
