@@ -23,6 +23,11 @@ share of its CPU inside ``net_rx_action``: on loopback the kernel delivers each 
 viewer's socket and wakes the viewer's process inside the server's ``sendto`` (``bench.udp_cost``
 times it), work that a NIC leaves to the viewer's machine. "core/viewer send side" is the
 marginal CPU per viewer without it; the plain marginal figure stays the headline.
+
+"fan-out core/viewer" is the node's own count (``fanout_cpu_s`` in its stream API): thread CPU
+inside the hub's viewer loop, where each viewer's packets are numbered, encrypted and sent (the
+kernel's send path, and on loopback the receive path, included). The rest of the marginal figure
+is per-viewer RTCP, ICE consent checks and event-loop wakeups.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from bench.fanout import (
@@ -79,6 +85,8 @@ class Point:
     window_s: float = 0.0
     loopback_rx_share: float | None = None  # --perf: server CPU spent delivering to viewers
     send_side_core_per_viewer: float | None = None
+    fanout_cores: float | None = None  # the node's own count: CPU inside the hub's viewer loop
+    fanout_core_per_viewer: float | None = None
 
 
 async def anchor_packets(pc: Any) -> int:
@@ -86,6 +94,24 @@ async def anchor_packets(pc: Any) -> int:
     stats = await pc.getStats()
     sent = sum(int(s.packetsSent) for s in stats.values() if s.type == "outbound-rtp")
     return sent - ANCHOR_FILLER[0]
+
+
+OPERATOR_KEY = "capacity-bench-operator-key"
+
+
+async def fanout_seconds(base_url: str, target: str) -> float | None:
+    """The node's own count of CPU spent in the hub's viewer loop (sends, SRTP, sockets)."""
+    path = f"/v1/rooms/{ROOM}/stream" if target == "gateway" else "/cluster"
+    try:
+        headers = {"X-API-Key": OPERATOR_KEY}
+        async with httpx.AsyncClient(base_url=base_url, timeout=5, headers=headers) as client:
+            body = (await client.get(path)).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if target != "gateway":
+        body = body.get("pulls", {}).get(ROOM, {})
+    value = body.get("fanout_cpu_s")
+    return float(value) if value is not None else None
 
 
 async def start_fleet(children: Children, base_url: str, procs: int, cpus: str) -> LoadFleet:
@@ -135,6 +161,7 @@ async def measure(
     base_url: str,
     window: float,
     perf_dir: Path | None = None,
+    target: str = "gateway",
 ) -> Point:
     await fleet.resize(n, timeout=30 + n * 0.5)
     await asyncio.sleep(3.0)  # settle: joins' keyframes and DTLS handshakes done
@@ -142,6 +169,7 @@ async def measure(
     probe.samples.clear()
     frames0 = probe.video_frames
     sent0 = await anchor_packets(publisher.pc)
+    fan0 = await fanout_seconds(base_url, target)
     cpu0 = cpu_seconds(server)
     ccpu0 = sum(cpu_seconds(p) for p in clients)
     t0 = time.monotonic()
@@ -154,12 +182,15 @@ async def measure(
     elapsed = time.monotonic() - t0
     cpu = cpu_seconds(server) - cpu0
     ccpu = sum(cpu_seconds(p) for p in clients) - ccpu0
+    fan1 = await fanout_seconds(base_url, target)
     sent = await anchor_packets(publisher.pc) - sent0
     read = await fleet.read()
     point = Point(n, viewers_seen=len(read.packets), window_s=elapsed)
     if perf is not None:
         point.loopback_rx_share = await perf
     point.server_cores = cpu / elapsed
+    if fan0 is not None and fan1 is not None:
+        point.fanout_cores = (fan1 - fan0) / elapsed
     point.client_cores = ccpu / elapsed
     point.anchor_pkt_s = sent / elapsed
     if read.packets and sent:
@@ -178,9 +209,9 @@ def table(points: list[Point], target: str) -> str:
         "| target | N (admitted) | server cores | core/viewer (marginal) | viewers/core "
         "| anchor pkt/s "
         "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
-        "| client cores | loopback rx share | core/viewer send side |"
+        "| client cores | loopback rx share | core/viewer send side | fan-out core/viewer |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
 
     def f(v: float | None, d: int = 1) -> str:
         return "-" if v is None else f"{v:.{d}f}"
@@ -195,7 +226,7 @@ def table(points: list[Point], target: str) -> str:
             f"| {p.probe_frames / p.window_s if p.window_s else 0:.0f} "
             f"| {f(p.healthz_p50_ms)} / {f(p.healthz_max_ms)} | {p.client_cores:.2f} "
             f"| {f(p.loopback_rx_share and p.loopback_rx_share * 100)}% "
-            f"| {f(p.send_side_core_per_viewer, 4)} |"
+            f"| {f(p.send_side_core_per_viewer, 4)} | {f(p.fanout_core_per_viewer, 4)} |"
         )
     return "\n".join(lines)
 
@@ -206,6 +237,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
     children = Children(log_dir)
     env = {
         "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+        "STAGECAST_API__OPERATOR_KEY": OPERATOR_KEY,
         "STAGECAST_LOG_LEVEL": "warning",
         "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "1000",
         "STAGECAST_LIMITS__SESSION_POST_BURST": "1000",
@@ -250,7 +282,16 @@ async def run(args: argparse.Namespace) -> list[Point]:
         for n in counts:
             perf_dir = log_dir if args.perf else None
             point = await measure(
-                n, fleet, server.ps, clients, publisher, probe, url, args.window, perf_dir
+                n,
+                fleet,
+                server.ps,
+                clients,
+                publisher,
+                probe,
+                url,
+                args.window,
+                perf_dir,
+                args.target,
             )
             if base is None and n == 0:
                 base = point
@@ -264,6 +305,9 @@ async def run(args: argparse.Namespace) -> list[Point]:
                     own = point.server_cores * (1 - point.loopback_rx_share)
                     own0 = base.server_cores * (1 - base.loopback_rx_share)
                     point.send_side_core_per_viewer = (own - own0) / point.viewers_seen
+                if point.fanout_cores is not None and base.fanout_cores is not None:
+                    extra_fan = point.fanout_cores - base.fanout_cores
+                    point.fanout_core_per_viewer = extra_fan / point.viewers_seen
             points.append(point)
             print(table([point], args.target).splitlines()[-1], flush=True)
             if point.server_cores > 0.98:

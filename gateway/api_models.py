@@ -38,6 +38,7 @@ class StreamView(BaseModel):
     frames_in: int
     bytes_in: int
     uptime_s: float
+    fanout_cpu_s: float = 0.0  # CPU spent sending this stream to its viewers (this node)
 
 
 class AnchorView(BaseModel):

@@ -66,6 +66,7 @@ def stream_view(room: str, hub: FanoutHub | None, viewers: int) -> StreamView:
         frames_in=hub.stats.frames_in,
         bytes_in=hub.stats.bytes_in,
         uptime_s=round(now - hub.started_at, 3),
+        fanout_cpu_s=round(hub.stats.fanout_cpu_seconds, 6),
     )
 
 

@@ -49,6 +49,15 @@ class GatewayCollector(Collector):
         for stage in self._stages:
             viewers.add_metric([stage.room], self._viewers.count(stage.room))
         yield viewers
+        fanout = CounterMetricFamily(
+            "stagecast_fanout_cpu_seconds",
+            "CPU spent sending the room's program to this node's viewers",
+            labels=["room"],
+        )
+        for stage in live:
+            if stage.hub is not None:
+                fanout.add_metric([stage.room], stage.hub.stats.fanout_cpu_seconds)
+        yield fanout
         running = GaugeMetricFamily(
             "stagecast_mixer_running", "1 while the room's mixer thread runs", labels=["room"]
         )

@@ -47,7 +47,7 @@ from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
 from pylibsrtp._binding import lib as srtp_lib
 
 from .media import EncodedFrame
-from .rtp_rewrite import SEQ_TS_SSRC, RtpRewriter, SendProfile, TemplateCache
+from .rtp_rewrite import SEQ_TS_SSRC, FramePackets, RtpRewriter, SendProfile, TemplateCache
 
 log = logging.getLogger(__name__)
 
@@ -196,35 +196,71 @@ class _SrtpWriter:
         self._buf = srtp_ffi.buffer(self._cdata)
         self._view = memoryview(self._buf)
         self._len = srtp_ffi.new("int *")
+        self.gso_refused = False
 
-    def protect(self, template: bytes, seq: int, ts: int, ssrc: int) -> memoryview:
-        """One packet, encrypted: a view valid until the next call."""
-        return self.protect_run((template,), 0, 1, seq, ts, ssrc)[0]
-
-    def protect_run(
-        self, templates: tuple[bytes, ...], start: int, end: int, seq: int, ts: int, ssrc: int
-    ) -> tuple[memoryview, int]:
-        """Packets ``start:end`` (equal sizes but the last) encrypted back to back: the bytes of
-        one GSO send and its segment size (locals bound once: this is the hot loop)."""
-        buf, cdata, length_p, ctx = self._buf, self._cdata, self._len, self._ctx
+    def send(
+        self,
+        sock: socket.socket,
+        addr: tuple[str, int],
+        packets: FramePackets,
+        seq: int,
+        ts: int,
+        ssrc: int,
+        gso: bool,
+    ) -> int:
+        """Number, encrypt and send a frame's packets: each run of two or more as one UDP GSO
+        send (``gso``), the rest one datagram per call. Returns the GSO sends made; a kernel
+        that refuses GSO sets ``gso_refused`` (that frame still goes out, datagram by
+        datagram); ``BlockingIOError`` and other socket errors propagate. One call per frame
+        and viewer, every name bound once: this is the loop the gateway spends its CPU in."""
+        buf, cdata, length_p, ctx, view = self._buf, self._cdata, self._len, self._ctx, self._view
         protect = srtp_lib.srtp_protect
         pack = SEQ_TS_SSRC.pack_into
+        templates = packets.templates
         limit = self.LIMIT
-        offset = n = 0
-        for template in templates[start:end]:
-            n = len(template)
-            if offset + n > limit:
-                raise ValueError("RTP packets too large for the SRTP buffer")
-            buf[offset : offset + n] = template
-            pack(buf, offset + 2, seq, ts, ssrc)
-            seq = (seq + 1) & 0xFFFF
-            length_p[0] = n
-            status = protect(ctx, cdata + offset, length_p)
-            if status:
-                raise AdapterError(f"srtp_protect failed: {status}")
-            offset += length_p[0]
-        # every packet gets the same tag: the first one's protected size is the segment
-        return self._view[:offset], len(templates[start]) + length_p[0] - n
+        sends = 0
+        for start, end in packets.runs:
+            if end - start == 1 or not gso:
+                for template in templates[start:end]:
+                    n = len(template)
+                    buf[0:n] = template
+                    pack(buf, 2, seq, ts, ssrc)
+                    seq = (seq + 1) & 0xFFFF
+                    length_p[0] = n
+                    status = protect(ctx, cdata, length_p)
+                    if status:
+                        raise AdapterError(f"srtp_protect failed: {status}")
+                    sock.sendto(view[: length_p[0]], addr)
+                continue
+            offset = n = 0
+            for template in templates[start:end]:
+                n = len(template)
+                if offset + n > limit:
+                    raise ValueError("RTP packets too large for the SRTP buffer")
+                buf[offset : offset + n] = template
+                pack(buf, offset + 2, seq, ts, ssrc)
+                seq = (seq + 1) & 0xFFFF
+                length_p[0] = n
+                status = protect(ctx, cdata + offset, length_p)
+                if status:
+                    raise AdapterError(f"srtp_protect failed: {status}")
+                offset += length_p[0]
+            tag = length_p[0] - n  # every packet gets the same tag
+            segment = len(templates[start]) + tag
+            try:
+                sock.sendmsg([view[:offset]], _gso_cmsg(segment), 0, addr)
+            except BlockingIOError:
+                raise
+            except OSError:  # no UDP GSO on this path: send what is encrypted one by one
+                self.gso_refused, gso = True, False
+                at = 0
+                for template in templates[start:end]:
+                    size = len(template) + tag
+                    sock.sendto(view[at : at + size], addr)
+                    at += size
+                continue
+            sends += 1
+        return sends
 
 
 LOSSY_FRACTION = 0.1
@@ -364,30 +400,20 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None:
             return True
-        route = self._route()
-        if route is None:
-            return True
+        route = self._cached  # the route's fast path, inline: this runs per frame and viewer
+        if (
+            route is None
+            or self._dtls._state is not DtlsState.CONNECTED
+            or self._nominated.get(1) is not self._pair
+        ):
+            route = self._route()
+            if route is None:
+                return True
         writer, sock, addr = route
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
-        templates = packets.templates
-        seq, ts = rewriter.assign(templates, frame.timestamp)
-        ssrc = rewriter.ssrc
+        seq, ts = rewriter.assign(packets.templates, frame.timestamp)
         try:
-            for start, end in packets.runs:
-                if end - start > 1 and self.gso:
-                    data, segment = writer.protect_run(templates, start, end, seq, ts, ssrc)
-                    try:
-                        sock.sendmsg([data], _gso_cmsg(segment), 0, addr)
-                        self.gso_sends += 1
-                        seq = (seq + end - start) & 0xFFFF
-                        continue
-                    except BlockingIOError:
-                        raise
-                    except OSError:  # no UDP GSO here: one datagram per call from now on
-                        self.gso = False
-                for template in templates[start:end]:
-                    sock.sendto(writer.protect(template, seq, ts, ssrc), addr)
-                    seq = (seq + 1) & 0xFFFF
+            self.gso_sends += writer.send(sock, addr, packets, seq, ts, rewriter.ssrc, self.gso)
         except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
             self.congested += 1
             return False
@@ -396,6 +422,9 @@ class DirectSender:
             if self.errors == 1:
                 log.exception("direct send failed")
             return True
+        if writer.gso_refused and self.gso:
+            self.gso = False  # one datagram per call from now on
+            log.info("UDP GSO refused on this path: sending datagram by datagram")
         self.octets += frame.size
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL

@@ -325,7 +325,11 @@ def create_edge_app(
                 "registrations": c.status.registrations,
                 "room_policies": {room: asdict(p) for room, p in sorted(c.policies.items())},
                 "pulls": {
-                    room: {"packets": p.link.packets, "viewers": p.link.hub.viewer_count}
+                    room: {
+                        "packets": p.link.packets,
+                        "viewers": p.link.hub.viewer_count,
+                        "fanout_cpu_s": round(p.link.hub.stats.fanout_cpu_seconds, 6),
+                    }
                     for room, p in node.edge.pulls.items()
                 },
                 "pull_stats": {

@@ -90,6 +90,7 @@ async def test_live_stats_viewers_mute_and_kick(
     assert (stream["width"], stream["height"]) == (640, 360)
     assert stream["video"]["codec"] in ("H264", "VP8") and 20 <= stream["video"]["fps"] <= 35
     assert stream["video"]["bitrate_bps"] > 50_000 and stream["audio"]["codec"] == "opus"
+    assert 0 < stream["fanout_cpu_s"] < stream["uptime_s"]  # this node's sending, counted
     assert [s["room"] for s in (await api.get("/v1/streams")).json()] == [room]
 
     viewers = (await api.get(f"/v1/rooms/{room}/viewers")).json()
@@ -262,6 +263,7 @@ async def test_metrics_rise_during_a_live_stream(server: RunningServer) -> None:
         later = (await c.get("/metrics")).text
         assert metric(later, "stagecast_egress_bytes") > b1 > 0
         assert metric(later, "stagecast_egress_packets") > 0
+        assert metric(later, "stagecast_fanout_cpu_seconds", '{room="m1"}') > 0
         assert metric(later, "stagecast_event_loop_lag_seconds") < 1
         await viewer.close()
         await pub.close()

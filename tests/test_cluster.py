@@ -224,6 +224,7 @@ async def test_edges_pull_once_and_fan_out_stamped_frames(cluster: Cluster) -> N
         c = await cluster.edges["edge-c"].cluster()
         assert a["pulls"][room]["viewers"] == 3
         assert c["pulls"][room]["viewers"] == 2
+        assert a["pulls"][room]["fanout_cpu_s"] > 0  # the edge counts what its sending costs
         assert a["pull_stats"]["opened"] == 1 and c["pull_stats"]["opened"] == 1
         # a viewer's keyframe request on an edge reaches the anchor through the links
         hub = origin.stages.live_hub(room)
