@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 
 from aioice.ice import Connection
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
@@ -139,9 +141,34 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
         payloads, ts = encoder.encode(await source.recv(), force_keyframe=True)
         assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", True, 0.0))
         assert direct.rewriter.packets > sent
+        # a kernel without UDP GSO: the run goes out datagram by datagram, and so does the rest
+        direct._cached = (route[0], _NoGsoSocket(route[1]), route[2])  # type: ignore[assignment]
+        while not got.empty():
+            got.get_nowait()
+        grainy = StampedVideoTrack(640, 360, 30, grain=30)  # frames of several packets
+        for i in range(5):
+            payloads, ts = encoder.encode(await grainy.recv(), force_keyframe=i == 0)
+            assert len(payloads) > 1 or i > 0
+            assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", i == 0, 0.0))
+        assert not direct.gso and direct.errors == 0
+        decoded = await asyncio.wait_for(got.get(), 10)
+        assert getattr(decoded, "width", None) == 640
     finally:
         await close_quietly(a)
         await close_quietly(b)
+
+
+class _NoGsoSocket:
+    """A UDP socket on a kernel that refuses ``UDP_SEGMENT``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendmsg(self, *_: object) -> int:
+        raise OSError(errno.EIO, "UDP GSO not supported")
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        return self._sock.sendto(data, addr)
 
 
 class _FullSocket:
