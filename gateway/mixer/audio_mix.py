@@ -120,6 +120,9 @@ class Limiter:
         return np.clip(out, -1.0, 1.0)  # belt and braces: float rounding never clips
 
 
+_UNITY = AudioControl()
+
+
 class AudioMixer:
     """Sums anchors' blocks with their gain (muted = 0) and limits the result."""
 
@@ -134,13 +137,18 @@ class AudioMixer:
         exclude: Iterable[str] = (),
     ) -> Samples:
         """One block of the program (or, with ``exclude``, of everyone but them)."""
-        skip = set(exclude)
-        acc = np.zeros(self.frame_samples, np.float32)
+        skip = set(exclude) if exclude else ()
+        n = self.frame_samples
+        acc = np.zeros(n, np.float32)
         for anchor, block in blocks.items():
-            ctl = controls.get(anchor, AudioControl())
+            ctl = controls.get(anchor, _UNITY)
             if anchor in skip or ctl.muted or ctl.gain <= 0:
                 continue
-            acc[: block.size] += block[: self.frame_samples] * np.float32(ctl.gain)
+            part = block[:n]
+            if ctl.gain == 1.0:  # the usual case: no scaled temporary per anchor and block
+                acc[: part.size] += part
+            else:
+                acc[: part.size] += part * np.float32(ctl.gain)
         return self.limiter.process(acc)
 
 
@@ -165,7 +173,7 @@ class MixMinus:
         total = np.zeros(n, np.float32)
         parts: dict[str, Samples] = {}
         for anchor, block in blocks.items():
-            ctl = controls.get(anchor, AudioControl())
+            ctl = controls.get(anchor, _UNITY)
             if ctl.muted or ctl.gain <= 0:
                 continue
             part = np.zeros(n, np.float32)

@@ -158,6 +158,7 @@ class AudioDecoder:
         self._ctx.layout = "mono"
         self._ctx.options = {"request_sample_fmt": "flt"}
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        self._flat = False  # a frame came out as 48 kHz mono float: so do the rest
         self.errors = 0
 
     def decode(self, data: bytes) -> Samples:
@@ -166,6 +167,9 @@ class AudioDecoder:
         except av.FFmpegError:
             self.errors += 1
             return np.zeros(0, np.float32)
+        if self._flat and len(frames) == 1:  # the usual case, without the checks below
+            frame = frames[0]
+            return np.frombuffer(frame.planes[0], np.float32, frame.samples)
         out: list[Samples] = []
         for frame in frames:
             if (
@@ -173,6 +177,7 @@ class AudioDecoder:
                 and frame.format.name == "flt"
                 and frame.layout.nb_channels == 1
             ):
+                self._flat = True
                 # a view of the frame's buffer (it keeps the frame alive); the caller copies
                 out.append(np.frombuffer(frame.planes[0], np.float32, frame.samples))
                 continue
