@@ -5,7 +5,14 @@ to a ``ProgramWorker`` (decode each once, composite to a grid, encode 720p and 3
 mix and encode Opus); its thread CPU is read from ``time.thread_time`` in the worker, and the
 process's CPU (``process_cores``: the mixer, any helper threads, and this feeder) beside it.
 
-    python -m bench.mixer_worker [--seconds 10]
+    python -m bench.mixer_worker [--seconds 10] [--even]
+
+By default the feeder's 50 Hz loop hands video over in bursts (frames 20, 20 and 60 ms apart),
+and the phase of those bursts against the worker's 30 Hz clock decides whether every tick draws
+a new picture from every anchor or only two ticks in three do: "composite" comes out at ~2 or
+~3 ms per output frame from one run to the next. ``--even`` feeds video at an even 30 Hz half a
+tick after the worker's clock instead: every tick draws a new picture from every anchor (the
+steady-camera case, and the dearer one), the same in every run.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ def opus_clip(freq: float, frames: int = 150) -> list[bytes]:
     return out
 
 
-def run(anchors: int, seconds: float, clip: list[tuple[bytes, bool]]) -> dict[str, float]:
+def run(
+    anchors: int, seconds: float, clip: list[tuple[bytes, bool]], *, even: bool = False
+) -> dict[str, float]:
     emitted = {"video": 0, "audio": 0}
 
     def emit(r: str | None, f: EncodedFrame) -> None:
@@ -62,8 +71,10 @@ def run(anchors: int, seconds: float, clip: list[tuple[bytes, bool]]) -> dict[st
     worker.start()
     t0 = time.monotonic()
     proc0 = time.process_time()
+    if even:
+        _feed_even(worker, ids, tones, clip, t0, seconds)
     n = 0
-    while time.monotonic() - t0 < seconds:
+    while not even and time.monotonic() - t0 < seconds:
         due = t0 + n / 50  # 50 Hz: audio every tick, video every 5/3
         delay = due - time.monotonic()
         if delay > 0:
@@ -110,12 +121,47 @@ def run(anchors: int, seconds: float, clip: list[tuple[bytes, bool]]) -> dict[st
     }
 
 
+def _feed_even(
+    worker: ProgramWorker,
+    ids: list[str],
+    tones: list[list[bytes]],
+    clip: list[tuple[bytes, bool]],
+    t0: float,
+    seconds: float,
+) -> None:
+    """Audio every 20 ms and video every 1/30 s, the video half a tick after the worker's
+    ticks (its clock starts with its thread, just before ``t0``)."""
+    a = v = 0
+    while True:
+        next_a, next_v = t0 + a / 50, t0 + (v + 0.5) / 30
+        due = min(next_a, next_v)
+        if due - t0 >= seconds:
+            return
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.monotonic()
+        if next_a <= next_v:
+            for i, aid in enumerate(ids):
+                p = tones[i][a % len(tones[i])]
+                worker.feed(aid, EncodedFrame("audio", "opus", a * 960, (p,), p, True, now))
+            a += 1
+        else:
+            data, key = clip[v % len(clip)]
+            for aid in ids:
+                worker.feed(aid, EncodedFrame("video", "H264", v * 3000, (), data, key, now))
+            v += 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--even", action="store_true", help="video at an even 30 Hz: a new picture every tick"
+    )
     args = parser.parse_args()
     clip = make_clip(1280, 720)
-    rows = [run(n, args.seconds, clip) for n in (2, 4)]
+    rows = [run(n, args.seconds, clip, even=args.even) for n in (2, 4)]
     print(json.dumps({"rows": rows, "load_avg": os.getloadavg()}, indent=2))
 
 
