@@ -62,8 +62,16 @@ def _tls_problem(settings: Settings) -> str | None:
 
 
 def _run(app: object, settings: Settings) -> None:
+    import gc
+
     import uvicorn
 
+    # Everything built so far lives as long as the process: out of the cyclic collector's way,
+    # a full collection (which stalls every stream on this loop) scans only the sessions'
+    # objects. Measured at 100 viewers: 117k tracked objects at idle, 300k with the viewers,
+    # and 55-107 ms per full collection while viewers join.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,  # type: ignore[arg-type]
         host=settings.host,
