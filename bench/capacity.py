@@ -165,11 +165,11 @@ async def measure(
 ) -> Point:
     await fleet.resize(n, timeout=30 + n * 0.5)
     await asyncio.sleep(3.0)  # settle: joins' keyframes and DTLS handshakes done
+    fan0, fan_t0 = await fanout_seconds(base_url, target), time.monotonic()
     await fleet.mark()
     probe.samples.clear()
     frames0 = probe.video_frames
     sent0 = await anchor_packets(publisher.pc)
-    fan0 = await fanout_seconds(base_url, target)
     cpu0 = cpu_seconds(server)
     ccpu0 = sum(cpu_seconds(p) for p in clients)
     t0 = time.monotonic()
@@ -182,15 +182,17 @@ async def measure(
     elapsed = time.monotonic() - t0
     cpu = cpu_seconds(server) - cpu0
     ccpu = sum(cpu_seconds(p) for p in clients) - ccpu0
-    fan1 = await fanout_seconds(base_url, target)
     sent = await anchor_packets(publisher.pc) - sent0
     read = await fleet.read()
+    # read outside the window: an API call inside it would stretch the anchor's count past
+    # ``elapsed`` and understate delivery
+    fan1, fan_t1 = await fanout_seconds(base_url, target), time.monotonic()
     point = Point(n, viewers_seen=len(read.packets), window_s=elapsed)
     if perf is not None:
         point.loopback_rx_share = await perf
     point.server_cores = cpu / elapsed
     if fan0 is not None and fan1 is not None:
-        point.fanout_cores = (fan1 - fan0) / elapsed
+        point.fanout_cores = (fan1 - fan0) / (fan_t1 - fan_t0)
     point.client_cores = ccpu / elapsed
     point.anchor_pkt_s = sent / elapsed
     if read.packets and sent:
