@@ -196,6 +196,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             max_sdp_bytes=limit,
             link_headers=links,
             start_kbps=settings.media.anchor_start_kbps,
+            opus_dtx=settings.media.anchor_opus_dtx,
         )
     )
     whep_gate = [Depends(origin_whep_gate(gw.cluster))] if gw.cluster is not None else []

@@ -34,6 +34,9 @@ class MediaSettings(BaseModel):
     anchor_start_kbps: int = Field(1200, ge=0, le=20000)
     """Where a browser anchor's bandwidth estimate starts (x-google-start-bitrate in the WHIP
     answer); its default, 300 kbps, makes a 720p camera send 360p for its first ~10 s. 0: off."""
+    anchor_opus_dtx: bool = True
+    """Ask anchors for Opus DTX (``usedtx=1`` in the WHIP answer): a silent anchor sends a packet
+    every 400 ms instead of every 20 ms, and so does the gateway to each viewer."""
 
 
 class SessionSettings(BaseModel):

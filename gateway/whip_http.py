@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from relay.access import AccessPolicy
 from relay.http_common import SDP, check_room, read_limited, require_content_type
-from relay.sdp import check_offer, decode_body, with_start_bitrate
+from relay.sdp import check_offer, decode_body, with_opus_dtx, with_start_bitrate
 from relay.session_http import add_session_routes, created_response
 
 from .anchors import AnchorService
@@ -19,8 +19,10 @@ def whip_router(
     max_sdp_bytes: int = 64 * 1024,
     link_headers: tuple[str, ...] = (),
     start_kbps: int = 0,
+    opus_dtx: bool = False,
 ) -> APIRouter:
-    """``start_kbps``: the bandwidth estimate a browser anchor starts from (0: its own)."""
+    """``start_kbps``: the bandwidth estimate a browser anchor starts from (0: its own);
+    ``opus_dtx``: ask anchors for Opus DTX."""
     router = APIRouter(tags=["whip"])
 
     @router.post(
@@ -41,6 +43,8 @@ def whip_router(
         summary = check_offer(text, "publish")
         session = await service.open(room, text, summary, grant)
         answer = with_start_bitrate(session.pc.localDescription.sdp, start_kbps)
+        if opus_dtx:
+            answer = with_opus_dtx(answer)
         return created_response("/whip", room, session.id, session.etag, answer, link_headers)
 
     add_session_routes(

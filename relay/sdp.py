@@ -104,6 +104,43 @@ def strip_mdns_candidates(text: str) -> str:
 _VIDEO_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
 
 
+def with_format_params(answer: str, kind: str, codecs: frozenset[str], params: str) -> str:
+    """An SDP answer whose ``kind`` m-sections give every codec named in ``codecs`` (lower
+    case) the format parameters ``params`` (``name=value;...``), added to its ``a=fmtp`` line
+    or as a new one; a codec that has the first parameter already is left as it is."""
+    lines = answer.splitlines(keepends=True)
+    out: list[str] = []
+    section = False
+    pts: set[str] = set()
+    with_fmtp: set[str] = set()
+    for line in lines:  # first pass: which payload types are those codecs, which have fmtp
+        if line.startswith("m="):
+            section = line.startswith(f"m={kind}")
+        elif section and line.startswith("a=rtpmap:"):
+            pt, _, rest = line[len("a=rtpmap:") :].partition(" ")
+            if rest.split("/")[0].strip().lower() in codecs:
+                pts.add(pt)
+        elif section and line.startswith("a=fmtp:"):
+            with_fmtp.add(line[len("a=fmtp:") :].partition(" ")[0])
+    first = params.split("=", 1)[0]
+    section = False
+    for line in lines:
+        if line.startswith("m="):
+            section = line.startswith(f"m={kind}")
+        body = line.rstrip("\r\n")
+        end = line[len(body) :] or "\r\n"
+        if section and line.startswith("a=fmtp:"):
+            pt, _, have = body[len("a=fmtp:") :].partition(" ")
+            if pt in pts and f"{first}=" not in have:
+                line = f"a=fmtp:{pt} {have};{params}{end}" if have else f"a=fmtp:{pt} {params}{end}"
+        out.append(line)
+        if section and line.startswith("a=rtpmap:"):
+            pt = body[len("a=rtpmap:") :].partition(" ")[0]
+            if pt in pts and pt not in with_fmtp:
+                out.append(f"a=fmtp:{pt} {params}{end}")
+    return "".join(out)
+
+
 def with_start_bitrate(answer: str, kbps: int) -> str:
     """An SDP answer whose video codecs carry libwebrtc's ``x-google-start-bitrate`` format
     parameter (kbps).
@@ -114,39 +151,15 @@ def with_start_bitrate(answer: str, kbps: int) -> str:
     ignore the parameter (RFC 8866: unknown format parameters are ignored)."""
     if kbps <= 0:
         return answer
-    lines = answer.splitlines(keepends=True)
-    out: list[str] = []
-    video = False
-    pts: set[str] = set()
-    with_fmtp: set[str] = set()
-    for line in lines:  # first pass: which payload types are video codecs, which have fmtp
-        if line.startswith("m="):
-            video = line.startswith("m=video")
-        elif video and line.startswith("a=rtpmap:"):
-            pt, _, rest = line[len("a=rtpmap:") :].partition(" ")
-            if rest.split("/")[0].strip().lower() in _VIDEO_CODECS:
-                pts.add(pt)
-        elif video and line.startswith("a=fmtp:"):
-            with_fmtp.add(line[len("a=fmtp:") :].partition(" ")[0])
-    param = f"x-google-start-bitrate={kbps}"
-    video = False
-    for line in lines:
-        if line.startswith("m="):
-            video = line.startswith("m=video")
-        body = line.rstrip("\r\n")
-        end = line[len(body) :] or "\r\n"
-        if video and line.startswith("a=fmtp:"):
-            pt, _, params = body[len("a=fmtp:") :].partition(" ")
-            if pt in pts and "x-google-start-bitrate" not in params:
-                line = (
-                    f"a=fmtp:{pt} {params};{param}{end}" if params else f"a=fmtp:{pt} {param}{end}"
-                )
-        out.append(line)
-        if video and line.startswith("a=rtpmap:"):
-            pt = body[len("a=rtpmap:") :].partition(" ")[0]
-            if pt in pts and pt not in with_fmtp:
-                out.append(f"a=fmtp:{pt} {param}{end}")
-    return "".join(out)
+    return with_format_params(answer, "video", _VIDEO_CODECS, f"x-google-start-bitrate={kbps}")
+
+
+def with_opus_dtx(answer: str) -> str:
+    """An SDP answer that asks the anchor's Opus encoder for discontinuous transmission
+    (``usedtx=1``, RFC 7587): while the anchor is silent it sends a comfort-noise packet every
+    400 ms instead of one every 20 ms, and every viewer is sent that many fewer packets. The
+    decoders (browsers', aiortc's, the mixer's and the bridge's) take the gaps as silence."""
+    return with_format_params(answer, "audio", frozenset({"opus"}), "usedtx=1")
 
 
 def pick_codec(offered: tuple[str, ...], preference: tuple[str, ...]) -> str:

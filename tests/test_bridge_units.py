@@ -45,6 +45,7 @@ def test_argv_rtmp_copies_h264_and_makes_aac() -> None:
     assert argv.index("-loglevel") < argv.index("-i")  # global options before input and output
     assert value(argv, "-f") == "matroska" and value(argv, "-i") == "pipe:0"
     assert value(argv, "-c:v") == "copy" and value(argv, "-c:a") == "aac"
+    assert value(argv, "-af") == "aresample=async=1"  # silences (DTX) keep A/V in sync
     assert value(argv, "-progress") == "pipe:1"
     assert argv[-1] == "rtmps://cdn/app/key"
     assert value(argv[argv.index("-i") :], "-f") == "flv"

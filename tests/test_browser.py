@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
-from tests.server import RunningServer
+from tests.server import RunningServer, run_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BASE_ARGS = [
@@ -72,12 +72,16 @@ def shots(tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
-async def chromium(*, fake_media: bool) -> AsyncIterator[Any]:
-    """A fresh headless Chromium; Playwright gives each launch its own temporary profile."""
+async def chromium(*, fake_media: bool, audio_file: Path | None = None) -> AsyncIterator[Any]:
+    """A fresh headless Chromium; Playwright gives each launch its own temporary profile.
+    ``audio_file``: a WAV the fake microphone plays (in a loop) instead of its own tone."""
+    args = BASE_ARGS + (FAKE_MEDIA if fake_media else [])
+    if audio_file is not None:
+        args = [*args, f"--use-file-for-fake-audio-capture={audio_file}"]
     async with playwright_api.async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=BASE_ARGS + (FAKE_MEDIA if fake_media else []),
+            args=args,
             timeout=20_000,
         )
         try:
@@ -337,3 +341,65 @@ async def test_chromium_anchor_starts_near_the_bitrate_it_needs(server: RunningS
         print(f"Chromium anchor at >= 540p {time.monotonic() - t0:.1f} s after going live")
         await pub.click("#stop")
         assert pub.errors == []
+
+
+def _speech_like_wav(path: Path, seconds: int = 10) -> Path:
+    """A mono 48 kHz WAV with pauses, as a host talks: 400 ms of tone, 1.6 s of silence."""
+    import wave
+
+    t = np.arange(96000) / 48000
+    period = np.where(t < 0.4, 0.3 * np.sin(2 * np.pi * 440 * t), 0.0)
+    pcm = (np.tile(period, seconds // 2) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+async def _chromium_audio_rate(server: RunningServer, room: str, wav: Path) -> tuple[float, int]:
+    """(audio packets per second over 4 s, audio frames a WHEP viewer decoded meanwhile) from a
+    Chromium anchor whose microphone plays ``wav``."""
+    from gateway.synthetic import whep_watch
+
+    url = f"{server.base_url}/publish?room={room}#token={server.anchor_token(room)}"
+    async with chromium(fake_media=True, audio_file=wav) as browser:
+        pub = await open_page(browser, url)
+        await until(pub, "window.stagecast.stream && !document.querySelector('#go').disabled", 10)
+        await pub.click("#go")
+        await until(pub, "window.stagecast.state === 'live'", 10, "the anchor going live")
+        assert await wait_for(lambda: server.gateway.stages.live_hub(room) is not None, 5)
+        hub = server.gateway.stages.live_hub(room)
+        assert hub is not None
+        viewer = await whep_watch(server.base_url, room, kinds=("audio",))
+        await asyncio.sleep(1.0)
+        meter = hub.meters["audio"]
+        frames0, bytes0, heard0 = meter.total_frames, meter.total_bytes, viewer.audio_frames
+        t0 = time.monotonic()
+        await asyncio.sleep(4.0)
+        rate = (meter.total_frames - frames0) / (time.monotonic() - t0)
+        size = (meter.total_bytes - bytes0) / max(1, meter.total_frames - frames0)
+        print(f"audio bytes per packet {size:.1f}")
+        heard = viewer.audio_frames - heard0
+        await viewer.close()
+        await pub.click("#stop")
+        assert pub.errors == []
+    return rate, heard
+
+
+@pytest.mark.timeout(90)
+async def test_chromium_anchor_sends_opus_dtx_when_asked(tmp_path: Path) -> None:
+    """With ``media.anchor_opus_dtx`` the WHIP answer carries ``usedtx=1`` and Chromium's Opus
+    encoder stops sending 50 packets a second while its microphone is silent; without it, it
+    sends them all. The viewer hears the tone either way."""
+    wav = _speech_like_wav(tmp_path / "speech.wav")
+    rates = {}
+    for dtx in (True, False):
+        with run_server(media={"anchor_opus_dtx": dtx}) as server:
+            rate, heard = await _chromium_audio_rate(server, f"dtx{int(dtx)}", wav)
+        print(f"Chromium anchor, Opus DTX {'on' if dtx else 'off'}: {rate:.1f} audio packets/s")
+        assert heard > 0
+        rates[dtx] = rate
+    assert rates[False] > 45
+    assert rates[True] < 0.7 * rates[False]

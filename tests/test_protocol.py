@@ -57,6 +57,7 @@ async def test_whip_post_creates_session_and_delete_ends_it(
     assert resp.text.startswith("v=0") and "a=recvonly" in resp.text
     start = f"x-google-start-bitrate={server.gateway.settings.media.anchor_start_kbps}"
     assert start in resp.text  # where a browser's bandwidth estimate starts
+    assert "usedtx=1" in resp.text  # Opus DTX: a silent anchor sends (and costs) little
     location = resp.headers["location"]
     assert location.startswith("/whip/p1/") and len(location.rsplit("/", 1)[1]) >= 22
     assert resp.headers["etag"].startswith('"')

@@ -117,6 +117,24 @@ def test_mdns_candidates_stripped() -> None:
     assert ".local" not in out and "127.0.0.1 54322" in out and out.startswith("v=0")
 
 
+def test_opus_dtx_goes_on_opus_only() -> None:
+    from relay.sdp import with_opus_dtx
+
+    answer = (
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=rtpmap:0 PCMU/8000\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+    out = with_opus_dtx(answer)
+    lines = out.split("\r\n")
+    assert "a=fmtp:111 usedtx=1" in lines and not any(x.startswith("a=fmtp:0") for x in lines)
+    assert not any(x.startswith("a=fmtp:96") for x in lines)
+    assert with_opus_dtx(out) == out
+    with_fec = answer.replace("opus/48000/2\r\n", "opus/48000/2\r\na=fmtp:111 minptime=10\r\n")
+    assert "a=fmtp:111 minptime=10;usedtx=1" in with_opus_dtx(with_fec).split("\r\n")
+
+
 def test_start_bitrate_goes_on_every_video_codec_of_the_answer() -> None:
     from aiortc.sdp import SessionDescription
 

@@ -65,6 +65,10 @@ def build_argv(plan: FfmpegPlan) -> list[str]:
     if plan.audio is not None:
         streams.append(src["a:0"])
         opts.update({"c:a": "aac", "b:a": f"{plan.audio_bitrate_kbps}k", "ar": 48000, "ac": 2})
+        # An anchor with Opus DTX (``media.anchor_opus_dtx``) sends nothing while silent, and
+        # lost audio leaves holes too: AAC frames have a fixed length, so without filling the
+        # holes with silence the audio would run ahead of the video after every pause.
+        opts["af"] = "aresample=async=1"
     if plan.kind == "rtmp":
         if not plan.url:
             raise ValueError("an RTMP bridge needs a URL")
