@@ -50,12 +50,7 @@ class ViewerQueue:
         """Queue a frame; False when the viewer needs a keyframe to go on."""
         sink = self._sink
         if sink is not None and not self.waiting_keyframe:  # bound direct queue: nothing held
-            if sink(frame):
-                self.sent += 1
-                self.sent_packets += len(frame.payloads)
-                self.sent_bytes += frame.size
-                return True
-            return self._congested()
+            return self._deliver(sink, frame)
         if self._closed:
             return True
         if self.kind == "video":
@@ -95,9 +90,6 @@ class ViewerQueue:
             self.sent_packets += len(frame.payloads)
             self.sent_bytes += frame.size
             return True
-        return self._congested()
-
-    def _congested(self) -> bool:
         self.dropped += 1
         self.overflows += 1
         if self.kind == "video":
