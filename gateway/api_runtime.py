@@ -15,6 +15,7 @@ from aiortc import RTCPeerConnection
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from relay.gc_pauses import GcPauses
 from relay.viewers import ViewerService
 
 from .anchors import AnchorService
@@ -31,6 +32,9 @@ class RuntimeView(BaseModel):
     uptime_s: float
     task_kinds: dict[str, int] | None = None
     """With ``deep``: running tasks by coroutine, to see what a leak is made of."""
+    gc_collections: list[int] | None = None
+    """Garbage collections per generation (0, 1, 2) since start: each stops the process."""
+    gc_longest_pause_ms: list[float] | None = None
 
 
 def count_peer_connections() -> int:
@@ -52,7 +56,9 @@ def task_kinds() -> dict[str, int]:
     return dict(sorted(kinds.items()))
 
 
-def runtime_router(anchors: AnchorService, viewers: ViewerService) -> APIRouter:
+def runtime_router(
+    anchors: AnchorService, viewers: ViewerService, gc_pauses: GcPauses | None = None
+) -> APIRouter:
     router = APIRouter(tags=["operator"])
     started = time.monotonic()
     proc = psutil.Process(os.getpid())
@@ -71,6 +77,10 @@ def runtime_router(anchors: AnchorService, viewers: ViewerService) -> APIRouter:
             peer_connections=count_peer_connections() if deep else None,
             uptime_s=round(time.monotonic() - started, 3),
             task_kinds=task_kinds() if deep else None,
+            gc_collections=list(gc_pauses.collections) if gc_pauses else None,
+            gc_longest_pause_ms=(
+                [round(p * 1000, 3) for p in gc_pauses.longest] if gc_pauses else None
+            ),
         )
 
     return router

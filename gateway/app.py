@@ -14,6 +14,7 @@ from relay.access import AccessPolicy
 from relay.aiortc_adapter import check_version
 from relay.cluster import ClusterNode
 from relay.fallback import FallbackPolicy
+from relay.gc_pauses import GcPauses
 from relay.http_common import CorsHeaders
 from relay.loop_lag import LoopLagMonitor, overload_check
 from relay.problems import install_problem_handlers
@@ -62,11 +63,13 @@ class Gateway:
     webhooks: WebhookDispatcher
     bridges: BridgeService
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    gc_pauses: GcPauses = field(default_factory=GcPauses)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
     cluster: ClusterNode | None = None
 
     async def start(self) -> None:
         self.lag.start()
+        self.gc_pauses.install()
         self.webhooks.start()
         if self.cluster is not None:
             await self.cluster.start()
@@ -79,6 +82,7 @@ class Gateway:
         await self.viewers.shutdown()
         await self.webhooks.stop()
         await self.lag.stop()
+        self.gc_pauses.uninstall()
         if self.cluster is not None:
             await self.cluster.stop()
 
@@ -214,13 +218,15 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         )
     )
     v1.include_router(bridge_router(gw.bridges))
-    v1.include_router(runtime_router(gw.anchors, gw.viewers))
+    v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
     v1.include_router(layout_router(gw.stages, gw.anchors))
     app.include_router(v1)
     app.include_router(hls_router(gw.bridges, access))
 
     registry = build_registry(
-        GatewayCollector(gw.stages, gw.anchors, gw.viewers, gw.lag, gw.metric_sources)
+        GatewayCollector(
+            gw.stages, gw.anchors, gw.viewers, gw.lag, gw.metric_sources, gc_pauses=gw.gc_pauses
+        )
     )
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.gc_pauses import GcPauses
 from relay.loop_lag import LoopLagMonitor
 from relay.viewers import ViewerService
 
@@ -33,9 +34,12 @@ class GatewayCollector(Collector):
         viewers: ViewerService,
         lag: LoopLagMonitor,
         extras: list[ExtraCounters],
+        *,
+        gc_pauses: GcPauses | None = None,
     ) -> None:
         self._stages, self._anchors, self._viewers = stages, anchors, viewers
         self._lag = lag
+        self._gc = gc_pauses
         self._extras = extras
 
     def collect(self) -> Iterator[Metric]:
@@ -113,6 +117,22 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "stagecast_event_loop_lag_max_seconds", "Largest event-loop lag", self._lag.max_lag
         )
+        if self._gc is not None:
+            pauses = CounterMetricFamily(
+                "stagecast_gc_pause_seconds",
+                "Time the garbage collector stopped the process, by generation",
+                labels=["generation"],
+            )
+            longest = GaugeMetricFamily(
+                "stagecast_gc_pause_max_seconds",
+                "Longest garbage-collector pause, by generation",
+                labels=["generation"],
+            )
+            for g in range(3):
+                pauses.add_metric([str(g)], self._gc.seconds[g])
+                longest.add_metric([str(g)], self._gc.longest[g])
+            yield pauses
+            yield longest
 
 
 def build_registry(collector: GatewayCollector) -> CollectorRegistry:

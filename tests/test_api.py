@@ -264,6 +264,7 @@ async def test_metrics_rise_during_a_live_stream(server: RunningServer) -> None:
         assert metric(later, "stagecast_egress_bytes") > b1 > 0
         assert metric(later, "stagecast_egress_packets") > 0
         assert metric(later, "stagecast_fanout_cpu_seconds", '{room="m1"}') > 0
+        assert metric(later, "stagecast_gc_pause_max_seconds", '{generation="0"}') >= 0
         assert metric(later, "stagecast_event_loop_lag_seconds") < 1
         await viewer.close()
         await pub.close()

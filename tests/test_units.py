@@ -174,3 +174,26 @@ def test_trickle_fragment() -> None:
         parse_trickle("a=candidate:1 2\n")
     with pytest.raises(BadSdp):
         parse_trickle("garbage")
+
+
+def test_gc_pauses_counts_collections_by_generation() -> None:
+    import gc
+
+    from relay.gc_pauses import GcPauses
+
+    ticks = iter([1.0, 1.002, 2.0, 2.05])
+    fake = GcPauses(clock=lambda: next(ticks))
+    fake("start", {"generation": 0})
+    fake("stop", {"generation": 0})
+    fake("start", {"generation": 2})
+    fake("stop", {"generation": 2})
+    assert fake.collections == [1, 0, 1]
+    assert fake.longest[2] == pytest.approx(0.05) and fake.seconds[0] == pytest.approx(0.002)
+    real = GcPauses()
+    real.install()
+    real.install()  # once only
+    try:
+        gc.collect()
+    finally:
+        real.uninstall()
+    assert real.collections[2] == 1 and real not in gc.callbacks
