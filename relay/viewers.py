@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from .access import Grant
-from .aiortc_adapter import DirectSender, install_prepacked_sender, new_template_cache
+from .aiortc_adapter import (
+    DirectSender,
+    drop_receive_estimator,
+    install_prepacked_sender,
+    new_template_cache,
+)
 from .errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from .fallback import FallbackPolicy
 from .http_common import new_etag, new_session_id
@@ -170,6 +175,7 @@ class ViewerService:
                 track = HubTrack(kind, viewer.queues[kind])
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(codec_preferences(kind, spec.name, receiving=False))
+                drop_receive_estimator(transceiver.receiver)  # sendonly: nothing to estimate
                 if direct:
                     session.senders[kind] = self._direct_sender(
                         session, transceiver.sender, viewer.queues[kind]

@@ -17,6 +17,7 @@ from gateway.synthetic import StampedVideoTrack
 from relay.aiortc_adapter import (
     DirectSender,
     check_version,
+    drop_receive_estimator,
     install_ingest_tap,
     install_prepacked_sender,
     new_template_cache,
@@ -71,6 +72,21 @@ async def test_tap_sees_packets_and_pli_reaches_hook() -> None:
     finally:
         await close_quietly(a)
         await close_quietly(b)
+
+
+async def test_sendonly_receiver_estimator_can_be_dropped() -> None:
+    """The hook behind ``drop_receive_estimator`` (a video receiver's 1,000-bucket rate counter),
+    and aiortc's receive path still skips REMB when it is gone."""
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        receiver = pc.addTransceiver("video", direction="sendonly").receiver
+        name = "_RTCRtpReceiver__remote_bitrate_estimator"
+        assert getattr(receiver, name) is not None
+        drop_receive_estimator(receiver)
+        assert getattr(receiver, name) is None
+        assert name in RTCRtpReceiver._handle_rtp_packet.__code__.co_names
+    finally:
+        await close_quietly(pc)
 
 
 def test_direct_sender_internals_exist() -> None:
