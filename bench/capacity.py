@@ -87,6 +87,8 @@ class Point:
     send_side_core_per_viewer: float | None = None
     fanout_cores: float | None = None  # the node's own count: CPU inside the hub's viewer loop
     fanout_core_per_viewer: float | None = None
+    rss_mib: float = 0.0  # the server's resident memory at the end of the window
+    mib_per_viewer: float | None = None  # marginal over N=0
 
 
 async def anchor_packets(pc: Any) -> int:
@@ -191,6 +193,7 @@ async def measure(
     if perf is not None:
         point.loopback_rx_share = await perf
     point.server_cores = cpu / elapsed
+    point.rss_mib = server.memory_info().rss / 2**20
     if fan0 is not None and fan1 is not None:
         point.fanout_cores = (fan1 - fan0) / (fan_t1 - fan_t0)
     point.client_cores = ccpu / elapsed
@@ -211,9 +214,10 @@ def table(points: list[Point], target: str) -> str:
         "| target | N (admitted) | server cores | core/viewer (marginal) | viewers/core "
         "| anchor pkt/s "
         "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
-        "| client cores | loopback rx share | core/viewer send side | fan-out core/viewer |"
+        "| client cores | loopback rx share | core/viewer send side | fan-out core/viewer "
+        "| server MiB (per viewer) |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
 
     def f(v: float | None, d: int = 1) -> str:
         return "-" if v is None else f"{v:.{d}f}"
@@ -228,7 +232,8 @@ def table(points: list[Point], target: str) -> str:
             f"| {p.probe_frames / p.window_s if p.window_s else 0:.0f} "
             f"| {f(p.healthz_p50_ms)} / {f(p.healthz_max_ms)} | {p.client_cores:.2f} "
             f"| {f(p.loopback_rx_share and p.loopback_rx_share * 100)}% "
-            f"| {f(p.send_side_core_per_viewer, 4)} | {f(p.fanout_core_per_viewer, 4)} |"
+            f"| {f(p.send_side_core_per_viewer, 4)} | {f(p.fanout_core_per_viewer, 4)} "
+            f"| {p.rss_mib:.0f} ({f(p.mib_per_viewer, 2)}) |"
         )
     return "\n".join(lines)
 
@@ -307,6 +312,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
                     own = point.server_cores * (1 - point.loopback_rx_share)
                     own0 = base.server_cores * (1 - base.loopback_rx_share)
                     point.send_side_core_per_viewer = (own - own0) / point.viewers_seen
+                point.mib_per_viewer = (point.rss_mib - base.rss_mib) / point.viewers_seen
                 if point.fanout_cores is not None and base.fanout_cores is not None:
                     extra_fan = point.fanout_cores - base.fanout_cores
                     point.fanout_core_per_viewer = extra_fan / point.viewers_seen
