@@ -230,19 +230,7 @@ class _SrtpWriter:
         limit = self.LIMIT
         sends = 0
         for start, end in packets.runs:
-            if end - start == 1 or not gso:
-                for template in templates[start:end]:
-                    n = len(template)
-                    buf[0:n] = template
-                    pack(buf, 2, seq, ts, ssrc)
-                    seq = (seq + 1) & 0xFFFF
-                    length_p[0] = n
-                    status = protect(ctx, cdata, length_p)
-                    if status:
-                        raise AdapterError(f"srtp_protect failed: {status}")
-                    sock.sendto(view[: length_p[0]], addr)
-                continue
-            offset = n = 0
+            offset = n = 0  # the run's packets, encrypted back to back
             for template in templates[start:end]:
                 n = len(template)
                 if offset + n > limit:
@@ -256,20 +244,20 @@ class _SrtpWriter:
                     raise AdapterError(f"srtp_protect failed: {status}")
                 offset += length_p[0]
             tag = length_p[0] - n  # every packet gets the same tag
-            segment = len(templates[start]) + tag
-            try:
-                sock.sendmsg([view[:offset]], _gso_cmsg(segment), 0, addr)
-            except BlockingIOError:
-                raise
-            except OSError:  # no UDP GSO on this path: send what is encrypted one by one
-                self.gso_refused, gso = True, False
-                at = 0
-                for template in templates[start:end]:
-                    size = len(template) + tag
-                    sock.sendto(view[at : at + size], addr)
-                    at += size
-                continue
-            sends += 1
+            if end - start > 1 and gso:
+                try:
+                    sock.sendmsg([view[:offset]], _gso_cmsg(len(templates[start]) + tag), 0, addr)
+                    sends += 1
+                    continue
+                except BlockingIOError:
+                    raise
+                except OSError:  # no UDP GSO on this path: one datagram per call from now on
+                    self.gso_refused, gso = True, False
+            at = 0
+            for template in templates[start:end]:
+                size = len(template) + tag
+                sock.sendto(view[at : at + size], addr)
+                at += size
         return sends
 
 
@@ -410,15 +398,9 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None:
             return True
-        route = self._cached  # the route's fast path, inline: this runs per frame and viewer
-        if (
-            route is None
-            or self._dtls._state is not DtlsState.CONNECTED
-            or self._nominated.get(1) is not self._pair
-        ):
-            route = self._route()
-            if route is None:
-                return True
+        route = self._route()
+        if route is None:
+            return True
         writer, sock, addr = route
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp)
