@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import thread_time
 
 from .bitstream import picture_size
 from .limiter import IntervalLimiter
@@ -71,7 +70,6 @@ class FanoutHub:
             "audio": audio_queue_frames,
         }
         self._viewers: dict[str, Viewer] = {}
-        self._queues: dict[MediaKind, dict[str, ViewerQueue]] = {k: {} for k in self.codecs}
         self._requester: KeyframeRequester | None = None
         self._retry: asyncio.TimerHandle | None = None
         self.stats = HubStats()
@@ -133,14 +131,12 @@ class FanoutHub:
             return
         frame = self._rebaser.apply(frame)
         starving = False
-        queues = self._queues.get(frame.kind)
-        if not queues:
-            return
-        cpu0 = thread_time()
-        for q in queues.values():
-            if not q.offer(frame):
+        cpu0 = time.thread_time()
+        for viewer in self._viewers.values():
+            q = viewer.queues.get(frame.kind)
+            if q is not None and not q.offer(frame):
                 starving = True
-        st.fanout_cpu_seconds += thread_time() - cpu0
+        st.fanout_cpu_seconds += time.thread_time() - cpu0
         if starving:
             self.request_keyframe()
 
@@ -180,8 +176,6 @@ class FanoutHub:
             viewer.close()
             return
         self._viewers[viewer.id] = viewer
-        for kind, q in viewer.queues.items():
-            self._queues.setdefault(kind, {})[viewer.id] = q
         self.stats.viewers_joined += 1
         if "video" in viewer.queues:
             self.request_keyframe()
@@ -196,20 +190,14 @@ class FanoutHub:
         again at the next keyframe wherever they go."""
         if self._viewers.pop(viewer.id, None) is None:
             return False
-        self._forget_queues(viewer)
         for q in viewer.queues.values():
             q.restart()
         return True
 
     def remove_viewer(self, viewer: Viewer) -> None:
         if self._viewers.pop(viewer.id, None) is not None:
-            self._forget_queues(viewer)
             self.stats.viewer_drops += sum(q.dropped for q in viewer.queues.values())
         viewer.close()
-
-    def _forget_queues(self, viewer: Viewer) -> None:
-        for kind in viewer.queues:
-            self._queues.get(kind, {}).pop(viewer.id, None)
 
     def request_keyframe(self) -> None:
         """Ask the source for a keyframe, at most once per interval; later asks are coalesced."""
