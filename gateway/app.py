@@ -119,6 +119,7 @@ def build_gateway(settings: Settings) -> Gateway:
         limits=ViewerLimits(
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,
+            native=settings.media.native_send,
             max_viewers=settings.rooms.max_viewers_per_node,
         ),
         room_limit=stages.max_viewers,

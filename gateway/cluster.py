@@ -119,6 +119,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,
             max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
+            native=media.native_send,
         ),
         room_limit=cluster.room_max_viewers,
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),

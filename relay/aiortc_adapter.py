@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
@@ -42,12 +40,10 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
-from pylibsrtp import Session as SrtpSession
-from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
-from pylibsrtp._binding import lib as srtp_lib
 
 from .media import EncodedFrame
-from .rtp_rewrite import SEQ_TS_SSRC, FramePackets, RtpRewriter, SendProfile, TemplateCache
+from .rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
+from .srtp_writer import SrtpWriter, new_srtp_writer
 
 log = logging.getLogger(__name__)
 
@@ -187,90 +183,8 @@ def _send_profile(parameters: RTCRtpSendParameters) -> SendProfile:
     )
 
 
-class _SrtpWriter:
-    """Builds, numbers and encrypts a packet in one C buffer of the viewer's SRTP session.
-
-    pylibsrtp's ``protect`` allocates and copies the packet twice per call; this writes the
-    template once, patches the header in place and hands the socket a view of the result. A run
-    of equal-sized packets is written back to back for one UDP GSO send: the kernel splits it
-    into datagrams, which costs about half of one ``sendto`` per packet.
-    """
-
-    SIZE = 65536
-    LIMIT = SIZE - 16  # room for the longest authentication tag (AEAD GCM)
-
-    def __init__(self, session: SrtpSession) -> None:
-        self._session = session  # keeps the C context alive
-        self._ctx = session._srtp[0]
-        self._cdata = srtp_ffi.new("char[]", self.SIZE)
-        self._buf = srtp_ffi.buffer(self._cdata)
-        self._view = memoryview(self._buf)
-        self._len = srtp_ffi.new("int *")
-        self.gso_refused = False
-
-    def send(
-        self,
-        sock: socket.socket,
-        addr: tuple[str, int],
-        packets: FramePackets,
-        seq: int,
-        ts: int,
-        ssrc: int,
-        gso: bool,
-    ) -> int:
-        """Number, encrypt and send a frame's packets: each run of two or more as one UDP GSO
-        send (``gso``), the rest one datagram per call. Returns the GSO sends made; a kernel
-        that refuses GSO sets ``gso_refused`` (that frame still goes out, datagram by
-        datagram); ``BlockingIOError`` and other socket errors propagate. One call per frame
-        and viewer, every name bound once: this is the loop the gateway spends its CPU in."""
-        buf, cdata, length_p, ctx, view = self._buf, self._cdata, self._len, self._ctx, self._view
-        protect = srtp_lib.srtp_protect
-        pack = SEQ_TS_SSRC.pack_into
-        templates = packets.templates
-        limit = self.LIMIT
-        sends = 0
-        for start, end in packets.runs:
-            offset = n = 0  # the run's packets, encrypted back to back
-            for template in templates[start:end]:
-                n = len(template)
-                if offset + n > limit:
-                    raise ValueError("RTP packets too large for the SRTP buffer")
-                buf[offset : offset + n] = template
-                pack(buf, offset + 2, seq, ts, ssrc)
-                seq = (seq + 1) & 0xFFFF
-                length_p[0] = n
-                status = protect(ctx, cdata + offset, length_p)
-                if status:
-                    raise AdapterError(f"srtp_protect failed: {status}")
-                offset += length_p[0]
-            tag = length_p[0] - n  # every packet gets the same tag
-            if end - start > 1 and gso:
-                try:
-                    sock.sendmsg([view[:offset]], _gso_cmsg(len(templates[start]) + tag), 0, addr)
-                    sends += 1
-                    continue
-                except BlockingIOError:
-                    raise
-                except OSError:  # no UDP GSO on this path: one datagram per call from now on
-                    self.gso_refused, gso = True, False
-            at = 0
-            for template in templates[start:end]:
-                size = len(template) + tag
-                sock.sendto(view[at : at + size], addr)
-                at += size
-        return sends
-
-
 LOSSY_FRACTION = 0.1
 SR_INTERVAL = 0.2  # seconds between updates of the counters aiortc puts in sender reports
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg, many datagrams
-_U16_NATIVE = struct.Struct("=H")
-
-
-@functools.lru_cache(maxsize=64)
-def _gso_cmsg(segment: int) -> tuple[tuple[int, int, bytes], ...]:
-    """The ``UDP_SEGMENT`` control message for a segment size (a handful of sizes recur)."""
-    return ((socket.SOL_UDP, UDP_SEGMENT, _U16_NATIVE.pack(segment)),)
 
 
 class DirectSender:
@@ -290,6 +204,7 @@ class DirectSender:
         on_keyframe_request: Callable[[], None],
         on_ready: Callable[[], None],
         gso: bool = True,
+        native: bool = True,
     ) -> None:
         for name in (
             "send",
@@ -308,11 +223,12 @@ class DirectSender:
         self._sock: socket.socket | None = None
         self._dtls: Any = None
         self._nominated: dict[int, Any] = {}
-        self._cached: tuple[_SrtpWriter, socket.socket, tuple[str, int]] | None = None
+        self._cached: tuple[SrtpWriter, socket.socket, tuple[str, int]] | None = None
         self._closed = False
         self._template_id = 0
         self._sr_due = 0.0
         self.gso = gso
+        self.native = native  # the C send loop when built (relay/srtp_writer.py)
         self.gso_sends = 0
         self.rewriter: RtpRewriter | None = None
         self.octets = 0
@@ -353,7 +269,7 @@ class DirectSender:
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
-    def _route(self) -> tuple[_SrtpWriter, socket.socket, tuple[str, int]] | None:
+    def _route(self) -> tuple[SrtpWriter, socket.socket, tuple[str, int]] | None:
         """(srtp session, UDP socket, remote address) when the transport is up.
 
         The socket is our own duplicate of the ICE pair's descriptor: sending on it directly
@@ -382,7 +298,9 @@ class DirectSender:
         self._sock = socket.socket(fileno=os.dup(fd))
         self._sock.setblocking(False)
         self._pair = pair
-        self._cached = (_SrtpWriter(dtls._tx_srtp), self._sock, pair.remote_addr)
+        addr = pair.remote_addr
+        writer = new_srtp_writer(dtls._tx_srtp, self._sock, addr, native=self.native)
+        self._cached = (writer, self._sock, addr)
         return self._cached
 
     def close(self) -> None:
@@ -401,11 +319,13 @@ class DirectSender:
         route = self._route()
         if route is None:
             return True
-        writer, sock, addr = route
+        writer = route[0]
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp)
         try:
-            self.gso_sends += writer.send(sock, addr, packets, seq, ts, rewriter.ssrc, self.gso)
+            self.gso_sends += writer.send(
+                packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso
+            )
         except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
             self.congested += 1
             return False

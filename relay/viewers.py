@@ -42,6 +42,7 @@ class ViewerLimits:
     retry_after: int = 2  # seconds a client should wait when nothing is live
     max_viewers: int | None = None  # this node's capacity; beyond it: 503 + Retry-After
     direct: bool = True  # RTP-level forwarding (DirectSender); False: aiortc's sender task
+    native: bool = True  # the direct sender's send loop in C when built (relay/srtp_writer.py)
 
 
 @dataclass(slots=True)
@@ -218,6 +219,7 @@ class ViewerService:
             self._templates,
             on_keyframe_request=session.request_keyframe,
             on_ready=ready,
+            native=self.limits.native,
         )
         return direct
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import socket
 
+import pytest
 from aioice.ice import Connection
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.vpx import Vp8Encoder
@@ -103,9 +103,14 @@ def test_direct_sender_internals_exist() -> None:
     assert "_nominated" in Connection.sendto.__code__.co_names
 
 
-async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> None:
+SO_NO_CHECK = 11  # Linux: a UDP socket without checksums, on which the kernel refuses GSO
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-loop", "python-loop"])
+async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(native: bool) -> None:
     """A real receiver decodes VP8 frames sent by a DirectSender (multi-packet frames as UDP
-    GSO runs); sender reports carry its counters and a NACKed packet goes out again over RTX."""
+    GSO runs) with either send loop; sender reports carry its counters and a NACKed packet goes
+    out again over RTX; a kernel that refuses GSO gets the frames datagram by datagram."""
     a, b = RTCPeerConnection(rtc_configuration(())), RTCPeerConnection(rtc_configuration(()))
     queue = ViewerQueue("video", 30, direct=True)
     ready = asyncio.Event()
@@ -117,6 +122,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
             new_template_cache(),
             on_keyframe_request=lambda: None,
             on_ready=ready.set,
+            native=native,
         )
         got: asyncio.Queue[object] = asyncio.Queue()
         b.on("track", lambda t: asyncio.ensure_future(_drain(t, got)))
@@ -126,6 +132,9 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
         await a.setRemoteDescription(b.localDescription)
         await asyncio.wait_for(ready.wait(), 10)
         assert queue.bind(direct.send_frame)
+        route = direct._route()
+        assert route is not None
+        assert (type(route[0]).__module__ == "relay._srtp_writer") is native
         encoder = Vp8Encoder()
         source = StampedVideoTrack(640, 360, 30)
         for i in range(30):
@@ -143,9 +152,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
         await transceiver.sender._retransmit((direct.rewriter.sequence - 1) & 0xFFFF)
         assert direct.rewriter.retransmissions == 1
         # a full send buffer: that frame is an overflow and the viewer waits for a keyframe
-        route = direct._cached
-        assert route is not None
-        direct._cached = (route[0], _FullSocket(), route[2])  # type: ignore[assignment]
+        direct._cached = (_FullWriter(), route[1], route[2])
         payloads, ts = encoder.encode(await source.recv())
         assert not queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
         assert direct.congested == 1 and queue.overflows == 1 and queue.waiting_keyframe
@@ -158,7 +165,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
         assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", True, 0.0))
         assert direct.rewriter.packets > sent
         # a kernel without UDP GSO: the run goes out datagram by datagram, and so does the rest
-        direct._cached = (route[0], _NoGsoSocket(route[1]), route[2])  # type: ignore[assignment]
+        route[1].setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         while not got.empty():
             got.get_nowait()
         grainy = StampedVideoTrack(640, 360, 30, grain=30)  # frames of several packets
@@ -174,26 +181,13 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks() -> No
         await close_quietly(b)
 
 
-class _NoGsoSocket:
-    """A UDP socket on a kernel that refuses ``UDP_SEGMENT``."""
+class _FullWriter:
+    """A send loop whose socket's send buffer is full (loopback never fills one: the kernel
+    hands each datagram to the receiver at once)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+    gso_refused = False
 
-    def sendmsg(self, *_: object) -> int:
-        raise OSError(errno.EIO, "UDP GSO not supported")
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
-        return self._sock.sendto(data, addr)
-
-
-class _FullSocket:
-    """A UDP socket whose send buffer is full."""
-
-    def sendmsg(self, *_: object) -> int:
-        raise BlockingIOError
-
-    def sendto(self, *_: object) -> int:
+    def send(self, *_: object) -> int:
         raise BlockingIOError
 
 

@@ -1,0 +1,24 @@
+import socket
+
+from pylibsrtp import Session
+
+class SrtpWriter:
+    gso_refused: bool
+    def __init__(
+        self,
+        sock: socket.socket,
+        addr: tuple[str, int] | tuple[str, int, int, int],
+        protect: int,
+        ctx: int,
+        session: Session,
+    ) -> None: ...
+    def send(
+        self,
+        templates: tuple[bytes, ...],
+        runs: tuple[tuple[int, int], ...],
+        seq: int,
+        ts: int,
+        ssrc: int,
+        gso: bool,
+        /,
+    ) -> int: ...

@@ -1,0 +1,139 @@
+"""One viewer's send loop: number, encrypt and send a frame's RTP packets, in C when built.
+
+This is where the fan-out spends its CPU: every packet of every frame, for every viewer. The C
+loop (``relay/_srtp_writer.c``, built by ``pip install`` when a compiler is there) and the Python
+one below do the same work; the Python one is the fallback and the reference the tests hold the
+C one to. Both encrypt with the viewer's own pylibsrtp session (its C context and pylibsrtp's
+``srtp_protect``), so keys never leave aiortc's DTLS transport.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import struct
+from typing import Protocol
+
+from pylibsrtp import Session as SrtpSession
+from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
+from pylibsrtp._binding import lib as srtp_lib
+
+from .rtp_rewrite import SEQ_TS_SSRC
+
+try:
+    from . import _srtp_writer as _native
+except ImportError:  # built without a C compiler: the Python loop below
+    _native = None  # type: ignore[assignment]
+
+NATIVE = _native is not None
+"""The C loop is built and importable."""
+
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg, many datagrams
+_U16_NATIVE = struct.Struct("=H")
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
+class SrtpWriter(Protocol):
+    gso_refused: bool
+
+    def send(
+        self,
+        templates: tuple[bytes, ...],
+        runs: tuple[tuple[int, int], ...],
+        seq: int,
+        ts: int,
+        ssrc: int,
+        gso: bool,
+    ) -> int:
+        """Number, encrypt and send a frame's packets: each run of two or more as one UDP GSO
+        send (``gso``), the rest one datagram per call. Returns the GSO sends made; a kernel
+        that refuses GSO sets ``gso_refused`` (that frame still goes out, datagram by
+        datagram); ``BlockingIOError`` and other socket errors propagate."""
+        ...
+
+
+def new_srtp_writer(
+    session: SrtpSession, sock: socket.socket, addr: Address, *, native: bool = True
+) -> SrtpWriter:
+    """The C writer when built and ``native``, else the Python one."""
+    if native and _native is not None:
+        protect = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
+        ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+        return _native.SrtpWriter(sock, addr, protect, ctx, session)
+    return PySrtpWriter(session, sock, addr)
+
+
+@functools.lru_cache(maxsize=64)
+def _gso_cmsg(segment: int) -> tuple[tuple[int, int, bytes], ...]:
+    """The ``UDP_SEGMENT`` control message for a segment size (a handful of sizes recur)."""
+    return ((socket.SOL_UDP, UDP_SEGMENT, _U16_NATIVE.pack(segment)),)
+
+
+class PySrtpWriter:
+    """The send loop in Python, in one C buffer of the viewer's SRTP session.
+
+    pylibsrtp's ``protect`` allocates and copies the packet twice per call; this writes the
+    template once, patches the header in place and hands the socket a view of the result. A run
+    of equal-sized packets is written back to back for one UDP GSO send: the kernel splits it
+    into datagrams, which costs about half of one ``sendto`` per packet.
+    """
+
+    SIZE = 65536
+    LIMIT = SIZE - 16  # room for the longest authentication tag (AEAD GCM)
+
+    def __init__(self, session: SrtpSession, sock: socket.socket, addr: Address) -> None:
+        self._session = session  # keeps the C context alive
+        self._ctx = session._srtp[0]
+        self._sock = sock
+        self._addr = addr
+        self._cdata = srtp_ffi.new("char[]", self.SIZE)
+        self._buf = srtp_ffi.buffer(self._cdata)
+        self._view = memoryview(self._buf)
+        self._len = srtp_ffi.new("int *")
+        self.gso_refused = False
+
+    def send(
+        self,
+        templates: tuple[bytes, ...],
+        runs: tuple[tuple[int, int], ...],
+        seq: int,
+        ts: int,
+        ssrc: int,
+        gso: bool,
+    ) -> int:
+        buf, cdata, length_p, ctx, view = self._buf, self._cdata, self._len, self._ctx, self._view
+        sock, addr = self._sock, self._addr
+        protect = srtp_lib.srtp_protect
+        pack = SEQ_TS_SSRC.pack_into
+        limit = self.LIMIT
+        sends = 0
+        for start, end in runs:
+            offset = n = 0  # the run's packets, encrypted back to back
+            for template in templates[start:end]:
+                n = len(template)
+                if offset + n > limit:
+                    raise ValueError("RTP packets too large for the SRTP buffer")
+                buf[offset : offset + n] = template
+                pack(buf, offset + 2, seq, ts, ssrc)
+                seq = (seq + 1) & 0xFFFF
+                length_p[0] = n
+                status = protect(ctx, cdata + offset, length_p)
+                if status:
+                    raise RuntimeError(f"srtp_protect failed: {status}")
+                offset += length_p[0]
+            tag = length_p[0] - n  # every packet gets the same tag
+            if end - start > 1 and gso:
+                try:
+                    sock.sendmsg([view[:offset]], _gso_cmsg(len(templates[start]) + tag), 0, addr)
+                    sends += 1
+                    continue
+                except BlockingIOError:
+                    raise
+                except OSError:  # no UDP GSO on this path: one datagram per call from now on
+                    self.gso_refused, gso = True, False
+            at = 0
+            for template in templates[start:end]:
+                size = len(template) + tag
+                sock.sendto(view[at : at + size], addr)
+                at += size
+        return sends

@@ -1,0 +1,119 @@
+"""The C send loop against the Python one: same datagrams on the wire, same errors."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import sysconfig
+from pathlib import Path
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from relay.srtp_writer import NATIVE, PySrtpWriter, SrtpWriter, new_srtp_writer
+
+KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key + 14-byte salt
+SSRC = 0x11223344
+
+
+def _session(direction: int = Policy.SSRC_ANY_OUTBOUND) -> Session:
+    return Session(Policy(key=KEY, ssrc_type=direction))
+
+
+def _templates(sizes: list[int]) -> tuple[bytes, ...]:
+    """RTP packets with zero sequence number, timestamp and SSRC, marker on the last."""
+    out = []
+    for i, size in enumerate(sizes):
+        marker = 0x80 if i == len(sizes) - 1 else 0
+        out.append(bytes([0x80, marker | 96]) + bytes(10) + bytes([i % 251]) * (size - 12))
+    return tuple(out)
+
+
+def _pair(family: int) -> tuple[socket.socket, socket.socket, tuple[str, int]]:
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    rx = socket.socket(family, socket.SOCK_DGRAM)
+    rx.bind((host, 0))
+    rx.settimeout(2)
+    tx = socket.socket(family, socket.SOCK_DGRAM)
+    tx.setblocking(False)
+    return rx, tx, rx.getsockname()[:2]
+
+
+def _received(rx: socket.socket, count: int) -> list[bytes]:
+    return [rx.recv(65536) for _ in range(count)]
+
+
+FRAME = [1200, 1200, 1200, 900, 300, 1100, 1100, 80]  # runs: GSO of 4, single, GSO of 2, single
+RUNS = ((0, 4), (4, 5), (5, 7), (7, 8))
+
+
+@pytest.mark.skipif(not NATIVE, reason="the C send loop is not built")
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "datagrams"])
+def test_c_loop_sends_what_the_python_loop_sends(family: int, gso: bool) -> None:
+    templates = _templates(FRAME)
+    wire: dict[str, list[bytes]] = {}
+    for native in (True, False):
+        rx, tx, addr = _pair(family)
+        with rx, tx:
+            writer = new_srtp_writer(_session(), tx, addr, native=native)
+            assert isinstance(writer, PySrtpWriter) is not native
+            sends = writer.send(templates, RUNS, 0xFFFE, 0xFFFFFFF0, SSRC, gso)
+            assert sends == (2 if gso else 0) and not writer.gso_refused
+            wire["c" if native else "py"] = _received(rx, len(templates))
+    assert wire["c"] == wire["py"]
+    inbound = _session(Policy.SSRC_ANY_INBOUND)
+    for i, datagram in enumerate(wire["c"]):
+        plain = inbound.unprotect(datagram)
+        seq, ts, ssrc = struct.unpack_from("!HII", plain, 2)
+        assert (seq, ts, ssrc) == ((0xFFFE + i) & 0xFFFF, 0xFFFFFFF0, SSRC)  # wraps at 2^16
+        assert plain[12:] == templates[i][12:] and plain[1] == templates[i][1]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-loop", "python-loop"])
+def test_gso_refusal_sends_the_run_datagram_by_datagram(native: bool) -> None:
+    if native and not NATIVE:
+        pytest.skip("the C send loop is not built")
+    templates = _templates(FRAME)
+    rx, tx, addr = _pair(socket.AF_INET)
+    with rx, tx:
+        tx.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK: the kernel refuses UDP GSO
+        writer = new_srtp_writer(_session(), tx, addr, native=native)
+        assert writer.send(templates, RUNS, 1, 2, SSRC, True) == 0
+        assert writer.gso_refused
+        sizes = [len(d) for d in _received(rx, len(templates))]
+    assert sizes == [n + 10 for n in FRAME]  # each its own datagram, with its 10-byte tag
+
+
+@pytest.mark.skipif(not NATIVE, reason="the C send loop is not built")
+def test_c_loop_refuses_bad_input_and_a_closed_socket() -> None:
+    rx, tx, addr = _pair(socket.AF_INET)
+    with rx:
+        writer: SrtpWriter = new_srtp_writer(_session(), tx, addr)
+        templates = _templates([200, 200])
+        with pytest.raises(ValueError):
+            writer.send(templates, ((0, 3),), 0, 0, SSRC, True)  # past the frame's packets
+        with pytest.raises(ValueError):
+            writer.send(_templates([40_000, 40_000]), ((0, 2),), 0, 0, SSRC, True)
+        with pytest.raises(TypeError):
+            writer.send([bytes(20)], ((0, 1),), 0, 0, SSRC, True)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            writer.send((bytearray(20),), ((0, 1),), 0, 0, SSRC, True)  # type: ignore[arg-type]
+        # the descriptor is reused by the next socket; the writer must not send on it
+        tx.close()
+        reuse = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with reuse, pytest.raises(OSError):
+            writer.send(templates, ((0, 2),), 0, 0, SSRC, True)
+        rx.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            rx.recv(65536)
+
+
+def test_python_fallback_is_chosen_without_the_c_loop() -> None:
+    rx, tx, addr = _pair(socket.AF_INET)
+    with rx, tx:
+        assert isinstance(new_srtp_writer(_session(), tx, addr, native=False), PySrtpWriter)
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if shutil.which("cc") and headers.exists():  # then pip install built it
+        assert NATIVE
