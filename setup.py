@@ -1,7 +1,10 @@
-"""The one native part: the fan-out's per-viewer send loop (relay/_srtp_writer.c).
+"""The native parts, where the CPU goes per packet or per pixel:
 
-Optional: without a C compiler the build goes on and relay falls back to the same loop in
-Python (relay/aiortc_adapter.py), which costs ~0.001 core more per viewer.
+* ``relay/_srtp_writer.c``: the fan-out's per-viewer send loop (Python fallback:
+  ``relay/srtp_writer.py``, ~0.001 core more per viewer);
+* ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale).
+
+Both optional: without a C compiler the build goes on and the fallbacks run.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +16,12 @@ setup(
             ["relay/_srtp_writer.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
-        )
+        ),
+        Extension(
+            "gateway.mixer._halve",
+            ["gateway/mixer/_halve.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ]
 )

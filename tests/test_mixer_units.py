@@ -9,7 +9,9 @@ import time
 
 import numpy as np
 import pytest
+from av.video.reformatter import VideoReformatter
 
+from gateway.mixer import halve as halve_module
 from gateway.mixer.audio_mix import (
     AudioControl,
     AudioMixer,
@@ -26,7 +28,16 @@ from gateway.mixer.codecs import (
     Vp8Packetizer,
     packetize_h264,
 )
-from gateway.mixer.compositor import Canvas, Compositor, Picture, rgb_to_yuv
+from gateway.mixer.compositor import (
+    Canvas,
+    Compositor,
+    Picture,
+    plane_views,
+    rgb_to_yuv,
+    scale_frame,
+)
+from gateway.mixer.halve import NATIVE as HALVE_NATIVE
+from gateway.mixer.halve import halve_into
 from gateway.mixer.layout import (
     LayoutSpec,
     Rect,
@@ -323,6 +334,73 @@ def test_compositor_scales_into_the_canvas_as_pyav_would() -> None:
     assert comp.direct_draws == 2  # "b" is 60 wide (not whole blocks): the copying path
     copied = Compositor(w, h, direct=False).compose(tiles, pics, (0, 0, 0), (9, 9, 9))
     assert np.array_equal(direct, copied.to_ndarray())
+
+
+def _noise(fw: int, fh: int, seed: int = 11) -> object:
+    rng = np.random.default_rng(seed)
+    c = Canvas(fw, fh)
+    for plane in (c.y, c.u, c.v):
+        plane[:] = rng.integers(0, 256, plane.shape, dtype=np.uint8)
+    return c.to_frame()
+
+
+@pytest.mark.skipif(not HALVE_NATIVE, reason="the C halving is not built")
+def test_halving_is_the_box_average_swscale_area_draws_and_stays_in_its_region() -> None:
+    """The C halving equals a 2x2 box average and libswscale's area scale, pixel for pixel,
+    writes its region only, and refuses what it cannot do exactly (odd corners, other sizes,
+    other formats, planes smaller than the sides say)."""
+    src = _noise(1280, 720)
+    canvas = Canvas(1280, 720)
+    canvas.fill((9, 9, 9))
+    assert halve_into(src, canvas.frame, Rect(640, 360, 640, 360))
+    for plane, region in zip(
+        plane_views(src),
+        (canvas.y[360:, 640:], canvas.u[180:, 320:], canvas.v[180:, 320:]),
+        strict=True,
+    ):
+        p = plane.astype(np.uint16)
+        box = (p[0::2, 0::2] + p[0::2, 1::2] + p[1::2, 0::2] + p[1::2, 1::2] + 2) >> 2
+        assert np.array_equal(region, box)
+    outside = Canvas(1280, 720)
+    outside.fill((9, 9, 9))
+    for got, ref in zip(
+        (canvas.y, canvas.u, canvas.v), (outside.y, outside.u, outside.v), strict=True
+    ):
+        h, w = got.shape
+        assert np.array_equal(got[: h // 2], ref[: h // 2])
+        assert np.array_equal(got[:, : w // 2], ref[:, : w // 2])
+    area = scale_frame(VideoReformatter(), src, 640, 360)
+    assert halve_into(src, half := Canvas(640, 360).frame, Rect(0, 0, 640, 360))
+    assert np.array_equal(half.to_ndarray(), area.to_ndarray())
+    assert not halve_into(src, canvas.frame, Rect(641, 360, 640, 360))  # odd corner
+    assert not halve_into(src, canvas.frame, Rect(0, 0, 640, 361))  # not an exact half
+    assert not halve_into(src, canvas.frame, Rect(700, 400, 640, 360))  # past the canvas
+    assert not halve_into(src.reformat(format="yuvj420p"), canvas.frame, Rect(0, 0, 640, 360))
+    planes, kernel = src.planes, halve_module._halve
+    with pytest.raises(ValueError):  # the C side checks every plane against its sides
+        kernel.halve(
+            planes, (1280, 640, 640), 1280, 1440, canvas.frame.planes, (1280, 640, 640), 0, 0
+        )
+
+
+@pytest.mark.skipif(not HALVE_NATIVE, reason="the C halving is not built")
+def test_grid_of_exact_halves_is_drawn_by_halving_as_swscale_would() -> None:
+    """Four 640x360 anchors on a 640x360 grid: every tile is an exact halving, drawn by the C
+    kernel, and the canvas is the very one the libswscale path draws; the 320x180 rendition
+    of that canvas is halved into a frame the encoder keeps."""
+    ids = ["a", "b", "c", "d"]
+    pics = {a: Picture(_noise(640, 360, seed=i), 1) for i, a in enumerate(ids)}
+    tiles = compute_layout(LayoutSpec(), ids, 640, 360)
+    comp = Compositor(640, 360)
+    frame = comp.compose(tiles, pics, (0, 0, 0), (9, 9, 9))
+    assert comp.direct_draws == 4
+    copied = Compositor(640, 360, direct=False).compose(tiles, pics, (0, 0, 0), (9, 9, 9))
+    assert np.array_equal(frame.to_ndarray(), copied.to_ndarray())
+    enc = VideoEncoder("H264", 320, 180, 30, 300_000, 30)
+    dec = VideoDecoder("H264")
+    out = [f for data, _ in enc.encode(frame, keyframe=True) for f in dec.decode(data)]
+    assert enc._half is not None and (enc._half.width, enc._half.height) == (320, 180)
+    assert out and (out[0].width, out[0].height) == (320, 180)
 
 
 # -- codecs and the aiortc packetiser hooks -------------------------------------------------

@@ -22,6 +22,8 @@ from relay.aiortc_adapter import Vp8Packetizer, packetize_h264
 
 from .audio_mix import Samples
 from .compositor import scale_frame
+from .halve import halve_into
+from .layout import Rect
 
 RATE = 48000
 AUDIO_FRAME = 960  # 20 ms
@@ -86,16 +88,26 @@ class VideoEncoder:
         self._ctx = ctx
         self.width, self.height = width, height
         self._scaler = VideoReformatter()  # the program picture -> this rendition's size
+        self._half: Any = None  # this rendition's picture when it is the program's halved
         self._pts = 0
 
     def encode(self, frame: Any, keyframe: bool) -> list[tuple[bytes, bool]]:
         if frame.width != self.width or frame.height != self.height:
-            frame = scale_frame(self._scaler, frame, self.width, self.height)
+            frame = self._scaled(frame)
         frame.pts = self._pts
         frame.time_base = self._ctx.time_base
         self._pts += 1
         frame.pict_type = av.video.frame.PictureType.I if keyframe else 0
         return [(bytes(p), bool(p.is_keyframe)) for p in self._ctx.encode(frame)]
+
+    def _scaled(self, frame: Any) -> Any:
+        """The program picture at this rendition's size: halved into a frame kept from tick
+        to tick (the encoder copies it before ``encode`` returns), else by libswscale."""
+        if self._half is None:
+            self._half = av.VideoFrame(self.width, self.height, "yuv420p")
+        if halve_into(frame, self._half, Rect(0, 0, self.width, self.height)):
+            return self._half
+        return scale_frame(self._scaler, frame, self.width, self.height)
 
     def packetize(self, data: bytes) -> list[bytes]:
         payloads: list[bytes] = self._pack(data)

@@ -2,7 +2,8 @@
 
 Synchronous and socket-free; the program worker calls it once per output tick. Pictures that did
 not change since the last tick are not scaled again; where tiles do not overlap, each new
-picture is scaled straight into the canvas (``swscale.RegionScaler``), with no copy in between.
+picture is scaled straight into the canvas (``halve`` for an exact halving, the grid's usual
+case, else ``swscale.RegionScaler``), with no copy in between.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
+from .halve import halve_into
 from .layout import Rect, Rgb, Tile, fit_rect
 from .swscale import RegionScaler, load
 
@@ -134,6 +136,7 @@ class Compositor:
         self.canvas = Canvas(width, height)
         self._cache: dict[str, tuple[int, Rect, tuple[Plane, Plane, Plane]]] = {}
         self._scalers: dict[str, Any] = {}  # anchor id -> its VideoReformatter
+        self._direct = direct
         self._sws = load() if direct else None
         self._region: dict[str, RegionScaler] = {}  # anchor id -> its scaler into the canvas
         self.direct_draws = 0  # pictures scaled straight into the canvas
@@ -188,7 +191,12 @@ class Compositor:
         return c.to_frame()
 
     def _draw_direct(self, anchor_id: str, pic: Picture, fit: Rect) -> bool:
-        """Scale ``pic`` straight into the canvas; False where that path is not available."""
+        """Scale ``pic`` straight into the canvas (an exact halving by ``halve``, the rest by
+        libswscale); False where neither path is available."""
+        if self._direct and halve_into(pic.frame, self.canvas.frame, fit):
+            self._cache.pop(anchor_id, None)
+            self.direct_draws += 1
+            return True
         if self._sws is None:
             return False
         scaler = self._region.get(anchor_id)
