@@ -24,6 +24,10 @@ viewer's socket and wakes the viewer's process inside the server's ``sendto`` (`
 times it), work that a NIC leaves to the viewer's machine. "core/viewer send side" is the
 marginal CPU per viewer without it; the plain marginal figure stays the headline.
 
+"rx-buffer drops" are the datagrams the kernel dropped at full UDP receive buffers during the
+window (``RcvbufErrors``, machine-wide), as a share of what the viewers should have got: when
+delivery falls short by about that much, the load side fell behind and the server did send.
+
 "fan-out core/viewer" is the node's own count (``fanout_cpu_s`` in its stream API): thread CPU
 inside the hub's viewer loop, where each viewer's packets are numbered, encrypted and sent (the
 kernel's send path, and on loopback the receive path, included). The rest of the marginal figure
@@ -89,6 +93,25 @@ class Point:
     fanout_core_per_viewer: float | None = None
     rss_mib: float = 0.0  # the server's resident memory at the end of the window
     mib_per_viewer: float | None = None  # marginal over N=0
+    rcvbuf_drops: float | None = None  # share of the viewers' packets the kernel dropped at
+    # full receive buffers during the window (machine-wide UDP RcvbufErrors): a load side that
+    # falls behind, not a server that did not send
+
+
+def rcvbuf_errors() -> int:
+    """UDP datagrams the kernel dropped at full receive buffers since boot (IPv4 + IPv6)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/net/snmp").read_text().splitlines()
+        heads = [ln.split() for ln in lines if ln.startswith("Udp: ")]
+        if len(heads) == 2 and "RcvbufErrors" in heads[0]:
+            total += int(heads[1][heads[0].index("RcvbufErrors")])
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/snmp6").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "Udp6RcvbufErrors":
+                total += int(value)
+    return total
 
 
 async def anchor_packets(pc: Any) -> int:
@@ -172,6 +195,7 @@ async def measure(
     probe.samples.clear()
     frames0 = probe.video_frames
     sent0 = await anchor_packets(publisher.pc)
+    drops0 = rcvbuf_errors()
     cpu0 = cpu_seconds(server)
     ccpu0 = sum(cpu_seconds(p) for p in clients)
     t0 = time.monotonic()
@@ -185,6 +209,7 @@ async def measure(
     cpu = cpu_seconds(server) - cpu0
     ccpu = sum(cpu_seconds(p) for p in clients) - ccpu0
     sent = await anchor_packets(publisher.pc) - sent0
+    drops = rcvbuf_errors() - drops0
     read = await fleet.read()
     # read outside the window: an API call inside it would stretch the anchor's count past
     # ``elapsed`` and understate delivery
@@ -202,6 +227,7 @@ async def measure(
         rate = sent / elapsed
         ratios = [(p or 0) / (rate * e) for p, e in zip(read.packets, read.elapsed, strict=True)]
         point.delivery_min, point.delivery_mean = min(ratios), sum(ratios) / len(ratios)
+        point.rcvbuf_drops = drops / (sent * len(read.packets))
     latencies = [s.latency_ms for s in probe.samples]
     point.probe_p50_ms, point.probe_p95_ms = pct(latencies, 50), pct(latencies, 95)
     point.probe_frames = probe.video_frames - frames0
@@ -215,9 +241,9 @@ def table(points: list[Point], target: str) -> str:
         "| anchor pkt/s "
         "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
         "| client cores | loopback rx share | core/viewer send side | fan-out core/viewer "
-        "| server MiB (per viewer) |"
+        "| server MiB (per viewer) | rx-buffer drops |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
 
     def f(v: float | None, d: int = 1) -> str:
         return "-" if v is None else f"{v:.{d}f}"
@@ -233,7 +259,8 @@ def table(points: list[Point], target: str) -> str:
             f"| {f(p.healthz_p50_ms)} / {f(p.healthz_max_ms)} | {p.client_cores:.2f} "
             f"| {f(p.loopback_rx_share and p.loopback_rx_share * 100)}% "
             f"| {f(p.send_side_core_per_viewer, 4)} | {f(p.fanout_core_per_viewer, 4)} "
-            f"| {p.rss_mib:.0f} ({f(p.mib_per_viewer, 2)}) |"
+            f"| {p.rss_mib:.0f} ({f(p.mib_per_viewer, 2)}) "
+            f"| {f(p.rcvbuf_drops and p.rcvbuf_drops * 100, 2)}% |"
         )
     return "\n".join(lines)
 
