@@ -13,9 +13,9 @@ Two hooks make encoded forwarding possible:
 * direct sender (the viewers' path): frames skip the sender's RTP task altogether. The negotiated
   parameters are caught in ``send()``, packets are rewritten per viewer (``rtp_rewrite``),
   encrypted with the DTLS transport's SRTP session and written to the nominated ICE pair's UDP
-  socket synchronously (``srtp_writer``: a C loop when built); NACKs are answered from our own history, and sender reports read our
-  counters. aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is
-  noted on the way (the rendition fallback reads it).
+  socket synchronously (``srtp_writer``: a C loop when built); NACKs are answered from our own
+  history, and sender reports read our counters. aiortc's RTCP task (SR, RR handling, PLI)
+  keeps running; receiver reports' loss is noted on the way (the rendition fallback reads it).
 
 ``tests/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these.
 """

@@ -10,6 +10,7 @@ C one to. Both encrypt with the viewer's own pylibsrtp session (its C context an
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 import struct
 from typing import Protocol
@@ -26,6 +27,7 @@ except ImportError:  # built without a C compiler: the Python loop below
     _native = None  # type: ignore[assignment]
 
 NATIVE = _native is not None
+log = logging.getLogger(__name__)
 """The C loop is built and importable."""
 
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg, many datagrams
@@ -55,11 +57,15 @@ class SrtpWriter(Protocol):
 def new_srtp_writer(
     session: SrtpSession, sock: socket.socket, addr: Address, *, native: bool = True
 ) -> SrtpWriter:
-    """The C writer when built and ``native``, else the Python one."""
+    """The C writer when built and ``native``, else the Python one (also for an address the C
+    one does not parse, e.g. a link-local IPv6 address with a zone: ``fe80::1%eth0``)."""
     if native and _native is not None:
         protect = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
         ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
-        return _native.SrtpWriter(sock, addr, protect, ctx, session)
+        try:
+            return _native.SrtpWriter(sock, addr, protect, ctx, session)
+        except ValueError:
+            log.info("address %r: sending through the Python loop", addr[0])
     return PySrtpWriter(session, sock, addr)
 
 

@@ -111,9 +111,12 @@ def test_c_loop_refuses_bad_input_and_a_closed_socket() -> None:
 
 
 def test_python_fallback_is_chosen_without_the_c_loop() -> None:
+    """Asked for, or for an address the C loop does not parse (a zoned link-local IPv6 one)."""
     rx, tx, addr = _pair(socket.AF_INET)
     with rx, tx:
         assert isinstance(new_srtp_writer(_session(), tx, addr, native=False), PySrtpWriter)
+        zoned = new_srtp_writer(_session(), tx, ("fe80::1%lo", 9))
+        assert isinstance(zoned, PySrtpWriter)
     headers = Path(sysconfig.get_paths()["include"], "Python.h")
     if shutil.which("cc") and headers.exists():  # then pip install built it
         assert NATIVE
