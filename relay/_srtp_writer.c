@@ -53,7 +53,8 @@ static void Writer_dealloc(Writer *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int parse_addr(PyObject *addr, struct sockaddr_storage *out, socklen_t *len) {
+/* Fills `out_addr` and `out_len` only on success. */
+static int parse_addr(PyObject *addr, struct sockaddr_storage *out_addr, socklen_t *out_len) {
     const char *host;
     int port;
     unsigned int flowinfo = 0, scope_id = 0;
@@ -63,25 +64,26 @@ static int parse_addr(PyObject *addr, struct sockaddr_storage *out, socklen_t *l
         PyErr_SetString(PyExc_ValueError, "port out of range");
         return -1;
     }
-    memset(out, 0, sizeof(*out));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+    struct sockaddr_storage out;
+    memset(&out, 0, sizeof(out));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&out;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&out;
     if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
         v4->sin_family = AF_INET;
         v4->sin_port = htons((uint16_t)port);
-        *len = sizeof(*v4);
-        return 0;
-    }
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
-    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        *out_len = sizeof(*v4);
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
         v6->sin6_family = AF_INET6;
         v6->sin6_port = htons((uint16_t)port);
         v6->sin6_flowinfo = htonl(flowinfo);
         v6->sin6_scope_id = scope_id;
-        *len = sizeof(*v6);
-        return 0;
+        *out_len = sizeof(*v6);
+    } else {
+        PyErr_Format(PyExc_ValueError, "not a numeric IP address: %s", host);
+        return -1;
     }
-    PyErr_Format(PyExc_ValueError, "not a numeric IP address: %s", host);
-    return -1;
+    *out_addr = out;
+    return 0;
 }
 
 static int Writer_init(Writer *self, PyObject *args, PyObject *kwds) {
@@ -154,6 +156,24 @@ static ssize_t send_gso(Writer *self, int fd, size_t length, uint16_t segment) {
     return sendmsg(fd, &msg, 0);
 }
 
+/* An int in [0, max] (as struct.pack_into would insist), or 0 with an exception set. */
+static int u32_arg(PyObject *arg, unsigned long max, const char *name, unsigned long *out) {
+    unsigned long value = PyLong_AsUnsignedLong(arg);
+    if (value == (unsigned long)-1 && PyErr_Occurred())
+        return 0;
+    if (value > max) {
+        PyErr_Format(PyExc_OverflowError, "%s out of range", name);
+        return 0;
+    }
+    *out = value;
+    return 1;
+}
+
+/* Errors of a UDP GSO send that mean "not on this path" (kernel, device or socket option). */
+static int gso_refusal(int err) {
+    return err == EIO || err == EINVAL || err == EOPNOTSUPP || err == ENOPROTOOPT;
+}
+
 static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "send(templates, runs, seq, ts, ssrc, gso)");
@@ -164,11 +184,16 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "templates and runs must be tuples");
         return NULL;
     }
-    unsigned long seq = PyLong_AsUnsignedLong(args[2]);
-    unsigned long ts = PyLong_AsUnsignedLong(args[3]);
-    unsigned long ssrc = PyLong_AsUnsignedLong(args[4]);
+    if (self->buf == NULL || self->sock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SrtpWriter.__init__ was not called");
+        return NULL;
+    }
+    unsigned long seq, ts, ssrc;
+    if (!u32_arg(args[2], 0xFFFF, "seq", &seq) || !u32_arg(args[3], 0xFFFFFFFF, "ts", &ts) ||
+        !u32_arg(args[4], 0xFFFFFFFF, "ssrc", &ssrc))
+        return NULL;
     int gso = PyObject_IsTrue(args[5]);
-    if (PyErr_Occurred())
+    if (gso < 0)
         return NULL;
     int fd = current_fd(self);
     if (fd < 0)
@@ -191,15 +216,20 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
             return NULL;
         }
         size_t offset = 0;
-        int n = 0, protected_len = 0;
+        Py_ssize_t n = 0;
+        int protected_len = 0;
         for (Py_ssize_t i = start; i < end; i++) {
             PyObject *template = PyTuple_GET_ITEM(templates, i);
             if (!PyBytes_Check(template)) {
                 PyErr_SetString(PyExc_TypeError, "templates must be bytes");
                 return NULL;
             }
-            n = (int)PyBytes_GET_SIZE(template);
-            if (n < 12 || offset + (size_t)n > BUF_SIZE - TAG_ROOM) {
+            n = PyBytes_GET_SIZE(template);
+            if (n < 12) {
+                PyErr_SetString(PyExc_ValueError, "an RTP packet is at least 12 bytes");
+                return NULL;
+            }
+            if (offset + (size_t)n > BUF_SIZE - TAG_ROOM) {
                 PyErr_SetString(PyExc_ValueError, "RTP packets too large for the SRTP buffer");
                 return NULL;
             }
@@ -211,7 +241,7 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
             memcpy(p + 4, &t, 4);
             memcpy(p + 8, &c, 4);
             seq = (seq + 1) & 0xFFFF;
-            protected_len = n;
+            protected_len = (int)n;
             int status = self->protect(self->ctx, p, &protected_len);
             if (status) {
                 PyErr_Format(PyExc_RuntimeError, "srtp_protect failed: %d", status);
@@ -219,15 +249,15 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
             }
             offset += (size_t)protected_len;
         }
-        int tag = protected_len - n; /* every packet gets the same tag */
+        int tag = protected_len - (int)n; /* every packet gets the same tag */
         if (end - start > 1 && gso) {
             size_t first = (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(templates, start));
             if (send_gso(self, fd, offset, (uint16_t)(first + (size_t)tag)) >= 0) {
                 sends++;
                 continue;
             }
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return PyErr_SetFromErrno(PyExc_OSError); /* BlockingIOError */
+            if (!gso_refusal(errno))
+                return PyErr_SetFromErrno(PyExc_OSError); /* EAGAIN: BlockingIOError */
             /* no UDP GSO on this path: this run one datagram per call, and the caller stops asking */
             self->gso_refused = 1;
             gso = 0;

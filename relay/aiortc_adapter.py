@@ -316,7 +316,11 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None:
             return True
-        route = self._route()
+        try:
+            route = self._route()
+        except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
+            self._count_error("direct route failed")
+            return True
         if route is None:
             return True
         writer = route[0]
@@ -330,9 +334,7 @@ class DirectSender:
             self.congested += 1
             return False
         except Exception:  # an SRTP or socket failure loses this viewer's frame, nobody else's
-            self.errors += 1
-            if self.errors == 1:
-                log.exception("direct send failed")
+            self._count_error("direct send failed")
             return True
         if writer.gso_refused and self.gso:
             self.gso = False  # one datagram per call from now on
@@ -342,6 +344,12 @@ class DirectSender:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
         return True
+
+    def _count_error(self, what: str) -> None:
+        """Called inside an ``except``: the first failure is logged with its traceback."""
+        self.errors += 1
+        if self.errors == 1:
+            log.exception(what)
 
     def _update_sender_report(self, ntp: int | None = None) -> None:
         """Hand aiortc our counters, and with ``ntp`` the NTP/RTP pair of the frame just sent,

@@ -9,6 +9,7 @@ C one to. Both encrypt with the viewer's own pylibsrtp session (its C context an
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import socket
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg, many datagrams
 _U16_NATIVE = struct.Struct("=H")
+GSO_REFUSALS = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+"""A GSO send's errors that mean "not on this path" (kernel, device, socket option); the
+others (a full buffer, an unreachable network) are the send's own, as for one datagram."""
 Address = tuple[str, int] | tuple[str, int, int, int]
 
 
@@ -133,10 +137,10 @@ class PySrtpWriter:
                     sock.sendmsg([view[:offset]], _gso_cmsg(len(templates[start]) + tag), 0, addr)
                     sends += 1
                     continue
-                except BlockingIOError:
-                    raise
-                except OSError:  # no UDP GSO on this path: one datagram per call from now on
-                    self.gso_refused, gso = True, False
+                except OSError as exc:
+                    if exc.errno not in GSO_REFUSALS:
+                        raise  # BlockingIOError (this viewer is behind), or another failure
+                    self.gso_refused, gso = True, False  # no UDP GSO on this path
             at = 0
             for template in templates[start:end]:
                 size = len(template) + tag

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 
 import pytest
@@ -107,7 +108,9 @@ SO_NO_CHECK = 11  # Linux: a UDP socket without checksums, on which the kernel r
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["c-loop", "python-loop"])
-async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(native: bool) -> None:
+async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real receiver decodes VP8 frames sent by a DirectSender (multi-packet frames as UDP
     GSO runs) with either send loop; sender reports carry its counters and a NACKed packet goes
     out again over RTX; a kernel that refuses GSO gets the frames datagram by datagram."""
@@ -151,6 +154,20 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(native:
         assert outbound and outbound[0].packetsSent == direct.rewriter.packets
         await transceiver.sender._retransmit((direct.rewriter.sequence - 1) & 0xFFFF)
         assert direct.rewriter.retransmissions == 1
+
+        # no descriptor left to duplicate the socket with: this viewer loses the frame, and the
+        # hub's loop (the other viewers) goes on
+        def no_fd(fd: int) -> int:
+            raise OSError(errno.EMFILE, "too many open files")
+
+        direct._pair = None
+        monkeypatch.setattr("relay.aiortc_adapter.os.dup", no_fd)
+        payloads, ts = encoder.encode(await source.recv())
+        assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
+        assert direct.errors == 1
+        monkeypatch.undo()
+        route = direct._route()
+        assert route is not None
         # a full send buffer: that frame is an overflow and the viewer waits for a keyframe
         direct._cached = (_FullWriter(), route[1], route[2])
         payloads, ts = encoder.encode(await source.recv())
@@ -173,7 +190,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(native:
             payloads, ts = encoder.encode(await grainy.recv(), force_keyframe=i == 0)
             assert len(payloads) > 1 or i > 0
             assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", i == 0, 0.0))
-        assert not direct.gso and direct.errors == 0
+        assert not direct.gso and direct.errors == 1  # the EMFILE frame only
         decoded = await asyncio.wait_for(got.get(), 10)
         assert getattr(decoded, "width", None) == 640
     finally:

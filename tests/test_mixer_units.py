@@ -381,6 +381,9 @@ def test_halving_is_the_box_average_swscale_area_draws_and_stays_in_its_region()
         kernel.halve(
             planes, (1280, 640, 640), 1280, 1440, canvas.frame.planes, (1280, 640, 640), 0, 0
         )
+    huge = (2635249153387078803, 640, 640)  # 7 times it wraps round to 5
+    with pytest.raises(ValueError):  # a stride whose products overflow is refused, not used
+        kernel.halve(planes, (1280, 640, 640), 1280, 720, canvas.frame.planes, huge, 0, 0)
 
 
 @pytest.mark.skipif(not HALVE_NATIVE, reason="the C halving is not built")

@@ -100,6 +100,17 @@ def test_c_loop_refuses_bad_input_and_a_closed_socket() -> None:
             writer.send([bytes(20)], ((0, 1),), 0, 0, SSRC, True)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             writer.send((bytearray(20),), ((0, 1),), 0, 0, SSRC, True)  # type: ignore[arg-type]
+        with pytest.raises(OverflowError):
+            writer.send(templates, ((0, 2),), 0x10000, 0, SSRC, True)  # seq is 16 bits
+        with pytest.raises(OverflowError):
+            writer.send(templates, ((0, 2),), -1, 0, SSRC, True)
+        with pytest.raises(ValueError):
+            writer.send((bytes(8),), ((0, 1),), 0, 0, SSRC, True)  # shorter than an RTP header
+        with pytest.raises(ValueError):
+            type(writer)(tx, ("not an address", 9), 1, 1, object())  # type: ignore[call-arg]
+        blank = type(writer).__new__(type(writer))  # never initialised: an error, not a crash
+        with pytest.raises(RuntimeError):
+            blank.send(templates, ((0, 2),), 0, 0, SSRC, True)
         # the descriptor is reused by the next socket; the writer must not send on it
         tx.close()
         reuse = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -40,12 +40,20 @@ static void halve_row(const uint8_t *s0, const uint8_t *s1, uint8_t *d, Py_ssize
         d[c] = (uint8_t)((s0[2 * c] + s0[2 * c + 1] + s1[2 * c] + s1[2 * c + 1] + 2) >> 2);
 }
 
-/* Checks that a plane of `rows` x `cols` bytes at (x, y) with `stride` lies inside `len`. */
+/* Checks that a plane of `rows` x `cols` bytes at (x, y) with `stride` lies inside the buffer,
+ * without an overflow on the way (every value here comes from Python). */
 static int fits(Py_buffer *b, Py_ssize_t stride, Py_ssize_t x, Py_ssize_t y, Py_ssize_t cols,
                 Py_ssize_t rows) {
-    if (stride < x + cols || x < 0 || y < 0 || rows <= 0 || cols <= 0)
+    Py_ssize_t end, last_row, start;
+    if (x < 0 || y < 0 || rows <= 0 || cols <= 0 || stride <= 0)
         return 0;
-    return (y + rows - 1) * stride + x + cols <= b->len;
+    if (__builtin_add_overflow(x, cols, &end) || end > stride)
+        return 0;
+    if (__builtin_add_overflow(y, rows - 1, &last_row) ||
+        __builtin_mul_overflow(last_row, stride, &start) ||
+        __builtin_add_overflow(start, end, &end))
+        return 0;
+    return end <= b->len;
 }
 
 static PyObject *halve(PyObject *self, PyObject *args) {

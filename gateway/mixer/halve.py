@@ -31,6 +31,8 @@ def can_halve(src: Any, rect: Rect) -> bool:
         and src.height % 4 == 0
         and rect.x % 2 == 0
         and rect.y % 2 == 0
+        and rect.x >= 0
+        and rect.y >= 0
         and src.format.name == "yuv420p"
     )
 
