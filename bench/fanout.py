@@ -1003,7 +1003,14 @@ async def run_path(
 
 def gateway_env(cfg: Settings) -> dict[str, str]:
     # info: the log then says why an anchor session ended (a few lines per join, none per packet)
-    env = {"STAGECAST_AUTH__TOKEN_SECRET": SECRET, "STAGECAST_LOG_LEVEL": "info"}
+    env = {
+        "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+        "STAGECAST_LOG_LEVEL": "info",
+        # every load viewer comes from 127.0.0.1: the per-address WHIP/WHEP rate limit would
+        # refuse the joins with 429 (admission control stays at its defaults)
+        "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "1000",
+        "STAGECAST_LIMITS__SESSION_POST_BURST": "1000",
+    }
     if cfg.reassembly_wait > 0:
         env["STAGECAST_MEDIA__REASSEMBLY_WAIT"] = str(cfg.reassembly_wait)
     return env
