@@ -4,7 +4,9 @@ This is where the fan-out spends its CPU: every packet of every frame, for every
 loop (``relay/_srtp_writer.c``, built by ``pip install`` when a compiler is there) and the Python
 one below do the same work; the Python one is the fallback and the reference the tests hold the
 C one to. Both encrypt with the viewer's own pylibsrtp session (its C context and pylibsrtp's
-``srtp_protect``), so keys never leave aiortc's DTLS transport.
+``srtp_protect``), so keys never leave aiortc's DTLS transport. That reaches into pylibsrtp
+(``Session._srtp``, ``pylibsrtp._binding``; pinned with aiortc): ``tests/test_srtp_writer.py``
+fails loudly if an upgrade moves them.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ except ImportError:  # built without a C compiler: the Python loop below
     _native = None  # type: ignore[assignment]
 
 NATIVE = _native is not None
-log = logging.getLogger(__name__)
 """The C loop is built and importable."""
+
+log = logging.getLogger(__name__)
 
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg, many datagrams
 _U16_NATIVE = struct.Struct("=H")
