@@ -29,8 +29,15 @@ try:
 except ImportError:  # built without a C compiler: the Python loop below
     _native = None  # type: ignore[assignment]
 
-NATIVE = _native is not None
-"""The C loop is built and importable."""
+PROTECT_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
+"""libsrtp 2's ``srtp_protect``, which the C loop calls through a bare pointer (libsrtp 3
+changed it): any other signature in pylibsrtp's binding and the C loop stays unused."""
+
+NATIVE = (
+    _native is not None
+    and srtp_ffi.getctype(srtp_ffi.typeof(srtp_lib.srtp_protect)) == PROTECT_SIGNATURE
+)
+"""The C loop is built, importable and matches the libsrtp pylibsrtp carries."""
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,7 @@ def new_srtp_writer(
 ) -> SrtpWriter:
     """The C writer when built and ``native``, else the Python one (also for an address the C
     one does not parse, e.g. a link-local IPv6 address with a zone: ``fe80::1%eth0``)."""
-    if native and _native is not None:
+    if native and NATIVE:
         protect = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
         ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
         try:
