@@ -28,7 +28,7 @@
 #endif
 
 #define BUF_SIZE 65536
-#define TAG_ROOM 16 /* the longest SRTP authentication tag (AEAD GCM) */
+#define TAG_ROOM (16 + 128) /* the longest SRTP trailer: a GCM tag and an MKI (pylibsrtp) */
 
 typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
 

@@ -99,7 +99,7 @@ class PySrtpWriter:
     """
 
     SIZE = 65536
-    LIMIT = SIZE - 16  # room for the longest authentication tag (AEAD GCM)
+    LIMIT = SIZE - (16 + 128)  # room for the longest SRTP trailer: a GCM tag and an MKI
 
     def __init__(self, session: SrtpSession, sock: socket.socket, addr: Address) -> None:
         self._session = session  # keeps the C context alive
