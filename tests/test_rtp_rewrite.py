@@ -13,6 +13,7 @@ from relay.rtp_rewrite import (
     RtpRewriter,
     SendProfile,
     TemplateCache,
+    build_templates,
     extensions_map,
     gso_plan,
     gso_runs,
@@ -172,3 +173,25 @@ def test_padded_templates_carry_the_same_payload_and_retransmit() -> None:
     wrapped = parse(rtx)
     assert wrapped.payload[:2] == sent[0].sequence_number.to_bytes(2, "big")
     assert wrapped.payload[2:] == payloads[0]
+
+
+def test_templates_are_what_aiortc_serialises_packet_by_packet() -> None:
+    """The header serialised once per frame, each payload appended: the very bytes of one
+    ``RtpPacket.serialize`` per packet (marker on the last), for every shape of profile."""
+    rng = random.Random(5)
+    profiles = [PROFILE, SendProfile(111, None, ()), SendProfile(102, "video", ((AST, 3),))]
+    for profile in profiles:
+        ext_map = extensions_map(profile)
+        for count in (1, 2, 7):
+            payloads = tuple(rng.randbytes(rng.randrange(1, 1200)) for _ in range(count))
+            send_time = rng.randrange(1 << 24)
+            expected = []
+            for i, payload in enumerate(payloads):
+                packet = RtpPacket(payload_type=profile.payload_type, marker=int(i == count - 1))
+                packet.payload = payload
+                packet.extensions.abs_send_time = send_time
+                packet.extensions.mid = profile.mid
+                expected.append(packet.serialize(ext_map))
+            got = build_templates(payloads, profile, send_time, ext_map)
+            assert got == tuple(expected), (profile, count)
+    assert build_templates((), PROFILE, 0, extensions_map(PROFILE)) == ()
