@@ -28,6 +28,10 @@ marginal CPU per viewer without it; the plain marginal figure stays the headline
 window (``RcvbufErrors``, machine-wide), as a share of what the viewers should have got: when
 delivery falls short by about that much, the load side fell behind and the server did send.
 
+"full GCs so far" (gateway only, from ``GET /v1/runtime``): the cyclic collector's full passes
+since the server started, joins included, and the longest one's pause: while it runs, every
+stream on the node waits.
+
 "fan-out core/viewer" is the node's own count (``fanout_cpu_s`` in its stream API): thread CPU
 inside the hub's viewer loop, where each viewer's packets are numbered, encrypted and sent (the
 kernel's send path, and on loopback the receive path, included). The rest of the marginal figure
@@ -93,6 +97,7 @@ class Point:
     fanout_core_per_viewer: float | None = None
     rss_mib: float = 0.0  # the server's resident memory at the end of the window
     mib_per_viewer: float | None = None  # marginal over N=0
+    gc_full: tuple[int, float] | None = None  # full collections so far, longest pause ms
     rcvbuf_drops: float | None = None  # share of the viewers' packets the kernel dropped at
     # full receive buffers during the window (machine-wide UDP RcvbufErrors): a load side that
     # falls behind, not a server that did not send
@@ -137,6 +142,21 @@ async def fanout_seconds(base_url: str, target: str) -> float | None:
         body = body.get("pulls", {}).get(ROOM, {})
     value = body.get("fanout_cpu_s")
     return float(value) if value is not None else None
+
+
+async def gc_figures(base_url: str) -> tuple[int, float] | None:
+    """Full (generation 2) collections since the gateway started and the longest one's pause
+    in ms (``GET /v1/runtime``; an edge does not serve it)."""
+    try:
+        headers = {"X-API-Key": OPERATOR_KEY}
+        async with httpx.AsyncClient(base_url=base_url, timeout=5, headers=headers) as client:
+            body = (await client.get("/v1/runtime")).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    counts, longest = body.get("gc_collections"), body.get("gc_longest_pause_ms")
+    if not counts or not longest:
+        return None
+    return int(counts[2]), float(longest[2])
 
 
 async def start_fleet(children: Children, base_url: str, procs: int, cpus: str) -> LoadFleet:
@@ -214,7 +234,8 @@ async def measure(
     # read outside the window: an API call inside it would stretch the anchor's count past
     # ``elapsed`` and understate delivery
     fan1, fan_t1 = await fanout_seconds(base_url, target), time.monotonic()
-    point = Point(n, viewers_seen=len(read.packets), window_s=elapsed)
+    gc_full = await gc_figures(base_url) if target == "gateway" else None
+    point = Point(n, viewers_seen=len(read.packets), window_s=elapsed, gc_full=gc_full)
     if perf is not None:
         point.loopback_rx_share = await perf
     point.server_cores = cpu / elapsed
@@ -241,14 +262,15 @@ def table(points: list[Point], target: str) -> str:
         "| anchor pkt/s "
         "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
         "| client cores | loopback rx share | core/viewer send side | fan-out core/viewer "
-        "| server MiB (per viewer) | rx-buffer drops |"
+        "| server MiB (per viewer) | rx-buffer drops | full GCs so far (longest ms) |"
     )
-    lines = [head, "|" + "---|" * 16]
+    lines = [head, "|" + "---|" * 17]
 
     def f(v: float | None, d: int = 1) -> str:
         return "-" if v is None else f"{v:.{d}f}"
 
     for p in points:
+        gc_cell = "-" if p.gc_full is None else f"{p.gc_full[0]} ({p.gc_full[1]:.1f})"
         lines.append(
             f"| {target} | {p.n} ({p.viewers_seen}) | {p.server_cores:.3f} "
             f"| {f(p.core_per_viewer, 4)} | {f(p.viewers_per_core, 0)} | {p.anchor_pkt_s:.0f} "
@@ -260,7 +282,8 @@ def table(points: list[Point], target: str) -> str:
             f"| {f(p.loopback_rx_share and p.loopback_rx_share * 100)}% "
             f"| {f(p.send_side_core_per_viewer, 4)} | {f(p.fanout_core_per_viewer, 4)} "
             f"| {p.rss_mib:.0f} ({f(p.mib_per_viewer, 2)}) "
-            f"| {f(p.rcvbuf_drops and p.rcvbuf_drops * 100, 2)}% |"
+            f"| {f(p.rcvbuf_drops and p.rcvbuf_drops * 100, 2)}% "
+            f"| {gc_cell} |"
         )
     return "\n".join(lines)
 
