@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  operator key:   {gateway.operator_key}", flush=True)
     if not settings.auth.token_secret:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
+    _warn_python_send_loop(settings)
     _run(app, settings)
     return 0
 
@@ -59,6 +60,19 @@ def _tls_problem(settings: Settings) -> str | None:
     except (OSError, ssl.SSLError) as exc:
         return f"cannot serve HTTPS with {settings.tls_certfile} / {settings.tls_keyfile}: {exc}"
     return None
+
+
+def _warn_python_send_loop(settings: Settings) -> None:
+    """Say so when viewers will get the Python send loop for want of the built C one (~0.0012
+    core more per viewer): pip installed stagecast without a C compiler."""
+    from relay.srtp_writer import NATIVE
+
+    if settings.media.native_send and not NATIVE:
+        print(
+            "viewers get the Python send loop: relay/_srtp_writer.c was not built (install a C"
+            " compiler and reinstall stagecast) or does not match pylibsrtp's libsrtp",
+            file=sys.stderr,
+        )
 
 
 def _run(app: object, settings: Settings) -> None:
@@ -126,6 +140,7 @@ def _relay(args: argparse.Namespace) -> int:
             " or auth.anonymous_audience = false",
             file=sys.stderr,
         )
+    _warn_python_send_loop(settings)
     from relay.edge import create_edge_app
 
     node = build_edge_node(settings)

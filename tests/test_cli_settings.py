@@ -201,3 +201,20 @@ def test_tls_settings_go_in_pairs() -> None:
     assert Settings(tls_certfile="c", tls_keyfile="k", port=8443).base_url == (
         "https://127.0.0.1:8443"
     )
+
+
+def test_serve_and_relay_say_when_viewers_get_the_python_send_loop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Installed without a C compiler, the node says so at start (on stderr): an operator
+    would otherwise only see the extra CPU per viewer. Not when the Python loop was chosen."""
+    from gateway import cli
+
+    monkeypatch.setattr("relay.srtp_writer.NATIVE", False)
+    cli._warn_python_send_loop(Settings())
+    assert "Python send loop" in capsys.readouterr().err
+    cli._warn_python_send_loop(Settings(media={"native_send": False}))  # type: ignore[arg-type]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr("relay.srtp_writer.NATIVE", True)
+    cli._warn_python_send_loop(Settings())
+    assert capsys.readouterr().err == ""
