@@ -223,7 +223,7 @@ class DirectSender:
         self._sock: socket.socket | None = None
         self._dtls: Any = None
         self._nominated: dict[int, Any] = {}
-        self._cached: tuple[SrtpWriter, socket.socket, tuple[str, int]] | None = None
+        self._writer: SrtpWriter | None = None  # sends on self._sock to self._pair
         self._closed = False
         self._template_id = 0
         self._sr_due = 0.0
@@ -269,12 +269,13 @@ class DirectSender:
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
-    def _route(self) -> tuple[SrtpWriter, socket.socket, tuple[str, int]] | None:
-        """(srtp session, UDP socket, remote address) when the transport is up.
+    def _route(self) -> SrtpWriter | None:
+        """The send loop for the nominated ICE pair when the transport is up (None otherwise).
 
-        The socket is our own duplicate of the ICE pair's descriptor: sending on it directly
-        skips asyncio's transport layer, and a full send buffer shows as BlockingIOError. The
-        route is kept until the nominated pair changes (called per frame and viewer)."""
+        It sends on our own duplicate of the pair's socket descriptor (``self._sock``, to
+        ``self._pair``'s remote address): sending on it directly skips asyncio's transport
+        layer, and a full send buffer shows as BlockingIOError. The route is kept until the
+        nominated pair changes (called per frame and viewer)."""
         dtls = self._dtls
         if dtls is None:
             dtls = self._sender.transport
@@ -286,7 +287,7 @@ class DirectSender:
             return None
         pair = self._nominated.get(1)
         if pair is self._pair and pair is not None:
-            return self._cached
+            return self._writer
         if pair is None:
             return None
         protocol = pair.protocol
@@ -298,10 +299,10 @@ class DirectSender:
         self._sock = socket.socket(fileno=os.dup(fd))
         self._sock.setblocking(False)
         self._pair = pair
-        addr = pair.remote_addr
-        writer = new_srtp_writer(dtls._tx_srtp, self._sock, addr, native=self.native)
-        self._cached = (writer, self._sock, addr)
-        return self._cached
+        self._writer = new_srtp_writer(
+            dtls._tx_srtp, self._sock, pair.remote_addr, native=self.native
+        )
+        return self._writer
 
     def close(self) -> None:
         """Release the duplicated socket (the ICE transport keeps its own)."""
@@ -310,20 +311,19 @@ class DirectSender:
             self._sock.close()
             self._sock = None
             self._pair = None
-            self._cached = None
+            self._writer = None
 
     def send_frame(self, frame: EncodedFrame) -> bool:
         rewriter = self.rewriter
         if rewriter is None:
             return True
         try:
-            route = self._route()
+            writer = self._route()
         except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
             self._count_error("direct route failed")
             return True
-        if route is None:
+        if writer is None:
             return True
-        writer = route[0]
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp)
         try:
@@ -367,11 +367,10 @@ class DirectSender:
 
     async def _retransmit(self, sequence_number: int) -> None:
         rewriter = self.rewriter
-        route = self._route()
-        if rewriter is None or route is None:
+        if rewriter is None or self._route() is None:
             return
         packet = rewriter.retransmission(sequence_number)
-        if packet is not None:
-            _, sock, addr = route
+        sock, pair = self._sock, self._pair  # set with the route
+        if packet is not None and sock is not None and pair is not None:
             with contextlib.suppress(OSError):
-                sock.sendto(self._sender.transport._tx_srtp.protect(packet), addr)
+                sock.sendto(self._sender.transport._tx_srtp.protect(packet), pair.remote_addr)

@@ -135,9 +135,9 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
         await a.setRemoteDescription(b.localDescription)
         await asyncio.wait_for(ready.wait(), 10)
         assert queue.bind(direct.send_frame)
-        route = direct._route()
-        assert route is not None
-        assert (type(route[0]).__module__ == "relay._srtp_writer") is native
+        writer = direct._route()
+        assert writer is not None
+        assert (type(writer).__module__ == "relay._srtp_writer") is native
         encoder = Vp8Encoder()
         source = StampedVideoTrack(640, 360, 30)
         for i in range(30):
@@ -166,14 +166,14 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
         assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
         assert direct.errors == 1
         monkeypatch.undo()
-        route = direct._route()
-        assert route is not None
+        writer = direct._route()
+        assert writer is not None and direct._sock is not None
         # a full send buffer: that frame is an overflow and the viewer waits for a keyframe
-        direct._cached = (_FullWriter(), route[1], route[2])
+        direct._writer = _FullWriter()
         payloads, ts = encoder.encode(await source.recv())
         assert not queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
         assert direct.congested == 1 and queue.overflows == 1 and queue.waiting_keyframe
-        direct._cached = route
+        direct._writer = writer
         sent = direct.rewriter.packets
         payloads, ts = encoder.encode(await source.recv())
         assert not queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
@@ -182,7 +182,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
         assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", True, 0.0))
         assert direct.rewriter.packets > sent
         # a kernel without UDP GSO: the run goes out datagram by datagram, and so does the rest
-        route[1].setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        direct._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         while not got.empty():
             got.get_nowait()
         grainy = StampedVideoTrack(640, 360, 30, grain=30)  # frames of several packets
