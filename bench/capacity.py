@@ -129,14 +129,21 @@ async def anchor_packets(pc: Any) -> int:
 OPERATOR_KEY = "capacity-bench-operator-key"
 
 
-async def fanout_seconds(base_url: str, target: str) -> float | None:
-    """The node's own count of CPU spent in the hub's viewer loop (sends, SRTP, sockets)."""
-    path = f"/v1/rooms/{ROOM}/stream" if target == "gateway" else "/cluster"
+async def operator_json(base_url: str, path: str) -> Any:
+    """A node's operator API answer, or None when it did not give one."""
     try:
         headers = {"X-API-Key": OPERATOR_KEY}
         async with httpx.AsyncClient(base_url=base_url, timeout=5, headers=headers) as client:
-            body = (await client.get(path)).json()
+            return (await client.get(path)).json()
     except (httpx.HTTPError, ValueError):
+        return None
+
+
+async def fanout_seconds(base_url: str, target: str) -> float | None:
+    """The node's own count of CPU spent in the hub's viewer loop (sends, SRTP, sockets)."""
+    path = f"/v1/rooms/{ROOM}/stream" if target == "gateway" else "/cluster"
+    body = await operator_json(base_url, path)
+    if not isinstance(body, dict):
         return None
     if target != "gateway":
         body = body.get("pulls", {}).get(ROOM, {})
@@ -147,11 +154,8 @@ async def fanout_seconds(base_url: str, target: str) -> float | None:
 async def gc_figures(base_url: str) -> tuple[int, float] | None:
     """Full (generation 2) collections since the gateway started and the longest one's pause
     in ms (``GET /v1/runtime``; an edge does not serve it)."""
-    try:
-        headers = {"X-API-Key": OPERATOR_KEY}
-        async with httpx.AsyncClient(base_url=base_url, timeout=5, headers=headers) as client:
-            body = (await client.get("/v1/runtime")).json()
-    except (httpx.HTTPError, ValueError):
+    body = await operator_json(base_url, "/v1/runtime")
+    if not isinstance(body, dict):
         return None
     counts, longest = body.get("gc_collections"), body.get("gc_longest_pause_ms")
     if not counts or not longest:

@@ -82,10 +82,10 @@ def runtime_router(
             uptime_s=round(time.monotonic() - started, 3),
             task_kinds=task_kinds() if deep else None,
             gc_collections=list(gc_pauses.collections) if gc_pauses else None,
-            native_send=NATIVE and viewers.limits.native,
             gc_longest_pause_ms=(
                 [round(p * 1000, 3) for p in gc_pauses.longest] if gc_pauses else None
             ),
+            native_send=NATIVE and viewers.limits.native,
         )
 
     return router

@@ -193,20 +193,16 @@ class Compositor:
     def _draw_direct(self, anchor_id: str, pic: Picture, fit: Rect) -> bool:
         """Scale ``pic`` straight into the canvas (an exact halving by ``halve``, the rest by
         libswscale); False where neither path is available."""
-        if self._direct and halve_into(pic.frame, self.canvas.frame, fit):
-            self._cache.pop(anchor_id, None)
+        drawn = self._direct and halve_into(pic.frame, self.canvas.frame, fit)
+        if not drawn and self._sws is not None:
+            scaler = self._region.get(anchor_id)
+            if scaler is None:
+                scaler = self._region[anchor_id] = RegionScaler(self._sws, self.canvas.frame)
+            drawn = scaler.scale(pic.frame, fit)
+        if drawn:
+            self._cache.pop(anchor_id, None)  # a later overlapping layout scales it again
             self.direct_draws += 1
-            return True
-        if self._sws is None:
-            return False
-        scaler = self._region.get(anchor_id)
-        if scaler is None:
-            scaler = self._region[anchor_id] = RegionScaler(self._sws, self.canvas.frame)
-        if not scaler.scale(pic.frame, fit):
-            return False
-        self._cache.pop(anchor_id, None)  # a later overlapping layout scales it again
-        self.direct_draws += 1
-        return True
+        return drawn
 
     def _scaled(self, anchor_id: str, pic: Picture, fit: Rect) -> tuple[Plane, Plane, Plane]:
         cached = self._cache.get(anchor_id)
