@@ -82,8 +82,8 @@ def _run(app: object, settings: Settings) -> None:
 
     # Everything built so far lives as long as the process: out of the cyclic collector's way,
     # a full collection (which stalls every stream on this loop) scans only the sessions'
-    # objects. Measured at 100 viewers: 117k tracked objects at idle, 300k with the viewers,
-    # and 55-107 ms per full collection while viewers join.
+    # objects: ~73k tracked objects at 100 viewers, 34-82 ms per full collection while viewers
+    # join (BENCHMARKS.md), against 117k more from startup without the freeze.
     gc.collect()
     gc.freeze()
     uvicorn.run(
