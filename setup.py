@@ -1,7 +1,7 @@
 """The native parts, where the CPU goes per packet or per pixel:
 
-* ``relay/_srtp_writer.c``: the fan-out's per-viewer send loop (Python fallback:
-  ``relay/srtp_writer.py``, ~0.001 core more per viewer);
+* ``relay/rtc/_srtp_writer.c``: the fan-out's per-viewer send loop (Python fallback:
+  ``relay/rtc/srtp_writer.py``, ~0.001 core more per viewer);
 * ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale).
 
 Both optional: without a C compiler the build goes on and the fallbacks run.
@@ -12,8 +12,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "relay._srtp_writer",
-            ["relay/_srtp_writer.c"],
+            "relay.rtc._srtp_writer",
+            ["relay/rtc/_srtp_writer.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         ),

@@ -71,7 +71,7 @@ from bench.fanout import (
 )
 from gateway.launcher import free_port
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, Viewer, whep_watch, whip_publish
-from relay.tokens import TokenAuthority
+from relay.auth.tokens import TokenAuthority
 
 
 @dataclass

@@ -28,13 +28,13 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.h264 import H264Encoder
 
-from relay.access import Grant
-from relay.aiortc_adapter import install_ingest_tap
-from relay.hub import FanoutHub
-from relay.media import CodecSpec, EncodedFrame
-from relay.peer import close_quietly, rtc_configuration
-from relay.sdp import check_offer
-from relay.viewers import ViewerLimits, ViewerService
+from relay.auth.access import Grant
+from relay.media.frames import CodecSpec, EncodedFrame
+from relay.media.hub import FanoutHub
+from relay.rtc.adapter import install_ingest_tap
+from relay.rtc.peer import close_quietly, rtc_configuration
+from relay.rtc.sdp import check_offer
+from relay.rtc.viewers import ViewerLimits, ViewerService
 
 FPS = 30
 

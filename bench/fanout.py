@@ -54,9 +54,9 @@ from gateway.synthetic import (
     whep_watch,
     whip_publish,
 )
-from relay.peer import close_quietly, rtc_configuration
-from relay.reassembly import is_h264_filler
-from relay.tokens import TokenAuthority
+from relay.auth.tokens import TokenAuthority
+from relay.media.reassembly import is_h264_filler
+from relay.rtc.peer import close_quietly, rtc_configuration
 
 ROOM = "bench"
 SECRET = "stagecast-bench-secret-" + "b" * 32

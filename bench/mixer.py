@@ -43,10 +43,10 @@ from gateway.synthetic import (
     whep_watch,
     whip_publish,
 )
-from relay.aiortc_adapter import install_prepacked_sender
-from relay.media import EncodedFrame
-from relay.peer import rtc_configuration
-from relay.tokens import TokenAuthority
+from relay.auth.tokens import TokenAuthority
+from relay.media.frames import EncodedFrame
+from relay.rtc.adapter import install_prepacked_sender
+from relay.rtc.peer import rtc_configuration
 
 SECRET = "bench-mixer-secret-" + "y" * 40
 KEY = "bench-operator-key-0123456789"

@@ -29,7 +29,7 @@ from gateway.mixer.audio_mix import AudioControl
 from gateway.mixer.codecs import OpusEncoder
 from gateway.mixer.layout import LayoutSpec
 from gateway.mixer.program import ProgramWorker, RenditionSpec
-from relay.media import EncodedFrame
+from relay.media.frames import EncodedFrame
 
 
 def opus_clip(freq: float, frames: int = 150) -> list[bytes]:

@@ -24,7 +24,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from fastapi import FastAPI, Request, Response
 
-from relay.peer import close_quietly, rtc_configuration
+from relay.rtc.peer import close_quietly, rtc_configuration
 
 SDP = "application/sdp"
 

@@ -35,9 +35,9 @@ import psutil
 from aiortc.mediastreams import MediaStreamTrack
 
 from gateway.synthetic import StampedVideoTrack, whep_watch, whip_publish
-from relay.hub import FanoutHub
-from relay.media import EncodedFrame
-from relay.tokens import TokenAuthority
+from relay.auth.tokens import TokenAuthority
+from relay.media.frames import EncodedFrame
+from relay.media.hub import FanoutHub
 
 SECRET = "bench-secret-" + "y" * 40
 ROOM = "hop"
@@ -51,7 +51,7 @@ def _child(args: argparse.Namespace) -> int:
     from gateway.app import build_gateway, create_app
     from gateway.cluster import build_edge_node
     from gateway.settings import Settings
-    from relay.edge import create_edge_app
+    from relay.cluster.edge import create_edge_app
 
     records: list[tuple[str, float]] = []
     publish = FanoutHub.publish

@@ -20,7 +20,7 @@ import httpx
 
 from gateway.launcher import gateway_process
 from gateway.synthetic import StampedVideoTrack, whep_watch, whip_publish
-from relay.tokens import TokenAuthority
+from relay.auth.tokens import TokenAuthority
 
 SECRET = "soak-secret-" + "s" * 40
 KEY = "soak-operator-key-0123456789"

@@ -13,20 +13,20 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError, OperationError
 
-from relay.access import Grant
+from relay.auth.access import Grant
 from relay.errors import Conflict, Forbidden, NotFound, Unprocessable
-from relay.http_common import new_etag, new_session_id
-from relay.hub import FanoutHub
-from relay.ingest import IngestSet, TrackIngest
-from relay.media import CodecSpec, MediaKind
-from relay.peer import (
+from relay.http.common import new_etag, new_session_id
+from relay.media.frames import CodecSpec, MediaKind
+from relay.media.hub import FanoutHub
+from relay.rtc.ingest import IngestSet, TrackIngest
+from relay.rtc.peer import (
     CLOSED_STATES,
     apply_trickle,
     close_quietly,
     codec_preferences,
     rtc_configuration,
 )
-from relay.sdp import OfferSummary, TrickleFragment, pick_codec, strip_mdns_candidates
+from relay.rtc.sdp import OfferSummary, TrickleFragment, pick_codec, strip_mdns_candidates
 
 from .mixer.anchor_hub import AnchorHub
 from .mixer.director import MixerConfig, ProgramDirector

@@ -9,13 +9,13 @@ import time
 
 from fastapi import APIRouter, Response
 
-from relay.access import AccessPolicy
-from relay.cluster import ClusterNode
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.node import ClusterNode
+from relay.cluster.registry import NodeRecord, RegistryError
 from relay.errors import Conflict, NotFound
-from relay.hub import FanoutHub
-from relay.registry import NodeRecord, RegistryError
-from relay.tokens import TokenAuthority
-from relay.viewers import ViewerService
+from relay.media.hub import FanoutHub
+from relay.rtc.viewers import ViewerService
 
 from .anchors import AnchorService, AnchorSession
 from .api_models import (

@@ -15,9 +15,9 @@ from aiortc import RTCPeerConnection
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from relay.gc_pauses import GcPauses
-from relay.srtp_writer import NATIVE
-from relay.viewers import ViewerService
+from relay.ops.gc_pauses import GcPauses
+from relay.rtc.srtp_writer import NATIVE
+from relay.rtc.viewers import ViewerService
 
 from .anchors import AnchorService
 

@@ -10,18 +10,18 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from relay.access import AccessPolicy
-from relay.aiortc_adapter import check_version
-from relay.cluster import ClusterNode
-from relay.fallback import FallbackPolicy
-from relay.gc_pauses import GcPauses
-from relay.http_common import CorsHeaders
-from relay.loop_lag import LoopLagMonitor, overload_check
-from relay.problems import install_problem_handlers
-from relay.ratelimit import ClientRateLimiter
-from relay.tokens import TokenAuthority
-from relay.viewers import ViewerLimits, ViewerService
-from relay.whep_http import whep_router
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.node import ClusterNode
+from relay.http.common import CorsHeaders
+from relay.http.problems import install_problem_handlers
+from relay.http.ratelimit import ClientRateLimiter
+from relay.http.whep import whep_router
+from relay.media.fallback import FallbackPolicy
+from relay.ops.gc_pauses import GcPauses
+from relay.ops.loop_lag import LoopLagMonitor, overload_check
+from relay.rtc.adapter import check_version
+from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
 from .api_layout import layout_router
@@ -207,7 +207,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     whep_gate = [Depends(origin_whep_gate(gw.cluster))] if gw.cluster is not None else []
     app.include_router(
         whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links, mixminus=True),
-        dependencies=whep_gate,  # 307 to the edge that should serve a viewer (relay.cluster)
+        dependencies=whep_gate,  # 307 to the edge that should serve a viewer (relay.cluster.node)
     )
 
     operator = OperatorAuth(gw.operator_key)

@@ -65,11 +65,11 @@ def _tls_problem(settings: Settings) -> str | None:
 def _warn_python_send_loop(settings: Settings) -> None:
     """Say so when viewers will get the Python send loop for want of the built C one (~0.0012
     core more per viewer): pip installed stagecast without a C compiler."""
-    from relay.srtp_writer import NATIVE
+    from relay.rtc.srtp_writer import NATIVE
 
     if settings.media.native_send and not NATIVE:
         print(
-            "viewers get the Python send loop: relay/_srtp_writer.c was not built (install a C"
+            "viewers get the Python send loop: relay/rtc/_srtp_writer.c was not built (install a C"
             " compiler and reinstall stagecast) or does not match pylibsrtp's libsrtp",
             file=sys.stderr,
         )
@@ -141,7 +141,7 @@ def _relay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _warn_python_send_loop(settings)
-    from relay.edge import create_edge_app
+    from relay.cluster.edge import create_edge_app
 
     node = build_edge_node(settings)
     app = create_edge_app(
@@ -159,7 +159,7 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from relay.tokens import TokenAuthority
+    from relay.auth.tokens import TokenAuthority
 
     settings = load_settings(args.config)
     if not settings.auth.token_secret:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import socket
 
-from relay.access import AccessPolicy
-from relay.cluster import ClusterConfig, ClusterNode, NodeLoad
-from relay.edge import EdgeConfig, EdgeNode, EdgeService
-from relay.link import LinkConfig
-from relay.loop_lag import LoopLagMonitor, overload_check
-from relay.registry import NodeRole, RoomPolicy, make_registry
-from relay.tokens import TokenAuthority
-from relay.viewers import ViewerLimits, ViewerService
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.edge import EdgeConfig, EdgeNode, EdgeService
+from relay.cluster.link import LinkConfig
+from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad
+from relay.cluster.registry import NodeRole, RoomPolicy, make_registry
+from relay.ops.loop_lag import LoopLagMonitor, overload_check
+from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
 from .settings import Settings, ephemeral_secret
@@ -110,7 +110,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
 
     registry = make_registry(c.redis_url, prefix=c.key_prefix)
     cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
-    # The origin's room policies (relay.cluster): private rooms need a token, room limits hold
+    # The origin's room policies (relay.cluster.node): private rooms need a token, room limits hold
     lag = LoopLagMonitor()
     viewers = ViewerService(
         edge.live_hub,

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay.problems import PROBLEM_TYPE, TYPE_BASE
-from relay.ratelimit import ClientRateLimiter
+from relay.http.problems import PROBLEM_TYPE, TYPE_BASE
+from relay.http.ratelimit import ClientRateLimiter
 
 RATE_LIMITED_PREFIXES = ("/whip/", "/whep/")
 

@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from relay.gc_pauses import GcPauses
-from relay.loop_lag import LoopLagMonitor
-from relay.viewers import ViewerService
+from relay.ops.gc_pauses import GcPauses
+from relay.ops.loop_lag import LoopLagMonitor
+from relay.rtc.viewers import ViewerService
 
 from .anchors import AnchorService
 from .stages import StageTable

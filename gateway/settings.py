@@ -38,7 +38,7 @@ class MediaSettings(BaseModel):
     """Ask anchors for Opus DTX (``usedtx=1`` in the WHIP answer): a silent anchor sends a packet
     every 400 ms instead of every 20 ms, and so does the gateway to each viewer."""
     native_send: bool = True
-    """Send to viewers through the C loop (relay/_srtp_writer.c) when it was built: ~0.001 core
+    """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells
     which one runs."""
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from relay.hub import FanoutHub
+from relay.media.hub import FanoutHub
 
 from .mixer.audio_mix import AudioControl
 from .mixer.layout import LayoutSpec

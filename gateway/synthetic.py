@@ -1,6 +1,6 @@
 """Synthetic WHIP anchor and WHEP viewer clients: smoke tests, the test suite and benchmarks.
 
-The anchor sends a moving test pattern whose frames carry stamps (``relay.stamps``) and a sine
+The anchor sends a moving test pattern whose frames carry stamps (``relay.media.stamps``) and a sine
 tone; the viewer reads the stamps back, so any deployment can be probed end to end.
 """
 
@@ -27,9 +27,9 @@ from aiortc.mediastreams import (
     VideoStreamTrack,
 )
 
-from relay.aiortc_adapter import install_ingest_tap
-from relay.peer import close_quietly, rtc_configuration
-from relay.stamps import draw_stamp, read_stamp, wall_ms
+from relay.media.stamps import draw_stamp, read_stamp, wall_ms
+from relay.rtc.adapter import install_ingest_tap
+from relay.rtc.peer import close_quietly, rtc_configuration
 
 VIDEO_CLOCK = 90000
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from relay.access import AccessPolicy
-from relay.http_common import SDP, check_room, read_limited, require_content_type
-from relay.sdp import check_offer, decode_body, with_opus_dtx, with_start_bitrate
-from relay.session_http import add_session_routes, created_response
+from relay.auth.access import AccessPolicy
+from relay.http.common import SDP, check_room, read_limited, require_content_type
+from relay.http.sessions import add_session_routes, created_response
+from relay.rtc.sdp import check_offer, decode_body, with_opus_dtx, with_start_bitrate
 
 from .anchors import AnchorService
 

@@ -18,7 +18,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
 from gateway.mixer.compositor import rgb_to_yuv
-from relay.peer import close_quietly, rtc_configuration
+from relay.rtc.peer import close_quietly, rtc_configuration
 
 RGB = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 

@@ -1,4 +1,4 @@
-"""Fails loudly when an aiortc upgrade moves the internals relay/aiortc_adapter.py relies on."""
+"""Fails loudly when an aiortc upgrade moves the internals relay/rtc/adapter.py relies on."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from gateway.synthetic import StampedVideoTrack
-from relay.aiortc_adapter import (
+from relay.media.frames import EncodedFrame
+from relay.media.viewer_queue import ViewerQueue
+from relay.rtc.adapter import (
     DirectSender,
     check_version,
     drop_receive_estimator,
@@ -23,10 +25,8 @@ from relay.aiortc_adapter import (
     install_prepacked_sender,
     new_template_cache,
 )
-from relay.media import EncodedFrame
-from relay.peer import close_quietly, codec_preferences, rtc_configuration
-from relay.tracks import HubTrack
-from relay.viewer_queue import ViewerQueue
+from relay.rtc.peer import close_quietly, codec_preferences, rtc_configuration
+from relay.rtc.tracks import HubTrack
 
 
 def test_version_in_supported_range() -> None:
@@ -137,7 +137,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
         assert queue.bind(direct.send_frame)
         writer = direct._route()
         assert writer is not None
-        assert (type(writer).__module__ == "relay._srtp_writer") is native
+        assert (type(writer).__module__ == "relay.rtc._srtp_writer") is native
         encoder = Vp8Encoder()
         source = StampedVideoTrack(640, 360, 30)
         for i in range(30):
@@ -161,7 +161,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
             raise OSError(errno.EMFILE, "too many open files")
 
         direct._pair = None
-        monkeypatch.setattr("relay.aiortc_adapter.os.dup", no_fd)
+        monkeypatch.setattr("relay.rtc.adapter.os.dup", no_fd)
         payloads, ts = encoder.encode(await source.recv())
         assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
         assert direct.errors == 1

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
-from relay.loop_lag import LoopLagMonitor, overload_check
+from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from tests.server import RunningServer, run_server
 from tests.test_live_path import wait_for
 from tests.test_protocol import SDP, assert_problem, make_offer

@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
-from relay.stamps import Stamp, read_stamp
+from relay.media.stamps import Stamp, read_stamp
 from tests.server import RunningServer, free_port, run_server
 from tests.test_live_path import wait_for
 

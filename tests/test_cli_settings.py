@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from gateway.launcher import free_port, wait_healthy
 from gateway.settings import Settings, load_settings
-from relay.tokens import TokenAuthority
+from relay.auth.tokens import TokenAuthority
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_serve_over_https_with_a_self_signed_certificate(tmp_path: Path) -> None
 
 async def _offer() -> str:
     from gateway.synthetic import StampedVideoTrack
-    from relay.peer import close_quietly, rtc_configuration
+    from relay.rtc.peer import close_quietly, rtc_configuration
 
     pc = RTCPeerConnection(rtc_configuration(()))
     try:
@@ -210,11 +210,11 @@ def test_serve_and_relay_say_when_viewers_get_the_python_send_loop(
     would otherwise only see the extra CPU per viewer. Not when the Python loop was chosen."""
     from gateway import cli
 
-    monkeypatch.setattr("relay.srtp_writer.NATIVE", False)
+    monkeypatch.setattr("relay.rtc.srtp_writer.NATIVE", False)
     cli._warn_python_send_loop(Settings())
     assert "Python send loop" in capsys.readouterr().err
     cli._warn_python_send_loop(Settings(media={"native_send": False}))  # type: ignore[arg-type]
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr("relay.srtp_writer.NATIVE", True)
+    monkeypatch.setattr("relay.rtc.srtp_writer.NATIVE", True)
     cli._warn_python_send_loop(Settings())
     assert capsys.readouterr().err == ""

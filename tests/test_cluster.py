@@ -33,8 +33,8 @@ from gateway.synthetic import (
     whep_watch,
     whip_publish,
 )
-from relay.peer import close_quietly, rtc_configuration
-from relay.registry_redis import RedisRegistry
+from relay.cluster.registry_redis import RedisRegistry
+from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.redis_server import RedisProcess, require_redis, run_redis
 from tests.server import SECRET, RunningServer, free_port, run_server
 from tests.test_protocol import assert_problem

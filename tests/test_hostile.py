@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.synthetic import StampedVideoTrack, whep_watch, whip_publish
-from relay.bitstream import picture_size
+from relay.auth.tokens import TokenAuthority
 from relay.errors import BadSdp, Forbidden, StagecastError, Unauthorized, Unprocessable
-from relay.reassembly import FrameAssembler
-from relay.sdp import check_offer, parse_trickle
-from relay.tokens import TokenAuthority
+from relay.media.bitstream import picture_size
+from relay.media.reassembly import FrameAssembler
+from relay.rtc.sdp import check_offer, parse_trickle
 from tests.server import RunningServer
 from tests.test_live_path import wait_for
 from tests.test_protocol import SDP, make_offer

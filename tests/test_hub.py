@@ -6,12 +6,12 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from relay.hub import FanoutHub
-from relay.ingest import TrackIngest
-from relay.limiter import IntervalLimiter
-from relay.media import CodecSpec, EncodedFrame
-from relay.peer import rtc_configuration
-from relay.viewer_queue import ViewerQueue
+from relay.media.frames import CodecSpec, EncodedFrame
+from relay.media.hub import FanoutHub
+from relay.media.limiter import IntervalLimiter
+from relay.media.viewer_queue import ViewerQueue
+from relay.rtc.ingest import TrackIngest
+from relay.rtc.peer import rtc_configuration
 
 CODECS = {"video": CodecSpec("video", "H264", 90000), "audio": CodecSpec("audio", "opus", 48000)}
 

@@ -18,14 +18,14 @@ from fastapi import FastAPI
 from gateway.cluster import build_edge_node
 from gateway.settings import AuthSettings, ClusterSettings, Settings
 from gateway.synthetic import Publisher, ToneAudioTrack, whip_publish
-from relay.access import AccessPolicy
-from relay.edge import create_edge_app
-from relay.peer import close_quietly, rtc_configuration
-from relay.problems import install_problem_handlers
-from relay.registry import NodeRecord
-from relay.tokens import TokenAuthority
-from relay.viewers import ViewerService
-from relay.whep_http import whep_router
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.edge import create_edge_app
+from relay.cluster.registry import NodeRecord
+from relay.http.problems import install_problem_handlers
+from relay.http.whep import whep_router
+from relay.rtc.peer import close_quietly, rtc_configuration
+from relay.rtc.viewers import ViewerService
 from tests.mixer_clients import RGB, ProgramViewer, SolidColourTrack, watch_program
 from tests.server import SECRET, RunningServer, run_server
 from tests.test_live_path import wait_for

@@ -19,8 +19,8 @@ from gateway.mixer.codecs import OpusEncoder, VideoEncoder
 from gateway.mixer.director import MixerConfig, ProgramDirector
 from gateway.mixer.layout import LayoutSpec, Region
 from gateway.mixer.program import RenditionSpec
-from relay.hub import FanoutHub
-from relay.media import CodecSpec, EncodedFrame, MediaKind
+from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
+from relay.media.hub import FanoutHub
 from tests.mixer_clients import watch_program
 from tests.server import run_server
 from tests.test_live_path import wait_for

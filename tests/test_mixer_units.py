@@ -50,8 +50,8 @@ from gateway.mixer.layout import (
 )
 from gateway.mixer.program import ProgramWorker, RenditionSpec
 from gateway.mixer.swscale import load as load_swscale
-from relay.keyframes import is_keyframe
-from relay.media import EncodedFrame
+from relay.media.frames import EncodedFrame
+from relay.media.keyframes import is_keyframe
 
 
 def ids(n: int) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from gateway.synthetic import StampedVideoTrack, whip_publish
-from relay.peer import close_quietly, rtc_configuration
+from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.server import RunningServer
 
 SDP = {"Content-Type": "application/sdp"}

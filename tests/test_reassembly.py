@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relay.reassembly import FrameAssembler, Unwrapper
+from relay.media.reassembly import FrameAssembler, Unwrapper
 
 IDR = b"\x00\x00\x00\x01\x65" + b"\x11" * 10
 P = b"\x00\x00\x00\x01\x41" + b"\x22" * 10

@@ -10,8 +10,14 @@ from dataclasses import replace
 
 import pytest
 
-from relay.registry import ClusterEvent, ClusterRegistry, MemoryRegistry, NodeRecord, RoomPolicy
-from relay.registry_redis import RedisRegistry
+from relay.cluster.registry import (
+    ClusterEvent,
+    ClusterRegistry,
+    MemoryRegistry,
+    NodeRecord,
+    RoomPolicy,
+)
+from relay.cluster.registry_redis import RedisRegistry
 from tests.redis_server import RedisProcess, run_redis
 
 
@@ -149,7 +155,7 @@ async def test_events_reach_subscribers(registry: ClusterRegistry) -> None:
 
 @pytest.mark.timeout(20)
 async def test_unreachable_redis_raises_registry_error() -> None:
-    from relay.registry import RegistryError
+    from relay.cluster.registry import RegistryError
     from tests.server import free_port
 
     reg = RedisRegistry(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)

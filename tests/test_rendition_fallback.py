@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.fallback import FallbackPolicy
+from relay.media.fallback import FallbackPolicy
 from tests.mixer_clients import watch_program
 from tests.server import run_server
 from tests.test_live_path import wait_for

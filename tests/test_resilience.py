@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, Viewer, whep_watch, whip_publish
-from relay.aiortc_adapter import install_ingest_tap
+from relay.rtc.adapter import install_ingest_tap
 from tests.server import run_server
 from tests.test_live_path import wait_for
 

@@ -15,11 +15,11 @@ import pytest
 
 from gateway.cluster import room_policies
 from gateway.stages import RoomConfig, StageTable
-from relay.access import AccessPolicy
-from relay.cluster import ClusterConfig, ClusterNode, NodeLoad, merge_policies
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad, merge_policies
+from relay.cluster.registry import ClusterEvent, MemoryRegistry, NodeRecord, RoomPolicy
 from relay.errors import Forbidden, Unauthorized
-from relay.registry import ClusterEvent, MemoryRegistry, NodeRecord, RoomPolicy
-from relay.tokens import TokenAuthority
 from tests.server import SECRET
 
 ORIGIN = NodeRecord("o", "http://o", "origin")

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from relay.registry import NodeRecord
-from relay.routing import Full, Redirect, Serve, choose_edge, route
+from relay.cluster.registry import NodeRecord
+from relay.cluster.routing import Full, Redirect, Serve, choose_edge, route
 from tests.server import run_server
 
 OFFER_HEADERS = {"Content-Type": "application/sdp"}
@@ -96,8 +96,8 @@ async def test_origin_redirects_viewers_to_edges_and_503_when_full() -> None:
 
 
 def test_pull_key_per_selection() -> None:
-    from relay.edge import pull_key
-    from relay.whep_http import HubSelection
+    from relay.cluster.edge import pull_key
+    from relay.http.whep import HubSelection
 
     assert pull_key("r", HubSelection()) == "r"
     assert pull_key("r", HubSelection("360p", None)) == "r?rendition=360p"
@@ -107,8 +107,8 @@ def test_pull_key_per_selection() -> None:
 async def test_answer_codecs_reads_what_the_upstream_sends() -> None:
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
-    from relay.link import answer_codecs
-    from relay.peer import close_quietly, codec_preferences, rtc_configuration
+    from relay.cluster.link import answer_codecs
+    from relay.rtc.peer import close_quietly, codec_preferences, rtc_configuration
 
     offerer = RTCPeerConnection(rtc_configuration(()))
     answerer = RTCPeerConnection(rtc_configuration(()))
@@ -133,7 +133,7 @@ async def test_answer_codecs_reads_what_the_upstream_sends() -> None:
 
 async def test_default_settings_take_a_dead_edge_out_within_5_s() -> None:
     from gateway.settings import Settings
-    from relay.registry import MemoryRegistry
+    from relay.cluster.registry import MemoryRegistry
 
     c = Settings().cluster
     now = [0.0]

@@ -6,8 +6,8 @@ import random
 
 from aiortc.rtp import RtpPacket
 
-from relay.media import EncodedFrame
-from relay.rtp_rewrite import (
+from relay.media.frames import EncodedFrame
+from relay.rtc.rtp_rewrite import (
     GSO_PAD_BUDGET,
     HISTORY_FRAMES,
     RtpRewriter,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pylibsrtp import Policy, Session
 
-from relay.srtp_writer import NATIVE, PySrtpWriter, SrtpWriter, new_srtp_writer
+from relay.rtc.srtp_writer import NATIVE, PySrtpWriter, SrtpWriter, new_srtp_writer
 
 KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key + 14-byte salt
 SSRC = 0x11223344

@@ -5,11 +5,11 @@ import time
 import numpy as np
 import pytest
 
+from relay.auth.tokens import TokenAuthority, bearer_token
 from relay.errors import BadSdp, Forbidden, Unauthorized, Unprocessable
-from relay.keyframes import is_keyframe
-from relay.sdp import check_offer, parse_trickle, pick_codec
-from relay.stamps import draw_stamp, read_stamp, wall_ms
-from relay.tokens import TokenAuthority, bearer_token
+from relay.media.keyframes import is_keyframe
+from relay.media.stamps import draw_stamp, read_stamp, wall_ms
+from relay.rtc.sdp import check_offer, parse_trickle, pick_codec
 
 SECRET = "s" * 40
 
@@ -107,7 +107,7 @@ def test_check_offer_accepts_and_refuses() -> None:
 
 
 def test_mdns_candidates_stripped() -> None:
-    from relay.sdp import strip_mdns_candidates
+    from relay.rtc.sdp import strip_mdns_candidates
 
     text = OFFER + (
         "a=candidate:1 1 udp 2122260223 0b7c3c9e-1f2d-4a1e-9c3b-7d2a1e5f6a7b.local 54321 typ host\n"
@@ -118,7 +118,7 @@ def test_mdns_candidates_stripped() -> None:
 
 
 def test_opus_dtx_goes_on_opus_only() -> None:
-    from relay.sdp import with_opus_dtx
+    from relay.rtc.sdp import with_opus_dtx
 
     answer = (
         "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -138,7 +138,7 @@ def test_opus_dtx_goes_on_opus_only() -> None:
 def test_start_bitrate_goes_on_every_video_codec_of_the_answer() -> None:
     from aiortc.sdp import SessionDescription
 
-    from relay.sdp import with_start_bitrate
+    from relay.rtc.sdp import with_start_bitrate
 
     answer = (
         "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -179,7 +179,7 @@ def test_trickle_fragment() -> None:
 def test_gc_pauses_counts_collections_by_generation() -> None:
     import gc
 
-    from relay.gc_pauses import GcPauses
+    from relay.ops.gc_pauses import GcPauses
 
     ticks = iter([1.0, 1.002, 2.0, 2.05])
     fake = GcPauses(clock=lambda: next(ticks))

@@ -8,9 +8,9 @@ from typing import Literal
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from relay.access import AccessPolicy
+from relay.auth.access import AccessPolicy
 from relay.errors import BadRequest, NotFound, ServiceUnavailable
-from relay.http_common import check_room
+from relay.http.common import check_room
 
 from .bridge import Bridge, BridgeState
 from .service import BridgeService

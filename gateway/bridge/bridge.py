@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from relay.hub import FanoutHub, Viewer
-from relay.media import MediaKind
-from relay.viewer_queue import ViewerQueue
+from relay.media.frames import MediaKind
+from relay.media.hub import FanoutHub, Viewer
+from relay.media.viewer_queue import ViewerQueue
 
 from ..settings import BridgeSettings
 from .argv import BridgeKind, FfmpegPlan, build_argv

@@ -17,8 +17,8 @@ from typing import Any, BinaryIO
 
 import av
 
-from relay.bitstream import picture_size
-from relay.media import MediaKind
+from relay.media.bitstream import picture_size
+from relay.media.frames import MediaKind
 
 from .argv import FEED_FORMAT
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from relay.errors import Conflict, NotFound, Unprocessable
-from relay.hub import FanoutHub
+from relay.media.hub import FanoutHub
 
 from ..settings import BridgeSettings
 from ..stages import Stage, StageTable

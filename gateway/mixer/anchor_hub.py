@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from relay.hub import FanoutHub
-from relay.media import EncodedFrame, MediaKind
+from relay.media.frames import EncodedFrame, MediaKind
+from relay.media.hub import FanoutHub
 
 FrameSink = Callable[[EncodedFrame], None]
 MuteListener = Callable[[MediaKind, bool], None]

@@ -5,7 +5,7 @@ H264 with libx264 (ultrafast, zerolatency, constrained baseline, level 3.1, Anne
 16) or VP8 with libvpx (realtime, cpu-used -6, no lag). Audio is always Opus, one RTP payload
 per 20 ms frame.
 
-RTP packetising reuses aiortc's packetisers through ``relay.aiortc_adapter`` (private aiortc API,
+RTP packetising reuses aiortc's packetisers through ``relay.rtc.adapter`` (private aiortc API,
 kept with the adapter's other hooks and pinned with it).
 """
 
@@ -18,7 +18,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from relay.aiortc_adapter import Vp8Packetizer, packetize_h264
+from relay.rtc.adapter import Vp8Packetizer, packetize_h264
 
 from .audio_mix import Samples
 from .compositor import scale_frame

@@ -34,8 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from relay.hub import FanoutHub
-from relay.media import EncodedFrame, MediaKind
+from relay.media.frames import EncodedFrame, MediaKind
+from relay.media.hub import FanoutHub
 
 from ..bridge.backoff import Backoff
 from .anchor_hub import AnchorHub

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from relay.keyframes import is_keyframe
-from relay.media import EncodedFrame
+from relay.media.frames import EncodedFrame
+from relay.media.keyframes import is_keyframe
 
 from .audio_mix import AudioControl, AudioMixer, InputBuffer, MixMinus, Samples
 from .codecs import (

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from relay.errors import NotFound
-from relay.hub import FanoutHub
-from relay.whep_http import current_selection
+from relay.http.whep import current_selection
+from relay.media.hub import FanoutHub
 
 HubLookup = Callable[[str], FanoutHub | None]
 # (room, anchor id, requester's subject or None for a liveness probe) -> hub; may raise Forbidden

@@ -1,4 +1,4 @@
-// Reads the machine-readable stamp that relay/stamps.py draws into the top of a picture:
+// Reads the machine-readable stamp that relay/media/stamps.py draws into the top of a picture:
 // 80 black/white blocks = 8 sync bits, a 24-bit frame counter, the 40-bit send time in ms and an
 // 8-bit checksum. Glass-to-glass latency = now - send time (same clock, e.g. the same host).
 

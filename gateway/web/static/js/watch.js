@@ -1,5 +1,5 @@
 // Watch page: a WHEP player. Mute/unmute, reconnect on failure, wait while the room is offline,
-// and a latency readout when frames carry stamps (relay/stamps.py). State: window.stagecast.
+// and a latency readout when frames carry stamps (relay/media/stamps.py). State: window.stagecast.
 import {
   endSession,
   HttpError,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .registry import NodeRecord
+from relay.cluster.registry import NodeRecord
 
 
 @dataclass(frozen=True, slots=True)

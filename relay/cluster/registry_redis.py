@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .registry import ClusterEvent, NodeRecord, RegistryError, RoomPolicy
+from relay.cluster.registry import ClusterEvent, NodeRecord, RegistryError, RoomPolicy
 
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

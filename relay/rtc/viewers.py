@@ -11,23 +11,29 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
-from .access import Grant
-from .aiortc_adapter import (
+from relay.auth.access import Grant
+from relay.auth.tokens import LINK_SUBJECT_PREFIX
+from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from relay.http.common import new_etag, new_session_id
+from relay.media.fallback import FallbackPolicy
+from relay.media.frames import MediaKind
+from relay.media.hub import FanoutHub, Viewer
+from relay.media.viewer_queue import ViewerQueue
+from relay.rtc.adapter import (
     DirectSender,
     drop_receive_estimator,
     install_prepacked_sender,
     new_template_cache,
 )
-from .errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from .fallback import FallbackPolicy
-from .http_common import new_etag, new_session_id
-from .hub import FanoutHub, Viewer
-from .media import MediaKind
-from .peer import CLOSED_STATES, apply_trickle, close_quietly, codec_preferences, rtc_configuration
-from .sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
-from .tokens import LINK_SUBJECT_PREFIX
-from .tracks import HubTrack
-from .viewer_queue import ViewerQueue
+from relay.rtc.peer import (
+    CLOSED_STATES,
+    apply_trickle,
+    close_quietly,
+    codec_preferences,
+    rtc_configuration,
+)
+from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
+from relay.rtc.tracks import HubTrack
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ class ViewerLimits:
     retry_after: int = 2  # seconds a client should wait when nothing is live
     max_viewers: int | None = None  # this node's capacity; beyond it: 503 + Retry-After
     direct: bool = True  # RTP-level forwarding (DirectSender); False: aiortc's sender task
-    native: bool = True  # the direct sender's send loop in C when built (relay/srtp_writer.py)
+    native: bool = True  # the direct sender's send loop in C when built (relay/rtc/srtp_writer.py)
 
 
 @dataclass(slots=True)

@@ -9,7 +9,7 @@ from typing import Literal
 
 import jwt
 
-from .errors import Forbidden, Unauthorized
+from relay.errors import Forbidden, Unauthorized
 
 Role = Literal["anchor", "audience"]
 ROLES: tuple[Role, ...] = ("anchor", "audience")

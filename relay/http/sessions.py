@@ -6,11 +6,11 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from .access import AccessPolicy, Grant
-from .errors import PreconditionFailed, PreconditionRequired, Unprocessable
-from .http_common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
-from .sdp import TrickleFragment, decode_body, parse_trickle
-from .tokens import Role
+from relay.auth.access import AccessPolicy, Grant
+from relay.auth.tokens import Role
+from relay.errors import PreconditionFailed, PreconditionRequired, Unprocessable
+from relay.http.common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
+from relay.rtc.sdp import TrickleFragment, decode_body, parse_trickle
 
 
 class SessionLike(Protocol):

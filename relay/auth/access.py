@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import Forbidden, Unauthorized
-from .tokens import Role, TokenAuthority, bearer_token
+from relay.auth.tokens import Role, TokenAuthority, bearer_token
+from relay.errors import Forbidden, Unauthorized
 
 
 @dataclass(frozen=True, slots=True)

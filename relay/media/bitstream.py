@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .keyframes import H264_SPS
+from relay.media.keyframes import H264_SPS
 
 
 class _Bits:

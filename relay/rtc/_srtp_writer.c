@@ -3,7 +3,7 @@
  * The fan-out spends its CPU per packet and viewer. In Python each packet cost a slice copy, a
  * struct.pack_into, a cffi call and (per run) a socket call with its argument parsing: about half
  * of the server's CPU at 150 viewers, more than the kernel's send path. This module does the same
- * work (see relay/aiortc_adapter.py, _PySrtpWriter, which stays as the fallback and the
+ * work (see relay/rtc/adapter.py, _PySrtpWriter, which stays as the fallback and the
  * reference) with one Python call per frame and viewer.
  *
  * libsrtp is the one pylibsrtp carries: the caller passes the address of its srtp_protect and
@@ -292,7 +292,7 @@ static PyGetSetDef Writer_getset[] = {
 };
 
 static PyTypeObject WriterType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay._srtp_writer.SrtpWriter",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.rtc._srtp_writer.SrtpWriter",
     .tp_basicsize = sizeof(Writer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "SrtpWriter(sock, addr, protect, ctx, session): one viewer's SRTP send loop.",
@@ -305,7 +305,7 @@ static PyTypeObject WriterType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "relay._srtp_writer",
+    .m_name = "relay.rtc._srtp_writer",
     .m_doc = "One viewer's RTP send loop in C (see _srtp_writer.c).",
     .m_size = -1,
 };

@@ -17,7 +17,7 @@ from struct import Struct
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from .media import EncodedFrame
+from relay.media.frames import EncodedFrame
 
 HISTORY_FRAMES = 128  # frames kept per viewer and kind for NACKs: ~4 s of video, 2.5 s of audio
 SEQ_TS_SSRC = Struct("!HII")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .keyframes import is_keyframe
-from .media import EncodedFrame, MediaKind
+from relay.media.frames import EncodedFrame, MediaKind
+from relay.media.keyframes import is_keyframe
 
 
 class Unwrapper:

@@ -10,10 +10,10 @@ from typing import Any
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from .aiortc_adapter import install_ingest_tap, packet_data, send_pli
-from .hub import FanoutHub
-from .media import MediaKind
-from .reassembly import FrameAssembler, Unwrapper
+from relay.media.frames import MediaKind
+from relay.media.hub import FanoutHub
+from relay.media.reassembly import FrameAssembler, Unwrapper
+from relay.rtc.adapter import install_ingest_tap, packet_data, send_pli
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from .errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from relay.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"

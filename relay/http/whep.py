@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from .access import AccessPolicy
-from .errors import BadRequest, NotFound
-from .http_common import SDP, check_room, read_limited, require_content_type
-from .sdp import check_offer, decode_body
-from .session_http import add_session_routes, created_response
-from .tokens import Role
-from .viewers import ViewerService
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import Role
+from relay.errors import BadRequest, NotFound
+from relay.http.common import SDP, check_room, read_limited, require_content_type
+from relay.http.sessions import add_session_routes, created_response
+from relay.rtc.sdp import check_offer, decode_body
+from relay.rtc.viewers import ViewerService
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from .media import EncodedFrame, MediaKind
+from relay.media.frames import EncodedFrame, MediaKind
 
 MAX_DELAY = 1.0
 """Seconds of media a queue may hold (by arrival time) on top of its frame limit: a viewer that

@@ -17,13 +17,13 @@ import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 
-from .cluster import LINK_HEADER
-from .errors import BadSdp, Conflict, ServiceUnavailable
-from .hub import FanoutHub
-from .ingest import IngestSet, TrackIngest
-from .media import CodecSpec, MediaKind
-from .peer import close_quietly, rtc_configuration
-from .sdp import SUPPORTED_CODECS
+from relay.cluster.node import LINK_HEADER
+from relay.errors import BadSdp, Conflict, ServiceUnavailable
+from relay.media.frames import CodecSpec, MediaKind
+from relay.media.hub import FanoutHub
+from relay.rtc.ingest import IngestSet, TrackIngest
+from relay.rtc.peer import close_quietly, rtc_configuration
+from relay.rtc.sdp import SUPPORTED_CODECS
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Literal, cast
 
 from aiortc import sdp as aiortc_sdp
 
-from .errors import BadSdp, Unprocessable
-from .media import MediaKind
+from relay.errors import BadSdp, Unprocessable
+from relay.media.frames import MediaKind
 
 Role = Literal["publish", "view"]
 

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from .errors import StagecastError
+from relay.errors import StagecastError
 
 log = logging.getLogger(__name__)
 

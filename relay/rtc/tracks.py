@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .media import EncodedFrame, MediaKind
-from .viewer_queue import ViewerQueue
+from relay.media.frames import EncodedFrame, MediaKind
+from relay.media.viewer_queue import ViewerQueue
 
 
 class HubTrack(MediaStreamTrack):

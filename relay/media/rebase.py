@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .media import EncodedFrame, MediaKind
+from relay.media.frames import EncodedFrame, MediaKind
 
 
 class TimestampRebaser:

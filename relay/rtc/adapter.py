@@ -41,9 +41,9 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
 
-from .media import EncodedFrame
-from .rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
-from .srtp_writer import SrtpWriter, new_srtp_writer
+from relay.media.frames import EncodedFrame
+from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
+from relay.rtc.srtp_writer import SrtpWriter, new_srtp_writer
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class DirectSender:
         self._template_id = 0
         self._sr_due = 0.0
         self.gso = gso
-        self.native = native  # the C send loop when built (relay/srtp_writer.py)
+        self.native = native  # the C send loop when built (relay/rtc/srtp_writer.py)
         self.gso_sends = 0
         self.rewriter: RtpRewriter | None = None
         self.octets = 0

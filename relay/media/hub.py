@@ -8,12 +8,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .bitstream import picture_size
-from .limiter import IntervalLimiter
-from .media import CodecSpec, EncodedFrame, MediaKind
-from .meter import RateMeter
-from .rebase import TimestampRebaser
-from .viewer_queue import ViewerQueue
+from relay.media.bitstream import picture_size
+from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
+from relay.media.limiter import IntervalLimiter
+from relay.media.meter import RateMeter
+from relay.media.rebase import TimestampRebaser
+from relay.media.viewer_queue import ViewerQueue
 
 log = logging.getLogger(__name__)
 

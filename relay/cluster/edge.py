@@ -22,18 +22,18 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .access import AccessPolicy
-from .cluster import ClusterNode, TemporaryRedirect, link_token
-from .errors import ServiceUnavailable
-from .http_common import CorsHeaders, check_room
-from .hub import FanoutHub
-from .link import LinkConfig, UpstreamLink, open_link
-from .loop_lag import LoopLagMonitor
-from .peer import CLOSED_STATES
-from .problems import install_problem_handlers
-from .tokens import TokenAuthority
-from .viewers import ViewerService
-from .whep_http import HubSelection, current_selection, whep_router
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.link import LinkConfig, UpstreamLink, open_link
+from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
+from relay.errors import ServiceUnavailable
+from relay.http.common import CorsHeaders, check_room
+from relay.http.problems import install_problem_handlers
+from relay.http.whep import HubSelection, current_selection, whep_router
+from relay.media.hub import FanoutHub
+from relay.ops.loop_lag import LoopLagMonitor
+from relay.rtc.peer import CLOSED_STATES
+from relay.rtc.viewers import ViewerService
 
 log = logging.getLogger(__name__)
 

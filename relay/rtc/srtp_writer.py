@@ -1,7 +1,7 @@
 """One viewer's send loop: number, encrypt and send a frame's RTP packets, in C when built.
 
 This is where the fan-out spends its CPU: every packet of every frame, for every viewer. The C
-loop (``relay/_srtp_writer.c``, built by ``pip install`` when a compiler is there) and the Python
+loop (``_srtp_writer.c`` beside it, built by ``pip install`` with a compiler) and the Python
 one below do the same work; the Python one is the fallback and the reference the tests hold the
 C one to. Both encrypt with the viewer's own pylibsrtp session (its C context and pylibsrtp's
 ``srtp_protect``), so keys never leave aiortc's DTLS transport. That reaches into pylibsrtp
@@ -22,7 +22,7 @@ from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
 from pylibsrtp._binding import lib as srtp_lib
 
-from .rtp_rewrite import SEQ_TS_SSRC
+from relay.rtc.rtp_rewrite import SEQ_TS_SSRC
 
 try:
     from . import _srtp_writer as _native

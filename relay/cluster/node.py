@@ -1,7 +1,7 @@
 """A node's membership of the cluster: heartbeat, cached view of the others, routing gate.
 
-``ClusterNode`` drives the sans-I/O parts (``relay.routing``, ``merge_policies``) with a registry
-(``relay.registry``): it re-registers at every heartbeat (so a node whose registry came back is
+``ClusterNode`` drives the sans-I/O parts (``routing``, ``merge_policies``) with a registry
+(``registry``): it re-registers at every heartbeat (so a node whose registry came back is
 in the cluster again at the next beat), keeps the last view it read (so a registry outage never
 stops routing or media), holds the ownership leases of the streams it originates, publishes the
 policies of the rooms it is the origin of (private, max viewers) or, on an edge, keeps the view
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 import psutil
 from fastapi import Request
 
-from .errors import ServiceUnavailable, StagecastError
-from .registry import (
+from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
+from relay.cluster.registry import (
     ClusterEvent,
     ClusterRegistry,
     NodeRecord,
@@ -30,8 +30,8 @@ from .registry import (
     RegistryError,
     RoomPolicy,
 )
-from .routing import Decision, Full, Redirect, route
-from .tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
+from relay.cluster.routing import Decision, Full, Redirect, route
+from relay.errors import ServiceUnavailable, StagecastError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The cluster registry: node records with a TTL, stream ownership leases, room policies, events.
 
 One interface (``ClusterRegistry``), two implementations: ``MemoryRegistry`` here (a single node,
-the default) and ``RedisRegistry`` in ``relay.registry_redis`` (many nodes). ``make_registry``
+the default) and ``RedisRegistry`` in ``registry_redis`` (many nodes). ``make_registry``
 picks one from a Redis URL (empty: memory). ``tests/test_registry_contract.py`` runs the same
 contract against both.
 """
@@ -268,6 +268,6 @@ def make_registry(redis_url: str = "", *, prefix: str = "stagecast:") -> Cluster
     """The one factory: Redis when a URL is configured, memory otherwise."""
     if not redis_url:
         return MemoryRegistry()
-    from .registry_redis import RedisRegistry
+    from relay.cluster.registry_redis import RedisRegistry
 
     return RedisRegistry(redis_url, prefix=prefix)

@@ -16,9 +16,9 @@ from aiortc import (
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import candidate_from_sdp
 
-from .errors import Unprocessable
-from .media import MediaKind
-from .sdp import TrickleFragment
+from relay.errors import Unprocessable
+from relay.media.frames import MediaKind
+from relay.rtc.sdp import TrickleFragment
 
 CLOSED_STATES = frozenset({"failed", "closed"})
 

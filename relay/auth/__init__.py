@@ -1,0 +1,1 @@
+"""Room- and role-scoped tokens and the access policy built on them."""

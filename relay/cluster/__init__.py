@@ -1,0 +1,1 @@
+"""Several nodes as one: the registry (memory or Redis), routing, the inter-node link, the edge."""

@@ -1,0 +1,1 @@
+"""Process health: event-loop lag, GC pauses."""
