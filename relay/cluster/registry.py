@@ -2,8 +2,8 @@
 
 One interface (``ClusterRegistry``), two implementations: ``MemoryRegistry`` here (a single node,
 the default) and ``RedisRegistry`` in ``registry_redis`` (many nodes). ``make_registry``
-picks one from a Redis URL (empty: memory). ``tests/test_registry_contract.py`` runs the same
-contract against both.
+picks one from a Redis URL (empty: memory). ``tests/unit/test_registry_contract.py`` holds the
+contract (memory) and ``tests/live/test_registry_redis.py`` runs it against Redis.
 """
 
 from __future__ import annotations

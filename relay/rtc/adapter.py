@@ -17,7 +17,7 @@ Two hooks make encoded forwarding possible:
   history, and sender reports read our counters. aiortc's RTCP task (SR, RR handling, PLI)
   keeps running; receiver reports' loss is noted on the way (the rendition fallback reads it).
 
-``tests/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these.
+``tests/unit/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these.
 """
 
 from __future__ import annotations

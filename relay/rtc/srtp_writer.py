@@ -5,7 +5,7 @@ loop (``_srtp_writer.c`` beside it, built by ``pip install`` with a compiler) an
 one below do the same work; the Python one is the fallback and the reference the tests hold the
 C one to. Both encrypt with the viewer's own pylibsrtp session (its C context and pylibsrtp's
 ``srtp_protect``), so keys never leave aiortc's DTLS transport. That reaches into pylibsrtp
-(``Session._srtp``, ``pylibsrtp._binding``; pinned with aiortc): ``tests/test_srtp_writer.py``
+(``Session._srtp``, ``pylibsrtp._binding``; pinned with aiortc): ``tests/live/test_srtp_writer.py``
 fails loudly if an upgrade moves them.
 """
 

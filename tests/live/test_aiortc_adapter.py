@@ -1,0 +1,168 @@
+"""The adapter's hooks at work between real peers on loopback: the ingest tap and PLI hook, and
+DirectSender's frames and NACK answers. The attribute guards are in tests/unit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.mediastreams import MediaStreamTrack
+
+from gateway.synthetic import StampedVideoTrack
+from relay.media.frames import EncodedFrame
+from relay.media.viewer_queue import ViewerQueue
+from relay.rtc.adapter import (
+    DirectSender,
+    install_ingest_tap,
+    install_prepacked_sender,
+    new_template_cache,
+)
+from relay.rtc.peer import close_quietly, codec_preferences, rtc_configuration
+from relay.rtc.tracks import HubTrack
+
+
+async def test_tap_sees_packets_and_pli_reaches_hook() -> None:
+    """Two real peers: the tap gets depayloaded packets with marker bits, a PLI from the
+    receiving side reaches a pre-packed sender's hook."""
+    a, b = RTCPeerConnection(rtc_configuration(())), RTCPeerConnection(rtc_configuration(()))
+    markers: list[int] = []
+    try:
+        a.addTransceiver(StampedVideoTrack(320, 180, 30), direction="sendonly")
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        receiver = b.getTransceivers()[0].receiver
+        install_ingest_tap(receiver, lambda p, c: markers.append(p.marker) if p._data else None)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        for _ in range(100):
+            if sum(markers) >= 5:
+                break
+            await asyncio.sleep(0.05)
+        assert sum(markers) >= 5
+        hits: list[int] = []
+        install_prepacked_sender(a.getSenders()[0], lambda: hits.append(1))
+        ssrc = a.getSenders()[0]._ssrc
+        await receiver._send_rtcp_pli(ssrc)
+        for _ in range(40):
+            if hits:
+                break
+            await asyncio.sleep(0.05)
+        assert hits
+    finally:
+        await close_quietly(a)
+        await close_quietly(b)
+
+
+SO_NO_CHECK = 11  # Linux: a UDP socket without checksums, on which the kernel refuses GSO
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-loop", "python-loop"])
+async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real receiver decodes VP8 frames sent by a DirectSender (multi-packet frames as UDP
+    GSO runs) with either send loop; sender reports carry its counters and a NACKed packet goes
+    out again over RTX; a kernel that refuses GSO gets the frames datagram by datagram."""
+    a, b = RTCPeerConnection(rtc_configuration(())), RTCPeerConnection(rtc_configuration(()))
+    queue = ViewerQueue("video", 30, direct=True)
+    ready = asyncio.Event()
+    try:
+        transceiver = a.addTransceiver(HubTrack("video", queue), direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences("video", "VP8", receiving=False))
+        direct = DirectSender(
+            transceiver.sender,
+            new_template_cache(),
+            on_keyframe_request=lambda: None,
+            on_ready=ready.set,
+            native=native,
+        )
+        got: asyncio.Queue[object] = asyncio.Queue()
+        b.on("track", lambda t: asyncio.ensure_future(_drain(t, got)))
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        await asyncio.wait_for(ready.wait(), 10)
+        assert queue.bind(direct.send_frame)
+        writer = direct._route()
+        assert writer is not None
+        assert (type(writer).__module__ == "relay.rtc._srtp_writer") is native
+        encoder = Vp8Encoder()
+        source = StampedVideoTrack(640, 360, 30)
+        for i in range(30):
+            vframe = await source.recv()
+            payloads, ts = encoder.encode(vframe, force_keyframe=i == 0)
+            frame = EncodedFrame("video", "VP8", ts, tuple(payloads), b"", i == 0, 0.0)
+            assert queue.offer(frame)
+        decoded = await asyncio.wait_for(got.get(), 10)
+        assert getattr(decoded, "width", None) == 640
+        assert direct.gso and direct.gso_sends >= 1  # multi-packet frames went out as GSO runs
+        assert direct.rewriter is not None and direct.rewriter.packets >= 30
+        stats = await transceiver.sender.getStats()
+        outbound = [s for s in stats.values() if s.type == "outbound-rtp"]
+        assert outbound and outbound[0].packetsSent == direct.rewriter.packets
+        await transceiver.sender._retransmit((direct.rewriter.sequence - 1) & 0xFFFF)
+        assert direct.rewriter.retransmissions == 1
+
+        # no descriptor left to duplicate the socket with: this viewer loses the frame, and the
+        # hub's loop (the other viewers) goes on
+        def no_fd(fd: int) -> int:
+            raise OSError(errno.EMFILE, "too many open files")
+
+        direct._pair = None
+        monkeypatch.setattr("relay.rtc.adapter.os.dup", no_fd)
+        payloads, ts = encoder.encode(await source.recv())
+        assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
+        assert direct.errors == 1
+        monkeypatch.undo()
+        writer = direct._route()
+        assert writer is not None and direct._sock is not None
+        # a full send buffer: that frame is an overflow and the viewer waits for a keyframe
+        direct._writer = _FullWriter()
+        payloads, ts = encoder.encode(await source.recv())
+        assert not queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
+        assert direct.congested == 1 and queue.overflows == 1 and queue.waiting_keyframe
+        direct._writer = writer
+        sent = direct.rewriter.packets
+        payloads, ts = encoder.encode(await source.recv())
+        assert not queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
+        assert direct.rewriter.packets == sent  # dropped: not a keyframe
+        payloads, ts = encoder.encode(await source.recv(), force_keyframe=True)
+        assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", True, 0.0))
+        assert direct.rewriter.packets > sent
+        # a kernel without UDP GSO: the run goes out datagram by datagram, and so does the rest
+        direct._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        while not got.empty():
+            got.get_nowait()
+        grainy = StampedVideoTrack(640, 360, 30, grain=30)  # frames of several packets
+        for i in range(5):
+            payloads, ts = encoder.encode(await grainy.recv(), force_keyframe=i == 0)
+            assert len(payloads) > 1 or i > 0
+            assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", i == 0, 0.0))
+        assert not direct.gso and direct.errors == 1  # the EMFILE frame only
+        decoded = await asyncio.wait_for(got.get(), 10)
+        assert getattr(decoded, "width", None) == 640
+    finally:
+        await close_quietly(a)
+        await close_quietly(b)
+
+
+class _FullWriter:
+    """A send loop whose socket's send buffer is full (loopback never fills one: the kernel
+    hands each datagram to the receiver at once)."""
+
+    gso_refused = False
+
+    def send(self, *_: object) -> int:
+        raise BlockingIOError
+
+
+async def _drain(track: MediaStreamTrack, out: asyncio.Queue[object]) -> None:
+    with contextlib.suppress(Exception):
+        while True:
+            await out.put(await track.recv())

@@ -1,0 +1,147 @@
+"""Room policies across the cluster: the origin publishes them, edges enforce them.
+
+The merge rule is pure; the publishing and reading run two real ``ClusterNode`` (an origin and an
+edge) on one in-memory registry, with a real ``AccessPolicy`` on the edge (the live cluster over
+Redis and relay processes is in ``tests/live/test_cluster.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.cluster import room_policies
+from gateway.stages import RoomConfig, StageTable
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad, merge_policies
+from relay.cluster.registry import ClusterEvent, MemoryRegistry, NodeRecord, RoomPolicy
+from relay.errors import Forbidden, Unauthorized
+from tests.support.server import SECRET
+
+ORIGIN = NodeRecord("o", "http://o", "origin")
+EDGE = NodeRecord("e", "http://e", "edge")
+VIP = RoomPolicy("vip", private=True, node_id="o")
+
+
+def test_merge_policies_trusts_the_registry_only_with_an_origin_registered() -> None:
+    known = {"vip": VIP}
+    capped = RoomPolicy("capped", max_viewers=3, node_id="o")
+    # an origin is registered: what the registry holds is the truth (vip is public again)
+    assert merge_policies(known, [capped], [ORIGIN, EDGE]) == {"capped": capped}
+    assert merge_policies(known, [], [EDGE, ORIGIN]) == {}
+    # none is (a Redis that came back empty, an origin restarting): keep what was known
+    assert merge_policies(known, [], [EDGE]) == known
+    assert merge_policies(known, [capped], []) == known
+
+
+def test_origin_publishes_private_and_limited_rooms_only() -> None:
+    stages = StageTable()
+    stages.create("open", RoomConfig())
+    stages.create("vip", RoomConfig(private=True))
+    stages.create("capped", RoomConfig(max_viewers=2))
+    stages.ensure("implicit")
+    assert sorted(room_policies(stages), key=lambda p: p.room) == [
+        RoomPolicy("capped", max_viewers=2),
+        RoomPolicy("vip", private=True),
+    ]
+
+
+def idle() -> NodeLoad:
+    return NodeLoad(0, 0)
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[tuple[dict[str, RoomPolicy], ClusterNode, ClusterNode]]:
+    registry = MemoryRegistry()
+    policies: dict[str, RoomPolicy] = {}
+    origin = ClusterNode(
+        ClusterConfig("o", "http://o", "origin"),
+        registry,
+        idle,
+        room_policies=lambda: list(policies.values()),
+    )
+    edge = ClusterNode(ClusterConfig("e", "http://e", "edge", upstream="http://o"), registry, idle)
+    await origin.beat()
+    await edge.beat()
+    try:
+        yield policies, origin, edge
+    finally:
+        await registry.close()
+
+
+@pytest.mark.timeout(10)
+async def test_edge_enforces_the_origins_policy(
+    nodes: tuple[dict[str, RoomPolicy], ClusterNode, ClusterNode],
+) -> None:
+    policies, origin, edge = nodes
+    tokens = TokenAuthority(SECRET)
+    access = AccessPolicy(tokens, anonymous_audience=True, room_is_private=edge.room_is_private)
+    assert access.authorize("vip", "audience", None).token_id == ""  # public so far
+    events: list[ClusterEvent] = []
+
+    async def listen() -> None:
+        async for event in origin.registry.events():
+            events.append(event)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0)
+    try:
+        # the operator makes vip private and caps "capped": published at once
+        policies["vip"] = RoomPolicy("vip", private=True)
+        policies["capped"] = RoomPolicy("capped", max_viewers=2)
+        await origin.publish_room_policies()
+        await asyncio.sleep(0)
+        assert [e.kind for e in events] == ["room.policy"]
+        await origin.publish_room_policies()  # unchanged (a heartbeat): no event
+        await asyncio.sleep(0)
+        assert len(events) == 1
+        # the edge reads the room's policy before it admits a viewer
+        got = await edge.refresh_room_policy("vip")
+        assert got is not None and got.private and got.node_id == "o"
+        with pytest.raises(Unauthorized):
+            access.authorize("vip", "audience", None)
+        other, mine = (f"Bearer {tokens.mint(r, 'audience', 'v', 60)}" for r in ("x", "vip"))
+        with pytest.raises(Forbidden):
+            access.authorize("vip", "audience", other)
+        grant = access.authorize("vip", "audience", mine)
+        assert grant.subject == "v"
+        assert edge.room_max_viewers("vip") is None
+        await edge.beat()  # the heartbeat reads every room's policy
+        assert edge.room_max_viewers("capped") == 2 and not edge.room_is_private("capped")
+        # back to public: gone from the registry; the edge follows at its next heartbeat
+        del policies["vip"]
+        await origin.publish_room_policies()
+        assert await origin.registry.room_policy("vip") is None
+        await edge.beat()
+        assert not edge.room_is_private("vip")
+        assert access.authorize("vip", "audience", None).token_id == ""
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+@pytest.mark.timeout(10)
+async def test_an_emptied_registry_does_not_make_private_rooms_public(
+    nodes: tuple[dict[str, RoomPolicy], ClusterNode, ClusterNode],
+) -> None:
+    policies, origin, edge = nodes
+    policies["vip"] = RoomPolicy("vip", private=True)
+    await origin.beat()
+    await edge.beat()
+    assert edge.room_is_private("vip")
+    # the registry restarts empty (as Redis without persistence does); the edge beats first
+    empty = MemoryRegistry()
+    origin.registry = edge.registry = empty
+    await edge.beat()
+    assert [n.id for n in edge.view] == ["e"]
+    assert edge.room_is_private("vip")  # kept: no origin has spoken yet
+    assert (await edge.refresh_room_policy("vip")) == edge.policies["vip"]
+    await origin.beat()  # re-registers with its policies (written before its record)
+    await edge.beat()
+    assert edge.room_is_private("vip")
+    assert edge.policies["vip"].updated_at > 0
