@@ -15,7 +15,6 @@ from aiortc.exceptions import InvalidStateError, OperationError
 
 from relay.auth.access import Grant
 from relay.errors import Conflict, Forbidden, NotFound, Unprocessable
-from relay.http.common import new_etag, new_session_id
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
 from relay.rtc.ingest import IngestSet, TrackIngest
@@ -27,6 +26,7 @@ from relay.rtc.peer import (
     rtc_configuration,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, pick_codec, strip_mdns_candidates
+from relay.rtc.session_ids import new_etag, new_session_id
 
 from .mixer.anchor_hub import AnchorHub
 from .mixer.director import MixerConfig, ProgramDirector

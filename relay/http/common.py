@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 
 from fastapi import Request
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -21,15 +20,6 @@ ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 def check_room(room: str) -> None:
     if not ROOM_PATTERN.fullmatch(room):
         raise Unprocessable("room names are 1-64 characters of A-Z a-z 0-9 _ . -")
-
-
-def new_session_id() -> str:
-    """Unguessable resource id (128 bits) for a session URL."""
-    return secrets.token_urlsafe(16)
-
-
-def new_etag() -> str:
-    return f'"{secrets.token_hex(8)}"'
 
 
 def require_content_type(request: Request, expected: str) -> None:

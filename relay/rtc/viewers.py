@@ -14,7 +14,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
 from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from relay.http.common import new_etag, new_session_id
+from relay.rtc.session_ids import new_etag, new_session_id
 from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
