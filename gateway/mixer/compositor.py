@@ -13,15 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
-import numpy as np
-import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
 from .halve import halve_into
 from .layout import Rect, Rgb, Tile, fit_rect
+from .planes import Plane, plane_views
 from .swscale import RegionScaler, load
-
-Plane = npt.NDArray[np.uint8]
 
 
 def rgb_to_yuv(rgb: Rgb) -> tuple[int, int, int]:
@@ -82,15 +79,6 @@ class Canvas:
 
     def to_frame(self) -> Any:
         return self.frame
-
-
-def plane_views(frame: Any) -> tuple[Plane, Plane, Plane]:
-    """Writable numpy views of a yuv420p frame's Y, U and V planes (row padding cut off)."""
-    out = []
-    for p in frame.planes[:3]:
-        rows = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)
-        out.append(rows[:, : p.width])
-    return out[0], out[1], out[2]
 
 
 def scale_frame(scaler: Any, frame: Any, w: int, h: int) -> Any:

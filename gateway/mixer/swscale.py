@@ -96,7 +96,7 @@ def _measure_block(sws: Swscale) -> int:
     import av
     import numpy as np
 
-    from .compositor import plane_views
+    from .planes import plane_views
 
     sentinel = 7
     target = av.VideoFrame(640, 32, "yuv420p")
