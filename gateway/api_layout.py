@@ -10,10 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relay.errors import NotFound, Unprocessable
 
-from .anchors import AnchorService
 from .mixer.audio_mix import AudioControl
 from .mixer.layout import LayoutSpec, Region, format_colour, parse_colour
-from .stages import Stage, StageTable
+from .stage.room import RoomService
+from .stage.table import Stage, StageTable
 
 COLOUR = r"^#[0-9a-fA-F]{6}$"
 
@@ -105,7 +105,7 @@ def layout_view(spec: LayoutSpec) -> LayoutView:
     )
 
 
-def layout_router(stages: StageTable, anchors: AnchorService) -> APIRouter:
+def layout_router(stages: StageTable, rooms: RoomService) -> APIRouter:
     router = APIRouter(tags=["stage"])
 
     def stage_or_404(room: str) -> Stage:
@@ -116,14 +116,14 @@ def layout_router(stages: StageTable, anchors: AnchorService) -> APIRouter:
 
     @router.get("/rooms/{room}/layout", response_model=LayoutView)
     async def get_layout(room: str) -> LayoutView:
-        return layout_view(stage_or_404(room).layout or anchors.default_layout)
+        return layout_view(stage_or_404(room).layout or rooms.default_layout)
 
     @router.put("/rooms/{room}/layout", response_model=LayoutView)
     async def put_layout(room: str, body: LayoutBody) -> LayoutView:
         """Takes effect at the mixer's next output frame; a lone anchor passed through is not
         drawn, so the layout shows once a second anchor joins."""
         stage = stage_or_404(room)
-        base = anchors.default_layout
+        base = rooms.default_layout
         spec = LayoutSpec(
             mode=body.mode,
             speaker=body.speaker,
@@ -140,7 +140,7 @@ def layout_router(stages: StageTable, anchors: AnchorService) -> APIRouter:
         """Gain (linear, 0-4) and mute of one anchor in the program's mix (a limiter keeps the
         sum from clipping). A lone anchor passed through honours mute, not gain."""
         stage = stage_or_404(room)
-        anchors.get(room, anchor_id)
+        rooms.anchor(room, anchor_id)
         if body.gain is None and body.muted is None:
             raise Unprocessable("give gain, muted or both")
         old = stage.audio.get(anchor_id, AudioControl())
@@ -157,7 +157,7 @@ def layout_router(stages: StageTable, anchors: AnchorService) -> APIRouter:
         thread's state (``running``, ``restarting`` after it died, ``stopped``) and restarts;
         who pulls each anchor's mix-minus."""
         stage = stage_or_404(room)
-        director = anchors.directors.get(room)
+        director = rooms.directors.get(room)
         view = ProgramView(
             room=room,
             live=stage.hub is not None and not stage.hub.closed.is_set(),

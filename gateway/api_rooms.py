@@ -32,7 +32,7 @@ from .api_models import (
     ViewerView,
 )
 from .settings import Settings
-from .stages import RoomConfig, Stage, StageTable
+from .stage.table import RoomConfig, Stage, StageTable
 
 
 def stream_view(room: str, hub: FanoutHub | None, viewers: int) -> StreamView:

@@ -37,11 +37,12 @@ from .metrics import (
     build_registry,
     render,
 )
-from .mixer.selection import hub_selector
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
 from .settings import Settings, ephemeral_secret
-from .stages import StageTable
+from .stage.room import RoomService
+from .stage.selection import hub_selector
+from .stage.table import StageTable
 from .webhooks import WebhookDispatcher
 from .whip_http import whip_router
 
@@ -58,6 +59,7 @@ class Gateway:
     operator_key: str
     node_id: str
     stages: StageTable
+    rooms: RoomService
     anchors: AnchorService
     viewers: ViewerService
     webhooks: WebhookDispatcher
@@ -79,6 +81,7 @@ class Gateway:
             await self.cluster.set_draining(True)
         await self.bridges.shutdown()
         await self.anchors.shutdown()
+        await self.rooms.shutdown()
         await self.viewers.shutdown()
         await self.webhooks.stop()
         await self.lag.stop()
@@ -105,15 +108,16 @@ def build_gateway(settings: Settings) -> Gateway:
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=stages.is_private,
     )
-    anchors = AnchorService(settings, stages, webhooks.emit)
+    rooms = RoomService(settings, stages, webhooks.emit)
+    anchors = AnchorService(settings, rooms)
     lag = LoopLagMonitor()
     viewers = ViewerService(
         hub_selector(
             stages.live_hub,
             stages.rendition_hub,
-            anchors.anchor_hub,
+            rooms.anchor_hub,
             [r.name for r in settings.stage.renditions],
-            mixminus=anchors.mixminus_hub,
+            mixminus=rooms.mixminus_hub,
         ),
         ice_servers=settings.ice_servers,
         limits=ViewerLimits(
@@ -123,8 +127,8 @@ def build_gateway(settings: Settings) -> Gateway:
             max_viewers=settings.rooms.max_viewers_per_node,
         ),
         room_limit=stages.max_viewers,
-        fallback=anchors.lower_rendition,
-        step_up=anchors.higher_rendition,
+        fallback=rooms.lower_rendition,
+        step_up=rooms.higher_rendition,
         fallback_policy=FallbackPolicy(hold=settings.stage.fallback_hold),
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
     )
@@ -136,6 +140,7 @@ def build_gateway(settings: Settings) -> Gateway:
         operator_key,
         node_id(settings) if settings.cluster.node_id else default_node_id(),
         stages,
+        rooms,
         anchors,
         viewers,
         webhooks,
@@ -220,13 +225,19 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     )
     v1.include_router(bridge_router(gw.bridges))
     v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
-    v1.include_router(layout_router(gw.stages, gw.anchors))
+    v1.include_router(layout_router(gw.stages, gw.rooms))
     app.include_router(v1)
     app.include_router(hls_router(gw.bridges, access))
 
     registry = build_registry(
         GatewayCollector(
-            gw.stages, gw.anchors, gw.viewers, gw.lag, gw.metric_sources, gc_pauses=gw.gc_pauses
+            gw.stages,
+            gw.rooms,
+            gw.anchors,
+            gw.viewers,
+            gw.lag,
+            gw.metric_sources,
+            gc_pauses=gw.gc_pauses,
         )
     )
 

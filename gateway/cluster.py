@@ -16,7 +16,7 @@ from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
 from .settings import Settings, ephemeral_secret
-from .stages import StageTable
+from .stage.table import StageTable
 
 
 def node_id(settings: Settings) -> str:

@@ -15,7 +15,8 @@ from relay.ops.loop_lag import LoopLagMonitor
 from relay.rtc.viewers import ViewerService
 
 from .anchors import AnchorService
-from .stages import StageTable
+from .stage.room import RoomService
+from .stage.table import StageTable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -30,6 +31,7 @@ class GatewayCollector(Collector):
     def __init__(
         self,
         stages: StageTable,
+        rooms: RoomService,
         anchors: AnchorService,
         viewers: ViewerService,
         lag: LoopLagMonitor,
@@ -38,6 +40,7 @@ class GatewayCollector(Collector):
         gc_pauses: GcPauses | None = None,
     ) -> None:
         self._stages, self._anchors, self._viewers = stages, anchors, viewers
+        self._rooms = rooms
         self._lag = lag
         self._gc = gc_pauses
         self._extras = extras
@@ -70,7 +73,7 @@ class GatewayCollector(Collector):
             "Mixer threads restarted after dying (the room's current program)",
             labels=["room"],
         )
-        for room, director in list(self._anchors.directors.items()):
+        for room, director in list(self._rooms.directors.items()):
             if director.mode == "mixed":
                 running.add_metric([room], 1.0 if director.mixer_state == "running" else 0.0)
                 restarts.add_metric([room], director.restarts)

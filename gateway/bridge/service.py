@@ -16,7 +16,7 @@ from relay.errors import Conflict, NotFound, Unprocessable
 from relay.media.hub import FanoutHub
 
 from ..settings import BridgeSettings
-from ..stages import Stage, StageTable
+from ..stage.table import Stage, StageTable
 from .argv import BridgeKind
 from .bridge import Bridge
 from .hls_output import HlsOutput

@@ -1,1 +1,2 @@
-"""Co-hosting: several anchors mixed into one program (layout, audio mix, composite, encode)."""
+"""Media work of a mixed room: layout, decode, composite, audio mix, encode (the room itself is
+gateway.stage)."""

@@ -18,6 +18,7 @@ from relay.rtc.session_ids import new_etag, new_session_id
 from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
+from relay.media.lifecycle import SessionLifecycle
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     DirectSender,
@@ -25,8 +26,8 @@ from relay.rtc.adapter import (
     install_prepacked_sender,
     new_template_cache,
 )
+from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
-    CLOSED_STATES,
     apply_trickle,
     close_quietly,
     codec_preferences,
@@ -78,13 +79,14 @@ class ViewerSession:
     hub: FanoutHub
     viewer: Viewer
     etag: str
-    created_at: float = field(default_factory=time.monotonic)
-    connected_at: float | None = None
-    task: asyncio.Task[None] | None = None
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    life: PeerLifecycle  # connect timeout (a viewer that never connects is reaped), end
     senders: dict[MediaKind, DirectSender] = field(default_factory=dict)
     fallbacks: int = 0
     step_ups: int = 0
+
+    @property
+    def connected_at(self) -> float | None:
+        return self.life.connected_at
 
     def request_keyframe(self) -> None:
         self.hub.request_keyframe()
@@ -170,7 +172,10 @@ class ViewerService:
         sid = new_session_id()
         direct = self.limits.direct
         viewer = hub.create_viewer(sid, direct=direct)
-        session = ViewerSession(sid, room, grant, pc, hub, viewer, new_etag())
+        timers = SessionLifecycle(time.monotonic(), self.limits.connect_timeout)
+        session = ViewerSession(
+            sid, room, grant, pc, hub, viewer, new_etag(), PeerLifecycle(pc, timers)
+        )
         try:
             for kind, spec in hub.codecs.items():
                 if kind not in summary.codecs:
@@ -202,8 +207,13 @@ class ViewerService:
         self.sessions[sid] = session
         if self._fallback is not None and direct and self._monitor is None:
             self._monitor = asyncio.create_task(self._watch_overflows(), name="viewer-fallback")
-        pc.on("connectionstatechange", lambda: self._on_state(session))
-        session.task = asyncio.create_task(self._watch(session), name=f"viewer-{sid}")
+        # ends when the viewer goes away, never connects, or the stream ends
+        session.life.start(
+            f"viewer-{sid}",
+            lambda: self._teardown(session),
+            on_connected=lambda: session.hub.attach(session.viewer),
+            ends=[(hub.closed, "stream ended")],
+        )
         log.info(
             "viewer %s joined room %s (%d viewers)",
             sid,
@@ -291,32 +301,6 @@ class ViewerService:
             },
         )
 
-    def _on_state(self, session: ViewerSession) -> None:
-        state = session.pc.connectionState
-        if state == "connected" and session.connected_at is None:
-            session.connected_at = time.monotonic()
-            session.hub.attach(session.viewer)
-        elif state in CLOSED_STATES:
-            session.closed.set()
-
-    async def _watch(self, session: ViewerSession) -> None:
-        """Ends the session when the viewer goes away, never connects, or the stream ends."""
-        waits = [
-            asyncio.ensure_future(session.closed.wait()),
-            asyncio.ensure_future(session.hub.closed.wait()),
-        ]
-        try:
-            deadline = self.limits.connect_timeout
-            done, _ = await asyncio.wait(waits, timeout=deadline, return_when="FIRST_COMPLETED")
-            if not done and session.connected_at is not None:
-                await asyncio.wait(waits, return_when="FIRST_COMPLETED")
-        except asyncio.CancelledError:
-            pass
-        finally:
-            for w in waits:
-                w.cancel()
-            await self._teardown(session)
-
     async def _teardown(self, session: ViewerSession) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
@@ -324,7 +308,7 @@ class ViewerService:
         self._policy.forget(session.id)
         self.finished.add_viewer(session.viewer)
         self.finished.sessions += 1
-        session.closed.set()
+        session.life.end("closed")
         for sender in session.senders.values():
             sender.close()
         await close_quietly(session.pc)
@@ -342,20 +326,17 @@ class ViewerService:
         return session
 
     async def close(self, room: str, session_id: str) -> None:
-        session = self.get(room, session_id)
-        session.closed.set()
-        await self._finish(session)
+        await self._finish(self.get(room, session_id), "deleted")
 
     async def trickle(self, session: ViewerSession, frag: TrickleFragment) -> None:
         await apply_trickle(session.pc, frag)
 
-    async def _finish(self, session: ViewerSession) -> None:
-        task = session.task
-        if task is not None and task is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        else:
+    async def _finish(self, session: ViewerSession, reason: str) -> None:
+        if session.life.task is None or session.life.task is asyncio.current_task():
+            session.life.end(reason)
             await self._teardown(session)
+        else:
+            await session.life.stop(reason)
 
     async def shutdown(self) -> None:
         if self._monitor is not None:
@@ -364,6 +345,6 @@ class ViewerService:
                 await self._monitor
             self._monitor = None
         sessions = list(self.sessions.values())
-        for s in sessions:
-            s.closed.set()
-        await asyncio.gather(*(self._finish(s) for s in sessions), return_exceptions=True)
+        await asyncio.gather(
+            *(self._finish(s, "shutdown") for s in sessions), return_exceptions=True
+        )

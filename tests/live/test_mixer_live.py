@@ -53,7 +53,7 @@ async def publish(server: RunningServer, room: str, colour: str, **kw: object) -
 
 
 def mode(server: RunningServer, room: str) -> str:
-    d = server.gateway.anchors.directors.get(room)
+    d = server.gateway.rooms.directors.get(room)
     return d.mode if d is not None else "idle"
 
 
@@ -296,7 +296,7 @@ async def test_mixminus_gives_each_anchor_everyone_else() -> None:
             minus, lambda lv: lv[440.0] < 0.05 and lv[1000.0] > 0.3 and lv[2500.0] > 0.3, 15
         )
         print(f"A's mix-minus {levels} after {time.monotonic() - t0:.2f} s")
-        director = gw.anchors.directors[room]
+        director = gw.rooms.directors[room]
         assert set(director.mixminus) == {a_id, b_id, anchor_id(c)}
         assert director.mixminus[a_id].viewer_count == 1
         # only the listened-to feed is encoded: B's and C's have nobody

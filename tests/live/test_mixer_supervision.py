@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.mixer.anchor_hub import AnchorHub
 from gateway.mixer.codecs import OpusEncoder, VideoEncoder
-from gateway.mixer.director import MixerConfig, ProgramDirector
 from gateway.mixer.layout import LayoutSpec, Region
 from gateway.mixer.program import RenditionSpec
+from gateway.stage.anchor_hub import AnchorHub
+from gateway.stage.director import MixerConfig, ProgramDirector
 from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
 from relay.media.hub import FanoutHub
 from tests.live.test_live_path import wait_for

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.cluster import room_policies
-from gateway.stages import RoomConfig, StageTable
+from gateway.stage.table import RoomConfig, StageTable
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad, merge_policies

@@ -38,10 +38,10 @@ from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.hub import FanoutHub
 
 from ..bridge.backoff import Backoff
+from ..mixer.audio_mix import AudioControl
+from ..mixer.layout import LayoutSpec
+from ..mixer.program import ProgramWorker, RenditionSpec
 from .anchor_hub import AnchorHub
-from .audio_mix import AudioControl
-from .layout import LayoutSpec
-from .program import ProgramWorker, RenditionSpec
 
 log = logging.getLogger(__name__)
 

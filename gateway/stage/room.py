@@ -1,0 +1,398 @@
+"""The room's program: what viewers of a room get while its anchors come and go.
+
+The WHIP side (``gateway.anchors``) tells the room when an anchor arrives (``joined``) and
+leaves (``left``); the room keeps the program hubs (one per rendition) and their director
+(passthrough or mixer, with mix-minus), holds the program through a reconnect grace when the
+last anchor's network drops, ends the stream, and reports all of it as webhook events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from relay.errors import Conflict, Forbidden, NotFound
+from relay.media.frames import CodecSpec, MediaKind
+from relay.media.hub import FanoutHub
+from relay.media.lifecycle import ReconnectGrace
+from relay.rtc.sdp import OfferSummary, pick_codec
+
+from ..mixer.layout import LayoutSpec, parse_colour
+from ..mixer.program import RenditionSpec
+from ..settings import Settings
+from .anchor_hub import AnchorHub
+from .director import MixerConfig, ProgramDirector
+from .table import Stage, StageTable
+
+log = logging.getLogger(__name__)
+
+CLOCK_RATES = {"video": 90000, "audio": 48000}
+
+EventSink = Callable[[str, dict[str, Any]], None]
+Clock = Callable[[], float]
+
+# Ends after which viewers are told at once; any other (network) end gets the reconnect grace.
+FINAL_REASONS = frozenset({"deleted", "kicked", "room closed", "shutdown"})
+
+
+class RoomAnchor(Protocol):
+    """What the room needs of an anchor: who it is and its own stream."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def room(self) -> str: ...
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def hub(self) -> AnchorHub: ...
+
+    def request_keyframe(self) -> None: ...
+
+
+@dataclass(slots=True)
+class IngressTotals:
+    """Node-wide ingest counters, monotonic: finished anchors are folded in when they leave."""
+
+    sessions: int = 0
+    frames: int = 0
+    bytes: int = 0
+    keyframe_requests: int = 0
+    keyframe_requests_coalesced: int = 0
+
+    def add_hub(self, hub: FanoutHub) -> None:
+        st = hub.stats
+        self.frames += st.frames_in
+        self.bytes += st.bytes_in
+        self.keyframe_requests += st.keyframe_requests
+        self.keyframe_requests_coalesced += st.keyframe_requests_coalesced
+
+    def add_requests(self, hub: FanoutHub) -> None:
+        """A program hub: only its keyframe requests (to the anchor or the mixer) count here."""
+        self.keyframe_requests += hub.stats.keyframe_requests
+        self.keyframe_requests_coalesced += hub.stats.keyframe_requests_coalesced
+
+
+class Room:
+    """One live program: its director (which holds the rendition hubs, main first), the
+    anchors feeding it in join order, and its reconnect grace."""
+
+    def __init__(self, stage: Stage, director: ProgramDirector, grace: float) -> None:
+        self.stage = stage
+        self.director = director
+        self.anchors: dict[str, RoomAnchor] = {}
+        self.grace = ReconnectGrace(grace)
+        self.grace_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def main(self) -> FanoutHub:
+        return self.director.main
+
+
+class RoomService:
+    """Every room program of this node (``rooms``: room name -> live ``Room``), over the
+    stage table; created and shut down by the app's lifespan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stages: StageTable,
+        events: EventSink | None = None,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self.stages = stages
+        self._events: EventSink = events or (lambda kind, data: None)
+        self._clock = clock
+        self.rooms: dict[str, Room] = {}
+        self.finished = IngressTotals()  # ended programs' keyframe requests
+        self._retired: list[ProgramDirector] = []  # closed, their threads maybe still ending
+        st = settings.stage
+        self._mixer = MixerConfig(
+            renditions=tuple(
+                RenditionSpec(r.name, r.width, r.height, r.video_bitrate_kbps * 1000)
+                for r in st.renditions
+            ),
+            fps=st.fps,
+            gop=max(1, round(st.fps * st.keyframe_interval)),
+            audio_bitrate=st.audio_bitrate_kbps * 1000,
+            input_frames=st.input_queue_frames,
+        )
+        self.default_layout = LayoutSpec(
+            background=parse_colour(st.background), placeholder_after=st.placeholder_after
+        )
+
+    @property
+    def directors(self) -> dict[str, ProgramDirector]:
+        """Room -> the director of its live program."""
+        return {name: room.director for name, room in self.rooms.items()}
+
+    # -- anchors arriving -------------------------------------------------------------------
+    def stage_for(self, room: str) -> Stage:
+        """The stage an anchor publishes to; a WHIP push creates it where settings allow."""
+        stage = self.stages.get(room)
+        if stage is None:
+            if not self._settings.rooms.auto_create:
+                raise NotFound(f"room {room!r} does not exist; create it through the API")
+            stage = self.stages.ensure(room)
+        return stage
+
+    def reserve(self, stage: Stage, anchor_id: str, *, check_capacity: bool = True) -> None:
+        """Hold a place for an anchor across its negotiation (``release`` if that fails)."""
+        if check_capacity and len(stage.anchor_ids) >= self._settings.stage.max_anchors:
+            raise Conflict(
+                f"room {stage.room!r} already has {len(stage.anchor_ids)} live anchor(s), "
+                "its maximum",
+                retry_after=self._settings.sessions.retry_after,
+            )
+        stage.anchor_ids.append(anchor_id)
+
+    def release(self, room: str, anchor_id: str) -> None:
+        stage = self.stages.get(room)
+        if stage is not None and anchor_id in stage.anchor_ids:
+            stage.anchor_ids.remove(anchor_id)
+            self.stages.discard_if_idle(room)
+
+    def choose_codecs(
+        self, stage: Stage, anchor_id: str, summary: OfferSummary
+    ) -> dict[MediaKind, CodecSpec]:
+        """The codecs to take from a new anchor: the live program's where offered. The program
+        keeps its codecs while it lives; other anchors' codecs go through the mixer. A lone
+        anchor with other codecs than the program's (reconnecting) starts a new program."""
+        media = self._settings.media
+        previous = stage.hub if stage.hub is not None and not stage.hub.closed.is_set() else None
+        live = self.rooms.get(stage.room)
+        others = [a for a in live.anchors if a != anchor_id] if live is not None else []
+        codecs: dict[MediaKind, CodecSpec] = {}
+        for kind, offered in summary.codecs.items():
+            prefer = media.video_codecs if kind == "video" else ("opus",)
+            if previous is not None and kind in previous.codecs:
+                prefer = (previous.codecs[kind].name, *prefer)
+            name = pick_codec(offered, prefer)
+            codecs[kind] = CodecSpec(kind, name, CLOCK_RATES[kind])
+        if previous is not None and not previous.compatible(codecs) and not others:
+            self._end_stream(stage.room, previous, "source changed codecs")
+        return codecs
+
+    def joined(self, stage: Stage, anchor: RoomAnchor) -> None:
+        """A negotiated anchor goes live: it feeds the room's program (a new one if none)."""
+        room = stage.room
+        program = self.rooms.get(room)
+        resumed = program is not None
+        if program is None:
+            program = self._new_program(stage, anchor.hub.codecs)
+        self._cancel_grace(program)
+        program.anchors[anchor.id] = anchor
+        program.director.update(list(program.anchors.values()))
+        if not resumed:
+            self.stages.set_hub(room, program.main)
+        who = {"room": room, "anchor_id": anchor.id, "subject": anchor.subject}
+        self._events("anchor.joined", {**who, "resumed": resumed})
+        if not resumed:
+            codecs = anchor.hub.codecs
+            self._events(
+                "stream.started", {"room": room, "codecs": {k: c.name for k, c in codecs.items()}}
+            )
+
+    def _new_program(self, stage: Stage, codecs: dict[MediaKind, CodecSpec]) -> Room:
+        """The room's program hubs (one per rendition, same codecs) and their director."""
+        media = self._settings.media
+        room = stage.room
+        hubs: dict[str, FanoutHub] = {}
+        for i, r in enumerate(self._mixer.renditions):
+            hubs[r.name] = FanoutHub(
+                room if i == 0 else f"{room}?rendition={r.name}",
+                codecs,
+                keyframe_interval=media.keyframe_interval,
+                video_queue_frames=media.video_queue_frames,
+                audio_queue_frames=media.audio_queue_frames,
+            )
+        stage.renditions = hubs
+        default = self.default_layout
+        director = ProgramDirector(
+            room,
+            hubs,
+            self._mixer,
+            layout=lambda: stage.layout or default,
+            controls=lambda: stage.audio,
+            mixminus_hub=self._mixminus_hub_factory(room)
+            if self._settings.stage.mix_minus
+            else None,
+        )
+        program = self.rooms[room] = Room(stage, director, self._settings.sessions.reconnect_grace)
+        return program
+
+    def _mixminus_hub_factory(self, room: str) -> Callable[[str], FanoutHub]:
+        media = self._settings.media
+
+        def make(anchor_id: str) -> FanoutHub:
+            return FanoutHub(
+                f"{room}?mixminus={anchor_id}",
+                {"audio": CodecSpec("audio", "opus", CLOCK_RATES["audio"])},
+                keyframe_interval=media.keyframe_interval,
+                audio_queue_frames=media.audio_queue_frames,
+            )
+
+        return make
+
+    # -- anchors leaving --------------------------------------------------------------------
+    def left(self, anchor: RoomAnchor, reason: str) -> None:
+        """An anchor's session ended for ``reason``. The last one to go ends the stream at once
+        when the end was meant (``FINAL_REASONS``), hands over when it was replaced, and
+        otherwise holds the program for the reconnect grace."""
+        room = anchor.room
+        stage = self.stages.get(room)
+        if stage is not None and anchor.id in stage.anchor_ids:
+            stage.anchor_ids.remove(anchor.id)
+        program = self.rooms.get(room)
+        if program is not None:
+            program.anchors.pop(anchor.id, None)
+        hub = stage.hub if stage is not None else None
+        live = hub is not None and not hub.closed.is_set()
+        remaining = list(program.anchors.values()) if program is not None else []
+        if program is not None and live:
+            program.director.update(remaining)
+        if stage is not None and hub is not None and live and not remaining:
+            grace = self._settings.sessions.reconnect_grace
+            if reason == "replaced":
+                hub.detach_source()  # the new session attaches at once
+            elif reason in FINAL_REASONS or grace <= 0 or program is None:
+                self._end_stream(room, hub, reason)
+            else:
+                hub.detach_source()
+                program.grace.start(self._clock(), reason)
+                self._arm_grace(program)
+        who = {"room": room, "anchor_id": anchor.id, "subject": anchor.subject}
+        self._events("anchor.left", {**who, "reason": reason})
+
+    def _arm_grace(self, program: Room) -> None:
+        if program.grace_timer is not None:
+            program.grace_timer.cancel()
+            program.grace_timer = None
+        deadline = program.grace.next_deadline()
+        if deadline is not None:
+            program.grace_timer = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - self._clock()), self._grace_timer, program
+            )
+
+    def _grace_timer(self, program: Room) -> None:
+        """Viewers kept their connection (a frozen picture) while the anchor might come back."""
+        program.grace_timer = None
+        reason = program.grace.handle_timer(self._clock())
+        if reason is None:
+            self._arm_grace(program)  # not due yet (the loop's clock ran ahead of ours)
+            return
+        room = program.stage.room
+        stage = self.stages.get(room)
+        if stage is not None and stage.hub is program.main and stage.anchor_id is None:
+            self._end_stream(room, program.main, reason)
+
+    def _cancel_grace(self, program: Room) -> None:
+        program.grace.cancel()
+        if program.grace_timer is not None:
+            program.grace_timer.cancel()
+            program.grace_timer = None
+
+    # -- the end ----------------------------------------------------------------------------
+    def end(self, room: str, reason: str) -> None:
+        """End the room's program now (its anchors are gone or going)."""
+        stage = self.stages.get(room)
+        if stage is not None and stage.hub is not None:
+            self._end_stream(room, stage.hub, reason)
+
+    def _end_stream(self, room: str, hub: FanoutHub, reason: str) -> None:
+        """The program ends for its viewers: their tracks end and their sessions close."""
+        program = self.rooms.get(room)
+        hubs = [hub]
+        if program is not None:
+            self._cancel_grace(program)
+            if program.main is hub:
+                del self.rooms[room]
+                director = program.director
+                director.close()  # its mixer thread (if any) ends on its own; joined at shutdown
+                self._retired = [d for d in self._retired if d.busy]
+                self._retired.append(director)
+                hubs = list(director.hubs.values())
+        for h in hubs:
+            h.close()
+            self.finished.add_requests(h)
+        stage = self.stages.get(room)
+        if stage is not None and stage.hub is hub:
+            stage.renditions = {}
+            self.stages.set_hub(room, None)
+            self.stages.discard_if_idle(room)
+        duration = round(time.monotonic() - hub.started_at, 3)
+        self._events("stream.ended", {"room": room, "reason": reason, "duration_s": duration})
+
+    # -- what viewers can pull --------------------------------------------------------------
+    def anchor(self, room: str, anchor_id: str) -> RoomAnchor:
+        """A live anchor of the room (404 otherwise)."""
+        program = self.rooms.get(room)
+        anchor = program.anchors.get(anchor_id) if program is not None else None
+        if anchor is None:
+            raise NotFound("no such anchor session")
+        return anchor
+
+    def anchor_hub(self, room: str, anchor_id: str) -> FanoutHub | None:
+        """An anchor's own stream, for co-hosts pulling ``/whep/{room}?anchor={id}``."""
+        program = self.rooms.get(room)
+        anchor = program.anchors.get(anchor_id) if program is not None else None
+        return anchor.hub if anchor is not None else None
+
+    def mixminus_hub(self, room: str, anchor_id: str, subject: str | None) -> FanoutHub | None:
+        """An anchor's mix-minus (everyone else's audio), for ``/whep/{room}?mixminus={id}``.
+        ``subject`` is the requester's anchor-token subject, which must be that anchor's own
+        (None: a liveness probe, HEAD). None when the anchor or its feed is not there."""
+        program = self.rooms.get(room)
+        anchor = program.anchors.get(anchor_id) if program is not None else None
+        if program is None or anchor is None:
+            return None
+        if subject is not None and subject != anchor.subject:
+            raise Forbidden("a mix-minus is for its own anchor: use that anchor's token")
+        return program.director.mixminus.get(anchor_id)
+
+    def lower_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
+        """The hub of the rendition below ``hub`` while the room is mixed (passthrough carries
+        the anchor's own stream in every rendition: nothing lower to fall back to)."""
+        return self._neighbour_rendition(room, hub, +1, mixed_only=True)
+
+    def higher_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
+        """The hub of the rendition above ``hub`` (a viewer that fell back, trying again)."""
+        return self._neighbour_rendition(room, hub, -1, mixed_only=False)
+
+    def _neighbour_rendition(
+        self, room: str, hub: FanoutHub, step: int, *, mixed_only: bool
+    ) -> FanoutHub | None:
+        program = self.rooms.get(room)
+        if program is None or (mixed_only and program.director.mode != "mixed"):
+            return None
+        hubs = list(program.director.hubs.values())  # main program first, then down the ladder
+        if hub not in hubs:
+            return None
+        i = hubs.index(hub) + step
+        return hubs[i] if 0 <= i < len(hubs) else None
+
+    def add_live_requests(self, total: IngressTotals) -> None:
+        """Fold the live programs' keyframe requests into ``total``."""
+        for program in self.rooms.values():
+            for hub in program.director.hubs.values():
+                if not hub.closed.is_set():
+                    total.add_requests(hub)
+
+    async def shutdown(self) -> None:
+        """After the anchors have gone: stop every timer and wait for the mixer threads."""
+        for name, program in list(self.rooms.items()):
+            self._cancel_grace(program)
+            del self.rooms[name]
+            self._retired.append(program.director)
+        retired, self._retired = self._retired, []
+        for director in retired:
+            await director.aclose()
