@@ -8,7 +8,6 @@ last anchor's network drops, ends the stream, and reports all of it as webhook e
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from relay.errors import Conflict, Forbidden, NotFound
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
 from relay.media.lifecycle import ReconnectGrace
+from relay.rtc.lifecycle import DeadlineTimer
 from relay.rtc.sdp import OfferSummary, pick_codec
 
 from ..mixer.layout import LayoutSpec, parse_colour
@@ -89,7 +89,6 @@ class Room:
         self.director = director
         self.anchors: dict[str, RoomAnchor] = {}
         self.grace = ReconnectGrace(grace)
-        self.grace_timer: asyncio.TimerHandle | None = None
 
     @property
     def main(self) -> FanoutHub:
@@ -98,7 +97,9 @@ class Room:
 
 class RoomService:
     """Every room program of this node (``rooms``: room name -> live ``Room``), over the
-    stage table; created and shut down by the app's lifespan."""
+    stage table; created and shut down by the app's lifespan. Synchronous: the only timer (the
+    reconnect grace) is ``next_deadline`` / ``handle_timer(now)``, which a ``DeadlineTimer``
+    drives on the loop (tests may call ``handle_timer`` with their own clock)."""
 
     def __init__(
         self,
@@ -115,6 +116,7 @@ class RoomService:
         self.rooms: dict[str, Room] = {}
         self.finished = IngressTotals()  # ended programs' keyframe requests
         self._retired: list[ProgramDirector] = []  # closed, their threads maybe still ending
+        self._timer = DeadlineTimer(self.next_deadline, self.handle_timer, clock=clock)
         st = settings.stage
         self._mixer = MixerConfig(
             renditions=tuple(
@@ -269,37 +271,30 @@ class RoomService:
             else:
                 hub.detach_source()
                 program.grace.start(self._clock(), reason)
-                self._arm_grace(program)
+                self._timer.rearm()
         who = {"room": room, "anchor_id": anchor.id, "subject": anchor.subject}
         self._events("anchor.left", {**who, "reason": reason})
 
-    def _arm_grace(self, program: Room) -> None:
-        if program.grace_timer is not None:
-            program.grace_timer.cancel()
-            program.grace_timer = None
-        deadline = program.grace.next_deadline()
-        if deadline is not None:
-            program.grace_timer = asyncio.get_running_loop().call_later(
-                max(0.0, deadline - self._clock()), self._grace_timer, program
-            )
+    def next_deadline(self) -> float | None:
+        """When the first reconnect grace runs out; None: none is running."""
+        deadlines = [d for r in self.rooms.values() if (d := r.grace.next_deadline()) is not None]
+        return min(deadlines, default=None)
 
-    def _grace_timer(self, program: Room) -> None:
-        """Viewers kept their connection (a frozen picture) while the anchor might come back."""
-        program.grace_timer = None
-        reason = program.grace.handle_timer(self._clock())
-        if reason is None:
-            self._arm_grace(program)  # not due yet (the loop's clock ran ahead of ours)
-            return
-        room = program.stage.room
-        stage = self.stages.get(room)
-        if stage is not None and stage.hub is program.main and stage.anchor_id is None:
-            self._end_stream(room, program.main, reason)
+    def handle_timer(self, now: float) -> None:
+        """End the programs whose reconnect grace ran out by ``now`` with no anchor back."""
+        for program in list(self.rooms.values()):
+            reason = program.grace.handle_timer(now)
+            if reason is None:
+                continue
+            room = program.stage.room
+            stage = self.stages.get(room)
+            if stage is not None and stage.hub is program.main and stage.anchor_id is None:
+                self._end_stream(room, program.main, reason)
 
     def _cancel_grace(self, program: Room) -> None:
-        program.grace.cancel()
-        if program.grace_timer is not None:
-            program.grace_timer.cancel()
-            program.grace_timer = None
+        if program.grace.running:
+            program.grace.cancel()
+            self._timer.rearm()
 
     # -- the end ----------------------------------------------------------------------------
     def end(self, room: str, reason: str) -> None:
@@ -389,8 +384,9 @@ class RoomService:
 
     async def shutdown(self) -> None:
         """After the anchors have gone: stop every timer and wait for the mixer threads."""
+        self._timer.cancel()
         for name, program in list(self.rooms.items()):
-            self._cancel_grace(program)
+            program.grace.cancel()
             del self.rooms[name]
             self._retired.append(program.director)
         retired, self._retired = self._retired, []

@@ -109,3 +109,37 @@ class PeerLifecycle:
             for w in watchers:
                 w.cancel()
             await teardown()
+
+
+class DeadlineTimer:
+    """The driver of a sans-I/O object with ``next_deadline()`` / ``handle_timer(now)``: one
+    loop timer at its next deadline. Call ``rearm`` after anything that may have moved it."""
+
+    def __init__(
+        self,
+        next_deadline: Callable[[], float | None],
+        handle_timer: Callable[[float], object],
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._next_deadline = next_deadline
+        self._handle_timer = handle_timer
+        self._clock = clock
+        self._handle: asyncio.TimerHandle | None = None
+
+    def rearm(self) -> None:
+        self.cancel()
+        deadline = self._next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock())
+            self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._handle_timer(self._clock())
+        self.rearm()
