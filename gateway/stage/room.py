@@ -24,8 +24,7 @@ from relay.rtc.sdp import OfferSummary, pick_codec
 from ..mixer.layout import LayoutSpec, parse_colour
 from ..mixer.program import RenditionSpec
 from ..settings import Settings
-from .anchor_hub import AnchorHub
-from .director import MixerConfig, ProgramDirector
+from .director import AnchorFeed, MixerConfig, ProgramDirector
 from .table import Stage, StageTable
 
 log = logging.getLogger(__name__)
@@ -39,22 +38,14 @@ Clock = Callable[[], float]
 FINAL_REASONS = frozenset({"deleted", "kicked", "room closed", "shutdown"})
 
 
-class RoomAnchor(Protocol):
-    """What the room needs of an anchor: who it is and its own stream."""
-
-    @property
-    def id(self) -> str: ...
+class RoomAnchor(AnchorFeed, Protocol):
+    """What the room needs of an anchor: its feed (own hub, keyframe requests) and who it is."""
 
     @property
     def room(self) -> str: ...
 
     @property
     def subject(self) -> str: ...
-
-    @property
-    def hub(self) -> AnchorHub: ...
-
-    def request_keyframe(self) -> None: ...
 
 
 @dataclass(slots=True)
