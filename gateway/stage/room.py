@@ -8,7 +8,6 @@ last anchor's network drops, ends the stream, and reports all of it as webhook e
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from ..mixer.program import RenditionSpec
 from ..settings import Settings
 from .director import AnchorFeed, MixerConfig, ProgramDirector
 from .table import Stage, StageTable
-
-log = logging.getLogger(__name__)
 
 CLOCK_RATES = {"video": 90000, "audio": 48000}
 
