@@ -14,7 +14,6 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
 from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from relay.rtc.session_ids import new_etag, new_session_id
 from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
@@ -34,6 +33,7 @@ from relay.rtc.peer import (
     rtc_configuration,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
+from relay.rtc.session_ids import new_etag, new_session_id
 from relay.rtc.tracks import HubTrack
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,8 @@ and under TYPE_CHECKING): arrows point down only.
 - relay/rtc (the aiortc seam) has no web framework and reaches neither relay.http nor the cluster;
   relay/http does not reach the cluster; relay/auth and relay/ops are leaves.
 - relay/cluster reaches no gateway (the first rule), so an edge stands on relay alone.
+- gateway/mixer (decode, composite, audio mix, encode) reaches neither the room (gateway/stage)
+  nor the WHIP sessions.
 - bench/ and tests/ may import anything.
 """
 
@@ -43,6 +45,8 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # the aiortc seam: sessions and peers, no web framework, no HTTP routes, no cluster
     ("relay.rtc", ("fastapi", "starlette", "uvicorn", "redis", "relay.http", "relay.cluster")),
     ("relay.http", ("relay.cluster",)),
+    # the mixer is media work only: the room, its sessions and the web are above it
+    ("gateway.mixer", ("gateway.stage", "gateway.anchors", "aiortc", "fastapi", "starlette")),
     # leaves that everything may use, so they use none of the layers
     *(
         (leaf, ("aiortc", "fastapi", "relay.media", "relay.rtc", "relay.http", "relay.cluster"))
