@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import fractions
 import json
 import os
 import platform
@@ -35,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,6 +55,7 @@ from gateway.synthetic import (
 )
 from relay.auth.tokens import TokenAuthority
 from relay.media.reassembly import is_h264_filler
+from relay.rtc.adapter import use_bench_h264_encoder
 from relay.rtc.peer import close_quietly, rtc_configuration
 
 ROOM = "bench"
@@ -274,61 +274,16 @@ def use_anchor_encoder(preset: str, kbps: int) -> None:
     it all picture data (without it half was filler, which the gateway now drops). The p2p
     reference and the anchor of every server path share this encoder, so server-added latency
     is unaffected; the servers are not patched (the naive server's per-viewer encoders stay
-    aiortc's). ``preset="aiortc"`` leaves aiortc alone.
+    aiortc's). ``preset="aiortc"`` leaves aiortc alone. The patch is the adapter's
+    (relay/rtc/adapter.py ``use_bench_h264_encoder``), where its guard tests see it.
     """
     if preset == "aiortc":
         return
-    import av
-    from aiortc import rtcrtpsender
-    from aiortc.codecs import h264
 
-    bitrate = kbps * 1000
-    x264_params = f"nal-hrd=cbr:vbv-maxrate={kbps}:vbv-bufsize={max(1, kbps // 3)}:filler=1"
+    def count_filler(payloads: list[bytes]) -> None:
+        ANCHOR_FILLER[0] += sum(1 for p in payloads if is_h264_filler(p))
 
-    class BenchH264Encoder(h264.H264Encoder):
-        @property
-        def target_bitrate(self) -> int:
-            return bitrate
-
-        @target_bitrate.setter
-        def target_bitrate(self, value: int) -> None:
-            pass  # REMB is ignored: fixed rate
-
-        def _encode_frame(self, frame: av.VideoFrame, force_keyframe: bool) -> Iterator[bytes]:
-            codec = self.codec
-            if codec is not None and (frame.width != codec.width or frame.height != codec.height):
-                self.buffer_data, self.buffer_pts, self.codec = b"", None, None
-            if self.codec is None:
-                ctx = av.CodecContext.create("libx264", "w")
-                ctx.width, ctx.height = frame.width, frame.height
-                ctx.bit_rate = bitrate
-                ctx.pix_fmt = "yuv420p"
-                ctx.framerate = fractions.Fraction(h264.MAX_FRAME_RATE, 1)
-                ctx.time_base = fractions.Fraction(1, h264.MAX_FRAME_RATE)
-                ctx.options = {
-                    "level": "31",
-                    "tune": "zerolatency",
-                    "preset": preset,
-                    "x264-params": x264_params,
-                }
-                ctx.profile = "Baseline"
-                self.codec = ctx
-            result: Iterator[bytes] = super()._encode_frame(frame, force_keyframe)
-            return result
-
-        def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-            payloads, timestamp = super().encode(frame, force_keyframe)
-            ANCHOR_FILLER[0] += sum(1 for p in payloads if is_h264_filler(p))
-            return payloads, timestamp
-
-    original: Callable[[Any], Any] = getattr(rtcrtpsender, "get_encoder")  # noqa: B009
-
-    def get_encoder(codec: Any) -> Any:
-        if codec.mimeType.lower() == "video/h264":
-            return BenchH264Encoder()
-        return original(codec)
-
-    setattr(rtcrtpsender, "get_encoder", get_encoder)  # noqa: B010
+    use_bench_h264_encoder(preset, kbps, count_filler)
 
 
 # -- peers ----------------------------------------------------------------------------------------

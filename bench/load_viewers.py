@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from gateway.synthetic import Viewer, whep_watch
+from relay.rtc.adapter import divert_ice_datagrams
 
 log = logging.getLogger("bench.load_viewers")
 
@@ -51,9 +52,7 @@ class SocketCounter:
 
     def __init__(self, viewer: Viewer) -> None:
         self.packets = 0
-        dtls = viewer.pc.getTransceivers()[0].receiver.transport
-        connection = dtls.transport._connection
-        connection.data_received = self._received
+        divert_ice_datagrams(viewer.pc.getTransceivers()[0].receiver.transport, self._received)
 
     def _received(self, data: bytes, component: int) -> None:
         if len(data) > 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:

@@ -1,6 +1,6 @@
-"""The one place that touches aiortc's private attributes (pinned: aiortc >=1.14,<1.17).
+"""The one place that touches aiortc's and aioice's private attributes (pinned in pyproject.toml).
 
-Two hooks make encoded forwarding possible:
+The hooks that make encoded forwarding possible:
 
 * ingest tap: the receiver's jitter buffer is replaced, before the first packet, by one that hands
   every depayloaded RTP packet to a callback and never feeds aiortc's decoder thread (which then
@@ -10,44 +10,45 @@ Two hooks make encoded forwarding possible:
   anchor instead of a (non-existent) local encoder.
 * packetisers: the mixer's encoded program is cut into RTP payloads by aiortc's own H264 and VP8
   packetisers (``H264Encoder._packetize``/``_split_bitstream``, ``Vp8Encoder._packetize``).
-* direct sender (the viewers' path): frames skip the sender's RTP task altogether. The negotiated
-  parameters are caught in ``send()``, packets are rewritten per viewer (``rtp_rewrite``),
-  encrypted with the DTLS transport's SRTP session and written to the nominated ICE pair's UDP
-  socket synchronously (``srtp_writer``: a C loop when built); NACKs are answered from our own
-  history, and sender reports read our counters. aiortc's RTCP task (SR, RR handling, PLI)
-  keeps running; receiver reports' loss is noted on the way (the rendition fallback reads it).
+* direct sender seam (``SenderSeam``, for ``relay/rtc/direct_sender.py``, the viewers' path): a
+  sender's SSRCs, hooks on its ``send``/``getStats``/RTCP/retransmission/keyframe paths, the DTLS
+  transport's SRTP session and nominated ICE pair (aioice), and the sender-report counters.
+* bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
+  (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
+  (``divert_ice_datagrams``).
 
+Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
+binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` checks that.
 ``tests/unit/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from importlib.metadata import version
 from typing import Any
 
 from aioice.ice import StunProtocol
 from aiortc import RTCRtpReceiver, RTCRtpSender
-from aiortc.clock import current_ntp_time
-from aiortc.codecs import is_rtx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
-from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
 
 from relay.media.frames import EncodedFrame
-from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
-from relay.rtc.srtp_writer import SrtpWriter, new_srtp_writer
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ((1, 14), (1, 17))  # [lower, upper)
+# [lower, upper) of each package whose internals this module (and srtp_writer) reaches; the same
+# ranges are pinned in pyproject.toml.
+SUPPORTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "aiortc": ((1, 14), (1, 17)),
+    "aioice": ((0, 13), (0, 14)),
+    "pylibsrtp": ((1, 0), (1, 1)),
+}
 
 PacketSink = Callable[[Any, RTCRtpCodecParameters], None]
 
@@ -56,15 +57,16 @@ class AdapterError(RuntimeError):
     """aiortc no longer has the internals this module relies on."""
 
 
-def _aiortc_version() -> tuple[int, int]:
-    major, minor = version("aiortc").split(".")[:2]
+def _version(package: str) -> tuple[int, int]:
+    major, minor = version(package).split(".")[:2]
     return int(major), int(minor)
 
 
 def check_version() -> None:
-    v = _aiortc_version()
-    if not SUPPORTED[0] <= v < SUPPORTED[1]:
-        raise AdapterError(f"aiortc {v} is outside the supported range {SUPPORTED}")
+    for package, (lower, upper) in SUPPORTED.items():
+        v = _version(package)
+        if not lower <= v < upper:
+            raise AdapterError(f"{package} {v} is outside the supported range [{lower}, {upper})")
 
 
 class _TapBuffer:
@@ -158,54 +160,12 @@ class Vp8Packetizer:
         return payloads
 
 
-def new_template_cache() -> TemplateCache:
-    """One per node: shared by every direct sender it creates."""
-    return TemplateCache(current_ntp_time)
+class SenderSeam:
+    """DirectSender's hold on one RTCRtpSender's internals (relay/rtc/direct_sender.py): its SSRCs,
+    hooks on its send, stats, RTCP, retransmission and keyframe paths, the DTLS transport's SRTP
+    session and nominated ICE pair, and the counters aiortc's sender reports read."""
 
-
-def _send_profile(parameters: RTCRtpSendParameters) -> SendProfile:
-    primary = parameters.codecs[0]
-    if primary.payloadType is None:
-        raise AdapterError("negotiated codec has no payload type")
-    rtx = next(
-        (
-            c.payloadType
-            for c in parameters.codecs
-            if is_rtx(c) and c.parameters.get("apt") == primary.payloadType
-        ),
-        None,
-    )
-    return SendProfile(
-        payload_type=primary.payloadType,
-        mid=parameters.muxId or None,
-        extensions=tuple((e.uri, e.id) for e in parameters.headerExtensions),
-        rtx_payload_type=rtx,
-    )
-
-
-LOSSY_FRACTION = 0.1
-SR_INTERVAL = 0.2  # seconds between updates of the counters aiortc puts in sender reports
-
-
-class DirectSender:
-    """Forwards EncodedFrames to one viewer at RTP level, bypassing the sender's RTP task.
-
-    ``send_frame`` is synchronous: it returns False when the viewer's socket is backlogged (the
-    frame went out in part at most; the caller drops to the next keyframe) and True otherwise,
-    sent or not (a transport that is not up yet, or gone, just loses the frame; the session's own
-    state handling ends it).
-    """
-
-    def __init__(
-        self,
-        sender: RTCRtpSender,
-        cache: TemplateCache,
-        *,
-        on_keyframe_request: Callable[[], None],
-        on_ready: Callable[[], None],
-        gso: bool = True,
-        native: bool = True,
-    ) -> None:
+    def __init__(self, sender: RTCRtpSender) -> None:
         for name in (
             "send",
             "_retransmit",
@@ -216,161 +176,170 @@ class DirectSender:
         ):
             if not hasattr(sender, name):
                 raise AdapterError(f"RTCRtpSender internals changed: no {name}")
-        self._sender = sender
-        self._cache = cache
-        self._on_ready = on_ready
-        self._pair: Any = None
-        self._sock: socket.socket | None = None
+        self.sender = sender
+        self.ssrc: int = sender._ssrc
+        self.rtx_ssrc: int = sender._rtx_ssrc
         self._dtls: Any = None
         self._nominated: dict[int, Any] = {}
-        self._writer: SrtpWriter | None = None  # sends on self._sock to self._pair
-        self._closed = False
-        self._template_id = 0
-        self._sr_due = 0.0
-        self.gso = gso
-        self.native = native  # the C send loop when built (relay/rtc/srtp_writer.py)
-        self.gso_sends = 0
-        self.rewriter: RtpRewriter | None = None
-        self.octets = 0
-        self.congested = 0
-        self.errors = 0
-        self.lossy_reports = 0  # receiver reports with fraction lost >= LOSSY_FRACTION
-        self.fraction_lost = 0.0
+
+    def install(
+        self,
+        *,
+        on_negotiated: Callable[[RTCRtpSendParameters], None],
+        on_started: Callable[[], None],
+        on_rtcp: Callable[[Any], None],
+        before_stats: Callable[[], None],
+        retransmit: Callable[[int], Coroutine[Any, Any, None]],
+        on_keyframe_request: Callable[[], None],
+    ) -> None:
+        """``on_negotiated`` sees the parameters of the first ``send()`` before aiortc starts its
+        tasks, ``on_started`` runs once they have; ``on_rtcp`` sees every RTCP packet before
+        aiortc handles it; ``retransmit`` answers NACKs in place of aiortc's."""
+        sender = self.sender
         original_send = sender.send
         original_rtcp = sender._handle_rtcp_packet
         original_stats = sender.getStats
-
-        async def handle_rtcp(packet: Any) -> None:
-            if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
-                for report in packet.reports:
-                    if report.ssrc == sender._ssrc:
-                        self.fraction_lost = report.fraction_lost / 256
-                        if self.fraction_lost >= LOSSY_FRACTION:
-                            self.lossy_reports += 1
-            await original_rtcp(packet)
+        first = [True]
 
         async def send(parameters: RTCRtpSendParameters) -> None:
-            first = self.rewriter is None
-            if first:
-                profile = _send_profile(parameters)
-                self._template_id = cache.template_id(profile)
-                self.rewriter = RtpRewriter(sender._ssrc, profile, rtx_ssrc=sender._rtx_ssrc)
+            started = first[0]
+            if started:
+                first[0] = False
+                on_negotiated(parameters)
             await original_send(parameters)
-            if first:
-                self._on_ready()
+            if started:
+                on_started()
+
+        async def handle_rtcp(packet: Any) -> None:
+            on_rtcp(packet)
+            await original_rtcp(packet)
 
         async def get_stats() -> Any:
-            self._update_sender_report()
+            before_stats()
             return await original_stats()
 
         sender.send = send  # type: ignore[method-assign]
         sender.getStats = get_stats  # type: ignore[method-assign]
-        sender._retransmit = self._retransmit  # type: ignore[method-assign]
+        sender._retransmit = retransmit  # type: ignore[method-assign, assignment]
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
-    def _route(self) -> SrtpWriter | None:
-        """The send loop for the nominated ICE pair when the transport is up (None otherwise).
-
-        It sends on our own duplicate of the pair's socket descriptor (``self._sock``, to
-        ``self._pair``'s remote address): sending on it directly skips asyncio's transport
-        layer, and a full send buffer shows as BlockingIOError. The route is kept until the
-        nominated pair changes (called per frame and viewer)."""
+    def nominated_pair(self) -> Any | None:
+        """The ICE candidate pair in use once DTLS is connected; None before and after that.
+        Called per frame and viewer: the transport's pair table is looked up once."""
         dtls = self._dtls
         if dtls is None:
-            dtls = self._sender.transport
+            dtls = self.sender.transport
             if dtls._state != DtlsState.CONNECTED:
                 return None
             self._dtls = dtls
             self._nominated = dtls.transport._connection._nominated
-        if dtls._state is not DtlsState.CONNECTED or self._closed:
+        if dtls._state is not DtlsState.CONNECTED:
             return None
-        pair = self._nominated.get(1)
-        if pair is self._pair and pair is not None:
-            return self._writer
-        if pair is None:
-            return None
-        protocol = pair.protocol
-        if not isinstance(protocol, StunProtocol) or protocol.transport is None:
-            return None
-        fd = protocol.transport.get_extra_info("socket").fileno()
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = socket.socket(fileno=os.dup(fd))
-        self._sock.setblocking(False)
-        self._pair = pair
-        self._writer = new_srtp_writer(
-            dtls._tx_srtp, self._sock, pair.remote_addr, native=self.native
-        )
-        return self._writer
+        return self._nominated.get(1)
 
-    def close(self) -> None:
-        """Release the duplicated socket (the ICE transport keeps its own)."""
-        self._closed = True
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            self._pair = None
-            self._writer = None
+    def srtp(self) -> Any:
+        """The DTLS transport's outgoing SRTP session (a pylibsrtp Session)."""
+        return self.sender.transport._tx_srtp
 
-    def send_frame(self, frame: EncodedFrame) -> bool:
-        rewriter = self.rewriter
-        if rewriter is None:
-            return True
-        try:
-            writer = self._route()
-        except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
-            self._count_error("direct route failed")
-            return True
-        if writer is None:
-            return True
-        packets = self._cache.packets(frame, rewriter.profile, self._template_id)
-        seq, ts = rewriter.assign(packets.templates, frame.timestamp)
-        try:
-            self.gso_sends += writer.send(
-                packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso
-            )
-        except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
-            self.congested += 1
-            return False
-        except Exception:  # an SRTP or socket failure loses this viewer's frame, nobody else's
-            self._count_error("direct send failed")
-            return True
-        if writer.gso_refused and self.gso:
-            self.gso = False  # one datagram per call from now on
-            log.info("UDP GSO refused on this path: sending datagram by datagram")
-        self.octets += frame.size
-        if frame.received_at >= self._sr_due:
-            self._sr_due = frame.received_at + SR_INTERVAL
-            self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
-        return True
-
-    def _count_error(self, what: str) -> None:
-        """Called inside an ``except``: the first failure is logged with its traceback."""
-        self.errors += 1
-        if self.errors == 1:
-            log.exception(what)
-
-    def _update_sender_report(self, ntp: int | None = None) -> None:
-        """Hand aiortc our counters, and with ``ntp`` the NTP/RTP pair of the frame just sent,
-        for its sender reports (~1 s apart) and ``getStats``; every frame would cost four
-        name-mangled writes."""
-        rewriter = self.rewriter
-        if rewriter is None:
-            return
-        sender = self._sender
+    def set_report_counters(
+        self, packets: int, octets: int, ntp: int | None = None, rtp_timestamp: int = 0
+    ) -> None:
+        """The counters (and with ``ntp`` the NTP/RTP pair of the frame just sent) that aiortc's
+        sender reports and ``getStats`` read."""
+        sender = self.sender
         if ntp is not None:
             sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
-            sender._RTCRtpSender__rtp_timestamp = rewriter.last_timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count = rewriter.packets  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count = self.octets  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_timestamp = rtp_timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count = packets  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count = octets  # type: ignore[attr-defined]
 
-    async def _retransmit(self, sequence_number: int) -> None:
-        rewriter = self.rewriter
-        if rewriter is None or self._route() is None:
-            return
-        packet = rewriter.retransmission(sequence_number)
-        sock, pair = self._sock, self._pair  # set with the route
-        if packet is not None and sock is not None and pair is not None:
-            with contextlib.suppress(OSError):
-                sock.sendto(self._sender.transport._tx_srtp.protect(packet), pair.remote_addr)
+
+def pair_socket(pair: Any) -> socket.socket | None:
+    """The UDP socket an aioice candidate pair sends on (None when it is not a UDP pair or its
+    transport is gone)."""
+    protocol = pair.protocol
+    if not isinstance(protocol, StunProtocol) or protocol.transport is None:
+        return None
+    sock: socket.socket = protocol.transport.get_extra_info("socket")
+    return sock
+
+
+def pair_remote_address(pair: Any) -> tuple[str, int]:
+    address: tuple[str, int] = pair.remote_addr
+    return address
+
+
+# -- bench hooks ----------------------------------------------------------------------------------
+def use_bench_h264_encoder(
+    preset: str, kbps: int, on_payloads: Callable[[list[bytes]], None]
+) -> None:
+    """Replace, in THIS process, the H264 encoder aiortc's senders get by one with an x264
+    ``preset``, constant bitrate ``kbps`` (``nal-hrd=cbr`` with filler) and REMB ignored; every
+    encoded frame's payloads go to ``on_payloads``. For benchmark anchors only (bench/fanout.py):
+    aiortc's own encoder runs ``medium`` and re-opens on each REMB change."""
+    import fractions
+
+    import av
+    from aiortc import rtcrtpsender
+    from aiortc.codecs import h264
+
+    if not hasattr(rtcrtpsender, "get_encoder") or not hasattr(h264.H264Encoder, "_encode_frame"):
+        raise AdapterError("aiortc internals changed: no get_encoder / H264Encoder._encode_frame")
+    bitrate = kbps * 1000
+    x264_params = f"nal-hrd=cbr:vbv-maxrate={kbps}:vbv-bufsize={max(1, kbps // 3)}:filler=1"
+
+    class BenchH264Encoder(h264.H264Encoder):
+        @property
+        def target_bitrate(self) -> int:
+            return bitrate
+
+        @target_bitrate.setter
+        def target_bitrate(self, value: int) -> None:
+            pass  # REMB is ignored: fixed rate
+
+        def _encode_frame(self, frame: av.VideoFrame, force_keyframe: bool) -> Iterator[bytes]:
+            codec = self.codec
+            if codec is not None and (frame.width != codec.width or frame.height != codec.height):
+                self.buffer_data, self.buffer_pts, self.codec = b"", None, None
+            if self.codec is None:
+                ctx = av.CodecContext.create("libx264", "w")
+                ctx.width, ctx.height = frame.width, frame.height
+                ctx.bit_rate = bitrate
+                ctx.pix_fmt = "yuv420p"
+                ctx.framerate = fractions.Fraction(h264.MAX_FRAME_RATE, 1)
+                ctx.time_base = fractions.Fraction(1, h264.MAX_FRAME_RATE)
+                ctx.options = {
+                    "level": "31",
+                    "tune": "zerolatency",
+                    "preset": preset,
+                    "x264-params": x264_params,
+                }
+                ctx.profile = "Baseline"
+                self.codec = ctx
+            result: Iterator[bytes] = super()._encode_frame(frame, force_keyframe)
+            return result
+
+        def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+            payloads, timestamp = super().encode(frame, force_keyframe)
+            on_payloads(payloads)
+            return payloads, timestamp
+
+    original: Callable[[Any], Any] = rtcrtpsender.get_encoder
+
+    def get_encoder(codec: Any) -> Any:
+        if codec.mimeType.lower() == "video/h264":
+            return BenchH264Encoder()
+        return original(codec)
+
+    rtcrtpsender.get_encoder = get_encoder
+
+
+def divert_ice_datagrams(dtls_transport: Any, on_datagram: Callable[[bytes, int], None]) -> None:
+    """Hand every datagram the ICE connection under ``dtls_transport`` receives to
+    ``on_datagram(data, component)`` instead of aiortc (bench/load_viewers.py's light viewers
+    count RTP without decrypting it)."""
+    connection = dtls_transport.transport._connection
+    if not hasattr(connection, "data_received"):
+        raise AdapterError("aioice internals changed: no Connection.data_received")
+    connection.data_received = on_datagram

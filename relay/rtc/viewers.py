@@ -20,11 +20,10 @@ from relay.media.hub import FanoutHub, Viewer
 from relay.media.lifecycle import SessionLifecycle
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
-    DirectSender,
     drop_receive_estimator,
     install_prepacked_sender,
-    new_template_cache,
 )
+from relay.rtc.direct_sender import DirectSender, new_template_cache
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
     apply_trickle,

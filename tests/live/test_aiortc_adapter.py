@@ -17,11 +17,10 @@ from gateway.synthetic import StampedVideoTrack
 from relay.media.frames import EncodedFrame
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
-    DirectSender,
     install_ingest_tap,
     install_prepacked_sender,
-    new_template_cache,
 )
+from relay.rtc.direct_sender import DirectSender, new_template_cache
 from relay.rtc.peer import close_quietly, codec_preferences, rtc_configuration
 from relay.rtc.tracks import HubTrack
 
@@ -115,7 +114,7 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
             raise OSError(errno.EMFILE, "too many open files")
 
         direct._pair = None
-        monkeypatch.setattr("relay.rtc.adapter.os.dup", no_fd)
+        monkeypatch.setattr("relay.rtc.direct_sender.os.dup", no_fd)
         payloads, ts = encoder.encode(await source.recv())
         assert queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", False, 0.0))
         assert direct.errors == 1

@@ -1,30 +1,51 @@
-"""Fails loudly when an aiortc upgrade moves the internals relay/rtc/adapter.py relies on."""
+"""Fails loudly when an aiortc, aioice or pylibsrtp upgrade moves the internals relay/rtc/adapter.py
+(and bench/ through it) relies on. One test per hook (the packetisers' is in test_mixer_units.py);
+tests/unit/test_private_names.py makes sure no private name is reached anywhere else."""
 
 from __future__ import annotations
 
-from aioice.ice import Connection
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, rtcrtpsender
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcicetransport import RTCIceTransport
 
 from relay.rtc.adapter import (
+    SUPPORTED,
     check_version,
     drop_receive_estimator,
 )
 from relay.rtc.peer import close_quietly, rtc_configuration
 
 
-def test_version_in_supported_range() -> None:
+def names_of(*functions: object) -> tuple[str, ...]:
+    """Every name a function's code refers to (attributes, globals), nested functions included."""
+    found: list[str] = []
+    for function in functions:
+        stack = [function.__code__]  # type: ignore[attr-defined]
+        while stack:
+            code = stack.pop()
+            found += code.co_names
+            stack += [c for c in code.co_consts if hasattr(c, "co_names")]
+    return tuple(found)
+
+
+def test_versions_in_supported_ranges() -> None:
+    assert set(SUPPORTED) == {"aiortc", "aioice", "pylibsrtp"}
     check_version()
 
 
-def test_private_attributes_exist() -> None:
-    src = (
-        RTCRtpReceiver.__init__.__code__.co_names
-        + RTCRtpReceiver._handle_rtp_packet.__code__.co_names
-    )
+def test_ingest_tap_internals_exist() -> None:
+    src = names_of(RTCRtpReceiver.__init__, RTCRtpReceiver._handle_rtp_packet)
     assert "_RTCRtpReceiver__jitter_buffer" in src and "_RTCRtpReceiver__codecs" in src
-    assert "_RTCRtpSender__encoder" in RTCRtpSender._next_encoded_frame.__code__.co_names
-    assert hasattr(RTCRtpSender, "_send_keyframe") and hasattr(RTCRtpReceiver, "_send_rtcp_pli")
+    assert "_data" in src  # packet_data: the depayloaded bytes set before the jitter buffer
+    assert hasattr(RTCRtpReceiver, "_send_rtcp_pli")
+
+
+def test_prepacked_sender_internals_exist() -> None:
+    assert "_RTCRtpSender__encoder" in names_of(RTCRtpSender._next_encoded_frame)
+    assert hasattr(RTCRtpSender, "_send_keyframe")
 
 
 async def test_sendonly_receiver_estimator_can_be_dropped() -> None:
@@ -37,13 +58,19 @@ async def test_sendonly_receiver_estimator_can_be_dropped() -> None:
         assert getattr(receiver, name) is not None
         drop_receive_estimator(receiver)
         assert getattr(receiver, name) is None
-        assert name in RTCRtpReceiver._handle_rtp_packet.__code__.co_names
+        assert name in names_of(RTCRtpReceiver._handle_rtp_packet)
     finally:
         await close_quietly(pc)
 
 
 def test_direct_sender_internals_exist() -> None:
-    names = RTCRtpSender._run_rtcp.__code__.co_names + RTCRtpSender.__init__.__code__.co_names
+    """SenderSeam's hooks: the sender's methods and SSRCs, its sender-report counters, the DTLS
+    transport's state and SRTP session, the ICE connection's nominated pairs and their sockets."""
+    for name in ("send", "getStats", "_retransmit", "_send_keyframe", "_handle_rtcp_packet"):
+        assert callable(getattr(RTCRtpSender, name)), name
+    init = names_of(RTCRtpSender.__init__)
+    assert "_ssrc" in init and "_rtx_ssrc" in init
+    names = names_of(RTCRtpSender._run_rtcp, RTCRtpSender.__init__)
     for name in (
         "_RTCRtpSender__ntp_timestamp",
         "_RTCRtpSender__rtp_timestamp",
@@ -51,6 +78,25 @@ def test_direct_sender_internals_exist() -> None:
         "_RTCRtpSender__octet_count",
     ):
         assert name in names
-    assert "_retransmit" in RTCRtpSender._handle_rtcp_packet.__code__.co_names
-    assert "_tx_srtp" in RTCDtlsTransport._send_rtp.__code__.co_names
-    assert "_nominated" in Connection.sendto.__code__.co_names
+    assert "_retransmit" in names_of(RTCRtpSender._handle_rtcp_packet)
+    assert "_tx_srtp" in names_of(RTCDtlsTransport._send_rtp)
+    assert "_state" in names_of(RTCDtlsTransport.__init__)
+    assert "_connection" in names_of(RTCIceTransport.__init__)
+    assert "_nominated" in names_of(Connection.sendto)
+    assert "protocol" in names_of(CandidatePair.__init__)
+    assert isinstance(CandidatePair.remote_addr, property)
+    assert "transport" in names_of(StunProtocol.connection_made)
+
+
+def test_bench_hooks_internals_exist() -> None:
+    """use_bench_h264_encoder: senders get encoders from rtcrtpsender.get_encoder, and
+    H264Encoder._encode_frame keeps its codec context in ``codec``/``buffer_data``/``buffer_pts``.
+    divert_ice_datagrams: StunProtocol hands non-STUN datagrams to Connection.data_received."""
+    assert callable(rtcrtpsender.get_encoder)
+    assert "get_encoder" in names_of(RTCRtpSender._next_encoded_frame)
+    encode = names_of(H264Encoder._encode_frame)
+    assert {"codec", "buffer_data", "buffer_pts", "target_bitrate"} <= set(encode)
+    assert isinstance(H264Encoder.__dict__["target_bitrate"], property)
+    assert callable(Connection.data_received)
+    assert "data_received" in names_of(StunProtocol.datagram_received)
+    assert hasattr(Vp8Encoder, "_packetize")

@@ -1,0 +1,214 @@
+"""The viewers' send path: EncodedFrames forwarded to one viewer at RTP level.
+
+Frames skip the RTCRtpSender's RTP task altogether. The negotiated parameters are caught in
+``send()``, packets are rewritten per viewer (``rtp_rewrite``), encrypted with the DTLS transport's
+SRTP session and written to the nominated ICE pair's UDP socket synchronously (``srtp_writer``: a C
+loop when built); NACKs are answered from our own history, and sender reports read our counters.
+aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is noted on the way
+(the rendition fallback reads it). Every aiortc/aioice internal this needs is reached through
+``relay/rtc/adapter.py`` (``SenderSeam``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCRtpSender
+from aiortc.clock import current_ntp_time
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+
+from relay.media.frames import EncodedFrame
+from relay.rtc.adapter import AdapterError, SenderSeam, pair_remote_address, pair_socket
+from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
+from relay.rtc.srtp_writer import SrtpWriter, new_srtp_writer
+
+log = logging.getLogger(__name__)
+
+LOSSY_FRACTION = 0.1
+SR_INTERVAL = 0.2  # seconds between updates of the counters aiortc puts in sender reports
+
+
+def new_template_cache() -> TemplateCache:
+    """One per node: shared by every direct sender it creates."""
+    return TemplateCache(current_ntp_time)
+
+
+def send_profile(parameters: RTCRtpSendParameters) -> SendProfile:
+    primary = parameters.codecs[0]
+    if primary.payloadType is None:
+        raise AdapterError("negotiated codec has no payload type")
+    rtx = next(
+        (
+            c.payloadType
+            for c in parameters.codecs
+            if is_rtx(c) and c.parameters.get("apt") == primary.payloadType
+        ),
+        None,
+    )
+    return SendProfile(
+        payload_type=primary.payloadType,
+        mid=parameters.muxId or None,
+        extensions=tuple((e.uri, e.id) for e in parameters.headerExtensions),
+        rtx_payload_type=rtx,
+    )
+
+
+class DirectSender:
+    """Forwards EncodedFrames to one viewer at RTP level, bypassing the sender's RTP task.
+
+    ``send_frame`` is synchronous: it returns False when the viewer's socket is backlogged (the
+    frame went out in part at most; the caller drops to the next keyframe) and True otherwise,
+    sent or not (a transport that is not up yet, or gone, just loses the frame; the session's own
+    state handling ends it).
+    """
+
+    def __init__(
+        self,
+        sender: RTCRtpSender,
+        cache: TemplateCache,
+        *,
+        on_keyframe_request: Callable[[], None],
+        on_ready: Callable[[], None],
+        gso: bool = True,
+        native: bool = True,
+    ) -> None:
+        self._seam = SenderSeam(sender)
+        self._cache = cache
+        self._pair: Any = None
+        self._sock: socket.socket | None = None
+        self._writer: SrtpWriter | None = None  # sends on self._sock to self._pair
+        self._closed = False
+        self._template_id = 0
+        self._sr_due = 0.0
+        self.gso = gso
+        self.native = native  # the C send loop when built (relay/rtc/srtp_writer.py)
+        self.gso_sends = 0
+        self.rewriter: RtpRewriter | None = None
+        self.octets = 0
+        self.congested = 0
+        self.errors = 0
+        self.lossy_reports = 0  # receiver reports with fraction lost >= LOSSY_FRACTION
+        self.fraction_lost = 0.0
+        self._seam.install(
+            on_negotiated=self._negotiated,
+            on_started=on_ready,
+            on_rtcp=self._note_loss,
+            before_stats=self._update_sender_report,
+            retransmit=self._retransmit,
+            on_keyframe_request=on_keyframe_request,
+        )
+
+    def _negotiated(self, parameters: RTCRtpSendParameters) -> None:
+        profile = send_profile(parameters)
+        self._template_id = self._cache.template_id(profile)
+        seam = self._seam
+        self.rewriter = RtpRewriter(seam.ssrc, profile, rtx_ssrc=seam.rtx_ssrc)
+
+    def _note_loss(self, packet: Any) -> None:
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == self._seam.ssrc:
+                    self.fraction_lost = report.fraction_lost / 256
+                    if self.fraction_lost >= LOSSY_FRACTION:
+                        self.lossy_reports += 1
+
+    def _route(self) -> SrtpWriter | None:
+        """The send loop for the nominated ICE pair when the transport is up (None otherwise).
+
+        It sends on our own duplicate of the pair's socket descriptor (``self._sock``, to
+        ``self._pair``'s remote address): sending on it directly skips asyncio's transport
+        layer, and a full send buffer shows as BlockingIOError. The route is kept until the
+        nominated pair changes (called per frame and viewer)."""
+        if self._closed:
+            return None
+        pair = self._seam.nominated_pair()
+        if pair is self._pair and pair is not None:
+            return self._writer
+        if pair is None:
+            return None
+        pair_sock = pair_socket(pair)
+        if pair_sock is None:
+            return None
+        fd = pair_sock.fileno()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = socket.socket(fileno=os.dup(fd))
+        self._sock.setblocking(False)
+        self._pair = pair
+        self._writer = new_srtp_writer(
+            self._seam.srtp(), self._sock, pair_remote_address(pair), native=self.native
+        )
+        return self._writer
+
+    def close(self) -> None:
+        """Release the duplicated socket (the ICE transport keeps its own)."""
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._pair = None
+            self._writer = None
+
+    def send_frame(self, frame: EncodedFrame) -> bool:
+        rewriter = self.rewriter
+        if rewriter is None:
+            return True
+        try:
+            writer = self._route()
+        except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
+            self._count_error("direct route failed")
+            return True
+        if writer is None:
+            return True
+        packets = self._cache.packets(frame, rewriter.profile, self._template_id)
+        seq, ts = rewriter.assign(packets.templates, frame.timestamp)
+        try:
+            self.gso_sends += writer.send(
+                packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso
+            )
+        except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
+            self.congested += 1
+            return False
+        except Exception:  # an SRTP or socket failure loses this viewer's frame, nobody else's
+            self._count_error("direct send failed")
+            return True
+        if writer.gso_refused and self.gso:
+            self.gso = False  # one datagram per call from now on
+            log.info("UDP GSO refused on this path: sending datagram by datagram")
+        self.octets += frame.size
+        if frame.received_at >= self._sr_due:
+            self._sr_due = frame.received_at + SR_INTERVAL
+            self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
+        return True
+
+    def _count_error(self, what: str) -> None:
+        """Called inside an ``except``: the first failure is logged with its traceback."""
+        self.errors += 1
+        if self.errors == 1:
+            log.exception(what)
+
+    def _update_sender_report(self, ntp: int | None = None) -> None:
+        """Hand aiortc our counters, and with ``ntp`` the NTP/RTP pair of the frame just sent,
+        for its sender reports (~1 s apart) and ``getStats``; every frame would cost four
+        name-mangled writes."""
+        rewriter = self.rewriter
+        if rewriter is None:
+            return
+        self._seam.set_report_counters(rewriter.packets, self.octets, ntp, rewriter.last_timestamp)
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        rewriter = self.rewriter
+        if rewriter is None or self._route() is None:
+            return
+        packet = rewriter.retransmission(sequence_number)
+        sock, pair = self._sock, self._pair  # set with the route
+        if packet is not None and sock is not None and pair is not None:
+            with contextlib.suppress(OSError):
+                sock.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
