@@ -10,7 +10,8 @@ from relay.auth.tokens import TokenAuthority
 from relay.cluster.edge import EdgeConfig, EdgeNode, EdgeService
 from relay.cluster.link import LinkConfig
 from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad
-from relay.cluster.registry import NodeRole, RoomPolicy, make_registry
+from relay.cluster.registry import NodeRole, RoomPolicy
+from relay.cluster.registry_factory import make_registry
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.viewers import ViewerLimits, ViewerService
 

@@ -194,7 +194,3 @@ class MixMinus:
 
 def to_s16(block: Samples) -> npt.NDArray[np.int16]:
     return np.round(np.clip(block, -1.0, 1.0) * 32767).astype(np.int16)
-
-
-def from_s16(pcm: npt.NDArray[np.int16]) -> Samples:
-    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)

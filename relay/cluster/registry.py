@@ -1,9 +1,10 @@
 """The cluster registry: node records with a TTL, stream ownership leases, room policies, events.
 
 One interface (``ClusterRegistry``), two implementations: ``MemoryRegistry`` here (a single node,
-the default) and ``RedisRegistry`` in ``registry_redis`` (many nodes). ``make_registry``
-picks one from a Redis URL (empty: memory). ``tests/unit/test_registry_contract.py`` holds the
-contract (memory) and ``tests/live/test_registry_redis.py`` runs it against Redis.
+the default) and ``RedisRegistry`` in ``registry_redis`` (many nodes).
+``registry_factory.make_registry`` picks one from a Redis URL (empty: memory).
+``tests/unit/test_registry_contract.py`` holds the contract (memory) and
+``tests/live/test_registry_redis.py`` runs it against Redis.
 """
 
 from __future__ import annotations
@@ -262,12 +263,3 @@ class MemoryRegistry:
 
     async def close(self) -> None:
         self._subscribers.clear()
-
-
-def make_registry(redis_url: str = "", *, prefix: str = "stagecast:") -> ClusterRegistry:
-    """The one factory: Redis when a URL is configured, memory otherwise."""
-    if not redis_url:
-        return MemoryRegistry()
-    from relay.cluster.registry_redis import RedisRegistry
-
-    return RedisRegistry(redis_url, prefix=prefix)

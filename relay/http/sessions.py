@@ -13,11 +13,6 @@ from relay.http.common import SDP, TRICKLE, preflight_headers, read_limited, req
 from relay.rtc.sdp import TrickleFragment, decode_body, parse_trickle
 
 
-class SessionLike(Protocol):
-    etag: str
-    pc: Any
-
-
 class SessionService(Protocol):
     def get(self, room: str, session_id: str) -> Any: ...
 

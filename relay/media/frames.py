@@ -17,10 +17,6 @@ class CodecSpec:
     clock_rate: int
     parameters: tuple[tuple[str, str], ...] = ()
 
-    @property
-    def mime_type(self) -> str:
-        return f"{self.kind}/{self.name}"
-
 
 @dataclass(frozen=True, slots=True)
 class EncodedFrame:

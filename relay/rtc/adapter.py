@@ -137,11 +137,6 @@ def drop_receive_estimator(receiver: RTCRtpReceiver) -> None:
     setattr(receiver, name, None)
 
 
-def set_transceiver_codecs(transceiver: Any, codecs: list[RTCRtpCodecParameters]) -> None:
-    """Narrow an already-negotiated transceiver's codec list (before the answer is created)."""
-    transceiver._codecs = codecs
-
-
 def packetize_h264(data: bytes) -> list[bytes]:
     """RTP payloads (single NAL, STAP-A, FU-A) of an Annex-B access unit."""
     payloads: list[bytes] = H264Encoder._packetize(H264Encoder._split_bitstream(data))

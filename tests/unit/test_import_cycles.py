@@ -9,9 +9,6 @@ from tests.unit.test_import_contract import ROOT, imports_of, module_name, packa
 
 PACKAGES = ("relay", "gateway")
 
-# Circles still to end (issue 15: "one factory ends the circle"); remove an entry once it is gone.
-KNOWN = [["relay.cluster.registry", "relay.cluster.registry_redis"]]
-
 
 def import_graph() -> dict[str, set[str]]:
     modules = {
@@ -63,7 +60,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_circles() -> None:
-    assert cycles(import_graph()) == KNOWN
+    assert cycles(import_graph()) == []
 
 
 def test_a_circle_through_a_function_level_import_is_found() -> None:

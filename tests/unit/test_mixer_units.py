@@ -32,7 +32,6 @@ from gateway.mixer.compositor import (
     Canvas,
     Compositor,
     Picture,
-    plane_views,
     rgb_to_yuv,
     scale_frame,
 )
@@ -48,6 +47,7 @@ from gateway.mixer.layout import (
     grid_shape,
     parse_colour,
 )
+from gateway.mixer.planes import plane_views
 from gateway.mixer.program import ProgramWorker, RenditionSpec
 from gateway.mixer.swscale import load as load_swscale
 from relay.media.frames import EncodedFrame
