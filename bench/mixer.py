@@ -33,20 +33,17 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from gateway.synthetic import (
+    LoopTrack,
     Publisher,
     StampedVideoTrack,
     ToneAudioTrack,
+    encoded_clip,
     whep_watch,
     whip_publish,
 )
 from relay.auth.tokens import TokenAuthority
-from relay.media.frames import EncodedFrame
-from relay.rtc.adapter import install_prepacked_sender
-from relay.rtc.peer import rtc_configuration
 
 SECRET = "bench-mixer-secret-" + "y" * 40
 KEY = "bench-operator-key-0123456789"
@@ -63,90 +60,16 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def make_clip(width: int, height: int, frames: int = 90, gop: int = 30) -> list[tuple[bytes, bool]]:
-    """A moving pattern encoded once with x264 ultrafast: what a load anchor loops. Its encoder
-    is fixed here, not the mixer's ``VideoEncoder``, so tuning the mixer's encoder never changes
-    the benchmark's input."""
-    import fractions
-
-    import av
-
-    ctx = av.CodecContext.create("libx264", "w")
-    ctx.options = {
-        "preset": "ultrafast",
-        "tune": "zerolatency",
-        "level": "31",
-        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1",
-    }
-    ctx.profile = "Baseline"
-    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
-    ctx.bit_rate = 1_500_000
-    ctx.framerate = fractions.Fraction(30, 1)
-    ctx.time_base = fractions.Fraction(1, 30)
-    ctx.thread_count = 1
-    x = np.arange(width * 2)
-    row = (128 + 60 * np.sin(x / 23.0) + 30 * np.sin(x / 7.0)).astype(np.uint8)
-    pattern = np.tile(row, (height, 1))
-    out: list[tuple[bytes, bool]] = []
-    for i in range(frames):
-        yuv = np.full((height * 3 // 2, width), 128, np.uint8)
-        shift = (i * 8) % width
-        yuv[:height] = pattern[:, shift : shift + width]
-        bx, by = (i * 12) % (width - 160), (i * 7) % (height - 160)
-        yuv[by : by + 160, bx : bx + 160] = 235  # a moving square
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        frame.pts = i
-        frame.pict_type = av.video.frame.PictureType.I if i % gop == 0 else 0
-        out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(frame)]
-    return out
-
-
-class LoopTrack(MediaStreamTrack):
-    """Yields a pre-encoded clip as EncodedFrames at 30 fps, looping (the clip's length is a
-    multiple of its GOP, so the loop starts on a keyframe)."""
-
-    kind = "video"
-
-    def __init__(self, clip: list[tuple[bytes, bool]]) -> None:
-        super().__init__()
-        from gateway.mixer.codecs import packetize_h264
-
-        self._clip = [(tuple(packetize_h264(d)), d, k) for d, k in clip]
-        self._n = 0
-        self._t0: float | None = None
-
-    async def recv(self) -> EncodedFrame:  # type: ignore[override]
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        delay = self._t0 + self._n / 30 - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        payloads, data, key = self._clip[self._n % len(self._clip)]
-        frame = EncodedFrame("video", "H264", self._n * 3000, payloads, data, key, time.monotonic())
-        self._n += 1
-        return frame
-
-
 async def publish_loop(base: str, token: str, clip: list[tuple[bytes, bool]]) -> Publisher:
-    pc = RTCPeerConnection(rtc_configuration(()))
-    client = httpx.AsyncClient(base_url=base, timeout=10)
-    headers = {"Authorization": f"Bearer {token}"}
-    video = pc.addTransceiver(LoopTrack(clip), direction="sendonly")
-    caps = RTCRtpSender.getCapabilities("video").codecs
-    video.setCodecPreferences([c for c in caps if c.name in ("H264", "rtx")])
-    install_prepacked_sender(video.sender, lambda: None)  # keyframes come every second anyway
-    pc.addTransceiver(ToneAudioTrack(300 + 200 * (len(clip) % 7)), direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    resp = await client.post(
-        f"/whip/{ROOM}",
-        content=pc.localDescription.sdp,
-        headers={**headers, "Content-Type": "application/sdp"},
+    return await whip_publish(
+        base,
+        ROOM,
+        token,
+        video=LoopTrack(clip),
+        audio=ToneAudioTrack(300 + 200 * (len(clip) % 7)),
+        video_codec="H264",
+        prepacked=True,
     )
-    resp.raise_for_status()
-    await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
-    return Publisher(pc, resp.headers["location"], client, headers, None)
 
 
 @dataclass
@@ -287,7 +210,7 @@ async def run(proc: subprocess.Popen[bytes], base: str, window: float) -> Result
                 await asyncio.sleep(0.1)
             ps = psutil.Process(proc.pid)
             print("encoding the load anchors' clip...", flush=True)
-            clip = await asyncio.to_thread(make_clip, 1280, 720)
+            clip = await asyncio.to_thread(encoded_clip, 1280, 720)
 
             # 1. CPU of a mixed room with 2 and 4 720p anchors
             for n in (2, 4):

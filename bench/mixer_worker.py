@@ -24,11 +24,11 @@ import time
 
 import numpy as np
 
-from bench.mixer import make_clip
 from gateway.mixer.audio_mix import AudioControl
 from gateway.mixer.codecs import OpusEncoder
 from gateway.mixer.layout import LayoutSpec
 from gateway.mixer.program import ProgramWorker, RenditionSpec
+from gateway.synthetic import encoded_clip
 from relay.media.frames import EncodedFrame
 
 
@@ -160,7 +160,7 @@ def main() -> None:
         "--even", action="store_true", help="video at an even 30 Hz: a new picture every tick"
     )
     args = parser.parse_args()
-    clip = make_clip(1280, 720)
+    clip = encoded_clip(1280, 720)
     rows = [run(n, args.seconds, clip, even=args.even) for n in (2, 4)]
     print(json.dumps({"rows": rows, "load_avg": os.getloadavg()}, indent=2))
 

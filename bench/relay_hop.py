@@ -34,7 +34,7 @@ import httpx
 import psutil
 from aiortc.mediastreams import MediaStreamTrack
 
-from gateway.synthetic import StampedVideoTrack, whep_watch, whip_publish
+from gateway.synthetic import FrameClock, StampedVideoTrack, whep_watch, whip_publish
 from relay.auth.tokens import TokenAuthority
 from relay.media.frames import EncodedFrame
 from relay.media.hub import FanoutHub
@@ -158,15 +158,11 @@ class EncodedFileTrack(MediaStreamTrack):
         self._packets = [bytes(p) for p in container.demux(video=0) if p.size]
         container.close()
         self._fps = fps
+        self._clock = FrameClock(fps)
         self._n = 0
-        self._t0: float | None = None
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        delay = self._t0 + self._n / self._fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self._clock.wait(self._n)
         packet = av.Packet(self._packets[self._n % len(self._packets)])
         packet.pts = self._n * (90000 // self._fps)
         packet.time_base = fractions.Fraction(1, 90000)
@@ -259,7 +255,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         clip = workdir / "clip.h264"
         await asyncio.to_thread(encode_clip, clip)
         track = EncodedFileTrack(clip)
-        pub = await whip_publish(origin.url, ROOM, token, video=track, video_codec="H264")  # type: ignore[arg-type]
+        pub = await whip_publish(origin.url, ROOM, token, video=track, video_codec="H264")
     elif args.anchor == "ffmpeg":  # x264 ultrafast in its own process: the anchor never starves
         ffmpeg = subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
             ffmpeg_anchor_argv(f"{origin.url}/whip/{ROOM}", token),

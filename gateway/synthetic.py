@@ -1,7 +1,9 @@
 """Synthetic WHIP anchor and WHEP viewer clients: smoke tests, the test suite and benchmarks.
 
 The anchor sends a moving test pattern whose frames carry stamps (``relay.media.stamps``) and a sine
-tone; the viewer reads the stamps back, so any deployment can be probed end to end.
+tone; the viewer reads the stamps back, so any deployment can be probed end to end. The other
+synthetic tracks live here too: a solid colour (co-hosting tests read it back by position) and a
+pre-encoded clip looped without an encoder (load anchors of the benchmarks).
 """
 
 from __future__ import annotations
@@ -27,11 +29,38 @@ from aiortc.mediastreams import (
     VideoStreamTrack,
 )
 
+from gateway.mixer.compositor import rgb_to_yuv
+from relay.media.frames import EncodedFrame
 from relay.media.stamps import draw_stamp, read_stamp, wall_ms
-from relay.rtc.adapter import install_ingest_tap
+from relay.rtc.adapter import install_ingest_tap, install_prepacked_sender, packetize_h264
 from relay.rtc.peer import close_quietly, rtc_configuration
 
 VIDEO_CLOCK = 90000
+
+
+class FrameClock:
+    """Paces a synthetic track in real time: frame ``n`` is due ``n / rate`` seconds after the
+    first one was asked for."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._t0: float | None = None
+
+    async def wait(self, n: int) -> None:
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        delay = self._t0 + n / self.rate - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def moving_pattern(width: int, height: int) -> np.ndarray:
+    """Luma of the test pattern, twice as wide as the picture: frame ``n`` shows the ``width``
+    columns from ``(n * 8) % width``."""
+    x = np.arange(width * 2)
+    row = (128 + 60 * np.sin(x / 23.0) + 30 * np.sin(x / 7.0)).astype(np.uint8)
+    return np.tile(row, (height, 1))
 
 
 class StampedVideoTrack(VideoStreamTrack):
@@ -49,27 +78,20 @@ class StampedVideoTrack(VideoStreamTrack):
         if not 0 <= grain <= 38:
             raise ValueError("grain must be within 0..38")
         self.width, self.height, self.fps = width, height, fps
-        x = np.arange(width * 2)
-        pattern = (128 + 60 * np.sin(x / 23.0) + 30 * np.sin(x / 7.0)).astype(np.uint8)
-        self._pattern = np.tile(pattern, (height, 1))
+        self._pattern = moving_pattern(width, height)
         rng = np.random.default_rng(7)
         self._grain = [
             rng.integers(0, grain + 1, (height, width), dtype=np.uint8)
             for _ in range(self.GRAIN_FRAMES if grain > 0 else 0)
         ]  # the pattern stays within 38..218: adding up to 37 never wraps
         self._yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
-        self._t0: float | None = None
+        self._clock = FrameClock(fps)
         self.counter = 0
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        due = self._t0 + self.counter / self.fps
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self._clock.wait(self.counter)
         shift = (self.counter * 8) % self.width
         view = self._pattern[:, shift : shift + self.width]
         if self._grain:
@@ -92,17 +114,13 @@ class ToneAudioTrack(AudioStreamTrack):
         self.frequency = frequency
         self.amplitude = amplitude
         self._samples = 0
-        self._t0: float | None = None
+        self._clock = FrameClock(48000)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         rate, n = 48000, 960
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        delay = self._t0 + self._samples / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self._clock.wait(self._samples)
         t = (np.arange(n) + self._samples) / rate
         wave = (self.amplitude * 32767 * np.sin(2 * math.pi * self.frequency * t)).astype("<i2")
         frame = av.AudioFrame.from_ndarray(wave.reshape(1, -1), format="s16", layout="mono")
@@ -113,13 +131,97 @@ class ToneAudioTrack(AudioStreamTrack):
         return frame
 
 
+class SolidColourTrack(VideoStreamTrack):
+    """One colour, every frame: the mixer's tests find each anchor's tile by it."""
+
+    def __init__(
+        self, rgb: tuple[int, int, int], width: int = 160, height: int = 90, fps: int = 15
+    ) -> None:
+        super().__init__()
+        y, u, v = rgb_to_yuv(rgb)
+        self._yuv = np.empty((height * 3 // 2, width), np.uint8)
+        self._yuv[:height] = y
+        q = height // 4
+        self._yuv[height : height + q] = u
+        self._yuv[height + q :] = v
+        self.fps = fps
+        self._clock = FrameClock(fps)
+        self._n = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._clock.wait(self._n)
+        frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
+        frame.pts = self._n * (VIDEO_CLOCK // self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._n += 1
+        return frame
+
+
+def encoded_clip(
+    width: int, height: int, frames: int = 90, gop: int = 30
+) -> list[tuple[bytes, bool]]:
+    """The moving pattern with a moving square, encoded once with x264 ultrafast (GOP ``gop``,
+    ~1.5 Mbps): what a load anchor loops. Its encoder is fixed here, not the mixer's
+    ``VideoEncoder``, so tuning the mixer's encoder never changes a benchmark's input."""
+    ctx = av.CodecContext.create("libx264", "w")
+    ctx.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "level": "31",
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1",
+    }
+    ctx.profile = "Baseline"
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
+    ctx.bit_rate = 1_500_000
+    ctx.framerate = fractions.Fraction(30, 1)
+    ctx.time_base = fractions.Fraction(1, 30)
+    ctx.thread_count = 1
+    pattern = moving_pattern(width, height)
+    out: list[tuple[bytes, bool]] = []
+    for i in range(frames):
+        yuv = np.full((height * 3 // 2, width), 128, np.uint8)
+        shift = (i * 8) % width
+        yuv[:height] = pattern[:, shift : shift + width]
+        bx, by = (i * 12) % (width - 160), (i * 7) % (height - 160)
+        yuv[by : by + 160, bx : bx + 160] = 235  # a moving square
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = i
+        frame.pict_type = av.video.frame.PictureType.I if i % gop == 0 else 0
+        out += [(bytes(p), bool(p.is_keyframe)) for p in ctx.encode(frame)]
+    return out
+
+
+class LoopTrack(MediaStreamTrack):
+    """Yields a pre-encoded H264 clip as EncodedFrames at 30 fps, looping (the clip's length is a
+    multiple of its GOP, so the loop starts on a keyframe). Send it with ``prepacked=True``."""
+
+    kind = "video"
+
+    def __init__(self, clip: list[tuple[bytes, bool]]) -> None:
+        super().__init__()
+        self._clip = [(tuple(packetize_h264(d)), d, k) for d, k in clip]
+        self._clock = FrameClock(30)
+        self._n = 0
+
+    async def recv(self) -> EncodedFrame:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self._clock.wait(self._n)
+        payloads, data, key = self._clip[self._n % len(self._clip)]
+        frame = EncodedFrame("video", "H264", self._n * 3000, payloads, data, key, time.monotonic())
+        self._n += 1
+        return frame
+
+
 @dataclass(eq=False)
 class Publisher:
     pc: RTCPeerConnection
     location: str
     client: httpx.AsyncClient
     headers: dict[str, str]
-    video: StampedVideoTrack | None
+    video: MediaStreamTrack | None
 
     async def close(self, *, delete: bool = True) -> None:
         if delete:
@@ -138,33 +240,49 @@ def _prefer(transceiver: Any, codec: str | None) -> None:
     transceiver.setCodecPreferences(chosen)
 
 
+async def offer_answer(
+    pc: RTCPeerConnection, client: httpx.AsyncClient, path: str, headers: dict[str, str]
+) -> httpx.Response:
+    """The WHIP/WHEP exchange: POST ``pc``'s offer (made here unless the caller already set it)
+    to ``path``, apply the answer; the response carries the session's Location. Raises
+    httpx.HTTPStatusError on refusal."""
+    if pc.localDescription is None:
+        await pc.setLocalDescription(await pc.createOffer())
+    resp = await client.post(
+        path,
+        content=pc.localDescription.sdp,
+        headers={**headers, "Content-Type": "application/sdp"},
+    )
+    resp.raise_for_status()
+    await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+    return resp
+
+
 async def whip_publish(
     base_url: str,
     room: str,
     token: str | None,
     *,
-    video: StampedVideoTrack | None = None,
+    video: MediaStreamTrack | None = None,
     audio: MediaStreamTrack | None = None,
     video_codec: str | None = None,
+    prepacked: bool = False,
     timeout: float = 10.0,
 ) -> Publisher:
-    """Push the given tracks to ``/whip/{room}``; raises httpx.HTTPStatusError on refusal."""
+    """Push the given tracks to ``/whip/{room}``; raises httpx.HTTPStatusError on refusal.
+    ``prepacked``: the video track yields EncodedFrames (``LoopTrack``), sent without encoding."""
     pc = RTCPeerConnection(rtc_configuration(()))
     client = httpx.AsyncClient(base_url=base_url, timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         if video is not None:
-            _prefer(pc.addTransceiver(video, direction="sendonly"), video_codec)
+            transceiver = pc.addTransceiver(video, direction="sendonly")
+            _prefer(transceiver, video_codec)
+            if prepacked:  # keyframes come on the clip's GOP: PLIs are ignored
+                install_prepacked_sender(transceiver.sender, lambda: None)
         if audio is not None:
             pc.addTransceiver(audio, direction="sendonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        resp = await client.post(
-            f"/whip/{room}",
-            content=pc.localDescription.sdp,
-            headers={**headers, "Content-Type": "application/sdp"},
-        )
-        resp.raise_for_status()
-        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+        resp = await offer_answer(pc, client, f"/whip/{room}", headers)
     except BaseException:
         await close_quietly(pc)
         await client.aclose()
@@ -267,15 +385,9 @@ async def whep_watch(
     try:
         transceivers = [pc.addTransceiver(kind, direction="recvonly") for kind in kinds]
         await pc.setLocalDescription(await pc.createOffer())
-        joined = time.monotonic()
-        resp = await client.post(
-            f"/whep/{room}",
-            content=pc.localDescription.sdp,
-            headers={**headers, "Content-Type": "application/sdp"},
-        )
-        resp.raise_for_status()
+        joined = time.monotonic()  # time to first frame counts from the POST
+        resp = await offer_answer(pc, client, f"/whep/{room}", headers)
         viewer = Viewer(pc, resp.headers["location"], client, headers, joined)
-        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
         for t in transceivers:
             if decode:
                 viewer.tasks.append(asyncio.create_task(viewer._consume(t.receiver.track)))

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from gateway.cluster import build_edge_node
 from gateway.settings import AuthSettings, ClusterSettings, Settings
-from gateway.synthetic import Publisher, ToneAudioTrack, whip_publish
+from gateway.synthetic import Publisher, SolidColourTrack, ToneAudioTrack, whip_publish
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.edge import create_edge_app
@@ -27,7 +27,7 @@ from relay.http.whep import whep_router
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.viewers import ViewerService
 from tests.live.test_live_path import wait_for
-from tests.support.mixer_clients import RGB, ProgramViewer, SolidColourTrack, watch_program
+from tests.support.mixer_clients import RGB, ProgramViewer, watch_program
 from tests.support.server import SECRET, RunningServer, run_server
 
 SMALL_STAGE = {
@@ -46,7 +46,7 @@ async def publish(server: RunningServer, room: str, colour: str, **kw: object) -
         server.base_url,
         room,
         token,
-        video=SolidColourTrack(RGB[colour]),  # type: ignore[arg-type]
+        video=SolidColourTrack(RGB[colour]),
         audio=ToneAudioTrack(TONES[colour], amplitude=0.25),
         **kw,  # type: ignore[arg-type]
     )

@@ -1,12 +1,12 @@
-"""Test clients for co-hosting: anchors sending a solid colour and a sine tone, and a WHEP viewer
-that keeps its latest picture (RGB) and the last second of its audio for an FFT."""
+"""A WHEP viewer for the co-hosting tests: it keeps its latest picture (RGB) and the last second
+of its audio, to find each anchor's colour (gateway.synthetic.SolidColourTrack) by position and
+its tone by FFT."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
-import fractions
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,43 +14,13 @@ from typing import Any
 import av
 import httpx
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.mixer.compositor import rgb_to_yuv
+from gateway.synthetic import offer_answer
 from relay.rtc.peer import close_quietly, rtc_configuration
 
 RGB = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
-
-
-class SolidColourTrack(VideoStreamTrack):
-    def __init__(
-        self, rgb: tuple[int, int, int], width: int = 160, height: int = 90, fps: int = 15
-    ):
-        super().__init__()
-        y, u, v = rgb_to_yuv(rgb)
-        self._yuv = np.empty((height * 3 // 2, width), np.uint8)
-        self._yuv[:height] = y
-        q = height // 4
-        self._yuv[height : height + q] = u
-        self._yuv[height + q :] = v
-        self.fps = fps
-        self._n = 0
-        self._t0: float | None = None
-
-    async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        delay = self._t0 + self._n / self.fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
-        frame.pts = self._n * (90000 // self.fps)
-        frame.time_base = fractions.Fraction(1, 90000)
-        self._n += 1
-        return frame
 
 
 @dataclass(eq=False)
@@ -134,14 +104,7 @@ async def watch_program(
     client = httpx.AsyncClient(base_url=base_url, timeout=10, headers=auth)
     try:
         transceivers = [pc.addTransceiver(k, direction="recvonly") for k in kinds]
-        await pc.setLocalDescription(await pc.createOffer())
-        resp = await client.post(
-            path,
-            content=pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp"},
-        )
-        resp.raise_for_status()
-        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+        resp = await offer_answer(pc, client, path, {})
     except BaseException:
         await close_quietly(pc)
         await client.aclose()
