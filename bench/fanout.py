@@ -617,7 +617,10 @@ class ServerPath:
         if self.cfg.reference:
             # The latency floor, measured in the same windows as the server path.
             self.reference = await DirectLink.open(self.cfg.codec)
-        self.fleet = await LoadFleet.start(
+        self.fleet = await self._start_fleet()
+
+    async def _start_fleet(self) -> LoadFleet:
+        return await LoadFleet.start(
             self.children,
             self.base_url,
             self.cfg.load_procs,
@@ -638,14 +641,7 @@ class ServerPath:
             self.publisher = None
         await asyncio.sleep(1.0)
         await self._publish()
-        self.fleet = await LoadFleet.start(
-            self.children,
-            self.base_url,
-            self.cfg.load_procs,
-            self.cfg.loop,
-            self.path,
-            self.cfg.load_nice,
-        )
+        self.fleet = await self._start_fleet()
         return "anchor session had ended (see the server log); re-published, viewers re-joined"
 
     async def phase(self, n: int) -> Row:

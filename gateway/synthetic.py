@@ -63,6 +63,14 @@ def moving_pattern(width: int, height: int) -> np.ndarray:
     return np.tile(row, (height, 1))
 
 
+def yuv_frame(yuv: np.ndarray, n: int, fps: int) -> av.VideoFrame:
+    """Frame ``n`` of a ``fps`` track from a yuv420p buffer, stamped on the 90 kHz clock."""
+    frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+    frame.pts = n * (VIDEO_CLOCK // fps)
+    frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+    return frame
+
+
 class StampedVideoTrack(VideoStreamTrack):
     """A moving pattern with a stamp (frame counter, send time) drawn into each frame.
 
@@ -99,9 +107,7 @@ class StampedVideoTrack(VideoStreamTrack):
         else:
             self._yuv[: self.height] = view
         draw_stamp(self._yuv[: self.height], self.counter, wall_ms(time.time()))
-        frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
-        frame.pts = self.counter * (VIDEO_CLOCK // self.fps)
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        frame = yuv_frame(self._yuv, self.counter, self.fps)
         self.counter += 1
         return frame
 
@@ -152,9 +158,7 @@ class SolidColourTrack(VideoStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         await self._clock.wait(self._n)
-        frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
-        frame.pts = self._n * (VIDEO_CLOCK // self.fps)
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        frame = yuv_frame(self._yuv, self._n, self.fps)
         self._n += 1
         return frame
 
