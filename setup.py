@@ -1,7 +1,7 @@
 """The native parts, where the CPU goes per packet or per pixel:
 
 * ``relay/rtc/_srtp_writer.c``: the fan-out's per-viewer send loop (Python fallback:
-  ``relay/rtc/srtp_writer.py``, ~0.001 core more per viewer);
+  ``relay/rtc/srtp_writer.py``, which costs more CPU per viewer: BENCHMARKS.md);
 * ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale).
 
 Both optional: without a C compiler the build goes on and the fallbacks run.

@@ -266,15 +266,15 @@ def use_anchor_encoder(preset: str, kbps: int) -> None:
     """Give aiortc's H264 encoder in THIS process (the anchor's) an x264 preset and a fixed
     constant bitrate.
 
-    aiortc sets no preset, so libx264 runs ``medium`` (11-14 ms per 720p frame, ~0.4 core of the
-    2 this machine has); a real anchor (browser, OBS) uses a hardware or fast software encoder.
-    aiortc also follows REMB, re-opening the encoder (a new IDR) at every >10% change, and on the
-    bare test pattern undershoots to 300-800 kbps; CBR (``nal-hrd=cbr``, filler) at a fixed
-    ``kbps`` makes every run carry the same packet rate, and the anchors' ``ANCHOR_GRAIN`` makes
-    it all picture data (without it half was filler, which the gateway now drops). The p2p
-    reference and the anchor of every server path share this encoder, so server-added latency
-    is unaffected; the servers are not patched (the naive server's per-viewer encoders stay
-    aiortc's). ``preset="aiortc"`` leaves aiortc alone. The patch is the adapter's
+    aiortc sets no preset, so libx264 runs ``medium``, which would take a good part of this
+    machine's cores (DESIGN.md); a real anchor (browser, OBS) uses a hardware or fast software
+    encoder. aiortc also follows REMB, re-opening the encoder (a new IDR) at every >10% change, and
+    on the bare test pattern undershoots its target (BENCHMARKS.md, "Code figures"); CBR
+    (``nal-hrd=cbr``, filler) at a fixed ``kbps`` makes every run carry the same packet rate, and
+    the anchors' ``ANCHOR_GRAIN`` makes it all picture data (without it half was filler, which the
+    gateway now drops). The p2p reference and the anchor of every server path share this encoder, so
+    server-added latency is unaffected; the servers are not patched (the naive server's per-viewer
+    encoders stay aiortc's). ``preset="aiortc"`` leaves aiortc alone. The patch is the adapter's
     (relay/rtc/adapter.py ``use_bench_h264_encoder``), where its guard tests see it.
     """
     if preset == "aiortc":
@@ -1079,7 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=1.0,
         help="gateway media.reassembly_wait, s (its default 0.1 drops the anchor when its loop "
-        "lags 100 ms inside a frame: see BENCHMARKS.md); 0 keeps the gateway's default",
+        "lags 100 ms inside a frame: see docs/benchmarks-history.md); 0 keeps the gateway's "
+        "default",
     )
     parser.add_argument(
         "--quiet-wait", type=float, default=None, help="longest such wait, s (15; quick 5)"

@@ -9,8 +9,8 @@ process's CPU (``process_cores``: the mixer, any helper threads, and this feeder
 
 By default the feeder's 50 Hz loop hands video over in bursts (frames 20, 20 and 60 ms apart),
 and the phase of those bursts against the worker's 30 Hz clock decides whether every tick draws
-a new picture from every anchor or only two ticks in three do: "composite" comes out at ~2 or
-~3 ms per output frame from one run to the next. ``--even`` feeds video at an even 30 Hz half a
+a new picture from every anchor or only two ticks in three do: "composite" differs from one run
+to the next. ``--even`` feeds video at an even 30 Hz half a
 tick after the worker's clock instead: every tick draws a new picture from every anchor (the
 steady-camera case, and the dearer one), the same in every run.
 """

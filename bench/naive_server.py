@@ -1,9 +1,9 @@
 """The naive baseline: an aiortc server that relays DECODED frames with ``MediaRelay``.
 
 Every viewer's RTCRtpSender re-encodes the anchor's picture (one encoder per viewer), which is what
-DESIGN.md measured at 0.1-0.3 core per viewer. Only here to be compared with the gateway; WHIP-like
-``POST /whip/{room}`` and ``POST /whep/{room}`` with SDP bodies, so ``gateway.synthetic``'s clients
-work against it unchanged. Loopback only, no ICE servers.
+DESIGN.md puts at a tenth of a core or more per viewer. Only here to be compared with the gateway;
+WHIP-like ``POST /whip/{room}`` and ``POST /whep/{room}`` with SDP bodies, so
+``gateway.synthetic``'s clients work against it unchanged. Loopback only, no ICE servers.
 
     python -m bench.naive_server --host 127.0.0.1 --port 8090 --codec H264
 """

@@ -75,8 +75,8 @@ class StampedVideoTrack(VideoStreamTrack):
     """A moving pattern with a stamp (frame counter, send time) drawn into each frame.
 
     ``grain`` adds that much (0..grain) changing noise to the luma, as a camera's sensor does: the
-    bare pattern is so predictable that an encoder asked for 1.5 Mbps CBR spends half of it on
-    filler data (x264 at ultrafast: 790 kbps of picture); with ``grain=4`` all of it is picture.
+    bare pattern is so predictable that an encoder asked for 1.5 Mbps CBR spends about half of it
+    on filler data (BENCHMARKS.md, "Code figures"); with ``grain=4`` all of it is picture.
     """
 
     GRAIN_FRAMES = 16

@@ -1,10 +1,10 @@
 /* Exact 2:1 downscale of a yuv420p picture into a region of another (2x2 box average).
  *
  * The mixer's commonest scale is exactly by half: four 1280x720 anchors into 640x360 grid tiles
- * of a 1280x720 canvas, and the canvas into the 640x360 rendition. libswscale spends ~0.6 ms on
- * such a tile here (its generic filter path, whatever the interpolation asked for); averaging
- * 2x2 blocks with SSE2 takes a small fraction of that, and for an exact halving the box average
- * is what an area filter computes anyway. Writes exactly the region's bytes, never past a row.
+ * of a 1280x720 canvas, and the canvas into the 640x360 rendition. libswscale takes its generic
+ * filter path for such a tile, whatever the interpolation asked for; averaging 2x2 blocks with
+ * SSE2 costs a fraction of that (BENCHMARKS.md, "Code figures"), and for an exact halving the box
+ * average is what an area filter computes anyway. Writes exactly the region's bytes, never past a row.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

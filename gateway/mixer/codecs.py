@@ -30,10 +30,9 @@ AUDIO_FRAME = 960  # 20 ms
 VIDEO_CLOCK = 90000
 # x264's quantiser floor. Average bitrate alone lets x264 code an easy picture (a static
 # background, a synthetic pattern, four tiles of decoded already-compressed video) nearly
-# losslessly (QP 2-6, Y-PSNR ~75 dB on the bench's 4-anchor grid): no viewer sees that, and
-# coding those coefficients was ~22 % of the encoder's time (5.2 -> 4.1 ms per 720p frame,
-# 1.6 -> 0.74 Mbit/s, Y-PSNR 51 dB against the canvas). Harder pictures sit above the
-# floor and still get the full bitrate. A ceiling, not a target, as WebRTC's max bitrate is.
+# losslessly: no viewer sees that, and coding those coefficients costs encoder time and bits
+# (the figures: BENCHMARKS.md, "Code figures"). Harder pictures sit above the floor and still
+# get the full bitrate. A ceiling, not a target, as WebRTC's max bitrate is.
 H264_QP_MIN = 16
 
 

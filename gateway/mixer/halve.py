@@ -1,9 +1,10 @@
 """Exact 2:1 downscales of yuv420p pictures, in C when built (``_halve.c``).
 
 The mixer's commonest scale halves: 1280x720 anchors into the 640x360 tiles of a 2x2 grid on a
-1280x720 canvas, and that canvas into the 640x360 rendition. libswscale costs ~0.6 ms per such
-tile here; a 2x2 box average (what an area filter computes for an exact halving) a fraction of
-that. Where the extension is not built, ``halve_into`` says False and callers keep libswscale.
+1280x720 canvas, and that canvas into the 640x360 rendition. A 2x2 box average (what an area filter
+computes for an exact halving) costs a fraction of libswscale's generic path per tile
+(BENCHMARKS.md, "Code figures"). Where the extension is not built, ``halve_into`` says False and
+callers keep libswscale.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """libswscale called directly (ctypes) to scale a yuv420p picture into a region of another.
 
 PyAV's ``VideoReformatter`` always hands back a newly allocated frame, so drawing a tile cost
-an allocation, numpy views and a copy into the canvas on top of the scale itself (0.24 ms of
-~3 ms per four 720p -> 640x360 tiles, measured A/B). ``sws_scale`` writes to any plane
+an allocation, numpy views and a copy into the canvas on top of the scale itself (BENCHMARKS.md,
+"Code figures"). ``sws_scale`` writes to any plane
 pointers: the tile is scaled straight into the canvas. Only the long-stable public API is used
 (``sws_getCachedContext``, ``sws_scale``, ``sws_freeContext``), on the very library PyAV has
 loaded, with the flags PyAV passes, so the pixels are the same as the ``VideoReformatter``

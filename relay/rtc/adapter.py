@@ -130,7 +130,7 @@ def install_prepacked_sender(sender: RTCRtpSender, on_keyframe_request: Callable
 def drop_receive_estimator(receiver: RTCRtpReceiver) -> None:
     """Free the bandwidth estimator of a receiver that will never receive (a viewer's sendonly
     transceiver has one too): aiortc gives every video receiver a rate counter of 1,000 bucket
-    objects, ~60 % of the objects a viewer costs and that every full GC pass walks."""
+    objects, most of the objects a viewer costs, which every full GC pass walks."""
     name = "_RTCRtpReceiver__remote_bitrate_estimator"
     if not hasattr(receiver, name):
         raise AdapterError("RTCRtpReceiver internals changed: no remote bitrate estimator")

@@ -4,7 +4,7 @@ A frame is serialised into RTP packets once per *send profile* (payload type, MI
 header extensions, which every browser viewer shares), with zero sequence number, timestamp and
 SSRC. Each viewer then patches its own 10 bytes into a copy. That keeps the per-viewer, per-packet
 cost to a copy, a ``struct.pack_into`` and the SRTP encryption, instead of aiortc's per-packet
-``RtpPacket`` object, header-extension serialisation and awaits (measured ~60 us per packet).
+``RtpPacket`` object, header-extension serialisation and awaits (BENCHMARKS.md, "Code figures").
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def build_templates(
 ) -> tuple[bytes, ...]:
     """The frame's packets with sequence number, timestamp and SSRC left at zero. Every packet of
     a frame has the same header but for the marker bit (the last's): it is serialised once and
-    each payload appended (aiortc's per-packet ``RtpPacket.serialize`` cost ~7 us a packet,
-    paid per stream and send profile however few viewers watch)."""
+    each payload appended (aiortc's per-packet ``RtpPacket.serialize`` costs several times that,
+    paid per stream and send profile however few viewers watch: BENCHMARKS.md)."""
     if not payloads:
         return ()
     packet = RtpPacket(payload_type=profile.payload_type)
@@ -227,8 +227,8 @@ class RtpRewriter:
         self.retransmissions = 0
         # the frames sent, as a ring of (first sequence number, templates, timestamp) in three
         # preallocated lists: a tuple per frame and viewer would be a tracked object living ~4 s,
-        # which the cyclic collector scans at every young-generation pass (20-40 ms pauses of
-        # the event loop at 100 viewers)
+        # which the cyclic collector scans at every young-generation pass (pauses of the event
+        # loop that grow with the audience: BENCHMARKS.md, "Code figures")
         self._first = [0] * HISTORY_FRAMES
         self._frames: list[tuple[bytes, ...]] = [()] * HISTORY_FRAMES
         self._ts = [0] * HISTORY_FRAMES
