@@ -15,6 +15,7 @@ and under TYPE_CHECKING): arrows point down only.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def package_of(path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
+@functools.cache
+def imports_in(path: Path) -> tuple[tuple[int, str], ...]:
+    """A file's imports, parsed once for every rule."""
+    return tuple(imports_of(path.read_text(), package_of(path)))
+
+
 def reaches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
@@ -90,7 +97,7 @@ def reaches(name: str, prefix: str) -> bool:
 def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
     found = []
     for path in sorted((ROOT / package.replace(".", "/")).rglob("*.py")):
-        for line, name in imports_of(path.read_text(), package_of(path)):
+        for line, name in imports_in(path):
             for prefix in forbidden:
                 if reaches(name, prefix):
                     found.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
