@@ -8,44 +8,12 @@ import contextlib
 import subprocess
 import time
 
-import ffmpeg
 import imageio_ffmpeg
 import pytest
 
 from gateway.synthetic import whep_watch
+from tests.support.ffmpeg_whip import whip_push_argv
 from tests.support.server import RunningServer
-
-SIZE = (480, 270)
-
-
-def whip_push_argv(exe: str, url: str, token: str, seconds: float) -> list[str]:
-    """ffmpeg pushing a 30 fps test pattern (H264 constrained baseline) and a tone (Opus)."""
-    video = ffmpeg.input(f"testsrc2=size={SIZE[0]}x{SIZE[1]}:rate=30", f="lavfi", re=None)
-    audio = ffmpeg.input("sine=frequency=440:sample_rate=48000", f="lavfi", re=None)
-    out = ffmpeg.output(
-        video,
-        audio,
-        url,
-        f="whip",
-        t=seconds,
-        authorization=token,
-        handshake_timeout=5000,
-        pix_fmt="yuv420p",
-        **{
-            "c:v": "libx264",
-            "profile:v": "baseline",
-            "preset": "ultrafast",
-            "tune": "zerolatency",
-            "g": 30,
-            "bf": 0,
-            "c:a": "libopus",
-            "ar": 48000,
-            "ac": 2,
-            "b:a": "64k",
-        },
-    )
-    compiled: list[str] = out.compile(cmd=exe)
-    return [exe, "-hide_banner", "-nostats", "-nostdin", *compiled[1:]]
 
 
 @contextlib.asynccontextmanager
@@ -80,14 +48,6 @@ async def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untype
             return True
         await asyncio.sleep(0.05)
     return bool(predicate())
-
-
-def test_whip_push_argv_is_a_plain_list() -> None:
-    argv = whip_push_argv("ffmpeg", "http://127.0.0.1:1/whip/r", "TOKEN", 3)
-    assert argv[0] == "ffmpeg" and argv[-1] == "http://127.0.0.1:1/whip/r"
-    joined = " ".join(argv)
-    for part in ("-f whip", "-authorization TOKEN", "-profile:v baseline", "-c:a libopus", "-re"):
-        assert part in joined
 
 
 @pytest.mark.timeout(60)
