@@ -17,6 +17,7 @@ from aiortc.exceptions import InvalidStateError, OperationError
 from relay.auth.access import Grant
 from relay.errors import NotFound, Unprocessable
 from relay.media.lifecycle import SessionLifecycle
+from relay.rtc.candidates import node_policy
 from relay.rtc.ingest import IngestSet, TrackIngest
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
@@ -24,6 +25,7 @@ from relay.rtc.peer import (
     close_quietly,
     codec_preferences,
     rtc_configuration,
+    screen_offer,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
@@ -73,6 +75,9 @@ class AnchorService:
     def __init__(self, settings: Settings, rooms: RoomService) -> None:
         self._settings = settings
         self._rooms = rooms
+        self.candidates = node_policy(  # remote ICE candidates an anchor may give
+            settings.limits.max_remote_candidates, settings.port, settings.cluster.redis_url
+        )
         self.sessions: dict[str, AnchorSession] = {}
         self.finished = IngressTotals()
 
@@ -111,7 +116,9 @@ class AnchorService:
                     kind, transceiver.receiver, hub, max_wait=media.reassembly_wait
                 )
             await pc.setRemoteDescription(
-                RTCSessionDescription(strip_mdns_candidates(offer_sdp), "offer")
+                RTCSessionDescription(
+                    screen_offer(strip_mdns_candidates(offer_sdp), self.candidates), "offer"
+                )
             )
             await pc.setLocalDescription(await pc.createAnswer())
         except (OperationError, InvalidStateError, ValueError) as exc:
@@ -186,7 +193,7 @@ class AnchorService:
         return ended
 
     async def trickle(self, session: AnchorSession, frag: TrickleFragment) -> None:
-        await apply_trickle(session.pc, frag)
+        await apply_trickle(session.pc, frag, self.candidates)
 
     async def shutdown(self) -> None:
         sessions = list(self.sessions.values())

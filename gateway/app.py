@@ -125,6 +125,7 @@ def build_gateway(settings: Settings) -> Gateway:
             retry_after=settings.sessions.retry_after,
             native=settings.media.native_send,
             max_viewers=settings.rooms.max_viewers_per_node,
+            candidates=anchors.candidates,
         ),
         room_limit=stages.max_viewers,
         fallback=rooms.lower_rendition,

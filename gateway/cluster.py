@@ -13,6 +13,7 @@ from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad
 from relay.cluster.registry import NodeRole, RoomPolicy
 from relay.cluster.registry_factory import make_registry
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
+from relay.rtc.candidates import node_policy
 from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
@@ -121,6 +122,9 @@ def build_edge_node(settings: Settings) -> EdgeNode:
             retry_after=settings.sessions.retry_after,
             max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
             native=media.native_send,
+            candidates=node_policy(
+                settings.limits.max_remote_candidates, settings.port, settings.cluster.redis_url
+            ),
         ),
         room_limit=cluster.room_max_viewers,
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),

@@ -91,6 +91,10 @@ class LimitSettings(BaseModel):
     max_loop_busy: float | None = Field(0.8, gt=0, le=1)
     """New viewers get 503 + Retry-After while the event loop's thread has used this share of
     one core over the last 3 s (one loop cannot use more than one core). None: off."""
+    max_remote_candidates: int = Field(32, ge=1, le=1000)
+    """Distinct remote ICE candidate addresses a session keeps (offer and trickle PATCHes
+    together); more are ignored, and a PATCH whose new candidates are all beyond it gets 422.
+    Each one makes the node send STUN checks to an address the client chose."""
 
 
 class BridgeSettings(BaseModel):

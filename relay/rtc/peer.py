@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 
 from aiortc import (
@@ -18,7 +19,17 @@ from aiortc.sdp import candidate_from_sdp
 
 from relay.errors import Unprocessable
 from relay.media.frames import MediaKind
+from relay.rtc.candidates import (
+    DEFAULT_POLICY,
+    CandidatePolicy,
+    Screening,
+    filter_offer,
+    known_keys,
+    screen,
+)
 from relay.rtc.sdp import TrickleFragment
+
+log = logging.getLogger(__name__)
 
 CLOSED_STATES = frozenset({"failed", "closed"})
 
@@ -46,21 +57,55 @@ def codec_preferences(
     return chosen
 
 
-async def apply_trickle(pc: RTCPeerConnection, frag: TrickleFragment) -> int:
-    """Add trickled remote candidates; returns how many were added."""
+def screen_offer(text: str, policy: CandidatePolicy) -> str:
+    """The offer without the remote candidates the session may not keep (relay.rtc.candidates)."""
+    screened, verdict = filter_offer(text, policy)
+    _log_dropped(verdict, "offer")
+    return screened
+
+
+async def apply_trickle(
+    pc: RTCPeerConnection, frag: TrickleFragment, policy: CandidatePolicy = DEFAULT_POLICY
+) -> int:
+    """Add trickled remote candidates within the session's limit (relay.rtc.candidates);
+    returns how many were added. Unusable and repeated ones are ignored; a fragment whose new
+    candidates are all beyond the limit is refused (422)."""
     added = 0
     mids = [t.mid for t in pc.getTransceivers()]
+    parsed = []
     for mid, value in frag.candidates:
         try:
-            cand = candidate_from_sdp(value)
+            parsed.append((mid, candidate_from_sdp(value)))
         except (ValueError, IndexError) as exc:
             raise Unprocessable(f"candidate could not be parsed: {exc}") from exc
+    remote = pc.remoteDescription
+    known = known_keys(remote.sdp, policy) if remote is not None else frozenset()
+    verdict = screen((value for _, value in frag.candidates), policy, known)
+    _log_dropped(verdict, "trickle")
+    if verdict.over_limit and not verdict.accepted:
+        raise Unprocessable(
+            f"this session has its maximum of {policy.max_per_session} remote candidates"
+        )
+    for i in verdict.accepted:
+        mid, cand = parsed[i]
         cand.sdpMid = mid if mid in mids else (mids[0] if mids else None)
         if cand.sdpMid is None:
             continue
         await pc.addIceCandidate(cand)
         added += 1
     return added
+
+
+def _log_dropped(verdict: Screening, where: str) -> None:
+    if verdict.dropped:
+        log.info(
+            "ignored %d remote candidate(s) of an %s: %d unusable, %d beyond the limit",
+            verdict.dropped,
+            where,
+            verdict.unusable,
+            verdict.over_limit,
+            extra={"event": "ice.candidates_dropped"},
+        )
 
 
 async def close_quietly(pc: RTCPeerConnection, timeout: float = 5.0) -> None:

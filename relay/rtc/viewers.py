@@ -23,6 +23,7 @@ from relay.rtc.adapter import (
     drop_receive_estimator,
     install_prepacked_sender,
 )
+from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.direct_sender import DirectSender, new_template_cache
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
@@ -30,6 +31,7 @@ from relay.rtc.peer import (
     close_quietly,
     codec_preferences,
     rtc_configuration,
+    screen_offer,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
@@ -49,6 +51,7 @@ class ViewerLimits:
     max_viewers: int | None = None  # this node's capacity; beyond it: 503 + Retry-After
     direct: bool = True  # RTP-level forwarding (DirectSender); False: aiortc's sender task
     native: bool = True  # the direct sender's send loop in C when built (relay/rtc/srtp_writer.py)
+    candidates: CandidatePolicy = DEFAULT_POLICY  # remote ICE candidates a viewer may give
 
 
 @dataclass(slots=True)
@@ -196,7 +199,9 @@ class ViewerService:
             if not pc.getTransceivers():
                 raise Unprocessable("the offer asks for no kind of media this stream carries")
             await pc.setRemoteDescription(
-                RTCSessionDescription(strip_mdns_candidates(offer_sdp), "offer")
+                RTCSessionDescription(
+                    screen_offer(strip_mdns_candidates(offer_sdp), self.limits.candidates), "offer"
+                )
             )
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
@@ -328,7 +333,7 @@ class ViewerService:
         await self._finish(self.get(room, session_id), "deleted")
 
     async def trickle(self, session: ViewerSession, frag: TrickleFragment) -> None:
-        await apply_trickle(session.pc, frag)
+        await apply_trickle(session.pc, frag, self.limits.candidates)
 
     async def _finish(self, session: ViewerSession, reason: str) -> None:
         if session.life.task is None or session.life.task is asyncio.current_task():

@@ -1,0 +1,275 @@
+"""Remote ICE candidates cannot turn a node into an amplifier: a session keeps a bounded number of
+candidate addresses (offer and trickle together), addresses the node must never contact are
+dropped, and the STUN checks the node sends are counted at a socket the test owns."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from gateway.synthetic import StampedVideoTrack, whip_publish
+from relay.rtc.candidates import (
+    CandidatePolicy,
+    candidate_key,
+    filter_offer,
+    known_keys,
+    screen,
+    service_ports,
+)
+from tests.server import RunningServer, run_server
+from tests.test_protocol import SDP, make_offer
+
+TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 lacks the name
+STUN_MAGIC = b"\x21\x12\xa4\x42"
+
+
+def cand(host: str, port: int, *, transport: str = "udp", foundation: int = 1) -> str:
+    return f"{foundation} 1 {transport} 2130706431 {host} {port} typ host"
+
+
+# ---- the policy alone -----------------------------------------------------------------------
+
+
+def test_unusable_addresses_are_dropped() -> None:
+    policy = CandidatePolicy(blocked_ports=frozenset({8080, 6379}))
+    refused = [
+        cand("0.0.0.0", 5000),
+        cand("0.1.2.3", 5000),
+        cand("::", 5000),
+        cand("224.0.0.251", 5353),
+        cand("239.1.2.3", 5000),
+        cand("ff02::1", 5000),
+        cand("255.255.255.255", 5000),
+        cand("169.254.1.1", 5000),
+        cand("fe80::1", 5000),
+        cand("fe80::1%eth0", 5000),
+        cand("240.0.0.1", 5000),
+        cand("abc.local", 5000),
+        cand("example.com", 5000),
+        cand("127.0.0.1", 0),
+        cand("127.0.0.1", 53),
+        cand("127.0.0.1", 70000),
+        cand("10.0.0.1", 8080),
+        cand("127.0.0.1", 6379),
+        cand("127.0.0.1", 5000, transport="sctp"),
+        "1 1 udp 1 127.0.0.1 5000 host",  # no "typ"
+        "1 x udp 1 127.0.0.1 5000 typ host",
+        "garbage",
+    ]
+    for value in refused:
+        assert candidate_key(value, policy) is None, value
+    allowed = [
+        cand("127.0.0.1", 5000),
+        cand("::1", 5000),
+        cand("192.0.2.7", 40000),
+        cand("2001:db8::7", 40000),
+        cand("100.64.1.1", 40000),
+        cand("127.0.0.1", 9, transport="tcp").replace(" 9 ", " 9000 "),
+    ]
+    for value in allowed:
+        assert candidate_key(value, policy) is not None, value
+    # an IPv4-mapped address is the IPv4 address (the same key, the same rules)
+    assert candidate_key(cand("::ffff:127.0.0.1", 5000), policy) == candidate_key(
+        cand("127.0.0.1", 5000), policy
+    )
+    assert candidate_key(cand("::ffff:224.0.0.1", 5000), policy) is None
+
+
+def test_session_keeps_at_most_its_maximum_of_distinct_addresses() -> None:
+    policy = CandidatePolicy(max_per_session=4)
+    values = [cand("127.0.0.1", 5000 + i) for i in range(10)]
+    first = screen(values[:3], policy)
+    assert first.accepted == (0, 1, 2) and first.over_limit == 0
+    second = screen(values[:6], policy, first.known)  # 3 known again, 3 new: room for 1
+    assert second.duplicates == 3 and second.accepted == (3,) and second.over_limit == 2
+    assert len(second.known) == 4
+    third = screen([values[0], "garbage"], policy, second.known)
+    assert third.accepted == () and third.duplicates == 1 and third.unusable == 1
+
+
+def test_filter_offer_keeps_bundled_repeats_and_drops_the_rest() -> None:
+    policy = CandidatePolicy(max_per_session=2)
+    lines = [cand("127.0.0.1", 5000), cand("127.0.0.1", 5001), cand("127.0.0.1", 5002)]
+    section = "".join(f"a=candidate:{v}\r\n" for v in lines)
+    offer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + section
+    offer += "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n" + section + "a=candidate:1 1 udp 1 x.local 9\r\n"
+    text, verdict = filter_offer(offer, policy)
+    assert text.count("a=candidate:") == 4  # two addresses, listed in both sections
+    assert "5002" not in text and ".local" not in text
+    assert verdict.over_limit == 2 and verdict.unusable == 1 and len(verdict.known) == 2
+    assert known_keys(text, policy) == verdict.known
+    assert filter_offer(text, policy)[0] == text  # nothing left to drop
+
+
+def test_service_ports() -> None:
+    assert service_ports(8080, "redis://r:7000/0") == {8080, 7000}
+    assert service_ports(8080, "redis://r/0") == {8080, 6379}
+    assert service_ports(8080, "") == {8080}
+    assert service_ports(0, "redis://r:bad") == set()
+
+
+# ---- a real node --------------------------------------------------------------------------
+
+
+class StunSink:
+    """A UDP socket on every loopback address (0.0.0.0, port ``port``) that counts the STUN
+    binding requests it receives, by destination address (IP_PKTINFO)."""
+
+    def __init__(self, host: str = "0.0.0.0", port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.requests: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, anc, _, _ = self.sock.recvmsg(2048, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(data) < 20 or data[:2] != b"\x00\x01" or data[4:8] != STUN_MAGIC:
+                continue
+            dest = "?"
+            for level, kind, payload in anc:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
+                    dest = socket.inet_ntoa(payload[8:12])
+            self.requests[dest] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@contextmanager
+def stun_sink(host: str = "0.0.0.0", port: int = 0) -> Iterator[StunSink]:
+    sink = StunSink(host, port)
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+def loopback_address(i: int) -> str:
+    return f"127.0.{1 + i // 250}.{1 + i % 250}"
+
+
+def with_candidates(offer: str, values: list[str]) -> str:
+    """The offer without its own candidates, and ``values`` in its first media section."""
+    lines = [
+        line
+        for line in offer.splitlines()
+        if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+    ]
+    at = next(i for i, line in enumerate(lines) if line.startswith("a=mid:")) + 1
+    lines[at:at] = [f"a=candidate:{v}" for v in values]
+    return "\r\n".join(lines) + "\r\n"
+
+
+async def live_room(server: RunningServer, room: str):  # type: ignore[no-untyped-def]
+    return await whip_publish(
+        server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(160, 90, 15)
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_whep_offer_with_700_candidates_contacts_a_bounded_set(
+    server: RunningServer,
+) -> None:
+    room = "amplify"
+    pub = await live_room(server, room)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with stun_sink() as sink, stun_sink("127.0.0.1", port) as own_port:
+        values = [cand(loopback_address(i), sink.port, foundation=i) for i in range(700)]
+        values.insert(0, cand("127.0.0.1", port, foundation=999))  # the node's HTTP port
+        offer = with_candidates(await make_offer("recvonly"), values)
+        assert len(offer) < 64 * 1024
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            resp = await c.post(f"/whep/{room}", content=offer, headers=SDP)
+            assert resp.status_code == 201, resp.text
+            await asyncio.sleep(6.0)
+            await c.delete(resp.headers["location"])
+        contacted = len(sink.requests)
+        total = sink.total
+        assert own_port.total == 0, own_port.requests
+    await pub.close()
+    limit = server.settings.limits.max_remote_candidates
+    assert 0 < contacted <= limit, (contacted, total)
+    assert total <= limit * 7, total  # aioice sends a check at most 7 times
+
+
+@pytest.mark.timeout(60)
+async def test_trickled_candidates_share_the_session_limit(server: RunningServer) -> None:
+    room = "amplify-trickle"
+    pub = await live_room(server, room)
+    limit = server.settings.limits.max_remote_candidates
+    with stun_sink() as sink:
+        offer = with_candidates(await make_offer("recvonly"), [])
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            resp = await c.post(f"/whep/{room}", content=offer, headers=SDP)
+            assert resp.status_code == 201, resp.text
+            url, etag = resp.headers["location"], resp.headers["etag"]
+            headers = {**TRICKLE, "If-Match": etag}
+            statuses = []
+            for batch in range(6):  # 120 candidates in fragments of 20
+                frag = "a=mid:0\r\n" + "".join(
+                    f"a=candidate:{cand(loopback_address(batch * 20 + i), sink.port)}\r\n"
+                    for i in range(20)
+                )
+                statuses.append((await c.patch(url, content=frag, headers=headers)).status_code)
+            # one repeated candidate, many times: ignored, the session's state does not grow
+            again = f"a=mid:0\r\na=candidate:{cand(loopback_address(0), sink.port)}\r\n"
+            for _ in range(20):
+                assert (await c.patch(url, content=again, headers=headers)).status_code == 204
+            session = next(iter(server.gateway.viewers.sessions.values()))
+            lines = server.call(lambda: session.pc.remoteDescription.sdp.count("a=candidate:"))
+            await asyncio.sleep(3.0)
+            await c.delete(url)
+    await pub.close()
+    assert statuses[: limit // 20] == [204] * (limit // 20)
+    assert statuses[-1] == 422  # a PATCH whose every new candidate is beyond the limit
+    assert lines == limit
+    assert 0 < len(sink.requests) <= limit
+
+
+@pytest.mark.timeout(60)
+async def test_whip_offer_is_screened_too() -> None:
+    with run_server(limits={"max_remote_candidates": 4}) as server:
+        room = "amplify-whip"
+        port = int(server.base_url.rsplit(":", 1)[1])
+        with stun_sink() as sink, stun_sink("127.0.0.1", port) as own_port:
+            values = [cand(loopback_address(i), sink.port, foundation=i) for i in range(40)]
+            values.insert(0, cand("127.0.0.1", port, foundation=77))  # the node's HTTP port
+            offer = with_candidates(await make_offer("sendonly"), values)
+            auth = {"Authorization": f"Bearer {server.anchor_token(room)}"}
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+                resp = await c.post(
+                    f"/whip/{room}",
+                    content=offer,
+                    headers={**SDP, **auth},
+                )
+                assert resp.status_code == 201, resp.text
+                await asyncio.sleep(3.0)
+                await c.delete(resp.headers["location"], headers=auth)
+                assert own_port.total == 0, own_port.requests
+            assert 0 < len(sink.requests) <= 4
+            assert set(sink.requests) <= {loopback_address(i) for i in range(4)}
