@@ -80,17 +80,25 @@ def _run(app: object, settings: Settings) -> None:
 
     import uvicorn
 
+    from relay.http.slow_clients import SlowClientLimits, guarded_http_protocol
+
     # Everything built so far lives as long as the process: out of the cyclic collector's way,
     # a full collection (which stalls every stream on this loop) scans only the sessions'
     # objects: ~73k tracked objects at 100 viewers, 34-82 ms per full collection while viewers
     # join (BENCHMARKS.md), against 117k more from startup without the freeze.
     gc.collect()
     gc.freeze()
+    lim = settings.limits
     uvicorn.run(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        http=guarded_http_protocol(  # header/body deadlines, slow connections per address
+            SlowClientLimits(
+                lim.header_timeout, lim.body_timeout, lim.max_slow_connections_per_address
+            )
+        ),
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
     )

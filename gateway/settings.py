@@ -95,6 +95,14 @@ class LimitSettings(BaseModel):
     """Distinct remote ICE candidate addresses a session keeps (offer and trickle PATCHes
     together); more are ignored, and a PATCH whose new candidates are all beyond it gets 422.
     Each one makes the node send STUN checks to an address the client chose."""
+    header_timeout: float = Field(10.0, gt=0, le=300)
+    """Seconds a client has to send a request's headers, from connecting (or from the first
+    byte of a later request on the connection); then 408 and the connection is closed."""
+    body_timeout: float = Field(10.0, gt=0, le=600)
+    """Seconds a client has to send a request's body once its headers are in; then 408."""
+    max_slow_connections_per_address: int = Field(32, ge=1)
+    """Connections one client address may keep the node waiting on for request bytes (new
+    connections, unfinished headers or bodies); one more is answered 429 and closed."""
 
 
 class BridgeSettings(BaseModel):
