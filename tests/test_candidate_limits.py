@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,6 +131,7 @@ class StunSink:
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
         self.requests: Counter[str] = Counter()
+        self.first: dict[str, float] = {}  # destination -> when its first request arrived
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -149,6 +151,7 @@ class StunSink:
                 if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
                     dest = socket.inet_ntoa(payload[8:12])
             self.requests[dest] += 1
+            self.first.setdefault(dest, time.monotonic())
 
     @property
     def total(self) -> int:
@@ -273,3 +276,38 @@ async def test_whip_offer_is_screened_too() -> None:
                 assert own_port.total == 0, own_port.requests
             assert 0 < len(sink.requests) <= 4
             assert set(sink.requests) <= {loopback_address(i) for i in range(4)}
+
+
+@pytest.mark.timeout(60)
+async def test_checks_to_new_candidates_are_paced(server: RunningServer) -> None:
+    """Ordinary checks start one per CandidatePolicy.check_interval (RFC 8445's Ta), not
+    aioice's 20 ms: a session's checks cannot burst at an address range."""
+    room = "amplify-pace"
+    pub = await live_room(server, room)
+    interval = server.gateway.viewers.limits.candidates.check_interval
+    count = server.settings.limits.max_remote_candidates
+    with stun_sink() as sink:
+        values = [cand(loopback_address(i), sink.port, foundation=i) for i in range(count)]
+        offer = with_candidates(await make_offer("recvonly"), values)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            resp = await c.post(f"/whep/{room}", content=offer, headers=SDP)
+            assert resp.status_code == 201, resp.text
+            await asyncio.sleep(count * interval + 1.0)
+            await c.delete(resp.headers["location"])
+        firsts = sorted(sink.first.values())
+    await pub.close()
+    assert len(firsts) == count
+    span = firsts[-1] - firsts[0]
+    assert span >= (count - 1) * interval * 0.8, span
+
+
+def test_aioice_internals_the_pacing_relies_on() -> None:
+    """Fails loudly if an aioice/aiortc upgrade moves what relay/rtc/adapter.py's
+    pace_ice_checks wraps (the functional check is the test above)."""
+    from aioice.ice import Connection
+    from aiortc.rtcicetransport import RTCIceTransport
+
+    assert "_check_periodic" in Connection.connect.__code__.co_names
+    assert callable(Connection._check_periodic)
+    assert "_check_list_done" in Connection.__init__.__code__.co_names
+    assert "_connection" in RTCIceTransport.__init__.__code__.co_names

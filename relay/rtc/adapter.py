@@ -17,9 +17,13 @@ The hooks that make encoded forwarding possible:
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
 
+* check pacing: a session's ordinary ICE checks start one per interval (RFC 8445's Ta) instead
+  of aioice's 20 ms, by wrapping its connections' ``_check_periodic`` (``pace_ice_checks``).
+
 Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
 binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` checks that.
-``tests/unit/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these.
+``tests/unit/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these
+(``tests/unit/test_candidates.py`` for the check pacing).
 """
 
 from __future__ import annotations
@@ -338,3 +342,35 @@ def divert_ice_datagrams(dtls_transport: Any, on_datagram: Callable[[bytes, int]
     if not hasattr(connection, "data_received"):
         raise AdapterError("aioice internals changed: no Connection.data_received")
     connection.data_received = on_datagram
+
+
+def pace_ice_checks(pc: Any, interval: float) -> None:
+    """Start the ordinary connectivity checks of ``pc``'s ICE connections at most one per
+    ``interval`` seconds (triggered checks, answering the peer's own, are not delayed). Call
+    after the remote description is set and before the local one (which starts the checks)."""
+    seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        if id(connection) not in seen:
+            seen.add(id(connection))
+            _pace(connection, interval)
+
+
+def _pace(connection: Any, interval: float) -> None:
+    """aioice's ``connect()`` calls ``_check_periodic`` every 20 ms until it returns False; a
+    skipped turn returns True (keep going) unless the check list is done."""
+    if not hasattr(connection, "_check_periodic") or not hasattr(connection, "_check_list_done"):
+        raise AdapterError("aioice Connection internals changed: no _check_periodic")
+    loop = asyncio.get_running_loop()
+    start: Callable[[], bool] = connection._check_periodic
+    last = -interval
+
+    def paced() -> bool:
+        nonlocal last
+        now = loop.time()
+        if now - last < interval:
+            return not connection._check_list_done
+        last = now
+        return start()
+
+    connection._check_periodic = paced

@@ -34,6 +34,9 @@ class CandidatePolicy:
     """Lower ports are services (DNS, NTP, ...), never a WebRTC client's candidate."""
     blocked_ports: frozenset[int] = frozenset()
     """The node's own service ports, refused at any address."""
+    check_interval: float = 0.05
+    """Seconds between the starts of a session's ordinary checks (RFC 8445's Ta, 50 ms; aioice
+    starts one every 20 ms)."""
 
 
 def service_ports(http_port: int, redis_url: str = "") -> frozenset[int]:

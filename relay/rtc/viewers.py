@@ -22,6 +22,7 @@ from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     drop_receive_estimator,
     install_prepacked_sender,
+    pace_ice_checks,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.direct_sender import DirectSender, new_template_cache
@@ -203,6 +204,7 @@ class ViewerService:
                     screen_offer(strip_mdns_candidates(offer_sdp), self.limits.candidates), "offer"
                 )
             )
+            pace_ice_checks(pc, self.limits.candidates.check_interval)
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             viewer.close()
