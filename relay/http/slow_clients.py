@@ -149,6 +149,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse(self) -> None:
         self._refused = True
+        log.debug("refused a connection from %s: too many unfinished requests", self.client)
         self.transport.write(
             problem_response(
                 429,
