@@ -17,7 +17,7 @@ from aiortc.exceptions import InvalidStateError, OperationError
 from relay.auth.access import Grant
 from relay.errors import NotFound, Unprocessable
 from relay.media.lifecycle import SessionLifecycle
-from relay.rtc.adapter import pace_ice_checks
+from relay.rtc.adapter import guard_ice_checks
 from relay.rtc.candidates import node_policy
 from relay.rtc.ingest import IngestSet, TrackIngest
 from relay.rtc.lifecycle import PeerLifecycle
@@ -121,7 +121,7 @@ class AnchorService:
                     screen_offer(strip_mdns_candidates(offer_sdp), self.candidates), "offer"
                 )
             )
-            pace_ice_checks(pc, self.candidates.check_interval)
+            guard_ice_checks(pc, self.candidates)
             await pc.setLocalDescription(await pc.createAnswer())
         except (OperationError, InvalidStateError, ValueError) as exc:
             await self._abort(stage.room, sid, pc)

@@ -16,14 +16,14 @@ The hooks that make encoded forwarding possible:
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
-
-* check pacing: a session's ordinary ICE checks start one per interval (RFC 8445's Ta) instead
-  of aioice's 20 ms, by wrapping its connections' ``_check_periodic`` (``pace_ice_checks``).
+* ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
+  (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
+  it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
 
 Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
 binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` checks that.
 ``tests/unit/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these
-(``tests/unit/test_candidates.py`` for the check pacing).
+(``tests/unit/test_candidates.py`` for the ICE check bounds).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 
 from relay.media.frames import EncodedFrame
+from relay.rtc.candidates import CandidatePolicy
 
 log = logging.getLogger(__name__)
 
@@ -344,16 +345,20 @@ def divert_ice_datagrams(dtls_transport: Any, on_datagram: Callable[[bytes, int]
     connection.data_received = on_datagram
 
 
-def pace_ice_checks(pc: Any, interval: float) -> None:
-    """Start the ordinary connectivity checks of ``pc``'s ICE connections at most one per
-    ``interval`` seconds (triggered checks, answering the peer's own, are not delayed). Call
-    after the remote description is set and before the local one (which starts the checks)."""
+def guard_ice_checks(pc: Any, policy: CandidatePolicy) -> None:
+    """Bound what ``pc``'s ICE connections send to addresses the peer chose: ordinary checks
+    start at most one per ``policy.check_interval`` (triggered checks are not delayed), and at
+    most ``policy.max_per_session`` peer-reflexive addresses are learned from incoming checks
+    (checks from further new addresses are dropped unanswered: each would start a triggered
+    check of up to seven requests, to any source address a spoofer writes). Call after the
+    remote description is set and before the local one (which starts the checks)."""
     seen: set[int] = set()
     for transceiver in pc.getTransceivers():
         connection = transceiver.receiver.transport.transport._connection
         if id(connection) not in seen:
             seen.add(id(connection))
-            _pace(connection, interval)
+            _pace(connection, policy.check_interval)
+            _cap_learned(connection, policy.max_per_session)
 
 
 def _pace(connection: Any, interval: float) -> None:
@@ -374,3 +379,22 @@ def _pace(connection: Any, interval: float) -> None:
         return start()
 
     connection._check_periodic = paced
+
+
+def _cap_learned(connection: Any, limit: int) -> None:
+    """aioice's StunProtocol hands every request to ``connection.request_received``, which
+    answers it and learns the source as a peer-reflexive candidate (``_remote_candidates``, each
+    with ``_network_host`` and ``port``) when it is new."""
+    if not hasattr(connection, "request_received") or not hasattr(connection, "_remote_candidates"):
+        raise AdapterError("aioice Connection internals changed: no request_received")
+    received: Callable[[Any, tuple[str, int], Any], None] = connection.request_received
+
+    def request_received(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        known = connection._remote_candidates
+        if sum(c.type == "prflx" for c in known) >= limit and not any(
+            c._network_host == addr[0] and c.port == addr[1] for c in known
+        ):
+            return
+        received(message, addr, protocol)
+
+    connection.request_received = request_received

@@ -21,8 +21,8 @@ from relay.media.lifecycle import SessionLifecycle
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     drop_receive_estimator,
+    guard_ice_checks,
     install_prepacked_sender,
-    pace_ice_checks,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.direct_sender import DirectSender, new_template_cache
@@ -204,7 +204,7 @@ class ViewerService:
                     screen_offer(strip_mdns_candidates(offer_sdp), self.limits.candidates), "offer"
                 )
             )
-            pace_ice_checks(pc, self.limits.candidates.check_interval)
+            guard_ice_checks(pc, self.limits.candidates)
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
             viewer.close()

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from aioice import stun
 
 from gateway.synthetic import StampedVideoTrack, whip_publish
 from tests.live.test_protocol import SDP, make_offer
@@ -207,3 +208,69 @@ async def test_checks_to_new_candidates_are_paced(server: RunningServer) -> None
     assert len(firsts) == count
     span = firsts[-1] - firsts[0]
     assert span >= (count - 1) * interval * 0.8, span
+
+
+def ice_params(sdp: str) -> tuple[str, str]:
+    ufrag = next(x.split(":", 1)[1] for x in sdp.splitlines() if x.startswith("a=ice-ufrag:"))
+    pwd = next(x.split(":", 1)[1] for x in sdp.splitlines() if x.startswith("a=ice-pwd:"))
+    return ufrag.strip(), pwd.strip()
+
+
+def binding_request(server_ufrag: str, server_pwd: str, client_ufrag: str) -> bytes:
+    """An authenticated ICE check from the controlling side (the offerer)."""
+    message = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    message.attributes["USERNAME"] = f"{server_ufrag}:{client_ufrag}"
+    message.attributes["PRIORITY"] = 1853824767
+    message.attributes["ICE-CONTROLLING"] = 1
+    message.add_message_integrity(server_pwd.encode())
+    message.add_fingerprint()
+    return bytes(message)
+
+
+@pytest.mark.timeout(60)
+async def test_checks_from_many_source_addresses_teach_a_bounded_set(
+    server: RunningServer,
+) -> None:
+    """Authenticated checks from 100 source addresses (as a spoofer would send them): the node
+    learns (and sends triggered checks to) at most the session's limit of peer-reflexive ones."""
+    room = "amplify-prflx"
+    pub = await live_room(server, room)
+    limit = server.settings.limits.max_remote_candidates
+    offer = with_candidates(await make_offer("recvonly"), [])
+    client_ufrag, _ = ice_params(offer)
+    sources: list[socket.socket] = []
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            resp = await c.post(f"/whep/{room}", content=offer, headers=SDP)
+            assert resp.status_code == 201, resp.text
+            answer = resp.text
+            ufrag, pwd = ice_params(answer)
+            target = next(
+                (f[4], int(f[5]))
+                for f in (x.split() for x in answer.splitlines() if x.startswith("a=candidate:"))
+                if f[2].lower() == "udp" and ":" not in f[4]
+            )
+            for i in range(100):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sources.append(sock)
+                sock.bind((loopback_address(i), 0))
+                sock.setblocking(False)
+                sock.sendto(binding_request(ufrag, pwd, client_ufrag), target)
+            checked = set()
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                for i, sock in enumerate(sources):
+                    while True:
+                        try:
+                            data = sock.recv(2048)
+                        except BlockingIOError:
+                            break
+                        if data[:2] == b"\x00\x01":  # a binding request: a triggered check
+                            checked.add(i)
+            await c.delete(resp.headers["location"])
+    finally:
+        for sock in sources:
+            sock.close()
+    await pub.close()
+    assert 0 < len(checked) <= limit, len(checked)

@@ -98,11 +98,14 @@ def test_service_ports() -> None:
 
 def test_aioice_internals_the_pacing_relies_on() -> None:
     """Fails loudly if an aioice/aiortc upgrade moves what relay/rtc/adapter.py's
-    pace_ice_checks wraps (the functional check is the test above)."""
-    from aioice.ice import Connection
+    guard_ice_checks wraps (tests/live/test_candidate_limits.py checks what they do)."""
+    from aioice.ice import Connection, StunProtocol
     from aiortc.rtcicetransport import RTCIceTransport
 
     assert "_check_periodic" in Connection.connect.__code__.co_names
     assert callable(Connection._check_periodic)
     assert "_check_list_done" in Connection.__init__.__code__.co_names
     assert "_connection" in RTCIceTransport.__init__.__code__.co_names
+    assert "request_received" in StunProtocol.datagram_received.__code__.co_names
+    assert "_remote_candidates" in Connection.check_incoming.__code__.co_names
+    assert "_network_host" in Connection.check_incoming.__code__.co_names
