@@ -9,7 +9,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.http.problems import PROBLEM_TYPE, TYPE_BASE
-from relay.http.ratelimit import ClientRateLimiter
+from relay.http.ratelimit import ClientRateLimiter, client_key
 
 RATE_LIMITED_PREFIXES = ("/whip/", "/whep/")
 
@@ -50,7 +50,7 @@ class RequestGuards:
         method, path = scope["method"], scope["path"]
         if self.limiter is not None and method == "POST" and path.startswith(RATE_LIMITED_PREFIXES):
             client = scope.get("client") or ("unknown", 0)
-            wait = self.limiter.check(str(client[0]), self.clock())
+            wait = self.limiter.check(client_key(str(client[0])), self.clock())
             if wait is not None:
                 await _send_problem(
                     send,

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict
+
+
+def client_key(address: str) -> str:
+    """What per-client limits count by: an IPv4 address, or an IPv6 address's /64 (one host
+    commonly holds a whole /64, and would otherwise get 2**64 separate allowances)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP address (a Unix socket peer, "unknown"): as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class ClientRateLimiter:

@@ -9,16 +9,17 @@ they are in), so the bounds live in uvicorn's HTTP protocol: ``guarded_http_prot
 subclass of its httptools protocol that uvicorn is given at launch (``uvicorn.run(app,
 http=...)``, the node's and the edge's CLI alike).
 
-A connection counts against its client address while the node waits on the client: from
-accepting it until its first request is in (headers and body), and from the first byte of each
-later request until that request is in. Idle kept-alive connections (uvicorn closes them after
-``timeout_keep_alive``) and requests the app is working on do not count: many clients behind one
-NAT are not refused for polling. One more connection from an address at its limit is answered
-429 and closed. Headers not in within ``header_timeout`` (from accepting the connection, or from
-the first byte of a later request) or a body not in within ``body_timeout`` after its headers:
-408 (when a request had begun and no response has), and the connection is closed.
+A connection counts against its client address (an IPv6 address's /64: ``client_key``) while the
+node waits on the client: from accepting it until its first request is in (headers and body),
+and from the first byte of each later request until that request is in. Idle kept-alive
+connections (uvicorn closes them after ``timeout_keep_alive``) and requests the app is working
+on do not count: many clients behind one NAT are not refused for polling. One more connection
+from an address at its limit is answered 429 and closed. Headers not in within
+``header_timeout`` (from accepting the connection, or from the first byte of a later request) or
+a body not in within ``body_timeout`` after its headers: 408 (when a request had begun and no
+response has), and the connection is closed.
 
-``uvicorn`` internals used (pinned by ``tests/test_slow_clients.py``): HttpToolsProtocol's
+``uvicorn`` internals used (pinned by ``tests/unit/test_slow_clients.py``): HttpToolsProtocol's
 ``on_message_begin``/``on_headers_complete``/``on_message_complete``/``on_response_complete``
 callbacks, ``transport``, ``client``, ``loop`` and ``cycle`` (``response_started``,
 ``disconnected``, ``message_event``).
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.http.problems import PROBLEM_TYPE, TYPE_BASE
+from relay.http.ratelimit import client_key
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        address = self.client[0] if self.client else None
+        address = client_key(self.client[0]) if self.client else None
         if address is not None:
             if not self.address_gate.admit(address):
                 self._refuse()
@@ -130,7 +132,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._request_begun = True
         if self._timer is None:  # a later request on a kept-alive connection
             if self.client:
-                self._address = self.client[0]
+                self._address = client_key(self.client[0])
                 self.address_gate.add(self._address)
             self._arm(self.limits.header_timeout, self._headers_late)
 

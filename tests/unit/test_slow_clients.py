@@ -3,6 +3,7 @@ and edge processes with raw sockets."""
 
 from __future__ import annotations
 
+from relay.http.ratelimit import client_key
 from relay.http.slow_clients import AddressGate, SlowClientLimits, guarded_http_protocol
 
 
@@ -38,3 +39,12 @@ def test_uvicorn_internals_the_guard_relies_on() -> None:
         assert name in cycle.__init__.__code__.co_names, name
     cls = guarded_http_protocol(SlowClientLimits())
     assert issubclass(cls, proto) and isinstance(cls.address_gate, AddressGate)
+
+
+def test_client_key_groups_an_ipv6_slash_64() -> None:
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    same = client_key("2001:db8:1:2::1")
+    assert same == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("unknown") == "unknown"
