@@ -94,9 +94,12 @@ def _run(app: object, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        http=guarded_http_protocol(  # header/body deadlines, slow connections per address
+        http=guarded_http_protocol(  # deadlines for slow clients, slow connections per address
             SlowClientLimits(
-                lim.header_timeout, lim.body_timeout, lim.max_slow_connections_per_address
+                header_timeout=lim.header_timeout,
+                body_timeout=lim.body_timeout,
+                max_per_address=lim.max_slow_connections_per_address,
+                send_timeout=lim.send_timeout,
             )
         ),
         ssl_certfile=settings.tls_certfile or None,

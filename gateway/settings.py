@@ -103,6 +103,9 @@ class LimitSettings(BaseModel):
     max_slow_connections_per_address: int = Field(32, ge=1)
     """Connections one client address may keep the node waiting on for request bytes (new
     connections, unfinished headers or bodies); one more is answered 429 and closed."""
+    send_timeout: float = Field(30.0, gt=0, le=600)
+    """Seconds a response may wait for a client that has stopped reading it (the node's send
+    buffer for it full); then the connection is dropped."""
 
 
 class BridgeSettings(BaseModel):

@@ -17,12 +17,13 @@ on do not count: many clients behind one NAT are not refused for polling. One mo
 from an address at its limit is answered 429 and closed. Headers not in within
 ``header_timeout`` (from accepting the connection, or from the first byte of a later request) or
 a body not in within ``body_timeout`` after its headers: 408 (when a request had begun and no
-response has), and the connection is closed.
+response has), and the connection is closed. A client that stops reading a response (the send
+buffer stays full) for ``send_timeout``: the connection is dropped.
 
 ``uvicorn`` internals used (pinned by ``tests/unit/test_slow_clients.py``): HttpToolsProtocol's
 ``on_message_begin``/``on_headers_complete``/``on_message_complete``/``on_response_complete``
-callbacks, ``transport``, ``client``, ``loop`` and ``cycle`` (``response_started``,
-``disconnected``, ``message_event``).
+callbacks, ``pause_writing``/``resume_writing``, ``transport``, ``client``, ``loop`` and
+``cycle`` (``response_started``, ``response_complete``, ``disconnected``, ``message_event``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class SlowClientLimits:
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     max_per_address: int = 32
+    send_timeout: float = 30.0
 
 
 class AddressGate:
@@ -104,6 +106,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None  # armed while the client reads nothing
         self._address: str | None = None  # set while this connection counts
         self._refused = False
         self._request_begun = False
@@ -124,6 +127,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         self._stop_counting()
         super().connection_lost(exc)
 
@@ -148,6 +152,31 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self._request_begun = False
         super().on_response_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self.loop.call_later(self.limits.send_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        self._unstall()
+        super().resume_writing()
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        """The client has taken nothing of a full send buffer for ``send_timeout``: drop the
+        connection (close() would wait to flush a buffer it never takes)."""
+        self._stall = None
+        self.address_gate.timed_out += 1
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+        log.debug("dropped a connection from %s: it stopped reading", self.client)
+        self.transport.abort()
 
     def _refuse(self) -> None:
         self._refused = True

@@ -21,11 +21,13 @@ from tests.support.server import SECRET
 HEADER_TIMEOUT = 1.5
 BODY_TIMEOUT = 1.5
 PER_ADDRESS = 5
+SEND_TIMEOUT = 1.5
 SLACK = 2.0  # the machine is shared: timers may fire late
 ENV = {
     "STAGECAST_LIMITS__HEADER_TIMEOUT": str(HEADER_TIMEOUT),
     "STAGECAST_LIMITS__BODY_TIMEOUT": str(BODY_TIMEOUT),
     "STAGECAST_LIMITS__MAX_SLOW_CONNECTIONS_PER_ADDRESS": str(PER_ADDRESS),
+    "STAGECAST_LIMITS__SEND_TIMEOUT": str(SEND_TIMEOUT),
     "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
 }
 
@@ -172,6 +174,39 @@ def test_300_slow_connections_hold_a_bounded_number_of_descriptors(
 
 
 # ---- a real edge --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_client_that_stops_reading_is_dropped(node: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """200 pipelined GETs of the OpenAPI document (~9 MB of answers), never read: once the
+    node's send buffer is full it waits SEND_TIMEOUT for the client, then drops the connection
+    (before: it held the connection, its buffers and the app's send for as long as the client
+    liked)."""
+    base = node[0]
+    host, port = base.removeprefix("http://").split(":")
+    size = len(httpx.get(base + "/openapi.json", timeout=5).content)
+    count = 200
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.19", 0))
+        sock.connect((host, int(port)))
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+        time.sleep(SEND_TIMEOUT + SLACK + 1)
+        received, closed = 0, False
+        sock.settimeout(1.0)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break  # silence: the node still holds the connection, all sent
+            except OSError:
+                closed = True  # reset: the node dropped it
+                break
+            if not chunk:
+                closed = True
+                break
+            received += len(chunk)
+    assert closed and received < size * count, (closed, received, size * count)
 
 
 @pytest.mark.timeout(90)

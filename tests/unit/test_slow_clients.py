@@ -32,6 +32,8 @@ def test_uvicorn_internals_the_guard_relies_on() -> None:
         "on_headers_complete",
         "on_message_complete",
         "on_response_complete",
+        "pause_writing",
+        "resume_writing",
     ):
         assert callable(getattr(proto, name, None)), name
     cycle = httptools_impl.RequestResponseCycle
