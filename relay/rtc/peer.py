@@ -81,7 +81,7 @@ async def apply_trickle(
     remote = pc.remoteDescription
     known = known_keys(remote.sdp, policy) if remote is not None else frozenset()
     verdict = screen((value for _, value in frag.candidates), policy, known)
-    _log_dropped(verdict, "trickle")
+    _log_dropped(verdict, "ICE fragment")
     if verdict.over_limit and not verdict.accepted:
         raise Unprocessable(
             f"this session has its maximum of {policy.max_per_session} remote candidates"
@@ -99,7 +99,7 @@ async def apply_trickle(
 def _log_dropped(verdict: Screening, where: str) -> None:
     if verdict.dropped:
         log.info(
-            "ignored %d remote candidate(s) of an %s: %d unusable, %d beyond the limit",
+            "ignored %d remote candidate(s) in an %s: %d unusable, %d beyond the session limit",
             verdict.dropped,
             where,
             verdict.unusable,
