@@ -12,6 +12,9 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
+# Imported before the guard is armed: aiortc's first import looks for libraries with ctypes'
+# find_library, which runs ldconfig in a subprocess.
+import aiortc  # noqa: F401
 import pytest
 
 
