@@ -103,10 +103,12 @@ def build_gateway(settings: Settings) -> Gateway:
         backoff_base=hooks.backoff_base,
     )
     stages = StageTable()
+    operator_key = settings.api.operator_key or ephemeral_secret()
     access = AccessPolicy(
         tokens,
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=stages.is_private,
+        operator_key=operator_key,  # the operator may end any WHIP/WHEP session
     )
     rooms = RoomService(settings, stages, webhooks.emit)
     anchors = AnchorService(settings, rooms)
@@ -132,7 +134,6 @@ def build_gateway(settings: Settings) -> Gateway:
         fallback_policy=FallbackPolicy(hold=settings.stage.fallback_hold),
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
     )
-    operator_key = settings.api.operator_key or ephemeral_secret()
     gateway = Gateway(
         settings,
         tokens,

@@ -177,9 +177,14 @@ class EdgeService:
             await self._end(pull)
 
     async def _upstream_live(self, key: str) -> bool:
-        url = f"{self.config.link.upstream.rstrip('/')}/whep/{key}"
+        cfg = self.config
+        url = f"{cfg.link.upstream.rstrip('/')}/whep/{key}"
+        # HEAD needs the credential a pull needs (a private room's liveness is its secret)
+        token = link_token(self._tokens, key.partition("?")[0], cfg.link.node_id, 60)
         try:
-            resp = await self._http.head(url, timeout=1.0)
+            resp = await self._http.head(
+                url, headers={"Authorization": f"Bearer {token}"}, timeout=1.0
+            )
         except httpx.HTTPError:
             return False
         return resp.status_code == 200

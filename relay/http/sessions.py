@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from relay.auth.access import AccessPolicy, Grant
+from relay.auth.access import AccessPolicy
 from relay.auth.tokens import Role
 from relay.errors import PreconditionFailed, PreconditionRequired, Unprocessable
 from relay.http.common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
@@ -32,19 +32,14 @@ def add_session_routes(
     max_sdp_bytes: int,
 ) -> None:
     """Adds ``OPTIONS {prefix}/{room}`` and OPTIONS/DELETE/PATCH on ``{prefix}/{room}/{id}``;
-    DELETE and PATCH take a grant for ``role`` (or any of several roles) in the room."""
+    DELETE and PATCH take a grant for ``role`` (or any of several roles) in the room with the
+    session's own subject, or the operator key (``AccessPolicy.authorize_session``)."""
     roles = role if isinstance(role, tuple) else (role,)
 
     def authorize_session(
         session: Any, room: str, authorization: str | None, access_token: str | None
     ) -> None:
-        """A session admitted without a token is ended or patched through its unguessable URL
-        alone, even after its room turned private; any other needs a token for the role."""
-        grant = getattr(session, "grant", None)
-        anonymous = isinstance(grant, Grant) and grant.anonymous
-        if anonymous and authorization is None and access_token is None:
-            return
-        access.authorize_any(room, roles, authorization, access_token)
+        access.authorize_session(room, roles, session.grant, authorization, access_token)
 
     @router.options(prefix + "/{room}", status_code=204)
     async def endpoint_options(request: Request, room: str) -> Response:

@@ -63,13 +63,18 @@ def whep_router(
     @router.head("/whep/{room}")
     async def whep_head(
         room: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
         rendition: str | None = Query(default=None, max_length=16),
         anchor: str | None = Query(default=None, max_length=64),
         mixminus_id: str | None = Query(default=None, alias="mixminus", max_length=64),
     ) -> Response:
         """200 when the room (rendition, anchor, mix-minus) is live, 409 + Retry-After when
-        not."""
-        token = _selection.set(selection(rendition, anchor, mixminus_id, None))
+        not. Needs the credential a POST needs: liveness of a private room is its secret."""
+        check_room(room)
+        role: Role = "anchor" if mixminus_id is not None else "audience"
+        grant = access.authorize(room, role, authorization, access_token)
+        token = _selection.set(selection(rendition, anchor, mixminus_id, grant.subject))
         try:
             service.live_hub(room)
         finally:

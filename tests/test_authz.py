@@ -1,0 +1,212 @@
+"""Who may end, patch or probe what: a session belongs to its token's subject (or the operator),
+HEAD /whep needs what POST needs. Real uvicorn, real offers."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from aiortc import RTCPeerConnection
+
+from gateway.cluster import build_edge_node
+from gateway.settings import AuthSettings, ClusterSettings, Settings
+from gateway.synthetic import StampedVideoTrack, whip_publish
+from relay.auth.access import AccessPolicy, Grant
+from relay.auth.tokens import TokenAuthority
+from relay.cluster.edge import EdgeConfig, EdgeService, create_edge_app
+from relay.cluster.link import LinkConfig
+from relay.cluster.registry import RoomPolicy
+from relay.errors import Forbidden, Unauthorized
+from relay.rtc.peer import close_quietly, rtc_configuration
+from tests.server import SECRET, RunningServer, run_server
+
+SDP = {"Content-Type": "application/sdp"}
+TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
+FRAG = "a=ice-ufrag:abcd\na=ice-pwd:whatever\nm=video 9 UDP/TLS/RTP/SAVPF 0\na=mid:0\n"
+
+
+async def make_offer(direction: str) -> str:
+    pc = RTCPeerConnection(rtc_configuration(()))
+    for kind in ("video", "audio"):
+        pc.addTransceiver(kind, direction=direction)
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp: str = pc.localDescription.sdp
+    await close_quietly(pc)
+    return sdp
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_problem(resp: httpx.Response, status: int) -> str:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    return str(resp.json()["detail"])
+
+
+def test_policy_lets_only_the_owner_or_the_operator_act_on_a_session() -> None:
+    tokens = TokenAuthority(SECRET)
+    policy = AccessPolicy(tokens, anonymous_audience=True, operator_key="operator-key-0123456789")
+    alice = Grant("alice", "j1", time.time() + 60)
+    alice_tok = tokens.mint("r", "anchor", "alice", 60)
+    bob_tok = tokens.mint("r", "anchor", "bob", 60)
+    roles = ("anchor",)
+    policy.authorize_session("r", roles, alice, f"Bearer {alice_tok}")
+    policy.authorize_session("r", roles, alice, None, alice_tok)  # ?access_token=
+    policy.authorize_session("r", roles, alice, "Bearer operator-key-0123456789")
+    with pytest.raises(Forbidden):
+        policy.authorize_session("r", roles, alice, f"Bearer {bob_tok}")
+    with pytest.raises(Unauthorized):
+        policy.authorize_session("r", roles, alice, None)
+    with pytest.raises(Unauthorized):
+        policy.authorize_session("r", roles, alice, "Bearer operator-key-wrong-wrong")
+    with pytest.raises(Forbidden):  # right subject, other room
+        policy.authorize_session("r", roles, alice, None, tokens.mint("s", "anchor", "alice", 60))
+    # a session opened without a token is reached through its unguessable URL alone
+    anon = Grant("anonymous-1", "", float("inf"), anonymous=True)
+    policy.authorize_session("r", ("audience",), anon, None)
+    # no operator key configured: no bearer value counts as one
+    plain = AccessPolicy(tokens)
+    with pytest.raises(Unauthorized):
+        plain.authorize_session("r", roles, alice, "Bearer ")
+
+
+@pytest.mark.timeout(60)
+async def test_an_anchor_cannot_end_or_patch_a_cohosts_session(server: RunningServer) -> None:
+    gw = server.gateway
+    room = "cohost"
+    alice = gw.tokens.mint(room, "anchor", "alice", 60)
+    bob = gw.tokens.mint(room, "anchor", "bob", 60)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+        a = await c.post(
+            f"/whip/{room}", content=await make_offer("sendonly"), headers={**SDP, **bearer(alice)}
+        )
+        b = await c.post(
+            f"/whip/{room}", content=await make_offer("sendonly"), headers={**SDP, **bearer(bob)}
+        )
+        assert a.status_code == 201 and b.status_code == 201, (a.text, b.text)
+        a_url, a_etag = a.headers["location"], a.headers["etag"]
+        detail = assert_problem(await c.delete(a_url, headers=bearer(bob)), 403)
+        assert "subject" in detail
+        assert_problem(await c.delete(f"{a_url}?access_token={bob}"), 403)
+        patch = {**TRICKLE, **bearer(bob), "If-Match": a_etag}
+        assert_problem(await c.patch(a_url, content=FRAG, headers=patch), 403)
+        assert len(gw.anchors.sessions) == 2
+        # the operator key ends any session; the owner ends its own
+        op = bearer(gw.operator_key)
+        assert (await c.delete(a_url, headers=op)).status_code == 200
+        assert (await c.delete(b.headers["location"], headers=bearer(bob))).status_code == 200
+        assert not gw.anchors.sessions
+
+
+@pytest.mark.timeout(60)
+async def test_a_viewer_cannot_end_another_viewers_session(server: RunningServer) -> None:
+    gw = server.gateway
+    room = "audience"
+    pub = await whip_publish(
+        server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(160, 96, 15)
+    )
+    try:
+        v1 = gw.tokens.mint(room, "audience", "viewer-1", 60)
+        v2 = gw.tokens.mint(room, "audience", "viewer-2", 60)
+        anchor = server.anchor_token(room)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            offer = await make_offer("recvonly")
+            one = await c.post(f"/whep/{room}", content=offer, headers={**SDP, **bearer(v1)})
+            assert one.status_code == 201, one.text
+            url = one.headers["location"]
+            assert_problem(await c.delete(url, headers=bearer(v2)), 403)
+            assert_problem(await c.delete(url, headers=bearer(anchor)), 403)  # other subject
+            patch = {**TRICKLE, **bearer(v2), "If-Match": one.headers["etag"]}
+            assert_problem(await c.patch(url, content=FRAG, headers=patch), 403)
+            assert len(gw.viewers.sessions) == 1
+            assert (await c.delete(url, headers=bearer(v1))).status_code == 200
+            # an anonymous viewer's session: its URL is its key
+            anon = await c.post(f"/whep/{room}", content=offer, headers=SDP)
+            assert anon.status_code == 201, anon.text
+            assert (await c.delete(anon.headers["location"])).status_code == 200
+            assert not gw.viewers.sessions
+    finally:
+        await pub.close()
+
+
+@pytest.mark.timeout(60)
+async def test_head_needs_the_credential_post_needs() -> None:
+    with run_server() as server:
+        gw = server.gateway
+        op = bearer(gw.operator_key)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            assert (
+                await c.post("/v1/rooms", json={"name": "secret", "private": True}, headers=op)
+            ).status_code == 201
+            # not live: anonymous HEAD must not tell (401, like an anonymous POST)
+            assert (await c.head("/whep/secret")).status_code == 401
+            assert (
+                await c.head("/whep/secret", headers=bearer(server.audience_token("secret")))
+            ).status_code == 409
+            pub = await whip_publish(
+                server.base_url,
+                "secret",
+                server.anchor_token("secret"),
+                video=StampedVideoTrack(160, 96, 15),
+            )
+            try:
+                assert (await c.head("/whep/secret")).status_code == 401
+                tok = server.audience_token("secret")
+                assert (await c.head(f"/whep/secret?access_token={tok}")).status_code == 200
+                other = server.audience_token("elsewhere")
+                assert (await c.head("/whep/secret", headers=bearer(other))).status_code == 403
+                # a public room stays open to anonymous probes while anonymous viewers are allowed
+                assert (await c.head("/whep/public")).status_code == 409
+            finally:
+                await pub.close()
+    with run_server(auth={"anonymous_audience": False}) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            assert (await c.head("/whep/public")).status_code == 401
+            ok = await c.head("/whep/public", headers=bearer(server.audience_token("public")))
+            assert ok.status_code == 409
+
+
+@pytest.mark.timeout(30)
+async def test_edge_head_follows_the_rooms_policy() -> None:
+    """An edge answers HEAD as it answers POST: a private room's liveness needs a token."""
+    node = build_edge_node(
+        Settings(
+            auth=AuthSettings(token_secret=SECRET, anonymous_audience=True),
+            cluster=ClusterSettings(role="edge", upstream="http://origin.test:8080"),
+        )
+    )
+    node.cluster.policies["secret"] = RoomPolicy("secret", private=True)
+    app = create_edge_app(node)
+    tokens = TokenAuthority(SECRET)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as c:
+        assert (await c.head("/whep/secret")).status_code == 401
+        tok = tokens.mint("secret", "audience", "v", 60)
+        assert (await c.head("/whep/secret", headers=bearer(tok))).status_code == 409
+        assert (await c.head("/whep/public")).status_code == 409
+
+
+@pytest.mark.timeout(60)
+async def test_edge_liveness_probe_carries_its_link_token() -> None:
+    """An edge whose pull goes quiet asks its upstream (HEAD) whether the stream still lives;
+    with anonymous viewers off there, the probe must carry the edge's token or every quiet
+    moment would end the pull."""
+    with run_server(auth={"anonymous_audience": False}) as server:
+        room = "probe"
+        pub = await whip_publish(
+            server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(160, 96, 15)
+        )
+        edge = EdgeService(
+            EdgeConfig(LinkConfig(upstream=server.base_url, node_id="edge-1")),
+            TokenAuthority(SECRET),
+        )
+        try:
+            assert await edge._upstream_live(room)
+            assert not await edge._upstream_live("absent")
+        finally:
+            await edge.shutdown()
+            await pub.close()
