@@ -239,12 +239,18 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             gw.lag,
             gw.metric_sources,
             gc_pauses=gw.gc_pauses,
+            room_labels=settings.metrics.room_labels,
         )
     )
+    # /metrics names every room (private ones too): the scrape token or the operator key
+    scrape = OperatorAuth(
+        gw.operator_key, settings.metrics.token, what="metrics token or operator key"
+    )
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(scrape)])
     async def metrics() -> Response:
-        """Prometheus exposition of the node's rooms, sessions, traffic and loop lag."""
+        """Prometheus exposition of the node's rooms, sessions, traffic and loop lag
+        (``Authorization: Bearer`` the metrics token or the operator key)."""
         return Response(render(registry), media_type=CONTENT_TYPE)
 
     @app.get("/healthz", tags=["ops"])

@@ -10,16 +10,22 @@ from relay.errors import Unauthorized
 
 
 class OperatorAuth:
-    """FastAPI dependency: accepts ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+    """FastAPI dependency: accepts ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``;
+    ``also``: further keys accepted (e.g. the metrics scrape token)."""
 
-    def __init__(self, key: str) -> None:
-        if len(key) < 16:
+    def __init__(self, key: str, *also: str, what: str = "operator key") -> None:
+        keys = (key, *(k for k in also if k))
+        if any(len(k) < 16 for k in keys):
             raise ValueError("operator key must be at least 16 characters")
-        self._key = key.encode()
+        self._keys = tuple(k.encode() for k in keys)
+        self._what = what
 
     def check(self, presented: str | None) -> None:
-        if not presented or not secrets.compare_digest(presented.encode(), self._key):
-            raise Unauthorized("a valid operator key is required")
+        given = presented.encode() if presented else b""
+        # every key compared (constant time each), so timing does not tell which one is set
+        hits = [secrets.compare_digest(given, k) for k in self._keys]
+        if not given or not any(hits):
+            raise Unauthorized(f"a valid {self._what} is required")
 
     async def __call__(
         self,
