@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .logs import configure_logging
+from .logs import configure_logging, uvicorn_log_config
 from .settings import Settings, load_settings
 
 
@@ -93,6 +93,7 @@ def _run(app: object, settings: Settings) -> None:
         log_level=settings.log_level,
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
+        log_config=uvicorn_log_config(),  # credentials redacted from the access log
     )
 
 
