@@ -210,3 +210,33 @@ async def test_edge_liveness_probe_carries_its_link_token() -> None:
         finally:
             await edge.shutdown()
             await pub.close()
+
+
+@pytest.mark.timeout(60)
+async def test_hls_files_do_not_tell_whether_a_private_room_has_a_bridge() -> None:
+    """HLS media files need no token (their names are unguessable), so a miss must answer the
+    same whether the room has an HLS bridge or not: else anonymous probes learn that a private
+    room is live."""
+    with run_server() as server:
+        op = bearer(server.gateway.operator_key)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            for name in ("secret", "other"):
+                made = await c.post("/v1/rooms", json={"name": name, "private": True}, headers=op)
+                assert made.status_code == 201
+            pub = await whip_publish(
+                server.base_url,
+                "secret",
+                server.anchor_token("secret"),
+                video=StampedVideoTrack(160, 96, 15),
+            )
+            try:
+                hls = await c.post("/v1/rooms/secret/bridges", json={"kind": "hls"}, headers=op)
+                assert hls.status_code == 201, hls.text
+                with_bridge = await c.get("/hls/secret/guess.m4s")
+                without = await c.get("/hls/other/guess.m4s")
+                assert with_bridge.status_code == without.status_code == 404
+                assert with_bridge.json()["detail"] == without.json()["detail"]
+                assert (await c.get("/hls/secret/index.m3u8")).status_code == 401
+            finally:
+                await c.delete("/v1/rooms/secret/bridges", headers=op)
+                await pub.close()
