@@ -3,14 +3,19 @@ HEAD /whep needs what POST needs. Real uvicorn, real offers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
 from gateway.cluster import build_edge_node
-from gateway.settings import AuthSettings, ClusterSettings, Settings
+from gateway.launcher import free_port
+from gateway.settings import ApiSettings, AuthSettings, ClusterSettings, Settings
 from gateway.synthetic import StampedVideoTrack, whip_publish
 from relay.auth.access import AccessPolicy, Grant
 from relay.auth.tokens import TokenAuthority
@@ -240,3 +245,63 @@ async def test_hls_files_do_not_tell_whether_a_private_room_has_a_bridge() -> No
             finally:
                 await c.delete("/v1/rooms/secret/bridges", headers=op)
                 await pub.close()
+
+
+@pytest.mark.timeout(30)
+async def test_edge_ops_views_name_no_room_without_the_operator_key() -> None:
+    """An edge's /cluster lists room policies (which rooms are private) and pulls: an ops view,
+    behind the operator key like the origin's /v1; /readyz (probes) names no room."""
+    key = "edge-operator-key-0123456789"
+    node = build_edge_node(
+        Settings(
+            auth=AuthSettings(token_secret=SECRET),
+            api=ApiSettings(operator_key=key),
+            cluster=ClusterSettings(role="edge", upstream="http://origin.test:8080"),
+        )
+    )
+    node.cluster.policies["secret"] = RoomPolicy("secret", private=True)
+    app = create_edge_app(node, ops_keys=(key,))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as c:
+        anon = await c.get("/cluster")
+        assert anon.status_code == 401 and "secret" not in anon.text
+        ok = await c.get("/cluster", headers=bearer(key))
+        assert ok.status_code == 200 and "secret" in ok.json()["room_policies"]
+        assert (await c.get("/cluster", headers={"X-API-Key": key})).status_code == 200
+        ready = await c.get("/readyz")
+        assert isinstance(ready.json()["pulls"], int)
+
+
+@pytest.mark.timeout(60)
+def test_relay_process_guards_its_cluster_view(tmp_path: Path) -> None:
+    port = free_port()
+    key = "relay-operator-key-0123456789"
+    env = {
+        **os.environ,
+        "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+        "STAGECAST_API__OPERATOR_KEY": key,
+    }
+    env.pop("STAGECAST_CONFIG", None)
+    cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", "http://127.0.0.1:9"]
+    log = tmp_path / "relay.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*cmd, "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert httpx.get(base + "/cluster").status_code == 401
+        assert httpx.get(base + "/cluster", headers=bearer(key)).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from relay.auth.access import AccessPolicy
+from relay.auth.keys import KeyAuth
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.link import LinkConfig, UpstreamLink, open_link
 from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
@@ -246,7 +247,10 @@ def create_edge_app(
     max_sdp_bytes: int = 64 * 1024,
     link_headers: tuple[str, ...] = (),
     cors_origin: str = "*",
+    ops_keys: tuple[str, ...] = (),
 ) -> FastAPI:
+    """``ops_keys``: the keys (operator key, metrics token) ``/cluster`` takes; it names rooms,
+    private ones included. Empty: open (an app embedded behind its own guard)."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()
@@ -302,6 +306,7 @@ def create_edge_app(
         dependencies=[Depends(gate)],
     )
     ops = APIRouter(tags=["ops"])
+    guarded = [Depends(KeyAuth(*ops_keys, what="operator key"))] if ops_keys else []
 
     @ops.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -312,13 +317,13 @@ def create_edge_app(
         ready = not node.cluster.draining
         body = {
             "status": "ready" if ready else "draining",
-            "pulls": list(node.edge.egress_rooms()),
+            "pulls": len(node.edge.egress_rooms()),  # probes are anonymous: no room names
             "viewers": node.viewers.count(),
             "registered": node.cluster.status.registered,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @ops.get("/cluster")
+    @ops.get("/cluster", dependencies=guarded)
     async def cluster_view() -> JSONResponse:
         """This node's record, its view of the cluster (nodes, room policies) and its pulls."""
         c = node.cluster
