@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
-from relay.http.common import CorsHeaders
+from relay.http.common import CorsHeaders, check_room
 from relay.http.problems import install_problem_handlers
 from relay.http.ratelimit import ClientRateLimiter
 from relay.http.whep import whep_router
@@ -155,13 +155,26 @@ def build_gateway(settings: Settings) -> Gateway:
     return gateway
 
 
-def origin_whep_gate(cluster: ClusterNode) -> Callable[[Request], Awaitable[None]]:
+def origin_whep_gate(
+    cluster: ClusterNode, access: AccessPolicy
+) -> Callable[[Request], Awaitable[None]]:
     """The cluster's WHEP routing (307 to an edge), except for mix-minus pulls: only the origin,
-    where the anchors are, has those (an edge answers 404)."""
+    where the anchors are, has those (an edge answers 404). A viewer is authorized before it is
+    routed: the 307 names the edge already pulling the room, i.e. tells that it is live."""
 
     async def gate(request: Request) -> None:
-        if "mixminus" not in request.query_params:
-            await cluster.whep_gate(request)
+        if "mixminus" in request.query_params:
+            return
+        room = request.path_params.get("room")
+        if (
+            request.method == "POST"
+            and room is not None
+            and "session_id" not in request.path_params
+        ):
+            check_room(str(room))
+            q, h = request.query_params, request.headers
+            access.authorize(str(room), "audience", h.get("authorization"), q.get("access_token"))
+        await cluster.whep_gate(request)
 
     return gate
 
@@ -210,7 +223,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             opus_dtx=settings.media.anchor_opus_dtx,
         )
     )
-    whep_gate = [Depends(origin_whep_gate(gw.cluster))] if gw.cluster is not None else []
+    whep_gate = [Depends(origin_whep_gate(gw.cluster, access))] if gw.cluster is not None else []
     app.include_router(
         whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links, mixminus=True),
         dependencies=whep_gate,  # 307 to the edge that should serve a viewer (relay.cluster.node)

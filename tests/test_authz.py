@@ -3,6 +3,7 @@ HEAD /whep needs what POST needs. Real uvicorn, real offers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from relay.auth.access import AccessPolicy, Grant
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.edge import EdgeConfig, EdgeService, create_edge_app
 from relay.cluster.link import LinkConfig
-from relay.cluster.registry import RoomPolicy
+from relay.cluster.registry import NodeRecord, RoomPolicy
 from relay.errors import Forbidden, Unauthorized
 from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.server import SECRET, RunningServer, run_server
@@ -305,3 +306,33 @@ def test_relay_process_guards_its_cluster_view(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.mark.timeout(30)
+async def test_origin_routes_a_viewer_only_after_authorizing_it() -> None:
+    """The origin's 307 goes to the edge already pulling a room: sent before authorization, it
+    told anonymous callers which private rooms are live (and where). Authorize first, as an edge
+    does."""
+    with run_server() as server:
+        gw = server.gateway
+        cluster = gw.cluster
+        assert cluster is not None
+        puller = NodeRecord(
+            id="puller", url="http://puller:8080", role="edge", rooms=("secret",), max_viewers=99
+        )
+
+        async def seed() -> None:
+            await cluster.registry.heartbeat(puller, ttl=30)
+            cluster.view = await cluster.registry.nodes()
+
+        asyncio.run_coroutine_threadsafe(seed(), server.loop).result(5)
+        op = bearer(gw.operator_key)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            made = await c.post("/v1/rooms", json={"name": "secret", "private": True}, headers=op)
+            assert made.status_code == 201
+            for query in ("", "?access_token=forged"):
+                r = await c.post(f"/whep/secret{query}", content="v=0", headers=SDP)
+                assert r.status_code == 401, (query, r.status_code, r.headers.get("location"))
+            tok = server.audience_token("secret")
+            r = await c.post("/whep/secret", content="v=0", headers={**SDP, **bearer(tok)})
+            assert r.status_code == 307 and r.headers["location"].startswith("http://puller:8080/")

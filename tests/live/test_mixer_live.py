@@ -352,7 +352,8 @@ async def test_mixminus_is_served_by_the_origin_only() -> None:
         asyncio.run_coroutine_threadsafe(seed(), server.loop).result(5)
         offer = {"Content-Type": "application/sdp"}
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
-            r = await http.post("/whep/r?access_token=abc", content="v=0", headers=offer)
+            tok = server.audience_token("r")
+            r = await http.post(f"/whep/r?access_token={tok}", content="v=0", headers=offer)
             assert r.status_code == 307  # a viewer goes to the edge...
             r = await http.post("/whep/r?mixminus=x", content="v=0", headers=offer)
             assert r.status_code == 401  # ... a mix-minus pull stays (and needs a token)
