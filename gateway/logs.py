@@ -27,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
@@ -75,7 +75,13 @@ class RedactCredentials(logging.Filter):
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
         elif isinstance(args, dict):
             record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+        if record.exc_info and not record.exc_text:
+            # formatters reuse exc_text: an exception's message may carry the URL it failed on
+            record.exc_text = redact(_TRACEBACKS.formatException(record.exc_info))
         return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 def uvicorn_log_config() -> dict[str, Any]:

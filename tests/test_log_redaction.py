@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.launcher import free_port
-from gateway.logs import REDACTED, RedactCredentials, redact
+from gateway.logs import REDACTED, RedactCredentials, configure_logging, redact
 from tests.server import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,22 @@ def test_redact_keeps_the_line_and_drops_the_secret() -> None:
     )
     assert RedactCredentials().filter(record)
     assert "s3cr3t" not in record.getMessage() and "/whip/r?access_token=" in record.getMessage()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_tracebacks_are_redacted_too(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An exception's message may carry the URL it failed on (httpx puts it there)."""
+    configure_logging("info", fmt)
+    try:
+        try:
+            raise RuntimeError("Client error '401' for url 'http://o/whep/r?access_token=s3cr3t'")
+        except RuntimeError:
+            logging.getLogger("stagecast.test").exception("pull failed")
+        err = capsys.readouterr().err
+        assert "pull failed" in err and "RuntimeError" in err
+        assert "s3cr3t" not in err and REDACTED in err
+    finally:
+        logging.getLogger().handlers.clear()
 
 
 @pytest.mark.timeout(60)
