@@ -1,7 +1,8 @@
-"""A third-party WHIP client from npm in headless Chromium: Eyevinn's @eyevinn/whip-web-client
-1.1.7 (bundled by scripts/third-party-clients). It decides on trickle ICE from the methods the
-endpoint's OPTIONS lists, sends its trickle PATCHes with the entity tag in an ``ETag`` header
-(not If-Match), and ends with DELETE."""
+"""Third-party WHIP clients from npm in headless Chromium (bundled by
+scripts/third-party-clients): Eyevinn's @eyevinn/whip-web-client 1.1.7 decides on trickle ICE
+from the methods the endpoint's OPTIONS lists and sends its trickle PATCHes with the entity tag
+in an ``ETag`` header (not If-Match); Medooze's whip.js (@binbat/whip-whep) closes its peer
+connection before its DELETE."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from typing import Any
 
 import pytest
 
+from gateway.synthetic import whep_watch
 from tests.server import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ROOT / ".cache" / "third-party" / "eyevinn-whip-web-client.js"
+BUNDLES = ROOT / ".cache" / "third-party"
+EYEVINN = BUNDLES / "EyevinnWHIPClient.js"
+MEDOOZE = BUNDLES / "MedoozeWHIPClient.js"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",
@@ -33,14 +37,14 @@ ARGS = [
 
 if importlib.util.find_spec("playwright") is None or not os.path.exists(CHROMIUM):
     pytest.skip("playwright or chromium missing (scripts/bootstrap)", allow_module_level=True)
-if not BUNDLE.exists():
+if not (EYEVINN.exists() and MEDOOZE.exists()):
     pytest.skip("run scripts/third-party-clients to fetch the npm clients", allow_module_level=True)
 playwright_api = importlib.import_module("playwright.async_api")
 
-RUN = """
+EYEVINN_RUN = """
 async ([endpoint, token]) => {
   const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
-  const client = new window.WHIPClient({
+  const client = new window.EyevinnWHIPClient({
     endpoint, opts: { debug: true, iceServers: [], authkey: token },
   });
   window.whip = client;
@@ -67,10 +71,10 @@ async def test_eyevinn_whip_web_client_takes_the_trickle_path_and_ends_with_dele
 
                 page.on("response", on_response)
                 await page.goto(server.base_url + "/healthz")  # same origin as the endpoint
-                await page.add_script_tag(path=str(BUNDLE))
+                await page.add_script_tag(path=str(EYEVINN))
                 t0 = time.monotonic()
                 endpoint = f"{server.base_url}/whip/{room}"
-                await page.evaluate(RUN, [endpoint, server.anchor_token(room)])
+                await page.evaluate(EYEVINN_RUN, [endpoint, server.anchor_token(room)])
 
                 def connected() -> Any:
                     return next(
@@ -111,4 +115,55 @@ async def test_eyevinn_whip_web_client_takes_the_trickle_path_and_ends_with_dele
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
             finally:
+                await browser.close()
+
+
+MEDOOZE_RUN = """
+async ([endpoint, token]) => {
+  const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly' });
+  window.whip = new window.MedoozeWHIPClient();
+  await window.whip.publish(pc, endpoint, token);
+}
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_medooze_whip_stop_ends_the_stream_for_viewers_at_once() -> None:
+    """whip.js's stop() closes its peer connection, then DELETEs: 200, and the viewers' stream
+    ends at once, not after the 10 s reconnect grace."""
+    with run_server(sessions={"reconnect_grace": 10.0}) as server:
+        gw = server.gateway
+        room = "medooze"
+        async with playwright_api.async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=20_000)
+            viewer = None
+            try:
+                page = await browser.new_page()
+                deletes: list[int] = []
+                page.on(
+                    "response",
+                    lambda r: deletes.append(r.status) if r.request.method == "DELETE" else None,
+                )
+                await page.goto(server.base_url + "/healthz")
+                await page.add_script_tag(path=str(MEDOOZE))
+                endpoint = f"{server.base_url}/whip/{room}"
+                await page.evaluate(MEDOOZE_RUN, [endpoint, server.anchor_token(room)])
+                viewer = await whep_watch(server.base_url, room, kinds=("video",), decode=False)
+                deadline = time.monotonic() + 20
+                while viewer.video_frames < 10:
+                    assert time.monotonic() < deadline, "the viewer got no frames"
+                    await asyncio.sleep(0.05)
+                await page.evaluate("window.whip.stop()")
+                t0 = time.monotonic()
+                assert deletes == [200], deletes
+                while gw.viewers.sessions:
+                    assert time.monotonic() - t0 < 3, "the viewer was kept for the grace"
+                    await asyncio.sleep(0.02)
+                print(f"medooze stop(): viewer's session ended {time.monotonic() - t0:.2f} s later")
+                assert not gw.anchors.sessions and gw.stages.live_hub(room) is None
+            finally:
+                if viewer is not None:
+                    await viewer.close(delete=False)
                 await browser.close()
