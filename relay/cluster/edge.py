@@ -23,12 +23,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from relay.auth.access import AccessPolicy
-from relay.auth.keys import KeyAuth
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.link import LinkConfig, UpstreamLink, open_link
 from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
 from relay.errors import ServiceUnavailable
 from relay.http.common import CorsHeaders, check_room
+from relay.http.keys import KeyAuth
 from relay.http.problems import install_problem_handlers
 from relay.http.whep import HubSelection, current_selection, whep_router
 from relay.media.hub import FanoutHub
@@ -251,6 +251,7 @@ def create_edge_app(
 ) -> FastAPI:
     """``ops_keys``: the keys (operator key, metrics token) ``/cluster`` takes; it names rooms,
     private ones included. Empty: open (an app embedded behind its own guard)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()

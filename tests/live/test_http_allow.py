@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.server import RunningServer
+from tests.support.server import RunningServer
 
 SDP = {"Content-Type": "application/sdp"}
 

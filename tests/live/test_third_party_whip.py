@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from gateway.synthetic import whep_watch
-from tests.server import run_server
+from tests.support.server import run_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = ROOT / ".cache" / "third-party"
 EYEVINN = BUNDLES / "EyevinnWHIPClient.js"
 MEDOOZE = BUNDLES / "MedoozeWHIPClient.js"
@@ -40,6 +40,7 @@ if importlib.util.find_spec("playwright") is None or not os.path.exists(CHROMIUM
 if not (EYEVINN.exists() and MEDOOZE.exists()):
     pytest.skip("run scripts/third-party-clients to fetch the npm clients", allow_module_level=True)
 playwright_api = importlib.import_module("playwright.async_api")
+pytestmark = [pytest.mark.browser]
 
 EYEVINN_RUN = """
 async ([endpoint, token]) => {
