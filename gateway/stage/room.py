@@ -349,8 +349,8 @@ class RoomService:
 
     def mixminus_hub(self, room: str, anchor_id: str, subject: str | None) -> FanoutHub | None:
         """An anchor's mix-minus (everyone else's audio), for ``/whep/{room}?mixminus={id}``.
-        ``subject`` is the requester's anchor-token subject, which must be that anchor's own
-        (None: a liveness probe, HEAD). None when the anchor or its feed is not there."""
+        ``subject`` is the requester's anchor-token subject (a POST's or a HEAD's), which must
+        be that anchor's own. None when the anchor or its feed is not there."""
         program = self.rooms.get(room)
         anchor = program.anchors.get(anchor_id) if program is not None else None
         if program is None or anchor is None:

@@ -22,7 +22,7 @@ class HubSelection:
     (``?rendition=360p``), one anchor's own stream (``?anchor=ID``) or one anchor's mix-minus
     (``?mixminus=ID``: everyone else's audio, for that anchor). The service's hub lookup reads it
     (``current_selection``) while the request opens its session. ``subject`` is the subject of
-    the token a session is opened with (None for HEAD, which only asks whether it is live)."""
+    the token the request (a POST or a HEAD) came with."""
 
     rendition: str | None = None
     anchor: str | None = None
