@@ -15,7 +15,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError, OperationError
 
 from relay.auth.access import Grant
-from relay.errors import NotFound, Unprocessable
+from relay.errors import Conflict, NotFound, Unprocessable
 from relay.media.lifecycle import SessionLifecycle
 from relay.rtc.adapter import guard_ice_checks
 from relay.rtc.candidates import node_policy
@@ -33,7 +33,7 @@ from relay.rtc.session_ids import new_etag, new_session_id
 
 from .settings import Settings
 from .stage.anchor_hub import AnchorHub
-from .stage.room import IngressTotals, RoomService
+from .stage.room import FINAL_REASONS, IngressTotals, RoomService
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class AnchorSession:
     etag: str
     life: PeerLifecycle  # connect timeout, media timeout, end reason
     ingests: IngestSet = field(default_factory=IngestSet)
+    # a meant end (DELETE, kick) asked for after the connection dropped but before the
+    # teardown ran: it wins over the drop, so the room ends the stream without a grace
+    final_reason: str | None = None
 
     @property
     def subject(self) -> str:
@@ -149,7 +152,7 @@ class AnchorService:
     async def _teardown(self, session: AnchorSession) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
-        reason = session.ended_reason or "unknown"
+        reason = session.final_reason or session.ended_reason or "unknown"
         session.hub.close()  # co-hosts pulling this anchor see its end
         self.finished.add_hub(session.hub)
         self._rooms.left(session, reason)
@@ -178,13 +181,27 @@ class AnchorService:
         return [s for s in self.sessions.values() if s.room == room]
 
     def get(self, room: str, session_id: str) -> AnchorSession:
+        """A live session, or one whose connection dropped while its room waits for it (the
+        reconnect grace): still a resource a DELETE ends (RFC 9725)."""
         session = self.sessions.get(session_id)
+        if session is None:
+            awaited = self._rooms.awaited(room, session_id)
+            session = awaited if isinstance(awaited, AnchorSession) else None
         if session is None or session.room != room:
             raise NotFound("no such anchor session")
         return session
 
     async def close(self, room: str, session_id: str, reason: str = "deleted") -> None:
-        await self.get(room, session_id).life.stop(reason)
+        session = self.get(room, session_id)
+        if session.id not in self.sessions:
+            # Its connection already dropped and the room waits for it: the anchor says it
+            # will not come back (a client that closes its peer connection before DELETE, like
+            # Medooze's whip.js), so the stream ends now instead of after the grace.
+            self._rooms.give_up(room, session.id, reason)
+            return
+        if reason in FINAL_REASONS:
+            session.final_reason = reason
+        await session.life.stop(reason)
 
     async def close_room(self, room: str, reason: str = "room closed") -> list[AnchorSession]:
         """End every anchor of the room and its program at once; returns the ended sessions."""
@@ -195,6 +212,8 @@ class AnchorService:
         return ended
 
     async def trickle(self, session: AnchorSession, frag: TrickleFragment) -> None:
+        if session.id not in self.sessions:  # its connection is gone (see ``get``)
+            raise Conflict("the session's connection has ended: DELETE it and publish again")
         await apply_trickle(session.pc, frag, self.candidates)
 
     async def shutdown(self) -> None:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
-from relay.http.common import CorsHeaders
+from relay.http.common import CorsHeaders, check_room
 from relay.http.problems import install_problem_handlers
 from relay.http.ratelimit import ClientRateLimiter
 from relay.http.whep import whep_router
@@ -103,10 +103,12 @@ def build_gateway(settings: Settings) -> Gateway:
         backoff_base=hooks.backoff_base,
     )
     stages = StageTable()
+    operator_key = settings.api.operator_key or ephemeral_secret()
     access = AccessPolicy(
         tokens,
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=stages.is_private,
+        operator_key=operator_key,  # the operator may end any WHIP/WHEP session
     )
     rooms = RoomService(settings, stages, webhooks.emit)
     anchors = AnchorService(settings, rooms)
@@ -133,7 +135,6 @@ def build_gateway(settings: Settings) -> Gateway:
         fallback_policy=FallbackPolicy(hold=settings.stage.fallback_hold),
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
     )
-    operator_key = settings.api.operator_key or ephemeral_secret()
     gateway = Gateway(
         settings,
         tokens,
@@ -155,13 +156,26 @@ def build_gateway(settings: Settings) -> Gateway:
     return gateway
 
 
-def origin_whep_gate(cluster: ClusterNode) -> Callable[[Request], Awaitable[None]]:
+def origin_whep_gate(
+    cluster: ClusterNode, access: AccessPolicy
+) -> Callable[[Request], Awaitable[None]]:
     """The cluster's WHEP routing (307 to an edge), except for mix-minus pulls: only the origin,
-    where the anchors are, has those (an edge answers 404)."""
+    where the anchors are, has those (an edge answers 404). A viewer is authorized before it is
+    routed: the 307 names the edge already pulling the room, i.e. tells that it is live."""
 
     async def gate(request: Request) -> None:
-        if "mixminus" not in request.query_params:
-            await cluster.whep_gate(request)
+        if "mixminus" in request.query_params:
+            return
+        room = request.path_params.get("room")
+        if (
+            request.method == "POST"
+            and room is not None
+            and "session_id" not in request.path_params
+        ):
+            check_room(str(room))
+            q, h = request.query_params, request.headers
+            access.authorize(str(room), "audience", h.get("authorization"), q.get("access_token"))
+        await cluster.whep_gate(request)
 
     return gate
 
@@ -210,7 +224,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             opus_dtx=settings.media.anchor_opus_dtx,
         )
     )
-    whep_gate = [Depends(origin_whep_gate(gw.cluster))] if gw.cluster is not None else []
+    whep_gate = [Depends(origin_whep_gate(gw.cluster, access))] if gw.cluster is not None else []
     app.include_router(
         whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links, mixminus=True),
         dependencies=whep_gate,  # 307 to the edge that should serve a viewer (relay.cluster.node)
@@ -239,12 +253,18 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             gw.lag,
             gw.metric_sources,
             gc_pauses=gw.gc_pauses,
+            room_labels=settings.metrics.room_labels,
         )
     )
+    # /metrics names every room (private ones too): the scrape token or the operator key
+    scrape = OperatorAuth(
+        gw.operator_key, settings.metrics.token, what="metrics token or operator key"
+    )
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(scrape)])
     async def metrics() -> Response:
-        """Prometheus exposition of the node's rooms, sessions, traffic and loop lag."""
+        """Prometheus exposition of the node's rooms, sessions, traffic and loop lag
+        (``Authorization: Bearer`` the metrics token or the operator key)."""
         return Response(render(registry), media_type=CONTENT_TYPE)
 
     @app.get("/healthz", tags=["ops"])

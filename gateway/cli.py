@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .logs import configure_logging
-from .settings import Settings, load_settings
+from .logs import configure_logging, uvicorn_log_config
+from .settings import Settings, ephemeral_secret, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -104,6 +104,7 @@ def _run(app: object, settings: Settings) -> None:
         ),
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
+        log_config=uvicorn_log_config(),  # credentials redacted from the access log
     )
 
 
@@ -155,16 +156,20 @@ def _relay(args: argparse.Namespace) -> int:
     from relay.cluster.edge import create_edge_app
 
     node = build_edge_node(settings)
+    key = settings.api.operator_key or ephemeral_secret()  # for /cluster (it names rooms)
     app = create_edge_app(
         node,
         max_sdp_bytes=settings.sessions.max_sdp_bytes,
         link_headers=tuple(f'<{u}>; rel="ice-server"' for u in settings.ice_servers),
         cors_origin=settings.cors_origin,
+        ops_keys=(key, settings.metrics.token) if settings.metrics.token else (key,),
     )
     print(f"stagecast relay {node.cluster.config.node_id}", flush=True)
     print(f"  upstream:       {settings.cluster.upstream}", flush=True)
     print(f"  watch (WHEP):   {settings.base_url}/whep/ROOM", flush=True)
     print(f"  registry:       {settings.cluster.redis_url or 'in-memory'}", flush=True)
+    if not settings.api.operator_key:
+        print(f"  operator key:   {key} (for /cluster)", flush=True)
     _run(app, settings)
     return 0
 

@@ -1,10 +1,14 @@
-"""Logging setup: plain text for a terminal, JSON lines (with room/session ids) for collectors."""
+"""Logging setup: plain text for a terminal, JSON lines (with room/session ids) for collectors;
+credentials redacted from every line."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import re
 import time
+from typing import Any
 
 CONTEXT_FIELDS = ("room", "session", "subject", "event")
 
@@ -23,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
@@ -33,6 +37,60 @@ def configure_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactCredentials())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+REDACTED = "REDACTED"
+_SECRET_PARAMS = "access_token|token|key|api_key|apikey|secret|password|sig|signature"
+_PATTERNS = (
+    # ?access_token=... (WHIP/WHEP), ?token=... (HLS), ?key=..., in any URL or request line
+    (re.compile(rf"(?i)([?&](?:{_SECRET_PARAMS})=)[^&\s\"'#]+"), rf"\g<1>{REDACTED}"),
+    (re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"), rf"\g<1>{REDACTED}"),
+    # user:password@ in a URL (webhooks, RTMP targets)
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:)[^/\s@'\"]+@"), rf"\g<1>{REDACTED}@"),
+    # an RTMP target's stream key: the path after the application
+    (re.compile(r"(?i)(\brtmps?://[^/\s'\"]+/[^/\s'\"?]+/)[^\s'\"]+"), rf"\g<1>{REDACTED}"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` without the credentials a log line may carry."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactCredentials(logging.Filter):
+    """Redacts a record's message and string arguments before any handler formats it (uvicorn's
+    access log puts the request target, query string and all, in its arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+        if record.exc_info and not record.exc_text:
+            # formatters reuse exc_text: an exception's message may carry the URL it failed on
+            record.exc_text = redact(_TRACEBACKS.formatException(record.exc_info))
+        return True
+
+
+_TRACEBACKS = logging.Formatter()
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging setup (its loggers do not propagate to ours) with credentials
+    redacted from its lines: the access log writes each request target, query string and all."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": RedactCredentials}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact")
+    return config

@@ -38,9 +38,12 @@ class GatewayCollector(Collector):
         extras: list[ExtraCounters],
         *,
         gc_pauses: GcPauses | None = None,
+        room_labels: bool = True,
     ) -> None:
+        """``room_labels``: per-room series; False: node totals, no room named."""
         self._stages, self._anchors, self._viewers = stages, anchors, viewers
         self._rooms = rooms
+        self._room_labels = room_labels
         self._lag = lag
         self._gc = gc_pauses
         self._extras = extras
@@ -52,33 +55,36 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             "stagecast_anchors", "Live anchor sessions", len(self._anchors.sessions)
         )
-        viewers = GaugeMetricFamily("stagecast_viewers", "Viewer sessions", labels=["room"])
-        for stage in self._stages:
-            viewers.add_metric([stage.room], self._viewers.count(stage.room))
-        yield viewers
+        per_room = self._room_labels
+        labels = ["room"] if per_room else []
+        viewers = GaugeMetricFamily("stagecast_viewers", "Viewer sessions", labels=labels)
         fanout = CounterMetricFamily(
             "stagecast_fanout_cpu_seconds",
             "CPU spent sending the room's program to this node's viewers",
-            labels=["room"],
+            labels=labels,
         )
-        for stage in live:
-            if stage.hub is not None:
-                fanout.add_metric([stage.room], stage.hub.stats.fanout_cpu_seconds)
-        yield fanout
         running = GaugeMetricFamily(
-            "stagecast_mixer_running", "1 while the room's mixer thread runs", labels=["room"]
+            "stagecast_mixer_running", "1 while the room's mixer thread runs", labels=labels
         )
         restarts = CounterMetricFamily(
             "stagecast_mixer_restarts",
             "Mixer threads restarted after dying (the room's current program)",
-            labels=["room"],
+            labels=labels,
         )
-        for room, director in list(self._rooms.directors.items()):
-            if director.mode == "mixed":
-                running.add_metric([room], 1.0 if director.mixer_state == "running" else 0.0)
-                restarts.add_metric([room], director.restarts)
-        yield running
-        yield restarts
+        mixed = [(r, d) for r, d in list(self._rooms.directors.items()) if d.mode == "mixed"]
+        rows: list[tuple[GaugeMetricFamily | CounterMetricFamily, list[tuple[str, float]]]] = [
+            (viewers, [(s.room, float(self._viewers.count(s.room))) for s in self._stages]),
+            (fanout, [(s.room, s.hub.stats.fanout_cpu_seconds) for s in live if s.hub is not None]),
+            (running, [(r, 1.0 if d.mixer_state == "running" else 0.0) for r, d in mixed]),
+            (restarts, [(r, float(d.restarts)) for r, d in mixed]),
+        ]
+        for family, values in rows:
+            if per_room:
+                for room, value in values:
+                    family.add_metric([room], value)
+            else:  # summed over rooms: running = mixers running, restarts = all restarts
+                family.add_metric([], sum(v for _, v in values))
+            yield family
         eg = self._viewers.egress()
         ing = self._anchors.ingress()
         counters: tuple[tuple[str, str, float], ...] = (

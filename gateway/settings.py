@@ -158,6 +158,16 @@ class ApiSettings(BaseModel):
     one per process, printed at start."""
 
 
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str = Field("", pattern=r"^$|^\S{16,}$")
+    """Bearer credential for ``/metrics`` (Prometheus: ``authorization.credentials``), >= 16
+    characters; the operator key is accepted too. Empty: the operator key only."""
+    room_labels: bool = True
+    """Per-room series (``room="NAME"``); false: node totals only, no room named."""
+
+
 class RenditionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -257,6 +267,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
+    metrics: MetricsSettings = MetricsSettings()
     rooms: RoomSettings = RoomSettings()
     limits: LimitSettings = LimitSettings()
     webhooks: WebhookSettings = WebhookSettings()

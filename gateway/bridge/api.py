@@ -147,8 +147,8 @@ def hls_router(service: BridgeService, access: AccessPolicy) -> APIRouter:
     async def media(room: str, name: str, request: Request) -> Response:
         check_room(room)
         out = service.hls(room)
-        if out is None:
-            raise NotFound(f"room {room!r} has no HLS bridge")
+        if out is None:  # the same answer as a wrong name: no token here to tell a room's state
+            raise NotFound("no such HLS file")
         path = out.file(name)
         if path is None and out.is_pending(name):  # preload hint: answer when it is written
             await out.wait_for(

@@ -77,6 +77,7 @@ class Room:
         self.director = director
         self.anchors: dict[str, RoomAnchor] = {}
         self.grace = ReconnectGrace(grace)
+        self.awaited: RoomAnchor | None = None  # whose dropped connection the grace waits for
 
     @property
     def main(self) -> FanoutHub:
@@ -258,6 +259,7 @@ class RoomService:
                 self._end_stream(room, hub, reason)
             else:
                 hub.detach_source()
+                program.awaited = anchor
                 program.grace.start(self._clock(), reason)
                 self._timer.rearm()
         who = {"room": room, "anchor_id": anchor.id, "subject": anchor.subject}
@@ -274,12 +276,27 @@ class RoomService:
             reason = program.grace.handle_timer(now)
             if reason is None:
                 continue
+            program.awaited = None
             room = program.stage.room
             stage = self.stages.get(room)
             if stage is not None and stage.hub is program.main and stage.anchor_id is None:
                 self._end_stream(room, program.main, reason)
 
+    def awaited(self, room: str, anchor_id: str) -> RoomAnchor | None:
+        """The anchor whose dropped connection the room's grace waits for, if ``anchor_id``."""
+        program = self.rooms.get(room)
+        awaited = program.awaited if program is not None else None
+        return awaited if awaited is not None and awaited.id == anchor_id else None
+
+    def give_up(self, room: str, anchor_id: str, reason: str) -> None:
+        """The awaited anchor will not come back (its DELETE came after its connection
+        dropped): the stream ends now, not when the grace runs out."""
+        program = self.rooms.get(room)
+        if program is not None and self.awaited(room, anchor_id) is not None:
+            self._end_stream(room, program.main, reason)
+
     def _cancel_grace(self, program: Room) -> None:
+        program.awaited = None
         if program.grace.running:
             program.grace.cancel()
             self._timer.rearm()
@@ -332,8 +349,8 @@ class RoomService:
 
     def mixminus_hub(self, room: str, anchor_id: str, subject: str | None) -> FanoutHub | None:
         """An anchor's mix-minus (everyone else's audio), for ``/whep/{room}?mixminus={id}``.
-        ``subject`` is the requester's anchor-token subject, which must be that anchor's own
-        (None: a liveness probe, HEAD). None when the anchor or its feed is not there."""
+        ``subject`` is the requester's anchor-token subject (a POST's or a HEAD's), which must
+        be that anchor's own. None when the anchor or its feed is not there."""
         program = self.rooms.get(room)
         anchor = program.anchors.get(anchor_id) if program is not None else None
         if program is None or anchor is None:

@@ -30,8 +30,11 @@ class AccessPolicy:
         anonymous_audience: bool = False,
         room_is_private: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
+        operator_key: str = "",
     ) -> None:
+        """``operator_key``: a Bearer value that may end or patch any session (empty: none)."""
         self.tokens = tokens
+        self._operator_key = operator_key.encode()
         self.anonymous_audience = anonymous_audience
         self._room_is_private = room_is_private or (lambda room: False)
         self._clock = clock
@@ -76,3 +79,33 @@ class AccessPolicy:
                 first = first or exc
         assert first is not None, "no roles given"
         raise first
+
+    def authorize_session(
+        self,
+        room: str,
+        roles: tuple[Role, ...],
+        owner: Grant,
+        authorization: str | None,
+        query_token: str | None = None,
+    ) -> None:
+        """May this request change or end the session ``owner`` opened? Only with a token for
+        the room whose subject is the owner's (co-hosts can read each other's session URLs),
+        or with the operator key. A session opened without a token is reached through its
+        unguessable URL alone, even after its room turned private."""
+        token = bearer_token(authorization, query_token)
+        if token is None and owner.anonymous:
+            return
+        if (
+            token is not None
+            and self._operator_key
+            and secrets.compare_digest(token.encode(), self._operator_key)
+        ):
+            return
+        grant = self.authorize_any(room, roles, authorization, query_token)
+        if owner.anonymous:
+            return
+        if not secrets.compare_digest(grant.subject.encode(), owner.subject.encode()):
+            raise Forbidden(
+                "this session belongs to another subject: only its own token (or the operator "
+                "key) may change or end it"
+            )

@@ -28,6 +28,7 @@ from relay.cluster.link import LinkConfig, UpstreamLink, open_link
 from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
 from relay.errors import ServiceUnavailable
 from relay.http.common import CorsHeaders, check_room
+from relay.http.keys import KeyAuth
 from relay.http.problems import install_problem_handlers
 from relay.http.whep import HubSelection, current_selection, whep_router
 from relay.media.hub import FanoutHub
@@ -177,9 +178,14 @@ class EdgeService:
             await self._end(pull)
 
     async def _upstream_live(self, key: str) -> bool:
-        url = f"{self.config.link.upstream.rstrip('/')}/whep/{key}"
+        cfg = self.config
+        url = f"{cfg.link.upstream.rstrip('/')}/whep/{key}"
+        # HEAD needs the credential a pull needs (a private room's liveness is its secret)
+        token = link_token(self._tokens, key.partition("?")[0], cfg.link.node_id, 60)
         try:
-            resp = await self._http.head(url, timeout=1.0)
+            resp = await self._http.head(
+                url, headers={"Authorization": f"Bearer {token}"}, timeout=1.0
+            )
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
@@ -241,7 +247,11 @@ def create_edge_app(
     max_sdp_bytes: int = 64 * 1024,
     link_headers: tuple[str, ...] = (),
     cors_origin: str = "*",
+    ops_keys: tuple[str, ...] = (),
 ) -> FastAPI:
+    """``ops_keys``: the keys (operator key, metrics token) ``/cluster`` takes; it names rooms,
+    private ones included. Empty: open (an app embedded behind its own guard)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()
@@ -297,6 +307,7 @@ def create_edge_app(
         dependencies=[Depends(gate)],
     )
     ops = APIRouter(tags=["ops"])
+    guarded = [Depends(KeyAuth(*ops_keys, what="operator key"))] if ops_keys else []
 
     @ops.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -307,13 +318,13 @@ def create_edge_app(
         ready = not node.cluster.draining
         body = {
             "status": "ready" if ready else "draining",
-            "pulls": list(node.edge.egress_rooms()),
+            "pulls": len(node.edge.egress_rooms()),  # probes are anonymous: no room names
             "viewers": node.viewers.count(),
             "registered": node.cluster.status.registered,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @ops.get("/cluster")
+    @ops.get("/cluster", dependencies=guarded)
     async def cluster_view() -> JSONResponse:
         """This node's record, its view of the cluster (nodes, room policies) and its pulls."""
         c = node.cluster

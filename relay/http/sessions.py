@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from relay.auth.access import AccessPolicy, Grant
+from relay.auth.access import AccessPolicy
 from relay.auth.tokens import Role
 from relay.errors import PreconditionFailed, PreconditionRequired, Unprocessable
 from relay.http.common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
@@ -21,6 +21,9 @@ class SessionService(Protocol):
     async def trickle(self, session: Any, frag: TrickleFragment) -> None: ...
 
 
+SESSION_METHODS = "PATCH, DELETE, OPTIONS"
+
+
 def add_session_routes(
     router: APIRouter,
     prefix: str,
@@ -32,29 +35,31 @@ def add_session_routes(
     max_sdp_bytes: int,
 ) -> None:
     """Adds ``OPTIONS {prefix}/{room}`` and OPTIONS/DELETE/PATCH on ``{prefix}/{room}/{id}``;
-    DELETE and PATCH take a grant for ``role`` (or any of several roles) in the room."""
+    DELETE and PATCH take a grant for ``role`` (or any of several roles) in the room with the
+    session's own subject, or the operator key (``AccessPolicy.authorize_session``)."""
     roles = role if isinstance(role, tuple) else (role,)
+    listed = [m.strip() for m in f"{post_methods}, {SESSION_METHODS}".split(",")]
+    cors_methods = ", ".join(dict.fromkeys(listed))
 
     def authorize_session(
         session: Any, room: str, authorization: str | None, access_token: str | None
     ) -> None:
-        """A session admitted without a token is ended or patched through its unguessable URL
-        alone, even after its room turned private; any other needs a token for the role."""
-        grant = getattr(session, "grant", None)
-        anonymous = isinstance(grant, Grant) and grant.anonymous
-        if anonymous and authorization is None and access_token is None:
-            return
-        access.authorize_any(room, roles, authorization, access_token)
+        access.authorize_session(room, roles, session.grant, authorization, access_token)
 
     @router.options(prefix + "/{room}", status_code=204)
     async def endpoint_options(request: Request, room: str) -> Response:
-        headers = preflight_headers(post_methods, request.headers.get("origin", "*"))
+        # CORS: the session resources under the endpoint too (clients such as Eyevinn's
+        # whip-web-client take PATCH here as "trickle ICE supported"); Allow: this resource's
+        # own methods (RFC 9110 10.2.1).
+        headers = preflight_headers(cors_methods, request.headers.get("origin", "*"))
+        headers["Allow"] = post_methods
         headers["Accept-Post"] = SDP
         return Response(status_code=204, headers=headers)
 
     @router.options(prefix + "/{room}/{session_id}", status_code=204)
     async def session_options(request: Request, room: str, session_id: str) -> Response:
-        headers = preflight_headers("PATCH, DELETE, OPTIONS", request.headers.get("origin", "*"))
+        headers = preflight_headers(SESSION_METHODS, request.headers.get("origin", "*"))
+        headers["Allow"] = SESSION_METHODS
         headers["Accept-Patch"] = TRICKLE
         return Response(status_code=204, headers=headers)
 
@@ -78,13 +83,16 @@ def add_session_routes(
         authorization: str | None = Header(default=None),
         access_token: str | None = Query(default=None),
         if_match: str | None = Header(default=None),
+        etag: str | None = Header(default=None),
     ) -> Response:
         session = service.get(room, session_id)
         authorize_session(session, room, authorization, access_token)
         require_content_type(request, TRICKLE)
         body = await read_limited(request, max_sdp_bytes)
         frag = parse_trickle(decode_body(body, max_bytes=max_sdp_bytes))
-        check_patch_preconditions(if_match, session.etag, frag.ufrag, remote_ufrag(session.pc))
+        check_patch_preconditions(
+            if_match, session.etag, frag.ufrag, remote_ufrag(session.pc), sent_etag=etag
+        )
         await service.trickle(session, frag)
         return Response(status_code=204)
 
@@ -110,11 +118,23 @@ def remote_ufrag(pc: Any) -> str | None:
 
 
 def check_patch_preconditions(
-    if_match: str | None, etag: str, frag_ufrag: str | None, current_ufrag: str | None
+    if_match: str | None,
+    etag: str,
+    frag_ufrag: str | None,
+    current_ufrag: str | None,
+    *,
+    sent_etag: str | None = None,
 ) -> None:
-    """RFC 9725 section 4.3: ETag preconditions, and ICE restarts (which aiortc cannot do)."""
+    """RFC 9725 section 4.3: ETag preconditions, and ICE restarts (which aiortc cannot do).
+    ``sent_etag``: an ``ETag`` request header, which some clients send instead of If-Match."""
     if if_match is None:
-        raise PreconditionRequired("PATCH needs If-Match with the session's ETag")
+        detail = "PATCH needs an If-Match header with the session's entity tag (from the 201)"
+        if sent_etag is not None:
+            detail += (
+                "; this request has an ETag header instead, which HTTP defines for responses "
+                "only: send the same value as If-Match"
+            )
+        raise PreconditionRequired(detail)
     restart = frag_ufrag is not None and current_ufrag is not None and frag_ufrag != current_ufrag
     if restart or if_match.strip() == "*":
         raise Unprocessable("ICE restarts are not supported; open a new session instead")

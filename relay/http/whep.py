@@ -22,7 +22,7 @@ class HubSelection:
     (``?rendition=360p``), one anchor's own stream (``?anchor=ID``) or one anchor's mix-minus
     (``?mixminus=ID``: everyone else's audio, for that anchor). The service's hub lookup reads it
     (``current_selection``) while the request opens its session. ``subject`` is the subject of
-    the token a session is opened with (None for HEAD, which only asks whether it is live)."""
+    the token the request (a POST or a HEAD) came with."""
 
     rendition: str | None = None
     anchor: str | None = None
@@ -63,13 +63,18 @@ def whep_router(
     @router.head("/whep/{room}")
     async def whep_head(
         room: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
         rendition: str | None = Query(default=None, max_length=16),
         anchor: str | None = Query(default=None, max_length=64),
         mixminus_id: str | None = Query(default=None, alias="mixminus", max_length=64),
     ) -> Response:
         """200 when the room (rendition, anchor, mix-minus) is live, 409 + Retry-After when
-        not."""
-        token = _selection.set(selection(rendition, anchor, mixminus_id, None))
+        not. Needs the credential a POST needs: liveness of a private room is its secret."""
+        check_room(room)
+        role: Role = "anchor" if mixminus_id is not None else "audience"
+        grant = access.authorize(room, role, authorization, access_token)
+        token = _selection.set(selection(rendition, anchor, mixminus_id, grant.subject))
         try:
             service.live_hub(room)
         finally:

@@ -243,7 +243,8 @@ def metric(text: str, name: str, labels: str = "") -> float:
 
 @pytest.mark.timeout(60)
 async def test_metrics_rise_during_a_live_stream(server: RunningServer) -> None:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+    key = {"Authorization": f"Bearer {server.gateway.operator_key}"}  # /metrics is not public
+    async with httpx.AsyncClient(base_url=server.base_url, headers=key, timeout=10) as c:
         first = (await c.get("/metrics")).text
         assert metric(first, "stagecast_anchors") == 0
         assert metric(first, "stagecast_egress_bytes") == 0

@@ -42,6 +42,7 @@ from tests.support.server import SECRET, RunningServer, free_port, run_server
 pytestmark = pytest.mark.slow  # three relay processes, Redis, an origin
 
 HEARTBEAT = 0.25
+EDGE_KEY = "edge-operator-key-for-tests"
 TTL = 0.8
 
 
@@ -59,7 +60,7 @@ class EdgeProcess:
 
     async def cluster(self) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=5) as client:
-            r = await client.get(self.url + "/cluster")
+            r = await client.get(self.url + "/cluster", headers={"X-API-Key": EDGE_KEY})
         r.raise_for_status()
         data: dict[str, Any] = r.json()
         return data
@@ -79,6 +80,7 @@ def start_edge(name: str, upstream: str, redis_url: str, logdir: Path) -> EdgePr
     env = {
         **os.environ,
         "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+        "STAGECAST_API__OPERATOR_KEY": EDGE_KEY,  # /cluster takes it
         "STAGECAST_LOG_LEVEL": "warning",
         "STAGECAST_CLUSTER__HEARTBEAT": str(HEARTBEAT),
         "STAGECAST_CLUSTER__NODE_TTL": str(TTL),

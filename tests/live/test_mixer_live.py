@@ -270,8 +270,10 @@ async def test_mixminus_gives_each_anchor_everyone_else() -> None:
             return {**sdp, "Authorization": f"Bearer {token}"}
 
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
-            assert (await http.head(path)).status_code == 200
-            assert (await http.head(f"/whep/{room}?mixminus=nobody")).status_code == 404
+            assert (await http.head(path)).status_code == 401  # HEAD needs what POST needs
+            assert (await http.head(path, headers=bearer(a_token))).status_code == 200
+            nobody = f"/whep/{room}?mixminus=nobody"
+            assert (await http.head(nobody, headers=bearer(a_token))).status_code == 404
             # anonymous audience, an audience token, another anchor's token: refused
             assert (await http.post(path, content=offer, headers=sdp)).status_code == 401
             audience = server.audience_token(room)
@@ -350,7 +352,8 @@ async def test_mixminus_is_served_by_the_origin_only() -> None:
         asyncio.run_coroutine_threadsafe(seed(), server.loop).result(5)
         offer = {"Content-Type": "application/sdp"}
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
-            r = await http.post("/whep/r?access_token=abc", content="v=0", headers=offer)
+            tok = server.audience_token("r")
+            r = await http.post(f"/whep/r?access_token={tok}", content="v=0", headers=offer)
             assert r.status_code == 307  # a viewer goes to the edge...
             r = await http.post("/whep/r?mixminus=x", content="v=0", headers=offer)
             assert r.status_code == 401  # ... a mix-minus pull stays (and needs a token)
@@ -364,7 +367,7 @@ async def test_mixminus_is_served_by_the_origin_only() -> None:
         bearer = {"Authorization": f"Bearer {tokens.mint('r', 'anchor', 'a', 60)}", **offer}
         r = await http.post("/whep/r?mixminus=x", content="v=0", headers=bearer)
         assert r.status_code == 404 and "origin" in r.text
-        assert (await http.head("/whep/r?mixminus=x")).status_code == 404
+        assert (await http.head("/whep/r?mixminus=x", headers=bearer)).status_code == 404
 
     # a relay process sends a mix-minus pull up its tree, query and all (the origin serves it)
     settings = Settings(

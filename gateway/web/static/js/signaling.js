@@ -126,10 +126,11 @@ export async function endSession(session, token = '') {
   }
 }
 
-/** True when the room has a live stream (WHEP HEAD: 200 live, 409 not live). */
-export async function isLive(endpoint) {
+/** True when the room has a live stream (WHEP HEAD: 200 live, 409 not live); HEAD takes the
+ * token a POST takes (a private room's liveness is its secret). */
+export async function isLive(endpoint, token = '') {
   try {
-    const resp = await fetch(endpoint, { method: 'HEAD', cache: 'no-store' });
+    const resp = await fetch(endpoint, { method: 'HEAD', cache: 'no-store', headers: authHeaders(token) });
     return resp.status === 200;
   } catch {
     return false;

@@ -285,7 +285,7 @@ async function watchLoop(room, token) {
       ended = false;
     }
     // The session is over: did the stream end, or did our connection fail?
-    if (await isLive(endpoint)) {
+    if (await isLive(endpoint, token)) {
       show('reconnecting', 'reconnecting…', 'Reconnecting…');
       await sleep(backoff);
       backoff = Math.min(backoff * 2, 8000);
