@@ -62,6 +62,7 @@ class _Run:
     writer_done: asyncio.Event = field(default_factory=asyncio.Event)
     writer_error: BaseException | None = None
     wall_origin: float | None = None  # epoch seconds at output time 0
+    hls_stream: str | None = None  # HLS: this run's stream (its init segment's name)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -261,8 +262,8 @@ class Bridge:
             await asyncio.gather(*run.tasks, return_exceptions=True)
             self.stats.frames_dropped += run.feed.stats.dropped
             self.pid = None
-            if self.hls is not None:
-                await self.hls.apply(self.hls.packager.end_stream())
+            if self.hls is not None and run.hls_stream is not None:
+                await self.hls.end_stream(run.hls_stream)
 
     # -- run tasks ---------------------------------------------------------------------------------
     async def _pump(self, hub: FanoutHub, kind: MediaKind, queue: ViewerQueue, run: _Run) -> None:
@@ -303,7 +304,7 @@ class Bridge:
     async def _read_hls(self, run: _Run) -> None:
         """HLS: split ffmpeg's fragmented MP4 into the init segment and LL-HLS parts."""
         assert self.hls is not None
-        hls, packager = self.hls, self.hls.packager
+        hls = self.hls
         stdout = run.proc.stdout
         init: list[bytes] = []
         tracks: dict[int, TrackInfo] = {}
@@ -314,15 +315,17 @@ class Bridge:
                 init = [data]
             elif kind == "moov":
                 tracks = parse_init(data)
-                await hls.apply(packager.start_stream(b"".join([*init, data])))
+                if run.hls_stream is not None:
+                    await hls.end_stream(run.hls_stream)
+                run.hls_stream = await hls.start_stream(b"".join([*init, data]), tracks)
             elif kind == "moof":
                 moof = data
-            elif kind == "mdat" and moof is not None and tracks:
+            elif kind == "mdat" and moof is not None and run.hls_stream is not None:
                 info = parse_fragment(moof, tracks)
                 wall = None if run.wall_origin is None else run.wall_origin + info.start
-                actions = packager.add_part(moof + data, info.duration, info.independent, wall)
+                part = moof + data
                 moof = None
-                await hls.apply(actions)
+                await hls.add_part(run.hls_stream, part, info.duration, info.independent, wall)
                 self.stats.bytes_out = hls.bytes_written
                 if self.state == "starting":
                     self._set_state("running")

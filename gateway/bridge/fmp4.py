@@ -24,6 +24,8 @@ class TrackInfo:
     timescale: int
     default_duration: int = 0
     default_flags: int = 0
+    width: int = 0  # video: presentation size from tkhd
+    height: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +95,14 @@ def parse_init(moov: bytes) -> dict[int, TrackInfo]:
     defaults: dict[int, tuple[int, int]] = {}
     for kind, start, end in iter_boxes(moov, 8):
         if kind == "trak":
-            track_id, handler, timescale = 0, "", 0
+            track_id, handler, timescale, width, height = 0, "", 0, 0, 0
             tkhd = _child(moov, start, end, "tkhd")
             if tkhd is not None:
                 version = moov[tkhd[0]]
                 track_id = struct.unpack_from(">I", moov, tkhd[0] + (20 if version else 12))[0]
+                size_at = tkhd[0] + (88 if version else 76)
+                if size_at + 8 <= tkhd[1]:
+                    width, height = (v >> 16 for v in struct.unpack_from(">II", moov, size_at))
             mdia = _child(moov, start, end, "mdia")
             if mdia is not None:
                 mdhd = _child(moov, mdia[0], mdia[1], "mdhd")
@@ -107,7 +112,7 @@ def parse_init(moov: bytes) -> dict[int, TrackInfo]:
                 hdlr = _child(moov, mdia[0], mdia[1], "hdlr")
                 if hdlr is not None:
                     handler = moov[hdlr[0] + 8 : hdlr[0] + 12].decode("latin-1")
-            tracks[track_id] = TrackInfo(track_id, handler, timescale)
+            tracks[track_id] = TrackInfo(track_id, handler, timescale, 0, 0, width, height)
         elif kind == "mvex":
             for k, s, _e in iter_boxes(moov, start, end):
                 if k == "trex":
@@ -116,7 +121,9 @@ def parse_init(moov: bytes) -> dict[int, TrackInfo]:
     for tid, (dur, flags) in defaults.items():
         info = tracks.get(tid)
         if info is not None:
-            tracks[tid] = TrackInfo(tid, info.handler, info.timescale, dur, flags)
+            tracks[tid] = TrackInfo(
+                tid, info.handler, info.timescale, dur, flags, info.width, info.height
+            )
     return tracks
 
 
@@ -207,3 +214,38 @@ def parse_fragment(moof: bytes, tracks: dict[int, TrackInfo]) -> FragmentInfo:
         flags = video[0].first_flags
         independent = flags is not None and not flags & SAMPLE_IS_NON_SYNC
     return FragmentInfo(duration, start, independent)
+
+
+def track_durations(moof: bytes, tracks: dict[int, TrackInfo]) -> dict[int, int]:
+    """Each track's duration in a fragment, in its own timescale."""
+    return {
+        t.track_id: t.duration
+        for t in (_parse_traf(moof, s, e, tracks) for k, s, e in iter_boxes(moof, 8) if k == "traf")
+    }
+
+
+def retime_fragment(fragment: bytes, base_times: dict[int, int], sequence: int) -> bytes:
+    """A copy of a fragment (``moof`` + ``mdat``) whose tracks start at ``base_times`` (tfdt,
+    in each track's timescale) with ``sequence`` as its mfhd sequence number: one encoded
+    fragment played again and again on a running timeline."""
+    out = bytearray(fragment)
+    kind, start, end = next(iter_boxes(fragment))
+    if kind != "moof":
+        raise ValueError("not a fragment")
+    for k, s, e in iter_boxes(fragment, start, end):
+        if k == "mfhd":
+            struct.pack_into(">I", out, s + 4, sequence)
+        elif k == "traf":
+            track_id = 0
+            for k2, s2, _e2 in iter_boxes(fragment, s, e):
+                if k2 == "tfhd":
+                    track_id = struct.unpack_from(">I", fragment, s2 + 4)[0]
+                elif k2 == "tfdt":
+                    base = base_times.get(track_id, 0)
+                    if fragment[s2]:
+                        struct.pack_into(">Q", out, s2 + 4, base)
+                    elif base < 1 << 32:
+                        struct.pack_into(">I", out, s2 + 4, base)
+                    else:
+                        raise ValueError("tfdt version 0 cannot hold that time")
+    return bytes(out)

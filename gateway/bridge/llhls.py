@@ -79,45 +79,70 @@ class LlHlsPackager:
         self.segments: deque[Segment] = deque()
         self.next_msn = 0
         self.discontinuity_sequence = 0
-        self._init: str | None = None
+        self.stream: str | None = None  # the stream started last (parts default to it)
+        self._current: str | None = None  # the stream of the newest segment
+        self._streams: set[str] = set()  # inits of streams not ended: never deleted
         self._inits = 0
-        self._new_stream = False
+        self._slates = 0
         self.last_complete_msn = -1
         self.parts_made = 0
 
     # -- input ---------------------------------------------------------------------------------
-    def start_stream(self, init: bytes) -> list[Action]:
-        """A new fMP4 stream (new ffmpeg run): its init segment; a discontinuity follows."""
-        actions = self.end_stream()
-        self._init = f"{self.prefix}-init{self._inits}.mp4"
-        self._inits += 1
-        self._new_stream = True
-        actions.append(WriteFile(self._init, init))
-        return actions
+    def start_stream(self, init: bytes, *, slate: bool = False) -> list[Action]:
+        """A new fMP4 stream (an ffmpeg run, or a slate while there is none): its init segment.
+        Its first part opens a segment after a discontinuity; until then the playlist stays as
+        it is (a closed last segment with nothing after it would let players assume that the
+        next one continues it)."""
+        kind = "slate" if slate else "init"
+        n = self._slates if slate else self._inits
+        name = f"{self.prefix}-{kind}{n}.mp4"
+        if slate:
+            self._slates += 1
+        else:
+            self._inits += 1
+        self._streams.add(name)
+        self.stream = name
+        return [WriteFile(name, init)]
 
     def add_part(
-        self, data: bytes, duration: float, independent: bool, program_time: float | None = None
+        self,
+        data: bytes,
+        duration: float,
+        independent: bool,
+        program_time: float | None = None,
+        *,
+        stream: str | None = None,
     ) -> list[Action]:
-        if self._init is None:
+        """A part of ``stream`` (default: the one started last). Nothing (no action) when the
+        part cannot start a segment after another stream's: a dependent part."""
+        stream = self.stream if stream is None else stream
+        if stream is None or stream not in self._streams:
             raise RuntimeError("start_stream() first")
         actions: list[Action] = []
         seg = self.open_segment
+        switch = self._current != stream
+        if switch and not independent:
+            return []
+        if switch and seg is not None:
+            # the published preload hint named the next part of the open segment, of the old
+            # stream, and a player may hold it as such: that name goes to no other stream's part
+            self.parts_made += 1
         if seg is not None and seg.parts:
             too_long = seg.duration + duration >= self.target_duration + 0.5
-            if independent or too_long:
+            if independent or too_long or switch:
                 actions += self._close(seg)
                 seg = None
         if seg is None:
             seg = Segment(
                 self.next_msn,
                 f"{self.prefix}-{self.next_msn}.m4s",
-                self._init,
-                discontinuity=self._new_stream and bool(self.segments),
+                stream,
+                discontinuity=switch and bool(self.segments),
                 program_time=program_time,
             )
-            self._new_stream = False
             self.next_msn += 1
             self.segments.append(seg)
+        self._current = stream
         part = Part(self._part_name(self.parts_made), duration, independent)
         self.parts_made += 1
         seg.parts.append(part)
@@ -127,10 +152,23 @@ class LlHlsPackager:
         actions += self._expire()
         return actions
 
-    def end_stream(self) -> list[Action]:
-        """The stream stopped (anchor gone, ffmpeg restarting): close the open segment."""
-        seg = self.open_segment
-        return self._close(seg) if seg is not None else []
+    def end_stream(self, stream: str | None = None) -> list[Action]:
+        """The stream stopped (anchor gone, ffmpeg ended). Its open segment stays open until
+        the next stream's first part closes it; its init goes once no segment lists it."""
+        stream = self.stream if stream is None else stream
+        self._streams.discard(stream or "")
+        if stream == self.stream:
+            self.stream = None
+        if stream is not None and all(s.init != stream for s in self.segments):
+            return [DeleteFile(stream)]
+        return []
+
+    @property
+    def end_program_time(self) -> float | None:
+        """Wall-clock end of the newest segment (where a stream that follows continues)."""
+        if self.segments and self.segments[-1].program_time is not None:
+            return self.segments[-1].program_time + self.segments[-1].duration
+        return None
 
     def _close(self, seg: Segment) -> list[Action]:
         seg.complete = True
@@ -147,7 +185,7 @@ class LlHlsPackager:
                 self.discontinuity_sequence += 1
             actions.append(DeleteFile(old.name))
             actions += [DeleteFile(p.name) for p in old.parts]
-            if old.init != self._init and all(s.init != old.init for s in self.segments):
+            if old.init not in self._streams and all(s.init != old.init for s in self.segments):
                 actions.append(DeleteFile(old.init))
         if self.segments and self.segments[0].discontinuity:
             # the first listed segment needs no tag: EXT-X-DISCONTINUITY-SEQUENCE counts it
@@ -189,9 +227,7 @@ class LlHlsPackager:
     def names(self) -> set[str]:
         listed = {s.name for s in self.segments} | {s.init for s in self.segments}
         listed |= {p.name for s in self.segments for p in s.parts}
-        if self._init is not None:
-            listed.add(self._init)
-        return listed
+        return listed | self._streams
 
     # -- output ----------------------------------------------------------------------------------
     @property

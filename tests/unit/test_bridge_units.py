@@ -220,11 +220,13 @@ def test_packager_segment_bytes_forced_cut_window_and_discontinuity() -> None:
     cut = pk.add_part(b"e", 0.3, False)  # 1.5 s would round above the target: cut anyway
     assert WriteFile("q-0.m4s", b"abcd") in cut
     assert not pk.segments[-1].parts[0].independent
-    ended = pk.end_stream()  # the anchor left
-    assert ended == [WriteFile("q-1.m4s", b"e")] and pk.preload_hint is None
+    # the anchor left: the open segment stays open (with its hint) until what follows
+    assert pk.end_stream() == [] and pk.preload_hint == "q-p5.m4s"
     assert pk.start_stream(b"I1") == [WriteFile("q-init1.mp4", b"I1")]
     actions = pk.add_part(b"f", 0.3, True)
+    assert WriteFile("q-1.m4s", b"e") in actions
     assert pk.segments[-1].discontinuity
+    assert pk.segments[-1].parts[0].name == "q-p6.m4s"  # the hinted p5 is never used
     text = pk.playlist()
     assert '#EXT-X-MAP:URI="q-init0.mp4"' in text
     assert '#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="q-init1.mp4"' in text
