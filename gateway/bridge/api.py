@@ -138,9 +138,11 @@ def hls_router(service: BridgeService, access: AccessPolicy) -> APIRouter:
         text = out.playlist_text
         if text is None:
             raise NotFound("no HLS segments yet", headers={"Retry-After": "1"})
-        headers = {"Cache-Control": PLAYLIST_CACHE}
-        body = b"" if request.method == "HEAD" else text.encode()
-        return Response(body, media_type=PLAYLIST_TYPE, headers=headers)
+        # HEAD: the same headers as GET, Content-Length included (RFC 9110 §9.3.2); the
+        # server sends no body for HEAD
+        return Response(
+            text.encode(), media_type=PLAYLIST_TYPE, headers={"Cache-Control": PLAYLIST_CACHE}
+        )
 
     @router.head("/hls/{room}/{name}", include_in_schema=False)
     @router.get("/hls/{room}/{name}")
@@ -158,14 +160,15 @@ def hls_router(service: BridgeService, access: AccessPolicy) -> APIRouter:
             path = out.file(name)
         if path is None:
             raise NotFound("no such HLS file")
+        headers = {"Cache-Control": SEGMENT_CACHE}
         try:
+            if request.method == "HEAD":  # GET's headers, Content-Length included, no body
+                size = await asyncio.to_thread(lambda: path.stat().st_size)
+                headers["Content-Length"] = str(size)
+                return Response(b"", media_type=SEGMENT_TYPE, headers=headers)
             data = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise NotFound("no such HLS file") from None
-        headers = {"Cache-Control": SEGMENT_CACHE}
-        if request.method == "HEAD":
-            headers["Content-Length"] = str(len(data))
-            data = b""
         return Response(data, media_type=SEGMENT_TYPE, headers=headers)
 
     return router
