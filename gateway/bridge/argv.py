@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,6 +13,31 @@ BridgeKind = Literal["rtmp", "hls"]
 # What the bridge writes into ffmpeg's stdin: Matroska carries H264 and VP8 and Opus with
 # millisecond timestamps, and ffmpeg reads it from a pipe without seeking.
 FEED_FORMAT = "matroska"
+
+
+# rates cameras and encoders run at; a measured rate near one of them is taken to be it
+COMMON_FRAME_RATES = (10, 12, 15, 20, 24, 25, 30, 48, 50, 60, 90, 120)
+
+
+def frame_rate_of(timestamps: list[int], clock_rate: int) -> float | None:
+    """Frames per second from consecutive frames' RTP timestamps (the sender's capture clock,
+    free of network jitter; they wrap at 2**32)."""
+    if len(timestamps) < 2:
+        return None
+    span = sum((b - a) % (1 << 32) for a, b in itertools.pairwise(timestamps))
+    return (len(timestamps) - 1) * clock_rate / span if span else None
+
+
+def nominal_frame_rate(measured: float | None, default: int = 30) -> int:
+    """The frame rate to declare for a program measured at ``measured`` frames per second
+    (None: not measured): the lowest common rate from 3 % below to 12 % above it (a camera
+    falls short of its rate, rarely over it), else the nearest integer."""
+    if measured is None or measured <= 0:
+        return default
+    near = [r for r in COMMON_FRAME_RATES if measured * 0.97 <= r <= measured * 1.12]
+    if near:
+        return near[0]
+    return min(max(1, round(measured)), COMMON_FRAME_RATES[-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +53,7 @@ class FfmpegPlan:
     fragment_duration: float = 0.26  # HLS: fMP4 fragment (= LL-HLS part) length to aim for
     video_bitrate_kbps: int = 2500
     audio_bitrate_kbps: int = 128
+    frame_rate: int | None = None  # RTMP: declared in the FLV metadata (CDNs show and check it)
 
     @property
     def copies_video(self) -> bool:
@@ -74,6 +101,11 @@ def build_argv(plan: FfmpegPlan) -> list[str]:
             raise ValueError("an RTMP bridge needs a URL")
         target = plan.url
         opts.update({"f": "flv", "flvflags": "no_duration_filesize"})
+        if plan.video is not None and plan.frame_rate:
+            # the Matroska feed declares no rate and ffmpeg probes too little to guess one, so
+            # onMetaData had no framerate (nginx-rtmp showed 0). An output -r on a stream copy
+            # only declares it: the timestamps pass unchanged
+            opts["r"] = plan.frame_rate
         progress = ["-progress", "pipe:1", "-stats_period", "0.5"]
     else:
         target = "pipe:1"

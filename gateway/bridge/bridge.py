@@ -20,7 +20,7 @@ from relay.media.hub import FanoutHub, Viewer
 from relay.media.viewer_queue import ViewerQueue
 
 from ..settings import BridgeSettings
-from .argv import BridgeKind, FfmpegPlan, build_argv
+from .argv import BridgeKind, FfmpegPlan, build_argv, frame_rate_of, nominal_frame_rate
 from .backoff import Backoff, KeyframeCadence
 from .feed import FeedPacket, FrameFeed, Timeline, write_feed
 from .fmp4 import TrackInfo, parse_fragment, parse_init
@@ -95,6 +95,7 @@ class Bridge:
         )
         self._hub: FanoutHub | None = None
         self._failed_hub: FanoutHub | None = None
+        self._rate: tuple[FanoutHub, int] | None = None  # measured frame rate of that hub
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -178,8 +179,44 @@ class Bridge:
         finally:
             self.pid = None
 
+    async def _frame_rate(self, hub: FanoutHub, span: float = 1.0, limit: float = 3.0) -> int:
+        """The program's frame rate, for the RTMP metadata: from ``span`` seconds of its
+        frames' RTP timestamps, read by a short-lived hub viewer (once per hub)."""
+        if self._rate is not None and self._rate[0] is hub:
+            return self._rate[1]
+        viewer = hub.add_viewer(f"bridge-{self.id}-rate")
+        queue = viewer.queues["video"]
+        clock = hub.codecs["video"].clock_rate
+        stamps: list[int] = []
+
+        async def collect() -> None:
+            while (frame := await queue.get()) is not None:
+                stamps.append(frame.timestamp)
+                if (frame.timestamp - stamps[0]) % (1 << 32) >= span * clock:
+                    return
+
+        task = asyncio.create_task(collect())
+        waker = asyncio.ensure_future(self._wake.wait())  # stop or hub change: give up
+        try:
+            await asyncio.wait({task, waker}, timeout=limit, return_when="FIRST_COMPLETED")
+        finally:
+            task.cancel()
+            waker.cancel()
+            hub.remove_viewer(viewer)
+        measured = frame_rate_of(stamps, clock)
+        rate = nominal_frame_rate(measured)
+        if measured is not None:
+            self._rate = (hub, rate)
+        return rate
+
     async def _run(self, hub: FanoutHub) -> RunEnd:
         codecs: dict[MediaKind, str] = {kind: spec.name for kind, spec in hub.codecs.items()}
+        frame_rate: int | None = None
+        if self.kind == "rtmp" and "video" in codecs:
+            self._set_state("starting", self.reason)
+            frame_rate = await self._frame_rate(hub)
+            if not self._current(hub):
+                return RunEnd(False, None, 0.0)
         plan = FfmpegPlan(
             ffmpeg=self.ffmpeg,
             kind=self.kind,
@@ -190,6 +227,7 @@ class Bridge:
             fragment_duration=round(self.settings.hls_part_duration * 0.87, 3),
             video_bitrate_kbps=self.settings.video_bitrate_kbps,
             audio_bitrate_kbps=self.settings.audio_bitrate_kbps,
+            frame_rate=frame_rate,
         )
         proc = FfmpegProcess(build_argv(plan), f"bridge-{self.id}")
         self._set_state("starting", self.reason)
