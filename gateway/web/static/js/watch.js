@@ -273,8 +273,15 @@ async function watchLoop(room, token) {
         show('error', 'error', `Cannot watch: ${state.error}`, state.error);
         return;
       }
-      show('reconnecting', 'reconnecting…', 'Reconnecting…', state.error);
-      await sleep(backoff);
+      // 429/503 (busy, full) carry Retry-After: never ask again sooner than that
+      const waitMs = Math.max(backoff, 1000 * ((err instanceof HttpError && err.retryAfter) || 0));
+      if (err instanceof HttpError && (err.status === 429 || err.status === 503)) {
+        const again = `The server is busy; trying again in ${Math.round(waitMs / 1000)} s…`;
+        show('reconnecting', 'busy', again, state.error);
+      } else {
+        show('reconnecting', 'reconnecting…', 'Reconnecting…', state.error);
+      }
+      await sleep(waitMs);
       backoff = Math.min(backoff * 2, 8000);
       continue;
     }
