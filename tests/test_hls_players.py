@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.bridge.service import default_ffmpeg
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
 from tests.server import RunningServer, run_server
 
@@ -144,6 +145,48 @@ async def assert_head_matches_get(client: httpx.AsyncClient, base: str) -> None:
     assert missing.status_code == 404
 
 
+class FfmpegPlayer:
+    """ffmpeg reading the HLS playlist (to a null output), its decoded frame count followed."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.frames = 0
+        self.stderr = b""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            *[default_ffmpeg(), "-hide_banner", "-nostdin", "-loglevel", "error"],
+            *["-i", self.url, "-f", "null", "-progress", "pipe:1", "-"],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            key, _, value = line.decode("ascii", "replace").strip().partition("=")
+            if key == "frame" and value.isdigit():
+                self.frames = int(value)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def stop(self) -> None:
+        if self._proc is None:
+            return
+        if self._proc.returncode is None:
+            self._proc.kill()
+        assert self._proc.stderr is not None
+        self.stderr = await self._proc.stderr.read()
+        await self._proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+
 # -- the playlist over HTTP ------------------------------------------------------------------------
 @pytest.mark.timeout(60)
 async def test_playlist_keeps_moving_while_the_anchor_is_away(tmp_path: Path) -> None:
@@ -161,15 +204,30 @@ async def test_playlist_keeps_moving_while_the_anchor_is_away(tmp_path: Path) ->
         await asyncio.sleep(2.0)
         watch = PlaylistWatch(player, "/hls/away/index.m3u8")
         watch.start()
-        await asyncio.sleep(1.0)
-        await pub.close()
-        await wait_state(api, path, {"waiting"}, 10)
-        away_since = time.monotonic()
-        await asyncio.sleep(5.0)  # several target durations (1 s) with no anchor
-        still_while_away = watch.longest_still
-        pub = await publish(server, "away")
-        await wait_state(api, path, {"running"}, 15)
-        await asyncio.sleep(2.0)
+        ffmpeg = FfmpegPlayer(f"{server.base_url}/hls/away/index.m3u8")
+        await ffmpeg.start()
+        try:
+            await asyncio.sleep(2.0)
+            at_leave = ffmpeg.frames
+            await pub.close()
+            await wait_state(api, path, {"waiting"}, 10)
+            away_since = time.monotonic()
+            await asyncio.sleep(5.0)  # several target durations (1 s) with no anchor
+            still_while_away = watch.longest_still
+            at_return = ffmpeg.frames
+            pub = await publish(server, "away")
+            await wait_state(api, path, {"running"}, 15)
+            await asyncio.sleep(3.0)
+            at_end = ffmpeg.frames
+            # ffmpeg's HLS reader, left open, goes on through the slate and after the return
+            assert ffmpeg.running, ffmpeg.stderr
+            print(
+                f"ffmpeg HLS reader frames: {at_leave} at leave, {at_return} after 5 s away, "
+                f"{at_end} 3 s after the return"
+            )
+            assert at_leave > 0 and at_return - at_leave > 60 and at_end - at_return > 45
+        finally:
+            await ffmpeg.stop()
         await watch.stop()
         await assert_head_matches_get(player, "/hls/away/")
         await pub.close()
