@@ -65,11 +65,12 @@ def pages_router(settings: Settings) -> APIRouter:
         return serve
 
     for url, filename in PAGES.items():
-        router.add_api_route(url, page(filename), methods=["GET"], name=f"page:{filename}")
+        # HEAD too (RFC 9110 §9.3.2): the same headers, no body
+        router.add_api_route(url, page(filename), methods=["GET", "HEAD"], name=f"page:{filename}")
 
     config = client_config(settings)
 
-    @router.get("/config.json")
+    @router.api_route("/config.json", methods=["GET", "HEAD"])
     async def config_json() -> JSONResponse:
         return JSONResponse(config, headers={"Cache-Control": "no-cache"})
 
