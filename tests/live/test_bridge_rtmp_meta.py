@@ -17,10 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.bridge.argv import FfmpegPlan, build_argv, frame_rate_of, nominal_frame_rate
 from gateway.launcher import free_port
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
-from tests.server import RunningServer, run_server
+from tests.support.server import RunningServer, run_server
 
 NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 BRIDGE = {"backoff_initial": 0.2, "backoff_max": 1.0, "stop_timeout": 2.0}
@@ -100,36 +99,6 @@ def rtmp(tmp_path: Path) -> Iterator[RtmpWithStat]:
         yield server
     finally:
         server.kill()
-
-
-def test_argv_declares_the_frame_rate_to_rtmp_only() -> None:
-    rtmp = build_argv(
-        FfmpegPlan("ffmpeg", "rtmp", "H264", "opus", url="rtmp://h/a/k", frame_rate=25)
-    )
-    out = rtmp[rtmp.index("pipe:0") + 1 :]  # an output option: it declares, timestamps pass
-    assert out[out.index("-r") + 1] == "25" and out[out.index("-c:v") + 1] == "copy"
-    hls = build_argv(FfmpegPlan("ffmpeg", "hls", "H264", "opus", frame_rate=25))
-    assert "-r" not in hls
-    audio_only = build_argv(
-        FfmpegPlan("ffmpeg", "rtmp", None, "opus", url="rtmp://h/a/k", frame_rate=25)
-    )
-    assert "-r" not in audio_only
-
-
-def test_frame_rate_of_rtp_timestamps() -> None:
-    assert frame_rate_of([], 90000) is None and frame_rate_of([5], 90000) is None
-    assert frame_rate_of([0, 3000, 6000, 9000], 90000) == 30.0
-    wrap = (1 << 32) - 3600
-    assert frame_rate_of([wrap, wrap + 3600 - (1 << 32), 3600], 90000) == 25.0
-
-
-def test_nominal_frame_rate() -> None:
-    assert nominal_frame_rate(None) == 30  # not measured (yet): the usual camera rate
-    assert nominal_frame_rate(29.2) == 30 and nominal_frame_rate(24.4) == 24
-    assert nominal_frame_rate(25.6) == 25 and nominal_frame_rate(59.0) == 60
-    assert nominal_frame_rate(14.5) == 15 and nominal_frame_rate(41.0) == 41
-    assert nominal_frame_rate(27.0) == 30  # frames lost under load
-    assert nominal_frame_rate(0.2) == 1 and nominal_frame_rate(500) == 120
 
 
 async def publish(server: RunningServer, room: str, codec: str, fps: int) -> Any:

@@ -26,9 +26,9 @@ import pytest
 
 from gateway.bridge.service import default_ffmpeg
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
-from tests.server import RunningServer, run_server
+from tests.support.server import RunningServer, run_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HLS_JS = ROOT / "node_modules" / "hls.js" / "dist" / "hls.min.js"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BRIDGE = {"backoff_initial": 0.2, "backoff_max": 1.0, "stop_timeout": 2.0}
@@ -335,6 +335,7 @@ async def until_frames(page: Any, more_than: int, timeout: float) -> dict[str, A
     raise AssertionError(f"the player did not reach {more_than} frames: {state}")
 
 
+@pytest.mark.browser
 @pytest.mark.timeout(90)
 async def test_hls_js_plays_on_after_the_anchor_returns(tmp_path: Path) -> None:
     if why := _missing():

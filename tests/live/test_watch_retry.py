@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
-from tests.server import run_server
+from tests.support.server import run_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 RETRY_AFTER = 3
+pytestmark = pytest.mark.browser
 
 
 def _missing() -> str | None:

@@ -1,12 +1,13 @@
 """HEAD answers what GET would, without the body (RFC 9110 §9.3.2: every general-purpose server
-supports GET and HEAD): the pages, their assets and /config.json. (HLS: tests/test_hls_players.)"""
+supports GET and HEAD): the pages, their assets and /config.json.
+(HLS files: tests/live/test_hls_players.py.)"""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from tests.server import run_server
+from tests.support.server import run_server
 
 
 @pytest.mark.timeout(30)
