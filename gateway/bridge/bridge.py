@@ -257,7 +257,7 @@ class Bridge:
         ).start()
         exited = asyncio.create_task(proc.wait(), name=f"bridge-{self.id}-wait")
         try:
-            output = self._read_hls(run) if self.kind == "hls" else self._read_progress(run)
+            output = self._read_hls(hub, run) if self.kind == "hls" else self._read_progress(run)
             run.tasks.append(asyncio.create_task(output, name=f"bridge-{self.id}-out"))
             run.viewer = hub.add_viewer(f"bridge-{self.id}-{self.stats.runs}")
             for kind, queue in run.viewer.queues.items():
@@ -339,7 +339,7 @@ class Bridge:
                 if int(value) > 0 and self.state == "starting":
                     self._set_state("running")
 
-    async def _read_hls(self, run: _Run) -> None:
+    async def _read_hls(self, hub: FanoutHub, run: _Run) -> None:
         """HLS: split ffmpeg's fragmented MP4 into the init segment and LL-HLS parts."""
         assert self.hls is not None
         hls = self.hls
@@ -363,7 +363,12 @@ class Bridge:
                 wall = None if run.wall_origin is None else run.wall_origin + info.start
                 part = moof + data
                 moof = None
-                await hls.add_part(run.hls_stream, part, info.duration, info.independent, wall)
+                ok = await hls.add_part(run.hls_stream, part, info.duration, info.independent, wall)
+                # dropped: after the slate the stream must go on from a keyframe. Ask for one
+                # (once per interval: each ask in flight would bring one more)
+                if not ok and run.cadence.due(time.monotonic()):
+                    hub.request_keyframe()
+                    self.stats.keyframe_requests += 1
                 self.stats.bytes_out = hls.bytes_written
                 if self.state == "starting":
                     self._set_state("running")

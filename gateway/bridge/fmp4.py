@@ -210,8 +210,10 @@ def parse_fragment(moof: bytes, tracks: dict[int, TrackInfo]) -> FragmentInfo:
         duration = max(seconds(t, t.duration) for t in trafs)
     start = seconds(chosen[0], chosen[0].base_time)
     independent = True
-    if video:
-        flags = video[0].first_flags
+    if any(t.handler == "vide" for t in tracks.values()):
+        # a stream with video starts anew only at a video sync sample: a fragment without
+        # video (audio ffmpeg held while the video stalled) cannot open a segment
+        flags = video[0].first_flags if video and video[0].duration else None
         independent = flags is not None and not flags & SAMPLE_IS_NON_SYNC
     return FragmentInfo(duration, start, independent)
 

@@ -65,6 +65,7 @@ class HlsOutput:
         self.gap = (
             gap if gap is not None else max(2 * packager.part_target, packager.target_duration / 2)
         )
+        packager.resume_margin = self.gap  # a stall shorter than the gap brings no slate
         self.last_part_at: float | None = None  # monotonic, last part of a stream
         self.slate_parts = 0
         self._slate_shape: tuple[int, int, bool, bool] = (1280, 720, True, True)

@@ -81,6 +81,10 @@ class LlHlsPackager:
         self.discontinuity_sequence = 0
         self.stream: str | None = None  # the stream started last (parts default to it)
         self._current: str | None = None  # the stream of the newest segment
+        self._current_since = -math.inf  # program time at which it took over
+        # a stream's part that starts less than this after the stream that took over from it
+        # began is from before that: ffmpeg's held fragment (HlsOutput: its slate gap)
+        self.resume_margin = part_target
         self._streams: set[str] = set()  # inits of streams not ended: never deleted
         self._inits = 0
         self._slates = 0
@@ -114,7 +118,7 @@ class LlHlsPackager:
         stream: str | None = None,
     ) -> list[Action]:
         """A part of ``stream`` (default: the one started last). Nothing (no action) when the
-        part cannot start a segment after another stream's: a dependent part."""
+        part cannot follow another stream's: a dependent part, or one older than it."""
         stream = self.stream if stream is None else stream
         if stream is None or stream not in self._streams:
             raise RuntimeError("start_stream() first")
@@ -122,6 +126,12 @@ class LlHlsPackager:
         seg = self.open_segment
         switch = self._current != stream
         if switch and not independent:
+            return []
+        stale = program_time is not None and program_time < self._current_since + self.resume_margin
+        if switch and stale:
+            # from before what took over: the fragment ffmpeg held while its input stalled (a
+            # fragment ends when the next frame comes) and let go when it resumed. The slate has
+            # stood for that time already
             return []
         if switch and seg is not None:
             # the published preload hint named the next part of the open segment, of the old
@@ -142,6 +152,8 @@ class LlHlsPackager:
             )
             self.next_msn += 1
             self.segments.append(seg)
+        if switch:
+            self._current_since = -math.inf if program_time is None else program_time
         self._current = stream
         part = Part(self._part_name(self.parts_made), duration, independent)
         self.parts_made += 1

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -21,11 +22,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
+import numpy as np
 import pytest
 
+from gateway.bridge.fmp4 import BoxSplitter, parse_fragment, parse_init
 from gateway.bridge.service import default_ffmpeg
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
+from relay.media.stamps import read_stamp
 from tests.support.server import RunningServer, run_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,8 +81,10 @@ async def publish(server: RunningServer, room: str) -> Any:
 
 
 @asynccontextmanager
-async def hls_bridge(tmp_path: Path, room: str) -> AsyncIterator[tuple[RunningServer, str]]:
-    with run_server(bridge={**BRIDGE, "hls_dir": str(tmp_path / "hls")}) as server:
+async def hls_bridge(
+    tmp_path: Path, room: str, **settings: Any
+) -> AsyncIterator[tuple[RunningServer, str]]:
+    with run_server(bridge={**BRIDGE, "hls_dir": str(tmp_path / "hls"), **settings}) as server:
         async with operator(server) as api:
             assert (await api.post("/v1/rooms", json={"name": room})).status_code == 201
             made = await api.post(f"/v1/rooms/{room}/bridges", json={"kind": "hls"})
@@ -248,6 +255,101 @@ async def test_playlist_keeps_moving_while_the_anchor_is_away(tmp_path: Path) ->
                     assert uri_msn.setdefault(line, msn) == msn, (line, text)
                     msn += 1
         assert "#EXT-X-ENDLIST" not in watch.texts[-1]
+
+
+class StallingVideo(StampedVideoTrack):
+    """A camera that stops delivering for a while, then goes on where the clock is (its RTP
+    timestamps jump over the pause, as a real capture clock's do)."""
+
+    def __init__(self) -> None:
+        super().__init__(WIDTH, HEIGHT, 30)
+        self.stalled_until = 0.0
+
+    async def recv(self) -> Any:
+        wait = self.stalled_until - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            self.counter += round(wait * self.fps)  # the frames it did not capture
+        return await super().recv()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stalled_anchor_gets_the_slate_then_resumes_from_a_keyframe(
+    tmp_path: Path,
+) -> None:
+    """The anchor stays connected but sends no video for 2.5 s: the slate fills in, and the same
+    ffmpeg run comes back after it from an independent part (a keyframe is asked for)."""
+    async with (
+        hls_bridge(tmp_path, "stall", hls_window=30) as (server, path),
+        operator(server) as api,
+        httpx.AsyncClient(base_url=server.base_url, timeout=15) as player,
+    ):
+        video = StallingVideo()
+        pub = await whip_publish(
+            server.base_url,
+            "stall",
+            server.anchor_token("stall"),
+            video=video,
+            audio=ToneAudioTrack(440),
+            video_codec="H264",
+        )
+        try:
+            await wait_state(api, path, {"running"}, 15)
+            await asyncio.sleep(2.0)
+            before = video.counter
+            video.stalled_until = time.monotonic() + 2.5
+            await asyncio.sleep(2.2)
+            text = (await player.get("/hls/stall/index.m3u8")).text
+            assert "slate0.mp4" in text, text  # the playlist went on without the picture
+            deadline = time.monotonic() + 10
+            back = None
+            while back is None and time.monotonic() < deadline:
+                text = (await player.get("/hls/stall/index.m3u8")).text
+                back = resumed_after_slate(text)
+                await asyncio.sleep(0.2)
+            assert back is not None, f"the stream never came back after the slate:\n{text}"
+            # back in the same run (no ffmpeg restart), from a keyframe
+            init_name, segment = back
+            assert init_name.endswith("-init0.mp4"), text
+            state = (await api.get(path)).json()
+            assert state["runs"] == 1 and state["restarts"] == 0, state
+            init = await player.get(f"/hls/stall/{init_name}")
+            media = await player.get(f"/hls/stall/{segment}")
+            assert init.status_code == media.status_code == 200
+            moov = next(b for b in BoxSplitter().feed(init.content) if b.type == "moov")
+            moof = next(b for b in BoxSplitter().feed(media.content) if b.type == "moof")
+            first = parse_fragment(moof.data, parse_init(moov.data))
+            assert first.independent and first.duration > 0, first
+            # and it decodes: the anchor's stamps go on past the pause
+            counters = await asyncio.to_thread(stamp_counters, init.content + media.content)
+            assert counters and counters[0] >= before + 2.0 * 30, (before, counters)
+        finally:
+            await pub.close()
+
+
+def resumed_after_slate(text: str) -> tuple[str, str] | None:
+    """(init, segment) of the first complete segment of a stream listed after a slate segment,
+    if the playlist has one."""
+    init, slate_seen = "", False
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-MAP:"):
+            init = line.split('URI="')[1].rstrip('"')
+            slate_seen = slate_seen or "-slate" in init
+        elif line and not line.startswith("#") and slate_seen and "-slate" not in init:
+            return init, line
+    return None
+
+
+def stamp_counters(data: bytes) -> list[int]:
+    counters = []
+    with av.open(io.BytesIO(data), format="mp4") as container:
+        for frame in container.decode(video=0):
+            plane = frame.planes[0]
+            luma = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+            stamp = read_stamp(luma[:, : frame.width])
+            if stamp is not None:
+                counters.append(stamp.counter)
+    return counters
 
 
 # -- hls.js in Chromium ---------------------------------------------------------------------------

@@ -71,12 +71,14 @@ def test_a_stream_that_resumes_after_the_slate_waits_for_an_independent_part() -
     pk.start_stream(b"A")
     run = pk.stream
     assert run is not None
-    pk.add_part(b"a0", 0.3, True, stream=run)
+    pk.add_part(b"a0", 0.3, True, 100.0, stream=run)
     pk.start_stream(b"S", slate=True)
     slate = pk.stream
-    pk.add_part(b"s0", 0.3, True, stream=slate)
+    pk.add_part(b"s0", 0.3, True, 110.0, stream=slate)
     assert pk.add_part(b"a1", 0.3, False, stream=run) == []  # mid-GOP: no decoder could start
-    assert pk.add_part(b"a2", 0.3, True, stream=run)
+    # held by ffmpeg through the stall: older than the slate, which stood for that time
+    assert pk.add_part(b"old", 0.3, True, 109.0, stream=run) == []
+    assert pk.add_part(b"a2", 0.3, True, 112.0, stream=run)
     seg = pk.segments[-1]
     assert seg.init == run and seg.discontinuity  # the same init, listed again after the slate
     assert pk.playlist().count('#EXT-X-MAP:URI="r-init0.mp4"') == 2
