@@ -48,6 +48,8 @@ class BridgeView(BaseModel):
     frames_dropped: int
     keyframe_requests: int
     bytes_out: int
+    slate_parts: int
+    """HLS: slate parts listed while nothing fed the playlist (anchor away, ffmpeg restarting)."""
 
 
 def bridge_view(bridge: Bridge) -> BridgeView:
@@ -69,6 +71,7 @@ def bridge_view(bridge: Bridge) -> BridgeView:
         frames_dropped=st.frames_dropped,
         keyframe_requests=st.keyframe_requests,
         bytes_out=st.bytes_out,
+        slate_parts=bridge.hls.slate_parts if bridge.hls is not None else 0,
     )
 
 

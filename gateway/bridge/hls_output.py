@@ -60,10 +60,11 @@ class HlsOutput:
         self.updated_at: float | None = None
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
-        # how long without a stream's part before the slate: past a few late parts, early
-        # enough that the playlist gets its next segment within 1.5 target durations
+        # how long without a stream's part before the slate: past late parts on a busy machine
+        # (a slate costs the stream's parts up to its next keyframe), soon enough for a new
+        # playlist version within 1.5 target durations
         self.gap = (
-            gap if gap is not None else max(2 * packager.part_target, packager.target_duration / 2)
+            gap if gap is not None else max(3 * packager.part_target, packager.target_duration)
         )
         packager.resume_margin = self.gap  # a stall shorter than the gap brings no slate
         self.last_part_at: float | None = None  # monotonic, last part of a stream
@@ -113,6 +114,7 @@ class HlsOutput:
             last = self.last_part_at
             if last is None or time.monotonic() - last < self.gap:
                 continue
+            log.info("HLS %s: no part for %.1f s: slate", self.directory.name, self.gap)
             try:
                 await self._play_slate(last)
             except Exception:

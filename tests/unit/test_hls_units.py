@@ -140,7 +140,7 @@ async def test_hls_output_fills_a_gap_with_slate_until_a_stream_is_back(tmp_path
     tracks = parse_init(init_moov)
     pk = LlHlsPackager("o", part_target=0.3, target_duration=1)
     out = HlsOutput(tmp_path / "room", pk)
-    assert out.gap == pytest.approx(0.6)
+    assert out.gap == pytest.approx(1.0)
     try:
         run = await out.start_stream(source.init, tracks)
         for n in range(4):
