@@ -112,17 +112,19 @@ class HlsOutput:
         while True:
             await asyncio.sleep(step)
             last = self.last_part_at
-            if last is None or time.monotonic() - last < self.gap:
+            if last is None:
                 continue
-            log.info("HLS %s: no part for %.1f s: slate", self.directory.name, self.gap)
             try:
-                await self._play_slate(last)
+                slate = await self._slate()  # ready before it is needed (encoded once per size)
+                if time.monotonic() - last < self.gap:
+                    continue
+                log.info("HLS %s: no part for %.1f s: slate", self.directory.name, self.gap)
+                await self._play_slate(slate, last)
             except Exception:
                 log.exception("HLS slate failed")
                 await asyncio.sleep(self.packager.target_duration)
 
-    async def _play_slate(self, last: float) -> None:
-        """Slate parts in real time until a stream's part comes (``last_part_at`` moves)."""
+    async def _slate(self) -> Slate:
         shape = self._slate_shape
         slate = self._slates.get(shape)
         if slate is None:
@@ -135,7 +137,11 @@ class HlsOutput:
                 audio=audio,
                 part_target=self.packager.part_target,
             )
-            self._slates = {shape: slate}
+            self._slates = {shape: slate}  # the latest size only
+        return slate
+
+    async def _play_slate(self, slate: Slate, last: float) -> None:
+        """Slate parts in real time until a stream's part comes (``last_part_at`` moves)."""
         packager = self.packager
         if self.last_part_at != last:
             return
