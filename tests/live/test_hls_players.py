@@ -1,6 +1,7 @@
 """LL-HLS across an anchor's absence, as real players see it: the playlist keeps moving while the
-anchor is away (RFC 8216 §6.2.1), and hls.js in headless Chromium, left open, plays on after the
-anchor returns without a fatal error or a reload. Also HEAD on HLS resources (RFC 9110 §9.3.2).
+anchor is away (RFC 8216 §6.2.1); ffmpeg's HLS reader and hls.js in headless Chromium, left
+open, play on after the anchor returns without a fatal error or a reload; an anchor whose camera
+stalls resumes after the slate from a keyframe. Also HEAD on HLS resources (RFC 9110 §9.3.2).
 
 hls.js comes from npm (``package.json``; scripts/bootstrap runs ``npm ci``).
 """
@@ -370,7 +371,7 @@ hls.on(Hls.Events.FRAG_CHANGED, (_e, d) => window.player.changed.push([d.frag.sn
 hls.on(Hls.Events.LEVEL_UPDATED, () => { window.player.levelUpdates += 1; });
 hls.loadSource(PLAYLIST);
 hls.attachMedia(video);
-window.frames = () => video.getVideoPlaybackQuality().totalVideoFrames;
+window.decodedFrames = () => video.getVideoPlaybackQuality().totalVideoFrames;
 </script></body></html>"""
 
 
@@ -420,7 +421,7 @@ def newest_cc(playlist: str) -> int:
 
 async def player_state(page: Any) -> dict[str, Any]:
     state: dict[str, Any] = json.loads(await page.evaluate("JSON.stringify(window.player)"))
-    state["frames"] = await page.evaluate("window.frames()")
+    state["frames"] = await page.evaluate("window.decodedFrames()")
     state["time"] = await page.evaluate("document.getElementById('v').currentTime")
     return state
 
