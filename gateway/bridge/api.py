@@ -118,7 +118,6 @@ def hls_router(service: BridgeService, access: AccessPolicy) -> APIRouter:
     @router.get("/hls/{room}/index.m3u8")
     async def playlist(
         room: str,
-        request: Request,
         msn: int | None = Query(None, alias="_HLS_msn", ge=0),
         part: int | None = Query(None, alias="_HLS_part", ge=0),
         token: str | None = Query(None),
