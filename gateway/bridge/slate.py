@@ -2,8 +2,8 @@
 (anchor away, ffmpeg restarting). Encoded once per size into one fMP4 fragment whose audio and
 video last exactly as long (whole AAC frames, video frames of equal length on the same 48 kHz
 clock), then repeated with its decode times moved on (``fmp4.retime_fragment``), so the slate's
-timeline never drifts however long it runs. Every video frame is a keyframe: any fragment may
-start a segment."""
+timeline never drifts however long it runs. The fragment starts with a keyframe (the rest of
+its pictures repeat it for a few bytes): any repetition may start a segment."""
 
 from __future__ import annotations
 
@@ -66,11 +66,12 @@ def encode_slate(
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
         vs.time_base = tb
         vs.codec_context.time_base = tb
-        vs.codec_context.gop_size = 1
+        vs.codec_context.gop_size = aac_frames // FRAMES_PER_PICTURE  # one per fragment
         vs.codec_context.options = {
             "preset": "ultrafast",
             "tune": "zerolatency",
             "profile": "baseline",
+            "x264-params": "scenecut=0",
         }
         black = np.zeros((height * 3 // 2, width), np.uint8)
         black[height:] = 128

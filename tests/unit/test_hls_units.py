@@ -97,7 +97,7 @@ def test_slate_repeats_on_a_running_timeline_with_exact_durations() -> None:
     assert (video.width, video.height) == (640, 360)
     parts = [slate.part(n) for n in range(20)]
     infos = [parse_fragment(p[: next(iter_boxes(p))[2]], tracks) for p in parts]
-    assert all(i.independent for i in infos)
+    assert all(i.independent for i in infos)  # each repetition starts with a keyframe
     assert [round(i.start, 6) for i in infos] == [round(n * slate.duration, 6) for n in range(20)]
 
     data = slate.init + b"".join(parts)
@@ -106,9 +106,16 @@ def test_slate_repeats_on_a_running_timeline_with_exact_durations() -> None:
         assert v.codec_context.name == "h264" and "Baseline" in str(v.codec_context.profile)
         assert (a.codec_context.name, a.rate, a.channels) == ("aac", 48000, 2)
         pts = {"video": [], "audio": []}  # type: dict[str, list[int]]
+        keyframes = []
         for packet in c.demux():
             if packet.size:
                 pts[packet.stream.type].append(int(packet.pts))
+                if packet.stream.type == "video" and packet.is_keyframe:
+                    keyframes.append(int(packet.pts))
+    with av.open(io.BytesIO(data), format="mp4") as c:
+        decoded = sum(1 for _ in c.decode(video=0))
+    assert decoded == len(pts["video"]) == 20 * 7  # every picture decodes
+    assert keyframes == [n * 14 * 1024 for n in range(20)]  # one per repetition, at its start
     for kind in ("video", "audio"):  # no gap, no overlap: each packet follows the last
         steps = {b - a for a, b in zip(pts[kind], pts[kind][1:], strict=False)}
         assert len(steps) == 1, (kind, steps)
