@@ -39,7 +39,7 @@ from .metrics import (
 )
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
-from .settings import Settings, ephemeral_secret
+from .settings import Settings, ephemeral_secret, ice_directory
 from .stage.room import RoomService
 from .stage.selection import hub_selector
 from .stage.table import StageTable
@@ -180,10 +180,6 @@ def origin_whep_gate(
     return gate
 
 
-def ice_link_headers(settings: Settings) -> tuple[str, ...]:
-    return tuple(f'<{url}>; rel="ice-server"' for url in settings.ice_servers)
-
-
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     gw = gateway or build_gateway(settings)
 
@@ -212,21 +208,21 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         limiter=ClientRateLimiter(lim.session_posts_per_second, lim.session_post_burst),
     )
     access = gw.access
-    links = ice_link_headers(settings)
+    ice = ice_directory(settings)
     limit = settings.sessions.max_sdp_bytes
     app.include_router(
         whip_router(
             gw.anchors,
             access,
             max_sdp_bytes=limit,
-            link_headers=links,
+            ice=ice,
             start_kbps=settings.media.anchor_start_kbps,
             opus_dtx=settings.media.anchor_opus_dtx,
         )
     )
     whep_gate = [Depends(origin_whep_gate(gw.cluster, access))] if gw.cluster is not None else []
     app.include_router(
-        whep_router(gw.viewers, access, max_sdp_bytes=limit, link_headers=links, mixminus=True),
+        whep_router(gw.viewers, access, max_sdp_bytes=limit, ice=ice, mixminus=True),
         dependencies=whep_gate,  # 307 to the edge that should serve a viewer (relay.cluster.node)
     )
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .logs import configure_logging, uvicorn_log_config
-from .settings import Settings, ephemeral_secret, load_settings
+from .settings import Settings, ephemeral_secret, ice_directory, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -160,7 +160,7 @@ def _relay(args: argparse.Namespace) -> int:
     app = create_edge_app(
         node,
         max_sdp_bytes=settings.sessions.max_sdp_bytes,
-        link_headers=tuple(f'<{u}>; rel="ice-server"' for u in settings.ice_servers),
+        ice=ice_directory(settings),
         cors_origin=settings.cors_origin,
         ops_keys=(key, settings.metrics.token) if settings.metrics.token else (key,),
     )

@@ -2,11 +2,13 @@
 
 The pages are static files in ``gateway/web`` (plain ES modules, no build step); the only
 dynamic part is ``/config.json``: the ICE servers from ``settings.ice_servers`` (none by default,
-so a browser uses host candidates only, like the gateway itself).
+so a browser uses host candidates only, like the gateway itself) and, with ``turn.urls``, a TURN
+credential made for this request (never the shared secret).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .settings import Settings
+from .settings import Settings, ice_directory
 
 WEB_DIR = Path(__file__).with_name("web")
 
@@ -43,11 +45,15 @@ GATHER_TIMEOUT_MS = 1500
 """How long a page waits for ICE gathering before it sends its offer with what it has."""
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
+PAGE_SUBJECT = "page"
+"""The subject of the TURN credentials /config.json hands out (the pages have no token yet)."""
+
+
+def client_config(settings: Settings, now: float) -> dict[str, Any]:
     """What a page needs to connect: ``RTCConfiguration.iceServers`` and a few switches."""
-    ice_servers = [{"urls": list(settings.ice_servers)}] if settings.ice_servers else []
+    servers = ice_directory(settings).servers(PAGE_SUBJECT, now)
     return {
-        "iceServers": ice_servers,
+        "iceServers": [s.as_json() for s in servers],
         "gatherTimeoutMs": GATHER_TIMEOUT_MS,
         "anonymousAudience": settings.auth.anonymous_audience,
     }
@@ -68,11 +74,11 @@ def pages_router(settings: Settings) -> APIRouter:
         # HEAD too (RFC 9110 §9.3.2): the same headers, no body
         router.add_api_route(url, page(filename), methods=["GET", "HEAD"], name=f"page:{filename}")
 
-    config = client_config(settings)
-
     @router.api_route("/config.json", methods=["GET", "HEAD"])
     async def config_json() -> JSONResponse:
-        return JSONResponse(config, headers={"Cache-Control": "no-cache"})
+        # no-store: it may carry a TURN credential that expires
+        config = client_config(settings, time.time())
+        return JSONResponse(config, headers={"Cache-Control": "no-store"})
 
     return router
 

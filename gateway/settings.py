@@ -16,6 +16,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from relay.auth.turn import IceDirectory, TurnRest
+
 CONFIG_ENV = "STAGECAST_CONFIG"
 
 
@@ -241,6 +243,30 @@ class ClusterSettings(BaseModel):
     stream is gone there (an origin restart is picked up by the next viewer)."""
 
 
+class TurnSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: tuple[str, ...] = ()
+    """TURN URLs of a server that checks time-limited credentials made with ``secret`` (coturn
+    ``use-auth-secret`` + ``static-auth-secret``), e.g. ["turn:turn.example.net:3478",
+    "turns:turn.example.net:5349?transport=tcp"]. Every WHIP/WHEP 201 (and endpoint OPTIONS)
+    carries them in Link headers with a fresh username/password, and so does /config.json."""
+    secret: str = Field("", repr=False)
+    """The secret shared with the TURN server; never sent to a client. Required with ``urls``."""
+    ttl: int = Field(86400, ge=60, le=7 * 86400)
+    """Seconds a credential stays valid. coturn checks it when an allocation is made or
+    refreshed, so a session must not outlive it: keep it longer than your longest stream."""
+
+    @model_validator(mode="after")
+    def _secret_with_urls(self) -> TurnSettings:
+        if self.urls and not self.secret:
+            raise ValueError("turn.urls needs turn.secret (the TURN server's static-auth-secret)")
+        bad = [u for u in self.urls if not u.startswith(("turn:", "turns:"))]
+        if bad:
+            raise ValueError(f"turn.urls must be turn: or turns: URLs, got {bad}")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STAGECAST_",
@@ -274,6 +300,7 @@ class Settings(BaseSettings):
     bridge: BridgeSettings = BridgeSettings()
     stage: StageSettings = StageSettings()
     cluster: ClusterSettings = ClusterSettings()
+    turn: TurnSettings = TurnSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -314,6 +341,13 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": file})
 
     return FileSettings(**overrides)
+
+
+def ice_directory(settings: Settings) -> IceDirectory:
+    """The ICE servers this node hands its clients (Link headers, /config.json)."""
+    t = settings.turn
+    turn = TurnRest(t.urls, t.secret, t.ttl) if t.urls else None
+    return IceDirectory(settings.ice_servers, turn)
 
 
 def ephemeral_secret() -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from relay.auth.access import AccessPolicy
+from relay.auth.turn import IceDirectory
 from relay.http.common import SDP, check_room, read_limited, require_content_type
 from relay.http.sessions import add_session_routes, created_response
 from relay.rtc.sdp import check_offer, decode_body, with_opus_dtx, with_start_bitrate
@@ -17,12 +20,14 @@ def whip_router(
     access: AccessPolicy,
     *,
     max_sdp_bytes: int = 64 * 1024,
-    link_headers: tuple[str, ...] = (),
+    ice: IceDirectory | None = None,
     start_kbps: int = 0,
     opus_dtx: bool = False,
 ) -> APIRouter:
     """``start_kbps``: the bandwidth estimate a browser anchor starts from (0: its own);
-    ``opus_dtx``: ask anchors for Opus DTX."""
+    ``opus_dtx``: ask anchors for Opus DTX; ``ice``: the ICE servers (a fresh TURN credential
+    for the anchor's subject) in the 201's and the endpoint OPTIONS' Link headers."""
+    ice = ice or IceDirectory()
     router = APIRouter(tags=["whip"])
 
     @router.post(
@@ -45,7 +50,8 @@ def whip_router(
         answer = with_start_bitrate(session.pc.localDescription.sdp, start_kbps)
         if opus_dtx:
             answer = with_opus_dtx(answer)
-        return created_response("/whip", room, session.id, session.etag, answer, link_headers)
+        links = ice.links(grant.subject, time.time())
+        return created_response("/whip", room, session.id, session.etag, answer, links)
 
     add_session_routes(
         router,
@@ -55,5 +61,6 @@ def whip_router(
         access,
         post_methods="POST, OPTIONS",
         max_sdp_bytes=max_sdp_bytes,
+        ice=ice,
     )
     return router

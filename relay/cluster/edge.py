@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
+from relay.auth.turn import IceDirectory
 from relay.cluster.link import LinkConfig, UpstreamLink, open_link
 from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
 from relay.errors import ServiceUnavailable
@@ -245,7 +246,7 @@ def create_edge_app(
     node: EdgeNode,
     *,
     max_sdp_bytes: int = 64 * 1024,
-    link_headers: tuple[str, ...] = (),
+    ice: IceDirectory | None = None,
     cors_origin: str = "*",
     ops_keys: tuple[str, ...] = (),
 ) -> FastAPI:
@@ -301,9 +302,7 @@ def create_edge_app(
         await node.edge.ensure_pull(room, HubSelection(q.get("rendition"), q.get("anchor")))
 
     app.include_router(
-        whep_router(
-            node.viewers, node.access, max_sdp_bytes=max_sdp_bytes, link_headers=link_headers
-        ),
+        whep_router(node.viewers, node.access, max_sdp_bytes=max_sdp_bytes, ice=ice),
         dependencies=[Depends(gate)],
     )
     ops = APIRouter(tags=["ops"])

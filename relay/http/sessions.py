@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import Role
-from relay.errors import PreconditionFailed, PreconditionRequired, Unprocessable
+from relay.auth.turn import IceDirectory
+from relay.errors import (
+    Forbidden,
+    PreconditionFailed,
+    PreconditionRequired,
+    Unauthorized,
+    Unprocessable,
+)
 from relay.http.common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
 from relay.rtc.sdp import TrickleFragment, decode_body, parse_trickle
 
@@ -33,10 +41,13 @@ def add_session_routes(
     *,
     post_methods: str,
     max_sdp_bytes: int,
+    ice: IceDirectory | None = None,
 ) -> None:
     """Adds ``OPTIONS {prefix}/{room}`` and OPTIONS/DELETE/PATCH on ``{prefix}/{room}/{id}``;
     DELETE and PATCH take a grant for ``role`` (or any of several roles) in the room with the
-    session's own subject, or the operator key (``AccessPolicy.authorize_session``)."""
+    session's own subject, or the operator key (``AccessPolicy.authorize_session``).
+    The endpoint's OPTIONS carries ``ice``'s Link headers (RFC 9725 4.6): TURN credentials only
+    for a caller a POST would admit, the fixed URLs for anyone (a CORS preflight has no token)."""
     roles = role if isinstance(role, tuple) else (role,)
     listed = [m.strip() for m in f"{post_methods}, {SESSION_METHODS}".split(",")]
     cors_methods = ", ".join(dict.fromkeys(listed))
@@ -54,7 +65,20 @@ def add_session_routes(
         headers = preflight_headers(cors_methods, request.headers.get("origin", "*"))
         headers["Allow"] = post_methods
         headers["Accept-Post"] = SDP
+        if ice is not None:
+            links = ice_links_for(request, room)
+            if links:
+                headers["Link"] = ", ".join(links)
         return Response(status_code=204, headers=headers)
+
+    def ice_links_for(request: Request, room: str) -> tuple[str, ...]:
+        assert ice is not None
+        q, h = request.query_params, request.headers
+        try:
+            grant = access.authorize_any(room, roles, h.get("authorization"), q.get("access_token"))
+        except (Unauthorized, Forbidden):
+            return ice.public_links()
+        return ice.links(grant.subject, time.time())
 
     @router.options(prefix + "/{room}/{session_id}", status_code=204)
     async def session_options(request: Request, room: str, session_id: str) -> Response:

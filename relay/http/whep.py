@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import Role
+from relay.auth.turn import IceDirectory
 from relay.errors import BadRequest, NotFound
 from relay.http.common import SDP, check_room, read_limited, require_content_type
 from relay.http.sessions import add_session_routes, created_response
@@ -43,11 +45,14 @@ def whep_router(
     access: AccessPolicy,
     *,
     max_sdp_bytes: int = 64 * 1024,
-    link_headers: tuple[str, ...] = (),
+    ice: IceDirectory | None = None,
     mixminus: bool = False,
 ) -> APIRouter:
     """``mixminus``: this node serves ``?mixminus=ID`` (the origin, where the anchors are); pulls
-    of a mix-minus need an anchor token for the room. Elsewhere such a request gets 404."""
+    of a mix-minus need an anchor token for the room. Elsewhere such a request gets 404.
+    ``ice``: the ICE servers (with a fresh TURN credential for the viewer's subject) in the 201's
+    and the endpoint OPTIONS' Link headers."""
+    ice = ice or IceDirectory()
     router = APIRouter(tags=["whep"])
 
     def selection(
@@ -110,9 +115,9 @@ def whep_router(
             session = await service.open(room, text, summary, grant)
         finally:
             _selection.reset(token)
-        return created_response(
-            "/whep", room, session.id, session.etag, session.pc.localDescription.sdp, link_headers
-        )
+        links = ice.links(grant.subject, time.time())
+        answer = session.pc.localDescription.sdp
+        return created_response("/whep", room, session.id, session.etag, answer, links)
 
     add_session_routes(
         router,
@@ -122,5 +127,6 @@ def whep_router(
         access,
         post_methods="POST, HEAD, OPTIONS",
         max_sdp_bytes=max_sdp_bytes,
+        ice=ice,
     )
     return router

@@ -18,6 +18,6 @@ def test_no_external_urls_in_the_pages() -> None:
 
 def test_config_carries_configured_ice_servers() -> None:
     settings = Settings(ice_servers=("stun:stun.example.org:3478", "turn:turn.example.org"))
-    assert client_config(settings)["iceServers"] == [
+    assert client_config(settings, now=0.0)["iceServers"] == [
         {"urls": ["stun:stun.example.org:3478", "turn:turn.example.org"]}
     ]
