@@ -31,7 +31,7 @@ from relay.rtc.peer import (
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
 
-from .settings import Settings
+from .settings import Settings, node_ice
 from .stage.anchor_hub import AnchorHub
 from .stage.room import FINAL_REASONS, IngressTotals, RoomService
 
@@ -106,7 +106,7 @@ class AnchorService:
             video_queue_frames=media.video_queue_frames,
             audio_queue_frames=media.audio_queue_frames,
         )
-        pc = RTCPeerConnection(rtc_configuration(self._settings.ice_servers))
+        pc = RTCPeerConnection(rtc_configuration(node_ice(self._settings)))
         cfg = self._settings.sessions
         timers = SessionLifecycle(
             time.monotonic(), cfg.connect_timeout, media_timeout=cfg.anchor_media_timeout

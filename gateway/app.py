@@ -39,7 +39,7 @@ from .metrics import (
 )
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
-from .settings import Settings, ephemeral_secret, ice_directory
+from .settings import Settings, ephemeral_secret, ice_directory, node_ice
 from .stage.room import RoomService
 from .stage.selection import hub_selector
 from .stage.table import StageTable
@@ -121,7 +121,7 @@ def build_gateway(settings: Settings) -> Gateway:
             [r.name for r in settings.stage.renditions],
             mixminus=rooms.mixminus_hub,
         ),
-        ice_servers=settings.ice_servers,
+        ice_servers=node_ice(settings),
         limits=ViewerLimits(
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,

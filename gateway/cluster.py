@@ -17,7 +17,7 @@ from relay.rtc.candidates import node_policy
 from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
-from .settings import Settings, ephemeral_secret
+from .settings import Settings, ephemeral_secret, node_ice
 from .stage.table import StageTable
 
 
@@ -93,7 +93,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
             link=LinkConfig(
                 upstream=c.upstream,
                 node_id=node,
-                ice_servers=settings.ice_servers,
+                ice_servers=node_ice(settings),
                 keyframe_interval=media.keyframe_interval,
                 video_queue_frames=media.video_queue_frames,
                 audio_queue_frames=media.audio_queue_frames,
@@ -116,7 +116,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
     lag = LoopLagMonitor()
     viewers = ViewerService(
         edge.live_hub,
-        ice_servers=settings.ice_servers,
+        ice_servers=node_ice(settings),
         limits=ViewerLimits(
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,

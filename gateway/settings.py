@@ -16,7 +16,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from relay.auth.turn import IceDirectory, TurnRest
+from relay.auth.turn import IceDirectory, NodeIce, TurnRest
 
 CONFIG_ENV = "STAGECAST_CONFIG"
 
@@ -256,6 +256,10 @@ class TurnSettings(BaseModel):
     ttl: int = Field(86400, ge=60, le=7 * 86400)
     """Seconds a credential stays valid. coturn checks it when an allocation is made or
     refreshed, so a session must not outlive it: keep it longer than your longest stream."""
+    node_relay: bool = False
+    """The node's own peers (anchors, viewers, an edge's pull) also gather a relayed candidate
+    through the TURN server, for a node that clients cannot reach directly. Off: the node offers
+    its own addresses only and TURN is for the clients."""
 
     @model_validator(mode="after")
     def _secret_with_urls(self) -> TurnSettings:
@@ -348,6 +352,14 @@ def ice_directory(settings: Settings) -> IceDirectory:
     t = settings.turn
     turn = TurnRest(t.urls, t.secret, t.ttl) if t.urls else None
     return IceDirectory(settings.ice_servers, turn)
+
+
+def node_ice(settings: Settings) -> NodeIce:
+    """The ICE servers the node's own peer connections use: ``ice_servers``, plus TURN with a
+    credential per peer when ``turn.node_relay`` is on."""
+    if settings.turn.node_relay and settings.turn.urls:
+        return ice_directory(settings)
+    return settings.ice_servers
 
 
 def ephemeral_secret() -> str:

@@ -124,3 +124,7 @@ class IceDirectory:
     def public_links(self) -> tuple[str, ...]:
         """The links for a caller that showed no credential: the fixed URLs only."""
         return ice_server_links(ice_servers(self.static_urls, None, "", 0.0))
+
+
+NodeIce = tuple[str, ...] | IceDirectory
+"""A node's own ICE servers: URLs, or a directory that issues each peer a TURN credential."""

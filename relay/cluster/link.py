@@ -17,6 +17,7 @@ import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 
+from relay.auth.turn import NodeIce
 from relay.cluster.node import LINK_HEADER
 from relay.errors import BadSdp, Conflict, ServiceUnavailable
 from relay.media.frames import CodecSpec, MediaKind
@@ -34,7 +35,7 @@ MAX_REDIRECTS = 3
 class LinkConfig:
     upstream: str  # base URL of the origin or parent relay
     node_id: str
-    ice_servers: tuple[str, ...] = ()
+    ice_servers: NodeIce = ()
     keyframe_interval: float = 0.25
     video_queue_frames: int = 60
     audio_queue_frames: int = 100

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from aiortc import (
@@ -17,6 +18,7 @@ from aiortc import (
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import candidate_from_sdp
 
+from relay.auth.turn import IceDirectory
 from relay.errors import Unprocessable
 from relay.media.frames import MediaKind
 from relay.rtc.candidates import (
@@ -34,9 +36,20 @@ log = logging.getLogger(__name__)
 CLOSED_STATES = frozenset({"failed", "closed"})
 
 
-def rtc_configuration(ice_servers: Sequence[str]) -> RTCConfiguration:
+NODE_SUBJECT = "node"
+
+
+def rtc_configuration(ice_servers: Sequence[str] | IceDirectory) -> RTCConfiguration:
     """An explicit ICE server list: empty means host candidates only (aiortc would otherwise
-    contact a public STUN server)."""
+    contact a public STUN server). A directory issues this peer a fresh TURN credential."""
+    if isinstance(ice_servers, IceDirectory):
+        servers = ice_servers.servers(NODE_SUBJECT, time.time())
+        return RTCConfiguration(
+            iceServers=[
+                RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                for s in servers
+            ]
+        )
     return RTCConfiguration(
         iceServers=[RTCIceServer(urls=list(ice_servers))] if ice_servers else []
     )

@@ -13,6 +13,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
+from relay.auth.turn import NodeIce
 from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
@@ -102,7 +103,7 @@ class ViewerService:
         self,
         lookup: HubLookup,
         *,
-        ice_servers: tuple[str, ...] = (),
+        ice_servers: NodeIce = (),
         limits: ViewerLimits | None = None,
         room_limit: Callable[[str], int | None] | None = None,
         fallback: FallbackLookup | None = None,

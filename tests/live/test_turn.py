@@ -135,3 +135,34 @@ async def test_options_without_a_credential_for_a_private_endpoint_gets_no_turn(
         assert str(servers[1].username).endswith(":test-anchor")
         assert servers[1].credential == turn_rest_password(SECRET, str(servers[1].username))
         assert SECRET not in str(authed.headers)
+
+
+async def test_node_relay_offers_the_nodes_own_relayed_candidate() -> None:
+    """``turn.node_relay``: the gateway's peers gather a relayed candidate of their own, with a
+    credential issued to the node (subject ``node``) per peer."""
+    with run_coturn(SECRET) as turn:
+        settings = {**turn_settings(turn), "node_relay": True}
+        with run_server(turn=settings) as srv:
+            pub = await whip_publish(
+                srv.base_url, "turn2", srv.anchor_token("turn2"), video=StampedVideoTrack(320, 180)
+            )
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            try:
+                pc.addTransceiver("video", direction="recvonly")
+                await pc.setLocalDescription(await pc.createOffer())
+                async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as client:
+                    resp = await client.post(
+                        "/whep/turn2", content=pc.localDescription.sdp, headers=SDP
+                    )
+                assert resp.status_code == 201, resp.text
+                assert "relay" in candidate_types(resp.text)
+                await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+                assert await first_frame(pc, timeout=15) is not None
+                allocations = re.findall(
+                    r"user <(\d+):node>: incoming packet ALLOCATE processed, success",
+                    turn.log_text(),
+                )
+                assert len(allocations) >= 2  # the anchor's peer and the viewer's peer
+            finally:
+                await close_quietly(pc)
+                await pub.close()
