@@ -254,8 +254,8 @@ class TurnSettings(BaseModel):
     secret: str = Field("", repr=False)
     """The secret shared with the TURN server; never sent to a client. Required with ``urls``."""
     ttl: int = Field(86400, ge=60, le=7 * 86400)
-    """Seconds a credential stays valid. coturn checks it when an allocation is made or
-    refreshed, so a session must not outlive it: keep it longer than your longest stream."""
+    """Seconds a credential stays valid. The TURN server refuses it afterwards (an allocation;
+    a server may check refreshes too): keep it longer than your longest stream."""
     node_relay: bool = False
     """The node's own peers (anchors, viewers, an edge's pull) also gather a relayed candidate
     through the TURN server, for a node that clients cannot reach directly. Off: the node offers
