@@ -5,10 +5,16 @@ relayed plays with the credential the gateway handed it (OPTIONS / 201 Link head
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
+import os
 import re
+import shutil
 import time
+from typing import Any
 
 import httpx
+import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
@@ -20,6 +26,9 @@ from tests.support.server import run_server
 
 SECRET = "turn-shared-secret-" + "y" * 24
 SDP = {"Content-Type": "application/sdp"}
+# the admission check's loop-lag gate off: a Chromium or coturn starting beside the in-process
+# server on this 2-core machine can make one POST a 503, which is not what these tests are about
+CALM = {"max_loop_lag": None}
 _PARAM = re.compile(r';\s*([a-z-]+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -69,7 +78,7 @@ async def first_frame(pc: RTCPeerConnection, timeout: float) -> object:
 
 
 async def test_relay_only_viewer_plays_through_coturn() -> None:
-    with run_coturn(SECRET) as turn, run_server(turn=turn_settings(turn)) as srv:
+    with run_coturn(SECRET) as turn, run_server(turn=turn_settings(turn), limits=CALM) as srv:
         pub = await whip_publish(
             srv.base_url, "turn1", srv.anchor_token("turn1"), video=StampedVideoTrack(320, 180, 15)
         )
@@ -98,7 +107,7 @@ async def test_relay_only_viewer_plays_through_coturn() -> None:
 
 
 async def test_wrong_or_expired_credentials_get_no_relay() -> None:
-    with run_coturn(SECRET) as turn, run_server(turn=turn_settings(turn)) as srv:
+    with run_coturn(SECRET) as turn, run_server(turn=turn_settings(turn), limits=CALM) as srv:
         expired = turn_rest_username("late", int(time.time()) - 60)
         bad = [
             RTCIceServer(turn.url, expired, turn_rest_password(SECRET, expired)),
@@ -142,7 +151,7 @@ async def test_node_relay_offers_the_nodes_own_relayed_candidate() -> None:
     credential issued to the node (subject ``node``) per peer."""
     with run_coturn(SECRET) as turn:
         settings = {**turn_settings(turn), "node_relay": True}
-        with run_server(turn=settings) as srv:
+        with run_server(turn=settings, limits=CALM) as srv:
             pub = await whip_publish(
                 srv.base_url, "turn2", srv.anchor_token("turn2"), video=StampedVideoTrack(320, 180)
             )
@@ -166,3 +175,84 @@ async def test_node_relay_offers_the_nodes_own_relayed_candidate() -> None:
             finally:
                 await close_quietly(pc)
                 await pub.close()
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_MISSING = importlib.util.find_spec("playwright") is None or not os.path.exists(CHROMIUM)
+BROWSER_WATCH = """
+async ([room]) => {
+  const config = await (await fetch('/config.json')).json();
+  const pc = new RTCPeerConnection({ iceServers: config.iceServers, iceTransportPolicy: 'relay' });
+  window.pc = pc;
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    const check = () => pc.iceGatheringState === 'complete' && done();
+    pc.addEventListener('icegatheringstatechange', check);
+    check();
+    setTimeout(done, 8000);
+  });
+  const resp = await fetch('/whep/' + room, {
+    method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp,
+  });
+  const answer = await resp.text();
+  if (resp.status === 201) await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+  return { status: resp.status, offer: pc.localDescription.sdp, body: answer };
+}
+"""
+BROWSER_STATS = """
+async () => {
+  const stats = await window.pc.getStats();
+  let frames = 0, local = null;
+  stats.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded || 0;
+    if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
+      local = stats.get(s.localCandidateId).candidateType;
+    }
+  });
+  return { frames, local };
+}
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(90)
+async def test_chromium_relay_only_viewer_plays_with_the_pages_config() -> None:
+    """A browser with ``iceTransportPolicy: "relay"`` and nothing but /config.json's iceServers
+    (the TURN credential the gateway made for this request) plays through coturn."""
+    if BROWSER_MISSING:
+        if os.environ.get("CI"):
+            raise RuntimeError("playwright or chromium missing; scripts/bootstrap installs them")
+        pytest.skip("playwright or chromium missing (scripts/bootstrap)")
+    playwright_api: Any = importlib.import_module("playwright.async_api")
+    with run_coturn(SECRET) as turn, run_server(turn=turn_settings(turn), limits=CALM) as srv:
+        pub = await whip_publish(
+            srv.base_url, "turn3", srv.anchor_token("turn3"), video=StampedVideoTrack(320, 180, 15)
+        )
+        try:
+            async with playwright_api.async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=CHROMIUM,
+                    args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+                    timeout=20_000,
+                )
+                try:
+                    page = await browser.new_page()
+                    await page.goto(srv.base_url + "/healthz")  # same origin as the endpoint
+                    got = await page.evaluate(BROWSER_WATCH, ["turn3"])
+                    assert got["status"] == 201, got
+                    assert candidate_types(got["offer"]) == {"relay"}
+                    deadline = time.monotonic() + 20
+                    stats = await page.evaluate(BROWSER_STATS)
+                    while stats["frames"] < 5:
+                        assert time.monotonic() < deadline, stats
+                        await asyncio.sleep(0.2)
+                        stats = await page.evaluate(BROWSER_STATS)
+                    assert stats["local"] == "relay"
+                finally:
+                    await browser.close()
+            assert re.search(
+                r"user <\d+:page>: incoming packet ALLOCATE processed, success", turn.log_text()
+            )
+        finally:
+            await pub.close()
