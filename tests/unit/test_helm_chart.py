@@ -9,12 +9,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm  # helm-python-sdk, a dev dependency: Helm's Go SDK in a wheel
 import pytest
 import yaml
 
 from gateway.settings import Settings, load_settings, node_ice
-
-helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev dependency) renders charts")
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "stagecast"
 TOKEN = "t" * 40
@@ -124,6 +123,24 @@ def test_single_port_mode_exposes_one_udp_and_one_tcp_port_per_node() -> None:
         # $(NODE_NAME) is expanded by Kubernetes only if it is defined earlier in the list
         order = [e["name"] for e in pod["containers"][0]["env"]]
         assert order.index("NODE_NAME") < order.index("STAGECAST_WEBRTC__ANNOUNCE")
+    service = one(docs, "Service", "sc-stagecast-origin")["spec"]
+    assert [p["name"] for p in service["ports"]] == ["http"]  # media through the node's ports
+
+
+def test_origin_service_can_carry_the_media_ports() -> None:
+    docs = render(
+        {
+            "webrtc": {"singlePort": True, "announce": ["198.51.100.20"]},
+            "origin": {"service": {"type": "LoadBalancer", "mediaPorts": True}},
+        }
+    )
+    service = one(docs, "Service", "sc-stagecast-origin")["spec"]
+    assert service["type"] == "LoadBalancer"
+    assert [(p["name"], p.get("protocol", "TCP"), p["port"]) for p in service["ports"]] == [
+        ("http", "TCP", 8080),
+        ("media-udp", "UDP", 50000),
+        ("media-tcp", "TCP", 50000),
+    ]
 
 
 def test_turn_secret_only_in_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
