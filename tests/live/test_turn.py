@@ -18,8 +18,19 @@ import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+from gateway.cluster import build_edge_node
+from gateway.settings import (
+    AuthSettings,
+    ClusterSettings,
+    Settings,
+    TurnSettings,
+    ice_directory,
+)
 from gateway.synthetic import StampedVideoTrack, whip_publish
+from relay.auth.tokens import TokenAuthority
 from relay.auth.turn import turn_rest_password, turn_rest_username
+from relay.cluster.edge import create_edge_app
+from relay.cluster.registry import RoomPolicy
 from relay.rtc.peer import close_quietly
 from tests.support.coturn import Coturn, run_coturn
 from tests.support.server import run_server
@@ -256,3 +267,32 @@ async def test_chromium_relay_only_viewer_plays_with_the_pages_config() -> None:
             )
         finally:
             await pub.close()
+
+
+@pytest.mark.timeout(30)
+async def test_edge_hands_out_turn_credentials_like_the_origin() -> None:
+    """A relay edge's WHEP endpoint OPTIONS carries the same kind of credential, for the
+    viewer's subject; a private room's OPTIONS without a token gets the fixed URLs only."""
+    token_secret = "edge-token-secret-" + "z" * 30
+    settings = Settings(
+        auth=AuthSettings(token_secret=token_secret, anonymous_audience=True),
+        cluster=ClusterSettings(role="edge", upstream="http://origin.test:8080"),
+        ice_servers=("stun:stun.example.net:3478",),
+        turn=TurnSettings(urls=("turn:turn.example.net:3478",), secret=SECRET, ttl=300),
+    )
+    node = build_edge_node(settings)
+    node.cluster.policies["secret"] = RoomPolicy("secret", private=True)
+    app = create_edge_app(node, ice=ice_directory(settings))
+    token = TokenAuthority(token_secret).mint("secret", "audience", "viewer-7", 60)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://edge"
+    ) as c:
+        public = parse_ice_links((await c.options("/whep/public")).headers["link"])
+        private = (await c.options("/whep/secret")).headers["link"]
+        authed = await c.options("/whep/secret", headers={"Authorization": f"Bearer {token}"})
+    assert [s.urls for s in public] == ["stun:stun.example.net:3478", "turn:turn.example.net:3478"]
+    assert str(public[1].username).split(":", 1)[1].startswith("anonymous-")
+    assert private == '<stun:stun.example.net:3478>; rel="ice-server"'
+    (_, turn) = parse_ice_links(authed.headers["link"])
+    assert str(turn.username).endswith(":viewer-7")
+    assert turn.credential == turn_rest_password(SECRET, str(turn.username))
