@@ -42,14 +42,24 @@ async def test_origin_redirects_viewers_to_edges_and_503_when_full() -> None:
 
             fut = asyncio.run_coroutine_threadsafe(seed(full), server.loop)
             fut.result(5)
-            r = await client.post("/whep/r?access_token=abc", content="v=0", headers=OFFER_HEADERS)
+            # routing comes after authorization: a viewer's token (query form) rides the 307
+            token = server.audience_token("r")
+            r = await client.post(
+                f"/whep/r?access_token={token}", content="v=0", headers=OFFER_HEADERS
+            )
             assert r.status_code == 503 and r.headers["retry-after"] == "2"
             assert r.headers["content-type"] == "application/problem+json"
             spare = edge("spare", viewers=3, updated_at=now)
             asyncio.run_coroutine_threadsafe(seed(full, spare), server.loop).result(5)
-            r = await client.post("/whep/r?access_token=abc", content="v=0", headers=OFFER_HEADERS)
+            r = await client.post(
+                f"/whep/r?access_token={token}", content="v=0", headers=OFFER_HEADERS
+            )
             assert r.status_code == 307
-            assert r.headers["location"] == "http://spare:8080/whep/r?access_token=abc"
+            assert r.headers["location"] == f"http://spare:8080/whep/r?access_token={token}"
+            r = await client.post(
+                "/whep/r?access_token=forged", content="v=0", headers=OFFER_HEADERS
+            )
+            assert r.status_code == 401  # never routed: a forged token learns nothing
             # session resources and other methods are never routed
             assert (await client.options("/whep/r")).status_code == 204
             assert (await client.delete("/whep/r/nope")).status_code == 404

@@ -39,8 +39,8 @@ if importlib.util.find_spec("playwright") is None or not os.path.exists(CHROMIUM
     pytest.skip("playwright or chromium missing (scripts/bootstrap)", allow_module_level=True)
 if not (EYEVINN.exists() and MEDOOZE.exists()):
     if os.environ.get("CI"):
-        raise RuntimeError("the npm WHIP clients are not bundled (scripts/bootstrap runs it)")
-    pytest.skip("run scripts/third-party-clients to bundle the npm clients", allow_module_level=True)
+        raise RuntimeError("the npm WHIP clients are not bundled (scripts/third-party-clients)")
+    pytest.skip("scripts/third-party-clients bundles the npm clients", allow_module_level=True)
 playwright_api = importlib.import_module("playwright.async_api")
 pytestmark = [pytest.mark.browser]
 
