@@ -11,22 +11,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.exceptions import InvalidStateError, OperationError
+from aiortc import RTCPeerConnection
 
 from relay.auth.access import Grant
-from relay.errors import Conflict, NotFound, Unprocessable
+from relay.errors import Conflict, NotFound
 from relay.media.lifecycle import SessionLifecycle
-from relay.rtc.adapter import guard_ice_checks
 from relay.rtc.candidates import node_policy
 from relay.rtc.ingest import IngestSet, TrackIngest
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
+    answer_offer,
     apply_trickle,
     close_quietly,
     codec_preferences,
     rtc_configuration,
-    screen_offer,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
@@ -119,16 +117,7 @@ class AnchorService:
                 session.ingests[kind] = TrackIngest(
                     kind, transceiver.receiver, hub, max_wait=media.reassembly_wait
                 )
-            await pc.setRemoteDescription(
-                RTCSessionDescription(
-                    screen_offer(strip_mdns_candidates(offer_sdp), self.candidates), "offer"
-                )
-            )
-            guard_ice_checks(pc, self.candidates)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except (OperationError, InvalidStateError, ValueError) as exc:
-            await self._abort(stage.room, sid, pc)
-            raise Unprocessable(f"offer could not be negotiated: {exc}") from exc
+            await answer_offer(pc, strip_mdns_candidates(offer_sdp), self.candidates)
         except BaseException:
             await self._abort(stage.room, sid, pc)
             raise

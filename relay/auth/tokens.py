@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import jwt
 
@@ -69,21 +69,39 @@ class TokenAuthority:
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("token has expired") from exc
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from exc
-        if not isinstance(claims.get("room"), str) or claims.get("role") not in ROLES:
+        if not isinstance(claims, dict):
+            raise Unauthorized("token claims are not an object")
+        claimed_room, claimed_role = claims.get("room"), claims.get("role")
+        if not _clean(claimed_room, 256) or claimed_role not in ROLES:
             raise Unauthorized("token lacks room or role")
-        if not secrets.compare_digest(claims["room"].encode(), room.encode()):
+        subject, token_id = claims.get("sub"), claims.get("jti", "")
+        if not _clean(subject, 256) or not (token_id == "" or _clean(token_id, 256)):
+            raise Unauthorized("token subject or id is not a short printable string")
+        if not secrets.compare_digest(claimed_room.encode(), room.encode()):
             raise Forbidden("token is for another room")
-        if claims["role"] != role:
-            raise Forbidden(f"token role {claims['role']!r} may not act as {role!r}")
+        if claimed_role != role:
+            raise Forbidden(f"token role {claimed_role!r} may not act as {role!r}")
         return TokenClaims(
-            room=claims["room"],
-            role=claims["role"],
-            subject=str(claims["sub"]),
+            room=claimed_room,
+            role=claimed_role,
+            subject=subject,
             expires_at=int(claims["exp"]),
-            token_id=str(claims.get("jti", "")),
+            token_id=token_id,
         )
+
+
+def _clean(value: object, max_len: int) -> TypeGuard[str]:
+    """A claim we compare, log and echo: a non-empty printable string that UTF-8 can encode
+    (JSON lets a signed token carry lone surrogates, which ``str.encode`` refuses)."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_len or not value.isprintable():
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def bearer_token(authorization: str | None, query_token: str | None = None) -> str | None:

@@ -14,13 +14,14 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
+    RTCSessionDescription,
 )
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
-from aiortc.sdp import candidate_from_sdp
 
 from relay.auth.turn import IceDirectory
-from relay.errors import Unprocessable
+from relay.errors import StagecastError, Unprocessable
 from relay.media.frames import MediaKind
+from relay.rtc.adapter import guard_ice_checks
 from relay.rtc.candidates import (
     DEFAULT_POLICY,
     CandidatePolicy,
@@ -29,7 +30,7 @@ from relay.rtc.candidates import (
     known_keys,
     screen,
 )
-from relay.rtc.sdp import TrickleFragment
+from relay.rtc.sdp import TrickleFragment, parse_candidate
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,7 @@ async def apply_trickle(
     mids = [t.mid for t in pc.getTransceivers()]
     parsed = []
     for mid, value in frag.candidates:
-        try:
-            parsed.append((mid, candidate_from_sdp(value)))
-        except (ValueError, IndexError) as exc:
-            raise Unprocessable(f"candidate could not be parsed: {exc}") from exc
+        parsed.append((mid, parse_candidate(value)))  # parse_trickle has vetted them (BadSdp)
     remote = pc.remoteDescription
     known = known_keys(remote.sdp, policy) if remote is not None else frozenset()
     verdict = screen((value for _, value in frag.candidates), policy, known)
@@ -104,9 +102,35 @@ async def apply_trickle(
         cand.sdpMid = mid if mid in mids else (mids[0] if mids else None)
         if cand.sdpMid is None:
             continue
-        await pc.addIceCandidate(cand)
+        try:
+            await pc.addIceCandidate(cand)
+        except Exception as exc:  # whatever aiortc/aioice still find wrong with it
+            raise Unprocessable(f"candidate refused: {exc}") from exc
         added += 1
     return added
+
+
+async def answer_offer(
+    pc: RTCPeerConnection, offer_sdp: str, policy: CandidatePolicy = DEFAULT_POLICY
+) -> None:
+    """Apply a remote offer (its candidates screened by ``policy``, the ICE checks guarded)
+    and set our answer: the one place aiortc judges an offer.
+
+    ``check_offer`` refuses what aiortc is known to reject; anything it still raises here is
+    the offer's fault too: 422 (logged, as a gap in ``check_offer``). ``pc`` is closed on any
+    error, so no half-negotiated connection outlives the request."""
+    try:
+        await pc.setRemoteDescription(
+            RTCSessionDescription(screen_offer(offer_sdp, policy), "offer")
+        )
+        guard_ice_checks(pc, policy)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:
+        await close_quietly(pc)
+        if isinstance(exc, StagecastError):
+            raise
+        log.warning("aiortc refused an offer that check_offer passed", exc_info=True)
+        raise Unprocessable(f"offer could not be negotiated: {exc}"[:300]) from exc
 
 
 def _log_dropped(verdict: Screening, where: str) -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from aiortc import RTCIceCandidate
 from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import CODECS
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.sdp import candidate_from_sdp
 
 from relay.errors import BadSdp, Unprocessable
 from relay.media.frames import MediaKind
@@ -49,9 +55,13 @@ def decode_body(body: bytes, *, max_bytes: int) -> str:
 
 
 def check_offer(text: str, role: Role) -> OfferSummary:
-    """Parse and vet an offer; raises BadSdp (400) or Unprocessable (422)."""
+    """Parse and vet an offer completely, so that aiortc accepts whatever passes; raises BadSdp
+    (400: malformed) or Unprocessable (422: well formed, but not something we can answer)."""
     if not text.startswith("v=0"):
         raise BadSdp("SDP must start with v=0")
+    for line in text.splitlines():
+        if line and not _LINE.fullmatch(line):
+            raise BadSdp(f"not an SDP line (type=value, no control characters): {line[:40]!r}")
     try:
         desc = aiortc_sdp.SessionDescription.parse(text)
     except Exception as exc:  # aiortc's parser raises whatever the bad line triggers
@@ -59,30 +69,210 @@ def check_offer(text: str, role: Role) -> OfferSummary:
     if not desc.media:
         raise BadSdp("SDP has no media section")
     codecs: dict[MediaKind, tuple[str, ...]] = {}
-    ufrag = pwd = None
+    mids: list[str] = []
     for media in desc.media:
         if media.kind not in ("audio", "video"):
             raise Unprocessable(f"media kind {media.kind!r} is not supported")
         kind = cast(MediaKind, media.kind)
         if kind in codecs:
             raise Unprocessable(f"only one {kind} section is supported")
+        if not media.profile.endswith(_PROFILES):
+            raise Unprocessable(f"{kind} section's profile {media.profile} is not DTLS-SRTP")
         if media.direction not in _DIRECTIONS[role]:
             want = " or ".join(sorted(_DIRECTIONS[role]))
             raise Unprocessable(f"{kind} section is {media.direction}; expected {want}")
-        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
-            raise BadSdp(f"{kind} section lacks ice-ufrag/ice-pwd")
-        if media.dtls is None or not media.dtls.fingerprints:
-            raise BadSdp(f"{kind} section lacks a DTLS fingerprint or setup attribute")
-        if not media.rtp.muxId:
+        mid = media.rtp.muxId
+        if not mid:
             raise BadSdp(f"{kind} section lacks a mid")
-        ufrag, pwd = media.ice.usernameFragment, media.ice.password
-        names = tuple(c.name for c in media.rtp.codecs)
-        if not any(n.lower() == s.lower() for n in names for s in SUPPORTED_CODECS[kind]):
+        if not _MID.fullmatch(mid):
+            raise BadSdp(f"{kind} section's mid is not 1-16 token characters")
+        if mid in mids:
+            raise BadSdp(f"mid {mid!r} names two sections")
+        mids.append(mid)
+        if not media.rtcp_mux:
+            raise Unprocessable(f"{kind} section lacks a=rtcp-mux (RFC 8834 requires it)")
+        _check_ice(media, kind)
+        _check_dtls(media, kind)
+        _check_rtp(media, kind)
+        usable = _usable_codecs(media)
+        if not usable:
             want = ", ".join(SUPPORTED_CODECS[kind])
             raise Unprocessable(f"{kind} offers none of the supported codecs ({want})")
-        codecs[kind] = names
-    assert ufrag is not None and pwd is not None
-    return OfferSummary(codecs=codecs, ice_ufrag=ufrag, ice_pwd=pwd)
+        codecs[kind] = usable
+    _check_bundle(desc, mids)
+    first = desc.media[0].ice
+    assert first is not None and first.usernameFragment and first.password
+    return OfferSummary(codecs=codecs, ice_ufrag=first.usernameFragment, ice_pwd=first.password)
+
+
+# RFC 8866 lines: one lower-case type letter, "=", then text without control characters.
+_LINE = re.compile(r"[a-z]=[^\x00-\x08\x0a-\x1f\x7f]*")
+# RFC 8843 identification-tag (an RFC 8866 token); 16 bytes is what the RTP MID header
+# extension carries (RFC 8285 one-byte form).
+_MID = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]{1,16}")
+_CODEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,31}")
+# RFC 8839 section 5.4: ice-char, ufrag 4-256, pwd 22-256.
+_ICE_UFRAG = re.compile(r"[A-Za-z0-9+/]{4,256}")
+_ICE_PWD = re.compile(r"[A-Za-z0-9+/]{22,256}")
+_ICE_CHARS = re.compile(r"[A-Za-z0-9+/]{1,256}")
+# RFC 8122 hash functions and their digest sizes in bytes.
+_FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+_HEX_PAIR = re.compile(r"[0-9A-Fa-f]{2}")
+_PROFILES = ("RTP/SAVPF", "RTP/SAVP")  # UDP/TLS/RTP/SAVPF, TCP/DTLS/RTP/SAVPF, ...
+_U32 = 2**32 - 1
+_FMTP_INT_RANGES = {  # aiortc parses these as int and copies some into its answer
+    "apt": (0, 127),
+    "max-fr": (0, _U32),
+    "max-fs": (0, _U32),
+    "maxplaybackrate": (0, _U32),
+    "minptime": (0, 1000),
+    "stereo": (0, 1),
+    "useinbandfec": (0, 1),
+}
+_CANDIDATE_TYPES = frozenset({"host", "srflx", "prflx", "relay"})
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _check_ice(media: aiortc_sdp.MediaDescription, kind: str) -> None:
+    ice = media.ice
+    if ice is None or not ice.usernameFragment or not ice.password:
+        raise BadSdp(f"{kind} section lacks ice-ufrag/ice-pwd")
+    if not _ICE_UFRAG.fullmatch(ice.usernameFragment):
+        raise BadSdp(f"{kind} section's ice-ufrag is not 4-256 ice-chars (RFC 8839)")
+    if not _ICE_PWD.fullmatch(ice.password):
+        raise BadSdp(f"{kind} section's ice-pwd is not 22-256 ice-chars (RFC 8839)")
+    for cand in media.ice_candidates:
+        check_candidate(cand)
+
+
+def _check_dtls(media: aiortc_sdp.MediaDescription, kind: str) -> None:
+    if media.dtls is None or not media.dtls.fingerprints:
+        raise BadSdp(f"{kind} section lacks a DTLS fingerprint or setup attribute")
+    for fp in media.dtls.fingerprints:
+        size = _FINGERPRINT_BYTES.get(fp.algorithm.lower())
+        if size is None:
+            raise BadSdp(f"fingerprint hash {fp.algorithm[:16]!r} is not one of RFC 8122's")
+        pairs = fp.value.split(":")
+        if len(pairs) != size or not all(_HEX_PAIR.fullmatch(p) for p in pairs):
+            raise BadSdp(f"{fp.algorithm} fingerprint is not {size} hex bytes")
+
+
+def _check_rtp(media: aiortc_sdp.MediaDescription, kind: str) -> None:
+    """Payload types, codecs, header extensions and SSRCs: the numbers aiortc copies into its
+    answer or its RTP/RTCP headers."""
+    for pt in media.fmt:
+        _check_payload_type(pt, kind)
+    seen: set[int] = set()
+    for codec in media.rtp.codecs:
+        pt = codec.payloadType
+        assert pt is not None  # the parser sets it from the a=rtpmap line
+        _check_payload_type(pt, kind)
+        if pt in seen:
+            raise BadSdp(f"{kind} payload type {pt} is mapped twice")
+        seen.add(pt)
+        if not _CODEC_NAME.fullmatch(codec.name):
+            raise BadSdp(f"{kind} payload type {codec.payloadType} has no valid codec name")
+        if not 0 < codec.clockRate <= _U32:
+            raise BadSdp(
+                f"{kind} payload type {codec.payloadType} has clock rate {codec.clockRate}"
+            )
+        if codec.channels is not None and not 0 < codec.channels <= 255:
+            raise BadSdp(f"{kind} payload type {codec.payloadType} has {codec.channels} channels")
+        for key, value in codec.parameters.items():
+            bounds = _FMTP_INT_RANGES.get(key)
+            if bounds is not None and not (
+                isinstance(value, int) and bounds[0] <= value <= bounds[1]
+            ):
+                raise BadSdp(f"{kind} payload type {codec.payloadType}: {key} out of range")
+    ids: set[int] = set()
+    for ext in media.rtp.headerExtensions:
+        if not 1 <= ext.id <= 255 or ext.id == 15:  # RFC 8285: 15 is reserved
+            raise BadSdp(f"{kind} header extension id {ext.id} is out of range")
+        if ext.id in ids:
+            raise BadSdp(f"{kind} header extension id {ext.id} is mapped twice")
+        ids.add(ext.id)
+    for ssrc in media.ssrc:
+        if not 0 <= ssrc.ssrc <= _U32:
+            raise BadSdp(f"{kind} SSRC {ssrc.ssrc} is not a 32-bit number")
+    for group in media.ssrc_group:
+        if not all(isinstance(x, int) and 0 <= x <= _U32 for x in group.items):
+            raise BadSdp(f"{kind} ssrc-group holds a number that is not a 32-bit SSRC")
+    if media.rtcp_port is not None and not 0 <= media.rtcp_port <= 65535:
+        raise BadSdp(f"{kind} a=rtcp port {media.rtcp_port} is out of range")
+
+
+def _check_payload_type(pt: int, kind: str) -> None:
+    # 7 bits in the RTP header; 64-95 collide with RTCP packet types under rtcp-mux (RFC 5761)
+    if not 0 <= pt <= 127 or 64 <= pt <= 95:
+        raise BadSdp(f"{kind} payload type {pt} is outside 0-63 and 96-127")
+
+
+def _usable_codecs(media: aiortc_sdp.MediaDescription) -> tuple[str, ...]:
+    """Names of the offered codecs that we forward and aiortc can negotiate as offered (name,
+    clock rate, channels, H264 mode and profile), in the offer's order, each once."""
+    names: list[str] = []
+    wanted = {n.lower() for n in SUPPORTED_CODECS[cast(MediaKind, media.kind)]}
+    for codec in media.rtp.codecs:
+        try:  # aiortc compares every offered codec so, inside setRemoteDescription
+            compatible = any(is_codec_compatible(local, codec) for local in CODECS[media.kind])
+        except (TypeError, ValueError) as exc:  # e.g. a packetization-mode without a value
+            raise BadSdp(f"{media.kind} payload type {codec.payloadType}: bad fmtp") from exc
+        if not compatible or codec.name.lower() not in wanted or codec.name in names:
+            continue
+        if media.kind == "audio" and codec.channels != 2:
+            continue  # aiortc's Opus is stereo (RFC 7587: always opus/48000/2)
+        names.append(codec.name)
+    return tuple(names)
+
+
+def _check_bundle(desc: aiortc_sdp.SessionDescription, mids: list[str]) -> None:
+    """RFC 9725 (WHIP) section 4.5: one BUNDLE group holding every m-section. aiortc takes
+    the group's first mid as the transport of all; a mid it does not know leaves the sections
+    without one."""
+    bundles = [g for g in desc.group if g.semantic == "BUNDLE"]
+    if not bundles:
+        return
+    if len(bundles) > 1:
+        raise Unprocessable("more than one BUNDLE group")
+    items = [str(item) for item in bundles[0].items]
+    if len(set(items)) != len(items) or not set(items) <= set(mids):
+        raise BadSdp("the BUNDLE group names a mid twice or one no section has")
+    if set(items) != set(mids):
+        raise Unprocessable("every m-section must be in the BUNDLE group")
+    ices = {(m.ice.usernameFragment, m.ice.password) for m in desc.media if m.ice is not None}
+    if len(ices) > 1:
+        raise BadSdp("the sections of the BUNDLE group carry different ICE credentials")
+
+
+def check_candidate(cand: RTCIceCandidate) -> None:
+    """An ICE candidate's fields in their RFC 8839 ranges (aiortc parses the numbers and
+    nothing more); raises BadSdp."""
+    if not 1 <= cand.component <= 256:
+        raise BadSdp(f"candidate component {cand.component} is out of range")
+    if not 0 <= cand.port <= 65535 or not 0 <= cand.priority <= _U32:
+        raise BadSdp("candidate port or priority is out of range")
+    if cand.protocol.lower() not in ("udp", "tcp"):
+        raise BadSdp(f"candidate transport {cand.protocol[:16]!r} is neither UDP nor TCP")
+    if cand.type not in _CANDIDATE_TYPES:
+        raise BadSdp(f"candidate type {cand.type[:16]!r} is not host, srflx, prflx or relay")
+    for address in (cand.ip, cand.relatedAddress):
+        if address is not None and not _is_address(address):
+            raise BadSdp("candidate address is neither an IP address nor a host name")
+    if cand.relatedPort is not None and not 0 <= cand.relatedPort <= 65535:
+        raise BadSdp("candidate rport is out of range")
+    if cand.tcpType is not None and cand.tcpType not in ("active", "passive", "so"):
+        raise BadSdp("candidate tcptype is not active, passive or so")
+    if len(cand.foundation) > 32 or not _ICE_CHARS.fullmatch(cand.foundation):
+        raise BadSdp("candidate foundation is not 1-32 ice-chars")
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(text))
+    return True
 
 
 def strip_mdns_candidates(text: str) -> str:
@@ -180,7 +370,8 @@ class TrickleFragment:
 
 
 def parse_trickle(text: str) -> TrickleFragment:
-    """Parse an ``application/trickle-ice-sdpfrag`` body (RFC 8840)."""
+    """Parse an ``application/trickle-ice-sdpfrag`` body (RFC 8840), vetting each value as
+    check_offer does; raises BadSdp."""
     ufrag = pwd = mid = None
     cands: list[tuple[str | None, str]] = []
     end = False
@@ -188,19 +379,35 @@ def parse_trickle(text: str) -> TrickleFragment:
         line = raw.strip()
         if not line:
             continue
-        if not line.startswith("a=") and not line.startswith("m="):
+        if not line.startswith(("a=", "m=")) or not _LINE.fullmatch(line):
             raise BadSdp(f"unexpected line in SDP fragment: {line[:40]!r}")
         if line.startswith("a=ice-ufrag:"):
             ufrag = line.split(":", 1)[1]
+            if not _ICE_UFRAG.fullmatch(ufrag):
+                raise BadSdp("ice-ufrag is not 4-256 ice-chars (RFC 8839)")
         elif line.startswith("a=ice-pwd:"):
             pwd = line.split(":", 1)[1]
+            if not _ICE_CHARS.fullmatch(pwd):
+                raise BadSdp("ice-pwd is not 1-256 ice-chars (RFC 8839)")
         elif line.startswith("a=mid:"):
             mid = line.split(":", 1)[1]
+            if not _MID.fullmatch(mid):
+                raise BadSdp("mid is not 1-16 token characters")
         elif line.startswith("a=candidate:"):
             value = line[len("a=candidate:") :]
-            if len(value.split()) < 8:
-                raise BadSdp("malformed candidate line")
+            check_candidate(parse_candidate(value))
             cands.append((mid, value))
         elif line == "a=end-of-candidates":
             end = True
     return TrickleFragment(ufrag, pwd, tuple(cands), end)
+
+
+def parse_candidate(value: str) -> RTCIceCandidate:
+    """An ``a=candidate`` value (without the ``a=candidate:``) as aiortc reads it; BadSdp if
+    it has too few fields or a number that is not one."""
+    if len(value) > 512 or len(value.split()) < 8:
+        raise BadSdp("malformed candidate line")
+    try:
+        return candidate_from_sdp(value)
+    except (ValueError, IndexError, AssertionError) as exc:
+        raise BadSdp(f"candidate could not be parsed: {type(exc).__name__}") from exc

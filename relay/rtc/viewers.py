@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender
 
 from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
@@ -22,18 +22,17 @@ from relay.media.lifecycle import SessionLifecycle
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     drop_receive_estimator,
-    guard_ice_checks,
     install_prepacked_sender,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.direct_sender import DirectSender, new_template_cache
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
+    answer_offer,
     apply_trickle,
     close_quietly,
     codec_preferences,
     rtc_configuration,
-    screen_offer,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
@@ -200,13 +199,7 @@ class ViewerService:
                     install_prepacked_sender(transceiver.sender, session.request_keyframe)
             if not pc.getTransceivers():
                 raise Unprocessable("the offer asks for no kind of media this stream carries")
-            await pc.setRemoteDescription(
-                RTCSessionDescription(
-                    screen_offer(strip_mdns_candidates(offer_sdp), self.limits.candidates), "offer"
-                )
-            )
-            guard_ice_checks(pc, self.limits.candidates)
-            await pc.setLocalDescription(await pc.createAnswer())
+            await answer_offer(pc, strip_mdns_candidates(offer_sdp), self.limits.candidates)
         except BaseException:
             viewer.close()
             await close_quietly(pc)

@@ -1,0 +1,69 @@
+"""A real edge relay (``stagecast relay``'s app) on uvicorn in a thread of the test process,
+pulling from ``upstream``; its peer connections and sessions can be counted directly, like
+tests/server.py's origin. In-memory registry: the edge is in no cluster with its origin."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from gateway.cluster import build_edge_node
+from gateway.launcher import free_port
+from gateway.settings import Settings
+from relay.cluster.edge import EdgeNode, create_edge_app
+from tests.server import SECRET
+
+
+@dataclass
+class RunningEdge:
+    base_url: str
+    node: EdgeNode
+    loop: asyncio.AbstractEventLoop
+    server: uvicorn.Server
+
+
+@contextmanager
+def run_edge(upstream: str, **overrides: Any) -> Iterator[RunningEdge]:
+    port = free_port()
+    auth = {"token_secret": SECRET, "anonymous_audience": True}
+    auth.update(overrides.pop("auth", {}))
+    limits: dict[str, Any] = {"max_loop_busy": None}
+    limits.update(overrides.pop("limits", {}))
+    cluster: dict[str, Any] = {"role": "edge", "upstream": upstream, "node_id": f"edge-{port}"}
+    cluster.update(overrides.pop("cluster", {}))
+    settings = Settings(
+        host="127.0.0.1", port=port, auth=auth, limits=limits, cluster=cluster, **overrides
+    )
+    loop = asyncio.new_event_loop()
+    holder: dict[str, Any] = {}
+
+    def target() -> None:
+        asyncio.set_event_loop(loop)
+        node = build_edge_node(settings)
+        app = create_edge_app(node, max_sdp_bytes=settings.sessions.max_sdp_bytes)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        holder["node"], holder["server"] = node, server
+        loop.run_until_complete(server.serve())
+        loop.close()
+
+    thread = threading.Thread(target=target, name=f"edge-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (holder.get("server") and holder["server"].started):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("edge did not start")
+        time.sleep(0.02)
+    edge = RunningEdge(f"http://127.0.0.1:{port}", holder["node"], loop, holder["server"])
+    try:
+        yield edge
+    finally:
+        edge.server.should_exit = True
+        thread.join(15)

@@ -1,0 +1,241 @@
+"""What check_offer / parse_trickle / token verification refuse before aiortc or a handler sees
+it (sans-I/O). Every offer here got past the old checks and made aiortc raise inside a
+request (a 500 that dropped the connection); the live counterparts are in
+tests/test_bad_offers_live.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from relay.auth.tokens import TokenAuthority
+from relay.errors import BadSdp, Forbidden, StagecastError, Unauthorized, Unprocessable
+from relay.rtc.sdp import Role, check_offer, parse_trickle
+
+OFFERS = Path(__file__).parent / "sdp_offers"
+SECRET = "offer-checks-" + "s" * 40
+
+
+def fixture(name: str) -> str:
+    return (OFFERS / name).read_bytes().decode()
+
+
+# (file, role): real offers captured from headless Chromium 156 and aiortc 1.16, and one
+# written after Firefox 128's shape; addresses rewritten to loopback.
+REAL: list[tuple[str, Role]] = [
+    ("chromium_whip.sdp", "publish"),
+    ("chromium_whep.sdp", "view"),
+    ("firefox_whip.sdp", "publish"),
+    ("firefox_whep.sdp", "view"),
+    ("aiortc_whip.sdp", "publish"),
+    ("aiortc_whep.sdp", "view"),
+]
+
+
+def drop_lines(pattern: str) -> Callable[[str], str]:
+    def edit(text: str) -> str:
+        lines = text.splitlines(keepends=True)
+        return "".join(line for line in lines if not re.match(pattern, line))
+
+    return edit
+
+
+def sub(pattern: str, repl: str, count: int = 0) -> Callable[[str], str]:
+    return lambda text: re.sub(pattern, repl, text, count=count, flags=re.M)
+
+
+def first_mid(text: str) -> str:
+    m = re.search(r"^a=mid:(\S+)", text, re.M)
+    assert m
+    return m.group(1)
+
+
+def dup_mid(text: str) -> str:
+    mids = re.findall(r"^a=mid:(\S+)", text, re.M)
+    return text.replace(f"a=mid:{mids[1]}", f"a=mid:{mids[0]}")
+
+
+# The kinds issue 19 saw (each a 500 on WHEP, most on WHIP too), then the rest of the class.
+BAD: dict[str, tuple[Callable[[str], str], type[StagecastError]]] = {
+    "no rtcp-mux": (drop_lines(r"a=rtcp-mux\r?$"), Unprocessable),
+    "mid not in BUNDLE": (lambda t: t.replace(f"a=mid:{first_mid(t)}", "a=mid:zz"), BadSdp),
+    "long mid": (lambda t: t.replace(f"a=mid:{first_mid(t)}", "a=mid:" + "m" * 5000), BadSdp),
+    "duplicate mid": (dup_mid, BadSdp),
+    "clock rate 0": (sub(r"^(a=rtpmap:\d+ [^/\r\n]+)/\d+", r"\1/0"), BadSdp),
+    "BUNDLE names a missing mid": (
+        sub(r"^a=group:BUNDLE ([^\r\n]*)", r"a=group:BUNDLE \1 9"),
+        BadSdp,
+    ),
+    "mid left out of BUNDLE": (
+        sub(r"^a=group:BUNDLE (\S+)[^\r\n]*", r"a=group:BUNDLE \1"),
+        Unprocessable,
+    ),
+    "two BUNDLE groups": (sub(r"^(a=group:BUNDLE [^\r\n]*)", r"\1\r\n\1", 1), Unprocessable),
+    "mid with a space-free odd char": (
+        lambda t: t.replace(f"a=mid:{first_mid(t)}", "a=mid:\x7f"),
+        BadSdp,
+    ),
+    "payload type 200": (sub(r"^a=rtpmap:\d+ ", "a=rtpmap:200 ", 1), BadSdp),
+    "payload type in the RTCP range": (sub(r"^a=rtpmap:\d+ ", "a=rtpmap:72 ", 1), BadSdp),
+    "duplicate payload type": (sub(r"^a=rtpmap:\d+ ", "a=rtpmap:0 ", 0), BadSdp),
+    "negative clock rate": (sub(r"^(a=rtpmap:\d+ [^/\r\n]+)/\d+", r"\1/-90000"), BadSdp),
+    "zero channels": (sub(r"^a=rtpmap:(\d+) opus/48000/2", r"a=rtpmap:\1 opus/48000/0"), BadSdp),
+    "short ice-ufrag": (sub(r"^a=ice-ufrag:[^\r\n]*", "a=ice-ufrag:ab"), BadSdp),
+    "ice-pwd with odd chars": (sub(r"^a=ice-pwd:[^\r\n]*", "a=ice-pwd:" + "é" * 24), BadSdp),
+    "long ice-pwd": (sub(r"^a=ice-pwd:[^\r\n]*", "a=ice-pwd:" + "p" * 300), BadSdp),
+    "no ice-pwd": (drop_lines(r"a=ice-pwd:"), BadSdp),
+    "unknown fingerprint hash": (sub(r"^a=fingerprint:\S+", "a=fingerprint:md5"), BadSdp),
+    "fingerprint of the wrong length": (sub(r"^(a=fingerprint:sha-256 )\S+", r"\1AB:CD"), BadSdp),
+    "no fingerprint": (drop_lines(r"a=fingerprint:"), BadSdp),
+    "no setup": (drop_lines(r"a=setup:"), BadSdp),
+    "no direction": (drop_lines(r"a=(sendonly|recvonly|sendrecv)\r?$"), Unprocessable),
+    "inactive": (sub(r"^a=(sendonly|recvonly)(?=\r?$)", "a=inactive"), Unprocessable),
+    "header extension id 0": (sub(r"^a=extmap:\d+", "a=extmap:0", 1), BadSdp),
+    "header extension id 300": (sub(r"^a=extmap:\d+", "a=extmap:300", 1), BadSdp),
+    "ssrc beyond 32 bits": (sub(r"^a=ssrc:\d+", "a=ssrc:99999999999", 1), BadSdp),
+    "candidate port beyond 65535": (
+        sub(r"^(a=candidate:\S+ \d \S+ \d+ \S+) \d+", r"\1 70000", 1),
+        BadSdp,
+    ),
+    "candidate component 0": (sub(r"^(a=candidate:\S+) \d ", r"\1 0 ", 1), BadSdp),
+    "candidate of an unknown type": (sub(r" typ host", " typ bogus", 1), BadSdp),
+    "candidate on an unknown transport": (sub(r"^(a=candidate:\S+ \d) \S+", r"\1 sctp", 1), BadSdp),
+    "apt beyond 127": (sub(r"apt=\d+", "apt=4000", 1), BadSdp),
+    "NUL in a line": (sub(r"^s=[^\r\n]*", "s=\x00"), BadSdp),
+    "line without a type": (sub(r"^s=[^\r\n]*", "s=-\r\nnonsense"), BadSdp),
+    "RTP without DTLS": (sub(r"UDP/TLS/RTP/SAVPF", "RTP/AVP"), Unprocessable),
+}
+
+
+@pytest.mark.parametrize(("name", "role"), REAL)
+def test_real_offers_pass(name: str, role: Role) -> None:
+    summary = check_offer(fixture(name), role)
+    assert set(summary.kinds) == {"audio", "video"}
+    assert "opus" in summary.codecs["audio"]
+    assert {"VP8", "H264"} & set(summary.codecs["video"])
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize(("name", "role"), REAL)
+def test_bad_offers_refused(case: str, name: str, role: Role) -> None:
+    edit, error = BAD[case]
+    text = fixture(name)
+    bad = edit(text)
+    if bad == text:
+        pytest.skip(f"{name} has nothing {case!r} changes")
+    with pytest.raises(error):
+        check_offer(bad, role)
+
+
+def test_usable_codecs_only() -> None:
+    """A codec aiortc cannot negotiate (wrong clock rate, an H264 mode it lacks) is not
+    counted as offered: an offer left with none is refused before a peer connection exists."""
+    text = fixture("chromium_whip.sdp")
+    summary = check_offer(text, "publish")
+    assert summary.codecs["video"] == ("VP8", "H264")
+    vp8_off = re.sub(r"^a=rtpmap:96 VP8/90000", "a=rtpmap:96 VP8/48000", text, flags=re.M)
+    assert check_offer(vp8_off, "publish").codecs["video"] == ("H264",)
+    h264_mode0 = re.sub(r"packetization-mode=1", "packetization-mode=0", vp8_off)
+    with pytest.raises(Unprocessable):
+        check_offer(h264_mode0, "publish")
+    mono = re.sub(r"opus/48000/2", "opus/48000/1", text)
+    with pytest.raises(Unprocessable):
+        check_offer(mono, "publish")
+
+
+CAND = "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "a=ice-ufrag:" + "u" * 300 + "\n" + CAND,
+        "a=ice-ufrag:ab\n" + CAND,
+        "a=ice-ufrag:ab\xe9cd\n" + CAND,
+        "a=ice-pwd:" + "p" * 300 + "\n" + CAND,
+        "a=mid:" + "m" * 40 + "\n" + CAND,
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 70000 typ host",
+        "a=candidate:1 9999 udp 2130706431 127.0.0.1 5000 typ host",
+        "a=candidate:1 1 udp 99999999999 127.0.0.1 5000 typ host",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ nonsense",
+        "a=candidate:1 1 quic 2130706431 127.0.0.1 5000 typ host",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 x typ host",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ srflx raddr 1.2.3.4 rport x",
+        "a=candidate:1 1 udp 2130706431 bad\x00host 5000 typ host",
+        "a=candidate:1 1 udp 2130706431 -- 5000 typ host",
+    ],
+)
+def test_trickle_fragments_refused(body: str) -> None:
+    with pytest.raises(BadSdp):
+        parse_trickle(body)
+
+
+def test_trickle_fragment_of_a_browser_passes() -> None:
+    frag = parse_trickle(
+        "a=ice-ufrag:0/GM\r\na=ice-pwd:h0Y4n0R1Rl6YyclcJFp0Z5yD\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0"
+        "\r\na=mid:0\r\na=candidate:1175998388 1 tcp 1518214911 127.0.0.1 9 typ host tcptype "
+        "active generation 0 network-id 1\r\na=candidate:2 1 udp 1686052607 198.18.0.9 61000 typ "
+        "srflx raddr 0.0.0.0 rport 0\r\na=candidate:3 1 udp 2122260223 "
+        "0b7c3c9e-1f2d-4a1e-9c3b-7d2a1e5f6a7b.local 54321 typ host\r\na=end-of-candidates\r\n"
+    )
+    assert frag.ufrag == "0/GM" and len(frag.candidates) == 3 and frag.end_of_candidates
+
+
+def signed(payload: str, secret: str = SECRET) -> str:
+    """A token signed with the real secret whose claims are whatever JSON ``payload`` holds."""
+
+    def b64(raw: bytes) -> bytes:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(payload.encode("utf-8", "surrogatepass"))
+    sig = b64(hmac.new(secret.encode(), head + b"." + body, hashlib.sha256).digest())
+    return (head + b"." + body + b"." + sig).decode()
+
+
+def claims(**fields: object) -> str:
+    base: dict[str, object] = {
+        "iss": "stagecast",
+        "sub": "anchor-1",
+        "room": "r",
+        "role": "anchor",
+        "exp": int(time.time()) + 60,
+    }
+    base.update(fields)
+    return json.dumps(base)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        claims(room="\ud800"),
+        claims(sub="\ud800"),
+        claims(sub="a\x00b"),
+        claims(sub="x" * 1000),
+        claims(jti="\udfff"),
+        claims(room=["r"]),
+        claims(room=None),
+        claims(role=["anchor"]),
+        claims(sub=""),
+        claims().replace('"exp": ', '"exp": 1e999, "x": '),
+        claims().replace('"exp": ', '"iat": Infinity, "x": '),
+        claims().replace('"exp": ', '"nbf": NaN, "x": '),
+    ],
+    ids=lambda payload: re.sub(r"\d{6,}", "T", payload)[:80],
+)
+def test_token_claims_of_the_wrong_type_or_text_refused(payload: str) -> None:
+    with pytest.raises((Unauthorized, Forbidden)):
+        TokenAuthority(SECRET).verify(signed(payload), room="r", role="anchor")
+
+
+def test_token_with_clean_claims_still_passes() -> None:
+    got = TokenAuthority(SECRET).verify(signed(claims(sub="Zoë 🎤")), room="r", role="anchor")
+    assert got.subject == "Zoë 🎤" and got.room == "r"
