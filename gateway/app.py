@@ -14,7 +14,7 @@ from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
 from relay.http.common import CorsHeaders, check_room
-from relay.http.problems import install_problem_handlers
+from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.ratelimit import ClientRateLimiter
 from relay.http.whep import whep_router
 from relay.media.fallback import FallbackPolicy
@@ -227,7 +227,13 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     )
 
     operator = OperatorAuth(gw.operator_key)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(operator)])
+    # every operator route: key (401), room/anchor/bridge (404), exists or not live (409),
+    # body too large (413, gateway.guards), schema (400/422)
+    v1 = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(operator)],
+        responses=problem_responses(400, 401, 404, 409, 413, 422),
+    )
     # Operator routers (rooms, anchors, bridges, ...) are added to ``v1`` here.
     v1.include_router(
         operator_router(
@@ -238,7 +244,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
     v1.include_router(layout_router(gw.stages, gw.rooms))
     app.include_router(v1)
-    app.include_router(hls_router(gw.bridges, access))
+    app.include_router(
+        hls_router(gw.bridges, access), responses=problem_responses(400, 401, 403, 404, 503)
+    )
 
     registry = build_registry(
         GatewayCollector(

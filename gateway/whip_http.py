@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from relay.auth.access import AccessPolicy
 from relay.auth.turn import IceDirectory
 from relay.http.common import SDP, check_room, read_limited, require_content_type
+from relay.http.problems import SESSION_POST_ERRORS
 from relay.http.sessions import add_session_routes, created_response
 from relay.rtc.sdp import check_offer, decode_body, with_opus_dtx, with_start_bitrate
 
@@ -33,7 +34,7 @@ def whip_router(
     @router.post(
         "/whip/{room}",
         status_code=201,
-        responses={201: {"content": {SDP: {}}, "description": "SDP answer"}},
+        responses={201: {"content": {SDP: {}}, "description": "SDP answer"}, **SESSION_POST_ERRORS},
     )
     async def whip_post(
         request: Request,

@@ -9,72 +9,25 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 from aiortc import RTCPeerConnection
-from aiortc.mediastreams import AudioStreamTrack
 
-from gateway.synthetic import Publisher, StampedVideoTrack, whip_publish
 from relay.errors import Unprocessable
 from relay.rtc.peer import rtc_configuration
-from tests.edge_server import RunningEdge, run_edge
-from tests.server import SECRET, RunningServer, live_peer_connections, run_server
+from tests.live_bed import ROOM, SDP, TRICKLE, Bed, assert_4xx_problem, live_bed
+from tests.server import SECRET, live_peer_connections
 from tests.test_offer_checks import BAD, drop_lines, fixture, signed
 from tests.test_protocol import make_offer
 
-ROOM = "live"
-SDP = {"Content-Type": "application/sdp"}
-TRICKLE = {"Content-Type": "application/trickle-ice-sdpfrag"}
 ISSUE_KINDS = ("no rtcp-mux", "mid not in BUNDLE", "long mid", "duplicate mid", "clock rate 0")
-
-
-@dataclass
-class Bed:
-    origin: RunningServer
-    edge: RunningEdge
-    publisher: Publisher
-
-    def sessions(self) -> tuple[int, int, int]:
-        gw = self.origin.gateway
-        return (
-            len(gw.anchors.sessions),
-            len(gw.viewers.sessions),
-            len(self.edge.node.viewers.sessions),
-        )
-
-
-def on_loop(srv: RunningServer, coro: object, timeout: float = 20) -> object:
-    return asyncio.run_coroutine_threadsafe(coro, srv.loop).result(timeout)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Bed]:
-    """Origin (in-process uvicorn), an edge pulling from it, and a live anchor (publishing
-    from the origin's own loop, so the module's tests can share it)."""
-    fast = {"session_posts_per_second": 10_000, "session_post_burst": 10_000}
-    with (
-        run_server(limits={**fast, "max_loop_lag": None}) as origin,
-        run_edge(
-            origin.base_url, limits={"max_loop_lag": None}, cluster={"idle_grace": 600}
-        ) as edge,
-    ):
-        pub = on_loop(
-            origin,
-            whip_publish(
-                origin.base_url,
-                ROOM,
-                origin.anchor_token(ROOM),
-                video=StampedVideoTrack(160, 90, 15),
-                audio=AudioStreamTrack(),
-            ),
-        )
-        assert isinstance(pub, Publisher)
-        try:
-            yield Bed(origin, edge, pub)
-        finally:
-            on_loop(origin, pub.close())
+    with live_bed() as bed:
+        yield bed
 
 
 @pytest.fixture
@@ -82,26 +35,8 @@ async def offers() -> dict[str, str]:
     return {"publish": await make_offer("sendonly"), "view": await make_offer("recvonly")}
 
 
-async def settled(bed: Bed, baseline: tuple[int, int, int], pcs: int, timeout: float = 10) -> None:
-    """Sessions and open peer connections back to ``baseline``/``pcs`` (closing is async)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now_pcs = live_peer_connections()
-        if bed.sessions() == baseline and now_pcs <= pcs:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"left behind: sessions {bed.sessions()} vs {baseline}, pcs {now_pcs} vs {pcs}"
-            )
-        await asyncio.sleep(0.1)
-
-
-def assert_4xx_problem(resp: httpx.Response, what: str) -> None:
-    assert 400 <= resp.status_code < 500, (what, resp.status_code, resp.text[:300])
-    assert resp.headers["content-type"].startswith("application/problem+json"), what
-    assert resp.headers.get("connection", "").lower() != "close", what
-    body = resp.json()
-    assert body["status"] == resp.status_code and body["detail"], what
+async def settled(bed: Bed, baseline: tuple[int, int, int], pcs: int) -> None:
+    await asyncio.to_thread(bed.settled, baseline, pcs)
 
 
 async def warm_edge(bed: Bed) -> None:

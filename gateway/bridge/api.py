@@ -115,7 +115,11 @@ def hls_router(service: BridgeService, access: AccessPolicy) -> APIRouter:
     router = APIRouter(tags=["hls"])
 
     @router.head("/hls/{room}/index.m3u8", include_in_schema=False)
-    @router.get("/hls/{room}/index.m3u8")
+    @router.get(
+        "/hls/{room}/index.m3u8",
+        response_class=Response,
+        responses={200: {"content": {PLAYLIST_TYPE: {}}, "description": "Playlist"}},
+    )
     async def playlist(
         room: str,
         msn: int | None = Query(None, alias="_HLS_msn", ge=0),
@@ -147,7 +151,11 @@ def hls_router(service: BridgeService, access: AccessPolicy) -> APIRouter:
         )
 
     @router.head("/hls/{room}/{name}", include_in_schema=False)
-    @router.get("/hls/{room}/{name}")
+    @router.get(
+        "/hls/{room}/{name}",
+        response_class=Response,
+        responses={200: {"content": {SEGMENT_TYPE: {}}, "description": "Media file"}},
+    )
     async def media(room: str, name: str, request: Request) -> Response:
         check_room(room)
         out = service.hls(room)

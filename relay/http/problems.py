@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -17,6 +20,99 @@ log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
 TYPE_BASE = "https://stagecast.dev/problems/"
+
+
+class ProblemError(BaseModel):
+    """One way a request failed its schema (422 ``validation`` problems)."""
+
+    loc: list[str]
+    msg: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error answer (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[ProblemError] | None = None
+
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_WHEN = {
+    307: "Served by another node: follow Location (a WHEP client re-POSTs its offer there)",
+    400: "Malformed request: SDP, trickle fragment, query or body",
+    401: "No valid credential (token or operator key)",
+    403: "The credential is for another room, role or session",
+    404: "No such room, session, stream or file",
+    409: "Conflict: not live yet (retry after Retry-After), full stage, or exists already",
+    412: "If-Match does not match the session's ETag",
+    413: "Request body too large",
+    415: "Wrong Content-Type",
+    422: "Well-formed but not acceptable: unsupported offer, ICE restart, schema mismatch",
+    428: "If-Match is required",
+    429: "Too many session requests from this address (retry after Retry-After)",
+    503: "Overloaded, full, draining or upstream unreachable (retry after Retry-After)",
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    307: {"Location": {"description": "Where to send the request", "schema": {"type": "string"}}},
+    401: {"WWW-Authenticate": {"description": "Bearer realm", "schema": {"type": "string"}}},
+}
+for _status in (409, 429, 503):
+    _HEADERS[_status] = {
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+    }
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error answers a route gives, each a Problem body."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry: dict[str, Any] = {
+            "description": _WHEN.get(status) or HTTPStatus(status).phrase,
+            "content": {PROBLEM_TYPE: {"schema": _PROBLEM_REF}},
+        }
+        if status in _HEADERS:
+            entry["headers"] = _HEADERS[status]
+        out[status] = entry
+    return out
+
+
+# What the WHIP/WHEP resources answer besides success (RFC 9725 section 4; the WHEP draft).
+# 413 and 429 come from gateway.guards in front of the routes.
+SESSION_POST_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+WHEP_POST_ERRORS = problem_responses(307, 400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+WHEP_HEAD_ERRORS = problem_responses(307, 400, 401, 403, 404, 409, 422)
+SESSION_DELETE_ERRORS = problem_responses(401, 403, 404, 422)
+SESSION_PATCH_ERRORS = problem_responses(400, 401, 403, 404, 412, 413, 415, 422, 428)
+
+
+def _describe_problems(schema: dict[str, Any]) -> None:
+    """Every error (and redirect) answer in the document as ``application/problem+json`` with
+    a Problem body: FastAPI writes its own 422 schema, and an empty ``application/json`` beside
+    any content type a route declares."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ProblemError, Problem):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        model_schema.pop("$defs", None)
+        components[model.__name__] = model_schema
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for code, response in operation.get("responses", {}).items():
+                content = response.get("content") or {}
+                if code.isdigit() and int(code) >= 300:
+                    response["content"] = {PROBLEM_TYPE: {"schema": _PROBLEM_REF}}
+                    if response.get("description") == "Validation Error":
+                        response["description"] = _WHEN[422]
+                elif len(content) > 1 and content.get("application/json") == {"schema": {}}:
+                    del content["application/json"]
+    if "HTTPValidationError" not in json.dumps(schema["paths"]):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
 
 
 def problem(
@@ -94,10 +190,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(Exception, on_unexpected)
 
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _describe_problems(generate())  # generate() caches the document it returns
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return HTTPStatus(status).phrase
     except ValueError:

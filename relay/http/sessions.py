@@ -18,6 +18,7 @@ from relay.errors import (
     Unprocessable,
 )
 from relay.http.common import SDP, TRICKLE, preflight_headers, read_limited, require_content_type
+from relay.http.problems import SESSION_DELETE_ERRORS, SESSION_PATCH_ERRORS
 from relay.rtc.sdp import TrickleFragment, decode_body, parse_trickle
 
 
@@ -87,7 +88,12 @@ def add_session_routes(
         headers["Accept-Patch"] = TRICKLE
         return Response(status_code=204, headers=headers)
 
-    @router.delete(prefix + "/{room}/{session_id}", status_code=200)
+    @router.delete(
+        prefix + "/{room}/{session_id}",
+        status_code=200,
+        response_class=Response,
+        responses={200: {"description": "Session ended"}, **SESSION_DELETE_ERRORS},
+    )
     async def session_delete(
         room: str,
         session_id: str,
@@ -99,7 +105,7 @@ def add_session_routes(
         await service.close(room, session_id)
         return Response(status_code=200)
 
-    @router.patch(prefix + "/{room}/{session_id}", status_code=204)
+    @router.patch(prefix + "/{room}/{session_id}", status_code=204, responses=SESSION_PATCH_ERRORS)
     async def session_patch(
         request: Request,
         room: str,

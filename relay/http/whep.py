@@ -13,6 +13,7 @@ from relay.auth.tokens import Role
 from relay.auth.turn import IceDirectory
 from relay.errors import BadRequest, NotFound
 from relay.http.common import SDP, check_room, read_limited, require_content_type
+from relay.http.problems import WHEP_HEAD_ERRORS, WHEP_POST_ERRORS
 from relay.http.sessions import add_session_routes, created_response
 from relay.rtc.sdp import check_offer, decode_body
 from relay.rtc.viewers import ViewerService
@@ -65,7 +66,10 @@ def whep_router(
                 raise BadRequest("mixminus goes alone, without rendition or anchor")
         return HubSelection(rendition, anchor, mix, subject)
 
-    @router.head("/whep/{room}")
+    @router.head(
+        "/whep/{room}",
+        responses={200: {"content": {SDP: {}}, "description": "Live"}, **WHEP_HEAD_ERRORS},
+    )
     async def whep_head(
         room: str,
         authorization: str | None = Header(default=None),
@@ -89,7 +93,7 @@ def whep_router(
     @router.post(
         "/whep/{room}",
         status_code=201,
-        responses={201: {"content": {SDP: {}}, "description": "SDP answer"}},
+        responses={201: {"content": {SDP: {}}, "description": "SDP answer"}, **WHEP_POST_ERRORS},
     )
     async def whep_post(
         request: Request,
