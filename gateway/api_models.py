@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from relay.auth.tokens import clean_claim
 
 ROOM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -91,6 +93,13 @@ class TokenRequest(_Body):
     role: Literal["anchor", "audience"]
     subject: str = Field(min_length=1, max_length=128)
     ttl: int = Field(3600, ge=10, le=7 * 24 * 3600)
+
+    @field_validator("subject")
+    @classmethod
+    def _printable(cls, subject: str) -> str:
+        if not clean_claim(subject):  # what verification accepts (relay.auth.tokens)
+            raise ValueError("the subject must be printable text")
+        return subject
 
 
 class TokenResponse(BaseModel):

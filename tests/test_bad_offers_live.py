@@ -137,3 +137,25 @@ async def test_answer_offer_turns_what_aiortc_raises_into_422_and_closes() -> No
     with pytest.raises(Unprocessable):
         await answer_offer(pc, offer)
     assert pc.connectionState == "closed"
+
+
+@pytest.mark.timeout(60)
+async def test_edge_passes_on_what_the_upstream_says_of_the_query(
+    bed: Bed, offers: dict[str, str]
+) -> None:
+    """A viewer asking an edge for a rendition or anchor the origin does not have gets the
+    origin's 4xx (it was a 503, as if the node were at fault), and nothing stays pulled."""
+    await warm_edge(bed)
+    baseline, pcs = bed.sessions(), live_peer_connections()
+    pulls = set(bed.edge.node.edge.pulls)
+    async with httpx.AsyncClient(base_url=bed.edge.base_url, timeout=20) as c:
+        for query, status in (
+            ({"rendition": "nope"}, 404),
+            ({"anchor": "nobody"}, 404),
+            ({"rendition": "r" * 17}, 422),
+        ):
+            resp = await c.post(f"/whep/{ROOM}", content=offers["view"], headers=SDP, params=query)
+            assert_4xx_problem(resp, str(query))
+            assert resp.status_code == status, (query, resp.text)
+    await settled(bed, baseline, pcs)
+    assert set(bed.edge.node.edge.pulls) == pulls

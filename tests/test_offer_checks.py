@@ -239,3 +239,15 @@ def test_token_claims_of_the_wrong_type_or_text_refused(payload: str) -> None:
 def test_token_with_clean_claims_still_passes() -> None:
     got = TokenAuthority(SECRET).verify(signed(claims(sub="Zoë 🎤")), room="r", role="anchor")
     assert got.subject == "Zoë 🎤" and got.room == "r"
+
+
+@pytest.mark.parametrize("subject", ["a\nb", "a\x00b", "\ud800", "zero\u200bwidth"])
+def test_tokens_are_minted_only_for_subjects_they_can_be_verified_with(subject: str) -> None:
+    from pydantic import ValidationError
+
+    from gateway.api_models import TokenRequest
+
+    with pytest.raises(ValidationError):  # the operator API: 422
+        TokenRequest(room="r", role="anchor", subject=subject)
+    with pytest.raises(ValueError):
+        TokenAuthority(SECRET).mint("r", "anchor", subject, 60)

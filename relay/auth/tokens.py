@@ -44,6 +44,8 @@ class TokenAuthority:
     ) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
+        if not clean_claim(room) or not clean_claim(subject):
+            raise ValueError("room and subject must be short printable strings")
         issued = int(time.time() if now is None else now)
         claims = {
             "iss": self._issuer,
@@ -74,10 +76,10 @@ class TokenAuthority:
         if not isinstance(claims, dict):
             raise Unauthorized("token claims are not an object")
         claimed_room, claimed_role = claims.get("room"), claims.get("role")
-        if not _clean(claimed_room, 256) or claimed_role not in ROLES:
+        if not clean_claim(claimed_room, 256) or claimed_role not in ROLES:
             raise Unauthorized("token lacks room or role")
         subject, token_id = claims.get("sub"), claims.get("jti", "")
-        if not _clean(subject, 256) or not (token_id == "" or _clean(token_id, 256)):
+        if not clean_claim(subject, 256) or not (token_id == "" or clean_claim(token_id, 256)):
             raise Unauthorized("token subject or id is not a short printable string")
         if not secrets.compare_digest(claimed_room.encode(), room.encode()):
             raise Forbidden("token is for another room")
@@ -92,7 +94,7 @@ class TokenAuthority:
         )
 
 
-def _clean(value: object, max_len: int) -> TypeGuard[str]:
+def clean_claim(value: object, max_len: int = 256) -> TypeGuard[str]:
     """A claim we compare, log and echo: a non-empty printable string that UTF-8 can encode
     (JSON lets a signed token carry lone surrogates, which ``str.encode`` refuses)."""
     if not isinstance(value, str) or not 0 < len(value) <= max_len or not value.isprintable():

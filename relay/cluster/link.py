@@ -19,7 +19,15 @@ from aiortc import sdp as aiortc_sdp
 
 from relay.auth.turn import NodeIce
 from relay.cluster.node import LINK_HEADER
-from relay.errors import BadSdp, Conflict, ServiceUnavailable
+from relay.errors import (
+    BadRequest,
+    BadSdp,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    StagecastError,
+    Unprocessable,
+)
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
 from relay.rtc.ingest import IngestSet, TrackIngest
@@ -42,6 +50,22 @@ class LinkConfig:
     reassembly_wait: float = 0.1
     request_timeout: float = 5.0
     retry_after: int = 2
+
+
+# Upstream answers to a pull that are the viewer's fault (its query), passed on as they are.
+_VIEWER_FAULTS: dict[int, type[StagecastError]] = {
+    400: BadRequest,
+    404: NotFound,
+    422: Unprocessable,
+}
+
+
+def _problem_detail(resp: httpx.Response) -> str:
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail)[:200] if detail else f"HTTP {resp.status_code}"
 
 
 def answer_codecs(answer: str) -> dict[MediaKind, CodecSpec]:
@@ -127,12 +151,18 @@ async def open_link(
         assert resp is not None
         if resp.status_code == 409:
             raise Conflict(f"room {room!r} is not live", retry_after=config.retry_after)
-        if resp.status_code != 201:
+        refusal = _VIEWER_FAULTS.get(resp.status_code)
+        if refusal is not None:  # what the viewer asked for (rendition, anchor) is wrong there
+            raise refusal(f"upstream: {_problem_detail(resp)}")
+        if resp.status_code != 201 or "location" not in resp.headers:
             raise ServiceUnavailable(
                 f"upstream refused the pull: HTTP {resp.status_code}",
                 retry_after=config.retry_after,
             )
-        codecs = answer_codecs(resp.text)
+        try:
+            codecs = answer_codecs(resp.text)
+        except BadSdp as exc:
+            raise ServiceUnavailable(exc.detail, retry_after=config.retry_after) from exc
         if not codecs:
             raise ServiceUnavailable("upstream sends no media", retry_after=config.retry_after)
         hub = FanoutHub(
@@ -148,7 +178,12 @@ async def open_link(
                 link.ingests[kind] = TrackIngest(
                     kind, transceiver.receiver, hub, max_wait=config.reassembly_wait
                 )
-        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+        except Exception as exc:  # the upstream's answer, not the viewer's offer, is at fault
+            raise ServiceUnavailable(
+                f"upstream answer unusable: {exc}"[:300], retry_after=config.retry_after
+            ) from exc
     except BaseException:
         await close_quietly(pc)
         raise
