@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aiortc import RTCPeerConnection
 
 from relay.auth.access import Grant
-from relay.errors import Conflict, NotFound
+from relay.errors import Conflict, NotFound, Unprocessable
 from relay.media.lifecycle import SessionLifecycle
 from relay.rtc.candidates import node_policy
 from relay.rtc.ingest import IngestSet, TrackIngest
@@ -95,7 +95,11 @@ class AnchorService:
             await self.close(room, same.id, reason="replaced")
         sid = new_session_id()
         rooms.reserve(stage, sid, check_capacity=same is None)  # a place across the awaits
-        codecs = rooms.choose_codecs(stage, sid, summary)
+        try:
+            codecs = rooms.choose_codecs(stage, sid, summary)
+        except Unprocessable:  # a refusal takes no place and leaves no room behind
+            rooms.release(room, sid)
+            raise
         media = self._settings.media
         hub = AnchorHub(
             f"{room}/{sid}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ from aiortc import RTCPeerConnection
 from relay.errors import Unprocessable
 from relay.rtc.peer import rtc_configuration
 from tests.live_bed import ROOM, SDP, TRICKLE, Bed, assert_4xx_problem, live_bed
-from tests.server import SECRET, live_peer_connections
+from tests.server import SECRET, live_peer_connections, run_server
 from tests.test_offer_checks import BAD, drop_lines, fixture, signed
 from tests.test_protocol import make_offer
 
@@ -159,3 +160,26 @@ async def test_edge_passes_on_what_the_upstream_says_of_the_query(
             assert resp.status_code == status, (query, resp.text)
     await settled(bed, baseline, pcs)
     assert set(bed.edge.node.edge.pulls) == pulls
+
+
+@pytest.mark.timeout(60)
+async def test_refused_codec_choice_leaves_no_place_taken_on_the_stage() -> None:
+    """An anchor offering only codecs the node will not take (``media.video_codecs``) is
+    refused before it holds a place on the stage: refusals never fill the room."""
+    with run_server(media={"video_codecs": ["H264"]}) as srv:
+        vp8_only = re.sub(r"H264/90000", "H265/90000", await make_offer("sendonly"))
+        good = await make_offer("sendonly")
+        auth = {**SDP, "Authorization": f"Bearer {srv.anchor_token('stage')}"}
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=20) as c:
+            for _ in range(srv.settings.stage.max_anchors + 2):
+                resp = await c.post("/whip/stage", content=vp8_only, headers=auth)
+                assert_4xx_problem(resp, "VP8-only offer")
+                assert resp.status_code == 422
+            resp = await c.post("/whip/stage", content=good, headers=auth)
+            assert resp.status_code == 201, resp.text
+            assert (await c.delete(resp.headers["location"], headers=auth)).status_code == 200
+            # nor does a refusal leave a room behind
+            junk = {**SDP, "Authorization": f"Bearer {srv.anchor_token('junk')}"}
+            resp = await c.post("/whip/junk", content=vp8_only, headers=junk)
+            assert resp.status_code == 422
+            assert srv.call(lambda: srv.gateway.stages.get("junk")) is None

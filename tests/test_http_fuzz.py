@@ -116,9 +116,9 @@ def fuzz(bed: Bed, examples: int) -> Counter[tuple[str, str, int]]:
             headers = {**SDP, **target.headers}
             resp = client.post(target.path, content=body.encode(), headers=headers, params=query)
             check(resp, f"POST {target.name}")
-            if resp.status_code == 201:
+            if resp.status_code == 201:  # 404: its ICE failed at once (no usable candidate)
                 gone = client.delete(resp.headers["location"], headers=target.headers)
-                assert gone.status_code == 200, gone.text
+                assert gone.status_code in (200, 404), gone.text
         else:
             where, _, auth = patchable[target.name]
             headers = {**TRICKLE, **auth}
