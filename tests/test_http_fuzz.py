@@ -24,6 +24,10 @@ from tests.sdp_mutations import offers, trickle_fragments
 from tests.server import live_peer_connections
 from tests.test_protocol import make_offer
 
+# The servers' threads use the random module (aiortc's SSRCs, aioice) while hypothesis draws;
+# hypothesis would take that for a strategy using it.
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -99,9 +103,6 @@ def fuzz(bed: Bed, examples: int) -> Counter[tuple[str, str, int]]:
         if_match = draw(st.sampled_from([etag, etag, etag, "*", '"not-it"', None]))
         return target, "PATCH", draw(trickle_fragments()), if_match, {}
 
-    # The servers' threads use the random module (aiortc's SSRCs, aioice) while hypothesis
-    # draws; hypothesis would take that for a strategy using it.
-    @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
     @settings(
         max_examples=examples,
         deadline=None,
