@@ -183,3 +183,25 @@ async def test_refused_codec_choice_leaves_no_place_taken_on_the_stage() -> None
             resp = await c.post("/whip/junk", content=vp8_only, headers=junk)
             assert resp.status_code == 422
             assert srv.call(lambda: srv.gateway.stages.get("junk")) is None
+
+
+@pytest.mark.timeout(90)
+async def test_real_offers_are_answered_on_origin_and_edge(bed: Bed) -> None:
+    """The checks refuse none of the real clients' offers: Chromium's, the Firefox-style one
+    and aiortc's get an answer from the origin (WHIP, WHEP) and the edge (WHEP)."""
+    await warm_edge(bed)
+    baseline, pcs = bed.sessions(), live_peer_connections()
+    anchor = {"Authorization": f"Bearer {bed.origin.anchor_token('real')}"}
+    for client in ("chromium", "firefox", "aiortc"):
+        for base, path, name, auth in (
+            (bed.origin.base_url, "/whip/real", f"{client}_whip.sdp", anchor),
+            (bed.origin.base_url, f"/whep/{ROOM}", f"{client}_whep.sdp", {}),
+            (bed.edge.base_url, f"/whep/{ROOM}", f"{client}_whep.sdp", {}),
+        ):
+            async with httpx.AsyncClient(base_url=base, timeout=20) as c:
+                resp = await c.post(path, content=fixture(name), headers={**SDP, **auth})
+                assert resp.status_code == 201, (base, name, resp.text)
+                assert resp.headers["content-type"] == "application/sdp"
+                gone = await c.delete(resp.headers["location"], headers=auth)
+                assert gone.status_code in (200, 404), gone.text  # 404: its ICE failed already
+    await settled(bed, baseline, pcs)
