@@ -118,10 +118,11 @@ def mutated(draw: st.DrawFn, text: str, max_mutations: int = 4) -> str:
     return end.join(lines) + end
 
 
-def offers(role: str) -> st.SearchStrategy[str]:
+@st.composite
+def offers(draw: st.DrawFn, role: str) -> str:
     """Mutations of the real offers for ``role`` ("publish" or "view")."""
     source = PUBLISH if role == "publish" else VIEW
-    return st.sampled_from(sorted(source.values())).flatmap(mutated)
+    return draw(mutated(source[draw(st.sampled_from(CLIENTS))]))
 
 
 def trickle_fragments() -> st.SearchStrategy[str]:
