@@ -1,5 +1,5 @@
 """A test bed for hostile-input tests: an origin (in-process uvicorn), an edge pulling from it
-(tests/edge_server.py) and a live anchor publishing from the origin's own loop, so that a
+(tests/support/edge_server.py) and a live anchor publishing from the origin's own loop, so that a
 module-scoped fixture can share it across tests and sync (hypothesis) test bodies. Everything
 runs in this process: sessions and open peer connections can be counted directly."""
 
@@ -17,8 +17,8 @@ import httpx
 from aiortc.mediastreams import AudioStreamTrack
 
 from gateway.synthetic import Publisher, StampedVideoTrack, whip_publish
-from tests.edge_server import RunningEdge, run_edge
-from tests.server import RunningServer, live_peer_connections, run_server
+from tests.support.edge_server import RunningEdge, run_edge
+from tests.support.server import RunningServer, live_peer_connections, run_server
 
 ROOM = "live"
 SDP = {"Content-Type": "application/sdp"}

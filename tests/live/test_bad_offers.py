@@ -17,10 +17,10 @@ from aiortc import RTCPeerConnection
 
 from relay.errors import Unprocessable
 from relay.rtc.peer import rtc_configuration
-from tests.live_bed import ROOM, SDP, TRICKLE, Bed, assert_4xx_problem, live_bed
-from tests.server import SECRET, live_peer_connections, run_server
-from tests.test_offer_checks import BAD, drop_lines, fixture, signed
-from tests.test_protocol import make_offer
+from tests.live.test_protocol import make_offer
+from tests.support.live_bed import ROOM, SDP, TRICKLE, Bed, assert_4xx_problem, live_bed
+from tests.support.offers import BAD, drop_lines, fixture, signed
+from tests.support.server import SECRET, live_peer_connections, run_server
 
 ISSUE_KINDS = ("no rtcp-mux", "mid not in BUNDLE", "long mid", "duplicate mid", "clock rate 0")
 

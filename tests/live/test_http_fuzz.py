@@ -1,9 +1,9 @@
-"""Mutated real offers and trickle fragments (tests/sdp_mutations.py) sent to the WHIP, WHEP and
-PATCH handlers of a real origin and a real edge (tests/live_bed.py): never a 5xx, every refusal
-a problem+json, no aiortc exception that check_offer let through (answer_offer logs those), and
-afterwards no session and no open peer connection left behind.
+"""Mutated real offers and trickle fragments (tests/support/sdp_mutations.py) sent to the
+WHIP, WHEP and PATCH handlers of a real origin and a real edge (tests/support/live_bed.py): never
+a 5xx, every refusal a problem+json, no aiortc exception that check_offer let through
+(answer_offer logs those), and afterwards no session and no open peer connection left behind.
 
-The default run is a few hundred cases; ``pytest -m slow tests/test_http_fuzz.py`` runs 10,000.
+The default run is a few hundred cases; the slow-marked one runs 10,000.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.live_bed import ROOM, SDP, TRICKLE, Bed, live_bed, on_loop, open_session
-from tests.sdp_mutations import offers, trickle_fragments
-from tests.server import live_peer_connections
-from tests.test_protocol import make_offer
+from tests.live.test_protocol import make_offer
+from tests.support.live_bed import ROOM, SDP, TRICKLE, Bed, live_bed, on_loop, open_session
+from tests.support.sdp_mutations import offers, trickle_fragments
+from tests.support.server import live_peer_connections
 
 # The servers' threads use the random module (aiortc's SSRCs, aioice) while hypothesis draws;
 # hypothesis would take that for a strategy using it.

@@ -1,8 +1,8 @@
-"""Hypothesis strategies that mutate real offers (tests/sdp_offers) and trickle fragments the way
-a broken or hostile client would: lines dropped, duplicated, swapped or borrowed from another
-client's offer; numbers set to the edges of their ranges; values made long, empty, unicode or
-control characters. Shared by the parser fuzz (tests/test_sdp_fuzz.py) and the HTTP fuzz
-(tests/test_http_fuzz.py)."""
+"""Hypothesis strategies that mutate real offers (tests/support/sdp_offers) and trickle
+fragments the way a broken or hostile client would: lines dropped, duplicated, swapped or borrowed
+from another client's offer; numbers set to the edges of their ranges; values made long, empty,
+unicode or control characters. Shared by the parser fuzz (tests/unit/test_sdp_fuzz.py) and the
+HTTP fuzz (tests/live/test_http_fuzz.py)."""
 
 from __future__ import annotations
 

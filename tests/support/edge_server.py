@@ -1,6 +1,6 @@
 """A real edge relay (``stagecast relay``'s app) on uvicorn in a thread of the test process,
 pulling from ``upstream``; its peer connections and sessions can be counted directly, like
-tests/server.py's origin. In-memory registry: the edge is in no cluster with its origin."""
+tests/support/server.py's origin. In-memory registry: the edge is in no cluster with its origin."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gateway.cluster import build_edge_node
 from gateway.launcher import free_port
 from gateway.settings import Settings
 from relay.cluster.edge import EdgeNode, create_edge_app
-from tests.server import SECRET
+from tests.support.server import SECRET
 
 
 @dataclass
