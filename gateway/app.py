@@ -265,7 +265,13 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         gw.operator_key, settings.metrics.token, what="metrics token or operator key"
     )
 
-    @app.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Depends(scrape)])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        dependencies=[Depends(scrape)],
+        responses=problem_responses(401),
+    )
     async def metrics() -> Response:
         """Prometheus exposition of the node's rooms, sessions, traffic and loop lag
         (``Authorization: Bearer`` the metrics token or the operator key)."""

@@ -30,7 +30,7 @@ from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
 from relay.errors import ServiceUnavailable
 from relay.http.common import CorsHeaders, check_room
 from relay.http.keys import KeyAuth
-from relay.http.problems import install_problem_handlers
+from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.whep import HubSelection, current_selection, whep_router
 from relay.media.hub import FanoutHub
 from relay.ops.loop_lag import LoopLagMonitor
@@ -323,7 +323,9 @@ def create_edge_app(
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @ops.get("/cluster", dependencies=guarded)
+    @ops.get(
+        "/cluster", dependencies=guarded, responses=problem_responses(401) if guarded else None
+    )
     async def cluster_view() -> JSONResponse:
         """This node's record, its view of the cluster (nodes, room policies) and its pulls."""
         c = node.cluster

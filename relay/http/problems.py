@@ -49,7 +49,8 @@ _WHEN = {
     401: "No valid credential (token or operator key)",
     403: "The credential is for another room, role or session",
     404: "No such room, session, stream or file",
-    409: "Conflict: not live yet (retry after Retry-After), full stage, or exists already",
+    409: "Conflict: not live yet (retry after Retry-After), full stage, exists already, or the"
+    " session's connection has ended",
     412: "If-Match does not match the session's ETag",
     413: "Request body too large",
     415: "Wrong Content-Type",
@@ -88,7 +89,7 @@ SESSION_POST_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 
 WHEP_POST_ERRORS = problem_responses(307, 400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 WHEP_HEAD_ERRORS = problem_responses(307, 400, 401, 403, 404, 409, 422)
 SESSION_DELETE_ERRORS = problem_responses(401, 403, 404, 422)
-SESSION_PATCH_ERRORS = problem_responses(400, 401, 403, 404, 412, 413, 415, 422, 428)
+SESSION_PATCH_ERRORS = problem_responses(400, 401, 403, 404, 409, 412, 413, 415, 422, 428)
 
 
 def _describe_problems(schema: dict[str, Any]) -> None:
