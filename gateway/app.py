@@ -125,6 +125,7 @@ def build_gateway(settings: Settings) -> Gateway:
         limits=ViewerLimits(
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,
+            certificate_lifetime=settings.sessions.certificate_lifetime,
             native=settings.media.native_send,
             max_viewers=settings.rooms.max_viewers_per_node,
             candidates=anchors.candidates,

@@ -120,6 +120,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         limits=ViewerLimits(
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,
+            certificate_lifetime=settings.sessions.certificate_lifetime,
             max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
             native=media.native_send,
             candidates=node_policy(

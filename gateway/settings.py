@@ -57,6 +57,9 @@ class SessionSettings(BaseModel):
     publish again (same program, continuous timestamps). DELETE and kicks end at once. 0: off."""
     max_sdp_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     retry_after: int = Field(2, ge=1)
+    certificate_lifetime: float = Field(86400.0, ge=60, le=29 * 86400)
+    """Seconds one DTLS certificate serves all of this node's viewers before a fresh one is made
+    (each viewer keeps the one it joined with; aiortc's are valid for 30 days)."""
 
 
 class AuthSettings(BaseModel):

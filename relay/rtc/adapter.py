@@ -16,6 +16,10 @@ The hooks that make encoded forwarding possible:
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
+* node certificate (``NodeCertificate``, ``use_certificate``): one DTLS certificate for all of
+  a node's peer connections (aiortc makes one per RTCPeerConnection), its fingerprints and its
+  OpenSSL context (``RTCCertificate._create_ssl_context``) made once, set on a new peer
+  connection's ``__certificates`` before any transport exists.
 * ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
   (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
   it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
@@ -36,11 +40,13 @@ from importlib.metadata import version
 from typing import Any
 
 from aioice.ice import StunProtocol
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, SRTPProtectionProfile
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from OpenSSL import SSL
 
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
@@ -398,3 +404,40 @@ def _cap_learned(connection: Any, limit: int) -> None:
         received(message, addr, protocol)
 
     connection.request_received = request_received
+
+
+# -- node certificate -----------------------------------------------------------------------------
+class NodeCertificate(RTCCertificate):
+    """One DTLS certificate (ECDSA P-256, as aiortc makes) shared by every peer connection of a
+    node, as browsers and SFUs do: aiortc otherwise generates a key and certificate per
+    RTCPeerConnection, computes its fingerprints per description, and builds an OpenSSL context
+    per handshake. Here the fingerprints are computed once and the context once per SRTP profile
+    list; it keeps no session cache (no resumption across peers)."""
+
+    def __init__(self, key: Any, cert: Any) -> None:
+        super().__init__(key=key, cert=cert)
+        self._fingerprints = super().getFingerprints()
+        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+
+    def getFingerprints(self) -> list[RTCDtlsFingerprint]:
+        return list(self._fingerprints)
+
+    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
+        key = tuple(p.openssl_profile for p in srtp_profiles)
+        context = self._contexts.get(key)
+        if context is None:
+            context = super()._create_ssl_context(srtp_profiles)
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            self._contexts[key] = context
+        return context
+
+
+def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
+    """Make ``pc`` do DTLS with ``certificate`` (the node's) instead of the one aiortc made for
+    it; call before adding any transceiver (each transport takes the certificate when made)."""
+    name = "_RTCPeerConnection__certificates"
+    if not isinstance(getattr(pc, name, None), list):
+        raise AdapterError("RTCPeerConnection internals changed: no certificate list")
+    if pc.getTransceivers():
+        raise AdapterError("use_certificate() after a transceiver was added")
+    setattr(pc, name, [certificate])

@@ -23,8 +23,10 @@ from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     drop_receive_estimator,
     install_prepacked_sender,
+    use_certificate,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
+from relay.rtc.certificates import DEFAULT_LIFETIME, RotatingCertificate
 from relay.rtc.direct_sender import DirectSender, new_template_cache
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
@@ -53,6 +55,7 @@ class ViewerLimits:
     direct: bool = True  # RTP-level forwarding (DirectSender); False: aiortc's sender task
     native: bool = True  # the direct sender's send loop in C when built (relay/rtc/srtp_writer.py)
     candidates: CandidatePolicy = DEFAULT_POLICY  # remote ICE candidates a viewer may give
+    certificate_lifetime: float = DEFAULT_LIFETIME  # s one DTLS certificate serves every viewer
 
 
 @dataclass(slots=True)
@@ -122,6 +125,7 @@ class ViewerService:
         self._overloaded = overloaded or (lambda: False)
         self._policy = fallback_policy or FallbackPolicy()
         self._monitor: asyncio.Task[None] | None = None
+        self.certificate = RotatingCertificate(self.limits.certificate_lifetime)
 
     def egress(self) -> EgressTotals:
         """Totals so far, live viewers included."""
@@ -172,6 +176,7 @@ class ViewerService:
         hub = self.live_hub(room)
         self._admit(room, grant)
         pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
+        use_certificate(pc, self.certificate.current())
         sid = new_session_id()
         direct = self.limits.direct
         viewer = hub.create_viewer(sid, direct=direct)

@@ -8,13 +8,16 @@ from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, rtcrtpsender
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 
 from relay.rtc.adapter import (
     SUPPORTED,
+    AdapterError,
+    NodeCertificate,
     check_version,
     drop_receive_estimator,
+    use_certificate,
 )
 from relay.rtc.peer import close_quietly, rtc_configuration
 
@@ -59,6 +62,37 @@ async def test_sendonly_receiver_estimator_can_be_dropped() -> None:
         drop_receive_estimator(receiver)
         assert getattr(receiver, name) is None
         assert name in names_of(RTCRtpReceiver._handle_rtp_packet)
+    finally:
+        await close_quietly(pc)
+
+
+async def test_node_certificate_internals_exist() -> None:
+    """``use_certificate``: the peer connection's certificate list, given to each DTLS transport
+    it makes; ``NodeCertificate``: the context hook every handshake calls, and its cache."""
+    init = names_of(RTCPeerConnection.__init__)
+    assert "_RTCPeerConnection__certificates" in init
+    create = RTCPeerConnection._RTCPeerConnection__createDtlsTransport  # type: ignore[attr-defined]
+    assert "_RTCPeerConnection__certificates" in names_of(create)
+    assert "_create_ssl_context" in names_of(RTCDtlsTransport.start)
+    assert "getFingerprints" in names_of(RTCDtlsTransport.getLocalParameters)
+    assert callable(RTCCertificate._create_ssl_context)
+    certificate = NodeCertificate.generateCertificate()
+    assert isinstance(certificate, NodeCertificate)
+    assert certificate._create_ssl_context(SRTP_PROFILES) is certificate._create_ssl_context(
+        list(SRTP_PROFILES)
+    )
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        use_certificate(pc, certificate)
+        transceiver = pc.addTransceiver("video", direction="sendonly")
+        dtls = transceiver.sender.transport
+        assert dtls._RTCDtlsTransport__local_certificate is certificate  # type: ignore[attr-defined]
+        try:
+            use_certificate(pc, certificate)
+        except AdapterError:
+            pass
+        else:
+            raise AssertionError("use_certificate after a transceiver must refuse")
     finally:
         await close_quietly(pc)
 
