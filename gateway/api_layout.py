@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relay.errors import NotFound, Unprocessable
 
-from .mixer.audio_mix import AudioControl
 from .mixer.layout import LayoutSpec, Region, format_colour, parse_colour
+from .mixer.specs import AudioControl
 from .stage.room import RoomService
 from .stage.table import Stage, StageTable
 

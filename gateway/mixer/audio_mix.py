@@ -7,20 +7,13 @@ decoded audio before it reaches ``InputBuffer`` and encodes ``AudioMixer.mix``'s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from .specs import AudioControl as AudioControl  # re-exported: its home moved to specs
+
 Samples = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class AudioControl:
-    """An operator's setting for one anchor in the mix."""
-
-    gain: float = 1.0  # linear; 0..4
-    muted: bool = False
 
 
 class InputBuffer:

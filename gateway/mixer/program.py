@@ -28,7 +28,7 @@ import numpy as np
 from relay.media.frames import EncodedFrame
 from relay.media.keyframes import is_keyframe
 
-from .audio_mix import AudioControl, AudioMixer, InputBuffer, MixMinus, Samples
+from .audio_mix import AudioMixer, InputBuffer, MixMinus, Samples
 from .codecs import (
     AUDIO_FRAME,
     RATE,
@@ -40,6 +40,8 @@ from .codecs import (
 )
 from .compositor import Compositor, Picture
 from .layout import LayoutSpec, Tile, compute_layout
+from .specs import AudioControl
+from .specs import RenditionSpec as RenditionSpec  # re-exported: its home moved to specs
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,6 @@ log = logging.getLogger(__name__)
 Emit = Callable[[str | None, EncodedFrame], None]
 # (anchor id, frame): one anchor's mix-minus (everyone else's audio)
 EmitMixMinus = Callable[[str, EncodedFrame], None]
-
-
-@dataclass(frozen=True, slots=True)
-class RenditionSpec:
-    name: str
-    width: int
-    height: int
-    video_bitrate: int  # bit/s
 
 
 @dataclass(slots=True)

@@ -32,16 +32,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.hub import FanoutHub
 
 from ..bridge.backoff import Backoff
-from ..mixer.audio_mix import AudioControl
 from ..mixer.layout import LayoutSpec
-from ..mixer.program import ProgramWorker, RenditionSpec
+from ..mixer.specs import AudioControl, RenditionSpec
 from .anchor_hub import AnchorHub
+
+if TYPE_CHECKING:
+    from ..mixer.program import ProgramWorker
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +273,8 @@ class ProgramDirector:
         def failed(exc: BaseException) -> None:  # worker thread, as it dies
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to restart
                 loop.call_soon_threadsafe(self._worker_failed, worker, exc)
+
+        from ..mixer.program import ProgramWorker  # numpy and the codecs: only once a room mixes
 
         worker = ProgramWorker(
             video_codec=video.name if video is not None else None,

@@ -21,7 +21,7 @@ from relay.rtc.lifecycle import DeadlineTimer
 from relay.rtc.sdp import OfferSummary, pick_codec
 
 from ..mixer.layout import LayoutSpec, parse_colour
-from ..mixer.program import RenditionSpec
+from ..mixer.specs import RenditionSpec
 from ..settings import Settings
 from .director import AnchorFeed, MixerConfig, ProgramDirector
 from .table import Stage, StageTable

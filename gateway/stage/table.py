@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from relay.media.hub import FanoutHub
 
-from ..mixer.audio_mix import AudioControl
 from ..mixer.layout import LayoutSpec
+from ..mixer.specs import AudioControl
 
 log = logging.getLogger(__name__)
 

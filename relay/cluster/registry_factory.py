@@ -4,10 +4,12 @@ memory otherwise. Apart from both implementations, so neither imports the other.
 from __future__ import annotations
 
 from relay.cluster.registry import ClusterRegistry, MemoryRegistry
-from relay.cluster.registry_redis import RedisRegistry
 
 
 def make_registry(redis_url: str = "", *, prefix: str = "stagecast:") -> ClusterRegistry:
     if not redis_url:
         return MemoryRegistry()
+    # imported here: the client library costs a single node ~7 MB it never uses
+    from relay.cluster.registry_redis import RedisRegistry
+
     return RedisRegistry(redis_url, prefix=prefix)
