@@ -30,6 +30,7 @@ from bench.fanout import (
     SECRET,
     Child,
     Children,
+    _die_with_parent,
     use_anchor_encoder,
     wait_healthy,
 )
@@ -67,7 +68,13 @@ async def measure(children: Children, tree: Path, args: argparse.Namespace) -> I
     log_path = children.log_dir / f"node-{tree.name}-{port}.log"
     with log_path.open("w") as out:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=tree, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+            *argv,
+            cwd=tree,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            preexec_fn=_die_with_parent,
         )
     child = Child(log_path.stem, proc, psutil.Process(proc.pid), log_path)
     children.items.append(child)

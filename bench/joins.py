@@ -8,10 +8,11 @@ viewer has its first frame its RTP is counted at the socket, not decrypted). Per
 viewers POSTed at once:
 
 - the node's CPU (``/proc/PID/stat``: the whole process, all threads) from the first POST until
-  every viewer has its first frame or was refused; minus the node's rate before the burst
-  ("gross"), and also minus the fan-out to those that already joined ("net": the per-viewer rate
-  of a steady window after the burst times each viewer's seconds of watching inside the burst);
-  per join, in ms;
+  every viewer has its first frame or was refused; minus what the node spent before the burst
+  per packet the anchor sent, times the anchor's packets during it ("gross"), and also minus the
+  fan-out to those that already joined ("net": the node's own count of its fan-out loop, plus
+  the rest of a viewer's steady cost from a window after the burst times each viewer's seconds
+  of watching inside it); per join (refused POSTs included in the cost, not in the count), ms;
 - time to first frame per viewer, from its POST (p50 / p95), and the burst's length;
 - the share refused with 503 (admission control) and other failures;
 - the watcher's longest gap between video frames and its gaps over 200 ms (freezes) during the
@@ -51,6 +52,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.capacity import anchor_packets
 from bench.fanout import (
     ANCHOR_GRAIN,
     ROOM,
@@ -58,6 +60,7 @@ from bench.fanout import (
     Child,
     Children,
     LoadWorker,
+    _die_with_parent,
     pct,
     use_anchor_encoder,
     wait_healthy,
@@ -250,7 +253,13 @@ class Node:
         log_path = self.children.log_dir / f"{name}.log"
         out = log_path.open("w")
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=self.tree, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+            *argv,
+            cwd=self.tree,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            preexec_fn=_die_with_parent,
         )
         out.close()
         self.child = Child(name, proc, psutil.Process(proc.pid), log_path)
@@ -302,14 +311,16 @@ class Node:
         async with httpx.AsyncClient(base_url=self.url, timeout=5, headers=headers) as client:
             return float((await client.get(f"/v1/rooms/{ROOM}/stream")).json()["fanout_cpu_s"])
 
-    async def rate(self, seconds: float) -> tuple[float, float]:
-        """The node's cores over ``seconds``, and those spent outside the fan-out loop."""
-        fan0 = await self.fanout_cpu()
+    async def rate(self, seconds: float) -> tuple[float, float, float]:
+        """The node's cores over ``seconds``, those spent outside the fan-out loop, and its CPU
+        seconds per packet the anchor sent."""
+        fan0, sent0 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
         cpu0, t0 = process_cpu(self.pid), time.monotonic()
         await asyncio.sleep(seconds)
         cpu1, t1 = process_cpu(self.pid), time.monotonic()
-        fan1 = await self.fanout_cpu()
-        return (cpu1 - cpu0) / (t1 - t0), (cpu1 - cpu0 - (fan1 - fan0)) / (t1 - t0)
+        fan1, sent1 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
+        cpu = cpu1 - cpu0
+        return cpu / (t1 - t0), (cpu - (fan1 - fan0)) / (t1 - t0), cpu / max(1, sent1 - sent0)
 
     def profile(self, out: Path) -> asyncio.Future[Any]:
         """py-spy sampling the node (active threads only: samples ~ CPU) until interrupted."""
@@ -326,14 +337,14 @@ class Node:
         args = self.args
         assert self.watcher is not None
         result = Burst(self.tree.name, n)
-        result.base_cores, base_other = await self.rate(args.settle)
+        result.base_cores, base_other, per_packet = await self.rate(args.settle)
         k = len(self.workers)
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
         spy = None
         if args.profile:
             spy = self.profile(args.profile / f"{self.tree.name}-{n}-{time.time():.0f}.txt")
             await asyncio.sleep(0.5)  # py-spy attaches
-        fan0 = await self.fanout_cpu()
+        fan0, sent0 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
         cpu0, t0 = process_cpu(self.pid), time.monotonic()
         replies = await asyncio.gather(
             *(
@@ -343,12 +354,12 @@ class Node:
             )
         )
         cpu1, t1 = process_cpu(self.pid), time.monotonic()
-        fan1 = await self.fanout_cpu()
+        fan1, sent1 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
         if spy is not None:
             proc = await spy
             proc.send_signal(signal.SIGINT)
             await proc.wait()
-        result.after_cores, after_other = await self.rate(args.settle)
+        result.after_cores, after_other, _ = await self.rate(args.settle)
         t2 = time.monotonic()
         results = [r for reply in replies for r in reply["results"]]
         ttff = [r["first_at"] - r["post_at"] for r in results if "first_at" in r]
@@ -359,11 +370,14 @@ class Node:
         result.failed = n - result.joined - result.refused
         result.cpu_s = cpu1 - cpu0
         if result.joined:
-            gross = result.cpu_s - result.base_cores * result.seconds
+            # what the node did before the burst (the anchor's ingest, the watcher), scaled by
+            # the anchor's packets during it: a starved anchor sends fewer, and those cost less
+            gross = result.cpu_s - per_packet * (sent1 - sent0)
             # fan-out to those already in: the loop's own count, plus the rest of a viewer's
             # steady cost (RTCP, consent checks, wakeups) from the window after the burst
             other = max(0.0, after_other - base_other) / result.joined
-            fanout = (fan1 - fan0) - (result.base_cores - base_other) * result.seconds
+            base_fanout = (result.base_cores - base_other) / result.base_cores * per_packet
+            fanout = (fan1 - fan0) - base_fanout * (sent1 - sent0)
             net = gross - fanout - other * sum(watching)
             result.gross_ms_per_join = 1000 * gross / result.joined
             result.net_ms_per_join = 1000 * net / result.joined
