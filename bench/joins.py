@@ -165,7 +165,15 @@ class Watcher:
 
     @classmethod
     async def start(cls, base_url: str) -> Watcher:
-        viewer = await whep_watch(base_url, ROOM, decode=False, timeout=20)
+        deadline = time.monotonic() + 60
+        while True:  # a node busy starting up (loop late) refuses with 503 for a while
+            try:
+                viewer = await whep_watch(base_url, ROOM, decode=False, timeout=20)
+                break
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 503 or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1.0)
         watcher = cls(viewer)
         for t in viewer.pc.getTransceivers():
             if t.kind == "video":
