@@ -13,7 +13,6 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import numpy as np
 
 from .fmp4 import BoxSplitter, parse_fragment, parse_init, retime_fragment, track_durations
 
@@ -46,6 +45,8 @@ def encode_slate(
     48 kHz, one fragment no longer than ``part_target``. Runs PyAV: call it off the event loop."""
     if not (video or audio):
         raise ValueError("a slate needs video or audio")
+    import numpy as np  # here: a node that never bridges does not load numpy (~14 MB)
+
     width, height = max(16, width // 2 * 2), max(16, height // 2 * 2)
     aac_frames = aac_frames_for(part_target)
     ticks = aac_frames * AAC_FRAME  # one fragment, at 48 kHz
