@@ -1,0 +1,341 @@
+"""Failover with the cluster's default timing (heartbeat 1 s, node TTL 3 s): a real redis-server,
+the origin (uvicorn in this process), edges as ``stagecast relay`` processes, aiortc clients.
+
+* An edge killed (SIGKILL) under a viewer: the viewer, retrying as the watch page does (POST at
+  the origin, follow the 307), plays again within 3 s on a live node. Several runs, each killing
+  the edge that serves the viewer; ``STAGECAST_FAILOVER_RUNS`` sets how many (default 3).
+* An edge frozen (SIGSTOP: its sockets stay open, only its heartbeats stop, as with a hung host):
+  the origin stops sending viewers to it once it has missed a heartbeat, long before its record
+  expires, and takes it back after its next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whip_publish
+from relay.cluster.registry_redis import RedisRegistry
+from relay.rtc.peer import close_quietly, rtc_configuration
+from tests.redis_server import RedisProcess, require_redis, run_redis
+from tests.server import SECRET, RunningServer, free_port, run_server
+
+HEARTBEAT = 1.0  # the defaults of gateway.settings (cluster.heartbeat, cluster.node_ttl)
+TTL = 3.0
+RUNS = int(os.environ.get("STAGECAST_FAILOVER_RUNS", "3"))
+ROOM = "failover"
+
+
+@dataclass(eq=False)
+class Edge:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_edge(name: str, upstream: str, redis_url: str, logdir: Path) -> Edge:
+    port = free_port()
+    env = {
+        **os.environ,
+        "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+        "STAGECAST_LOG_LEVEL": "warning",
+        "STAGECAST_CLUSTER__HEARTBEAT": str(HEARTBEAT),
+        "STAGECAST_CLUSTER__NODE_TTL": str(TTL),
+        "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "100",
+        "STAGECAST_LIMITS__SESSION_POST_BURST": "100",
+    }
+    env.pop("STAGECAST_CONFIG", None)
+    log = logdir / f"{name}.log"
+    cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", upstream]
+    cmd += ["--port", str(port), "--redis-url", redis_url, "--node-id", name]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return Edge(name, port, proc, log)
+
+
+@dataclass(eq=False)
+class Bed:
+    redis: RedisProcess
+    origin: RunningServer
+    logdir: Path
+    edges: list[Edge] = field(default_factory=list)
+    started: int = 0
+
+    async def node_ids(self) -> list[str]:
+        reg = RedisRegistry(self.redis.url)
+        try:
+            return [n.id for n in await reg.nodes()]
+        finally:
+            await reg.close()
+
+    async def add_edge(self) -> Edge:
+        """A new edge, up and in the origin's view."""
+        self.started += 1
+        edge = start_edge(f"edge-{self.started}", self.origin.base_url, self.redis.url, self.logdir)
+        self.edges.append(edge)
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(timeout=1) as client:
+            while True:
+                assert edge.proc.poll() is None, edge.log.read_text()[-2000:]
+                assert time.monotonic() < deadline, edge.log.read_text()[-2000:]
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(edge.url + "/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        cluster = self.origin.gateway.cluster
+        assert cluster is not None
+        assert await wait_for(lambda: any(n.id == edge.name for n in cluster.view), 10)
+        return edge
+
+    def live_edges(self) -> list[Edge]:
+        return [e for e in self.edges if e.proc.poll() is None]
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    require_redis()
+    logdir = tmp_path_factory.mktemp("failover-logs")
+    with (
+        run_redis() as redis,
+        run_server(
+            cluster={"node_id": "origin", "redis_url": redis.url},
+            limits={"session_posts_per_second": 100, "session_post_burst": 100},
+        ) as origin,
+    ):
+        assert origin.settings.cluster.heartbeat == HEARTBEAT
+        assert origin.settings.cluster.node_ttl == TTL
+        b = Bed(redis, origin, logdir)
+        try:
+            yield b
+        finally:
+            for e in b.edges:
+                e.stop()
+
+
+async def wait_for(predicate: object, timeout: float, step: float = 0.05) -> bool:
+    async def check() -> bool:
+        value = predicate()  # type: ignore[operator]
+        if asyncio.iscoroutine(value):
+            value = await value
+        return bool(value)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(step)
+    return await check()
+
+
+async def publish(origin: RunningServer, room: str) -> Publisher:
+    pub = await whip_publish(
+        origin.base_url, room, origin.anchor_token(room), video=StampedVideoTrack(320, 180, 20)
+    )
+    assert await wait_for(lambda: origin.gateway.stages.live_hub(room) is not None, 5)
+    return pub
+
+
+async def offer() -> str:
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+    finally:
+        await close_quietly(pc)
+
+
+@dataclass(eq=False)
+class RetryingViewer:
+    """Plays as the watch page does: POSTs at the origin (following 307s), and when frames stop
+    for ``stall`` s, POSTs there again; every node that served it is noted."""
+
+    origin: str
+    room: str
+    stall: float = 0.3
+    viewers: list[Viewer] = field(default_factory=list)
+    served_by: list[str] = field(default_factory=list)
+    tried: list[tuple[float, str]] = field(default_factory=list)  # (time, node URL) per 307
+    task: asyncio.Task[None] | None = None
+
+    def frames_after(self, t: float) -> list[float]:
+        return sorted(s.received_at for v in self.viewers for s in v.samples if s.received_at > t)
+
+    async def run(self) -> None:
+        while True:
+            viewer = await self._join()
+            self.viewers.append(viewer)
+            self.served_by.append(viewer.location.split("/whep/")[0])
+            started = time.time()
+            while True:
+                await asyncio.sleep(0.05)
+                last = viewer.samples[-1].received_at if viewer.samples else started
+                if time.time() - last > self.stall + (0 if viewer.samples else 1.5):
+                    break
+            for t in viewer.tasks:
+                t.cancel()
+            await close_quietly(viewer.pc, 1.0)
+
+    async def _join(self) -> Viewer:
+        pc = RTCPeerConnection(rtc_configuration(()))
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        client = httpx.AsyncClient(timeout=2.0)
+        joined = time.monotonic()
+        while True:
+            url = f"{self.origin}/whep/{self.room}"
+            try:
+                for _ in range(4):
+                    resp = await client.post(
+                        url,
+                        content=pc.localDescription.sdp,
+                        headers={"Content-Type": "application/sdp"},
+                    )
+                    if resp.status_code != 307:
+                        break
+                    url = urljoin(url, resp.headers["location"])
+                    self.tried.append((time.time(), url.split("/whep/")[0]))
+                if resp.status_code == 201:
+                    break
+            except (httpx.HTTPError, OSError):
+                pass
+            await asyncio.sleep(0.1)
+        viewer = Viewer(pc, urljoin(url, resp.headers["location"]), client, {}, joined)
+        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
+        viewer.tasks.append(asyncio.create_task(viewer._consume(transceiver.receiver.track)))
+        return viewer
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        for v in self.viewers:
+            await v.close(delete=False)
+
+
+@pytest.mark.timeout(60 + 30 * RUNS)
+async def test_viewer_of_a_killed_edge_plays_again_within_3s(bed: Bed) -> None:
+    pub = await publish(bed.origin, ROOM)
+    backs: list[float] = []
+    try:
+        for _ in range(RUNS):
+            while len(bed.live_edges()) < 2:
+                await bed.add_edge()
+            watcher = RetryingViewer(bed.origin.base_url, ROOM)
+            watcher.task = asyncio.create_task(watcher.run())
+            try:
+                assert await wait_for(lambda w=watcher: len(w.frames_after(0)) > 10, 15)
+                serving = next(e for e in bed.live_edges() if e.url == watcher.served_by[-1])
+                serving.proc.send_signal(signal.SIGKILL)
+                killed = time.time()
+                await asyncio.to_thread(serving.proc.wait, 5)
+                assert await wait_for(lambda w=watcher: w.frames_after(killed + 0.05), 6)
+                back = watcher.frames_after(killed + 0.05)[0] - killed
+                backs.append(back)
+                assert watcher.served_by[-1] != serving.url
+                dead_tries = [round(t - killed, 2) for t, u in watcher.tried if u == serving.url]
+                print(
+                    f"viewer back {back:.2f} s after SIGKILL of {serving.name}, "
+                    f"via {watcher.served_by[-1]}; 307s to the dead edge at {dead_tries}"
+                )
+                # the origin hears of the death through the edge's presence link at once
+                assert not [t for t in dead_tries if t > 0.5], dead_tries
+            finally:
+                await watcher.close()
+    finally:
+        await pub.close()
+    print(
+        f"kill -> playing again over {len(backs)} runs: p50 {statistics.median(backs):.2f} s,"
+        f" max {max(backs):.2f} s"
+    )
+    assert max(backs) <= 3.0, backs
+
+
+@pytest.mark.timeout(90)
+async def test_frozen_edge_leaves_rotation_when_it_misses_a_heartbeat(bed: Bed) -> None:
+    room = "frozen"
+    pub = await publish(bed.origin, room)
+    watcher = RetryingViewer(bed.origin.base_url, room)
+    try:
+        while len(bed.live_edges()) < 2:
+            await bed.add_edge()
+        watcher.task = asyncio.create_task(watcher.run())
+        assert await wait_for(lambda: len(watcher.frames_after(0)) > 10, 15)
+        # new viewers go to the edge already pulling the room: the one that serves the watcher
+        frozen = next(e for e in bed.live_edges() if e.url == watcher.served_by[-1])
+        sdp = await offer()
+        async with httpx.AsyncClient(timeout=2) as client:
+
+            async def target() -> str:
+                r = await client.post(
+                    f"{bed.origin.base_url}/whep/{room}",
+                    content=sdp,
+                    headers={"Content-Type": "application/sdp"},
+                )
+                assert r.status_code == 307, r.text
+                return str(r.headers["location"]).split("/whep/")[0]
+
+            assert await target() == frozen.url
+            reg = RedisRegistry(bed.redis.url)
+            try:
+                frozen.proc.send_signal(signal.SIGSTOP)
+                stopped = time.time()
+                await asyncio.sleep(0.1)
+                record = next(n for n in await reg.nodes() if n.id == frozen.name)
+            finally:
+                await reg.close()
+            last_beat = record.updated_at
+            assert stopped - last_beat <= HEARTBEAT + 0.3
+            # still listed until its TTL, but out of rotation once it missed one heartbeat
+            redirected: list[tuple[float, str]] = []
+            while time.time() < last_beat + TTL - 0.3:
+                redirected.append((time.time() - last_beat, await target()))
+                await asyncio.sleep(0.05)
+            late = [(round(t, 2), u) for t, u in redirected if u == frozen.url and t > 1.9]
+            assert not late, f"sent to the frozen edge after its missed heartbeat: {late}"
+            left = min(t for t, u in redirected if u != frozen.url)
+            print(f"frozen edge out of rotation {left:.2f} s after its last heartbeat")
+            assert frozen.name in await bed.node_ids()  # (its record has not expired yet)
+            frozen.proc.send_signal(signal.SIGCONT)
+            resumed = time.time()
+            cluster = bed.origin.gateway.cluster
+            assert cluster is not None
+            assert await wait_for(
+                lambda: any(n.id == frozen.name and n.updated_at > resumed for n in cluster.view),
+                HEARTBEAT + 1.0,
+            ), "the resumed edge's heartbeat did not reach the origin"
+    finally:
+        await watcher.close()
+        await pub.close()
+
