@@ -28,11 +28,12 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from gateway.launcher import free_port
 from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whip_publish
 from relay.cluster.registry_redis import RedisRegistry
 from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.redis_server import RedisProcess, require_redis, run_redis
-from tests.server import SECRET, RunningServer, free_port, run_server
+from tests.server import SECRET, RunningServer, run_server
 
 HEARTBEAT = 1.0  # the defaults of gateway.settings (cluster.heartbeat, cluster.node_ttl)
 TTL = 3.0
@@ -260,7 +261,7 @@ async def test_viewer_of_a_killed_edge_plays_again_within_3s(bed: Bed) -> None:
                 serving.proc.send_signal(signal.SIGKILL)
                 killed = time.time()
                 await asyncio.to_thread(serving.proc.wait, 5)
-                assert await wait_for(lambda w=watcher: w.frames_after(killed + 0.05), 6)
+                assert await wait_for(lambda w=watcher, k=killed: w.frames_after(k + 0.05), 6)
                 back = watcher.frames_after(killed + 0.05)[0] - killed
                 backs.append(back)
                 assert watcher.served_by[-1] != serving.url
@@ -338,4 +339,3 @@ async def test_frozen_edge_leaves_rotation_when_it_misses_a_heartbeat(bed: Bed) 
     finally:
         await watcher.close()
         await pub.close()
-

@@ -27,6 +27,7 @@ from relay.auth.tokens import TokenAuthority
 from relay.auth.turn import IceDirectory
 from relay.cluster.link import LinkConfig, UpstreamLink, open_link
 from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
+from relay.cluster.presence import presence_router
 from relay.errors import ServiceUnavailable
 from relay.http.common import CorsHeaders, check_room
 from relay.http.keys import KeyAuth
@@ -90,6 +91,7 @@ class EdgeService:
         self._http = httpx.AsyncClient()
         self.viewer_count: Callable[[str], int] = lambda room: 0
         self.stats = PullStats()
+        self.upstream_doubts = 0  # bumped when the upstream seems gone: every pull probes it
 
     def live_hub(self, room: str) -> FanoutHub | None:
         """The hub of ``room`` for the selection of the request being served (if pulled)."""
@@ -143,6 +145,7 @@ class EdgeService:
         link = pull.link
         room = link.room
         probe_after = cfg.silence_timeout
+        doubts = self.upstream_doubts
         try:
             while True:
                 await asyncio.sleep(0.2)
@@ -160,6 +163,11 @@ class EdgeService:
                         break
                 else:
                     pull.idle_since = None
+                if doubts != self.upstream_doubts:  # the presence link to the upstream broke
+                    doubts = self.upstream_doubts
+                    if not await self._upstream_live(pull.key):
+                        pull.ended_reason = "upstream lost"
+                        break
                 last = link.last_media_at
                 if last is None:
                     if now - pull.started_at > cfg.connect_timeout:
@@ -204,6 +212,9 @@ class EdgeService:
             "pull of %s ended: %s", pull.key, reason, extra={"room": room, "event": "pull.ended"}
         )
 
+    def doubt_upstream(self) -> None:
+        self.upstream_doubts += 1
+
     def egress_rooms(self) -> tuple[str, ...]:
         """Rooms this edge pulls now (any selection)."""
         return tuple(sorted({p.link.room for k, p in self.pulls.items() if self.hub_for(k)}))
@@ -231,6 +242,7 @@ class EdgeNode:
 
     async def start(self) -> None:
         self.lag.start()
+        self.cluster.on_upstream_lost = self.edge.doubt_upstream
         await self.cluster.start()
 
     async def shutdown(self) -> None:
@@ -289,6 +301,7 @@ def create_edge_app(
             return
         check_room(room)
         await node.cluster.refresh_room_policy(room)
+        await node.cluster.refresh_view()
         node.access.authorize(
             room,
             "audience",
@@ -353,4 +366,5 @@ def create_edge_app(
         )
 
     app.include_router(ops)
+    app.include_router(presence_router(node.cluster))  # its children's presence (edges of edges)
     return app

@@ -22,6 +22,7 @@ import psutil
 from fastapi import Request
 
 from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
+from relay.cluster.presence import hold_presence
 from relay.cluster.registry import (
     ClusterEvent,
     ClusterRegistry,
@@ -30,13 +31,15 @@ from relay.cluster.registry import (
     RegistryError,
     RoomPolicy,
 )
-from relay.cluster.routing import Decision, Full, Redirect, route
+from relay.cluster.routing import FRESH_VIEW, Decision, Full, Redirect, judged_at, route
 from relay.errors import ServiceUnavailable, StagecastError
 
 log = logging.getLogger(__name__)
 
 LINK_HEADER = "X-Stagecast-Link"
 POLICY_READ_TIMEOUT = 0.5  # a viewer's POST waits at most this for its room's policy
+VIEW_READ_TIMEOUT = 0.25  # ... and at most this for a fresh view of the cluster
+DOWN_MEMORY = 60.0  # how long a node marked down here is remembered (its record is long gone)
 
 
 class TemporaryRedirect(StagecastError):
@@ -119,7 +122,11 @@ class ClusterNode:
         self._policy_lock = asyncio.Lock()
         self._rng = rng or random.Random()
         self._clock = clock
-        self.view: list[NodeRecord] = []
+        self.view: list[NodeRecord] = []  # (``updated_at`` on this node's clock: routing)
+        self.view_at = clock()  # when the view was last read
+        self._view_read: asyncio.Task[None] | None = None
+        self._down: dict[str, float] = {}  # node id -> when it was marked down here
+        self.on_upstream_lost: Callable[[], None] | None = None
         self.me = NodeRecord(config.node_id, config.url, config.role)
         self.status = ClusterStatus()
         self.draining = False
@@ -131,20 +138,32 @@ class ClusterNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
+    @property
+    def tokens(self) -> TokenAuthority | None:
+        """The cluster's token authority (links and presence), if this node has the secret."""
+        return self._tokens
+
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._proc.cpu_percent(None)
         await self.beat()
+        nid = self.config.node_id
         self._tasks = [
-            asyncio.create_task(self._beat_loop(), name=f"cluster-beat-{self.config.node_id}"),
-            asyncio.create_task(self._event_loop(), name=f"cluster-events-{self.config.node_id}"),
+            asyncio.create_task(self._beat_loop(), name=f"cluster-beat-{nid}"),
+            asyncio.create_task(self._event_loop(), name=f"cluster-events-{nid}"),
         ]
+        if self.config.upstream and self._tokens is not None:
+            presence = hold_presence(
+                self.config.upstream, nid, self._tokens, self.config.heartbeat, self._lost_upstream
+            )
+            self._tasks.append(asyncio.create_task(presence, name=f"cluster-presence-{nid}"))
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._view_read] if self._view_read else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         if not self.status.registered:  # the registry is down: the record expires on its own
             await self.registry.close()
@@ -182,6 +201,8 @@ class ClusterNode:
             upstream=cfg.upstream,
             updated_at=now,
             anchors=load.anchors,
+            heartbeat=cfg.heartbeat,
+            ttl=cfg.ttl,
         )
         self._owned_now = set(load.owned)
         return self.me
@@ -203,7 +224,7 @@ class ClusterNode:
                 await self.registry.release_stream(room, cfg.node_id)
                 await self.registry.publish(self._event("stream.released", room))
             self._owned = set(self._owned_now)
-            self.view = await self.registry.nodes()
+            self._take_view(await self.registry.nodes())
             if self._policy_source is None:
                 read = await self.registry.room_policies()
                 self.policies = merge_policies(self.policies, read, self.view)
@@ -239,8 +260,12 @@ class ClusterNode:
             try:
                 async for event in self.registry.events():
                     if event.node_id == self.config.node_id:
+                        if event.kind == "node.down" and not self._stopping:
+                            self._wake.set()  # marked down but alive: register again now
                         continue
                     self.status.events = [*self.status.events[-49:], event]
+                    if event.kind == "node.down":
+                        self._forget(event.node_id)
                     if event.kind.startswith("node.") or event.kind == "room.policy":
                         self._wake.set()
             except RegistryError:
@@ -307,12 +332,61 @@ class ClusterNode:
         policy = self.policies.get(room)
         return policy.max_viewers if policy is not None else None
 
+    # -- the view of the cluster ------------------------------------------------------------
+    def _take_view(self, records: list[NodeRecord]) -> None:
+        """Keep what the registry listed, each record on this node's clock (``seen``), less
+        the nodes marked down here since their last heartbeat."""
+        now = self._clock()
+        for nid in [n for n, at in self._down.items() if now - at > DOWN_MEMORY]:
+            del self._down[nid]
+        seen = [r.seen(now) for r in records]
+        self.view = [r for r in seen if r.updated_at > self._down.get(r.id, float("-inf"))]
+        self.view_at = now
+
+    def _forget(self, node_id: str) -> None:
+        self._down[node_id] = self._clock()
+        self.view = [n for n in self.view if n.id != node_id]
+
+    async def refresh_view(self) -> None:
+        """Before a routing decision: read the view again when it is older than routing judges
+        fresh (``routing.FRESH_VIEW``), one read at a time, waiting ``VIEW_READ_TIMEOUT`` at
+        most; an outage or a slow registry leave the last view in force."""
+        if self._clock() - self.view_at <= self.config.heartbeat * FRESH_VIEW:
+            return
+        if self._view_read is None or self._view_read.done():
+            self._view_read = asyncio.create_task(self._read_view())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(VIEW_READ_TIMEOUT):
+                await asyncio.shield(self._view_read)
+
+    async def _read_view(self) -> None:
+        with contextlib.suppress(RegistryError):
+            self._take_view(await self.registry.nodes())
+
+    async def mark_down(self, node_id: str, reason: str) -> None:
+        """A node is gone (its presence connection closed, ...): out of this node's view at
+        once, out of the registry (its record removed), and every node told (``node.down``).
+        A node marked down that is alive registers again at its next heartbeat."""
+        if node_id == self.config.node_id or self._stopping:
+            return
+        self._forget(node_id)
+        log.warning("node %s is down: %s", node_id, reason)
+        with contextlib.suppress(RegistryError):
+            await self.registry.remove(node_id)
+            await self.registry.publish(ClusterEvent("node.down", node_id, "", self._clock()))
+
+    async def _lost_upstream(self, upstream_id: str) -> None:
+        if self.on_upstream_lost is not None:
+            self.on_upstream_lost()
+        await self.mark_down(upstream_id, "the presence connection to it broke")
+
     # -- cluster listing --------------------------------------------------------------------
     async def current_nodes(self) -> list[NodeRecord]:
         """Every node of the registry, read now (the last view when it cannot be read), this
         node always among them."""
         try:
-            nodes = await self.registry.nodes()
+            now = self._clock()
+            nodes = [r.seen(now) for r in await self.registry.nodes()]
         except RegistryError:
             nodes = list(self.view)
         if all(n.id != self.config.node_id for n in nodes):
@@ -325,7 +399,8 @@ class ClusterNode:
         if self.draining != me.draining:
             me = replace(me, draining=self.draining)
         others = [n for n in self.view if n.id != me.id]
-        return route(me, [me, *others], room, rng=self._rng)
+        now = judged_at(self._clock(), self.view_at, self.config.heartbeat)
+        return route(me, [me, *others], room, rng=self._rng, now=now)
 
     def is_link(self, request: Request, room: str) -> bool:
         """A pull from another node of the cluster (never routed elsewhere)."""
@@ -360,6 +435,7 @@ class ClusterNode:
         room = request.path_params.get("room")
         if request.method != "POST" or room is None or "session_id" in request.path_params:
             return
+        await self.refresh_view()
         self.check_whep_post(request, str(room))
 
 

@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Protocol
 
 NodeRole = Literal["origin", "edge"]
@@ -42,8 +42,11 @@ class NodeRecord:
     draining: bool = False
     rooms: tuple[str, ...] = ()  # streams this node is serving (an edge: pulling) now
     upstream: str = ""  # an edge's upstream base URL
-    updated_at: float = 0.0  # wall clock of the heartbeat
+    updated_at: float = 0.0  # wall clock of the heartbeat (in a view: see ``seen``)
     anchors: int = 0  # anchor sessions on this node (an origin's)
+    heartbeat: float = 0.0  # seconds between its heartbeats (0: unknown, judged by TTL alone)
+    ttl: float = 0.0  # the TTL its record was written with
+    age: float = 0.0  # seconds since the record was written, by the registry's clock (on read)
 
     @property
     def has_capacity(self) -> bool:
@@ -68,7 +71,13 @@ class NodeRecord:
     def from_json(cls, text: str | bytes) -> NodeRecord:
         data: dict[str, Any] = json.loads(text)
         data["rooms"] = tuple(data.get("rooms", ()))
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # a newer node's extra fields are ignored
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def seen(self, now: float) -> NodeRecord:
+        """This record as a reader at ``now`` sees it: ``updated_at`` put on the reader's clock
+        (``now - age``), so how long a node has been silent never depends on clock skew."""
+        return replace(self, updated_at=now - self.age, age=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +128,7 @@ class ClusterRegistry(Protocol):
         ...
 
     async def nodes(self) -> list[NodeRecord]:
-        """Every node whose record has not expired."""
+        """Every node whose record has not expired, each with its ``age``."""
         ...
 
     async def remove(self, node_id: str) -> None: ...
@@ -173,19 +182,21 @@ class MemoryRegistry:
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._nodes: dict[str, tuple[NodeRecord, float]] = {}
+        self._nodes: dict[str, tuple[NodeRecord, float, float]] = {}  # record, expiry, written
         self._leases: dict[str, tuple[str, float]] = {}
         self._policies: dict[str, tuple[RoomPolicy, float]] = {}
         self._subscribers: list[asyncio.Queue[ClusterEvent]] = []
 
     async def heartbeat(self, record: NodeRecord, ttl: float) -> None:
-        self._nodes[record.id] = (record, self._clock() + ttl)
+        now = self._clock()
+        self._nodes[record.id] = (replace(record, ttl=ttl, age=0.0), now + ttl, now)
 
     async def nodes(self) -> list[NodeRecord]:
         now = self._clock()
-        for nid in [n for n, (_, exp) in self._nodes.items() if exp <= now]:
+        for nid in [n for n, (_, exp, _) in self._nodes.items() if exp <= now]:
             del self._nodes[nid]
-        return sorted((rec for rec, _ in self._nodes.values()), key=lambda r: r.id)
+        records = (replace(rec, age=now - at) for rec, _, at in self._nodes.values())
+        return sorted(records, key=lambda r: r.id)
 
     async def remove(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)
@@ -193,7 +204,7 @@ class MemoryRegistry:
     async def set_draining(self, node_id: str, draining: bool) -> None:
         entry = self._nodes.get(node_id)
         if entry is not None and entry[1] > self._clock():
-            self._nodes[node_id] = (replace(entry[0], draining=draining), entry[1])
+            self._nodes[node_id] = (replace(entry[0], draining=draining), *entry[1:])
 
     def _lease(self, room: str) -> str | None:
         entry = self._leases.get(room)

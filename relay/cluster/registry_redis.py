@@ -78,7 +78,8 @@ class RedisRegistry:
     async def heartbeat(self, record: NodeRecord, ttl: float) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._node_key(record.id), record.to_json(), px=_ms(ttl))
+                stored = replace(record, ttl=ttl, age=0.0)  # (the TTL: its age on read)
+                pipe.set(self._node_key(record.id), stored.to_json(), px=_ms(ttl))
                 pipe.sadd(self._prefix + "nodes", record.id)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -89,18 +90,26 @@ class RedisRegistry:
             ids = sorted(i.decode() for i in await self._redis.smembers(self._prefix + "nodes"))
             if not ids:
                 return []
-            raw = await self._redis.mget([self._node_key(i) for i in ids])
+            keys = [self._node_key(i) for i in ids]
+            async with self._redis.pipeline(transaction=True) as pipe:  # one moment for all
+                pipe.mget(keys)
+                for key in keys:
+                    pipe.pttl(key)
+                raw, *pttls = await pipe.execute()
             gone = [i for i, r in zip(ids, raw, strict=True) if r is None]
             if gone:
                 await self._redis.srem(self._prefix + "nodes", *gone)
         except (RedisError, OSError) as exc:
             raise RegistryError(f"redis: {exc}") from exc
         records = []
-        for r in raw:
+        for r, pttl in zip(raw, pttls, strict=True):
             if r is None:
                 continue
             with contextlib.suppress(ValueError, TypeError, json.JSONDecodeError):
-                records.append(NodeRecord.from_json(r))
+                record = NodeRecord.from_json(r)
+                if record.ttl > 0 and pttl >= 0:  # written ttl ago, pttl left: Redis's clock
+                    record = replace(record, age=max(0.0, record.ttl - pttl / 1000))
+                records.append(record)
         return records
 
     async def remove(self, node_id: str) -> None:

@@ -5,6 +5,9 @@
   those), else to the less loaded of two random healthy edges ("power of two choices").
 * An origin alone (no edges registered: the single-node default) serves everyone itself.
 * Edges exist but every one is full or draining: 503 + Retry-After.
+* A node that missed its last heartbeat (silent for more than ``MISSED_BEATS`` of its own
+  heartbeat intervals) is left out, as if it were gone, long before its record expires: a dead
+  or hung node is never a redirect target for the rest of its TTL.
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ class Full:
 
 
 Decision = Serve | Redirect | Full
+
+MISSED_BEATS = 1.5
+"""Silent for this many heartbeat intervals: the node missed its last heartbeat. (A beat is
+written every interval plus the time the beat itself takes; half an interval covers that.)"""
+
+FRESH_VIEW = 0.25
+"""A view read within this share of a heartbeat interval is judged as of now; an older one (the
+registry could not be read again) as of that long after its read, so that an outage of the
+registry never takes the nodes it last listed out of rotation."""
+
+
+def judged_at(now: float, read_at: float, heartbeat: float) -> float:
+    """The time a view of the cluster read at ``read_at`` is judged at (see ``FRESH_VIEW``)."""
+    return min(now, read_at + heartbeat * FRESH_VIEW)
+
+
+def missed_heartbeat(node: NodeRecord, now: float) -> bool:
+    """Whether ``node`` should have written its record again by ``now`` (``updated_at`` on the
+    same clock as ``now``: ``NodeRecord.seen``). A node that does not say how often it beats is
+    judged by its record's expiry alone."""
+    return node.heartbeat > 0 and now - node.updated_at > node.heartbeat * MISSED_BEATS
 
 
 def in_rotation(node: NodeRecord) -> bool:
@@ -61,8 +85,11 @@ def route(
     room: str,
     *,
     rng: random.Random,
+    now: float,
 ) -> Decision:
-    """Where a viewer asking ``me`` for ``room`` should be served."""
+    """Where a viewer asking ``me`` for ``room`` should be served, at ``now`` (the clock of the
+    nodes' ``updated_at``)."""
+    nodes = [n for n in nodes if n.id == me.id or not missed_heartbeat(n, now)]
     if me.role == "edge" and in_rotation(me):
         return Serve()
     if me.role == "origin" and not any(n.role == "edge" for n in nodes if n.id != me.id):

@@ -20,16 +20,16 @@ ORIGIN = NodeRecord(id="o", url="http://o", role="origin")
 
 
 def test_origin_alone_serves() -> None:
-    assert route(ORIGIN, [ORIGIN], "r", rng=random.Random(1)) == Serve()
+    assert route(ORIGIN, [ORIGIN], "r", rng=random.Random(1), now=0.0) == Serve()
 
 
 def test_edge_with_room_serves_itself_and_full_edge_redirects() -> None:
     me = edge("a", viewers=5)
-    assert route(me, [ORIGIN, me], "r", rng=random.Random(1)) == Serve()
+    assert route(me, [ORIGIN, me], "r", rng=random.Random(1), now=0.0) == Serve()
     full = edge("a", viewers=100)
     other = edge("b", viewers=1)
-    assert route(full, [ORIGIN, full, other], "r", rng=random.Random(1)) == Redirect(other)
-    assert isinstance(route(full, [ORIGIN, full], "r", rng=random.Random(1)), Full)
+    assert route(full, [ORIGIN, full, other], "r", rng=random.Random(1), now=0.0) == Redirect(other)
+    assert isinstance(route(full, [ORIGIN, full], "r", rng=random.Random(1), now=0.0), Full)
 
 
 def test_prefers_an_edge_already_pulling_then_least_loaded_of_two() -> None:

@@ -1,0 +1,149 @@
+"""Presence: a node holds a request open at its upstream (origin or parent relay) all the time,
+so that each end learns from that TCP connection the moment the other's process is gone.
+
+A killed process's kernel closes its connections at once (FIN or RST), long before its registry
+record expires or a peer connection's ICE consent fails (30 s). The upstream, seeing a child's
+presence request end without an answer, marks the child down in the registry (``ClusterNode
+.mark_down``); the child, seeing the request fail, marks its upstream down and lets its pulls
+check the upstream now. A node whose host hangs keeps its connections open: routing's
+missed-heartbeat rule (``routing.missed_heartbeat``) takes it out of rotation instead.
+
+Each request is held ``HOLD_BEATS`` heartbeats, then answered (the child asks again at once), so
+a server that shuts down waits for it that long at most. The request is authenticated with a
+token of the cluster's secret for ``PRESENCE_ROOM`` (a name no room can have) whose subject is
+``node:<id>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import httpx
+from fastapi import APIRouter, Request, Response
+from starlette.types import Receive, Scope, Send
+
+from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
+from relay.errors import NotFound, Unauthorized
+
+if TYPE_CHECKING:
+    from relay.cluster.node import ClusterNode
+
+log = logging.getLogger(__name__)
+
+PRESENCE_PATH = "/cluster/presence"
+PRESENCE_ROOM = ":cluster"  # check_room refuses ':': such a token opens no room
+NODE_HEADER = "X-Stagecast-Node"
+HOLD_BEATS = 2.0
+MIN_HOLD = 0.5
+
+
+def hold_time(heartbeat: float) -> float:
+    return max(MIN_HOLD, heartbeat * HOLD_BEATS)
+
+
+def presence_token(tokens: TokenAuthority, node_id: str, ttl: float = 3600) -> str:
+    return tokens.mint(PRESENCE_ROOM, "audience", LINK_SUBJECT_PREFIX + node_id, ttl)
+
+
+async def client_left(receive: Receive, within: float) -> bool:
+    """Whether the client's connection ends within ``within`` s (it has no body to read)."""
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return True
+    except TimeoutError:
+        return False
+
+
+class _Held(Response):
+    """The answer: headers (who this node is) at once, then the body held open ``hold`` s."""
+
+    def __init__(self, me: str, hold: float, on_left: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self.me, self.hold, self.on_left = me, hold, on_left
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/plain"),
+            (b"cache-control", b"no-store"),
+            (NODE_HEADER.lower().encode(), self.me.encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"present\n", "more_body": True})
+        if await client_left(receive, self.hold):
+            await self.on_left()
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def presence_router(cluster: ClusterNode) -> APIRouter:
+    """``GET /cluster/presence``: a child node's presence request (see the module)."""
+    router = APIRouter(tags=["cluster"])
+    tokens = cluster.tokens
+
+    @router.get(PRESENCE_PATH, include_in_schema=False, response_model=None)
+    async def presence(request: Request) -> _Held:
+        if tokens is None:
+            raise NotFound("this node has no cluster secret")
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise Unauthorized("a node's presence needs its token")
+        claims = tokens.verify(token, room=PRESENCE_ROOM, role="audience")
+        if not claims.subject.startswith(LINK_SUBJECT_PREFIX):
+            raise Unauthorized("not a node's token")
+        child = claims.subject.removeprefix(LINK_SUBJECT_PREFIX)
+
+        async def left() -> None:
+            await cluster.mark_down(child, "its presence connection closed")
+
+        return _Held(cluster.config.node_id, hold_time(cluster.config.heartbeat), left)
+
+    return router
+
+
+async def hold_presence(
+    upstream: str,
+    node_id: str,
+    tokens: TokenAuthority,
+    heartbeat: float,
+    on_lost: Callable[[str], Awaitable[None]],
+) -> None:
+    """A child's side, until cancelled: keep a presence request open at ``upstream``; when one
+    that was answered breaks off (or the next cannot be made), call ``on_lost`` with the
+    upstream's node id once, then keep trying every heartbeat."""
+    hold = hold_time(heartbeat)
+    url = upstream.rstrip("/") + PRESENCE_PATH
+    token = presence_token(tokens, node_id)
+    timeout = httpx.Timeout(5.0, read=hold + max(2 * heartbeat, 2.0))
+    upstream_id = ""  # the upstream we hold presence with ("" while we do not)
+    refused = 0  # the last refusal's status, said once
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        while True:
+            try:
+                headers = {"Authorization": f"Bearer {token}"}
+                async with client.stream("GET", url, headers=headers) as resp:
+                    if resp.status_code != 200:
+                        if resp.status_code != refused:
+                            log.warning("upstream %s refused presence: %s", url, resp.status_code)
+                        refused = resp.status_code
+                        await asyncio.sleep(max(heartbeat, 10.0))
+                        continue
+                    refused = 0
+                    upstream_id = resp.headers.get(NODE_HEADER, "")
+                    async for _ in resp.aiter_bytes():
+                        pass
+                continue  # answered in full: ask again at once
+            except httpx.HTTPError as exc:
+                if upstream_id:
+                    lost, upstream_id = upstream_id, ""
+                    log.warning("lost the upstream %s (%s): %r", lost, url, exc)
+                    try:
+                        await on_lost(lost)
+                    except Exception:
+                        log.exception("handling the loss of the upstream %s failed", lost)
+            await asyncio.sleep(heartbeat)
