@@ -267,7 +267,8 @@ class MemoryRegistry:
             while True:
                 yield await q.get()
         finally:
-            self._subscribers.remove(q)
+            with contextlib.suppress(ValueError):  # (closed already: every queue dropped)
+                self._subscribers.remove(q)
 
     async def ping(self) -> bool:
         return True

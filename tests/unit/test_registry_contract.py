@@ -40,7 +40,9 @@ async def test_heartbeat_registers_and_ttl_expires(registry: ClusterRegistry) ->
     await registry.heartbeat(node("b"), ttl=5)
     got = await registry.nodes()
     assert [n.id for n in got] == ["a", "b"]
-    assert got[0] == a  # the record round-trips exactly
+    # the record round-trips exactly, with the TTL it was written with and its age
+    assert replace(got[0], ttl=0.0, age=0.0) == a
+    assert got[0].ttl == 0.6 and 0 <= got[0].age < 0.2
     await asyncio.sleep(0.4)
     await registry.heartbeat(a, ttl=0.6)  # refreshed: still there after the first TTL
     await asyncio.sleep(0.4)
