@@ -116,7 +116,7 @@ class NodeView(BaseModel):
     id: str
     url: str
     role: Literal["origin", "edge"]
-    state: Literal["up", "draining", "stale"]  # stale: heartbeat older than the TTL (last view)
+    state: Literal["up", "draining", "stale"]  # stale: missed its last heartbeat (out of routing)
     draining: bool
     local: bool  # the node answering this request
     upstream: str  # an edge's upstream ("" for an origin)

@@ -13,6 +13,7 @@ from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
 from relay.cluster.registry import NodeRecord, RegistryError
+from relay.cluster.routing import missed_heartbeat
 from relay.errors import Conflict, NotFound
 from relay.media.hub import FanoutHub
 from relay.rtc.viewers import ViewerService
@@ -92,7 +93,13 @@ def node_view(record: NodeRecord, *, local: bool, ttl: float, now: float) -> Nod
         id=record.id,
         url=record.url,
         role=record.role,
-        state="draining" if record.draining else "stale" if age > ttl else "up",
+        state=(
+            "draining"
+            if record.draining
+            else "stale"
+            if age > ttl or missed_heartbeat(record, now)  # (out of routing)
+            else "up"
+        ),
         draining=record.draining,
         local=local,
         upstream=record.upstream,
