@@ -8,10 +8,10 @@ presence request end without an answer, marks the child down in the registry (``
 check the upstream now. A node whose host hangs keeps its connections open: routing's
 missed-heartbeat rule (``routing.missed_heartbeat``) takes it out of rotation instead.
 
-Each request is held ``HOLD_BEATS`` heartbeats, then answered (the child asks again at once), so
-a server that shuts down waits for it that long at most. The request is authenticated with a
-token of the cluster's secret for ``PRESENCE_ROOM`` (a name no room can have) whose subject is
-``node:<id>``.
+Each request is held ``HOLD_BEATS`` heartbeats, then answered (the child asks again at once and
+keeps two open, half a hold apart, so that one always is), so a server that shuts down waits for
+it that long at most. The request is authenticated with a token of the cluster's secret for
+``PRESENCE_ROOM`` (a name no room can have) whose subject is ``node:<id>``.
 """
 
 from __future__ import annotations
@@ -115,35 +115,65 @@ async def hold_presence(
 ) -> None:
     """A child's side, until cancelled: keep a presence request open at ``upstream``; when one
     that was answered breaks off (or the next cannot be made), call ``on_lost`` with the
-    upstream's node id once, then keep trying every heartbeat."""
-    hold = hold_time(heartbeat)
-    url = upstream.rstrip("/") + PRESENCE_PATH
-    token = presence_token(tokens, node_id)
-    timeout = httpx.Timeout(5.0, read=hold + max(2 * heartbeat, 2.0))
-    upstream_id = ""  # the upstream we hold presence with ("" while we do not)
-    refused = 0  # the last refusal's status, said once
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        while True:
-            try:
-                headers = {"Authorization": f"Bearer {token}"}
-                async with client.stream("GET", url, headers=headers) as resp:
-                    if resp.status_code != 200:
-                        if resp.status_code != refused:
-                            log.warning("upstream %s refused presence: %s", url, resp.status_code)
-                        refused = resp.status_code
-                        await asyncio.sleep(max(heartbeat, 10.0))
-                        continue
-                    refused = 0
-                    upstream_id = resp.headers.get(NODE_HEADER, "")
-                    async for _ in resp.aiter_bytes():
-                        pass
-                continue  # answered in full: ask again at once
-            except httpx.HTTPError as exc:
-                if upstream_id:
-                    lost, upstream_id = upstream_id, ""
-                    log.warning("lost the upstream %s (%s): %r", lost, url, exc)
-                    try:
-                        await on_lost(lost)
-                    except Exception:
-                        log.exception("handling the loss of the upstream %s failed", lost)
-            await asyncio.sleep(heartbeat)
+    upstream's node id once, then keep trying every heartbeat.
+
+    Two requests run, half a hold apart: between the end of one and the next there is a moment
+    with none open, and a death in that moment would go unseen by the upstream."""
+    held = _Holder(upstream, node_id, tokens, heartbeat, on_lost)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(held.run(0.0))
+        group.create_task(held.run(hold_time(heartbeat) / 2))
+
+
+class _Holder:
+    def __init__(
+        self,
+        upstream: str,
+        node_id: str,
+        tokens: TokenAuthority,
+        heartbeat: float,
+        on_lost: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.url = upstream.rstrip("/") + PRESENCE_PATH
+        self.headers = {"Authorization": f"Bearer {presence_token(tokens, node_id)}"}
+        self.heartbeat = heartbeat
+        self.hold = hold_time(heartbeat)
+        self.on_lost = on_lost
+        self.upstream_id = ""  # the upstream we hold presence with ("" while we do not)
+        self.refused = 0  # the last refusal's status, said once
+
+    async def run(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        timeout = httpx.Timeout(5.0, read=self.hold + max(2 * self.heartbeat, 2.0))
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            while True:
+                try:
+                    async with client.stream("GET", self.url, headers=self.headers) as resp:
+                        if resp.status_code != 200:
+                            if resp.status_code != self.refused:
+                                log.warning(
+                                    "upstream %s refused presence: %s", self.url, resp.status_code
+                                )
+                            self.refused = resp.status_code
+                            await asyncio.sleep(max(self.heartbeat, 10.0))
+                            continue
+                        self.refused = 0
+                        self.upstream_id = resp.headers.get(NODE_HEADER, "")
+                        async for _ in resp.aiter_bytes():
+                            pass
+                    continue  # answered in full: ask again at once
+                except httpx.HTTPError as exc:
+                    await self._lost(exc)
+                except Exception:
+                    log.exception("presence at %s failed", self.url)
+                await asyncio.sleep(self.heartbeat)
+
+    async def _lost(self, exc: Exception) -> None:
+        if not self.upstream_id:
+            return  # not held (or the other request said so already)
+        lost, self.upstream_id = self.upstream_id, ""
+        log.warning("lost the upstream %s (%s): %r", lost, self.url, exc)
+        try:
+            await self.on_lost(lost)
+        except Exception:
+            log.exception("handling the loss of the upstream %s failed", lost)
