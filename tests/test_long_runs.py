@@ -31,7 +31,14 @@ import httpx
 import pytest
 
 from gateway.launcher import gateway_process
-from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whep_watch, whip_publish
+from gateway.synthetic import (
+    Publisher,
+    StampedVideoTrack,
+    ToneAudioTrack,
+    Viewer,
+    whep_watch,
+    whip_publish,
+)
 from relay.auth.tokens import TokenAuthority
 
 LONG = os.environ.get("STAGECAST_LONG", "") == "1"
@@ -81,7 +88,8 @@ class Gateway:
 
     async def publish(self, room: str) -> Publisher:
         token = self.tokens.mint(room, "anchor", "long-run", SECONDS + 600)
-        return await whip_publish(self.base, room, token, video=StampedVideoTrack(320, 180, FPS))
+        video = StampedVideoTrack(320, 180, FPS)
+        return await whip_publish(self.base, room, token, video=video, audio=ToneAudioTrack())
 
     async def sample_runtime(self, until: float) -> None:
         while time.monotonic() < until:
@@ -109,7 +117,7 @@ async def gateway(tmp: Path, **env: str) -> AsyncIterator[tuple[Gateway, dict[st
         async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": KEY}, timeout=15) as api:
             gw = Gateway(base, TokenAuthority(SECRET), api)
             warm = await gw.publish("warm")
-            viewer = await whep_watch(base, "warm", kinds=("video",))
+            viewer = await join(base, "warm", kinds=("video",))
             assert await wait_for(lambda: len(viewer.samples) > 5, 15)
             await viewer.close()
             await warm.close()
@@ -127,8 +135,30 @@ async def wait_for(predicate: Any, timeout: float, step: float = 0.1) -> bool:
     return bool(predicate())
 
 
+async def join(base: str, room: str, within: float = 10.0, **kw: Any) -> Viewer:
+    """A viewer, as a player joins: a 503 or 409 (busy, not live yet) is tried again."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await whep_watch(base, room, **kw)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code not in (409, 503) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
 def worst_gap(times: list[float]) -> float:
     return max((b - a for a, b in itertools.pairwise(sorted(times))), default=0.0)
+
+
+def gaps_over(times: list[float], limit: float) -> list[tuple[float, float]]:
+    """(seconds into the run, length) of each gap longer than ``limit``."""
+    times = sorted(times)
+    return [
+        (round(a - times[0], 1), round(b - a, 2))
+        for a, b in itertools.pairwise(times)
+        if b - a > limit
+    ]
 
 
 def assert_steady(viewer: Viewer, name: str, published: int) -> None:
@@ -136,15 +166,22 @@ def assert_steady(viewer: Viewer, name: str, published: int) -> None:
     counters = [s.counter for s in viewer.samples]
     assert not viewer.ended.is_set(), f"{name}: its session ended"
     gap = worst_gap(times)
-    assert gap < FROZEN, f"{name}: froze for {gap:.2f} s"
+    load = os.getloadavg()[0]
+    assert gap < FROZEN, f"{name}: froze {gaps_over(times, FROZEN)} (load average {load:.1f})"
     assert counters == sorted(counters), f"{name}: frames out of order"
     got = len(set(counters))
     assert got >= 0.97 * published, f"{name}: {got} of {published} frames"
 
 
+# asyncio's default executor keeps up to this many idle threads once some client made it start
+# them (getaddrinfo of a browser's mDNS candidates): bounded, not a leak
+EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+
 def assert_nothing_leaked(gw: Gateway, baseline: dict[str, Any], after: dict[str, Any]) -> None:
-    for key in ("tasks", "threads", "fds"):
+    for key in ("tasks", "fds"):
         assert after[key] <= baseline[key], (key, baseline, after)
+    assert after["threads"] <= baseline["threads"] + EXECUTOR_THREADS, (baseline, after)
     assert after["peer_connections"] == 0 and after["viewer_sessions"] == 0
     assert after["anchor_sessions"] == 0
     peak = max((s["tasks"] for s in gw.samples), default=0)
@@ -168,7 +205,7 @@ class Churn:
         while time.monotonic() < self.until - 8:
             self.joined += 1
             try:
-                viewer = await whep_watch(self.base, self.room, kinds=("video", "audio"))
+                viewer = await join(self.base, self.room, kinds=("video", "audio"))
             except httpx.HTTPError as exc:
                 self.failures.append(f"join {self.joined}: {exc!r}")
                 continue
@@ -190,7 +227,7 @@ async def test_aiortc_viewers_long_run(tmp_path: Path) -> None:
         room = "long-aiortc"
         pub = await gw.publish(room)
         until = time.monotonic() + SECONDS
-        steady = [await whep_watch(gw.base, room, kinds=("video", "audio")) for _ in range(2)]
+        steady = [await join(gw.base, room, kinds=("video", "audio")) for _ in range(2)]
         churn = [Churn(gw.base, room, until) for _ in range(3)]
         started = time.time()
         try:
@@ -238,7 +275,7 @@ async def test_ffmpeg_whip_anchor_long_run(tmp_path: Path) -> None:
                     ok = (await client.head(f"/whep/{room}")).status_code == 200
                     await asyncio.sleep(0.2)
             assert ok, "the ffmpeg anchor never went live"
-            steady = await whep_watch(gw.base, room, kinds=("video",), decode=False)
+            steady = await join(gw.base, room, kinds=("video",), decode=False)
             churn = Churn(gw.base, room, until)
             churn_task = asyncio.create_task(churn.run())
             frames: list[tuple[float, int]] = []
@@ -272,12 +309,16 @@ async def chromium() -> AsyncIterator[Any]:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--autoplay-policy=no-user-gesture-required"],
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"],
+            timeout=20_000,
         )
         try:
             yield browser
         finally:
             await browser.close()
+
+
+PLAYING = "window.stagecast && window.stagecast.framesPresented > 0"
 
 
 async def frames_presented(page: Any) -> int:
@@ -294,7 +335,7 @@ async def test_chromium_viewers_long_run(tmp_path: Path) -> None:
         async with chromium() as browser:
             steady = await browser.new_page()
             await steady.goto(watch)
-            assert await _until(steady, "window.stagecast.framesPresented > 0", 15)
+            assert await _until(steady, PLAYING, 15)
             sampler = asyncio.create_task(gw.sample_runtime(until))
             counts: list[tuple[float, int]] = []
             joined = failed = 0
@@ -309,7 +350,7 @@ async def test_chromium_viewers_long_run(tmp_path: Path) -> None:
                         page = await browser.new_page()
                         await page.goto(watch)
                         joined += 1
-                        if not await _until(page, "window.stagecast.framesPresented > 0", 8):
+                        if not await _until(page, PLAYING, 8):
                             failed += 1
                         next_join = time.monotonic() + 10
                     await asyncio.sleep(0.5)
@@ -332,9 +373,13 @@ async def test_chromium_viewers_long_run(tmp_path: Path) -> None:
 
 
 async def _until(page: Any, expression: str, timeout: float) -> bool:
-    with contextlib.suppress(Exception):
-        await page.wait_for_function(expression, timeout=timeout * 1000)
-        return True
+    """Polls a JS expression through CDP (the pages' CSP stays on) until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if await page.evaluate(expression):
+                return True
+        await asyncio.sleep(0.1)
     return False
 
 
