@@ -1,6 +1,6 @@
 """Long runs, one per client kind, before a release (not in the default run):
 
-    STAGECAST_LONG=1 STAGECAST_LONG_MINUTES=10 scripts/test tests/test_long_runs.py -m slow
+    STAGECAST_LONG=1 STAGECAST_LONG_MINUTES=10 scripts/test tests/test_long_runs.py -s
 
 Each runs a gateway process for ``STAGECAST_LONG_MINUTES`` (default 10) with one client kind:
 aiortc viewers, Chromium viewers (the watch page, Playwright on /usr/bin/chromium), an ffmpeg
@@ -184,8 +184,8 @@ def assert_nothing_leaked(gw: Gateway, baseline: dict[str, Any], after: dict[str
     assert after["threads"] <= baseline["threads"] + EXECUTOR_THREADS, (baseline, after)
     assert after["peer_connections"] == 0 and after["viewer_sessions"] == 0
     assert after["anchor_sessions"] == 0
-    peak = max((s["tasks"] for s in gw.samples), default=0)
-    print(f"baseline {baseline['tasks']} tasks / {baseline['fds']} fds; peak {peak} tasks;")
+    peak = max((s["tasks"] for s in gw.samples), default=None)
+    print(f"baseline {baseline['tasks']} tasks / {baseline['fds']} fds; peak {peak} tasks")
     print(f"after: {after['tasks']} tasks, {after['fds']} fds, rss {after['rss_bytes'] >> 20} MiB")
 
 
