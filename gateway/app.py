@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
-from relay.cluster.presence import presence_router
 from relay.http.common import CorsHeaders, check_room
 from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.ratelimit import ClientRateLimiter
@@ -247,7 +246,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     v1.include_router(layout_router(gw.stages, gw.rooms))
     app.include_router(v1)
     if gw.cluster is not None:  # the edges' presence: a killed edge is out of routing at once
-        app.include_router(presence_router(gw.cluster))
+        app.include_router(gw.cluster.presence_router())
     app.include_router(
         hls_router(gw.bridges, access), responses=problem_responses(400, 401, 403, 404, 503)
     )

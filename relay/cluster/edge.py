@@ -27,7 +27,6 @@ from relay.auth.tokens import TokenAuthority
 from relay.auth.turn import IceDirectory
 from relay.cluster.link import LinkConfig, UpstreamLink, open_link
 from relay.cluster.node import ClusterNode, TemporaryRedirect, link_token
-from relay.cluster.presence import presence_router
 from relay.errors import ServiceUnavailable
 from relay.http.common import CorsHeaders, check_room
 from relay.http.keys import KeyAuth
@@ -366,5 +365,5 @@ def create_edge_app(
         )
 
     app.include_router(ops)
-    app.include_router(presence_router(node.cluster))  # its children's presence (edges of edges)
+    app.include_router(node.cluster.presence_router())  # its children's (edges of edges)
     return app

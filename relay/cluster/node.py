@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import psutil
-from fastapi import Request
+from fastapi import APIRouter, Request
 
 from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
-from relay.cluster.presence import hold_presence
+from relay.cluster.presence import hold_presence, presence_router
 from relay.cluster.registry import (
     ClusterEvent,
     ClusterRegistry,
@@ -137,11 +137,6 @@ class ClusterNode:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-
-    @property
-    def tokens(self) -> TokenAuthority | None:
-        """The cluster's token authority (links and presence), if this node has the secret."""
-        return self._tokens
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -374,6 +369,11 @@ class ClusterNode:
         with contextlib.suppress(RegistryError):
             await self.registry.remove(node_id)
             await self.registry.publish(ClusterEvent("node.down", node_id, "", self._clock()))
+
+    def presence_router(self) -> APIRouter:
+        """The route this node's children hold their presence at (``relay.cluster.presence``)."""
+        cfg = self.config
+        return presence_router(cfg.node_id, cfg.heartbeat, self._tokens, self.mark_down)
 
     async def _lost_upstream(self, upstream_id: str) -> None:
         if self.on_upstream_lost is not None:

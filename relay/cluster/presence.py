@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import APIRouter, Request, Response
@@ -27,9 +26,6 @@ from starlette.types import Receive, Scope, Send
 
 from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
 from relay.errors import NotFound, Unauthorized
-
-if TYPE_CHECKING:
-    from relay.cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +77,15 @@ class _Held(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def presence_router(cluster: ClusterNode) -> APIRouter:
-    """``GET /cluster/presence``: a child node's presence request (see the module)."""
+def presence_router(
+    node_id: str,
+    heartbeat: float,
+    tokens: TokenAuthority | None,
+    mark_down: Callable[[str, str], Awaitable[None]],
+) -> APIRouter:
+    """``GET /cluster/presence``: a child node's presence request (see the module); a child whose
+    request breaks off is passed to ``mark_down`` (``ClusterNode.mark_down``)."""
     router = APIRouter(tags=["cluster"])
-    tokens = cluster.tokens
 
     @router.get(PRESENCE_PATH, include_in_schema=False, response_model=None)
     async def presence(request: Request) -> _Held:
@@ -99,9 +100,9 @@ def presence_router(cluster: ClusterNode) -> APIRouter:
         child = claims.subject.removeprefix(LINK_SUBJECT_PREFIX)
 
         async def left() -> None:
-            await cluster.mark_down(child, "its presence connection closed")
+            await mark_down(child, "its presence connection closed")
 
-        return _Held(cluster.config.node_id, hold_time(cluster.config.heartbeat), left)
+        return _Held(node_id, hold_time(heartbeat), left)
 
     return router
 

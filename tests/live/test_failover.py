@@ -32,13 +32,15 @@ from gateway.launcher import free_port
 from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whip_publish
 from relay.cluster.registry_redis import RedisRegistry
 from relay.rtc.peer import close_quietly, rtc_configuration
-from tests.redis_server import RedisProcess, require_redis, run_redis
-from tests.server import SECRET, RunningServer, run_server
+from tests.support.redis_server import RedisProcess, require_redis, run_redis
+from tests.support.server import SECRET, RunningServer, run_server
 
 HEARTBEAT = 1.0  # the defaults of gateway.settings (cluster.heartbeat, cluster.node_ttl)
 TTL = 3.0
 RUNS = int(os.environ.get("STAGECAST_FAILOVER_RUNS", "3"))
 ROOM = "failover"
+
+pytestmark = pytest.mark.slow  # edge processes, Redis, an origin
 
 
 @dataclass(eq=False)

@@ -1,6 +1,6 @@
 """Long runs, one per client kind, before a release (not in the default run):
 
-    STAGECAST_LONG=1 STAGECAST_LONG_MINUTES=10 scripts/test tests/test_long_runs.py -s
+    STAGECAST_LONG=1 STAGECAST_LONG_MINUTES=10 scripts/test tests/live/test_long_runs.py -s
 
 Each runs a gateway process for ``STAGECAST_LONG_MINUTES`` (default 10) with one client kind:
 aiortc viewers, Chromium viewers (the watch page, Playwright on /usr/bin/chromium), an ffmpeg
@@ -55,6 +55,7 @@ FPS = 20
 FROZEN = 1.0  # a steady viewer with no frame for this long froze
 
 pytestmark = [
+    pytest.mark.long,
     pytest.mark.slow,
     pytest.mark.skipif(not LONG, reason="a long run: STAGECAST_LONG=1 (STAGECAST_LONG_MINUTES)"),
 ]
@@ -258,7 +259,8 @@ async def test_aiortc_viewers_long_run(tmp_path: Path) -> None:
 async def test_ffmpeg_whip_anchor_long_run(tmp_path: Path) -> None:
     import imageio_ffmpeg
 
-    from tests.test_ffmpeg_whip import ffmpeg_process, whip_push_argv
+    from tests.live.test_ffmpeg_whip import ffmpeg_process
+    from tests.support.ffmpeg_whip import whip_push_argv
 
     async with gateway(tmp_path) as (gw, baseline):
         room = "long-ffmpeg"
@@ -327,6 +329,7 @@ async def frames_presented(page: Any) -> int:
 
 
 @pytest.mark.timeout(TIMEOUT)
+@pytest.mark.browser
 async def test_chromium_viewers_long_run(tmp_path: Path) -> None:
     async with gateway(tmp_path) as (gw, baseline):
         room = "long-chromium"
@@ -405,6 +408,7 @@ window.startPlayer = (url) => {
 
 
 @pytest.mark.timeout(TIMEOUT)
+@pytest.mark.browser
 async def test_hlsjs_players_long_run(tmp_path: Path) -> None:
     if not HAVE_HLSJS:
         pytest.skip("STAGECAST_HLSJS names no hls.min.js (e.g. from `npm pack hls.js`)")
