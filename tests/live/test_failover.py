@@ -29,7 +29,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from gateway.launcher import free_port
-from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whip_publish
+from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whep_watch, whip_publish
 from relay.cluster.registry_redis import RedisRegistry
 from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.support.redis_server import RedisProcess, require_redis, run_redis
@@ -101,10 +101,11 @@ class Bed:
         finally:
             await reg.close()
 
-    async def add_edge(self) -> Edge:
-        """A new edge, up and in the origin's view."""
+    async def add_edge(self, upstream: str = "") -> Edge:
+        """A new edge (of the origin, or of ``upstream``), up and in the origin's view."""
         self.started += 1
-        edge = start_edge(f"edge-{self.started}", self.origin.base_url, self.redis.url, self.logdir)
+        up = upstream or self.origin.base_url
+        edge = start_edge(f"edge-{self.started}", up, self.redis.url, self.logdir)
         self.edges.append(edge)
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient(timeout=1) as client:
@@ -341,3 +342,28 @@ async def test_frozen_edge_leaves_rotation_when_it_misses_a_heartbeat(bed: Bed) 
     finally:
         await watcher.close()
         await pub.close()
+
+
+@pytest.mark.timeout(90)
+async def test_an_edge_of_a_killed_edge_ends_its_pulls_at_once(bed: Bed) -> None:
+    """The child sees its upstream's presence connection break and checks it now, instead of
+    after ``cluster.silence_timeout`` (3 s) without media: its viewers hear of the end at once
+    (and a player goes back to the origin, which routes it to a live edge)."""
+    room = "tree"
+    pub = await publish(bed.origin, room)
+    parent = await bed.add_edge()
+    child = await bed.add_edge(upstream=parent.url)
+    viewer = await whep_watch(child.url, room, kinds=("video",))
+    try:
+        assert await wait_for(lambda: len(viewer.samples) > 10, 15)
+        parent.proc.send_signal(signal.SIGKILL)
+        killed = time.time()
+        await asyncio.to_thread(parent.proc.wait, 5)
+        assert await wait_for(viewer.ended.is_set, 6), "the child's viewer never saw the end"
+        ended = time.time() - killed
+        print(f"the child edge's viewer saw the end {ended:.2f} s after its parent's SIGKILL")
+        assert ended < 1.5
+    finally:
+        await viewer.close(delete=False)
+        await pub.close()
+        child.stop()
