@@ -4,12 +4,12 @@
 
 Each runs a gateway process for ``STAGECAST_LONG_MINUTES`` (default 10) with one client kind:
 aiortc viewers, Chromium viewers (the watch page, Playwright on /usr/bin/chromium), an ffmpeg
-WHIP anchor (imageio-ffmpeg's ffmpeg) and hls.js in Chromium (``STAGECAST_HLSJS``: the path of
-hls.min.js, e.g. from ``npm pack hls.js``). Steady clients stay the whole time while others join
-and leave every few seconds. Asserted: nothing dropped (the anchor stays, every joining viewer
-gets frames, the steady viewers get ~every frame), nothing frozen (no gap of a second in a
-steady viewer's frames), nothing leaked (tasks, threads, fds, peer connections and sessions of
-/v1/runtime back to their baseline once every client has gone).
+WHIP anchor (imageio-ffmpeg's ffmpeg) and hls.js in Chromium (from ``node_modules``, which
+scripts/bootstrap installs, or ``STAGECAST_HLSJS``). Steady clients stay the whole time while
+others join and leave every few seconds. Asserted: nothing dropped (the anchor stays, every
+joining viewer gets frames, the steady viewers get ~every frame), nothing frozen (no gap of a
+second in a steady viewer's frames), nothing leaked (tasks, threads, fds, peer connections and
+sessions of /v1/runtime back to their baseline once every client has gone).
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ MINUTES = float(os.environ.get("STAGECAST_LONG_MINUTES", "10"))
 SECONDS = MINUTES * 60
 TIMEOUT = SECONDS + 240
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HLSJS = os.environ.get("STAGECAST_HLSJS", "")
+ROOT = Path(__file__).resolve().parents[2]
+HLSJS = os.environ.get("STAGECAST_HLSJS", "") or str(
+    ROOT / "node_modules" / "hls.js" / "dist" / "hls.min.js"  # scripts/bootstrap: npm ci
+)
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
 HAVE_HLSJS = bool(HLSJS) and Path(HLSJS).is_file()
 SECRET = "long-run-secret-" + "l" * 40
@@ -411,7 +414,7 @@ window.startPlayer = (url) => {
 @pytest.mark.browser
 async def test_hlsjs_players_long_run(tmp_path: Path) -> None:
     if not HAVE_HLSJS:
-        pytest.skip("STAGECAST_HLSJS names no hls.min.js (e.g. from `npm pack hls.js`)")
+        pytest.skip(f"no hls.min.js at {HLSJS} (scripts/bootstrap installs it)")
     hls_dir = tmp_path / "hls"
     env = {"STAGECAST_BRIDGE__HLS_DIR": str(hls_dir)}
     async with gateway(tmp_path, **env) as (gw, baseline):
