@@ -77,7 +77,7 @@ def test_reorder_lets_later_packets_overtake() -> None:
     times = [at for at in out if at is not None]
     overtaken = sum(1 for a, b in zip(times, times[1:], strict=False) if b < a)
     assert imp.reordered == pytest.approx(1000, rel=0.1)
-    assert overtaken == pytest.approx(imp.reordered, rel=0.1)
+    assert 0.8 * imp.reordered <= overtaken <= imp.reordered  # runs of held packets count once
 
 
 def test_bad_specs_are_refused() -> None:
