@@ -102,6 +102,23 @@ class GatewayCollector(Collector):
             ("stagecast_egress_packets", "RTP packets sent to viewers", eg.packets),
             ("stagecast_egress_frames", "Frames sent to viewers", eg.frames),
             ("stagecast_viewer_frame_drops", "Frames dropped by slow viewers' queues", eg.dropped),
+            ("stagecast_viewer_nacks", "NACK messages received from viewers", eg.nacks),
+            (
+                "stagecast_viewer_nacked_packets",
+                "Packets viewers asked to have retransmitted",
+                eg.nacked_packets,
+            ),
+            (
+                "stagecast_viewer_retransmissions",
+                "Packets retransmitted to viewers",
+                eg.retransmissions,
+            ),
+            ("stagecast_viewer_rtx_bytes", "Bytes retransmitted to viewers", eg.rtx_bytes),
+            (
+                "stagecast_viewer_keyframe_requests",
+                "Keyframe requests (PLI/FIR) received from viewers",
+                eg.keyframe_requests,
+            ),
             ("stagecast_ingress_bytes", "RTP payload bytes received from anchors", ing.bytes),
             ("stagecast_ingress_frames", "Frames received from anchors", ing.frames),
             (

@@ -11,6 +11,7 @@ Bandwidth limits are tbf qdiscs on both TUN devices (each shapes what leaves thr
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -224,10 +225,8 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
     """terminate -> wait -> kill -> reap; closes its pipes."""
     if proc.poll() is None:
         if proc.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
         proc.terminate()
         try:
             proc.wait(timeout)
@@ -236,10 +235,8 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
             proc.wait(timeout)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
-            try:
+            with contextlib.suppress(OSError):
                 pipe.close()
-            except OSError:
-                pass
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:

@@ -73,8 +73,9 @@ class Router:
     late: list[float] = field(default_factory=list)  # seconds written after due (a ring)
     _late_i: int = 0
 
-    def add_leg(self, name: str, gw_fd: int, ep_fd: int, up: LinkSpec, down: LinkSpec,
-                rng: random.Random) -> None:
+    def add_leg(
+        self, name: str, gw_fd: int, ep_fd: int, up: LinkSpec, down: LinkSpec, rng: random.Random
+    ) -> None:
         self.directions[ep_fd] = Direction(name, "up", Impairment(up, rng), gw_fd)
         self.directions[gw_fd] = Direction(name, "down", Impairment(down, rng), ep_fd)
 
@@ -143,8 +144,12 @@ def serve(config: dict[str, Any]) -> None:
         gw_fd, ep_fd = open_tun(leg["gw_tun"]), open_tun(leg["ep_tun"])
         fds += [gw_fd, ep_fd]
         router.add_leg(
-            leg["name"], gw_fd, ep_fd, LinkSpec.from_dict(leg["up"]),
-            LinkSpec.from_dict(leg["down"]), rng,
+            leg["name"],
+            gw_fd,
+            ep_fd,
+            LinkSpec.from_dict(leg["up"]),
+            LinkSpec.from_dict(leg["down"]),
+            rng,
         )
     poller = select.epoll()
     for fd in fds:

@@ -7,7 +7,7 @@ during a run: ``rate_steps`` are (share of the run elapsed, kbps or None for unl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.netbed.impairment import GilbertElliott, LinkSpec
 
@@ -16,8 +16,8 @@ from bench.netbed.impairment import GilbertElliott, LinkSpec
 class Profile:
     name: str
     description: str
-    up: LinkSpec = LinkSpec()
-    down: LinkSpec = LinkSpec()
+    up: LinkSpec = field(default_factory=LinkSpec)
+    down: LinkSpec = field(default_factory=LinkSpec)
     rate_kbps: int | None = None
     rate_steps: tuple[tuple[float, int | None], ...] = ()
 
@@ -33,28 +33,29 @@ class Profile:
         return [(at * seconds, kbps) for at, kbps in self.rate_steps]
 
 
-def symmetric(spec: LinkSpec) -> dict[str, LinkSpec]:
-    return {"up": spec, "down": spec}
+def symmetric(name: str, description: str, spec: LinkSpec) -> Profile:
+    """The same impairment in both directions."""
+    return Profile(name, description, up=spec, down=spec)
 
 
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile("clean", "no impairment"),
-        Profile("loss2", "2 % random loss", **symmetric(LinkSpec(loss=0.02))),
-        Profile(
+        symmetric("loss2", "2 % random loss", LinkSpec(loss=0.02)),
+        symmetric(
             "loss5-rtt40",
             "5 % random loss, 40 ms RTT +-10 ms jitter",
-            **symmetric(LinkSpec(loss=0.05, delay_ms=20.0, jitter_ms=5.0)),
+            LinkSpec(loss=0.05, delay_ms=20.0, jitter_ms=5.0),
         ),
-        Profile(
+        symmetric(
             "burst3",
             "3 % burst loss (Gilbert-Elliott, mean burst 5 packets)",
-            **symmetric(LinkSpec(burst=GilbertElliott.from_burst(0.03, 5.0))),
+            LinkSpec(burst=GilbertElliott.from_burst(0.03, 5.0)),
         ),
         Profile("1mbps", "1 Mbit/s bottleneck (tbf)", rate_kbps=1000),
         Profile("500kbps", "500 kbit/s bottleneck (tbf)", rate_kbps=500),
-        Profile("rtt300", "300 ms RTT", **symmetric(LinkSpec(delay_ms=150.0))),
+        symmetric("rtt300", "300 ms RTT", LinkSpec(delay_ms=150.0)),
         Profile(
             "drop400",
             "drops to 400 kbit/s for the middle third of the run (10 s of 30 s), then recovers",

@@ -22,7 +22,15 @@ from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
-from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
 
 from relay.media.frames import EncodedFrame
 from relay.rtc.adapter import AdapterError, SenderSeam, pair_remote_address, pair_socket
@@ -96,10 +104,17 @@ class DirectSender:
         self.errors = 0
         self.lossy_reports = 0  # receiver reports with fraction lost >= LOSSY_FRACTION
         self.fraction_lost = 0.0
+        # the viewer's feedback: NACK messages and the sequence numbers they asked for, the
+        # retransmissions sent (and their bytes), PLI/FIR keyframe requests
+        self.nacks = 0
+        self.nacked_packets = 0
+        self.retransmissions = 0
+        self.rtx_bytes = 0
+        self.keyframe_requests = 0
         self._seam.install(
             on_negotiated=self._negotiated,
             on_started=on_ready,
-            on_rtcp=self._note_loss,
+            on_rtcp=self._on_rtcp,
             before_stats=self._update_sender_report,
             retransmit=self._retransmit,
             on_keyframe_request=on_keyframe_request,
@@ -111,8 +126,15 @@ class DirectSender:
         seam = self._seam
         self.rewriter = RtpRewriter(seam.ssrc, profile, rtx_ssrc=seam.rtx_ssrc)
 
-    def _note_loss(self, packet: Any) -> None:
-        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+    def _on_rtcp(self, packet: Any) -> None:
+        if isinstance(packet, RtcpRtpfbPacket):
+            if packet.fmt == RTCP_RTPFB_NACK:
+                self.nacks += 1
+                self.nacked_packets += len(packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self.keyframe_requests += 1
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == self._seam.ssrc:
                     self.fraction_lost = report.fraction_lost / 256
@@ -212,3 +234,5 @@ class DirectSender:
         if packet is not None and sock is not None and pair is not None:
             with contextlib.suppress(OSError):
                 sock.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
+                self.retransmissions += 1
+                self.rtx_bytes += len(packet)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCRtpSender
@@ -64,13 +65,24 @@ class EgressTotals:
     packets: int = 0
     bytes: int = 0
     dropped: int = 0
+    nacks: int = 0
+    nacked_packets: int = 0
+    retransmissions: int = 0
+    rtx_bytes: int = 0
+    keyframe_requests: int = 0
 
-    def add_viewer(self, viewer: Viewer) -> None:
+    def add_viewer(self, viewer: Viewer, senders: Iterable[DirectSender] = ()) -> None:
         for q in viewer.queues.values():
             self.frames += q.sent
             self.packets += q.sent_packets
             self.bytes += q.sent_bytes
             self.dropped += q.dropped
+        for s in senders:
+            self.nacks += s.nacks
+            self.nacked_packets += s.nacked_packets
+            self.retransmissions += s.retransmissions
+            self.rtx_bytes += s.rtx_bytes
+            self.keyframe_requests += s.keyframe_requests
 
 
 @dataclass(eq=False)
@@ -126,9 +138,9 @@ class ViewerService:
     def egress(self) -> EgressTotals:
         """Totals so far, live viewers included."""
         f = self.finished
-        total = EgressTotals(f.sessions, f.frames, f.packets, f.bytes, f.dropped)
+        total = dataclasses.replace(f)
         for s in self.sessions.values():
-            total.add_viewer(s.viewer)
+            total.add_viewer(s.viewer, s.senders.values())
         return total
 
     def count(self, room: str | None = None, *, audience_only: bool = False) -> int:
@@ -306,7 +318,7 @@ class ViewerService:
             return
         session.hub.remove_viewer(session.viewer)
         self._policy.forget(session.id)
-        self.finished.add_viewer(session.viewer)
+        self.finished.add_viewer(session.viewer, session.senders.values())
         self.finished.sessions += 1
         session.life.end("closed")
         for sender in session.senders.values():

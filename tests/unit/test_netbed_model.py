@@ -3,6 +3,7 @@ counter."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -29,7 +30,7 @@ def test_random_loss_rate_and_independence() -> None:
     lost = [x is None for x in out]
     assert sum(lost) / N == pytest.approx(0.02, abs=0.002)
     # independent: a loss right after a loss is no likelier than any loss
-    pairs = sum(1 for a, b in zip(lost, lost[1:], strict=False) if a and b)
+    pairs = sum(1 for a, b in itertools.pairwise(lost) if a and b)
     assert pairs / max(1, sum(lost)) == pytest.approx(0.02, abs=0.01)
 
 
@@ -75,7 +76,7 @@ def test_reorder_lets_later_packets_overtake() -> None:
     imp = Impairment(LinkSpec(reorder=0.1, reorder_ms=10), random.Random(1))
     out = [imp.decide(100, i * 0.001) for i in range(10_000)]
     times = [at for at in out if at is not None]
-    overtaken = sum(1 for a, b in zip(times, times[1:], strict=False) if b < a)
+    overtaken = sum(1 for a, b in itertools.pairwise(times) if b < a)
     assert imp.reordered == pytest.approx(1000, rel=0.1)
     assert 0.8 * imp.reordered <= overtaken <= imp.reordered  # runs of held packets count once
 
