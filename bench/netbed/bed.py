@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ TBF_LATENCY_MS = 100
 """Queue a tbf holds before it tail-drops (a modest bottleneck buffer)."""
 
 _counter = itertools.count(1)
+_SENT = re.compile(r"Sent \d+ bytes (\d+) pkt \(dropped (\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,14 @@ class NetBed:
             "down": _tc(self.gateway_ns, "-s", "qdisc", "show", "dev", leg.gw_tun),
             "up": _tc(leg.ns, "-s", "qdisc", "show", "dev", leg.ep_tun),
         }
+
+    def shaper_drops(self, leg_name: str) -> dict[str, tuple[int, int]]:
+        """(packets sent, packets dropped) by the leg's tbf, per direction ((0, 0) unshaped)."""
+        out = {}
+        for direction, text in self.qdisc_stats(leg_name).items():
+            m = _SENT.search(text)
+            out[direction] = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        return out
 
     def forwarder_stats(self) -> dict[str, Any]:
         fwd = self._forwarder
