@@ -71,7 +71,12 @@ class ViewerView(BaseModel):
     nacked_packets: int = 0
     retransmissions: int = 0
     rtx_bytes: int = 0
+    rtx_late: int = 0  # NACKed packets not sent again: they could no longer be played in time
+    rtx_repeat: int = 0  # not sent again: already resent less than a round trip before
+    rtx_over_budget: int = 0  # not sent again: the viewer's retransmission budget was spent
     keyframe_requests: int = 0
+    keyframe_requests_suppressed: int = 0  # held back by the viewer's backoff
+    rtt_ms: float | None = None
     fraction_lost: float = 0.0  # from the viewer's last receiver report
 
 

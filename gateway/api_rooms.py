@@ -15,6 +15,7 @@ from relay.cluster.node import ClusterNode
 from relay.cluster.registry import NodeRecord, RegistryError
 from relay.errors import Conflict, NotFound
 from relay.media.hub import FanoutHub
+from relay.media.retransmit import Verdict
 from relay.rtc.viewers import ViewerService, ViewerSession
 
 from .anchors import AnchorService, AnchorSession
@@ -79,7 +80,12 @@ def viewer_view(s: ViewerSession) -> ViewerView:
             "nacked_packets": video.nacked_packets,
             "retransmissions": video.retransmissions,
             "rtx_bytes": video.rtx_bytes,
+            "rtx_late": video.budget.refused[Verdict.LATE],
+            "rtx_repeat": video.budget.refused[Verdict.REPEAT],
+            "rtx_over_budget": video.budget.refused[Verdict.OVER_BUDGET],
             "keyframe_requests": video.keyframe_requests,
+            "keyframe_requests_suppressed": s.keyframe_gate.suppressed if s.keyframe_gate else 0,
+            "rtt_ms": None if (rtt := video.round_trip_time()) is None else round(rtt * 1000, 1),
             "fraction_lost": round(video.fraction_lost, 4),
         }
         if video is not None

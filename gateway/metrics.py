@@ -115,9 +115,24 @@ class GatewayCollector(Collector):
             ),
             ("stagecast_viewer_rtx_bytes", "Bytes retransmitted to viewers", eg.rtx_bytes),
             (
+                "stagecast_viewer_rtx_late",
+                "NACKed packets not resent: too late to be played",
+                eg.rtx_late,
+            ),
+            (
+                "stagecast_viewer_rtx_over_budget",
+                "NACKed packets not resent: the viewer's retransmission budget was spent",
+                eg.rtx_over_budget,
+            ),
+            (
                 "stagecast_viewer_keyframe_requests",
                 "Keyframe requests (PLI/FIR) received from viewers",
                 eg.keyframe_requests,
+            ),
+            (
+                "stagecast_viewer_keyframe_requests_suppressed",
+                "Viewers' keyframe requests held back by their backoff",
+                eg.keyframe_requests_suppressed,
             ),
             ("stagecast_ingress_bytes", "RTP payload bytes received from anchors", ing.bytes),
             ("stagecast_ingress_frames", "Frames received from anchors", ing.frames),

@@ -3,7 +3,8 @@
 Frames skip the RTCRtpSender's RTP task altogether. The negotiated parameters are caught in
 ``send()``, packets are rewritten per viewer (``rtp_rewrite``), encrypted with the DTLS transport's
 SRTP session and written to the nominated ICE pair's UDP socket synchronously (``srtp_writer``: a C
-loop when built); NACKs are answered from our own history, and sender reports read our counters.
+loop when built); NACKs are answered from our own history within a budget and a playout deadline
+(``relay.media.retransmit``), and sender reports read our counters.
 aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is noted on the way
 (the rendition fallback reads it). Every aiortc/aioice internal this needs is reached through
 ``relay/rtc/adapter.py`` (``SenderSeam``).
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,7 @@ from aiortc.rtp import (
 )
 
 from relay.media.frames import EncodedFrame
+from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict
 from relay.rtc.adapter import AdapterError, SenderSeam, pair_remote_address, pair_socket
 from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
 from relay.rtc.srtp_writer import SrtpWriter, new_srtp_writer
@@ -86,8 +89,11 @@ class DirectSender:
         on_ready: Callable[[], None],
         gso: bool = True,
         native: bool = True,
+        retransmit: RetransmitLimits | None = None,
     ) -> None:
         self._seam = SenderSeam(sender)
+        self.budget = RetransmitBudget(retransmit)
+        self._clock_rate = 90000
         self._cache = cache
         self._pair: Any = None
         self._sock: socket.socket | None = None
@@ -122,6 +128,7 @@ class DirectSender:
 
     def _negotiated(self, parameters: RTCRtpSendParameters) -> None:
         profile = send_profile(parameters)
+        self._clock_rate = parameters.codecs[0].clockRate or 90000
         self._template_id = self._cache.template_id(profile)
         seam = self._seam
         self.rewriter = RtpRewriter(seam.ssrc, profile, rtx_ssrc=seam.rtx_ssrc)
@@ -140,6 +147,9 @@ class DirectSender:
                     self.fraction_lost = report.fraction_lost / 256
                     if self.fraction_lost >= LOSSY_FRACTION:
                         self.lossy_reports += 1
+
+    def round_trip_time(self) -> float | None:
+        return self._seam.round_trip_time()
 
     def _route(self) -> SrtpWriter | None:
         """The send loop for the nominated ICE pair when the transport is up (None otherwise).
@@ -205,6 +215,7 @@ class DirectSender:
             self.gso = False  # one datagram per call from now on
             log.info("UDP GSO refused on this path: sending datagram by datagram")
         self.octets += frame.size
+        self.budget.on_media(frame.size)
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
@@ -228,6 +239,19 @@ class DirectSender:
     async def _retransmit(self, sequence_number: int) -> None:
         rewriter = self.rewriter
         if rewriter is None or self._route() is None:
+            return
+        found = rewriter.lookup(sequence_number)
+        if found is None:
+            return
+        size, age = found
+        verdict = self.budget.decide(
+            sequence_number,
+            size,
+            age / self._clock_rate,
+            self._seam.round_trip_time(),
+            time.monotonic(),
+        )
+        if verdict is not Verdict.SEND:
             return
         packet = rewriter.retransmission(sequence_number)
         sock, pair = self._sock, self._pair  # set with the route

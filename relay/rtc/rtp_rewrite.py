@@ -280,6 +280,15 @@ class RtpRewriter:
                 return templates[offset], self._ts[slot]
         return None
 
+    def lookup(self, sequence: int) -> tuple[int, int] | None:
+        """(size, age in timestamp ticks behind the newest frame sent) of a packet still in the
+        history, or None."""
+        found = self._find(sequence)
+        if found is None:
+            return None
+        template, ts = found
+        return len(template), (self.last_timestamp - ts) & 0xFFFFFFFF
+
     def retransmission(self, sequence: int) -> bytes | None:
         """The packet a NACK asks for again: RTX-wrapped (RFC 4588) when negotiated."""
         found = self._find(sequence)
