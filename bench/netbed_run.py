@@ -8,7 +8,8 @@ Per profile a fresh bed: the gateway in its namespace, the stamped 720p30 anchor
 constant --kbps, keyframes only when asked) and --viewers viewers in theirs; the profile on the
 chosen legs. Printed per profile (viewers' median, worst in brackets): share of time frozen and
 freezes (Chromium's rule), glass-to-glass p50/p95, time to first frame, fps and kbps delivered;
-from the gateway: NACKs and retransmissions per viewer and second, viewers' PLIs per second,
+from the gateway: NACKs, retransmissions and NACKed packets not resent (too late, repeated, over
+budget) per viewer and second, viewers' PLIs per second,
 keyframes the anchor sent; downstream, the loss the router applied and the share of packets the
 tbf shaper dropped; the router's own CPU.
 Before the first profile, the router's added round trip on a clean leg (UDP echo). Needs root.
@@ -143,7 +144,8 @@ def spread(values: list[float], spec: str, worst: Callable[[list[float]], float]
 
 COLUMNS = (
     "profile", "frozen %", "freezes", "g2g p50 ms", "g2g p95 ms", "ttff s", "fps", "kbps",
-    "NACK/s", "RTX/s", "PLI/s", "anchor IDR", "router loss", "tbf drops", "router CPU",
+    "NACK/s", "RTX/s", "RTX refused/s", "PLI/s", "anchor IDR", "router loss", "tbf drops",
+    "router CPU",
 )  # fmt: skip
 
 
@@ -168,6 +170,14 @@ def cells(row: dict[str, Any]) -> list[str]:
         spread([v["kbps"] for v in vs], ".0f", min),
         spread(per_s("nacks"), ".1f"),
         spread(per_s("retransmissions"), ".1f"),
+        spread(
+            [
+                sum(v["gateway"].get(k, 0) for k in ("rtx_late", "rtx_repeat", "rtx_over_budget"))
+                / secs
+                for v in vs
+            ],
+            ".1f",
+        ),
         spread(per_s("keyframe_requests"), ".1f"),
         f"{row['keyframes_in']}",
         f"{100 * row['applied_loss_down']:.1f} %",

@@ -127,4 +127,28 @@ def test_a_room_plays_through_a_clean_bed() -> None:
     assert seen["frozen_share"] < 0.05
     assert seen["g2g_p50_ms"] < 200  # loopback figures are 10-15 ms; the machine is shared
     assert seen["gateway"]["state"] == "connected"
+    assert {"nacks", "retransmissions", "rtx_late", "keyframe_requests"} <= set(seen["gateway"])
     assert anchor["frames"] > 150
+
+
+@pytest.mark.slow
+def test_a_viewer_the_stream_does_not_fit_cannot_storm_the_anchor_or_its_link() -> None:
+    """1.5 Mbps into a 1 Mbit/s link: the viewer NACKs hundreds of packets a second and keeps
+    sending PLIs. Retransmissions stay within their budget and the anchor is asked for few
+    keyframes (before the discipline: ~800 retransmissions/s and ~3.5 keyframes/s)."""
+    seconds = 12.0
+    with NetBed({"anchor": CLEAN, "thin": profile("1mbps")}) as bed:
+        room = BedRoom(bed)
+        try:
+            room.start()
+            before = room.api(f"/v1/rooms/{room.room}/stream")
+            (seen,) = room.watch(["thin"], seconds)
+            after = room.api(f"/v1/rooms/{room.room}/stream")
+        finally:
+            room.close()
+    gw = seen["gateway"]
+    assert gw["nacked_packets"] > 10 * seconds  # the link really is too thin
+    assert gw["retransmissions"] < 80 * seconds  # 25 % of ~150 video packets/s, plus a burst
+    assert gw["rtx_late"] + gw["rtx_repeat"] + gw["rtx_over_budget"] > 0
+    assert gw["keyframe_requests_suppressed"] > 0
+    assert after["keyframes_in"] - before["keyframes_in"] <= 12  # ~1 per s at most
