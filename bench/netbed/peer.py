@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any
 
+import httpx
+
 from bench.netbed.playback import FreezeCounter, summarize
 from gateway.synthetic import (
     StampedVideoTrack,
@@ -73,9 +75,22 @@ async def anchor(args: argparse.Namespace) -> dict[str, Any]:
     return counts
 
 
+async def watch(args: argparse.Namespace, counter: FreezeCounter) -> Viewer:
+    """WHEP, retried while the node answers 409/503 (not live yet, busy) for up to 15 s, as a
+    player would."""
+    deadline = time.monotonic() + 15.0
+    while True:
+        try:
+            return await whep_watch(args.url, args.room, args.token, on_frame=counter.frame)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code not in (409, 503) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(float(exc.response.headers.get("retry-after", "1")))
+
+
 async def viewer(args: argparse.Namespace) -> dict[str, Any]:
     counter = FreezeCounter()
-    watcher: Viewer = await whep_watch(args.url, args.room, args.token, on_frame=counter.frame)
+    watcher = await watch(args, counter)
     try:
         await asyncio.sleep(args.seconds)
         end = time.monotonic()

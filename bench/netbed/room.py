@@ -64,6 +64,10 @@ class BedRoom:
             "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
             "STAGECAST_API__OPERATOR_KEY": OPERATOR_KEY,
             "STAGECAST_LOG_LEVEL": "info",
+            # the machine is shared (other suites, the viewers' decoders): refusing viewers as
+            # overloaded would measure the machine, not the network
+            "STAGECAST_LIMITS__MAX_LOOP_BUSY": "1.0",
+            "STAGECAST_LIMITS__MAX_LOOP_LAG": "5.0",
             **self.gateway_env,
         }
         log = self._log("gateway")
