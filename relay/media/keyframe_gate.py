@@ -3,23 +3,21 @@
 The hub already coalesces the room's requests to one per ``keyframe_interval``; that still lets a
 viewer whose link cannot carry the stream (every keyframe it gets arrives damaged, so it asks
 again at once) make the anchor send a keyframe every interval, for the whole room. Here a
-viewer's requests back off: after one is let through, the next waits ``interval``, and each
-request that comes within ``quiet`` seconds of the last one let through doubles that wait (up to
-``max_interval``); a viewer quiet for ``quiet`` seconds starts again at ``interval``.
+viewer's requests back off: after one is let through, the next waits ``interval``; a request
+that comes less than twice the current wait after the last one let through (the keyframe did not
+help: the viewer kept asking) doubles the wait, up to ``max_interval``; one that comes later
+(an ordinary loss, some time after the last) starts again at ``interval``.
 """
 
 from __future__ import annotations
 
 
 class KeyframeGate:
-    def __init__(
-        self, interval: float = 0.5, max_interval: float = 8.0, quiet: float = 10.0
-    ) -> None:
+    def __init__(self, interval: float = 0.5, max_interval: float = 8.0) -> None:
         if not 0 < interval <= max_interval:
             raise ValueError("0 < interval <= max_interval")
         self.interval = interval
         self.max_interval = max_interval
-        self.quiet = quiet
         self.wait = interval
         self._last: float | None = None
         self.passed = 0
@@ -33,7 +31,7 @@ class KeyframeGate:
             if since < self.wait:
                 self.suppressed += 1
                 return False
-            if since < self.quiet:
+            if since < 2 * self.wait:
                 self.wait = min(self.max_interval, self.wait * 2)
             else:
                 self.wait = self.interval

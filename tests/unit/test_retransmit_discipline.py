@@ -76,7 +76,7 @@ def test_bad_limits_are_refused() -> None:
 def test_a_starved_viewer_backs_off() -> None:
     """A viewer asking 20 times a second for 60 s gets few of its requests through, ever
     further apart; the room's own coalescing comes on top of this."""
-    gate = KeyframeGate(interval=0.5, max_interval=8.0, quiet=10.0)
+    gate = KeyframeGate(interval=0.5, max_interval=8.0)
     passed_at = [t / 20 for t in range(1200) if gate.request(t / 20)]
     gaps = [b - a for a, b in itertools.pairwise(passed_at)]
     assert passed_at[0] == 0.0  # the first request goes at once
@@ -85,10 +85,16 @@ def test_a_starved_viewer_backs_off() -> None:
     assert gate.suppressed == 1200 - len(passed_at)
 
 
+def test_occasional_requests_are_never_held_back() -> None:
+    """A viewer that loses a keyframe's worth now and then (every 3 s) is heard every time."""
+    gate = KeyframeGate(interval=0.5, max_interval=8.0)
+    assert all(gate.request(t * 3.0) for t in range(20))
+
+
 def test_a_viewer_that_was_quiet_is_heard_at_once_again() -> None:
-    gate = KeyframeGate(interval=0.5, max_interval=8.0, quiet=10.0)
+    gate = KeyframeGate(interval=0.5, max_interval=8.0)
     for t in (0.0, 0.5, 1.5, 3.5):
         assert gate.request(t)
-    assert not gate.request(5.0)  # waits 8 s now
-    assert gate.request(3.5 + 10.0)  # quiet for 10 s: back to the short wait
+    assert not gate.request(5.0)  # waits 4 s now
+    assert gate.request(3.5 + 10.0)  # quiet for more than twice that: back to the short wait
     assert not gate.request(13.6) and gate.request(14.0)
