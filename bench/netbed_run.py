@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -224,13 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         profile(n)  # unknown names fail before anything starts
     rows = []
+    load0 = os.getloadavg()[0]
     for i, name in enumerate(names):
         log(f"profile {name} ({args.seconds:.0f} s, {args.viewers} viewers, leg {args.leg})...")
         rows.append(run_profile(name, args, probe=i == 0, log_dir=args.logs))
         log(table(rows[-1:]))
     print(f"commit {git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{args.seconds:.0f} s per profile, {args.viewers} viewers, profile on the "
-          f"{args.leg} leg(s), anchor {args.kbps} kbps")  # fmt: skip
+          f"{args.leg} leg(s), anchor {args.kbps} kbps, load average {load0:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end")  # fmt: skip
     if "echo" in rows[0]:
         e = rows[0]["echo"]
         print(f"router: UDP echo RTT p50/p95 {e['through_router_us'][0]:.0f}/"
