@@ -4,8 +4,8 @@ decode see behind an impaired link, and what the gateway does about it.
     python -m bench.netbed_run [--seconds 30] [--profiles clean,loss2,...] [--viewers 2]
                                [--leg viewers|anchor|both] [--json out.json]
 
-Per profile a fresh bed: the gateway in its namespace, the stamped 720p30 anchor (x264 ultrafast,
-constant --kbps, keyframes only when asked) and --viewers viewers in theirs; the profile on the
+Per profile a fresh bed: the gateway in its namespace, the stamped 30 fps anchor (--size; x264
+ultrafast, constant --kbps, keyframes only when asked) and --viewers viewers in theirs; the profile on the
 chosen legs. Printed per profile (viewers' median, worst in brackets): share of time frozen and
 freezes (Chromium's rule), glass-to-glass p50/p95, time to first frame, fps and kbps delivered;
 from the gateway: NACKs, retransmissions and NACKed packets not resent (too late, repeated, over
@@ -85,7 +85,9 @@ def run_profile(
             log(f"  UDP echo RTT p50/p95: same namespace {local.rtt_us_p50:.0f}/"
                 f"{local.rtt_us_p95:.0f} us, through the router {through.rtt_us_p50:.0f}/"
                 f"{through.rtt_us_p95:.0f} us")  # fmt: skip
-        room = BedRoom(bed, kbps=args.kbps, log_dir=log_dir / name if log_dir else None)
+        room = BedRoom(
+            bed, kbps=args.kbps, size=args.size, log_dir=log_dir / name if log_dir else None
+        )
         try:
             room.start()
             viewer_legs = [n for n in legs if n != "anchor"]
@@ -213,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewers", type=int, default=2)
     parser.add_argument("--leg", choices=["viewers", "anchor", "both"], default="viewers")
     parser.add_argument("--kbps", type=int, default=1500, help="the anchor's video bitrate")
+    parser.add_argument(
+        "--size",
+        type=lambda v: tuple(int(x) for x in v.split("x")),
+        default=(1280, 720),
+        help="the anchor's picture, WxH (640x360 halves the decoders' CPU on a busy machine)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
@@ -232,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         log(table(rows[-1:]))
     print(f"commit {git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{args.seconds:.0f} s per profile, {args.viewers} viewers, profile on the "
-          f"{args.leg} leg(s), anchor {args.kbps} kbps, load average {load0:.1f} at the start, "
+          f"{args.leg} leg(s), anchor {args.size[0]}x{args.size[1]} at {args.kbps} kbps, "
+          f"load average {load0:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end")  # fmt: skip
     if "echo" in rows[0]:
         e = rows[0]["echo"]

@@ -3,8 +3,9 @@
     python -m bench.netbed.peer anchor URL ROOM --token T [--kbps 1500]
     python -m bench.netbed.peer viewer URL ROOM --seconds 30
 
-The anchor publishes the stamped 720p30 test pattern (x264 ultrafast at a constant ``--kbps``,
-REMB ignored, keyframes only when asked, like a camera that does not adapt) and a tone until
+The anchor publishes the stamped 30 fps test pattern (720p unless told; x264 ultrafast at a
+constant ``--kbps``, REMB ignored, keyframes only when asked, like a camera that does not adapt)
+and a tone until
 stdin closes; it then prints one JSON line: frames and keyframes it encoded. The viewer watches
 and decodes for ``--seconds`` and prints one JSON line: its WHEP session id and ``Playback``.
 """
@@ -63,7 +64,7 @@ async def anchor(args: argparse.Namespace) -> dict[str, Any]:
         args.url,
         args.room,
         args.token,
-        video=StampedVideoTrack(1280, 720, 30, grain=4),
+        video=StampedVideoTrack(args.width, args.height, 30, grain=4),
         audio=ToneAudioTrack(),
         video_codec="H264",
     )
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("room")
     parser.add_argument("--token", default=None)
     parser.add_argument("--kbps", type=int, default=1500)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     run = anchor if args.role == "anchor" else viewer

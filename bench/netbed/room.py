@@ -35,6 +35,7 @@ class BedRoom:
     room: str = "bed"
     anchor_leg: str = "anchor"
     kbps: int = 1500
+    size: tuple[int, int] = (1280, 720)
     log_dir: Path | None = None
     gateway_env: dict[str, str] = field(default_factory=dict)
     gateway: subprocess.Popen[str] | None = None
@@ -86,7 +87,11 @@ class BedRoom:
         token = TokenAuthority(SECRET).mint(self.room, "anchor", "netbed-anchor", 3600)
         self.anchor = self.bed.popen(
             self.bed.legs[self.anchor_leg].ns,
-            [*self._peer("anchor"), "--token", token, "--kbps", str(self.kbps)],
+            [
+                *self._peer("anchor"),
+                *("--token", token, "--kbps", str(self.kbps)),
+                *("--width", str(self.size[0]), "--height", str(self.size[1])),
+            ],
             env=self._env(),
             stderr=self._log("anchor"),
         )
