@@ -5,13 +5,12 @@ decode see behind an impaired link, and what the gateway does about it.
                                [--leg viewers|anchor|both] [--json out.json]
 
 Per profile a fresh bed: the gateway in its namespace, the stamped 30 fps anchor (--size; x264
-ultrafast, constant --kbps, keyframes only when asked) and --viewers viewers in theirs; the profile on the
-chosen legs. Printed per profile (viewers' median, worst in brackets): share of time frozen and
-freezes (Chromium's rule), glass-to-glass p50/p95, time to first frame, fps and kbps delivered;
+ultrafast, constant --kbps, keyframes only when asked) and --viewers viewers in theirs; the profile
+on the chosen legs. Printed per profile (viewers' median, worst in brackets): share of time frozen
+and freezes (Chromium's rule), glass-to-glass p50/p95, time to first frame, fps and kbps delivered;
 from the gateway: NACKs, retransmissions and NACKed packets not resent (too late, repeated, over
-budget) per viewer and second, viewers' PLIs per second,
-keyframes the anchor sent; downstream, the loss the router applied and the share of packets the
-tbf shaper dropped; the router's own CPU.
+budget) per viewer and second, viewers' PLIs per second, keyframes the anchor sent; downstream, the
+loss the router applied and the share of packets the tbf shaper dropped; the router's own CPU.
 Before the first profile, the router's added round trip on a clean leg (UDP echo). Needs root.
 """
 
