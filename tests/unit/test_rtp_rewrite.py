@@ -117,6 +117,9 @@ def test_lookup_gives_size_and_age_behind_the_newest_frame() -> None:
     assert r.lookup(first[1].sequence_number) == (len(cache.templates(f, PROFILE)[1]), 9000)
     assert r.lookup((first[0].sequence_number - 5) & 0xFFFF) is None
     assert r.retransmissions == 0  # a lookup sends nothing
+    h = frame(500)  # a source whose clock went back: no wrap-around into an age of hours
+    r.packets_for(cache.templates(h, PROFILE), h.timestamp)
+    assert r.lookup(first[1].sequence_number) == (len(cache.templates(f, PROFILE)[1]), 0)
 
 
 def test_retransmission_without_rtx_repeats_the_packet() -> None:
