@@ -77,9 +77,9 @@ async def anchor(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def watch(args: argparse.Namespace, counter: FreezeCounter) -> Viewer:
-    """WHEP, retried while the node answers 409/503 (not live yet, busy) for up to 15 s, as a
-    player would."""
-    deadline = time.monotonic() + 15.0
+    """WHEP, retried while the node answers 409/503 (not live yet, busy) or the request is lost
+    on the impaired link (a timeout), for up to 30 s, as a player would."""
+    deadline = time.monotonic() + 30.0
     while True:
         try:
             return await whep_watch(args.url, args.room, args.token, on_frame=counter.frame)
@@ -87,6 +87,9 @@ async def watch(args: argparse.Namespace, counter: FreezeCounter) -> Viewer:
             if exc.response.status_code not in (409, 503) or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(float(exc.response.headers.get("retry-after", "1")))
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
 
 
 async def viewer(args: argparse.Namespace) -> dict[str, Any]:
