@@ -38,6 +38,7 @@ class StreamView(BaseModel):
     viewers: int
     keyframe_requests: int
     frames_in: int
+    keyframes_in: int = 0  # keyframes the anchor sent (each a response to a request, or its GOP)
     bytes_in: int
     uptime_s: float
     fanout_cpu_s: float = 0.0  # CPU spent sending this stream to its viewers (this node)
@@ -64,6 +65,19 @@ class ViewerView(BaseModel):
     state: str
     frames_sent: int
     frames_dropped: int
+    # the viewer's video feedback (direct sending only): NACK messages and the packets they
+    # asked for, retransmissions sent and their bytes, keyframe requests (PLI/FIR)
+    nacks: int = 0
+    nacked_packets: int = 0
+    retransmissions: int = 0
+    rtx_bytes: int = 0
+    rtx_late: int = 0  # NACKed packets not sent again: they could no longer be played in time
+    rtx_repeat: int = 0  # not sent again: already resent less than a round trip before
+    rtx_over_budget: int = 0  # not sent again: the viewer's retransmission budget was spent
+    keyframe_requests: int = 0
+    keyframe_requests_suppressed: int = 0  # held back by the viewer's backoff
+    rtt_ms: float | None = None
+    fraction_lost: float = 0.0  # from the viewer's last receiver report
 
 
 class RoomView(BaseModel):

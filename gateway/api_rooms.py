@@ -16,7 +16,8 @@ from relay.cluster.registry import NodeRecord, RegistryError
 from relay.cluster.routing import missed_heartbeat
 from relay.errors import Conflict, NotFound
 from relay.media.hub import FanoutHub
-from relay.rtc.viewers import ViewerService
+from relay.media.retransmit import Verdict
+from relay.rtc.viewers import ViewerService, ViewerSession
 
 from .anchors import AnchorService, AnchorSession
 from .api_models import (
@@ -65,9 +66,40 @@ def stream_view(room: str, hub: FanoutHub | None, viewers: int) -> StreamView:
         viewers=viewers,
         keyframe_requests=hub.stats.keyframe_requests,
         frames_in=hub.stats.frames_in,
+        keyframes_in=hub.stats.keyframes_in,
         bytes_in=hub.stats.bytes_in,
         uptime_s=round(now - hub.started_at, 3),
         fanout_cpu_s=round(hub.stats.fanout_cpu_seconds, 6),
+    )
+
+
+def viewer_view(s: ViewerSession) -> ViewerView:
+    video = s.senders.get("video")
+    feedback = (
+        {
+            "nacks": video.nacks,
+            "nacked_packets": video.nacked_packets,
+            "retransmissions": video.retransmissions,
+            "rtx_bytes": video.rtx_bytes,
+            "rtx_late": video.budget.refused[Verdict.LATE],
+            "rtx_repeat": video.budget.refused[Verdict.REPEAT],
+            "rtx_over_budget": video.budget.refused[Verdict.OVER_BUDGET],
+            "keyframe_requests": video.keyframe_requests,
+            "keyframe_requests_suppressed": s.keyframe_gate.suppressed if s.keyframe_gate else 0,
+            "rtt_ms": None if (rtt := video.round_trip_time()) is None else round(rtt * 1000, 1),
+            "fraction_lost": round(video.fraction_lost, 4),
+        }
+        if video is not None
+        else {}
+    )
+    return ViewerView(
+        id=s.id,
+        room=s.room,
+        subject=s.grant.subject,
+        state=s.pc.connectionState,
+        frames_sent=sum(q.sent for q in s.viewer.queues.values()),
+        frames_dropped=sum(q.dropped for q in s.viewer.queues.values()),
+        **feedback,
     )
 
 
@@ -205,18 +237,7 @@ def operator_router(
     @router.get("/rooms/{room}/viewers", response_model=ViewerList)
     async def list_viewers(room: str) -> ViewerList:
         stage_or_404(room)
-        listed = [
-            ViewerView(
-                id=s.id,
-                room=s.room,
-                subject=s.grant.subject,
-                state=s.pc.connectionState,
-                frames_sent=sum(q.sent for q in s.viewer.queues.values()),
-                frames_dropped=sum(q.dropped for q in s.viewer.queues.values()),
-            )
-            for s in viewers.sessions.values()
-            if s.room == room
-        ]
+        listed = [viewer_view(s) for s in viewers.sessions.values() if s.room == room]
         return ViewerList(room=room, count=len(listed), viewers=listed)
 
     @router.get("/streams", response_model=list[StreamView])

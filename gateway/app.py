@@ -18,6 +18,7 @@ from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.ratelimit import ClientRateLimiter
 from relay.http.whep import whep_router
 from relay.media.fallback import FallbackPolicy
+from relay.media.retransmit import RetransmitLimits
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.adapter import check_version
@@ -123,6 +124,10 @@ def build_gateway(settings: Settings) -> Gateway:
         ),
         ice_servers=node_ice(settings),
         limits=ViewerLimits(
+            retransmit=RetransmitLimits(
+                max_age=settings.media.rtx_max_age, share=settings.media.rtx_share
+            ),
+            keyframe_backoff=settings.media.viewer_keyframe_backoff,
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,
             certificate_lifetime=settings.sessions.certificate_lifetime,

@@ -12,6 +12,7 @@ from relay.cluster.link import LinkConfig
 from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad
 from relay.cluster.registry import NodeRole, RoomPolicy
 from relay.cluster.registry_factory import make_registry
+from relay.media.retransmit import RetransmitLimits
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.candidates import node_policy
 from relay.rtc.viewers import ViewerLimits, ViewerService
@@ -118,6 +119,10 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         edge.live_hub,
         ice_servers=node_ice(settings),
         limits=ViewerLimits(
+            retransmit=RetransmitLimits(
+                max_age=settings.media.rtx_max_age, share=settings.media.rtx_share
+            ),
+            keyframe_backoff=settings.media.viewer_keyframe_backoff,
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,
             certificate_lifetime=settings.sessions.certificate_lifetime,

@@ -102,6 +102,38 @@ class GatewayCollector(Collector):
             ("stagecast_egress_packets", "RTP packets sent to viewers", eg.packets),
             ("stagecast_egress_frames", "Frames sent to viewers", eg.frames),
             ("stagecast_viewer_frame_drops", "Frames dropped by slow viewers' queues", eg.dropped),
+            ("stagecast_viewer_nacks", "NACK messages received from viewers", eg.nacks),
+            (
+                "stagecast_viewer_nacked_packets",
+                "Packets viewers asked to have retransmitted",
+                eg.nacked_packets,
+            ),
+            (
+                "stagecast_viewer_retransmissions",
+                "Packets retransmitted to viewers",
+                eg.retransmissions,
+            ),
+            ("stagecast_viewer_rtx_bytes", "Bytes retransmitted to viewers", eg.rtx_bytes),
+            (
+                "stagecast_viewer_rtx_late",
+                "NACKed packets not resent: too late to be played",
+                eg.rtx_late,
+            ),
+            (
+                "stagecast_viewer_rtx_over_budget",
+                "NACKed packets not resent: the viewer's retransmission budget was spent",
+                eg.rtx_over_budget,
+            ),
+            (
+                "stagecast_viewer_keyframe_requests",
+                "Keyframe requests (PLI/FIR) received from viewers",
+                eg.keyframe_requests,
+            ),
+            (
+                "stagecast_viewer_keyframe_requests_suppressed",
+                "Viewers' keyframe requests held back by their backoff",
+                eg.keyframe_requests_suppressed,
+            ),
             ("stagecast_ingress_bytes", "RTP payload bytes received from anchors", ing.bytes),
             ("stagecast_ingress_frames", "Frames received from anchors", ing.frames),
             (

@@ -39,6 +39,15 @@ class MediaSettings(BaseModel):
     anchor_opus_dtx: bool = True
     """Ask anchors for Opus DTX (``usedtx=1`` in the WHIP answer): a silent anchor sends a packet
     every 400 ms instead of every 20 ms, and so does the gateway to each viewer."""
+    rtx_max_age: float = Field(0.5, gt=0, le=10)
+    """A viewer's NACKed packet is sent again only if it can arrive (its frame's age plus half
+    the viewer's round trip) within this many seconds of its frame: later it cannot be played."""
+    rtx_share: float = Field(0.25, ge=0, le=1)
+    """Retransmissions to a viewer may take at most this share of the media bytes sent to it."""
+    viewer_keyframe_backoff: float = Field(8.0, ge=0, le=120)
+    """A viewer that keeps asking for keyframes (PLI) is heard ever less often, down to once per
+    this many seconds, so a viewer whose link the stream does not fit cannot make the anchor
+    send keyframes for the whole room; 0: every request goes on (to the room's coalescing)."""
     native_send: bool = True
     """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells

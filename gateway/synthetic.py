@@ -14,7 +14,7 @@ import fractions
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -317,6 +317,7 @@ class Viewer:
     first_frame_at: float | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    on_frame: Callable[[float], None] | None = None  # each decoded video frame's monotonic time
 
     @property
     def time_to_first_frame(self) -> float | None:
@@ -334,8 +335,11 @@ class Viewer:
 
     def _video(self, frame: av.VideoFrame) -> None:
         now = time.time()
+        mono = time.monotonic()
         if self.first_frame_at is None:
-            self.first_frame_at = time.monotonic()
+            self.first_frame_at = mono
+        if self.on_frame is not None:
+            self.on_frame(mono)
         self.video_frames += 1
         plane = frame.planes[0]
         luma = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
@@ -381,8 +385,10 @@ async def whep_watch(
     kinds: Sequence[str] = ("video", "audio"),
     decode: bool = True,
     timeout: float = 10.0,
+    on_frame: Callable[[float], None] | None = None,
 ) -> Viewer:
-    """Pull ``/whep/{room}``; decode=False counts frames without decoding (cheap, for load)."""
+    """Pull ``/whep/{room}``; decode=False counts frames without decoding (cheap, for load);
+    ``on_frame`` sees the time of each decoded video frame."""
     pc = RTCPeerConnection(rtc_configuration(()))
     client = httpx.AsyncClient(base_url=base_url, timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -391,7 +397,7 @@ async def whep_watch(
         await pc.setLocalDescription(await pc.createOffer())
         joined = time.monotonic()  # time to first frame counts from the POST
         resp = await offer_answer(pc, client, f"/whep/{room}", headers)
-        viewer = Viewer(pc, resp.headers["location"], client, headers, joined)
+        viewer = Viewer(pc, resp.headers["location"], client, headers, joined, on_frame=on_frame)
         for t in transceivers:
             if decode:
                 viewer.tasks.append(asyncio.create_task(viewer._consume(t.receiver.track)))

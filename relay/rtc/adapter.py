@@ -179,6 +179,7 @@ class SenderSeam:
             "_handle_rtcp_packet",
             "_ssrc",
             "_rtx_ssrc",
+            "_RTCRtpSender__rtt",
         ):
             if not hasattr(sender, name):
                 raise AdapterError(f"RTCRtpSender internals changed: no {name}")
@@ -243,6 +244,12 @@ class SenderSeam:
         if dtls._state is not DtlsState.CONNECTED:
             return None
         return self._nominated.get(1)
+
+    def round_trip_time(self) -> float | None:
+        """aiortc's smoothed round trip to the viewer in seconds, from its receiver reports
+        (None until one has answered a sender report)."""
+        rtt: float | None = getattr(self.sender, "_RTCRtpSender__rtt", None)
+        return rtt
 
     def srtp(self) -> Any:
         """The DTLS transport's outgoing SRTP session (a pylibsrtp Session)."""

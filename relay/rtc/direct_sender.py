@@ -3,7 +3,8 @@
 Frames skip the RTCRtpSender's RTP task altogether. The negotiated parameters are caught in
 ``send()``, packets are rewritten per viewer (``rtp_rewrite``), encrypted with the DTLS transport's
 SRTP session and written to the nominated ICE pair's UDP socket synchronously (``srtp_writer``: a C
-loop when built); NACKs are answered from our own history, and sender reports read our counters.
+loop when built); NACKs are answered from our own history within a budget and a playout deadline
+(``relay.media.retransmit``), and sender reports read our counters.
 aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is noted on the way
 (the rendition fallback reads it). Every aiortc/aioice internal this needs is reached through
 ``relay/rtc/adapter.py`` (``SenderSeam``).
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +24,18 @@ from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
-from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
 
 from relay.media.frames import EncodedFrame
+from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict
 from relay.rtc.adapter import AdapterError, SenderSeam, pair_remote_address, pair_socket
 from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
 from relay.rtc.srtp_writer import SrtpWriter, new_srtp_writer
@@ -78,8 +89,11 @@ class DirectSender:
         on_ready: Callable[[], None],
         gso: bool = True,
         native: bool = True,
+        retransmit: RetransmitLimits | None = None,
     ) -> None:
         self._seam = SenderSeam(sender)
+        self.budget = RetransmitBudget(retransmit)
+        self._clock_rate = 90000
         self._cache = cache
         self._pair: Any = None
         self._sock: socket.socket | None = None
@@ -96,10 +110,17 @@ class DirectSender:
         self.errors = 0
         self.lossy_reports = 0  # receiver reports with fraction lost >= LOSSY_FRACTION
         self.fraction_lost = 0.0
+        # the viewer's feedback: NACK messages and the sequence numbers they asked for, the
+        # retransmissions sent (and their bytes), PLI/FIR keyframe requests
+        self.nacks = 0
+        self.nacked_packets = 0
+        self.retransmissions = 0
+        self.rtx_bytes = 0
+        self.keyframe_requests = 0
         self._seam.install(
             on_negotiated=self._negotiated,
             on_started=on_ready,
-            on_rtcp=self._note_loss,
+            on_rtcp=self._on_rtcp,
             before_stats=self._update_sender_report,
             retransmit=self._retransmit,
             on_keyframe_request=on_keyframe_request,
@@ -107,17 +128,28 @@ class DirectSender:
 
     def _negotiated(self, parameters: RTCRtpSendParameters) -> None:
         profile = send_profile(parameters)
+        self._clock_rate = parameters.codecs[0].clockRate or 90000
         self._template_id = self._cache.template_id(profile)
         seam = self._seam
         self.rewriter = RtpRewriter(seam.ssrc, profile, rtx_ssrc=seam.rtx_ssrc)
 
-    def _note_loss(self, packet: Any) -> None:
-        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+    def _on_rtcp(self, packet: Any) -> None:
+        if isinstance(packet, RtcpRtpfbPacket):
+            if packet.fmt == RTCP_RTPFB_NACK:
+                self.nacks += 1
+                self.nacked_packets += len(packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                self.keyframe_requests += 1
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == self._seam.ssrc:
                     self.fraction_lost = report.fraction_lost / 256
                     if self.fraction_lost >= LOSSY_FRACTION:
                         self.lossy_reports += 1
+
+    def round_trip_time(self) -> float | None:
+        return self._seam.round_trip_time()
 
     def _route(self) -> SrtpWriter | None:
         """The send loop for the nominated ICE pair when the transport is up (None otherwise).
@@ -183,6 +215,7 @@ class DirectSender:
             self.gso = False  # one datagram per call from now on
             log.info("UDP GSO refused on this path: sending datagram by datagram")
         self.octets += frame.size
+        self.budget.on_media(frame.size)
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
@@ -207,8 +240,23 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None or self._route() is None:
             return
+        found = rewriter.lookup(sequence_number)
+        if found is None:
+            return
+        size, age = found
+        verdict = self.budget.decide(
+            sequence_number,
+            size,
+            age / self._clock_rate,
+            self._seam.round_trip_time(),
+            time.monotonic(),
+        )
+        if verdict is not Verdict.SEND:
+            return
         packet = rewriter.retransmission(sequence_number)
         sock, pair = self._sock, self._pair  # set with the route
         if packet is not None and sock is not None and pair is not None:
             with contextlib.suppress(OSError):
                 sock.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
+                self.retransmissions += 1
+                self.rtx_bytes += len(packet)

@@ -280,6 +280,17 @@ class RtpRewriter:
                 return templates[offset], self._ts[slot]
         return None
 
+    def lookup(self, sequence: int) -> tuple[int, int] | None:
+        """(size, age in timestamp ticks behind the newest frame sent) of a packet still in the
+        history, or None. The age is a serial-number difference (RFC 1982): a frame that is
+        "ahead" of the newest (a timestamp jump) counts as age 0, never as a wrap-around."""
+        found = self._find(sequence)
+        if found is None:
+            return None
+        template, ts = found
+        age = (self.last_timestamp - ts) & 0xFFFFFFFF
+        return len(template), 0 if age >= 1 << 31 else age
+
     def retransmission(self, sequence: int) -> bytes | None:
         """The packet a NACK asks for again: RTX-wrapped (RFC 4588) when negotiated."""
         found = self._find(sequence)

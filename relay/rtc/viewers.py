@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCRtpSender
@@ -18,7 +19,9 @@ from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
+from relay.media.keyframe_gate import KeyframeGate
 from relay.media.lifecycle import SessionLifecycle
+from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     drop_receive_estimator,
@@ -56,6 +59,10 @@ class ViewerLimits:
     native: bool = True  # the direct sender's send loop in C when built (relay/rtc/srtp_writer.py)
     candidates: CandidatePolicy = DEFAULT_POLICY  # remote ICE candidates a viewer may give
     certificate_lifetime: float = DEFAULT_LIFETIME  # s one DTLS certificate serves every viewer
+    retransmit: RetransmitLimits = field(default_factory=RetransmitLimits)
+    keyframe_backoff: float = 8.0
+    """Longest wait between two keyframe requests of one viewer that keeps asking (0: no
+    per-viewer backoff, only the hub's coalescing)."""
 
 
 @dataclass(slots=True)
@@ -67,13 +74,36 @@ class EgressTotals:
     packets: int = 0
     bytes: int = 0
     dropped: int = 0
+    nacks: int = 0
+    nacked_packets: int = 0
+    retransmissions: int = 0
+    rtx_bytes: int = 0
+    rtx_late: int = 0
+    rtx_over_budget: int = 0
+    keyframe_requests: int = 0
+    keyframe_requests_suppressed: int = 0
 
-    def add_viewer(self, viewer: Viewer) -> None:
+    def add_viewer(
+        self,
+        viewer: Viewer,
+        senders: Iterable[DirectSender] = (),
+        gate: KeyframeGate | None = None,
+    ) -> None:
         for q in viewer.queues.values():
             self.frames += q.sent
             self.packets += q.sent_packets
             self.bytes += q.sent_bytes
             self.dropped += q.dropped
+        for s in senders:
+            self.nacks += s.nacks
+            self.nacked_packets += s.nacked_packets
+            self.retransmissions += s.retransmissions
+            self.rtx_bytes += s.rtx_bytes
+            self.rtx_late += s.budget.refused[Verdict.LATE]
+            self.rtx_over_budget += s.budget.refused[Verdict.OVER_BUDGET]
+            self.keyframe_requests += s.keyframe_requests
+        if gate is not None:
+            self.keyframe_requests_suppressed += gate.suppressed
 
 
 @dataclass(eq=False)
@@ -87,6 +117,7 @@ class ViewerSession:
     etag: str
     life: PeerLifecycle  # connect timeout (a viewer that never connects is reaped), end
     senders: dict[MediaKind, DirectSender] = field(default_factory=dict)
+    keyframe_gate: KeyframeGate | None = None  # the viewer's own PLI/FIR backoff
     fallbacks: int = 0
     step_ups: int = 0
 
@@ -96,6 +127,12 @@ class ViewerSession:
 
     def request_keyframe(self) -> None:
         self.hub.request_keyframe()
+
+    def viewer_asks_keyframe(self) -> None:
+        """The viewer sent a PLI/FIR: passed on unless it is asking too often (KeyframeGate)."""
+        gate = self.keyframe_gate
+        if gate is None or gate.request(time.monotonic()):
+            self.hub.request_keyframe()
 
 
 class ViewerService:
@@ -130,9 +167,9 @@ class ViewerService:
     def egress(self) -> EgressTotals:
         """Totals so far, live viewers included."""
         f = self.finished
-        total = EgressTotals(f.sessions, f.frames, f.packets, f.bytes, f.dropped)
+        total = dataclasses.replace(f)
         for s in self.sessions.values():
-            total.add_viewer(s.viewer)
+            total.add_viewer(s.viewer, s.senders.values(), s.keyframe_gate)
         return total
 
     def count(self, room: str | None = None, *, audience_only: bool = False) -> int:
@@ -235,12 +272,16 @@ class ViewerService:
             if not queue.bind(direct.send_frame):
                 session.request_keyframe()
 
+        backoff = self.limits.keyframe_backoff
+        if backoff > 0 and queue.kind == "video" and session.keyframe_gate is None:
+            session.keyframe_gate = KeyframeGate(min(0.5, backoff), backoff)
         direct = DirectSender(
             sender,
             self._templates,
-            on_keyframe_request=session.request_keyframe,
+            on_keyframe_request=session.viewer_asks_keyframe,
             on_ready=ready,
             native=self.limits.native,
+            retransmit=self.limits.retransmit,
         )
         return direct
 
@@ -311,7 +352,7 @@ class ViewerService:
             return
         session.hub.remove_viewer(session.viewer)
         self._policy.forget(session.id)
-        self.finished.add_viewer(session.viewer)
+        self.finished.add_viewer(session.viewer, session.senders.values(), session.keyframe_gate)
         self.finished.sessions += 1
         session.life.end("closed")
         for sender in session.senders.values():

@@ -110,6 +110,7 @@ def test_direct_sender_internals_exist() -> None:
         "_RTCRtpSender__rtp_timestamp",
         "_RTCRtpSender__packet_count",
         "_RTCRtpSender__octet_count",
+        "_RTCRtpSender__rtt",  # SenderSeam.round_trip_time: the retransmission deadline
     ):
         assert name in names
     assert "_retransmit" in names_of(RTCRtpSender._handle_rtcp_packet)

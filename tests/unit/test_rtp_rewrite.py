@@ -106,6 +106,22 @@ def test_retransmission_is_rtx_wrapped_with_original_sequence() -> None:
     assert r.retransmission(lost.sequence_number) is None
 
 
+def test_lookup_gives_size_and_age_behind_the_newest_frame() -> None:
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
+    f = frame(1000)
+    first = [parse(p) for p in r.packets_for(cache.templates(f, PROFILE), f.timestamp)]
+    assert r.lookup(first[1].sequence_number) == (len(cache.templates(f, PROFILE)[1]), 0)
+    g = frame(1000 + 9000)  # 0.1 s later on the 90 kHz clock
+    r.packets_for(cache.templates(g, PROFILE), g.timestamp)
+    assert r.lookup(first[1].sequence_number) == (len(cache.templates(f, PROFILE)[1]), 9000)
+    assert r.lookup((first[0].sequence_number - 5) & 0xFFFF) is None
+    assert r.retransmissions == 0  # a lookup sends nothing
+    h = frame(500)  # a source whose clock went back: no wrap-around into an age of hours
+    r.packets_for(cache.templates(h, PROFILE), h.timestamp)
+    assert r.lookup(first[1].sequence_number) == (len(cache.templates(f, PROFILE)[1]), 0)
+
+
 def test_retransmission_without_rtx_repeats_the_packet() -> None:
     profile = SendProfile(96, None, ())
     cache = TemplateCache(lambda: 0)
