@@ -300,5 +300,5 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             }
         )
 
-    mount_pages(app, settings)
+    mount_pages(app, settings, gw.tokens)
     return app

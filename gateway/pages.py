@@ -3,7 +3,9 @@
 The pages are static files in ``gateway/web`` (plain ES modules, no build step); the only
 dynamic part is ``/config.json``: the ICE servers from ``settings.ice_servers`` (none by default,
 so a browser uses host candidates only, like the gateway itself) and, with ``turn.urls``, a TURN
-credential made for this request (never the shared secret).
+credential made for this request (never the shared secret) -- to anyone while the audience may
+watch anonymously (they get one from any WHEP POST anyway), otherwise only to a request that
+shows a token this node signed, so the TURN server is no open relay.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Header
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+
+from relay.auth.tokens import TokenAuthority, bearer_token
+from relay.errors import Unauthorized
 
 from .settings import Settings, ice_directory
 
@@ -49,9 +54,13 @@ PAGE_SUBJECT = "page"
 """The subject of the TURN credentials /config.json hands out (the pages have no token yet)."""
 
 
-def client_config(settings: Settings, now: float) -> dict[str, Any]:
-    """What a page needs to connect: ``RTCConfiguration.iceServers`` and a few switches."""
-    servers = ice_directory(settings).servers(PAGE_SUBJECT, now)
+def client_config(
+    settings: Settings, now: float, subject: str | None = PAGE_SUBJECT
+) -> dict[str, Any]:
+    """What a page needs to connect: ``RTCConfiguration.iceServers`` and a few switches.
+    ``subject`` None: the fixed ICE URLs only, no TURN credential."""
+    ice = ice_directory(settings)
+    servers = ice.servers(subject, now) if subject is not None else ice.servers_without_turn()
     return {
         "iceServers": [s.as_json() for s in servers],
         "gatherTimeoutMs": GATHER_TIMEOUT_MS,
@@ -59,8 +68,18 @@ def client_config(settings: Settings, now: float) -> dict[str, Any]:
     }
 
 
-def pages_router(settings: Settings) -> APIRouter:
+def pages_router(settings: Settings, tokens: TokenAuthority) -> APIRouter:
     router = APIRouter(include_in_schema=False)
+
+    def credential_subject(authorization: str | None) -> str | None:
+        """Whom a TURN credential is made for, or None when this caller gets none."""
+        try:
+            token = bearer_token(authorization)
+            if token is not None:
+                return tokens.claims(token).subject
+        except Unauthorized:
+            return None
+        return PAGE_SUBJECT if settings.auth.anonymous_audience else None
 
     def page(filename: str) -> Any:
         path = WEB_DIR / filename
@@ -75,15 +94,15 @@ def pages_router(settings: Settings) -> APIRouter:
         router.add_api_route(url, page(filename), methods=["GET", "HEAD"], name=f"page:{filename}")
 
     @router.api_route("/config.json", methods=["GET", "HEAD"])
-    async def config_json() -> JSONResponse:
+    async def config_json(authorization: str | None = Header(default=None)) -> JSONResponse:
         # no-store: it may carry a TURN credential that expires
-        config = client_config(settings, time.time())
+        config = client_config(settings, time.time(), credential_subject(authorization))
         return JSONResponse(config, headers={"Cache-Control": "no-store"})
 
     return router
 
 
-def mount_pages(app: FastAPI, settings: Settings) -> None:
+def mount_pages(app: FastAPI, settings: Settings, tokens: TokenAuthority) -> None:
     """Serves the pages at ``/``, ``/publish``, ``/watch``, ``/console``; assets at ``/static``."""
-    app.include_router(pages_router(settings))
+    app.include_router(pages_router(settings, tokens))
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")

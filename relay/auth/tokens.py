@@ -60,6 +60,16 @@ class TokenAuthority:
 
     def verify(self, token: str, *, room: str, role: Role) -> TokenClaims:
         """Claims of a valid token for ``room`` and ``role``; Unauthorized/Forbidden otherwise."""
+        claims = self.claims(token)
+        if not secrets.compare_digest(claims.room.encode(), room.encode()):
+            raise Forbidden("token is for another room")
+        if claims.role != role:
+            raise Forbidden(f"token role {claims.role!r} may not act as {role!r}")
+        return claims
+
+    def claims(self, token: str) -> TokenClaims:
+        """Claims of a token this node signed, whatever its room and role; Unauthorized when it
+        is forged, expired or malformed."""
         try:
             claims = jwt.decode(
                 token,
@@ -81,10 +91,6 @@ class TokenAuthority:
         subject, token_id = claims.get("sub"), claims.get("jti", "")
         if not clean_claim(subject, 256) or not (token_id == "" or clean_claim(token_id, 256)):
             raise Unauthorized("token subject or id is not a short printable string")
-        if not secrets.compare_digest(claimed_room.encode(), room.encode()):
-            raise Forbidden("token is for another room")
-        if claimed_role != role:
-            raise Forbidden(f"token role {claimed_role!r} may not act as {role!r}")
         return TokenClaims(
             room=claimed_room,
             role=claimed_role,

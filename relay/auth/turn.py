@@ -121,9 +121,13 @@ class IceDirectory:
     def links(self, subject: str, now: float) -> tuple[str, ...]:
         return ice_server_links(self.servers(subject, now))
 
+    def servers_without_turn(self) -> tuple[IceServer, ...]:
+        """The fixed URLs only, for a caller that showed no credential."""
+        return ice_servers(self.static_urls, None, "", 0.0)
+
     def public_links(self) -> tuple[str, ...]:
         """The links for a caller that showed no credential: the fixed URLs only."""
-        return ice_server_links(ice_servers(self.static_urls, None, "", 0.0))
+        return ice_server_links(self.servers_without_turn())
 
 
 NodeIce = tuple[str, ...] | IceDirectory

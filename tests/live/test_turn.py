@@ -157,6 +157,26 @@ async def test_options_without_a_credential_for_a_private_endpoint_gets_no_turn(
         assert SECRET not in str(authed.headers)
 
 
+async def test_pages_config_gives_turn_only_to_token_holders_when_the_audience_needs_tokens() -> (
+    None
+):
+    """/config.json must not make the TURN server an open relay: with anonymous viewing off, a
+    caller without a token this node signed gets the fixed URLs only."""
+    settings = {"urls": ("turn:127.0.0.1:3478",), "secret": SECRET}
+    auth = {"anonymous_audience": False}
+    with run_server(turn=settings, ice_servers=("stun:127.0.0.1:3478",), auth=auth) as srv:
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=10) as client:
+            anon = (await client.get("/config.json")).json()["iceServers"]
+            forged = await client.get("/config.json", headers={"Authorization": "Bearer x.y.z"})
+            token = srv.audience_token("any-room")
+            authed = await client.get("/config.json", headers={"Authorization": f"Bearer {token}"})
+        assert anon == [{"urls": ["stun:127.0.0.1:3478"]}]
+        assert forged.json()["iceServers"] == anon
+        servers = authed.json()["iceServers"]
+        assert servers[1]["urls"] == ["turn:127.0.0.1:3478"]
+        assert servers[1]["credential"] == turn_rest_password(SECRET, servers[1]["username"])
+
+
 async def test_node_relay_offers_the_nodes_own_relayed_candidate() -> None:
     """``turn.node_relay``: the gateway's peers gather a relayed candidate of their own, with a
     credential issued to the node (subject ``node``) per peer."""

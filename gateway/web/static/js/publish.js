@@ -148,7 +148,7 @@ async function goLive(event) {
   }
   if (!state.stream) return;
   show('connecting', 'connecting…');
-  const pc = await newPeerConnection();
+  const pc = await newPeerConnection(ui.token.value.trim());
   state.pc = pc;
   for (const track of state.stream.getTracks()) {
     pc.addTransceiver(track, { direction: 'sendonly', streams: [state.stream] });

@@ -18,22 +18,26 @@ export class HttpError extends Error {
   }
 }
 
-let configPromise = null;
+const configs = new Map();
 
-/** The gateway's client settings: {iceServers, anonymousAudience, gatherTimeoutMs}. */
-export function loadConfig() {
-  if (!configPromise) {
-    configPromise = fetch('config.json', { cache: 'no-store' })
-      .then((r) => (r.ok ? r.json() : {}))
-      .catch(() => ({}))
-      .then((c) => ({ iceServers: [], gatherTimeoutMs: 1500, anonymousAudience: true, ...c }));
+/** The gateway's client settings: {iceServers, anonymousAudience, gatherTimeoutMs}. With a
+ * token the gateway may add a TURN credential it does not give anonymous callers. */
+export function loadConfig(token = '') {
+  if (!configs.has(token)) {
+    configs.set(
+      token,
+      fetch('config.json', { cache: 'no-store', headers: authHeaders(token) })
+        .then((r) => (r.ok ? r.json() : {}))
+        .catch(() => ({}))
+        .then((c) => ({ iceServers: [], gatherTimeoutMs: 1500, anonymousAudience: true, ...c })),
+    );
   }
-  return configPromise;
+  return configs.get(token);
 }
 
 /** A peer connection configured from the gateway's settings (no STUN unless configured). */
-export async function newPeerConnection() {
-  const config = await loadConfig();
+export async function newPeerConnection(token = '') {
+  const config = await loadConfig(token);
   return new RTCPeerConnection({ iceServers: config.iceServers, bundlePolicy: 'max-bundle' });
 }
 
@@ -95,7 +99,7 @@ async function httpError(resp) {
  * answer took (gatherMs, postMs, applyMs); throws HttpError when the gateway refuses.
  */
 export async function negotiate(pc, endpoint, { token = '', signal } = {}) {
-  const config = await loadConfig();
+  const config = await loadConfig(token);
   const t0 = performance.now();
   await pc.setLocalDescription(await pc.createOffer());
   await gatheringDone(pc, config.gatherTimeoutMs);

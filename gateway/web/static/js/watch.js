@@ -180,7 +180,7 @@ function closeCurrent() {
 
 /** Opens one WHEP session; resolves with why it ended: 'ended' | 'failed' | 'cancelled'. */
 async function watchOnce(endpoint, token, myRun) {
-  const pc = await newPeerConnection();
+  const pc = await newPeerConnection(token);
   const stream = new MediaStream();
   const c = {
     pc,
