@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 PRESENCE_PATH = "/cluster/presence"
 PRESENCE_ROOM = ":cluster"  # check_room refuses ':': such a token opens no room
 NODE_HEADER = "X-Stagecast-Node"
+TOKEN_TTL = 3600.0  # a presence token's life; re-minted at half of it
 HOLD_BEATS = 2.0
 MIN_HOLD = 0.5
 
@@ -136,7 +138,9 @@ class _Holder:
         on_lost: Callable[[str], Awaitable[None]],
     ) -> None:
         self.url = upstream.rstrip("/") + PRESENCE_PATH
-        self.headers = {"Authorization": f"Bearer {presence_token(tokens, node_id)}"}
+        self.tokens, self.node_id = tokens, node_id
+        self.token_ttl = TOKEN_TTL
+        self._token, self._token_until = "", 0.0
         self.heartbeat = heartbeat
         self.hold = hold_time(heartbeat)
         self.on_lost = on_lost
@@ -149,13 +153,16 @@ class _Holder:
         async with httpx.AsyncClient(timeout=timeout) as client:
             while True:
                 try:
-                    async with client.stream("GET", self.url, headers=self.headers) as resp:
+                    token = self.fresh_token(time.monotonic())
+                    headers = {"Authorization": f"Bearer {token}"}
+                    async with client.stream("GET", self.url, headers=headers) as resp:
                         if resp.status_code != 200:
                             if resp.status_code != self.refused:
                                 log.warning(
                                     "upstream %s refused presence: %s", self.url, resp.status_code
                                 )
                             self.refused = resp.status_code
+                            self._token_until = 0.0  # mint anew before asking again
                             await asyncio.sleep(max(self.heartbeat, 10.0))
                             continue
                         self.refused = 0
@@ -168,6 +175,14 @@ class _Holder:
                 except Exception:
                     log.exception("presence at %s failed", self.url)
                 await asyncio.sleep(self.heartbeat)
+
+    def fresh_token(self, now: float) -> str:
+        """A presence token with at least half its life left: one minted at start would expire
+        under a long-running edge and end its presence (401 from then on)."""
+        if now >= self._token_until:
+            self._token = presence_token(self.tokens, self.node_id, self.token_ttl)
+            self._token_until = now + self.token_ttl / 2
+        return self._token
 
     async def _lost(self, exc: Exception) -> None:
         if not self.upstream_id:
