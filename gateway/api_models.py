@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.auth.tokens import clean_claim
+from relay.auth.tokens import LINK_SUBJECT_PREFIX, clean_claim
 
 ROOM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -113,6 +113,8 @@ class TokenRequest(_Body):
     def _printable(cls, subject: str) -> str:
         if not clean_claim(subject):  # what verification accepts (relay.auth.tokens)
             raise ValueError("the subject must be printable text")
+        if subject.startswith(LINK_SUBJECT_PREFIX):  # nodes' own: they skip routing and limits
+            raise ValueError(f"subjects starting with {LINK_SUBJECT_PREFIX!r} are the nodes' own")
         return subject
 
 

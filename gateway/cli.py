@@ -175,7 +175,7 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from relay.auth.tokens import TokenAuthority
+    from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority
 
     settings = load_settings(args.config)
     if not settings.auth.token_secret:
@@ -185,6 +185,9 @@ def _token(args: argparse.Namespace) -> int:
         )
         return 2
     ttl = args.ttl or settings.auth.token_ttl
+    if args.subject.startswith(LINK_SUBJECT_PREFIX):
+        print(f"subjects starting with {LINK_SUBJECT_PREFIX!r} are the nodes' own", file=sys.stderr)
+        return 2
     print(TokenAuthority(settings.auth.token_secret).mint(args.room, args.role, args.subject, ttl))
     return 0
 

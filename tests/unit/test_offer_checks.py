@@ -145,3 +145,16 @@ def test_tokens_are_minted_only_for_subjects_they_can_be_verified_with(subject: 
         TokenRequest(room="r", role="anchor", subject=subject)
     with pytest.raises(ValueError):
         TokenAuthority(SECRET).mint("r", "anchor", subject, 60)
+
+
+def test_the_operator_api_mints_no_token_with_a_nodes_subject() -> None:
+    """A ``node:`` subject marks the cluster's own links, which skip routing, the node's
+    overload refusal and room limits: no user token may carry one."""
+    from pydantic import ValidationError
+
+    from gateway.api_models import TokenRequest
+    from relay.auth.tokens import LINK_SUBJECT_PREFIX
+
+    with pytest.raises(ValidationError):
+        TokenRequest(room="r", role="audience", subject=LINK_SUBJECT_PREFIX + "edge-1")
+    assert TokenRequest(room="r", role="audience", subject="nodes-fan").subject == "nodes-fan"
