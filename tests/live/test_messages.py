@@ -222,3 +222,31 @@ async def test_messages_cross_an_edge_through_redis_and_mutes_follow() -> None:
             async with member(edge.base_url, "lobby", None) as anon:
                 await anon.send(json.dumps({"type": "chat", "text": "anonymous hello"}))
                 assert (await next_of(anon, "chat"))["text"] == "anonymous hello"
+
+
+@pytest.mark.timeout(60)
+async def test_an_operator_mute_silences_one_sender_until_unmuted(server: RunningServer) -> None:
+    gw, room = server.gateway, "moderated"
+    troll = gw.tokens.mint(room, "audience", "troll", 60)
+    fan = gw.tokens.mint(room, "audience", "fan", 60)
+    async with (
+        member(server.base_url, room, troll) as t,
+        member(server.base_url, room, fan) as f,
+        httpx.AsyncClient(base_url=server.base_url, timeout=5, headers=op(server)) as c,
+    ):
+        r = await c.put(f"/v1/rooms/{room}/mutes/troll", json={"seconds": 300})
+        assert r.status_code == 200 and r.json()["until"] > time.time() + 290
+        await t.send(json.dumps({"type": "chat", "text": "spam"}))
+        error = await next_of(t, "error")
+        assert error["status"] == 403 and "muted" in error["detail"]
+        await t.send(json.dumps({"type": "like"}))
+        assert (await next_of(t, "error"))["status"] == 403
+        await f.send(json.dumps({"type": "chat", "text": "unaffected"}))
+        assert (await next_of(t, "chat"))["text"] == "unaffected"  # the muted one still reads
+        assert (await next_of(f, "chat"))["text"] == "unaffected"
+        channel = (await c.get(f"/v1/rooms/{room}/channel")).json()
+        assert channel["sockets"] == 2 and list(channel["mutes"]) == ["troll"]
+        assert (await c.delete(f"/v1/rooms/{room}/mutes/troll")).status_code == 204
+        await t.send(json.dumps({"type": "chat", "text": "sorry"}))
+        assert (await next_of(f, "chat"))["text"] == "sorry"
+        assert (await c.put("/v1/rooms/bad room/mutes/x", json={"seconds": 1})).status_code == 422
