@@ -165,6 +165,7 @@ def build_gateway(settings: Settings) -> Gateway:
         channel_config(settings),
         chat_mode=stages.chat_mode,
     )
+    gateway.metric_sources.append(gateway.messages)
     gateway.cluster = build_origin_cluster(
         settings, gateway.node_id, tokens, stages, anchors, viewers
     )

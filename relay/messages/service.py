@@ -127,6 +127,18 @@ class RoomChannels:
         self._tasks = []
         await self.bus.close()
 
+    def counters(self) -> dict[str, tuple[str, float]]:
+        """For /metrics (the gateway's ``ExtraCounters``)."""
+        s = self.stats
+        return {
+            "stagecast_messages_published": ("Room messages published to the bus", s.published),
+            "stagecast_messages_delivered": ("Room messages queued to sockets", s.delivered),
+            "stagecast_messages_refused": ("Client messages refused", sum(s.refused.values())),
+            "stagecast_messages_likes": ("Likes received from clients", s.likes_in),
+            "stagecast_messages_like_updates": ("Like counter updates published", s.like_updates),
+            "stagecast_messages_bus_errors": ("Message bus failures", s.bus_errors),
+        }
+
     # -- members ----------------------------------------------------------------------------
     def join(
         self, room: str, subject: str, role: SenderRole, *, anonymous: bool, sender_key: str

@@ -173,6 +173,10 @@ async def test_a_flood_of_likes_is_counted_limited_and_slows_nothing_else(
         counted = gw.messages.stats.likes_in if gw.messages else 0
         assert 0 < counted < 3000 and updates[-1]["total"] == counted
         assert sum(u["delta"] for u in updates) == counted
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
+            metrics = (await http.get("/metrics", headers=op(server))).text
+        assert f"stagecast_messages_likes_total {float(counted)}" in metrics
+        assert "stagecast_messages_refused_total" in metrics
 
 
 @pytest.mark.slow
