@@ -144,4 +144,4 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         channel_config(settings),
         chat_mode=cluster.room_chat_mode,
     )
-    return EdgeNode(edge, viewers, access, cluster, lag, messages)
+    return EdgeNode(edge, viewers, access, cluster, lag, messages=messages)
