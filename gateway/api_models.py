@@ -19,6 +19,9 @@ class RoomCreate(_Body):
     name: str = Field(pattern=ROOM_PATTERN)
     private: bool = False
     max_viewers: int | None = Field(None, ge=1, le=1_000_000)
+    chat: Literal["open", "audience", "anchors", "off"] = "audience"
+    """Who may chat and like in the room's channel: open (anonymous viewers too), audience
+    (viewers with a token), anchors (the audience only likes), off (commands only)."""
 
 
 class MediaStats(BaseModel):
@@ -84,6 +87,7 @@ class RoomView(BaseModel):
     name: str
     private: bool
     max_viewers: int | None
+    chat: str = "audience"
     persistent: bool
     live: bool
     anchors: list[AnchorView]

@@ -170,6 +170,7 @@ def operator_router(
             name=stage.room,
             private=stage.config.private,
             max_viewers=stage.config.max_viewers,
+            chat=stage.config.chat,
             persistent=stage.persistent,
             live=stage.hub is not None,
             anchors=[anchor_view(s) for s in anchors.in_room(stage.room)],
@@ -192,7 +193,7 @@ def operator_router(
         existing = stages.get(body.name)
         if existing is not None and existing.persistent:
             raise Conflict(f"room {body.name!r} already exists")
-        stage = stages.create(body.name, RoomConfig(body.private, body.max_viewers))
+        stage = stages.create(body.name, RoomConfig(body.private, body.max_viewers, body.chat))
         await publish_policies()
         response.headers["Location"] = f"/v1/rooms/{body.name}"
         return room_view(stage)

@@ -19,6 +19,9 @@ from relay.http.ratelimit import ClientRateLimiter
 from relay.http.whep import whep_router
 from relay.media.fallback import FallbackPolicy
 from relay.media.retransmit import RetransmitLimits
+from relay.messages.bus_factory import make_bus
+from relay.messages.service import RoomChannels
+from relay.messages.ws import messages_router
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.adapter import check_version
@@ -26,6 +29,7 @@ from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
 from .api_layout import layout_router
+from .api_messages import messages_api_router
 from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
 from .bridge import BridgeService, bridge_router, hls_router
@@ -40,7 +44,7 @@ from .metrics import (
 )
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
-from .settings import Settings, ephemeral_secret, ice_directory, node_ice
+from .settings import Settings, channel_config, ephemeral_secret, ice_directory, node_ice
 from .stage.room import RoomService
 from .stage.selection import hub_selector
 from .stage.table import StageTable
@@ -69,11 +73,14 @@ class Gateway:
     gc_pauses: GcPauses = field(default_factory=GcPauses)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
     cluster: ClusterNode | None = None
+    messages: RoomChannels | None = None
 
     async def start(self) -> None:
         self.lag.start()
         self.gc_pauses.install()
         self.webhooks.start()
+        if self.messages is not None:
+            await self.messages.start()
         if self.cluster is not None:
             await self.cluster.start()
 
@@ -85,6 +92,8 @@ class Gateway:
         await self.rooms.shutdown()
         await self.viewers.shutdown()
         await self.webhooks.stop()
+        if self.messages is not None:
+            await self.messages.stop()
         await self.lag.stop()
         self.gc_pauses.uninstall()
         if self.cluster is not None:
@@ -156,6 +165,12 @@ def build_gateway(settings: Settings) -> Gateway:
         lag=lag,
     )
     gateway.metric_sources.append(webhooks)
+    gateway.messages = RoomChannels(  # chat, likes, commands: relay.messages
+        make_bus(settings.cluster.redis_url, prefix=settings.cluster.key_prefix),
+        channel_config(settings),
+        chat_mode=stages.chat_mode,
+    )
+    gateway.metric_sources.append(gateway.messages)
     gateway.cluster = build_origin_cluster(
         settings, gateway.node_id, tokens, stages, anchors, viewers
     )
@@ -249,6 +264,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     v1.include_router(bridge_router(gw.bridges))
     v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
     v1.include_router(layout_router(gw.stages, gw.rooms))
+    if gw.messages is not None:
+        v1.include_router(messages_api_router(gw.messages))
+        app.include_router(messages_router(gw.messages, access, operator_key=gw.operator_key))
     app.include_router(v1)
     if gw.cluster is not None:  # the edges' presence: a killed edge is out of routing at once
         app.include_router(gw.cluster.presence_router())

@@ -13,12 +13,14 @@ from relay.cluster.node import ClusterConfig, ClusterNode, NodeLoad
 from relay.cluster.registry import NodeRole, RoomPolicy
 from relay.cluster.registry_factory import make_registry
 from relay.media.retransmit import RetransmitLimits
+from relay.messages.bus_factory import make_bus
+from relay.messages.service import RoomChannels
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.candidates import node_policy
 from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
-from .settings import Settings, ephemeral_secret, node_ice
+from .settings import Settings, channel_config, ephemeral_secret, node_ice
 from .stage.table import StageTable
 
 
@@ -72,11 +74,12 @@ def build_origin_cluster(
 
 
 def room_policies(stages: StageTable) -> list[RoomPolicy]:
-    """The policies the origin publishes for the edges: every room that is private or limited."""
+    """The policies the origin publishes for the edges: every room that is private, limited
+    or has a chat mode other than the default."""
     return [
-        RoomPolicy(s.room, s.config.private, s.config.max_viewers)
+        RoomPolicy(s.room, s.config.private, s.config.max_viewers, s.config.chat)
         for s in stages
-        if s.config.private or s.config.max_viewers is not None
+        if s.config.private or s.config.max_viewers is not None or s.config.chat != "audience"
     ]
 
 
@@ -141,4 +144,9 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=cluster.room_is_private,
     )
-    return EdgeNode(edge, viewers, access, cluster, lag)
+    messages = RoomChannels(
+        make_bus(c.redis_url, prefix=c.key_prefix),
+        channel_config(settings),
+        chat_mode=cluster.room_chat_mode,
+    )
+    return EdgeNode(edge, viewers, access, cluster, lag, messages=messages)

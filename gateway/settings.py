@@ -17,6 +17,8 @@ from pydantic_settings import (
 )
 
 from relay.auth.turn import IceDirectory, NodeIce, TurnRest
+from relay.messages.envelope import MessageLimits
+from relay.messages.service import ChannelConfig
 
 CONFIG_ENV = "STAGECAST_CONFIG"
 
@@ -227,6 +229,27 @@ class StageSettings(BaseModel):
     quiet seconds (doubling, up to 5 min, each time it falls right back)."""
 
 
+class MessageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int = Field(2048, ge=256, le=65536)
+    """Largest frame a client may send on a room's channel (UTF-8 bytes); more: close 1009."""
+    max_text: int = Field(500, ge=1, le=10000)
+    """Characters of one chat line."""
+    chat_per_second: float = Field(1.0, gt=0)
+    """Chat lines one sender may send per second, sustained (per room, per node); beyond:
+    an error frame with status 429."""
+    chat_burst: int = Field(5, ge=1)
+    likes_per_second: float = Field(10.0, gt=0)
+    """Like frames one sender may send per second (each may carry up to 50 likes)."""
+    like_burst: int = Field(20, ge=1)
+    like_interval: float = Field(0.25, ge=0.02, le=10)
+    """A room's like counter goes out to its subscribers at most this often (s): a flood of
+    likes is counted, not fanned out one by one."""
+    queue_size: int = Field(256, ge=8, le=100000)
+    """Messages waiting for one socket; a slower reader loses its oldest ones."""
+
+
 class ClusterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -317,6 +340,7 @@ class Settings(BaseSettings):
     stage: StageSettings = StageSettings()
     cluster: ClusterSettings = ClusterSettings()
     turn: TurnSettings = TurnSettings()
+    messages: MessageSettings = MessageSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -372,6 +396,20 @@ def node_ice(settings: Settings) -> NodeIce:
     if settings.turn.node_relay and settings.turn.urls:
         return ice_directory(settings)
     return settings.ice_servers
+
+
+def channel_config(settings: Settings) -> ChannelConfig:
+    """The room channels' limits from ``[messages]``."""
+    m = settings.messages
+    return ChannelConfig(
+        limits=MessageLimits(max_bytes=m.max_bytes, max_text=m.max_text),
+        chat_per_second=m.chat_per_second,
+        chat_burst=m.chat_burst,
+        likes_per_second=m.likes_per_second,
+        like_burst=m.like_burst,
+        like_interval=m.like_interval,
+        queue_size=m.queue_size,
+    )
 
 
 def ephemeral_secret() -> str:

@@ -23,6 +23,7 @@ class RoomConfig:
 
     private: bool = False  # audience needs a token even where anonymous pulls are allowed
     max_viewers: int | None = None  # on this node
+    chat: str = "audience"  # who may chat in the room's channel (relay.messages.policy)
 
 
 @dataclass(eq=False)
@@ -100,6 +101,10 @@ class StageTable:
     def is_private(self, room: str) -> bool:
         stage = self._stages.get(room)
         return stage is not None and stage.config.private
+
+    def chat_mode(self, room: str) -> str:
+        stage = self._stages.get(room)
+        return stage.config.chat if stage is not None else "audience"
 
     def max_viewers(self, room: str) -> int | None:
         stage = self._stages.get(room)

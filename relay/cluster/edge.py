@@ -33,6 +33,8 @@ from relay.http.keys import KeyAuth
 from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.whep import HubSelection, current_selection, whep_router
 from relay.media.hub import FanoutHub
+from relay.messages.service import RoomChannels
+from relay.messages.ws import messages_router
 from relay.ops.loop_lag import LoopLagMonitor
 from relay.rtc.peer import CLOSED_STATES
 from relay.rtc.viewers import ViewerService
@@ -238,17 +240,22 @@ class EdgeNode:
     access: AccessPolicy
     cluster: ClusterNode
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    messages: RoomChannels | None = None  # room channels (chat, likes) from the message bus
 
     async def start(self) -> None:
         self.lag.start()
         self.cluster.on_upstream_lost = self.edge.doubt_upstream
         await self.cluster.start()
+        if self.messages is not None:
+            await self.messages.start()
 
     async def shutdown(self) -> None:
         with contextlib.suppress(Exception):
             await self.cluster.set_draining(True)
         await self.viewers.shutdown()
         await self.edge.shutdown()
+        if self.messages is not None:
+            await self.messages.stop()
         await self.cluster.stop()
         await self.lag.stop()
 
@@ -366,4 +373,8 @@ def create_edge_app(
 
     app.include_router(ops)
     app.include_router(node.cluster.presence_router())  # its children's (edges of edges)
+    if node.messages is not None:
+        app.include_router(
+            messages_router(node.messages, node.access, before=node.cluster.refresh_room_policy)
+        )
     return app

@@ -118,7 +118,7 @@ class ClusterNode:
         self._tokens = tokens
         self._policy_source = room_policies
         self.policies: dict[str, RoomPolicy] = {}  # an edge's view: room -> origin's policy
-        self._published: dict[str, tuple[bool, int | None]] = {}
+        self._published: dict[str, tuple[bool, int | None, str]] = {}
         self._policy_lock = asyncio.Lock()
         self._rng = rng or random.Random()
         self._clock = clock
@@ -322,6 +322,11 @@ class ClusterNode:
     def room_is_private(self, room: str) -> bool:
         policy = self.policies.get(room)
         return policy is not None and policy.private
+
+    def room_chat_mode(self, room: str) -> str:
+        """Who may chat in the room's channel, as its origin says (default: ``audience``)."""
+        policy = self.policies.get(room)
+        return policy.chat if policy is not None else "audience"
 
     def room_max_viewers(self, room: str) -> int | None:
         policy = self.policies.get(room)

@@ -89,13 +89,14 @@ class RoomPolicy:
     room: str
     private: bool = False  # the audience needs a token for the room, even where anonymous is on
     max_viewers: int | None = None  # viewers of the room on each node
+    chat: str = "audience"  # who may chat in the room's channel (relay.messages.policy)
     node_id: str = ""  # the node that publishes it (the room's origin)
     updated_at: float = 0.0  # wall clock of the publication
 
     @property
-    def terms(self) -> tuple[bool, int | None]:
+    def terms(self) -> tuple[bool, int | None, str]:
         """What the policy says, apart from who said it when."""
-        return self.private, self.max_viewers
+        return self.private, self.max_viewers, self.chat
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -6,6 +6,8 @@ and under TYPE_CHECKING): arrows point down only.
   none of the layers above it (relay.rtc, relay.http, relay.cluster).
 - relay/rtc (the aiortc seam) has no web framework and reaches neither relay.http nor the cluster;
   relay/http does not reach the cluster; relay/auth and relay/ops are leaves.
+- relay/messages (chat, likes, commands) touches no media and no peer, and not the cluster
+  (whose edge mounts it).
 - relay/cluster reaches no gateway (the first rule), so an edge stands on relay alone.
 - gateway/mixer (decode, composite, audio mix, encode) reaches neither the room (gateway/stage)
   nor the WHIP sessions.
@@ -46,6 +48,8 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # the aiortc seam: sessions and peers, no web framework, no HTTP routes, no cluster
     ("relay.rtc", ("fastapi", "starlette", "uvicorn", "redis", "relay.http", "relay.cluster")),
     ("relay.http", ("relay.cluster",)),
+    # room messages: no media, no peers; the cluster's edge mounts them, so not the other way
+    ("relay.messages", ("aiortc", "aioice", "av", "relay.media", "relay.rtc", "relay.cluster")),
     # the mixer is media work only: the room, its sessions and the web are above it
     ("gateway.mixer", ("gateway.stage", "gateway.anchors", "aiortc", "fastapi", "starlette")),
     # leaves that everything may use, so they use none of the layers

@@ -1,5 +1,6 @@
 // Publish page: camera + microphone preview, device pick, go live / stop over WHIP, live status,
 // bitrate and packet-loss readout. State for scripts and tests: window.stagecast.
+import { RoomChat } from './chat.js';
 import { endSession, negotiate, newPeerConnection, problemText } from './signaling.js';
 import { StatsSampler } from './stats.js';
 import {
@@ -146,6 +147,10 @@ async function goLive(event) {
     show('error', 'offline', 'Room names are 1-64 characters of A-Z a-z 0-9 _ . -');
     return;
   }
+  if (chatRoom !== room) {
+    chatRoom = room;
+    chat.join(room, ui.token.value.trim());
+  }
   if (!state.stream) return;
   show('connecting', 'connecting…');
   const pc = await newPeerConnection(ui.token.value.trim());
@@ -221,6 +226,11 @@ async function stop() {
   show('idle', 'offline', 'You are offline.');
 }
 
+// The room's chat beside the preview (with the anchor token: the anchor may chat and send
+// commands); joined at start when the link carries a token, and on Go live.
+const chat = new RoomChat($('#chat'));
+let chatRoom = null;
+
 function init() {
   const p = params();
   ui.room.value = p.get('room') || 'demo';
@@ -245,6 +255,10 @@ function init() {
     if (state.session) endSession(state.session, ui.token.value.trim());
   });
   show('idle', 'offline');
+  if (ui.token.value && validRoom(ui.room.value.trim())) {
+    chatRoom = ui.room.value.trim();
+    chat.join(chatRoom, ui.token.value.trim());
+  }
   startPreview();
 }
 

@@ -8,6 +8,7 @@ import {
   newPeerConnection,
   problemText,
 } from './signaling.js';
+import { RoomChat } from './chat.js';
 import { latencyMs, StampReader } from './stamps.js';
 import { StatsSampler } from './stats.js';
 import {
@@ -60,6 +61,7 @@ window.stagecast = state;
 let run = 0; // incremented to cancel the current connect loop
 let current = null; // {pc, session, stream, sampler, startedAt, gotFrame}
 const reader = new StampReader();
+const chat = new RoomChat($('#chat'));
 const latencies = [];
 
 function show(next, text, overlay = null, message = '') {
@@ -335,6 +337,7 @@ function start(event) {
   ui.latency.textContent = '–';
   ui.ttff.textContent = '–';
   watchLoop(room, ui.token.value.trim());
+  chat.join(room, ui.token.value.trim());
 }
 
 function init() {
