@@ -22,6 +22,7 @@ from relay.media.retransmit import RetransmitLimits
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.adapter import check_version
+from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
@@ -40,7 +41,7 @@ from .metrics import (
 )
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
-from .settings import Settings, ephemeral_secret, ice_directory, node_ice
+from .settings import Settings, ephemeral_secret, ice_directory, node_ice, transport_config
 from .stage.room import RoomService
 from .stage.selection import hub_selector
 from .stage.table import StageTable
@@ -69,8 +70,10 @@ class Gateway:
     gc_pauses: GcPauses = field(default_factory=GcPauses)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
     cluster: ClusterNode | None = None
+    transport: NodeTransport = field(default_factory=NodeTransport)
 
     async def start(self) -> None:
+        await self.transport.start()
         self.lag.start()
         self.gc_pauses.install()
         self.webhooks.start()
@@ -89,6 +92,7 @@ class Gateway:
         self.gc_pauses.uninstall()
         if self.cluster is not None:
             await self.cluster.stop()
+        await self.transport.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -112,7 +116,8 @@ def build_gateway(settings: Settings) -> Gateway:
         operator_key=operator_key,  # the operator may end any WHIP/WHEP session
     )
     rooms = RoomService(settings, stages, webhooks.emit)
-    anchors = AnchorService(settings, rooms)
+    transport = NodeTransport(transport_config(settings))
+    anchors = AnchorService(settings, rooms, transport)
     lag = LoopLagMonitor()
     viewers = ViewerService(
         hub_selector(
@@ -140,6 +145,7 @@ def build_gateway(settings: Settings) -> Gateway:
         step_up=rooms.higher_rendition,
         fallback_policy=FallbackPolicy(hold=settings.stage.fallback_hold),
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
+        transport=transport,
     )
     gateway = Gateway(
         settings,
@@ -154,6 +160,7 @@ def build_gateway(settings: Settings) -> Gateway:
         webhooks,
         bridges=BridgeService(settings.bridge, stages),
         lag=lag,
+        transport=transport,
     )
     gateway.metric_sources.append(webhooks)
     gateway.cluster = build_origin_cluster(

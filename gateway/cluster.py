@@ -15,10 +15,11 @@ from relay.cluster.registry_factory import make_registry
 from relay.media.retransmit import RetransmitLimits
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.candidates import node_policy
+from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
-from .settings import Settings, ephemeral_secret, node_ice
+from .settings import Settings, ephemeral_secret, node_ice, transport_config
 from .stage.table import StageTable
 
 
@@ -115,6 +116,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
     cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
     # The origin's room policies (relay.cluster.node): private rooms need a token, room limits hold
     lag = LoopLagMonitor()
+    transport = NodeTransport(transport_config(settings))
     viewers = ViewerService(
         edge.live_hub,
         ice_servers=node_ice(settings),
@@ -134,6 +136,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         ),
         room_limit=cluster.room_max_viewers,
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
+        transport=transport,
     )
     edge.viewer_count = viewers.count
     access = AccessPolicy(
@@ -141,4 +144,4 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=cluster.room_is_private,
     )
-    return EdgeNode(edge, viewers, access, cluster, lag)
+    return EdgeNode(edge, viewers, access, cluster, lag, transport)

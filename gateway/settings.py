@@ -17,6 +17,7 @@ from pydantic_settings import (
 )
 
 from relay.auth.turn import IceDirectory, NodeIce, TurnRest
+from relay.rtc.transport import TransportConfig
 
 CONFIG_ENV = "STAGECAST_CONFIG"
 
@@ -227,6 +228,15 @@ class StageSettings(BaseModel):
     quiet seconds (doubling, up to 5 min, each time it falls right back)."""
 
 
+class WebRtcSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    consent_timeout: float = Field(30.0, gt=0, le=3600)
+    """A WHIP/WHEP session whose peer sends no authenticated STUN and no SRTP/SRTCP for this
+    many seconds ends (instead of RFC 7675 consent checks, which ffmpeg's WHIP muxer never
+    answers)."""
+
+
 class ClusterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -317,6 +327,7 @@ class Settings(BaseSettings):
     stage: StageSettings = StageSettings()
     cluster: ClusterSettings = ClusterSettings()
     turn: TurnSettings = TurnSettings()
+    webrtc: WebRtcSettings = WebRtcSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -377,3 +388,10 @@ def node_ice(settings: Settings) -> NodeIce:
 def ephemeral_secret() -> str:
     """A per-process token secret for a single node started without one."""
     return secrets.token_urlsafe(48)
+
+
+def transport_config(settings: Settings) -> TransportConfig:
+    """What the node's WebRTC transport (relay.rtc.transport) takes from the settings."""
+    return TransportConfig(
+        ice_servers=node_ice(settings), consent_timeout=settings.webrtc.consent_timeout
+    )

@@ -35,6 +35,7 @@ from relay.http.whep import HubSelection, current_selection, whep_router
 from relay.media.hub import FanoutHub
 from relay.ops.loop_lag import LoopLagMonitor
 from relay.rtc.peer import CLOSED_STATES
+from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerService
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,10 @@ class EdgeNode:
     access: AccessPolicy
     cluster: ClusterNode
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
+    transport: NodeTransport = field(default_factory=NodeTransport)
 
     async def start(self) -> None:
+        await self.transport.start()
         self.lag.start()
         self.cluster.on_upstream_lost = self.edge.doubt_upstream
         await self.cluster.start()
@@ -251,6 +254,7 @@ class EdgeNode:
         await self.edge.shutdown()
         await self.cluster.stop()
         await self.lag.stop()
+        await self.transport.close()
 
 
 def create_edge_app(

@@ -23,6 +23,9 @@ The hooks that make encoded forwarding possible:
 * ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
   (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
   it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
+* consent by traffic (``install_traffic_consent``): aioice's RFC 7675 checks are replaced by a
+  silence timeout fed by authenticated STUN and SRTP/SRTCP from the peer (ffmpeg never answers
+  consent checks).
 
 Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
 binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` checks that.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from importlib.metadata import version
 from typing import Any
@@ -48,6 +52,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from OpenSSL import SSL
 
+from relay.media.consent import ConsentTimer
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 
@@ -448,3 +453,91 @@ def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
     if pc.getTransceivers():
         raise AdapterError("use_certificate() after a transceiver was added")
     setattr(pc, name, [certificate])
+
+
+# --- ICE consent by traffic (issue 16) ----------------------------------------------------------
+# aioice's Connection.query_consent (RFC 7675 checks every ~5 s, closed after 6 unanswered) is
+# replaced per connection by a watcher of what the peer sends (relay.media.consent): ffmpeg's
+# WHIP muxer never answers those checks. Hooks: Connection.query_consent / check_incoming
+# (called for authenticated Binding requests only) / close / _query_consent_task, and
+# RTCDtlsTransport._handle_rtp_data / _handle_rtcp_data (called after SRTP unprotect succeeded).
+
+
+def ice_transports(pc: Any) -> list[tuple[Any, Any]]:
+    """(DTLS transport, aioice Connection) of each transport the peer connection still uses
+    (after ``setRemoteDescription``, when BUNDLE has folded the others away)."""
+    found: dict[int, Any] = {}
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        found.setdefault(id(dtls), dtls)
+    pairs = []
+    for dtls in found.values():
+        ice = getattr(dtls, "transport", None)
+        connection = getattr(ice, "_connection", None)
+        if connection is None:
+            raise AdapterError("RTCIceTransport internals changed: no _connection")
+        pairs.append((dtls, connection))
+    return pairs
+
+
+def install_traffic_consent(pc: Any, timeout: float) -> None:
+    """Keep each of ``pc``'s ICE connections while its peer sends authenticated STUN or SRTP/
+    SRTCP; close it after ``timeout`` s of silence (instead of aioice's consent checks).
+    Install between ``setRemoteDescription`` and the answer."""
+    for dtls, connection in ice_transports(pc):
+        _consent_by_traffic(dtls, connection, timeout)
+
+
+def _consent_by_traffic(dtls: Any, connection: Any, timeout: float) -> None:
+    for obj, name in (
+        (connection, "query_consent"),
+        (connection, "check_incoming"),
+        (connection, "close"),
+        (connection, "_query_consent_task"),
+        (dtls, "_handle_rtp_data"),
+        (dtls, "_handle_rtcp_data"),
+    ):
+        if not hasattr(obj, name):
+            raise AdapterError(f"{type(obj).__name__} internals changed: no {name}")
+    if getattr(connection, "_stagecast_consent", None) is not None:
+        return
+    clock = time.monotonic
+    timer = ConsentTimer(timeout, clock())
+    connection._stagecast_consent = timer
+    check_incoming = connection.check_incoming
+    handle_rtp = dtls._handle_rtp_data
+    handle_rtcp = dtls._handle_rtcp_data
+
+    def checked(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        timer.seen(clock())
+        check_incoming(message, addr, protocol)
+
+    async def rtp(data: bytes, arrival_time_ms: int) -> None:
+        timer.seen(clock())
+        await handle_rtp(data, arrival_time_ms)
+
+    async def rtcp(data: bytes) -> None:
+        timer.seen(clock())
+        await handle_rtcp(data)
+
+    async def watch() -> None:
+        timer.seen(clock())  # consent starts when ICE completes
+        while True:
+            now = clock()
+            if timer.expired(now):
+                break
+            await asyncio.sleep(max(timer.deadline - now, 0.01))
+        log.info("%s: nothing from the peer for %.1f s: consent expired", connection, timeout)
+        connection._query_consent_task = None  # as aioice does before closing from this task
+        await connection.close()
+
+    connection.check_incoming = checked
+    connection.query_consent = watch
+    dtls._handle_rtp_data = rtp
+    dtls._handle_rtcp_data = rtcp
+
+
+def consent_timer(connection: Any) -> ConsentTimer | None:
+    """The consent timer installed on an aioice Connection (None: aioice's own checks)."""
+    timer: ConsentTimer | None = getattr(connection, "_stagecast_consent", None)
+    return timer

@@ -16,7 +16,10 @@ from relay.rtc.adapter import (
     AdapterError,
     NodeCertificate,
     check_version,
+    consent_timer,
     drop_receive_estimator,
+    ice_transports,
+    install_traffic_consent,
     use_certificate,
 )
 from relay.rtc.peer import close_quietly, rtc_configuration
@@ -135,3 +138,35 @@ def test_bench_hooks_internals_exist() -> None:
     assert callable(Connection.data_received)
     assert "data_received" in names_of(StunProtocol.datagram_received)
     assert hasattr(Vp8Encoder, "_packetize")
+
+
+def test_consent_by_traffic_internals_exist() -> None:
+    """What ``install_traffic_consent`` replaces: aioice starts ``self.query_consent()`` as
+    ``_query_consent_task`` once connected, calls ``check_incoming`` for authenticated Binding
+    requests only, and aiortc calls ``_handle_rtp_data``/``_handle_rtcp_data`` only after SRTP
+    unprotect succeeded."""
+    connect = Connection.connect.__code__.co_names
+    assert "query_consent" in connect and "_query_consent_task" in connect
+    received = Connection.request_received.__code__.co_names
+    assert "check_incoming" in received and "check_message_integrity" in received
+    assert received.index("check_message_integrity") < received.index("check_incoming")
+    assert "_query_consent_task" in Connection.close.__code__.co_names
+    recv_next = RTCDtlsTransport._recv_next.__code__.co_names
+    assert "_handle_rtp_data" in recv_next and "_handle_rtcp_data" in recv_next
+    assert recv_next.index("unprotect_rtcp") < recv_next.index("_handle_rtcp_data")
+
+
+async def test_consent_by_traffic_installs_on_each_used_transport() -> None:
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        pc.addTransceiver("video", direction="sendonly")
+        pc.addTransceiver("audio", direction="sendonly")
+        pairs = ice_transports(pc)
+        assert pairs and all(hasattr(d, "_handle_rtp_data") for d, _ in pairs)
+        install_traffic_consent(pc, 7.0)
+        for _, connection in pairs:
+            timer = consent_timer(connection)
+            assert timer is not None and timer.timeout == 7.0
+            assert "query_consent" in vars(connection) and "check_incoming" in vars(connection)
+    finally:
+        await close_quietly(pc)
