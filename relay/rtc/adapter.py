@@ -43,7 +43,9 @@ from collections.abc import Callable, Coroutine, Iterator
 from importlib.metadata import version
 from typing import Any
 
-from aioice.ice import StunProtocol
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
+from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
@@ -541,3 +543,192 @@ def consent_timer(connection: Any) -> ConsentTimer | None:
     """The consent timer installed on an aioice Connection (None: aioice's own checks)."""
     timer: ConsentTimer | None = getattr(connection, "_stagecast_consent", None)
     return timer
+
+
+# --- One UDP port per node, ICE-lite (issue 16) -------------------------------------------------
+# Each answering connection gets, instead of its own sockets, one StunProtocol whose transport
+# writes to the node's shared port (relay/rtc/shared_port.py), registered there under its local
+# ufrag. The connection answers as ICE-lite (RFC 8445 §2.5): a=ice-lite in the answer (the
+# gatherer's getLocalParameters), never a check of its own (Connection.connect replaced), the
+# pair the controlling peer names with USE-CANDIDATE nominated (Connection.check_incoming
+# replaced). Hooks: Connection.get_component_candidates / connect / check_incoming /
+# _check_list_maybe_fail / _check_list_state / _check_list_done / _early_checks(_done) /
+# _nominated / _protocols / _remote_candidates / _local_candidates_end / _local_username;
+# RTCIceTransport.
+# iceGatherer; StunProtocol.local_candidate / transport / connection_made / connection_lost.
+
+
+class _PortTransport(asyncio.DatagramTransport):
+    """What a StunProtocol sees of the shared port: sends go to its socket; closing unregisters
+    the session (and tells the protocol, as a socket would)."""
+
+    def __init__(self, port: Any, ufrag: str, protocol: StunProtocol) -> None:
+        super().__init__()
+        self._port = port
+        self._ufrag = ufrag
+        self._protocol = protocol
+        self._closed = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not self._closed:
+            self._port.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._port.socket  # the direct sender sends on (a duplicate of) it
+        if name == "sockname":
+            return self._port.sockname
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._port.unregister(self._ufrag)
+        self._protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+def shared_port_connections(pc: Any) -> list[tuple[Any, Any]]:
+    """(ICE transport, aioice Connection) pairs of ``pc``, for ``install_shared_port``."""
+    return [(dtls.transport, connection) for dtls, connection in ice_transports(pc)]
+
+
+def install_shared_port(pc: Any, port: Any, hosts: list[str]) -> bool:
+    """Make ``pc``'s one ICE transport an ICE-lite agent on ``port`` (a SharedUdpPort),
+    advertising host candidates ``hosts`` with the port's number. False (nothing changed) when
+    the offer left more than one transport (no BUNDLE): their ufrags would be the same."""
+    pairs = shared_port_connections(pc)
+    if len(pairs) != 1 or not hosts:
+        return False
+    ice, connection = pairs[0]
+    for name in (
+        "get_component_candidates",
+        "connect",
+        "check_incoming",
+        "_check_list_maybe_fail",
+        "_check_list_state",
+        "_early_checks",
+        "_nominated",
+        "_protocols",
+        "_remote_candidates",
+    ):
+        if not hasattr(connection, name):
+            raise AdapterError(f"aioice Connection internals changed: no {name}")
+    gatherer = ice.iceGatherer
+    if not hasattr(connection, "_local_username"):
+        raise AdapterError("aioice Connection internals changed: no _local_username")
+    connection._local_username = port.unused_ufrag()  # unique on the port: the demux key
+    connection.get_component_candidates = _shared_candidates(connection, port, hosts)
+    connection.connect = _lite_connect(connection)
+    connection.check_incoming = _lite_check(connection)
+    connection._check_list_maybe_fail = lambda: None  # a lite agent's checks cannot fail
+    parameters = gatherer.getLocalParameters()
+    parameters.iceLite = True
+    gatherer.getLocalParameters = lambda: parameters
+    return True
+
+
+def _shared_candidates(connection: Any, port: Any, hosts: list[str]) -> Any:
+    async def get_component_candidates(
+        component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        number = port.port
+        candidates = [
+            Candidate(
+                foundation=candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host") - i,
+                host=host,
+                port=number,
+                type="host",
+            )
+            for i, host in enumerate(hosts)
+        ]
+        protocol = StunProtocol(connection)
+        protocol.local_candidate = candidates[0]
+        protocol.connection_made(_PortTransport(port, connection.local_username, protocol))
+        port.register(connection.local_username, connection.local_password, protocol)
+        connection._protocols.append(protocol)
+        return candidates
+
+    return get_component_candidates
+
+
+def _lite_check(connection: Any) -> Callable[[Any, tuple[str, int], Any], None]:
+    def check_incoming(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        """An authenticated check (answered already): USE-CANDIDATE nominates its pair."""
+        if "USE-CANDIDATE" not in message.attributes:
+            return
+        component = protocol.local_candidate.component
+        current = connection._nominated.get(component)
+        if current is not None and current.remote_addr == addr:
+            return
+        remote = next(
+            (
+                c
+                for c in connection._remote_candidates
+                if c._network_host == addr[0] and c.port == addr[1]
+            ),
+            None,
+        )
+        if remote is None:
+            remote = Candidate(
+                foundation=random_string(10),
+                component=component,
+                transport="udp",
+                priority=message.attributes.get("PRIORITY", 0),
+                host=addr[0],
+                port=addr[1],
+                type="prflx",
+            )
+            connection._remote_candidates.append(remote)
+        pair = CandidatePair(protocol, remote)
+        pair.state = CandidatePair.State.SUCCEEDED
+        pair.nominated = pair.remote_nominated = True
+        connection._nominated[component] = pair
+        if not connection._check_list_done:
+            connection._check_list_done = True
+            connection._check_list_state.put_nowait(ICE_COMPLETED)
+
+    return check_incoming
+
+
+def _lite_connect(connection: Any) -> Callable[[], Any]:
+    async def connect() -> None:
+        if not connection._local_candidates_end:
+            raise ConnectionError("Local candidates gathering was not performed")
+        if connection.remote_username is None or connection.remote_password is None:
+            raise ConnectionError("Remote username or password is missing")
+        early = list(connection._early_checks)
+        connection._early_checks.clear()
+        connection._early_checks_done = True
+        for message, addr, protocol in early:
+            connection.check_incoming(message, addr, protocol)
+        if await connection._check_list_state.get() != ICE_COMPLETED:
+            raise ConnectionError("ICE negotiation failed")
+        connection._query_consent_task = asyncio.create_task(connection.query_consent())
+
+    return connect
+
+
+def offer_addresses(pc: Any, offered: list[str]) -> None:
+    """Gather ``pc``'s host candidates on ``offered`` addresses only (aioice's default: every
+    interface but loopback)."""
+    for _, connection in ice_transports(pc):
+        original = connection.get_component_candidates
+
+        async def get_component_candidates(
+            component: int, addresses: list[str], timeout: int = 5, original: Any = original
+        ) -> list[Candidate]:
+            del addresses  # aioice's: every interface but loopback
+            found: list[Candidate] = await original(component, list(offered), timeout)
+            return found
+
+        connection.get_component_candidates = get_component_candidates

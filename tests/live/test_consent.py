@@ -4,14 +4,18 @@ request, stays up while it sends media; a peer that goes silent is still dropped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import imageio_ffmpeg
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
 from tests.live.test_ffmpeg_whip import ffmpeg_process, stderr_tail, wait_for
+from tests.live.test_shared_port import shared_port_server
 from tests.support.ffmpeg_whip import whip_push_argv
 from tests.support.server import RunningServer, run_server
 
@@ -53,25 +57,43 @@ async def _ffmpeg_anchor_survives(server: RunningServer, room: str, seconds: flo
             await viewer.close()
 
 
+MODES = ["per-peer-ports", "shared-port"]
+
+
+@contextlib.contextmanager
+def node(mode: str, **overrides: Any) -> Iterator[RunningServer]:
+    if mode == "shared-port":
+        with shared_port_server(**overrides) as server:
+            yield server
+    else:
+        with run_server(**overrides) as server:
+            yield server
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-async def test_ffmpeg_anchor_stays_up_past_consent_checks(server: RunningServer) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_ffmpeg_anchor_stays_up_past_consent_checks(mode: str) -> None:
     """Without consent by traffic the gateway dropped ffmpeg after 31.8-34.9 s."""
-    await _ffmpeg_anchor_survives(server, "ffmpeg-long", 65)
+    with node(mode) as server:
+        await _ffmpeg_anchor_survives(server, "ffmpeg-long", 65)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="the 10-minute run: STAGECAST_LONG_TESTS=1 (release runs)")
 @pytest.mark.timeout(700)
-async def test_ffmpeg_anchor_stays_up_ten_minutes(server: RunningServer) -> None:
-    await _ffmpeg_anchor_survives(server, "ffmpeg-10min", 600)
+@pytest.mark.parametrize("mode", MODES)
+async def test_ffmpeg_anchor_stays_up_ten_minutes(mode: str) -> None:
+    with node(mode) as server:
+        await _ffmpeg_anchor_survives(server, "ffmpeg-10min", 600)
 
 
 @pytest.mark.timeout(60)
-async def test_a_silent_viewer_is_dropped_after_the_consent_timeout() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_silent_viewer_is_dropped_after_the_consent_timeout(mode: str) -> None:
     """A viewer whose sockets go quiet (no STUN, no RTCP, no DELETE) ends after the silence
     timeout; a live viewer of the same room stays."""
-    with run_server(webrtc={"consent_timeout": 2.0}) as server:
+    with node(mode, webrtc={"consent_timeout": 2.0}) as server:
         room = "silent"
         anchor = await whip_publish(
             server.base_url,
