@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -299,7 +300,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
     env = {
         "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
         "STAGECAST_API__OPERATOR_KEY": OPERATOR_KEY,
-        "STAGECAST_LOG_LEVEL": "warning",
+        "STAGECAST_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
         "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "1000",
         "STAGECAST_LIMITS__SESSION_POST_BURST": "1000",
     }
@@ -312,6 +313,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
     try:
         origin_port = free_port()
         serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(origin_port)]
+        serve += ["--udp-port", str(free_udp_port() if args.shared_port else 0)]
         origin_pin = pin_server if args.target == "gateway" else pin_client
         origin = await children.start("origin", origin_pin + serve, env=env)
         origin_url = f"http://127.0.0.1:{origin_port}"
@@ -321,6 +323,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
             edge_port = free_port()
             relay = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", origin_url]
             relay += ["--port", str(edge_port), "--node-id", "edge-bench"]
+            relay += ["--udp-port", str(free_udp_port() if args.shared_port else 0)]
             server = await children.start("edge", pin_server + relay, env=env)
             url = f"http://127.0.0.1:{edge_port}"
             await wait_healthy(url, server)
@@ -409,6 +412,12 @@ def capacity(points: list[Point]) -> int | None:
     return best
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", choices=("gateway", "edge"), default="gateway")
@@ -419,6 +428,11 @@ def main() -> None:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpus", default="1")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--shared-port",
+        action="store_true",
+        help="the node(s) on one UDP port (webrtc.udp_port); default: a port per peer connection",
+    )
     parser.add_argument(
         "--perf",
         action="store_true",

@@ -24,12 +24,12 @@ from relay.rtc.peer import (
     apply_trickle,
     close_quietly,
     codec_preferences,
-    rtc_configuration,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
+from relay.rtc.transport import NodeTransport
 
-from .settings import Settings, node_ice
+from .settings import Settings, transport_config
 from .stage.anchor_hub import AnchorHub
 from .stage.room import FINAL_REASONS, IngressTotals, RoomService
 
@@ -74,8 +74,11 @@ class AnchorService:
     """Owns every anchor session of this node and each anchor's own hub; tells the room
     (``RoomService``) when an anchor goes live and when it leaves."""
 
-    def __init__(self, settings: Settings, rooms: RoomService) -> None:
+    def __init__(
+        self, settings: Settings, rooms: RoomService, transport: NodeTransport | None = None
+    ) -> None:
         self._settings = settings
+        self._transport = transport or NodeTransport(transport_config(settings))
         self._rooms = rooms
         self.candidates = node_policy(  # remote ICE candidates an anchor may give
             settings.limits.max_remote_candidates, settings.port, settings.cluster.redis_url
@@ -108,7 +111,7 @@ class AnchorService:
             video_queue_frames=media.video_queue_frames,
             audio_queue_frames=media.audio_queue_frames,
         )
-        pc = RTCPeerConnection(rtc_configuration(node_ice(self._settings)))
+        pc = self._transport.peer_connection()
         cfg = self._settings.sessions
         timers = SessionLifecycle(
             time.monotonic(), cfg.connect_timeout, media_timeout=cfg.anchor_media_timeout
@@ -121,7 +124,12 @@ class AnchorService:
                 session.ingests[kind] = TrackIngest(
                     kind, transceiver.receiver, hub, max_wait=media.reassembly_wait
                 )
-            await answer_offer(pc, strip_mdns_candidates(offer_sdp), self.candidates)
+            await answer_offer(
+                pc,
+                strip_mdns_candidates(offer_sdp),
+                self.candidates,
+                prepare=self._transport.prepare_answer,
+            )
         except BaseException:
             await self._abort(stage.room, sid, pc)
             raise

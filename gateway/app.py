@@ -25,6 +25,7 @@ from relay.messages.ws import messages_router
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.adapter import check_version
+from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
@@ -44,7 +45,14 @@ from .metrics import (
 )
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
-from .settings import Settings, channel_config, ephemeral_secret, ice_directory, node_ice
+from .settings import (
+    Settings,
+    channel_config,
+    ephemeral_secret,
+    ice_directory,
+    node_ice,
+    transport_config,
+)
 from .stage.room import RoomService
 from .stage.selection import hub_selector
 from .stage.table import StageTable
@@ -74,8 +82,10 @@ class Gateway:
     metric_sources: list[ExtraCounters] = field(default_factory=list)
     cluster: ClusterNode | None = None
     messages: RoomChannels | None = None
+    transport: NodeTransport = field(default_factory=NodeTransport)
 
     async def start(self) -> None:
+        await self.transport.start()
         self.lag.start()
         self.gc_pauses.install()
         self.webhooks.start()
@@ -98,6 +108,7 @@ class Gateway:
         self.gc_pauses.uninstall()
         if self.cluster is not None:
             await self.cluster.stop()
+        await self.transport.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -121,7 +132,8 @@ def build_gateway(settings: Settings) -> Gateway:
         operator_key=operator_key,  # the operator may end any WHIP/WHEP session
     )
     rooms = RoomService(settings, stages, webhooks.emit)
-    anchors = AnchorService(settings, rooms)
+    transport = NodeTransport(transport_config(settings))
+    anchors = AnchorService(settings, rooms, transport)
     lag = LoopLagMonitor()
     viewers = ViewerService(
         hub_selector(
@@ -149,6 +161,7 @@ def build_gateway(settings: Settings) -> Gateway:
         step_up=rooms.higher_rendition,
         fallback_policy=FallbackPolicy(hold=settings.stage.fallback_hold),
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
+        transport=transport,
     )
     gateway = Gateway(
         settings,
@@ -163,6 +176,7 @@ def build_gateway(settings: Settings) -> Gateway:
         webhooks,
         bridges=BridgeService(settings.bridge, stages),
         lag=lag,
+        transport=transport,
     )
     gateway.metric_sources.append(webhooks)
     gateway.messages = RoomChannels(  # chat, likes, commands: relay.messages

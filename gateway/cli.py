@@ -6,15 +6,27 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .logs import configure_logging, uvicorn_log_config
 from .settings import Settings, ephemeral_secret, ice_directory, load_settings
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--host, --port and --udp-port over the settings."""
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+    }
+    if args.udp_port is not None:
+        webrtc = load_settings(args.config).webrtc.model_dump()
+        overrides["webrtc"] = {**webrtc, "udp_port": args.udp_port}
+    return overrides
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .app import build_gateway, create_app
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = _overrides(args)
     settings = load_settings(args.config, **overrides)
     if settings.cluster.role == "edge":
         return _relay(args)  # one config file can pick the node's role
@@ -38,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  publish page:   {base}/publish?room={room}#token={anchor}", flush=True)
     print(f"  watch page:     {base}/watch?room={room}", flush=True)
     print(f"  API docs:       {base}/docs", flush=True)
+    print(f"  WebRTC media:   {_udp(settings)}", flush=True)
     print(f"  operator key:   {gateway.operator_key}", flush=True)
     if not settings.auth.token_secret:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
@@ -123,7 +136,7 @@ def _relay(args: argparse.Namespace) -> int:
     from .cluster import build_edge_node
     from .settings import ClusterSettings
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = _overrides(args)
     base = load_settings(args.config)
     cluster = base.cluster.model_dump()
     cluster["role"] = "edge"
@@ -170,8 +183,14 @@ def _relay(args: argparse.Namespace) -> int:
     print(f"  registry:       {settings.cluster.redis_url or 'in-memory'}", flush=True)
     if not settings.api.operator_key:
         print(f"  operator key:   {key} (for /cluster)", flush=True)
+    print(f"  WebRTC media:   {_udp(settings)}", flush=True)
     _run(app, settings)
     return 0
+
+
+def _udp(settings: Settings) -> str:
+    port = settings.webrtc.udp_port
+    return f"UDP port {port}, every session (ICE-lite)" if port else "a UDP port per session"
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -234,6 +253,9 @@ def _status(args: argparse.Namespace) -> int:
             return 0
 
 
+UDP_HELP = "the node's one WebRTC UDP port, e.g. 8443 (default webrtc.udp_port; 0: one per session)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
@@ -241,12 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (single node)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--udp-port", dest="udp_port", type=int, default=None, help=UDP_HELP)
     serve.add_argument("--room", default="demo", help="room whose URLs are printed")
     serve.set_defaults(func=_serve)
     relay = sub.add_parser("relay", help="run an edge relay that pulls from --upstream")
     relay.add_argument("--upstream", default=None, help="origin or parent relay base URL")
     relay.add_argument("--host", default=None)
     relay.add_argument("--port", type=int, default=None)
+    relay.add_argument("--udp-port", dest="udp_port", type=int, default=None, help=UDP_HELP)
     relay.add_argument("--redis-url", dest="redis_url", default=None, help="cluster registry")
     relay.add_argument("--node-id", dest="node_id", default=None)
     relay.set_defaults(func=_relay)

@@ -17,10 +17,11 @@ from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.candidates import node_policy
+from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerLimits, ViewerService
 
 from .anchors import AnchorService
-from .settings import Settings, channel_config, ephemeral_secret, node_ice
+from .settings import Settings, channel_config, ephemeral_secret, node_ice, transport_config
 from .stage.table import StageTable
 
 
@@ -118,6 +119,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
     cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
     # The origin's room policies (relay.cluster.node): private rooms need a token, room limits hold
     lag = LoopLagMonitor()
+    transport = NodeTransport(transport_config(settings))
     viewers = ViewerService(
         edge.live_hub,
         ice_servers=node_ice(settings),
@@ -137,6 +139,7 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         ),
         room_limit=cluster.room_max_viewers,
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
+        transport=transport,
     )
     edge.viewer_count = viewers.count
     access = AccessPolicy(
@@ -149,4 +152,4 @@ def build_edge_node(settings: Settings) -> EdgeNode:
         channel_config(settings),
         chat_mode=cluster.room_chat_mode,
     )
-    return EdgeNode(edge, viewers, access, cluster, lag, messages=messages)
+    return EdgeNode(edge, viewers, access, cluster, lag, transport=transport, messages=messages)

@@ -52,7 +52,7 @@ def gateway_process(
     """``(base_url, process)`` of a single-node gateway; ``env`` adds STAGECAST_* settings."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--udp-port", "0"],
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         env={**os.environ, **(env or {})},

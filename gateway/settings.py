@@ -3,6 +3,7 @@ fail."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -19,8 +20,10 @@ from pydantic_settings import (
 from relay.auth.turn import IceDirectory, NodeIce, TurnRest
 from relay.messages.envelope import MessageLimits
 from relay.messages.service import ChannelConfig
+from relay.rtc.transport import TransportConfig
 
 CONFIG_ENV = "STAGECAST_CONFIG"
+DEFAULT_UDP_PORT = 0  # the port to use, once it is the default: 8443
 
 
 class MediaSettings(BaseModel):
@@ -250,6 +253,29 @@ class MessageSettings(BaseModel):
     """Messages waiting for one socket; a slower reader loses its oldest ones."""
 
 
+class WebRtcSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    udp_port: int = Field(DEFAULT_UDP_PORT, ge=0, le=65535)
+    """The node's one UDP port for every WHIP/WHEP session (ICE-lite, demultiplexed by ICE
+    ufrag, then by address), e.g. 8443. 0 (for now the default): a UDP port per peer connection.
+    Nodes sharing a host need a port each (``--udp-port``)."""
+    tcp_port: int = Field(0, ge=0, le=65535)
+    """ICE-TCP (RFC 6544) on one port: not built yet; a non-zero value is ignored with a warning
+    (the Helm chart sets it with ``webrtc.singlePort``)."""
+    addresses: tuple[str, ...] = ()
+    """Local addresses to offer in candidates (and to bind the UDP port to, if exactly one);
+    empty: every interface's IPv4 address but loopback (e.g. ["127.0.0.1"] for loopback only)."""
+    announce: tuple[str, ...] = ()
+    """Public addresses or host names to put in the candidates instead (1:1 NAT, a load
+    balancer in front of ``udp_port``); needs ``udp_port``."""
+
+    consent_timeout: float = Field(30.0, gt=0, le=3600)
+    """A WHIP/WHEP session whose peer sends no authenticated STUN and no SRTP/SRTCP for this
+    many seconds ends (instead of RFC 7675 consent checks, which ffmpeg's WHIP muxer never
+    answers)."""
+
+
 class ClusterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -341,6 +367,7 @@ class Settings(BaseSettings):
     cluster: ClusterSettings = ClusterSettings()
     turn: TurnSettings = TurnSettings()
     messages: MessageSettings = MessageSettings()
+    webrtc: WebRtcSettings = WebRtcSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -415,3 +442,18 @@ def channel_config(settings: Settings) -> ChannelConfig:
 def ephemeral_secret() -> str:
     """A per-process token secret for a single node started without one."""
     return secrets.token_urlsafe(48)
+
+
+def transport_config(settings: Settings) -> TransportConfig:
+    """What the node's WebRTC transport (relay.rtc.transport) takes from the settings."""
+    if settings.webrtc.tcp_port:
+        logging.getLogger(__name__).warning(
+            "webrtc.tcp_port=%d is ignored: ICE-TCP is not built yet", settings.webrtc.tcp_port
+        )
+    return TransportConfig(
+        ice_servers=node_ice(settings),
+        consent_timeout=settings.webrtc.consent_timeout,
+        udp_port=settings.webrtc.udp_port,
+        addresses=settings.webrtc.addresses,
+        announce=settings.webrtc.announce,
+    )

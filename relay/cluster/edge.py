@@ -37,6 +37,7 @@ from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
 from relay.ops.loop_lag import LoopLagMonitor
 from relay.rtc.peer import CLOSED_STATES
+from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerService
 
 log = logging.getLogger(__name__)
@@ -241,8 +242,10 @@ class EdgeNode:
     cluster: ClusterNode
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     messages: RoomChannels | None = None  # room channels (chat, likes) from the message bus
+    transport: NodeTransport = field(default_factory=NodeTransport)
 
     async def start(self) -> None:
+        await self.transport.start()
         self.lag.start()
         self.cluster.on_upstream_lost = self.edge.doubt_upstream
         await self.cluster.start()
@@ -258,6 +261,7 @@ class EdgeNode:
             await self.messages.stop()
         await self.cluster.stop()
         await self.lag.stop()
+        await self.transport.close()
 
 
 def create_edge_app(

@@ -23,6 +23,9 @@ The hooks that make encoded forwarding possible:
 * ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
   (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
   it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
+* consent by traffic (``install_traffic_consent``): aioice's RFC 7675 checks are replaced by a
+  silence timeout fed by authenticated STUN and SRTP/SRTCP from the peer (ffmpeg never answers
+  consent checks).
 
 Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
 binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` checks that.
@@ -35,11 +38,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from importlib.metadata import version
 from typing import Any
 
-from aioice.ice import StunProtocol
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
+from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
@@ -48,6 +54,7 @@ from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from OpenSSL import SSL
 
+from relay.media.consent import ConsentTimer
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 
@@ -448,3 +455,280 @@ def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
     if pc.getTransceivers():
         raise AdapterError("use_certificate() after a transceiver was added")
     setattr(pc, name, [certificate])
+
+
+# --- ICE consent by traffic (issue 16) ----------------------------------------------------------
+# aioice's Connection.query_consent (RFC 7675 checks every ~5 s, closed after 6 unanswered) is
+# replaced per connection by a watcher of what the peer sends (relay.media.consent): ffmpeg's
+# WHIP muxer never answers those checks. Hooks: Connection.query_consent / check_incoming
+# (called for authenticated Binding requests only) / close / _query_consent_task, and
+# RTCDtlsTransport._handle_rtp_data / _handle_rtcp_data (called after SRTP unprotect succeeded).
+
+
+def ice_transports(pc: Any) -> list[tuple[Any, Any]]:
+    """(DTLS transport, aioice Connection) of each transport the peer connection still uses
+    (after ``setRemoteDescription``, when BUNDLE has folded the others away)."""
+    found: dict[int, Any] = {}
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        found.setdefault(id(dtls), dtls)
+    pairs = []
+    for dtls in found.values():
+        ice = getattr(dtls, "transport", None)
+        connection = getattr(ice, "_connection", None)
+        if connection is None:
+            raise AdapterError("RTCIceTransport internals changed: no _connection")
+        pairs.append((dtls, connection))
+    return pairs
+
+
+def install_traffic_consent(pc: Any, timeout: float) -> None:
+    """Keep each of ``pc``'s ICE connections while its peer sends authenticated STUN or SRTP/
+    SRTCP; close it after ``timeout`` s of silence (instead of aioice's consent checks).
+    Install between ``setRemoteDescription`` and the answer."""
+    for dtls, connection in ice_transports(pc):
+        _consent_by_traffic(dtls, connection, timeout)
+
+
+def _consent_by_traffic(dtls: Any, connection: Any, timeout: float) -> None:
+    for obj, name in (
+        (connection, "query_consent"),
+        (connection, "check_incoming"),
+        (connection, "close"),
+        (connection, "_query_consent_task"),
+        (dtls, "_handle_rtp_data"),
+        (dtls, "_handle_rtcp_data"),
+    ):
+        if not hasattr(obj, name):
+            raise AdapterError(f"{type(obj).__name__} internals changed: no {name}")
+    if getattr(connection, "_stagecast_consent", None) is not None:
+        return
+    clock = time.monotonic
+    timer = ConsentTimer(timeout, clock())
+    connection._stagecast_consent = timer
+    check_incoming = connection.check_incoming
+    handle_rtp = dtls._handle_rtp_data
+    handle_rtcp = dtls._handle_rtcp_data
+
+    def checked(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        timer.seen(clock())
+        check_incoming(message, addr, protocol)
+
+    async def rtp(data: bytes, arrival_time_ms: int) -> None:
+        timer.seen(clock())
+        await handle_rtp(data, arrival_time_ms)
+
+    async def rtcp(data: bytes) -> None:
+        timer.seen(clock())
+        await handle_rtcp(data)
+
+    async def watch() -> None:
+        timer.seen(clock())  # consent starts when ICE completes
+        while True:
+            now = clock()
+            if timer.expired(now):
+                break
+            await asyncio.sleep(max(timer.deadline - now, 0.01))
+        log.info("%s: nothing from the peer for %.1f s: consent expired", connection, timeout)
+        connection._query_consent_task = None  # as aioice does before closing from this task
+        await connection.close()
+
+    connection.check_incoming = checked
+    connection.query_consent = watch
+    dtls._handle_rtp_data = rtp
+    dtls._handle_rtcp_data = rtcp
+
+
+def consent_timer(connection: Any) -> ConsentTimer | None:
+    """The consent timer installed on an aioice Connection (None: aioice's own checks)."""
+    timer: ConsentTimer | None = getattr(connection, "_stagecast_consent", None)
+    return timer
+
+
+# --- One UDP port per node, ICE-lite (issue 16) -------------------------------------------------
+# Each answering connection gets, instead of its own sockets, one StunProtocol whose transport
+# writes to the node's shared port (relay/rtc/shared_port.py), registered there under its local
+# ufrag. The connection answers as ICE-lite (RFC 8445 §2.5): a=ice-lite in the answer (the
+# gatherer's getLocalParameters), never a check of its own (Connection.connect replaced), the
+# pair the controlling peer names with USE-CANDIDATE nominated (Connection.check_incoming
+# replaced). Hooks: Connection.get_component_candidates / connect / check_incoming /
+# _check_list_maybe_fail / _check_list_state / _check_list_done / _early_checks(_done) /
+# _nominated / _protocols / _remote_candidates / _local_candidates_end / _local_username;
+# RTCIceTransport.
+# iceGatherer; StunProtocol.local_candidate / transport / connection_made / connection_lost.
+
+
+class _PortTransport(asyncio.DatagramTransport):
+    """What a StunProtocol sees of the shared port: sends go to its socket; closing unregisters
+    the session (and tells the protocol, as a socket would)."""
+
+    def __init__(self, port: Any, ufrag: str, protocol: StunProtocol) -> None:
+        super().__init__()
+        self._port = port
+        self._ufrag = ufrag
+        self._protocol = protocol
+        self._closed = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not self._closed:
+            self._port.sendto(data, addr)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._port.socket  # the direct sender sends on (a duplicate of) it
+        if name == "sockname":
+            return self._port.sockname
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._port.unregister(self._ufrag)
+        self._protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+def shared_port_connections(pc: Any) -> list[tuple[Any, Any]]:
+    """(ICE transport, aioice Connection) pairs of ``pc``, for ``install_shared_port``."""
+    return [(dtls.transport, connection) for dtls, connection in ice_transports(pc)]
+
+
+def install_shared_port(pc: Any, port: Any, hosts: list[str]) -> bool:
+    """Make ``pc``'s one ICE transport an ICE-lite agent on ``port`` (a SharedUdpPort),
+    advertising host candidates ``hosts`` with the port's number. False (nothing changed) when
+    the offer left more than one transport (no BUNDLE): their ufrags would be the same."""
+    pairs = shared_port_connections(pc)
+    if len(pairs) != 1 or not hosts:
+        return False
+    ice, connection = pairs[0]
+    for name in (
+        "get_component_candidates",
+        "connect",
+        "check_incoming",
+        "_check_list_maybe_fail",
+        "_check_list_state",
+        "_early_checks",
+        "_nominated",
+        "_protocols",
+        "_remote_candidates",
+    ):
+        if not hasattr(connection, name):
+            raise AdapterError(f"aioice Connection internals changed: no {name}")
+    gatherer = ice.iceGatherer
+    if not hasattr(connection, "_local_username"):
+        raise AdapterError("aioice Connection internals changed: no _local_username")
+    connection._local_username = port.unused_ufrag()  # unique on the port: the demux key
+    connection.get_component_candidates = _shared_candidates(connection, port, hosts)
+    connection.connect = _lite_connect(connection)
+    connection.check_incoming = _lite_check(connection)
+    connection._check_list_maybe_fail = lambda: None  # a lite agent's checks cannot fail
+    parameters = gatherer.getLocalParameters()
+    parameters.iceLite = True
+    gatherer.getLocalParameters = lambda: parameters
+    return True
+
+
+def _shared_candidates(connection: Any, port: Any, hosts: list[str]) -> Any:
+    async def get_component_candidates(
+        component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        number = port.port
+        candidates = [
+            Candidate(
+                foundation=candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host") - i,
+                host=host,
+                port=number,
+                type="host",
+            )
+            for i, host in enumerate(hosts)
+        ]
+        protocol = StunProtocol(connection)
+        protocol.local_candidate = candidates[0]
+        protocol.connection_made(_PortTransport(port, connection.local_username, protocol))
+        port.register(connection.local_username, connection.local_password, protocol)
+        connection._protocols.append(protocol)
+        return candidates
+
+    return get_component_candidates
+
+
+def _lite_check(connection: Any) -> Callable[[Any, tuple[str, int], Any], None]:
+    def check_incoming(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        """An authenticated check (answered already): USE-CANDIDATE nominates its pair."""
+        if "USE-CANDIDATE" not in message.attributes:
+            return
+        component = protocol.local_candidate.component
+        current = connection._nominated.get(component)
+        if current is not None and current.remote_addr == addr:
+            return
+        remote = next(
+            (
+                c
+                for c in connection._remote_candidates
+                if c._network_host == addr[0] and c.port == addr[1]
+            ),
+            None,
+        )
+        if remote is None:
+            remote = Candidate(
+                foundation=random_string(10),
+                component=component,
+                transport="udp",
+                priority=message.attributes.get("PRIORITY", 0),
+                host=addr[0],
+                port=addr[1],
+                type="prflx",
+            )
+            connection._remote_candidates.append(remote)
+        pair = CandidatePair(protocol, remote)
+        pair.state = CandidatePair.State.SUCCEEDED
+        pair.nominated = pair.remote_nominated = True
+        connection._nominated[component] = pair
+        if not connection._check_list_done:
+            connection._check_list_done = True
+            connection._check_list_state.put_nowait(ICE_COMPLETED)
+
+    return check_incoming
+
+
+def _lite_connect(connection: Any) -> Callable[[], Any]:
+    async def connect() -> None:
+        if not connection._local_candidates_end:
+            raise ConnectionError("Local candidates gathering was not performed")
+        if connection.remote_username is None or connection.remote_password is None:
+            raise ConnectionError("Remote username or password is missing")
+        early = list(connection._early_checks)
+        connection._early_checks.clear()
+        connection._early_checks_done = True
+        for message, addr, protocol in early:
+            connection.check_incoming(message, addr, protocol)
+        if await connection._check_list_state.get() != ICE_COMPLETED:
+            raise ConnectionError("ICE negotiation failed")
+        connection._query_consent_task = asyncio.create_task(connection.query_consent())
+
+    return connect
+
+
+def offer_addresses(pc: Any, offered: list[str]) -> None:
+    """Gather ``pc``'s host candidates on ``offered`` addresses only (aioice's default: every
+    interface but loopback)."""
+    for _, connection in ice_transports(pc):
+        original = connection.get_component_candidates
+
+        async def get_component_candidates(
+            component: int, addresses: list[str], timeout: int = 5, original: Any = original
+        ) -> list[Candidate]:
+            del addresses  # aioice's: every interface but loopback
+            found: list[Candidate] = await original(component, list(offered), timeout)
+            return found
+
+        connection.get_component_candidates = get_component_candidates

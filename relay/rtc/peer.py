@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiortc import (
     RTCConfiguration,
@@ -111,7 +111,11 @@ async def apply_trickle(
 
 
 async def answer_offer(
-    pc: RTCPeerConnection, offer_sdp: str, policy: CandidatePolicy = DEFAULT_POLICY
+    pc: RTCPeerConnection,
+    offer_sdp: str,
+    policy: CandidatePolicy = DEFAULT_POLICY,
+    *,
+    prepare: Callable[[RTCPeerConnection], Awaitable[None]] | None = None,
 ) -> None:
     """Apply a remote offer (its candidates screened by ``policy``, the ICE checks guarded)
     and set our answer: the one place aiortc judges an offer.
@@ -124,6 +128,8 @@ async def answer_offer(
             RTCSessionDescription(screen_offer(offer_sdp, policy), "offer")
         )
         guard_ice_checks(pc, policy)
+        if prepare is not None:  # the node's transport (relay.rtc.transport): before the answer
+            await prepare(pc)
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:
         await close_quietly(pc)

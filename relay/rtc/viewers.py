@@ -37,11 +37,11 @@ from relay.rtc.peer import (
     apply_trickle,
     close_quietly,
     codec_preferences,
-    rtc_configuration,
 )
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
 from relay.rtc.tracks import HubTrack
+from relay.rtc.transport import NodeTransport, TransportConfig
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,11 @@ class ViewerService:
         step_up: FallbackLookup | None = None,
         fallback_policy: FallbackPolicy | None = None,
         overloaded: Callable[[], bool] | None = None,
+        transport: NodeTransport | None = None,
     ) -> None:
         self._lookup = lookup
+        self._transport = transport or NodeTransport(TransportConfig(ice_servers=ice_servers))
         self._room_limit = room_limit or (lambda room: None)
-        self._ice_servers = ice_servers
         self.limits = limits or ViewerLimits()
         self.sessions: dict[str, ViewerSession] = {}
         self.finished = EgressTotals()
@@ -212,7 +213,7 @@ class ViewerService:
     ) -> ViewerSession:
         hub = self.live_hub(room)
         self._admit(room, grant)
-        pc = RTCPeerConnection(rtc_configuration(self._ice_servers))
+        pc = self._transport.peer_connection()
         use_certificate(pc, self.certificate.current())
         sid = new_session_id()
         direct = self.limits.direct
@@ -241,7 +242,12 @@ class ViewerService:
                     install_prepacked_sender(transceiver.sender, session.request_keyframe)
             if not pc.getTransceivers():
                 raise Unprocessable("the offer asks for no kind of media this stream carries")
-            await answer_offer(pc, strip_mdns_candidates(offer_sdp), self.limits.candidates)
+            await answer_offer(
+                pc,
+                strip_mdns_candidates(offer_sdp),
+                self.limits.candidates,
+                prepare=self._transport.prepare_answer,
+            )
         except BaseException:
             viewer.close()
             await close_quietly(pc)

@@ -56,7 +56,7 @@ def test_token_command(tmp_path: Path) -> None:
 def test_serve_prints_urls_and_serves() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--udp-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -96,7 +96,7 @@ def test_serve_over_https_with_a_self_signed_certificate(tmp_path: Path) -> None
     port = free_port()
     env = {**os.environ, "STAGECAST_TLS_CERTFILE": str(cert), "STAGECAST_TLS_KEYFILE": str(key)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--udp-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -161,7 +161,16 @@ def test_serve_refuses_an_unusable_certificate_clearly(tmp_path: Path) -> None:
     }
     for command in (["serve"], ["relay", "--upstream", "http://127.0.0.1:9"]):
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *command, "--port", str(free_port())],
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                *command,
+                "--port",
+                str(free_port()),
+                "--udp-port",
+                "0",
+            ],
             capture_output=True,
             text=True,
             timeout=30,

@@ -91,7 +91,7 @@ def start_edge(name: str, upstream: str, redis_url: str, logdir: Path) -> EdgePr
     }
     env.pop("STAGECAST_CONFIG", None)
     log = logdir / f"{name}.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", upstream]
+    cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", upstream, "--udp-port", "0"]
     cmd += ["--port", str(port), "--redis-url", redis_url, "--node-id", name]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

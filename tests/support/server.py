@@ -72,7 +72,11 @@ def run_server(port: int | None = None, **overrides: Any) -> Iterator[RunningSer
     # a test sets it (tests/live/test_api.py covers it; the loop-lag check stays on).
     limits: dict[str, Any] = {"max_loop_busy": None}
     limits.update(overrides.pop("limits", {}))
-    settings = Settings(**base, auth=auth, limits=limits, **overrides)
+    # One process runs many servers, and other suites run beside it: no fixed UDP port unless
+    # a test gives one (tests/live/test_shared_port.py passes a free one).
+    webrtc: dict[str, Any] = {"udp_port": 0}
+    webrtc.update(overrides.pop("webrtc", {}))
+    settings = Settings(**base, auth=auth, limits=limits, webrtc=webrtc, **overrides)
     loop = asyncio.new_event_loop()
     holder: dict[str, Any] = {}
 

@@ -4,8 +4,18 @@ tests/unit/test_private_names.py makes sure no private name is reached anywhere 
 
 from __future__ import annotations
 
+import inspect
+
+from aioice.candidate import Candidate
 from aioice.ice import CandidatePair, Connection, StunProtocol
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, rtcrtpsender
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    rtcpeerconnection,
+    rtcrtpsender,
+    sdp,
+)
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate, RTCDtlsTransport
@@ -16,7 +26,10 @@ from relay.rtc.adapter import (
     AdapterError,
     NodeCertificate,
     check_version,
+    consent_timer,
     drop_receive_estimator,
+    ice_transports,
+    install_traffic_consent,
     use_certificate,
 )
 from relay.rtc.peer import close_quietly, rtc_configuration
@@ -135,3 +148,63 @@ def test_bench_hooks_internals_exist() -> None:
     assert callable(Connection.data_received)
     assert "data_received" in names_of(StunProtocol.datagram_received)
     assert hasattr(Vp8Encoder, "_packetize")
+
+
+def test_consent_by_traffic_internals_exist() -> None:
+    """What ``install_traffic_consent`` replaces: aioice starts ``self.query_consent()`` as
+    ``_query_consent_task`` once connected, calls ``check_incoming`` for authenticated Binding
+    requests only, and aiortc calls ``_handle_rtp_data``/``_handle_rtcp_data`` only after SRTP
+    unprotect succeeded."""
+    connect = Connection.connect.__code__.co_names
+    assert "query_consent" in connect and "_query_consent_task" in connect
+    received = Connection.request_received.__code__.co_names
+    assert "check_incoming" in received and "check_message_integrity" in received
+    assert received.index("check_message_integrity") < received.index("check_incoming")
+    assert "_query_consent_task" in Connection.close.__code__.co_names
+    recv_next = RTCDtlsTransport._recv_next.__code__.co_names
+    assert "_handle_rtp_data" in recv_next and "_handle_rtcp_data" in recv_next
+    assert recv_next.index("unprotect_rtcp") < recv_next.index("_handle_rtcp_data")
+
+
+async def test_consent_by_traffic_installs_on_each_used_transport() -> None:
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        pc.addTransceiver("video", direction="sendonly")
+        pc.addTransceiver("audio", direction="sendonly")
+        pairs = ice_transports(pc)
+        assert pairs and all(hasattr(d, "_handle_rtp_data") for d, _ in pairs)
+        install_traffic_consent(pc, 7.0)
+        for _, connection in pairs:
+            timer = consent_timer(connection)
+            assert timer is not None and timer.timeout == 7.0
+            assert "query_consent" in vars(connection) and "check_incoming" in vars(connection)
+    finally:
+        await close_quietly(pc)
+
+
+def test_shared_port_internals_exist() -> None:
+    """What ``install_shared_port`` replaces or fills in on aioice's Connection, and where aiortc
+    reads the ICE-lite flag it sets."""
+    gather = inspect.getsource(Connection.gather_candidates)
+    assert "self.get_component_candidates(" in gather and "_local_candidates_end" in gather
+    received = Connection.request_received.__code__.co_names
+    assert "_early_checks" in received and "_early_checks_done" in received
+    end = Connection._end_remote_candidates.__code__.co_names
+    assert "_check_list_maybe_fail" in end
+    connect = Connection.connect.__code__.co_names
+    for name in ("_check_list_state", "_early_checks", "_early_checks_done"):
+        assert name in connect
+    close = Connection.close.__code__.co_names
+    for name in ("_check_list_state", "_check_list_done", "_protocols", "_nominated"):
+        assert name in close
+    assert "_nominated" in Connection.sendto.__code__.co_names
+    assert "_remote_candidates" in Connection.check_incoming.__code__.co_names
+    assert "_network_host" in Candidate.__init__.__code__.co_names
+    assert "_local_username" in inspect.getsource(Connection.local_username.fget)
+    assert "remote_addr" in dir(CandidatePair) and hasattr(CandidatePair.State, "SUCCEEDED")
+    assert "connection_lost" in dir(StunProtocol) and "send_stun" in dir(StunProtocol)
+    assert "receiver" in StunProtocol.__init__.__code__.co_names
+    assert "getLocalParameters" in inspect.getsource(rtcpeerconnection.add_transport_description)
+    assert "a=ice-lite" in inspect.getsource(sdp.SessionDescription.__str__)
+    start = inspect.getsource(RTCPeerConnection.setRemoteDescription)
+    assert "ice_controlling = media.ice.iceLite" in start  # an offer from a full agent: controlled

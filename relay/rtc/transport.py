@@ -1,0 +1,148 @@
+"""The node's WebRTC transport policy: how every answering peer connection (anchors' WHIP,
+viewers' WHEP) gets its ICE candidates and keeps its consent. Owned by the app's lifespan.
+
+``udp_port`` 0: each peer connection binds its own UDP sockets (aioice's way), on ``addresses``
+(default: every interface but loopback). Otherwise the node binds that one port at start and
+answers every session on it as ICE-lite (``relay.rtc.shared_port``); sessions whose offer has no
+BUNDLE (one ICE transport per m-line, all with the same ufrag) fall back to their own sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+
+from aioice.ice import get_host_addresses
+from aiortc import RTCPeerConnection
+from aiortc.rtcicetransport import parse_stun_turn_uri
+
+from relay.auth.turn import NodeIce
+from relay.media.consent import DEFAULT_CONSENT_TIMEOUT
+from relay.rtc.adapter import install_shared_port, install_traffic_consent, offer_addresses
+from relay.rtc.peer import rtc_configuration
+from relay.rtc.shared_port import SharedUdpPort
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    ice_servers: NodeIce = ()
+    consent_timeout: float = DEFAULT_CONSENT_TIMEOUT
+    """A session whose peer sends no authenticated STUN and no SRTP/SRTCP this long ends."""
+    udp_port: int = 0
+    """The node's one UDP port for every session (ICE-lite); 0: a port per peer connection."""
+    addresses: tuple[str, ...] = ()
+    """Local addresses to offer (and, if exactly one, for the shared port to bind); empty: every
+    interface's IPv4 address but loopback."""
+    announce: tuple[str, ...] = ()
+    """Addresses or host names put in the shared port's host candidates instead of the local
+    ones (1:1 NAT, a load balancer's address); names are resolved at start."""
+
+
+class NodeTransport:
+    """Creates and prepares the peer connections a node answers with."""
+
+    def __init__(self, config: TransportConfig | None = None) -> None:
+        self.config = config or TransportConfig()
+        self.port: SharedUdpPort | None = None
+        self.hosts: list[str] = []  # the shared port's advertised addresses
+        self.fallbacks = 0  # sessions that could not use the shared port (no BUNDLE)
+
+    async def start(self) -> None:
+        c = self.config
+        if c.udp_port == 0 or self.port is not None:
+            return
+        bind = c.addresses[0] if len(c.addresses) == 1 else "0.0.0.0"
+        port = SharedUdpPort()
+        await port.open(bind, c.udp_port)
+        self.port = port
+        if c.announce:
+            self.hosts = await _resolve(c.announce)
+        else:
+            if c.addresses:
+                self.hosts = list(c.addresses)
+            else:
+                self.hosts = get_host_addresses(use_ipv4=True, use_ipv6=False) or ["127.0.0.1"]
+            public = await self._discover(port)
+            if public is not None and public not in self.hosts:
+                self.hosts.append(public)
+        log.info("WebRTC on UDP port %d (ICE-lite), candidates %s", port.port, self.hosts)
+
+    async def _discover(self, port: SharedUdpPort) -> str | None:
+        """The node's public address from the first STUN server in ``ice_servers``: what
+        per-peer ports got as a server-reflexive candidate. An ICE-lite node offers host
+        candidates only, so it becomes one (right for a 1:1 NAT, which keeps the port)."""
+        servers = self.config.ice_servers
+        urls = (
+            [u for u in servers if u.startswith("stun:")]
+            if isinstance(servers, (tuple, list))
+            else []
+        )
+        server = _stun_server(urls[0]) if urls else None
+        if server is None:
+            return None
+        try:
+            hosts = await _resolve((server[0],))
+            mapped = await port.mapped_address((hosts[0], server[1]))
+        except (OSError, IndexError, ValueError) as exc:
+            log.warning("STUN server %s:%d: %r; set webrtc.announce", *server, exc)
+            return None
+        if mapped is None:
+            log.warning("no answer from STUN server %s:%d; set webrtc.announce", *server)
+            return None
+        if mapped[1] != port.port:
+            log.warning(
+                "the NAT maps UDP port %d to %d: clients cannot reach this node's port "
+                "(use a 1:1 NAT or a UDP load balancer with webrtc.announce)",
+                port.port,
+                mapped[1],
+            )
+            return None
+        return mapped[0]
+
+    async def close(self) -> None:
+        if self.port is not None:
+            self.port.close()
+            self.port = None
+
+    @property
+    def udp_port(self) -> int | None:
+        """The shared port's number once open (None: a port per peer connection)."""
+        return self.port.port if self.port is not None else None
+
+    def peer_connection(self) -> RTCPeerConnection:
+        return RTCPeerConnection(rtc_configuration(self.config.ice_servers))
+
+    async def prepare_answer(self, pc: RTCPeerConnection) -> None:
+        """Call after ``setRemoteDescription(offer)``, before the answer is created."""
+        port = self.port
+        shared = port is not None and install_shared_port(pc, port, self.hosts)
+        if not shared:
+            if port is not None:
+                self.fallbacks += 1
+            if self.config.addresses:
+                offer_addresses(pc, list(self.config.addresses))
+        install_traffic_consent(pc, self.config.consent_timeout)
+
+
+async def _resolve(names: tuple[str, ...]) -> list[str]:
+    loop = asyncio.get_running_loop()
+    hosts: list[str] = []
+    for name in names:
+        infos = await loop.getaddrinfo(name, None, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        for info in infos:
+            host = str(info[4][0])
+            if host not in hosts:
+                hosts.append(host)
+    return hosts
+
+
+def _stun_server(url: str) -> tuple[str, int] | None:
+    try:
+        parsed = parse_stun_turn_uri(url)
+    except ValueError:
+        return None
+    return str(parsed["host"]), int(parsed["port"])
