@@ -147,9 +147,21 @@ class RoomService:
         stage.anchor_ids.append(anchor_id)
 
     def release(self, room: str, anchor_id: str) -> None:
+        """A reserved place whose negotiation failed. If that anchor was the one the program
+        waited for (its grace ran out meanwhile, or it replaced its own dropped session), no
+        one is left to end the program: end it now, or its viewers would hang on it."""
         stage = self.stages.get(room)
         if stage is not None and anchor_id in stage.anchor_ids:
             stage.anchor_ids.remove(anchor_id)
+            program = self.rooms.get(room)
+            orphaned = (
+                program is not None
+                and not program.anchors
+                and not program.grace.running
+                and not stage.anchor_ids
+            )
+            if program is not None and orphaned:
+                self._end_stream(room, program.main, "anchor did not return")
             self.stages.discard_if_idle(room)
 
     def choose_codecs(

@@ -182,6 +182,38 @@ async def test_an_anchor_back_within_the_grace_resumes_the_same_program() -> Non
     await rooms.shutdown()
 
 
+async def test_a_failed_return_after_the_grace_ran_out_ends_the_program() -> None:
+    """The grace runs out while the returning anchor negotiates (its place reserved, so the
+    timer leaves the program be), then that negotiation fails: nobody is left to end the
+    program, so releasing the place does (its viewers hung on it for ever before)."""
+    bench = room_bench(grace=5.0)
+    rooms = bench.rooms
+    a = bench.join("r", "a1", "alice")
+    hub = rooms.stages.live_hub("r")
+    assert hub is not None
+    bench.leave(a, "connection failed")
+    stage = rooms.stage_for("r")
+    rooms.reserve(stage, "a2")  # alice publishes again; her offer is being answered
+    rooms.handle_timer(1005.0)
+    assert not hub.closed.is_set()  # someone is on the way
+    rooms.release("r", "a2")  # ... and her negotiation failed
+    assert hub.closed.is_set() and rooms.stages.live_hub("r") is None
+    assert bench.events[-1][0] == "stream.ended"
+    await rooms.shutdown()
+
+
+async def test_a_failed_reservation_beside_a_live_anchor_leaves_the_program() -> None:
+    bench = room_bench(grace=5.0)
+    rooms = bench.rooms
+    bench.join("r", "a1", "alice")
+    hub = rooms.stages.live_hub("r")
+    assert hub is not None
+    rooms.reserve(rooms.stage_for("r"), "b1")
+    rooms.release("r", "b1")  # bob's offer failed; alice is still on stage
+    assert not hub.closed.is_set() and rooms.stages.live_hub("r") is hub
+    await rooms.shutdown()
+
+
 async def test_a_meant_end_ends_the_stream_at_once() -> None:
     for reason in ("deleted", "kicked"):
         bench = room_bench(grace=5.0)
