@@ -22,6 +22,8 @@ class RoomCreate(_Body):
     chat: Literal["open", "audience", "anchors", "off"] = "audience"
     """Who may chat and like in the room's channel: open (anonymous viewers too), audience
     (viewers with a token), anchors (the audience only likes), off (commands only)."""
+    record: bool = False
+    """Record the program whenever the room goes live (see /v1/recordings)."""
 
 
 class MediaStats(BaseModel):
@@ -88,6 +90,7 @@ class RoomView(BaseModel):
     private: bool
     max_viewers: int | None
     chat: str = "audience"
+    record: bool = False
     persistent: bool
     live: bool
     anchors: list[AnchorView]

@@ -171,6 +171,7 @@ def operator_router(
             private=stage.config.private,
             max_viewers=stage.config.max_viewers,
             chat=stage.config.chat,
+            record=stage.config.record,
             persistent=stage.persistent,
             live=stage.hub is not None,
             anchors=[anchor_view(s) for s in anchors.in_room(stage.room)],
@@ -193,7 +194,8 @@ def operator_router(
         existing = stages.get(body.name)
         if existing is not None and existing.persistent:
             raise Conflict(f"room {body.name!r} already exists")
-        stage = stages.create(body.name, RoomConfig(body.private, body.max_viewers, body.chat))
+        config = RoomConfig(body.private, body.max_viewers, body.chat, record=body.record)
+        stage = stages.create(body.name, config)
         await publish_policies()
         response.headers["Location"] = f"/v1/rooms/{body.name}"
         return room_view(stage)

@@ -45,6 +45,7 @@ from .metrics import (
 )
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
+from .recording import RecordingService, recording_router
 from .settings import (
     Settings,
     channel_config,
@@ -77,6 +78,7 @@ class Gateway:
     viewers: ViewerService
     webhooks: WebhookDispatcher
     bridges: BridgeService
+    recordings: RecordingService
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     gc_pauses: GcPauses = field(default_factory=GcPauses)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
@@ -98,6 +100,7 @@ class Gateway:
         if self.cluster is not None:
             await self.cluster.set_draining(True)
         await self.bridges.shutdown()
+        await self.recordings.shutdown()
         await self.anchors.shutdown()
         await self.rooms.shutdown()
         await self.viewers.shutdown()
@@ -175,6 +178,7 @@ def build_gateway(settings: Settings) -> Gateway:
         viewers,
         webhooks,
         bridges=BridgeService(settings.bridge, stages),
+        recordings=RecordingService(settings.recording, stages, webhooks.emit),
         lag=lag,
         transport=transport,
     )
@@ -276,6 +280,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         )
     )
     v1.include_router(bridge_router(gw.bridges))
+    v1.include_router(recording_router(gw.recordings))
     v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
     v1.include_router(layout_router(gw.stages, gw.rooms))
     if gw.messages is not None:

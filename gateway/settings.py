@@ -157,6 +157,27 @@ class BridgeSettings(BaseModel):
     max_per_room: int = Field(4, ge=1)
 
 
+class RecordingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dir: str = ""
+    """Where recordings are written (flat: ID.mp4 + ID.json); empty: a temporary directory per
+    process (gone at exit)."""
+    min_free_mb: int = Field(512, ge=0)
+    """Free space the recordings' disk needs for a recording to start; below: 507."""
+    stop_free_mb: int = Field(256, ge=0)
+    """A running recording is stopped (file closed, playable) when free space falls below this."""
+    keyframe_interval: float = Field(4.0, ge=0, le=60)
+    """Ask the anchor for a keyframe this often while recording (s): a fragment and VOD segment
+    can start only at a keyframe. 0: never ask (browsers may send one per minute or fewer)."""
+    fragment_duration: float = Field(1.0, ge=0.1, le=10)
+    """A fragment is written at least this often (s): what a crash or a full disk can lose."""
+    queue_frames: int = Field(300, ge=4, le=10000)
+    """Frames queued for the file writer; when it falls behind it drops to the next keyframe."""
+    check_interval: float = Field(1.0, gt=0, le=60)
+    """How often (s) a recording checks the disk's free space."""
+
+
 class WebhookSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -363,6 +384,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     webhooks: WebhookSettings = WebhookSettings()
     bridge: BridgeSettings = BridgeSettings()
+    recording: RecordingSettings = RecordingSettings()
     stage: StageSettings = StageSettings()
     cluster: ClusterSettings = ClusterSettings()
     turn: TurnSettings = TurnSettings()

@@ -138,9 +138,13 @@ def write_feed(
     pipe: BinaryIO,
     codecs: dict[MediaKind, str],
     on_done: Callable[[BaseException | None], None],
+    *,
+    format: str = FEED_FORMAT,
+    options: dict[str, str] | None = None,
 ) -> None:
     """Writer thread: mux the feed's packets into Matroska on ``pipe`` until the feed closes or
-    the pipe breaks (ffmpeg gone). Closes the pipe: end of input tells ffmpeg to finish."""
+    the pipe breaks (ffmpeg gone). Closes the pipe: end of input tells ffmpeg to finish.
+    Recordings use it with ``format`` "mp4" (fragmented through ``options``) on a file."""
     error: BaseException | None = None
     container: Any = None
     streams: dict[MediaKind, Any] = {}
@@ -155,8 +159,10 @@ def write_feed(
                 container = av.open(
                     pipe,
                     "w",
-                    format=FEED_FORMAT,
-                    options={"live": "1", "cluster_time_limit": "0"},
+                    format=format,
+                    options=options
+                    if options is not None
+                    else {"live": "1", "cluster_time_limit": "0"},
                 )
                 for kind, codec in codecs.items():
                     name = _MUX_CODECS[codec.upper()]
@@ -164,6 +170,10 @@ def write_feed(
                         size = picture_size(codec, pkt.data) if pkt.kind == "video" else None
                         width, height = size or (0, 0)
                         stream = container.add_mux_stream(name, width=width, height=height)
+                    elif format == "mp4":
+                        # MP4 needs the OpusHead (dOps) a mux stream lacks: an encoder's
+                        # context brings one (it never encodes: packets are muxed as they are)
+                        stream = container.add_stream("libopus", rate=48000)
                     else:
                         stream = container.add_mux_stream(name, rate=48000)
                     stream.time_base = MS

@@ -24,6 +24,7 @@ class RoomConfig:
     private: bool = False  # audience needs a token even where anonymous pulls are allowed
     max_viewers: int | None = None  # on this node
     chat: str = "audience"  # who may chat in the room's channel (relay.messages.policy)
+    record: bool = False  # record the program whenever the room goes live
 
 
 @dataclass(eq=False)

@@ -1,0 +1,142 @@
+"""Operator routes of the recordings (under ``/v1``): start/stop a room's recording, list,
+download (HTTP range requests), VOD playlist, delete."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from relay.errors import Conflict, NotFound
+from relay.http.common import check_room
+
+from .files import check_recording_id, vod_playlist
+from .recorder import RecordingMeta
+from .service import RecordingService, RoomRecorder
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
+
+
+class RecordingView(BaseModel):
+    id: str
+    room: str
+    state: str
+    format: str
+    codecs: dict[str, str]
+    started_at: float
+    ended_at: float | None
+    duration_s: float | None
+    size: int
+    reason: str | None
+    file_url: str
+    playlist_url: str | None
+
+
+class RoomRecordingView(BaseModel):
+    room: str
+    recording: bool
+    current: RecordingView | None
+    files: list[str]
+    """Ids of the files this recording made so far (a new program starts a new file)."""
+
+
+def recording_view(meta: RecordingMeta) -> RecordingView:
+    base = f"/v1/recordings/{meta.id}"
+    return RecordingView(
+        id=meta.id,
+        room=meta.room,
+        state=meta.state,
+        format=meta.format,
+        codecs=meta.codecs,
+        started_at=meta.started_at,
+        ended_at=meta.ended_at,
+        duration_s=meta.duration_s,
+        size=meta.size,
+        reason=meta.reason,
+        file_url=f"{base}/file",
+        playlist_url=f"{base}/index.m3u8" if meta.format == "mp4" else None,
+    )
+
+
+def room_view(rec: RoomRecorder, recording: bool) -> RoomRecordingView:
+    current = rec.current.meta if rec.current is not None else None
+    return RoomRecordingView(
+        room=rec.room,
+        recording=recording,
+        current=recording_view(current) if current is not None else None,
+        files=list(rec.files),
+    )
+
+
+def recording_router(service: RecordingService) -> APIRouter:
+    router = APIRouter(tags=["recordings"])
+
+    @router.post("/rooms/{room}/recording", status_code=201, response_model=RoomRecordingView)
+    async def start_recording(room: str, response: Response) -> RoomRecordingView:
+        """Record the room's program (now if live, else from when it goes live); 507 when the
+        disk has less than ``recording.min_free_mb`` free."""
+        check_room(room)
+        rec = await service.start(room)
+        response.headers["Location"] = f"/v1/rooms/{room}/recording"
+        return room_view(rec, True)
+
+    @router.get("/rooms/{room}/recording", response_model=RoomRecordingView)
+    async def get_recording(room: str) -> RoomRecordingView:
+        check_room(room)
+        return room_view(service.recording_of(room), True)
+
+    @router.delete("/rooms/{room}/recording", response_model=RoomRecordingView)
+    async def stop_recording(room: str) -> RoomRecordingView:
+        """Stop: the file is closed (playable) and ``recording.completed`` is sent."""
+        check_room(room)
+        return room_view(await service.stop(room), False)
+
+    @router.get("/recordings", response_model=list[RecordingView])
+    async def list_recordings(room: str | None = Query(None)) -> list[RecordingView]:
+        if room is not None:
+            check_room(room)
+        return [recording_view(m) for m in await asyncio.to_thread(service.list, room)]
+
+    @router.get("/recordings/{recording_id}", response_model=RecordingView)
+    async def get_recording_file(recording_id: str) -> RecordingView:
+        check_recording_id(recording_id)
+        return recording_view(await asyncio.to_thread(service.get, recording_id))
+
+    @router.head("/recordings/{recording_id}/file", include_in_schema=False)
+    @router.get("/recordings/{recording_id}/file")
+    async def download(recording_id: str) -> FileResponse:
+        """The media file; ``Range: bytes=...`` answers 206 with those bytes."""
+        check_recording_id(recording_id)
+        meta = await asyncio.to_thread(service.get, recording_id)
+        path = service.media_path(meta)
+        if not await asyncio.to_thread(path.is_file):
+            raise NotFound("no such recording")
+        return FileResponse(
+            path, media_type=MEDIA_TYPES.get(meta.format, "application/octet-stream")
+        )
+
+    @router.get("/recordings/{recording_id}/index.m3u8")
+    async def playlist(recording_id: str) -> Response:
+        """HLS VOD playlist over the file (byte ranges); a live recording's lists what is
+        written so far."""
+        check_recording_id(recording_id)
+        meta = await asyncio.to_thread(service.get, recording_id)
+        if meta.format != "mp4":
+            raise Conflict("only MP4 recordings (H264) have an HLS playlist")
+        try:
+            index = await asyncio.to_thread(service.index, meta)
+        except FileNotFoundError:
+            raise NotFound("no such recording") from None
+        text = vod_playlist(index, "file")
+        return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-cache"})
+
+    @router.delete("/recordings/{recording_id}", status_code=204)
+    async def delete_recording(recording_id: str) -> Response:
+        check_recording_id(recording_id)
+        await asyncio.to_thread(service.delete, recording_id)
+        return Response(status_code=204)
+
+    return router
