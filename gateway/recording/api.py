@@ -4,6 +4,7 @@ download (HTTP range requests), VOD playlist, delete."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
@@ -12,12 +13,26 @@ from pydantic import BaseModel
 from relay.errors import Conflict, NotFound
 from relay.http.common import check_room
 
-from .files import check_recording_id, vod_playlist
+from .files import check_recording_id, parse_part_name, vod_playlist
 from .recorder import RecordingMeta
 from .service import RecordingService, RoomRecorder
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
+SEGMENT_CACHE = "private, max-age=3600"
+
+
+def read_part(path: Path, offset: int, size: int) -> bytes:
+    """Bytes ``offset``..``offset+size`` of a recording; 404 unless all of them are there."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except FileNotFoundError:
+        raise NotFound("no such recording") from None
+    if len(data) != size:
+        raise NotFound("no such segment")
+    return data
 
 
 class RecordingView(BaseModel):
@@ -43,6 +58,11 @@ class RoomRecordingView(BaseModel):
     """Ids of the files this recording made so far (a new program starts a new file)."""
 
 
+def media_name(meta: RecordingMeta) -> str:
+    """The file's URL name (a player's HLS demuxer wants a media extension)."""
+    return f"media.{meta.format}"
+
+
 def recording_view(meta: RecordingMeta) -> RecordingView:
     base = f"/v1/recordings/{meta.id}"
     return RecordingView(
@@ -56,7 +76,7 @@ def recording_view(meta: RecordingMeta) -> RecordingView:
         duration_s=meta.duration_s,
         size=meta.size,
         reason=meta.reason,
-        file_url=f"{base}/file",
+        file_url=f"{base}/{media_name(meta)}",
         playlist_url=f"{base}/index.m3u8" if meta.format == "mp4" else None,
     )
 
@@ -105,19 +125,6 @@ def recording_router(service: RecordingService) -> APIRouter:
         check_recording_id(recording_id)
         return recording_view(await asyncio.to_thread(service.get, recording_id))
 
-    @router.head("/recordings/{recording_id}/file", include_in_schema=False)
-    @router.get("/recordings/{recording_id}/file")
-    async def download(recording_id: str) -> FileResponse:
-        """The media file; ``Range: bytes=...`` answers 206 with those bytes."""
-        check_recording_id(recording_id)
-        meta = await asyncio.to_thread(service.get, recording_id)
-        path = service.media_path(meta)
-        if not await asyncio.to_thread(path.is_file):
-            raise NotFound("no such recording")
-        return FileResponse(
-            path, media_type=MEDIA_TYPES.get(meta.format, "application/octet-stream")
-        )
-
     @router.get("/recordings/{recording_id}/index.m3u8")
     async def playlist(recording_id: str) -> Response:
         """HLS VOD playlist over the file (byte ranges); a live recording's lists what is
@@ -130,8 +137,26 @@ def recording_router(service: RecordingService) -> APIRouter:
             index = await asyncio.to_thread(service.index, meta)
         except FileNotFoundError:
             raise NotFound("no such recording") from None
-        text = vod_playlist(index, "file")
+        text = vod_playlist(index)
         return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-cache"})
+
+    @router.head("/recordings/{recording_id}/{name}", include_in_schema=False)
+    @router.get("/recordings/{recording_id}/{name}")
+    async def download(recording_id: str, name: str) -> Response:
+        """The media file, ``media.mp4`` (``media.webm`` for VP8); ``Range: bytes=...`` answers
+        206 with those bytes. ``OFFSET-SIZE.m4s``: a segment the VOD playlist names."""
+        check_recording_id(recording_id)
+        meta = await asyncio.to_thread(service.get, recording_id)
+        path = service.media_path(meta)
+        part = parse_part_name(name)
+        if part is not None and meta.format == "mp4":
+            data = await asyncio.to_thread(read_part, path, *part)
+            return Response(data, media_type="video/mp4", headers={"Cache-Control": SEGMENT_CACHE})
+        if name != media_name(meta) or not await asyncio.to_thread(path.is_file):
+            raise NotFound("no such recording")
+        return FileResponse(
+            path, media_type=MEDIA_TYPES.get(meta.format, "application/octet-stream")
+        )
 
     @router.delete("/recordings/{recording_id}", status_code=204)
     async def delete_recording(recording_id: str) -> Response:

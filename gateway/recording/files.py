@@ -183,9 +183,30 @@ def segments_of(index: Mp4Index, target: float) -> list[Segment]:
     return out
 
 
-def vod_playlist(index: Mp4Index, media_uri: str, target: float = 4.0) -> str:
-    """An HLS VOD playlist (RFC 8216, byte ranges into one fMP4 file) over a finished or
-    growing recording: every complete fragment is listed, and the list ends (ENDLIST)."""
+PART_NAME = re.compile(r"([0-9]{1,15})-([0-9]{1,10})\.m4s")
+MAX_PART = 512 * MB
+
+
+def part_name(offset: int, size: int) -> str:
+    """A segment's URL name: its byte range of the recording's file."""
+    return f"{offset}-{size}.m4s"
+
+
+def parse_part_name(name: str) -> tuple[int, int] | None:
+    """(offset, size) of a segment name, None if ``name`` is not one."""
+    m = PART_NAME.fullmatch(name)
+    if m is None:
+        return None
+    offset, size = int(m[1]), int(m[2])
+    return (offset, size) if 0 < size <= MAX_PART else None
+
+
+def vod_playlist(index: Mp4Index, target: float = 4.0) -> str:
+    """An HLS VOD playlist (RFC 8216) over a finished or growing recording: every complete
+    fragment is listed, and the list ends (ENDLIST). Each segment (and the init segment) is
+    named by its byte range of the one file (``OFFSET-SIZE.m4s``) rather than listed with
+    EXT-X-BYTERANGE: ffmpeg's HLS reader reuses a keep-alive connection for the next byte
+    range of the same URL without reading the rest of the previous answer, and stops there."""
     segments = segments_of(index, target)
     longest = max((s.duration for s in segments), default=target)
     lines = [
@@ -195,14 +216,10 @@ def vod_playlist(index: Mp4Index, media_uri: str, target: float = 4.0) -> str:
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-MEDIA-SEQUENCE:0",
         "#EXT-X-INDEPENDENT-SEGMENTS",
-        f'#EXT-X-MAP:URI="{media_uri}",BYTERANGE="{index.init_size}@0"',
+        f'#EXT-X-MAP:URI="{part_name(0, index.init_size)}"',
     ]
     for seg in segments:
-        lines += [
-            f"#EXTINF:{seg.duration:.3f},",
-            f"#EXT-X-BYTERANGE:{seg.size}@{seg.offset}",
-            media_uri,
-        ]
+        lines += [f"#EXTINF:{seg.duration:.3f},", part_name(seg.offset, seg.size)]
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,253 @@
+"""Recording end to end: a real gateway, a real aiortc anchor (stamped video + tone), the file
+read back with PyAV, its VOD playlist played by the real ffmpeg binary over HTTP, range
+requests, the webhook, an anchor reconnect within the grace, and a full (tmpfs) disk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import imageio_ffmpeg
+import pytest
+
+from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
+from tests.live.test_live_path import wait_for
+from tests.live.test_webhooks import receiver
+from tests.support.server import RunningServer, run_server
+
+HOOK_SECRET = "hook-secret-" + "z" * 30
+FAST = {"check_interval": 0.2, "keyframe_interval": 1.0, "min_free_mb": 1, "stop_free_mb": 0}
+
+
+def api(server: RunningServer) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=server.base_url, headers={"X-API-Key": server.gateway.operator_key}, timeout=15
+    )
+
+
+async def publish(server: RunningServer, room: str, size: tuple[int, int] = (320, 180)) -> Any:
+    return await whip_publish(
+        server.base_url,
+        room,
+        server.anchor_token(room),
+        video=StampedVideoTrack(size[0], size[1], 30),
+        audio=ToneAudioTrack(440),
+        video_codec="H264",
+    )
+
+
+def probe(path: Path) -> dict[str, Any]:
+    """Streams, durations and first timestamps of a media file, decoded to the end."""
+    out: dict[str, Any] = {}
+    with av.open(str(path)) as c:
+        for s in c.streams:
+            first: float | None = None
+            last = 0.0
+            frames = 0
+            for pkt in c.demux(s):
+                if pkt.pts is None:
+                    continue
+                t = float(pkt.pts * pkt.time_base)
+                first = t if first is None else min(first, t)
+                last = max(last, t + float((pkt.duration or 0) * pkt.time_base))
+                frames += 1
+            c.seek(0)
+            out[s.type] = {
+                "codec": s.codec_context.name,
+                "start": first,
+                "end": last,
+                "packets": frames,
+            }
+    with av.open(str(path)) as c:  # every video frame decodes
+        out["decoded"] = sum(1 for _ in c.decode(video=0))
+    return out
+
+
+async def record(client: httpx.AsyncClient, room: str, seconds: float) -> dict[str, Any]:
+    started = await client.post(f"/v1/rooms/{room}/recording")
+    assert started.status_code == 201, started.text
+    await asyncio.sleep(seconds)
+    stopped = await client.delete(f"/v1/rooms/{room}/recording")
+    assert stopped.status_code == 200, stopped.text
+    body: dict[str, Any] = stopped.json()
+    return body
+
+
+@pytest.mark.timeout(90)
+async def test_record_stop_probe_play_range_webhook(tmp_path: Path) -> None:
+    with receiver() as (url, hooks):
+        settings = {"dir": str(tmp_path), **FAST}
+        with run_server(
+            recording=settings, webhooks={"urls": [url], "secret": HOOK_SECRET}
+        ) as server:
+            async with api(server) as client:
+                assert (await client.post("/v1/rooms", json={"name": "show"})).status_code == 201
+                pub = await publish(server, "show")
+                try:
+                    assert await wait_for(lambda: server.gateway.stages.live_hub("show"), 10)
+                    await asyncio.sleep(1.0)
+                    body = await record(client, "show", 5.0)
+                finally:
+                    await pub.close()
+                assert len(body["files"]) == 1
+                rid = body["files"][0]
+                listed = (await client.get("/v1/recordings", params={"room": "show"})).json()
+                assert [r["id"] for r in listed] == [rid]
+                view = listed[0]
+                assert view["state"] == "complete" and view["format"] == "mp4"
+                assert 4.0 <= view["duration_s"] <= 6.0, view
+                path = tmp_path / f"{rid}.mp4"
+                assert view["size"] == path.stat().st_size > 10_000
+
+                info = await asyncio.to_thread(probe, path)
+                assert info["video"]["codec"] == "h264" and info["audio"]["codec"] == "opus"
+                v, a = info["video"], info["audio"]
+                assert 4.0 <= v["end"] - v["start"] <= 6.0, info
+                assert 4.0 <= a["end"] - a["start"] <= 6.0, info
+                assert abs(v["start"] - a["start"]) < 0.2, info  # A/V start together
+                assert info["decoded"] >= 100, info  # ~30 fps for ~5 s, every one decodes
+
+                # range request: the exact bytes, 206
+                data = path.read_bytes()
+                part = await client.get(
+                    f"/v1/recordings/{rid}/media.mp4", headers={"Range": "bytes=100-1099"}
+                )
+                assert part.status_code == 206 and part.content == data[100:1100]
+                assert part.headers["content-range"] == f"bytes 100-1099/{len(data)}"
+                whole = await client.get(f"/v1/recordings/{rid}/media.mp4")
+                assert whole.status_code == 200 and whole.content == data
+
+                # VOD playlist: byte ranges into the one file, played by ffmpeg over HTTP
+                text = (await client.get(f"/v1/recordings/{rid}/index.m3u8")).text
+                assert "#EXT-X-PLAYLIST-TYPE:VOD" in text and text.endswith("#EXT-X-ENDLIST\n")
+                assert '#EXT-X-MAP:URI="0-' in text and ".m4s\n#EXT-X-ENDLIST" in text
+                out = tmp_path / "played.mp4"
+                key = server.gateway.operator_key
+                proc = await asyncio.to_thread(
+                    subprocess.run,
+                    [
+                        imageio_ffmpeg.get_ffmpeg_exe(),
+                        "-v",
+                        "error",
+                        "-headers",
+                        f"X-API-Key: {key}\r\n",
+                        "-i",
+                        f"{server.base_url}/v1/recordings/{rid}/index.m3u8",
+                        "-c",
+                        "copy",
+                        "-y",
+                        str(out),
+                    ],
+                    capture_output=True,
+                    timeout=30,
+                )
+                assert proc.returncode == 0, proc.stderr.decode()
+                played = await asyncio.to_thread(probe, out)
+                assert played["decoded"] >= info["decoded"] - 2, (played, info, text)
+                assert "audio" in played
+
+                # untrusted ids never name a path; delete removes both files
+                for bad in ("..", "..%2F..%2Fetc%2Fpasswd", "x" * 30):
+                    r = await client.get(f"/v1/recordings/{bad}/media.mp4")
+                    assert r.status_code == 404, (bad, r.status_code)
+                assert (await client.delete(f"/v1/recordings/{rid}")).status_code == 204
+                assert not path.exists() and not (tmp_path / f"{rid}.json").exists()
+                assert (await client.get(f"/v1/recordings/{rid}")).status_code == 404
+            assert await wait_for(
+                lambda: any(e["type"] == "recording.completed" for e in hooks.events), 10
+            )
+        done = next(e for e in hooks.events if e["type"] == "recording.completed")
+        assert done["data"]["recording_id"] == rid and done["data"]["duration_s"] >= 4.0
+
+
+@pytest.mark.timeout(90)
+async def test_reconnect_within_grace_keeps_one_file_new_program_splits(tmp_path: Path) -> None:
+    with run_server(
+        recording={"dir": str(tmp_path), **FAST}, sessions={"reconnect_grace": 10.0}
+    ) as server:
+        async with api(server) as client:
+            await client.post("/v1/rooms", json={"name": "rc", "record": True})
+            pub = await publish(server, "rc")
+            assert await wait_for(lambda: "rc" in server.gateway.recordings.recorders, 10)
+            await asyncio.sleep(2.5)
+            hub = server.gateway.stages.live_hub("rc")
+            await pub.close(delete=False)  # the network drops: the grace holds the program
+            await asyncio.sleep(1.0)
+            pub = await publish(server, "rc")
+            await asyncio.sleep(2.5)
+            assert server.gateway.stages.live_hub("rc") is hub
+            state = (await client.get("/v1/rooms/rc/recording")).json()
+            assert len(state["files"]) == 1, state
+            await pub.close()  # DELETE: the program ends, the file is complete
+            assert await wait_for(lambda: server.gateway.stages.live_hub("rc") is None, 10)
+            pub = await publish(server, "rc")  # a new program: a new file
+            try:
+                assert await wait_for(
+                    lambda: len(server.gateway.recordings.recorders["rc"].files) == 2, 10
+                )
+                await asyncio.sleep(1.5)
+            finally:
+                await pub.close()
+            state = (await client.delete("/v1/rooms/rc/recording")).json()
+            first, second = state["files"]
+            meta = (await client.get(f"/v1/recordings/{first}")).json()
+            assert meta["state"] == "complete" and meta["reason"] == "stream ended"
+            # one file over the reconnect: timestamps run on (2.5 + 1 + 2.5 s), no restart at 0
+            info = await asyncio.to_thread(probe, tmp_path / f"{first}.mp4")
+            v = info["video"]
+            assert v["end"] - v["start"] >= 5.0, info
+            assert info["decoded"] >= 100, info
+            assert (tmp_path / f"{second}.mp4").stat().st_size > 0
+
+
+@contextlib.contextmanager
+def tiny_disk(size: str) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="stagecast-tmpfs-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+        root.rmdir()
+
+
+@pytest.mark.timeout(90)
+async def test_disk_guard_refuses_then_stops_cleanly_before_full() -> None:
+    with tiny_disk("3m") as root:
+        settings = {**FAST, "dir": str(root), "min_free_mb": 2, "stop_free_mb": 1}
+        with run_server(recording=settings) as server:
+            async with api(server) as client:
+                await client.post("/v1/rooms", json={"name": "disk"})
+                filler = root / "filler"
+                filler.write_bytes(b"\0" * (3 * 1024 * 1024 // 2))  # 1.5 MB free: below 2
+                refused = await client.post("/v1/rooms/disk/recording")
+                assert refused.status_code == 507, refused.text
+                assert refused.headers["content-type"].startswith("application/problem+json")
+                filler.unlink()
+                pub = await publish(server, "disk", (640, 360))
+                try:
+                    assert (await client.post("/v1/rooms/disk/recording")).status_code == 201
+                    # ~1.5 Mbps fills the ~2 MB above the stop threshold in seconds
+                    assert await wait_for(
+                        lambda: "disk" not in server.gateway.recordings.recorders, 30, 0.2
+                    )
+                finally:
+                    await pub.close()
+                files = (await client.get("/v1/recordings")).json()
+                assert len(files) == 1 and files[0]["reason"] == "disk full", files
+                path = root / f"{files[0]['id']}.mp4"
+                info = await asyncio.to_thread(probe, path)  # closed and playable
+                assert info["decoded"] > 10 and "audio" in info
+                assert (await client.post("/v1/rooms/disk/recording")).status_code == 507
+                await asyncio.sleep(0)
