@@ -179,6 +179,8 @@ async def test_reconnect_within_grace_keeps_one_file_new_program_splits(tmp_path
             await asyncio.sleep(2.5)
             hub = server.gateway.stages.live_hub("rc")
             await pub.close(delete=False)  # the network drops: the grace holds the program
+            rooms = server.gateway.rooms.rooms
+            assert await wait_for(lambda: rooms["rc"].grace.running and not rooms["rc"].anchors, 8)
             await asyncio.sleep(1.0)
             pub = await publish(server, "rc")
             await asyncio.sleep(2.5)
@@ -251,3 +253,27 @@ async def test_disk_guard_refuses_then_stops_cleanly_before_full() -> None:
                 assert info["decoded"] > 10 and "audio" in info
                 assert (await client.post("/v1/rooms/disk/recording")).status_code == 507
                 await asyncio.sleep(0)
+
+
+@pytest.mark.timeout(90)
+async def test_write_failing_on_a_full_disk_leaves_a_playable_file() -> None:
+    """The guard's backstop: with no free-space stop, the writer hits ENOSPC; the file is cut
+    back to its last whole fragment and the recording ends by itself."""
+    with tiny_disk("2m") as root:
+        settings = {**FAST, "dir": str(root), "min_free_mb": 1, "stop_free_mb": 0}
+        with run_server(recording=settings) as server:
+            async with api(server) as client:
+                await client.post("/v1/rooms", json={"name": "full"})
+                pub = await publish(server, "full", (640, 360))
+                try:
+                    assert (await client.post("/v1/rooms/full/recording")).status_code == 201
+                    assert await wait_for(
+                        lambda: "full" not in server.gateway.recordings.recorders, 30, 0.2
+                    )
+                finally:
+                    await pub.close()
+                files = (await client.get("/v1/recordings")).json()
+                assert len(files) == 1 and files[0]["reason"].startswith("write failed"), files
+                path = root / f"{files[0]['id']}.mp4"
+                info = await asyncio.to_thread(probe, path)
+                assert info["decoded"] > 10 and "audio" in info
