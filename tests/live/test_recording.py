@@ -163,7 +163,7 @@ async def test_record_stop_probe_play_range_webhook(tmp_path: Path) -> None:
             assert await wait_for(
                 lambda: any(e["type"] == "recording.completed" for e in hooks.events), 10
             )
-        done = next(e for e in hooks.events if e["type"] == "recording.completed")
+        done: Any = next(e for e in hooks.events if e["type"] == "recording.completed")
         assert done["data"]["recording_id"] == rid and done["data"]["duration_s"] >= 4.0
 
 
