@@ -43,9 +43,12 @@ async def window(seconds: float) -> float:
 
 async def run(rooms: int, seconds: float) -> dict[str, float]:
     clip = encoded_clip(1280, 720, frames=90, gop=30)
-    with tempfile.TemporaryDirectory() as tmp, run_server(
-        recording={"dir": tmp, "min_free_mb": 1, "stop_free_mb": 0, "keyframe_interval": 0}
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        run_server(
+            recording={"dir": tmp, "min_free_mb": 1, "stop_free_mb": 0, "keyframe_interval": 0}
+        ) as server,
+    ):
         pubs = []
         api = httpx.AsyncClient(
             base_url=server.base_url, headers={"X-API-Key": server.gateway.operator_key}
@@ -99,7 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     for n in (int(x) for x in args.rooms.split(",")):
         r = asyncio.run(run(n, args.seconds))
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+        cells = (f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items())
+        print(" ".join(cells))
 
 
 if __name__ == "__main__":
