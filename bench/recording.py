@@ -26,10 +26,12 @@ from tests.support.server import run_server
 def writer_cpu() -> float:
     """CPU seconds of the live recording writer threads."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    return sum(
-        t.user_time + t.system_time
-        for t in psutil.Process().threads()
-        if names.get(t.id, "").startswith("recording-")
+    return float(
+        sum(
+            t.user_time + t.system_time
+            for t in psutil.Process().threads()
+            if names.get(t.id, "").startswith("recording-")
+        )
     )
 
 
@@ -38,7 +40,7 @@ async def window(seconds: float) -> float:
     t0, c0 = time.monotonic(), proc.cpu_times()
     await asyncio.sleep(seconds)
     c1 = proc.cpu_times()
-    return (c1.user + c1.system - c0.user - c0.system) / (time.monotonic() - t0)
+    return float(c1.user + c1.system - c0.user - c0.system) / (time.monotonic() - t0)
 
 
 async def run(rooms: int, seconds: float) -> dict[str, float]:
