@@ -277,3 +277,93 @@ async def test_write_failing_on_a_full_disk_leaves_a_playable_file() -> None:
                 path = root / f"{files[0]['id']}.mp4"
                 info = await asyncio.to_thread(probe, path)
                 assert info["decoded"] > 10 and "audio" in info
+
+
+VOD_PAGE = """<!doctype html><html><body>
+<video id="v" muted autoplay playsinline width="320" height="180"></video>
+<script src="/__test__/hls.js"></script>
+<script>
+window.player = {errors: [], fatal: [], frags: 0};
+const video = document.getElementById('v');
+const hls = new Hls({xhrSetup: (xhr) => xhr.setRequestHeader('X-API-Key', KEY)});
+hls.on(Hls.Events.ERROR, (_e, d) => {
+  const what = d.details + (d.error ? ': ' + String(d.error.message) : '');
+  window.player.errors.push(what);
+  if (d.fatal) window.player.fatal.push(what);
+});
+hls.on(Hls.Events.FRAG_BUFFERED, () => { window.player.frags += 1; });
+hls.loadSource(PLAYLIST);
+hls.attachMedia(video);
+window.state = () => ({...window.player, ended: video.ended, time: video.currentTime,
+  duration: video.duration, frames: video.getVideoPlaybackQuality().totalVideoFrames,
+  tracks: hls.audioTracks.length});
+</script></body></html>"""
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(120)
+async def test_hls_js_plays_the_vod_playlist_to_its_end(tmp_path: Path) -> None:
+    import importlib
+    import json
+    import os
+
+    from tests.live.test_hls_players import CHROMIUM, HLS_JS, _missing
+
+    if why := _missing():
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    with run_server(recording={"dir": str(tmp_path), **FAST}) as server:
+        async with api(server) as client:
+            await client.post("/v1/rooms", json={"name": "vod"})
+            pub = await publish(server, "vod")
+            try:
+                assert await wait_for(lambda: server.gateway.stages.live_hub("vod"), 10)
+                body = await record(client, "vod", 5.0)
+            finally:
+                await pub.close()
+            rid = body["files"][0]
+            playlist = f"{server.base_url}/v1/recordings/{rid}/index.m3u8"
+            html = VOD_PAGE.replace("PLAYLIST", json.dumps(playlist)).replace(
+                "KEY", json.dumps(server.gateway.operator_key)
+            )
+            pw_api = importlib.import_module("playwright.async_api")
+            async with pw_api.async_playwright() as pw:
+                browser = await pw.chromium.launch(
+                    executable_path=CHROMIUM,
+                    args=[
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--no-first-run",
+                        "--autoplay-policy=no-user-gesture-required",
+                    ],
+                    timeout=20_000,
+                )
+                try:
+                    page = await browser.new_page()
+
+                    async def serve_page(route: Any) -> None:
+                        await route.fulfill(status=200, content_type="text/html", body=html)
+
+                    async def serve_js(route: Any) -> None:
+                        await route.fulfill(
+                            status=200, content_type="text/javascript", path=str(HLS_JS)
+                        )
+
+                    await page.route(f"{server.base_url}/__test__/page.html", serve_page)
+                    await page.route(f"{server.base_url}/__test__/hls.js", serve_js)
+                    await page.goto(f"{server.base_url}/__test__/page.html")
+                    state: dict[str, Any] = {}
+                    deadline = asyncio.get_running_loop().time() + 30
+                    while asyncio.get_running_loop().time() < deadline:
+                        state = await page.evaluate("window.state()")
+                        assert not state["fatal"], state
+                        if state["ended"]:
+                            break
+                        await asyncio.sleep(0.25)
+                finally:
+                    await browser.close()
+    assert state["ended"], state  # played to EXT-X-ENDLIST's end
+    assert 4.0 <= state["duration"] <= 6.5, state
+    assert state["frames"] >= 100, state  # ~30 fps for ~5 s
