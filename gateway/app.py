@@ -178,7 +178,9 @@ def build_gateway(settings: Settings) -> Gateway:
         viewers,
         webhooks,
         bridges=BridgeService(settings.bridge, stages),
-        recordings=RecordingService(settings.recording, stages, webhooks.emit),
+        recordings=RecordingService(
+            settings.recording, stages, webhooks.emit, anchor_hubs=rooms.anchor_hubs
+        ),
         lag=lag,
         transport=transport,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from relay.errors import Conflict, NotFound
 from relay.http.common import check_room
@@ -35,9 +35,18 @@ def read_part(path: Path, offset: int, size: int) -> bytes:
     return data
 
 
+class RecordingStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    anchors: bool = False
+    """Also record each anchor's own stream (a file per anchor session) beside the program."""
+
+
 class RecordingView(BaseModel):
     id: str
     room: str
+    anchor: str | None
+    """The anchor session whose own stream this is; null: the room's program."""
     state: str
     format: str
     codecs: dict[str, str]
@@ -68,6 +77,7 @@ def recording_view(meta: RecordingMeta) -> RecordingView:
     return RecordingView(
         id=meta.id,
         room=meta.room,
+        anchor=meta.anchor,
         state=meta.state,
         format=meta.format,
         codecs=meta.codecs,
@@ -95,11 +105,14 @@ def recording_router(service: RecordingService) -> APIRouter:
     router = APIRouter(tags=["recordings"])
 
     @router.post("/rooms/{room}/recording", status_code=201, response_model=RoomRecordingView)
-    async def start_recording(room: str, response: Response) -> RoomRecordingView:
-        """Record the room's program (now if live, else from when it goes live); 507 when the
-        disk has less than ``recording.min_free_mb`` free."""
+    async def start_recording(
+        room: str, response: Response, body: RecordingStart | None = None
+    ) -> RoomRecordingView:
+        """Record the room's program (now if live, else from when it goes live), and with
+        ``anchors`` each anchor's own stream; 507 when the disk has less than
+        ``recording.min_free_mb`` free."""
         check_room(room)
-        rec = await service.start(room)
+        rec = await service.start(room, anchors=body is not None and body.anchors)
         response.headers["Location"] = f"/v1/rooms/{room}/recording"
         return room_view(rec, True)
 

@@ -44,6 +44,7 @@ class RecordingMeta:
     duration_s: float | None = None
     frames: int = 0
     frames_dropped: int = 0
+    anchor: str | None = None  # an anchor's own stream; None: the room's program
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -231,7 +232,11 @@ class RecordingFile:
             self.save_meta()
 
 
-def new_meta(recording_id: str, room: str, hub: FanoutHub) -> RecordingMeta:
+def new_meta(
+    recording_id: str, room: str, hub: FanoutHub, anchor: str | None = None
+) -> RecordingMeta:
     codecs: dict[str, str] = {kind: spec.name for kind, spec in hub.codecs.items()}
     fmt, suffix = container_for(codecs.get("video"))
-    return RecordingMeta(recording_id, room, recording_id + suffix, fmt, codecs, time.time())
+    return RecordingMeta(
+        recording_id, room, recording_id + suffix, fmt, codecs, time.time(), anchor=anchor
+    )

@@ -25,6 +25,7 @@ from .recorder import RecordingFile, RecordingMeta, new_meta
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, dict[str, Any]], None]
+AnchorHubs = Callable[[str], dict[str, FanoutHub]]  # room -> its live anchors' own hubs
 
 
 class InsufficientStorage(StagecastError):
@@ -36,7 +37,9 @@ class RoomRecorder:
     """A room being recorded: its current file (while live) and the files made so far."""
 
     room: str
+    anchors: bool = False  # each anchor's own stream too, a file per anchor session
     current: RecordingFile | None = None
+    per_anchor: dict[str, RecordingFile] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     reason: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -44,9 +47,14 @@ class RoomRecorder:
 
 class RecordingService:
     def __init__(
-        self, settings: RecordingSettings, stages: StageTable, events: EventSink | None = None
+        self,
+        settings: RecordingSettings,
+        stages: StageTable,
+        events: EventSink | None = None,
+        anchor_hubs: AnchorHubs | None = None,
     ) -> None:
         self.settings = settings
+        self._anchor_hubs: AnchorHubs = anchor_hubs or (lambda room: {})
         self._stages = stages
         self._events: EventSink = events or (lambda kind, data: None)
         self._temp: Path | None = None
@@ -67,7 +75,7 @@ class RecordingService:
         return shutil.disk_usage(self.directory()).free
 
     # -- commands --------------------------------------------------------------------------------
-    async def start(self, room: str) -> RoomRecorder:
+    async def start(self, room: str, *, anchors: bool = False) -> RoomRecorder:
         if self._stages.get(room) is None:
             raise NotFound(f"no room {room!r}")
         if room in self.recorders:
@@ -77,10 +85,12 @@ class RecordingService:
             raise InsufficientStorage(
                 f"{free // MB} MB free for recordings, {self.settings.min_free_mb} MB needed"
             )
-        rec = self.recorders[room] = RoomRecorder(room)
+        rec = self.recorders[room] = RoomRecorder(room, anchors)
         hub = self._stages.live_hub(room)
         if hub is not None and not hub.closed.is_set():
             await self._follow(rec, hub)
+        if anchors:
+            await self._follow_anchors(rec)
         if self._monitor is None:
             self._monitor = asyncio.create_task(self._watch_disk(), name="recordings-disk")
         log.info("recording room %s", room)
@@ -142,24 +152,46 @@ class RecordingService:
             if hub is not None and not hub.closed.is_set():
                 await self._follow(rec, hub)
 
-    async def _follow(self, rec: RoomRecorder, hub: FanoutHub) -> None:
-        root = self.directory()
-        meta = new_meta(new_recording_id(), rec.room, hub)
+    async def _open(
+        self, rec: RoomRecorder, hub: FanoutHub, anchor: str | None = None
+    ) -> RecordingFile:
+        meta = new_meta(new_recording_id(), rec.room, hub, anchor)
         s = self.settings
         current = RecordingFile(
-            root, meta, hub, s.queue_frames, s.fragment_duration, s.keyframe_interval
+            self.directory(), meta, hub, s.queue_frames, s.fragment_duration, s.keyframe_interval
         )
         await current.start()
-        rec.current = current
         rec.files.append(meta.id)
         self._events(
-            "recording.started", {"room": rec.room, "recording_id": meta.id, "file": meta.file}
+            "recording.started",
+            {"room": rec.room, "recording_id": meta.id, "file": meta.file, "anchor_id": anchor},
         )
+        return current
+
+    async def _follow(self, rec: RoomRecorder, hub: FanoutHub) -> None:
+        rec.current = await self._open(rec, hub)
+
+    async def _follow_anchors(self, rec: RoomRecorder) -> None:
+        """Open a file for each new anchor session of the room, close those that ended."""
+        live = self._anchor_hubs(rec.room)
+        for anchor_id, file in list(rec.per_anchor.items()):
+            if live.get(anchor_id) is not file.hub or file.hub.closed.is_set():
+                del rec.per_anchor[anchor_id]
+                await self._finish(rec, file, "anchor left")
+        for anchor_id, hub in live.items():
+            if anchor_id not in rec.per_anchor and not hub.closed.is_set():
+                rec.per_anchor[anchor_id] = await self._open(rec, hub, anchor_id)
 
     async def _close(self, rec: RoomRecorder, reason: str) -> None:
         current, rec.current = rec.current, None
-        if current is None:
-            return
+        if reason != "new program" and reason != "stream ended":
+            for file in rec.per_anchor.values():
+                await self._finish(rec, file, reason)
+            rec.per_anchor.clear()
+        if current is not None:
+            await self._finish(rec, current, reason)
+
+    async def _finish(self, rec: RoomRecorder, current: RecordingFile, reason: str) -> None:
         meta = await current.finish(reason)
         log.info("recording %s of room %s complete: %s", meta.id, rec.room, reason)
         self._events(
@@ -171,6 +203,7 @@ class RecordingService:
                 "size": meta.size,
                 "duration_s": meta.duration_s,
                 "reason": reason,
+                "anchor_id": meta.anchor,
             },
         )
 
@@ -190,8 +223,11 @@ class RecordingService:
                 if self.guard.check(free) == "stop":
                     log.warning("room %s: recording stopped, %d MB free", room, free // MB)
                     await self.stop(room, "disk full")
-                elif rec.current is not None and rec.current.failed:
+                elif any(f.failed for f in (rec.current, *rec.per_anchor.values()) if f):
                     await self.stop(room, "stopped")
+                elif rec.anchors and self.recorders.get(room) is rec:
+                    async with rec.lock:
+                        await self._follow_anchors(rec)
 
     # -- files -----------------------------------------------------------------------------------
     def recording_of(self, room: str) -> RoomRecorder:
@@ -200,14 +236,18 @@ class RecordingService:
             raise NotFound(f"room {room!r} is not being recorded")
         return rec
 
+    def _live_metas(self) -> dict[str, RecordingMeta]:
+        files = [f for r in self.recorders.values() for f in (r.current, *r.per_anchor.values())]
+        return {f.meta.id: f.meta for f in files if f is not None}
+
     def active_ids(self) -> set[str]:
-        return {r.current.meta.id for r in self.recorders.values() if r.current is not None}
+        return set(self._live_metas())
 
     def list(self, room: str | None = None) -> list[RecordingMeta]:
         """Every recording in the directory (oldest first), live ones with their growing size."""
         if self.root is None or not self.root.is_dir():
             return []
-        live = {r.current.meta.id: r.current.meta for r in self.recorders.values() if r.current}
+        live = self._live_metas()
         out: list[RecordingMeta] = []
         for path in sorted(self.root.glob("*.json")):
             try:
@@ -225,10 +265,9 @@ class RecordingService:
 
     def get(self, recording_id: str) -> RecordingMeta:
         path = recording_path(self.directory(), recording_id, ".json")
-        live = [r.current.meta for r in self.recorders.values() if r.current]
-        for meta in live:
-            if meta.id == recording_id:
-                return meta
+        live = self._live_metas().get(recording_id)
+        if live is not None:
+            return live
         try:
             return RecordingMeta.from_json(path.read_text())
         except FileNotFoundError:

@@ -359,6 +359,11 @@ class RoomService:
         anchor = program.anchors.get(anchor_id) if program is not None else None
         return anchor.hub if anchor is not None else None
 
+    def anchor_hubs(self, room: str) -> dict[str, FanoutHub]:
+        """The room's live anchors' own hubs by anchor id (recordings of each anchor)."""
+        program = self.rooms.get(room)
+        return {a.id: a.hub for a in program.anchors.values()} if program is not None else {}
+
     def mixminus_hub(self, room: str, anchor_id: str, subject: str | None) -> FanoutHub | None:
         """An anchor's mix-minus (everyone else's audio), for ``/whep/{room}?mixminus={id}``.
         ``subject`` is the requester's anchor-token subject (a POST's or a HEAD's), which must

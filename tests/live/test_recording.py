@@ -32,11 +32,18 @@ def api(server: RunningServer) -> httpx.AsyncClient:
     )
 
 
-async def publish(server: RunningServer, room: str, size: tuple[int, int] = (320, 180)) -> Any:
+async def publish(
+    server: RunningServer, room: str, size: tuple[int, int] = (320, 180), subject: str = ""
+) -> Any:
+    token = (
+        server.gateway.tokens.mint(room, "anchor", subject, 600)
+        if subject
+        else server.anchor_token(room)
+    )
     return await whip_publish(
         server.base_url,
         room,
-        server.anchor_token(room),
+        token,
         video=StampedVideoTrack(size[0], size[1], 30),
         audio=ToneAudioTrack(440),
         video_codec="H264",
@@ -367,3 +374,63 @@ async def test_hls_js_plays_the_vod_playlist_to_its_end(tmp_path: Path) -> None:
     assert state["ended"], state  # played to EXT-X-ENDLIST's end
     assert 4.0 <= state["duration"] <= 6.5, state
     assert state["frames"] >= 100, state  # ~30 fps for ~5 s
+
+
+@pytest.mark.timeout(90)
+async def test_each_anchor_recorded_beside_the_program(tmp_path: Path) -> None:
+    with run_server(recording={"dir": str(tmp_path), **FAST}) as server:
+        async with api(server) as client:
+            await client.post("/v1/rooms", json={"name": "duo"})
+            first = await publish(server, "duo")
+            second = None
+            try:
+                assert await wait_for(lambda: server.gateway.stages.live_hub("duo"), 10)
+                made = await client.post("/v1/rooms/duo/recording", json={"anchors": True})
+                assert made.status_code == 201, made.text
+                second = await publish(
+                    server, "duo", subject="cohost"
+                )  # a co-host: the program is mixed
+                recs = server.gateway.recordings.recorders
+                assert await wait_for(lambda: len(recs["duo"].per_anchor) == 2, 10)
+                await asyncio.sleep(3.0)
+            finally:
+                for p in (first, second):
+                    if p is not None:
+                        await p.close()
+            await client.delete("/v1/rooms/duo/recording")
+            files = (await client.get("/v1/recordings", params={"room": "duo"})).json()
+        anchors = sorted(f["anchor"] for f in files if f["anchor"])
+        assert len(files) == 3 and len(anchors) == 2, files  # the program + one per anchor
+        for f in files:
+            assert f["state"] == "complete", f
+            info = await asyncio.to_thread(probe, tmp_path / f"{f['id']}.mp4")
+            assert info["decoded"] >= 30 and "audio" in info, (f, info)
+
+
+@pytest.mark.timeout(60)
+async def test_a_vp8_program_is_recorded_to_webm(tmp_path: Path) -> None:
+    with run_server(recording={"dir": str(tmp_path), **FAST}) as server:
+        async with api(server) as client:
+            await client.post("/v1/rooms", json={"name": "vp8"})
+            pub = await whip_publish(
+                server.base_url,
+                "vp8",
+                server.anchor_token("vp8"),
+                video=StampedVideoTrack(320, 180, 30),
+                audio=ToneAudioTrack(440),
+                video_codec="VP8",
+            )
+            try:
+                assert await wait_for(lambda: server.gateway.stages.live_hub("vp8"), 10)
+                body = await record(client, "vp8", 3.0)
+            finally:
+                await pub.close()
+            rid = body["files"][0]
+            view = (await client.get(f"/v1/recordings/{rid}")).json()
+            assert view["format"] == "webm" and view["playlist_url"] is None
+            assert (await client.get(f"/v1/recordings/{rid}/index.m3u8")).status_code == 409
+            got = await client.get(f"/v1/recordings/{rid}/media.webm")
+            assert got.status_code == 200 and got.headers["content-type"] == "video/webm"
+        info = await asyncio.to_thread(probe, tmp_path / f"{rid}.webm")
+        assert info["video"]["codec"] == "vp8" and info["audio"]["codec"] == "opus"
+        assert info["decoded"] >= 60, info
