@@ -85,12 +85,15 @@ class RecordingService:
             raise InsufficientStorage(
                 f"{free // MB} MB free for recordings, {self.settings.min_free_mb} MB needed"
             )
+        if room in self.recorders:  # started while the free space was read
+            raise Conflict(f"room {room!r} is already being recorded")
         rec = self.recorders[room] = RoomRecorder(room, anchors)
-        hub = self._stages.live_hub(room)
-        if hub is not None and not hub.closed.is_set():
-            await self._follow(rec, hub)
-        if anchors:
-            await self._follow_anchors(rec)
+        async with rec.lock:  # a hub change meanwhile waits, then finds this file
+            hub = self._stages.live_hub(room)
+            if hub is not None and not hub.closed.is_set():
+                await self._follow(rec, hub)
+            if anchors:
+                await self._follow_anchors(rec)
         if self._monitor is None:
             self._monitor = asyncio.create_task(self._watch_disk(), name="recordings-disk")
         log.info("recording room %s", room)
@@ -209,7 +212,8 @@ class RecordingService:
 
     async def _watch_disk(self) -> None:
         """Stop every recording cleanly (file closed, playable) before the disk fills; end one
-        whose writer failed on its own."""
+        whose writer failed on its own or whose room was closed; follow anchors coming and
+        going."""
         while True:
             await asyncio.sleep(self.settings.check_interval)
             if not self.recorders:
@@ -220,14 +224,24 @@ class RecordingService:
                 log.exception("cannot read the recordings disk's free space")
                 continue
             for room, rec in list(self.recorders.items()):
-                if self.guard.check(free) == "stop":
-                    log.warning("room %s: recording stopped, %d MB free", room, free // MB)
-                    await self.stop(room, "disk full")
-                elif any(f.failed for f in (rec.current, *rec.per_anchor.values()) if f):
-                    await self.stop(room, "stopped")
-                elif rec.anchors and self.recorders.get(room) is rec:
-                    async with rec.lock:
-                        await self._follow_anchors(rec)
+                try:
+                    await self._check(room, rec, free)
+                except Exception:
+                    log.exception("room %s: checking its recording failed", room)
+
+    async def _check(self, room: str, rec: RoomRecorder, free: int) -> None:
+        if self.recorders.get(room) is not rec:
+            return  # stopped meanwhile
+        if self.guard.check(free) == "stop":
+            log.warning("room %s: recording stopped, %d MB free", room, free // MB)
+            await self.stop(room, "disk full")
+        elif any(f.failed for f in (rec.current, *rec.per_anchor.values()) if f):
+            await self.stop(room, "stopped")  # the writer's error becomes the reason
+        elif self._stages.get(room) is None:
+            await self.stop(room, "room closed")
+        elif rec.anchors:
+            async with rec.lock:
+                await self._follow_anchors(rec)
 
     # -- files -----------------------------------------------------------------------------------
     def recording_of(self, room: str) -> RoomRecorder:

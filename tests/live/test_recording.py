@@ -434,3 +434,27 @@ async def test_a_vp8_program_is_recorded_to_webm(tmp_path: Path) -> None:
         info = await asyncio.to_thread(probe, tmp_path / f"{rid}.webm")
         assert info["video"]["codec"] == "vp8" and info["audio"]["codec"] == "opus"
         assert info["decoded"] >= 60, info
+
+
+@pytest.mark.timeout(60)
+async def test_bad_requests_and_a_closed_room(tmp_path: Path) -> None:
+    with run_server(recording={"dir": str(tmp_path), **FAST}) as server:
+        async with api(server) as client:
+            assert (await client.post("/v1/rooms/nowhere/recording")).status_code == 404
+            assert (await client.delete("/v1/rooms/nowhere/recording")).status_code == 404
+            assert (await client.post("/v1/rooms/a%20b/recording")).status_code == 422
+            bad_body = await client.post("/v1/rooms/x/recording", json={"anchorz": True})
+            assert bad_body.status_code == 422
+            await client.post("/v1/rooms", json={"name": "closing"})
+            both = await asyncio.gather(
+                client.post("/v1/rooms/closing/recording"),
+                client.post("/v1/rooms/closing/recording"),
+            )
+            assert sorted(r.status_code for r in both) == [201, 409]
+            assert (await client.get("/v1/rooms/closing/recording")).json()["files"] == []
+            assert (await client.delete("/v1/rooms/closing")).status_code == 204
+            recs = server.gateway.recordings.recorders
+            assert await wait_for(lambda: "closing" not in recs, 5)
+            assert (await client.get("/v1/rooms/closing/recording")).status_code == 404
+            async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+                assert (await anonymous.get("/v1/recordings")).status_code == 401
