@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from relay.errors import Conflict, NotFound
 from relay.http.common import check_room
+from relay.http.problems import problem_responses
 
 from .files import check_recording_id, parse_part_name, vod_playlist
 from .recorder import RecordingMeta
@@ -104,7 +105,12 @@ def room_view(rec: RoomRecorder, recording: bool) -> RoomRecordingView:
 def recording_router(service: RecordingService) -> APIRouter:
     router = APIRouter(tags=["recordings"])
 
-    @router.post("/rooms/{room}/recording", status_code=201, response_model=RoomRecordingView)
+    @router.post(
+        "/rooms/{room}/recording",
+        status_code=201,
+        response_model=RoomRecordingView,
+        responses=problem_responses(507),
+    )
     async def start_recording(
         room: str, response: Response, body: RecordingStart | None = None
     ) -> RoomRecordingView:
@@ -138,7 +144,10 @@ def recording_router(service: RecordingService) -> APIRouter:
         check_recording_id(recording_id)
         return recording_view(await asyncio.to_thread(service.get, recording_id))
 
-    @router.get("/recordings/{recording_id}/index.m3u8")
+    @router.get(
+        "/recordings/{recording_id}/index.m3u8",
+        responses={200: {"content": {PLAYLIST_TYPE: {}}, "description": "VOD playlist"}},
+    )
     async def playlist(recording_id: str) -> Response:
         """HLS VOD playlist over the file (byte ranges); a live recording's lists what is
         written so far."""
@@ -154,7 +163,14 @@ def recording_router(service: RecordingService) -> APIRouter:
         return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-cache"})
 
     @router.head("/recordings/{recording_id}/{name}", include_in_schema=False)
-    @router.get("/recordings/{recording_id}/{name}")
+    @router.get(
+        "/recordings/{recording_id}/{name}",
+        responses={
+            200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "Media"},
+            206: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "Range"},
+            416: {"description": "Range not satisfiable"},
+        },
+    )
     async def download(recording_id: str, name: str) -> Response:
         """The media file, ``media.mp4`` (``media.webm`` for VP8); ``Range: bytes=...`` answers
         206 with those bytes. ``OFFSET-SIZE.m4s``: a segment the VOD playlist names."""
