@@ -177,6 +177,12 @@ class RecordingSettings(BaseModel):
     check_interval: float = Field(1.0, gt=0, le=60)
     """How often (s) a recording checks the disk's free space."""
 
+    @model_validator(mode="after")
+    def _stop_below_start(self) -> RecordingSettings:
+        if self.stop_free_mb > self.min_free_mb:
+            raise ValueError("recording.stop_free_mb must not exceed recording.min_free_mb")
+        return self
+
 
 class WebhookSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

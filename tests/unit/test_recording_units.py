@@ -189,3 +189,13 @@ def test_a_file_cut_anywhere_goes_back_to_its_last_whole_box_and_plays(
     idx = _index_file(kept)
     assert idx.end == boundary.safe  # ends on a whole fragment (moof + mdat), not in one
     assert idx.fragments and _decoded(kept) > 0
+
+
+def test_settings_refuse_a_stop_threshold_above_the_start_one() -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import RecordingSettings
+
+    assert RecordingSettings(min_free_mb=10, stop_free_mb=10).stop_free_mb == 10
+    with pytest.raises(ValidationError):
+        RecordingSettings(min_free_mb=10, stop_free_mb=11)
