@@ -149,8 +149,8 @@ def recording_router(service: RecordingService) -> APIRouter:
         responses={200: {"content": {PLAYLIST_TYPE: {}}, "description": "VOD playlist"}},
     )
     async def playlist(recording_id: str) -> Response:
-        """HLS VOD playlist over the file (byte ranges); a live recording's lists what is
-        written so far."""
+        """HLS VOD playlist over the file (segments named by byte range); while the file is
+        being written, an EVENT playlist of what is written so far (no ENDLIST)."""
         check_recording_id(recording_id)
         meta = await asyncio.to_thread(service.get, recording_id)
         if meta.format != "mp4":
@@ -159,7 +159,7 @@ def recording_router(service: RecordingService) -> APIRouter:
             index = await asyncio.to_thread(service.index, meta)
         except FileNotFoundError:
             raise NotFound("no such recording") from None
-        text = vod_playlist(index)
+        text = vod_playlist(index, ended=meta.state == "complete")
         return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-cache"})
 
     @router.head("/recordings/{recording_id}/{name}", include_in_schema=False)

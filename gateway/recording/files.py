@@ -201,9 +201,10 @@ def parse_part_name(name: str) -> tuple[int, int] | None:
     return (offset, size) if 0 < size <= MAX_PART else None
 
 
-def vod_playlist(index: Mp4Index, target: float = 4.0) -> str:
-    """An HLS VOD playlist (RFC 8216) over a finished or growing recording: every complete
-    fragment is listed, and the list ends (ENDLIST). Each segment (and the init segment) is
+def vod_playlist(index: Mp4Index, target: float = 4.0, *, ended: bool = True) -> str:
+    """An HLS playlist (RFC 8216) over a recording: every complete fragment is listed; a
+    finished one is VOD and ends (ENDLIST), a growing one is an EVENT playlist (players
+    reload it and find the fragments written since). Each segment (and the init segment) is
     named by its byte range of the one file (``OFFSET-SIZE.m4s``) rather than listed with
     EXT-X-BYTERANGE: ffmpeg's HLS reader reuses a keep-alive connection for the next byte
     range of the same URL without reading the rest of the previous answer, and stops there."""
@@ -213,14 +214,15 @@ def vod_playlist(index: Mp4Index, target: float = 4.0) -> str:
         "#EXTM3U",
         "#EXT-X-VERSION:7",
         f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest))}",
-        "#EXT-X-PLAYLIST-TYPE:VOD",
+        f"#EXT-X-PLAYLIST-TYPE:{'VOD' if ended else 'EVENT'}",
         "#EXT-X-MEDIA-SEQUENCE:0",
         "#EXT-X-INDEPENDENT-SEGMENTS",
         f'#EXT-X-MAP:URI="{part_name(0, index.init_size)}"',
     ]
     for seg in segments:
         lines += [f"#EXTINF:{seg.duration:.3f},", part_name(seg.offset, seg.size)]
-    lines.append("#EXT-X-ENDLIST")
+    if ended:
+        lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
 
 

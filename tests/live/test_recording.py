@@ -77,10 +77,17 @@ def probe(path: Path) -> dict[str, Any]:
     return out
 
 
-async def record(client: httpx.AsyncClient, room: str, seconds: float) -> dict[str, Any]:
+async def record(
+    client: httpx.AsyncClient, room: str, seconds: float, *, mp4: bool = True
+) -> dict[str, Any]:
     started = await client.post(f"/v1/rooms/{room}/recording")
     assert started.status_code == 201, started.text
     await asyncio.sleep(seconds)
+    if mp4:  # while written: an EVENT playlist of the fragments so far, no ENDLIST
+        current = (await client.get(f"/v1/rooms/{room}/recording")).json()["current"]
+        text = (await client.get(current["playlist_url"])).text
+        assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "ENDLIST" not in text, text
+        assert text.count("#EXTINF") >= 1, text
     stopped = await client.delete(f"/v1/rooms/{room}/recording")
     assert stopped.status_code == 200, stopped.text
     body: dict[str, Any] = stopped.json()
@@ -422,7 +429,7 @@ async def test_a_vp8_program_is_recorded_to_webm(tmp_path: Path) -> None:
             )
             try:
                 assert await wait_for(lambda: server.gateway.stages.live_hub("vp8"), 10)
-                body = await record(client, "vp8", 3.0)
+                body = await record(client, "vp8", 3.0, mp4=False)
             finally:
                 await pub.close()
             rid = body["files"][0]

@@ -110,6 +110,9 @@ def test_vod_playlist_text() -> None:
         "1100-200.m4s\n"
         "#EXT-X-ENDLIST\n"
     )
+    growing = vod_playlist(_index((2.0, True), (2.5, True)), target=2.0, ended=False)
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT\n" in growing and "ENDLIST" not in growing
+    assert growing.endswith("1100-100.m4s\n")
     empty = vod_playlist(_index())
     assert empty.endswith('#EXT-X-MAP:URI="0-1000.m4s"\n#EXT-X-ENDLIST\n')
 
