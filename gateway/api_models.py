@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from relay.auth.tokens import LINK_SUBJECT_PREFIX, clean_claim
 
-ROOM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+ROOM_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"  # as relay.http.common's
 
 
 class _Body(BaseModel):

@@ -122,7 +122,10 @@ class BridgeService:
         return bridge
 
     async def _new_hls(self, room: str) -> HlsOutput:
-        directory = self.hls_root() / room
+        root = self.hls_root()
+        directory = root / room
+        if directory.resolve().parent != root.resolve():  # rooms are checked; this stays so
+            raise Unprocessable(f"room {room!r} cannot name an HLS directory")
         await asyncio.to_thread(shutil.rmtree, directory, True)  # nothing stale is served
         packager = LlHlsPackager(
             secrets.token_hex(8),

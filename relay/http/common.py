@@ -14,12 +14,15 @@ from relay.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 EXPOSED = "Location, ETag, Link, Accept-Post, Accept-Patch, Retry-After"
-ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# No leading dot: a room name becomes a directory name (HLS, recordings), and "." or ".." would
+# name the directory itself or its parent.
+ROOM_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+ROOM_RULE = "room names are 1-64 characters of A-Z a-z 0-9 _ . -, not starting with a dot"
 
 
 def check_room(room: str) -> None:
     if not ROOM_PATTERN.fullmatch(room):
-        raise Unprocessable("room names are 1-64 characters of A-Z a-z 0-9 _ . -")
+        raise Unprocessable(ROOM_RULE)
 
 
 def require_content_type(request: Request, expected: str) -> None:

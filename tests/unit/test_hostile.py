@@ -116,3 +116,27 @@ def test_tokens_forged_variants() -> None:
     for token in variants:
         with pytest.raises((Unauthorized, Forbidden)):
             auth.verify(token, room="r", role="anchor")
+
+
+@pytest.mark.parametrize("room", [".", "..", ".hidden", "a" * 65, "", "a/b", "a b"])
+def test_room_names_that_could_name_a_directory_outside_are_refused(room: str) -> None:
+    """A room name becomes a directory (HLS, recordings): "." and ".." named the directory itself
+    or its parent, which the HLS bridge then emptied (rmtree)."""
+    from pydantic import ValidationError
+
+    from gateway.api_models import RoomCreate
+    from relay.http.common import check_room
+
+    with pytest.raises(Unprocessable):
+        check_room(room)
+    with pytest.raises(ValidationError):
+        RoomCreate(name=room)
+
+
+@pytest.mark.parametrize("room", ["a", "a.b", "a..b", "_x", "-y", "Z" * 64])
+def test_ordinary_room_names_pass(room: str) -> None:
+    from gateway.api_models import RoomCreate
+    from relay.http.common import check_room
+
+    check_room(room)
+    assert RoomCreate(name=room).name == room

@@ -144,7 +144,7 @@ async function goLive(event) {
   event.preventDefault();
   const room = ui.room.value.trim();
   if (!validRoom(room)) {
-    show('error', 'offline', 'Room names are 1-64 characters of A-Z a-z 0-9 _ . -');
+    show('error', 'offline', 'Room names are 1-64 characters of A-Z a-z 0-9 _ . -, not starting with a dot');
     return;
   }
   if (chatRoom !== room) {

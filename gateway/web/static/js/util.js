@@ -33,7 +33,7 @@ export function setStatus(el, state, text) {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-const ROOM = /^[A-Za-z0-9_.-]{1,64}$/;
+const ROOM = /^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$/; // no leading dot, as the gateway's
 export function validRoom(room) {
   return ROOM.test(room);
 }

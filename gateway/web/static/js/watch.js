@@ -320,7 +320,7 @@ function start(event) {
   if (event) event.preventDefault();
   const room = ui.room.value.trim();
   if (!validRoom(room)) {
-    show('error', 'error', 'Enter a room name.', 'Room names are 1-64 characters of A-Z a-z 0-9 _ . -');
+    show('error', 'error', 'Enter a room name.', 'Room names are 1-64 characters of A-Z a-z 0-9 _ . -, not starting with a dot');
     return;
   }
   const url = new URL(location.href);
