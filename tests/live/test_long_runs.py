@@ -253,12 +253,6 @@ async def test_aiortc_viewers_long_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(TIMEOUT)
-@pytest.mark.xfail(
-    reason="issue 16: ffmpeg's WHIP muxer does not answer ICE consent checks, so the gateway "
-    "drops its session after ~32 s",
-    raises=AssertionError,
-    strict=False,
-)
 async def test_ffmpeg_whip_anchor_long_run(tmp_path: Path) -> None:
     import imageio_ffmpeg
 
