@@ -31,6 +31,7 @@ from aiortc.codecs.h264 import H264Encoder
 from relay.auth.access import Grant
 from relay.media.frames import CodecSpec, EncodedFrame
 from relay.media.hub import FanoutHub
+from relay.media.stream_key import StreamKey
 from relay.rtc.adapter import install_ingest_tap
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.sdp import check_offer
@@ -66,7 +67,8 @@ async def open_viewer(service: ViewerService, counts: list[int]) -> RTCPeerConne
     transceivers = [pc.addTransceiver(k, direction="recvonly") for k in ("video", "audio")]
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
-    session = await service.open("bench", sdp, check_offer(sdp, "view"), Grant("b", "", 0))
+    key, grant = StreamKey("bench"), Grant("b", "", 0)
+    session = await service.open(key, sdp, check_offer(sdp, "view"), grant)
     await pc.setRemoteDescription(RTCSessionDescription(session.pc.localDescription.sdp, "answer"))
     idx = len(counts)
     counts.append(0)
@@ -81,14 +83,14 @@ async def open_viewer(service: ViewerService, counts: list[int]) -> RTCPeerConne
 
 async def run(n: int, mode: str, seconds: float, clip: list[Any]) -> dict[str, float]:
     hub = FanoutHub(
-        "bench",
+        StreamKey("bench"),
         {
             "video": CodecSpec("video", "H264", 90000),
             "audio": CodecSpec("audio", "opus", 48000),
         },
     )
     hub.set_keyframe_requester(lambda: None)
-    service = ViewerService(lambda room: hub, limits=ViewerLimits(direct=mode == "direct"))
+    service = ViewerService(lambda key, subject: hub, limits=ViewerLimits(direct=mode == "direct"))
     counts: list[int] = []
     pcs = [await open_viewer(service, counts) for _ in range(n)]
     for _ in range(200):

@@ -36,6 +36,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from relay.auth.access import Grant
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
+from relay.media.stream_key import StreamKey
 from relay.rtc.certificates import RotatingCertificate
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.sdp import check_offer
@@ -82,7 +83,7 @@ async def join(service: ViewerService, client: ClientLoop) -> dict[str, float]:
     pc, sdp = await client.run(offer())
     times: dict[str, float] = {}
     t = time.thread_time()
-    session = await service.open("bench", sdp, check_offer(sdp, "view"), GRANT)
+    session = await service.open(StreamKey("bench"), sdp, check_offer(sdp, "view"), GRANT)
     times["open"] = time.thread_time() - t
     connected = asyncio.Event()
 
@@ -136,10 +137,10 @@ async def _offer_text() -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
-    hub = FanoutHub("bench", CODECS)
+    hub = FanoutHub(StreamKey("bench"), CODECS)
     services = {
-        "node": ViewerService(lambda room: hub),
-        "fresh": ViewerService(lambda room: hub),
+        "node": ViewerService(lambda key, subject: hub),
+        "fresh": ViewerService(lambda key, subject: hub),
     }
     services["fresh"].certificate = RotatingCertificate(1e-9)  # a new one for every join
     client = ClientLoop()

@@ -49,9 +49,8 @@ def _child(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_gateway, create_app
-    from gateway.cluster import build_edge_node
     from gateway.settings import Settings
-    from relay.cluster.edge import create_edge_app
+    from relay.server.edge import build_edge_node, create_edge_app
 
     records: list[tuple[str, float]] = []
     publish = FanoutHub.publish

@@ -16,6 +16,7 @@ from aiortc import RTCPeerConnection
 from relay.auth.access import Grant
 from relay.errors import Conflict, NotFound, Unprocessable
 from relay.media.lifecycle import SessionLifecycle
+from relay.media.stream_key import StreamKey
 from relay.rtc.candidates import node_policy
 from relay.rtc.ingest import IngestSet, TrackIngest
 from relay.rtc.lifecycle import PeerLifecycle
@@ -105,7 +106,7 @@ class AnchorService:
             raise
         media = self._settings.media
         hub = AnchorHub(
-            f"{room}/{sid}",
+            StreamKey(room, anchor=sid),
             codecs,
             keyframe_interval=media.keyframe_interval,
             video_queue_frames=media.video_queue_frames,

@@ -1,24 +1,25 @@
-"""The gateway's ASGI app: one factory, every long-lived object owned by its lifespan."""
+"""The gateway's (origin's) ASGI app: relay's node app (lifespan, ops routes) plus WHIP, the
+origin's WHEP, the operator API, bridges and pages; every long-lived object owned by its
+lifespan."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
 
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
-from relay.http.common import CorsHeaders, check_room
-from relay.http.problems import install_problem_handlers, problem_responses
+from relay.http.common import check_room
+from relay.http.problems import problem_responses
 from relay.http.ratelimit import ClientRateLimiter
-from relay.http.whep import whep_router
+from relay.http.whep import WhepStreamKey, whep_router
 from relay.media.fallback import FallbackPolicy
 from relay.media.retransmit import RetransmitLimits
+from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
@@ -27,6 +28,9 @@ from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.adapter import check_version
 from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerLimits, ViewerService
+from relay.server.app import Readiness, create_node_app
+from relay.server.cluster import node_id
+from relay.server.metrics import build_registry, render
 
 from .anchors import AnchorService
 from .api_layout import layout_router
@@ -34,15 +38,9 @@ from .api_messages import messages_api_router
 from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
 from .bridge import BridgeService, bridge_router, hls_router
-from .cluster import build_origin_cluster, node_id
+from .cluster import build_origin_cluster
 from .guards import RequestGuards
-from .metrics import (
-    CONTENT_TYPE,
-    ExtraCounters,
-    GatewayCollector,
-    build_registry,
-    render,
-)
+from .metrics import ExtraCounters, GatewayCollector
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
 from .recording import RecordingService, recording_router
@@ -86,7 +84,21 @@ class Gateway:
     messages: RoomChannels | None = None
     transport: NodeTransport = field(default_factory=NodeTransport)
 
+    def __post_init__(self) -> None:
+        collector = GatewayCollector(
+            self.stages,
+            self.rooms,
+            self.anchors,
+            self.viewers,
+            self.lag,
+            self.metric_sources,
+            gc_pauses=self.gc_pauses,
+            room_labels=self.settings.metrics.room_labels,
+        )
+        self._metrics = build_registry(collector)
+
     async def start(self) -> None:
+        log.info("gateway up at %s", self.settings.base_url)
         await self.transport.start()
         self.lag.start()
         self.gc_pauses.install()
@@ -112,6 +124,17 @@ class Gateway:
         if self.cluster is not None:
             await self.cluster.stop()
         await self.transport.close()
+
+    def readiness(self) -> Readiness:
+        detail = {
+            "rooms": len(self.stages),
+            "anchors": len(self.anchors.sessions),
+            "viewers": self.viewers.count(),
+        }
+        return Readiness(True, detail)
+
+    def metrics(self) -> bytes:
+        return render(self._metrics)
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -199,23 +222,18 @@ def build_gateway(settings: Settings) -> Gateway:
 
 def origin_whep_gate(
     cluster: ClusterNode, access: AccessPolicy
-) -> Callable[[Request], Awaitable[None]]:
+) -> Callable[[Request, StreamKey], Awaitable[None]]:
     """The cluster's WHEP routing (307 to an edge), except for mix-minus pulls: only the origin,
     where the anchors are, has those (an edge answers 404). A viewer is authorized before it is
     routed: the 307 names the edge already pulling the room, i.e. tells that it is live."""
 
-    async def gate(request: Request) -> None:
-        if "mixminus" in request.query_params:
+    async def gate(request: Request, key: WhepStreamKey) -> None:
+        if key.mixminus is not None:
             return
-        room = request.path_params.get("room")
-        if (
-            request.method == "POST"
-            and room is not None
-            and "session_id" not in request.path_params
-        ):
-            check_room(str(room))
+        if request.method == "POST" and "session_id" not in request.path_params:
+            check_room(key.room)
             q, h = request.query_params, request.headers
-            access.authorize(str(room), "audience", h.get("authorization"), q.get("access_token"))
+            access.authorize(key.room, "audience", h.get("authorization"), q.get("access_token"))
         await cluster.whep_gate(request)
 
     return gate
@@ -224,24 +242,14 @@ def origin_whep_gate(
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     gw = gateway or build_gateway(settings)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        log.info("gateway up at %s", settings.base_url)
-        await gw.start()
-        try:
-            yield
-        finally:
-            await gw.shutdown()
-
-    app = FastAPI(
+    app = create_node_app(
+        gw,
         title="stagecast gateway",
-        version="0.1.0",
         summary="WHIP anchors in, encoded fan-out, WHEP audiences out.",
-        lifespan=lifespan,
+        cors_origin=settings.cors_origin,
+        ops_keys=(gw.operator_key, settings.metrics.token),  # /metrics names every room
     )
     app.state.gateway = gw
-    install_problem_handlers(app)
-    app.add_middleware(CorsHeaders, allow_origin=settings.cors_origin)
     lim = settings.limits
     app.add_middleware(
         RequestGuards,
@@ -294,50 +302,6 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.include_router(
         hls_router(gw.bridges, access), responses=problem_responses(400, 401, 403, 404, 503)
     )
-
-    registry = build_registry(
-        GatewayCollector(
-            gw.stages,
-            gw.rooms,
-            gw.anchors,
-            gw.viewers,
-            gw.lag,
-            gw.metric_sources,
-            gc_pauses=gw.gc_pauses,
-            room_labels=settings.metrics.room_labels,
-        )
-    )
-    # /metrics names every room (private ones too): the scrape token or the operator key
-    scrape = OperatorAuth(
-        gw.operator_key, settings.metrics.token, what="metrics token or operator key"
-    )
-
-    @app.get(
-        "/metrics",
-        tags=["ops"],
-        response_class=Response,
-        dependencies=[Depends(scrape)],
-        responses=problem_responses(401),
-    )
-    async def metrics() -> Response:
-        """Prometheus exposition of the node's rooms, sessions, traffic and loop lag
-        (``Authorization: Bearer`` the metrics token or the operator key)."""
-        return Response(render(registry), media_type=CONTENT_TYPE)
-
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> JSONResponse:
-        return JSONResponse(
-            {
-                "status": "ready",
-                "rooms": len(gw.stages),
-                "anchors": len(gw.anchors.sessions),
-                "viewers": gw.viewers.count(),
-            }
-        )
 
     mount_pages(app, settings, gw.tokens)
     return app

@@ -1,130 +1,78 @@
-"""The one settings object: defaults < TOML file < ``STAGECAST_*`` environment; unknown keys
-fail."""
+"""The one settings object: relay's node settings (``relay.server.settings``: what an edge
+reads too) plus the origin's keys. Defaults < TOML file < ``STAGECAST_*`` environment; unknown
+keys fail."""
 
 from __future__ import annotations
 
-import logging
-import os
-import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
+
+from relay.server import settings as node
+from relay.server.settings import (
+    CONFIG_ENV,
+    ApiSettings,
+    AuthSettings,
+    ClusterSettings,
+    MetricsSettings,
+    NodeSettings,
+    TurnSettings,
+    channel_config,
+    ephemeral_secret,
+    ice_directory,
+    load_settings_as,
+    node_ice,
+    transport_config,
 )
 
-from relay.auth.turn import IceDirectory, NodeIce, TurnRest
-from relay.messages.envelope import MessageLimits
-from relay.messages.service import ChannelConfig
-from relay.rtc.transport import TransportConfig
+__all__ = [
+    "CONFIG_ENV",
+    "ApiSettings",
+    "AuthSettings",
+    "ClusterSettings",
+    "MetricsSettings",
+    "Settings",
+    "TurnSettings",
+    "channel_config",
+    "ephemeral_secret",
+    "ice_directory",
+    "load_settings",
+    "node_ice",
+    "transport_config",
+]
 
-CONFIG_ENV = "STAGECAST_CONFIG"
-DEFAULT_UDP_PORT = 0  # the port to use, once it is the default: 8443
 
-
-class MediaSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MediaSettings(node.MediaSettings):
     video_codecs: tuple[str, ...] = ("H264", "VP8")
     """Codecs an anchor may publish, most preferred first (H264 lets the CDN bridge copy)."""
-    keyframe_interval: float = Field(0.25, gt=0, le=5)
-    """Upstream keyframe requests (joins, PLIs) are coalesced to one per this many seconds."""
-    video_queue_frames: int = Field(60, ge=2, le=1000)
-    """Per-viewer video queue; on overflow the viewer drops to the next keyframe."""
-    audio_queue_frames: int = Field(100, ge=2, le=1000)
-    reassembly_wait: float = Field(0.1, gt=0, le=2)
-    """How long a missing packet may hold back later frames before they are skipped."""
     anchor_start_kbps: int = Field(1200, ge=0, le=20000)
     """Where a browser anchor's bandwidth estimate starts (x-google-start-bitrate in the WHIP
     answer); its default, 300 kbps, makes a 720p camera send 360p for its first ~10 s. 0: off."""
     anchor_opus_dtx: bool = True
     """Ask anchors for Opus DTX (``usedtx=1`` in the WHIP answer): a silent anchor sends a packet
     every 400 ms instead of every 20 ms, and so does the gateway to each viewer."""
-    rtx_max_age: float = Field(0.5, gt=0, le=10)
-    """A viewer's NACKed packet is sent again only if it can arrive (its frame's age plus half
-    the viewer's round trip) within this many seconds of its frame: later it cannot be played."""
-    rtx_share: float = Field(0.25, ge=0, le=1)
-    """Retransmissions to a viewer may take at most this share of the media bytes sent to it."""
-    viewer_keyframe_backoff: float = Field(8.0, ge=0, le=120)
-    """A viewer that keeps asking for keyframes (PLI) is heard ever less often, down to once per
-    this many seconds, so a viewer whose link the stream does not fit cannot make the anchor
-    send keyframes for the whole room; 0: every request goes on (to the room's coalescing)."""
-    native_send: bool = True
-    """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
-    less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells
-    which one runs."""
 
 
-class SessionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    connect_timeout: float = Field(15.0, gt=0)
-    """A peer that has not connected after this many seconds is dropped."""
+class SessionSettings(node.SessionSettings):
     anchor_media_timeout: float = Field(5.0, gt=0)
     """An anchor that sends no media for this long is treated as gone."""
     reconnect_grace: float = Field(10.0, ge=0)
     """After an anchor's network drops, viewers keep their connection this long for it to
     publish again (same program, continuous timestamps). DELETE and kicks end at once. 0: off."""
-    max_sdp_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
-    retry_after: int = Field(2, ge=1)
-    certificate_lifetime: float = Field(86400.0, ge=60, le=29 * 86400)
-    """Seconds one DTLS certificate serves all of this node's viewers before a fresh one is made
-    (each viewer keeps the one it joined with; aiortc's are valid for 30 days)."""
 
 
-class AuthSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    token_secret: str = ""
-    """HMAC secret for tokens (>= 32 bytes). Empty: a random one per process (single node only)."""
-    anonymous_audience: bool = True
-    """Let viewers pull without a token (rooms can still be private once the API says so)."""
-    token_ttl: int = Field(3600, gt=0)
-
-
-class RoomSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class RoomSettings(node.RoomSettings):
     auto_create: bool = True
     """A WHIP push to an unknown room creates it; false: rooms must be created through the API."""
-    max_viewers_per_node: int | None = Field(None, ge=1)
-    """Viewers this node serves at most; beyond: 503 + Retry-After. None: no limit."""
 
 
-class LimitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class LimitSettings(node.LimitSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     """Largest request body of any kind (JSON, SDP); bigger: 413."""
     session_posts_per_second: float = Field(5.0, gt=0)
     """WHIP/WHEP POSTs a client address may make per second, sustained; beyond: 429."""
     session_post_burst: int = Field(20, ge=1)
-    max_loop_lag: float | None = Field(0.5, gt=0)
-    """New viewers get 503 + Retry-After while the event loop has run more than this many
-    seconds late in the last 3 s (the node is saturated: more viewers would make every stream
-    late and starve the anchors' ICE checks). None: off."""
-    max_loop_busy: float | None = Field(0.8, gt=0, le=1)
-    """New viewers get 503 + Retry-After while the event loop's thread has used this share of
-    one core over the last 3 s (one loop cannot use more than one core). None: off."""
-    max_remote_candidates: int = Field(32, ge=1, le=1000)
-    """Distinct remote ICE candidate addresses a session keeps (offer and trickle PATCHes
-    together); more are ignored, and a PATCH whose new candidates are all beyond it gets 422.
-    Each one makes the node send STUN checks to an address the client chose."""
-    header_timeout: float = Field(10.0, gt=0, le=300)
-    """Seconds a client has to send a request's headers, from connecting (or from the first
-    byte of a later request on the connection); then 408 and the connection is closed."""
-    body_timeout: float = Field(10.0, gt=0, le=600)
-    """Seconds a client has to send a request's body once its headers are in; then 408."""
-    max_slow_connections_per_address: int = Field(32, ge=1)
-    """Connections one client address may keep the node waiting on for request bytes (new
-    connections, unfinished headers or bodies); one more is answered 429 and closed."""
-    send_timeout: float = Field(30.0, gt=0, le=600)
-    """Seconds a response may wait for a client that has stopped reading it (the node's send
-    buffer for it full); then the connection is dropped."""
 
 
 class BridgeSettings(BaseModel):
@@ -196,24 +144,6 @@ class WebhookSettings(BaseModel):
     backoff_base: float = Field(0.5, gt=0)
 
 
-class ApiSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    operator_key: str = ""
-    """Key for the operator API (``Authorization: Bearer KEY`` or ``X-API-Key``). Empty: a random
-    one per process, printed at start."""
-
-
-class MetricsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    token: str = Field("", pattern=r"^$|^\S{16,}$")
-    """Bearer credential for ``/metrics`` (Prometheus: ``authorization.credentials``), >= 16
-    characters; the operator key is accepted too. Empty: the operator key only."""
-    room_labels: bool = True
-    """Per-room series (``room="NAME"``); false: node totals only, no room named."""
-
-
 class RenditionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -259,229 +189,17 @@ class StageSettings(BaseModel):
     quiet seconds (doubling, up to 5 min, each time it falls right back)."""
 
 
-class MessageSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_bytes: int = Field(2048, ge=256, le=65536)
-    """Largest frame a client may send on a room's channel (UTF-8 bytes); more: close 1009."""
-    max_text: int = Field(500, ge=1, le=10000)
-    """Characters of one chat line."""
-    chat_per_second: float = Field(1.0, gt=0)
-    """Chat lines one sender may send per second, sustained (per room, per node); beyond:
-    an error frame with status 429."""
-    chat_burst: int = Field(5, ge=1)
-    likes_per_second: float = Field(10.0, gt=0)
-    """Like frames one sender may send per second (each may carry up to 50 likes)."""
-    like_burst: int = Field(20, ge=1)
-    like_interval: float = Field(0.25, ge=0.02, le=10)
-    """A room's like counter goes out to its subscribers at most this often (s): a flood of
-    likes is counted, not fanned out one by one."""
-    queue_size: int = Field(256, ge=8, le=100000)
-    """Messages waiting for one socket; a slower reader loses its oldest ones."""
-
-
-class WebRtcSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    udp_port: int = Field(DEFAULT_UDP_PORT, ge=0, le=65535)
-    """The node's one UDP port for every WHIP/WHEP session (ICE-lite, demultiplexed by ICE
-    ufrag, then by address), e.g. 8443. 0 (for now the default): a UDP port per peer connection.
-    Nodes sharing a host need a port each (``--udp-port``)."""
-    tcp_port: int = Field(0, ge=0, le=65535)
-    """ICE-TCP (RFC 6544) on one port: not built yet; a non-zero value is ignored with a warning
-    (the Helm chart sets it with ``webrtc.singlePort``)."""
-    addresses: tuple[str, ...] = ()
-    """Local addresses to offer in candidates (and to bind the UDP port to, if exactly one);
-    empty: every interface's IPv4 address but loopback (e.g. ["127.0.0.1"] for loopback only)."""
-    announce: tuple[str, ...] = ()
-    """Public addresses or host names to put in the candidates instead (1:1 NAT, a load
-    balancer in front of ``udp_port``); needs ``udp_port``."""
-
-    consent_timeout: float = Field(30.0, gt=0, le=3600)
-    """A WHIP/WHEP session whose peer sends no authenticated STUN and no SRTP/SRTCP for this
-    many seconds ends (instead of RFC 7675 consent checks, which ffmpeg's WHIP muxer never
-    answers)."""
-
-
-class ClusterSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    node_id: str = ""
-    """This node's id in the cluster; empty: HOSTNAME-PID."""
-    role: Literal["origin", "edge"] = "origin"
-    """origin: takes anchors (``serve``); edge: a relay pulling from ``upstream`` (``relay``)."""
-    redis_url: str = ""
-    """Cluster registry, e.g. redis://redis:6379/0; empty: in-memory (a single node)."""
-    key_prefix: str = "stagecast:"
-    """Prefix of every Redis key and channel (several clusters can share one Redis)."""
-    upstream: str = ""
-    """An edge's upstream: the origin's (or a parent relay's) base URL."""
-    heartbeat: float = Field(1.0, gt=0, le=30)
-    """Seconds between a node's registry heartbeats (also how often it re-reads the cluster)."""
-    node_ttl: float = Field(3.0, gt=0, le=120)
-    """A node whose heartbeat stops is out of rotation after this many seconds."""
-    max_viewers: int | None = Field(None, ge=1)
-    """Viewers this node takes; a full edge redirects (307) or answers 503. None: no limit."""
-    max_egress_bitrate: int | None = Field(None, ge=1)
-    """Egress (bits/s) beyond which this node takes no new viewers. None: no limit."""
-    idle_grace: float = Field(10.0, ge=0)
-    """An edge tears a pull down after this many seconds without a local viewer."""
-    silence_timeout: float = Field(3.0, gt=0)
-    """An edge whose pull brings no media this long checks the upstream and ends the pull if the
-    stream is gone there (an origin restart is picked up by the next viewer)."""
-
-
-class TurnSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    urls: tuple[str, ...] = ()
-    """TURN URLs of a server that checks time-limited credentials made with ``secret`` (coturn
-    ``use-auth-secret`` + ``static-auth-secret``), e.g. ["turn:turn.example.net:3478",
-    "turns:turn.example.net:5349?transport=tcp"]. Every WHIP/WHEP 201 (and endpoint OPTIONS)
-    carries them in Link headers with a fresh username/password, and so does /config.json."""
-    secret: str = Field("", repr=False)
-    """The secret shared with the TURN server; never sent to a client. Required with ``urls``."""
-    ttl: int = Field(86400, ge=60, le=7 * 86400)
-    """Seconds a credential stays valid. The TURN server refuses it afterwards (an allocation;
-    a server may check refreshes too): keep it longer than your longest stream."""
-    node_relay: bool = False
-    """The node's own peers (anchors, viewers, an edge's pull) also gather a relayed candidate
-    through the TURN server, for a node that clients cannot reach directly. Off: the node offers
-    its own addresses only and TURN is for the clients."""
-
-    @model_validator(mode="after")
-    def _secret_with_urls(self) -> TurnSettings:
-        if self.urls and not self.secret:
-            raise ValueError("turn.urls needs turn.secret (the TURN server's static-auth-secret)")
-        bad = [u for u in self.urls if not u.startswith(("turn:", "turns:"))]
-        if bad:
-            raise ValueError(f"turn.urls must be turn: or turns: URLs, got {bad}")
-        return self
-
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="STAGECAST_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
-
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    public_url: str = ""
-    """Base URL printed and handed to clients; default http(s)://HOST:PORT."""
-    tls_certfile: str = ""
-    """PEM certificate (chain) to serve HTTPS, with ``tls_keyfile``; ``stagecast cert`` makes a
-    self-signed pair. Browsers open the camera only on HTTPS pages or localhost."""
-    tls_keyfile: str = ""
-    ice_servers: tuple[str, ...] = ()
-    """STUN/TURN URLs for peers; empty means host candidates only."""
-    cors_origin: str = "*"
-    log_level: str = "info"
-    log_format: Literal["text", "json"] = "text"
-    """json: one JSON object per line with room/session ids, for log collectors."""
+class Settings(NodeSettings):
     media: MediaSettings = MediaSettings()
     sessions: SessionSettings = SessionSettings()
-    auth: AuthSettings = AuthSettings()
-    api: ApiSettings = ApiSettings()
-    metrics: MetricsSettings = MetricsSettings()
     rooms: RoomSettings = RoomSettings()
     limits: LimitSettings = LimitSettings()
     webhooks: WebhookSettings = WebhookSettings()
     bridge: BridgeSettings = BridgeSettings()
     recording: RecordingSettings = RecordingSettings()
     stage: StageSettings = StageSettings()
-    cluster: ClusterSettings = ClusterSettings()
-    turn: TurnSettings = TurnSettings()
-    messages: MessageSettings = MessageSettings()
-    webrtc: WebRtcSettings = WebRtcSettings()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if settings_cls.model_config.get("toml_file"):
-            sources.append(TomlConfigSettingsSource(settings_cls))
-        return tuple(sources)
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> Settings:
-        if bool(self.tls_certfile) != bool(self.tls_keyfile):
-            raise ValueError("tls_certfile and tls_keyfile go together")
-        return self
-
-    @property
-    def base_url(self) -> str:
-        scheme = "https" if self.tls_certfile else "http"
-        return self.public_url.rstrip("/") or f"{scheme}://{self.host}:{self.port}"
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Settings from ``config`` (or $STAGECAST_CONFIG), then the environment, then ``overrides``."""
-    path: Path | str | None = config or os.environ.get(CONFIG_ENV)
-    if not path:
-        return Settings(**overrides)
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {file} does not exist")
-
-    class FileSettings(Settings):
-        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": file})
-
-    return FileSettings(**overrides)
-
-
-def ice_directory(settings: Settings) -> IceDirectory:
-    """The ICE servers this node hands its clients (Link headers, /config.json)."""
-    t = settings.turn
-    turn = TurnRest(t.urls, t.secret, t.ttl) if t.urls else None
-    return IceDirectory(settings.ice_servers, turn)
-
-
-def node_ice(settings: Settings) -> NodeIce:
-    """The ICE servers the node's own peer connections use: ``ice_servers``, plus TURN with a
-    credential per peer when ``turn.node_relay`` is on."""
-    if settings.turn.node_relay and settings.turn.urls:
-        return ice_directory(settings)
-    return settings.ice_servers
-
-
-def channel_config(settings: Settings) -> ChannelConfig:
-    """The room channels' limits from ``[messages]``."""
-    m = settings.messages
-    return ChannelConfig(
-        limits=MessageLimits(max_bytes=m.max_bytes, max_text=m.max_text),
-        chat_per_second=m.chat_per_second,
-        chat_burst=m.chat_burst,
-        likes_per_second=m.likes_per_second,
-        like_burst=m.like_burst,
-        like_interval=m.like_interval,
-        queue_size=m.queue_size,
-    )
-
-
-def ephemeral_secret() -> str:
-    """A per-process token secret for a single node started without one."""
-    return secrets.token_urlsafe(48)
-
-
-def transport_config(settings: Settings) -> TransportConfig:
-    """What the node's WebRTC transport (relay.rtc.transport) takes from the settings."""
-    if settings.webrtc.tcp_port:
-        logging.getLogger(__name__).warning(
-            "webrtc.tcp_port=%d is ignored: ICE-TCP is not built yet", settings.webrtc.tcp_port
-        )
-    return TransportConfig(
-        ice_servers=node_ice(settings),
-        consent_timeout=settings.webrtc.consent_timeout,
-        udp_port=settings.webrtc.udp_port,
-        addresses=settings.webrtc.addresses,
-        announce=settings.webrtc.announce,
-    )
+    return load_settings_as(Settings, config, **overrides)

@@ -17,6 +17,7 @@ from relay.errors import Conflict, Forbidden, NotFound
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
 from relay.media.lifecycle import ReconnectGrace
+from relay.media.stream_key import StreamKey
 from relay.rtc.lifecycle import DeadlineTimer
 from relay.rtc.sdp import OfferSummary, pick_codec
 
@@ -212,7 +213,7 @@ class RoomService:
         hubs: dict[str, FanoutHub] = {}
         for i, r in enumerate(self._mixer.renditions):
             hubs[r.name] = FanoutHub(
-                room if i == 0 else f"{room}?rendition={r.name}",
+                StreamKey(room, rendition=None if i == 0 else r.name),
                 codecs,
                 keyframe_interval=media.keyframe_interval,
                 video_queue_frames=media.video_queue_frames,
@@ -238,7 +239,7 @@ class RoomService:
 
         def make(anchor_id: str) -> FanoutHub:
             return FanoutHub(
-                f"{room}?mixminus={anchor_id}",
+                StreamKey(room, mixminus=anchor_id),
                 {"audio": CodecSpec("audio", "opus", CLOCK_RATES["audio"])},
                 keyframe_interval=media.keyframe_interval,
                 audio_queue_frames=media.audio_queue_frames,

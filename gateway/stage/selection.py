@@ -7,16 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from relay.errors import NotFound
-from relay.http.whep import current_selection
 from relay.media.hub import FanoutHub
+from relay.media.stream_key import StreamKey
+from relay.rtc.viewers import HubLookup
 
-HubLookup = Callable[[str], FanoutHub | None]
 # (room, anchor id, requester's subject or None for a liveness probe) -> hub; may raise Forbidden
 MixMinusLookup = Callable[[str, str, str | None], FanoutHub | None]
 
 
 def hub_selector(
-    program: HubLookup,
+    program: Callable[[str], FanoutHub | None],
     rendition: Callable[[str, str], FanoutHub | None],
     anchor: Callable[[str, str], FanoutHub | None],
     rendition_names: Sequence[str],
@@ -24,22 +24,22 @@ def hub_selector(
 ) -> HubLookup:
     names = tuple(rendition_names)
 
-    def select(room: str) -> FanoutHub | None:
-        sel = current_selection()
-        if sel.mixminus is not None:
-            hub = mixminus(room, sel.mixminus, sel.subject) if mixminus is not None else None
+    def select(key: StreamKey, subject: str | None) -> FanoutHub | None:
+        room = key.room
+        if key.mixminus is not None:
+            hub = mixminus(room, key.mixminus, subject) if mixminus is not None else None
             if hub is None:
-                raise NotFound(f"room {room!r} has no mix-minus for anchor {sel.mixminus!r}")
+                raise NotFound(f"room {room!r} has no mix-minus for anchor {key.mixminus!r}")
             return hub
-        if sel.anchor is not None:
-            hub = anchor(room, sel.anchor)
+        if key.anchor is not None:
+            hub = anchor(room, key.anchor)
             if hub is None:
-                raise NotFound(f"room {room!r} has no live anchor {sel.anchor!r}")
+                raise NotFound(f"room {room!r} has no live anchor {key.anchor!r}")
             return hub
-        if sel.rendition is not None:
-            if sel.rendition not in names:
-                raise NotFound(f"no rendition {sel.rendition!r}; there are {', '.join(names)}")
-            return rendition(room, sel.rendition)
+        if key.rendition is not None:
+            if key.rendition not in names:
+                raise NotFound(f"no rendition {key.rendition!r}; there are {', '.join(names)}")
+            return rendition(room, key.rendition)
         return program(room)
 
     return select

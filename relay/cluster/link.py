@@ -30,6 +30,7 @@ from relay.errors import (
 )
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
+from relay.media.stream_key import StreamKey
 from relay.rtc.ingest import IngestSet, TrackIngest
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.sdp import SUPPORTED_CODECS
@@ -90,13 +91,17 @@ def answer_codecs(answer: str) -> dict[MediaKind, CodecSpec]:
 
 @dataclass(eq=False)
 class UpstreamLink:
-    room: str
+    key: StreamKey
     pc: RTCPeerConnection
     hub: FanoutHub
     location: str
     headers: dict[str, str]
     ingests: IngestSet = field(default_factory=IngestSet)
     created_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def room(self) -> str:
+        return self.key.room
 
     def request_keyframe(self) -> None:
         self.ingests.request_keyframe()
@@ -120,9 +125,11 @@ class UpstreamLink:
 
 
 async def open_link(
-    config: LinkConfig, room: str, token: str, client: httpx.AsyncClient, *, query: str = ""
+    config: LinkConfig, key: StreamKey, token: str, client: httpx.AsyncClient
 ) -> UpstreamLink:
-    """Pull ``room`` from the upstream; raises Conflict (not live there) or ServiceUnavailable."""
+    """Pull the stream ``key`` names from the upstream; raises Conflict (not live there) or
+    ServiceUnavailable."""
+    room = key.room
     pc = RTCPeerConnection(rtc_configuration(config.ice_servers))
     headers = {"Authorization": f"Bearer {token}", LINK_HEADER: config.node_id}
     try:
@@ -130,7 +137,7 @@ async def open_link(
             kind: pc.addTransceiver(kind, direction="recvonly") for kind in SUPPORTED_CODECS
         }
         await pc.setLocalDescription(await pc.createOffer())
-        url = f"{config.upstream.rstrip('/')}/whep/{room}" + (f"?{query}" if query else "")
+        url = config.upstream.rstrip("/") + key.path("/whep")
         resp = None
         for _ in range(MAX_REDIRECTS + 1):
             try:
@@ -166,13 +173,13 @@ async def open_link(
         if not codecs:
             raise ServiceUnavailable("upstream sends no media", retry_after=config.retry_after)
         hub = FanoutHub(
-            room,
+            key,
             codecs,
             keyframe_interval=config.keyframe_interval,
             video_queue_frames=config.video_queue_frames,
             audio_queue_frames=config.audio_queue_frames,
         )
-        link = UpstreamLink(room, pc, hub, urljoin(url, resp.headers["location"]), headers)
+        link = UpstreamLink(key, pc, hub, urljoin(url, resp.headers["location"]), headers)
         for kind, transceiver in transceivers.items():
             if kind in codecs:
                 link.ingests[kind] = TrackIngest(

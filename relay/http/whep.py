@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import Role
@@ -15,30 +14,24 @@ from relay.errors import BadRequest, NotFound
 from relay.http.common import SDP, check_room, read_limited, require_content_type
 from relay.http.problems import WHEP_HEAD_ERRORS, WHEP_POST_ERRORS
 from relay.http.sessions import add_session_routes, created_response
+from relay.media.stream_key import StreamKey
 from relay.rtc.sdp import check_offer, decode_body
 from relay.rtc.viewers import ViewerService
 
 
-@dataclass(frozen=True, slots=True)
-class HubSelection:
-    """What a WHEP request asks for beyond its room: a rendition of the program
-    (``?rendition=360p``), one anchor's own stream (``?anchor=ID``) or one anchor's mix-minus
-    (``?mixminus=ID``: everyone else's audio, for that anchor). The service's hub lookup reads it
-    (``current_selection``) while the request opens its session. ``subject`` is the subject of
-    the token the request (a POST or a HEAD) came with."""
-
-    rendition: str | None = None
-    anchor: str | None = None
-    mixminus: str | None = None
-    subject: str | None = None
+def whep_stream_key(
+    room: str,
+    rendition: str | None = Query(default=None, max_length=16),
+    anchor: str | None = Query(default=None, max_length=64),
+    mixminus: str | None = Query(default=None, max_length=64),
+) -> StreamKey:
+    """FastAPI dependency: the stream a WHEP request asks for. ``?rendition=NAME`` picks a
+    rendition (e.g. 360p), ``?anchor=ID`` one anchor's own stream, ``?mixminus=ID`` one anchor's
+    mix-minus. Routes and gates that depend on it share one parse per request."""
+    return StreamKey(room, rendition, anchor, mixminus)
 
 
-_NONE = HubSelection()
-_selection: ContextVar[HubSelection | None] = ContextVar("whep_selection", default=None)
-
-
-def current_selection() -> HubSelection:
-    return _selection.get() or _NONE
+WhepStreamKey = Annotated[StreamKey, Depends(whep_stream_key)]
 
 
 def whep_router(
@@ -56,38 +49,30 @@ def whep_router(
     ice = ice or IceDirectory()
     router = APIRouter(tags=["whep"])
 
-    def selection(
-        rendition: str | None, anchor: str | None, mix: str | None, subject: str | None
-    ) -> HubSelection:
-        if mix is not None:
+    def check_selection(key: StreamKey) -> None:
+        if key.mixminus is not None:
             if not mixminus:
                 raise NotFound("this node serves no mix-minus feeds; ask the origin")
-            if rendition is not None or anchor is not None:
+            if key.rendition is not None or key.anchor is not None:
                 raise BadRequest("mixminus goes alone, without rendition or anchor")
-        return HubSelection(rendition, anchor, mix, subject)
 
     @router.head(
         "/whep/{room}",
         responses={200: {"content": {SDP: {}}, "description": "Live"}, **WHEP_HEAD_ERRORS},
     )
     async def whep_head(
-        room: str,
+        key: WhepStreamKey,
         authorization: str | None = Header(default=None),
         access_token: str | None = Query(default=None),
-        rendition: str | None = Query(default=None, max_length=16),
-        anchor: str | None = Query(default=None, max_length=64),
-        mixminus_id: str | None = Query(default=None, alias="mixminus", max_length=64),
     ) -> Response:
         """200 when the room (rendition, anchor, mix-minus) is live, 409 + Retry-After when
         not. Needs the credential a POST needs: liveness of a private room is its secret."""
+        room = key.room
         check_room(room)
-        role: Role = "anchor" if mixminus_id is not None else "audience"
+        role: Role = "anchor" if key.mixminus is not None else "audience"
         grant = access.authorize(room, role, authorization, access_token)
-        token = _selection.set(selection(rendition, anchor, mixminus_id, grant.subject))
-        try:
-            service.live_hub(room)
-        finally:
-            _selection.reset(token)
+        check_selection(key)
+        service.live_hub(key, grant.subject)
         return Response(status_code=200, headers={"Content-Type": SDP, "Accept-Post": SDP})
 
     @router.post(
@@ -97,28 +82,22 @@ def whep_router(
     )
     async def whep_post(
         request: Request,
-        room: str,
+        key: WhepStreamKey,
         authorization: str | None = Header(default=None),
         access_token: str | None = Query(default=None),
-        rendition: str | None = Query(default=None, max_length=16),
-        anchor: str | None = Query(default=None, max_length=64),
-        mixminus_id: str | None = Query(default=None, alias="mixminus", max_length=64),
     ) -> Response:
         """Watch the room's program; ``?rendition=NAME`` picks a rendition (e.g. 360p),
         ``?anchor=ID`` one anchor's own stream (co-hosts pulling each other), ``?mixminus=ID``
         (audio only, with that anchor's own anchor token) everyone else's audio mixed for it."""
+        room = key.room
         check_room(room)
-        role: Role = "anchor" if mixminus_id is not None else "audience"
+        role: Role = "anchor" if key.mixminus is not None else "audience"
         grant = access.authorize(room, role, authorization, access_token)
-        sel = selection(rendition, anchor, mixminus_id, grant.subject)
+        check_selection(key)
         require_content_type(request, SDP)
         text = decode_body(await read_limited(request, max_sdp_bytes), max_bytes=max_sdp_bytes)
         summary = check_offer(text, "view")
-        token = _selection.set(sel)
-        try:
-            session = await service.open(room, text, summary, grant)
-        finally:
-            _selection.reset(token)
+        session = await service.open(key, text, summary, grant)
         links = ice.links(grant.subject, time.time())
         answer = session.pc.localDescription.sdp
         return created_response("/whep", room, session.id, session.etag, answer, links)

@@ -13,6 +13,7 @@ from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
 from relay.media.limiter import IntervalLimiter
 from relay.media.meter import RateMeter
 from relay.media.rebase import TimestampRebaser
+from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class FanoutHub:
 
     def __init__(
         self,
-        stream_id: str,
+        key: StreamKey,
         codecs: dict[MediaKind, CodecSpec],
         *,
         keyframe_interval: float = 0.25,
@@ -61,7 +62,7 @@ class FanoutHub:
         audio_queue_frames: int = 100,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.stream_id = stream_id
+        self.key = key
         self.codecs = dict(codecs)
         self._clock = clock
         self._limiter = IntervalLimiter(keyframe_interval)
@@ -82,6 +83,10 @@ class FanoutHub:
         self.sources = 0
         self._rebaser = TimestampRebaser({k: c.clock_rate for k, c in self.codecs.items()})
         self.closed = asyncio.Event()
+
+    @property
+    def stream_id(self) -> str:
+        return self.key.id
 
     # -- source side -------------------------------------------------------------------------
     def set_keyframe_requester(self, requester: KeyframeRequester | None) -> None:

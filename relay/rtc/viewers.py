@@ -22,6 +22,7 @@ from relay.media.hub import FanoutHub, Viewer
 from relay.media.keyframe_gate import KeyframeGate
 from relay.media.lifecycle import SessionLifecycle
 from relay.media.retransmit import RetransmitLimits, Verdict
+from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     drop_receive_estimator,
@@ -45,7 +46,9 @@ from relay.rtc.transport import NodeTransport, TransportConfig
 
 log = logging.getLogger(__name__)
 
-HubLookup = Callable[[str], FanoutHub | None]
+# (the stream asked for, the requester's token subject or None for a liveness probe) -> its hub
+# or None when it is not live; may raise (NotFound: no such stream, Forbidden: not yours)
+HubLookup = Callable[[StreamKey, str | None], FanoutHub | None]
 # (room, the hub a viewer is on) -> the next lower (or higher) rendition's hub, or None
 FallbackLookup = Callable[[str, FanoutHub], FanoutHub | None]
 
@@ -182,10 +185,10 @@ class ViewerService:
             and not (audience_only and s.grant.subject.startswith(LINK_SUBJECT_PREFIX))
         )
 
-    def live_hub(self, room: str) -> FanoutHub:
-        hub = self._lookup(room)
+    def live_hub(self, key: StreamKey, subject: str | None = None) -> FanoutHub:
+        hub = self._lookup(key, subject)
         if hub is None or hub.closed.is_set():
-            raise Conflict(f"room {room!r} is not live", retry_after=self.limits.retry_after)
+            raise Conflict(f"room {key.room!r} is not live", retry_after=self.limits.retry_after)
         return hub
 
     def _admit(self, room: str, grant: Grant) -> None:
@@ -209,9 +212,10 @@ class ViewerService:
             )
 
     async def open(
-        self, room: str, offer_sdp: str, summary: OfferSummary, grant: Grant
+        self, key: StreamKey, offer_sdp: str, summary: OfferSummary, grant: Grant
     ) -> ViewerSession:
-        hub = self.live_hub(room)
+        room = key.room
+        hub = self.live_hub(key, grant.subject)
         self._admit(room, grant)
         pc = self._transport.peer_connection()
         use_certificate(pc, self.certificate.current())

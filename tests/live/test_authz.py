@@ -14,15 +14,16 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from gateway.cluster import build_edge_node
 from gateway.launcher import free_port
 from gateway.settings import ApiSettings, AuthSettings, ClusterSettings, Settings
 from gateway.synthetic import StampedVideoTrack, whip_publish
 from relay.auth.tokens import TokenAuthority
-from relay.cluster.edge import EdgeConfig, EdgeService, create_edge_app
+from relay.cluster.edge import EdgeConfig, EdgeService
 from relay.cluster.link import LinkConfig
 from relay.cluster.registry import NodeRecord, RoomPolicy
+from relay.media.stream_key import StreamKey
 from relay.rtc.peer import close_quietly, rtc_configuration
+from relay.server.edge import build_edge_node, create_edge_app
 from tests.support.server import SECRET, RunningServer, run_server
 
 SDP = {"Content-Type": "application/sdp"}
@@ -182,8 +183,8 @@ async def test_edge_liveness_probe_carries_its_link_token() -> None:
             TokenAuthority(SECRET),
         )
         try:
-            assert await edge._upstream_live(room)
-            assert not await edge._upstream_live("absent")
+            assert await edge._upstream_live(StreamKey(room))
+            assert not await edge._upstream_live(StreamKey("absent"))
         finally:
             await edge.shutdown()
             await pub.close()

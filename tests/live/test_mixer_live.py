@@ -15,17 +15,16 @@ import pytest
 from aiortc import RTCPeerConnection
 from fastapi import FastAPI
 
-from gateway.cluster import build_edge_node
 from gateway.settings import AuthSettings, ClusterSettings, Settings
 from gateway.synthetic import Publisher, SolidColourTrack, ToneAudioTrack, whip_publish
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import TokenAuthority
-from relay.cluster.edge import create_edge_app
 from relay.cluster.registry import NodeRecord
 from relay.http.problems import install_problem_handlers
 from relay.http.whep import whep_router
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.viewers import ViewerService
+from relay.server.edge import build_edge_node, create_edge_app
 from tests.live.test_live_path import wait_for
 from tests.support.mixer_clients import RGB, ProgramViewer, watch_program
 from tests.support.server import SECRET, RunningServer, run_server
@@ -361,7 +360,8 @@ async def test_mixminus_is_served_by_the_origin_only() -> None:
     tokens = TokenAuthority(SECRET)
     edge_app = FastAPI()
     install_problem_handlers(edge_app)
-    edge_app.include_router(whep_router(ViewerService(lambda room: None), AccessPolicy(tokens)))
+    nothing = ViewerService(lambda key, subject: None)
+    edge_app.include_router(whep_router(nothing, AccessPolicy(tokens)))
     transport = httpx.ASGITransport(app=edge_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://edge") as http:
         bearer = {"Authorization": f"Bearer {tokens.mint('r', 'anchor', 'a', 60)}", **offer}

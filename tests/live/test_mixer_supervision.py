@@ -21,6 +21,7 @@ from gateway.stage.anchor_hub import AnchorHub
 from gateway.stage.director import MixerConfig, ProgramDirector
 from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
 from relay.media.hub import FanoutHub
+from relay.media.stream_key import StreamKey
 from tests.live.test_live_path import wait_for
 from tests.live.test_mixer_live import SMALL_STAGE, anchor_id, hears, mode, publish, shows
 from tests.support.mixer_clients import watch_program
@@ -87,16 +88,18 @@ async def test_director_restarts_a_dead_mixer_with_backoff_on_the_same_hubs() ->
         restart_initial=0.1,
         restart_max=0.4,
     )
-    hubs = {"main": FanoutHub("stage", CODECS)}
+    hubs = {"main": FanoutHub(StreamKey("stage"), CODECS)}
     director = ProgramDirector(
         "stage",
         hubs,
         config,
         layout,
         dict,
-        mixminus_hub=lambda aid: FanoutHub(f"stage?mixminus={aid}", {"audio": CODECS["audio"]}),
+        mixminus_hub=lambda aid: FanoutHub(
+            StreamKey("stage", mixminus=aid), {"audio": CODECS["audio"]}
+        ),
     )
-    feeds = [Feed("a", AnchorHub("a", CODECS)), Feed("b", AnchorHub("b", CODECS))]
+    feeds = [Feed(a, AnchorHub(StreamKey("stage", anchor=a), CODECS)) for a in ("a", "b")]
     for f in feeds:
         f.hub.attach_source(f.request_keyframe)
     director.update(feeds)

@@ -22,12 +22,11 @@ import uvicorn
 from aioice import stun
 from aiortc import RTCPeerConnection
 
-from gateway.cluster import build_edge_node
 from gateway.launcher import free_port
 from gateway.settings import Settings
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
-from relay.cluster.edge import create_edge_app
 from relay.rtc.peer import close_quietly, rtc_configuration
+from relay.server.edge import build_edge_node, create_edge_app
 from tests.live.test_ffmpeg_whip import ffmpeg_process, stderr_tail, wait_for
 from tests.support.ffmpeg_whip import whip_push_argv
 from tests.support.server import SECRET, RunningServer, run_server

@@ -15,7 +15,7 @@ import json, sys
 from gateway.settings import Settings
 settings = Settings(cluster={CLUSTER})
 if settings.cluster.role == "edge":
-    from gateway.cluster import build_edge_node
+    from relay.server.edge import build_edge_node
     build_edge_node(settings)
 else:
     from gateway.app import build_gateway, create_app

@@ -18,20 +18,13 @@ import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from gateway.cluster import build_edge_node
-from gateway.settings import (
-    AuthSettings,
-    ClusterSettings,
-    Settings,
-    TurnSettings,
-    ice_directory,
-)
+from gateway.settings import AuthSettings, ClusterSettings, Settings, TurnSettings
 from gateway.synthetic import StampedVideoTrack, whip_publish
 from relay.auth.tokens import TokenAuthority
 from relay.auth.turn import turn_rest_password, turn_rest_username
-from relay.cluster.edge import create_edge_app
 from relay.cluster.registry import RoomPolicy
 from relay.rtc.peer import close_quietly
+from relay.server.edge import build_edge_node, create_edge_app
 from tests.support.coturn import Coturn, run_coturn
 from tests.support.server import run_server
 
@@ -302,7 +295,7 @@ async def test_edge_hands_out_turn_credentials_like_the_origin() -> None:
     )
     node = build_edge_node(settings)
     node.cluster.policies["secret"] = RoomPolicy("secret", private=True)
-    app = create_edge_app(node, ice=ice_directory(settings))
+    app = create_edge_app(node)  # its ICE servers (TURN included) from node.settings
     token = TokenAuthority(token_secret).mint("secret", "audience", "viewer-7", 60)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://edge"

@@ -14,10 +14,9 @@ from typing import Any
 
 import uvicorn
 
-from gateway.cluster import build_edge_node
 from gateway.launcher import free_port
 from gateway.settings import Settings
-from relay.cluster.edge import EdgeNode, create_edge_app
+from relay.server.edge import EdgeNode, build_edge_node, create_edge_app
 from tests.support.server import SECRET
 
 
@@ -47,7 +46,7 @@ def run_edge(upstream: str, **overrides: Any) -> Iterator[RunningEdge]:
     def target() -> None:
         asyncio.set_event_loop(loop)
         node = build_edge_node(settings)
-        app = create_edge_app(node, max_sdp_bytes=settings.sessions.max_sdp_bytes)
+        app = create_edge_app(node)  # max_sdp_bytes and ICE servers from node.settings
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         server = uvicorn.Server(config)
         holder["node"], holder["server"] = node, server

@@ -9,6 +9,7 @@ from aiortc.rtp import RtpPacket
 from relay.media.frames import CodecSpec, EncodedFrame
 from relay.media.hub import FanoutHub
 from relay.media.limiter import IntervalLimiter
+from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.ingest import TrackIngest
 from relay.rtc.peer import rtc_configuration
@@ -32,7 +33,7 @@ def test_limiter_coalesces() -> None:
 async def test_viewer_starts_on_keyframe_and_join_asks_for_one() -> None:
     asks: list[int] = []
     clock = [0.0]
-    hub = FanoutHub("r", CODECS, clock=lambda: clock[0])
+    hub = FanoutHub(StreamKey("r"), CODECS, clock=lambda: clock[0])
     hub.set_keyframe_requester(lambda: asks.append(1))
     viewer = hub.add_viewer("v1")
     assert asks == [1]
@@ -45,7 +46,7 @@ async def test_viewer_starts_on_keyframe_and_join_asks_for_one() -> None:
 
 
 async def test_slow_viewer_drops_to_keyframe_without_touching_others() -> None:
-    hub = FanoutHub("r", CODECS, video_queue_frames=5, keyframe_interval=0.0)
+    hub = FanoutHub(StreamKey("r"), CODECS, video_queue_frames=5, keyframe_interval=0.0)
     asks: list[int] = []
     hub.set_keyframe_requester(lambda: asks.append(1))
     slow = hub.add_viewer("slow")
@@ -72,7 +73,7 @@ async def test_audio_queue_drops_oldest() -> None:
 
 async def test_close_ends_viewers_and_pending_retry() -> None:
     asks: list[int] = []
-    hub = FanoutHub("r", CODECS, keyframe_interval=10)
+    hub = FanoutHub(StreamKey("r"), CODECS, keyframe_interval=10)
     hub.set_keyframe_requester(lambda: asks.append(1))
     viewer = hub.add_viewer("v")
     hub.request_keyframe()  # coalesced, retry scheduled
@@ -88,7 +89,7 @@ async def test_ingest_survives_a_failing_viewer_path() -> None:
     pc = RTCPeerConnection(rtc_configuration(()))
     try:
         receiver = pc.addTransceiver("audio", direction="recvonly").receiver
-        hub = FanoutHub("s", {"audio": CodecSpec("audio", "opus", 48000)})
+        hub = FanoutHub(StreamKey("s"), {"audio": CodecSpec("audio", "opus", 48000)})
         broken = hub.add_viewer("broken")
         got: list[int] = []
 

@@ -11,6 +11,8 @@ and under TYPE_CHECKING): arrows point down only.
 - relay/cluster reaches no gateway (the first rule), so an edge stands on relay alone.
 - gateway/mixer (decode, composite, audio mix, encode) reaches neither the room (gateway/stage)
   nor the WHIP sessions.
+- relay/server (a node process: settings, app factory, edge, ``python -m relay``) is relay's top:
+  no other relay layer imports it.
 - bench/ and tests/ may import anything.
 """
 
@@ -43,18 +45,38 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "relay.rtc",
             "relay.http",
             "relay.cluster",
+            "relay.server",
         ),
     ),
     # the aiortc seam: sessions and peers, no web framework, no HTTP routes, no cluster
-    ("relay.rtc", ("fastapi", "starlette", "uvicorn", "redis", "relay.http", "relay.cluster")),
-    ("relay.http", ("relay.cluster",)),
+    (
+        "relay.rtc",
+        ("fastapi", "starlette", "uvicorn", "redis", "relay.http", "relay.cluster", "relay.server"),
+    ),
+    ("relay.http", ("relay.cluster", "relay.server")),
+    # relay.server assembles a node process (settings, app factory, edge, main) on every layer
+    ("relay.cluster", ("relay.server",)),
     # room messages: no media, no peers; the cluster's edge mounts them, so not the other way
-    ("relay.messages", ("aiortc", "aioice", "av", "relay.media", "relay.rtc", "relay.cluster")),
+    (
+        "relay.messages",
+        ("aiortc", "aioice", "av", "relay.media", "relay.rtc", "relay.cluster", "relay.server"),
+    ),
     # the mixer is media work only: the room, its sessions and the web are above it
     ("gateway.mixer", ("gateway.stage", "gateway.anchors", "aiortc", "fastapi", "starlette")),
     # leaves that everything may use, so they use none of the layers
     *(
-        (leaf, ("aiortc", "fastapi", "relay.media", "relay.rtc", "relay.http", "relay.cluster"))
+        (
+            leaf,
+            (
+                "aiortc",
+                "fastapi",
+                "relay.media",
+                "relay.rtc",
+                "relay.http",
+                "relay.cluster",
+                "relay.server",
+            ),
+        )
         for leaf in ("relay.auth", "relay.ops")
     ),
 )

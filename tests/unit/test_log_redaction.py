@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from gateway.logs import REDACTED, RedactCredentials, configure_logging, redact
+from relay.server.logs import REDACTED, RedactCredentials, configure_logging, redact
 
 
 def test_redact_keeps_the_line_and_drops_the_secret() -> None:

@@ -55,12 +55,11 @@ def test_load_uses_the_tighter_limit() -> None:
 
 
 def test_pull_key_per_selection() -> None:
-    from relay.cluster.edge import pull_key
-    from relay.http.whep import HubSelection
+    from relay.media.stream_key import StreamKey
 
-    assert pull_key("r", HubSelection()) == "r"
-    assert pull_key("r", HubSelection("360p", None)) == "r?rendition=360p"
-    assert pull_key("r", HubSelection(None, "a b")) == "r?anchor=a+b"
+    assert StreamKey("r").id == "r"
+    assert StreamKey("r", "360p").id == "r?rendition=360p"
+    assert StreamKey("r", anchor="a b").id == "r?anchor=a+b"
 
 
 async def test_default_settings_take_a_dead_edge_out_within_5_s() -> None:

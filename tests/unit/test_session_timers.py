@@ -22,6 +22,7 @@ from relay.media.lifecycle import (
     ReconnectGrace,
     SessionLifecycle,
 )
+from relay.media.stream_key import StreamKey
 from relay.rtc.lifecycle import DeadlineTimer, PeerLifecycle
 from relay.rtc.sdp import OfferSummary
 
@@ -118,7 +119,8 @@ class RoomBench:
         stage = rooms.stage_for(room)
         rooms.reserve(stage, anchor_id)
         codecs = rooms.choose_codecs(stage, anchor_id, OfferSummary({"video": ("VP8",)}, "u", "p"))
-        anchor = Anchor(anchor_id, room, subject, AnchorHub(f"{room}/{anchor_id}", codecs))
+        hub = AnchorHub(StreamKey(room, anchor=anchor_id), codecs)
+        anchor = Anchor(anchor_id, room, subject, hub)
         rooms.joined(stage, anchor)
         return anchor
 

@@ -1,0 +1,92 @@
+"""The app factory every node starts from: lifespan, problem+json, CORS and the ops routes
+(``/healthz``, ``/readyz``, ``/metrics``). The origin (``gateway.app``) and the edge
+(``relay.server.edge``) add their own routes to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from relay.http.common import CorsHeaders
+from relay.http.keys import KeyAuth
+from relay.http.problems import install_problem_handlers, problem_responses
+from relay.server.metrics import CONTENT_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What ``/readyz`` says: 200 ``{"status": "ready", ...detail}`` or, when the node takes
+    no new viewers, 503 ``{"status": "draining", ...}``."""
+
+    ready: bool
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+
+class Node(Protocol):
+    """What the factory needs of a node: its lifespan, its readiness and its metrics."""
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    def readiness(self) -> Readiness: ...
+
+    def metrics(self) -> bytes:
+        """The Prometheus exposition of the node's state now."""
+        ...
+
+
+def create_node_app(
+    node: Node,
+    *,
+    title: str,
+    summary: str,
+    cors_origin: str = "*",
+    ops_keys: tuple[str, ...] = (),
+) -> FastAPI:
+    """``ops_keys``: the credentials ``/metrics`` takes (the operator key, then the metrics
+    token if set): it names rooms, private ones included. Empty: open (an app embedded behind
+    its own guard)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.shutdown()
+
+    app = FastAPI(title=title, version="0.1.0", summary=summary, lifespan=lifespan)
+    install_problem_handlers(app)
+    app.add_middleware(CorsHeaders, allow_origin=cors_origin)
+
+    scrape = KeyAuth(*ops_keys, what="metrics token or operator key") if ops_keys else None
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        dependencies=[Depends(scrape)] if scrape is not None else [],
+        responses=problem_responses(401) if scrape is not None else None,
+    )
+    async def metrics() -> Response:
+        """Prometheus exposition of the node's streams, sessions, traffic and loop lag
+        (``Authorization: Bearer`` the metrics token or the operator key)."""
+        return Response(node.metrics(), media_type=CONTENT_TYPE)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        r = node.readiness()
+        body = {"status": "ready" if r.ready else "draining", **r.detail}
+        return JSONResponse(body, status_code=200 if r.ready else 503)
+
+    return app

@@ -1,0 +1,180 @@
+"""Running a node process: the checks before it starts, the uvicorn run, and the edge's command
+line (``python -m relay``; ``stagecast edge`` runs the same with the origin's full settings)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+from relay.server.logs import configure_logging, uvicorn_log_config
+from relay.server.settings import ClusterSettings, NodeSettings, ephemeral_secret, load_settings_as
+
+S = TypeVar("S", bound=NodeSettings)
+
+
+def tls_problem(settings: NodeSettings) -> str | None:
+    """Why the configured certificate and key cannot serve HTTPS (checked before anything
+    starts, instead of a traceback from the server's startup), or None."""
+    if not settings.tls_certfile:
+        return None
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_certfile, settings.tls_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot serve HTTPS with {settings.tls_certfile} / {settings.tls_keyfile}: {exc}"
+    return None
+
+
+def warn_python_send_loop(settings: NodeSettings) -> None:
+    """Say so when viewers will get the Python send loop for want of the built C one (~0.0012
+    core more per viewer): pip installed stagecast without a C compiler."""
+    from relay.rtc.srtp_writer import NATIVE
+
+    if settings.media.native_send and not NATIVE:
+        print(
+            "viewers get the Python send loop: relay/rtc/_srtp_writer.c was not built (install a C"
+            " compiler and reinstall stagecast) or does not match pylibsrtp's libsrtp",
+            file=sys.stderr,
+        )
+
+
+def run(app: object, settings: NodeSettings) -> None:
+    import gc
+
+    import uvicorn
+
+    from relay.http.slow_clients import SlowClientLimits, guarded_http_protocol
+
+    # Everything built so far lives as long as the process: out of the cyclic collector's way,
+    # a full collection (which stalls every stream on this loop) scans only the sessions'
+    # objects: ~73k tracked objects at 100 viewers, 34-82 ms per full collection while viewers
+    # join (BENCHMARKS.md), against 117k more from startup without the freeze.
+    gc.collect()
+    gc.freeze()
+    lim = settings.limits
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=guarded_http_protocol(  # deadlines for slow clients, slow connections per address
+            SlowClientLimits(
+                header_timeout=lim.header_timeout,
+                body_timeout=lim.body_timeout,
+                max_per_address=lim.max_slow_connections_per_address,
+                send_timeout=lim.send_timeout,
+            )
+        ),
+        ssl_certfile=settings.tls_certfile or None,
+        ssl_keyfile=settings.tls_keyfile or None,
+        log_config=uvicorn_log_config(),  # credentials redacted from the access log
+    )
+
+
+def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upstream", default=None, help="origin or parent edge base URL")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--redis-url", dest="redis_url", default=None, help="cluster registry")
+    parser.add_argument("--node-id", dest="node_id", default=None)
+    parser.add_argument("--udp-port", dest="udp_port", type=int, default=None, help=UDP_HELP)
+
+
+UDP_HELP = "the node's one WebRTC UDP port, e.g. 8443 (default webrtc.udp_port; 0: one per session)"
+
+
+def udp_summary(settings: NodeSettings) -> str:
+    port = settings.webrtc.udp_port
+    return f"UDP port {port}, every session (ICE-lite)" if port else "a UDP port per session"
+
+
+def load_edge_settings(cls: type[S], config: Path | None, args: argparse.Namespace) -> S:
+    """``cls`` from the file and environment, with the edge role and the command line's
+    ``--upstream``, ``--redis-url``, ``--node-id``, ``--host`` and ``--port`` on top."""
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+    }
+    base = load_settings_as(cls, config)
+    udp_port = getattr(args, "udp_port", None)
+    if udp_port is not None:
+        overrides["webrtc"] = {**base.webrtc.model_dump(), "udp_port": udp_port}
+    cluster = base.cluster.model_dump()
+    cluster["role"] = "edge"
+    for key in ("upstream", "redis_url", "node_id"):
+        value = getattr(args, key, None)
+        if value is not None:
+            cluster[key] = value
+    return load_settings_as(cls, config, cluster=ClusterSettings(**cluster), **overrides)
+
+
+def run_edge(settings: NodeSettings) -> int:
+    """Check, build and run an edge; the exit status."""
+    configure_logging(settings.log_level, settings.log_format)
+    problem = tls_problem(settings)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    if not settings.cluster.upstream:
+        print("an edge needs --upstream URL (or cluster.upstream)", file=sys.stderr)
+        return 2
+    if not settings.auth.token_secret:
+        print(
+            "an edge needs auth.token_secret (shared with its upstream) to pull private rooms",
+            file=sys.stderr,
+        )
+    if not settings.cluster.redis_url and settings.auth.anonymous_audience:
+        print(
+            "an in-memory registry: this edge is in no cluster and does not learn the origin's"
+            " room policies (private rooms, room limits); set cluster.redis_url to the origin's,"
+            " or auth.anonymous_audience = false",
+            file=sys.stderr,
+        )
+    warn_python_send_loop(settings)
+    from relay.server.edge import build_edge_node, create_edge_app
+
+    node = build_edge_node(settings)
+    key = settings.api.operator_key or ephemeral_secret()  # /cluster and /metrics name rooms
+    token = settings.metrics.token
+    app = create_edge_app(node, ops_keys=(key, token) if token else (key,))
+    print(f"stagecast edge {node.cluster.config.node_id}", flush=True)
+    print(f"  upstream:       {settings.cluster.upstream}", flush=True)
+    print(f"  watch (WHEP):   {settings.base_url}/whep/ROOM", flush=True)
+    print(f"  registry:       {settings.cluster.redis_url or 'in-memory'}", flush=True)
+    print(f"  WebRTC media:   {udp_summary(settings)}", flush=True)
+    if not settings.api.operator_key:
+        print(f"  operator key:   {key} (for /cluster and /metrics)", flush=True)
+    run(app, settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m relay",
+        description="Run an edge: pulls each stream once from --upstream and serves WHEP viewers."
+        " Reads the node's keys of the stagecast settings (file, STAGECAST_* environment);"
+        " a file with the origin's keys too is for `stagecast edge`.",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    add_edge_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_edge_settings(NodeSettings, args.config, args)
+    except (ValidationError, FileNotFoundError) as exc:
+        print(
+            f"{exc}\n(python -m relay reads an edge's keys only; with the origin's keys in the"
+            " same file or environment, run `stagecast edge`)",
+            file=sys.stderr,
+        )
+        return 2
+    return run_edge(settings)

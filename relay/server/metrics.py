@@ -1,0 +1,107 @@
+"""Prometheus metrics every node has, read from its state at scrape time: viewer sessions and
+egress, event-loop lag, GC pauses. The origin adds its rooms, anchors and mixers
+(``gateway.metrics``); an edge its pulls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from relay.ops.gc_pauses import GcPauses
+from relay.ops.loop_lag import LoopLagMonitor
+from relay.rtc.viewers import ViewerService
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class NodeCollector(Collector):
+    def __init__(
+        self, viewers: ViewerService, lag: LoopLagMonitor, *, gc_pauses: GcPauses | None = None
+    ) -> None:
+        self._viewers = viewers
+        self._lag = lag
+        self._gc = gc_pauses
+
+    def collect(self) -> Iterator[Metric]:
+        eg = self._viewers.egress()
+        counters: tuple[tuple[str, str, float], ...] = (
+            (
+                "stagecast_viewer_sessions",
+                "Viewer sessions ended or live",
+                eg.sessions + len(self._viewers.sessions),
+            ),
+            ("stagecast_egress_bytes", "RTP payload bytes sent to viewers", eg.bytes),
+            ("stagecast_egress_packets", "RTP packets sent to viewers", eg.packets),
+            ("stagecast_egress_frames", "Frames sent to viewers", eg.frames),
+            ("stagecast_viewer_frame_drops", "Frames dropped by slow viewers' queues", eg.dropped),
+            ("stagecast_viewer_nacks", "NACK messages received from viewers", eg.nacks),
+            (
+                "stagecast_viewer_nacked_packets",
+                "Packets viewers asked to have retransmitted",
+                eg.nacked_packets,
+            ),
+            (
+                "stagecast_viewer_retransmissions",
+                "Packets retransmitted to viewers",
+                eg.retransmissions,
+            ),
+            ("stagecast_viewer_rtx_bytes", "Bytes retransmitted to viewers", eg.rtx_bytes),
+            (
+                "stagecast_viewer_rtx_late",
+                "NACKed packets not resent: too late to be played",
+                eg.rtx_late,
+            ),
+            (
+                "stagecast_viewer_rtx_over_budget",
+                "NACKed packets not resent: the viewer's retransmission budget was spent",
+                eg.rtx_over_budget,
+            ),
+            (
+                "stagecast_viewer_keyframe_requests",
+                "Keyframe requests (PLI/FIR) received from viewers",
+                eg.keyframe_requests,
+            ),
+            (
+                "stagecast_viewer_keyframe_requests_suppressed",
+                "Viewers' keyframe requests held back by their backoff",
+                eg.keyframe_requests_suppressed,
+            ),
+        )
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "stagecast_event_loop_lag_seconds", "Last event-loop lag", self._lag.last_lag
+        )
+        yield GaugeMetricFamily(
+            "stagecast_event_loop_lag_max_seconds", "Largest event-loop lag", self._lag.max_lag
+        )
+        if self._gc is not None:
+            pauses = CounterMetricFamily(
+                "stagecast_gc_pause_seconds",
+                "Time the garbage collector stopped the process, by generation",
+                labels=["generation"],
+            )
+            longest = GaugeMetricFamily(
+                "stagecast_gc_pause_max_seconds",
+                "Longest garbage-collector pause, by generation",
+                labels=["generation"],
+            )
+            for g in range(3):
+                pauses.add_metric([str(g)], self._gc.seconds[g])
+                longest.add_metric([str(g)], self._gc.longest[g])
+            yield pauses
+            yield longest
+
+
+def build_registry(*collectors: Collector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,52 @@
+"""The node app factory: origin and edge answer the ops routes alike (in process, no sockets)."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from relay.server.edge import build_edge_node, create_edge_app
+from relay.server.settings import ClusterSettings, NodeSettings
+
+SECRET = "unit-secret-" + "x" * 40
+OPERATOR = "unit-operator-key-0123456789"
+SCRAPE = "unit-scrape-token-0123456789"
+
+
+async def test_ops_routes_are_the_same_on_edge_and_origin() -> None:
+    """One factory: healthz and readyz answer alike on both roles, /metrics takes the operator
+    key or the scrape token on both and has the node-wide series once (the origin adds its own
+    beside them); an edge that drains is not ready."""
+    edge_settings = NodeSettings(
+        cluster=ClusterSettings(role="edge", upstream="http://127.0.0.1:9", node_id="e")
+    )
+    node = build_edge_node(edge_settings)
+    settings = Settings(
+        auth={"token_secret": SECRET},  # type: ignore[arg-type]
+        api={"operator_key": OPERATOR},  # type: ignore[arg-type]
+        metrics={"token": SCRAPE},  # type: ignore[arg-type]
+    )
+    apps = {
+        "edge": create_edge_app(node, ops_keys=(OPERATOR, SCRAPE)),
+        "origin": create_app(settings),
+    }
+    for role, app in apps.items():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+            assert (await http.get("/healthz")).json() == {"status": "ok"}, role
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "ready", role
+            assert (await http.get("/metrics")).status_code == 401, role
+            op = await http.get("/metrics", headers={"X-API-Key": OPERATOR})
+            assert op.status_code == 200, role
+            text = (await http.get("/metrics", headers={"Authorization": f"Bearer {SCRAPE}"})).text
+            for name in ("stagecast_egress_bytes_total", "stagecast_event_loop_lag_seconds"):
+                assert text.count(f"\n{name} ") == 1, (role, name)
+            assert ("stagecast_rooms " in text) == (role == "origin")
+            assert ("stagecast_pulls " in text) == (role == "edge")
+    await node.cluster.set_draining(True)
+    transport = httpx.ASGITransport(app=apps["edge"])
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
