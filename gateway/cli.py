@@ -51,20 +51,28 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings, gateway)
     base = settings.base_url
     room = args.room
-    anchor = gateway.tokens.mint(room, "anchor", "cli-anchor", settings.auth.token_ttl)
+    # A configured secret or key is the operator's: never printed (it would land in pod logs).
+    # Without them this is a trial run, and the generated ones are how to use it.
+    trial = not settings.auth.token_secret
     print("stagecast gateway (single node)", flush=True)
     print(f"  publish (WHIP): {base}/whip/{room}", flush=True)
-    print(f"    anchor token: {anchor}", flush=True)
+    if trial:
+        anchor = gateway.tokens.mint(room, "anchor", "cli-anchor", settings.auth.token_ttl)
+        print(f"    anchor token: {anchor}", flush=True)
     watch = f"{base}/whep/{room}"
     print(
         f"  watch (WHEP):   {watch}{'' if settings.auth.anonymous_audience else ' (token needed)'}"
     )
-    print(f"  publish page:   {base}/publish?room={room}#token={anchor}", flush=True)
+    if trial:
+        print(f"  publish page:   {base}/publish?room={room}#token={anchor}", flush=True)
+    else:
+        print(f"  publish page:   {base}/publish?room={room} (token: stagecast token)", flush=True)
     print(f"  watch page:     {base}/watch?room={room}", flush=True)
     print(f"  API docs:       {base}/docs", flush=True)
     print(f"  WebRTC media:   {_udp(settings)}", flush=True)
-    print(f"  operator key:   {gateway.operator_key}", flush=True)
-    if not settings.auth.token_secret:
+    if not settings.api.operator_key:
+        print(f"  operator key:   {gateway.operator_key}", flush=True)
+    if trial:
         print("  (no auth.token_secret set: tokens are valid for this process only)", flush=True)
     _warn_python_send_loop(settings)
     run(app, settings)

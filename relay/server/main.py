@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
-from relay.server.logs import configure_logging, uvicorn_log_config
+from relay.server.logs import configure_logging, redact, uvicorn_log_config
 from relay.server.settings import ClusterSettings, NodeSettings, ephemeral_secret, load_settings_as
 
 S = TypeVar("S", bound=NodeSettings)
@@ -144,7 +144,7 @@ def run_edge(settings: NodeSettings) -> int:
     print(f"stagecast edge {node.cluster.config.node_id}", flush=True)
     print(f"  upstream:       {settings.cluster.upstream}", flush=True)
     print(f"  watch (WHEP):   {settings.base_url}/whep/ROOM", flush=True)
-    print(f"  registry:       {settings.cluster.redis_url or 'in-memory'}", flush=True)
+    print(f"  registry:       {redact(settings.cluster.redis_url) or 'in-memory'}", flush=True)
     print(f"  WebRTC media:   {udp_summary(settings)}", flush=True)
     if not settings.api.operator_key:
         print(f"  operator key:   {key} (for /cluster and /metrics)", flush=True)
