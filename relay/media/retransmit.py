@@ -28,7 +28,7 @@ class Verdict(Enum):
 
 @dataclass(frozen=True, slots=True)
 class RetransmitLimits:
-    max_age: float = 0.5
+    max_age: float = 2.0
     """Seconds after its frame that a packet can still be played (the receiver's patience)."""
     share: float = 0.25
     """Retransmitted bytes per media byte sent to the viewer, at most."""

@@ -37,9 +37,13 @@ class MediaSettings(BaseModel):
     audio_queue_frames: int = Field(100, ge=2, le=1000)
     reassembly_wait: float = Field(0.1, gt=0, le=2)
     """How long a missing packet may hold back later frames before they are skipped."""
-    rtx_max_age: float = Field(0.5, gt=0, le=10)
+    rtx_max_age: float = Field(2.0, gt=0, le=10)
     """A viewer's NACKed packet is sent again only if it can arrive (its frame's age plus half
-    the viewer's round trip) within this many seconds of its frame: later it cannot be played."""
+    the viewer's round trip) within this many seconds of its frame: later it cannot be played.
+    Not shorter: a viewer on a lossy link may take a second or more to complete a keyframe
+    (each retransmission can be lost too), and until it has one it shows nothing (0.5 s left a
+    viewer at 30 % loss without a picture after a rendition switch:
+    tests/live/test_rendition_fallback.py)."""
     rtx_share: float = Field(0.25, ge=0, le=1)
     """Retransmissions to a viewer may take at most this share of the media bytes sent to it."""
     viewer_keyframe_backoff: float = Field(8.0, ge=0, le=120)
