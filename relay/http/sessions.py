@@ -118,6 +118,8 @@ def add_session_routes(
         session = service.get(room, session_id)
         authorize_session(session, room, authorization, access_token)
         require_content_type(request, TRICKLE)
+        if if_match is None:  # 428 before the body is read: nothing in it can make it right
+            check_patch_preconditions(None, session.etag, None, None, sent_etag=etag)
         body = await read_limited(request, max_sdp_bytes)
         frag = parse_trickle(decode_body(body, max_bytes=max_sdp_bytes))
         check_patch_preconditions(
