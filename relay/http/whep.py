@@ -19,7 +19,7 @@ from relay.rtc.sdp import check_offer, decode_body
 from relay.rtc.viewers import ViewerService
 
 
-def whep_stream_key(
+async def whep_stream_key(
     room: str,
     rendition: str | None = Query(default=None, max_length=16),
     anchor: str | None = Query(default=None, max_length=64),

@@ -50,3 +50,44 @@ async def test_ops_routes_are_the_same_on_edge_and_origin() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
         ready = await http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
+
+
+def _sync_calls(app: object) -> list[str]:
+    """Route handlers and dependencies FastAPI would run in its thread pool (plain ``def``)."""
+    import inspect
+
+    from fastapi.routing import APIRoute, APIWebSocketRoute
+
+    found: list[str] = []
+
+    def walk(dependant: object, where: str) -> None:
+        call = getattr(dependant, "call", None)
+        if call is not None:
+            target = call if inspect.isfunction(call) or inspect.ismethod(call) else call.__call__
+            if not inspect.iscoroutinefunction(target):
+                found.append(f"{where}: {getattr(call, '__qualname__', call)!r}")
+        for sub in getattr(dependant, "dependencies", ()):
+            walk(sub, where)
+
+    def routes(holder: object) -> None:
+        for route in getattr(holder, "routes", ()):
+            if isinstance(route, APIRoute | APIWebSocketRoute):
+                walk(route.dependant, route.path)
+            inner = getattr(route, "original_router", None)  # an included router
+            if inner is not None:
+                routes(inner)
+
+    routes(app)
+    return found
+
+
+def test_no_handler_or_dependency_runs_in_a_thread() -> None:
+    """A plain ``def`` handler or dependency runs in AnyIO's thread pool: a thread hop per
+    request and up to 40 idle worker threads left behind (a sync WHEP dependency left seven
+    after the soak's churn)."""
+    edge_settings = NodeSettings(
+        cluster=ClusterSettings(role="edge", upstream="http://127.0.0.1:9", node_id="e")
+    )
+    edge = create_edge_app(build_edge_node(edge_settings), ops_keys=(OPERATOR,))
+    origin = create_app(Settings(auth={"token_secret": SECRET}))  # type: ignore[arg-type]
+    assert _sync_calls(edge) == [] and _sync_calls(origin) == []
