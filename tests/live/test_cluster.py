@@ -17,14 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import httpx
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
 from gateway.synthetic import (
     Publisher,
@@ -37,6 +36,7 @@ from relay.cluster.registry_redis import RedisRegistry
 from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.live.test_protocol import assert_problem
 from tests.support.redis_server import RedisProcess, require_redis, run_redis
+from tests.support.retrying_viewer import RetryingViewer
 from tests.support.server import SECRET, RunningServer, free_port, run_server
 
 pytestmark = pytest.mark.slow  # three relay processes, Redis, an origin
@@ -500,73 +500,6 @@ async def _gone(cluster: Cluster, node: str) -> bool:
     return node not in await cluster.node_ids()
 
 
-@dataclass(eq=False)
-class ReconnectingViewer:
-    """Plays like a WHEP page: joins at the origin URL, re-POSTs there when frames stop."""
-
-    origin: str
-    room: str
-    stall: float = 0.3
-    viewers: list[Viewer] = field(default_factory=list)
-    served_by: list[str] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-
-    def samples(self) -> list[float]:
-        return sorted(s.received_at for v in self.viewers for s in v.samples)
-
-    async def run(self) -> None:
-        while True:
-            viewer = await self._join()
-            self.viewers.append(viewer)
-            self.served_by.append(viewer.location.split("/whep/")[0])
-            started = time.time()
-            while True:
-                await asyncio.sleep(0.05)
-                last = viewer.samples[-1].received_at if viewer.samples else started
-                if time.time() - last > self.stall + (0 if viewer.samples else 1.5):
-                    break
-            for t in viewer.tasks:
-                t.cancel()
-            await close_quietly(viewer.pc, 1.0)
-
-    async def _join(self) -> Viewer:
-        """One offer, POSTed (following 307s) until a node takes it, retrying every 0.1 s."""
-        pc = RTCPeerConnection(rtc_configuration(()))
-        transceiver = pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        client = httpx.AsyncClient(timeout=2.0)
-        joined = time.monotonic()
-        while True:
-            url = f"{self.origin}/whep/{self.room}"
-            try:
-                for _ in range(4):
-                    resp = await client.post(
-                        url,
-                        content=pc.localDescription.sdp,
-                        headers={"Content-Type": "application/sdp"},
-                    )
-                    if resp.status_code != 307:
-                        break
-                    url = urljoin(url, resp.headers["location"])
-                if resp.status_code == 201:
-                    break
-            except (httpx.HTTPError, OSError):
-                pass
-            await asyncio.sleep(0.1)
-        viewer = Viewer(pc, urljoin(url, resp.headers["location"]), client, {}, joined)
-        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
-        viewer.tasks.append(asyncio.create_task(viewer._consume(transceiver.receiver.track)))
-        return viewer
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        for v in self.viewers:
-            await v.close(delete=False)
-
-
 @pytest.mark.timeout(60)
 async def test_sigkilled_edge_viewers_reconnect_elsewhere_within_3s(cluster: Cluster) -> None:
     room = "failover"
@@ -574,7 +507,7 @@ async def test_sigkilled_edge_viewers_reconnect_elsewhere_within_3s(cluster: Clu
     a, b = cluster.edges["edge-a"], cluster.edges["edge-b"]
     # both edges pull the room; edge-a has more viewers, so new viewers go to edge-b
     direct = [await whep_watch(e.url, room, kinds=("video",)) for e in (a, a, b)]
-    watchers: list[ReconnectingViewer] = []
+    watchers: list[RetryingViewer] = []
     try:
         gw_cluster = cluster.origin.gateway.cluster
         assert gw_cluster is not None
@@ -588,7 +521,7 @@ async def test_sigkilled_edge_viewers_reconnect_elsewhere_within_3s(cluster: Clu
             ) and {"edge-a", "edge-b"} <= set(view)
 
         assert await wait_for(seen, 10)
-        watchers = [ReconnectingViewer(cluster.origin.base_url, room) for _ in range(2)]
+        watchers = [RetryingViewer(cluster.origin.base_url, room) for _ in range(2)]
         for w in watchers:
             w.task = asyncio.create_task(w.run())
         # the origin sends them (307) to the less loaded edge already pulling the room

@@ -22,17 +22,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
 
 import httpx
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
 from gateway.launcher import free_port
-from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whep_watch, whip_publish
+from gateway.synthetic import Publisher, StampedVideoTrack, whep_watch, whip_publish
 from relay.cluster.registry_redis import RedisRegistry
 from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.support.redis_server import RedisProcess, require_redis, run_redis
+from tests.support.retrying_viewer import RetryingViewer
 from tests.support.server import SECRET, RunningServer, run_server
 
 HEARTBEAT = 1.0  # the defaults of gateway.settings (cluster.heartbeat, cluster.node_ttl)
@@ -177,75 +177,6 @@ async def offer() -> str:
         return str(pc.localDescription.sdp)
     finally:
         await close_quietly(pc)
-
-
-@dataclass(eq=False)
-class RetryingViewer:
-    """Plays as the watch page does: POSTs at the origin (following 307s), and when frames stop
-    for ``stall`` s, POSTs there again; every node that served it is noted."""
-
-    origin: str
-    room: str
-    stall: float = 0.3
-    viewers: list[Viewer] = field(default_factory=list)
-    served_by: list[str] = field(default_factory=list)
-    tried: list[tuple[float, str]] = field(default_factory=list)  # (time, node URL) per 307
-    task: asyncio.Task[None] | None = None
-
-    def frames_after(self, t: float) -> list[float]:
-        return sorted(s.received_at for v in self.viewers for s in v.samples if s.received_at > t)
-
-    async def run(self) -> None:
-        while True:
-            viewer = await self._join()
-            self.viewers.append(viewer)
-            self.served_by.append(viewer.location.split("/whep/")[0])
-            started = time.time()
-            while True:
-                await asyncio.sleep(0.05)
-                last = viewer.samples[-1].received_at if viewer.samples else started
-                if time.time() - last > self.stall + (0 if viewer.samples else 1.5):
-                    break
-            for t in viewer.tasks:
-                t.cancel()
-            await close_quietly(viewer.pc, 1.0)
-
-    async def _join(self) -> Viewer:
-        pc = RTCPeerConnection(rtc_configuration(()))
-        transceiver = pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        client = httpx.AsyncClient(timeout=2.0)
-        joined = time.monotonic()
-        while True:
-            url = f"{self.origin}/whep/{self.room}"
-            try:
-                for _ in range(4):
-                    resp = await client.post(
-                        url,
-                        content=pc.localDescription.sdp,
-                        headers={"Content-Type": "application/sdp"},
-                    )
-                    if resp.status_code != 307:
-                        break
-                    url = urljoin(url, resp.headers["location"])
-                    self.tried.append((time.time(), url.split("/whep/")[0]))
-                if resp.status_code == 201:
-                    break
-            except (httpx.HTTPError, OSError):
-                pass
-            await asyncio.sleep(0.1)
-        viewer = Viewer(pc, urljoin(url, resp.headers["location"]), client, {}, joined)
-        await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
-        viewer.tasks.append(asyncio.create_task(viewer._consume(transceiver.receiver.track)))
-        return viewer
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        for v in self.viewers:
-            await v.close(delete=False)
 
 
 @pytest.mark.timeout(60 + 30 * RUNS)
