@@ -15,7 +15,6 @@ from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
 from relay.http.common import check_room
 from relay.http.problems import problem_responses
-from relay.http.ratelimit import ClientRateLimiter
 from relay.http.whep import WhepStreamKey, whep_router
 from relay.media.fallback import FallbackPolicy
 from relay.media.retransmit import RetransmitLimits
@@ -39,7 +38,6 @@ from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
 from .bridge import BridgeService, bridge_router, hls_router
 from .cluster import build_origin_cluster
-from .guards import RequestGuards
 from .metrics import ExtraCounters, GatewayCollector
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
@@ -246,16 +244,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         gw,
         title="stagecast gateway",
         summary="WHIP anchors in, encoded fan-out, WHEP audiences out.",
+        limits=settings.limits,
         cors_origin=settings.cors_origin,
         ops_keys=(gw.operator_key, settings.metrics.token),  # /metrics names every room
     )
     app.state.gateway = gw
-    lim = settings.limits
-    app.add_middleware(
-        RequestGuards,
-        max_body_bytes=lim.max_body_bytes,
-        limiter=ClientRateLimiter(lim.session_posts_per_second, lim.session_post_burst),
-    )
     access = gw.access
     ice = ice_directory(settings)
     limit = settings.sessions.max_sdp_bytes
@@ -277,7 +270,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
 
     operator = OperatorAuth(gw.operator_key)
     # every operator route: key (401), room/anchor/bridge (404), exists or not live (409),
-    # body too large (413, gateway.guards), schema (400/422)
+    # body too large (413, relay.http.guards), schema (400/422)
     v1 = APIRouter(
         prefix="/v1",
         dependencies=[Depends(operator)],

@@ -67,14 +67,6 @@ class RoomSettings(node.RoomSettings):
     """A WHIP push to an unknown room creates it; false: rooms must be created through the API."""
 
 
-class LimitSettings(node.LimitSettings):
-    max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    """Largest request body of any kind (JSON, SDP); bigger: 413."""
-    session_posts_per_second: float = Field(5.0, gt=0)
-    """WHIP/WHEP POSTs a client address may make per second, sustained; beyond: 429."""
-    session_post_burst: int = Field(20, ge=1)
-
-
 class BridgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -193,7 +185,7 @@ class Settings(NodeSettings):
     media: MediaSettings = MediaSettings()
     sessions: SessionSettings = SessionSettings()
     rooms: RoomSettings = RoomSettings()
-    limits: LimitSettings = LimitSettings()
+    limits: node.LimitSettings = node.LimitSettings()
     webhooks: WebhookSettings = WebhookSettings()
     bridge: BridgeSettings = BridgeSettings()
     recording: RecordingSettings = RecordingSettings()

@@ -84,7 +84,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 # What the WHIP/WHEP resources answer besides success (RFC 9725 section 4; the WHEP draft).
-# 413 and 429 come from gateway.guards in front of the routes.
+# 413 and 429 come from relay.http.guards in front of the routes.
 SESSION_POST_ERRORS = problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 WHEP_POST_ERRORS = problem_responses(307, 400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 WHEP_HEAD_ERRORS = problem_responses(307, 400, 401, 403, 404, 409, 422)

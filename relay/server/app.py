@@ -13,9 +13,12 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
 from relay.http.common import CorsHeaders
+from relay.http.guards import RequestGuards
 from relay.http.keys import KeyAuth
 from relay.http.problems import install_problem_handlers, problem_responses
+from relay.http.ratelimit import ClientRateLimiter
 from relay.server.metrics import CONTENT_TYPE
+from relay.server.settings import LimitSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +49,14 @@ def create_node_app(
     *,
     title: str,
     summary: str,
+    limits: LimitSettings,
     cors_origin: str = "*",
     ops_keys: tuple[str, ...] = (),
 ) -> FastAPI:
     """``ops_keys``: the credentials ``/metrics`` takes (the operator key, then the metrics
     token if set): it names rooms, private ones included. Empty: open (an app embedded behind
-    its own guard)."""
+    its own guard). ``limits``: the body cap (413) and the WHIP/WHEP POST rate per address
+    (429), in front of every route of origin and edge alike."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +68,11 @@ def create_node_app(
 
     app = FastAPI(title=title, version="0.1.0", summary=summary, lifespan=lifespan)
     install_problem_handlers(app)
+    app.add_middleware(
+        RequestGuards,
+        max_body_bytes=limits.max_body_bytes,
+        limiter=ClientRateLimiter(limits.session_posts_per_second, limits.session_post_burst),
+    )
     app.add_middleware(CorsHeaders, allow_origin=cors_origin)
 
     scrape = KeyAuth(*ops_keys, what="metrics token or operator key") if ops_keys else None

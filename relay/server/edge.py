@@ -20,7 +20,7 @@ from relay.cluster.link import LinkConfig
 from relay.cluster.node import ClusterNode, NodeLoad, TemporaryRedirect
 from relay.cluster.registry_factory import make_registry
 from relay.errors import ServiceUnavailable
-from relay.http.common import check_room
+from relay.http.common import check_room, require_content_type
 from relay.http.keys import KeyAuth
 from relay.http.problems import problem_responses
 from relay.http.whep import WhepStreamKey, whep_router
@@ -196,6 +196,7 @@ def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAP
         node,
         title="stagecast edge",
         summary="An edge: pulls each stream once from its upstream, serves WHEP audiences.",
+        limits=settings.limits,
         cors_origin=settings.cors_origin,
         ops_keys=ops_keys,
     )
@@ -217,6 +218,8 @@ def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAP
         if request.method != "POST":
             return
         check_room(room)
+        # before the pull below: a POST the route would refuse must not open an upstream link
+        require_content_type(request, "application/sdp")
         await node.cluster.refresh_room_policy(room)
         await node.cluster.refresh_view()
         node.access.authorize(

@@ -128,6 +128,11 @@ class LimitSettings(BaseModel):
     send_timeout: float = Field(30.0, gt=0, le=600)
     """Seconds a response may wait for a client that has stopped reading it (the node's send
     buffer for it full); then the connection is dropped."""
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    """Largest request body of any kind (JSON, SDP); bigger: 413."""
+    session_posts_per_second: float = Field(5.0, gt=0)
+    """WHIP/WHEP POSTs a client address may make per second, sustained; beyond: 429."""
+    session_post_burst: int = Field(20, ge=1)
 
 
 class ClusterSettings(BaseModel):

@@ -19,6 +19,9 @@ from gateway.settings import Settings
 from relay.server.edge import EdgeNode, build_edge_node, create_edge_app
 from tests.support.server import SECRET
 
+# many viewers of a test come from 127.0.0.1: the per-address POST rate must not refuse them
+FAST_POSTS = {"session_posts_per_second": 10_000, "session_post_burst": 10_000}
+
 
 @dataclass
 class RunningEdge:
@@ -33,7 +36,7 @@ def run_edge(upstream: str, **overrides: Any) -> Iterator[RunningEdge]:
     port = free_port()
     auth = {"token_secret": SECRET, "anonymous_audience": True}
     auth.update(overrides.pop("auth", {}))
-    limits: dict[str, Any] = {"max_loop_busy": None}
+    limits: dict[str, Any] = {"max_loop_busy": None, **FAST_POSTS}
     limits.update(overrides.pop("limits", {}))
     cluster: dict[str, Any] = {"role": "edge", "upstream": upstream, "node_id": f"edge-{port}"}
     cluster.update(overrides.pop("cluster", {}))

@@ -17,7 +17,7 @@ import httpx
 from aiortc.mediastreams import AudioStreamTrack
 
 from gateway.synthetic import Publisher, StampedVideoTrack, whip_publish
-from tests.support.edge_server import RunningEdge, run_edge
+from tests.support.edge_server import FAST_POSTS, RunningEdge, run_edge
 from tests.support.server import RunningServer, live_peer_connections, run_server
 
 ROOM = "live"
@@ -77,10 +77,9 @@ def on_loop(srv: RunningServer, coro: Coroutine[Any, Any, T], timeout: float = 2
 
 @contextmanager
 def live_bed(**origin: Any) -> Iterator[Bed]:
-    fast = {"session_posts_per_second": 10_000, "session_post_burst": 10_000}
     never = {"connect_timeout": 3600}  # sessions the tests open stay until they are deleted
     with (
-        run_server(limits={**fast, "max_loop_lag": None}, sessions=never, **origin) as srv,
+        run_server(limits={**FAST_POSTS, "max_loop_lag": None}, sessions=never, **origin) as srv,
         run_edge(
             srv.base_url,
             limits={"max_loop_lag": None},

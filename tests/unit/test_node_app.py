@@ -91,3 +91,31 @@ def test_no_handler_or_dependency_runs_in_a_thread() -> None:
     edge = create_edge_app(build_edge_node(edge_settings), ops_keys=(OPERATOR,))
     origin = create_app(Settings(auth={"token_secret": SECRET}))  # type: ignore[arg-type]
     assert _sync_calls(edge) == [] and _sync_calls(origin) == []
+
+
+async def test_edge_and_origin_guard_bodies_and_session_posts_alike() -> None:
+    """The body cap (413) and the per-address WHIP/WHEP POST rate (429) stand in front of both
+    roles: an edge is what the public reaches first, and before it had neither."""
+    limits = {"max_body_bytes": 2048, "session_posts_per_second": 0.01, "session_post_burst": 2}
+    edge_settings = NodeSettings(
+        cluster=ClusterSettings(role="edge", upstream="http://127.0.0.1:9", node_id="e"),
+        limits=limits,  # type: ignore[arg-type]
+    )
+    apps = {
+        "edge": create_edge_app(build_edge_node(edge_settings)),
+        "origin": create_app(Settings(auth={"token_secret": SECRET}, limits=limits)),  # type: ignore[arg-type]
+    }
+    for role, app in apps.items():
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+            sdp = {"content-type": "application/sdp"}
+            big = await http.post("/whep/room", content=b"v=0\r\n" + b"a" * 4096, headers=sdp)
+            assert big.status_code == 413, role
+            assert big.headers["content-type"] == "application/problem+json", role
+            text = {"content-type": "text/plain"}  # refused by the route (415) before any work
+            statuses = [
+                (await http.post("/whep/room", content=b"v=0\r\n", headers=text)).status_code
+                for _ in range(3)
+            ]
+            assert statuses[-1] == 429 and 429 not in statuses[:1], (role, statuses)
+            assert (await http.get("/healthz")).status_code == 200, role
