@@ -12,6 +12,9 @@ JSON lines on stdin; every answer is one JSON line on stdout:
                           "connected": peer connections still connected}
   {"op": "quit"} or EOF   close every viewer and exit
 
+``--janus``: the viewers watch a Janus streaming mountpoint (``bench.janus``) instead of WHEP,
+for ``bench.peer``'s side-by-side runs.
+
 ``--light``: once a viewer has its first frame, its RTP is counted at the socket (aioice's
 connection) and never decrypted or parsed by aiortc, so one core holds hundreds of viewers; "read"
 then reports those packet counts under "packets" (RTCP from the server is dropped too). This is
@@ -30,6 +33,7 @@ import sys
 import time
 from typing import Any
 
+from bench.janus import janus_watch
 from gateway.synthetic import Viewer, whep_watch
 from relay.rtc.adapter import divert_ice_datagrams
 
@@ -68,8 +72,10 @@ class LoadPool:
         concurrency: int,
         join_timeout: float,
         light: bool = False,
+        janus: bool = False,
     ) -> None:
         self.base_url = base_url
+        self.janus = janus
         self.room = room
         self.viewers: list[Viewer] = []
         self.light = light
@@ -82,9 +88,12 @@ class LoadPool:
     async def _open_one(self) -> Viewer | None:
         async with self._sem:
             try:
-                viewer = await whep_watch(
-                    self.base_url, self.room, decode=False, timeout=self._join_timeout
-                )
+                if self.janus:
+                    viewer: Viewer = await janus_watch(self.base_url, timeout=self._join_timeout)
+                else:
+                    viewer = await whep_watch(
+                        self.base_url, self.room, decode=False, timeout=self._join_timeout
+                    )
             except Exception as exc:
                 log.warning("viewer failed to join: %r", exc)
                 return None
@@ -164,6 +173,7 @@ async def serve(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         join_timeout=args.join_timeout,
         light=args.light,
+        janus=args.janus,
     )
     try:
         while True:
@@ -196,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--join-timeout", type=float, default=15.0)
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
     parser.add_argument("--light", action="store_true", help="count RTP at the socket only")
+    parser.add_argument(
+        "--janus", action="store_true", help="watch Janus's streaming mountpoint at --base-url"
+    )
     parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
     args = parser.parse_args(argv)
     if args.nice:
