@@ -118,7 +118,9 @@ def rtp_source_argv(
         **VIDEO_ARGS,
         **_rate(source),
     )
-    a = ffmpeg.output(audio["a"], f"rtp://{host}:{audio_port}", f="rtp", payload_type=111, **AUDIO_ARGS)
+    a = ffmpeg.output(
+        audio["a"], f"rtp://{host}:{audio_port}", f="rtp", payload_type=111, **AUDIO_ARGS
+    )
     merged = ffmpeg.merge_outputs(v, a)
     return [exe, "-hide_banner", "-nostats", "-nostdin", *merged.compile(cmd=exe)[1:]]
 

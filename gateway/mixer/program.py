@@ -7,6 +7,11 @@ else's audio (same gains, mutes and a limiter of its own) and encodes it once to
 anchor (``emit_mixminus(anchor_id, frame)``), while ``mixminus_wanted(anchor_id)`` says someone
 listens. Co-hosts hear each other through it without hearing themselves.
 
+Renditions nobody takes: ``rendition_wanted(name)`` (a hub with no viewer, recorder, bridge or
+edge pull) is not composited for or encoded, which is most of a mixed room's CPU (a 720p
+libx264 encode costs several times a 360p one); the first frame after it is wanted again is a
+keyframe. Decoding never stops: an anchor's decoder needs every frame since its last keyframe.
+
 Timing: video ticks every 1/fps s and audio every 20 ms of a monotonic clock, whatever the inputs
 do. At each video tick every anchor's queued frames are decoded and its latest picture is drawn;
 an anchor that sent nothing keeps its last picture (a freeze) and after ``placeholder_after`` s
@@ -67,6 +72,7 @@ class WorkerStats:
     composite_cpu_seconds: float = 0.0  # layout, scaling, pasting
     audio_cpu_seconds: float = 0.0  # Opus decode, resample, mix, Opus encode (mix-minus too)
     mixminus_frames: int = 0  # Opus frames encoded for anchors' mix-minus feeds
+    unwatched_frames: int = 0  # rendition frames not encoded because nobody took them
 
 
 @dataclass(eq=False)
@@ -107,6 +113,7 @@ class ProgramWorker:
         emit: Emit,
         emit_mixminus: EmitMixMinus | None = None,
         mixminus_wanted: Callable[[str], bool] = lambda anchor_id: True,
+        rendition_wanted: Callable[[str], bool] = lambda name: True,
         on_error: Callable[[BaseException], None] | None = None,
         name: str = "mixer",
         clock: Callable[[], float] = time.monotonic,
@@ -123,6 +130,8 @@ class ProgramWorker:
         self._emit = emit
         self._emit_mixminus = emit_mixminus
         self._mixminus_wanted = mixminus_wanted
+        self._rendition_wanted = rendition_wanted
+        self._unwatched: set[str] = set()  # renditions skipped at the last tick (worker thread)
         self._on_error = on_error
         self._clock = clock
         self._lock = threading.Lock()
@@ -347,18 +356,26 @@ class ProgramWorker:
                 inp.picture.stale = now - since > spec.placeholder_after
                 pictures[inp.anchor_id] = inp.picture
         c1 = time.thread_time()
+        self.stats.decode_cpu_seconds += c1 - c0
+        wanted = [r for r in self.renditions if self._rendition_wanted(r.name)]
+        resumed = {r.name for r in wanted} & self._unwatched
+        self._unwatched = {r.name for r in self.renditions} - {r.name for r in wanted}
+        self.stats.unwatched_frames += len(self._unwatched)
+        if not wanted:
+            return
         main = self.renditions[0]
         layout_key = (spec, tuple(order))
         if layout_key != self._tiles_key:
             self._tiles = compute_layout(spec, order, main.width, main.height)
             self._tiles_key = layout_key
         frame = compositor.compose(self._tiles, pictures, spec.background, spec.empty)
-        self.stats.decode_cpu_seconds += c1 - c0
         self.stats.composite_cpu_seconds += time.thread_time() - c1
         with self._lock:
-            keyframes, self._keyframes = self._keyframes, set()
+            keyframes = self._keyframes & {r.name for r in wanted}
+            self._keyframes -= keyframes
+        keyframes |= resumed
         enc_cpu = self.stats.encode_cpu_seconds
-        for r in self.renditions:
+        for r in wanted:
             enc = encoders[r.name]
             c0 = time.thread_time()
             encoded = enc.encode(frame, r.name in keyframes)

@@ -270,6 +270,10 @@ class ProgramDirector:
             hub = self.mixminus.get(anchor_id)
             return hub is not None and hub.viewer_count > 0
 
+        def taken(name: str) -> bool:  # worker thread: a dict read and an int
+            hub = self.hubs.get(name)
+            return hub is not None and hub.viewer_count > 0
+
         def failed(exc: BaseException) -> None:  # worker thread, as it dies
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to restart
                 loop.call_soon_threadsafe(self._worker_failed, worker, exc)
@@ -289,6 +293,7 @@ class ProgramDirector:
             emit=emit,
             emit_mixminus=emit_mixminus if self._mixminus_factory is not None else None,
             mixminus_wanted=listened,
+            rendition_wanted=taken,
             on_error=failed,
             name=f"mixer-{self.room}",
         )

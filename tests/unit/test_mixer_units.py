@@ -537,6 +537,64 @@ def test_worker_mixes_two_inputs_on_its_clock() -> None:
     assert at[440] > 20 * at[1000]
 
 
+@pytest.mark.timeout(30)
+def test_worker_encodes_only_the_renditions_someone_takes() -> None:
+    """A rendition nobody takes is not encoded (nor, with none taken, composited); once taken
+    its first frame is a keyframe, so the viewer who arrived can start at once."""
+    got: list[tuple[str | None, EncodedFrame]] = []
+    lock = threading.Lock()
+    taken: set[str] = set()
+
+    def emit(r: str | None, f: EncodedFrame) -> None:
+        with lock:
+            got.append((r, f))
+
+    worker = ProgramWorker(
+        video_codec="H264",
+        audio=False,
+        renditions=[
+            RenditionSpec("main", 320, 180, 300_000),
+            RenditionSpec("low", 160, 90, 100_000),
+        ],
+        fps=30,
+        gop=300,
+        audio_bitrate=48_000,
+        input_frames=30,
+        layout=LayoutSpec,
+        controls=dict,
+        emit=emit,
+        rendition_wanted=lambda name: name in taken,
+    )
+    worker.add_input("a", lambda: None)
+    stream = encoded_stream("H264", (255, 0, 0), 60)
+    worker.start()
+
+    def run(frames: list[EncodedFrame]) -> list[tuple[str | None, EncodedFrame]]:
+        with lock:
+            got.clear()
+        for f in frames:
+            worker.feed("a", f)
+            time.sleep(1 / 30)
+        with lock:
+            return list(got)
+
+    try:
+        assert run(stream[:15]) == []  # nobody: no composite, no encode
+        assert worker.stats.decoded_frames > 0  # the anchor is still decoded
+        taken.add("main")
+        first = run(stream[15:30])
+        assert {r for r, _ in first} == {"main"} and first[0][1].keyframe
+        taken.add("low")
+        both = run(stream[30:45])
+        low = [f for r, f in both if r == "low"]
+        assert low and low[0].keyframe
+        assert not any(f.keyframe for r, f in both if r == "main")  # main went on as it was
+    finally:
+        worker.stop()
+        worker.join(5)
+    assert worker.error is None and worker.stats.unwatched_frames > 0
+
+
 def spectrum_levels(frames: list[EncodedFrame], freqs: list[float]) -> dict[float, float]:
     """Peak magnitude near each frequency in the decoded Opus frames (their steady middle)."""
     dec = AudioDecoder()
