@@ -111,6 +111,7 @@ class AnchorService:
             keyframe_interval=media.keyframe_interval,
             video_queue_frames=media.video_queue_frames,
             audio_queue_frames=media.audio_queue_frames,
+            gop_cache_bytes=media.gop_cache_kb * 1024,
         )
         pc = self._transport.peer_connection()
         cfg = self._settings.sessions

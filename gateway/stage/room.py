@@ -218,6 +218,7 @@ class RoomService:
                 keyframe_interval=media.keyframe_interval,
                 video_queue_frames=media.video_queue_frames,
                 audio_queue_frames=media.audio_queue_frames,
+                gop_cache_bytes=media.gop_cache_kb * 1024,
             )
         stage.renditions = hubs
         default = self.default_layout

@@ -48,6 +48,7 @@ class LinkConfig:
     keyframe_interval: float = 0.25
     video_queue_frames: int = 60
     audio_queue_frames: int = 100
+    gop_cache_bytes: int = 0
     reassembly_wait: float = 0.1
     request_timeout: float = 5.0
     retry_after: int = 2
@@ -178,6 +179,7 @@ async def open_link(
             keyframe_interval=config.keyframe_interval,
             video_queue_frames=config.video_queue_frames,
             audio_queue_frames=config.audio_queue_frames,
+            gop_cache_bytes=config.gop_cache_bytes,
         )
         link = UpstreamLink(key, pc, hub, urljoin(url, resp.headers["location"]), headers)
         for kind, transceiver in transceivers.items():

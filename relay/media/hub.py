@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from relay.media.bitstream import picture_size
 from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
+from relay.media.gop_cache import GopCache
 from relay.media.limiter import IntervalLimiter
 from relay.media.meter import RateMeter
 from relay.media.rebase import TimestampRebaser
@@ -60,6 +61,7 @@ class FanoutHub:
         keyframe_interval: float = 0.25,
         video_queue_frames: int = 60,
         audio_queue_frames: int = 100,
+        gop_cache_bytes: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
@@ -83,6 +85,9 @@ class FanoutHub:
         self.sources = 0
         self._rebaser = TimestampRebaser({k: c.clock_rate for k, c in self.codecs.items()})
         self.closed = asyncio.Event()
+        # 0: a joining viewer waits for the source's next keyframe (asked for at once)
+        cached = gop_cache_bytes > 0 and "video" in codecs
+        self.gop_cache = GopCache(gop_cache_bytes) if cached else None
 
     @property
     def stream_id(self) -> str:
@@ -98,6 +103,8 @@ class FanoutHub:
         self._requester = requester
         self.sources += 1
         self.source_lost_at = None
+        if self.gop_cache is not None:
+            self.gop_cache.clear()
         if self.sources > 1:
             self._rebaser.new_source()
             for viewer in self._viewers.values():
@@ -135,6 +142,8 @@ class FanoutHub:
         if frame.kind in self.muted:
             return
         frame = self._rebaser.apply(frame)
+        if self.gop_cache is not None:
+            self.gop_cache.add(frame)
         starving = False
         cpu0 = time.thread_time()
         for viewer in self._viewers.values():
@@ -150,6 +159,8 @@ class FanoutHub:
         if not muted and kind in self.muted:
             self.muted.discard(kind)
             if kind == "video":
+                if self.gop_cache is not None:
+                    self.gop_cache.clear()
                 for viewer in self._viewers.values():
                     q = viewer.queues.get("video")
                     if q is not None:
@@ -182,8 +193,12 @@ class FanoutHub:
             return
         self._viewers[viewer.id] = viewer
         self.stats.viewers_joined += 1
-        if "video" in viewer.queues:
-            self.request_keyframe()
+        q = viewer.queues.get("video")
+        if q is not None:
+            self.request_keyframe()  # first: it may tell the cache the last one went unanswered
+            if self.gop_cache is not None and q.waiting_keyframe:
+                for frame in self.gop_cache.replay(self._clock()):
+                    q.offer(frame)
 
     def add_viewer(self, viewer_id: str) -> Viewer:
         viewer = self.create_viewer(viewer_id)
@@ -211,6 +226,8 @@ class FanoutHub:
         now = self._clock()
         if self._limiter.try_acquire(now):
             self.stats.keyframe_requests += 1
+            if self.gop_cache is not None:
+                self.gop_cache.asked(now)
             self._requester()
             return
         self.stats.keyframe_requests_coalesced += 1

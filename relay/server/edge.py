@@ -132,6 +132,7 @@ def build_edge_node(settings: NodeSettings) -> EdgeNode:
                 keyframe_interval=media.keyframe_interval,
                 video_queue_frames=media.video_queue_frames,
                 audio_queue_frames=media.audio_queue_frames,
+                gop_cache_bytes=media.gop_cache_kb * 1024,
                 reassembly_wait=media.reassembly_wait,
                 retry_after=settings.sessions.retry_after,
             ),
