@@ -34,6 +34,7 @@ from relay.server.metrics import build_registry, render
 from .anchors import AnchorService
 from .api_layout import layout_router
 from .api_messages import messages_api_router
+from .api_metadata import metadata_router
 from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
 from .bridge import BridgeService, bridge_router, hls_router
@@ -286,6 +287,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     v1.include_router(recording_router(gw.recordings))
     v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
     v1.include_router(layout_router(gw.stages, gw.rooms))
+    v1.include_router(metadata_router(gw.stages))
     if gw.messages is not None:
         v1.include_router(messages_api_router(gw.messages))
         app.include_router(messages_router(gw.messages, access, operator_key=gw.operator_key))

@@ -14,6 +14,7 @@ from relay.media.gop_cache import GopCache
 from relay.media.limiter import IntervalLimiter
 from relay.media.meter import RateMeter
 from relay.media.rebase import TimestampRebaser
+from relay.media.sei import sei_nal, with_sei
 from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 
@@ -31,6 +32,7 @@ class HubStats:
     keyframe_requests_coalesced: int = 0
     viewers_joined: int = 0
     viewer_drops: int = 0
+    sei_messages: int = 0  # timed metadata put into the video (``add_sei``)
     fanout_cpu_seconds: float = 0.0  # thread CPU inside the viewer loop: sends, SRTP, sockets
 
 
@@ -88,6 +90,7 @@ class FanoutHub:
         # 0: a joining viewer waits for the source's next keyframe (asked for at once)
         cached = gop_cache_bytes > 0 and "video" in codecs
         self.gop_cache = GopCache(gop_cache_bytes) if cached else None
+        self._sei: list[bytes] = []  # SEI NAL units for the next video frame
 
     @property
     def stream_id(self) -> str:
@@ -142,6 +145,10 @@ class FanoutHub:
         if frame.kind in self.muted:
             return
         frame = self._rebaser.apply(frame)
+        if self._sei and frame.kind == "video":
+            frame = with_sei(frame, self._sei)
+            st.sei_messages += len(self._sei)
+            self._sei = []
         if self.gop_cache is not None:
             self.gop_cache.add(frame)
         starving = False
@@ -153,6 +160,15 @@ class FanoutHub:
         st.fanout_cpu_seconds += time.thread_time() - cpu0
         if starving:
             self.request_keyframe()
+
+    def add_sei(self, payload: bytes) -> None:
+        """Timed metadata into the next video frame (H.264 SEI, ``relay.media.sei``) for every
+        viewer, edge, recording and bridge of this stream; of 32 waiting (no video frame came:
+        the source is muted or gone) the oldest is dropped. ValueError: not H.264, too big."""
+        video = self.codecs.get("video")
+        if video is None or video.name.upper() != "H264":
+            raise ValueError("SEI needs an H.264 stream")
+        self._sei = [*self._sei[-31:], sei_nal(payload)]
 
     def set_muted(self, kind: MediaKind, muted: bool) -> None:
         """Stop (or resume) forwarding one kind; video resumes on a fresh keyframe."""
