@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
@@ -32,7 +33,9 @@ from relay.server.cluster import node_id
 from relay.server.metrics import build_registry, render
 
 from .anchors import AnchorService
+from .api_call import ParticipantNotices, call_router
 from .api_layout import layout_router
+from .api_links import links_router
 from .api_messages import messages_api_router
 from .api_metadata import metadata_router
 from .api_rooms import default_node_id, operator_router
@@ -51,7 +54,8 @@ from .settings import (
     node_ice,
     transport_config,
 )
-from .stage.room import RoomService
+from .stage.links import LinkService
+from .stage.room import EventSink, RoomService
 from .stage.selection import hub_selector
 from .stage.table import StageTable
 from .webhooks import WebhookDispatcher
@@ -81,6 +85,7 @@ class Gateway:
     metric_sources: list[ExtraCounters] = field(default_factory=list)
     cluster: ClusterNode | None = None
     messages: RoomChannels | None = None
+    links: LinkService | None = None  # cross-room co-hosting
     transport: NodeTransport = field(default_factory=NodeTransport)
 
     def __post_init__(self) -> None:
@@ -112,6 +117,8 @@ class Gateway:
             await self.cluster.set_draining(True)
         await self.bridges.shutdown()
         await self.recordings.shutdown()
+        if self.links is not None:
+            await self.links.shutdown()
         await self.anchors.shutdown()
         await self.rooms.shutdown()
         await self.viewers.shutdown()
@@ -156,7 +163,13 @@ def build_gateway(settings: Settings) -> Gateway:
         room_is_private=stages.is_private,
         operator_key=operator_key,  # the operator may end any WHIP/WHEP session
     )
-    rooms = RoomService(settings, stages, webhooks.emit)
+    sinks: list[EventSink] = [webhooks.emit]  # room events: webhooks, participant notices
+
+    def events(kind: str, data: dict[str, Any]) -> None:
+        for sink in sinks:
+            sink(kind, data)
+
+    rooms = RoomService(settings, stages, events)
     transport = NodeTransport(transport_config(settings))
     anchors = AnchorService(settings, rooms, transport)
     lag = LoopLagMonitor()
@@ -216,6 +229,8 @@ def build_gateway(settings: Settings) -> Gateway:
     gateway.cluster = build_origin_cluster(
         settings, gateway.node_id, tokens, stages, anchors, viewers
     )
+    gateway.links = LinkService(settings, rooms, gateway.cluster, tokens, events)
+    sinks.append(ParticipantNotices(rooms, gateway.messages))
     return gateway
 
 
@@ -292,6 +307,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         v1.include_router(messages_api_router(gw.messages))
         app.include_router(messages_router(gw.messages, access, operator_key=gw.operator_key))
     app.include_router(v1)
+    if gw.links is not None:  # the operator key, or an anchor token for its own room
+        app.include_router(links_router(gw.links, access, gw.operator_key))
+    app.include_router(call_router(gw.rooms, access, gw.operator_key))
     if gw.cluster is not None:  # the edges' presence: a killed edge is out of routing at once
         app.include_router(gw.cluster.presence_router())
     app.include_router(

@@ -77,12 +77,19 @@ class Room:
         self.stage = stage
         self.director = director
         self.anchors: dict[str, RoomAnchor] = {}
+        self.guests: dict[str, AnchorFeed] = {}  # anchors of other rooms linked in (links.py)
         self.grace = ReconnectGrace(grace)
         self.awaited: RoomAnchor | None = None  # whose dropped connection the grace waits for
 
     @property
     def main(self) -> FanoutHub:
         return self.director.main
+
+    def feeds(self) -> list[AnchorFeed]:
+        """What the director takes: the anchors (join order), then the linked guests, who
+        are shown only while one of the room's own anchors is live."""
+        own: list[AnchorFeed] = list(self.anchors.values())
+        return [*own, *self.guests.values()] if own else []
 
 
 class RoomService:
@@ -106,6 +113,7 @@ class RoomService:
         self.rooms: dict[str, Room] = {}
         self.finished = IngressTotals()  # ended programs' keyframe requests
         self._retired: list[ProgramDirector] = []  # closed, their threads maybe still ending
+        self.program_ended: list[Callable[[str], None]] = []  # room -> (its links end)
         self._timer = DeadlineTimer(self.next_deadline, self.handle_timer, clock=clock)
         st = settings.stage
         self._mixer = MixerConfig(
@@ -195,7 +203,7 @@ class RoomService:
             program = self._new_program(stage, anchor.hub.codecs)
         self._cancel_grace(program)
         program.anchors[anchor.id] = anchor
-        program.director.update(list(program.anchors.values()))
+        program.director.update(program.feeds())
         if not resumed:
             self.stages.set_hub(room, program.main)
         who = {"room": room, "anchor_id": anchor.id, "subject": anchor.subject}
@@ -264,7 +272,7 @@ class RoomService:
         live = hub is not None and not hub.closed.is_set()
         remaining = list(program.anchors.values()) if program is not None else []
         if program is not None and live:
-            program.director.update(remaining)
+            program.director.update(program.feeds())
         if stage is not None and hub is not None and live and not remaining:
             grace = self._settings.sessions.reconnect_grace
             if reason == "replaced":
@@ -345,6 +353,27 @@ class RoomService:
             self.stages.discard_if_idle(room)
         duration = round(time.monotonic() - hub.started_at, 3)
         self._events("stream.ended", {"room": room, "reason": reason, "duration_s": duration})
+        if program is not None and program.main is hub:
+            for listener in list(self.program_ended):
+                listener(room)
+
+    # -- guests: anchors of other rooms linked into a room's program (stage/links.py) -------
+    def add_guest(self, room: str, feed: AnchorFeed) -> None:
+        """Put ``feed`` on the room's stage (a tile and its audio in the program)."""
+        program = self.rooms.get(room)
+        if program is None or not program.anchors:
+            raise Conflict(f"room {room!r} is not live here", retry_after=1)
+        if feed.id in program.guests or feed.id in program.anchors:
+            raise Conflict(f"anchor {feed.id!r} is already on the stage of room {room!r}")
+        if len(program.anchors) + len(program.guests) >= self._settings.stage.max_anchors:
+            raise Conflict(f"the stage of room {room!r} is full")
+        program.guests[feed.id] = feed
+        program.director.update(program.feeds())
+
+    def remove_guest(self, room: str, guest_id: str) -> None:
+        program = self.rooms.get(room)
+        if program is not None and program.guests.pop(guest_id, None) is not None:
+            program.director.update(program.feeds())
 
     # -- what viewers can pull --------------------------------------------------------------
     def anchor(self, room: str, anchor_id: str) -> RoomAnchor:

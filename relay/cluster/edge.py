@@ -183,11 +183,21 @@ class EdgeService:
         reason = pull.ended_reason or "unknown"
         self.stats.ended[reason] = self.stats.ended.get(reason, 0) + 1
         pull.link.hub.close()  # local viewers' tracks end; their sessions close
-        delete = reason in ("idle", "shutdown")
+        delete = reason in ("idle", "shutdown", "released")
         await pull.link.close(self._http, delete=delete)
         log.info(
             "pull of %s ended: %s", pull.key, reason, extra={"room": room, "event": "pull.ended"}
         )
+
+    async def release(self, key: StreamKey) -> None:
+        """End the pull of ``key`` now (its upstream session deleted), viewers or not: its one
+        user is done with it (a cross-room link that ended)."""
+        pull = self.pulls.get(key)
+        if pull is None or pull.task is None:
+            return
+        pull.ended_reason = "released"
+        pull.task.cancel()
+        await asyncio.gather(pull.task, return_exceptions=True)
 
     def doubt_upstream(self) -> None:
         self.upstream_doubts += 1
