@@ -24,6 +24,9 @@ class RoomCreate(_Body):
     (viewers with a token), anchors (the audience only likes), off (commands only)."""
     record: bool = False
     """Record the program whenever the room goes live (see /v1/recordings)."""
+    mode: Literal["stage", "call"] = "stage"
+    """stage: the program mixes the anchors (co-hosting); call: every anchor pulls the others
+    directly (the call page) and the program passes the first one through, never mixing."""
 
 
 class MediaStats(BaseModel):
@@ -91,6 +94,7 @@ class RoomView(BaseModel):
     max_viewers: int | None
     chat: str = "audience"
     record: bool = False
+    mode: str = "stage"
     persistent: bool
     live: bool
     anchors: list[AnchorView]

@@ -172,6 +172,7 @@ def operator_router(
             max_viewers=stage.config.max_viewers,
             chat=stage.config.chat,
             record=stage.config.record,
+            mode=stage.config.mode,
             persistent=stage.persistent,
             live=stage.hub is not None,
             anchors=[anchor_view(s) for s in anchors.in_room(stage.room)],
@@ -194,7 +195,9 @@ def operator_router(
         existing = stages.get(body.name)
         if existing is not None and existing.persistent:
             raise Conflict(f"room {body.name!r} already exists")
-        config = RoomConfig(body.private, body.max_viewers, body.chat, record=body.record)
+        config = RoomConfig(
+            body.private, body.max_viewers, body.chat, record=body.record, mode=body.mode
+        )
         stage = stages.create(body.name, config)
         await publish_policies()
         response.headers["Location"] = f"/v1/rooms/{body.name}"

@@ -30,6 +30,7 @@ PAGES = {
     "/publish": "publish.html",
     "/watch": "watch.html",
     "/console": "console.html",
+    "/call": "call.html",
 }
 
 # Same-origin scripts and styles only; media may come from getUserMedia and WebRTC. connect-src
@@ -103,6 +104,7 @@ def pages_router(settings: Settings, tokens: TokenAuthority) -> APIRouter:
 
 
 def mount_pages(app: FastAPI, settings: Settings, tokens: TokenAuthority) -> None:
-    """Serves the pages at ``/``, ``/publish``, ``/watch``, ``/console``; assets at ``/static``."""
+    """Serves the pages at ``/``, ``/publish``, ``/watch``, ``/console``, ``/call``; assets at
+    ``/static``."""
     app.include_router(pages_router(settings, tokens))
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")

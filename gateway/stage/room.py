@@ -87,8 +87,11 @@ class Room:
 
     def feeds(self) -> list[AnchorFeed]:
         """What the director takes: the anchors (join order), then the linked guests, who
-        are shown only while one of the room's own anchors is live."""
+        are shown only while one of the room's own anchors is live; a call room's first
+        anchor alone (passed through)."""
         own: list[AnchorFeed] = list(self.anchors.values())
+        if self.stage.config.mode == "call":  # participants pull each other; nothing to mix
+            return own[:1]
         return [*own, *self.guests.values()] if own else []
 
 

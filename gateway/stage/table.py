@@ -25,6 +25,7 @@ class RoomConfig:
     max_viewers: int | None = None  # on this node
     chat: str = "audience"  # who may chat in the room's channel (relay.messages.policy)
     record: bool = False  # record the program whenever the room goes live
+    mode: str = "stage"  # "call": no mixing, the program passes the first anchor through
 
 
 @dataclass(eq=False)
