@@ -54,7 +54,11 @@ async def all_see_each_other(pages: list[Any], timeout: float) -> None:
             me = await page.evaluate("stagecastCall.me")
             seen = await tiles(page)
             others = {await p.evaluate("stagecastCall.me") for p in pages} - {me}
-            if set(seen) != others or any(t["framesDecoded"] <= 0 for t in seen.values()):
+            if set(seen) != others:
+                return False
+            # every other participant's picture decoded and its sound received (and played:
+            # each tile's element plays its audio; one's own never comes back)
+            if any(t["framesDecoded"] <= 0 or t["audioSamples"] <= 0 for t in seen.values()):
                 return False
         return True
 

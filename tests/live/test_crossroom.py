@@ -16,6 +16,8 @@ import pytest
 from gateway.synthetic import Publisher
 from tests.live.test_cluster import wait_for
 from tests.live.test_mixer_live import SMALL_STAGE, publish, shows
+from tests.live.test_webhooks import SECRET as HOOK_SECRET
+from tests.live.test_webhooks import Receiver, receiver
 from tests.support.mixer_clients import watch_program
 from tests.support.redis_server import require_redis, run_redis
 from tests.support.server import RunningServer, run_server
@@ -30,12 +32,25 @@ ROOM_A, ROOM_B = "pk-a", "pk-b"
 class Pair:
     a: RunningServer  # ROOM_A lives here
     b: RunningServer  # ROOM_B lives here
+    hooks: Receiver  # both nodes' webhooks
+
+    def link_events(self, room: str) -> list[tuple[str, object]]:
+        """(type, reason) of the link webhooks of ``room`` so far."""
+        with self.hooks.lock:
+            events = list(self.hooks.events)
+        out = []
+        for e in events:
+            data = e["data"]
+            assert isinstance(data, dict)
+            if str(e["type"]).startswith("link.") and data["room"] == room:
+                out.append((str(e["type"]), data.get("reason")))
+        return out
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     require_redis()
-    with run_redis() as redis:
+    with run_redis() as redis, receiver() as (hook_url, hooks):
 
         def node(name: str) -> dict[str, object]:
             return {
@@ -46,12 +61,16 @@ def pair() -> Iterator[Pair]:
                 "key_prefix": "crossroom",
             }
 
-        common = {"stage": SMALL_STAGE, "api": {"operator_key": KEY}}
+        common = {
+            "stage": SMALL_STAGE,
+            "api": {"operator_key": KEY},
+            "webhooks": {"urls": [hook_url], "secret": HOOK_SECRET},
+        }
         with (
             run_server(cluster=node("node-a"), **common) as a,  # type: ignore[arg-type]
             run_server(cluster=node("node-b"), **common) as b,  # type: ignore[arg-type]
         ):
-            yield Pair(a, b)
+            yield Pair(a, b, hooks)
 
 
 def session_id(pub: Publisher) -> str:
@@ -132,6 +151,7 @@ async def test_symmetric_pk_across_two_nodes(pair: Pair) -> None:
             assert r.status_code == 200, r.text
             assert await shows(view_a, {(0.3, 0.3): "red", (0.8, 0.8): "blue"}, 10)
             await api.put(f"{pair.a.base_url}/v1/rooms/{ROOM_A}/layout", json={"mode": "grid"})
+            assert await shows(view_a, {(0.25, 0.5): "red", (0.75, 0.5): "blue"}, 10)
 
             # unlink: the tile leaves room A's program and the pull from node B is closed
             t0 = time.monotonic()
@@ -141,6 +161,8 @@ async def test_symmetric_pk_across_two_nodes(pair: Pair) -> None:
             print(f"unlink -> guest tile gone from room A's program: {time.monotonic() - t0:.2f} s")
             assert await wait_for(lambda: link_pulls(pair.b, ROOM_B) == 0, 5)
             assert await links_of(pair.a, ROOM_A) == []
+            started_ended = [("link.started", None), ("link.ended", "unlinked")]
+            assert await wait_for(lambda: pair.link_events(ROOM_A) == started_ended, 5)
             r = await api.delete(f"{pair.a.base_url}/v1/rooms/{ROOM_A}/links/{session_id(blue)}")
             assert r.status_code == 404
 
@@ -150,6 +172,8 @@ async def test_symmetric_pk_across_two_nodes(pair: Pair) -> None:
         assert await wait_for(lambda: not pair.b.gateway.links.links, 10)  # type: ignore[union-attr]
         assert await shows(view_b, {(0.25, 0.5): "blue", (0.75, 0.5): "blue"}, 15)
         assert await links_of(pair.b, ROOM_B) == []
+        started_ended = [("link.started", None), ("link.ended", "guest left")]
+        assert await wait_for(lambda: pair.link_events(ROOM_B) == started_ended, 5)
     finally:
         for v in viewers:
             await v.close()

@@ -185,7 +185,7 @@ function addTile(p) {
   ui.grid.append(fig);
   const entry = { pc: null, session: null, el: fig, run, stopped: false };
   pulls.set(id, entry);
-  state.tiles[id] = { state: 'connecting', framesDecoded: 0, error: null };
+  state.tiles[id] = { state: 'connecting', framesDecoded: 0, audioSamples: 0, error: null };
   state.updates.push({ kind: 'joined', id, at: Date.now(), sent: lastNoticeAt });
   pullLoop(p, entry, video);
 }
@@ -243,9 +243,9 @@ async function sampleTiles() {
     try {
       const report = await entry.pc.getStats();
       report.forEach((s) => {
-        if (s.type === 'inbound-rtp' && s.kind === 'video' && state.tiles[id]) {
-          state.tiles[id].framesDecoded = s.framesDecoded || 0;
-        }
+        if (s.type !== 'inbound-rtp' || !state.tiles[id]) return;
+        if (s.kind === 'video') state.tiles[id].framesDecoded = s.framesDecoded || 0;
+        if (s.kind === 'audio') state.tiles[id].audioSamples = s.totalSamplesReceived || 0;
       });
     } catch {
       /* closed meanwhile */
