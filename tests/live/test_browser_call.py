@@ -94,13 +94,17 @@ async def test_four_participants_through_an_edge() -> None:
 
             # the fourth joins: the three others' grids gain its tile
             last = pages[3]
+            clicked_at = await last.evaluate("Date.now()")
             await last.click("#join")
             await until(last, "stagecastCall.state === 'live'", 15)
             newcomer = await last.evaluate("stagecastCall.me")
             join_ms = []  # the gateway announcing the newcomer -> each other grid has its tile
+            click_ms = []  # its Join click (camera, ICE gathering, WHIP) -> ... (not bounded)
             for page in pages[:3]:
                 await until(page, f"stagecastCall.tiles[{newcomer!r}]", 5)
-                join_ms += [u["at"] - u["sent"] for u in await updates(page, "joined", newcomer)]
+                for u in await updates(page, "joined", newcomer):
+                    join_ms.append(u["at"] - u["sent"])
+                    click_ms.append(u["at"] - clicked_at)
             await all_see_each_other(pages, 40)
             # everyone's list shows the four, themselves marked
             for page in pages:
@@ -131,7 +135,8 @@ async def test_four_participants_through_an_edge() -> None:
                 assert await page.locator(f'.call-tile[data-id="{gone}"]').count() == 0
                 assert await page.locator("#people li").count() == 3
             print(f"load {os.getloadavg()[0]:.1f}, bound {GRID_BOUND_MS} ms")
-            print(f"join -> others' grid (ms): {sorted(join_ms)}")
+            print(f"join -> others' grid (ms): {sorted(join_ms)}, from the click {click_ms}")
+            print(f"the newcomer's join (ms): {await last.evaluate('stagecastCall.joinMs')}")
             print(f"leave -> others' grid (ms): {sorted(leave_ms)}, list sent after {server_ms}")
             lag = origin.gateway.lag.max_lag, edge.node.lag.max_lag
             print(f"event loop lag max (s): origin {lag[0]:.3f}, edge {lag[1]:.3f}")

@@ -262,6 +262,7 @@ async function join(event) {
   }
   const myRun = ++run;
   show('connecting', 'joining…');
+  const t0 = performance.now();
   try {
     stream =
       stream ||
@@ -270,6 +271,7 @@ async function join(event) {
         audio: { echoCancellation: true, noiseSuppression: true },
       }));
     ui.me.srcObject = stream;
+    const mediaMs = performance.now() - t0;
     pc = await newPeerConnection(token());
     for (const track of stream.getTracks()) {
       pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
@@ -278,6 +280,8 @@ async function join(event) {
     if (myRun !== run) return;
     state.me = new URL(session.location).pathname.split('/').pop();
     state.joinedAt = Date.now(); // the gateway announced me while answering (anchor.joined)
+    const { gatherMs, postMs } = session;
+    state.joinMs = { media: mediaMs, gather: gatherMs, post: postMs }; // where joining took time
     pc.addEventListener('connectionstatechange', () => {
       if (pc && ['failed', 'closed'].includes(pc.connectionState)) leave('The connection ended.');
     });
