@@ -167,9 +167,11 @@ async def test_symmetric_pk_across_two_nodes(pair: Pair) -> None:
             assert r.status_code == 404
 
         # the guest leaving its own room ends the other link: red leaves room A
+        t0 = time.monotonic()
         await red.close()
         assert await wait_for(lambda: link_pulls(pair.a, ROOM_A) == 0, 10)
         assert await wait_for(lambda: not pair.b.gateway.links.links, 10)  # type: ignore[union-attr]
+        print(f"guest left its room -> link ended on the other node: {time.monotonic() - t0:.2f} s")
         assert await shows(view_b, {(0.25, 0.5): "blue", (0.75, 0.5): "blue"}, 15)
         assert await links_of(pair.b, ROOM_B) == []
         started_ended = [("link.started", None), ("link.ended", "guest left")]
