@@ -144,5 +144,18 @@ async def test_four_participants_through_an_edge() -> None:
             assert len(leave_ms) == 3 and max(leave_ms) < GRID_BOUND_MS, leave_ms
             for page in pages:
                 assert page.errors == [], page.errors
-            for page in pages:
+
+            # the fourth closes its tab without Leave: the page's pagehide DELETE ends its
+            # session, and it is gone from the two remaining grids as fast
+            closer = pages[3]
+            gone = await closer.evaluate("stagecastCall.me")
+            closed_at = await closer.evaluate("Date.now()")
+            await closer.context.close()
+            close_ms = []
+            for page in [pages[0], pages[2]]:
+                await until(page, f"!stagecastCall.tiles[{gone!r}]", 5)
+                close_ms += [u["at"] - closed_at for u in await updates(page, "left", gone)]
+            print(f"tab closed -> others' grid (ms): {sorted(close_ms)}")
+            assert len(close_ms) == 2 and max(close_ms) < GRID_BOUND_MS, close_ms
+            for page in [pages[0], pages[2]]:
                 await page.evaluate("stagecastCallLeave()")
