@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
-from gateway.api_call import participants
+from gateway.api_call import PARTICIPANTS_COMMAND, ParticipantNotices, participants
 from gateway.settings import Settings
 from gateway.stage.anchor_hub import AnchorHub
 from gateway.stage.room import RoomService
@@ -15,6 +18,8 @@ from relay.auth.tokens import TokenAuthority
 from relay.errors import Conflict, Forbidden
 from relay.media.frames import CodecSpec
 from relay.media.stream_key import StreamKey
+from relay.messages.bus import MemoryBus
+from relay.messages.service import RoomChannels
 from tests.unit.test_session_timers import Anchor, room_bench
 
 VP8 = {"video": CodecSpec("video", "VP8", 90000)}
@@ -105,3 +110,32 @@ def test_an_anchor_of_a_room_may_watch_it_and_no_other() -> None:
     viewer = f"Bearer {tokens.mint('r', 'audience', 'bob', 60)}"
     with pytest.raises(Forbidden):
         access.authorize("r", "anchor", viewer)  # and never the other way round
+
+
+async def test_every_stage_change_reaches_the_rooms_sockets_once_per_burst() -> None:
+    channels = RoomChannels(MemoryBus())
+    await channels.start()
+    sinks: list[ParticipantNotices] = []
+    rooms = RoomService(Settings(), StageTable(), lambda kind, data: [s(kind, data) for s in sinks])
+    bench = room_bench()
+    bench.rooms = rooms
+    notices = ParticipantNotices(rooms, channels)
+    sinks.append(notices)  # the room's events go to the notices, as in gateway.app
+    member = channels.join("a", "watcher", "anchor", anonymous=False, sender_key="watcher")
+    try:
+        bench.join("a", "a1", "alice")
+        bench.join("a", "a2", "bob")  # two changes in one turn of the loop: one list
+        payload = json.loads(await asyncio.wait_for(member.queue.get(), 2))
+        assert payload["type"] == "command" and payload["name"] == PARTICIPANTS_COMMAND
+        listed = [p["anchor_id"] for p in payload["data"]["participants"]]
+        assert listed == ["a1", "a2"]
+        await asyncio.sleep(0.05)
+        assert member.queue.empty()
+        rooms.add_guest("a", guest("x1"))
+        notices("link.started", {"room": "a"})
+        payload = json.loads(await asyncio.wait_for(member.queue.get(), 2))
+        assert [p["guest"] for p in payload["data"]["participants"]] == [False, False, True]
+    finally:
+        channels.leave(member)
+        await channels.stop()
+        await rooms.shutdown()
