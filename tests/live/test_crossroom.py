@@ -15,7 +15,7 @@ import pytest
 
 from gateway.synthetic import Publisher
 from tests.live.test_cluster import wait_for
-from tests.live.test_mixer_live import SMALL_STAGE, publish, shows
+from tests.live.test_mixer_live import SMALL_STAGE, hears, publish, shows
 from tests.live.test_webhooks import SECRET as HOOK_SECRET
 from tests.live.test_webhooks import Receiver, receiver
 from tests.support.mixer_clients import watch_program
@@ -106,7 +106,7 @@ async def test_symmetric_pk_across_two_nodes(pair: Pair) -> None:
     try:
         assert await wait_for(lambda: owned(pair.a, ROOM_A, "node-a"), 10)
         assert await wait_for(lambda: owned(pair.b, ROOM_B, "node-b"), 10)
-        view_a = await watch_program(pair.a.base_url, f"/whep/{ROOM_A}", kinds=("video",))
+        view_a = await watch_program(pair.a.base_url, f"/whep/{ROOM_A}")  # video and audio
         view_b = await watch_program(pair.b.base_url, f"/whep/{ROOM_B}", kinds=("video",))
         viewers += [view_a, view_b]
         assert await shows(view_a, {(0.5, 0.5): "red"}, 15)
@@ -132,6 +132,18 @@ async def test_symmetric_pk_across_two_nodes(pair: Pair) -> None:
             r = await api.post(f"{pair.b.base_url}/v1/rooms/{ROOM_B}/links", json=body)
             assert r.status_code == 201 and not r.history, r.text
             assert await shows(view_b, {(0.25, 0.5): "blue", (0.75, 0.5): "red"}, 15)
+            # audio: room A's audience hears both hosts; blue's mix-minus (room B's) carries
+            # red, its guest there, and never blue itself
+            await hears(view_a, lambda lv: lv[440.0] > 0.3 and lv[2500.0] > 0.3, 15)
+            blue_token = pair.b.gateway.tokens.mint(ROOM_B, "anchor", "anchor-blue", 600)
+            minus = await watch_program(
+                pair.b.base_url,
+                f"/whep/{ROOM_B}?mixminus={session_id(blue)}",
+                token=blue_token,
+                kinds=("audio",),
+            )
+            viewers.append(minus)
+            await hears(minus, lambda lv: lv[440.0] == 1.0 and lv[2500.0] < 0.05, 15)
             assert await shows(view_a, {(0.25, 0.5): "red", (0.75, 0.5): "blue"}, 5)
             listed = await links_of(pair.a, ROOM_A)
             assert [(x["guest_room"], x["anchor_id"]) for x in listed] == [
@@ -159,6 +171,7 @@ async def test_symmetric_pk_across_two_nodes(pair: Pair) -> None:
             assert r.status_code == 204, r.text
             assert await shows(view_a, {(0.25, 0.5): "red", (0.75, 0.5): "red"}, 15)
             print(f"unlink -> guest tile gone from room A's program: {time.monotonic() - t0:.2f} s")
+            await hears(view_a, lambda lv: lv[2500.0] < 0.05 and lv[440.0] == 1.0, 10)
             assert await wait_for(lambda: link_pulls(pair.b, ROOM_B) == 0, 5)
             assert await links_of(pair.a, ROOM_A) == []
             started_ended = [("link.started", None), ("link.ended", "unlinked")]
