@@ -127,7 +127,9 @@ class LinkService:
             node = None
         if node is None or node == cluster.config.node_id:
             return None
-        record = next((n for n in await cluster.current_nodes() if n.id == node), None)
+        # the lease names a node that beat recently: its record, or the last one seen of it
+        nodes = [*await cluster.current_nodes(), *cluster.view]
+        record = next((n for n in nodes if n.id == node), None)
         return (node, record.url) if record is not None else None
 
     # -- link / unlink ----------------------------------------------------------------------

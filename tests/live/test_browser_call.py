@@ -33,6 +33,18 @@ GRID_BOUND_MS = 1000 if os.getloadavg()[0] < 2 * (os.cpu_count() or 1) else 3000
 UNLOADED = {"max_loop_lag": None}  # no 503 "overloaded" on a shared machine
 
 
+async def joined(page: Any, timeout: float = 20) -> None:
+    """Click Join and wait until the page is in the call (its state on failure)."""
+    await page.click("#join")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await page.evaluate("stagecastCall.state") != "live":
+        if asyncio.get_running_loop().time() > deadline:
+            state = await page.evaluate("JSON.stringify(stagecastCall)")
+            message = await page.locator("#message").inner_text()
+            raise AssertionError(f"did not join: {message}; {state}")
+        await asyncio.sleep(0.1)
+
+
 async def tiles(page: Any) -> dict[str, Any]:
     value: dict[str, Any] = await page.evaluate("JSON.parse(JSON.stringify(stagecastCall.tiles))")
     return value
@@ -88,15 +100,13 @@ async def test_four_participants_through_an_edge() -> None:
             url = f"{origin.base_url}/call?room={ROOM}&pull={edge.base_url}"
             pages = [await open_page(browser, f"{url}#token={t}", width=800) for t in tokens]
             for page in pages[:3]:
-                await page.click("#join")
-                await until(page, "stagecastCall.state === 'live'", 15)
+                await joined(page)
             await all_see_each_other(pages[:3], 40)
 
             # the fourth joins: the three others' grids gain its tile
             last = pages[3]
             clicked_at = await last.evaluate("Date.now()")
-            await last.click("#join")
-            await until(last, "stagecastCall.state === 'live'", 15)
+            await joined(last)
             newcomer = await last.evaluate("stagecastCall.me")
             join_ms = []  # the gateway announcing the newcomer -> each other grid has its tile
             click_ms = []  # its Join click (camera, ICE gathering, WHIP) -> ... (not bounded)

@@ -57,7 +57,7 @@ def pair() -> Iterator[Pair]:
                 "node_id": name,
                 "redis_url": redis.url,
                 "heartbeat": 0.25,
-                "node_ttl": 0.8,
+                "node_ttl": 5.0,  # a loaded machine may hold a heartbeat back for seconds
                 "key_prefix": "crossroom",
             }
 
@@ -65,6 +65,7 @@ def pair() -> Iterator[Pair]:
             "stage": SMALL_STAGE,
             "api": {"operator_key": KEY},
             "webhooks": {"urls": [hook_url], "secret": HOOK_SECRET},
+            "limits": {"max_loop_lag": None},  # no 503 "overloaded" on a shared machine
         }
         with (
             run_server(cluster=node("node-a"), **common) as a,  # type: ignore[arg-type]
