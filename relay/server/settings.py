@@ -326,8 +326,13 @@ def load_settings_as(cls: type[S], config: Path | None = None, **overrides: Any)
 
 
 def ephemeral_secret() -> str:
-    """A per-process token secret for a single node started without one."""
-    return secrets.token_urlsafe(48)
+    """A per-process secret (token secret, operator key) for a node started without one. Never
+    starting with "-": printed keys are pasted after ``--key``, where argparse would take one
+    that does for an option."""
+    while True:
+        secret = secrets.token_urlsafe(48)
+        if not secret.startswith("-"):
+            return secret
 
 
 def ice_directory(settings: NodeSettings) -> IceDirectory:
