@@ -23,6 +23,9 @@ The hooks that make encoded forwarding possible:
 * ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
   (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
   it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
+* one UDP port, ICE-lite (``install_shared_port``), and ICE-TCP on one TCP port beside it: each
+  authenticated TCP connection one more StunProtocol of the session (``pair_stream`` for the
+  direct sender).
 * consent by traffic (``install_traffic_consent``): aioice's RFC 7675 checks are replaced by a
   silence timeout fed by authenticated STUN and SRTP/SRTCP from the peer (ffmpeg never answers
   consent checks).
@@ -553,8 +556,8 @@ def consent_timer(connection: Any) -> ConsentTimer | None:
 # pair the controlling peer names with USE-CANDIDATE nominated (Connection.check_incoming
 # replaced). Hooks: Connection.get_component_candidates / connect / check_incoming /
 # _check_list_maybe_fail / _check_list_state / _check_list_done / _early_checks(_done) /
-# _nominated / _protocols / _remote_candidates / _local_candidates_end / _local_username;
-# RTCIceTransport.
+# _nominated / _protocols / _remote_candidates / _local_candidates_end / _local_username /
+# _closing; RTCIceTransport.
 # iceGatherer; StunProtocol.local_candidate / transport / connection_made / connection_lost.
 
 
@@ -562,11 +565,14 @@ class _PortTransport(asyncio.DatagramTransport):
     """What a StunProtocol sees of the shared port: sends go to its socket; closing unregisters
     the session (and tells the protocol, as a socket would)."""
 
-    def __init__(self, port: Any, ufrag: str, protocol: StunProtocol) -> None:
+    def __init__(
+        self, port: Any, ufrag: str, protocol: StunProtocol, tcp: Any | None = None
+    ) -> None:
         super().__init__()
         self._port = port
         self._ufrag = ufrag
         self._protocol = protocol
+        self._tcp = tcp  # the node's ICE-TCP port, where the session is registered too
         self._closed = False
 
     def sendto(self, data: Any, addr: Any = None) -> None:
@@ -588,6 +594,8 @@ class _PortTransport(asyncio.DatagramTransport):
             return
         self._closed = True
         self._port.unregister(self._ufrag)
+        if self._tcp is not None:
+            self._tcp.unregister(self._ufrag)
         self._protocol.connection_lost(None)
 
     def abort(self) -> None:
@@ -599,9 +607,10 @@ def shared_port_connections(pc: Any) -> list[tuple[Any, Any]]:
     return [(dtls.transport, connection) for dtls, connection in ice_transports(pc)]
 
 
-def install_shared_port(pc: Any, port: Any, hosts: list[str]) -> bool:
+def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = None) -> bool:
     """Make ``pc``'s one ICE transport an ICE-lite agent on ``port`` (a SharedUdpPort),
-    advertising host candidates ``hosts`` with the port's number. False (nothing changed) when
+    advertising host candidates ``hosts`` with the port's number, and with ``tcp`` (a
+    SharedTcpPort) passive ICE-TCP candidates on its number too. False (nothing changed) when
     the offer left more than one transport (no BUNDLE): their ufrags would be the same."""
     pairs = shared_port_connections(pc)
     if len(pairs) != 1 or not hosts:
@@ -617,6 +626,7 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str]) -> bool:
         "_nominated",
         "_protocols",
         "_remote_candidates",
+        "_closing",
     ):
         if not hasattr(connection, name):
             raise AdapterError(f"aioice Connection internals changed: no {name}")
@@ -624,7 +634,7 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str]) -> bool:
     if not hasattr(connection, "_local_username"):
         raise AdapterError("aioice Connection internals changed: no _local_username")
     connection._local_username = port.unused_ufrag()  # unique on the port: the demux key
-    connection.get_component_candidates = _shared_candidates(connection, port, hosts)
+    connection.get_component_candidates = _shared_candidates(connection, port, hosts, tcp)
     connection.connect = _lite_connect(connection)
     connection.check_incoming = _lite_check(connection)
     connection._check_list_maybe_fail = lambda: None  # a lite agent's checks cannot fail
@@ -634,7 +644,7 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str]) -> bool:
     return True
 
 
-def _shared_candidates(connection: Any, port: Any, hosts: list[str]) -> Any:
+def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | None) -> Any:
     async def get_component_candidates(
         component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
@@ -651,14 +661,126 @@ def _shared_candidates(connection: Any, port: Any, hosts: list[str]) -> Any:
             )
             for i, host in enumerate(hosts)
         ]
+        ufrag, password = connection.local_username, connection.local_password
         protocol = StunProtocol(connection)
         protocol.local_candidate = candidates[0]
-        protocol.connection_made(_PortTransport(port, connection.local_username, protocol))
-        port.register(connection.local_username, connection.local_password, protocol)
+        protocol.connection_made(_PortTransport(port, ufrag, protocol, tcp))
+        port.register(ufrag, password, protocol)
         connection._protocols.append(protocol)
+        if tcp is not None:
+            passive = [_tcp_candidate(component, host, tcp.port, i) for i, host in enumerate(hosts)]
+            tcp.register(ufrag, password, _TcpSession(connection, passive[0]))
+            candidates += passive
         return candidates
 
     return get_component_candidates
+
+
+# --- ICE-TCP on one port (issue 16) --------------------------------------------------------------
+# A session on the shared UDP port also offers RFC 6544 passive candidates on the node's TCP port
+# (relay/rtc/tcp_port.py). Each TCP connection its peer opens (and authenticates with a Binding
+# request) becomes one more StunProtocol of the session's aioice Connection (``_protocols``),
+# whose transport writes RFC 4571 frames to that connection; the ICE-lite check handler above
+# nominates a pair on it like any other, so DTLS and SRTP go out on the stream the peer chose.
+
+MAX_STREAMS = 8  # TCP connections one session may hold (a browser opens one per local address)
+
+
+def _tcp_candidate(component: int, host: str, port: int, index: int) -> Candidate:
+    """RFC 6544 §4.2: a passive host candidate ranks below the UDP ones (direction preference
+    passive = 4 of 7 in the local preference)."""
+    local_preference = (4 << 13) | (8191 - index)
+    return Candidate(
+        foundation=candidate_foundation("host", "tcp", host),
+        component=component,
+        transport="tcp",
+        priority=(126 << 24) | (local_preference << 8) | (256 - component),
+        host=host,
+        port=port,
+        type="host",
+        tcptype="passive",
+    )
+
+
+class _StreamTransport(asyncio.DatagramTransport):
+    """What a StunProtocol sees of one ICE-TCP connection: each datagram one frame."""
+
+    def __init__(self, stream: Any, protocol: StunProtocol) -> None:
+        super().__init__()
+        self.stream = stream
+        self._protocol = protocol
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self.stream.write_frame(data)  # a full queue drops it, as UDP would
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return None  # not a datagram socket: the direct sender writes frames (pair_stream)
+        if name == "peername":
+            return self.stream.peer
+        return default
+
+    def is_closing(self) -> bool:
+        return bool(self.stream.closed)
+
+    def close(self) -> None:
+        self.stream.close()
+        self._protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class _TcpSink:
+    """A stream's frames to its StunProtocol; when the stream goes, so does the protocol."""
+
+    def __init__(self, connection: Any, protocol: StunProtocol) -> None:
+        self._connection = connection
+        self._protocol = protocol
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._protocol.datagram_received(data, addr)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+        connection = self._connection
+        protocols = connection._protocols  # (Connection.close is iterating it when closing)
+        if (
+            not connection._closing
+            and self._protocol in protocols
+            and not any(pair.protocol is self._protocol for pair in connection._nominated.values())
+        ):
+            protocols.remove(self._protocol)
+
+
+class _TcpSession:
+    """Registered on the TCP port under the session's ufrag."""
+
+    def __init__(self, connection: Any, candidate: Candidate) -> None:
+        self._connection = connection
+        self._candidate = candidate
+
+    def stream_opened(self, stream: Any) -> _TcpSink | None:
+        connection = self._connection
+        if connection._closing or not connection._local_candidates_end:
+            return None
+        streams = sum(isinstance(p.transport, _StreamTransport) for p in connection._protocols)
+        if streams >= MAX_STREAMS:
+            return None
+        protocol = StunProtocol(connection)
+        protocol.local_candidate = self._candidate
+        protocol.connection_made(_StreamTransport(stream, protocol))
+        connection._protocols.append(protocol)
+        return _TcpSink(connection, protocol)
+
+
+def pair_stream(pair: Any) -> Any | None:
+    """The ICE-TCP stream (relay.rtc.tcp_port.TcpStream) an aioice candidate pair sends on, or
+    None when it is not an ICE-TCP pair."""
+    transport = getattr(pair.protocol, "transport", None)
+    if isinstance(transport, _StreamTransport):
+        return transport.stream
+    return None
 
 
 def _lite_check(connection: Any) -> Callable[[Any, tuple[str, int], Any], None]:
@@ -682,7 +804,7 @@ def _lite_check(connection: Any) -> Callable[[Any, tuple[str, int], Any], None]:
             remote = Candidate(
                 foundation=random_string(10),
                 component=component,
-                transport="udp",
+                transport=protocol.local_candidate.transport,
                 priority=message.attributes.get("PRIORITY", 0),
                 host=addr[0],
                 port=addr[1],

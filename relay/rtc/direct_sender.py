@@ -36,9 +36,15 @@ from aiortc.rtp import (
 
 from relay.media.frames import EncodedFrame
 from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict
-from relay.rtc.adapter import AdapterError, SenderSeam, pair_remote_address, pair_socket
+from relay.rtc.adapter import (
+    AdapterError,
+    SenderSeam,
+    pair_remote_address,
+    pair_socket,
+    pair_stream,
+)
 from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
-from relay.rtc.srtp_writer import SrtpWriter, new_srtp_writer
+from relay.rtc.srtp_writer import DatagramOut, PySrtpWriter, SrtpWriter, new_srtp_writer
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +103,8 @@ class DirectSender:
         self._cache = cache
         self._pair: Any = None
         self._sock: socket.socket | None = None
-        self._writer: SrtpWriter | None = None  # sends on self._sock to self._pair
+        self._writer: SrtpWriter | None = None  # sends on self._out to self._pair
+        self._out: DatagramOut | None = None  # self._sock, or an ICE-TCP pair's stream
         self._closed = False
         self._template_id = 0
         self._sr_due = 0.0
@@ -167,16 +174,32 @@ class DirectSender:
             return None
         pair_sock = pair_socket(pair)
         if pair_sock is None:
-            return None
+            return self._stream_route(pair)
         fd = pair_sock.fileno()
         if self._sock is not None:
             self._sock.close()
         self._sock = socket.socket(fileno=os.dup(fd))
         self._sock.setblocking(False)
         self._pair = pair
+        self._out = self._sock
         self._writer = new_srtp_writer(
             self._seam.srtp(), self._sock, pair_remote_address(pair), native=self.native
         )
+        return self._writer
+
+    def _stream_route(self, pair: Any) -> SrtpWriter | None:
+        """An ICE-TCP pair: the Python loop writes each packet as one RFC 4571 frame to the
+        pair's stream (a full stream queue shows as BlockingIOError, as a full socket does)."""
+        stream = pair_stream(pair)
+        if stream is None:
+            return None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._pair = pair
+        self._out = stream
+        self.gso = False  # a stream has no UDP GSO: no attempt, no refusal to log
+        self._writer = PySrtpWriter(self._seam.srtp(), stream, pair_remote_address(pair))
         return self._writer
 
     def close(self) -> None:
@@ -185,8 +208,9 @@ class DirectSender:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            self._pair = None
-            self._writer = None
+        self._pair = None
+        self._writer = None
+        self._out = None
 
     def send_frame(self, frame: EncodedFrame) -> bool:
         rewriter = self.rewriter
@@ -254,9 +278,9 @@ class DirectSender:
         if verdict is not Verdict.SEND:
             return
         packet = rewriter.retransmission(sequence_number)
-        sock, pair = self._sock, self._pair  # set with the route
-        if packet is not None and sock is not None and pair is not None:
+        out, pair = self._out, self._pair  # set with the route
+        if packet is not None and out is not None and pair is not None:
             with contextlib.suppress(OSError):
-                sock.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
+                out.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
                 self.retransmissions += 1
                 self.rtx_bytes += len(packet)

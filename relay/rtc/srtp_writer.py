@@ -16,7 +16,7 @@ import functools
 import logging
 import socket
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
 from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
@@ -47,6 +47,17 @@ GSO_REFUSALS = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPR
 """A GSO send's errors that mean "not on this path" (kernel, device, socket option); the
 others (a full buffer, an unreachable network) are the send's own, as for one datagram."""
 Address = tuple[str, int] | tuple[str, int, int, int]
+
+
+class DatagramOut(Protocol):
+    """What the Python loop sends on: a UDP socket, or an ICE-TCP stream
+    (``relay.rtc.tcp_port.TcpStream``: a frame per datagram, no GSO)."""
+
+    def sendto(self, data: bytes | memoryview, addr: Address, /) -> int: ...
+
+    def sendmsg(
+        self, buffers: list[memoryview], ancdata: Any, flags: int, addr: Address, /
+    ) -> int: ...
 
 
 class SrtpWriter(Protocol):
@@ -101,7 +112,7 @@ class PySrtpWriter:
     SIZE = 65536
     LIMIT = SIZE - (16 + 128)  # room for the longest SRTP trailer: a GCM tag and an MKI
 
-    def __init__(self, session: SrtpSession, sock: socket.socket, addr: Address) -> None:
+    def __init__(self, session: SrtpSession, sock: DatagramOut, addr: Address) -> None:
         self._session = session  # keeps the C context alive
         self._ctx = session._srtp[0]
         self._sock = sock

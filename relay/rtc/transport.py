@@ -5,6 +5,8 @@ viewers' WHEP) gets its ICE candidates and keeps its consent. Owned by the app's
 (default: every interface but loopback). Otherwise the node binds that one port at start and
 answers every session on it as ICE-lite (``relay.rtc.shared_port``); sessions whose offer has no
 BUNDLE (one ICE transport per m-line, all with the same ufrag) fall back to their own sockets.
+``tcp_port`` (needs ``udp_port``): those sessions also offer ICE-TCP passive candidates on that
+one TCP port (``relay.rtc.tcp_port``), for peers that cannot use UDP.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from relay.media.consent import DEFAULT_CONSENT_TIMEOUT
 from relay.rtc.adapter import install_shared_port, install_traffic_consent, offer_addresses
 from relay.rtc.peer import rtc_configuration
 from relay.rtc.shared_port import SharedUdpPort
+from relay.rtc.tcp_port import SharedTcpPort
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ class TransportConfig:
     """A session whose peer sends no authenticated STUN and no SRTP/SRTCP this long ends."""
     udp_port: int = 0
     """The node's one UDP port for every session (ICE-lite); 0: a port per peer connection."""
+    tcp_port: int = 0
+    """The node's one ICE-TCP port beside ``udp_port`` (RFC 6544 passive); 0: no ICE-TCP."""
     addresses: tuple[str, ...] = ()
     """Local addresses to offer (and, if exactly one, for the shared port to bind); empty: every
     interface's IPv4 address but loopback."""
@@ -48,6 +53,7 @@ class NodeTransport:
     def __init__(self, config: TransportConfig | None = None) -> None:
         self.config = config or TransportConfig()
         self.port: SharedUdpPort | None = None
+        self.tcp: SharedTcpPort | None = None
         self.hosts: list[str] = []  # the shared port's advertised addresses
         self.fallbacks = 0  # sessions that could not use the shared port (no BUNDLE)
 
@@ -59,6 +65,14 @@ class NodeTransport:
         port = SharedUdpPort()
         await port.open(bind, c.udp_port)
         self.port = port
+        if c.tcp_port:
+            tcp = SharedTcpPort()
+            try:
+                await tcp.open(bind, c.tcp_port)
+            except OSError:
+                self.close_ports()
+                raise
+            self.tcp = tcp
         if c.announce:
             self.hosts = await _resolve(c.announce)
         else:
@@ -70,6 +84,8 @@ class NodeTransport:
             if public is not None and public not in self.hosts:
                 self.hosts.append(public)
         log.info("WebRTC on UDP port %d (ICE-lite), candidates %s", port.port, self.hosts)
+        if self.tcp is not None:
+            log.info("ICE-TCP on TCP port %d (passive candidates)", self.tcp.port)
 
     async def _discover(self, port: SharedUdpPort) -> str | None:
         """The node's public address from the first STUN server in ``ice_servers``: what
@@ -104,6 +120,12 @@ class NodeTransport:
         return mapped[0]
 
     async def close(self) -> None:
+        self.close_ports()
+
+    def close_ports(self) -> None:
+        if self.tcp is not None:
+            self.tcp.close()
+            self.tcp = None
         if self.port is not None:
             self.port.close()
             self.port = None
@@ -113,13 +135,18 @@ class NodeTransport:
         """The shared port's number once open (None: a port per peer connection)."""
         return self.port.port if self.port is not None else None
 
+    @property
+    def tcp_port(self) -> int | None:
+        """The ICE-TCP port's number once open (None: no ICE-TCP)."""
+        return self.tcp.port if self.tcp is not None else None
+
     def peer_connection(self) -> RTCPeerConnection:
         return RTCPeerConnection(rtc_configuration(self.config.ice_servers))
 
     async def prepare_answer(self, pc: RTCPeerConnection) -> None:
         """Call after ``setRemoteDescription(offer)``, before the answer is created."""
         port = self.port
-        shared = port is not None and install_shared_port(pc, port, self.hosts)
+        shared = port is not None and install_shared_port(pc, port, self.hosts, self.tcp)
         if not shared:
             if port is not None:
                 self.fallbacks += 1

@@ -4,7 +4,6 @@ environment; unknown keys fail. ``gateway.settings`` extends each section with t
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -227,8 +226,9 @@ class WebRtcSettings(BaseModel):
     ufrag, then by address), e.g. 8443. 0 (for now the default): a UDP port per peer connection.
     Nodes sharing a host need a port each (``--udp-port``)."""
     tcp_port: int = Field(0, ge=0, le=65535)
-    """ICE-TCP (RFC 6544) on one port: not built yet; a non-zero value is ignored with a warning
-    (the Helm chart sets it with ``webrtc.singlePort``)."""
+    """The node's one ICE-TCP port (RFC 6544 passive candidates, RFC 4571 framing) for peers
+    whose networks block UDP, e.g. 8443 (TCP and UDP numbers do not clash); 0: none. Needs
+    ``udp_port`` (the streams join sessions of the ICE-lite single-port transport)."""
     addresses: tuple[str, ...] = ()
     """Local addresses to offer in candidates (and to bind the UDP port to, if exactly one);
     empty: every interface's IPv4 address but loopback (e.g. ["127.0.0.1"] for loopback only)."""
@@ -240,6 +240,15 @@ class WebRtcSettings(BaseModel):
     """A WHIP/WHEP session whose peer sends no authenticated STUN and no SRTP/SRTCP for this
     many seconds ends (instead of RFC 7675 consent checks, which ffmpeg's WHIP muxer never
     answers)."""
+
+    @model_validator(mode="after")
+    def _tcp_with_udp(self) -> WebRtcSettings:
+        if self.tcp_port and not self.udp_port:
+            raise ValueError(
+                "webrtc.tcp_port needs webrtc.udp_port: ICE-TCP streams join the sessions of the "
+                "single-port (ICE-lite) transport, which a UDP port per peer connection is not"
+            )
+        return self
 
 
 class NodeSettings(BaseSettings):
@@ -366,14 +375,11 @@ def channel_config(settings: NodeSettings) -> ChannelConfig:
 
 def transport_config(settings: NodeSettings) -> TransportConfig:
     """What the node's WebRTC transport (relay.rtc.transport) takes from the settings."""
-    if settings.webrtc.tcp_port:
-        logging.getLogger(__name__).warning(
-            "webrtc.tcp_port=%d is ignored: ICE-TCP is not built yet", settings.webrtc.tcp_port
-        )
     return TransportConfig(
         ice_servers=node_ice(settings),
         consent_timeout=settings.webrtc.consent_timeout,
         udp_port=settings.webrtc.udp_port,
+        tcp_port=settings.webrtc.tcp_port,
         addresses=settings.webrtc.addresses,
         announce=settings.webrtc.announce,
     )
