@@ -42,6 +42,14 @@ def test_tls_settings_go_in_pairs() -> None:
     )
 
 
+def test_ice_tcp_needs_the_single_port_transport() -> None:
+    """ICE-TCP streams join sessions of the shared UDP port; per-peer ports have none to join."""
+    with pytest.raises(ValidationError, match="tcp_port needs webrtc"):
+        Settings(webrtc={"udp_port": 0, "tcp_port": 8443})
+    both = Settings(webrtc={"udp_port": 8443, "tcp_port": 8443})
+    assert (both.webrtc.udp_port, both.webrtc.tcp_port) == (8443, 8443)
+
+
 def test_serve_and_relay_say_when_viewers_get_the_python_send_loop(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
