@@ -75,9 +75,11 @@ def test_helm_lints_the_chart_clean() -> None:
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
-def test_default_render_is_the_hostnetwork_fallback(
+def test_default_render_is_single_port_without_hostnetwork(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """By default each node binds one UDP and one ICE-TCP port on its Kubernetes node
+    (hostPort) and announces that node's address: no hostNetwork."""
     docs = render({})
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == [
@@ -93,9 +95,7 @@ def test_default_render_is_the_hostnetwork_fallback(
     ]
     for name in ("sc-stagecast-origin", "sc-stagecast-relay"):
         pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
-        assert pod["hostNetwork"] is True
-        names = [e["name"] for e in pod["containers"][0]["env"]]
-        assert not [n for n in names if n.startswith("STAGECAST_WEBRTC__")]
+        assert "hostNetwork" not in pod
     relay = container(one(docs, "Deployment", "sc-stagecast-relay"))
     assert relay["args"] == ["relay", "--upstream", "http://sc-stagecast-origin:8080"]
     settings = node_settings(docs, "sc-stagecast-relay", tmp_path, monkeypatch)
@@ -104,10 +104,27 @@ def test_default_render_is_the_hostnetwork_fallback(
     assert settings.cluster.max_viewers == 140 and settings.port == 8081
     assert settings.public_url == "http://203.0.113.7:8081"
     assert settings.turn.urls == ()
+    assert (settings.webrtc.udp_port, settings.webrtc.tcp_port) == (50001, 50001)
+    assert settings.webrtc.announce == ("203.0.113.7",)  # this pod's node
+    origin = node_settings(docs, "sc-stagecast-origin", tmp_path, monkeypatch)
+    assert (origin.webrtc.udp_port, origin.webrtc.tcp_port) == (50000, 50000)
+
+
+def test_hostnetwork_fallback_has_per_peer_ports_and_no_ice_tcp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render({"webrtc": {"singlePort": False}})
+    for name in ("sc-stagecast-origin", "sc-stagecast-relay"):
+        pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+        assert pod["hostNetwork"] is True
+        assert [p["name"] for p in pod["containers"][0]["ports"]] == ["http"]
+        settings = node_settings(docs, name, tmp_path, monkeypatch)
+        assert (settings.webrtc.udp_port, settings.webrtc.tcp_port) == (0, 0)
+        assert settings.webrtc.announce == ()
 
 
 def test_single_port_mode_exposes_one_udp_and_one_tcp_port_per_node() -> None:
-    docs = render({"webrtc": {"singlePort": True, "announce": ["$(NODE_NAME).media.example"]}})
+    docs = render({"webrtc": {"announce": ["$(NODE_NAME).media.example"]}})
     for name, udp in (("sc-stagecast-origin", 50000), ("sc-stagecast-relay", 50001)):
         pod = one(docs, "Deployment", name)["spec"]["template"]["spec"]
         assert "hostNetwork" not in pod
@@ -125,12 +142,15 @@ def test_single_port_mode_exposes_one_udp_and_one_tcp_port_per_node() -> None:
         assert order.index("NODE_NAME") < order.index("STAGECAST_WEBRTC__ANNOUNCE")
     service = one(docs, "Service", "sc-stagecast-origin")["spec"]
     assert [p["name"] for p in service["ports"]] == ["http"]  # media through the node's ports
+    no_tcp = render({"relay": {"ports": {"http": 8081, "udp": 50001, "tcp": 0}}})
+    pod = one(no_tcp, "Deployment", "sc-stagecast-relay")["spec"]["template"]["spec"]
+    assert [p["name"] for p in pod["containers"][0]["ports"]] == ["http", "media-udp"]
 
 
 def test_origin_service_can_carry_the_media_ports() -> None:
     docs = render(
         {
-            "webrtc": {"singlePort": True, "announce": ["198.51.100.20"]},
+            "webrtc": {"announce": ["198.51.100.20"]},
             "origin": {"service": {"type": "LoadBalancer", "mediaPorts": True}},
         }
     )

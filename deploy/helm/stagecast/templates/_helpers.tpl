@@ -64,6 +64,10 @@ $(NODE_IP), $(NODE_NAME), $(POD_IP) are defined first so later values can use th
 - {name: STAGECAST_WEBRTC__TCP_PORT, value: {{ $spec.ports.tcp | quote }}}
 - name: STAGECAST_WEBRTC__ANNOUNCE
   value: {{ $root.Values.webrtc.announce | toJson | quote }}
+{{- else }}
+# the fallback: a UDP port per peer connection (the image's defaults are the single ports)
+- {name: STAGECAST_WEBRTC__UDP_PORT, value: "0"}
+- {name: STAGECAST_WEBRTC__TCP_PORT, value: "0"}
 {{- end }}
 {{- end -}}
 
