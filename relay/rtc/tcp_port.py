@@ -18,7 +18,7 @@ import contextlib
 import errno
 import logging
 import socket
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from relay.media.framing import FrameDecoder, FramingError, encode_frame
 from relay.rtc.mux_table import Addr, MuxTable, is_stun
@@ -60,8 +60,8 @@ class TcpStream(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # (uvloop's TCP transport is no asyncio.Transport subclass, but has its methods)
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         port = self._port

@@ -89,8 +89,10 @@ UDP_HELP = "the node's one WebRTC UDP port, e.g. 8443 (default webrtc.udp_port; 
 
 
 def udp_summary(settings: NodeSettings) -> str:
-    port = settings.webrtc.udp_port
-    return f"UDP port {port}, every session (ICE-lite)" if port else "a UDP port per session"
+    port, tcp = settings.webrtc.udp_port, settings.webrtc.tcp_port
+    if not port:
+        return "a UDP port per session"
+    return f"UDP port {port}, every session (ICE-lite)" + (f"; ICE-TCP port {tcp}" if tcp else "")
 
 
 def load_edge_settings(cls: type[S], config: Path | None, args: argparse.Namespace) -> S:

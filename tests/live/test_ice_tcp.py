@@ -23,6 +23,7 @@ from aioice import stun
 from gateway.launcher import free_port
 from gateway.synthetic import whep_watch
 from relay.media.framing import FrameDecoder, encode_frame
+from relay.rtc.tcp_port import SharedTcpPort, TcpStream
 from tests.live.test_ffmpeg_whip import wait_for
 from tests.live.test_shared_port import (
     binding_request,
@@ -66,6 +67,7 @@ class RawTcp:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.decoder = FrameDecoder()
+        self.frames: list[bytes] = []
         self.addr = writer.get_extra_info("sockname")[:2]
 
     @classmethod
@@ -79,8 +81,7 @@ class RawTcp:
     async def frame(self, timeout: float) -> bytes | None:
         """The next frame from the node (None: none in time, or the node closed the stream)."""
         deadline = time.monotonic() + timeout
-        frames: list[bytes] = []
-        while not frames:
+        while not self.frames:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -90,8 +91,8 @@ class RawTcp:
                 return None
             if not data:
                 return None
-            frames = self.decoder.feed(data)
-        return frames[0]
+            self.frames += self.decoder.feed(data)
+        return self.frames.pop(0)
 
     async def closed_by_node(self, timeout: float) -> bytes | None:
         """What the node sent before closing the stream within ``timeout`` (None: still open)."""
@@ -195,6 +196,63 @@ async def test_framed_binding_request_joins_its_session_and_strangers_are_closed
                 raw.close()
             await anchor.close()
         assert await wait_for(lambda: len(server.gateway.transport.tcp.table) == 0, 10)  # type: ignore[union-attr]
+
+
+class Recorder:
+    """A session as the TCP port sees one (``StreamSession``): it keeps what its streams bring
+    and answers each frame with the same bytes on the stream."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.lost = 0
+
+    def stream_opened(self, stream: TcpStream) -> Recorder.Sink:
+        return Recorder.Sink(self, stream)
+
+    class Sink:
+        def __init__(self, owner: Recorder, stream: TcpStream) -> None:
+            self.owner, self.stream = owner, stream
+
+        def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+            self.owner.frames.append(data)
+            self.stream.write_frame(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.owner.lost += 1
+
+
+def test_the_tcp_port_on_uvloop() -> None:
+    """``stagecast serve`` runs uvloop, whose transports are not asyncio's classes: the port
+    joins a stream to its session by the first frame, echoes on it, and closes a stranger."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        port = SharedTcpPort(handshake_timeout=1.0)
+        await port.open("127.0.0.1", 0)
+        session = Recorder()
+        port.register("ufrag1", "p" * 22, session)
+        try:
+            raw = await RawTcp.connect(port.port)
+            first = encode_frame(bytes(binding_request("ufrag1", "p" * 22)))
+            raw.send(first + encode_frame(b"\x80dtls-or-srtp"))
+            assert await raw.frame(3.0) == first[2:]
+            assert await raw.frame(3.0) == b"\x80dtls-or-srtp"
+            stranger = await RawTcp.connect(port.port)
+            stranger.send(encode_frame(b"\x16" * 40))
+            assert await stranger.closed_by_node(3.0) == b""
+            silent = await RawTcp.connect(port.port)
+            assert await silent.closed_by_node(3.0) == b""
+            assert (port.attached, port.garbage, port.timeouts, port.pending) == (1, 1, 1, 0)
+            raw.close()
+            for _ in range(100):
+                if session.lost:
+                    break
+                await asyncio.sleep(0.02)
+            assert session.lost == 1 and len(session.frames) == 2
+        finally:
+            port.close()
+
+    uvloop.run(asyncio.wait_for(main(), 20))
 
 
 # -- Chromium ---------------------------------------------------------------------------------
