@@ -234,7 +234,8 @@ class WebRtcSettings(BaseModel):
     empty: every interface's IPv4 address but loopback (e.g. ["127.0.0.1"] for loopback only)."""
     announce: tuple[str, ...] = ()
     """Public addresses or host names to put in the candidates instead (1:1 NAT, a load
-    balancer in front of ``udp_port``); needs ``udp_port``."""
+    balancer in front of ``udp_port`` and ``tcp_port``, which must keep their numbers); needs
+    ``udp_port``."""
 
     consent_timeout: float = Field(30.0, gt=0, le=3600)
     """A WHIP/WHEP session whose peer sends no authenticated STUN and no SRTP/SRTCP for this
