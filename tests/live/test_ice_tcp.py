@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import imageio_ffmpeg
 import pytest
 from aioice import stun
 
@@ -24,13 +25,14 @@ from gateway.launcher import free_port
 from gateway.synthetic import whep_watch
 from relay.media.framing import FrameDecoder, encode_frame
 from relay.rtc.tcp_port import SharedTcpPort, TcpStream
-from tests.live.test_ffmpeg_whip import wait_for
+from tests.live.test_ffmpeg_whip import ffmpeg_process, stderr_tail, wait_for
 from tests.live.test_shared_port import (
     binding_request,
     ice_credentials,
     publish,
     shared_port_server,
 )
+from tests.support.ffmpeg_whip import whip_push_argv
 from tests.support.server import RunningServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -440,3 +442,39 @@ async def test_bad_input_on_the_tcp_port_never_disturbs_a_chromium_viewer() -> N
             for raw in bad:
                 raw.close()
             await anchor.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(120)
+async def test_ffmpeg_anchor_with_a_tcp_viewer_and_a_udp_viewer() -> None:
+    """ffmpeg's WHIP muxer reads the answer's first UDP candidate and must not trip over the TCP
+    one; its stream reaches a Chromium without UDP over ICE-TCP and an aiortc viewer over UDP,
+    all three sessions on the node's two ports at once."""
+    with ice_tcp_server() as server:
+        room = "tcp-ffmpeg"
+        url = f"{server.base_url}/whip/{room}"
+        argv = whip_push_argv(imageio_ffmpeg.get_ffmpeg_exe(), url, server.anchor_token(room), 60)
+        async with ffmpeg_process(argv) as proc, chromium_without_udp() as browser:
+            live = await wait_for(lambda: server.gateway.stages.live_hub(room) is not None, 15)
+            assert live, await stderr_tail(proc)
+            viewer = await whep_watch(server.base_url, room, decode=False)
+            try:
+                page, _ = await watch_in(browser, server, room)
+                stats = await stats_when(page, lambda s: s["frames"] > 30, 30)
+                assert stats["protocol"] == "tcp"
+                assert await wait_for(lambda: viewer.video_frames > 30, 10)
+
+                def transports() -> list[str]:
+                    pcs = [s.pc for s in server.gateway.anchors.sessions.values()]
+                    pcs += [s.pc for s in server.gateway.viewers.sessions.values()]
+                    found = []
+                    for pc in pcs:
+                        ice = pc.getTransceivers()[0].receiver.transport.transport
+                        pair = ice._connection._nominated.get(1)
+                        found.append(pair.local_candidate.transport if pair else "none")
+                    return sorted(found)
+
+                assert server.call(transports) == ["tcp", "udp", "udp"]
+            finally:
+                await viewer.close()
