@@ -62,6 +62,9 @@ class TcpStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's TCP transport is no asyncio.Transport subclass, but has its methods)
         self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):  # media: no Nagle delay
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         port = self._port
