@@ -1,0 +1,438 @@
+"""One viewer's bandwidth estimate from what it sends back, sans I/O (every call takes ``now``).
+
+Three sources, best first:
+
+* transport-cc feedback (Chromium, Firefox): we number every packet we send to the viewer with
+  a transport-wide sequence number (``record``) and the viewer reports when each arrived. Two
+  estimates in the spirit of Google Congestion Control (draft-ietf-rmcat-gcc-02), kept small:
+  - delay-based: packets sent within 5 ms form a group; the change of one-way delay between
+    groups is accumulated, smoothed, and the slope of its last 20 values (a trendline) is
+    compared with an adaptive threshold (overuse detector). Overuse: the target drops to 0.85
+    of the rate the viewer acknowledged; otherwise it grows 8 %/s, and at once to the
+    acknowledged rate (what the link has just carried without queueing), capped at 1.5 times
+    that rate (we do not probe: headroom beyond that is unknown).
+  - loss-based: loss over the last second above 10 % lowers the target by half the loss (at
+    most once per 300 ms + RTT, never below 0.85 of the acknowledged rate: the link carried
+    that much); below 2 % it grows like the delay-based one; in between it holds (random loss
+    on a wide link does not collapse the estimate).
+  The target is the lower of the two.
+* REMB: the receiver's own estimate (aiortc sends one), clamped to sane bounds.
+* receiver reports only: the loss-based rule above applied to the rate we send.
+
+Feedback is data from the network: malformed packets are counted and ignored, arrival times
+that jump by more than ``MAX_GAP`` reset the delay filter, packets we never sent (or sent too
+long ago) are counted and ignored, and every target is clamped to ``[min_bps, max_bps]`` and to
+1.5 times what we actually sent, so a lying viewer can at most ask for what it gets.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from relay.media.cc_feedback import FeedbackError, parse_remb, parse_transport_feedback
+
+MIN_BPS = 30_000
+MAX_BPS = 100_000_000
+HISTORY = 1024  # packets remembered for feedback: ~4 s of a 2.5 Mbps stream with its audio
+HISTORY_AGE = 5.0  # seconds after which a sent packet's feedback is ignored
+BURST = 0.005  # packets sent within this many seconds form one group
+MAX_GAP = 5.0  # seconds: a larger jump between groups' arrivals resets the delay filter
+TWCC_FRESH = 2.0  # seconds a source's last feedback counts for
+REMB_FRESH = 5.0
+RR_FRESH = 10.0
+BETA = 0.85
+GROWTH = 1.08  # per second
+HEADROOM = 1.5
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+WINDOW = 1.0  # seconds of acknowledged/sent bytes and losses measured
+
+
+class Usage(Enum):
+    NORMAL = "normal"
+    OVERUSE = "overuse"
+    UNDERUSE = "underuse"
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthEstimate:
+    """What one viewer's link carries, as far as its feedback tells. ``target_bps`` is None
+    until some feedback came; ``rtt`` in seconds (None while unknown)."""
+
+    target_bps: int | None
+    loss_fraction: float
+    rtt: float | None
+    source: str  # "twcc" | "remb" | "rr" | "none"
+    acked_bps: int | None = None  # what the viewer acknowledged (transport-cc)
+    sent_bps: int = 0
+    usage: str = Usage.NORMAL.value
+    jitter: float | None = None  # seconds, from receiver reports
+    feedbacks: int = 0  # transport-cc feedback packets taken
+    rembs: int = 0
+    reports: int = 0  # receiver reports taken
+    malformed: int = 0  # feedback packets that did not parse
+    clamped: int = 0  # absurd values (estimates, arrival jumps) clamped or reset
+    unknown: int = 0  # packets reported that we did not send (or too long ago)
+
+
+NO_ESTIMATE = BandwidthEstimate(None, 0.0, None, "none")
+
+
+class _Window:
+    """Bytes (or counts) added over the last ``WINDOW`` seconds."""
+
+    __slots__ = ("_events", "_sum", "_start")
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[float, int]] = deque()
+        self._sum = 0
+        self._start: float | None = None
+
+    def add(self, now: float, value: int) -> None:
+        if self._start is None:
+            self._start = now
+        self._events.append((now, value))
+        self._sum += value
+        events = self._events
+        while now - events[0][0] >= WINDOW:
+            self._sum -= events.popleft()[1]
+
+    def total(self, now: float) -> int:
+        events = self._events
+        while events and now - events[0][0] >= WINDOW:
+            self._sum -= events.popleft()[1]
+        return self._sum
+
+    def rate(self, now: float, minimum_span: float = 0.25) -> float | None:
+        """Per second over the window (over the time since the first value while shorter);
+        None before ``minimum_span`` seconds of values."""
+        if self._start is None or now - self._start < minimum_span:
+            return None
+        return self.total(now) / min(WINDOW, now - self._start)
+
+
+class _Trendline:
+    """Delay-gradient trendline and overuse detector (libwebrtc's TrendlineEstimator, small)."""
+
+    WINDOW = 20
+    SMOOTHING = 0.9
+    GAIN = 4.0
+    K_UP = 0.0087
+    K_DOWN = 0.039
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.accumulated = 0.0
+        self.smoothed = 0.0
+        self.deltas = 0
+        self.points: deque[tuple[float, float]] = deque(maxlen=self.WINDOW)
+        self.first_arrival: float | None = None
+        self.threshold = 12.5
+        self.last_threshold_update: float | None = None
+        self.over_time = -1.0
+        self.over_count = 0
+        self.prev_trend = 0.0
+        self.usage = Usage.NORMAL
+
+    def update(self, delay_ms: float, send_delta_ms: float, arrival_ms: float) -> Usage:
+        self.deltas = min(self.deltas + 1, 1000)
+        self.accumulated += delay_ms
+        self.smoothed = self.SMOOTHING * self.smoothed + (1 - self.SMOOTHING) * self.accumulated
+        if self.first_arrival is None:
+            self.first_arrival = arrival_ms
+        self.points.append((arrival_ms - self.first_arrival, self.smoothed))
+        if len(self.points) == self.WINDOW:
+            trend = min(self.deltas, 60) * _slope(self.points) * self.GAIN
+            self._detect(trend, send_delta_ms, arrival_ms)
+        return self.usage
+
+    def _detect(self, trend: float, send_delta_ms: float, now_ms: float) -> None:
+        if trend > self.threshold:
+            self.over_time = send_delta_ms / 2 if self.over_time < 0 else self.over_time
+            self.over_time += send_delta_ms
+            self.over_count += 1
+            if self.over_time > 10 and self.over_count > 1 and trend >= self.prev_trend:
+                self.over_time, self.over_count = 0.0, 0
+                self.usage = Usage.OVERUSE
+        elif trend < -self.threshold:
+            self.over_time, self.over_count = -1.0, 0
+            self.usage = Usage.UNDERUSE
+        else:
+            self.over_time, self.over_count = -1.0, 0
+            self.usage = Usage.NORMAL
+        self.prev_trend = trend
+        # the threshold follows the trend's size slowly (up) or faster (down), so a steady
+        # delay noise does not read as overuse and a competing TCP flow does not starve us
+        last = self.last_threshold_update
+        self.last_threshold_update = now_ms
+        if last is None or abs(trend) > self.threshold + 15:
+            return
+        k = self.K_DOWN if abs(trend) < self.threshold else self.K_UP
+        dt = min(max(now_ms - last, 0.0), 100.0)
+        self.threshold = min(600.0, max(6.0, self.threshold + k * (abs(trend) - self.threshold) * dt))
+
+
+def _slope(points: deque[tuple[float, float]]) -> float:
+    n = len(points)
+    mean_x = sum(p[0] for p in points) / n
+    mean_y = sum(p[1] for p in points) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    den = sum((x - mean_x) ** 2 for x, _ in points)
+    return num / den if den else 0.0
+
+
+class BandwidthEstimator:
+    """One viewer transport's estimate: ``record`` every packet sent (transport-cc), ``sent``
+    every frame's bytes, and feed what the viewer reports; ``snapshot`` reads it."""
+
+    def __init__(self, *, min_bps: int = MIN_BPS, max_bps: int = MAX_BPS) -> None:
+        if not 0 < min_bps <= max_bps:
+            raise ValueError("0 < min_bps <= max_bps")
+        self.min_bps = min_bps
+        self.max_bps = max_bps
+        self.next_sequence = 0  # the next transport-wide sequence number
+        self._seq = array("l", [-1]) * HISTORY
+        self._time = array("d", [0.0]) * HISTORY
+        self._size = array("l", [0]) * HISTORY
+        self._acked = bytearray(HISTORY)
+        self._sent = _Window()
+        self._acked_bytes = _Window()
+        self._received = _Window()
+        self._lost = _Window()
+        self._trend = _Trendline()
+        # the open group: (first send, last send, last arrival); the previous completed group
+        self._group: tuple[float, float, float] | None = None
+        self._prev: tuple[float, float] | None = None  # (send, arrival) of the last group
+        self._delay_target: float | None = None
+        self._loss_target: float | None = None
+        self._increasing = True
+        self._last_update: float | None = None
+        self._last_loss_decrease = float("-inf")
+        self._twcc_at: float | None = None
+        self._remb: float | None = None
+        self._remb_at: float | None = None
+        self._rr_target: float | None = None
+        self._rr_at: float | None = None
+        self._rr_loss = 0.0
+        self._rtt: float | None = None
+        self._jitter: float | None = None
+        self.feedbacks = 0
+        self.rembs = 0
+        self.reports = 0
+        self.malformed = 0
+        self.clamped = 0
+        self.unknown = 0
+
+    # -- what we send ---------------------------------------------------------------------------
+    def record(self, sizes: tuple[int, ...] | list[int], now: float) -> int:
+        """Number ``len(sizes)`` packets sent now with transport-wide sequence numbers; returns
+        the first (the i-th packet gets ``(first + i) & 0xFFFF``)."""
+        first = seq = self.next_sequence
+        seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
+        for size in sizes:
+            i = seq & (HISTORY - 1)
+            seqs[i] = seq
+            times[i] = now
+            lengths[i] = size
+            acked[i] = 0
+            seq = (seq + 1) & 0xFFFF
+        self.next_sequence = seq
+        return first
+
+    def sent(self, size: int, now: float) -> None:
+        """Bytes sent to the viewer (a frame, a retransmission): the rate receiver reports and
+        the caps read."""
+        self._sent.add(now, size)
+
+    def sent_bps(self, now: float) -> float:
+        rate = self._sent.rate(now)
+        return 0.0 if rate is None else 8 * rate
+
+    # -- what the viewer reports ----------------------------------------------------------------
+    def on_transport_feedback(self, fci: bytes | memoryview, now: float) -> None:
+        """A transport-cc feedback's FCI (after the two SSRCs)."""
+        try:
+            feedback = parse_transport_feedback(fci)
+        except FeedbackError:
+            self.malformed += 1
+            return
+        self.feedbacks += 1
+        self._twcc_at = now
+        seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
+        received = lost = acked_bytes = 0
+        usage = self._trend.usage
+        base = feedback.base_sequence
+        for offset, arrival in enumerate(feedback.arrivals):
+            seq = (base + offset) & 0xFFFF
+            i = seq & (HISTORY - 1)
+            if seqs[i] != seq or now - times[i] > HISTORY_AGE:
+                self.unknown += 1
+                continue
+            if arrival is None:
+                if not acked[i]:
+                    lost += 1
+                continue
+            if acked[i]:
+                continue  # reported twice
+            acked[i] = 1
+            received += 1
+            acked_bytes += lengths[i]
+            usage = self._arrival(times[i], arrival)
+        if received:
+            self._acked_bytes.add(now, acked_bytes)
+            self._received.add(now, received)
+        if lost:
+            self._lost.add(now, lost)
+        self._update_twcc(usage, now)
+
+    def _arrival(self, send: float, arrival: float) -> Usage:
+        group = self._group
+        if group is None:
+            self._group = (send, send, arrival)
+            return self._trend.usage
+        first, _, last_arrival = group
+        if send - first <= BURST:
+            self._group = (first, send, max(last_arrival, arrival))
+            return self._trend.usage
+        # the open group is complete: compare it with the one before
+        _, group_send, group_arrival = group
+        self._group = (send, send, arrival)
+        prev = self._prev
+        self._prev = (group_send, group_arrival)
+        if prev is None:
+            return self._trend.usage
+        send_delta = group_send - prev[0]
+        arrival_delta = group_arrival - prev[1]
+        if abs(arrival_delta) > MAX_GAP or send_delta < 0:
+            self.clamped += 1  # a clock jump or a lie: start the filter afresh
+            self._trend.reset()
+            return self._trend.usage
+        if arrival_delta < 0:
+            return self._trend.usage  # reordered groups: skip
+        return self._trend.update(
+            (arrival_delta - send_delta) * 1000, send_delta * 1000, group_arrival * 1000
+        )
+
+    def _update_twcc(self, usage: Usage, now: float) -> None:
+        acked_rate = self._acked_bytes.rate(now)
+        if acked_rate is None:
+            return
+        acked = 8 * acked_rate
+        dt = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
+        self._last_update = now
+        growth = GROWTH**dt
+        cap = HEADROOM * acked + 10_000
+        loss = self.twcc_loss(now)
+        # delay-based
+        target = self._delay_target if self._delay_target is not None else acked
+        if usage is Usage.OVERUSE:
+            target = min(target, BETA * acked)
+            self._increasing = False
+        elif usage is Usage.UNDERUSE:
+            self._increasing = False  # hold: the queues are draining
+        elif not self._increasing:
+            self._increasing = True  # normal after a hold: increase from the next feedback
+        else:
+            target = target * growth
+            if loss < LOSS_HIGH:
+                target = max(target, acked)
+        self._delay_target = min(target, cap)
+        # loss-based
+        loss_target = self._loss_target if self._loss_target is not None else acked
+        if loss > LOSS_HIGH:
+            if now - self._last_loss_decrease >= 0.3 + (self._rtt or 0.0):
+                self._last_loss_decrease = now
+                loss_target = max(loss_target * (1 - 0.5 * loss), BETA * acked)
+        elif loss < LOSS_LOW:
+            loss_target = max(loss_target * growth, acked)
+        self._loss_target = min(loss_target, cap)
+
+    def twcc_loss(self, now: float) -> float:
+        lost = self._lost.total(now)
+        total = lost + self._received.total(now)
+        return lost / total if total else 0.0
+
+    def on_remb(self, fci: bytes | memoryview, now: float) -> None:
+        """A REMB's FCI (after the two SSRCs)."""
+        try:
+            bitrate, _ = parse_remb(fci)
+        except FeedbackError:
+            self.malformed += 1
+            return
+        self.rembs += 1
+        if not self.min_bps <= bitrate <= self.max_bps:
+            self.clamped += 1
+        self._remb = float(self._clamp(bitrate))
+        self._remb_at = now
+
+    def on_receiver_report(self, fraction_lost: float, jitter: float | None, now: float) -> None:
+        """A receiver report block about our media: ``fraction_lost`` in 0..1, ``jitter`` in
+        seconds."""
+        self.reports += 1
+        if not 0.0 <= fraction_lost <= 1.0:
+            self.clamped += 1
+            fraction_lost = min(1.0, max(0.0, fraction_lost))
+        self._rr_loss = fraction_lost
+        if jitter is not None:
+            self._jitter = jitter
+        sent = self.sent_bps(now)
+        dt = 0.0 if self._rr_at is None else min(max(now - self._rr_at, 0.0), 2.0)
+        self._rr_at = now
+        target = self._rr_target if self._rr_target is not None else sent
+        if fraction_lost > LOSS_HIGH:
+            target = min(target, sent * (1 - 0.5 * fraction_lost))
+        elif fraction_lost < LOSS_LOW:
+            target = max(target * GROWTH**dt, sent)
+        self._rr_target = min(target, HEADROOM * sent + 10_000)
+
+    def on_rtt(self, rtt: float | None) -> None:
+        """The round trip from receiver reports (LSR/DLSR), in seconds."""
+        if rtt is None:
+            return
+        if not 0.0 <= rtt <= 10.0:
+            self.clamped += 1
+            return
+        self._rtt = rtt
+
+    # -- the result -----------------------------------------------------------------------------
+    def _clamp(self, bps: float) -> int:
+        return int(min(self.max_bps, max(self.min_bps, bps)))
+
+    def snapshot(self, now: float) -> BandwidthEstimate:
+        target: float | None = None
+        loss = self._rr_loss if self._rr_at is not None else 0.0
+        acked: int | None = None
+        if self._twcc_at is not None and now - self._twcc_at <= TWCC_FRESH:
+            source = "twcc"
+            loss = self.twcc_loss(now)
+            rate = self._acked_bytes.rate(now)
+            acked = None if rate is None else int(8 * rate)
+            if self._delay_target is not None and self._loss_target is not None:
+                target = min(self._delay_target, self._loss_target)
+        elif self._remb_at is not None and now - self._remb_at <= REMB_FRESH:
+            source, target = "remb", self._remb
+        elif self._rr_at is not None and now - self._rr_at <= RR_FRESH:
+            source, target = "rr", self._rr_target
+        else:
+            source = "none"
+        return BandwidthEstimate(
+            target_bps=None if target is None else self._clamp(target),
+            loss_fraction=round(loss, 4),
+            rtt=self._rtt,
+            source=source,
+            acked_bps=acked,
+            sent_bps=int(self.sent_bps(now)),
+            usage=self._trend.usage.value,
+            jitter=self._jitter,
+            feedbacks=self.feedbacks,
+            rembs=self.rembs,
+            reports=self.reports,
+            malformed=self.malformed,
+            clamped=self.clamped,
+            unknown=self.unknown,
+        )

@@ -1,0 +1,225 @@
+"""The per-viewer bandwidth estimator on synthetic links (tests/support/link_trace.py), and its
+feedback parsers on good, malformed and lying input."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from relay.media.cc_feedback import (
+    FeedbackError,
+    build_remb,
+    build_transport_feedback,
+    feedback_packets,
+    parse_remb,
+    parse_transport_feedback,
+)
+from relay.media.estimator import MAX_BPS, MIN_BPS, BandwidthEstimator
+from tests.support.link_trace import Link, run_trace
+
+
+def fci(packet: bytes) -> bytes:
+    return packet[12:]
+
+
+def settled(trace: list, after: float) -> list[int]:
+    return [s.target_bps for t, s in trace if t >= after]
+
+
+@pytest.mark.parametrize("stream_bps", [1.5e6, 2e6])
+def test_a_1_mbit_bottleneck_is_found_within_3_s(stream_bps: float) -> None:
+    trace = run_trace(
+        BandwidthEstimator(), Link(capacity_bps=1e6, queue=0.25), stream_bps=stream_bps, seconds=10
+    )
+    after = settled(trace, 3.0)
+    assert all(700_000 <= t <= 1_100_000 for t in after), after
+    assert trace[-1][1].source == "twcc"
+
+
+def test_a_bottleneck_with_a_deep_queue_is_found_by_delay_alone() -> None:
+    """No loss at all (a 5 s buffer): the overuse detector sees the queue grow."""
+    trace = run_trace(
+        BandwidthEstimator(), Link(capacity_bps=1e6, queue=5.0), stream_bps=1.5e6, seconds=8
+    )
+    assert all(s.loss_fraction == 0 for _, s in trace)
+    after = settled(trace, 3.0)
+    assert all(700_000 <= t <= 1_000_000 for t in after), after
+    assert trace[-1][1].usage == "overuse"
+
+
+def test_5_percent_random_loss_does_not_collapse_the_estimate() -> None:
+    trace = run_trace(BandwidthEstimator(), Link(loss=0.05), stream_bps=2e6, seconds=10, seed=7)
+    after = settled(trace, 1.0)
+    assert min(after) >= 1_700_000, after
+    assert 0.02 < trace[-1][1].loss_fraction < 0.1
+
+
+def test_a_clean_link_ramps_up_past_the_stream() -> None:
+    trace = run_trace(BandwidthEstimator(), Link(), stream_bps=2.5e6, seconds=6)
+    assert trace[0][1].target_bps is None  # nothing known yet
+    assert settled(trace, 1.0)[0] >= 2_500_000
+    assert trace[-1][1].target_bps > 3_000_000  # headroom above what it carried
+    # about 1.5 times what the viewer acknowledged (a second's window holds 30 or 31 frames),
+    # never more: we do not probe
+    assert trace[-1][1].target_bps <= 1.6 * 2.5e6
+
+
+def test_a_link_that_dips_to_400k_is_followed_down_and_back_up() -> None:
+    """The netbed's dip400k profile: 2 Mbps through a 5 Mbps link that carries 400 kbps for
+    10 s: down within 2 s, back up within 2 s of the recovery."""
+    link = Link(capacity_bps=5e6, dip=(3.0, 13.0, 4e5))
+    trace = run_trace(BandwidthEstimator(), link, stream_bps=2e6, seconds=20)
+    assert all(t >= 2_000_000 for t in settled(trace, 1.0)[:15])
+    during = [s.target_bps for t, s in trace if 5.0 <= t < 13.0]
+    assert all(t <= 500_000 for t in during), during
+    after = [s.target_bps for t, s in trace if t >= 15.0]
+    assert all(t >= 2_000_000 for t in after), after
+
+
+# -- the wire format ------------------------------------------------------------------------------
+def test_transport_feedback_round_trips_every_symbol() -> None:
+    arrivals = [1.0, None, 1.0005, 1.2, None, None, 0.9, 1.9, 1.91]  # small, large, negative
+    packet = build_transport_feedback(65533, arrivals, feedback_count=9)
+    parsed = parse_transport_feedback(fci(packet))
+    assert parsed.base_sequence == 65533
+    assert parsed.feedback_count == 9
+    assert len(parsed.arrivals) == len(arrivals)
+    for got, want in zip(parsed.arrivals, arrivals, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            assert got == pytest.approx(want, abs=0.00026)
+
+
+def test_run_length_and_one_bit_vector_chunks_parse() -> None:
+    # base 10, 20 packets: a run of 14 "small delta" then a 1-bit vector: 1 0 1 0 1 0 (+ unused)
+    head = struct.pack("!HHI", 10, 20, (16 << 8) | 3)  # reference 16 * 64 ms
+    run = struct.pack("!H", (1 << 13) | 14)
+    vector = struct.pack("!H", 0x8000 | 0b10101000000000)
+    deltas = bytes([4] * 14 + [8] * 3)
+    body = head + run + vector + deltas
+    parsed = parse_transport_feedback(body + bytes(-len(body) % 4))
+    assert len(parsed.arrivals) == 20
+    assert parsed.arrivals[0] == pytest.approx(1.024 + 0.001)
+    assert parsed.arrivals[13] == pytest.approx(1.024 + 0.014)
+    assert [a is not None for a in parsed.arrivals[14:]] == [True, False, True, False, True, False]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        struct.pack("!HHI", 1, 0, 0),  # no packet
+        struct.pack("!HHI", 1, 5000, 0) + b"\x20\x00" * 4,  # absurd count
+        struct.pack("!HHI", 1, 4, 0),  # no chunk
+        struct.pack("!HHI", 1, 4, 0) + struct.pack("!H", 1 << 13),  # run of 0
+        struct.pack("!HHI", 1, 4, 0) + struct.pack("!H", (1 << 13) | 4),  # deltas missing
+        struct.pack("!HHI", 1, 4, 0) + struct.pack("!H", (3 << 13) | 4) + b"\0" * 6,  # reserved
+        struct.pack("!HHI", 1, 1, 0) + struct.pack("!H", (1 << 13) | 1) + b"\x01" + b"\0" * 9,
+    ],
+)
+def test_malformed_transport_feedback_is_rejected_and_counted(body: bytes) -> None:
+    with pytest.raises(FeedbackError):
+        parse_transport_feedback(body)
+    est = BandwidthEstimator()
+    est.on_transport_feedback(body, 1.0)
+    assert est.malformed == 1
+    assert est.snapshot(1.0).target_bps is None
+
+
+def test_random_bytes_never_raise_anything_but_feedback_errors() -> None:
+    rng = random.Random(3)
+    est = BandwidthEstimator()
+    est.record([1200] * 500, 0.0)
+    for _ in range(3000):
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
+        est.on_transport_feedback(body, 0.5)
+        est.on_remb(body, 0.5)
+        list(feedback_packets(body))
+    est.snapshot(0.5)
+    assert est.malformed > 0
+
+
+def test_feedback_for_packets_never_sent_is_ignored() -> None:
+    est = BandwidthEstimator()
+    est.record([1200] * 10, 0.0)
+    est.on_transport_feedback(fci(build_transport_feedback(30_000, [0.1] * 50)), 0.2)
+    assert est.unknown == 50
+    assert est.snapshot(0.2).acked_bps is None
+
+
+def test_a_lying_receiver_gets_at_most_half_again_what_it_was_sent() -> None:
+    """Feedback claiming every packet arrived at once (an infinitely fast link) and a REMB of
+    a terabit: the transport-cc target stays near what was sent, REMB is clamped."""
+    est = BandwidthEstimator()
+    now = 0.0
+    for frame in range(90):  # 3 s of ~1 Mbps
+        now = frame / 30
+        first = est.record([1000] * 4, now)
+        est.sent(4000, now)
+        est.on_transport_feedback(fci(build_transport_feedback(first, [0.0] * 4)), now + 0.01)
+    snap = est.snapshot(now + 0.01)
+    assert snap.source == "twcc"
+    assert snap.target_bps is not None and snap.target_bps <= 1.5 * 1_000_000 + 60_000
+    est2 = BandwidthEstimator()
+    est2.on_remb(fci(build_remb(10**12, (1,))), 0.0)
+    assert est2.snapshot(0.0).target_bps == MAX_BPS
+    assert est2.clamped == 1
+    est2.on_remb(fci(build_remb(1, (1,))), 0.1)
+    assert est2.snapshot(0.1).target_bps == MIN_BPS
+
+
+def test_arrival_times_that_jump_reset_the_delay_filter() -> None:
+    est = BandwidthEstimator()
+    for frame in range(60):
+        now = frame / 30
+        first = est.record([1000], now)
+        arrival = now + (3600.0 if frame % 2 else 0.0)
+        est.on_transport_feedback(fci(build_transport_feedback(first, [arrival])), now + 0.02)
+    assert est.clamped > 10
+    assert est.snapshot(2.0).usage == "normal"
+
+
+def test_remb_parses_and_is_the_source_without_transport_cc() -> None:
+    packet = build_remb(1_234_567, (7, 9))
+    bitrate, ssrcs = parse_remb(fci(packet))
+    assert ssrcs == (7, 9)
+    assert abs(bitrate - 1_234_567) / 1_234_567 < 0.001
+    assert [(pt, f) for pt, f, _ in feedback_packets(packet)] == [(206, 15)]
+    est = BandwidthEstimator()
+    est.on_remb(fci(packet), 1.0)
+    snap = est.snapshot(1.5)
+    assert snap.source == "remb" and snap.target_bps == bitrate
+    assert est.snapshot(7.0).source == "none"  # stale
+
+
+def test_receiver_reports_alone_give_a_loss_based_estimate() -> None:
+    est = BandwidthEstimator()
+    for i in range(30):
+        est.sent(8000, i / 30)  # ~1.9 Mbps
+    est.on_rtt(0.05)
+    est.on_receiver_report(0.0, 0.002, 1.0)
+    clean = est.snapshot(1.0)
+    assert clean.source == "rr" and clean.target_bps is not None
+    assert clean.target_bps >= 0.9 * clean.sent_bps
+    assert clean.rtt == 0.05 and clean.jitter == 0.002
+    for i in range(30, 60):
+        est.sent(8000, i / 30)
+    est.on_receiver_report(0.3, 0.01, 2.0)
+    lossy = est.snapshot(2.0)
+    assert lossy.target_bps is not None and lossy.target_bps < 0.9 * lossy.sent_bps
+    assert lossy.loss_fraction == 0.3
+    est.on_receiver_report(7.0, None, 2.5)  # a lie: clamped
+    assert est.clamped == 1
+    est.on_rtt(-1.0)
+    assert est.snapshot(2.5).rtt == 0.05
+
+
+def test_feedback_packets_finds_transport_cc_and_remb_in_a_compound_packet() -> None:
+    rr = struct.pack("!BBHI", 0x80, 201, 1, 5)  # an empty receiver report
+    twcc = build_transport_feedback(5, [0.1, None, 0.2])
+    remb = build_remb(500_000, (3,))
+    found = [(pt, fmt) for pt, fmt, _ in feedback_packets(rr + twcc + remb)]
+    assert found == [(205, 15), (206, 15)]
+    assert list(feedback_packets(rr + b"\x80\xcd\xff\xff")) == []  # truncated: stops
