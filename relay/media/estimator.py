@@ -84,7 +84,7 @@ NO_ESTIMATE = BandwidthEstimate(None, 0.0, None, "none")
 class _Window:
     """Bytes (or counts) added over the last ``WINDOW`` seconds."""
 
-    __slots__ = ("_events", "_sum", "_start")
+    __slots__ = ("_events", "_start", "_sum")
 
     def __init__(self) -> None:
         self._events: deque[tuple[float, int]] = deque()
@@ -174,7 +174,8 @@ class _Trendline:
             return
         k = self.K_DOWN if abs(trend) < self.threshold else self.K_UP
         dt = min(max(now_ms - last, 0.0), 100.0)
-        self.threshold = min(600.0, max(6.0, self.threshold + k * (abs(trend) - self.threshold) * dt))
+        threshold = self.threshold + k * (abs(trend) - self.threshold) * dt
+        self.threshold = min(600.0, max(6.0, threshold))
 
 
 def _slope(points: deque[tuple[float, float]]) -> float:
