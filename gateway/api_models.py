@@ -86,6 +86,18 @@ class ViewerView(BaseModel):
     keyframe_requests_suppressed: int = 0  # held back by the viewer's backoff
     rtt_ms: float | None = None
     fraction_lost: float = 0.0  # from the viewer's last receiver report
+    # the viewer's bandwidth estimate (relay/media/estimator.py): its source ("twcc": transport-cc
+    # feedback, "remb", "rr": receiver reports alone, "none"), target, the loss it reads (over the
+    # last second with transport-cc), what the viewer acknowledged and what we sent it
+    transport_cc: bool = False
+    estimate_source: str = "none"
+    estimate_bps: int | None = None
+    estimate_loss: float = 0.0
+    acked_bps: int | None = None
+    sent_bps: int = 0
+    delay_usage: str = "normal"  # the delay-based detector: normal, overuse, underuse
+    jitter_ms: float | None = None
+    feedback_malformed: int = 0
 
 
 class RoomView(BaseModel):

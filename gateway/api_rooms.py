@@ -92,6 +92,7 @@ def viewer_view(s: ViewerSession) -> ViewerView:
         if video is not None
         else {}
     )
+    estimate = s.estimate
     return ViewerView(
         id=s.id,
         room=s.room,
@@ -99,6 +100,15 @@ def viewer_view(s: ViewerSession) -> ViewerView:
         state=s.pc.connectionState,
         frames_sent=sum(q.sent for q in s.viewer.queues.values()),
         frames_dropped=sum(q.dropped for q in s.viewer.queues.values()),
+        transport_cc=s.transport_cc,
+        estimate_source=estimate.source,
+        estimate_bps=estimate.target_bps,
+        estimate_loss=estimate.loss_fraction,
+        acked_bps=estimate.acked_bps,
+        sent_bps=estimate.sent_bps,
+        delay_usage=estimate.usage,
+        jitter_ms=None if estimate.jitter is None else round(estimate.jitter * 1000, 2),
+        feedback_malformed=estimate.malformed + s.rtcp_errors,
         **feedback,
     )
 

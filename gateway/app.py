@@ -184,8 +184,11 @@ def build_gateway(settings: Settings) -> Gateway:
         ice_servers=node_ice(settings),
         limits=ViewerLimits(
             retransmit=RetransmitLimits(
-                max_age=settings.media.rtx_max_age, share=settings.media.rtx_share
+                max_age=settings.media.rtx_max_age,
+                share=settings.media.rtx_share,
+                playout=settings.media.rtx_playout,
             ),
+            transport_cc=settings.media.viewer_transport_cc,
             keyframe_backoff=settings.media.viewer_keyframe_backoff,
             connect_timeout=settings.sessions.connect_timeout,
             retry_after=settings.sessions.retry_after,

@@ -1,11 +1,21 @@
 """Which NACKed packets a viewer gets again (sans-I/O).
 
-A retransmission is worth its bytes only if it can still be played: a packet whose frame is
-older than ``max_age`` by the time it would arrive (its age plus half the round trip) is left
-out, as is one already sent again within the last round trip (the NACK crossed it). What is
-left is paid from a token bucket that fills with ``share`` of every media byte sent to the
-viewer, so retransmissions never take more than that share of its stream (a viewer on a link
-the stream does not fit asks for far more than that: answering all of it starves the link).
+A retransmission is worth its bytes only if it can still be played. Its deadline: a keyframe's
+packet may arrive up to ``max_age`` after its frame (until a viewer has a keyframe it shows
+nothing, and on a lossy link completing one can take several round trips); any other packet
+only within ``playout + playout_rtts * rtt`` (capped by ``max_age``): a receiver that NACKs holds
+a frame about a round trip and a little longer, and a packet later than that is decoded too
+late or makes its jitter buffer grow (the second-long buffers of issue 17). Past the deadline
+(its age plus half the round trip at arrival) the packet is left out, as is one already sent
+again within the last round trip (the NACK crossed it).
+
+What is left is paid from two token buckets: one fills with ``share`` of every media byte sent
+to the viewer, so retransmissions never take more than that share of its stream (a viewer on
+a link the stream does not fit asks for far more than that: answering all of it starves the
+link); the other, when the viewer's bandwidth estimate is known, fills at the rate
+``rtx_allowance`` gives: what the estimate leaves beside the media, at most ``share`` of the
+estimate and at least ``MIN_SHARE`` of it (a lost packet of a viewer whose link is full is
+still worth a little).
 """
 
 from __future__ import annotations
@@ -17,6 +27,18 @@ MIN_RESEND_GAP = 0.02
 """Seconds between two retransmissions of one packet when the round trip is not known yet."""
 MEMORY = 1024
 """Packets whose last retransmission time is remembered (older entries are forgotten)."""
+MIN_SHARE = 0.05
+"""Share of the estimate retransmissions may always take, however full the link is."""
+RATE_BURST = 0.25
+"""Seconds of the estimate's retransmission rate that may be saved up for a burst of losses."""
+
+
+def rtx_allowance(target_bps: int | None, media_bps: float, share: float) -> float | None:
+    """Bits per second of retransmissions a viewer's estimate allows beside ``media_bps`` of
+    media (None: no estimate, only the share of the stream limits them)."""
+    if target_bps is None:
+        return None
+    return max(MIN_SHARE * target_bps, min(share * target_bps, target_bps - media_bps))
 
 
 class Verdict(Enum):
@@ -29,7 +51,11 @@ class Verdict(Enum):
 @dataclass(frozen=True, slots=True)
 class RetransmitLimits:
     max_age: float = 2.0
-    """Seconds after its frame that a packet can still be played (the receiver's patience)."""
+    """Seconds after its frame that a keyframe's packet can still be played (the receiver's
+    patience); no packet is resent later than this."""
+    playout: float = 0.25
+    """Seconds (beyond ``playout_rtts`` round trips) a receiver holds any other frame."""
+    playout_rtts: float = 1.5
     share: float = 0.25
     """Retransmitted bytes per media byte sent to the viewer, at most."""
     burst: int = 64 * 1024
@@ -38,6 +64,14 @@ class RetransmitLimits:
     def __post_init__(self) -> None:
         if self.max_age <= 0 or not 0 <= self.share <= 1 or self.burst < 0:
             raise ValueError("max_age > 0, share within 0..1 and burst >= 0")
+        if self.playout <= 0 or self.playout_rtts < 0:
+            raise ValueError("playout > 0 and playout_rtts >= 0")
+
+    def deadline(self, rtt: float | None, keyframe: bool) -> float:
+        """Seconds after its frame that a packet may still arrive."""
+        if keyframe:
+            return self.max_age
+        return min(self.max_age, self.playout + self.playout_rtts * (rtt or 0.0))
 
 
 class RetransmitBudget:
@@ -49,19 +83,33 @@ class RetransmitBudget:
         self.tokens = float(min(self.limits.burst, 16 * 1024))  # a first loss is answered
         self._sent_at: dict[int, float] = {}
         self.refused: dict[Verdict, int] = {v: 0 for v in Verdict if v is not Verdict.SEND}
+        self.rate_tokens: float | None = None  # the estimate's bucket (bytes), once known
+        self._rate_at = 0.0
 
     def on_media(self, size: int) -> None:
         limits = self.limits
         self.tokens = min(float(limits.burst), self.tokens + limits.share * size)
 
     def decide(
-        self, sequence: int, size: int, age: float, rtt: float | None, now: float
+        self,
+        sequence: int,
+        size: int,
+        age: float,
+        rtt: float | None,
+        now: float,
+        *,
+        keyframe: bool = False,
+        allowance_bps: float | None = None,
     ) -> Verdict:
         """``age``: seconds since the packet's frame was sent first; ``rtt``: the viewer's round
-        trip in seconds (None while unknown)."""
-        verdict = self._verdict(sequence, size, age, rtt, now)
+        trip in seconds (None while unknown); ``allowance_bps``: the retransmission rate the
+        viewer's estimate allows (``rtx_allowance``; None: no estimate)."""
+        self._refill(allowance_bps, now)
+        verdict = self._verdict(sequence, size, age, rtt, now, keyframe)
         if verdict is Verdict.SEND:
             self.tokens -= size
+            if self.rate_tokens is not None:
+                self.rate_tokens -= size
             sent = self._sent_at
             sent.pop(sequence, None)
             sent[sequence] = now
@@ -71,15 +119,33 @@ class RetransmitBudget:
             self.refused[verdict] += 1
         return verdict
 
+    def _refill(self, allowance_bps: float | None, now: float) -> None:
+        if allowance_bps is None:
+            self.rate_tokens = None
+            return
+        rate = max(0.0, allowance_bps) / 8
+        cap = max(2 * 1500.0, rate * RATE_BURST)
+        if self.rate_tokens is None:
+            self.rate_tokens = cap
+        else:
+            self.rate_tokens = min(cap, self.rate_tokens + rate * max(0.0, now - self._rate_at))
+        self._rate_at = now
+
     def _verdict(
-        self, sequence: int, size: int, age: float, rtt: float | None, now: float
+        self,
+        sequence: int,
+        size: int,
+        age: float,
+        rtt: float | None,
+        now: float,
+        keyframe: bool,
     ) -> Verdict:
         one_way = (rtt or 0.0) / 2
-        if age + one_way > self.limits.max_age:
+        if age + one_way > self.limits.deadline(rtt, keyframe):
             return Verdict.LATE
         last = self._sent_at.get(sequence)
         if last is not None and now - last < max(rtt or 0.0, MIN_RESEND_GAP):
             return Verdict.REPEAT
-        if size > self.tokens:
+        if size > self.tokens or (self.rate_tokens is not None and size > self.rate_tokens):
             return Verdict.OVER_BUDGET
         return Verdict.SEND

@@ -175,8 +175,9 @@ static int gso_refusal(int err) {
 }
 
 static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "send(templates, runs, seq, ts, ssrc, gso)");
+    if (nargs != 6 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send(templates, runs, seq, ts, ssrc, gso[, twcc_offset, twcc_seq])");
         return NULL;
     }
     PyObject *templates = args[0], *runs = args[1];
@@ -194,6 +195,12 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     int gso = PyObject_IsTrue(args[5]);
     if (gso < 0)
+        return NULL;
+    /* the transport-wide sequence number extension's value: its offset in every template (0:
+     * not negotiated) and the number the first packet gets */
+    unsigned long twcc_offset = 0, twcc_seq = 0;
+    if (nargs == 8 && (!u32_arg(args[6], BUF_SIZE, "twcc_offset", &twcc_offset) ||
+                       !u32_arg(args[7], 0xFFFF, "twcc_seq", &twcc_seq)))
         return NULL;
     int fd = current_fd(self);
     if (fd < 0)
@@ -241,6 +248,16 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
             memcpy(p + 4, &t, 4);
             memcpy(p + 8, &c, 4);
             seq = (seq + 1) & 0xFFFF;
+            if (twcc_offset) {
+                if (twcc_offset + 2 > (size_t)n) {
+                    PyErr_SetString(PyExc_ValueError,
+                                    "transport-wide sequence number beyond the packet");
+                    return NULL;
+                }
+                uint16_t w = htons((uint16_t)twcc_seq);
+                memcpy(p + twcc_offset, &w, 2);
+                twcc_seq = (twcc_seq + 1) & 0xFFFF;
+            }
             protected_len = (int)n;
             int status = self->protect(self->ctx, p, &protected_len);
             if (status) {
@@ -279,8 +296,9 @@ static PyObject *Writer_get_gso_refused(Writer *self, void *closure) {
 
 static PyMethodDef Writer_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Writer_send, METH_FASTCALL,
-     "send(templates, runs, seq, ts, ssrc, gso) -> GSO sends made\n\n"
+     "send(templates, runs, seq, ts, ssrc, gso[, twcc_offset, twcc_seq]) -> GSO sends made\n\n"
      "Number, encrypt and send a frame's packets: each run of two or more as one UDP GSO send\n"
+     "(with twcc_offset, packet i also gets transport-wide sequence number twcc_seq + i there);\n"
      "(gso), the rest one datagram per call. A kernel that refuses GSO sets gso_refused (the\n"
      "frame still goes out datagram by datagram); BlockingIOError and other socket errors raise."},
     {NULL, NULL, 0, NULL},

@@ -20,5 +20,7 @@ class SrtpWriter:
         ts: int,
         ssrc: int,
         gso: bool,
+        twcc_offset: int = 0,
+        twcc_seq: int = 0,
         /,
     ) -> int: ...

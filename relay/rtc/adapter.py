@@ -13,6 +13,11 @@ The hooks that make encoded forwarding possible:
 * direct sender seam (``SenderSeam``, for ``relay/rtc/direct_sender.py``, the viewers' path): a
   sender's SSRCs, hooks on its ``send``/``getStats``/RTCP/retransmission/keyframe paths, the DTLS
   transport's SRTP session and nominated ICE pair (aioice), and the sender-report counters.
+* transport-cc (``accept_transport_cc``, ``tap_rtcp``): the transport-wide sequence number
+  header extension and the ``transport-cc`` rtcp-fb are answered when a viewer offers them
+  (aiortc's own lists lack them: the transceivers' negotiated ``_headerExtensions`` and
+  ``_codecs`` get them added), and every decrypted RTCP datagram of a transport is shown to a
+  callback before aiortc parses it (its parser keeps no transport-cc feedback).
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
@@ -50,11 +55,17 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import sdp as aiortc_sdp
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, SRTPProtectionProfile
 from aiortc.rtcdtlstransport import State as DtlsState
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpSendParameters,
+)
 from OpenSSL import SSL
 
 from relay.media.consent import ConsentTimer
@@ -291,6 +302,64 @@ def pair_socket(pair: Any) -> socket.socket | None:
 def pair_remote_address(pair: Any) -> tuple[str, int]:
     address: tuple[str, int] = pair.remote_addr
     return address
+
+
+# -- transport-cc ---------------------------------------------------------------------------------
+def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
+    """Answer the transport-wide sequence number extension (any of ``uris``, with the offer's
+    id) and the ``transport-cc`` rtcp-fb of each codec that offers it, on every m-line of
+    ``pc``'s remote offer that has them; only when all of them share one transport (BUNDLE:
+    the sequence numbers are transport-wide). Call after ``setRemoteDescription``, before
+    the answer. True when it was accepted."""
+    remote = pc.remoteDescription
+    if remote is None:
+        return False
+    description = aiortc_sdp.SessionDescription.parse(remote.sdp)
+    transceivers = {t.mid: t for t in pc.getTransceivers() if t.mid is not None}
+    if not transceivers or len(ice_transports(pc)) != 1:
+        return False
+    plans: list[tuple[Any, RTCRtpHeaderExtensionParameters, set[int | None]]] = []
+    for media in description.media:
+        transceiver = transceivers.get(media.rtp.muxId)
+        if transceiver is None:
+            continue
+        ext = next((e for e in media.rtp.headerExtensions if e.uri in uris), None)
+        if ext is None:
+            return False  # every m-line or none: one sequence space for the transport
+        fb = {
+            c.payloadType
+            for c in media.rtp.codecs
+            if any(f.type == "transport-cc" for f in c.rtcpFeedback)
+        }
+        plans.append((transceiver, ext, fb))
+    if not plans:
+        return False
+    for transceiver, ext, fb in plans:
+        if not hasattr(transceiver, "_headerExtensions") or not hasattr(transceiver, "_codecs"):
+            raise AdapterError("RTCRtpTransceiver internals changed: no _headerExtensions/_codecs")
+        extensions: list[RTCRtpHeaderExtensionParameters] = transceiver._headerExtensions
+        if all(e.uri != ext.uri for e in extensions):
+            extensions.append(RTCRtpHeaderExtensionParameters(id=ext.id, uri=ext.uri))
+        for codec in transceiver._codecs:
+            feedback: list[RTCRtcpFeedback] = codec.rtcpFeedback
+            if codec.payloadType in fb and all(f.type != "transport-cc" for f in feedback):
+                feedback.append(RTCRtcpFeedback(type="transport-cc"))
+    return True
+
+
+def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], None]) -> None:
+    """Show ``on_rtcp`` every RTCP datagram (decrypted, compound) ``pc``'s transports receive,
+    before aiortc parses it. ``on_rtcp`` must not raise."""
+    for dtls, _ in ice_transports(pc):
+        if not hasattr(dtls, "_handle_rtcp_data"):
+            raise AdapterError("RTCDtlsTransport internals changed: no _handle_rtcp_data")
+        handle_rtcp = dtls._handle_rtcp_data
+
+        async def rtcp(data: bytes, handle_rtcp: Any = handle_rtcp) -> None:
+            on_rtcp(data)
+            await handle_rtcp(data)
+
+        dtls._handle_rtcp_data = rtcp
 
 
 # -- bench hooks ----------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ SRTP session and written to the nominated ICE pair's UDP socket synchronously (`
 loop when built); NACKs are answered from our own history within a budget and a playout deadline
 (``relay.media.retransmit``), and sender reports read our counters.
 aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is noted on the way
-(the rendition fallback reads it). Every aiortc/aioice internal this needs is reached through
+(the rendition fallback reads it). With a session's ``BandwidthEstimator``, every packet sent
+(retransmissions too) is recorded there, numbered with a transport-wide sequence number when
+the viewer negotiated transport-cc; receiver reports feed it, and its estimate limits the
+retransmission rate. Every aiortc/aioice internal this needs is reached through
 ``relay/rtc/adapter.py`` (``SenderSeam``).
 """
 
@@ -34,8 +37,9 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
+from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
-from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict
+from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict, rtx_allowance
 from relay.rtc.adapter import (
     AdapterError,
     SenderSeam,
@@ -43,7 +47,7 @@ from relay.rtc.adapter import (
     pair_socket,
     pair_stream,
 )
-from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache
+from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache, extension_offset
 from relay.rtc.srtp_writer import DatagramOut, PySrtpWriter, SrtpWriter, new_srtp_writer
 
 log = logging.getLogger(__name__)
@@ -96,8 +100,16 @@ class DirectSender:
         gso: bool = True,
         native: bool = True,
         retransmit: RetransmitLimits | None = None,
+        estimator: BandwidthEstimator | None = None,
+        reports_to_estimator: bool = False,
     ) -> None:
         self._seam = SenderSeam(sender)
+        self.estimator = estimator  # the session's (shared by its senders: one transport)
+        self._reports = reports_to_estimator and estimator is not None
+        # where each packet's transport-wide sequence number goes (0: not negotiated, -1: not
+        # found yet: read from the first frame's packets)
+        self._twcc_offset = 0
+        self._twcc_id: int | None = None
         self.budget = RetransmitBudget(retransmit)
         self._clock_rate = 90000
         self._cache = cache
@@ -139,6 +151,8 @@ class DirectSender:
         self._template_id = self._cache.template_id(profile)
         seam = self._seam
         self.rewriter = RtpRewriter(seam.ssrc, profile, rtx_ssrc=seam.rtx_ssrc)
+        self._twcc_id = profile.transport_cc_id if self.estimator is not None else None
+        self._twcc_offset = -1 if self._twcc_id is not None else 0
 
     def _on_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpRtpfbPacket):
@@ -154,6 +168,12 @@ class DirectSender:
                     self.fraction_lost = report.fraction_lost / 256
                     if self.fraction_lost >= LOSSY_FRACTION:
                         self.lossy_reports += 1
+                    estimator = self.estimator
+                    if self._reports and estimator is not None:
+                        estimator.on_rtt(self._seam.round_trip_time())
+                        estimator.on_receiver_report(
+                            self.fraction_lost, report.jitter / self._clock_rate, time.monotonic()
+                        )
 
     def round_trip_time(self) -> float | None:
         return self._seam.round_trip_time()
@@ -224,11 +244,22 @@ class DirectSender:
         if writer is None:
             return True
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
-        seq, ts = rewriter.assign(packets.templates, frame.timestamp)
+        seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe)
+        estimator = self.estimator
+        now = time.monotonic()
         try:
-            self.gso_sends += writer.send(
-                packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso
-            )
+            twcc = self._twcc_offset
+            if twcc and estimator is not None:
+                if twcc < 0:
+                    twcc = self._find_twcc_offset(packets.templates[0])
+                first = estimator.record(packets.sizes, now)
+                self.gso_sends += writer.send(
+                    packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso, twcc, first
+                )
+            else:
+                self.gso_sends += writer.send(
+                    packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso
+                )
         except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
             self.congested += 1
             return False
@@ -240,10 +271,19 @@ class DirectSender:
             log.info("UDP GSO refused on this path: sending datagram by datagram")
         self.octets += frame.size
         self.budget.on_media(frame.size)
+        if estimator is not None:
+            estimator.sent(frame.size, now)
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
         return True
+
+    def _find_twcc_offset(self, template: bytes) -> int:
+        """The transport-wide sequence number's offset in this sender's packets (the same in
+        every packet of its profile); 0 when the template has none."""
+        found = extension_offset(template, self._twcc_id) if self._twcc_id is not None else None
+        self._twcc_offset = found or 0
+        return self._twcc_offset
 
     def _count_error(self, what: str) -> None:
         """Called inside an ``except``: the first failure is logged with its traceback."""
@@ -264,23 +304,39 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None or self._route() is None:
             return
-        found = rewriter.lookup(sequence_number)
+        found = rewriter.lookup_packet(sequence_number)
         if found is None:
             return
-        size, age = found
+        size, age, keyframe = found
+        now = time.monotonic()
+        estimator = self.estimator
+        allowance = None
+        if estimator is not None:
+            estimate = estimator.snapshot(now)
+            allowance = rtx_allowance(
+                estimate.target_bps, estimate.sent_bps, self.budget.limits.share
+            )
         verdict = self.budget.decide(
             sequence_number,
             size,
             age / self._clock_rate,
             self._seam.round_trip_time(),
-            time.monotonic(),
+            now,
+            keyframe=keyframe,
+            allowance_bps=allowance,
         )
         if verdict is not Verdict.SEND:
             return
-        packet = rewriter.retransmission(sequence_number)
+        twcc = self._twcc_offset
+        transport_seq = None
+        if twcc > 0 and estimator is not None:
+            transport_seq = estimator.record((size + 2,), now)  # RTX adds the original seq
+        packet = rewriter.retransmission(sequence_number, transport_seq, twcc)
         out, pair = self._out, self._pair  # set with the route
         if packet is not None and out is not None and pair is not None:
             with contextlib.suppress(OSError):
                 out.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
                 self.retransmissions += 1
                 self.rtx_bytes += len(packet)
+                if estimator is not None:
+                    estimator.sent(len(packet), now)

@@ -17,6 +17,7 @@ from struct import Struct
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
+from relay.media.cc_feedback import TRANSPORT_CC_URIS
 from relay.media.frames import EncodedFrame
 
 HISTORY_FRAMES = 128  # frames kept per viewer and kind for NACKs: ~4 s of video, 2.5 s of audio
@@ -37,6 +38,11 @@ class SendProfile:
     def template_key(self) -> tuple[int, str | None, tuple[tuple[str, int], ...]]:
         return self.payload_type, self.mid, self.extensions
 
+    @property
+    def transport_cc_id(self) -> int | None:
+        """The id of the negotiated transport-wide sequence number extension, if any."""
+        return next((i for uri, i in self.extensions if uri in TRANSPORT_CC_URIS), None)
+
 
 def abs_send_time(ntp: int) -> int:
     """The 24-bit 6.18 fixed-point abs-send-time from a 64-bit NTP timestamp."""
@@ -51,6 +57,34 @@ def header_length(packet: bytes | bytearray) -> int:
     return length
 
 
+def extension_offset(packet: bytes | bytearray, ext_id: int) -> int | None:
+    """Where the value of header extension ``ext_id`` starts in ``packet`` (RFC 8285, one- or
+    two-byte headers), or None when it has none."""
+    if not packet[0] & 0x10:
+        return None
+    pos = 12 + 4 * (packet[0] & 0x0F)
+    profile = _U16.unpack_from(packet, pos)[0]
+    end = pos + 4 + 4 * _U16.unpack_from(packet, pos + 2)[0]
+    pos += 4
+    one_byte = profile == 0xBEDE
+    if not one_byte and profile & 0xFFF0 != 0x1000:
+        return None
+    while pos < end:
+        if packet[pos] == 0:  # padding
+            pos += 1
+            continue
+        if one_byte:
+            xid, length, value = packet[pos] >> 4, (packet[pos] & 0x0F) + 1, pos + 1
+            if xid == 15:
+                return None
+        else:
+            xid, length, value = packet[pos], packet[pos + 1], pos + 2
+        if xid == ext_id:
+            return value
+        pos = value + length
+    return None
+
+
 def build_templates(
     payloads: tuple[bytes, ...], profile: SendProfile, send_time: int, ext_map: HeaderExtensionsMap
 ) -> tuple[bytes, ...]:
@@ -63,6 +97,7 @@ def build_templates(
     packet = RtpPacket(payload_type=profile.payload_type)
     packet.extensions.abs_send_time = send_time
     packet.extensions.mid = profile.mid
+    packet.extensions.transport_sequence_number = 0  # written per viewer when negotiated
     head = packet.serialize(ext_map)  # no payload, no padding: the header alone
     marked = bytes((head[0], head[1] | 0x80)) + head[2:]
     out = [head + payload for payload in payloads[:-1]]
@@ -139,6 +174,7 @@ class FramePackets:
 
     templates: tuple[bytes, ...]
     runs: tuple[tuple[int, int], ...]
+    sizes: tuple[int, ...] = ()  # each packet's length (transport-cc send records)
 
 
 def extensions_map(profile: SendProfile) -> HeaderExtensionsMap:
@@ -197,7 +233,7 @@ class TemplateCache:
             runs, pads = gso_plan(tuple(map(len, templates)))
             if any(pads):
                 templates = tuple(map(padded, templates, pads))
-            found = FramePackets(templates, runs)
+            found = FramePackets(templates, runs, tuple(map(len, templates)))
             self._templates[tid] = found
             self.builds += 1
         return found
@@ -232,6 +268,7 @@ class RtpRewriter:
         self._first = [0] * HISTORY_FRAMES
         self._frames: list[tuple[bytes, ...]] = [()] * HISTORY_FRAMES
         self._ts = [0] * HISTORY_FRAMES
+        self._key = [False] * HISTORY_FRAMES
         self._slot = 0
         self._continue_after: int | None = None
 
@@ -240,7 +277,9 @@ class RtpRewriter:
         after the last one sent so the viewer's timestamps stay monotonic."""
         self._continue_after = advance
 
-    def assign(self, templates: tuple[bytes, ...], timestamp: int) -> tuple[int, int]:
+    def assign(
+        self, templates: tuple[bytes, ...], timestamp: int, keyframe: bool = False
+    ) -> tuple[int, int]:
         """Number the frame's packets for this viewer: (first sequence number, timestamp); the
         i-th packet gets ``(first + i) & 0xFFFF``. Records them for NACKs."""
         if self._continue_after is not None:
@@ -254,6 +293,7 @@ class RtpRewriter:
         self._first[slot] = first
         self._frames[slot] = templates
         self._ts[slot] = ts
+        self._key[slot] = keyframe
         self._slot = (slot + 1) % HISTORY_FRAMES
         self.packets += n
         self.sequence = (first + n) & 0xFFFF
@@ -270,29 +310,44 @@ class RtpRewriter:
             out.append(bytes(buf))
         return out
 
-    def _find(self, sequence: int) -> tuple[bytes, int] | None:
-        """(template, timestamp) of a packet still in the history, newest frames first."""
+    def _slot_of(self, sequence: int) -> tuple[int, int] | None:
+        """(history slot, index in its frame) of a packet still in the history, newest first."""
         for back in range(1, HISTORY_FRAMES + 1):
             slot = (self._slot - back) % HISTORY_FRAMES
-            templates = self._frames[slot]
             offset = (sequence - self._first[slot]) & 0xFFFF
-            if offset < len(templates):
-                return templates[offset], self._ts[slot]
+            if offset < len(self._frames[slot]):
+                return slot, offset
         return None
+
+    def _find(self, sequence: int) -> tuple[bytes, int] | None:
+        """(template, timestamp) of a packet still in the history."""
+        found = self._slot_of(sequence)
+        if found is None:
+            return None
+        slot, offset = found
+        return self._frames[slot][offset], self._ts[slot]
 
     def lookup(self, sequence: int) -> tuple[int, int] | None:
         """(size, age in timestamp ticks behind the newest frame sent) of a packet still in the
         history, or None. The age is a serial-number difference (RFC 1982): a frame that is
         "ahead" of the newest (a timestamp jump) counts as age 0, never as a wrap-around."""
-        found = self._find(sequence)
+        found = self.lookup_packet(sequence)
+        return None if found is None else found[:2]
+
+    def lookup_packet(self, sequence: int) -> tuple[int, int, bool] | None:
+        """``lookup`` and whether the packet belongs to a keyframe."""
+        found = self._slot_of(sequence)
         if found is None:
             return None
-        template, ts = found
-        age = (self.last_timestamp - ts) & 0xFFFFFFFF
-        return len(template), 0 if age >= 1 << 31 else age
+        slot, offset = found
+        age = (self.last_timestamp - self._ts[slot]) & 0xFFFFFFFF
+        return len(self._frames[slot][offset]), 0 if age >= 1 << 31 else age, self._key[slot]
 
-    def retransmission(self, sequence: int) -> bytes | None:
-        """The packet a NACK asks for again: RTX-wrapped (RFC 4588) when negotiated."""
+    def retransmission(
+        self, sequence: int, transport_seq: int | None = None, transport_offset: int = 0
+    ) -> bytes | None:
+        """The packet a NACK asks for again: RTX-wrapped (RFC 4588) when negotiated; with a
+        transport-wide sequence number written at ``transport_offset`` when given."""
         found = self._find(sequence)
         if found is None:
             return None
@@ -302,12 +357,14 @@ class RtpRewriter:
         if rtx_pt is None:
             buf = bytearray(template)
             SEQ_TS_SSRC.pack_into(buf, 2, sequence, ts, self.ssrc)
-            return bytes(buf)
-        head = header_length(template)
-        buf = bytearray(template[:head])
-        buf[1] = (buf[1] & 0x80) | rtx_pt
-        SEQ_TS_SSRC.pack_into(buf, 2, self.rtx_sequence, ts, self.rtx_ssrc)
-        self.rtx_sequence = (self.rtx_sequence + 1) & 0xFFFF
-        buf += _U16.pack(sequence)
-        buf += template[head:]
+        else:
+            head = header_length(template)
+            buf = bytearray(template[:head])
+            buf[1] = (buf[1] & 0x80) | rtx_pt
+            SEQ_TS_SSRC.pack_into(buf, 2, self.rtx_sequence, ts, self.rtx_ssrc)
+            self.rtx_sequence = (self.rtx_sequence + 1) & 0xFFFF
+            buf += _U16.pack(sequence)
+            buf += template[head:]
+        if transport_seq is not None and 0 < transport_offset <= len(buf) - 2:
+            _U16.pack_into(buf, transport_offset, transport_seq)
         return bytes(buf)

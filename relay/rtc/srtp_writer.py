@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux >= 4.18: one sendmsg, many datagrams
 _U16_NATIVE = struct.Struct("=H")
+_U16_NETWORK = struct.Struct("!H")
 GSO_REFUSALS = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 """A GSO send's errors that mean "not on this path" (kernel, device, socket option); the
 others (a full buffer, an unreachable network) are the send's own, as for one datagram."""
@@ -71,11 +72,16 @@ class SrtpWriter(Protocol):
         ts: int,
         ssrc: int,
         gso: bool,
+        twcc_offset: int = 0,
+        twcc_seq: int = 0,
+        /,
     ) -> int:
         """Number, encrypt and send a frame's packets: each run of two or more as one UDP GSO
-        send (``gso``), the rest one datagram per call. Returns the GSO sends made; a kernel
-        that refuses GSO sets ``gso_refused`` (that frame still goes out, datagram by
-        datagram); ``BlockingIOError`` and other socket errors propagate."""
+        send (``gso``), the rest one datagram per call. With ``twcc_offset`` (the offset of the
+        transport-wide sequence number extension's value in every template), packet i also
+        gets transport-wide sequence number ``(twcc_seq + i) & 0xFFFF`` there. Returns the GSO
+        sends made; a kernel that refuses GSO sets ``gso_refused`` (that frame still goes out,
+        datagram by datagram); ``BlockingIOError`` and other socket errors propagate."""
         ...
 
 
@@ -131,11 +137,15 @@ class PySrtpWriter:
         ts: int,
         ssrc: int,
         gso: bool,
+        twcc_offset: int = 0,
+        twcc_seq: int = 0,
+        /,
     ) -> int:
         buf, cdata, length_p, ctx, view = self._buf, self._cdata, self._len, self._ctx, self._view
         sock, addr = self._sock, self._addr
         protect = srtp_lib.srtp_protect
         pack = SEQ_TS_SSRC.pack_into
+        pack_u16 = _U16_NETWORK.pack_into
         limit = self.LIMIT
         sends = 0
         for start, end in runs:
@@ -147,6 +157,11 @@ class PySrtpWriter:
                 buf[offset : offset + n] = template
                 pack(buf, offset + 2, seq, ts, ssrc)
                 seq = (seq + 1) & 0xFFFF
+                if twcc_offset:
+                    if twcc_offset + 2 > n:
+                        raise ValueError("transport-wide sequence number beyond the packet")
+                    pack_u16(buf, offset + twcc_offset, twcc_seq)
+                    twcc_seq = (twcc_seq + 1) & 0xFFFF
                 length_p[0] = n
                 status = protect(ctx, cdata + offset, length_p)
                 if status:

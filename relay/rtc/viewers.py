@@ -16,6 +16,8 @@ from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
 from relay.auth.turn import NodeIce
 from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from relay.media.cc_feedback import RTCP_RTPFB, TRANSPORT_CC_URIS, feedback_packets
+from relay.media.estimator import NO_ESTIMATE, BandwidthEstimate, BandwidthEstimator
 from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
@@ -25,8 +27,10 @@ from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
+    accept_transport_cc,
     drop_receive_estimator,
     install_prepacked_sender,
+    tap_rtcp,
     use_certificate,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
@@ -66,6 +70,9 @@ class ViewerLimits:
     keyframe_backoff: float = 8.0
     """Longest wait between two keyframe requests of one viewer that keeps asking (0: no
     per-viewer backoff, only the hub's coalescing)."""
+    transport_cc: bool = True
+    """Answer transport-cc (the transport-wide sequence number extension and its feedback)
+    when a viewer offers it: the best source of its bandwidth estimate (direct sending only)."""
 
 
 @dataclass(slots=True)
@@ -85,12 +92,16 @@ class EgressTotals:
     rtx_over_budget: int = 0
     keyframe_requests: int = 0
     keyframe_requests_suppressed: int = 0
+    transport_feedbacks: int = 0  # transport-cc feedback packets taken by estimators
+    rembs: int = 0
+    feedback_malformed: int = 0
 
     def add_viewer(
         self,
         viewer: Viewer,
         senders: Iterable[DirectSender] = (),
         gate: KeyframeGate | None = None,
+        estimator: BandwidthEstimator | None = None,
     ) -> None:
         for q in viewer.queues.values():
             self.frames += q.sent
@@ -107,6 +118,10 @@ class EgressTotals:
             self.keyframe_requests += s.keyframe_requests
         if gate is not None:
             self.keyframe_requests_suppressed += gate.suppressed
+        if estimator is not None:
+            self.transport_feedbacks += estimator.feedbacks
+            self.rembs += estimator.rembs
+            self.feedback_malformed += estimator.malformed
 
 
 @dataclass(eq=False)
@@ -123,6 +138,33 @@ class ViewerSession:
     keyframe_gate: KeyframeGate | None = None  # the viewer's own PLI/FIR backoff
     fallbacks: int = 0
     step_ups: int = 0
+    estimator: BandwidthEstimator | None = None  # the viewer's bandwidth (direct sending)
+    transport_cc: bool = False  # negotiated with the viewer
+    rtcp_errors: int = 0
+
+    @property
+    def estimate(self) -> BandwidthEstimate:
+        """The viewer's current bandwidth estimate (``NO_ESTIMATE`` without direct sending)."""
+        estimator = self.estimator
+        return NO_ESTIMATE if estimator is None else estimator.snapshot(time.monotonic())
+
+    def on_rtcp_data(self, data: bytes) -> None:
+        """Every RTCP datagram from the viewer (before aiortc parses it): its transport-cc
+        feedback and REMB go to the estimator. Never raises (the transport's receive loop)."""
+        estimator = self.estimator
+        if estimator is None:
+            return
+        try:
+            now = time.monotonic()
+            for pt, _, fci in feedback_packets(data):
+                if pt == RTCP_RTPFB:
+                    estimator.on_transport_feedback(fci, now)
+                elif bytes(fci[:4]) == b"REMB":
+                    estimator.on_remb(fci, now)
+        except Exception:
+            self.rtcp_errors += 1
+            if self.rtcp_errors == 1:
+                log.exception("viewer %s: RTCP feedback not understood", self.id)
 
     @property
     def connected_at(self) -> float | None:
@@ -173,7 +215,7 @@ class ViewerService:
         f = self.finished
         total = dataclasses.replace(f)
         for s in self.sessions.values():
-            total.add_viewer(s.viewer, s.senders.values(), s.keyframe_gate)
+            total.add_viewer(s.viewer, s.senders.values(), s.keyframe_gate, s.estimator)
         return total
 
     def count(self, room: str | None = None, *, audience_only: bool = False) -> int:
@@ -226,6 +268,8 @@ class ViewerService:
         session = ViewerSession(
             sid, room, grant, pc, hub, viewer, new_etag(), PeerLifecycle(pc, timers)
         )
+        if direct:
+            session.estimator = BandwidthEstimator()
         try:
             for kind, spec in hub.codecs.items():
                 if kind not in summary.codecs:
@@ -250,7 +294,7 @@ class ViewerService:
                 pc,
                 strip_mdns_candidates(offer_sdp),
                 self.limits.candidates,
-                prepare=self._transport.prepare_answer,
+                prepare=lambda pc: self._prepare_answer(session, pc),
             )
         except BaseException:
             viewer.close()
@@ -275,6 +319,13 @@ class ViewerService:
         )
         return session
 
+    async def _prepare_answer(self, session: ViewerSession, pc: RTCPeerConnection) -> None:
+        await self._transport.prepare_answer(pc)
+        if session.estimator is not None:
+            if self.limits.transport_cc:
+                session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
+            tap_rtcp(pc, session.on_rtcp_data)
+
     def _direct_sender(
         self, session: ViewerSession, sender: RTCRtpSender, queue: ViewerQueue
     ) -> DirectSender:
@@ -292,6 +343,9 @@ class ViewerService:
             on_ready=ready,
             native=self.limits.native,
             retransmit=self.limits.retransmit,
+            estimator=session.estimator,
+            # the video's receiver reports (the audio's when there is no video)
+            reports_to_estimator=queue.kind == "video" or "video" not in session.hub.codecs,
         )
         return direct
 
@@ -362,7 +416,9 @@ class ViewerService:
             return
         session.hub.remove_viewer(session.viewer)
         self._policy.forget(session.id)
-        self.finished.add_viewer(session.viewer, session.senders.values(), session.keyframe_gate)
+        self.finished.add_viewer(
+            session.viewer, session.senders.values(), session.keyframe_gate, session.estimator
+        )
         self.finished.sessions += 1
         session.life.end("closed")
         for sender in session.senders.values():

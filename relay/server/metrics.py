@@ -7,7 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from relay.ops.gc_pauses import GcPauses
@@ -15,6 +20,20 @@ from relay.ops.loop_lag import LoopLagMonitor
 from relay.rtc.viewers import ViewerService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ESTIMATE_BUCKETS = (250e3, 500e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6)
+LOSS_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+RTT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0)
+SOURCES = ("twcc", "remb", "rr", "none")
+
+
+def histogram(
+    name: str, doc: str, values: list[float], buckets: tuple[float, ...]
+) -> HistogramMetricFamily:
+    """A histogram of the live viewers' current values (read at scrape time)."""
+    counts = [sum(1 for v in values if v <= bound) for bound in buckets]
+    cumulative = [(repr(bound), float(c)) for bound, c in zip(buckets, counts, strict=True)]
+    cumulative.append(("+Inf", float(len(values))))
+    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=float(sum(values)))
 
 
 class NodeCollector(Collector):
@@ -70,8 +89,22 @@ class NodeCollector(Collector):
                 eg.keyframe_requests_suppressed,
             ),
         )
+        counters += (
+            (
+                "stagecast_viewer_transport_feedbacks",
+                "Transport-cc feedback packets taken from viewers",
+                eg.transport_feedbacks,
+            ),
+            ("stagecast_viewer_rembs", "REMB packets taken from viewers", eg.rembs),
+            (
+                "stagecast_viewer_feedback_malformed",
+                "Viewers' congestion feedback packets that did not parse",
+                eg.feedback_malformed,
+            ),
+        )
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
+        yield from self._estimates()
         yield GaugeMetricFamily(
             "stagecast_event_loop_lag_seconds", "Last event-loop lag", self._lag.last_lag
         )
@@ -94,6 +127,36 @@ class NodeCollector(Collector):
                 longest.add_metric([str(g)], self._gc.longest[g])
             yield pauses
             yield longest
+
+    def _estimates(self) -> Iterator[Metric]:
+        """The live viewers' bandwidth estimates: how many by source, and their spread."""
+        estimates = [s.estimate for s in self._viewers.sessions.values()]
+        by_source = GaugeMetricFamily(
+            "stagecast_viewer_estimate_source",
+            "Live viewers by the source of their bandwidth estimate",
+            labels=["source"],
+        )
+        for source in SOURCES:
+            by_source.add_metric([source], sum(1 for e in estimates if e.source == source))
+        yield by_source
+        yield histogram(
+            "stagecast_viewer_estimate_bps",
+            "Live viewers' bandwidth estimates (bits/s)",
+            [float(e.target_bps) for e in estimates if e.target_bps is not None],
+            ESTIMATE_BUCKETS,
+        )
+        yield histogram(
+            "stagecast_viewer_loss_fraction",
+            "Live viewers' packet loss (transport-cc over the last second, else receiver reports)",
+            [e.loss_fraction for e in estimates if e.source != "none"],
+            LOSS_BUCKETS,
+        )
+        yield histogram(
+            "stagecast_viewer_rtt_seconds",
+            "Live viewers' round trip from receiver reports",
+            [e.rtt for e in estimates if e.rtt is not None],
+            RTT_BUCKETS,
+        )
 
 
 def build_registry(*collectors: Collector) -> CollectorRegistry:

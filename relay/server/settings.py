@@ -43,18 +43,26 @@ class MediaSettings(BaseModel):
     reassembly_wait: float = Field(0.1, gt=0, le=2)
     """How long a missing packet may hold back later frames before they are skipped."""
     rtx_max_age: float = Field(2.0, gt=0, le=10)
-    """A viewer's NACKed packet is sent again only if it can arrive (its frame's age plus half
+    """A viewer's NACKed keyframe packet is sent again only if it can arrive (its frame's age plus half
     the viewer's round trip) within this many seconds of its frame: later it cannot be played.
     Not shorter: a viewer on a lossy link may take a second or more to complete a keyframe
     (each retransmission can be lost too), and until it has one it shows nothing (0.5 s left a
     viewer at 30 % loss without a picture after a rendition switch:
     tests/live/test_rendition_fallback.py)."""
+    rtx_playout: float = Field(0.25, gt=0, le=10)
+    """Any other NACKed packet only within this many seconds plus 1.5 round trips of its frame
+    (capped by ``rtx_max_age``): a receiver holds a frame about that long; a later packet is
+    decoded too late or makes the viewer's jitter buffer grow (issue 17)."""
     rtx_share: float = Field(0.25, ge=0, le=1)
     """Retransmissions to a viewer may take at most this share of the media bytes sent to it."""
     viewer_keyframe_backoff: float = Field(8.0, ge=0, le=120)
     """A viewer that keeps asking for keyframes (PLI) is heard ever less often, down to once per
     this many seconds, so a viewer whose link the stream does not fit cannot make the anchor
     send keyframes for the whole room; 0: every request goes on (to the room's coalescing)."""
+    viewer_transport_cc: bool = True
+    """Answer transport-cc (the transport-wide sequence number extension and its feedback) when
+    a viewer offers it (Chromium, Firefox): its feedback drives the viewer's bandwidth
+    estimate (``GET /v1/rooms/{room}/viewers``, /metrics); without it, REMB or receiver reports."""
     native_send: bool = True
     """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells

@@ -71,6 +71,29 @@ def test_c_loop_sends_what_the_python_loop_sends(family: int, gso: bool) -> None
         assert plain[12:] == templates[i][12:] and plain[1] == templates[i][1]
 
 
+@pytest.mark.skipif(not NATIVE, reason="the C send loop is not built")
+def test_both_loops_write_transport_wide_sequence_numbers() -> None:
+    """Packet i of the frame gets ``twcc_seq + i`` (wrapping at 2^16) at the extension's offset;
+    an offset past a packet is refused before anything is sent."""
+    ext = bytes([0x90, 96]) + bytes(10) + bytes([0xBE, 0xDE, 0, 1, 0x51, 0, 0, 0])  # id 5, len 2
+    templates = tuple(ext + bytes([i]) * size for i, size in enumerate(FRAME))
+    wire: dict[bool, list[bytes]] = {}
+    for native in (True, False):
+        rx, tx, addr = _pair(socket.AF_INET)
+        with rx, tx:
+            writer = new_srtp_writer(_session(), tx, addr, native=native)
+            writer.send(templates, RUNS, 7, 8, SSRC, True, 17, 0xFFFD)
+            wire[native] = _received(rx, len(templates))
+            with pytest.raises(ValueError):
+                writer.send(_templates([40]), ((0, 1),), 0, 0, SSRC, True, 39, 0)
+    assert wire[True] == wire[False]
+    inbound = _session(Policy.SSRC_ANY_INBOUND)
+    for i, datagram in enumerate(wire[True]):
+        plain = inbound.unprotect(datagram)
+        assert struct.unpack_from("!H", plain, 17)[0] == (0xFFFD + i) & 0xFFFF
+        assert plain[19:] == templates[i][19:]
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["c-loop", "python-loop"])
 def test_gso_refusal_sends_the_run_datagram_by_datagram(native: bool) -> None:
     if native and not NATIVE:
