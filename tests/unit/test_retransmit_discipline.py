@@ -8,8 +8,17 @@ import itertools
 
 import pytest
 
+from relay.media.frames import CodecSpec, EncodedFrame
+from relay.media.hub import FanoutHub
 from relay.media.keyframe_gate import KeyframeGate
-from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict
+from relay.media.retransmit import (
+    MIN_SHARE,
+    RetransmitBudget,
+    RetransmitLimits,
+    Verdict,
+    rtx_allowance,
+)
+from relay.media.stream_key import StreamKey
 
 SIZE = 1200
 
@@ -25,6 +34,74 @@ def test_a_packet_that_cannot_arrive_before_its_deadline_is_not_resent() -> None
     assert b.decide(2, SIZE, age=0.25, rtt=0.2, now=0.0) is Verdict.LATE  # 0.35 s at arrival
     assert b.decide(3, SIZE, age=0.31, rtt=None, now=0.0) is Verdict.LATE
     assert b.refused[Verdict.LATE] == 2
+
+
+def test_the_deadline_follows_the_round_trip_and_keyframes_get_longer() -> None:
+    """A delta frame's packet is worth resending for ``playout`` + 1.5 RTT; a keyframe's up to
+    ``max_age`` (without it the viewer shows nothing)."""
+    limits = RetransmitLimits(max_age=2.0, playout=0.25, playout_rtts=1.5)
+    b = RetransmitBudget(limits)
+    # 40 ms RTT: deadline 0.31 s after the frame, checked at arrival (age + 20 ms)
+    assert b.decide(1, SIZE, age=0.28, rtt=0.04, now=0.0) is Verdict.SEND
+    assert b.decide(2, SIZE, age=0.30, rtt=0.04, now=0.0) is Verdict.LATE
+    assert b.decide(3, SIZE, age=0.30, rtt=0.04, now=0.0, keyframe=True) is Verdict.SEND
+    # 300 ms RTT: the receiver waits longer, so do we (0.7 s)
+    assert b.decide(4, SIZE, age=0.5, rtt=0.3, now=0.0) is Verdict.SEND
+    assert b.decide(5, SIZE, age=0.6, rtt=0.3, now=0.0) is Verdict.LATE
+    # a keyframe's packet: up to max_age, never later
+    assert b.decide(6, SIZE, age=1.8, rtt=0.3, now=0.0, keyframe=True) is Verdict.SEND
+    assert b.decide(7, SIZE, age=1.9, rtt=0.3, now=0.0, keyframe=True) is Verdict.LATE
+    assert limits.deadline(None, keyframe=False) == 0.25  # no RTT yet
+    assert limits.deadline(5.0, keyframe=False) == 2.0  # capped by max_age
+
+
+def test_retransmissions_stay_within_what_the_estimate_leaves() -> None:
+    """A 1 Mbps estimate with 0.9 Mbps of media leaves 100 kbps: NACKs for everything (a
+    starved viewer) get about that, however much the share of the stream would allow."""
+    assert rtx_allowance(None, 5e5, 0.25) is None
+    assert rtx_allowance(1_000_000, 900_000, 0.25) == pytest.approx(100_000)
+    assert rtx_allowance(1_000_000, 100_000, 0.25) == pytest.approx(250_000)  # the share caps
+    assert rtx_allowance(1_000_000, 2_000_000, 0.25) == pytest.approx(MIN_SHARE * 1_000_000)
+    b = RetransmitBudget(RetransmitLimits(share=1.0, burst=10**9))
+    b.tokens = 1e9  # the stream's share allows anything: the estimate is what limits
+    resent = 0
+    for i in range(3000):  # 10 s, every packet NACKed
+        now = i / 300
+        verdict = b.decide(i, SIZE, age=0.02, rtt=0.05, now=now, allowance_bps=100_000)
+        resent += SIZE if verdict is Verdict.SEND else 0
+    rate = resent * 8 / 10
+    assert 80_000 <= rate <= 100_000 + 2 * 1500 * 8 / 10, rate
+    assert b.refused[Verdict.OVER_BUDGET] > 2000
+
+
+def test_a_starved_viewer_cannot_make_the_room_send_more_than_one_keyframe_per_interval() -> None:
+    """One viewer PLIs 20 times a second for 60 s; its gate and the hub's coalescing together
+    let at most one request per ``keyframe_interval`` reach the anchor, and after the backoff
+    far fewer. Its queue overflowing (the other path to the anchor) is coalesced the same way."""
+    clock = [0.0]
+    hub = FanoutHub(
+        StreamKey("room"),
+        {"video": CodecSpec("video", "H264", 90000)},
+        keyframe_interval=1.0,
+        video_queue_frames=2,
+        clock=lambda: clock[0],
+    )
+    asked: list[float] = []
+    hub.set_keyframe_requester(lambda: asked.append(clock[0]))
+    starved = hub.add_viewer("starved")  # never drained: its queue overflows
+    gate = KeyframeGate(interval=0.5, max_interval=8.0)
+    for step in range(1200):
+        clock[0] = step / 20
+        if gate.request(clock[0]):
+            hub.request_keyframe()
+        if step % 2 == 0:
+            key = step % 60 == 0
+            frame = EncodedFrame("video", "H264", step * 3000, (b"x",), b"x", key, clock[0])
+            hub.publish(frame)
+    assert starved.queues["video"].overflows > 0
+    gaps = [b - a for a, b in itertools.pairwise(asked)]
+    assert min(gaps) >= 1.0 - 1e-9
+    assert len(asked) <= 61
 
 
 def test_a_packet_is_resent_at_most_once_per_round_trip() -> None:
