@@ -14,6 +14,7 @@ Python one), in three variants, interleaved so machine load hits them alike:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import time
 
@@ -70,17 +71,13 @@ def run(frames: int, native: bool) -> dict[str, float]:
             if variant == "twcc":
                 now = time.monotonic()
                 first = estimator.record(packets.sizes, now)
-                try:
+                with contextlib.suppress(BlockingIOError):
                     writer.send(packets.templates, packets.runs, seq, ts, 1234, True, offset, first)
-                except BlockingIOError:
-                    pass
                 estimator.sent(f.size, now)
             else:
                 now = time.monotonic()
-                try:
+                with contextlib.suppress(BlockingIOError):
                     writer.send(packets.templates, packets.runs, seq, ts, 1234, True)
-                except BlockingIOError:
-                    pass
                 if variant == "estimate":
                     estimator.sent(f.size, now)
             spent[variant] += clock() - t0
@@ -96,13 +93,13 @@ def run(frames: int, native: bool) -> dict[str, float]:
     # the bookkeeping alone, without the send's noise (the kernel's loopback delivery)
     sizes = cache.packets(frame(1), PROFILE, tid).sizes
     t0 = clock()
-    for i in range(frames):
+    for _ in range(frames):
         now = time.monotonic()
         estimator.record(sizes, now)
         estimator.sent(9000, now)
     result["twcc bookkeeping"] = (clock() - t0) / frames * 1e6
     t0 = clock()
-    for i in range(frames):
+    for _ in range(frames):
         estimator.sent(9000, time.monotonic())
     result["estimate bookkeeping"] = (clock() - t0) / frames * 1e6
     return result
