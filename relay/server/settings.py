@@ -44,8 +44,8 @@ class MediaSettings(BaseModel):
     """How long a missing packet may hold back later frames before they are skipped."""
     rtx_max_age: float = Field(2.0, gt=0, le=10)
     """A viewer's NACKed keyframe packet is sent again only if it can arrive (its frame's age
-    plus half the viewer's round trip) within this many seconds of its frame: later it cannot be played.
-    Not shorter: a viewer on a lossy link may take a second or more to complete a keyframe
+    plus half the viewer's round trip) within this many seconds of its frame: later it cannot
+    be played. Not shorter: a viewer on a lossy link may take a second or more to complete a keyframe
     (each retransmission can be lost too), and until it has one it shows nothing (0.5 s left a
     viewer at 30 % loss without a picture after a rendition switch:
     tests/live/test_rendition_fallback.py)."""
