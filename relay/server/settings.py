@@ -45,9 +45,9 @@ class MediaSettings(BaseModel):
     rtx_max_age: float = Field(2.0, gt=0, le=10)
     """A viewer's NACKed keyframe packet is sent again only if it can arrive (its frame's age
     plus half the viewer's round trip) within this many seconds of its frame: later it cannot
-    be played. Not shorter: a viewer on a lossy link may take a second or more to complete a keyframe
-    (each retransmission can be lost too), and until it has one it shows nothing (0.5 s left a
-    viewer at 30 % loss without a picture after a rendition switch:
+    be played. Not shorter: a viewer on a lossy link may take a second or more to complete a
+    keyframe (each retransmission can be lost too), and until it has one it shows nothing (0.5 s
+    left a viewer at 30 % loss without a picture after a rendition switch:
     tests/live/test_rendition_fallback.py)."""
     rtx_playout: float = Field(0.25, gt=0, le=10)
     """Any other NACKed packet only within this many seconds plus 1.5 round trips of its frame

@@ -57,8 +57,10 @@ async def test_transport_cc_is_answered_to_chromium_and_aiortc_viewers_get_an_es
         await c.delete(chromium.headers["location"])
 
         aiortc = await c.post(f"/whep/{room}", content=await make_offer("recvonly"), headers=SDP)
-        assert aiortc.status_code == 201 and TWCC not in aiortc.text and "transport-cc" not in (
-            aiortc.text
+        assert (
+            aiortc.status_code == 201
+            and TWCC not in aiortc.text
+            and "transport-cc" not in (aiortc.text)
         )
         await c.delete(aiortc.headers["location"])
 
