@@ -382,10 +382,8 @@ class BandwidthEstimator:
             self._increasing = False  # hold: the queues are draining
         elif not self._increasing:
             self._increasing = True  # normal after a hold: increase from the next feedback
-        else:
-            target = target * growth
-            if loss < LOSS_HIGH:
-                target = max(target, acked)
+        else:  # what just got through without queueing fits; loss is the other rule's
+            target = max(target * growth, acked)
         self._delay_target = min(target, cap)
         # loss-based
         loss_target = self._loss_target if self._loss_target is not None else acked

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from bench.netbed import netns
 from bench.netbed.bed import GATEWAY_ADDRESS, NetBed
 from bench.netbed.probe import EchoServer, echo, udp_flow
 from bench.netbed.profiles import Profile, profile
-from bench.netbed.room import BedRoom
+from bench.netbed.room import ROOT, BedRoom
 
 UNAVAILABLE = netns.why_unavailable()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no test bed: {UNAVAILABLE}")
@@ -152,3 +153,44 @@ def test_a_viewer_the_stream_does_not_fit_cannot_storm_the_anchor_or_its_link() 
     assert gw["rtx_late"] + gw["rtx_repeat"] + gw["rtx_over_budget"] > 0
     assert gw["keyframe_requests_suppressed"] > 0
     assert after["keyframes_in"] - before["keyframes_in"] <= 12  # ~1 per s at most
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_chromium_viewer_behind_1_mbit_is_estimated_below_it() -> None:
+    """A 1.5 Mbps room watched by Chromium through a 1 Mbit/s link: its transport-cc feedback
+    brings the gateway's estimate of that viewer below 1.2 Mbit/s within seconds, and it stays
+    there."""
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("chromium is not installed")
+    seconds = 20.0
+    samples: list[dict[str, object]] = []
+    with NetBed({"anchor": CLEAN, "thin": profile("1mbps")}) as bed:
+        room = BedRoom(bed)
+        try:
+            room.start()
+            proc = bed.popen(
+                bed.legs["thin"].ns,
+                [sys.executable, "-m", "bench.netbed.chromium", room.base_url, room.room,
+                 "--seconds", str(seconds)],
+                env={"PYTHONPATH": str(ROOT)},
+            )  # fmt: skip
+            deadline = time.monotonic() + seconds + 40
+            while proc.poll() is None and time.monotonic() < deadline:
+                viewers = list(room.viewer_counters().values())
+                if viewers:
+                    samples.append({"t": time.monotonic(), **viewers[0]})
+                time.sleep(0.5)
+            assert proc.stdout is not None
+            played = proc.stdout.read()
+        finally:
+            room.close()
+    twcc = [s for s in samples if s["estimate_source"] == "twcc"]
+    assert twcc, samples[-3:]
+    start = float(twcc[0]["t"])  # type: ignore[arg-type]
+    settled = [s["estimate_bps"] for s in twcc if float(s["t"]) - start >= 5.0]  # type: ignore[arg-type]
+    assert len(settled) >= 10, (len(settled), played)
+    assert all(isinstance(b, int) and b < 1_200_000 for b in settled), settled
+    # not collapsed either: the stream's own stalls (the viewer waits for keyframes) dip it
+    assert sorted(settled)[len(settled) // 2] >= 300_000, settled  # type: ignore[operator]
+    assert all(s["transport_cc"] for s in twcc)
