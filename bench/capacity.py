@@ -164,12 +164,16 @@ async def gc_figures(base_url: str) -> tuple[int, float] | None:
     return int(counts[2]), float(longest[2])
 
 
-async def start_fleet(children: Children, base_url: str, procs: int, cpus: str) -> LoadFleet:
+async def start_fleet(
+    children: Children, base_url: str, procs: int, cpus: str, transport_cc: bool = False
+) -> LoadFleet:
     workers = []
     for i in range(procs):
         argv = ["taskset", "-c", cpus, sys.executable, "-m", "bench.load_viewers"]
         argv += ["--base-url", base_url, "--room", ROOM, "--loop", "uvloop", "--light"]
         argv += ["--concurrency", "8"]
+        if transport_cc:
+            argv.append("--transport-cc")
         workers.append(LoadWorker(await children.start(f"light{i}", argv, pipes=True)))
     return LoadFleet(workers)
 
@@ -338,7 +342,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
         )
         await asyncio.sleep(2.0)
         probe = await whep_watch(url, ROOM, timeout=20)
-        fleet = await start_fleet(children, url, args.procs, args.client_cpus)
+        fleet = await start_fleet(children, url, args.procs, args.client_cpus, args.transport_cc)
         clients = [psutil.Process(os.getpid()), *fleet.processes()]
         if args.target == "edge":
             clients.append(origin.ps)
@@ -428,6 +432,11 @@ def main() -> None:
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--client-cpus", default="1")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--transport-cc",
+        action="store_true",
+        help="light viewers offer transport-cc (the server numbers and records every packet)",
+    )
     parser.add_argument(
         "--shared-port",
         action="store_true",

@@ -63,6 +63,23 @@ class SocketCounter:
             self.packets += 1
 
 
+TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
+def offer_transport_cc(sdp: str) -> str:
+    """aiortc's offer with transport-cc added as Chromium offers it (extension id 4, the
+    ``transport-cc`` rtcp-fb on every codec with NACK), so the server numbers and records
+    every packet for these viewers as for a browser. (The viewers never send the feedback.)"""
+    out = []
+    for line in sdp.splitlines():
+        out.append(line)
+        if line.startswith("a=extmap:1 "):
+            out.append(f"a=extmap:4 {TWCC_URI}")
+        elif line.startswith("a=rtcp-fb:") and line.endswith(" nack"):
+            out.append(line.removesuffix(" nack") + " transport-cc")
+    return "\r\n".join(out) + "\r\n"
+
+
 class LoadPool:
     def __init__(
         self,
@@ -73,9 +90,11 @@ class LoadPool:
         join_timeout: float,
         light: bool = False,
         janus: bool = False,
+        transport_cc: bool = False,
     ) -> None:
         self.base_url = base_url
         self.janus = janus
+        self.transport_cc = transport_cc
         self.room = room
         self.viewers: list[Viewer] = []
         self.light = light
@@ -92,7 +111,11 @@ class LoadPool:
                     viewer: Viewer = await janus_watch(self.base_url, timeout=self._join_timeout)
                 else:
                     viewer = await whep_watch(
-                        self.base_url, self.room, decode=False, timeout=self._join_timeout
+                        self.base_url,
+                        self.room,
+                        decode=False,
+                        timeout=self._join_timeout,
+                        offer_transform=offer_transport_cc if self.transport_cc else None,
                     )
             except Exception as exc:
                 log.warning("viewer failed to join: %r", exc)
@@ -174,6 +197,7 @@ async def serve(args: argparse.Namespace) -> None:
         join_timeout=args.join_timeout,
         light=args.light,
         janus=args.janus,
+        transport_cc=args.transport_cc,
     )
     try:
         while True:
@@ -210,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         "--janus", action="store_true", help="watch Janus's streaming mountpoint at --base-url"
     )
     parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
+    parser.add_argument(
+        "--transport-cc", action="store_true", help="offer transport-cc as Chromium does"
+    )
     args = parser.parse_args(argv)
     if args.nice:
         os.nice(args.nice)  # before any thread exists, so that every thread inherits it

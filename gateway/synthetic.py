@@ -245,16 +245,21 @@ def _prefer(transceiver: Any, codec: str | None) -> None:
 
 
 async def offer_answer(
-    pc: RTCPeerConnection, client: httpx.AsyncClient, path: str, headers: dict[str, str]
+    pc: RTCPeerConnection,
+    client: httpx.AsyncClient,
+    path: str,
+    headers: dict[str, str],
+    transform: Callable[[str], str] | None = None,
 ) -> httpx.Response:
-    """The WHIP/WHEP exchange: POST ``pc``'s offer (made here unless the caller already set it)
-    to ``path``, apply the answer; the response carries the session's Location. Raises
-    httpx.HTTPStatusError on refusal."""
+    """The WHIP/WHEP exchange: POST ``pc``'s offer (made here unless the caller already set it;
+    rewritten by ``transform`` on the way) to ``path``, apply the answer; the response carries
+    the session's Location. Raises httpx.HTTPStatusError on refusal."""
     if pc.localDescription is None:
         await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
     resp = await client.post(
         path,
-        content=pc.localDescription.sdp,
+        content=offer if transform is None else transform(offer),
         headers={**headers, "Content-Type": "application/sdp"},
     )
     resp.raise_for_status()
@@ -386,9 +391,11 @@ async def whep_watch(
     decode: bool = True,
     timeout: float = 10.0,
     on_frame: Callable[[float], None] | None = None,
+    offer_transform: Callable[[str], str] | None = None,
 ) -> Viewer:
     """Pull ``/whep/{room}``; decode=False counts frames without decoding (cheap, for load);
-    ``on_frame`` sees the time of each decoded video frame."""
+    ``on_frame`` sees the time of each decoded video frame; ``offer_transform`` rewrites the
+    offer sent (e.g. to offer what aiortc does not, for the server's sake)."""
     pc = RTCPeerConnection(rtc_configuration(()))
     client = httpx.AsyncClient(base_url=base_url, timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -396,7 +403,7 @@ async def whep_watch(
         transceivers = [pc.addTransceiver(kind, direction="recvonly") for kind in kinds]
         await pc.setLocalDescription(await pc.createOffer())
         joined = time.monotonic()  # time to first frame counts from the POST
-        resp = await offer_answer(pc, client, f"/whep/{room}", headers)
+        resp = await offer_answer(pc, client, f"/whep/{room}", headers, offer_transform)
         viewer = Viewer(pc, resp.headers["location"], client, headers, joined, on_frame=on_frame)
         for t in transceivers:
             if decode:
