@@ -39,6 +39,10 @@ MAX_BPS = 100_000_000
 HISTORY = 1024  # packets remembered for feedback: ~4 s of a 2.5 Mbps stream with its audio
 HISTORY_AGE = 5.0  # seconds after which a sent packet's feedback is ignored
 BURST = 0.005  # packets sent within this many seconds form one group
+DELAY_MIN_SIZE = 300
+"""Packets smaller than this (audio) count for loss and rate but not in the delay filter: a
+group per audio packet would more than double the filter's work (per viewer) for what the
+video's groups already tell."""
 MAX_GAP = 5.0  # seconds: a larger jump between groups' arrivals resets the delay filter
 TWCC_FRESH = 2.0  # seconds a source's last feedback counts for
 REMB_FRESH = 5.0
@@ -159,9 +163,14 @@ class _Buckets:
 
 
 class _Trendline:
-    """Delay-gradient trendline and overuse detector (libwebrtc's TrendlineEstimator, small)."""
+    """Delay-gradient trendline and overuse detector (libwebrtc's TrendlineEstimator, small).
+
+    The least-squares slope over the last ``WINDOW`` points is kept with running sums (this
+    runs per packet group and viewer), recomputed exactly every ``RESUM`` points so that
+    rounding cannot drift."""
 
     WINDOW = 20
+    RESUM = 256
     SMOOTHING = 0.9
     GAIN = 4.0
     K_UP = 0.0087
@@ -174,8 +183,10 @@ class _Trendline:
         self.accumulated = 0.0
         self.smoothed = 0.0
         self.deltas = 0
-        self.points: deque[tuple[float, float]] = deque(maxlen=self.WINDOW)
-        self.first_arrival: float | None = None
+        self.points: deque[tuple[float, float]] = deque()
+        self.origin: float | None = None  # arrival (ms) that x is measured from
+        self._sx = self._sy = self._sxx = self._sxy = 0.0
+        self._since_resum = 0
         self.threshold = 12.5
         self.last_threshold_update: float | None = None
         self.over_time = -1.0
@@ -186,14 +197,43 @@ class _Trendline:
     def update(self, delay_ms: float, send_delta_ms: float, arrival_ms: float) -> Usage:
         self.deltas = min(self.deltas + 1, 1000)
         self.accumulated += delay_ms
-        self.smoothed = self.SMOOTHING * self.smoothed + (1 - self.SMOOTHING) * self.accumulated
-        if self.first_arrival is None:
-            self.first_arrival = arrival_ms
-        self.points.append((arrival_ms - self.first_arrival, self.smoothed))
-        if len(self.points) == self.WINDOW:
-            trend = min(self.deltas, 60) * _slope(self.points) * self.GAIN
-            self._detect(trend, send_delta_ms, arrival_ms)
+        self.smoothed = y = self.SMOOTHING * self.smoothed + (1 - self.SMOOTHING) * self.accumulated
+        if self.origin is None:
+            self.origin = arrival_ms
+        x = arrival_ms - self.origin
+        points = self.points
+        points.append((x, y))
+        self._sx += x
+        self._sy += y
+        self._sxx += x * x
+        self._sxy += x * y
+        if len(points) > self.WINDOW:
+            ox, oy = points.popleft()
+            self._sx -= ox
+            self._sy -= oy
+            self._sxx -= ox * ox
+            self._sxy -= ox * oy
+        self._since_resum += 1
+        if self._since_resum >= self.RESUM:
+            self._resum()
+        if len(points) == self.WINDOW:
+            n = self.WINDOW
+            den = n * self._sxx - self._sx * self._sx
+            slope = (n * self._sxy - self._sx * self._sy) / den if den > 0 else 0.0
+            self._detect(min(self.deltas, 60) * slope * self.GAIN, send_delta_ms, arrival_ms)
         return self.usage
+
+    def _resum(self) -> None:
+        """Exact sums again, with x measured from the oldest point kept."""
+        shift = self.points[0][0]
+        assert self.origin is not None
+        self.origin += shift
+        self.points = deque((x - shift, y) for x, y in self.points)
+        self._sx = sum(x for x, _ in self.points)
+        self._sy = sum(y for _, y in self.points)
+        self._sxx = sum(x * x for x, _ in self.points)
+        self._sxy = sum(x * y for x, y in self.points)
+        self._since_resum = 0
 
     def _detect(self, trend: float, send_delta_ms: float, now_ms: float) -> None:
         if trend > self.threshold:
@@ -222,12 +262,13 @@ class _Trendline:
         self.threshold = min(600.0, max(6.0, threshold))
 
 
-def _slope(points: deque[tuple[float, float]]) -> float:
+def slope(points: list[tuple[float, float]] | deque[tuple[float, float]]) -> float:
+    """Least-squares slope, computed plainly (the reference for the running sums)."""
     n = len(points)
-    mean_x = sum(p[0] for p in points) / n
-    mean_y = sum(p[1] for p in points) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    den = sum((x - mean_x) ** 2 for x, _ in points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    num = sum((x - mx) * (y - my) for x, y in points)
+    den = sum((x - mx) ** 2 for x, _ in points)
     return num / den if den else 0.0
 
 
@@ -250,8 +291,9 @@ class BandwidthEstimator:
         self._received = _Window()
         self._lost = _Window()
         self._trend = _Trendline()
-        # the open group: (first send, last send, last arrival); the previous completed group
-        self._group: tuple[float, float, float] | None = None
+        # the open group: (first send, last send, latest arrival; -1: none yet); the previous
+        # completed group's (send, arrival)
+        self._group: tuple[float, float, float] = (-1.0, -1.0, -1.0)
         self._prev: tuple[float, float] | None = None  # (send, arrival) of the last group
         self._delay_target: float | None = None
         self._loss_target: float | None = None
@@ -312,10 +354,14 @@ class BandwidthEstimator:
         received = lost = acked_bytes = 0
         usage = self._trend.usage
         base = feedback.base_sequence
+        # the open group (first send, last send, latest arrival), kept in locals: the per-packet
+        # path is a comparison; a completed group goes to the trendline
+        g_first, g_send, g_arrival = self._group
         for offset, arrival in enumerate(feedback.arrivals):
             seq = (base + offset) & 0xFFFF
             i = seq & (HISTORY - 1)
-            if seqs[i] != seq or now - times[i] > HISTORY_AGE:
+            send = times[i]
+            if seqs[i] != seq or now - send > HISTORY_AGE:
                 self.unknown += 1
                 continue
             if arrival is None:
@@ -326,8 +372,20 @@ class BandwidthEstimator:
                 continue  # reported twice
             acked[i] = 1
             received += 1
-            acked_bytes += lengths[i]
-            usage = self._arrival(times[i], arrival)
+            size = lengths[i]
+            acked_bytes += size
+            if size < DELAY_MIN_SIZE:
+                continue
+            if g_first >= 0 and send - g_first <= BURST:
+                g_send = send
+                if arrival > g_arrival:
+                    g_arrival = arrival
+                continue
+            if g_first >= 0:
+                usage = self._group_done(g_send, g_arrival)
+            g_first = g_send = send
+            g_arrival = arrival
+        self._group = (g_first, g_send, g_arrival)
         if received:
             self._acked_bytes.add(now, acked_bytes)
             self._received.add(now, received)
@@ -335,18 +393,8 @@ class BandwidthEstimator:
             self._lost.add(now, lost)
         self._update_twcc(usage, now)
 
-    def _arrival(self, send: float, arrival: float) -> Usage:
-        group = self._group
-        if group is None:
-            self._group = (send, send, arrival)
-            return self._trend.usage
-        first, _, last_arrival = group
-        if send - first <= BURST:
-            self._group = (first, send, max(last_arrival, arrival))
-            return self._trend.usage
-        # the open group is complete: compare it with the one before
-        _, group_send, group_arrival = group
-        self._group = (send, send, arrival)
+    def _group_done(self, group_send: float, group_arrival: float) -> Usage:
+        """A packet group is complete: compare it with the one before."""
         prev = self._prev
         self._prev = (group_send, group_arrival)
         if prev is None:
