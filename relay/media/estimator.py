@@ -217,11 +217,15 @@ class _Trendline:
         if self._since_resum >= self.RESUM:
             self._resum()
         if len(points) == self.WINDOW:
-            n = self.WINDOW
-            den = n * self._sxx - self._sx * self._sx
-            slope = (n * self._sxy - self._sx * self._sy) / den if den > 0 else 0.0
-            self._detect(min(self.deltas, 60) * slope * self.GAIN, send_delta_ms, arrival_ms)
+            trend = min(self.deltas, 60) * self.slope() * self.GAIN
+            self._detect(trend, send_delta_ms, arrival_ms)
         return self.usage
+
+    def slope(self) -> float:
+        """The least-squares slope of the points kept, from the running sums."""
+        n = len(self.points)
+        den = n * self._sxx - self._sx * self._sx
+        return (n * self._sxy - self._sx * self._sy) / den if den > 0 else 0.0
 
     def _resum(self) -> None:
         """Exact sums again, with x measured from the oldest point kept."""

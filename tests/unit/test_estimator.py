@@ -16,7 +16,14 @@ from relay.media.cc_feedback import (
     parse_remb,
     parse_transport_feedback,
 )
-from relay.media.estimator import MAX_BPS, MIN_BPS, BandwidthEstimate, BandwidthEstimator
+from relay.media.estimator import (
+    MAX_BPS,
+    MIN_BPS,
+    BandwidthEstimate,
+    BandwidthEstimator,
+    _Trendline,
+    slope,
+)
 from tests.support.link_trace import Link, run_trace
 
 
@@ -78,6 +85,19 @@ def test_a_link_that_dips_to_400k_is_followed_down_and_back_up() -> None:
     assert all(t <= 500_000 for t in during), during
     after = settled(trace, 15.0)
     assert all(t >= 2_000_000 for t in after), after
+
+
+def test_the_trendlines_running_sums_match_a_plain_fit() -> None:
+    """Over an hour of groups (x grows to millions of ms, re-summed every 256 points)."""
+    rng = random.Random(11)
+    trend = _Trendline()
+    t = 0.0
+    for _ in range(120_000):
+        t += 33.3 + rng.uniform(-3, 3)
+        trend.update(rng.gauss(0, 2), 33.3, 1_000_000.0 + t)
+        if rng.random() < 0.01:
+            assert trend.slope() == pytest.approx(slope(trend.points), rel=1e-6, abs=1e-9)
+    assert trend.origin is not None and trend.origin > 1_000_000.0 + t - 60_000
 
 
 # -- the wire format ------------------------------------------------------------------------------
