@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 LOSSY_FRACTION = 0.1
 SR_INTERVAL = 0.2  # seconds between updates of the counters aiortc puts in sender reports
+ALLOWANCE_EVERY = 0.05  # seconds between two readings of the estimate for retransmissions
 
 
 def new_template_cache() -> TemplateCache:
@@ -110,6 +111,8 @@ class DirectSender:
         # found yet: read from the first frame's packets)
         self._twcc_offset = 0
         self._twcc_id: int | None = None
+        self._allowance: float | None = None  # retransmission bits/s the estimate allows
+        self._allowance_at = float("-inf")
         self.budget = RetransmitBudget(retransmit)
         self._clock_rate = 90000
         self._cache = cache
@@ -310,12 +313,15 @@ class DirectSender:
         size, age, keyframe = found
         now = time.monotonic()
         estimator = self.estimator
-        allowance = None
-        if estimator is not None:
+        allowance = self._allowance
+        if estimator is not None and now - self._allowance_at >= ALLOWANCE_EVERY:
+            # a NACK storm asks for thousands of packets a second: the estimate is read anew
+            # every ALLOWANCE_EVERY s, not per packet
             estimate = estimator.snapshot(now)
-            allowance = rtx_allowance(
+            allowance = self._allowance = rtx_allowance(
                 estimate.target_bps, estimate.sent_bps, self.budget.limits.share
             )
+            self._allowance_at = now
         verdict = self.budget.decide(
             sequence_number,
             size,
