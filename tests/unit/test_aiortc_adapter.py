@@ -25,11 +25,13 @@ from relay.rtc.adapter import (
     SUPPORTED,
     AdapterError,
     NodeCertificate,
+    accept_transport_cc,
     check_version,
     consent_timer,
     drop_receive_estimator,
     ice_transports,
     install_traffic_consent,
+    tap_rtcp,
     use_certificate,
 )
 from relay.rtc.peer import close_quietly, rtc_configuration
@@ -208,3 +210,54 @@ def test_shared_port_internals_exist() -> None:
     assert "a=ice-lite" in inspect.getsource(sdp.SessionDescription.__str__)
     start = inspect.getsource(RTCPeerConnection.setRemoteDescription)
     assert "ice_controlling = media.ice.iceLite" in start  # an offer from a full agent: controlled
+
+
+async def test_transport_cc_is_answered_and_rtcp_is_tapped() -> None:
+    """Chromium's WHEP offer: the answer carries the transport-wide sequence number extension
+    (the offer's id) and ``transport-cc`` on the codecs, and the send parameters have it (the
+    direct sender writes it); every RTCP datagram reaches the tap before aiortc parses it."""
+    from relay.media.cc_feedback import TRANSPORT_CC_URIS, build_remb
+    from tests.support.offers import fixture
+
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        video = pc.addTransceiver("video", direction="sendonly")
+        pc.addTransceiver("audio", direction="sendonly")
+        await pc.setRemoteDescription(
+            rtcpeerconnection.RTCSessionDescription(fixture("chromium_whep.sdp"), "offer")
+        )
+        assert accept_transport_cc(pc, TRANSPORT_CC_URIS)
+        assert accept_transport_cc(pc, TRANSPORT_CC_URIS)  # twice: nothing added twice
+        answer = sdp.SessionDescription.parse((await pc.createAnswer()).sdp)
+        for media in answer.media:
+            uris = [e.uri for e in media.rtp.headerExtensions]
+            assert uris.count(TRANSPORT_CC_URIS[0]) == 1, uris
+            for c in media.rtp.codecs:  # those Chromium offers it for: once each
+                want = int(c.name in ("VP8", "H264", "opus"))
+                assert [f.type for f in c.rtcpFeedback].count("transport-cc") == want, c
+        assert any(e.uri == TRANSPORT_CC_URIS[0] and e.id == 4 for e in video._headerExtensions)
+        seen: list[bytes] = []
+        tap_rtcp(pc, seen.append)
+        remb = build_remb(500_000, (1,))
+        for dtls, _ in ice_transports(pc):
+            await dtls._handle_rtcp_data(remb)
+        assert seen == [remb]
+    finally:
+        await close_quietly(pc)
+
+
+async def test_transport_cc_is_not_answered_to_an_offer_without_it() -> None:
+    from relay.media.cc_feedback import TRANSPORT_CC_URIS
+    from tests.support.offers import fixture
+
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        pc.addTransceiver("video", direction="sendonly")
+        pc.addTransceiver("audio", direction="sendonly")
+        await pc.setRemoteDescription(
+            rtcpeerconnection.RTCSessionDescription(fixture("aiortc_whep.sdp"), "offer")
+        )
+        assert not accept_transport_cc(pc, TRANSPORT_CC_URIS)
+        assert "transport-cc" not in (await pc.createAnswer()).sdp
+    finally:
+        await close_quietly(pc)
