@@ -307,10 +307,10 @@ def pair_remote_address(pair: Any) -> tuple[str, int]:
 # -- transport-cc ---------------------------------------------------------------------------------
 def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
     """Answer the transport-wide sequence number extension (any of ``uris``, with the offer's
-    id) and the ``transport-cc`` rtcp-fb of each codec that offers it, on every m-line of
-    ``pc``'s remote offer that has them; only when all of them share one transport (BUNDLE:
+    id) and the ``transport-cc`` rtcp-fb of each codec that offers it, on each m-line of
+    ``pc``'s remote offer that has them; only when all m-lines share one transport (BUNDLE:
     the sequence numbers are transport-wide). Call after ``setRemoteDescription``, before
-    the answer. True when it was accepted."""
+    the answer. True when it was accepted on some m-line."""
     remote = pc.remoteDescription
     if remote is None:
         return False
@@ -325,7 +325,7 @@ def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
             continue
         ext = next((e for e in media.rtp.headerExtensions if e.uri in uris), None)
         if ext is None:
-            return False  # every m-line or none: one sequence space for the transport
+            continue  # Firefox offers it on video only: its audio is not numbered
         fb = {
             c.payloadType
             for c in media.rtp.codecs

@@ -1,6 +1,6 @@
 """Each viewer's bandwidth estimate, over a real uvicorn: transport-cc answered to an offer that
-has it (Chromium's) and not to one without (aiortc's), an aiortc viewer estimated from REMB or
-receiver reports, all of it in the viewers listing and /metrics."""
+has it (Chromium's; Firefox's on video only) and not to one without (aiortc's), an aiortc viewer
+estimated from REMB or receiver reports, all of it in the viewers listing and /metrics."""
 
 from __future__ import annotations
 
@@ -55,6 +55,12 @@ async def test_transport_cc_is_answered_to_chromium_and_aiortc_viewers_get_an_es
         session = server.gateway.viewers.sessions[chromium.headers["location"].rsplit("/", 1)[1]]
         assert session.transport_cc
         await c.delete(chromium.headers["location"])
+
+        firefox = await c.post(f"/whep/{room}", content=fixture("firefox_whep.sdp"), headers=SDP)
+        assert firefox.status_code == 201, firefox.text
+        assert f"a=extmap:7 {TWCC}" in video_section(firefox.text)  # video only, as offered
+        assert TWCC not in next(s for s in firefox.text.split("m=")[1:] if s.startswith("audio"))
+        await c.delete(firefox.headers["location"])
 
         aiortc = await c.post(f"/whep/{room}", content=await make_offer("recvonly"), headers=SDP)
         assert (
