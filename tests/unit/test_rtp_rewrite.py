@@ -14,6 +14,7 @@ from relay.rtc.rtp_rewrite import (
     SendProfile,
     TemplateCache,
     build_templates,
+    extension_offset,
     extensions_map,
     gso_plan,
     gso_runs,
@@ -211,3 +212,40 @@ def test_templates_are_what_aiortc_serialises_packet_by_packet() -> None:
             got = build_templates(payloads, profile, send_time, ext_map)
             assert got == tuple(expected), (profile, count)
     assert build_templates((), PROFILE, 0, extensions_map(PROFILE)) == ()
+
+
+TWCC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
+def test_transport_wide_sequence_numbers_have_a_place_in_every_template() -> None:
+    """With transport-cc negotiated the templates carry the extension (value 0) at one offset,
+    which is where the send loop writes each packet's number; RTX copies carry it too."""
+    profile = SendProfile(96, "1", ((MID, 1), (AST, 2), (TWCC, 5)), rtx_payload_type=97)
+    assert profile.transport_cc_id == 5 and PROFILE.transport_cc_id is None
+    templates = TemplateCache(lambda: 0).templates(frame(3000), profile)
+    offsets = {extension_offset(t, 5) for t in templates}
+    assert len(offsets) == 1 and None not in offsets
+    offset = offsets.pop()
+    assert offset is not None
+    ext_map = extensions_map(profile)
+    packet = bytearray(templates[1])
+    packet[offset : offset + 2] = (0xBEEF).to_bytes(2, "big")
+    assert RtpPacket.parse(bytes(packet), ext_map).extensions.transport_sequence_number == 0xBEEF
+    assert extension_offset(TemplateCache(lambda: 0).templates(frame(1), PROFILE)[0], 5) is None
+    # an RTX copy gets its own transport-wide number at the same offset
+    r = RtpRewriter(7, profile, rtx_ssrc=8, rng=random.Random(3))
+    first, _ = r.assign(templates, 3000, keyframe=True)
+    rtx = r.retransmission((first + 1) & 0xFFFF, 0x1234, offset)
+    assert rtx is not None
+    assert RtpPacket.parse(rtx, ext_map).extensions.transport_sequence_number == 0x1234
+    assert r.lookup_packet((first + 1) & 0xFFFF) == (len(templates[1]), 0, True)
+
+
+def test_extension_offset_reads_two_byte_headers_and_refuses_the_rest() -> None:
+    two_byte = bytes([0x90, 96]) + bytes(10) + bytes([0x10, 0x00, 0, 2])
+    two_byte += bytes([3, 1, 0xAA, 0, 9, 2, 0xBB, 0xCC])  # id 3 (1 byte), padding, id 9 (2)
+    assert extension_offset(two_byte, 9) == 22 and extension_offset(two_byte, 3) == 18
+    assert extension_offset(two_byte, 4) is None
+    assert extension_offset(bytes([0x80, 96]) + bytes(10), 1) is None  # no extension block
+    other = bytes([0x90, 96]) + bytes(10) + bytes([0x12, 0x34, 0, 1, 0x51, 0, 0, 0])
+    assert extension_offset(other, 5) is None  # not RFC 8285
