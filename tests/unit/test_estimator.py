@@ -159,8 +159,15 @@ def test_random_bytes_never_raise_anything_but_feedback_errors() -> None:
         est.on_transport_feedback(body, 0.5)
         est.on_remb(body, 0.5)
         list(feedback_packets(body))
+    # valid feedback with bytes flipped: parses or is refused, nothing else
+    good = fci(build_transport_feedback(0, [0.1, None, 0.3, 9.0, -1.0] * 20))
+    for _ in range(3000):
+        body = bytearray(good)
+        for _ in range(rng.randrange(1, 4)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+        est.on_transport_feedback(bytes(body[: rng.randrange(len(body) + 1)]), 0.5)
     est.snapshot(0.5)
-    assert est.malformed > 0
+    assert est.malformed > 0 and est.feedbacks > 0
 
 
 def test_feedback_for_packets_never_sent_is_ignored() -> None:
