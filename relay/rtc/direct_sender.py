@@ -252,9 +252,9 @@ class DirectSender:
         now = time.monotonic()
         try:
             twcc = self._twcc_offset
+            if twcc < 0:
+                twcc = self._find_twcc_offset(packets.templates[0])
             if twcc and estimator is not None:
-                if twcc < 0:
-                    twcc = self._find_twcc_offset(packets.templates[0])
                 first = estimator.record(packets.sizes, now)
                 self.gso_sends += writer.send(
                     packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso, twcc, first
