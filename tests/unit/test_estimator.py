@@ -223,6 +223,19 @@ def test_remb_parses_and_is_the_source_without_transport_cc() -> None:
     assert est.snapshot(7.0).source == "none"  # stale
 
 
+def test_a_remb_below_a_clean_stream_is_not_taken_until_loss_confirms_it() -> None:
+    est = BandwidthEstimator()
+    for i in range(30):
+        est.sent(6000, i / 30)  # ~1.4 Mbps
+    est.on_receiver_report(0.0, 0.01, 1.0)
+    est.on_remb(fci(build_remb(100_000, (1,))), 1.0)
+    clean = est.snapshot(1.0)
+    assert clean.source == "remb"
+    assert clean.target_bps is not None and clean.target_bps >= 0.85 * clean.sent_bps
+    est.on_receiver_report(0.2, 0.01, 1.0)  # the viewer loses a fifth: the REMB is right
+    assert est.snapshot(1.0).target_bps == pytest.approx(100_000, rel=0.01)
+
+
 def test_receiver_reports_alone_give_a_loss_based_estimate() -> None:
     est = BandwidthEstimator()
     for i in range(30):
