@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -15,9 +15,16 @@ from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whi
 from tests.live.test_live_path import wait_for
 from tests.live.test_protocol import SDP, make_offer
 from tests.support.offers import fixture
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, run_server
 
 TWCC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    """Admission control off: on a loaded machine it would refuse these viewers (503)."""
+    with run_server(limits={"max_loop_lag": None, "max_loop_busy": None}) as srv:
+        yield srv
 
 
 @pytest.fixture
