@@ -183,6 +183,30 @@ def build_remb(bitrate: int, ssrcs: tuple[int, ...], *, sender_ssrc: int = 1) ->
     return struct.pack("!BBH", 0x80 | FMT_APP, RTCP_PSFB, len(body) // 4) + body
 
 
+def without_transport_feedback(data: bytes) -> bytes:
+    """The compound RTCP datagram without its transport-cc packets (what aiortc still needs:
+    it has no use for them, and parses each as a NACK list); ``data`` itself when it has none,
+    ``b""`` when it had nothing else. A malformed datagram is returned whole."""
+    view = memoryview(data)
+    pos = 0
+    n = len(data)
+    kept: list[memoryview] = []
+    dropped = False
+    while pos + 4 <= n:
+        first, pt, length = view[pos], view[pos + 1], _H.unpack_from(view, pos + 2)[0]
+        end = pos + 4 + 4 * length
+        if first >> 6 != 2 or end > n:
+            return data
+        if pt == RTCP_RTPFB and first & 0x1F == FMT_TRANSPORT_CC:
+            dropped = True
+        else:
+            kept.append(view[pos:end])
+        pos = end
+    if not dropped or pos != n:
+        return data
+    return b"".join(kept)
+
+
 def feedback_packets(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
     """(packet type, FMT/count, FCI after the two SSRCs) of each congestion-control feedback
     packet (transport-cc, REMB) in a compound RTCP datagram; stops quietly at a malformed

@@ -17,7 +17,8 @@ The hooks that make encoded forwarding possible:
   header extension and the ``transport-cc`` rtcp-fb are answered when a viewer offers them
   (aiortc's own lists lack them: the transceivers' negotiated ``_headerExtensions`` and
   ``_codecs`` get them added), and every decrypted RTCP datagram of a transport is shown to a
-  callback before aiortc parses it (its parser keeps no transport-cc feedback).
+  callback before aiortc parses it (its parser keeps no transport-cc feedback), which hands
+  aiortc only the rest.
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
@@ -347,17 +348,20 @@ def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
     return True
 
 
-def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], None]) -> None:
+def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], bytes]) -> None:
     """Show ``on_rtcp`` every RTCP datagram (decrypted, compound) ``pc``'s transports receive,
-    before aiortc parses it. ``on_rtcp`` must not raise."""
+    before aiortc parses it; aiortc gets what ``on_rtcp`` returns (nothing when empty).
+    ``on_rtcp`` must not raise. Install before ``install_traffic_consent`` (whose hook then
+    sees every datagram first)."""
     for dtls, _ in ice_transports(pc):
         if not hasattr(dtls, "_handle_rtcp_data"):
             raise AdapterError("RTCDtlsTransport internals changed: no _handle_rtcp_data")
         handle_rtcp = dtls._handle_rtcp_data
 
         async def rtcp(data: bytes, handle_rtcp: Any = handle_rtcp) -> None:
-            on_rtcp(data)
-            await handle_rtcp(data)
+            rest = on_rtcp(data)
+            if rest:
+                await handle_rtcp(rest)
 
         dtls._handle_rtcp_data = rtcp
 

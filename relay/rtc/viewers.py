@@ -16,7 +16,12 @@ from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
 from relay.auth.turn import NodeIce
 from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from relay.media.cc_feedback import RTCP_RTPFB, TRANSPORT_CC_URIS, feedback_packets
+from relay.media.cc_feedback import (
+    RTCP_RTPFB,
+    TRANSPORT_CC_URIS,
+    feedback_packets,
+    without_transport_feedback,
+)
 from relay.media.estimator import NO_ESTIMATE, BandwidthEstimate, BandwidthEstimator
 from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
@@ -148,23 +153,29 @@ class ViewerSession:
         estimator = self.estimator
         return NO_ESTIMATE if estimator is None else estimator.snapshot(time.monotonic())
 
-    def on_rtcp_data(self, data: bytes) -> None:
+    def on_rtcp_data(self, data: bytes) -> bytes:
         """Every RTCP datagram from the viewer (before aiortc parses it): its transport-cc
-        feedback and REMB go to the estimator. Never raises (the transport's receive loop)."""
+        feedback and REMB go to the estimator; returns what aiortc still gets (all but the
+        transport-cc packets, which it has no use for). Never raises (the transport's
+        receive loop)."""
         estimator = self.estimator
         if estimator is None:
-            return
+            return data
         try:
             now = time.monotonic()
+            twcc = False
             for pt, _, fci in feedback_packets(data):
                 if pt == RTCP_RTPFB:
+                    twcc = True
                     estimator.on_transport_feedback(fci, now)
                 elif bytes(fci[:4]) == b"REMB":
                     estimator.on_remb(fci, now)
+            return without_transport_feedback(data) if twcc else data
         except Exception:
             self.rtcp_errors += 1
             if self.rtcp_errors == 1:
                 log.exception("viewer %s: RTCP feedback not understood", self.id)
+            return data
 
     @property
     def connected_at(self) -> float | None:
@@ -320,11 +331,11 @@ class ViewerService:
         return session
 
     async def _prepare_answer(self, session: ViewerSession, pc: RTCPeerConnection) -> None:
-        await self._transport.prepare_answer(pc)
         if session.estimator is not None:
             if self.limits.transport_cc:
                 session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
-            tap_rtcp(pc, session.on_rtcp_data)
+            tap_rtcp(pc, session.on_rtcp_data)  # before the transport's consent hook
+        await self._transport.prepare_answer(pc)
 
     def _direct_sender(
         self, session: ViewerSession, sender: RTCRtpSender, queue: ViewerQueue

@@ -212,6 +212,13 @@ def test_shared_port_internals_exist() -> None:
     assert "ice_controlling = media.ice.iceLite" in start  # an offer from a full agent: controlled
 
 
+def _recorder(out: list[bytes]) -> object:
+    async def handle(data: bytes) -> None:
+        out.append(data)
+
+    return handle
+
+
 async def test_transport_cc_is_answered_and_rtcp_is_tapped() -> None:
     """Chromium's WHEP offer: the answer carries the transport-wide sequence number extension
     (the offer's id) and ``transport-cc`` on the codecs, and the send parameters have it (the
@@ -237,11 +244,21 @@ async def test_transport_cc_is_answered_and_rtcp_is_tapped() -> None:
                 assert [f.type for f in c.rtcpFeedback].count("transport-cc") == want, c
         assert any(e.uri == TRANSPORT_CC_URIS[0] and e.id == 4 for e in video._headerExtensions)
         seen: list[bytes] = []
-        tap_rtcp(pc, seen.append)
+        passed: list[bytes] = []
+        for dtls, _ in ice_transports(pc):  # what aiortc's own handler gets
+            dtls._handle_rtcp_data = _recorder(passed)
+
+        def tap(data: bytes) -> bytes:
+            seen.append(data)
+            return data[:-4] if len(data) > 20 else b""
+
+        tap_rtcp(pc, tap)
         remb = build_remb(500_000, (1,))
         for dtls, _ in ice_transports(pc):
             await dtls._handle_rtcp_data(remb)
-        assert seen == [remb]
+            await dtls._handle_rtcp_data(remb[:20])
+        assert seen == [remb, remb[:20]]
+        assert passed == [remb[:-4]]  # aiortc gets what the tap returns, nothing when empty
     finally:
         await close_quietly(pc)
 

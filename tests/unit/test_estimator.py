@@ -15,6 +15,7 @@ from relay.media.cc_feedback import (
     feedback_packets,
     parse_remb,
     parse_transport_feedback,
+    without_transport_feedback,
 )
 from relay.media.estimator import (
     MAX_BPS,
@@ -265,3 +266,8 @@ def test_feedback_packets_finds_transport_cc_and_remb_in_a_compound_packet() -> 
     found = [(pt, fmt) for pt, fmt, _ in feedback_packets(rr + twcc + remb)]
     assert found == [(205, 15), (206, 15)]
     assert list(feedback_packets(rr + b"\x80\xcd\xff\xff")) == []  # truncated: stops
+    # what aiortc still gets: all but transport-cc
+    assert without_transport_feedback(rr + twcc + remb) == rr + remb
+    assert without_transport_feedback(twcc) == b""
+    assert without_transport_feedback(rr + remb) == rr + remb
+    assert without_transport_feedback(twcc + b"\x80\xcd\xff\xff") == twcc + b"\x80\xcd\xff\xff"
