@@ -64,6 +64,11 @@ class AnchorView(BaseModel):
     frames_skipped: int
     filler_bytes_dropped: int = 0
     """H.264 filler data (CBR padding) received and not forwarded."""
+    transport_cc: bool = False
+    """The anchor negotiated transport-wide congestion control: the gateway sends it
+    transport-cc feedback (else aiortc's REMB is all it gets)."""
+    feedback_packets_sent: int = 0
+    """Transport-cc feedback packets sent to the anchor."""
 
 
 class ViewerView(BaseModel):

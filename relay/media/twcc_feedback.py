@@ -186,6 +186,11 @@ class TransportFeedbackGenerator:
             self._packets, self._duplicates, self._too_old, self._sent_packets, self._sent_bytes
         )
 
+    @property
+    def pending(self) -> int:
+        """Packets recorded since the last feedback was built."""
+        return self._pending
+
     def record(self, seq: int, arrival: float, media_ssrc: int | None = None) -> bool:
         """One packet with transport-wide sequence number ``seq`` (16 bits) arrived at
         ``arrival``; True when enough are waiting that feedback should go out now."""
@@ -320,3 +325,42 @@ class TransportFeedbackGenerator:
             first_byte |= 0x20
         length = (len(body) + 4) // 4 - 1
         return struct.pack("!BBH", first_byte, RTPFB, length) + body, s
+
+
+def transport_sequence_number(data: bytes, ext_id: int) -> int | None:
+    """The transport-wide sequence number (header extension ``ext_id``, RFC 8285 one- or
+    two-byte form) of an RTP packet as it came off the wire: SRTP leaves the header and its
+    extensions in the clear. None for RTCP, other packets, or when it is absent."""
+    if len(data) < 16 or data[0] >> 6 != 2 or not data[0] & 0x10 or 64 <= data[1] & 0x7F <= 95:
+        return None
+    pos = 12 + 4 * (data[0] & 0x0F)
+    if pos + 4 > len(data):
+        return None
+    profile, words = struct.unpack_from("!HH", data, pos)
+    pos += 4
+    end = pos + 4 * words
+    if end > len(data):
+        return None
+    if profile == 0xBEDE:
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:  # padding
+                pos += 1
+                continue
+            xid, size = byte >> 4, (byte & 0x0F) + 1
+            if xid == 15:
+                return None
+            if xid == ext_id and size == 2 and pos + 3 <= end:
+                return (data[pos + 1] << 8) | data[pos + 2]
+            pos += 1 + size
+    elif profile & 0xFFF0 == 0x1000:
+        while pos + 1 < end:
+            xid = data[pos]
+            if xid == 0:
+                pos += 1
+                continue
+            size = data[pos + 1]
+            if xid == ext_id and size == 2 and pos + 4 <= end:
+                return (data[pos + 2] << 8) | data[pos + 3]
+            pos += 2 + size
+    return None

@@ -255,3 +255,25 @@ def test_random_traces_round_trip() -> None:
             first.setdefault(seq, at)
         parsed = feed(TransportFeedbackGenerator(), trace)
         assert_times(merged(parsed), list(first.items()))
+
+
+def rtp(extensions: bytes, profile: int = 0xBEDE, *, pt: int = 96, csrcs: int = 0) -> bytes:
+    header = bytes([0x90 | csrcs, pt, 0, 1]) + bytes(8) + bytes(4 * csrcs)
+    pad = -len(extensions) % 4
+    body = extensions + bytes(pad)
+    return header + struct.pack("!HH", profile, len(body) // 4) + body + b"payload"
+
+
+def test_transport_sequence_number_is_read_from_the_clear_header() -> None:
+    from relay.media.twcc_feedback import transport_sequence_number as tsn
+
+    # one-byte form: mid (id 4, "0") then transport-cc (id 3, 0x1234)
+    one = rtp(bytes([0x40, ord("0"), 0x31, 0x12, 0x34]))
+    assert tsn(one, 3) == 0x1234
+    assert tsn(one, 5) is None
+    assert tsn(rtp(bytes([0x00, 0x31, 0xAB, 0xCD]), csrcs=2), 3) == 0xABCD  # padding, CSRCs
+    two = rtp(bytes([4, 1, ord("0"), 3, 2, 0xFE, 0xDC]), profile=0x1000)
+    assert tsn(two, 3) == 0xFEDC
+    assert tsn(rtp(bytes([0x31, 0x12, 0x34]), pt=200 - 128), 3) is None  # RTCP (PT 200)
+    assert tsn(one[:20], 3) is None  # cut short
+    assert tsn(rtp(bytes([0xF0, 0x31, 0x12, 0x34])), 3) is None  # id 15 ends the list
