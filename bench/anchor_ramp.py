@@ -83,9 +83,9 @@ async def publisher(url: str, seconds: float) -> None:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-        )
+        origin = "/".join(url.split("/")[:3])  # the bed's gateway is not localhost: camera
+        args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args, timeout=30_000)
         try:
             page = await (await browser.new_context()).new_page()
             await page.goto(url)
@@ -190,6 +190,7 @@ def gateway_env(mode: str) -> dict[str, str]:
     env = {"STAGECAST_MEDIA__ANCHOR_TRANSPORT_CC": "true" if mode == "twcc" else "false"}
     if START_KBPS is not None:
         env["STAGECAST_MEDIA__ANCHOR_START_KBPS"] = str(START_KBPS)
+        env["STAGECAST_MEDIA__ANCHOR_CC_START_KBPS"] = str(START_KBPS)
     return env
 
 
@@ -269,13 +270,15 @@ def run_netbed(mode: str, profile_name: str, seconds: float) -> dict[str, Any]:
             room.start_gateway()
             url = publish_url(room.base_url, room.room, room.anchor_token())
             # the viewer starts once the room is live and watches for ``seconds``
-            pub = bed.popen(bed.legs["anchor"].ns, publisher_argv(url, seconds + 8))
+            # runs until stopped below, once the viewer is done
+            pub = bed.popen(bed.legs["anchor"].ns, publisher_argv(url, seconds + 120))
             room.wait_live(30)
             before = bed.forwarder_stats()["legs"]["anchor"]["up"]
             viewers = room.watch(["v1"], seconds)
             anchors = room.api(f"/v1/rooms/{room.room}/anchors")
             after = bed.forwarder_stats()["legs"]["anchor"]["up"]
-            samples = read_samples(pub, seconds + 60)
+            pub.terminate()
+            samples = read_samples(pub, 30)
         finally:
             room.close()
     viewer = viewers[0]
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="remb,twcc")
     ap.add_argument("--profiles", default="loopback")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--start-kbps", type=int, help="the gateway's media.anchor_start_kbps")
+    ap.add_argument("--start-kbps", type=int, help="the gateway's media.anchor_start_kbps and anchor_cc_start_kbps")
     ap.add_argument("--publisher", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publisher:

@@ -114,10 +114,18 @@ class BedRoom:
 
     def wait_live(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self.api(f"/v1/rooms/{self.room}/stream").get("live"):
+        while not self._live():
             if time.monotonic() > deadline:
                 raise RuntimeError("the room did not go live")
             time.sleep(0.2)
+
+    def _live(self) -> bool:
+        try:
+            return bool(self.api(f"/v1/rooms/{self.room}/stream").get("live"))
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:  # no anchor has published yet
+                return False
+            raise
 
     def _peer(self, role: str) -> list[str]:
         return [sys.executable, "-m", "bench.netbed.peer", role, self.base_url, self.room]
