@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,35 @@ def log(msg: str) -> None:
 
 
 # -- the publisher (a child process, in the anchor's namespace for netbed profiles) -------------
-async def publisher(url: str, seconds: float) -> None:
+def busy_camera(path: Path, seconds: int = 6) -> Path:
+    """A 1280x720 30 fps MJPEG clip with moving detail (ffmpeg's testsrc2), for Chromium's fake camera:
+    its built-in pattern is so simple that the encoder sends ~400 kbit/s at 720p whatever it
+    may send, which hides the bitrate ramp."""
+    if not path.exists():
+        import imageio_ffmpeg
+
+        subprocess.run(
+            [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                *("-hide_banner", "-loglevel", "error", "-y"),
+                *("-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"),
+                *("-t", str(seconds), "-q:v", "4", str(path)),
+            ],
+            check=True,
+            timeout=120,
+        )
+    return path
+
+
+async def publisher(url: str, seconds: float, camera: str | None) -> None:
     """Publish from the page at ``url``; print one JSON line per stats sample, then ``done``."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         origin = "/".join(url.split("/")[:3])  # the bed's gateway is not localhost: camera
         args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
+        if camera:
+            args.append(f"--use-file-for-fake-video-capture={camera}")
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args, timeout=30_000)
         try:
             page = await (await browser.new_context()).new_page()
@@ -179,7 +202,9 @@ def figures(samples: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
 def fmt(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 1 else f"{value:.1f}"
+    return str(value)
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -198,8 +223,13 @@ def publish_url(base: str, room: str, token: str) -> str:
     return f"{base}/publish?room={room}&quality=720#token={token}"
 
 
+CAMERA: Path | None = None  # --camera busy: the clip Chromium's fake camera plays
+
+
 def publisher_argv(url: str, seconds: float) -> list[str]:
-    return [sys.executable, "-m", "bench.anchor_ramp", "--publisher", url, "--seconds", str(seconds)]
+    argv = [sys.executable, "-m", "bench.anchor_ramp", "--publisher", url]
+    argv += ["--seconds", str(seconds)]
+    return [*argv, "--camera-file", str(CAMERA)] if CAMERA else argv
 
 
 def free_port() -> int:
@@ -321,14 +351,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="remb,twcc")
     ap.add_argument("--profiles", default="loopback")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--start-kbps", type=int, help="the gateway's media.anchor_start_kbps and anchor_cc_start_kbps")
+    ap.add_argument(
+        "--start-kbps", type=int, help="the gateway's anchor_start_kbps and anchor_cc_start_kbps"
+    )
+    ap.add_argument(
+        "--camera",
+        choices=("pattern", "busy"),
+        default="busy",
+        help="Chromium's own fake pattern, or a detailed noisy clip (default)",
+    )
     ap.add_argument("--publisher", help=argparse.SUPPRESS)
+    ap.add_argument("--camera-file", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publisher:
-        asyncio.run(publisher(args.publisher, args.seconds))
+        asyncio.run(publisher(args.publisher, args.seconds, args.camera_file))
         return 0
-    global START_KBPS
+    global START_KBPS, CAMERA
     START_KBPS = args.start_kbps
+    if args.camera == "busy":
+        CAMERA = busy_camera(Path(tempfile.gettempdir()) / "stagecast-anchor-ramp-720p.mjpeg")
     results: list[dict[str, Any]] = []
     print(" | ".join(["profile", "mode", *(title for _, title in COLUMNS)]), flush=True)
     for prof in args.profiles.split(","):
