@@ -14,8 +14,9 @@ profile, a decoding viewer (bench.netbed.peer) on a clean leg counting freezes.
 Printed per run: seconds until the picture is 720p, until Chromium's target bitrate is 90 % of
 its maximum, until it sends 80 % of it (over 0.5 s); the send rate at 3 s and over the last half
 of the run; its bandwidth estimate (availableOutgoingBitrate); NACKs it received and packets it
-resent; and for netbed profiles the packets the router dropped upstream, those the gateway never
-got (lost after NACK), and the viewer's freezes.
+resent; and for netbed profiles the packets the router dropped upstream (while the viewer
+watched), those the anchor's tbf dropped (whole run), those the gateway never got (lost after
+NACK, whole run), and the viewer's share of time frozen and freezes.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def log(msg: str) -> None:
 
 # -- the publisher (a child process, in the anchor's namespace for netbed profiles) -------------
 def busy_camera(path: Path, seconds: int = 6) -> Path:
-    """A 1280x720 30 fps MJPEG clip with moving detail (ffmpeg's testsrc2), for Chromium's fake camera:
+    """A 1280x720 30 fps MJPEG clip with moving detail (ffmpeg's testsrc2) for Chromium's camera:
     its built-in pattern is so simple that the encoder sends ~400 kbit/s at 720p whatever it
     may send, which hides the bitrate ramp."""
     if not path.exists():
@@ -307,6 +308,7 @@ def run_netbed(mode: str, profile_name: str, seconds: float) -> dict[str, Any]:
             viewers = room.watch(["v1"], seconds)
             anchors = room.api(f"/v1/rooms/{room.room}/anchors")
             after = bed.forwarder_stats()["legs"]["anchor"]["up"]
+            shaped = bed.shaper_drops("anchor")["up"]
             pub.terminate()
             samples = read_samples(pub, 30)
         finally:
@@ -317,8 +319,10 @@ def run_netbed(mode: str, profile_name: str, seconds: float) -> dict[str, Any]:
         "samples": samples,
         **figures(samples, seconds),
         "router_dropped_up": after["dropped"] - before["dropped"],
+        "tbf_dropped_up": shaped[1],  # the whole run, the ramp included
         "router_packets_up": after["packets"] - before["packets"],
         "gateway_lost": anchor.get("packets_lost"),
+        "gateway_video_lost": anchor.get("video_packets_lost"),
         "gateway_received": anchor.get("packets_received"),
         "feedback_sent": anchor.get("feedback_packets_sent"),
         "viewer_frozen": viewer.get("frozen_share"),
@@ -338,7 +342,9 @@ COLUMNS = [
     ("nacks", "nacks"),
     ("resent", "resent"),
     ("router_dropped_up", "lost up"),
+    ("tbf_dropped_up", "tbf drop"),
     ("gateway_lost", "unrecov"),
+    ("gateway_video_lost", "unrecov video"),
     ("viewer_frozen", "frozen"),
     ("viewer_freezes", "freezes"),
 ]
