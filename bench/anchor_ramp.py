@@ -339,6 +339,7 @@ COLUMNS = [
     ("kbps_late", "kbps late"),
     ("estimate_kbps_late", "est kbps"),
     ("height_late", "height"),
+    ("packets", "video pkts"),
     ("nacks", "nacks"),
     ("resent", "resent"),
     ("router_dropped_up", "lost up"),
