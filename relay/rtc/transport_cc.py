@@ -88,6 +88,14 @@ class TransportCcFeedback:
                 log.exception("transport-cc bookkeeping failed (%d so far)", self.errors)
 
     async def _run(self) -> None:
+        try:
+            await self._send_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the anchor's media goes on; it only loses its feedback
+            log.exception("transport-cc feedback stopped")
+
+    async def _send_loop(self) -> None:
         receiver = self._receiver
         assert receiver is not None
         generator = self._generator
