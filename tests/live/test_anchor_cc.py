@@ -53,10 +53,11 @@ def _no_browser() -> str | None:
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-async def test_chromium_anchor_reaches_720p_and_1mbps_within_5s(server: RunningServer) -> None:
-    """Before (REMB only, start 1200 kbps): 720p after 6-8 s, the estimate falling to ~300 kbps
-    when aiortc's REMB estimator ran on a busy machine. With transport-cc feedback and the
-    720p start rate: target >= 90 % of 2.5 Mbit/s at 1.4-2 s, 720p at ~4 s (bench/anchor_ramp)."""
+async def test_chromium_anchor_ramps_to_its_rate_and_720p(server: RunningServer) -> None:
+    """Before (REMB only): 720p after 6 s or later, the estimate falling to 0.3-1.7 Mbit/s with
+    aiortc's REMB (the same with a 2.5 Mbit/s start). With transport-cc feedback: estimate
+    5-6.6 Mbit/s, target >= 90 % of 2.5 Mbit/s at 2.0-2.3 s, 720p at 4.0-4.1 s
+    (bench/anchor_ramp, loopback; once 8 s)."""
     if why := _no_browser():
         if os.environ.get("CI"):
             raise RuntimeError(why)
@@ -73,26 +74,27 @@ async def test_chromium_anchor_reaches_720p_and_1mbps_within_5s(server: RunningS
             await page.click("#go")
             await _until(page, "window.stagecast.state === 'live'")
             t0 = time.monotonic()
-            # 720p, with the encoder's target and the bandwidth estimate >= 1 Mbit/s then (the
-            # start rate alone gives the target at first; a feedback bug makes it fall)
-            good = "720p, target and estimate >= 1 Mbit/s"
-            t_good = None
+            # its estimate past the configured 2.5 Mbit/s and the encoder's target near it from
+            # 3 s on (the start rate alone gives the target at first; REMB pulls both down), and
+            # 720p (Chromium's encoder steps up from 540p by its QP-based quality scaler, at ~4 s
+            # mostly, 8 s once in 12 runs; with REMB at 6 s or later: not what this test tells)
+            t_rate = t_720 = None
             last: dict[str, Any] = {}
-            while time.monotonic() - t0 < 5.0:
+            while time.monotonic() - t0 < 10.0 and (t_rate is None or t_720 is None):
                 last = await page.evaluate(STATS_JS) or {}
-                if (
-                    last.get("w", 0) >= 1280
-                    and last.get("target", 0) >= 1e6
-                    and (last.get("avail") or 0) >= 1e6
-                ):
-                    t_good = time.monotonic() - t0
-                    break
+                now = time.monotonic() - t0
+                rate = last.get("target", 0) >= 2e6 and (last.get("avail") or 0) >= 2.5e6
+                if t_rate is None and now >= 3.0 and rate:
+                    t_rate = now
+                if t_720 is None and last.get("w", 0) >= 1280:
+                    t_720 = now
                 await asyncio.sleep(0.1)
-            print(f"{good} after {t_good} s; last {last}")
+            print(f"rate held at {t_rate} s, 720p at {t_720} s; last {last}")
             congestion = _anchor_congestion(server)
             assert congestion is not None and congestion.negotiated
             assert congestion.stats.feedback_packets > 20  # ~20 a second
-            assert t_good is not None, f"not {good} within 5 s of going live: {last}"
+            assert t_rate is not None, f"estimate or target fell below 2.5/2 Mbit/s: {last}"
+            assert t_720 is not None, f"no 720p within 10 s of going live: {last}"
             await page.click("#stop")
         finally:
             await browser.close()
