@@ -55,7 +55,7 @@ STATS_JS = """async () => {
   const pc = window.stagecast && window.stagecast.pc;
   if (!pc) return null;
   const out = {w: 0, h: 0, bytes: 0, target: 0, fps: 0, avail: null, nacks: 0,
-               resent: 0, packets: 0, limit: null};
+               resent: 0, packets: 0, limit: null, plis: 0, keyframes: 0};
   (await pc.getStats()).forEach((s) => {
     if (s.type === 'outbound-rtp' && s.kind === 'video') {
       out.w = Math.max(out.w, s.frameWidth || 0);
@@ -67,6 +67,8 @@ STATS_JS = """async () => {
       out.resent += s.retransmittedPacketsSent || 0;
       out.packets += s.packetsSent || 0;
       out.limit = s.qualityLimitationReason || out.limit;
+      out.plis += s.pliCount || 0;
+      out.keyframes += s.keyFramesEncoded || 0;
     }
     if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded'
         && s.availableOutgoingBitrate !== undefined) out.avail = s.availableOutgoingBitrate;
@@ -197,6 +199,8 @@ def figures(samples: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         "resent": last.get("resent"),
         "packets": last.get("packets"),
         "limit": last.get("limit"),
+        "plis": last.get("plis"),
+        "keyframes": last.get("keyframes"),
     }
 
 
@@ -340,6 +344,7 @@ COLUMNS = [
     ("estimate_kbps_late", "est kbps"),
     ("height_late", "height"),
     ("packets", "video pkts"),
+    ("plis", "plis"),
     ("nacks", "nacks"),
     ("resent", "resent"),
     ("router_dropped_up", "lost up"),
