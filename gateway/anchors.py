@@ -29,6 +29,7 @@ from relay.rtc.peer import (
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
 from relay.rtc.transport import NodeTransport
+from relay.rtc.transport_cc import TransportCcFeedback
 
 from .settings import Settings, transport_config
 from .stage.anchor_hub import AnchorHub
@@ -50,6 +51,8 @@ class AnchorSession:
     # a meant end (DELETE, kick) asked for after the connection dropped but before the
     # teardown ran: it wins over the drop, so the room ends the stream without a grace
     final_reason: str | None = None
+    # transport-cc feedback to the anchor (None: off by settings); .negotiated if it offered it
+    congestion: TransportCcFeedback | None = None
 
     @property
     def subject(self) -> str:
@@ -119,6 +122,8 @@ class AnchorService:
             time.monotonic(), cfg.connect_timeout, media_timeout=cfg.anchor_media_timeout
         )
         session = AnchorSession(sid, room, grant, pc, hub, new_etag(), PeerLifecycle(pc, timers))
+        if media.anchor_transport_cc:
+            session.congestion = TransportCcFeedback(interval=media.anchor_feedback_interval)
         try:
             for kind, spec in codecs.items():
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
@@ -130,7 +135,7 @@ class AnchorService:
                 pc,
                 strip_mdns_candidates(offer_sdp),
                 self.candidates,
-                prepare=self._transport.prepare_answer,
+                prepare=lambda pc: self._prepare_answer(pc, session),
             )
         except BaseException:
             await self._abort(stage.room, sid, pc)
@@ -148,6 +153,11 @@ class AnchorService:
         )
         return session
 
+    async def _prepare_answer(self, pc: RTCPeerConnection, session: AnchorSession) -> None:
+        if session.congestion is not None:
+            session.congestion.negotiate(pc)
+        await self._transport.prepare_answer(pc)
+
     async def _abort(self, room: str, sid: str, pc: RTCPeerConnection) -> None:
         self._rooms.release(room, sid)
         await close_quietly(pc)
@@ -161,6 +171,8 @@ class AnchorService:
         self._rooms.left(session, reason)
         self.finished.sessions += 1
         await close_quietly(session.pc)
+        if session.congestion is not None:
+            await session.congestion.stop()
         ctx = {"room": session.room, "session": session.id, "event": "anchor.left"}
         log.info("anchor %s left room %s: %s", session.id, session.room, reason, extra=ctx)
 

@@ -64,6 +64,14 @@ class AnchorView(BaseModel):
     frames_skipped: int
     filler_bytes_dropped: int = 0
     """H.264 filler data (CBR padding) received and not forwarded."""
+    video_packets_lost: int = 0
+    """Of ``packets_lost``, video (NACKed; audio is not): sequence numbers never received, not
+    even as a retransmission."""
+    transport_cc: bool = False
+    """The anchor negotiated transport-wide congestion control: the gateway sends it
+    transport-cc feedback (else aiortc's REMB is all it gets)."""
+    feedback_packets_sent: int = 0
+    """Transport-cc feedback packets sent to the anchor."""
 
 
 class ViewerView(BaseModel):

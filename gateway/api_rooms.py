@@ -115,6 +115,8 @@ def viewer_view(s: ViewerSession) -> ViewerView:
 
 def anchor_view(session: AnchorSession) -> AnchorView:
     received = session.ingests.packets
+    cc = session.congestion
+    video = session.ingests.get("video")
     return AnchorView(
         id=session.id,
         room=session.room,
@@ -126,6 +128,9 @@ def anchor_view(session: AnchorSession) -> AnchorView:
         packets_lost=session.ingests.packets_lost,
         frames_skipped=session.ingests.frames_skipped,
         filler_bytes_dropped=session.ingests.filler_bytes,
+        video_packets_lost=video.packets_lost if video is not None else 0,
+        transport_cc=cc is not None and cc.negotiated,
+        feedback_packets_sent=cc.stats.feedback_packets if cc is not None else 0,
     )
 
 

@@ -278,6 +278,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             max_sdp_bytes=limit,
             ice=ice,
             start_kbps=settings.media.anchor_start_kbps,
+            cc_start_kbps=settings.media.anchor_cc_start_kbps,
             opus_dtx=settings.media.anchor_opus_dtx,
         )
     )

@@ -49,6 +49,19 @@ class MediaSettings(node.MediaSettings):
     anchor_start_kbps: int = Field(1200, ge=0, le=20000)
     """Where a browser anchor's bandwidth estimate starts (x-google-start-bitrate in the WHIP
     answer); its default, 300 kbps, makes a 720p camera send 360p for its first ~10 s. 0: off."""
+    anchor_transport_cc: bool = True
+    """Answer a browser anchor's transport-wide congestion control (the header extension and
+    ``transport-cc`` feedback) and send it that feedback from the ingest tap every
+    ``anchor_feedback_interval``: its own congestion control then ramps to its configured
+    bitrate within seconds and backs off on a thin uplink. Clients that do not offer it (ffmpeg,
+    OBS) keep aiortc's REMB. false: REMB for everyone."""
+    anchor_cc_start_kbps: int = Field(2500, ge=0, le=20000)
+    """``anchor_start_kbps`` for an anchor that negotiated transport-cc: its congestion control
+    backs off within a second on a thinner uplink, so it can start at the publish page's 720p
+    rate (with 1200 a 720p camera took 6-8 s to send 720p, with 2500 ~4 s). 0: the same."""
+    anchor_feedback_interval: float = Field(0.05, ge=0.01, le=0.5)
+    """Seconds between transport-cc feedback packets (libwebrtc's receiver: 50-250 ms; one is
+    also sent after every 100 packets)."""
     anchor_opus_dtx: bool = True
     """Ask anchors for Opus DTX (``usedtx=1`` in the WHIP answer): a silent anchor sends a packet
     every 400 ms instead of every 20 ms, and so does the gateway to each viewer."""

@@ -23,9 +23,11 @@ def whip_router(
     max_sdp_bytes: int = 64 * 1024,
     ice: IceDirectory | None = None,
     start_kbps: int = 0,
+    cc_start_kbps: int = 0,
     opus_dtx: bool = False,
 ) -> APIRouter:
     """``start_kbps``: the bandwidth estimate a browser anchor starts from (0: its own);
+    ``cc_start_kbps``: the same for an anchor that negotiated transport-cc (0: ``start_kbps``);
     ``opus_dtx``: ask anchors for Opus DTX; ``ice``: the ICE servers (a fresh TURN credential
     for the anchor's subject) in the 201's and the endpoint OPTIONS' Link headers."""
     ice = ice or IceDirectory()
@@ -48,7 +50,9 @@ def whip_router(
         text = decode_body(await read_limited(request, max_sdp_bytes), max_bytes=max_sdp_bytes)
         summary = check_offer(text, "publish")
         session = await service.open(room, text, summary, grant)
-        answer = with_start_bitrate(session.pc.localDescription.sdp, start_kbps)
+        cc = session.congestion is not None and session.congestion.negotiated
+        start = cc_start_kbps if cc and cc_start_kbps else start_kbps
+        answer = with_start_bitrate(session.pc.localDescription.sdp, start)
         if opus_dtx:
             answer = with_opus_dtx(answer)
         links = ice.links(grant.subject, time.time())

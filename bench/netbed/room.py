@@ -58,6 +58,11 @@ class BedRoom:
         return f
 
     def start(self, timeout: float = 30.0) -> None:
+        self.start_gateway(timeout)
+        self.start_anchor(timeout)
+
+    def start_gateway(self, timeout: float = 30.0) -> None:
+        """The gateway alone, healthy (a bench that brings its own anchor calls this)."""
         env = {
             **self._env(),
             "STAGECAST_HOST": GATEWAY_ADDRESS,
@@ -84,7 +89,13 @@ class BedRoom:
             if self.gateway.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the gateway did not become healthy in the bed")
             time.sleep(0.2)
-        token = TokenAuthority(SECRET).mint(self.room, "anchor", "netbed-anchor", 3600)
+
+    def anchor_token(self) -> str:
+        return TokenAuthority(SECRET).mint(self.room, "anchor", "netbed-anchor", 3600)
+
+    def start_anchor(self, timeout: float = 30.0) -> None:
+        """The stamped synthetic anchor, until the room is live."""
+        token = self.anchor_token()
         self.anchor = self.bed.popen(
             self.bed.legs[self.anchor_leg].ns,
             [
@@ -99,11 +110,22 @@ class BedRoom:
         line = _readline(self.anchor.stdout, timeout)
         if "location" not in line:
             raise RuntimeError(f"the anchor did not publish: {line!r}")
+        self.wait_live(timeout)
+
+    def wait_live(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self.api(f"/v1/rooms/{self.room}/stream").get("live"):
+        while not self._live():
             if time.monotonic() > deadline:
                 raise RuntimeError("the room did not go live")
             time.sleep(0.2)
+
+    def _live(self) -> bool:
+        try:
+            return bool(self.api(f"/v1/rooms/{self.room}/stream").get("live"))
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:  # no anchor has published yet
+                return False
+            raise
 
     def _peer(self, role: str) -> list[str]:
         return [sys.executable, "-m", "bench.netbed.peer", role, self.base_url, self.room]

@@ -32,6 +32,10 @@ The hooks that make encoded forwarding possible:
 * one UDP port, ICE-lite (``install_shared_port``), and ICE-TCP on one TCP port beside it: each
   authenticated TCP connection one more StunProtocol of the session (``pair_stream`` for the
   direct sender).
+* transport-cc to publishers (``negotiate_transport_cc``, ``tap_transport_sequence``,
+  ``send_rtcp``): the transport-wide sequence number extension and ``transport-cc`` feedback
+  answered where offered (aiortc drops them), every RTP packet's number seen before routing,
+  feedback sent on the receiver's RTCP path (relay/rtc/transport_cc.py).
 * consent by traffic (``install_traffic_consent``): aioice's RFC 7675 checks are replaced by a
   silence timeout fed by authenticated STUN and SRTP/SRTCP from the peer (ffmpeg never answers
   consent checks).
@@ -927,3 +931,133 @@ def offer_addresses(pc: Any, offered: list[str]) -> None:
             return found
 
         connection.get_component_candidates = get_component_candidates
+
+
+# --- Transport-wide congestion control feedback to publishers (issue 17) ------------------------
+# aiortc answers only the header extensions and RTCP feedback it knows (HEADER_EXTENSIONS, the
+# codecs' rtcpFeedback): a publisher's transport-cc offer is dropped, so the browser ramps on
+# aiortc's receive-side REMB alone. Hooks: RTCRtpTransceiver._headerExtensions / _codecs (what
+# the answer and the receiver's parameters are built from, set by setRemoteDescription),
+# RTCDtlsTransport._rtp_router.route_rtp (every RTP packet of the transport, RTX and padding
+# included, parsed with the negotiated extension map) and _send_rtp, and the receiver's RTCP SSRC
+# (RTCRtpReceiver.__rtcp_ssrc).
+ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+TransportSequenceSink = Callable[[int, int, float], None]
+
+
+def negotiate_transport_cc(pc: RTCPeerConnection, uri: str, *, keep_remb: bool) -> int | None:
+    """Answer the transport-wide sequence number extension ``uri`` and ``transport-cc`` RTCP
+    feedback wherever the remote offer (already set) has them; returns the extension's id. Without
+    ``keep_remb`` those sections answer neither abs-send-time nor goog-remb, so aiortc's
+    receive-side estimator sends no REMB and the sender's own congestion control alone sets its
+    rate. Call between ``setRemoteDescription`` and ``createAnswer``; None when the offer has no
+    transport-cc or its sections do not share one transport (BUNDLE)."""
+    remote = pc.remoteDescription
+    if remote is None or len(ice_transports(pc)) != 1:
+        return None
+    offered = {m.rtp.muxId: m for m in aiortc_sdp.SessionDescription.parse(remote.sdp).media}
+    ext_id: int | None = None
+    for transceiver in pc.getTransceivers():
+        media = offered.get(transceiver.mid or "")
+        ext = (
+            None
+            if media is None
+            else next((e for e in media.rtp.headerExtensions if e.uri == uri), None)
+        )
+        if media is None or ext is None or ext_id not in (None, ext.id):
+            continue
+        for name in ("_headerExtensions", "_codecs"):
+            if not hasattr(transceiver, name):
+                raise AdapterError(f"RTCRtpTransceiver internals changed: no {name}")
+        extensions = [
+            e
+            for e in transceiver._headerExtensions
+            if e.uri != uri and (keep_remb or e.uri != ABS_SEND_TIME_URI)
+        ]
+        transceiver._headerExtensions = [*extensions, RTCRtpHeaderExtensionParameters(ext.id, uri)]
+        remote_codecs = {c.payloadType: c for c in media.rtp.codecs}
+        for codec in transceiver._codecs:  # aiortc's copies, this transceiver's own
+            theirs = remote_codecs.get(codec.payloadType)
+            if theirs is None or not any(f.type == "transport-cc" for f in theirs.rtcpFeedback):
+                continue
+            feedback = [
+                f
+                for f in codec.rtcpFeedback
+                if f.type != "transport-cc" and (keep_remb or f.type != "goog-remb")
+            ]
+            codec.rtcpFeedback = [*feedback, RTCRtcpFeedback(type="transport-cc")]
+        ext_id = ext.id
+    return ext_id
+
+
+_EARLY_ARRIVALS = 4096  # datagrams between the socket and aiortc's routing, at most
+
+
+def tap_transport_sequence(
+    pc: RTCPeerConnection,
+    read_sequence: Callable[[bytes], int | None],
+    sink: TransportSequenceSink,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Call ``sink(transport sequence number, SSRC, arrival)`` for every RTP packet of ``pc``'s
+    transport that carries one, once aiortc has authenticated and parsed it and before it routes
+    it (RTX and padding-only probes reach no receiver's jitter buffer, yet the sender counts
+    them). ``arrival`` is when the datagram left the socket (``read_sequence`` reads the number
+    from the clear SRTP header there): aiortc queues datagrams before it decrypts them, and that
+    queueing would look like network delay to the sender's congestion control. ``sink`` runs in
+    aiortc's receive loop: it must not raise."""
+    for dtls, connection in ice_transports(pc):
+        router = getattr(dtls, "_rtp_router", None)
+        if router is None or not hasattr(router, "route_rtp"):
+            raise AdapterError("RTCDtlsTransport internals changed: no _rtp_router.route_rtp")
+        if not hasattr(connection, "data_received"):
+            raise AdapterError("aioice Connection internals changed: no data_received")
+        early: dict[int, float] = {}
+        received = connection.data_received
+        route = router.route_rtp
+
+        def data_received(
+            data: bytes,
+            component: int,
+            received: Callable[[bytes, int], None] = received,
+            early: dict[int, float] = early,
+        ) -> None:
+            seq = read_sequence(data)
+            if seq is not None:
+                if len(early) >= _EARLY_ARRIVALS:
+                    del early[next(iter(early))]
+                early[seq] = clock()
+            received(data, component)
+
+        def route_rtp(
+            packet: Any, route: Callable[[Any], Any] = route, early: dict[int, float] = early
+        ) -> Any:
+            seq = packet.extensions.transport_sequence_number
+            if seq is not None:
+                arrival = early.pop(seq, None)
+                sink(seq, packet.ssrc, clock() if arrival is None else arrival)
+            return route(packet)
+
+        connection.data_received = data_received
+        router.route_rtp = route_rtp
+
+
+def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC the receiver's own RTCP (receiver reports, NACK, PLI) goes out with; None
+    before the answer is set."""
+    name = "_RTCRtpReceiver__rtcp_ssrc"
+    if not hasattr(receiver, name):
+        raise AdapterError("RTCRtpReceiver internals changed: no RTCP SSRC")
+    ssrc: int | None = getattr(receiver, name)
+    return ssrc
+
+
+async def send_rtcp(receiver: RTCRtpReceiver, data: bytes) -> bool:
+    """Send one RTCP packet (``data``, unprotected) on the receiver's transport; False when the
+    transport is not connected (yet, or any more)."""
+    try:
+        await receiver.transport._send_rtp(data)
+    except ConnectionError:
+        return False
+    return True

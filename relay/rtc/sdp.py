@@ -335,10 +335,11 @@ def with_start_bitrate(answer: str, kbps: int) -> str:
     """An SDP answer whose video codecs carry libwebrtc's ``x-google-start-bitrate`` format
     parameter (kbps).
 
-    A browser sending to us has only REMB for bandwidth estimation (aiortc has no transport-cc),
-    and from its default 300 kbps start it ramps a 720p camera up over tens of seconds, sending
-    360p meanwhile. Told where to start, it begins near the rate the stream needs. Other clients
-    ignore the parameter (RFC 8866: unknown format parameters are ignored)."""
+    A browser sending to us without transport-cc (relay/rtc/transport_cc.py) has only REMB for
+    bandwidth estimation, and from its default 300 kbps start it ramps a 720p camera up over
+    tens of seconds, sending 360p meanwhile. Told where to start, it begins near the rate the
+    stream needs. Other clients ignore the parameter (RFC 8866: unknown format parameters are
+    ignored)."""
     if kbps <= 0:
         return answer
     return with_format_params(answer, "video", _VIDEO_CODECS, f"x-google-start-bitrate={kbps}")

@@ -5,6 +5,7 @@ tests/unit/test_private_names.py makes sure no private name is reached anywhere 
 from __future__ import annotations
 
 import inspect
+import struct
 
 from aioice.candidate import Candidate
 from aioice.ice import CandidatePair, Connection, StunProtocol
@@ -263,6 +264,55 @@ async def test_transport_cc_is_answered_and_rtcp_is_tapped() -> None:
         await close_quietly(pc)
 
 
+def test_transport_cc_internals_exist() -> None:
+    """What the transport-cc hooks rely on: aiortc builds the answer and the receiver's
+    parameters from the transceiver's ``_headerExtensions``/``_codecs``, parses the
+    transport-wide sequence number of the URI we answer, routes every parsed RTP packet
+    through ``_rtp_router.route_rtp``, and aioice hands each datagram to the connection's
+    ``data_received``."""
+    from aioice.ice import StunProtocol as Protocol
+    from aiortc.rtp import HeaderExtensionsMap
+
+    from relay.media.twcc_feedback import TRANSPORT_CC_URI
+
+    local_rtp = rtcpeerconnection.RTCPeerConnection._RTCPeerConnection__localRtp  # type: ignore[attr-defined]
+    remote_rtp = rtcpeerconnection.RTCPeerConnection._RTCPeerConnection__remoteRtp  # type: ignore[attr-defined]
+    for fn in (local_rtp, remote_rtp):
+        assert {"_headerExtensions", "_codecs"} <= set(fn.__code__.co_names)
+    assert TRANSPORT_CC_URI in HeaderExtensionsMap.configure.__code__.co_consts
+    handle = RTCDtlsTransport._handle_rtp_data.__code__.co_names
+    assert "_rtp_router" in handle and "route_rtp" in handle
+    assert "data_received" in Protocol.datagram_received.__code__.co_names
+    assert "_send_rtp" in RTCRtpReceiver._send_rtcp.__code__.co_names
+
+
+def _chromium_offer() -> str:
+    from pathlib import Path
+
+    from relay.rtc.sdp import strip_mdns_candidates
+
+    path = Path(__file__).resolve().parents[1] / "support" / "sdp_offers" / "chromium_whip.sdp"
+    return strip_mdns_candidates(path.read_text())
+
+
+async def _answer(offer: str, *, keep_remb: bool) -> tuple[int | None, str]:
+    from aiortc import RTCSessionDescription
+
+    from relay.media.twcc_feedback import TRANSPORT_CC_URI
+    from relay.rtc.adapter import negotiate_transport_cc
+
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        for kind in ("audio", "video"):
+            pc.addTransceiver(kind, direction="recvonly")
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        ext_id = negotiate_transport_cc(pc, TRANSPORT_CC_URI, keep_remb=keep_remb)
+        answer = await pc.createAnswer()
+        return ext_id, answer.sdp
+    finally:
+        await close_quietly(pc)
+
+
 async def test_transport_cc_is_not_answered_to_an_offer_without_it() -> None:
     from relay.media.cc_feedback import TRANSPORT_CC_URIS
     from tests.support.offers import fixture
@@ -276,5 +326,70 @@ async def test_transport_cc_is_not_answered_to_an_offer_without_it() -> None:
         )
         assert not accept_transport_cc(pc, TRANSPORT_CC_URIS)
         assert "transport-cc" not in (await pc.createAnswer()).sdp
+    finally:
+        await close_quietly(pc)
+
+
+async def test_transport_cc_is_answered_where_offered() -> None:
+    from relay.media.twcc_feedback import TRANSPORT_CC_URI
+
+    ext_id, answer = await _answer(_chromium_offer(), keep_remb=False)
+    assert ext_id == 3
+    assert answer.count(f"a=extmap:3 {TRANSPORT_CC_URI}") == 2  # audio and video
+    fb = [line for line in answer.splitlines() if line.startswith("a=rtcp-fb:")]
+    assert any(line.endswith(" transport-cc") for line in fb)
+    assert "a=rtcp-fb:111 transport-cc" in fb  # Opus too: all packets count
+    assert "abs-send-time" not in answer and "goog-remb" not in answer  # no REMB beside it
+    _, kept = await _answer(_chromium_offer(), keep_remb=True)
+    assert "abs-send-time" in kept and "goog-remb" in kept and "transport-cc" in kept
+
+
+async def test_transport_cc_is_not_answered_where_not_offered() -> None:
+    """ffmpeg and OBS offer abs-send-time and goog-remb only: they keep aiortc's REMB."""
+    offer = "\n".join(
+        line
+        for line in _chromium_offer().splitlines()
+        if "transport-wide" not in line and "transport-cc" not in line
+    )
+    ext_id, answer = await _answer(offer + "\n", keep_remb=False)
+    assert ext_id is None
+    assert "transport-cc" not in answer and "goog-remb" in answer and "abs-send-time" in answer
+
+
+async def test_transport_sequence_tap_times_packets_when_they_leave_the_socket() -> None:
+    from aiortc import RTCSessionDescription
+    from aiortc.rtp import RtpPacket
+
+    from relay.media.twcc_feedback import TRANSPORT_CC_URI, transport_sequence_number
+    from relay.rtc.adapter import negotiate_transport_cc, tap_transport_sequence
+
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        offer = _chromium_offer()
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        assert negotiate_transport_cc(pc, TRANSPORT_CC_URI, keep_remb=False) == 3
+        seen: list[tuple[int, int, float]] = []
+        now = [10.0]
+        tap_transport_sequence(
+            pc,
+            lambda data: transport_sequence_number(data, 3),
+            lambda *args: seen.append(args),
+            lambda: now[0],
+        )
+        ((dtls, connection),) = ice_transports(pc)
+        # an SRTP packet's header as it comes off the socket: extension id 3 = 0x0102
+        header = struct.pack("!BBHII", 0x90, 96, 1, 0, 1234)
+        raw = header + struct.pack("!HH", 0xBEDE, 1) + bytes([0x31, 0x01, 0x02, 0]) + b"x" * 20
+        connection.data_received(raw, 1)  # off the socket at 10.0
+        now[0] = 10.5  # aiortc decrypts and routes it later
+        packet = RtpPacket(payload_type=96, sequence_number=1, ssrc=1234)
+        packet.extensions.transport_sequence_number = 0x0102
+        dtls._rtp_router.route_rtp(packet)
+        plain = RtpPacket(payload_type=96, sequence_number=2, ssrc=1234)
+        plain.extensions.transport_sequence_number = 0x0103  # never seen on the socket
+        dtls._rtp_router.route_rtp(plain)
+        assert seen == [(0x0102, 1234, 10.0), (0x0103, 1234, 10.5)]
     finally:
         await close_quietly(pc)

@@ -1,0 +1,107 @@
+"""Transport-cc feedback on the anchor's leg (issue 17, part 4): a Chromium anchor ramps on its
+own congestion control; a client without transport-cc keeps aiortc's REMB."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import time
+from typing import Any
+
+import pytest
+
+from bench.anchor_ramp import CHROMIUM, CHROMIUM_ARGS, STATS_JS, publish_url
+from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
+from tests.support.server import RunningServer
+
+
+def _anchor_congestion(server: RunningServer) -> Any:
+    sessions = server.call(lambda: list(server.gateway.anchors.sessions.values()))
+    assert len(sessions) == 1
+    return sessions[0].congestion
+
+
+@pytest.mark.timeout(30)
+async def test_an_anchor_without_transport_cc_keeps_remb(server: RunningServer) -> None:
+    """aiortc (like ffmpeg and OBS) offers abs-send-time and goog-remb, no transport-cc."""
+    anchor = await whip_publish(
+        server.base_url,
+        "remb",
+        server.anchor_token("remb"),
+        video=StampedVideoTrack(320, 180, 30),
+        audio=ToneAudioTrack(440),
+    )
+    try:
+        answer = anchor.pc.remoteDescription.sdp
+        assert "goog-remb" in answer and "abs-send-time" in answer
+        assert "transport-cc" not in answer
+        congestion = _anchor_congestion(server)
+        assert congestion is not None and not congestion.negotiated
+    finally:
+        await anchor.close()
+
+
+def _no_browser() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed"
+    if not os.path.exists(CHROMIUM):
+        return f"chromium is not installed at {CHROMIUM}"
+    return None
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_chromium_anchor_ramps_to_its_rate_and_720p(server: RunningServer) -> None:
+    """Before (REMB only): 720p after 6 s or later, the estimate falling to 0.3-1.7 Mbit/s with
+    aiortc's REMB (the same with a 2.5 Mbit/s start). With transport-cc feedback: estimate
+    5-6.6 Mbit/s, target >= 90 % of 2.5 Mbit/s at 2.0-2.3 s, 720p at 4.0-4.1 s
+    (bench/anchor_ramp, loopback; once 8 s)."""
+    if why := _no_browser():
+        if os.environ.get("CI"):
+            raise RuntimeError(why)
+        pytest.skip(why)
+    from playwright.async_api import async_playwright
+
+    room = "twcc"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(publish_url(server.base_url, room, server.anchor_token(room)))
+            await _until(page, "window.stagecast.stream && !document.querySelector('#go').disabled")
+            await page.click("#go")
+            await _until(page, "window.stagecast.state === 'live'")
+            t0 = time.monotonic()
+            # its estimate past the configured 2.5 Mbit/s and the encoder's target near it from
+            # 3 s on (the start rate alone gives the target at first; REMB pulls both down), and
+            # 720p (Chromium's encoder steps up from 540p by its QP-based quality scaler, at ~4 s
+            # mostly, 8 s once in 12 runs; with REMB at 6 s or later: not what this test tells)
+            t_rate = t_720 = None
+            last: dict[str, Any] = {}
+            while time.monotonic() - t0 < 10.0 and (t_rate is None or t_720 is None):
+                last = await page.evaluate(STATS_JS) or {}
+                now = time.monotonic() - t0
+                rate = last.get("target", 0) >= 2e6 and (last.get("avail") or 0) >= 2.5e6
+                if t_rate is None and now >= 3.0 and rate:
+                    t_rate = now
+                if t_720 is None and last.get("w", 0) >= 1280:
+                    t_720 = now
+                await asyncio.sleep(0.1)
+            print(f"rate held at {t_rate} s, 720p at {t_720} s; last {last}")
+            congestion = _anchor_congestion(server)
+            assert congestion is not None and congestion.negotiated
+            assert congestion.stats.feedback_packets > 20  # ~20 a second
+            assert t_rate is not None, f"estimate or target fell below 2.5/2 Mbit/s: {last}"
+            assert t_720 is not None, f"no 720p within 10 s of going live: {last}"
+            await page.click("#stop")
+        finally:
+            await browser.close()
+
+
+async def _until(page: Any, expression: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        await asyncio.sleep(0.1)
