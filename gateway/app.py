@@ -40,8 +40,10 @@ from .api_messages import messages_api_router
 from .api_metadata import metadata_router
 from .api_rooms import default_node_id, operator_router
 from .api_runtime import runtime_router
+from .api_stage import stage_router
 from .bridge import BridgeService, bridge_router, hls_router
 from .cluster import build_origin_cluster
+from .guests import StageGuests
 from .metrics import ExtraCounters, GatewayCollector
 from .operator_auth import OperatorAuth
 from .pages import mount_pages
@@ -54,6 +56,7 @@ from .settings import (
     node_ice,
     transport_config,
 )
+from .stage.guests import DeskLimits, StageDesk
 from .stage.links import LinkService
 from .stage.room import EventSink, RoomService
 from .stage.selection import hub_selector
@@ -87,6 +90,7 @@ class Gateway:
     messages: RoomChannels | None = None
     links: LinkService | None = None  # cross-room co-hosting
     transport: NodeTransport = field(default_factory=NodeTransport)
+    guests: StageGuests | None = None  # audience on stage (raised hands, guests)
 
     def __post_init__(self) -> None:
         collector = GatewayCollector(
@@ -170,6 +174,15 @@ def build_gateway(settings: Settings) -> Gateway:
             sink(kind, data)
 
     rooms = RoomService(settings, stages, events)
+    guests = StageGuests(  # audience on stage
+        StageDesk(DeskLimits(max_open=settings.stage.max_stage_requests)),
+        tokens,
+        access,
+        webhooks.emit,
+        lambda room, sid, reason: anchors.close(room, sid, reason),
+        token_ttl=settings.stage.guest_token_ttl,
+    )
+    sinks.append(guests.observe)  # it follows its guests' WHIP sessions (anchor.joined/left)
     transport = NodeTransport(transport_config(settings))
     anchors = AnchorService(settings, rooms, transport)
     lag = LoopLagMonitor()
@@ -221,6 +234,7 @@ def build_gateway(settings: Settings) -> Gateway:
         ),
         lag=lag,
         transport=transport,
+        guests=guests,
     )
     gateway.metric_sources.append(webhooks)
     gateway.messages = RoomChannels(  # chat, likes, commands: relay.messages
@@ -307,6 +321,12 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
     v1.include_router(layout_router(gw.stages, gw.rooms))
     v1.include_router(metadata_router(gw.stages))
+    if gw.guests is not None:  # anchors' and viewers' routes, not under /v1 (tokens, not the key)
+        app.include_router(
+            stage_router(
+                settings, gw.stages, gw.anchors, gw.viewers, access, gw.guests, gw.operator_key
+            )
+        )
     if gw.messages is not None:
         v1.include_router(messages_api_router(gw.messages))
         app.include_router(messages_router(gw.messages, access, operator_key=gw.operator_key))

@@ -189,6 +189,11 @@ class StageSettings(BaseModel):
     mix_minus: bool = True
     """Each anchor of a mixed stage gets an Opus feed of everyone else's audio, pulled with
     ``/whep/ROOM?mixminus=ID`` and the anchor's own token (encoded only while pulled)."""
+    guest_token_ttl: float = Field(120.0, ge=10, le=3600)
+    """Lifetime of the anchor token an approved stage request gets (``/rooms/ROOM/stage``): the
+    guest must publish within it; it is revoked when the guest leaves or is removed."""
+    max_stage_requests: int = Field(50, ge=1, le=10_000)
+    """Open stage requests (pending, approved, on stage) a room holds; one more gets 429."""
     fallback_hold: float = Field(20.0, gt=0, le=3600)
     """A viewer moved down the ladder for congestion is tried one rendition up after this many
     quiet seconds (doubling, up to 5 min, each time it falls right back)."""

@@ -65,6 +65,13 @@ class PreconditionRequired(StagecastError):
     status, title, type_slug = 428, "Precondition required", "precondition-required"
 
 
+class TooManyRequests(StagecastError):
+    status, title, type_slug = 429, "Too many requests", "rate-limited"
+
+    def __init__(self, detail: str, *, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class ServiceUnavailable(StagecastError):
     status, title, type_slug = 503, "Service unavailable", "unavailable"
 

@@ -1,0 +1,311 @@
+"""The stage API, for the three parties of a raised hand:
+
+- a viewer (its audience token, or none where the audience may be anonymous) raises a hand
+  (``POST /rooms/{room}/stage/requests``) and gets its request's ``key``; with that key
+  (``X-Stage-Key``) it long-polls its request (``GET .../{id}?after=VERSION&wait=S``), which
+  carries the guest's anchor token once approved, and leaves (``DELETE .../{id}``);
+- the room's anchors (their anchor token; not a guest's) and operators (the operator key)
+  list requests and the stage (``GET /rooms/{room}/stage``: anchors, guests, viewers),
+  approve, refuse and remove.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.auth.access import AccessPolicy
+from relay.auth.tokens import bearer_token
+from relay.errors import Conflict, Forbidden, NotFound, Unauthorized
+from relay.http.common import check_room
+from relay.http.problems import problem_responses
+from relay.http.ratelimit import client_key
+from relay.rtc.viewers import ViewerService
+
+from .anchors import AnchorService
+from .guests import StageGuests
+from .settings import Settings
+from .stage.guests import StageRequest
+from .stage.table import StageTable
+
+STAGE_KEY_HEADER = "X-Stage-Key"
+VIEWER_TOKEN_TTL = 300  # the co-host pulls' audience token the stage view hands anchors
+
+
+class HandBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[^\x00-\x1f\x7f]+$")
+
+
+class StageRequestView(BaseModel):
+    id: str
+    room: str
+    name: str
+    subject: str  # the guest's anchor subject
+    state: Literal[
+        "pending", "approved", "refused", "withdrawn", "joined", "left", "removed", "expired"
+    ]
+    version: int
+    created_at: float
+    changed_at: float
+    decided_by: str | None = None
+    anchor_id: str | None = None  # the guest's WHIP session while on stage
+    reason: str | None = None
+    key: str | None = None  # only in the POST's answer: the requester's secret
+    token: str | None = None  # only to the requester, approved or on stage: its anchor token
+    token_expires_at: float | None = None
+    whip_url: str | None = None
+    mixminus_url: str | None = None  # only on stage
+
+
+class StageAnchorView(BaseModel):
+    id: str
+    subject: str
+    guest: bool
+    name: str | None = None  # a guest's display name
+    request_id: str | None = None
+    muted: list[str]
+
+
+class StageView(BaseModel):
+    room: str
+    live: bool
+    viewers: int  # on this node
+    max_anchors: int
+    anchors: list[StageAnchorView]  # join order
+    requests: list[StageRequestView]  # open ones: pending, approved, on stage
+    viewer_token: str  # an audience token for pulling co-hosts (?anchor=ID) in any room
+
+
+def stage_router(
+    settings: Settings,
+    stages: StageTable,
+    anchors: AnchorService,
+    viewers: ViewerService,
+    access: AccessPolicy,
+    guests: StageGuests,
+    operator_key: str,
+) -> APIRouter:
+    router = APIRouter(tags=["stage"], responses=problem_responses(401, 403, 404, 409, 422))
+    base = settings.base_url
+
+    def view(r: StageRequest, *, requester: bool = False) -> StageRequestView:
+        out = StageRequestView(
+            id=r.id,
+            room=r.room,
+            name=r.name,
+            subject=r.subject,
+            state=r.state,
+            version=r.version,
+            created_at=r.created_at,
+            changed_at=r.changed_at,
+            decided_by=r.decided_by,
+            anchor_id=r.anchor_id,
+            reason=r.reason,
+        )
+        if requester and (token := guests.token_of(r)) is not None:
+            out.token = token
+            out.token_expires_at = r.token_expires_at
+            out.whip_url = f"{base}/whip/{r.room}"
+            if r.anchor_id is not None:
+                out.mixminus_url = f"{base}/whep/{r.room}?mixminus={r.anchor_id}"
+        return out
+
+    def room_or_404(room: str) -> None:
+        check_room(room)
+        if stages.get(room) is None:
+            raise NotFound(f"no room {room!r}")
+
+    def staff(room: str, authorization: str | None, query_token: str | None) -> str:
+        """Who may decide: ``operator`` (the key), or an anchor of the room (its subject); a
+        guest's anchor token may not (403)."""
+        token = bearer_token(authorization, query_token)
+        if token is not None and secrets.compare_digest(token.encode(), operator_key.encode()):
+            return "operator"
+        if token is None:
+            raise Unauthorized("an anchor token of the room or the operator key is required")
+        grant = access.authorize(room, "anchor", authorization, query_token)
+        if guests.desk.is_guest(room, grant.subject):
+            raise Forbidden("a guest may not decide stage requests")
+        return grant.subject
+
+    def own(room: str, request_id: str, key: str | None) -> StageRequest | None:
+        """The request when ``key`` is its requester's; None without a key; 403 on a wrong one."""
+        request = guests.desk.get(room, request_id)
+        if key is None:
+            return None
+        if not secrets.compare_digest(key.encode(), request.key.encode()):
+            raise Forbidden("wrong stage key for this request")
+        return request
+
+    @router.post(
+        "/rooms/{room}/stage/requests",
+        status_code=201,
+        response_model=StageRequestView,
+        responses=problem_responses(429),
+    )
+    async def raise_hand(
+        room: str,
+        body: HandBody,
+        request: Request,
+        response: Response,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> StageRequestView:
+        """A viewer asks to join the stage; the answer's ``key`` is its secret for the rest."""
+        room_or_404(room)
+        grant = access.authorize(room, "audience", authorization, access_token)
+        address = client_key(request.client.host if request.client else "unknown")
+        rate_key = f"addr:{address}" if grant.anonymous else f"sub:{grant.subject}"
+        requester = "anonymous" if grant.anonymous else grant.subject
+        hand = guests.ask(room, body.name.strip(), requester, rate_key)
+        response.headers["Location"] = f"/rooms/{room}/stage/requests/{hand.id}"
+        out = view(hand, requester=True)
+        out.key = hand.key
+        return out
+
+    @router.get("/rooms/{room}/stage/requests", response_model=list[StageRequestView])
+    async def list_requests(
+        room: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+        wait: float = Query(0, ge=0, le=30),
+    ) -> list[StageRequestView]:
+        """Every request the room has (finished ones for a few minutes); ``wait``: hold the
+        answer until one changes (at most that many seconds)."""
+        room_or_404(room)
+        staff(room, authorization, access_token)
+        if wait:
+            await guests.wait_room(room, wait)
+        guests.sweep()
+        return [view(r) for r in guests.desk.requests(room)]
+
+    @router.get("/rooms/{room}/stage/requests/{request_id}", response_model=StageRequestView)
+    async def get_request(
+        room: str,
+        request_id: str,
+        after: int = Query(-1, ge=-1),
+        wait: float = Query(0, ge=0, le=30),
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+        x_stage_key: str | None = Header(default=None),
+    ) -> StageRequestView:
+        """The requester (``X-Stage-Key``) long-polls: answered once ``version`` > ``after``
+        or after ``wait`` s; approved, it carries the guest's anchor token."""
+        room_or_404(room)
+        mine = own(room, request_id, x_stage_key)
+        if mine is None:
+            staff(room, authorization, access_token)
+        current = await guests.wait(room, request_id, after, wait)
+        return view(current, requester=mine is not None)
+
+    async def decide(
+        room: str, request_id: str, approve: bool, authorization: str | None, token: str | None
+    ) -> StageRequestView:
+        room_or_404(room)
+        who = staff(room, authorization, token)
+        guests.sweep()
+        if approve:
+            stage = stages.get(room)
+            live = len(stage.anchor_ids) if stage is not None else 0
+            if live + guests.desk.seats_taken(room) >= settings.stage.max_anchors:
+                raise Conflict(f"the stage of {room!r} is full ({settings.stage.max_anchors})")
+        return view(guests.decide(room, request_id, approve, who))
+
+    @router.post(
+        "/rooms/{room}/stage/requests/{request_id}/approve", response_model=StageRequestView
+    )
+    async def approve(
+        room: str,
+        request_id: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> StageRequestView:
+        """Mints the guest's anchor token (``stage.guest_token_ttl``); 409 unless pending or
+        when the stage is full."""
+        return await decide(room, request_id, True, authorization, access_token)
+
+    @router.post(
+        "/rooms/{room}/stage/requests/{request_id}/refuse", response_model=StageRequestView
+    )
+    async def refuse(
+        room: str,
+        request_id: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> StageRequestView:
+        return await decide(room, request_id, False, authorization, access_token)
+
+    @router.delete("/rooms/{room}/stage/requests/{request_id}", response_model=StageRequestView)
+    async def leave(
+        room: str,
+        request_id: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+        x_stage_key: str | None = Header(default=None),
+    ) -> StageRequestView:
+        """The requester withdraws or steps down, or an anchor/operator removes the guest:
+        its WHIP session ends and its token is revoked. 409 once finished."""
+        room_or_404(room)
+        mine = own(room, request_id, x_stage_key)
+        by = None if mine is not None else staff(room, authorization, access_token)
+        return view(await guests.leave(room, request_id, by), requester=mine is not None)
+
+    @router.get("/rooms/{room}/stage", response_model=StageView)
+    async def get_stage(
+        room: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> StageView:
+        """What an anchor's page shows: the anchors on stage (guests named), open requests,
+        viewers, and an audience token to pull co-hosts' own streams (``?anchor=ID``)."""
+        room_or_404(room)
+        staff(room, authorization, access_token)
+        guests.sweep()
+        stage = stages.get(room)
+        assert stage is not None
+        sessions = {s.id: s for s in anchors.in_room(room)}
+        on_stage: list[StageAnchorView] = []
+        for aid in stage.anchor_ids:
+            s = sessions.get(aid)
+            if s is None:
+                continue
+            r = guests.desk.by_subject(s.subject)
+            guest = r is not None and r.room == room
+            on_stage.append(
+                StageAnchorView(
+                    id=aid,
+                    subject=s.subject,
+                    guest=guest,
+                    name=r.name if r is not None and guest else None,
+                    request_id=r.id if r is not None and guest else None,
+                    muted=sorted(s.hub.muted),
+                )
+            )
+        viewer_token = guests.viewer_token(room, VIEWER_TOKEN_TTL)
+        return StageView(
+            room=room,
+            live=stage.hub is not None and not stage.hub.closed.is_set(),
+            viewers=viewers.count(room),
+            max_anchors=settings.stage.max_anchors,
+            anchors=on_stage,
+            requests=[view(r) for r in guests.desk.requests(room) if r.open],
+            viewer_token=viewer_token,
+        )
+
+    @router.get("/rooms/{room}/stage/guests", response_model=list[StageRequestView])
+    async def list_guests(
+        room: str,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> list[StageRequestView]:
+        """Approved guests and guests on stage."""
+        room_or_404(room)
+        staff(room, authorization, access_token)
+        guests.sweep()
+        return [view(r) for r in guests.desk.requests(room) if r.state in ("approved", "joined")]
+
+    return router
