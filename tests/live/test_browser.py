@@ -74,12 +74,17 @@ def shots(tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
-async def chromium(*, fake_media: bool, audio_file: Path | None = None) -> AsyncIterator[Any]:
+async def chromium(
+    *, fake_media: bool, audio_file: Path | None = None, video_file: Path | None = None
+) -> AsyncIterator[Any]:
     """A fresh headless Chromium; Playwright gives each launch its own temporary profile.
-    ``audio_file``: a WAV the fake microphone plays (in a loop) instead of its own tone."""
+    ``audio_file``: a WAV the fake microphone plays (in a loop) instead of its own tone;
+    ``video_file``: a Y4M the fake camera plays (in a loop) instead of its own pattern."""
     args = BASE_ARGS + (FAKE_MEDIA if fake_media else [])
     if audio_file is not None:
         args = [*args, f"--use-file-for-fake-audio-capture={audio_file}"]
+    if video_file is not None:
+        args = [*args, f"--use-file-for-fake-video-capture={video_file}"]
     async with playwright_api.async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,

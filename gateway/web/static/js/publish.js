@@ -1,6 +1,7 @@
 // Publish page: camera + microphone preview, device pick, go live / stop over WHIP, live status,
 // bitrate and packet-loss readout. State for scripts and tests: window.stagecast.
 import { RoomChat } from './chat.js';
+import { CoHosts } from './cohosts.js';
 import { endSession, negotiate, newPeerConnection, problemText } from './signaling.js';
 import { StatsSampler } from './stats.js';
 import {
@@ -231,6 +232,25 @@ async function stop() {
 const chat = new RoomChat($('#chat'));
 let chatRoom = null;
 
+// The stage around this anchor: raised hands, co-host tiles, mix-minus audio, viewer count.
+const cohosts = new CoHosts(
+  {
+    viewers: $('#viewers'),
+    requests: $('#requests'),
+    noRequests: $('#no-requests'),
+    tiles: $('#cohosts'),
+    noTiles: $('#no-cohosts'),
+    audio: $('#mixminus'),
+    message: $('#stage-message'),
+  },
+  () => ({
+    room: validRoom(ui.room.value.trim()) ? ui.room.value.trim() : null,
+    token: ui.token.value.trim(),
+    anchorId: state.session ? new URL(state.session.location).pathname.split('/').pop() : null,
+  }),
+);
+state.cohosts = cohosts.state;
+
 function init() {
   const p = params();
   ui.room.value = p.get('room') || 'demo';
@@ -259,6 +279,7 @@ function init() {
     chatRoom = ui.room.value.trim();
     chat.join(chatRoom, ui.token.value.trim());
   }
+  cohosts.start(); // polls while a room and a token are given
   startPreview();
 }
 

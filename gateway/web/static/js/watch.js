@@ -9,6 +9,7 @@ import {
   problemText,
 } from './signaling.js';
 import { RoomChat } from './chat.js';
+import { GuestStage } from './guest.js';
 import { latencyMs, StampReader } from './stamps.js';
 import { StatsSampler } from './stats.js';
 import {
@@ -63,6 +64,31 @@ let current = null; // {pc, session, stream, sampler, startedAt, gotFrame}
 const reader = new StampReader();
 const chat = new RoomChat($('#chat'));
 const latencies = [];
+
+// On stage the guest hears the mix-minus (everyone but itself), never the program's audio,
+// which carries its own voice back a moment late.
+let mutedBeforeStage = null;
+const guest = new GuestStage(
+  {
+    raise: $('#raise'),
+    leave: $('#leave-stage'),
+    name: $('#guest-name'),
+    status: $('#guest-status'),
+    self: $('#guest-self'),
+    audio: $('#mixminus'),
+  },
+  (on) => {
+    if (on && mutedBeforeStage === null) {
+      mutedBeforeStage = ui.player.muted;
+      setMuted(true);
+    } else if (!on && mutedBeforeStage !== null) {
+      setMuted(mutedBeforeStage);
+      mutedBeforeStage = null;
+    }
+    ui.mute.disabled = on;
+  },
+);
+state.stage = guest.state;
 
 function show(next, text, overlay = null, message = '') {
   state.state = next;
@@ -338,6 +364,7 @@ function start(event) {
   ui.ttff.textContent = '–';
   watchLoop(room, ui.token.value.trim());
   chat.join(room, ui.token.value.trim());
+  guest.setRoom(room, ui.token.value.trim());
 }
 
 function init() {
