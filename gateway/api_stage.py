@@ -18,7 +18,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from relay.auth.access import AccessPolicy
-from relay.auth.tokens import bearer_token
+from relay.auth.tokens import LINK_SUBJECT_PREFIX, bearer_token
 from relay.errors import Conflict, Forbidden, NotFound, Unauthorized
 from relay.http.common import check_room
 from relay.http.problems import problem_responses
@@ -73,7 +73,7 @@ class StageAnchorView(BaseModel):
 class StageView(BaseModel):
     room: str
     live: bool
-    viewers: int  # on this node
+    viewers: int  # the program's audience on this node (not co-host pulls, mix-minus, edges)
     max_anchors: int
     anchors: list[StageAnchorView]  # join order
     requests: list[StageRequestView]  # open ones: pending, approved, on stage
@@ -113,6 +113,17 @@ def stage_router(
             if r.anchor_id is not None:
                 out.mixminus_url = f"{base}/whep/{r.room}?mixminus={r.anchor_id}"
         return out
+
+    def audience(room: str) -> int:
+        """The program's viewers on this node: not co-hosts' pulls, mix-minus or edge links."""
+        return sum(
+            1
+            for s in viewers.sessions.values()
+            if s.room == room
+            and s.hub.key.anchor is None
+            and s.hub.key.mixminus is None
+            and not s.grant.subject.startswith(LINK_SUBJECT_PREFIX)
+        )
 
     def room_or_404(room: str) -> None:
         check_room(room)
@@ -289,7 +300,7 @@ def stage_router(
         return StageView(
             room=room,
             live=stage.hub is not None and not stage.hub.closed.is_set(),
-            viewers=viewers.count(room),
+            viewers=audience(room),
             max_anchors=settings.stage.max_anchors,
             anchors=on_stage,
             requests=[view(r) for r in guests.desk.requests(room) if r.open],

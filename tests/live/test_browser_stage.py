@@ -8,23 +8,29 @@ its tile leaves the program."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import time
 import wave
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import websockets
 
 from gateway.mixer.compositor import rgb_to_yuv
-from tests.live.test_browser import chromium, open_page, until
+from tests.live.test_browser import chromium, open_page, shots, until
 from tests.live.test_live_path import wait_for
-from tests.live.test_mixer_live import SMALL_STAGE, shows
+from tests.live.test_mixer_live import SMALL_STAGE, publish, shows
 from tests.support.mixer_clients import RGB, watch_program
 from tests.support.server import run_server
+from tests.support.stage_guest import go_on_stage, raise_hand
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+__all__ = ["shots"]  # the screenshot fixture (tests/live/test_browser.py)
 
 ANCHOR_HZ, GUEST_HZ = 440.0, 1000.0
 
@@ -99,7 +105,7 @@ async def hears(
 
 @pytest.mark.timeout(240)
 async def test_a_viewer_raises_a_hand_goes_on_stage_through_the_pages_and_steps_down(
-    tmp_path: Path,
+    tmp_path: Path, shots: Path
 ) -> None:
     room = "pagestage"
     with run_server(stage=SMALL_STAGE) as server:
@@ -171,6 +177,8 @@ async def test_a_viewer_raises_a_hand_goes_on_stage_through_the_pages_and_steps_
                 )
                 print(f"anchor's mix-minus (dBFS): {lv}")
                 assert int(await publish.locator("#viewers").inner_text()) >= 2
+                await publish.screenshot(path=shots / "publish-stage.png", full_page=True)
+                await watch.screenshot(path=shots / "watch-stage.png", full_page=True)
 
                 # the guest steps down: its tile leaves the program, it keeps watching
                 await watch.click("#leave-stage")
@@ -183,3 +191,113 @@ async def test_a_viewer_raises_a_hand_goes_on_stage_through_the_pages_and_steps_
                 assert watch.errors == [] and publish.errors == []
             finally:
                 await program.close()
+
+
+@pytest.mark.timeout(240)
+async def test_the_console_runs_a_show(tmp_path: Path, shots: Path) -> None:
+    """The console's show panel: the stage's tiles, a raised hand approved there (an aiortc
+    guest goes on stage), per-anchor mute, the layout picker, recording and an HLS bridge
+    started and stopped, a chatting viewer muted, the charts filling, the nodes listed, and the
+    guest removed."""
+    room = "consoleshow"
+    with run_server(
+        stage=SMALL_STAGE,
+        recording={"dir": str(tmp_path / "rec"), "min_free_mb": 0, "stop_free_mb": 0},
+    ) as server:
+        gw = server.gateway
+        host = await publish(server, room, "red")
+        assert await wait_for(lambda: gw.stages.live_hub(room) is not None, 10)
+        viewer_token = gw.tokens.mint(room, "audience", "chatty", 600)
+        async with (
+            chromium(fake_media=False) as browser,
+            httpx.AsyncClient(base_url=server.base_url, timeout=20) as client,
+            websockets.connect(
+                f"ws://127.0.0.1:{server.settings.port}/rooms/{room}/messages?access_token={viewer_token}"
+            ) as chat,
+        ):
+            console = await open_page(
+                browser, f"{server.base_url}/console#key={gw.operator_key}", width=1300
+            )
+            card = console.locator(f".room[data-room='{room}']")
+            await card.wait_for(timeout=10_000)
+            await card.locator("button.run-show").click()
+            await until(console, f"window.stagecast.show.room === {room!r}", 5)
+            host_id = gw.stages.get(room).anchor_ids[0]  # type: ignore[union-attr]
+            await until(
+                console,
+                f"(stagecast.show.stage.tiles[{host_id!r}] || {{}}).frames > 5",
+                15,
+                "host tile",
+            )
+
+            # a raised hand, approved in the console; the guest (aiortc) goes on stage
+            hand = await raise_hand(client, room, "Gus")
+            joining = asyncio.create_task(go_on_stage(server.base_url, hand, "blue", 1000.0))
+            pending = console.locator("#show .requests li[data-state='pending']", has_text="Gus")
+            await pending.wait_for(timeout=5000)
+            await pending.locator("button.approve").click()
+            _, guest = await joining
+            try:
+                assert await wait_for(lambda: len(gw.anchors.in_room(room)) == 2, 10)
+                guest_id = (await hand.state())["anchor_id"]
+                await until(
+                    console,
+                    f"(stagecast.show.stage.tiles[{guest_id!r}] || {{}}).frames > 5",
+                    15,
+                    "guest tile",
+                )
+                # mute the guest in the program mix
+                row = console.locator(f"#show .mixer-controls li[data-anchor='{guest_id}']")
+                await row.locator("input.mute").check()
+                stage = gw.stages.get(room)
+                assert stage is not None
+                assert await wait_for(
+                    lambda: guest_id in stage.audio and stage.audio[guest_id].muted, 5
+                )
+                # the layout picker
+                await console.select_option("#show select.layout", "speaker")
+                assert await wait_for(
+                    lambda: stage.layout is not None and stage.layout.mode == "speaker", 5
+                )
+                # recording on and off
+                await console.click("#show button.rec-start")
+                await until(
+                    console,
+                    "document.querySelector('#show .rec-state').dataset.recording === 'yes'",
+                    10,
+                )
+                await console.click("#show button.rec-stop")
+                await until(
+                    console,
+                    "document.querySelector('#show .rec-state').dataset.recording === 'no'",
+                    15,
+                )
+                # an HLS bridge on and off
+                await console.click("#show .bridge-form button")
+                await console.locator("#show .bridges li").wait_for(timeout=10_000)
+                await console.locator("#show .bridges li button").click()
+                await console.locator("#show .bridges li").wait_for(
+                    state="detached", timeout=15_000
+                )
+                # a chatting viewer is muted from the console
+                await chat.send(json.dumps({"type": "chat", "text": "buy my stuff"}))
+                line = console.locator("#show .show-chat li", has_text="buy my stuff")
+                await line.wait_for(timeout=10_000)
+                await line.locator("button").click()
+                await console.locator("#show .mutes li", has_text="chatty").wait_for(timeout=10_000)
+                # charts have been filling; the node is listed
+                await until(
+                    console,
+                    "Number(document.querySelector('#show .chart-viewers').dataset.points) >= 3",
+                    15,
+                )
+                await until(console, "document.querySelectorAll('#nodes tr').length === 1", 5)
+                await console.locator("#show").screenshot(path=shots / "console-show.png")
+                # the guest is removed from the console: off stage, its token revoked
+                await row.locator("button").click()
+                assert await wait_for(lambda: len(gw.anchors.in_room(room)) == 1, 10)
+                assert (await hand.state())["state"] == "removed"
+                assert console.errors == []
+            finally:
+                await guest.close()
+        await host.close()

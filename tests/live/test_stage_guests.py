@@ -21,7 +21,7 @@ from tests.support.stage_guest import raise_hand, tile_after_approval
 
 pytestmark = [pytest.mark.slow]
 
-SIDE_BY_SIDE = {(0.25, 0.5): "red", (0.75, 0.5): "blue"}
+SIDE_BY_SIDE: dict[tuple[float, float], str | None] = {(0.25, 0.5): "red", (0.75, 0.5): "blue"}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -55,6 +55,7 @@ async def test_a_viewer_goes_on_stage_hears_the_anchor_not_itself_and_steps_down
                     colour="blue",
                     tone=1000.0,
                     at=(0.75, 0.5),
+                    viewer_token=gw.tokens.mint(room, "audience", f"viewer-{run}", 600),
                 )
                 joins.append(took)
                 assert mode(server, room) == "mixed"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -21,6 +21,7 @@ class Hand:
     id: str
     key: str
     client: httpx.AsyncClient
+    marks: dict[str, float] = field(default_factory=dict)  # step -> monotonic time
 
     @property
     def headers(self) -> dict[str, str]:
@@ -78,6 +79,7 @@ async def go_on_stage(
 ) -> tuple[dict[str, Any], Publisher]:
     """Waits for the approval, then publishes ``colour`` and ``tone`` with the guest token."""
     view = await hand.until_decided()
+    hand.marks["token"] = time.monotonic()
     assert view["state"] == "approved", view
     guest = await whip_publish(
         base_url,
@@ -86,6 +88,7 @@ async def go_on_stage(
         video=SolidColourTrack(RGB[colour]),
         audio=ToneAudioTrack(tone, amplitude=0.25),
     )
+    hand.marks["whip"] = time.monotonic()
     return view, guest
 
 
@@ -99,14 +102,17 @@ async def tile_after_approval(
     colour: str,
     tone: float,
     at: tuple[float, float],
+    viewer_token: str | None = None,
     timeout: float = 20,
 ) -> tuple[float, Hand, Publisher]:
-    """One join: a hand raised, approved by the anchor; seconds from the approval's answer to
-    ``colour`` at ``at`` in ``viewer``'s program picture."""
-    hand = await raise_hand(client, room, f"guest {colour}")
+    """One join: a hand raised (anonymously, or with ``viewer_token``: hands are rate-limited
+    per requester), approved by the anchor; seconds from the approval's answer to ``colour``
+    at ``at`` in ``viewer``'s program picture."""
+    hand = await raise_hand(client, room, f"guest {colour}", viewer_token)
     joining = asyncio.create_task(go_on_stage(base_url, hand, colour, tone))
     await asyncio.sleep(0.2)  # the guest's long-poll is waiting, as a page's would be
     approved_at = await approve(client, room, hand.id, anchor_token)
+    hand.marks["approved"] = approved_at
     _, guest = await joining
     deadline = time.monotonic() + timeout
     while viewer.colour_at(*at) != colour:

@@ -96,7 +96,7 @@ export class CoHosts {
         this.ui.requests.append(li);
       }
       li.querySelector('.who').textContent = r.name;
-      const label = { pending: '✋ raised a hand', approved: 'approved, joining…', joined: 'on stage' };
+      const label = { pending: 'raised a hand', approved: 'approved, joining…', joined: 'on stage' };
       li.querySelector('.state').textContent = label[r.state];
       li.dataset.state = r.state;
       li.querySelector('.approve').hidden = r.state !== 'pending';

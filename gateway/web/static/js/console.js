@@ -2,6 +2,7 @@
 // anchor links. The key stays in this tab (sessionStorage); `#key=...` in the URL also works.
 // The room list is polled every 2 s and updated in place (keyed by room and anchor id), so a
 // click never lands on a node that a refresh has just replaced.
+import { ShowPanel } from './show.js';
 import { $, formatBitrate, setStatus, validRoom } from './util.js';
 
 const ui = {
@@ -96,7 +97,10 @@ function createRoom(room) {
   watch.target = '_blank';
   watch.rel = 'noopener';
   const none = el('p', 'muted none', 'No anchor.');
-  card.append(head, el('p', 'muted rate'), el('ul', 'anchors'), none, watch);
+  const run = el('button', 'small run-show', 'Run show');
+  run.type = 'button';
+  run.dataset.show = room.name;
+  card.append(head, el('p', 'muted rate'), el('ul', 'anchors'), none, run, watch);
   return card;
 }
 
@@ -150,6 +154,12 @@ function renderRooms() {
 
 // One delegated handler: the armed (first-clicked) kick lives in `armed`, not in the DOM.
 async function onRoomsClick(event) {
+  const run = event.target.closest('button[data-show]');
+  if (run) {
+    show.show(run.dataset.show);
+    $('#show').scrollIntoView({ behavior: 'smooth' });
+    return;
+  }
   const button = event.target.closest('button[data-anchor]');
   if (!button || button.disabled) return;
   const { room, anchor } = button.dataset;
@@ -191,6 +201,7 @@ async function refresh() {
     state.error = null;
     setStatus(ui.status, 'live', 'connected');
     renderRooms();
+    refreshNodes();
   } catch (err) {
     state.error = err.message;
     state.state = err.status === 401 || err.status === 403 ? 'denied' : 'error';
@@ -198,6 +209,40 @@ async function refresh() {
     ui.message.textContent = `Operator API: ${err.message}`;
     if (state.state === 'denied') stopPolling();
   }
+}
+
+// The show panel: one room's stage, requests, bridges, recording, chat moderation and charts.
+const show = new ShowPanel($('#show'), api, () => ui.key.value.trim());
+state.show = show.state;
+
+async function refreshNodes() {
+  let nodes;
+  try {
+    nodes = await api('GET', 'nodes');
+  } catch {
+    return;
+  }
+  state.nodes = nodes;
+  const fmtAge = (s) => `${s.toFixed(1)} s`;
+  $('#nodes').replaceChildren(
+    ...nodes.map((n) => {
+      const tr = document.createElement('tr');
+      tr.dataset.node = n.id;
+      tr.dataset.state = n.state;
+      const cells = [
+        `${n.id}${n.local ? ' (this)' : ''}`,
+        n.role,
+        n.state,
+        String(n.viewers),
+        String(n.anchors),
+        n.load.toFixed(2),
+        n.cpu_percent == null ? '–' : `${Math.round(n.cpu_percent)} %`,
+        fmtAge(n.heartbeat_age_s),
+      ];
+      for (const text of cells) tr.append(el('td', '', text));
+      return tr;
+    }),
+  );
 }
 
 function stopPolling() {
