@@ -23,9 +23,8 @@ from typing import Any
 import httpx
 
 from tests.live.test_mixer_live import SMALL_STAGE, publish, shows
-from tests.support.mixer_clients import watch_program
 from tests.support.server import run_server
-from tests.support.stage_guest import tile_after_approval
+from tests.support.stage_guest import tile_after_approval, watch_admitted
 
 
 async def run(runs: int, stage: dict[str, Any]) -> list[float]:
@@ -34,7 +33,7 @@ async def run(runs: int, stage: dict[str, Any]) -> list[float]:
         gw = server.gateway
         anchor_token = gw.tokens.mint(room, "anchor", "anchor-red", 600)
         host = await publish(server, room, "red")
-        viewer = await watch_program(server.base_url, f"/whep/{room}")
+        viewer = await watch_admitted(server.base_url, f"/whep/{room}")
         took: list[float] = []
         try:
             if not await shows(viewer, {(0.5, 0.5): "red"}, 20):

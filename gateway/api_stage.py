@@ -89,7 +89,9 @@ def stage_router(
     guests: StageGuests,
     operator_key: str,
 ) -> APIRouter:
-    router = APIRouter(tags=["stage"], responses=problem_responses(401, 403, 404, 409, 422))
+    router = APIRouter(
+        tags=["stage"], responses=problem_responses(400, 401, 403, 404, 409, 413, 422)
+    )
     base = settings.base_url
 
     def view(r: StageRequest, *, requester: bool = False) -> StageRequestView:
@@ -130,10 +132,12 @@ def stage_router(
         if stages.get(room) is None:
             raise NotFound(f"no room {room!r}")
 
-    def staff(room: str, authorization: str | None, query_token: str | None) -> str:
-        """Who may decide: ``operator`` (the key), or an anchor of the room (its subject); a
-        guest's anchor token may not (403)."""
-        token = bearer_token(authorization, query_token)
+    def staff(room: str, request: Request) -> str:
+        """Who may decide: ``operator`` (the key, as ``/v1`` takes it: Bearer or X-API-Key),
+        or an anchor of the room (its subject); a guest's anchor token may not (403)."""
+        authorization = request.headers.get("authorization")
+        query_token = request.query_params.get("access_token")
+        token = bearer_token(authorization, query_token) or request.headers.get("x-api-key")
         if token is not None and secrets.compare_digest(token.encode(), operator_key.encode()):
             return "operator"
         if token is None:
@@ -180,15 +184,12 @@ def stage_router(
 
     @router.get("/rooms/{room}/stage/requests", response_model=list[StageRequestView])
     async def list_requests(
-        room: str,
-        authorization: str | None = Header(default=None),
-        access_token: str | None = Query(default=None),
-        wait: float = Query(0, ge=0, le=30),
+        room: str, request: Request, wait: float = Query(0, ge=0, le=30)
     ) -> list[StageRequestView]:
         """Every request the room has (finished ones for a few minutes); ``wait``: hold the
         answer until one changes (at most that many seconds)."""
         room_or_404(room)
-        staff(room, authorization, access_token)
+        staff(room, request)
         if wait:
             await guests.wait_room(room, wait)
         guests.sweep()
@@ -198,10 +199,9 @@ def stage_router(
     async def get_request(
         room: str,
         request_id: str,
+        request: Request,
         after: int = Query(-1, ge=-1),
         wait: float = Query(0, ge=0, le=30),
-        authorization: str | None = Header(default=None),
-        access_token: str | None = Query(default=None),
         x_stage_key: str | None = Header(default=None),
     ) -> StageRequestView:
         """The requester (``X-Stage-Key``) long-polls: answered once ``version`` > ``after``
@@ -209,15 +209,15 @@ def stage_router(
         room_or_404(room)
         mine = own(room, request_id, x_stage_key)
         if mine is None:
-            staff(room, authorization, access_token)
+            staff(room, request)
         current = await guests.wait(room, request_id, after, wait)
         return view(current, requester=mine is not None)
 
     async def decide(
-        room: str, request_id: str, approve: bool, authorization: str | None, token: str | None
+        room: str, request_id: str, approve: bool, request: Request
     ) -> StageRequestView:
         room_or_404(room)
-        who = staff(room, authorization, token)
+        who = staff(room, request)
         guests.sweep()
         if approve:
             stage = stages.get(room)
@@ -229,52 +229,37 @@ def stage_router(
     @router.post(
         "/rooms/{room}/stage/requests/{request_id}/approve", response_model=StageRequestView
     )
-    async def approve(
-        room: str,
-        request_id: str,
-        authorization: str | None = Header(default=None),
-        access_token: str | None = Query(default=None),
-    ) -> StageRequestView:
+    async def approve(room: str, request_id: str, request: Request) -> StageRequestView:
         """Mints the guest's anchor token (``stage.guest_token_ttl``); 409 unless pending or
         when the stage is full."""
-        return await decide(room, request_id, True, authorization, access_token)
+        return await decide(room, request_id, True, request)
 
     @router.post(
         "/rooms/{room}/stage/requests/{request_id}/refuse", response_model=StageRequestView
     )
-    async def refuse(
-        room: str,
-        request_id: str,
-        authorization: str | None = Header(default=None),
-        access_token: str | None = Query(default=None),
-    ) -> StageRequestView:
-        return await decide(room, request_id, False, authorization, access_token)
+    async def refuse(room: str, request_id: str, request: Request) -> StageRequestView:
+        return await decide(room, request_id, False, request)
 
     @router.delete("/rooms/{room}/stage/requests/{request_id}", response_model=StageRequestView)
     async def leave(
         room: str,
         request_id: str,
-        authorization: str | None = Header(default=None),
-        access_token: str | None = Query(default=None),
+        request: Request,
         x_stage_key: str | None = Header(default=None),
     ) -> StageRequestView:
         """The requester withdraws or steps down, or an anchor/operator removes the guest:
         its WHIP session ends and its token is revoked. 409 once finished."""
         room_or_404(room)
         mine = own(room, request_id, x_stage_key)
-        by = None if mine is not None else staff(room, authorization, access_token)
+        by = None if mine is not None else staff(room, request)
         return view(await guests.leave(room, request_id, by), requester=mine is not None)
 
     @router.get("/rooms/{room}/stage", response_model=StageView)
-    async def get_stage(
-        room: str,
-        authorization: str | None = Header(default=None),
-        access_token: str | None = Query(default=None),
-    ) -> StageView:
+    async def get_stage(room: str, request: Request) -> StageView:
         """What an anchor's page shows: the anchors on stage (guests named), open requests,
         viewers, and an audience token to pull co-hosts' own streams (``?anchor=ID``)."""
         room_or_404(room)
-        staff(room, authorization, access_token)
+        staff(room, request)
         guests.sweep()
         stage = stages.get(room)
         assert stage is not None
@@ -308,14 +293,10 @@ def stage_router(
         )
 
     @router.get("/rooms/{room}/stage/guests", response_model=list[StageRequestView])
-    async def list_guests(
-        room: str,
-        authorization: str | None = Header(default=None),
-        access_token: str | None = Query(default=None),
-    ) -> list[StageRequestView]:
+    async def list_guests(room: str, request: Request) -> list[StageRequestView]:
         """Approved guests and guests on stage."""
         room_or_404(room)
-        staff(room, authorization, access_token)
+        staff(room, request)
         guests.sweep()
         return [view(r) for r in guests.desk.requests(room) if r.state in ("approved", "joined")]
 

@@ -25,9 +25,9 @@ from gateway.mixer.compositor import rgb_to_yuv
 from tests.live.test_browser import chromium, open_page, shots, until
 from tests.live.test_live_path import wait_for
 from tests.live.test_mixer_live import SMALL_STAGE, publish, shows
-from tests.support.mixer_clients import RGB, watch_program
+from tests.support.mixer_clients import RGB
 from tests.support.server import run_server
-from tests.support.stage_guest import go_on_stage, raise_hand
+from tests.support.stage_guest import go_on_stage, raise_hand, watch_admitted
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 __all__ = ["shots"]  # the screenshot fixture (tests/live/test_browser.py)
@@ -130,7 +130,7 @@ async def test_a_viewer_raises_a_hand_goes_on_stage_through_the_pages_and_steps_
             await until(publish, "window.stagecast.stream !== null", 15, "the camera")
             await publish.click("#go")
             await until(publish, "window.stagecast.state === 'live'", 20, "the anchor live")
-            program = await watch_program(server.base_url, f"/whep/{room}")
+            program = await watch_admitted(server.base_url, f"/whep/{room}")
             try:
                 assert await shows(program, {(0.5, 0.5): "red"}, 20), program.colour_at(0.5, 0.5)
 

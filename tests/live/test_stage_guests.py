@@ -15,9 +15,9 @@ from tests.live.test_live_path import wait_for
 from tests.live.test_mixer_live import SMALL_STAGE, hears, mode, publish, shows
 from tests.live.test_webhooks import SECRET as HOOK_SECRET
 from tests.live.test_webhooks import receiver
-from tests.support.mixer_clients import RGB, watch_program
+from tests.support.mixer_clients import RGB
 from tests.support.server import RunningServer, run_server
-from tests.support.stage_guest import raise_hand, tile_after_approval
+from tests.support.stage_guest import raise_hand, tile_after_approval, watch_admitted
 
 pytestmark = [pytest.mark.slow]
 
@@ -41,7 +41,7 @@ async def test_a_viewer_goes_on_stage_hears_the_anchor_not_itself_and_steps_down
         anchor_token = gw.tokens.mint(room, "anchor", "anchor-red", 600)
         host = await publish(server, room, "red")
         assert await wait_for(lambda: gw.stages.live_hub(room) is not None, 10)
-        viewer = await watch_program(server.base_url, f"/whep/{room}")
+        viewer = await watch_admitted(server.base_url, f"/whep/{room}")
         assert await shows(viewer, {(0.5, 0.5): "red"}, 15)
         async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as client:
             joins: list[float] = []
@@ -81,7 +81,7 @@ async def test_a_viewer_goes_on_stage_hears_the_anchor_not_itself_and_steps_down
                 )  # only the guest sees it
                 if run == 0:
                     # its own mix-minus (with its guest token): the anchor, never itself
-                    mm = await watch_program(
+                    mm = await watch_admitted(
                         server.base_url,
                         f"/whep/{room}?mixminus={view['anchor_id']}",
                         token=view["token"],

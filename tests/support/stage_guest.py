@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from gateway.synthetic import Publisher, SolidColourTrack, ToneAudioTrack, whip_publish
-from tests.support.mixer_clients import RGB, ProgramViewer
+from tests.support.mixer_clients import RGB, ProgramViewer, watch_program
 
 
 @dataclass
@@ -121,3 +121,19 @@ async def tile_after_approval(
             raise AssertionError(f"no {colour} tile at {at}: {viewer.colour_at(*at)}")
         await asyncio.sleep(0.01)
     return time.monotonic() - approved_at, hand, guest
+
+
+async def watch_admitted(
+    base_url: str, path: str, *, timeout: float = 30, **kw: Any
+) -> ProgramViewer:
+    """``watch_program``, trying again while the node answers 503 (overloaded: the test
+    machine runs other suites) or 409 (not live yet), after its Retry-After, as a player does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await watch_program(base_url, path, **kw)
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status not in (409, 503) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(min(2.0, float(exc.response.headers.get("retry-after", "1"))))

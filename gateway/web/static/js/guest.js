@@ -175,7 +175,17 @@ export class GuestStage {
         if (pc.connectionState === 'failed' && this.whip && this.whip.pc === pc) this.leave();
       });
       if (myRun !== this.run) return;
-      await this.listen(room, anchorId, token);
+      // a busy node answers 503 (or 409 before the mix-minus exists): wait, try again
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.listen(room, anchorId, token);
+          break;
+        } catch (err) {
+          const again = err instanceof HttpError && (err.status === 503 || err.status === 409);
+          if (!again || attempt >= 5 || myRun !== this.run) throw err;
+          await sleep(1000 * Math.min(2, err.retryAfter || 1));
+        }
+      }
       if (myRun !== this.run) return;
       this.onStage(true);
       this.set('on-stage');
@@ -197,9 +207,13 @@ export class GuestStage {
       this.ui.audio.srcObject = stream;
       this.ui.audio.play().catch(() => {});
     });
-    this.mixminus = { pc, session: null };
     const url = `${endpointUrl('whep', room)}?mixminus=${encodeURIComponent(anchorId)}`;
-    this.mixminus.session = await negotiate(pc, url, { token });
+    try {
+      this.mixminus = { pc, session: await negotiate(pc, url, { token }) };
+    } catch (err) {
+      pc.close();
+      throw err;
+    }
   }
 
   /** Steps down (or lowers the hand): the gateway ends the WHIP session and revokes the token. */
