@@ -150,8 +150,13 @@ async def test_a_viewer_raises_a_hand_goes_on_stage_through_the_pages_and_steps_
                 )
                 tile_at = time.time() * 1000
                 approved_at = await publish.evaluate("window.stagecast.cohosts.decided[0].at")
+                marks = await watch.evaluate(
+                    "[stagecast.stage.approvedAt, stagecast.stage.publishedAt]"
+                )
                 print(
-                    f"approval (click) -> guest tile in the program: {tile_at - approved_at:.0f} ms"
+                    f"approval (click) -> token at the guest {marks[0] - approved_at:.0f} ms, "
+                    f"WHIP answered {marks[1] - approved_at:.0f} ms, tile in the program "
+                    f"{tile_at - approved_at:.0f} ms"
                 )
                 await until(watch, "window.stagecast.stage.state === 'on-stage'", 10, "on stage")
                 guest_id = await watch.evaluate("window.stagecast.stage.anchorId")
@@ -188,6 +193,21 @@ async def test_a_viewer_raises_a_hand_goes_on_stage_through_the_pages_and_steps_
                 await until(publish, "Object.keys(window.stagecast.cohosts.tiles).length === 0", 10)
                 await until(watch, "window.stagecast.state === 'playing'", 5, "still watching")
                 assert not await watch.evaluate("document.querySelector('#mute').disabled")
+
+                # again, and this time the anchor removes the guest from the publish page
+                await watch.click("#raise")
+                pending = publish.locator("#requests li[data-state='pending']", has_text="Gina")
+                await pending.wait_for(timeout=5000)
+                await pending.locator("button.approve").click()
+                await until(watch, "window.stagecast.stage.state === 'on-stage'", 20, "on stage")
+                assert await shows(program, {(0.75, 0.5): "blue"}, 20)
+                on_stage = publish.locator("#requests li[data-state='joined']", has_text="Gina")
+                await on_stage.locator("button.remove").click()
+                await until(watch, "window.stagecast.stage.state === 'left'", 10, "removed")
+                assert "took you off" in await watch.locator("#guest-status").inner_text()
+                assert await wait_for(lambda: len(gw.anchors.in_room(room)) == 1, 10)
+                assert await shows(program, {(0.75, 0.5): "red"}, 20)
+                await until(watch, "window.stagecast.state === 'playing'", 5, "still watching")
                 assert watch.errors == [] and publish.errors == []
             finally:
                 await program.close()

@@ -2,7 +2,15 @@
 // publish camera + microphone with the guest token (WHIP) and play the room's mix-minus for this
 // guest (?mixminus=ID: everyone but itself) instead of the program's audio; "Leave stage" (or
 // being removed) ends both and leaves plain watching. State: window.stagecast.stage.
-import { endSession, HttpError, negotiate, newPeerConnection, problemText } from './signaling.js';
+import {
+  endSession,
+  gatheringDone,
+  HttpError,
+  loadConfig,
+  negotiate,
+  newPeerConnection,
+  problemText,
+} from './signaling.js';
 import { endpointUrl, sleep } from './util.js';
 
 function stageUrl(room, rest = '') {
@@ -35,7 +43,7 @@ export class GuestStage {
       requestId: null,
       anchorId: null,
       error: null,
-      approvedAt: null, // performance.now() when the approval arrived
+      approvedAt: null, // Date.now() when the approval reached this page
       publishedAt: null, // ... when the WHIP answer came
       mixminusStream: null,
       localStream: null,
@@ -79,7 +87,7 @@ export class GuestStage {
     }[s];
     this.ui.status.textContent = message || text || '';
     this.ui.status.dataset.state = s;
-    this.ui.self.hidden = s !== 'on-stage' && s !== 'joining';
+    this.ui.self.hidden = !open; // a preview while the hand is up
   }
 
   set(state, message = '') {
@@ -101,6 +109,7 @@ export class GuestStage {
       this.key = body.key;
       this.state.requestId = body.id;
       this.set('pending');
+      this.prepare(myRun);
       this.poll(myRun, this.room, body.id, body.version);
     } catch (err) {
       this.state.error = problemText(err);
@@ -131,8 +140,8 @@ export class GuestStage {
       }
       if (myRun !== this.run) return;
       seen = view.version;
-      if (view.state === 'approved' && !this.whip && this.state.state === 'pending') {
-        this.state.approvedAt = performance.now();
+      if (view.state === 'approved' && !this.guestToken && this.state.state === 'pending') {
+        this.state.approvedAt = Date.now();
         this.guestToken = view.token;
         this.join(myRun, room, view.token); // keeps polling meanwhile: a removal must be seen
       } else if (view.state === 'joined') {
@@ -148,27 +157,44 @@ export class GuestStage {
     }
   }
 
-  async join(myRun, room, token) {
-    this.set('approved');
-    try {
+  /** While the hand is up: the camera and microphone (a preview) and the WHIP offer with its
+   * candidates gathered, so that an approval costs only the POST. */
+  prepare(myRun) {
+    this.prepared = (async () => {
       const stream = await navigator.mediaDevices.getUserMedia({
         video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } },
         audio: { echoCancellation: true, noiseSuppression: true },
       });
       if (myRun !== this.run) {
         stream.getTracks().forEach((t) => t.stop());
-        return;
+        throw new Error('cancelled');
       }
       this.state.localStream = stream;
       this.ui.self.srcObject = stream;
-      this.set('joining');
-      const pc = await newPeerConnection(token);
+      const pc = await newPeerConnection(this.viewerToken);
       for (const track of stream.getTracks()) {
         pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
       }
       this.whip = { pc, session: null };
+      await pc.setLocalDescription(await pc.createOffer());
+      await gatheringDone(pc, (await loadConfig(this.viewerToken)).gatherTimeoutMs);
+      return pc;
+    })();
+    this.prepared.catch(async (err) => {
+      if (myRun !== this.run) return;
+      this.state.error = problemText(err);
+      await this.leave(false, `Camera/microphone: ${this.state.error}`);
+    });
+  }
+
+  async join(myRun, room, token) {
+    this.set('approved');
+    try {
+      const pc = await this.prepared;
+      if (myRun !== this.run) return;
+      this.set('joining');
       this.whip.session = await negotiate(pc, endpointUrl('whip', room), { token });
-      this.state.publishedAt = performance.now();
+      this.state.publishedAt = Date.now();
       const anchorId = new URL(this.whip.session.location).pathname.split('/').pop();
       this.state.anchorId = anchorId;
       pc.addEventListener('connectionstatechange', () => {
@@ -254,6 +280,7 @@ export class GuestStage {
     this.ui.audio.srcObject = null;
     this.ui.self.srcObject = null;
     this.key = null;
+    this.prepared = null;
     this.guestToken = null;
     this.state.anchorId = null;
     this.onStage(false);

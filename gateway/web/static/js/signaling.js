@@ -101,7 +101,8 @@ async function httpError(resp) {
 export async function negotiate(pc, endpoint, { token = '', signal } = {}) {
   const config = await loadConfig(token);
   const t0 = performance.now();
-  await pc.setLocalDescription(await pc.createOffer());
+  // a page may have made its offer (and gathered) ahead, e.g. while a hand is raised
+  if (!pc.localDescription) await pc.setLocalDescription(await pc.createOffer());
   await gatheringDone(pc, config.gatherTimeoutMs);
   const gatherMs = performance.now() - t0;
   const offer = stripMdnsCandidates(pc.localDescription.sdp);
