@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from aiortc import RTCPeerConnection
 
-from gateway.synthetic import Publisher, SolidColourTrack, ToneAudioTrack, whip_publish
+from gateway.synthetic import Publisher, SolidColourTrack, ToneAudioTrack, offer_answer
+from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.support.mixer_clients import RGB, ProgramViewer, watch_program
 
 
@@ -77,19 +79,26 @@ async def approve(client: httpx.AsyncClient, room: str, request_id: str, token: 
 async def go_on_stage(
     base_url: str, hand: Hand, colour: str, tone: float
 ) -> tuple[dict[str, Any], Publisher]:
-    """Waits for the approval, then publishes ``colour`` and ``tone`` with the guest token."""
-    view = await hand.until_decided()
-    hand.marks["token"] = time.monotonic()
-    assert view["state"] == "approved", view
-    guest = await whip_publish(
-        base_url,
-        hand.room,
-        view["token"],
-        video=SolidColourTrack(RGB[colour]),
-        audio=ToneAudioTrack(tone, amplitude=0.25),
-    )
+    """As the watch page does: the offer (candidates gathered) is made while the hand is up;
+    once approved it is POSTed with the guest token, publishing ``colour`` and ``tone``."""
+    pc = RTCPeerConnection(rtc_configuration(()))
+    video = SolidColourTrack(RGB[colour])
+    pc.addTransceiver(video, direction="sendonly")
+    pc.addTransceiver(ToneAudioTrack(tone, amplitude=0.25), direction="sendonly")
+    client = httpx.AsyncClient(base_url=base_url, timeout=20)
+    try:
+        await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers here
+        view = await hand.until_decided()
+        hand.marks["token"] = time.monotonic()
+        assert view["state"] == "approved", view
+        headers = {"Authorization": f"Bearer {view['token']}"}
+        resp = await offer_answer(pc, client, f"/whip/{hand.room}", headers)
+    except BaseException:
+        await close_quietly(pc)
+        await client.aclose()
+        raise
     hand.marks["whip"] = time.monotonic()
-    return view, guest
+    return view, Publisher(pc, resp.headers["location"], client, headers, video)
 
 
 async def tile_after_approval(
