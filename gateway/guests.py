@@ -87,6 +87,9 @@ class StageGuests:
         for step in steps:
             self._revoke(step.request)
         self._report(steps)
+        known = {r.id for r in self.desk}
+        for rid in [rid for rid in self._changed if rid not in known]:  # forgotten requests
+            self._changed.pop(rid).set()
 
     def ask(self, room: str, name: str, requester: str, rate_key: str) -> StageRequest:
         request, steps = self.desk.ask(room, name, requester, rate_key, self._clock())

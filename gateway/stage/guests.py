@@ -78,6 +78,7 @@ class DeskLimits:
     per_requester_burst: int = 3
     max_open: int = 50  # open requests (pending / approved / on stage) per room
     keep_finished: float = 300.0  # seconds a finished request stays readable
+    pending_timeout: float = 600.0  # a hand nobody answered is lowered after this (expired)
 
 
 class StageDesk:
@@ -203,15 +204,19 @@ class StageDesk:
 
     # -- time ---------------------------------------------------------------------------------
     def sweep(self, now: float) -> list[StageEvent]:
-        """Approved guests whose token expired unused lose their seat; finished requests are
-        forgotten after ``keep_finished``."""
+        """Approved guests whose token expired unused lose their seat, hands nobody answered
+        are lowered; finished requests are forgotten after ``keep_finished``."""
         events: list[StageEvent] = []
+        lim = self.limits
         for request in list(self):
             exp = request.token_expires_at
             if request.state == "approved" and exp is not None and now > exp:
                 done = self._change(request, now, state="expired", reason="token expired unused")
                 events.append(StageEvent("stage.left", done))
-            elif not request.open and now - request.changed_at > self.limits.keep_finished:
+            elif request.state == "pending" and now - request.created_at > lim.pending_timeout:
+                done = self._change(request, now, state="expired", reason="no answer")
+                events.append(StageEvent("stage.left", done))
+            elif not request.open and now - request.changed_at > lim.keep_finished:
                 self._drop(request)
         return events
 

@@ -88,3 +88,14 @@ def test_the_guests_own_session_ending_takes_it_off_stage_but_a_takeover_does_no
     [left] = desk.anchor_left("r", hand.subject, "A1", "media timeout", 3.0)
     assert left.request.state == "left" and left.request.reason == "media timeout"
     assert left.data()["reason"] == "media timeout" and left.data()["anchor_id"] == "A1"
+
+
+def test_a_hand_nobody_answers_is_lowered() -> None:
+    desk = StageDesk(DeskLimits(pending_timeout=60))
+    hand, _ = desk.ask("r", "Ann", "alice", "k", 0.0)
+    assert desk.sweep(59.0) == []
+    [lowered] = desk.sweep(61.0)
+    assert lowered.kind == "stage.left" and lowered.request.state == "expired"
+    assert lowered.request.reason == "no answer"
+    with pytest.raises(Conflict):
+        desk.decide("r", hand.id, True, "host", 62.0, token_ttl=60)
