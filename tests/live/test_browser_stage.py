@@ -314,7 +314,8 @@ async def test_the_console_runs_a_show(tmp_path: Path, shots: Path) -> None:
                 await until(console, "document.querySelectorAll('#nodes tr').length === 1", 5)
                 await console.locator("#show").screenshot(path=shots / "console-show.png")
                 # the guest is removed from the console: off stage, its token revoked
-                await row.locator("button").click()
+                await row.locator("button").click()  # arms it
+                await row.locator("button", has_text="Confirm").click()
                 assert await wait_for(lambda: len(gw.anchors.in_room(room)) == 1, 10)
                 assert (await hand.state())["state"] == "removed"
                 assert console.errors == []

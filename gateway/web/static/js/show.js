@@ -327,6 +327,17 @@ export class ShowPanel {
     if (!b || !this.room) return;
     const r = encodeURIComponent(this.room);
     const { action } = b.dataset;
+    if ((action === 'kick' || action === 'remove-guest') && b.dataset.armed !== '1') {
+      // two clicks, as in the room list: a mis-tap must not end somebody's show
+      const label = b.textContent;
+      b.dataset.armed = '1';
+      b.textContent = 'Confirm';
+      setTimeout(() => {
+        b.dataset.armed = '';
+        b.textContent = label;
+      }, 4000);
+      return;
+    }
     if (action === 'rec-start') await this.act('POST', `rooms/${r}/recording`, {});
     else if (action === 'rec-stop') await this.act('DELETE', `rooms/${r}/recording`);
     else if (action === 'bridge-stop') await this.act('DELETE', `rooms/${r}/bridges/${encodeURIComponent(b.dataset.bridge)}`);
