@@ -183,15 +183,10 @@ def stage_router(
         return out
 
     @router.get("/rooms/{room}/stage/requests", response_model=list[StageRequestView])
-    async def list_requests(
-        room: str, request: Request, wait: float = Query(0, ge=0, le=30)
-    ) -> list[StageRequestView]:
-        """Every request the room has (finished ones for a few minutes); ``wait``: hold the
-        answer until one changes (at most that many seconds)."""
+    async def list_requests(room: str, request: Request) -> list[StageRequestView]:
+        """Every request the room has (finished ones for a few minutes)."""
         room_or_404(room)
         staff(room, request)
-        if wait:
-            await guests.wait_room(room, wait)
         guests.sweep()
         return [view(r) for r in guests.desk.requests(room)]
 
@@ -205,13 +200,14 @@ def stage_router(
         x_stage_key: str | None = Header(default=None),
     ) -> StageRequestView:
         """The requester (``X-Stage-Key``) long-polls: answered once ``version`` > ``after``
-        or after ``wait`` s; approved, it carries the guest's anchor token."""
+        or after ``wait`` s; approved, it carries the guest's anchor token. Staff (who poll
+        ``/stage``) are answered at once."""
         room_or_404(room)
         mine = own(room, request_id, x_stage_key)
         if mine is None:
             staff(room, request)
-        current = await guests.wait(room, request_id, after, wait)
-        return view(current, requester=mine is not None)
+            return view(guests.desk.get(room, request_id))
+        return view(await guests.wait(room, request_id, after, wait), requester=True)
 
     async def decide(
         room: str, request_id: str, approve: bool, request: Request

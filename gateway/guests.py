@@ -44,7 +44,6 @@ class StageGuests:
         self._clock = clock
         self._guest_tokens: dict[str, str] = {}  # request id -> its anchor token
         self._changed: dict[str, asyncio.Event] = {}  # request id -> set on its next change
-        self._room_changed: dict[str, asyncio.Event] = {}
 
     # -- events -------------------------------------------------------------------------------
     def observe(self, kind: str, data: dict[str, Any]) -> None:
@@ -68,10 +67,9 @@ class StageGuests:
             self._wake(step.request)
 
     def _wake(self, request: StageRequest) -> None:
-        for table, key in ((self._changed, request.id), (self._room_changed, request.room)):
-            event = table.pop(key, None)
-            if event is not None:
-                event.set()
+        event = self._changed.pop(request.id, None)
+        if event is not None:
+            event.set()
 
     def _revoke(self, request: StageRequest) -> None:
         token = self._guest_tokens.pop(request.id, None)
@@ -144,9 +142,3 @@ class StageGuests:
             event = self._changed.setdefault(request_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), left)
-
-    async def wait_room(self, room: str, timeout: float) -> None:
-        """Until any request of the room changes (or ``timeout``)."""
-        event = self._room_changed.setdefault(room, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
