@@ -26,8 +26,10 @@ TRANSPORT_CC_URIS = (
 """The header extension's URI as Chromium and Firefox offer it, and the URN spelling some
 clients use."""
 
-MAX_STATUS_COUNT = 4096
-"""Packets one feedback may report: ~15 s of a 2 Mbps stream, far more than any real report."""
+MAX_STATUS_COUNT = 1024
+"""Packets one feedback may report: as many as the estimator remembers (~4 s of a 2.5 Mbps
+stream; libwebrtc reports every 50-100 ms). A run-length chunk of 8191 "not received" costs the
+sender two bytes and the parser a loop each, so more than this is refused unread."""
 DELTA_UNIT = 250e-6  # seconds per receive-delta tick
 REFERENCE_UNIT = 0.064  # seconds per reference-time tick
 

@@ -56,6 +56,9 @@ HEADROOM = 1.5
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 WINDOW = 1.0  # seconds of acknowledged/sent bytes and losses measured
+FEEDBACK_RATE = 50.0  # transport-cc feedbacks taken per second (libwebrtc sends ~10-20)...
+FEEDBACK_BURST = 10.0  # ... with this burst; beyond it they are dropped unread: each costs a
+# loop over up to MAX_STATUS_COUNT packets, and a viewer could send 50 in one datagram
 
 
 class Usage(Enum):
@@ -81,6 +84,7 @@ class BandwidthEstimate:
     rembs: int = 0
     reports: int = 0  # receiver reports taken
     malformed: int = 0  # feedback packets that did not parse
+    refused: int = 0  # feedback packets over FEEDBACK_RATE, dropped unread
     clamped: int = 0  # absurd values (estimates, arrival jumps) clamped or reset
     unknown: int = 0  # packets reported that we did not send (or too long ago)
 
@@ -319,8 +323,11 @@ class BandwidthEstimator:
         self.rembs = 0
         self.reports = 0
         self.malformed = 0
+        self.refused = 0
         self.clamped = 0
         self.unknown = 0
+        self._tokens = FEEDBACK_BURST
+        self._tokens_at: float | None = None
 
     # -- what we send ---------------------------------------------------------------------------
     def record(self, sizes: tuple[int, ...] | list[int], now: float) -> int:
@@ -350,6 +357,13 @@ class BandwidthEstimator:
     # -- what the viewer reports ----------------------------------------------------------------
     def on_transport_feedback(self, fci: bytes | memoryview, now: float) -> None:
         """A transport-cc feedback's FCI (after the two SSRCs)."""
+        last, self._tokens_at = self._tokens_at, now
+        if last is not None:
+            self._tokens = min(FEEDBACK_BURST, self._tokens + (now - last) * FEEDBACK_RATE)
+        if self._tokens < 1.0:
+            self.refused += 1
+            return
+        self._tokens -= 1.0
         try:
             feedback = parse_transport_feedback(fci)
         except FeedbackError:
@@ -463,9 +477,11 @@ class BandwidthEstimator:
             self.malformed += 1
             return
         self.rembs += 1
-        if not self.min_bps <= bitrate <= self.max_bps:
+        sent = self.sent_bps(now)
+        ceiling = min(self.max_bps, max(self.min_bps, HEADROOM * sent)) if sent else self.max_bps
+        if not self.min_bps <= bitrate <= ceiling:
             self.clamped += 1
-        self._remb = float(self._clamp(bitrate))
+        self._remb = float(self._clamp(min(bitrate, ceiling)))
         self._remb_at = now
 
     def on_receiver_report(self, fraction_lost: float, jitter: float | None, now: float) -> None:
@@ -538,6 +554,7 @@ class BandwidthEstimator:
             rembs=self.rembs,
             reports=self.reports,
             malformed=self.malformed,
+            refused=self.refused,
             clamped=self.clamped,
             unknown=self.unknown,
         )

@@ -167,7 +167,8 @@ class ViewerSession:
             for pt, _, fci in feedback_packets(data):
                 if pt == RTCP_RTPFB:
                     twcc = True
-                    estimator.on_transport_feedback(fci, now)
+                    if self.transport_cc:  # else: not asked for, dropped unread
+                        estimator.on_transport_feedback(fci, now)
                 elif bytes(fci[:4]) == b"REMB":
                     estimator.on_remb(fci, now)
             return without_transport_feedback(data) if twcc else data

@@ -155,10 +155,12 @@ def test_random_bytes_never_raise_anything_but_feedback_errors() -> None:
     rng = random.Random(3)
     est = BandwidthEstimator()
     est.record([1200] * 500, 0.0)
+    now = 0.5
     for _ in range(3000):
         body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
-        est.on_transport_feedback(body, 0.5)
-        est.on_remb(body, 0.5)
+        now += 0.001  # within the feedback rate: most are parsed
+        est.on_transport_feedback(body, now)
+        est.on_remb(body, now)
         list(feedback_packets(body))
     # valid feedback with bytes flipped: parses or is refused, nothing else
     good = fci(build_transport_feedback(0, [0.1, None, 0.3, 9.0, -1.0] * 20))
@@ -166,9 +168,31 @@ def test_random_bytes_never_raise_anything_but_feedback_errors() -> None:
         body = bytearray(good)
         for _ in range(rng.randrange(1, 4)):
             body[rng.randrange(len(body))] = rng.randrange(256)
-        est.on_transport_feedback(bytes(body[: rng.randrange(len(body) + 1)]), 0.5)
-    est.snapshot(0.5)
+        now += 0.02
+        est.on_transport_feedback(bytes(body[: rng.randrange(len(body) + 1)]), now)
+    est.snapshot(now)
     assert est.malformed > 0 and est.feedbacks > 0
+
+
+def test_a_flood_of_feedback_is_dropped_unread() -> None:
+    """One 1200-byte datagram may hold 50 feedbacks of 1024 "lost" packets each (two bytes of
+    run-length apiece): past a burst, feedback beyond FEEDBACK_RATE is not even parsed."""
+    from relay.media.estimator import FEEDBACK_BURST, FEEDBACK_RATE
+
+    est = BandwidthEstimator()
+    est.record([1200] * 1024, 0.0)
+    flood = fci(build_transport_feedback(0, [None] * 1024))
+    for _ in range(500):
+        est.on_transport_feedback(flood, 0.1)
+    assert est.feedbacks + est.malformed == FEEDBACK_BURST and est.refused == 500 - FEEDBACK_BURST
+    for i in range(200):  # a steady 100/s: half are taken
+        est.on_transport_feedback(flood, 0.1 + (i + 1) / 100)
+    assert est.feedbacks + est.malformed <= FEEDBACK_BURST + FEEDBACK_RATE * 2 + 1
+    # a count over MAX_STATUS_COUNT (one run-length chunk says 8191) is refused unread
+    header = struct.pack("!HHI", 0, 8191, 0) + struct.pack("!H", 8191)
+    est2 = BandwidthEstimator()
+    est2.on_transport_feedback(header, 0.0)
+    assert est2.malformed == 1 and est2.unknown == 0
 
 
 def test_feedback_for_packets_never_sent_is_ignored() -> None:
