@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay.errors import Conflict, NotFound, Unprocessable
 from relay.http.common import check_room
-from relay.media.sei import MAX_PAYLOAD, STAGECAST_UUID
+from relay.media.sei import MAX_PAYLOAD, STAGECAST_UUID, sei_nal
 
 from .stage.table import StageTable
 
@@ -43,6 +43,10 @@ def metadata_router(stages: StageTable) -> APIRouter:
         payload = body.data.encode()
         if len(payload) > MAX_PAYLOAD:
             raise Unprocessable(f"data may have at most {MAX_PAYLOAD} bytes of UTF-8")
+        try:
+            sei_nal(payload)  # escaped, it must still fit one packet
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from exc
         # a rendition nobody takes is not encoded (its messages would go out late): skipped
         taken = [name for name, hub in stage.renditions.items() if hub.viewer_count]
         names = taken or list(stage.renditions)[:1]

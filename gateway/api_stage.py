@@ -77,7 +77,7 @@ class StageView(BaseModel):
     max_anchors: int
     anchors: list[StageAnchorView]  # join order
     requests: list[StageRequestView]  # open ones: pending, approved, on stage
-    viewer_token: str  # an audience token for pulling co-hosts (?anchor=ID) in any room
+    viewer_token: str  # an audience token of this room, for pulling co-hosts (?anchor=ID)
 
 
 def stage_router(
@@ -143,7 +143,7 @@ def stage_router(
         if token is None:
             raise Unauthorized("an anchor token of the room or the operator key is required")
         grant = access.authorize(room, "anchor", authorization, query_token)
-        if guests.desk.is_guest(room, grant.subject):
+        if grant.stage_guest or guests.desk.is_guest(room, grant.subject):
             raise Forbidden("a guest may not decide stage requests")
         return grant.subject
 

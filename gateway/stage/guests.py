@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from relay.auth.tokens import STAGE_GUEST_PREFIX
 from relay.errors import Conflict, NotFound, TooManyRequests
 from relay.http.ratelimit import ClientRateLimiter
 
@@ -21,7 +22,7 @@ RequestState = Literal[
     "pending", "approved", "refused", "withdrawn", "joined", "left", "removed", "expired"
 ]
 OPEN_STATES: frozenset[str] = frozenset({"pending", "approved", "joined"})
-GUEST_PREFIX = "guest-"
+GUEST_PREFIX = STAGE_GUEST_PREFIX
 
 
 @dataclass(frozen=True, slots=True)

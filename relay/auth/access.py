@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.auth.tokens import Role, TokenAuthority, bearer_token
+from relay.auth.tokens import STAGE_GUEST_PREFIX, Role, TokenAuthority, bearer_token
 from relay.errors import Forbidden, Unauthorized
 
 
@@ -20,6 +20,12 @@ class Grant:
     token_id: str
     expires_at: float
     anonymous: bool = False
+
+    @property
+    def stage_guest(self) -> bool:
+        """An audience member's token for the stage: publishes, never acts for the room (by
+        its subject, so a restarted node that forgot the invitation still knows)."""
+        return self.subject.startswith(STAGE_GUEST_PREFIX)
 
 
 class AccessPolicy:

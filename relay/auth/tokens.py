@@ -13,6 +13,9 @@ from relay.errors import Forbidden, Unauthorized
 
 Role = Literal["anchor", "audience"]
 ROLES: tuple[Role, ...] = ("anchor", "audience")
+STAGE_GUEST_PREFIX = "guest-"
+"""The subject of an anchor token minted for an audience member invited on stage: it may
+publish, never act for the room (approve requests, link rooms, send commands)."""
 ALGORITHM = "HS256"
 
 

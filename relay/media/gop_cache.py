@@ -26,11 +26,14 @@ ANSWER_WITHIN = 0.5  # s from a keyframe request to the keyframe that answers it
 
 
 class GopCache:
-    """Video frames since the last keyframe, up to ``max_bytes``; a GOP that outgrows it is
-    dropped until the next keyframe (a joining viewer then waits, as without a cache)."""
+    """Video frames since the last keyframe, up to ``max_bytes`` and ``max_frames`` (below a
+    viewer queue's length, or the replay would overflow the queue it is offered to and be
+    thrown away); a GOP that outgrows either is dropped until the next keyframe (a joining
+    viewer then waits, as without a cache)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_frames: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
+        self.max_frames = max_frames
         self._frames: list[EncodedFrame] = []
         self._bytes = 0
         self.replays = 0
@@ -55,7 +58,7 @@ class GopCache:
                 self._asked_at = None
         elif not self._frames:
             return  # no keyframe to start from
-        if self._bytes + frame.size > self.max_bytes:
+        if self._bytes + frame.size > self.max_bytes or len(self._frames) >= self.max_frames:
             self._frames, self._bytes = [], 0
             return
         self._frames.append(frame)

@@ -89,7 +89,7 @@ class FanoutHub:
         self.closed = asyncio.Event()
         # 0: a joining viewer waits for the source's next keyframe (asked for at once)
         cached = gop_cache_bytes > 0 and "video" in codecs
-        self.gop_cache = GopCache(gop_cache_bytes) if cached else None
+        self.gop_cache = GopCache(gop_cache_bytes, video_queue_frames - 1) if cached else None
         self._sei: list[bytes] = []  # SEI NAL units for the next video frame
 
     @property

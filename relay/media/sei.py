@@ -16,7 +16,8 @@ import uuid
 from relay.media.frames import EncodedFrame
 
 STAGECAST_UUID = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/stagecast/sei").bytes
-MAX_PAYLOAD = 1000  # one RTP packet, with room for headers and emulation prevention
+MAX_PAYLOAD = 1000  # bytes of user data
+MAX_NAL = 1100  # the NAL unit after emulation prevention: one RTP packet within the MTU
 SEI, FU_A, STAP_A = 6, 28, 24
 VCL = (1, 5)
 START = b"\x00\x00\x00\x01"
@@ -59,7 +60,10 @@ def sei_nal(payload: bytes, owner: bytes = STAGECAST_UUID) -> bytes:
         raise ValueError(f"SEI payload over {MAX_PAYLOAD} bytes")
     body = owner + payload
     rbsp = _ff_coded(5) + _ff_coded(len(body)) + body + b"\x80"
-    return bytes([SEI]) + _escape(rbsp)
+    nal = bytes([SEI]) + _escape(rbsp)
+    if len(nal) > MAX_NAL:  # zeros escape to 3 bytes per 2: 1000 NULs would not fit a packet
+        raise ValueError(f"SEI payload takes {len(nal)} bytes escaped, over {MAX_NAL}")
+    return nal
 
 
 def parse_sei(nal: bytes) -> list[tuple[bytes, bytes]]:

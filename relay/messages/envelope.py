@@ -16,6 +16,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+RESERVED_COMMAND_PREFIX = "stage."
+"""Command names the node's own notices use (``stage.participants``): a client may not send
+them, so pages can trust what arrives under them."""
 Kind = Literal["chat", "command", "system", "likes", "mute"]
 KINDS: tuple[Kind, ...] = ("chat", "command", "system", "likes", "mute")
 SenderRole = Literal["anchor", "audience", "operator"]
@@ -120,6 +123,10 @@ def parse_client_message(raw: str, limits: MessageLimits) -> ClientMessage:
         name = data.get("name")
         if not isinstance(name, str) or not COMMAND_NAME.match(name):
             raise MessageRejected(400, "command name: 1-64 of A-Z a-z 0-9 _ . : -")
+        if name.startswith(RESERVED_COMMAND_PREFIX):
+            raise MessageRejected(
+                403, f"commands named {RESERVED_COMMAND_PREFIX}* come from the node itself"
+            )
         payload = data.get("data")
         if len(dumps(payload).encode()) > limits.max_data_bytes:
             raise MessageRejected(413, f"command data may have at most {limits.max_data_bytes} B")

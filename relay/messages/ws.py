@@ -51,7 +51,9 @@ def identify(
     ):
         return Grant("operator", "", float("inf")), "operator"
     try:
-        return access.authorize(room, "anchor", authorization, query_token), "anchor"
+        grant = access.authorize(room, "anchor", authorization, query_token)
+        # a stage guest chats as the audience does; commands are the room's own anchors'
+        return grant, "audience" if grant.stage_guest else "anchor"
     except (Unauthorized, Forbidden) as first:
         try:
             return access.authorize(room, "audience", authorization, query_token), "audience"

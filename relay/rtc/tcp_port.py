@@ -6,7 +6,12 @@ MESSAGE-INTEGRITY (``relay.rtc.mux_table``); from then on every frame on it, STU
 is that session's, and the session answers on the same stream. A connection that sends anything
 else first, an unknown ufrag, a frame longer than a Binding request can be, or no complete frame
 within ``handshake_timeout`` is closed: it is answered nothing and keeps nothing but its socket
-until then (and at most ``max_pending`` of those exist at once).
+until then. At most ``max_pending_per_address`` of those per client address exist at once (one
+more is closed at accept), and at most ``max_pending`` in all: past it the oldest is dropped
+for the newcomer, so a flood from many addresses delays a real viewer's handshake by a retry at
+worst instead of locking ICE-TCP out. Frames shorter than any STUN, DTLS, RTP or RTCP packet
+(``MIN_FRAME``) close the connection: framing overhead would otherwise cost us more than the
+sender.
 Sessions register (through ``relay.rtc.adapter``) an object whose ``stream_opened(stream)`` gives
 the sink for that stream's frames.
 """
@@ -25,8 +30,10 @@ from relay.rtc.mux_table import Addr, MuxTable, is_stun
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 5.0  # s from accept to an authenticated first frame
+HANDSHAKE_TIMEOUT = 3.0  # s from accept to an authenticated first frame (browsers: at once)
 MAX_PENDING = 256  # connections not yet authenticated, at once
+MAX_PENDING_PER_ADDRESS = 8
+MIN_FRAME = 8  # the smallest RTCP packet; nothing on an ICE-TCP stream is shorter
 FIRST_FRAME = 1500  # bytes a first frame (a Binding request) may announce
 WRITE_LIMIT = 1 << 20  # bytes queued for one connection; beyond it frames are dropped
 BACKLOG = 128
@@ -69,11 +76,19 @@ class TcpStream(asyncio.Protocol):
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         port = self._port
         port.streams.add(self)
-        if port.pending >= port.max_pending:
+        host = self.peer[0]
+        if port.pending_by_address.get(host, 0) >= port.max_pending_per_address:
             port.refused += 1
             self.close()
             return
+        if port.pending >= port.max_pending:  # the oldest waiting one makes room
+            oldest = next(iter(port.waiting))
+            port.evicted += 1
+            oldest._settle()
+            oldest.close()
         port.pending += 1
+        port.waiting[self] = None
+        port.pending_by_address[host] = port.pending_by_address.get(host, 0) + 1
         self._timer = asyncio.get_running_loop().call_later(port.handshake_timeout, self._expire)
 
     def data_received(self, data: bytes) -> None:
@@ -84,6 +99,10 @@ class TcpStream(asyncio.Protocol):
             self.close()
             return
         for frame in frames:
+            if len(frame) < MIN_FRAME:
+                self._port.garbage += 1
+                self.close()
+                return
             sink = self._sink
             if sink is None:
                 sink = self._authenticate(frame)
@@ -162,11 +181,22 @@ class TcpStream(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self._port.pending -= 1
+            self._unpend()
+
+    def _unpend(self) -> None:
+        port = self._port
+        port.pending -= 1
+        port.waiting.pop(self, None)
+        host = self.peer[0]
+        left = port.pending_by_address.get(host, 1) - 1
+        if left > 0:
+            port.pending_by_address[host] = left
+        else:
+            port.pending_by_address.pop(host, None)
 
     def _expire(self) -> None:
         self._timer = None
-        self._port.pending -= 1
+        self._unpend()
         self._port.timeouts += 1
         transport = self._transport
         if transport is not None:
@@ -181,16 +211,21 @@ class SharedTcpPort:
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_pending: int = MAX_PENDING,
+        max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
         write_limit: int = WRITE_LIMIT,
     ) -> None:
         self.table: MuxTable[StreamSession] = MuxTable()
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
+        self.max_pending_per_address = max_pending_per_address
         self.write_limit = write_limit
         self.streams: set[TcpStream] = set()
         self.pending = 0
+        self.waiting: dict[TcpStream, None] = {}  # pending connections, oldest first
+        self.pending_by_address: dict[str, int] = {}
+        self.evicted = 0  # pending connections dropped for newer ones (max_pending reached)
         self.attached = 0  # connections ever handed to a session
-        self.refused = 0  # closed at accept: too many pending
+        self.refused = 0  # closed at accept: too many pending from its address
         self.garbage = 0  # closed for what they sent first
         self.timeouts = 0  # closed for sending no whole first frame in time
         self.errors = 0

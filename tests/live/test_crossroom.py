@@ -209,8 +209,25 @@ async def test_bad_links_are_refused_and_disturb_nothing(pair: Pair) -> None:
         base = pair.a.base_url
         body = {"room": ROOM_B, "anchor_id": session_id(blue)}
         async with httpx.AsyncClient(base_url=base, timeout=15) as api:
-            # an anchor of room A links into its own room with its own token
             own = {"Authorization": f"Bearer {pair.a.anchor_token(ROOM_A)}"}
+            # without room B's consent (an anchor token of B), or with a token of another
+            # room as consent, an anchor of A may not take B's anchor: 403
+            r = await api.post(f"/v1/rooms/{ROOM_A}/links", json=body, headers=own)
+            assert r.status_code == 403 and "guest_token" in r.text, r.text
+            wrong = {**body, "guest_token": pair.a.anchor_token(ROOM_A)}
+            r = await api.post(f"/v1/rooms/{ROOM_A}/links", json=wrong, headers=own)
+            assert r.status_code == 403, r.text
+            # a stage guest of room A (an audience member on stage) may not link at all
+            guest = pair.a.gateway.tokens.mint(ROOM_A, "anchor", "guest-abc", 60)
+            consent = pair.a.anchor_token(ROOM_B)
+            r = await api.post(
+                f"/v1/rooms/{ROOM_A}/links",
+                json={**body, "guest_token": consent},
+                headers={"Authorization": f"Bearer {guest}"},
+            )
+            assert r.status_code == 403, r.text
+            # an anchor of room A links into its own room with its own token and B's consent
+            body = {**body, "guest_token": consent}
             r = await api.post(f"/v1/rooms/{ROOM_A}/links", json=body, headers=own)
             assert r.status_code == 201, r.text
             # the same anchor again: 409
@@ -218,17 +235,27 @@ async def test_bad_links_are_refused_and_disturb_nothing(pair: Pair) -> None:
             assert r.status_code == 409, r.text
             assert r.headers["content-type"].startswith("application/problem+json")
             # an anchor that does not exist in room B: 404 (node B says so over the link)
-            bad = {"room": ROOM_B, "anchor_id": "no-such-anchor"}
+            bad = {"room": ROOM_B, "anchor_id": "no-such-anchor", "guest_token": consent}
             r = await api.post(f"/v1/rooms/{ROOM_A}/links", json=bad, headers=own)
             assert r.status_code == 404, r.text
             # a room that is live nowhere: 404
             r = await api.post(
-                f"/v1/rooms/{ROOM_A}/links", json={"room": "nowhere", "anchor_id": "x"}, headers=own
+                f"/v1/rooms/{ROOM_A}/links",
+                json={
+                    "room": "nowhere",
+                    "anchor_id": "x",
+                    "guest_token": pair.a.anchor_token("nowhere"),
+                },
+                headers=own,
             )
             assert r.status_code == 404, r.text
             # room B's anchor token may not link into room A: 403; no token: 401
             foreign = {"Authorization": f"Bearer {pair.a.anchor_token(ROOM_B)}"}
-            local = {"room": "pk-c", "anchor_id": session_id(green)}
+            local = {
+                "room": "pk-c",
+                "anchor_id": session_id(green),
+                "guest_token": pair.a.anchor_token("pk-c"),
+            }
             r = await api.post(f"/v1/rooms/{ROOM_A}/links", json=local, headers=foreign)
             assert r.status_code == 403, r.text
             r = await api.post(f"/v1/rooms/{ROOM_A}/links", json=local)
@@ -240,7 +267,11 @@ async def test_bad_links_are_refused_and_disturb_nothing(pair: Pair) -> None:
             # a room into itself: 422
             r = await api.post(
                 f"/v1/rooms/{ROOM_A}/links",
-                json={"room": ROOM_A, "anchor_id": session_id(red)},
+                json={
+                    "room": ROOM_A,
+                    "anchor_id": session_id(red),
+                    "guest_token": pair.a.anchor_token(ROOM_A),
+                },
                 headers=own,
             )
             assert r.status_code == 422, r.text

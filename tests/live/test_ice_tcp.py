@@ -257,6 +257,40 @@ def test_the_tcp_port_on_uvloop() -> None:
     uvloop.run(asyncio.wait_for(main(), 20))
 
 
+async def test_a_flood_of_silent_connections_cannot_lock_out_a_viewer() -> None:
+    """One address keeps at most ``max_pending_per_address`` handshakes waiting (more are closed
+    at accept); past ``max_pending`` in all the oldest waiting one makes room, so a viewer that
+    connects after a flood still gets its session; frames shorter than any packet close the
+    stream."""
+    port = SharedTcpPort(handshake_timeout=5.0, max_pending=6, max_pending_per_address=4)
+    await port.open("127.0.0.1", 0)
+    session = Recorder()
+    port.register("ufrag1", "p" * 22, session)
+    silent: list[RawTcp] = []
+    try:
+        for _ in range(10):
+            silent.append(await RawTcp.connect(port.port))
+        for _ in range(100):
+            if port.refused >= 6:
+                break
+            await asyncio.sleep(0.02)
+        assert port.refused == 6 and port.pending == 4  # one address: 4 wait, 6 refused
+        port.max_pending_per_address = 100  # as if the flood came from many addresses
+        for _ in range(4):
+            silent.append(await RawTcp.connect(port.port))
+        viewer = await RawTcp.connect(port.port)
+        first = encode_frame(bytes(binding_request("ufrag1", "p" * 22)))
+        viewer.send(first)
+        assert await viewer.frame(3.0) == first[2:]  # admitted: the oldest waiting made room
+        assert port.evicted >= 2 and port.pending <= 6 and port.attached == 1
+        viewer.send(encode_frame(b"") + encode_frame(b"abc"))  # shorter than any packet
+        assert await viewer.closed_by_node(3.0) == b""
+    finally:
+        for raw in silent:
+            raw.close()
+        port.close()
+
+
 # -- Chromium ---------------------------------------------------------------------------------
 WATCH = """
 async ([room]) => {

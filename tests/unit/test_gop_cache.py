@@ -109,3 +109,20 @@ def test_hub_learns_from_its_own_requests() -> None:
     late = deaf.create_viewer("b")
     deaf.attach(late)  # its request finds the first unanswered: the GOP is replayed
     assert len(late.queues["video"]) == 2 and not late.queues["video"].waiting_keyframe
+
+
+def test_a_gop_longer_than_a_viewer_queue_is_not_replayed() -> None:
+    """A replay longer than the viewer's queue would overflow it (and be thrown away there):
+    such a GOP is not kept, and the viewer waits as it would without a cache."""
+    hub = FanoutHub(StreamKey("r"), H264, gop_cache_bytes=1 << 22, video_queue_frames=60)
+    assert hub.gop_cache is not None
+    hub.gop_cache.source_answers = False
+    for i in range(59):
+        hub.publish(video(3000 * i, key=i == 0))
+    fits = hub.create_viewer("a")
+    hub.attach(fits)
+    assert len(fits.queues["video"]) == 59 and not fits.queues["video"].waiting_keyframe
+    hub.publish(video(3000 * 59))  # the 60th frame of the GOP: no longer kept
+    late = hub.create_viewer("b")
+    hub.attach(late)
+    assert len(late.queues["video"]) == 0 and late.queues["video"].waiting_keyframe

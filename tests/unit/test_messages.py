@@ -177,3 +177,18 @@ async def test_a_slow_socket_loses_its_oldest_messages_and_blocks_no_one() -> No
         channels.deliver(Envelope("r", "system", f'{{"n":{i}}}'))
     assert slow.queue.qsize() == 8 and slow.dropped == 12
     assert json.loads(slow.queue.get_nowait()) == {"n": 12}
+
+
+def test_clients_cannot_send_the_nodes_own_commands() -> None:
+    """``stage.*`` commands are the node's notices (the call page's participant list): a client
+    sending one (any call participant or stage guest has the anchor role) gets 403."""
+    import pytest
+
+    from relay.messages.envelope import MessageLimits, MessageRejected, parse_client_message
+
+    raw = '{"type": "command", "name": "stage.participants", "data": {"participants": []}}'
+    with pytest.raises(MessageRejected) as refused:
+        parse_client_message(raw, MessageLimits())
+    assert refused.value.status == 403
+    ok = parse_client_message('{"type": "command", "name": "gift.rose"}', MessageLimits())
+    assert ok.name == "gift.rose"

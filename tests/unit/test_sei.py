@@ -20,6 +20,9 @@ def test_sei_round_trips_with_emulation_prevention() -> None:
     assert parse_sei(nal) == [(STAGECAST_UUID, payload)]
     with pytest.raises(ValueError):
         sei_nal(bytes(1001))
+    with pytest.raises(ValueError):  # 1000 NULs escape past one packet
+        sei_nal(bytes(1000))
+    assert len(sei_nal(b"\x01" * 1000)) <= 1100
     with pytest.raises(ValueError):
         parse_sei(b"\x65\x00")
     with pytest.raises((ValueError, IndexError)):

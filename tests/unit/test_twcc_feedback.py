@@ -180,12 +180,30 @@ def test_duplicates_keep_their_first_arrival() -> None:
 def test_a_long_loss_run_is_one_run_length_chunk() -> None:
     gen = TransportFeedbackGenerator()
     gen.record(0, 1.0)
-    gen.record(5000, 1.5)
+    gen.record(2000, 1.5)
     packets = gen.build(1.6)
     assert len(packets) == 1 and len(packets[0]) <= 32
     parsed = parse(packets[0])
-    assert parsed.arrivals[0] == us(1.0) and parsed.arrivals[5000] == us(1.5)
-    assert sum(at is None for at in parsed.arrivals.values()) == 4999
+    assert parsed.arrivals[0] == us(1.0) and parsed.arrivals[2000] == us(1.5)
+    assert sum(at is None for at in parsed.arrivals.values()) == 1999
+
+
+def test_a_jump_far_ahead_starts_reporting_over() -> None:
+    """A sender jumping 20000 numbers at a time would cost a step per skipped number: beyond
+    MAX_JUMP it is a restart, reported from the new number on."""
+    import time
+
+    gen = TransportFeedbackGenerator()
+    started = time.process_time()
+    for i in range(2000):
+        gen.record((i * 20_000) & 0xFFFF, 1.0 + i / 1000)
+        if i % 50 == 0:
+            gen.build(1.0 + i / 1000)
+    assert time.process_time() - started < 1.0 and gen.jumps > 1000
+    gen.record(12, 5.0)
+    gen.record(13, 5.001)
+    packets = gen.build(5.1)
+    assert packets and all(len(p) < 100 for p in packets)
 
 
 def test_a_pause_longer_than_a_two_byte_delta_starts_a_new_feedback() -> None:

@@ -10,7 +10,7 @@ import { $, endpointUrl, params, setStatus, sleep, validRoom } from './util.js';
 
 const MAX_PARTICIPANTS = 9;
 const SAFETY_POLL_MS = 5000;
-const PARTICIPANTS_COMMAND = 'stage.participants';
+const PARTICIPANTS_COMMAND = 'stage.participants';  // clients cannot send stage.*: the node's
 
 const ui = {
   grid: $('#grid'),
@@ -149,7 +149,8 @@ async function listen(myRun) {
         if (msg.type === 'welcome') {
           delay = 250;
           fetchParticipants(myRun); // what changed while the socket was down
-        } else if (msg.type === 'command' && msg.name === PARTICIPANTS_COMMAND && msg.data) {
+        } else if (msg.type === 'command' && msg.name === PARTICIPANTS_COMMAND && msg.data
+                   && msg.from && msg.from.role === 'operator') {
           notices += 1;
           lastNoticeAt = Math.round((msg.at || 0) * 1000);
           if (myRun === run) sync(msg.data.participants || []);
