@@ -11,7 +11,13 @@ from relay.auth.turn import IceDirectory
 from relay.http.common import SDP, check_room, read_limited, require_content_type
 from relay.http.problems import SESSION_POST_ERRORS
 from relay.http.sessions import add_session_routes, created_response
-from relay.rtc.sdp import check_offer, decode_body, with_opus_dtx, with_start_bitrate
+from relay.rtc.sdp import (
+    check_offer,
+    decode_body,
+    with_opus_dtx,
+    with_simulcast,
+    with_start_bitrate,
+)
 
 from .anchors import AnchorService
 
@@ -53,6 +59,7 @@ def whip_router(
         cc = session.congestion is not None and session.congestion.negotiated
         start = cc_start_kbps if cc and cc_start_kbps else start_kbps
         answer = with_start_bitrate(session.pc.localDescription.sdp, start)
+        answer = with_simulcast(answer, summary.simulcast)
         if opus_dtx:
             answer = with_opus_dtx(answer)
         links = ice.links(grant.subject, time.time())

@@ -5,6 +5,11 @@ The hooks that make encoded forwarding possible:
 * ingest tap: the receiver's jitter buffer is replaced, before the first packet, by one that hands
   every depayloaded RTP packet to a callback and never feeds aiortc's decoder thread (which then
   idles until the receiver stops). NACK generation, RTX unwrapping and RTCP stay aiortc's.
+* simulcast receive (``keep_header_extensions``, ``install_simulcast_receive``): a transceiver
+  keeps header extensions aiortc does not negotiate itself (the RTP stream id ones: answer and
+  receive parameters both come from ``RTCRtpTransceiver._headerExtensions``); a receiver of
+  several layers gets one NACK generator per SSRC (aiortc's one tracks a single sequence space)
+  and learns each layer's RTX SSRC from its repaired-rtp-stream-id (``__rtx_ssrc``).
 * pre-packed sender: the sender's encoder is replaced by one whose ``pack`` returns the payloads a
   frame already carries, and its keyframe hook is redirected to the hub, so viewer PLIs reach the
   anchor instead of a (non-existent) local encoder.
@@ -52,7 +57,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import version
 from typing import Any
 
@@ -61,6 +66,7 @@ from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import is_rtx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, SRTPProtectionProfile
@@ -71,6 +77,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpHeaderExtensionParameters,
     RTCRtpSendParameters,
 )
+from aiortc.rtcrtpreceiver import NackGenerator
 from OpenSSL import SSL
 
 from relay.media.consent import ConsentTimer
@@ -139,6 +146,77 @@ def packet_data(packet: Any) -> bytes:
     """The depayloaded bytes aiortc stores on an RTP packet before its jitter buffer."""
     data: bytes = getattr(packet, "_data", b"")
     return data
+
+
+def keep_header_extensions(
+    pc: RTCPeerConnection, kind: str, extensions: Sequence[tuple[int, str]]
+) -> None:
+    """After ``setRemoteDescription``: ``pc``'s ``kind`` transceivers negotiate these offered
+    extensions (id, uri) too, in the answer and in what their receivers parse (aiortc keeps
+    only the ones it sends itself)."""
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind != kind:
+            continue
+        have = getattr(transceiver, "_headerExtensions", None)
+        if not isinstance(have, list):
+            raise AdapterError("RTCRtpTransceiver internals changed: no _headerExtensions")
+        uris = {ext.uri for ext in have}
+        ids = {ext.id for ext in have}
+        for ext_id, uri in extensions:
+            if uri not in uris and ext_id not in ids:
+                have.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+class _SsrcNacks:
+    """Stands in for aiortc's NackGenerator on a receiver of several SSRCs: one per SSRC
+    (``missing`` is that of the SSRC last added, which aiortc reads right after ``add``)."""
+
+    def __init__(self, limit: int = 8) -> None:
+        self._by_ssrc: dict[int, NackGenerator] = {}
+        self._limit = limit
+        self.missing: set[int] = set()
+
+    def add(self, packet: Any) -> bool:
+        generator = self._by_ssrc.get(packet.ssrc)
+        if generator is None:
+            if len(self._by_ssrc) >= self._limit:  # SSRCs a publisher no longer uses
+                self._by_ssrc.pop(next(iter(self._by_ssrc)))
+            generator = self._by_ssrc[packet.ssrc] = NackGenerator()
+        missed: bool = generator.add(packet)
+        self.missing = generator.missing
+        return missed
+
+
+def install_simulcast_receive(
+    receiver: RTCRtpReceiver, media_ssrc: Callable[[str], int | None]
+) -> None:
+    """Make a video receiver take several layers (SSRCs): NACKs per SSRC, and an RTX packet
+    from an SSRC aiortc does not know unwrapped onto the media SSRC of the layer its
+    repaired-rtp-stream-id names (``media_ssrc(rid)``; Chromium signals no SSRCs with rids)."""
+    for name in (
+        "_RTCRtpReceiver__nack_generator",
+        "_RTCRtpReceiver__rtx_ssrc",
+        "_RTCRtpReceiver__codecs",
+        "_handle_rtp_packet",
+    ):
+        if not hasattr(receiver, name):
+            raise AdapterError(f"RTCRtpReceiver internals changed: no {name}")
+    receiver._RTCRtpReceiver__nack_generator = _SsrcNacks()  # type: ignore[attr-defined]
+    rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    original = receiver._handle_rtp_packet
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        if packet.ssrc not in rtx_ssrc:
+            rid = packet.extensions.repaired_rtp_stream_id
+            codec = codecs.get(packet.payload_type)
+            if rid is not None and codec is not None and is_rtx(codec):
+                ssrc = media_ssrc(rid)
+                if ssrc is not None:
+                    rtx_ssrc[packet.ssrc] = ssrc
+        await original(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
 
 
 def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> asyncio.Future[None]:

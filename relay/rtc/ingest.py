@@ -1,21 +1,37 @@
-"""Feeds a hub from a WebRTC receiver without decoding: tap -> FrameAssembler -> FanoutHub."""
+"""Feeds a hub from a WebRTC receiver without decoding: tap -> FrameAssembler -> FanoutHub.
+
+A simulcast publisher's video (``SimulcastIngest``) is demultiplexed here by RTP stream id /
+SSRC (``relay.media.simulcast``), one FrameAssembler per layer, into ``LayerOutputs``."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from relay.media.frames import MediaKind
-from relay.media.hub import FanoutHub
+from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.reassembly import FrameAssembler, Unwrapper
-from relay.rtc.adapter import install_ingest_tap, packet_data, send_pli
+from relay.media.simulcast import LayerOutputs, RidDemux
+from relay.rtc.adapter import (
+    install_ingest_tap,
+    install_simulcast_receive,
+    packet_data,
+    send_pli,
+)
 
 log = logging.getLogger(__name__)
+
+
+class FrameSink(Protocol):
+    """Where a track's frames go: a FanoutHub, or every output of a simulcast publisher."""
+
+    def publish(self, frame: EncodedFrame) -> None: ...
+
+    def request_keyframe(self) -> None: ...
 
 
 class TrackIngest:
@@ -25,7 +41,7 @@ class TrackIngest:
         self,
         kind: MediaKind,
         receiver: RTCRtpReceiver,
-        hub: FanoutHub,
+        hub: FrameSink,
         *,
         clock: Callable[[], float] = time.monotonic,
         max_wait: float = 0.1,
@@ -101,6 +117,94 @@ class TrackIngest:
     def filler_bytes(self) -> int:
         """H.264 filler data dropped before fan-out."""
         return self._assembler.filler_bytes if self._assembler else 0
+
+
+class AudioFan:
+    """A simulcast publisher's audio goes to every output (each layer's viewers hear it)."""
+
+    def __init__(self, outputs: LayerOutputs) -> None:
+        self._outputs = outputs
+
+    def publish(self, frame: EncodedFrame) -> None:
+        self._outputs.publish_audio(frame)
+
+    def request_keyframe(self) -> None:
+        pass
+
+
+class SimulcastIngest(TrackIngest):
+    """A simulcast video track: packets demultiplexed by RTP stream id (then by the SSRC learned
+    with it), each layer reassembled on its own and published through ``outputs``; a PLI names
+    the SSRC of the one layer it is for."""
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        outputs: LayerOutputs,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_wait: float = 0.1,
+    ) -> None:
+        self.outputs = outputs
+        self.demux = RidDemux(outputs.layers.rids)
+        outputs.layers.ssrc = self.demux.ssrc
+        outputs.requester = self.request_layer
+        self._layers: dict[str, FrameAssembler] = {}
+        self._layer_seq: dict[str, tuple[Unwrapper, list[int]]] = {}  # [packets, low, high]
+        super().__init__("video", receiver, AudioFan(outputs), clock=clock, max_wait=max_wait)
+        install_simulcast_receive(receiver, self.demux.ssrc)
+
+    def _ingest(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
+        now = self._clock()
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        self.last_packet_at = now
+        rid = self.demux.layer(packet.ssrc, packet.extensions.rtp_stream_id)
+        if rid is None:
+            return
+        unwrap, counts = self._layer_seq.setdefault(rid, (Unwrapper(16), [0, 0, 0]))
+        seq = unwrap.unwrap(packet.sequence_number)
+        counts[0] += 1
+        counts[1] = seq if counts[0] == 1 else min(counts[1], seq)
+        counts[2] = seq if counts[0] == 1 else max(counts[2], seq)
+        outputs = self.outputs
+        outputs.packet(rid, now)
+        asm = self._layers.get(rid)
+        if asm is None or asm.codec != codec.name:
+            asm = self._layers[rid] = FrameAssembler("video", codec.name, max_wait=self._max_wait)
+        result = asm.push(
+            packet.sequence_number,
+            packet.timestamp,
+            bool(packet.marker),
+            packet.payload,
+            packet_data(packet),
+            now,
+        )
+        for frame in result.frames:
+            outputs.publish(rid, frame)
+        if result.need_keyframe:
+            outputs.request_layer(rid, now)
+
+    def request_layer(self, rid: str) -> None:
+        """PLI for one layer's SSRC (nothing to ask before its first packet)."""
+        ssrc = self.demux.ssrc(rid)
+        if ssrc is not None:
+            send_pli(self._receiver, ssrc)
+
+    def request_keyframe(self) -> None:
+        self.outputs.request_keyframe()
+
+    @property
+    def packets_lost(self) -> int:
+        return sum(max(0, hi - lo + 1 - n) for _, (n, lo, hi) in self._layer_seq.values())
+
+    @property
+    def frames_skipped(self) -> int:
+        return sum(a.frames_skipped for a in self._layers.values())
+
+    @property
+    def filler_bytes(self) -> int:
+        return sum(a.filler_bytes for a in self._layers.values())
 
 
 class IngestSet(dict[MediaKind, TrackIngest]):

@@ -21,7 +21,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from relay.auth.turn import IceDirectory
 from relay.errors import StagecastError, Unprocessable
 from relay.media.frames import MediaKind
-from relay.rtc.adapter import guard_ice_checks
+from relay.rtc.adapter import guard_ice_checks, keep_header_extensions
 from relay.rtc.candidates import (
     DEFAULT_POLICY,
     CandidatePolicy,
@@ -30,7 +30,7 @@ from relay.rtc.candidates import (
     known_keys,
     screen,
 )
-from relay.rtc.sdp import TrickleFragment, parse_candidate
+from relay.rtc.sdp import SimulcastOffer, TrickleFragment, parse_candidate
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,12 @@ async def answer_offer(
     policy: CandidatePolicy = DEFAULT_POLICY,
     *,
     prepare: Callable[[RTCPeerConnection], Awaitable[None]] | None = None,
+    simulcast: SimulcastOffer | None = None,
 ) -> None:
     """Apply a remote offer (its candidates screened by ``policy``, the ICE checks guarded)
-    and set our answer: the one place aiortc judges an offer.
+    and set our answer: the one place aiortc judges an offer. With ``simulcast`` the video
+    section keeps the RTP stream id extensions (the caller adds the answer's ``a=simulcast``
+    lines: ``relay.rtc.sdp.with_simulcast``).
 
     ``check_offer`` refuses what aiortc is known to reject; anything it still raises here is
     the offer's fault too: 422 (logged, as a gap in ``check_offer``). ``pc`` is closed on any
@@ -128,6 +131,8 @@ async def answer_offer(
             RTCSessionDescription(screen_offer(offer_sdp, policy), "offer")
         )
         guard_ice_checks(pc, policy)
+        if simulcast is not None:
+            keep_header_extensions(pc, "video", simulcast.extensions)
         if prepare is not None:  # the node's transport (relay.rtc.transport): before the answer
             await prepare(pc)
         await pc.setLocalDescription(await pc.createAnswer())

@@ -29,6 +29,22 @@ SUPPORTED_CODECS: dict[MediaKind, tuple[str, ...]] = {
 }
 
 
+RTP_STREAM_ID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RTP_STREAM_ID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+SDES_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+SIMULCAST_EXTENSIONS = (SDES_MID, RTP_STREAM_ID, REPAIRED_RTP_STREAM_ID)
+MAX_LAYERS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SimulcastOffer:
+    """A publisher's simulcast (RFC 8853): its video layers' rids in the offer's order, and
+    the header extensions (id, uri) that name them, which the answer must keep."""
+
+    rids: tuple[str, ...]
+    extensions: tuple[tuple[int, str], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class OfferSummary:
     """What an offer asks for: per kind, the codec names it lists (in its order)."""
@@ -36,6 +52,7 @@ class OfferSummary:
     codecs: dict[MediaKind, tuple[str, ...]]
     ice_ufrag: str
     ice_pwd: str
+    simulcast: SimulcastOffer | None = None
 
     @property
     def kinds(self) -> tuple[MediaKind, ...]:
@@ -100,9 +117,146 @@ def check_offer(text: str, role: Role) -> OfferSummary:
             raise Unprocessable(f"{kind} offers none of the supported codecs ({want})")
         codecs[kind] = usable
     _check_bundle(desc, mids)
+    simulcast = check_simulcast(text, desc, role)
     first = desc.media[0].ice
     assert first is not None and first.usernameFragment and first.password
-    return OfferSummary(codecs=codecs, ice_ufrag=first.usernameFragment, ice_pwd=first.password)
+    return OfferSummary(
+        codecs=codecs,
+        ice_ufrag=first.usernameFragment,
+        ice_pwd=first.password,
+        simulcast=simulcast,
+    )
+
+
+# RFC 8851 rid-id (1*(alpha-numeric / "-" / "_")), at most the 16 bytes the RtpStreamId
+# header extension carries in the one-byte form (RFC 8285).
+_RID = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_RID_PARAM = re.compile(r"[A-Za-z0-9_-]{1,32}(=[^;\s]{1,64})?")
+
+
+def _section_lines(text: str) -> list[tuple[str, list[str]]]:
+    """(kind, attribute lines) of each m-section, in order."""
+    sections: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("m="):
+            sections.append((line[2:].split(" ", 1)[0], []))
+        elif sections and line.startswith("a="):
+            sections[-1][1].append(line[2:])
+    return sections
+
+
+def check_simulcast(
+    text: str, desc: aiortc_sdp.SessionDescription, role: Role
+) -> SimulcastOffer | None:
+    """A publisher's simulcast video (``a=rid`` + ``a=simulcast:send``, RFC 8851/8853), vetted:
+    BadSdp (400) for syntax errors, rids the ``a=simulcast`` line names but no ``a=rid:.. send``
+    declares, and repeated rids; Unprocessable (422) for more than MAX_LAYERS layers,
+    alternatives, simulcast on audio or to a viewer, or no RtpStreamId header extension to tell
+    the layers apart. None: not simulcast (``a=rid`` alone restricts one stream; it is ignored)."""
+    found: SimulcastOffer | None = None
+    for (kind, attrs), media in zip(_section_lines(text), desc.media, strict=False):
+        rids: dict[str, str] = {}
+        lines = [a[len("simulcast:") :] for a in attrs if a.startswith("simulcast:")]
+        for attr in attrs:
+            if attr.startswith("rid:"):
+                rid, direction = _parse_rid(attr[len("rid:") :], media)
+                if rid in rids:
+                    raise BadSdp(f"{kind} section declares rid {rid!r} twice")
+                rids[rid] = direction
+        if not lines:
+            continue
+        if len(lines) > 1:
+            raise BadSdp(f"{kind} section has more than one a=simulcast line")
+        if kind != "video":
+            raise Unprocessable(f"simulcast is supported for video only, not {kind}")
+        if role != "publish":
+            raise Unprocessable("simulcast is for publishing; a viewer gets one layer")
+        layers = _parse_simulcast(lines[0])
+        for rid in layers:
+            if rids.get(rid) != "send":
+                raise BadSdp(f"a=simulcast names rid {rid!r}, which no a=rid:{rid} send declares")
+        if len(layers) > MAX_LAYERS:
+            raise Unprocessable(f"{len(layers)} simulcast layers; at most {MAX_LAYERS} are taken")
+        extensions = tuple(
+            (ext.id, ext.uri)
+            for ext in media.rtp.headerExtensions
+            if ext.uri in SIMULCAST_EXTENSIONS
+        )
+        if RTP_STREAM_ID not in {uri for _, uri in extensions}:
+            raise Unprocessable(
+                f"simulcast without the {RTP_STREAM_ID} header extension: the layers could "
+                "not be told apart"
+            )
+        found = SimulcastOffer(layers, extensions)
+    return found
+
+
+def _parse_rid(value: str, media: aiortc_sdp.MediaDescription) -> tuple[str, str]:
+    """``<rid-id> SP <send|recv> [SP params]`` (RFC 8851 section 10); (rid, direction)."""
+    fields = value.split(" ")
+    if len(fields) not in (2, 3) or not _RID.fullmatch(fields[0]):
+        raise BadSdp(f"a=rid:{value[:40]!r} is not '<rid-id> send|recv [params]' (RFC 8851)")
+    rid, direction = fields[0], fields[1]
+    if direction not in ("send", "recv"):
+        raise BadSdp(f"a=rid:{rid} has direction {direction[:16]!r}, not send or recv")
+    if len(fields) == 3:
+        for param in fields[2].split(";"):
+            if not _RID_PARAM.fullmatch(param):
+                raise BadSdp(f"a=rid:{rid} has a malformed restriction {param[:40]!r}")
+            key, _, val = param.partition("=")
+            if key == "pt":
+                pts = val.split(",")
+                if not all(p.isdigit() and int(p) in media.fmt for p in pts):
+                    raise BadSdp(f"a=rid:{rid} restricts to a payload type the section lacks")
+    return rid, direction
+
+
+def _parse_simulcast(value: str) -> tuple[str, ...]:
+    """``send <rid>;<rid>...`` (RFC 8853 section 5.1); the rids, a paused one (``~``) too."""
+    parts = value.split(" ")
+    if len(parts) == 4 and {parts[0], parts[2]} == {"send", "recv"}:
+        raise Unprocessable("a=simulcast with a recv part: a publisher only sends")
+    if len(parts) != 2 or parts[0] not in ("send", "recv"):
+        raise BadSdp(f"a=simulcast:{value[:40]!r} is not 'send <rid>;<rid>...' (RFC 8853)")
+    if parts[0] != "send":
+        raise Unprocessable("a=simulcast:recv: a publisher only sends")
+    rids: list[str] = []
+    for entry in parts[1].split(";"):
+        if "," in entry:
+            raise Unprocessable("simulcast alternatives (rid,rid) are not supported")
+        rid = entry.removeprefix("~")
+        if not _RID.fullmatch(rid):
+            raise BadSdp(f"a=simulcast names {entry[:20]!r}, which is not a rid-id")
+        if rid in rids:
+            raise BadSdp(f"a=simulcast names rid {rid!r} twice")
+        rids.append(rid)
+    return tuple(rids)
+
+
+def with_simulcast(answer: str, simulcast: SimulcastOffer | None) -> str:
+    """An SDP answer whose video section receives the offer's layers: ``a=rid:<id> recv`` for
+    each and ``a=simulcast:recv`` naming them, in the offer's order (RFC 8853 section 5.3).
+    aiortc writes neither; without them a browser sends one layer only."""
+    if simulcast is None:
+        return answer
+    lines = answer.splitlines(keepends=True)
+    out: list[str] = []
+    video = False
+    eol = "\r\n"
+
+    def add() -> None:
+        out.extend(f"a=rid:{rid} recv{eol}" for rid in simulcast.rids)
+        out.append(f"a=simulcast:recv {';'.join(simulcast.rids)}{eol}")
+
+    for line in lines:
+        if line.startswith("m="):
+            if video:
+                add()
+            video = line.startswith("m=video")
+        out.append(line)
+    if video:
+        add()
+    return "".join(out)
 
 
 # RFC 8866 lines: one lower-case type letter, "=", then text without control characters.
