@@ -15,10 +15,12 @@ from aiortc import RTCPeerConnection
 
 from relay.auth.access import Grant
 from relay.errors import Conflict, NotFound, Unprocessable
+from relay.media.frames import MediaKind
 from relay.media.lifecycle import SessionLifecycle
+from relay.media.simulcast import LayerOutputs, LayerState, SimulcastLayers
 from relay.media.stream_key import StreamKey
 from relay.rtc.candidates import node_policy
-from relay.rtc.ingest import IngestSet, TrackIngest
+from relay.rtc.ingest import AudioFan, IngestSet, SimulcastIngest, TrackIngest
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
     answer_offer,
@@ -34,6 +36,7 @@ from relay.rtc.transport_cc import TransportCcFeedback
 from .settings import Settings, transport_config
 from .stage.anchor_hub import AnchorHub
 from .stage.room import FINAL_REASONS, IngressTotals, RoomService
+from .stage.selection import layer_names
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,27 @@ class AnchorSession:
     final_reason: str | None = None
     # transport-cc feedback to the anchor (None: off by settings); .negotiated if it offered it
     congestion: TransportCcFeedback | None = None
+    # simulcast: one hub per layer, highest first (``hub`` is the first), fed by ``simulcast``
+    layer_hubs: tuple[AnchorHub, ...] = ()
+    layer_names: tuple[str, ...] = ()
+    simulcast: LayerOutputs | None = None
+
+    @property
+    def layers(self) -> tuple[AnchorHub, ...]:
+        """The anchor's streams, highest first: its simulcast layers, or its one stream."""
+        return self.layer_hubs or (self.hub,)
+
+    def layer(self, name: str | None) -> AnchorHub | None:
+        """The hub of the layer ``name`` (None: the top one, the anchor's own stream)."""
+        if name is None:
+            return self.hub
+        names = self.layer_names
+        return self.layer_hubs[names.index(name)] if name in names else None
+
+    def set_muted(self, kind: MediaKind, muted: bool) -> None:
+        for hub in self.layers:
+            if kind in hub.codecs:
+                hub.set_muted(kind, muted)
 
     @property
     def subject(self) -> str:
@@ -108,14 +132,23 @@ class AnchorService:
             rooms.release(room, sid)
             raise
         media = self._settings.media
-        hub = AnchorHub(
-            StreamKey(room, anchor=sid),
-            codecs,
-            keyframe_interval=media.keyframe_interval,
-            video_queue_frames=media.video_queue_frames,
-            audio_queue_frames=media.audio_queue_frames,
-            gop_cache_bytes=media.gop_cache_kb * 1024,
+        simulcast = summary.simulcast if "video" in codecs else None
+        names = layer_names(
+            [r.name for r in self._settings.stage.renditions],
+            len(simulcast.rids) if simulcast is not None else 1,
         )
+
+        def anchor_hub(rank: int) -> AnchorHub:
+            return AnchorHub(
+                StreamKey(room, rendition=names[rank] if rank else None, anchor=sid),
+                codecs,
+                keyframe_interval=media.keyframe_interval,
+                video_queue_frames=media.video_queue_frames,
+                audio_queue_frames=media.audio_queue_frames,
+                gop_cache_bytes=media.gop_cache_kb * 1024,
+            )
+
+        hub = anchor_hub(0)
         pc = self._transport.peer_connection()
         cfg = self._settings.sessions
         timers = SessionLifecycle(
@@ -124,23 +157,40 @@ class AnchorService:
         session = AnchorSession(sid, room, grant, pc, hub, new_etag(), PeerLifecycle(pc, timers))
         if media.anchor_transport_cc:
             session.congestion = TransportCcFeedback(interval=media.anchor_feedback_interval)
+        if simulcast is not None:
+            session.layer_hubs = (hub, *(anchor_hub(r) for r in range(1, len(names))))
+            session.layer_names = tuple(names)
+            session.simulcast = LayerOutputs(
+                SimulcastLayers(simulcast.rids, stale_after=media.layer_stale_after),
+                session.layer_hubs,
+                keyframe_interval=media.keyframe_interval,
+            )
         try:
             for kind, spec in codecs.items():
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
                 transceiver.setCodecPreferences(codec_preferences(kind, spec.name, receiving=True))
-                session.ingests[kind] = TrackIngest(
-                    kind, transceiver.receiver, hub, max_wait=media.reassembly_wait
-                )
+                receiver, wait = transceiver.receiver, media.reassembly_wait
+                outputs = session.simulcast
+                if outputs is None:
+                    session.ingests[kind] = TrackIngest(kind, receiver, hub, max_wait=wait)
+                elif kind == "video":
+                    session.ingests[kind] = SimulcastIngest(receiver, outputs, max_wait=wait)
+                else:
+                    session.ingests[kind] = TrackIngest(
+                        kind, receiver, AudioFan(outputs), max_wait=wait
+                    )
             await answer_offer(
                 pc,
                 strip_mdns_candidates(offer_sdp),
                 self.candidates,
                 prepare=lambda pc: self._prepare_answer(pc, session),
+                simulcast=simulcast,
             )
         except BaseException:
             await self._abort(stage.room, sid, pc)
             raise
-        hub.attach_source(session.request_keyframe)
+        if session.simulcast is None:  # a simulcast output attaches its layer when one is live
+            hub.attach_source(session.request_keyframe)
         self.sessions[sid] = session
         rooms.joined(stage, session)
         # ends on DELETE, ICE failure, connect timeout or media silence
@@ -166,8 +216,9 @@ class AnchorService:
         if self.sessions.pop(session.id, None) is None:
             return
         reason = session.final_reason or session.ended_reason or "unknown"
-        session.hub.close()  # co-hosts pulling this anchor see its end
-        self.finished.add_hub(session.hub)
+        for layer in session.layers:
+            layer.close()  # co-hosts pulling this anchor see its end
+            self.finished.add_hub(layer)
         self._rooms.left(session, reason)
         self.finished.sessions += 1
         await close_quietly(session.pc)
@@ -187,10 +238,15 @@ class AnchorService:
             f.keyframe_requests_coalesced + p.keyframe_requests_coalesced,
         )
         for session in self.sessions.values():
-            if not session.hub.closed.is_set():
-                total.add_hub(session.hub)
+            for layer in session.layers:
+                if not layer.closed.is_set():
+                    total.add_hub(layer)
         self._rooms.add_live_requests(total)
         return total
+
+    def layers(self, room: str) -> list[tuple[str, LayerState]]:
+        """The room program's simulcast layers with their rendition names (RoomService.layers)."""
+        return self._rooms.layers(room)
 
     def in_room(self, room: str) -> list[AnchorSession]:
         return [s for s in self.sessions.values() if s.room == room]

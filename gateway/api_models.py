@@ -36,6 +36,21 @@ class MediaStats(BaseModel):
     muted: bool
 
 
+class LayerView(BaseModel):
+    """One simulcast layer of a lone anchor passed through: watched as ``?rendition=name``
+    (the first is also the program). ``carried_by``: the renditions it feeds now (its own, and
+    those of stopped layers above or below it)."""
+
+    name: str
+    rid: str
+    live: bool
+    width: int | None
+    height: int | None
+    fps: float
+    bitrate_bps: float
+    carried_by: list[str]
+
+
 class StreamView(BaseModel):
     room: str
     live: bool
@@ -50,6 +65,7 @@ class StreamView(BaseModel):
     bytes_in: int
     uptime_s: float
     fanout_cpu_s: float = 0.0  # CPU spent sending this stream to its viewers (this node)
+    layers: list[LayerView] = []  # simulcast layers of a lone anchor, highest first
 
 
 class AnchorView(BaseModel):

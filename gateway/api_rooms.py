@@ -22,6 +22,7 @@ from relay.rtc.viewers import ViewerService, ViewerSession
 from .anchors import AnchorService, AnchorSession
 from .api_models import (
     AnchorView,
+    LayerView,
     MediaStats,
     MuteRequest,
     NodeView,
@@ -250,9 +251,9 @@ def operator_router(
     async def mute_anchor(room: str, anchor_id: str, body: MuteRequest) -> AnchorView:
         session = anchors.get(room, anchor_id)
         if body.audio is not None and "audio" in session.hub.codecs:
-            session.hub.set_muted("audio", body.audio)
+            session.set_muted("audio", body.audio)
         if body.video is not None and "video" in session.hub.codecs:
-            session.hub.set_muted("video", body.video)
+            session.set_muted("video", body.video)
         return anchor_view(session)
 
     @router.get("/rooms/{room}/viewers", response_model=ViewerList)
@@ -270,7 +271,23 @@ def operator_router(
     @router.get("/rooms/{room}/stream", response_model=StreamView)
     async def get_stream(room: str) -> StreamView:
         stage = stage_or_404(room)
-        return stream_view(room, stage.hub, viewers.count(room))
+        view = stream_view(room, stage.hub, viewers.count(room))
+        layers = anchors.layers(room)
+        names = [name for name, _ in layers]
+        view.layers = [
+            LayerView(
+                name=name,
+                rid=state.rid,
+                live=state.live,
+                width=state.width,
+                height=state.height,
+                fps=state.fps,
+                bitrate_bps=state.bitrate_bps,
+                carried_by=[names[i] for i in state.feeds],
+            )
+            for name, state in layers
+        ]
+        return view
 
     @router.post("/tokens", status_code=201, response_model=TokenResponse)
     async def mint_token(body: TokenRequest) -> TokenResponse:

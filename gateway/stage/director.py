@@ -94,6 +94,8 @@ class ProgramDirector:
         self.worker: ProgramWorker | None = None
         self._lone: AnchorFeed | None = None
         self._tapped: dict[str, AnchorHub] = {}
+        self._rendition_names = [r.name for r in config.renditions]
+        self._layer_taps: list[AnchorHub] = []  # a simulcast anchor's lower layers (passthrough)
         self._stopped: list[ProgramWorker] = []
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -113,6 +115,11 @@ class ProgramDirector:
     @property
     def main(self) -> FanoutHub:
         return next(iter(self.hubs.values()))
+
+    @property
+    def lone(self) -> AnchorFeed | None:
+        """The anchor passed through (passthrough mode), else None."""
+        return self._lone if self.mode == "passthrough" else None
 
     @property
     def mixer_state(self) -> MixerState:
@@ -163,28 +170,45 @@ class ProgramDirector:
         hubs = list(self.hubs.values())
         controls = self._controls
         aid = anchor.id
+        layers = anchor_layers(anchor)
 
-        def forward(frame: EncodedFrame) -> None:
-            if frame.kind == "audio":
-                ctl = controls().get(aid)
-                if ctl is not None and ctl.muted:
-                    return
-            for hub in hubs:
-                hub.publish(frame)
+        def forward_to(targets: list[FanoutHub]) -> Callable[[EncodedFrame], None]:
+            def forward(frame: EncodedFrame) -> None:
+                if frame.kind == "audio":
+                    ctl = controls().get(aid)
+                    if ctl is not None and ctl.muted:
+                        return
+                for hub in targets:
+                    hub.publish(frame)
+
+            return forward
 
         def mirror(kind: MediaKind, muted: bool) -> None:
             for hub in hubs:
                 if kind in hub.codecs:
                     hub.set_muted(kind, muted)
 
-        anchor.hub.sink = forward
+        # rendition i carries simulcast layer i (the lowest layer fills the renditions below
+        # it); a single stream feeds them all
+        rank = [min(i, len(layers) - 1) for i in range(len(hubs))]
+        for j, layer in enumerate(layers):
+            layer.sink = forward_to([h for h, r in zip(hubs, rank, strict=True) if r == j])
         anchor.hub.on_mute = mirror
         self._tapped[aid] = anchor.hub
-        for hub in hubs:
-            hub.attach_source(anchor.request_keyframe)
+        self._layer_taps = list(layers[1:])
+        for hub, r in zip(hubs, rank, strict=True):
+            hub.attach_source(
+                anchor.request_keyframe if len(layers) == 1 else layers[r].request_keyframe
+            )
             for kind in hub.codecs:
                 hub.set_muted(kind, kind in anchor.hub.muted)
-        log.info("room %s: passthrough of anchor %s", self.room, aid, extra={"room": self.room})
+        log.info(
+            "room %s: passthrough of anchor %s (%d layer(s))",
+            self.room,
+            aid,
+            len(layers),
+            extra={"room": self.room},
+        )
 
     def _mixed(self, anchors: Sequence[AnchorFeed]) -> None:
         self._feeds = {a.id: a for a in anchors}
@@ -228,10 +252,28 @@ class ProgramDirector:
         return feed
 
     def _untap_all(self) -> None:
-        for hub in self._tapped.values():
+        for hub in [*self._tapped.values(), *self._layer_taps]:
             hub.sink = None
             hub.on_mute = None
         self._tapped.clear()
+        self._layer_taps = []
+
+    def add_layer_hubs(self, names: Sequence[str], make: Callable[[str], FanoutHub]) -> None:
+        """Program hubs for simulcast layers beyond the configured renditions (kept until the
+        program ends). While mixed they carry the mixer's lowest rendition."""
+        for name in names:
+            if name not in self.hubs:
+                hub = self.hubs[name] = make(name)
+                worker = self.worker
+                if worker is not None:
+                    hub.attach_source(
+                        functools.partial(worker.request_keyframe, self._mixed_name(name))
+                    )
+
+    def _mixed_name(self, name: str) -> str:
+        """The mixer rendition that feeds the program hub ``name`` while mixed."""
+        renditions = self._rendition_names
+        return name if name in renditions or not renditions else renditions[-1]
 
     # -- the worker -----------------------------------------------------------------------
     def _start_worker(self) -> None:
@@ -301,7 +343,7 @@ class ProgramDirector:
         for name, hub in self.hubs.items():
             for kind in hub.codecs:
                 hub.set_muted(kind, False)
-            hub.attach_source(functools.partial(worker.request_keyframe, name))
+            hub.attach_source(functools.partial(worker.request_keyframe, self._mixed_name(name)))
         for hub in self.mixminus.values():
             hub.attach_source(_no_keyframes)
         self._worker_started_at = time.monotonic()
@@ -355,9 +397,9 @@ class ProgramDirector:
                 if frame.kind in hub.codecs:
                     hub.publish(frame)
         else:
-            target = self.hubs.get(rendition)
-            if target is not None and frame.kind in target.codecs:
-                target.publish(frame)
+            for name, target in self.hubs.items():
+                if self._mixed_name(name) == rendition and frame.kind in target.codecs:
+                    target.publish(frame)
 
     def _deliver_mixminus(self, worker: ProgramWorker, anchor_id: str, frame: EncodedFrame) -> None:
         with self._pending_lock:
@@ -401,6 +443,12 @@ class ProgramDirector:
         stopped, self._stopped = self._stopped, []
         for w in stopped:
             await asyncio.to_thread(w.join, 5.0)
+
+
+def anchor_layers(anchor: AnchorFeed) -> tuple[AnchorHub, ...]:
+    """An anchor's streams, highest first: its simulcast layers (``layers``), or its hub."""
+    layers: tuple[AnchorHub, ...] | None = getattr(anchor, "layers", None)
+    return tuple(layers) if layers else (anchor.hub,)
 
 
 def _no_keyframes() -> None:

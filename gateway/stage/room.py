@@ -17,6 +17,7 @@ from relay.errors import Conflict, Forbidden, NotFound
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
 from relay.media.lifecycle import ReconnectGrace
+from relay.media.simulcast import LayerOutputs, LayerState
 from relay.media.stream_key import StreamKey
 from relay.rtc.lifecycle import DeadlineTimer
 from relay.rtc.sdp import OfferSummary, pick_codec
@@ -24,7 +25,8 @@ from relay.rtc.sdp import OfferSummary, pick_codec
 from ..mixer.layout import LayoutSpec, parse_colour
 from ..mixer.specs import RenditionSpec
 from ..settings import Settings
-from .director import AnchorFeed, MixerConfig, ProgramDirector
+from .director import AnchorFeed, MixerConfig, ProgramDirector, anchor_layers
+from .selection import layer_names
 from .table import Stage, StageTable
 
 CLOCK_RATES = {"video": 90000, "audio": 48000}
@@ -206,6 +208,7 @@ class RoomService:
             program = self._new_program(stage, anchor.hub.codecs)
         self._cancel_grace(program)
         program.anchors[anchor.id] = anchor
+        self._layer_hubs(program, len(anchor_layers(anchor)))
         program.director.update(program.feeds())
         if not resumed:
             self.stages.set_hub(room, program.main)
@@ -245,6 +248,28 @@ class RoomService:
         )
         program = self.rooms[room] = Room(stage, director, self._settings.sessions.reconnect_grace)
         return program
+
+    def _layer_hubs(self, program: Room, count: int) -> None:
+        """Program hubs for a simulcast anchor's layers beyond the configured renditions."""
+        names = layer_names([r.name for r in self._mixer.renditions], count)
+        extra = names[len(self._mixer.renditions) :]
+        if not extra:
+            return
+        media = self._settings.media
+        room = program.stage.room
+        codecs = program.main.codecs
+
+        def make(name: str) -> FanoutHub:
+            return FanoutHub(
+                StreamKey(room, rendition=name),
+                codecs,
+                keyframe_interval=media.keyframe_interval,
+                video_queue_frames=media.video_queue_frames,
+                audio_queue_frames=media.audio_queue_frames,
+            )
+
+        program.director.add_layer_hubs(extra, make)
+        program.stage.renditions = dict(program.director.hubs)
 
     def _mixminus_hub_factory(self, room: str) -> Callable[[str], FanoutHub]:
         media = self._settings.media
@@ -387,11 +412,18 @@ class RoomService:
             raise NotFound("no such anchor session")
         return anchor
 
-    def anchor_hub(self, room: str, anchor_id: str) -> FanoutHub | None:
-        """An anchor's own stream, for co-hosts pulling ``/whep/{room}?anchor={id}``."""
+    def anchor_hub(self, room: str, anchor_id: str, layer: str | None = None) -> FanoutHub | None:
+        """An anchor's own stream, for co-hosts pulling ``/whep/{room}?anchor={id}``; with
+        ``layer`` (``&rendition=``) that simulcast layer of it (names as the program's)."""
         program = self.rooms.get(room)
         anchor = program.anchors.get(anchor_id) if program is not None else None
-        return anchor.hub if anchor is not None else None
+        if anchor is None:
+            return None
+        if layer is None:
+            return anchor.hub
+        layers = anchor_layers(anchor)
+        names = layer_names([r.name for r in self._mixer.renditions], len(layers))
+        return layers[names.index(layer)] if layer in names else None
 
     def anchor_hubs(self, room: str) -> dict[str, FanoutHub]:
         """The room's live anchors' own hubs by anchor id (recordings of each anchor)."""
@@ -411,8 +443,9 @@ class RoomService:
         return program.director.mixminus.get(anchor_id)
 
     def lower_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
-        """The hub of the rendition below ``hub`` while the room is mixed (passthrough carries
-        the anchor's own stream in every rendition: nothing lower to fall back to)."""
+        """The hub of the rendition below ``hub`` while the room is mixed or passes a
+        simulcast anchor through (a single stream passed through is in every rendition:
+        nothing lower to fall back to)."""
         return self._neighbour_rendition(room, hub, +1, mixed_only=True)
 
     def higher_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
@@ -423,13 +456,30 @@ class RoomService:
         self, room: str, hub: FanoutHub, step: int, *, mixed_only: bool
     ) -> FanoutHub | None:
         program = self.rooms.get(room)
-        if program is None or (mixed_only and program.director.mode != "mixed"):
+        if program is None:
             return None
-        hubs = list(program.director.hubs.values())  # main program first, then down the ladder
+        director = program.director
+        lone = director.lone
+        layered = lone is not None and len(anchor_layers(lone)) > 1
+        if mixed_only and director.mode != "mixed" and not layered:
+            return None
+        hubs = list(director.hubs.values())  # main program first, then down the ladder
         if hub not in hubs:
             return None
         i = hubs.index(hub) + step
         return hubs[i] if 0 <= i < len(hubs) else None
+
+    def layers(self, room: str) -> list[tuple[str, LayerState]]:
+        """The simulcast layers of the room's program (a lone simulcast anchor passed through),
+        highest first, with the rendition name each is watched under; [] otherwise."""
+        program = self.rooms.get(room)
+        lone = program.director.lone if program is not None else None
+        outputs = getattr(lone, "simulcast", None)
+        if not isinstance(outputs, LayerOutputs):
+            return []
+        names = layer_names([r.name for r in self._mixer.renditions], len(outputs.hubs))
+        states = outputs.layers.snapshot(self._clock())
+        return list(zip(names, states, strict=True))
 
     def add_live_requests(self, total: IngressTotals) -> None:
         """Fold the live programs' keyframe requests into ``total``."""

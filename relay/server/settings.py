@@ -42,6 +42,9 @@ class MediaSettings(BaseModel):
     requests is waited for instead. 0: off."""
     reassembly_wait: float = Field(0.1, gt=0, le=2)
     """How long a missing packet may hold back later frames before they are skipped."""
+    layer_stale_after: float = Field(0.5, gt=0, le=5)
+    """A simulcast layer that sends nothing for this long has stopped: its viewers get the next
+    layer down until it sends again (from its next keyframe)."""
     rtx_max_age: float = Field(2.0, gt=0, le=10)
     """A viewer's NACKed keyframe packet is sent again only if it can arrive (its frame's age
     plus half the viewer's round trip) within this many seconds of its frame: later it cannot

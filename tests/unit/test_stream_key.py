@@ -92,7 +92,7 @@ def test_the_origins_hub_lookup_takes_the_key_and_the_subject_apart() -> None:
     select = hub_selector(
         lambda room: hubs.get(StreamKey(room)),
         lambda room, name: hubs.get(StreamKey(room, name)),
-        lambda room, anchor: own if (room, anchor) == ("r", "a") else None,
+        lambda room, anchor, layer: own if (room, anchor, layer) == ("r", "a", None) else None,
         ["main", "low"],
         mixminus=mixminus,
     )
