@@ -22,6 +22,20 @@ const QUALITY = {
   720: { width: 1280, height: 720, bitrate: 2_500_000 },
 };
 
+// Simulcast layers (RFC 8853 rids), lowest first: 1/4 and 1/2 size at fixed rates, the full
+// picture at the chosen quality's. The gateway names them by size: the top is the program,
+// the others renditions (?rendition=360p, 180p with the defaults).
+const LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1 },
+];
+
+function sendEncodings() {
+  const q = QUALITY[ui.quality.value] || QUALITY[720];
+  return LAYERS.map((layer) => ({ maxBitrate: q.bitrate, ...layer }));
+}
+
 const ui = {
   preview: $('#preview'),
   overlay: $('#overlay'),
@@ -32,6 +46,7 @@ const ui = {
   camera: $('#camera'),
   mic: $('#mic'),
   quality: $('#quality'),
+  simulcast: $('#simulcast'),
   go: $('#go'),
   stop: $('#stop'),
   message: $('#message'),
@@ -133,7 +148,7 @@ async function applyBitrate() {
   if (!sender) return;
   const p = sender.getParameters();
   if (!p.encodings || !p.encodings.length) return;
-  p.encodings[0].maxBitrate = q.bitrate;
+  p.encodings[p.encodings.length - 1].maxBitrate = q.bitrate; // the top layer when simulcast
   try {
     await sender.setParameters(p);
   } catch {
@@ -156,8 +171,11 @@ async function goLive(event) {
   show('connecting', 'connecting…');
   const pc = await newPeerConnection(ui.token.value.trim());
   state.pc = pc;
+  state.simulcast = ui.simulcast.checked;
   for (const track of state.stream.getTracks()) {
-    pc.addTransceiver(track, { direction: 'sendonly', streams: [state.stream] });
+    const init = { direction: 'sendonly', streams: [state.stream] };
+    if (track.kind === 'video' && state.simulcast) init.sendEncodings = sendEncodings();
+    pc.addTransceiver(track, init);
   }
   pc.addEventListener('connectionstatechange', () => onConnectionState(pc));
   try {
@@ -266,6 +284,7 @@ function init() {
     history.replaceState(null, '', `${location.pathname}${query ? `?${query}` : ''}`);
   }
   if (p.get('quality') && QUALITY[p.get('quality')]) ui.quality.value = p.get('quality');
+  if (p.get('simulcast') === '0') ui.simulcast.checked = false;
   updateWatchLink();
   ui.room.addEventListener('input', updateWatchLink);
   ui.form.addEventListener('submit', goLive);

@@ -23,14 +23,17 @@ export class StatsSampler {
     const out = {};
     report.forEach((s) => {
       if (s.type === 'outbound-rtp') {
+        // simulcast: one outbound-rtp per layer (rid); the sum, and the largest layer's picture
         const r = this.rate(s.id, s.bytesSent || 0, s.packetsSent || 0, 0, s.timestamp);
+        const prev = out[s.kind] || { bps: 0, packets: 0, layers: [] };
+        const layer = { rid: s.rid, bps: r.bps, fps: s.framesPerSecond, width: s.frameWidth, height: s.frameHeight };
+        const bigger = !prev.width || (s.frameWidth || 0) > prev.width;
         out[s.kind] = {
-          ...(out[s.kind] || {}),
-          bps: r.bps,
-          fps: s.framesPerSecond,
-          width: s.frameWidth,
-          height: s.frameHeight,
-          packets: s.packetsSent,
+          ...prev,
+          bps: (prev.bps || 0) + (r.bps || 0),
+          packets: (prev.packets || 0) + (s.packetsSent || 0),
+          layers: [...prev.layers, layer],
+          ...(bigger ? { fps: s.framesPerSecond, width: s.frameWidth, height: s.frameHeight } : {}),
         };
       }
     });

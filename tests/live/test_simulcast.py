@@ -1,0 +1,197 @@
+"""Simulcast ingest end to end: headless Chromium publishes three layers (q/h/f at 1/4, 1/2 and
+full size) from the publish page; aiortc viewers pull the program and each lower rendition and
+decode a picture of each; a layer the browser stops moves its viewers down and back. Plus the
+simulcast offers the gateway refuses, as problem+json over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import av
+import httpx
+import pytest
+from aiortc import RTCPeerConnection
+
+from gateway.synthetic import offer_answer
+from relay.rtc.peer import close_quietly, rtc_configuration
+from tests.live.test_browser import chromium, open_page, until
+from tests.support.live_bed import assert_4xx_problem
+from tests.support.offers import fixture
+from tests.support.server import RunningServer, run_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@asynccontextmanager
+async def pull(base: str, path: str) -> AsyncIterator[Any]:
+    """A WHEP viewer of ``/whep/{path}`` (query included) whose video track decodes."""
+    pc = RTCPeerConnection(rtc_configuration(()))
+    client = httpx.AsyncClient(base_url=base, timeout=10)
+    try:
+        video = pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        await offer_answer(pc, client, f"/whep/{path}", {})
+        yield video.receiver.track
+    finally:
+        await close_quietly(pc)
+        await client.aclose()
+
+
+async def picture(track: Any, timeout: float = 10.0) -> tuple[int, int]:
+    frame = await asyncio.wait_for(track.recv(), timeout)
+    assert isinstance(frame, av.VideoFrame)
+    return frame.width, frame.height
+
+
+async def latest_picture(track: Any, seconds: float) -> tuple[int, int]:
+    """The size of the last frame decoded within ``seconds``."""
+    size = await picture(track)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            frame = await asyncio.wait_for(track.recv(), max(0.05, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        size = frame.width, frame.height
+    return size
+
+
+def stream(server: RunningServer, room: str) -> dict[str, Any]:
+    resp = httpx.get(
+        f"{server.base_url}/v1/rooms/{room}/stream",
+        headers={"Authorization": f"Bearer {server.gateway.operator_key}"},
+        timeout=5,
+    )
+    resp.raise_for_status()
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+async def live_layers(server: RunningServer, room: str, count: int, timeout: float) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    layers: list[Any] = []
+    while time.monotonic() < deadline:
+        layers = stream(server, room)["layers"]
+        if sum(1 for layer in layers if layer["live"]) >= count:
+            return layers
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{count} live layers expected: {layers}")
+
+
+async def set_active(page: Any, rid: str, active: bool) -> None:
+    await page.evaluate(
+        """async ([rid, active]) => {
+            const sender = window.stagecast.pc.getSenders().find(
+                (s) => s.track && s.track.kind === 'video');
+            const p = sender.getParameters();
+            for (const e of p.encodings) if (e.rid === rid) e.active = active;
+            await sender.setParameters(p);
+        }""",
+        [rid, active],
+    )
+
+
+@pytest.mark.timeout(120)
+async def test_chromium_simulcast_layers_are_renditions_and_a_stopped_layer_moves_viewers() -> None:
+    room = "simulcast"
+    with run_server(media={"anchor_start_kbps": 2500}) as server:
+        base = server.base_url
+        token = server.anchor_token(room)
+        async with chromium(fake_media=True) as browser:
+            pub = await open_page(browser, f"{base}/publish?room={room}&quality=720#token={token}")
+            await until(
+                pub, "window.stagecast.stream && !document.querySelector('#go').disabled", 10
+            )
+            assert await pub.is_checked("#simulcast")  # on by default for the camera
+            await pub.click("#go")
+            await until(pub, "window.stagecast.state === 'live'", 15, "the anchor going live")
+            offer = await pub.evaluate("window.stagecast.pc.localDescription.sdp")
+            assert "a=simulcast:send q;h;f" in offer
+            answer = await pub.evaluate("window.stagecast.pc.remoteDescription.sdp")
+            assert "a=simulcast:recv q;h;f" in answer and "rtp-stream-id" in answer
+
+            layers = await live_layers(server, room, 3, 30)
+            assert [layer["name"] for layer in layers] == ["720p", "360p", "180p"]
+            assert [layer["rid"] for layer in layers] == ["f", "h", "q"]
+            heights = [layer["height"] for layer in layers]
+            assert heights[0] > heights[1] > heights[2] > 0, layers
+            print("layers:", layers)
+
+            anchor_id = next(iter(server.gateway.anchors.sessions))
+            paths = {
+                "program": room,
+                "360p": f"{room}?rendition=360p",
+                "180p": f"{room}?rendition=180p",
+                "anchor 180p": f"{room}?anchor={anchor_id}&rendition=180p",
+            }
+            sizes: dict[str, tuple[int, int]] = {}
+            for what, path in paths.items():
+                async with pull(base, path) as track:
+                    sizes[what] = await picture(track)
+            print("decoded:", sizes)
+            assert sizes["program"][1] == heights[0]
+            assert sizes["360p"][1] == heights[1]
+            assert sizes["180p"][1] == heights[2] == sizes["anchor 180p"][1]
+
+            # The browser stops its top layer (as under CPU or bandwidth limits): the program's
+            # viewers get the next layer within a second or so, and the top one when it is back.
+            async with pull(base, room) as track:
+                assert (await picture(track))[1] == heights[0]
+                t0 = time.monotonic()
+                await set_active(pub, "f", False)
+                while (await picture(track))[1] != heights[1]:
+                    assert time.monotonic() - t0 < 3, "the program did not move to the 360p layer"
+                moved = time.monotonic() - t0
+                view = await live_layers(server, room, 2, 2)
+                assert not view[0]["live"] and view[1]["carried_by"] == ["720p", "360p"], view
+                await set_active(pub, "f", True)
+                t1 = time.monotonic()
+                while (await picture(track))[1] != heights[0]:
+                    assert time.monotonic() - t1 < 5, "the program did not go back to the top layer"
+                back = time.monotonic() - t1
+                print(
+                    f"top layer stopped: viewers moved down in {moved:.2f} s, back in {back:.2f} s"
+                )
+                assert moved < 1.5
+
+
+BAD_SIMULCAST = {
+    "unknown rid": ("a=simulcast:send q;h;f", "a=simulcast:send q;h;x", 400),
+    "duplicate rid": ("a=rid:h send", "a=rid:q send", 400),
+    "four layers": (
+        "a=simulcast:send q;h;f",
+        "a=rid:g send\r\na=simulcast:send q;h;f;g",
+        422,
+    ),
+    "rid syntax": ("a=rid:q send", "a=rid:q! send", 400),
+    "no rtp-stream-id extension": (
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n",
+        "",
+        422,
+    ),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", sorted(BAD_SIMULCAST))
+def test_bad_simulcast_offers_get_a_problem(server: RunningServer, case: str) -> None:
+    old, new, status = BAD_SIMULCAST[case]
+    offer = fixture("chromium_simulcast.sdp")
+    assert old in offer
+    resp = httpx.post(
+        f"{server.base_url}/whip/badsim",
+        content=offer.replace(old, new, 1),
+        headers={
+            "Authorization": f"Bearer {server.anchor_token('badsim')}",
+            "Content-Type": "application/sdp",
+        },
+        timeout=10,
+    )
+    assert resp.status_code == status, resp.text
+    assert_4xx_problem(resp, case)
+    assert not server.gateway.anchors.sessions
