@@ -20,7 +20,7 @@ from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from relay.errors import BadSdp, Unprocessable
-from relay.media.frames import CodecSpec, EncodedFrame
+from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
 from relay.media.hub import FanoutHub
 from relay.media.simulcast import LayerOutputs, RidDemux, SimulcastLayers
 from relay.media.stream_key import StreamKey
@@ -89,7 +89,8 @@ BAD = {
     "simulcast on audio": (
         edit(
             "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n",
-            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=rid:a send\r\na=simulcast:send a\r\n",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+            "a=rid:a send\r\na=simulcast:send a\r\n",
         ),
         Unprocessable,
     ),
@@ -183,7 +184,7 @@ def wire(
 
 
 def hubs(n: int, clock: list[float]) -> list[FanoutHub]:
-    codecs = {"video": CodecSpec("video", "VP8", 90000)}
+    codecs: dict[MediaKind, CodecSpec] = {"video": CodecSpec("video", "VP8", 90000)}
     return [
         FanoutHub(StreamKey("r", rendition=f"r{i}" if i else None), codecs, clock=lambda: clock[0])
         for i in range(n)
