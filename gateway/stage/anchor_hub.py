@@ -18,6 +18,14 @@ class AnchorHub(FanoutHub):
 
     sink: FrameSink | None = None
     on_mute: MuteListener | None = None
+    # a new source (a simulcast output switched layers): what ``sink`` feeds must rebase too
+    on_source: Callable[[], None] | None = None
+
+    def attach_source(self, requester: Callable[[], None]) -> None:
+        switched = self.sources > 0
+        super().attach_source(requester)
+        if switched and self.on_source is not None:
+            self.on_source()
 
     def publish(self, frame: EncodedFrame) -> None:
         super().publish(frame)

@@ -192,7 +192,10 @@ class ProgramDirector:
         # it); a single stream feeds them all
         rank = [min(i, len(layers) - 1) for i in range(len(hubs))]
         for j, layer in enumerate(layers):
-            layer.sink = forward_to([h for h, r in zip(hubs, rank, strict=True) if r == j])
+            targets = [h for h, r in zip(hubs, rank, strict=True) if r == j]
+            layer.sink = forward_to(targets)
+            if len(layers) > 1:  # the layer's output switched sources: its renditions follow
+                layer.on_source = functools.partial(_reattach, targets, layer.request_keyframe)
         anchor.hub.on_mute = mirror
         self._tapped[aid] = anchor.hub
         self._layer_taps = list(layers[1:])
@@ -255,6 +258,7 @@ class ProgramDirector:
         for hub in [*self._tapped.values(), *self._layer_taps]:
             hub.sink = None
             hub.on_mute = None
+            hub.on_source = None
         self._tapped.clear()
         self._layer_taps = []
 
@@ -443,6 +447,13 @@ class ProgramDirector:
         stopped, self._stopped = self._stopped, []
         for w in stopped:
             await asyncio.to_thread(w.join, 5.0)
+
+
+def _reattach(hubs: Sequence[FanoutHub], requester: Callable[[], None]) -> None:
+    """The stream feeding ``hubs`` changed source: rebase their timestamps and restart their
+    viewers at the new source's keyframe."""
+    for hub in hubs:
+        hub.attach_source(requester)
 
 
 def anchor_layers(anchor: AnchorFeed) -> tuple[AnchorHub, ...]:

@@ -83,6 +83,7 @@ class _Layer:
     meter: RateMeter = field(default_factory=RateMeter)
     last_packet_at: float | None = None
     size: tuple[int, int] | None = None
+    peak: int = 0  # the most pixels a keyframe of this layer had: its rank's key
     keyed: bool = False  # a keyframe since the layer (re)started
 
 
@@ -110,6 +111,8 @@ class SimulcastLayers:
         if frame.keyframe:
             layer.keyed = True
             layer.size = picture_size(frame.codec, frame.data) or layer.size
+            if layer.size is not None:
+                layer.peak = max(layer.peak, layer.size[0] * layer.size[1])
 
     def live(self, rid: str, now: float) -> bool:
         layer = self._layers[rid]
@@ -117,11 +120,12 @@ class SimulcastLayers:
         return layer.keyed and last is not None and now - last <= self.stale_after
 
     def ranked(self) -> list[str]:
-        """Highest resolution first; layers whose size is not known yet after the others."""
+        """Highest resolution first, by the largest picture each layer has sent (a browser
+        short of CPU scales its layers down for a while; that must not reorder them); layers
+        whose size is not known yet after the others."""
 
         def key(layer: _Layer) -> tuple[int, int]:
-            pixels = layer.size[0] * layer.size[1] if layer.size else -1
-            return -pixels, layer.index
+            return -layer.peak if layer.peak else 1, layer.index
 
         return [layer.rid for layer in sorted(self._layers.values(), key=key)]
 

@@ -48,16 +48,13 @@ async def picture(track: Any, timeout: float = 10.0) -> tuple[int, int]:
     return frame.width, frame.height
 
 
-async def latest_picture(track: Any, seconds: float) -> tuple[int, int]:
-    """The size of the last frame decoded within ``seconds``."""
-    size = await picture(track)
+async def picture_of_height(track: Any, height: int, seconds: float) -> tuple[int, int]:
+    """The first decoded picture ``height`` high within ``seconds`` (a browser short of CPU may
+    drop or shrink a layer for a moment: its viewers are then on another one), else the last."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            frame = await asyncio.wait_for(track.recv(), max(0.05, deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        size = frame.width, frame.height
+    size = await picture(track)
+    while size[1] != height and time.monotonic() < deadline:
+        size = await picture(track)
     return size
 
 
@@ -99,7 +96,8 @@ async def set_active(page: Any, rid: str, active: bool) -> None:
 @pytest.mark.timeout(120)
 async def test_chromium_simulcast_layers_are_renditions_and_a_stopped_layer_moves_viewers() -> None:
     room = "simulcast"
-    with run_server(media={"anchor_start_kbps": 2500}) as server:
+    # the browser's three encoders and this test share 2 loaded cores: no lag-based refusals
+    with run_server(media={"anchor_start_kbps": 2500}, limits={"max_loop_lag": None}) as server:
         base = server.base_url
         token = server.anchor_token(room)
         async with chromium(fake_media=True) as browser:
@@ -130,10 +128,12 @@ async def test_chromium_simulcast_layers_are_renditions_and_a_stopped_layer_move
                 "anchor 180p": f"{room}?anchor={anchor_id}&rendition=180p",
             }
             sizes: dict[str, tuple[int, int]] = {}
+            expected = {"program": heights[0], "360p": heights[1], "180p": heights[2]}
             for what, path in paths.items():
                 async with pull(base, path) as track:
-                    sizes[what] = await picture(track)
-            print("decoded:", sizes)
+                    want = expected.get(what, heights[2])
+                    sizes[what] = await picture_of_height(track, want, 6)
+            print("decoded:", sizes, "layers then:", stream(server, room)["layers"])
             assert sizes["program"][1] == heights[0]
             assert sizes["360p"][1] == heights[1]
             assert sizes["180p"][1] == heights[2] == sizes["anchor 180p"][1]
@@ -141,7 +141,8 @@ async def test_chromium_simulcast_layers_are_renditions_and_a_stopped_layer_move
             # The browser stops its top layer (as under CPU or bandwidth limits): the program's
             # viewers get the next layer within a second or so, and the top one when it is back.
             async with pull(base, room) as track:
-                assert (await picture(track))[1] == heights[0]
+                await live_layers(server, room, 3, 20)  # Chromium may have paused f itself
+                assert (await picture_of_height(track, heights[0], 10))[1] == heights[0]
                 t0 = time.monotonic()
                 await set_active(pub, "f", False)
                 while (await picture(track))[1] != heights[1]:
