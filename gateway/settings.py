@@ -197,6 +197,10 @@ class StageSettings(BaseModel):
     fallback_hold: float = Field(20.0, gt=0, le=3600)
     """A viewer moved down the ladder for congestion is tried one rendition up after this many
     quiet seconds (doubling, up to 5 min, each time it falls right back)."""
+    transcode_ladder: bool = False
+    """A lone anchor sending one stream (no simulcast) still gets the lower renditions: its
+    video decoded once and encoded at each rendition below the first in a thread of its own
+    (the first stays passed through). Costs CPU per such room (see README)."""
 
 
 class Settings(NodeSettings):

@@ -44,6 +44,7 @@ from .anchor_hub import AnchorHub
 
 if TYPE_CHECKING:
     from ..mixer.program import ProgramWorker
+    from .ladder import TranscodeLadder
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class MixerConfig:
     restart_initial: float = 0.2  # s before restarting a mixer thread that died; doubles...
     restart_max: float = 5.0  # ... up to this
     restart_stable_after: float = 10.0  # a run this long resets the backoff
+    transcode_ladder: bool = False  # a lone single-stream anchor: lower renditions encoded
 
 
 class ProgramDirector:
@@ -96,6 +98,8 @@ class ProgramDirector:
         self._tapped: dict[str, AnchorHub] = {}
         self._rendition_names = [r.name for r in config.renditions]
         self._layer_taps: list[AnchorHub] = []  # a simulcast anchor's lower layers (passthrough)
+        self.ladder: TranscodeLadder | None = None
+        self._stopped_ladders: list[TranscodeLadder] = []
         self._stopped: list[ProgramWorker] = []
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -189,7 +193,8 @@ class ProgramDirector:
                     hub.set_muted(kind, muted)
 
         # rendition i carries simulcast layer i (the lowest layer fills the renditions below
-        # it); a single stream feeds them all
+        # it); a single stream feeds them all, or with the transcode ladder the first one
+        # while the others are encoded from it
         rank = [min(i, len(layers) - 1) for i in range(len(hubs))]
         for j, layer in enumerate(layers):
             targets = [h for h, r in zip(hubs, rank, strict=True) if r == j]
@@ -205,6 +210,9 @@ class ProgramDirector:
             )
             for kind in hub.codecs:
                 hub.set_muted(kind, kind in anchor.hub.muted)
+        video = hubs[0].codecs.get("video")
+        if self.config.transcode_ladder and len(layers) == 1 and len(hubs) > 1 and video:
+            self._start_ladder(anchor, forward_to, video.name)
         log.info(
             "room %s: passthrough of anchor %s (%d layer(s))",
             self.room,
@@ -254,7 +262,48 @@ class ProgramDirector:
 
         return feed
 
+    def _start_ladder(
+        self,
+        anchor: AnchorFeed,
+        forward_to: Callable[[list[FanoutHub]], Callable[[EncodedFrame], None]],
+        video_codec: str,
+    ) -> None:
+        """The renditions below the first are encoded from the anchor's stream (``ladder``)."""
+        from .ladder import TranscodeLadder
+
+        names = list(self.hubs)
+        lower = {n: self.hubs[n] for n in names[1:]}
+        specs = {r.name: r for r in self.config.renditions}
+        smallest = self.config.renditions[-1]
+        cfg = self.config
+        ladder = self.ladder = TranscodeLadder(
+            self.room,
+            anchor.id,
+            anchor.request_keyframe,
+            lower,
+            [specs.get(n, _half(smallest, n)) for n in lower],
+            video_codec=video_codec,
+            fps=cfg.fps,
+            gop=cfg.gop,
+            input_frames=cfg.input_frames,
+        )
+        main = forward_to([self.main])
+        audio = forward_to(list(lower.values()))
+
+        def forward(frame: EncodedFrame) -> None:
+            main(frame)
+            if frame.kind == "video":
+                ladder.feed(frame)
+            else:
+                audio(frame)
+
+        anchor.hub.sink = forward
+
     def _untap_all(self) -> None:
+        if self.ladder is not None:
+            self.ladder.stop()
+            self._stopped_ladders.append(self.ladder)
+            self.ladder = None
         for hub in [*self._tapped.values(), *self._layer_taps]:
             hub.sink = None
             hub.on_mute = None
@@ -438,15 +487,32 @@ class ProgramDirector:
 
     @property
     def busy(self) -> bool:
-        """A mixer thread of this director is still running."""
-        return self.worker is not None or any(w.alive for w in self._stopped)
+        """A mixer (or ladder) thread of this director is still running."""
+        self._stopped_ladders = [la for la in self._stopped_ladders if la.alive]
+        return (
+            self.worker is not None
+            or any(w.alive for w in self._stopped)
+            or self.ladder is not None
+            or bool(self._stopped_ladders)
+        )
 
     async def aclose(self) -> None:
         """``close`` and wait (off the loop) for the mixer threads to end."""
         self.close()
         stopped, self._stopped = self._stopped, []
-        for w in stopped:
+        ladders, self._stopped_ladders = self._stopped_ladders, []
+        for w in [*stopped, *(la.worker for la in ladders)]:
             await asyncio.to_thread(w.join, 5.0)
+
+
+def _half(spec: RenditionSpec, name: str) -> RenditionSpec:
+    """A rendition beyond the configured ones (a simulcast layer's name): half the smallest."""
+    return RenditionSpec(
+        name,
+        max(2, spec.width // 4 * 2),
+        max(2, spec.height // 4 * 2),
+        max(1, spec.video_bitrate // 3),
+    )
 
 
 def _reattach(hubs: Sequence[FanoutHub], requester: Callable[[], None]) -> None:

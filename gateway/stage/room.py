@@ -130,6 +130,7 @@ class RoomService:
             gop=max(1, round(st.fps * st.keyframe_interval)),
             audio_bitrate=st.audio_bitrate_kbps * 1000,
             input_frames=st.input_queue_frames,
+            transcode_ladder=st.transcode_ladder,
         )
         self.default_layout = LayoutSpec(
             background=parse_colour(st.background), placeholder_after=st.placeholder_after
@@ -460,7 +461,7 @@ class RoomService:
             return None
         director = program.director
         lone = director.lone
-        layered = lone is not None and len(anchor_layers(lone)) > 1
+        layered = director.ladder is not None or (lone is not None and len(anchor_layers(lone)) > 1)
         if mixed_only and director.mode != "mixed" and not layered:
             return None
         hubs = list(director.hubs.values())  # main program first, then down the ladder

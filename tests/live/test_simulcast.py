@@ -196,3 +196,44 @@ def test_bad_simulcast_offers_get_a_problem(server: RunningServer, case: str) ->
     assert resp.status_code == status, resp.text
     assert_4xx_problem(resp, case)
     assert not server.gateway.anchors.sessions
+
+
+RENDITIONS = [
+    {"name": "720p", "width": 1280, "height": 720, "video_bitrate_kbps": 2000},
+    {"name": "360p", "width": 640, "height": 360, "video_bitrate_kbps": 600},
+    {"name": "180p", "width": 320, "height": 180, "video_bitrate_kbps": 200},
+]
+
+
+@pytest.mark.timeout(60)
+async def test_transcode_ladder_gives_a_single_stream_anchor_lower_renditions() -> None:
+    """``stage.transcode_ladder``: a lone anchor without simulcast is passed through as the
+    program while its lower renditions are encoded from it (decoded once)."""
+    from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
+
+    room = "ladder"
+    stage = {"transcode_ladder": True, "renditions": RENDITIONS}
+    with run_server(stage=stage, limits={"max_loop_lag": None}) as server:
+        base = server.base_url
+        anchor = await whip_publish(
+            base,
+            room,
+            server.anchor_token(room),
+            video=StampedVideoTrack(1280, 720, 30),
+            audio=ToneAudioTrack(440),
+            video_codec="H264",
+        )
+        try:
+            sizes = {}
+            for name, path in (
+                ("720p", room),
+                *((n, f"{room}?rendition={n}") for n in ("360p", "180p")),
+            ):
+                async with pull(base, path) as track:
+                    sizes[name] = await picture(track, 15)
+            print("ladder:", sizes)
+            assert sizes == {"720p": (1280, 720), "360p": (640, 360), "180p": (320, 180)}
+            director = server.gateway.rooms.rooms[room].director
+            assert director.mode == "passthrough" and director.ladder is not None
+        finally:
+            await anchor.close()
