@@ -98,12 +98,14 @@ class SimulcastLayers:
     def rids(self) -> tuple[str, ...]:
         return tuple(self._layers)
 
-    def packet(self, rid: str, now: float) -> None:
+    def packet(self, rid: str, now: float) -> bool:
+        """A packet of layer ``rid`` arrived; True while the layer waits for a keyframe."""
         layer = self._layers[rid]
         last = layer.last_packet_at
         if last is None or now - last > self.stale_after:
             layer.keyed = False  # (re)started: live again from its next keyframe
         layer.last_packet_at = now
+        return not layer.keyed
 
     def frame(self, rid: str, frame: EncodedFrame) -> None:
         layer = self._layers[rid]
@@ -189,7 +191,10 @@ class LayerOutputs:
         self._limiters = {rid: IntervalLimiter(keyframe_interval) for rid in layers.rids}
 
     def packet(self, rid: str, now: float) -> None:
-        self.layers.packet(rid, now)
+        """A packet of layer ``rid``: a layer that sends again after a gap (or starts) is asked
+        for the keyframe that makes it live (a browser may not send one by itself)."""
+        if self.layers.packet(rid, now):
+            self.request_layer(rid, now)
 
     def publish(self, rid: str, frame: EncodedFrame) -> None:
         """A video frame of layer ``rid``."""

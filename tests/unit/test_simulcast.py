@@ -317,3 +317,31 @@ def test_outputs_before_any_sizes_and_the_lowest_first() -> None:
     feed(outputs, ("f",), 0.02, keyframe=True)
     assert outputs.sources == ["f", "h", "q"]
     assert [s.width for s in outputs.layers.snapshot(0.03)] == [1280, 640, 320]
+
+
+def test_a_layer_back_after_a_gap_is_asked_for_its_keyframe() -> None:
+    """Packets of a layer that paused (or of one that has not sent a keyframe yet) ask for
+    that layer's keyframe, at most once per interval: until one comes it feeds nobody."""
+    outputs = LayerOutputs(
+        SimulcastLayers(("q", "h"), stale_after=0.5), hubs(2, [0.0]), keyframe_interval=0.25
+    )
+    asked: list[str] = []
+    outputs.requester = asked.append
+    feed(outputs, ("q", "h"), 0.0, keyframe=True)
+    assert set(asked) == {"q", "h"}  # their first packets (and output 0 moving to h)
+    asked.clear()
+    for i in range(1, 10):
+        feed(outputs, ("q", "h"), i / 30)
+    assert asked == []  # both live
+    t = 10 / 30
+    while t < 2.0:  # h silent for 1.7 s, q goes on
+        feed(outputs, ("q",), t)
+        t += 1 / 30
+    t = 2.0  # h's interframes come again
+    for i in range(12):
+        feed(outputs, ("q", "h"), t + i / 30)
+    # q once, as output 0 moved down to it; then h at 2.0 and 2.27 (0.25 s apart)
+    assert asked == ["q", "h", "h"]
+    assert outputs.sources == ["q", "q"]  # h feeds nothing until its keyframe
+    feed(outputs, ("h",), t + 0.5, keyframe=True)
+    assert outputs.sources == ["h", "q"]
