@@ -138,25 +138,32 @@ async def test_chromium_simulcast_layers_are_renditions_and_a_stopped_layer_move
             assert sizes["360p"][1] == heights[1]
             assert sizes["180p"][1] == heights[2] == sizes["anchor 180p"][1]
 
-            # The browser stops its top layer (as under CPU or bandwidth limits): the program's
-            # viewers get the next layer within a second or so, and the top one when it is back.
-            async with pull(base, room) as track:
-                await live_layers(server, room, 3, 20)  # Chromium may have paused f itself
-                assert (await picture_of_height(track, heights[0], 10))[1] == heights[0]
+            # The browser stops a layer (as it drops its top one under CPU or bandwidth limits):
+            # its viewers get the next layer down within a second or so, and their own when it
+            # is back. The top layer if Chromium sends it now (on this loaded machine its
+            # estimate from aiortc's REMB often pauses f by itself), else the middle one.
+            view = await live_layers(server, room, 2, 20)
+            top = 0 if view[0]["live"] else 1
+            rid, name, below = view[top]["rid"], view[top]["name"], view[top + 1]["name"]
+            path = room if top == 0 else f"{room}?rendition={name}"
+            async with pull(base, path) as track:
+                assert (await picture_of_height(track, heights[top], 10))[1] == heights[top]
                 t0 = time.monotonic()
-                await set_active(pub, "f", False)
-                while (await picture(track))[1] != heights[1]:
-                    assert time.monotonic() - t0 < 3, "the program did not move to the 360p layer"
+                await set_active(pub, rid, False)
+                while (await picture(track))[1] != heights[top + 1]:
+                    assert time.monotonic() - t0 < 3, f"{name} did not move down to {below}"
                 moved = time.monotonic() - t0
-                view = await live_layers(server, room, 2, 2)
-                assert not view[0]["live"] and view[1]["carried_by"] == ["720p", "360p"], view
-                await set_active(pub, "f", True)
+                view = stream(server, room)["layers"]
+                assert not view[top]["live"], view
+                assert {name, below} <= set(view[top + 1]["carried_by"]), view
+                await set_active(pub, rid, True)
                 t1 = time.monotonic()
-                while (await picture(track))[1] != heights[0]:
-                    assert time.monotonic() - t1 < 5, "the program did not go back to the top layer"
+                while (await picture(track))[1] != heights[top]:
+                    assert time.monotonic() - t1 < 5, f"{name} did not come back to its layer"
                 back = time.monotonic() - t1
                 print(
-                    f"top layer stopped: viewers moved down in {moved:.2f} s, back in {back:.2f} s"
+                    f"layer {rid} stopped: its viewers moved down in {moved:.2f} s, "
+                    f"back in {back:.2f} s"
                 )
                 assert moved < 1.5
 
