@@ -98,6 +98,8 @@ class ProgramDirector:
         self._tapped: dict[str, AnchorHub] = {}
         self._rendition_names = [r.name for r in config.renditions]
         self._layer_taps: list[AnchorHub] = []  # a simulcast anchor's lower layers (passthrough)
+        # mixer rendition -> the program hubs it feeds (replaced whole: the worker reads it)
+        self._fed_by: dict[str, tuple[FanoutHub, ...]] = {}
         self.ladder: TranscodeLadder | None = None
         self._stopped_ladders: list[TranscodeLadder] = []
         self._stopped: list[ProgramWorker] = []
@@ -115,6 +117,7 @@ class ProgramDirector:
         self._worker_started_at = 0.0
         self.restarts = 0
         self.last_error: str | None = None
+        self._map_hubs()
 
     @property
     def main(self) -> FanoutHub:
@@ -322,6 +325,14 @@ class ProgramDirector:
                     hub.attach_source(
                         functools.partial(worker.request_keyframe, self._mixed_name(name))
                     )
+        self._map_hubs()
+
+    def _map_hubs(self) -> None:
+        fed: dict[str, tuple[FanoutHub, ...]] = {}
+        for name, hub in self.hubs.items():
+            mixed = self._mixed_name(name)
+            fed[mixed] = (*fed.get(mixed, ()), hub)
+        self._fed_by = fed
 
     def _mixed_name(self, name: str) -> str:
         """The mixer rendition that feeds the program hub ``name`` while mixed."""
@@ -365,9 +376,8 @@ class ProgramDirector:
             hub = self.mixminus.get(anchor_id)
             return hub is not None and hub.viewer_count > 0
 
-        def taken(name: str) -> bool:  # worker thread: a dict read and an int
-            hub = self.hubs.get(name)
-            return hub is not None and hub.viewer_count > 0
+        def taken(name: str) -> bool:  # worker thread: a dict read and ints
+            return any(hub.viewer_count > 0 for hub in self._fed_by.get(name, ()))
 
         def failed(exc: BaseException) -> None:  # worker thread, as it dies
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to restart

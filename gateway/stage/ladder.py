@@ -83,6 +83,7 @@ class TranscodeLadder:
             layout=LayoutSpec,
             controls=dict,
             emit=emit,
+            rendition_wanted=self._taken,  # nobody on a lower rendition: decode only
             on_error=failed,
             name=f"ladder-{room}",
         )
@@ -90,6 +91,10 @@ class TranscodeLadder:
         for name, hub in self.hubs.items():
             hub.attach_source(functools.partial(worker.request_keyframe, name))
         worker.start()
+
+    def _taken(self, name: str) -> bool:  # worker thread: a dict read and an int
+        hub = self.hubs.get(name)
+        return hub is not None and hub.viewer_count > 0
 
     def feed(self, frame: EncodedFrame) -> None:
         """One of the anchor's video frames (the event loop)."""
