@@ -8,6 +8,7 @@ import asyncio
 import re
 import struct
 import time
+from dataclasses import dataclass
 
 import pytest
 from aiortc import RTCPeerConnection
@@ -19,6 +20,10 @@ from aiortc.rtcrtpparameters import (
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
+from gateway.mixer.layout import LayoutSpec
+from gateway.mixer.specs import RenditionSpec
+from gateway.stage.anchor_hub import AnchorHub
+from gateway.stage.director import MixerConfig, ProgramDirector
 from relay.errors import BadSdp, Unprocessable
 from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
 from relay.media.hub import FanoutHub
@@ -345,3 +350,51 @@ def test_a_layer_back_after_a_gap_is_asked_for_its_keyframe() -> None:
     assert outputs.sources == ["q", "q"]  # h feeds nothing until its keyframe
     feed(outputs, ("h",), t + 0.5, keyframe=True)
     assert outputs.sources == ["h", "q"]
+
+
+# -- the room's program -------------------------------------------------------------------------
+@dataclass(eq=False)
+class Feed:
+    """A simulcast anchor as the director sees it: its layer hubs (highest first)."""
+
+    id: str
+    layers: tuple[AnchorHub, ...]
+    asked: int = 0
+
+    @property
+    def hub(self) -> AnchorHub:
+        return self.layers[0]
+
+    def request_keyframe(self) -> None:
+        self.asked += 1
+
+
+def test_passthrough_puts_each_layer_on_its_rendition_and_follows_switches() -> None:
+    codecs: dict[MediaKind, CodecSpec] = {"video": CodecSpec("video", "VP8", 90000)}
+    config = MixerConfig(renditions=(RenditionSpec("720p", 1280, 720, 2_000_000),))
+    program = {
+        name: FanoutHub(StreamKey("r", rendition=None if name == "720p" else name), codecs)
+        for name in ("720p", "360p")
+    }
+    director = ProgramDirector("r", program, config, LayoutSpec, dict)
+    director.add_layer_hubs(["180p"], lambda n: FanoutHub(StreamKey("r", rendition=n), codecs))
+    assert list(director.hubs) == ["720p", "360p", "180p"]
+    feed = Feed("a", tuple(AnchorHub(StreamKey("r", anchor="a"), codecs) for _ in range(3)))
+    director.update([feed])
+    assert director.mode == "passthrough" and director.lone is feed
+    for j, layer in enumerate(feed.layers):
+        layer.attach_source(lambda: None)
+        layer.publish(frame(("f", "h", "q")[j], 0.0, keyframe=True))
+    sizes = [hub.picture_size for hub in director.hubs.values()]
+    assert sizes == [SIZE["f"], SIZE["h"], SIZE["q"]]
+    # the top layer's output switched sources (its layer stopped): its rendition rebases too
+    before = director.main.sources
+    feed.layers[0].attach_source(lambda: None)
+    assert director.main.sources == before + 1
+    assert director.hubs["360p"].sources == 1
+    # a single-stream anchor replaces it: every rendition carries that stream
+    single = Feed("b", (AnchorHub(StreamKey("r", anchor="b"), codecs),))
+    director.update([single])
+    single.hub.publish(frame("f", 1.0, keyframe=True))
+    assert all(hub.stats.frames_in == 2 for hub in director.hubs.values())
+    assert feed.layers[1].sink is None and feed.layers[0].on_source is None  # untapped
