@@ -33,7 +33,9 @@ const LAYERS = [
 
 function sendEncodings() {
   const q = QUALITY[ui.quality.value] || QUALITY[720];
-  return LAYERS.map((layer) => ({ maxBitrate: q.bitrate, ...layer }));
+  // Chromium sends at most 2 layers of a 640x360 picture (3 from 960x540 up)
+  const layers = q.height >= 540 ? LAYERS : LAYERS.slice(1);
+  return layers.map((layer) => ({ maxBitrate: q.bitrate, ...layer }));
 }
 
 const ui = {
