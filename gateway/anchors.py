@@ -91,7 +91,10 @@ class AnchorSession:
         return self.life.ended
 
     def request_keyframe(self) -> None:
-        self.ingests.request_keyframe()
+        if self.simulcast is not None:  # the top layer's (what the mixer decodes), coalesced
+            self.hub.request_keyframe()
+        else:
+            self.ingests.request_keyframe()
 
     @property
     def last_media_at(self) -> float | None:

@@ -398,3 +398,23 @@ def test_passthrough_puts_each_layer_on_its_rendition_and_follows_switches() -> 
     single.hub.publish(frame("f", 1.0, keyframe=True))
     assert all(hub.stats.frames_in == 2 for hub in director.hubs.values())
     assert feed.layers[1].sink is None and feed.layers[0].on_source is None  # untapped
+
+
+def test_simulcast_hooks_internals_exist() -> None:
+    """What ``keep_header_extensions`` and ``install_simulcast_receive`` reach in aiortc: the
+    transceiver's negotiated extensions (answer and receive parameters are built from them),
+    the receiver's NACK generator, RTX map and codecs on its receive path."""
+    from aiortc import RTCPeerConnection as PC
+    from aiortc import RTCRtpReceiver
+
+    from tests.unit.test_aiortc_adapter import names_of
+
+    code = names_of(
+        PC.setRemoteDescription,
+        PC.createAnswer,
+        PC._RTCPeerConnection__remoteRtp,  # type: ignore[attr-defined]
+    )
+    assert "_headerExtensions" in code
+    receive = names_of(RTCRtpReceiver._handle_rtp_packet)
+    for name in ("_RTCRtpReceiver__nack_generator", "_RTCRtpReceiver__rtx_ssrc", "missing"):
+        assert name in receive, name
