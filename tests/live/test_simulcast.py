@@ -17,7 +17,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from gateway.synthetic import offer_answer
+from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, offer_answer, whip_publish
 from relay.rtc.peer import close_quietly, rtc_configuration
 from tests.live.test_browser import chromium, open_page, until
 from tests.support.live_bed import assert_4xx_problem
@@ -167,6 +167,27 @@ async def test_chromium_simulcast_layers_are_renditions_and_a_stopped_layer_move
                 )
                 assert moved < 1.5
 
+            # A co-host joins: the room is mixed; the 180p rendition, which the mixer does not
+            # make, carries its lowest (360p), encoded because someone watches it there.
+            cohost = await whip_publish(
+                base,
+                room,
+                server.gateway.tokens.mint(room, "anchor", "cohost", 600),
+                video=StampedVideoTrack(640, 360, 30),
+                audio=ToneAudioTrack(440),
+                video_codec="H264",
+            )
+            try:
+                director = server.gateway.rooms.rooms[room].director
+                deadline = time.monotonic() + 10
+                while director.mode != "mixed":
+                    assert time.monotonic() < deadline, director.mode
+                    await asyncio.sleep(0.1)
+                async with pull(base, f"{room}?rendition=180p") as track:
+                    assert await picture_of_height(track, 360, 15) == (640, 360)
+            finally:
+                await cohost.close()
+
 
 BAD_SIMULCAST = {
     "unknown rid": ("a=simulcast:send q;h;f", "a=simulcast:send q;h;x", 400),
@@ -216,8 +237,6 @@ RENDITIONS = [
 async def test_transcode_ladder_gives_a_single_stream_anchor_lower_renditions() -> None:
     """``stage.transcode_ladder``: a lone anchor without simulcast is passed through as the
     program while its lower renditions are encoded from it (decoded once)."""
-    from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
-
     room = "ladder"
     stage = {"transcode_ladder": True, "renditions": RENDITIONS}
     with run_server(stage=stage, limits={"max_loop_lag": None}) as server:
