@@ -225,7 +225,7 @@ def gateway_env(mode: str) -> dict[str, str]:
 
 
 def publish_url(base: str, room: str, token: str) -> str:
-    return f"{base}/publish?room={room}&quality=720#token={token}"
+    return f"{base}/publish?room={room}&quality=720&simulcast=0#token={token}"  # one layer
 
 
 CAMERA: Path | None = None  # --camera busy: the clip Chromium's fake camera plays
