@@ -272,7 +272,7 @@ class ProgramDirector:
 
         def taken(name: str) -> bool:  # worker thread: a dict read and an int
             hub = self.hubs.get(name)
-            return hub is not None and hub.viewer_count > 0
+            return hub is not None and hub.wanted
 
         def failed(exc: BaseException) -> None:  # worker thread, as it dies
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to restart

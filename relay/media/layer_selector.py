@@ -11,7 +11,8 @@ and reports back (``switched``), or gives up (``abandoned``).
   the highest layer that fits when the estimate (or the loss) says how much fits, else one step.
 * Up slowly: with an estimate, when it has stayed at ``up_margin`` x a higher layer's bitrate for
   ``hold`` s; without one, after ``blind_hold`` s without congestion (one step). An up-switch
-  followed by a down within ``settle`` s failed: that hold doubles, up to ``max_hold``.
+  followed by a congestion event within ``settle`` s failed: the viewer goes back down at once
+  and that hold doubles, up to ``max_hold``.
 * No flapping: no up-switch within ``min_up_interval`` s of the last switch, no down within
   ``min_down_interval`` s (the new layer's reports need that long to say anything).
 * A layer that stops being live moves its viewers at once (``urgent``: no keyframe wait).
@@ -80,6 +81,7 @@ class SelectorConfig:
     fit_margin: float = 0.9  # a layer fits a loss-implied rate at this share of it
     min_up_interval: float = 10.0
     min_down_interval: float = 1.5
+    min_probe_down: float = 0.5  # a congestion event right after an up-switch: it failed
 
 
 class LayerSelector:
@@ -164,9 +166,13 @@ class LayerSelector:
             self._over_since = self._over_since if self._over_since is not None else now
         else:
             self._over_since = None
-        if since_switch >= c.min_down_interval and current is not live[-1]:
+        probing = self._stepped_up_at is not None  # an up-switch not yet proven (``settle``)
+        wait = c.min_probe_down if probing else c.min_down_interval
+        if since_switch >= wait and current is not live[-1]:
             over = self._over_since is not None and now - self._over_since >= c.down_after
-            congested = len(self._events) >= c.down_events or (fresh and loss >= c.severe_loss)
+            congested = len(self._events) >= c.down_events or (
+                fresh and (probing or loss >= c.severe_loss)
+            )
             if over or congested:
                 implied = None
                 if congested and loss >= c.lossy:

@@ -202,3 +202,23 @@ def test_without_any_estimate_it_probes_up_after_a_quiet_hold() -> None:
         (10.0, "360p", "probe"),
         (20.0, "720p", "probe"),
     ]
+
+
+def test_a_failed_probe_comes_back_down_at_the_first_lossy_report() -> None:
+    """No estimate: the blind probe up meets a link that loses 15 % on the higher layer (not
+    "severe"): the first lossy report after the probe is enough, and the next probe waits
+    twice as long."""
+    count = 0
+
+    def trace(t: float, current: str) -> Sample:
+        nonlocal count
+        if current == "720p" and t == int(t):  # a lossy report a second on 720p only
+            count += 1
+            return Sample(loss=0.15, congestion=count)
+        return Sample(congestion=count)
+
+    sel = LayerSelector("360p", config=SelectorConfig(blind_hold=8.0))
+    made = run(sel, trace, 60.0)
+    assert [(t, s.target) for t, s in made][:2] == [(10.0, "720p"), (11.0, "360p")]
+    ups = [t for t, s in made if not s.down]
+    assert ups[1] - ups[0] >= 16.0
