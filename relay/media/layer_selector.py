@@ -129,14 +129,16 @@ class LayerSelector:
         estimate: LinkEstimate | None = None,
         congestion: int = 0,
     ) -> Switch | None:
-        """The switch to make now, if any; ``congestion`` is a monotonic count."""
+        """The switch to make now, if any. ``layers``: the ladder, top first (its order, not
+        the bitrates, says which is higher: a measured rate may be below a nominal one);
+        ``congestion`` is a monotonic count."""
         c = self.config
         fresh = self._count(congestion, now)
         up_at = self._stepped_up_at
         if up_at is not None and now - up_at >= c.settle:  # the last up-switch held
             self._stepped_up_at = None
             self._hold, self._blind_hold = c.hold, c.blind_hold
-        live = sorted((x for x in layers if x.live), key=lambda x: -x.bitrate)
+        live = [x for x in layers if x.live]  # top first, as the ladder lists them
         if not live:
             return None
         by_name = {x.name: x for x in live}

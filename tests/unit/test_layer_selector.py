@@ -222,3 +222,20 @@ def test_a_failed_probe_comes_back_down_at_the_first_lossy_report() -> None:
     assert [(t, s.target) for t, s in made][:2] == [(10.0, "720p"), (11.0, "360p")]
     ups = [t for t, s in made if not s.down]
     assert ups[1] - ups[0] >= 16.0
+
+
+def test_the_ladder_order_says_which_layer_is_higher_not_the_bitrates() -> None:
+    """The top layer measured below the next one's nominal rate (an easy picture under its
+    ceiling): 30 % loss still moves the viewer down the ladder."""
+    ladder = (Layer("main", 60_000), Layer("low", 214_000))
+    count = 0
+
+    def trace(t: float, current: str) -> Sample:
+        nonlocal count
+        if current == "main" and t == int(t):
+            count += 1
+            return Sample(loss=0.3, congestion=count, layers=ladder)
+        return Sample(congestion=count, layers=ladder)
+
+    made = run(LayerSelector("main"), trace, 5.0)
+    assert [s.target for _, s in made] == ["low"]
