@@ -39,6 +39,7 @@ async def test_pin_a_layer_at_join_and_change_it_live() -> None:
 
             assert session.hub is hubs["low"] and session.pin == "low"
             assert await wait_for(lambda: width() == 160, 15)
+            assert await wait_for(lambda: session.layer == "low", 5)  # its selector's first look
             async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
                 listed = await http.get(f"/v1/rooms/{room}/viewers", headers=headers)
                 (view,) = listed.json()["viewers"]
