@@ -38,8 +38,3 @@ class KeyframeGate:
         self._last = now
         self.passed += 1
         return True
-
-    def reset(self) -> None:
-        """Start afresh (the viewer moved to another layer: its next request is a new one)."""
-        self.wait = self.interval
-        self._last = None

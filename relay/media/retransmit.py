@@ -86,11 +86,6 @@ class RetransmitBudget:
         self.rate_tokens: float | None = None  # the estimate's bucket (bytes), once known
         self._rate_at = 0.0
 
-    def restart(self) -> None:
-        """The viewer moved to another layer: as at the start, a first loss (of the new
-        layer's keyframe) is answered, whatever the old layer's losses spent."""
-        self.tokens = max(self.tokens, float(min(self.limits.burst, 16 * 1024)))
-
     def on_media(self, size: int) -> None:
         limits = self.limits
         self.tokens = min(float(limits.burst), self.tokens + limits.share * size)

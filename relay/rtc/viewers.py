@@ -558,19 +558,13 @@ class ViewerService:
         session.hub = target
         target.attach(session.viewer, keyframe=not at_keyframe)
         selector.switched(now)
-        # a new layer: the viewer's keyframe requests and the retransmission of its first
-        # keyframe's losses must not pay for what the old layer's congestion used up
-        if session.keyframe_gate is not None:
-            session.keyframe_gate.reset()
-        video = session.senders.get("video")
-        if video is not None:
-            video.budget.restart()
         if switch.down:
             session.fallbacks += 1
             self.switches_down += 1
         else:
             session.step_ups += 1
             self.switches_up += 1
+        video = session.senders.get("video")
         log.info(
             "viewer %s %s to %s (%s; last loss %.0f %%)",
             session.id,
