@@ -122,6 +122,11 @@ class ViewerView(BaseModel):
     delay_usage: str = "normal"  # the delay-based detector: normal, overuse, underuse
     jitter_ms: float | None = None
     feedback_malformed: int = 0
+    layer: str | None = None  # the rendition/layer it receives (None: not on a ladder)
+    layer_mode: str = "auto"  # "auto" (follows its link) or "pinned" (?layer=/?rendition=)
+    layer_pinned: str | None = None
+    layer_switches_up: int = 0
+    layer_switches_down: int = 0
 
 
 class RoomView(BaseModel):

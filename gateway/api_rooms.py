@@ -15,6 +15,7 @@ from relay.cluster.node import ClusterNode
 from relay.cluster.registry import NodeRecord, RegistryError
 from relay.cluster.routing import missed_heartbeat
 from relay.errors import Conflict, NotFound
+from relay.http.whep import LayerRequest
 from relay.media.hub import FanoutHub
 from relay.media.retransmit import Verdict
 from relay.rtc.viewers import ViewerService, ViewerSession
@@ -110,6 +111,11 @@ def viewer_view(s: ViewerSession) -> ViewerView:
         delay_usage=estimate.usage,
         jitter_ms=None if estimate.jitter is None else round(estimate.jitter * 1000, 2),
         feedback_malformed=estimate.malformed + s.rtcp_errors,
+        layer=s.layer,
+        layer_mode="auto" if s.pin is None else "pinned",
+        layer_pinned=s.pin,
+        layer_switches_up=s.step_ups,
+        layer_switches_down=s.fallbacks,
         **feedback,
     )
 
@@ -261,6 +267,13 @@ def operator_router(
         stage_or_404(room)
         listed = [viewer_view(s) for s in viewers.sessions.values() if s.room == room]
         return ViewerList(room=room, count=len(listed), viewers=listed)
+
+    @router.put("/rooms/{room}/viewers/{viewer_id}/layer", response_model=ViewerView)
+    async def pin_viewer_layer(room: str, viewer_id: str, body: LayerRequest) -> ViewerView:
+        """Keep a viewer on a layer (``{"layer": "360p"}``) or let it adapt (``"auto"``)."""
+        session = viewers.get(room, viewer_id)
+        viewers.set_pin(session, None if body.layer == "auto" else body.layer)
+        return viewer_view(session)
 
     @router.get("/streams", response_model=list[StreamView])
     async def list_streams() -> list[StreamView]:

@@ -17,7 +17,7 @@ from relay.cluster.node import ClusterNode
 from relay.http.common import check_room
 from relay.http.problems import problem_responses
 from relay.http.whep import WhepStreamKey, whep_router
-from relay.media.fallback import FallbackPolicy
+from relay.media.layer_selector import SelectorConfig
 from relay.media.retransmit import RetransmitLimits
 from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
@@ -211,9 +211,8 @@ def build_gateway(settings: Settings) -> Gateway:
             candidates=anchors.candidates,
         ),
         room_limit=stages.max_viewers,
-        fallback=rooms.lower_rendition,
-        step_up=rooms.higher_rendition,
-        fallback_policy=FallbackPolicy(hold=settings.stage.fallback_hold),
+        layers=rooms.ladder,
+        selector=SelectorConfig(blind_hold=settings.stage.fallback_hold),
         overloaded=overload_check(lag, settings.limits.max_loop_lag, settings.limits.max_loop_busy),
         transport=transport,
     )

@@ -195,8 +195,10 @@ class StageSettings(BaseModel):
     max_stage_requests: int = Field(50, ge=1, le=10_000)
     """Open stage requests (pending, approved, on stage) a room holds; one more gets 429."""
     fallback_hold: float = Field(20.0, gt=0, le=3600)
-    """A viewer moved down the ladder for congestion is tried one rendition up after this many
-    quiet seconds (doubling, up to 5 min, each time it falls right back)."""
+    """A viewer moved down the ladder, with no bandwidth estimate of its link (receiver reports
+    only), is tried one rendition up after this many quiet seconds (doubling, up to 2 min, each
+    time it falls right back). With an estimate the layer selector climbs when the estimate has
+    held 1.3 x the next layer's bitrate for 3 s (``relay.media.layer_selector``)."""
     transcode_ladder: bool = False
     """A lone anchor sending one stream (no simulcast) still gets the lower renditions: its
     video decoded once and encoded at each rendition below the first in a thread of its own

@@ -1,7 +1,7 @@
 """The bed's anchor and viewer processes, each run inside its leg's namespace:
 
     python -m bench.netbed.peer anchor URL ROOM --token T [--kbps 1500]
-    python -m bench.netbed.peer viewer URL ROOM --seconds 30
+    python -m bench.netbed.peer viewer URL ROOM --seconds 30 [--query layer=720p] [--resync]
 
 The anchor publishes the stamped 30 fps test pattern (720p unless told; x264 ultrafast at a
 constant ``--kbps``, REMB ignored, keyframes only when asked, like a camera that does not adapt)
@@ -29,7 +29,7 @@ from gateway.synthetic import (
     whep_watch,
     whip_publish,
 )
-from relay.rtc.adapter import use_bench_h264_encoder
+from relay.rtc.adapter import use_bench_h264_encoder, use_bench_keyframe_resync
 
 H264_IDR, H264_SPS, STAP_A, FU_A = 5, 7, 24, 28
 
@@ -82,7 +82,8 @@ async def watch(args: argparse.Namespace, counter: FreezeCounter) -> Viewer:
     deadline = time.monotonic() + 30.0
     while True:
         try:
-            return await whep_watch(args.url, args.room, args.token, on_frame=counter.frame)
+            room = f"{args.room}?{args.query}" if args.query else args.room
+            return await whep_watch(args.url, room, args.token, on_frame=counter.frame)
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code not in (409, 503) or time.monotonic() > deadline:
                 raise
@@ -92,7 +93,22 @@ async def watch(args: argparse.Namespace, counter: FreezeCounter) -> Viewer:
                 raise
 
 
+def starts_keyframe(payload: bytes) -> bool:
+    """An RTP H.264 payload that begins a keyframe: its SPS (alone or in a STAP-A) or the
+    first fragment of an IDR slice."""
+    if not payload:
+        return False
+    kind = payload[0] & 0x1F
+    if kind == STAP_A:
+        return len(payload) > 3 and payload[3] & 0x1F == H264_SPS
+    if kind == FU_A:
+        return len(payload) > 1 and payload[1] & 0x80 != 0 and payload[1] & 0x1F == H264_IDR
+    return kind in (H264_IDR, H264_SPS)
+
+
 async def viewer(args: argparse.Namespace) -> dict[str, Any]:
+    if args.resync:
+        use_bench_keyframe_resync(starts_keyframe)
     counter = FreezeCounter()
     watcher = await watch(args, counter)
     try:
@@ -114,7 +130,14 @@ async def viewer(args: argparse.Namespace) -> dict[str, Any]:
         )
     finally:
         await watcher.close()
-    return {"session": watcher.location.rstrip("/").rsplit("/", 1)[-1], **playback.to_dict()}
+    return {
+        "session": watcher.location.rstrip("/").rsplit("/", 1)[-1],
+        **playback.to_dict(),
+        "joined_at": watcher.joined_at,  # monotonic: the machine's clock, in every namespace
+        "ended_at": end,
+        "freeze_events": counter.events,  # (end, duration), monotonic
+        "audio_frames": watcher.audio_frames,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--query", default="", help="viewer: WHEP query, e.g. layer=360p")
+    parser.add_argument(
+        "--resync",
+        action="store_true",
+        help="viewer: start over at a keyframe past a lost packet, as browsers do "
+        "(aiortc otherwise waits 512 packets)",
+    )
     args = parser.parse_args(argv)
     run = anchor if args.role == "anchor" else viewer
     result = asyncio.run(run(args))

@@ -28,15 +28,17 @@ class FreezeCounter:
         self.freezes = 0
         self.frozen_seconds = 0.0
         self.longest = 0.0
+        self.events: list[tuple[float, float]] = []  # (end, duration) of each freeze
 
     def _threshold(self) -> float:
         n = len(self._intervals)
         avg = sum(self._intervals) / n if n else self._nominal
         return max(3 * avg, avg + FREEZE_MIN_INCREASE)
 
-    def _note(self, interval: float) -> None:
+    def _note(self, interval: float, end: float) -> None:
         threshold = self._threshold()
         if interval >= threshold:
+            self.events.append((end, interval))
             self.freezes += 1
             self.frozen_seconds += interval
             self.longest = max(self.longest, interval)
@@ -47,13 +49,13 @@ class FreezeCounter:
             self.first_at = now
         else:
             interval = now - self.last_at
-            self._note(interval)
+            self._note(interval, now)
             self._intervals.append(interval)
         self.last_at = now
 
     def finish(self, now: float) -> None:
         if self.last_at is not None and now > self.last_at:
-            self._note(now - self.last_at)
+            self._note(now - self.last_at, now)
 
     def frozen_share(self, end: float) -> float:
         """Share of the time from the first frame to ``end`` spent frozen (1.0 with no frame)."""

@@ -376,8 +376,9 @@ class ProgramDirector:
             hub = self.mixminus.get(anchor_id)
             return hub is not None and hub.viewer_count > 0
 
-        def taken(name: str) -> bool:  # worker thread: a dict read and ints
-            return any(hub.viewer_count > 0 for hub in self._fed_by.get(name, ()))
+        def taken(name: str) -> bool:  # worker thread: dict reads and ints
+            # a hub with a viewer, or one a viewer is switching to (``FanoutHub.wanted``)
+            return any(hub.wanted for hub in self._fed_by.get(name, ()))
 
         def failed(exc: BaseException) -> None:  # worker thread, as it dies
             with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to restart

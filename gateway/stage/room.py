@@ -21,6 +21,7 @@ from relay.media.simulcast import LayerOutputs, LayerState
 from relay.media.stream_key import StreamKey
 from relay.rtc.lifecycle import DeadlineTimer
 from relay.rtc.sdp import OfferSummary, pick_codec
+from relay.rtc.viewers import LadderLayer
 
 from ..mixer.layout import LayoutSpec, parse_colour
 from ..mixer.specs import RenditionSpec
@@ -443,32 +444,25 @@ class RoomService:
             raise Forbidden("a mix-minus is for its own anchor: use that anchor's token")
         return program.director.mixminus.get(anchor_id)
 
-    def lower_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
-        """The hub of the rendition below ``hub`` while the room is mixed or passes a
-        simulcast anchor through (a single stream passed through is in every rendition:
-        nothing lower to fall back to)."""
-        return self._neighbour_rendition(room, hub, +1, mixed_only=True)
-
-    def higher_rendition(self, room: str, hub: FanoutHub) -> FanoutHub | None:
-        """The hub of the rendition above ``hub`` (a viewer that fell back, trying again)."""
-        return self._neighbour_rendition(room, hub, -1, mixed_only=False)
-
-    def _neighbour_rendition(
-        self, room: str, hub: FanoutHub, step: int, *, mixed_only: bool
-    ) -> FanoutHub | None:
+    def ladder(self, room: str, hub: FanoutHub) -> list[LadderLayer]:
+        """The room's ladder ``hub`` is a layer of, top first, while the room is mixed or passes
+        a simulcast anchor through (or runs its transcode ladder): a single stream passed
+        through is in every rendition, nothing to switch between. Each layer's nominal bitrate:
+        its video's plus the audio's (the layer selector measures it while someone takes it)."""
         program = self.rooms.get(room)
         if program is None:
-            return None
+            return []
         director = program.director
         lone = director.lone
         layered = director.ladder is not None or (lone is not None and len(anchor_layers(lone)) > 1)
-        if mixed_only and director.mode != "mixed" and not layered:
-            return None
-        hubs = list(director.hubs.values())  # main program first, then down the ladder
-        if hub not in hubs:
-            return None
-        i = hubs.index(hub) + step
-        return hubs[i] if 0 <= i < len(hubs) else None
+        if director.mode != "mixed" and not layered:
+            return []
+        hubs = director.hubs  # main program first, then down the ladder
+        if hub not in hubs.values():
+            return []
+        audio = self._mixer.audio_bitrate
+        nominal = {r.name: r.video_bitrate + audio for r in self._mixer.renditions}
+        return [LadderLayer(name, h, nominal.get(name)) for name, h in hubs.items()]
 
     def layers(self, room: str) -> list[tuple[str, LayerState]]:
         """The simulcast layers of the room's program (a lone simulcast anchor passed through),

@@ -6,17 +6,18 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from relay.auth.access import AccessPolicy
 from relay.auth.tokens import Role
 from relay.auth.turn import IceDirectory
 from relay.errors import BadRequest, NotFound
 from relay.http.common import SDP, check_room, read_limited, require_content_type
-from relay.http.problems import WHEP_HEAD_ERRORS, WHEP_POST_ERRORS
+from relay.http.problems import WHEP_HEAD_ERRORS, WHEP_POST_ERRORS, problem_responses
 from relay.http.sessions import add_session_routes, created_response
 from relay.media.stream_key import StreamKey
 from relay.rtc.sdp import check_offer, decode_body
-from relay.rtc.viewers import ViewerService
+from relay.rtc.viewers import ViewerService, ViewerSession
 
 
 async def whep_stream_key(
@@ -24,14 +25,44 @@ async def whep_stream_key(
     rendition: str | None = Query(default=None, max_length=16),
     anchor: str | None = Query(default=None, max_length=64),
     mixminus: str | None = Query(default=None, max_length=64),
+    layer: str | None = Query(default=None, max_length=16),
 ) -> StreamKey:
-    """FastAPI dependency: the stream a WHEP request asks for. ``?rendition=NAME`` picks a
-    rendition (e.g. 360p), ``?anchor=ID`` one anchor's own stream, ``?mixminus=ID`` one anchor's
-    mix-minus. Routes and gates that depend on it share one parse per request."""
+    """FastAPI dependency: the stream a WHEP request asks for. ``?rendition=NAME`` (or
+    ``?layer=NAME``) picks a rendition (e.g. 360p) and keeps the viewer on it; without one the
+    viewer gets the program and its layer follows its link (``?layer=auto`` says so).
+    ``?anchor=ID`` one anchor's own stream, ``?mixminus=ID`` one anchor's mix-minus. Routes and
+    gates that depend on it share one parse per request."""
+    if layer is not None and layer != "auto" and rendition is None:  # rendition= wins
+        rendition = layer
     return StreamKey(room, rendition, anchor, mixminus)
 
 
+class LayerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str = Field(max_length=16)
+    """A layer's (rendition's) name to stay on, or ``auto`` to follow the link again."""
+
+
+class LayerState(BaseModel):
+    layer: str | None  # the layer the viewer receives (None: not on a ladder)
+    pinned: str | None
+    mode: str  # "pinned" or "auto"
+    switches_up: int
+    switches_down: int
+
+
 WhepStreamKey = Annotated[StreamKey, Depends(whep_stream_key)]
+
+
+def layer_state(session: ViewerSession) -> LayerState:
+    return LayerState(
+        layer=session.layer,
+        pinned=session.pin,
+        mode="auto" if session.pin is None else "pinned",
+        switches_up=session.step_ups,
+        switches_down=session.fallbacks,
+    )
 
 
 def whep_router(
@@ -101,6 +132,25 @@ def whep_router(
         links = ice.links(grant.subject, time.time())
         answer = session.pc.localDescription.sdp
         return created_response("/whep", room, session.id, session.etag, answer, links)
+
+    @router.put(
+        "/whep/{room}/{session_id}/layer",
+        response_model=LayerState,
+        responses=problem_responses(400, 401, 403, 404, 413, 422),
+    )
+    async def whep_put_layer(
+        room: str,
+        session_id: str,
+        body: LayerRequest,
+        authorization: str | None = Header(default=None),
+        access_token: str | None = Query(default=None),
+    ) -> LayerState:
+        """Pin the viewer's layer (``{"layer": "360p"}``) or let it follow the link again
+        (``{"layer": "auto"}``); the viewer's own token or the operator key."""
+        session = service.get(room, session_id)
+        access.authorize_session(room, ("audience",), session.grant, authorization, access_token)
+        service.set_pin(session, None if body.layer == "auto" else body.layer)
+        return layer_state(session)
 
     add_session_routes(
         router,

@@ -83,6 +83,8 @@ class FanoutHub:
         self.muted: set[MediaKind] = set()
         self.started_at = clock()
         self.last_frame_at: float | None = None
+        self.last_video_at: float | None = None  # a layer without new pictures is not live
+        self._at_keyframe: dict[str, Callable[[], None]] = {}
         self.source_lost_at: float | None = None
         self.sources = 0
         self._rebaser = TimestampRebaser({k: c.clock_rate for k, c in self.codecs.items()})
@@ -142,6 +144,8 @@ class FanoutHub:
             st.keyframes_in += 1
             self.picture_size = picture_size(frame.codec, frame.data) or self.picture_size
         self.last_frame_at = frame.received_at
+        if frame.kind == "video":
+            self.last_video_at = frame.received_at
         if frame.kind in self.muted:
             return
         frame = self._rebaser.apply(frame)
@@ -151,6 +155,8 @@ class FanoutHub:
             self._sei = []
         if self.gop_cache is not None:
             self.gop_cache.add(frame)
+        if self._at_keyframe and frame.keyframe and frame.kind == "video":
+            self._keyframe_arrived()
         starving = False
         cpu0 = time.thread_time()
         for viewer in self._viewers.values():
@@ -169,6 +175,22 @@ class FanoutHub:
         if video is None or video.name.upper() != "H264":
             raise ValueError("SEI needs an H.264 stream")
         self._sei = [*self._sei[-31:], sei_nal(payload)]
+
+    def _keyframe_arrived(self) -> None:
+        calls, self._at_keyframe = self._at_keyframe, {}
+        for key, call in calls.items():
+            try:
+                call()
+            except Exception:
+                log.exception("keyframe callback %s of %s failed", key, self.stream_id)
+
+    def call_at_keyframe(self, key: str, call: Callable[[], None]) -> None:
+        """Call ``call`` once, when the next video keyframe arrives, before it is fanned out
+        (a viewer moving here from another layer attaches then and starts with it)."""
+        self._at_keyframe[key] = call
+
+    def cancel_keyframe_call(self, key: str) -> None:
+        self._at_keyframe.pop(key, None)
 
     def set_muted(self, kind: MediaKind, muted: bool) -> None:
         """Stop (or resume) forwarding one kind; video resumes on a fresh keyframe."""
@@ -190,6 +212,12 @@ class FanoutHub:
     def viewer_count(self) -> int:
         return len(self._viewers)
 
+    @property
+    def wanted(self) -> bool:
+        """Someone takes this stream: a viewer, or one waiting for its keyframe to move here
+        (a layer switch): a source that makes it only on demand must go on making it."""
+        return bool(self._viewers) or bool(self._at_keyframe)
+
     def viewers(self) -> list[Viewer]:
         return list(self._viewers.values())
 
@@ -201,16 +229,17 @@ class FanoutHub:
             viewer.queues[kind] = ViewerQueue(kind, self._queue_sizes[kind], direct=direct)
         return viewer
 
-    def attach(self, viewer: Viewer) -> None:
+    def attach(self, viewer: Viewer, *, keyframe: bool = True) -> None:
         """Start feeding a viewer (once its transport is up, so nothing stale piles up) and ask
-        the source for a keyframe so its first picture comes at once."""
+        the source for a keyframe so its first picture comes at once (``keyframe=False``: one
+        is arriving now)."""
         if self.closed.is_set():
             viewer.close()
             return
         self._viewers[viewer.id] = viewer
         self.stats.viewers_joined += 1
         q = viewer.queues.get("video")
-        if q is not None:
+        if q is not None and keyframe:
             self.request_keyframe()  # first: it may tell the cache the last one went unanswered
             if self.gop_cache is not None and q.waiting_keyframe:
                 for frame in self.gop_cache.replay(self._clock()):
@@ -265,6 +294,7 @@ class FanoutHub:
         if self.closed.is_set():
             return
         self.closed.set()
+        self._at_keyframe.clear()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

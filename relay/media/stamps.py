@@ -62,9 +62,17 @@ def read_stamp(luma: npt.NDArray[np.uint8]) -> Stamp | None:
     band = max(block, 8)
     if block < 2 or height < band:
         return None
-    y = band // 2
     xs = (np.arange(BLOCKS) * block + block // 2).astype(int)
-    row = luma[max(0, y - 1) : y + 2, :].mean(axis=0)
+    # the band's middle; then its top rows: a stamp drawn into a bigger picture and scaled down
+    # (a 720p stamp in a 180p rendition) keeps a band of only ``block`` rows
+    for y in dict.fromkeys((band // 2, max(1, block // 2))):
+        found = _decode(luma[max(0, y - 1) : y + 2, :].mean(axis=0), xs)
+        if found is not None:
+            return found
+    return None
+
+
+def _decode(row: npt.NDArray[np.float64], xs: npt.NDArray[np.int_]) -> Stamp | None:
     bits = [1 if row[x] > 128 else 0 for x in xs]
     value = 0
     for b in bits:

@@ -513,6 +513,48 @@ def use_bench_h264_encoder(
     rtcrtpsender.get_encoder = get_encoder
 
 
+def keyframe_resync_buffer(starts_keyframe: Callable[[bytes], bool]) -> type[Any]:
+    """aiortc's JitterBuffer, made to start over at a keyframe as a browser's does.
+
+    aiortc's video jitter buffer (512 packets) releases frames strictly in sequence order, so
+    one packet that never arrives (its retransmission refused as too late, or lost again)
+    holds back every later frame, keyframes included, until 512 packets later: 17 s of a
+    200 kbit/s layer. Chromium assembles frames independently and decodes from the next
+    keyframe. Here a packet that starts a keyframe (``starts_keyframe(payload)``) drops what
+    waits before it when there is a hole among it."""
+    from aiortc import jitterbuffer
+    from aiortc.utils import uint16_add
+
+    base: Any = jitterbuffer.JitterBuffer
+    if not hasattr(base, "_remove_frame") or not hasattr(base, "remove"):
+        raise AdapterError("aiortc internals changed: JitterBuffer")
+
+    class ResyncJitterBuffer(base):  # type: ignore[misc]
+        def add(self, packet: Any) -> tuple[bool, Any]:
+            origin = self._origin
+            if self._is_video and origin is not None and starts_keyframe(packet.payload):
+                delta = uint16_add(packet.sequence_number, -origin)
+                if 0 < delta < self._capacity and any(
+                    self._packets[(origin + i) % self._capacity] is None for i in range(delta)
+                ):
+                    self.remove(delta)  # the origin is now this packet's
+            found: tuple[bool, Any] = super().add(packet)
+            return found
+
+    return ResyncJitterBuffer
+
+
+def use_bench_keyframe_resync(starts_keyframe: Callable[[bytes], bool]) -> None:
+    """Video receivers in THIS process start over at a keyframe past a lost packet
+    (``keyframe_resync_buffer``). For benchmark viewers only (bench/netbed/peer.py
+    ``--resync``)."""
+    from aiortc import rtcrtpreceiver
+
+    if not hasattr(rtcrtpreceiver, "JitterBuffer"):
+        raise AdapterError("aiortc internals changed: rtcrtpreceiver.JitterBuffer")
+    setattr(rtcrtpreceiver, "JitterBuffer", keyframe_resync_buffer(starts_keyframe))  # noqa: B010
+
+
 def divert_ice_datagrams(dtls_transport: Any, on_datagram: Callable[[bytes, int], None]) -> None:
     """Hand every datagram the ICE connection under ``dtls_transport`` receives to
     ``on_datagram(data, component)`` instead of aiortc (bench/load_viewers.py's light viewers

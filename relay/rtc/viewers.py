@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCRtpSender
@@ -23,10 +23,17 @@ from relay.media.cc_feedback import (
     without_transport_feedback,
 )
 from relay.media.estimator import NO_ESTIMATE, BandwidthEstimate, BandwidthEstimator
-from relay.media.fallback import FallbackPolicy
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
 from relay.media.keyframe_gate import KeyframeGate
+from relay.media.layer_selector import (
+    Layer,
+    LayerSelector,
+    LinkEstimate,
+    ReportEstimate,
+    SelectorConfig,
+    Switch,
+)
 from relay.media.lifecycle import SessionLifecycle
 from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
@@ -58,8 +65,48 @@ log = logging.getLogger(__name__)
 # (the stream asked for, the requester's token subject or None for a liveness probe) -> its hub
 # or None when it is not live; may raise (NotFound: no such stream, Forbidden: not yours)
 HubLookup = Callable[[StreamKey, str | None], FanoutHub | None]
-# (room, the hub a viewer is on) -> the next lower (or higher) rendition's hub, or None
-FallbackLookup = Callable[[str, FanoutHub], FanoutHub | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LadderLayer:
+    """One layer a viewer may be moved to: a rendition's (or simulcast layer's) hub and its
+    nominal bitrate (bits/s, video + audio; None: measured from the hub)."""
+
+    name: str
+    hub: FanoutHub
+    nominal_bps: int | None = None
+
+
+# (room, the hub a viewer is on) -> the ladder that hub is a layer of, top first; empty when
+# there is nothing to switch between (an anchor's own stream, a passthrough room)
+LayerLookup = Callable[[str, FanoutHub], Sequence[LadderLayer]]
+
+LAYER_STALE = 1.0  # s without a new picture: the layer is not live (its viewers move away)
+SWITCH_TIMEOUT = 2.0  # s a switch waits for the target's keyframe (then: down hard, up abandoned)
+ADAPT_INTERVAL = 0.5  # s between two looks at every viewer's link
+
+
+def layer_bitrate(layer: LadderLayer, now: float) -> int:
+    """What a layer sends: measured while someone takes it (a nominal rate is a ceiling that
+    easy pictures stay under), its nominal rate while nobody does (a mixer does not encode it)."""
+    hub = layer.hub
+    if hub.wanted or layer.nominal_bps is None:
+        measured = int(sum(m.rates(now)[1] for m in hub.meters.values()))
+        if measured > 0 or layer.nominal_bps is None:
+            return measured
+    return layer.nominal_bps
+
+
+def layer_live(hub: FanoutHub, freshest: float) -> bool:
+    """Whether a layer still has pictures: judged against the ladder's freshest layer, so a
+    stall of the whole source (a busy mixer) moves nobody. A layer nobody takes may not be
+    made at all (the mixer encodes only what is taken): live while it has a source."""
+    if hub.closed.is_set():
+        return False
+    seen = hub.last_video_at
+    if seen is not None and freshest - seen < LAYER_STALE:
+        return True
+    return not hub.wanted and hub.sources > 0 and hub.source_lost_at is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +188,18 @@ class ViewerSession:
     life: PeerLifecycle  # connect timeout (a viewer that never connects is reaped), end
     senders: dict[MediaKind, DirectSender] = field(default_factory=dict)
     keyframe_gate: KeyframeGate | None = None  # the viewer's own PLI/FIR backoff
-    fallbacks: int = 0
-    step_ups: int = 0
+    pin: str | None = None  # the layer the viewer asked to keep (?layer= / ?rendition=)
+    selector: LayerSelector | None = None  # once the viewer's hub is found in a ladder
+    switch_started: float | None = None  # a switch waits for the target's keyframe since
+    fallbacks: int = 0  # switches down
+    step_ups: int = 0  # switches up
     estimator: BandwidthEstimator | None = None  # the viewer's bandwidth (direct sending)
     transport_cc: bool = False  # negotiated with the viewer
     rtcp_errors: int = 0
+
+    @property
+    def layer(self) -> str | None:
+        return self.selector.current if self.selector is not None else None
 
     @property
     def estimate(self) -> BandwidthEstimate:
@@ -192,6 +246,20 @@ class ViewerSession:
             self.hub.request_keyframe()
 
 
+def link_estimate(session: ViewerSession) -> LinkEstimate | None:
+    """What the layer selector reads of a viewer's link: the estimator's snapshot when it
+    comes from transport-cc feedback (a delay- and loss-based target); otherwise receiver
+    reports' loss and round trip without a target (aiortc's REMB follows what it receives, so
+    a target from it would hold a viewer on whatever layer it is on)."""
+    estimate = session.estimate
+    if estimate.source == "twcc" and estimate.target_bps is not None:
+        return estimate
+    video = session.senders.get("video")
+    if video is None:
+        return None
+    return ReportEstimate(None, video.fraction_lost, video.round_trip_time())
+
+
 class ViewerService:
     """Owns every viewer session of this node; created and closed by the app's lifespan."""
 
@@ -202,9 +270,9 @@ class ViewerService:
         ice_servers: NodeIce = (),
         limits: ViewerLimits | None = None,
         room_limit: Callable[[str], int | None] | None = None,
-        fallback: FallbackLookup | None = None,
-        step_up: FallbackLookup | None = None,
-        fallback_policy: FallbackPolicy | None = None,
+        layers: LayerLookup | None = None,
+        selector: SelectorConfig | None = None,
+        estimates: Callable[[ViewerSession], LinkEstimate | None] | None = None,
         overloaded: Callable[[], bool] | None = None,
         transport: NodeTransport | None = None,
     ) -> None:
@@ -215,10 +283,12 @@ class ViewerService:
         self.sessions: dict[str, ViewerSession] = {}
         self.finished = EgressTotals()
         self._templates = new_template_cache()
-        self._fallback = fallback
-        self._step_up = step_up
+        self._layers = layers
+        self._selector_config = selector or SelectorConfig()
+        self._estimates = estimates or link_estimate
         self._overloaded = overloaded or (lambda: False)
-        self._policy = fallback_policy or FallbackPolicy()
+        self.switches_up = 0  # node-wide, monotonic
+        self.switches_down = 0
         self._monitor: asyncio.Task[None] | None = None
         self.certificate = RotatingCertificate(self.limits.certificate_lifetime)
 
@@ -278,7 +348,15 @@ class ViewerService:
         viewer = hub.create_viewer(sid, direct=direct)
         timers = SessionLifecycle(time.monotonic(), self.limits.connect_timeout)
         session = ViewerSession(
-            sid, room, grant, pc, hub, viewer, new_etag(), PeerLifecycle(pc, timers)
+            sid,
+            room,
+            grant,
+            pc,
+            hub,
+            viewer,
+            new_etag(),
+            PeerLifecycle(pc, timers),
+            pin=key.rendition,
         )
         if direct:
             session.estimator = BandwidthEstimator()
@@ -313,8 +391,8 @@ class ViewerService:
             await close_quietly(pc)
             raise
         self.sessions[sid] = session
-        if self._fallback is not None and direct and self._monitor is None:
-            self._monitor = asyncio.create_task(self._watch_overflows(), name="viewer-fallback")
+        if self._layers is not None and direct and self._monitor is None:
+            self._monitor = asyncio.create_task(self._adapt(), name="viewer-layers")
         # ends when the viewer goes away, never connects, or the stream ends
         session.life.start(
             f"viewer-{sid}",
@@ -361,73 +439,165 @@ class ViewerService:
         )
         return direct
 
-    async def _watch_overflows(self, interval: float = 1.0) -> None:
-        """Steps viewers whose video keeps overflowing (or who report loss) down to a lower
-        rendition; ends when the last viewer has gone (the next one starts it again)."""
+    async def _adapt(self, interval: float = ADAPT_INTERVAL) -> None:
+        """Every ``interval``: each viewer's layer selector looks at its link and may move it;
+        ends when the last viewer has gone (the next one starts it again)."""
         while True:
             await asyncio.sleep(interval)
             if not self.sessions:
                 self._monitor = None
                 return
             now = time.monotonic()
+            ladders: dict[int, Sequence[LadderLayer]] = {}
             for session in list(self.sessions.values()):
-                q = session.viewer.queues.get("video")
-                sender = session.senders.get("video")
-                if q is None or sender is None or session.connected_at is None:
-                    continue
-                congestion = q.overflows + sender.lossy_reports
-                if self._policy.observe(session.id, congestion, now):
-                    assert self._fallback is not None
-                    self._move(session, self._fallback(session.room, session.hub), now, down=True)
-                elif self._step_up is not None and self._policy.should_step_up(session.id, now):
-                    self._move(session, self._step_up(session.room, session.hub), now, down=False)
+                try:
+                    self.adapt(session, now, ladders)
+                except Exception:
+                    log.exception("layer selection of viewer %s failed", session.id)
 
-    def _move(
-        self, session: ViewerSession, target: FanoutHub | None, now: float, *, down: bool
+    def ladder(self, session: ViewerSession) -> Sequence[LadderLayer]:
+        if self._layers is None:
+            return ()
+        return self._layers(session.room, session.hub)
+
+    def adapt(
+        self,
+        session: ViewerSession,
+        now: float,
+        ladders: dict[int, Sequence[LadderLayer]] | None = None,
     ) -> None:
-        """Move a viewer to another rendition's hub on the same connection."""
+        """One look at a viewer's link: start, time out or skip a switch of layer."""
+        q = session.viewer.queues.get("video")
+        sender = session.senders.get("video")
         if (
-            target is None
-            or target is session.hub
-            or target.closed.is_set()
-            or not target.compatible(session.hub.codecs)
-            or not session.hub.detach(session.viewer)
+            q is None
+            or sender is None
+            or session.connected_at is None
+            or session.grant.subject.startswith(LINK_SUBJECT_PREFIX)  # a node's pull: never
         ):
             return
+        cache = ladders if ladders is not None else {}
+        key = id(session.hub)
+        ladder = cache.get(key)
+        if ladder is None:
+            ladder = cache[key] = self.ladder(session)
+        hubs = {layer.name: layer.hub for layer in ladder}
+        selector = session.selector
+        if selector is None:
+            name = next((x.name for x in ladder if x.hub is session.hub), None)
+            if name is None:
+                return
+            selector = session.selector = LayerSelector(
+                name, pinned=session.pin, config=self._selector_config, now=now
+            )
+        started = session.switch_started
+        pending = selector.pending
+        if pending is not None and started is not None and now - started > SWITCH_TIMEOUT:
+            target = hubs.get(pending.target)
+            if target is not None:
+                target.cancel_keyframe_call(session.id)
+            if pending.down and target is not None:  # freezing anyway: go now
+                self._complete_switch(session, pending, target, now, at_keyframe=False)
+            else:
+                selector.abandoned(now)
+                session.switch_started = None
+        pending = selector.pending
+        freshest = max((x.hub.last_video_at or 0.0 for x in ladder), default=0.0)
+        layers = [Layer(x.name, layer_bitrate(x, now), layer_live(x.hub, freshest)) for x in ladder]
+        congestion = q.overflows + sender.lossy_reports
+        switch = selector.update(now, layers, self._estimates(session), congestion)
+        if pending is not None and selector.pending is not pending:  # its target went away
+            gone = hubs.get(pending.target)
+            if gone is not None:
+                gone.cancel_keyframe_call(session.id)
+            session.switch_started = None
+        if switch is not None and switch.target in hubs:
+            self._start_switch(session, switch, hubs[switch.target], now)
+
+    def _start_switch(
+        self, session: ViewerSession, switch: Switch, target: FanoutHub, now: float
+    ) -> None:
+        """Ask the target for a keyframe and keep sending the current layer until it comes:
+        the viewer never waits on a gray picture. A gone layer is left at once."""
+        if switch.urgent:
+            self._complete_switch(session, switch, target, now, at_keyframe=False)
+            return
+        session.switch_started = now
+        target.call_at_keyframe(
+            session.id,
+            lambda: self._complete_switch(session, switch, target, time.monotonic()),
+        )
+        target.request_keyframe()
+
+    def _complete_switch(
+        self,
+        session: ViewerSession,
+        switch: Switch,
+        target: FanoutHub,
+        now: float,
+        *,
+        at_keyframe: bool = True,
+    ) -> None:
+        """Move a viewer to another layer's hub on the same connection: ``at_keyframe`` from
+        the target's keyframe callback (that keyframe is its first frame there), otherwise
+        (a gone layer, a keyframe that did not come) it waits for the next one."""
+        selector = session.selector
+        session.switch_started = None
+        if selector is None or selector.pending is not switch or session.id not in self.sessions:
+            return
+        old = session.hub
+        if target is old or target.closed.is_set() or not target.compatible(old.codecs):
+            selector.abandoned(now)
+            return
+        old.detach(session.viewer)
         for kind, sender in session.senders.items():
-            spec = session.hub.codecs.get(kind)
+            spec = old.codecs.get(kind)
             if sender.rewriter is not None and spec is not None:
                 frame_interval = 30 if kind == "video" else 50  # ~30 fps video, 20 ms audio
                 sender.rewriter.continue_timeline(spec.clock_rate // frame_interval)
         session.hub = target
-        target.attach(session.viewer)
-        if down:
+        target.attach(session.viewer, keyframe=not at_keyframe)
+        selector.switched(now)
+        if switch.down:
             session.fallbacks += 1
+            self.switches_down += 1
         else:
             session.step_ups += 1
-        self._policy.moved(session.id, now, down=down)
-        vq = session.viewer.queues.get("video")
+            self.switches_up += 1
         video = session.senders.get("video")
         log.info(
-            "viewer %s %s to %s (overflows %d, lossy reports %d, last loss %.0f %%)",
+            "viewer %s %s to %s (%s; last loss %.0f %%)",
             session.id,
-            "fell back" if down else "stepped up",
-            target.stream_id,
-            vq.overflows if vq is not None else 0,
-            video.lossy_reports if video is not None else 0,
+            "moved down" if switch.down else "moved up",
+            switch.target,
+            switch.reason,
             100 * video.fraction_lost if video is not None else 0.0,
             extra={
                 "room": session.room,
                 "session": session.id,
-                "event": "viewer.fallback" if down else "viewer.step_up",
+                "event": "viewer.layer_down" if switch.down else "viewer.layer_up",
             },
         )
+
+    def set_pin(self, session: ViewerSession, layer: str | None) -> None:
+        """Keep the viewer on ``layer`` (None: adapt again); the move happens at once."""
+        ladder = self.ladder(session)
+        names = [x.name for x in ladder]
+        if layer is not None and layer not in names:
+            raise Unprocessable(f"no layer {layer!r} here; there are {', '.join(names) or 'none'}")
+        session.pin = layer
+        if session.selector is not None:
+            session.selector.pin(layer)
+        self.adapt(session, time.monotonic())
 
     async def _teardown(self, session: ViewerSession) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
         session.hub.remove_viewer(session.viewer)
-        self._policy.forget(session.id)
+        selector = session.selector
+        if selector is not None and selector.pending is not None and self._layers is not None:
+            for layer in self.ladder(session):
+                layer.hub.cancel_keyframe_call(session.id)
         self.finished.add_viewer(
             session.viewer, session.senders.values(), session.keyframe_gate, session.estimator
         )

@@ -105,6 +105,14 @@ class NodeCollector(Collector):
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
         yield from self._estimates()
+        switches = CounterMetricFamily(
+            "stagecast_viewer_layer_switches",
+            "Viewers moved to another layer (rendition) by their layer selector or a pin",
+            labels=["direction"],
+        )
+        switches.add_metric(["up"], self._viewers.switches_up)
+        switches.add_metric(["down"], self._viewers.switches_down)
+        yield switches
         yield GaugeMetricFamily(
             "stagecast_event_loop_lag_seconds", "Last event-loop lag", self._lag.last_lag
         )

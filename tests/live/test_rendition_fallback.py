@@ -1,11 +1,16 @@
 """A viewer whose link cannot carry the program steps down to the lower rendition on its own,
 without renegotiating, and back up once its link has been clean for a while; the other viewers
-keep the main one."""
+keep the main one. The viewers start over at a keyframe past a lost packet, as browsers do:
+aiortc's jitter buffer otherwise holds every frame behind a packet whose retransmission was
+refused as too late for 512 packets (relay.rtc.adapter.keyframe_resync_buffer)."""
 
 from __future__ import annotations
 
 import pytest
+from aiortc import rtcrtpreceiver
 
+from bench.netbed.peer import starts_keyframe
+from relay.rtc.adapter import keyframe_resync_buffer
 from tests.live.test_live_path import wait_for
 from tests.live.test_mixer_live import SMALL_STAGE, mode, publish
 from tests.live.test_resilience import lossy_link
@@ -15,7 +20,10 @@ from tests.support.server import run_server
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_lossy_viewer_falls_back_to_the_lower_rendition_and_recovers() -> None:
+async def test_lossy_viewer_falls_back_to_the_lower_rendition_and_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rtcrtpreceiver, "JitterBuffer", keyframe_resync_buffer(starts_keyframe))
     with run_server(stage={**SMALL_STAGE, "fallback_hold": 3.0}) as server:
         room = "ladder"
         red = await publish(server, room, "red")
@@ -37,7 +45,7 @@ async def test_lossy_viewer_falls_back_to_the_lower_rendition_and_recovers() -> 
             assert await wait_for(lambda: width(bad) == 160, 30), "no fall back"
             sessions = list(server.gateway.viewers.sessions.values())
             assert sorted(s.fallbacks for s in sessions) == [0, 1]
-            assert counts["dropped"] > 20
+            assert counts["dropped"] > 10  # the link was lossy (the move down comes within ~1 s)
             frames = clean.video_frames
             assert await wait_for(lambda: clean.video_frames > frames + 10, 5)
             assert width(clean) == 320  # the clean viewer keeps the main rendition

@@ -393,3 +393,34 @@ async def test_transport_sequence_tap_times_packets_when_they_leave_the_socket()
         assert seen == [(0x0102, 1234, 10.0), (0x0103, 1234, 10.5)]
     finally:
         await close_quietly(pc)
+
+
+def test_keyframe_resync_buffer_starts_over_at_a_keyframe_past_a_hole() -> None:
+    """aiortc's own buffer holds everything behind a packet that never comes; the bench
+    viewers' (``--resync``) decode from the next keyframe, as browsers do."""
+    from aiortc.jitterbuffer import JitterBuffer
+    from aiortc.rtp import RtpPacket
+
+    from relay.rtc.adapter import keyframe_resync_buffer
+
+    def packet(seq: int, ts: int, payload: bytes) -> RtpPacket:
+        p = RtpPacket(sequence_number=seq, timestamp=ts, payload=payload)
+        p._data = payload  # what aiortc's receiver sets (the depayloaded bytes)
+        return p
+
+    def feed(buffer: JitterBuffer) -> list[int]:
+        out = []
+        # frame 1 (two packets), frame 2 loses its second packet (seq 4) for good, then a
+        # keyframe (seq 5, 6) and a frame after it (seq 7) to release it
+        for seq, ts, payload in [
+            (1, 100, b"a"), (2, 100, b"b"), (3, 200, b"c"), (5, 300, b"K"), (6, 300, b"k"),
+            (7, 400, b"d"), (8, 500, b"e"),
+        ]:  # fmt: skip
+            _, frame = buffer.add(packet(seq, ts, payload))
+            if frame is not None:
+                out.append(frame.timestamp)
+        return out
+
+    assert feed(JitterBuffer(capacity=512, is_video=True)) == [100]  # stuck behind seq 4
+    resync = keyframe_resync_buffer(lambda payload: payload == b"K")
+    assert feed(resync(capacity=512, is_video=True)) == [100, 300, 400]

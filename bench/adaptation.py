@@ -1,0 +1,353 @@
+"""Per-viewer layer adaptation through the impaired-network test bed (bench/netbed), with the
+same run's pinned viewer as the baseline.
+
+    python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
+
+The source of layers is the mixer's ladder (simulcast was not in main when this was written):
+the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
+custom layout draws the stamped one full-canvas so its stamps stay readable in every layer),
+encoded once per rendition: 720p 1500, 360p 500 and 180p 200 kbit/s (+ 64 kbit/s Opus). Per
+profile a fresh bed: the profile on both viewers' legs (each its own router leg and tbf); viewer
+``auto`` watches ``/whep/bed`` (adaptation on), viewer ``pinned`` watches ``?layer=720p``
+(adaptation off: today's behaviour). Both viewers are aiortc receivers that start over at a
+keyframe past a lost packet, as browsers do (``bench.netbed.peer --resync``; ``--stock-aiortc``
+for aiortc as it is, whose jitter buffer holds every frame behind a packet that never comes
+until 512 packets later, 17 s of the 180p layer). Every half second the operator API tells
+each viewer's layer, which gives the switches and when they happened.
+
+Printed per profile and viewer: share of time frozen (Chromium's rule; from the WHEP POST, the
+wait for the first picture included) over the whole run and after the viewer settled (its
+first switch; failed probes up after it count in), freezes,
+glass-to-glass p50/p95, time to settle (that first switch, from the viewer's WHEP POST; for
+``drop400`` the time from the dip to the first move down and from the recovery to the first
+move up), switches (up ones: probes), switches per 10 s, the final layer, the delivered
+kbit/s and the audio frames decoded against the 50 a second sent. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.netbed import netns
+from bench.netbed.bed import NetBed, _readline
+from bench.netbed.profiles import PROFILES, profile
+from bench.netbed.room import OPERATOR_KEY, SECRET, BedRoom
+from bench.netbed_run import git_head, log, schedule_rates
+from relay.auth.tokens import TokenAuthority
+
+LADDER = (("720p", 1280, 720, 1500), ("360p", 640, 360, 500), ("180p", 320, 180, 200))
+RENDITIONS = json.dumps(
+    [{"name": n, "width": w, "height": h, "video_bitrate_kbps": k} for n, w, h, k in LADDER]
+)
+TOP = LADDER[0][0]
+VIEWERS = {"auto": "", "pinned": f"layer={TOP}"}
+DEFAULT_PROFILES = "clean,1mbps,500kbps,loss2,loss5-rtt40,burst3,drop400,rtt300"
+
+
+def ladder_room(
+    bed: NetBed, log_dir: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[BedRoom, Any]:
+    """The room, mixed, with its layout set; returns (room, the inset anchor's process)."""
+    gateway_env = {"STAGECAST_STAGE__RENDITIONS": RENDITIONS, "STAGECAST_STAGE__FPS": "30"}
+    room = BedRoom(bed, log_dir=log_dir, gateway_env={**gateway_env, **(env or {})})
+    room.start()
+    token = TokenAuthority(SECRET).mint(room.room, "anchor", "netbed-inset", 3600)
+    inset = bed.popen(
+        bed.legs[room.anchor_leg].ns,
+        [
+            *room._peer("anchor"),
+            *("--token", token, "--kbps", "150", "--width", "320", "--height", "180"),
+        ],
+        env=room._env(),
+        stderr=room._log("inset"),
+    )
+    assert inset.stdout is not None
+    line = _readline(inset.stdout, 30.0)
+    if "location" not in line:
+        raise RuntimeError(f"the inset anchor did not publish: {line!r}")
+    deadline = time.monotonic() + 30.0
+    while True:
+        program = room.api(f"/v1/rooms/{room.room}/program")
+        if program.get("mode") == "mixed" and len(program.get("anchors", [])) == 2:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the room did not mix: {program}")
+        time.sleep(0.3)
+    stamped, small = program["anchors"]  # join order: the stamped anchor first
+    regions = [
+        {"anchor_id": stamped, "x": 0, "y": 0, "w": 1, "h": 1, "z": 0},
+        {"anchor_id": small, "x": 0.74, "y": 0.74, "w": 0.24, "h": 0.24, "z": 1},
+    ]
+    put(room, f"/v1/rooms/{room.room}/layout", {"mode": "custom", "regions": regions})
+    return room, inset
+
+
+def put(room: BedRoom, path: str, body: dict[str, Any]) -> Any:
+    def call() -> Any:
+        headers = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+        with httpx.Client(base_url=room.base_url, timeout=5.0, headers=headers) as client:
+            resp = client.put(path, json=body)
+            resp.raise_for_status()
+            return resp.json()
+
+    return netns.run_in(room.bed.gateway_ns, call, timeout=15.0)
+
+
+def watch(
+    room: BedRoom,
+    legs: dict[str, str],
+    seconds: float,
+    timeout: float = 60.0,
+    *,
+    resync: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, list[tuple[float, str | None]]]]:
+    """Viewers on ``legs`` (leg -> WHEP query) for ``seconds``: their results, and each
+    session's layer over time (monotonic, from the operator API every 0.5 s). ``resync``:
+    the viewers start over at a keyframe past a lost packet, as browsers do
+    (``bench.netbed.peer --resync``)."""
+    extra = ["--resync"] if resync else []
+    procs = [
+        room.bed.popen(
+            room.bed.legs[leg].ns,
+            [*room._peer("viewer"), "--seconds", str(seconds), "--query", query, *extra],
+            env=room._env(),
+            stderr=room._log(f"viewer-{leg}"),
+        )
+        for leg, query in legs.items()
+    ]
+    timeline: dict[str, list[tuple[float, str | None]]] = {}
+    seen: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + seconds + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, OSError, TimeoutError):
+            now = time.monotonic()
+            for sid, v in room.viewer_counters().items():
+                seen[sid] = v
+                track = timeline.setdefault(sid, [])
+                if not track or track[-1][1] != v.get("layer"):
+                    track.append((now, v.get("layer")))
+        time.sleep(0.5)
+    out = []
+    for leg, proc in zip(legs, procs, strict=True):
+        assert proc.stdout is not None
+        try:
+            line = _readline(proc.stdout, 5.0)
+        except TimeoutError:
+            line = ""
+        result = json.loads(line) if line.strip() else {"error": "no result"}
+        result["leg"] = leg
+        result["gateway"] = seen.get(str(result.get("session")), {})
+        out.append(result)
+    return out, timeline
+
+
+def frozen_after(result: dict[str, Any], since: float) -> float | None:
+    """Share of the time from ``since`` to the end of the run spent frozen, the wait for the
+    first picture included (a viewer that shows nothing for 29 s and then 30 frames was not
+    frozen for 0 % of the run)."""
+    end: float | None = result.get("ended_at")
+    joined = result.get("joined_at")
+    if end is None or joined is None or since >= end:
+        return None
+    ttff = result.get("ttff_s")
+    first = end if ttff is None else joined + ttff
+    frozen = max(0.0, min(first, end) - since)
+    for at, duration in result.get("freeze_events", []):
+        frozen += max(0.0, min(at, end) - max(at - duration, since, first))
+    return min(1.0, frozen / (end - since))
+
+
+def analyse(
+    result: dict[str, Any],
+    line: list[tuple[float, str | None]],
+    steps: list[tuple[float, int | None]],
+    t0: float,
+) -> dict[str, Any]:
+    """Switch times and settling for one viewer (times relative to its join)."""
+    joined: float = result.get("joined_at", t0)
+    ranks = {name: i for i, (name, *_rest) in enumerate(LADDER)}
+    switches: list[tuple[float, str, bool]] = []  # (s since join, layer, down?)
+    for (_, prev), (at, layer) in itertools.pairwise(line):
+        if prev is not None and layer is not None:
+            switches.append((at - joined, layer, ranks.get(layer, 0) > ranks.get(prev, 0)))
+    end = result.get("ended_at", joined)
+    span = max(1e-9, end - joined)
+    row: dict[str, Any] = {
+        "switches": len(switches),
+        "switches_per_10s": 10 * len(switches) / span,
+        "layer": line[-1][1] if line else None,
+        "timeline": [(round(t, 2), name) for t, name, _ in switches],
+    }
+    if steps:  # a dip: down after it starts, up after it ends
+        dip = next((at for at, kbps in steps if kbps is not None), None)
+        back = next((at for at, kbps in steps if kbps is None), None)
+        rel = (t0 - joined) if t0 else 0.0
+        if dip is not None:
+            d = dip + rel
+            downs = [t for t, _, down in switches if down and t >= d]
+            row["down_after_dip_s"] = downs[0] - d if downs else None
+        if back is not None:
+            up_from = back + rel
+            ups = [t for t, _, down in switches if not down and t >= up_from]
+            row["up_after_recovery_s"] = ups[0] - up_from if ups else None
+        settle = joined
+    else:  # settled: the first move (down onto a layer that fits), probes up after it aside
+        settle = joined + switches[0][0] if switches else joined
+        row["settle_s"] = switches[0][0] if switches else 0.0
+    row["probes_up"] = sum(1 for _, _, down in switches if not down)
+    row["frozen_after_settle"] = frozen_after(result, settle)
+    return row
+
+
+def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> dict[str, Any]:
+    p = profile(name)
+    legs = {"anchor": PROFILES["clean"], **{v: p for v in VIEWERS}}
+    row: dict[str, Any] = {"profile": name, "description": p.description}
+    with NetBed(legs, seed=args.seed) as bed:
+        env = {}
+        if args.blind_hold is not None:
+            env["STAGECAST_STAGE__FALLBACK_HOLD"] = str(args.blind_hold)
+        room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
+        try:
+            time.sleep(2.0)  # the mixer's first keyframes out
+            t0 = time.monotonic()
+            stop = schedule_rates(bed, p, list(VIEWERS), args.seconds)
+            try:
+                viewers, timeline = watch(
+                    room, dict(VIEWERS), args.seconds, resync=not args.stock_aiortc
+                )
+            finally:
+                stop.set()
+            metrics = room.api("/metrics")
+            with contextlib.suppress(OSError, ValueError):
+                assert inset.stdin is not None
+                inset.stdin.close()
+            room.stop_anchor()
+        finally:
+            room.close()
+    steps = p.rate_schedule(args.seconds)
+    for v in viewers:
+        line = timeline.get(str(v.get("session")), [])
+        v["adaptation"] = analyse(v, line, steps, t0) if "error" not in v else {}
+    row["viewers"] = viewers
+    row["metrics_switches"] = [
+        ln for ln in str(metrics).splitlines() if ln.startswith("stagecast_viewer_layer_switches")
+    ]
+    return row
+
+
+COLUMNS = (
+    "profile", "viewer", "frozen %", "after settle %", "freezes", "g2g p50/p95 ms", "settle s",
+    "switches (up)", "/10 s", "layer", "kbps", "audio %",
+)  # fmt: skip
+
+
+def cells(row: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for v in row["viewers"]:
+        if "error" in v:
+            out.append([row["profile"], v["leg"], v["error"], *[""] * (len(COLUMNS) - 3)])
+            continue
+        a = v["adaptation"]
+        if "settle_s" in a:
+            settle = f"{a['settle_s']:.1f}"
+        else:
+            down, up = a.get("down_after_dip_s"), a.get("up_after_recovery_s")
+            settle = "down " + ("-" if down is None else f"{down:.1f}")
+            settle += " / up " + ("-" if up is None else f"{up:.1f}")
+        after = a.get("frozen_after_settle")
+        g50, g95 = v.get("g2g_p50_ms"), v.get("g2g_p95_ms")
+        out.append(
+            [
+                row["profile"],
+                v["leg"],
+                f"{100 * (frozen_after(v, v['joined_at']) or 0.0):.1f}",
+                "-" if after is None else f"{100 * after:.1f}",
+                str(v["freezes"]),
+                f"{'-' if g50 is None else round(g50)}/{'-' if g95 is None else round(g95)}",
+                settle,
+                f"{a['switches']} ({a['probes_up']})",
+                f"{a['switches_per_10s']:.1f}",
+                str(a["layer"]),
+                f"{v['kbps']:.0f}",
+                audio_share(v),
+            ]
+        )
+    return out
+
+
+def audio_share(v: dict[str, Any]) -> str:
+    """Audio frames decoded against the 50 a second Opus sends (20 ms frames)."""
+    span = v.get("ended_at", 0.0) - v.get("joined_at", 0.0)
+    if span <= 0 or "audio_frames" not in v:
+        return "-"
+    return f"{min(100.0, 100 * v['audio_frames'] / (50 * span)):.0f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [list(COLUMNS)] + [c for r in rows for c in cells(r)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    text = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        for line in lines
+    ]
+    text.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.adaptation", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=30.0, help="watch time per profile")
+    parser.add_argument("--profiles", default=DEFAULT_PROFILES)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--blind-hold",
+        type=float,
+        default=None,
+        help="stage.fallback_hold: quiet seconds before a probe up without an estimate",
+    )
+    parser.add_argument(
+        "--stock-aiortc",
+        action="store_true",
+        help="viewers without --resync: aiortc's jitter buffer waits 512 packets past a hole",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
+    args = parser.parse_args(argv)
+    reason = netns.why_unavailable()
+    if reason is not None:
+        print(f"cannot build the test bed here: {reason}", file=sys.stderr)
+        return 2
+    names = [n.strip() for n in args.profiles.split(",") if n.strip()]
+    for n in names:
+        profile(n)
+    rows = []
+    for name in names:
+        log(f"profile {name} ({args.seconds:.0f} s; viewers auto and pinned to {TOP})...")
+        rows.append(run_profile(name, args, args.logs))
+        log(table(rows[-1:]))
+        for v in rows[-1]["viewers"]:
+            log(f"  {v['leg']}: {v.get('adaptation', {}).get('timeline')}")
+    print(f"commit {git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+          f"{args.seconds:.0f} s per profile, blind hold "
+          f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "
+          f"{'stock aiortc' if args.stock_aiortc else 'aiortc with --resync'}; ladder "
+          + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
+    print(table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
+                                         "rows": rows}, indent=1, default=str))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Moving a viewer between layers' hubs at the target's keyframe (``FanoutHub.call_at_keyframe``,
+as ``ViewerService`` does it): the old layer keeps playing until the keyframe, which is the first
+frame the viewer gets from the new one; audio never waits behind video."""
+
+from __future__ import annotations
+
+from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
+from relay.media.hub import FanoutHub, Viewer
+from relay.media.stream_key import StreamKey
+
+CODECS = {"video": CodecSpec("video", "H264", 90000), "audio": CodecSpec("audio", "opus", 48000)}
+
+
+def frame(kind: MediaKind, ts: int, key: bool = False, at: float = 0.0) -> EncodedFrame:
+    return EncodedFrame(kind, "H264" if kind == "video" else "opus", ts, (b"x",), b"x", key, at)
+
+
+def bound_viewer(hub: FanoutHub, got: list[tuple[str, int]], *, video_ok: bool = True) -> Viewer:
+    viewer = hub.create_viewer("v", direct=True)
+    for kind, q in viewer.queues.items():
+        ok = video_ok or kind == "audio"
+        q.bind(lambda f, ok=ok: got.append((f.kind, f.timestamp)) is None and ok)
+    hub.attach(viewer)
+    return viewer
+
+
+def test_the_switch_happens_at_the_targets_keyframe_with_no_gap() -> None:
+    top = FanoutHub(StreamKey("r"), CODECS)
+    low = FanoutHub(StreamKey("r", rendition="low"), CODECS)
+    asks: list[str] = []
+    low.set_keyframe_requester(lambda: asks.append("low"))
+    got: list[tuple[str, int]] = []
+    viewer = bound_viewer(top, got)
+    top.publish(frame("video", 1, key=True))
+
+    def move() -> None:
+        top.detach(viewer)
+        low.attach(viewer, keyframe=False)
+
+    low.call_at_keyframe(viewer.id, move)
+    low.request_keyframe()
+    top.publish(frame("video", 2))
+    low.publish(frame("video", 1002))  # not a keyframe: the viewer stays on top
+    top.publish(frame("video", 3))
+    low.publish(frame("video", 1003, key=True))  # the switch, and this frame goes out
+    top.publish(frame("video", 4))
+    low.publish(frame("video", 1004))
+    assert got == [("video", t) for t in (1, 2, 3, 1003, 1004)]
+    assert asks == ["low"]  # one request for the target's keyframe, none on attach
+    assert low.viewer_count == 1 and top.viewer_count == 0
+    assert low.last_video_at is not None
+
+
+def test_a_cancelled_switch_never_happens() -> None:
+    top = FanoutHub(StreamKey("r"), CODECS)
+    low = FanoutHub(StreamKey("r", rendition="low"), CODECS)
+    moved: list[int] = []
+    assert not low.wanted
+    low.call_at_keyframe("v", lambda: moved.append(1))
+    assert low.wanted  # a mixer encodes it for the viewer on its way (``rendition_wanted``)
+    low.cancel_keyframe_call("v")
+    assert not low.wanted
+    low.publish(frame("video", 1, key=True))
+    assert moved == [] and top.viewer_count == 0
+
+
+def test_audio_is_never_dropped_for_video() -> None:
+    """A viewer whose socket refuses video (backlogged) still gets every audio frame: each kind
+    has its own queue, and a direct queue holds nothing another kind could wait behind."""
+    hub = FanoutHub(StreamKey("r"), CODECS, keyframe_interval=0.0)
+    got: list[tuple[str, int]] = []
+    viewer = bound_viewer(hub, got, video_ok=False)
+    for i in range(50):
+        hub.publish(frame("video", i, key=i % 10 == 0))
+        hub.publish(frame("audio", i))
+    audio = [t for kind, t in got if kind == "audio"]
+    assert audio == list(range(50))
+    assert viewer.queues["audio"].dropped == 0
+    assert viewer.queues["video"].overflows > 0
