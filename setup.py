@@ -2,6 +2,8 @@
 
 * ``relay/rtc/_srtp_writer.c``: the fan-out's per-viewer send loop (Python fallback:
   ``relay/rtc/srtp_writer.py``, which costs more CPU per viewer: BENCHMARKS.md);
+* ``relay/rtc/_udp_batch.c``: recvmmsg/sendmmsg for the node's shared UDP port (fallback:
+  ``relay/rtc/udp_batch.py``'s recvfrom/sendto loops);
 * ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale).
 
 Both optional: without a C compiler the build goes on and the fallbacks run.
@@ -14,6 +16,12 @@ setup(
         Extension(
             "relay.rtc._srtp_writer",
             ["relay/rtc/_srtp_writer.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
+        Extension(
+            "relay.rtc._udp_batch",
+            ["relay/rtc/_udp_batch.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         ),

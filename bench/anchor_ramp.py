@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.launcher import free_udp_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MAX_BITRATE = 2_500_000  # the publish page's 720p maxBitrate
@@ -258,6 +260,7 @@ def run_loopback(mode: str, seconds: float) -> dict[str, Any]:
         "STAGECAST_AUTH__TOKEN_SECRET": secret,
         "STAGECAST_LOG_LEVEL": "warning",
         "STAGECAST_WEBRTC__ADDRESSES": '["127.0.0.1"]',
+        "STAGECAST_WEBRTC__UDP_PORT": str(free_udp_port()),  # not the default 8443
         "STAGECAST_LIMITS__MAX_LOOP_BUSY": "1.0",
         **gateway_env(mode),
     }

@@ -17,6 +17,12 @@ actually admitted (the node refuses new viewers with 503 once its loop is busy o
     python -m bench.capacity                          # gateway, N = 0,50,100,200,300
     python -m bench.capacity --target edge --viewers 0,100,200,300,400
     python -m bench.capacity --viewers 0,100 --perf   # + the send-side share (needs perf)
+    python -m bench.capacity --ports both             # the node's one UDP port, then per-peer
+
+``--ports``: ``shared`` (default) runs the node(s) on one UDP port each (``webrtc.udp_port``, the
+nodes' default), ``per-peer`` on a port per peer connection (``udp_port = 0``), ``both`` runs the
+same ramp on each, one after the other, and prints both tables (the shared socket must not cost
+more per viewer).
 
 With ``--perf``, ``perf record`` samples the server during each window and the table adds the
 share of its CPU inside ``net_rx_action``: on loopback the kernel delivers each datagram to the
@@ -45,7 +51,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -70,7 +75,7 @@ from bench.fanout import (
     use_anchor_encoder,
     wait_healthy,
 )
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, Viewer, whep_watch, whip_publish
 from relay.auth.tokens import TokenAuthority
 
@@ -317,7 +322,8 @@ async def run(args: argparse.Namespace) -> list[Point]:
     try:
         origin_port = free_port()
         serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(origin_port)]
-        serve += ["--udp-port", str(free_udp_port() if args.shared_port else 0)]
+        shared = args.ports == "shared"
+        serve += ["--udp-port", str(free_udp_port() if shared else 0)]
         origin_pin = pin_server if args.target == "gateway" else pin_client
         origin = await children.start("origin", origin_pin + serve, env=env)
         origin_url = f"http://127.0.0.1:{origin_port}"
@@ -327,7 +333,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
             edge_port = free_port()
             relay = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", origin_url]
             relay += ["--port", str(edge_port), "--node-id", "edge-bench"]
-            relay += ["--udp-port", str(free_udp_port() if args.shared_port else 0)]
+            relay += ["--udp-port", str(free_udp_port() if shared else 0)]
             server = await children.start("edge", pin_server + relay, env=env)
             url = f"http://127.0.0.1:{edge_port}"
             await wait_healthy(url, server)
@@ -416,12 +422,6 @@ def capacity(points: list[Point]) -> int | None:
     return best
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", choices=("gateway", "edge"), default="gateway")
@@ -438,9 +438,11 @@ def main() -> None:
         help="light viewers offer transport-cc (the server numbers and records every packet)",
     )
     parser.add_argument(
-        "--shared-port",
-        action="store_true",
-        help="the node(s) on one UDP port (webrtc.udp_port); default: a port per peer connection",
+        "--ports",
+        choices=("shared", "per-peer", "both"),
+        default="shared",
+        help="the node(s) on one UDP port each (webrtc.udp_port, the default), a port per peer "
+        "connection (udp_port 0), or both one after the other in this run",
     )
     parser.add_argument(
         "--perf",
@@ -449,14 +451,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
-    print(table([], args.target), flush=True)
-    points = asyncio.run(run(args))
-    print()
-    print(table(points, args.target))
-    cap = capacity(points)
-    print(f"\ncapacity ({args.target}, one core): {cap if cap is not None else 'none'} viewers")
+    modes = ["shared", "per-peer"] if args.ports == "both" else [args.ports]
+    results: dict[str, list[Point]] = {}
+    for mode in modes:
+        print(f"\nUDP ports: {mode}; load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(table([], args.target), flush=True)
+        results[mode] = asyncio.run(run(argparse.Namespace(**{**vars(args), "ports": mode})))
+    for mode, points in results.items():
+        print(f"\nUDP ports: {mode}")
+        print(table(points, args.target))
+        cap = capacity(points)
+        print(f"capacity ({args.target}, one core): {cap if cap is not None else 'none'} viewers")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
-        args.json.write_text(json.dumps([asdict(p) for p in points], indent=1))
+        data = {mode: [asdict(p) for p in points] for mode, points in results.items()}
+        args.json.write_text(json.dumps(data if len(data) > 1 else data[modes[0]], indent=1))
 
 
 if __name__ == "__main__":

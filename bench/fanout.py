@@ -45,6 +45,7 @@ import psutil
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 
+from gateway.launcher import free_udp_port
 from gateway.synthetic import (
     Publisher,
     StampedVideoTrack,
@@ -1010,7 +1011,14 @@ async def run(cfg: Settings, log_dir: Path, results: Results) -> None:
             paths.append(
                 (
                     "gateway",
-                    [sys.executable, "-m", "gateway.cli", "serve"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "gateway.cli",
+                        "serve",
+                        "--udp-port",
+                        str(free_udp_port()),
+                    ],
                     gateway_env(cfg),
                     TokenAuthority(SECRET).mint(ROOM, "anchor", "bench", 3600),
                     cfg.viewers,

@@ -35,7 +35,7 @@ from bench.fanout import (
     wait_healthy,
 )
 from bench.joins import process_cpu, process_rss_mib
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
 from relay.auth.tokens import TokenAuthority
 
@@ -65,6 +65,7 @@ async def measure(children: Children, tree: Path, args: argparse.Namespace) -> I
         "PYTHONPATH": str(tree),
     }
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    argv += ["--udp-port", str(free_udp_port())]
     log_path = children.log_dir / f"node-{tree.name}-{port}.log"
     with log_path.open("w") as out:
         proc = await asyncio.create_subprocess_exec(

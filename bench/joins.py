@@ -19,14 +19,18 @@ viewers POSTed at once:
   burst and the steady window after it;
 - the node's CPU per viewer leaving (all DELETEd at once).
 
-``--tree`` runs the node from other checkouts (the same Python and packages; each tree needs its
-C extensions built or copied): trees are run in turn for each repetition (interleaved), so a
-before/after comparison shares the machine's load. The POST rate limit and the slow-connection
+``--ports shared,per-peer`` runs the node on its one UDP port (``webrtc.udp_port``, the default)
+and on a port per peer connection (``udp_port = 0``), interleaved like trees: the time to first
+frame of 1, 50 and 200 joins at once on each. ``--tree`` runs the node from other checkouts
+(the same Python and packages; each tree needs its C extensions built or copied): trees are
+run in turn for each repetition (interleaved), so a before/after comparison shares the
+machine's load. The POST rate limit and the slow-connection
 gate are lifted through settings (as bench.capacity does); admission control stays at its
 defaults, so refusals show.
 
     python -m bench.joins                                    # bursts 1,50,200, this tree
     python -m bench.joins --bursts 1,50 --repeat 3 --tree /work/wt/base --tree .
+    python -m bench.joins --ports shared,per-peer            # the one UDP port against per-peer
     python -m bench.joins --worker --base-url URL            # (internal) a worker of viewers
 """
 
@@ -66,7 +70,7 @@ from bench.fanout import (
     wait_healthy,
 )
 from bench.load_viewers import SocketCounter
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.synthetic import (
     StampedVideoTrack,
     ToneAudioTrack,
@@ -219,15 +223,24 @@ class Burst:
 
 
 class Node:
-    def __init__(self, children: Children, tree: Path, args: argparse.Namespace) -> None:
+    def __init__(
+        self, children: Children, tree: Path, args: argparse.Namespace, ports: str = "shared"
+    ) -> None:
         self.children = children
         self.tree = tree
+        self.ports = ports  # "shared": the node's one UDP port; "per-peer": udp_port 0
         self.args = args
         self.child: Child | None = None
         self.workers: list[LoadWorker] = []
         self.publisher: Any = None
         self.watcher: Watcher | None = None
         self.url = ""
+
+    @property
+    def label(self) -> str:
+        """The tree's name, and the UDP mode when both are measured."""
+        both = len(self.args.ports.split(",")) > 1
+        return f"{self.tree.name} {self.ports}" if both else self.tree.name
 
     @property
     def pid(self) -> int:
@@ -253,6 +266,7 @@ class Node:
             env["STAGECAST_LIMITS__MAX_LOOP_BUSY"] = "1"
         name = f"node-{self.tree.name}-{port}"
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+        argv += ["--udp-port", str(free_udp_port() if self.ports == "shared" else 0)]
         if args.cprofile:
             out = args.cprofile / f"{name}.prof"
             argv[1:3] = ["-m", "bench.joins", "--node-cprofile", str(out), "--"]
@@ -309,14 +323,15 @@ class Node:
             await self.children.stop(self.child)
 
     async def viewers(self) -> int:
-        async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
             body: dict[str, Any] = (await client.get("/readyz")).json()
             return int(body["viewers"])
 
     async def fanout_cpu(self) -> float:
         """The node's own count of CPU in the hub's viewer loop (sends, SRTP, sockets)."""
         headers = {"X-API-Key": OPERATOR_KEY}
-        async with httpx.AsyncClient(base_url=self.url, timeout=5, headers=headers) as client:
+        # a node busy with 200 joins on a loaded machine may take seconds to answer
+        async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers) as client:
             return float((await client.get(f"/v1/rooms/{ROOM}/stream")).json()["fanout_cpu_s"])
 
     async def rate(self, seconds: float) -> tuple[float, float, float]:
@@ -344,7 +359,7 @@ class Node:
     async def burst(self, n: int) -> Burst:
         args = self.args
         assert self.watcher is not None
-        result = Burst(self.tree.name, n)
+        result = Burst(self.label, n)
         result.base_cores, base_other, per_packet = await self.rate(args.settle)
         k = len(self.workers)
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -483,8 +498,8 @@ async def run(args: argparse.Namespace) -> list[Burst]:
     print(HEAD, flush=True)
     try:
         for _ in range(args.repeat):
-            for tree in trees:
-                node = Node(children, tree, args)
+            for tree, ports in itertools.product(trees, args.ports.split(",")):
+                node = Node(children, tree, args, ports)
                 try:
                     await node.start()
                     for n in sizes:
@@ -506,6 +521,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--ones", type=int, default=5, help="single joins per repetition")
     parser.add_argument("--tree", action="append", help="checkout to run the node from")
+    parser.add_argument(
+        "--ports",
+        default="shared",
+        help="UDP modes, comma-separated and interleaved like trees: shared (the node's one "
+        "port, the default) and/or per-peer (udp_port 0)",
+    )
     parser.add_argument("--procs", type=int, default=2, help="viewer worker processes")
     parser.add_argument("--settle", type=float, default=2.0, help="s before and after a burst")
     parser.add_argument("--join-timeout", type=float, default=20.0)

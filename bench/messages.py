@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.launcher import free_port, stop_process, wait_healthy
+from gateway.launcher import free_port, free_udp_port, stop_process, wait_healthy
 from relay.auth.tokens import TokenAuthority
 
 SECRET = "bench-messages-secret-" + "s" * 32
@@ -55,6 +55,7 @@ def cluster() -> Iterator[tuple[str, str, dict[str, subprocess.Popen[bytes]]]]:
     if redis_bin is None:
         raise SystemExit("redis-server is not installed")
     rport, oport, eport = free_port(), free_port(), free_port()
+    udp = free_udp_port()
     redis_url = f"redis://127.0.0.1:{rport}/0"
     env = {
         "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
@@ -68,11 +69,12 @@ def cluster() -> Iterator[tuple[str, str, dict[str, subprocess.Popen[bytes]]]]:
     py = sys.executable
     upstream = f"http://127.0.0.1:{oport}"
     relay = [py, "-m", "gateway.cli", "relay", "--port", str(eport), "--node-id", "edge"]
+    relay += ["--udp-port", str(free_udp_port())]  # two nodes on one host: a UDP port each
     relay += ["--upstream", upstream, "--redis-url", redis_url]
     with (
         child([redis_bin, "--port", str(rport), "--bind", "127.0.0.1", "--save", ""], {}),
         child(
-            [py, "-m", "gateway.cli", "serve", "--port", str(oport)],
+            [py, "-m", "gateway.cli", "serve", "--port", str(oport), "--udp-port", str(udp)],
             {**env, "STAGECAST_CLUSTER__NODE_ID": "origin"},
         ) as origin_proc,
         child(

@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 import psutil
 
+from gateway.launcher import free_udp_port
 from gateway.synthetic import (
     LoopTrack,
     Publisher,
@@ -185,6 +186,7 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
         "STAGECAST_LOG_LEVEL": "warning",
     }
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
+    argv += ["--udp-port", str(free_udp_port())]
     return subprocess.Popen([*argv, "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
 
 

@@ -34,6 +34,7 @@ import httpx
 import psutil
 from aiortc.mediastreams import MediaStreamTrack
 
+from gateway.launcher import free_udp_port
 from gateway.synthetic import FrameClock, StampedVideoTrack, whep_watch, whip_publish
 from relay.auth.tokens import TokenAuthority
 from relay.media.frames import EncodedFrame
@@ -68,6 +69,7 @@ def _child(args: argparse.Namespace) -> int:
         "log_level": "warning",
         "auth": {"token_secret": SECRET},
         "limits": {"session_posts_per_second": 1000, "session_post_burst": 1000},
+        "webrtc": {"udp_port": free_udp_port()},  # origin and edges on one host: a port each
     }
     if args.role == "origin":
         settings = Settings(**common)

@@ -26,7 +26,7 @@ from playwright.async_api import async_playwright
 
 from bench.fanout import SECRET, Child, Children, _die_with_parent, wait_healthy
 from bench.joins import process_cpu
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from relay.auth.tokens import TokenAuthority
 
 ROOM = "simulcast-bench"
@@ -47,6 +47,7 @@ async def node(children: Children, port: int, operator_key: str) -> Child:
         "STAGECAST_LOG_LEVEL": "warning",
     }
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    argv += ["--udp-port", str(free_udp_port())]  # not the default 8443: nodes side by side
     log_path = children.log_dir / f"node-{port}.log"
     with log_path.open("w") as out:
         proc = await asyncio.create_subprocess_exec(

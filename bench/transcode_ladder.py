@@ -29,7 +29,7 @@ from bench.fanout import (
     wait_healthy,
 )
 from bench.joins import process_cpu
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, Viewer, whep_watch, whip_publish
 from relay.auth.tokens import TokenAuthority
 
@@ -63,6 +63,7 @@ async def measure(ladder: bool, args: argparse.Namespace) -> str:
     with log_path.open("w") as out:
         proc = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+            *["--udp-port", str(free_udp_port())],
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,

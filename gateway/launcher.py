@@ -21,6 +21,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    """A UDP port free on every interface now, for a node's ``--udp-port``: nodes on one host
+    (tests, benchmarks) cannot all take the default."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_healthy(base_url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -52,7 +60,16 @@ def gateway_process(
     """``(base_url, process)`` of a single-node gateway; ``env`` adds STAGECAST_* settings."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--udp-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--udp-port",
+            str(free_udp_port()),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         env={**os.environ, **(env or {})},

@@ -83,6 +83,7 @@ from OpenSSL import SSL
 from relay.media.consent import ConsentTimer
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
+from relay.rtc.mux_table import is_stun
 
 log = logging.getLogger(__name__)
 
@@ -759,28 +760,31 @@ def consent_timer(connection: Any) -> ConsentTimer | None:
 
 
 class _PortTransport(asyncio.DatagramTransport):
-    """What a StunProtocol sees of the shared port: sends go to its socket; closing unregisters
-    the session (and tells the protocol, as a socket would)."""
+    """What a StunProtocol sees of the shared port: sends go to the port's socket bound to
+    ``local`` (the protocol's candidate's); closing unregisters the session (and tells the
+    protocol, as a socket would)."""
 
     def __init__(
-        self, port: Any, ufrag: str, protocol: StunProtocol, tcp: Any | None = None
+        self, port: Any, ufrag: str, protocol: StunProtocol, local: str, tcp: Any | None = None
     ) -> None:
         super().__init__()
         self._port = port
         self._ufrag = ufrag
         self._protocol = protocol
+        self._local = local
         self._tcp = tcp  # the node's ICE-TCP port, where the session is registered too
         self._closed = False
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if not self._closed:
-            self._port.sendto(data, addr)
+            self._port.sendto(data, addr, self._local)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        sock = self._port.socket_for(self._local)
         if name == "socket":
-            return self._port.socket  # the direct sender sends on (a duplicate of) it
+            return sock  # the direct sender sends on (a duplicate of) it
         if name == "sockname":
-            return self._port.sockname
+            return sock.getsockname()[:2] if sock is not None else default
         return default
 
     def is_closing(self) -> bool:
@@ -797,6 +801,36 @@ class _PortTransport(asyncio.DatagramTransport):
 
     def abort(self) -> None:
         self.close()
+
+
+SESSION_BACKLOG = 1024
+"""Datagrams one session may have waiting on the shared port (a per-peer socket's buffer held
+~90 full-size ones): beyond, its newest are dropped, as a full socket buffer drops them."""
+
+
+class _SessionSink:
+    """What the shared port hands one session's datagrams to. STUN (authenticated by the mux
+    table already) goes to the session's StunProtocol, which answers at once; the rest goes
+    straight to the aioice Connection's receive queue (StunProtocol would first try to parse
+    each one as STUN), bounded by ``SESSION_BACKLOG``."""
+
+    __slots__ = ("_component", "_protocols", "_queue", "dropped")
+
+    def __init__(self, connection: Any, protocols: dict[str, StunProtocol]) -> None:
+        self._protocols = protocols  # by the port's bound address: a pair's local side
+        self._queue: asyncio.Queue[Any] = connection._queue
+        self._component: int = next(iter(protocols.values())).local_candidate.component
+        self.dropped = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int], local: str) -> None:
+        if is_stun(data):
+            protocol = self._protocols.get(local)
+            if protocol is not None:
+                protocol.datagram_received(data, addr)
+        elif self._queue.qsize() < SESSION_BACKLOG:
+            self._queue.put_nowait((data, self._component))
+        else:
+            self.dropped += 1
 
 
 def shared_port_connections(pc: Any) -> list[tuple[Any, Any]]:
@@ -824,6 +858,7 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
         "_protocols",
         "_remote_candidates",
         "_closing",
+        "_queue",
     ):
         if not hasattr(connection, name):
             raise AdapterError(f"aioice Connection internals changed: no {name}")
@@ -846,6 +881,7 @@ def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | 
         component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
         number = port.port
+        reachable = [h for h in hosts if port.local_for(h) is not None]
         candidates = [
             Candidate(
                 foundation=candidate_foundation("host", "udp", host),
@@ -856,14 +892,20 @@ def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | 
                 port=number,
                 type="host",
             )
-            for i, host in enumerate(hosts)
+            for i, host in enumerate(reachable)
         ]
         ufrag, password = connection.local_username, connection.local_password
-        protocol = StunProtocol(connection)
-        protocol.local_candidate = candidates[0]
-        protocol.connection_made(_PortTransport(port, ufrag, protocol, tcp))
-        port.register(ufrag, password, protocol)
-        connection._protocols.append(protocol)
+        protocols: dict[str, StunProtocol] = {}
+        for candidate in candidates:  # a protocol per socket, on its first candidate
+            local = port.local_for(candidate.host)
+            if local in protocols:
+                continue
+            protocol = StunProtocol(connection)
+            protocol.local_candidate = candidate
+            protocol.connection_made(_PortTransport(port, ufrag, protocol, local, tcp))
+            protocols[local] = protocol
+            connection._protocols.append(protocol)
+        port.register(ufrag, password, _SessionSink(connection, protocols))
         if tcp is not None:
             passive = [_tcp_candidate(component, host, tcp.port, i) for i, host in enumerate(hosts)]
             tcp.register(ufrag, password, _TcpSession(connection, passive[0]))

@@ -3,6 +3,23 @@
 ``relay.rtc.mux_table`` decides which session a datagram is for; this is its asyncio driver,
 opened and closed by the app's lifespan. Sessions register an object with
 ``datagram_received(data, addr)`` (the adapter's stand-in for aioice's per-candidate socket).
+
+Each time the socket is readable, the reader takes everything waiting (up to ``READ_LIMIT``,
+recvmmsg in ``relay.rtc.udp_batch``) and hands each datagram to its session at once: a STUN
+check is answered there and then, media goes to the session's own bounded queue. An earlier
+reader took at most 128 datagrams per event-loop turn: under load (100 viewers joining while
+the loop was busy) the kernel queue behind it grew to ~10 MiB, a FIFO shared by every session,
+so an anchor's consent checks waited seconds; the anchor's ICE agent (aioice: one try, 0.5 s,
+six failures) gave up on the node and stopped sending, and the node ended it on "media
+timeout" (issue 16). Per-peer ports never had this: the kernel kept a queue per session.
+Sends are gathered per event-loop turn and leave in one sendmmsg.
+
+Sockets: ``open`` once per local address offered, all on the same port number (a socket bound
+to "0.0.0.0" or "::" serves every address of its family; IPv6 ones are IPV6_V6ONLY). A socket
+bound to the very address a peer sent to answers from it: a wildcard socket answers from
+whichever address the route picks, which a peer (or a TURN server's permission) may not know.
+One mux table for all; each datagram is handed on with the socket it came in on, and a session
+sends on the socket of its local candidate.
 """
 
 from __future__ import annotations
@@ -15,44 +32,58 @@ from typing import Any, Protocol
 
 from aioice import stun
 
+from relay.rtc import udp_batch
 from relay.rtc.mux_table import Addr, MuxTable, is_stun
 
 log = logging.getLogger(__name__)
+Socket = socket.socket  # (the class's ``socket`` property hides the module in annotations)
+Family = socket.AddressFamily
 
 # Every session's packets share this socket's queues (per-peer ports had ~208 KiB each, the
 # kernel's default): a keyframe sent to many viewers at once must fit, or the direct sender sees
 # BlockingIOError for all of them. Root may go past net.core.[rw]mem_max (the *BUFFORCE options).
 RECEIVE_BUFFER = 16 * 1024 * 1024
 SEND_BUFFER = 16 * 1024 * 1024
-READ_BATCH = 128  # datagrams read per event-loop turn at most
-RECEIVE_SIZE = 65536
+READ_LIMIT = 4096  # datagrams taken per readable event at most (a flood cannot hold the loop)
 SO_SNDBUFFORCE = 32  # Linux (the socket module has no names for these)
 SO_RCVBUFFORCE = 33
 
 
 class DatagramSink(Protocol):
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None: ...
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...], local: str) -> None:
+        """``local``: the address the socket it came in on is bound to."""
 
 
 class SharedUdpPort:
     """The socket is read by our own reader, not asyncio's datagram transport: that one takes a
-    single datagram per event-loop turn, which is fine for a socket per peer connection but
-    would make every session's packets queue behind each other here. Each turn drains up to
-    ``READ_BATCH`` datagrams; sends go straight to the socket (a full send buffer drops the
-    datagram, as a network would)."""
+    single datagram per event-loop turn, fine for a socket per peer connection, but here every
+    session's packets would queue behind each other. ``native`` False: the Python
+    recvfrom/sendto loops instead of recvmmsg/sendmmsg (tests and benchmarks compare them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, native: bool = True) -> None:
         self.table: MuxTable[DatagramSink] = MuxTable()
-        self._sock: socket.socket | None = None
+        self._socks: dict[str, socket.socket] = {}  # by the address bound
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._native = native
+        self._pending: dict[str, list[tuple[bytes, Addr]]] = {}
         self.errors = 0
         self.send_drops = 0
+        self.received = 0
+        self.reads = 0  # readable events served (received / reads: the batch size)
         self._queries: dict[bytes, tuple[Addr, asyncio.Future[Addr]]] = {}
 
     async def open(self, host: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        """Bind ``host`` (an IPv4 or IPv6 address, or a family's wildcard) on ``port``; ``port``
+        0 takes the number of the first socket opened."""
+        family = family_of(host)
+        if host in self._socks:
+            raise ValueError(f"the shared port has a socket on {host} already")
+        if port == 0 and self._socks:
+            port = self.port
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, RECEIVE_BUFFER)
             _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, SEND_BUFFER)
             sock.bind((host, port))
@@ -61,13 +92,12 @@ class SharedUdpPort:
             sock.close()
             raise
         self._loop = asyncio.get_running_loop()
-        self._sock = sock
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self._socks[host] = sock
+        self._loop.add_reader(sock.fileno(), self._readable, sock, host)
 
     @property
     def sockname(self) -> tuple[str, int]:
-        assert self._sock is not None
-        name = self._sock.getsockname()
+        name = self.socket.getsockname()
         return (name[0], name[1])
 
     @property
@@ -76,12 +106,29 @@ class SharedUdpPort:
 
     @property
     def socket(self) -> socket.socket:
-        assert self._sock is not None
-        return self._sock
+        """The first socket opened (IPv4 unless only IPv6 was)."""
+        assert self._socks
+        return next(iter(self._socks.values()))
+
+    @property
+    def families(self) -> list[Family]:
+        return sorted({family_of(h) for h in self._socks})
+
+    def local_for(self, host: str) -> str | None:
+        """The bound address whose socket serves local address ``host`` (None: none does)."""
+        if host in self._socks:
+            return host
+        wildcard = "::" if family_of(host) == socket.AF_INET6 else "0.0.0.0"
+        return wildcard if wildcard in self._socks else None
+
+    def socket_for(self, local: str) -> Socket | None:
+        return self._socks.get(local)
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
+        socks: dict[str, Socket]
+        socks, self._socks = self._socks, {}
+        self._pending.clear()
+        for sock in socks.values():
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(sock.fileno())
             sock.close()
@@ -95,32 +142,39 @@ class SharedUdpPort:
     def unregister(self, ufrag: str) -> None:
         self.table.remove(ufrag)
 
-    def sendto(self, data: bytes, addr: Addr) -> None:
-        sock = self._sock
-        if sock is None:
+    def sendto(self, data: bytes, addr: Addr, local: str | None = None) -> None:
+        """Queued until the end of this event-loop turn, then sent with the turn's others, on
+        the socket bound to ``local`` (None: the first of the destination's family)."""
+        if local is None:
+            family = family_of(addr[0])
+            local = next((h for h in self._socks if family_of(h) == family), None)
+        if local is None or local not in self._socks or self._loop is None:
+            return  # no socket for it: unreachable from here
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.setdefault(local, []).append((data, (addr[0], addr[1])))
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for local, items in pending.items():
+            sock = self._socks.get(local)
+            if sock is not None:
+                self.send_drops += udp_batch.send(sock, items, native=self._native)
+
+    def _readable(self, sock: Socket, local: str) -> None:
+        if sock.fileno() < 0:
             return
         try:
-            sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self.send_drops += 1
-        except OSError as exc:  # an unreachable or malformed address: that peer's problem
-            log.debug("shared UDP port: sendto %s: %r", addr, exc)
-
-    def _readable(self) -> None:
-        sock = self._sock
-        if sock is None:
+            batch = udp_batch.recv(sock, READ_LIMIT, native=self._native)
+        except OSError as exc:
+            log.debug("shared UDP port: recv: %r", exc)
             return
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = sock.recvfrom(RECEIVE_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug("shared UDP port: recvfrom: %r", exc)
-                return
-            self.datagram_received(data, addr)
+        self.reads += 1
+        self.received += len(batch)
+        for data, addr in batch:
+            self.datagram_received(data, addr, local)
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...], local: str = "") -> None:
         addr = (addr[0], addr[1])
         if self._queries and is_stun(data) and self._answered(data, addr):
             return
@@ -128,7 +182,7 @@ class SharedUdpPort:
         if sink is None:
             return
         try:
-            sink.datagram_received(data, addr)
+            sink.datagram_received(data, addr, local)
         except Exception:  # one session's failure never reaches the others
             self.errors += 1
             if self.errors == 1:
@@ -160,6 +214,10 @@ class SharedUdpPort:
         if mapped is not None and not query[1].done():
             query[1].set_result((mapped[0], mapped[1]))
         return True
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _set_buffer(sock: socket.socket, option: int, forced: int, size: int) -> None:

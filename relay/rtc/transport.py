@@ -24,7 +24,7 @@ from relay.auth.turn import NodeIce
 from relay.media.consent import DEFAULT_CONSENT_TIMEOUT
 from relay.rtc.adapter import install_shared_port, install_traffic_consent, offer_addresses
 from relay.rtc.peer import rtc_configuration
-from relay.rtc.shared_port import SharedUdpPort
+from relay.rtc.shared_port import SharedUdpPort, family_of
 from relay.rtc.tcp_port import SharedTcpPort
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,9 @@ class TransportConfig:
     tcp_port: int = 0
     """The node's one ICE-TCP port beside ``udp_port`` (RFC 6544 passive); 0: no ICE-TCP."""
     addresses: tuple[str, ...] = ()
-    """Local addresses to offer (and, if exactly one, for the shared port to bind); empty: every
-    interface's IPv4 address but loopback."""
+    """Local addresses to offer (and, if exactly one of a family, for the shared port to bind;
+    an IPv6 address opens an IPv6 socket on the same port); empty: every interface's IPv4
+    address but loopback."""
     announce: tuple[str, ...] = ()
     """Addresses or host names put in the shared port's host candidates instead of the local
     ones (1:1 NAT, a load balancer's address); names are resolved at start."""
@@ -61,11 +62,27 @@ class NodeTransport:
         c = self.config
         if c.udp_port == 0 or self.port is not None:
             return
-        bind = c.addresses[0] if len(c.addresses) == 1 else "0.0.0.0"
+        if c.announce:
+            hosts = await _resolve(c.announce)
+        elif c.addresses:
+            hosts = list(c.addresses)
+        else:
+            hosts = get_host_addresses(use_ipv4=True, use_ipv6=False) or ["127.0.0.1"]
         port = SharedUdpPort()
-        await port.open(bind, c.udp_port)
+        try:
+            if c.announce:  # the candidates are not local: every address of each family
+                for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+                    if any(family_of(h) == family for h in hosts):
+                        await port.open(wildcard, c.udp_port)
+            else:  # a socket on each address offered: answers leave from the address asked
+                for host in dict.fromkeys(hosts):
+                    await port.open(host, c.udp_port)
+        except OSError:
+            port.close()
+            raise
         self.port = port
         if c.tcp_port:
+            bind = c.addresses[0] if len(c.addresses) == 1 else "0.0.0.0"
             tcp = SharedTcpPort()
             try:
                 await tcp.open(bind, c.tcp_port)
@@ -73,13 +90,8 @@ class NodeTransport:
                 self.close_ports()
                 raise
             self.tcp = tcp
-        if c.announce:
-            self.hosts = await _resolve(c.announce)
-        else:
-            if c.addresses:
-                self.hosts = list(c.addresses)
-            else:
-                self.hosts = get_host_addresses(use_ipv4=True, use_ipv6=False) or ["127.0.0.1"]
+        self.hosts = hosts
+        if not c.announce and socket.AF_INET in port.families:
             public = await self._discover(port)
             if public is not None and public not in self.hosts:
                 self.hosts.append(public)
@@ -101,7 +113,7 @@ class NodeTransport:
         if server is None:
             return None
         try:
-            hosts = await _resolve((server[0],))
+            hosts = [h for h in await _resolve((server[0],)) if family_of(h) == socket.AF_INET]
             mapped = await port.mapped_address((hosts[0], server[1]))
         except (OSError, IndexError, ValueError) as exc:
             log.warning("STUN server %s:%d: %r; set webrtc.announce", *server, exc)
@@ -159,7 +171,7 @@ async def _resolve(names: tuple[str, ...]) -> list[str]:
     loop = asyncio.get_running_loop()
     hosts: list[str] = []
     for name in names:
-        infos = await loop.getaddrinfo(name, None, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)  # IPv4 and IPv6
         for info in infos:
             host = str(info[4][0])
             if host not in hosts:

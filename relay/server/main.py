@@ -85,7 +85,7 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--udp-port", dest="udp_port", type=int, default=None, help=UDP_HELP)
 
 
-UDP_HELP = "the node's one WebRTC UDP port, e.g. 8443 (default webrtc.udp_port; 0: one per session)"
+UDP_HELP = "the node's one WebRTC UDP port (default: webrtc.udp_port, 8443; 0: a port per session)"
 
 
 def udp_summary(settings: NodeSettings) -> str:

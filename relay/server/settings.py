@@ -23,7 +23,7 @@ from relay.messages.service import ChannelConfig
 from relay.rtc.transport import TransportConfig
 
 CONFIG_ENV = "STAGECAST_CONFIG"
-DEFAULT_UDP_PORT = 0  # the port to use, once it is the default: 8443
+DEFAULT_UDP_PORT = 8443  # one UDP port per node; nodes sharing a host need one each
 
 
 class MediaSettings(BaseModel):
@@ -196,7 +196,9 @@ class TurnSettings(BaseModel):
     node_relay: bool = False
     """The node's own peers (anchors, viewers, an edge's pull) also gather a relayed candidate
     through the TURN server, for a node that clients cannot reach directly. Off: the node offers
-    its own addresses only and TURN is for the clients."""
+    its own addresses only and TURN is for the clients. Answering sessions on the node's one UDP
+    port are ICE-lite and offer that port only: there it applies to an edge's pulls (per-peer
+    ports, ``webrtc.udp_port = 0``, for the node's answers too)."""
 
     @model_validator(mode="after")
     def _secret_with_urls(self) -> TurnSettings:
@@ -234,8 +236,8 @@ class WebRtcSettings(BaseModel):
 
     udp_port: int = Field(DEFAULT_UDP_PORT, ge=0, le=65535)
     """The node's one UDP port for every WHIP/WHEP session (ICE-lite, demultiplexed by ICE
-    ufrag, then by address), e.g. 8443. 0 (for now the default): a UDP port per peer connection.
-    Nodes sharing a host need a port each (``--udp-port``)."""
+    ufrag, then by address). 0: a UDP port per peer connection (the old way, kept for a
+    release). Nodes sharing a host need a port each (``--udp-port``)."""
     tcp_port: int = Field(0, ge=0, le=65535)
     """The node's one ICE-TCP port (RFC 6544 passive candidates, RFC 4571 framing) for peers
     whose networks block UDP, e.g. 8443 (TCP and UDP numbers do not clash); 0: none. Needs

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.settings import ApiSettings, AuthSettings, ClusterSettings, Settings
 from gateway.synthetic import StampedVideoTrack, whip_publish
 from relay.auth.tokens import TokenAuthority
@@ -257,6 +257,7 @@ def test_relay_process_guards_its_cluster_view(tmp_path: Path) -> None:
     }
     env.pop("STAGECAST_CONFIG", None)
     cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", "http://127.0.0.1:9"]
+    cmd += ["--udp-port", str(free_udp_port())]
     log = tmp_path / "relay.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

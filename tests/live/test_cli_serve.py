@@ -15,7 +15,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from gateway.launcher import free_port, wait_healthy
+from gateway.launcher import free_port, free_udp_port, wait_healthy
 from relay.auth.tokens import TokenAuthority
 
 
@@ -56,7 +56,16 @@ def test_token_command(tmp_path: Path) -> None:
 def test_serve_prints_urls_and_serves() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--udp-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--udp-port",
+            str(free_udp_port()),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -25,6 +25,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
+from gateway.launcher import free_udp_port
 from gateway.synthetic import (
     Publisher,
     StampedVideoTrack,
@@ -91,7 +92,8 @@ def start_edge(name: str, upstream: str, redis_url: str, logdir: Path) -> EdgePr
     }
     env.pop("STAGECAST_CONFIG", None)
     log = logdir / f"{name}.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", upstream, "--udp-port", "0"]
+    cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", upstream]
+    cmd += ["--udp-port", str(free_udp_port())]  # edges on one host: a UDP port each
     cmd += ["--port", str(port), "--redis-url", redis_url, "--node-id", name]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

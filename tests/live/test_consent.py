@@ -19,7 +19,7 @@ from tests.live.test_shared_port import shared_port_server
 from tests.support.ffmpeg_whip import whip_push_argv
 from tests.support.server import RunningServer, run_server
 
-LONG = os.environ.get("STAGECAST_LONG_TESTS") == "1"  # release runs: the 10-minute variant
+LONG = os.environ.get("STAGECAST_LONG") == "1"  # release runs: the 10-minute variant
 
 
 async def _ffmpeg_anchor_survives(server: RunningServer, room: str, seconds: float) -> None:
@@ -66,7 +66,8 @@ def node(mode: str, **overrides: Any) -> Iterator[RunningServer]:
         with shared_port_server(**overrides) as server:
             yield server
     else:
-        with run_server(**overrides) as server:
+        webrtc = {"udp_port": 0, **overrides.pop("webrtc", {})}
+        with run_server(webrtc=webrtc, **overrides) as server:
             yield server
 
 
@@ -80,7 +81,8 @@ async def test_ffmpeg_anchor_stays_up_past_consent_checks(mode: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LONG, reason="the 10-minute run: STAGECAST_LONG_TESTS=1 (release runs)")
+@pytest.mark.long
+@pytest.mark.skipif(not LONG, reason="the 10-minute run: STAGECAST_LONG=1 (release runs)")
 @pytest.mark.timeout(700)
 @pytest.mark.parametrize("mode", MODES)
 async def test_ffmpeg_anchor_stays_up_ten_minutes(mode: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.launcher import free_port, stop_process
+from gateway.launcher import free_port, free_udp_port, stop_process
 from gateway.synthetic import StampedVideoTrack, Viewer, whep_watch, whip_publish
 from tests.support.server import SECRET, run_server
 
@@ -36,7 +36,7 @@ def start_edge(upstream: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     }
     env.pop("STAGECAST_CONFIG", None)
     cmd = [sys.executable, "-c", WITHOUT_GATEWAY, "--upstream", upstream]
-    cmd += ["--port", str(port), "--node-id", "lone-edge"]
+    cmd += ["--port", str(port), "--node-id", "lone-edge", "--udp-port", str(free_udp_port())]
     with log.open("wb") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 

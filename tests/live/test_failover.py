@@ -27,7 +27,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.synthetic import Publisher, StampedVideoTrack, whep_watch, whip_publish
 from relay.cluster.registry_redis import RedisRegistry
 from relay.rtc.peer import close_quietly, rtc_configuration
@@ -80,6 +80,7 @@ def start_edge(name: str, upstream: str, redis_url: str, logdir: Path) -> Edge:
     env.pop("STAGECAST_CONFIG", None)
     log = logdir / f"{name}.log"
     cmd = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", upstream]
+    cmd += ["--udp-port", str(free_udp_port())]  # edges on one host: a UDP port each
     cmd += ["--port", str(port), "--redis-url", redis_url, "--node-id", name]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from tests.support.server import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,16 @@ def test_served_process_logs_no_token(tmp_path: Path) -> None:
     out = tmp_path / "serve.log"
     with out.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--udp-port",
+                str(free_udp_port()),
+            ],
             cwd=ROOT,
             env=env,
             stdout=sink,

@@ -275,6 +275,7 @@ async def test_ffmpeg_whip_anchor_long_run(tmp_path: Path) -> None:
                     await asyncio.sleep(0.2)
             assert ok, "the ffmpeg anchor never went live"
             steady = await join(gw.base, room, kinds=("video",), decode=False)
+            assert "a=ice-lite" in steady.pc.remoteDescription.sdp  # the node's one UDP port
             churn = Churn(gw.base, room, until)
             churn_task = asyncio.create_task(churn.run())
             frames: list[tuple[float, int]] = []
@@ -288,8 +289,10 @@ async def test_ffmpeg_whip_anchor_long_run(tmp_path: Path) -> None:
                     assert proc.returncode is None, (
                         f"ffmpeg exited ({proc.returncode}) {elapsed:.0f} s in"
                     )
+                print(f"the ffmpeg anchor stayed {time.monotonic() - until + SECONDS:.0f} s")
                 stalls = [t1 - t0 for (t0, n0), (t1, n1) in itertools.pairwise(frames) if n1 == n0]
-                assert not stalls, "the steady viewer froze"
+                load = os.getloadavg()[0]
+                assert not stalls, f"the steady viewer froze: {stalls} (load average {load:.1f})"
                 assert not steady.ended.is_set()
             finally:
                 churn_task.cancel()

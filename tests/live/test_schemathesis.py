@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.launcher import free_port, gateway_process, stop_process, wait_healthy
+from gateway.launcher import free_port, free_udp_port, gateway_process, stop_process, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +84,8 @@ def test_edge_answers_as_its_document_says(tmp_path: Path) -> None:
                 origin,
                 "--port",
                 str(port),
+                "--udp-port",
+                str(free_udp_port()),
             ],
             stdout=subprocess.DEVNULL,
             stderr=errors,

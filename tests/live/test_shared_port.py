@@ -325,9 +325,12 @@ async def _hundred_viewers(shared: RunningServer) -> None:
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(120)
-async def test_chromium_ffmpeg_and_aiortc_on_one_port_at_once(shared: RunningServer) -> None:
+async def test_chromium_ffmpeg_aiortc_and_an_edge_link_on_one_port_at_once(
+    shared: RunningServer,
+) -> None:
     """ffmpeg's WHIP muxer publishes; a Chromium watch page (mDNS candidates only: its address
-    is learnt from its checks) and an aiortc viewer watch; all four sessions on one port."""
+    is learnt from its checks), an aiortc viewer and an edge's internal link watch: all four
+    sessions on the origin's one port at once, and the edge's viewer gets frames through it."""
     from tests.live.test_browser import chromium, open_page, until
 
     room = "together"
@@ -339,13 +342,22 @@ async def test_chromium_ffmpeg_and_aiortc_on_one_port_at_once(shared: RunningSer
         assert live, await stderr_tail(proc)
         viewer = await whep_watch(shared.base_url, room, decode=False)
         try:
-            page = await open_page(browser, f"{shared.base_url}/watch?room={room}")
-            await until(page, "window.stagecast.framesPresented > 30", 20, "Chromium's frames")
-            assert await wait_for(lambda: viewer.video_frames > 30, 10)
-            sdp = await page.evaluate("window.stagecast.pc.remoteDescription.sdp")
-            assert "a=ice-lite" in sdp and f" {port} typ host" in sdp
-            assert server_side_ports(shared) == [port] * 3
-            assert len(shared.gateway.transport.port.table) == 3  # type: ignore[union-attr]
+            with run_edge(shared.base_url, free_udp_port()) as (edge_url, _):
+                edge_viewer = await whep_watch(edge_url, room, decode=False)
+                try:
+                    page = await open_page(browser, f"{shared.base_url}/watch?room={room}")
+                    await until(page, "window.stagecast.framesPresented > 30", 20, "Chromium")
+                    assert await wait_for(lambda: viewer.video_frames > 30, 10)
+                    assert await wait_for(lambda: edge_viewer.video_frames > 30, 10)
+                    sdp = await page.evaluate("window.stagecast.pc.remoteDescription.sdp")
+                    assert "a=ice-lite" in sdp and f" {port} typ host" in sdp
+                    # ffmpeg, aiortc, Chromium and the edge's link
+                    assert server_side_ports(shared) == [port] * 4
+                    assert len(shared.gateway.transport.port.table) == 4  # type: ignore[union-attr]
+                    subjects = [s.grant.subject for s in shared.gateway.viewers.sessions.values()]
+                    assert sum(s.startswith("node:") for s in subjects) == 1
+                finally:
+                    await edge_viewer.close()
         finally:
             await viewer.close()
 
@@ -358,7 +370,7 @@ def run_edge(upstream: str, udp: int) -> Iterator[tuple[str, Any]]:
         host="127.0.0.1",
         port=port,
         auth={"token_secret": SECRET},
-        limits={"max_loop_busy": None},
+        limits={"max_loop_busy": None, "max_loop_lag": None},  # about ports, not admission
         cluster={"role": "edge", "upstream": upstream, "node_id": "edge-shared"},
         webrtc={"udp_port": udp, "addresses": ["127.0.0.1"]},
     )
@@ -601,3 +613,118 @@ def test_a_stun_server_finds_the_public_address_of_the_port(offset: int) -> None
 def test_announced_addresses_replace_the_local_ones() -> None:
     with shared_port_server(webrtc={"announce": ["198.18.9.9", "localhost"]}) as server:
         assert server.gateway.transport.hosts == ["198.18.9.9", "127.0.0.1"]
+
+
+FLOOD = """
+import socket, sys, time
+port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+junk = bytes([0x80, 0x60]) + bytes(98)  # RTP-looking, from an address no session knows
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    t = time.monotonic()
+    for _ in range(rate // 100):
+        s.sendto(junk, ("127.0.0.1", port))
+    time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
+"""
+
+
+@pytest.mark.timeout(90)
+async def test_checks_are_answered_at_once_while_the_port_is_flooded(
+    shared: RunningServer,
+) -> None:
+    """Why anchors were lost under load (issue 16): the reader took at most 128 datagrams per
+    event-loop turn, so when more arrived per turn than that (a busy loop: 100 viewers joining)
+    the kernel queue grew to ~10 MiB, one FIFO for every session. An anchor's consent checks
+    waited seconds behind it; aioice (one try, 0.5 s, six failures) gave up on the node and
+    the node ended the anchor on "media timeout". Here the loop spends 30 ms of each turn
+    elsewhere while 10,000 datagrams a second arrive: checks for the anchor's session must still
+    be answered within aioice's 0.5 s, and its media keep coming."""
+    room = "flooded"
+    port = udp_port(shared)
+    anchor = await publish(shared, room)
+    raw = RawPeer()
+    stop = threading.Event()
+
+    def busy_turn() -> None:  # a loaded node: every event-loop turn takes 30 ms longer
+        if not stop.is_set():
+            time.sleep(0.03)
+            shared.loop.call_soon(busy_turn)
+
+    flooder = None
+    try:
+        assert await wait_for(lambda: shared.gateway.stages.live_hub(room) is not None, 10)
+        ufrag, pwd = ice_credentials(anchor.pc.remoteDescription.sdp)
+        remote = ice_credentials(anchor.pc.localDescription.sdp)[0]
+        session = next(iter(shared.gateway.anchors.sessions.values()))
+        shared.loop.call_soon_threadsafe(busy_turn)
+        flooder = subprocess.Popen(  # noqa: ASYNC220 (started once, killed in finally)
+            [sys.executable, "-c", FLOOD, str(port), "10000", "20"]
+        )
+        await asyncio.sleep(4)  # long enough for a backlog to build behind a slow reader
+        packets = session.ingests.packets
+        waits = []
+        for _ in range(8):
+            started = time.monotonic()
+            answer = await raw.check(port, binding_request(ufrag, pwd, remote=remote), 3.0)
+            waits.append(time.monotonic() - started if answer is not None else float("inf"))
+            await asyncio.sleep(0.25)
+        # before: none answered within 3 s; one slow answer is a loaded machine's hiccup (aioice
+        # gives up after six failures in a row)
+        assert sorted(waits)[-2] < 0.5, [round(w, 2) for w in waits]
+        assert session.ingests.packets > packets + 50  # the anchor's media still arrives
+        assert shared.gateway.anchors.sessions
+    finally:
+        stop.set()
+        if flooder is not None:
+            flooder.kill()
+            flooder.wait()
+        raw.close()
+        await anchor.close()
+
+
+@pytest.mark.timeout(60)
+async def test_ipv6_on_the_shared_port() -> None:
+    """An IPv6 address in webrtc.addresses opens an IPv6 socket on the same port number (beside
+    the IPv4 one): candidates for both, and peers that reach it over ::1 are served on it, the
+    direct sender's media included."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with shared_port_server(webrtc={"addresses": ["::1", "127.0.0.1"]}) as server:
+        room = "six"
+        port = udp_port(server)
+        shared_port = server.gateway.transport.port
+        assert shared_port is not None
+        assert {f.name for f in shared_port.families} == {"AF_INET", "AF_INET6"}
+        anchor = await publish(server, room)
+        viewer = None
+        try:
+            assert await wait_for(lambda: server.gateway.stages.live_hub(room) is not None, 10)
+            answer = anchor.pc.remoteDescription.sdp
+            assert f" ::1 {port} typ host" in answer and f" 127.0.0.1 {port} typ host" in answer
+            viewer = await whep_watch(server.base_url, room, decode=False)
+            assert await wait_for(lambda: viewer.video_frames > 20, 15)
+
+            def remotes() -> list[str]:
+                pcs = [s.pc for s in server.gateway.anchors.sessions.values()]
+                pcs += [s.pc for s in server.gateway.viewers.sessions.values()]
+                return [
+                    t.receiver.transport.transport._connection._nominated[1].remote_addr[0]
+                    for pc in pcs
+                    for t in pc.getTransceivers()[:1]
+                ]
+
+            # aioice's clients prefer IPv6 pairs: both sessions run over the IPv6 socket
+            assert all(":" in host for host in server.call(remotes)), server.call(remotes)
+
+            def direct_families() -> set[int]:
+                senders = [
+                    d for s in server.gateway.viewers.sessions.values() for d in s.senders.values()
+                ]
+                return {d._sock.family for d in senders if d._sock is not None}
+
+            assert server.call(direct_families) == {socket.AF_INET6}
+        finally:
+            if viewer is not None:
+                await viewer.close()
+            await anchor.close()

@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 import httpx
 import pytest
 
-from gateway.launcher import free_port, gateway_process, stop_process, wait_healthy
+from gateway.launcher import free_port, free_udp_port, gateway_process, stop_process, wait_healthy
 from tests.support.server import SECRET
 
 HEADER_TIMEOUT = 1.5
@@ -42,7 +42,18 @@ def node() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 def edge_process(upstream: str) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "relay", "--upstream", upstream, "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "relay",
+            "--upstream",
+            upstream,
+            "--port",
+            str(port),
+            "--udp-port",
+            str(free_udp_port()),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **ENV},

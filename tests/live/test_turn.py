@@ -175,7 +175,8 @@ async def test_node_relay_offers_the_nodes_own_relayed_candidate() -> None:
     credential issued to the node (subject ``node``) per peer."""
     with run_coturn(SECRET) as turn:
         settings = {**turn_settings(turn), "node_relay": True}
-        with run_server(turn=settings, limits=CALM) as srv:
+        # an ICE-lite answer on the node's one UDP port offers that port only: per-peer ports
+        with run_server(turn=settings, limits=CALM, webrtc={"udp_port": 0}) as srv:
             pub = await whip_publish(
                 srv.base_url, "turn2", srv.anchor_token("turn2"), video=StampedVideoTrack(320, 180)
             )

@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.settings import Settings
 from relay.server.edge import EdgeNode, build_edge_node, create_edge_app
 from tests.support.server import SECRET
@@ -40,8 +40,16 @@ def run_edge(upstream: str, **overrides: Any) -> Iterator[RunningEdge]:
     limits.update(overrides.pop("limits", {}))
     cluster: dict[str, Any] = {"role": "edge", "upstream": upstream, "node_id": f"edge-{port}"}
     cluster.update(overrides.pop("cluster", {}))
+    webrtc: dict[str, Any] = {"udp_port": free_udp_port()}  # nodes on one host: a port each
+    webrtc.update(overrides.pop("webrtc", {}))
     settings = Settings(
-        host="127.0.0.1", port=port, auth=auth, limits=limits, cluster=cluster, **overrides
+        host="127.0.0.1",
+        port=port,
+        auth=auth,
+        limits=limits,
+        cluster=cluster,
+        webrtc=webrtc,
+        **overrides,
     )
     loop = asyncio.new_event_loop()
     holder: dict[str, Any] = {}

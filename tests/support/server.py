@@ -19,7 +19,7 @@ import uvicorn
 from aiortc import RTCPeerConnection
 
 from gateway.app import Gateway, build_gateway, create_app
-from gateway.launcher import free_port
+from gateway.launcher import free_port, free_udp_port
 from gateway.settings import Settings
 
 SECRET = "test-secret-" + "x" * 40
@@ -72,9 +72,9 @@ def run_server(port: int | None = None, **overrides: Any) -> Iterator[RunningSer
     # a test sets it (tests/live/test_api.py covers it; the loop-lag check stays on).
     limits: dict[str, Any] = {"max_loop_busy": None}
     limits.update(overrides.pop("limits", {}))
-    # One process runs many servers, and other suites run beside it: no fixed UDP port unless
-    # a test gives one (tests/live/test_shared_port.py passes a free one).
-    webrtc: dict[str, Any] = {"udp_port": 0}
+    # The default mode (one UDP port per node), but one process runs many servers and other
+    # suites run beside it: each its own free port unless a test gives one (0: per-peer ports).
+    webrtc: dict[str, Any] = {"udp_port": free_udp_port()}
     webrtc.update(overrides.pop("webrtc", {}))
     settings = Settings(**base, auth=auth, limits=limits, webrtc=webrtc, **overrides)
     loop = asyncio.new_event_loop()

@@ -207,6 +207,9 @@ def test_shared_port_internals_exist() -> None:
     assert "remote_addr" in dir(CandidatePair) and hasattr(CandidatePair.State, "SUCCEEDED")
     assert "connection_lost" in dir(StunProtocol) and "send_stun" in dir(StunProtocol)
     assert "receiver" in StunProtocol.__init__.__code__.co_names
+    # the shared port's sink feeds the receive queue as Connection.data_received does
+    assert "_queue" in Connection.data_received.__code__.co_names
+    assert "put_nowait" in Connection.data_received.__code__.co_names
     assert "getLocalParameters" in inspect.getsource(rtcpeerconnection.add_transport_description)
     assert "a=ice-lite" in inspect.getsource(sdp.SessionDescription.__str__)
     start = inspect.getsource(RTCPeerConnection.setRemoteDescription)

@@ -59,6 +59,9 @@ $(NODE_IP), $(NODE_NAME), $(POD_IP) are defined first so later values can use th
 - name: STAGECAST_TURN__SECRET
   valueFrom: {secretKeyRef: {name: {{ include "stagecast.secretName" $root }}, key: turn-secret}}
 {{- end }}
+{{- if not $root.Values.webrtc.singlePort }}
+- {name: STAGECAST_WEBRTC__UDP_PORT, value: "0"}  # per-peer ports (the nodes' default: one port)
+{{- end }}
 {{- if $root.Values.webrtc.singlePort }}
 - {name: STAGECAST_WEBRTC__UDP_PORT, value: {{ $spec.ports.udp | quote }}}
 - {name: STAGECAST_WEBRTC__TCP_PORT, value: {{ $spec.ports.tcp | quote }}}

@@ -1,0 +1,211 @@
+/* The shared UDP port's batched I/O: recvmmsg and sendmmsg, which Python's socket lacks.
+ *
+ * The node's one port reads every session's datagrams: one recvfrom per datagram (argument
+ * parsing, a syscall, a bytes and an address tuple) was most of its reader's cost. recv(fd, n)
+ * reads up to n datagrams in batches of BATCH with one syscall each; send(fd, items) sends a
+ * list of (data, address) with sendmmsg. Fallback and reference: relay/rtc/udp_batch.py.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define BATCH 64
+#define DATAGRAM 4096 /* bigger ones are dropped (MSG_TRUNC): WebRTC peers keep under ~1500 */
+
+/* Shared by every call: the GIL is held throughout (the calls never block: MSG_DONTWAIT), so
+ * two event loops in two threads never use them at once. */
+static unsigned char bufs[BATCH][DATAGRAM];
+static struct sockaddr_storage addrs[BATCH];
+
+static PyObject *address(const struct sockaddr_storage *a) {
+    char host[INET6_ADDRSTRLEN];
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)a;
+        inet_ntop(AF_INET, &v4->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(v4->sin_port));
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)a;
+        inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(v6->sin6_port));
+    }
+    return Py_BuildValue("(si)", "", 0);
+}
+
+/* recv(fd, limit) -> [(bytes, (host, port)), ...]: what the socket holds, up to limit datagrams;
+ * empty when nothing is waiting. Raises OSError for errors other than EAGAIN/EINTR. */
+static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv(fd, limit)");
+        return NULL;
+    }
+    int fd = (int)PyLong_AsLong(args[0]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    while (PyList_GET_SIZE(out) < limit) {
+        unsigned int want = (unsigned int)(limit - PyList_GET_SIZE(out));
+        if (want > BATCH)
+            want = BATCH;
+        memset(msgs, 0, sizeof(msgs[0]) * want);
+        for (unsigned int i = 0; i < want; i++) {
+            iovs[i].iov_base = bufs[i];
+            iovs[i].iov_len = DATAGRAM;
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &addrs[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+        }
+        int got = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            if (PyList_GET_SIZE(out) > 0)
+                break; /* deliver what was read; the error comes back on the next call */
+            Py_DECREF(out);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        for (int i = 0; i < got; i++) {
+            unsigned int len = msgs[i].msg_len;
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+                continue;
+            PyObject *item = Py_BuildValue("(y#N)", (const char *)bufs[i], (Py_ssize_t)len,
+                                           address(&addrs[i]));
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(item);
+        }
+        if ((unsigned int)got < want)
+            break; /* drained */
+    }
+    return out;
+}
+
+/* Fills `out` from a (host, port) tuple; -1 with an exception set on a bad address. */
+static int parse_addr(PyObject *addr, struct sockaddr_storage *out, socklen_t *len) {
+    const char *host;
+    int port;
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) < 2) {
+        PyErr_SetString(PyExc_TypeError, "address must be (host, port)");
+        return -1;
+    }
+    host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(addr, 0));
+    port = (int)PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+    if (host == NULL || PyErr_Occurred())
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return -1;
+    }
+    memset(out, 0, sizeof(*out));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof(*v4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        *len = sizeof(*v6);
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "not a numeric address: %s", host);
+    return -1;
+}
+
+/* send(fd, [(data, (host, port)), ...]) -> (sent, dropped): one sendmmsg per BATCH. A datagram
+ * the kernel refuses (a full buffer, an unreachable address) is counted as dropped and the rest
+ * still go, as separate sendto calls would. */
+static PyObject *udp_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send(fd, list)");
+        return NULL;
+    }
+    int fd = (int)PyLong_AsLong(args[0]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *items = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(items), sent = 0, dropped = 0;
+    struct mmsghdr msgs[BATCH];
+    struct iovec iovs[BATCH];
+    Py_buffer views[BATCH];
+    Py_ssize_t at = 0;
+    while (at < n) {
+        unsigned int count = 0;
+        memset(msgs, 0, sizeof(msgs));
+        while (count < BATCH && at < n) {
+            PyObject *item = PyList_GET_ITEM(items, at++);
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+                PyErr_SetString(PyExc_TypeError, "items must be (data, address)");
+                goto fail;
+            }
+            socklen_t len = 0;
+            if (parse_addr(PyTuple_GET_ITEM(item, 1), &addrs[count], &len) < 0) {
+                PyErr_Clear(); /* a malformed address is that peer's problem */
+                dropped++;
+                continue;
+            }
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &views[count], PyBUF_SIMPLE) < 0)
+                goto fail;
+            iovs[count].iov_base = views[count].buf;
+            iovs[count].iov_len = (size_t)views[count].len;
+            msgs[count].msg_hdr.msg_iov = &iovs[count];
+            msgs[count].msg_hdr.msg_iovlen = 1;
+            msgs[count].msg_hdr.msg_name = &addrs[count];
+            msgs[count].msg_hdr.msg_namelen = len;
+            count++;
+        }
+        unsigned int done = 0;
+        while (done < count) {
+            int r = sendmmsg(fd, msgs + done, count - done, MSG_DONTWAIT);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                dropped++; /* this one failed: skip it, send the rest */
+                done++;
+            }
+            else {
+                sent += r;
+                done += (unsigned int)r;
+            }
+        }
+        for (unsigned int i = 0; i < count; i++)
+            PyBuffer_Release(&views[i]);
+        continue;
+    fail:
+        for (unsigned int i = 0; i < count; i++)
+            PyBuffer_Release(&views[i]);
+        return NULL;
+    }
+    return Py_BuildValue("(nn)", sent, dropped);
+}
+
+static PyMethodDef methods[] = {
+    {"recv", (PyCFunction)(void (*)(void))udp_recv, METH_FASTCALL,
+     "recv(fd, limit) -> list of (data, (host, port)): up to limit datagrams, recvmmsg"},
+    {"send", (PyCFunction)(void (*)(void))udp_send, METH_FASTCALL,
+     "send(fd, items) -> (sent, dropped): items are (data, (host, port)), sendmmsg"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "relay.rtc._udp_batch", NULL, -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__udp_batch(void) { return PyModule_Create(&module); }

@@ -1,0 +1,92 @@
+"""relay.rtc.udp_batch on real loopback sockets: recvmmsg/sendmmsg (C) and the recvfrom/sendto
+fallback read and send the same datagrams, in order, with the same addresses."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from relay.rtc import udp_batch
+
+MODES = [pytest.param(True, id="native"), pytest.param(False, id="python")]
+
+
+def pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    a, b = socket.socket(family, socket.SOCK_DGRAM), socket.socket(family, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind((host, 0))
+        s.setblocking(False)
+    return a, b
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = pair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("native", MODES)
+def test_recv_reads_what_is_waiting_up_to_the_limit(
+    sockets: tuple[socket.socket, socket.socket], native: bool
+) -> None:
+    if native and not udp_batch.NATIVE:
+        pytest.skip("built without a C compiler")
+    a, b = sockets
+    assert udp_batch.recv(b, 10, native=native) == []
+    sent = [bytes([i]) * (i * 7 % 300 + 1) for i in range(150)]
+    for data in sent:
+        a.sendto(data, b.getsockname())
+    a.sendto(b"x" * (udp_batch.DATAGRAM + 1), b.getsockname())  # too big: dropped
+    a.sendto(b"last", b.getsockname())
+    time.sleep(0.05)
+    first = udp_batch.recv(b, 100, native=native)
+    rest = udp_batch.recv(b, 1000, native=native)
+    assert len(first) == 100
+    assert [d for d, _ in first + rest] == [*sent, b"last"]
+    assert {addr for _, addr in first + rest} == {a.getsockname()}
+    assert udp_batch.recv(b, 10, native=native) == []
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("native", MODES)
+def test_send_sends_a_list_and_counts_what_the_kernel_refused(
+    sockets: tuple[socket.socket, socket.socket], native: bool
+) -> None:
+    if native and not udp_batch.NATIVE:
+        pytest.skip("built without a C compiler")
+    a, b = sockets
+    to = b.getsockname()
+    items = [(bytes([i]) * 100, to) for i in range(200)]
+    items.insert(50, (b"nowhere", ("not-an-address", 9)))
+    items.insert(60, (memoryview(b"a view"), to))
+    assert udp_batch.send(a, items, native=native) == 1
+    time.sleep(0.05)
+    got = udp_batch.recv(b, 1000, native=native)
+    want = [bytes(d) for d, addr in items if addr == to]
+    assert [d for d, _ in got] == want
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("native", MODES)
+def test_ipv6_addresses_come_back_as_host_and_port(native: bool) -> None:
+    if native and not udp_batch.NATIVE:
+        pytest.skip("built without a C compiler")
+    try:
+        a, b = pair(socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    try:
+        assert udp_batch.send(a, [(b"six", ("::1", b.getsockname()[1]))], native=native) == 0
+        time.sleep(0.05)
+        assert udp_batch.recv(b, 10, native=native) == [(b"six", ("::1", a.getsockname()[1]))]
+    finally:
+        a.close()
+        b.close()
