@@ -214,7 +214,8 @@ class Churn:
                 self.failures.append(f"join {self.joined}: {exc!r}")
                 continue
             try:
-                if not await wait_for(lambda v=viewer: v.samples, 5):
+                # any decoded frame (an ffmpeg anchor's carry no stamps, so no samples)
+                if not await wait_for(lambda v=viewer: v.first_frame_at is not None, 5):
                     self.failures.append(f"viewer {self.joined}: no frame within 5 s")
                 else:
                     assert viewer.time_to_first_frame is not None
