@@ -83,6 +83,10 @@ def check_offer(text: str, role: Role) -> OfferSummary:
         desc = aiortc_sdp.SessionDescription.parse(text)
     except Exception as exc:  # aiortc's parser raises whatever the bad line triggers
         raise BadSdp(f"SDP could not be parsed: {type(exc).__name__}") from exc
+    try:  # aiortc writes the offer back out (``pc.remoteDescription``): e.g. ``c=IN IP4 a``
+        str(desc)  # parses, but raises there, in the middle of the answer
+    except Exception as exc:
+        raise BadSdp(f"SDP could not be read back: {type(exc).__name__}") from exc
     if not desc.media:
         raise BadSdp("SDP has no media section")
     codecs: dict[MediaKind, tuple[str, ...]] = {}

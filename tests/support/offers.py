@@ -60,6 +60,8 @@ def dup_mid(text: str) -> str:
 # The kinds issue 19 saw (each a 500 on WHEP, most on WHIP too), then the rest of the class.
 BAD: dict[str, tuple[Callable[[str], str], type[StagecastError]]] = {
     "no rtcp-mux": (drop_lines(r"a=rtcp-mux\r?$"), Unprocessable),
+    # parses, but aiortc cannot write it back out (pc.remoteDescription, mid-answer)
+    "connection address not an address": (sub(r"^c=IN IP4 \S+", "c=IN IP4 a"), BadSdp),
     "mid not in BUNDLE": (lambda t: t.replace(f"a=mid:{first_mid(t)}", "a=mid:zz"), BadSdp),
     "long mid": (lambda t: t.replace(f"a=mid:{first_mid(t)}", "a=mid:" + "m" * 5000), BadSdp),
     "duplicate mid": (dup_mid, BadSdp),
