@@ -28,20 +28,9 @@ from typing import Any
 import imageio_ffmpeg
 
 from bench.fanout import ROOM, SECRET, Children, free_port, pct, wait_healthy
+from bench.netbed.chromium import ARGS, CHROMIUM  # one launch recipe for every bench
 from bench.peer import Source, whip_source_argv
 from relay.auth.tokens import TokenAuthority
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 JOIN_JS = """
 async (url) => {
