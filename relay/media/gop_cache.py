@@ -13,7 +13,9 @@ A source that answers keyframe requests (a browser, the mixer) sends one within 
 the join's request: then the viewer waits for it and the burst (a GOP's bytes sent at once, for
 every joining viewer) is spared. The cache judges that by the requests the hub passed on: a
 keyframe within ``ANSWER_WITHIN`` of one is an answer; a request left unanswered longer is not.
-Until it knows (the first join's request is the first), nothing is replayed.
+Until it knows (the first join's request is the first), nothing is replayed; once a request
+went unanswered, the source stays known as one that ignores them (a fixed GOP's keyframe lands
+soon after some requests by chance).
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ class GopCache:
         if frame.keyframe:
             self._frames, self._bytes = [], 0
             if self._asked_at is not None:
-                self.source_answers = frame.received_at - self._asked_at <= ANSWER_WITHIN
+                answered = frame.received_at - self._asked_at <= ANSWER_WITHIN
+                # a source once seen ignoring a request stays known as one: its own GOP's
+                # keyframe lands within ANSWER_WITHIN of some requests by chance
+                if self.source_answers is not False:
+                    self.source_answers = answered
                 self._asked_at = None
         elif not self._frames:
             return  # no keyframe to start from

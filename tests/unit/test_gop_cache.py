@@ -80,6 +80,9 @@ def test_no_replay_for_a_source_that_answers_keyframe_requests() -> None:
     assert deaf.source_answers is False and len(deaf.replay(1.0)) == 2
     deaf.add(video(180000, key=True))  # 2.0 s: the GOP's own keyframe, late for the request
     assert deaf.source_answers is False
+    deaf.asked(now=3.9)
+    deaf.add(video(360000, key=True))  # 4.0 s: its next one, 0.1 s after a request, by chance
+    assert deaf.source_answers is False
     deaf.clear()  # a new source: not known again
     assert deaf.source_answers is None
 
