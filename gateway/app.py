@@ -18,7 +18,6 @@ from relay.http.common import check_room
 from relay.http.problems import problem_responses
 from relay.http.whep import WhepStreamKey, whep_router
 from relay.media.layer_selector import SelectorConfig
-from relay.media.retransmit import RetransmitLimits
 from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
@@ -27,8 +26,8 @@ from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.adapter import check_version
 from relay.rtc.transport import NodeTransport
-from relay.rtc.viewers import ViewerLimits, ViewerService
-from relay.server.app import Readiness, create_node_app
+from relay.rtc.viewers import ViewerService
+from relay.server.app import Readiness, create_node_app, viewer_limits
 from relay.server.cluster import node_id
 from relay.server.metrics import build_registry, render
 
@@ -195,18 +194,8 @@ def build_gateway(settings: Settings) -> Gateway:
             mixminus=rooms.mixminus_hub,
         ),
         ice_servers=node_ice(settings),
-        limits=ViewerLimits(
-            retransmit=RetransmitLimits(
-                max_age=settings.media.rtx_max_age,
-                share=settings.media.rtx_share,
-                playout=settings.media.rtx_playout,
-            ),
-            transport_cc=settings.media.viewer_transport_cc,
-            keyframe_backoff=settings.media.viewer_keyframe_backoff,
-            connect_timeout=settings.sessions.connect_timeout,
-            retry_after=settings.sessions.retry_after,
-            certificate_lifetime=settings.sessions.certificate_lifetime,
-            native=settings.media.native_send,
+        limits=viewer_limits(
+            settings,
             max_viewers=settings.rooms.max_viewers_per_node,
             candidates=anchors.candidates,
         ),

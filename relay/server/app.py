@@ -17,8 +17,11 @@ from relay.http.guards import RequestGuards
 from relay.http.keys import KeyAuth
 from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.ratelimit import ClientRateLimiter
+from relay.media.retransmit import RetransmitLimits
+from relay.rtc.candidates import CandidatePolicy
+from relay.rtc.viewers import ViewerLimits
 from relay.server.metrics import CONTENT_TYPE
-from relay.server.settings import LimitSettings
+from relay.server.settings import LimitSettings, NodeSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +103,24 @@ def create_node_app(
         return JSONResponse(body, status_code=200 if r.ready else 503)
 
     return app
+
+
+def viewer_limits(
+    settings: NodeSettings, *, max_viewers: int | None, candidates: CandidatePolicy
+) -> ViewerLimits:
+    """What every WHEP viewer of a node (origin or edge) is held to, from its settings; the
+    viewer ceiling and the candidate policy are the role's own."""
+    media, sessions = settings.media, settings.sessions
+    return ViewerLimits(
+        retransmit=RetransmitLimits(
+            max_age=media.rtx_max_age, share=media.rtx_share, playout=media.rtx_playout
+        ),
+        transport_cc=media.viewer_transport_cc,
+        keyframe_backoff=media.viewer_keyframe_backoff,
+        connect_timeout=sessions.connect_timeout,
+        retry_after=sessions.retry_after,
+        certificate_lifetime=sessions.certificate_lifetime,
+        max_viewers=max_viewers,
+        native=media.native_send,
+        candidates=candidates,
+    )

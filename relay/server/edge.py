@@ -24,15 +24,14 @@ from relay.http.common import check_room, require_content_type
 from relay.http.keys import KeyAuth
 from relay.http.problems import problem_responses
 from relay.http.whep import WhepStreamKey, whep_router
-from relay.media.retransmit import RetransmitLimits
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.candidates import node_policy
 from relay.rtc.transport import NodeTransport
-from relay.rtc.viewers import ViewerLimits, ViewerService
-from relay.server.app import Readiness, create_node_app
+from relay.rtc.viewers import ViewerService
+from relay.server.app import Readiness, create_node_app, viewer_limits
 from relay.server.cluster import cluster_config, node_id
 from relay.server.metrics import NodeCollector, build_registry, render
 from relay.server.settings import (
@@ -154,19 +153,9 @@ def build_edge_node(settings: NodeSettings) -> EdgeNode:
     viewers = ViewerService(
         edge.live_hub,
         ice_servers=node_ice(settings),
-        limits=ViewerLimits(
-            retransmit=RetransmitLimits(
-                max_age=settings.media.rtx_max_age,
-                share=settings.media.rtx_share,
-                playout=settings.media.rtx_playout,
-            ),
-            transport_cc=settings.media.viewer_transport_cc,
-            keyframe_backoff=settings.media.viewer_keyframe_backoff,
-            connect_timeout=settings.sessions.connect_timeout,
-            retry_after=settings.sessions.retry_after,
-            certificate_lifetime=settings.sessions.certificate_lifetime,
+        limits=viewer_limits(
+            settings,
             max_viewers=c.max_viewers or settings.rooms.max_viewers_per_node,
-            native=media.native_send,
             candidates=node_policy(
                 settings.limits.max_remote_candidates, settings.port, settings.cluster.redis_url
             ),
