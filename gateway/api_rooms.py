@@ -234,7 +234,7 @@ def operator_router(
         """Ends the room: its anchors are kicked (their viewers are told), the room is removed."""
         stage_or_404(room)
         for session in anchors.in_room(room):
-            access.revoke(session.grant.token_id, session.grant.expires_at)
+            access.revoke(session.grant.token_id, session.grant.expires_at, room)
         await anchors.close_room(room)
         stages.remove(room)
         await publish_policies()
@@ -249,8 +249,9 @@ def operator_router(
     async def kick_anchor(room: str, anchor_id: str) -> Response:
         """Ends the anchor's session and revokes its token so it cannot publish straight back."""
         session = anchors.get(room, anchor_id)
-        access.revoke(session.grant.token_id, session.grant.expires_at)
+        access.revoke(session.grant.token_id, session.grant.expires_at, room)
         await anchors.close(room, anchor_id, reason="kicked")
+        await publish_policies()  # the edges refuse the token too (it may also watch the room)
         return Response(status_code=204)
 
     @router.post("/rooms/{room}/anchors/{anchor_id}/mute", response_model=AnchorView)

@@ -232,7 +232,7 @@ def build_gateway(settings: Settings) -> Gateway:
     )
     gateway.metric_sources.append(gateway.messages)
     gateway.cluster = build_origin_cluster(
-        settings, gateway.node_id, tokens, stages, anchors, viewers
+        settings, gateway.node_id, tokens, stages, anchors, viewers, access
     )
     gateway.links = LinkService(settings, rooms, gateway.cluster, tokens, events)
     sinks.append(ParticipantNotices(rooms, gateway.messages))

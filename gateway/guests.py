@@ -77,7 +77,7 @@ class StageGuests:
             return
         with contextlib.suppress(StagecastError):
             claims = self._tokens.claims(token)
-            self._access.revoke(claims.token_id, claims.expires_at)
+            self._access.revoke(claims.token_id, claims.expires_at, request.room)
 
     # -- steps --------------------------------------------------------------------------------
     def sweep(self) -> None:

@@ -37,22 +37,41 @@ class AccessPolicy:
         room_is_private: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
         operator_key: str = "",
+        revoked_elsewhere: Callable[[str, str], bool] | None = None,
     ) -> None:
-        """``operator_key``: a Bearer value that may end or patch any session (empty: none)."""
+        """``operator_key``: a Bearer value that may end or patch any session (empty: none).
+        ``revoked_elsewhere(room, token_id)``: revocations another node made (an edge asks the
+        room's origin through the cluster's room policies)."""
         self.tokens = tokens
         self._operator_key = operator_key.encode()
         self.anonymous_audience = anonymous_audience
         self._room_is_private = room_is_private or (lambda room: False)
         self._clock = clock
-        self._revoked: dict[str, float] = {}  # token id -> expiry (kept until the token expires)
+        self._revoked_elsewhere = revoked_elsewhere
+        # token id -> (expiry, room); kept until the token expires
+        self._revoked: dict[str, tuple[float, str]] = {}
 
-    def revoke(self, token_id: str, expires_at: float) -> None:
-        """Refuse this token from now on (a kicked anchor cannot come straight back)."""
+    def revoke(self, token_id: str, expires_at: float, room: str = "") -> None:
+        """Refuse this token from now on (a kicked anchor cannot come straight back). With
+        ``room``, the edges learn it too (``revoked_in``)."""
         if token_id:
-            self._revoked[token_id] = expires_at
-            now = self._clock()
-            for tid in [t for t, exp in self._revoked.items() if exp < now]:
-                del self._revoked[tid]
+            self._revoked[token_id] = (expires_at, room)
+            self._forget_expired()
+
+    def _forget_expired(self) -> None:
+        now = self._clock()
+        for tid in [t for t, (exp, _) in self._revoked.items() if exp < now]:
+            del self._revoked[tid]
+
+    def revoked_in(self) -> dict[str, tuple[str, ...]]:
+        """Room -> the ids of its tokens revoked here and not yet expired (sorted), for the
+        room policies the origin publishes."""
+        self._forget_expired()
+        rooms: dict[str, list[str]] = {}
+        for tid, (_, room) in self._revoked.items():
+            if room:
+                rooms.setdefault(room, []).append(tid)
+        return {room: tuple(sorted(ids)) for room, ids in rooms.items()}
 
     def authorize(
         self, room: str, role: Role, authorization: str | None, query_token: str | None = None
@@ -72,7 +91,9 @@ class AccessPolicy:
             # each other's own streams with their anchor tokens); a token of another room or
             # role still fails here
             claims = self.tokens.verify(token, room=room, role="anchor")
-        if claims.token_id in self._revoked:
+        elsewhere = self._revoked_elsewhere
+        tid = claims.token_id
+        if tid and (tid in self._revoked or (elsewhere is not None and elsewhere(room, tid))):
             raise Unauthorized("token has been revoked")
         return Grant(claims.subject, claims.token_id, claims.expires_at)
 

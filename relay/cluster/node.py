@@ -118,7 +118,7 @@ class ClusterNode:
         self._tokens = tokens
         self._policy_source = room_policies
         self.policies: dict[str, RoomPolicy] = {}  # an edge's view: room -> origin's policy
-        self._published: dict[str, tuple[bool, int | None, str]] = {}
+        self._published: dict[str, tuple[bool, int | None, str, tuple[str, ...]]] = {}
         self._policy_lock = asyncio.Lock()
         self._rng = rng or random.Random()
         self._clock = clock
@@ -327,6 +327,11 @@ class ClusterNode:
         """Who may chat in the room's channel, as its origin says (default: ``audience``)."""
         policy = self.policies.get(room)
         return policy.chat if policy is not None else "audience"
+
+    def room_token_revoked(self, room: str, token_id: str) -> bool:
+        """Did the room's origin revoke this token (an edge's access check)?"""
+        policy = self.policies.get(room)
+        return policy is not None and token_id in policy.revoked
 
     def room_max_viewers(self, room: str) -> int | None:
         policy = self.policies.get(room)

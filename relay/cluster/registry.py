@@ -92,18 +92,23 @@ class RoomPolicy:
     chat: str = "audience"  # who may chat in the room's channel (relay.messages.policy)
     node_id: str = ""  # the node that publishes it (the room's origin)
     updated_at: float = 0.0  # wall clock of the publication
+    # ids of the room's tokens the origin revoked (kicked anchors, removed stage guests) that
+    # have not expired: refused on every node, not only where the kick happened
+    revoked: tuple[str, ...] = ()
 
     @property
-    def terms(self) -> tuple[bool, int | None, str]:
+    def terms(self) -> tuple[bool, int | None, str, tuple[str, ...]]:
         """What the policy says, apart from who said it when."""
-        return self.private, self.max_viewers, self.chat
+        return self.private, self.max_viewers, self.chat, self.revoked
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RoomPolicy:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data["revoked"] = tuple(str(t) for t in data.get("revoked", ()))
+        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True)

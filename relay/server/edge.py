@@ -169,6 +169,7 @@ def build_edge_node(settings: NodeSettings) -> EdgeNode:
         tokens,
         anonymous_audience=settings.auth.anonymous_audience,
         room_is_private=cluster.room_is_private,
+        revoked_elsewhere=cluster.room_token_revoked,
     )
     messages = RoomChannels(
         make_bus(c.redis_url, prefix=c.key_prefix),

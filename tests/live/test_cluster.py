@@ -303,8 +303,13 @@ def operator(cluster: Cluster) -> httpx.AsyncClient:
 SDP_HEADERS = {"Content-Type": "application/sdp"}
 
 
-async def _knows_policy(edge: EdgeProcess, room: str, present: bool = True) -> bool:
-    return (room in (await edge.cluster())["room_policies"]) == present
+async def _knows_policy(edge: EdgeProcess, room: str) -> bool:
+    return room in (await edge.cluster())["room_policies"]
+
+
+async def _is_public(edge: EdgeProcess, room: str) -> bool:
+    policy = (await edge.cluster())["room_policies"].get(room)
+    return policy is None or not policy["private"]
 
 
 @pytest.mark.timeout(60)
@@ -345,21 +350,67 @@ async def test_private_room_needs_an_audience_token_on_every_edge(cluster: Clust
         # every edge holds the policy (each heartbeat reads them all)
         for edge in cluster.edges.values():
             assert await wait_for(lambda e=edge: _knows_policy(e, room), 3), edge.name
-        # closing the room: the edge viewers see the end, the policy leaves the cluster
+        # closing the room: the edge viewers see the end; what stays in the cluster is only
+        # the revocation of its anchor's token (kicked with the room), until it expires
         async with operator(cluster) as api:
             assert (await api.delete(f"/v1/rooms/{room}")).status_code == 204
         for v in viewers:
             await asyncio.wait_for(v.ended.wait(), 10)
         reg = RedisRegistry(cluster.redis.url)
         try:
-            assert await reg.room_policy(room) is None
+            left = await reg.room_policy(room)
+            assert left is not None and not left.private and len(left.revoked) == 1
         finally:
             await reg.close()
         for edge in cluster.edges.values():
-            assert await wait_for(lambda e=edge: _knows_policy(e, room, False), 3), edge.name
+            assert await wait_for(lambda e=edge: _is_public(e, room), 3), edge.name
     finally:
         for v in viewers:
             await v.close()
+        await pub.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_kicked_anchors_token_is_refused_on_the_edges(cluster: Cluster) -> None:
+    """An anchor token may also watch its room; once the operator kicks the anchor, the token
+    is refused on every node, not only at the origin where the kick happened."""
+    room = "kicks"
+    origin = cluster.origin
+    kicked = origin.gateway.tokens.mint(room, "anchor", "host", 600)
+    pub = await whip_publish(origin.base_url, room, kicked, video=StampedVideoTrack(320, 180, 20))
+    viewers: list[Viewer] = []
+    again: Publisher | None = None
+    try:
+        assert await wait_for(lambda: origin.gateway.stages.live_hub(room) is not None, 5)
+        edge = cluster.edges["edge-a"]
+        viewers.append(await whep_watch(edge.url, room, kicked, kinds=("video",)))  # allowed
+        async with operator(cluster) as api:
+            anchors = (await api.get(f"/v1/rooms/{room}/anchors")).json()
+            assert [a["subject"] for a in anchors] == ["host"]
+            r = await api.delete(f"/v1/rooms/{room}/anchors/{anchors[0]['id']}")
+            assert r.status_code == 204
+        again = await whip_publish(  # a co-host takes over: the room is live again
+            origin.base_url, room, origin.anchor_token(room), video=StampedVideoTrack(320, 180, 20)
+        )
+        offer = await _offer()
+        async with httpx.AsyncClient(timeout=10) as client:
+            for node in (cluster.edges["edge-a"], cluster.edges["edge-c"]):
+                r = await client.post(
+                    f"{node.url}/whep/{room}",
+                    content=offer,
+                    headers={**SDP_HEADERS, "Authorization": f"Bearer {kicked}"},
+                )
+                assert_problem(r, 401)
+                assert "revoked" in r.json()["detail"]
+        t0 = time.time()
+        viewers.append(await whep_watch(edge.url, room, origin.audience_token(room)))
+        await asyncio.sleep(1.5)
+        assert_flowing(viewers[-1], t0, 10)  # other tokens of the room still watch
+    finally:
+        for v in viewers:
+            await v.close()
+        if again is not None:
+            await again.close()
         await pub.close()
 
 

@@ -145,3 +145,58 @@ async def test_an_emptied_registry_does_not_make_private_rooms_public(
     await edge.beat()
     assert edge.room_is_private("vip")
     assert edge.policies["vip"].updated_at > 0
+
+
+@pytest.mark.timeout(10)
+async def test_a_token_revoked_at_the_origin_is_refused_on_the_edges() -> None:
+    """A kicked anchor's token may also watch its room: every edge must refuse it, also after
+    the room closed, and only until the token expires."""
+    now = [1000.0]
+    registry = MemoryRegistry()
+    tokens = TokenAuthority(SECRET)
+    stages = StageTable()
+    stages.create("show", RoomConfig())
+    at_origin = AccessPolicy(tokens, clock=lambda: now[0])
+    origin = ClusterNode(
+        ClusterConfig("o", "http://o", "origin"),
+        registry,
+        idle,
+        room_policies=lambda: room_policies(stages, at_origin.revoked_in()),
+    )
+    edge = ClusterNode(ClusterConfig("e", "http://e", "edge", upstream="http://o"), registry, idle)
+    at_edge = AccessPolicy(tokens, revoked_elsewhere=edge.room_token_revoked)
+    kicked, kept = (tokens.mint("show", "anchor", name, 600) for name in ("a", "b"))
+    try:
+        await origin.beat()
+        await edge.beat()
+        assert await registry.room_policies() == []  # nothing revoked: nothing published
+        claims = tokens.claims(kicked)
+        at_origin.revoke(claims.token_id, claims.expires_at, "show")
+        assert at_origin.revoked_in() == {"show": (claims.token_id,)}
+        await origin.publish_room_policies()
+        await edge.refresh_room_policy("show")  # as the edge's WHEP does before admitting
+        for role in ("audience", "anchor"):
+            with pytest.raises(Unauthorized, match="revoked"):
+                at_edge.authorize("show", role, f"Bearer {kicked}")  # type: ignore[arg-type]
+        assert at_edge.authorize("show", "audience", f"Bearer {kept}").subject == "b"
+        # the room closes: its revocation is still published
+        stages.remove("show")
+        await origin.beat()
+        await edge.beat()
+        assert edge.room_token_revoked("show", claims.token_id)
+        with pytest.raises(Unauthorized):
+            at_edge.authorize("show", "audience", f"Bearer {kicked}")
+        # the token expired: the revocation is forgotten (nothing left to refuse)
+        now[0] = claims.expires_at + 1
+        assert at_origin.revoked_in() == {}
+        await origin.beat()
+        await edge.beat()
+        assert not edge.room_token_revoked("show", claims.token_id)
+    finally:
+        await registry.close()
+
+
+def test_room_policy_json_keeps_revocations_and_reads_old_records() -> None:
+    policy = RoomPolicy("r", private=True, revoked=("t1", "t2"))
+    assert RoomPolicy.from_json(policy.to_json()) == policy
+    assert RoomPolicy.from_json('{"room":"r","private":true}').revoked == ()
