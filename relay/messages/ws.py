@@ -1,15 +1,20 @@
 """The WebSocket endpoint of a room's channel: ``/rooms/{room}/messages`` (origin and edges).
 
-Credentials ride the ``access_token`` query parameter (a browser's WebSocket cannot set
-headers) or ``Authorization: Bearer``: an anchor token, an audience token, the operator key,
-or none (an anonymous viewer, where the room lets anonymous viewers watch). A refused
-credential closes the socket with 4401/4403 (4000 + the HTTP status); a frame over the size
-limit with 1009; a refused message is answered with an ``error`` frame and the socket stays.
+Credentials ride the ``Sec-WebSocket-Protocol`` header (a browser's WebSocket cannot set other
+headers: subprotocols ``stagecast`` and ``stagecast.bearer.<base64url of the token>``, the way
+Kubernetes carries bearer tokens, so the credential never lands in a URL and a proxy's access
+log), ``Authorization: Bearer`` or the ``access_token`` query parameter (older clients): an
+anchor token, an audience token, the operator key, or none (an anonymous viewer, where the room
+lets anonymous viewers watch). A refused credential closes the socket with 4401/4403 (4000 + the
+HTTP status); a frame over the size limit with 1009; a refused message is answered with an
+``error`` frame and the socket stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import secrets
@@ -32,6 +37,27 @@ from relay.messages.envelope import (
 from relay.messages.service import Member, RoomChannels
 
 log = logging.getLogger(__name__)
+
+
+PROTOCOL = "stagecast"
+BEARER_PROTOCOL = "stagecast.bearer."
+
+
+def protocol_token(subprotocols: list[str]) -> str | None:
+    """The token a client put in its offered subprotocols (``stagecast.bearer.<base64url>``);
+    None without one. Raises ``Unauthorized`` for one that does not decode."""
+    for offered in subprotocols:
+        if offered.startswith(BEARER_PROTOCOL):
+            encoded = offered[len(BEARER_PROTOCOL) :]
+            padded = encoded + "=" * (-len(encoded) % 4)
+            try:
+                token = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                token = ""
+            if not token:
+                raise Unauthorized("the bearer subprotocol is not base64url of a token")
+            return token
+    return None
 
 
 def identify(
@@ -78,23 +104,30 @@ def messages_router(
 
     @router.websocket("/rooms/{room}/messages")
     async def room_messages(websocket: WebSocket, room: str) -> None:
+        offered = list(websocket.scope.get("subprotocols") or ())
+        # a browser that offered subprotocols drops a connection that picks none
+        chosen = PROTOCOL if PROTOCOL in offered else None
         try:
             check_room(room)
             if before is not None:
                 await before(room)
+            from_protocol = protocol_token(offered)
+            authorization = websocket.headers.get("authorization")
+            if from_protocol is not None:
+                authorization = f"Bearer {from_protocol}"
             grant, role = identify(
                 access,
                 room,
-                websocket.headers.get("authorization"),
+                authorization,
                 websocket.query_params.get("access_token"),
                 operator_key,
             )
         except StagecastError as exc:
-            await websocket.accept()
+            await websocket.accept(chosen)
             code = CLOSE_UNAUTHORIZED if exc.status == 401 else CLOSE_FORBIDDEN
             await websocket.close(code, exc.detail[:120])
             return
-        await websocket.accept()
+        await websocket.accept(chosen)
         client = websocket.client.host if websocket.client else "unknown"
         member = channels.join(
             room,

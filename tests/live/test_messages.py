@@ -4,6 +4,7 @@ Redis, WebSocket clients from the ``websockets`` package."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from tests.support.edge_server import run_edge
 from tests.support.redis_server import run_redis
@@ -119,6 +121,38 @@ async def test_tokens_of_another_room_or_forged_are_refused(server: RunningServe
         r = await c.post("/v1/rooms", json={"name": "vip", "private": True}, headers=op(server))
         assert r.status_code == 201
     assert await close_code(ws_url(server.base_url, "vip", None)) == 4401  # no anonymous
+
+
+def bearer_protocols(token: str) -> list[Subprotocol]:
+    """What the pages offer (util.js openChannel): the token in a subprotocol, not the URL."""
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    return [Subprotocol("stagecast"), Subprotocol(f"stagecast.bearer.{encoded}")]
+
+
+@pytest.mark.timeout(60)
+async def test_credentials_ride_the_subprotocol_header_not_the_url(server: RunningServer) -> None:
+    gw, room = server.gateway, "sub"
+    url = ws_url(server.base_url, room)
+    tok = gw.tokens.mint(room, "anchor", "host", 60)
+    async with connect(url, subprotocols=bearer_protocols(tok), open_timeout=5) as ws:
+        assert ws.subprotocol == "stagecast"  # a browser drops a socket that picks none
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome" and welcome["you"]["role"] == "anchor", welcome
+    async with connect(url, subprotocols=bearer_protocols(gw.operator_key), open_timeout=5) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["you"]["role"] == "operator"
+    # refusals still reach the page as close codes (the subprotocol is picked before closing)
+    other = gw.tokens.mint("elsewhere", "anchor", "x", 60)
+    for protocols, code in (
+        (bearer_protocols(other), 4403),
+        (bearer_protocols("forged"), 4401),
+        ([Subprotocol("stagecast"), Subprotocol("stagecast.bearer.%%%")], 4401),
+    ):
+        async with connect(url, subprotocols=protocols, open_timeout=5) as ws:
+            assert ws.subprotocol == "stagecast"
+            with pytest.raises(ConnectionClosed) as info:
+                async with asyncio.timeout(5):
+                    await ws.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == code
 
 
 @pytest.mark.timeout(60)

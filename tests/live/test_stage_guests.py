@@ -159,6 +159,9 @@ async def test_stage_bad_input_gets_clear_4xx_and_disturbs_nothing(server: Runni
             r = await client.get(f"{base}/{hand2.id}", headers={"X-Stage-Key": "wrong"})
             assert r.status_code == 403
             assert (await client.get(base)).status_code == 401
+            # the operator key is taken from a header only, never from the URL (access logs)
+            r = await client.get(base, params={"access_token": gw.operator_key})
+            assert r.status_code == 401
             # an anchor of another room may not either
             r = await client.post(
                 f"{base}/{hand2.id}/approve",

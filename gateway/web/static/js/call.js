@@ -6,7 +6,7 @@
 // `?pull=URL` sends the pulls to another node (an edge); publishing stays with this origin.
 // State for scripts and tests: window.stagecastCall.
 import { endSession, negotiate, newPeerConnection, problemText } from './signaling.js';
-import { $, endpointUrl, params, setStatus, sleep, validRoom } from './util.js';
+import { $, endpointUrl, openChannel, params, setStatus, sleep, validRoom } from './util.js';
 
 const MAX_PARTICIPANTS = 9;
 const SAFETY_POLL_MS = 5000;
@@ -126,17 +126,10 @@ async function fetchParticipants(myRun) {
   }
 }
 
-function channelUrl() {
-  const url = new URL(`rooms/${encodeURIComponent(room())}/messages`, document.baseURI);
-  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  url.searchParams.set('access_token', token());
-  return url.href;
-}
-
 async function listen(myRun) {
   let delay = 250;
   while (myRun === run) {
-    const socket = new WebSocket(channelUrl());
+    const socket = openChannel(room(), token());
     ws = socket;
     await new Promise((resolve) => {
       socket.addEventListener('message', (event) => {

@@ -1,16 +1,9 @@
 // Room chat panel: the room's channel over WebSocket (/rooms/ROOM/messages): chat lines, a like
 // counter and a like button. Reconnects with backoff; refused messages show as notices.
 // State for tests and embedding pages: window.stagecastChat.
-import { $, sleep } from './util.js';
+import { $, openChannel, sleep } from './util.js';
 
 const MAX_LINES = 200;
-
-function channelUrl(room, token) {
-  const url = new URL(`rooms/${encodeURIComponent(room)}/messages`, document.baseURI);
-  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  if (token) url.searchParams.set('access_token', token);
-  return url.href;
-}
 
 export class RoomChat {
   /** Builds the panel inside `root` (an element with no children of its own). */
@@ -83,7 +76,7 @@ export class RoomChat {
 
   connectOnce(room, token, myRun) {
     return new Promise((resolve) => {
-      const ws = new WebSocket(channelUrl(room, token));
+      const ws = openChannel(room, token);
       this.ws = ws;
       ws.addEventListener('message', (e) => {
         if (myRun === this.run) this.onMessage(JSON.parse(e.data));

@@ -5,7 +5,7 @@
 // operator key. State: window.stagecast.show.
 import { drawChart, Series } from './chart.js';
 import { CoHosts } from './cohosts.js';
-import { formatBitrate } from './util.js';
+import { formatBitrate, openChannel } from './util.js';
 
 const MAX_CHAT = 30;
 
@@ -274,10 +274,7 @@ export class ShowPanel {
   // -- chat moderation -------------------------------------------------------------------
   joinChat(room) {
     if (this.ws) this.ws.close(1000);
-    const url = new URL(`rooms/${encodeURIComponent(room)}/messages`, document.baseURI);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    url.searchParams.set('access_token', this.key());
-    const ws = new WebSocket(url.href);
+    const ws = openChannel(room, this.key());
     this.ws = ws;
     ws.addEventListener('message', (e) => {
       if (ws !== this.ws) return;

@@ -11,6 +11,27 @@ export function endpointUrl(kind, room) {
   return new URL(`${kind}/${encodeURIComponent(room)}`, document.baseURI).href;
 }
 
+/** Base64url of a string's UTF-8 bytes, without padding. */
+function base64url(text) {
+  const bytes = new TextEncoder().encode(text);
+  let binary = '';
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+/**
+ * A WebSocket on the room's channel (rooms/ROOM/messages). The credential rides the
+ * subprotocol header ("stagecast.bearer.<base64url>"), never the URL, so it does not land in
+ * a proxy's access log.
+ */
+export function openChannel(room, token) {
+  const url = new URL(`rooms/${encodeURIComponent(room)}/messages`, document.baseURI);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  const protocols = ['stagecast'];
+  if (token) protocols.push(`stagecast.bearer.${base64url(token)}`);
+  return new WebSocket(url.href, protocols);
+}
+
 export function formatBitrate(bps) {
   if (!Number.isFinite(bps) || bps <= 0) return '–';
   if (bps >= 1e6) return `${(bps / 1e6).toFixed(2)} Mbps`;
