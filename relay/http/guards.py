@@ -14,6 +14,16 @@ from relay.http.ratelimit import ClientRateLimiter, client_key
 RATE_LIMITED_PREFIXES = ("/whip/", "/whep/")
 
 
+def rate_limited(method: str, path: str) -> bool:
+    """POSTs that open media sessions: WHIP/WHEP offers, and cross-room links (each may open a
+    pull from another node)."""
+    if method != "POST":
+        return False
+    return path.startswith(RATE_LIMITED_PREFIXES) or (
+        path.startswith("/v1/rooms/") and path.rstrip("/").endswith("/links")
+    )
+
+
 async def _send_problem(
     send: Send, status: int, title: str, detail: str, slug: str, headers: dict[str, str]
 ) -> None:
@@ -27,8 +37,9 @@ async def _send_problem(
 
 
 class RequestGuards:
-    """Refuses oversized bodies before any handler runs, and rate-limits WHIP/WHEP POSTs per
-    client address (the offer/answer work is the expensive part of a signalling flood)."""
+    """Refuses oversized bodies before any handler runs, and rate-limits the POSTs that open
+    media sessions per client address (``rate_limited``: the offer/answer work and the pulls
+    are the expensive part of a signalling flood)."""
 
     def __init__(
         self,
@@ -48,7 +59,7 @@ class RequestGuards:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        if self.limiter is not None and method == "POST" and path.startswith(RATE_LIMITED_PREFIXES):
+        if self.limiter is not None and rate_limited(method, path):
             client = scope.get("client") or ("unknown", 0)
             wait = self.limiter.check(client_key(str(client[0])), self.clock())
             if wait is not None:

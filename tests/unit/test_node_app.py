@@ -6,6 +6,7 @@ import httpx
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from relay.http.guards import rate_limited
 from relay.server.edge import build_edge_node, create_edge_app
 from relay.server.settings import ClusterSettings, NodeSettings
 
@@ -119,3 +120,14 @@ async def test_edge_and_origin_guard_bodies_and_session_posts_alike() -> None:
             ]
             assert statuses[-1] == 429 and 429 not in statuses[:1], (role, statuses)
             assert (await http.get("/healthz")).status_code == 200, role
+
+
+def test_the_posts_that_open_media_sessions_are_rate_limited() -> None:
+    """WHIP/WHEP offers and cross-room links (each may open a pull from another node); reads,
+    deletes and the rest of the API are not."""
+    for path in ("/whip/r", "/whep/r", "/whep/r/", "/v1/rooms/r/links", "/v1/rooms/r/links/"):
+        assert rate_limited("POST", path), path
+    assert not rate_limited("GET", "/v1/rooms/r/links")
+    assert not rate_limited("DELETE", "/v1/rooms/r/links/a1")
+    assert not rate_limited("POST", "/v1/rooms/r/links/a1/mute")
+    assert not rate_limited("POST", "/v1/rooms")
