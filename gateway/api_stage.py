@@ -29,6 +29,7 @@ from .anchors import AnchorService
 from .guests import StageGuests
 from .settings import Settings
 from .stage.guests import StageRequest
+from .stage.room import RoomService
 from .stage.table import StageTable
 
 STAGE_KEY_HEADER = "X-Stage-Key"
@@ -83,6 +84,7 @@ class StageView(BaseModel):
 def stage_router(
     settings: Settings,
     stages: StageTable,
+    rooms: RoomService,
     anchors: AnchorService,
     viewers: ViewerService,
     access: AccessPolicy,
@@ -216,11 +218,10 @@ def stage_router(
         room_or_404(room)
         who = staff(room, request)
         guests.sweep()
-        if approve:
-            stage = stages.get(room)
-            live = len(stage.anchor_ids) if stage is not None else 0
-            if live + guests.desk.seats_taken(room) >= settings.stage.max_anchors:
-                raise Conflict(f"the stage of {room!r} is full ({settings.stage.max_anchors})")
+        # anchors, linked anchors of other rooms and seats already held for guests
+        seats = rooms.seats_used(room) + guests.desk.seats_taken(room)
+        if approve and seats >= settings.stage.max_anchors:
+            raise Conflict(f"the stage of {room!r} is full ({settings.stage.max_anchors})")
         return view(guests.decide(room, request_id, approve, who))
 
     @router.post(

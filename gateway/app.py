@@ -182,6 +182,7 @@ def build_gateway(settings: Settings) -> Gateway:
         token_ttl=settings.stage.guest_token_ttl,
     )
     sinks.append(guests.observe)  # it follows its guests' WHIP sessions (anchor.joined/left)
+    rooms.held_seats = guests.desk.seats_taken  # links do not take a seat held for a guest
     transport = NodeTransport(transport_config(settings))
     anchors = AnchorService(settings, rooms, transport)
     lag = LoopLagMonitor()
@@ -312,7 +313,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     if gw.guests is not None:  # anchors' and viewers' routes, not under /v1 (tokens, not the key)
         app.include_router(
             stage_router(
-                settings, gw.stages, gw.anchors, gw.viewers, access, gw.guests, gw.operator_key
+                settings,
+                gw.stages,
+                gw.rooms,
+                gw.anchors,
+                gw.viewers,
+                access,
+                gw.guests,
+                gw.operator_key,
             )
         )
     if gw.messages is not None:

@@ -120,6 +120,8 @@ class RoomService:
         self.finished = IngressTotals()  # ended programs' keyframe requests
         self._retired: list[ProgramDirector] = []  # closed, their threads maybe still ending
         self.program_ended: list[Callable[[str], None]] = []  # room -> (its links end)
+        # seats held for approved stage guests not yet publishing (the gateway wires the desk)
+        self.held_seats: Callable[[str], int] = lambda room: 0
         self._timer = DeadlineTimer(self.next_deadline, self.handle_timer, clock=clock)
         st = settings.stage
         self._mixer = MixerConfig(
@@ -152,12 +154,21 @@ class RoomService:
             stage = self.stages.ensure(room)
         return stage
 
+    def seats_used(self, room: str) -> int:
+        """The room's anchors (publishing or negotiating) and the anchors of other rooms
+        linked onto its stage: what ``stage.max_anchors`` bounds."""
+        stage = self.stages.get(room)
+        program = self.rooms.get(room)
+        return (len(stage.anchor_ids) if stage is not None else 0) + (
+            len(program.guests) if program is not None else 0
+        )
+
     def reserve(self, stage: Stage, anchor_id: str, *, check_capacity: bool = True) -> None:
         """Hold a place for an anchor across its negotiation (``release`` if that fails)."""
-        if check_capacity and len(stage.anchor_ids) >= self._settings.stage.max_anchors:
+        used = self.seats_used(stage.room)
+        if check_capacity and used >= self._settings.stage.max_anchors:
             raise Conflict(
-                f"room {stage.room!r} already has {len(stage.anchor_ids)} live anchor(s), "
-                "its maximum",
+                f"room {stage.room!r} already has {used} anchor(s) on its stage, its maximum",
                 retry_after=self._settings.sessions.retry_after,
             )
         stage.anchor_ids.append(anchor_id)
@@ -395,7 +406,8 @@ class RoomService:
             raise Conflict(f"room {room!r} is not live here", retry_after=1)
         if feed.id in program.guests or feed.id in program.anchors:
             raise Conflict(f"anchor {feed.id!r} is already on the stage of room {room!r}")
-        if len(program.anchors) + len(program.guests) >= self._settings.stage.max_anchors:
+        # a seat held for an approved stage guest is not given to a link
+        if self.seats_used(room) + self.held_seats(room) >= self._settings.stage.max_anchors:
             raise Conflict(f"the stage of room {room!r} is full")
         program.guests[feed.id] = feed
         program.director.update(program.feeds())

@@ -64,6 +64,29 @@ async def test_the_stage_limit_counts_guests() -> None:
     await rooms.shutdown()
 
 
+async def test_one_seat_count_for_anchors_links_and_guests_held_seats() -> None:
+    """``stage.max_anchors`` bounds the room's anchors, linked anchors of other rooms and the
+    seats held for approved stage guests together: none of them takes another's seat."""
+    rooms = RoomService(Settings(stage={"max_anchors": 3}), StageTable())
+    bench = room_bench()
+    bench.rooms = rooms
+    held = {"a": 1}  # one approved guest, not publishing yet
+    rooms.held_seats = lambda room: held.get(room, 0)
+    bench.join("a", "a1", "alice")
+    rooms.add_guest("a", guest("x1"))
+    assert rooms.seats_used("a") == 2
+    with pytest.raises(Conflict, match="full"):  # the third seat is the guest's
+        rooms.add_guest("a", guest("x2"))
+    held["a"] = 0  # the guest publishes: an anchor of the room
+    bench.join("a", "a2", "guest")
+    assert rooms.seats_used("a") == 3
+    stage = rooms.stages.get("a")
+    assert stage is not None
+    with pytest.raises(Conflict, match="maximum"):  # a link counts against a new anchor too
+        rooms.reserve(stage, "a3")
+    await rooms.shutdown()
+
+
 async def test_a_guest_is_off_the_stage_while_no_own_anchor_is_and_the_end_is_told() -> None:
     bench = room_bench(grace=5.0)
     rooms = bench.rooms
