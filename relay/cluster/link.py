@@ -184,8 +184,12 @@ async def open_link(
         link = UpstreamLink(key, pc, hub, urljoin(url, resp.headers["location"]), headers)
         for kind, transceiver in transceivers.items():
             if kind in codecs:
-                link.ingests[kind] = TrackIngest(
-                    kind, transceiver.receiver, hub, max_wait=config.reassembly_wait
+                link.ingests[kind] = TrackIngest(  # our upstream: its SEI is ours
+                    kind,
+                    transceiver.receiver,
+                    hub,
+                    max_wait=config.reassembly_wait,
+                    trusted_sei=True,
                 )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))

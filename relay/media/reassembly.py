@@ -12,10 +12,11 @@ the tail of a broken frame never reaches viewers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.keyframes import is_keyframe
+from relay.media.sei import annexb, strip_claimed_sei
 
 
 class Unwrapper:
@@ -87,7 +88,10 @@ class FrameAssembler:
         *,
         max_wait: float = 0.1,
         max_packets: int = 1024,
+        trusted_sei: bool = False,
     ) -> None:
+        """``trusted_sei``: keep SEI messages in stagecast's name (a pull from another node of
+        ours); from anchors they are removed (``sei.strip_claimed_sei``)."""
         self.kind = kind
         self.codec = codec
         self._max_wait = max_wait
@@ -102,7 +106,9 @@ class FrameAssembler:
         self.frames_out = 0
         self.frames_skipped = 0
         self.filler_bytes = 0
+        self.sei_removed = 0  # RTP payloads dropped or rewritten for a forged SEI message
         self._h264 = codec.upper() == "H264"
+        self._strip_sei = self._h264 and not trusted_sei
 
     def push(
         self,
@@ -180,6 +186,10 @@ class FrameAssembler:
                 self._lost = True
                 continue
             self._resync = False
+            if self._strip_sei:
+                packets = self._without_forged_sei(packets)
+                if not packets:  # nothing but a forged SEI message
+                    continue
             out.append(self._frame(packets))
 
     def _skip_gap(self) -> None:
@@ -197,6 +207,17 @@ class FrameAssembler:
         self._resync = True
         self._lost = True
         self.frames_skipped += 1
+
+    def _without_forged_sei(self, packets: list[_Packet]) -> list[_Packet]:
+        changes = strip_claimed_sei([p.payload for p in packets])
+        if not changes:
+            return packets
+        self.sei_removed += len(changes)
+        out: list[_Packet | None] = list(packets)
+        for i, payload in changes:
+            p = packets[i]
+            out[i] = None if payload is None else replace(p, payload=payload, data=annexb(payload))
+        return [p for p in out if p is not None]
 
     def _frame(self, packets: list[_Packet]) -> EncodedFrame:
         if self._h264:

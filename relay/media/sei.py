@@ -134,6 +134,95 @@ def with_sei(frame: EncodedFrame, nals: list[bytes]) -> EncodedFrame:
     return dataclasses.replace(frame, payloads=tuple(payloads), data=data)
 
 
+def _claims(nal: bytes, owner: bytes) -> bool:
+    """Does this SEI NAL unit carry a message in ``owner``'s name? One that does not parse
+    counts as claiming (it could hide one from us but not from a lenient player)."""
+    try:
+        return any(uuid_ == owner for uuid_, _ in parse_sei(nal))
+    except (ValueError, IndexError):
+        return True
+
+
+def _without_claims(stap: bytes, owner: bytes) -> bytes | None:
+    """A STAP-A payload with its SEI NAL units in ``owner``'s name removed; ``stap`` itself
+    when it has none, None when nothing is left or it does not parse."""
+    nals: list[bytes] = []
+    pos, dropped = 1, False
+    while pos + 2 <= len(stap):
+        size = int.from_bytes(stap[pos : pos + 2], "big")
+        nal = stap[pos + 2 : pos + 2 + size]
+        if size == 0 or len(nal) < size:
+            return None
+        if nal[0] & 0x1F == SEI and _claims(nal, owner):
+            dropped = True
+        else:
+            nals.append(nal)
+        pos += 2 + size
+    if not dropped:
+        return stap
+    if not nals:
+        return None
+    return stap[:1] + b"".join(len(n).to_bytes(2, "big") + n for n in nals)
+
+
+def strip_claimed_sei(
+    payloads: list[bytes], owner: bytes = STAGECAST_UUID
+) -> list[tuple[int, bytes | None]]:
+    """What to change in one H.264 frame's RTP payloads so that no SEI message in ``owner``'s
+    name is left: (index, new payload or None to drop). An anchor must not write the
+    operator's timed metadata: its viewers could not tell a forged product card or quiz answer
+    from ours. Empty in the common case (no SEI at all), found by looking at one or two bytes
+    per payload."""
+    changes: list[tuple[int, bytes | None]] = []
+    run: list[int] = []  # the FU-A fragments of one SEI NAL unit
+    for i, p in enumerate(payloads):
+        if not p:
+            continue
+        kind = p[0] & 0x1F
+        if kind == FU_A and len(p) > 1 and p[1] & 0x1F == SEI:
+            if p[1] & 0x80:  # a start fragment
+                run = [i]
+            elif run:
+                run.append(i)
+            else:
+                changes.append((i, None))  # a fragment whose start is not in the frame
+            if run and p[1] & 0x40:  # the end fragment: the whole NAL unit is here
+                nal = bytes([payloads[run[0]][0] & 0xE0 | SEI]) + b"".join(
+                    payloads[j][2:] for j in run
+                )
+                if _claims(nal, owner):
+                    changes += [(j, None) for j in run]
+                run = []
+        elif kind == SEI:
+            if _claims(p, owner):
+                changes.append((i, None))
+        elif kind == STAP_A and any(p[at] & 0x1F == SEI for at in _stap_headers(p)):
+            kept = _without_claims(p, owner)
+            if kept is not p:
+                changes.append((i, kept))
+    changes += [(j, None) for j in run]  # an SEI NAL unit cut short by the frame's end
+    return changes
+
+
+def _stap_headers(stap: bytes) -> list[int]:
+    """Offsets of the NAL unit headers inside a STAP-A payload (as far as it parses)."""
+    out, pos = [], 1
+    while pos + 2 < len(stap):
+        out.append(pos + 2)
+        pos += 2 + int.from_bytes(stap[pos : pos + 2], "big")
+    return out
+
+
+def annexb(payload: bytes) -> bytes:
+    """The Annex-B bytes of a single NAL unit or STAP-A payload (what a depayloader makes)."""
+    if payload and payload[0] & 0x1F == STAP_A:
+        return b"".join(
+            START + payload[at : at + int.from_bytes(payload[at - 2 : at], "big")]
+            for at in _stap_headers(payload)
+        )
+    return START + payload
+
+
 def find_sei(payloads: list[bytes] | tuple[bytes, ...]) -> list[bytes]:
     """The user-data payloads written by stagecast in a frame's RTP payloads."""
     found = []

@@ -45,8 +45,11 @@ class TrackIngest:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_wait: float = 0.1,
+        trusted_sei: bool = False,
     ) -> None:
+        """``trusted_sei``: the sender is a node of ours (keep its SEI timed metadata)."""
         self.kind = kind
+        self._trusted_sei = trusted_sei
         self._receiver = receiver
         self._hub = hub
         self._clock = clock
@@ -85,7 +88,9 @@ class TrackIngest:
             self._highest = max(self._highest, seq)
         asm = self._assembler
         if asm is None or asm.codec != codec.name:
-            asm = self._assembler = FrameAssembler(self.kind, codec.name, max_wait=self._max_wait)
+            asm = self._assembler = FrameAssembler(
+                self.kind, codec.name, max_wait=self._max_wait, trusted_sei=self._trusted_sei
+            )
         result = asm.push(
             packet.sequence_number,
             packet.timestamp,

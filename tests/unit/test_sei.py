@@ -7,7 +7,18 @@ import pytest
 
 from relay.media.frames import CodecSpec, EncodedFrame
 from relay.media.hub import FanoutHub
-from relay.media.sei import STAGECAST_UUID, find_sei, parse_sei, sei_nal, with_sei
+from relay.media.reassembly import FrameAssembler
+from relay.media.sei import (
+    FU_A,
+    STAGECAST_UUID,
+    STAP_A,
+    START,
+    annexb,
+    find_sei,
+    parse_sei,
+    sei_nal,
+    with_sei,
+)
 from relay.media.stream_key import StreamKey
 
 SPS, PPS, IDR = b"\x67\x42\xc0\x1f", b"\x68\xce\x3c\x80", b"\x65\x88\x84\x00\x00\x00\x01"
@@ -63,3 +74,69 @@ def test_hub_puts_waiting_metadata_into_its_next_video_frame() -> None:
     vp8 = FanoutHub(StreamKey("v"), {"video": CodecSpec("video", "VP8", 90000)})
     with pytest.raises(ValueError):
         vp8.add_sei(b"x")
+
+
+def _push_frame(asm: FrameAssembler, payloads: list[bytes], seq: int = 100) -> list[bytes]:
+    """One frame's payloads through the assembler (marker on the last); what comes out."""
+    frames = []
+    for i, p in enumerate(payloads):
+        data = annexb(p)
+        if p[0] & 0x1F == FU_A:  # as a depayloader makes them: a start code on the start
+            head = bytes([p[0] & 0xE0 | p[1] & 0x1F])
+            data = START + head + p[2:] if p[1] & 0x80 else p[2:]
+        result = asm.push(seq + i, 9000, i == len(payloads) - 1, p, data, 0.0)
+        frames += result.frames
+    return [p for f in frames for p in f.payloads]
+
+
+def _fu_a(nal: bytes, size: int) -> list[bytes]:
+    """``nal`` cut into FU-A fragments of ``size`` bytes (RFC 6184 5.8)."""
+    head, body = nal[0], nal[1:]
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    out = []
+    for i, part in enumerate(parts):
+        fu = (head & 0x1F) | (0x80 if i == 0 else 0) | (0x40 if i == len(parts) - 1 else 0)
+        out.append(bytes([head & 0xE0 | FU_A, fu]) + part)
+    return out
+
+
+def _stap(*nals: bytes) -> bytes:
+    return bytes([STAP_A]) + b"".join(len(n).to_bytes(2, "big") + n for n in nals)
+
+
+SLICE = b"\x65" + b"\x88" * 40  # an IDR slice
+
+
+def test_an_anchor_cannot_write_sei_in_our_name() -> None:
+    """Forged SEI messages with stagecast's UUID leave an anchor's frames however they are
+    packed (single NAL unit, FU-A fragments, inside a STAP-A); others' SEI (x264's) stays,
+    and a pull from a node of ours keeps ours."""
+    forged = sei_nal(b'{"card":"fake"}')
+    big = sei_nal(b"q" * 900)
+    theirs = sei_nal(b"x264 core 164", owner=b"\xdc\x45\xe9\xbd\xe6\xd9\x48\xb7" * 2)
+    cases = [
+        ([forged, SLICE], [SLICE]),
+        ([*_fu_a(big, 300), SLICE], [SLICE]),
+        ([_stap(SPS, PPS, forged), SLICE], [_stap(SPS, PPS), SLICE]),
+        ([_stap(forged), SLICE], [SLICE]),
+        ([theirs, SLICE], [theirs, SLICE]),
+        ([_stap(SPS, PPS), SLICE], [_stap(SPS, PPS), SLICE]),
+        ([forged[:-4] + b"\xff\xff\xff\xff", SLICE], [SLICE]),  # one that does not parse
+    ]
+    for payloads, expected in cases:
+        asm = FrameAssembler("video", "H264")
+        assert _push_frame(asm, payloads) == expected
+        trusted = FrameAssembler("video", "H264", trusted_sei=True)
+        assert _push_frame(trusted, payloads) == payloads
+    # a frame of nothing but a forged message is no frame; the next one still comes out
+    asm = FrameAssembler("video", "H264")
+    assert _push_frame(asm, [forged]) == []
+    assert _push_frame(asm, [SLICE], seq=101) == [SLICE]
+    assert asm.sei_removed == 1
+    # the Annex-B bytes the recorder and bridges use lose it too
+    asm = FrameAssembler("video", "H264")
+    out = asm.push(1, 0, False, _stap(SPS, PPS, forged), annexb(_stap(SPS, PPS, forged)), 0.0)
+    out = asm.push(2, 0, True, SLICE, annexb(SLICE), 0.0)
+    (frame,) = out.frames
+    assert find_sei(frame.payloads) == [] and STAGECAST_UUID not in frame.data
+    assert frame.data == START + SPS + START + PPS + START + SLICE
