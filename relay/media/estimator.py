@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -307,6 +308,8 @@ class BandwidthEstimator:
         self._size = array("l", [0]) * HISTORY
         self._acked = bytearray(HISTORY)
         self._sent = _Buckets()
+        # ``sent`` in one call (per frame and viewer): the meter's own add, bound
+        self.add_sent: Callable[[float, int], None] = self._sent.add
         self._acked_bytes = _Window()
         self._received = _Window()
         self._lost = _Window()
@@ -356,7 +359,7 @@ class BandwidthEstimator:
 
     def sent(self, size: int, now: float) -> None:
         """Bytes sent to the viewer (a frame, a retransmission): the rate receiver reports and
-        the caps read."""
+        the caps read. (``add_sent(now, size)`` is the same in one call.)"""
         self._sent.add(now, size)
 
     def sent_bps(self, now: float) -> float:

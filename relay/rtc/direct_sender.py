@@ -239,13 +239,15 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None:
             return True
-        try:
-            writer = self._route()
-        except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
-            self._count_error("direct route failed")
-            return True
-        if writer is None:
-            return True
+        writer = self._writer
+        if writer is None or self._seam.nominated_pair() is not self._pair:  # _route's test
+            try:
+                writer = self._route()
+            except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
+                self._count_error("direct route failed")
+                return True
+            if writer is None:
+                return True
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe)
         estimator = self.estimator
@@ -275,7 +277,7 @@ class DirectSender:
         self.octets += frame.size
         self.budget.on_media(frame.size)
         if estimator is not None:
-            estimator.sent(frame.size, now)
+            estimator.add_sent(now, frame.size)
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
