@@ -248,7 +248,70 @@ release_all:
     return result;
 }
 
+/* record(seqs, times, sizes, acked, first, packet_sizes, now) -> the next sequence number:
+ * estimator.record's loop (packet i gets (first + i) & 0xFFFF, sent at now). */
+static PyObject *py_record(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "record(seqs, times, sizes, acked, first, packet_sizes, now)");
+        return NULL;
+    }
+    unsigned long first = PyLong_AsUnsignedLong(args[4]);
+    double now = PyFloat_AsDouble(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (first > 0xFFFF)
+        return malformed("first sequence number out of range");
+    PyObject *packet_sizes = PySequence_Fast(args[5], "packet sizes must be a sequence");
+    if (packet_sizes == NULL)
+        return NULL;
+    Py_buffer seqs = {0}, times = {0}, sizes = {0}, acked = {0};
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(args[0], &seqs, PyBUF_FORMAT | PyBUF_WRITABLE) < 0 ||
+        PyObject_GetBuffer(args[1], &times, PyBUF_FORMAT | PyBUF_WRITABLE) < 0 ||
+        PyObject_GetBuffer(args[2], &sizes, PyBUF_FORMAT | PyBUF_WRITABLE) < 0 ||
+        PyObject_GetBuffer(args[3], &acked, PyBUF_WRITABLE) < 0)
+        goto done;
+    Py_ssize_t history = acked.len;
+    if (strcmp(seqs.format, "l") || strcmp(sizes.format, "l") || strcmp(times.format, "d") ||
+        seqs.len != history * (Py_ssize_t)sizeof(long) ||
+        sizes.len != history * (Py_ssize_t)sizeof(long) ||
+        times.len != history * (Py_ssize_t)sizeof(double) || history == 0 ||
+        (history & (history - 1))) {
+        PyErr_SetString(PyExc_ValueError, "history arrays of one power-of-two length");
+        goto done;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(packet_sizes);
+    PyObject **items = PySequence_Fast_ITEMS(packet_sizes);
+    long *seq_of = seqs.buf, *size_of = sizes.buf;
+    double *time_of = times.buf;
+    unsigned char *acked_of = acked.buf;
+    long mask = (long)history - 1;
+    long seq = (long)first;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        long size = PyLong_AsLong(items[k]);
+        if (size == -1 && PyErr_Occurred())
+            goto done;
+        long i = seq & mask;
+        seq_of[i] = seq;
+        time_of[i] = now;
+        size_of[i] = size;
+        acked_of[i] = 0;
+        seq = (seq + 1) & 0xFFFF;
+    }
+    result = PyLong_FromLong(seq);
+done:
+    PyBuffer_Release(&acked);
+    PyBuffer_Release(&sizes);
+    PyBuffer_Release(&times);
+    PyBuffer_Release(&seqs);
+    Py_DECREF(packet_sizes);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"record", (PyCFunction)(void (*)(void))py_record, METH_FASTCALL,
+     "record(seqs, times, sizes, acked, first, packet_sizes, now) -> next sequence number"},
     {"parse", py_parse, METH_O,
      "parse(fci) -> (base_sequence, feedback_count, arrivals); ValueError when malformed"},
     {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL,

@@ -347,6 +347,9 @@ class BandwidthEstimator:
         the first (the i-th packet gets ``(first + i) & 0xFFFF``)."""
         first = seq = self.next_sequence
         seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
+        if self.native:  # per frame and transport-cc viewer: the loop below in C
+            self.next_sequence = _twcc.record(seqs, times, lengths, acked, first, sizes, now)
+            return first
         for size in sizes:
             i = seq & (HISTORY - 1)
             seqs[i] = seq

@@ -48,6 +48,10 @@ def state(est: BandwidthEstimator, now: float) -> tuple[Any, ...]:
         est._delay_target,
         est._loss_target,
         list(est._acked),
+        list(est._seq),
+        list(est._time),
+        list(est._size),
+        est.next_sequence,
         trend.accumulated,
         trend.smoothed,
         trend.threshold,
@@ -121,6 +125,19 @@ def test_an_estimator_in_c_counts_garbage_as_the_python_one_does() -> None:
         )
     assert native.malformed > 100 and native.feedbacks > 100
     assert state(native, now) == state(python, now)
+
+
+def test_record_in_c_numbers_and_remembers_as_python_does() -> None:
+    rng = random.Random(2)
+    native, python = BandwidthEstimator(), BandwidthEstimator(native=False)
+    now = 0.0
+    for _ in range(1000):  # past the 16-bit wrap and many times round the history
+        sizes = tuple(rng.randrange(0, 1500) for _ in range(rng.randrange(0, 300)))
+        now += rng.random()
+        assert native.record(sizes, now) == python.record(list(sizes), now)
+    assert state(native, now) == state(python, now)
+    with pytest.raises(TypeError):
+        native.record(("1200",), now)  # type: ignore[arg-type]
 
 
 def test_scan_refuses_history_arrays_of_the_wrong_kind() -> None:
