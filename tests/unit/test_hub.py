@@ -127,3 +127,34 @@ async def test_queue_is_bounded_in_time_too() -> None:
     for i in range(20):
         audio.offer(EncodedFrame("audio", "opus", i * 960, (b"a",), b"a", True, i * 0.02))
     assert len(audio) == 6 and audio.dropped == 14
+
+
+def test_viewers_coming_and_going_between_frames_get_exactly_their_frames() -> None:
+    """publish feeds per-kind queue lists rebuilt when a viewer comes or goes: a viewer gets
+    every frame while attached and none before or after (also one detached to another hub)."""
+    hub = FanoutHub(StreamKey("r"), CODECS, keyframe_interval=0.0)
+    other = FanoutHub(StreamKey("r", rendition="360p"), CODECS, keyframe_interval=0.0)
+    for h in (hub, other):
+        h.set_keyframe_requester(lambda: None)
+    got: dict[str, list[int]] = {}
+
+    def bound(viewer_id: str, h: FanoutHub) -> object:
+        viewer = h.create_viewer(viewer_id, direct=True)
+        got[viewer_id] = []
+        for q in viewer.queues.values():
+            q.bind(lambda f, v=viewer_id: got[v].append(f.timestamp) or True)
+        h.attach(viewer)
+        return viewer
+
+    a = bound("a", hub)
+    hub.publish(vframe(0, key=True))
+    b = bound("b", hub)
+    hub.publish(vframe(1, key=True))
+    hub.publish(EncodedFrame("audio", "opus", 100, (b"a",), b"a", True, 0.0))
+    hub.remove_viewer(a)  # type: ignore[arg-type]
+    hub.publish(vframe(2))
+    assert hub.detach(b)  # type: ignore[arg-type]
+    other.attach(b)  # type: ignore[arg-type]
+    hub.publish(vframe(3, key=True))
+    other.publish(vframe(4, key=True))
+    assert got == {"a": [0, 1, 100], "b": [1, 100, 2, 4]}
