@@ -4,9 +4,11 @@
   ``relay/rtc/srtp_writer.py``, which costs more CPU per viewer: BENCHMARKS.md);
 * ``relay/rtc/_udp_batch.c``: recvmmsg/sendmmsg for the node's shared UDP port (fallback:
   ``relay/rtc/udp_batch.py``'s recvfrom/sendto loops);
+* ``relay/media/_twcc.c``: a viewer's transport-cc feedback parsed and matched against what was
+  sent (fallback: the Python loop in ``relay/media/estimator.py``);
 * ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale).
 
-Both optional: without a C compiler the build goes on and the fallbacks run.
+All optional: without a C compiler the build goes on and the fallbacks run.
 """
 
 from setuptools import Extension, setup
@@ -22,6 +24,12 @@ setup(
         Extension(
             "relay.rtc._udp_batch",
             ["relay/rtc/_udp_batch.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
+        Extension(
+            "relay.media._twcc",
+            ["relay/media/_twcc.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         ),

@@ -10,7 +10,9 @@ Python one), in three variants, interleaved so machine load hits them alike:
 
 Then the estimator's side per viewer-second of a 1.5 Mbps stream with its audio (30 frames of
 5 packets, 50 audio packets): recording what is sent, and taking the viewer's transport-cc
-feedback (every 100 ms, as Chromium sends it): thread CPU, best of 5.
+feedback (every 50 ms: 20 a second, as Chromium sends it at this rate) in C
+(``relay/media/_twcc.c``) and in Python: thread CPU, best of 5, per feedback packet and as
+core per viewer.
 
     python -m bench.send_cost [--frames 20000] [--python]
 """
@@ -110,10 +112,13 @@ def run(frames: int, native: bool) -> dict[str, float]:
     return result
 
 
-def feedback_cost(seconds: int = 10) -> tuple[float, float]:
-    """(ms of CPU per viewer-second recording sends, ms taking feedback)."""
+def feedback_cost(
+    seconds: int = 10, native: bool = True, every: int = 5
+) -> tuple[float, float, float]:
+    """(ms of CPU per viewer-second recording sends, ms taking feedback, us per feedback) with
+    a feedback every ``every`` 10 ms steps."""
     events: list[tuple[str, object, float]] = []
-    pending: list[float] = []
+    pending: list[float | None] = []
     seq = first = 0
     for step in range(seconds * 100):  # 10 ms steps
         now = step / 100
@@ -125,13 +130,14 @@ def feedback_cost(seconds: int = 10) -> tuple[float, float]:
             events.append(("send", (120,), now))
             pending.append(now + 0.02)
             seq += 1
-        if step % 10 == 0 and pending:
+        if step % every == 0 and pending:
             fci = build_transport_feedback(first, pending)[12:]
             events.append(("feedback", fci, now + 0.04))
             first, pending = seq, []
     best_send = best_feedback = float("inf")
+    feedbacks = sum(kind == "feedback" for kind, _, _ in events)
     for _ in range(5):
-        estimator = BandwidthEstimator()
+        estimator = BandwidthEstimator(native=native)
         send = feedback = 0.0
         for kind, data, now in events:
             t0 = time.thread_time()
@@ -146,7 +152,7 @@ def feedback_cost(seconds: int = 10) -> tuple[float, float]:
                 feedback += time.thread_time() - t0
         assert estimator.unknown == 0 and estimator.malformed == 0
         best_send, best_feedback = min(best_send, send), min(best_feedback, feedback)
-    return best_send / seconds * 1e3, best_feedback / seconds * 1e3
+    return best_send / seconds * 1e3, best_feedback / seconds * 1e3, best_feedback / feedbacks * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variant:21s} {us:7.2f} us  ({100 * us / base:.1f} % of plain)")
         else:
             print(f"{variant:21s} {us:7.2f} us  {100 * (us / base - 1):+6.1f} %")
-    send, feedback = feedback_cost()
-    print(
-        f"estimator per viewer-second: sends {send:.3f} ms, transport-cc feedback {feedback:.3f} ms"
-    )
+    for native in (True, False):
+        send, feedback, per = feedback_cost(native=native)
+        print(
+            f"estimator per viewer-second ({'C' if native else 'Python'} feedback): sends "
+            f"{send:.3f} ms, transport-cc feedback {feedback:.3f} ms at 20/s ({per:.1f} us "
+            f"each: {feedback / 1000:.5f} core per viewer)"
+        )
     return 0
 
 

@@ -32,10 +32,17 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from relay.media.cc_feedback import FeedbackError, parse_remb, parse_transport_feedback
+
+try:  # the feedback's parse and packet loop in one C call (setup.py); the Python loop below is
+    # the fallback and the reference (tests/unit/test_twcc_native.py)
+    from relay.media import _twcc  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - built by scripts/bootstrap
+    _twcc = None
 
 MIN_BPS = 30_000
 MAX_BPS = 100_000_000
@@ -287,9 +294,12 @@ class BandwidthEstimator:
     """One viewer transport's estimate: ``record`` every packet sent (transport-cc), ``sent``
     every frame's bytes, and feed what the viewer reports; ``snapshot`` reads it."""
 
-    def __init__(self, *, min_bps: int = MIN_BPS, max_bps: int = MAX_BPS) -> None:
+    def __init__(
+        self, *, min_bps: int = MIN_BPS, max_bps: int = MAX_BPS, native: bool = True
+    ) -> None:
         if not 0 < min_bps <= max_bps:
             raise ValueError("0 < min_bps <= max_bps")
+        self.native = native and _twcc is not None  # transport-cc feedback taken in C
         self.min_bps = min_bps
         self.max_bps = max_bps
         self.next_sequence = 0  # the next transport-wide sequence number
@@ -298,6 +308,8 @@ class BandwidthEstimator:
         self._size = array("l", [0]) * HISTORY
         self._acked = bytearray(HISTORY)
         self._sent = _Buckets()
+        # ``sent`` in one call (per frame and viewer): the meter's own add, bound
+        self.add_sent: Callable[[float, int], None] = self._sent.add
         self._acked_bytes = _Window()
         self._received = _Window()
         self._lost = _Window()
@@ -335,6 +347,9 @@ class BandwidthEstimator:
         the first (the i-th packet gets ``(first + i) & 0xFFFF``)."""
         first = seq = self.next_sequence
         seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
+        if self.native:  # per frame and transport-cc viewer: the loop below in C
+            self.next_sequence = _twcc.record(seqs, times, lengths, acked, first, sizes, now)
+            return first
         for size in sizes:
             i = seq & (HISTORY - 1)
             seqs[i] = seq
@@ -347,7 +362,7 @@ class BandwidthEstimator:
 
     def sent(self, size: int, now: float) -> None:
         """Bytes sent to the viewer (a frame, a retransmission): the rate receiver reports and
-        the caps read."""
+        the caps read. (``add_sent(now, size)`` is the same in one call.)"""
         self._sent.add(now, size)
 
     def sent_bps(self, now: float) -> float:
@@ -364,6 +379,9 @@ class BandwidthEstimator:
             self.refused += 1
             return
         self._tokens -= 1.0
+        if self.native:
+            self._take_feedback_native(fci, now)
+            return
         try:
             feedback = parse_transport_feedback(fci)
         except FeedbackError:
@@ -406,6 +424,40 @@ class BandwidthEstimator:
                 usage = self._group_done(g_send, g_arrival)
             g_first = g_send = send
             g_arrival = arrival
+        self._group = (g_first, g_send, g_arrival)
+        if received:
+            self._acked_bytes.add(now, acked_bytes)
+            self._received.add(now, received)
+        if lost:
+            self._lost.add(now, lost)
+        self._update_twcc(usage, now)
+
+    def _take_feedback_native(self, fci: bytes | memoryview, now: float) -> None:
+        """The loop above in C (``relay/media/_twcc.c``): the same results, without a Python
+        step per packet; the completed groups go to the trendline here."""
+        try:
+            scanned = _twcc.scan(
+                fci,
+                self._seq,
+                self._time,
+                self._size,
+                self._acked,
+                now,
+                HISTORY_AGE,
+                DELAY_MIN_SIZE,
+                BURST,
+                *self._group,
+            )
+        except ValueError:
+            self.malformed += 1
+            return
+        self.feedbacks += 1
+        self._twcc_at = now
+        received, lost, acked_bytes, unknown, groups, g_first, g_send, g_arrival = scanned
+        self.unknown += unknown
+        usage = self._trend.usage
+        for group_send, group_arrival in groups:
+            usage = self._group_done(group_send, group_arrival)
         self._group = (g_first, g_send, g_arrival)
         if received:
             self._acked_bytes.add(now, acked_bytes)

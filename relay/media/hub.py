@@ -75,6 +75,9 @@ class FanoutHub:
             "audio": audio_queue_frames,
         }
         self._viewers: dict[str, Viewer] = {}
+        # per kind, the queues ``publish`` feeds: rebuilt after a viewer comes or goes, not
+        # looked up per frame and viewer
+        self._fanout: dict[MediaKind, tuple[ViewerQueue, ...]] | None = None
         self._requester: KeyframeRequester | None = None
         self._retry: asyncio.TimerHandle | None = None
         self.stats = HubStats()
@@ -159,13 +162,22 @@ class FanoutHub:
             self._keyframe_arrived()
         starving = False
         cpu0 = time.thread_time()
-        for viewer in self._viewers.values():
-            q = viewer.queues.get(frame.kind)
-            if q is not None and not q.offer(frame):
+        fanout = self._fanout
+        if fanout is None:
+            fanout = self._fanout = self._fanout_queues()
+        for q in fanout.get(frame.kind, ()):
+            if not q.offer(frame):
                 starving = True
         st.fanout_cpu_seconds += time.thread_time() - cpu0
         if starving:
             self.request_keyframe()
+
+    def _fanout_queues(self) -> dict[MediaKind, tuple[ViewerQueue, ...]]:
+        kinds: dict[MediaKind, list[ViewerQueue]] = {}
+        for viewer in self._viewers.values():
+            for kind, q in viewer.queues.items():
+                kinds.setdefault(kind, []).append(q)
+        return {kind: tuple(queues) for kind, queues in kinds.items()}
 
     def add_sei(self, payload: bytes) -> None:
         """Timed metadata into the next video frame (H.264 SEI, ``relay.media.sei``) for every
@@ -237,6 +249,7 @@ class FanoutHub:
             viewer.close()
             return
         self._viewers[viewer.id] = viewer
+        self._fanout = None
         self.stats.viewers_joined += 1
         q = viewer.queues.get("video")
         if q is not None and keyframe:
@@ -255,12 +268,14 @@ class FanoutHub:
         again at the next keyframe wherever they go."""
         if self._viewers.pop(viewer.id, None) is None:
             return False
+        self._fanout = None
         for q in viewer.queues.values():
             q.restart()
         return True
 
     def remove_viewer(self, viewer: Viewer) -> None:
         if self._viewers.pop(viewer.id, None) is not None:
+            self._fanout = None
             self.stats.viewer_drops += sum(q.dropped for q in viewer.queues.values())
         viewer.close()
 

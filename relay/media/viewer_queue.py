@@ -50,7 +50,13 @@ class ViewerQueue:
         """Queue a frame; False when the viewer needs a keyframe to go on."""
         sink = self._sink
         if sink is not None and not self.waiting_keyframe:  # bound direct queue: nothing held
-            return self._deliver(sink, frame)
+            # _deliver's success path inlined: this runs per frame and viewer
+            if sink(frame):
+                self.sent += 1
+                self.sent_packets += len(frame.payloads)
+                self.sent_bytes += frame.size
+                return True
+            return self._refused()
         if self._closed:
             return True
         if self.kind == "video":
@@ -90,6 +96,10 @@ class ViewerQueue:
             self.sent_packets += len(frame.payloads)
             self.sent_bytes += frame.size
             return True
+        return self._refused()
+
+    def _refused(self) -> bool:
+        """The sink could not take a frame (its transport is backlogged)."""
         self.dropped += 1
         self.overflows += 1
         if self.kind == "video":

@@ -128,6 +128,7 @@ class DirectSender:
         self.gso_sends = 0
         self.rewriter: RtpRewriter | None = None
         self.octets = 0
+        self._credited = 0  # of self.octets, given to the retransmission budget so far
         self.congested = 0
         self.errors = 0
         self.lossy_reports = 0  # receiver reports with fraction lost >= LOSSY_FRACTION
@@ -239,13 +240,15 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None:
             return True
-        try:
-            writer = self._route()
-        except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
-            self._count_error("direct route failed")
-            return True
-        if writer is None:
-            return True
+        writer = self._writer
+        if writer is None or self._seam.nominated_pair() is not self._pair:  # _route's test
+            try:
+                writer = self._route()
+            except Exception:  # e.g. EMFILE duplicating the socket: this viewer loses the frame
+                self._count_error("direct route failed")
+                return True
+            if writer is None:
+                return True
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe)
         estimator = self.estimator
@@ -272,10 +275,9 @@ class DirectSender:
         if writer.gso_refused and self.gso:
             self.gso = False  # one datagram per call from now on
             log.info("UDP GSO refused on this path: sending datagram by datagram")
-        self.octets += frame.size
-        self.budget.on_media(frame.size)
+        self.octets += frame.size  # the budget is credited with it when a NACK comes
         if estimator is not None:
-            estimator.sent(frame.size, now)
+            estimator.add_sent(now, frame.size)
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
@@ -322,7 +324,12 @@ class DirectSender:
                 estimate.target_bps, estimate.sent_bps, self.budget.limits.share
             )
             self._allowance_at = now
-        verdict = self.budget.decide(
+        budget = self.budget
+        if self.octets != self._credited:  # the media sent since the last NACK, at once (the
+            # same tokens as one on_media per frame: each only adds up to the cap)
+            budget.on_media(self.octets - self._credited)
+            self._credited = self.octets
+        verdict = budget.decide(
             sequence_number,
             size,
             age / self._clock_rate,

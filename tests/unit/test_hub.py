@@ -6,8 +6,8 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from relay.media.frames import CodecSpec, EncodedFrame
-from relay.media.hub import FanoutHub
+from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
+from relay.media.hub import FanoutHub, Viewer
 from relay.media.limiter import IntervalLimiter
 from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
@@ -127,3 +127,40 @@ async def test_queue_is_bounded_in_time_too() -> None:
     for i in range(20):
         audio.offer(EncodedFrame("audio", "opus", i * 960, (b"a",), b"a", True, i * 0.02))
     assert len(audio) == 6 and audio.dropped == 14
+
+
+def test_viewers_coming_and_going_between_frames_get_exactly_their_frames() -> None:
+    """publish feeds per-kind queue lists rebuilt when a viewer comes or goes: a viewer gets
+    every frame while attached and none before or after (also one detached to another hub)."""
+    codecs: dict[MediaKind, CodecSpec] = dict(CODECS)  # type: ignore[assignment]
+    hub = FanoutHub(StreamKey("r"), codecs, keyframe_interval=0.0)
+    other = FanoutHub(StreamKey("r", rendition="360p"), codecs, keyframe_interval=0.0)
+    for h in (hub, other):
+        h.set_keyframe_requester(lambda: None)
+    got: dict[str, list[int]] = {}
+
+    def bound(viewer_id: str, h: FanoutHub) -> Viewer:
+        viewer = h.create_viewer(viewer_id, direct=True)
+        frames = got[viewer_id] = []
+
+        def sink(frame: EncodedFrame) -> bool:
+            frames.append(frame.timestamp)
+            return True
+
+        for q in viewer.queues.values():
+            q.bind(sink)
+        h.attach(viewer)
+        return viewer
+
+    a = bound("a", hub)
+    hub.publish(vframe(0, key=True))
+    b = bound("b", hub)
+    hub.publish(vframe(1, key=True))
+    hub.publish(EncodedFrame("audio", "opus", 100, (b"a",), b"a", True, 0.0))
+    hub.remove_viewer(a)
+    hub.publish(vframe(2))
+    assert hub.detach(b)
+    other.attach(b)
+    hub.publish(vframe(3, key=True))
+    other.publish(vframe(4, key=True))
+    assert got == {"a": [0, 1, 100], "b": [1, 100, 2, 4]}
