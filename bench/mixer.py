@@ -180,6 +180,8 @@ class Cell:
     encode_cores: dict[str, float]
     audio_cores: float | None
     video_ticks: int
+    decoded_frames: int
+    keyframes: int  # encoded by the mixer, every rendition
     late_ticks: int
     skipped_ticks: int
     load_avg_1m: float
@@ -256,6 +258,8 @@ async def measure(
         encode_cores=enc,
         audio_cores=rate("mixer_audio_cpu_seconds"),
         video_ticks=ticks("mixer_video_ticks"),
+        decoded_frames=ticks("mixer_decoded_frames"),
+        keyframes=ticks("mixer_keyframes"),
         late_ticks=ticks("mixer_late_ticks"),
         skipped_ticks=ticks("mixer_skipped_ticks"),
         load_avg_1m=os.getloadavg()[0],
@@ -264,18 +268,59 @@ async def measure(
     )
 
 
-async def profile(pid: int, seconds: float, out: Path) -> None:
-    """py-spy (next to this interpreter) sampling every thread, native frames included."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    argv = [exe, "record", "--native", "--threads", "--pid", str(pid), "--duration"]
-    argv += [str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out)]
-    argv += ["--nonblocking"]
+def py_spy() -> str:
+    """py-spy on PATH, else next to this interpreter (``--py-spy`` names another)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+async def profile(exe: str, pid: int, seconds: float, out: Path) -> None:
+    """py-spy sampling whichever thread of ``pid`` holds the GIL (Python time only: native code
+    that released the GIL and idle waits are perf's side)."""
+    argv = [exe, "record", "--gil", "--threads", "--pid", str(pid), "--duration"]
+    argv += [str(int(seconds)), "--rate", "100", "--format", "raw", "--output", str(out)]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     _, err = await proc.communicate()
     if proc.returncode:
         print(f"py-spy failed: {err.decode(errors='replace')[-400:]}", flush=True)
+
+
+async def watch(base: str, rendition: str, tries: int = 20) -> Viewer:
+    """A light viewer of one rendition; a 503 (the node's overload guard, on a loaded machine)
+    is retried after a second."""
+    for _ in range(tries - 1):
+        try:
+            return await whep_watch(base, f"{ROOM}?rendition={rendition}", decode=False)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 503:
+                raise
+        await asyncio.sleep(1.0)
+    return await whep_watch(base, f"{ROOM}?rendition={rendition}", decode=False)
+
+
+async def perf_profile(pid: int, seconds: float, out: Path) -> str:
+    """``perf record`` of every thread of ``pid`` (CPU cycles: only running code is sampled),
+    summarised by thread name and shared object: which library each thread's CPU goes to."""
+    data = out.with_suffix(".perf.data")
+    rec = await asyncio.create_subprocess_exec(
+        *["perf", "record", "-F", "499", "-p", str(pid), "-o", str(data), "--", "sleep"],
+        str(int(seconds)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    await rec.wait()
+    rep = await asyncio.create_subprocess_exec(
+        *["perf", "report", "-i", str(data), "--stdio", "--sort", "comm,dso", "--percent-limit"],
+        "0.5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    text, _ = await rep.communicate()
+    lines = [ln for ln in text.decode(errors="replace").splitlines() if ln and ln[0] != "#"]
+    summary = "\n".join(lines)
+    out.with_suffix(".perf.txt").write_text(summary)
+    return summary
 
 
 # -- a node from a checkout -----------------------------------------------------------------------
@@ -335,17 +380,19 @@ async def run_tree(
                         await viewers.pop().close()
                     while len(viewers) < len(want):
                         rendition = want[len(viewers)]
-                        viewers.append(
-                            await whep_watch(base, f"{ROOM}?rendition={rendition}", decode=False)
-                        )
+                        viewers.append(await watch(base, rendition))
                     cell = await measure(api, node.proc.pid, tree.name, rnd, n, which, args)
                     print(fmt_cell(cell), flush=True)
                     cells.append(cell)
                     if args.profile and n == max(args.anchors) and which == "both":
                         out = Path(args.profile) / f"{tree.name}-{rnd}-{n}.txt"
                         out.parent.mkdir(parents=True, exist_ok=True)
-                        await profile(node.proc.pid, args.window, out)
-                        print(f"profile: {out}", flush=True)
+                        if shutil.which("perf"):
+                            print(await perf_profile(node.proc.pid, args.window, out), flush=True)
+                        await profile(args.py_spy, node.proc.pid, args.window, out)
+                        print(
+                            f"profile: {out} (py-spy), {out.with_suffix('.perf.txt')}", flush=True
+                        )
     finally:
         for v in viewers:
             with contextlib.suppress(Exception):
@@ -367,6 +414,7 @@ def fmt_cell(c: Cell) -> str:
         f"NODE {c.node_cores:.3f} core | loop {c.loop_cores:.3f} mixer {c.mixer_thread_cores:.3f} "
         f"other {c.other_thread_cores:.3f} | decode {f(c.decode_cores)} composite "
         f"{f(c.composite_cores)} encode [{enc}] audio {f(c.audio_cores)} | ticks {c.video_ticks} "
+        f"decoded {c.decoded_frames} keyframes {c.keyframes} "
         f"late {c.late_ticks} skipped {c.skipped_ticks} | load {c.load_avg_1m:.2f} "
         f"busy {c.machine_busy_cores:.2f} | {c.rss_mib:.0f} MiB"
     )
@@ -524,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         "--source", choices=("copy", "live"), default="copy", help="anchors loop a clip or encode"
     )
     parser.add_argument("--profile", default=None, help="py-spy the largest 'both' cell here")
+    parser.add_argument("--py-spy", default=py_spy(), help="the py-spy to profile with")
     parser.add_argument("--latency", action="store_true", help="also mixer-added latency")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)

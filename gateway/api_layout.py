@@ -93,6 +93,8 @@ class ProgramView(BaseModel):
     mixer_decode_cpu_seconds: float = 0.0  # every anchor's video decode
     mixer_composite_cpu_seconds: float = 0.0
     mixer_audio_cpu_seconds: float = 0.0
+    mixer_decoded_frames: int = 0
+    mixer_keyframes: int = 0  # encoded, every rendition
 
 
 def layout_view(spec: LayoutSpec) -> LayoutView:
@@ -189,6 +191,8 @@ def layout_router(stages: StageTable, rooms: RoomService) -> APIRouter:
             view.mixer_decode_cpu_seconds = round(st.decode_cpu_seconds, 3)
             view.mixer_composite_cpu_seconds = round(st.composite_cpu_seconds, 3)
             view.mixer_audio_cpu_seconds = round(st.audio_cpu_seconds, 3)
+            view.mixer_decoded_frames = st.decoded_frames
+            view.mixer_keyframes = st.keyframes
         return view
 
     return router

@@ -73,6 +73,7 @@ class WorkerStats:
     skipped_ticks: int = 0
     decoded_frames: int = 0
     encoded_frames: int = 0
+    keyframes: int = 0  # encoded keyframes, every rendition (each costs several P-frames)
     work_seconds: float = 0.0  # time spent decoding, compositing and encoding
     tick_seconds_max: float = 0.0
     cpu_seconds: float = 0.0  # the worker thread's CPU time
@@ -393,6 +394,7 @@ class ProgramWorker:
             for data, key in encoded:
                 payloads = tuple(enc.packetize(data))
                 self.stats.encoded_frames += 1
+                self.stats.keyframes += key
                 self._emit(
                     r.name,
                     EncodedFrame("video", enc.codec, timestamp, payloads, data, key, self._clock()),
