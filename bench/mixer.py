@@ -28,6 +28,7 @@ With ``--profile DIR`` each tree's 4-anchor "both" cell is followed by a ``py-sp
     python -m bench.mixer --tree /work/wt/base --tree . --repeat 2 --window 15
     python -m bench.mixer --anchors 4 --viewers both --profile /tmp/prof
     python -m bench.mixer --latency                        # + mixer-added glass-to-glass
+    setsid python -m bench.mixer --nice -10 ...            # a loaded, shared machine
 """
 
 from __future__ import annotations
@@ -168,6 +169,20 @@ def renice(pid: int, nice: int) -> None:
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError):
             os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+
+
+def boost(nice: int) -> str | None:
+    """This process (the viewers) and its session's autogroup to ``nice``. With autogroup
+    scheduling (Linux's default on many machines) nice only ranks threads inside their
+    session's group and groups share the CPU equally: the group's own nice is what counts
+    against other sessions' load (run under ``setsid`` so the boost ends with the benchmark)."""
+    renice(os.getpid(), nice)
+    group = Path("/proc/self/autogroup")
+    with contextlib.suppress(OSError):
+        group.write_text(str(nice))
+    with contextlib.suppress(OSError):
+        return group.read_text().strip()
+    return None
 
 
 # -- one cell -------------------------------------------------------------------------------------
@@ -548,7 +563,7 @@ class Results:
 async def run(args: Any) -> Results:
     res = Results(machine={"cpus": psutil.cpu_count(), "load_avg_before": os.getloadavg()})
     if args.nice:
-        renice(os.getpid(), args.nice)  # the viewers, in this process
+        res.machine["autogroup"] = boost(args.nice)
     with tempfile.TemporaryDirectory(prefix="bench-mixer-") as tmp:
         children = Children(Path(tmp))
         try:
@@ -589,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         "--nice",
         type=int,
         default=0,
-        help="run the node, anchors and viewers at this nice value (root for < 0): on a loaded "
-        "machine the mixer otherwise skips ticks, and a cell that does less work costs less",
+        help="run the node, anchors and viewers at this nice value, and their autogroup (root "
+        "for < 0; start under setsid): on a loaded machine the mixer otherwise skips ticks, and "
+        "a cell that does less work costs less",
     )
     parser.add_argument("--profile", default=None, help="py-spy the largest 'both' cell here")
     parser.add_argument("--py-spy", default=py_spy(), help="the py-spy to profile with")
