@@ -90,6 +90,11 @@ class ProgramView(BaseModel):
     mixer_work_seconds: float = 0.0
     mixer_cpu_seconds: float = 0.0
     mixer_encode_cpu_seconds: dict[str, float] = Field(default_factory=dict)
+    mixer_decode_cpu_seconds: float = 0.0  # every anchor's video decode
+    mixer_composite_cpu_seconds: float = 0.0
+    mixer_audio_cpu_seconds: float = 0.0
+    mixer_decoded_frames: int = 0
+    mixer_keyframes: int = 0  # encoded, every rendition
 
 
 def layout_view(spec: LayoutSpec) -> LayoutView:
@@ -183,6 +188,11 @@ def layout_router(stages: StageTable, rooms: RoomService) -> APIRouter:
             view.mixer_encode_cpu_seconds = {
                 k: round(v, 3) for k, v in dict(st.encode_cpu_seconds).items()
             }
+            view.mixer_decode_cpu_seconds = round(st.decode_cpu_seconds, 3)
+            view.mixer_composite_cpu_seconds = round(st.composite_cpu_seconds, 3)
+            view.mixer_audio_cpu_seconds = round(st.audio_cpu_seconds, 3)
+            view.mixer_decoded_frames = st.decoded_frames
+            view.mixer_keyframes = st.keyframes
         return view
 
     return router

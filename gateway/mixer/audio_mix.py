@@ -25,7 +25,11 @@ class InputBuffer:
     would otherwise leave its backlog as delay for good. So the lowest level seen after a pop
     over each ``window`` pops is the standing delay: what of it exceeds ``target`` samples is
     dropped (oldest first), which brings the delay back to about ``target`` within a window
-    while short jitter, which the level recovers from, is never cut."""
+    while short jitter, which the level recovers from, is never cut.
+
+    A ring of ``max_samples`` allocated once, and ``pop`` hands out one kept block: no array is
+    allocated per audio frame (the mixer pops every anchor 50 times a second). The block
+    ``pop`` returns is valid until the next ``pop``."""
 
     def __init__(
         self,
@@ -39,7 +43,10 @@ class InputBuffer:
         self.prebuffer = prebuffer
         self.target = prebuffer if target is None else target
         self.window = window
-        self._buf: Samples = np.zeros(0, np.float32)
+        self._ring: Samples = np.zeros(max_samples, np.float32)
+        self._head = 0  # index of the oldest pending sample
+        self._size = 0
+        self._out: Samples = np.zeros(0, np.float32)  # the block ``pop`` hands out
         self._started = False
         self._pops = 0
         self._low: int | None = None
@@ -48,36 +55,63 @@ class InputBuffer:
         self.trimmed = 0  # samples dropped to cut a standing delay (also counted in dropped)
 
     def __len__(self) -> int:
-        return int(self._buf.size)
+        return self._size
+
+    def _drop(self, n: int) -> None:
+        self._head = (self._head + n) % self.max_samples
+        self._size -= n
 
     def push(self, samples: Samples) -> None:
-        self._buf = np.concatenate([self._buf, samples.astype(np.float32, copy=False)])
-        extra = self._buf.size - self.max_samples
+        cap = self.max_samples
+        n = int(samples.size)
+        if n >= cap:  # only the newest ``cap`` samples can stay
+            self.dropped += self._size + n - cap
+            self._ring[:] = samples[n - cap :]
+            self._head, self._size = 0, cap
+            return
+        extra = self._size + n - cap
         if extra > 0:
-            self._buf = self._buf[extra:]
+            self._drop(extra)
             self.dropped += extra
+        tail = (self._head + self._size) % cap
+        first = min(n, cap - tail)
+        self._ring[tail : tail + first] = samples[:first]
+        if first < n:
+            self._ring[: n - first] = samples[first:]
+        self._size += n
+
+    def _read(self, out: Samples, n: int) -> None:
+        """The ``n`` oldest samples into ``out[:n]``, dropped from the ring."""
+        first = min(n, self.max_samples - self._head)
+        out[:first] = self._ring[self._head : self._head + first]
+        if first < n:
+            out[first:n] = self._ring[: n - first]
+        self._drop(n)
 
     def pop(self, n: int) -> Samples:
+        out = self._out
+        if out.size != n:
+            out = self._out = np.zeros(n, np.float32)
         if not self._started:
-            if self._buf.size < self.prebuffer:
-                return np.zeros(n, np.float32)
+            if self._size < self.prebuffer:
+                out.fill(0.0)
+                return out
             self._started = True
-        out = np.zeros(n, np.float32)
-        take = min(n, int(self._buf.size))
-        out[:take] = self._buf[:take]
-        self._buf = self._buf[take:]
+        take = min(n, self._size)
+        self._read(out, take)
         if take < n:
+            out[take:] = 0.0
             self.underruns += 1
             self._started = False
             self._pops, self._low = 0, None
             return out
-        level = int(self._buf.size)
+        level = self._size
         self._low = level if self._low is None else min(self._low, level)
         self._pops += 1
         if self._pops >= self.window:
             excess = self._low - self.target
             if excess > 0:
-                self._buf = self._buf[excess:]
+                self._drop(excess)
                 self.trimmed += excess
                 self.dropped += excess
             self._pops, self._low = 0, None
@@ -117,11 +151,13 @@ _UNITY = AudioControl()
 
 
 class AudioMixer:
-    """Sums anchors' blocks with their gain (muted = 0) and limits the result."""
+    """Sums anchors' blocks with their gain (muted = 0) and limits the result. The sum is made
+    in one kept array: the block ``mix`` returns is valid until the next ``mix``."""
 
     def __init__(self, frame_samples: int = 960, ceiling: float = 0.98) -> None:
         self.frame_samples = frame_samples
         self.limiter = Limiter(ceiling)
+        self._acc: Samples = np.zeros(frame_samples, np.float32)
 
     def mix(
         self,
@@ -132,7 +168,8 @@ class AudioMixer:
         """One block of the program (or, with ``exclude``, of everyone but them)."""
         skip = set(exclude) if exclude else ()
         n = self.frame_samples
-        acc = np.zeros(n, np.float32)
+        acc = self._acc
+        acc.fill(0.0)
         for anchor, block in blocks.items():
             ctl = controls.get(anchor, _UNITY)
             if anchor in skip or ctl.muted or ctl.gain <= 0:
@@ -148,7 +185,7 @@ class AudioMixer:
 class MixMinus:
     """Each anchor's mix of everyone else (gain and mute applied), each through a limiter of its
     own: the sum of every weighted block minus the anchor's own, O(anchors) per block rather
-    than one full mix per anchor."""
+    than one full mix per anchor. Nothing is computed when nobody listens (``anchors`` empty)."""
 
     def __init__(self, frame_samples: int = 960, ceiling: float = 0.98) -> None:
         self.frame_samples = frame_samples
@@ -162,6 +199,11 @@ class MixMinus:
         anchors: Iterable[str],
     ) -> dict[str, Samples]:
         """One block for each of ``anchors``: everyone in ``blocks`` but that anchor."""
+        for gone in [a for a in self.limiters if a not in blocks]:
+            del self.limiters[gone]
+        wanted = list(anchors)
+        if not wanted:
+            return {}
         n = self.frame_samples
         total = np.zeros(n, np.float32)
         parts: dict[str, Samples] = {}
@@ -174,14 +216,12 @@ class MixMinus:
             parts[anchor] = part
             total += part
         out: dict[str, Samples] = {}
-        for anchor in anchors:
+        for anchor in wanted:
             limiter = self.limiters.get(anchor)
             if limiter is None:
                 limiter = self.limiters[anchor] = Limiter(self.ceiling)
             own = parts.get(anchor)
             out[anchor] = limiter.process(total - own if own is not None else total.copy())
-        for gone in [a for a in self.limiters if a not in blocks]:
-            del self.limiters[gone]
         return out
 
 

@@ -139,6 +139,14 @@ class OpusEncoder:
 
 
 class VideoDecoder:
+    """An anchor's full decode, on the calling thread. The cheaper options were measured and
+    left off (BENCHMARKS.md, "Code figures"): libavcodec's slice or frame threads cost more CPU
+    in all (the stream has one slice; frame threads add a frame of delay), ``flags2=fast`` gives
+    the same pictures at the same cost, and ``skip_loop_filter`` (a quarter of the decode of a
+    deblocked stream) drifts: the references differ from the encoder's, by 3 dB within a 2 s
+    GOP and 10 dB within 10 s (browsers send one keyframe a minute or less) even in a tile drawn
+    at half size."""
+
     def __init__(self, codec: str) -> None:
         name = {"H264": "h264", "VP8": "vp8"}.get(codec.upper())
         if name is None:

@@ -241,6 +241,77 @@ def test_input_buffer_prebuffers_bounds_and_pads() -> None:
     assert len(buf) == 4800 and buf.dropped == 10000 - 4800
 
 
+class _ConcatBuffer:
+    """The input buffer as it was before its ring (a numpy array concatenated and sliced per
+    frame): the model the ring must match sample for sample and count for count."""
+
+    def __init__(self, max_samples: int, prebuffer: int, window: int) -> None:
+        self.max, self.pre, self.window = max_samples, prebuffer, window
+        self.buf = np.zeros(0, np.float32)
+        self.started, self.pops, self.low = False, 0, None
+        self.underruns = self.dropped = self.trimmed = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        self.buf = np.concatenate([self.buf, samples])
+        extra = self.buf.size - self.max
+        if extra > 0:
+            self.buf, self.dropped = self.buf[extra:], self.dropped + extra
+
+    def pop(self, n: int) -> np.ndarray:
+        if not self.started:
+            if self.buf.size < self.pre:
+                return np.zeros(n, np.float32)
+            self.started = True
+        out = np.zeros(n, np.float32)
+        take = min(n, self.buf.size)
+        out[:take], self.buf = self.buf[:take], self.buf[take:]
+        if take < n:
+            self.underruns += 1
+            self.started, self.pops, self.low = False, 0, None
+            return out
+        self.low = self.buf.size if self.low is None else min(self.low, self.buf.size)
+        self.pops += 1
+        if self.pops >= self.window:
+            excess = self.low - self.pre
+            if excess > 0:
+                self.buf = self.buf[excess:]
+                self.trimmed += excess
+                self.dropped += excess
+            self.pops, self.low = 0, None
+        return out
+
+
+def test_input_buffer_ring_matches_the_concatenating_buffer_without_allocating() -> None:
+    """Random bursts, gaps and overflows (wrapping the ring many times): every popped block and
+    every counter equal the concatenating buffer's; and the block handed out is one kept array
+    (no allocation per frame), as is the mixer's sum."""
+    rng = np.random.default_rng(5)
+    ring = InputBuffer(max_samples=4800, prebuffer=960, window=7)
+    model = _ConcatBuffer(4800, 960, 7)
+    first = ring.pop(960)
+    model.pop(960)
+    for i in range(3000):
+        n = int(rng.choice([0, 0, 480, 960, 960, 1920, 2880, 6000]))
+        if n:
+            chunk = rng.standard_normal(n).astype(np.float32)
+            ring.push(chunk)
+            model.push(chunk)
+        got, want = ring.pop(960), model.pop(960)
+        assert np.array_equal(got, want), i
+        assert got is first
+        assert len(ring) == model.buf.size
+    assert (ring.underruns, ring.dropped, ring.trimmed) == (
+        model.underruns,
+        model.dropped,
+        model.trimmed,
+    )
+    assert ring.trimmed > 0 and ring.underruns > 0  # the sequence reached both paths
+    mixer = AudioMixer(960)
+    quiet = {"a": tone(440, amp=0.2), "b": tone(660, amp=0.2)}
+    assert mixer.mix(quiet, {}) is mixer.mix(quiet, {})
+    assert MixMinus(960).mix(quiet, {}, []) == {}  # nobody listens: nothing mixed
+
+
 # -- compositor ---------------------------------------------------------------------------
 def solid(rgb: tuple[int, int, int], w: int, h: int) -> object:
     c = Canvas(w, h)
@@ -384,6 +455,42 @@ def test_halving_is_the_box_average_swscale_area_draws_and_stays_in_its_region()
     huge = (2635249153387078803, 640, 640)  # 7 times it wraps round to 5
     with pytest.raises(ValueError):  # a stride whose products overflow is refused, not used
         kernel.halve(planes, (1280, 640, 640), 1280, 720, canvas.frame.planes, huge, 0, 0)
+
+
+@pytest.mark.skipif(not HALVE_NATIVE, reason="the C halving is not built")
+def test_halving_kernels_give_the_same_bytes_at_every_width() -> None:
+    """The AVX2 row kernel (where the CPU has it) and the SSE2 one write the 2x2 box average,
+    the same bytes, at widths whose rows end mid-vector (the tails) and into odd offsets of a
+    wider canvas; ``kernel()`` says which one runs."""
+    kernel = halve_module._halve.kernel
+    chosen = kernel()
+    assert chosen in ("avx2", "sse2")
+    names = ["sse2"] + (["avx2"] if kernel("avx2") == "avx2" else [])
+    try:
+        for w, h in ((4, 4), (36, 8), (64, 12), (68, 4), (124, 8), (132, 20), (1284, 16)):
+            src = _noise(w, h, seed=w)
+            want = []
+            for plane in plane_views(src):
+                p = plane.astype(np.uint16)
+                want.append(
+                    (p[0::2, 0::2] + p[0::2, 1::2] + p[1::2, 0::2] + p[1::2, 1::2] + 2) >> 2
+                )
+            for name in names:
+                assert kernel(name) == name
+                canvas = Canvas(w + 64, h + 8)
+                canvas.fill((9, 9, 9))
+                rect = Rect(34, 6, w // 2, h // 2)
+                assert halve_into(src, canvas.frame, rect)
+                got = (
+                    canvas.y[6 : 6 + h // 2, 34 : 34 + w // 2],
+                    canvas.u[3 : 3 + h // 4, 17 : 17 + w // 4],
+                    canvas.v[3 : 3 + h // 4, 17 : 17 + w // 4],
+                )
+                for g, ref in zip(got, want, strict=True):
+                    assert np.array_equal(g, ref), (w, h, name)
+                assert (canvas.y[:, 34 + w // 2 :] == canvas.y[0, -1]).all()  # nothing past it
+    finally:
+        kernel(chosen)
 
 
 @pytest.mark.skipif(not HALVE_NATIVE, reason="the C halving is not built")
