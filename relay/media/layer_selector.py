@@ -10,9 +10,17 @@ and reports back (``switched``), or gives up (``abandoned``).
   events within ``down_window`` s (one is enough with ``severe_loss``), moves the viewer down, to
   the highest layer that fits when the estimate (or the loss) says how much fits, else one step.
 * Up slowly: with an estimate, when it has stayed at ``up_margin`` x a higher layer's bitrate for
-  ``hold`` s; without one, after ``blind_hold`` s without congestion (one step). An up-switch
-  followed by a congestion event within ``settle`` s failed: the viewer goes back down at once
-  and that hold doubles, up to ``max_hold``.
+  ``hold`` s, or at once when a probe (``relay.media.probe``: the estimate alone never sees more
+  than the layer it is sent) showed ``probe_fit`` x a higher layer's bitrate; without one, after
+  ``blind_hold`` s without congestion (one step). An up-switch followed by a congestion event
+  within ``settle`` s failed: the viewer goes back down at once and that hold doubles, up to
+  ``max_hold``.
+* A sudden drop (a move down from a layer held for ``settle`` s: the link changed under a
+  viewer that fitted) shortens the blind hold to ``dip_hold``: a dip is often over in seconds,
+  while a viewer that never fitted (moved down right after joining) keeps the long one. With
+  ``min_up_interval`` the blind retry comes 10 s after the move down (a 10 s dip, left ~2 s in:
+  ~2 s after it ended, where the 20 s ``blind_hold`` took 12 s), then after 10, 20, 40 s if the
+  link is still thin (each failed retry costs ~2-3 s of stutter, bench.adaptation).
 * No flapping: no up-switch within ``min_up_interval`` s of the last switch, no down within
   ``min_down_interval`` s (the new layer's reports need that long to say anything).
 * A layer that stops being live moves its viewers at once (``urgent``: no keyframe wait).
@@ -71,6 +79,8 @@ class SelectorConfig:
     up_margin: float = 1.3
     hold: float = 3.0
     blind_hold: float = 8.0
+    dip_hold: float = 5.0
+    probe_fit: float = 1.1  # a probe showed this x a layer's bitrate: it fits
     max_hold: float = 120.0
     settle: float = 15.0
     down_after: float = 1.0
@@ -128,10 +138,12 @@ class LayerSelector:
         layers: Sequence[Layer],
         estimate: LinkEstimate | None = None,
         congestion: int = 0,
+        probed_bps: int | None = None,
     ) -> Switch | None:
         """The switch to make now, if any. ``layers``: the ladder, top first (its order, not
         the bitrates, says which is higher: a measured rate may be below a nominal one);
-        ``congestion`` is a monotonic count."""
+        ``congestion`` is a monotonic count; ``probed_bps`` what a probe just showed the link
+        carries (``ProbeController.probed``)."""
         c = self.config
         fresh = self._count(congestion, now)
         up_at = self._stepped_up_at
@@ -199,6 +211,10 @@ class LayerSelector:
                     self._fits_since.pop(x.name, None)
             if since_switch < c.min_up_interval:
                 return None
+            if probed_bps is not None and not fresh:
+                for x in higher:  # the highest the probe showed room for
+                    if x.bitrate * c.probe_fit <= probed_bps:
+                        return self._start(Switch(x.name, False, "probe"))
             for x in higher:  # the highest that has fitted long enough
                 at = self._fits_since.get(x.name)
                 if at is not None and now - at >= self._hold:
@@ -236,6 +252,7 @@ class LayerSelector:
         if switch is None:
             return
         c = self.config
+        held = now - self._last_switch
         self.current = switch.target
         self._last_switch = now
         self._events.clear()
@@ -247,6 +264,8 @@ class LayerSelector:
             if failed and switch.reason in ("estimate", "congestion"):
                 self._hold = min(c.max_hold, self._hold * 2)
                 self._blind_hold = min(c.max_hold, self._blind_hold * 2)
+            elif held >= c.settle and switch.reason in ("estimate", "congestion"):
+                self._blind_hold = min(self._blind_hold, c.dip_hold)  # a sudden drop
             self._stepped_up_at = None
         else:
             self.switches_up += 1
