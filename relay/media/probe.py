@@ -17,6 +17,8 @@ if one is lost, and transport-cc numbers them like media.
 * A cluster that carried at least ``success`` of its rate without overuse and with at most
   ``max_loss`` loss succeeded; the next layer up is probed ``again`` s later (a dip's recovery
   climbs the ladder in one go). ``probed`` answers the best rate shown, once the climb ended.
+* A cluster that arrived as fast as it was sent but was sent below its rate (a stalled source
+  gave too few frames to carry it) is inconclusive: the next one ``retry`` s later.
 * A failed cluster waits ``retry`` s before the next, doubling to ``max_retry``; a layer switch
   starts over (``first_after`` s later, base retry): a dip's recovery is found within a few
   seconds, a steady bottleneck costs one 0.1 s burst every ``max_retry`` s.
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from relay.media.estimator import BandwidthEstimate, ProbeResult
 
 FRAME = 1 / 30  # s: clusters are sent with the video frames, about this far apart
+SATURATED = 0.9  # a cluster that arrived below this share of its send rate found the link's rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class ProbeController:
         self.successes = 0
         self.failures = 0
         self.aborted = 0
+        self.inconclusive = 0
         self.probe_bytes = 0
 
     # -- the tick -------------------------------------------------------------------------------
@@ -177,12 +181,15 @@ class ProbeController:
         if cluster is None:
             return
         c = self.config
-        ok = (
-            result.bitrate is not None
-            and result.bitrate >= c.success * cluster.bitrate
-            and result.usage != "overuse"
-            and result.loss <= c.max_loss
-        )
+        clear = result.usage != "overuse" and result.loss <= c.max_loss
+        ok = clear and result.bitrate is not None and result.bitrate >= c.success * cluster.bitrate
+        unsaturated = result.receive_bps >= SATURATED * result.send_bps > 0
+        if clear and not ok and unsaturated and result.send_bps < c.success * cluster.bitrate:
+            # the link carried all we sent, but we sent less than aimed (few frames came to
+            # carry the probe: a stalled source): inconclusive, not a failure
+            self.inconclusive += 1
+            self._next_at = now + c.retry
+            return
         if ok:
             assert result.bitrate is not None
             self.successes += 1

@@ -116,6 +116,16 @@ def test_a_success_climbs_the_ladder_before_it_answers() -> None:
     c.update(3.5, calm(), higher, [top])
     assert c.probed(3.5, len(higher)) == 1_950_000
     assert c.probed(9.0, len(higher)) is None  # stale after 5 s
+    # a cluster that arrived as fast as it was sent, but was sent below its rate (a stalled
+    # source gave few frames to carry it), is neither a success nor a failure
+    c.switched(10.0)
+    c.update(11.0, calm(), higher)
+    third = c.update(12.0, calm(), higher)
+    assert third is not None
+    c.due(12.2)
+    thin = ProbeResult(third.id, 300_000, 300_000, 310_000, 6, 0, "normal")
+    c.update(12.5, calm(), higher, [thin])
+    assert (c.inconclusive, c.failures) == (1, 0)
     # nothing is probed without transport-cc, or while the delay detector is not calm
     other = ProbeController(now=0.0)
     remb = BandwidthEstimate(300_000, 0.0, 0.02, "remb", None, 264_000)
