@@ -17,8 +17,9 @@ if one is lost, and transport-cc numbers them like media.
 * A cluster that carried at least ``success`` of its rate without overuse and with at most
   ``max_loss`` loss succeeded; the next layer up is probed ``again`` s later (a dip's recovery
   climbs the ladder in one go). ``probed`` answers the best rate shown, once the climb ended.
-* A cluster that arrived as fast as it was sent but was sent below its rate (a stalled source
-  gave too few frames to carry it) is inconclusive: the next one ``retry`` s later.
+* A cluster that arrived as fast as it was sent but was sent below its rate, or could not be
+  measured at all, without loss or overuse (a stalled source gave too few frames to carry it)
+  is inconclusive: the next one ``retry`` s later.
 * A failed cluster waits ``retry`` s before the next, doubling to ``max_retry``; a layer switch
   starts over (``first_after`` s later, base retry): a dip's recovery is found within a few
   seconds, a steady bottleneck costs one 0.1 s burst every ``max_retry`` s.
@@ -184,9 +185,11 @@ class ProbeController:
         clear = result.usage != "overuse" and result.loss <= c.max_loss
         ok = clear and result.bitrate is not None and result.bitrate >= c.success * cluster.bitrate
         unsaturated = result.receive_bps >= SATURATED * result.send_bps > 0
-        if clear and not ok and unsaturated and result.send_bps < c.success * cluster.bitrate:
-            # the link carried all we sent, but we sent less than aimed (few frames came to
-            # carry the probe: a stalled source): inconclusive, not a failure
+        undersent = result.bitrate is None or result.send_bps < c.success * cluster.bitrate
+        if clear and not ok and undersent and (result.bitrate is None or unsaturated):
+            # nothing measurable (a cluster in one burst) or the link carried all we sent but
+            # we sent less than aimed (few frames came to carry the probe: a stalled source),
+            # and nothing went wrong: inconclusive, not a failure
             self.inconclusive += 1
             self._next_at = now + c.retry
             return

@@ -5,8 +5,9 @@ Probe bytes are RTX retransmissions of the video packets just sent (RFC 4588), a
 pacer pads with "redundant payloads" when RTX is negotiated: a full-size packet per ~1200 bytes
 of probe (padding-only packets carry at most 255 bytes each: four to five times the packets,
 each an SRTP protect and a send), a duplicate the viewer drops, and a repair when the original
-was lost. They are sent with the video frames (``DirectSender.after_frame``), so no timer runs:
-a 0.1 s cluster is three or four frames' worth. Only for viewers that negotiated RTX and
+was lost. They are sent with the video frames (``DirectSender.after_frame``, set only while a
+cluster runs: the send path pays nothing otherwise), so no timer runs: a 0.1 s cluster is three
+or four frames' worth. Only for viewers that negotiated RTX and
 transport-cc (``DirectSender.can_probe``): without feedback a probe measures nothing.
 """
 
@@ -33,7 +34,6 @@ class ProbeSender:
         self.video = video
         self.estimator = estimator
         self.controller = ProbeController(config, now=now)
-        video.after_frame = self.on_frame
 
     def tick(self, now: float, estimate: BandwidthEstimate, higher: Sequence[int]) -> None:
         """Every look at the viewer (``ViewerService.adapt``): take the measured clusters, maybe
@@ -42,24 +42,27 @@ class ProbeSender:
         results = estimator.take_probe_results(now)
         if not self.video.can_probe:
             return
+        if self.controller.active is not None and self.controller.due(now) is None:
+            self._end(now)  # over, and no frame came to close it
         cluster = self.controller.update(
             now, estimate, higher, results, lost_packets=estimator.lost_packets
         )
         if cluster is not None:
             estimator.begin_probe(cluster.id, now)
-        elif self.controller.active is None and estimator.probing:
-            estimator.end_probe(now)  # no frame came to close it
+            self.video.after_frame = self.on_frame  # only while a cluster runs: the send path
+
+    def _end(self, now: float) -> None:
+        self.estimator.end_probe(now)
+        self.video.after_frame = None
 
     def on_frame(self, now: float) -> None:
         """A video frame went out: the probe bytes due go with it."""
         controller, estimator = self.controller, self.estimator
-        if controller.active is None:
-            return
         due = controller.due(
             now, overuse=estimator.usage is Usage.OVERUSE, lost_packets=estimator.lost_packets
         )
         if due is None:
-            estimator.end_probe(now)
+            self._end(now)
             return
         rewriter = self.video.rewriter
         if not due or rewriter is None:
@@ -76,7 +79,7 @@ class ProbeSender:
             self.estimator.renew_probe(now)
         self.controller.switched(now)
         if self.estimator.probing:
-            self.estimator.end_probe(now)
+            self._end(now)
 
     def probed(self, now: float, higher: int) -> int | None:
         return self.controller.probed(now, higher)
