@@ -12,8 +12,9 @@ if one is lost, and transport-cc numbers them like media.
   calm (no overuse or underuse, loss at most ``max_loss``) for ``stable`` s, and only when the
   estimate alone does not already show the next layer fits.
 * A cluster aims at ``margin`` x the next layer's bitrate (media included), never more: a
-  probe is capped at the layer it asks about. It lasts ``duration`` s and stops at the first
-  overuse or loss reported while it runs.
+  probe is capped at the layer it asks about. It carries ``duration`` s worth of probe bytes
+  (with the frames; a late frame stretches it, at most two frames' worth goes at once; it ends
+  after ``timeout`` s whatever was sent) and stops at the first overuse or loss reported.
 * A cluster that carried at least ``success`` of its rate without overuse and with at most
   ``max_loss`` loss succeeded; the next layer up is probed ``again`` s later (a dip's recovery
   climbs the ladder in one go). ``probed`` answers the best rate shown, once the climb ended.
@@ -39,6 +40,7 @@ SATURATED = 0.9  # a cluster that arrived below this share of its send rate foun
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
     duration: float = 0.1
+    timeout: float = 0.5  # a cluster whose bytes the frames have not carried by then ends
     margin: float = 1.2
     success: float = 0.9
     stable: float = 1.0
@@ -148,12 +150,15 @@ class ProbeController:
             self.aborted += 1
             self._close()
             return None
-        if now >= cluster.end:
+        total = cluster.probe_bps * (cluster.end - cluster.start) / 8
+        if self._sent >= total or now >= cluster.start + self.config.timeout:
             self._close()
             return None
-        span = min(now - cluster.start + FRAME, cluster.end - cluster.start)
-        due = int(cluster.probe_bps * span / 8) - self._sent
-        return max(0, due)
+        # the bytes due by now, at most two frames' worth at once: frames that come late (a
+        # busy source) stretch the cluster instead of sending it in one burst
+        span = now - cluster.start + FRAME
+        due = min(cluster.probe_bps * span / 8 - self._sent, cluster.probe_bps * 2 * FRAME / 8)
+        return max(0, int(due))
 
     def sent(self, size: int) -> None:
         """Probe bytes went out for the active cluster."""

@@ -90,7 +90,7 @@ def test_a_cluster_stops_at_the_first_overuse_and_a_failure_backs_off() -> None:
         if got is not None:
             starts.append(t)
             c.due(t)
-            assert c.due(t + 0.2) is None  # over after its 0.1 s
+            assert c.due(t + 0.6) is None  # over by its timeout, whatever was sent
             results = [ProbeResult(got.id, 380_000, 700_000, 400_000, 10, 0, "normal")]
         t = round(t + 0.5, 6)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -105,16 +105,25 @@ def test_a_success_climbs_the_ladder_before_it_answers() -> None:
     c.update(1.0, calm(), higher)
     first = c.update(2.0, calm(), higher)
     assert first is not None
-    c.due(2.2)
+    # it carries 0.1 s worth of probe bytes, at most two frames' worth with one frame (a late
+    # frame stretches the cluster, never bursts it), and ends once they went out
+    total = first.probe_bps * 0.1 / 8
+    late = c.due(2.3)
+    assert late is not None and late <= first.probe_bps * 2 / 30 / 8 + 1
+    c.sent(late)
+    rest = c.due(2.31)
+    assert rest is not None and rest > 0
+    c.sent(int(total))
+    assert c.due(2.32) is None and c.active is None
     ok = ProbeResult(first.id, 700_000, 700_000, 720_000, 10, 0, "normal")
     assert c.update(2.5, calm(), higher, [ok]) is None  # again: 0.3 s later
     assert c.probed(2.5, len(higher)) is None  # still climbing
     second = c.update(3.0, calm(), higher)
     assert second is not None and second.bitrate == int(1.2 * 1_600_000)
-    c.due(3.2)
+    assert c.due(3.6) is None  # its timeout: over
     top = ProbeResult(second.id, 1_950_000, 1_950_000, 2_000_000, 20, 0, "normal")
-    c.update(3.5, calm(), higher, [top])
-    assert c.probed(3.5, len(higher)) == 1_950_000
+    c.update(3.7, calm(), higher, [top])
+    assert c.probed(3.7, len(higher)) == 1_950_000
     assert c.probed(9.0, len(higher)) is None  # stale after 5 s
     # a cluster that arrived as fast as it was sent, but was sent below its rate (a stalled
     # source gave few frames to carry it), is neither a success nor a failure
@@ -122,9 +131,9 @@ def test_a_success_climbs_the_ladder_before_it_answers() -> None:
     c.update(11.0, calm(), higher)
     third = c.update(12.0, calm(), higher)
     assert third is not None
-    c.due(12.2)
+    assert c.due(12.6) is None
     thin = ProbeResult(third.id, 300_000, 300_000, 310_000, 6, 0, "normal")
-    c.update(12.5, calm(), higher, [thin])
+    c.update(12.7, calm(), higher, [thin])
     assert (c.inconclusive, c.failures) == (1, 0)
     # nothing is probed without transport-cc, or while the delay detector is not calm
     other = ProbeController(now=0.0)
