@@ -519,9 +519,12 @@ class ViewerService:
         estimate = self._estimates(session)
         prober, probed = session.prober, None
         if prober is not None and pending is None:
-            names = [x.name for x in layers if x.live]
-            at = names.index(selector.current) if selector.current in names else 0
-            higher = [x.bitrate for x in layers if x.live][:at][::-1]  # nearest first
+            # a probe aims at a layer's nominal rate when it has one: its measured rate may be
+            # far below (easy pictures, a starved mixer) and rise the moment it is taken
+            nominal = {x.name: x.nominal_bps or 0 for x in ladder}
+            live = [x for x in layers if x.live]
+            at = next((i for i, x in enumerate(live) if x.name == selector.current), 0)
+            higher = [max(x.bitrate, nominal.get(x.name, 0)) for x in live[:at]][::-1]
             prober.tick(now, session.estimate, higher)
             probed = prober.probed(now, len(higher))
         switch = selector.update(now, layers, estimate, congestion, probed)
