@@ -21,7 +21,10 @@ and reports back (``switched``), or gives up (``abandoned``).
   ``min_up_interval`` the blind retry comes 10 s after the move down (a 10 s dip, left ~2 s in:
   ~2 s after it ended, where the 20 s ``blind_hold`` took 12 s), then after 10, 20, 40 s if the
   link is still thin (each failed retry costs ~2-3 s of stutter, bench.adaptation).
-* No flapping: no up-switch within ``min_up_interval`` s of the last switch, no down within
+* No flapping: no up-switch within ``min_up_interval`` s of the last switch (doubled by each
+  failed up-switch a probe made, up to ``max_hold``: a probe that passes on a link whose
+  estimate then sinks, as a loaded sender's delay noise makes it, must not bring the viewer
+  up again every 10 s), no down within
   ``min_down_interval`` s (the new layer's reports need that long to say anything).
 * A layer that stops being live moves its viewers at once (``urgent``: no keyframe wait).
 * A pinned viewer gets its pin while it is live, whatever the link says.
@@ -34,7 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Reason = Literal["estimate", "congestion", "probe", "gone", "pin"]
+Reason = Literal["estimate", "congestion", "probe", "probed", "gone", "pin"]
+"""``probe``: a blind step up (no estimate); ``probed``: a probe showed the layer fits."""
 
 
 class LinkEstimate(Protocol):
@@ -111,6 +115,8 @@ class LayerSelector:
         self.switches_down = 0
         self._hold = c.hold
         self._blind_hold = c.blind_hold
+        self._up_wait = c.min_up_interval
+        self._up_reason: Reason | None = None  # what made the last up-switch
         self._events: deque[float] = deque()
         self._last_count: int | None = None
         self._last_switch = now
@@ -150,6 +156,7 @@ class LayerSelector:
         if up_at is not None and now - up_at >= c.settle:  # the last up-switch held
             self._stepped_up_at = None
             self._hold, self._blind_hold = c.hold, c.blind_hold
+            self._up_wait = c.min_up_interval
         live = [x for x in layers if x.live]  # top first, as the ladder lists them
         if not live:
             return None
@@ -209,19 +216,19 @@ class LayerSelector:
                     self._fits_since.setdefault(x.name, now)
                 else:
                     self._fits_since.pop(x.name, None)
-            if since_switch < c.min_up_interval:
+            if since_switch < self._up_wait:
                 return None
             if probed_bps is not None and not fresh:
                 for x in higher:  # the highest the probe showed room for
                     if x.bitrate * c.probe_fit <= probed_bps:
-                        return self._start(Switch(x.name, False, "probe"))
+                        return self._start(Switch(x.name, False, "probed"))
             for x in higher:  # the highest that has fitted long enough
                 at = self._fits_since.get(x.name)
                 if at is not None and now - at >= self._hold:
                     return self._start(Switch(x.name, False, "estimate"))
             return None
         quiet = now - max(self._quiet_since, self._last_switch)
-        if since_switch >= c.min_up_interval and quiet >= self._blind_hold:
+        if since_switch >= self._up_wait and quiet >= self._blind_hold:
             return self._start(Switch(higher[-1].name, False, "probe"))
         return None
 
@@ -264,12 +271,15 @@ class LayerSelector:
             if failed and switch.reason in ("estimate", "congestion"):
                 self._hold = min(c.max_hold, self._hold * 2)
                 self._blind_hold = min(c.max_hold, self._blind_hold * 2)
+                if self._up_reason == "probed":
+                    self._up_wait = min(c.max_hold, self._up_wait * 2)
             elif held >= c.settle and switch.reason in ("estimate", "congestion"):
                 self._blind_hold = min(self._blind_hold, c.dip_hold)  # a sudden drop
             self._stepped_up_at = None
         else:
             self.switches_up += 1
             self._stepped_up_at = now
+            self._up_reason = switch.reason
 
     def abandoned(self, now: float) -> None:
         """The pending switch could not be made (no keyframe in time): judged again later."""

@@ -208,3 +208,25 @@ def test_a_sudden_drop_shortens_the_blind_retry_a_first_fit_does_not() -> None:
     joined = LayerSelector("720p", config=config, now=0.0)
     up = first_up(joined, 2.0, 0.0)
     assert up is not None and up >= 20.0, up
+
+
+def test_probes_that_pass_on_a_link_that_then_sinks_back_off() -> None:
+    """Every probe says 720p fits, but on 720p the estimate sinks (a loaded sender's delay
+    noise read as overuse): each such up-switch fails, and the wait before the next doubles,
+    whatever moved it up, so the viewer does not flap every 10 s."""
+    sel = LayerSelector("360p", now=0.0)
+    ups: list[float] = []
+    t = 0.0
+    while t < 300.0:
+        target = 900_000 if sel.current == "720p" else 700_000
+        switch = sel.update(t, LADDER, ReportEstimate(target, 0.02, 0.05), 0, 2_500_000)
+        if switch is not None:
+            sel.switched(t)
+            if not switch.down:
+                assert switch.reason == "probed"
+                ups.append(t)
+        t = round(t + 0.5, 6)
+    gaps = [b - a for a, b in itertools.pairwise(ups)]
+    assert len(ups) >= 3 and gaps[0] >= 20.0, ups
+    assert all(later >= 1.9 * earlier for earlier, later in itertools.pairwise(gaps[:3])), gaps
+    assert len(ups) <= 8  # over 300 s; 10 s apart would be ~27
