@@ -26,7 +26,9 @@ Probes (``begin_probe``/``end_probe``, driven by ``relay.media.probe.ProbeContro
 packet recorded in between belongs to the cluster, media and probe packets alike; once the
 feedback covers it, the cluster's rate is the lower of the rate it was sent at and the rate it
 arrived at (libwebrtc's ProbeBitrateEstimator: a link that spread the cluster out carries about
-0.95 of the arrival rate). A valid result without overuse lifts both targets to it.
+0.95 of the arrival rate), the arrival rate taken after the first third of its packets (a
+token bucket lets the head through at line rate). A valid result without overuse lifts both
+targets to it.
 
 Feedback is data from the network: malformed packets are counted and ignored, arrival times
 that jump by more than ``MAX_GAP`` reset the delay filter, packets we never sent (or sent too
@@ -134,58 +136,39 @@ class ProbeResult:
 
 
 class _Cluster:
-    """What the feedback has told so far about one probe cluster's packets."""
+    """What the feedback has told so far about one probe cluster's packets: (send, arrival,
+    size) of each that arrived (a cluster is tens of packets)."""
 
-    __slots__ = (
-        "ended",
-        "first_arrival",
-        "first_arrival_size",
-        "first_send",
-        "last_arrival",
-        "last_send",
-        "last_send_size",
-        "lost",
-        "received",
-        "received_bytes",
-        "sent",
-    )
+    __slots__ = ("ended", "lost", "packets", "sent")
 
     def __init__(self) -> None:
-        self.sent = self.received = self.received_bytes = self.lost = 0
-        self.first_send = self.first_arrival = float("inf")
-        self.last_send = self.last_arrival = float("-inf")
-        self.first_arrival_size = self.last_send_size = 0
+        self.sent = self.lost = 0
+        self.packets: list[tuple[float, float, int]] = []
         self.ended: float | None = None
 
     def acked(self, send: float, arrival: float, size: int) -> None:
-        self.received += 1
-        self.received_bytes += size
-        if send < self.first_send:
-            self.first_send = send
-        if send >= self.last_send:
-            self.last_send, self.last_send_size = send, size
-        if arrival < self.first_arrival:
-            self.first_arrival, self.first_arrival_size = arrival, size
-        if arrival > self.last_arrival:
-            self.last_arrival = arrival
+        self.packets.append((send, arrival, size))
 
     def result(self, cluster: int, usage: Usage) -> ProbeResult:
-        send_span = self.last_send - self.first_send
-        arrival_span = self.last_arrival - self.first_arrival
+        """The send rate over the whole cluster, the arrival rate over the packets after the
+        first third by arrival: a token bucket on the way (tbf, a radio's burst allowance)
+        lets a cluster's head through at line rate, which would read as capacity."""
+        packets = self.packets
         bitrate: int | None = None
         send_bps = receive_bps = 0
-        if (
-            self.received >= max(PROBE_MIN_PACKETS, PROBE_MIN_RECEIVED * self.sent)
-            and send_span >= PROBE_MIN_INTERVAL
-            and arrival_span >= PROBE_MIN_INTERVAL
-        ):
-            send_bps = int(8 * (self.received_bytes - self.last_send_size) / send_span)
-            receive_bps = int(8 * (self.received_bytes - self.first_arrival_size) / arrival_span)
-            if send_bps > 0 and receive_bps <= PROBE_MAX_RATIO * send_bps:
-                rate = min(send_bps, receive_bps)
-                if receive_bps < PROBE_SATURATED * send_bps:
-                    rate = int(PROBE_UTILIZATION * receive_bps)
-                bitrate = rate
+        if len(packets) >= max(PROBE_MIN_PACKETS, PROBE_MIN_RECEIVED * self.sent):
+            by_send = sorted(packets)
+            send_span = by_send[-1][0] - by_send[0][0]
+            by_arrival = sorted(packets, key=lambda p: p[1])[len(packets) // 3 :]
+            arrival_span = by_arrival[-1][1] - by_arrival[0][1]
+            if send_span >= PROBE_MIN_INTERVAL and arrival_span >= PROBE_MIN_INTERVAL:
+                send_bps = int(8 * sum(p[2] for p in by_send[:-1]) / send_span)
+                receive_bps = int(8 * sum(p[2] for p in by_arrival[1:]) / arrival_span)
+                if send_bps > 0 and receive_bps <= PROBE_MAX_RATIO * send_bps:
+                    rate = min(send_bps, receive_bps)
+                    if receive_bps < PROBE_SATURATED * send_bps:
+                        rate = int(PROBE_UTILIZATION * receive_bps)
+                    bitrate = rate
         return ProbeResult(
             cluster, bitrate, send_bps, receive_bps, self.sent, self.lost, usage.value
         )
@@ -601,7 +584,7 @@ class BandwidthEstimator:
             self.lost_packets += lost
         self._update_twcc(usage, now)
         for cid, c in list(clusters.items()):
-            if c.ended is not None and c.received + c.lost >= c.sent:
+            if c.ended is not None and len(c.packets) + c.lost >= c.sent:
                 self._finish_probe(cid, c, now)
 
     def _take_feedback_native(self, fci: bytes | memoryview, now: float) -> None:

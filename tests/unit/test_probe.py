@@ -164,6 +164,33 @@ def test_the_estimator_measures_a_cluster_through_a_bottleneck() -> None:
         assert est.snapshot(0.3).probes == 1
 
 
+def test_a_token_bucket_does_not_pass_for_capacity() -> None:
+    """A 500 kbit/s tbf with a 4000-byte bucket (the test bed's): a 0.1 s cluster at 1.2 Mbit/s
+    gets its head through at line rate until the bucket is empty (~46 ms); the rest arrives at
+    500 kbit/s, which is the result. (A cluster within ~1.4 x the rate never empties such a
+    bucket in 0.1 s: the link does carry it for that long.)"""
+    est = BandwidthEstimator()
+    est.begin_probe(1, 0.0)
+    rate, tokens, last, queue_free = 500_000 / 8, 4000.0, 0.0, 0.0
+    arrivals: list[float | None] = []
+    for k in range(20):
+        now = k * 0.005  # 750 bytes every 5 ms: 1.2 Mbit/s
+        est.record([750], now)
+        tokens = min(4000.0, tokens + (now - last) * rate)
+        last = now
+        if tokens >= 750 and queue_free <= now:
+            tokens -= 750
+            at = now
+        else:
+            at = max(queue_free, now) + 750 / rate
+        queue_free = max(queue_free, at) if at > now else queue_free
+        arrivals.append(at + 0.02)
+    est.end_probe(0.1)
+    est.on_transport_feedback(build_transport_feedback(0, arrivals)[12:], 0.3)
+    (result,) = est.take_probe_results(0.3)
+    assert result.bitrate is not None and result.bitrate < 600_000, result
+
+
 def test_a_cluster_whose_feedback_never_comes_fails_after_a_second() -> None:
     est = BandwidthEstimator()
     est.begin_probe(7, 0.0)
