@@ -136,13 +136,14 @@ def run_adaptive(
     feedback_interval: float = 0.05,
     tick: float = 0.5,
     seed: int = 1,
+    native: bool = True,
 ) -> Adaptive:
     """The closed loop of one transport-cc viewer on a fake clock, as ``ViewerService.adapt``
     drives it: the sender sends the selector's layer (its switches take effect at once), the
     estimator reads the receiver's feedback, a ``ProbeController`` adds probe packets to the
     frames while a cluster runs, and the selector reads the estimate and what was probed."""
     rng = random.Random(seed)
-    estimator = BandwidthEstimator()
+    estimator = BandwidthEstimator(native=native)
     sel = LayerSelector(start or ladder[0].name, config=selector)
     controller = ProbeController(probe) if probing else None
     by_name = {x.name: x for x in ladder}

@@ -30,6 +30,9 @@ def test_a_dip_to_400k_goes_down_within_2_s_and_back_up_within_10_s() -> None:
     assert ups and 20.0 < ups[0] <= 30.0, seen.switches
     assert layer_at(seen.layers, 39.0) == "720p"  # all the way back
     assert len(seen.switches) <= 3
+    # the C feedback loop (used while no cluster waits for feedback) and the Python one agree
+    python = run_adaptive(link, LADDER, seconds=40, native=False)
+    assert python.switches == seen.switches
     # the probes are what finds the recovery: without them the viewer stays down
     blind = run_adaptive(link, LADDER, seconds=40, probing=False)
     assert [(to, down) for _, to, down in blind.switches] == [("180p", True)]
