@@ -2,6 +2,7 @@
 same run's pinned viewer as the baseline.
 
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
+                               [--viewers aiortc,chromium] [--no-probing]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -22,6 +23,14 @@ glass-to-glass p50/p95, time to settle (that first switch, from the viewer's WHE
 ``drop400`` the time from the dip to the first move down and from the recovery to the first
 move up), switches (up ones: probes), switches per 10 s, the final layer, the delivered
 kbit/s and the audio frames decoded against the 50 a second sent. Needs root.
+
+``--viewers aiortc,chromium`` adds a headless Chromium viewer (``chromium``, adapting: the
+watch page, ``bench.netbed.chromium --bench``) on its own leg with the same profile: the only
+viewer here that sends transport-cc feedback, so the only one the estimate (and probing) can
+bring back up after a dip; its freezes are Chromium's own (freezeCount/totalFreezesDuration),
+its g2g from the stamps of the frames it presented. The gateway's CPU seconds over the watch
+(from /proc) and each viewer's estimate, probes and probe bytes (operator API) go in the JSON;
+``--no-probing`` (``media.viewer_probing = false``) is the baseline for probing's cost.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import contextlib
 import itertools
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +60,22 @@ RENDITIONS = json.dumps(
     [{"name": n, "width": w, "height": h, "video_bitrate_kbps": k} for n, w, h, k in LADDER]
 )
 TOP = LADDER[0][0]
-VIEWERS = {"auto": "", "pinned": f"layer={TOP}"}
+VIEWERS = {"auto": "", "pinned": f"layer={TOP}"}  # the aiortc viewers: leg -> WHEP query
+CHROMIUM_LEG = "chromium"
+JOIN_LEAD = 15.0  # s the viewers watch beyond --seconds with a Chromium among them
+
+
+def viewer_legs(kinds: str) -> dict[str, str]:
+    """The viewer legs of ``--viewers`` (aiortc: adapting and pinned; chromium: adapting)."""
+    names = {k.strip() for k in kinds.split(",") if k.strip()}
+    if not names or names - {"aiortc", "chromium"}:
+        raise ValueError(f"--viewers: aiortc and/or chromium, not {kinds!r}")
+    legs = dict(VIEWERS) if "aiortc" in names else {}
+    if "chromium" in names:
+        legs[CHROMIUM_LEG] = ""
+    return legs
+
+
 DEFAULT_PROFILES = "clean,1mbps,500kbps,loss2,loss5-rtt40,burst3,drop400,rtt300"
 
 
@@ -109,16 +135,29 @@ def watch(
     timeout: float = 60.0,
     *,
     resync: bool = True,
+    chromium: frozenset[str] = frozenset(),
+    samples: dict[str, list[dict[str, Any]]] | None = None,
+    on_joined: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[tuple[float, str | None]]]]:
     """Viewers on ``legs`` (leg -> WHEP query) for ``seconds``: their results, and each
     session's layer over time (monotonic, from the operator API every 0.5 s). ``resync``:
     the viewers start over at a keyframe past a lost packet, as browsers do
-    (``bench.netbed.peer --resync``)."""
+    (``bench.netbed.peer --resync``). Legs in ``chromium`` run a headless Chromium on the
+    watch page instead (``bench.netbed.chromium --bench``; the query is not used). ``samples``
+    collects each session's operator API view (estimate, probes) every 0.5 s; ``on_joined``
+    is called once every viewer has a session (a Chromium takes seconds to start)."""
     extra = ["--resync"] if resync else []
+
+    def command(leg: str, query: str) -> list[str]:
+        if leg in chromium:
+            return [sys.executable, "-m", "bench.netbed.chromium", room.base_url, room.room,
+                    "--seconds", str(seconds), "--bench"]  # fmt: skip
+        return [*room._peer("viewer"), "--seconds", str(seconds), "--query", query, *extra]
+
     procs = [
         room.bed.popen(
             room.bed.legs[leg].ns,
-            [*room._peer("viewer"), "--seconds", str(seconds), "--query", query, *extra],
+            command(leg, query),
             env=room._env(),
             stderr=room._log(f"viewer-{leg}"),
         )
@@ -127,11 +166,18 @@ def watch(
     timeline: dict[str, list[tuple[float, str | None]]] = {}
     seen: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + seconds + timeout
+    joined = on_joined is None
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if not joined and len(seen) >= len(procs):
+            joined = True
+            assert on_joined is not None
+            on_joined()
         with contextlib.suppress(httpx.HTTPError, OSError, TimeoutError):
             now = time.monotonic()
             for sid, v in room.viewer_counters().items():
                 seen[sid] = v
+                if samples is not None:
+                    samples.setdefault(sid, []).append({"t": now, **{k: v.get(k) for k in SAMPLED}})
                 track = timeline.setdefault(sid, [])
                 if not track or track[-1][1] != v.get("layer"):
                     track.append((now, v.get("layer")))
@@ -148,6 +194,10 @@ def watch(
         result["gateway"] = seen.get(str(result.get("session")), {})
         out.append(result)
     return out, timeline
+
+
+SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", "delay_usage",
+           "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps")  # fmt: skip
 
 
 def frozen_after(result: dict[str, Any], since: float) -> float | None:
@@ -210,23 +260,48 @@ def analyse(
 
 def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> dict[str, Any]:
     p = profile(name)
-    legs = {"anchor": PROFILES["clean"], **{v: p for v in VIEWERS}}
+    viewer_legs_ = viewer_legs(args.viewers)
+    legs = {"anchor": PROFILES["clean"], **{v: p for v in viewer_legs_}}
     row: dict[str, Any] = {"profile": name, "description": p.description}
+    samples: dict[str, list[dict[str, Any]]] = {}
     with NetBed(legs, seed=args.seed) as bed:
         env = {}
         if args.blind_hold is not None:
             env["STAGECAST_STAGE__FALLBACK_HOLD"] = str(args.blind_hold)
+        if args.no_probing:
+            env["STAGECAST_MEDIA__VIEWER_PROBING"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
-            t0 = time.monotonic()
-            stop = schedule_rates(bed, p, list(VIEWERS), args.seconds)
+            # the profile's clock starts when every viewer has joined: a Chromium takes seconds
+            # to start on a loaded machine, the aiortc viewers watch that much longer
+            lead = JOIN_LEAD if CHROMIUM_LEG in viewer_legs_ else 0.0
+            stops: list[threading.Event] = []
+            clock = {"t0": time.monotonic(), "cpu0": room.gateway_cpu()}
+
+            def begin() -> None:
+                clock["t0"], clock["cpu0"] = time.monotonic(), room.gateway_cpu()
+                stops.append(schedule_rates(bed, p, list(viewer_legs_), args.seconds))
+
+            if not lead:
+                begin()
             try:
                 viewers, timeline = watch(
-                    room, dict(VIEWERS), args.seconds, resync=not args.stock_aiortc
+                    room,
+                    viewer_legs_,
+                    args.seconds + lead,
+                    resync=not args.stock_aiortc,
+                    chromium=frozenset({CHROMIUM_LEG}) & set(viewer_legs_),
+                    samples=samples,
+                    on_joined=begin if lead else None,
                 )
             finally:
-                stop.set()
+                for stop in stops:
+                    stop.set()
+            t0, cpu0 = clock["t0"], clock["cpu0"]
+            row["gateway_cpu_s"] = room.gateway_cpu() - cpu0
+            row["watch_s"] = time.monotonic() - t0
+            row["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
             metrics = room.api("/metrics")
             with contextlib.suppress(OSError, ValueError):
                 assert inset.stdin is not None
@@ -238,6 +313,10 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
     for v in viewers:
         line = timeline.get(str(v.get("session")), [])
         v["adaptation"] = analyse(v, line, steps, t0) if "error" not in v else {}
+        v["samples"] = samples.get(str(v.get("session")), [])
+        last = v["samples"][-1] if v["samples"] else {}
+        v["probes"] = (last.get("probes") or 0, last.get("probes_succeeded") or 0)
+        v["probe_bytes"] = last.get("probe_bytes") or 0
     row["viewers"] = viewers
     row["metrics_switches"] = [
         ln for ln in str(metrics).splitlines() if ln.startswith("stagecast_viewer_layer_switches")
@@ -247,7 +326,7 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
 
 COLUMNS = (
     "profile", "viewer", "frozen %", "after settle %", "freezes", "g2g p50/p95 ms", "settle s",
-    "switches (up)", "/10 s", "layer", "kbps", "audio %",
+    "switches (up)", "/10 s", "layer", "kbps", "audio %", "probes (ok)",
 )  # fmt: skip
 
 
@@ -280,6 +359,7 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
                 str(a["layer"]),
                 f"{v['kbps']:.0f}",
                 audio_share(v),
+                "{} ({})".format(*v.get("probes", (0, 0))),
             ]
         )
     return out
@@ -320,6 +400,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="viewers without --resync: aiortc's jitter buffer waits 512 packets past a hole",
     )
+    parser.add_argument(
+        "--viewers",
+        default="aiortc",
+        help="aiortc (adapting + pinned), chromium (adapting, the watch page), or both",
+    )
+    parser.add_argument(
+        "--no-probing",
+        action="store_true",
+        help="media.viewer_probing = false: the baseline for probing's cost and effect",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
     args = parser.parse_args(argv)
@@ -327,20 +417,27 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"cannot build the test bed here: {reason}", file=sys.stderr)
         return 2
+    viewer_legs(args.viewers)  # fails early on a typo
     names = [n.strip() for n in args.profiles.split(",") if n.strip()]
     for n in names:
         profile(n)
     rows = []
     for name in names:
-        log(f"profile {name} ({args.seconds:.0f} s; viewers auto and pinned to {TOP})...")
+        log(f"profile {name} ({args.seconds:.0f} s; viewers {args.viewers})...")
         rows.append(run_profile(name, args, args.logs))
         log(table(rows[-1:]))
-        for v in rows[-1]["viewers"]:
-            log(f"  {v['leg']}: {v.get('adaptation', {}).get('timeline')}")
+        r = rows[-1]
+        log(f"  gateway {r['gateway_cpu_s']:.2f} CPU s over {r['watch_s']:.1f} s, load "
+            + " ".join(r["loadavg"]))  # fmt: skip
+        for v in r["viewers"]:
+            log(f"  {v['leg']}: {v.get('adaptation', {}).get('timeline')}"
+                f" probes {v.get('probes')} {v.get('probe_bytes')} B"
+                + (f" resolution {v['resolution']}" if "resolution" in v else ""))  # fmt: skip
     print(f"commit {git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{args.seconds:.0f} s per profile, blind hold "
           f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "
-          f"{'stock aiortc' if args.stock_aiortc else 'aiortc with --resync'}; ladder "
+          f"{args.viewers} (aiortc {'stock' if args.stock_aiortc else 'with --resync'}), "
+          f"probing {'off' if args.no_probing else 'on'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

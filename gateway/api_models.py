@@ -127,6 +127,12 @@ class ViewerView(BaseModel):
     layer_pinned: str | None = None
     layer_switches_up: int = 0
     layer_switches_down: int = 0
+    # probes for headroom (relay/media/probe.py): clusters sent, those that showed the rate they
+    # aimed at, the probe bytes (RTX) they cost, the last result while fresh
+    probes: int = 0
+    probes_succeeded: int = 0
+    probe_bytes: int = 0
+    probe_bps: int | None = None
 
 
 class RoomView(BaseModel):

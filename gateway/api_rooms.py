@@ -95,6 +95,7 @@ def viewer_view(s: ViewerSession) -> ViewerView:
         else {}
     )
     estimate = s.estimate
+    probe = s.prober.controller if s.prober is not None else None
     return ViewerView(
         id=s.id,
         room=s.room,
@@ -116,6 +117,10 @@ def viewer_view(s: ViewerSession) -> ViewerView:
         layer_pinned=s.pin,
         layer_switches_up=s.step_ups,
         layer_switches_down=s.fallbacks,
+        probes=probe.clusters if probe is not None else 0,
+        probes_succeeded=probe.successes if probe is not None else 0,
+        probe_bytes=probe.probe_bytes if probe is not None else 0,
+        probe_bps=estimate.probe_bps,
         **feedback,
     )
 

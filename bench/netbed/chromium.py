@@ -3,6 +3,14 @@ page, plays for ``--seconds`` and prints one JSON line: frames presented, the pa
 Chromium's own inbound video counters (NACKs and PLIs sent, packets lost, jitter buffer).
 
     python -m bench.netbed.chromium http://198.18.0.1:8080 bed --seconds 20
+    python -m bench.netbed.chromium http://198.18.0.1:8080 bed --seconds 30 --bench
+
+``--bench`` prints what ``bench.netbed.peer viewer`` prints for an aiortc viewer (the same keys,
+so ``bench.adaptation`` reads both): the WHEP session id, Chromium's own freezes
+(freezeCount/totalFreezesDuration, sampled every half second: a growth of the total is a
+freeze that ended then), frames decoded, time to first frame, kbit/s, glass-to-glass p50/p95
+from the stamps of the presented frames (the watch page's own stamp reader, every other
+frame), and the decoded resolution over time.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
+import time
 from typing import Any
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,6 +50,137 @@ INBOUND = """async () => {
 }"""
 
 
+SAMPLE = """async () => {
+  const pc = window.stagecast && window.stagecast.pc;
+  const out = {firstFrameMs: window.stagecast ? window.stagecast.firstFrameMs : null};
+  if (!pc) return out;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      for (const k of ['framesDecoded', 'freezeCount', 'totalFreezesDuration', 'frameWidth',
+                       'frameHeight', 'bytesReceived', 'packetsLost', 'nackCount', 'pliCount',
+                       'retransmittedPacketsReceived']) out[k] = s[k];
+    } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      out.audioBytes = s.bytesReceived;
+      out.audioSamples = s.totalSamplesReceived;
+    }
+  });
+  return out;
+}"""
+STAMPS = """async () => {
+  const { StampReader, latencyMs } = await import('/static/js/stamps.js');
+  const video = document.querySelector('#player');
+  const reader = new StampReader();
+  const bench = window.benchStamps = { latencies: [], frames: 0 };
+  const onFrame = () => {
+    bench.frames += 1;
+    if (bench.frames % 2 === 0 && video.videoWidth) {
+      try {
+        const stamp = reader.read(video);
+        if (stamp) bench.latencies.push(latencyMs(stamp, Date.now()));
+      } catch (e) { /* a frame without a readable stamp */ }
+    }
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}"""
+
+
+def percentile(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+async def watch_sampled(url: str, room: str, seconds: float, every: float = 0.5) -> dict[str, Any]:
+    """Watch for ``seconds`` sampling Chromium's counters every ``every`` s: the keys of
+    ``bench.netbed.peer viewer``'s line (monotonic times: one clock in every namespace)."""
+    from playwright.async_api import Response, async_playwright
+
+    locations: list[str] = []
+
+    def on_response(resp: Response) -> None:
+        if resp.request.method == "POST" and "/whep/" in resp.url and resp.status == 201:
+            locations.append(resp.headers.get("location", ""))
+
+    samples: list[tuple[float, dict[str, Any]]] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=30_000)
+        try:
+            page = await browser.new_page()
+            page.on("response", on_response)
+            joined = time.monotonic()
+            await page.goto(f"{url}/watch?room={room}")
+            await page.evaluate(STAMPS)
+            end = joined + seconds
+            while time.monotonic() < end:
+                await asyncio.sleep(min(every, max(0.0, end - time.monotonic())))
+                samples.append((time.monotonic(), await page.evaluate(SAMPLE)))
+            ended = time.monotonic()
+            latencies = await page.evaluate(
+                "window.benchStamps ? window.benchStamps.latencies : []"
+            )
+            presented = await page.evaluate("window.benchStamps ? window.benchStamps.frames : 0")
+        finally:
+            await browser.close()
+    return bench_result(samples, latencies, presented, locations, joined, ended)
+
+
+def bench_result(
+    samples: list[tuple[float, dict[str, Any]]],
+    latencies: list[float],
+    presented: int,
+    locations: list[str],
+    joined: float,
+    ended: float,
+) -> dict[str, Any]:
+    last = samples[-1][1] if samples else {}
+    events = []  # (end, duration): a growth of the total frozen time is a freeze that ended
+    before = 0.0
+    for at, s in samples:
+        total = float(s.get("totalFreezesDuration") or 0.0)
+        if total > before:
+            events.append((at, total - before))
+            before = total
+    resolution: list[tuple[float, str]] = []
+    for at, s in samples:
+        size = f"{s.get('frameWidth')}x{s.get('frameHeight')}" if s.get("frameWidth") else None
+        if size is not None and (not resolution or resolution[-1][1] != size):
+            resolution.append((round(at - joined, 2), size))
+    first_ms = next((s["firstFrameMs"] for _, s in samples if s.get("firstFrameMs")), None)
+    span = max(1e-9, ended - joined)
+    audio = float(last.get("audioSamples") or 0) / 960  # 20 ms Opus frames at 48 kHz
+    frozen = sum(d for _, d in events) + (span if first_ms is None else first_ms / 1000)
+    return {
+        "session": locations[-1].rstrip("/").rsplit("/", 1)[-1] if locations else None,
+        "viewer": "chromium",
+        "frames": int(last.get("framesDecoded") or 0),
+        "presented": presented,
+        "stamped": len(latencies),
+        "fps": float(last.get("framesDecoded") or 0) / span,
+        "kbps": 8
+        * float((last.get("bytesReceived") or 0) + (last.get("audioBytes") or 0))
+        / 1000
+        / span,
+        "ttff_s": None if first_ms is None else first_ms / 1000,
+        "freezes": int(last.get("freezeCount") or 0),
+        "frozen_share": min(1.0, frozen / span),
+        "longest_freeze_s": max((d for _, d in events), default=0.0),
+        "g2g_p50_ms": percentile(latencies, 50),
+        "g2g_p95_ms": percentile(latencies, 95),
+        "packets_lost": int(last.get("packetsLost") or 0),
+        "nacks": last.get("nackCount"),
+        "plis": last.get("pliCount"),
+        "rtx_received": last.get("retransmittedPacketsReceived"),
+        "resolution": resolution,
+        "joined_at": joined,
+        "ended_at": ended,
+        "freeze_events": events,
+        "audio_frames": audio,
+    }
+
+
 async def watch(url: str, room: str, seconds: float) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
@@ -62,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("room")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--bench", action="store_true", help="the bench viewer's result line")
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(watch(args.url, args.room, args.seconds))), flush=True)
+    run = watch_sampled if args.bench else watch
+    print(json.dumps(asyncio.run(run(args.url, args.room, args.seconds))), flush=True)
     return 0
 
 

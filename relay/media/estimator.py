@@ -10,7 +10,7 @@ Three sources, best first:
     compared with an adaptive threshold (overuse detector). Overuse: the target drops to 0.85
     of the rate the viewer acknowledged; otherwise it grows 8 %/s, and at once to the
     acknowledged rate (what the link has just carried without queueing), capped at 1.5 times
-    that rate (we do not probe: headroom beyond that is unknown).
+    that rate, or at what a probe showed the link carries while that result is fresh.
   - loss-based: loss over the last second above 10 % lowers the target by half the loss (at
     most once per 300 ms + RTT, never below 0.85 of the acknowledged rate: the link carried
     that much); below 2 % it grows like the delay-based one; in between it holds (random loss
@@ -21,6 +21,14 @@ Three sources, best first:
   estimator reads a busy sender's jitter as congestion: REMBs of ~100 kbps for a clean 1.5 Mbps
   loopback stream were seen).
 * receiver reports only: the loss-based rule above applied to the rate we send.
+
+Probes (``begin_probe``/``end_probe``, driven by ``relay.media.probe.ProbeController``): every
+packet recorded in between belongs to the cluster, media and probe packets alike; once the
+feedback covers it, the cluster's rate is the lower of the rate it was sent at and the rate it
+arrived at (libwebrtc's ProbeBitrateEstimator: a link that spread the cluster out carries about
+0.95 of the arrival rate), the arrival rate taken after the first third of its packets (a
+token bucket lets the head through at line rate). A valid result without overuse lifts both
+targets to it.
 
 Feedback is data from the network: malformed packets are counted and ignored, arrival times
 that jump by more than ``MAX_GAP`` reset the delay filter, packets we never sent (or sent too
@@ -63,6 +71,14 @@ HEADROOM = 1.5
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 WINDOW = 1.0  # seconds of acknowledged/sent bytes and losses measured
+PROBE_FRESH = 5.0  # seconds a probe's result may lift the cap above HEADROOM x the acked rate
+PROBE_TIMEOUT = 1.0  # seconds after a cluster's end its feedback may take
+PROBE_MIN_PACKETS = 5
+PROBE_MIN_RECEIVED = 0.8  # share of a cluster's packets that must arrive for a rate
+PROBE_MIN_INTERVAL = 0.01  # s: a cluster sent or received in less tells nothing
+PROBE_MAX_RATIO = 2.0  # arrival rate over send rate beyond this: a bogus measurement
+PROBE_SATURATED = 0.9  # arrived below this share of the send rate: the link's capacity found
+PROBE_UTILIZATION = 0.95
 FEEDBACK_RATE = 50.0  # transport-cc feedbacks taken per second (libwebrtc sends ~10-20)...
 FEEDBACK_BURST = 10.0  # ... with this burst; beyond it they are dropped unread: each costs a
 # loop over up to MAX_STATUS_COUNT packets, and a viewer could send 50 in one datagram
@@ -94,9 +110,68 @@ class BandwidthEstimate:
     refused: int = 0  # feedback packets over FEEDBACK_RATE, dropped unread
     clamped: int = 0  # absurd values (estimates, arrival jumps) clamped or reset
     unknown: int = 0  # packets reported that we did not send (or too long ago)
+    probes: int = 0  # probe clusters measured
+    probe_bps: int | None = None  # the last probe's result while fresh (PROBE_FRESH)
 
 
 NO_ESTIMATE = BandwidthEstimate(None, 0.0, None, "none")
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """A probe cluster, measured: ``bitrate`` is what the link carried (None: not measurable:
+    too few packets arrived or the timing made no sense); ``lost`` of ``sent`` packets."""
+
+    cluster: int
+    bitrate: int | None
+    send_bps: int
+    receive_bps: int
+    sent: int
+    lost: int
+    usage: str  # the delay detector's state when the result was taken
+
+    @property
+    def loss(self) -> float:
+        return self.lost / self.sent if self.sent else 0.0
+
+
+class _Cluster:
+    """What the feedback has told so far about one probe cluster's packets: (send, arrival,
+    size) of each that arrived (a cluster is tens of packets)."""
+
+    __slots__ = ("ended", "lost", "packets", "sent")
+
+    def __init__(self) -> None:
+        self.sent = self.lost = 0
+        self.packets: list[tuple[float, float, int]] = []
+        self.ended: float | None = None
+
+    def acked(self, send: float, arrival: float, size: int) -> None:
+        self.packets.append((send, arrival, size))
+
+    def result(self, cluster: int, usage: Usage) -> ProbeResult:
+        """The send rate over the whole cluster, the arrival rate over the packets after the
+        first third by arrival: a token bucket on the way (tbf, a radio's burst allowance)
+        lets a cluster's head through at line rate, which would read as capacity."""
+        packets = self.packets
+        bitrate: int | None = None
+        send_bps = receive_bps = 0
+        if len(packets) >= max(PROBE_MIN_PACKETS, PROBE_MIN_RECEIVED * self.sent):
+            by_send = sorted(packets)
+            send_span = by_send[-1][0] - by_send[0][0]
+            by_arrival = sorted(packets, key=lambda p: p[1])[len(packets) // 3 :]
+            arrival_span = by_arrival[-1][1] - by_arrival[0][1]
+            if send_span >= PROBE_MIN_INTERVAL and arrival_span >= PROBE_MIN_INTERVAL:
+                send_bps = int(8 * sum(p[2] for p in by_send[:-1]) / send_span)
+                receive_bps = int(8 * sum(p[2] for p in by_arrival[1:]) / arrival_span)
+                if send_bps > 0 and receive_bps <= PROBE_MAX_RATIO * send_bps:
+                    rate = min(send_bps, receive_bps)
+                    if receive_bps < PROBE_SATURATED * send_bps:
+                        rate = int(PROBE_UTILIZATION * receive_bps)
+                    bitrate = rate
+        return ProbeResult(
+            cluster, bitrate, send_bps, receive_bps, self.sent, self.lost, usage.value
+        )
 
 
 class _Window:
@@ -307,6 +382,14 @@ class BandwidthEstimator:
         self._time = array("d", [0.0]) * HISTORY
         self._size = array("l", [0]) * HISTORY
         self._acked = bytearray(HISTORY)
+        self._cluster_of = array("l", [0]) * HISTORY  # the probe cluster a packet belongs to
+        self._probing = 0  # the open cluster's id (0: none)
+        self._clusters: dict[int, _Cluster] = {}
+        self._probe_results: list[ProbeResult] = []
+        self._probe_bps: float | None = None  # the last valid probe result...
+        self._probe_at = float("-inf")  # ... and when it came
+        self.probes = 0  # clusters measured
+        self.lost_packets = 0  # reported lost, monotonic (a probe stops at the first)
         self._sent = _Buckets()
         # ``sent`` in one call (per frame and viewer): the meter's own add, bound
         self.add_sent: Callable[[float, int], None] = self._sent.add
@@ -347,18 +430,78 @@ class BandwidthEstimator:
         the first (the i-th packet gets ``(first + i) & 0xFFFF``)."""
         first = seq = self.next_sequence
         seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
-        if self.native:  # per frame and transport-cc viewer: the loop below in C
+        if self.native and not self._probing:  # per frame and transport-cc viewer: in C
             self.next_sequence = _twcc.record(seqs, times, lengths, acked, first, sizes, now)
             return first
+        # a probe cluster's packets are tagged here (the C loop does not know clusters; a
+        # cluster is 0.1 s, and its feedback is read by the Python loop below)
+        clusters, cluster = self._cluster_of, self._probing
         for size in sizes:
             i = seq & (HISTORY - 1)
             seqs[i] = seq
             times[i] = now
             lengths[i] = size
             acked[i] = 0
+            clusters[i] = cluster
             seq = (seq + 1) & 0xFFFF
         self.next_sequence = seq
+        if cluster:
+            self._clusters[cluster].sent += len(sizes)
         return first
+
+    # -- probes ---------------------------------------------------------------------------------
+    def begin_probe(self, cluster: int, now: float) -> None:
+        """Packets recorded from now on belong to probe cluster ``cluster`` (> 0)."""
+        if cluster <= 0:
+            raise ValueError("cluster ids are positive")
+        if self._probing:
+            self.end_probe(now)
+        self._probing = cluster
+        self._clusters[cluster] = _Cluster()
+
+    def renew_probe(self, now: float) -> None:
+        """The viewer was moved up on the last probe's result: it holds another
+        ``PROBE_FRESH`` s, while the new layer's rate fills the acknowledged window (else the
+        cap, 1.5 x a window of the old layer's rate, would cut the target under the new one)."""
+        if self._probe_bps is not None and now - self._probe_at <= PROBE_FRESH:
+            self._probe_at = now
+
+    def end_probe(self, now: float) -> None:
+        cluster = self._clusters.get(self._probing)
+        if cluster is not None:
+            cluster.ended = now
+        self._probing = 0
+
+    @property
+    def probing(self) -> bool:
+        return self._probing != 0
+
+    @property
+    def usage(self) -> Usage:
+        """The delay detector's state after the last feedback."""
+        return self._trend.usage
+
+    def take_probe_results(self, now: float) -> list[ProbeResult]:
+        """Clusters measured since the last call (each once); a cluster whose feedback does
+        not come within ``PROBE_TIMEOUT`` of its end is measured with what came."""
+        for cid, c in list(self._clusters.items()):
+            if c.ended is not None and now - c.ended >= PROBE_TIMEOUT:
+                self._finish_probe(cid, c, now)
+        out, self._probe_results = self._probe_results, []
+        return out
+
+    def _finish_probe(self, cid: int, cluster: _Cluster, now: float) -> None:
+        del self._clusters[cid]
+        result = cluster.result(cid, self._trend.usage)
+        self.probes += 1
+        self._probe_results.append(result)
+        if result.bitrate is not None and self._trend.usage is not Usage.OVERUSE:
+            bps = float(self._clamp(result.bitrate))
+            self._probe_bps, self._probe_at = bps, now
+            if self._delay_target is not None:
+                self._delay_target = max(self._delay_target, bps)
+            if self._loss_target is not None and self.twcc_loss(now) <= LOSS_HIGH:
+                self._loss_target = max(self._loss_target, bps)
 
     def sent(self, size: int, now: float) -> None:
         """Bytes sent to the viewer (a frame, a retransmission): the rate receiver reports and
@@ -379,10 +522,10 @@ class BandwidthEstimator:
             self.refused += 1
             return
         self._tokens -= 1.0
-        if self.native:
+        if self.native and not self._clusters:
             self._take_feedback_native(fci, now)
             return
-        try:
+        try:  # in Python while a probe cluster waits for its feedback: it tags packets
             feedback = parse_transport_feedback(fci)
         except FeedbackError:
             self.malformed += 1
@@ -396,6 +539,7 @@ class BandwidthEstimator:
         # the open group (first send, last send, latest arrival), kept in locals: the per-packet
         # path is a comparison; a completed group goes to the trendline
         g_first, g_send, g_arrival = self._group
+        cluster_of, clusters = self._cluster_of, self._clusters
         for offset, arrival in enumerate(feedback.arrivals):
             seq = (base + offset) & 0xFFFF
             i = seq & (HISTORY - 1)
@@ -406,6 +550,9 @@ class BandwidthEstimator:
             if arrival is None:
                 if not acked[i]:
                     lost += 1
+                    if cluster_of[i] and cluster_of[i] in clusters:
+                        clusters[cluster_of[i]].lost += 1
+                        cluster_of[i] = 0  # counted once
                 continue
             if acked[i]:
                 continue  # reported twice
@@ -413,6 +560,10 @@ class BandwidthEstimator:
             received += 1
             size = lengths[i]
             acked_bytes += size
+            if cluster_of[i]:
+                cluster = clusters.get(cluster_of[i])
+                if cluster is not None:
+                    cluster.acked(send, arrival, size)
             if size < DELAY_MIN_SIZE:
                 continue
             if g_first >= 0 and send - g_first <= BURST:
@@ -430,7 +581,11 @@ class BandwidthEstimator:
             self._received.add(now, received)
         if lost:
             self._lost.add(now, lost)
+            self.lost_packets += lost
         self._update_twcc(usage, now)
+        for cid, c in list(clusters.items()):
+            if c.ended is not None and len(c.packets) + c.lost >= c.sent:
+                self._finish_probe(cid, c, now)
 
     def _take_feedback_native(self, fci: bytes | memoryview, now: float) -> None:
         """The loop above in C (``relay/media/_twcc.c``): the same results, without a Python
@@ -493,6 +648,8 @@ class BandwidthEstimator:
         self._last_update = now
         growth = GROWTH**dt
         cap = HEADROOM * acked + 10_000
+        if self._probe_bps is not None and now - self._probe_at <= PROBE_FRESH:
+            cap = max(cap, self._probe_bps)  # the link carried that much a moment ago
         loss = self.twcc_loss(now)
         # delay-based
         target = self._delay_target if self._delay_target is not None else acked
@@ -609,4 +766,10 @@ class BandwidthEstimator:
             refused=self.refused,
             clamped=self.clamped,
             unknown=self.unknown,
+            probes=self.probes,
+            probe_bps=(
+                int(self._probe_bps)
+                if self._probe_bps is not None and now - self._probe_at <= PROBE_FRESH
+                else None
+            ),
         )

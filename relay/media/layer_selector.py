@@ -10,10 +10,21 @@ and reports back (``switched``), or gives up (``abandoned``).
   events within ``down_window`` s (one is enough with ``severe_loss``), moves the viewer down, to
   the highest layer that fits when the estimate (or the loss) says how much fits, else one step.
 * Up slowly: with an estimate, when it has stayed at ``up_margin`` x a higher layer's bitrate for
-  ``hold`` s; without one, after ``blind_hold`` s without congestion (one step). An up-switch
-  followed by a congestion event within ``settle`` s failed: the viewer goes back down at once
-  and that hold doubles, up to ``max_hold``.
-* No flapping: no up-switch within ``min_up_interval`` s of the last switch, no down within
+  ``hold`` s, or at once when a probe (``relay.media.probe``: the estimate alone never sees more
+  than the layer it is sent) showed ``probe_fit`` x a higher layer's bitrate; without one, after
+  ``blind_hold`` s without congestion (one step). An up-switch followed by a congestion event
+  within ``settle`` s failed: the viewer goes back down at once and that hold doubles, up to
+  ``max_hold``.
+* A sudden drop (a move down from a layer held for ``settle`` s: the link changed under a
+  viewer that fitted) shortens the blind hold to ``dip_hold``: a dip is often over in seconds,
+  while a viewer that never fitted (moved down right after joining) keeps the long one. With
+  ``min_up_interval`` the blind retry comes 10 s after the move down (a 10 s dip, left ~2 s in:
+  ~2 s after it ended, where the 20 s ``blind_hold`` took 12 s), then after 10, 20, 40 s if the
+  link is still thin (each failed retry costs ~2-3 s of stutter, bench.adaptation).
+* No flapping: no up-switch within ``min_up_interval`` s of the last switch (doubled by each
+  failed up-switch a probe made, up to ``max_hold``: a probe that passes on a link whose
+  estimate then sinks, as a loaded sender's delay noise makes it, must not bring the viewer
+  up again every 10 s), no down within
   ``min_down_interval`` s (the new layer's reports need that long to say anything).
 * A layer that stops being live moves its viewers at once (``urgent``: no keyframe wait).
 * A pinned viewer gets its pin while it is live, whatever the link says.
@@ -26,7 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Reason = Literal["estimate", "congestion", "probe", "gone", "pin"]
+Reason = Literal["estimate", "congestion", "probe", "probed", "gone", "pin"]
+"""``probe``: a blind step up (no estimate); ``probed``: a probe showed the layer fits."""
 
 
 class LinkEstimate(Protocol):
@@ -71,6 +83,8 @@ class SelectorConfig:
     up_margin: float = 1.3
     hold: float = 3.0
     blind_hold: float = 8.0
+    dip_hold: float = 5.0
+    probe_fit: float = 1.1  # a probe showed this x a layer's bitrate: it fits
     max_hold: float = 120.0
     settle: float = 15.0
     down_after: float = 1.0
@@ -101,6 +115,8 @@ class LayerSelector:
         self.switches_down = 0
         self._hold = c.hold
         self._blind_hold = c.blind_hold
+        self._up_wait = c.min_up_interval
+        self._up_reason: Reason | None = None  # what made the last up-switch
         self._events: deque[float] = deque()
         self._last_count: int | None = None
         self._last_switch = now
@@ -128,16 +144,19 @@ class LayerSelector:
         layers: Sequence[Layer],
         estimate: LinkEstimate | None = None,
         congestion: int = 0,
+        probed_bps: int | None = None,
     ) -> Switch | None:
         """The switch to make now, if any. ``layers``: the ladder, top first (its order, not
         the bitrates, says which is higher: a measured rate may be below a nominal one);
-        ``congestion`` is a monotonic count."""
+        ``congestion`` is a monotonic count; ``probed_bps`` what a probe just showed the link
+        carries (``ProbeController.probed``)."""
         c = self.config
         fresh = self._count(congestion, now)
         up_at = self._stepped_up_at
         if up_at is not None and now - up_at >= c.settle:  # the last up-switch held
             self._stepped_up_at = None
             self._hold, self._blind_hold = c.hold, c.blind_hold
+            self._up_wait = c.min_up_interval
         live = [x for x in layers if x.live]  # top first, as the ladder lists them
         if not live:
             return None
@@ -197,15 +216,19 @@ class LayerSelector:
                     self._fits_since.setdefault(x.name, now)
                 else:
                     self._fits_since.pop(x.name, None)
-            if since_switch < c.min_up_interval:
+            if since_switch < self._up_wait:
                 return None
+            if probed_bps is not None and not fresh:
+                for x in higher:  # the highest the probe showed room for
+                    if x.bitrate * c.probe_fit <= probed_bps:
+                        return self._start(Switch(x.name, False, "probed"))
             for x in higher:  # the highest that has fitted long enough
                 at = self._fits_since.get(x.name)
                 if at is not None and now - at >= self._hold:
                     return self._start(Switch(x.name, False, "estimate"))
             return None
         quiet = now - max(self._quiet_since, self._last_switch)
-        if since_switch >= c.min_up_interval and quiet >= self._blind_hold:
+        if since_switch >= self._up_wait and quiet >= self._blind_hold:
             return self._start(Switch(higher[-1].name, False, "probe"))
         return None
 
@@ -236,6 +259,7 @@ class LayerSelector:
         if switch is None:
             return
         c = self.config
+        held = now - self._last_switch
         self.current = switch.target
         self._last_switch = now
         self._events.clear()
@@ -247,10 +271,15 @@ class LayerSelector:
             if failed and switch.reason in ("estimate", "congestion"):
                 self._hold = min(c.max_hold, self._hold * 2)
                 self._blind_hold = min(c.max_hold, self._blind_hold * 2)
+                if self._up_reason == "probed":
+                    self._up_wait = min(c.max_hold, self._up_wait * 2)
+            elif held >= c.settle and switch.reason in ("estimate", "congestion"):
+                self._blind_hold = min(self._blind_hold, c.dip_hold)  # a sudden drop
             self._stepped_up_at = None
         else:
             self.switches_up += 1
             self._stepped_up_at = now
+            self._up_reason = switch.reason
 
     def abandoned(self, now: float) -> None:
         """The pending switch could not be made (no keyframe in time): judged again later."""

@@ -15,7 +15,6 @@ retransmission rate. Every aiortc/aioice internal this needs is reached through
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -140,6 +139,7 @@ class DirectSender:
         self.retransmissions = 0
         self.rtx_bytes = 0
         self.keyframe_requests = 0
+        self.after_frame: Callable[[float], None] | None = None  # each frame sent (probes)
         self._seam.install(
             on_negotiated=self._negotiated,
             on_started=on_ready,
@@ -278,6 +278,8 @@ class DirectSender:
         self.octets += frame.size  # the budget is credited with it when a NACK comes
         if estimator is not None:
             estimator.add_sent(now, frame.size)
+        if self.after_frame is not None:
+            self.after_frame(now)
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
@@ -340,16 +342,41 @@ class DirectSender:
         )
         if verdict is not Verdict.SEND:
             return
+        sent = self.resend(sequence_number, size, now)
+        if sent:
+            self.retransmissions += 1
+            self.rtx_bytes += sent
+
+    def resend(self, sequence_number: int, size: int, now: float) -> int:
+        """Send a packet of the history again (RTX when negotiated), numbered and recorded for
+        the estimator like any other: a retransmission, or a probe's padding
+        (``relay.rtc.probe_sender``). Returns the bytes sent (0: none)."""
+        rewriter, estimator = self.rewriter, self.estimator
+        if rewriter is None:
+            return 0
         twcc = self._twcc_offset
         transport_seq = None
         if twcc > 0 and estimator is not None:
             transport_seq = estimator.record((size + 2,), now)  # RTX adds the original seq
         packet = rewriter.retransmission(sequence_number, transport_seq, twcc)
         out, pair = self._out, self._pair  # set with the route
-        if packet is not None and out is not None and pair is not None:
-            with contextlib.suppress(OSError):
-                out.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
-                self.retransmissions += 1
-                self.rtx_bytes += len(packet)
-                if estimator is not None:
-                    estimator.sent(len(packet), now)
+        if packet is None or out is None or pair is None:
+            return 0
+        try:
+            out.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
+        except OSError:
+            return 0
+        if estimator is not None:
+            estimator.sent(len(packet), now)
+        return len(packet)
+
+    @property
+    def can_probe(self) -> bool:
+        """Probe packets can go out and be measured: RTX and transport-cc negotiated."""
+        rewriter = self.rewriter
+        return (
+            rewriter is not None
+            and rewriter.profile.rtx_payload_type is not None
+            and self._twcc_offset > 0
+            and self.estimator is not None
+        )

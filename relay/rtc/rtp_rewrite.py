@@ -343,6 +343,20 @@ class RtpRewriter:
         age = (self.last_timestamp - self._ts[slot]) & 0xFFFFFFFF
         return len(self._frames[slot][offset]), 0 if age >= 1 << 31 else age, self._key[slot]
 
+    def recent(self, limit: int) -> list[tuple[int, int]]:
+        """(sequence number, size) of up to ``limit`` packets of the newest frames in the
+        history, newest first (what a probe's padding resends)."""
+        out: list[tuple[int, int]] = []
+        for back in range(1, HISTORY_FRAMES + 1):
+            slot = (self._slot - back) % HISTORY_FRAMES
+            frame = self._frames[slot]
+            first = self._first[slot]
+            for i in range(len(frame) - 1, -1, -1):
+                out.append(((first + i) & 0xFFFF, len(frame[i])))
+                if len(out) >= limit:
+                    return out
+        return out
+
     def retransmission(
         self, sequence: int, transport_seq: int | None = None, transport_offset: int = 0
     ) -> bytes | None:

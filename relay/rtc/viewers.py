@@ -55,6 +55,7 @@ from relay.rtc.peer import (
     close_quietly,
     codec_preferences,
 )
+from relay.rtc.probe_sender import ProbeSender
 from relay.rtc.sdp import OfferSummary, TrickleFragment, strip_mdns_candidates
 from relay.rtc.session_ids import new_etag, new_session_id
 from relay.rtc.tracks import HubTrack
@@ -125,6 +126,8 @@ class ViewerLimits:
     transport_cc: bool = True
     """Answer transport-cc (the transport-wide sequence number extension and its feedback)
     when a viewer offers it: the best source of its bandwidth estimate (direct sending only)."""
+    probing: bool = True
+    """Probe a transport-cc viewer below the top layer for headroom (``relay/media/probe.py``)."""
 
 
 @dataclass(slots=True)
@@ -195,6 +198,7 @@ class ViewerSession:
     step_ups: int = 0  # switches up
     estimator: BandwidthEstimator | None = None  # the viewer's bandwidth (direct sending)
     transport_cc: bool = False  # negotiated with the viewer
+    prober: ProbeSender | None = None  # probe clusters (transport-cc, RTX, a ladder)
     rtcp_errors: int = 0
 
     @property
@@ -437,6 +441,13 @@ class ViewerService:
             # the video's receiver reports (the audio's when there is no video)
             reports_to_estimator=queue.kind == "video" or "video" not in session.hub.codecs,
         )
+        if (
+            queue.kind == "video"
+            and session.estimator is not None
+            and self.limits.probing
+            and self._layers is not None
+        ):
+            session.prober = ProbeSender(direct, session.estimator, now=time.monotonic())
         return direct
 
     async def _adapt(self, interval: float = ADAPT_INTERVAL) -> None:
@@ -505,7 +516,18 @@ class ViewerService:
         freshest = max((x.hub.last_video_at or 0.0 for x in ladder), default=0.0)
         layers = [Layer(x.name, layer_bitrate(x, now), layer_live(x.hub, freshest)) for x in ladder]
         congestion = q.overflows + sender.lossy_reports
-        switch = selector.update(now, layers, self._estimates(session), congestion)
+        estimate = self._estimates(session)
+        prober, probed = session.prober, None
+        if prober is not None and pending is None:
+            # a probe aims at a layer's nominal rate when it has one: its measured rate may be
+            # far below (easy pictures, a starved mixer) and rise the moment it is taken
+            nominal = {x.name: x.nominal_bps or 0 for x in ladder}
+            live = [x for x in layers if x.live]
+            at = next((i for i, x in enumerate(live) if x.name == selector.current), 0)
+            higher = [max(x.bitrate, nominal.get(x.name, 0)) for x in live[:at]][::-1]
+            prober.tick(now, session.estimate, higher)
+            probed = prober.probed(now, len(higher))
+        switch = selector.update(now, layers, estimate, congestion, probed)
         if pending is not None and selector.pending is not pending:  # its target went away
             gone = hubs.get(pending.target)
             if gone is not None:
@@ -558,6 +580,8 @@ class ViewerService:
         session.hub = target
         target.attach(session.viewer, keyframe=not at_keyframe)
         selector.switched(now)
+        if session.prober is not None:
+            session.prober.switched(now, up=not switch.down)
         if switch.down:
             session.fallbacks += 1
             self.switches_down += 1

@@ -116,6 +116,7 @@ def viewer_limits(
             max_age=media.rtx_max_age, share=media.rtx_share, playout=media.rtx_playout
         ),
         transport_cc=media.viewer_transport_cc,
+        probing=media.viewer_probing,
         keyframe_backoff=media.viewer_keyframe_backoff,
         connect_timeout=sessions.connect_timeout,
         retry_after=sessions.retry_after,

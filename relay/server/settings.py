@@ -66,6 +66,10 @@ class MediaSettings(BaseModel):
     """Answer transport-cc (the transport-wide sequence number extension and its feedback) when
     a viewer offers it (Chromium, Firefox): its feedback drives the viewer's bandwidth
     estimate (``GET /v1/rooms/{room}/viewers``, /metrics); without it, REMB or receiver reports."""
+    viewer_probing: bool = True
+    """Probe a transport-cc viewer on a lower layer for headroom (short clusters of RTX
+    retransmissions at a higher layer's rate, ``relay/media/probe.py``), so it climbs back
+    after a dip; off: only the estimate of what it is sent moves it up."""
     native_send: bool = True
     """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells

@@ -4,7 +4,8 @@ An open-loop sender (a stream of fixed bitrate, each frame's packets sent as one
 direct sender does) through a link with a bottleneck rate, a drop-tail queue, random loss and a
 propagation delay; the receiver sends transport-cc feedback every ``feedback_interval`` the way
 libwebrtc does (every packet from the first not yet reported to the newest arrived, the gaps
-reported missing). ``run_trace`` feeds it all to a ``BandwidthEstimator`` on a fake clock.
+reported missing). ``run_trace`` feeds it all to a ``BandwidthEstimator`` on a fake clock;
+``run_adaptive`` closes the loop (the layer selector picks the stream, probe clusters are added).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 from relay.media.cc_feedback import build_transport_feedback
 from relay.media.estimator import BandwidthEstimate, BandwidthEstimator
+from relay.media.layer_selector import Layer, LayerSelector, SelectorConfig
+from relay.media.probe import ProbeConfig, ProbeController
 
 PACKET = 1200
 
@@ -107,3 +110,141 @@ def run_trace(
         else:
             out.append((now, estimator.snapshot(now)))
     return out
+
+
+@dataclass
+class Adaptive:
+    """What ``run_adaptive`` saw: the layer over time and the switches, the probes."""
+
+    layers: list[tuple[float, str]]
+    switches: list[tuple[float, str, bool]]  # (time, to, down)
+    estimates: list[tuple[float, BandwidthEstimate]]
+    controller: ProbeController | None
+    probe_packets: int = 0
+
+
+def run_adaptive(
+    link: Link,
+    ladder: tuple[Layer, ...],
+    *,
+    seconds: float,
+    start: str | None = None,
+    probing: bool = True,
+    probe: ProbeConfig | None = None,
+    selector: SelectorConfig | None = None,
+    fps: int = 30,
+    feedback_interval: float = 0.05,
+    tick: float = 0.5,
+    seed: int = 1,
+    native: bool = True,
+) -> Adaptive:
+    """The closed loop of one transport-cc viewer on a fake clock, as ``ViewerService.adapt``
+    drives it: the sender sends the selector's layer (its switches take effect at once), the
+    estimator reads the receiver's feedback, a ``ProbeController`` adds probe packets to the
+    frames while a cluster runs, and the selector reads the estimate and what was probed."""
+    rng = random.Random(seed)
+    estimator = BandwidthEstimator(native=native)
+    sel = LayerSelector(start or ladder[0].name, config=selector)
+    controller = ProbeController(probe) if probing else None
+    by_name = {x.name: x for x in ladder}
+    events: list[tuple[float, int, int, object]] = []
+    order = 0
+
+    def push(t: float, kind: int, payload: object) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (t, order, kind, payload))
+
+    for f in range(int(seconds * fps)):
+        push(f / fps, 0, None)
+    t = feedback_interval
+    while t < seconds:
+        push(t, 1, None)
+        t += feedback_interval
+    t = tick
+    while t <= seconds + 1e-9:
+        push(t, 3, None)
+        t += tick
+
+    link_free = 0.0
+    arrivals: dict[int, float] = {}
+    next_report = 0
+    sent_count = 0
+    seen = Adaptive([(0.0, sel.current)], [], [], controller)
+
+    def send(sizes: list[int], now: float) -> None:
+        nonlocal sent_count, link_free
+        estimator.record(sizes, now)
+        estimator.sent(sum(sizes), now)
+        for size in sizes:
+            seq = sent_count
+            sent_count += 1
+            if rng.random() < link.loss:
+                continue
+            begin = max(link_free, now)
+            if begin - now > link.queue:
+                continue
+            link_free = begin + size * 8 / link.capacity(now)
+            arrivals[seq] = link_free + link.delay
+
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == 0:
+            frame_bytes = by_name[sel.current].bitrate / 8 / fps
+            n = max(1, round(frame_bytes / PACKET))
+            send([int(frame_bytes / n)] * n, now)
+            if controller is not None and controller.active is not None:
+                due = controller.due(
+                    now,
+                    overuse=estimator.usage.value == "overuse",
+                    lost_packets=estimator.lost_packets,
+                )
+                if due is None:
+                    estimator.end_probe(now)
+                elif due:
+                    k = -(-due // PACKET)
+                    send([PACKET] * k, now)
+                    controller.sent(k * PACKET)
+                    seen.probe_packets += k
+        elif kind == 1:
+            arrived = [s for s, a in arrivals.items() if a <= now and s >= next_report]
+            if not arrived:
+                continue
+            highest = max(arrived)
+            report = [arrivals.get(s) for s in range(next_report, highest + 1)]
+            report = [a if a is not None and a <= now else None for a in report]
+            packet = build_transport_feedback(next_report & 0xFFFF, report)
+            for s in range(next_report, highest + 1):
+                arrivals.pop(s, None)
+            next_report = highest + 1
+            push(now + link.delay, 2, packet)
+        elif kind == 2:
+            assert isinstance(payload, bytes)
+            estimator.on_transport_feedback(payload[12:], now)
+        else:
+            snap = estimator.snapshot(now)
+            seen.estimates.append((now, snap))
+            names = [x.name for x in ladder]
+            higher = [x.bitrate for x in ladder[: names.index(sel.current)]][::-1]
+            probed = None
+            if controller is not None:
+                results = estimator.take_probe_results(now)
+                cluster = controller.update(
+                    now, snap, higher, results, lost_packets=estimator.lost_packets
+                )
+                if cluster is not None:
+                    estimator.begin_probe(cluster.id, now)
+                probed = controller.probed(now, len(higher))
+            estimate = snap if snap.source == "twcc" and snap.target_bps is not None else None
+            switch = sel.update(now, ladder, estimate, 0, probed)
+            if switch is not None:
+                sel.switched(now)
+                seen.switches.append((now, switch.target, switch.down))
+                seen.layers.append((now, sel.current))
+                if controller is not None:
+                    controller.switched(now)
+                    if not switch.down:
+                        estimator.renew_probe(now)
+                if estimator.probing:
+                    estimator.end_probe(now)
+    return seen

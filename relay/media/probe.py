@@ -1,0 +1,229 @@
+"""When to probe one viewer's link for headroom, and how much to send, sans I/O.
+
+A viewer on a low layer is sent that layer's bitrate, so a delay-based estimate never sees more:
+after a dip it cannot tell that the link recovered. Probing (as libwebrtc's ProbeController and
+LiveKit's prober do): now and then, send a short cluster of extra packets at a rate a higher
+layer needs and let the transport-cc feedback measure what the link carried
+(``BandwidthEstimator.begin_probe``/``end_probe``). The extra packets are RTX retransmissions of
+packets just sent (``relay.rtc.probe_sender``): the viewer drops the duplicates, loses nothing
+if one is lost, and transport-cc numbers them like media.
+
+* Only with transport-cc feedback (nothing else measures a probe), only while the estimate is
+  calm (no overuse or underuse, loss at most ``max_loss``) for ``stable`` s, and only when the
+  estimate alone does not already show the next layer fits.
+* A cluster aims at ``margin`` x the next layer's bitrate (media included), never more: a
+  probe is capped at the layer it asks about. It carries ``duration`` s worth of probe bytes
+  (with the frames; a late frame stretches it, at most two frames' worth goes at once; it ends
+  after ``timeout`` s whatever was sent) and stops at the first overuse or loss reported.
+* A cluster that carried at least ``success`` of its rate without overuse and with at most
+  ``max_loss`` loss succeeded; the next layer up is probed ``again`` s later (a dip's recovery
+  climbs the ladder in one go). ``probed`` answers the best rate shown, once the climb ended.
+* A cluster that arrived as fast as it was sent but was sent below its rate, or could not be
+  measured at all, without loss or overuse (a stalled source gave too few frames to carry it)
+  is inconclusive: the next one ``retry`` s later.
+* A failed cluster waits ``retry`` s before the next, doubling to ``max_retry``; a layer switch
+  starts over (``first_after`` s later, base retry): a dip's recovery is found within a few
+  seconds, a steady bottleneck costs one 0.1 s burst every ``max_retry`` s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from relay.media.estimator import BandwidthEstimate, ProbeResult
+
+FRAME = 1 / 30  # s: clusters are sent with the video frames, about this far apart
+SATURATED = 0.9  # a cluster that arrived below this share of its send rate found the link's rate
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    duration: float = 0.1
+    timeout: float = 0.5  # a cluster whose bytes the frames have not carried by then ends
+    margin: float = 1.2
+    success: float = 0.9
+    stable: float = 1.0
+    max_loss: float = 0.05
+    first_after: float = 2.0
+    retry: float = 3.0
+    max_retry: float = 30.0
+    again: float = 0.3
+    fresh: float = 5.0  # s a success is answered by ``probed``
+    abort_losses: int = 2  # losses reported while a cluster runs that stop it
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCluster:
+    id: int
+    bitrate: int  # the total rate (media and probe packets) the cluster aims at
+    media_bps: int  # what the viewer is sent anyway
+    start: float
+    end: float
+
+    @property
+    def probe_bps(self) -> int:
+        return max(0, self.bitrate - self.media_bps)
+
+
+class ProbeController:
+    """One viewer's probing: ``update`` every tick (may start a cluster), ``due`` at every frame
+    sent while one runs (the probe bytes to add), ``switched`` at a layer switch."""
+
+    def __init__(self, config: ProbeConfig | None = None, *, now: float = 0.0) -> None:
+        self.config = c = config or ProbeConfig()
+        self.active: ProbeCluster | None = None
+        self._waiting: dict[int, ProbeCluster] = {}
+        self._ids = 0
+        self._sent = 0  # probe bytes of the active cluster
+        self._lost_at_start = 0
+        self._next_at = now + c.first_after
+        self._retry = c.retry
+        self._calm_since: float | None = None
+        self._step = 0  # which of the higher layers the climb is at (0: the next one)
+        self._climbing = False
+        self._best: tuple[int, float] | None = None  # (bits/s shown, when)
+        self.clusters = 0
+        self.successes = 0
+        self.failures = 0
+        self.aborted = 0
+        self.inconclusive = 0
+        self.probe_bytes = 0
+
+    # -- the tick -------------------------------------------------------------------------------
+    def update(
+        self,
+        now: float,
+        estimate: BandwidthEstimate,
+        higher: Sequence[int],
+        results: Iterable[ProbeResult] = (),
+        lost_packets: int = 0,
+    ) -> ProbeCluster | None:
+        """``higher``: the bitrates of the layers above the viewer's, nearest first (empty on
+        the top layer); ``results``: what the estimator measured since the last call. Returns
+        a cluster to start now (the caller opens it in the estimator)."""
+        c = self.config
+        for result in results:
+            self._judge(result, now)
+        calm = (
+            estimate.source == "twcc"
+            and estimate.target_bps is not None
+            and estimate.usage == "normal"
+            and estimate.loss_fraction <= c.max_loss
+        )
+        if not calm:
+            self._calm_since = None
+            if self._climbing and estimate.usage == "overuse":
+                self._climb_over()
+            return None
+        if self._calm_since is None:
+            self._calm_since = now
+        if self.active is not None or self._waiting or not higher:
+            return None
+        if self._climbing and self._step >= len(higher):  # every layer above shown to fit
+            self._climb_over()
+            self._next_at = max(self._next_at, now + c.fresh)
+        if now < self._next_at or now - self._calm_since < c.stable:
+            return None
+        step = min(self._step, len(higher) - 1) if self._climbing else 0
+        target = int(c.margin * higher[step])
+        assert estimate.target_bps is not None
+        if not self._climbing and estimate.target_bps >= target:
+            return None  # the estimate shows it already: nothing to probe
+        self._ids += 1
+        self.clusters += 1
+        media = max(estimate.sent_bps, 0)
+        cluster = ProbeCluster(self._ids, target, media, now, now + c.duration)
+        self.active = cluster
+        self._sent = 0
+        self._lost_at_start = lost_packets
+        self._step = step
+        return cluster
+
+    def due(self, now: float, *, overuse: bool = False, lost_packets: int = 0) -> int | None:
+        """Probe bytes to send now with this frame (0: none this time); None once the active
+        cluster is over (time, overuse, loss): the caller closes it in the estimator."""
+        cluster = self.active
+        if cluster is None:
+            return None
+        if overuse or lost_packets - self._lost_at_start >= self.config.abort_losses:
+            self.aborted += 1
+            self._close()
+            return None
+        total = cluster.probe_bps * (cluster.end - cluster.start) / 8
+        if self._sent >= total or now >= cluster.start + self.config.timeout:
+            self._close()
+            return None
+        # the bytes due by now, at most two frames' worth at once: frames that come late (a
+        # busy source) stretch the cluster instead of sending it in one burst
+        span = now - cluster.start + FRAME
+        due = min(cluster.probe_bps * span / 8 - self._sent, cluster.probe_bps * 2 * FRAME / 8)
+        return max(0, int(due))
+
+    def sent(self, size: int) -> None:
+        """Probe bytes went out for the active cluster."""
+        self._sent += size
+        self.probe_bytes += size
+
+    def _close(self) -> None:
+        cluster, self.active = self.active, None
+        if cluster is not None:
+            self._waiting[cluster.id] = cluster
+
+    def switched(self, now: float) -> None:
+        """The viewer moved to another layer: what was probed is spent; start over."""
+        self._waiting.clear()
+        self._close()
+        self._waiting.clear()
+        self._climbing = False
+        self._step = 0
+        self._best = None
+        self._retry = self.config.retry
+        self._next_at = now + self.config.first_after
+
+    # -- results --------------------------------------------------------------------------------
+    def _judge(self, result: ProbeResult, now: float) -> None:
+        cluster = self._waiting.pop(result.cluster, None)
+        if cluster is None:
+            return
+        c = self.config
+        clear = result.usage != "overuse" and result.loss <= c.max_loss
+        ok = clear and result.bitrate is not None and result.bitrate >= c.success * cluster.bitrate
+        unsaturated = result.receive_bps >= SATURATED * result.send_bps > 0
+        undersent = result.bitrate is None or result.send_bps < c.success * cluster.bitrate
+        if clear and not ok and undersent and (result.bitrate is None or unsaturated):
+            # nothing measurable (a cluster in one burst) or the link carried all we sent but
+            # we sent less than aimed (few frames came to carry the probe: a stalled source),
+            # and nothing went wrong: inconclusive, not a failure
+            self.inconclusive += 1
+            self._next_at = now + c.retry
+            return
+        if ok:
+            assert result.bitrate is not None
+            self.successes += 1
+            self._best = (result.bitrate, now)
+            self._retry = c.retry
+            self._climbing = True
+            self._step += 1
+            self._next_at = now + c.again
+        else:
+            self.failures += 1
+            if self._climbing:
+                self._climb_over()
+            self._next_at = now + self._retry
+            self._retry = min(c.max_retry, 2 * self._retry)
+
+    def _climb_over(self) -> None:
+        self._climbing = False
+        self._step = 0
+
+    def probed(self, now: float, higher: int) -> int | None:
+        """The rate the probes showed the link carries, once the climb is over (a failure, or
+        every one of the ``higher`` layers shown); None while climbing or when nothing fresh was
+        shown."""
+        best = self._best
+        if best is None or now - best[1] > self.config.fresh:
+            return None
+        if self._climbing and self._step < higher:
+            return None
+        return best[0]
