@@ -349,7 +349,7 @@ class Node:
         """py-spy sampling the node (active threads only: samples ~ CPU) until interrupted."""
         spy = Path(sys.executable).with_name("py-spy")
         argv = [str(spy), "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250"]
-        argv += ["--output", str(out), "--nonblocking"]
+        argv += ["--output", str(out), "--native"]  # (native needs the process paused per sample)
         return asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL

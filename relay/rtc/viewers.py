@@ -43,7 +43,6 @@ from relay.rtc.adapter import (
     drop_receive_estimator,
     install_prepacked_sender,
     tap_rtcp,
-    use_certificate,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.certificates import DEFAULT_LIFETIME, RotatingCertificate
@@ -341,8 +340,7 @@ class ViewerService:
         room = key.room
         hub = self.live_hub(key, grant.subject)
         self._admit(room, grant)
-        pc = self._transport.peer_connection()
-        use_certificate(pc, self.certificate.current())
+        pc = self._transport.peer_connection(self.certificate.current())
         sid = new_session_id()
         direct = self.limits.direct
         viewer = hub.create_viewer(sid, direct=direct)
