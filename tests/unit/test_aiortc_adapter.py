@@ -100,7 +100,7 @@ async def test_receive_estimator_is_built_on_the_first_packet() -> None:
         assert estimator.add(1000, 0, 1200, 1234) is None  # (abs_send_time, arrival, size, ssrc)
         real: object = estimator._real
         assert type(real) is RemoteBitrateEstimator
-        assert rtcrtpreceiver.RemoteBitrateEstimator is not RemoteBitrateEstimator
+        assert vars(rtcrtpreceiver)["RemoteBitrateEstimator"] is not RemoteBitrateEstimator
     finally:
         await close_quietly(pc)
 
