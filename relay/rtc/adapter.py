@@ -27,14 +27,18 @@ The hooks that make encoded forwarding possible:
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
-* node certificate (``NodeCertificate``, ``use_certificate``): one DTLS certificate for all of
-  a node's peer connections (aiortc makes one per RTCPeerConnection), its fingerprints and its
-  OpenSSL context (``RTCCertificate._create_ssl_context``) made once, set on a new peer
-  connection's ``__certificates`` before any transport exists.
+* node certificate (``NodeCertificate``, ``use_certificate``, ``new_peer_connection``): one DTLS
+  certificate for all of a node's peer connections (aiortc makes one per RTCPeerConnection),
+  its fingerprints and its OpenSSL context (``RTCCertificate._create_ssl_context``) made once,
+  set on a new peer connection's ``__certificates`` before any transport exists; the
+  ``rtcpeerconnection`` module's ``RTCCertificate`` name hands it to the constructor on the
+  constructing thread, so aiortc generates none to throw away.
+* lazy receive estimators (``use_lazy_receive_estimators``): the ``rtcrtpreceiver`` module's
+  ``RemoteBitrateEstimator`` name builds the real one on a receiver's first packet.
 * ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
   (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
   it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
-* one UDP port, ICE-lite (``install_shared_port``), and ICE-TCP on one TCP port beside it: each
+* one UDP port, ICE-lite (``install_shared_port``; its gathering lists no interfaces), and ICE-TCP on one TCP port beside it: each
   authenticated TCP connection one more StunProtocol of the session (``pair_stream`` for the
   direct sender).
 * transport-cc to publishers (``negotiate_transport_cc``, ``tap_transport_sequence``,
