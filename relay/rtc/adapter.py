@@ -38,9 +38,9 @@ The hooks that make encoded forwarding possible:
 * ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
   (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
   it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
-* one UDP port, ICE-lite (``install_shared_port``; its gathering lists no interfaces), and ICE-TCP on one TCP port beside it: each
-  authenticated TCP connection one more StunProtocol of the session (``pair_stream`` for the
-  direct sender).
+* one UDP port, ICE-lite (``install_shared_port``; its gathering lists no interfaces), and
+  ICE-TCP on one TCP port beside it: each authenticated TCP connection one more StunProtocol
+  of the session (``pair_stream`` for the direct sender).
 * transport-cc to publishers (``negotiate_transport_cc``, ``tap_transport_sequence``,
   ``send_rtcp``): the transport-wide sequence number extension and ``transport-cc`` feedback
   answered where offered (aiortc drops them), every RTP packet's number seen before routing,
