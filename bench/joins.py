@@ -31,6 +31,8 @@ defaults, so refusals show.
     python -m bench.joins                                    # bursts 1,50,200, this tree
     python -m bench.joins --bursts 1,50 --repeat 3 --tree /work/wt/base --tree .
     python -m bench.joins --ports shared,per-peer            # the one UDP port against per-peer
+    python -m bench.joins --bursts 500 --rates 200@50        # also 200 joins at 50 per second
+    python -m bench.joins --bursts 200 --no-admission --profile DIR   # py-spy --native stacks
     python -m bench.joins --worker --base-url URL            # (internal) a worker of viewers
 """
 
