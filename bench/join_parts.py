@@ -11,19 +11,25 @@ the node's work only, whatever else the machine runs. Per join:
   DTLS handshake, SRTP keys, session wiring);
 - ``close``: ``ViewerService.close`` (DELETE).
 
-Two certificate modes run interleaved, join by join: ``node`` (the node's certificate, as
-served) and ``fresh`` (a fresh certificate per join: what aiortc does by itself).
+Modes run interleaved, join by join: ``shared`` (the node's one UDP port, ICE-lite, the node's
+certificate: as served by default), ``per-peer`` (``udp_port`` 0: sockets and gathering per
+peer connection) and ``fresh`` (per-peer, and a fresh certificate per join: aiortc's own way).
+``--cprofile FILE`` profiles the node's side (this thread only, timed by its CPU clock) of the
+``shared`` joins and prints where a join's CPU goes, in ms per join.
 Micro-timings of some pieces (certificate, fingerprints, host addresses, SDP parse, the receive
 estimator a sendonly transceiver still gets) follow; the OpenSSL context per handshake is in the
 difference between the two modes.
 
     python -m bench.join_parts --joins 40
+    python -m bench.join_parts --joins 100 --modes shared --cprofile /tmp/joins.prof
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import statistics
 import threading
 import time
@@ -33,6 +39,7 @@ from typing import Any, TypeVar
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from gateway.launcher import free_udp_port
 from relay.auth.access import Grant
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
@@ -40,6 +47,7 @@ from relay.media.stream_key import StreamKey
 from relay.rtc.certificates import RotatingCertificate
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.sdp import check_offer
+from relay.rtc.transport import NodeTransport, TransportConfig
 from relay.rtc.viewers import ViewerService
 
 T = TypeVar("T")
@@ -136,13 +144,19 @@ async def _offer_text() -> str:
     return sdp
 
 
-async def run(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+async def run(
+    args: argparse.Namespace, profiler: cProfile.Profile | None = None
+) -> dict[str, list[dict[str, float]]]:
     hub = FanoutHub(StreamKey("bench"), CODECS)
+    shared = NodeTransport(TransportConfig(udp_port=free_udp_port(), addresses=("127.0.0.1",)))
+    await shared.start()
     services = {
-        "node": ViewerService(lambda key, subject: hub),
+        "shared": ViewerService(lambda key, subject: hub, transport=shared),
+        "per-peer": ViewerService(lambda key, subject: hub),
         "fresh": ViewerService(lambda key, subject: hub),
     }
     services["fresh"].certificate = RotatingCertificate(1e-9)  # a new one for every join
+    services = {m: s for m, s in services.items() if m in args.modes.split(",")}
     client = ClientLoop()
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in services}
     try:
@@ -150,19 +164,43 @@ async def run(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
             await join(service, client)
         for _ in range(args.joins):
             for mode, service in services.items():
-                results[mode].append(await join(service, client))
+                if profiler is not None and mode == "shared":
+                    profiler.enable()
+                try:
+                    results[mode].append(await join(service, client))
+                finally:
+                    if profiler is not None:
+                        profiler.disable()
     finally:
         for service in services.values():
             await service.shutdown()
+        await shared.close()
         client.stop()
     return results
+
+
+def print_profile(profiler: cProfile.Profile, out: str, joins: int, top: int) -> None:
+    """The functions with the most CPU per join, inclusive (cumulative) and own."""
+    profiler.dump_stats(out)
+    stats = pstats.Stats(out)
+    rows = stats.stats  # type: ignore[attr-defined]
+    for title, index in (("inclusive", 3), ("own", 2)):
+        print(f"\n| node CPU per join, {title}, ms | function |\n|---|---|")
+        ranked = sorted(rows.items(), key=lambda kv: kv[1][index], reverse=True)[:top]
+        for (path, line, name), row in ranked:
+            short = "/".join(path.split("/")[-2:])
+            print(f"| {1000 * row[index] / joins:.3f} | {name} ({short}:{line}) |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--joins", type=int, default=40)
+    parser.add_argument("--modes", default="shared,per-peer,fresh")
+    parser.add_argument("--cprofile", default="", help="profile the shared joins to this file")
+    parser.add_argument("--top", type=int, default=45)
     args = parser.parse_args()
-    results = asyncio.run(run(args))
+    profiler = cProfile.Profile(time.thread_time) if args.cprofile else None
+    results = asyncio.run(run(args, profiler))
     print("| node CPU per join, ms (median / p90) | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     for step in ("open", "connect", "close"):
@@ -180,6 +218,8 @@ def main() -> None:
     print("\n| piece | ms |\n|---|---|")
     for name, ms in pieces():
         print(f"| {name} | {ms:.3f} |")
+    if profiler is not None:
+        print_profile(profiler, args.cprofile, args.joins, args.top)
 
 
 if __name__ == "__main__":

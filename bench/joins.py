@@ -31,6 +31,8 @@ defaults, so refusals show.
     python -m bench.joins                                    # bursts 1,50,200, this tree
     python -m bench.joins --bursts 1,50 --repeat 3 --tree /work/wt/base --tree .
     python -m bench.joins --ports shared,per-peer            # the one UDP port against per-peer
+    python -m bench.joins --bursts 500 --rates 200@50        # also 200 joins at 50 per second
+    python -m bench.joins --bursts 200 --no-admission --profile DIR   # py-spy --native stacks
     python -m bench.joins --worker --base-url URL            # (internal) a worker of viewers
 """
 
@@ -118,7 +120,9 @@ class JoinPool:
         self.viewers: list[Viewer] = []
         self.counters: list[SocketCounter] = []
 
-    async def _join(self) -> dict[str, Any]:
+    async def _join(self, delay: float = 0.0) -> dict[str, Any]:
+        if delay:
+            await asyncio.sleep(delay)
         try:
             viewer = await whep_watch(self.base_url, ROOM, decode=False, timeout=self.timeout)
         except httpx.HTTPStatusError as exc:
@@ -134,8 +138,8 @@ class JoinPool:
         self.counters.append(SocketCounter(viewer))
         return {"status": 201, "post_at": viewer.joined_at, "first_at": viewer.first_frame_at}
 
-    async def burst(self, n: int) -> dict[str, Any]:
-        results = await asyncio.gather(*(self._join() for _ in range(n)))
+    async def burst(self, n: int, spacing: float = 0.0) -> dict[str, Any]:
+        results = await asyncio.gather(*(self._join(i * spacing) for i in range(n)))
         return {"op": "burst", "results": results}
 
     async def leave(self) -> dict[str, Any]:
@@ -150,7 +154,7 @@ async def serve_worker(args: argparse.Namespace) -> None:
         while line := await asyncio.to_thread(sys.stdin.readline):
             cmd = json.loads(line)
             if cmd["op"] == "burst":
-                reply = await pool.burst(int(cmd["n"]))
+                reply = await pool.burst(int(cmd["n"]), float(cmd.get("spacing", 0.0)))
             elif cmd["op"] == "leave":
                 reply = await pool.leave()
             else:
@@ -205,6 +209,7 @@ class Watcher:
 class Burst:
     tree: str
     n: int
+    rate: float = 0.0  # joins per second (0: all at once)
     seconds: float = 0.0
     joined: int = 0
     refused: int = 0  # 503
@@ -220,6 +225,7 @@ class Burst:
     watcher_freezes: int = 0
     leave_ms_per_viewer: float | None = None
     rss_mib: float = 0.0
+    loadavg: float = 0.0  # the machine's 1-minute load average at the burst's end
 
 
 class Node:
@@ -332,7 +338,9 @@ class Node:
         headers = {"X-API-Key": OPERATOR_KEY}
         # a node busy with 200 joins on a loaded machine may take seconds to answer
         async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers) as client:
-            return float((await client.get(f"/v1/rooms/{ROOM}/stream")).json()["fanout_cpu_s"])
+            body = (await client.get(f"/v1/rooms/{ROOM}/stream")).json()
+            # an overwhelmed node may have lost the anchor (no stream): the burst's row shows it
+            return float(body.get("fanout_cpu_s", 0.0))
 
     async def rate(self, seconds: float) -> tuple[float, float, float]:
         """The node's cores over ``seconds``, those spent outside the fan-out loop, and its CPU
@@ -349,17 +357,18 @@ class Node:
         """py-spy sampling the node (active threads only: samples ~ CPU) until interrupted."""
         spy = Path(sys.executable).with_name("py-spy")
         argv = [str(spy), "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250"]
-        argv += ["--output", str(out), "--nonblocking"]
+        argv += ["--output", str(out), "--native"]  # (native needs the process paused per sample)
         return asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
             )
         )
 
-    async def burst(self, n: int) -> Burst:
+    async def burst(self, n: int, rate: float = 0.0) -> Burst:
+        """``n`` joins at once, or at ``rate`` per second."""
         args = self.args
         assert self.watcher is not None
-        result = Burst(self.label, n)
+        result = Burst(self.label, n, rate)
         result.base_cores, base_other, per_packet = await self.rate(args.settle)
         k = len(self.workers)
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -371,7 +380,10 @@ class Node:
         cpu0, t0 = process_cpu(self.pid), time.monotonic()
         replies = await asyncio.gather(
             *(
-                w.call({"op": "burst", "n": s}, args.join_timeout * 3 + 60)
+                w.call(
+                    {"op": "burst", "n": s, "spacing": k / rate if rate else 0.0},
+                    args.join_timeout * 3 + 60 + n / max(rate, 1e-3),
+                )
                 for w, s in zip(self.workers, shares, strict=True)
                 if s
             )
@@ -410,6 +422,7 @@ class Node:
         result.watcher_max_gap_ms = 1000 * max(gaps)
         result.watcher_freezes = sum(1 for g in gaps if g > FREEZE_S)
         result.rss_mib = process_rss_mib(self.pid)
+        result.loadavg = os.getloadavg()[0]
         left_cpu0 = process_cpu(self.pid)
         left = await asyncio.gather(*(w.call({"op": "leave"}, 120) for w in self.workers))
         deadline = time.monotonic() + 30
@@ -447,19 +460,20 @@ def row(b: Burst) -> str:
     def f(v: float | None, d: int = 1) -> str:
         return "-" if v is None else f"{v:.{d}f}"
 
+    n = f"{b.n} at {b.rate:g}/s" if b.rate else str(b.n)
     return (
-        f"| {b.tree} | {b.n} | {b.joined} | {100 * b.refused / b.n:.0f}% | {b.failed} "
+        f"| {b.tree} | {n} | {b.joined} | {100 * b.refused / b.n:.0f}% | {b.failed} "
         f"| {b.seconds:.2f} | {b.cpu_s:.2f} | {f(b.gross_ms_per_join)} | {f(b.net_ms_per_join)} "
         f"| {f(b.ttff_p50_ms, 0)} / {f(b.ttff_p95_ms, 0)} | {b.watcher_max_gap_ms:.0f} "
         f"| {b.watcher_freezes} | {f(b.leave_ms_per_viewer)} | {b.base_cores:.3f} "
-        f"| {b.after_cores:.3f} | {b.rss_mib:.0f} |"
+        f"| {b.after_cores:.3f} | {b.rss_mib:.0f} | {b.loadavg:.1f} |"
     )
 
 
 HEAD = (
     "| tree | N | joined | refused (503) | failed | burst s | node CPU s | ms/join gross "
     "| ms/join net | ttff p50 / p95 ms | watcher max gap ms | freezes > 200 ms "
-    "| ms/leave | cores before | cores after | RSS MiB |\n" + "|---" * 16 + "|"
+    "| ms/leave | cores before | cores after | RSS MiB | load |\n" + "|---" * 17 + "|"
 )
 
 
@@ -467,9 +481,9 @@ def summary(bursts: list[Burst]) -> str:
     lines = ["| tree | N | runs | ms/join net min / median | gross min / median "
              "| ttff p95 ms median | refused max | watcher max gap ms median |",
              "|---" * 8 + "|"]  # fmt: skip
-    keys = sorted({(b.tree, b.n) for b in bursts}, key=lambda k: (k[1], k[0]))
-    for tree, n in keys:
-        runs = [b for b in bursts if b.tree == tree and b.n == n]
+    keys = sorted({(b.tree, b.n, b.rate) for b in bursts}, key=lambda k: (k[2], k[1], k[0]))
+    for tree, n, rate in keys:
+        runs = [b for b in bursts if b.tree == tree and b.n == n and b.rate == rate]
         net = [b.net_ms_per_join for b in runs if b.net_ms_per_join is not None]
         gross = [b.gross_ms_per_join for b in runs if b.gross_ms_per_join is not None]
         p95 = [b.ttff_p95_ms for b in runs if b.ttff_p95_ms is not None]
@@ -477,8 +491,9 @@ def summary(bursts: list[Burst]) -> str:
         def mm(v: list[float]) -> str:
             return f"{min(v):.1f} / {statistics.median(v):.1f}" if v else "-"
 
+        label = f"{n} at {rate:g}/s" if rate else str(n)
         lines.append(
-            f"| {tree} | {n} | {len(runs)} | {mm(net)} | {mm(gross)} "
+            f"| {tree} | {label} | {len(runs)} | {mm(net)} | {mm(gross)} "
             f"| {statistics.median(p95) if p95 else 0:.0f} "
             f"| {max(100 * b.refused / b.n for b in runs):.0f}% "
             f"| {statistics.median(b.watcher_max_gap_ms for b in runs):.0f} |"
@@ -490,7 +505,8 @@ async def run(args: argparse.Namespace) -> list[Burst]:
     use_anchor_encoder("ultrafast", args.kbps)
     children = Children(Path(tempfile.mkdtemp(prefix="stagecast-joins-")))
     bursts: list[Burst] = []
-    sizes = [int(x) for x in args.bursts.split(",")]
+    sizes = [int(x) for x in args.bursts.split(",") if x]
+    rates = [(int(c), float(r)) for c, r in (x.split("@") for x in args.rates.split(",") if x)]
     trees: list[Path] = args.tree
     for folder in (args.profile, args.cprofile):
         if folder is not None:
@@ -507,6 +523,11 @@ async def run(args: argparse.Namespace) -> list[Burst]:
                             b = await node.burst(n)
                             bursts.append(b)
                             print(row(b), flush=True)
+                    for spec in rates:
+                        count, per_second = spec
+                        b = await node.burst(count, per_second)
+                        bursts.append(b)
+                        print(row(b), flush=True)
                 finally:
                     await node.stop()
     finally:
@@ -518,6 +539,9 @@ async def run(args: argparse.Namespace) -> list[Burst]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bursts", default="1,50,200")
+    parser.add_argument(
+        "--rates", default="", help="steady joins: COUNT@PER_SECOND,... (e.g. 200@50)"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--ones", type=int, default=5, help="single joins per repetition")
     parser.add_argument("--tree", action="append", help="checkout to run the node from")

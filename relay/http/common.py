@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 
 from fastapi import Request
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.responses import Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
@@ -56,16 +54,31 @@ def preflight_headers(methods: str, origin: str) -> dict[str, str]:
     }
 
 
-class CorsHeaders(BaseHTTPMiddleware):
-    """Adds the response-side CORS headers a browser WHIP/WHEP client needs to read Location etc."""
+class CorsHeaders:
+    """Adds the response-side CORS headers a browser WHIP/WHEP client needs to read Location etc.
+
+    Plain ASGI (Starlette's BaseHTTPMiddleware runs every request through a task group and
+    memory streams: ~0.3 ms of each join)."""
 
     def __init__(self, app: ASGIApp, allow_origin: str = "*") -> None:
-        super().__init__(app)
+        self.app = app
         self.allow_origin = allow_origin
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        response = await call_next(request)
-        if "origin" in request.headers:
-            response.headers.setdefault("Access-Control-Allow-Origin", self.allow_origin)
-            response.headers.setdefault("Access-Control-Expose-Headers", EXPOSED)
-        return response
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(k == b"origin" for k, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        extra = (
+            (b"access-control-allow-origin", self.allow_origin.encode("latin-1")),
+            (b"access-control-expose-headers", EXPOSED.encode("latin-1")),
+        )
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in extra if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
 
 
 class LoopLagMonitor:
@@ -63,15 +62,29 @@ class LoopLagMonitor:
             self._task = None
 
 
+class OverloadCheck:
+    """Admission control for viewers: overloaded while the loop runs late or near its core
+    (None turns a check off). ``late`` alone is what a burst of joins already taken in turns
+    (relay.rtc.join_queue) is held to: its own work keeps the loop near its core, and its
+    joins wait in line instead."""
+
+    def __init__(self, lag: LoopLagMonitor, max_lag: float | None, max_busy: float | None) -> None:
+        self._lag = lag
+        self.max_lag = max_lag
+        self.max_busy = max_busy
+
+    def late(self) -> bool:
+        return self.max_lag is not None and self._lag.lagging(self.max_lag)
+
+    def __call__(self) -> bool:
+        if self.late():
+            return True
+        return self.max_busy is not None and self._lag.busy() >= self.max_busy
+
+
 def overload_check(
     lag: LoopLagMonitor, max_lag: float | None, max_busy: float | None
-) -> Callable[[], bool]:
+) -> OverloadCheck:
     """Admission control for viewers: refuse while the loop runs late or near its core (None
     turns a check off)."""
-
-    def overloaded() -> bool:
-        if max_lag is not None and lag.lagging(max_lag):
-            return True
-        return max_busy is not None and lag.busy() >= max_busy
-
-    return overloaded
+    return OverloadCheck(lag, max_lag, max_busy)

@@ -27,16 +27,20 @@ The hooks that make encoded forwarding possible:
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
-* node certificate (``NodeCertificate``, ``use_certificate``): one DTLS certificate for all of
-  a node's peer connections (aiortc makes one per RTCPeerConnection), its fingerprints and its
-  OpenSSL context (``RTCCertificate._create_ssl_context``) made once, set on a new peer
-  connection's ``__certificates`` before any transport exists.
+* node certificate (``NodeCertificate``, ``use_certificate``, ``new_peer_connection``): one DTLS
+  certificate for all of a node's peer connections (aiortc makes one per RTCPeerConnection),
+  its fingerprints and its OpenSSL context (``RTCCertificate._create_ssl_context``) made once,
+  set on a new peer connection's ``__certificates`` before any transport exists; the
+  ``rtcpeerconnection`` module's ``RTCCertificate`` name hands it to the constructor on the
+  constructing thread, so aiortc generates none to throw away.
+* lazy receive estimators (``use_lazy_receive_estimators``): the ``rtcrtpreceiver`` module's
+  ``RemoteBitrateEstimator`` name builds the real one on a receiver's first packet.
 * ICE check bounds (``guard_ice_checks``): a session's ordinary checks start one per interval
   (RFC 8445's Ta) instead of aioice's 20 ms (its connections' ``_check_periodic`` wrapped), and
   it learns a bounded number of peer-reflexive addresses (``request_received`` wrapped).
-* one UDP port, ICE-lite (``install_shared_port``), and ICE-TCP on one TCP port beside it: each
-  authenticated TCP connection one more StunProtocol of the session (``pair_stream`` for the
-  direct sender).
+* one UDP port, ICE-lite (``install_shared_port``; its gathering lists no interfaces), and
+  ICE-TCP on one TCP port beside it: each authenticated TCP connection one more StunProtocol
+  of the session (``pair_stream`` for the direct sender).
 * transport-cc to publishers (``negotiate_transport_cc``, ``tap_transport_sequence``,
   ``send_rtcp``): the transport-wide sequence number extension and ``transport-cc`` feedback
   answered where offered (aiortc drops them), every RTP packet's number seen before routing,
@@ -56,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import version
@@ -65,10 +70,13 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import rtcpeerconnection as aiortc_rtcpeerconnection
+from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rate import RemoteBitrateEstimator as _RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsFingerprint, SRTPProtectionProfile
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import (
@@ -243,6 +251,32 @@ def install_prepacked_sender(sender: RTCRtpSender, on_keyframe_request: Callable
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
 
+class _LazyEstimator:
+    """Stands in for aiortc's RemoteBitrateEstimator until a packet arrives: a viewer's
+    sendonly video receiver never gets one, and building the real one (a rate counter of 1,000
+    bucket objects) cost ~0.3 ms of each join, and a young-generation GC pass per few joins."""
+
+    __slots__ = ("_real",)
+
+    def __init__(self) -> None:
+        self._real: Any = None
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        real = self._real
+        if real is None:
+            real = self._real = _RemoteBitrateEstimator()
+        return real.add(*args, **kwargs)
+
+
+def use_lazy_receive_estimators() -> None:
+    """Make every video receiver of THIS process build its receive-side bandwidth estimator
+    on its first RTP packet instead of at construction (idempotent; behaviour unchanged for a
+    receiver that receives)."""
+    if getattr(aiortc_rtcrtpreceiver, "RemoteBitrateEstimator", None) is None:
+        raise AdapterError("aiortc internals changed: rtcrtpreceiver.RemoteBitrateEstimator")
+    setattr(aiortc_rtcrtpreceiver, "RemoteBitrateEstimator", _LazyEstimator)  # noqa: B010
+
+
 def drop_receive_estimator(receiver: RTCRtpReceiver) -> None:
     """Free the bandwidth estimator of a receiver that will never receive (a viewer's sendonly
     transceiver has one too): aiortc gives every video receiver a rate counter of 1,000 bucket
@@ -395,10 +429,9 @@ def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
     ``pc``'s remote offer that has them; only when all m-lines share one transport (BUNDLE:
     the sequence numbers are transport-wide). Call after ``setRemoteDescription``, before
     the answer. True when it was accepted on some m-line."""
-    remote = pc.remoteDescription
-    if remote is None:
+    description = _remote_description(pc)
+    if description is None:
         return False
-    description = aiortc_sdp.SessionDescription.parse(remote.sdp)
     transceivers = {t.mid: t for t in pc.getTransceivers() if t.mid is not None}
     if not transceivers or len(ice_transports(pc)) != 1:
         return False
@@ -429,6 +462,15 @@ def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
             if codec.payloadType in fb and all(f.type != "transport-cc" for f in feedback):
                 feedback.append(RTCRtcpFeedback(type="transport-cc"))
     return True
+
+
+def _remote_description(pc: RTCPeerConnection) -> Any:
+    """aiortc's parsed remote description (``pc.remoteDescription`` writes it out as text,
+    which would then be parsed again)."""
+    name = "_RTCPeerConnection__remoteDescription"
+    if not hasattr(pc, name):
+        raise AdapterError("RTCPeerConnection internals changed: no __remoteDescription")
+    return getattr(pc, name)()
 
 
 def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], bytes]) -> None:
@@ -645,6 +687,40 @@ class NodeCertificate(RTCCertificate):
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             self._contexts[key] = context
         return context
+
+
+_constructing = threading.local()  # the certificate a peer connection being built takes
+
+
+class _GivenCertificate(RTCCertificate):
+    """What aiortc's RTCPeerConnection module sees as RTCCertificate once
+    ``new_peer_connection`` has been used: ``generateCertificate`` returns the certificate the
+    peer connection being constructed on this thread was given (aiortc's own way otherwise)."""
+
+    @classmethod
+    def generateCertificate(cls) -> RTCCertificate:  # type: ignore[override]
+        given: RTCCertificate | None = getattr(_constructing, "certificate", None)
+        if given is not None:
+            return given
+        return RTCCertificate.generateCertificate()
+
+
+def new_peer_connection(configuration: Any, certificate: RTCCertificate) -> RTCPeerConnection:
+    """An RTCPeerConnection that does DTLS with ``certificate`` (the node's), without the key
+    and certificate aiortc would generate for it and throw away (~0.1 ms per join)."""
+    if getattr(aiortc_rtcpeerconnection, "RTCCertificate", None) not in (
+        RTCCertificate,
+        _GivenCertificate,
+    ):
+        raise AdapterError("aiortc internals changed: rtcpeerconnection.RTCCertificate")
+    aiortc_rtcpeerconnection.RTCCertificate = _GivenCertificate  # type: ignore[attr-defined]
+    _constructing.certificate = certificate
+    try:
+        pc = RTCPeerConnection(configuration)
+    finally:
+        _constructing.certificate = None
+    use_certificate(pc, certificate)  # (checks that it took)
+    return pc
 
 
 def use_certificate(pc: RTCPeerConnection, certificate: RTCCertificate) -> None:
@@ -865,8 +941,13 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
     gatherer = ice.iceGatherer
     if not hasattr(connection, "_local_username"):
         raise AdapterError("aioice Connection internals changed: no _local_username")
+    gathering = ("gather_candidates", "_local_candidates_start", "_local_candidates", "_components")
+    for name in gathering:
+        if not hasattr(connection, name):
+            raise AdapterError(f"aioice Connection internals changed: no {name}")
     connection._local_username = port.unused_ufrag()  # unique on the port: the demux key
     connection.get_component_candidates = _shared_candidates(connection, port, hosts, tcp)
+    connection.gather_candidates = _shared_gather(connection)
     connection.connect = _lite_connect(connection)
     connection.check_incoming = _lite_check(connection)
     connection._check_list_maybe_fail = lambda: None  # a lite agent's checks cannot fail
@@ -874,6 +955,23 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
     parameters.iceLite = True
     gatherer.getLocalParameters = lambda: parameters
     return True
+
+
+def _shared_gather(connection: Any) -> Callable[[], Coroutine[Any, Any, None]]:
+    """aioice's gather_candidates without listing the host's interfaces (~0.2 ms per
+    session): the shared port's candidates are the node's, known already."""
+
+    async def gather_candidates() -> None:
+        if connection._local_candidates_start:
+            return
+        connection._local_candidates_start = True
+        for component in connection._components:
+            connection._local_candidates += await connection.get_component_candidates(
+                component=component, addresses=[]
+            )
+        connection._local_candidates_end = True
+
+    return gather_candidates
 
 
 def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | None) -> Any:

@@ -130,12 +130,15 @@ async def answer_offer(
         await pc.setRemoteDescription(
             RTCSessionDescription(screen_offer(offer_sdp, policy), "offer")
         )
+        await asyncio.sleep(0)  # each step its own turn of the loop (~1 ms each): media between
         guard_ice_checks(pc, policy)
         if simulcast is not None:
             keep_header_extensions(pc, "video", simulcast.extensions)
         if prepare is not None:  # the node's transport (relay.rtc.transport): before the answer
             await prepare(pc)
-        await pc.setLocalDescription(await pc.createAnswer())
+        answer = await pc.createAnswer()
+        await asyncio.sleep(0)
+        await pc.setLocalDescription(answer)
     except Exception as exc:
         await close_quietly(pc)
         if isinstance(exc, StagecastError):

@@ -17,12 +17,18 @@ import socket
 from dataclasses import dataclass
 
 from aioice.ice import get_host_addresses
-from aiortc import RTCPeerConnection
+from aiortc import RTCCertificate, RTCPeerConnection
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
 from relay.auth.turn import NodeIce
 from relay.media.consent import DEFAULT_CONSENT_TIMEOUT
-from relay.rtc.adapter import install_shared_port, install_traffic_consent, offer_addresses
+from relay.rtc.adapter import (
+    install_shared_port,
+    install_traffic_consent,
+    new_peer_connection,
+    offer_addresses,
+    use_lazy_receive_estimators,
+)
 from relay.rtc.peer import rtc_configuration
 from relay.rtc.shared_port import SharedUdpPort, family_of
 from relay.rtc.tcp_port import SharedTcpPort
@@ -152,8 +158,15 @@ class NodeTransport:
         """The ICE-TCP port's number once open (None: no ICE-TCP)."""
         return self.tcp.port if self.tcp is not None else None
 
-    def peer_connection(self) -> RTCPeerConnection:
-        return RTCPeerConnection(rtc_configuration(self.config.ice_servers))
+    def peer_connection(self, certificate: RTCCertificate | None = None) -> RTCPeerConnection:
+        """A new peer connection; with ``certificate`` (the node's) it does DTLS with that one
+        and aiortc makes none of its own. Its receivers build their bandwidth estimator on
+        their first packet (a viewer's never receive)."""
+        use_lazy_receive_estimators()
+        configuration = rtc_configuration(self.config.ice_servers)
+        if certificate is None:
+            return RTCPeerConnection(configuration)
+        return new_peer_connection(configuration, certificate)
 
     async def prepare_answer(self, pc: RTCPeerConnection) -> None:
         """Call after ``setRemoteDescription(offer)``, before the answer is created."""

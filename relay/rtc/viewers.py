@@ -38,16 +38,17 @@ from relay.media.lifecycle import SessionLifecycle
 from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
+from relay.ops.loop_lag import OverloadCheck
 from relay.rtc.adapter import (
     accept_transport_cc,
     drop_receive_estimator,
     install_prepacked_sender,
     tap_rtcp,
-    use_certificate,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.certificates import DEFAULT_LIFETIME, RotatingCertificate
 from relay.rtc.direct_sender import DirectSender, new_template_cache
+from relay.rtc.join_queue import DEFAULT_CONCURRENCY, DEFAULT_MAX_WAIT, JoinQueue
 from relay.rtc.lifecycle import PeerLifecycle
 from relay.rtc.peer import (
     answer_offer,
@@ -123,6 +124,10 @@ class ViewerLimits:
     keyframe_backoff: float = 8.0
     """Longest wait between two keyframe requests of one viewer that keeps asking (0: no
     per-viewer backoff, only the hub's coalescing)."""
+    join_concurrency: int = DEFAULT_CONCURRENCY
+    """Joins answered at once (relay.rtc.join_queue); the others wait in line."""
+    join_max_wait: float = DEFAULT_MAX_WAIT
+    """Seconds a join may be expected to wait in line; beyond it, 503 + Retry-After."""
     transport_cc: bool = True
     """Answer transport-cc (the transport-wide sequence number extension and its feedback)
     when a viewer offers it: the best source of its bandwidth estimate (direct sending only)."""
@@ -295,6 +300,11 @@ class ViewerService:
         self.switches_down = 0
         self._monitor: asyncio.Task[None] | None = None
         self.certificate = RotatingCertificate(self.limits.certificate_lifetime)
+        self.joins = JoinQueue(
+            self.limits.join_concurrency,
+            self.limits.join_max_wait,
+            retry_after=self.limits.retry_after,
+        )
 
     def egress(self) -> EgressTotals:
         """Totals so far, live viewers included."""
@@ -324,7 +334,7 @@ class ViewerService:
         limit (each of its viewers is counted where it watches) and from overload refusal (the
         edge is what takes load off this node); the node's own maximum still holds."""
         link = grant.subject.startswith(LINK_SUBJECT_PREFIX)
-        if not link and self._overloaded():
+        if not link and self._overloaded_now():
             raise ServiceUnavailable(
                 "this node is overloaded (its event loop is late or near its core)",
                 retry_after=self.limits.retry_after,
@@ -339,14 +349,31 @@ class ViewerService:
                 retry_after=self.limits.retry_after,
             )
 
+    def _overloaded_now(self) -> bool:
+        """During a burst of joins (taken in turns, waiting in line) only a late loop refuses:
+        the burst's own work keeps the loop near its core, and its joins wait rather than
+        being refused."""
+        check = self._overloaded
+        if isinstance(check, OverloadCheck) and self.joins.bursting():
+            return check.late()
+        return check()
+
     async def open(
         self, key: StreamKey, offer_sdp: str, summary: OfferSummary, grant: Grant
     ) -> ViewerSession:
         room = key.room
-        hub = self.live_hub(key, grant.subject)
+        self.live_hub(key, grant.subject)
         self._admit(room, grant)
-        pc = self._transport.peer_connection()
-        use_certificate(pc, self.certificate.current())
+        async with self.joins.turn():
+            self._admit(room, grant)  # again: the line may have filled the node meanwhile
+            return await self._open(key, offer_sdp, summary, grant)
+
+    async def _open(
+        self, key: StreamKey, offer_sdp: str, summary: OfferSummary, grant: Grant
+    ) -> ViewerSession:
+        room = key.room
+        hub = self.live_hub(key, grant.subject)
+        pc = self._transport.peer_connection(self.certificate.current())
         sid = new_session_id()
         direct = self.limits.direct
         viewer = hub.create_viewer(sid, direct=direct)
@@ -384,6 +411,7 @@ class ViewerService:
                     install_prepacked_sender(transceiver.sender, session.request_keyframe)
             if not pc.getTransceivers():
                 raise Unprocessable("the offer asks for no kind of media this stream carries")
+            await asyncio.sleep(0)  # a turn of the loop for the viewers already watching
             await answer_offer(
                 pc,
                 strip_mdns_candidates(offer_sdp),

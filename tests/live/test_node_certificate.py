@@ -96,3 +96,38 @@ async def test_viewers_share_the_node_certificate_until_it_rotates(server: Runni
         for v in viewers:
             await v.close()
         await pub.close()
+
+
+def other_fingerprint(offer: str) -> str:
+    """The offer with its DTLS fingerprint replaced by another certificate's: what a peer that
+    is not the one that signalled (a man in the middle) would present."""
+    stranger = NodeCertificate.generateCertificate().getFingerprints()[0].value
+    return re.sub(r"a=fingerprint:sha-256 [0-9A-F:]+", f"a=fingerprint:sha-256 {stranger}", offer)
+
+
+@pytest.mark.timeout(60)
+async def test_shared_certificate_refuses_a_peer_whose_fingerprint_does_not_match(
+    server: RunningServer,
+) -> None:
+    """The node's one certificate and OpenSSL context (and the shared UDP port) do not weaken
+    the DTLS check: a viewer whose certificate is not the one its offer names never gets media,
+    and its session ends, while an honest viewer alongside it connects with the same context."""
+    room = "cert-mismatch"
+    video = SolidColourTrack((40, 40, 200), 320, 180)
+    pub = await whip_publish(server.base_url, room, server.anchor_token(room), video=video)
+    viewers = server.gateway.viewers
+    try:
+        forged = await whep_watch(
+            server.base_url, room, kinds=("video",), decode=False, offer_transform=other_fingerprint
+        )
+        honest = await whep_watch(server.base_url, room, kinds=("video",), decode=False)
+        forged_id = forged.location.rsplit("/", 1)[-1]  # (201: answered; it may end at once)
+        assert await first_frame(honest, 20), "the honest viewer got no media"
+        ended = await wait_for(lambda: forged_id not in viewers.sessions, 20)
+        assert ended, "the forged viewer's session is still open"  # DTLS failed: it ends
+        assert forged.first_frame_at is None and forged.video_frames == 0, "media to a forger"
+        assert len(viewers.certificate.current()._contexts) == 1  # the shared context
+        await forged.close()
+        await honest.close()
+    finally:
+        await pub.close()

@@ -14,11 +14,13 @@ from aiortc import (
     RTCRtpReceiver,
     RTCRtpSender,
     rtcpeerconnection,
+    rtcrtpreceiver,
     rtcrtpsender,
     sdp,
 )
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 
@@ -32,8 +34,10 @@ from relay.rtc.adapter import (
     drop_receive_estimator,
     ice_transports,
     install_traffic_consent,
+    new_peer_connection,
     tap_rtcp,
     use_certificate,
+    use_lazy_receive_estimators,
 )
 from relay.rtc.peer import close_quietly, rtc_configuration
 
@@ -80,6 +84,51 @@ async def test_sendonly_receiver_estimator_can_be_dropped() -> None:
         assert name in names_of(RTCRtpReceiver._handle_rtp_packet)
     finally:
         await close_quietly(pc)
+
+
+async def test_receive_estimator_is_built_on_the_first_packet() -> None:
+    """``use_lazy_receive_estimators``: aiortc's receiver builds its estimator from the module's
+    name; the stand-in builds the real one only when a packet is added, and answers as it does."""
+    assert "RemoteBitrateEstimator" in names_of(RTCRtpReceiver.__init__)
+    use_lazy_receive_estimators()
+    use_lazy_receive_estimators()  # idempotent
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        receiver = pc.addTransceiver("video", direction="sendonly").receiver
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        assert estimator._real is None  # nothing built for a receiver that never receives
+        assert estimator.add(1000, 0, 1200, 1234) is None  # (abs_send_time, arrival, size, ssrc)
+        real: object = estimator._real
+        assert type(real) is RemoteBitrateEstimator
+        assert vars(rtcrtpreceiver)["RemoteBitrateEstimator"] is not RemoteBitrateEstimator
+    finally:
+        await close_quietly(pc)
+
+
+async def test_peer_connection_takes_the_given_certificate_and_makes_none() -> None:
+    """``new_peer_connection``: aiortc's constructor asks its module's RTCCertificate for one;
+    a peer connection made the ordinary way afterwards (a client in the same process) still
+    gets a fresh certificate of its own, never the node's."""
+    assert "RTCCertificate" in names_of(RTCPeerConnection.__init__)
+    certificate = NodeCertificate.generateCertificate()
+    pc = new_peer_connection(rtc_configuration(()), certificate)
+    plain = RTCPeerConnection(rtc_configuration(()))
+    try:
+        assert pc._RTCPeerConnection__certificates == [certificate]  # type: ignore[attr-defined]
+        others = plain._RTCPeerConnection__certificates  # type: ignore[attr-defined]
+        assert len(others) == 1 and others[0] is not certificate
+    finally:
+        await close_quietly(pc)
+        await close_quietly(plain)
+
+
+def test_shared_port_gathering_internals_exist() -> None:
+    """``install_shared_port`` replaces aioice's gather_candidates by one that keeps its
+    bookkeeping without listing the host's interfaces."""
+    names = names_of(Connection.gather_candidates)
+    for name in ("_local_candidates_start", "_local_candidates_end", "_local_candidates"):
+        assert name in names
+    assert "get_component_candidates" in names and "_components" in names
 
 
 async def test_node_certificate_internals_exist() -> None:
