@@ -2,7 +2,7 @@
 transport-cc feedback (``twcc``) and without it (``remb``: aiortc's receive-side REMB only, as
 before issue 17), and where it settles behind an impaired uplink.
 
-    python -m bench.anchor_ramp [--seconds 12] [--runs 2] [--modes remb,twcc]
+    python -m bench.anchor_ramp [--seconds 12] [--runs 2] [--modes remb,twcc,twcc/nack1]
                                 [--pages full,early] [--simulcast]
                                 [--profiles loopback,clean,1mbps,loss2] [--json out.json]
 
@@ -227,7 +227,12 @@ START_KBPS: int | None = None  # --start-kbps: the gateway's media.anchor_start_
 
 
 def gateway_env(mode: str) -> dict[str, str]:
+    """``mode``: ``remb`` or ``twcc``, with ``/nackN`` the gateway's media.anchor_nack_tries
+    (``twcc/nack1``: aiortc's own NACKs, once per gap)."""
+    mode, _, nack = mode.partition("/nack")
     env = {"STAGECAST_MEDIA__ANCHOR_TRANSPORT_CC": "true" if mode == "twcc" else "false"}
+    if nack:
+        env["STAGECAST_MEDIA__ANCHOR_NACK_TRIES"] = nack
     if START_KBPS is not None:
         env["STAGECAST_MEDIA__ANCHOR_START_KBPS"] = str(START_KBPS)
         env["STAGECAST_MEDIA__ANCHOR_CC_START_KBPS"] = str(START_KBPS)
@@ -348,6 +353,12 @@ def run_netbed(mode: str, profile_name: str, seconds: float, page: str = "full")
         "gateway_video_lost": anchor.get("video_packets_lost"),
         "gateway_received": anchor.get("packets_received"),
         "feedback_sent": anchor.get("feedback_packets_sent"),
+        "gw_nacked": anchor.get("nacked_packets"),
+        "gw_renacked": anchor.get("renacked_packets"),
+        "gw_recovered": anchor.get("nack_recovered"),
+        "gw_recovered_rep": anchor.get("nack_recovered_after_repeat"),
+        "gw_given_up": anchor.get("nack_given_up"),
+        "gw_frames_skipped": anchor.get("frames_skipped"),
         "viewer_frozen": viewer.get("frozen_share"),
         "viewer_freezes": viewer.get("freezes"),
         "viewer_frames": viewer.get("frames"),
@@ -370,6 +381,12 @@ COLUMNS = [
     ("tbf_dropped_up", "tbf drop"),
     ("gateway_lost", "unrecov"),
     ("gateway_video_lost", "unrecov video"),
+    ("gw_nacked", "gw nacked"),
+    ("gw_renacked", "gw re-nacked"),
+    ("gw_recovered", "gw recovered"),
+    ("gw_recovered_rep", "after repeat"),
+    ("gw_given_up", "given up"),
+    ("gw_frames_skipped", "skipped frames"),
     ("viewer_frozen", "frozen"),
     ("viewer_freezes", "freezes"),
 ]
