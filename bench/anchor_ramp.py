@@ -326,7 +326,7 @@ def run_netbed(mode: str, profile_name: str, seconds: float, page: str = "full")
     with NetBed(legs) as bed:
         room = BedRoom(bed, gateway_env=gateway_env(mode))
         try:
-            room.start_gateway()
+            room.start_gateway(timeout=90)  # a loaded machine
             url = publish_url(room.base_url, room.room, room.anchor_token())
             # the viewer starts once the room is live and watches for ``seconds``
             # runs until stopped below, once the viewer is done

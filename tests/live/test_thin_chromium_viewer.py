@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.anchor_ramp import CHROMIUM, publisher_argv
+from bench.anchor_ramp import CHROMIUM, busy_camera, publisher_argv
 from bench.netbed import netns
 from bench.netbed.bed import NetBed
 from bench.netbed.profiles import profile
@@ -45,7 +46,10 @@ def test_a_chromium_viewer_behind_500_kbits_plays_the_lowest_simulcast_layer(sho
             room.start_gateway()
             token = room.anchor_token()
             url = f"{room.base_url}/publish?room={room.room}&quality=720#token={token}"
-            anchor = bed.popen(bed.legs["anchor"].ns, publisher_argv(url, seconds + 120))
+            # a detailed clip: Chromium's own pattern is ~0.4 Mbit/s at 720p, which fits
+            camera = busy_camera(Path(tempfile.gettempdir()) / "stagecast-anchor-ramp-720p.mjpeg")
+            argv = [*publisher_argv(url, seconds + 120), "--camera-file", str(camera)]
+            anchor = bed.popen(bed.legs["anchor"].ns, argv)
             room.wait_live(60)
             deadline = time.monotonic() + 30  # all three layers up (Chromium starts them in turn)
             while len(live_layers(room)) < 3 and time.monotonic() < deadline:
@@ -70,6 +74,7 @@ def test_a_chromium_viewer_behind_500_kbits_plays_the_lowest_simulcast_layer(sho
             anchor.terminate()
         finally:
             room.close()
+    print(json.dumps({"layers": layers, "viewer": last, "played": played}, indent=1))
     assert [layer["name"] for layer in layers] and len(layers) == 3, layers
     lowest = layers[-1]
     assert lowest["height"] is not None and lowest["height"] <= 180, layers
