@@ -64,7 +64,8 @@ class MediaSettings(node.MediaSettings):
     also sent after every 100 packets)."""
     anchor_nack_tries: int = Field(4, ge=1, le=10)
     """Times a packet an anchor's video lost is asked for (RTCP NACK): when its gap appears,
-    then again every round trip (at least 20 ms) until it arrives or its frame is skipped
+    then after a round trip (at least 20 ms), each further time after twice the wait before,
+    until it arrives or its frame is skipped
     (``reassembly_wait``). 1: aiortc's own NACKs, once per gap (a lost retransmission is then
     never asked for again)."""
     anchor_opus_dtx: bool = True

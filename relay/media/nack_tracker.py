@@ -4,9 +4,11 @@ aiortc's receiver sends a NACK only when a new gap appears, with every packet st
 it: a lost retransmission is asked for again only if a later packet happens to be lost too, and
 on a link with little loss it never is, so the frame it broke waits out the reassembly budget
 and ends in a skip and a keyframe request. Here each missing packet is NACKed when its gap
-appears, then again every ``max(rtt, min_interval)`` (the round trip measured from NACKs that
-were answered at the first try), at most ``max_tries`` times, and given up once it can no longer
-be played: older than the reassembly budget, or passed by the frame assembler.
+appears, then again after ``max(rtt, min_interval)`` (the round trip measured from NACKs that
+were answered at the first try), each further time after twice the wait before (a queue that
+grew since the RTT was measured must not turn repeats into a retransmission storm), at most
+``max_tries`` times, and given up once it can no longer be played: older than the reassembly
+budget, or passed by the frame assembler.
 
 Sans-I/O: ``packet`` and ``due`` take ``now``; ``next_deadline`` says when ``due`` has work.
 """
@@ -24,7 +26,8 @@ class NackPolicy:
     max_tries: int = 4
     """NACKs per missing packet, the first included (1: no re-NACK, as aiortc)."""
     min_interval: float = 0.02
-    """Never ask for one packet again sooner than this (seconds)."""
+    """Never ask for one packet again sooner than this (seconds; the first repeat's wait, each
+    further one waits twice the one before)."""
     initial_rtt: float = 0.05
     """The round trip assumed before one is measured."""
     budget: float = 0.1
@@ -103,12 +106,11 @@ class NackTracker:
         interval = self.interval
         out: list[int] = []
         for seq, state in list(self._missing.items()):
-            if now - state.since >= policy.budget or (
-                state.tries >= policy.max_tries and now - state.sent_at >= interval
-            ):
+            waited = now - state.sent_at >= interval * (1 << (state.tries - 1))
+            if now - state.since >= policy.budget or (state.tries >= policy.max_tries and waited):
                 del self._missing[seq]
                 self.stats.expired += 1
-            elif state.tries < policy.max_tries and now - state.sent_at >= interval:
+            elif state.tries < policy.max_tries and waited:
                 state.tries += 1
                 state.sent_at = now
                 out.append(seq % _MOD)
@@ -131,7 +133,10 @@ class NackTracker:
         if not self._missing:
             return None
         interval, budget = self.interval, self.policy.budget
-        return min(min(s.sent_at + interval, s.since + budget) for s in self._missing.values())
+        return min(
+            min(s.sent_at + interval * (1 << (s.tries - 1)), s.since + budget)
+            for s in self._missing.values()
+        )
 
     @property
     def interval(self) -> float:

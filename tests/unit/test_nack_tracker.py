@@ -32,9 +32,9 @@ def test_a_lost_retransmission_is_asked_for_again() -> None:
     assert feed(tracker, range(6, 9), 0.03) == [] and tracker.due(0.03) == []
     assert tracker.next_deadline() == 0.05  # the initial RTT assumed: 50 ms
     assert tracker.due(0.05) == [4]  # again
-    assert tracker.due(0.06) == []
-    assert tracker.due(0.1) == [4]
-    assert tracker.packet(4, 0.12) == []  # the third request was answered
+    assert tracker.due(0.14) == []  # each further wait twice the one before
+    assert tracker.due(0.151) == [4]
+    assert tracker.packet(4, 0.17) == []  # the third request was answered
     assert tracker.pending == 0 and tracker.next_deadline() is None
     stats = tracker.stats
     assert (stats.missing, stats.nacked, stats.renacked) == (1, 3, 2)
@@ -44,10 +44,12 @@ def test_a_lost_retransmission_is_asked_for_again() -> None:
 def test_tries_are_bounded_then_the_packet_is_given_up() -> None:
     tracker = NackTracker(NackPolicy(max_tries=3, budget=10.0))
     feed(tracker, [10, 12], 0.0)
-    asked = [t for t in (0.05, 0.1, 0.15, 0.2, 0.25) if tracker.due(t)]
-    assert asked == [0.05, 0.1]  # 3 tries in all, the first at the gap
-    assert tracker.pending == 0 and tracker.stats.expired == 1
-    assert tracker.packet(11, 0.3) == [] and tracker.stats.recovered == 0  # too late: unknown
+    asked = [t for t in (0.05, 0.1, 0.16, 0.2, 0.25, 0.3) if tracker.due(t)]
+    assert asked == [0.05, 0.16]  # 3 tries in all, the first at the gap
+    assert tracker.pending == 1 and tracker.due(0.35) == []
+    assert tracker.due(0.37) == [] and tracker.pending == 0  # its last wait is over
+    assert tracker.stats.expired == 1
+    assert tracker.packet(11, 0.4) == [] and tracker.stats.recovered == 0  # too late: unknown
 
 
 def test_nothing_is_asked_for_past_the_budget() -> None:
@@ -93,8 +95,8 @@ def test_sequence_numbers_wrap() -> None:
     assert feed(tracker, [65533, 65534, 1, 2], 0.0) == [65535, 0]
     assert tracker.due(0.05) == [65535, 0]
     tracker.played(0)  # the assembler waits for 0: 65535 is gone
-    assert tracker.due(0.1) == [0]
-    assert tracker.packet(0, 0.11) == [] and tracker.stats.recovered == 1
+    assert tracker.due(0.16) == [0]
+    assert tracker.packet(0, 0.17) == [] and tracker.stats.recovered == 1
 
 
 def test_a_restart_or_a_wild_jump_asks_for_nothing() -> None:
@@ -183,7 +185,7 @@ async def test_an_anchor_ingest_asks_again_through_aiortcs_receive_path() -> Non
         # 8 lost and never resent: asked 3 times in all, then given up
         for seq in (7, 9):
             await packet(seq)
-        for step in range(1, 5):
+        for step in range(1, 9):  # repeats after 50 and 100 ms, given up 200 ms later
             clock[0] = 0.06 + 0.06 * step
             await asyncio.sleep(0.07)
         assert [lost for _, lost in sent[2:]] == [[8], [8], [8]]
