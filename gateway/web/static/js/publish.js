@@ -153,7 +153,15 @@ async function startFullSize(pc, sender) {
   const released = async () => {
     if (pc.connectionState === 'closed') return;
     // after the first encoded frames with an estimate in place (bounded)
-    if (performance.now() < until && pc.connectionState !== 'closed' && !(await encoding(pc))) {
+    let ready = performance.now() >= until;
+    if (!ready) {
+      try {
+        ready = await encoding(pc);
+      } catch {
+        return; // closed meanwhile
+      }
+    }
+    if (!ready) {
       setTimeout(released, 100);
       return;
     }
