@@ -2,7 +2,8 @@
 transport-cc feedback (``twcc``) and without it (``remb``: aiortc's receive-side REMB only, as
 before issue 17), and where it settles behind an impaired uplink.
 
-    python -m bench.anchor_ramp [--seconds 12] [--runs 2] [--modes remb,twcc]
+    python -m bench.anchor_ramp [--seconds 12] [--runs 2] [--modes remb,twcc,twcc/nack1]
+                                [--pages full,early] [--simulcast]
                                 [--profiles loopback,clean,1mbps,loss2] [--json out.json]
 
 Per run: a fresh gateway, a headless Chromium (fake 1280x720 camera and microphone) publishing
@@ -10,6 +11,10 @@ from the publish page at quality 720 (maxBitrate 2.5 Mbit/s); its outbound-rtp s
 every 0.2 s from the moment the page says live. ``loopback``: everything on 127.0.0.1.
 Any other profile (bench/netbed, needs root): the gateway in its namespace, the anchor behind the
 profile, a decoding viewer (bench.netbed.peer) on a clean leg counting freezes.
+``--pages``: ``full`` is the publish page as it is (its encoder keeps the resolution until it
+has sent frames at the estimated rate), ``early`` without that (as before): Chromium then
+scales its first frames down.
+Runs of every mode and page alternate, so each comparison shares the machine's load.
 
 Printed per run: seconds until the picture is 720p, until Chromium's target bitrate is 90 % of
 its maximum, until it sends 80 % of it (over 0.5 s); the send rate at 3 s and over the last half
@@ -104,7 +109,7 @@ def busy_camera(path: Path, seconds: int = 6) -> Path:
     return path
 
 
-async def publisher(url: str, seconds: float, camera: str | None) -> None:
+async def publisher(url: str, seconds: float, camera: str | None, page_kind: str = "full") -> None:
     """Publish from the page at ``url``; print one JSON line per stats sample, then ``done``."""
     from playwright.async_api import async_playwright
 
@@ -113,9 +118,12 @@ async def publisher(url: str, seconds: float, camera: str | None) -> None:
         args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origin}"]
         if camera:
             args.append(f"--use-file-for-fake-video-capture={camera}")
+        args += os.environ.get("ANCHOR_RAMP_CHROMIUM_ARGS", "").split()  # e.g. logging
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args, timeout=30_000)
         try:
             page = await (await browser.new_context()).new_page()
+            if page_kind == "early":
+                await page.add_init_script("window.stagecastOptions = {fullSizeStart: false};")
             await page.goto(url)
             ready = "window.stagecast.stream && !document.querySelector('#go').disabled"
             await _until(page, ready, 20)
@@ -219,23 +227,32 @@ START_KBPS: int | None = None  # --start-kbps: the gateway's media.anchor_start_
 
 
 def gateway_env(mode: str) -> dict[str, str]:
+    """``mode``: ``remb`` or ``twcc``, with ``/nackN`` the gateway's media.anchor_nack_tries
+    (``twcc/nack1``: aiortc's own NACKs, once per gap)."""
+    mode, _, nack = mode.partition("/nack")
     env = {"STAGECAST_MEDIA__ANCHOR_TRANSPORT_CC": "true" if mode == "twcc" else "false"}
+    if nack:
+        env["STAGECAST_MEDIA__ANCHOR_NACK_TRIES"] = nack
     if START_KBPS is not None:
         env["STAGECAST_MEDIA__ANCHOR_START_KBPS"] = str(START_KBPS)
         env["STAGECAST_MEDIA__ANCHOR_CC_START_KBPS"] = str(START_KBPS)
     return env
 
 
+SIMULCAST = False  # --simulcast: the page's three layers (figures: the largest picture sent)
+
+
 def publish_url(base: str, room: str, token: str) -> str:
-    return f"{base}/publish?room={room}&quality=720&simulcast=0#token={token}"  # one layer
+    layers = "" if SIMULCAST else "&simulcast=0"  # one layer unless --simulcast
+    return f"{base}/publish?room={room}&quality=720{layers}#token={token}"
 
 
 CAMERA: Path | None = None  # --camera busy: the clip Chromium's fake camera plays
 
 
-def publisher_argv(url: str, seconds: float) -> list[str]:
+def publisher_argv(url: str, seconds: float, page: str = "full") -> list[str]:
     argv = [sys.executable, "-m", "bench.anchor_ramp", "--publisher", url]
-    argv += ["--seconds", str(seconds)]
+    argv += ["--seconds", str(seconds), "--page", page]
     return [*argv, "--camera-file", str(CAMERA)] if CAMERA else argv
 
 
@@ -245,7 +262,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_loopback(mode: str, seconds: float) -> dict[str, Any]:
+def run_loopback(mode: str, seconds: float, page: str = "full") -> dict[str, Any]:
     import httpx
 
     from relay.auth.tokens import TokenAuthority
@@ -265,11 +282,15 @@ def run_loopback(mode: str, seconds: float) -> dict[str, Any]:
         **gateway_env(mode),
     }
     gw = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "gateway.cli", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # its banner
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded machine
         while True:
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -281,7 +302,7 @@ def run_loopback(mode: str, seconds: float) -> dict[str, Any]:
             time.sleep(0.2)
         token = TokenAuthority(secret).mint("ramp", "anchor", "bench-anchor", 3600)
         pub = subprocess.Popen(
-            publisher_argv(publish_url(base, "ramp", token), seconds),
+            publisher_argv(publish_url(base, "ramp", token), seconds, page),
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -296,7 +317,7 @@ def run_loopback(mode: str, seconds: float) -> dict[str, Any]:
     return {"samples": samples, **figures(samples, seconds)}
 
 
-def run_netbed(mode: str, profile_name: str, seconds: float) -> dict[str, Any]:
+def run_netbed(mode: str, profile_name: str, seconds: float, page: str = "full") -> dict[str, Any]:
     from bench.netbed.bed import NetBed
     from bench.netbed.profiles import PROFILES, profile
     from bench.netbed.room import BedRoom
@@ -305,11 +326,11 @@ def run_netbed(mode: str, profile_name: str, seconds: float) -> dict[str, Any]:
     with NetBed(legs) as bed:
         room = BedRoom(bed, gateway_env=gateway_env(mode))
         try:
-            room.start_gateway()
+            room.start_gateway(timeout=90)  # a loaded machine
             url = publish_url(room.base_url, room.room, room.anchor_token())
             # the viewer starts once the room is live and watches for ``seconds``
             # runs until stopped below, once the viewer is done
-            pub = bed.popen(bed.legs["anchor"].ns, publisher_argv(url, seconds + 120))
+            pub = bed.popen(bed.legs["anchor"].ns, publisher_argv(url, seconds + 120, page))
             room.wait_live(30)
             before = bed.forwarder_stats()["legs"]["anchor"]["up"]
             viewers = room.watch(["v1"], seconds)
@@ -332,6 +353,12 @@ def run_netbed(mode: str, profile_name: str, seconds: float) -> dict[str, Any]:
         "gateway_video_lost": anchor.get("video_packets_lost"),
         "gateway_received": anchor.get("packets_received"),
         "feedback_sent": anchor.get("feedback_packets_sent"),
+        "gw_nacked": anchor.get("nacked_packets"),
+        "gw_renacked": anchor.get("renacked_packets"),
+        "gw_recovered": anchor.get("nack_recovered"),
+        "gw_recovered_rep": anchor.get("nack_recovered_after_repeat"),
+        "gw_given_up": anchor.get("nack_given_up"),
+        "gw_frames_skipped": anchor.get("frames_skipped"),
         "viewer_frozen": viewer.get("frozen_share"),
         "viewer_freezes": viewer.get("freezes"),
         "viewer_frames": viewer.get("frames"),
@@ -354,6 +381,12 @@ COLUMNS = [
     ("tbf_dropped_up", "tbf drop"),
     ("gateway_lost", "unrecov"),
     ("gateway_video_lost", "unrecov video"),
+    ("gw_nacked", "gw nacked"),
+    ("gw_renacked", "gw re-nacked"),
+    ("gw_recovered", "gw recovered"),
+    ("gw_recovered_rep", "after repeat"),
+    ("gw_given_up", "given up"),
+    ("gw_frames_skipped", "skipped frames"),
     ("viewer_frozen", "frozen"),
     ("viewer_freezes", "freezes"),
 ]
@@ -364,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--modes", default="remb,twcc")
+    ap.add_argument("--pages", default="full", help="full,early: see above")
+    ap.add_argument("--simulcast", action="store_true", help="the page's 3 layers")
     ap.add_argument("--profiles", default="loopback")
     ap.add_argument("--json", type=Path)
     ap.add_argument(
@@ -377,30 +412,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--publisher", help=argparse.SUPPRESS)
     ap.add_argument("--camera-file", help=argparse.SUPPRESS)
+    ap.add_argument("--page", default="full", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.publisher:
-        asyncio.run(publisher(args.publisher, args.seconds, args.camera_file))
+        asyncio.run(publisher(args.publisher, args.seconds, args.camera_file, args.page))
         return 0
-    global START_KBPS, CAMERA
+    global START_KBPS, CAMERA, SIMULCAST
     START_KBPS = args.start_kbps
+    SIMULCAST = args.simulcast
     if args.camera == "busy":
         CAMERA = busy_camera(Path(tempfile.gettempdir()) / "stagecast-anchor-ramp-720p.mjpeg")
     results: list[dict[str, Any]] = []
-    print(" | ".join(["profile", "mode", *(title for _, title in COLUMNS)]), flush=True)
+    head = ["profile", "mode", "page", "load", *(title for _, title in COLUMNS)]
+    print(" | ".join(head), flush=True)
+    variants = [(m, p) for m in args.modes.split(",") for p in args.pages.split(",")]
     for prof in args.profiles.split(","):
-        for mode in args.modes.split(","):
-            for _ in range(args.runs):
+        for _ in range(args.runs):  # interleaved: every variant once per round
+            for mode, page in variants:
+                load = Path("/proc/loadavg").read_text().split()[0]
                 if prof == "loopback":
-                    result = run_loopback(mode, args.seconds)
+                    result = run_loopback(mode, args.seconds, page)
                 else:
-                    result = run_netbed(mode, prof, args.seconds)
-                result.update(profile=prof, mode=mode)
+                    result = run_netbed(mode, prof, args.seconds, page)
+                result.update(profile=prof, mode=mode, page=page, load=load, seconds=args.seconds)
                 results.append(result)
-                cells = [prof, mode, *(fmt(result.get(key)) for key, _ in COLUMNS)]
+                cells = [prof, mode, page, load, *(fmt(result.get(k)) for k, _ in COLUMNS)]
                 print(" | ".join(cells), flush=True)
+    summary(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def summary(results: list[dict[str, Any]]) -> None:
+    """Per profile, mode and page: time to 720p and to 90 % of the target, p50 and max (a run
+    that never got there counts as the run's length, marked with >)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["profile"], r["mode"], r["page"]), []).append(r)
+    print("profile | mode | page | runs | 720p p50 | 720p max | target90 p50 | target90 max")
+    for (prof, mode, page), rows in groups.items():
+        cells = [prof, mode, page, str(len(rows))]
+        for key in ("t_720p", "t_target90"):
+            values = [r[key] for r in rows]
+            missing = any(v is None for v in values)
+            got = sorted(v if v is not None else float("inf") for v in values)
+            p50 = got[(len(got) - 1) // 2]
+            cells.append("never" if p50 == float("inf") else f"{p50:.1f}")
+            cells.append(f">{rows[0]['seconds']:.0f}" if missing else f"{got[-1]:.1f}")
+        print(" | ".join(cells), flush=True)
 
 
 if __name__ == "__main__":

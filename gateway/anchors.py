@@ -17,6 +17,7 @@ from relay.auth.access import Grant
 from relay.errors import Conflict, NotFound, Unprocessable
 from relay.media.frames import MediaKind
 from relay.media.lifecycle import SessionLifecycle
+from relay.media.nack_tracker import NackPolicy
 from relay.media.simulcast import LayerOutputs, LayerState, SimulcastLayers
 from relay.media.stream_key import StreamKey
 from relay.rtc.candidates import node_policy
@@ -168,6 +169,9 @@ class AnchorService:
                 session.layer_hubs,
                 keyframe_interval=media.keyframe_interval,
             )
+        nacks = None
+        if media.anchor_nack_tries > 1:  # asked again until the frame is skipped
+            nacks = NackPolicy(max_tries=media.anchor_nack_tries, budget=media.reassembly_wait)
         try:
             for kind, spec in codecs.items():
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
@@ -175,9 +179,13 @@ class AnchorService:
                 receiver, wait = transceiver.receiver, media.reassembly_wait
                 outputs = session.simulcast
                 if outputs is None:
-                    session.ingests[kind] = TrackIngest(kind, receiver, hub, max_wait=wait)
+                    session.ingests[kind] = TrackIngest(
+                        kind, receiver, hub, max_wait=wait, nacks=nacks
+                    )
                 elif kind == "video":
-                    session.ingests[kind] = SimulcastIngest(receiver, outputs, max_wait=wait)
+                    session.ingests[kind] = SimulcastIngest(
+                        receiver, outputs, max_wait=wait, nacks=nacks
+                    )
                 else:
                     session.ingests[kind] = TrackIngest(
                         kind, receiver, AudioFan(outputs), max_wait=wait

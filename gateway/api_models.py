@@ -88,6 +88,17 @@ class AnchorView(BaseModel):
     transport-cc feedback (else aiortc's REMB is all it gets)."""
     feedback_packets_sent: int = 0
     """Transport-cc feedback packets sent to the anchor."""
+    nacked_packets: int = 0
+    """Video packets asked for (RTCP NACK), each time it was asked (media.anchor_nack_tries
+    > 1; else 0)."""
+    renacked_packets: int = 0
+    """Of those, the second and later requests for a packet."""
+    nack_recovered: int = 0
+    """Missing video packets that arrived after all; ``nack_recovered_after_repeat`` of them
+    after a repeated request."""
+    nack_recovered_after_repeat: int = 0
+    nack_given_up: int = 0
+    """Missing video packets no longer asked for: out of tries or too late to be played."""
 
 
 class ViewerView(BaseModel):

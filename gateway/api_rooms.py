@@ -18,6 +18,7 @@ from relay.errors import Conflict, NotFound
 from relay.http.whep import LayerRequest
 from relay.media.hub import FanoutHub
 from relay.media.retransmit import Verdict
+from relay.rtc.nack_requests import NackRequests
 from relay.rtc.viewers import ViewerService, ViewerSession
 
 from .anchors import AnchorService, AnchorSession
@@ -143,7 +144,21 @@ def anchor_view(session: AnchorSession) -> AnchorView:
         video_packets_lost=video.packets_lost if video is not None else 0,
         transport_cc=cc is not None and cc.negotiated,
         feedback_packets_sent=cc.stats.feedback_packets if cc is not None else 0,
+        **nack_counts(video.nacks if video is not None else None),
     )
+
+
+def nack_counts(nacks: NackRequests | None) -> dict[str, int]:
+    if nacks is None:
+        return {}
+    stats = nacks.stats
+    return {
+        "nacked_packets": stats.nacked,
+        "renacked_packets": stats.renacked,
+        "nack_recovered": stats.recovered,
+        "nack_recovered_after_repeat": stats.recovered_after_renack,
+        "nack_given_up": stats.expired,
+    }
 
 
 def node_view(record: NodeRecord, *, local: bool, ttl: float, now: float) -> NodeView:

@@ -62,6 +62,12 @@ class MediaSettings(node.MediaSettings):
     anchor_feedback_interval: float = Field(0.05, ge=0.01, le=0.5)
     """Seconds between transport-cc feedback packets (libwebrtc's receiver: 50-250 ms; one is
     also sent after every 100 packets)."""
+    anchor_nack_tries: int = Field(4, ge=1, le=10)
+    """Times a packet an anchor's video lost is asked for (RTCP NACK): when its gap appears,
+    then after a round trip (at least 20 ms), each further time after twice the wait before,
+    until it arrives or its frame is skipped
+    (``reassembly_wait``). 1: aiortc's own NACKs, once per gap (a lost retransmission is then
+    never asked for again)."""
     anchor_opus_dtx: bool = True
     """Ask anchors for Opus DTX (``usedtx=1`` in the WHIP answer): a silent anchor sends a packet
     every 400 ms instead of every 20 ms, and so does the gateway to each viewer."""

@@ -12,6 +12,7 @@ from relay.http.common import SDP, check_room, read_limited, require_content_typ
 from relay.http.problems import SESSION_POST_ERRORS
 from relay.http.sessions import add_session_routes, created_response
 from relay.rtc.sdp import (
+    OfferSummary,
     check_offer,
     decode_body,
     with_opus_dtx,
@@ -20,6 +21,18 @@ from relay.rtc.sdp import (
 )
 
 from .anchors import AnchorService
+
+
+def anchor_answer(
+    answer: str, offer: OfferSummary, *, start_kbps: int = 0, opus_dtx: bool = False
+) -> str:
+    """aiortc's answer to an anchor's offer, completed: simulcast lines, where a browser's
+    bandwidth estimate starts (``x-google-start-bitrate`` on its video codecs, for offers with
+    transport-cc only: other clients' answers stay as aiortc wrote them), Opus DTX."""
+    if offer.transport_cc:
+        answer = with_start_bitrate(answer, start_kbps)
+    answer = with_simulcast(answer, offer.simulcast)
+    return with_opus_dtx(answer) if opus_dtx else answer
 
 
 def whip_router(
@@ -32,7 +45,8 @@ def whip_router(
     cc_start_kbps: int = 0,
     opus_dtx: bool = False,
 ) -> APIRouter:
-    """``start_kbps``: the bandwidth estimate a browser anchor starts from (0: its own);
+    """``start_kbps``: the bandwidth estimate a browser anchor (an offer with transport-cc)
+    starts from (0: its own);
     ``cc_start_kbps``: the same for an anchor that negotiated transport-cc (0: ``start_kbps``);
     ``opus_dtx``: ask anchors for Opus DTX; ``ice``: the ICE servers (a fresh TURN credential
     for the anchor's subject) in the 201's and the endpoint OPTIONS' Link headers."""
@@ -58,10 +72,9 @@ def whip_router(
         session = await service.open(room, text, summary, grant)
         cc = session.congestion is not None and session.congestion.negotiated
         start = cc_start_kbps if cc and cc_start_kbps else start_kbps
-        answer = with_start_bitrate(session.pc.localDescription.sdp, start)
-        answer = with_simulcast(answer, summary.simulcast)
-        if opus_dtx:
-            answer = with_opus_dtx(answer)
+        answer = anchor_answer(
+            session.pc.localDescription.sdp, summary, start_kbps=start, opus_dtx=opus_dtx
+        )
         links = ice.links(grant.subject, time.time())
         return created_response("/whip", room, session.id, session.etag, answer, links)
 

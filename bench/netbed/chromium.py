@@ -1,8 +1,11 @@
 """A headless Chromium viewer for the test bed: run inside a leg's namespace, it opens the watch
 page, plays for ``--seconds`` and prints one JSON line: frames presented, the page's state and
-Chromium's own inbound video counters (NACKs and PLIs sent, packets lost, jitter buffer).
+Chromium's own inbound video counters (NACKs and PLIs sent, packets lost, jitter buffer), also
+``--tail`` seconds before the end (``inbound_before_tail``: what it decoded over the last
+stretch), the picture's size, and with ``--screenshot PATH`` the page as it ended.
 
-    python -m bench.netbed.chromium http://198.18.0.1:8080 bed --seconds 20
+    python -m bench.netbed.chromium http://198.18.0.1:8080 bed --seconds 20 [--tail 5]
+                                    [--screenshot watch.png]
     python -m bench.netbed.chromium http://198.18.0.1:8080 bed --seconds 30 --bench
 
 ``--bench`` prints what ``bench.netbed.peer viewer`` prints for an aiortc viewer (the same keys,
@@ -43,7 +46,8 @@ INBOUND = """async () => {
     if (s.type === 'inbound-rtp' && s.kind === 'video') {
       for (const k of ['framesDecoded', 'packetsLost', 'packetsReceived', 'nackCount', 'pliCount',
                        'freezeCount', 'totalFreezesDuration', 'jitterBufferDelay',
-                       'jitterBufferEmittedCount', 'retransmittedPacketsReceived']) out[k] = s[k];
+                       'jitterBufferEmittedCount', 'retransmittedPacketsReceived',
+                       'frameWidth', 'frameHeight']) out[k] = s[k];
     }
   });
   return out;
@@ -181,7 +185,9 @@ def bench_result(
     }
 
 
-async def watch(url: str, room: str, seconds: float) -> dict[str, Any]:
+async def watch(
+    url: str, room: str, seconds: float, tail: float = 0.0, screenshot: str | None = None
+) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -189,13 +195,32 @@ async def watch(url: str, room: str, seconds: float) -> dict[str, Any]:
         try:
             page = await browser.new_page()
             await page.goto(f"{url}/watch?room={room}")
-            await asyncio.sleep(seconds)
+            before: dict[str, Any] | None = None
+            if 0 < tail < seconds:
+                await asyncio.sleep(seconds - tail)
+                before = await page.evaluate(INBOUND)
+                await asyncio.sleep(tail)
+            else:
+                await asyncio.sleep(seconds)
             frames = await page.evaluate("window.stagecast ? window.stagecast.framesPresented : 0")
             state = await page.evaluate("window.stagecast ? window.stagecast.state : null")
             inbound = await page.evaluate(INBOUND)
+            video = await page.evaluate(
+                "(() => { const v = document.querySelector('#player');"
+                " return v ? [v.videoWidth, v.videoHeight] : null; })()"
+            )
+            if screenshot:
+                await page.screenshot(path=screenshot, full_page=True)
         finally:
             await browser.close()
-    return {"frames": frames, "state": state, "inbound": inbound}
+    return {
+        "frames": frames,
+        "state": state,
+        "inbound": inbound,
+        "inbound_before_tail": before,
+        "tail": tail,
+        "video": video,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,9 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("room")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--bench", action="store_true", help="the bench viewer's result line")
+    parser.add_argument("--tail", type=float, default=0.0, help="counters this long before the end")
+    parser.add_argument("--screenshot", help="a PNG of the page at the end")
     args = parser.parse_args(argv)
-    run = watch_sampled if args.bench else watch
-    print(json.dumps(asyncio.run(run(args.url, args.room, args.seconds))), flush=True)
+    if args.bench:
+        seen = asyncio.run(watch_sampled(args.url, args.room, args.seconds))
+    else:
+        seen = asyncio.run(watch(args.url, args.room, args.seconds, args.tail, args.screenshot))
+    print(json.dumps(seen), flush=True)
     return 0
 
 

@@ -138,6 +138,12 @@ class FrameAssembler:
         need_keyframe, self._lost = self._lost, False
         return AssemblyResult(frames, need_keyframe)
 
+    @property
+    def next_sequence(self) -> int | None:
+        """The 16-bit sequence number the next frame must start at (None: restarting); a
+        packet before it is late and dropped."""
+        return None if self._next is None else self._next % 65536
+
     def _track_gap(self, now: float) -> None:
         """Start the clock at the first missing sequence number, stop it once none is."""
         if not self._has_gap():

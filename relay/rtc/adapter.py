@@ -4,7 +4,10 @@ The hooks that make encoded forwarding possible:
 
 * ingest tap: the receiver's jitter buffer is replaced, before the first packet, by one that hands
   every depayloaded RTP packet to a callback and never feeds aiortc's decoder thread (which then
-  idles until the receiver stops). NACK generation, RTX unwrapping and RTCP stay aiortc's.
+  idles until the receiver stops). RTX unwrapping and RTCP stay aiortc's.
+* NACK requests (``install_nack_requests``, ``send_nack``): a video receiver's NACK generator
+  is replaced by a callback that returns what to NACK (relay/rtc/nack_requests.py repeats
+  requests aiortc would send once), and NACKs go out on its RTCP path.
 * simulcast receive (``keep_header_extensions``, ``install_simulcast_receive``): a transceiver
   keeps header extensions aiortc does not negotiate itself (the RTP stream id ones: answer and
   receive parameters both come from ``RTCRtpTransceiver._headerExtensions``); a receiver of
@@ -58,6 +61,7 @@ binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` che
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -194,6 +198,42 @@ class _SsrcNacks:
         missed: bool = generator.add(packet)
         self.missing = generator.missing
         return missed
+
+
+class _RequestedNacks:
+    """Stands in for aiortc's NackGenerator: aiortc calls ``add`` with every packet (RTX
+    unwrapped) and, when it returns True, NACKs ``missing`` for that packet's SSRC."""
+
+    def __init__(self, on_packet: Callable[[int, int], list[int]]) -> None:
+        self._on_packet = on_packet
+        self.missing: list[int] = []
+
+    def add(self, packet: Any) -> bool:
+        self.missing = self._on_packet(packet.ssrc, packet.sequence_number)
+        return bool(self.missing)
+
+
+def install_nack_requests(
+    receiver: RTCRtpReceiver, on_packet: Callable[[int, int], list[int]]
+) -> None:
+    """Replace a video receiver's NACK generator (also ``install_simulcast_receive``'s):
+    ``on_packet(ssrc, sequence number)`` sees every packet and returns what to NACK at once;
+    repeats go out with ``send_nack``."""
+    name = "_RTCRtpReceiver__nack_generator"
+    if not hasattr(receiver, name) or not hasattr(receiver, "_send_rtcp_nack"):
+        raise AdapterError("RTCRtpReceiver internals changed: no NACK generator")
+    setattr(receiver, name, _RequestedNacks(on_packet))
+
+
+def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> asyncio.Task[None]:
+    """Ask the remote sender to resend ``lost`` (RTCP NACK) through the receiver's RTCP path;
+    a transport that is closing drops it."""
+
+    async def send() -> None:
+        with contextlib.suppress(ConnectionError):
+            await receiver._send_rtcp_nack(media_ssrc, lost)
+
+    return asyncio.get_running_loop().create_task(send())
 
 
 def install_simulcast_receive(

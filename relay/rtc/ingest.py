@@ -14,6 +14,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from relay.media.frames import EncodedFrame, MediaKind
+from relay.media.nack_tracker import NackPolicy
 from relay.media.reassembly import FrameAssembler, Unwrapper
 from relay.media.simulcast import LayerOutputs, RidDemux
 from relay.rtc.adapter import (
@@ -22,6 +23,7 @@ from relay.rtc.adapter import (
     packet_data,
     send_pli,
 )
+from relay.rtc.nack_requests import NackRequests
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,9 @@ class FrameSink(Protocol):
 
 
 class TrackIngest:
-    """One received track (audio or video) of a source, published into ``hub``."""
+    """One received track (audio or video) of a source, published into ``hub``.
+    ``nacks``: a video track asks for lost packets as relay/rtc/nack_requests.py does (again
+    until they arrive), not once per gap as aiortc does; None: aiortc's."""
 
     def __init__(
         self,
@@ -46,6 +50,7 @@ class TrackIngest:
         clock: Callable[[], float] = time.monotonic,
         max_wait: float = 0.1,
         trusted_sei: bool = False,
+        nacks: NackPolicy | None = None,
     ) -> None:
         """``trusted_sei``: the sender is a node of ours (keep its SEI timed metadata)."""
         self.kind = kind
@@ -63,6 +68,9 @@ class TrackIngest:
         self._lowest = self._highest = 0
         self.errors = 0
         install_ingest_tap(receiver, self._on_packet)
+        self.nacks: NackRequests | None = None
+        if nacks is not None and kind == "video":
+            self.nacks = NackRequests(receiver, nacks, clock=clock)
 
     def _on_packet(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
         """Runs inside aiortc's receive path: an exception escaping here would stop the anchor's
@@ -99,6 +107,8 @@ class TrackIngest:
             packet_data(packet),
             now,
         )
+        if self.nacks is not None:
+            self.nacks.played(packet.ssrc, asm.next_sequence)
         for frame in result.frames:
             self._hub.publish(frame)
         if result.need_keyframe:
@@ -149,6 +159,7 @@ class SimulcastIngest(TrackIngest):
         *,
         clock: Callable[[], float] = time.monotonic,
         max_wait: float = 0.1,
+        nacks: NackPolicy | None = None,
     ) -> None:
         self.outputs = outputs
         self.demux = RidDemux(outputs.layers.rids)
@@ -158,6 +169,8 @@ class SimulcastIngest(TrackIngest):
         self._layer_seq: dict[str, tuple[Unwrapper, list[int]]] = {}  # [packets, low, high]
         super().__init__("video", receiver, AudioFan(outputs), clock=clock, max_wait=max_wait)
         install_simulcast_receive(receiver, self.demux.ssrc)
+        if nacks is not None:  # per SSRC, in place of the per-SSRC generators just installed
+            self.nacks = NackRequests(receiver, nacks, clock=clock)
 
     def _ingest(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
         now = self._clock()
@@ -185,6 +198,8 @@ class SimulcastIngest(TrackIngest):
             packet_data(packet),
             now,
         )
+        if self.nacks is not None:
+            self.nacks.played(packet.ssrc, asm.next_sequence)
         for frame in result.frames:
             outputs.publish(rid, frame)
         if result.need_keyframe:

@@ -53,6 +53,10 @@ class OfferSummary:
     ice_ufrag: str
     ice_pwd: str
     simulcast: SimulcastOffer | None = None
+    transport_cc: bool = False
+    """Its video offers ``transport-cc`` feedback: a sender with its own bandwidth estimator
+    (libwebrtc browsers: Chromium, Safari; Firefox), the kind ``x-google-start-bitrate`` is for;
+    ffmpeg, OBS, GStreamer and aiortc offer REMB at most."""
 
     @property
     def kinds(self) -> tuple[MediaKind, ...]:
@@ -91,6 +95,7 @@ def check_offer(text: str, role: Role) -> OfferSummary:
         raise BadSdp("SDP has no media section")
     codecs: dict[MediaKind, tuple[str, ...]] = {}
     mids: list[str] = []
+    transport_cc = False
     for media in desc.media:
         if media.kind not in ("audio", "video"):
             raise Unprocessable(f"media kind {media.kind!r} is not supported")
@@ -120,6 +125,10 @@ def check_offer(text: str, role: Role) -> OfferSummary:
             want = ", ".join(SUPPORTED_CODECS[kind])
             raise Unprocessable(f"{kind} offers none of the supported codecs ({want})")
         codecs[kind] = usable
+        if kind == "video":
+            transport_cc = any(
+                fb.type == "transport-cc" for c in media.rtp.codecs for fb in c.rtcpFeedback
+            )
     _check_bundle(desc, mids)
     simulcast = check_simulcast(text, desc, role)
     first = desc.media[0].ice
@@ -129,6 +138,7 @@ def check_offer(text: str, role: Role) -> OfferSummary:
         ice_ufrag=first.usernameFragment,
         ice_pwd=first.password,
         simulcast=simulcast,
+        transport_cc=transport_cc,
     )
 
 
@@ -497,10 +507,26 @@ def with_start_bitrate(answer: str, kbps: int) -> str:
     bandwidth estimation, and from its default 300 kbps start it ramps a 720p camera up over
     tens of seconds, sending 360p meanwhile. Told where to start, it begins near the rate the
     stream needs. Other clients ignore the parameter (RFC 8866: unknown format parameters are
-    ignored)."""
+    ignored); the WHIP endpoint adds it for offers with transport-cc only (``OfferSummary``),
+    so the answers other clients get stay as they were. An answer's own value is replaced."""
     if kbps <= 0:
         return answer
-    return with_format_params(answer, "video", _VIDEO_CODECS, f"x-google-start-bitrate={kbps}")
+    name = "x-google-start-bitrate"
+    lines = answer.splitlines(keepends=True)
+    if any(line.startswith("a=fmtp:") and f"{name}=" in line for line in lines):
+        answer = "".join(_without_param(line, name) for line in lines)
+    return with_format_params(answer, "video", _VIDEO_CODECS, f"{name}={int(kbps)}")
+
+
+def _without_param(line: str, name: str) -> str:
+    """An ``a=fmtp`` line without the parameter ``name`` (the line itself if it has none)."""
+    if not line.startswith("a=fmtp:"):
+        return line
+    body = line.rstrip("\r\n")
+    end = line[len(body) :]
+    pt, _, params = body[len("a=fmtp:") :].partition(" ")
+    kept = [p for p in params.split(";") if p.strip() and p.split("=", 1)[0].strip() != name]
+    return f"a=fmtp:{pt} {';'.join(kept)}{end}" if kept else ""
 
 
 def with_opus_dtx(answer: str) -> str:

@@ -57,7 +57,8 @@ async def test_chromium_anchor_ramps_to_its_rate_and_720p(server: RunningServer)
     """Before (REMB only): 720p after 6 s or later, the estimate falling to 0.3-1.7 Mbit/s with
     aiortc's REMB (the same with a 2.5 Mbit/s start). With transport-cc feedback: estimate
     5-6.6 Mbit/s, target >= 90 % of 2.5 Mbit/s at 2.0-2.3 s, 720p at 4.0-4.1 s
-    (bench/anchor_ramp, loopback; once 8 s)."""
+    (bench/anchor_ramp, loopback; once 8 s); 720p from the first frames since the publish
+    page starts the encoder keeping its resolution."""
     if why := _no_browser():
         if os.environ.get("CI"):
             raise RuntimeError(why)
@@ -74,6 +75,9 @@ async def test_chromium_anchor_ramps_to_its_rate_and_720p(server: RunningServer)
             await page.click("#go")
             await _until(page, "window.stagecast.state === 'live'")
             t0 = time.monotonic()
+            answer = await page.evaluate("window.stagecast.pc.remoteDescription.sdp")
+            start = server.gateway.settings.media.anchor_cc_start_kbps
+            assert f"x-google-start-bitrate={start}" in answer  # an offer with transport-cc
             # its estimate past the configured 2.5 Mbit/s and the encoder's target near it from
             # 3 s on (the start rate alone gives the target at first; REMB pulls both down), and
             # 720p (Chromium's encoder steps up from 540p by its QP-based quality scaler, at ~4 s
@@ -95,6 +99,10 @@ async def test_chromium_anchor_ramps_to_its_rate_and_720p(server: RunningServer)
             assert congestion.stats.feedback_packets > 20  # ~20 a second
             assert t_rate is not None, f"estimate or target fell below 2.5/2 Mbit/s: {last}"
             assert t_720 is not None, f"no 720p within 10 s of going live: {last}"
+            # the page starts the encoder at full size (before: 540p or 360p first, 720p
+            # after 4-8 s, Chromium's quality scaler stepping up)
+            assert t_720 <= 3.0, f"720p only after {t_720:.1f} s"
+
             await page.click("#stop")
         finally:
             await browser.close()

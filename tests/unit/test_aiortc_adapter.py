@@ -476,3 +476,12 @@ def test_keyframe_resync_buffer_starts_over_at_a_keyframe_past_a_hole() -> None:
     assert feed(JitterBuffer(capacity=512, is_video=True)) == [100]  # stuck behind seq 4
     resync = keyframe_resync_buffer(lambda payload: payload == b"K")
     assert feed(resync(capacity=512, is_video=True)) == [100, 300, 400]
+
+
+def test_nack_request_internals_exist() -> None:
+    """What ``install_nack_requests`` and ``send_nack`` reach: the video receiver's NACK
+    generator (``add`` then ``missing`` on its receive path) and its RTCP NACK sender."""
+    receive = names_of(RTCRtpReceiver._handle_rtp_packet)
+    for name in ("_RTCRtpReceiver__nack_generator", "add", "missing", "_send_rtcp_nack"):
+        assert name in receive, name
+    assert "_RTCRtpReceiver__nack_generator" in names_of(RTCRtpReceiver.__init__)

@@ -207,9 +207,11 @@ export class CoHosts {
     if (pull.pc) pull.pc.close();
   }
 
-  /** This anchor's mix-minus while it is live with others on stage. */
+  /** This anchor's mix-minus while it is live with others on stage (alone, it would be a
+   * second peer connection carrying silence, opened while the camera's stream ramps up). */
   async syncMixMinus(room, token, selfId, stage) {
-    const want = selfId && stage.anchors.some((a) => a.id === selfId) ? selfId : null;
+    const onStage = selfId && stage.anchors.some((a) => a.id === selfId);
+    const want = onStage && stage.anchors.length > 1 ? selfId : null;
     if (this.listening && this.listening.anchorId === want) return;
     if (this.listening) {
       const old = this.listening;

@@ -135,6 +135,66 @@ async function startPreview() {
   }
 }
 
+/** Chromium makes its encoder when the answer is applied, with a 300 kbit/s start rate until
+ * the transport is up (the answer's x-google-start-bitrate only counts from then), and drops
+ * the first frames as "too large for the target bitrate", scaling a 720p camera to 540p or
+ * 360p, which its quality scaler undoes one step per ~4 s. So the encoder starts keeping the
+ * resolution (no quality scaler, no initial frame dropping) and falls back to Chromium's
+ * default for a camera (keep the frame rate, scale the picture down on a thin link or a busy
+ * CPU) once frames are encoded at the rate the estimate allows.
+ * `window.stagecastOptions = {fullSizeStart: false}` before the page loads skips this
+ * (bench.anchor_ramp's baseline). */
+async function startFullSize(pc, sender) {
+  const options = window.stagecastOptions || {};
+  if (options.fullSizeStart === false) return;
+  if (!(await setDegradation(sender, 'maintain-resolution'))) return;
+  state.fullSizeStart = true;
+  const until = performance.now() + 5000;
+  const released = async () => {
+    if (pc.connectionState === 'closed') return;
+    // after the first encoded frames with an estimate in place (bounded)
+    let ready = performance.now() >= until;
+    if (!ready) {
+      try {
+        ready = await encoding(pc);
+      } catch {
+        return; // closed meanwhile
+      }
+    }
+    if (!ready) {
+      setTimeout(released, 100);
+      return;
+    }
+    await setDegradation(sender, 'maintain-framerate');
+    state.fullSizeStart = false;
+  };
+  setTimeout(released, 100);
+}
+
+async function setDegradation(sender, preference) {
+  try {
+    const p = sender.getParameters();
+    p.degradationPreference = preference;
+    await sender.setParameters(p);
+    return sender.getParameters().degradationPreference === preference;
+  } catch {
+    return false; // not supported (or the sender is gone): the browser's own default
+  }
+}
+
+/** Whether the video encoder has sent frames at least 0.5 s with a bandwidth estimate. */
+async function encoding(pc) {
+  let frames = 0;
+  let estimate = false;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video') frames += s.framesEncoded || 0;
+    if (s.type === 'candidate-pair' && s.nominated && s.availableOutgoingBitrate > 0) {
+      estimate = true;
+    }
+  });
+  return estimate && frames >= 15;
+}
+
 async function switchTracks(stream) {
   for (const sender of state.pc.getSenders()) {
     const kind = sender.track ? sender.track.kind : null;
@@ -177,7 +237,8 @@ async function goLive(event) {
   for (const track of state.stream.getTracks()) {
     const init = { direction: 'sendonly', streams: [state.stream] };
     if (track.kind === 'video' && state.simulcast) init.sendEncodings = sendEncodings();
-    pc.addTransceiver(track, init);
+    const transceiver = pc.addTransceiver(track, init);
+    if (track.kind === 'video') await startFullSize(pc, transceiver.sender);
   }
   pc.addEventListener('connectionstatechange', () => onConnectionState(pc));
   try {
