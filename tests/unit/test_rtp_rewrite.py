@@ -84,6 +84,30 @@ def test_continue_timeline_keeps_timestamps_monotonic() -> None:
     assert parse(packets[0]).timestamp == (last + 6000) & 0xFFFFFFFF
 
 
+def test_a_layer_left_behind_is_never_resent() -> None:
+    """After a move to another layer (``continue_timeline``) NACKs for the old layer's packets
+    find nothing: the viewer starts over at the new layer's keyframe, and on a link the old
+    layer overran its retransmissions would only delay that keyframe. The new layer's own
+    packets are resent as before, also across a sequence number wrap."""
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
+    r.sequence = 0xFFFC  # the new layer's packets wrap around 0
+    f = frame(90_000)
+    old = [parse(p).sequence_number for p in r.packets_for(cache.templates(f, PROFILE), 90_000)]
+    assert r.lookup_packet(old[1]) is not None
+    r.continue_timeline(3000)
+    g = frame(5)
+    new = [parse(p).sequence_number for p in r.packets_for(cache.templates(g, PROFILE), 5)]
+    assert new[0] == 0xFFFF and new[1] == 0
+    assert all(r.lookup_packet(s) is None and r.retransmission(s) is None for s in old)
+    assert all(r.retransmission(s) is not None for s in new)
+    for i in range(HISTORY_FRAMES + 1):  # long after: the old layer is out of the history
+        h = frame(3005 + i * 3000)
+        r.packets_for(cache.templates(h, PROFILE), h.timestamp)
+    later = (r.sequence - 1) & 0xFFFF
+    assert r.retransmission(later) is not None
+
+
 def test_retransmission_is_rtx_wrapped_with_original_sequence() -> None:
     cache = TemplateCache(lambda: 0)
     r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
