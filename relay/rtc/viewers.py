@@ -613,6 +613,7 @@ class ViewerService:
             if sender.rewriter is not None and spec is not None:
                 frame_interval = 30 if kind == "video" else 50  # ~30 fps video, 20 ms audio
                 sender.rewriter.continue_timeline(spec.clock_rate // frame_interval)
+                sender.budget.new_timeline()
         session.hub = target
         target.attach(session.viewer, keyframe=not at_keyframe)
         selector.switched(now)

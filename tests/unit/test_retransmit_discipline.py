@@ -127,6 +127,23 @@ def test_retransmissions_stay_within_their_share_of_the_stream() -> None:
     assert b.refused[Verdict.OVER_BUDGET] > 0
 
 
+def test_a_new_layers_keyframe_is_not_refused_for_the_old_layers_retransmissions() -> None:
+    """A viewer whose layer overran its link spent its budget on NACKs; the move down's
+    keyframe, lost in the queue the old layer left, gets its retransmission all the same
+    (before: refused over budget, and the viewer waited a GOP for the next keyframe)."""
+    b = RetransmitBudget(RetransmitLimits(share=0.25, burst=64 * 1024))
+    for seq in range(300):  # one second of a layer the link does not carry: NACKs galore
+        b.on_media(SIZE)
+        b.decide(seq, SIZE, age=0.05, rtt=0.1, now=seq / 300, allowance_bps=200_000)
+    late = b.decide(300, SIZE, 0.1, 0.1, 299 / 300, keyframe=True, allowance_bps=200_000)
+    assert late is Verdict.OVER_BUDGET  # what the new layer's keyframe met before
+    b.new_timeline()
+    for seq in (1000, 1001, 1002):  # the new layer's keyframe, ~3.5 KB (180p)
+        verdict = b.decide(seq, SIZE, 0.1, 0.1, 1.0, keyframe=True, allowance_bps=200_000)
+        assert verdict is Verdict.SEND
+    assert b.decide(1000, SIZE, 0.12, 0.1, 1.02, allowance_bps=200_000) is Verdict.REPEAT
+
+
 def test_unused_budget_is_capped_at_the_burst() -> None:
     b = RetransmitBudget(RetransmitLimits(share=1.0, burst=10 * SIZE))
     for _ in range(1000):
