@@ -250,9 +250,9 @@ class DirectSender:
             if writer is None:
                 return True
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
-        seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe)
-        estimator = self.estimator
         now = time.monotonic()
+        seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe, now)
+        estimator = self.estimator
         try:
             twcc = self._twcc_offset
             if twcc < 0:
@@ -311,11 +311,11 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None or self._route() is None:
             return
-        found = rewriter.lookup_packet(sequence_number)
+        now = time.monotonic()
+        found = rewriter.lookup_sent(sequence_number, now)
         if found is None:
             return
-        size, age, keyframe = found
-        now = time.monotonic()
+        size, age, keyframe = found  # seconds since it was sent (the send path tells the time)
         estimator = self.estimator
         allowance = self._allowance
         if estimator is not None and now - self._allowance_at >= ALLOWANCE_EVERY:
@@ -334,7 +334,7 @@ class DirectSender:
         verdict = budget.decide(
             sequence_number,
             size,
-            age / self._clock_rate,
+            age if age is not None else 0.0,
             self._seam.round_trip_time(),
             now,
             keyframe=keyframe,

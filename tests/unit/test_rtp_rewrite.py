@@ -147,6 +147,29 @@ def test_lookup_gives_size_and_age_behind_the_newest_frame() -> None:
     assert r.lookup(first[1].sequence_number) == (len(cache.templates(f, PROFILE)[1]), 0)
 
 
+def test_a_retransmissions_age_runs_from_its_send_not_from_media_time() -> None:
+    """A mixer late on a busy machine skips ticks: its next frame's timestamp jumps 0.3 s
+    ahead though it is sent 30 ms later. A packet of the frame before is 90 ms old when its
+    NACK comes, not 0.3 s + (refused as too late for its playout: a freeze to the next
+    keyframe for a viewer that would have had it in time)."""
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
+    f = frame(90_000)
+    first, _ = r.assign(cache.templates(f, PROFILE), f.timestamp, now=10.0)
+    g = frame(90_000 + 27_000)  # 0.3 s of media time later
+    r.assign(cache.templates(g, PROFILE), g.timestamp, now=10.03)
+    lost = (first + 1) & 0xFFFF
+    assert r.lookup(lost) == (len(cache.templates(f, PROFILE)[1]), 27_000)
+    found = r.lookup_sent(lost, now=10.09)
+    assert found is not None
+    size, age, keyframe = found
+    assert size == len(cache.templates(f, PROFILE)[1]) and not keyframe
+    assert age is not None and abs(age - 0.09) < 1e-9
+    untimed = RtpRewriter(1, PROFILE)
+    seq, _ = untimed.assign(cache.templates(f, PROFILE), f.timestamp)
+    assert untimed.lookup_sent(seq, now=1.0) == (len(cache.templates(f, PROFILE)[0]), None, False)
+
+
 def test_retransmission_without_rtx_repeats_the_packet() -> None:
     profile = SendProfile(96, None, ())
     cache = TemplateCache(lambda: 0)
