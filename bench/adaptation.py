@@ -15,8 +15,9 @@ the freezes the loaded machine makes by itself (a mixer that misses ticks stalls
 once, a viewer's decoder waits for a core), to set the others' against. All are aiortc
 receivers that start over at a keyframe past a lost packet, as browsers do (``bench.netbed.peer
 --resync``; ``--stock-aiortc`` for aiortc as it is, whose jitter buffer holds every frame
-behind a packet that never comes until 512 packets later, 17 s of the 180p layer). Every half second the operator API tells
-each viewer's layer, which gives the switches and when they happened.
+behind a packet that never comes until 512 packets later, 17 s of the 180p layer). Every half
+second the operator API tells each viewer's layer, which gives the switches and when they
+happened.
 
 Printed per profile and viewer: share of time frozen (Chromium's rule; from the WHEP POST, the
 wait for the first picture included) over the whole run and after the viewer settled (its
