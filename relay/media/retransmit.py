@@ -43,6 +43,18 @@ def rtx_allowance(target_bps: int | None, media_bps: float, share: float) -> flo
     return max(MIN_SHARE * target_bps, min(share * target_bps, target_bps - media_bps))
 
 
+def estimate_allowance(
+    source: str, target_bps: int | None, media_bps: float, share: float
+) -> float | None:
+    """``rtx_allowance`` from a viewer's estimate, when it is one: a transport-cc target
+    (``source`` "twcc"). REMB from a receiver that reports what it receives (aiortc) and a
+    target from receiver reports sit at the media rate, which leaves retransmissions the
+    ``MIN_SHARE`` floor, about what 5 % loss needs before any NACK is repeated: a third of a
+    viewer's NACKed packets were refused over budget (netbed, 5 % loss + 40 ms). Without one,
+    the share of the stream alone limits them."""
+    return rtx_allowance(target_bps if source == "twcc" else None, media_bps, share)
+
+
 class Verdict(Enum):
     SEND = "send"
     LATE = "late"  # cannot arrive before its playout deadline

@@ -38,7 +38,12 @@ from aiortc.rtp import (
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
-from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict, rtx_allowance
+from relay.media.retransmit import (
+    RetransmitBudget,
+    RetransmitLimits,
+    Verdict,
+    estimate_allowance,
+)
 from relay.rtc.adapter import (
     AdapterError,
     SenderSeam,
@@ -322,8 +327,8 @@ class DirectSender:
             # a NACK storm asks for thousands of packets a second: the estimate is read anew
             # every ALLOWANCE_EVERY s, not per packet
             estimate = estimator.snapshot(now)
-            allowance = self._allowance = rtx_allowance(
-                estimate.target_bps, estimate.sent_bps, self.budget.limits.share
+            allowance = self._allowance = estimate_allowance(
+                estimate.source, estimate.target_bps, estimate.sent_bps, self.budget.limits.share
             )
             self._allowance_at = now
         budget = self.budget
