@@ -8,13 +8,16 @@ The source of layers is the mixer's ladder (simulcast was not in main when this 
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
 custom layout draws the stamped one full-canvas so its stamps stay readable in every layer),
 encoded once per rendition: 720p 1500, 360p 500 and 180p 200 kbit/s (+ 64 kbit/s Opus). Per
-profile a fresh bed: the profile on both viewers' legs (each its own router leg and tbf); viewer
+profile a fresh bed: the profile on two viewers' legs (each its own router leg and tbf); viewer
 ``auto`` watches ``/whep/bed`` (adaptation on), viewer ``pinned`` watches ``?layer=720p``
-(adaptation off: today's behaviour). Both viewers are aiortc receivers that start over at a
-keyframe past a lost packet, as browsers do (``bench.netbed.peer --resync``; ``--stock-aiortc``
-for aiortc as it is, whose jitter buffer holds every frame behind a packet that never comes
-until 512 packets later, 17 s of the 180p layer). Every half second the operator API tells
-each viewer's layer, which gives the switches and when they happened.
+(adaptation off: today's behaviour); viewer ``control`` watches ``?layer=180p`` on a clean leg:
+the freezes the loaded machine makes by itself (a mixer that misses ticks stalls every layer at
+once, a viewer's decoder waits for a core), to set the others' against. All are aiortc
+receivers that start over at a keyframe past a lost packet, as browsers do (``bench.netbed.peer
+--resync``; ``--stock-aiortc`` for aiortc as it is, whose jitter buffer holds every frame
+behind a packet that never comes until 512 packets later, 17 s of the 180p layer). Every half
+second the operator API tells each viewer's layer, which gives the switches and when they
+happened.
 
 Printed per profile and viewer: share of time frozen (Chromium's rule; from the WHEP POST, the
 wait for the first picture included) over the whole run and after the viewer settled (its
@@ -60,7 +63,10 @@ RENDITIONS = json.dumps(
     [{"name": n, "width": w, "height": h, "video_bitrate_kbps": k} for n, w, h, k in LADDER]
 )
 TOP = LADDER[0][0]
-VIEWERS = {"auto": "", "pinned": f"layer={TOP}"}  # the aiortc viewers: leg -> WHEP query
+BOTTOM = LADDER[-1][0]
+# the aiortc viewers: leg -> WHEP query
+VIEWERS = {"auto": "", "pinned": f"layer={TOP}", "control": f"layer={BOTTOM}"}
+CLEAN_LEGS = ("control",)  # the machine's own freezes: a clean leg, the cheapest layer
 CHROMIUM_LEG = "chromium"
 JOIN_LEAD = 15.0  # s the viewers watch beyond --seconds with a Chromium among them
 
@@ -261,7 +267,9 @@ def analyse(
 def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> dict[str, Any]:
     p = profile(name)
     viewer_legs_ = viewer_legs(args.viewers)
-    legs = {"anchor": PROFILES["clean"], **{v: p for v in viewer_legs_}}
+    clean = PROFILES["clean"]
+    legs = {"anchor": clean, **{v: clean if v in CLEAN_LEGS else p for v in viewer_legs_}}
+    shaped = [v for v in viewer_legs_ if v not in CLEAN_LEGS]
     row: dict[str, Any] = {"profile": name, "description": p.description}
     samples: dict[str, list[dict[str, Any]]] = {}
     with NetBed(legs, seed=args.seed) as bed:
@@ -281,7 +289,7 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
 
             def begin() -> None:
                 clock["t0"], clock["cpu0"] = time.monotonic(), room.gateway_cpu()
-                stops.append(schedule_rates(bed, p, list(viewer_legs_), args.seconds))
+                stops.append(schedule_rates(bed, p, shaped, args.seconds))
 
             if not lead:
                 begin()

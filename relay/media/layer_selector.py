@@ -8,7 +8,8 @@ and reports back (``switched``), or gives up (``abandoned``).
 
 * Down fast: a layer above the estimate for ``down_after`` s, or ``down_events`` congestion
   events within ``down_window`` s (one is enough with ``severe_loss``), moves the viewer down, to
-  the highest layer that fits when the estimate (or the loss) says how much fits, else one step.
+  the highest layer that fits when the estimate (or the loss) says how much fits, else one step;
+  the current layer's video stops at once (``drain``), the target's keyframe restarts it.
 * Up slowly: with an estimate, when it has stayed at ``up_margin`` x a higher layer's bitrate for
   ``hold`` s, or at once when a probe (``relay.media.probe``: the estimate alone never sees more
   than the layer it is sent) showed ``probe_fit`` x a higher layer's bitrate; without one, after
@@ -76,6 +77,10 @@ class Switch:
     down: bool
     reason: Reason
     urgent: bool = False  # switch now (the current layer is gone): no keyframe wait
+    drain: bool = False
+    """Stop the current layer's video now, not at the target's keyframe: it overruns the link,
+    so what it still sends fills the bottleneck queue the target's keyframe must then cross
+    (lost or late there, the viewer waits a whole GOP for the next one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +207,8 @@ class LayerSelector:
                 below = names.index(current.name) + 1
                 step = live[below]
                 pick = fit if fit is not None and fit.bitrate < current.bitrate else step
-                return self._start(Switch(pick.name, True, "estimate" if over else "congestion"))
+                reason: Reason = "estimate" if over else "congestion"
+                return self._start(Switch(pick.name, True, reason, drain=True))
         # -- up ----------------------------------------------------------------------------
         if fresh or loss >= c.lossy:
             self._quiet_since = now

@@ -29,6 +29,8 @@ MEMORY = 1024
 """Packets whose last retransmission time is remembered (older entries are forgotten)."""
 MIN_SHARE = 0.05
 """Share of the estimate retransmissions may always take, however full the link is."""
+OPENING = 16 * 1024
+"""Bytes of retransmission a viewer may spend before it has earned any (capped by the burst)."""
 RATE_BURST = 0.25
 """Seconds of the estimate's retransmission rate that may be saved up for a burst of losses."""
 
@@ -39,6 +41,18 @@ def rtx_allowance(target_bps: int | None, media_bps: float, share: float) -> flo
     if target_bps is None:
         return None
     return max(MIN_SHARE * target_bps, min(share * target_bps, target_bps - media_bps))
+
+
+def estimate_allowance(
+    source: str, target_bps: int | None, media_bps: float, share: float
+) -> float | None:
+    """``rtx_allowance`` from a viewer's estimate, when it is one: a transport-cc target
+    (``source`` "twcc"). REMB from a receiver that reports what it receives (aiortc) and a
+    target from receiver reports sit at the media rate, which leaves retransmissions the
+    ``MIN_SHARE`` floor, about what 5 % loss needs before any NACK is repeated: a third of a
+    viewer's NACKed packets were refused over budget (netbed, 5 % loss + 40 ms). Without one,
+    the share of the stream alone limits them."""
+    return rtx_allowance(target_bps if source == "twcc" else None, media_bps, share)
 
 
 class Verdict(Enum):
@@ -80,11 +94,24 @@ class RetransmitBudget:
 
     def __init__(self, limits: RetransmitLimits | None = None) -> None:
         self.limits = limits or RetransmitLimits()
-        self.tokens = float(min(self.limits.burst, 16 * 1024))  # a first loss is answered
+        self.tokens = self.opening  # a first loss is answered
         self._sent_at: dict[int, float] = {}
         self.refused: dict[Verdict, int] = {v: 0 for v in Verdict if v is not Verdict.SEND}
         self.rate_tokens: float | None = None  # the estimate's bucket (bytes), once known
         self._rate_at = 0.0
+
+    @property
+    def opening(self) -> float:
+        """Bytes a new stream (or a new layer's first keyframe) may have resent at once."""
+        return float(min(self.limits.burst, OPENING))
+
+    def new_timeline(self) -> None:
+        """The viewer moved to another layer: the old one's retransmissions (a layer that
+        overran the link spends everything on NACKs nothing can repair in time) leave the
+        new one's keyframe at least the opening budget, both buckets full."""
+        self.tokens = max(self.tokens, self.opening)
+        self.rate_tokens = None  # refilled to its cap at the next decision
+        self._sent_at.clear()  # the sequence numbers go on: nothing of the new layer is in it
 
     def on_media(self, size: int) -> None:
         limits = self.limits

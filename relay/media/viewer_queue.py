@@ -40,6 +40,7 @@ class ViewerQueue:
         self._ready = asyncio.Event()
         self._closed = False
         self.waiting_keyframe = kind == "video"
+        self.held = False  # ``hold``: nothing goes out until ``restart``
         self.sent = 0
         self.sent_bytes = 0
         self.sent_packets = 0
@@ -59,6 +60,9 @@ class ViewerQueue:
             return self._refused()
         if self._closed:
             return True
+        if self.held:
+            self.dropped += 1
+            return True  # not starving: the keyframe it waits for comes from elsewhere
         if self.kind == "video":
             if self.waiting_keyframe:
                 if not frame.keyframe:
@@ -123,6 +127,14 @@ class ViewerQueue:
         """Forget queued frames and wait for a keyframe (new source, or the viewer asked)."""
         self._frames.clear()
         self.waiting_keyframe = self.kind == "video"
+        self.held = False
+
+    def hold(self) -> None:
+        """Send nothing (drop what is held and what comes) until ``restart``: a viewer leaving
+        a layer that overruns its link for another layer's keyframe (``Switch.drain``)."""
+        self.restart()
+        self.held = True
+        self.waiting_keyframe = True  # off the bound fast path in ``offer``
 
     def close(self) -> None:
         self._closed = True

@@ -38,7 +38,12 @@ from aiortc.rtp import (
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
-from relay.media.retransmit import RetransmitBudget, RetransmitLimits, Verdict, rtx_allowance
+from relay.media.retransmit import (
+    RetransmitBudget,
+    RetransmitLimits,
+    Verdict,
+    estimate_allowance,
+)
 from relay.rtc.adapter import (
     AdapterError,
     SenderSeam,
@@ -250,9 +255,9 @@ class DirectSender:
             if writer is None:
                 return True
         packets = self._cache.packets(frame, rewriter.profile, self._template_id)
-        seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe)
-        estimator = self.estimator
         now = time.monotonic()
+        seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe, now)
+        estimator = self.estimator
         try:
             twcc = self._twcc_offset
             if twcc < 0:
@@ -311,19 +316,19 @@ class DirectSender:
         rewriter = self.rewriter
         if rewriter is None or self._route() is None:
             return
-        found = rewriter.lookup_packet(sequence_number)
+        now = time.monotonic()
+        found = rewriter.lookup_sent(sequence_number, now)
         if found is None:
             return
-        size, age, keyframe = found
-        now = time.monotonic()
+        size, age, keyframe = found  # seconds since it was sent (the send path tells the time)
         estimator = self.estimator
         allowance = self._allowance
         if estimator is not None and now - self._allowance_at >= ALLOWANCE_EVERY:
             # a NACK storm asks for thousands of packets a second: the estimate is read anew
             # every ALLOWANCE_EVERY s, not per packet
             estimate = estimator.snapshot(now)
-            allowance = self._allowance = rtx_allowance(
-                estimate.target_bps, estimate.sent_bps, self.budget.limits.share
+            allowance = self._allowance = estimate_allowance(
+                estimate.source, estimate.target_bps, estimate.sent_bps, self.budget.limits.share
             )
             self._allowance_at = now
         budget = self.budget
@@ -334,7 +339,7 @@ class DirectSender:
         verdict = budget.decide(
             sequence_number,
             size,
-            age / self._clock_rate,
+            age if age is not None else 0.0,
             self._seam.round_trip_time(),
             now,
             keyframe=keyframe,

@@ -269,31 +269,50 @@ class RtpRewriter:
         self._frames: list[tuple[bytes, ...]] = [()] * HISTORY_FRAMES
         self._ts = [0] * HISTORY_FRAMES
         self._key = [False] * HISTORY_FRAMES
+        self._at = [-1.0] * HISTORY_FRAMES  # when each frame was sent (-1: not told)
         self._slot = 0
         self._continue_after: int | None = None
+        # the first sequence number of the current timeline (None: the only one so far) and
+        # how many frames of the history may still be older than it
+        self._floor: int | None = None
+        self._floor_frames = 0
 
     def continue_timeline(self, advance: int) -> None:
         """The next frame comes from another timeline (another hub): place it ``advance`` ticks
-        after the last one sent so the viewer's timestamps stay monotonic."""
+        after the last one sent so the viewer's timestamps stay monotonic. Packets sent before
+        it are never sent again: the viewer decodes the new layer from its keyframe on, and
+        resending a layer left behind (often one that overran the link) only delays that
+        keyframe's packets on a link that is full already."""
         self._continue_after = advance
 
     def assign(
-        self, templates: tuple[bytes, ...], timestamp: int, keyframe: bool = False
+        self,
+        templates: tuple[bytes, ...],
+        timestamp: int,
+        keyframe: bool = False,
+        now: float | None = None,
     ) -> tuple[int, int]:
         """Number the frame's packets for this viewer: (first sequence number, timestamp); the
-        i-th packet gets ``(first + i) & 0xFFFF``. Records them for NACKs."""
+        i-th packet gets ``(first + i) & 0xFFFF``. Records them for NACKs (``now``: the
+        send time, for ``lookup_sent``)."""
+        first = self.sequence
         if self._continue_after is not None:
             base = self.last_timestamp + self._continue_after
             self.timestamp_origin = (base - timestamp) & 0xFFFFFFFF
             self._continue_after = None
+            self._floor, self._floor_frames = first, HISTORY_FRAMES
+        elif self._floor is not None:
+            self._floor_frames -= 1
+            if self._floor_frames <= 0:  # every frame in the history is past it
+                self._floor = None
         ts = (self.timestamp_origin + timestamp) & 0xFFFFFFFF
-        first = self.sequence
         n = len(templates)
         slot = self._slot
         self._first[slot] = first
         self._frames[slot] = templates
         self._ts[slot] = ts
         self._key[slot] = keyframe
+        self._at[slot] = -1.0 if now is None else now
         self._slot = (slot + 1) % HISTORY_FRAMES
         self.packets += n
         self.sequence = (first + n) & 0xFFFF
@@ -311,7 +330,11 @@ class RtpRewriter:
         return out
 
     def _slot_of(self, sequence: int) -> tuple[int, int] | None:
-        """(history slot, index in its frame) of a packet still in the history, newest first."""
+        """(history slot, index in its frame) of a packet still in the history, newest first;
+        None for one sent before the timeline changed (``continue_timeline``)."""
+        floor = self._floor
+        if floor is not None and (sequence - floor) & 0xFFFF >= 0x8000:
+            return None
         for back in range(1, HISTORY_FRAMES + 1):
             slot = (self._slot - back) % HISTORY_FRAMES
             offset = (sequence - self._first[slot]) & 0xFFFF
@@ -356,6 +379,23 @@ class RtpRewriter:
                 if len(out) >= limit:
                     return out
         return out
+
+    def lookup_sent(self, sequence: int, now: float) -> tuple[int, float | None, bool] | None:
+        """(size, seconds since it was sent or None when ``assign`` was not told, keyframe?)
+        of a packet still in the history. A retransmission's deadline runs from the send, not
+        from media time (``lookup``): a source that skipped frames (a mixer late on a busy
+        machine jumps its timestamps ahead) makes media time outrun the clock, and a packet
+        sent 90 ms before was refused as 300 ms late (netbed trace, 2 % loss)."""
+        found = self._slot_of(sequence)
+        if found is None:
+            return None
+        slot, offset = found
+        at = self._at[slot]
+        return (
+            len(self._frames[slot][offset]),
+            None if at < 0 else max(0.0, now - at),
+            self._key[slot],
+        )
 
     def retransmission(
         self, sequence: int, transport_seq: int | None = None, transport_offset: int = 0

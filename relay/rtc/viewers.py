@@ -540,6 +540,7 @@ class ViewerService:
             else:
                 selector.abandoned(now)
                 session.switch_started = None
+                self._resume(session)
         pending = selector.pending
         freshest = max((x.hub.last_video_at or 0.0 for x in ladder), default=0.0)
         layers = [Layer(x.name, layer_bitrate(x, now), layer_live(x.hub, freshest)) for x in ladder]
@@ -561,6 +562,7 @@ class ViewerService:
             if gone is not None:
                 gone.cancel_keyframe_call(session.id)
             session.switch_started = None
+            self._resume(session)
         if switch is not None and switch.target in hubs:
             self._start_switch(session, switch, hubs[switch.target], now)
 
@@ -568,11 +570,16 @@ class ViewerService:
         self, session: ViewerSession, switch: Switch, target: FanoutHub, now: float
     ) -> None:
         """Ask the target for a keyframe and keep sending the current layer until it comes:
-        the viewer never waits on a gray picture. A gone layer is left at once."""
+        the viewer never waits on a gray picture; unless the current layer overruns the link
+        (``drain``): its video stops now, so the keyframe finds the bottleneck empty. A gone
+        layer is left at once."""
         if switch.urgent:
             self._complete_switch(session, switch, target, now, at_keyframe=False)
             return
         session.switch_started = now
+        video = session.viewer.queues.get("video")
+        if switch.drain and video is not None:
+            video.hold()
         target.call_at_keyframe(
             session.id,
             lambda: self._complete_switch(session, switch, target, time.monotonic()),
@@ -598,6 +605,7 @@ class ViewerService:
         old = session.hub
         if target is old or target.closed.is_set() or not target.compatible(old.codecs):
             selector.abandoned(now)
+            self._resume(session)
             return
         old.detach(session.viewer)
         for kind, sender in session.senders.items():
@@ -605,6 +613,7 @@ class ViewerService:
             if sender.rewriter is not None and spec is not None:
                 frame_interval = 30 if kind == "video" else 50  # ~30 fps video, 20 ms audio
                 sender.rewriter.continue_timeline(spec.clock_rate // frame_interval)
+                sender.budget.new_timeline()
         session.hub = target
         target.attach(session.viewer, keyframe=not at_keyframe)
         selector.switched(now)
@@ -630,6 +639,15 @@ class ViewerService:
                 "event": "viewer.layer_down" if switch.down else "viewer.layer_up",
             },
         )
+
+    @staticmethod
+    def _resume(session: ViewerSession) -> None:
+        """A drained switch that will not happen: the current layer's video goes on from its
+        next keyframe."""
+        video = session.viewer.queues.get("video")
+        if video is not None and video.held:
+            video.restart()
+            session.hub.request_keyframe()
 
     def set_pin(self, session: ViewerSession, layer: str | None) -> None:
         """Keep the viewer on ``layer`` (None: adapt again); the move happens at once."""

@@ -239,3 +239,19 @@ def test_the_ladder_order_says_which_layer_is_higher_not_the_bitrates() -> None:
 
     made = run(LayerSelector("main"), trace, 5.0)
     assert [s.target for _, s in made] == ["low"]
+
+
+def test_a_move_down_for_the_link_drains_the_current_layer_a_pin_does_not() -> None:
+    """A layer that overruns the link stops at the decision (``drain``), not at the target's
+    keyframe: its packets would fill the bottleneck queue that keyframe must cross. A pin to
+    a lower layer on a link that carries the current one keeps it playing until then."""
+    sel = LayerSelector("720p")
+    made = run(sel, link(lambda t: 1_000_000), 5.0)
+    assert [(s.target, s.down, s.drain) for _, s in made] == [("360p", True, True)]
+    lossy = LayerSelector("720p")
+    made = run(lossy, lambda t, current: Sample(loss=0.3, congestion=int(t)), 5.0)
+    assert made and all(s.down and s.drain and s.reason == "congestion" for _, s in made)
+    pinned = LayerSelector("720p")
+    pinned.pin("180p")
+    switch = pinned.update(0.0, LADDER, ReportEstimate(5_000_000), 0)
+    assert switch is not None and switch.down and not switch.drain

@@ -77,3 +77,40 @@ def test_audio_is_never_dropped_for_video() -> None:
     assert audio == list(range(50))
     assert viewer.queues["audio"].dropped == 0
     assert viewer.queues["video"].overflows > 0
+
+
+def test_a_drained_move_down_sends_nothing_of_the_old_layer_until_the_keyframe() -> None:
+    """``ViewerService`` holds a viewer's video queue when it moves down from a layer that
+    overruns its link (``Switch.drain``): the old layer's frames stop at once (what it still
+    sent would fill the bottleneck queue ahead of the target's keyframe), audio goes on, no
+    keyframe is asked of the old layer, and the target's keyframe starts the viewer again."""
+    top = FanoutHub(StreamKey("r"), CODECS, keyframe_interval=0.0)
+    low = FanoutHub(StreamKey("r", rendition="low"), CODECS, keyframe_interval=0.0)
+    asks: list[str] = []
+    top.set_keyframe_requester(lambda: asks.append("top"))
+    low.set_keyframe_requester(lambda: asks.append("low"))
+    got: list[tuple[str, int]] = []
+    viewer = bound_viewer(top, got)
+    top.publish(frame("video", 1, key=True))
+    asks.clear()
+    video = viewer.queues["video"]
+    video.hold()  # the move down is decided
+
+    def move() -> None:
+        top.detach(viewer)
+        low.attach(viewer, keyframe=False)
+
+    low.call_at_keyframe(viewer.id, move)
+    low.request_keyframe()
+    for ts in (2, 3):
+        top.publish(frame("video", ts))
+        top.publish(frame("audio", ts))
+    top.publish(frame("video", 4, key=True))  # not even the old layer's keyframe
+    low.publish(frame("video", 1002))
+    low.publish(frame("video", 1003, key=True))
+    low.publish(frame("video", 1004))
+    assert got == [
+        ("video", 1), ("audio", 2), ("audio", 3), ("video", 1003), ("video", 1004),
+    ]  # fmt: skip
+    assert asks == ["low"]
+    assert not video.held and video.dropped == 3

@@ -16,6 +16,7 @@ from relay.media.retransmit import (
     RetransmitBudget,
     RetransmitLimits,
     Verdict,
+    estimate_allowance,
     rtx_allowance,
 )
 from relay.media.stream_key import StreamKey
@@ -111,6 +112,32 @@ def test_a_packet_is_resent_at_most_once_per_round_trip() -> None:
     assert b.decide(7, SIZE, age=0.11, rtt=0.1, now=1.11) is Verdict.SEND  # it was lost again
 
 
+def test_only_a_transport_cc_estimate_limits_the_retransmission_rate() -> None:
+    """aiortc's REMB reports what it receives: a "target" at the media rate leaves the
+    MIN_SHARE floor, and a viewer on 5 % loss (its NACKs repeated when a retransmission is
+    lost too) had a third of its NACKed packets refused over budget. Such estimates are not
+    used; the share of the stream limits retransmissions then."""
+    media = 1_450_000
+    assert estimate_allowance("twcc", 1_500_000, media, 0.25) == rtx_allowance(
+        1_500_000, media, 0.25
+    )
+    for source in ("remb", "rr", "none"):
+        assert estimate_allowance(source, 1_500_000, media, 0.25) is None
+    before = rtx_allowance(1_500_000, media, 0.25)  # a REMB "target" used as it came
+    now_used = estimate_allowance("remb", 1_500_000, media, 0.25)
+    refused = []
+    for allowance in (before, now_used):
+        b = RetransmitBudget()
+        for i in range(3000):  # 20 s at 150 packets/s, 5 % lost, a NACK listing three
+            now = i / 150
+            b.on_media(SIZE)
+            if i % 20 == 19:
+                for seq in range(i - 2, i + 1):
+                    b.decide(seq, SIZE, age=0.05, rtt=0.05, now=now, allowance_bps=allowance)
+        refused.append(b.refused[Verdict.OVER_BUDGET])
+    assert refused[0] > 100 and refused[1] == 0, refused
+
+
 def test_retransmissions_stay_within_their_share_of_the_stream() -> None:
     """A viewer that NACKs everything (a link the stream does not fit) gets at most ``share``
     of what it is sent, plus the burst it saved up."""
@@ -125,6 +152,23 @@ def test_retransmissions_stay_within_their_share_of_the_stream() -> None:
     assert resent <= 0.25 * media + limits.burst
     assert resent >= 0.2 * media  # and it does use its share
     assert b.refused[Verdict.OVER_BUDGET] > 0
+
+
+def test_a_new_layers_keyframe_is_not_refused_for_the_old_layers_retransmissions() -> None:
+    """A viewer whose layer overran its link spent its budget on NACKs; the move down's
+    keyframe, lost in the queue the old layer left, gets its retransmission all the same
+    (before: refused over budget, and the viewer waited a GOP for the next keyframe)."""
+    b = RetransmitBudget(RetransmitLimits(share=0.25, burst=64 * 1024))
+    for seq in range(300):  # one second of a layer the link does not carry: NACKs galore
+        b.on_media(SIZE)
+        b.decide(seq, SIZE, age=0.05, rtt=0.1, now=seq / 300, allowance_bps=200_000)
+    late = b.decide(300, SIZE, 0.1, 0.1, 299 / 300, keyframe=True, allowance_bps=200_000)
+    assert late is Verdict.OVER_BUDGET  # what the new layer's keyframe met before
+    b.new_timeline()
+    for seq in (1000, 1001, 1002):  # the new layer's keyframe, ~3.5 KB (180p)
+        verdict = b.decide(seq, SIZE, 0.1, 0.1, 1.0, keyframe=True, allowance_bps=200_000)
+        assert verdict is Verdict.SEND
+    assert b.decide(1000, SIZE, 0.12, 0.1, 1.02, allowance_bps=200_000) is Verdict.REPEAT
 
 
 def test_unused_budget_is_capped_at_the_burst() -> None:

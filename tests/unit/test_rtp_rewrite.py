@@ -84,6 +84,30 @@ def test_continue_timeline_keeps_timestamps_monotonic() -> None:
     assert parse(packets[0]).timestamp == (last + 6000) & 0xFFFFFFFF
 
 
+def test_a_layer_left_behind_is_never_resent() -> None:
+    """After a move to another layer (``continue_timeline``) NACKs for the old layer's packets
+    find nothing: the viewer starts over at the new layer's keyframe, and on a link the old
+    layer overran its retransmissions would only delay that keyframe. The new layer's own
+    packets are resent as before, also across a sequence number wrap."""
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
+    r.sequence = 0xFFFC  # the new layer's packets wrap around 0
+    f = frame(90_000)
+    old = [parse(p).sequence_number for p in r.packets_for(cache.templates(f, PROFILE), 90_000)]
+    assert r.lookup_packet(old[1]) is not None
+    r.continue_timeline(3000)
+    g = frame(5)
+    new = [parse(p).sequence_number for p in r.packets_for(cache.templates(g, PROFILE), 5)]
+    assert new[0] == 0xFFFF and new[1] == 0
+    assert all(r.lookup_packet(s) is None and r.retransmission(s) is None for s in old)
+    assert all(r.retransmission(s) is not None for s in new)
+    for i in range(HISTORY_FRAMES + 1):  # long after: the old layer is out of the history
+        h = frame(3005 + i * 3000)
+        r.packets_for(cache.templates(h, PROFILE), h.timestamp)
+    later = (r.sequence - 1) & 0xFFFF
+    assert r.retransmission(later) is not None
+
+
 def test_retransmission_is_rtx_wrapped_with_original_sequence() -> None:
     cache = TemplateCache(lambda: 0)
     r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
@@ -121,6 +145,29 @@ def test_lookup_gives_size_and_age_behind_the_newest_frame() -> None:
     h = frame(500)  # a source whose clock went back: no wrap-around into an age of hours
     r.packets_for(cache.templates(h, PROFILE), h.timestamp)
     assert r.lookup(first[1].sequence_number) == (len(cache.templates(f, PROFILE)[1]), 0)
+
+
+def test_a_retransmissions_age_runs_from_its_send_not_from_media_time() -> None:
+    """A mixer late on a busy machine skips ticks: its next frame's timestamp jumps 0.3 s
+    ahead though it is sent 30 ms later. A packet of the frame before is 90 ms old when its
+    NACK comes, not 0.3 s + (refused as too late for its playout: a freeze to the next
+    keyframe for a viewer that would have had it in time)."""
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
+    f = frame(90_000)
+    first, _ = r.assign(cache.templates(f, PROFILE), f.timestamp, now=10.0)
+    g = frame(90_000 + 27_000)  # 0.3 s of media time later
+    r.assign(cache.templates(g, PROFILE), g.timestamp, now=10.03)
+    lost = (first + 1) & 0xFFFF
+    assert r.lookup(lost) == (len(cache.templates(f, PROFILE)[1]), 27_000)
+    found = r.lookup_sent(lost, now=10.09)
+    assert found is not None
+    size, age, keyframe = found
+    assert size == len(cache.templates(f, PROFILE)[1]) and not keyframe
+    assert age is not None and abs(age - 0.09) < 1e-9
+    untimed = RtpRewriter(1, PROFILE)
+    seq, _ = untimed.assign(cache.templates(f, PROFILE), f.timestamp)
+    assert untimed.lookup_sent(seq, now=1.0) == (len(cache.templates(f, PROFILE)[0]), None, False)
 
 
 def test_retransmission_without_rtx_repeats_the_packet() -> None:
