@@ -84,6 +84,7 @@ class EdgeNode:
             "pulls": len(self.edge.egress_rooms()),  # probes are anonymous: no room names
             "viewers": self.viewers.count(),
             "registered": self.cluster.status.registered,
+            "busy": round(self.lag.busy(), 3),  # its loop's share of a core (a front's policy)
         }
         return Readiness(not self.cluster.draining, detail)
 
