@@ -21,11 +21,11 @@ import httpx
 import psutil
 import pytest
 
-from gateway.launcher import free_udp_port, stop_process, wait_healthy
+from gateway.launcher import free_port, free_udp_port, stop_process, wait_healthy
 from gateway.synthetic import StampedVideoTrack, Viewer, whep_watch, whip_publish
 from relay.auth.tokens import TokenAuthority
 from tests.live.test_protocol import assert_problem
-from tests.support.server import SECRET, free_port
+from tests.support.server import SECRET
 
 pytestmark = pytest.mark.slow  # two node processes
 
@@ -41,7 +41,8 @@ class Node:
 
     def workers(self) -> list[psutil.Process]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            return psutil.Process(self.proc.pid).children()
+            children: list[psutil.Process] = psutil.Process(self.proc.pid).children()
+            return children
         return []
 
     def worker_port(self) -> int:
@@ -226,7 +227,7 @@ def test_front_exit_leaves_no_worker(tmp_path: Path, how: signal.Signals) -> Non
         (worker,) = n.workers()
         n.proc.send_signal(how)
         n.proc.wait(20)
-        gone, alive = psutil.wait_procs([worker], timeout=15)
+        _gone, alive = psutil.wait_procs([worker], timeout=15)
         assert not alive, f"worker {worker.pid} outlived its front"
     finally:
         stop_process(n.proc)
