@@ -41,7 +41,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _serve(args: argparse.Namespace) -> int:
     from relay.server import workers as multi
 
-    from .app import build_gateway, create_app
+    from .app import build_gateway, create_app, origin_whep_gate
 
     overrides = _overrides(args)
     settings = load_settings(args.config, **overrides)
@@ -76,6 +76,8 @@ def _serve(args: argparse.Namespace) -> int:
             operator_key=gateway.operator_key,
             figures=lambda: (gateway.viewers.count(audience_only=True), gateway.lag.busy()),
             max_viewers=settings.rooms.max_viewers_per_node,
+            gate=origin_whep_gate(gateway.cluster, gateway.access),
+            cluster=gateway.cluster,
         )
     base = settings.base_url
     room = args.room

@@ -5,7 +5,7 @@ reads the origin's room policy, authorizes, routes and pulls; the ops routes; th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from fastapi import Depends, FastAPI, Request
@@ -24,6 +24,7 @@ from relay.http.common import check_room, require_content_type
 from relay.http.keys import KeyAuth
 from relay.http.problems import problem_responses
 from relay.http.whep import WhepStreamKey, whep_router
+from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
@@ -182,20 +183,8 @@ def build_edge_node(settings: NodeSettings) -> EdgeNode:
     )
 
 
-def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAPI:
-    """``ops_keys``: the keys (operator key, metrics token) ``/cluster`` and ``/metrics`` take;
-    they name rooms, private ones included. Empty: open (an app embedded behind its own
-    guard)."""
-    settings = node.settings
-    app = create_node_app(
-        node,
-        title="stagecast edge",
-        summary="An edge: pulls each stream once from its upstream, serves WHEP audiences.",
-        limits=settings.limits,
-        cors_origin=settings.cors_origin,
-        ops_keys=ops_keys,
-    )
-    app.state.edge = node
+def edge_whep_gate(node: EdgeNode) -> Callable[[Request, StreamKey], Awaitable[None]]:
+    """The edge's WHEP gate (its route's, and its front's for the POSTs it sends to workers)."""
 
     async def gate(request: Request, key: WhepStreamKey) -> None:
         """Before a viewer's POST: read the room's policy as its origin published it, authorize
@@ -227,6 +216,26 @@ def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAP
         if node.cluster.draining:
             raise ServiceUnavailable("this edge is draining", retry_after=2)
         await node.edge.ensure_pull(key)
+
+    return gate
+
+
+def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAPI:
+    """``ops_keys``: the keys (operator key, metrics token) ``/cluster`` and ``/metrics`` take;
+    they name rooms, private ones included. Empty: open (an app embedded behind its own
+    guard)."""
+    settings = node.settings
+    app = create_node_app(
+        node,
+        title="stagecast edge",
+        summary="An edge: pulls each stream once from its upstream, serves WHEP audiences.",
+        limits=settings.limits,
+        cors_origin=settings.cors_origin,
+        ops_keys=ops_keys,
+    )
+    app.state.edge = node
+
+    gate = edge_whep_gate(node)
 
     app.include_router(
         whep_router(

@@ -181,7 +181,7 @@ def run_edge(
             file=sys.stderr,
         )
     warn_python_send_loop(settings)
-    from relay.server.edge import build_edge_node, create_edge_app
+    from relay.server.edge import build_edge_node, create_edge_app, edge_whep_gate
 
     node = build_edge_node(settings)
     key = settings.api.operator_key or ephemeral_secret()  # /cluster and /metrics name rooms
@@ -199,6 +199,8 @@ def run_edge(
             operator_key=key,
             figures=lambda: (node.viewers.count(audience_only=True), node.lag.busy()),
             max_viewers=settings.cluster.max_viewers or settings.rooms.max_viewers_per_node,
+            gate=edge_whep_gate(node),
+            cluster=node.cluster,
         )
     print(f"stagecast edge {node_name}", flush=True)
     print(f"  upstream:       {settings.cluster.upstream}", flush=True)

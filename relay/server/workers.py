@@ -13,8 +13,9 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from relay.auth.tokens import TokenAuthority
+from relay.cluster.node import ClusterNode
 from relay.server.settings import NodeSettings
-from relay.workers.front import WorkerFront
+from relay.workers.front import Gate, WorkerFront
 from relay.workers.policy import Assigner, WorkerPorts
 from relay.workers.supervisor import WorkerPlan, WorkerSupervisor
 from relay.workers.worker import WorkerGuard
@@ -81,9 +82,13 @@ def install_front(
     operator_key: str,
     figures: Callable[[], tuple[int, float]],
     max_viewers: int | None,
+    gate: Gate | None,
+    cluster: ClusterNode | None,
 ) -> WorkerSupervisor:
     """Make ``app`` the front of ``count`` processes (itself and count-1 workers, started and
-    stopped with the app). Inside the request guards: they see each client once per node."""
+    stopped with the app). Inside the request guards: they see each client once per node.
+    ``gate``: the node's WHEP checks (authorization, routing), run at the front for every POST
+    (a worker knows no room policies and serves only what its front sends it)."""
     worker_key = secrets.token_urlsafe(32)
     plan = WorkerPlan(
         count=count,
@@ -107,10 +112,13 @@ def install_front(
             supervisor=supervisor,
             tokens=tokens,
             worker_key=worker_key,
+            gate=gate,
             max_viewers=max_viewers,
             retry_after=settings.sessions.retry_after,
         )
     )
+    if cluster is not None:  # the node registers once, with every process's viewers
+        cluster.count_also(assigner.worker_viewers)
     return supervisor
 
 

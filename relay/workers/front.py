@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import httpx
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
 from relay.errors import StagecastError
 from relay.http.problems import PROBLEM_TYPE, TYPE_BASE
+from relay.media.stream_key import StreamKey
 from relay.workers.metrics import merge_expositions
 from relay.workers.policy import FRONT, split_session_id, worker_session_id
 from relay.workers.supervisor import WorkerSupervisor
@@ -87,6 +90,17 @@ def replay(body: bytes) -> Receive:
     return receive
 
 
+Gate = Callable[[Request, StreamKey], Awaitable[None]]
+"""The checks a WHEP POST passes at the node before it is served (authorization, the cluster's
+routing: 307 to an edge, 503), raising ``StagecastError``: the route's own gate, run by the
+front for the POSTs it forwards (a worker knows no room policies)."""
+
+
+def _layer(query: dict[str, str]) -> str | None:
+    layer = query.get("layer")
+    return None if layer in (None, "auto") else layer
+
+
 class WorkerFront:
     def __init__(
         self,
@@ -95,6 +109,7 @@ class WorkerFront:
         supervisor: WorkerSupervisor,
         tokens: TokenAuthority,
         worker_key: str,
+        gate: Gate | None = None,
         max_viewers: int | None = None,
         retry_after: int = 2,
     ) -> None:
@@ -103,6 +118,7 @@ class WorkerFront:
         self.assigner = supervisor.assigner
         self.tokens = tokens
         self.worker_key = worker_key
+        self.gate = gate
         self.max_viewers = max_viewers
         self.retry_after = retry_after
 
@@ -184,6 +200,16 @@ class WorkerFront:
         if "mixminus" in query or self._is_link(scope, room, headers):
             await self.app(scope, receive, send)  # mixed (or pulled) where the anchors are
             return
+        if self.gate is not None:  # the route's own checks, once, before a worker sees it
+            q = {k: v[0] for k, v in query.items() if v}
+            key = StreamKey(room, q.get("rendition") or _layer(q), q.get("anchor"), None)
+            try:
+                await self.gate(Request({**scope, "path_params": {"room": room}}), key)
+            except StagecastError as exc:
+                await send_problem(
+                    send, exc.status, exc.title, exc.detail, exc.type_slug, exc.headers
+                )
+                return
         if self.max_viewers is not None and self.assigner.viewers() >= self.max_viewers:
             await send_problem(
                 send,

@@ -85,6 +85,10 @@ class Assigner:
         """Viewers of the whole node (every process's last report plus what went since)."""
         return sum(load.viewers + load.pending for load in self._loads)
 
+    def worker_viewers(self) -> int:
+        """Viewers of the workers (all but the front's)."""
+        return sum(load.viewers + load.pending for load in self._loads[1:])
+
     def pick(self, exclude: frozenset[int] = frozenset()) -> int | None:
         """The process for the next viewer (counted there at once), or None: none is ready."""
         ready = [i for i, load in enumerate(self._loads) if load.ready and i not in exclude]

@@ -25,6 +25,7 @@ from gateway.launcher import free_port, free_udp_port, stop_process, wait_health
 from gateway.synthetic import StampedVideoTrack, Viewer, whep_watch, whip_publish
 from relay.auth.tokens import TokenAuthority
 from tests.live.test_protocol import assert_problem
+from tests.support.offers import fixture
 from tests.support.server import SECRET
 
 pytestmark = pytest.mark.slow  # two node processes
@@ -61,6 +62,9 @@ def start_node(tmp: Path, workers: int = 2) -> Node:
         "STAGECAST_WEBRTC__ADDRESSES": '["127.0.0.1"]',
         "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "100",
         "STAGECAST_LIMITS__SESSION_POST_BURST": "100",
+        # admission by loop lag is not under test: on a loaded machine it would refuse joins
+        "STAGECAST_LIMITS__MAX_LOOP_LAG": "30",
+        "STAGECAST_LIMITS__MAX_LOOP_BUSY": "1",
     }
     env.pop("STAGECAST_CONFIG", None)
     log = tmp / "node.log"
@@ -114,6 +118,9 @@ async def wait_frames(viewers: list[Viewer], n: int, timeout: float) -> None:
 
 def on_worker(v: Viewer) -> bool:
     return v.location.rsplit("/", 1)[1].startswith("1.")
+
+
+OFFER = fixture("aiortc_whep.sdp")
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -180,6 +187,41 @@ async def test_bad_resource_ids_and_forged_headers_get_problems(node: Node) -> N
         direct = f"http://127.0.0.1:{node.worker_port()}/whep/{ROOM}"
         r = await client.post(direct, content="v=0", headers={"Content-Type": "application/sdp"})
         assert_problem(r, 403)
+
+
+async def test_private_room_is_authorized_at_the_front(node: Node) -> None:
+    """A worker knows no room policy: the front checks the viewer's token before any process
+    serves it (the POSTs would otherwise reach the worker, which admits anyone)."""
+    room = "vip-workers"
+    tokens = TokenAuthority(SECRET)
+    async with asyncio.timeout(60), httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+        made = await client.post(
+            "/v1/rooms", json={"name": room, "private": True}, headers={"X-API-Key": KEY}
+        )
+        assert made.status_code in (200, 201), made.text
+        anchor = await whip_publish(
+            node.url,
+            room,
+            tokens.mint(room, "anchor", "a", 600),
+            video=StampedVideoTrack(320, 240, 15),
+        )
+        viewers: list[Viewer] = []
+        try:
+            await asyncio.sleep(1.0)
+            for _ in range(4):  # both processes' turns
+                r = await client.post(
+                    f"/whep/{room}", content=OFFER, headers={"Content-Type": "application/sdp"}
+                )
+                assert_problem(r, 401)
+            token = tokens.mint(room, "audience", "v", 600)
+            for _ in range(2):
+                viewers.append(await whep_watch(node.url, room, token, kinds=("video",)))
+            assert any(on_worker(v) for v in viewers)
+            await wait_frames(viewers, 5, 40)
+        finally:
+            for v in viewers:
+                await v.close()
+            await anchor.close()
 
 
 async def test_killed_worker_restarts_and_front_viewers_keep_playing(node: Node) -> None:
