@@ -52,7 +52,7 @@ class Node:
         return int(argv[argv.index("--port") + 1])
 
 
-def start_node(tmp: Path, workers: int = 2) -> Node:
+def start_node(tmp: Path, workers: int = 2, role: tuple[str, ...] = ("serve",)) -> Node:
     port = free_port()
     env = {
         **os.environ,
@@ -68,14 +68,15 @@ def start_node(tmp: Path, workers: int = 2) -> Node:
     }
     env.pop("STAGECAST_CONFIG", None)
     log = tmp / "node.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "gateway.cli", *role, "--port", str(port)]
     cmd += ["--udp-port", str(free_udp_port()), "--workers", str(workers)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     node = Node(f"http://127.0.0.1:{port}", proc, log)
     try:
         wait_healthy(node.url, timeout=60)
-        wait_worker_ready(node)
+        if workers > 1:
+            wait_worker_ready(node)
     except BaseException:
         stop_process(proc)
         raise
@@ -260,6 +261,41 @@ async def test_killed_worker_restarts_and_front_viewers_keep_playing(node: Node)
             for v in viewers:
                 await v.close()
             await anchor.close()
+
+
+async def test_relay_with_workers_pulls_once_and_spreads(tmp_path: Path) -> None:
+    """``stagecast relay --workers 2``: the front pulls the room once from the origin, its
+    worker pulls it from the front; viewers of both play."""
+    (tmp_path / "origin").mkdir()
+    (tmp_path / "edge").mkdir()
+    origin = start_node(tmp_path / "origin", 1)
+    edge = start_node(tmp_path / "edge", 2, ("relay", "--upstream", origin.url))
+    try:
+        async with asyncio.timeout(90):
+            anchor = await whip_publish(
+                origin.url, ROOM, anchor_token(), video=StampedVideoTrack(320, 240, 15)
+            )
+            viewers: list[Viewer] = []
+            try:
+                await asyncio.sleep(1.0)
+                for _ in range(4):
+                    viewers.append(await whep_watch(edge.url, ROOM, kinds=("video",)))
+                assert sum(on_worker(v) for v in viewers) == 2, [v.location for v in viewers]
+                await wait_frames(viewers, 10, 40)
+                async with httpx.AsyncClient(timeout=10) as client:
+                    auth = {"X-API-Key": KEY}
+                    text = (await client.get(origin.url + "/metrics", headers=auth)).text
+                    assert metric(text, "stagecast_viewers", room=ROOM) == 1, text  # one pull
+                    text = (await client.get(edge.url + "/metrics", headers=auth)).text
+                    assert metric(text, "stagecast_pulls_opened_total", worker="0") == 1, text
+                    assert metric(text, "stagecast_pulls_opened_total", worker="1") == 1, text
+            finally:
+                for v in viewers:
+                    await v.close()
+                await anchor.close()
+    finally:
+        stop_process(edge.proc)
+        stop_process(origin.proc)
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
