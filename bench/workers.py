@@ -163,7 +163,7 @@ async def run_k(k: int, counts: list[int], args: argparse.Namespace) -> list[Poi
         clients = [psutil.Process(os.getpid()), *fleet.processes()]
         base: Point | None = None
         for n in counts:
-            await fleet.resize(n, timeout=30 + n * 0.5)
+            await fleet.resize(n, timeout=120 + n * 3)  # joins are slow on a loaded machine
             await asyncio.sleep(3.0)
             await fleet.mark()
             probe.samples.clear()

@@ -80,7 +80,8 @@ class WorkerSupervisor:
     plan: WorkerPlan
     assigner: Assigner
     front_figures: Callable[[], tuple[int, float]]  # the front's own (viewers, loop busy)
-    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10.0))
+    # a WHEP POST's answer waits for the worker's ICE/DTLS setup and, the first time, its pull
+    http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=30.0))
     workers: dict[int, Worker] = field(default_factory=dict)
     _stopping: bool = False
     _poller: asyncio.Task[None] | None = None
@@ -98,9 +99,10 @@ class WorkerSupervisor:
         if self._poller is not None:
             self._poller.cancel()
         await asyncio.gather(*(self._end(w) for w in self.workers.values()))
-        for w in self.workers.values():
-            if w.task is not None:
-                w.task.cancel()
+        tasks = [t for t in (self._poller, *(w.task for w in self.workers.values())) if t]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.http.aclose()
 
     async def _spawn(self, w: Worker) -> None:
@@ -161,9 +163,12 @@ class WorkerSupervisor:
         """Every process's load into the assigner: the front's own figures, each worker's
         ``/readyz`` (its viewers, its loop's busy share; 503 or no answer: not ready)."""
         while True:
-            viewers, busy = self.front_figures()
-            self.assigner.report(FRONT, ready=True, viewers=viewers, busy=busy)
-            await asyncio.gather(*(self._poll_one(w) for w in self.workers.values()))
+            try:
+                viewers, busy = self.front_figures()
+                self.assigner.report(FRONT, ready=True, viewers=viewers, busy=busy)
+                await asyncio.gather(*(self._poll_one(w) for w in self.workers.values()))
+            except Exception:  # the next poll tries again; assignment goes on meanwhile
+                log.exception("polling the workers failed")
             await asyncio.sleep(POLL_INTERVAL)
 
     async def _poll_one(self, w: Worker) -> None:
