@@ -2,10 +2,12 @@
 --workers K``), measured as CPU per viewer summed over the node's processes (from /proc), per
 process, beside delivery and the probe's glass-to-glass latency.
 
-The same source and viewers as ``bench.capacity``: an aiortc anchor (x264 ultrafast, 720p30 CBR
-1.5 Mbps, stamped frames + tone) publishing to the front, one decoding probe viewer, N *light*
-viewers (``bench.load_viewers --light``: real ICE/DTLS/WHEP peers counting SRTP packets
-without decrypting). Every viewer POSTs to the front, which assigns it to a process.
+The viewers of ``bench.capacity``: N *light* viewers (``bench.load_viewers --light``: real
+ICE/DTLS/WHEP peers counting SRTP packets without decrypting) and one probe, every one POSTing
+to the front, which assigns it to a process. The anchor (aiortc, 720p30 H264 ~1.5 Mbps + tone)
+sends a pre-encoded clip by default (``--anchor clip``: no encoder competing with the load side
+for its core; the probe counts frames) or ``bench.capacity``'s stamped x264 frames
+(``--anchor x264``: the probe's glass-to-glass latency too).
 
 This machine has 2 cores, and the load side needs CPU too, so the load cannot be kept off every
 core of a 2-process node. Pinning: with K=1 the node is on CPU 0 and the load (viewers, anchor,
@@ -18,7 +20,7 @@ of the machine = the N at which the first of its processes would reach ``--budge
 Delivery and latency with K=2 are measured with the load side on the worker's core: they show
 the node keeps up, not its limit.
 
-    python -m bench.workers                       # K = 1,2; N = 0,60,120
+    python -m bench.workers                       # K = 1,2; N = 0,60,120; a clip anchor
     python -m bench.workers --viewers 0,100,200 --window 15
 """
 
@@ -51,7 +53,14 @@ from bench.fanout import (
     wait_healthy,
 )
 from gateway.launcher import free_port, free_udp_port
-from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
+from gateway.synthetic import (
+    LoopTrack,
+    StampedVideoTrack,
+    ToneAudioTrack,
+    encoded_clip,
+    whep_watch,
+    whip_publish,
+)
 from relay.auth.tokens import TokenAuthority
 
 
@@ -148,17 +157,29 @@ async def run_k(k: int, counts: list[int], args: argparse.Namespace) -> list[Poi
         procs = await node_processes(front.ps, k)
         for i, p in enumerate(procs[1:], start=1):
             p.cpu_affinity([i % 2])  # worker 1 on CPU 1 (the front on CPU 0)
-        use_anchor_encoder("ultrafast", args.kbps)
-        publisher = await whip_publish(
-            url,
-            ROOM,
-            tokens.mint(ROOM, "anchor", "bench", 3600),
-            video=StampedVideoTrack(1280, 720, 30, grain=ANCHOR_GRAIN),
-            audio=ToneAudioTrack(440),
-            video_codec="H264",
-        )
+        token = tokens.mint(ROOM, "anchor", "bench", 3600)
+        if args.anchor == "clip":  # pre-encoded: no encoder on the load side's core
+            publisher = await whip_publish(
+                url,
+                ROOM,
+                token,
+                video=LoopTrack(encoded_clip(1280, 720)),
+                audio=ToneAudioTrack(440),
+                video_codec="H264",
+                prepacked=True,
+            )
+        else:
+            use_anchor_encoder("ultrafast", args.kbps)
+            publisher = await whip_publish(
+                url,
+                ROOM,
+                token,
+                video=StampedVideoTrack(1280, 720, 30, grain=ANCHOR_GRAIN),
+                audio=ToneAudioTrack(440),
+                video_codec="H264",
+            )
         await asyncio.sleep(2.0)
-        probe = await whep_watch(url, ROOM, timeout=20)
+        probe = await whep_watch(url, ROOM, timeout=60, decode=args.anchor != "clip")
         fleet = await start_fleet(children, url, args.procs, "1")
         clients = [psutil.Process(os.getpid()), *fleet.processes()]
         base: Point | None = None
@@ -257,6 +278,13 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="light-viewer processes")
     parser.add_argument("--kbps", type=int, default=1500)
     parser.add_argument("--budget", type=float, default=0.95, help="cores per process")
+    parser.add_argument(
+        "--anchor",
+        choices=("clip", "x264"),
+        default="clip",
+        help="clip: a pre-encoded 720p H264 loop (~1.5 Mbps, no encoder on the load side: the "
+        "probe then counts frames, no glass-to-glass); x264: stamped frames encoded live",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="interleaved K=1/K=2 rounds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
