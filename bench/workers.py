@@ -14,14 +14,16 @@ core of a 2-process node. Pinning: with K=1 the node is on CPU 0 and the load (v
 probe, this script) on CPU 1, as in ``bench.capacity``; with K=2 the front is on CPU 0 and the
 worker on CPU 1, beside the load. CPU *time* per process (``/proc``, user + system) is what the
 node spends whatever else shares its core, so the headline is per process:
-``core/viewer`` = (its cores at N - at N=0) / the viewers it serves, and the projected capacity
+``core/viewer`` = (its cores at N - at the ramp's first step) / the viewers it gained (the
+first step, e.g. N=10, has every process serving and every worker's pull running, so a
+worker's pull is not counted per viewer); only steps with >= 99 % delivery count. The projected capacity
 of the machine = the N at which the first of its processes would reach ``--budget`` of a core
 (0.95), with viewers spread as the front spreads them: K=1 can use one core, K=2 both.
 Delivery and latency with K=2 are measured with the load side on the worker's core: they show
 the node keeps up, not its limit.
 
-    python -m bench.workers                       # K = 1,2; N = 0,60,120; a clip anchor
-    python -m bench.workers --viewers 0,100,200 --window 15
+    python -m bench.workers                       # K = 1,2; N = 10,60,120; a clip anchor
+    python -m bench.workers --viewers 10,30,50 --rounds 2   # interleaved K=1/K=2 rounds
 """
 
 from __future__ import annotations
@@ -209,9 +211,10 @@ async def run_k(k: int, counts: list[int], args: argparse.Namespace) -> list[Poi
                 pt.delivery_min, pt.delivery_mean = min(ratios), sum(ratios) / len(ratios)
             lat = [s.latency_ms for s in probe.samples]
             pt.probe_p50_ms, pt.probe_p95_ms = pct(lat, 50), pct(lat, 95)
+            delivered = pt.delivery_min is not None and pt.delivery_min >= 0.99
             if base is None:
-                base = pt
-            elif sum(pt.viewers) > sum(base.viewers):
+                base = pt  # the ramp's first step: every process serving (and pulling) already
+            elif delivered and sum(pt.viewers) > sum(base.viewers):
                 extra = [c - b for c, b in zip(pt.cores, base.cores, strict=True)]
                 served = [v - b for v, b in zip(pt.viewers, base.viewers, strict=True)]
                 pt.core_per_viewer = [
@@ -273,7 +276,7 @@ def row(p: Point) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", default="1,2", help="node sizes to compare, in order")
-    parser.add_argument("--viewers", default="0,60,120")
+    parser.add_argument("--viewers", default="10,60,120", help="the first: the baseline")
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--procs", type=int, default=2, help="light-viewer processes")
     parser.add_argument("--kbps", type=int, default=1500)
