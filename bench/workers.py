@@ -16,9 +16,10 @@ worker on CPU 1, beside the load. CPU *time* per process (``/proc``, user + syst
 node spends whatever else shares its core, so the headline is per process:
 ``core/viewer`` = (its cores at N - at the ramp's first step) / the viewers it gained (the
 first step, e.g. N=10, has every process serving and every worker's pull running, so a
-worker's pull is not counted per viewer); only steps with >= 99 % delivery count. The projected capacity
-of the machine = the N at which the first of its processes would reach ``--budget`` of a core
-(0.95), with viewers spread as the front spreads them: K=1 can use one core, K=2 both.
+worker's pull is not counted per viewer); only steps with >= 99 % delivery count. The
+projected capacity of the machine = the N at which the first of its processes would reach
+``--budget`` of a core (0.95), with viewers spread as the front spreads them: K=1 can use one
+core, K=2 both.
 Delivery and latency with K=2 are measured with the load side on the worker's core: they show
 the node keeps up, not its limit.
 
