@@ -156,7 +156,7 @@ async def run_k(k: int, counts: list[int], args: argparse.Namespace) -> list[Poi
         serve += ["--port", str(port), "--udp-port", str(free_udp_port()), "--workers", str(k)]
         front = await children.start("node", serve, env=env)
         url = f"http://127.0.0.1:{port}"
-        await wait_healthy(url, front)
+        await wait_healthy(url, front, timeout=180)  # a loaded machine starts it slowly
         procs = await node_processes(front.ps, k)
         for i, p in enumerate(procs[1:], start=1):
             p.cpu_affinity([i % 2])  # worker 1 on CPU 1 (the front on CPU 0)
