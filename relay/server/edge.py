@@ -5,6 +5,7 @@ reads the origin's room policy, authorizes, routes and pulls; the ops routes; th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -115,8 +116,11 @@ class PullCollector(Collector):
             yield GaugeMetricFamily("stagecast_viewers", "Viewer sessions", viewers.count())
 
 
-def build_edge_node(settings: NodeSettings) -> EdgeNode:
-    """Everything an edge process owns, from settings (``cluster.upstream`` is required)."""
+def build_edge_node(settings: NodeSettings, *, presence: bool = True) -> EdgeNode:
+    """Everything an edge process owns, from settings (``cluster.upstream`` is required).
+    ``presence``: hold a presence request at the upstream (relay.cluster.presence); off for a
+    worker, whose upstream is its own parent process: a front too busy to answer in time would
+    make it doubt the front and end its pulls, and it dies with the front anyway."""
     c = settings.cluster
     if not c.upstream:
         raise ValueError("an edge needs cluster.upstream (the origin's or a parent edge's URL)")
@@ -148,7 +152,10 @@ def build_edge_node(settings: NodeSettings) -> EdgeNode:
         return NodeLoad(viewers.count(), viewers.egress().bytes, rooms=edge.egress_rooms())
 
     registry = make_registry(c.redis_url, prefix=c.key_prefix)
-    cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
+    membership = cluster_config(settings, "edge", node)
+    if not presence:
+        membership = dataclasses.replace(membership, upstream="")
+    cluster = ClusterNode(membership, registry, figures, tokens=tokens)
     # The origin's room policies (relay.cluster.node): private rooms need a token, room limits hold
     lag = LoopLagMonitor()
     transport = NodeTransport(transport_config(settings))

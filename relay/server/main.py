@@ -221,7 +221,7 @@ def _run_worker(settings: NodeSettings, handshake: dict[str, Any]) -> int:
     from relay.server.workers import install_worker_guard
     from relay.workers.worker import exit_with_parent
 
-    node = build_edge_node(settings)
+    node = build_edge_node(settings, presence=False)
     key, token = settings.api.operator_key, settings.metrics.token
     app = create_edge_app(node, ops_keys=(key, token) if token else (key,))
     install_worker_guard(app, handshake)

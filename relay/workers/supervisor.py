@@ -196,7 +196,7 @@ class WorkerSupervisor:
 
         async def one(w: Worker) -> tuple[int, str | None]:
             try:
-                resp = await self.http.get(w.base_url + "/metrics", headers=headers, timeout=2.0)
+                resp = await self.http.get(w.base_url + "/metrics", headers=headers, timeout=5.0)
             except httpx.HTTPError:
                 return w.index, None
             return w.index, resp.text if resp.status_code == 200 else None
