@@ -28,7 +28,8 @@ from tests.live.test_protocol import assert_problem
 from tests.support.offers import fixture
 from tests.support.server import SECRET
 
-pytestmark = pytest.mark.slow  # two node processes
+# two node processes (four for the relay test), started one after another: slow on a loaded machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 KEY = "workers-operator-key-for-tests"
 ROOM = "multi"
