@@ -178,7 +178,8 @@ class WorkerSupervisor:
             resp = await self.http.get(w.base_url + "/readyz", timeout=1.0)
             body = resp.json()
         except (httpx.HTTPError, ValueError):
-            self.assigner.report(w.index, ready=False, viewers=0)
+            # no answer in time: a busy worker keeps its last state (one that exits is marked
+            # down by its keeper; one not yet up has never been ready)
             return
         self.assigner.report(
             w.index,
