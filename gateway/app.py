@@ -241,7 +241,7 @@ def build_gateway(settings: Settings) -> Gateway:
 
 
 def origin_whep_gate(
-    cluster: ClusterNode, access: AccessPolicy
+    cluster: ClusterNode | None, access: AccessPolicy
 ) -> Callable[[Request, StreamKey], Awaitable[None]]:
     """The cluster's WHEP routing (307 to an edge), except for mix-minus pulls: only the origin,
     where the anchors are, has those (an edge answers 404). A viewer is authorized before it is
@@ -254,7 +254,8 @@ def origin_whep_gate(
             check_room(key.room)
             q, h = request.query_params, request.headers
             access.authorize(key.room, "audience", h.get("authorization"), q.get("access_token"))
-        await cluster.whep_gate(request)
+        if cluster is not None:
+            await cluster.whep_gate(request)
 
     return gate
 

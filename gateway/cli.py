@@ -12,14 +12,17 @@ from typing import Any
 from relay.server.logs import configure_logging
 from relay.server.main import (
     UDP_HELP,
+    WORKERS_HELP,
     add_edge_arguments,
     load_edge_settings,
     run,
     run_edge,
     tls_problem,
     udp_summary,
+    worker_handshake,
 )
 from relay.server.main import warn_python_send_loop as _warn_python_send_loop
+from relay.server.settings import ephemeral_secret
 
 from .settings import Settings, load_settings
 
@@ -36,7 +39,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import build_gateway, create_app
+    from relay.server import workers as multi
+
+    from .app import build_gateway, create_app, origin_whep_gate
 
     overrides = _overrides(args)
     settings = load_settings(args.config, **overrides)
@@ -47,13 +52,35 @@ def _serve(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    gateway = build_gateway(settings)
-    app = create_app(settings, gateway)
-    base = settings.base_url
-    room = args.room
     # A configured secret or key is the operator's: never printed (it would land in pod logs).
     # Without them this is a trial run, and the generated ones are how to use it.
     trial = not settings.auth.token_secret
+    count = args.workers or settings.workers or 1
+    problem = multi.check_workers(count, settings)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    if count > 1 and trial:  # the workers' pulls are signed with the front's secret
+        auth = settings.auth.model_copy(update={"token_secret": ephemeral_secret()})
+        settings = settings.model_copy(update={"auth": auth})
+    gateway = build_gateway(settings)
+    app = create_app(settings, gateway)
+    if count > 1:
+        multi.install_front(
+            app,
+            settings,
+            count,
+            command=multi.worker_argv(GATEWAY_WORKER, settings, args.config, gateway.node_id),
+            tokens=gateway.tokens,
+            token_secret=settings.auth.token_secret,
+            operator_key=gateway.operator_key,
+            figures=lambda: (gateway.viewers.count(audience_only=True), gateway.lag.busy()),
+            max_viewers=settings.rooms.max_viewers_per_node,
+            gate=origin_whep_gate(gateway.cluster, gateway.access),
+            cluster=gateway.cluster,
+        )
+    base = settings.base_url
+    room = args.room
     print("stagecast gateway (single node)", flush=True)
     print(f"  publish (WHIP): {base}/whip/{room}", flush=True)
     if trial:
@@ -70,6 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  watch page:     {base}/watch?room={room}", flush=True)
     print(f"  API docs:       {base}/docs", flush=True)
     print(f"  WebRTC media:   {_udp(settings)}", flush=True)
+    if count > 1:
+        print(f"  workers:        {multi.workers_summary(count, settings)}", flush=True)
     if not settings.api.operator_key:
         print(f"  operator key:   {gateway.operator_key}", flush=True)
     if trial:
@@ -90,9 +119,20 @@ def _cert(args: argparse.Namespace) -> int:
     return 0
 
 
+GATEWAY_WORKER = (sys.executable, "-m", "gateway.cli", "{config}", "edge")
+
+
 def _edge(args: argparse.Namespace) -> int:
     """An edge with the full settings (a config file shared with the origin loads as is)."""
-    return run_edge(load_edge_settings(Settings, args.config, args))
+    handshake = worker_handshake(args)
+    settings = load_edge_settings(Settings, args.config, args, handshake)
+    return run_edge(
+        settings,
+        workers=getattr(args, "workers", None),
+        handshake=handshake,
+        config=args.config,
+        worker_command=GATEWAY_WORKER,
+    )
 
 
 def _udp(settings: Settings) -> str:
@@ -168,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--udp-port", dest="udp_port", type=int, default=None, help=UDP_HELP)
     serve.add_argument("--room", default="demo", help="room whose URLs are printed")
+    serve.add_argument("--workers", type=int, default=None, help=WORKERS_HELP % "1")
     serve.set_defaults(func=_serve)
     edge = sub.add_parser(
         "edge", aliases=["relay"], help="run an edge that pulls from --upstream (= python -m relay)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -115,6 +116,7 @@ class ClusterNode:
         self.config = config
         self.registry = registry
         self._figures = figures
+        self._also: Callable[[], int] | None = None
         self._tokens = tokens
         self._policy_source = room_policies
         self.policies: dict[str, RoomPolicy] = {}  # an edge's view: room -> origin's policy
@@ -174,8 +176,15 @@ class ClusterNode:
         return ClusterEvent(kind, self.config.node_id, room, self._clock())  # type: ignore[arg-type]
 
     # -- heartbeat --------------------------------------------------------------------------
+    def count_also(self, viewers: Callable[[], int]) -> None:
+        """Viewers this node serves through other processes (its workers, ``--workers N``):
+        in the load it registers, so that routing and ``max_viewers`` see the whole node."""
+        self._also = viewers
+
     def record(self) -> NodeRecord:
         load = self._figures()
+        if self._also is not None:
+            load = dataclasses.replace(load, viewers=load.viewers + self._also())
         now = self._clock()
         bps = 0.0
         if self._last_bytes is not None and now > self._last_bytes[0]:

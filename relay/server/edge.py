@@ -5,7 +5,8 @@ reads the origin's room policy, authorizes, routes and pulls; the ops routes; th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from fastapi import Depends, FastAPI, Request
@@ -24,6 +25,7 @@ from relay.http.common import check_room, require_content_type
 from relay.http.keys import KeyAuth
 from relay.http.problems import problem_responses
 from relay.http.whep import WhepStreamKey, whep_router
+from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
@@ -84,6 +86,7 @@ class EdgeNode:
             "pulls": len(self.edge.egress_rooms()),  # probes are anonymous: no room names
             "viewers": self.viewers.count(),
             "registered": self.cluster.status.registered,
+            "busy": round(self.lag.busy(), 3),  # its loop's share of a core (a front's policy)
         }
         return Readiness(not self.cluster.draining, detail)
 
@@ -113,8 +116,11 @@ class PullCollector(Collector):
             yield GaugeMetricFamily("stagecast_viewers", "Viewer sessions", viewers.count())
 
 
-def build_edge_node(settings: NodeSettings) -> EdgeNode:
-    """Everything an edge process owns, from settings (``cluster.upstream`` is required)."""
+def build_edge_node(settings: NodeSettings, *, presence: bool = True) -> EdgeNode:
+    """Everything an edge process owns, from settings (``cluster.upstream`` is required).
+    ``presence``: hold a presence request at the upstream (relay.cluster.presence); off for a
+    worker, whose upstream is its own parent process: a front too busy to answer in time would
+    make it doubt the front and end its pulls, and it dies with the front anyway."""
     c = settings.cluster
     if not c.upstream:
         raise ValueError("an edge needs cluster.upstream (the origin's or a parent edge's URL)")
@@ -146,7 +152,10 @@ def build_edge_node(settings: NodeSettings) -> EdgeNode:
         return NodeLoad(viewers.count(), viewers.egress().bytes, rooms=edge.egress_rooms())
 
     registry = make_registry(c.redis_url, prefix=c.key_prefix)
-    cluster = ClusterNode(cluster_config(settings, "edge", node), registry, figures, tokens=tokens)
+    membership = cluster_config(settings, "edge", node)
+    if not presence:
+        membership = dataclasses.replace(membership, upstream="")
+    cluster = ClusterNode(membership, registry, figures, tokens=tokens)
     # The origin's room policies (relay.cluster.node): private rooms need a token, room limits hold
     lag = LoopLagMonitor()
     transport = NodeTransport(transport_config(settings))
@@ -181,20 +190,8 @@ def build_edge_node(settings: NodeSettings) -> EdgeNode:
     )
 
 
-def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAPI:
-    """``ops_keys``: the keys (operator key, metrics token) ``/cluster`` and ``/metrics`` take;
-    they name rooms, private ones included. Empty: open (an app embedded behind its own
-    guard)."""
-    settings = node.settings
-    app = create_node_app(
-        node,
-        title="stagecast edge",
-        summary="An edge: pulls each stream once from its upstream, serves WHEP audiences.",
-        limits=settings.limits,
-        cors_origin=settings.cors_origin,
-        ops_keys=ops_keys,
-    )
-    app.state.edge = node
+def edge_whep_gate(node: EdgeNode) -> Callable[[Request, StreamKey], Awaitable[None]]:
+    """The edge's WHEP gate (its route's, and its front's for the POSTs it sends to workers)."""
 
     async def gate(request: Request, key: WhepStreamKey) -> None:
         """Before a viewer's POST: read the room's policy as its origin published it, authorize
@@ -226,6 +223,26 @@ def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAP
         if node.cluster.draining:
             raise ServiceUnavailable("this edge is draining", retry_after=2)
         await node.edge.ensure_pull(key)
+
+    return gate
+
+
+def create_edge_app(node: EdgeNode, *, ops_keys: tuple[str, ...] = ()) -> FastAPI:
+    """``ops_keys``: the keys (operator key, metrics token) ``/cluster`` and ``/metrics`` take;
+    they name rooms, private ones included. Empty: open (an app embedded behind its own
+    guard)."""
+    settings = node.settings
+    app = create_node_app(
+        node,
+        title="stagecast edge",
+        summary="An edge: pulls each stream once from its upstream, serves WHEP audiences.",
+        limits=settings.limits,
+        cors_origin=settings.cors_origin,
+        ops_keys=ops_keys,
+    )
+    app.state.edge = node
+
+    gate = edge_whep_gate(node)
 
     app.include_router(
         whep_router(

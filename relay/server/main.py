@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,8 +84,16 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", dest="redis_url", default=None, help="cluster registry")
     parser.add_argument("--node-id", dest="node_id", default=None)
     parser.add_argument("--udp-port", dest="udp_port", type=int, default=None, help=UDP_HELP)
+    parser.add_argument(
+        "--workers", type=int, default=None, help=WORKERS_HELP % "the number of cores"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
+WORKERS_HELP = (
+    "processes serving viewers behind this node's one HTTP port: the front (this process) and"
+    " N-1 local worker edges on UDP ports udp_port+1..udp_port+N-1 (default: %s)"
+)
 UDP_HELP = "the node's one WebRTC UDP port (default: webrtc.udp_port, 8443; 0: a port per session)"
 
 
@@ -95,7 +104,12 @@ def udp_summary(settings: NodeSettings) -> str:
     return f"UDP port {port}, every session (ICE-lite)" + (f"; ICE-TCP port {tcp}" if tcp else "")
 
 
-def load_edge_settings(cls: type[S], config: Path | None, args: argparse.Namespace) -> S:
+def load_edge_settings(
+    cls: type[S],
+    config: Path | None,
+    args: argparse.Namespace,
+    handshake: dict[str, Any] | None = None,
+) -> S:
     """``cls`` from the file and environment, with the edge role and the command line's
     ``--upstream``, ``--redis-url``, ``--node-id``, ``--host`` and ``--port`` on top."""
     overrides: dict[str, Any] = {
@@ -111,12 +125,42 @@ def load_edge_settings(cls: type[S], config: Path | None, args: argparse.Namespa
         value = getattr(args, key, None)
         if value is not None:
             cluster[key] = value
-    return load_settings_as(cls, config, cluster=ClusterSettings(**cluster), **overrides)
+    loaded = load_settings_as(cls, config, cluster=ClusterSettings(**cluster), **overrides)
+    if handshake is not None:
+        from relay.server.workers import worker_settings
+
+        return worker_settings(cls, loaded, handshake)
+    return loaded
 
 
-def run_edge(settings: NodeSettings) -> int:
-    """Check, build and run an edge; the exit status."""
+RELAY_WORKER = (sys.executable, "-m", "relay", "{config}")
+
+
+def run_edge(
+    settings: NodeSettings,
+    *,
+    workers: int | None = None,
+    handshake: dict[str, Any] | None = None,
+    config: Path | None = None,
+    worker_command: Sequence[str] = RELAY_WORKER,
+) -> int:
+    """Check, build and run an edge; the exit status. ``workers``: processes behind its HTTP
+    port (None: ``settings.workers``, else the cores); ``handshake``: this process is a worker
+    of a front (``--worker``), with the front's secrets."""
+    from relay.server import workers as multi
+
     configure_logging(settings.log_level, settings.log_format)
+    if handshake is not None:
+        return _run_worker(settings, handshake)
+    count = workers or settings.workers or multi.default_relay_workers()
+    problem = multi.check_workers(count, settings)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    if count > 1 and not settings.auth.token_secret:  # the workers' pulls need the front's
+        settings = settings.model_copy(
+            update={"auth": settings.auth.model_copy(update={"token_secret": ephemeral_secret()})}
+        )
     problem = tls_problem(settings)
     if problem:
         print(problem, file=sys.stderr)
@@ -137,19 +181,51 @@ def run_edge(settings: NodeSettings) -> int:
             file=sys.stderr,
         )
     warn_python_send_loop(settings)
-    from relay.server.edge import build_edge_node, create_edge_app
+    from relay.server.edge import build_edge_node, create_edge_app, edge_whep_gate
 
     node = build_edge_node(settings)
     key = settings.api.operator_key or ephemeral_secret()  # /cluster and /metrics name rooms
     token = settings.metrics.token
     app = create_edge_app(node, ops_keys=(key, token) if token else (key,))
-    print(f"stagecast edge {node.cluster.config.node_id}", flush=True)
+    node_name = node.cluster.config.node_id
+    if count > 1:
+        multi.install_front(
+            app,
+            settings,
+            count,
+            command=multi.worker_argv(worker_command, settings, config, node_name),
+            tokens=node.access.tokens,
+            token_secret=settings.auth.token_secret,
+            operator_key=key,
+            figures=lambda: (node.viewers.count(audience_only=True), node.lag.busy()),
+            max_viewers=settings.cluster.max_viewers or settings.rooms.max_viewers_per_node,
+            gate=edge_whep_gate(node),
+            cluster=node.cluster,
+        )
+    print(f"stagecast edge {node_name}", flush=True)
     print(f"  upstream:       {settings.cluster.upstream}", flush=True)
     print(f"  watch (WHEP):   {settings.base_url}/whep/ROOM", flush=True)
     print(f"  registry:       {redact(settings.cluster.redis_url) or 'in-memory'}", flush=True)
     print(f"  WebRTC media:   {udp_summary(settings)}", flush=True)
+    if count > 1:
+        print(f"  workers:        {multi.workers_summary(count, settings)}", flush=True)
     if not settings.api.operator_key:
         print(f"  operator key:   {key} (for /cluster and /metrics)", flush=True)
+    run(app, settings)
+    return 0
+
+
+def _run_worker(settings: NodeSettings, handshake: dict[str, Any]) -> int:
+    """A front's worker: a quiet local edge whose WHEP only the front reaches."""
+    from relay.server.edge import build_edge_node, create_edge_app
+    from relay.server.workers import install_worker_guard
+    from relay.workers.worker import exit_with_parent
+
+    node = build_edge_node(settings, presence=False)
+    key, token = settings.api.operator_key, settings.metrics.token
+    app = create_edge_app(node, ops_keys=(key, token) if token else (key,))
+    install_worker_guard(app, handshake)
+    exit_with_parent(sys.stdin.buffer)
     run(app, settings)
     return 0
 
@@ -170,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     args = build_parser().parse_args(argv)
+    handshake = worker_handshake(args)
     try:
-        settings = load_edge_settings(NodeSettings, args.config, args)
+        settings = load_edge_settings(NodeSettings, args.config, args, handshake)
     except (ValidationError, FileNotFoundError) as exc:
         print(
             f"{exc}\n(python -m relay reads an edge's keys only; with the origin's keys in the"
@@ -179,4 +256,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return run_edge(settings)
+    return run_edge(settings, workers=args.workers, handshake=handshake, config=args.config)
+
+
+def worker_handshake(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--worker``: the front's handshake on stdin (its secrets); else None."""
+    if not getattr(args, "worker", False):
+        return None
+    from relay.workers.worker import read_handshake
+
+    return read_handshake(sys.stdin.buffer)

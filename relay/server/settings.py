@@ -294,6 +294,11 @@ class NodeSettings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     """json: one JSON object per line with room/session ids, for log collectors."""
+    workers: int | None = Field(None, ge=1, le=256)
+    """Processes serving this node's viewers behind its one HTTP port (``--workers``): the front
+    (HTTP, API, ingest, each room's one pull) and N-1 local worker edges, worker i on UDP (and
+    ICE-TCP) port ``webrtc.udp_port + i``, each pulling a room once from the front. None: 1 for
+    ``stagecast serve``, the number of cores for ``stagecast relay`` / ``python -m relay``."""
     media: MediaSettings = MediaSettings()
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()

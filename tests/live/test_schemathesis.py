@@ -89,7 +89,7 @@ def test_edge_answers_as_its_document_says(tmp_path: Path) -> None:
             ],
             stdout=subprocess.DEVNULL,
             stderr=errors,
-            env={**os.environ, **ENV},
+            env={**os.environ, **ENV, "STAGECAST_WORKERS": "1"},
         )
         try:
             base = f"http://127.0.0.1:{port}"
