@@ -332,7 +332,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
         if args.target == "edge":
             edge_port = free_port()
             relay = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", origin_url]
-            relay += ["--port", str(edge_port), "--node-id", "edge-bench"]
+            relay += ["--port", str(edge_port), "--node-id", "edge-bench", "--workers", "1"]
             relay += ["--udp-port", str(free_udp_port() if shared else 0)]
             server = await children.start("edge", pin_server + relay, env=env)
             url = f"http://127.0.0.1:{edge_port}"

@@ -70,6 +70,7 @@ def cluster() -> Iterator[tuple[str, str, dict[str, subprocess.Popen[bytes]]]]:
     upstream = f"http://127.0.0.1:{oport}"
     relay = [py, "-m", "gateway.cli", "relay", "--port", str(eport), "--node-id", "edge"]
     relay += ["--udp-port", str(free_udp_port())]  # two nodes on one host: a UDP port each
+    relay += ["--workers", "1"]  # one process (a relay's default is one per core)
     relay += ["--upstream", upstream, "--redis-url", redis_url]
     with (
         child([redis_bin, "--port", str(rport), "--bind", "127.0.0.1", "--save", ""], {}),
