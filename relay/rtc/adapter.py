@@ -70,10 +70,12 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import version
 from typing import Any
 
+import pylibsrtp
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import clock as aiortc_clock
 from aiortc import rtcpeerconnection as aiortc_rtcpeerconnection
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import sdp as aiortc_sdp
@@ -90,6 +92,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtpreceiver import NackGenerator
+from aiortc.rtp import is_rtcp
 from OpenSSL import SSL
 
 from relay.media.consent import ConsentTimer
@@ -926,27 +929,121 @@ SESSION_BACKLOG = 1024
 
 class _SessionSink:
     """What the shared port hands one session's datagrams to. STUN (authenticated by the mux
-    table already) goes to the session's StunProtocol, which answers at once; the rest goes
-    straight to the aioice Connection's receive queue (StunProtocol would first try to parse
-    each one as STUN), bounded by ``SESSION_BACKLOG``."""
+    table already) goes to the session's StunProtocol, which answers at once. SRTP (not SRTCP)
+    that arrives while nothing waits in the session's queue is decrypted and handed to aiortc's
+    RTP handling right here (``_receive_rtp``); the rest (DTLS, SRTCP, RTP behind queued
+    datagrams) goes straight to the aioice Connection's receive queue (StunProtocol would first
+    try to parse each one as STUN), bounded by ``SESSION_BACKLOG``."""
 
-    __slots__ = ("_component", "_protocols", "_queue", "dropped")
+    __slots__ = ("_component", "_dtls", "_protocols", "_queue", "_resuming", "direct", "dropped")
 
-    def __init__(self, connection: Any, protocols: dict[str, StunProtocol]) -> None:
+    def __init__(
+        self, connection: Any, protocols: dict[str, StunProtocol], dtls: Any | None = None
+    ) -> None:
         self._protocols = protocols  # by the port's bound address: a pair's local side
         self._queue: asyncio.Queue[Any] = connection._queue
         self._component: int = next(iter(protocols.values())).local_candidate.component
+        self._dtls = dtls
+        self._resuming: set[asyncio.Task[None]] = set()  # RTP handling that suspended
         self.dropped = 0
+        self.direct = 0  # RTP packets handled without the queue
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local: str) -> None:
         if is_stun(data):
             protocol = self._protocols.get(local)
             if protocol is not None:
                 protocol.datagram_received(data, addr)
+        elif (
+            self._dtls is not None
+            and 127 < data[0] < 192
+            and not is_rtcp(data)
+            and self._queue.empty()
+            and _receive_rtp(self._dtls, data, self._resuming)
+        ):
+            self.direct += 1
         elif self._queue.qsize() < SESSION_BACKLOG:
             self._queue.put_nowait((data, self._component))
         else:
             self.dropped += 1
+
+
+# --- RTP received without aiortc's receive task (issue 20) ---------------------------------------
+# aiortc reads every datagram in its DTLS transport's task (RTCDtlsTransport.__run ->
+# _recv_next): each RTP packet crosses an asyncio.Queue and wakes that task once. On the shared
+# port, a session's SRTP packet that arrives with nothing queued ahead of it is handled in the
+# port's read callback instead: decrypted with the transport's receive session (_rx_srtp),
+# counted (__rx_bytes / __rx_packets), and given to _handle_rtp_data (with every wrapper
+# installed on it: consent, transport-cc, simulcast) as aiortc's task would. That coroutine
+# finishes without suspending in practice (its sends end in a non-blocking sendto); when it
+# does suspend, a task carries on with it.
+
+
+def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> bool:
+    """Handle one SRTP datagram of ``dtls`` now; False when it must take the queue (the
+    transport is not connected: no SRTP keys yet, or gone). A handling that suspends goes on
+    in a task kept in ``resuming`` until it ends."""
+    srtp = dtls._rx_srtp
+    if srtp is None or dtls._state is not DtlsState.CONNECTED:
+        return False
+    arrival_time_ms = aiortc_clock.current_ms()
+    dtls._RTCDtlsTransport__rx_bytes += len(data)
+    dtls._RTCDtlsTransport__rx_packets += 1
+    try:
+        plain = srtp.unprotect(data)
+    except pylibsrtp.Error:
+        return True  # as aiortc does: dropped (replayed, forged or not ours)
+    task = run_now(dtls._handle_rtp_data(plain, arrival_time_ms))
+    if task is not None:
+        resuming.add(task)
+        task.add_done_callback(resuming.discard)
+    return True
+
+
+def run_now(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` to its end now, without a task, if it does not suspend (None); if it does,
+    the task that takes it over from where it stopped. An exception it raises is logged (a task
+    of aiortc's would have logged it and closed the transport: one bad packet is only dropped
+    here)."""
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return None
+    except Exception:
+        log.exception("RTP handling failed")
+        return None
+    return asyncio.ensure_future(_resumed(coro, awaited))
+
+
+async def _resumed(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    try:
+        await _Resume(coro, awaited)
+    except Exception:
+        log.exception("RTP handling failed")
+
+
+class _Resume:
+    """Awaitable that continues a coroutine already suspended on ``awaited`` (what it yielded:
+    a future, or None for a bare yield), in the task that awaits this."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+        self._coro = coro
+        self._awaited = awaited
+
+    def __await__(self) -> Any:
+        coro, awaited = self._coro, self._awaited
+        while True:
+            try:
+                value = yield awaited
+            except BaseException as exc:  # thrown into the task (cancelled): pass it on
+                try:
+                    awaited = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                awaited = coro.send(value)
+            except StopIteration:
+                return
 
 
 def shared_port_connections(pc: Any) -> list[tuple[Any, Any]]:
@@ -963,6 +1060,10 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
     if len(pairs) != 1 or not hosts:
         return False
     ice, connection = pairs[0]
+    dtls = ice_transports(pc)[0][0]
+    for name in ("_rx_srtp", "_state", "_handle_rtp_data", "_RTCDtlsTransport__rx_bytes"):
+        if not hasattr(dtls, name):
+            raise AdapterError(f"RTCDtlsTransport internals changed: no {name}")
     for name in (
         "get_component_candidates",
         "connect",
@@ -986,7 +1087,7 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
         if not hasattr(connection, name):
             raise AdapterError(f"aioice Connection internals changed: no {name}")
     connection._local_username = port.unused_ufrag()  # unique on the port: the demux key
-    connection.get_component_candidates = _shared_candidates(connection, port, hosts, tcp)
+    connection.get_component_candidates = _shared_candidates(connection, dtls, port, hosts, tcp)
     connection.gather_candidates = _shared_gather(connection)
     connection.connect = _lite_connect(connection)
     connection.check_incoming = _lite_check(connection)
@@ -1014,7 +1115,9 @@ def _shared_gather(connection: Any) -> Callable[[], Coroutine[Any, Any, None]]:
     return gather_candidates
 
 
-def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | None) -> Any:
+def _shared_candidates(
+    connection: Any, dtls: Any, port: Any, hosts: list[str], tcp: Any | None
+) -> Any:
     async def get_component_candidates(
         component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
@@ -1043,7 +1146,7 @@ def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | 
             protocol.connection_made(_PortTransport(port, ufrag, protocol, local, tcp))
             protocols[local] = protocol
             connection._protocols.append(protocol)
-        port.register(ufrag, password, _SessionSink(connection, protocols))
+        port.register(ufrag, password, _SessionSink(connection, protocols, dtls))
         if tcp is not None:
             passive = [_tcp_candidate(component, host, tcp.port, i) for i, host in enumerate(hosts)]
             tcp.register(ufrag, password, _TcpSession(connection, passive[0]))

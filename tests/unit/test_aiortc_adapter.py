@@ -265,6 +265,20 @@ def test_shared_port_internals_exist() -> None:
     assert "ice_controlling = media.ice.iceLite" in start  # an offer from a full agent: controlled
 
 
+def test_direct_rtp_receive_internals_exist() -> None:
+    """What the shared port's direct RTP path (``_receive_rtp``) does in aiortc's place:
+    ``_recv_next`` counts the datagram, takes SRTP that is not RTCP to ``_rx_srtp.unprotect``
+    with an arrival time from aiortc's clock, then awaits ``_handle_rtp_data``; the counters
+    are the transport's name-mangled ones."""
+    recv_next = RTCDtlsTransport._recv_next.__code__.co_names
+    for name in ("_rx_srtp", "unprotect", "is_rtcp", "current_ms", "_handle_rtp_data"):
+        assert name in recv_next
+    assert "_RTCDtlsTransport__rx_bytes" in recv_next
+    assert "_RTCDtlsTransport__rx_packets" in recv_next
+    assert "_rx_srtp" in RTCDtlsTransport._setup_srtp.__code__.co_names
+    assert "CONNECTED" in inspect.getsource(RTCDtlsTransport.start)
+
+
 def _recorder(out: list[bytes]) -> object:
     async def handle(data: bytes) -> None:
         out.append(data)
