@@ -75,7 +75,6 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
-from aiortc import clock as aiortc_clock
 from aiortc import rtcpeerconnection as aiortc_rtcpeerconnection
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import sdp as aiortc_sdp
@@ -985,7 +984,7 @@ def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> b
     srtp = dtls._rx_srtp
     if srtp is None or dtls._state is not DtlsState.CONNECTED:
         return False
-    arrival_time_ms = aiortc_clock.current_ms()
+    arrival_time_ms = ntp_ms()
     dtls._RTCDtlsTransport__rx_bytes += len(data)
     dtls._RTCDtlsTransport__rx_packets += 1
     try:
@@ -997,6 +996,16 @@ def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> b
         resuming.add(task)
         task.add_done_callback(resuming.discard)
     return True
+
+
+NTP_UNIX_OFFSET_MS = 2_208_988_800_000
+"""Milliseconds from the NTP epoch (1900) to the Unix epoch."""
+
+
+def ntp_ms() -> int:
+    """aiortc's ``clock.current_ms()`` (milliseconds since the NTP epoch, the receivers'
+    arrival times), from ``time.time()`` instead of an aware datetime (a tenth of the cost)."""
+    return int(time.time() * 1000) + NTP_UNIX_OFFSET_MS
 
 
 def run_now(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:

@@ -1,13 +1,14 @@
-"""``run_now`` (relay/rtc/adapter.py): the shared port runs aiortc's RTP handling coroutine in
-its read callback, and a task takes over only when the coroutine suspends."""
+"""``run_now`` and ``ntp_ms`` (relay/rtc/adapter.py): the shared port runs aiortc's RTP handling
+coroutine in its read callback, and a task takes over only when the coroutine suspends."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from aiortc import clock as aiortc_clock
 
-from relay.rtc.adapter import run_now
+from relay.rtc.adapter import ntp_ms, run_now
 
 
 async def test_a_coroutine_that_does_not_suspend_finishes_at_once() -> None:
@@ -80,3 +81,10 @@ async def test_an_exception_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
     await asyncio.wait_for(task, 1.0)  # the task ends normally: the error was logged
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("RTP handling failed") == 2
+
+
+def test_ntp_ms_is_aiortcs_clock() -> None:
+    before = aiortc_clock.current_ms()
+    now = ntp_ms()
+    after = aiortc_clock.current_ms()
+    assert before - 1 <= now <= after + 1
