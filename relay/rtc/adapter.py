@@ -75,10 +75,11 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import clock as aiortc_clock
 from aiortc import rtcpeerconnection as aiortc_rtcpeerconnection
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import sdp as aiortc_sdp
-from aiortc.codecs import is_rtx
+from aiortc.codecs import depayload, is_rtx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rate import RemoteBitrateEstimator as _RemoteBitrateEstimator
@@ -90,8 +91,8 @@ from aiortc.rtcrtpparameters import (
     RTCRtpHeaderExtensionParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtcrtpreceiver import NackGenerator
-from aiortc.rtp import is_rtcp
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, is_rtcp, pack_remb_fci, unwrap_rtx
 from OpenSSL import SSL
 
 from relay.media.consent import ConsentTimer
@@ -147,14 +148,101 @@ class _TapBuffer:
         return False, None
 
 
+_RECEIVER_STATE = (
+    "_RTCRtpReceiver__jitter_buffer",
+    "_RTCRtpReceiver__codecs",
+    "_RTCRtpReceiver__remote_streams",
+    "_RTCRtpReceiver__rtx_ssrc",
+    "_RTCRtpReceiver__active_ssrc",
+    "_RTCRtpReceiver__nack_generator",
+    "_RTCRtpReceiver__remote_bitrate_estimator",
+    "_RTCRtpReceiver__rtcp_ssrc",
+    "_enabled",
+    "_send_rtcp",
+    "_send_rtcp_nack",
+)
+
+
 def install_ingest_tap(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
     """Route the receiver's depayloaded packets (``packet._data``) to ``sink``; install before
-    the first packet (right after the transceiver exists)."""
-    if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer") or not hasattr(
-        receiver, "_RTCRtpReceiver__codecs"
-    ):
-        raise AdapterError("RTCRtpReceiver internals changed: no jitter buffer / codecs")
-    receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)
+    the first packet (right after the transceiver exists). The receiver's per-packet handling
+    becomes ``_tapped_rtp_handler``'s."""
+    for name in _RECEIVER_STATE:
+        if not hasattr(receiver, name):
+            raise AdapterError(f"RTCRtpReceiver internals changed: no {name}")
+    receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)  # type: ignore[attr-defined]
+    receiver._handle_rtp_packet = _tapped_rtp_handler(receiver, sink)  # type: ignore[method-assign, assignment]
+
+
+ACTIVE_SSRC_REFRESH = 1.0
+"""Seconds between refreshes of a tapped receiver's active-SSRC time (its
+``getSynchronizationSources`` lists the SSRCs of the last 10 s)."""
+
+
+def _tapped_rtp_handler(
+    receiver: RTCRtpReceiver, sink: PacketSink
+) -> Callable[[Any, int], Coroutine[Any, Any, None]]:
+    """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` (1.14-1.16) for a receiver whose packets go
+    to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
+    ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The one change:
+    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet. State is
+    read from the receiver per packet (simulcast and others replace the NACK generator)."""
+    codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
+    refreshed: dict[int, float] = {}
+    clock = time.monotonic
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        if not receiver._enabled:
+            return
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            if rtcp_ssrc is not None and remb is not None:
+                await receiver._send_rtcp(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                    )
+                )
+        ssrc = packet.ssrc
+        now = clock()
+        if now - refreshed.get(ssrc, -ACTIVE_SSRC_REFRESH) >= ACTIVE_SSRC_REFRESH:
+            refreshed[ssrc] = now
+            active[ssrc] = aiortc_clock.current_datetime()
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stream = streams.get(ssrc)
+        if stream is None:
+            stream = streams[ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+        if is_rtx(codec):
+            original = rtx_ssrc.get(ssrc)
+            apt = codec.parameters.get("apt")
+            if original is None or len(packet.payload) < 2 or not isinstance(apt, int):
+                return
+            if apt not in codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
+            codec = codecs[apt]
+        nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        if nacks is not None and nacks.add(packet):
+            await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
+        try:
+            packet._data = depayload(codec, packet.payload) if packet.payload else b""
+        except ValueError:
+            return
+        sink(packet, codec)
+
+    return handle
 
 
 def packet_data(packet: Any) -> bytes:
