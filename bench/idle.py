@@ -10,9 +10,12 @@ The anchor is ffmpeg's WHIP muxer (``bench.peer``'s source: testsrc2, x264 const
 CBR ``--kbps``, Opus) or, with ``--anchor aiortc``, an aiortc peer in this process. ``--janus``
 adds Janus (``bench.janus``: a streaming mountpoint fed the same source as plain RTP, no
 viewer) as the C reference. Every row gives the load average: the machine may be shared.
+``--paired N`` runs every tree's node with its own ffmpeg anchor at the same time and measures
+their CPU over the same N windows (the fairest before/after on a loaded machine).
 
     python -m bench.idle --seconds 60
     python -m bench.idle --seconds 30 --repeat 3 --tree /work/wt/base --tree . --janus
+    python -m bench.idle --seconds 20 --paired 8 --tree /work/wt/base --tree .
 """
 
 from __future__ import annotations
@@ -186,6 +189,47 @@ async def measure_janus(children: Children, args: argparse.Namespace) -> Idle:
         await children.stop(server)
 
 
+async def paired(children: Children, args: argparse.Namespace) -> None:
+    """Every tree's node with its own ffmpeg anchor at once, their CPU over the same windows:
+    on a shared machine, the load each window sees is the same for all of them."""
+    pids: dict[str, int] = {}
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    token = TokenAuthority(SECRET).mint(ROOM, "anchor", "bench", 3600)
+    for tree in args.tree:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = ["env", "-C", str(tree), sys.executable, "-m", "gateway.cli", "serve"]
+        argv += ["--port", str(port), "--udp-port", str(free_udp_port())]
+        env = {
+            "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+            "STAGECAST_LOG_LEVEL": "warning",
+            "PYTHONPATH": str(tree),
+        }
+        node = await children.start(f"node-{tree.name}-{port}", argv, env=env)
+        await wait_healthy(url, node)
+        source = whip_source_argv(exe, Source(kbps=args.kbps), f"{url}/whip/{ROOM}", token)
+        await children.start(f"anchor-{port}", source)
+        pids[tree.name] = node.proc.pid
+    await asyncio.sleep(args.settle + 5)
+    cores: dict[str, list[float]] = {name: [] for name in pids}
+    print("| window | " + " | ".join(pids) + " | load |\n|" + "---|" * (len(pids) + 2))
+    for window in range(args.paired):
+        cpu0, t0 = {name: process_cpu(pid) for name, pid in pids.items()}, time.monotonic()
+        await asyncio.sleep(args.seconds)
+        wall = time.monotonic() - t0
+        for name, pid in pids.items():
+            cores[name].append((process_cpu(pid) - cpu0[name]) / wall)
+        cells = " | ".join(f"{cores[name][-1]:.4f}" for name in pids)
+        print(f"| {window} | {cells} | {os.getloadavg()[0]:.1f} |", flush=True)
+    for name, values in cores.items():
+        print(
+            f"{name}: one ingest, no viewer: {min(values):.4f} / {statistics.median(values):.4f}"
+            f" core (min / median of {len(values)} windows); RSS / PSS / USS "
+            + " / ".join(f"{m:.0f}" for m in memory_mib(pids[name]))
+            + " MiB"
+        )
+
+
 def row(r: Idle) -> str:
     cells = [r.tree]
     for name in STAGES:
@@ -217,6 +261,12 @@ async def run(args: argparse.Namespace) -> list[Idle]:
         if why is not None:
             print(f"skipping Janus: {why}", flush=True)
             janus = False
+    if args.paired:
+        try:
+            await paired(children, args)
+        finally:
+            await children.stop_all()
+        return results
     print(HEAD, flush=True)
     try:
         for _ in range(args.repeat):
@@ -239,6 +289,13 @@ def main() -> None:
     parser.add_argument("--kbps", type=int, default=1500)
     parser.add_argument("--anchor", choices=["ffmpeg", "aiortc"], default="ffmpeg")
     parser.add_argument("--janus", action="store_true", help="Janus's idle cost too")
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="WINDOWS",
+        help="every tree's node and ffmpeg anchor at once, CPU over WINDOWS shared windows",
+    )
     parser.add_argument("--tree", action="append", help="checkout to run the node from")
     args = parser.parse_args()
     args.tree = [Path(t).resolve() for t in (args.tree or ["."])]
