@@ -1,12 +1,21 @@
-"""Idle cost: what a node spends while nothing happens, and with one ingest and no viewer.
+"""Idle cost: what a node spends while nothing happens, with one ingest and no viewer, and with
+one light viewer.
 
 Per checkout (``--tree``, run in turn for each repetition so before/after share the machine's
 load): ``stagecast serve`` as a subprocess; its CPU over ``--seconds`` from ``/proc/PID/stat``
-(the whole process, every thread) and its resident memory, first with nothing connected, then
-with one 720p30 WHIP anchor (x264 ultrafast, CBR ``--kbps``) and no viewer.
+(the whole process, every thread) and its memory (RSS, PSS and USS from
+``/proc/PID/smaps_rollup``), (a) with nothing connected, (b) with one 720p30 WHIP anchor and no
+viewer, (c) with one light viewer too (``bench.load_viewers --light``: counts RTP at its socket).
+The anchor is ffmpeg's WHIP muxer (``bench.peer``'s source: testsrc2, x264 constrained baseline
+CBR ``--kbps``, Opus) or, with ``--anchor aiortc``, an aiortc peer in this process. ``--janus``
+adds Janus (``bench.janus``: a streaming mountpoint fed the same source as plain RTP, no
+viewer) as the C reference. Every row gives the load average: the machine may be shared.
+``--paired N`` runs every tree's node with its own ffmpeg anchor at the same time and measures
+their CPU over the same N windows (the fairest before/after on a loaded machine).
 
     python -m bench.idle --seconds 60
-    python -m bench.idle --seconds 30 --repeat 3 --tree /work/wt/base --tree .
+    python -m bench.idle --seconds 30 --repeat 3 --tree /work/wt/base --tree . --janus
+    python -m bench.idle --seconds 20 --paired 8 --tree /work/wt/base --tree .
 """
 
 from __future__ import annotations
@@ -19,10 +28,11 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+import httpx
+import imageio_ffmpeg
 
 from bench.fanout import (
     ANCHOR_GRAIN,
@@ -30,101 +40,241 @@ from bench.fanout import (
     SECRET,
     Child,
     Children,
-    _die_with_parent,
+    LoadWorker,
     use_anchor_encoder,
     wait_healthy,
 )
-from bench.joins import process_cpu, process_rss_mib
+from bench.janus import JanusPorts, janus_argv, janus_installed, write_janus_config
+from bench.joins import process_cpu
+from bench.peer import Source, rtp_source_argv, whip_source_argv
 from gateway.launcher import free_port, free_udp_port
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
 from relay.auth.tokens import TokenAuthority
+
+STAGES = ("alone", "ingest", "viewer")
+
+
+@dataclass
+class Stage:
+    cores: float
+    rss: float
+    pss: float
+    uss: float
+    load: float
 
 
 @dataclass
 class Idle:
     tree: str
-    alone_cores: float
-    alone_rss_mib: float
-    ingest_cores: float
-    ingest_rss_mib: float
+    stages: dict[str, Stage] = field(default_factory=dict)
 
 
-async def cores(pid: int, seconds: float) -> float:
+def memory_mib(pid: int) -> tuple[float, float, float]:
+    """RSS, PSS and USS (private clean + dirty) of the process, MiB."""
+    kb: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        parts = line.split()
+        kb[parts[0].rstrip(":")] = int(parts[1])
+    uss = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
+    return kb.get("Rss", 0) / 1024, kb.get("Pss", 0) / 1024, uss / 1024
+
+
+async def stage(pid: int, seconds: float) -> Stage:
     cpu0, t0 = process_cpu(pid), time.monotonic()
     await asyncio.sleep(seconds)
-    return (process_cpu(pid) - cpu0) / (time.monotonic() - t0)
+    cores = (process_cpu(pid) - cpu0) / (time.monotonic() - t0)
+    return Stage(cores, *memory_mib(pid), os.getloadavg()[0])
 
 
 async def measure(children: Children, tree: Path, args: argparse.Namespace) -> Idle:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
-        **os.environ,
         "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
         "STAGECAST_LOG_LEVEL": "warning",
+        "STAGECAST_LIMITS__MAX_LOOP_LAG": "1000",  # a loaded machine must not refuse the viewer
+        "STAGECAST_LIMITS__MAX_LOOP_BUSY": "1",
         "PYTHONPATH": str(tree),
     }
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
     argv += ["--udp-port", str(free_udp_port())]
-    log_path = children.log_dir / f"node-{tree.name}-{port}.log"
-    with log_path.open("w") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=tree,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            preexec_fn=_die_with_parent,
-        )
-    child = Child(log_path.stem, proc, psutil.Process(proc.pid), log_path)
-    children.items.append(child)
+    # cwd: the tree's own modules (and its built C extensions) come first
+    child = await children.start(
+        f"node-{tree.name}-{port}", ["env", "-C", str(tree), *argv], env=env
+    )
+    result = Idle(tree.name)
     publisher = None
+    started: list[Child] = []
+    viewers: LoadWorker | None = None
     try:
         await wait_healthy(url, child)
+        pid = child.proc.pid
         await asyncio.sleep(args.settle)
-        alone = await cores(proc.pid, args.seconds)
-        alone_rss = process_rss_mib(proc.pid)
-        publisher = await whip_publish(
-            url,
-            ROOM,
-            TokenAuthority(SECRET).mint(ROOM, "anchor", "bench", 3600),
-            video=StampedVideoTrack(1280, 720, 30, grain=ANCHOR_GRAIN),
-            audio=ToneAudioTrack(440),
-            video_codec="H264",
-        )
-        await asyncio.sleep(args.settle)
-        ingest = await cores(proc.pid, args.seconds)
-        return Idle(tree.name, alone, alone_rss, ingest, process_rss_mib(proc.pid))
+        result.stages["alone"] = await stage(pid, args.seconds)
+        token = TokenAuthority(SECRET).mint(ROOM, "anchor", "bench", 3600)
+        if args.anchor == "ffmpeg":
+            exe = imageio_ffmpeg.get_ffmpeg_exe()
+            source = Source(kbps=args.kbps)
+            started.append(
+                await children.start(
+                    f"anchor-{port}", whip_source_argv(exe, source, f"{url}/whip/{ROOM}", token)
+                )
+            )
+        else:
+            publisher = await whip_publish(
+                url,
+                ROOM,
+                token,
+                video=StampedVideoTrack(1280, 720, 30, grain=ANCHOR_GRAIN),
+                audio=ToneAudioTrack(440),
+                video_codec="H264",
+            )
+        await asyncio.sleep(args.settle + 2)
+        result.stages["ingest"] = await stage(pid, args.seconds)
+        viewer_argv = [sys.executable, "-m", "bench.load_viewers", "--base-url", url]
+        viewer_argv += ["--room", ROOM, "--light", "--join-timeout", "30"]
+        viewer_child = await children.start(f"viewer-{port}", viewer_argv, pipes=True)
+        started.append(viewer_child)
+        viewers = LoadWorker(viewer_child)
+        joined = await viewers.call({"op": "set", "n": 1}, 60)
+        if joined.get("n") == 1:
+            await asyncio.sleep(args.settle)
+            result.stages["viewer"] = await stage(pid, args.seconds)
+        return result
     finally:
+        if viewers is not None:
+            with contextlib.suppress(Exception):
+                await viewers.call({"op": "quit"}, 5)
         if publisher is not None:
             with contextlib.suppress(Exception):
                 await publisher.close()
+        for c in started:
+            await children.stop(c)
         await children.stop(child)
 
 
+async def measure_janus(children: Children, args: argparse.Namespace) -> Idle:
+    """Janus with the same source on a streaming mountpoint and no viewer (its idle cost with
+    one ingest), and with nothing sent to it."""
+    ports = JanusPorts(free_port(), free_port(), free_port())
+    folder = Path(tempfile.mkdtemp(prefix="stagecast-idle-janus-"))
+    config = write_janus_config(folder, ports, event_loops=0)
+    server = await children.start("janus", janus_argv(config))
+    result = Idle("janus")
+    src: Child | None = None
+    try:
+        deadline = time.monotonic() + 20
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"http://127.0.0.1:{ports.http}/janus/info")).is_success:
+                        break
+                if server.proc.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"janus did not start:\n{server.log_tail()}")
+                await asyncio.sleep(0.2)
+        pid = server.proc.pid
+        await asyncio.sleep(args.settle)
+        result.stages["alone"] = await stage(pid, args.seconds)
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+        argv = rtp_source_argv(
+            exe, Source(kbps=args.kbps), "127.0.0.1", ports.video_rtp, ports.audio_rtp
+        )
+        src = await children.start("janus-source", argv)
+        await asyncio.sleep(args.settle + 2)
+        result.stages["ingest"] = await stage(pid, args.seconds)
+        return result
+    finally:
+        if src is not None:
+            await children.stop(src)
+        await children.stop(server)
+
+
+async def paired(children: Children, args: argparse.Namespace) -> None:
+    """Every tree's node with its own ffmpeg anchor at once, their CPU over the same windows:
+    on a shared machine, the load each window sees is the same for all of them."""
+    pids: dict[str, int] = {}
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    token = TokenAuthority(SECRET).mint(ROOM, "anchor", "bench", 3600)
+    for tree in args.tree:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = ["env", "-C", str(tree), sys.executable, "-m", "gateway.cli", "serve"]
+        argv += ["--port", str(port), "--udp-port", str(free_udp_port())]
+        env = {
+            "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
+            "STAGECAST_LOG_LEVEL": "warning",
+            "PYTHONPATH": str(tree),
+        }
+        node = await children.start(f"node-{tree.name}-{port}", argv, env=env)
+        await wait_healthy(url, node)
+        source = whip_source_argv(exe, Source(kbps=args.kbps), f"{url}/whip/{ROOM}", token)
+        await children.start(f"anchor-{port}", source)
+        pids[tree.name] = node.proc.pid
+    await asyncio.sleep(args.settle + 5)
+    cores: dict[str, list[float]] = {name: [] for name in pids}
+    print("| window | " + " | ".join(pids) + " | load |\n|" + "---|" * (len(pids) + 2))
+    for window in range(args.paired):
+        cpu0, t0 = {name: process_cpu(pid) for name, pid in pids.items()}, time.monotonic()
+        await asyncio.sleep(args.seconds)
+        wall = time.monotonic() - t0
+        for name, pid in pids.items():
+            cores[name].append((process_cpu(pid) - cpu0[name]) / wall)
+        cells = " | ".join(f"{cores[name][-1]:.4f}" for name in pids)
+        print(f"| {window} | {cells} | {os.getloadavg()[0]:.1f} |", flush=True)
+    for name, values in cores.items():
+        print(
+            f"{name}: one ingest, no viewer: {min(values):.4f} / {statistics.median(values):.4f}"
+            f" core (min / median of {len(values)} windows); RSS / PSS / USS "
+            + " / ".join(f"{m:.0f}" for m in memory_mib(pids[name]))
+            + " MiB"
+        )
+
+
 def row(r: Idle) -> str:
-    return (
-        f"| {r.tree} | {r.alone_cores:.4f} | {r.alone_rss_mib:.0f} | {r.ingest_cores:.4f} "
-        f"| {r.ingest_rss_mib:.0f} |"
-    )
+    cells = [r.tree]
+    for name in STAGES:
+        s = r.stages.get(name)
+        cells.append(
+            "-"
+            if s is None
+            else f"{s.cores:.4f} / {s.rss:.0f} / {s.pss:.0f} / {s.uss:.0f} (load {s.load:.1f})"
+        )
+    return "| " + " | ".join(cells) + " |"
 
 
 HEAD = (
-    "| tree | cores, nothing connected | RSS MiB | cores, one ingest | RSS MiB |\n"
-    "|---|---|---|---|---|"
+    "| tree | nothing connected: cores / RSS / PSS / USS MiB | one ingest, no viewer "
+    "| one ingest, one light viewer |\n|---|---|---|---|"
 )
 
 
 async def run(args: argparse.Namespace) -> list[Idle]:
-    use_anchor_encoder("ultrafast", args.kbps)
-    children = Children(Path(tempfile.mkdtemp(prefix="stagecast-idle-")))
+    if args.anchor == "aiortc":
+        use_anchor_encoder("ultrafast", args.kbps)
+    log_dir = Path(tempfile.mkdtemp(prefix="stagecast-idle-"))
+    print(f"logs in {log_dir}", flush=True)
+    children = Children(log_dir)
     results: list[Idle] = []
+    janus = args.janus
+    if janus:
+        why = janus_installed()
+        if why is not None:
+            print(f"skipping Janus: {why}", flush=True)
+            janus = False
+    if args.paired:
+        try:
+            await paired(children, args)
+        finally:
+            await children.stop_all()
+        return results
     print(HEAD, flush=True)
     try:
         for _ in range(args.repeat):
             for tree in args.tree:
                 results.append(await measure(children, tree, args))
+                print(row(results[-1]), flush=True)
+            if janus:
+                results.append(await measure_janus(children, args))
                 print(row(results[-1]), flush=True)
     finally:
         await children.stop_all()
@@ -137,24 +287,35 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--kbps", type=int, default=1500)
+    parser.add_argument("--anchor", choices=["ffmpeg", "aiortc"], default="ffmpeg")
+    parser.add_argument("--janus", action="store_true", help="Janus's idle cost too")
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="WINDOWS",
+        help="every tree's node and ffmpeg anchor at once, CPU over WINDOWS shared windows",
+    )
     parser.add_argument("--tree", action="append", help="checkout to run the node from")
     args = parser.parse_args()
     args.tree = [Path(t).resolve() for t in (args.tree or ["."])]
     results = asyncio.run(run(args))
-    print(
-        "\n| tree | runs | cores alone min / median | RSS | cores one ingest min / median | RSS |"
-    )
-    print("|---|---|---|---|---|---|")
+    print("\n| tree | runs | stage | cores min / median | RSS / PSS / USS MiB (median) |")
+    print("|---|---|---|---|---|")
     for tree in dict.fromkeys(r.tree for r in results):
         rs = [r for r in results if r.tree == tree]
-        a = [r.alone_cores for r in rs]
-        i = [r.ingest_cores for r in rs]
-        print(
-            f"| {tree} | {len(rs)} | {min(a):.4f} / {statistics.median(a):.4f} "
-            f"| {statistics.median(r.alone_rss_mib for r in rs):.0f} "
-            f"| {min(i):.4f} / {statistics.median(i):.4f} "
-            f"| {statistics.median(r.ingest_rss_mib for r in rs):.0f} |"
-        )
+        for name in STAGES:
+            ss = [r.stages[name] for r in rs if name in r.stages]
+            if not ss:
+                continue
+            cores = [s.cores for s in ss]
+            low, mid = min(cores), statistics.median(cores)
+            print(
+                f"| {tree} | {len(ss)} | {name} | {low:.4f} / {mid:.4f} "
+                f"| {statistics.median(s.rss for s in ss):.0f} / "
+                f"{statistics.median(s.pss for s in ss):.0f} / "
+                f"{statistics.median(s.uss for s in ss):.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # imported where used: a node without webhooks never loads it
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class WebhookDispatcher:
 
     def start(self) -> None:
         if self.urls and self._task is None:
+            import httpx
+
             self._client = httpx.AsyncClient(timeout=self._timeout)
             self._task = asyncio.create_task(self._run(), name="webhooks")
 
@@ -120,6 +123,8 @@ class WebhookDispatcher:
             self._queue.task_done()
 
     async def _deliver(self, url: str, event: WebhookEvent) -> None:
+        import httpx
+
         assert self._client is not None
         body = event.body()
         try:

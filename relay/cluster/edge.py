@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
-
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.link import LinkConfig, UpstreamLink, open_link
 from relay.cluster.node import link_token
@@ -66,6 +64,8 @@ class EdgeService:
         self._clock = clock
         self.pulls: dict[StreamKey, Pull] = {}
         self._pending: dict[StreamKey, asyncio.Task[Pull]] = {}
+        import httpx
+
         self._http = httpx.AsyncClient()
         self.viewer_count: Callable[[str], int] = lambda room: 0
         self.stats = PullStats()
@@ -164,6 +164,8 @@ class EdgeService:
             await self._end(pull)
 
     async def _upstream_live(self, key: StreamKey) -> bool:
+        import httpx
+
         cfg = self.config
         url = cfg.link.upstream.rstrip("/") + key.path("/whep")
         # HEAD needs the credential a pull needs (a private room's liveness is its secret)

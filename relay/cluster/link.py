@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
-import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 
@@ -34,6 +34,9 @@ from relay.media.stream_key import StreamKey
 from relay.rtc.ingest import IngestSet, TrackIngest
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.sdp import SUPPORTED_CODECS
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: an origin that pulls nothing never loads it
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ class UpstreamLink:
 
     async def close(self, client: httpx.AsyncClient | None, *, delete: bool = True) -> None:
         """End the pull: the upstream session is deleted, the peer connection closed."""
+        import httpx
+
         if delete and client is not None:
             try:
                 await client.delete(self.location, headers=self.headers, timeout=2.0)
@@ -130,6 +135,8 @@ async def open_link(
 ) -> UpstreamLink:
     """Pull the stream ``key`` names from the upstream; raises Conflict (not live there) or
     ServiceUnavailable."""
+    import httpx
+
     room = key.room
     pc = RTCPeerConnection(rtc_configuration(config.ice_servers))
     headers = {"Authorization": f"Bearer {token}", LINK_HEADER: config.node_id}

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import httpx
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
@@ -148,6 +147,8 @@ class _Holder:
         self.refused = 0  # the last refusal's status, said once
 
     async def run(self, delay: float) -> None:
+        import httpx
+
         await asyncio.sleep(delay)
         timeout = httpx.Timeout(5.0, read=self.hold + max(2 * self.heartbeat, 2.0))
         async with httpx.AsyncClient(timeout=timeout) as client:

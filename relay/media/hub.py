@@ -160,6 +160,8 @@ class FanoutHub:
             self.gop_cache.add(frame)
         if self._at_keyframe and frame.keyframe and frame.kind == "video":
             self._keyframe_arrived()
+        if not self._viewers:  # thread_time() is a system call: none while nobody watches
+            return
         starving = False
         cpu0 = time.thread_time()
         fanout = self._fanout

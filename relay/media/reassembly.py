@@ -128,7 +128,17 @@ class FrameAssembler:
         if self.kind == "audio":
             self._next = seq + 1
             return AssemblyResult([self._frame([_Packet(ts, marker, payload, data, now)])])
-        self._packets[seq] = _Packet(ts, marker, payload, data, now)
+        packets = self._packets
+        packets[seq] = _Packet(ts, marker, payload, data, now)
+        if (
+            not marker
+            and self._gap_since is None  # what waited ran from _next without a hole
+            and (seq - 1 in packets or (len(packets) == 1 and seq == self._next))
+            and len(packets) <= self._max_packets
+        ):
+            # it extends that run and ends no frame (most packets of a frame): nothing to drain,
+            # still no hole; skipping the drain keeps a frame's assembly linear in its packets
+            return AssemblyResult([])
         frames = self._drain()
         self._track_gap(now)
         if self._packets and self._stalled(now):

@@ -70,14 +70,16 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import version
 from typing import Any
 
+import pylibsrtp
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import clock as aiortc_clock
 from aiortc import rtcpeerconnection as aiortc_rtcpeerconnection
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import sdp as aiortc_sdp
-from aiortc.codecs import is_rtx
+from aiortc.codecs import depayload, is_rtx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rate import RemoteBitrateEstimator as _RemoteBitrateEstimator
@@ -89,7 +91,8 @@ from aiortc.rtcrtpparameters import (
     RTCRtpHeaderExtensionParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtcrtpreceiver import NackGenerator
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, is_rtcp, pack_remb_fci, unwrap_rtx
 from OpenSSL import SSL
 
 from relay.media.consent import ConsentTimer
@@ -145,14 +148,101 @@ class _TapBuffer:
         return False, None
 
 
+_RECEIVER_STATE = (
+    "_RTCRtpReceiver__jitter_buffer",
+    "_RTCRtpReceiver__codecs",
+    "_RTCRtpReceiver__remote_streams",
+    "_RTCRtpReceiver__rtx_ssrc",
+    "_RTCRtpReceiver__active_ssrc",
+    "_RTCRtpReceiver__nack_generator",
+    "_RTCRtpReceiver__remote_bitrate_estimator",
+    "_RTCRtpReceiver__rtcp_ssrc",
+    "_enabled",
+    "_send_rtcp",
+    "_send_rtcp_nack",
+)
+
+
 def install_ingest_tap(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
     """Route the receiver's depayloaded packets (``packet._data``) to ``sink``; install before
-    the first packet (right after the transceiver exists)."""
-    if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer") or not hasattr(
-        receiver, "_RTCRtpReceiver__codecs"
-    ):
-        raise AdapterError("RTCRtpReceiver internals changed: no jitter buffer / codecs")
-    receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)
+    the first packet (right after the transceiver exists). The receiver's per-packet handling
+    becomes ``_tapped_rtp_handler``'s."""
+    for name in _RECEIVER_STATE:
+        if not hasattr(receiver, name):
+            raise AdapterError(f"RTCRtpReceiver internals changed: no {name}")
+    receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)  # type: ignore[attr-defined]
+    receiver._handle_rtp_packet = _tapped_rtp_handler(receiver, sink)  # type: ignore[method-assign, assignment]
+
+
+ACTIVE_SSRC_REFRESH = 1.0
+"""Seconds between refreshes of a tapped receiver's active-SSRC time (its
+``getSynchronizationSources`` lists the SSRCs of the last 10 s)."""
+
+
+def _tapped_rtp_handler(
+    receiver: RTCRtpReceiver, sink: PacketSink
+) -> Callable[[Any, int], Coroutine[Any, Any, None]]:
+    """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` (1.14-1.16) for a receiver whose packets go
+    to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
+    ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The one change:
+    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet. State is
+    read from the receiver per packet (simulcast and others replace the NACK generator)."""
+    codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
+    refreshed: dict[int, float] = {}
+    clock = time.monotonic
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        if not receiver._enabled:
+            return
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            if rtcp_ssrc is not None and remb is not None:
+                await receiver._send_rtcp(
+                    RtcpPsfbPacket(
+                        fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb)
+                    )
+                )
+        ssrc = packet.ssrc
+        now = clock()
+        if now - refreshed.get(ssrc, -ACTIVE_SSRC_REFRESH) >= ACTIVE_SSRC_REFRESH:
+            refreshed[ssrc] = now
+            active[ssrc] = aiortc_clock.current_datetime()
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        stream = streams.get(ssrc)
+        if stream is None:
+            stream = streams[ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+        if is_rtx(codec):
+            original = rtx_ssrc.get(ssrc)
+            apt = codec.parameters.get("apt")
+            if original is None or len(packet.payload) < 2 or not isinstance(apt, int):
+                return
+            if apt not in codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
+            codec = codecs[apt]
+        nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        if nacks is not None and nacks.add(packet):
+            await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
+        try:
+            packet._data = depayload(codec, packet.payload) if packet.payload else b""
+        except ValueError:
+            return
+        sink(packet, codec)
+
+    return handle
 
 
 def packet_data(packet: Any) -> bytes:
@@ -926,27 +1016,131 @@ SESSION_BACKLOG = 1024
 
 class _SessionSink:
     """What the shared port hands one session's datagrams to. STUN (authenticated by the mux
-    table already) goes to the session's StunProtocol, which answers at once; the rest goes
-    straight to the aioice Connection's receive queue (StunProtocol would first try to parse
-    each one as STUN), bounded by ``SESSION_BACKLOG``."""
+    table already) goes to the session's StunProtocol, which answers at once. SRTP (not SRTCP)
+    that arrives while nothing waits in the session's queue is decrypted and handed to aiortc's
+    RTP handling right here (``_receive_rtp``); the rest (DTLS, SRTCP, RTP behind queued
+    datagrams) goes straight to the aioice Connection's receive queue (StunProtocol would first
+    try to parse each one as STUN), bounded by ``SESSION_BACKLOG``."""
 
-    __slots__ = ("_component", "_protocols", "_queue", "dropped")
+    __slots__ = ("_component", "_dtls", "_protocols", "_queue", "_resuming", "direct", "dropped")
 
-    def __init__(self, connection: Any, protocols: dict[str, StunProtocol]) -> None:
+    def __init__(
+        self, connection: Any, protocols: dict[str, StunProtocol], dtls: Any | None = None
+    ) -> None:
         self._protocols = protocols  # by the port's bound address: a pair's local side
         self._queue: asyncio.Queue[Any] = connection._queue
         self._component: int = next(iter(protocols.values())).local_candidate.component
+        self._dtls = dtls
+        self._resuming: set[asyncio.Task[None]] = set()  # RTP handling that suspended
         self.dropped = 0
+        self.direct = 0  # RTP packets handled without the queue
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local: str) -> None:
         if is_stun(data):
             protocol = self._protocols.get(local)
             if protocol is not None:
                 protocol.datagram_received(data, addr)
+        elif (
+            self._dtls is not None
+            and 127 < data[0] < 192
+            and not is_rtcp(data)
+            and self._queue.empty()
+            and _receive_rtp(self._dtls, data, self._resuming)
+        ):
+            self.direct += 1
         elif self._queue.qsize() < SESSION_BACKLOG:
             self._queue.put_nowait((data, self._component))
         else:
             self.dropped += 1
+
+
+# --- RTP received without aiortc's receive task (issue 20) ---------------------------------------
+# aiortc reads every datagram in its DTLS transport's task (RTCDtlsTransport.__run ->
+# _recv_next): each RTP packet crosses an asyncio.Queue and wakes that task once. On the shared
+# port, a session's SRTP packet that arrives with nothing queued ahead of it is handled in the
+# port's read callback instead: decrypted with the transport's receive session (_rx_srtp),
+# counted (__rx_bytes / __rx_packets), and given to _handle_rtp_data (with every wrapper
+# installed on it: consent, transport-cc, simulcast) as aiortc's task would. That coroutine
+# finishes without suspending in practice (its sends end in a non-blocking sendto); when it
+# does suspend, a task carries on with it.
+
+
+def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> bool:
+    """Handle one SRTP datagram of ``dtls`` now; False when it must take the queue (the
+    transport is not connected: no SRTP keys yet, or gone). A handling that suspends goes on
+    in a task kept in ``resuming`` until it ends."""
+    srtp = dtls._rx_srtp
+    if srtp is None or dtls._state is not DtlsState.CONNECTED:
+        return False
+    arrival_time_ms = ntp_ms()
+    dtls._RTCDtlsTransport__rx_bytes += len(data)
+    dtls._RTCDtlsTransport__rx_packets += 1
+    try:
+        plain = srtp.unprotect(data)
+    except pylibsrtp.Error:
+        return True  # as aiortc does: dropped (replayed, forged or not ours)
+    task = run_now(dtls._handle_rtp_data(plain, arrival_time_ms))
+    if task is not None:
+        resuming.add(task)
+        task.add_done_callback(resuming.discard)
+    return True
+
+
+NTP_UNIX_OFFSET_MS = 2_208_988_800_000
+"""Milliseconds from the NTP epoch (1900) to the Unix epoch."""
+
+
+def ntp_ms() -> int:
+    """aiortc's ``clock.current_ms()`` (milliseconds since the NTP epoch, the receivers'
+    arrival times), from ``time.time()`` instead of an aware datetime (a tenth of the cost)."""
+    return int(time.time() * 1000) + NTP_UNIX_OFFSET_MS
+
+
+def run_now(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` to its end now, without a task, if it does not suspend (None); if it does,
+    the task that takes it over from where it stopped. An exception it raises is logged (a task
+    of aiortc's would have logged it and closed the transport: one bad packet is only dropped
+    here)."""
+    try:
+        awaited = coro.send(None)
+    except StopIteration:
+        return None
+    except Exception:
+        log.exception("RTP handling failed")
+        return None
+    return asyncio.ensure_future(_resumed(coro, awaited))
+
+
+async def _resumed(coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+    try:
+        await _Resume(coro, awaited)
+    except Exception:
+        log.exception("RTP handling failed")
+
+
+class _Resume:
+    """Awaitable that continues a coroutine already suspended on ``awaited`` (what it yielded:
+    a future, or None for a bare yield), in the task that awaits this."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], awaited: Any) -> None:
+        self._coro = coro
+        self._awaited = awaited
+
+    def __await__(self) -> Any:
+        coro, awaited = self._coro, self._awaited
+        while True:
+            try:
+                value = yield awaited
+            except BaseException as exc:  # thrown into the task (cancelled): pass it on
+                try:
+                    awaited = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                awaited = coro.send(value)
+            except StopIteration:
+                return
 
 
 def shared_port_connections(pc: Any) -> list[tuple[Any, Any]]:
@@ -963,6 +1157,10 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
     if len(pairs) != 1 or not hosts:
         return False
     ice, connection = pairs[0]
+    dtls = ice_transports(pc)[0][0]
+    for name in ("_rx_srtp", "_state", "_handle_rtp_data", "_RTCDtlsTransport__rx_bytes"):
+        if not hasattr(dtls, name):
+            raise AdapterError(f"RTCDtlsTransport internals changed: no {name}")
     for name in (
         "get_component_candidates",
         "connect",
@@ -986,7 +1184,7 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
         if not hasattr(connection, name):
             raise AdapterError(f"aioice Connection internals changed: no {name}")
     connection._local_username = port.unused_ufrag()  # unique on the port: the demux key
-    connection.get_component_candidates = _shared_candidates(connection, port, hosts, tcp)
+    connection.get_component_candidates = _shared_candidates(connection, dtls, port, hosts, tcp)
     connection.gather_candidates = _shared_gather(connection)
     connection.connect = _lite_connect(connection)
     connection.check_incoming = _lite_check(connection)
@@ -1014,7 +1212,9 @@ def _shared_gather(connection: Any) -> Callable[[], Coroutine[Any, Any, None]]:
     return gather_candidates
 
 
-def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | None) -> Any:
+def _shared_candidates(
+    connection: Any, dtls: Any, port: Any, hosts: list[str], tcp: Any | None
+) -> Any:
     async def get_component_candidates(
         component: int, addresses: list[str], timeout: int = 5
     ) -> list[Candidate]:
@@ -1043,7 +1243,7 @@ def _shared_candidates(connection: Any, port: Any, hosts: list[str], tcp: Any | 
             protocol.connection_made(_PortTransport(port, ufrag, protocol, local, tcp))
             protocols[local] = protocol
             connection._protocols.append(protocol)
-        port.register(ufrag, password, _SessionSink(connection, protocols))
+        port.register(ufrag, password, _SessionSink(connection, protocols, dtls))
         if tcp is not None:
             passive = [_tcp_candidate(component, host, tcp.port, i) for i, host in enumerate(hosts)]
             tcp.register(ufrag, password, _TcpSession(connection, passive[0]))

@@ -68,6 +68,9 @@ class MuxTable(Generic[T]):
             if self._by_addr.get(addr) is entry:
                 del self._by_addr[addr]
 
+    def targets(self) -> list[T]:
+        return [entry.target for entry in self._by_ufrag.values()]
+
     def addresses(self, ufrag: str) -> list[Addr]:
         entry = self._by_ufrag.get(ufrag)
         return list(entry.addresses) if entry is not None else []

@@ -111,6 +111,15 @@ async def test_anchor_and_viewers_share_one_port_as_ice_lite(shared: RunningServ
             return [d._sock.getsockname()[1] for d in senders if d._sock is not None]
 
         assert shared.call(direct_ports) == [port] * 6  # 3 viewers x (video, audio)
+
+        def anchor_rtp() -> tuple[int, int]:  # RTP the port's callback handled, all received
+            table = shared.gateway.transport.port.table  # type: ignore[union-attr]
+            direct = sum(getattr(sink, "direct", 0) for sink in table.targets())
+            packets = sum(s.ingests.packets for s in shared.gateway.anchors.sessions.values())
+            return direct, packets
+
+        direct, packets = shared.call(anchor_rtp)
+        assert packets > 0 and direct > packets / 2  # most skipped aiortc's receive queue
         if os.geteuid() == 0:  # root passes net.core.wmem_max: a keyframe burst to all fits
             sock = shared.gateway.transport.port.socket  # type: ignore[union-attr]
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 16 * 2**20

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import struct
+from typing import Any
 
 from aioice.candidate import Candidate
 from aioice.ice import CandidatePair, Connection, StunProtocol
@@ -23,16 +24,20 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 from relay.rtc.adapter import (
     SUPPORTED,
     AdapterError,
     NodeCertificate,
+    _TapBuffer,
     accept_transport_cc,
     check_version,
     consent_timer,
     drop_receive_estimator,
     ice_transports,
+    install_ingest_tap,
     install_traffic_consent,
     new_peer_connection,
     tap_rtcp,
@@ -265,6 +270,20 @@ def test_shared_port_internals_exist() -> None:
     assert "ice_controlling = media.ice.iceLite" in start  # an offer from a full agent: controlled
 
 
+def test_direct_rtp_receive_internals_exist() -> None:
+    """What the shared port's direct RTP path (``_receive_rtp``) does in aiortc's place:
+    ``_recv_next`` counts the datagram, takes SRTP that is not RTCP to ``_rx_srtp.unprotect``
+    with an arrival time from aiortc's clock, then awaits ``_handle_rtp_data``; the counters
+    are the transport's name-mangled ones."""
+    recv_next = RTCDtlsTransport._recv_next.__code__.co_names
+    for name in ("_rx_srtp", "unprotect", "is_rtcp", "current_ms", "_handle_rtp_data"):
+        assert name in recv_next
+    assert "_RTCDtlsTransport__rx_bytes" in recv_next
+    assert "_RTCDtlsTransport__rx_packets" in recv_next
+    assert "_rx_srtp" in RTCDtlsTransport._setup_srtp.__code__.co_names
+    assert "CONNECTED" in inspect.getsource(RTCDtlsTransport.start)
+
+
 def _recorder(out: list[bytes]) -> object:
     async def handle(data: bytes) -> None:
         out.append(data)
@@ -485,3 +504,84 @@ def test_nack_request_internals_exist() -> None:
     for name in ("_RTCRtpReceiver__nack_generator", "add", "missing", "_send_rtcp_nack"):
         assert name in receive, name
     assert "_RTCRtpReceiver__nack_generator" in names_of(RTCRtpReceiver.__init__)
+
+
+# aiortc's RTCRtpReceiver._handle_rtp_packet as ``_tapped_rtp_handler`` copies it (1.14-1.16):
+# a name more or fewer means the upgrade changed what a received packet goes through.
+HANDLE_RTP_NAMES = {
+    "RTCP_PSFB_APP", "RtcpPsfbPacket", "StreamStatistics", "ValueError",
+    "_RTCRtpReceiver__active_ssrc", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__decoder_error",
+    "_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__decoder_thread",
+    "_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__kind", "_RTCRtpReceiver__log_debug",
+    "_RTCRtpReceiver__nack_generator", "_RTCRtpReceiver__remote_bitrate_estimator",
+    "_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__rtcp_ssrc", "_RTCRtpReceiver__rtx_ssrc",
+    "_RTCRtpReceiver__timestamp_mapper", "_data", "_enabled", "_send_rtcp", "_send_rtcp_nack",
+    "_send_rtcp_pli", "abs_send_time", "add", "clear", "clock", "clockRate", "current_datetime",
+    "depayload", "extensions", "get", "int", "is_rtx", "is_set", "isinstance", "len", "map",
+    "missing", "pack_remb_fci", "padding_size", "parameters", "payload", "payload_type", "put",
+    "sorted", "ssrc", "timestamp", "unwrap_rtx",
+}  # fmt: skip
+
+
+def test_tapped_receiver_handler_copies_aiortcs() -> None:
+    assert set(RTCRtpReceiver._handle_rtp_packet.__code__.co_names) == HANDLE_RTP_NAMES
+
+
+def _receive_sequence() -> list[RtpPacket]:
+    """H264 packets 1..6 on SSRC 1111 without 3, then 3 as RTX (SSRC 2222), a packet of an
+    unknown payload type, and an empty RTX probe."""
+    packets = []
+    for seq in (1, 2, 4, 5, 6):
+        marker = seq % 2 == 0
+        packets.append(RtpPacket(96, marker, seq, 3000 * seq, 1111, bytes([0x65, seq] * 50)))
+    packets.append(RtpPacket(97, False, 77, 9000, 2222, struct.pack("!H", 3) + bytes([0x65, 3])))
+    packets.append(RtpPacket(100, False, 7, 21000, 1111, b"\x65\x00"))
+    packets.append(RtpPacket(97, False, 78, 9000, 2222, b""))
+    return packets
+
+
+async def _run_receiver(tapped: bool) -> tuple[list[tuple[int, int, int, bytes]], list[Any]]:
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        receiver._RTCRtpReceiver__codecs = {  # type: ignore[attr-defined]
+            96: RTCRtpCodecParameters("video/H264", 90000, payloadType=96),
+            97: RTCRtpCodecParameters("video/rtx", 90000, payloadType=97, parameters={"apt": 96}),
+        }
+        receiver._RTCRtpReceiver__rtx_ssrc = {2222: 1111}  # type: ignore[attr-defined]
+        got: list[tuple[int, int, int, bytes]] = []
+        nacks: list[Any] = []
+
+        def sink(packet: Any, codec: RTCRtpCodecParameters) -> None:
+            got.append((packet.sequence_number, codec.payloadType or 0, packet.ssrc, packet._data))
+
+        async def nack(ssrc: int, lost: list[int]) -> None:
+            nacks.append((ssrc, lost))
+
+        receiver._send_rtcp_nack = nack  # type: ignore[method-assign, assignment]
+        if tapped:
+            install_ingest_tap(receiver, sink)
+        else:  # aiortc's own handling, the tap only where the jitter buffer was
+            receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)  # type: ignore[attr-defined]
+        for packet in _receive_sequence():
+            await receiver._handle_rtp_packet(packet, arrival_time_ms=1000)
+        streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        stats = {
+            ssrc: (s.packets_received, s.max_seq, s.packets_lost, s.jitter)
+            for ssrc, s in streams.items()
+        }
+        active = sorted(receiver._RTCRtpReceiver__active_ssrc)  # type: ignore[attr-defined]
+        return got, [nacks, stats, active]
+    finally:
+        await close_quietly(pc)
+
+
+async def test_tapped_receiver_handles_packets_as_aiortc_does() -> None:
+    """The same packets through aiortc's handler and the tapped one: the same packets reach the
+    sink (RTX unwrapped, depayloaded), the same NACKs go out, the same RTCP statistics."""
+    theirs = await _run_receiver(tapped=False)
+    ours = await _run_receiver(tapped=True)
+    assert [g[0] for g in ours[0]] == [1, 2, 4, 5, 6, 3]  # 3 from its retransmission
+    assert {(g[1], g[2]) for g in ours[0]} == {(96, 1111)}
+    assert ours[1][0] == [(1111, [3])]  # the hole was NACKed once
+    assert ours == theirs
