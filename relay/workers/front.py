@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
 from relay.errors import StagecastError
+from relay.http.common import ROOM_PATTERN
 from relay.http.problems import PROBLEM_TYPE, TYPE_BASE
 from relay.media.stream_key import StreamKey
 from relay.workers.metrics import merge_expositions
@@ -31,8 +32,14 @@ log = logging.getLogger(__name__)
 
 WORKER_KEY_HEADER = "x-stagecast-worker-key"
 LINK_HEADER = "x-stagecast-link"
-_POST = re.compile(r"^/whep/([^/]+)$")
-_SESSION = re.compile(r"^/whep/([^/]+)/([^/]+)(/layer)?$")
+# Strict: a room as check_room takes it, a resource id of URL-safe characters (and a worker
+# prefix). The path is percent-decoded: a looser match let "/whep/secret%3F/1.x" through
+# ungated and became "POST /whep/secret" at the worker. Anything else is the front's own.
+_ROOM = f"({ROOM_PATTERN.pattern})"
+_POST = re.compile(rf"^/whep/{_ROOM}$")
+_SESSION = re.compile(
+    rf"^/whep/{_ROOM}/([0-9]{{1,3}}\.[A-Za-z0-9_-]{{1,64}}|[A-Za-z0-9_-]{{1,64}})(/layer)?$"
+)
 # not passed on either way: the hop's own, and what the front sets itself
 _HOP = {
     "host",
