@@ -41,6 +41,9 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request it makes at INFO (a worker's forwarded WHEP POST, its /readyz
+    # polls, pulls, webhooks): noise at best, a URL with a token at worst
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
 REDACTED = "REDACTED"
@@ -56,6 +59,13 @@ _PATTERNS = (
 )
 
 
+def _redacted(value: Any) -> Any:
+    """A log argument as it will print, redacted; numbers stay numbers (for %d)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return redact(value if isinstance(value, str) else str(value))
+
+
 def redact(text: str) -> str:
     """``text`` without the credentials a log line may carry."""
     for pattern, replacement in _PATTERNS:
@@ -64,17 +74,18 @@ def redact(text: str) -> str:
 
 
 class RedactCredentials(logging.Filter):
-    """Redacts a record's message and string arguments before any handler formats it (uvicorn's
-    access log puts the request target, query string and all, in its arguments)."""
+    """Redacts a record's message and arguments before any handler formats it (uvicorn's access
+    log puts the request target, query string and all, in its arguments; httpx puts a URL
+    object there): every argument that is not a number is formatted and redacted."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
         args = record.args
         if isinstance(args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+            record.args = tuple(_redacted(a) for a in args)
         elif isinstance(args, dict):
-            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+            record.args = {k: _redacted(v) for k, v in args.items()}
         if record.exc_info and not record.exc_text:
             # formatters reuse exc_text: an exception's message may carry the URL it failed on
             record.exc_text = redact(_TRACEBACKS.formatException(record.exc_info))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import pytest
 
 from relay.server.logs import REDACTED, RedactCredentials, configure_logging, redact
@@ -55,3 +56,21 @@ def test_tracebacks_are_redacted_too(fmt: str, capsys: pytest.CaptureFixture[str
         assert "s3cr3t" not in err and REDACTED in err
     finally:
         logging.getLogger().handlers.clear()
+
+
+def test_url_objects_in_arguments_are_redacted_and_httpx_is_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """httpx logs each request with an ``httpx.URL`` argument, not a str: a multi-worker front
+    forwarding ``POST /whep/r?access_token=...`` printed the token (review finding 2)."""
+    configure_logging("info", "text")
+    try:
+        url = httpx.URL("http://127.0.0.1:9/whep/r?access_token=s3cr3t")
+        logging.getLogger("stagecast.test").info("HTTP Request: %s %s %d", "POST", url, 201)
+        logging.getLogger("httpx").info("HTTP Request: %s %s", "POST", url)
+        err = capsys.readouterr().err
+        assert "s3cr3t" not in err and REDACTED in err and " 201" in err
+        assert "httpx" not in err  # below WARNING: not written at all
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
