@@ -152,7 +152,11 @@ def run_edge(
     configure_logging(settings.log_level, settings.log_format)
     if handshake is not None:
         return _run_worker(settings, handshake)
-    count = workers or settings.workers or multi.default_relay_workers()
+    count = workers or settings.workers
+    if not count:  # one per core, as far as this node can run them unasked
+        count, why = multi.default_workers_here(multi.default_relay_workers(), settings)
+        if why:
+            print(f"workers: {why}", file=sys.stderr)
     problem = multi.check_workers(count, settings)
     if problem:
         print(problem, file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -137,6 +138,30 @@ def worker_settings(cls: type[S], base: S, handshake: dict[str, Any]) -> S:
 
 def install_worker_guard(app: FastAPI, handshake: dict[str, Any]) -> None:
     app.add_middleware(WorkerGuard, worker_key=str(handshake["worker_key"]))
+
+
+def default_workers_here(count: int, settings: NodeSettings) -> tuple[int, str | None]:
+    """The default number of processes (one per core) cut to what this node can run without
+    being told: one with TLS or without a fixed port, and no more than the media ports above
+    its own that are free now (a node started before this default opened only its own, and a
+    neighbour may hold the next). (count, why it was cut, or None)."""
+    if count <= 1:
+        return 1, None
+    if settings.tls_certfile or not settings.port:
+        return 1, "one process: TLS or no fixed port (--workers N to choose)"
+    udp, tcp = settings.webrtc.udp_port, settings.webrtc.tcp_port
+    for i in range(1, count):
+        wanted = [(udp + i if udp else 0, socket.SOCK_DGRAM)]
+        wanted.append((tcp + i if tcp else 0, socket.SOCK_STREAM))
+        for port, kind in wanted:
+            if not port:
+                continue
+            try:
+                with socket.socket(socket.AF_INET, kind) as probe:
+                    probe.bind(("0.0.0.0", port))
+            except OSError:
+                return i, f"{i} process(es): port {port} is taken (--workers N to choose)"
+    return count, None
 
 
 def check_workers(count: int, settings: NodeSettings) -> str | None:
