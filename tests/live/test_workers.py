@@ -183,7 +183,8 @@ async def test_bad_resource_ids_and_forged_headers_get_problems(node: Node) -> N
         auth = {"X-API-Key": KEY}
         assert_problem(await client.delete(f"/whep/{ROOM}/9.abcdef", headers=auth), 404)
         assert_problem(await client.delete(f"/whep/{ROOM}/x.abcdef", headers=auth), 404)
-        assert_problem(await client.put(f"/whep/{ROOM}/1.a.b/layer", json={}, headers=auth), 404)
+        bad_id = await client.put(f"/whep/{ROOM}/1.a.b/layer", json={"layer": "auto"}, headers=auth)
+        assert_problem(bad_id, 404)
         forged = {"X-Stagecast-Worker-Key": "guess", "Content-Type": "application/sdp"}
         assert_problem(await client.post(f"/whep/{ROOM}", content="v=0", headers=forged), 400)
         # the worker itself serves WHEP to its front only
