@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.keyframes import is_keyframe
-from relay.media.sei import annexb, strip_claimed_sei
+from relay.media.sei import annexb, hides_claimed_sei, strip_claimed_sei
 
 
 class Unwrapper:
@@ -226,14 +226,16 @@ class FrameAssembler:
 
     def _without_forged_sei(self, packets: list[_Packet]) -> list[_Packet]:
         changes = strip_claimed_sei([p.payload for p in packets])
-        if not changes:
-            return packets
-        self.sei_removed += len(changes)
-        out: list[_Packet | None] = list(packets)
-        for i, payload in changes:
-            p = packets[i]
-            out[i] = None if payload is None else replace(p, payload=payload, data=annexb(payload))
-        return [p for p in out if p is not None]
+        if changes:
+            self.sei_removed += len(changes)
+            out: list[_Packet | None] = list(packets)
+            for i, new in changes:
+                out[i] = None if new is None else replace(packets[i], payload=new, data=annexb(new))
+            packets = [p for p in out if p is not None]
+        if hides_claimed_sei([p.payload for p in packets], b"".join(p.data for p in packets)):
+            self.sei_removed += len(packets)
+            return []  # a forged message hidden inside another NAL unit: the frame goes
+        return packets
 
     def _frame(self, packets: list[_Packet]) -> EncodedFrame:
         if self._h264:

@@ -181,6 +181,7 @@ def strip_claimed_sei(
         kind = p[0] & 0x1F
         if kind == FU_A and len(p) > 1 and p[1] & 0x1F == SEI:
             if p[1] & 0x80:  # a start fragment
+                changes += [(j, None) for j in run]  # one left open: never ended, dropped
                 run = [i]
             elif run:
                 run.append(i)
@@ -202,6 +203,39 @@ def strip_claimed_sei(
                 changes.append((i, kept))
     changes += [(j, None) for j in run]  # an SEI NAL unit cut short by the frame's end
     return changes
+
+
+def declared_nal_units(payloads: list[bytes]) -> int:
+    """How many NAL units a frame's RTP payloads begin (a single NAL unit, each one in a
+    STAP-A, each FU-A start fragment)."""
+    count = 0
+    for p in payloads:
+        if not p:
+            continue
+        kind = p[0] & 0x1F
+        if kind == STAP_A:
+            count += len(_stap_headers(p))
+        elif kind == FU_A:
+            count += 1 if len(p) > 1 and p[1] & 0x80 else 0
+        else:
+            count += 1
+    return count
+
+
+def hides_claimed_sei(
+    payloads: list[bytes], annexb_data: bytes, owner: bytes = STAGECAST_UUID
+) -> bool:
+    """Does the frame carry an SEI message in ``owner``'s name inside another NAL unit? A start
+    code within a NAL unit's bytes (which emulation prevention forbids a conforming encoder to
+    write) splits it in two for every Annex-B reader: recorders, bridges, a browser's
+    depacketizer. Cheap when the frame has no more start codes than NAL units it declares."""
+    if annexb_data.count(b"\x00\x00\x01") <= declared_nal_units(payloads):
+        return False
+    for nal in annexb_data.split(b"\x00\x00\x01")[1:]:
+        nal = nal.rstrip(b"\x00")
+        if nal and nal[0] & 0x1F == SEI and _claims(nal, owner):
+            return True
+    return False
 
 
 def _stap_headers(stap: bytes) -> list[int]:

@@ -140,3 +140,28 @@ def test_an_anchor_cannot_write_sei_in_our_name() -> None:
     (frame,) = out.frames
     assert find_sei(frame.payloads) == [] and STAGECAST_UUID not in frame.data
     assert frame.data == START + SPS + START + PPS + START + SLICE
+
+
+def test_forged_sei_cannot_hide_in_an_open_fu_a_run_or_inside_another_nal_unit() -> None:
+    """Review finding 3: (a) an FU-A SEI start fragment without its end, followed by another
+    SEI's fragments, was forgotten; (b) a start code inside a slice's bytes (emulation
+    prevention forbids it) makes a second NAL unit, the forged SEI, for every Annex-B reader."""
+    forged = sei_nal(b'{"card":"forged"}' * 20)
+    harmless = sei_nal(b"x" * 300, owner=b"\x11" * 16)
+    unended = _fu_a(forged, 100)[:-1]  # no end fragment
+    asm = FrameAssembler("video", "H264")
+    assert _push_frame(asm, [*unended, *_fu_a(harmless, 100), SLICE]) == [
+        *_fu_a(harmless, 100),
+        SLICE,
+    ]
+    hidden = bytes([0x41, 0x9A]) + b"\x00\x00\x01" + sei_nal(b'{"card":"forged"}')
+    for payloads in ([hidden], [*_fu_a(hidden, 7)], [_stap(SPS, hidden)]):
+        asm = FrameAssembler("video", "H264")
+        assert _push_frame(asm, [SLICE], seq=1) == [SLICE]
+        assert _push_frame(asm, payloads, seq=2) == [], payloads  # the frame goes
+        assert asm.sei_removed > 0
+        trusted = FrameAssembler("video", "H264", trusted_sei=True)
+        assert _push_frame(trusted, payloads, seq=2) == payloads
+    # a start code inside a NAL unit that hides nothing of ours passes (not ours to judge)
+    odd = bytes([0x41, 0x9A]) + b"\x00\x00\x01" + bytes([0x41]) + b"\x88" * 10
+    assert _push_frame(FrameAssembler("video", "H264"), [odd]) == [odd]
