@@ -59,8 +59,10 @@ class JoinQueue:
         return (len(self._line) + 1) * self._turn_s / self.concurrency if self._full() else 0.0
 
     def bursting(self, now: float | None = None) -> bool:
-        """Joins are in line or being answered, or were within the last few seconds: a busy
-        loop is (at least partly) their doing, and they are already taken in turns."""
+        """Joins are in line or being answered, or a join had to wait in line within the last
+        few seconds: a busy loop is (at least partly) their doing, and they are taken in turns.
+        A trickle of joins that never waits does not count (it would switch the busy-loop
+        guard off for good)."""
         now = self._clock() if now is None else now
         return self._running > 0 or bool(self._line) or now - self._last_end < RECENT
 
@@ -71,7 +73,8 @@ class JoinQueue:
     async def turn(self) -> AsyncIterator[None]:
         """Wait for this join's turn (ServiceUnavailable when the line is too long), then
         hold one of the ``concurrency`` places until the block ends."""
-        if self._full():
+        queued = self._full()
+        if queued:
             if self.expected_wait() > self.max_wait:
                 self.refused += 1
                 raise ServiceUnavailable(
@@ -98,7 +101,8 @@ class JoinQueue:
         finally:
             end = self._clock()
             self._turn_s += 0.1 * (end - start - self._turn_s)
-            self._last_end = end
+            if queued or self._line:
+                self._last_end = end
             self._leave()
 
     def _leave(self) -> None:

@@ -85,12 +85,25 @@ async def test_a_cancelled_waiter_gives_its_place_on() -> None:
         pass
 
 
-async def test_bursting_lasts_a_window_after_the_last_turn() -> None:
+async def test_bursting_lasts_a_window_after_a_burst_but_not_after_a_trickle() -> None:
     now = [100.0]
-    queue = JoinQueue(clock=lambda: now[0])
+    queue = JoinQueue(concurrency=1, clock=lambda: now[0])
     assert not queue.bursting()
-    async with queue.turn():
+    async with queue.turn():  # a lone join: bursting only while it runs (review finding 7)
         assert queue.bursting()
+    assert not queue.bursting()
+    release = asyncio.Event()
+
+    async def join() -> None:
+        async with queue.turn():
+            await release.wait()
+
+    tasks = [asyncio.create_task(join()) for _ in range(2)]  # the second waits in line
+    await asyncio.sleep(0)
+    assert queue.waiting == 1
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert queue.bursting()  # a burst was taken in turns: its window follows it
     now[0] += RECENT - 0.1
     assert queue.bursting()
     now[0] += 0.2
