@@ -357,8 +357,8 @@ class DirectSender:
         the estimator like any other: a retransmission, or a probe's padding
         (``relay.rtc.probe_sender``). Returns the bytes sent (0: none)."""
         rewriter, estimator = self.rewriter, self.estimator
-        if rewriter is None:
-            return 0
+        if rewriter is None or self._out is None or self._pair is None:
+            return 0  # (before numbering it: a number never sent reads as loss)
         twcc = self._twcc_offset
         transport_seq = None
         if twcc > 0 and estimator is not None:

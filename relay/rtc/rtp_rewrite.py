@@ -368,14 +368,19 @@ class RtpRewriter:
 
     def recent(self, limit: int) -> list[tuple[int, int]]:
         """(sequence number, size) of up to ``limit`` packets of the newest frames in the
-        history, newest first (what a probe's padding resends)."""
+        history, newest first (what a probe's padding resends); none sent before the timeline
+        changed (``retransmission`` would refuse them after they were numbered: read as loss)."""
         out: list[tuple[int, int]] = []
+        floor = self._floor
         for back in range(1, HISTORY_FRAMES + 1):
             slot = (self._slot - back) % HISTORY_FRAMES
             frame = self._frames[slot]
             first = self._first[slot]
             for i in range(len(frame) - 1, -1, -1):
-                out.append(((first + i) & 0xFFFF, len(frame[i])))
+                seq = (first + i) & 0xFFFF
+                if floor is not None and (seq - floor) & 0xFFFF >= 0x8000:
+                    return out  # older still: all before the floor
+                out.append((seq, len(frame[i])))
                 if len(out) >= limit:
                     return out
         return out

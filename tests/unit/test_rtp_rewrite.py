@@ -101,6 +101,9 @@ def test_a_layer_left_behind_is_never_resent() -> None:
     assert new[0] == 0xFFFF and new[1] == 0
     assert all(r.lookup_packet(s) is None and r.retransmission(s) is None for s in old)
     assert all(r.retransmission(s) is not None for s in new)
+    # a probe's padding is taken from the new layer only: an old packet would be numbered
+    # for transport-cc, then refused, and read as loss (review finding 8)
+    assert [seq for seq, _ in r.recent(64)] == list(reversed(new))
     for i in range(HISTORY_FRAMES + 1):  # long after: the old layer is out of the history
         h = frame(3005 + i * 3000)
         r.packets_for(cache.templates(h, PROFILE), h.timestamp)
