@@ -55,7 +55,9 @@ class NackRequests:
                     _add(self._gone, self._trackers.pop(next(iter(self._trackers))).stats)
                 tracker = self._trackers[ssrc] = NackTracker(self._policy)
             lost = tracker.packet(sequence_number, self._clock())
-            if tracker.pending:
+            # a new gap may be due before the armed timer; anything else waits for it (looking
+            # at every missing packet on every packet cost thousands of steps under heavy loss)
+            if tracker.pending and (lost or self._timer is None):
                 self._schedule()
             return lost
         except Exception:
