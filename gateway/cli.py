@@ -78,6 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_viewers=settings.rooms.max_viewers_per_node,
             gate=origin_whep_gate(gateway.cluster, gateway.access),
             cluster=gateway.cluster,
+            room_limit=gateway.stages.max_viewers,
+            room_viewers=lambda room: gateway.viewers.count(room, audience_only=True),
         )
     base = settings.base_url
     room = args.room

@@ -205,6 +205,8 @@ def run_edge(
             max_viewers=settings.cluster.max_viewers or settings.rooms.max_viewers_per_node,
             gate=edge_whep_gate(node),
             cluster=node.cluster,
+            room_limit=node.cluster.room_max_viewers,
+            room_viewers=lambda room: node.viewers.count(room, audience_only=True),
         )
     print(f"stagecast edge {node_name}", flush=True)
     print(f"  upstream:       {settings.cluster.upstream}", flush=True)
@@ -223,11 +225,20 @@ def _run_worker(settings: NodeSettings, handshake: dict[str, Any]) -> int:
     """A front's worker: a quiet local edge whose WHEP only the front reaches."""
     from relay.server.edge import build_edge_node, create_edge_app
     from relay.server.workers import install_worker_guard
+    from relay.workers.policy import ROOMS_PATH
     from relay.workers.worker import exit_with_parent
 
     node = build_edge_node(settings, presence=False)
     key, token = settings.api.operator_key, settings.metrics.token
     app = create_edge_app(node, ops_keys=(key, token) if token else (key,))
+
+    @app.get(ROOMS_PATH, include_in_schema=False)
+    async def rooms() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for session in node.viewers.sessions.values():
+            counts[session.room] = counts.get(session.room, 0) + 1
+        return counts
+
     install_worker_guard(app, handshake)
     exit_with_parent(sys.stdin.buffer)
     run(app, settings)

@@ -85,6 +85,8 @@ def install_front(
     max_viewers: int | None,
     gate: Gate | None,
     cluster: ClusterNode | None,
+    room_limit: Callable[[str], int | None] | None = None,
+    room_viewers: Callable[[str], int] | None = None,
 ) -> WorkerSupervisor:
     """Make ``app`` the front of ``count`` processes (itself and count-1 workers, started and
     stopped with the app). Inside the request guards: they see each client once per node.
@@ -115,6 +117,8 @@ def install_front(
             worker_key=worker_key,
             gate=gate,
             max_viewers=max_viewers,
+            room_limit=room_limit,
+            room_viewers=room_viewers,
             retry_after=settings.sessions.retry_after,
         )
     )

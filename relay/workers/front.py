@@ -25,12 +25,11 @@ from relay.http.common import ROOM_PATTERN
 from relay.http.problems import PROBLEM_TYPE, TYPE_BASE
 from relay.media.stream_key import StreamKey
 from relay.workers.metrics import merge_expositions
-from relay.workers.policy import FRONT, split_session_id, worker_session_id
+from relay.workers.policy import FRONT, WORKER_KEY_HEADER, split_session_id, worker_session_id
 from relay.workers.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
-WORKER_KEY_HEADER = "x-stagecast-worker-key"
 LINK_HEADER = "x-stagecast-link"
 # Strict: a room as check_room takes it, a resource id of URL-safe characters (and a worker
 # prefix). The path is percent-decoded: a looser match let "/whep/secret%3F/1.x" through
@@ -118,14 +117,20 @@ class WorkerFront:
         worker_key: str,
         gate: Gate | None = None,
         max_viewers: int | None = None,
+        room_limit: Callable[[str], int | None] | None = None,
+        room_viewers: Callable[[str], int] | None = None,
         retry_after: int = 2,
     ) -> None:
+        """``room_limit``: a room's viewer limit on this node (None: none); ``room_viewers``: the
+        front's own viewers of a room (the workers' come from their reports)."""
         self.app = app
         self.supervisor = supervisor
         self.assigner = supervisor.assigner
         self.tokens = tokens
         self.worker_key = worker_key
         self.gate = gate
+        self.room_limit = room_limit
+        self.room_viewers = room_viewers
         self.max_viewers = max_viewers
         self.retry_after = retry_after
 
@@ -227,10 +232,23 @@ class WorkerFront:
                 {"Retry-After": str(self.retry_after)},
             )
             return
+        limit = self.room_limit(room) if self.room_limit is not None else None
+        if limit is not None:  # the whole node's viewers of the room, not one process's
+            own = self.room_viewers(room) if self.room_viewers is not None else 0
+            if own + self.assigner.worker_room_viewers(room) >= limit:
+                await send_problem(
+                    send,
+                    503,
+                    "Service unavailable",
+                    f"room {room!r} has its most viewers on this node",
+                    "unavailable",
+                    {"Retry-After": str(self.retry_after)},
+                )
+                return
         body = await read_body(receive)
         tried: set[int] = set()
         while True:
-            worker = self.assigner.pick(frozenset(tried))
+            worker = self.assigner.pick(frozenset(tried), room)
             if worker is None or worker == FRONT:
                 # the front itself, or every worker refused: the front answers (its own limits)
                 await self.app(scope, replay(body), send)
@@ -238,7 +256,7 @@ class WorkerFront:
             tried.add(worker)
             resp = await self._call(scope, worker, f"/whep/{room}", headers, body)
             if resp is None or resp.status_code == 503:
-                self.assigner.release(worker)
+                self.assigner.release(worker, room)
                 continue  # that worker is full, busy or restarting: the next one
             await self._respond(send, resp, worker, room)
             return

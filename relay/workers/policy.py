@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass, field
 
 FRONT = 0  # the process that owns the public HTTP port; workers are 1..N-1
+WORKER_KEY_HEADER = "x-stagecast-worker-key"  # what the front proves itself to its workers with
+ROOMS_PATH = "/worker/rooms"
+"""A worker's viewers per room (JSON), for its front's per-room limits; the front's only."""
 SEPARATOR = "."  # never in a session id (URL-safe base64: A-Z a-z 0-9 - _)
 _WORKER_ID = re.compile(r"^([0-9]{1,3})\.([A-Za-z0-9_-]{1,64})$")
 
@@ -47,6 +50,8 @@ class _Load:
     viewers: int = 0  # as last reported
     pending: int = 0  # assigned since that report
     busy: float = 0.0  # share of one core its loop used (0..1), as last reported
+    rooms: dict[str, int] = field(default_factory=dict)  # viewers per room, as last reported
+    room_pending: dict[str, int] = field(default_factory=dict)  # assigned since, per room
 
 
 @dataclass(slots=True)
@@ -71,11 +76,27 @@ class Assigner:
         self._loads = [_Load() for _ in range(self.count)]
         self._loads[FRONT].ready = self.front_serves
 
-    def report(self, worker: int, *, ready: bool, viewers: int, busy: float = 0.0) -> None:
+    def report(
+        self,
+        worker: int,
+        *,
+        ready: bool,
+        viewers: int,
+        busy: float = 0.0,
+        rooms: dict[str, int] | None = None,
+    ) -> None:
         load = self._loads[worker]
         if worker == FRONT and not self.front_serves:
             ready = False
         load.ready, load.viewers, load.pending, load.busy = ready, viewers, 0, busy
+        if rooms is not None:
+            load.rooms, load.room_pending = rooms, {}
+
+    def worker_room_viewers(self, room: str) -> int:
+        """Viewers of ``room`` on the workers (last reports plus what went since)."""
+        return sum(
+            load.rooms.get(room, 0) + load.room_pending.get(room, 0) for load in self._loads[1:]
+        )
 
     def down(self, worker: int) -> None:
         """``worker`` exited (it restarts): nothing goes there until it reports ready."""
@@ -89,8 +110,9 @@ class Assigner:
         """Viewers of the workers (all but the front's)."""
         return sum(load.viewers + load.pending for load in self._loads[1:])
 
-    def pick(self, exclude: frozenset[int] = frozenset()) -> int | None:
-        """The process for the next viewer (counted there at once), or None: none is ready."""
+    def pick(self, exclude: frozenset[int] = frozenset(), room: str = "") -> int | None:
+        """The process for the next viewer (of ``room``: counted there at once), or None: none
+        is ready."""
         ready = [i for i, load in enumerate(self._loads) if load.ready and i not in exclude]
         if not ready:
             return None
@@ -101,10 +123,15 @@ class Assigner:
             return load.viewers + load.pending + (self.front_weight if i == FRONT else 0), i
 
         best = min(calm, key=score)
-        self._loads[best].pending += 1
+        load = self._loads[best]
+        load.pending += 1
+        if room:
+            load.room_pending[room] = load.room_pending.get(room, 0) + 1
         return best
 
-    def release(self, worker: int) -> None:
+    def release(self, worker: int, room: str = "") -> None:
         """An assignment that did not become a viewer (the worker refused it)."""
         load = self._loads[worker]
         load.pending = max(0, load.pending - 1)
+        if room and load.room_pending.get(room):
+            load.room_pending[room] -= 1

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from relay.workers.policy import FRONT, Assigner, WorkerPorts, worker_ports
+from relay.workers.policy import (
+    FRONT,
+    ROOMS_PATH,
+    WORKER_KEY_HEADER,
+    Assigner,
+    WorkerPorts,
+    worker_ports,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +188,20 @@ class WorkerSupervisor:
             # no answer in time: a busy worker keeps its last state (one that exits is marked
             # down by its keeper; one not yet up has never been ready)
             return
+        rooms: dict[str, int] | None = None
+        try:  # its viewers per room, for the node's per-room limits
+            key = {WORKER_KEY_HEADER: str(self.plan.handshake["worker_key"])}
+            got = await self.http.get(w.base_url + ROOMS_PATH, headers=key, timeout=1.0)
+            if got.status_code == 200:
+                rooms = {str(k): int(v) for k, v in got.json().items()}
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+            rooms = None  # the last report stands
         self.assigner.report(
             w.index,
             ready=resp.status_code == 200,
             viewers=int(body.get("viewers", 0)),
             busy=float(body.get("busy", 0.0)),
+            rooms=rooms,
         )
 
     def worker(self, index: int) -> Worker | None:

@@ -13,7 +13,8 @@ from typing import IO, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.workers.front import WORKER_KEY_HEADER, send_problem
+from relay.workers.front import send_problem
+from relay.workers.policy import ROOMS_PATH, WORKER_KEY_HEADER
 
 HANDSHAKE_KEYS = ("worker_key", "token_secret", "operator_key", "metrics_token")
 
@@ -50,7 +51,7 @@ class WorkerGuard:
         self.key = worker_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/whep/"):
+        if scope["type"] == "http" and scope["path"].startswith(("/whep/", ROOMS_PATH)):
             sent = dict(scope["headers"]).get(WORKER_KEY_HEADER.encode(), b"")
             if not hmac.compare_digest(sent, self.key):
                 await send_problem(

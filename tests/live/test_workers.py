@@ -239,6 +239,41 @@ async def test_private_room_is_authorized_at_the_front(node: Node) -> None:
             await anchor.close()
 
 
+async def test_a_rooms_viewer_limit_holds_for_the_whole_node(node: Node) -> None:
+    """A worker knows no room policy, and each process counted only its own viewers: a room
+    limited to 3 took 3 per process (review finding 4). The front counts them all."""
+    room = "capped-workers"
+    tokens = TokenAuthority(SECRET)
+    async with asyncio.timeout(60), httpx.AsyncClient(base_url=node.url, timeout=10) as client:
+        made = await client.post(
+            "/v1/rooms", json={"name": room, "max_viewers": 3}, headers={"X-API-Key": KEY}
+        )
+        assert made.status_code in (200, 201), made.text
+        anchor = await whip_publish(
+            node.url,
+            room,
+            tokens.mint(room, "anchor", "a", 600),
+            video=StampedVideoTrack(320, 240, 15),
+        )
+        viewers: list[Viewer] = []
+        try:
+            await asyncio.sleep(1.0)
+            for _ in range(3):
+                viewers.append(await whep_watch(node.url, room, kinds=("video",)))
+            assert any(on_worker(v) for v in viewers)
+            for _ in range(3):  # each process's turn: none takes a fourth
+                await asyncio.sleep(0.6)  # a report from every worker in between
+                r = await client.post(
+                    f"/whep/{room}", content=OFFER, headers={"Content-Type": "application/sdp"}
+                )
+                assert_problem(r, 503)
+            await wait_frames(viewers, 5, 40)
+        finally:
+            for v in viewers:
+                await v.close()
+            await anchor.close()
+
+
 async def test_killed_worker_restarts_and_front_viewers_keep_playing(node: Node) -> None:
     async with asyncio.timeout(120):
         anchor = await whip_publish(

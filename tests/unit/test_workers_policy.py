@@ -142,3 +142,21 @@ def test_metrics_merge_labels_each_process_once_per_family() -> None:
     opened = {s.labels["worker"]: s.value for s in fams["stagecast_pulls_opened"].samples}
     assert opened == {"0": 1.0, "1": 2.0}
     assert fams["stagecast_worker_scrape_errors"].samples[0].value == 1.0
+
+
+def test_room_viewers_of_the_workers_are_their_reports_plus_what_went_since() -> None:
+    a = Assigner(3, front_serves=False)
+    a.report(1, ready=True, viewers=2, rooms={"r": 2})
+    a.report(2, ready=True, viewers=1, rooms={"r": 1, "s": 0})
+    assert a.worker_room_viewers("r") == 3
+    picked = a.pick(room="r")
+    assert picked in (1, 2) and a.worker_room_viewers("r") == 4
+    a.release(picked, "r")  # the worker refused it
+    assert a.worker_room_viewers("r") == 3
+    a.pick(room="s")
+    assert a.worker_room_viewers("s") == 1 and a.worker_room_viewers("r") == 3
+    a.report(1, ready=True, viewers=1, rooms={"r": 1})  # a fresh report replaces its counts
+    a.report(2, ready=True, viewers=0, rooms={})
+    assert a.worker_room_viewers("r") == 1 and a.worker_room_viewers("s") == 0
+    a.report(1, ready=True, viewers=1)  # a report without rooms keeps the last counts
+    assert a.worker_room_viewers("r") == 1
