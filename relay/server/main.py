@@ -44,7 +44,9 @@ def warn_python_send_loop(settings: NodeSettings) -> None:
         )
 
 
-def run(app: object, settings: NodeSettings) -> None:
+def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> None:
+    """Serve ``app`` with uvicorn; ``http_fd``: an inherited listening socket (a worker's, made
+    by its front) instead of binding settings.host/port."""
     import gc
 
     import uvicorn
@@ -58,7 +60,7 @@ def run(app: object, settings: NodeSettings) -> None:
     gc.collect()
     gc.freeze()
     lim = settings.limits
-    uvicorn.run(
+    config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
@@ -75,6 +77,13 @@ def run(app: object, settings: NodeSettings) -> None:
         ssl_keyfile=settings.tls_keyfile or None,
         log_config=uvicorn_log_config(),  # credentials redacted from the access log
     )
+    server = uvicorn.Server(config)
+    if http_fd is None:
+        server.run()
+    else:
+        import socket
+
+        server.run(sockets=[socket.socket(fileno=http_fd)])
 
 
 def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +239,9 @@ def _run_worker(settings: NodeSettings, handshake: dict[str, Any]) -> int:
 
     node = build_edge_node(settings, presence=False)
     key, token = settings.api.operator_key, settings.metrics.token
-    app = create_edge_app(node, ops_keys=(key, token) if token else (key,))
+    # the front scrapes /metrics with the worker key
+    keys = (key, str(handshake["worker_key"]), *((token,) if token else ()))
+    app = create_edge_app(node, ops_keys=keys)
 
     @app.get(ROOMS_PATH, include_in_schema=False)
     async def rooms() -> dict[str, int]:
@@ -241,7 +252,8 @@ def _run_worker(settings: NodeSettings, handshake: dict[str, Any]) -> int:
 
     install_worker_guard(app, handshake)
     exit_with_parent(sys.stdin.buffer)
-    run(app, settings)
+    fd = handshake.get("http_fd")
+    run(app, settings, http_fd=int(fd) if fd is not None else None)
     return 0
 
 

@@ -71,10 +71,20 @@ class Worker:
         return self.proc.pid if self.proc is not None else None
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def loopback_listener() -> socket.socket:
+    """A worker's HTTP socket, bound and listening before the worker starts and handed to it
+    (``http_fd``): a port picked, closed and named on a command line could be bound first by
+    any local process, which would then get the front's forwarded requests (the worker key,
+    viewers' tokens)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -113,15 +123,21 @@ class WorkerSupervisor:
         await self.http.aclose()
 
     async def _spawn(self, w: Worker) -> None:
-        w.http_port = free_loopback_port()
-        argv = list(self.plan.command(w.index, w.http_port, w.ports))
-        w.proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.PIPE,
-            preexec_fn=_die_with_parent,
-        )
+        listener = loopback_listener()
+        try:
+            w.http_port = int(listener.getsockname()[1])
+            argv = list(self.plan.command(w.index, w.http_port, w.ports))
+            w.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.PIPE,
+                preexec_fn=_die_with_parent,
+                pass_fds=(listener.fileno(),),
+            )
+            fd = listener.fileno()
+        finally:
+            listener.close()  # the worker holds its own copy
         assert w.proc.stdin is not None
-        handshake = {**self.plan.handshake, "tcp_port": w.ports.tcp}
+        handshake = {**self.plan.handshake, "tcp_port": w.ports.tcp, "http_fd": fd}
         w.proc.stdin.write(json.dumps(handshake).encode() + b"\n")
         await w.proc.stdin.drain()  # stdin stays open: its EOF tells the worker the front is gone
         w.started_at = time.monotonic()
@@ -209,7 +225,8 @@ class WorkerSupervisor:
 
     async def scrape(self) -> dict[int, str]:
         """Every live worker's /metrics text (with the operator key)."""
-        headers = {"Authorization": f"Bearer {self.plan.operator_key}"}
+        # the worker key, not the operator key: nothing a worker sees lets it act as operator
+        headers = {"Authorization": f"Bearer {self.plan.handshake['worker_key']}"}
 
         async def one(w: Worker) -> tuple[int, str | None]:
             try:
