@@ -94,7 +94,7 @@ def add_edge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-id", dest="node_id", default=None)
     parser.add_argument("--udp-port", dest="udp_port", type=int, default=None, help=UDP_HELP)
     parser.add_argument(
-        "--workers", type=int, default=None, help=WORKERS_HELP % "the number of cores"
+        "--workers", type=int, default=None, help=WORKERS_HELP % "1; 0: one per core"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
@@ -161,8 +161,10 @@ def run_edge(
     configure_logging(settings.log_level, settings.log_format)
     if handshake is not None:
         return _run_worker(settings, handshake)
-    count = workers or settings.workers
-    if not count:  # one per core, as far as this node can run them unasked
+    count = workers if workers is not None else settings.workers
+    if count is None:
+        count = 1  # one process unless asked: more take more media ports (deploy/README.md)
+    elif count == 0:  # one per core, as far as this node can run them
         count, why = multi.default_workers_here(multi.default_relay_workers(), settings)
         if why:
             print(f"workers: {why}", file=sys.stderr)

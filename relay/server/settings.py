@@ -294,11 +294,12 @@ class NodeSettings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     """json: one JSON object per line with room/session ids, for log collectors."""
-    workers: int | None = Field(None, ge=1, le=256)
+    workers: int | None = Field(None, ge=0, le=256)
     """Processes serving this node's viewers behind its one HTTP port (``--workers``): the front
     (HTTP, API, ingest, each room's one pull) and N-1 local worker edges, worker i on UDP (and
-    ICE-TCP) port ``webrtc.udp_port + i``, each pulling a room once from the front. None: 1 for
-    ``stagecast serve``, the number of cores for ``stagecast relay`` / ``python -m relay``."""
+    ICE-TCP) port ``webrtc.udp_port + i``, each pulling a room once from the front. None: 1.
+    0 (``stagecast relay`` / ``python -m relay``): one per core, cut to 1 with TLS and to the
+    free media ports above the node's own."""
     media: MediaSettings = MediaSettings()
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()

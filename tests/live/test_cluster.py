@@ -89,7 +89,7 @@ def start_edge(name: str, upstream: str, redis_url: str, logdir: Path) -> EdgePr
         "STAGECAST_CLUSTER__IDLE_GRACE": "30",
         "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "100",
         "STAGECAST_LIMITS__SESSION_POST_BURST": "100",
-        "STAGECAST_WORKERS": "1",  # one process per edge (relay's default: one per core)
+        "STAGECAST_WORKERS": "1",  # one process per edge
     }
     env.pop("STAGECAST_CONFIG", None)
     log = logdir / f"{name}.log"

@@ -91,7 +91,9 @@ async def test_python_m_relay_runs_an_edge_without_gateway(tmp_path: Path) -> No
                 assert sorted(view["pulls"]) == [room, f"{room}?anchor={anchor_id}"]
                 ready = await http.get("/readyz")
                 assert ready.status_code == 200
-                assert ready.json() == {
+                body = ready.json()
+                assert 0 <= body.pop("busy") <= 1  # its loop's share of a core (a front's policy)
+                assert body == {
                     "status": "ready",
                     "pulls": 1,  # rooms pulled (probes are anonymous: no names)
                     "viewers": 2,
