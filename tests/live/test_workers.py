@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from gateway.launcher import free_port, free_udp_port, stop_process, wait_healthy
-from gateway.synthetic import StampedVideoTrack, Viewer, whep_watch, whip_publish
+from gateway.synthetic import Publisher, StampedVideoTrack, Viewer, whep_watch, whip_publish
 from relay.auth.tokens import TokenAuthority
 from tests.live.test_protocol import assert_problem
 from tests.support.offers import fixture
@@ -135,6 +135,16 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+async def room_with_anchor(
+    client: httpx.AsyncClient, node: Node, room: str, **config: object
+) -> Publisher:
+    """A room made through the API with ``config`` (private, max_viewers), its anchor live."""
+    made = await client.post("/v1/rooms", json={"name": room, **config}, headers={"X-API-Key": KEY})
+    assert made.status_code in (200, 201), made.text
+    token = TokenAuthority(SECRET).mint(room, "anchor", "a", 600)
+    return await whip_publish(node.url, room, token, video=StampedVideoTrack(320, 240, 15))
+
+
 async def test_viewers_spread_play_and_reach_their_worker(node: Node) -> None:
     async with asyncio.timeout(90):
         anchor = await whip_publish(
@@ -199,16 +209,7 @@ async def test_private_room_is_authorized_at_the_front(node: Node) -> None:
     room = "vip-workers"
     tokens = TokenAuthority(SECRET)
     async with asyncio.timeout(60), httpx.AsyncClient(base_url=node.url, timeout=10) as client:
-        made = await client.post(
-            "/v1/rooms", json={"name": room, "private": True}, headers={"X-API-Key": KEY}
-        )
-        assert made.status_code in (200, 201), made.text
-        anchor = await whip_publish(
-            node.url,
-            room,
-            tokens.mint(room, "anchor", "a", 600),
-            video=StampedVideoTrack(320, 240, 15),
-        )
+        anchor = await room_with_anchor(client, node, room, private=True)
         viewers: list[Viewer] = []
         try:
             await asyncio.sleep(1.0)
@@ -243,18 +244,8 @@ async def test_a_rooms_viewer_limit_holds_for_the_whole_node(node: Node) -> None
     """A worker knows no room policy, and each process counted only its own viewers: a room
     limited to 3 took 3 per process (review finding 4). The front counts them all."""
     room = "capped-workers"
-    tokens = TokenAuthority(SECRET)
     async with asyncio.timeout(60), httpx.AsyncClient(base_url=node.url, timeout=10) as client:
-        made = await client.post(
-            "/v1/rooms", json={"name": room, "max_viewers": 3}, headers={"X-API-Key": KEY}
-        )
-        assert made.status_code in (200, 201), made.text
-        anchor = await whip_publish(
-            node.url,
-            room,
-            tokens.mint(room, "anchor", "a", 600),
-            video=StampedVideoTrack(320, 240, 15),
-        )
+        anchor = await room_with_anchor(client, node, room, max_viewers=3)
         viewers: list[Viewer] = []
         try:
             await asyncio.sleep(1.0)
