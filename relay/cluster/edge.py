@@ -108,6 +108,7 @@ class EdgeService:
         self.pulls[key] = pull
         self.stats.opened += 1
         pull.task = asyncio.create_task(self._watch(pull), name=f"pull-{key}")
+        link.pc.on("connectionstatechange", lambda: self._upstream_state(pull))
         log.info(
             "pulling %s from %s (%s)",
             key,
@@ -116,6 +117,15 @@ class EdgeService:
             extra={"room": key.room, "event": "pull.started"},
         )
         return pull
+
+    def _upstream_state(self, pull: Pull) -> None:
+        """The upstream ended the pull (its stream ended, or the link failed): close the hub at
+        once, so that a viewer asking in the meantime opens a new pull instead of joining this
+        ending one (the watch, which polls, ends it and counts it)."""
+        state = pull.link.pc.connectionState
+        if state in CLOSED_STATES and not pull.link.hub.closed.is_set():
+            pull.ended_reason = pull.ended_reason or f"upstream connection {state}"
+            pull.link.hub.close()
 
     async def _watch(self, pull: Pull) -> None:
         cfg = self.config
