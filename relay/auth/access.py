@@ -91,11 +91,25 @@ class AccessPolicy:
             # each other's own streams with their anchor tokens); a token of another room or
             # role still fails here
             claims = self.tokens.verify(token, room=room, role="anchor")
-        elsewhere = self._revoked_elsewhere
-        tid = claims.token_id
-        if tid and (tid in self._revoked or (elsewhere is not None and elsewhere(room, tid))):
+        if self.is_revoked(room, claims.token_id):
             raise Unauthorized("token has been revoked")
         return Grant(claims.subject, claims.token_id, claims.expires_at)
+
+    def is_revoked(self, room: str, token_id: str) -> bool:
+        """Revoked here, or (on an edge) at the room's origin; tokens without an id never are."""
+        elsewhere = self._revoked_elsewhere
+        return bool(token_id) and (
+            token_id in self._revoked or (elsewhere is not None and elsewhere(room, token_id))
+        )
+
+    def standing(self, room: str, grant: Grant) -> str | None:
+        """Why a grant given earlier no longer holds (expired, revoked); None while it does.
+        For what outlives its request: an open room-channel socket."""
+        if self._clock() >= grant.expires_at:
+            return "token expired"
+        if self.is_revoked(room, grant.token_id):
+            return "token has been revoked"
+        return None
 
     def authorize_any(
         self,

@@ -49,6 +49,7 @@ class ChannelConfig:
     command_burst: int = 20
     like_interval: float = 0.25  # a room's like counter goes out at most this often
     queue_size: int = 256  # per socket; a socket this far behind loses its oldest messages
+    standing_interval: float = 2.0  # how often open sockets' credentials are checked again
 
 
 @dataclass(eq=False)
@@ -60,11 +61,14 @@ class Member:
     role: SenderRole
     anonymous: bool
     sender_key: str  # what rate limits count by (subject; an anonymous viewer's address)
-    queue: asyncio.Queue[str]
+    queue: asyncio.Queue[str | None]  # None: the socket is to be closed (``ended`` says why)
+    # why the credential the socket opened with no longer holds (expired, revoked); None: it does
+    standing: Callable[[], str | None] = lambda: None
+    ended: str | None = None
     dropped: int = 0
     refused_at: float = float("-inf")  # last 429 sent (a flood gets one error a second)
 
-    def offer(self, payload: str) -> None:
+    def offer(self, payload: str | None) -> None:
         try:
             self.queue.put_nowait(payload)
         except asyncio.QueueFull:
@@ -72,6 +76,12 @@ class Member:
                 self.queue.get_nowait()
             self.dropped += 1
             self.queue.put_nowait(payload)
+
+    def end(self, reason: str) -> None:
+        """Close the socket after what is queued: its credential no longer holds."""
+        if self.ended is None:
+            self.ended = reason
+            self.offer(None)
 
 
 @dataclass(slots=True)
@@ -115,6 +125,7 @@ class RoomChannels:
         self._tasks = [
             asyncio.create_task(self._subscription(), name="messages-bus"),
             asyncio.create_task(self._flush_likes(), name="messages-likes"),
+            asyncio.create_task(self._check_standing(), name="messages-standing"),
         ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
@@ -141,10 +152,25 @@ class RoomChannels:
 
     # -- members ----------------------------------------------------------------------------
     def join(
-        self, room: str, subject: str, role: SenderRole, *, anonymous: bool, sender_key: str
+        self,
+        room: str,
+        subject: str,
+        role: SenderRole,
+        *,
+        anonymous: bool,
+        sender_key: str,
+        standing: Callable[[], str | None] = lambda: None,
     ) -> Member:
+        """``standing``: why the member's credential no longer holds (None while it does);
+        checked at each frame it sends and every ``standing_interval`` (``sweep``)."""
         member = Member(
-            room, subject, role, anonymous, sender_key, asyncio.Queue(self.config.queue_size)
+            room,
+            subject,
+            role,
+            anonymous,
+            sender_key,
+            asyncio.Queue(self.config.queue_size),
+            standing,
         )
         self.rooms.setdefault(room, set()).add(member)
         return member
@@ -257,6 +283,19 @@ class RoomChannels:
         await self.bus.publish(Envelope(room, "mute", mute_payload(subject, until)))
         return until
 
+    def sweep(self) -> int:
+        """End the sockets whose credential expired or was revoked (a kicked anchor's, a removed
+        guest's); how many."""
+        ended = 0
+        for members in self.rooms.values():
+            for member in members:
+                if member.ended is None:
+                    reason = member.standing()
+                    if reason is not None:
+                        member.end(reason)
+                        ended += 1
+        return ended
+
     # -- tasks ------------------------------------------------------------------------------
     def deliver(self, envelope: Envelope) -> None:
         """One envelope from the bus to this node's sockets of its room."""
@@ -292,6 +331,14 @@ class RoomChannels:
             except Exception:
                 log.exception("message bus subscription failed")
             await asyncio.sleep(1.0)
+
+    async def _check_standing(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.standing_interval)
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("room channel credential check failed")
 
     async def _flush_likes(self) -> None:
         while True:

@@ -135,6 +135,7 @@ def messages_router(
             role,
             anonymous=grant.anonymous,
             sender_key=client_key(client) if grant.anonymous else grant.subject,
+            standing=lambda: access.standing(room, grant),
         )
         sender = asyncio.create_task(_send_loop(websocket, member), name=f"messages-{room}")
         try:
@@ -171,6 +172,11 @@ async def _receive_loop(websocket: WebSocket, channels: RoomChannels, member: Me
         if len(text) > limit or len(text.encode()) > limit:
             await websocket.close(CLOSE_TOO_BIG, f"messages are at most {limit} bytes")
             return
+        reason = member.ended or member.standing()
+        if reason is not None:  # not one more message on a kicked anchor's socket
+            member.ended = reason
+            await websocket.close(CLOSE_UNAUTHORIZED, reason[:120])
+            return
         reply = await channels.receive(member, text)
         if reply is not None:
             member.offer(reply)
@@ -180,6 +186,9 @@ async def _send_loop(websocket: WebSocket, member: Member) -> None:
     try:
         while True:
             payload = await member.queue.get()
+            if payload is None:  # its credential no longer holds (Member.end)
+                await websocket.close(CLOSE_UNAUTHORIZED, (member.ended or "")[:120])
+                return
             await websocket.send_text(payload)
     except asyncio.CancelledError:
         raise

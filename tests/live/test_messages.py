@@ -288,3 +288,52 @@ async def test_an_operator_mute_silences_one_sender_until_unmuted(server: Runnin
         await t.send(json.dumps({"type": "chat", "text": "sorry"}))
         assert (await next_of(f, "chat"))["text"] == "sorry"
         assert (await c.put("/v1/rooms/bad room/mutes/x", json={"seconds": 1})).status_code == 422
+
+
+async def closed_with(ws: ClientConnection, timeout: float) -> tuple[int, str]:
+    """The close frame the server sends ``ws`` within ``timeout`` (messages before it skipped)."""
+    with pytest.raises(ConnectionClosed) as info:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    assert info.value.rcvd is not None, "closed without a close frame from the server"
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+@pytest.mark.timeout(60)
+async def test_a_socket_closes_when_its_token_expires_or_its_anchor_is_kicked(
+    server: RunningServer,
+) -> None:
+    """A credential is checked when the socket opens and for as long as it stays open: an
+    expired token's socket, and a kicked anchor's (its token revoked), are closed with 4401
+    while the others in the room go on."""
+    from gateway.synthetic import StampedVideoTrack, whip_publish
+
+    gw, room = server.gateway, "standing"
+    short = gw.tokens.mint(room, "audience", "short", 3)
+    fan = gw.tokens.mint(room, "audience", "fan", 60)
+    host = gw.tokens.mint(room, "anchor", "host", 600)
+    pub = await whip_publish(server.base_url, room, host, video=StampedVideoTrack(160, 90, 10))
+    try:
+        async with (
+            member(server.base_url, room, short) as s,
+            member(server.base_url, room, fan) as f,
+            member(server.base_url, room, host) as h,
+            httpx.AsyncClient(base_url=server.base_url, timeout=5, headers=op(server)) as c,
+        ):
+            code, reason = await closed_with(s, 3 + 2 * 2.0 + 2)  # ttl + two sweeps + slack
+            assert (code, reason) == (4401, "token expired")
+            anchors = (await c.get(f"/v1/rooms/{room}/anchors")).json()
+            assert [a["subject"] for a in anchors] == ["host"]
+            kicked_at = time.monotonic()
+            r = await c.delete(f"/v1/rooms/{room}/anchors/{anchors[0]['id']}")
+            assert r.status_code == 204
+            code, reason = await closed_with(h, 2 * 2.0 + 2)
+            assert (code, reason) == (4401, "token has been revoked")
+            assert time.monotonic() - kicked_at < 2 * 2.0 + 2
+            await f.send(json.dumps({"type": "chat", "text": "still here"}))
+            assert (await next_of(f, "chat"))["text"] == "still here"
+            # the kicked anchor's token opens no new socket either
+            assert await close_code(ws_url(server.base_url, room, host)) == 4401
+    finally:
+        await pub.close(delete=False)

@@ -192,3 +192,22 @@ def test_clients_cannot_send_the_nodes_own_commands() -> None:
     assert refused.value.status == 403
     ok = parse_client_message('{"type": "command", "name": "gift.rose"}', MessageLimits())
     assert ok.name == "gift.rose"
+
+
+@pytest.mark.timeout(10)
+async def test_the_sweep_ends_members_whose_credential_no_longer_holds() -> None:
+    """A member whose ``standing`` gives a reason gets the end marker after what is queued,
+    once; the others are left alone."""
+    channels = RoomChannels(MemoryBus())
+    verdict: list[str | None] = [None]
+    kicked = channels.join(
+        "r", "host", "anchor", anonymous=False, sender_key="host", standing=lambda: verdict[0]
+    )
+    fan = channels.join("r", "fan", "audience", anonymous=False, sender_key="fan")
+    channels.deliver(Envelope("r", "system", '{"n":1}'))
+    assert channels.sweep() == 0
+    verdict[0] = "token has been revoked"
+    assert channels.sweep() == 1 and channels.sweep() == 0  # once
+    assert kicked.ended == "token has been revoked"
+    assert [kicked.queue.get_nowait(), kicked.queue.get_nowait()] == ['{"n":1}', None]
+    assert fan.ended is None and fan.queue.qsize() == 1

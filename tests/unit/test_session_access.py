@@ -39,3 +39,26 @@ def test_policy_lets_only_the_owner_or_the_operator_act_on_a_session() -> None:
     plain = AccessPolicy(tokens)
     with pytest.raises(Unauthorized):
         plain.authorize_session("r", roles, alice, "Bearer ")
+
+
+def test_a_grant_stands_until_it_expires_or_is_revoked_here_or_at_the_origin() -> None:
+    """``standing``: for what outlives its request (a room-channel socket)."""
+    now = [1000.0]
+    elsewhere: set[tuple[str, str]] = set()
+    policy = AccessPolicy(
+        TokenAuthority(SECRET),
+        clock=lambda: now[0],
+        revoked_elsewhere=lambda room, tid: (room, tid) in elsewhere,
+    )
+    host = Grant("host", "j1", 1060.0)
+    guest = Grant("guest", "j2", 1060.0)
+    anon = Grant("anonymous-1", "", float("inf"), anonymous=True)
+    assert policy.standing("r", host) is None and policy.standing("r", anon) is None
+    policy.revoke("j1", 1060.0, "r")
+    assert policy.standing("r", host) == "token has been revoked"
+    elsewhere.add(("r", "j2"))  # an edge learns the origin's revocation
+    assert policy.standing("r", guest) == "token has been revoked"
+    assert policy.standing("other", guest) is None
+    now[0] = 1060.0
+    assert policy.standing("r", Grant("late", "j3", 1060.0)) == "token expired"
+    assert policy.standing("r", anon) is None
