@@ -322,6 +322,128 @@ static PyObject *Reader_parse(Reader *self, PyObject *data) {
     return out;
 }
 
+/* aiortc's h264_depayload (RFC 6184: single NAL unit, FU-A, STAP-A): Annex-B bytes. */
+static PyObject *depayload_h264(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *out = NULL;
+    if (n < 2) {
+        PyErr_SetString(PyExc_ValueError, "NAL unit is too short");
+        goto done;
+    }
+    int nal_type = d[0] & 0x1F;
+    if (nal_type >= 1 && nal_type < 24) {
+        out = PyBytes_FromStringAndSize(NULL, n + 4);
+        if (out != NULL) {
+            char *o = PyBytes_AS_STRING(out);
+            memcpy(o, "\0\0\0\1", 4);
+            memcpy(o + 4, d, (size_t)n);
+        }
+    } else if (nal_type == 28) { /* FU-A */
+        int first = d[1] & 0x80;
+        Py_ssize_t body = n - 2, head = first ? 5 : 0;
+        out = PyBytes_FromStringAndSize(NULL, head + body);
+        if (out != NULL) {
+            char *o = PyBytes_AS_STRING(out);
+            if (first) {
+                memcpy(o, "\0\0\0\1", 4);
+                o[4] = (char)((d[0] & 0xE0) | (d[1] & 0x1F));
+            }
+            memcpy(o + head, d + 2, (size_t)body);
+        }
+    } else if (nal_type == 24) { /* STAP-A */
+        Py_ssize_t pos = 1, total = 0;
+        while (pos < n) {
+            if (n < pos + 2) {
+                PyErr_SetString(PyExc_ValueError, "STAP-A length field is truncated");
+                goto done;
+            }
+            Py_ssize_t size = ((Py_ssize_t)d[pos] << 8) | d[pos + 1];
+            pos += 2 + size;
+            if (n < pos) {
+                PyErr_SetString(PyExc_ValueError, "STAP-A data is truncated");
+                goto done;
+            }
+            total += 4 + size;
+        }
+        out = PyBytes_FromStringAndSize(NULL, total);
+        if (out != NULL) {
+            char *o = PyBytes_AS_STRING(out);
+            pos = 1;
+            while (pos < n) {
+                Py_ssize_t size = ((Py_ssize_t)d[pos] << 8) | d[pos + 1];
+                memcpy(o, "\0\0\0\1", 4);
+                memcpy(o + 4, d + pos + 2, (size_t)size);
+                o += 4 + size;
+                pos += 2 + size;
+            }
+        }
+    } else {
+        PyErr_Format(PyExc_ValueError, "NAL unit type %d is not supported", nal_type);
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* aiortc's vp8_depayload (RFC 7741): the payload after the VP8 payload descriptor. */
+static PyObject *depayload_vp8(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t n = view.len, pos = 1;
+    PyObject *out = NULL;
+    const char *error = NULL;
+    if (n < 1) {
+        error = "VPX descriptor is too short";
+    } else if (d[0] & 0x80) {
+        if (n < 2) {
+            error = "VPX descriptor has truncated extended bits";
+        } else {
+            int x = d[1];
+            pos = 2;
+            if (x & 0x80) { /* I: picture id */
+                if (n < pos + 1)
+                    error = "VPX descriptor has truncated PictureID";
+                else if (d[pos] & 0x80) {
+                    if (n < pos + 2)
+                        error = "VPX descriptor has truncated long PictureID";
+                    pos += 2;
+                } else
+                    pos += 1;
+            }
+            if (!error && (x & 0x40)) { /* L: TL0PICIDX */
+                if (n < pos + 1)
+                    error = "VPX descriptor has truncated TL0PICIDX";
+                pos += 1;
+            }
+            if (!error && (x & 0x30)) { /* T or K */
+                if (n < pos + 1)
+                    error = "VPX descriptor has truncated T/K";
+                pos += 1;
+            }
+        }
+    }
+    if (error)
+        PyErr_SetString(PyExc_ValueError, error);
+    else
+        out = PyBytes_FromStringAndSize((const char *)d + pos, n - pos);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"depayload_h264", depayload_h264, METH_O,
+     "depayload_h264(payload) -> bytes: aiortc's h264_depayload (ValueError where it raises)."},
+    {"depayload_vp8", depayload_vp8, METH_O,
+     "depayload_vp8(payload) -> bytes: aiortc's vp8_depayload (ValueError where it raises)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef Reader_methods[] = {
     {"read", (PyCFunction)Reader_read, METH_O,
      "read(srtp) -> RtpPacket | None: decrypt and parse (None: not authentic or malformed)."},
@@ -347,6 +469,7 @@ static struct PyModuleDef module = {
     .m_name = "relay.rtc._rtp_reader",
     .m_doc = "An anchor's SRTP packets decrypted and parsed in C (see _rtp_reader.c).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__rtp_reader(void) {

@@ -79,7 +79,7 @@ from aiortc import clock as aiortc_clock
 from aiortc import rtcpeerconnection as aiortc_rtcpeerconnection
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import sdp as aiortc_sdp
-from aiortc.codecs import depayload, is_rtx
+from aiortc.codecs import is_rtx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rate import RemoteBitrateEstimator as _RemoteBitrateEstimator
@@ -99,7 +99,7 @@ from relay.media.consent import ConsentTimer
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.mux_table import is_stun
-from relay.rtc.rtp_reader import RtpReader, new_rtp_reader
+from relay.rtc.rtp_reader import RtpReader, depayloader, new_rtp_reader
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,16 @@ def _tapped_rtp_handler(
 ) -> Callable[[Any, int], Coroutine[Any, Any, None]]:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` (1.14-1.16) for a receiver whose packets go
     to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
-    ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The one change:
-    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet. State is
+    ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The changes:
+    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet, and
+    payloads are depayloaded by ``rtp_reader.depayloader`` (in C when built). State is
     read from the receiver per packet (simulcast and others replace the NACK generator)."""
     codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
     streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
     active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
     refreshed: dict[int, float] = {}
+    depayloaders: dict[str, Callable[[bytes], bytes]] = {}  # by MIME type (rtp_reader's)
     clock = time.monotonic
 
     async def handle(packet: Any, arrival_time_ms: int) -> None:
@@ -238,7 +240,13 @@ def _tapped_rtp_handler(
         if nacks is not None and nacks.add(packet):
             await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
         try:
-            packet._data = depayload(codec, packet.payload) if packet.payload else b""
+            if not packet.payload:
+                packet._data = b""
+            else:
+                unpack = depayloaders.get(codec.mimeType)
+                if unpack is None:
+                    unpack = depayloaders[codec.mimeType] = depayloader(codec.name) or bytes
+                packet._data = unpack(packet.payload)
         except ValueError:
             return
         sink(packet, codec)

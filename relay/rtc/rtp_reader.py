@@ -1,4 +1,5 @@
-"""One transport's SRTP receive: decrypt and parse an RTP packet, in C when built.
+"""One transport's SRTP receive: decrypt and parse an RTP packet, and depayload it, in C when
+built.
 
 Per anchor packet, pylibsrtp's ``unprotect`` (a cffi call and two copies) and aiortc's
 ``RtpPacket.parse`` (struct unpacks, a header extension list, a dataclass) cost more than the
@@ -13,9 +14,12 @@ loudly if an upgrade moves them).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 import pylibsrtp
+from aiortc.codecs.h264 import h264_depayload
+from aiortc.codecs.vpx import vp8_depayload
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
@@ -92,3 +96,18 @@ def new_rtp_reader(
         )
         return reader
     return PyRtpReader(session, extensions)
+
+
+Depayloader = Callable[[bytes], bytes]
+
+
+def depayloader(codec: str, *, native: bool = True) -> Depayloader | None:
+    """What turns ``codec``'s RTP payloads into its bitstream as aiortc's ``depayload`` does
+    (H264: Annex-B NAL units; VP8: without the payload descriptor; None: the payload itself),
+    in C when built and ``native``. Raises ValueError where aiortc's raises."""
+    name = codec  # as aiortc compares it
+    if name == "H264":
+        return _native.depayload_h264 if native and _native is not None else h264_depayload
+    if name == "VP8":
+        return _native.depayload_vp8 if native and _native is not None else vp8_depayload
+    return None

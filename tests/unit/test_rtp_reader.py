@@ -215,3 +215,65 @@ def test_a_packet_longer_than_the_session_buffer_is_dropped_by_both() -> None:
     assert len(datagram) > 1500
     assert native.read(datagram) is None
     assert python.read(datagram) is None
+
+
+def depayloaded(unpack: Any, payload: bytes) -> Any:
+    try:
+        return unpack(payload)
+    except ValueError as exc:
+        return ("error", str(exc))
+
+
+H264_PAYLOADS = [
+    b"",
+    b"\x65",
+    b"\x65\x88\x84",  # a single NAL unit
+    b"\x7c\x85" + bytes(range(50)),  # FU-A start (IDR)
+    b"\x7c\x05xyz",  # FU-A middle
+    b"\x7c\x45",  # FU-A end, empty
+    b"\x5c\x81z",  # FU-A start with other NRI bits
+    b"\x18\x00\x02\x67\x42\x00\x03\x68\xce\x3c",  # STAP-A: SPS + PPS
+    b"\x18\x00\x00",  # STAP-A with an empty NAL unit
+    b"\x18\x00",  # STAP-A: truncated length
+    b"\x18\x00\x05ab",  # STAP-A: truncated data
+    b"\x18",  # STAP-A: nothing
+    b"\x00\x01",  # type 0
+    b"\x19\x00\x01",  # STAP-B
+    b"\x1d\x80\x01",  # FU-B
+    b"\x1f\x00",  # type 31
+]
+VP8_PAYLOADS = [
+    b"",
+    b"\x10",
+    b"\x10\x9d\x01\x2a",
+    b"\x90",  # X without its byte
+    b"\x90\x80",  # I without the picture id
+    b"\x90\x80\x81",  # long picture id truncated
+    b"\x90\x80\x81\x02abc",
+    b"\x90\x80\x05abc",
+    b"\x90\x40",  # L truncated
+    b"\x90\x40\x07abc",
+    b"\x90\x20",  # T truncated
+    b"\x90\x10\x01abc",
+    b"\x90\xf0\x81\x02\x03\x04abc",
+    b"\x90\xf0\x81\x02\x03",  # T/K truncated
+    b"\x80\x00abc",
+]
+
+
+@pytest.mark.parametrize("codec", ["H264", "VP8", "opus"])
+def test_the_same_bitstream_out_of_each_payload(codec: str) -> None:
+    native = rtp_reader.depayloader(codec)
+    python = rtp_reader.depayloader(codec, native=False)
+    if codec == "opus":
+        assert native is None and python is None
+        return
+    assert native is not None and python is not None and native is not python
+    rng = random.Random(codec)
+    crafted = H264_PAYLOADS if codec == "H264" else VP8_PAYLOADS
+    payloads = crafted + [rng.randbytes(rng.randrange(0, 40)) for _ in range(3000)]
+    out_c = [depayloaded(native, p) for p in payloads]
+    out_py = [depayloaded(python, p) for p in payloads]
+    assert out_c == out_py
+    assert any(isinstance(o, bytes) and o for o in out_c)
+    assert any(isinstance(o, tuple) for o in out_c)
