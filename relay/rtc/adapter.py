@@ -53,7 +53,8 @@ The hooks that make encoded forwarding possible:
   consent checks).
 
 Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
-binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` checks that.
+binding is reached in ``srtp_writer`` and ``rtp_reader``, aiortc's header extension ids in
+``rtp_reader``): ``tests/unit/test_private_names.py`` checks that.
 ``tests/unit/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these
 (``tests/unit/test_candidates.py`` for the ICE check bounds).
 """
@@ -70,7 +71,6 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import version
 from typing import Any
 
-import pylibsrtp
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import ICE_COMPLETED, CandidatePair, StunProtocol
 from aioice.utils import random_string
@@ -79,7 +79,7 @@ from aiortc import clock as aiortc_clock
 from aiortc import rtcpeerconnection as aiortc_rtcpeerconnection
 from aiortc import rtcrtpreceiver as aiortc_rtcrtpreceiver
 from aiortc import sdp as aiortc_sdp
-from aiortc.codecs import depayload, is_rtx
+from aiortc.codecs import is_rtx
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rate import RemoteBitrateEstimator as _RemoteBitrateEstimator
@@ -99,6 +99,7 @@ from relay.media.consent import ConsentTimer
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.mux_table import is_stun
+from relay.rtc.rtp_reader import RtpReader, depayloader, new_rtp_reader
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +185,16 @@ def _tapped_rtp_handler(
 ) -> Callable[[Any, int], Coroutine[Any, Any, None]]:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` (1.14-1.16) for a receiver whose packets go
     to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
-    ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The one change:
-    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet. State is
+    ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The changes:
+    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet, and
+    payloads are depayloaded by ``rtp_reader.depayloader`` (in C when built). State is
     read from the receiver per packet (simulcast and others replace the NACK generator)."""
     codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
     streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
     active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
     refreshed: dict[int, float] = {}
+    depayloaders: dict[str, Callable[[bytes], bytes]] = {}  # by MIME type (rtp_reader's)
     clock = time.monotonic
 
     async def handle(packet: Any, arrival_time_ms: int) -> None:
@@ -237,7 +240,13 @@ def _tapped_rtp_handler(
         if nacks is not None and nacks.add(packet):
             await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
         try:
-            packet._data = depayload(codec, packet.payload) if packet.payload else b""
+            if not packet.payload:
+                packet._data = b""
+            else:
+                unpack = depayloaders.get(codec.mimeType)
+                if unpack is None:
+                    unpack = depayloaders[codec.mimeType] = depayloader(codec.name) or bytes
+                packet._data = unpack(packet.payload)
         except ValueError:
             return
         sink(packet, codec)
@@ -1058,11 +1067,13 @@ class _SessionSink:
 # aiortc reads every datagram in its DTLS transport's task (RTCDtlsTransport.__run ->
 # _recv_next): each RTP packet crosses an asyncio.Queue and wakes that task once. On the shared
 # port, a session's SRTP packet that arrives with nothing queued ahead of it is handled in the
-# port's read callback instead: decrypted with the transport's receive session (_rx_srtp),
-# counted (__rx_bytes / __rx_packets), and given to _handle_rtp_data (with every wrapper
-# installed on it: consent, transport-cc, simulcast) as aiortc's task would. That coroutine
-# finishes without suspending in practice (its sends end in a non-blocking sendto); when it
-# does suspend, a task carries on with it.
+# port's read callback instead: decrypted with the transport's receive session (_rx_srtp) and
+# parsed in one call (relay/rtc/rtp_reader.py, in C when built), counted (__rx_bytes /
+# __rx_packets), and the parsed packet given to _handle_rtp_data (with every wrapper installed
+# on it: consent, transport-cc, simulcast), whose innermost layer ``install_shared_port``
+# replaces by one that takes a parsed packet too (``_parsed_rtp_handler``: routed as aiortc's
+# would route it). That coroutine finishes without suspending in practice (its sends end in a
+# non-blocking sendto); when it does suspend, a task carries on with it.
 
 
 def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> bool:
@@ -1075,15 +1086,36 @@ def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> b
     arrival_time_ms = ntp_ms()
     dtls._RTCDtlsTransport__rx_bytes += len(data)
     dtls._RTCDtlsTransport__rx_packets += 1
-    try:
-        plain = srtp.unprotect(data)
-    except pylibsrtp.Error:
-        return True  # as aiortc does: dropped (replayed, forged or not ours)
-    task = run_now(dtls._handle_rtp_data(plain, arrival_time_ms))
+    reader: tuple[Any, RtpReader] | None = dtls.__dict__.get("_stagecast_reader")
+    if reader is None or reader[0] is not srtp:
+        reader = dtls._stagecast_reader = (
+            srtp,
+            new_rtp_reader(srtp, dtls._rtp_header_extensions_map),
+        )
+    packet = reader[1].read(data)
+    if packet is None:
+        return True  # as aiortc does: dropped (replayed, forged, not ours or malformed)
+    task = run_now(dtls._handle_rtp_data(packet, arrival_time_ms))
     if task is not None:
         resuming.add(task)
         task.add_done_callback(resuming.discard)
     return True
+
+
+def _parsed_rtp_handler(dtls: Any) -> Callable[[Any, int], Coroutine[Any, Any, None]]:
+    """aiortc's ``RTCDtlsTransport._handle_rtp_data`` for bytes (from aiortc's receive task),
+    and its routing for an ``RtpPacket`` the shared port's read callback parsed already."""
+    handle_bytes = dtls._handle_rtp_data
+
+    async def handle(data: Any, arrival_time_ms: int) -> None:
+        if isinstance(data, bytes):
+            await handle_bytes(data, arrival_time_ms)
+            return
+        receiver = dtls._rtp_router.route_rtp(data)  # read each time: tap_transport_sequence
+        if receiver is not None:
+            await receiver._handle_rtp_packet(data, arrival_time_ms=arrival_time_ms)
+
+    return handle
 
 
 NTP_UNIX_OFFSET_MS = 2_208_988_800_000
@@ -1158,7 +1190,14 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
         return False
     ice, connection = pairs[0]
     dtls = ice_transports(pc)[0][0]
-    for name in ("_rx_srtp", "_state", "_handle_rtp_data", "_RTCDtlsTransport__rx_bytes"):
+    for name in (
+        "_rx_srtp",
+        "_state",
+        "_handle_rtp_data",
+        "_RTCDtlsTransport__rx_bytes",
+        "_rtp_router",
+        "_rtp_header_extensions_map",
+    ):
         if not hasattr(dtls, name):
             raise AdapterError(f"RTCDtlsTransport internals changed: no {name}")
     for name in (
@@ -1184,6 +1223,7 @@ def install_shared_port(pc: Any, port: Any, hosts: list[str], tcp: Any | None = 
         if not hasattr(connection, name):
             raise AdapterError(f"aioice Connection internals changed: no {name}")
     connection._local_username = port.unused_ufrag()  # unique on the port: the demux key
+    dtls._handle_rtp_data = _parsed_rtp_handler(dtls)  # before consent etc. wrap it
     connection.get_component_candidates = _shared_candidates(connection, dtls, port, hosts, tcp)
     connection.gather_candidates = _shared_gather(connection)
     connection.connect = _lite_connect(connection)

@@ -25,6 +25,7 @@ from aiortc import RTCPeerConnection
 from gateway.launcher import free_port
 from gateway.settings import Settings
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
+from relay.rtc import rtp_reader
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.server.edge import build_edge_node, create_edge_app
 from tests.live.test_ffmpeg_whip import ffmpeg_process, stderr_tail, wait_for
@@ -120,6 +121,16 @@ async def test_anchor_and_viewers_share_one_port_as_ice_lite(shared: RunningServ
 
         direct, packets = shared.call(anchor_rtp)
         assert packets > 0 and direct > packets / 2  # most skipped aiortc's receive queue
+
+        def readers() -> set[str]:  # what decrypted and parsed them (relay/rtc/rtp_reader.py)
+            table = shared.gateway.transport.port.table  # type: ignore[union-attr]
+            dtls = [getattr(sink, "_dtls", None) for sink in table.targets()]
+            found = [getattr(d, "_stagecast_reader", None) for d in dtls]
+            return {type(r[1]).__module__ for r in found if r is not None}
+
+        assert shared.call(readers) == {
+            "relay.rtc._rtp_reader" if rtp_reader.NATIVE else "relay.rtc.rtp_reader"
+        }
         if os.geteuid() == 0:  # root passes net.core.wmem_max: a keyframe burst to all fits
             sock = shared.gateway.transport.port.socket  # type: ignore[union-attr]
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 16 * 2**20

@@ -1,6 +1,6 @@
 """aiortc's, aioice's and pylibsrtp's private names are reached only through relay/rtc/adapter.py
-(and pylibsrtp's binding through relay/rtc/srtp_writer.py), in relay/, gateway/ and bench/ alike,
-so that tests/unit/test_aiortc_adapter.py's guards cover every one of them.
+(and pylibsrtp's binding through relay/rtc/srtp_writer.py and rtp_reader.py), in relay/, gateway/
+and bench/ alike, so that tests/unit/test_aiortc_adapter.py's guards cover every one of them.
 
 A private attribute read or written on anything but ``self``/``cls`` outside those two modules must
 be one our own code defines; a private module of those packages must not be imported.
@@ -13,7 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SEAM = {ROOT / "relay" / "rtc" / "adapter.py", ROOT / "relay" / "rtc" / "srtp_writer.py"}
+SEAM = {
+    ROOT / "relay" / "rtc" / "adapter.py",
+    ROOT / "relay" / "rtc" / "srtp_writer.py",
+    ROOT / "relay" / "rtc" / "rtp_reader.py",
+}
 FOREIGN = ("aiortc", "aioice", "pylibsrtp")
 
 

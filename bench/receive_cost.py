@@ -1,0 +1,108 @@
+"""CPU per received anchor packet of the steps the C receive path took over (issue 20).
+
+The same SRTP packets (a 720p H264 stream's FU-A fragments of ~1150 bytes, with mid,
+abs-send-time and transport-cc header extensions, as browsers send them) through
+``relay.rtc.rtp_reader`` both ways, interleaved so machine load hits them alike, each on a fresh
+receive session (replay protection is per session):
+
+* ``read``: decrypt + parse: pylibsrtp's ``unprotect`` + aiortc's ``RtpPacket.parse`` against
+  ``_rtp_reader.c``'s one call;
+* ``depayload``: aiortc's ``h264_depayload`` against the C one.
+
+Thread CPU, best of ``--rounds``, in microseconds per packet.
+
+    python -m bench.receive_cost [--packets 5000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from pylibsrtp import Policy, Session
+
+from relay.rtc import rtp_reader
+from relay.rtc.rtp_reader import depayloader, new_rtp_reader
+
+EXTENSIONS = {
+    1: "urn:ietf:params:rtp-hdrext:sdes:mid",
+    2: "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    3: "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+}
+
+
+def extensions_map() -> HeaderExtensionsMap:
+    m = HeaderExtensionsMap()
+    m.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=i, uri=u) for i, u in EXTENSIONS.items()
+            ]
+        )
+    )
+    return m
+
+
+def stream(key: bytes, m: HeaderExtensionsMap, count: int) -> list[bytes]:
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    out = []
+    for i in range(count):
+        packet = RtpPacket(
+            payload_type=96, marker=int(i % 6 == 5), sequence_number=i & 0xFFFF, ssrc=0x1234
+        )
+        packet.timestamp = (i // 6) * 3000
+        packet.extensions.mid = "0"
+        packet.extensions.abs_send_time = i * 977 & 0xFFFFFF
+        packet.extensions.transport_sequence_number = i & 0xFFFF
+        fu = 0x80 if i % 6 == 0 else 0x40 if i % 6 == 5 else 0
+        packet.payload = bytes([0x7C, fu | 1]) + os.urandom(1150)
+        out.append(tx.protect(packet.serialize(m)))
+    return out
+
+
+def receive_session(key: bytes) -> Session:
+    policy = Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)
+    policy.allow_repeat_tx = True  # as aiortc's receive session
+    policy.window_size = 1024
+    return Session(policy)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if not rtp_reader.NATIVE:
+        raise SystemExit("the C reader is not built (scripts/bootstrap)")
+    key = os.urandom(30)
+    m = extensions_map()
+    datagrams = stream(key, m, args.packets)
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for way, native in (("python", False), ("C", True)):
+            reader = new_rtp_reader(receive_session(key), m, native=native)
+            start = time.thread_time()
+            packets = [reader.read(d) for d in datagrams]
+            took = time.thread_time() - start
+            assert all(p is not None for p in packets)
+            name = f"read ({way})"
+            best[name] = min(best.get(name, float("inf")), took / len(datagrams))
+            unpack = depayloader("H264", native=native)
+            assert unpack is not None
+            payloads = [p.payload for p in packets if p is not None]
+            start = time.thread_time()
+            for payload in payloads:
+                unpack(payload)
+            took = time.thread_time() - start
+            name = f"depayload ({way})"
+            best[name] = min(best.get(name, float("inf")), took / len(payloads))
+    for name, seconds in sorted(best.items()):
+        print(f"{name}: {seconds * 1e6:.2f} us per packet (best of {args.rounds})")
+    print(f"load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

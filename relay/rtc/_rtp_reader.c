@@ -1,0 +1,498 @@
+/* An anchor's SRTP packet decrypted and parsed in one C call (issue 20: the receive path).
+ *
+ * Per received packet, Python spent more on pylibsrtp's unprotect (a cffi call, two copies) and
+ * aiortc's RtpPacket.parse (struct unpacks, a list of header extensions, a dataclass) than on
+ * the decryption itself. This does both in one call and returns the same aiortc RtpPacket
+ * (relay/rtc/rtp_reader.py, PyRtpReader, is the fallback and the reference the tests hold this
+ * to). libsrtp is the one pylibsrtp carries: the caller passes the address of its
+ * srtp_unprotect and the session's srtp_t (as _srtp_writer.c does with srtp_protect).
+ *
+ * Header extension ids are read from aiortc's HeaderExtensionsMap ids object at each call (it
+ * is configured when receivers register, after the reader exists).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#define BUF_SIZE 1500 /* pylibsrtp's session buffer: a longer packet is refused there too */
+
+typedef int (*unprotect_fn)(void *ctx, void *rtp, int *len);
+
+enum { X_MID, X_RRID, X_RID, X_AST, X_TOFF, X_LEVEL, X_TWCC, X_COUNT };
+static const char *ext_names[X_COUNT] = {
+    "mid", "repaired_rtp_stream_id", "rtp_stream_id", "abs_send_time",
+    "transmission_offset", "audio_level", "transport_sequence_number",
+};
+static PyObject *ext_strs[X_COUNT];
+static PyObject *s_csrc, *s_extensions, *s_padding_size;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *session; /* keeps the srtp context alive */
+    PyObject *ids;     /* aiortc HeaderExtensions holding the negotiated ids */
+    PyObject *packet_cls;
+    PyObject *extensions_cls;
+    unprotect_fn unprotect;
+    void *ctx;
+    unsigned char buf[BUF_SIZE];
+} Reader;
+
+static void Reader_dealloc(Reader *self) {
+    Py_XDECREF(self->session);
+    Py_XDECREF(self->ids);
+    Py_XDECREF(self->packet_cls);
+    Py_XDECREF(self->extensions_cls);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"unprotect", "ctx", "session", "ids", "packet_cls",
+                             "extensions_cls", NULL};
+    unsigned long long unprotect, ctx;
+    PyObject *session, *ids, *packet_cls, *extensions_cls;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKOOOO", kwlist, &unprotect, &ctx, &session,
+                                     &ids, &packet_cls, &extensions_cls))
+        return -1;
+    if (!unprotect || !ctx) {
+        PyErr_SetString(PyExc_ValueError, "null srtp_unprotect or context");
+        return -1;
+    }
+    self->unprotect = (unprotect_fn)(uintptr_t)unprotect;
+    self->ctx = (void *)(uintptr_t)ctx;
+    Py_INCREF(session);
+    Py_XSETREF(self->session, session);
+    Py_INCREF(ids);
+    Py_XSETREF(self->ids, ids);
+    Py_INCREF(packet_cls);
+    Py_XSETREF(self->packet_cls, packet_cls);
+    Py_INCREF(extensions_cls);
+    Py_XSETREF(self->extensions_cls, extensions_cls);
+    return 0;
+}
+
+/* The negotiated id of each extension (0: none; aiortc's None, or anything not a small int). */
+static int read_ids(Reader *self, int ids[X_COUNT]) {
+    for (int i = 0; i < X_COUNT; i++) {
+        PyObject *v = PyObject_GetAttr(self->ids, ext_strs[i]);
+        if (v == NULL)
+            return -1;
+        ids[i] = 0;
+        if (PyLong_Check(v)) {
+            long id = PyLong_AsLong(v);
+            if (id > 0 && id < 256)
+                ids[i] = (int)id;
+            else if (id == -1 && PyErr_Occurred())
+                PyErr_Clear();
+        }
+        Py_DECREF(v);
+    }
+    return 0;
+}
+
+/* One extension's value as aiortc's HeaderExtensionsMap.get makes it: 1 set, 0 not ours,
+ * -2 a value aiortc's parser would raise on (the packet is dropped), -1 a Python error. */
+static int set_extension(PyObject *exts, const int ids[X_COUNT], int id, const unsigned char *v,
+                         int len) {
+    int which = -1;
+    if (id <= 0)
+        return 0; /* 0 stands for "not negotiated" in ids */
+    for (int i = 0; i < X_COUNT; i++) {
+        if (ids[i] == id) { /* the first match, as aiortc's elif chain */
+            which = i;
+            break;
+        }
+    }
+    if (which < 0)
+        return 0;
+    PyObject *value = NULL;
+    switch (which) {
+    case X_MID:
+        value = PyUnicode_DecodeUTF8((const char *)v, len, "strict");
+        break;
+    case X_RRID:
+    case X_RID:
+        value = PyUnicode_DecodeASCII((const char *)v, len, "strict");
+        break;
+    case X_AST:
+        if (len != 3)
+            return -2;
+        value = PyLong_FromUnsignedLong(((unsigned long)v[0] << 16) | (v[1] << 8) | v[2]);
+        break;
+    case X_TOFF: {
+        if (len != 3)
+            return -2;
+        int32_t raw = (int32_t)(((uint32_t)v[0] << 24) | ((uint32_t)v[1] << 16) |
+                                ((uint32_t)v[2] << 8));
+        value = PyLong_FromLong((long)(raw >> 8));
+        break;
+    }
+    case X_LEVEL:
+        if (len != 1)
+            return -2;
+        value = Py_BuildValue("(Ni)", PyBool_FromLong(v[0] & 0x80), v[0] & 0x7F);
+        break;
+    case X_TWCC:
+        if (len != 2)
+            return -2;
+        value = PyLong_FromLong((v[0] << 8) | v[1]);
+        break;
+    }
+    if (value == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            return -2;
+        }
+        return -1;
+    }
+    int rc = PyObject_SetAttr(exts, ext_strs[which], value);
+    Py_DECREF(value);
+    return rc < 0 ? -1 : 1;
+}
+
+/* RFC 8285 one- and two-byte headers into a new HeaderExtensions; NULL with no error set:
+ * malformed (aiortc raises ValueError). */
+static PyObject *parse_extensions(Reader *self, unsigned profile, const unsigned char *v,
+                                  Py_ssize_t n) {
+    PyObject *exts = PyObject_CallNoArgs(self->extensions_cls);
+    if (exts == NULL)
+        return NULL;
+    int ids[X_COUNT];
+    if (read_ids(self, ids) < 0)
+        goto error;
+    Py_ssize_t pos = 0;
+    if (profile == 0xBEDE) {
+        while (pos < n) {
+            if (v[pos] == 0) {
+                pos++;
+                continue;
+            }
+            int id = v[pos] >> 4, len = (v[pos] & 0x0F) + 1;
+            pos++;
+            if (n < pos + len)
+                goto malformed;
+            int rc = set_extension(exts, ids, id, v + pos, len);
+            if (rc == -1)
+                goto error;
+            if (rc == -2)
+                goto malformed;
+            pos += len;
+        }
+    } else if (profile == 0x1000) {
+        while (pos < n) {
+            if (v[pos] == 0) {
+                pos++;
+                continue;
+            }
+            if (n < pos + 2)
+                goto malformed;
+            int id = v[pos], len = v[pos + 1];
+            pos += 2;
+            if (n < pos + len)
+                goto malformed;
+            int rc = set_extension(exts, ids, id, v + pos, len);
+            if (rc == -1)
+                goto error;
+            if (rc == -2)
+                goto malformed;
+            pos += len;
+        }
+    }
+    return exts;
+malformed:
+    Py_DECREF(exts);
+    return NULL;
+error:
+    Py_DECREF(exts);
+    return NULL;
+}
+
+static inline uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* aiortc's RtpPacket.parse of `p[:n]`; None (no error) where it raises ValueError. */
+static PyObject *parse_packet(Reader *self, const unsigned char *p, Py_ssize_t n) {
+    if (n < 12 || (p[0] >> 6) != 2)
+        Py_RETURN_NONE;
+    int padding = (p[0] >> 5) & 1, extension = (p[0] >> 4) & 1, cc = p[0] & 0x0F;
+    if (n < 12 + 4 * cc)
+        Py_RETURN_NONE;
+    Py_ssize_t pos = 12 + 4 * cc;
+    PyObject *exts = NULL;
+    if (extension) {
+        if (n < pos + 4)
+            Py_RETURN_NONE;
+        unsigned profile = ((unsigned)p[pos] << 8) | p[pos + 1];
+        Py_ssize_t len = 4 * (((Py_ssize_t)p[pos + 2] << 8) | p[pos + 3]);
+        pos += 4;
+        if (n < pos + len)
+            Py_RETURN_NONE;
+        exts = parse_extensions(self, profile, p + pos, len);
+        if (exts == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        pos += len;
+    }
+    Py_ssize_t end = n;
+    int padding_size = 0;
+    if (padding) {
+        padding_size = p[n - 1];
+        if (!padding_size || padding_size > n - pos) {
+            Py_XDECREF(exts);
+            Py_RETURN_NONE;
+        }
+        end = n - padding_size;
+    }
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)p + pos, end - pos);
+    if (payload == NULL) {
+        Py_XDECREF(exts);
+        return NULL;
+    }
+    /* RtpPacket(payload_type, marker, sequence_number, timestamp, ssrc, payload) */
+    PyObject *packet = PyObject_CallFunction(self->packet_cls, "(iiiIIN)", p[1] & 0x7F, p[1] >> 7,
+                                             (p[2] << 8) | p[3], (unsigned int)be32(p + 4),
+                                             (unsigned int)be32(p + 8), payload);
+    if (packet == NULL) {
+        Py_XDECREF(exts);
+        return NULL;
+    }
+    if (cc) {
+        PyObject *csrc = PyList_New(cc);
+        if (csrc == NULL)
+            goto fail;
+        for (int i = 0; i < cc; i++) {
+            PyObject *c = PyLong_FromUnsignedLong(be32(p + 12 + 4 * i));
+            if (c == NULL) {
+                Py_DECREF(csrc);
+                goto fail;
+            }
+            PyList_SET_ITEM(csrc, i, c);
+        }
+        int rc = PyObject_SetAttr(packet, s_csrc, csrc);
+        Py_DECREF(csrc);
+        if (rc < 0)
+            goto fail;
+    }
+    if (exts != NULL) {
+        if (PyObject_SetAttr(packet, s_extensions, exts) < 0)
+            goto fail;
+        Py_CLEAR(exts);
+    }
+    if (padding_size) {
+        PyObject *size = PyLong_FromLong(padding_size);
+        if (size == NULL)
+            goto fail;
+        int rc = PyObject_SetAttr(packet, s_padding_size, size);
+        Py_DECREF(size);
+        if (rc < 0)
+            goto fail;
+    }
+    return packet;
+fail:
+    Py_XDECREF(exts);
+    Py_DECREF(packet);
+    return NULL;
+}
+
+static PyObject *Reader_read(Reader *self, PyObject *data) {
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "packet must be bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (n > BUF_SIZE)
+        Py_RETURN_NONE;
+    memcpy(self->buf, PyBytes_AS_STRING(data), (size_t)n);
+    int len = (int)n;
+    if (self->unprotect(self->ctx, self->buf, &len) != 0)
+        Py_RETURN_NONE; /* replayed, forged or not ours: dropped, as aiortc does */
+    return parse_packet(self, self->buf, len);
+}
+
+static PyObject *Reader_parse(Reader *self, PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *out = parse_packet(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* aiortc's h264_depayload (RFC 6184: single NAL unit, FU-A, STAP-A): Annex-B bytes. */
+static PyObject *depayload_h264(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *out = NULL;
+    if (n < 2) {
+        PyErr_SetString(PyExc_ValueError, "NAL unit is too short");
+        goto done;
+    }
+    int nal_type = d[0] & 0x1F;
+    if (nal_type >= 1 && nal_type < 24) {
+        out = PyBytes_FromStringAndSize(NULL, n + 4);
+        if (out != NULL) {
+            char *o = PyBytes_AS_STRING(out);
+            memcpy(o, "\0\0\0\1", 4);
+            memcpy(o + 4, d, (size_t)n);
+        }
+    } else if (nal_type == 28) { /* FU-A */
+        int first = d[1] & 0x80;
+        Py_ssize_t body = n - 2, head = first ? 5 : 0;
+        out = PyBytes_FromStringAndSize(NULL, head + body);
+        if (out != NULL) {
+            char *o = PyBytes_AS_STRING(out);
+            if (first) {
+                memcpy(o, "\0\0\0\1", 4);
+                o[4] = (char)((d[0] & 0xE0) | (d[1] & 0x1F));
+            }
+            memcpy(o + head, d + 2, (size_t)body);
+        }
+    } else if (nal_type == 24) { /* STAP-A */
+        Py_ssize_t pos = 1, total = 0;
+        while (pos < n) {
+            if (n < pos + 2) {
+                PyErr_SetString(PyExc_ValueError, "STAP-A length field is truncated");
+                goto done;
+            }
+            Py_ssize_t size = ((Py_ssize_t)d[pos] << 8) | d[pos + 1];
+            pos += 2 + size;
+            if (n < pos) {
+                PyErr_SetString(PyExc_ValueError, "STAP-A data is truncated");
+                goto done;
+            }
+            total += 4 + size;
+        }
+        out = PyBytes_FromStringAndSize(NULL, total);
+        if (out != NULL) {
+            char *o = PyBytes_AS_STRING(out);
+            pos = 1;
+            while (pos < n) {
+                Py_ssize_t size = ((Py_ssize_t)d[pos] << 8) | d[pos + 1];
+                memcpy(o, "\0\0\0\1", 4);
+                memcpy(o + 4, d + pos + 2, (size_t)size);
+                o += 4 + size;
+                pos += 2 + size;
+            }
+        }
+    } else {
+        PyErr_Format(PyExc_ValueError, "NAL unit type %d is not supported", nal_type);
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* aiortc's vp8_depayload (RFC 7741): the payload after the VP8 payload descriptor. */
+static PyObject *depayload_vp8(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t n = view.len, pos = 1;
+    PyObject *out = NULL;
+    const char *error = NULL;
+    if (n < 1) {
+        error = "VPX descriptor is too short";
+    } else if (d[0] & 0x80) {
+        if (n < 2) {
+            error = "VPX descriptor has truncated extended bits";
+        } else {
+            int x = d[1];
+            pos = 2;
+            if (x & 0x80) { /* I: picture id */
+                if (n < pos + 1)
+                    error = "VPX descriptor has truncated PictureID";
+                else if (d[pos] & 0x80) {
+                    if (n < pos + 2)
+                        error = "VPX descriptor has truncated long PictureID";
+                    pos += 2;
+                } else
+                    pos += 1;
+            }
+            if (!error && (x & 0x40)) { /* L: TL0PICIDX */
+                if (n < pos + 1)
+                    error = "VPX descriptor has truncated TL0PICIDX";
+                pos += 1;
+            }
+            if (!error && (x & 0x30)) { /* T or K */
+                if (n < pos + 1)
+                    error = "VPX descriptor has truncated T/K";
+                pos += 1;
+            }
+        }
+    }
+    if (error)
+        PyErr_SetString(PyExc_ValueError, error);
+    else
+        out = PyBytes_FromStringAndSize((const char *)d + pos, n - pos);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"depayload_h264", depayload_h264, METH_O,
+     "depayload_h264(payload) -> bytes: aiortc's h264_depayload (ValueError where it raises)."},
+    {"depayload_vp8", depayload_vp8, METH_O,
+     "depayload_vp8(payload) -> bytes: aiortc's vp8_depayload (ValueError where it raises)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef Reader_methods[] = {
+    {"read", (PyCFunction)Reader_read, METH_O,
+     "read(srtp) -> RtpPacket | None: decrypt and parse (None: not authentic or malformed)."},
+    {"parse", (PyCFunction)Reader_parse, METH_O,
+     "parse(rtp) -> RtpPacket | None: parse a packet already in the clear."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.rtc._rtp_reader.RtpReader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "RtpReader(unprotect, ctx, session, ids, packet_cls, extensions_cls): one "
+              "transport's SRTP receive: decrypt and parse.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "relay.rtc._rtp_reader",
+    .m_doc = "An anchor's SRTP packets decrypted and parsed in C (see _rtp_reader.c).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__rtp_reader(void) {
+    for (int i = 0; i < X_COUNT; i++) {
+        ext_strs[i] = PyUnicode_InternFromString(ext_names[i]);
+        if (ext_strs[i] == NULL)
+            return NULL;
+    }
+    s_csrc = PyUnicode_InternFromString("csrc");
+    s_extensions = PyUnicode_InternFromString("extensions");
+    s_padding_size = PyUnicode_InternFromString("padding_size");
+    if (!s_csrc || !s_extensions || !s_padding_size)
+        return NULL;
+    if (PyType_Ready(&ReaderType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&ReaderType);
+    if (PyModule_AddObject(m, "RtpReader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(&ReaderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

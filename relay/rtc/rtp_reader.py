@@ -1,0 +1,113 @@
+"""One transport's SRTP receive: decrypt and parse an RTP packet, and depayload it, in C when
+built.
+
+Per anchor packet, pylibsrtp's ``unprotect`` (a cffi call and two copies) and aiortc's
+``RtpPacket.parse`` (struct unpacks, a header extension list, a dataclass) cost more than the
+decryption itself (issue 20). The C reader (``_rtp_reader.c`` beside it) does both in one call
+and returns the same aiortc ``RtpPacket``; ``PyRtpReader`` is the fallback and the reference the
+tests hold the C one to. Both decrypt with the transport's own pylibsrtp session; the C one
+reaches pylibsrtp's binding (``Session._srtp``, ``srtp_unprotect``) and the negotiated ids of
+aiortc's ``HeaderExtensionsMap`` (pinned with aiortc: ``tests/unit/test_rtp_reader.py`` fails
+loudly if an upgrade moves them).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+import pylibsrtp
+from aiortc.codecs.h264 import h264_depayload
+from aiortc.codecs.vpx import vp8_depayload
+from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
+from pylibsrtp import Session as SrtpSession
+from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
+from pylibsrtp._binding import lib as srtp_lib
+
+from relay.rtc.srtp_writer import PROTECT_SIGNATURE
+
+try:
+    from . import _rtp_reader as _native
+except ImportError:  # built without a C compiler: PyRtpReader
+    _native = None  # type: ignore[assignment]
+
+NATIVE = (
+    _native is not None
+    and srtp_ffi.getctype(srtp_ffi.typeof(srtp_lib.srtp_unprotect)) == PROTECT_SIGNATURE
+)
+"""The C reader is built, importable and matches the libsrtp pylibsrtp carries (libsrtp 2's
+``srtp_unprotect`` has ``srtp_protect``'s signature)."""
+
+IDS = "_HeaderExtensionsMap__ids"
+"""aiortc's HeaderExtensionsMap keeps the negotiated ids in a HeaderExtensions under this name."""
+
+
+class RtpReader(Protocol):
+    def read(self, data: bytes, /) -> RtpPacket | None:
+        """Decrypt and parse one SRTP packet; None when it is not authentic (replayed, forged,
+        another session's), too long for the session, or not a well-formed RTP packet (each
+        dropped, as aiortc drops them)."""
+        ...
+
+    def parse(self, data: bytes, /) -> RtpPacket | None:
+        """Parse a packet already in the clear (None: aiortc's parser would raise)."""
+        ...
+
+
+class PyRtpReader:
+    """pylibsrtp's ``unprotect`` and aiortc's ``RtpPacket.parse``, as aiortc's receive task
+    runs them."""
+
+    def __init__(self, session: SrtpSession, extensions: HeaderExtensionsMap) -> None:
+        self._session = session
+        self._extensions = extensions
+
+    def read(self, data: bytes) -> RtpPacket | None:
+        try:
+            plain = self._session.unprotect(data)
+        except (pylibsrtp.Error, ValueError):  # ValueError: longer than the session's buffer
+            return None
+        return self.parse(plain)
+
+    def parse(self, data: bytes) -> RtpPacket | None:
+        try:
+            return RtpPacket.parse(data, self._extensions)
+        except (ValueError, struct.error):  # struct.error: an extension of the wrong size
+            return None
+
+
+def extension_ids(extensions: HeaderExtensionsMap) -> HeaderExtensions:
+    ids = getattr(extensions, IDS, None)
+    if not isinstance(ids, HeaderExtensions):
+        raise RuntimeError("aiortc internals changed: HeaderExtensionsMap has no ids")
+    return ids
+
+
+def new_rtp_reader(
+    session: SrtpSession, extensions: HeaderExtensionsMap, *, native: bool = True
+) -> RtpReader:
+    """The C reader when built and ``native``, else the Python one."""
+    if native and NATIVE:
+        unprotect = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect")))
+        ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+        reader: RtpReader = _native.RtpReader(
+            unprotect, ctx, session, extension_ids(extensions), RtpPacket, HeaderExtensions
+        )
+        return reader
+    return PyRtpReader(session, extensions)
+
+
+Depayloader = Callable[[bytes], bytes]
+
+
+def depayloader(codec: str, *, native: bool = True) -> Depayloader | None:
+    """What turns ``codec``'s RTP payloads into its bitstream as aiortc's ``depayload`` does
+    (H264: Annex-B NAL units; VP8: without the payload descriptor; None: the payload itself),
+    in C when built and ``native``. Raises ValueError where aiortc's raises."""
+    name = codec  # as aiortc compares it
+    if name == "H264":
+        return _native.depayload_h264 if native and _native is not None else h264_depayload
+    if name == "VP8":
+        return _native.depayload_vp8 if native and _native is not None else vp8_depayload
+    return None
