@@ -53,6 +53,9 @@ The hooks that make encoded forwarding possible:
   silence timeout fed by authenticated STUN and SRTP/SRTCP from the peer (ffmpeg never answers
   consent checks).
 
+Not here but beside it: ``relay/rtc/deferred_imports.py`` hands aiortc and aioice stand-ins for
+PyAV and aioice's mDNS module while their packages import (it must run before any aiortc import).
+
 Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
 binding is reached in ``srtp_writer``): ``tests/unit/test_private_names.py`` checks that.
 ``tests/unit/test_aiortc_adapter.py`` fails loudly if an upgrade moves any of these

@@ -3,8 +3,9 @@ loads it once a room mixes) nor the Redis client (only with ``cluster.redis_url`
 resident memory a single node or an edge never uses. An origin does not load httpx either (with
 click, rich and pygments, which httpx's command line brings: ~4.6 MB) until it calls out: an
 edge pull, presence upstream, a webhook. Neither loads PyAV (FFmpeg's libraries, ~25 MB) until
-something decodes or encodes: aiortc gets stand-ins (relay/rtc/deferred_imports.py), and
-``test_aiortc_defers_pyav`` fails if an aiortc upgrade stops working with them."""
+something decodes or encodes, nor dnspython (~5 MB, aioice's mDNS) until a peer offers a
+``.local`` candidate: aiortc and aioice get stand-ins (relay/rtc/deferred_imports.py), and
+``test_aiortc_defers_pyav`` fails if an upgrade stops working with them."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ if settings.cluster.role == "edge":
 else:
     from gateway.app import build_gateway, create_app
     create_app(settings, build_gateway(settings))
-names = ("numpy", "redis", "aiortc", "httpx", "av")
+names = ("numpy", "redis", "aiortc", "httpx", "av", "dns")
 print(json.dumps({name: name in sys.modules for name in names}))
 """
 
@@ -45,7 +46,14 @@ def _last_json(code: str) -> dict[str, object]:
 )
 def test_node_starts_without_numpy_redis_or_pyav(cluster: dict[str, str], httpx: bool) -> None:
     loaded = _last_json(PROBE.replace("{CLUSTER}", repr(cluster)))
-    assert loaded == {"numpy": False, "redis": False, "aiortc": True, "httpx": httpx, "av": False}
+    assert loaded == {
+        "numpy": False,
+        "redis": False,
+        "aiortc": True,
+        "httpx": httpx,
+        "av": False,
+        "dns": False,
+    }
 
 
 DEFERRAL = """
@@ -58,7 +66,13 @@ from aiortc.codecs.vpx import vp8_depayload
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-result = {"after_import": "av" in sys.modules}
+result = {"after_import": "av" in sys.modules, "dns_after_import": "dns" in sys.modules}
+from aioice import ice
+result["ip_is_mdns"] = ice.mdns.is_mdns_hostname("192.0.2.1")  # must not load dnspython
+result["dns_after_ip"] = "dns" in sys.modules
+result["local_is_mdns"] = ice.mdns.is_mdns_hostname("0a1b2c3d-4e5f.local")  # loads it
+import aioice.mdns
+result["mdns_real"] = ice.mdns.create_mdns_protocol is aioice.mdns.create_mdns_protocol
 result["not_a_frame"] = isinstance(object(), rtcrtpsender.Frame)  # must not load PyAV
 result["after_isinstance"] = "av" in sys.modules
 codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
@@ -86,12 +100,19 @@ print(json.dumps(result))
 
 @pytest.mark.timeout(60)
 def test_aiortc_defers_pyav() -> None:
-    """aiortc imports without PyAV; its encoders, decoders, tracks and isinstance checks work
-    with the real PyAV once something needs it. Fails if an aiortc upgrade uses PyAV while its
-    modules execute (the stand-in would load it) or binds it in a way the stand-ins miss."""
+    """aiortc imports without PyAV and aioice without dnspython; aiortc's encoders, decoders,
+    tracks and isinstance checks work with the real PyAV once something needs it, aioice's
+    mDNS check answers an address without dnspython and a ``.local`` name with it. Fails if an
+    upgrade uses them while its modules execute (the stand-in would load them) or binds them
+    in a way the stand-ins miss."""
     result = _last_json(DEFERRAL)
     assert result == {
         "after_import": False,
+        "dns_after_import": False,
+        "ip_is_mdns": False,
+        "dns_after_ip": False,
+        "local_is_mdns": True,
+        "mdns_real": True,
         "not_a_frame": False,
         "after_isinstance": False,
         "video_is_frame": True,

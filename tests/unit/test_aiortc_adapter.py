@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import struct
 import threading
+import time
 from typing import Any
+from unittest import mock
 
 import pytest
 from aioice.candidate import Candidate
@@ -601,8 +604,12 @@ async def _run_receiver(tapped: bool) -> tuple[list[tuple[int, int, int, bytes]]
             install_ingest_tap(receiver, sink)
         else:  # aiortc's own handling, the tap only where the jitter buffer was
             receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)  # type: ignore[attr-defined]
-        for packet in _receive_sequence():
-            await receiver._handle_rtp_packet(packet, arrival_time_ms=1000)
+        # aiortc's jitter statistic reads time.time() per packet: packets 1 ms apart on a clock
+        # of the test's own, so both runs see the same arrivals whatever the machine does
+        arrivals = itertools.count(1000.0, 0.001)
+        with mock.patch.object(time, "time", lambda: next(arrivals)):
+            for packet in _receive_sequence():
+                await receiver._handle_rtp_packet(packet, arrival_time_ms=1000)
         streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         stats = {
             ssrc: (s.packets_received, s.max_seq, s.packets_lost, s.jitter)
