@@ -51,6 +51,7 @@ class _DeferredMeta(type):
 
     _module: str
     _name: str
+    _root: str
 
     def _resolve(cls) -> Any:
         return _real(cls._module, cls._name)
@@ -64,13 +65,13 @@ class _DeferredMeta(type):
         return getattr(cls._resolve(), attr)
 
     def __instancecheck__(cls, obj: object) -> bool:
-        if not loaded(_root(cls._module)):
+        if not loaded(cls._root):  # aiortc's senders ask once per frame
             return False
         real = cls._resolve()
         return isinstance(real, type) and isinstance(obj, real)
 
     def __subclasscheck__(cls, sub: type) -> bool:
-        if not loaded(_root(cls._module)):
+        if not loaded(cls._root):
             return False
         real = cls._resolve()
         return isinstance(real, type) and issubclass(sub, real)
@@ -81,7 +82,8 @@ class _DeferredMeta(type):
 
 def deferred(module: str, name: str) -> type:
     """The stand-in class for ``module.name``."""
-    return _DeferredMeta(name, (), {"_module": module, "_name": name, "__module__": module})
+    attrs = {"_module": module, "_name": name, "_root": _root(module), "__module__": module}
+    return _DeferredMeta(name, (), attrs)
 
 
 def loaded(module: str = "av") -> bool:
