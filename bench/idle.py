@@ -79,6 +79,17 @@ def memory_mib(pid: int) -> tuple[float, float, float]:
     return kb.get("Rss", 0) / 1024, kb.get("Pss", 0) / 1024, uss / 1024
 
 
+def ffmpeg_loaded(pid: int) -> bool:
+    """Whether the process has FFmpeg's libraries (PyAV) mapped."""
+    return "libavcodec" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def memory_cells(pid: int) -> str:
+    return " / ".join(f"{m:.0f}" for m in memory_mib(pid)) + (
+        " MiB (PyAV loaded)" if ffmpeg_loaded(pid) else " MiB (no PyAV)"
+    )
+
+
 async def stage(pid: int, seconds: float) -> Stage:
     cpu0, t0 = process_cpu(pid), time.monotonic()
     await asyncio.sleep(seconds)
@@ -193,6 +204,7 @@ async def paired(children: Children, args: argparse.Namespace) -> None:
     """Every tree's node with its own ffmpeg anchor at once, their CPU over the same windows:
     on a shared machine, the load each window sees is the same for all of them."""
     pids: dict[str, int] = {}
+    alone: dict[str, str] = {}
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     token = TokenAuthority(SECRET).mint(ROOM, "anchor", "bench", 3600)
     for tree in args.tree:
@@ -207,6 +219,8 @@ async def paired(children: Children, args: argparse.Namespace) -> None:
         }
         node = await children.start(f"node-{tree.name}-{port}", argv, env=env)
         await wait_healthy(url, node)
+        await asyncio.sleep(args.settle)
+        alone[tree.name] = memory_cells(node.proc.pid)
         source = whip_source_argv(exe, Source(kbps=args.kbps), f"{url}/whip/{ROOM}", token)
         await children.start(f"anchor-{port}", source)
         pids[tree.name] = node.proc.pid
@@ -225,8 +239,8 @@ async def paired(children: Children, args: argparse.Namespace) -> None:
         print(
             f"{name}: one ingest, no viewer: {min(values):.4f} / {statistics.median(values):.4f}"
             f" core (min / median of {len(values)} windows); RSS / PSS / USS "
-            + " / ".join(f"{m:.0f}" for m in memory_mib(pids[name]))
-            + " MiB"
+            + memory_cells(pids[name])
+            + f"; before the anchor: {alone[name]}"
         )
 
 

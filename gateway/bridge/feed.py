@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, BinaryIO
 
-import av
-
 from relay.media.bitstream import picture_size
 from relay.media.frames import MediaKind
 
@@ -144,7 +142,10 @@ def write_feed(
 ) -> None:
     """Writer thread: mux the feed's packets into Matroska on ``pipe`` until the feed closes or
     the pipe breaks (ffmpeg gone). Closes the pipe: end of input tells ffmpeg to finish.
-    Recordings use it with ``format`` "mp4" (fragmented through ``options``) on a file."""
+    Recordings use it with ``format`` "mp4" (fragmented through ``options``) on a file.
+    PyAV is imported here: a node that never bridges or records does not load FFmpeg."""
+    import av
+
     error: BaseException | None = None
     container: Any = None
     streams: dict[MediaKind, Any] = {}

@@ -3,8 +3,9 @@
 The hooks that make encoded forwarding possible:
 
 * ingest tap: the receiver's jitter buffer is replaced, before the first packet, by one that hands
-  every depayloaded RTP packet to a callback and never feeds aiortc's decoder thread (which then
-  idles until the receiver stops). RTX unwrapping and RTCP stay aiortc's.
+  every depayloaded RTP packet to a callback, and aiortc starts no decoder thread for it (the
+  ``rtcrtpreceiver`` module's ``threading`` name makes a stand-in for a tapped receiver's; its
+  stop ends the remote track as the thread's exit does). RTX unwrapping and RTCP stay aiortc's.
 * NACK requests (``install_nack_requests``, ``send_nack``): a video receiver's NACK generator
   is replaced by a callback that returns what to NACK (relay/rtc/nack_requests.py repeats
   requests aiortc would send once), and NACKs go out on its RTCP path.
@@ -52,6 +53,9 @@ The hooks that make encoded forwarding possible:
   silence timeout fed by authenticated STUN and SRTP/SRTCP from the peer (ffmpeg never answers
   consent checks).
 
+Not here but beside it: ``relay/rtc/deferred_imports.py`` hands aiortc and aioice stand-ins for
+PyAV and aioice's mDNS module while their packages import (it must run before any aiortc import).
+
 Nothing else in relay/, gateway/ or bench/ touches an aiortc or aioice private name (pylibsrtp's
 binding is reached in ``srtp_writer`` and ``rtp_reader``, aiortc's header extension ids in
 ``rtp_reader``): ``tests/unit/test_private_names.py`` checks that.
@@ -64,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
@@ -173,6 +178,66 @@ def install_ingest_tap(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
             raise AdapterError(f"RTCRtpReceiver internals changed: no {name}")
     receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)  # type: ignore[attr-defined]
     receiver._handle_rtp_packet = _tapped_rtp_handler(receiver, sink)  # type: ignore[method-assign, assignment]
+    _skip_decoder_thread(receiver)
+
+
+class _NoDecoderQueue(queue.Queue[Any]):
+    """A tapped receiver's decoder queue: nothing is ever decoded, so nothing is kept."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        pass
+
+
+class _NoDecoderThread:
+    """Stands in for a tapped receiver's decoder thread (aiortc starts one per receiver, which
+    would idle with its stack until the receiver stops). Stopping it ends the remote track as
+    the thread's exit does: ``None`` on the track's queue, from the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, track_queue: asyncio.Queue[Any]) -> None:
+        self._loop = loop
+        self._track_queue = track_queue
+        self._ended = False
+
+    def start(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._loop.call_soon_threadsafe(self._track_queue.put_nowait, None)
+
+
+class _ReceiverThreading:
+    """The ``threading`` name of aiortc's ``rtcrtpreceiver`` module: ``Thread`` for a decoder
+    whose queue is a ``_NoDecoderQueue`` is a ``_NoDecoderThread``; the rest is ``threading``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(threading, name)
+
+    @staticmethod
+    def Thread(*args: Any, **kwargs: Any) -> Any:
+        worker_args = kwargs.get("args", ())
+        if len(worker_args) >= 3 and isinstance(worker_args[1], _NoDecoderQueue):
+            return _NoDecoderThread(worker_args[0], worker_args[2])
+        return threading.Thread(*args, **kwargs)
+
+
+def _skip_decoder_thread(receiver: RTCRtpReceiver) -> None:
+    """No decoder thread for a tapped receiver: its queue becomes a ``_NoDecoderQueue`` (before
+    ``receive`` starts the thread), which the module's ``threading`` name recognises."""
+    name = "_RTCRtpReceiver__decoder_queue"
+    if (
+        not hasattr(receiver, name)
+        or getattr(receiver, "_RTCRtpReceiver__decoder_thread", 0) is not None
+        or getattr(aiortc_rtcrtpreceiver, "threading", None) is None
+    ):
+        raise AdapterError("RTCRtpReceiver internals changed: decoder queue and thread")
+    if not isinstance(getattr(aiortc_rtcrtpreceiver, "threading"), _ReceiverThreading):  # noqa: B009
+        setattr(aiortc_rtcrtpreceiver, "threading", _ReceiverThreading())  # noqa: B010
+    setattr(receiver, name, _NoDecoderQueue())
 
 
 ACTIVE_SSRC_REFRESH = 1.0

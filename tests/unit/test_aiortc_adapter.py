@@ -4,10 +4,16 @@ tests/unit/test_private_names.py makes sure no private name is reached anywhere 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import itertools
 import struct
+import threading
+import time
 from typing import Any
+from unittest import mock
 
+import pytest
 from aioice.candidate import Candidate
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import (
@@ -21,10 +27,16 @@ from aiortc import (
 )
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtpCodecParameters,
+    RTCRtpDecodingParameters,
+    RTCRtpReceiveParameters,
+)
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RtpPacket
 
 from relay.rtc.adapter import (
@@ -523,6 +535,35 @@ HANDLE_RTP_NAMES = {
 }  # fmt: skip
 
 
+async def test_tapped_receiver_starts_no_decoder_thread() -> None:
+    """aiortc's ``receive`` starts a decoder thread from its module's ``threading`` name; a
+    tapped receiver gets a stand-in (no thread), an untapped one the real thread, and stopping
+    either ends its remote track."""
+    assert "threading" in names_of(RTCRtpReceiver.receive)
+    assert "_RTCRtpReceiver__decoder_queue" in names_of(RTCRtpReceiver.receive)
+    codec = RTCRtpCodecParameters("video/H264", 90000, payloadType=96)
+    pc = RTCPeerConnection(rtc_configuration(()))
+    try:
+        for tapped, threads in ((True, 0), (False, 1)):
+            receiver = pc.addTransceiver("video", direction="recvonly").receiver
+            receiver._track = RemoteStreamTrack(kind="video")  # as setRemoteDescription does
+            if tapped:
+                install_ingest_tap(receiver, lambda packet, codec: None)
+            await receiver.receive(
+                RTCRtpReceiveParameters(
+                    codecs=[codec], encodings=[RTCRtpDecodingParameters(1234, 96)]
+                )
+            )
+            running = [t for t in threading.enumerate() if t.name == "video-decoder"]
+            assert len(running) == threads
+            await asyncio.wait_for(receiver.stop(), 5)
+            with pytest.raises(MediaStreamError):
+                await asyncio.wait_for(receiver.track.recv(), 5)
+            assert not any(t.name == "video-decoder" for t in threading.enumerate())
+    finally:
+        await close_quietly(pc)
+
+
 def test_tapped_receiver_handler_copies_aiortcs() -> None:
     assert set(RTCRtpReceiver._handle_rtp_packet.__code__.co_names) == HANDLE_RTP_NAMES
 
@@ -563,8 +604,12 @@ async def _run_receiver(tapped: bool) -> tuple[list[tuple[int, int, int, bytes]]
             install_ingest_tap(receiver, sink)
         else:  # aiortc's own handling, the tap only where the jitter buffer was
             receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)  # type: ignore[attr-defined]
-        for packet in _receive_sequence():
-            await receiver._handle_rtp_packet(packet, arrival_time_ms=1000)
+        # aiortc's jitter statistic reads time.time() per packet: packets 1 ms apart on a clock
+        # of the test's own, so both runs see the same arrivals whatever the machine does
+        arrivals = itertools.count(1000.0, 0.001)
+        with mock.patch.object(time, "time", lambda: next(arrivals)):
+            for packet in _receive_sequence():
+                await receiver._handle_rtp_packet(packet, arrival_time_ms=1000)
         streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         stats = {
             ssrc: (s.packets_received, s.max_seq, s.packets_lost, s.jitter)

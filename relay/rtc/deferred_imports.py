@@ -1,0 +1,194 @@
+"""PyAV loaded only by a process that decodes or encodes; dnspython only when a peer offers an
+mDNS (``.local``) candidate.
+
+aiortc imports PyAV (and with it every FFmpeg library: ~25 MiB of a node's resident memory) at
+import time, yet a node that only forwards encoded media (WHIP ingest tapped, WHEP viewers fed
+pre-packed frames) never calls it; aioice imports dnspython for its mDNS resolver (~2-5 MiB).
+While ``aiortc``'s package executes, its ``import av`` / ``from av.x import Name`` statements
+get stand-ins (and so do aioice's ``from . import mdns``): stub modules whose attributes are
+``deferred`` classes. A stand-in loads the real module on first real use (a call such as
+``av.CodecContext.create(...)``, ``AudioFrame(...)``, an attribute), and answers ``isinstance``
+without loading it: no PyAV object can exist before PyAV is loaded, so the answer is False until
+then. aioice's ``mdns.is_mdns_hostname``, called for every remote candidate, answers a name
+without ".local" itself. Outside those windows every import is the real one (the mixer, the
+bridge, bench anchors), and a process that imported PyAV before aiortc keeps it.
+
+``install`` puts the finder on ``sys.meta_path``; ``relay/__init__.py`` calls it, so it is in
+place before any aiortc import of ours (third-party imports sort before first-party ones in a
+module, so the hook must live in the package's ``__init__``). The stand-ins are pinned by
+``tests/live/test_startup_imports.py`` (a fresh interpreter each): it fails if an upgrade starts
+needing the real modules while the packages execute, or if a node loads them anyway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any
+
+WINDOWS: dict[str, str] = {"aiortc": "av", "aioice": "aioice.mdns"}
+"""While the key package executes, imports of the value (and its submodules) get stand-ins:
+PyAV for aiortc (~25 MiB), and aioice's mDNS module (dnspython, ~5 MiB: only needed to
+resolve a peer's ``.local`` candidate) for aioice."""
+
+
+def _real(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def _root(module: str) -> str:
+    return next(r for r in WINDOWS.values() if module == r or module.startswith(r + "."))
+
+
+class _DeferredMeta(type):
+    """A stand-in class for ``module.name``: calls and attributes load the real one;
+    ``isinstance`` and ``issubclass`` do not load its package (nothing can be an instance
+    before)."""
+
+    _module: str
+    _name: str
+    _root: str
+
+    def _resolve(cls) -> Any:
+        return _real(cls._module, cls._name)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return cls._resolve()(*args, **kwargs)
+
+    def __getattr__(cls, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(cls._resolve(), attr)
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        if not loaded(cls._root):  # aiortc's senders ask once per frame
+            return False
+        real = cls._resolve()
+        return isinstance(real, type) and isinstance(obj, real)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        if not loaded(cls._root):
+            return False
+        real = cls._resolve()
+        return isinstance(real, type) and issubclass(sub, real)
+
+    def __repr__(cls) -> str:
+        return f"<deferred {cls._module}.{cls._name}>"
+
+
+def deferred(module: str, name: str) -> type:
+    """The stand-in class for ``module.name``."""
+    attrs = {"_module": module, "_name": name, "_root": _root(module), "__module__": module}
+    return _DeferredMeta(name, (), attrs)
+
+
+def loaded(module: str = "av") -> bool:
+    """Whether the real ``module`` (PyAV by default) is in this process."""
+    found = sys.modules.get(module)
+    return found is not None and not isinstance(found, _StubModule)
+
+
+def _is_mdns_hostname(name: str) -> bool:
+    """aioice's check, which matches ``[a-zA-Z0-9-]{1,63}\\.local``: a name without ".local"
+    is answered without loading dnspython."""
+    return ".local" in name and bool(_real("aioice.mdns", "is_mdns_hostname")(name))
+
+
+class _StubModule(types.ModuleType):
+    """A stand-in for a deferred module, bound in its window package's globals: inside the
+    window an attribute is a ``deferred`` class; afterwards it is the real module's attribute
+    (the real module loads)."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if isinstance(sys.modules.get(self.__name__), _StubModule):
+            value = deferred(self.__name__, attr)
+            setattr(self, attr, value)
+            return value
+        return _real(self.__name__, attr)
+
+
+class _StubLoader(importlib.abc.Loader):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = _StubModule(spec.name)
+        module.__path__ = []  # a package: ``from av.frame import Frame`` imports a submodule
+        if spec.name == "aioice.mdns":  # called for every remote candidate
+            module.is_mdns_hostname = _is_mdns_hostname  # type: ignore[attr-defined]
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
+class _WindowLoader(importlib.abc.Loader):
+    """The real loader of a ``WINDOWS`` package; while it executes, the finder hands out
+    stubs for its deferred module, and on the way out they leave ``sys.modules`` (the
+    package's globals keep them)."""
+
+    def __init__(self, finder: DeferredImports, package: str, loader: Any) -> None:
+        self._finder = finder
+        self._package = package
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        module: types.ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        root = WINDOWS[self._package]
+        self._finder.open.add(root)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            self._finder.open.discard(root)
+            for name, found in list(sys.modules.items()):
+                if isinstance(found, _StubModule) and _root(name) == root:
+                    del sys.modules[name]
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._loader, attr)  # resource readers, get_code, is_package
+
+
+class DeferredImports(importlib.abc.MetaPathFinder):
+    """Serves stubs of a deferred module while its window package executes (see the module
+    docstring)."""
+
+    def __init__(self) -> None:
+        self.open: set[str] = set()
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if any(fullname == r or fullname.startswith(r + ".") for r in self.open):
+            return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
+        root = WINDOWS.get(fullname)
+        if root is None or root in self.open or root in sys.modules:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None:
+            return spec
+        spec.loader = _WindowLoader(self, fullname, spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Defer PyAV for aiortc and dnspython for aioice in this process (idempotent; a package
+    already imported keeps what it imported)."""
+    if any(isinstance(f, DeferredImports) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, DeferredImports())
