@@ -33,6 +33,24 @@ static union {
 
 static double seconds(const struct timespec *t) { return (double)t->tv_sec + t->tv_nsec * 1e-9; }
 
+/* What to add to a CLOCK_REALTIME time to put it on CLOCK_MONOTONIC; `now` gets the monotonic
+ * time. The realtime clock is read between two monotonic reads, again if they were far apart
+ * (preempted between them on a loaded machine: the offset would be off by that much). */
+static double realtime_to_monotonic(double *now) {
+    struct timespec m1, real, m2;
+    double offset = 0.0;
+    for (int i = 0; i < 4; i++) {
+        clock_gettime(CLOCK_MONOTONIC, &m1);
+        clock_gettime(CLOCK_REALTIME, &real);
+        clock_gettime(CLOCK_MONOTONIC, &m2);
+        offset = (seconds(&m1) + seconds(&m2)) / 2 - seconds(&real);
+        if (seconds(&m2) - seconds(&m1) < 50e-6)
+            break;
+    }
+    *now = seconds(&m2);
+    return offset;
+}
+
 /* The datagram's SO_TIMESTAMPNS stamp on the monotonic clock; `now` (monotonic) without one. */
 static double arrival(struct msghdr *h, double realtime_to_monotonic, double now) {
     for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
@@ -100,13 +118,8 @@ static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t na
         }
         int got = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
         double now = 0.0, offset = 0.0;
-        if (stamped && got > 0) {
-            struct timespec mono, real;
-            clock_gettime(CLOCK_REALTIME, &real);
-            clock_gettime(CLOCK_MONOTONIC, &mono);
-            now = seconds(&mono);
-            offset = now - seconds(&real);
-        }
+        if (stamped && got > 0)
+            offset = realtime_to_monotonic(&now);
         if (got < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;

@@ -82,10 +82,23 @@ def recv_stamped(sock: socket.socket, limit: int, *, native: bool = True) -> lis
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
                 sec, nsec = _TIMESPEC.unpack_from(value)
-                at = min(now, sec + nsec * 1e-9 + now - time.time())
+                now, offset = _realtime_to_monotonic()
+                at = min(now, sec + nsec * 1e-9 + offset)
         if len(data) <= DATAGRAM:
             out.append((data, (addr[0], addr[1]), at))
     return out
+
+
+def _realtime_to_monotonic() -> tuple[float, float]:
+    """(now on the monotonic clock, what to add to a wall-clock time to put it there); the wall
+    clock read between two monotonic reads, again if they were far apart (preempted)."""
+    for _ in range(4):
+        m1 = time.monotonic()
+        real = time.time()
+        m2 = time.monotonic()
+        if m2 - m1 < 50e-6:
+            break
+    return m2, (m1 + m2) / 2 - real
 
 
 def send(sock: socket.socket, items: list[tuple[Any, Addr]], *, native: bool = True) -> int:

@@ -130,7 +130,7 @@ async def test_chromium_anchor_sends_its_configured_rate_within_seconds(
     18-31, 3 runs: 2.3-2.5 Mbit/s over the run's second half (before kernel receive stamps:
     1.2-2.6; REMB only: 0.5-1.7). The bound on reaching it is 5 s (a loaded machine's Chromium
     is slow to start its encoder); falling back (REMB capping it, arrivals stamped late reading
-    as queueing) shows in the mean from 3 s to 8 s."""
+    as queueing) shows in the encoder's mean target from 3 s to 8 s."""
     if why := _no_browser():
         if os.environ.get("CI"):
             raise RuntimeError(why)
@@ -158,7 +158,9 @@ async def test_chromium_anchor_sends_its_configured_rate_within_seconds(
             rate = rates(samples)
             shown = [(round(t, 1), round(b / 1e6, 2)) for t, b in rate]
             reached = next((t for t, b in rate if b >= 0.8 * MAX_BITRATE), None)
-            held = [b for t, b in rate if t >= 3.0]
+            # the encoder's target (what its congestion control allows), not the bytes: a loaded
+            # machine's encoder misses its target now and then without any feedback to blame
+            held = [x["target"] for x in samples if x["t"] >= 3.0]
             print(f"80 % of {MAX_BITRATE} bit/s at {reached} s; Mbit/s over time {shown}")
             congestion = _anchor_congestion(server)
             assert congestion is not None and congestion.negotiated
@@ -169,7 +171,8 @@ async def test_chromium_anchor_sends_its_configured_rate_within_seconds(
             # and kept: an estimate that collapses after the start (loop stalls read as
             # queueing, a REMB cap) shows here
             assert held and sum(held) / len(held) >= 0.8 * MAX_BITRATE, (
-                f"the rate fell back after {reached:.1f} s (Mbit/s over 0.5 s: {shown})"
+                f"the target fell back after {reached:.1f} s ({[round(b / 1e6, 2) for b in held]}"
+                f" Mbit/s from 3 s; sent over 0.5 s: {shown})"
             )
             await page.click("#stop")
         finally:

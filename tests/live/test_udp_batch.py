@@ -114,8 +114,8 @@ def test_recv_stamped_gives_the_kernels_arrival_not_the_read_time(
     assert {addr for _, addr, _ in got} == {a.getsockname()}
     arrivals = [at for _, _, at in got]
     assert arrivals == sorted(arrivals)
-    # the wall clock and the monotonic one are read a few microseconds apart
-    assert before - 0.002 <= arrivals[0] and arrivals[-1] <= sent + 0.002, (before, arrivals, sent)
+    # (the wall clock is moved to the monotonic one: a preemption between the reads shifts it)
+    assert before - 0.01 <= arrivals[0] and arrivals[-1] <= sent + 0.01, (before, arrivals, sent)
     assert read - arrivals[-1] >= 0.19
     assert udp_batch.recv_stamped(b, 10, native=native) == []
 
