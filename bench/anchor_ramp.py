@@ -5,6 +5,7 @@ before issue 17), and where it settles behind an impaired uplink.
     python -m bench.anchor_ramp [--seconds 12] [--runs 2] [--modes remb,twcc,twcc/nack1]
                                 [--pages full,early] [--simulcast]
                                 [--profiles loopback,clean,1mbps,loss2] [--json out.json]
+                                [--tree /work/wt/base --tree .]
 
 Per run: a fresh gateway, a headless Chromium (fake 1280x720 camera and microphone) publishing
 from the publish page at quality 720 (maxBitrate 2.5 Mbit/s); its outbound-rtp stats sampled
@@ -14,7 +15,9 @@ profile, a decoding viewer (bench.netbed.peer) on a clean leg counting freezes.
 ``--pages``: ``full`` is the publish page as it is (its encoder keeps the resolution until it
 has sent frames at the estimated rate), ``early`` without that (as before): Chromium then
 scales its first frames down.
-Runs of every mode and page alternate, so each comparison shares the machine's load.
+``--tree``: run the gateway from each of these checkouts (their own .venv) in turn, e.g. main
+before a change and the change (the publisher and the bed always run from this checkout).
+Runs of every tree, mode and page alternate, so each comparison shares the machine's load.
 
 Printed per run: seconds until the picture is 720p, until Chromium's target bitrate is 90 % of
 its maximum, until it sends 80 % of it (over 0.5 s); the send rate at 3 s and over the last half
@@ -262,16 +265,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_loopback(mode: str, seconds: float, page: str = "full") -> dict[str, Any]:
+def gateway_python(tree: Path | None) -> tuple[str, Path]:
+    """The interpreter and checkout to run the gateway from."""
+    if tree is None:
+        return sys.executable, ROOT
+    return str(tree / ".venv" / "bin" / "python"), tree
+
+
+def run_loopback(
+    mode: str, seconds: float, page: str = "full", tree: Path | None = None
+) -> dict[str, Any]:
     import httpx
 
     from relay.auth.tokens import TokenAuthority
 
     secret = "anchor-ramp-secret-" + "r" * 32
     port = free_port()
+    python, gw_root = gateway_python(tree)
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(gw_root),
         "STAGECAST_HOST": "127.0.0.1",
         "STAGECAST_PORT": str(port),
         "STAGECAST_AUTH__TOKEN_SECRET": secret,
@@ -282,9 +295,9 @@ def run_loopback(mode: str, seconds: float, page: str = "full") -> dict[str, Any
         **gateway_env(mode),
     }
     gw = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve"],
+        [python, "-m", "gateway.cli", "serve"],
         env=env,
-        cwd=ROOT,
+        cwd=gw_root,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,  # its banner
     )
@@ -317,14 +330,16 @@ def run_loopback(mode: str, seconds: float, page: str = "full") -> dict[str, Any
     return {"samples": samples, **figures(samples, seconds)}
 
 
-def run_netbed(mode: str, profile_name: str, seconds: float, page: str = "full") -> dict[str, Any]:
+def run_netbed(
+    mode: str, profile_name: str, seconds: float, page: str = "full", tree: Path | None = None
+) -> dict[str, Any]:
     from bench.netbed.bed import NetBed
     from bench.netbed.profiles import PROFILES, profile
     from bench.netbed.room import BedRoom
 
     legs = {"anchor": profile(profile_name), "v1": PROFILES["clean"]}
     with NetBed(legs) as bed:
-        room = BedRoom(bed, gateway_env=gateway_env(mode))
+        room = BedRoom(bed, gateway_env=gateway_env(mode), gateway_tree=tree)
         try:
             room.start_gateway(timeout=90)  # a loaded machine
             url = publish_url(room.base_url, room.room, room.anchor_token())
@@ -402,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", default="loopback")
     ap.add_argument("--json", type=Path)
     ap.add_argument(
+        "--tree", type=Path, action="append", help="checkout to run the gateway from (repeat)"
+    )
+    ap.add_argument(
         "--start-kbps", type=int, help="the gateway's anchor_start_kbps and anchor_cc_start_kbps"
     )
     ap.add_argument(
@@ -423,20 +441,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.camera == "busy":
         CAMERA = busy_camera(Path(tempfile.gettempdir()) / "stagecast-anchor-ramp-720p.mjpeg")
     results: list[dict[str, Any]] = []
-    head = ["profile", "mode", "page", "load", *(title for _, title in COLUMNS)]
+    head = ["profile", "tree", "mode", "page", "load", *(title for _, title in COLUMNS)]
     print(" | ".join(head), flush=True)
-    variants = [(m, p) for m in args.modes.split(",") for p in args.pages.split(",")]
+    trees: list[Path | None] = [t.resolve() for t in args.tree] if args.tree else [None]
+    variants = [
+        (t, m, p) for t in trees for m in args.modes.split(",") for p in args.pages.split(",")
+    ]
     for prof in args.profiles.split(","):
         for _ in range(args.runs):  # interleaved: every variant once per round
-            for mode, page in variants:
+            for tree, mode, page in variants:
                 load = Path("/proc/loadavg").read_text().split()[0]
                 if prof == "loopback":
-                    result = run_loopback(mode, args.seconds, page)
+                    result = run_loopback(mode, args.seconds, page, tree)
                 else:
-                    result = run_netbed(mode, prof, args.seconds, page)
-                result.update(profile=prof, mode=mode, page=page, load=load, seconds=args.seconds)
+                    result = run_netbed(mode, prof, args.seconds, page, tree)
+                name = tree.name if tree is not None else "."
+                result.update(
+                    profile=prof, tree=name, mode=mode, page=page, load=load, seconds=args.seconds
+                )
                 results.append(result)
-                cells = [prof, mode, page, load, *(fmt(result.get(k)) for k, _ in COLUMNS)]
+                cells = [prof, name, mode, page, load, *(fmt(result.get(k)) for k, _ in COLUMNS)]
                 print(" | ".join(cells), flush=True)
     summary(results)
     if args.json:
@@ -447,12 +471,12 @@ def main(argv: list[str] | None = None) -> int:
 def summary(results: list[dict[str, Any]]) -> None:
     """Per profile, mode and page: time to 720p and to 90 % of the target, p50 and max (a run
     that never got there counts as the run's length, marked with >)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for r in results:
-        groups.setdefault((r["profile"], r["mode"], r["page"]), []).append(r)
-    print("profile | mode | page | runs | 720p p50 | 720p max | target90 p50 | target90 max")
-    for (prof, mode, page), rows in groups.items():
-        cells = [prof, mode, page, str(len(rows))]
+        groups.setdefault((r["profile"], r["tree"], r["mode"], r["page"]), []).append(r)
+    print("profile | tree | mode | page | runs | 720p p50 | 720p max | target90 p50 | target90 max")
+    for (prof, tree, mode, page), rows in groups.items():
+        cells = [prof, tree, mode, page, str(len(rows))]
         for key in ("t_720p", "t_target90"):
             values = [r[key] for r in rows]
             missing = any(v is None for v in values)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
@@ -194,10 +195,12 @@ class NetBed:
         env: Mapping[str, str] | None = None,
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[str]:
         """Start ``argv`` inside namespace ``ns``; stopped (terminate, kill) when the bed closes."""
         proc = subprocess.Popen(
             netns.exec_argv(ns, list(argv)),
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=stdout,
             stderr=stderr,

@@ -38,6 +38,7 @@ class BedRoom:
     size: tuple[int, int] = (1280, 720)
     log_dir: Path | None = None
     gateway_env: dict[str, str] = field(default_factory=dict)
+    gateway_tree: Path | None = None  # run the gateway from this checkout (its .venv), not ours
     gateway: subprocess.Popen[str] | None = None
     anchor: subprocess.Popen[str] | None = None
     _logs: list[Any] = field(default_factory=list)
@@ -77,12 +78,16 @@ class BedRoom:
             **self.gateway_env,
         }
         log = self._log("gateway")
+        python, tree = sys.executable, self.gateway_tree
+        if tree is not None:
+            python, env["PYTHONPATH"] = str(tree / ".venv" / "bin" / "python"), str(tree)
         self.gateway = self.bed.popen(
             self.bed.gateway_ns,
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            [python, "-m", "gateway.cli", "serve"],
             env=env,
             stdout=log,
             stderr=log,
+            cwd=tree,
         )
         deadline = time.monotonic() + timeout
         while not self._healthy():

@@ -3,7 +3,11 @@
  * The node's one port reads every session's datagrams: one recvfrom per datagram (argument
  * parsing, a syscall, a bytes and an address tuple) was most of its reader's cost. recv(fd, n)
  * reads up to n datagrams in batches of BATCH with one syscall each; send(fd, items) sends a
- * list of (data, address) with sendmmsg. Fallback and reference: relay/rtc/udp_batch.py.
+ * list of (data, address) with sendmmsg. recv(fd, n, True) adds each datagram's arrival, the
+ * kernel's receive timestamp (SO_TIMESTAMPNS, enabled on the socket by the caller) moved to
+ * CLOCK_MONOTONIC (time.monotonic's clock): a stamp taken when the event loop gets round to the
+ * datagram would count the loop's stalls as network queueing (transport-cc feedback).
+ * Fallback and reference: relay/rtc/udp_batch.py.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -13,6 +17,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define BATCH 64
 #define DATAGRAM 4096 /* bigger ones are dropped (MSG_TRUNC): WebRTC peers keep under ~1500 */
@@ -21,6 +26,43 @@
  * two event loops in two threads never use them at once. */
 static unsigned char bufs[BATCH][DATAGRAM];
 static struct sockaddr_storage addrs[BATCH];
+static union {
+    char buf[CMSG_SPACE(sizeof(struct timespec))];
+    struct cmsghdr align;
+} controls[BATCH];
+
+static double seconds(const struct timespec *t) { return (double)t->tv_sec + t->tv_nsec * 1e-9; }
+
+/* What to add to a CLOCK_REALTIME time to put it on CLOCK_MONOTONIC; `now` gets the monotonic
+ * time. The realtime clock is read between two monotonic reads, again if they were far apart
+ * (preempted between them on a loaded machine: the offset would be off by that much). */
+static double realtime_to_monotonic(double *now) {
+    struct timespec m1, real, m2;
+    double offset = 0.0;
+    for (int i = 0; i < 4; i++) {
+        clock_gettime(CLOCK_MONOTONIC, &m1);
+        clock_gettime(CLOCK_REALTIME, &real);
+        clock_gettime(CLOCK_MONOTONIC, &m2);
+        offset = (seconds(&m1) + seconds(&m2)) / 2 - seconds(&real);
+        if (seconds(&m2) - seconds(&m1) < 50e-6)
+            break;
+    }
+    *now = seconds(&m2);
+    return offset;
+}
+
+/* The datagram's SO_TIMESTAMPNS stamp on the monotonic clock; `now` (monotonic) without one. */
+static double arrival(struct msghdr *h, double realtime_to_monotonic, double now) {
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec t;
+            memcpy(&t, CMSG_DATA(c), sizeof(t));
+            double at = seconds(&t) + realtime_to_monotonic;
+            return at < now ? at : now; /* a clock step must not put it in the future */
+        }
+    }
+    return now;
+}
 
 static PyObject *address(const struct sockaddr_storage *a) {
     char host[INET6_ADDRSTRLEN];
@@ -37,16 +79,20 @@ static PyObject *address(const struct sockaddr_storage *a) {
     return Py_BuildValue("(si)", "", 0);
 }
 
-/* recv(fd, limit) -> [(bytes, (host, port)), ...]: what the socket holds, up to limit datagrams;
- * empty when nothing is waiting. Raises OSError for errors other than EAGAIN/EINTR. */
+/* recv(fd, limit[, stamped]) -> [(bytes, (host, port)), ...]: what the socket holds, up to limit
+ * datagrams; empty when nothing is waiting. With stamped true the items are (bytes, (host, port),
+ * arrival): see the top. Raises OSError for errors other than EAGAIN/EINTR. */
 static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "recv(fd, limit)");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "recv(fd, limit[, stamped])");
         return NULL;
     }
     int fd = (int)PyLong_AsLong(args[0]);
     Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
     if (PyErr_Occurred())
+        return NULL;
+    int stamped = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
+    if (stamped < 0)
         return NULL;
     PyObject *out = PyList_New(0);
     if (out == NULL)
@@ -65,8 +111,15 @@ static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t na
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &addrs[i];
             msgs[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+            if (stamped) {
+                msgs[i].msg_hdr.msg_control = controls[i].buf;
+                msgs[i].msg_hdr.msg_controllen = sizeof(controls[i].buf);
+            }
         }
         int got = recvmmsg(fd, msgs, want, MSG_DONTWAIT, NULL);
+        double now = 0.0, offset = 0.0;
+        if (stamped && got > 0)
+            offset = realtime_to_monotonic(&now);
         if (got < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
@@ -79,8 +132,11 @@ static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t na
             unsigned int len = msgs[i].msg_len;
             if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
                 continue;
-            PyObject *item = Py_BuildValue("(y#N)", (const char *)bufs[i], (Py_ssize_t)len,
-                                           address(&addrs[i]));
+            PyObject *item =
+                stamped ? Py_BuildValue("(y#Nd)", (const char *)bufs[i], (Py_ssize_t)len,
+                                        address(&addrs[i]), arrival(&msgs[i].msg_hdr, offset, now))
+                        : Py_BuildValue("(y#N)", (const char *)bufs[i], (Py_ssize_t)len,
+                                        address(&addrs[i]));
             if (item == NULL || PyList_Append(out, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(out);
@@ -198,7 +254,8 @@ static PyObject *udp_send(PyObject *module, PyObject *const *args, Py_ssize_t na
 
 static PyMethodDef methods[] = {
     {"recv", (PyCFunction)(void (*)(void))udp_recv, METH_FASTCALL,
-     "recv(fd, limit) -> list of (data, (host, port)): up to limit datagrams, recvmmsg"},
+     "recv(fd, limit[, stamped]) -> list of (data, (host, port)[, arrival]): up to limit "
+     "datagrams, recvmmsg; arrival: the kernel's receive time on the monotonic clock"},
     {"send", (PyCFunction)(void (*)(void))udp_send, METH_FASTCALL,
      "send(fd, items) -> (sent, dropped): items are (data, (host, port)), sendmmsg"},
     {NULL, NULL, 0, NULL},

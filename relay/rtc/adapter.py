@@ -1096,12 +1096,22 @@ class _SessionSink:
     datagrams) goes straight to the aioice Connection's receive queue (StunProtocol would first
     try to parse each one as STUN), bounded by ``SESSION_BACKLOG``."""
 
-    __slots__ = ("_component", "_dtls", "_protocols", "_queue", "_resuming", "direct", "dropped")
+    __slots__ = (
+        "_component",
+        "_connection",
+        "_dtls",
+        "_protocols",
+        "_queue",
+        "_resuming",
+        "direct",
+        "dropped",
+    )
 
     def __init__(
         self, connection: Any, protocols: dict[str, StunProtocol], dtls: Any | None = None
     ) -> None:
         self._protocols = protocols  # by the port's bound address: a pair's local side
+        self._connection = connection
         self._queue: asyncio.Queue[Any] = connection._queue
         self._component: int = next(iter(protocols.values())).local_candidate.component
         self._dtls = dtls
@@ -1123,7 +1133,8 @@ class _SessionSink:
         ):
             self.direct += 1
         elif self._queue.qsize() < SESSION_BACKLOG:
-            self._queue.put_nowait((data, self._component))
+            # (aioice's data_received queues it; a transport-cc tap stamps its arrival there)
+            self._connection.data_received(data, self._component)
         else:
             self.dropped += 1
 
@@ -1611,8 +1622,12 @@ def tap_transport_sequence(
     them). ``arrival`` is when the datagram left the socket (``read_sequence`` reads the number
     from the clear SRTP header there): aiortc queues datagrams before it decrypts them, and that
     queueing would look like network delay to the sender's congestion control. ``sink`` runs in
-    aiortc's receive loop: it must not raise."""
+    aiortc's receive loop: it must not raise. On the shared port, "when it left the socket" is
+    the kernel's receive stamp (``SharedUdpPort.arrival``) when ``clock`` is ``time.monotonic``:
+    a datagram the port's reader got to late (the event loop busy elsewhere) keeps the time it
+    came in, so a loop stall does not read as network queueing to the sender."""
     for dtls, connection in ice_transports(pc):
+        now = _arrival_clock(connection) if clock is time.monotonic else clock
         router = getattr(dtls, "_rtp_router", None)
         if router is None or not hasattr(router, "route_rtp"):
             raise AdapterError("RTCDtlsTransport internals changed: no _rtp_router.route_rtp")
@@ -1627,25 +1642,53 @@ def tap_transport_sequence(
             component: int,
             received: Callable[[bytes, int], None] = received,
             early: dict[int, float] = early,
+            now: Callable[[], float] = now,
         ) -> None:
             seq = read_sequence(data)
             if seq is not None:
                 if len(early) >= _EARLY_ARRIVALS:
                     del early[next(iter(early))]
-                early[seq] = clock()
+                early[seq] = now()
             received(data, component)
 
         def route_rtp(
-            packet: Any, route: Callable[[Any], Any] = route, early: dict[int, float] = early
+            packet: Any,
+            route: Callable[[Any], Any] = route,
+            early: dict[int, float] = early,
+            now: Callable[[], float] = now,
         ) -> Any:
             seq = packet.extensions.transport_sequence_number
             if seq is not None:
                 arrival = early.pop(seq, None)
-                sink(seq, packet.ssrc, clock() if arrival is None else arrival)
+                sink(seq, packet.ssrc, now() if arrival is None else arrival)
             return route(packet)
 
         connection.data_received = data_received
         router.route_rtp = route_rtp
+
+
+def _arrival_clock(connection: Any) -> Callable[[], float]:
+    """``time.monotonic``, or the kernel's arrival stamp of the datagram the shared port is
+    handing on (the port is looked up at the first packet: the session registers there only
+    when its candidates are gathered, after the tap)."""
+    ports: list[Any] = []
+
+    def arrival() -> float:
+        if not ports:
+            ports.append(_shared_port(connection))
+        port = ports[0]
+        at: float | None = None if port is None else port.arrival
+        return time.monotonic() if at is None else at
+
+    return arrival
+
+
+def _shared_port(connection: Any) -> Any | None:
+    for protocol in getattr(connection, "_protocols", ()):
+        transport = getattr(protocol, "transport", None)
+        if isinstance(transport, _PortTransport):
+            return transport._port
+    return None
 
 
 def receiver_rtcp_ssrc(receiver: RTCRtpReceiver) -> int | None:

@@ -12,7 +12,9 @@ the loop was busy) the kernel queue behind it grew to ~10 MiB, a FIFO shared by 
 so an anchor's consent checks waited seconds; the anchor's ICE agent (aioice: one try, 0.5 s,
 six failures) gave up on the node and stopped sending, and the node ended it on "media
 timeout" (issue 16). Per-peer ports never had this: the kernel kept a queue per session.
-Sends are gathered per event-loop turn and leave in one sendmmsg.
+Sends are gathered per event-loop turn and leave in one sendmmsg. While a datagram is handed
+on, ``arrival`` holds when the kernel received it (SO_TIMESTAMPNS, ``time.monotonic``'s clock):
+transport-cc feedback reports that, not when this reader got round to it.
 
 Sockets: ``open`` once per local address offered, all on the same port number (a socket bound
 to "0.0.0.0" or "::" serves every address of its family; IPv6 ones are IPV6_V6ONLY). A socket
@@ -70,6 +72,7 @@ class SharedUdpPort:
         self.send_drops = 0
         self.received = 0
         self.reads = 0  # readable events served (received / reads: the batch size)
+        self.arrival: float | None = None  # the datagram being handed on: its kernel stamp
         self._queries: dict[bytes, tuple[Addr, asyncio.Future[Addr]]] = {}
 
     async def open(self, host: str, port: int) -> None:
@@ -86,6 +89,7 @@ class SharedUdpPort:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, RECEIVE_BUFFER)
             _set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, SEND_BUFFER)
+            udp_batch.enable_stamps(sock)
             sock.bind((host, port))
             sock.setblocking(False)
         except OSError:
@@ -165,14 +169,17 @@ class SharedUdpPort:
         if sock.fileno() < 0:
             return
         try:
-            batch = udp_batch.recv(sock, READ_LIMIT, native=self._native)
+            batch = udp_batch.recv_stamped(sock, READ_LIMIT, native=self._native)
         except OSError as exc:
             log.debug("shared UDP port: recv: %r", exc)
             return
         self.reads += 1
         self.received += len(batch)
-        for data, addr in batch:
-            self.datagram_received(data, addr, local)
+        try:
+            for data, addr, self.arrival in batch:
+                self.datagram_received(data, addr, local)
+        finally:
+            self.arrival = None
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...], local: str = "") -> None:
         addr = (addr[0], addr[1])

@@ -1,10 +1,17 @@
 """Batched datagram I/O for the node's shared UDP port: ``recv`` reads what a socket holds (up to
 a limit), ``send`` sends a list. In C (``_udp_batch.c``: recvmmsg/sendmmsg, one syscall per 64
-datagrams) when built, else these recvfrom/sendto loops, which are also the reference."""
+datagrams) when built, else these recvfrom/sendto loops, which are also the reference.
+
+``recv_stamped`` adds each datagram's arrival as the kernel stamped it (``enable_stamps`` on the
+socket first: SO_TIMESTAMPNS), on ``time.monotonic``'s clock: the shared port's reader may get
+to a datagram late (an event loop busy elsewhere), and a stamp taken then would read as network
+queueing to a sender's delay-based congestion control (transport-cc feedback)."""
 
 from __future__ import annotations
 
 import socket
+import struct
+import time
 from typing import Any
 
 try:
@@ -37,6 +44,61 @@ def recv(sock: socket.socket, limit: int, *, native: bool = True) -> list[tuple[
         if len(data) <= DATAGRAM:
             out.append((data, (addr[0], addr[1])))
     return out
+
+
+Stamped = tuple[bytes, Addr, float]
+_TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
+_CONTROL = socket.CMSG_SPACE(_TIMESPEC.size)
+SO_TIMESTAMPNS: int = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux (SCM_TIMESTAMPNS: the same)
+
+
+def enable_stamps(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp each datagram's arrival (False: this system will not)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
+def recv_stamped(sock: socket.socket, limit: int, *, native: bool = True) -> list[Stamped]:
+    """As ``recv``, each datagram with its arrival (``time.monotonic``'s clock; the time of this
+    call where the kernel gave no stamp)."""
+    if native and _native is not None:
+        got: list[Stamped] = _native.recv(sock.fileno(), limit, True)
+        return got
+    out: list[Stamped] = []
+    while len(out) < limit:
+        try:
+            data, ancillary, _, addr = sock.recvmsg(DATAGRAM + 1, _CONTROL)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            if out:
+                break
+            raise
+        now = time.monotonic()
+        at = now
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                sec, nsec = _TIMESPEC.unpack_from(value)
+                now, offset = _realtime_to_monotonic()
+                at = min(now, sec + nsec * 1e-9 + offset)
+        if len(data) <= DATAGRAM:
+            out.append((data, (addr[0], addr[1]), at))
+    return out
+
+
+def _realtime_to_monotonic() -> tuple[float, float]:
+    """(now on the monotonic clock, what to add to a wall-clock time to put it there); the wall
+    clock read between two monotonic reads, again if they were far apart (preempted)."""
+    for _ in range(4):
+        m1 = time.monotonic()
+        real = time.time()
+        m2 = time.monotonic()
+        if m2 - m1 < 50e-6:
+            break
+    return m2, (m1 + m2) / 2 - real
 
 
 def send(sock: socket.socket, items: list[tuple[Any, Addr]], *, native: bool = True) -> int:

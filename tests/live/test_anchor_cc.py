@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from bench.anchor_ramp import CHROMIUM, CHROMIUM_ARGS, STATS_JS, publish_url
+from bench.anchor_ramp import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MAX_BITRATE,
+    STATS_JS,
+    busy_camera,
+    publish_url,
+    rates,
+)
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
 from tests.support.server import RunningServer
 
@@ -103,6 +111,69 @@ async def test_chromium_anchor_ramps_to_its_rate_and_720p(server: RunningServer)
             # after 4-8 s, Chromium's quality scaler stepping up)
             assert t_720 <= 3.0, f"720p only after {t_720:.1f} s"
 
+            await page.click("#stop")
+        finally:
+            await browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_chromium_anchor_sends_its_configured_rate_within_seconds(
+    server: RunningServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Issue 17, part 4: on a clean link a Chromium anchor publishing 720p (maxBitrate 2.5
+    Mbit/s) reaches its configured bitrate within 3 s, and stays there. Camera: a detailed 720p
+    clip (Chromium's own pattern encodes to ~0.4 Mbit/s whatever it may send). The answer's
+    start bitrate (media.anchor_cc_start_kbps) has it send that from its first frames; what
+    transport-cc feedback decides is whether it keeps it. bench.anchor_ramp, loopback, load
+    18-31, 3 runs: 2.3-2.5 Mbit/s over the run's second half (before kernel receive stamps:
+    1.2-2.6; REMB only: 0.5-1.7). The bound on reaching it is 5 s (a loaded machine's Chromium
+    is slow to start its encoder); falling back (REMB capping it, arrivals stamped late reading
+    as queueing) shows in the encoder's mean target from 3 s to 8 s."""
+    if why := _no_browser():
+        if os.environ.get("CI"):
+            raise RuntimeError(why)
+        pytest.skip(why)
+    from playwright.async_api import async_playwright
+
+    camera = busy_camera(tmp_path_factory.getbasetemp() / "anchor-720p.mjpeg")
+    room = "rate"
+    async with async_playwright() as pw:
+        args = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"]
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(publish_url(server.base_url, room, server.anchor_token(room)))
+            await _until(page, "window.stagecast.stream && !document.querySelector('#go').disabled")
+            await page.click("#go")
+            await _until(page, "window.stagecast.state === 'live'")
+            t0 = time.monotonic()
+            samples: list[dict[str, Any]] = []
+            while (now := time.monotonic() - t0) < 8.0:
+                sample = await page.evaluate(STATS_JS)
+                if sample is not None:
+                    samples.append({**sample, "t": now})
+                await asyncio.sleep(0.2)
+            rate = rates(samples)
+            shown = [(round(t, 1), round(b / 1e6, 2)) for t, b in rate]
+            reached = next((t for t, b in rate if b >= 0.8 * MAX_BITRATE), None)
+            # the encoder's target (what its congestion control allows), not the bytes: a loaded
+            # machine's encoder misses its target now and then without any feedback to blame
+            held = [x["target"] for x in samples if x["t"] >= 3.0]
+            print(f"80 % of {MAX_BITRATE} bit/s at {reached} s; Mbit/s over time {shown}")
+            congestion = _anchor_congestion(server)
+            assert congestion is not None and congestion.negotiated
+            assert reached is not None and reached <= 5.0, (
+                f"80 % of the configured rate not sent within 5 s (Mbit/s over 0.5 s: {shown}; "
+                f"last {samples[-1] if samples else None})"
+            )
+            # and kept: an estimate that collapses after the start (loop stalls read as
+            # queueing, a REMB cap) shows here
+            assert held and sum(held) / len(held) >= 0.8 * MAX_BITRATE, (
+                f"the target fell back after {reached:.1f} s ({[round(b / 1e6, 2) for b in held]}"
+                f" Mbit/s from 3 s; sent over 0.5 s: {shown})"
+            )
             await page.click("#stop")
         finally:
             await browser.close()

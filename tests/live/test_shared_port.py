@@ -27,6 +27,7 @@ from gateway.settings import Settings
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
 from relay.rtc import rtp_reader
 from relay.rtc.peer import close_quietly, rtc_configuration
+from relay.rtc.shared_port import SharedUdpPort
 from relay.server.edge import build_edge_node, create_edge_app
 from tests.live.test_ffmpeg_whip import ffmpeg_process, stderr_tail, wait_for
 from tests.support.ffmpeg_whip import whip_push_argv
@@ -748,3 +749,39 @@ async def test_ipv6_on_the_shared_port() -> None:
             if viewer is not None:
                 await viewer.close()
             await anchor.close()
+
+
+class _ArrivalLog(SharedUdpPort):
+    """The real port, noting what ``arrival`` says while each datagram is handed on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, float | None, float]] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...], local: str = "") -> None:
+        self.seen.append((data, self.arrival, time.monotonic()))
+
+
+@pytest.mark.timeout(20)
+async def test_the_port_hands_datagrams_on_with_the_kernels_arrival_time() -> None:
+    """Transport-cc feedback reports ``SharedUdpPort.arrival``: datagrams that came while the
+    loop was busy for 0.2 s keep the time they came, not the time the reader got to them (a
+    sender's delay-based controller would read the stall as queueing in the network)."""
+    port = _ArrivalLog()
+    await port.open("127.0.0.1", 0)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        time.sleep(0.01)  # noqa: ASYNC251 (the point: the loop is busy while they arrive)
+        sent = []
+        for i in range(5):
+            sender.sendto(b"%d" % i, port.sockname)
+            sent.append(time.monotonic())
+        time.sleep(0.2)  # noqa: ASYNC251
+        assert await wait_for(lambda: len(port.seen) >= 5, 5)
+        assert [d for d, _, _ in port.seen] == [b"%d" % i for i in range(5)]
+        for (_, arrival, handed), at in zip(port.seen, sent, strict=True):
+            assert arrival is not None and arrival <= at + 0.002 and handed - arrival >= 0.19
+        assert port.arrival is None  # only while a datagram is handed on
+    finally:
+        sender.close()
+        port.close()

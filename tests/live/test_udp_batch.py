@@ -90,3 +90,47 @@ def test_ipv6_addresses_come_back_as_host_and_port(native: bool) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("native", MODES)
+def test_recv_stamped_gives_the_kernels_arrival_not_the_read_time(
+    sockets: tuple[socket.socket, socket.socket], native: bool
+) -> None:
+    """Datagrams read 0.2 s after they came keep the time they came (transport-cc feedback
+    reports it: a late read must not look like queueing in the network)."""
+    if native and not udp_batch.NATIVE:
+        pytest.skip("built without a C compiler")
+    a, b = sockets
+    assert udp_batch.enable_stamps(b)
+    before = time.monotonic()
+    for i in range(20):
+        a.sendto(bytes([i]) * 100, b.getsockname())
+    sent = time.monotonic()
+    time.sleep(0.2)
+    got = udp_batch.recv_stamped(b, 100, native=native)
+    read = time.monotonic()
+    assert [d for d, _, _ in got] == [bytes([i]) * 100 for i in range(20)]
+    assert {addr for _, addr, _ in got} == {a.getsockname()}
+    arrivals = [at for _, _, at in got]
+    assert arrivals == sorted(arrivals)
+    # (the wall clock is moved to the monotonic one: a preemption between the reads shifts it)
+    assert before - 0.01 <= arrivals[0] and arrivals[-1] <= sent + 0.01, (before, arrivals, sent)
+    assert read - arrivals[-1] >= 0.19
+    assert udp_batch.recv_stamped(b, 10, native=native) == []
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("native", MODES)
+def test_recv_stamped_without_stamps_enabled_gives_the_read_time(
+    sockets: tuple[socket.socket, socket.socket], native: bool
+) -> None:
+    if native and not udp_batch.NATIVE:
+        pytest.skip("built without a C compiler")
+    a, b = sockets
+    a.sendto(b"one", b.getsockname())
+    time.sleep(0.1)
+    before = time.monotonic()
+    got = udp_batch.recv_stamped(b, 10, native=native)
+    assert [(d, addr) for d, addr, _ in got] == [(b"one", a.getsockname())]
+    assert before <= got[0][2] <= time.monotonic()
