@@ -270,6 +270,7 @@ class RtpRewriter:
         self._ts = [0] * HISTORY_FRAMES
         self._key = [False] * HISTORY_FRAMES
         self._at = [-1.0] * HISTORY_FRAMES  # when each frame was sent (-1: not told)
+        self.keyframe_at = -1.0  # when the last keyframe was sent (-1: none, or not told)
         self._slot = 0
         self._continue_after: int | None = None
         # the first sequence number of the current timeline (None: the only one so far) and
@@ -313,6 +314,8 @@ class RtpRewriter:
         self._ts[slot] = ts
         self._key[slot] = keyframe
         self._at[slot] = -1.0 if now is None else now
+        if keyframe and now is not None:
+            self.keyframe_at = now
         self._slot = (slot + 1) % HISTORY_FRAMES
         self.packets += n
         self.sequence = (first + n) & 0xFFFF
