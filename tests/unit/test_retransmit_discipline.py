@@ -238,8 +238,8 @@ def test_by_default_a_delta_frames_packet_waits_for_a_keyframe_not_a_playout_tim
 def single_nack_receiver(limits: RetransmitLimits, seed: int) -> tuple[int, int]:
     """aiortc's receiver on 2 % loss both ways (140 video packets/s, 40 ms RTT, a keyframe
     every 2 s): it NACKs every hole it still misses when a NEW hole appears, never again in
-    between, and sends no PLI (rtcrtpreceiver.NackGenerator). Returns (holes, holes still open
-    when the next keyframe came: each a freeze until then)."""
+    between, and sends no PLI (rtcrtpreceiver.NackGenerator). Returns (holes, holes open for
+    more than 0.1 s when the next keyframe came: each a freeze until then)."""
     rng = random.Random(seed)
     budget = RetransmitBudget(limits)
     rate, rtt, loss, gop = 140, 0.04, 0.02, 280
@@ -253,8 +253,9 @@ def single_nack_receiver(limits: RetransmitLimits, seed: int) -> tuple[int, int]
             if at <= now:
                 del arriving[s]
                 missing.pop(s, None)
-        if seq % gop == 0:
-            stuck += len(missing)  # the keyframe starts the picture over
+        if seq % gop == 0:  # the keyframe starts the picture over: a hole open since more
+            # than ~2 RTT froze the picture until now (a younger one is the keyframe's luck)
+            stuck += sum(1 for sent in missing.values() if now - sent > 0.1)
             missing.clear()
             keyframe_at = now
         budget.on_media(SIZE)
@@ -277,10 +278,11 @@ def single_nack_receiver(limits: RetransmitLimits, seed: int) -> tuple[int, int]
 def test_a_receiver_that_asks_once_is_answered_until_its_keyframe() -> None:
     """Its second request for a hole comes with the next new hole, ~360 ms later at 2 % loss:
     past 0.25 s + 1.5 RTT it was refused and the viewer froze to the next keyframe (0-2 s).
-    Answered, the freeze ends a round trip later. Over 20 simulated minutes a third fewer
-    holes stay open to a keyframe (124 -> 82 of 3483); the rest are NACKs or retransmissions
-    lost with no new hole before the keyframe: this receiver's own limit (a browser NACKs a
-    hole again every round trip)."""
+    Answered, the freeze ends a round trip later. Over 20 simulated minutes the holes that
+    froze the picture to a keyframe go from 61 to 19 of 3483; the rest are NACKs or
+    retransmissions lost with no new hole before the keyframe: this receiver's own limit (a
+    browser NACKs a hole again every round trip; sending every retransmission twice would
+    leave 10)."""
     old = RetransmitLimits(playout=0.25)
     new = RetransmitLimits()
     stuck_old = stuck_new = holes = 0
@@ -289,4 +291,4 @@ def test_a_receiver_that_asks_once_is_answered_until_its_keyframe() -> None:
         _, s_new = single_nack_receiver(new, seed)
         holes, stuck_old, stuck_new = holes + h, stuck_old + s_old, stuck_new + s_new
     assert holes > 3000
-    assert stuck_new <= 0.8 * stuck_old, (stuck_old, stuck_new, holes)
+    assert 2.5 * stuck_new <= stuck_old, (stuck_old, stuck_new, holes)
