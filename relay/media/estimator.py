@@ -11,12 +11,12 @@ Three sources, best first:
     of the rate the viewer acknowledged; otherwise it grows 8 %/s, and at once to the
     acknowledged rate (what the link has just carried without queueing), capped at 1.5 times
     that rate, or at what a probe showed the link carries while that result is fresh.
-  - loss-based: loss over the last second above 10 % lowers the target by half the loss (at
-    most once per 300 ms + RTT, never below 0.85 of the acknowledged rate: the link carried
-    that much); below 2 % it grows like the delay-based one, and so it does up to 10 % while
-    the delay detector reads normal (random loss on a wide link neither collapses the
-    estimate nor holds it where it was when the loss began); in between with the delay
-    moving it holds.
+  - loss-based: loss over the last second above 10 % (for ``LOSS_PERSIST`` s, or at once
+    when the delay moves) lowers the target by half the loss (at most once per 300 ms + RTT,
+    never below 0.85 of the acknowledged rate: the link carried that much); below 2 % it
+    grows like the delay-based one, and so it does up to 10 % while the delay detector reads
+    normal (random loss on a wide link neither collapses the estimate nor holds it where it
+    was when the loss began); in between with the delay moving it holds.
   The target is the lower of the two.
 * REMB: the receiver's own estimate (aiortc sends one), clamped to sane bounds; while the
   viewer's receiver reports show no loss it is not taken below 0.85 of what we send (aiortc's
@@ -72,6 +72,9 @@ GROWTH = 1.08  # per second
 HEADROOM = 1.5
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
+LOSS_PERSIST = 0.5
+"""Seconds loss must stay over ``LOSS_HIGH`` (with the delay not moving) before the target
+backs off for it: a one-second window of random 8 % loss goes over 10 % by chance."""
 WINDOW = 1.0  # seconds of acknowledged/sent bytes and losses measured
 PROBE_FRESH = 5.0  # seconds a probe's result may lift the cap above HEADROOM x the acked rate
 PROBE_TIMEOUT = 1.0  # seconds after a cluster's end its feedback may take
@@ -408,6 +411,7 @@ class BandwidthEstimator:
         self._increasing = True
         self._last_update: float | None = None
         self._last_loss_decrease = float("-inf")
+        self._loss_high_since: float | None = None  # loss over LOSS_HIGH since (None: not now)
         self._twcc_at: float | None = None
         self._remb: float | None = None
         self._remb_at: float | None = None
@@ -667,8 +671,15 @@ class BandwidthEstimator:
         self._delay_target = min(target, cap)
         # loss-based
         loss_target = self._loss_target if self._loss_target is not None else acked
+        if loss <= LOSS_HIGH:
+            self._loss_high_since = None
+        elif self._loss_high_since is None:
+            self._loss_high_since = now
         if loss > LOSS_HIGH:
-            if now - self._last_loss_decrease >= 0.3 + (self._rtt or 0.0):
+            persistent = now - self._loss_high_since >= LOSS_PERSIST
+            if (persistent or usage is not Usage.NORMAL) and (
+                now - self._last_loss_decrease >= 0.3 + (self._rtt or 0.0)
+            ):
                 self._last_loss_decrease = now
                 loss_target = max(loss_target * (1 - 0.5 * loss), BETA * acked)
         elif loss < LOSS_LOW or usage is Usage.NORMAL:
