@@ -671,23 +671,24 @@ class BandwidthEstimator:
         self._delay_target = min(target, cap)
         # loss-based
         loss_target = self._loss_target if self._loss_target is not None else acked
-        if loss <= LOSS_HIGH:
-            self._loss_high_since = None
-        elif self._loss_high_since is None:
-            self._loss_high_since = now
         if loss > LOSS_HIGH:
-            persistent = now - self._loss_high_since >= LOSS_PERSIST
+            since = self._loss_high_since
+            if since is None:
+                since = self._loss_high_since = now
+            persistent = now - since >= LOSS_PERSIST
             if (persistent or usage is not Usage.NORMAL) and (
                 now - self._last_loss_decrease >= 0.3 + (self._rtt or 0.0)
             ):
                 self._last_loss_decrease = now
                 loss_target = max(loss_target * (1 - 0.5 * loss), BETA * acked)
-        elif loss < LOSS_LOW or usage is Usage.NORMAL:
-            # loss up to LOSS_HIGH while the delay does not move is random loss on the way, not
-            # a full queue (that shows as delay first): held there, a target taken from the
-            # first second's acked rate stayed below the stream at 5 % loss and moved the
-            # viewer down and up again (tests/unit/test_estimator.py, closed loop)
-            loss_target = max(loss_target * growth, acked)
+        else:
+            self._loss_high_since = None
+            if loss < LOSS_LOW or usage is Usage.NORMAL:
+                # loss up to LOSS_HIGH while the delay does not move is random loss on the way,
+                # not a full queue (that shows as delay first): held there, a target taken from
+                # the first second's acked rate stayed below the stream at 5 % loss and moved
+                # the viewer down and up again (tests/unit/test_estimator.py, closed loop)
+                loss_target = max(loss_target * growth, acked)
         self._loss_target = min(loss_target, cap)
 
     def twcc_loss(self, now: float) -> float:
