@@ -329,8 +329,7 @@ class DirectSender:
         if found is None:
             return
         size, age, keyframe = found  # seconds since it was sent (the send path tells the time)
-        # a keyframe sent after it: the viewer decodes from there on and no longer waits for it
-        superseded = age is not None and rewriter.keyframe_at > now - age
+        superseded = rewriter.superseded(age, now)  # a keyframe went out after it
         estimator = self.estimator
         allowance = self._allowance
         if estimator is not None and now - self._allowance_at >= ALLOWANCE_EVERY:

@@ -405,6 +405,13 @@ class RtpRewriter:
             self._key[slot],
         )
 
+    def superseded(self, age: float | None, now: float) -> bool:
+        """A keyframe went out after the packet sent ``age`` seconds before ``now`` (from
+        ``lookup_sent``): the viewer decodes from that keyframe on and no longer waits for it.
+        (1 us: ``now - age`` is the send time give or take rounding; keyframes are frames
+        apart.)"""
+        return age is not None and self.keyframe_at > now - age + 1e-6
+
     def retransmission(
         self, sequence: int, transport_seq: int | None = None, transport_offset: int = 0
     ) -> bytes | None:
