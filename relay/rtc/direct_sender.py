@@ -337,7 +337,11 @@ class DirectSender:
             # every ALLOWANCE_EVERY s, not per packet
             estimate = estimator.snapshot(now)
             allowance = self._allowance = estimate_allowance(
-                estimate.source, estimate.target_bps, estimate.sent_bps, self.budget.limits.share
+                estimate.source,
+                estimate.target_bps,
+                estimate.sent_bps,
+                self.budget.limits.share,
+                estimate.loss_fraction,
             )
             self._allowance_at = now
         budget = self.budget

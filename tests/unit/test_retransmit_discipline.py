@@ -292,3 +292,40 @@ def test_a_receiver_that_asks_once_is_answered_until_its_keyframe() -> None:
         holes, stuck_old, stuck_new = holes + h, stuck_old + s_old, stuck_new + s_new
     assert holes > 3000
     assert 2.5 * stuck_new <= stuck_old, (stuck_old, stuck_new, holes)
+
+
+def test_random_loss_is_repaired_within_a_transport_cc_estimate_at_the_media_rate() -> None:
+    """A browser at 5 % random loss whose estimate sits at its media rate (held there by the
+    delay detector on a busy bed): at the ``MIN_SHARE`` floor its NACKs (every loss at once,
+    again each round trip while the retransmission is lost too) were refused over budget (78 of
+    280 NACKed packets, netbed loss5-rtt40); the floor follows the loss up to 10 %. In 30 s
+    (~225 packets lost) the old floor left 19 given up after 10 NACKs each, this one none. A
+    bottleneck's loss (over 10 %) keeps the old floor."""
+    media, loss = 1_500_000, 0.05
+    assert rtx_allowance(media, media, 0.25, 0.05) == pytest.approx(0.10 * media)
+    assert rtx_allowance(media, media, 0.25, 0.3) == pytest.approx(MIN_SHARE * media)
+    assert rtx_allowance(media, media, 0.25, 0.09) == pytest.approx(0.18 * media)
+    unrepaired = []
+    for reported_loss in (0.0, loss):
+        rng = random.Random(3)
+        b = RetransmitBudget()
+        allowance = estimate_allowance("twcc", media, media, 0.25, reported_loss)
+        asked: list[tuple[float, int, int]] = []  # (when, sequence, tries) NACKs due
+        given_up = 0
+        for i in range(150 * 30):  # 30 s at 150 packets/s
+            now = i / 150
+            b.on_media(SIZE)
+            if rng.random() < loss:
+                asked.append((now + 0.02, i, 0))
+            due = [x for x in asked if x[0] <= now]
+            asked = [x for x in asked if x[0] > now]
+            for _, seq, tries in due:
+                verdict = b.decide(seq, SIZE, 0.05, 0.04, now, allowance_bps=allowance)
+                if verdict is Verdict.SEND and rng.random() >= loss:
+                    continue  # repaired
+                if tries >= 9:  # libwebrtc gives a packet up after 10 NACKs
+                    given_up += 1
+                else:  # asked again a round trip later
+                    asked.append((now + 0.04, seq, tries + 1))
+        unrepaired.append(given_up)
+    assert unrepaired[0] > 10 and unrepaired[1] == 0, unrepaired
