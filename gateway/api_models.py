@@ -120,7 +120,7 @@ class ViewerView(BaseModel):
     keyframe_requests: int = 0
     keyframe_requests_suppressed: int = 0  # held back by the viewer's backoff
     rtt_ms: float | None = None
-    fraction_lost: float = 0.0  # from the viewer's last receiver report
+    fraction_lost: float = 0.0  # over the last second or more of its receiver reports
     # the viewer's bandwidth estimate (relay/media/estimator.py): its source ("twcc": transport-cc
     # feedback, "remb", "rr": receiver reports alone, "none"), target, the loss it reads (over the
     # last second with transport-cc), what the viewer acknowledged and what we sent it

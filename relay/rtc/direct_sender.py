@@ -5,12 +5,12 @@ Frames skip the RTCRtpSender's RTP task altogether. The negotiated parameters ar
 SRTP session and written to the nominated ICE pair's UDP socket synchronously (``srtp_writer``: a C
 loop when built); NACKs are answered from our own history within a budget and a playout deadline
 (``relay.media.retransmit``), and sender reports read our counters.
-aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is noted on the way
-(the rendition fallback reads it). With a session's ``BandwidthEstimator``, every packet sent
-(retransmissions too) is recorded there, numbered with a transport-wide sequence number when
-the viewer negotiated transport-cc; receiver reports feed it, and its estimate limits the
-retransmission rate. Every aiortc/aioice internal this needs is reached through
-``relay/rtc/adapter.py`` (``SenderSeam``).
+aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is noted on the way,
+over a second or more (``relay.media.report_loss``: the layer selector reads it). With a
+session's ``BandwidthEstimator``, every packet sent (retransmissions too) is recorded there,
+numbered with a transport-wide sequence number when the viewer negotiated transport-cc;
+receiver reports feed it, and its estimate limits the retransmission rate. Every aiortc/aioice
+internal this needs is reached through ``relay/rtc/adapter.py`` (``SenderSeam``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from aiortc.rtp import (
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
+from relay.media.report_loss import ReportLoss
 from relay.media.retransmit import (
     RetransmitBudget,
     RetransmitLimits,
@@ -56,7 +57,6 @@ from relay.rtc.srtp_writer import DatagramOut, PySrtpWriter, SrtpWriter, new_srt
 
 log = logging.getLogger(__name__)
 
-LOSSY_FRACTION = 0.1
 SR_INTERVAL = 0.2  # seconds between updates of the counters aiortc puts in sender reports
 ALLOWANCE_EVERY = 0.05  # seconds between two readings of the estimate for retransmissions
 
@@ -135,8 +135,7 @@ class DirectSender:
         self._credited = 0  # of self.octets, given to the retransmission budget so far
         self.congested = 0
         self.errors = 0
-        self.lossy_reports = 0  # receiver reports with fraction lost >= LOSSY_FRACTION
-        self.fraction_lost = 0.0
+        self.report_loss = ReportLoss()  # the loss over a second or more of receiver reports
         # the viewer's feedback: NACK messages and the sequence numbers they asked for, the
         # retransmissions sent (and their bytes), PLI/FIR keyframe requests
         self.nacks = 0
@@ -174,15 +173,24 @@ class DirectSender:
         elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == self._seam.ssrc:
-                    self.fraction_lost = report.fraction_lost / 256
-                    if self.fraction_lost >= LOSSY_FRACTION:
-                        self.lossy_reports += 1
+                    now = time.monotonic()
+                    self.report_loss.on_report(report.highest_sequence, report.packets_lost, now)
                     estimator = self.estimator
                     if self._reports and estimator is not None:
                         estimator.on_rtt(self._seam.round_trip_time())
                         estimator.on_receiver_report(
-                            self.fraction_lost, report.jitter / self._clock_rate, time.monotonic()
+                            report.fraction_lost / 256, report.jitter / self._clock_rate, now
                         )
+
+    @property
+    def fraction_lost(self) -> float:
+        """The viewer's loss over the last window of receiver reports (``ReportLoss``)."""
+        return self.report_loss.fraction
+
+    @property
+    def lossy_reports(self) -> int:
+        """Windows of receiver reports that lost ``relay.media.report_loss.LOSSY`` or more."""
+        return self.report_loss.lossy
 
     def round_trip_time(self) -> float | None:
         return self._seam.round_trip_time()
@@ -321,6 +329,7 @@ class DirectSender:
         if found is None:
             return
         size, age, keyframe = found  # seconds since it was sent (the send path tells the time)
+        superseded = rewriter.superseded(age, now)  # a keyframe went out after it
         estimator = self.estimator
         allowance = self._allowance
         if estimator is not None and now - self._allowance_at >= ALLOWANCE_EVERY:
@@ -328,7 +337,11 @@ class DirectSender:
             # every ALLOWANCE_EVERY s, not per packet
             estimate = estimator.snapshot(now)
             allowance = self._allowance = estimate_allowance(
-                estimate.source, estimate.target_bps, estimate.sent_bps, self.budget.limits.share
+                estimate.source,
+                estimate.target_bps,
+                estimate.sent_bps,
+                self.budget.limits.share,
+                estimate.loss_fraction,
             )
             self._allowance_at = now
         budget = self.budget
@@ -344,6 +357,7 @@ class DirectSender:
             now,
             keyframe=keyframe,
             allowance_bps=allowance,
+            superseded=superseded,
         )
         if verdict is not Verdict.SEND:
             return

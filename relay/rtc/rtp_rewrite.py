@@ -270,6 +270,7 @@ class RtpRewriter:
         self._ts = [0] * HISTORY_FRAMES
         self._key = [False] * HISTORY_FRAMES
         self._at = [-1.0] * HISTORY_FRAMES  # when each frame was sent (-1: not told)
+        self.keyframe_at = -1.0  # when the last keyframe was sent (-1: none, or not told)
         self._slot = 0
         self._continue_after: int | None = None
         # the first sequence number of the current timeline (None: the only one so far) and
@@ -313,6 +314,8 @@ class RtpRewriter:
         self._ts[slot] = ts
         self._key[slot] = keyframe
         self._at[slot] = -1.0 if now is None else now
+        if keyframe and now is not None:
+            self.keyframe_at = now
         self._slot = (slot + 1) % HISTORY_FRAMES
         self.packets += n
         self.sequence = (first + n) & 0xFFFF
@@ -401,6 +404,13 @@ class RtpRewriter:
             None if at < 0 else max(0.0, now - at),
             self._key[slot],
         )
+
+    def superseded(self, age: float | None, now: float) -> bool:
+        """A keyframe went out after the packet sent ``age`` seconds before ``now`` (from
+        ``lookup_sent``): the viewer decodes from that keyframe on and no longer waits for it.
+        (1 us: ``now - age`` is the send time give or take rounding; keyframes are frames
+        apart.)"""
+        return age is not None and self.keyframe_at > now - age + 1e-6
 
     def retransmission(
         self, sequence: int, transport_seq: int | None = None, transport_offset: int = 0

@@ -46,16 +46,18 @@ class MediaSettings(BaseModel):
     """A simulcast layer that sends nothing for this long has stopped: its viewers get the next
     layer down until it sends again (from its next keyframe)."""
     rtx_max_age: float = Field(2.0, gt=0, le=10)
-    """A viewer's NACKed keyframe packet is sent again only if it can arrive (its frame's age
-    plus half the viewer's round trip) within this many seconds of its frame: later it cannot
-    be played. Not shorter: a viewer on a lossy link may take a second or more to complete a
-    keyframe (each retransmission can be lost too), and until it has one it shows nothing (0.5 s
-    left a viewer at 30 % loss without a picture after a rendition switch:
+    """A viewer's NACKed packet is sent again only if it can arrive (its frame's age plus half
+    the viewer's round trip) within this many seconds of its frame, and no keyframe went to the
+    viewer after it (from there on the viewer decodes without it): later it cannot be played.
+    Not shorter: a viewer on a lossy link may take a second or more to complete a keyframe
+    (each retransmission can be lost too), and until it has one it shows nothing (0.5 s left a
+    viewer at 30 % loss without a picture after a rendition switch:
     tests/live/test_rendition_fallback.py)."""
-    rtx_playout: float = Field(0.25, gt=0, le=10)
-    """Any other NACKed packet only within this many seconds plus 1.5 round trips of its frame
-    (capped by ``rtx_max_age``): a receiver holds a frame about that long; a later packet is
-    decoded too late or makes the viewer's jitter buffer grow (issue 17)."""
+    rtx_playout: float = Field(2.0, gt=0, le=10)
+    """A delta frame's packet only within this many seconds plus 1.5 round trips of its frame
+    (capped by ``rtx_max_age``, so off by default). A receiver that lost a packet waits on it
+    until it comes or a keyframe does: refusing it at 0.25 s froze viewers to the next keyframe
+    at 2 % loss (relay/media/retransmit.py; BENCHMARKS.md, ``bench.adaptation``)."""
     rtx_share: float = Field(0.25, ge=0, le=1)
     """Retransmissions to a viewer may take at most this share of the media bytes sent to it."""
     viewer_keyframe_backoff: float = Field(8.0, ge=0, le=120)

@@ -173,6 +173,28 @@ def test_a_retransmissions_age_runs_from_its_send_not_from_media_time() -> None:
     assert untimed.lookup_sent(seq, now=1.0) == (len(cache.templates(f, PROFILE)[0]), None, False)
 
 
+def test_the_last_keyframes_send_time_tells_which_packets_it_superseded() -> None:
+    """``superseded`` with the age ``lookup_sent`` gives (as the direct sender asks): a delta
+    frame before the keyframe is superseded, the keyframe's own packets and later frames are
+    not, whatever the rounding of ``now - age``; an untimed packet never is."""
+    cache = TemplateCache(lambda: 0)
+    r = RtpRewriter(0xAAAA, PROFILE, rtx_ssrc=0xBBBB)
+    assert r.keyframe_at == -1.0
+    f = frame(90_000)
+    before, _ = r.assign(cache.templates(f, PROFILE), f.timestamp, now=1000.1)
+    key, _ = r.assign(cache.templates(f, PROFILE), f.timestamp + 3000, True, now=1000.133)
+    after, _ = r.assign(cache.templates(f, PROFILE), f.timestamp + 6000, now=1000.166)
+    assert r.keyframe_at == 1000.133
+    now = 1000.4567
+    superseded = {}
+    for name, seq in (("before", before), ("key", key), ("after", after)):
+        found = r.lookup_sent(seq, now)
+        assert found is not None and found[1] is not None
+        superseded[name] = r.superseded(found[1], now)
+    assert superseded == {"before": True, "key": False, "after": False}
+    assert not r.superseded(None, now)
+
+
 def test_retransmission_without_rtx_repeats_the_packet() -> None:
     profile = SendProfile(96, None, ())
     cache = TemplateCache(lambda: 0)
