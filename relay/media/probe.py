@@ -22,8 +22,17 @@ if one is lost, and transport-cc numbers them like media.
   measured at all, without loss or overuse (a stalled source gave too few frames to carry it)
   is inconclusive: the next one ``retry`` s later.
 * A failed cluster waits ``retry`` s before the next, doubling to ``max_retry``; a layer switch
-  starts over (``first_after`` s later, base retry): a dip's recovery is found within a few
-  seconds, a steady bottleneck costs one 0.1 s burst every ``max_retry`` s.
+  starts over (``first_after`` s later, base retry): a steady bottleneck costs one short burst
+  every ``max_retry`` s. After a move down from a layer held ``fitted`` s (the link changed
+  under a viewer it carried: a dip, often over in seconds) the wait stays at most
+  ``dip_retry`` s for ``dip_window`` s, as libwebrtc's ALR probing comes every 5 s: the
+  failures inside a 10 s dip doubled the wait to 12-24 s, which the recovery then waited out.
+* A cluster lasts ``duration`` s (0.3 s: ~9 frames). The probe bytes go with the frames, so a
+  0.1 s cluster was three frame bursts; one late frame (a busy mixer) or the jitter of a
+  loaded path moved its measured rates by a third, and clusters sent on a recovered, unlimited
+  link measured 355-550 kbit/s for a 677 kbit/s aim (bench.adaptation drop400, Chromium,
+  load 16-20: never climbed back). Over ~9 frames that noise averages out, and a token bucket
+  (tbf's burst) can pass only the head of it.
 """
 
 from __future__ import annotations
@@ -39,9 +48,9 @@ SATURATED = 0.9  # a cluster that arrived below this share of its send rate foun
 
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
-    duration: float = 0.1
-    timeout: float = 0.5  # a cluster whose bytes the frames have not carried by then ends
-    margin: float = 1.2
+    duration: float = 0.3
+    timeout: float = 0.8  # a cluster whose bytes the frames have not carried by then ends
+    margin: float = 1.25  # x success: 1.125 x the layer, above the selector's ``probe_fit``
     success: float = 0.9
     stable: float = 1.0
     max_loss: float = 0.05
@@ -51,6 +60,9 @@ class ProbeConfig:
     again: float = 0.3
     fresh: float = 5.0  # s a success is answered by ``probed``
     abort_losses: int = 2  # losses reported while a cluster runs that stop it
+    fitted: float = 5.0  # s on a layer before a move down counts as a dip
+    dip_retry: float = 4.0  # the longest wait between clusters after a dip...
+    dip_window: float = 30.0  # ... for this long after its move down
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,8 @@ class ProbeController:
         self._step = 0  # which of the higher layers the climb is at (0: the next one)
         self._climbing = False
         self._best: tuple[int, float] | None = None  # (bits/s shown, when)
+        self._switched_at = now
+        self._dip_until = float("-inf")  # failures wait at most ``dip_retry`` s until then
         self.clusters = 0
         self.successes = 0
         self.failures = 0
@@ -170,8 +184,13 @@ class ProbeController:
         if cluster is not None:
             self._waiting[cluster.id] = cluster
 
-    def switched(self, now: float) -> None:
-        """The viewer moved to another layer: what was probed is spent; start over."""
+    def switched(self, now: float, *, down: bool = False) -> None:
+        """The viewer moved to another layer: what was probed is spent; start over. A move
+        ``down`` from a layer held ``fitted`` s is a dip: probe often until it is over."""
+        c = self.config
+        if down and now - self._switched_at >= c.fitted:
+            self._dip_until = now + c.dip_window
+        self._switched_at = now
         self._waiting.clear()
         self._close()
         self._waiting.clear()
@@ -210,7 +229,10 @@ class ProbeController:
             self.failures += 1
             if self._climbing:
                 self._climb_over()
-            self._next_at = now + self._retry
+            wait = self._retry
+            if now < self._dip_until:
+                wait = min(wait, c.dip_retry)
+            self._next_at = now + wait
             self._retry = min(c.max_retry, 2 * self._retry)
 
     def _climb_over(self) -> None:

@@ -242,7 +242,7 @@ def run_adaptive(
                 seen.switches.append((now, switch.target, switch.down))
                 seen.layers.append((now, sel.current))
                 if controller is not None:
-                    controller.switched(now)
+                    controller.switched(now, down=switch.down)
                     if not switch.down:
                         estimator.renew_probe(now)
                 if estimator.probing:
