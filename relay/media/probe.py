@@ -13,8 +13,10 @@ if one is lost, and transport-cc numbers them like media.
   estimate alone does not already show the next layer fits.
 * A cluster aims at ``margin`` x the next layer's bitrate (media included), never more: a
   probe is capped at the layer it asks about. It carries ``duration`` s worth of probe bytes
-  (with the frames; a late frame stretches it, at most two frames' worth goes at once; it ends
-  after ``timeout`` s whatever was sent) and stops at the first overuse or loss reported.
+  (with the frames: each carries the bytes due since the one before, two to four frames'
+  worth, so frames that come late (a starved mixer's 180p came every ~100 ms) keep the rate
+  and a very late one stretches the cluster instead of bursting it; it ends after ``timeout`` s
+  whatever was sent) and stops at the first overuse or loss reported.
 * A cluster that carried at least ``success`` of its rate without overuse and with at most
   ``max_loss`` loss succeeded; the next layer up is probed ``again`` s later (a dip's recovery
   climbs the ladder in one go). ``probed`` answers the best rate shown, once the climb ended.
@@ -23,8 +25,9 @@ if one is lost, and transport-cc numbers them like media.
   is inconclusive: the next one ``retry`` s later.
 * A failed cluster waits ``retry`` s before the next, doubling to ``max_retry``; a layer switch
   starts over (``first_after`` s later, base retry): a steady bottleneck costs one short burst
-  every ``max_retry`` s. After a move down from a layer held ``fitted`` s (the link changed
-  under a viewer it carried: a dip, often over in seconds) the wait stays at most
+  every ``max_retry`` s. After a move down that ends ``fitted`` s of a calm estimate (the
+  link changed under a viewer it carried: a dip, often over in seconds; not a viewer that
+  joined on a thin link, however long its first picture took) the wait stays at most
   ``dip_retry`` s for ``dip_window`` s, as libwebrtc's ALR probing comes every 5 s: the
   failures inside a 10 s dip doubled the wait to 12-24 s, which the recovery then waited out.
 * A cluster lasts ``duration`` s (0.3 s: ~9 frames). The probe bytes go with the frames, so a
@@ -60,7 +63,7 @@ class ProbeConfig:
     again: float = 0.3
     fresh: float = 5.0  # s a success is answered by ``probed``
     abort_losses: int = 2  # losses reported while a cluster runs that stop it
-    fitted: float = 5.0  # s on a layer before a move down counts as a dip
+    fitted: float = 5.0  # s of calm estimate before a move down that make it a dip
     dip_retry: float = 4.0  # the longest wait between clusters after a dip...
     dip_window: float = 30.0  # ... for this long after its move down
 
@@ -88,6 +91,7 @@ class ProbeController:
         self._waiting: dict[int, ProbeCluster] = {}
         self._ids = 0
         self._sent = 0  # probe bytes of the active cluster
+        self._last_due = now  # the frame before (the cluster's start before its first)
         self._lost_at_start = 0
         self._next_at = now + c.first_after
         self._retry = c.retry
@@ -95,7 +99,8 @@ class ProbeController:
         self._step = 0  # which of the higher layers the climb is at (0: the next one)
         self._climbing = False
         self._best: tuple[int, float] | None = None  # (bits/s shown, when)
-        self._switched_at = now
+        self._calm_span = 0.0  # how long the last calm stretch lasted...
+        self._calm_ended = float("-inf")  # ... and when it ended
         self._dip_until = float("-inf")  # failures wait at most ``dip_retry`` s until then
         self.clusters = 0
         self.successes = 0
@@ -126,6 +131,8 @@ class ProbeController:
             and estimate.loss_fraction <= c.max_loss
         )
         if not calm:
+            if self._calm_since is not None:
+                self._calm_span, self._calm_ended = now - self._calm_since, now
             self._calm_since = None
             if self._climbing and estimate.usage == "overuse":
                 self._climb_over()
@@ -150,6 +157,7 @@ class ProbeController:
         cluster = ProbeCluster(self._ids, target, media, now, now + c.duration)
         self.active = cluster
         self._sent = 0
+        self._last_due = now
         self._lost_at_start = lost_packets
         self._step = step
         return cluster
@@ -168,10 +176,12 @@ class ProbeController:
         if self._sent >= total or now >= cluster.start + self.config.timeout:
             self._close()
             return None
-        # the bytes due by now, at most two frames' worth at once: frames that come late (a
-        # busy source) stretch the cluster instead of sending it in one burst
+        # the bytes due by now, at most those since the frame before (two to four frames'
+        # worth): late frames keep the rate, a stall stretches the cluster, never bursts it
         span = now - cluster.start + FRAME
-        due = min(cluster.probe_bps * span / 8 - self._sent, cluster.probe_bps * 2 * FRAME / 8)
+        gap = min(max(now - self._last_due, 2 * FRAME), 4 * FRAME)
+        self._last_due = now
+        due = min(cluster.probe_bps * span / 8 - self._sent, cluster.probe_bps * gap / 8)
         return max(0, int(due))
 
     def sent(self, size: int) -> None:
@@ -186,11 +196,15 @@ class ProbeController:
 
     def switched(self, now: float, *, down: bool = False) -> None:
         """The viewer moved to another layer: what was probed is spent; start over. A move
-        ``down`` from a layer held ``fitted`` s is a dip: probe often until it is over."""
+        ``down`` right after ``fitted`` s of calm estimate is a dip: probe often until it is
+        over."""
         c = self.config
-        if down and now - self._switched_at >= c.fitted:
-            self._dip_until = now + c.dip_window
-        self._switched_at = now
+        if down:
+            calm = self._calm_since
+            if (calm is not None and now - calm >= c.fitted) or (
+                self._calm_span >= c.fitted and now - self._calm_ended <= c.fitted
+            ):
+                self._dip_until = now + c.dip_window
         self._waiting.clear()
         self._close()
         self._waiting.clear()
