@@ -13,10 +13,13 @@ if one is lost, and transport-cc numbers them like media.
   estimate alone does not already show the next layer fits.
 * A cluster aims at ``margin`` x the next layer's bitrate (media included), never more: a
   probe is capped at the layer it asks about. It carries ``duration`` s worth of probe bytes
-  (with the frames: each carries the bytes due since the one before, two to four frames'
+  (with the frames: each carries the bytes due since the one before, one to three frames'
   worth, so frames that come late (a starved mixer's 180p came every ~100 ms) keep the rate
   and a very late one stretches the cluster instead of bursting it; it ends after ``timeout`` s
-  whatever was sent) and stops at the first overuse or loss reported.
+  whatever was sent) and stops at the first overuse or loss reported, or once its packets
+  queued ``abort_queue`` s: above the link's rate for 0.3 s, a cluster overflowed the test
+  bed's 100 ms tbf queue (30-40 % of a 360p -> 720p cluster lost on 1 Mbit/s, media with it,
+  which moved the viewer down for congestion) before a loss came back to stop it.
 * A cluster that carried at least ``success`` of its rate without overuse and with at most
   ``max_loss`` loss succeeded; the next layer up is probed ``again`` s later (a dip's recovery
   climbs the ladder in one go). ``probed`` answers the best rate shown, once the climb ended.
@@ -63,6 +66,7 @@ class ProbeConfig:
     again: float = 0.3
     fresh: float = 5.0  # s a success is answered by ``probed``
     abort_losses: int = 2  # losses reported while a cluster runs that stop it
+    abort_queue: float = 0.04  # s of queueing reported while a cluster runs that stop it
     fitted: float = 5.0  # s of calm estimate before a move down that make it a dip
     dip_retry: float = 4.0  # the longest wait between clusters after a dip...
     dip_window: float = 30.0  # ... for this long after its move down
@@ -162,13 +166,21 @@ class ProbeController:
         self._step = step
         return cluster
 
-    def due(self, now: float, *, overuse: bool = False, lost_packets: int = 0) -> int | None:
+    def due(
+        self, now: float, *, overuse: bool = False, lost_packets: int = 0, queued: float = 0.0
+    ) -> int | None:
         """Probe bytes to send now with this frame (0: none this time); None once the active
-        cluster is over (time, overuse, loss): the caller closes it in the estimator."""
+        cluster is over (time, overuse, loss, ``queued`` s of queueing): the caller closes it
+        in the estimator."""
         cluster = self.active
         if cluster is None:
             return None
-        if overuse or lost_packets - self._lost_at_start >= self.config.abort_losses:
+        c = self.config
+        if (
+            overuse
+            or lost_packets - self._lost_at_start >= c.abort_losses
+            or queued >= c.abort_queue
+        ):
             self.aborted += 1
             self._close()
             return None
@@ -176,10 +188,12 @@ class ProbeController:
         if self._sent >= total or now >= cluster.start + self.config.timeout:
             self._close()
             return None
-        # the bytes due by now, at most those since the frame before (two to four frames'
+        # the bytes due by now, at most those since the frame before (one to three frames'
         # worth): late frames keep the rate, a stall stretches the cluster, never bursts it
+        # (two frames' worth of a 360p -> 720p cluster, 11.6 kB at once with the frame, filled
+        # a 1 Mbit/s link's 100 ms queue before any feedback could stop it)
         span = now - cluster.start + FRAME
-        gap = min(max(now - self._last_due, 2 * FRAME), 4 * FRAME)
+        gap = min(max(now - self._last_due, FRAME), 3 * FRAME)
         self._last_due = now
         due = min(cluster.probe_bps * span / 8 - self._sent, cluster.probe_bps * gap / 8)
         return max(0, int(due))

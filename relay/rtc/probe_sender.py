@@ -59,7 +59,10 @@ class ProbeSender:
         """A video frame went out: the probe bytes due go with it."""
         controller, estimator = self.controller, self.estimator
         due = controller.due(
-            now, overuse=estimator.usage is Usage.OVERUSE, lost_packets=estimator.lost_packets
+            now,
+            overuse=estimator.usage is Usage.OVERUSE,
+            lost_packets=estimator.lost_packets,
+            queued=estimator.probe_queued,
         )
         if due is None:
             self._end(now)

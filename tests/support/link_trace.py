@@ -198,6 +198,7 @@ def run_adaptive(
                     now,
                     overuse=estimator.usage.value == "overuse",
                     lost_packets=estimator.lost_packets,
+                    queued=estimator.probe_queued,
                 )
                 if due is None:
                     estimator.end_probe(now)

@@ -123,11 +123,11 @@ def test_a_success_climbs_the_ladder_before_it_answers() -> None:
     c.update(1.0, calm(), higher)
     first = c.update(2.0, calm(), higher)
     assert first is not None
-    # it carries 0.3 s worth of probe bytes, at most four frames' worth with one frame (a late
+    # it carries 0.3 s worth of probe bytes, at most three frames' worth with one frame (a late
     # frame stretches the cluster, never bursts it), and ends once they went out
     total = first.probe_bps * 0.3 / 8
     late = c.due(2.3)
-    assert late is not None and late <= first.probe_bps * 4 / 30 / 8 + 1
+    assert late is not None and late <= first.probe_bps * 3 / 30 / 8 + 1
     c.sent(late)
     rest = c.due(2.31)
     assert rest is not None and rest > 0
@@ -314,7 +314,7 @@ def test_only_a_move_down_after_a_calm_stretch_is_a_dip() -> None:
 def test_late_frames_carry_the_bytes_due_since_the_frame_before() -> None:
     """A starved source's frames 0.1 s apart: each carries 0.1 s of probe bytes (the cluster
     keeps its rate; with two frames' worth each it was sent at 2/3 of it and measured as
-    far below the layer); a frame 0.5 s late carries four frames' worth, not the lot."""
+    far below the layer); a frame 0.5 s late carries three frames' worth, not the lot."""
     c = ProbeController(now=0.0)
     higher = [564_000, 1_600_000]
     c.update(1.0, calm(), higher)
@@ -332,4 +332,27 @@ def test_late_frames_carry_the_bytes_due_since_the_frame_before() -> None:
     again = stalled.update(2.0, calm(), higher)
     assert again is not None
     burst = stalled.due(2.5)
-    assert burst is not None and burst <= again.probe_bps * 4 / 30 / 8 + 1
+    assert burst is not None and burst <= again.probe_bps * 3 / 30 / 8 + 1
+
+
+def test_a_cluster_stops_once_its_packets_queue() -> None:
+    """Its packets' one-way delay grows 40 ms through a 1 Mbit/s bottleneck: stopped there,
+    before the bottleneck's queue overflows (and takes media with it); on a wide link the
+    delay does not grow and the cluster runs on."""
+    for capacity, stops in ((1e6, True), (10e6, False)):
+        est = BandwidthEstimator()
+        est.begin_probe(1, 0.0)
+        link_free = 0.0
+        arrivals: list[float | None] = []
+        for k in range(20):  # 1500 bytes every 6 ms: 2 Mbit/s
+            now = k * 0.006
+            est.record([1500], now)
+            link_free = max(link_free, now) + 1500 * 8 / capacity
+            arrivals.append(link_free + 0.02)
+        est.on_transport_feedback(build_transport_feedback(0, arrivals)[12:], 0.15)
+        assert (est.probe_queued >= 0.04) is stops, est.probe_queued
+    c = ProbeController(now=0.0)
+    c.update(1.0, calm(), [564_000])
+    assert c.update(2.0, calm(), [564_000]) is not None
+    assert c.due(2.03, queued=0.01) is not None
+    assert c.due(2.06, queued=0.05) is None and c.aborted == 1
