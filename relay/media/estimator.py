@@ -144,15 +144,22 @@ class _Cluster:
     """What the feedback has told so far about one probe cluster's packets: (send, arrival,
     size) of each that arrived (a cluster is tens of packets)."""
 
-    __slots__ = ("ended", "lost", "packets", "sent")
+    __slots__ = ("base", "ended", "lost", "packets", "queued", "sent")
 
     def __init__(self) -> None:
         self.sent = self.lost = 0
         self.packets: list[tuple[float, float, int]] = []
         self.ended: float | None = None
+        self.base = float("inf")  # the least (arrival - send) seen: no queue
+        self.queued = 0.0  # s: the most a packet of it waited beyond that
 
     def acked(self, send: float, arrival: float, size: int) -> None:
         self.packets.append((send, arrival, size))
+        delay = arrival - send  # one way plus the clocks' offset: only its growth counts
+        if delay < self.base:
+            self.base = delay
+        elif delay - self.base > self.queued:
+            self.queued = delay - self.base
 
     def result(self, cluster: int, usage: Usage) -> ProbeResult:
         """The send rate over the whole cluster, the arrival rate over the packets after the
@@ -481,6 +488,14 @@ class BandwidthEstimator:
     @property
     def probing(self) -> bool:
         return self._probing != 0
+
+    @property
+    def probe_queued(self) -> float:
+        """Seconds the open cluster's packets have queued so far (the growth of their one-way
+        delay, from the feedback): a cluster above the link's rate fills its bottleneck queue
+        long before the delay detector calls overuse or a loss is reported."""
+        cluster = self._clusters.get(self._probing)
+        return 0.0 if cluster is None else cluster.queued
 
     @property
     def usage(self) -> Usage:

@@ -13,8 +13,13 @@ if one is lost, and transport-cc numbers them like media.
   estimate alone does not already show the next layer fits.
 * A cluster aims at ``margin`` x the next layer's bitrate (media included), never more: a
   probe is capped at the layer it asks about. It carries ``duration`` s worth of probe bytes
-  (with the frames; a late frame stretches it, at most two frames' worth goes at once; it ends
-  after ``timeout`` s whatever was sent) and stops at the first overuse or loss reported.
+  (with the frames: each carries the bytes due since the one before, one to three frames'
+  worth, so frames that come late (a starved mixer's 180p came every ~100 ms) keep the rate
+  and a very late one stretches the cluster instead of bursting it; it ends after ``timeout`` s
+  whatever was sent) and stops at the first overuse or loss reported, or once its packets
+  queued ``abort_queue`` s: above the link's rate for 0.3 s, a cluster overflowed the test
+  bed's 100 ms tbf queue (30-40 % of a 360p -> 720p cluster lost on 1 Mbit/s, media with it,
+  which moved the viewer down for congestion) before a loss came back to stop it.
 * A cluster that carried at least ``success`` of its rate without overuse and with at most
   ``max_loss`` loss succeeded; the next layer up is probed ``again`` s later (a dip's recovery
   climbs the ladder in one go). ``probed`` answers the best rate shown, once the climb ended.
@@ -22,8 +27,18 @@ if one is lost, and transport-cc numbers them like media.
   measured at all, without loss or overuse (a stalled source gave too few frames to carry it)
   is inconclusive: the next one ``retry`` s later.
 * A failed cluster waits ``retry`` s before the next, doubling to ``max_retry``; a layer switch
-  starts over (``first_after`` s later, base retry): a dip's recovery is found within a few
-  seconds, a steady bottleneck costs one 0.1 s burst every ``max_retry`` s.
+  starts over (``first_after`` s later, base retry): a steady bottleneck costs one short burst
+  every ``max_retry`` s. After a move down that ends ``fitted`` s of a calm estimate (the
+  link changed under a viewer it carried: a dip, often over in seconds; not a viewer that
+  joined on a thin link, however long its first picture took) the wait stays at most
+  ``dip_retry`` s for ``dip_window`` s, as libwebrtc's ALR probing comes every 5 s: the
+  failures inside a 10 s dip doubled the wait to 12-24 s, which the recovery then waited out.
+* A cluster lasts ``duration`` s (0.3 s: ~9 frames). The probe bytes go with the frames, so a
+  0.1 s cluster was three frame bursts; one late frame (a busy mixer) or the jitter of a
+  loaded path moved its measured rates by a third, and clusters sent on a recovered, unlimited
+  link measured 355-550 kbit/s for a 677 kbit/s aim (bench.adaptation drop400, Chromium,
+  load 16-20: never climbed back). Over ~9 frames that noise averages out, and a token bucket
+  (tbf's burst) can pass only the head of it.
 """
 
 from __future__ import annotations
@@ -39,9 +54,9 @@ SATURATED = 0.9  # a cluster that arrived below this share of its send rate foun
 
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
-    duration: float = 0.1
-    timeout: float = 0.5  # a cluster whose bytes the frames have not carried by then ends
-    margin: float = 1.2
+    duration: float = 0.3
+    timeout: float = 0.8  # a cluster whose bytes the frames have not carried by then ends
+    margin: float = 1.25  # x success: 1.125 x the layer, above the selector's ``probe_fit``
     success: float = 0.9
     stable: float = 1.0
     max_loss: float = 0.05
@@ -51,6 +66,10 @@ class ProbeConfig:
     again: float = 0.3
     fresh: float = 5.0  # s a success is answered by ``probed``
     abort_losses: int = 2  # losses reported while a cluster runs that stop it
+    abort_queue: float = 0.04  # s of queueing reported while a cluster runs that stop it
+    fitted: float = 5.0  # s of calm estimate before a move down that make it a dip
+    dip_retry: float = 4.0  # the longest wait between clusters after a dip...
+    dip_window: float = 30.0  # ... for this long after its move down
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,7 @@ class ProbeController:
         self._waiting: dict[int, ProbeCluster] = {}
         self._ids = 0
         self._sent = 0  # probe bytes of the active cluster
+        self._last_due = now  # the frame before (the cluster's start before its first)
         self._lost_at_start = 0
         self._next_at = now + c.first_after
         self._retry = c.retry
@@ -83,6 +103,9 @@ class ProbeController:
         self._step = 0  # which of the higher layers the climb is at (0: the next one)
         self._climbing = False
         self._best: tuple[int, float] | None = None  # (bits/s shown, when)
+        self._calm_span = 0.0  # how long the last calm stretch lasted...
+        self._calm_ended = float("-inf")  # ... and when it ended
+        self._dip_until = float("-inf")  # failures wait at most ``dip_retry`` s until then
         self.clusters = 0
         self.successes = 0
         self.failures = 0
@@ -112,6 +135,8 @@ class ProbeController:
             and estimate.loss_fraction <= c.max_loss
         )
         if not calm:
+            if self._calm_since is not None:
+                self._calm_span, self._calm_ended = now - self._calm_since, now
             self._calm_since = None
             if self._climbing and estimate.usage == "overuse":
                 self._climb_over()
@@ -136,17 +161,26 @@ class ProbeController:
         cluster = ProbeCluster(self._ids, target, media, now, now + c.duration)
         self.active = cluster
         self._sent = 0
+        self._last_due = now
         self._lost_at_start = lost_packets
         self._step = step
         return cluster
 
-    def due(self, now: float, *, overuse: bool = False, lost_packets: int = 0) -> int | None:
+    def due(
+        self, now: float, *, overuse: bool = False, lost_packets: int = 0, queued: float = 0.0
+    ) -> int | None:
         """Probe bytes to send now with this frame (0: none this time); None once the active
-        cluster is over (time, overuse, loss): the caller closes it in the estimator."""
+        cluster is over (time, overuse, loss, ``queued`` s of queueing): the caller closes it
+        in the estimator."""
         cluster = self.active
         if cluster is None:
             return None
-        if overuse or lost_packets - self._lost_at_start >= self.config.abort_losses:
+        c = self.config
+        if (
+            overuse
+            or lost_packets - self._lost_at_start >= c.abort_losses
+            or queued >= c.abort_queue
+        ):
             self.aborted += 1
             self._close()
             return None
@@ -154,10 +188,14 @@ class ProbeController:
         if self._sent >= total or now >= cluster.start + self.config.timeout:
             self._close()
             return None
-        # the bytes due by now, at most two frames' worth at once: frames that come late (a
-        # busy source) stretch the cluster instead of sending it in one burst
+        # the bytes due by now, at most those since the frame before (one to three frames'
+        # worth): late frames keep the rate, a stall stretches the cluster, never bursts it
+        # (two frames' worth of a 360p -> 720p cluster, 11.6 kB at once with the frame, filled
+        # a 1 Mbit/s link's 100 ms queue before any feedback could stop it)
         span = now - cluster.start + FRAME
-        due = min(cluster.probe_bps * span / 8 - self._sent, cluster.probe_bps * 2 * FRAME / 8)
+        gap = min(max(now - self._last_due, FRAME), 3 * FRAME)
+        self._last_due = now
+        due = min(cluster.probe_bps * span / 8 - self._sent, cluster.probe_bps * gap / 8)
         return max(0, int(due))
 
     def sent(self, size: int) -> None:
@@ -170,8 +208,17 @@ class ProbeController:
         if cluster is not None:
             self._waiting[cluster.id] = cluster
 
-    def switched(self, now: float) -> None:
-        """The viewer moved to another layer: what was probed is spent; start over."""
+    def switched(self, now: float, *, down: bool = False) -> None:
+        """The viewer moved to another layer: what was probed is spent; start over. A move
+        ``down`` right after ``fitted`` s of calm estimate is a dip: probe often until it is
+        over."""
+        c = self.config
+        if down:
+            calm = self._calm_since
+            if (calm is not None and now - calm >= c.fitted) or (
+                self._calm_span >= c.fitted and now - self._calm_ended <= c.fitted
+            ):
+                self._dip_until = now + c.dip_window
         self._waiting.clear()
         self._close()
         self._waiting.clear()
@@ -210,7 +257,10 @@ class ProbeController:
             self.failures += 1
             if self._climbing:
                 self._climb_over()
-            self._next_at = now + self._retry
+            wait = self._retry
+            if now < self._dip_until:
+                wait = min(wait, c.dip_retry)
+            self._next_at = now + wait
             self._retry = min(c.max_retry, 2 * self._retry)
 
     def _climb_over(self) -> None:

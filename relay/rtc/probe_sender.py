@@ -6,8 +6,8 @@ pacer pads with "redundant payloads" when RTX is negotiated: a full-size packet 
 of probe (padding-only packets carry at most 255 bytes each: four to five times the packets,
 each an SRTP protect and a send), a duplicate the viewer drops, and a repair when the original
 was lost. They are sent with the video frames (``DirectSender.after_frame``, set only while a
-cluster runs: the send path pays nothing otherwise), so no timer runs: a 0.1 s cluster is three
-or four frames' worth. Only for viewers that negotiated RTX and
+cluster runs: the send path pays nothing otherwise), so no timer runs: a 0.3 s cluster is about
+nine frames' worth. Only for viewers that negotiated RTX and
 transport-cc (``DirectSender.can_probe``): without feedback a probe measures nothing.
 """
 
@@ -59,7 +59,10 @@ class ProbeSender:
         """A video frame went out: the probe bytes due go with it."""
         controller, estimator = self.controller, self.estimator
         due = controller.due(
-            now, overuse=estimator.usage is Usage.OVERUSE, lost_packets=estimator.lost_packets
+            now,
+            overuse=estimator.usage is Usage.OVERUSE,
+            lost_packets=estimator.lost_packets,
+            queued=estimator.probe_queued,
         )
         if due is None:
             self._end(now)
@@ -77,7 +80,7 @@ class ProbeSender:
     def switched(self, now: float, *, up: bool) -> None:
         if up:
             self.estimator.renew_probe(now)
-        self.controller.switched(now)
+        self.controller.switched(now, down=not up)
         if self.estimator.probing:
             self._end(now)
 

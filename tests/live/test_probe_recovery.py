@@ -26,11 +26,6 @@ RANK = {"720p": 0, "360p": 1, "180p": 2}
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    reason="issue 17 (open): probing brings a Chromium viewer back up after the dip in some runs "
-    "only (1 of 4 bench runs, failed in CI: moved down to 180p, no climb in the 27 s after)",
-    strict=False,
-)
 def test_a_chromium_viewer_climbs_back_after_a_dip_to_400k() -> None:
     if not os.path.exists("/usr/bin/chromium"):
         pytest.skip("chromium is not installed")

@@ -198,6 +198,7 @@ def run_adaptive(
                     now,
                     overuse=estimator.usage.value == "overuse",
                     lost_packets=estimator.lost_packets,
+                    queued=estimator.probe_queued,
                 )
                 if due is None:
                     estimator.end_probe(now)
@@ -242,7 +243,7 @@ def run_adaptive(
                 seen.switches.append((now, switch.target, switch.down))
                 seen.layers.append((now, sel.current))
                 if controller is not None:
-                    controller.switched(now)
+                    controller.switched(now, down=switch.down)
                     if not switch.down:
                         estimator.renew_probe(now)
                 if estimator.probing:

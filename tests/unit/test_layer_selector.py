@@ -65,6 +65,23 @@ def test_500k_goes_straight_to_the_lowest_layer() -> None:
     assert made[0][0] <= 2.0
 
 
+def test_the_joining_layer_is_left_without_the_switch_interval() -> None:
+    """The first layer was never switched to: a viewer that joins behind a thin link moves
+    down as soon as its first reports say so (severe loss: at once; an estimate below the
+    layer: after ``down_after``), not after ``min_down_interval``; after a switch it waits."""
+    lossy = LayerSelector("720p", now=0.0)
+    lossy.update(0.0, LADDER, ReportEstimate(None, 0.0, 0.05), 0)
+    switch = lossy.update(0.5, LADDER, ReportEstimate(None, 0.5, 0.05), 1)
+    assert switch is not None and switch.down and switch.reason == "congestion"
+    made = run(LayerSelector("720p"), link(lambda t: 1_000_000), 10.0)
+    assert made[0][0] == 1.0 and made[0][1].target == "360p"
+    # after a switch: min_down_interval (1.5 s) before the next move down, severe loss or not
+    lossy.switched(0.5)
+    assert lossy.update(1.0, LADDER, ReportEstimate(None, 0.5, 0.05), 2) is None
+    late = lossy.update(2.0, LADDER, ReportEstimate(None, 0.5, 0.05), 3)
+    assert late is not None and late.down
+
+
 def test_receiver_reports_alone_size_the_step_from_the_loss() -> None:
     """No bitrate estimate: a link that loses 40 % of 1.6 Mbit/s carries ~1 Mbit/s: 360p; one
     losing 70 % of it carries ~0.5: 180p. A lossy report each second (the congestion count)."""
