@@ -133,6 +133,9 @@ class ViewerLimits:
     when a viewer offers it: the best source of its bandwidth estimate (direct sending only)."""
     probing: bool = True
     """Probe a transport-cc viewer below the top layer for headroom (``relay/media/probe.py``)."""
+    estimation: bool = True
+    """A bandwidth estimator and a layer selector per viewer (direct sending only); off: neither
+    (the baseline for their cost)."""
 
 
 @dataclass(slots=True)
@@ -389,7 +392,7 @@ class ViewerService:
             PeerLifecycle(pc, timers),
             pin=key.rendition,
         )
-        if direct:
+        if direct and self.limits.estimation:
             session.estimator = BandwidthEstimator()
         try:
             for kind, spec in hub.codecs.items():
@@ -423,7 +426,7 @@ class ViewerService:
             await close_quietly(pc)
             raise
         self.sessions[sid] = session
-        if self._layers is not None and direct and self._monitor is None:
+        if self._layers is not None and session.estimator is not None and self._monitor is None:
             self._monitor = asyncio.create_task(self._adapt(), name="viewer-layers")
         # ends when the viewer goes away, never connects, or the stream ends
         session.life.start(
