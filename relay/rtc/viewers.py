@@ -20,6 +20,7 @@ from relay.media.cc_feedback import (
     RTCP_RTPFB,
     TRANSPORT_CC_URIS,
     feedback_packets,
+    lone_transport_feedback,
     without_transport_feedback,
 )
 from relay.media.estimator import NO_ESTIMATE, BandwidthEstimate, BandwidthEstimator
@@ -229,6 +230,11 @@ class ViewerSession:
             return data
         try:
             now = time.monotonic()
+            lone = lone_transport_feedback(data)
+            if lone is not None:  # the common case: nothing in it for aiortc
+                if self.transport_cc:
+                    estimator.on_transport_feedback(lone, now)
+                return b""
             twcc = False
             for pt, _, fci in feedback_packets(data):
                 if pt == RTCP_RTPFB:
