@@ -558,8 +558,8 @@ def main() -> None:
 
 def estimation_ratios(results: list[tuple[str, str, str, list[Point]]]) -> str:
     """Core per viewer with the estimator and selector over without, per N and UDP port mode,
-    each round's "on" ramp against the "off" ramp next to it (the same minutes), then over
-    all rounds (medians)."""
+    each round's "on" ramp against the "off" ramp next to it (the same minutes), medians over
+    the rounds; only steps where both delivered >= 95 % count."""
     lines = [
         "| ports | N | core/viewer on | core/viewer off | on / off "
         "| fan-out on | fan-out off | on / off |",
@@ -579,6 +579,8 @@ def estimation_ratios(results: list[tuple[str, str, str, list[Point]]]) -> str:
                 continue
             if off_point.core_per_viewer is None:
                 continue
+            if (on_point.delivery_min or 0) < 0.95 or (off_point.delivery_min or 0) < 0.95:
+                continue  # a step that lost its stream (or most of it) measures nothing
             per.setdefault((p, on_point.n), []).append(
                 (
                     on_point.core_per_viewer,
