@@ -16,9 +16,9 @@ core per viewer.
 
 Then the whole server-side path of one feedback datagram, as the node runs it: the SRTCP
 datagram handed to the shared port's session sink (``relay.rtc.adapter._SessionSink``), through
-the receive queue and a consumer task as aiortc's DTLS transport reads it, or straight from the
-port's callback (``_receive_rtcp``), unprotected (libsrtp), through the consent and RTCP-tap
-wrappers to ``ViewerSession.on_rtcp_data`` and the estimator. This is what a viewer's ~20
+the receive queue and a consumer task as aiortc's DTLS transport reads it, unprotected
+(libsrtp), through the consent and RTCP-tap wrappers to ``ViewerSession.on_rtcp_data`` and the
+estimator. This is what a viewer's ~20
 feedbacks a second cost beyond the estimator's own arithmetic (issue 17: the estimator and
 selector may cost <= 10 % more CPU per viewer).
 
@@ -35,7 +35,6 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp import Policy, Session
 
 from relay.media import estimator as estimator_module
@@ -192,10 +191,9 @@ def feedback_trace(seconds: int, every: int = 5) -> list[tuple[str, Any, float]]
     return events
 
 
-async def receive_path_cost(direct: bool, seconds: int = 20, rounds: int = 5) -> float:
+async def receive_path_cost(seconds: int = 20, rounds: int = 5) -> float:
     """Thread CPU (us) per feedback datagram from the session sink to the estimator, best of
-    ``rounds``, less the loop turns with nothing delivered; ``direct``: the port's callback
-    handles it (``_receive_rtcp``), else the receive queue and a consumer task (aiortc's)."""
+    ``rounds``, less the loop turns with nothing delivered."""
     key = bytes(range(30))
     tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     events = feedback_trace(seconds)
@@ -206,10 +204,10 @@ async def receive_path_cost(direct: bool, seconds: int = 20, rounds: int = 5) ->
         (kind, tx.protect_rtcp(data) if kind == "feedback" else data, now)
         for kind, data, now in events
     ]
-    return min([await _receive_round(direct, key, protected) for _ in range(rounds)])
+    return min([await _receive_round(key, protected) for _ in range(rounds)])
 
 
-async def _receive_round(direct: bool, key: bytes, events: list[tuple[str, Any, float]]) -> float:
+async def _receive_round(key: bytes, events: list[tuple[str, Any, float]]) -> float:
     estimator = BandwidthEstimator()
     viewer = SimpleNamespace(estimator=estimator, transport_cc=True, rtcp_errors=0, id="bench")
     seen = [0.0]
@@ -227,22 +225,15 @@ async def _receive_round(direct: bool, key: bytes, events: list[tuple[str, Any, 
         await tapped(data)
 
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    dtls = SimpleNamespace(
-        _rx_srtp=Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)),
-        _state=DtlsState.CONNECTED if direct else DtlsState.NEW,
-        _RTCDtlsTransport__rx_bytes=0,
-        _RTCDtlsTransport__rx_packets=0,
-        _handle_rtcp_data=consent,
-    )
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
     protocols: Any = {"": SimpleNamespace(local_candidate=SimpleNamespace(component=1))}
-    sink = _SessionSink(SimpleNamespace(_queue=queue), protocols, dtls)
+    sink = _SessionSink(SimpleNamespace(_queue=queue), protocols)  # SRTCP: to the queue
 
-    async def consume() -> None:  # RTCDtlsTransport._recv_next, for SRTCP
+    async def consume() -> None:  # RTCDtlsTransport._recv_next, for SRTCP (its byte and
+        # packet counters left out)
         while True:
             data, _ = await queue.get()
-            dtls._RTCDtlsTransport__rx_bytes += len(data)
-            dtls._RTCDtlsTransport__rx_packets += 1
-            await dtls._handle_rtcp_data(dtls._rx_srtp.unprotect_rtcp(data))
+            await consent(rx.unprotect_rtcp(data))
 
     consumer = asyncio.create_task(consume())
     await asyncio.sleep(0)
@@ -259,7 +250,7 @@ async def _receive_round(direct: bool, key: bytes, events: list[tuple[str, Any, 
         await asyncio.sleep(0)
         t1 = time.thread_time()
         sink.datagram_received(data, ("127.0.0.1", 9), "")
-        await asyncio.sleep(0)  # the consumer's turn (queue path)
+        await asyncio.sleep(0)  # the consumer's turn
         await asyncio.sleep(0)
         t2 = time.thread_time()
         idle += t1 - t0
@@ -289,13 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{send:.3f} ms, transport-cc feedback {feedback:.3f} ms at 20/s ({per:.1f} us "
             f"each: {feedback / 1000:.5f} core per viewer)"
         )
-    for direct in (False, True):
-        us = asyncio.run(receive_path_cost(direct))
-        print(
-            f"feedback datagram, sink to estimator "
-            f"({'port callback' if direct else 'queue + task'}): {us:.1f} us each, "
-            f"{us * 20 / 1e6:.5f} core per viewer at 20/s"
-        )
+    us = asyncio.run(receive_path_cost())
+    print(
+        f"feedback datagram, session sink to estimator: {us:.1f} us each, "
+        f"{us * 20 / 1e6:.5f} core per viewer at 20/s"
+    )
     return 0
 
 

@@ -132,16 +132,6 @@ async def test_anchor_and_viewers_share_one_port_as_ice_lite(shared: RunningServ
         assert shared.call(readers) == {
             "relay.rtc._rtp_reader" if rtp_reader.NATIVE else "relay.rtc.rtp_reader"
         }
-
-        def viewer_rtcp() -> tuple[int, int]:  # SRTCP the callback handled; viewers whose
-            # receiver reports reached their estimator (through aiortc's RTCP handling)
-            table = shared.gateway.transport.port.table  # type: ignore[union-attr]
-            rtcp = sum(getattr(sink, "direct_rtcp", 0) for sink in table.targets())
-            sessions = shared.gateway.viewers.sessions.values()
-            return rtcp, sum(1 for s in sessions if s.estimate.reports > 0)
-
-        assert await wait_for(lambda: shared.call(viewer_rtcp)[1] == 3, 10)
-        assert shared.call(viewer_rtcp)[0] > 0
         if os.geteuid() == 0:  # root passes net.core.wmem_max: a keyframe burst to all fits
             sock = shared.gateway.transport.port.socket  # type: ignore[union-attr]
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 16 * 2**20
