@@ -227,7 +227,10 @@ async def _receive_round(key: bytes, events: list[tuple[str, Any, float]]) -> fl
     queue: asyncio.Queue[Any] = asyncio.Queue()
     rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
     protocols: Any = {"": SimpleNamespace(local_candidate=SimpleNamespace(component=1))}
-    sink = _SessionSink(SimpleNamespace(_queue=queue), protocols)  # SRTCP: to the queue
+    connection = SimpleNamespace(  # aioice's Connection: data_received queues the datagram
+        _queue=queue, data_received=lambda data, component: queue.put_nowait((data, component))
+    )
+    sink = _SessionSink(connection, protocols)  # SRTCP: to the queue
 
     async def consume() -> None:  # RTCDtlsTransport._recv_next, for SRTCP (its byte and
         # packet counters left out)
