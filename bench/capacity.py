@@ -18,11 +18,20 @@ actually admitted (the node refuses new viewers with 503 once its loop is busy o
     python -m bench.capacity --target edge --viewers 0,100,200,300,400
     python -m bench.capacity --viewers 0,100 --perf   # + the send-side share (needs perf)
     python -m bench.capacity --ports both             # the node's one UDP port, then per-peer
+    python -m bench.capacity --viewers 0,50,100 --transport-cc --estimation both --rounds 2
 
 ``--ports``: ``shared`` (default) runs the node(s) on one UDP port each (``webrtc.udp_port``, the
 nodes' default), ``per-peer`` on a port per peer connection (``udp_port = 0``), ``both`` runs the
 same ramp on each, one after the other, and prints both tables (the shared socket must not cost
 more per viewer).
+
+``--estimation``: ``on`` (default) is the product as shipped, a bandwidth estimator and layer
+selector per viewer; ``off`` runs the node with ``media.viewer_estimation = false`` (neither);
+``both`` runs the ramp with each, alternating, ``--rounds`` times, and prints the ratio of their
+core per viewer at each N (issue 17: the estimator and selector may cost <= 10 % more). With
+``--transport-cc`` the light viewers offer transport-cc and send its feedback every 50 ms, as
+Chromium does, so "on" includes numbering and recording every packet and taking ~20 feedbacks
+a second per viewer ("feedback/s/viewer" column); "off" answers no transport-cc, so they send none.
 
 With ``--perf``, ``perf record`` samples the server during each window and the table adds the
 share of its CPU inside ``net_rx_action``: on loopback the kernel delivers each datagram to the
@@ -76,7 +85,15 @@ from bench.fanout import (
     wait_healthy,
 )
 from gateway.launcher import free_port, free_udp_port
-from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, Viewer, whep_watch, whip_publish
+from gateway.synthetic import (
+    LoopTrack,
+    StampedVideoTrack,
+    ToneAudioTrack,
+    Viewer,
+    encoded_clip,
+    whep_watch,
+    whip_publish,
+)
 from relay.auth.tokens import TokenAuthority
 
 
@@ -104,6 +121,7 @@ class Point:
     rss_mib: float = 0.0  # the server's resident memory at the end of the window
     mib_per_viewer: float | None = None  # marginal over N=0
     gc_full: tuple[int, float] | None = None  # full collections so far, longest pause ms
+    feedback_per_viewer_s: float | None = None  # transport-cc feedbacks each light viewer sent
     rcvbuf_drops: float | None = None  # share of the viewers' packets the kernel dropped at
     # full receive buffers during the window (machine-wide UDP RcvbufErrors): a load side that
     # falls behind, not a server that did not send
@@ -170,13 +188,18 @@ async def gc_figures(base_url: str) -> tuple[int, float] | None:
 
 
 async def start_fleet(
-    children: Children, base_url: str, procs: int, cpus: str, transport_cc: bool = False
+    children: Children,
+    base_url: str,
+    procs: int,
+    cpus: str,
+    transport_cc: bool = False,
+    join_timeout: float = 15.0,
 ) -> LoadFleet:
     workers = []
     for i in range(procs):
         argv = ["taskset", "-c", cpus, sys.executable, "-m", "bench.load_viewers"]
         argv += ["--base-url", base_url, "--room", ROOM, "--loop", "uvloop", "--light"]
-        argv += ["--concurrency", "8"]
+        argv += ["--concurrency", "8", "--join-timeout", str(join_timeout)]
         if transport_cc:
             argv.append("--transport-cc")
         workers.append(LoadWorker(await children.start(f"light{i}", argv, pipes=True)))
@@ -221,8 +244,9 @@ async def measure(
     window: float,
     perf_dir: Path | None = None,
     target: str = "gateway",
+    join_timeout: float = 15.0,
 ) -> Point:
-    await fleet.resize(n, timeout=30 + n * 0.5)
+    await fleet.resize(n, timeout=3 * join_timeout + n)
     await asyncio.sleep(3.0)  # settle: joins' keyframes and DTLS handshakes done
     fan0, fan_t0 = await fanout_seconds(base_url, target), time.monotonic()
     await fleet.mark()
@@ -250,6 +274,8 @@ async def measure(
     fan1, fan_t1 = await fanout_seconds(base_url, target), time.monotonic()
     gc_full = await gc_figures(base_url) if target == "gateway" else None
     point = Point(n, viewers_seen=len(read.packets), window_s=elapsed, gc_full=gc_full)
+    if read.packets:
+        point.feedback_per_viewer_s = read.feedback_sent / len(read.packets) / elapsed
     if perf is not None:
         point.loopback_rx_share = await perf
     point.server_cores = cpu / elapsed
@@ -276,9 +302,10 @@ def table(points: list[Point], target: str) -> str:
         "| anchor pkt/s "
         "| delivery min / mean | probe g2g p50 / p95 ms | probe fps | healthz p50 / max ms "
         "| client cores | loopback rx share | core/viewer send side | fan-out core/viewer "
-        "| server MiB (per viewer) | rx-buffer drops | full GCs so far (longest ms) |"
+        "| server MiB (per viewer) | rx-buffer drops | full GCs so far (longest ms) "
+        "| feedback/s/viewer |"
     )
-    lines = [head, "|" + "---|" * 17]
+    lines = [head, "|" + "---|" * 18]
 
     def f(v: float | None, d: int = 1) -> str:
         return "-" if v is None else f"{v:.{d}f}"
@@ -297,7 +324,7 @@ def table(points: list[Point], target: str) -> str:
             f"| {f(p.send_side_core_per_viewer, 4)} | {f(p.fanout_core_per_viewer, 4)} "
             f"| {p.rss_mib:.0f} ({f(p.mib_per_viewer, 2)}) "
             f"| {f(p.rcvbuf_drops and p.rcvbuf_drops * 100, 2)}% "
-            f"| {gc_cell} |"
+            f"| {gc_cell} | {f(p.feedback_per_viewer_s)} |"
         )
     return "\n".join(lines)
 
@@ -312,7 +339,12 @@ async def run(args: argparse.Namespace) -> list[Point]:
         "STAGECAST_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
         "STAGECAST_LIMITS__SESSION_POSTS_PER_SECOND": "1000",
         "STAGECAST_LIMITS__SESSION_POST_BURST": "1000",
+        "STAGECAST_MEDIA__VIEWER_ESTIMATION": "true" if args.estimation == "on" else "false",
     }
+    if args.loaded:  # as bench.workers: CPU per viewer, not admission, is measured
+        env["STAGECAST_LIMITS__MAX_LOOP_LAG"] = "1000"
+        env["STAGECAST_LIMITS__MAX_LOOP_BUSY"] = "1"
+        env["STAGECAST_SESSIONS__ANCHOR_MEDIA_TIMEOUT"] = "60"
     tokens = TokenAuthority(SECRET)
     pin_server = ["taskset", "-c", args.server_cpu]
     pin_client = ["taskset", "-c", args.client_cpus]
@@ -337,18 +369,32 @@ async def run(args: argparse.Namespace) -> list[Point]:
             server = await children.start("edge", pin_server + relay, env=env)
             url = f"http://127.0.0.1:{edge_port}"
             await wait_healthy(url, server)
-        use_anchor_encoder("ultrafast", args.kbps)
-        publisher = await whip_publish(
-            origin_url,
-            ROOM,
-            tokens.mint(ROOM, "anchor", "bench", 3600),
-            video=StampedVideoTrack(1280, 720, 30, grain=ANCHOR_GRAIN),
-            audio=ToneAudioTrack(440),
-            video_codec="H264",
-        )
+        token = tokens.mint(ROOM, "anchor", "bench", 3600)
+        if args.anchor == "clip":  # pre-encoded: no encoder on the load side's core
+            publisher = await whip_publish(
+                origin_url,
+                ROOM,
+                token,
+                video=LoopTrack(encoded_clip(1280, 720)),
+                audio=ToneAudioTrack(440),
+                video_codec="H264",
+                prepacked=True,
+            )
+        else:
+            use_anchor_encoder("ultrafast", args.kbps)
+            publisher = await whip_publish(
+                origin_url,
+                ROOM,
+                token,
+                video=StampedVideoTrack(1280, 720, 30, grain=ANCHOR_GRAIN),
+                audio=ToneAudioTrack(440),
+                video_codec="H264",
+            )
         await asyncio.sleep(2.0)
-        probe = await whep_watch(url, ROOM, timeout=20)
-        fleet = await start_fleet(children, url, args.procs, args.client_cpus, args.transport_cc)
+        probe = await whep_watch(url, ROOM, timeout=20, decode=args.anchor != "clip")
+        fleet = await start_fleet(
+            children, url, args.procs, args.client_cpus, args.transport_cc, args.join_timeout
+        )
         clients = [psutil.Process(os.getpid()), *fleet.processes()]
         if args.target == "edge":
             clients.append(origin.ps)
@@ -366,6 +412,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
                 args.window,
                 perf_dir,
                 args.target,
+                args.join_timeout,
             )
             if base is None and n == 0:
                 base = point
@@ -449,23 +496,120 @@ def main() -> None:
         action="store_true",
         help="sample the server with perf: split off the viewers' loopback receive path",
     )
+    parser.add_argument(
+        "--estimation",
+        choices=("on", "off", "both"),
+        default="on",
+        help="the per-viewer bandwidth estimator and layer selector on (as shipped), off "
+        "(media.viewer_estimation = false), or both, alternating, in this run",
+    )
+    parser.add_argument(
+        "--anchor",
+        choices=("x264", "clip"),
+        default="x264",
+        help="x264: stamped frames encoded live (the probe's glass-to-glass); clip: a "
+        "pre-encoded 720p H264 loop (~1.5 Mbps), no encoder on the load side's core (a loaded "
+        "machine starves the live encoder: the anchor times out); the probe counts frames",
+    )
+    parser.add_argument(
+        "--join-timeout",
+        type=float,
+        default=15.0,
+        help="s a light viewer may take to join and get its first frame (longer on a loaded "
+        "machine)",
+    )
+    parser.add_argument(
+        "--loaded",
+        action="store_true",
+        help="for a machine shared with other work, where only CPU per viewer is compared: "
+        "admit every viewer however late or busy the node's loop, and keep a room whose "
+        "anchor's media stalls up to 60 s (a starved node ended the room during a join burst)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --ports/--estimation both: repeat the pair"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
-    modes = ["shared", "per-peer"] if args.ports == "both" else [args.ports]
-    results: dict[str, list[Point]] = {}
-    for mode in modes:
-        print(f"\nUDP ports: {mode}; load average {os.getloadavg()[0]:.1f}", flush=True)
-        print(table([], args.target), flush=True)
-        results[mode] = asyncio.run(run(argparse.Namespace(**{**vars(args), "ports": mode})))
-    for mode, points in results.items():
-        print(f"\nUDP ports: {mode}")
+    ports = ["shared", "per-peer"] if args.ports == "both" else [args.ports]
+    estimation = ["on", "off"] if args.estimation == "both" else [args.estimation]
+    modes = [(p, e) for p in ports for e in estimation]
+    results: list[tuple[str, str, str, list[Point]]] = []
+    for r in range(args.rounds):
+        for p, e in modes:
+            label = f"UDP ports: {p}; estimation {e}" + (
+                f"; round {r + 1}" if args.rounds > 1 else ""
+            )
+            print(f"\n{label}; load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(table([], args.target), flush=True)
+            mode_args = argparse.Namespace(**{**vars(args), "ports": p, "estimation": e})
+            results.append((label, p, e, asyncio.run(run(mode_args))))
+    for label, _, _, points in results:
+        print(f"\n{label}")
         print(table(points, args.target))
         cap = capacity(points)
         print(f"capacity ({args.target}, one core): {cap if cap is not None else 'none'} viewers")
+    if len(estimation) == 2:
+        print("\n" + estimation_ratios(results))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.json:
-        data = {mode: [asdict(p) for p in points] for mode, points in results.items()}
-        args.json.write_text(json.dumps(data if len(data) > 1 else data[modes[0]], indent=1))
+        data = [{"mode": label, "points": [asdict(x) for x in pts]} for label, _, _, pts in results]
+        args.json.write_text(json.dumps(data if len(data) > 1 else data[0]["points"], indent=1))
+
+
+def estimation_ratios(results: list[tuple[str, str, str, list[Point]]]) -> str:
+    """Core per viewer with the estimator and selector over without, per N and UDP port mode,
+    each round's "on" ramp against the "off" ramp next to it (the same minutes), medians over
+    the rounds; only steps where both delivered >= 95 % count."""
+    lines = [
+        "| ports | N | core/viewer on | core/viewer off | on / off "
+        "| fan-out on | fan-out off | on / off |",
+        "|" + "---|" * 8,
+    ]
+    per: dict[tuple[str, int], list[tuple[float, float, float | None, float | None]]] = {}
+    for i, (_, p, e, points) in enumerate(results):
+        if e != "on":
+            continue
+        pair = next((x for x in results[i + 1 :] if x[1] == p and x[2] == "off"), None)
+        if pair is None:
+            continue
+        off_points = {x.n: x for x in pair[3]}
+        for on_point in points:
+            off_point = off_points.get(on_point.n)
+            if off_point is None or on_point.core_per_viewer is None:
+                continue
+            if off_point.core_per_viewer is None:
+                continue
+            if (on_point.delivery_min or 0) < 0.95 or (off_point.delivery_min or 0) < 0.95:
+                continue  # a step that lost its stream (or most of it) measures nothing
+            per.setdefault((p, on_point.n), []).append(
+                (
+                    on_point.core_per_viewer,
+                    off_point.core_per_viewer,
+                    on_point.fanout_core_per_viewer,
+                    off_point.fanout_core_per_viewer,
+                )
+            )
+
+    def med(values: list[float]) -> float:
+        values = sorted(values)
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    for (p, n), rows in sorted(per.items()):
+        on = med([r[0] for r in rows])
+        off = med([r[1] for r in rows])
+        fan_on_values = [r[2] for r in rows if r[2] is not None]
+        fan_off_values = [r[3] for r in rows if r[3] is not None]
+        fan_on = med(fan_on_values) if fan_on_values else None
+        fan_off = med(fan_off_values) if fan_off_values else None
+        fan_ratio = f"{fan_on / fan_off:.2f}" if fan_on and fan_off else "-"
+        lines.append(
+            f"| {p} | {n} ({len(rows)} rounds) | {on:.4f} | {off:.4f} "
+            f"| {on / off if off > 0 else float('nan'):.2f} "
+            f"| {'-' if fan_on is None else f'{fan_on:.4f}'} "
+            f"| {'-' if fan_off is None else f'{fan_off:.4f}'} | {fan_ratio} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

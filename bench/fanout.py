@@ -195,6 +195,7 @@ class LoadRead:
     packets: list[int | None]  # None: the viewer's stats could not be read
     elapsed: list[float]  # each viewer's worker's window, s
     connected: int = 0
+    feedback_sent: int = 0  # transport-cc feedback packets the light viewers sent (since the mark)
 
 
 class LoadFleet:
@@ -245,7 +246,8 @@ class LoadFleet:
         packets = [None if x is None else int(x) for r in replies for x in r["packets"]]
         elapsed = [float(r["elapsed"]) for r in replies for _ in r["video"]]
         connected = sum(int(r.get("connected", 0)) for r in replies)
-        return LoadRead(video, audio, packets, elapsed, connected)
+        feedback = sum(int(r.get("feedback_sent", 0)) for r in replies)
+        return LoadRead(video, audio, packets, elapsed, connected, feedback)
 
     def processes(self) -> list[psutil.Process]:
         return [w.child.ps for w in self.workers]

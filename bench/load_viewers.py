@@ -9,7 +9,8 @@ JSON lines on stdin; every answer is one JSON line on stdout:
   {"op": "mark"}          remember every viewer's frame counts and the time
   {"op": "read"}          counts per viewer since the mark: {"op": "read", "video": [frames],
                           "audio": [packets], "packets": [RTP packets], "elapsed": seconds,
-                          "connected": peer connections still connected}
+                          "connected": peer connections still connected, "feedback_sent":
+                          transport-cc feedback packets the light viewers sent}
   {"op": "quit"} or EOF   close every viewer and exit
 
 ``--janus``: the viewers watch a Janus streaming mountpoint (``bench.janus``) instead of WHEP,
@@ -19,6 +20,11 @@ for ``bench.peer``'s side-by-side runs.
 connection) and never decrypted or parsed by aiortc, so one core holds hundreds of viewers; "read"
 then reports those packet counts under "packets" (RTCP from the server is dropped too). This is
 bench tooling reaching into aioice, never used by the product.
+
+``--transport-cc``: the viewers offer transport-cc as Chromium does, and light viewers also send
+its feedback as Chromium does (every ``FEEDBACK_INTERVAL``, built by the product's own
+``TransportFeedbackGenerator`` from the sequence numbers read off the clear RTP headers), so
+the server's per-viewer estimator takes feedback as it would from a browser.
 """
 
 from __future__ import annotations
@@ -33,9 +39,12 @@ import sys
 import time
 from typing import Any
 
+import httpx
+
 from bench.janus import janus_watch
 from gateway.synthetic import Viewer, whep_watch
-from relay.rtc.adapter import divert_ice_datagrams
+from relay.media.twcc_feedback import TransportFeedbackGenerator, transport_sequence_number
+from relay.rtc.adapter import divert_ice_datagrams, receiver_rtcp_ssrc, send_rtcp
 
 log = logging.getLogger("bench.load_viewers")
 
@@ -51,16 +60,42 @@ async def rtp_packets(viewer: Viewer) -> int | None:
     )
 
 
-class SocketCounter:
-    """Counts a connected viewer's incoming RTP datagrams instead of handing them to aiortc."""
+TWCC_EXT_ID = 4  # as offer_transport_cc writes it
+FEEDBACK_INTERVAL = 0.05  # libwebrtc's shortest (it sends every 50-250 ms: ~5 % of the bitrate)
 
-    def __init__(self, viewer: Viewer) -> None:
+
+class SocketCounter:
+    """Counts a connected viewer's incoming RTP datagrams instead of handing them to aiortc;
+    with ``feedback``, records their transport-wide sequence numbers for it."""
+
+    def __init__(self, viewer: Viewer, feedback: bool = False) -> None:
         self.packets = 0
-        divert_ice_datagrams(viewer.pc.getTransceivers()[0].receiver.transport, self._received)
+        self.receiver = viewer.pc.getTransceivers()[0].receiver
+        self.feedback = TransportFeedbackGenerator(interval=FEEDBACK_INTERVAL) if feedback else None
+        self.feedback_sent = 0
+        divert_ice_datagrams(self.receiver.transport, self._received)
 
     def _received(self, data: bytes, component: int) -> None:
         if len(data) > 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
             self.packets += 1
+            if self.feedback is not None:
+                seq = transport_sequence_number(data, TWCC_EXT_ID)
+                if seq is not None:
+                    ssrc = int.from_bytes(data[8:12])
+                    self.feedback.record(seq, time.monotonic(), ssrc)
+
+    async def send_feedback(self, now: float) -> None:
+        """What has arrived since the last call, as the viewer's transport-cc feedback."""
+        generator = self.feedback
+        if generator is None or not generator.pending:
+            return
+        ssrc = receiver_rtcp_ssrc(self.receiver)
+        if ssrc is None:
+            return
+        generator.sender_ssrc = ssrc
+        for packet in generator.build(now):
+            if await send_rtcp(self.receiver, packet):
+                self.feedback_sent += 1
 
 
 TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
@@ -103,23 +138,39 @@ class LoadPool:
         self._join_timeout = join_timeout
         self._mark: list[tuple[int, int, int | None]] = []
         self._mark_at = time.monotonic()
+        self._feedback: asyncio.Task[None] | None = None
+        self._mark_feedback = 0
+        self.retries = 0  # joins refused with 503 and tried again
 
     async def _open_one(self) -> Viewer | None:
-        async with self._sem:
-            try:
-                if self.janus:
-                    viewer: Viewer = await janus_watch(self.base_url, timeout=self._join_timeout)
-                else:
-                    viewer = await whep_watch(
-                        self.base_url,
-                        self.room,
-                        decode=False,
-                        timeout=self._join_timeout,
-                        offer_transform=offer_transport_cc if self.transport_cc else None,
-                    )
-            except Exception as exc:
-                log.warning("viewer failed to join: %r", exc)
-                return None
+        give_up = time.monotonic() + self._join_timeout
+        while True:
+            async with self._sem:
+                try:
+                    if self.janus:
+                        viewer: Viewer = await janus_watch(
+                            self.base_url, timeout=self._join_timeout
+                        )
+                    else:
+                        viewer = await whep_watch(
+                            self.base_url,
+                            self.room,
+                            decode=False,
+                            timeout=self._join_timeout,
+                            offer_transform=offer_transport_cc if self.transport_cc else None,
+                        )
+                    break
+                except httpx.HTTPStatusError as exc:  # 503 + Retry-After: the node's join
+                    # line is full; a real client comes back, so these do too, in time
+                    retry = exc.response.headers.get("retry-after", "")
+                    if exc.response.status_code != 503 or time.monotonic() > give_up:
+                        log.warning("viewer failed to join: %r", exc)
+                        return None
+                except Exception as exc:
+                    log.warning("viewer failed to join: %r", exc)
+                    return None
+            self.retries += 1
+            await asyncio.sleep(float(retry) if retry.isdigit() else 1.0)
         deadline = time.monotonic() + self._join_timeout
         while time.monotonic() < deadline:  # polled: Viewer has no first-frame event
             if viewer.first_frame_at is not None:
@@ -130,8 +181,22 @@ class LoadPool:
             await viewer.close()
             return None
         if self.light:
-            self.counters[id(viewer)] = SocketCounter(viewer)
+            self.counters[id(viewer)] = SocketCounter(viewer, feedback=self.transport_cc)
+            if self.transport_cc and self._feedback is None:
+                self._feedback = asyncio.create_task(self._send_feedback())
         return viewer
+
+    async def _send_feedback(self) -> None:
+        """Every FEEDBACK_INTERVAL, each light viewer's transport-cc feedback (one task for
+        the process, not one per viewer)."""
+        while True:
+            await asyncio.sleep(FEEDBACK_INTERVAL)
+            now = time.monotonic()
+            for counter in list(self.counters.values()):
+                try:
+                    await counter.send_feedback(now)
+                except Exception as exc:  # a viewer going away; the others go on
+                    log.debug("feedback failed: %r", exc)
 
     async def resize(self, n: int) -> dict[str, Any]:
         ttff: list[float] = []
@@ -163,7 +228,11 @@ class LoadPool:
             (v.video_frames, v.audio_frames, p) for v, p in zip(self.viewers, packets, strict=True)
         ]
         self._mark_at = time.monotonic()
+        self._mark_feedback = self._feedback_sent()
         return {"op": "mark", "n": len(self.viewers)}
+
+    def _feedback_sent(self) -> int:
+        return sum(c.feedback_sent for c in self.counters.values())
 
     async def read(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self._mark_at
@@ -183,9 +252,12 @@ class LoadPool:
             "packets": packets,
             "elapsed": elapsed,
             "connected": sum(1 for v in self.viewers if v.pc.connectionState == "connected"),
+            "feedback_sent": self._feedback_sent() - self._mark_feedback,  # since the mark
         }
 
     async def close(self) -> None:
+        if self._feedback is not None:
+            self._feedback.cancel()
         await self.resize(0)
 
 

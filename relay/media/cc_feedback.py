@@ -209,6 +209,22 @@ def without_transport_feedback(data: bytes) -> bytes:
     return b"".join(kept)
 
 
+def lone_transport_feedback(data: bytes) -> memoryview | None:
+    """The FCI when the datagram is one transport-cc packet and nothing else, without padding
+    (what Chromium sends ~20 times a second); None otherwise (``feedback_packets`` and
+    ``without_transport_feedback`` take the general case). Per feedback and viewer: one test
+    instead of a generator and a second walk."""
+    n = len(data)
+    if (
+        n >= 12
+        and data[1] == RTCP_RTPFB
+        and data[0] == 0x80 | FMT_TRANSPORT_CC  # version 2, no padding
+        and 4 * ((data[2] << 8) | data[3]) + 4 == n
+    ):
+        return memoryview(data)[12:]
+    return None
+
+
 def feedback_packets(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
     """(packet type, FMT/count, FCI after the two SSRCs) of each congestion-control feedback
     packet (transport-cc, REMB) in a compound RTCP datagram; stops quietly at a malformed

@@ -20,6 +20,7 @@ from relay.media.cc_feedback import (
     RTCP_RTPFB,
     TRANSPORT_CC_URIS,
     feedback_packets,
+    lone_transport_feedback,
     without_transport_feedback,
 )
 from relay.media.estimator import NO_ESTIMATE, BandwidthEstimate, BandwidthEstimator
@@ -133,6 +134,9 @@ class ViewerLimits:
     when a viewer offers it: the best source of its bandwidth estimate (direct sending only)."""
     probing: bool = True
     """Probe a transport-cc viewer below the top layer for headroom (``relay/media/probe.py``)."""
+    estimation: bool = True
+    """A bandwidth estimator and a layer selector per viewer (direct sending only); off: neither
+    (the baseline for their cost)."""
 
 
 @dataclass(slots=True)
@@ -226,6 +230,11 @@ class ViewerSession:
             return data
         try:
             now = time.monotonic()
+            lone = lone_transport_feedback(data)
+            if lone is not None:  # the common case: nothing in it for aiortc
+                if self.transport_cc:
+                    estimator.on_transport_feedback(lone, now)
+                return b""
             twcc = False
             for pt, _, fci in feedback_packets(data):
                 if pt == RTCP_RTPFB:
@@ -389,7 +398,7 @@ class ViewerService:
             PeerLifecycle(pc, timers),
             pin=key.rendition,
         )
-        if direct:
+        if direct and self.limits.estimation:
             session.estimator = BandwidthEstimator()
         try:
             for kind, spec in hub.codecs.items():
@@ -423,7 +432,7 @@ class ViewerService:
             await close_quietly(pc)
             raise
         self.sessions[sid] = session
-        if self._layers is not None and direct and self._monitor is None:
+        if self._layers is not None and session.estimator is not None and self._monitor is None:
             self._monitor = asyncio.create_task(self._adapt(), name="viewer-layers")
         # ends when the viewer goes away, never connects, or the stream ends
         session.life.start(

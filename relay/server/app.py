@@ -117,6 +117,7 @@ def viewer_limits(
         ),
         transport_cc=media.viewer_transport_cc,
         probing=media.viewer_probing,
+        estimation=media.viewer_estimation,
         keyframe_backoff=media.viewer_keyframe_backoff,
         connect_timeout=sessions.connect_timeout,
         retry_after=sessions.retry_after,

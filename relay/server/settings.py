@@ -68,6 +68,11 @@ class MediaSettings(BaseModel):
     """Answer transport-cc (the transport-wide sequence number extension and its feedback) when
     a viewer offers it (Chromium, Firefox): its feedback drives the viewer's bandwidth
     estimate (``GET /v1/rooms/{room}/viewers``, /metrics); without it, REMB or receiver reports."""
+    viewer_estimation: bool = True
+    """Keep a bandwidth estimate and a layer selector per viewer (what the three settings above
+    and the rendition fallback build on). Off: no estimator, no transport-cc, no probing, no
+    layer moves; each viewer stays on the layer it asked for. The baseline for their cost
+    (``bench.capacity --estimation both``); leave it on in production."""
     viewer_probing: bool = True
     """Probe a transport-cc viewer on a lower layer for headroom (short clusters of RTX
     retransmissions at a higher layer's rate, ``relay/media/probe.py``), so it climbs back

@@ -13,6 +13,7 @@ from relay.media.cc_feedback import (
     build_remb,
     build_transport_feedback,
     feedback_packets,
+    lone_transport_feedback,
     parse_remb,
     parse_transport_feedback,
     without_transport_feedback,
@@ -323,3 +324,26 @@ def test_random_loss_below_10_percent_keeps_a_viewer_on_its_layer() -> None:
             assert len(run.switches) <= 6, (loss, seed, run.switches)  # <= 1 per 10 s
             shares.append(share_on_top(run.switches, 60, "720p"))
         assert sum(shares) / len(shares) >= least, (loss, shares)
+
+
+def test_a_lone_transport_feedback_is_taken_as_the_general_parse_takes_it() -> None:
+    """The shortcut for a datagram that is one transport-cc packet (Chromium's ~20 a second)
+    gives the FCI ``feedback_packets`` gives, and leaves every other datagram to it."""
+    rr = struct.pack("!BBHI", 0x80, 201, 1, 5)
+    twcc = build_transport_feedback(5, [0.1, None, 0.2])
+    lone = lone_transport_feedback(twcc)
+    assert lone is not None
+    assert bytes(lone) == bytes(next(fci for _, _, fci in feedback_packets(twcc)))
+    assert without_transport_feedback(twcc) == b""  # what aiortc gets of it: nothing either
+    for other in (
+        rr + twcc,  # compound: the general path
+        twcc + rr,
+        build_remb(500_000, (3,)),
+        twcc[:-4],  # shorter than its length says
+        twcc + b"\x00\x00\x00\x00",  # longer
+        bytes([twcc[0] | 0x20]) + twcc[1:],  # padding bit: the general path strips it
+        bytes([0x40 | 15]) + twcc[1:],  # not version 2
+        twcc[:8],
+        b"",
+    ):
+        assert lone_transport_feedback(other) is None
