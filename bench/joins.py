@@ -309,6 +309,8 @@ class Node:
             argv += ["--join-timeout", str(args.join_timeout)]
             if args.client_cpus:
                 argv = ["taskset", "-c", args.client_cpus, *argv]
+            if args.client_nice:
+                argv = ["nice", "-n", str(args.client_nice), *argv]
             child = await self.children.start(f"{name}-w{i}", argv, pipes=True)
             self.workers.append(LoadWorker(child))
 
@@ -557,6 +559,13 @@ def main() -> None:
     parser.add_argument("--kbps", type=int, default=1500)
     parser.add_argument("--server-cpu", default="", help="taskset the node to these CPUs")
     parser.add_argument("--client-cpus", default="", help="taskset the workers to these CPUs")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="run the viewer workers this much nicer than the bench (run under nice -n -10, "
+        "10 puts the clients at the machine's default and the node, anchor and watcher ahead)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-admission", action="store_true", help="lift the overload refusal")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw stacks per burst")
