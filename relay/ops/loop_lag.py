@@ -65,8 +65,8 @@ class LoopLagMonitor:
 class OverloadCheck:
     """Admission control for viewers: overloaded while the loop runs late or near its core
     (None turns a check off). A burst of joins taken in turns (relay.rtc.join_queue) is not
-    refused by it: its own work keeps the loop near its core, and its joins wait in line (at
-    their turn, while ``late_now``) instead."""
+    refused by it: its own work keeps the loop near its core, and its joins wait in line
+    instead."""
 
     def __init__(self, lag: LoopLagMonitor, max_lag: float | None, max_busy: float | None) -> None:
         self.lag = lag
@@ -76,10 +76,6 @@ class OverloadCheck:
     def late(self) -> bool:
         """The loop ran more than ``max_lag`` late within the monitor's window."""
         return self.max_lag is not None and self.lag.lagging(self.max_lag)
-
-    def late_now(self) -> bool:
-        """The loop's latest look (one ``interval`` ago at most) found it ``max_lag`` late."""
-        return self.max_lag is not None and self.lag.last_lag > self.max_lag
 
     def __call__(self) -> bool:
         if self.late():

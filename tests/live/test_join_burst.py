@@ -2,8 +2,8 @@
 
 The old overload guard refused every join (503) while the node's loop was late, also the ones
 of a burst whose own work made it late. Here the loop is made late in the middle of a burst
-(blocked 1 s, past ``max_loop_lag``) while joins wait in line: they wait for it to catch up and are
-all answered, and every viewer plays.
+(blocked 1 s, past ``max_loop_lag``) while joins wait in line: they are all answered, and every
+viewer plays.
 """
 
 from __future__ import annotations
