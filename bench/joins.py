@@ -224,6 +224,7 @@ class Burst:
     watcher_max_gap_ms: float = 0.0
     watcher_freezes: int = 0
     leave_ms_per_viewer: float | None = None
+    client_ms_per_join: float | None = None  # the viewer workers' CPU over the burst, per join
     rss_mib: float = 0.0
     loadavg: float = 0.0  # the machine's 1-minute load average at the burst's end
 
@@ -309,6 +310,8 @@ class Node:
             argv += ["--join-timeout", str(args.join_timeout)]
             if args.client_cpus:
                 argv = ["taskset", "-c", args.client_cpus, *argv]
+            if args.client_nice:
+                argv = ["nice", "-n", str(args.client_nice), *argv]
             child = await self.children.start(f"{name}-w{i}", argv, pipes=True)
             self.workers.append(LoadWorker(child))
 
@@ -353,6 +356,10 @@ class Node:
         cpu = cpu1 - cpu0
         return cpu / (t1 - t0), (cpu - (fan1 - fan0)) / (t1 - t0), cpu / max(1, sent1 - sent0)
 
+    def clients_cpu(self) -> float:
+        """CPU seconds of the viewer workers (the joining clients' own share of the machine)."""
+        return sum(process_cpu(int(w.child.proc.pid)) for w in self.workers)
+
     def profile(self, out: Path) -> asyncio.Future[Any]:
         """py-spy sampling the node (active threads only: samples ~ CPU) until interrupted."""
         spy = Path(sys.executable).with_name("py-spy")
@@ -378,6 +385,7 @@ class Node:
             await asyncio.sleep(0.5)  # py-spy attaches
         fan0, sent0 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
         cpu0, t0 = process_cpu(self.pid), time.monotonic()
+        clients0 = self.clients_cpu()
         replies = await asyncio.gather(
             *(
                 w.call(
@@ -389,6 +397,7 @@ class Node:
             )
         )
         cpu1, t1 = process_cpu(self.pid), time.monotonic()
+        clients1 = self.clients_cpu()
         fan1, sent1 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
         if spy is not None:
             proc = await spy
@@ -416,6 +425,7 @@ class Node:
             net = gross - fanout - other * sum(watching)
             result.gross_ms_per_join = 1000 * gross / result.joined
             result.net_ms_per_join = 1000 * net / result.joined
+            result.client_ms_per_join = 1000 * (clients1 - clients0) / result.joined
             result.ttff_p50_ms = 1000 * (pct(ttff, 50) or 0.0)
             result.ttff_p95_ms = 1000 * (pct(ttff, 95) or 0.0)
         gaps = self.watcher.gaps(t0, t2)
@@ -465,7 +475,8 @@ def row(b: Burst) -> str:
         f"| {b.tree} | {n} | {b.joined} | {100 * b.refused / b.n:.0f}% | {b.failed} "
         f"| {b.seconds:.2f} | {b.cpu_s:.2f} | {f(b.gross_ms_per_join)} | {f(b.net_ms_per_join)} "
         f"| {f(b.ttff_p50_ms, 0)} / {f(b.ttff_p95_ms, 0)} | {b.watcher_max_gap_ms:.0f} "
-        f"| {b.watcher_freezes} | {f(b.leave_ms_per_viewer)} | {b.base_cores:.3f} "
+        f"| {b.watcher_freezes} | {f(b.leave_ms_per_viewer)} | {f(b.client_ms_per_join)} "
+        f"| {b.base_cores:.3f} "
         f"| {b.after_cores:.3f} | {b.rss_mib:.0f} | {b.loadavg:.1f} |"
     )
 
@@ -473,7 +484,9 @@ def row(b: Burst) -> str:
 HEAD = (
     "| tree | N | joined | refused (503) | failed | burst s | node CPU s | ms/join gross "
     "| ms/join net | ttff p50 / p95 ms | watcher max gap ms | freezes > 200 ms "
-    "| ms/leave | cores before | cores after | RSS MiB | load |\n" + "|---" * 17 + "|"
+    "| ms/leave | client ms/join | cores before | cores after | RSS MiB | load |\n"
+    + "|---" * 18
+    + "|"
 )
 
 
@@ -557,6 +570,13 @@ def main() -> None:
     parser.add_argument("--kbps", type=int, default=1500)
     parser.add_argument("--server-cpu", default="", help="taskset the node to these CPUs")
     parser.add_argument("--client-cpus", default="", help="taskset the workers to these CPUs")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="run the viewer workers this much nicer than the bench (run under nice -n -10, "
+        "10 puts the clients at the machine's default and the node, anchor and watcher ahead)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-admission", action="store_true", help="lift the overload refusal")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw stacks per burst")

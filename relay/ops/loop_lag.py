@@ -64,22 +64,23 @@ class LoopLagMonitor:
 
 class OverloadCheck:
     """Admission control for viewers: overloaded while the loop runs late or near its core
-    (None turns a check off). ``late`` alone is what a burst of joins already taken in turns
-    (relay.rtc.join_queue) is held to: its own work keeps the loop near its core, and its
-    joins wait in line instead."""
+    (None turns a check off). A burst of joins taken in turns (relay.rtc.join_queue) is not
+    refused by it: its own work keeps the loop near its core, and its joins wait in line
+    instead."""
 
     def __init__(self, lag: LoopLagMonitor, max_lag: float | None, max_busy: float | None) -> None:
-        self._lag = lag
+        self.lag = lag
         self.max_lag = max_lag
         self.max_busy = max_busy
 
     def late(self) -> bool:
-        return self.max_lag is not None and self._lag.lagging(self.max_lag)
+        """The loop ran more than ``max_lag`` late within the monitor's window."""
+        return self.max_lag is not None and self.lag.lagging(self.max_lag)
 
     def __call__(self) -> bool:
         if self.late():
             return True
-        return self.max_busy is not None and self._lag.busy() >= self.max_busy
+        return self.max_busy is not None and self.lag.busy() >= self.max_busy
 
 
 def overload_check(
