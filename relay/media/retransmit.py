@@ -38,6 +38,12 @@ OPENING = 16 * 1024
 """Bytes of retransmission a viewer may spend before it has earned any (capped by the burst)."""
 RATE_BURST = 0.25
 """Seconds of the estimate's retransmission rate that may be saved up for a burst of losses."""
+SUPERSEDE_AFTER = 0.25
+"""Seconds (plus ``playout_rtts`` round trips) within which a NACKed packet is resent even when
+a keyframe went out after it: a receiver that waits on every hole before it (aiortc's jitter
+buffer) decodes nothing past it otherwise, not even that keyframe (tests/live/
+test_aiortc_adapter.py stalled: a lost packet NACKed 0.09 s after it was sent was refused).
+Past it, a receiver that has not repaired the hole yet decodes from the keyframe."""
 RANDOM_LOSS = 0.10
 """Loss up to which the estimate holds (``relay.media.estimator.LOSS_HIGH``): the link has
 room, and the allowance's floor grows with the loss."""
@@ -154,7 +160,7 @@ class RetransmitBudget:
         viewer's estimate allows (``rtx_allowance``; None: no estimate); ``superseded``: a
         keyframe went to the viewer after the packet (the receiver starts over there)."""
         self._refill(allowance_bps, now)
-        if superseded:
+        if superseded and age > SUPERSEDE_AFTER + self.limits.playout_rtts * (rtt or 0.0):
             verdict = Verdict.LATE
         else:
             verdict = self._verdict(sequence, size, age, rtt, now, keyframe)
