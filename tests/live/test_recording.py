@@ -255,9 +255,7 @@ async def test_disk_guard_refuses_then_stops_cleanly_before_full() -> None:
                 try:
                     assert (await client.post("/v1/rooms/disk/recording")).status_code == 201
                     # ~1.5 Mbps fills the ~2 MB above the stop threshold in seconds
-                    assert await wait_for(
-                        lambda: "disk" not in server.gateway.recordings.recorders, 30, 0.2
-                    )
+                    assert await wait_for(lambda: _closed(server, "disk"), 30, 0.2)
                 finally:
                     await pub.close()
                 files = (await client.get("/v1/recordings")).json()
@@ -281,9 +279,7 @@ async def test_write_failing_on_a_full_disk_leaves_a_playable_file() -> None:
                 pub = await publish(server, "full", (640, 360))
                 try:
                     assert (await client.post("/v1/rooms/full/recording")).status_code == 201
-                    assert await wait_for(
-                        lambda: "full" not in server.gateway.recordings.recorders, 30, 0.2
-                    )
+                    assert await wait_for(lambda: _closed(server, "full"), 30, 0.2)
                 finally:
                     await pub.close()
                 files = (await client.get("/v1/recordings")).json()
@@ -465,3 +461,11 @@ async def test_bad_requests_and_a_closed_room(tmp_path: Path) -> None:
             assert (await client.get("/v1/rooms/closing/recording")).status_code == 404
             async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
                 assert (await anonymous.get("/v1/recordings")).status_code == 401
+
+
+def _closed(server: RunningServer, room: str) -> bool:
+    """The room's recording ended and its file's meta says so (the recorder leaves the active
+    set first, then drains its writer and writes the final meta: the reason is set there)."""
+    recordings = server.gateway.recordings
+    metas = recordings.list(room)
+    return room not in recordings.recorders and bool(metas) and metas[-1].state == "complete"
