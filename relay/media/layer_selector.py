@@ -16,12 +16,19 @@ and reports back (``switched``), or gives up (``abandoned``).
   ``blind_hold`` s without congestion (one step). An up-switch followed by a congestion event
   within ``settle`` s failed: the viewer goes back down at once and that hold doubles, up to
   ``max_hold``.
-* A sudden drop (a move down from a layer held for ``settle`` s: the link changed under a
+* A sudden drop (a move down from a layer held for ``settle`` s, or one that was ``calm``, no
+  congestion and within the estimate, for ``calm`` s right before: the link changed under a
   viewer that fitted) shortens the blind hold to ``dip_hold``: a dip is often over in seconds,
-  while a viewer that never fitted (moved down right after joining) keeps the long one. With
-  ``min_up_interval`` the blind retry comes 10 s after the move down (a 10 s dip, left ~2 s in:
-  ~2 s after it ended, where the 20 s ``blind_hold`` took 12 s), then after 10, 20, 40 s if the
-  link is still thin (each failed retry costs ~2-3 s of stutter, bench.adaptation).
+  while a viewer that never fitted (moved down right after joining) keeps the long one. For
+  ``dip_window`` s after it the blind retry goes straight back to the layer the drop left (it
+  fitted seconds ago; one step at a time took another ``min_up_interval`` per step), and a
+  failed one waits no more than ``dip_hold`` of quiet: the retry comes ``min_up_interval`` after
+  the last switch once the reports have been clean for ``dip_hold`` s, so the end of a dip is
+  found within ~``min_up_interval`` s of it whatever its length (a failed retry on the still
+  thin link costs ~1-2 s of stutter: its first lossy report window brings the viewer back).
+  After the window the holds double as before (a link that stays thin is not retried every
+  10 s). A REMB/RR-only viewer (aiortc) has nothing else to find a dip's end with: its REMB
+  follows what it receives, and a thin link carries the lower layer as cleanly as a wide one.
 * No flapping: no up-switch within ``min_up_interval`` s of the last switch (doubled by each
   failed up-switch a probe made, up to ``max_hold``: a probe that passes on a link whose
   estimate then sinks, as a loaded sender's delay noise makes it, must not bring the viewer
@@ -90,6 +97,8 @@ class SelectorConfig:
     hold: float = 3.0
     blind_hold: float = 8.0
     dip_hold: float = 5.0
+    calm: float = 5.0  # s without congestion before a move down that make it a sudden drop
+    dip_window: float = 30.0  # s after a sudden drop its retries go back to the layer it left
     probe_fit: float = 1.1  # a probe showed this x a layer's bitrate: it fits
     max_hold: float = 120.0
     settle: float = 15.0
@@ -130,6 +139,10 @@ class LayerSelector:
         self._over_since: float | None = None
         self._fits_since: dict[str, float] = {}
         self._stepped_up_at: float | None = None
+        self._calm_at: float | None = None  # last tick that ended ``calm`` s of calm
+        self._leaving: str | None = None  # the layer a pending sudden drop leaves
+        self._dip: tuple[float, str] | None = None  # (when, layer left) of the last sudden drop
+        self._drop_loss = 0.0  # the loss a pending move down was decided at
 
     @property
     def switches(self) -> int:
@@ -212,8 +225,15 @@ class LayerSelector:
                 step = live[below]
                 pick = fit if fit is not None and fit.bitrate < current.bitrate else step
                 reason: Reason = "estimate" if over else "congestion"
+                calm_at = self._calm_at
+                sudden = calm_at is not None and now - calm_at <= c.down_window
+                self._leaving = current.name if sudden else None
+                self._drop_loss = loss if congested else 1.0  # an estimate: the link's
                 return self._start(Switch(pick.name, True, reason, drain=True))
         # -- up ----------------------------------------------------------------------------
+        calm_start = max(self._quiet_since, self._last_switch)
+        if self._over_since is None and now - calm_start >= c.calm:
+            self._calm_at = now  # (before this tick's event, if any, ends the calm)
         if fresh or loss >= c.lossy:
             self._quiet_since = now
         higher = live[: names.index(current.name)]
@@ -238,8 +258,13 @@ class LayerSelector:
                     return self._start(Switch(x.name, False, "estimate"))
             return None
         quiet = now - max(self._quiet_since, self._last_switch)
-        if since_switch >= self._up_wait and quiet >= self._blind_hold:
-            return self._start(Switch(higher[-1].name, False, "probe"))
+        dip = self._dip
+        in_dip = dip is not None and now - dip[0] <= c.dip_window
+        hold = min(self._blind_hold, c.dip_hold) if in_dip else self._blind_hold
+        if since_switch >= self._up_wait and quiet >= hold:
+            back = dip[1] if dip is not None and in_dip else None
+            pick = next((x for x in higher if x.name == back), higher[-1])
+            return self._start(Switch(pick.name, False, "probe"))
         return None
 
     @staticmethod
@@ -270,21 +295,29 @@ class LayerSelector:
             return
         c = self.config
         held = now - self._last_switch
-        self.current = switch.target
+        left, self.current = self.current, switch.target
         self._last_switch = now
         self._events.clear()
         self._over_since = None
         self._fits_since.clear()
+        leaving, self._leaving = self._leaving, None
+        self._calm_at = None
         if switch.down:
             self.switches_down += 1
             failed = self._stepped_up_at is not None and now - self._stepped_up_at < c.settle
+            severe = self._drop_loss >= c.severe_loss
             if failed and switch.reason in ("estimate", "congestion"):
+                if not severe:
+                    self._dip = None  # mild loss, not a dip's collapse: retry as rarely as ever
                 self._hold = min(c.max_hold, self._hold * 2)
                 self._blind_hold = min(c.max_hold, self._blind_hold * 2)
                 if self._up_reason == "probed":
                     self._up_wait = min(c.max_hold, self._up_wait * 2)
-            elif held >= c.settle and switch.reason in ("estimate", "congestion"):
-                self._blind_hold = min(self._blind_hold, c.dip_hold)  # a sudden drop
+            elif switch.reason in ("estimate", "congestion") and (
+                held >= c.settle or leaving is not None
+            ):  # a sudden drop
+                self._blind_hold = min(self._blind_hold, c.dip_hold)
+                self._dip = (now, left) if severe else None
             self._stepped_up_at = None
         else:
             self.switches_up += 1

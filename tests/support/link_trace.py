@@ -249,3 +249,112 @@ def run_adaptive(
                 if estimator.probing:
                     estimator.end_probe(now)
     return seen
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """A receiver that sends receiver reports only (aiortc: no transport-cc; its REMB follows
+    what it receives, so the selector reads none): one every 0.5-1.5 s, as aiortc's RTCP loop
+    sleeps, and the sender's stream has a keyframe of ``keyframe_frames`` frames' bytes every
+    ``gop`` seconds (a thin link's tbf drops a keyframe's tail even when the layer fits)."""
+
+    gop: float = 2.0
+    keyframe_frames: float = 8.0
+    switch_delay: float = 0.2  # s from a switch's decision to the target's keyframe
+
+
+def run_reports(
+    link: Link,
+    ladder: tuple[Layer, ...],
+    *,
+    seconds: float,
+    start: str | None = None,
+    selector: SelectorConfig | None = None,
+    receiver: Reporting | None = None,
+    fps: int = 30,
+    tick: float = 0.5,
+    seed: int = 1,
+) -> Adaptive:
+    """The closed loop of one REMB/RR-only viewer on a fake clock, as ``ViewerService.adapt``
+    drives it: the sender sends the selector's layer (a switch takes effect at the target's
+    keyframe, ``switch_delay`` later), the receiver's reports (highest sequence number and
+    cumulative loss) go through ``ReportLoss`` as the direct sender's do, and the selector reads
+    their loss with no bitrate (``relay.rtc.viewers.link_estimate``)."""
+    from relay.media.layer_selector import ReportEstimate
+    from relay.media.report_loss import ReportLoss
+
+    rx = receiver or Reporting()
+    rng = random.Random(seed)
+    sel = LayerSelector(start or ladder[0].name, config=selector)
+    by_name = {x.name: x for x in ladder}
+    reports = ReportLoss()
+    events: list[tuple[float, int, int, object]] = []
+    order = 0
+
+    def push(t: float, kind: int, payload: object) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (t, order, kind, payload))
+
+    for f in range(int(seconds * fps)):
+        push(f / fps, 0, f)
+    t = 0.5 + rng.random()
+    while t < seconds:
+        push(t, 1, None)
+        t += 0.5 + rng.random()
+    t = tick
+    while t <= seconds + 1e-9:
+        push(t, 3, None)
+        t += tick
+
+    link_free = 0.0
+    arrivals: list[float] = []  # by sequence number: arrival time (inf: lost)
+    seen = Adaptive([(0.0, sel.current)], [], [], None)
+    gop_frames = max(1, round(rx.gop * fps))
+    due: tuple[float, str] | None = None  # a switch waiting for its keyframe
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == 0:
+            assert isinstance(payload, int)
+            frame = payload
+            key = frame % gop_frames == 0
+            if due is not None and now >= due[0]:  # the target's keyframe: the switch is made
+                names = [x.name for x in ladder]
+                down = names.index(due[1]) > names.index(sel.current)
+                sel.switched(now)
+                seen.switches.append((now, sel.current, down))
+                seen.layers.append((now, sel.current))
+                due, key = None, True
+            frame_bytes = by_name[sel.current].bitrate / 8 / fps
+            if key:
+                frame_bytes *= rx.keyframe_frames
+            n = max(1, round(frame_bytes / PACKET))
+            for _ in range(n):
+                size = frame_bytes / n
+                if rng.random() < link.loss:
+                    arrivals.append(float("inf"))
+                    continue
+                begin = max(link_free, now)
+                if begin - now > link.queue:
+                    arrivals.append(float("inf"))
+                    continue
+                link_free = begin + size * 8 / link.capacity(now)
+                arrivals.append(link_free + link.delay)
+        elif kind == 1:
+            arrived = [s for s, a in enumerate(arrivals) if a <= now]
+            if not arrived:
+                continue
+            highest = max(arrived)
+            lost = highest + 1 - len(arrived)
+            push(now + link.delay, 2, (highest, lost))
+        elif kind == 2:
+            assert isinstance(payload, tuple)
+            reports.on_report(payload[0], payload[1], now)
+        else:
+            if due is not None:
+                continue
+            estimate = ReportEstimate(None, reports.fraction, 2 * link.delay)
+            switch = sel.update(now, ladder, estimate, reports.lossy)
+            if switch is not None:
+                due = (now + rx.switch_delay, switch.target)
+    return seen
