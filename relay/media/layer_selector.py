@@ -17,8 +17,10 @@ and reports back (``switched``), or gives up (``abandoned``).
   within ``settle`` s failed: the viewer goes back down at once and that hold doubles, up to
   ``max_hold``.
 * A sudden drop (a move down from a layer held for ``settle`` s, or one that was ``calm``, no
-  congestion and within the estimate, for ``calm`` s right before: the link changed under a
-  viewer that fitted) shortens the blind hold to ``dip_hold``: a dip is often over in seconds,
+  congestion and within the estimate, for ``calm`` s right before, counted from its first clean
+  report window (``clean``): a viewer that joins slowly on a loaded node sends no lossy report
+  for seconds, which is no proof that the layer fits: the link changed under a viewer that
+  fitted) shortens the blind hold to ``dip_hold``: a dip is often over in seconds,
   while a viewer that never fitted (moved down right after joining) keeps the long one. For
   ``dip_window`` s after it the blind retry goes straight back to the layer the drop left (it
   fitted seconds ago; one step at a time took another ``min_up_interval`` per step), and a
@@ -143,6 +145,8 @@ class LayerSelector:
         self._leaving: str | None = None  # the layer a pending sudden drop leaves
         self._dip: tuple[float, str] | None = None  # (when, layer left) of the last sudden drop
         self._drop_loss = 0.0  # the loss a pending move down was decided at
+        self._clean: int | None = None  # the last count of clean report windows
+        self._clean_since: float | None = None  # first tick with a new clean one on this layer
 
     @property
     def switches(self) -> int:
@@ -164,13 +168,21 @@ class LayerSelector:
         estimate: LinkEstimate | None = None,
         congestion: int = 0,
         probed_bps: int | None = None,
+        *,
+        clean: int | None = None,
     ) -> Switch | None:
         """The switch to make now, if any. ``layers``: the ladder, top first (its order, not
         the bitrates, says which is higher: a measured rate may be below a nominal one);
         ``congestion`` is a monotonic count; ``probed_bps`` what a probe just showed the link
-        carries (``ProbeController.probed``)."""
+        carries (``ProbeController.probed``); ``clean`` a monotonic count of receiver report
+        windows that showed the layer arriving (``ReportLoss.clean``; None: not counted, every
+        tick is evidence)."""
         c = self.config
         fresh = self._count(congestion, now)
+        news = clean is None or (self._clean is not None and clean > self._clean)
+        if news and self._clean_since is None:
+            self._clean_since = now
+        self._clean = clean
         up_at = self._stepped_up_at
         if up_at is not None and now - up_at >= c.settle:  # the last up-switch held
             self._stepped_up_at = None
@@ -231,8 +243,9 @@ class LayerSelector:
                 self._drop_loss = loss if congested else 1.0  # an estimate: the link's
                 return self._start(Switch(pick.name, True, reason, drain=True))
         # -- up ----------------------------------------------------------------------------
-        calm_start = max(self._quiet_since, self._last_switch)
-        if self._over_since is None and now - calm_start >= c.calm:
+        heard = self._clean_since
+        calm_start = max(self._quiet_since, self._last_switch, heard or now)
+        if heard is not None and self._over_since is None and now - calm_start >= c.calm:
             self._calm_at = now  # (before this tick's event, if any, ends the calm)
         if fresh or loss >= c.lossy:
             self._quiet_since = now
@@ -301,7 +314,7 @@ class LayerSelector:
         self._over_since = None
         self._fits_since.clear()
         leaving, self._leaving = self._leaving, None
-        self._calm_at = None
+        self._calm_at = self._clean_since = None
         if switch.down:
             self.switches_down += 1
             failed = self._stepped_up_at is not None and now - self._stepped_up_at < c.settle

@@ -30,11 +30,14 @@ _LOST_SPAN = 1 << 24
 
 class ReportLoss:
     """``on_report`` for each report block about our stream; ``fraction`` is the loss of the
-    last window judged, ``lossy`` counts the windows at or above ``LOSSY``."""
+    last window judged, ``lossy`` counts the windows at or above ``LOSSY``, ``clean`` those
+    below it that covered ``MIN_PACKETS`` or more (the viewer got the stream: a window of a
+    receiver that gets nothing is judged lossless too)."""
 
     def __init__(self) -> None:
         self.fraction = 0.0
         self.lossy = 0
+        self.clean = 0
         self.windows = 0
         self._start: tuple[float, int, int] | None = None  # (time, highest, lost)
 
@@ -62,4 +65,6 @@ class ReportLoss:
         if self.fraction >= LOSSY:
             self.lossy += 1
             return True
+        if expected >= MIN_PACKETS:
+            self.clean += 1
         return False

@@ -192,6 +192,11 @@ class DirectSender:
         """Windows of receiver reports that lost ``relay.media.report_loss.LOSSY`` or more."""
         return self.report_loss.lossy
 
+    @property
+    def clean_reports(self) -> int:
+        """Windows of receiver reports that covered a stream and lost less than that."""
+        return self.report_loss.clean
+
     def round_trip_time(self) -> float | None:
         return self._seam.round_trip_time()
 

@@ -609,7 +609,9 @@ class ViewerService:
             higher = [max(x.bitrate, nominal.get(x.name, 0)) for x in live[:at]][::-1]
             prober.tick(now, session.estimate, higher)
             probed = prober.probed(now, len(higher))
-        switch = selector.update(now, layers, estimate, congestion, probed)
+        switch = selector.update(
+            now, layers, estimate, congestion, probed, clean=sender.clean_reports
+        )
         if pending is not None and selector.pending is not pending:  # its target went away
             gone = hubs.get(pending.target)
             if gone is not None:

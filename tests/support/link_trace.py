@@ -261,6 +261,7 @@ class Reporting:
     gop: float = 2.0
     keyframe_frames: float = 8.0
     switch_delay: float = 0.2  # s from a switch's decision to the target's keyframe
+    first_report: float = 0.0  # s before which it sends none (a viewer slow to start)
 
 
 def run_reports(
@@ -298,7 +299,7 @@ def run_reports(
 
     for f in range(int(seconds * fps)):
         push(f / fps, 0, f)
-    t = 0.5 + rng.random()
+    t = rx.first_report + 0.5 + rng.random()
     while t < seconds:
         push(t, 1, None)
         t += 0.5 + rng.random()
@@ -354,7 +355,7 @@ def run_reports(
             if due is not None:
                 continue
             estimate = ReportEstimate(None, reports.fraction, 2 * link.delay)
-            switch = sel.update(now, ladder, estimate, reports.lossy)
+            switch = sel.update(now, ladder, estimate, reports.lossy, clean=reports.clean)
             if switch is not None:
                 due = (now + rx.switch_delay, switch.target)
     return seen

@@ -134,3 +134,21 @@ def test_the_selector_keeps_a_lossy_but_repaired_viewer_up() -> None:
                 selector.switched(now)
     assert old.switches_down >= 1
     assert new.switches_down == 0 and new.current == "720p"
+
+
+def test_clean_windows_are_those_that_carried_a_stream() -> None:
+    """A receiver that gets nothing reports no loss either: its windows, judged after
+    MAX_WINDOW with fewer than MIN_PACKETS expected, are not clean (the layer selector counts
+    a layer's calm from the first clean one)."""
+    starved = ReportLoss()
+    for i in range(10):
+        starved.on_report(100 + i, 0, float(i))
+    assert starved.windows >= 2 and starved.clean == 0 and starved.lossy == 0
+    flowing = ReportLoss()
+    for i in range(10):
+        flowing.on_report(100 + 50 * i, 0, float(i))
+    assert flowing.clean == flowing.windows == 9 and flowing.lossy == 0
+    lossy = ReportLoss()
+    for i in range(10):
+        lossy.on_report(100 + 50 * i, 20 * i, float(i))
+    assert lossy.clean == 0 and lossy.lossy == 9
