@@ -23,6 +23,10 @@ MIN_PACKETS = 20
 """Packets a window must cover (expected) before it is judged within ``MAX_WINDOW``."""
 LOSSY = 0.1
 """Loss over a window at which it counts as a lossy one (congestion for the layer selector)."""
+FIRST_LOST = 10
+"""Packets the first report must count lost for its own ``fraction lost`` (which covers every
+packet since the stream began) to be judged at once: a viewer that joins behind a thin link is
+known lossy at its first report, a second or two before the first window could close."""
 
 _SEQ_SPAN = 1 << 32
 _LOST_SPAN = 1 << 24
@@ -41,12 +45,22 @@ class ReportLoss:
         self.windows = 0
         self._start: tuple[float, int, int] | None = None  # (time, highest, lost)
 
-    def on_report(self, highest: int, lost: int, now: float) -> bool:
+    def on_report(self, highest: int, lost: int, now: float, fraction: float | None = None) -> bool:
         """``highest``: the extended highest sequence number received; ``lost``: the cumulative
-        number of packets lost (signed). True when this report closed a lossy window."""
+        number of packets lost (signed); ``fraction``: the report's own fraction lost (0..1), read
+        from the first report only. True when this report closed a lossy window."""
         start = self._start
         if start is None:
             self._start = (now, highest, lost)
+            if (
+                fraction is not None
+                and LOSSY <= fraction <= 1.0
+                and FIRST_LOST <= lost < _LOST_SPAN // 2
+            ):
+                self.fraction = fraction
+                self.windows += 1
+                self.lossy += 1
+                return True
             return False
         at, highest0, lost0 = start
         expected = (highest - highest0) % _SEQ_SPAN

@@ -174,7 +174,12 @@ class DirectSender:
             for report in packet.reports:
                 if report.ssrc == self._seam.ssrc:
                     now = time.monotonic()
-                    self.report_loss.on_report(report.highest_sequence, report.packets_lost, now)
+                    self.report_loss.on_report(
+                        report.highest_sequence,
+                        report.packets_lost,
+                        now,
+                        report.fraction_lost / 256,
+                    )
                     estimator = self.estimator
                     if self._reports and estimator is not None:
                         estimator.on_rtt(self._seam.round_trip_time())

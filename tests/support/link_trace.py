@@ -312,6 +312,7 @@ def run_reports(
     arrivals: list[float] = []  # by sequence number: arrival time (inf: lost)
     seen = Adaptive([(0.0, sel.current)], [], [], None)
     gop_frames = max(1, round(rx.gop * fps))
+    prior_counts = (0, 0)  # (expected, received) at the last report: its fraction lost
     due: tuple[float, str] | None = None  # a switch waiting for its keyframe
     while events:
         now, _, kind, payload = heapq.heappop(events)
@@ -347,10 +348,15 @@ def run_reports(
                 continue
             highest = max(arrived)
             lost = highest + 1 - len(arrived)
-            push(now + link.delay, 2, (highest, lost))
+            expected, prior = highest + 1, prior_counts
+            received = len(arrived)
+            interval = expected - prior[0]
+            fraction = max(0, interval - (received - prior[1])) / interval if interval else 0.0
+            prior_counts = (expected, received)
+            push(now + link.delay, 2, (highest, lost, fraction))
         elif kind == 2:
             assert isinstance(payload, tuple)
-            reports.on_report(payload[0], payload[1], now)
+            reports.on_report(payload[0], payload[1], now, payload[2])
         else:
             if due is not None:
                 continue

@@ -47,11 +47,13 @@ def test_a_link_that_stays_thin_after_a_drop_is_retried_less_and_less() -> None:
 
 
 def test_a_viewer_that_joins_behind_500_kbits_settles_and_does_not_flap() -> None:
-    """Never fitted: no sudden drop, the long blind hold; on 180p within 3 s."""
+    """Never fitted: no sudden drop, the long blind hold; on 180p within 2 s of the stream's
+    start (issue 17: 3 s from the POST): the first receiver report is judged by its own fraction
+    lost (2.2-3.7 s over 20 seeds when it only opened the first window; now 1.2-1.7 s)."""
     seen = run_reports(Link(capacity_bps=500_000, delay=0.01, queue=0.1), LADDER,
                        seconds=120.0, selector=GATEWAY)  # fmt: skip
     settled = [t for t, name, _ in seen.switches if name == "180p"]
-    assert settled and settled[0] <= 3.0, seen.switches
+    assert settled and settled[0] <= 2.0, seen.switches
     assert len(seen.switches) <= 120.0 / 10.0, seen.switches
     assert seen.layers[-1][1] == "180p"
 

@@ -152,3 +152,21 @@ def test_clean_windows_are_those_that_carried_a_stream() -> None:
     for i in range(10):
         lossy.on_report(100 + 50 * i, 20 * i, float(i))
     assert lossy.clean == 0 and lossy.lossy == 9
+
+
+def test_the_first_report_is_judged_by_its_own_fraction_when_it_lost_enough() -> None:
+    """The first report's fraction lost covers the stream from its start: judged at once when it
+    counts FIRST_LOST packets lost or more (a viewer that joins behind a thin link), not when a
+    clean link lost a handful, nor on a later report (those cover only the packets since the
+    one before, hence the windows)."""
+    thin = ReportLoss()
+    assert thin.on_report(150, 100, 1.0, 100 / 150)
+    assert thin.lossy == 1 and thin.fraction == 100 / 150
+    clean = ReportLoss()
+    assert not clean.on_report(150, 3, 1.0, 0.2)  # 20 % of a handful
+    assert not clean.on_report(300, 3, 1.5, 0.9)  # not the first: a window, not yet judged
+    assert clean.lossy == 0
+    mild = ReportLoss()
+    assert not mild.on_report(300, 12, 1.0, 0.04)  # random loss under LOSSY
+    liar = ReportLoss()
+    assert not liar.on_report(300, 100, 1.0, 7.0) and liar.lossy == 0  # no such fraction
