@@ -28,6 +28,8 @@ and reports back (``switched``), or gives up (``abandoned``).
   the last switch once the reports have been clean for ``dip_hold`` s, so the end of a dip is
   found within ~``min_up_interval`` s of it whatever its length (a failed retry on the still
   thin link costs ~1-2 s of stutter: its first lossy report window brings the viewer back).
+  Only a drop at ``severe_loss`` (or by the estimate) counts as a dip, and a retry that fails at
+  milder loss ends the dip's rule: random loss that crosses ``lossy`` now and then is no dip.
   After the window the holds double as before (a link that stays thin is not retried every
   10 s). A REMB/RR-only viewer (aiortc) has nothing else to find a dip's end with: its REMB
   follows what it receives, and a thin link carries the lower layer as cleanly as a wide one.
