@@ -206,10 +206,13 @@ SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", 
            "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps")  # fmt: skip
 
 
-def frozen_after(result: dict[str, Any], since: float) -> float | None:
+def frozen_after(
+    result: dict[str, Any], since: float, events: str = "freeze_events"
+) -> float | None:
     """Share of the time from ``since`` to the end of the run spent frozen, the wait for the
     first picture included (a viewer that shows nothing for 29 s and then 30 frames was not
-    frozen for 0 % of the run)."""
+    frozen for 0 % of the run). ``events``: "gap_events" for issue 17's plain rule (frame
+    intervals over 3 nominal ones) instead of Chromium's."""
     end: float | None = result.get("ended_at")
     joined = result.get("joined_at")
     if end is None or joined is None or since >= end:
@@ -217,7 +220,7 @@ def frozen_after(result: dict[str, Any], since: float) -> float | None:
     ttff = result.get("ttff_s")
     first = end if ttff is None else joined + ttff
     frozen = max(0.0, min(first, end) - since)
-    for at, duration in result.get("freeze_events", []):
+    for at, duration in result.get(events, []):
         frozen += max(0.0, min(at, end) - max(at - duration, since, first))
     return min(1.0, frozen / (end - since))
 
@@ -333,7 +336,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
 
 
 COLUMNS = (
-    "profile", "viewer", "frozen %", "after settle %", "freezes", "g2g p50/p95 ms", "settle s",
+    "profile", "viewer", "frozen %", "after settle %", "freezes", "gaps % (n)", "g2g p50/p95 ms",
+    "settle s",
     "switches (up)", "/10 s", "layer", "kbps", "audio %", "probes (ok)",
 )  # fmt: skip
 
@@ -360,6 +364,7 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
                 f"{100 * (frozen_after(v, v['joined_at']) or 0.0):.1f}",
                 "-" if after is None else f"{100 * after:.1f}",
                 str(v["freezes"]),
+                gap_cell(v),
                 f"{'-' if g50 is None else round(g50)}/{'-' if g95 is None else round(g95)}",
                 settle,
                 f"{a['switches']} ({a['probes_up']})",
@@ -371,6 +376,14 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def gap_cell(v: dict[str, Any]) -> str:
+    """Share of the run in frame intervals over 3 nominal ones, and how many."""
+    if "gap_events" not in v:
+        return "-"
+    share = frozen_after(v, v["joined_at"], "gap_events") or 0.0
+    return f"{100 * share:.1f} ({len(v['gap_events'])})"
 
 
 def audio_share(v: dict[str, Any]) -> str:
