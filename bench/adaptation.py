@@ -336,14 +336,15 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
 
 
 COLUMNS = (
-    "profile", "viewer", "frozen %", "after settle %", "freezes", "gaps % (n)", "g2g p50/p95 ms",
-    "settle s",
-    "switches (up)", "/10 s", "layer", "kbps", "audio %", "probes (ok)",
+    "profile", "viewer", "frozen %", "after settle %", "freezes", "own % (n)", "gaps % (n)",
+    "g2g p50/p95 ms", "settle s", "switches (up)", "/10 s", "layer", "kbps", "audio %",
+    "probes (ok)",
 )  # fmt: skip
 
 
 def cells(row: dict[str, Any]) -> list[list[str]]:
     out = []
+    control = next((v for v in row["viewers"] if v.get("leg") in CLEAN_LEGS), None)
     for v in row["viewers"]:
         if "error" in v:
             out.append([row["profile"], v["leg"], v["error"], *[""] * (len(COLUMNS) - 3)])
@@ -364,6 +365,7 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
                 f"{100 * (frozen_after(v, v['joined_at']) or 0.0):.1f}",
                 "-" if after is None else f"{100 * after:.1f}",
                 str(v["freezes"]),
+                own_cell(v, control),
                 gap_cell(v),
                 f"{'-' if g50 is None else round(g50)}/{'-' if g95 is None else round(g95)}",
                 settle,
@@ -376,6 +378,30 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def own_freezes(v: dict[str, Any], control: dict[str, Any] | None) -> list[tuple[float, float]]:
+    """``v``'s freezes that overlap none of the clean ``control`` viewer's (a starved mixer
+    or machine stalls every viewer at once: those are the machine's, the rest the link's)."""
+    if control is None or control is v or "freeze_events" not in control:
+        return list(v.get("freeze_events", []))
+    spans = [(end - d, end) for end, d in control["freeze_events"]]
+    return [
+        (end, d)
+        for end, d in v.get("freeze_events", [])
+        if not any(a < end and end - d < b for a, b in spans)
+    ]
+
+
+def own_cell(v: dict[str, Any], control: dict[str, Any] | None) -> str:
+    """Share of the run in freezes the clean control viewer did not have, and how many (the
+    wait for the first picture left out)."""
+    if control is None or control is v or "joined_at" not in v:
+        return "-"
+    own = own_freezes(v, control)
+    share = frozen_after({**v, "own_events": own, "ttff_s": 0.0},
+                         v["joined_at"], "own_events")  # fmt: skip
+    return f"{100 * (share or 0.0):.1f} ({len(own)})"
 
 
 def gap_cell(v: dict[str, Any]) -> str:

@@ -17,7 +17,8 @@ one already sent again within the last round trip (the NACK crossed it).
 A viewer that never asks for a packet again on its own (aiortc's NackGenerator asks again only
 with its next new hole; found from behaviour: ``on_nack``), and any viewer that loses
 ``FOLLOW_UP_LOSS`` or more of its packets, gets each retransmission twice, the second copy
-``FOLLOW_UP_AFTER`` after the first (``follow_up``): a lost retransmission or NACK otherwise
+``FOLLOW_UP_AFTER`` after the first (``follow_up``; not on a link losing more than
+``RANDOM_LOSS``, which the stream overruns): a lost retransmission or NACK otherwise
 leaves the hole open until the next new hole or keyframe (aiortc) or one more round trip of
 the receiver's own (Chromium repeats every ~100 ms: a second round past 183 ms is a freeze).
 
@@ -169,7 +170,11 @@ class RetransmitBudget:
 
     @property
     def wants_follow_up(self) -> bool:
-        """Retransmissions go twice (``follow_up``)."""
+        """Retransmissions go twice (``follow_up``); not while the viewer asks for more than
+        ``RANDOM_LOSS`` of its packets: a link the stream overruns (a bottleneck's loss) needs
+        fewer bytes, not more."""
+        if self.loss > RANDOM_LOSS:
+            return False
         return not self.asks_again or self.loss >= FOLLOW_UP_LOSS
 
     def follow_up(self, sequence: int, size: int, now: float) -> bool:

@@ -424,6 +424,10 @@ def test_a_browser_at_high_loss_gets_retransmissions_twice_and_fewer_freezes() -
     b.on_nack([], 2000, 0.04, 21.0)
     b.on_nack([], 4000, 0.04, 22.1)  # a quiet second: 0 % asked for
     assert b.loss == 0.0 and not b.wants_follow_up
+    b.on_nack(list(range(1000, 1300)), 6000, 0.04, 23.2)  # 15 %: a link the stream overruns
+    assert b.loss == pytest.approx(0.15) and not b.wants_follow_up
+    b.asks_again = False
+    assert not b.wants_follow_up  # not even for a receiver that asks once
     assert FOLLOW_UP_LOSS > 0.02  # a browser at 2 % loss gets one copy
 
     once = twice = holes = 0
