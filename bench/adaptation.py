@@ -21,8 +21,12 @@ happened.
 
 Printed per profile and viewer: share of time frozen (Chromium's rule; from the WHEP POST, the
 wait for the first picture included) over the whole run and after the viewer settled (its
-first switch; failed probes up after it count in), freezes,
-glass-to-glass p50/p95, time to settle (that first switch, from the viewer's WHEP POST; for
+first switch; failed probes up after it count in), freezes, ``own %``: the share in freezes
+that overlap none of the clean ``control`` viewer's (a loaded machine stalls every viewer at
+once; what is left is the link's and the viewer's own), ``gaps %``: issue 17's plain rule
+(frame intervals over 3 nominal ones, 100 ms at 30 fps; Chromium's rule needs 183 ms; for
+Chromium from its requestVideoFrameCallback presentation times), glass-to-glass p50/p95,
+time to settle (that first switch, from the viewer's WHEP POST; for
 ``drop400`` the time from the dip to the first move down and from the recovery to the first
 move up), switches (up ones: probes), switches per 10 s, the final layer, the delivered
 kbit/s and the audio frames decoded against the 50 a second sent. Needs root.
@@ -202,14 +206,49 @@ def watch(
     return out, timeline
 
 
+VERDICTS = ("nacked_packets", "retransmissions", "rtx_follow_ups", "rtx_late", "rtx_repeat",
+            "rtx_over_budget", "keyframe_requests")  # fmt: skip
 SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", "delay_usage",
-           "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps")  # fmt: skip
+           "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps",
+           "rtt_ms", *VERDICTS)  # fmt: skip
 
 
-def frozen_after(result: dict[str, Any], since: float) -> float | None:
+def freeze_causes(
+    v: dict[str, Any], control: dict[str, Any] | None, lead: float = 0.5
+) -> list[dict[str, Any]]:
+    """Each freeze of ``v`` with what the gateway saw of the viewer's NACKs from ``lead`` s
+    before it began to its end (the counters' growth between the operator API samples, every
+    0.5 s): packets asked for, resent, second copies, refused late (superseded or too old),
+    as a repeat within a round trip, over budget, keyframe requests; and whether the clean
+    control viewer froze at the same time (the machine's, then)."""
+    samples = v.get("samples") or []
+    spans = [(end - d, end) for end, d in (control or {}).get("freeze_events", [])]
+    out = []
+    for end, d in v.get("freeze_events", []):
+        start = end - d
+        inside = [s for s in samples if start - lead <= s["t"] <= end + 0.5]
+        before = [s for s in samples if s["t"] < start - lead]
+        base = before[-1] if before else (inside[0] if inside else {})
+        last = inside[-1] if inside else base
+        row: dict[str, Any] = {
+            "at": round(start - v.get("joined_at", 0.0), 2),
+            "s": round(d, 3),
+            "machine": control is not v and any(a < end and start < b for a, b in spans),
+            "rtt_ms": last.get("rtt_ms"),
+        }
+        for k in VERDICTS:
+            row[k] = (last.get(k) or 0) - (base.get(k) or 0)
+        out.append(row)
+    return out
+
+
+def frozen_after(
+    result: dict[str, Any], since: float, events: str = "freeze_events"
+) -> float | None:
     """Share of the time from ``since`` to the end of the run spent frozen, the wait for the
     first picture included (a viewer that shows nothing for 29 s and then 30 frames was not
-    frozen for 0 % of the run)."""
+    frozen for 0 % of the run). ``events``: "gap_events" for issue 17's plain rule (frame
+    intervals over 3 nominal ones) instead of Chromium's."""
     end: float | None = result.get("ended_at")
     joined = result.get("joined_at")
     if end is None or joined is None or since >= end:
@@ -217,7 +256,7 @@ def frozen_after(result: dict[str, Any], since: float) -> float | None:
     ttff = result.get("ttff_s")
     first = end if ttff is None else joined + ttff
     frozen = max(0.0, min(first, end) - since)
-    for at, duration in result.get("freeze_events", []):
+    for at, duration in result.get(events, []):
         frozen += max(0.0, min(at, end) - max(at - duration, since, first))
     return min(1.0, frozen / (end - since))
 
@@ -318,6 +357,7 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
         finally:
             room.close()
     steps = p.rate_schedule(args.seconds)
+    control = next((v for v in viewers if v.get("leg") in CLEAN_LEGS), None)
     for v in viewers:
         line = timeline.get(str(v.get("session")), [])
         v["adaptation"] = analyse(v, line, steps, t0) if "error" not in v else {}
@@ -325,6 +365,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
         last = v["samples"][-1] if v["samples"] else {}
         v["probes"] = (last.get("probes") or 0, last.get("probes_succeeded") or 0)
         v["probe_bytes"] = last.get("probe_bytes") or 0
+    for v in viewers:
+        v["freeze_causes"] = freeze_causes(v, control) if "error" not in v else []
     row["viewers"] = viewers
     row["metrics_switches"] = [
         ln for ln in str(metrics).splitlines() if ln.startswith("stagecast_viewer_layer_switches")
@@ -333,13 +375,15 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
 
 
 COLUMNS = (
-    "profile", "viewer", "frozen %", "after settle %", "freezes", "g2g p50/p95 ms", "settle s",
-    "switches (up)", "/10 s", "layer", "kbps", "audio %", "probes (ok)",
+    "profile", "viewer", "frozen %", "after settle %", "freezes", "own % (n)", "gaps % (n)",
+    "g2g p50/p95 ms", "settle s", "switches (up)", "/10 s", "layer", "kbps", "audio %",
+    "probes (ok)",
 )  # fmt: skip
 
 
 def cells(row: dict[str, Any]) -> list[list[str]]:
     out = []
+    control = next((v for v in row["viewers"] if v.get("leg") in CLEAN_LEGS), None)
     for v in row["viewers"]:
         if "error" in v:
             out.append([row["profile"], v["leg"], v["error"], *[""] * (len(COLUMNS) - 3)])
@@ -360,6 +404,8 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
                 f"{100 * (frozen_after(v, v['joined_at']) or 0.0):.1f}",
                 "-" if after is None else f"{100 * after:.1f}",
                 str(v["freezes"]),
+                own_cell(v, control),
+                gap_cell(v),
                 f"{'-' if g50 is None else round(g50)}/{'-' if g95 is None else round(g95)}",
                 settle,
                 f"{a['switches']} ({a['probes_up']})",
@@ -371,6 +417,38 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def own_freezes(v: dict[str, Any], control: dict[str, Any] | None) -> list[tuple[float, float]]:
+    """``v``'s freezes that overlap none of the clean ``control`` viewer's (a starved mixer
+    or machine stalls every viewer at once: those are the machine's, the rest the link's)."""
+    if control is None or control is v or "freeze_events" not in control:
+        return list(v.get("freeze_events", []))
+    spans = [(end - d, end) for end, d in control["freeze_events"]]
+    return [
+        (end, d)
+        for end, d in v.get("freeze_events", [])
+        if not any(a < end and end - d < b for a, b in spans)
+    ]
+
+
+def own_cell(v: dict[str, Any], control: dict[str, Any] | None) -> str:
+    """Share of the run in freezes the clean control viewer did not have, and how many (the
+    wait for the first picture left out)."""
+    if control is None or control is v or "joined_at" not in v:
+        return "-"
+    own = own_freezes(v, control)
+    share = frozen_after({**v, "own_events": own, "ttff_s": 0.0},
+                         v["joined_at"], "own_events")  # fmt: skip
+    return f"{100 * (share or 0.0):.1f} ({len(own)})"
+
+
+def gap_cell(v: dict[str, Any]) -> str:
+    """Share of the run in frame intervals over 3 nominal ones, and how many."""
+    if "gap_events" not in v:
+        return "-"
+    share = frozen_after(v, v["joined_at"], "gap_events") or 0.0
+    return f"{100 * share:.1f} ({len(v['gap_events'])})"
 
 
 def audio_share(v: dict[str, Any]) -> str:
@@ -441,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {v['leg']}: {v.get('adaptation', {}).get('timeline')}"
                 f" probes {v.get('probes')} {v.get('probe_bytes')} B"
                 + (f" resolution {v['resolution']}" if "resolution" in v else ""))  # fmt: skip
+            own = [c for c in v.get("freeze_causes", []) if not c["machine"]]
+            if own and v["leg"] not in CLEAN_LEGS:
+                log(f"  {v['leg']} freezes the control did not share: " + "; ".join(
+                    f"{c['at']} s {c['s']} s asked {c['nacked_packets']} resent "
+                    f"{c['retransmissions']}+{c['rtx_follow_ups']} late {c['rtx_late']} "
+                    f"repeat {c['rtx_repeat']} over {c['rtx_over_budget']} pli "
+                    f"{c['keyframe_requests']} rtt {c['rtt_ms']}" for c in own))  # fmt: skip
     print(f"commit {git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{args.seconds:.0f} s per profile, blind hold "
           f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "

@@ -117,6 +117,9 @@ class ViewerView(BaseModel):
     rtx_late: int = 0  # NACKed packets not sent again: they could no longer be played in time
     rtx_repeat: int = 0  # not sent again: already resent less than a round trip before
     rtx_over_budget: int = 0  # not sent again: the viewer's retransmission budget was spent
+    rtx_follow_ups: int = 0  # second copies of retransmissions (relay/media/retransmit.py)
+    asks_again: bool = False  # the viewer repeats its NACKs on its own (a browser does)
+    nack_share: float = 0.0  # share of the packets sent that it asked for, last second or more
     keyframe_requests: int = 0
     keyframe_requests_suppressed: int = 0  # held back by the viewer's backoff
     rtt_ms: float | None = None

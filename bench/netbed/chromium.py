@@ -26,6 +26,8 @@ import statistics
 import time
 from typing import Any
 
+from bench.netbed.playback import gaps
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",
@@ -74,9 +76,10 @@ STAMPS = """async () => {
   const { StampReader, latencyMs } = await import('/static/js/stamps.js');
   const video = document.querySelector('#player');
   const reader = new StampReader();
-  const bench = window.benchStamps = { latencies: [], frames: 0 };
-  const onFrame = () => {
+  const bench = window.benchStamps = { latencies: [], frames: 0, times: [] };
+  const onFrame = (now, meta) => {
     bench.frames += 1;
+    bench.times.push(meta && meta.presentationTime ? meta.presentationTime : now);
     if (bench.frames % 2 === 0 && video.videoWidth) {
       try {
         const stamp = reader.read(video);
@@ -126,9 +129,17 @@ async def watch_sampled(url: str, room: str, seconds: float, every: float = 0.5)
                 "window.benchStamps ? window.benchStamps.latencies : []"
             )
             presented = await page.evaluate("window.benchStamps ? window.benchStamps.frames : 0")
+            # the page's clock (ms) onto ours: presentation times of the frames, for the gaps
+            before = time.monotonic()
+            page_now = await page.evaluate("performance.now()")
+            offset = (before + time.monotonic()) / 2 - page_now / 1000
+            times = await page.evaluate("window.benchStamps ? window.benchStamps.times : []")
+            frame_times = [offset + t / 1000 for t in times]
         finally:
             await browser.close()
-    return bench_result(samples, latencies, presented, locations, joined, ended)
+    result = bench_result(samples, latencies, presented, locations, joined, ended)
+    result["gap_events"] = gaps(sorted(frame_times))
+    return result
 
 
 def bench_result(

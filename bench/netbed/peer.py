@@ -136,6 +136,7 @@ async def viewer(args: argparse.Namespace) -> dict[str, Any]:
         "joined_at": watcher.joined_at,  # monotonic: the machine's clock, in every namespace
         "ended_at": end,
         "freeze_events": counter.events,  # (end, duration), monotonic
+        "gap_events": counter.gap_events,  # the same, frame intervals > 3 nominal ones
         "audio_frames": watcher.audio_frames,
     }
 

@@ -3,6 +3,7 @@ percentiles, time to first frame and rates."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -12,6 +13,17 @@ FREEZE_MIN_INCREASE = 0.150
 """Chromium (VideoQualityObserver): a frame interval is a freeze when it is at least
 max(3 x the average of the last 30 intervals, that average + 150 ms): 183 ms at 30 fps."""
 AVERAGE_WINDOW = 30
+GAP_INTERVALS = 3
+"""Issue 17's plain rule beside Chromium's: a frame interval longer than 3 nominal intervals
+(100 ms at 30 fps) is a gap; Chromium's rule needs 183 ms at 30 fps, so a repair that takes
+two round trips can stall the picture visibly and still count as no freeze there."""
+
+
+def gaps(times: Sequence[float], nominal_interval: float = 1 / 30) -> list[tuple[float, float]]:
+    """(end, duration) of each interval between ``times`` (sorted) over ``GAP_INTERVALS``
+    nominal intervals."""
+    limit = GAP_INTERVALS * nominal_interval
+    return [(b, b - a) for a, b in itertools.pairwise(times) if b - a > limit]
 
 
 class FreezeCounter:
@@ -29,6 +41,7 @@ class FreezeCounter:
         self.frozen_seconds = 0.0
         self.longest = 0.0
         self.events: list[tuple[float, float]] = []  # (end, duration) of each freeze
+        self.gap_events: list[tuple[float, float]] = []  # the same by ``GAP_INTERVALS``
 
     def _threshold(self) -> float:
         n = len(self._intervals)
@@ -50,12 +63,16 @@ class FreezeCounter:
         else:
             interval = now - self.last_at
             self._note(interval, now)
+            if interval > GAP_INTERVALS * self._nominal:
+                self.gap_events.append((now, interval))
             self._intervals.append(interval)
         self.last_at = now
 
     def finish(self, now: float) -> None:
         if self.last_at is not None and now > self.last_at:
             self._note(now - self.last_at, now)
+            if now - self.last_at > GAP_INTERVALS * self._nominal:
+                self.gap_events.append((now, now - self.last_at))
 
     def frozen_share(self, end: float) -> float:
         """Share of the time from the first frame to ``end`` spent frozen (1.0 with no frame)."""

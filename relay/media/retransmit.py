@@ -14,6 +14,14 @@ keyframe (up to a GOP), where the packet would have ended the freeze a round tri
 Past the deadline (its age plus half the round trip at arrival) the packet is left out, as is
 one already sent again within the last round trip (the NACK crossed it).
 
+A viewer that never asks for a packet again on its own (aiortc's NackGenerator asks again only
+with its next new hole; found from behaviour: ``on_nack``), and any viewer that loses
+``FOLLOW_UP_LOSS`` or more of its packets, gets each retransmission twice, the second copy
+``FOLLOW_UP_AFTER`` after the first (``follow_up``; not on a link losing more than
+``RANDOM_LOSS``, which the stream overruns): a lost retransmission or NACK otherwise
+leaves the hole open until the next new hole or keyframe (aiortc) or one more round trip of
+the receiver's own (Chromium repeats every ~100 ms: a second round past 183 ms is a freeze).
+
 What is left is paid from two token buckets: one fills with ``share`` of every media byte sent
 to the viewer, so retransmissions never take more than that share of its stream (a viewer on
 a link the stream does not fit asks for far more than that: answering all of it starves the
@@ -80,6 +88,17 @@ def estimate_allowance(
     return rtx_allowance(target_bps if source == "twcc" else None, media_bps, share, loss)
 
 
+FOLLOW_UP_AFTER = 0.03
+"""Seconds between a retransmission and its second copy: past a burst of the bed's burst
+profile (5 packets at ~150 a second), well within a freeze (183 ms at 30 fps)."""
+FOLLOW_UP_LOSS = 0.03
+"""Share of its packets a viewer that repeats its NACKs must ask for before its
+retransmissions go twice too: at 5 % each way one in ten retransmissions is lost or never
+asked for, one in four 720p frames has a hole."""
+LOSS_WINDOW = 1.0
+"""Seconds over which the share of packets a viewer asks for is counted."""
+
+
 class Verdict(Enum):
     SEND = "send"
     LATE = "late"  # cannot arrive before its deadline, or a later keyframe superseded it
@@ -125,6 +144,50 @@ class RetransmitBudget:
         self.refused: dict[Verdict, int] = {v: 0 for v in Verdict if v is not Verdict.SEND}
         self.rate_tokens: float | None = None  # the estimate's bucket (bytes), once known
         self._rate_at = 0.0
+        self.asks_again = False  # seen asking for a resent packet again on its own
+        self.follow_ups = 0  # second copies sent
+        self.loss = 0.0  # share of the packets sent that the viewer asked for (last window)
+        self._asked = 0
+        self._window: tuple[float, int] | None = None  # (start, packets sent then)
+
+    def on_nack(
+        self, sequences: list[int], packets_sent: int, rtt: float | None, now: float
+    ) -> None:
+        """A NACK message asking for ``sequences`` (``packets_sent``: the media packets sent so
+        far). One that asks only for packets resent at least a round trip ago is the viewer
+        repeating its own requests (a browser); aiortc's repeats only ride a new hole."""
+        sent = self._sent_at
+        gap = max(rtt or 0.0, MIN_RESEND_GAP)
+        if sequences and all((t := sent.get(s)) is not None and now - t >= gap for s in sequences):
+            self.asks_again = True
+        self._asked += sum(1 for s in sequences if s not in sent)
+        if self._window is None:
+            self._window = (now, packets_sent)
+        elif now - self._window[0] >= LOSS_WINDOW:
+            packets = packets_sent - self._window[1]
+            self.loss = min(1.0, self._asked / packets) if packets > 0 else 0.0
+            self._asked, self._window = 0, (now, packets_sent)
+
+    @property
+    def wants_follow_up(self) -> bool:
+        """Retransmissions go twice (``follow_up``); not while the viewer asks for more than
+        ``RANDOM_LOSS`` of its packets: a link the stream overruns (a bottleneck's loss) needs
+        fewer bytes, not more."""
+        if self.loss > RANDOM_LOSS:
+            return False
+        return not self.asks_again or self.loss >= FOLLOW_UP_LOSS
+
+    def follow_up(self, sequence: int, size: int, now: float) -> bool:
+        """The second copy of ``sequence``, due now: paid like the first, and only when a first
+        copy of another packet could still be paid after it (False: not sent)."""
+        rate = self.rate_tokens
+        if 2 * size > self.tokens or (rate is not None and 2 * size > rate):
+            return False
+        self.tokens -= size
+        if rate is not None:
+            self.rate_tokens = rate - size
+        self.follow_ups += 1  # (the first copy's time stays: a repeat is measured from it)
+        return True
 
     @property
     def opening(self) -> float:

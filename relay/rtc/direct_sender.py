@@ -15,6 +15,7 @@ internal this needs is reached through ``relay/rtc/adapter.py`` (``SenderSeam``)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -40,6 +41,7 @@ from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
 from relay.media.report_loss import ReportLoss
 from relay.media.retransmit import (
+    FOLLOW_UP_AFTER,
     RetransmitBudget,
     RetransmitLimits,
     Verdict,
@@ -167,6 +169,13 @@ class DirectSender:
             if packet.fmt == RTCP_RTPFB_NACK:
                 self.nacks += 1
                 self.nacked_packets += len(packet.lost)
+                rewriter = self.rewriter
+                self.budget.on_nack(
+                    packet.lost,
+                    rewriter.packets if rewriter is not None else 0,
+                    self._seam.round_trip_time(),
+                    time.monotonic(),
+                )
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 self.keyframe_requests += 1
@@ -375,6 +384,22 @@ class DirectSender:
         if sent:
             self.retransmissions += 1
             self.rtx_bytes += sent
+            if budget.wants_follow_up:
+                asyncio.get_running_loop().call_later(
+                    FOLLOW_UP_AFTER, self._follow_up, sequence_number, size
+                )
+
+    def _follow_up(self, sequence_number: int, size: int) -> None:
+        """The second copy of a retransmission (``RetransmitBudget.follow_up``)."""
+        if self._closed or self.rewriter is None:
+            return
+        now = time.monotonic()
+        try:
+            if self.budget.follow_up(sequence_number, size, now):
+                sent = self.resend(sequence_number, size, now)
+                self.rtx_bytes += sent
+        except Exception:
+            self._count_error("follow-up retransmission failed")
 
     def resend(self, sequence_number: int, size: int, now: float) -> int:
         """Send a packet of the history again (RTX when negotiated), numbered and recorded for

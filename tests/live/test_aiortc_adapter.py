@@ -15,6 +15,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from gateway.synthetic import StampedVideoTrack
 from relay.media.frames import EncodedFrame
+from relay.media.retransmit import FOLLOW_UP_AFTER
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     install_ingest_tap,
@@ -66,7 +67,8 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
 ) -> None:
     """A real receiver decodes VP8 frames sent by a DirectSender (multi-packet frames as UDP
     GSO runs) with either send loop; sender reports carry its counters and a NACKed packet goes
-    out again over RTX; a kernel that refuses GSO gets the frames datagram by datagram."""
+    out again over RTX, twice to a receiver not seen repeating its NACKs; a kernel that refuses
+    GSO gets the frames datagram by datagram."""
     a, b = RTCPeerConnection(rtc_configuration(())), RTCPeerConnection(rtc_configuration(()))
     queue = ViewerQueue("video", 30, direct=True)
     ready = asyncio.Event()
@@ -107,6 +109,10 @@ async def test_direct_sender_delivers_decodable_frames_and_answers_nacks(
         assert outbound and outbound[0].packetsSent == direct.rewriter.packets
         await transceiver.sender._retransmit((direct.rewriter.sequence - 1) & 0xFFFF)
         assert direct.rewriter.retransmissions == 1
+        # this receiver was never seen asking again on its own: a second copy follows
+        assert not direct.budget.asks_again
+        await asyncio.sleep(FOLLOW_UP_AFTER + 0.2)
+        assert direct.budget.follow_ups == 1 and direct.rewriter.retransmissions == 2
 
         # no descriptor left to duplicate the socket with: this viewer loses the frame, and the
         # hub's loop (the other viewers) goes on

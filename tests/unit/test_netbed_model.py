@@ -8,8 +8,9 @@ import random
 
 import pytest
 
+from bench.adaptation import own_cell, own_freezes
 from bench.netbed.impairment import GilbertElliott, Impairment, LinkSpec
-from bench.netbed.playback import FreezeCounter, percentile, summarize
+from bench.netbed.playback import FreezeCounter, gaps, percentile, summarize
 from bench.netbed.profiles import PROFILES, Profile, profile
 
 N = 200_000
@@ -139,6 +140,27 @@ def test_freeze_counts_like_chromium() -> None:
     c.frame(last + 0.500)
     assert c.freezes == 1 and c.frozen_seconds == pytest.approx(0.5)
     assert c.longest == pytest.approx(0.5)
+
+
+def test_the_plain_rule_counts_gaps_chromium_does_not() -> None:
+    """Issue 17's rule (an interval over 3 nominal frame intervals, 100 ms at 30 fps) beside
+    Chromium's (183 ms): a one-round repair of 150 ms is a gap and no freeze."""
+    c = FreezeCounter()
+    last = frames(c, 0.0, 60)
+    c.frame(last + 0.150)
+    assert c.freezes == 0 and c.gap_events == [(pytest.approx(last + 0.150), pytest.approx(0.15))]
+    times = [i / 30 for i in range(30)] + [1.2, 1.25, 1.5]
+    assert [round(d, 3) for _, d in gaps(times)] == [0.233, 0.25]
+
+
+def test_own_freezes_leave_out_the_control_viewers() -> None:
+    """A freeze that overlaps one of the clean control viewer's is the machine's."""
+    control = {"leg": "control", "freeze_events": [(10.5, 0.5)]}
+    viewer = {"leg": "auto", "joined_at": 0.0, "ended_at": 20.0, "ttff_s": 0.5,
+              "freeze_events": [(10.3, 0.4), (15.4, 0.4)]}  # fmt: skip
+    assert own_freezes(viewer, control) == [(15.4, 0.4)]
+    assert own_cell(viewer, control) == "2.0 (1)"  # 0.4 s of 20, the first picture's wait aside
+    assert own_cell(control, control) == "-"
 
 
 def test_an_unfinished_freeze_counts_at_the_end() -> None:
