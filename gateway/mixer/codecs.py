@@ -20,6 +20,7 @@ from av.video.reformatter import VideoReformatter
 
 from relay.rtc.adapter import Vp8Packetizer, packetize_h264
 
+from . import opus
 from .audio_mix import Samples
 from .compositor import scale_frame
 from .halve import halve_into
@@ -115,9 +116,16 @@ class VideoEncoder:
 
 class OpusEncoder:
     """Float mono blocks -> Opus packets. libopus takes float samples as they are (it converts
-    16-bit input to float itself), so the mix goes in without a round trip through int16."""
+    16-bit input to float itself), so the mix goes in without a round trip through int16.
+    libopus is called directly where ``opus.load`` finds it (``direct``), else through PyAV;
+    both give the same packets."""
 
-    def __init__(self, bitrate: int = 64000) -> None:
+    def __init__(self, bitrate: int = 64000, *, direct: bool = True) -> None:
+        lib = opus.load() if direct else None
+        self._direct = opus.Encoder(lib, RATE, bitrate) if lib is not None else None
+        self._pts = 0
+        if self._direct is not None:
+            return
         ctx = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = RATE
         ctx.layout = "mono"
@@ -126,11 +134,16 @@ class OpusEncoder:
         ctx.time_base = _OPUS_TIME_BASE
         ctx.options = {"application": "lowdelay", "frame_duration": "20"}
         self._ctx = ctx
-        self._pts = 0
+
+    @property
+    def direct(self) -> bool:
+        return self._direct is not None
 
     def encode(self, block: Samples) -> list[bytes]:
-        pcm = np.ascontiguousarray(block, np.float32).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+        pcm = np.ascontiguousarray(block, np.float32)
+        if self._direct is not None:
+            return [self._direct.encode(pcm)]
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="flt", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._pts
         frame.time_base = _OPUS_TIME_BASE
@@ -167,20 +180,35 @@ class VideoDecoder:
 class AudioDecoder:
     """Opus -> 48 kHz mono float32 (whatever the anchor's channel layout).
 
-    libopus downmixes to mono and hands out float samples itself when asked, so the usual
-    frame is read in place (no conversion); the resampler is kept for anything else a decoder
-    may hand back."""
+    libopus downmixes to mono and hands out float samples itself when asked: called directly
+    (``direct``, where ``opus.load`` finds it) one foreign call per packet; through PyAV the
+    usual frame is read in place (no conversion) and the resampler is kept for anything else
+    a decoder may hand back."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, direct: bool = True) -> None:
+        lib = opus.load() if direct else None
+        self._direct = opus.Decoder(lib, RATE) if lib is not None else None
+        self.errors = 0
+        if self._direct is not None:
+            return
         self._ctx: Any = av.CodecContext.create("libopus", "r")
         self._ctx.sample_rate = RATE
         self._ctx.layout = "mono"
         self._ctx.options = {"request_sample_fmt": "flt"}
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
         self._flat = False  # a frame came out as 48 kHz mono float: so do the rest
-        self.errors = 0
+
+    @property
+    def direct(self) -> bool:
+        return self._direct is not None
 
     def decode(self, data: bytes) -> Samples:
+        if self._direct is not None:
+            pcm = self._direct.decode(data) if data else None  # b"": libopus would conceal
+            if pcm is None:
+                self.errors += 1
+                return np.zeros(0, np.float32)
+            return pcm
         try:
             frames = self._ctx.decode(av.Packet(data))
         except av.FFmpegError:
