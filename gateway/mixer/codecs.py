@@ -25,6 +25,14 @@ from .audio_mix import Samples
 from .compositor import scale_frame
 from .halve import halve_into
 from .layout import Rect
+from .rate_control import QpRateControl
+
+try:
+    from . import _x264
+except ImportError:  # built without libx264-dev: PyAV's libx264 encodes, with its own ABR
+    _x264 = None  # type: ignore[assignment]
+
+NATIVE_X264 = _x264 is not None
 
 RATE = 48000
 AUDIO_FRAME = 960  # 20 ms
@@ -43,12 +51,37 @@ _OPUS_TIME_BASE = fractions.Fraction(1, RATE)
 
 
 class VideoEncoder:
-    """One rendition's encoder: ``encode(frame, keyframe)`` -> [(bitstream, is_keyframe)]."""
+    """One rendition's encoder: ``encode(frame, keyframe)`` -> [(bitstream, is_keyframe)].
+
+    H264 goes through ``_x264`` (libx264 itself, a QP per frame from ``QpRateControl``) where
+    it is built and ``direct``: the same x264 settings without x264's ABR lookahead, about a
+    quarter of an ultrafast encode (BENCHMARKS.md, "Code figures"); else through PyAV."""
 
     def __init__(
-        self, codec: str, width: int, height: int, fps: int, bitrate: int, gop: int
+        self,
+        codec: str,
+        width: int,
+        height: int,
+        fps: int,
+        bitrate: int,
+        gop: int,
+        *,
+        direct: bool = True,
     ) -> None:
         self.codec = codec.upper()
+        self.width, self.height = width, height
+        self._scaler = VideoReformatter()  # the program picture -> this rendition's size
+        self._half: Any = None  # this rendition's picture when it is the program's halved
+        self._pts = 0
+        self._x264: Any = None
+        self._rc: QpRateControl | None = None
+        if self.codec == "H264" and direct and _x264 is not None:
+            self._x264 = _x264.Encoder(width, height, fps, gop)
+            self._rc = QpRateControl(
+                bitrate, fps, qp_min=max(H264_QP_MIN, _x264.QP_LOW), qp_max=_x264.QP_HIGH
+            )
+            self._pack: Any = packetize_h264
+            return
         if self.codec == "H264":
             ctx = av.CodecContext.create("libx264", "w")
             ctx.options = {
@@ -60,7 +93,7 @@ class VideoEncoder:
                 ),
             }
             ctx.profile = "Baseline"
-            self._pack: Any = packetize_h264
+            self._pack = packetize_h264
         elif self.codec == "VP8":
             ctx = av.CodecContext.create("libvpx", "w")
             ctx.gop_size = gop
@@ -86,14 +119,22 @@ class VideoEncoder:
         ctx.time_base = fractions.Fraction(1, fps)
         ctx.thread_count = 1
         self._ctx = ctx
-        self.width, self.height = width, height
-        self._scaler = VideoReformatter()  # the program picture -> this rendition's size
-        self._half: Any = None  # this rendition's picture when it is the program's halved
-        self._pts = 0
+
+    @property
+    def direct(self) -> bool:
+        return self._x264 is not None
 
     def encode(self, frame: Any, keyframe: bool) -> list[tuple[bytes, bool]]:
         if frame.width != self.width or frame.height != self.height:
             frame = self._scaled(frame)
+        if self._x264 is not None and self._rc is not None:
+            qp = self._rc.next_qp(keyframe)
+            p = frame.planes
+            data, key = self._x264.encode(
+                p, (p[0].line_size, p[1].line_size, p[2].line_size), qp, keyframe
+            )
+            self._rc.update(len(data) * 8, qp, key)
+            return [(data, key)] if data else []
         frame.pts = self._pts
         frame.time_base = self._ctx.time_base
         self._pts += 1
