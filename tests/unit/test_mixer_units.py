@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from av.video.reformatter import VideoReformatter
 
+from gateway.mixer import codecs as codecs_module
 from gateway.mixer import halve as halve_module
+from gateway.mixer import opus as opus_module
 from gateway.mixer.audio_mix import (
     AudioControl,
     AudioMixer,
@@ -516,9 +518,11 @@ def test_grid_of_exact_halves_is_drawn_by_halving_as_swscale_would() -> None:
 
 
 # -- codecs and the aiortc packetiser hooks -------------------------------------------------
-@pytest.mark.parametrize("codec", ["H264", "VP8"])
-def test_encoder_keyframes_on_request_and_packetises(codec: str) -> None:
-    enc = VideoEncoder(codec, 320, 180, 30, 300_000, 300)
+@pytest.mark.parametrize(("codec", "direct"), [("H264", True), ("H264", False), ("VP8", False)])
+def test_encoder_keyframes_on_request_and_packetises(codec: str, direct: bool) -> None:
+    """Both H264 paths (libx264 driven directly where built, PyAV's) and VP8."""
+    enc = VideoEncoder(codec, 320, 180, 30, 300_000, 300, direct=direct)
+    assert enc.direct == (direct and codecs_module.NATIVE_X264)
     dec = VideoDecoder(codec)
     frame = solid((255, 0, 0), 320, 180)
     keys = []
@@ -549,6 +553,7 @@ def test_opus_roundtrip_48k_mono() -> None:
     assert pcm.size == 9600 and np.abs(pcm[2000:]).max() > 0.3
 
 
+@pytest.mark.skipif(opus_module.load() is None, reason="libopus not reachable directly here")
 def test_opus_called_directly_gives_the_pyav_paths_packets_and_samples() -> None:
     """libopus called directly (``gateway.mixer.opus``) is the library PyAV loaded, set as
     libavcodec's wrapper sets it: the same packets, and the same mono samples from a stereo
