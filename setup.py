@@ -8,7 +8,9 @@
   ``relay/rtc/udp_batch.py``'s recvfrom/sendto loops);
 * ``relay/media/_twcc.c``: a viewer's transport-cc feedback parsed and matched against what was
   sent (fallback: the Python loop in ``relay/media/estimator.py``);
-* ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale).
+* ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale);
+* ``gateway/mixer/_x264.c``: the mixer's H264 renditions through libx264 itself, a quantiser
+  per frame (needs the system's libx264-dev; fallback: PyAV's libx264 with its own ABR).
 
 All optional: without a C compiler the build goes on and the fallbacks run.
 """
@@ -44,6 +46,13 @@ setup(
         Extension(
             "gateway.mixer._halve",
             ["gateway/mixer/_halve.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
+        Extension(
+            "gateway.mixer._x264",
+            ["gateway/mixer/_x264.c"],
+            libraries=["x264"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         ),

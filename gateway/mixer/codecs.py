@@ -20,10 +20,19 @@ from av.video.reformatter import VideoReformatter
 
 from relay.rtc.adapter import Vp8Packetizer, packetize_h264
 
+from . import opus
 from .audio_mix import Samples
 from .compositor import scale_frame
 from .halve import halve_into
 from .layout import Rect
+from .rate_control import QpRateControl
+
+try:
+    from . import _x264
+except ImportError:  # built without libx264-dev: PyAV's libx264 encodes, with its own ABR
+    _x264 = None  # type: ignore[assignment]
+
+NATIVE_X264 = _x264 is not None
 
 RATE = 48000
 AUDIO_FRAME = 960  # 20 ms
@@ -42,12 +51,37 @@ _OPUS_TIME_BASE = fractions.Fraction(1, RATE)
 
 
 class VideoEncoder:
-    """One rendition's encoder: ``encode(frame, keyframe)`` -> [(bitstream, is_keyframe)]."""
+    """One rendition's encoder: ``encode(frame, keyframe)`` -> [(bitstream, is_keyframe)].
+
+    H264 goes through ``_x264`` (libx264 itself, a QP per frame from ``QpRateControl``) where
+    it is built and ``direct``: the same x264 settings without x264's ABR lookahead, about a
+    quarter of an ultrafast encode (BENCHMARKS.md, "Code figures"); else through PyAV."""
 
     def __init__(
-        self, codec: str, width: int, height: int, fps: int, bitrate: int, gop: int
+        self,
+        codec: str,
+        width: int,
+        height: int,
+        fps: int,
+        bitrate: int,
+        gop: int,
+        *,
+        direct: bool = True,
     ) -> None:
         self.codec = codec.upper()
+        self.width, self.height = width, height
+        self._scaler = VideoReformatter()  # the program picture -> this rendition's size
+        self._half: Any = None  # this rendition's picture when it is the program's halved
+        self._pts = 0
+        self._x264: Any = None
+        self._rc: QpRateControl | None = None
+        if self.codec == "H264" and direct and _x264 is not None:
+            self._x264 = _x264.Encoder(width, height, fps, gop)
+            self._rc = QpRateControl(
+                bitrate, fps, qp_min=max(H264_QP_MIN, _x264.QP_LOW), qp_max=_x264.QP_HIGH
+            )
+            self._pack: Any = packetize_h264
+            return
         if self.codec == "H264":
             ctx = av.CodecContext.create("libx264", "w")
             ctx.options = {
@@ -59,7 +93,7 @@ class VideoEncoder:
                 ),
             }
             ctx.profile = "Baseline"
-            self._pack: Any = packetize_h264
+            self._pack = packetize_h264
         elif self.codec == "VP8":
             ctx = av.CodecContext.create("libvpx", "w")
             ctx.gop_size = gop
@@ -85,14 +119,22 @@ class VideoEncoder:
         ctx.time_base = fractions.Fraction(1, fps)
         ctx.thread_count = 1
         self._ctx = ctx
-        self.width, self.height = width, height
-        self._scaler = VideoReformatter()  # the program picture -> this rendition's size
-        self._half: Any = None  # this rendition's picture when it is the program's halved
-        self._pts = 0
+
+    @property
+    def direct(self) -> bool:
+        return self._x264 is not None
 
     def encode(self, frame: Any, keyframe: bool) -> list[tuple[bytes, bool]]:
         if frame.width != self.width or frame.height != self.height:
             frame = self._scaled(frame)
+        if self._x264 is not None and self._rc is not None:
+            qp = self._rc.next_qp(keyframe)
+            p = frame.planes
+            data, key = self._x264.encode(
+                p, (p[0].line_size, p[1].line_size, p[2].line_size), qp, keyframe
+            )
+            self._rc.update(len(data) * 8, qp, key)
+            return [(data, key)] if data else []
         frame.pts = self._pts
         frame.time_base = self._ctx.time_base
         self._pts += 1
@@ -115,9 +157,16 @@ class VideoEncoder:
 
 class OpusEncoder:
     """Float mono blocks -> Opus packets. libopus takes float samples as they are (it converts
-    16-bit input to float itself), so the mix goes in without a round trip through int16."""
+    16-bit input to float itself), so the mix goes in without a round trip through int16.
+    libopus is called directly where ``opus.load`` finds it (``direct``), else through PyAV;
+    both give the same packets."""
 
-    def __init__(self, bitrate: int = 64000) -> None:
+    def __init__(self, bitrate: int = 64000, *, direct: bool = True) -> None:
+        lib = opus.load() if direct else None
+        self._direct = opus.Encoder(lib, RATE, bitrate) if lib is not None else None
+        self._pts = 0
+        if self._direct is not None:
+            return
         ctx = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = RATE
         ctx.layout = "mono"
@@ -126,11 +175,16 @@ class OpusEncoder:
         ctx.time_base = _OPUS_TIME_BASE
         ctx.options = {"application": "lowdelay", "frame_duration": "20"}
         self._ctx = ctx
-        self._pts = 0
+
+    @property
+    def direct(self) -> bool:
+        return self._direct is not None
 
     def encode(self, block: Samples) -> list[bytes]:
-        pcm = np.ascontiguousarray(block, np.float32).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="flt", layout="mono")
+        pcm = np.ascontiguousarray(block, np.float32)
+        if self._direct is not None:
+            return [self._direct.encode(pcm)]
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="flt", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._pts
         frame.time_base = _OPUS_TIME_BASE
@@ -167,20 +221,35 @@ class VideoDecoder:
 class AudioDecoder:
     """Opus -> 48 kHz mono float32 (whatever the anchor's channel layout).
 
-    libopus downmixes to mono and hands out float samples itself when asked, so the usual
-    frame is read in place (no conversion); the resampler is kept for anything else a decoder
-    may hand back."""
+    libopus downmixes to mono and hands out float samples itself when asked: called directly
+    (``direct``, where ``opus.load`` finds it) one foreign call per packet; through PyAV the
+    usual frame is read in place (no conversion) and the resampler is kept for anything else
+    a decoder may hand back."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, direct: bool = True) -> None:
+        lib = opus.load() if direct else None
+        self._direct = opus.Decoder(lib, RATE) if lib is not None else None
+        self.errors = 0
+        if self._direct is not None:
+            return
         self._ctx: Any = av.CodecContext.create("libopus", "r")
         self._ctx.sample_rate = RATE
         self._ctx.layout = "mono"
         self._ctx.options = {"request_sample_fmt": "flt"}
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
         self._flat = False  # a frame came out as 48 kHz mono float: so do the rest
-        self.errors = 0
+
+    @property
+    def direct(self) -> bool:
+        return self._direct is not None
 
     def decode(self, data: bytes) -> Samples:
+        if self._direct is not None:
+            pcm = self._direct.decode(data) if data else None  # b"": libopus would conceal
+            if pcm is None:
+                self.errors += 1
+                return np.zeros(0, np.float32)
+            return pcm
         try:
             frames = self._ctx.decode(av.Packet(data))
         except av.FFmpegError:

@@ -32,7 +32,7 @@ _Ptrs = ctypes.c_void_p * 4
 _Ints = ctypes.c_int * 4
 
 
-def _find_loaded(name: str) -> str | None:
+def find_loaded(name: str) -> str | None:
     """The path of the shared library ``name`` this process has mapped (Linux)."""
     try:
         with open("/proc/self/maps") as maps:
@@ -79,7 +79,7 @@ def load() -> Swscale | None:
     """The process's libswscale, or None where it cannot be reached this way or no region
     width is safe to write straight into."""
     if not _loaded:
-        path = _find_loaded("swscale")
+        path = find_loaded("swscale")
         try:
             sws = Swscale(path) if path else None
         except (OSError, AttributeError):

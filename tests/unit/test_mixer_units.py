@@ -3,15 +3,19 @@ codec/packetiser adapter, and the worker driven without sockets."""
 
 from __future__ import annotations
 
+import fractions
 import itertools
 import threading
 import time
 
+import av
 import numpy as np
 import pytest
 from av.video.reformatter import VideoReformatter
 
+from gateway.mixer import codecs as codecs_module
 from gateway.mixer import halve as halve_module
+from gateway.mixer import opus as opus_module
 from gateway.mixer.audio_mix import (
     AudioControl,
     AudioMixer,
@@ -514,9 +518,11 @@ def test_grid_of_exact_halves_is_drawn_by_halving_as_swscale_would() -> None:
 
 
 # -- codecs and the aiortc packetiser hooks -------------------------------------------------
-@pytest.mark.parametrize("codec", ["H264", "VP8"])
-def test_encoder_keyframes_on_request_and_packetises(codec: str) -> None:
-    enc = VideoEncoder(codec, 320, 180, 30, 300_000, 300)
+@pytest.mark.parametrize(("codec", "direct"), [("H264", True), ("H264", False), ("VP8", False)])
+def test_encoder_keyframes_on_request_and_packetises(codec: str, direct: bool) -> None:
+    """Both H264 paths (libx264 driven directly where built, PyAV's) and VP8."""
+    enc = VideoEncoder(codec, 320, 180, 30, 300_000, 300, direct=direct)
+    assert enc.direct == (direct and codecs_module.NATIVE_X264)
     dec = VideoDecoder(codec)
     frame = solid((255, 0, 0), 320, 180)
     keys = []
@@ -545,6 +551,41 @@ def test_opus_roundtrip_48k_mono() -> None:
             out.append(dec.decode(p))
     pcm = np.concatenate(out)
     assert pcm.size == 9600 and np.abs(pcm[2000:]).max() > 0.3
+
+
+@pytest.mark.skipif(opus_module.load() is None, reason="libopus not reachable directly here")
+def test_opus_called_directly_gives_the_pyav_paths_packets_and_samples() -> None:
+    """libopus called directly (``gateway.mixer.opus``) is the library PyAV loaded, set as
+    libavcodec's wrapper sets it: the same packets, and the same mono samples from a stereo
+    anchor's packets (libopus's downmix; the multistream decoder rounds a hair differently)."""
+    direct, pyav = OpusEncoder(), OpusEncoder(direct=False)
+    assert direct.direct and not pyav.direct
+    mixed = [
+        tone(440, start=i * 960, amp=0.3) + tone(3000, start=i * 960, amp=0.1) for i in range(50)
+    ]
+    a = [p for block in mixed for p in direct.encode(block)]
+    b = [p for block in mixed for p in pyav.encode(block)]
+    assert a == b and len(a) == 50
+    stereo = av.CodecContext.create("libopus", "w")
+    stereo.sample_rate, stereo.layout, stereo.format = 48000, "stereo", "flt"
+    stereo.bit_rate, stereo.time_base = 64000, fractions.Fraction(1, 48000)
+    packets = []
+    for i in range(50):
+        left, right = tone(500, start=i * 960, amp=0.2), tone(900, start=i * 960, amp=0.2)
+        frame = av.AudioFrame.from_ndarray(
+            np.stack([left, right]).T.reshape(1, -1).copy(), format="flt", layout="stereo"
+        )
+        frame.sample_rate, frame.pts = 48000, i * 960
+        packets += [bytes(p) for p in stereo.encode(frame)]
+    for stream in (a, packets):
+        dec, ref = AudioDecoder(), AudioDecoder(direct=False)
+        assert dec.direct and not ref.direct
+        got = [dec.decode(p) for p in stream]  # each a new array: kept ones stay valid
+        want = np.concatenate([ref.decode(p) for p in stream])
+        assert np.concatenate(got).shape == want.shape == (len(stream) * 960,)
+        assert np.abs(np.concatenate(got) - want).max() < 1e-4 and np.abs(want).max() > 0.15
+    # an empty payload is no packet (libopus would conceal 120 ms for it)
+    assert AudioDecoder().decode(b"").size == 0
 
 
 # -- the worker without sockets -----------------------------------------------------------
