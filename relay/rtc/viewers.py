@@ -16,14 +16,13 @@ from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
 from relay.auth.turn import NodeIce
 from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from relay.media.cc_feedback import (
-    RTCP_RTPFB,
-    TRANSPORT_CC_URIS,
-    feedback_packets,
-    lone_transport_feedback,
-    without_transport_feedback,
+from relay.media.cc_feedback import TRANSPORT_CC_URIS
+from relay.media.estimator import (
+    NO_ESTIMATE,
+    BandwidthEstimate,
+    BandwidthEstimator,
+    take_rtcp,
 )
-from relay.media.estimator import NO_ESTIMATE, BandwidthEstimate, BandwidthEstimator
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
 from relay.media.keyframe_gate import KeyframeGate
@@ -44,6 +43,7 @@ from relay.rtc.adapter import (
     drop_receive_estimator,
     install_prepacked_sender,
     tap_rtcp,
+    tap_transport_feedback,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.certificates import DEFAULT_LIFETIME, RotatingCertificate
@@ -220,6 +220,7 @@ class ViewerSession:
     transport_cc: bool = False  # negotiated with the viewer
     prober: ProbeSender | None = None  # probe clusters (transport-cc, RTX, a ladder)
     rtcp_errors: int = 0
+    port_feedbacks: int = 0  # transport-cc datagrams taken in the shared port's read callback
 
     @property
     def layer(self) -> str | None:
@@ -240,26 +241,28 @@ class ViewerSession:
         if estimator is None:
             return data
         try:
-            now = time.monotonic()
-            lone = lone_transport_feedback(data)
-            if lone is not None:  # the common case: nothing in it for aiortc
-                if self.transport_cc:
-                    estimator.on_transport_feedback(lone, now)
-                return b""
-            twcc = False
-            for pt, _, fci in feedback_packets(data):
-                if pt == RTCP_RTPFB:
-                    twcc = True
-                    if self.transport_cc:  # else: not asked for, dropped unread
-                        estimator.on_transport_feedback(fci, now)
-                elif bytes(fci[:4]) == b"REMB":
-                    estimator.on_remb(fci, now)
-            return without_transport_feedback(data) if twcc else data
+            return take_rtcp(estimator, data, time.monotonic(), transport_cc=self.transport_cc)
         except Exception:
             self.rtcp_errors += 1
             if self.rtcp_errors == 1:
                 log.exception("viewer %s: RTCP feedback not understood", self.id)
             return data
+
+    def on_transport_feedback(self, fcis: tuple[bytes, ...]) -> None:
+        """Transport-cc feedback the shared port's read callback split off a datagram (the
+        common case; ``on_rtcp_data`` takes the others). Never raises (the port's reader)."""
+        estimator = self.estimator
+        if estimator is None:
+            return
+        self.port_feedbacks += 1
+        try:
+            now = time.monotonic()
+            for fci in fcis:
+                estimator.on_transport_feedback(fci, now)
+        except Exception:
+            self.rtcp_errors += 1
+            if self.rtcp_errors == 1:
+                log.exception("viewer %s: RTCP feedback not understood", self.id)
 
     @property
     def connected_at(self) -> float | None:
@@ -499,6 +502,8 @@ class ViewerService:
             if self.limits.transport_cc:
                 session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
             tap_rtcp(pc, session.on_rtcp_data)  # before the transport's consent hook
+            if session.transport_cc:  # its feedback taken in the shared port's read callback
+                tap_transport_feedback(pc, session.on_transport_feedback)
         await self._transport.prepare_answer(pc)
 
     def _direct_sender(
