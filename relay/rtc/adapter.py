@@ -97,7 +97,17 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, is_rtcp, pack_remb_fci, unwrap_rtx
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    is_rtcp,
+    pack_remb_fci,
+    unwrap_rtx,
+)
 from OpenSSL import SSL
 
 from relay.media.cc_feedback import FMT_TRANSPORT_CC, RTCP_RTPFB
@@ -533,6 +543,7 @@ class SenderSeam:
         self.rtx_ssrc: int = sender._rtx_ssrc
         self._dtls: Any = None
         self._nominated: dict[int, Any] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     def install(
         self,
@@ -575,6 +586,72 @@ class SenderSeam:
         sender._retransmit = retransmit  # type: ignore[method-assign, assignment]
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+
+    def own_reports(self) -> None:
+        """aiortc's RTCP task for this sender (a task per sender, two per viewer, each waking
+        every 0.5-1.5 s to send one sender report) ends as soon as it starts: the sender's
+        reports are built by ``sender_report`` and sent by ``send_reports``, from one node-wide
+        tick (relay/rtc/viewers.py). Call before ``send()``. Its BYE at the end is not sent (the
+        transport closes with the session)."""
+        sender = self.sender
+        for name in (
+            "_run_rtcp",
+            "_RTCRtpSender__rtcp_started",
+            "_RTCRtpSender__rtcp_exited",
+            "_RTCRtpSender__lsr",
+            "_RTCRtpSender__lsr_time",
+            "_RTCRtpSender__cname",
+            "_RTCRtpSender__ntp_timestamp",
+            "_RTCRtpSender__rtp_timestamp",
+            "_RTCRtpSender__packet_count",
+            "_RTCRtpSender__octet_count",
+        ):
+            if not hasattr(sender, name):
+                raise AdapterError(f"RTCRtpSender internals changed: no {name}")
+
+        async def no_rtcp_task() -> None:  # what stop() waits for, at once
+            sender._RTCRtpSender__rtcp_started.set()  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtcp_exited.set()  # type: ignore[attr-defined]
+
+        sender._run_rtcp = no_rtcp_task  # type: ignore[method-assign]
+
+    def sender_report(self) -> bytes:
+        """The sender report (SR, and an SDES with the CNAME once negotiated) aiortc's RTCP task
+        would send now, from the counters ``set_report_counters`` keeps; notes its LSR as that
+        task does, so the viewer's receiver reports give the round trip."""
+        sender: Any = self.sender
+        ntp: int = sender._RTCRtpSender__ntp_timestamp
+        info = RtcpSenderInfo(
+            ntp_timestamp=ntp,
+            rtp_timestamp=sender._RTCRtpSender__rtp_timestamp,
+            packet_count=sender._RTCRtpSender__packet_count & 0xFFFFFFFF,
+            octet_count=sender._RTCRtpSender__octet_count & 0xFFFFFFFF,
+        )
+        report = bytes(RtcpSrPacket(ssrc=self.ssrc, sender_info=info))
+        sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF
+        sender._RTCRtpSender__lsr_time = time.time()
+        cname: str | None = sender._RTCRtpSender__cname
+        if cname is not None:
+            chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, cname.encode("utf8"))])
+            report += bytes(RtcpSdesPacket(chunks=[chunk]))
+        return report
+
+    def send_reports(self, payload: bytes) -> bool:
+        """Send the compound RTCP ``payload`` (this transport's senders' reports) now, as
+        aiortc's ``_send_rtcp`` does; False when the transport is not connected."""
+        dtls = self.sender.transport
+        if dtls is None or dtls._state is not DtlsState.CONNECTED:
+            return False
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionError):
+                await dtls._send_rtp(payload)
+
+        task = run_now(send())
+        if task is not None:  # it suspended (it does not on a UDP pair): kept till done
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return True
 
     def nominated_pair(self) -> Any | None:
         """The ICE candidate pair in use once DTLS is connected; None before and after that.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ class LadderLayer:
 # there is nothing to switch between (an anchor's own stream, a passthrough room)
 LayerLookup = Callable[[str, FanoutHub], Sequence[LadderLayer]]
 
+REPORT_TICK = 0.25  # s between two walks of the viewers for sender reports that are due
+REPORT_INTERVAL = (0.5, 1.5)  # s from one viewer's sender reports to its next (RFC 3550's spread)
 LAYER_STALE = 1.0  # s without a new picture: the layer is not live (its viewers move away)
 SWITCH_TIMEOUT = 2.0  # s a switch waits for the target's keyframe (then: down hard, up abandoned)
 ADAPT_INTERVAL = 0.5  # s between two looks at every viewer's link
@@ -221,6 +224,8 @@ class ViewerSession:
     prober: ProbeSender | None = None  # probe clusters (transport-cc, RTX, a ladder)
     rtcp_errors: int = 0
     port_feedbacks: int = 0  # transport-cc datagrams taken in the shared port's read callback
+    reports_due: float = 0.0  # when its senders' next reports go (monotonic)
+    reports_sent: int = 0
 
     @property
     def layer(self) -> str | None:
@@ -326,6 +331,8 @@ class ViewerService:
         self.switches_up = 0  # node-wide, monotonic
         self.switches_down = 0
         self._monitor: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._jitter = random.Random()
         self.certificate = RotatingCertificate(self.limits.certificate_lifetime)
         self.joins = JoinQueue(
             self.limits.join_concurrency,
@@ -470,6 +477,8 @@ class ViewerService:
         self.sessions[sid] = session
         if self._layers is not None and session.estimator is not None and self._monitor is None:
             self._monitor = asyncio.create_task(self._adapt(), name="viewer-layers")
+        if session.senders and self._reporter is None:
+            self._reporter = asyncio.create_task(self._report(), name="viewer-reports")
         # its handshake holds a connecting place of the line until it connects (or goes)
         connected = ticket.connecting(CONNECT_HOLD) if ticket is not None else _nothing
 
@@ -526,6 +535,7 @@ class ViewerService:
             estimator=session.estimator,
             # the video's receiver reports (the audio's when there is no video)
             reports_to_estimator=queue.kind == "video" or "video" not in session.hub.codecs,
+            own_reports=True,  # sent by self._report, one tick for every viewer
         )
         if (
             queue.kind == "video"
@@ -551,6 +561,29 @@ class ViewerService:
                     self.adapt(session, now, ladders)
                 except Exception:
                     log.exception("layer selection of viewer %s failed", session.id)
+
+    async def _report(self, tick: float = REPORT_TICK) -> None:
+        """Every ``tick``: the viewers whose sender reports are due get them, all of a viewer's
+        senders in one compound datagram (aiortc ran a task per sender, two per viewer, each
+        waking and sending on its own); ends when the last viewer has gone."""
+        low, high = REPORT_INTERVAL
+        while True:
+            await asyncio.sleep(tick)
+            if not self.sessions:
+                self._reporter = None
+                return
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if now < session.reports_due or not session.senders:
+                    continue
+                session.reports_due = now + self._jitter.uniform(low, high)
+                try:
+                    senders = list(session.senders.values())
+                    payload = b"".join(s.sender_report() for s in senders)
+                    if senders[0].send_reports(payload):
+                        session.reports_sent += 1
+                except Exception:
+                    log.exception("sender reports of viewer %s failed", session.id)
 
     def ladder(self, session: ViewerSession) -> Sequence[LadderLayer]:
         if self._layers is None:
@@ -761,11 +794,12 @@ class ViewerService:
             await session.life.stop(reason)
 
     async def shutdown(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
-            self._monitor = None
+        for task in (self._monitor, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._monitor = self._reporter = None
         sessions = list(self.sessions.values())
         await asyncio.gather(
             *(self._finish(s, "shutdown") for s in sessions), return_exceptions=True

@@ -94,6 +94,12 @@ async def test_transport_cc_is_answered_to_chromium_and_aiortc_viewers_get_an_es
             await asyncio.sleep(0.1)
         assert view is not None
         assert view["estimate_source"] in ("remb", "rr") and not view["transport_cc"]
+        # its sender reports come from the service's one tick, and its receiver reports
+        # answer them: the round trip is known
+        session = next(iter(server.gateway.viewers.sessions.values()))
+        video = session.senders["video"]
+        assert await wait_for(lambda: video.round_trip_time() is not None, 5)
+        assert session.reports_sent >= 1
         assert isinstance(view["estimate_bps"], int) and view["estimate_bps"] >= 30_000
         assert isinstance(view["sent_bps"], int) and view["sent_bps"] > 50_000
 
