@@ -27,7 +27,12 @@ The hooks that make encoded forwarding possible:
   (aiortc's own lists lack them: the transceivers' negotiated ``_headerExtensions`` and
   ``_codecs`` get them added), and every decrypted RTCP datagram of a transport is shown to a
   callback before aiortc parses it (its parser keeps no transport-cc feedback), which hands
-  aiortc only the rest.
+  aiortc only the rest; on the shared port a datagram that starts with transport-cc feedback is
+  decrypted and split in the port's read callback instead (``tap_transport_feedback``,
+  ``_receive_feedback``: relay/rtc/rtcp_reader.py), without aiortc's receive queue and task.
+* sender reports (``SenderSeam.own_reports``/``sender_report``/``send_reports``): a direct
+  sender's aiortc RTCP task ends as it starts, and its reports are built as that task builds
+  them and sent by the viewer service's one tick for every viewer.
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
