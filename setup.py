@@ -4,6 +4,8 @@
   ``relay/rtc/srtp_writer.py``, which costs more CPU per viewer: BENCHMARKS.md);
 * ``relay/rtc/_rtp_reader.c``: an anchor's SRTP packet decrypted and parsed in one call
   (fallback: ``relay/rtc/rtp_reader.py``'s pylibsrtp unprotect + aiortc's RtpPacket.parse);
+* ``relay/rtc/_rtcp_reader.c``: a viewer's SRTCP feedback decrypted and split in one call
+  (fallback: pylibsrtp's unprotect_rtcp + ``relay/media/cc_feedback.py``'s split_feedback);
 * ``relay/rtc/_udp_batch.c``: recvmmsg/sendmmsg for the node's shared UDP port (fallback:
   ``relay/rtc/udp_batch.py``'s recvfrom/sendto loops);
 * ``relay/media/_twcc.c``: a viewer's transport-cc feedback parsed and matched against what was
@@ -28,6 +30,12 @@ setup(
         Extension(
             "relay.rtc._rtp_reader",
             ["relay/rtc/_rtp_reader.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
+        Extension(
+            "relay.rtc._rtcp_reader",
+            ["relay/rtc/_rtcp_reader.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         ),

@@ -20,7 +20,11 @@ the receive queue and a consumer task as aiortc's DTLS transport reads it, unpro
 (libsrtp), through the consent and RTCP-tap wrappers to ``ViewerSession.on_rtcp_data`` and the
 estimator. This is what a viewer's ~20
 feedbacks a second cost beyond the estimator's own arithmetic (issue 17: the estimator and
-selector may cost <= 10 % more CPU per viewer).
+selector may cost <= 10 % more CPU per viewer). Then the path that replaced it for a viewer
+that negotiated transport-cc: the datagram taken in the port's read callback, decrypted and
+split by ``relay/rtc/rtcp_reader.py`` (C reader, and its Python reference) and its FCI given to
+``ViewerSession.on_transport_feedback`` (the sink's own test of the first header left out: a
+few comparisons).
 
     python -m bench.send_cost [--frames 20000] [--python]
 """
@@ -42,6 +46,7 @@ from relay.media.cc_feedback import build_transport_feedback
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
 from relay.rtc.adapter import _SessionSink
+from relay.rtc.rtcp_reader import new_rtcp_reader
 from relay.rtc.rtp_rewrite import (
     RtpRewriter,
     SendProfile,
@@ -263,6 +268,44 @@ async def _receive_round(key: bytes, events: list[tuple[str, Any, float]]) -> fl
     return (spent - idle) / feedbacks * 1e6
 
 
+def port_path_cost(seconds: int = 20, rounds: int = 5, *, native: bool = True) -> float:
+    """Thread CPU (us) per feedback datagram through the port's read-callback path: the
+    reader's decrypt and split, and the session's ``on_transport_feedback``; best of
+    ``rounds``."""
+    key = bytes(range(30))
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    events = feedback_trace(seconds)
+    estimator_module.FEEDBACK_RATE = 1e9  # replayed faster than real time (see above)
+    protected = [
+        (kind, tx.protect_rtcp(data) if kind == "feedback" else data, now)
+        for kind, data, now in events
+    ]
+    best = float("inf")
+    for _ in range(rounds):
+        rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        reader = new_rtcp_reader(rx, native=native)
+        estimator = BandwidthEstimator()
+        viewer = SimpleNamespace(estimator=estimator, rtcp_errors=0, port_feedbacks=0, id="bench")
+        spent = 0.0
+        feedbacks = 0
+        for kind, data, _ in protected:
+            if kind == "send":
+                estimator.record(data, time.monotonic())
+                estimator.sent(sum(data), time.monotonic())
+                continue
+            feedbacks += 1
+            t0 = time.thread_time()
+            split = reader.read(data)
+            assert split is not None
+            fcis, rest = split
+            ViewerSession.on_transport_feedback(viewer, fcis)  # type: ignore[arg-type]
+            spent += time.thread_time() - t0
+            assert not rest
+        assert estimator.feedbacks == feedbacks and estimator.unknown == 0
+        best = min(best, spent / feedbacks * 1e6)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20000)
@@ -288,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         f"feedback datagram, session sink to estimator: {us:.1f} us each, "
         f"{us * 20 / 1e6:.5f} core per viewer at 20/s"
     )
+    for native in (True, False):
+        us = port_path_cost(native=native)
+        print(
+            f"feedback datagram in the port's read callback ({'C' if native else 'Python'} "
+            f"reader): {us:.1f} us each, {us * 20 / 1e6:.5f} core per viewer at 20/s"
+        )
     return 0
 
 

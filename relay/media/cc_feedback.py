@@ -249,3 +249,38 @@ def feedback_packets(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
                 stop = end - pad
             yield pt, fmt, view[pos + 12 : stop]
         pos = end
+
+
+def split_feedback(data: bytes) -> tuple[tuple[bytes, ...], bytes]:
+    """((FCI of each transport-cc packet, ...), the compound without them) when ``data`` is a
+    well-formed compound with transport-cc in it (the FCIs as ``feedback_packets`` gives them,
+    the rest as ``without_transport_feedback``: ``b""`` when nothing else was in it); else
+    ``((), data)``: nothing taken, the general path (``feedback_packets`` on the whole, and
+    aiortc's parser) decides. The shared port's shortcut for a viewer's feedback datagram
+    (``relay/rtc/rtcp_reader.py``; ``_rtcp_reader.c`` is held to this)."""
+    view = memoryview(data)
+    pos = 0
+    n = len(data)
+    fcis: list[bytes] = []
+    kept: list[memoryview] = []
+    while pos + 4 <= n:
+        first, pt, length = view[pos], view[pos + 1], _H.unpack_from(view, pos + 2)[0]
+        end = pos + 4 + 4 * length
+        if first >> 6 != 2 or end > n:
+            return (), data
+        if pt == RTCP_RTPFB and first & 0x1F == FMT_TRANSPORT_CC:
+            if end - pos < 12:
+                return (), data
+            stop = end
+            if first & 0x20:  # padding: its count in the last byte
+                pad = view[end - 1]
+                if pad == 0 or pad > end - pos - 12:
+                    return (), data
+                stop = end - pad
+            fcis.append(bytes(view[pos + 12 : stop]))
+        else:
+            kept.append(view[pos:end])
+        pos = end
+    if pos != n or not fcis:
+        return (), data
+    return tuple(fcis), b"".join(kept)

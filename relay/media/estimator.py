@@ -46,7 +46,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from relay.media.cc_feedback import FeedbackError, parse_remb, parse_transport_feedback
+from relay.media.cc_feedback import (
+    RTCP_RTPFB,
+    FeedbackError,
+    feedback_packets,
+    lone_transport_feedback,
+    parse_remb,
+    parse_transport_feedback,
+    without_transport_feedback,
+)
 
 try:  # the feedback's parse and packet loop in one C call (setup.py); the Python loop below is
     # the fallback and the reference (tests/unit/test_twcc_native.py)
@@ -806,3 +814,27 @@ class BandwidthEstimator:
                 else None
             ),
         )
+
+
+def take_rtcp(
+    estimator: BandwidthEstimator, data: bytes, now: float, *, transport_cc: bool
+) -> bytes:
+    """A viewer's decrypted RTCP datagram through its estimator: transport-cc feedback (taken
+    when ``transport_cc`` was negotiated, else dropped unread) and REMB; returns what aiortc
+    still gets (all but the transport-cc packets, which it has no use for). The shared port's
+    shortcut (``relay/rtc/rtcp_reader.py``: ``split_feedback``, then ``on_transport_feedback``
+    per FCI and this on the rest) must leave the estimator and aiortc as this does."""
+    lone = lone_transport_feedback(data)
+    if lone is not None:  # the common case: nothing in it for aiortc
+        if transport_cc:
+            estimator.on_transport_feedback(lone, now)
+        return b""
+    twcc = False
+    for pt, _, fci in feedback_packets(data):
+        if pt == RTCP_RTPFB:
+            twcc = True
+            if transport_cc:
+                estimator.on_transport_feedback(fci, now)
+        elif bytes(fci[:4]) == b"REMB":
+            estimator.on_remb(fci, now)
+    return without_transport_feedback(data) if twcc else data

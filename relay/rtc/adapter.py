@@ -27,7 +27,12 @@ The hooks that make encoded forwarding possible:
   (aiortc's own lists lack them: the transceivers' negotiated ``_headerExtensions`` and
   ``_codecs`` get them added), and every decrypted RTCP datagram of a transport is shown to a
   callback before aiortc parses it (its parser keeps no transport-cc feedback), which hands
-  aiortc only the rest.
+  aiortc only the rest; on the shared port a datagram that starts with transport-cc feedback is
+  decrypted and split in the port's read callback instead (``tap_transport_feedback``,
+  ``_receive_feedback``: relay/rtc/rtcp_reader.py), without aiortc's receive queue and task.
+* sender reports (``SenderSeam.own_reports``/``sender_report``/``send_reports``): a direct
+  sender's aiortc RTCP task ends as it starts, and its reports are built as that task builds
+  them and sent by the viewer service's one tick for every viewer.
 * bench hooks: benchmark processes replace aiortc's H264 encoder for their anchors
   (``use_bench_h264_encoder``) and count a viewer's datagrams before aiortc sees them
   (``divert_ice_datagrams``).
@@ -97,13 +102,25 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, is_rtcp, pack_remb_fci, unwrap_rtx
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    is_rtcp,
+    pack_remb_fci,
+    unwrap_rtx,
+)
 from OpenSSL import SSL
 
+from relay.media.cc_feedback import FMT_TRANSPORT_CC, RTCP_RTPFB
 from relay.media.consent import ConsentTimer
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.mux_table import is_stun
+from relay.rtc.rtcp_reader import RtcpReader, new_rtcp_reader
 from relay.rtc.rtp_reader import RtpReader, depayloader, new_rtp_reader
 
 log = logging.getLogger(__name__)
@@ -531,6 +548,7 @@ class SenderSeam:
         self.rtx_ssrc: int = sender._rtx_ssrc
         self._dtls: Any = None
         self._nominated: dict[int, Any] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     def install(
         self,
@@ -573,6 +591,72 @@ class SenderSeam:
         sender._retransmit = retransmit  # type: ignore[method-assign, assignment]
         sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+
+    def own_reports(self) -> None:
+        """aiortc's RTCP task for this sender (a task per sender, two per viewer, each waking
+        every 0.5-1.5 s to send one sender report) ends as soon as it starts: the sender's
+        reports are built by ``sender_report`` and sent by ``send_reports``, from one node-wide
+        tick (relay/rtc/viewers.py). Call before ``send()``. Its BYE at the end is not sent (the
+        transport closes with the session)."""
+        sender = self.sender
+        for name in (
+            "_run_rtcp",
+            "_RTCRtpSender__rtcp_started",
+            "_RTCRtpSender__rtcp_exited",
+            "_RTCRtpSender__lsr",
+            "_RTCRtpSender__lsr_time",
+            "_RTCRtpSender__cname",
+            "_RTCRtpSender__ntp_timestamp",
+            "_RTCRtpSender__rtp_timestamp",
+            "_RTCRtpSender__packet_count",
+            "_RTCRtpSender__octet_count",
+        ):
+            if not hasattr(sender, name):
+                raise AdapterError(f"RTCRtpSender internals changed: no {name}")
+
+        async def no_rtcp_task() -> None:  # what stop() waits for, at once
+            sender._RTCRtpSender__rtcp_started.set()  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtcp_exited.set()  # type: ignore[attr-defined]
+
+        sender._run_rtcp = no_rtcp_task  # type: ignore[method-assign]
+
+    def sender_report(self) -> bytes:
+        """The sender report (SR, and an SDES with the CNAME once negotiated) aiortc's RTCP task
+        would send now, from the counters ``set_report_counters`` keeps; notes its LSR as that
+        task does, so the viewer's receiver reports give the round trip."""
+        sender: Any = self.sender
+        ntp: int = sender._RTCRtpSender__ntp_timestamp
+        info = RtcpSenderInfo(
+            ntp_timestamp=ntp,
+            rtp_timestamp=sender._RTCRtpSender__rtp_timestamp,
+            packet_count=sender._RTCRtpSender__packet_count & 0xFFFFFFFF,
+            octet_count=sender._RTCRtpSender__octet_count & 0xFFFFFFFF,
+        )
+        report = bytes(RtcpSrPacket(ssrc=self.ssrc, sender_info=info))
+        sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF
+        sender._RTCRtpSender__lsr_time = time.time()
+        cname: str | None = sender._RTCRtpSender__cname
+        if cname is not None:
+            chunk = RtcpSourceInfo(ssrc=self.ssrc, items=[(1, cname.encode("utf8"))])
+            report += bytes(RtcpSdesPacket(chunks=[chunk]))
+        return report
+
+    def send_reports(self, payload: bytes) -> bool:
+        """Send the compound RTCP ``payload`` (this transport's senders' reports) now, as
+        aiortc's ``_send_rtcp`` does; False when the transport is not connected."""
+        dtls = self.sender.transport
+        if dtls is None or dtls._state is not DtlsState.CONNECTED:
+            return False
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionError):
+                await dtls._send_rtp(payload)
+
+        task = run_now(send())
+        if task is not None:  # it suspended (it does not on a UDP pair): kept till done
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return True
 
     def nominated_pair(self) -> Any | None:
         """The ICE candidate pair in use once DTLS is connected; None before and after that.
@@ -693,6 +777,23 @@ def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], bytes]) -> None:
                 await handle_rtcp(rest)
 
         dtls._handle_rtcp_data = rtcp
+
+
+FeedbackHandler = Callable[[tuple[bytes, ...]], None]
+
+
+def tap_transport_feedback(pc: RTCPeerConnection, on_feedback: FeedbackHandler) -> None:
+    """On the shared UDP port, a datagram of ``pc``'s whose first packet is transport-cc
+    feedback is decrypted and split in the port's read callback (``_receive_feedback``, when
+    nothing of the session waits in its queue): ``on_feedback`` gets its transport-cc FCIs at
+    once, and aiortc (through ``tap_rtcp``'s and the consent wrappers) only the rest, if any.
+    Other datagrams (and everything off the shared port) take aiortc's path: ``tap_rtcp``'s
+    callback must take transport-cc feedback too. ``on_feedback`` must not raise."""
+    for dtls, _ in ice_transports(pc):
+        for name in ("_rx_srtp", "_state", "_handle_rtcp_data", "_RTCDtlsTransport__rx_bytes"):
+            if not hasattr(dtls, name):
+                raise AdapterError(f"RTCDtlsTransport internals changed: no {name}")
+        dtls._stagecast_feedback = on_feedback
 
 
 # -- bench hooks ----------------------------------------------------------------------------------
@@ -1092,7 +1193,8 @@ class _SessionSink:
     """What the shared port hands one session's datagrams to. STUN (authenticated by the mux
     table already) goes to the session's StunProtocol, which answers at once. SRTP (not SRTCP)
     that arrives while nothing waits in the session's queue is decrypted and handed to aiortc's
-    RTP handling right here (``_receive_rtp``); the rest (DTLS, SRTCP, RTP behind queued
+    RTP handling right here (``_receive_rtp``), and so is SRTCP that starts with transport-cc
+    feedback (``_receive_feedback``); the rest (DTLS, other SRTCP, anything behind queued
     datagrams) goes straight to the aioice Connection's receive queue (StunProtocol would first
     try to parse each one as STUN), bounded by ``SESSION_BACKLOG``."""
 
@@ -1105,6 +1207,7 @@ class _SessionSink:
         "_resuming",
         "direct",
         "dropped",
+        "feedback",
     )
 
     def __init__(
@@ -1118,6 +1221,7 @@ class _SessionSink:
         self._resuming: set[asyncio.Task[None]] = set()  # RTP handling that suspended
         self.dropped = 0
         self.direct = 0  # RTP packets handled without the queue
+        self.feedback = 0  # transport-cc feedback datagrams handled without it
 
     def datagram_received(self, data: bytes, addr: tuple[str, int], local: str) -> None:
         if is_stun(data):
@@ -1132,6 +1236,15 @@ class _SessionSink:
             and _receive_rtp(self._dtls, data, self._resuming)
         ):
             self.direct += 1
+        elif (
+            self._dtls is not None
+            and len(data) >= 12
+            and data[1] == RTCP_RTPFB
+            and data[0] & 0xDF == 0x80 | FMT_TRANSPORT_CC  # (SRTCP's first header is clear)
+            and self._queue.empty()
+            and _receive_feedback(self._dtls, self._connection, data, self._resuming)
+        ):
+            self.feedback += 1
         elif self._queue.qsize() < SESSION_BACKLOG:
             # (aioice's data_received queues it; a transport-cc tap stamps its arrival there)
             self._connection.data_received(data, self._component)
@@ -1175,6 +1288,40 @@ def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> b
     if task is not None:
         resuming.add(task)
         task.add_done_callback(resuming.discard)
+    return True
+
+
+def _receive_feedback(
+    dtls: Any, connection: Any, data: bytes, resuming: set[asyncio.Task[None]]
+) -> bool:
+    """Handle one SRTCP datagram of ``dtls`` that starts with transport-cc feedback now (False:
+    it must take the queue: no ``tap_transport_feedback``, or not connected): decrypted and split
+    in one call (relay/rtc/rtcp_reader.py), its FCIs to the tap, the rest of the compound to
+    aiortc's handler (with the consent and ``tap_rtcp`` wrappers on it) as its receive task
+    would have given it; the consent timer sees the datagram either way."""
+    on_feedback: FeedbackHandler | None = dtls.__dict__.get("_stagecast_feedback")
+    srtp = dtls._rx_srtp
+    if on_feedback is None or srtp is None or dtls._state is not DtlsState.CONNECTED:
+        return False
+    dtls._RTCDtlsTransport__rx_bytes += len(data)
+    dtls._RTCDtlsTransport__rx_packets += 1
+    reader: tuple[Any, RtcpReader] | None = dtls.__dict__.get("_stagecast_rtcp_reader")
+    if reader is None or reader[0] is not srtp:
+        reader = dtls._stagecast_rtcp_reader = (srtp, new_rtcp_reader(srtp))
+    split = reader[1].read(data)
+    if split is None:
+        return True  # as aiortc does: dropped (replayed, forged, not ours)
+    fcis, rest = split
+    if fcis:
+        timer: ConsentTimer | None = getattr(connection, "_stagecast_consent", None)
+        if timer is not None:
+            timer.seen(time.monotonic())
+        on_feedback(fcis)
+    if rest:  # (rest is the whole datagram when the split took nothing: aiortc's path)
+        task = run_now(dtls._handle_rtcp_data(rest))
+        if task is not None:
+            resuming.add(task)
+            task.add_done_callback(resuming.discard)
     return True
 
 

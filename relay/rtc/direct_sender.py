@@ -5,12 +5,14 @@ Frames skip the RTCRtpSender's RTP task altogether. The negotiated parameters ar
 SRTP session and written to the nominated ICE pair's UDP socket synchronously (``srtp_writer``: a C
 loop when built); NACKs are answered from our own history within a budget and a playout deadline
 (``relay.media.retransmit``), and sender reports read our counters.
-aiortc's RTCP task (SR, RR handling, PLI) keeps running; receiver reports' loss is noted on the way,
-over a second or more (``relay.media.report_loss``: the layer selector reads it). With a
-session's ``BandwidthEstimator``, every packet sent (retransmissions too) is recorded there,
-numbered with a transport-wide sequence number when the viewer negotiated transport-cc;
-receiver reports feed it, and its estimate limits the retransmission rate. Every aiortc/aioice
-internal this needs is reached through ``relay/rtc/adapter.py`` (``SenderSeam``).
+aiortc's RTCP handling (RR, PLI) keeps running, and so do its sender reports (with ``own_reports``
+sent from the viewer service's one tick for all viewers, not a task per sender); receiver
+reports' loss is noted on the way, over a second or more (``relay.media.report_loss``: the layer
+selector reads it). With a session's ``BandwidthEstimator``, every packet sent (retransmissions
+too) is recorded there, numbered with a transport-wide sequence number when the viewer
+negotiated transport-cc; receiver reports feed it, and its estimate limits the retransmission
+rate. Every aiortc/aioice internal this needs is reached through ``relay/rtc/adapter.py``
+(``SenderSeam``).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class DirectSender:
         retransmit: RetransmitLimits | None = None,
         estimator: BandwidthEstimator | None = None,
         reports_to_estimator: bool = False,
+        own_reports: bool = False,
     ) -> None:
         self._seam = SenderSeam(sender)
         self.estimator = estimator  # the session's (shared by its senders: one transport)
@@ -154,6 +157,8 @@ class DirectSender:
             retransmit=self._retransmit,
             on_keyframe_request=on_keyframe_request,
         )
+        if own_reports:  # its sender reports come from the caller's tick, not aiortc's task
+            self._seam.own_reports()
 
     def _negotiated(self, parameters: RTCRtpSendParameters) -> None:
         profile = send_profile(parameters)
@@ -316,6 +321,15 @@ class DirectSender:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
         return True
+
+    def sender_report(self) -> bytes:
+        """This sender's report (SR + SDES) as aiortc's RTCP task would send it now (with
+        ``own_reports``: the caller sends it, ``send_reports``, ~every second)."""
+        return self._seam.sender_report()
+
+    def send_reports(self, payload: bytes) -> bool:
+        """Send a compound of the transport's senders' reports; False: not connected."""
+        return self._seam.send_reports(payload)
 
     def _find_twcc_offset(self, template: bytes) -> int:
         """The transport-wide sequence number's offset in this sender's packets (the same in

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,14 +17,13 @@ from relay.auth.access import Grant
 from relay.auth.tokens import LINK_SUBJECT_PREFIX
 from relay.auth.turn import NodeIce
 from relay.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from relay.media.cc_feedback import (
-    RTCP_RTPFB,
-    TRANSPORT_CC_URIS,
-    feedback_packets,
-    lone_transport_feedback,
-    without_transport_feedback,
+from relay.media.cc_feedback import TRANSPORT_CC_URIS
+from relay.media.estimator import (
+    NO_ESTIMATE,
+    BandwidthEstimate,
+    BandwidthEstimator,
+    take_rtcp,
 )
-from relay.media.estimator import NO_ESTIMATE, BandwidthEstimate, BandwidthEstimator
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
 from relay.media.keyframe_gate import KeyframeGate
@@ -44,6 +44,7 @@ from relay.rtc.adapter import (
     drop_receive_estimator,
     install_prepacked_sender,
     tap_rtcp,
+    tap_transport_feedback,
 )
 from relay.rtc.candidates import DEFAULT_POLICY, CandidatePolicy
 from relay.rtc.certificates import DEFAULT_LIFETIME, RotatingCertificate
@@ -91,6 +92,8 @@ class LadderLayer:
 # there is nothing to switch between (an anchor's own stream, a passthrough room)
 LayerLookup = Callable[[str, FanoutHub], Sequence[LadderLayer]]
 
+REPORT_TICK = 0.25  # s between two walks of the viewers for sender reports that are due
+REPORT_INTERVAL = (0.5, 1.5)  # s from one viewer's sender reports to its next (RFC 3550's spread)
 LAYER_STALE = 1.0  # s without a new picture: the layer is not live (its viewers move away)
 SWITCH_TIMEOUT = 2.0  # s a switch waits for the target's keyframe (then: down hard, up abandoned)
 ADAPT_INTERVAL = 0.5  # s between two looks at every viewer's link
@@ -220,6 +223,9 @@ class ViewerSession:
     transport_cc: bool = False  # negotiated with the viewer
     prober: ProbeSender | None = None  # probe clusters (transport-cc, RTX, a ladder)
     rtcp_errors: int = 0
+    port_feedbacks: int = 0  # transport-cc datagrams taken in the shared port's read callback
+    reports_due: float = 0.0  # when its senders' next reports go (monotonic)
+    reports_sent: int = 0
 
     @property
     def layer(self) -> str | None:
@@ -240,26 +246,28 @@ class ViewerSession:
         if estimator is None:
             return data
         try:
-            now = time.monotonic()
-            lone = lone_transport_feedback(data)
-            if lone is not None:  # the common case: nothing in it for aiortc
-                if self.transport_cc:
-                    estimator.on_transport_feedback(lone, now)
-                return b""
-            twcc = False
-            for pt, _, fci in feedback_packets(data):
-                if pt == RTCP_RTPFB:
-                    twcc = True
-                    if self.transport_cc:  # else: not asked for, dropped unread
-                        estimator.on_transport_feedback(fci, now)
-                elif bytes(fci[:4]) == b"REMB":
-                    estimator.on_remb(fci, now)
-            return without_transport_feedback(data) if twcc else data
+            return take_rtcp(estimator, data, time.monotonic(), transport_cc=self.transport_cc)
         except Exception:
             self.rtcp_errors += 1
             if self.rtcp_errors == 1:
                 log.exception("viewer %s: RTCP feedback not understood", self.id)
             return data
+
+    def on_transport_feedback(self, fcis: tuple[bytes, ...]) -> None:
+        """Transport-cc feedback the shared port's read callback split off a datagram (the
+        common case; ``on_rtcp_data`` takes the others). Never raises (the port's reader)."""
+        estimator = self.estimator
+        if estimator is None:
+            return
+        self.port_feedbacks += 1
+        try:
+            now = time.monotonic()
+            for fci in fcis:
+                estimator.on_transport_feedback(fci, now)
+        except Exception:
+            self.rtcp_errors += 1
+            if self.rtcp_errors == 1:
+                log.exception("viewer %s: RTCP feedback not understood", self.id)
 
     @property
     def connected_at(self) -> float | None:
@@ -323,6 +331,8 @@ class ViewerService:
         self.switches_up = 0  # node-wide, monotonic
         self.switches_down = 0
         self._monitor: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._jitter = random.Random()
         self.certificate = RotatingCertificate(self.limits.certificate_lifetime)
         self.joins = JoinQueue(
             self.limits.join_concurrency,
@@ -467,6 +477,8 @@ class ViewerService:
         self.sessions[sid] = session
         if self._layers is not None and session.estimator is not None and self._monitor is None:
             self._monitor = asyncio.create_task(self._adapt(), name="viewer-layers")
+        if session.senders and self._reporter is None:
+            self._reporter = asyncio.create_task(self._report(), name="viewer-reports")
         # its handshake holds a connecting place of the line until it connects (or goes)
         connected = ticket.connecting(CONNECT_HOLD) if ticket is not None else _nothing
 
@@ -499,6 +511,8 @@ class ViewerService:
             if self.limits.transport_cc:
                 session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
             tap_rtcp(pc, session.on_rtcp_data)  # before the transport's consent hook
+            if session.transport_cc:  # its feedback taken in the shared port's read callback
+                tap_transport_feedback(pc, session.on_transport_feedback)
         await self._transport.prepare_answer(pc)
 
     def _direct_sender(
@@ -521,6 +535,7 @@ class ViewerService:
             estimator=session.estimator,
             # the video's receiver reports (the audio's when there is no video)
             reports_to_estimator=queue.kind == "video" or "video" not in session.hub.codecs,
+            own_reports=True,  # sent by self._report, one tick for every viewer
         )
         if (
             queue.kind == "video"
@@ -546,6 +561,29 @@ class ViewerService:
                     self.adapt(session, now, ladders)
                 except Exception:
                     log.exception("layer selection of viewer %s failed", session.id)
+
+    async def _report(self, tick: float = REPORT_TICK) -> None:
+        """Every ``tick``: the viewers whose sender reports are due get them, all of a viewer's
+        senders in one compound datagram (aiortc ran a task per sender, two per viewer, each
+        waking and sending on its own); ends when the last viewer has gone."""
+        low, high = REPORT_INTERVAL
+        while True:
+            await asyncio.sleep(tick)
+            if not self.sessions:
+                self._reporter = None
+                return
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if now < session.reports_due or not session.senders:
+                    continue
+                session.reports_due = now + self._jitter.uniform(low, high)
+                try:
+                    senders = list(session.senders.values())
+                    payload = b"".join(s.sender_report() for s in senders)
+                    if senders[0].send_reports(payload):
+                        session.reports_sent += 1
+                except Exception:
+                    log.exception("sender reports of viewer %s failed", session.id)
 
     def ladder(self, session: ViewerSession) -> Sequence[LadderLayer]:
         if self._layers is None:
@@ -758,11 +796,12 @@ class ViewerService:
             await session.life.stop(reason)
 
     async def shutdown(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
-            self._monitor = None
+        for task in (self._monitor, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._monitor = self._reporter = None
         sessions = list(self.sessions.values())
         await asyncio.gather(
             *(self._finish(s, "shutdown") for s in sessions), return_exceptions=True

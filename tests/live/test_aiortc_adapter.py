@@ -171,3 +171,62 @@ async def _drain(track: MediaStreamTrack, out: asyncio.Queue[object]) -> None:
     with contextlib.suppress(Exception):
         while True:
             await out.put(await track.recv())
+
+
+async def test_own_sender_reports_replace_aiortcs_rtcp_task() -> None:
+    """A DirectSender with ``own_reports``: aiortc's RTCP task sends nothing, the reports the
+    caller sends reach the receiver (its stats show the sender's counters), the receiver's
+    reports answer them with the round trip, and the sender still stops at once."""
+    a, b = RTCPeerConnection(rtc_configuration(())), RTCPeerConnection(rtc_configuration(()))
+    queue = ViewerQueue("video", 30, direct=True)
+    ready = asyncio.Event()
+    try:
+        transceiver = a.addTransceiver(HubTrack("video", queue), direction="sendonly")
+        transceiver.setCodecPreferences(codec_preferences("video", "VP8", receiving=False))
+        direct = DirectSender(
+            transceiver.sender,
+            new_template_cache(),
+            on_keyframe_request=lambda: None,
+            on_ready=ready.set,
+            own_reports=True,
+        )
+        received: list[str] = []
+        b.on("track", lambda t: asyncio.ensure_future(_drain(t, asyncio.Queue())))
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        await asyncio.wait_for(ready.wait(), 10)
+        assert queue.bind(direct.send_frame)
+        receiver = b.getTransceivers()[0].receiver
+        original = receiver._handle_rtcp_packet
+
+        async def seen(packet: object) -> None:
+            received.append(type(packet).__name__)
+            await original(packet)
+
+        receiver._handle_rtcp_packet = seen
+        encoder = Vp8Encoder()
+        source = StampedVideoTrack(320, 180, 30)
+        await asyncio.sleep(2.0)  # aiortc's task would have sent one or two by now
+        assert "RtcpSrPacket" not in received
+        for i in range(60):
+            vframe = await source.recv()
+            payloads, ts = encoder.encode(vframe, force_keyframe=i == 0)
+            queue.offer(EncodedFrame("video", "VP8", ts, tuple(payloads), b"", i == 0, i / 30))
+            if i % 15 == 14:
+                assert direct.send_reports(direct.sender_report())
+            await asyncio.sleep(1 / 30)
+        for _ in range(60):  # the receiver's reports come every 0.5-1.5 s
+            if direct.round_trip_time() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert received.count("RtcpSrPacket") >= 3
+        assert direct.round_trip_time() is not None
+        stats = await b.getStats()
+        remote = [s for s in stats.values() if s.type == "remote-outbound-rtp"]
+        assert remote and remote[0].packetsSent > 0
+        await asyncio.wait_for(transceiver.sender.stop(), 2)  # no task left to wait for
+    finally:
+        await close_quietly(a)
+        await close_quietly(b)

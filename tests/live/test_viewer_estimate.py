@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -93,6 +94,12 @@ async def test_transport_cc_is_answered_to_chromium_and_aiortc_viewers_get_an_es
             await asyncio.sleep(0.1)
         assert view is not None
         assert view["estimate_source"] in ("remb", "rr") and not view["transport_cc"]
+        # its sender reports come from the service's one tick, and its receiver reports
+        # answer them: the round trip is known
+        session = next(iter(server.gateway.viewers.sessions.values()))
+        video = session.senders["video"]
+        assert await wait_for(lambda: video.round_trip_time() is not None, 5)
+        assert session.reports_sent >= 1
         assert isinstance(view["estimate_bps"], int) and view["estimate_bps"] >= 30_000
         assert isinstance(view["sent_bps"], int) and view["sent_bps"] > 50_000
 
@@ -101,6 +108,58 @@ async def test_transport_cc_is_answered_to_chromium_and_aiortc_viewers_get_an_es
         assert re.search(r'stagecast_viewer_estimate_source\{source="(remb|rr)"\} 1\.0', text)
         assert "stagecast_viewer_estimate_bps_count 1.0" in text
         assert "stagecast_viewer_transport_feedbacks_total 0.0" in text
+    finally:
+        await viewer.close()
+        await pub.close()
+
+
+@pytest.mark.timeout(60)
+async def test_transport_cc_feedback_is_taken_in_the_shared_ports_read_callback(
+    server: RunningServer,
+) -> None:
+    """A viewer that negotiated transport-cc and sends its feedback as Chromium does (one
+    datagram per feedback, every 50 ms): nearly every datagram reaches the estimator from the
+    shared port's read callback (relay/rtc/rtcp_reader.py), none malformed or unknown, and the
+    estimate is transport-cc's."""
+    from bench.load_viewers import SocketCounter, offer_transport_cc
+
+    room = "est3"
+    pub = await whip_publish(
+        server.base_url,
+        room,
+        server.anchor_token(room),
+        video=StampedVideoTrack(640, 360, 30),
+        audio=ToneAudioTrack(),
+    )
+    viewer = await whep_watch(
+        server.base_url, room, decode=False, offer_transform=offer_transport_cc
+    )
+    try:
+        assert await wait_for(lambda: viewer.first_frame_at is not None, 10)
+        sessions = server.gateway.viewers.sessions
+        session = next(iter(sessions.values()))
+        assert session.transport_cc and session.estimator is not None
+        counter = SocketCounter(viewer, feedback=True)
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            await counter.send_feedback(time.monotonic())
+        await asyncio.sleep(0.2)
+        estimator = session.estimator
+        assert counter.feedback_sent >= 20
+        assert estimator.feedbacks >= 0.9 * counter.feedback_sent, (
+            estimator.feedbacks,
+            counter.feedback_sent,
+        )
+        # through the port's read callback, not aiortc's queue (a datagram behind a queued
+        # one of the same session takes the queue: rare)
+        assert session.port_feedbacks >= 0.8 * estimator.feedbacks, (
+            session.port_feedbacks,
+            estimator.feedbacks,
+        )
+        assert estimator.malformed == 0 and estimator.unknown == 0 and session.rtcp_errors == 0
+        assert session.estimate.source == "twcc"
+        assert counter.packets > 100  # the media kept flowing
     finally:
         await viewer.close()
         await pub.close()
@@ -141,6 +200,8 @@ async def test_a_chromium_viewer_is_estimated_from_its_transport_cc_feedback(
             assert view["estimate_loss"] < 0.02 and view["delay_usage"] != "overuse", view
             session = next(iter(sessions.values()))
             assert session.estimator is not None and session.estimator.unknown == 0
+            # Chromium's feedback datagrams are taken in the shared port's read callback
+            assert session.port_feedbacks >= 0.8 * session.estimator.feedbacks > 0
             # the browser took the sequence numbers: its own stats count the feedback it sent
             sdp = await page.evaluate("window.stagecast.pc.remoteDescription.sdp")
             assert TWCC in sdp and "transport-cc" in sdp

@@ -1,6 +1,7 @@
 """aiortc's, aioice's and pylibsrtp's private names are reached only through relay/rtc/adapter.py
-(and pylibsrtp's binding through relay/rtc/srtp_writer.py and rtp_reader.py), in relay/, gateway/
-and bench/ alike, so that tests/unit/test_aiortc_adapter.py's guards cover every one of them.
+(and pylibsrtp's binding through relay/rtc/srtp_writer.py, rtp_reader.py and rtcp_reader.py), in
+relay/, gateway/ and bench/ alike, so that tests/unit/test_aiortc_adapter.py's guards cover every
+one of them.
 
 A private attribute read or written on anything but ``self``/``cls`` outside those two modules must
 be one our own code defines; a private module of those packages must not be imported.
@@ -17,6 +18,7 @@ SEAM = {
     ROOT / "relay" / "rtc" / "adapter.py",
     ROOT / "relay" / "rtc" / "srtp_writer.py",
     ROOT / "relay" / "rtc" / "rtp_reader.py",
+    ROOT / "relay" / "rtc" / "rtcp_reader.py",
 }
 FOREIGN = ("aiortc", "aioice", "pylibsrtp")
 
