@@ -24,6 +24,7 @@ from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
+from relay.ops.loop_stalls import LoopStallWatch
 from relay.rtc.adapter import check_version
 from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerService
@@ -84,6 +85,7 @@ class Gateway:
     recordings: RecordingService
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     gc_pauses: GcPauses = field(default_factory=GcPauses)
+    stalls: LoopStallWatch | None = None  # (metrics.stall_trace)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
     cluster: ClusterNode | None = None
     messages: RoomChannels | None = None
@@ -109,6 +111,9 @@ class Gateway:
         await self.transport.start()
         self.lag.start()
         self.gc_pauses.install()
+        if self.settings.metrics.stall_trace is not None:
+            self.stalls = LoopStallWatch(self.settings.metrics.stall_trace)
+            self.stalls.start()
         self.webhooks.start()
         if self.messages is not None:
             await self.messages.start()
@@ -130,6 +135,8 @@ class Gateway:
             await self.messages.stop()
         await self.lag.stop()
         self.gc_pauses.uninstall()
+        if self.stalls is not None:
+            await self.stalls.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.transport.close()
@@ -308,7 +315,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     )
     v1.include_router(bridge_router(gw.bridges))
     v1.include_router(recording_router(gw.recordings))
-    v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
+    v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses, lambda: gw.stalls))
     v1.include_router(layout_router(gw.stages, gw.rooms))
     v1.include_router(metadata_router(gw.stages))
     if gw.guests is not None:  # anchors' and viewers' routes, not under /v1 (tokens, not the key)

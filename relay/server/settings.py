@@ -121,6 +121,10 @@ class MetricsSettings(BaseModel):
     characters; the operator key is accepted too. Empty: the operator key only."""
     room_labels: bool = True
     """Per-room series (``room="NAME"``); false: node totals only, no room named."""
+    stall_trace: float | None = Field(None, gt=0, le=10)
+    """Log the event loop's stack (warning) whenever one step of it runs longer than this many
+    seconds, and keep a histogram of its lateness in ``GET /v1/runtime`` (``loop_stalls``):
+    a watchdog thread for finding what blocks the loop. None: off."""
 
 
 class RoomSettings(BaseModel):
