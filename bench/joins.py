@@ -346,7 +346,7 @@ class Node:
 
     async def runtime(self) -> dict[str, Any]:
         headers = {"X-API-Key": OPERATOR_KEY}
-        async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=90, headers=headers) as client:
             body: dict[str, Any] = (await client.get("/v1/runtime")).json()
             return body
 
@@ -354,7 +354,7 @@ class Node:
         """The node's own count of CPU in the hub's viewer loop (sends, SRTP, sockets)."""
         headers = {"X-API-Key": OPERATOR_KEY}
         # a node busy with 200 joins on a loaded machine may take seconds to answer
-        async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=90, headers=headers) as client:
             body = (await client.get(f"/v1/rooms/{ROOM}/stream")).json()
             # an overwhelmed node may have lost the anchor (no stream): the burst's row shows it
             return float(body.get("fanout_cpu_s", 0.0))

@@ -48,13 +48,18 @@ class RuntimeView(BaseModel):
 
 
 def count_peer_connections() -> int:
-    """Open RTCPeerConnections in the heap (a full gc pass: on demand only)."""
+    """Open RTCPeerConnections in the heap (a full gc pass over everything, the frozen too:
+    on demand only)."""
+    gc.unfreeze()  # (relay.ops.gc_freezer: frozen objects are neither collected nor listed)
     gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
-    )
+    try:
+        return sum(
+            1
+            for o in gc.get_objects()
+            if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
+        )
+    finally:
+        gc.freeze()
 
 
 def task_kinds() -> dict[str, int]:

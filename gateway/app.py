@@ -22,6 +22,7 @@ from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
+from relay.ops.gc_freezer import GcFreezer
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.ops.loop_stalls import LoopStallWatch
@@ -91,6 +92,7 @@ class Gateway:
     messages: RoomChannels | None = None
     links: LinkService | None = None  # cross-room co-hosting
     transport: NodeTransport = field(default_factory=NodeTransport)
+    freezer: GcFreezer | None = None  # (limits.gc_freeze_sessions)
     guests: StageGuests | None = None  # audience on stage (raised hands, guests)
 
     def __post_init__(self) -> None:
@@ -110,6 +112,10 @@ class Gateway:
         log.info("gateway up at %s", self.settings.base_url)
         await self.transport.start()
         self.lag.start()
+        if self.settings.limits.gc_freeze_sessions:
+            viewers = self.viewers
+            self.freezer = GcFreezer(lambda: viewers.sessions.keys(), viewers.joins.bursting)
+            self.freezer.start()
         self.gc_pauses.install()
         if self.settings.metrics.stall_trace is not None:
             self.stalls = LoopStallWatch(self.settings.metrics.stall_trace)
@@ -134,6 +140,8 @@ class Gateway:
         if self.messages is not None:
             await self.messages.stop()
         await self.lag.stop()
+        if self.freezer is not None:
+            await self.freezer.stop()
         self.gc_pauses.uninstall()
         if self.stalls is not None:
             await self.stalls.stop()

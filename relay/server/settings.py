@@ -144,6 +144,11 @@ class LimitSettings(BaseModel):
     max_loop_busy: float | None = Field(0.8, gt=0, le=1)
     """New viewers get 503 + Retry-After while the event loop's thread has used this share of
     one core over the last 3 s (one loop cannot use more than one core). None: off."""
+    gc_freeze_sessions: bool = True
+    """Each second in which viewers joined, move what is alive out of the cyclic collector's
+    full passes (``gc.freeze``), and unfreeze and collect once many of them have ended, at a
+    calm moment: a full pass over hundreds of viewers' objects stops every stream for
+    100-400 ms (relay.ops.gc_freezer)."""
     max_remote_candidates: int = Field(32, ge=1, le=1000)
     """Distinct remote ICE candidate addresses a session keeps (offer and trickle PATCHes
     together); more are ignored, and a PATCH whose new candidates are all beyond it gets 422.
