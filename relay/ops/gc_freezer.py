@@ -13,11 +13,12 @@ scan what arrived since.
 The price: a frozen object that becomes cyclic garbage is not collected while it stays frozen.
 A viewer that leaves mostly goes by reference counting, but an aiortc peer connection's
 objects refer to each other: once as many frozen sessions have ended as ``thaw_share`` of
-those frozen (and at least ``thaw_min``), and no joins are under way, the node unfreezes,
+those frozen (and at least ``thaw_min``), and no session has joined for ``thaw_quiet`` s (a
+burst's failed handshakes end sessions in the middle of it), the node unfreezes,
 collects once (one pause the size of what is alive then, at a calm moment after many have
 left), and freezes the survivors again.
 
-``FreezePlan`` decides (sans-I/O: session ids and ``bursting`` in, an action out);
+``FreezePlan`` decides (sans-I/O: session ids, ``bursting`` and ``now`` in, an action out);
 ``GcFreezer`` drives it from a task on the loop."""
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger("stagecast.gc")
 PERIOD = 1.0  # s between two looks
 THAW_SHARE = 0.5  # ended frozen sessions (share of those frozen) that make a thaw worth it
 THAW_MIN = 64  # ... and at least this many
+THAW_QUIET = 10.0  # s without a new session (and no joins in line) before a thaw
 
 
 class Action(Enum):
@@ -46,23 +48,32 @@ class Action(Enum):
 class FreezePlan:
     """Which sessions are frozen, and what to do on each look."""
 
-    def __init__(self, thaw_share: float = THAW_SHARE, thaw_min: int = THAW_MIN) -> None:
+    def __init__(
+        self,
+        thaw_share: float = THAW_SHARE,
+        thaw_min: int = THAW_MIN,
+        thaw_quiet: float = THAW_QUIET,
+    ) -> None:
         self.thaw_share = thaw_share
         self.thaw_min = thaw_min
+        self.thaw_quiet = thaw_quiet
+        self.last_freeze = -1e9
         self.frozen: set[Hashable] = set()
         self.freezes = 0
         self.thaws = 0
 
-    def look(self, sessions: Collection[Hashable], bursting: bool) -> Action:
+    def look(self, sessions: Collection[Hashable], bursting: bool, now: float) -> Action:
         alive = set(sessions)
         ended = len(self.frozen - alive)
-        if not bursting and ended >= max(self.thaw_min, self.thaw_share * len(self.frozen)):
+        calm = not bursting and now - self.last_freeze >= self.thaw_quiet
+        if calm and ended >= max(self.thaw_min, self.thaw_share * len(self.frozen)):
             self.frozen = alive
             self.thaws += 1
             return Action.THAW
         if alive - self.frozen:
             self.frozen = alive | self.frozen  # the ended stay frozen (garbage until a thaw)
             self.freezes += 1
+            self.last_freeze = now
             return Action.FREEZE
         return Action.NOTHING
 
@@ -88,7 +99,7 @@ class GcFreezer:
         self._task = asyncio.create_task(self._run(), name="gc-freezer")
 
     def step(self) -> Action:
-        action = self.plan.look(self._sessions(), self._bursting())
+        action = self.plan.look(self._sessions(), self._bursting(), time.monotonic())
         if action is Action.FREEZE:
             gc.collect(1)  # the young generations' garbage first (cheap: young only)
             gc.freeze()

@@ -9,16 +9,17 @@ from relay.ops.gc_freezer import Action, FreezePlan, GcFreezer
 
 
 def test_the_plan_freezes_new_sessions_and_thaws_when_many_ended() -> None:
-    plan = FreezePlan(thaw_share=0.5, thaw_min=2)
-    assert plan.look([], bursting=False) is Action.NOTHING
-    assert plan.look(["a", "b", "c"], bursting=True) is Action.FREEZE
-    assert plan.look(["a", "b", "c"], bursting=True) is Action.NOTHING
-    assert plan.look(["a", "b", "c", "d"], bursting=True) is Action.FREEZE
-    # two of four ended: a thaw, but not while joins are under way
-    assert plan.look(["c", "d"], bursting=True) is Action.NOTHING
-    assert plan.look(["c", "d"], bursting=False) is Action.THAW
+    plan = FreezePlan(thaw_share=0.5, thaw_min=2, thaw_quiet=10)
+    assert plan.look([], bursting=False, now=0) is Action.NOTHING
+    assert plan.look(["a", "b", "c"], bursting=True, now=1) is Action.FREEZE
+    assert plan.look(["a", "b", "c"], bursting=True, now=2) is Action.NOTHING
+    assert plan.look(["a", "b", "c", "d"], bursting=True, now=3) is Action.FREEZE
+    # two of four ended: a thaw, but not while joins are under way, nor soon after one came
+    assert plan.look(["c", "d"], bursting=True, now=14) is Action.NOTHING
+    assert plan.look(["c", "d"], bursting=False, now=5) is Action.NOTHING
+    assert plan.look(["c", "d"], bursting=False, now=14) is Action.THAW
     assert plan.frozen == {"c", "d"}
-    assert plan.look(["d"], bursting=False) is Action.NOTHING  # one ended: below thaw_min
+    assert plan.look(["d"], bursting=False, now=30) is Action.NOTHING  # below thaw_min
 
 
 class Session:
@@ -30,7 +31,8 @@ class Session:
 
 def test_frozen_sessions_are_not_collected_until_the_thaw() -> None:
     sessions: dict[str, Session] = {}
-    freezer = GcFreezer(lambda: sessions.keys(), lambda: False, FreezePlan(thaw_min=1))
+    plan = FreezePlan(thaw_min=1, thaw_quiet=0)
+    freezer = GcFreezer(lambda: sessions.keys(), lambda: False, plan)
     gc.collect()
     frozen_before = gc.get_freeze_count()
     try:
