@@ -83,3 +83,47 @@ async def test_a_burst_past_the_overload_guard_is_queued_and_every_viewer_plays(
             await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
             await watching.close()
             await pub.close()
+
+
+STEP_CPU = 0.15  # s of the loop thread's own CPU one step may take while viewers join
+
+
+@pytest.mark.timeout(150)
+async def test_a_burst_takes_no_long_step_of_the_loop() -> None:
+    """40 joins at once: no step of the node's loop uses more than STEP_CPU of the loop
+    thread's CPU (the stall watch's CPU clock: waiting for a core on a loaded machine does not
+    count, work held in one step does: a full collection over every session, a keyframe fanned
+    out to all at once, a handshake's crypto in the loop)."""
+    limits = {"max_loop_lag": None, "max_loop_busy": None, **FAST_POSTS}
+    with run_server(limits=limits, metrics={"stall_trace": 0.05}) as server:
+        room = "crowd"
+        pub = await whip_publish(
+            server.base_url, room, server.anchor_token(room), video=StampedVideoTrack(320, 180, 15)
+        )
+        watching = await watch_once_admitted(server.base_url, room)
+        viewers: list[Viewer] = []
+        try:
+            assert await wait_for(lambda: watching.first_frame_at is not None, 20)
+            watch = server.gateway.stalls
+            assert watch is not None
+            seen = watch.book.seen
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        whep_watch(server.base_url, room, kinds=("video",), decode=False)
+                        for _ in range(40)
+                    ),
+                    return_exceptions=True,
+                ),
+                120,
+            )
+            viewers = [r for r in results if isinstance(r, Viewer)]
+            assert len(viewers) == 40, [r for r in results if not isinstance(r, Viewer)]
+            assert await wait_for(lambda: all(v.first_frame_at for v in viewers), 60)
+            stalls = [s for s in watch.book.stalls if s.seq > seen]
+            worst = max(stalls, key=lambda s: s.cpu_seconds, default=None)
+            assert worst is None or worst.cpu_seconds < STEP_CPU, worst
+        finally:
+            await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
+            await watching.close()
+            await pub.close()
