@@ -83,4 +83,3 @@ async def test_a_burst_past_the_overload_guard_is_queued_and_every_viewer_plays(
             await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
             await watching.close()
             await pub.close()
-
