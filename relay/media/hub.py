@@ -322,6 +322,9 @@ class FanoutHub:
         """A joining viewer's keyframe request, coalesced over ``join_keyframe_interval``
         (one is asked for at the end of it when it was not free at once)."""
         interval = self.join_keyframe_interval()
+        if interval <= self._limiter.interval:  # a small audience: as any request
+            self.request_keyframe()
+            return
         now = self._clock()
         if self._join_asked is None or now - self._join_asked >= interval:
             self._join_asked = now
