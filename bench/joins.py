@@ -87,6 +87,7 @@ log = logging.getLogger("bench.joins")
 OPERATOR_KEY = "joins-bench-operator-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FREEZE_S = 0.2
+SETTINGS = Path("relay/server/settings.py")
 
 
 def process_cpu(pid: int) -> float:
@@ -227,6 +228,11 @@ class Burst:
     client_ms_per_join: float | None = None  # the viewer workers' CPU over the burst, per join
     rss_mib: float = 0.0
     loadavg: float = 0.0  # the machine's 1-minute load average at the burst's end
+    # the node's loop over the burst (``--stall-trace``, trees that have metrics.stall_trace)
+    loop_longest_ms: float | None = None  # its longest step (the tick's lateness)
+    loop_lateness: dict[str, int] = field(default_factory=dict)  # histogram, ms buckets
+    loop_stalls: list[dict[str, Any]] = field(default_factory=list)  # the longest, with stacks
+    gc_collections: list[int] = field(default_factory=list)  # per generation, over the burst
 
 
 class Node:
@@ -268,6 +274,8 @@ class Node:
             "STAGECAST_LIMITS__MAX_SLOW_CONNECTIONS_PER_ADDRESS": "10000",
             "PYTHONPATH": str(self.tree),
         }
+        if args.stall_trace and "stall_trace" in (self.tree / SETTINGS).read_text():
+            env["STAGECAST_METRICS__STALL_TRACE"] = str(args.stall_trace)
         if args.no_admission:  # (for profiles: a profiled node is slow enough to refuse all)
             env["STAGECAST_LIMITS__MAX_LOOP_LAG"] = "1000"
             env["STAGECAST_LIMITS__MAX_LOOP_BUSY"] = "1"
@@ -336,11 +344,17 @@ class Node:
             body: dict[str, Any] = (await client.get("/readyz")).json()
             return int(body["viewers"])
 
+    async def runtime(self) -> dict[str, Any]:
+        headers = {"X-API-Key": OPERATOR_KEY}
+        async with httpx.AsyncClient(base_url=self.url, timeout=90, headers=headers) as client:
+            body: dict[str, Any] = (await client.get("/v1/runtime")).json()
+            return body
+
     async def fanout_cpu(self) -> float:
         """The node's own count of CPU in the hub's viewer loop (sends, SRTP, sockets)."""
         headers = {"X-API-Key": OPERATOR_KEY}
         # a node busy with 200 joins on a loaded machine may take seconds to answer
-        async with httpx.AsyncClient(base_url=self.url, timeout=30, headers=headers) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=90, headers=headers) as client:
             body = (await client.get(f"/v1/rooms/{ROOM}/stream")).json()
             # an overwhelmed node may have lost the anchor (no stream): the burst's row shows it
             return float(body.get("fanout_cpu_s", 0.0))
@@ -384,6 +398,7 @@ class Node:
             spy = self.profile(args.profile / f"{self.tree.name}-{n}-{time.time():.0f}.txt")
             await asyncio.sleep(0.5)  # py-spy attaches
         fan0, sent0 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
+        rt0 = await self.runtime()
         cpu0, t0 = process_cpu(self.pid), time.monotonic()
         clients0 = self.clients_cpu()
         replies = await asyncio.gather(
@@ -399,6 +414,7 @@ class Node:
         cpu1, t1 = process_cpu(self.pid), time.monotonic()
         clients1 = self.clients_cpu()
         fan1, sent1 = await self.fanout_cpu(), await anchor_packets(self.publisher.pc)
+        loop_over(result, rt0, await self.runtime())
         if spy is not None:
             proc = await spy
             proc.send_signal(signal.SIGINT)
@@ -446,6 +462,24 @@ class Node:
         return result
 
 
+def loop_over(result: Burst, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """The node's loop and collector between two ``/v1/runtime`` reads, into ``result``."""
+    g0, g1 = before.get("gc_collections"), after.get("gc_collections")
+    if g0 and g1:
+        result.gc_collections = [b - a for a, b in zip(g0, g1, strict=True)]
+    s0, s1 = before.get("loop_stalls"), after.get("loop_stalls")
+    if not (s0 and s1):
+        return
+    h0, h1 = s0["lateness_ms"], s1["lateness_ms"]
+    result.loop_lateness = {k: h1[k] - h0.get(k, 0) for k in h1}
+    result.loop_stalls = [s for s in s1["stalls"] if s["seq"] > s0["seen"]]
+    longest = max((s["ms"] for s in result.loop_stalls), default=None)
+    if longest is None:  # nothing over the threshold: the histogram's highest bucket used
+        used = [k for k, v in result.loop_lateness.items() if v]
+        longest = float(used[-1].strip("<=>ms")) if used else 0.0
+    result.loop_longest_ms = longest
+
+
 def profile_node(out: Path, argv: list[str]) -> None:
     """Run ``gateway.cli`` with ``argv`` under cProfile timed by the thread's CPU clock (a
     wall-clock profile of a loaded machine bills waiting for a core to whichever call was
@@ -477,16 +511,29 @@ def row(b: Burst) -> str:
         f"| {f(b.ttff_p50_ms, 0)} / {f(b.ttff_p95_ms, 0)} | {b.watcher_max_gap_ms:.0f} "
         f"| {b.watcher_freezes} | {f(b.leave_ms_per_viewer)} | {f(b.client_ms_per_join)} "
         f"| {b.base_cores:.3f} "
-        f"| {b.after_cores:.3f} | {b.rss_mib:.0f} | {b.loadavg:.1f} |"
+        f"| {b.after_cores:.3f} | {b.rss_mib:.0f} | {f(b.loop_longest_ms, 0)} "
+        f"| {'/'.join(map(str, b.gc_collections)) or '-'} | {b.loadavg:.1f} |"
     )
+
+
+def stalls_text(b: Burst, top: int = 5) -> str:
+    """The burst's loop lateness histogram and its longest steps with the stacks that held them."""
+    if not b.loop_lateness:
+        return ""
+    hist = ", ".join(f"{k} {v}" for k, v in b.loop_lateness.items() if v)
+    lines = [f"  {b.tree} {b.n}: loop lateness per 10 ms tick: {hist}"]
+    for s in b.loop_stalls[:top]:
+        stack = " <- ".join(s["stack"][-5:][::-1])
+        cpu, gc_ms = s.get("cpu_ms", 0), s["gc_ms"]
+        lines.append(f"    {s['ms']:.0f} ms (cpu {cpu:.0f}, gc {gc_ms:.0f}): {stack}")
+    return "\n".join(lines)
 
 
 HEAD = (
     "| tree | N | joined | refused (503) | failed | burst s | node CPU s | ms/join gross "
     "| ms/join net | ttff p50 / p95 ms | watcher max gap ms | freezes > 200 ms "
-    "| ms/leave | client ms/join | cores before | cores after | RSS MiB | load |\n"
-    + "|---" * 18
-    + "|"
+    "| ms/leave | client ms/join | cores before | cores after | RSS MiB | loop longest ms "
+    "| gc collections 0/1/2 | load |\n" + "|---" * 20 + "|"
 )
 
 
@@ -536,6 +583,8 @@ async def run(args: argparse.Namespace) -> list[Burst]:
                             b = await node.burst(n)
                             bursts.append(b)
                             print(row(b), flush=True)
+                            if text := stalls_text(b):
+                                print(text, flush=True)
                     for spec in rates:
                         count, per_second = spec
                         b = await node.burst(count, per_second)
@@ -579,6 +628,14 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-admission", action="store_true", help="lift the overload refusal")
+    parser.add_argument(
+        "--stall-trace",
+        type=float,
+        default=0.05,
+        help="s: the node logs the loop's stack on each step longer than this and the bench "
+        "reports its longest step, lateness histogram and gc collections per burst (trees "
+        "with metrics.stall_trace); 0: off",
+    )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw stacks per burst")
     parser.add_argument(
         "--cprofile", type=Path, default=None, help="run the node under cProfile (slower)"
@@ -602,6 +659,8 @@ def main() -> None:
     print()
     print(HEAD)
     print("\n".join(row(b) for b in bursts))
+    print()
+    print("\n".join(t for b in bursts if (t := stalls_text(b))))
     print()
     print(summary(bursts))
     if args.json:

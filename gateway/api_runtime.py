@@ -9,6 +9,8 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 from aiortc import RTCPeerConnection
@@ -16,6 +18,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from relay.ops.gc_pauses import GcPauses
+from relay.ops.loop_stalls import LoopStallWatch
 from relay.rtc.srtp_writer import NATIVE
 from relay.rtc.viewers import ViewerService
 
@@ -36,19 +39,27 @@ class RuntimeView(BaseModel):
     gc_collections: list[int] | None = None
     """Garbage collections per generation (0, 1, 2) since start: each stops the process."""
     gc_longest_pause_ms: list[float] | None = None
+    loop_stalls: dict[str, Any] | None = None
+    """With ``metrics.stall_trace``: the loop's lateness histogram and its longest stalls with
+    the stack that held it."""
     native_send: bool
     """Viewers are sent to through the C loop (built, and ``media.native_send``); false: the
     Python loop, ~0.001 core more per viewer."""
 
 
 def count_peer_connections() -> int:
-    """Open RTCPeerConnections in the heap (a full gc pass: on demand only)."""
+    """Open RTCPeerConnections in the heap (a full gc pass over everything, the frozen too:
+    on demand only)."""
+    gc.unfreeze()  # (relay.ops.gc_freezer: frozen objects are neither collected nor listed)
     gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
-    )
+    try:
+        return sum(
+            1
+            for o in gc.get_objects()
+            if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
+        )
+    finally:
+        gc.freeze()
 
 
 def task_kinds() -> dict[str, int]:
@@ -61,7 +72,10 @@ def task_kinds() -> dict[str, int]:
 
 
 def runtime_router(
-    anchors: AnchorService, viewers: ViewerService, gc_pauses: GcPauses | None = None
+    anchors: AnchorService,
+    viewers: ViewerService,
+    gc_pauses: GcPauses | None = None,
+    stalls: Callable[[], LoopStallWatch | None] = lambda: None,
 ) -> APIRouter:
     router = APIRouter(tags=["operator"])
     started = time.monotonic()
@@ -85,6 +99,7 @@ def runtime_router(
             gc_longest_pause_ms=(
                 [round(p * 1000, 3) for p in gc_pauses.longest] if gc_pauses else None
             ),
+            loop_stalls=watch.book.summary() if (watch := stalls()) is not None else None,
             native_send=NATIVE and viewers.limits.native,
         )
 

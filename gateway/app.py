@@ -22,8 +22,10 @@ from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
+from relay.ops.gc_freezer import GcFreezer
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
+from relay.ops.loop_stalls import LoopStallWatch
 from relay.rtc.adapter import check_version
 from relay.rtc.transport import NodeTransport
 from relay.rtc.viewers import ViewerService
@@ -84,11 +86,13 @@ class Gateway:
     recordings: RecordingService
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     gc_pauses: GcPauses = field(default_factory=GcPauses)
+    stalls: LoopStallWatch | None = None  # (metrics.stall_trace)
     metric_sources: list[ExtraCounters] = field(default_factory=list)
     cluster: ClusterNode | None = None
     messages: RoomChannels | None = None
     links: LinkService | None = None  # cross-room co-hosting
     transport: NodeTransport = field(default_factory=NodeTransport)
+    freezer: GcFreezer | None = None  # (limits.gc_freeze_sessions)
     guests: StageGuests | None = None  # audience on stage (raised hands, guests)
 
     def __post_init__(self) -> None:
@@ -108,7 +112,14 @@ class Gateway:
         log.info("gateway up at %s", self.settings.base_url)
         await self.transport.start()
         self.lag.start()
+        if self.settings.limits.gc_freeze_sessions:
+            viewers = self.viewers
+            self.freezer = GcFreezer(lambda: viewers.sessions.keys(), viewers.joins.bursting)
+            self.freezer.start()
         self.gc_pauses.install()
+        if self.settings.metrics.stall_trace is not None:
+            self.stalls = LoopStallWatch(self.settings.metrics.stall_trace)
+            self.stalls.start()
         self.webhooks.start()
         if self.messages is not None:
             await self.messages.start()
@@ -129,7 +140,11 @@ class Gateway:
         if self.messages is not None:
             await self.messages.stop()
         await self.lag.stop()
+        if self.freezer is not None:
+            await self.freezer.stop()
         self.gc_pauses.uninstall()
+        if self.stalls is not None:
+            await self.stalls.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.transport.close()
@@ -308,7 +323,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     )
     v1.include_router(bridge_router(gw.bridges))
     v1.include_router(recording_router(gw.recordings))
-    v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses))
+    v1.include_router(runtime_router(gw.anchors, gw.viewers, gw.gc_pauses, lambda: gw.stalls))
     v1.include_router(layout_router(gw.stages, gw.rooms))
     v1.include_router(metadata_router(gw.stages))
     if gw.guests is not None:  # anchors' and viewers' routes, not under /v1 (tokens, not the key)

@@ -29,6 +29,7 @@ from relay.media.stream_key import StreamKey
 from relay.messages.bus_factory import make_bus
 from relay.messages.service import RoomChannels
 from relay.messages.ws import messages_router
+from relay.ops.gc_freezer import GcFreezer
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
 from relay.rtc.candidates import node_policy
 from relay.rtc.transport import NodeTransport
@@ -58,6 +59,7 @@ class EdgeNode:
     lag: LoopLagMonitor = field(default_factory=LoopLagMonitor)
     messages: RoomChannels | None = None  # room channels (chat, likes) from the message bus
     transport: NodeTransport = field(default_factory=NodeTransport)
+    freezer: GcFreezer | None = None  # (limits.gc_freeze_sessions)
 
     def __post_init__(self) -> None:
         self._metrics = build_registry(NodeCollector(self.viewers, self.lag), PullCollector(self))
@@ -65,6 +67,10 @@ class EdgeNode:
     async def start(self) -> None:
         await self.transport.start()
         self.lag.start()
+        if self.settings.limits.gc_freeze_sessions:
+            viewers = self.viewers
+            self.freezer = GcFreezer(lambda: viewers.sessions.keys(), viewers.joins.bursting)
+            self.freezer.start()
         self.cluster.on_upstream_lost = self.edge.doubt_upstream
         await self.cluster.start()
         if self.messages is not None:
@@ -79,6 +85,8 @@ class EdgeNode:
             await self.messages.stop()
         await self.cluster.stop()
         await self.lag.stop()
+        if self.freezer is not None:
+            await self.freezer.stop()
         await self.transport.close()
 
     def readiness(self) -> Readiness:

@@ -121,6 +121,10 @@ class MetricsSettings(BaseModel):
     characters; the operator key is accepted too. Empty: the operator key only."""
     room_labels: bool = True
     """Per-room series (``room="NAME"``); false: node totals only, no room named."""
+    stall_trace: float | None = Field(None, gt=0, le=10)
+    """Log the event loop's stack (warning) whenever one step of it runs longer than this many
+    seconds, and keep a histogram of its lateness in ``GET /v1/runtime`` (``loop_stalls``):
+    a watchdog thread for finding what blocks the loop. None: off."""
 
 
 class RoomSettings(BaseModel):
@@ -140,6 +144,11 @@ class LimitSettings(BaseModel):
     max_loop_busy: float | None = Field(0.8, gt=0, le=1)
     """New viewers get 503 + Retry-After while the event loop's thread has used this share of
     one core over the last 3 s (one loop cannot use more than one core). None: off."""
+    gc_freeze_sessions: bool = True
+    """Each second in which viewers joined, move what is alive out of the cyclic collector's
+    full passes (``gc.freeze``), and unfreeze and collect once many of them have ended, at a
+    calm moment: a full pass over hundreds of viewers' objects stops every stream for
+    100-400 ms (relay.ops.gc_freezer)."""
     max_remote_candidates: int = Field(32, ge=1, le=1000)
     """Distinct remote ICE candidate addresses a session keeps (offer and trickle PATCHes
     together); more are ignored, and a PATCH whose new candidates are all beyond it gets 422.

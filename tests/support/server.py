@@ -7,7 +7,6 @@ connections directly while every byte still goes over real sockets.
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from aiortc import RTCPeerConnection
 
+from gateway.api_runtime import count_peer_connections
 from gateway.app import Gateway, build_gateway, create_app
 from gateway.launcher import free_port, free_udp_port
 from gateway.settings import Settings
@@ -52,12 +51,8 @@ class RunningServer:
 
 
 def live_peer_connections() -> int:
-    gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, RTCPeerConnection) and o.connectionState not in ("closed",)
-    )
+    """Open peer connections in this process, the frozen ones too (relay.ops.gc_freezer)."""
+    return count_peer_connections()
 
 
 @contextmanager

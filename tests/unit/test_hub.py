@@ -164,3 +164,27 @@ def test_viewers_coming_and_going_between_frames_get_exactly_their_frames() -> N
     hub.publish(vframe(3, key=True))
     other.publish(vframe(4, key=True))
     assert got == {"a": [0, 1, 100], "b": [1, 100, 2, 4]}
+
+
+async def test_joins_keyframe_requests_coalesce_longer_with_a_big_audience() -> None:
+    asks: list[float] = []
+    clock = [0.0]
+    hub = FanoutHub(StreamKey("r"), CODECS, clock=lambda: clock[0])
+    hub.set_keyframe_requester(lambda: asks.append(clock[0]))
+    for i in range(100):  # 100 viewers: the node's keyframe_interval (0.25 s) still holds
+        hub.add_viewer(f"a{i}")
+    assert hub.join_keyframe_interval() == 0.25
+    for i in range(400):  # 500: 1 s between joins' keyframes
+        hub.add_viewer(f"b{i}")
+    assert hub.join_keyframe_interval() == 1.0
+    asks.clear()
+    clock[0] = 10.0
+    for i in range(40):  # 40 joins over 2 s
+        hub.add_viewer(f"c{i}")
+        clock[0] += 0.05
+    # two (every 0.25 s before: eight), ~1 s apart (the audience grew meanwhile: 1.04 s)
+    assert len(asks) == 2 and asks[0] == 10.0 and 1.0 <= asks[1] - asks[0] <= 1.1
+    await asyncio.sleep(0)
+    hub.request_keyframe()  # a viewer's own PLI still goes by the node's interval
+    assert asks[-1] == clock[0]
+    hub.close()

@@ -1,0 +1,132 @@
+"""Viewer sessions out of the cyclic collector's full passes: the node freezes them once joined.
+
+A full collection scans every object the collector tracks, and stops the whole process while
+it runs: with hundreds of peer connections alive (~1,700 tracked objects each) one pass is
+100-400 ms, a freeze for every viewer watching. CPython starts a full pass whenever the
+objects that survived into the oldest generation grew by a quarter since the last one, so a
+flash crowd that takes a node from 0 to 500 viewers brings ~20 of them, each bigger than the
+last. ``gc.freeze()`` moves everything alive into a permanent generation that no collection
+scans (it costs nothing: the generations' lists are spliced): the node already does it once
+after startup, and here again each second in which viewers joined, so full passes only ever
+scan what arrived since.
+
+The price: a frozen object that becomes cyclic garbage is not collected while it stays frozen.
+A viewer that leaves mostly goes by reference counting, but an aiortc peer connection's
+objects refer to each other: once as many frozen sessions have ended as ``thaw_share`` of
+those frozen (and at least ``thaw_min``), and no session has joined for ``thaw_quiet`` s (a
+burst's failed handshakes end sessions in the middle of it), the node unfreezes,
+collects once (one pause the size of what is alive then, at a calm moment after many have
+left), and freezes the survivors again.
+
+``FreezePlan`` decides (sans-I/O: session ids, ``bursting`` and ``now`` in, an action out);
+``GcFreezer`` drives it from a task on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Callable, Collection, Hashable
+from enum import Enum
+
+log = logging.getLogger("stagecast.gc")
+
+PERIOD = 1.0  # s between two looks
+THAW_SHARE = 0.5  # ended frozen sessions (share of those frozen) that make a thaw worth it
+THAW_MIN = 64  # ... and at least this many
+THAW_QUIET = 10.0  # s without a new session (and no joins in line) before a thaw
+
+
+class Action(Enum):
+    NOTHING = "nothing"
+    FREEZE = "freeze"  # new sessions: freeze what is alive now
+    THAW = "thaw"  # enough frozen sessions ended: unfreeze, collect, freeze again
+
+
+class FreezePlan:
+    """Which sessions are frozen, and what to do on each look."""
+
+    def __init__(
+        self,
+        thaw_share: float = THAW_SHARE,
+        thaw_min: int = THAW_MIN,
+        thaw_quiet: float = THAW_QUIET,
+    ) -> None:
+        self.thaw_share = thaw_share
+        self.thaw_min = thaw_min
+        self.thaw_quiet = thaw_quiet
+        self.last_freeze = -1e9
+        self.frozen: set[Hashable] = set()
+        self.freezes = 0
+        self.thaws = 0
+
+    def look(self, sessions: Collection[Hashable], bursting: bool, now: float) -> Action:
+        alive = set(sessions)
+        ended = len(self.frozen - alive)
+        calm = not bursting and now - self.last_freeze >= self.thaw_quiet
+        if calm and ended >= max(self.thaw_min, self.thaw_share * len(self.frozen)):
+            self.frozen = alive
+            self.thaws += 1
+            return Action.THAW
+        if alive - self.frozen:
+            self.frozen = alive | self.frozen  # the ended stay frozen (garbage until a thaw)
+            self.freezes += 1
+            self.last_freeze = now
+            return Action.FREEZE
+        return Action.NOTHING
+
+
+class GcFreezer:
+    """Looks every ``period`` s at the node's sessions and freezes or thaws."""
+
+    def __init__(
+        self,
+        sessions: Callable[[], Collection[Hashable]],
+        bursting: Callable[[], bool],
+        plan: FreezePlan | None = None,
+        period: float = PERIOD,
+    ) -> None:
+        self._sessions = sessions
+        self._bursting = bursting
+        self.plan = plan or FreezePlan()
+        self.period = period
+        self.last_thaw_s = 0.0  # the last thaw's pause (its collection), s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gc-freezer")
+
+    def step(self) -> Action:
+        action = self.plan.look(self._sessions(), self._bursting(), time.monotonic())
+        if action is Action.FREEZE:
+            gc.collect(1)  # the young generations' garbage first (cheap: young only)
+            gc.freeze()
+        elif action is Action.THAW:
+            t0 = time.perf_counter()
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            self.last_thaw_s = time.perf_counter() - t0
+            log.info(
+                "gc thaw: %.0f ms to collect the ended sessions' objects (%d frozen left)",
+                self.last_thaw_s * 1000,
+                gc.get_freeze_count(),
+            )
+        return action
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                self.step()
+            except Exception:  # never the end of the node
+                log.exception("gc freezer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

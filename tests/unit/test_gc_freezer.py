@@ -1,0 +1,49 @@
+"""Joined sessions leave the collector's full passes; enough ended ones bring a thaw."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from relay.ops.gc_freezer import Action, FreezePlan, GcFreezer
+
+
+def test_the_plan_freezes_new_sessions_and_thaws_when_many_ended() -> None:
+    plan = FreezePlan(thaw_share=0.5, thaw_min=2, thaw_quiet=10)
+    assert plan.look([], bursting=False, now=0) is Action.NOTHING
+    assert plan.look(["a", "b", "c"], bursting=True, now=1) is Action.FREEZE
+    assert plan.look(["a", "b", "c"], bursting=True, now=2) is Action.NOTHING
+    assert plan.look(["a", "b", "c", "d"], bursting=True, now=3) is Action.FREEZE
+    # two of four ended: a thaw, but not while joins are under way, nor soon after one came
+    assert plan.look(["c", "d"], bursting=True, now=14) is Action.NOTHING
+    assert plan.look(["c", "d"], bursting=False, now=5) is Action.NOTHING
+    assert plan.look(["c", "d"], bursting=False, now=14) is Action.THAW
+    assert plan.frozen == {"c", "d"}
+    assert plan.look(["d"], bursting=False, now=30) is Action.NOTHING  # below thaw_min
+
+
+class Session:
+    """A session whose objects refer to each other (as a peer connection's do)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_frozen_sessions_are_not_collected_until_the_thaw() -> None:
+    sessions: dict[str, Session] = {}
+    plan = FreezePlan(thaw_min=1, thaw_quiet=0)
+    freezer = GcFreezer(lambda: sessions.keys(), lambda: False, plan)
+    gc.collect()
+    frozen_before = gc.get_freeze_count()
+    try:
+        sessions["s1"] = Session()
+        gone = weakref.ref(sessions["s1"])
+        assert freezer.step() is Action.FREEZE
+        assert gc.get_freeze_count() > frozen_before
+        del sessions["s1"]
+        gc.collect()
+        assert gone() is not None  # frozen garbage: out of the collector's reach
+        assert freezer.step() is Action.THAW
+        assert gone() is None
+    finally:
+        gc.unfreeze()
