@@ -249,12 +249,12 @@ def _tapped_rtp_handler(
     receiver: RTCRtpReceiver, sink: PacketSink
 ) -> Callable[[Any, int], Coroutine[Any, Any, None]]:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` (1.14-1.16) for a receiver whose packets go
-        to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
-        ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The changes:
-        the active-SSRC time (an aware datetime) is refreshed once a second, not per packet, and
-        payloads are depayloaded by ``rtp_reader.depayloader`` and the RTCP statistics kept by
-    ``rtp_reader.new_stream_statistics`` (both in C when built). State is
-        read from the receiver per packet (simulcast and others replace the NACK generator)."""
+    to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
+    ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The changes:
+    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet;
+    payloads are depayloaded by ``rtp_reader.depayloader`` and the RTCP statistics kept by
+    ``rtp_reader.new_stream_statistics`` (both in C when built). State is read from the
+    receiver per packet (simulcast and others replace the NACK generator)."""
     codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
     streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
