@@ -8,6 +8,8 @@
   (fallback: pylibsrtp's unprotect_rtcp + ``relay/media/cc_feedback.py``'s split_feedback);
 * ``relay/rtc/_udp_batch.c``: recvmmsg/sendmmsg for the node's shared UDP port (fallback:
   ``relay/rtc/udp_batch.py``'s recvfrom/sendto loops);
+* ``relay/media/_reassembly.c``: an anchor's packets put in order and released as frames
+  (fallback: ``relay/media/reassembly.py``'s ``PyReorder``);
 * ``relay/media/_twcc.c``: a viewer's transport-cc feedback parsed and matched against what was
   sent (fallback: the Python loop in ``relay/media/estimator.py``);
 * ``gateway/mixer/_halve.c``: the mixer's exact 2:1 downscale (fallback: libswscale);
@@ -42,6 +44,12 @@ setup(
         Extension(
             "relay.rtc._udp_batch",
             ["relay/rtc/_udp_batch.c"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
+        Extension(
+            "relay.media._reassembly",
+            ["relay/media/_reassembly.c"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         ),

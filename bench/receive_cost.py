@@ -7,7 +7,11 @@ receive session (replay protection is per session):
 
 * ``read``: decrypt + parse: pylibsrtp's ``unprotect`` + aiortc's ``RtpPacket.parse`` against
   ``_rtp_reader.c``'s one call;
-* ``depayload``: aiortc's ``h264_depayload`` against the C one.
+* ``depayload``: aiortc's ``h264_depayload`` against the C one;
+* ``statistics``: aiortc's ``StreamStatistics.add`` (the RTCP receiver report's figures)
+  against ``_rtp_reader.c``'s;
+* ``assemble``: ``FrameAssembler.push`` per packet (frames of 6 packets, each frame finished in
+  Python either way) with the Python reorder core against ``_reassembly.c``'s.
 
 Thread CPU, best of ``--rounds``, in microseconds per packet.
 
@@ -24,8 +28,9 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Policy, Session
 
+from relay.media.reassembly import FrameAssembler
 from relay.rtc import rtp_reader
-from relay.rtc.rtp_reader import depayloader, new_rtp_reader
+from relay.rtc.rtp_reader import depayloader, new_rtp_reader, new_stream_statistics
 
 EXTENSIONS = {
     1: "urn:ietf:params:rtp-hdrext:sdes:mid",
@@ -99,6 +104,27 @@ def main() -> None:
             took = time.thread_time() - start
             name = f"depayload ({way})"
             best[name] = min(best.get(name, float("inf")), took / len(payloads))
+            stats = new_stream_statistics(90000, native=native)
+            start = time.thread_time()
+            for p in packets:
+                stats.add(p)
+            took = time.thread_time() - start
+            name = f"statistics ({way})"
+            best[name] = min(best.get(name, float("inf")), took / len(packets))
+            asm = FrameAssembler("video", "H264", native=native)
+            pushed = [
+                (p.sequence_number, p.timestamp, p.marker, p.payload, unpack(p.payload))
+                for p in packets
+                if p is not None
+            ]
+            frames = 0
+            start = time.thread_time()
+            for seq, ts, marker, payload, data in pushed:
+                frames += len(asm.push(seq, ts, marker, payload, data, 0.0).frames)
+            took = time.thread_time() - start
+            assert frames == len(pushed) // 6, frames
+            name = f"assemble ({way})"
+            best[name] = min(best.get(name, float("inf")), took / len(pushed))
     for name, seconds in sorted(best.items()):
         print(f"{name}: {seconds * 1e6:.2f} us per packet (best of {args.rounds})")
     print(f"load average {os.getloadavg()}")

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-import psutil
 from fastapi import APIRouter, Request
 
 from relay.auth.tokens import LINK_SUBJECT_PREFIX, TokenAuthority, bearer_token
@@ -34,6 +33,7 @@ from relay.cluster.registry import (
 )
 from relay.cluster.routing import FRESH_VIEW, Decision, Full, Redirect, judged_at, route
 from relay.errors import ServiceUnavailable, StagecastError
+from relay.ops.process_cpu import ProcessCpu
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +135,14 @@ class ClusterNode:
         self._owned: set[str] = set()
         self._owned_now: set[str] = set()
         self._last_bytes: tuple[float, int] | None = None
-        self._proc = psutil.Process()
+        self._cpu = ProcessCpu()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
-        self._proc.cpu_percent(None)
+        self._cpu.percent()
         await self.beat()
         nid = self.config.node_id
         self._tasks = [
@@ -199,7 +199,7 @@ class ClusterNode:
             max_viewers=cfg.max_viewers,
             egress_bps=round(bps, 1),
             max_egress_bps=cfg.max_egress_bps,
-            cpu=float(self._proc.cpu_percent(None)),
+            cpu=self._cpu.percent(),
             draining=self.draining,
             rooms=tuple(sorted(set(load.rooms) | set(load.owned))),
             upstream=cfg.upstream,

@@ -8,15 +8,26 @@ A gap (a missing sequence number with later packets already in) that NACK does n
 a keyframe. A frame whose packets merely arrive slowly (a paced keyframe, a busy loop) has no gap
 and is never cut. After a skip, or at the start, a frame is only released from its first packet:
 the tail of a broken frame never reaches viewers.
+
+Which packets leave, and when, is a ``Reorder`` core: in C when built (``_reassembly.c``, one
+call per packet that returns None for most of them), ``PyReorder`` otherwise and as the
+reference the tests hold the C one to. ``FrameAssembler`` finishes each frame a core releases
+(filler and forged SEI removed, keyframe detected): Python work per frame, not per packet.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Protocol
 
 from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.keyframes import is_keyframe
 from relay.media.sei import annexb, hides_claimed_sei, strip_claimed_sei
+
+try:
+    from . import _reassembly as _native
+except ImportError:  # built without a C compiler: PyReorder
+    _native = None  # type: ignore[assignment]
 
 
 class Unwrapper:
@@ -78,21 +89,47 @@ def starts_frame(codec: str, packet: _Packet) -> bool:
     return True
 
 
-class FrameAssembler:
-    """Marker-bit frame assembly for one video SSRC; every audio packet is a frame of its own."""
+Run = tuple[int, list[bytes], list[bytes], list[float]]
+"""A completed frame's packets as a reorder core hands them over: (timestamp, payloads, data,
+arrivals); ``data`` is each packet's depayloaded bytes."""
 
-    def __init__(
+
+class Reorder(Protocol):
+    """What decides which packets leave as a frame: ``PyReorder``, or the C one
+    (``_reassembly.c``) the tests hold to it."""
+
+    def push(
         self,
-        kind: MediaKind,
-        codec: str,
-        *,
-        max_wait: float = 0.1,
-        max_packets: int = 1024,
-        trusted_sei: bool = False,
-    ) -> None:
-        """``trusted_sei``: keep SEI messages in stagecast's name (a pull from another node of
-        ours); from anchors they are removed (``sei.strip_claimed_sei``)."""
-        self.kind = kind
+        sequence_number: int,
+        timestamp: int,
+        marker: bool,
+        payload: bytes,
+        data: bytes,
+        now: float,
+        /,
+    ) -> tuple[list[Run], bool] | None:
+        """Completed frames and whether a keyframe is needed (a frame was skipped); None: no
+        frame and no skip (most packets)."""
+        ...
+
+    @property
+    def next_sequence(self) -> int | None: ...
+
+    @property
+    def frames_skipped(self) -> int: ...
+
+    @property
+    def pending(self) -> int:
+        """Packets held."""
+        ...
+
+
+class PyReorder:
+    """Marker-bit release for one video SSRC (every audio packet is a frame of its own): the
+    reference for the C core."""
+
+    def __init__(self, video: bool, codec: str, max_wait: float, max_packets: int) -> None:
+        self._video = video
         self.codec = codec
         self._max_wait = max_wait
         self._max_packets = max_packets
@@ -103,12 +140,11 @@ class FrameAssembler:
         self._gap_since: float | None = None
         self._resync = True  # the next frame must begin with a frame's first packet
         self._lost = False
-        self.frames_out = 0
         self.frames_skipped = 0
-        self.filler_bytes = 0
-        self.sei_removed = 0  # RTP payloads dropped or rewritten for a forged SEI message
-        self._h264 = codec.upper() == "H264"
-        self._strip_sei = self._h264 and not trusted_sei
+
+    @property
+    def pending(self) -> int:
+        return len(self._packets)
 
     def push(
         self,
@@ -118,16 +154,16 @@ class FrameAssembler:
         payload: bytes,
         data: bytes,
         now: float,
-    ) -> AssemblyResult:
+    ) -> tuple[list[Run], bool] | None:
         seq = self._seq.unwrap(sequence_number)
         ts = self._ts.unwrap(timestamp)
         if self._next is None:
             self._next = seq
         if seq < self._next or seq in self._packets:
-            return AssemblyResult([])  # late or duplicate
-        if self.kind == "audio":
+            return None  # late or duplicate
+        if not self._video:
             self._next = seq + 1
-            return AssemblyResult([self._frame([_Packet(ts, marker, payload, data, now)])])
+            return [(ts, [payload], [data], [now])], False
         packets = self._packets
         packets[seq] = _Packet(ts, marker, payload, data, now)
         if (
@@ -138,7 +174,7 @@ class FrameAssembler:
         ):
             # it extends that run and ends no frame (most packets of a frame): nothing to drain,
             # still no hole; skipping the drain keeps a frame's assembly linear in its packets
-            return AssemblyResult([])
+            return None
         frames = self._drain()
         self._track_gap(now)
         if self._packets and self._stalled(now):
@@ -146,7 +182,9 @@ class FrameAssembler:
             frames.extend(self._drain())
             self._track_gap(now)
         need_keyframe, self._lost = self._lost, False
-        return AssemblyResult(frames, need_keyframe)
+        if not frames and not need_keyframe:
+            return None
+        return frames, need_keyframe
 
     @property
     def next_sequence(self) -> int | None:
@@ -176,8 +214,8 @@ class FrameAssembler:
             self._gap_since is not None and now - self._gap_since > self._max_wait
         )
 
-    def _drain(self) -> list[EncodedFrame]:
-        out: list[EncodedFrame] = []
+    def _drain(self) -> list[Run]:
+        out: list[Run] = []
         if self._next is None:  # everything was dropped: restart at the next packet
             return out
         while True:
@@ -202,11 +240,14 @@ class FrameAssembler:
                 self._lost = True
                 continue
             self._resync = False
-            if self._strip_sei:
-                packets = self._without_forged_sei(packets)
-                if not packets:  # nothing but a forged SEI message
-                    continue
-            out.append(self._frame(packets))
+            out.append(
+                (
+                    last_ts,
+                    [p.payload for p in packets],
+                    [p.data for p in packets],
+                    [p.arrival for p in packets],
+                )
+            )
 
     def _skip_gap(self) -> None:
         """Drop everything up to the first marker after the gap (the frame the gap broke)."""
@@ -224,37 +265,138 @@ class FrameAssembler:
         self._lost = True
         self.frames_skipped += 1
 
-    def _without_forged_sei(self, packets: list[_Packet]) -> list[_Packet]:
-        changes = strip_claimed_sei([p.payload for p in packets])
+
+def new_reorder(
+    video: bool, codec: str, max_wait: float, max_packets: int, *, native: bool = True
+) -> Reorder:
+    """The C core when built and ``native``, else ``PyReorder``."""
+    if native and _native is not None:
+        core: Reorder = _native.Reorder(video, codec, max_wait, max_packets)
+        return core
+    return PyReorder(video, codec, max_wait, max_packets)
+
+
+_NOTHING = AssemblyResult([])
+
+
+class FrameAssembler:
+    """Marker-bit frame assembly for one video SSRC; every audio packet is a frame of its own.
+    The packet ordering is a ``Reorder`` core (in C when built); this finishes each frame it
+    releases (filler and forged SEI removed, keyframe detected)."""
+
+    def __init__(
+        self,
+        kind: MediaKind,
+        codec: str,
+        *,
+        max_wait: float = 0.1,
+        max_packets: int = 1024,
+        trusted_sei: bool = False,
+        native: bool = True,
+    ) -> None:
+        """``trusted_sei``: keep SEI messages in stagecast's name (a pull from another node of
+        ours); from anchors they are removed (``sei.strip_claimed_sei``). ``native`` False:
+        the Python core (tests compare the two)."""
+        self.kind = kind
+        self.codec = codec
+        self._core = new_reorder(kind == "video", codec, max_wait, max_packets, native=native)
+        self.frames_out = 0
+        self.filler_bytes = 0
+        self.sei_removed = 0  # RTP payloads dropped or rewritten for a forged SEI message
+        self._h264 = codec.upper() == "H264"
+        self._strip_sei = self._h264 and not trusted_sei
+
+    def push(
+        self,
+        sequence_number: int,
+        timestamp: int,
+        marker: bool,
+        payload: bytes,
+        data: bytes,
+        now: float,
+    ) -> AssemblyResult:
+        """The frames this packet completes (none for most packets: the shared empty result,
+        never to be changed)."""
+        out = self._core.push(sequence_number, timestamp, marker, payload, data, now)
+        if out is None:
+            return _NOTHING
+        runs, need_keyframe = out
+        frames = []
+        for run in runs:
+            frame = self._finish(*run)
+            if frame is not None:
+                frames.append(frame)
+        return AssemblyResult(frames, need_keyframe)
+
+    @property
+    def next_sequence(self) -> int | None:
+        """The 16-bit sequence number the next frame must start at (None: restarting); a
+        packet before it is late and dropped."""
+        return self._core.next_sequence
+
+    @property
+    def frames_skipped(self) -> int:
+        return self._core.frames_skipped
+
+    @property
+    def pending(self) -> int:
+        """Packets held for frames not complete yet."""
+        return self._core.pending
+
+    def _finish(
+        self, timestamp: int, payloads: list[bytes], data: list[bytes], arrivals: list[float]
+    ) -> EncodedFrame | None:
+        if self._strip_sei:
+            kept = self._without_forged_sei(payloads, data, arrivals)
+            if kept is None:  # nothing but a forged SEI message
+                return None
+            payloads, data, arrivals = kept
+        return self._frame(timestamp, payloads, data, arrivals)
+
+    def _without_forged_sei(
+        self, payloads: list[bytes], data: list[bytes], arrivals: list[float]
+    ) -> tuple[list[bytes], list[bytes], list[float]] | None:
+        changes = strip_claimed_sei(payloads)
         if changes:
             self.sei_removed += len(changes)
-            out: list[_Packet | None] = list(packets)
+            rows: list[tuple[bytes, bytes, float] | None] = list(
+                zip(payloads, data, arrivals, strict=True)
+            )
             for i, new in changes:
-                out[i] = None if new is None else replace(packets[i], payload=new, data=annexb(new))
-            packets = [p for p in out if p is not None]
-        if hides_claimed_sei([p.payload for p in packets], b"".join(p.data for p in packets)):
-            self.sei_removed += len(packets)
-            return []  # a forged message hidden inside another NAL unit: the frame goes
-        return packets
+                rows[i] = None if new is None else (new, annexb(new), arrivals[i])
+            kept = [r for r in rows if r is not None]
+            if not kept:
+                return None
+            payloads = [r[0] for r in kept]
+            data = [r[1] for r in kept]
+            arrivals = [r[2] for r in kept]
+        if hides_claimed_sei(payloads, b"".join(data)):
+            self.sei_removed += len(payloads)
+            return None  # a forged message hidden inside another NAL unit: the frame goes
+        return payloads, data, arrivals
 
-    def _frame(self, packets: list[_Packet]) -> EncodedFrame:
+    def _frame(
+        self, timestamp: int, payloads: list[bytes], data: list[bytes], arrivals: list[float]
+    ) -> EncodedFrame:
         if self._h264:
             # CBR encoders (x264 with nal-hrd=cbr, as OBS sets it) pad with filler NAL units,
             # up to half of the bitrate: no decoder needs them, so no viewer is sent them.
-            kept = [p for p in packets if not is_h264_filler(p.payload)]
-            if kept and len(kept) < len(packets):
-                self.filler_bytes += sum(len(p.payload) for p in packets) - sum(
-                    len(p.payload) for p in kept
+            keep = [i for i, p in enumerate(payloads) if not is_h264_filler(p)]
+            if keep and len(keep) < len(payloads):
+                self.filler_bytes += sum(len(payloads[i]) for i in range(len(payloads))) - sum(
+                    len(payloads[i]) for i in keep
                 )
-                packets = kept
-        data = b"".join(p.data for p in packets)
+                payloads = [payloads[i] for i in keep]
+                data = [data[i] for i in keep]
+                arrivals = [arrivals[i] for i in keep]
+        joined = b"".join(data)
         self.frames_out += 1
         return EncodedFrame(
             kind=self.kind,
             codec=self.codec,
-            timestamp=packets[-1].timestamp,
-            payloads=tuple(p.payload for p in packets),
-            data=data,
-            keyframe=is_keyframe(self.codec, data),
-            received_at=packets[-1].arrival,
+            timestamp=timestamp,
+            payloads=tuple(payloads),
+            data=joined,
+            keyframe=is_keyframe(self.codec, joined),
+            received_at=arrivals[-1],
         )

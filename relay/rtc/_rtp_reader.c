@@ -27,6 +27,7 @@ static const char *ext_names[X_COUNT] = {
 };
 static PyObject *ext_strs[X_COUNT];
 static PyObject *s_csrc, *s_extensions, *s_padding_size;
+static PyObject *s_sequence_number, *s_timestamp, *s_time, *time_module;
 
 typedef struct {
     PyObject_HEAD
@@ -436,6 +437,196 @@ static PyObject *depayload_vp8(PyObject *module, PyObject *arg) {
     return out;
 }
 
+/* --- Receiver statistics (aiortc's StreamStatistics) ------------------------------------------
+ * What aiortc's RTCRtpReceiver keeps per remote SSRC for its RTCP receiver reports and getStats:
+ * the same fields, the same arithmetic (RFC 3550 A.3 and A.8 as aiortc writes them), so the RRs
+ * we send stay the same. One per packet in Python was a method call with two uint16 compares,
+ * time.time() and a dozen attribute stores. */
+
+typedef struct {
+    PyObject_HEAD
+    int has_max; /* base_seq and max_seq are None until the first packet */
+    long base_seq, max_seq;
+    long long cycles, packets_received;
+    long long clockrate;
+    long long jitter_q4;
+    int has_last;
+    long long last_arrival, last_timestamp;
+    long long expected_prior, received_prior;
+} Stats;
+
+static int uint16_gt(long a, long b) {
+    return (a < b && b - a > 0x8000) || (a > b && a - b < 0x8000);
+}
+
+static int Stats_init(Stats *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"clockrate", NULL};
+    long long clockrate;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "L", kwlist, &clockrate))
+        return -1;
+    self->clockrate = clockrate;
+    return 0;
+}
+
+/* StreamStatistics.add, with the arrival (seconds, time.time()'s clock) given or read. */
+static PyObject *stats_add(Stats *self, long seq, long long timestamp, double now) {
+    int in_order = !self->has_max || uint16_gt(seq, self->max_seq);
+    self->packets_received++;
+    if (!self->has_max) {
+        self->has_max = 1;
+        self->base_seq = seq;
+        self->max_seq = seq; /* set again below: in order */
+    }
+    if (in_order) {
+        long long arrival = (long long)(now * (double)self->clockrate);
+        if (self->packets_received > 1 && seq < self->max_seq)
+            self->cycles += 1 << 16;
+        self->max_seq = seq;
+        if (self->has_last && timestamp != self->last_timestamp && self->packets_received > 1) {
+            long long diff = (arrival - self->last_arrival) - (timestamp - self->last_timestamp);
+            if (diff < 0)
+                diff = -diff;
+            /* Python's >> floors: so does an arithmetic shift of a negative long long here */
+            self->jitter_q4 += diff - ((self->jitter_q4 + 8) >> 4);
+        }
+        self->has_last = 1;
+        self->last_arrival = arrival;
+        self->last_timestamp = timestamp;
+    }
+    Py_RETURN_NONE;
+}
+
+/* time.time(), looked up at each call as aiortc's module does (tests replace it) */
+static double wall_seconds(void) {
+    PyObject *t = PyObject_CallMethodNoArgs(time_module, s_time);
+    if (t == NULL)
+        return -1.0;
+    double v = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    return v;
+}
+
+static PyObject *Stats_add(Stats *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "add(packet, now=None)");
+        return NULL;
+    }
+    PyObject *v = PyObject_GetAttr(args[0], s_sequence_number);
+    if (v == NULL)
+        return NULL;
+    long seq = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (seq == -1 && PyErr_Occurred())
+        return NULL;
+    v = PyObject_GetAttr(args[0], s_timestamp);
+    if (v == NULL)
+        return NULL;
+    long long ts = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    if (ts == -1 && PyErr_Occurred())
+        return NULL;
+    double now;
+    if (nargs == 2 && args[1] != Py_None)
+        now = PyFloat_AsDouble(args[1]);
+    else
+        now = wall_seconds();
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    return stats_add(self, seq, ts, now);
+}
+
+static long long stats_expected(Stats *self) {
+    return self->cycles + self->max_seq - self->base_seq + 1;
+}
+
+static PyObject *Stats_fraction_lost(Stats *self, void *closure) {
+    long long expected = stats_expected(self);
+    long long expected_interval = expected - self->expected_prior;
+    self->expected_prior = expected;
+    long long received_interval = self->packets_received - self->received_prior;
+    self->received_prior = self->packets_received;
+    long long lost_interval = expected_interval - received_interval;
+    if (expected_interval == 0 || lost_interval <= 0)
+        return PyLong_FromLong(0);
+    /* Python's // floors; both operands are positive here */
+    return PyLong_FromLongLong((lost_interval << 8) / expected_interval);
+}
+
+static PyObject *Stats_jitter(Stats *self, void *closure) {
+    return PyLong_FromLongLong(self->jitter_q4 >> 4);
+}
+
+static PyObject *Stats_packets_expected(Stats *self, void *closure) {
+    if (!self->has_max) {
+        PyErr_SetString(PyExc_TypeError, "no packet yet");
+        return NULL;
+    }
+    return PyLong_FromLongLong(stats_expected(self));
+}
+
+static PyObject *Stats_packets_lost(Stats *self, void *closure) {
+    if (!self->has_max) {
+        PyErr_SetString(PyExc_TypeError, "no packet yet");
+        return NULL;
+    }
+    long long lost = stats_expected(self) - self->packets_received;
+    if (lost < -(1LL << 23))
+        lost = -(1LL << 23);
+    if (lost > (1LL << 23) - 1)
+        lost = (1LL << 23) - 1;
+    return PyLong_FromLongLong(lost);
+}
+
+static PyObject *Stats_base_seq(Stats *self, void *closure) {
+    if (!self->has_max)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->base_seq);
+}
+
+static PyObject *Stats_max_seq(Stats *self, void *closure) {
+    if (!self->has_max)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->max_seq);
+}
+
+static PyObject *Stats_cycles(Stats *self, void *closure) {
+    return PyLong_FromLongLong(self->cycles);
+}
+
+static PyObject *Stats_packets_received(Stats *self, void *closure) {
+    return PyLong_FromLongLong(self->packets_received);
+}
+
+static PyGetSetDef Stats_getset[] = {
+    {"base_seq", (getter)Stats_base_seq, NULL, NULL, NULL},
+    {"max_seq", (getter)Stats_max_seq, NULL, NULL, NULL},
+    {"cycles", (getter)Stats_cycles, NULL, NULL, NULL},
+    {"packets_received", (getter)Stats_packets_received, NULL, NULL, NULL},
+    {"fraction_lost", (getter)Stats_fraction_lost, NULL,
+     "lost since the previous reading, in 1/256 (reading it starts a new interval)", NULL},
+    {"jitter", (getter)Stats_jitter, NULL, NULL, NULL},
+    {"packets_expected", (getter)Stats_packets_expected, NULL, NULL, NULL},
+    {"packets_lost", (getter)Stats_packets_lost, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Stats_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))Stats_add, METH_FASTCALL,
+     "add(packet, now=None): count a received RtpPacket (now: time.time() when None)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StatsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.rtc._rtp_reader.StreamStatistics",
+    .tp_basicsize = sizeof(Stats),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "StreamStatistics(clockrate): aiortc's receiver statistics of one SSRC, in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Stats_init,
+    .tp_methods = Stats_methods,
+    .tp_getset = Stats_getset,
+};
+
 static PyMethodDef module_methods[] = {
     {"depayload_h264", depayload_h264, METH_O,
      "depayload_h264(payload) -> bytes: aiortc's h264_depayload (ValueError where it raises)."},
@@ -481,9 +672,15 @@ PyMODINIT_FUNC PyInit__rtp_reader(void) {
     s_csrc = PyUnicode_InternFromString("csrc");
     s_extensions = PyUnicode_InternFromString("extensions");
     s_padding_size = PyUnicode_InternFromString("padding_size");
-    if (!s_csrc || !s_extensions || !s_padding_size)
+    s_sequence_number = PyUnicode_InternFromString("sequence_number");
+    s_timestamp = PyUnicode_InternFromString("timestamp");
+    if (!s_csrc || !s_extensions || !s_padding_size || !s_sequence_number || !s_timestamp)
         return NULL;
-    if (PyType_Ready(&ReaderType) < 0)
+    s_time = PyUnicode_InternFromString("time");
+    time_module = PyImport_ImportModule("time");
+    if (s_time == NULL || time_module == NULL)
+        return NULL;
+    if (PyType_Ready(&ReaderType) < 0 || PyType_Ready(&StatsType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -491,6 +688,12 @@ PyMODINIT_FUNC PyInit__rtp_reader(void) {
     Py_INCREF(&ReaderType);
     if (PyModule_AddObject(m, "RtpReader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(&ReaderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&StatsType);
+    if (PyModule_AddObject(m, "StreamStatistics", (PyObject *)&StatsType) < 0) {
+        Py_DECREF(&StatsType);
         Py_DECREF(m);
         return NULL;
     }

@@ -101,7 +101,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpHeaderExtensionParameters,
     RTCRtpSendParameters,
 )
-from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RtcpPsfbPacket,
@@ -121,7 +121,7 @@ from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.mux_table import is_stun
 from relay.rtc.rtcp_reader import RtcpReader, new_rtcp_reader
-from relay.rtc.rtp_reader import RtpReader, depayloader, new_rtp_reader
+from relay.rtc.rtp_reader import RtpReader, depayloader, new_rtp_reader, new_stream_statistics
 
 log = logging.getLogger(__name__)
 
@@ -268,16 +268,27 @@ def _tapped_rtp_handler(
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` (1.14-1.16) for a receiver whose packets go
     to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
     ``sink`` in place of the jitter buffer and the decoder queue it never feeds. The changes:
-    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet, and
-    payloads are depayloaded by ``rtp_reader.depayloader`` (in C when built). State is
-    read from the receiver per packet (simulcast and others replace the NACK generator)."""
+    the active-SSRC time (an aware datetime) is refreshed once a second, not per packet;
+    payloads are depayloaded by ``rtp_reader.depayloader`` and the RTCP statistics kept by
+    ``rtp_reader.new_stream_statistics`` (both in C when built). State is read from the
+    receiver per packet (simulcast and others replace the NACK generator)."""
     codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
     streams: dict[int, Any] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     rtx_ssrc: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
     active: dict[int, Any] = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
     refreshed: dict[int, float] = {}
-    depayloaders: dict[str, Callable[[bytes], bytes]] = {}  # by MIME type (rtp_reader's)
+    # per codec object (by id, the object kept to check): whether it is RTX, and its
+    # depayloader (rtp_reader's); aiortc's is_rtx and .name split the MIME type at every packet
+    kinds: dict[int, tuple[RTCRtpCodecParameters, bool, Callable[[bytes], bytes]]] = {}
     clock = time.monotonic
+
+    def kind_of(codec: RTCRtpCodecParameters) -> tuple[bool, Callable[[bytes], bytes]]:
+        known = kinds.get(id(codec))
+        if known is None or known[0] is not codec:
+            if len(kinds) > 64:  # codec objects of earlier negotiations
+                kinds.clear()
+            known = kinds[id(codec)] = (codec, is_rtx(codec), depayloader(codec.name) or bytes)
+        return known[1], known[2]
 
     async def handle(packet: Any, arrival_time_ms: int) -> None:
         if not receiver._enabled:
@@ -307,9 +318,10 @@ def _tapped_rtp_handler(
             return
         stream = streams.get(ssrc)
         if stream is None:
-            stream = streams[ssrc] = StreamStatistics(codec.clockRate)
+            stream = streams[ssrc] = new_stream_statistics(codec.clockRate)
         stream.add(packet)
-        if is_rtx(codec):
+        rtx, unpack = kind_of(codec)
+        if rtx:
             original = rtx_ssrc.get(ssrc)
             apt = codec.parameters.get("apt")
             if original is None or len(packet.payload) < 2 or not isinstance(apt, int):
@@ -318,17 +330,12 @@ def _tapped_rtp_handler(
                 return
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
             codec = codecs[apt]
+            unpack = kind_of(codec)[1]
         nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
         if nacks is not None and nacks.add(packet):
             await receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing))
         try:
-            if not packet.payload:
-                packet._data = b""
-            else:
-                unpack = depayloaders.get(codec.mimeType)
-                if unpack is None:
-                    unpack = depayloaders[codec.mimeType] = depayloader(codec.name) or bytes
-                packet._data = unpack(packet.payload)
+            packet._data = unpack(packet.payload) if packet.payload else b""
         except ValueError:
             return
         sink(packet, codec)

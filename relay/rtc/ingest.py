@@ -60,6 +60,7 @@ class TrackIngest:
         self._clock = clock
         self._max_wait = max_wait
         self._assembler: FrameAssembler | None = None
+        self._codec: RTCRtpCodecParameters | None = None  # the codec _assembler was checked for
         self.ssrc: int | None = None
         self.packets = 0
         self.bytes = 0
@@ -95,10 +96,12 @@ class TrackIngest:
             self._lowest = min(self._lowest, seq)
             self._highest = max(self._highest, seq)
         asm = self._assembler
-        if asm is None or asm.codec != codec.name:
-            asm = self._assembler = FrameAssembler(
-                self.kind, codec.name, max_wait=self._max_wait, trusted_sei=self._trusted_sei
-            )
+        if asm is None or codec is not self._codec:  # (.name splits the MIME type: not per packet)
+            self._codec = codec
+            if asm is None or asm.codec != codec.name:
+                asm = self._assembler = FrameAssembler(
+                    self.kind, codec.name, max_wait=self._max_wait, trusted_sei=self._trusted_sei
+                )
         result = asm.push(
             packet.sequence_number,
             packet.timestamp,
@@ -166,6 +169,7 @@ class SimulcastIngest(TrackIngest):
         outputs.layers.ssrc = self.demux.ssrc
         outputs.requester = self.request_layer
         self._layers: dict[str, FrameAssembler] = {}
+        self._layer_codecs: dict[str, RTCRtpCodecParameters] = {}
         self._layer_seq: dict[str, tuple[Unwrapper, list[int]]] = {}  # [packets, low, high]
         super().__init__("video", receiver, AudioFan(outputs), clock=clock, max_wait=max_wait)
         install_simulcast_receive(receiver, self.demux.ssrc)
@@ -188,8 +192,12 @@ class SimulcastIngest(TrackIngest):
         outputs = self.outputs
         outputs.packet(rid, now)
         asm = self._layers.get(rid)
-        if asm is None or asm.codec != codec.name:
-            asm = self._layers[rid] = FrameAssembler("video", codec.name, max_wait=self._max_wait)
+        if asm is None or codec is not self._layer_codecs.get(rid):
+            self._layer_codecs[rid] = codec
+            if asm is None or asm.codec != codec.name:
+                asm = self._layers[rid] = FrameAssembler(
+                    "video", codec.name, max_wait=self._max_wait
+                )
         result = asm.push(
             packet.sequence_number,
             packet.timestamp,

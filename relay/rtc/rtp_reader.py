@@ -4,7 +4,8 @@ built.
 Per anchor packet, pylibsrtp's ``unprotect`` (a cffi call and two copies) and aiortc's
 ``RtpPacket.parse`` (struct unpacks, a header extension list, a dataclass) cost more than the
 decryption itself (issue 20). The C reader (``_rtp_reader.c`` beside it) does both in one call
-and returns the same aiortc ``RtpPacket``; ``PyRtpReader`` is the fallback and the reference the
+and returns the same aiortc ``RtpPacket``; it also holds aiortc's per-SSRC receiver statistics
+in C (``new_stream_statistics``); ``PyRtpReader`` is the fallback and the reference the
 tests hold the C one to. Both decrypt with the transport's own pylibsrtp session; the C one
 reaches pylibsrtp's binding (``Session._srtp``, ``srtp_unprotect``) and the negotiated ids of
 aiortc's ``HeaderExtensionsMap`` (pinned with aiortc: ``tests/unit/test_rtp_reader.py`` fails
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import pylibsrtp
 from aiortc.codecs.h264 import h264_depayload
 from aiortc.codecs.vpx import vp8_depayload
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
@@ -96,6 +98,14 @@ def new_rtp_reader(
         )
         return reader
     return PyRtpReader(session, extensions)
+
+
+def new_stream_statistics(clockrate: int, *, native: bool = True) -> Any:
+    """aiortc's ``StreamStatistics`` (a receiver's per-SSRC figures for its RTCP receiver
+    reports and getStats), in C when built and ``native``: the same fields and arithmetic."""
+    if native and _native is not None:
+        return _native.StreamStatistics(clockrate)
+    return StreamStatistics(clockrate)
 
 
 Depayloader = Callable[[bytes], bytes]

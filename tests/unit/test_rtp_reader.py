@@ -277,3 +277,82 @@ def test_the_same_bitstream_out_of_each_payload(codec: str) -> None:
     assert out_c == out_py
     assert any(isinstance(o, bytes) and o for o in out_c)
     assert any(isinstance(o, tuple) for o in out_c)
+
+
+class _Clock:
+    """Stands in for the ``time`` module aiortc's receiver statistics read ``time.time()``
+    from, so that both implementations see the same arrival times."""
+
+    def __init__(self) -> None:
+        self.now = 1_765_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+STATS_FIELDS = ("base_seq", "max_seq", "cycles", "packets_received", "jitter")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_same_receiver_statistics(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiortc's StreamStatistics and the C one on the same packets and arrival times: loss,
+    reordering and duplicates across the sequence wrap, timestamp jumps and wraps, restarts,
+    jittery arrivals; every field after each packet, and the RR's fraction lost (which starts
+    a new interval when read) every few packets."""
+    from aiortc import rtcrtpreceiver
+    from aiortc.rtcrtpreceiver import StreamStatistics
+
+    clock = _Clock()
+    monkeypatch.setattr(rtcrtpreceiver, "time", clock)
+    rng = random.Random(seed)
+    for clockrate in (90000, 48000):
+        ours = rtp_reader.new_stream_statistics(clockrate)
+        reference = StreamStatistics(clockrate)
+        assert type(ours) is not StreamStatistics
+        assert ours.base_seq is None and ours.max_seq is None
+        seq, ts = rng.choice([65500, rng.randrange(65536)]), rng.randrange(2**32)
+        for _ in range(3000):
+            step = rng.random()
+            if step < 0.05:
+                seq += rng.randint(2, 40)  # a burst lost
+            elif step < 0.1:
+                seq -= rng.randint(1, 10)  # late, or a duplicate
+            elif step < 0.11:
+                seq = rng.randrange(65536)  # a restart
+            else:
+                seq += 1
+            if rng.random() < 0.3:
+                ts += rng.choice([3000, 960, -3000, 2**31])
+            clock.now += rng.choice([0.0, 0.001, 0.0333, 0.2])
+            packet = RtpPacket(sequence_number=seq & 0xFFFF, timestamp=ts & 0xFFFFFFFF)
+            reference.add(packet)
+            ours.add(packet, clock.now)
+            assert [getattr(ours, f) for f in STATS_FIELDS] == [
+                getattr(reference, f) for f in STATS_FIELDS
+            ]
+            assert (ours.packets_expected, ours.packets_lost) == (
+                reference.packets_expected,
+                reference.packets_lost,
+            )
+            if rng.random() < 0.05:
+                assert ours.fraction_lost == reference.fraction_lost
+
+
+def test_receiver_statistics_read_the_wall_clock() -> None:
+    """Without ``now``: time.time(), as aiortc's (the jitter is in RTP clock units of it)."""
+    import time
+
+    from aiortc.rtcrtpreceiver import StreamStatistics
+
+    ours = rtp_reader.new_stream_statistics(90000)
+    reference = StreamStatistics(90000)
+    for i in range(3):
+        packet = RtpPacket(sequence_number=i, timestamp=i * 90000)  # one second apart
+        ours.add(packet)
+        reference.add(packet)
+        if i < 2:
+            time.sleep(0.05)
+    # arrivals ~0.05 s apart against timestamps 1 s apart: thousands of 90 kHz units; the two
+    # read the clock microseconds apart (more if the thread is preempted in between)
+    assert ours.jitter > 0
+    assert abs(ours.jitter - reference.jitter) < 0.02 * 90000
