@@ -55,7 +55,8 @@ def lies(rtcp_ssrc: int, media_ssrc: int, rng: random.Random) -> list[bytes]:
         + rng.randbytes(4)
     )
     truncated = struct.pack("!BBH", 0x81, 201, 7) + rng.randbytes(8)  # says 32 bytes, has 12
-    garbage = bytes([0x80, 200 + rng.randrange(8)]) + rng.randbytes(rng.randrange(2, 60))
+    # at least an RTCP header's 8 bytes: libsrtp will not protect less, so no client can send it
+    garbage = bytes([0x80, 200 + rng.randrange(8)]) + rng.randbytes(rng.randrange(6, 60))
     return [
         bytes(remb_huge),
         bytes(remb_zero),
