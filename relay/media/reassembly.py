@@ -6,8 +6,9 @@ as its marker packet arrives and every packet before it (back to the previous fr
 A gap (a missing sequence number with later packets already in) that NACK does not fill within
 ``max_wait`` is skipped with the frame it broke, and reported so the caller can ask the sender for
 a keyframe. A frame whose packets merely arrive slowly (a paced keyframe, a busy loop) has no gap
-and is never cut. After a skip, or at the start, a frame is only released from its first packet:
-the tail of a broken frame never reaches viewers.
+and is never cut. ``max_wait`` may change between packets (``relay.media.repair_wait``: the wait
+follows the publisher's repair times). After a skip, or at the start, a frame is only released
+from its first packet: the tail of a broken frame never reaches viewers.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class FrameAssembler:
         ours); from anchors they are removed (``sei.strip_claimed_sei``)."""
         self.kind = kind
         self.codec = codec
-        self._max_wait = max_wait
+        self.max_wait = max_wait
+        """Seconds a gap may hold the frames behind it (settable between packets)."""
         self._max_packets = max_packets
         self._seq = Unwrapper(16)
         self._ts = Unwrapper(32)
@@ -172,9 +174,27 @@ class FrameAssembler:
         return seq <= max(self._packets)
 
     def _stalled(self, now: float) -> bool:
-        return len(self._packets) > self._max_packets or (
-            self._gap_since is not None and now - self._gap_since > self._max_wait
-        )
+        if len(self._packets) > self._max_packets:
+            return True
+        since = self._gap_since
+        if since is None or now - since <= self.max_wait:
+            return False
+        # The clock started at the first hole seen; if that one was filled since, the hole
+        # now first is a later one: its own age decides (from the packet that revealed it).
+        since = self._gap_since = self._hole_seen(since)
+        return now - since > self.max_wait
+
+    def _hole_seen(self, since: float) -> float:
+        """When the first hole was seen: the arrival of the first packet after it."""
+        seq, packets = self._next, self._packets
+        if seq is None or not packets:
+            return since
+        end = max(packets)
+        while seq in packets:
+            seq += 1
+        while seq <= end and seq not in packets:
+            seq += 1
+        return max(since, packets[seq].arrival) if seq in packets else since
 
     def _drain(self) -> list[EncodedFrame]:
         out: list[EncodedFrame] = []
