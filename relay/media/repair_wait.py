@@ -11,8 +11,11 @@ after their frame was given up included (so a wait that is too short corrects it
 for one lost retransmission asked for again (twice the smoothed time) plus four deviations
 (TCP's retransmission timeout, RFC 6298) plus a margin, never below
 ``floor`` (the configured wait) and never above ``cap`` (the latency a hole may add to every
-viewer behind it). Frames with no hole are released on their marker as before: a clean leg,
-with nothing to repair, pays nothing, and a leg whose repairs come quickly keeps the floor.
+viewer behind it); back to ``floor`` while most repairs come after ``cap`` anyway (a congested
+uplink where the sender's pacer holds retransmissions for most of a second: waiting then only
+delays the keyframe the skip asks for). Frames with no hole are released on their marker as
+before: a clean leg, with nothing to repair, pays nothing, and a leg whose repairs come quickly
+keeps the floor.
 
 Sans-I/O: ``sample`` takes a measured repair time, ``wait`` is read by the frame assembler and
 the NACK tracker (``relay.media.reassembly``, ``relay.media.nack_tracker``) for every hole.
@@ -33,6 +36,12 @@ class RepairWaitPolicy:
     """Added to the estimate (seconds)."""
     deviations: float = 4.0
     """Mean deviations of the repair time added to its smoothed value (RFC 6298's K)."""
+    worth: float = 0.35
+    """The least share of repairs that come within ``cap`` (smoothed) for a hole to be waited
+    for beyond ``floor``: past ``cap`` the wait is lost time and the keyframe asked for at the
+    skip comes that much later. About when a wait of ``cap`` (0.3 s) costs less on average than
+    the keyframe it may spare (a round trip, the encoder and a large frame through the same
+    thin uplink, ~0.5 s)."""
     repeats: int = 1
     """Lost retransmissions in a row the wait allows for (each asked again after a repair
     time, so each costs one more): on a thin uplink the retransmission meets the same full
@@ -48,6 +57,8 @@ class RepairWait:
     """Smoothed repair time (seconds); None before the first."""
     deviation: float = 0.0
     samples: int = 0
+    in_time: float = 1.0
+    """Smoothed share of repairs that came within the cap."""
     wait: float = 0.0
     """The current wait (seconds)."""
 
@@ -65,6 +76,10 @@ class RepairWait:
             self.deviation = 0.75 * self.deviation + 0.25 * abs(self.smoothed - seconds)
             self.smoothed = 0.875 * self.smoothed + 0.125 * seconds
         policy = self.policy
+        self.in_time += ((seconds <= policy.cap) - self.in_time) / 8
+        if self.in_time < policy.worth:  # most holes cannot be repaired in time: skip soon
+            self.wait = policy.floor
+            return
         wanted = (
             (1 + policy.repeats) * self.smoothed
             + policy.deviations * self.deviation

@@ -130,14 +130,25 @@ def test_fast_repairs_keep_the_floor() -> None:
 
 
 def test_the_wait_is_capped() -> None:
-    """Repairs that take 0.6 s are not waited for: a hole holds the video at most the cap,
-    then its frame is skipped and a keyframe asked for."""
+    """Repairs that take 0.2 s, a cap of 0.25 s: a hole holds the video at most the cap."""
     repair = RepairWait(RepairWaitPolicy(floor=0.1, cap=0.25))
     lost = set(range(40, 1700, 97))
-    out = run(Leg(lost=lost, repair=0.6), 300, repair)
+    out = run(Leg(lost=lost, repair=0.2), 300, repair)
     assert repair.wait == 0.25
-    assert out.keyframe_requests == len(lost)
+    assert out.keyframe_requests == 1 and out.tracker.stats.recovered == len(lost) - 1
     assert max(out.held.values()) <= 0.25 + 0.04  # the cap, and the packet that finds it passed
+
+
+def test_repairs_that_never_come_in_time_are_not_waited_for() -> None:
+    """Repairs that take 0.6 s (a sender's pacer holding retransmissions): waiting the cap would
+    only delay the keyframe, so after the first few the wait is back at the floor."""
+    repair = RepairWait(RepairWaitPolicy(floor=0.1, cap=0.3))
+    lost = set(range(40, 1700, 97))
+    out = run(Leg(lost=lost, repair=0.6), 300, repair)
+    assert out.keyframe_requests == len(lost) and out.tracker.stats.recovered == 0
+    assert repair.wait == 0.1 and repair.in_time < 0.35
+    late_holds = sorted(out.held.items())[-100:]  # the last 100 frames: the floor's wait
+    assert max(h for _, h in late_holds) <= 0.1 + 0.04
 
 
 def test_a_lost_retransmission_is_asked_again_after_a_round_trip() -> None:
@@ -180,6 +191,12 @@ def test_repair_wait_estimate() -> None:
     assert repair.wait == 0.1
     repair.sample(-1.0)  # nonsense is ignored
     assert repair.samples == 61
-    for _ in range(5):
-        repair.sample(2.0)
+    for _ in range(3):
+        repair.sample(0.45)  # slow, still in time
+    assert repair.wait == 0.5
+    for _ in range(9):
+        repair.sample(2.0)  # never in time any more: not worth waiting for
+    assert repair.wait == 0.1
+    for _ in range(6):
+        repair.sample(0.2)  # in time again
     assert repair.wait == 0.5
