@@ -18,6 +18,7 @@ from relay.errors import Conflict, NotFound, Unprocessable
 from relay.media.frames import MediaKind
 from relay.media.lifecycle import SessionLifecycle
 from relay.media.nack_tracker import NackPolicy
+from relay.media.repair_wait import RepairWaitPolicy
 from relay.media.simulcast import LayerOutputs, LayerState, SimulcastLayers
 from relay.media.stream_key import StreamKey
 from relay.rtc.candidates import node_policy
@@ -169,9 +170,13 @@ class AnchorService:
                 session.layer_hubs,
                 keyframe_interval=media.keyframe_interval,
             )
-        nacks = None
+        nacks = repair = None
         if media.anchor_nack_tries > 1:  # asked again until the frame is skipped
             nacks = NackPolicy(max_tries=media.anchor_nack_tries, budget=media.reassembly_wait)
+            if media.anchor_repair_wait_max > media.reassembly_wait:
+                repair = RepairWaitPolicy(
+                    floor=media.reassembly_wait, cap=media.anchor_repair_wait_max
+                )
         try:
             for kind, spec in codecs.items():
                 transceiver = pc.addTransceiver(kind, direction="recvonly")
@@ -180,11 +185,11 @@ class AnchorService:
                 outputs = session.simulcast
                 if outputs is None:
                     session.ingests[kind] = TrackIngest(
-                        kind, receiver, hub, max_wait=wait, nacks=nacks
+                        kind, receiver, hub, max_wait=wait, nacks=nacks, repair=repair
                     )
                 elif kind == "video":
                     session.ingests[kind] = SimulcastIngest(
-                        receiver, outputs, max_wait=wait, nacks=nacks
+                        receiver, outputs, max_wait=wait, nacks=nacks, repair=repair
                     )
                 else:
                     session.ingests[kind] = TrackIngest(

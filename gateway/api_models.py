@@ -99,6 +99,13 @@ class AnchorView(BaseModel):
     nack_recovered_after_repeat: int = 0
     nack_given_up: int = 0
     """Missing video packets no longer asked for: out of tries or too late to be played."""
+    nack_late: int = 0
+    """Of those, packets that arrived after all, too late for their frame."""
+    repair_wait_ms: float | None = None
+    """How long a hole in the video may hold it now (media.anchor_repair_wait_max; None:
+    fixed reassembly_wait)."""
+    repair_time_ms: float | None = None
+    """Smoothed time from a gap to its missing packet's arrival (None: none measured)."""
 
 
 class ViewerView(BaseModel):

@@ -17,6 +17,7 @@ from relay.cluster.routing import missed_heartbeat
 from relay.errors import Conflict, NotFound
 from relay.http.whep import LayerRequest
 from relay.media.hub import FanoutHub
+from relay.media.repair_wait import RepairWait
 from relay.media.retransmit import Verdict
 from relay.rtc.nack_requests import NackRequests
 from relay.rtc.viewers import ViewerService, ViewerSession
@@ -148,6 +149,7 @@ def anchor_view(session: AnchorSession) -> AnchorView:
         transport_cc=cc is not None and cc.negotiated,
         feedback_packets_sent=cc.stats.feedback_packets if cc is not None else 0,
         **nack_counts(video.nacks if video is not None else None),
+        **repair_figures(video.repair if video is not None else None),
     )
 
 
@@ -161,6 +163,17 @@ def nack_counts(nacks: NackRequests | None) -> dict[str, int]:
         "nack_recovered": stats.recovered,
         "nack_recovered_after_repeat": stats.recovered_after_renack,
         "nack_given_up": stats.expired,
+        "nack_late": stats.late,
+    }
+
+
+def repair_figures(repair: RepairWait | None) -> dict[str, float | None]:
+    if repair is None:
+        return {}
+    smoothed = repair.smoothed
+    return {
+        "repair_wait_ms": round(repair.wait * 1000, 1),
+        "repair_time_ms": None if smoothed is None else round(smoothed * 1000, 1),
     }
 
 

@@ -68,6 +68,14 @@ class MediaSettings(node.MediaSettings):
     until it arrives or its frame is skipped
     (``reassembly_wait``). 1: aiortc's own NACKs, once per gap (a lost retransmission is then
     never asked for again)."""
+    anchor_repair_wait_max: float = Field(0.3, ge=0, le=2)
+    """The most a hole in an anchor's video may hold it while its retransmission is awaited
+    (s; with ``anchor_nack_tries`` > 1): the wait follows the anchor's measured repair times
+    (gap seen -> missing packet arrived; smoothed + 4 deviations), from ``reassembly_wait`` up to
+    this. Behind a thin uplink a retransmission crosses the full bottleneck queue and the
+    browser's pacer and comes after 0.1 s; skipping the frame then costs a keyframe. Only frames
+    behind a hole wait (a clean leg pays nothing). 0 or below ``reassembly_wait``: fixed
+    ``reassembly_wait``."""
     anchor_opus_dtx: bool = True
     """Ask anchors for Opus DTX (``usedtx=1`` in the WHIP answer): a silent anchor sends a packet
     every 400 ms instead of every 20 ms, and so does the gateway to each viewer."""

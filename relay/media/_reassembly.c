@@ -290,9 +290,31 @@ static void track_gap(Core *self, double now) {
     }
 }
 
+/* PyReorder._hole_seen: when the first hole now open was seen (the arrival of the first packet
+ * after it), so a filled hole does not pass its age on to a later one. */
+static double hole_seen(Core *self, double since) {
+    if (self->count == 0 || !self->has_next)
+        return since;
+    int64_t end = max_key(self);
+    int64_t seq = self->next;
+    while (find(self, seq) != NULL)
+        seq++;
+    while (seq <= end && find(self, seq) == NULL)
+        seq++;
+    Slot *s = find(self, seq);
+    if (s == NULL)
+        return since;
+    return s->arrival > since ? s->arrival : since;
+}
+
+/* PyReorder._stalled */
 static int stalled(Core *self, double now) {
-    return self->count > self->max_packets ||
-           (self->has_gap_since && now - self->gap_since > self->max_wait);
+    if (self->count > self->max_packets)
+        return 1;
+    if (!self->has_gap_since || now - self->gap_since <= self->max_wait)
+        return 0;
+    self->gap_since = hole_seen(self, self->gap_since);
+    return now - self->gap_since > self->max_wait;
 }
 
 /* PyReorder._skip_gap */
@@ -452,7 +474,25 @@ static PyObject *Core_pending(Core *self, void *closure) {
     return PyLong_FromSsize_t(self->count);
 }
 
+static PyObject *Core_get_max_wait(Core *self, void *closure) {
+    return PyFloat_FromDouble(self->max_wait);
+}
+
+static int Core_set_max_wait(Core *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "max_wait cannot be deleted");
+        return -1;
+    }
+    double wait = PyFloat_AsDouble(value);
+    if (wait == -1.0 && PyErr_Occurred())
+        return -1;
+    self->max_wait = wait;
+    return 0;
+}
+
 static PyGetSetDef Core_getset[] = {
+    {"max_wait", (getter)Core_get_max_wait, (setter)Core_set_max_wait,
+     "seconds a gap may hold the frames behind it (settable between packets)", NULL},
     {"next_sequence", (getter)Core_next_sequence, NULL,
      "the 16-bit sequence number the next frame must start at (None: restarting)", NULL},
     {"frames_skipped", (getter)Core_frames_skipped, NULL, "frames dropped (gaps, resync)", NULL},

@@ -1,4 +1,5 @@
 class Reorder:
+    max_wait: float
     def __init__(self, video: bool, codec: str, max_wait: float, max_packets: int) -> None: ...
     def push(
         self,

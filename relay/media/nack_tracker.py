@@ -8,7 +8,9 @@ appears, then again after ``max(rtt, min_interval)`` (the round trip measured fr
 were answered at the first try), each further time after twice the wait before (a queue that
 grew since the RTT was measured must not turn repeats into a retransmission storm), at most
 ``max_tries`` times, and given up once it can no longer be played: older than the reassembly
-budget, or passed by the frame assembler.
+budget, or passed by the frame assembler. With a ``RepairWait`` (relay/media/repair_wait.py)
+that budget is its wait, and every missing packet that arrives feeds it its repair time (gap
+seen -> arrival), also one that comes after it was given up (remembered a while for that).
 
 Sans-I/O: ``packet`` and ``due`` take ``now``; ``next_deadline`` says when ``due`` has work.
 """
@@ -16,6 +18,8 @@ Sans-I/O: ``packet`` and ``due`` take ``now``; ``next_deadline`` says when ``due
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from relay.media.repair_wait import RepairWait
 
 _MOD = 1 << 16
 _HALF = 1 << 15
@@ -37,6 +41,9 @@ class NackPolicy:
     """Missing packets tracked at most (the oldest are given up first)."""
     max_jump: int = 3000
     """A sequence number further ahead than this is a restart, not a gap of lost packets."""
+    max_given_up: int = 256
+    """Given-up packets remembered at most, so that a retransmission arriving after all still
+    measures a repair time."""
 
 
 @dataclass(slots=True)
@@ -53,6 +60,8 @@ class NackStats:
     """Of those, packets that had been asked for more than once."""
     expired: int = 0
     """Given up: older than the budget, out of tries, or passed by the assembler."""
+    late: int = 0
+    """Given-up packets that arrived after all (too late for their frame)."""
 
 
 @dataclass(slots=True)
@@ -70,8 +79,11 @@ class NackTracker:
     stats: NackStats = field(default_factory=NackStats)
     rtt: float | None = None
     """Smoothed round trip from first-try NACKs to their retransmissions; None before one."""
+    repair: RepairWait | None = None
+    """Fed every repair time; its wait is the budget (None: ``policy.budget``)."""
     _highest: int | None = None  # unwrapped
     _missing: dict[int, _Missing] = field(default_factory=dict)  # unwrapped seq -> state
+    _given_up: dict[int, _Missing] = field(default_factory=dict)  # oldest first
 
     def packet(self, sequence_number: int, now: float) -> list[int]:
         """A packet arrived: the sequence numbers to NACK now (the gap it opened)."""
@@ -86,9 +98,16 @@ class NackTracker:
                 self.stats.recovered += 1
                 if state.tries > 1:
                     self.stats.recovered_after_renack += 1
-                elif now > state.sent_at:  # answered at the first try: a clean RTT sample
-                    sample = now - state.sent_at
-                    self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
+            else:
+                state = self._given_up.pop(seq, None)
+                if state is None:
+                    return []  # a duplicate, or never missing
+                self.stats.late += 1
+            if state.tries == 1 and now > state.sent_at:  # answered at the first try
+                sample = now - state.sent_at
+                self.rtt = sample if self.rtt is None else 0.875 * self.rtt + 0.125 * sample
+            if self.repair is not None:
+                self.repair.sample(now - state.since)
             return []
         gap = range(highest + 1, seq)
         self._highest = seq
@@ -103,13 +122,12 @@ class NackTracker:
         """Sequence numbers to ask for again now (each counted as asked); gives up those that
         can no longer be played or have had their tries."""
         policy = self.policy
-        interval = self.interval
+        interval, budget = self.interval, self.budget
         out: list[int] = []
         for seq, state in list(self._missing.items()):
             waited = now - state.sent_at >= interval * (1 << (state.tries - 1))
-            if now - state.since >= policy.budget or (state.tries >= policy.max_tries and waited):
-                del self._missing[seq]
-                self.stats.expired += 1
+            if now - state.since >= budget or (state.tries >= policy.max_tries and waited):
+                self._give_up(seq)
             elif state.tries < policy.max_tries and waited:
                 state.tries += 1
                 state.sent_at = now
@@ -125,14 +143,13 @@ class NackTracker:
             return
         cut = self._unwrap(next_sequence)
         for seq in [s for s in self._missing if s < cut]:
-            del self._missing[seq]
-            self.stats.expired += 1
+            self._give_up(seq)
 
     def next_deadline(self) -> float | None:
         """When ``due`` next has something to do (None: nothing is missing)."""
         if not self._missing:
             return None
-        interval, budget = self.interval, self.policy.budget
+        interval, budget = self.interval, self.budget
         return min(
             min(s.sent_at + interval * (1 << (s.tries - 1)), s.since + budget)
             for s in self._missing.values()
@@ -140,24 +157,43 @@ class NackTracker:
 
     @property
     def interval(self) -> float:
+        """The first repeat's wait: the round trip, or the repair time if longer (a clean
+        round-trip sample needs a first-try answer that came before the repeat; behind a
+        full queue none does, and repeats sooner than a repair takes only ask twice for
+        retransmissions on their way)."""
         rtt = self.policy.initial_rtt if self.rtt is None else self.rtt
+        repair = self.repair
+        if repair is not None and repair.smoothed is not None:
+            rtt = max(rtt, repair.smoothed)
         return max(self.policy.min_interval, rtt)
+
+    @property
+    def budget(self) -> float:
+        """Seconds a missing packet stays wanted after its gap appeared."""
+        return self.policy.budget if self.repair is None else self.repair.wait
 
     @property
     def pending(self) -> int:
         return len(self._missing)
 
+    def _give_up(self, seq: int) -> None:
+        given_up = self._given_up
+        given_up[seq] = self._missing.pop(seq)
+        self.stats.expired += 1
+        if len(given_up) > self.policy.max_given_up:
+            del given_up[next(iter(given_up))]
+
     def _restart(self, seq: int) -> None:
         self.stats.expired += len(self._missing)
         self._missing.clear()
+        self._given_up.clear()
         self._highest = seq
 
     def _bound(self) -> None:
         excess = len(self._missing) - self.policy.max_missing
         if excess > 0:
             for seq in sorted(self._missing)[:excess]:
-                del self._missing[seq]
-            self.stats.expired += excess
+                self._give_up(seq)
 
     def _unwrap(self, sequence_number: int) -> int:
         """The 16-bit number as the unwrapped one nearest the highest seen."""

@@ -6,8 +6,9 @@ as its marker packet arrives and every packet before it (back to the previous fr
 A gap (a missing sequence number with later packets already in) that NACK does not fill within
 ``max_wait`` is skipped with the frame it broke, and reported so the caller can ask the sender for
 a keyframe. A frame whose packets merely arrive slowly (a paced keyframe, a busy loop) has no gap
-and is never cut. After a skip, or at the start, a frame is only released from its first packet:
-the tail of a broken frame never reaches viewers.
+and is never cut. ``max_wait`` may change between packets (``relay.media.repair_wait``: the wait
+follows the publisher's repair times). After a skip, or at the start, a frame is only released
+from its first packet: the tail of a broken frame never reaches viewers.
 
 Which packets leave, and when, is a ``Reorder`` core: in C when built (``_reassembly.c``, one
 call per packet that returns None for most of them), ``PyReorder`` otherwise and as the
@@ -112,6 +113,9 @@ class Reorder(Protocol):
         frame and no skip (most packets)."""
         ...
 
+    max_wait: float
+    """Seconds a gap may hold the frames behind it (settable between packets)."""
+
     @property
     def next_sequence(self) -> int | None: ...
 
@@ -131,7 +135,8 @@ class PyReorder:
     def __init__(self, video: bool, codec: str, max_wait: float, max_packets: int) -> None:
         self._video = video
         self.codec = codec
-        self._max_wait = max_wait
+        self.max_wait = max_wait
+        """Seconds a gap may hold the frames behind it (settable between packets)."""
         self._max_packets = max_packets
         self._seq = Unwrapper(16)
         self._ts = Unwrapper(32)
@@ -210,9 +215,27 @@ class PyReorder:
         return seq <= max(self._packets)
 
     def _stalled(self, now: float) -> bool:
-        return len(self._packets) > self._max_packets or (
-            self._gap_since is not None and now - self._gap_since > self._max_wait
-        )
+        if len(self._packets) > self._max_packets:
+            return True
+        since = self._gap_since
+        if since is None or now - since <= self.max_wait:
+            return False
+        # The clock started at the first hole seen; if that one was filled since, the hole
+        # now first is a later one: its own age decides (from the packet that revealed it).
+        since = self._gap_since = self._hole_seen(since)
+        return now - since > self.max_wait
+
+    def _hole_seen(self, since: float) -> float:
+        """When the first hole was seen: the arrival of the first packet after it."""
+        seq, packets = self._next, self._packets
+        if seq is None or not packets:
+            return since
+        end = max(packets)
+        while seq in packets:
+            seq += 1
+        while seq <= end and seq not in packets:
+            seq += 1
+        return max(since, packets[seq].arrival) if seq in packets else since
 
     def _drain(self) -> list[Run]:
         out: list[Run] = []
@@ -333,6 +356,15 @@ class FrameAssembler:
         """The 16-bit sequence number the next frame must start at (None: restarting); a
         packet before it is late and dropped."""
         return self._core.next_sequence
+
+    @property
+    def max_wait(self) -> float:
+        """Seconds a gap may hold the frames behind it; may change between packets."""
+        return self._core.max_wait
+
+    @max_wait.setter
+    def max_wait(self, seconds: float) -> None:
+        self._core.max_wait = seconds
 
     @property
     def frames_skipped(self) -> int:

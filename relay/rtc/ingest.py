@@ -16,6 +16,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.nack_tracker import NackPolicy
 from relay.media.reassembly import FrameAssembler, Unwrapper
+from relay.media.repair_wait import RepairWait, RepairWaitPolicy
 from relay.media.simulcast import LayerOutputs, RidDemux
 from relay.rtc.adapter import (
     install_ingest_tap,
@@ -39,7 +40,9 @@ class FrameSink(Protocol):
 class TrackIngest:
     """One received track (audio or video) of a source, published into ``hub``.
     ``nacks``: a video track asks for lost packets as relay/rtc/nack_requests.py does (again
-    until they arrive), not once per gap as aiortc does; None: aiortc's."""
+    until they arrive), not once per gap as aiortc does; None: aiortc's. ``repair`` (with
+    ``nacks``): a hole holds the video as long as this leg's repairs take (relay/media/
+    repair_wait.py) within its floor and cap, instead of ``max_wait``."""
 
     def __init__(
         self,
@@ -51,6 +54,7 @@ class TrackIngest:
         max_wait: float = 0.1,
         trusted_sei: bool = False,
         nacks: NackPolicy | None = None,
+        repair: RepairWaitPolicy | None = None,
     ) -> None:
         """``trusted_sei``: the sender is a node of ours (keep its SEI timed metadata)."""
         self.kind = kind
@@ -70,8 +74,11 @@ class TrackIngest:
         self.errors = 0
         install_ingest_tap(receiver, self._on_packet)
         self.nacks: NackRequests | None = None
+        self.repair: RepairWait | None = None
         if nacks is not None and kind == "video":
-            self.nacks = NackRequests(receiver, nacks, clock=clock)
+            if repair is not None:
+                self.repair = RepairWait(repair)
+            self.nacks = NackRequests(receiver, nacks, clock=clock, repair=self.repair)
 
     def _on_packet(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
         """Runs inside aiortc's receive path: an exception escaping here would stop the anchor's
@@ -102,6 +109,8 @@ class TrackIngest:
                 asm = self._assembler = FrameAssembler(
                     self.kind, codec.name, max_wait=self._max_wait, trusted_sei=self._trusted_sei
                 )
+        if self.repair is not None:
+            asm.max_wait = self.repair.wait
         result = asm.push(
             packet.sequence_number,
             packet.timestamp,
@@ -163,6 +172,7 @@ class SimulcastIngest(TrackIngest):
         clock: Callable[[], float] = time.monotonic,
         max_wait: float = 0.1,
         nacks: NackPolicy | None = None,
+        repair: RepairWaitPolicy | None = None,
     ) -> None:
         self.outputs = outputs
         self.demux = RidDemux(outputs.layers.rids)
@@ -174,7 +184,8 @@ class SimulcastIngest(TrackIngest):
         super().__init__("video", receiver, AudioFan(outputs), clock=clock, max_wait=max_wait)
         install_simulcast_receive(receiver, self.demux.ssrc)
         if nacks is not None:  # per SSRC, in place of the per-SSRC generators just installed
-            self.nacks = NackRequests(receiver, nacks, clock=clock)
+            self.repair = RepairWait(repair) if repair is not None else None
+            self.nacks = NackRequests(receiver, nacks, clock=clock, repair=self.repair)
 
     def _ingest(self, packet: Any, codec: RTCRtpCodecParameters) -> None:
         now = self._clock()
@@ -198,6 +209,8 @@ class SimulcastIngest(TrackIngest):
                 asm = self._layers[rid] = FrameAssembler(
                     "video", codec.name, max_wait=self._max_wait
                 )
+        if self.repair is not None:
+            asm.max_wait = self.repair.wait
         result = asm.push(
             packet.sequence_number,
             packet.timestamp,

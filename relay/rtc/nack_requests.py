@@ -17,6 +17,7 @@ from collections.abc import Callable
 from aiortc import RTCRtpReceiver
 
 from relay.media.nack_tracker import NackPolicy, NackStats, NackTracker
+from relay.media.repair_wait import RepairWait
 from relay.rtc.adapter import install_nack_requests, send_nack
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ class NackRequests:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_ssrcs: int = 8,
+        repair: RepairWait | None = None,
     ) -> None:
+        """``repair``: fed every SSRC's repair times; its wait is their budget."""
         self._receiver = receiver
+        self._repair = repair
         self._policy = policy
         self._clock = clock
         self._max_ssrcs = max_ssrcs
@@ -53,7 +57,7 @@ class NackRequests:
             if tracker is None:
                 if len(self._trackers) >= self._max_ssrcs:  # SSRCs a publisher no longer uses
                     _add(self._gone, self._trackers.pop(next(iter(self._trackers))).stats)
-                tracker = self._trackers[ssrc] = NackTracker(self._policy)
+                tracker = self._trackers[ssrc] = NackTracker(self._policy, repair=self._repair)
             lost = tracker.packet(sequence_number, self._clock())
             # a new gap may be due before the armed timer; anything else waits for it (looking
             # at every missing packet on every packet cost thousands of steps under heavy loss)
@@ -133,3 +137,4 @@ def _add(total: NackStats, more: NackStats) -> None:
     total.recovered += more.recovered
     total.recovered_after_renack += more.recovered_after_renack
     total.expired += more.expired
+    total.late += more.late

@@ -266,8 +266,9 @@ def _hostile_stream(rng: random.Random, codec: str) -> list[tuple[int, int, bool
 @pytest.mark.parametrize("kind,codec", [("video", "H264"), ("video", "VP8"), ("audio", "opus")])
 def test_c_core_matches_the_python_one(core: str, kind: str, codec: str) -> None:
     """The C reorder core against PyReorder on the same traces: loss, reordering across the
-    wrap, duplicates, garbage, stalls by count and by time; same frames (timestamps, payloads,
-    data, arrivals), keyframe requests, counters and next sequence after every packet."""
+    wrap, duplicates, garbage, stalls by count and by time, a wait changed between packets;
+    same frames (timestamps, payloads, data, arrivals), keyframe requests, counters and next
+    sequence after every packet."""
     if core == "python" or reassembly._native is None:
         pytest.skip("compares the C core with the Python one")
     rng = random.Random(f"{kind}{codec}")
@@ -279,6 +280,8 @@ def test_c_core_matches_the_python_one(core: str, kind: str, codec: str) -> None
         now = 0.0
         for packet in _hostile_stream(rng, codec):
             now += rng.choice([0.0, 0.001, 0.03, 0.2])
+            if rng.random() < 0.05:  # the repair wait moves between packets
+                ours.max_wait = reference.max_wait = rng.choice([0.0, 0.05, 0.1, 0.3])
             assert ours.push(*packet, now) == reference.push(*packet, now)
             assert ours.next_sequence == reference.next_sequence
             assert ours.pending == reference.pending <= max_packets + 1
