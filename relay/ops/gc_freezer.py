@@ -16,7 +16,9 @@ objects refer to each other: once as many frozen sessions have ended as ``thaw_s
 those frozen (and at least ``thaw_min``), and no session has joined for ``thaw_quiet`` s (a
 burst's failed handshakes end sessions in the middle of it), the node unfreezes,
 collects once (one pause the size of what is alive then, at a calm moment after many have
-left), and freezes the survivors again.
+left), and freezes the survivors again. A room whose audience comes and goes all the time is
+never quiet that long: there a thaw waits ``thaw_overdue`` s at most (outside a burst), or the
+ended sessions' garbage would pile up for as long as the node runs.
 
 ``FreezePlan`` decides (sans-I/O: session ids, ``bursting`` and ``now`` in, an action out);
 ``GcFreezer`` drives it from a task on the loop."""
@@ -37,6 +39,7 @@ PERIOD = 1.0  # s between two looks
 THAW_SHARE = 0.5  # ended frozen sessions (share of those frozen) that make a thaw worth it
 THAW_MIN = 64  # ... and at least this many
 THAW_QUIET = 10.0  # s without a new session (and no joins in line) before a thaw
+THAW_OVERDUE = 60.0  # s since the last thaw after which joins that keep coming do not delay one
 
 
 class Action(Enum):
@@ -53,11 +56,14 @@ class FreezePlan:
         thaw_share: float = THAW_SHARE,
         thaw_min: int = THAW_MIN,
         thaw_quiet: float = THAW_QUIET,
+        thaw_overdue: float = THAW_OVERDUE,
     ) -> None:
         self.thaw_share = thaw_share
         self.thaw_min = thaw_min
         self.thaw_quiet = thaw_quiet
+        self.thaw_overdue = thaw_overdue
         self.last_freeze = -1e9
+        self.last_thaw = 0.0
         self.frozen: set[Hashable] = set()
         self.freezes = 0
         self.thaws = 0
@@ -65,10 +71,13 @@ class FreezePlan:
     def look(self, sessions: Collection[Hashable], bursting: bool, now: float) -> Action:
         alive = set(sessions)
         ended = len(self.frozen - alive)
-        calm = not bursting and now - self.last_freeze >= self.thaw_quiet
+        calm = not bursting and (
+            now - self.last_freeze >= self.thaw_quiet or now - self.last_thaw >= self.thaw_overdue
+        )
         if calm and ended >= max(self.thaw_min, self.thaw_share * len(self.frozen)):
             self.frozen = alive
             self.thaws += 1
+            self.last_thaw = now
             return Action.THAW
         if alive - self.frozen:
             self.frozen = alive | self.frozen  # the ended stay frozen (garbage until a thaw)

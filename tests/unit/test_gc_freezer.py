@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import weakref
 
 from relay.ops.gc_freezer import Action, FreezePlan, GcFreezer
@@ -20,6 +21,23 @@ def test_the_plan_freezes_new_sessions_and_thaws_when_many_ended() -> None:
     assert plan.look(["c", "d"], bursting=False, now=14) is Action.THAW
     assert plan.frozen == {"c", "d"}
     assert plan.look(["d"], bursting=False, now=30) is Action.NOTHING  # below thaw_min
+
+
+def test_steady_churn_still_brings_a_thaw() -> None:
+    """Viewers joining every few seconds never leave the node quiet for thaw_quiet: the ended
+    sessions' garbage is thawed once thaw_overdue has passed since the last thaw (not in a
+    burst)."""
+    plan = FreezePlan(thaw_share=0.5, thaw_min=2, thaw_quiet=10, thaw_overdue=60)
+    alive = [f"s{i}" for i in range(10)]
+    thaws = []
+    for second in range(1, 200):
+        alive = [*alive[1:], f"n{second}"]  # one leaves, one joins, every second
+        if plan.look(alive, bursting=second % 50 < 5, now=second) is Action.THAW:
+            thaws.append(second)
+    assert thaws and thaws[0] == 60  # the first when overdue; none while bursting
+    assert all(b - a >= 60 for a, b in itertools.pairwise(thaws))
+    assert all(t % 50 >= 5 for t in thaws)
+    assert len(plan.frozen - set(alive)) < 70  # ended ones left frozen stay bounded
 
 
 class Session:
