@@ -17,6 +17,7 @@ from aiortc import RTCPeerConnection
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from relay.ops.gc_freezer import thawed
 from relay.ops.gc_pauses import GcPauses
 from relay.ops.loop_stalls import LoopStallWatch
 from relay.rtc.srtp_writer import NATIVE
@@ -50,16 +51,13 @@ class RuntimeView(BaseModel):
 def count_peer_connections() -> int:
     """Open RTCPeerConnections in the heap (a full gc pass over everything, the frozen too:
     on demand only)."""
-    gc.unfreeze()  # (relay.ops.gc_freezer: frozen objects are neither collected nor listed)
-    gc.collect()
-    try:
+    with thawed():  # (frozen objects are neither collected nor listed)
+        gc.collect()
         return sum(
             1
             for o in gc.get_objects()
             if isinstance(o, RTCPeerConnection) and o.connectionState != "closed"
         )
-    finally:
-        gc.freeze()
 
 
 def task_kinds() -> dict[str, int]:

@@ -29,17 +29,35 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 import time
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterator
 from enum import Enum
 
 log = logging.getLogger("stagecast.gc")
+
+_FREEZING = threading.RLock()
+"""Freezing is process-wide. A node has one freezer, but a test process runs several nodes'
+loops in threads, and a walk of the heap (``thawed``) must not have a freeze land between its
+unfreeze and its walk: the frozen objects would be missing from it."""
 
 PERIOD = 1.0  # s between two looks
 THAW_SHARE = 0.5  # ended frozen sessions (share of those frozen) that make a thaw worth it
 THAW_MIN = 64  # ... and at least this many
 THAW_QUIET = 10.0  # s without a new session (and no joins in line) before a thaw
 THAW_OVERDUE = 60.0  # s since the last thaw after which joins that keep coming do not delay one
+
+
+@contextlib.contextmanager
+def thawed() -> Iterator[None]:
+    """Everything in the collector's view (collectable and listed by ``gc.get_objects``) for the
+    block, frozen again after; no freezer step in between."""
+    with _FREEZING:
+        gc.unfreeze()
+        try:
+            yield
+        finally:
+            gc.freeze()
 
 
 class Action(Enum):
@@ -110,13 +128,13 @@ class GcFreezer:
     def step(self) -> Action:
         action = self.plan.look(self._sessions(), self._bursting(), time.monotonic())
         if action is Action.FREEZE:
-            gc.collect(1)  # the young generations' garbage first (cheap: young only)
-            gc.freeze()
+            with _FREEZING:
+                gc.collect(1)  # the young generations' garbage first (cheap: young only)
+                gc.freeze()
         elif action is Action.THAW:
             t0 = time.perf_counter()
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
+            with thawed():
+                gc.collect()
             self.last_thaw_s = time.perf_counter() - t0
             log.info(
                 "gc thaw: %.0f ms to collect the ended sessions' objects (%d frozen left)",

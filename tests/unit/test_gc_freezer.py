@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gc
 import itertools
+import threading
 import weakref
 
-from relay.ops.gc_freezer import Action, FreezePlan, GcFreezer
+from relay.ops.gc_freezer import Action, FreezePlan, GcFreezer, thawed
 
 
 def test_the_plan_freezes_new_sessions_and_thaws_when_many_ended() -> None:
@@ -63,5 +64,22 @@ def test_frozen_sessions_are_not_collected_until_the_thaw() -> None:
         assert gone() is not None  # frozen garbage: out of the collector's reach
         assert freezer.step() is Action.THAW
         assert gone() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_a_freeze_waits_for_a_walk_of_the_heap() -> None:
+    """A test process runs several nodes' loops in threads: one's freeze must not land in the
+    middle of another's heap walk (its peer-connection count read 0 of 4 in CI that way)."""
+    freezer = GcFreezer(lambda: ["s1"], lambda: False, FreezePlan())
+    done = threading.Event()
+    stepper = threading.Thread(target=lambda: (freezer.step(), done.set()))
+    try:
+        with thawed():
+            stepper.start()
+            assert not done.wait(0.3)  # the step waits for the walk
+            assert gc.get_freeze_count() == 0
+        stepper.join(5)
+        assert done.is_set() and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
