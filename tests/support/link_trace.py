@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from relay.media.cc_feedback import build_transport_feedback
@@ -20,6 +21,24 @@ from relay.media.layer_selector import Layer, LayerSelector, SelectorConfig
 from relay.media.probe import ProbeConfig, ProbeController
 
 PACKET = 1200
+
+
+class EventQueue:
+    """A simulation's events in time order, ties in the order pushed; an event may push more
+    while the queue is being iterated."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int, object]] = []  # (time, order, kind, payload)
+        self._order = 0
+
+    def push(self, t: float, kind: int, payload: object) -> None:
+        self._order += 1
+        heapq.heappush(self._heap, (t, self._order, kind, payload))
+
+    def __iter__(self) -> Iterator[tuple[float, int, object]]:
+        while self._heap:
+            t, _, kind, payload = heapq.heappop(self._heap)
+            yield t, kind, payload
 
 
 @dataclass(frozen=True)
@@ -50,13 +69,8 @@ def run_trace(
 ) -> list[tuple[float, BandwidthEstimate]]:
     """(time, snapshot) every ``sample_every`` seconds."""
     rng = random.Random(seed)
-    events: list[tuple[float, int, int, object]] = []  # (time, order, kind, payload)
-    order = 0
-
-    def push(t: float, kind: int, payload: object) -> None:
-        nonlocal order
-        order += 1
-        heapq.heappush(events, (t, order, kind, payload))
+    events = EventQueue()
+    push = events.push
 
     frame_bytes = stream_bps / 8 / fps
     for f in range(int(seconds * fps)):
@@ -75,8 +89,7 @@ def run_trace(
     next_report = 0  # first unwrapped seq not reported yet
     sent_count = 0
     out: list[tuple[float, BandwidthEstimate]] = []
-    while events:
-        now, _, kind, payload = heapq.heappop(events)
+    for now, kind, payload in events:
         if kind == 0:
             n = max(1, round(frame_bytes / PACKET))
             sizes = [int(frame_bytes / n)] * n
@@ -147,13 +160,8 @@ def run_adaptive(
     sel = LayerSelector(start or ladder[0].name, config=selector)
     controller = ProbeController(probe) if probing else None
     by_name = {x.name: x for x in ladder}
-    events: list[tuple[float, int, int, object]] = []
-    order = 0
-
-    def push(t: float, kind: int, payload: object) -> None:
-        nonlocal order
-        order += 1
-        heapq.heappush(events, (t, order, kind, payload))
+    events = EventQueue()
+    push = events.push
 
     for f in range(int(seconds * fps)):
         push(f / fps, 0, None)
@@ -187,8 +195,7 @@ def run_adaptive(
             link_free = begin + size * 8 / link.capacity(now)
             arrivals[seq] = link_free + link.delay
 
-    while events:
-        now, _, kind, payload = heapq.heappop(events)
+    for now, kind, payload in events:
         if kind == 0:
             frame_bytes = by_name[sel.current].bitrate / 8 / fps
             n = max(1, round(frame_bytes / PACKET))
@@ -289,13 +296,8 @@ def run_reports(
     sel = LayerSelector(start or ladder[0].name, config=selector)
     by_name = {x.name: x for x in ladder}
     reports = ReportLoss()
-    events: list[tuple[float, int, int, object]] = []
-    order = 0
-
-    def push(t: float, kind: int, payload: object) -> None:
-        nonlocal order
-        order += 1
-        heapq.heappush(events, (t, order, kind, payload))
+    events = EventQueue()
+    push = events.push
 
     for f in range(int(seconds * fps)):
         push(f / fps, 0, f)
@@ -314,8 +316,7 @@ def run_reports(
     gop_frames = max(1, round(rx.gop * fps))
     prior_counts = (0, 0)  # (expected, received) at the last report: its fraction lost
     due: tuple[float, str] | None = None  # a switch waiting for its keyframe
-    while events:
-        now, _, kind, payload = heapq.heappop(events)
+    for now, kind, payload in events:
         if kind == 0:
             assert isinstance(payload, int)
             frame = payload
