@@ -16,21 +16,16 @@ from typing import Protocol
 
 import pylibsrtp
 from pylibsrtp import Session as SrtpSession
-from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
-from pylibsrtp._binding import lib as srtp_lib
 
 from relay.media.cc_feedback import split_feedback
-from relay.rtc.srtp_writer import PROTECT_SIGNATURE
+from relay.rtc.srtp_writer import borrowable, borrowed
 
 try:
     from . import _rtcp_reader as _native
 except ImportError:  # built without a C compiler: PyRtcpReader
     _native = None  # type: ignore[assignment]
 
-NATIVE = (
-    _native is not None
-    and srtp_ffi.getctype(srtp_ffi.typeof(srtp_lib.srtp_unprotect_rtcp)) == PROTECT_SIGNATURE
-)
+NATIVE = _native is not None and borrowable("srtp_unprotect_rtcp")
 """The C reader is built and matches the libsrtp pylibsrtp carries (``srtp_unprotect_rtcp`` has
 ``srtp_protect``'s signature)."""
 
@@ -62,10 +57,7 @@ class PyRtcpReader:
 def new_rtcp_reader(session: SrtpSession, *, native: bool = True) -> RtcpReader:
     """The C reader when built and ``native``, else the Python one."""
     if native and NATIVE:
-        unprotect = int(
-            srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect_rtcp"))
-        )
-        ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+        unprotect, ctx = borrowed("srtp_unprotect_rtcp", session)
         reader: RtcpReader = _native.RtcpReader(unprotect, ctx, session)
         return reader
     return PyRtcpReader(session)

@@ -24,20 +24,15 @@ from aiortc.codecs.vpx import vp8_depayload
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Session as SrtpSession
-from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
-from pylibsrtp._binding import lib as srtp_lib
 
-from relay.rtc.srtp_writer import PROTECT_SIGNATURE
+from relay.rtc.srtp_writer import borrowable, borrowed
 
 try:
     from . import _rtp_reader as _native
 except ImportError:  # built without a C compiler: PyRtpReader
     _native = None  # type: ignore[assignment]
 
-NATIVE = (
-    _native is not None
-    and srtp_ffi.getctype(srtp_ffi.typeof(srtp_lib.srtp_unprotect)) == PROTECT_SIGNATURE
-)
+NATIVE = _native is not None and borrowable("srtp_unprotect")
 """The C reader is built, importable and matches the libsrtp pylibsrtp carries (libsrtp 2's
 ``srtp_unprotect`` has ``srtp_protect``'s signature)."""
 
@@ -91,8 +86,7 @@ def new_rtp_reader(
 ) -> RtpReader:
     """The C reader when built and ``native``, else the Python one."""
     if native and NATIVE:
-        unprotect = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect")))
-        ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+        unprotect, ctx = borrowed("srtp_unprotect", session)
         reader: RtpReader = _native.RtpReader(
             unprotect, ctx, session, extension_ids(extensions), RtpPacket, HeaderExtensions
         )

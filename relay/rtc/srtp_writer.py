@@ -33,10 +33,21 @@ PROTECT_SIGNATURE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 """libsrtp 2's ``srtp_protect``, which the C loop calls through a bare pointer (libsrtp 3
 changed it): any other signature in pylibsrtp's binding and the C loop stays unused."""
 
-NATIVE = (
-    _native is not None
-    and srtp_ffi.getctype(srtp_ffi.typeof(srtp_lib.srtp_protect)) == PROTECT_SIGNATURE
-)
+
+def borrowable(name: str) -> bool:
+    """libsrtp's function ``name`` has ``srtp_protect``'s libsrtp 2 signature, the one our C
+    code (this writer, the RTP and RTCP readers) calls it through."""
+    return bool(srtp_ffi.getctype(srtp_ffi.typeof(getattr(srtp_lib, name))) == PROTECT_SIGNATURE)
+
+
+def borrowed(name: str, session: SrtpSession) -> tuple[int, int]:
+    """(the address of libsrtp's ``name``, ``session``'s libsrtp context): what our C code
+    needs to call it on that session's keys."""
+    function = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, name)))
+    return function, int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+
+
+NATIVE = _native is not None and borrowable("srtp_protect")
 """The C loop is built, importable and matches the libsrtp pylibsrtp carries."""
 
 log = logging.getLogger(__name__)
@@ -91,8 +102,7 @@ def new_srtp_writer(
     """The C writer when built and ``native``, else the Python one (also for an address the C
     one does not parse, e.g. a link-local IPv6 address with a zone: ``fe80::1%eth0``)."""
     if native and NATIVE:
-        protect = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
-        ctx = int(srtp_ffi.cast("uintptr_t", session._srtp[0]))
+        protect, ctx = borrowed("srtp_protect", session)
         try:
             return _native.SrtpWriter(sock, addr, protect, ctx, session)
         except ValueError:
