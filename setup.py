@@ -56,7 +56,8 @@ setup(
         Extension(
             "relay.media._twcc",
             ["relay/media/_twcc.c"],
-            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+            # no fused multiply-adds: TwccState's doubles must be the Python reference's
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter", "-ffp-contract=off"],
             optional=True,
         ),
         Extension(

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -146,6 +146,10 @@ class ProbeResult:
     @property
     def loss(self) -> float:
         return self.lost / self.sent if self.sent else 0.0
+
+
+if _twcc is not None:
+    _twcc.set_usages(Usage.NORMAL, Usage.OVERUSE, Usage.UNDERUSE)
 
 
 class _Cluster:
@@ -385,6 +389,277 @@ def slope(points: list[tuple[float, float]] | deque[tuple[float, float]]) -> flo
     return num / den if den else 0.0
 
 
+Group = tuple[float, float, float]  # the open packet group: (first send, last send, latest arrival)
+
+
+class TwccState:
+    """The transport-cc side of one estimator, the part every feedback updates: the rate limit
+    on feedback, the packet groups and the trendline, the acknowledged/received/lost windows and
+    the delay- and loss-based targets. This is the reference; ``relay/media/_twcc.c``'s
+    ``TwccState`` is the same in C (held to it by tests/unit/test_twcc_native.py), whose
+    ``take`` does a whole feedback (rate limit, parse, match, groups, targets) in one call: a
+    viewer's feedback costs no Python step beyond the call (issues 17 and 20).
+
+    ``take``/``apply`` get the last probe's result (``probe_bps``, < 0: none; ``probe_at``)
+    and the round trip (``rtt``, 0: unknown) from the estimator, which owns them."""
+
+    def __init__(
+        self,
+        seqs: array[int],
+        times: array[float],
+        sizes: array[int],
+        acked: bytearray,
+        feedback_rate: float = FEEDBACK_RATE,
+        feedback_burst: float = FEEDBACK_BURST,
+    ) -> None:
+        self._seq, self._time, self._size, self._acked = seqs, times, sizes, acked
+        self._rate, self._burst = feedback_rate, feedback_burst
+        self.trend = _Trendline()
+        self.acked_bytes = _Window()
+        self.received = _Window()
+        self.lost = _Window()
+        self.group: Group = (-1.0, -1.0, -1.0)  # -1: no group open yet
+        self.prev: tuple[float, float] | None = None  # (send, arrival) of the last group
+        self.delay_target: float | None = None
+        self.loss_target: float | None = None
+        self.increasing = True
+        self.last_update: float | None = None
+        self.last_loss_decrease = float("-inf")
+        self.loss_high_since: float | None = None  # loss over LOSS_HIGH since (None: not now)
+        self.twcc_at: float | None = None
+        self.feedbacks = 0
+        self.unknown = 0
+        self.clamped = 0
+        self.lost_packets = 0  # reported lost, monotonic (a probe stops at the first)
+        self.refused = 0
+        self.tokens = feedback_burst
+        self.tokens_at: float | None = None
+
+    @property
+    def usage(self) -> Usage:
+        return self.trend.usage
+
+    def admit(self, now: float) -> bool:
+        """Whether a feedback arriving ``now`` is within the rate limit (else it is counted in
+        ``refused`` and must be dropped unread)."""
+        last, self.tokens_at = self.tokens_at, now
+        if last is not None:
+            self.tokens = min(self._burst, self.tokens + (now - last) * self._rate)
+        if self.tokens < 1.0:
+            self.refused += 1
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def take(
+        self, fci: bytes | memoryview, now: float, probe_bps: float, probe_at: float, rtt: float
+    ) -> int:
+        """One feedback's FCI, whole: 0 taken, 1 malformed (nothing changed), 2 refused (the
+        rate limit)."""
+        if not self.admit(now):
+            return 2
+        try:
+            feedback = parse_transport_feedback(fci)
+        except FeedbackError:
+            return 1
+        seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
+        received = lost = acked_bytes = unknown = 0
+        base = feedback.base_sequence
+        g_first, g_send, g_arrival = self.group
+        groups: list[tuple[float, float]] = []
+        for offset, arrival in enumerate(feedback.arrivals):
+            seq = (base + offset) & 0xFFFF
+            i = seq & (HISTORY - 1)
+            send = times[i]
+            if seqs[i] != seq or now - send > HISTORY_AGE:
+                unknown += 1
+                continue
+            if arrival is None:
+                if not acked[i]:
+                    lost += 1
+                continue
+            if acked[i]:
+                continue  # reported twice
+            acked[i] = 1
+            received += 1
+            size = lengths[i]
+            acked_bytes += size
+            if size < DELAY_MIN_SIZE:
+                continue
+            if g_first >= 0 and send - g_first <= BURST:
+                g_send = send
+                if arrival > g_arrival:
+                    g_arrival = arrival
+                continue
+            if g_first >= 0:
+                groups.append((g_send, g_arrival))
+            g_first = g_send = send
+            g_arrival = arrival
+        self.apply(
+            now,
+            received,
+            lost,
+            acked_bytes,
+            unknown,
+            groups,
+            (g_first, g_send, g_arrival),
+            probe_bps,
+            probe_at,
+            rtt,
+        )
+        return 0
+
+    def apply(
+        self,
+        now: float,
+        received: int,
+        lost: int,
+        acked_bytes: int,
+        unknown: int,
+        groups: Sequence[tuple[float, float]],
+        group: Group,
+        probe_bps: float,
+        probe_at: float,
+        rtt: float,
+    ) -> None:
+        """What one feedback told, matched against the send history: the packets it
+        acknowledged, lost and did not know, the groups it completed (in order) and the one
+        left open."""
+        self.feedbacks += 1
+        self.twcc_at = now
+        self.unknown += unknown
+        usage = self.trend.usage
+        for group_send, group_arrival in groups:
+            usage = self._group_done(group_send, group_arrival)
+        self.group = group
+        if received:
+            self.acked_bytes.add(now, acked_bytes)
+            self.received.add(now, received)
+        if lost:
+            self.lost.add(now, lost)
+            self.lost_packets += lost
+        self._update(usage, now, probe_bps, probe_at, rtt)
+
+    def _group_done(self, group_send: float, group_arrival: float) -> Usage:
+        """A packet group is complete: compare it with the one before."""
+        prev = self.prev
+        self.prev = (group_send, group_arrival)
+        if prev is None:
+            return self.trend.usage
+        send_delta = group_send - prev[0]
+        arrival_delta = group_arrival - prev[1]
+        if abs(arrival_delta) > MAX_GAP or send_delta < 0:
+            self.clamped += 1  # a clock jump or a lie: start the filter afresh
+            self.trend.reset()
+            return self.trend.usage
+        if arrival_delta < 0:
+            return self.trend.usage  # reordered groups: skip
+        return self.trend.update(
+            (arrival_delta - send_delta) * 1000, send_delta * 1000, group_arrival * 1000
+        )
+
+    def _update(
+        self, usage: Usage, now: float, probe_bps: float, probe_at: float, rtt: float
+    ) -> None:
+        acked_rate = self.acked_bytes.rate(now)
+        if acked_rate is None:
+            return
+        acked = 8 * acked_rate
+        dt = 0.0 if self.last_update is None else min(max(now - self.last_update, 0.0), 1.0)
+        self.last_update = now
+        growth = GROWTH**dt
+        cap = HEADROOM * acked + 10_000
+        if probe_bps >= 0 and now - probe_at <= PROBE_FRESH:
+            cap = max(cap, probe_bps)  # the link carried that much a moment ago
+        loss = self.loss(now)
+        # delay-based
+        target = self.delay_target if self.delay_target is not None else acked
+        if usage is Usage.OVERUSE:
+            target = min(target, BETA * acked)
+            self.increasing = False
+        elif usage is Usage.UNDERUSE:
+            self.increasing = False  # hold: the queues are draining
+        elif not self.increasing:
+            self.increasing = True  # normal after a hold: increase from the next feedback
+        else:  # what just got through without queueing fits; loss is the other rule's
+            target = max(target * growth, acked)
+        self.delay_target = min(target, cap)
+        # loss-based
+        loss_target = self.loss_target if self.loss_target is not None else acked
+        if loss > LOSS_HIGH:
+            since = self.loss_high_since
+            if since is None:
+                since = self.loss_high_since = now
+            persistent = now - since >= LOSS_PERSIST
+            if (persistent or usage is not Usage.NORMAL) and (
+                now - self.last_loss_decrease >= 0.3 + rtt
+            ):
+                self.last_loss_decrease = now
+                loss_target = max(loss_target * (1 - 0.5 * loss), BETA * acked)
+        else:
+            self.loss_high_since = None
+            if loss < LOSS_LOW or usage is Usage.NORMAL:
+                # loss up to LOSS_HIGH while the delay does not move is random loss on the way,
+                # not a full queue (that shows as delay first): held there, a target taken from
+                # the first second's acked rate stayed below the stream at 5 % loss and moved
+                # the viewer down and up again (tests/unit/test_estimator.py, closed loop)
+                loss_target = max(loss_target * growth, acked)
+        self.loss_target = min(loss_target, cap)
+
+    def acked_rate(self, now: float) -> float | None:
+        """Bytes a second the viewer acknowledged over the last second (None: too early)."""
+        return self.acked_bytes.rate(now)
+
+    def loss(self, now: float) -> float:
+        """The share of packets reported lost over the last second."""
+        lost = self.lost.total(now)
+        total = lost + self.received.total(now)
+        return lost / total if total else 0.0
+
+    def inner(self, now: float) -> tuple[object, ...]:
+        """Every field, as the C state's ``inner`` lists them (tests compare the two)."""
+        t = self.trend
+        usage = (Usage.NORMAL, Usage.OVERUSE, Usage.UNDERUSE).index(t.usage)
+        trend = (
+            t.accumulated,
+            t.smoothed,
+            t.deltas,
+            list(t.points),
+            t.origin,
+            t._sx,
+            t._sy,
+            t._sxx,
+            t._sxy,
+            t._since_resum,
+            t.threshold,
+            t.last_threshold_update,
+            t.over_time,
+            t.over_count,
+            t.prev_trend,
+            usage,
+        )
+        return (
+            trend,
+            self.group,
+            self.prev,
+            self.delay_target,
+            self.loss_target,
+            int(self.increasing),
+            self.last_update,
+            self.last_loss_decrease,
+            self.loss_high_since,
+            self.twcc_at,
+            self.feedbacks,
+            self.unknown,
+            self.clamped,
+            self.lost_packets,
+            self.refused,
+            self.tokens,
+            self.tokens_at,
+            (self.acked_bytes.total(now), self.received.total(now), self.lost.total(now)),
+        )
+
+
 class BandwidthEstimator:
     """One viewer transport's estimate: ``record`` every packet sent (transport-cc), ``sent``
     every frame's bytes, and feed what the viewer reports; ``snapshot`` reads it."""
@@ -409,25 +684,15 @@ class BandwidthEstimator:
         self._probe_bps: float | None = None  # the last valid probe result...
         self._probe_at = float("-inf")  # ... and when it came
         self.probes = 0  # clusters measured
-        self.lost_packets = 0  # reported lost, monotonic (a probe stops at the first)
         self._sent = _Buckets()
         # ``sent`` in one call (per frame and viewer): the meter's own add, bound
         self.add_sent: Callable[[float, int], None] = self._sent.add
-        self._acked_bytes = _Window()
-        self._received = _Window()
-        self._lost = _Window()
-        self._trend = _Trendline()
-        # the open group: (first send, last send, latest arrival; -1: none yet); the previous
-        # completed group's (send, arrival)
-        self._group: tuple[float, float, float] = (-1.0, -1.0, -1.0)
-        self._prev: tuple[float, float] | None = None  # (send, arrival) of the last group
-        self._delay_target: float | None = None
-        self._loss_target: float | None = None
-        self._increasing = True
-        self._last_update: float | None = None
-        self._last_loss_decrease = float("-inf")
-        self._loss_high_since: float | None = None  # loss over LOSS_HIGH since (None: not now)
-        self._twcc_at: float | None = None
+        # the transport-cc side (the rate limit, groups, trendline, windows, targets): in C
+        # when built, every feedback in one call; the Python class is the reference
+        twcc_state = _twcc.TwccState if self.native else TwccState
+        self._cc: TwccState = twcc_state(
+            self._seq, self._time, self._size, self._acked, FEEDBACK_RATE, FEEDBACK_BURST
+        )
         self._remb: float | None = None
         self._remb_at: float | None = None
         self._rr_target: float | None = None
@@ -435,15 +700,35 @@ class BandwidthEstimator:
         self._rr_loss = 0.0
         self._rtt: float | None = None
         self._jitter: float | None = None
-        self.feedbacks = 0
         self.rembs = 0
         self.reports = 0
         self.malformed = 0
-        self.refused = 0
-        self.clamped = 0
-        self.unknown = 0
-        self._tokens = FEEDBACK_BURST
-        self._tokens_at: float | None = None
+        self._clamped = 0  # REMB, receiver reports, round trips (the feedback's: TwccState)
+
+    @property
+    def feedbacks(self) -> int:
+        """Transport-cc feedback packets taken."""
+        return self._cc.feedbacks
+
+    @property
+    def unknown(self) -> int:
+        """Packets reported that we did not send (or too long ago)."""
+        return self._cc.unknown
+
+    @property
+    def clamped(self) -> int:
+        """Absurd values (estimates, arrival jumps) clamped or reset."""
+        return self._clamped + self._cc.clamped
+
+    @property
+    def refused(self) -> int:
+        """Feedback packets over FEEDBACK_RATE, dropped unread."""
+        return self._cc.refused
+
+    @property
+    def lost_packets(self) -> int:
+        """Packets reported lost, monotonic (a probe stops at the first)."""
+        return self._cc.lost_packets
 
     # -- what we send ---------------------------------------------------------------------------
     def record(self, sizes: tuple[int, ...] | list[int], now: float) -> int:
@@ -508,7 +793,7 @@ class BandwidthEstimator:
     @property
     def usage(self) -> Usage:
         """The delay detector's state after the last feedback."""
-        return self._trend.usage
+        return self._cc.usage
 
     def take_probe_results(self, now: float) -> list[ProbeResult]:
         """Clusters measured since the last call (each once); a cluster whose feedback does
@@ -521,16 +806,17 @@ class BandwidthEstimator:
 
     def _finish_probe(self, cid: int, cluster: _Cluster, now: float) -> None:
         del self._clusters[cid]
-        result = cluster.result(cid, self._trend.usage)
+        cc = self._cc
+        result = cluster.result(cid, cc.usage)
         self.probes += 1
         self._probe_results.append(result)
-        if result.bitrate is not None and self._trend.usage is not Usage.OVERUSE:
+        if result.bitrate is not None and cc.usage is not Usage.OVERUSE:
             bps = float(self._clamp(result.bitrate))
             self._probe_bps, self._probe_at = bps, now
-            if self._delay_target is not None:
-                self._delay_target = max(self._delay_target, bps)
-            if self._loss_target is not None and self.twcc_loss(now) <= LOSS_HIGH:
-                self._loss_target = max(self._loss_target, bps)
+            if cc.delay_target is not None:
+                cc.delay_target = max(cc.delay_target, bps)
+            if cc.loss_target is not None and cc.loss(now) <= LOSS_HIGH:
+                cc.loss_target = max(cc.loss_target, bps)
 
     def sent(self, size: int, now: float) -> None:
         """Bytes sent to the viewer (a frame, a retransmission): the rate receiver reports and
@@ -544,37 +830,33 @@ class BandwidthEstimator:
     # -- what the viewer reports ----------------------------------------------------------------
     def on_transport_feedback(self, fci: bytes | memoryview, now: float) -> None:
         """A transport-cc feedback's FCI (after the two SSRCs)."""
-        last, self._tokens_at = self._tokens_at, now
-        if last is not None:
-            self._tokens = min(FEEDBACK_BURST, self._tokens + (now - last) * FEEDBACK_RATE)
-        if self._tokens < 1.0:
-            self.refused += 1
+        cc = self._cc
+        probe_bps = -1.0 if self._probe_bps is None else self._probe_bps
+        rtt = self._rtt or 0.0
+        if not self._clusters:  # the common case: in one call (in C when built)
+            if cc.take(fci, now, probe_bps, self._probe_at, rtt) == 1:
+                self.malformed += 1
             return
-        self._tokens -= 1.0
-        if self.native and not self._clusters:
-            self._take_feedback_native(fci, now)
+        # while a probe cluster waits for its feedback: this loop tags the cluster's packets
+        if not cc.admit(now):
             return
-        try:  # in Python while a probe cluster waits for its feedback: it tags packets
+        try:
             feedback = parse_transport_feedback(fci)
         except FeedbackError:
             self.malformed += 1
             return
-        self.feedbacks += 1
-        self._twcc_at = now
         seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
-        received = lost = acked_bytes = 0
-        usage = self._trend.usage
+        received = lost = acked_bytes = unknown = 0
         base = feedback.base_sequence
-        # the open group (first send, last send, latest arrival), kept in locals: the per-packet
-        # path is a comparison; a completed group goes to the trendline
-        g_first, g_send, g_arrival = self._group
+        g_first, g_send, g_arrival = cc.group
+        groups: list[tuple[float, float]] = []
         cluster_of, clusters = self._cluster_of, self._clusters
         for offset, arrival in enumerate(feedback.arrivals):
             seq = (base + offset) & 0xFFFF
             i = seq & (HISTORY - 1)
             send = times[i]
             if seqs[i] != seq or now - send > HISTORY_AGE:
-                self.unknown += 1
+                unknown += 1
                 continue
             if arrival is None:
                 if not acked[i]:
@@ -601,123 +883,27 @@ class BandwidthEstimator:
                     g_arrival = arrival
                 continue
             if g_first >= 0:
-                usage = self._group_done(g_send, g_arrival)
+                groups.append((g_send, g_arrival))
             g_first = g_send = send
             g_arrival = arrival
-        self._group = (g_first, g_send, g_arrival)
-        if received:
-            self._acked_bytes.add(now, acked_bytes)
-            self._received.add(now, received)
-        if lost:
-            self._lost.add(now, lost)
-            self.lost_packets += lost
-        self._update_twcc(usage, now)
+        cc.apply(
+            now,
+            received,
+            lost,
+            acked_bytes,
+            unknown,
+            groups,
+            (g_first, g_send, g_arrival),
+            probe_bps,
+            self._probe_at,
+            rtt,
+        )
         for cid, c in list(clusters.items()):
             if c.ended is not None and len(c.packets) + c.lost >= c.sent:
                 self._finish_probe(cid, c, now)
 
-    def _take_feedback_native(self, fci: bytes | memoryview, now: float) -> None:
-        """The loop above in C (``relay/media/_twcc.c``): the same results, without a Python
-        step per packet; the completed groups go to the trendline here."""
-        try:
-            scanned = _twcc.scan(
-                fci,
-                self._seq,
-                self._time,
-                self._size,
-                self._acked,
-                now,
-                HISTORY_AGE,
-                DELAY_MIN_SIZE,
-                BURST,
-                *self._group,
-            )
-        except ValueError:
-            self.malformed += 1
-            return
-        self.feedbacks += 1
-        self._twcc_at = now
-        received, lost, acked_bytes, unknown, groups, g_first, g_send, g_arrival = scanned
-        self.unknown += unknown
-        usage = self._trend.usage
-        for group_send, group_arrival in groups:
-            usage = self._group_done(group_send, group_arrival)
-        self._group = (g_first, g_send, g_arrival)
-        if received:
-            self._acked_bytes.add(now, acked_bytes)
-            self._received.add(now, received)
-        if lost:
-            self._lost.add(now, lost)
-        self._update_twcc(usage, now)
-
-    def _group_done(self, group_send: float, group_arrival: float) -> Usage:
-        """A packet group is complete: compare it with the one before."""
-        prev = self._prev
-        self._prev = (group_send, group_arrival)
-        if prev is None:
-            return self._trend.usage
-        send_delta = group_send - prev[0]
-        arrival_delta = group_arrival - prev[1]
-        if abs(arrival_delta) > MAX_GAP or send_delta < 0:
-            self.clamped += 1  # a clock jump or a lie: start the filter afresh
-            self._trend.reset()
-            return self._trend.usage
-        if arrival_delta < 0:
-            return self._trend.usage  # reordered groups: skip
-        return self._trend.update(
-            (arrival_delta - send_delta) * 1000, send_delta * 1000, group_arrival * 1000
-        )
-
-    def _update_twcc(self, usage: Usage, now: float) -> None:
-        acked_rate = self._acked_bytes.rate(now)
-        if acked_rate is None:
-            return
-        acked = 8 * acked_rate
-        dt = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
-        self._last_update = now
-        growth = GROWTH**dt
-        cap = HEADROOM * acked + 10_000
-        if self._probe_bps is not None and now - self._probe_at <= PROBE_FRESH:
-            cap = max(cap, self._probe_bps)  # the link carried that much a moment ago
-        loss = self.twcc_loss(now)
-        # delay-based
-        target = self._delay_target if self._delay_target is not None else acked
-        if usage is Usage.OVERUSE:
-            target = min(target, BETA * acked)
-            self._increasing = False
-        elif usage is Usage.UNDERUSE:
-            self._increasing = False  # hold: the queues are draining
-        elif not self._increasing:
-            self._increasing = True  # normal after a hold: increase from the next feedback
-        else:  # what just got through without queueing fits; loss is the other rule's
-            target = max(target * growth, acked)
-        self._delay_target = min(target, cap)
-        # loss-based
-        loss_target = self._loss_target if self._loss_target is not None else acked
-        if loss > LOSS_HIGH:
-            since = self._loss_high_since
-            if since is None:
-                since = self._loss_high_since = now
-            persistent = now - since >= LOSS_PERSIST
-            if (persistent or usage is not Usage.NORMAL) and (
-                now - self._last_loss_decrease >= 0.3 + (self._rtt or 0.0)
-            ):
-                self._last_loss_decrease = now
-                loss_target = max(loss_target * (1 - 0.5 * loss), BETA * acked)
-        else:
-            self._loss_high_since = None
-            if loss < LOSS_LOW or usage is Usage.NORMAL:
-                # loss up to LOSS_HIGH while the delay does not move is random loss on the way,
-                # not a full queue (that shows as delay first): held there, a target taken from
-                # the first second's acked rate stayed below the stream at 5 % loss and moved
-                # the viewer down and up again (tests/unit/test_estimator.py, closed loop)
-                loss_target = max(loss_target * growth, acked)
-        self._loss_target = min(loss_target, cap)
-
     def twcc_loss(self, now: float) -> float:
-        lost = self._lost.total(now)
-        total = lost + self._received.total(now)
-        return lost / total if total else 0.0
+        return self._cc.loss(now)
 
     def on_remb(self, fci: bytes | memoryview, now: float) -> None:
         """A REMB's FCI (after the two SSRCs)."""
@@ -730,7 +916,7 @@ class BandwidthEstimator:
         sent = self.sent_bps(now)
         ceiling = min(self.max_bps, max(self.min_bps, HEADROOM * sent)) if sent else self.max_bps
         if not self.min_bps <= bitrate <= ceiling:
-            self.clamped += 1
+            self._clamped += 1
         self._remb = float(self._clamp(min(bitrate, ceiling)))
         self._remb_at = now
 
@@ -739,7 +925,7 @@ class BandwidthEstimator:
         seconds."""
         self.reports += 1
         if not 0.0 <= fraction_lost <= 1.0:
-            self.clamped += 1
+            self._clamped += 1
             fraction_lost = min(1.0, max(0.0, fraction_lost))
         self._rr_loss = fraction_lost
         if jitter is not None:
@@ -759,7 +945,7 @@ class BandwidthEstimator:
         if rtt is None:
             return
         if not 0.0 <= rtt <= 10.0:
-            self.clamped += 1
+            self._clamped += 1
             return
         self._rtt = rtt
 
@@ -774,13 +960,16 @@ class BandwidthEstimator:
         target: float | None = None
         loss = self._rr_loss if self._rr_at is not None else 0.0
         acked: int | None = None
-        if self._twcc_at is not None and now - self._twcc_at <= TWCC_FRESH:
+        cc = self._cc
+        twcc_at = cc.twcc_at
+        if twcc_at is not None and now - twcc_at <= TWCC_FRESH:
             source = "twcc"
-            loss = self.twcc_loss(now)
-            rate = self._acked_bytes.rate(now)
+            loss = cc.loss(now)
+            rate = cc.acked_rate(now)
             acked = None if rate is None else int(8 * rate)
-            if self._delay_target is not None and self._loss_target is not None:
-                target = min(self._delay_target, self._loss_target)
+            delay_target, loss_target = cc.delay_target, cc.loss_target
+            if delay_target is not None and loss_target is not None:
+                target = min(delay_target, loss_target)
         elif self._remb_at is not None and now - self._remb_at <= REMB_FRESH:
             source, target = "remb", self._remb
             if target is not None and self._rr_fresh(now) and self._rr_loss < LOSS_LOW:
@@ -798,15 +987,15 @@ class BandwidthEstimator:
             source=source,
             acked_bps=acked,
             sent_bps=int(self.sent_bps(now)),
-            usage=self._trend.usage.value,
+            usage=cc.usage.value,
             jitter=self._jitter,
-            feedbacks=self.feedbacks,
+            feedbacks=cc.feedbacks,
             rembs=self.rembs,
             reports=self.reports,
             malformed=self.malformed,
-            refused=self.refused,
+            refused=cc.refused,
             clamped=self.clamped,
-            unknown=self.unknown,
+            unknown=cc.unknown,
             probes=self.probes,
             probe_bps=(
                 int(self._probe_bps)

@@ -15,7 +15,7 @@ from relay.media.cc_feedback import (
     parse_transport_feedback,
 )
 from relay.media.estimator import BandwidthEstimator
-from tests.support.link_trace import Link, run_trace
+from tests.support.link_trace import Link, run_adaptive, run_trace
 
 _twcc = pytest.importorskip("relay.media._twcc")
 
@@ -40,25 +40,16 @@ def parsed_native(body: bytes) -> Any:
 
 
 def state(est: BandwidthEstimator, now: float) -> tuple[Any, ...]:
-    trend = est._trend
+    """Everything: the snapshot, the send history and every field of the transport-cc state
+    (``inner``: the trendline's points and sums, the windows, the targets, the counters)."""
     return (
         est.snapshot(now),
-        est._group,
-        est._prev,
-        est._delay_target,
-        est._loss_target,
         list(est._acked),
         list(est._seq),
         list(est._time),
         list(est._size),
         est.next_sequence,
-        trend.accumulated,
-        trend.smoothed,
-        trend.threshold,
-        list(trend.points),
-        est._acked_bytes.total(now),
-        est._lost.total(now),
-        est._received.total(now),
+        est._cc.inner(now),
     )
 
 
@@ -155,3 +146,70 @@ def test_scan_refuses_history_arrays_of_the_wrong_kind() -> None:
     ):
         with pytest.raises((ValueError, TypeError, BufferError)):
             _twcc.scan(body, *bad, *args)
+
+
+def test_the_c_states_constants_are_the_estimators() -> None:
+    from relay.media import estimator as e
+
+    t = e._Trendline
+    python = {
+        "HISTORY_AGE": e.HISTORY_AGE,
+        "DELAY_MIN_SIZE": e.DELAY_MIN_SIZE,
+        "BURST": e.BURST,
+        "MAX_GAP": e.MAX_GAP,
+        "BETA": e.BETA,
+        "GROWTH": e.GROWTH,
+        "HEADROOM": e.HEADROOM,
+        "LOSS_HIGH": e.LOSS_HIGH,
+        "LOSS_LOW": e.LOSS_LOW,
+        "LOSS_PERSIST": e.LOSS_PERSIST,
+        "WINDOW": e.WINDOW,
+        "PROBE_FRESH": e.PROBE_FRESH,
+        "MIN_SPAN": 0.25,  # _Window.rate's minimum_span default
+        "TREND_WINDOW": t.WINDOW,
+        "TREND_RESUM": t.RESUM,
+        "SMOOTHING": t.SMOOTHING,
+        "GAIN": t.GAIN,
+        "K_UP": t.K_UP,
+        "K_DOWN": t.K_DOWN,
+    }
+    assert python == _twcc.CONSTANTS
+    assert e.HISTORY & (e.HISTORY - 1) == 0
+
+
+def test_the_c_state_ends_where_the_python_one_does_in_closed_loops_with_probes() -> None:
+    """The layer selector's closed loop (probe clusters tag packets: their feedback takes the
+    Python scan and the C state's ``apply``; the rest ``take``, whole): the same layers,
+    switches and estimates to the last bit, for links that dip, lose and queue."""
+    from relay.media.layer_selector import Layer
+
+    ladder = (Layer("720p", 1_500_000), Layer("360p", 600_000), Layer("180p", 200_000))
+    links = (
+        Link(capacity_bps=1e6, queue=0.1),
+        Link(loss=0.05, delay=0.02),
+        Link(dip=(5.0, 15.0, 4e5), queue=0.2),
+        Link(capacity_bps=4e5),
+    )
+    probed = 0
+    for seed, link in enumerate(links):
+        a = run_adaptive(link, ladder, seconds=30, start="720p", seed=seed)
+        b = run_adaptive(link, ladder, seconds=30, start="720p", seed=seed, native=False)
+        assert a.estimates == b.estimates and a.switches == b.switches
+        assert a.probe_packets == b.probe_packets
+        assert len(a.estimates) >= 59
+        probed += a.probe_packets
+    assert probed > 0  # the Python scan + C apply path ran
+
+
+def test_a_c_state_refuses_a_second_init_and_odd_histories() -> None:
+    from array import array
+
+    good = (array("l", [-1]) * 8, array("d", [0.0]) * 8, array("l", [0]) * 8, bytearray(8))
+    state = _twcc.TwccState(*good, 50.0, 10.0)
+    with pytest.raises(RuntimeError):
+        state.__init__(*good, 50.0, 10.0)
+    odd = (array("l", [-1]) * 6, array("d", [0.0]) * 6, array("l", [0]) * 6, bytearray(6))
+    with pytest.raises(ValueError):
+        _twcc.TwccState(*odd, 50.0, 10.0)
+    assert state.take(b"\x00", 0.0, -1.0, 0.0, 0.0) == 1  # malformed: nothing taken
+    assert state.feedbacks == 0 and state.twcc_at is None
