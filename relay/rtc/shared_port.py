@@ -12,9 +12,20 @@ the loop was busy) the kernel queue behind it grew to ~10 MiB, a FIFO shared by 
 so an anchor's consent checks waited seconds; the anchor's ICE agent (aioice: one try, 0.5 s,
 six failures) gave up on the node and stopped sending, and the node ended it on "media
 timeout" (issue 16). Per-peer ports never had this: the kernel kept a queue per session.
-Sends are gathered per event-loop turn and leave in one sendmmsg. While a datagram is handed
-on, ``arrival`` holds when the kernel received it (SO_TIMESTAMPNS, ``time.monotonic``'s clock):
-transport-cc feedback reports that, not when this reader got round to it.
+Sends are gathered per event-loop turn and leave in one sendmmsg.
+
+Reads may be paced (``max_reads``, off by default): a readable event costs a wake-up of the loop
+whatever it brings, and an audience of Chromium viewers sends its transport-cc feedback spread
+over time (~20 small datagrams a second each, at its own phase): 100 such viewers woke the
+reader ~750-1,500 times a second for one or two datagrams each, 8-29 us per datagram against
+2-4 us when they came in bursts (``bench.port_pacing``, loaded machine). With ``max_reads``
+set, past that many reads a second a socket is left unread until a read is due again (at most
+1 / ``max_reads`` s later: what came meanwhile is one recvmmsg); below it, as at an idle node
+or a small room, every readable event is served at once.
+
+While a datagram is handed on, ``arrival`` holds when the kernel received it (SO_TIMESTAMPNS,
+``time.monotonic``'s clock): transport-cc feedback reports that, not when this reader got round
+to it.
 
 Sockets: ``open`` once per local address offered, all on the same port number (a socket bound
 to "0.0.0.0" or "::" serves every address of its family; IPv6 ones are IPV6_V6ONLY). A socket
@@ -30,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from typing import Any, Protocol
 
 from aioice import stun
@@ -47,6 +59,11 @@ Family = socket.AddressFamily
 RECEIVE_BUFFER = 16 * 1024 * 1024
 SEND_BUFFER = 16 * 1024 * 1024
 READ_LIMIT = 4096  # datagrams taken per readable event at most (a flood cannot hold the loop)
+MAX_READS = 0.0
+"""Readable events served per second and socket, sustained (0: every one, the default: the
+saving could not be shown on the loaded 2-core test machine, see BENCHMARKS.md
+``bench.port_pacing``; 500 caps the wait it adds to an anchor's packet at 2 ms)."""
+READ_BURST = 20.0  # ... and in a burst before the pacing starts
 SO_SNDBUFFORCE = 32  # Linux (the socket module has no names for these)
 SO_RCVBUFFORCE = 33
 
@@ -62,8 +79,11 @@ class SharedUdpPort:
     session's packets would queue behind each other. ``native`` False: the Python
     recvfrom/sendto loops instead of recvmmsg/sendmmsg (tests and benchmarks compare them)."""
 
-    def __init__(self, *, native: bool = True) -> None:
+    def __init__(self, *, native: bool = True, max_reads: float = MAX_READS) -> None:
         self.table: MuxTable[DatagramSink] = MuxTable()
+        self.max_reads = max_reads
+        self._read_tokens: dict[str, tuple[float, float]] = {}  # per socket: (tokens, when)
+        self.paced = 0  # reads put off (a socket left unread until its next read is due)
         self._socks: dict[str, socket.socket] = {}  # by the address bound
         self._loop: asyncio.AbstractEventLoop | None = None
         self._native = native
@@ -180,6 +200,26 @@ class SharedUdpPort:
                 self.datagram_received(data, addr, local)
         finally:
             self.arrival = None
+            if self.max_reads > 0:
+                self._pace(sock, local)
+
+    def _pace(self, sock: Socket, local: str) -> None:
+        """A read was served: when reads come faster than ``max_reads`` a second (past a burst
+        of ``READ_BURST``), the socket is not watched until the next one is due."""
+        now = time.monotonic()
+        tokens, at = self._read_tokens.get(local, (READ_BURST, now))
+        tokens = min(READ_BURST, tokens + (now - at) * self.max_reads) - 1.0
+        self._read_tokens[local] = (tokens, now)
+        if tokens >= 0.0 or self._loop is None:
+            return
+        self.paced += 1
+        self._loop.remove_reader(sock.fileno())
+        self._loop.call_later(-tokens / self.max_reads, self._resume, sock, local)
+
+    def _resume(self, sock: Socket, local: str) -> None:
+        """Watch the socket again (the loop's poll in this same turn finds what waits)."""
+        if self._socks.get(local) is sock and sock.fileno() >= 0 and self._loop is not None:
+            self._loop.add_reader(sock.fileno(), self._readable, sock, local)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...], local: str = "") -> None:
         addr = (addr[0], addr[1])

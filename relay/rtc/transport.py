@@ -43,6 +43,9 @@ class TransportConfig:
     """A session whose peer sends no authenticated STUN and no SRTP/SRTCP this long ends."""
     udp_port: int = 0
     """The node's one UDP port for every session (ICE-lite); 0: a port per peer connection."""
+    udp_max_reads: float = 0.0
+    """Reads of that port a second before they are paced (``SharedUdpPort.max_reads``; 0: no
+    pacing)."""
     tcp_port: int = 0
     """The node's one ICE-TCP port beside ``udp_port`` (RFC 6544 passive); 0: no ICE-TCP."""
     addresses: tuple[str, ...] = ()
@@ -74,7 +77,7 @@ class NodeTransport:
             hosts = list(c.addresses)
         else:
             hosts = get_host_addresses(use_ipv4=True, use_ipv6=False) or ["127.0.0.1"]
-        port = SharedUdpPort()
+        port = SharedUdpPort(max_reads=c.udp_max_reads)
         try:
             if c.announce:  # the candidates are not local: every address of each family
                 for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):

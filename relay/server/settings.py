@@ -270,6 +270,13 @@ class WebRtcSettings(BaseModel):
     balancer in front of ``udp_port`` and ``tcp_port``, which must keep their numbers); needs
     ``udp_port``."""
 
+    udp_max_reads: float = Field(0.0, ge=0, le=100000)
+    """Reads of the UDP port a second, sustained, before it is paced (0: none, every readable
+    event read at once). An audience's spread-out transport-cc feedback wakes the node for one
+    or two datagrams each time; paced, what came meanwhile is read in one go, at the cost of
+    up to 1 / ``udp_max_reads`` s of wait for every datagram, an anchor's media included (500:
+    2 ms). Off by default until a quiet machine shows the saving (BENCHMARKS.md)."""
+
     consent_timeout: float = Field(30.0, gt=0, le=3600)
     """A WHIP/WHEP session whose peer sends no authenticated STUN and no SRTP/SRTCP for this
     many seconds ends (instead of RFC 7675 consent checks, which ffmpeg's WHIP muxer never
@@ -419,6 +426,7 @@ def transport_config(settings: NodeSettings) -> TransportConfig:
         ice_servers=node_ice(settings),
         consent_timeout=settings.webrtc.consent_timeout,
         udp_port=settings.webrtc.udp_port,
+        udp_max_reads=settings.webrtc.udp_max_reads,
         tcp_port=settings.webrtc.tcp_port,
         addresses=settings.webrtc.addresses,
         announce=settings.webrtc.announce,
