@@ -32,6 +32,11 @@ arrived at (libwebrtc's ProbeBitrateEstimator: a link that spread the cluster ou
 token bucket lets the head through at line rate). A valid result without overuse lifts both
 targets to it.
 
+What one transport-cc feedback changes (the rate limit, the groups, the trendline, the windows
+and both targets) lives in a ``TwccState``: in C when built (``relay/media/_twcc.c``, a whole
+feedback in one call, ~0.5 us against ~6 us with the trendline and targets in Python), this
+module's class otherwise and as the reference the tests hold the C one to.
+
 Feedback is data from the network: malformed packets are counted and ignored, arrival times
 that jump by more than ``MAX_GAP`` reset the delay filter, packets we never sent (or sent too
 long ago) are counted and ignored, and every target is clamped to ``[min_bps, max_bps]`` and to
