@@ -32,6 +32,10 @@ core per viewer at each N (issue 17: the estimator and selector may cost <= 10 %
 ``--transport-cc`` the light viewers offer transport-cc and send its feedback every 50 ms, as
 Chromium does, so "on" includes numbering and recording every packet and taking ~20 feedbacks
 a second per viewer ("feedback/s/viewer" column); "off" answers no transport-cc, so they send none.
+By default a light process sends all its viewers' feedback at once, so the node reads it in a
+few large batches; ``--feedback-slices 10`` spreads it as Chromium viewers' phases would, and the
+node then wakes for one or two datagrams at a time (``bench.port_pacing``: 3-5x the cost per
+datagram; ``webrtc.udp_max_reads`` paces the reads).
 
 With ``--perf``, ``perf record`` samples the server during each window and the table adds the
 share of its CPU inside ``net_rx_action``: on loopback the kernel delivers each datagram to the
@@ -194,6 +198,7 @@ async def start_fleet(
     cpus: str,
     transport_cc: bool = False,
     join_timeout: float = 15.0,
+    feedback_slices: int = 1,
 ) -> LoadFleet:
     workers = []
     for i in range(procs):
@@ -201,7 +206,7 @@ async def start_fleet(
         argv += ["--base-url", base_url, "--room", ROOM, "--loop", "uvloop", "--light"]
         argv += ["--concurrency", "8", "--join-timeout", str(join_timeout)]
         if transport_cc:
-            argv.append("--transport-cc")
+            argv += ["--transport-cc", "--feedback-slices", str(feedback_slices)]
         workers.append(LoadWorker(await children.start(f"light{i}", argv, pipes=True)))
     return LoadFleet(workers)
 
@@ -393,7 +398,13 @@ async def run(args: argparse.Namespace) -> list[Point]:
         await asyncio.sleep(2.0)
         probe = await whep_watch(url, ROOM, timeout=20, decode=args.anchor != "clip")
         fleet = await start_fleet(
-            children, url, args.procs, args.client_cpus, args.transport_cc, args.join_timeout
+            children,
+            url,
+            args.procs,
+            args.client_cpus,
+            args.transport_cc,
+            args.join_timeout,
+            args.feedback_slices,
         )
         clients = [psutil.Process(os.getpid()), *fleet.processes()]
         if args.target == "edge":
@@ -483,6 +494,14 @@ def main() -> None:
         "--transport-cc",
         action="store_true",
         help="light viewers offer transport-cc (the server numbers and records every packet)",
+    )
+    parser.add_argument(
+        "--feedback-slices",
+        type=int,
+        default=1,
+        help="with --transport-cc: each light process sends its viewers' feedback in this many "
+        "slices per 50 ms (1: all at once; 10: as spread as Chromium viewers' own phases make "
+        "it, each read on its own by the node)",
     )
     parser.add_argument(
         "--ports",

@@ -126,10 +126,12 @@ class LoadPool:
         light: bool = False,
         janus: bool = False,
         transport_cc: bool = False,
+        feedback_slices: int = 1,
     ) -> None:
         self.base_url = base_url
         self.janus = janus
         self.transport_cc = transport_cc
+        self.feedback_slices = max(1, feedback_slices)
         self.room = room
         self.viewers: list[Viewer] = []
         self.light = light
@@ -188,11 +190,17 @@ class LoadPool:
 
     async def _send_feedback(self) -> None:
         """Every FEEDBACK_INTERVAL, each light viewer's transport-cc feedback (one task for
-        the process, not one per viewer)."""
+        the process, not one per viewer): all at once, or with ``feedback_slices`` k, a k-th
+        of the viewers every FEEDBACK_INTERVAL / k (Chromium viewers each send at their own
+        phase: the node then reads them one by one, not in one batch)."""
+        slices = self.feedback_slices
+        step = 0
         while True:
-            await asyncio.sleep(FEEDBACK_INTERVAL)
+            await asyncio.sleep(FEEDBACK_INTERVAL / slices)
             now = time.monotonic()
-            for counter in list(self.counters.values()):
+            counters = list(self.counters.values())[step % slices :: slices]
+            step += 1
+            for counter in counters:
                 try:
                     await counter.send_feedback(now)
                 except Exception as exc:  # a viewer going away; the others go on
@@ -270,6 +278,7 @@ async def serve(args: argparse.Namespace) -> None:
         light=args.light,
         janus=args.janus,
         transport_cc=args.transport_cc,
+        feedback_slices=args.feedback_slices,
     )
     try:
         while True:
@@ -308,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
     parser.add_argument(
         "--transport-cc", action="store_true", help="offer transport-cc as Chromium does"
+    )
+    parser.add_argument(
+        "--feedback-slices",
+        type=int,
+        default=1,
+        help="send the viewers' feedback in this many slices per interval (1: all at once)",
     )
     args = parser.parse_args(argv)
     if args.nice:
