@@ -16,7 +16,9 @@ bridge, bench anchors), and a process that imported PyAV before aiortc keeps it.
 uvicorn's package imports its command line (``uvicorn.main``: click, watchfiles, the reload
 and multiprocess supervisors) to re-export ``run``, ``main`` and ``Server``: it gets a stand-in
 too, whose ``Server`` is the real ``uvicorn.server.Server``. FastAPI imports pydantic 1 from a
-function, only to ask ``isinstance``: ``BOUND`` binds a stand-in as ``pydantic.v1`` instead.
+function, only to ask ``isinstance``: ``BOUND`` binds a stand-in as ``pydantic.v1`` instead;
+and FastAPI's own pydantic models (the OpenAPI document's) build on first use
+(``BUILD_ON_USE``).
 
 ``install`` puts the finder on ``sys.meta_path``; ``relay/__init__.py`` calls it, so it is in
 place before any aiortc import of ours (third-party imports sort before first-party ones in a
@@ -58,6 +60,12 @@ pydantic import v1`` for every route it builds and every response it encodes, to
 1 models apart (~30 modules, ~1.4 MiB). A stand-in bound as the parent package's attribute (not
 in ``sys.modules``: ``import pydantic.v1`` still loads the real one and rebinds it) answers for
 the named classes without loading it; any other attribute loads the real module."""
+
+
+BUILD_ON_USE: tuple[str, ...] = ("fastapi",)
+"""Packages whose pydantic models build their validators and serializers on first use
+(``defer_build``): FastAPI defines ~50 models for the OpenAPI document (and security schemes)
+that a node builds only if ``/openapi.json`` or ``/docs`` is asked for (~1.3 MiB)."""
 
 
 def _real(module: str, name: str) -> Any:
@@ -190,6 +198,33 @@ class _BindingLoader(importlib.abc.Loader):
         return getattr(self._loader, attr)
 
 
+class _BuildOnUseLoader(importlib.abc.Loader):
+    """The real loader of a ``BUILD_ON_USE`` package: every pydantic model defined while it
+    executes inherits ``defer_build`` (pydantic merges a model's config with its bases')."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        module: types.ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        config = importlib.import_module("pydantic").BaseModel.model_config
+        before = config.get("defer_build")
+        config["defer_build"] = True
+        try:
+            self._loader.exec_module(module)
+        finally:
+            if before is None:
+                config.pop("defer_build", None)
+            else:
+                config["defer_build"] = before
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._loader, attr)
+
+
 class _WindowLoader(importlib.abc.Loader):
     """The real loader of a ``WINDOWS`` package; while it executes, the finder hands out
     stubs for its deferred module, and on the way out they leave ``sys.modules`` (the
@@ -236,7 +271,8 @@ class DeferredImports(importlib.abc.MetaPathFinder):
             return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
         root = WINDOWS.get(fullname)
         binds = any(name.rpartition(".")[0] == fullname for name in BOUND)
-        if not binds and (root is None or root in self.open or root in sys.modules):
+        builds = fullname in BUILD_ON_USE
+        if not (binds or builds) and (root is None or root in self.open or root in sys.modules):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -248,7 +284,9 @@ class DeferredImports(importlib.abc.MetaPathFinder):
             return None
         if spec.loader is None:
             return spec
-        if binds:
+        if builds:
+            spec.loader = _BuildOnUseLoader(spec.loader)
+        elif binds:
             spec.loader = _BindingLoader(spec.loader)
         else:
             spec.loader = _WindowLoader(self, fullname, spec.loader)

@@ -250,6 +250,19 @@ class Old(real_v1.BaseModel):
     a: int = 1
 result["v1_real"] = sys.modules["pydantic.v1"] is real_v1 and isinstance(Old(), v1.BaseModel)
 result["fastapi_sees_v1"] = shared.is_pydantic_v1_model_class(Old)
+import fastapi
+from fastapi.openapi.models import OpenAPI
+from pydantic import BaseModel
+class Mine(BaseModel):
+    a: int
+result["openapi_models_deferred"] = not OpenAPI.__pydantic_complete__
+result["ours_built"] = Mine.__pydantic_complete__
+app = fastapi.FastAPI()
+@app.get("/mine")
+def mine() -> Mine:
+    return Mine(a=1)
+result["openapi"] = sorted(app.openapi()["components"]["schemas"])
+result["openapi_models_built"] = OpenAPI.__pydantic_complete__
 result["command"] = uvicorn.main.name  # the click command's attribute: loads uvicorn.main
 result["command_kept"] = type(uvicorn.main).__name__ != "module"
 result["run_real"] = uvicorn.run.__module__ == "uvicorn.main" and callable(uvicorn.run)
@@ -261,7 +274,8 @@ print(json.dumps(result))
 @pytest.mark.timeout(60)
 def test_uvicorn_cli_and_pydantic_v1_stand_ins() -> None:
     """uvicorn imports without its command line (click, watchfiles), ``uvicorn.Server`` is the
-    real class and the command line loads when something uses it; FastAPI's pydantic 1
+    real class and the command line loads when something uses it; FastAPI's OpenAPI models build
+    when the document is first asked for, ours when defined; FastAPI's pydantic 1
     checks answer without loading pydantic 1, and see a real pydantic 1 model once something
     imports it."""
     assert _last_json(UVICORN_AND_PYDANTIC) == {
@@ -273,6 +287,10 @@ def test_uvicorn_cli_and_pydantic_v1_stand_ins() -> None:
         "v1_loaded": False,
         "v1_real": True,
         "fastapi_sees_v1": True,
+        "openapi_models_deferred": True,
+        "ours_built": True,
+        "openapi": ["Mine"],
+        "openapi_models_built": True,
         "command": "main",
         "command_kept": True,
         "run_real": True,
