@@ -131,12 +131,21 @@ def test_aiortc_defers_pyav() -> None:
     }
 
 
-OPTIONAL = ("psutil", "click", "watchfiles", "websockets", "pydantic.v1", "ffmpeg", "numpy")
+OPTIONAL = (
+    "psutil",
+    "click",
+    "watchfiles",
+    "websockets",
+    "pydantic.v1",
+    "ffmpeg",
+    "numpy",
+    "gateway.bridge.bridge",
+)
 """Modules a serving node with one ingest and no viewer does not load: /v1/runtime's psutil,
 uvicorn's command line (click, watchfiles), the WebSocket library (room chat), pydantic 1
-(FastAPI's isinstance checks), ffmpeg-python (bridges), numpy (mixing); httpx neither (calling
-out, the workers' front). PyAV is checked by its FFmpeg libraries: the import log lists its
-stand-in."""
+(FastAPI's isinstance checks), ffmpeg-python and the bridges' machinery, numpy (mixing); httpx
+neither (calling out, the workers' front). PyAV is checked by its FFmpeg libraries: the import
+log lists its stand-in."""
 
 
 @dataclass(frozen=True)
