@@ -5,7 +5,11 @@ click, rich and pygments, which httpx's command line brings: ~4.6 MB) until it c
 edge pull, presence upstream, a webhook. Neither loads PyAV (FFmpeg's libraries, ~25 MB) until
 something decodes or encodes, nor dnspython (~5 MB, aioice's mDNS) until a peer offers a
 ``.local`` candidate: aiortc and aioice get stand-ins (relay/rtc/deferred_imports.py), and
-``test_aiortc_defers_pyav`` fails if an upgrade stops working with them."""
+``test_aiortc_defers_pyav`` fails if an upgrade stops working with them. A node served by our
+CLI (``test_serving_node_loads_optional_modules_on_first_use``, the process itself, with one
+anchor) neither loads uvicorn's command line, psutil, the WebSocket library, pydantic 1,
+ffmpeg-python nor the bridges' machinery, and runs no libuv thread pool, until a feature needs
+them; ``test_uvicorn_cli_and_pydantic_v1_stand_ins`` pins the stand-ins that make it so."""
 
 from __future__ import annotations
 
