@@ -85,7 +85,7 @@ def ffmpeg_loaded(pid: int) -> bool:
 
 
 def memory_cells(pid: int) -> str:
-    return " / ".join(f"{m:.0f}" for m in memory_mib(pid)) + (
+    return " / ".join(f"{m:.1f}" for m in memory_mib(pid)) + (
         " MiB (PyAV loaded)" if ffmpeg_loaded(pid) else " MiB (no PyAV)"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import os
 import threading
 import time
@@ -12,7 +13,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import psutil
 from aiortc import RTCPeerConnection
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
@@ -77,12 +77,16 @@ def runtime_router(
 ) -> APIRouter:
     router = APIRouter(tags=["operator"])
     started = time.monotonic()
-    proc = psutil.Process(os.getpid())
+    proc: Any = None  # psutil loads on the first call: ~1 MiB a node never asked need not hold
 
     @router.get("/runtime", response_model=RuntimeView)
     async def runtime(
         deep: bool = Query(False, description="also count peer connections (gc)"),
     ) -> RuntimeView:
+        nonlocal proc
+        if proc is None:  # imported off the loop: 15-100 ms cold (load 1-25)
+            psutil = await asyncio.to_thread(importlib.import_module, "psutil")
+            proc = psutil.Process(os.getpid())
         return RuntimeView(
             tasks=len(asyncio.all_tasks()),
             threads=threading.active_count(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,8 +12,11 @@ from relay.auth.access import AccessPolicy
 from relay.errors import BadRequest, NotFound, ServiceUnavailable
 from relay.http.common import check_room
 
-from .bridge import Bridge, BridgeState
 from .service import BridgeService
+from .state import BridgeState
+
+if TYPE_CHECKING:
+    from .bridge import Bridge
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
 SEGMENT_TYPE = "video/mp4"

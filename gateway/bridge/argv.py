@@ -6,8 +6,6 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import ffmpeg
-
 BridgeKind = Literal["rtmp", "hls"]
 
 # What the bridge writes into ffmpeg's stdin: Matroska carries H264 and VP8 and Opus with
@@ -65,6 +63,8 @@ def build_argv(plan: FfmpegPlan) -> list[str]:
     HLS: fragmented MP4 on stdout (the LL-HLS packager cuts parts and segments from it)."""
     if plan.video is None and plan.audio is None:
         raise ValueError("a bridge needs at least one of video and audio")
+    import ffmpeg  # ffmpeg-python (with future): loaded by the first bridge, not by every node
+
     # little probing: the feed's header already says what is inside. (No ``-fflags nobuffer``:
     # it throws away the packets read while probing, i.e. the frames after the first keyframe.)
     src = ffmpeg.input("pipe:0", f=FEED_FORMAT, probesize=32, analyzeduration=0)

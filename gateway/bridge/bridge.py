@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 from relay.media.frames import MediaKind
 from relay.media.hub import FanoutHub, Viewer
@@ -26,10 +25,9 @@ from .feed import FeedPacket, FrameFeed, Timeline, write_feed
 from .fmp4 import TrackInfo, parse_fragment, parse_init
 from .hls_output import HlsOutput
 from .process import FfmpegProcess, redact_url
+from .state import BridgeState
 
 log = logging.getLogger(__name__)
-
-BridgeState = Literal["waiting", "starting", "running", "retrying", "failed", "stopped"]
 
 
 @dataclass(slots=True)

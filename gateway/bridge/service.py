@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from relay.errors import Conflict, NotFound, Unprocessable
@@ -18,9 +20,10 @@ from relay.media.hub import FanoutHub
 from ..settings import BridgeSettings
 from ..stage.table import Stage, StageTable
 from .argv import BridgeKind
-from .bridge import Bridge
-from .hls_output import HlsOutput
-from .llhls import LlHlsPackager, target_duration_for
+
+if TYPE_CHECKING:  # the machinery loads with the first bridge (a node may never have one)
+    from .bridge import Bridge
+    from .hls_output import HlsOutput
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,10 @@ class BridgeService:
 
     # -- commands --------------------------------------------------------------------------------
     async def create(self, room: str, kind: BridgeKind, url: str | None = None) -> Bridge:
+        # the machinery (ffmpeg process, feed, LL-HLS packager) loads off the loop, once
+        await asyncio.to_thread(importlib.import_module, f"{__package__}.bridge")
+        from .bridge import Bridge
+
         stage = self._stages.get(room)
         if stage is None:
             raise NotFound(f"no room {room!r}")
@@ -122,6 +129,9 @@ class BridgeService:
         return bridge
 
     async def _new_hls(self, room: str) -> HlsOutput:
+        from .hls_output import HlsOutput
+        from .llhls import LlHlsPackager, target_duration_for
+
         root = self.hls_root()
         directory = root / room
         if directory.resolve().parent != root.resolve():  # rooms are checked; this stays so

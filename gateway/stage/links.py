@@ -24,11 +24,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.auth.tokens import TokenAuthority
-from relay.cluster.edge import EdgeConfig, EdgeService
-from relay.cluster.link import LinkConfig
 from relay.cluster.node import ClusterNode
 from relay.cluster.registry import RegistryError
 from relay.errors import Conflict, NotFound, Unprocessable
@@ -39,6 +37,9 @@ from relay.media.stream_key import StreamKey
 from ..settings import Settings, node_ice
 from .anchor_hub import AnchorHub
 from .room import RoomService
+
+if TYPE_CHECKING:  # the puller's side (relay.cluster.edge, .link) loads with the first link
+    from relay.cluster.edge import EdgeService
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,9 @@ class LinkService:
     def _puller(self, url: str) -> EdgeService:
         puller = self._pullers.get(url)
         if puller is None:
+            from relay.cluster.edge import EdgeConfig, EdgeService
+            from relay.cluster.link import LinkConfig
+
             s = self._settings
             media = s.media
             node = self._cluster.config.node_id if self._cluster is not None else "origin"

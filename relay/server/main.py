@@ -48,10 +48,14 @@ def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> N
     """Serve ``app`` with uvicorn; ``http_fd``: an inherited listening socket (a worker's, made
     by its front) instead of binding settings.host/port."""
     import gc
+    import socket
 
-    import uvicorn
+    from uvicorn.config import Config  # not ``uvicorn.Server``: that is uvicorn.main (see below)
+    from uvicorn.server import Server
 
     from relay.http.slow_clients import SlowClientLimits, guarded_http_protocol
+    from relay.server.listen import listening_sockets
+    from relay.server.ws_protocol import lazy_ws_protocol
 
     # Everything built so far lives as long as the process: out of the cyclic collector's way,
     # a full collection (which stalls every stream on this loop) scans only the sessions'
@@ -60,7 +64,7 @@ def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> N
     gc.collect()
     gc.freeze()
     lim = settings.limits
-    config = uvicorn.Config(
+    config = Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
@@ -73,17 +77,20 @@ def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> N
                 send_timeout=lim.send_timeout,
             )
         ),
+        ws=lazy_ws_protocol(),  # type: ignore[arg-type]  # websockets loads at the first upgrade
         ssl_certfile=settings.tls_certfile or None,
         ssl_keyfile=settings.tls_keyfile or None,
         log_config=uvicorn_log_config(),  # credentials redacted from the access log
     )
-    server = uvicorn.Server(config)
-    if http_fd is None:
-        server.run()
-    else:
-        import socket
-
+    server = Server(config)
+    if http_fd is not None:
         server.run(sockets=[socket.socket(fileno=http_fd)])
+        return
+    try:  # bound here, not by uvicorn: no libuv thread pool for one lookup (relay/server/listen.py)
+        sockets = listening_sockets(settings.host, settings.port)
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+    server.run(sockets=sockets)
 
 
 def add_edge_arguments(parser: argparse.ArgumentParser) -> None:

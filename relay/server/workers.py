@@ -8,7 +8,7 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -16,10 +16,11 @@ from starlette.middleware import Middleware
 from relay.auth.tokens import TokenAuthority
 from relay.cluster.node import ClusterNode
 from relay.server.settings import NodeSettings
-from relay.workers.front import Gate, WorkerFront
 from relay.workers.policy import Assigner, WorkerPorts
-from relay.workers.supervisor import WorkerPlan, WorkerSupervisor
-from relay.workers.worker import WorkerGuard
+
+if TYPE_CHECKING:  # the front and the supervisor bring httpx (~4.6 MiB with its command line)
+    from relay.workers.front import Gate
+    from relay.workers.supervisor import WorkerSupervisor
 
 S = TypeVar("S", bound=NodeSettings)
 
@@ -92,6 +93,9 @@ def install_front(
     stopped with the app). Inside the request guards: they see each client once per node.
     ``gate``: the node's WHEP checks (authorization, routing), run at the front for every POST
     (a worker knows no room policies and serves only what its front sends it)."""
+    from relay.workers.front import WorkerFront
+    from relay.workers.supervisor import WorkerPlan, WorkerSupervisor
+
     worker_key = secrets.token_urlsafe(32)
     plan = WorkerPlan(
         count=count,
@@ -141,6 +145,8 @@ def worker_settings(cls: type[S], base: S, handshake: dict[str, Any]) -> S:
 
 
 def install_worker_guard(app: FastAPI, handshake: dict[str, Any]) -> None:
+    from relay.workers.worker import WorkerGuard
+
     app.add_middleware(WorkerGuard, worker_key=str(handshake["worker_key"]))
 
 

@@ -5,15 +5,27 @@ click, rich and pygments, which httpx's command line brings: ~4.6 MB) until it c
 edge pull, presence upstream, a webhook. Neither loads PyAV (FFmpeg's libraries, ~25 MB) until
 something decodes or encodes, nor dnspython (~5 MB, aioice's mDNS) until a peer offers a
 ``.local`` candidate: aiortc and aioice get stand-ins (relay/rtc/deferred_imports.py), and
-``test_aiortc_defers_pyav`` fails if an upgrade stops working with them."""
+``test_aiortc_defers_pyav`` fails if an upgrade stops working with them. A node served by our
+CLI (``test_serving_node_loads_optional_modules_on_first_use``, the process itself, with one
+anchor) neither loads uvicorn's command line, psutil, the WebSocket library, pydantic 1,
+ffmpeg-python nor the bridges' machinery, and runs no libuv thread pool, until a feature needs
+them; ``test_uvicorn_cli_and_pydantic_v1_stand_ins`` pins the stand-ins that make it so."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
+
+from gateway.launcher import free_port, free_udp_port, wait_healthy
+from relay.auth.tokens import TokenAuthority
 
 PROBE = """
 import json, sys
@@ -120,4 +132,180 @@ def test_aiortc_defers_pyav() -> None:
         "decoded": [[640, 480]],
         "bad_data": "FFmpegError",
         "real_av": True,
+    }
+
+
+OPTIONAL = (
+    "psutil",
+    "click",
+    "watchfiles",
+    "websockets",
+    "pydantic.v1",
+    "ffmpeg",
+    "numpy",
+    "gateway.bridge.bridge",
+)
+"""Modules a serving node with one ingest and no viewer does not load: /v1/runtime's psutil,
+uvicorn's command line (click, watchfiles), the WebSocket library (room chat), pydantic 1
+(FastAPI's isinstance checks), ffmpeg-python and the bridges' machinery, numpy (mixing); httpx
+neither (calling out, the workers' front). PyAV is checked by its FFmpeg libraries: the import
+log lists its stand-in."""
+
+
+@dataclass(frozen=True)
+class NodeState:
+    modules: set[str]  # from the node's ``-X importtime`` log
+    threads: set[str]
+    ffmpeg: bool
+
+    def loaded(self, *packages: str) -> set[str]:
+        """Which of ``packages`` the log shows (or a submodule of: ``importlib.import_module``
+        does not log the module it is called for, only what that imports)."""
+        return {p for p in packages for m in self.modules if m == p or m.startswith(p + ".")}
+
+
+def node_state(pid: int, log: Path) -> NodeState:
+    modules = {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.read_text().splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    threads = {(t / "comm").read_text().strip() for t in Path(f"/proc/{pid}/task").iterdir()}
+    return NodeState(modules, threads, "libavcodec" in Path(f"/proc/{pid}/maps").read_text())
+
+
+async def exercise(base: str, pid: int, log: Path, secret: str, key: str) -> None:
+    """One anchor, then the checks; then /v1/runtime and a chat member, then the checks again."""
+    from websockets.asyncio.client import connect
+
+    from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
+
+    tokens = TokenAuthority(secret)
+    publisher = await whip_publish(
+        base,
+        "demo",
+        tokens.mint("demo", "anchor", "test", 600),
+        video=StampedVideoTrack(320, 180, 15),
+        audio=ToneAudioTrack(440),
+    )
+    try:
+        connected = asyncio.Event()
+        publisher.pc.on("connectionstatechange", lambda: connected.set())
+        async with asyncio.timeout(20):
+            while publisher.pc.connectionState != "connected":
+                connected.clear()
+                await connected.wait()
+        await asyncio.sleep(1.5)  # media flowing through the ingest
+        state = await asyncio.to_thread(node_state, pid, log)
+        assert "gateway.app" in state.modules and "aiortc" in state.modules
+        assert state.loaded(*OPTIONAL, "httpx") == set()
+        assert not state.ffmpeg
+        assert "libuv-worker" not in state.threads, state.threads
+
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            r = await client.get("/v1/runtime", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and r.json()["rss_bytes"] > 0, r.text
+        audience = tokens.mint("demo", "audience", "chat", 600)
+        url = base.replace("http://", "ws://") + f"/rooms/demo/messages?access_token={audience}"
+        async with connect(url, open_timeout=10) as ws:
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert welcome["type"] == "welcome", welcome
+        state = await asyncio.to_thread(node_state, pid, log)
+        assert state.loaded("psutil", "websockets") == {"psutil", "websockets"}
+    finally:
+        await publisher.close()
+
+
+@pytest.mark.timeout(120)
+def test_serving_node_loads_optional_modules_on_first_use(tmp_path: Path) -> None:
+    """``stagecast serve`` with one WHIP anchor and no viewer: none of ``OPTIONAL`` imported and
+    no libuv worker thread (the HTTP port is bound before the loop starts); then /v1/runtime
+    (psutil) and a chat WebSocket (websockets) still work on first use, each loading its
+    module then."""
+    secret, key = "s" * 40, "operator-key-" + "k" * 20
+    port = free_port()
+    log = tmp_path / "importtime.log"
+    env = {
+        **os.environ,
+        "PYTHONPROFILEIMPORTTIME": "1",
+        "STAGECAST_AUTH__TOKEN_SECRET": secret,
+        "STAGECAST_API__OPERATOR_KEY": key,
+        "STAGECAST_LOG_LEVEL": "warning",
+    }
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+    argv += ["--udp-port", str(free_udp_port())]
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(base, 60)
+        asyncio.run(exercise(base, proc.pid, log, secret, key))
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+UVICORN_AND_PYDANTIC = """
+import json, sys
+import relay  # installs the deferral, as every node process does
+import uvicorn
+from pydantic import v1
+result = {"click": "click" in sys.modules, "main": "uvicorn.main" in sys.modules}
+import uvicorn.server
+result["server_real"] = uvicorn.Server is uvicorn.server.Server
+result["v1_isinstance"] = isinstance(object(), v1.BaseModel) or issubclass(int, v1.BaseModel)
+from fastapi._compat import shared
+result["fastapi_v1_check"] = shared.is_pydantic_v1_model_class(int)
+result["v1_loaded"] = "pydantic.v1" in sys.modules
+import pydantic.v1 as real_v1
+class Old(real_v1.BaseModel):
+    a: int = 1
+result["v1_real"] = sys.modules["pydantic.v1"] is real_v1 and isinstance(Old(), v1.BaseModel)
+result["fastapi_sees_v1"] = shared.is_pydantic_v1_model_class(Old)
+import fastapi
+from fastapi.openapi.models import OpenAPI
+from pydantic import BaseModel
+class Mine(BaseModel):
+    a: int
+result["openapi_models_deferred"] = not OpenAPI.__pydantic_complete__
+result["ours_built"] = Mine.__pydantic_complete__
+app = fastapi.FastAPI()
+@app.get("/mine")
+def mine() -> Mine:
+    return Mine(a=1)
+result["openapi"] = sorted(app.openapi()["components"]["schemas"])
+result["openapi_models_built"] = OpenAPI.__pydantic_complete__
+result["command"] = uvicorn.main.name  # the click command's attribute: loads uvicorn.main
+result["command_kept"] = type(uvicorn.main).__name__ != "module"
+result["run_real"] = uvicorn.run.__module__ == "uvicorn.main" and callable(uvicorn.run)
+result["click_after"] = "click" in sys.modules
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_uvicorn_cli_and_pydantic_v1_stand_ins() -> None:
+    """uvicorn imports without its command line (click, watchfiles), ``uvicorn.Server`` is the
+    real class and the command line loads when something uses it; FastAPI's OpenAPI models build
+    when the document is first asked for, ours when defined; FastAPI's pydantic 1
+    checks answer without loading pydantic 1, and see a real pydantic 1 model once something
+    imports it."""
+    assert _last_json(UVICORN_AND_PYDANTIC) == {
+        "click": False,
+        "main": False,
+        "server_real": True,
+        "v1_isinstance": False,
+        "fastapi_v1_check": False,
+        "v1_loaded": False,
+        "v1_real": True,
+        "fastapi_sees_v1": True,
+        "openapi_models_deferred": True,
+        "ours_built": True,
+        "openapi": ["Mine"],
+        "openapi_models_built": True,
+        "command": "main",
+        "command_kept": True,
+        "run_real": True,
+        "click_after": True,
     }
