@@ -1361,6 +1361,8 @@ def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> b
         return False
     reader: tuple[Any, RtpReader] | None = dtls.__dict__.get("_stagecast_reader")
     if reader is None or reader[0] is not srtp:
+        if reader is not None and reader[1].lanes:  # keys changed: the old lanes are done
+            _port_lane(dtls, None)
         reader = dtls._stagecast_reader = (
             srtp,
             new_rtp_reader(srtp, dtls._rtp_header_extensions_map),
@@ -1398,8 +1400,18 @@ def _offer_lane(dtls: Any, reader: RtpReader, packet: Any) -> None:
         return
     receiver = router.ssrc_table.get(packet.ssrc)
     lane_for = getattr(getattr(receiver, "_handle_rtp_packet", None), "_stagecast_lane", None)
-    if lane_for is not None:
-        lane_for(packet, reader, dtls, consent[0])
+    if lane_for is not None and lane_for(packet, reader, dtls, consent[0]):
+        # the port's read call offers the session's SRTP to the lanes first (again now: the
+        # peer's addresses may have changed since)
+        _port_lane(dtls, reader.take)
+
+
+def _port_lane(dtls: Any, take: Callable[[bytes], bool] | None) -> None:
+    """Have the shared port offer ``dtls``'s SRTP to ``take`` in its read call (None: stop)."""
+    for protocol in getattr(dtls.transport._connection, "_protocols", ()):
+        transport = getattr(protocol, "transport", None)
+        if isinstance(transport, _PortTransport) and not transport._closed:
+            transport._port.set_lane(transport._ufrag, take)
 
 
 def _receive_feedback(

@@ -56,6 +56,11 @@ class RtpReader(Protocol):
         ``lane_add``) is handled in full and not returned (None)."""
         ...
 
+    def take(self, data: bytes, /) -> bool:
+        """Handle a packet a lane takes (decided from its header, in the clear in SRTP, before
+        decrypting) in full, or drop it as not authentic: True; False: untouched."""
+        ...
+
     @property
     def lanes(self) -> list[int]:
         """The SSRCs that have a lane."""
@@ -107,6 +112,9 @@ class PyRtpReader:
 
     receive = read  # no lanes: every packet goes aiortc's way
     lanes: list[int] = []
+
+    def take(self, data: bytes) -> bool:
+        return False
 
     def lane_add(self, *_: Any) -> bool:
         return False

@@ -81,6 +81,8 @@ async def test_ffmpeg_whip_push_reaches_a_viewer(server: RunningServer) -> None:
                     session.ingests.laned,
                     session.ingests.packets,
                 )
+                port = server.gateway.transport.port
+                assert port is not None and port.laned > 0  # taken in the port's read call
             # ffmpeg stops after its -t and DELETEs its session: the viewer sees the end
             await asyncio.wait_for(proc.wait(), 15)
             assert proc.returncode == 0, await stderr_tail(proc)
