@@ -387,21 +387,29 @@ def _tapped_rtp_handler(
             return False
         push, frames = target
         pt = packet.payload_type
-        counts = "_RTCDtlsTransport__rx_bytes", "_RTCDtlsTransport__rx_packets"
+        due = 0.0  # the next once-a-second bookkeeping
 
         def handler(
             out: Any, packets: int, size: int, last_seq: int, now: float, rx: int, rx_n: int
         ) -> None:
+            """Per frame (and every 32 packets): the counts, then the frame; once a second
+            what ``handle`` refreshes at that rate anyway (the active-SSRC time), and consent
+            (a 30 s timeout: a second late is nothing) and whether the lane still holds."""
+            nonlocal due
             try:
-                setattr(dtls, counts[0], getattr(dtls, counts[0]) + rx)
-                setattr(dtls, counts[1], getattr(dtls, counts[1]) + rx_n)
-                if timer is not None:
-                    timer.seen(now)
-                if now - refreshed.get(ssrc, -ACTIVE_SSRC_REFRESH) >= ACTIVE_SSRC_REFRESH:
+                dtls._RTCDtlsTransport__rx_bytes += rx
+                dtls._RTCDtlsTransport__rx_packets += rx_n
+                if now >= due:
+                    due = now + ACTIVE_SSRC_REFRESH
                     refreshed[ssrc] = now
                     active[ssrc] = aiortc_clock.current_datetime()
-                if not receiver._enabled or codecs.get(pt) is not codec:
+                    if timer is not None:
+                        timer.seen(now)
+                    if codecs.get(pt) is not codec:
+                        reader.lane_remove(ssrc)
+                if not receiver._enabled:
                     reader.lane_remove(ssrc)
+                    return  # (aiortc's handling drops a stopped receiver's packets)
                 frames(out, packets, size, last_seq, now)
             except Exception:
                 log.exception("a lane's handler failed")
