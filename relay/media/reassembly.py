@@ -428,7 +428,16 @@ class FrameAssembler:
         if self._h264:
             # CBR encoders (x264 with nal-hrd=cbr, as OBS sets it) pad with filler NAL units,
             # up to half of the bitrate: no decoder needs them, so no viewer is sent them.
-            keep = [i for i, p in enumerate(payloads) if not is_h264_filler(p)]
+            # is_h264_filler, inline: a call per payload was most of a frame's finishing
+            keep = [
+                i
+                for i, p in enumerate(payloads)
+                if not p
+                or (
+                    p[0] & 0x1F != H264_FILLER
+                    and (p[0] & 0x1F != H264_FU_A or len(p) < 2 or p[1] & 0x1F != H264_FILLER)
+                )
+            ]
             if keep and len(keep) < len(payloads):
                 self.filler_bytes += sum(len(payloads[i]) for i in range(len(payloads))) - sum(
                     len(payloads[i]) for i in keep
