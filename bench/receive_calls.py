@@ -7,7 +7,9 @@ receive path saves (BENCHMARKS.md, ``bench.idle``), and this VM has no hardware 
 two ``stagecast serve`` processes under ``python -m cProfile``, each with its own ffmpeg WHIP
 anchor (``bench.peer``'s source), one stopped (SIGINT) after ``--short`` seconds and one after
 ``--seconds``; the difference of their call counts over the difference of their RTP packets
-(calls of ``_receive_rtp``) is the steady state's calls per packet, start-up taken out. Every
+(the anchor's ``packets_received`` from the operator API just before the stop: the C lanes of
+the receive path take most packets without a Python call to count) is the steady state's calls
+per packet, start-up taken out. Every
 Python function and C builtin called counts one (cProfile's unit); the per-frame and periodic
 work of those seconds is spread over the packets. ``--top N`` lists the N functions called most
 per packet.
@@ -18,6 +20,7 @@ per packet.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pstats
 import signal
@@ -35,14 +38,17 @@ from bench.peer import Source, whip_source_argv
 from gateway.launcher import free_port, free_udp_port
 from relay.auth.tokens import TokenAuthority
 
-PACKET = "_receive_rtp"  # relay/rtc/adapter.py: once per SRTP packet taken in the read callback
+OPERATOR_KEY = "receive-calls-bench-operator-key"
 
 
-def start(tree: Path, profile: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+def start(
+    tree: Path, profile: Path
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
     port, udp = free_port(), free_udp_port()
     env = dict(
         os.environ,
         STAGECAST_AUTH__TOKEN_SECRET=SECRET,
+        STAGECAST_API__OPERATOR_KEY=OPERATOR_KEY,
         STAGECAST_LOG_LEVEL="warning",
         PYTHONPATH=str(tree),
     )
@@ -64,7 +70,19 @@ def start(tree: Path, profile: Path) -> tuple[subprocess.Popen[bytes], subproces
     url = f"http://127.0.0.1:{port}/whip/{ROOM}"
     source = whip_source_argv(imageio_ffmpeg.get_ffmpeg_exe(), Source(), url, token)
     anchor = subprocess.Popen(source, stdout=quiet, stderr=quiet)
-    return node, anchor
+    return node, anchor, port
+
+
+def packets_received(port: int) -> int:
+    """The room's anchors' RTP packets so far, as the node counts them (0: no answer)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/rooms/{ROOM}/anchors", headers={"X-API-Key": OPERATOR_KEY}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return sum(int(a["packets_received"]) for a in json.load(answer))
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def stop(node: subprocess.Popen[bytes], anchor: subprocess.Popen[bytes]) -> None:
@@ -74,10 +92,9 @@ def stop(node: subprocess.Popen[bytes], anchor: subprocess.Popen[bytes]) -> None
     node.wait(60)
 
 
-def counts(profile: Path) -> tuple[dict[tuple[str, int, str], int], int]:
+def counts(profile: Path, packets: int) -> tuple[dict[tuple[str, int, str], int], int]:
     stats = pstats.Stats(str(profile)).stats  # type: ignore[attr-defined]
-    calls = {key: value[1] for key, value in stats.items()}
-    return calls, sum(n for key, n in calls.items() if key[2] == PACKET)
+    return {key: value[1] for key, value in stats.items()}, packets
 
 
 def main() -> None:
@@ -94,11 +111,13 @@ def main() -> None:
                 profile = Path(tmp) / f"{tree.resolve().name}-{seconds:g}.prof"
                 runs.append((tree, seconds, profile, *start(tree.resolve(), profile)))
         began = time.monotonic()
-        for _, seconds, _, node, anchor in sorted(runs, key=lambda r: r[1]):
+        received: dict[Path, int] = {}
+        for _, seconds, profile, node, anchor, port in sorted(runs, key=lambda r: r[1]):
             time.sleep(max(0.0, began + seconds - time.monotonic()))
+            received[profile] = packets_received(port)
             stop(node, anchor)
         for tree in args.tree:
-            short, long = (counts(r[2]) for r in runs if r[0] == tree)
+            short, long = (counts(r[2], received[r[2]]) for r in runs if r[0] == tree)
             packets = long[1] - short[1]
             if packets <= 0:  # the anchor of the long run did not get going
                 print(

@@ -11,7 +11,12 @@ receive session (replay protection is per session):
 * ``statistics``: aiortc's ``StreamStatistics.add`` (the RTCP receiver report's figures)
   against ``_rtp_reader.c``'s;
 * ``assemble``: ``FrameAssembler.push`` per packet (frames of 6 packets, each frame finished in
-  Python either way) with the Python reorder core against ``_reassembly.c``'s.
+  Python either way) with the Python reorder core against ``_reassembly.c``'s;
+* ``lane``: a packet's whole receive path as the node takes it without and with a C lane
+  (``_rtp_reader.c``'s ``take``), on plain packets (no header extension: ffmpeg's): "steps" is
+  read + statistics + NACK tracker + depayload + assemble, every step in C where built, one
+  Python call each (the node adds its routing and handler layers on top), against ``take``
+  with a lane registered (Python runs per frame, to finish it).
 
 Thread CPU, best of ``--rounds``, in microseconds per packet.
 
@@ -28,6 +33,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from pylibsrtp import Policy, Session
 
+from relay.media.nack_tracker import NackPolicy, NackTracker
 from relay.media.reassembly import FrameAssembler
 from relay.rtc import rtp_reader
 from relay.rtc.rtp_reader import depayloader, new_rtp_reader, new_stream_statistics
@@ -51,7 +57,9 @@ def extensions_map() -> HeaderExtensionsMap:
     return m
 
 
-def stream(key: bytes, m: HeaderExtensionsMap, count: int) -> list[bytes]:
+def stream(
+    key: bytes, m: HeaderExtensionsMap, count: int, *, extensions: bool = True
+) -> list[bytes]:
     tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     out = []
     for i in range(count):
@@ -59,9 +67,10 @@ def stream(key: bytes, m: HeaderExtensionsMap, count: int) -> list[bytes]:
             payload_type=96, marker=int(i % 6 == 5), sequence_number=i & 0xFFFF, ssrc=0x1234
         )
         packet.timestamp = (i // 6) * 3000
-        packet.extensions.mid = "0"
-        packet.extensions.abs_send_time = i * 977 & 0xFFFFFF
-        packet.extensions.transport_sequence_number = i & 0xFFFF
+        if extensions:
+            packet.extensions.mid = "0"
+            packet.extensions.abs_send_time = i * 977 & 0xFFFFFF
+            packet.extensions.transport_sequence_number = i & 0xFFFF
         fu = 0x80 if i % 6 == 0 else 0x40 if i % 6 == 5 else 0
         packet.payload = bytes([0x7C, fu | 1]) + os.urandom(1150)
         out.append(tx.protect(packet.serialize(m)))
@@ -73,6 +82,49 @@ def receive_session(key: bytes) -> Session:
     policy.allow_repeat_tx = True  # as aiortc's receive session
     policy.window_size = 1024
     return Session(policy)
+
+
+def whole_path(session: Session, datagrams: list[bytes], *, lanes: bool) -> tuple[float, int]:
+    """Thread CPU for ``datagrams`` through one receive path, and the frames out."""
+    reader = new_rtp_reader(session, HeaderExtensionsMap())
+    stats = new_stream_statistics(90000)
+    trackers = {0x1234: NackTracker(NackPolicy())}
+    tracker = trackers[0x1234]
+    asm = FrameAssembler("video", "H264")
+    unpack = depayloader("H264")
+    assert unpack is not None
+    frames = 0
+
+    def handler(out: object, *_: object) -> None:
+        nonlocal frames
+        if out is not None:
+            frames += len(asm.finish(out).frames)  # type: ignore[arg-type]
+
+    first = reader.read(datagrams[0])  # aiortc's way for the first (the lane comes after it)
+    assert first is not None
+    stats.add(first)
+    tracker.packet(first.sequence_number, 0.0)
+    data = unpack(first.payload)
+    asm.push(first.sequence_number, first.timestamp, first.marker, first.payload, data, 0.0)
+    if lanes:
+        assert reader.lane_add(0x1234, 96, 1, stats, asm.core.push, trackers, tracker, handler)
+    start = time.thread_time()
+    for data in datagrams[1:]:
+        if lanes:
+            reader.take(data)
+            continue
+        p = reader.read(data)
+        assert p is not None
+        stats.add(p)
+        tracker.packet(p.sequence_number, 0.0)
+        frames += len(
+            asm.push(
+                p.sequence_number, p.timestamp, p.marker, p.payload, unpack(p.payload), 0.0
+            ).frames
+        )
+        tracker.played(asm.next_sequence or 0)
+    reader.flush()
+    return time.thread_time() - start, frames
 
 
 def main() -> None:
@@ -125,6 +177,13 @@ def main() -> None:
             assert frames == len(pushed) // 6, frames
             name = f"assemble ({way})"
             best[name] = min(best.get(name, float("inf")), took / len(pushed))
+    plain = stream(key, HeaderExtensionsMap(), args.packets, extensions=False)
+    for _ in range(args.rounds):
+        for way, lanes in (("steps", False), ("C lane", True)):
+            took, frames = whole_path(receive_session(key), plain, lanes=lanes)
+            assert frames == len(plain) // 6, frames
+            name = f"lane ({way})"
+            best[name] = min(best.get(name, float("inf")), took / len(plain))
     for name, seconds in sorted(best.items()):
         print(f"{name}: {seconds * 1e6:.2f} us per packet (best of {args.rounds})")
     print(f"load average {os.getloadavg()}")

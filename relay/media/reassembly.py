@@ -299,6 +299,11 @@ def new_reorder(
     return PyReorder(video, codec, max_wait, max_packets)
 
 
+def native_reorder(core: Reorder) -> bool:
+    """Whether ``core`` is the C one (a C caller may push to it)."""
+    return _native is not None and isinstance(core, _native.Reorder)
+
+
 _NOTHING = AssemblyResult([])
 
 
@@ -341,6 +346,16 @@ class FrameAssembler:
         """The frames this packet completes (none for most packets: the shared empty result,
         never to be changed)."""
         out = self._core.push(sequence_number, timestamp, marker, payload, data, now)
+        return _NOTHING if out is None else self.finish(out)
+
+    @property
+    def core(self) -> Reorder:
+        """The reorder core: a caller that pushes to it directly (the receive path's C lanes,
+        relay/rtc/_rtp_reader.c) hands what it returns to ``finish``."""
+        return self._core
+
+    def finish(self, out: tuple[list[Run], bool] | None) -> AssemblyResult:
+        """The frames of what the core's ``push`` returned."""
         if out is None:
             return _NOTHING
         runs, need_keyframe = out
@@ -413,7 +428,16 @@ class FrameAssembler:
         if self._h264:
             # CBR encoders (x264 with nal-hrd=cbr, as OBS sets it) pad with filler NAL units,
             # up to half of the bitrate: no decoder needs them, so no viewer is sent them.
-            keep = [i for i, p in enumerate(payloads) if not is_h264_filler(p)]
+            # is_h264_filler, inline: a call per payload was most of a frame's finishing
+            keep = [
+                i
+                for i, p in enumerate(payloads)
+                if not p
+                or (
+                    p[0] & 0x1F != H264_FILLER
+                    and (p[0] & 0x1F != H264_FU_A or len(p) < 2 or p[1] & 0x1F != H264_FILLER)
+                )
+            ]
             if keep and len(keep) < len(payloads):
                 self.filler_bytes += sum(len(payloads[i]) for i in range(len(payloads))) - sum(
                     len(payloads[i]) for i in keep

@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #define BUF_SIZE 1500 /* pylibsrtp's session buffer: a longer packet is refused there too */
 
@@ -29,6 +30,24 @@ static PyObject *ext_strs[X_COUNT];
 static PyObject *s_csrc, *s_extensions, *s_padding_size;
 static PyObject *s_sequence_number, *s_timestamp, *s_time, *time_module;
 
+/* A lane: one received SSRC whose in-order packets are handled wholly here (see "Lanes" below). */
+#define MAX_LANES 8
+#define LANE_FLUSH 32 /* packets a lane hands its counts to Python after at most */
+typedef struct {
+    uint32_t ssrc;
+    int pt;
+    int depay;         /* 0: the payload itself, 1: H264, 2: VP8 */
+    PyObject *ssrc_obj;
+    PyObject *stats;   /* a StreamStatistics of this module */
+    PyObject *push;    /* the reorder core's bound push */
+    PyObject *trackers; /* NackRequests' dict by SSRC, or NULL */
+    PyObject *tracker; /* the NackTracker expected there */
+    PyObject *handler; /* Python, per frame and every LANE_FLUSH packets */
+    long long packets, bytes;
+    long last_seq;
+    double last_now;
+} Lane;
+
 typedef struct {
     PyObject_HEAD
     PyObject *session; /* keeps the srtp context alive */
@@ -38,9 +57,47 @@ typedef struct {
     unprotect_fn unprotect;
     void *ctx;
     unsigned char buf[BUF_SIZE];
+    Lane lanes[MAX_LANES];
+    int nlanes;
+    long long rx_bytes, rx_packets; /* datagrams since the last handler call (any lane) */
+    long long fast;                 /* packets handled wholly here (lanes) */
 } Reader;
 
+static void lane_clear(Lane *lane) {
+    Py_CLEAR(lane->ssrc_obj);
+    Py_CLEAR(lane->stats);
+    Py_CLEAR(lane->push);
+    Py_CLEAR(lane->trackers);
+    Py_CLEAR(lane->tracker);
+    Py_CLEAR(lane->handler);
+}
+
+static int Reader_traverse(Reader *self, visitproc visit, void *arg) {
+    Py_VISIT(self->session);
+    Py_VISIT(self->ids);
+    Py_VISIT(self->packet_cls);
+    Py_VISIT(self->extensions_cls);
+    for (int i = 0; i < self->nlanes; i++) {
+        Lane *lane = &self->lanes[i];
+        Py_VISIT(lane->stats);
+        Py_VISIT(lane->push);
+        Py_VISIT(lane->trackers);
+        Py_VISIT(lane->tracker);
+        Py_VISIT(lane->handler);
+    }
+    return 0;
+}
+
+static int Reader_clear(Reader *self) {
+    for (int i = 0; i < self->nlanes; i++)
+        lane_clear(&self->lanes[i]);
+    self->nlanes = 0;
+    return 0;
+}
+
 static void Reader_dealloc(Reader *self) {
+    PyObject_GC_UnTrack(self);
+    Reader_clear(self);
     Py_XDECREF(self->session);
     Py_XDECREF(self->ids);
     Py_XDECREF(self->packet_cls);
@@ -535,6 +592,332 @@ static PyObject *Stats_add(Stats *self, PyObject *const *args, Py_ssize_t nargs)
     return stats_add(self, seq, ts, now);
 }
 
+
+/* --- Lanes --------------------------------------------------------------------------------------
+ * The rest of an anchor packet's receive path, for the packets that need nothing else (issue 20):
+ * an SSRC registered from Python (lane_add, after aiortc routed its first packets to a tapped
+ * receiver) whose next packet is a plain one (no padding, header extension or CSRC) of its media
+ * payload type and the one after the last (RTP order, nothing missing for the NACK tracker) is
+ * handled here in full: decrypted, counted in aiortc's receiver statistics, its number taken by
+ * the NACK tracker (its _highest, as NackTracker.packet sets it for such a packet), depayloaded
+ * and pushed to the ingest's reorder core. Python's handler runs when the core releases a frame
+ * or asks for a keyframe, and every LANE_FLUSH packets, with the counts since its last call (the
+ * ingest's packets and bytes, the transport's datagrams, the time for consent). Everything else
+ * is parsed and returned, and Python takes aiortc's path with it as before: its result is the
+ * same (tests/unit/test_rtp_lanes.py runs both on the same traces). */
+
+static PyObject *s_highest, *s_missing;
+static PyTypeObject StatsType;
+
+static double monotonic_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t); /* time.monotonic's clock */
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static Lane *find_lane(Reader *self, uint32_t ssrc) {
+    for (int i = 0; i < self->nlanes; i++)
+        if (self->lanes[i].ssrc == ssrc)
+            return &self->lanes[i];
+    return NULL;
+}
+
+/* 1: in order for the NACK tracker (*next: its _highest after this packet, new reference, or
+ * NULL without a tracker); 0: the tracker must see it (or changed); -1: a Python error. */
+static int nack_in_order(Lane *lane, long seq, PyObject **next) {
+    *next = NULL;
+    if (lane->trackers == NULL)
+        return 1;
+    PyObject *tracker = PyDict_GetItemWithError(lane->trackers, lane->ssrc_obj);
+    if (tracker != lane->tracker)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *missing = PyObject_GetAttr(tracker, s_missing);
+    if (missing == NULL)
+        return -1;
+    Py_ssize_t size = PyObject_Length(missing);
+    Py_DECREF(missing);
+    if (size != 0)
+        return size < 0 ? -1 : 0;
+    PyObject *h = PyObject_GetAttr(tracker, s_highest);
+    if (h == NULL)
+        return -1;
+    if (!PyLong_Check(h)) {
+        Py_DECREF(h);
+        return 0; /* None: no packet yet */
+    }
+    long long highest = PyLong_AsLongLong(h);
+    Py_DECREF(h);
+    if (highest == -1 && PyErr_Occurred())
+        return -1;
+    if (((highest + 1) & 0xFFFF) != seq)
+        return 0;
+    *next = PyLong_FromLongLong(highest + 1);
+    return *next == NULL ? -1 : 1;
+}
+
+static PyObject *lane_flush(Reader *self, Lane *lane, PyObject *out) {
+    PyObject *args[7] = {out, PyLong_FromLongLong(lane->packets), PyLong_FromLongLong(lane->bytes),
+                         PyLong_FromLong(lane->last_seq), PyFloat_FromDouble(lane->last_now),
+                         PyLong_FromLongLong(self->rx_bytes), PyLong_FromLongLong(self->rx_packets)};
+    PyObject *result = NULL;
+    if (args[1] && args[2] && args[3] && args[4] && args[5] && args[6]) {
+        lane->packets = lane->bytes = 0;
+        self->rx_bytes = self->rx_packets = 0;
+        PyObject *handler = lane->handler;
+        Py_INCREF(handler); /* it may remove its own lane */
+        result = PyObject_Vectorcall(handler, args, 7, NULL);
+        Py_DECREF(handler);
+    }
+    for (int i = 1; i < 7; i++)
+        Py_XDECREF(args[i]);
+    return result;
+}
+
+/* The packet in self->buf[:len] (n: the datagram's length) through `lane`. */
+static PyObject *lane_packet(Reader *self, Lane *lane, Py_ssize_t n, int len, PyObject *next) {
+    const unsigned char *p = self->buf;
+    long seq = (p[2] << 8) | p[3];
+    uint32_t ts = be32(p + 4);
+    double wall = wall_seconds();
+    if (wall == -1.0 && PyErr_Occurred())
+        return NULL;
+    stats_add((Stats *)lane->stats, seq, ts, wall);
+    if (next != NULL && PyObject_SetAttr(lane->tracker, s_highest, next) < 0)
+        return NULL;
+    self->rx_bytes += n;
+    self->rx_packets++;
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)p + 12, len - 12);
+    if (payload == NULL)
+        return NULL;
+    PyObject *data;
+    if (len == 12)
+        data = PyBytes_FromStringAndSize(NULL, 0);
+    else if (lane->depay == 1)
+        data = depayload_h264(NULL, payload);
+    else if (lane->depay == 2)
+        data = depayload_vp8(NULL, payload);
+    else
+        data = PyBytes_FromStringAndSize((const char *)p + 12, len - 12);
+    if (data == NULL) {
+        Py_DECREF(payload);
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            return NULL;
+        PyErr_Clear(); /* aiortc's depayloader would raise: dropped after the statistics */
+        Py_RETURN_NONE;
+    }
+    double now = monotonic_seconds();
+    lane->packets++;
+    lane->bytes += len - 12;
+    lane->last_seq = seq;
+    lane->last_now = now;
+    self->fast++;
+    PyObject *args[6] = {PyLong_FromLong(seq), PyLong_FromUnsignedLong(ts),
+                         PyBool_FromLong(p[1] >> 7), payload, data, PyFloat_FromDouble(now)};
+    PyObject *out = NULL;
+    if (args[0] && args[1] && args[5])
+        out = PyObject_Vectorcall(lane->push, args, 6, NULL);
+    for (int i = 0; i < 6; i++)
+        Py_XDECREF(args[i]);
+    if (out == NULL)
+        return NULL;
+    PyObject *result = Py_None;
+    Py_INCREF(result);
+    if (out != Py_None || lane->packets >= LANE_FLUSH) {
+        Py_DECREF(result);
+        result = lane_flush(self, lane, out);
+        if (result != NULL) {
+            Py_DECREF(result);
+            result = Py_None;
+            Py_INCREF(result);
+        }
+    }
+    Py_DECREF(out);
+    return result;
+}
+
+/* read(), except that a packet a lane takes is handled here (None) */
+static PyObject *Reader_receive(Reader *self, PyObject *data) {
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "packet must be bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (n > BUF_SIZE || self->nlanes == 0)
+        return Reader_read(self, data);
+    memcpy(self->buf, PyBytes_AS_STRING(data), (size_t)n);
+    int len = (int)n;
+    if (self->unprotect(self->ctx, self->buf, &len) != 0) {
+        self->rx_bytes += n;
+        self->rx_packets++;
+        Py_RETURN_NONE; /* replayed, forged or not ours: dropped, as aiortc does */
+    }
+    const unsigned char *p = self->buf;
+    if (len >= 12 && p[0] == 0x80) {
+        Lane *lane = find_lane(self, be32(p + 8));
+        if (lane != NULL && (p[1] & 0x7F) == lane->pt) {
+            PyObject *next;
+            int in_order = nack_in_order(lane, (p[2] << 8) | p[3], &next);
+            if (in_order < 0)
+                return NULL;
+            if (in_order) {
+                PyObject *out = lane_packet(self, lane, n, len, next);
+                Py_XDECREF(next);
+                return out;
+            }
+        }
+    }
+    return parse_packet(self, p, len);
+}
+
+/* take(srtp) -> bool: the packet handled here in full when a lane takes it, from its header
+ * (in the clear in SRTP) before it is decrypted: True (taken, or dropped as not authentic), else
+ * False and nothing done (it goes the Python way, receive() and all). The shared port's reader
+ * calls this for each datagram of a session with lanes (udp_batch.recv's lanes). */
+static PyObject *Reader_take(Reader *self, PyObject *data) {
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "packet must be bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    if (n > BUF_SIZE || n < 12 || p[0] != 0x80 || self->nlanes == 0)
+        Py_RETURN_FALSE;
+    Lane *lane = find_lane(self, be32(p + 8));
+    if (lane == NULL || (p[1] & 0x7F) != lane->pt)
+        Py_RETURN_FALSE;
+    PyObject *next;
+    int in_order = nack_in_order(lane, (p[2] << 8) | p[3], &next);
+    if (in_order <= 0)
+        return in_order < 0 ? NULL : Py_NewRef(Py_False);
+    memcpy(self->buf, p, (size_t)n);
+    int len = (int)n;
+    if (self->unprotect(self->ctx, self->buf, &len) != 0 || len < 12) {
+        Py_XDECREF(next);
+        self->rx_bytes += n;
+        self->rx_packets++;
+        Py_RETURN_TRUE; /* replayed, forged or not ours: dropped, as aiortc does */
+    }
+    PyObject *out = lane_packet(self, lane, n, len, next);
+    Py_XDECREF(next);
+    if (out == NULL)
+        return NULL;
+    Py_DECREF(out);
+    Py_RETURN_TRUE;
+}
+
+/* lane_add(ssrc, payload_type, depayload, stats, push, trackers, tracker, handler) */
+static PyObject *Reader_lane_add(Reader *self, PyObject *args) {
+    unsigned long ssrc;
+    int pt, depay;
+    PyObject *stats, *push, *trackers, *tracker, *handler;
+    if (!PyArg_ParseTuple(args, "kiiOOOOO", &ssrc, &pt, &depay, &stats, &push, &trackers,
+                          &tracker, &handler))
+        return NULL;
+    if (!PyObject_TypeCheck(stats, &StatsType)) {
+        PyErr_SetString(PyExc_TypeError, "stats must be this module's StreamStatistics");
+        return NULL;
+    }
+    if (trackers != Py_None && !PyDict_Check(trackers)) {
+        PyErr_SetString(PyExc_TypeError, "trackers must be a dict or None");
+        return NULL;
+    }
+    if (depay < 0 || depay > 2 || pt < 0 || pt > 127) {
+        PyErr_SetString(PyExc_ValueError, "bad payload type or depayloader");
+        return NULL;
+    }
+    Lane *lane = find_lane(self, (uint32_t)ssrc);
+    if (lane == NULL) {
+        if (self->nlanes == MAX_LANES)
+            Py_RETURN_FALSE;
+        lane = &self->lanes[self->nlanes++];
+        memset(lane, 0, sizeof(*lane));
+    } else {
+        if (lane->packets && lane->handler != NULL) { /* hand over the counts first */
+            PyObject *r = lane_flush(self, lane, Py_None);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+        }
+        lane_clear(lane);
+    }
+    lane->ssrc = (uint32_t)ssrc;
+    lane->pt = pt;
+    lane->depay = depay;
+    lane->packets = lane->bytes = 0;
+    lane->ssrc_obj = PyLong_FromUnsignedLong(ssrc);
+    if (lane->ssrc_obj == NULL)
+        return NULL;
+    Py_INCREF(stats);
+    lane->stats = stats;
+    Py_INCREF(push);
+    lane->push = push;
+    if (trackers != Py_None) {
+        Py_INCREF(trackers);
+        lane->trackers = trackers;
+        Py_INCREF(tracker);
+        lane->tracker = tracker;
+    }
+    Py_INCREF(handler);
+    lane->handler = handler;
+    Py_RETURN_TRUE;
+}
+
+/* lane_remove(ssrc): its pending counts are handed to its handler first */
+static PyObject *Reader_lane_remove(Reader *self, PyObject *arg) {
+    unsigned long ssrc = PyLong_AsUnsignedLong(arg);
+    if (ssrc == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    Lane *lane = find_lane(self, (uint32_t)ssrc);
+    if (lane == NULL)
+        Py_RETURN_FALSE;
+    Lane gone = *lane;
+    *lane = self->lanes[--self->nlanes];
+    memset(&self->lanes[self->nlanes], 0, sizeof(Lane));
+    int failed = 0;
+    if (gone.packets) {
+        PyObject *r = lane_flush(self, &gone, Py_None);
+        failed = r == NULL;
+        Py_XDECREF(r);
+    }
+    lane_clear(&gone);
+    if (failed)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* flush(): every lane's pending counts to its handler now */
+static PyObject *Reader_flush(Reader *self, PyObject *unused) {
+    for (int i = 0; i < self->nlanes; i++) {
+        Lane *lane = &self->lanes[i];
+        if (!lane->packets)
+            continue;
+        PyObject *r = lane_flush(self, lane, Py_None);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_lanes(Reader *self, void *closure) {
+    PyObject *out = PyList_New(self->nlanes);
+    if (out == NULL)
+        return NULL;
+    for (int i = 0; i < self->nlanes; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(self->lanes[i].ssrc);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+static PyObject *Reader_fast(Reader *self, void *closure) {
+    return PyLong_FromLongLong(self->fast);
+}
+
 static long long stats_expected(Stats *self) {
     return self->cycles + self->max_seq - self->base_seq + 1;
 }
@@ -640,19 +1023,41 @@ static PyMethodDef Reader_methods[] = {
      "read(srtp) -> RtpPacket | None: decrypt and parse (None: not authentic or malformed)."},
     {"parse", (PyCFunction)Reader_parse, METH_O,
      "parse(rtp) -> RtpPacket | None: parse a packet already in the clear."},
+    {"receive", (PyCFunction)Reader_receive, METH_O,
+     "receive(srtp) -> RtpPacket | None: read(), except that a packet a lane takes is handled "
+     "in full here (None)."},
+    {"take", (PyCFunction)Reader_take, METH_O,
+     "take(srtp) -> bool: handled here in full by a lane (decided from the clear header before "
+     "decrypting), or dropped as not authentic (True); False: untouched."},
+    {"lane_add", (PyCFunction)Reader_lane_add, METH_VARARGS,
+     "lane_add(ssrc, payload_type, depayload, stats, push, trackers, tracker, handler) -> bool: "
+     "handle this SSRC's plain in-order packets here (False: no room)."},
+    {"lane_remove", (PyCFunction)Reader_lane_remove, METH_O,
+     "lane_remove(ssrc) -> bool: stop (its pending counts go to its handler first)."},
+    {"flush", (PyCFunction)Reader_flush, METH_NOARGS,
+     "flush(): every lane's pending counts to its handler now."},
     {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Reader_getset[] = {
+    {"lanes", (getter)Reader_lanes, NULL, "the SSRCs with a lane", NULL},
+    {"fast", (getter)Reader_fast, NULL, "packets handled wholly in C", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.rtc._rtp_reader.RtpReader",
     .tp_basicsize = sizeof(Reader),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "RtpReader(unprotect, ctx, session, ids, packet_cls, extensions_cls): one "
               "transport's SRTP receive: decrypt and parse.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_traverse = (traverseproc)Reader_traverse,
+    .tp_clear = (inquiry)Reader_clear,
     .tp_methods = Reader_methods,
+    .tp_getset = Reader_getset,
 };
 
 static struct PyModuleDef module = {
@@ -675,6 +1080,10 @@ PyMODINIT_FUNC PyInit__rtp_reader(void) {
     s_sequence_number = PyUnicode_InternFromString("sequence_number");
     s_timestamp = PyUnicode_InternFromString("timestamp");
     if (!s_csrc || !s_extensions || !s_padding_size || !s_sequence_number || !s_timestamp)
+        return NULL;
+    s_highest = PyUnicode_InternFromString("_highest");
+    s_missing = PyUnicode_InternFromString("_missing");
+    if (s_highest == NULL || s_missing == NULL)
         return NULL;
     s_time = PyUnicode_InternFromString("time");
     time_module = PyImport_ImportModule("time");

@@ -79,19 +79,53 @@ static PyObject *address(const struct sockaddr_storage *a) {
     return Py_BuildValue("(si)", "", 0);
 }
 
-/* recv(fd, limit[, stamped]) -> [(bytes, (host, port)), ...]: what the socket holds, up to limit
- * datagrams; empty when nothing is waiting. With stamped true the items are (bytes, (host, port),
- * arrival): see the top. Raises OSError for errors other than EAGAIN/EINTR. */
+/* An SRTP datagram (RFC 7983: first byte 128..191; RTCP's packet types 192..223 excluded) from
+ * an address with a lane (`lanes`: {(host, port): take}) offered to it: 1 taken, 0 not,
+ * -1 a Python error. A take that raises is reported as unraisable and counted taken (dropped):
+ * the rest of the batch still goes on. */
+static int offer_lane(PyObject *lanes, const unsigned char *d, unsigned int len, PyObject *addr,
+                      PyObject **bytes) {
+    if (len < 12 || d[0] < 128 || d[0] > 191 || (d[1] >= 192 && d[1] <= 223))
+        return 0;
+    PyObject *take = PyDict_GetItemWithError(lanes, addr);
+    if (take == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    *bytes = PyBytes_FromStringAndSize((const char *)d, (Py_ssize_t)len);
+    if (*bytes == NULL)
+        return -1;
+    Py_INCREF(take);
+    PyObject *r = PyObject_CallOneArg(take, *bytes);
+    int taken = 1;
+    if (r == NULL)
+        PyErr_WriteUnraisable(take);
+    else
+        taken = r == Py_True;
+    Py_XDECREF(r);
+    Py_DECREF(take);
+    return taken;
+}
+
+/* recv(fd, limit[, stamped[, lanes]]) -> [(bytes, (host, port)), ...]: what the socket holds, up
+ * to limit datagrams; empty when nothing is waiting. With stamped true the items are (bytes,
+ * (host, port), arrival): see the top. With lanes (a dict, see offer_lane) the result is (items,
+ * taken): the datagrams a lane took are not among the items. Raises OSError for errors other
+ * than EAGAIN/EINTR. */
 static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 && nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "recv(fd, limit[, stamped])");
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "recv(fd, limit[, stamped[, lanes]])");
         return NULL;
     }
+    PyObject *lanes = nargs == 4 ? args[3] : NULL;
+    if (lanes != NULL && !PyDict_Check(lanes)) {
+        PyErr_SetString(PyExc_TypeError, "lanes must be a dict");
+        return NULL;
+    }
+    Py_ssize_t taken = 0;
     int fd = (int)PyLong_AsLong(args[0]);
     Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    int stamped = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
+    int stamped = nargs >= 3 ? PyObject_IsTrue(args[2]) : 0;
     if (stamped < 0)
         return NULL;
     PyObject *out = PyList_New(0);
@@ -99,8 +133,8 @@ static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t na
         return NULL;
     struct mmsghdr msgs[BATCH];
     struct iovec iovs[BATCH];
-    while (PyList_GET_SIZE(out) < limit) {
-        unsigned int want = (unsigned int)(limit - PyList_GET_SIZE(out));
+    while (PyList_GET_SIZE(out) + taken < limit) {
+        unsigned int want = (unsigned int)(limit - PyList_GET_SIZE(out) - taken);
         if (want > BATCH)
             want = BATCH;
         memset(msgs, 0, sizeof(msgs[0]) * want);
@@ -132,11 +166,34 @@ static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t na
             unsigned int len = msgs[i].msg_len;
             if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
                 continue;
-            PyObject *item =
-                stamped ? Py_BuildValue("(y#Nd)", (const char *)bufs[i], (Py_ssize_t)len,
-                                        address(&addrs[i]), arrival(&msgs[i].msg_hdr, offset, now))
-                        : Py_BuildValue("(y#N)", (const char *)bufs[i], (Py_ssize_t)len,
-                                        address(&addrs[i]));
+            PyObject *item;
+            if (lanes != NULL && PyDict_GET_SIZE(lanes) > 0) {
+                PyObject *addr = address(&addrs[i]), *bytes = NULL;
+                int r = addr == NULL ? -1 : offer_lane(lanes, bufs[i], len, addr, &bytes);
+                if (r != 0) {
+                    Py_XDECREF(addr);
+                    Py_XDECREF(bytes);
+                    if (r < 0) {
+                        Py_DECREF(out);
+                        return NULL;
+                    }
+                    taken++;
+                    continue;
+                }
+                if (bytes == NULL)
+                    bytes = PyBytes_FromStringAndSize((const char *)bufs[i], (Py_ssize_t)len);
+                item = bytes == NULL ? NULL
+                       : stamped     ? Py_BuildValue("(NNd)", bytes, addr,
+                                                     arrival(&msgs[i].msg_hdr, offset, now))
+                                     : Py_BuildValue("(NN)", bytes, addr);
+                if (bytes == NULL)
+                    Py_DECREF(addr);
+            } else
+                item = stamped
+                           ? Py_BuildValue("(y#Nd)", (const char *)bufs[i], (Py_ssize_t)len,
+                                           address(&addrs[i]), arrival(&msgs[i].msg_hdr, offset, now))
+                           : Py_BuildValue("(y#N)", (const char *)bufs[i], (Py_ssize_t)len,
+                                           address(&addrs[i]));
             if (item == NULL || PyList_Append(out, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(out);
@@ -147,6 +204,8 @@ static PyObject *udp_recv(PyObject *module, PyObject *const *args, Py_ssize_t na
         if ((unsigned int)got < want)
             break; /* drained */
     }
+    if (lanes != NULL)
+        return Py_BuildValue("(Nn)", out, taken);
     return out;
 }
 
@@ -254,8 +313,9 @@ static PyObject *udp_send(PyObject *module, PyObject *const *args, Py_ssize_t na
 
 static PyMethodDef methods[] = {
     {"recv", (PyCFunction)(void (*)(void))udp_recv, METH_FASTCALL,
-     "recv(fd, limit[, stamped]) -> list of (data, (host, port)[, arrival]): up to limit "
-     "datagrams, recvmmsg; arrival: the kernel's receive time on the monotonic clock"},
+     "recv(fd, limit[, stamped[, lanes]]) -> list of (data, (host, port)[, arrival]): up to "
+     "limit datagrams, recvmmsg; arrival: the kernel's receive time on the monotonic clock; "
+     "with lanes ({address: take}) (list, taken): SRTP a lane took is not listed"},
     {"send", (PyCFunction)(void (*)(void))udp_send, METH_FASTCALL,
      "send(fd, items) -> (sent, dropped): items are (data, (host, port)), sendmmsg"},
     {NULL, NULL, 0, NULL},

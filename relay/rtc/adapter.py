@@ -121,7 +121,15 @@ from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.mux_table import is_stun
 from relay.rtc.rtcp_reader import RtcpReader, new_rtcp_reader
-from relay.rtc.rtp_reader import RtpReader, depayloader, new_rtp_reader, new_stream_statistics
+from relay.rtc.rtp_reader import (
+    LANE_DEPAYLOADERS,
+    RtpReader,
+    depayloader,
+    lane_reader,
+    lane_statistics,
+    new_rtp_reader,
+    new_stream_statistics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +194,26 @@ _RECEIVER_STATE = (
 )
 
 
-def install_ingest_tap(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
+LaneTarget = Callable[[int, RTCRtpCodecParameters], "tuple[Callable[..., Any], LaneFrames] | None"]
+"""``lane(ssrc, codec)``: the reorder core's ``push`` a C lane of the receive path feeds that
+SSRC's packets to, and what it hands the core's output and the counts to; None: no lane (the
+sink must see every packet)."""
+LaneFrames = Callable[[Any, int, int, int, float], None]
+"""``(core output or None, packets, payload bytes, last sequence number, now)``."""
+
+
+def install_ingest_tap(
+    receiver: RTCRtpReceiver, sink: PacketSink, lane: LaneTarget | None = None
+) -> None:
     """Route the receiver's depayloaded packets (``packet._data``) to ``sink``; install before
     the first packet (right after the transceiver exists). The receiver's per-packet handling
-    becomes ``_tapped_rtp_handler``'s."""
+    becomes ``_tapped_rtp_handler``'s. ``lane``: where a C lane of the receive path (on the
+    shared port: ``_offer_lane``) may take the SSRC's plain in-order packets instead."""
     for name in _RECEIVER_STATE:
         if not hasattr(receiver, name):
             raise AdapterError(f"RTCRtpReceiver internals changed: no {name}")
     receiver._RTCRtpReceiver__jitter_buffer = _TapBuffer(receiver, sink)  # type: ignore[attr-defined]
-    receiver._handle_rtp_packet = _tapped_rtp_handler(receiver, sink)  # type: ignore[method-assign, assignment]
+    receiver._handle_rtp_packet = _tapped_rtp_handler(receiver, sink, lane)  # type: ignore[method-assign, assignment]
     _skip_decoder_thread(receiver)
 
 
@@ -263,7 +282,7 @@ ACTIVE_SSRC_REFRESH = 1.0
 
 
 def _tapped_rtp_handler(
-    receiver: RTCRtpReceiver, sink: PacketSink
+    receiver: RTCRtpReceiver, sink: PacketSink, lane: LaneTarget | None = None
 ) -> Callable[[Any, int], Coroutine[Any, Any, None]]:
     """aiortc's ``RTCRtpReceiver._handle_rtp_packet`` (1.14-1.16) for a receiver whose packets go
     to ``sink``: the same REMB, RTCP statistics, RTX unwrapping, NACKs and depayloading, then
@@ -340,6 +359,65 @@ def _tapped_rtp_handler(
             return
         sink(packet, codec)
 
+    def lane_for(packet: Any, reader: RtpReader, dtls: Any, timer: ConsentTimer | None) -> bool:
+        """Give ``packet``'s SSRC (just handled by ``handle``) a C lane on ``reader`` when
+        ``handle`` would do for its next plain in-order packet nothing the lane does not: a
+        media (not RTX) codec, C statistics and depayloader, no NACK generator but ours, and
+        a sink that takes a lane (``lane``). What ``handle`` does per packet besides (the
+        active-SSRC time, the transport's counts, consent) the lane's handler does per call."""
+        ssrc = packet.ssrc
+        codec = codecs.get(packet.payload_type)
+        if lane is None or codec is None or not receiver._enabled:
+            return False
+        rtx, unpack = kind_of(codec)
+        depay = LANE_DEPAYLOADERS.get(unpack)
+        stream = streams.get(ssrc)
+        if rtx or depay is None or not lane_statistics(stream):
+            return False
+        nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        trackers: dict[int, Any] | None = None
+        tracker = None
+        if nacks is not None:
+            trackers = getattr(nacks, "trackers", None) if type(nacks) is _RequestedNacks else None
+            tracker = None if trackers is None else trackers.get(ssrc)
+            if tracker is None:
+                return False
+        target = lane(ssrc, codec)
+        if target is None:
+            return False
+        push, frames = target
+        pt = packet.payload_type
+        due = 0.0  # the next once-a-second bookkeeping
+
+        def handler(
+            out: Any, packets: int, size: int, last_seq: int, now: float, rx: int, rx_n: int
+        ) -> None:
+            """Per frame (and every 32 packets): the counts, then the frame; once a second
+            what ``handle`` refreshes at that rate anyway (the active-SSRC time), and consent
+            (a 30 s timeout: a second late is nothing) and whether the lane still holds."""
+            nonlocal due
+            try:
+                dtls._RTCDtlsTransport__rx_bytes += rx
+                dtls._RTCDtlsTransport__rx_packets += rx_n
+                if now >= due:
+                    due = now + ACTIVE_SSRC_REFRESH
+                    refreshed[ssrc] = now
+                    active[ssrc] = aiortc_clock.current_datetime()
+                    if timer is not None:
+                        timer.seen(now)
+                    if codecs.get(pt) is not codec:
+                        reader.lane_remove(ssrc)
+                if not receiver._enabled:
+                    reader.lane_remove(ssrc)
+                    return  # (aiortc's handling drops a stopped receiver's packets)
+                frames(out, packets, size, last_seq, now)
+            except Exception:
+                log.exception("a lane's handler failed")
+
+        added: bool = reader.lane_add(ssrc, pt, depay, stream, push, trackers, tracker, handler)
+        return added
+
+    handle._stagecast_lane = lane_for  # type: ignore[attr-defined]
     return handle
 
 
@@ -392,8 +470,11 @@ class _RequestedNacks:
     """Stands in for aiortc's NackGenerator: aiortc calls ``add`` with every packet (RTX
     unwrapped) and, when it returns True, NACKs ``missing`` for that packet's SSRC."""
 
-    def __init__(self, on_packet: Callable[[int, int], list[int]]) -> None:
+    def __init__(
+        self, on_packet: Callable[[int, int], list[int]], trackers: dict[int, Any] | None = None
+    ) -> None:
         self._on_packet = on_packet
+        self.trackers = trackers  # NackTrackers by SSRC, for the receive path's C lanes
         self.missing: list[int] = []
 
     def add(self, packet: Any) -> bool:
@@ -402,15 +483,19 @@ class _RequestedNacks:
 
 
 def install_nack_requests(
-    receiver: RTCRtpReceiver, on_packet: Callable[[int, int], list[int]]
+    receiver: RTCRtpReceiver,
+    on_packet: Callable[[int, int], list[int]],
+    trackers: dict[int, Any] | None = None,
 ) -> None:
     """Replace a video receiver's NACK generator (also ``install_simulcast_receive``'s):
     ``on_packet(ssrc, sequence number)`` sees every packet and returns what to NACK at once;
-    repeats go out with ``send_nack``."""
+    repeats go out with ``send_nack``. ``trackers``: the ``NackTracker`` of each SSRC that
+    ``on_packet`` keeps (a C lane of the receive path takes a packet that is next in order with
+    nothing missing itself, as ``NackTracker.packet`` would; None: no lane)."""
     name = "_RTCRtpReceiver__nack_generator"
     if not hasattr(receiver, name) or not hasattr(receiver, "_send_rtcp_nack"):
         raise AdapterError("RTCRtpReceiver internals changed: no NACK generator")
-    setattr(receiver, name, _RequestedNacks(on_packet))
+    setattr(receiver, name, _RequestedNacks(on_packet, trackers))
 
 
 def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> asyncio.Task[None]:
@@ -1107,6 +1192,9 @@ def _consent_by_traffic(dtls: Any, connection: Any, timeout: float) -> None:
         timer.seen(clock())
         await handle_rtp(data, arrival_time_ms)
 
+    # what a C lane (``_offer_lane``) stands in for: consent over the parsed-packet router
+    rtp._stagecast_consent = (timer, handle_rtp)  # type: ignore[attr-defined]
+
     async def rtcp(data: bytes) -> None:
         timer.seen(clock())
         await handle_rtcp(data)
@@ -1279,23 +1367,59 @@ def _receive_rtp(dtls: Any, data: bytes, resuming: set[asyncio.Task[None]]) -> b
     srtp = dtls._rx_srtp
     if srtp is None or dtls._state is not DtlsState.CONNECTED:
         return False
-    arrival_time_ms = ntp_ms()
-    dtls._RTCDtlsTransport__rx_bytes += len(data)
-    dtls._RTCDtlsTransport__rx_packets += 1
     reader: tuple[Any, RtpReader] | None = dtls.__dict__.get("_stagecast_reader")
     if reader is None or reader[0] is not srtp:
+        if reader is not None and reader[1].lanes:  # keys changed: the old lanes are done
+            _port_lane(dtls, None)
         reader = dtls._stagecast_reader = (
             srtp,
             new_rtp_reader(srtp, dtls._rtp_header_extensions_map),
         )
-    packet = reader[1].read(data)
+    # a packet one of the reader's C lanes takes is handled there in full (and counted)
+    packet = reader[1].receive(data)
     if packet is None:
-        return True  # as aiortc does: dropped (replayed, forged, not ours or malformed)
-    task = run_now(dtls._handle_rtp_data(packet, arrival_time_ms))
+        return True  # taken by a lane, or dropped as aiortc does (replayed, forged, malformed)
+    dtls._RTCDtlsTransport__rx_bytes += len(data)
+    dtls._RTCDtlsTransport__rx_packets += 1
+    task = run_now(dtls._handle_rtp_data(packet, ntp_ms()))
     if task is not None:
         resuming.add(task)
         task.add_done_callback(resuming.discard)
+    elif not dtls.__dict__.get("_stagecast_no_lanes") and packet.ssrc not in reader[1].lanes:
+        _offer_lane(dtls, reader[1], packet)
     return True
+
+
+def _offer_lane(dtls: Any, reader: RtpReader, packet: Any) -> None:
+    """After ``packet`` went aiortc's way: give its SSRC a C lane on ``reader`` when that way
+    holds nothing a lane leaves out (see ``_rtp_reader.c``): the transport's packets go through
+    the consent wrapper and the parsed-packet router alone (no transport-cc tap), its receiver
+    is a tapped one (not simulcast's), and the receiver's ``lane_for`` agrees. A transport that
+    cannot have lanes is marked and not asked again."""
+    router = dtls._rtp_router
+    consent = getattr(dtls._handle_rtp_data, "_stagecast_consent", None)
+    if (
+        not lane_reader(reader)
+        or "route_rtp" in vars(router)  # tap_transport_sequence: every packet's arrival recorded
+        or consent is None
+        or not getattr(consent[1], "_stagecast_parsed", False)
+    ):
+        dtls._stagecast_no_lanes = True
+        return
+    receiver = router.ssrc_table.get(packet.ssrc)
+    lane_for = getattr(getattr(receiver, "_handle_rtp_packet", None), "_stagecast_lane", None)
+    if lane_for is not None and lane_for(packet, reader, dtls, consent[0]):
+        # the port's read call offers the session's SRTP to the lanes first (again now: the
+        # peer's addresses may have changed since)
+        _port_lane(dtls, reader.take)
+
+
+def _port_lane(dtls: Any, take: Callable[[bytes], bool] | None) -> None:
+    """Have the shared port offer ``dtls``'s SRTP to ``take`` in its read call (None: stop)."""
+    for protocol in getattr(dtls.transport._connection, "_protocols", ()):
+        transport = getattr(protocol, "transport", None)
+        if isinstance(transport, _PortTransport) and not transport._closed:
+            transport._port.set_lane(transport._ufrag, take)
 
 
 def _receive_feedback(
@@ -1345,6 +1469,7 @@ def _parsed_rtp_handler(dtls: Any) -> Callable[[Any, int], Coroutine[Any, Any, N
         if receiver is not None:
             await receiver._handle_rtp_packet(data, arrival_time_ms=arrival_time_ms)
 
+    handle._stagecast_parsed = True  # type: ignore[attr-defined]
     return handle
 
 

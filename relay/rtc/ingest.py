@@ -15,7 +15,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from relay.media.frames import EncodedFrame, MediaKind
 from relay.media.nack_tracker import NackPolicy
-from relay.media.reassembly import FrameAssembler, Unwrapper
+from relay.media.reassembly import FrameAssembler, Unwrapper, native_reorder
 from relay.media.repair_wait import RepairWait, RepairWaitPolicy
 from relay.media.simulcast import LayerOutputs, RidDemux
 from relay.rtc.adapter import (
@@ -67,12 +67,13 @@ class TrackIngest:
         self._codec: RTCRtpCodecParameters | None = None  # the codec _assembler was checked for
         self.ssrc: int | None = None
         self.packets = 0
+        self.laned = 0  # of those, packets a C lane of the receive path took (counted per call)
         self.bytes = 0
         self.last_packet_at: float | None = None
         self._seq = Unwrapper(16)
         self._lowest = self._highest = 0
         self.errors = 0
-        install_ingest_tap(receiver, self._on_packet)
+        install_ingest_tap(receiver, self._on_packet, self._lane)
         self.nacks: NackRequests | None = None
         self.repair: RepairWait | None = None
         if nacks is not None and kind == "video":
@@ -125,6 +126,50 @@ class TrackIngest:
             self._hub.publish(frame)
         if result.need_keyframe:
             self._hub.request_keyframe()
+
+    def _lane(
+        self, ssrc: int, codec: RTCRtpCodecParameters
+    ) -> tuple[Callable[..., Any], Callable[[Any, int, int, int, float], None]] | None:
+        """Where a C lane of the receive path (relay/rtc/_rtp_reader.c) feeds ``ssrc``'s plain
+        in-order packets: this track's reorder core, in C, for the codec already assembled,
+        with its output and the counts to ``_lane_frames`` (None: every packet comes here).
+        Per such packet ``_ingest`` would only count it and push it (the repair wait changes
+        only with a repaired packet, which no lane takes; nothing is missing to play)."""
+        asm = self._assembler
+        if (
+            type(self) is not TrackIngest  # (simulcast demultiplexes every packet)
+            or self._clock is not time.monotonic  # (the lane's clock)
+            or asm is None
+            or codec is not self._codec
+            or ssrc != self.ssrc
+            or not native_reorder(asm.core)
+        ):
+            return None
+        return asm.core.push, self._lane_frames
+
+    def _lane_frames(self, out: Any, packets: int, size: int, last_seq: int, now: float) -> None:
+        """A lane's packets since its last call (in order: ``last_seq`` the highest), and what
+        the reorder core returned for the last of them (None: nothing)."""
+        try:
+            self.packets += packets
+            self.laned += packets
+            self.bytes += size
+            self.last_packet_at = now
+            seq = self._seq.unwrap(last_seq)
+            self._lowest = min(self._lowest, seq)
+            self._highest = max(self._highest, seq)
+            asm = self._assembler
+            if out is None or asm is None:
+                return
+            result = asm.finish(out)
+            for frame in result.frames:
+                self._hub.publish(frame)
+            if result.need_keyframe:
+                self._hub.request_keyframe()
+        except Exception:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 1000 == 0:
+                log.exception("ingest of %s frames failed (%d so far)", self.kind, self.errors)
 
     def request_keyframe(self) -> None:
         """Send a PLI for the media SSRC seen last (nothing to ask before the first packet)."""
@@ -264,6 +309,10 @@ class IngestSet(dict[MediaKind, TrackIngest]):
     @property
     def packets(self) -> int:
         return sum(i.packets for i in self.values())
+
+    @property
+    def laned(self) -> int:
+        return sum(i.laned for i in self.values())
 
     @property
     def packets_lost(self) -> int:

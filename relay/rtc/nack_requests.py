@@ -48,7 +48,7 @@ class NackRequests:
         self._sending: set[asyncio.Task[None]] = set()
         self.closed = False
         self.errors = 0
-        install_nack_requests(receiver, self._on_packet)
+        install_nack_requests(receiver, self._on_packet, self._trackers)
 
     def _on_packet(self, ssrc: int, sequence_number: int) -> list[int]:
         """In aiortc's receive path: what to NACK at once. Never raises."""

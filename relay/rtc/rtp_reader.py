@@ -51,6 +51,43 @@ class RtpReader(Protocol):
         """Parse a packet already in the clear (None: aiortc's parser would raise)."""
         ...
 
+    def receive(self, data: bytes, /) -> RtpPacket | None:
+        """``read``, except that a packet one of the reader's lanes takes (the C reader's:
+        ``lane_add``) is handled in full and not returned (None)."""
+        ...
+
+    def take(self, data: bytes, /) -> bool:
+        """Handle a packet a lane takes (decided from its header, in the clear in SRTP, before
+        decrypting) in full, or drop it as not authentic: True; False: untouched."""
+        ...
+
+    @property
+    def lanes(self) -> list[int]:
+        """The SSRCs that have a lane."""
+        ...
+
+    def lane_add(
+        self,
+        ssrc: int,
+        payload_type: int,
+        depayload: int,
+        stats: Any,
+        push: Callable[..., Any],
+        trackers: dict[int, Any] | None,
+        tracker: Any,
+        handler: Callable[..., None],
+        /,
+    ) -> bool:
+        """Handle ``ssrc``'s plain in-order packets of ``payload_type`` in full (False: no
+        room, or no lanes in this reader); see ``_rtp_reader.c``."""
+        ...
+
+    def lane_remove(self, ssrc: int, /) -> bool: ...
+
+    def flush(self) -> None:
+        """Every lane's pending counts to its handler now."""
+        ...
+
 
 class PyRtpReader:
     """pylibsrtp's ``unprotect`` and aiortc's ``RtpPacket.parse``, as aiortc's receive task
@@ -72,6 +109,21 @@ class PyRtpReader:
             return RtpPacket.parse(data, self._extensions)
         except (ValueError, struct.error):  # struct.error: an extension of the wrong size
             return None
+
+    receive = read  # no lanes: every packet goes aiortc's way
+    lanes: list[int] = []
+
+    def take(self, data: bytes) -> bool:
+        return False
+
+    def lane_add(self, *_: Any) -> bool:
+        return False
+
+    def lane_remove(self, ssrc: int) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
 
 
 def extension_ids(extensions: HeaderExtensionsMap) -> HeaderExtensions:
@@ -103,6 +155,22 @@ def new_stream_statistics(clockrate: int, *, native: bool = True) -> Any:
 
 
 Depayloader = Callable[[bytes], bytes]
+
+LANE_DEPAYLOADERS: dict[Callable[[bytes], bytes], int] = (
+    {bytes: 0, _native.depayload_h264: 1, _native.depayload_vp8: 2} if _native is not None else {}
+)
+"""The depayloaders a C lane stands in for, by what ``depayloader`` returns (``bytes``: the
+payload itself), as ``RtpReader.lane_add``'s ``depayload``."""
+
+
+def lane_reader(reader: RtpReader) -> bool:
+    """Whether ``reader`` can have lanes (the C one)."""
+    return _native is not None and isinstance(reader, _native.RtpReader)
+
+
+def lane_statistics(stats: Any) -> bool:
+    """Whether a lane can count into ``stats`` (the C ``StreamStatistics``)."""
+    return _native is not None and isinstance(stats, _native.StreamStatistics)
 
 
 def depayloader(codec: str, *, native: bool = True) -> Depayloader | None:

@@ -94,6 +94,11 @@ class SharedUdpPort:
         self.reads = 0  # readable events served (received / reads: the batch size)
         self.arrival: float | None = None  # the datagram being handed on: its kernel stamp
         self._queries: dict[bytes, tuple[Addr, asyncio.Future[Addr]]] = {}
+        # C lanes of the receive path (relay/rtc/_rtp_reader.c): SRTP from a session's
+        # addresses offered to its reader's ``take`` in the read call itself (set_lane)
+        self.lanes: dict[Addr, udp_batch.Take] = {}
+        self._lane_takes: dict[str, udp_batch.Take] = {}  # by ufrag
+        self.laned = 0  # datagrams a lane took
 
     async def open(self, host: str, port: int) -> None:
         """Bind ``host`` (an IPv4 or IPv6 address, or a family's wildcard) on ``port``; ``port``
@@ -164,7 +169,18 @@ class SharedUdpPort:
         self.table.add(ufrag, password, sink)
 
     def unregister(self, ufrag: str) -> None:
+        self.set_lane(ufrag, None)
         self.table.remove(ufrag)
+
+    def set_lane(self, ufrag: str, take: udp_batch.Take | None) -> None:
+        """Offer the session's SRTP (from the addresses it is known by now) to ``take`` before
+        anything else sees it (None: no more)."""
+        old = self._lane_takes.pop(ufrag, None)
+        if old is not None:
+            self.lanes = {a: t for a, t in self.lanes.items() if t is not old}
+        if take is not None:
+            self._lane_takes[ufrag] = take
+            self.lanes.update(dict.fromkeys(self.table.addresses(ufrag), take))
 
     def sendto(self, data: bytes, addr: Addr, local: str | None = None) -> None:
         """Queued until the end of this event-loop turn, then sent with the turn's others, on
@@ -188,13 +204,20 @@ class SharedUdpPort:
     def _readable(self, sock: Socket, local: str) -> None:
         if sock.fileno() < 0:
             return
+        taken = 0
         try:
-            batch = udp_batch.recv_stamped(sock, READ_LIMIT, native=self._native)
+            if self.lanes:
+                batch, taken = udp_batch.recv_laned(
+                    sock, READ_LIMIT, self.lanes, native=self._native
+                )
+            else:
+                batch = udp_batch.recv_stamped(sock, READ_LIMIT, native=self._native)
         except OSError as exc:
             log.debug("shared UDP port: recv: %r", exc)
             return
         self.reads += 1
-        self.received += len(batch)
+        self.received += len(batch) + taken
+        self.laned += taken
         try:
             for data, addr, self.arrival in batch:
                 self.datagram_received(data, addr, local)

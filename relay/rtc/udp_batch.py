@@ -9,9 +9,11 @@ queueing to a sender's delay-based congestion control (transport-cc feedback).""
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -19,6 +21,7 @@ try:
 except ImportError:  # built without a C compiler
     _native = None  # type: ignore[assignment,unused-ignore]
 
+log = logging.getLogger(__name__)
 NATIVE = _native is not None
 DATAGRAM = 4096  # bigger datagrams are dropped (the C reader's buffer; WebRTC stays under 1500)
 
@@ -87,6 +90,39 @@ def recv_stamped(sock: socket.socket, limit: int, *, native: bool = True) -> lis
         if len(data) <= DATAGRAM:
             out.append((data, (addr[0], addr[1]), at))
     return out
+
+
+Take = Callable[[bytes], bool]
+
+
+def lane_candidate(data: bytes) -> bool:
+    """SRTP, not SRTCP (RFC 7983: first byte 128..191; RTCP packet types 192..223)."""
+    return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
+
+
+def recv_laned(
+    sock: socket.socket, limit: int, lanes: dict[Addr, Take], *, native: bool = True
+) -> tuple[list[Stamped], int]:
+    """As ``recv_stamped``, with each SRTP datagram from an address in ``lanes`` first offered
+    to its ``take`` (a C lane of the receive path: relay/rtc/_rtp_reader.c), which handles it
+    whole or leaves it (False); returns the datagrams left and how many were taken."""
+    if native and _native is not None:
+        got: tuple[list[Stamped], int] = _native.recv(sock.fileno(), limit, True, lanes)
+        return got
+    out: list[Stamped] = []
+    taken = 0
+    for item in recv_stamped(sock, limit, native=False):
+        take = lanes.get(item[1]) if lane_candidate(item[0]) else None
+        try:
+            took = take is not None and take(item[0])
+        except Exception:  # counted taken (dropped), as the C one does; the batch goes on
+            log.exception("a receive lane failed")
+            took = True
+        if took:
+            taken += 1
+        else:
+            out.append(item)
+    return out, taken
 
 
 def _realtime_to_monotonic() -> tuple[float, float]:

@@ -12,6 +12,7 @@ import imageio_ffmpeg
 import pytest
 
 from gateway.synthetic import whep_watch
+from relay.rtc import rtp_reader
 from tests.support.ffmpeg_whip import whip_push_argv
 from tests.support.server import RunningServer
 
@@ -74,6 +75,14 @@ async def test_ffmpeg_whip_push_reaches_a_viewer(server: RunningServer) -> None:
             ttff = viewer.time_to_first_frame
             assert ttff is not None and ttff < 2.0, ttff
             assert viewer.audio_frames > 50 and max(viewer.audio_rms) > 100
+            if rtp_reader.NATIVE:  # most packets handled whole by the C lanes of the receive path
+                (session,) = server.gateway.anchors.sessions.values()
+                assert session.ingests.laned > session.ingests.packets // 2, (
+                    session.ingests.laned,
+                    session.ingests.packets,
+                )
+                port = server.gateway.transport.port
+                assert port is not None and port.laned > 0  # taken in the port's read call
             # ffmpeg stops after its -t and DELETEs its session: the viewer sees the end
             await asyncio.wait_for(proc.wait(), 15)
             assert proc.returncode == 0, await stderr_tail(proc)

@@ -4,6 +4,7 @@ fallback read and send the same datagrams, in order, with the same addresses."""
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections.abc import Iterator
 
@@ -134,3 +135,59 @@ def test_recv_stamped_without_stamps_enabled_gives_the_read_time(
     got = udp_batch.recv_stamped(b, 10, native=native)
     assert [(d, addr) for d, addr, _ in got] == [(b"one", a.getsockname())]
     assert before <= got[0][2] <= time.monotonic()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("native", MODES)
+def test_recv_laned_offers_srtp_from_a_lane_address_and_lists_the_rest(
+    native: bool, sockets: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SRTP (first byte 128..191, not an RTCP packet type) from an address with a lane goes to
+    its ``take`` first; what it takes is counted, what it leaves is listed in order with the
+    rest (STUN, DTLS, SRTCP, other addresses); a take that raises does not end the batch."""
+    if native and not udp_batch.NATIVE:
+        pytest.skip("built without a C compiler")
+    a, b = sockets
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))
+    try:
+        udp_batch.enable_stamps(b)
+        offered: list[bytes] = []
+
+        def take(data: bytes) -> bool:
+            offered.append(data)
+            if data[2] == 3:
+                raise RuntimeError("a lane failed")
+            return data[2] % 2 == 0  # takes the even ones
+
+        rtp = [bytes([0x80, 96, i]) + bytes(20) for i in range(6)]
+        sent = [
+            (a, rtp[0]),
+            (a, b"\x00\x01" + bytes(30)),  # STUN
+            (a, bytes([0x80, 200]) + bytes(20)),  # RTCP (SR)
+            (a, rtp[1]),
+            (a, bytes([22, 0xFE]) + bytes(20)),  # DTLS
+            (other, rtp[2]),  # from another address: no lane
+            (a, rtp[2]),
+            (a, rtp[3]),  # raises: counted taken
+            (a, bytes([0x80, 96])),  # too short for RTP
+            (a, rtp[4]),
+            (a, rtp[5]),
+        ]
+        for sock, data in sent:
+            sock.sendto(data, b.getsockname())
+        time.sleep(0.05)
+        lanes = {a.getsockname(): take}
+        unraisable: list[object] = []
+        monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # the C one reports so
+        left, taken = udp_batch.recv_laned(b, 100, lanes, native=native)
+        assert offered == rtp
+        assert taken == 4  # rtp 0, 2, 4, and 3, which raised (dropped)
+        assert len(unraisable) == (1 if native else 0)
+        listed = [(addr, data) for data, addr, _ in left]
+        expected = [(a.getsockname(), d) for s, d in sent if s is a and d not in rtp]
+        expected += [(a.getsockname(), rtp[1]), (a.getsockname(), rtp[5])]
+        assert sorted(listed) == sorted([*expected, (other.getsockname(), rtp[2])])
+        assert [d for addr, d in listed if addr == a.getsockname()][:2] == [sent[1][1], sent[2][1]]
+    finally:
+        other.close()
