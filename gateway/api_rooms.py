@@ -91,6 +91,7 @@ def viewer_view(s: ViewerSession) -> ViewerView:
             "rtx_follow_ups": video.budget.follow_ups,
             "asks_again": video.budget.asks_again,
             "nack_share": round(video.budget.loss, 4),
+            "playout_delay_ms": None if video.playout is None else video.playout.delay_ms,
             "keyframe_requests": video.keyframe_requests,
             "keyframe_requests_suppressed": s.keyframe_gate.suppressed if s.keyframe_gate else 0,
             "rtt_ms": None if (rtt := video.round_trip_time()) is None else round(rtt * 1000, 1),

@@ -147,6 +147,7 @@ class RetransmitBudget:
         self.asks_again = False  # seen asking for a resent packet again on its own
         self.follow_ups = 0  # second copies sent
         self.loss = 0.0  # share of the packets sent that the viewer asked for (last window)
+        self.asked_total = 0  # packets asked for that had not been resent yet, ever
         self._asked = 0
         self._window: tuple[float, int] | None = None  # (start, packets sent then)
 
@@ -160,7 +161,9 @@ class RetransmitBudget:
         gap = max(rtt or 0.0, MIN_RESEND_GAP)
         if sequences and all((t := sent.get(s)) is not None and now - t >= gap for s in sequences):
             self.asks_again = True
-        self._asked += sum(1 for s in sequences if s not in sent)
+        new = sum(1 for s in sequences if s not in sent)
+        self._asked += new
+        self.asked_total += new
         if self._window is None:
             self._window = (now, packets_sent)
         elif now - self._window[0] >= LOSS_WINDOW:

@@ -41,6 +41,7 @@ from aiortc.rtp import (
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
+from relay.media.playout_delay import PlayoutDelayLimits, PlayoutDelayPolicy
 from relay.media.report_loss import ReportLoss
 from relay.media.retransmit import (
     FOLLOW_UP_AFTER,
@@ -112,8 +113,15 @@ class DirectSender:
         estimator: BandwidthEstimator | None = None,
         reports_to_estimator: bool = False,
         own_reports: bool = False,
+        playout_delay: PlayoutDelayLimits | None = None,
     ) -> None:
         self._seam = SenderSeam(sender)
+        # a minimum playout delay while the viewer needs repairs (relay/media/playout_delay.py),
+        # when it negotiated the extension; the template id of each value sent
+        self._playout_limits = playout_delay
+        self.playout: PlayoutDelayPolicy | None = None
+        self._playout_id = 0
+        self._playout_tids: dict[bytes, int] = {}
         self.estimator = estimator  # the session's (shared by its senders: one transport)
         self._reports = reports_to_estimator and estimator is not None
         # where each packet's transport-wide sequence number goes (0: not negotiated, -1: not
@@ -168,6 +176,12 @@ class DirectSender:
         self.rewriter = RtpRewriter(seam.ssrc, profile, rtx_ssrc=seam.rtx_ssrc)
         self._twcc_id = profile.transport_cc_id if self.estimator is not None else None
         self._twcc_offset = -1 if self._twcc_id is not None else 0
+        limits, ext_id = self._playout_limits, profile.playout_delay_id
+        # (an id over 14 would turn the one-byte extension block into a two-byte one, moving
+        # the transport-wide sequence number's offset between a frame and the next)
+        if limits is not None and limits.enabled and ext_id is not None and ext_id <= 14:
+            self.playout = PlayoutDelayPolicy(limits)
+            self._playout_id = ext_id
 
     def _on_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpRtpfbPacket):
@@ -286,8 +300,23 @@ class DirectSender:
                 return True
             if writer is None:
                 return True
-        packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         now = time.monotonic()
+        tid = self._template_id
+        playout = self.playout
+        if playout is not None:
+            if now >= playout.next_at:
+                playout.update(
+                    now, self.budget.asked_total, rewriter.packets, self._seam.round_trip_time()
+                )
+            value = playout.value(now)
+            if value is not None:
+                tid = self._playout_tids.get(value, -1)
+                if tid < 0:
+                    extra = ((self._playout_id, value),)
+                    tid = self._playout_tids[value] = self._cache.template_id(
+                        rewriter.profile, extra
+                    )
+        packets = self._cache.packets(frame, rewriter.profile, tid)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe, now)
         estimator = self.estimator
         try:
