@@ -3,6 +3,7 @@ same run's pinned viewer as the baseline.
 
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
                                [--viewers aiortc,chromium] [--no-probing] [--no-playout-delay]
+                               [--no-nack-solicit]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -40,7 +41,9 @@ its g2g from the stamps of the frames it presented. The gateway's CPU seconds ov
 ``--no-probing`` (``media.viewer_probing = false``) is the baseline for probing's cost;
 ``--no-playout-delay`` (``media.viewer_playout_delay = false``) the baseline for the minimum
 playout delay given to lossy Chromium viewers (``pd`` in the g2g cell: the largest given, ms;
-``jb``: Chromium's jitter buffer target/delay per frame over the run, ms).
+``jb``: Chromium's jitter buffer target/delay per frame over the run, ms); ``--no-nack-solicit``
+(``media.viewer_nack_solicit = false``) the baseline for the holes made so that aiortc viewers
+NACK again.
 """
 
 from __future__ import annotations
@@ -210,7 +213,7 @@ def watch(
 
 
 VERDICTS = ("nacked_packets", "retransmissions", "rtx_follow_ups", "rtx_late", "rtx_repeat",
-            "rtx_over_budget", "keyframe_requests")  # fmt: skip
+            "rtx_over_budget", "keyframe_requests", "nack_solicits", "solicited_nacks")  # fmt: skip
 SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", "delay_usage",
            "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps",
            "rtt_ms", "playout_delay_ms", *VERDICTS)  # fmt: skip
@@ -322,6 +325,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_PROBING"] = "false"
         if args.no_playout_delay:
             env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "false"
+        if args.no_nack_solicit:
+            env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
@@ -519,6 +524,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no playout-delay extension for any viewer (media.viewer_playout_delay = false)",
     )
+    parser.add_argument(
+        "--no-nack-solicit",
+        action="store_true",
+        help="no holes made for viewers that NACK once (media.viewer_nack_solicit = false)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
     args = parser.parse_args(argv)
@@ -554,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "
           f"{args.viewers} (aiortc {'stock' if args.stock_aiortc else 'with --resync'}), "
           f"probing {'off' if args.no_probing else 'on'}; "
-          f"playout delay {'off' if args.no_playout_delay else 'on'}; ladder "
+          f"playout delay {'off' if args.no_playout_delay else 'on'}; "
+          f"nack solicit {'off' if args.no_nack_solicit else 'on'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

@@ -92,6 +92,8 @@ def viewer_view(s: ViewerSession) -> ViewerView:
             "asks_again": video.budget.asks_again,
             "nack_share": round(video.budget.loss, 4),
             "playout_delay_ms": None if video.playout is None else video.playout.delay_ms,
+            "nack_solicits": 0 if video.solicitor is None else video.solicitor.made_count,
+            "solicited_nacks": 0 if video.solicitor is None else video.solicitor.solicited,
             "keyframe_requests": video.keyframe_requests,
             "keyframe_requests_suppressed": s.keyframe_gate.suppressed if s.keyframe_gate else 0,
             "rtt_ms": None if (rtt := video.round_trip_time()) is None else round(rtt * 1000, 1),

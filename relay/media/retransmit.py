@@ -152,14 +152,25 @@ class RetransmitBudget:
         self._window: tuple[float, int] | None = None  # (start, packets sent then)
 
     def on_nack(
-        self, sequences: list[int], packets_sent: int, rtt: float | None, now: float
+        self,
+        sequences: list[int],
+        packets_sent: int,
+        rtt: float | None,
+        now: float,
+        *,
+        solicited: bool = False,
     ) -> None:
         """A NACK message asking for ``sequences`` (``packets_sent``: the media packets sent so
         far). One that asks only for packets resent at least a round trip ago is the viewer
-        repeating its own requests (a browser); aiortc's repeats only ride a new hole."""
+        repeating its own requests (a browser); aiortc's repeats only ride a new hole, or a
+        hole we made to make it ask again (``solicited``: not a sign of a repeater)."""
         sent = self._sent_at
         gap = max(rtt or 0.0, MIN_RESEND_GAP)
-        if sequences and all((t := sent.get(s)) is not None and now - t >= gap for s in sequences):
+        if (
+            not solicited
+            and sequences
+            and all((t := sent.get(s)) is not None and now - t >= gap for s in sequences)
+        ):
             self.asks_again = True
         new = sum(1 for s in sequences if s not in sent)
         self._asked += new

@@ -366,6 +366,16 @@ class RtpRewriter:
         self.last_timestamp = ts
         return first, ts
 
+    def filler(self) -> tuple[int, bytes]:
+        """Take the next sequence number for an empty packet (no payload, the last frame's
+        timestamp): sent after the next frame's packets, it makes a hole the receiver sees
+        and fills it (``relay.media.nack_solicit``). Returns (number, packet)."""
+        seq = self.sequence
+        self.sequence = (seq + 1) & 0xFFFF
+        self.packets += 1
+        head = bytes((0x80, self.profile.payload_type & 0x7F))
+        return seq, head + SEQ_TS_SSRC.pack(seq, self.last_timestamp, self.ssrc)
+
     def packets_for(self, templates: tuple[bytes, ...], timestamp: int) -> list[bytes]:
         """The frame's packets as this viewer must receive them (plaintext RTP)."""
         first, ts = self.assign(templates, timestamp)

@@ -153,6 +153,9 @@ class ViewerLimits:
     estimation: bool = True
     """A bandwidth estimator and a layer selector per viewer (direct sending only); off: neither
     (the baseline for their cost)."""
+    nack_solicit: bool = True
+    """Make a viewer without transport-cc that NACKs a hole once (aiortc) send its missing list
+    again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
     playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)
     """The playout-delay extension: answered when a viewer offers it (Chromium), a minimum
     playout delay of one repair round while the viewer asks for repairs (direct sending only)."""
@@ -544,6 +547,7 @@ class ViewerService:
             reports_to_estimator=queue.kind == "video" or "video" not in session.hub.codecs,
             own_reports=True,  # sent by self._report, one tick for every viewer
             playout_delay=self.limits.playout_delay if queue.kind == "video" else None,
+            solicit=self.limits.nack_solicit and queue.kind == "video",
         )
         if (
             queue.kind == "video"

@@ -118,6 +118,7 @@ def viewer_limits(
         ),
         transport_cc=media.viewer_transport_cc,
         probing=media.viewer_probing,
+        nack_solicit=media.viewer_nack_solicit,
         playout_delay=PlayoutDelayLimits(
             enabled=media.viewer_playout_delay,
             max_ms=media.viewer_playout_delay_max_ms,

@@ -77,6 +77,12 @@ class MediaSettings(BaseModel):
     """Probe a transport-cc viewer on a lower layer for headroom (short clusters of RTX
     retransmissions at a higher layer's rate, ``relay/media/probe.py``), so it climbs back
     after a dip; off: only the estimate of what it is sent moves it up."""
+    viewer_nack_solicit: bool = True
+    """A viewer without transport-cc that NACKs a hole only once (aiortc's receiver: it asks
+    again only with its next new hole) is made to send its missing list again every 0.1 s
+    while it asks for repairs: one sequence number skipped in a frame and filled right after
+    with an empty packet (``relay/media/nack_solicit.py``; ``nack_solicits`` in the viewers
+    listing). A lost NACK then costs ~0.1 s + a round trip, not a freeze to its next hole."""
     viewer_playout_delay: bool = True
     """Answer the playout-delay header extension when a viewer offers it (Chromium) and, while
     a viewer asks for repairs (0.5 % of its packets or more over 2 s), carry a minimum playout

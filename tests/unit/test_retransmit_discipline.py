@@ -533,3 +533,81 @@ def test_a_minimum_playout_delay_of_one_repair_round_hides_the_repairs() -> None
     clean = PlayoutDelayPolicy()
     _, stalls, _, given = browser_playout(0.0, 0.045, 0, clean)
     assert stalls == 0 and given is None and clean.value(60.0) is None
+
+
+def asks_once_repairs(
+    loss: float, seed: int, solicit: float | None, seconds: int = 120
+) -> tuple[int, int, int]:
+    """aiortc's receiver (it NACKs every hole it still misses when a NEW hole appears, never
+    in between) at ``loss`` both ways, 40 ms RTT, 150 packets/s, a keyframe every 2 s, the
+    budget's second copies. ``solicit``: every so many seconds the sender makes a hole of its
+    own (``NackSolicitor``: a number skipped and filled at once), so the receiver sends its
+    missing list then too. Returns (holes, holes open more than 150 ms: a freeze by Chromium's
+    rule at 30 fps, NACK messages the receiver sent)."""
+    rng = random.Random(seed)
+    budget = RetransmitBudget()
+    rate, rtt, gop = 150, 0.04, 300
+    missing: dict[int, float] = {}  # sequence -> when sent first
+    arriving: dict[int, float] = {}  # retransmissions on their way: sequence -> arrival
+    holes = long = nacks = 0
+    next_solicit = 0.0
+
+    def ask(now: float, solicited: bool = False) -> None:
+        nonlocal nacks
+        nacks += 1
+        if rng.random() < loss:
+            return  # the NACK itself is lost
+        at = now + rtt / 2
+        budget.on_nack(sorted(missing), int(now * rate), rtt, at, solicited=solicited)
+        for s, sent in list(missing.items()):
+            if budget.decide(s, SIZE, age=at - sent, rtt=rtt, now=at) is not Verdict.SEND:
+                continue
+            if rng.random() >= loss:
+                arriving[s] = min(arriving.get(s, 1e9), now + rtt)
+            if (
+                budget.wants_follow_up
+                and budget.follow_up(s, SIZE, at + FOLLOW_UP_AFTER)
+                and rng.random() >= loss
+            ):
+                arriving[s] = min(arriving.get(s, 1e9), now + rtt + FOLLOW_UP_AFTER)
+
+    for seq in range(rate * seconds):
+        now = seq / rate
+        for s, at in list(arriving.items()):
+            if at <= now:
+                del arriving[s]
+                if s in missing:
+                    long += at - missing.pop(s) > 0.15
+        if seq % gop == 0:  # the keyframe starts the picture over
+            long += sum(1 for sent in missing.values() if now - sent > 0.15)
+            missing.clear()
+            arriving.clear()
+        budget.on_media(SIZE)
+        if solicit is not None and now >= next_solicit:
+            next_solicit = now + solicit
+            if missing and rng.random() >= loss:  # the packet after the skipped number came
+                ask(now, solicited=True)
+        if rng.random() >= loss:
+            continue
+        holes += 1
+        missing[seq] = now
+        ask(now + 1 / rate)  # seen at the next packet
+    assert not budget.asks_again
+    return holes, long, nacks
+
+
+def test_a_receiver_that_asks_once_is_made_to_ask_again() -> None:
+    """What froze aiortc viewers at 2 % loss once retransmissions went twice: a lost NACK,
+    repeated only with the receiver's next new hole (~330 ms later at 2 % of 150 packets/s,
+    later still on a thin layer). A hole of the sender's own every 100 ms (filled at once)
+    makes it send its missing list again: holes open past 150 ms (a freeze) fall by more than
+    half at 2 % and 5 % loss, for ~10 more NACK messages a second from a lossy viewer."""
+    for loss in (0.02, 0.05):
+        base = solicited = holes = extra = 0
+        for seed in range(6):
+            h, long0, n0 = asks_once_repairs(loss, seed, None)
+            _, long1, n1 = asks_once_repairs(loss, seed, 0.1)
+            holes, base, solicited, extra = holes + h, base + long0, solicited + long1, n1 - n0
+        assert holes > 6 * 150 * 120 * loss * 0.8
+        assert base > 20 and solicited <= 0.5 * base, (loss, base, solicited, holes)
+        assert extra <= 10.5 * 120, extra
