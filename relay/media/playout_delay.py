@@ -27,7 +27,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from relay.media.retransmit import FOLLOW_UP_AFTER
+from relay.media.retransmit import FOLLOW_UP_AFTER, RANDOM_LOSS
 
 PLAYOUT_DELAY_URI = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay"
 UNIT_MS = 10
@@ -50,6 +50,10 @@ WINDOW = 2.0
 """Seconds over which the share of packets a viewer asks for again is counted."""
 LOWER_AFTER = 5.0
 """Seconds a smaller delay must be enough before the delay goes down to it."""
+LOOK_EVERY = 0.5
+"""Seconds between two looks at the viewer's counters."""
+RAMP_MS = 40
+"""Most the delay in effect moves per look (the picture holds this much longer, once)."""
 
 
 def encode(min_ms: int, max_ms: int) -> bytes:
@@ -84,7 +88,8 @@ class PlayoutDelayLimits:
     fixed_ms: int = 0
     """A minimum for every viewer that negotiated it, lossy or not (0: by loss, ``auto``)."""
     on_share: float = 0.005
-    """Share of its packets a viewer must ask for again (over ``WINDOW``) to get a delay."""
+    """Share of its packets a viewer must ask for again (over ``WINDOW``) to get a delay (and
+    at most ``RANDOM_LOSS``: more is a link the stream overruns)."""
     off_after: float = 10.0
     """Seconds without that much loss before the delay is released."""
 
@@ -97,28 +102,33 @@ class PlayoutDelayLimits:
 
 class PlayoutDelayPolicy:
     """One viewer's minimum playout delay: ``update`` with its counters (each frame is fine:
-    it looks every half second), ``value`` for the extension the next frame carries."""
+    it looks every half second), ``value`` for the extension the next frame carries.
+
+    libwebrtc applies a new minimum at once (the render time is its current delay clamped to
+    the minimum): a jump from its own ~40 ms to 140 ms would hold the picture 100 ms more for
+    one frame, a freeze by Chromium's rule at 150 ms. So the delay in effect moves towards
+    the one wanted by at most ``RAMP_MS`` per look (a 40 ms hiccup each, no freeze)."""
 
     def __init__(self, limits: PlayoutDelayLimits | None = None) -> None:
         self.limits = limits or PlayoutDelayLimits()
-        self.delay_ms: int | None = self.limits.fixed_ms or None  # the minimum in effect
+        fixed = self.limits.fixed_ms or None
+        self.delay_ms: int | None = fixed  # the minimum in effect (sent)
+        self.target_ms: int | None = fixed  # the minimum wanted (one repair round)
         self.share = 0.0  # packets asked for again / packets sent, over the last WINDOW
         self.changes = 0
-        self._samples: deque[tuple[float, int, int]] = deque()
         self.next_at = float("-inf")  # when ``update`` looks again
+        self._samples: deque[tuple[float, int, int]] = deque()
         self._lossy_at = float("-inf")
         self._lower_since: float | None = None
         self._release_until = float("-inf")
-        self._value: bytes | None = (
-            encode(self.limits.fixed_ms, DEFAULT_MAX_MS) if self.limits.fixed_ms else None
-        )
+        self._value: bytes | None = encode(fixed, DEFAULT_MAX_MS) if fixed else None
 
     def update(self, now: float, asked: int, sent: int, rtt: float | None) -> None:
         """``asked``/``sent``: the viewer's packets asked for again and media packets sent so
         far (cumulative); ``rtt``: its round trip in seconds (None while unknown)."""
         if now < self.next_at or self.limits.fixed_ms:
             return
-        self.next_at = now + 0.5
+        self.next_at = now + LOOK_EVERY
         samples = self._samples
         samples.append((now, asked, sent))
         while len(samples) > 2 and now - samples[1][0] >= WINDOW:
@@ -126,30 +136,43 @@ class PlayoutDelayPolicy:
         _, a0, s0 = samples[0]
         if sent - s0 >= 30:
             self.share = max(0.0, (asked - a0) / (sent - s0))
-        if self.share >= self.limits.on_share and sent - s0 >= 30:
+        # random loss a repair can hide; over RANDOM_LOSS the stream overruns the link, and
+        # waiting longer for repairs that starve it helps nothing
+        if self.limits.on_share <= self.share <= RANDOM_LOSS and sent - s0 >= 30:
             self._lossy_at = now
-            want = min(self.limits.max_ms, STEP_MS * math.ceil(repair_round(rtt) * 1000 / STEP_MS))
-            self._set(want, now)
-        elif self.delay_ms is not None and now - self._lossy_at >= self.limits.off_after:
-            self._set(None, now)
+            round_ms = repair_round(rtt) * 1000
+            self._want(min(self.limits.max_ms, STEP_MS * math.ceil(round_ms / STEP_MS)), now)
+        elif self.target_ms is not None and now - self._lossy_at >= self.limits.off_after:
+            self._want(None, now)
+        self._ramp(now)
 
-    def _set(self, want: int | None, now: float) -> None:
-        current = self.delay_ms
+    def _want(self, want: int | None, now: float) -> None:
+        current = self.target_ms
         if want is not None and current is not None and want < current:
             if self._lower_since is None:
                 self._lower_since = now
             if now - self._lower_since < LOWER_AFTER:
                 return
         self._lower_since = None
-        if want == current:
+        self.target_ms = want
+
+    def _ramp(self, now: float) -> None:
+        current, target = self.delay_ms, self.target_ms
+        if current is None and target is None:
             return
-        self.delay_ms = want
-        self.changes += 1
-        if want is None:
+        goal = target or 0
+        have = current or 0
+        step = max(-RAMP_MS, min(RAMP_MS, goal - have))
+        if target is None and have + step <= 0:  # down to nothing: libwebrtc's own delay back
+            self.delay_ms = None
             self._release_until = now + RELEASE_FOR
             self._value = encode(*RELEASE)
-        else:
-            self._value = encode(want, DEFAULT_MAX_MS)
+            self.changes += 1
+            return
+        if step:
+            self.delay_ms = have + step
+            self._value = encode(have + step, DEFAULT_MAX_MS)
+            self.changes += 1
 
     def value(self, now: float) -> bytes | None:
         """The extension's value for the frame sent now (None: the frame carries none)."""
