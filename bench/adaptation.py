@@ -2,8 +2,8 @@
 same run's pinned viewer as the baseline.
 
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
-                               [--viewers aiortc,chromium] [--no-probing] [--no-playout-delay]
-                               [--no-nack-solicit]
+                               [--viewers aiortc,chromium] [--no-probing]
+                               [--playout-delay | --no-playout-delay] [--no-nack-solicit]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -39,8 +39,9 @@ bring back up after a dip; its freezes are Chromium's own (freezeCount/totalFree
 its g2g from the stamps of the frames it presented. The gateway's CPU seconds over the watch
 (from /proc) and each viewer's estimate, probes and probe bytes (operator API) go in the JSON;
 ``--no-probing`` (``media.viewer_probing = false``) is the baseline for probing's cost;
-``--no-playout-delay`` (``media.viewer_playout_delay = false``) the baseline for the minimum
-playout delay given to lossy Chromium viewers (``pd`` in the g2g cell: the largest given, ms;
+``--playout-delay`` / ``--no-playout-delay`` set ``media.viewer_playout_delay`` (off by
+default) for the minimum playout delay given to lossy Chromium viewers (``pd`` in the g2g
+cell: the largest given, ms;
 ``jb``: Chromium's jitter buffer target/delay per frame over the run, ms); ``--no-nack-solicit``
 (``media.viewer_nack_solicit = false``) the baseline for the holes made so that aiortc viewers
 NACK again.
@@ -325,6 +326,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_PROBING"] = "false"
         if args.no_playout_delay:
             env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "false"
+        if args.playout_delay:
+            env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "true"
         if args.no_nack_solicit:
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
@@ -525,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
         help="no playout-delay extension for any viewer (media.viewer_playout_delay = false)",
     )
     parser.add_argument(
+        "--playout-delay",
+        action="store_true",
+        help="the playout-delay extension for lossy viewers (media.viewer_playout_delay = true)",
+    )
+    parser.add_argument(
         "--no-nack-solicit",
         action="store_true",
         help="no holes made for viewers that NACK once (media.viewer_nack_solicit = false)",
@@ -564,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "
           f"{args.viewers} (aiortc {'stock' if args.stock_aiortc else 'with --resync'}), "
           f"probing {'off' if args.no_probing else 'on'}; "
-          f"playout delay {'off' if args.no_playout_delay else 'on'}; "
+          f"playout delay {'on' if args.playout_delay else 'off'}; "
           f"nack solicit {'off' if args.no_nack_solicit else 'on'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))

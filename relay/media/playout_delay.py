@@ -80,8 +80,9 @@ def repair_round(rtt: float | None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class PlayoutDelayLimits:
-    enabled: bool = True
-    """Negotiate the extension with viewers that offer it (Chromium) and use it on lossy ones."""
+    enabled: bool = False
+    """Negotiate the extension with viewers that offer it (Chromium) and use it on lossy ones
+    (off by default: ``media.viewer_playout_delay``)."""
     max_ms: int = 200
     """The largest minimum given (glass-to-glass grows by up to this, issue 17: p95 <= 250 ms
     at 5 % loss + 40 ms RTT)."""

@@ -83,8 +83,10 @@ class MediaSettings(BaseModel):
     while it asks for repairs: one sequence number skipped in a frame and filled right after
     with an empty packet (``relay/media/nack_solicit.py``; ``nack_solicits`` in the viewers
     listing). A lost NACK then costs ~0.1 s + a round trip, not a freeze to its next hole."""
-    viewer_playout_delay: bool = True
-    """Answer the playout-delay header extension when a viewer offers it (Chromium) and, while
+    viewer_playout_delay: bool = False
+    """Off by default: in the loaded test bed (load 7-24, six off/on pairs) Chromium froze more
+    with it, not less (BENCHMARKS.md, a-loss3); turn on to measure it on a quiet machine.
+    Answer the playout-delay header extension when a viewer offers it (Chromium) and, while
     a viewer asks for repairs (0.5 % of its packets or more over 2 s), carry a minimum playout
     delay of one repair round (its RTT + a frame interval + a retransmission's second copy + 20
     ms, in 20 ms steps) on its frames, so a frame that waited for a retransmission is still
