@@ -3,6 +3,7 @@ same run's pinned viewer as the baseline.
 
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
                                [--viewers aiortc,chromium] [--no-probing]
+                               [--playout-delay | --no-playout-delay] [--no-nack-solicit]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -37,7 +38,13 @@ viewer here that sends transport-cc feedback, so the only one the estimate (and 
 bring back up after a dip; its freezes are Chromium's own (freezeCount/totalFreezesDuration),
 its g2g from the stamps of the frames it presented. The gateway's CPU seconds over the watch
 (from /proc) and each viewer's estimate, probes and probe bytes (operator API) go in the JSON;
-``--no-probing`` (``media.viewer_probing = false``) is the baseline for probing's cost.
+``--no-probing`` (``media.viewer_probing = false``) is the baseline for probing's cost;
+``--playout-delay`` / ``--no-playout-delay`` set ``media.viewer_playout_delay`` (off by
+default) for the minimum playout delay given to lossy Chromium viewers (``pd`` in the g2g
+cell: the largest given, ms;
+``jb``: Chromium's jitter buffer target/delay per frame over the run, ms); ``--no-nack-solicit``
+(``media.viewer_nack_solicit = false``) the baseline for the holes made so that aiortc viewers
+NACK again.
 """
 
 from __future__ import annotations
@@ -207,10 +214,10 @@ def watch(
 
 
 VERDICTS = ("nacked_packets", "retransmissions", "rtx_follow_ups", "rtx_late", "rtx_repeat",
-            "rtx_over_budget", "keyframe_requests")  # fmt: skip
+            "rtx_over_budget", "keyframe_requests", "nack_solicits", "solicited_nacks")  # fmt: skip
 SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", "delay_usage",
            "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps",
-           "rtt_ms", *VERDICTS)  # fmt: skip
+           "rtt_ms", "playout_delay_ms", *VERDICTS)  # fmt: skip
 
 
 def freeze_causes(
@@ -317,6 +324,12 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_STAGE__FALLBACK_HOLD"] = str(args.blind_hold)
         if args.no_probing:
             env["STAGECAST_MEDIA__VIEWER_PROBING"] = "false"
+        if args.no_playout_delay:
+            env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "false"
+        if args.playout_delay:
+            env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "true"
+        if args.no_nack_solicit:
+            env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
@@ -406,7 +419,8 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
                 str(v["freezes"]),
                 own_cell(v, control),
                 gap_cell(v),
-                f"{'-' if g50 is None else round(g50)}/{'-' if g95 is None else round(g95)}",
+                f"{'-' if g50 is None else round(g50)}/{'-' if g95 is None else round(g95)}"
+                + playout_note(v),
                 settle,
                 f"{a['switches']} ({a['probes_up']})",
                 f"{a['switches_per_10s']:.1f}",
@@ -417,6 +431,18 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def playout_note(v: dict[str, Any]) -> str:
+    """The minimum playout delay the gateway gave the viewer last (``pd``, ms) and Chromium's
+    jitter buffer target and delay per frame over the run (``jb``), when there are any."""
+    notes = []
+    given = [s.get("playout_delay_ms") for s in v.get("samples") or []]
+    if any(given):
+        notes.append(f"pd {max(g or 0 for g in given)}")
+    if v.get("jb_target_ms") is not None:
+        notes.append(f"jb {v['jb_target_ms']:.0f}/{v.get('jb_delay_ms') or 0:.0f}")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def own_freezes(v: dict[str, Any], control: dict[str, Any] | None) -> list[tuple[float, float]]:
@@ -496,6 +522,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="media.viewer_probing = false: the baseline for probing's cost and effect",
     )
+    parser.add_argument(
+        "--no-playout-delay",
+        action="store_true",
+        help="no playout-delay extension for any viewer (media.viewer_playout_delay = false)",
+    )
+    parser.add_argument(
+        "--playout-delay",
+        action="store_true",
+        help="the playout-delay extension for lossy viewers (media.viewer_playout_delay = true)",
+    )
+    parser.add_argument(
+        "--no-nack-solicit",
+        action="store_true",
+        help="no holes made for viewers that NACK once (media.viewer_nack_solicit = false)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
     args = parser.parse_args(argv)
@@ -530,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seconds:.0f} s per profile, blind hold "
           f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "
           f"{args.viewers} (aiortc {'stock' if args.stock_aiortc else 'with --resync'}), "
-          f"probing {'off' if args.no_probing else 'on'}; ladder "
+          f"probing {'off' if args.no_probing else 'on'}; "
+          f"playout delay {'on' if args.playout_delay else 'off'}; "
+          f"nack solicit {'off' if args.no_nack_solicit else 'on'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

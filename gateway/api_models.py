@@ -127,6 +127,14 @@ class ViewerView(BaseModel):
     rtx_follow_ups: int = 0  # second copies of retransmissions (relay/media/retransmit.py)
     asks_again: bool = False  # the viewer repeats its NACKs on its own (a browser does)
     nack_share: float = 0.0  # share of the packets sent that it asked for, last second or more
+    nack_solicits: int = 0
+    """Holes made so that it NACKs its missing list again (a viewer that asks once, without
+    transport-cc: relay/media/nack_solicit.py), and the NACKs that answered one."""
+    solicited_nacks: int = 0
+    playout_delay_ms: int | None = None
+    """The minimum playout delay its frames carry now (the playout-delay extension: while it
+    asks for repairs, relay/media/playout_delay.py); None: none (not negotiated, or a clean
+    link)."""
     keyframe_requests: int = 0
     keyframe_requests_suppressed: int = 0  # held back by the viewer's backoff
     rtt_ms: float | None = None

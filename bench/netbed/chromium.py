@@ -64,7 +64,8 @@ SAMPLE = """async () => {
     if (s.type === 'inbound-rtp' && s.kind === 'video') {
       for (const k of ['framesDecoded', 'freezeCount', 'totalFreezesDuration', 'frameWidth',
                        'frameHeight', 'bytesReceived', 'packetsLost', 'nackCount', 'pliCount',
-                       'retransmittedPacketsReceived']) out[k] = s[k];
+                       'retransmittedPacketsReceived', 'jitterBufferTargetDelay',
+                       'jitterBufferDelay', 'jitterBufferEmittedCount']) out[k] = s[k];
     } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
       out.audioBytes = s.bytesReceived;
       out.audioSamples = s.totalSamplesReceived;
@@ -165,6 +166,7 @@ def bench_result(
             resolution.append((round(at - joined, 2), size))
     first_ms = next((s["firstFrameMs"] for _, s in samples if s.get("firstFrameMs")), None)
     span = max(1e-9, ended - joined)
+    emitted = float(last.get("jitterBufferEmittedCount") or 0)
     audio = float(last.get("audioSamples") or 0) / 960  # 20 ms Opus frames at 48 kHz
     frozen = sum(d for _, d in events) + (span if first_ms is None else first_ms / 1000)
     return {
@@ -188,6 +190,13 @@ def bench_result(
         "nacks": last.get("nackCount"),
         "plis": last.get("pliCount"),
         "rtx_received": last.get("retransmittedPacketsReceived"),
+        # its jitter buffer per frame over the run (a playout delay given raises both)
+        "jb_target_ms": None
+        if not emitted
+        else round(1000 * float(last.get("jitterBufferTargetDelay") or 0) / emitted, 1),
+        "jb_delay_ms": None
+        if not emitted
+        else round(1000 * float(last.get("jitterBufferDelay") or 0) / emitted, 1),
         "resolution": resolution,
         "joined_at": joined,
         "ended_at": ended,

@@ -147,20 +147,34 @@ class RetransmitBudget:
         self.asks_again = False  # seen asking for a resent packet again on its own
         self.follow_ups = 0  # second copies sent
         self.loss = 0.0  # share of the packets sent that the viewer asked for (last window)
+        self.asked_total = 0  # packets asked for that had not been resent yet, ever
         self._asked = 0
         self._window: tuple[float, int] | None = None  # (start, packets sent then)
 
     def on_nack(
-        self, sequences: list[int], packets_sent: int, rtt: float | None, now: float
+        self,
+        sequences: list[int],
+        packets_sent: int,
+        rtt: float | None,
+        now: float,
+        *,
+        solicited: bool = False,
     ) -> None:
         """A NACK message asking for ``sequences`` (``packets_sent``: the media packets sent so
         far). One that asks only for packets resent at least a round trip ago is the viewer
-        repeating its own requests (a browser); aiortc's repeats only ride a new hole."""
+        repeating its own requests (a browser); aiortc's repeats only ride a new hole, or a
+        hole we made to make it ask again (``solicited``: not a sign of a repeater)."""
         sent = self._sent_at
         gap = max(rtt or 0.0, MIN_RESEND_GAP)
-        if sequences and all((t := sent.get(s)) is not None and now - t >= gap for s in sequences):
+        if (
+            not solicited
+            and sequences
+            and all((t := sent.get(s)) is not None and now - t >= gap for s in sequences)
+        ):
             self.asks_again = True
-        self._asked += sum(1 for s in sequences if s not in sent)
+        new = sum(1 for s in sequences if s not in sent)
+        self._asked += new
+        self.asked_total += new
         if self._window is None:
             self._window = (now, packets_sent)
         elif now - self._window[0] >= LOSS_WINDOW:

@@ -30,6 +30,8 @@ The hooks that make encoded forwarding possible:
   aiortc only the rest; on the shared port a datagram that starts with transport-cc feedback is
   decrypted and split in the port's read callback instead (``tap_transport_feedback``,
   ``_receive_feedback``: relay/rtc/rtcp_reader.py), without aiortc's receive queue and task.
+* header extensions only our send path writes (``accept_header_extension``: the playout delay)
+  are answered by adding them to the transceivers' negotiated ``_headerExtensions``.
 * sender reports (``SenderSeam.own_reports``/``sender_report``/``send_reports``): a direct
   sender's aiortc RTCP task ends as it starts, and its reports are built as that task builds
   them and sent by the viewer service's one tick for every viewer.
@@ -842,6 +844,30 @@ def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
             if codec.payloadType in fb and all(f.type != "transport-cc" for f in feedback):
                 feedback.append(RTCRtcpFeedback(type="transport-cc"))
     return True
+
+
+def accept_header_extension(pc: RTCPeerConnection, uri: str) -> bool:
+    """Answer the header extension ``uri`` (with the offer's id) on each m-line of ``pc``'s
+    remote offer that has it (aiortc answers only those it knows: HEADER_EXTENSIONS). For
+    extensions only our own send path writes (the playout delay: relay/rtc/rtp_rewrite.py).
+    Call after ``setRemoteDescription``, before the answer. True when accepted somewhere."""
+    description = _remote_description(pc)
+    if description is None:
+        return False
+    transceivers = {t.mid: t for t in pc.getTransceivers() if t.mid is not None}
+    accepted = False
+    for media in description.media:
+        transceiver = transceivers.get(media.rtp.muxId)
+        ext = next((e for e in media.rtp.headerExtensions if e.uri == uri), None)
+        if transceiver is None or ext is None:
+            continue
+        if not hasattr(transceiver, "_headerExtensions"):
+            raise AdapterError("RTCRtpTransceiver internals changed: no _headerExtensions")
+        extensions: list[RTCRtpHeaderExtensionParameters] = transceiver._headerExtensions
+        if all(e.uri != uri for e in extensions):
+            extensions.append(RTCRtpHeaderExtensionParameters(id=ext.id, uri=uri))
+        accepted = True
+    return accepted
 
 
 def _remote_description(pc: RTCPeerConnection) -> Any:

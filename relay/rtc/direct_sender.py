@@ -18,6 +18,7 @@ rate. Every aiortc/aioice internal this needs is reached through ``relay/rtc/ada
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -41,6 +42,8 @@ from aiortc.rtp import (
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
+from relay.media.nack_solicit import NackSolicitor
+from relay.media.playout_delay import PlayoutDelayLimits, PlayoutDelayPolicy
 from relay.media.report_loss import ReportLoss
 from relay.media.retransmit import (
     FOLLOW_UP_AFTER,
@@ -112,8 +115,20 @@ class DirectSender:
         estimator: BandwidthEstimator | None = None,
         reports_to_estimator: bool = False,
         own_reports: bool = False,
+        playout_delay: PlayoutDelayLimits | None = None,
+        solicit: bool = False,
     ) -> None:
         self._seam = SenderSeam(sender)
+        # holes made so that a viewer that NACKs once asks again (relay/media/nack_solicit.py),
+        # for one without transport-cc
+        self._solicit = solicit
+        self.solicitor: NackSolicitor | None = None
+        # a minimum playout delay while the viewer needs repairs (relay/media/playout_delay.py),
+        # when it negotiated the extension; the template id of each value sent
+        self._playout_limits = playout_delay
+        self.playout: PlayoutDelayPolicy | None = None
+        self._playout_id = 0
+        self._playout_tids: dict[bytes, int] = {}
         self.estimator = estimator  # the session's (shared by its senders: one transport)
         self._reports = reports_to_estimator and estimator is not None
         # where each packet's transport-wide sequence number goes (0: not negotiated, -1: not
@@ -168,18 +183,30 @@ class DirectSender:
         self.rewriter = RtpRewriter(seam.ssrc, profile, rtx_ssrc=seam.rtx_ssrc)
         self._twcc_id = profile.transport_cc_id if self.estimator is not None else None
         self._twcc_offset = -1 if self._twcc_id is not None else 0
+        if self._solicit and profile.transport_cc_id is None:
+            self.solicitor = NackSolicitor()
+        limits, ext_id = self._playout_limits, profile.playout_delay_id
+        # (an id over 14 would turn the one-byte extension block into a two-byte one, moving
+        # the transport-wide sequence number's offset between a frame and the next)
+        if limits is not None and limits.enabled and ext_id is not None and ext_id <= 14:
+            self.playout = PlayoutDelayPolicy(limits)
+            self._playout_id = ext_id
 
     def _on_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpRtpfbPacket):
             if packet.fmt == RTCP_RTPFB_NACK:
                 self.nacks += 1
-                self.nacked_packets += len(packet.lost)
+                lost, solicited = packet.lost, False
+                if self.solicitor is not None:
+                    lost, solicited = self.solicitor.split(lost)
+                self.nacked_packets += len(lost)
                 rewriter = self.rewriter
                 self.budget.on_nack(
-                    packet.lost,
+                    lost,
                     rewriter.packets if rewriter is not None else 0,
                     self._seam.round_trip_time(),
                     time.monotonic(),
+                    solicited=solicited,
                 )
         elif isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
@@ -286,8 +313,30 @@ class DirectSender:
                 return True
             if writer is None:
                 return True
-        packets = self._cache.packets(frame, rewriter.profile, self._template_id)
         now = time.monotonic()
+        tid = self._template_id
+        playout = self.playout
+        if playout is not None:
+            if now >= playout.next_at:
+                playout.update(
+                    now, self.budget.asked_total, rewriter.packets, self._seam.round_trip_time()
+                )
+            value = playout.value(now)
+            if value is not None:
+                tid = self._playout_tids.get(value, -1)
+                if tid < 0:
+                    extra = ((self._playout_id, value),)
+                    tid = self._playout_tids[value] = self._cache.template_id(
+                        rewriter.profile, extra
+                    )
+        packets = self._cache.packets(frame, rewriter.profile, tid)
+        filler: bytes | None = None
+        solicitor = self.solicitor
+        if solicitor is not None and solicitor.due(
+            now, self.budget.asked_total, self.budget.asks_again
+        ):
+            number, filler = rewriter.filler()
+            solicitor.made(number, filler)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe, now)
         estimator = self.estimator
         try:
@@ -309,6 +358,8 @@ class DirectSender:
         except Exception:  # an SRTP or socket failure loses this viewer's frame, nobody else's
             self._count_error("direct send failed")
             return True
+        if filler is not None:  # after the frame's packets: the receiver saw the hole first
+            self._send_plain(filler)
         if writer.gso_refused and self.gso:
             self.gso = False  # one datagram per call from now on
             log.info("UDP GSO refused on this path: sending datagram by datagram")
@@ -353,9 +404,21 @@ class DirectSender:
             return
         self._seam.set_report_counters(rewriter.packets, self.octets, ntp, rewriter.last_timestamp)
 
+    def _send_plain(self, packet: bytes) -> None:
+        """One packet outside the frame loop (a filler), protected and sent as it is."""
+        out, pair = self._out, self._pair
+        if out is None or pair is None:
+            return
+        with contextlib.suppress(OSError):
+            out.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
+
     async def _retransmit(self, sequence_number: int) -> None:
         rewriter = self.rewriter
         if rewriter is None or self._route() is None:
+            return
+        filler = None if self.solicitor is None else self.solicitor.filler(sequence_number)
+        if filler is not None:  # lost, or the NACK left before it came: sent again, outside
+            self._send_plain(filler)  # the budget (the receiver's jitter buffer waits on it)
             return
         now = time.monotonic()
         found = rewriter.lookup_sent(sequence_number, now)

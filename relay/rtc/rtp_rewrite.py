@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from struct import Struct
 
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import (
+    HeaderExtensionsMap,
+    RtpPacket,
+    pack_header_extensions,
+    unpack_header_extensions,
+)
 
 from relay.media.cc_feedback import TRANSPORT_CC_URIS
 from relay.media.frames import EncodedFrame
+from relay.media.playout_delay import PLAYOUT_DELAY_URI
 
 HISTORY_FRAMES = 128  # frames kept per viewer and kind for NACKs: ~4 s of video, 2.5 s of audio
 SEQ_TS_SSRC = Struct("!HII")
@@ -42,6 +48,15 @@ class SendProfile:
     def transport_cc_id(self) -> int | None:
         """The id of the negotiated transport-wide sequence number extension, if any."""
         return next((i for uri, i in self.extensions if uri in TRANSPORT_CC_URIS), None)
+
+    @property
+    def playout_delay_id(self) -> int | None:
+        """The id of the negotiated playout-delay extension, if any."""
+        return next((i for uri, i in self.extensions if uri == PLAYOUT_DELAY_URI), None)
+
+
+Extra = tuple[tuple[int, bytes], ...]
+"""Header extensions aiortc does not write, (id, value) each, appended to a template's."""
 
 
 def abs_send_time(ntp: int) -> int:
@@ -85,8 +100,31 @@ def extension_offset(packet: bytes | bytearray, ext_id: int) -> int | None:
     return None
 
 
+def with_extensions(head: bytes, extra: Extra) -> bytes:
+    """The RTP header ``head`` (no payload) with ``extra`` appended to its extension block:
+    the elements already there keep their offsets (a transport-wide sequence number's is
+    found once per sender) unless the block has to change from one-byte to two-byte form."""
+    if not extra:
+        return head
+    base = 12 + 4 * (head[0] & 0x0F)
+    elements: list[tuple[int, bytes]] = []
+    end = base
+    if head[0] & 0x10:
+        profile, words = _U16.unpack_from(head, base)[0], _U16.unpack_from(head, base + 2)[0]
+        end = base + 4 + 4 * words
+        elements = unpack_header_extensions(profile, head[base + 4 : end])
+    profile, value = pack_header_extensions([*elements, *extra])
+    value += bytes(-len(value) % 4)
+    block = _U16.pack(profile) + _U16.pack(len(value) // 4) + value
+    return bytes((head[0] | 0x10,)) + head[1:base] + block + head[end:]
+
+
 def build_templates(
-    payloads: tuple[bytes, ...], profile: SendProfile, send_time: int, ext_map: HeaderExtensionsMap
+    payloads: tuple[bytes, ...],
+    profile: SendProfile,
+    send_time: int,
+    ext_map: HeaderExtensionsMap,
+    extra: Extra = (),
 ) -> tuple[bytes, ...]:
     """The frame's packets with sequence number, timestamp and SSRC left at zero. Every packet of
     a frame has the same header but for the marker bit (the last's): it is serialised once and
@@ -98,7 +136,7 @@ def build_templates(
     packet.extensions.abs_send_time = send_time
     packet.extensions.mid = profile.mid
     packet.extensions.transport_sequence_number = 0  # written per viewer when negotiated
-    head = packet.serialize(ext_map)  # no payload, no padding: the header alone
+    head = with_extensions(packet.serialize(ext_map), extra)  # the header alone
     marked = bytes((head[0], head[1] | 0x80)) + head[2:]
     out = [head + payload for payload in payloads[:-1]]
     out.append(marked + payloads[-1])
@@ -202,16 +240,20 @@ class TemplateCache:
         self._templates: dict[int, FramePackets] = {}
         self._ids: dict[tuple[object, ...], int] = {}
         self._maps: dict[int, HeaderExtensionsMap] = {}
+        self._extra: dict[int, Extra] = {}
         self.ntp = 0
         self.builds = 0
 
-    def template_id(self, profile: SendProfile) -> int:
-        """A small int naming the profile's packet shape: the per-frame lookup key."""
-        key = profile.template_key
+    def template_id(self, profile: SendProfile, extra: Extra = ()) -> int:
+        """A small int naming the profile's packet shape (with ``extra`` header extensions,
+        e.g. one playout delay: viewers given the same value share it): the per-frame lookup
+        key."""
+        key = (profile.template_key, extra)
         tid = self._ids.get(key)
         if tid is None:
             tid = self._ids[key] = len(self._ids)
             self._maps[tid] = extensions_map(profile)
+            self._extra[tid] = extra
         return tid
 
     def templates(self, frame: EncodedFrame, profile: SendProfile) -> tuple[bytes, ...]:
@@ -229,7 +271,9 @@ class TemplateCache:
         found = self._templates.get(tid)
         if found is None:
             ext_map = self._maps[tid]
-            templates = build_templates(frame.payloads, profile, abs_send_time(self.ntp), ext_map)
+            templates = build_templates(
+                frame.payloads, profile, abs_send_time(self.ntp), ext_map, self._extra[tid]
+            )
             runs, pads = gso_plan(tuple(map(len, templates)))
             if any(pads):
                 templates = tuple(map(padded, templates, pads))
@@ -321,6 +365,16 @@ class RtpRewriter:
         self.sequence = (first + n) & 0xFFFF
         self.last_timestamp = ts
         return first, ts
+
+    def filler(self) -> tuple[int, bytes]:
+        """Take the next sequence number for an empty packet (no payload, the last frame's
+        timestamp): sent after the next frame's packets, it makes a hole the receiver sees
+        and fills it (``relay.media.nack_solicit``). Returns (number, packet)."""
+        seq = self.sequence
+        self.sequence = (seq + 1) & 0xFFFF
+        self.packets += 1
+        head = bytes((0x80, self.profile.payload_type & 0x7F))
+        return seq, head + SEQ_TS_SSRC.pack(seq, self.last_timestamp, self.ssrc)
 
     def packets_for(self, templates: tuple[bytes, ...], timestamp: int) -> list[bytes]:
         """The frame's packets as this viewer must receive them (plaintext RTP)."""

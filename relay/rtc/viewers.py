@@ -36,10 +36,12 @@ from relay.media.layer_selector import (
     Switch,
 )
 from relay.media.lifecycle import SessionLifecycle
+from relay.media.playout_delay import PLAYOUT_DELAY_URI, PlayoutDelayLimits
 from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
+    accept_header_extension,
     accept_transport_cc,
     drop_receive_estimator,
     install_prepacked_sender,
@@ -151,6 +153,12 @@ class ViewerLimits:
     estimation: bool = True
     """A bandwidth estimator and a layer selector per viewer (direct sending only); off: neither
     (the baseline for their cost)."""
+    nack_solicit: bool = True
+    """Make a viewer without transport-cc that NACKs a hole once (aiortc) send its missing list
+    again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
+    playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)
+    """The playout-delay extension: answered when a viewer offers it (Chromium), a minimum
+    playout delay of one repair round while the viewer asks for repairs (direct sending only)."""
 
 
 @dataclass(slots=True)
@@ -507,6 +515,8 @@ class ViewerService:
         return session
 
     async def _prepare_answer(self, session: ViewerSession, pc: RTCPeerConnection) -> None:
+        if self.limits.direct and self.limits.playout_delay.enabled:
+            accept_header_extension(pc, PLAYOUT_DELAY_URI)
         if session.estimator is not None:
             if self.limits.transport_cc:
                 session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
@@ -536,6 +546,8 @@ class ViewerService:
             # the video's receiver reports (the audio's when there is no video)
             reports_to_estimator=queue.kind == "video" or "video" not in session.hub.codecs,
             own_reports=True,  # sent by self._report, one tick for every viewer
+            playout_delay=self.limits.playout_delay if queue.kind == "video" else None,
+            solicit=self.limits.nack_solicit and queue.kind == "video",
         )
         if (
             queue.kind == "video"

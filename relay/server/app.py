@@ -17,6 +17,7 @@ from relay.http.guards import RequestGuards
 from relay.http.keys import KeyAuth
 from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.ratelimit import ClientRateLimiter
+from relay.media.playout_delay import PlayoutDelayLimits
 from relay.media.retransmit import RetransmitLimits
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.viewers import ViewerLimits
@@ -117,6 +118,12 @@ def viewer_limits(
         ),
         transport_cc=media.viewer_transport_cc,
         probing=media.viewer_probing,
+        nack_solicit=media.viewer_nack_solicit,
+        playout_delay=PlayoutDelayLimits(
+            enabled=media.viewer_playout_delay,
+            max_ms=media.viewer_playout_delay_max_ms,
+            fixed_ms=min(media.viewer_playout_delay_fixed_ms, media.viewer_playout_delay_max_ms),
+        ),
         estimation=media.viewer_estimation,
         keyframe_backoff=media.viewer_keyframe_backoff,
         connect_timeout=sessions.connect_timeout,

@@ -77,6 +77,27 @@ class MediaSettings(BaseModel):
     """Probe a transport-cc viewer on a lower layer for headroom (short clusters of RTX
     retransmissions at a higher layer's rate, ``relay/media/probe.py``), so it climbs back
     after a dip; off: only the estimate of what it is sent moves it up."""
+    viewer_nack_solicit: bool = True
+    """A viewer without transport-cc that NACKs a hole only once (aiortc's receiver: it asks
+    again only with its next new hole) is made to send its missing list again every 0.1 s
+    while it asks for repairs: one sequence number skipped in a frame and filled right after
+    with an empty packet (``relay/media/nack_solicit.py``; ``nack_solicits`` in the viewers
+    listing). A lost NACK then costs ~0.1 s + a round trip, not a freeze to its next hole."""
+    viewer_playout_delay: bool = False
+    """Off by default: in the loaded test bed (load 7-24, six off/on pairs) Chromium froze more
+    with it, not less (BENCHMARKS.md, a-loss3); turn on to measure it on a quiet machine.
+    Answer the playout-delay header extension when a viewer offers it (Chromium) and, while
+    a viewer asks for repairs (0.5 % of its packets or more over 2 s), carry a minimum playout
+    delay of one repair round (its RTT + a frame interval + a retransmission's second copy + 20
+    ms, in 20 ms steps) on its frames, so a frame that waited for a retransmission is still
+    played on time; released after 10 s without such loss. Clean links: nothing is sent
+    (``relay/media/playout_delay.py``; ``playout_delay_ms`` in the viewers listing)."""
+    viewer_playout_delay_max_ms: int = Field(200, ge=0, le=40950)
+    """The largest minimum playout delay given to a lossy viewer (glass-to-glass grows by up to
+    this much beyond its own target delay)."""
+    viewer_playout_delay_fixed_ms: int = Field(0, ge=0, le=40950)
+    """> 0: this minimum playout delay for every viewer that negotiated the extension, lossy
+    or not (at most ``viewer_playout_delay_max_ms``); 0: by loss."""
     native_send: bool = True
     """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells

@@ -1,0 +1,89 @@
+"""Holes made so that a viewer that NACKs once asks again (sans I/O), checked against aiortc's own
+receiver classes (its NackGenerator and JitterBuffer, as a WHEP viewer built on aiortc runs
+them): the skipped number makes it send its whole missing list, and the filler that closes it
+adds nothing to the frames it releases."""
+
+from __future__ import annotations
+
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcrtpreceiver import NackGenerator
+from aiortc.rtp import RtpPacket
+
+from relay.media.nack_solicit import ACTIVE_FOR, EVERY, NackSolicitor
+from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, header_length
+
+PROFILE = SendProfile(102, None, ())
+
+
+def test_holes_are_made_only_while_the_viewer_asks_for_repairs() -> None:
+    s = NackSolicitor()
+    assert not s.due(0.0, 0, False)  # it never asked for anything
+    assert s.due(1.0, 3, False)  # it asked: a hole now
+    assert not s.due(1.0 + EVERY / 2, 3, False)
+    assert s.due(1.0 + EVERY, 3, False)
+    assert s.due(1.0 + ACTIVE_FOR, 3, False)  # still within ACTIVE_FOR of its last ask
+    assert not s.due(1.1 + ACTIVE_FOR + EVERY, 3, False)  # quiet for longer: no more
+    assert s.due(20.0, 4, False)  # asked again
+    assert not s.due(21.0, 5, True)  # a viewer that repeats its NACKs on its own: never
+    s.made(7, b"filler-7")
+    assert s.filler(7) == b"filler-7" and s.filler(8) is None
+    assert s.split([5, 7, 9]) == ([5, 9], True) and s.solicited == 1
+    assert s.split([5, 9]) == ([5, 9], False) and s.solicited == 1
+
+
+def packets(rewriter: RtpRewriter, frame: int, count: int = 3) -> list[bytes]:
+    templates = tuple(bytes(12) + bytes((frame, i)) for i in range(count))
+    templates = tuple(bytes((0x80, 102)) + t[2:] for t in templates)
+    return rewriter.packets_for(templates, frame * 3000)
+
+
+def parsed(raw: bytes) -> RtpPacket:
+    packet = RtpPacket.parse(raw)
+    packet._data = packet.payload  # type: ignore[attr-defined]  # what aiortc's depayload sets
+    return packet
+
+
+def test_aiortcs_receiver_sends_its_missing_list_again_and_the_filler_adds_nothing() -> None:
+    rewriter = RtpRewriter(1234, PROFILE)
+    nacks = NackGenerator()
+    buffer = JitterBuffer(capacity=512, is_video=True)
+    released: list[bytes] = []
+
+    def receive(raw: bytes) -> list[int] | None:
+        packet = parsed(raw)
+        asked = sorted(nacks.missing) if nacks.add(packet) else None
+        _, frame = buffer.add(packet)
+        if frame is not None:
+            released.append(frame.data)
+        return asked
+
+    first = packets(rewriter, 0)
+    for raw in first:
+        assert receive(raw) is None
+    second = packets(rewriter, 1)
+    lost = RtpPacket.parse(second[1]).sequence_number
+    assert receive(second[0]) is None
+    assert receive(second[2]) == [lost]  # its one NACK; say it was lost on the way
+    third = packets(rewriter, 2)
+    for raw in third:
+        assert receive(raw) is None  # no new hole: it never asks again on its own
+    # a hole made: the filler takes the next number, the frame after it, the filler last
+    number, filler = rewriter.filler()
+    fourth = packets(rewriter, 3)
+    assert RtpPacket.parse(fourth[0]).sequence_number == (number + 1) & 0xFFFF
+    empty = RtpPacket.parse(filler)
+    assert empty.payload == b"" and empty.timestamp == RtpPacket.parse(third[0]).timestamp
+    assert header_length(filler) == len(filler) == 12
+    assert receive(fourth[0]) == [lost, number]  # its whole missing list again
+    assert receive(filler) is None and nacks.missing == {lost}
+    for raw in fourth[1:]:
+        receive(raw)
+    assert receive(second[1]) is None  # the retransmission this NACK got
+    for frame in range(4, 8):  # aiortc releases one frame per packet that arrives
+        for raw in packets(rewriter, frame):
+            receive(raw)
+    # every frame released whole and in order, the filler's frame no different
+    assert released[:4] == [
+        b"".join(RtpPacket.parse(p).payload for p in frame)
+        for frame in (first, second, third, fourth)
+    ]
