@@ -12,10 +12,10 @@ ms, froze 0.6 %.
 
 The gateway cannot see a lost NACK, but it can make the receiver send its list again: every
 ``EVERY`` seconds while the viewer asks for repairs, one sequence number is skipped in the next
-frame and filled right after that frame's packets with an empty packet (no payload, the
+frame and filled right after that frame's packets with a padding-only packet (the
 previous frame's timestamp): the receiver sees a new hole at the frame's first packet, NACKs
-its whole missing list, and the filler closes the hole a moment later (an empty packet adds
-nothing to the frame it sits in; a NACK for it gets it again). Cost: a 12-byte packet down and
+its whole missing list, and the filler closes the hole a moment later (a padding-only packet adds
+nothing to the frame it sits in; a NACK for it gets it again). Cost: a 13-byte packet down and
 a NACK up every ``EVERY`` s, only while the viewer asked for a packet in the last
 ``ACTIVE_FOR`` s. Not for viewers seen repeating their NACKs (browsers), nor for those with
 transport-cc (browsers again: their receivers repeat on their own).

@@ -367,14 +367,18 @@ class RtpRewriter:
         return first, ts
 
     def filler(self) -> tuple[int, bytes]:
-        """Take the next sequence number for an empty packet (no payload, the last frame's
-        timestamp): sent after the next frame's packets, it makes a hole the receiver sees
-        and fills it (``relay.media.nack_solicit``). Returns (number, packet)."""
+        """Take the next sequence number for a padding-only packet (the last frame's timestamp,
+        one padding octet): sent after the next frame's packets, it makes a hole the receiver
+        sees and fills it (``relay.media.nack_solicit``). Padding, not an empty payload:
+        receivers count a padding-only packet for sequence continuity without depayloading it
+        (libwebrtc's packet buffer ``InsertPadding``; aiortc strips it to an empty payload),
+        where an empty H264 payload is a depayloader error that leaves the hole open.
+        Returns (number, packet)."""
         seq = self.sequence
         self.sequence = (seq + 1) & 0xFFFF
         self.packets += 1
-        head = bytes((0x80, self.profile.payload_type & 0x7F))
-        return seq, head + SEQ_TS_SSRC.pack(seq, self.last_timestamp, self.ssrc)
+        head = bytes((0xA0, self.profile.payload_type & 0x7F))  # V=2, P=1
+        return seq, head + SEQ_TS_SSRC.pack(seq, self.last_timestamp, self.ssrc) + b"\x01"
 
     def packets_for(self, templates: tuple[bytes, ...], timestamp: int) -> list[bytes]:
         """The frame's packets as this viewer must receive them (plaintext RTP)."""

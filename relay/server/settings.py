@@ -81,7 +81,7 @@ class MediaSettings(BaseModel):
     """A viewer without transport-cc that NACKs a hole only once (aiortc's receiver: it asks
     again only with its next new hole) is made to send its missing list again every 0.1 s
     while it asks for repairs: one sequence number skipped in a frame and filled right after
-    with an empty packet (``relay/media/nack_solicit.py``; ``nack_solicits`` in the viewers
+    with a padding-only packet (``relay/media/nack_solicit.py``; ``nack_solicits`` in the viewers
     listing). A lost NACK then costs ~0.1 s + a round trip, not a freeze to its next hole."""
     viewer_playout_delay: bool = False
     """Off by default: in the loaded test bed (load 7-24, six off/on pairs) Chromium froze more

@@ -73,7 +73,7 @@ def test_aiortcs_receiver_sends_its_missing_list_again_and_the_filler_adds_nothi
     assert RtpPacket.parse(fourth[0]).sequence_number == (number + 1) & 0xFFFF
     empty = RtpPacket.parse(filler)
     assert empty.payload == b"" and empty.timestamp == RtpPacket.parse(third[0]).timestamp
-    assert header_length(filler) == len(filler) == 12
+    assert empty.padding_size == 1 and header_length(filler) == 12 and len(filler) == 13
     assert receive(fourth[0]) == [lost, number]  # its whole missing list again
     assert receive(filler) is None and nacks.missing == {lost}
     for raw in fourth[1:]:
