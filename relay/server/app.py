@@ -117,6 +117,7 @@ def viewer_limits(
         ),
         transport_cc=media.viewer_transport_cc,
         probing=media.viewer_probing,
+        fec=media.viewer_fec,
         estimation=media.viewer_estimation,
         keyframe_backoff=media.viewer_keyframe_backoff,
         connect_timeout=sessions.connect_timeout,

@@ -77,6 +77,10 @@ class MediaSettings(BaseModel):
     """Probe a transport-cc viewer on a lower layer for headroom (short clusters of RTX
     retransmissions at a higher layer's rate, ``relay/media/probe.py``), so it climbs back
     after a dip; off: only the estimate of what it is sent moves it up."""
+    viewer_fec: bool = True
+    """Forward error correction for viewers that negotiate it (red + ulpfec: Chromium,
+    Safari): their video goes in RED, and while a viewer loses packets it gets ULPFEC parity
+    at a level that follows its loss (none on a clean link; ``relay/media/ulpfec.py``)."""
     native_send: bool = True
     """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells

@@ -1,0 +1,117 @@
+"""One viewer's ULPFEC in the direct send path: parity after its own numbering, at its loss.
+
+``DirectSender.send_frame`` numbers a frame for the viewer (``RtpRewriter.assign``) and, when the
+viewer negotiated red + ulpfec (its packets are RED already: ``SendProfile.red_payload_type``),
+hands the numbered frame here; the parity packets that come back are sent right after the
+frame's, in the same SSRC and sequence space, kept in the viewer's history (a NACK for one is
+answered like any), recorded for transport-cc and counted in what the viewer was sent, so the
+retransmission allowance (``relay.media.retransmit``) sees the room parity left. The level
+follows the viewer's loss (``relay.media.ulpfec.protection``; none on a clean link), read every
+``LOSS_EVERY`` from its transport-cc feedback (loss before repair) or else its receiver
+reports, and parity that does not fit beside the media in its bandwidth estimate is not sent.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from relay.media.estimator import BandwidthEstimator
+from relay.media.report_loss import ReportLoss
+from relay.media.ulpfec import FecPlan
+from relay.rtc.rtp_rewrite import SEQ_TS_SSRC
+
+LOSS_EVERY = 0.5  # seconds between two readings of the viewer's loss
+_U16 = Struct("!H")
+
+
+class FecSender:
+    """The parity of one viewer's video (``relay.media.ulpfec.FecPlan`` driven by its loss)."""
+
+    def __init__(
+        self,
+        red_pt: int,
+        ulpfec_pt: int,
+        estimator: BandwidthEstimator | None,
+        report_loss: ReportLoss,
+    ) -> None:
+        self.plan = FecPlan(red_pt, ulpfec_pt)
+        self._estimator = estimator
+        self._reports = report_loss
+        self._due = 0.0
+        self.loss = 0.0  # the loss the level was last set from
+        self.limited = 0  # readings at which the estimate left no room for parity
+        self._bytes_at: float | None = None
+        self._bytes_seen = 0
+
+    @property
+    def packets(self) -> int:
+        return self.plan.packets
+
+    @property
+    def octets(self) -> int:
+        return self.plan.octets
+
+    @property
+    def overhead(self) -> float:
+        """Parity packets per media packet at the current level for delta frames (0: off)."""
+        level = self.plan.level
+        return 0.0 if level is None else 1.0 / level[0]
+
+    def _update(self, now: float) -> None:
+        self._due = now + LOSS_EVERY
+        parity_bps = 0.0
+        if self._bytes_at is not None and now > self._bytes_at:
+            parity_bps = 8 * (self.plan.octets - self._bytes_seen) / (now - self._bytes_at)
+        self._bytes_at, self._bytes_seen = now, self.plan.octets
+        loss = self._reports.fraction
+        estimator = self._estimator
+        target: int | None = None
+        sent = 0.0
+        if estimator is not None:
+            estimate = estimator.snapshot(now)
+            if estimate.source == "twcc":
+                loss = estimate.loss_fraction
+                target, sent = estimate.target_bps, estimate.sent_bps
+        self.loss = loss
+        plan = self.plan
+        plan.set_loss(loss)
+        level = plan.level
+        if level is not None and target is not None and sent > 0:
+            # parity and retransmissions share what the estimate leaves beside the media
+            media = max(0.0, sent - parity_bps)
+            if media * (1 + 1.0 / level[0]) > target:
+                self.limited += 1
+                plan.level = None
+                plan.reset()
+
+    def protect(
+        self,
+        templates: tuple[bytes, ...],
+        seq: int,
+        ts: int,
+        ssrc: int,
+        twcc_offset: int,
+        twcc_first: int,
+        keyframe: bool,
+        now: float,
+    ) -> list[bytes]:
+        """The parity packets to send after this frame's (unnumbered: the writer numbers them
+        on from the frame's), or none. ``templates`` are the frame's RED packets, numbered
+        ``seq``... with timestamp ``ts`` and, with ``twcc_offset``, transport-wide sequence
+        numbers from ``twcc_first``: the parity covers the packets as the viewer receives them."""
+        if now >= self._due:
+            self._update(now)
+        if self.plan.level is None:
+            return []
+        numbered = []
+        for i, template in enumerate(templates):
+            buf = bytearray(template)
+            SEQ_TS_SSRC.pack_into(buf, 2, (seq + i) & 0xFFFF, ts, ssrc)
+            if twcc_offset:
+                _U16.pack_into(buf, twcc_offset, (twcc_first + i) & 0xFFFF)
+            numbered.append(bytes(buf))
+        return self.plan.on_frame(numbered, keyframe, templates[-1])
+
+    def reset(self) -> None:
+        """A frame did not go out whole: parity over it would repair nothing."""
+        self.plan.reset()
