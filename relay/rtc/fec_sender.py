@@ -7,20 +7,28 @@ frame's, in the same SSRC and sequence space, kept in the viewer's history (a NA
 answered like any), recorded for transport-cc and counted in what the viewer was sent, so the
 retransmission allowance (``relay.media.retransmit``) sees the room parity left. The level
 follows the viewer's loss (``relay.media.ulpfec.protection``; none on a clean link), read every
-``LOSS_EVERY`` from its transport-cc feedback (loss before repair) or else its receiver
-reports, and parity that does not fit beside the media in its bandwidth estimate is not sent.
+``LOSS_EVERY`` from its receiver reports and transport-cc feedback (loss before repair), and
+parity that does not fit beside the media in its bandwidth estimate is not sent.
 """
 
 from __future__ import annotations
 
+import math
 from struct import Struct
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.report_loss import ReportLoss
+from relay.media.retransmit import rtx_allowance
 from relay.media.ulpfec import FecPlan
 from relay.rtc.rtp_rewrite import SEQ_TS_SSRC
 
 LOSS_EVERY = 0.5  # seconds between two readings of the viewer's loss
+FEC_SHARE = 0.25
+"""Share of the viewer's estimate parity may take at most (``relay.media.retransmit``'s rule:
+at least twice the loss, at most this)."""
+MAX_SPREAD = 16
+"""Media packets per parity packet beyond which parity is not worth sending (what the estimate
+allows repairs one loss in more than this many packets)."""
 _U16 = Struct("!H")
 
 
@@ -39,7 +47,7 @@ class FecSender:
         self._reports = report_loss
         self._due = 0.0
         self.loss = 0.0  # the loss the level was last set from
-        self.limited = 0  # readings at which the estimate left no room for parity
+        self.limited = 0  # readings at which the estimate cut the parity the loss asked for
         self._bytes_at: float | None = None
         self._bytes_seen = 0
 
@@ -69,20 +77,27 @@ class FecSender:
         sent = 0.0
         if estimator is not None:
             estimate = estimator.snapshot(now)
-            if estimate.source == "twcc":
-                loss = estimate.loss_fraction
+            if estimate.source == "twcc":  # the larger: either may lag a change
+                loss = max(loss, estimate.loss_fraction)
                 target, sent = estimate.target_bps, estimate.sent_bps
         self.loss = loss
         plan = self.plan
         plan.set_loss(loss)
         level = plan.level
         if level is not None and target is not None and sent > 0:
-            # parity and retransmissions share what the estimate leaves beside the media
-            media = max(0.0, sent - parity_bps)
-            if media * (1 + 1.0 / level[0]) > target:
+            # parity takes what the estimate leaves beside the media, as retransmissions do
+            # (the same allowance, and they share it: both are in what was sent), at least a
+            # share that grows with the loss: fewer parity packets, never on and off
+            media = max(1.0, sent - parity_bps)
+            allowed = rtx_allowance(target, media, FEC_SHARE, loss) or 0.0
+            need = math.ceil(media / max(allowed, 1.0))  # media packets per parity packet
+            if need > level[0]:
                 self.limited += 1
-                plan.level = None
-                plan.reset()
+                if need > MAX_SPREAD:
+                    plan.level = None
+                    plan.reset()
+                else:
+                    plan.level = (need, max(level[1], math.ceil(need / 2)))
 
     def protect(
         self,
