@@ -26,6 +26,7 @@ parity is resent on NACK instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from struct import Struct
 
@@ -135,7 +136,13 @@ def fec_payload(media: list[bytes], mask: int, bits: int, seq_base: int) -> byte
     return bytes(head) + parity.to_bytes(longest, "big")
 
 
-def encode(media: list[bytes], seq_base: int, groups: int) -> list[bytes]:
+Parity = Callable[[list[bytes], int, int, int], bytes]
+"""``fec_payload``'s signature: the C one (``relay.rtc._srtp_writer.ulpfec_parity``) or it."""
+
+
+def encode(
+    media: list[bytes], seq_base: int, groups: int, parity: Parity = fec_payload
+) -> list[bytes]:
     """ULPFEC packets (without RTP header or RED byte) for the plain RTP packets ``media``
     numbered from ``seq_base``: ``groups`` interleaved parity packets per block of at most
     ``MAX_BLOCK``."""
@@ -145,7 +152,7 @@ def encode(media: list[bytes], seq_base: int, groups: int) -> list[bytes]:
         count = min(groups, len(block))
         bits = mask_bits(len(block))
         base = (seq_base + start) & 0xFFFF
-        out.extend(fec_payload(block, mask, bits, base) for mask in masks(len(block), count))
+        out.extend(parity(block, mask, bits, base) for mask in masks(len(block), count))
     return out
 
 
@@ -172,6 +179,7 @@ class FecPlan:
 
     red_pt: int
     ulpfec_pt: int
+    parity: Parity = fec_payload
     level: tuple[int, int] | None = None  # (per parity packet: delta, key), None: off
     pending: list[bytes] | None = None  # plain RTP packets since the last parity
     pending_base: int = 0
@@ -231,7 +239,7 @@ class FecPlan:
         level = self.level or (1, 1)
         per = level[1] if self.keyframe_pending else level[0]
         groups = max(1, -(-len(pending) // per))
-        payloads = encode(pending, self.pending_base, groups)
+        payloads = encode(pending, self.pending_base, groups, self.parity)
         self.reset()
         out = [fec_packet(template, self.red_pt, self.ulpfec_pt, p) for p in payloads]
         self.packets += len(out)

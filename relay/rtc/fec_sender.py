@@ -19,9 +19,16 @@ from struct import Struct
 from relay.media.estimator import BandwidthEstimator
 from relay.media.report_loss import ReportLoss
 from relay.media.retransmit import rtx_allowance
-from relay.media.ulpfec import FecPlan
+from relay.media.ulpfec import FecPlan, Parity, fec_payload
 from relay.rtc.rtp_rewrite import SEQ_TS_SSRC
 
+try:
+    from relay.rtc._srtp_writer import ulpfec_parity as _c_parity
+except ImportError:  # built without a C compiler: the Python reference
+    _c_parity = None  # type: ignore[assignment]
+
+PARITY: Parity = fec_payload if _c_parity is None else _c_parity
+"""The XOR parity in C when built (``_srtp_writer.c``), else ``relay.media.ulpfec``'s."""
 LOSS_EVERY = 0.5  # seconds between two readings of the viewer's loss
 FEC_SHARE = 0.25
 """Share of the viewer's estimate parity may take at most (``relay.media.retransmit``'s rule:
@@ -42,7 +49,7 @@ class FecSender:
         estimator: BandwidthEstimator | None,
         report_loss: ReportLoss,
     ) -> None:
-        self.plan = FecPlan(red_pt, ulpfec_pt)
+        self.plan = FecPlan(red_pt, ulpfec_pt, PARITY)
         self._estimator = estimator
         self._reports = report_loss
         self._due = 0.0

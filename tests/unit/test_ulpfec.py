@@ -18,6 +18,7 @@ from relay.media.ulpfec import (
     ON_LOSS,
     FecPlan,
     encode,
+    fec_payload,
     protection,
     rtp_header_length,
     unwrap_red,
@@ -397,3 +398,29 @@ def test_encode_blocks_stay_within_one_mask() -> None:
     assert len(out) == 4 * 3  # three blocks: 48, 48, 4
     bases = sorted({struct.unpack_from("!H", p, 2)[0] for p in out})
     assert bases == [0, 48, 96]
+
+
+def test_the_c_parity_is_the_python_one() -> None:
+    """``_srtp_writer.ulpfec_parity`` (what senders use when built) against ``fec_payload``
+    on random packets, masks and lengths (padding, extensions, CSRCs in the protected part)."""
+    from relay.rtc import fec_sender
+
+    c_parity = fec_sender._c_parity
+    if c_parity is None:
+        pytest.skip("the C send loop is not built")
+    rng = random.Random(11)
+    for _ in range(300):
+        count = rng.randint(1, MAX_BLOCK)
+        bits = 16 if count <= 16 else 48
+        media = [
+            bytes((0x80 | rng.randrange(64), rng.randrange(256)))
+            + rng.randbytes(rng.randint(10, 1300))
+            for _ in range(count)
+        ]
+        mask = rng.getrandbits(count) << (bits - count) or 1 << (bits - 1)
+        base = rng.randrange(1 << 16)
+        assert c_parity(media, mask, bits, base) == fec_payload(media, mask, bits, base)
+    with pytest.raises(ValueError):
+        c_parity([b"\x80" * 20], 0, 16, 0)  # protects nothing
+    with pytest.raises(ValueError):
+        c_parity([b"\x80" * 5], 1 << 15, 16, 0)  # not an RTP packet
