@@ -12,6 +12,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 
+from relay.media.report_loss import ReportLoss
 from relay.media.ulpfec import (
     MAX_BLOCK,
     OFF_LOSS,
@@ -25,6 +26,7 @@ from relay.media.ulpfec import (
 )
 from relay.rtc.adapter import accept_red_ulpfec
 from relay.rtc.direct_sender import send_profile
+from relay.rtc.fec_sender import FecSender
 from relay.rtc.rtp_rewrite import (
     RtpRewriter,
     SendProfile,
@@ -424,3 +426,42 @@ def test_the_c_parity_is_the_python_one() -> None:
         c_parity([b"\x80" * 20], 0, 16, 0)  # protects nothing
     with pytest.raises(ValueError):
         c_parity([b"\x80" * 5], 1 << 15, 16, 0)  # not an RTP packet
+
+
+_LOST = [0.0]  # cumulative packets lost over the reports of the test below
+
+
+def _reports(loss: ReportLoss, fraction: float, start: float, seconds: int) -> None:
+    """Receiver reports every 0.25 s of a 150 packet/s stream losing ``fraction`` (the
+    cumulative counters carry on from the last call)."""
+    for i in range(1, 4 * seconds + 1):
+        _LOST[0] += 150 / 4 * fraction
+        loss.on_report(int(150 * (start + i / 4)), int(_LOST[0]), start + i / 4)
+
+
+def test_the_sender_follows_the_viewers_reports() -> None:
+    """No parity until the viewer's receiver reports show loss; parity while they do; none
+    again once they are clean (the level is read every LOSS_EVERY)."""
+    reports = ReportLoss()
+    sender = FecSender(RED, ULPFEC, None, reports)
+    rng = random.Random(4)
+    templates = build_templates(frame_payloads(rng, False), PROFILE, 0, extensions_map(PROFILE))
+    seq = 0
+
+    def frames(start: float, count: int) -> int:
+        nonlocal seq
+        made = 0
+        for i in range(count):
+            made += len(sender.protect(templates, seq, 0, SSRC, 0, 0, False, start + i / 30))
+            seq += len(templates)
+        return made
+
+    _LOST[0] = 0.0
+    reports.on_report(0, 0, 0.0)
+    _reports(reports, 0.0, 0.0, 3)
+    assert frames(3.0, 60) == 0 and sender.overhead == 0.0
+    _reports(reports, 0.05, 3.0, 3)
+    assert reports.fraction > ON_LOSS
+    assert frames(6.0, 60) > 0 and sender.overhead > 0.0
+    _reports(reports, 0.0, 6.0, 3)
+    assert frames(9.0, 60) == 0 and sender.overhead == 0.0
