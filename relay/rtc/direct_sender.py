@@ -64,7 +64,13 @@ from relay.rtc.rtp_rewrite import (
     TemplateCache,
     extension_offset,
 )
-from relay.rtc.srtp_writer import DatagramOut, PySrtpWriter, SrtpWriter, new_srtp_writer
+from relay.rtc.srtp_writer import (
+    DatagramOut,
+    PySrtpWriter,
+    SrtpWriter,
+    new_srtp_writer,
+    protect_rtp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -502,8 +508,11 @@ class DirectSender:
         if packet is None or out is None or pair is None:
             return 0
         try:
-            out.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
+            out.sendto(protect_rtp(self._seam.srtp(), packet), pair_remote_address(pair))
         except OSError:
+            return 0
+        except Exception:  # never into aiortc's RTCP loop: it would end the viewer's transport
+            self._count_error("retransmission failed")
             return 0
         if estimator is not None:
             estimator.sent(len(packet), now)

@@ -465,3 +465,34 @@ def test_the_sender_follows_the_viewers_reports() -> None:
     assert frames(6.0, 60) > 0 and sender.overhead > 0.0
     _reports(reports, 0.0, 6.0, 3)
     assert frames(9.0, 60) == 0 and sender.overhead == 0.0
+
+
+def test_a_parity_packet_longer_than_pylibsrtp_takes_is_protected() -> None:
+    """Parity over 1300-byte payloads is ~1365 bytes: more than ``pylibsrtp.Session.protect``
+    takes (1356); its retransmission raised inside aiortc's RTCP loop and ended the viewer's
+    transport (bench.adaptation, loss5-rtt40). ``protect_rtp`` protects it; a receiver's
+    session decrypts it to the same bytes; a short packet goes as pylibsrtp protects it."""
+    from pylibsrtp import Policy, Session
+
+    from relay.rtc.srtp_writer import PYLIBSRTP_LIMIT, protect_rtp
+
+    key = bytes(range(30))
+    rng = random.Random(9)
+    plan = FecPlan(RED, ULPFEC)
+    plan.set_loss(0.05)
+    rewriter = RtpRewriter(SSRC, PROFILE, rtx_ssrc=77, rng=rng)
+    payloads = tuple(rng.randbytes(1300) for _ in range(6))
+    templates = build_templates(payloads, PROFILE, 0, extensions_map(PROFILE))
+    parity = plan.on_frame(rewriter.packets_for(templates, 0), True, templates[-1])
+    rewriter.extend_last(tuple(parity))
+    packet = rewriter.retransmission((rewriter.sequence - 1) & 0xFFFF)
+    assert packet is not None and len(packet) > PYLIBSRTP_LIMIT
+    tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    with pytest.raises(ValueError):
+        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)).protect(packet)
+    assert rx.unprotect(protect_rtp(tx, packet)) == packet
+    short = bytearray(packet[:200])
+    short[3] ^= 1  # another sequence number (libsrtp's replay check)
+    short = bytes(short)
+    assert rx.unprotect(protect_rtp(tx, short)) == short
