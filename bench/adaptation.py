@@ -3,7 +3,7 @@ same run's pinned viewer as the baseline.
 
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
                                [--viewers aiortc,chromium] [--no-probing]
-                               [--playout-delay | --no-playout-delay] [--no-nack-solicit]
+                               [--playout-delay | --no-playout-delay] [--no-nack-solicit] [--fec]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -328,6 +328,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "false"
         if args.playout_delay:
             env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "true"
+        if args.fec:
+            env["STAGECAST_MEDIA__VIEWER_FEC"] = "true"
         if args.no_nack_solicit:
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
@@ -531,6 +533,11 @@ def main(argv: list[str] | None = None) -> int:
         "--playout-delay",
         action="store_true",
         help="the playout-delay extension for lossy viewers (media.viewer_playout_delay = true)",
+    )
+    parser.add_argument(
+        "--fec",
+        action="store_true",
+        help="ULPFEC in RED for viewers that offer it (media.viewer_fec = true; default off)",
     )
     parser.add_argument(
         "--no-nack-solicit",

@@ -125,6 +125,15 @@ class ViewerView(BaseModel):
     rtx_repeat: int = 0  # not sent again: already resent less than a round trip before
     rtx_over_budget: int = 0  # not sent again: the viewer's retransmission budget was spent
     rtx_follow_ups: int = 0  # second copies of retransmissions (relay/media/retransmit.py)
+    # ULPFEC in RED (relay/rtc/fec_sender.py): negotiated, parity packets and bytes sent, the
+    # parity per media packet now (0: off), the loss it follows, readings its estimate left no
+    # room for parity
+    fec: bool = False
+    fec_packets: int = 0
+    fec_bytes: int = 0
+    fec_overhead: float = 0.0
+    fec_loss: float = 0.0
+    fec_limited: int = 0
     asks_again: bool = False  # the viewer repeats its NACKs on its own (a browser does)
     nack_share: float = 0.0  # share of the packets sent that it asked for, last second or more
     nack_solicits: int = 0

@@ -49,7 +49,9 @@ INBOUND = """async () => {
       for (const k of ['framesDecoded', 'packetsLost', 'packetsReceived', 'nackCount', 'pliCount',
                        'freezeCount', 'totalFreezesDuration', 'jitterBufferDelay',
                        'jitterBufferEmittedCount', 'retransmittedPacketsReceived',
-                       'frameWidth', 'frameHeight']) out[k] = s[k];
+                       'fecPacketsReceived', 'fecPacketsDiscarded', 'fecBytesReceived',
+                       'framesReceived', 'framesDropped', 'frameWidth', 'frameHeight'])
+        out[k] = s[k];
     }
   });
   return out;
@@ -65,7 +67,8 @@ SAMPLE = """async () => {
       for (const k of ['framesDecoded', 'freezeCount', 'totalFreezesDuration', 'frameWidth',
                        'frameHeight', 'bytesReceived', 'packetsLost', 'nackCount', 'pliCount',
                        'retransmittedPacketsReceived', 'jitterBufferTargetDelay',
-                       'jitterBufferDelay', 'jitterBufferEmittedCount']) out[k] = s[k];
+                       'jitterBufferDelay', 'jitterBufferEmittedCount', 'fecPacketsReceived',
+                       'fecPacketsDiscarded']) out[k] = s[k];
     } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
       out.audioBytes = s.bytesReceived;
       out.audioSamples = s.totalSamplesReceived;
@@ -197,6 +200,8 @@ def bench_result(
         "jb_delay_ms": None
         if not emitted
         else round(1000 * float(last.get("jitterBufferDelay") or 0) / emitted, 1),
+        "fec_received": last.get("fecPacketsReceived"),
+        "fec_discarded": last.get("fecPacketsDiscarded"),
         "resolution": resolution,
         "joined_at": joined,
         "ended_at": ended,
@@ -205,8 +210,45 @@ def bench_result(
     }
 
 
+HISTOGRAMS = "chrome://histograms/WebRTC.Video"
+
+
+async def fec_histograms(browser: Any, page: Any) -> dict[str, float]:
+    """libwebrtc's own ULPFEC counters, which getStats does not show for video: the receive
+    stream records ``WebRTC.Video.ReceivedFecPacketsInPercent`` and
+    ``RecoveredMediaPacketsInPercentOfFec`` (media packets rebuilt from parity, per 100 parity
+    packets) when it ends, after 10 s or more. The peer connection is closed first; the means
+    are read from chrome://histograms (name -> mean)."""
+    await page.goto("about:blank")  # the watch page would join again after a close()
+    await asyncio.sleep(1.5)
+    out: dict[str, float] = {}
+    tab = await browser.new_page()
+    for _ in range(5):
+        await tab.goto(HISTOGRAMS)
+        await asyncio.sleep(0.5)
+        subprocesses = tab.locator("#subprocess_checkbox")
+        if await subprocesses.count() and not await subprocesses.is_checked():
+            await subprocesses.check()  # the renderer's histograms (libwebrtc runs there)
+            await asyncio.sleep(1.0)
+        text = await tab.inner_text("body")
+        for line in text.splitlines():
+            fields = line.split("Histogram:", 1)[-1].split()
+            if "Histogram:" in line and fields and "Fec" in fields[0]:
+                mean = line.split("mean =")
+                if len(mean) > 1:
+                    out[fields[0]] = float(mean[1].split()[0].rstrip(","))
+        if out:
+            break
+    return out
+
+
 async def watch(
-    url: str, room: str, seconds: float, tail: float = 0.0, screenshot: str | None = None
+    url: str,
+    room: str,
+    seconds: float,
+    tail: float = 0.0,
+    screenshot: str | None = None,
+    histograms: bool = False,
 ) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
@@ -231,9 +273,11 @@ async def watch(
             )
             if screenshot:
                 await page.screenshot(path=screenshot, full_page=True)
+            fec = await fec_histograms(browser, page) if histograms else None
         finally:
             await browser.close()
     return {
+        "fec_histograms": fec,
         "frames": frames,
         "state": state,
         "inbound": inbound,
@@ -251,11 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", action="store_true", help="the bench viewer's result line")
     parser.add_argument("--tail", type=float, default=0.0, help="counters this long before the end")
     parser.add_argument("--screenshot", help="a PNG of the page at the end")
+    parser.add_argument(
+        "--fec-histograms", action="store_true", help="libwebrtc's ULPFEC counters at the end"
+    )
     args = parser.parse_args(argv)
     if args.bench:
         seen = asyncio.run(watch_sampled(args.url, args.room, args.seconds))
     else:
-        seen = asyncio.run(watch(args.url, args.room, args.seconds, args.tail, args.screenshot))
+        seen = asyncio.run(
+            watch(
+                args.url, args.room, args.seconds, args.tail, args.screenshot, args.fec_histograms
+            )
+        )
     print(json.dumps(seen), flush=True)
     return 0
 

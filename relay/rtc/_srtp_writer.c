@@ -321,11 +321,115 @@ static PyTypeObject WriterType = {
     .tp_getset = Writer_getset,
 };
 
+/* ULPFEC (RFC 5109) parity over plain RTP packets: relay/media/ulpfec.py's fec_payload, which
+ * stays the reference (tests/unit/test_ulpfec.py holds this to it). Every lossy viewer with
+ * red + ulpfec XORs each media packet it is sent once more; in Python that was most of the
+ * parity's cost (int.from_bytes per packet). */
+static PyObject *ulpfec_parity(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "ulpfec_parity(packets, mask, bits, seq_base)");
+        return NULL;
+    }
+    PyObject *packets = args[0];
+    if (!PyList_Check(packets)) {
+        PyErr_SetString(PyExc_TypeError, "packets must be a list of bytes");
+        return NULL;
+    }
+    unsigned long long mask = PyLong_AsUnsignedLongLong(args[1]);
+    if (mask == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    long bits = PyLong_AsLong(args[2]);
+    long base = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if ((bits != 16 && bits != 48) || base < 0 || base > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "bits is 16 or 48, seq_base 16 bits");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(packets);
+    if (count > bits) {
+        PyErr_SetString(PyExc_ValueError, "more packets than mask bits");
+        return NULL;
+    }
+    size_t longest = 0;
+    int chosen = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *p = PyList_GET_ITEM(packets, i);
+        if (!PyBytes_Check(p) || PyBytes_GET_SIZE(p) < 12) {
+            PyErr_SetString(PyExc_ValueError, "packets must be RTP packets (bytes of 12 or more)");
+            return NULL;
+        }
+        if (!(mask >> (bits - 1 - i) & 1))
+            continue;
+        chosen++;
+        size_t body = (size_t)PyBytes_GET_SIZE(p) - 12;
+        if (body > longest)
+            longest = body;
+    }
+    if (!chosen) {
+        PyErr_SetString(PyExc_ValueError, "the mask protects none of the packets");
+        return NULL;
+    }
+    size_t head = 10 + 2 + (size_t)bits / 8;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(head + longest));
+    if (out == NULL)
+        return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    memset(o, 0, head + longest);
+    unsigned char b0 = 0, b1 = 0, ts[4] = {0, 0, 0, 0};
+    unsigned int length = 0;
+    unsigned char *parity = o + head;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (!(mask >> (bits - 1 - i) & 1))
+            continue;
+        PyObject *p = PyList_GET_ITEM(packets, i);
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(p);
+        size_t n = (size_t)PyBytes_GET_SIZE(p) - 12;
+        b0 ^= d[0];
+        b1 ^= d[1];
+        for (int k = 0; k < 4; k++)
+            ts[k] ^= d[4 + k];
+        length ^= (unsigned int)n & 0xFFFF;
+        const unsigned char *body = d + 12;
+        size_t k = 0;
+        for (; k + 8 <= n; k += 8) {
+            uint64_t a, b;
+            memcpy(&a, parity + k, 8);
+            memcpy(&b, body + k, 8);
+            a ^= b;
+            memcpy(parity + k, &a, 8);
+        }
+        for (; k < n; k++)
+            parity[k] ^= body[k];
+    }
+    o[0] = (unsigned char)((b0 & 0x3F) | (bits == 48 ? 0x40 : 0));
+    o[1] = b1;
+    o[2] = (unsigned char)(base >> 8);
+    o[3] = (unsigned char)base;
+    memcpy(o + 4, ts, 4);
+    o[8] = (unsigned char)(length >> 8);
+    o[9] = (unsigned char)length;
+    o[10] = (unsigned char)(longest >> 8);
+    o[11] = (unsigned char)longest;
+    for (long k = 0; k < bits / 8; k++)
+        o[12 + k] = (unsigned char)(mask >> (bits - 8 - 8 * k));
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"ulpfec_parity", (PyCFunction)(void (*)(void))ulpfec_parity, METH_FASTCALL,
+     "ulpfec_parity(packets, mask, bits, seq_base) -> bytes\n\n"
+     "One ULPFEC packet (FEC header, level-0 ULP header, parity) over the plain RTP packets\n"
+     "whose mask bit is set (bit i from the most significant of a bits-bit mask)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "relay.rtc._srtp_writer",
     .m_doc = "One viewer's RTP send loop in C (see _srtp_writer.c).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__srtp_writer(void) {

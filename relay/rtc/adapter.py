@@ -32,6 +32,8 @@ The hooks that make encoded forwarding possible:
   ``_receive_feedback``: relay/rtc/rtcp_reader.py), without aiortc's receive queue and task.
 * header extensions only our send path writes (``accept_header_extension``: the playout delay)
   are answered by adding them to the transceivers' negotiated ``_headerExtensions``.
+* RED + ULPFEC (``accept_red_ulpfec``): the transceiver's negotiated ``_codecs`` get the offer's
+  red, its rtx and ulpfec appended, so the answer carries them (``relay/media/ulpfec.py``).
 * sender reports (``SenderSeam.own_reports``/``sender_report``/``send_reports``): a direct
   sender's aiortc RTCP task ends as it starts, and its reports are built as that task builds
   them and sent by the viewer service's one tick for every viewer.
@@ -844,6 +846,61 @@ def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
             if codec.payloadType in fb and all(f.type != "transport-cc" for f in feedback):
                 feedback.append(RTCRtcpFeedback(type="transport-cc"))
     return True
+
+
+FEC_CODECS = ("red", "ulpfec")
+
+
+def accept_red_ulpfec(pc: RTCPeerConnection) -> bool:
+    """Answer ``red`` and ``ulpfec`` (and the ``rtx`` whose apt is the offer's RED) on the video
+    m-line when the remote offer has both, with the offer's payload types, after the section's
+    own codecs (the first stays the media codec). aiortc knows neither, so it answers without
+    them; libwebrtc's receiver turns its ULPFEC decoder on only when both are negotiated
+    (``relay/media/ulpfec.py``). Call after ``setRemoteDescription``, before the answer. True
+    when they were added."""
+    description = _remote_description(pc)
+    if description is None:
+        return False
+    transceivers = {t.mid: t for t in pc.getTransceivers() if t.mid is not None}
+    for media in description.media:
+        transceiver = transceivers.get(media.rtp.muxId)
+        if media.kind != "video" or transceiver is None:
+            continue
+        found = {c.name.lower(): c for c in media.rtp.codecs if c.name.lower() in FEC_CODECS}
+        if len(found) != len(FEC_CODECS) or any(c.clockRate != 90000 for c in found.values()):
+            continue
+        if not hasattr(transceiver, "_codecs"):
+            raise AdapterError("RTCRtpTransceiver internals changed: no _codecs")
+        codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+        if not codecs or any(c.name.lower() in FEC_CODECS for c in codecs):
+            continue
+        red = found["red"].payloadType
+        taken = {c.payloadType for c in codecs}
+        if red in taken or found["ulpfec"].payloadType in taken:
+            continue
+        added = [RTCRtpCodecParameters(mimeType="video/red", clockRate=90000, payloadType=red)]
+        rtx = next(
+            (c for c in media.rtp.codecs if is_rtx(c) and c.parameters.get("apt") == red), None
+        )
+        if rtx is not None and rtx.payloadType not in taken:
+            added.append(
+                RTCRtpCodecParameters(
+                    mimeType="video/rtx",
+                    clockRate=90000,
+                    payloadType=rtx.payloadType,
+                    parameters={"apt": red},
+                )
+            )
+        added.append(
+            RTCRtpCodecParameters(
+                mimeType="video/ulpfec",
+                clockRate=90000,
+                payloadType=found["ulpfec"].payloadType,
+            )
+        )
+        codecs.extend(added)
+        return True
+    return False
 
 
 def accept_header_extension(pc: RTCPeerConnection, uri: str) -> bool:

@@ -59,8 +59,21 @@ from relay.rtc.adapter import (
     pair_socket,
     pair_stream,
 )
-from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache, extension_offset
-from relay.rtc.srtp_writer import DatagramOut, PySrtpWriter, SrtpWriter, new_srtp_writer
+from relay.rtc.fec_sender import FecSender
+from relay.rtc.rtp_rewrite import (
+    FramePackets,
+    RtpRewriter,
+    SendProfile,
+    TemplateCache,
+    extension_offset,
+)
+from relay.rtc.srtp_writer import (
+    DatagramOut,
+    PySrtpWriter,
+    SrtpWriter,
+    new_srtp_writer,
+    protect_rtp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +86,36 @@ def new_template_cache() -> TemplateCache:
     return TemplateCache(current_ntp_time)
 
 
-def send_profile(parameters: RTCRtpSendParameters) -> SendProfile:
+def send_profile(parameters: RTCRtpSendParameters, *, fec: bool = True) -> SendProfile:
+    """What the viewer negotiated that shapes its packets. With ``fec`` and red + ulpfec
+    negotiated (``relay.rtc.adapter.accept_red_ulpfec``), every video packet goes in RED, as
+    libwebrtc senders send it (its ULPFEC decoder sees only RED packets), and a
+    retransmission in RED's own RTX payload type: what was sent."""
     primary = parameters.codecs[0]
     if primary.payloadType is None:
         raise AdapterError("negotiated codec has no payload type")
-    rtx = next(
-        (
-            c.payloadType
-            for c in parameters.codecs
-            if is_rtx(c) and c.parameters.get("apt") == primary.payloadType
-        ),
-        None,
-    )
+
+    def rtx_of(pt: int | None) -> int | None:
+        return next(
+            (
+                c.payloadType
+                for c in parameters.codecs
+                if is_rtx(c) and c.parameters.get("apt") == pt
+            ),
+            None,
+        )
+
+    named = {c.name.lower(): c.payloadType for c in parameters.codecs}
+    red, ulpfec = named.get("red"), named.get("ulpfec")
+    if not fec or red is None or ulpfec is None or red == primary.payloadType:
+        red = ulpfec = None
     return SendProfile(
         payload_type=primary.payloadType,
         mid=parameters.muxId or None,
         extensions=tuple((e.uri, e.id) for e in parameters.headerExtensions),
-        rtx_payload_type=rtx,
+        rtx_payload_type=rtx_of(primary.payloadType if red is None else red),
+        red_payload_type=red,
+        ulpfec_payload_type=ulpfec,
     )
 
 
@@ -117,8 +143,11 @@ class DirectSender:
         own_reports: bool = False,
         playout_delay: PlayoutDelayLimits | None = None,
         solicit: bool = False,
+        fec: bool = True,
     ) -> None:
         self._seam = SenderSeam(sender)
+        self._fec_allowed = fec  # ULPFEC in RED when the viewer negotiated it
+        self.fec: FecSender | None = None
         # holes made so that a viewer that NACKs once asks again (relay/media/nack_solicit.py),
         # for one without transport-cc
         self._solicit = solicit
@@ -176,7 +205,10 @@ class DirectSender:
             self._seam.own_reports()
 
     def _negotiated(self, parameters: RTCRtpSendParameters) -> None:
-        profile = send_profile(parameters)
+        profile = send_profile(parameters, fec=self._fec_allowed)
+        red, ulpfec = profile.red_payload_type, profile.ulpfec_payload_type
+        if red is not None and ulpfec is not None:
+            self.fec = FecSender(red, ulpfec, self.estimator, self.report_loss)
         self._clock_rate = parameters.codecs[0].clockRate or 90000
         self._template_id = self._cache.template_id(profile)
         seam = self._seam
@@ -339,23 +371,33 @@ class DirectSender:
             solicitor.made(number, filler)
         seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe, now)
         estimator = self.estimator
+        templates, runs, size = packets.templates, packets.runs, frame.size
+        fec = self.fec
         try:
             twcc = self._twcc_offset
             if twcc < 0:
                 twcc = self._find_twcc_offset(packets.templates[0])
             if twcc and estimator is not None:
                 first = estimator.record(packets.sizes, now)
+                if fec is not None:
+                    templates, runs, size = self._protect(
+                        fec, packets, seq, ts, twcc, first, frame, now
+                    )
                 self.gso_sends += writer.send(
-                    packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso, twcc, first
+                    templates, runs, seq, ts, rewriter.ssrc, self.gso, twcc, first
                 )
             else:
-                self.gso_sends += writer.send(
-                    packets.templates, packets.runs, seq, ts, rewriter.ssrc, self.gso
-                )
+                if fec is not None:
+                    templates, runs, size = self._protect(fec, packets, seq, ts, 0, 0, frame, now)
+                self.gso_sends += writer.send(templates, runs, seq, ts, rewriter.ssrc, self.gso)
         except BlockingIOError:  # the socket's send buffer is full: this viewer is behind
             self.congested += 1
+            if fec is not None:
+                fec.reset()
             return False
         except Exception:  # an SRTP or socket failure loses this viewer's frame, nobody else's
+            if fec is not None:
+                fec.reset()
             self._count_error("direct send failed")
             return True
         if filler is not None:  # after the frame's packets: the receiver saw the hole first
@@ -363,15 +405,50 @@ class DirectSender:
         if writer.gso_refused and self.gso:
             self.gso = False  # one datagram per call from now on
             log.info("UDP GSO refused on this path: sending datagram by datagram")
-        self.octets += frame.size  # the budget is credited with it when a NACK comes
+        self.octets += size  # the budget is credited with it when a NACK comes
         if estimator is not None:
-            estimator.add_sent(now, frame.size)
+            estimator.add_sent(now, size)
         if self.after_frame is not None:
             self.after_frame(now)
         if frame.received_at >= self._sr_due:
             self._sr_due = frame.received_at + SR_INTERVAL
             self._update_sender_report(self._cache.ntp)  # the NTP time of this frame's send
         return True
+
+    def _protect(
+        self,
+        fec: FecSender,
+        packets: FramePackets,
+        seq: int,
+        ts: int,
+        twcc: int,
+        first: int,
+        frame: EncodedFrame,
+        now: float,
+    ) -> tuple[tuple[bytes, ...], tuple[tuple[int, int], ...], int]:
+        """The frame's packets with the parity due after them (``relay.rtc.fec_sender``),
+        their GSO runs and the bytes to count: the parity is kept in the history for NACKs
+        and numbered for transport-cc after the frame's own packets."""
+        parity = fec.protect(
+            packets.templates, seq, ts, self.rewriter_ssrc, twcc, first, frame.keyframe, now
+        )
+        if not parity:
+            return packets.templates, packets.runs, frame.size
+        extra = tuple(parity)
+        rewriter = self.rewriter
+        assert rewriter is not None
+        rewriter.extend_last(extra)
+        sizes = tuple(map(len, extra))
+        if twcc and self.estimator is not None:
+            self.estimator.record(sizes, now)  # numbered on from the frame's: first + n
+        n = len(packets.templates)
+        runs = packets.runs + tuple((n + i, n + i + 1) for i in range(len(extra)))
+        return packets.templates + extra, runs, frame.size + sum(sizes)
+
+    @property
+    def rewriter_ssrc(self) -> int:
+        rewriter = self.rewriter
+        return 0 if rewriter is None else rewriter.ssrc
 
     def sender_report(self) -> bytes:
         """This sender's report (SR + SDES) as aiortc's RTCP task would send it now (with
@@ -494,8 +571,11 @@ class DirectSender:
         if packet is None or out is None or pair is None:
             return 0
         try:
-            out.sendto(self._seam.srtp().protect(packet), pair_remote_address(pair))
+            out.sendto(protect_rtp(self._seam.srtp(), packet), pair_remote_address(pair))
         except OSError:
+            return 0
+        except Exception:  # never into aiortc's RTCP loop: it would end the viewer's transport
+            self._count_error("retransmission failed")
             return 0
         if estimator is not None:
             estimator.sent(len(packet), now)

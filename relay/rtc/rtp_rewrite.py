@@ -38,11 +38,13 @@ class SendProfile:
     payload_type: int
     mid: str | None
     extensions: tuple[tuple[str, int], ...]  # (uri, id)
-    rtx_payload_type: int | None = None
+    rtx_payload_type: int | None = None  # RED's own RTX when RED is used
+    red_payload_type: int | None = None  # media in RED (RFC 2198) for ULPFEC (relay/media/ulpfec)
+    ulpfec_payload_type: int | None = None
 
     @property
-    def template_key(self) -> tuple[int, str | None, tuple[tuple[str, int], ...]]:
-        return self.payload_type, self.mid, self.extensions
+    def template_key(self) -> tuple[int, str | None, tuple[tuple[str, int], ...], int | None]:
+        return self.payload_type, self.mid, self.extensions, self.red_payload_type
 
     @property
     def transport_cc_id(self) -> int | None:
@@ -132,7 +134,11 @@ def build_templates(
     paid per stream and send profile however few viewers watch: BENCHMARKS.md)."""
     if not payloads:
         return ()
-    packet = RtpPacket(payload_type=profile.payload_type)
+    red = profile.red_payload_type
+    if red is not None:  # one primary RED block each: the media payload type, then the payload
+        block = bytes((profile.payload_type & 0x7F,))
+        payloads = tuple(block + p for p in payloads)
+    packet = RtpPacket(payload_type=profile.payload_type if red is None else red)
     packet.extensions.abs_send_time = send_time
     packet.extensions.mid = profile.mid
     packet.extensions.transport_sequence_number = 0  # written per viewer when negotiated
@@ -379,6 +385,14 @@ class RtpRewriter:
         self.packets += 1
         head = bytes((0xA0, self.profile.payload_type & 0x7F))  # V=2, P=1
         return seq, head + SEQ_TS_SSRC.pack(seq, self.last_timestamp, self.ssrc) + b"\x01"
+
+    def extend_last(self, extra: tuple[bytes, ...]) -> None:
+        """Packets sent right after the last frame's, numbered on from them (its parity packets:
+        ``relay.media.ulpfec``), kept with it for NACKs."""
+        slot = (self._slot - 1) % HISTORY_FRAMES
+        self._frames[slot] = self._frames[slot] + extra
+        self.packets += len(extra)
+        self.sequence = (self.sequence + len(extra)) & 0xFFFF
 
     def packets_for(self, templates: tuple[bytes, ...], timestamp: int) -> list[bytes]:
         """The frame's packets as this viewer must receive them (plaintext RTP)."""

@@ -110,6 +110,28 @@ def new_srtp_writer(
     return PySrtpWriter(session, sock, addr)
 
 
+PYLIBSRTP_LIMIT = 1500 - (16 + 128)
+"""The longest RTP packet ``pylibsrtp.Session.protect`` takes (its buffer is 1500 bytes, less
+room for the longest trailer)."""
+
+
+def protect_rtp(session: SrtpSession, packet: bytes) -> bytes:
+    """``session.protect(packet)``, also for a packet longer than pylibsrtp's buffer allows: a
+    ULPFEC parity packet (relay/media/ulpfec.py) is ~35 bytes longer than the media packets it
+    covers (1300-byte payloads: ~1365 bytes), and its retransmission raised ValueError inside
+    aiortc's RTCP loop, which ended the viewer's DTLS transport."""
+    if len(packet) <= PYLIBSRTP_LIMIT:
+        return bytes(session.protect(packet))
+    size = len(packet) + 16 + 128
+    cdata = srtp_ffi.new("char[]", size)
+    srtp_ffi.buffer(cdata)[: len(packet)] = packet
+    length = srtp_ffi.new("int *", len(packet))
+    status = srtp_lib.srtp_protect(session._srtp[0], cdata, length)
+    if status:
+        raise RuntimeError(f"srtp_protect failed: {status}")
+    return bytes(srtp_ffi.buffer(cdata, length[0]))
+
+
 @functools.lru_cache(maxsize=64)
 def _gso_cmsg(segment: int) -> tuple[tuple[int, int, bytes], ...]:
     """The ``UDP_SEGMENT`` control message for a segment size (a handful of sizes recur)."""

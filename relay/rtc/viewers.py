@@ -42,6 +42,7 @@ from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
     accept_header_extension,
+    accept_red_ulpfec,
     accept_transport_cc,
     drop_receive_estimator,
     install_prepacked_sender,
@@ -150,6 +151,9 @@ class ViewerLimits:
     when a viewer offers it: the best source of its bandwidth estimate (direct sending only)."""
     probing: bool = True
     """Probe a transport-cc viewer below the top layer for headroom (``relay/media/probe.py``)."""
+    fec: bool = False
+    """Answer red + ulpfec where a viewer offers both and send it ULPFEC parity while it loses
+    packets (``relay/rtc/fec_sender.py``; direct sending only)."""
     estimation: bool = True
     """A bandwidth estimator and a layer selector per viewer (direct sending only); off: neither
     (the baseline for their cost)."""
@@ -176,6 +180,8 @@ class EgressTotals:
     rtx_bytes: int = 0
     rtx_late: int = 0
     rtx_over_budget: int = 0
+    fec_packets: int = 0  # ULPFEC parity packets sent (relay/rtc/fec_sender.py)
+    fec_bytes: int = 0
     keyframe_requests: int = 0
     keyframe_requests_suppressed: int = 0
     transport_feedbacks: int = 0  # transport-cc feedback packets taken by estimators
@@ -202,6 +208,9 @@ class EgressTotals:
             self.rtx_late += s.budget.refused[Verdict.LATE]
             self.rtx_over_budget += s.budget.refused[Verdict.OVER_BUDGET]
             self.keyframe_requests += s.keyframe_requests
+            if s.fec is not None:
+                self.fec_packets += s.fec.packets
+                self.fec_bytes += s.fec.octets
         if gate is not None:
             self.keyframe_requests_suppressed += gate.suppressed
         if estimator is not None:
@@ -234,6 +243,7 @@ class ViewerSession:
     port_feedbacks: int = 0  # transport-cc datagrams taken in the shared port's read callback
     reports_due: float = 0.0  # when its senders' next reports go (monotonic)
     reports_sent: int = 0
+    fec: bool = False  # red + ulpfec negotiated with the viewer
 
     @property
     def layer(self) -> str | None:
@@ -517,6 +527,8 @@ class ViewerService:
     async def _prepare_answer(self, session: ViewerSession, pc: RTCPeerConnection) -> None:
         if self.limits.direct and self.limits.playout_delay.enabled:
             accept_header_extension(pc, PLAYOUT_DELAY_URI)
+        if self.limits.fec and self.limits.direct:
+            session.fec = accept_red_ulpfec(pc)
         if session.estimator is not None:
             if self.limits.transport_cc:
                 session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
@@ -548,6 +560,7 @@ class ViewerService:
             own_reports=True,  # sent by self._report, one tick for every viewer
             playout_delay=self.limits.playout_delay if queue.kind == "video" else None,
             solicit=self.limits.nack_solicit and queue.kind == "video",
+            fec=self.limits.fec,
         )
         if (
             queue.kind == "video"

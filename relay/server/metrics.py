@@ -44,6 +44,24 @@ class NodeCollector(Collector):
         self._lag = lag
         self._gc = gc_pauses
 
+    def _fec_levels(self) -> Metric:
+        """Viewers that negotiated ULPFEC, by the parity they get now (per media packet of a
+        delta frame; "0": none, a clean link)."""
+        levels: dict[str, int] = {}
+        for session in list(self._viewers.sessions.values()):
+            video = session.senders.get("video")
+            if video is not None and video.fec is not None:
+                key = f"{video.fec.overhead:.3g}"
+                levels[key] = levels.get(key, 0) + 1
+        gauge = GaugeMetricFamily(
+            "stagecast_viewers_fec",
+            "Viewers with red + ulpfec negotiated, by parity packets per media packet now",
+            labels=["overhead"],
+        )
+        for key, count in sorted(levels.items()):
+            gauge.add_metric([key], count)
+        return gauge
+
     def collect(self) -> Iterator[Metric]:
         eg = self._viewers.egress()
         counters: tuple[tuple[str, str, float], ...] = (
@@ -68,6 +86,12 @@ class NodeCollector(Collector):
                 eg.retransmissions,
             ),
             ("stagecast_viewer_rtx_bytes", "Bytes retransmitted to viewers", eg.rtx_bytes),
+            (
+                "stagecast_viewer_fec_packets",
+                "ULPFEC parity packets sent to viewers (red + ulpfec negotiated, lossy links)",
+                eg.fec_packets,
+            ),
+            ("stagecast_viewer_fec_bytes", "ULPFEC parity bytes sent to viewers", eg.fec_bytes),
             (
                 "stagecast_viewer_rtx_late",
                 "NACKed packets not resent: too late to be played",
@@ -113,6 +137,7 @@ class NodeCollector(Collector):
         switches.add_metric(["up"], self._viewers.switches_up)
         switches.add_metric(["down"], self._viewers.switches_down)
         yield switches
+        yield self._fec_levels()
         yield GaugeMetricFamily(
             "stagecast_event_loop_lag_seconds", "Last event-loop lag", self._lag.last_lag
         )
