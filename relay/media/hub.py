@@ -99,6 +99,7 @@ class FanoutHub:
         self.started_at = clock()
         self.last_frame_at: float | None = None
         self.last_video_at: float | None = None  # a layer without new pictures is not live
+        self.taken_at: float | None = None  # when someone last started taking it (``wanted``)
         self._at_keyframe: dict[str, Callable[[], None]] = {}
         self.source_lost_at: float | None = None
         self.sources = 0
@@ -213,6 +214,7 @@ class FanoutHub:
     def call_at_keyframe(self, key: str, call: Callable[[], None]) -> None:
         """Call ``call`` once, when the next video keyframe arrives, before it is fanned out
         (a viewer moving here from another layer attaches then and starts with it)."""
+        self._taken()
         self._at_keyframe[key] = call
 
     def cancel_keyframe_call(self, key: str) -> None:
@@ -244,6 +246,12 @@ class FanoutHub:
         (a layer switch): a source that makes it only on demand must go on making it."""
         return bool(self._viewers) or bool(self._at_keyframe)
 
+    def _taken(self) -> None:
+        """Before someone starts taking the stream: note when it went from nobody to someone
+        (a source that makes it only on demand has made nothing since: not a stall)."""
+        if not self.wanted:
+            self.taken_at = self._clock()
+
     def viewers(self) -> list[Viewer]:
         return list(self._viewers.values())
 
@@ -262,6 +270,7 @@ class FanoutHub:
         if self.closed.is_set():
             viewer.close()
             return
+        self._taken()
         self._viewers[viewer.id] = viewer
         self._fanout = None
         self.stats.viewers_joined += 1

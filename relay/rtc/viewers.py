@@ -116,10 +116,17 @@ def layer_bitrate(layer: LadderLayer, now: float) -> int:
 def layer_live(hub: FanoutHub, freshest: float) -> bool:
     """Whether a layer still has pictures: judged against the ladder's freshest layer, so a
     stall of the whole source (a busy mixer) moves nobody. A layer nobody takes may not be
-    made at all (the mixer encodes only what is taken): live while it has a source."""
+    made at all (the mixer encodes only what is taken): live while it has a source, and once
+    taken, its source has ``LAYER_STALE`` from then to make its first picture (a viewer
+    pinned to a rendition nobody watched was judged gone at once and moved to the main one
+    whenever the mixer's first frame of it came after a look at the ladder: on a loaded
+    machine; a switch to such a layer was abandoned the same way)."""
     if hub.closed.is_set():
         return False
     seen = hub.last_video_at
+    taken = hub.taken_at
+    if hub.wanted and taken is not None and (seen is None or taken > seen):
+        seen = taken
     if seen is not None and freshest - seen < LAYER_STALE:
         return True
     return not hub.wanted and hub.sources > 0 and hub.source_lost_at is None

@@ -44,6 +44,15 @@ def warn_python_send_loop(settings: NodeSettings) -> None:
         )
 
 
+def forwarded_headers(settings: NodeSettings) -> dict[str, Any]:
+    """uvicorn's options for X-Forwarded-For / X-Forwarded-Proto: believed from
+    ``settings.trusted_proxies`` only. uvicorn's own default believes them from loopback (and
+    reads FORWARDED_ALLOW_IPS from the environment): any local process could then name any
+    client address."""
+    trusted = list(settings.trusted_proxies)
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
+
+
 def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> None:
     """Serve ``app`` with uvicorn; ``http_fd``: an inherited listening socket (a worker's, made
     by its front) instead of binding settings.host/port."""
@@ -69,6 +78,7 @@ def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> N
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        **forwarded_headers(settings),
         http=guarded_http_protocol(  # deadlines for slow clients, slow connections per address
             SlowClientLimits(
                 header_timeout=lim.header_timeout,

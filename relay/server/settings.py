@@ -4,12 +4,13 @@ environment; unknown keys fail. ``gateway.settings`` extends each section with t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -342,6 +343,13 @@ class NodeSettings(BaseSettings):
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs for peers; empty means host candidates only."""
     cors_origin: str = "*"
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of the reverse proxies in front of this node whose
+    X-Forwarded-For and X-Forwarded-Proto headers are believed: for their requests the client
+    address (per-address POST rate, stage requests, anonymous chat, the access log) is the one
+    they name. Empty: nobody's, the client is the TCP peer (a local process or a proxy that
+    passes on what clients send could otherwise pick any address). A proxy listed here must
+    set the headers itself, not pass on a client's."""
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     """json: one JSON object per line with room/session ids, for log collectors."""
@@ -382,6 +390,18 @@ class NodeSettings(BaseSettings):
         if bool(self.tls_certfile) != bool(self.tls_keyfile):
             raise ValueError("tls_certfile and tls_keyfile go together")
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies takes addresses or networks (CIDR), not {item!r}"
+                ) from None
+        return value
 
     @property
     def base_url(self) -> str:

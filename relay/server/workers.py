@@ -133,7 +133,8 @@ def install_front(
 
 def worker_settings(cls: type[S], base: S, handshake: dict[str, Any]) -> S:
     """A worker's settings: its front's (file, environment, argv) with the front's secrets and
-    its own ICE-TCP port; plain HTTP on loopback (the front terminates TLS)."""
+    its own ICE-TCP port; plain HTTP on loopback (the front terminates TLS), where the front's
+    X-Forwarded-For (the client's address) is believed from loopback only."""
     dump = base.model_dump()
     dump["auth"] = {**dump["auth"], "token_secret": handshake["token_secret"]}
     dump["api"] = {**dump["api"], "operator_key": handshake["operator_key"]}
@@ -141,6 +142,7 @@ def worker_settings(cls: type[S], base: S, handshake: dict[str, Any]) -> S:
     dump["webrtc"] = {**dump["webrtc"], "tcp_port": int(handshake.get("tcp_port", 0))}
     dump["tls_certfile"] = dump["tls_keyfile"] = ""
     dump["public_url"] = ""
+    dump["trusted_proxies"] = ("127.0.0.1",)  # the front (WorkerSupervisor.http)
     return cls(**dump)
 
 

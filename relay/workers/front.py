@@ -5,7 +5,8 @@ merges the workers' /metrics into its own and starts/stops the workers with the 
 
 It sits inside the request guards (body cap, per-address POST rate) so they count the real
 client once for the whole node; the worker gets the client's address in X-Forwarded-For
-(uvicorn trusts it from loopback) and the node's worker key, without which it refuses WHEP."""
+(believed from loopback: ``worker_settings``) and the node's worker key, without which it
+refuses WHEP."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from relay.server.edge import build_edge_node, create_edge_app
 from tests.live.test_live_path import wait_for
 from tests.support.mixer_clients import RGB, ProgramViewer, watch_program
 from tests.support.server import SECRET, RunningServer, run_server
+from tests.support.stage_guest import watch_admitted
 
 SMALL_STAGE = {
     "fps": 15,
@@ -87,7 +88,7 @@ async def test_stage_goes_from_one_to_three_anchors_and_back_without_renegotiati
         gw = server.gateway
         a = await publish(server, room, "red")
         assert await wait_for(lambda: gw.stages.live_hub(room) is not None, 10)
-        viewer = await watch_program(server.base_url, f"/whep/{room}")
+        viewer = await watch_admitted(server.base_url, f"/whep/{room}")
         # a lone anchor passes through: its own picture, its own tone
         assert await shows(viewer, {(0.5, 0.5): "red"}, 15), viewer.colour_at(0.5, 0.5)
         assert mode(server, room) == "passthrough"
@@ -102,12 +103,12 @@ async def test_stage_goes_from_one_to_three_anchors_and_back_without_renegotiati
         await hears(viewer, lambda lv: lv[440.0] > 0.3 and lv[1000.0] > 0.3, 10)
 
         # the low rendition is a second hub with the same program, picked by URL
-        low = await watch_program(server.base_url, f"/whep/{room}?rendition=low")
+        low = await watch_admitted(server.base_url, f"/whep/{room}?rendition=low")
         assert await shows(low, {(0.25, 0.5): "red", (0.75, 0.5): "green"}, 15)
         assert low.picture.shape[:2] == (90, 160)
         # each anchor's own stream can be pulled by a co-host
         a_id = gw.stages.get(room).anchor_ids[0]  # type: ignore[union-attr]
-        pull = await watch_program(server.base_url, f"/whep/{room}?anchor={a_id}")
+        pull = await watch_admitted(server.base_url, f"/whep/{room}?anchor={a_id}")
         assert await shows(pull, {(0.5, 0.5): "red", (0.1, 0.1): "red"}, 15)
 
         # a third: 2x2 grid, the fourth slot empty; three tones

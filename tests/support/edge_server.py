@@ -17,6 +17,7 @@ import uvicorn
 from gateway.launcher import free_port, free_udp_port
 from gateway.settings import Settings
 from relay.server.edge import EdgeNode, build_edge_node, create_edge_app
+from relay.server.main import forwarded_headers
 from tests.support.server import SECRET
 
 # many viewers of a test come from 127.0.0.1: the per-address POST rate must not refuse them
@@ -58,7 +59,9 @@ def run_edge(upstream: str, **overrides: Any) -> Iterator[RunningEdge]:
         asyncio.set_event_loop(loop)
         node = build_edge_node(settings)
         app = create_edge_app(node)  # max_sdp_bytes and ICE servers from node.settings
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", **forwarded_headers(settings)
+        )
         server = uvicorn.Server(config)
         holder["node"], holder["server"] = node, server
         loop.run_until_complete(server.serve())

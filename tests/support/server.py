@@ -20,6 +20,7 @@ from gateway.api_runtime import count_peer_connections
 from gateway.app import Gateway, build_gateway, create_app
 from gateway.launcher import free_port, free_udp_port
 from gateway.settings import Settings
+from relay.server.main import forwarded_headers
 
 SECRET = "test-secret-" + "x" * 40
 
@@ -80,7 +81,12 @@ def run_server(port: int | None = None, **overrides: Any) -> Iterator[RunningSer
         gateway = build_gateway(settings)
         app = create_app(settings, gateway)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            **forwarded_headers(settings),  # whose X-Forwarded-For is believed: as in production
         )
         server = uvicorn.Server(config)
         holder["gateway"], holder["server"] = gateway, server

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from relay.media.frames import CodecSpec, EncodedFrame, MediaKind
 from relay.media.hub import FanoutHub, Viewer
+from relay.media.layer_selector import Layer, LayerSelector, Switch
 from relay.media.stream_key import StreamKey
+from relay.rtc.viewers import LAYER_STALE, layer_live
 
 CODECS = {"video": CodecSpec("video", "H264", 90000), "audio": CodecSpec("audio", "opus", 48000)}
 
@@ -114,3 +116,39 @@ def test_a_drained_move_down_sends_nothing_of_the_old_layer_until_the_keyframe()
     ]  # fmt: skip
     assert asks == ["low"]
     assert not video.held and video.dropped == 3
+
+
+def test_a_layer_just_taken_is_live_while_its_source_makes_its_first_picture() -> None:
+    """A rendition nobody watched is not encoded (the mixer makes only what is taken), so its
+    last picture is old when a viewer takes it. Until its source has had ``LAYER_STALE`` from
+    then to make a picture it is live: a viewer pinned to it (``?rendition=low``) stays, and is
+    not moved to the main rendition because the mixer's first frame of it came after a look
+    at the ladder (a loaded machine's CI saw that viewer get 320x180 instead of 160x90). A
+    layer that still makes nothing after that is gone, as before."""
+    now = [100.0]
+    top = FanoutHub(StreamKey("r"), CODECS, clock=lambda: now[0])
+    low = FanoutHub(StreamKey("r", rendition="low"), CODECS, clock=lambda: now[0])
+    for hub in (top, low):
+        hub.attach_source(lambda: None)
+    low.publish(frame("video", 1, key=True, at=90.0))  # once, then nobody took it
+
+    def look(at: float) -> tuple[bool, Switch | None]:
+        """What ``ViewerService.adapt`` sees at ``at`` (the main layer has a frame then)."""
+        now[0] = at
+        top.publish(frame("video", int(at * 90000), at=at))
+        layers = [
+            Layer(name, 100_000, layer_live(hub, at)) for name, hub in (("top", top), ("low", low))
+        ]
+        return layers[1].live, selector.update(at, layers)
+
+    top.publish(frame("video", 0, key=True, at=100.0))
+    assert layer_live(low, 100.0)  # nobody takes it: live while it has a source
+    bound_viewer(low, [])  # the pinned viewer connects at 100.0
+    selector = LayerSelector("low", pinned="low", now=100.0)
+    assert look(100.5) == (True, None)  # no picture yet: the mixer's thread had no core
+    low.publish(frame("video", 2, key=True, at=100.6))
+    assert look(101.5) == (True, None)
+    # a layer taken that then makes nothing for LAYER_STALE is gone: its viewer goes where
+    # there are pictures
+    live, switch = look(101.6 + LAYER_STALE)
+    assert not live and switch is not None and switch.target == "top" and switch.urgent
