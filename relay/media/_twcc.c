@@ -141,117 +141,6 @@ static PyObject *py_parse(PyObject *mod, PyObject *arg) {
     return Py_BuildValue("(IIN)", base, fb_count, arrivals);
 }
 
-/* scan(fci, seqs, times, sizes, acked, now, history_age, min_size, burst,
- *      g_first, g_send, g_arrival)
- * -> (received, lost, acked_bytes, unknown, groups, g_first, g_send, g_arrival)
- *
- * seqs/sizes: array('l'), times: array('d'), acked: bytearray, all of one power-of-two length
- * (the history). groups: the packet groups completed, ((last send, latest arrival), ...) in
- * order, for the trendline. acked is updated in place. */
-static PyObject *py_scan(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError,
-                        "scan(fci, seqs, times, sizes, acked, now, history_age, min_size, burst, "
-                        "g_first, g_send, g_arrival)");
-        return NULL;
-    }
-    double now = PyFloat_AsDouble(args[5]), history_age = PyFloat_AsDouble(args[6]);
-    long min_size = PyLong_AsLong(args[7]);
-    double burst = PyFloat_AsDouble(args[8]);
-    double g_first = PyFloat_AsDouble(args[9]), g_send = PyFloat_AsDouble(args[10]);
-    double g_arrival = PyFloat_AsDouble(args[11]);
-    if (PyErr_Occurred())
-        return NULL;
-    /* zeroed: PyBuffer_Release does nothing for a buffer never taken */
-    Py_buffer fci = {0}, seqs = {0}, times = {0}, sizes = {0}, acked = {0};
-    PyObject *result = NULL;
-    if (PyObject_GetBuffer(args[0], &fci, PyBUF_SIMPLE) < 0 ||
-        PyObject_GetBuffer(args[1], &seqs, PyBUF_FORMAT) < 0 ||
-        PyObject_GetBuffer(args[2], &times, PyBUF_FORMAT) < 0 ||
-        PyObject_GetBuffer(args[3], &sizes, PyBUF_FORMAT) < 0 ||
-        PyObject_GetBuffer(args[4], &acked, PyBUF_WRITABLE) < 0)
-        goto release_all;
-    Py_ssize_t history = acked.len;
-    if (strcmp(seqs.format, "l") || strcmp(sizes.format, "l") || strcmp(times.format, "d") ||
-        seqs.len != history * (Py_ssize_t)sizeof(long) ||
-        sizes.len != history * (Py_ssize_t)sizeof(long) ||
-        times.len != history * (Py_ssize_t)sizeof(double) || history == 0 ||
-        (history & (history - 1))) {
-        PyErr_SetString(PyExc_ValueError, "history arrays of one power-of-two length");
-        goto release_all;
-    }
-    {
-        unsigned char status[MAX_STATUS_COUNT];
-        double arrival[MAX_STATUS_COUNT];
-        unsigned base, fb_count, count;
-        if (parse(fci.buf, fci.len, &base, &fb_count, &count, status, arrival))
-            goto release_all;
-        const long *seq_of = seqs.buf, *size_of = sizes.buf;
-        const double *time_of = times.buf;
-        unsigned char *acked_of = acked.buf;
-        long mask = (long)history - 1;
-        long received = 0, lost = 0, acked_bytes = 0, unknown = 0;
-        double group_send[MAX_STATUS_COUNT], group_arrival[MAX_STATUS_COUNT];
-        Py_ssize_t groups = 0;
-        for (unsigned offset = 0; offset < count; offset++) {
-            long seq = (long)((base + offset) & 0xFFFF);
-            long i = seq & mask;
-            double send = time_of[i];
-            if (seq_of[i] != seq || now - send > history_age) {
-                unknown++;
-                continue;
-            }
-            if (!status[offset]) {
-                if (!acked_of[i])
-                    lost++;
-                continue;
-            }
-            if (acked_of[i])
-                continue; /* reported twice */
-            acked_of[i] = 1;
-            received++;
-            long size = size_of[i];
-            acked_bytes += size;
-            if (size < min_size)
-                continue;
-            double a = arrival[offset];
-            if (g_first >= 0 && send - g_first <= burst) {
-                g_send = send;
-                if (a > g_arrival)
-                    g_arrival = a;
-                continue;
-            }
-            if (g_first >= 0) {
-                group_send[groups] = g_send;
-                group_arrival[groups] = g_arrival;
-                groups++;
-            }
-            g_first = g_send = send;
-            g_arrival = a;
-        }
-        PyObject *done = PyTuple_New(groups);
-        if (done == NULL)
-            goto release_all;
-        for (Py_ssize_t k = 0; k < groups; k++) {
-            PyObject *pair = Py_BuildValue("(dd)", group_send[k], group_arrival[k]);
-            if (pair == NULL) {
-                Py_DECREF(done);
-                goto release_all;
-            }
-            PyTuple_SET_ITEM(done, k, pair);
-        }
-        result = Py_BuildValue("(llllNddd)", received, lost, acked_bytes, unknown, done, g_first,
-                               g_send, g_arrival);
-    }
-release_all:
-    PyBuffer_Release(&acked);
-    PyBuffer_Release(&sizes);
-    PyBuffer_Release(&times);
-    PyBuffer_Release(&seqs);
-    PyBuffer_Release(&fci);
-    return result;
-}
-
 /* record(seqs, times, sizes, acked, first, packet_sizes, now) -> the next sequence number:
  * estimator.record's loop (packet i gets (first + i) & 0xFFFF, sent at now). */
 static PyObject *py_record(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
@@ -317,7 +206,7 @@ done:
 /* ---- TwccState: estimator.py's TwccState in C (the reference is the Python class) ----------
  *
  * Everything one transport-cc feedback changes in a viewer's estimator: the rate limit, the
- * scan above, the packet groups and the delay trendline, the acknowledged/received/lost windows
+ * matching of its statuses to what was sent, the packet groups and the delay trendline, the acknowledged/received/lost windows
  * and the delay- and loss-based targets, so that take() does a whole feedback in one call.
  * Every expression follows the Python one operand for operand (PYMIN/PYMAX are Python's min/max
  * of two), so both end in the same doubles: tests/unit/test_twcc_native.py compares them. */
@@ -985,9 +874,6 @@ static PyMethodDef methods[] = {
      "record(seqs, times, sizes, acked, first, packet_sizes, now) -> next sequence number"},
     {"parse", py_parse, METH_O,
      "parse(fci) -> (base_sequence, feedback_count, arrivals); ValueError when malformed"},
-    {"scan", (PyCFunction)(void (*)(void))py_scan, METH_FASTCALL,
-     "scan(fci, seqs, times, sizes, acked, now, history_age, min_size, burst, g_first, g_send,\n"
-     "g_arrival) -> (received, lost, acked_bytes, unknown, groups, g_first, g_send, g_arrival)"},
     {"set_usages", py_set_usages, METH_VARARGS,
      "set_usages(normal, overuse, underuse): what TwccState.usage returns"},
     {NULL, NULL, 0, NULL},

@@ -131,23 +131,6 @@ def test_record_in_c_numbers_and_remembers_as_python_does() -> None:
         native.record(("1200",), now)  # type: ignore[arg-type]
 
 
-def test_scan_refuses_history_arrays_of_the_wrong_kind() -> None:
-    from array import array
-
-    body = fci(build_transport_feedback(0, [0.1]))
-    good = (array("l", [-1]) * 8, array("d", [0.0]) * 8, array("l", [0]) * 8, bytearray(8))
-    args = (1.0, 5.0, 300, 0.005, -1.0, -1.0, -1.0)
-    assert _twcc.scan(body, *good, *args)[3] == 1  # unknown: never sent
-    for bad in (
-        (array("i", [-1]) * 8, *good[1:]),
-        (good[0], array("f", [0.0]) * 8, *good[2:]),
-        (*good[:3], bytearray(6)),
-        (*good[:3], bytes(8)),
-    ):
-        with pytest.raises((ValueError, TypeError, BufferError)):
-            _twcc.scan(body, *bad, *args)
-
-
 def test_the_c_states_constants_are_the_estimators() -> None:
     from relay.media import estimator as e
 
@@ -211,5 +194,13 @@ def test_a_c_state_refuses_a_second_init_and_odd_histories() -> None:
     odd = (array("l", [-1]) * 6, array("d", [0.0]) * 6, array("l", [0]) * 6, bytearray(6))
     with pytest.raises(ValueError):
         _twcc.TwccState(*odd, 50.0, 10.0)
+    for bad in (  # arrays of the wrong kind, an acked buffer that cannot be written
+        (array("i", [-1]) * 8, *good[1:]),
+        (good[0], array("f", [0.0]) * 8, *good[2:]),
+        (*good[:3], bytearray(6)),
+        (*good[:3], bytes(8)),
+    ):
+        with pytest.raises((ValueError, TypeError, BufferError)):
+            _twcc.TwccState(*bad, 50.0, 10.0)
     assert state.take(b"\x00", 0.0, -1.0, 0.0, 0.0) == 1  # malformed: nothing taken
     assert state.feedbacks == 0 and state.twcc_at is None
