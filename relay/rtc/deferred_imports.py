@@ -178,8 +178,8 @@ def _bind_stand_in(package: types.ModuleType, module: str) -> None:
     setattr(package, child, stand_in)
 
 
-class _BindingLoader(importlib.abc.Loader):
-    """The real loader of a package named in ``BOUND``; binds the stand-ins once it has run."""
+class _WrappedLoader(importlib.abc.Loader):
+    """A package's real loader, for a subclass to run something around its ``exec_module``."""
 
     def __init__(self, loader: Any) -> None:
         self._loader = loader
@@ -190,24 +190,24 @@ class _BindingLoader(importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         self._loader.exec_module(module)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._loader, attr)  # resource readers, get_code, is_package
+
+
+class _BindingLoader(_WrappedLoader):
+    """The real loader of a package named in ``BOUND``; binds the stand-ins once it has run."""
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._loader.exec_module(module)
         for name in BOUND:
             if name.rpartition(".")[0] == module.__name__:
                 _bind_stand_in(module, name)
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._loader, attr)
 
-
-class _BuildOnUseLoader(importlib.abc.Loader):
+class _BuildOnUseLoader(_WrappedLoader):
     """The real loader of a ``BUILD_ON_USE`` package: every pydantic model defined while it
     executes inherits ``defer_build`` (pydantic merges a model's config with its bases')."""
-
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        module: types.ModuleType | None = self._loader.create_module(spec)
-        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
         config = importlib.import_module("pydantic").BaseModel.model_config
@@ -221,23 +221,16 @@ class _BuildOnUseLoader(importlib.abc.Loader):
             else:
                 config["defer_build"] = before
 
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._loader, attr)
 
-
-class _WindowLoader(importlib.abc.Loader):
+class _WindowLoader(_WrappedLoader):
     """The real loader of a ``WINDOWS`` package; while it executes, the finder hands out
     stubs for its deferred module, and on the way out they leave ``sys.modules`` (the
     package's globals keep them)."""
 
     def __init__(self, finder: DeferredImports, package: str, loader: Any) -> None:
+        super().__init__(loader)
         self._finder = finder
         self._package = package
-        self._loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
-        module: types.ModuleType | None = self._loader.create_module(spec)
-        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
         root = WINDOWS[self._package]
@@ -249,9 +242,6 @@ class _WindowLoader(importlib.abc.Loader):
             for name, found in list(sys.modules.items()):
                 if isinstance(found, _StubModule) and _root(name) == root:
                     del sys.modules[name]
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._loader, attr)  # resource readers, get_code, is_package
 
 
 class DeferredImports(importlib.abc.MetaPathFinder):

@@ -55,6 +55,19 @@ def watch(
     return dict(json.loads(viewer.stdout.read() or "{}")), last
 
 
+def watch_through(leg_profile: str, seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A room with FEC on, its Chromium viewer behind ``leg_profile`` for ``seconds``."""
+    with NetBed({"anchor": profile("clean"), "viewer": profile(leg_profile)}) as bed:
+        room = BedRoom(bed, gateway_env=FEC_ON)
+        try:
+            room.start()
+            played, viewer = watch(room, bed, "viewer", seconds)
+        finally:
+            room.close()
+    print(json.dumps({"played": played, "gateway": viewer}, indent=1))
+    return played, viewer
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(300)
@@ -62,14 +75,7 @@ def test_a_chromium_viewer_on_a_lossy_link_gets_and_uses_ulpfec() -> None:
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"chromium is not installed at {CHROMIUM}")
     seconds = 20.0
-    with NetBed({"anchor": profile("clean"), "lossy": profile("loss5-rtt40")}) as bed:
-        room = BedRoom(bed, gateway_env=FEC_ON)
-        try:
-            room.start()
-            played, viewer = watch(room, bed, "lossy", seconds)
-        finally:
-            room.close()
-    print(json.dumps({"played": played, "gateway": viewer}, indent=1))
+    played, viewer = watch_through("loss5-rtt40", seconds)
     inbound = played["inbound"]
     assert viewer.get("fec") is True, viewer  # negotiated
     assert viewer.get("fec_packets", 0) > 0 and viewer.get("fec_loss", 0) > 0.01, viewer
@@ -88,14 +94,7 @@ def test_a_chromium_viewer_on_a_clean_link_gets_no_parity() -> None:
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"chromium is not installed at {CHROMIUM}")
     seconds = 12.0
-    with NetBed({"anchor": profile("clean"), "viewer": profile("clean")}) as bed:
-        room = BedRoom(bed, gateway_env=FEC_ON)
-        try:
-            room.start()
-            played, viewer = watch(room, bed, "viewer", seconds)
-        finally:
-            room.close()
-    print(json.dumps({"played": played, "gateway": viewer}, indent=1))
+    played, viewer = watch_through("clean", seconds)
     inbound = played["inbound"]
     assert viewer.get("fec") is True, viewer  # negotiated, RED media, but no parity
     assert viewer.get("fec_packets") == 0, viewer
