@@ -54,6 +54,7 @@ from enum import Enum
 from relay.media.cc_feedback import (
     RTCP_RTPFB,
     FeedbackError,
+    TransportFeedback,
     feedback_packets,
     lone_transport_feedback,
     parse_remb,
@@ -395,6 +396,64 @@ def slope(points: list[tuple[float, float]] | deque[tuple[float, float]]) -> flo
 
 
 Group = tuple[float, float, float]  # the open packet group: (first send, last send, latest arrival)
+Match = tuple[int, int, int, int, list[tuple[float, float]], Group]
+
+
+def match_feedback(
+    feedback: TransportFeedback,
+    now: float,
+    history: tuple[array[int], array[float], array[int], bytearray],
+    group: Group,
+    cluster_of: array[int] | None = None,
+    clusters: dict[int, _Cluster] | None = None,
+) -> Match:
+    """One feedback's statuses against the send history (sequence numbers, send times, sizes,
+    acked flags; the flags updated in place): (received, lost, acked bytes, unknown, the packet
+    groups it completed, the open group after it). With ``cluster_of``/``clusters`` a probe
+    cluster's packets are also counted to their cluster. ``TwccState.take`` (and its C twin)
+    match without clusters; the estimator with, while a probe waits for its feedback."""
+    seqs, times, lengths, acked = history
+    received = lost = acked_bytes = unknown = 0
+    base = feedback.base_sequence
+    g_first, g_send, g_arrival = group
+    groups: list[tuple[float, float]] = []
+    for offset, arrival in enumerate(feedback.arrivals):
+        seq = (base + offset) & 0xFFFF
+        i = seq & (HISTORY - 1)
+        send = times[i]
+        if seqs[i] != seq or now - send > HISTORY_AGE:
+            unknown += 1
+            continue
+        cluster = cluster_of[i] if cluster_of is not None else 0
+        if arrival is None:
+            if not acked[i]:
+                lost += 1
+                if cluster and cluster_of is not None and clusters and cluster in clusters:
+                    clusters[cluster].lost += 1
+                    cluster_of[i] = 0  # counted once
+            continue
+        if acked[i]:
+            continue  # reported twice
+        acked[i] = 1
+        received += 1
+        size = lengths[i]
+        acked_bytes += size
+        if cluster and clusters is not None:
+            found = clusters.get(cluster)
+            if found is not None:
+                found.acked(send, arrival, size)
+        if size < DELAY_MIN_SIZE:
+            continue
+        if g_first >= 0 and send - g_first <= BURST:
+            g_send = send
+            if arrival > g_arrival:
+                g_arrival = arrival
+            continue
+        if g_first >= 0:
+            groups.append((g_send, g_arrival))
+        g_first = g_send = send
+        g_arrival = arrival
+    return received, lost, acked_bytes, unknown, groups, (g_first, g_send, g_arrival)
 
 
 class TwccState:
@@ -467,51 +526,9 @@ class TwccState:
             feedback = parse_transport_feedback(fci)
         except FeedbackError:
             return 1
-        seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
-        received = lost = acked_bytes = unknown = 0
-        base = feedback.base_sequence
-        g_first, g_send, g_arrival = self.group
-        groups: list[tuple[float, float]] = []
-        for offset, arrival in enumerate(feedback.arrivals):
-            seq = (base + offset) & 0xFFFF
-            i = seq & (HISTORY - 1)
-            send = times[i]
-            if seqs[i] != seq or now - send > HISTORY_AGE:
-                unknown += 1
-                continue
-            if arrival is None:
-                if not acked[i]:
-                    lost += 1
-                continue
-            if acked[i]:
-                continue  # reported twice
-            acked[i] = 1
-            received += 1
-            size = lengths[i]
-            acked_bytes += size
-            if size < DELAY_MIN_SIZE:
-                continue
-            if g_first >= 0 and send - g_first <= BURST:
-                g_send = send
-                if arrival > g_arrival:
-                    g_arrival = arrival
-                continue
-            if g_first >= 0:
-                groups.append((g_send, g_arrival))
-            g_first = g_send = send
-            g_arrival = arrival
-        self.apply(
-            now,
-            received,
-            lost,
-            acked_bytes,
-            unknown,
-            groups,
-            (g_first, g_send, g_arrival),
-            probe_bps,
-            probe_at,
-            rtt,
-        )
+        history = (self._seq, self._time, self._size, self._acked)
+        matched = match_feedback(feedback, now, history, self.group)
+        self.apply(now, *matched, probe_bps, probe_at, rtt)
         return 0
 
     def apply(
@@ -745,7 +762,7 @@ class BandwidthEstimator:
             self.next_sequence = _twcc.record(seqs, times, lengths, acked, first, sizes, now)
             return first
         # a probe cluster's packets are tagged here (the C loop does not know clusters; a
-        # cluster is 0.1 s, and its feedback is read by the Python loop below)
+        # cluster is 0.1 s, and its feedback is matched in Python: match_feedback)
         clusters, cluster = self._cluster_of, self._probing
         for size in sizes:
             i = seq & (HISTORY - 1)
@@ -842,7 +859,7 @@ class BandwidthEstimator:
             if cc.take(fci, now, probe_bps, self._probe_at, rtt) == 1:
                 self.malformed += 1
             return
-        # while a probe cluster waits for its feedback: this loop tags the cluster's packets
+        # while a probe cluster waits for its feedback: matched here, its packets counted to it
         if not cc.admit(now):
             return
         try:
@@ -850,59 +867,10 @@ class BandwidthEstimator:
         except FeedbackError:
             self.malformed += 1
             return
-        seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
-        received = lost = acked_bytes = unknown = 0
-        base = feedback.base_sequence
-        g_first, g_send, g_arrival = cc.group
-        groups: list[tuple[float, float]] = []
-        cluster_of, clusters = self._cluster_of, self._clusters
-        for offset, arrival in enumerate(feedback.arrivals):
-            seq = (base + offset) & 0xFFFF
-            i = seq & (HISTORY - 1)
-            send = times[i]
-            if seqs[i] != seq or now - send > HISTORY_AGE:
-                unknown += 1
-                continue
-            if arrival is None:
-                if not acked[i]:
-                    lost += 1
-                    if cluster_of[i] and cluster_of[i] in clusters:
-                        clusters[cluster_of[i]].lost += 1
-                        cluster_of[i] = 0  # counted once
-                continue
-            if acked[i]:
-                continue  # reported twice
-            acked[i] = 1
-            received += 1
-            size = lengths[i]
-            acked_bytes += size
-            if cluster_of[i]:
-                cluster = clusters.get(cluster_of[i])
-                if cluster is not None:
-                    cluster.acked(send, arrival, size)
-            if size < DELAY_MIN_SIZE:
-                continue
-            if g_first >= 0 and send - g_first <= BURST:
-                g_send = send
-                if arrival > g_arrival:
-                    g_arrival = arrival
-                continue
-            if g_first >= 0:
-                groups.append((g_send, g_arrival))
-            g_first = g_send = send
-            g_arrival = arrival
-        cc.apply(
-            now,
-            received,
-            lost,
-            acked_bytes,
-            unknown,
-            groups,
-            (g_first, g_send, g_arrival),
-            probe_bps,
-            self._probe_at,
-            rtt,
-        )
+        clusters = self._clusters
+        history = (self._seq, self._time, self._size, self._acked)
+        matched = match_feedback(feedback, now, history, cc.group, self._cluster_of, clusters)
+        cc.apply(now, *matched, probe_bps, self._probe_at, rtt)
         for cid, c in list(clusters.items()):
             if c.ended is not None and len(c.packets) + c.lost >= c.sent:
                 self._finish_probe(cid, c, now)
