@@ -20,9 +20,11 @@ behind a packet that never comes until 512 packets later, 17 s of the 180p layer
 second the operator API tells each viewer's layer, which gives the switches and when they
 happened.
 
-Printed per profile and viewer: share of time frozen (Chromium's rule; from the WHEP POST, the
-wait for the first picture included) over the whole run and after the viewer settled (its
-first switch; failed probes up after it count in), freezes, ``own %``: the share in freezes
+Printed per profile and viewer: share of time frozen (Chromium's rule, from the first picture on,
+as its getStats counts it), the time to the first picture from the WHEP POST (``ttff s``; on a
+lossy leg the handshake's lost packets: it is not freezing), the share frozen after the viewer
+settled (its first switch, the wait for a first picture after it included; failed probes up
+after it count in), freezes, ``own %``: the share in freezes
 that overlap none of the clean ``control`` viewer's (a loaded machine stalls every viewer at
 once; what is left is the link's and the viewer's own), ``gaps %``: issue 17's plain rule
 (frame intervals over 3 nominal ones, 100 ms at 30 fps; Chromium's rule needs 183 ms; for
@@ -57,6 +59,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,8 @@ import httpx
 
 from bench.netbed import netns
 from bench.netbed.bed import NetBed, _readline
+from bench.netbed.holes import freeze_causes as hole_causes
+from bench.netbed.holes import hole_summary
 from bench.netbed.profiles import PROFILES, profile
 from bench.netbed.room import OPERATOR_KEY, SECRET, BedRoom
 from bench.netbed_run import git_head, log, schedule_rates
@@ -382,6 +387,9 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
         v["probe_bytes"] = last.get("probe_bytes") or 0
     for v in viewers:
         v["freeze_causes"] = freeze_causes(v, control) if "error" not in v else []
+        holes = v.get("holes") or []
+        v["hole_causes"] = [asdict(c) for c in hole_causes(v.get("freeze_events", []), holes)]
+        v["hole_summary"] = hole_summary(holes)
     row["viewers"] = viewers
     row["metrics_switches"] = [
         ln for ln in str(metrics).splitlines() if ln.startswith("stagecast_viewer_layer_switches")
@@ -390,9 +398,9 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
 
 
 COLUMNS = (
-    "profile", "viewer", "frozen %", "after settle %", "freezes", "own % (n)", "gaps % (n)",
-    "g2g p50/p95 ms", "settle s", "switches (up)", "/10 s", "layer", "kbps", "audio %",
-    "probes (ok)",
+    "profile", "viewer", "frozen %", "ttff s", "after settle %", "freezes", "own % (n)",
+    "gaps % (n)", "g2g p50/p95 ms", "settle s", "switches (up)", "/10 s", "layer", "kbps",
+    "audio %", "probes (ok)",
 )  # fmt: skip
 
 
@@ -416,7 +424,8 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
             [
                 row["profile"],
                 v["leg"],
-                f"{100 * (frozen_after(v, v['joined_at']) or 0.0):.1f}",
+                f"{100 * frozen_share(v):.1f}",
+                "-" if v.get("ttff_s") is None else f"{v['ttff_s']:.2f}",
                 "-" if after is None else f"{100 * after:.1f}",
                 str(v["freezes"]),
                 own_cell(v, control),
@@ -433,6 +442,18 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def frozen_share(v: dict[str, Any], events: str = "freeze_events") -> float:
+    """Chromium's rule as its getStats counts it (totalFreezesDuration): the share of the time
+    from the first picture on spent frozen; 1.0 when none came. The wait for the first picture
+    is ``ttff s``, a column of its own: on a lossy leg it holds the handshake's lost packets (a
+    lost TCP SYN or DTLS flight waits 1 s), which said nothing about freezing and read as
+    3-6 % frozen at 2 % loss where the viewer never froze. ``events``: as ``frozen_after``."""
+    ttff = v.get("ttff_s")
+    if ttff is None or "joined_at" not in v:
+        return 1.0
+    return frozen_after(v, v["joined_at"] + ttff, events) or 0.0
 
 
 def playout_note(v: dict[str, Any]) -> str:
@@ -475,8 +496,26 @@ def gap_cell(v: dict[str, Any]) -> str:
     """Share of the run in frame intervals over 3 nominal ones, and how many."""
     if "gap_events" not in v:
         return "-"
-    share = frozen_after(v, v["joined_at"], "gap_events") or 0.0
+    share = frozen_share(v, "gap_events")
     return f"{100 * share:.1f} ({len(v['gap_events'])})"
+
+
+def cause_counts(v: dict[str, Any]) -> str:
+    """The viewer's freezes by what held them (``bench.netbed.holes``): a hole repaired after
+    one NACK or after more (with how long it was open, ms), one never repaired (the picture
+    restarted at a keyframe), or no hole (the machine, the decoder or the source)."""
+    causes = v.get("hole_causes", [])
+    parts = []
+    for label, pick in (
+        ("1 NACK", lambda c: c["cause"] == "repaired" and c["nacks"] <= 1),
+        ("more NACKs", lambda c: c["cause"] == "repaired" and c["nacks"] > 1),
+        ("keyframe", lambda c: c["cause"] == "keyframe"),
+        ("no hole", lambda c: c["cause"] == "no hole"),
+    ):
+        chosen = [c for c in causes if pick(c)]
+        opened = ",".join(str(round(1000 * c["open_s"])) for c in chosen if c["open_s"])
+        parts.append(f"{label} {len(chosen)}" + (f" ({opened} ms)" if opened else ""))
+    return ", ".join(parts)
 
 
 def audio_share(v: dict[str, Any]) -> str:
@@ -567,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {v['leg']}: {v.get('adaptation', {}).get('timeline')}"
                 f" probes {v.get('probes')} {v.get('probe_bytes')} B"
                 + (f" resolution {v['resolution']}" if "resolution" in v else ""))  # fmt: skip
+            if v.get("hole_causes") or v.get("hole_summary", {}).get("holes"):
+                log(f"  {v['leg']} freezes by what held them: {cause_counts(v)}; "
+                    f"holes {v['hole_summary']}")  # fmt: skip
             own = [c for c in v.get("freeze_causes", []) if not c["machine"]]
             if own and v["leg"] not in CLEAN_LEGS:
                 log(f"  {v['leg']} freezes the control did not share: " + "; ".join(

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from bench.netbed.holes import HoleLog
 from bench.netbed.playback import FreezeCounter, summarize
 from gateway.synthetic import (
     StampedVideoTrack,
@@ -29,7 +30,11 @@ from gateway.synthetic import (
     whep_watch,
     whip_publish,
 )
-from relay.rtc.adapter import use_bench_h264_encoder, use_bench_keyframe_resync
+from relay.rtc.adapter import (
+    use_bench_h264_encoder,
+    use_bench_keyframe_resync,
+    use_bench_nack_log,
+)
 
 H264_IDR, H264_SPS, STAP_A, FU_A = 5, 7, 24, 28
 
@@ -110,6 +115,12 @@ async def viewer(args: argparse.Namespace) -> dict[str, Any]:
     if args.resync:
         use_bench_keyframe_resync(starts_keyframe)
     counter = FreezeCounter()
+    holes = HoleLog()
+    use_bench_nack_log(
+        lambda seqs: holes.nacked(time.monotonic(), seqs),
+        lambda seq: holes.arrived(time.monotonic(), seq),
+        lambda seqs: holes.given_up(time.monotonic(), seqs),
+    )
     watcher = await watch(args, counter)
     try:
         await asyncio.sleep(args.seconds)
@@ -138,6 +149,7 @@ async def viewer(args: argparse.Namespace) -> dict[str, Any]:
         "freeze_events": counter.events,  # (end, duration), monotonic
         "gap_events": counter.gap_events,  # the same, frame intervals > 3 nominal ones
         "audio_frames": watcher.audio_frames,
+        "holes": holes.holes(),  # (sequence, first NACKed, NACK times, filled at, given up at)
     }
 
 

@@ -1078,6 +1078,35 @@ def use_bench_keyframe_resync(starts_keyframe: Callable[[bytes], bool]) -> None:
     setattr(rtcrtpreceiver, "JitterBuffer", keyframe_resync_buffer(starts_keyframe))  # noqa: B010
 
 
+def use_bench_nack_log(
+    on_nack: Callable[[list[int]], None],
+    on_filled: Callable[[int], None],
+    on_given_up: Callable[[list[int]], None],
+) -> None:
+    """Video receivers in THIS process report each NACK they send (``on_nack`` with its list),
+    each packet that fills a hole they NACKed (``on_filled``: a retransmission or a late
+    original) and the holes they stop asking for unfilled (``on_given_up``: 128 packets on).
+    For benchmark viewers only (bench/netbed/peer.py: ``bench.netbed.holes``)."""
+    base: Any = aiortc_rtcrtpreceiver.NackGenerator
+    if not hasattr(base, "add") or not hasattr(base(), "missing"):
+        raise AdapterError("aiortc internals changed: NackGenerator")
+
+    class LoggedNackGenerator(base):  # type: ignore[misc]
+        def add(self, packet: Any) -> bool:
+            seq = packet.sequence_number
+            before = set(self.missing)
+            missed: bool = super().add(packet)
+            if seq in before:
+                on_filled(seq)
+            if gone := before - self.missing - {seq}:
+                on_given_up(sorted(gone))
+            if missed:  # aiortc sends sorted(missing) now
+                on_nack(sorted(self.missing))
+            return missed
+
+    setattr(aiortc_rtcrtpreceiver, "NackGenerator", LoggedNackGenerator)  # noqa: B010
+
+
 def divert_ice_datagrams(dtls_transport: Any, on_datagram: Callable[[bytes, int], None]) -> None:
     """Hand every datagram the ICE connection under ``dtls_transport`` receives to
     ``on_datagram(data, component)`` instead of aiortc (bench/load_viewers.py's light viewers

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from bench.adaptation import own_cell, own_freezes
+from bench.adaptation import frozen_after, frozen_share, own_cell, own_freezes
+from bench.netbed.holes import HoleLog, freeze_causes, hole_summary
 from bench.netbed.impairment import GilbertElliott, Impairment, LinkSpec
 from bench.netbed.playback import FreezeCounter, gaps, percentile, summarize
 from bench.netbed.profiles import PROFILES, Profile, profile
@@ -184,3 +185,37 @@ def test_summary() -> None:
     assert p.kbps == pytest.approx(1_250_000 * 8 / 1000 / 10.5)
     assert (p.g2g_p50_ms, p.g2g_p95_ms) == (20.0, 40.0)
     assert percentile([3, 1, 2], 100) == 3
+
+
+def test_frozen_share_counts_from_the_first_picture() -> None:
+    """As Chromium's getStats: the wait for the first picture (on a lossy leg, the handshake's
+    lost packets) is the ttff column's, not frozen time."""
+    v = {"joined_at": 0.0, "ended_at": 30.0, "ttff_s": 1.5, "freeze_events": [(10.3, 0.3)],
+         "gap_events": [(10.3, 0.3), (20.2, 0.12)]}  # fmt: skip
+    assert frozen_share(v) == pytest.approx(0.3 / 28.5)
+    assert frozen_share(v, "gap_events") == pytest.approx(0.42 / 28.5)
+    assert frozen_after(v, 0.0) == pytest.approx(1.8 / 30)  # the wait counted in
+    assert frozen_share({**v, "ttff_s": None}) == 1.0  # no picture at all
+
+
+def test_freezes_are_put_down_to_the_hole_that_held_them() -> None:
+    log = HoleLog()
+    log.nacked(1.00, [10])
+    log.arrived(1.05, 10)  # one round: no freeze
+    log.nacked(5.00, [20])
+    log.nacked(5.12, [20, 21])  # asked again (a hole made to solicit it, or a new one)
+    log.arrived(5.13, 21)
+    log.arrived(5.17, 20)  # the repair that ends the freeze
+    log.nacked(5.30, [20])  # too late to count: it was filled
+    log.arrived(5.40, 20)
+    log.nacked(9.00, [30])  # never filled: the picture starts over at a keyframe
+    log.given_up(10.0, [30])  # 128 packets on: no longer asked for
+    freezes = [(5.20, 0.22), (9.6, 0.5), (15.0, 0.3)]
+    held = freeze_causes(freezes, log.holes())
+    assert [c.cause for c in held] == ["repaired", "keyframe", "no hole"]
+    assert held[0].nacks == 2
+    assert held[0].open_s == pytest.approx(0.17) and held[0].asked_again_after_s == pytest.approx(
+        0.12
+    )
+    assert hole_summary(log.holes()) == {"holes": 4, "one_nack": 2, "more_nacks": 1, "never": 1,
+                                         "long_one_nack": 0, "long_more_nacks": 1}  # fmt: skip
