@@ -46,7 +46,10 @@ default) for the minimum playout delay given to lossy Chromium viewers (``pd`` i
 cell: the largest given, ms;
 ``jb``: Chromium's jitter buffer target/delay per frame over the run, ms); ``--no-nack-solicit``
 (``media.viewer_nack_solicit = false``) the baseline for the holes made so that aiortc viewers
-NACK again.
+NACK again, ``--solicit-lossy 0.1`` (``media.viewer_nack_solicit_lossy_s``) the baseline for
+making them every frame while a viewer loses 3 % or more. Each freeze of an aiortc viewer is put
+down to what held it from the viewer's own NACK log (``bench.netbed.holes``): a hole repaired
+after one NACK or more, one never repaired (keyframe), or no hole (machine, decoder, source).
 """
 
 from __future__ import annotations
@@ -335,6 +338,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_PLAYOUT_DELAY"] = "true"
         if args.fec:
             env["STAGECAST_MEDIA__VIEWER_FEC"] = "true"
+        if args.solicit_lossy is not None:
+            env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT_LOSSY_S"] = str(args.solicit_lossy)
         if args.no_nack_solicit:
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
@@ -583,6 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no holes made for viewers that NACK once (media.viewer_nack_solicit = false)",
     )
+    parser.add_argument(
+        "--solicit-lossy",
+        type=float,
+        default=None,
+        help="media.viewer_nack_solicit_lossy_s: seconds between holes made at >= 3 %% loss "
+        "(0.1: the pace of lower loss, the baseline)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
     args = parser.parse_args(argv)
@@ -622,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.viewers} (aiortc {'stock' if args.stock_aiortc else 'with --resync'}), "
           f"probing {'off' if args.no_probing else 'on'}; "
           f"playout delay {'on' if args.playout_delay else 'off'}; "
-          f"nack solicit {'off' if args.no_nack_solicit else 'on'}; ladder "
+          f"nack solicit {'off' if args.no_nack_solicit else 'on'}"
+          f" (lossy {args.solicit_lossy if args.solicit_lossy is not None else 'default'}); ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

@@ -70,13 +70,16 @@ class FreezeCause:
 def freeze_causes(
     freezes: Sequence[tuple[float, float]], holes: Sequence[Hole]
 ) -> list[FreezeCause]:
-    """Each freeze ((end, duration)) with what held it: the hole filled last within it (its
-    filling released the frames queued behind it), else a hole left unfilled that was open
-    when it began (the picture restarted at a keyframe), else none."""
+    """Each freeze ((end, duration)) with what held it: of the holes open for at least half
+    of it, the one filled last within it (its filling released the frames queued behind it),
+    else one left unfilled (the picture restarted at a keyframe), else none (a hole filled
+    in a few ms inside a stall of the machine's did not make it)."""
     out = []
     for end, seconds in freezes:
         start = end - seconds
-        open_ = [h for h in holes if h[1] < end and (h[3] or h[4] or end) >= start]
+        open_ = [
+            h for h in holes if min(end, h[3] or h[4] or end) - max(start, h[1]) >= seconds / 2
+        ]
         filled = [h for h in open_ if h[3] is not None and h[3] <= end]
         if filled:
             _, first, nacks, at, _ = max(filled, key=lambda h: h[3] or 0.0)

@@ -42,7 +42,7 @@ from aiortc.rtp import (
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
-from relay.media.nack_solicit import NackSolicitor
+from relay.media.nack_solicit import LOSSY_EVERY, NackSolicitor
 from relay.media.playout_delay import PlayoutDelayLimits, PlayoutDelayPolicy
 from relay.media.report_loss import ReportLoss
 from relay.media.retransmit import (
@@ -143,6 +143,7 @@ class DirectSender:
         own_reports: bool = False,
         playout_delay: PlayoutDelayLimits | None = None,
         solicit: bool = False,
+        solicit_lossy_every: float = LOSSY_EVERY,
         fec: bool = True,
     ) -> None:
         self._seam = SenderSeam(sender)
@@ -151,6 +152,7 @@ class DirectSender:
         # holes made so that a viewer that NACKs once asks again (relay/media/nack_solicit.py),
         # for one without transport-cc
         self._solicit = solicit
+        self._solicit_lossy_every = solicit_lossy_every
         self.solicitor: NackSolicitor | None = None
         # a minimum playout delay while the viewer needs repairs (relay/media/playout_delay.py),
         # when it negotiated the extension; the template id of each value sent
@@ -216,7 +218,7 @@ class DirectSender:
         self._twcc_id = profile.transport_cc_id if self.estimator is not None else None
         self._twcc_offset = -1 if self._twcc_id is not None else 0
         if self._solicit and profile.transport_cc_id is None:
-            self.solicitor = NackSolicitor()
+            self.solicitor = NackSolicitor(lossy_every=self._solicit_lossy_every)
         limits, ext_id = self._playout_limits, profile.playout_delay_id
         # (an id over 14 would turn the one-byte extension block into a two-byte one, moving
         # the transport-wide sequence number's offset between a frame and the next)
@@ -365,7 +367,7 @@ class DirectSender:
         filler: bytes | None = None
         solicitor = self.solicitor
         if solicitor is not None and solicitor.due(
-            now, self.budget.asked_total, self.budget.asks_again
+            now, self.budget.asked_total, self.budget.asks_again, self.budget.loss
         ):
             number, filler = rewriter.filler()
             solicitor.made(number, filler)

@@ -36,6 +36,7 @@ from relay.media.layer_selector import (
     Switch,
 )
 from relay.media.lifecycle import SessionLifecycle
+from relay.media.nack_solicit import LOSSY_EVERY
 from relay.media.playout_delay import PLAYOUT_DELAY_URI, PlayoutDelayLimits
 from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
@@ -167,6 +168,8 @@ class ViewerLimits:
     nack_solicit: bool = True
     """Make a viewer without transport-cc that NACKs a hole once (aiortc) send its missing list
     again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
+    nack_solicit_lossy: float = LOSSY_EVERY
+    """Seconds between those while it asks for 3 % or more of its packets."""
     playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)
     """The playout-delay extension: answered when a viewer offers it (Chromium), a minimum
     playout delay of one repair round while the viewer asks for repairs (direct sending only)."""
@@ -567,6 +570,7 @@ class ViewerService:
             own_reports=True,  # sent by self._report, one tick for every viewer
             playout_delay=self.limits.playout_delay if queue.kind == "video" else None,
             solicit=self.limits.nack_solicit and queue.kind == "video",
+            solicit_lossy_every=self.limits.nack_solicit_lossy,
             fec=self.limits.fec,
         )
         if (

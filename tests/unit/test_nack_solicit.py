@@ -9,7 +9,8 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtpPacket
 
-from relay.media.nack_solicit import ACTIVE_FOR, EVERY, NackSolicitor
+from relay.media.nack_solicit import ACTIVE_FOR, EVERY, LOSSY_EVERY, NackSolicitor
+from relay.media.retransmit import FOLLOW_UP_LOSS
 from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, header_length
 
 PROFILE = SendProfile(102, None, ())
@@ -29,6 +30,22 @@ def test_holes_are_made_only_while_the_viewer_asks_for_repairs() -> None:
     assert s.filler(7) == b"filler-7" and s.filler(8) is None
     assert s.split([5, 7, 9]) == ([5, 9], True) and s.solicited == 1
     assert s.split([5, 9]) == ([5, 9], False) and s.solicited == 1
+
+
+def test_holes_come_every_frame_while_the_viewer_loses_much() -> None:
+    """At ``FOLLOW_UP_LOSS`` or more a hole is made every ``LOSSY_EVERY`` (every frame at 30
+    fps), below it every ``EVERY``; the pace follows the loss both ways."""
+    s = NackSolicitor()
+    frame = 1 / 30
+    times = [1.0 + i * frame for i in range(30)]  # one second of frames
+    lossy = [t for t in times if s.due(t, 3, False, FOLLOW_UP_LOSS)]
+    assert len(lossy) == 30 and frame > LOSSY_EVERY
+    s = NackSolicitor()
+    mild = [t for t in times if s.due(t, 3, False, FOLLOW_UP_LOSS / 2)]
+    assert 7 <= len(mild) <= 10  # the first frame 0.1 s or more after the last hole
+    assert s.due(times[-1] + frame, 3, False, 0.05)  # the loss rose: at once
+    assert not s.due(times[-1] + 2 * frame - 0.01, 3, False, 0.05)
+    assert not s.due(times[-1] + 3 * frame, 3, True, 0.05)  # a repeater: never
 
 
 def packets(rewriter: RtpRewriter, frame: int, count: int = 3) -> list[bytes]:
