@@ -169,7 +169,7 @@ class ViewerLimits:
     """Make a viewer without transport-cc that NACKs a hole once (aiortc) send its missing list
     again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
     nack_solicit_lossy: float = LOSSY_EVERY
-    """Seconds between those while it asks for 3 % or more of its packets."""
+    """Seconds between those while it asks for 3 % or more of its packets (0: every frame)."""
     playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)
     """The playout-delay extension: answered when a viewer offers it (Chromium), a minimum
     playout delay of one repair round while the viewer asks for repairs (direct sending only)."""

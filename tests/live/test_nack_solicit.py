@@ -78,3 +78,44 @@ async def test_an_aiortc_viewer_that_loses_nacks_is_made_to_ask_again() -> None:
             await clean.close()
             await bad.close()
             await pub.close()
+
+
+async def counters(server: Any, room: str) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {server.gateway.operator_key}"}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=10) as c:
+        (row,) = (await c.get(f"/v1/rooms/{room}/viewers")).json()["viewers"]
+    return dict(row)
+
+
+@pytest.mark.timeout(90)
+async def test_a_viewer_that_loses_much_gets_a_hole_every_frame() -> None:
+    """At 8 % loss (3 % or more: its retransmissions go twice too) the holes come every frame,
+    not every 0.1 s, so a lost NACK costs a frame and a round trip (every third frame at 30 fps
+    with ``media.viewer_nack_solicit_lossy_s = 0.1``: this test fails then)."""
+    limits = {"max_loop_lag": None, "max_loop_busy": None}  # a loaded machine would 503
+    with run_server(limits=limits) as server:
+        room = "solicit-lossy"
+        # grain: a stream of ~100 packets a second (a plain test card makes a few dozen, and its
+        # loss share over a second swings across 3 % at 8 % loss)
+        video = StampedVideoTrack(640, 360, 30, grain=4)
+        pub = await whip_publish(server.base_url, room, server.anchor_token(room), video=video)
+        bad = await whep_watch(server.base_url, room, kinds=("video",))
+        try:
+            assert await wait_for(lambda: len(bad.samples) > 20, 15)
+            down = lossy_link(bad, {"loss": 0.08})
+            await asyncio.sleep(2.0)  # its loss share over a window of 1 s is known
+            before, b0 = await counters(server, room), len(bad.samples)
+            await asyncio.sleep(5.0)
+            after = await counters(server, room)
+            frames = after["frames_sent"] - before["frames_sent"]
+            made = after["nack_solicits"] - before["nack_solicits"]
+            assert down["dropped"] > 20, down
+            # at 15 fps or less every 0.1 s would be every other frame or more: nothing to tell
+            assert frames >= 75, frames
+            seen = {k: v for k, v in after.items() if "nack" in k or "rtx" in k or "loss" in k}
+            assert made >= 0.75 * frames, (made, frames, seen)
+            assert after["solicited_nacks"] >= 0.5 * after["nack_solicits"], after
+            assert len(bad.samples) - b0 >= 50, len(bad.samples) - b0  # the picture kept coming
+        finally:
+            await bad.close()
+            await pub.close()
