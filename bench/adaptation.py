@@ -46,8 +46,8 @@ default) for the minimum playout delay given to lossy Chromium viewers (``pd`` i
 cell: the largest given, ms;
 ``jb``: Chromium's jitter buffer target/delay per frame over the run, ms); ``--no-nack-solicit``
 (``media.viewer_nack_solicit = false``) the baseline for the holes made so that aiortc viewers
-NACK again, ``--solicit-lossy 0.1`` (``media.viewer_nack_solicit_lossy_s``) the baseline for
-making them every frame while a viewer loses 3 % or more. Each freeze of an aiortc viewer is put
+NACK again; ``--solicit-lossy 0`` (``media.viewer_nack_solicit_lossy_s``, 0.1 by default) makes
+them in every frame while a viewer loses 3 % or more. Each freeze of an aiortc viewer is put
 down to what held it from the viewer's own NACK log (``bench.netbed.holes``): a hole repaired
 after one NACK or more, one never repaired (keyframe), or no hole (machine, decoder, source).
 """
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="media.viewer_nack_solicit_lossy_s: seconds between holes made at >= 3 %% loss "
-        "(0.1: the pace of lower loss, the baseline)",
+        "(0: every frame; default 0.1, the pace of lower loss)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")

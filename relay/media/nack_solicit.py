@@ -20,8 +20,9 @@ a NACK up every ``EVERY`` s, only while the viewer asked for a packet in the las
 ``ACTIVE_FOR`` s. Not for viewers seen repeating their NACKs (browsers), nor for those with
 transport-cc (browsers again: their receivers repeat on their own).
 
-While the viewer asks for ``FOLLOW_UP_LOSS`` (3 %) or more of its packets (its retransmissions
-already go twice then) a hole is made every ``LOSSY_EVERY`` s instead, i.e. in every frame: at
+Optionally (``lossy_every``; off by default: not shown to help in the loaded bed, BENCHMARKS.md,
+a-loss4), while the viewer asks for ``FOLLOW_UP_LOSS`` (3 %) or more of its packets (its
+retransmissions already go twice then) a hole is made every ``LOSSY_EVERY`` s, in every frame: at
 5 % loss one NACK in twenty is lost, and a repair that waits up to 0.1 s for the next hole made
 plus a round trip can end past the 183 ms of a freeze by Chromium's rule at 30 fps. In the bed
 at 5 % loss + 40 ms RTT (loaded) the holes an aiortc viewer held open past 150 ms were mostly
@@ -38,10 +39,11 @@ EVERY = 0.1
 """Seconds between two holes made: a lost NACK then costs about this plus a round trip, like a
 browser's own repeat (unit simulation: holes open past 150 ms at 2 % loss 31 -> 1 in 12 min)."""
 LOSSY_EVERY = 0.0
-"""Seconds between two holes made while the viewer asks for ``FOLLOW_UP_LOSS`` or more of its
-packets: 0, every frame (unit simulation at 5 % loss, 40 ms RTT: holes open past 150 ms 21 -> 0
-in 12 min against ``EVERY``, for ~5 more NACK messages a second). Not 0.03: a loaded mixer's
-frames come 20-45 ms apart, and a live viewer at 8 % loss then got a hole in 55 % of them."""
+"""Seconds between two holes made, when turned on (``lossy_every``), while the viewer asks for
+``FOLLOW_UP_LOSS`` or more of its packets: 0, every frame (unit simulation at 5 % loss, 40 ms
+RTT: holes open past 150 ms 21 -> 0 in 12 min against ``EVERY``, for ~5 more NACK messages a
+second). Not 0.03: a loaded mixer's frames come 20-45 ms apart, and a live viewer at 8 % loss
+then got a hole in 55 % of them."""
 ACTIVE_FOR = 5.0
 """Seconds after the viewer last asked for a packet that holes are still made (a lost NACK on a
 thin layer may be the only sign of loss for seconds)."""
@@ -55,7 +57,7 @@ class NackSolicitor:
     asks for."""
 
     def __init__(
-        self, every: float = EVERY, active_for: float = ACTIVE_FOR, lossy_every: float = LOSSY_EVERY
+        self, every: float = EVERY, active_for: float = ACTIVE_FOR, lossy_every: float = EVERY
     ) -> None:
         self.every = every
         self.lossy_every = lossy_every

@@ -42,7 +42,7 @@ from aiortc.rtp import (
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
-from relay.media.nack_solicit import LOSSY_EVERY, NackSolicitor
+from relay.media.nack_solicit import EVERY, NackSolicitor
 from relay.media.playout_delay import PlayoutDelayLimits, PlayoutDelayPolicy
 from relay.media.report_loss import ReportLoss
 from relay.media.retransmit import (
@@ -143,7 +143,7 @@ class DirectSender:
         own_reports: bool = False,
         playout_delay: PlayoutDelayLimits | None = None,
         solicit: bool = False,
-        solicit_lossy_every: float = LOSSY_EVERY,
+        solicit_lossy_every: float = EVERY,
         fec: bool = True,
     ) -> None:
         self._seam = SenderSeam(sender)

@@ -36,7 +36,7 @@ from relay.media.layer_selector import (
     Switch,
 )
 from relay.media.lifecycle import SessionLifecycle
-from relay.media.nack_solicit import LOSSY_EVERY
+from relay.media.nack_solicit import EVERY
 from relay.media.playout_delay import PLAYOUT_DELAY_URI, PlayoutDelayLimits
 from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
@@ -168,7 +168,7 @@ class ViewerLimits:
     nack_solicit: bool = True
     """Make a viewer without transport-cc that NACKs a hole once (aiortc) send its missing list
     again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
-    nack_solicit_lossy: float = LOSSY_EVERY
+    nack_solicit_lossy: float = EVERY
     """Seconds between those while it asks for 3 % or more of its packets (0: every frame)."""
     playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)
     """The playout-delay extension: answered when a viewer offers it (Chromium), a minimum

@@ -84,11 +84,13 @@ class MediaSettings(BaseModel):
     while it asks for repairs: one sequence number skipped in a frame and filled right after
     with a padding-only packet (``relay/media/nack_solicit.py``; ``nack_solicits`` in the viewers
     listing). A lost NACK then costs ~0.1 s + a round trip, not a freeze to its next hole."""
-    viewer_nack_solicit_lossy_s: float = Field(0.0, ge=0.0, le=1.0)
+    viewer_nack_solicit_lossy_s: float = Field(0.1, ge=0.0, le=1.0)
     """Seconds between those holes while the viewer asks for 3 % or more of its packets (its
-    retransmissions go twice then too): 0, a hole in every frame, so a lost NACK costs a frame
-    and a round trip; 0.1 keeps the pace of lower loss (the baseline in ``bench.adaptation
-    --solicit-lossy 0.1``)."""
+    retransmissions go twice then too). 0: a hole in every frame, so a lost NACK costs a frame
+    and a round trip (unit simulation at 5 % loss: holes open past 150 ms 93 -> 8). 0.1 by
+    default, the pace of lower loss: in the loaded bed (load 20-24, 8 interleaved pairs) 0 did
+    not cut aiortc viewers' own freezes (BENCHMARKS.md, a-loss4); a quiet ``bench.adaptation
+    --solicit-lossy 0`` against the default is the next step."""
     viewer_playout_delay: bool = False
     """Off by default: in the loaded test bed (load 7-24, six off/on pairs) Chromium froze more
     with it, not less (BENCHMARKS.md, a-loss3); turn on to measure it on a quiet machine.

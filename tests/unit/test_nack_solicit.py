@@ -35,12 +35,12 @@ def test_holes_are_made_only_while_the_viewer_asks_for_repairs() -> None:
 def test_holes_come_every_frame_while_the_viewer_loses_much() -> None:
     """At ``FOLLOW_UP_LOSS`` or more a hole is made in every frame (``LOSSY_EVERY``), however
     unevenly the frames come; below it every ``EVERY``; the pace follows the loss both ways."""
-    s = NackSolicitor()
+    s = NackSolicitor(lossy_every=LOSSY_EVERY)
     frame = 1 / 30
     times = [1.0 + i * frame + (0.012 if i % 2 else 0.0) for i in range(30)]  # uneven frames
     lossy = [t for t in times if s.due(t, 3, False, FOLLOW_UP_LOSS)]
     assert len(lossy) == 30 and LOSSY_EVERY == 0.0
-    s = NackSolicitor()
+    s = NackSolicitor(lossy_every=LOSSY_EVERY)
     mild = [t for t in times if s.due(t, 3, False, FOLLOW_UP_LOSS / 2)]
     assert 7 <= len(mild) <= 10  # the first frame 0.1 s or more after the last hole
     assert s.due(times[-1] + frame, 3, False, 0.05)  # the loss rose: at once

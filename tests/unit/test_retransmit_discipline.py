@@ -12,7 +12,7 @@ import pytest
 from relay.media.frames import CodecSpec, EncodedFrame
 from relay.media.hub import FanoutHub
 from relay.media.keyframe_gate import KeyframeGate
-from relay.media.nack_solicit import EVERY, NackSolicitor
+from relay.media.nack_solicit import EVERY, LOSSY_EVERY, NackSolicitor
 from relay.media.playout_delay import PlayoutDelayPolicy
 from relay.media.retransmit import (
     FOLLOW_UP_AFTER,
@@ -630,7 +630,7 @@ def test_a_receiver_that_loses_much_is_made_to_ask_in_every_frame() -> None:
         old = new = old_nacks = new_nacks = 0
         for seed in range(6):
             _, long0, n0 = asks_once_repairs(loss, seed, NackSolicitor(lossy_every=EVERY))
-            _, long1, n1 = asks_once_repairs(loss, seed, NackSolicitor())
+            _, long1, n1 = asks_once_repairs(loss, seed, NackSolicitor(lossy_every=LOSSY_EVERY))
             old, new = old + long0, new + long1
             old_nacks, new_nacks = old_nacks + n0, new_nacks + n1
         if fewer:
