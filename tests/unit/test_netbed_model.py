@@ -221,3 +221,31 @@ def test_freezes_are_put_down_to_the_hole_that_held_them() -> None:
     )
     assert hole_summary(log.holes()) == {"holes": 5, "one_nack": 3, "more_nacks": 1, "never": 1,
                                          "long_one_nack": 0, "long_more_nacks": 1}  # fmt: skip
+
+
+def test_the_bench_viewers_nack_log_follows_aiortcs_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``adapter.use_bench_nack_log`` wraps the NackGenerator aiortc's receivers build (fails
+    loudly if aiortc changes it): each NACK's list, each filling packet, holes given up."""
+    from aiortc import rtcrtpreceiver
+    from aiortc.rtp import RtpPacket
+
+    from relay.rtc.adapter import use_bench_nack_log
+
+    monkeypatch.setattr(rtcrtpreceiver, "NackGenerator", rtcrtpreceiver.NackGenerator)
+    clock = [0.0]
+    log = HoleLog()
+    use_bench_nack_log(
+        lambda seqs: log.nacked(clock[0], seqs),
+        lambda seq: log.arrived(clock[0], seq),
+        lambda seqs: log.given_up(clock[0], seqs),
+    )
+    generator = rtcrtpreceiver.NackGenerator()
+    for t, seq in ((0.0, 1), (0.01, 2), (0.02, 4), (0.03, 5), (0.07, 3), (0.08, 7), (1.0, 200)):
+        clock[0] = t
+        generator.add(RtpPacket(payload_type=96, sequence_number=seq))
+    holes = {h[0]: h for h in log.holes()}
+    assert holes[3][1:] == (0.02, [0.02], 0.07, None)  # NACKed at once, filled 50 ms later
+    assert holes[6][1:] == (0.08, [0.08], None, 1.0)  # given up: 128 packets behind
+    assert holes[72][1] == 1.0 and 71 not in holes  # the new list reaches 128 packets back
