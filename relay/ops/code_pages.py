@@ -31,9 +31,13 @@ FIRST = 2.0
 lifespan's."""
 PERIOD = 30.0
 """Seconds between looks at the file-backed resident memory (one read of smaps_rollup)."""
+SETTLE = 5.0
+"""Seconds after a release to the look that takes the baseline: by then the node has faulted
+back what it runs (~6 MiB with one ingest, within a second)."""
 REGROWTH_KIB = 4096
-"""Released again once the file-backed resident memory grew this much since the last release
-(a session's setup: ~15 MiB), so a steady node is left alone."""
+"""Released again once the file-backed resident memory grew this much over the baseline (a
+session's setup: ~15 MiB), so a steady node is left alone: measured from right after a release
+instead, the working set faulting back in made every look release again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,29 +121,37 @@ def file_resident_kib(pid: int | str = "self") -> int:
 
 class ReleasePlan:
     """When to release (sans-I/O): at the first look, then whenever the file-backed resident
-    memory grew by ``regrowth_kib`` since what the last release left."""
+    memory grew by ``regrowth_kib`` over the baseline that the look ``SETTLE`` s after the last
+    release took."""
 
     def __init__(self, regrowth_kib: int = REGROWTH_KIB) -> None:
         self.regrowth_kib = regrowth_kib
-        self.left_kib: int | None = None  # file-backed resident KiB after the last release
+        self.baseline_kib: int | None = None
 
     def due(self, resident_kib: int) -> bool:
-        return self.left_kib is None or resident_kib - self.left_kib >= self.regrowth_kib
+        return self.baseline_kib is None or resident_kib - self.baseline_kib >= self.regrowth_kib
 
-    def released(self, resident_kib: int) -> None:
-        self.left_kib = resident_kib
+    def settled(self, resident_kib: int) -> None:
+        """The file-backed resident memory once the node runs again after a release."""
+        self.baseline_kib = resident_kib
 
 
 class CodePages:
-    """Releases the node's idle code pages ``first`` s after start, then looks every ``period``
-    s and releases again when a session's setup brought megabytes back."""
+    """Releases the node's idle code pages ``first`` s after start, takes the baseline
+    ``settle`` s after each release, and looks every ``period`` s for a session's setup having
+    brought megabytes back over it."""
 
     def __init__(
-        self, plan: ReleasePlan | None = None, first: float = FIRST, period: float = PERIOD
+        self,
+        plan: ReleasePlan | None = None,
+        first: float = FIRST,
+        period: float = PERIOD,
+        settle: float = SETTLE,
     ) -> None:
         self.plan = plan or ReleasePlan()
         self.first = first
         self.period = period
+        self.settle = settle
         self.releases = 0
         self.released_kib = 0
         self._task: asyncio.Task[None] | None = None
@@ -154,20 +166,23 @@ class CodePages:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    def step(self) -> None:
+    def step(self) -> bool:
+        """One look; whether it released."""
         if not self.plan.due(file_resident_kib()):
-            return
+            return False
         kib = release()
         self.releases += 1
         self.released_kib += kib
-        self.plan.released(file_resident_kib())
         log.debug("released %.1f MiB of idle code pages", kib / 1024)
+        return True
 
     async def _run(self) -> None:
         await asyncio.sleep(self.first)
         while True:
             try:
-                self.step()
+                if self.step():
+                    await asyncio.sleep(self.settle)
+                    self.plan.settled(file_resident_kib())
             except OSError:
                 log.exception("releasing idle code pages failed; not trying again")
                 return

@@ -65,7 +65,7 @@ def test_node_releases_idle_code_pages_and_keeps_serving() -> None:
     try:
         for _, base in nodes:
             wait_healthy(base, 60)
-        time.sleep(code_pages.FIRST + 1.5)
+        time.sleep(code_pages.FIRST + code_pages.SETTLE + 1.5)  # released, baseline taken
         (on, on_base), (off, _) = nodes
         kept_on = code_pages.file_resident_kib(on.pid)
         kept_off = code_pages.file_resident_kib(off.pid)

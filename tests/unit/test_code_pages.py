@@ -72,14 +72,14 @@ def test_only_clean_private_read_only_file_pages_are_released() -> None:
     assert picked == [("0x7f0000000000", "r--p", 1024), ("0x7f0000200000", "r-xp", 5000)]
 
 
-def test_released_again_only_after_regrowth() -> None:
+def test_released_again_only_after_regrowth_over_the_settled_baseline() -> None:
     plan = ReleasePlan(regrowth_kib=4096)
     assert plan.due(20_000)  # the first look always releases
-    plan.released(3_000)
-    assert not plan.due(3_000) and not plan.due(7_095)
-    assert plan.due(7_096)  # a session's setup brought 4 MiB back
-    plan.released(3_500)
-    assert not plan.due(6_000)
+    plan.settled(9_000)  # what the node faulted back in after it: its working set
+    assert not plan.due(9_000) and not plan.due(13_095)
+    assert plan.due(13_096)  # a session's setup brought 4 MiB back
+    plan.settled(9_500)
+    assert not plan.due(12_000)
 
 
 def test_release_unmaps_this_process_code_and_it_keeps_running() -> None:
