@@ -14,9 +14,9 @@ import time
 import pytest
 
 from gateway.launcher import free_port, free_udp_port, wait_healthy
-from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
-from relay.auth.tokens import TokenAuthority
+from gateway.synthetic import whep_watch
 from relay.ops import code_pages
+from tests.support.small_anchor import publish_small_anchor
 
 SECRET = "s" * 40
 
@@ -38,14 +38,7 @@ def start_node(release: bool) -> tuple[subprocess.Popen[bytes], str]:
 
 async def anchor_and_viewer(base: str) -> float | None:
     """An anchor publishes and a viewer watches; the viewer's time to first frame, s."""
-    tokens = TokenAuthority(SECRET)
-    publisher = await whip_publish(
-        base,
-        "demo",
-        tokens.mint("demo", "anchor", "test", 600),
-        video=StampedVideoTrack(320, 180, 15),
-        audio=ToneAudioTrack(440),
-    )
+    publisher = await publish_small_anchor(base, SECRET)
     try:
         framed = asyncio.Event()
         viewer = await whep_watch(base, "demo", on_frame=lambda _: framed.set())
