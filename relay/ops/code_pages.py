@@ -20,8 +20,13 @@ import asyncio
 import ctypes
 import logging
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +185,38 @@ class CodePages:
         await asyncio.sleep(self.first)
         while True:
             try:
-                if self.step():
+                if await off_loop(self.step):
                     await asyncio.sleep(self.settle)
-                    self.plan.settled(file_resident_kib())
+                    self.plan.settled(await off_loop(file_resident_kib))
             except OSError:
                 log.exception("releasing idle code pages failed; not trying again")
                 return
             await asyncio.sleep(self.period)
+
+
+async def off_loop(fn: Callable[[], T]) -> T:
+    """``fn()`` on a thread of its own that ends with it: reading smaps makes the kernel walk
+    the process's page tables, and parsing it is ~10k lines (a release took 20-55 ms at load 16,
+    a look 2-12 ms), which would stall every stream on the event loop; and no pool thread stays
+    behind for a call every 30 s."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled: the node is stopping
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="code-pages", daemon=True).start()
+    return await future

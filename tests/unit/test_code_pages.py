@@ -3,13 +3,15 @@ when it releases again, and that releasing this very process's code pages leaves
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 
 import pydantic
 import pytest
 
 from relay.ops import code_pages
-from relay.ops.code_pages import ReleasePlan, parse_smaps, releasable
+from relay.ops.code_pages import CodePages, ReleasePlan, parse_smaps, releasable
 
 SMAPS = """\
 7f0000000000-7f0000200000 r--p 00000000 fd:00 101  /usr/lib/libx.so
@@ -93,3 +95,35 @@ def test_release_unmaps_this_process_code_and_it_keeps_running() -> None:
     assert released > 1024 and after < before - 1024, (before, released, after)
     assert hashlib.sha256(b"x").hexdigest().startswith("2d711642")
     assert pydantic.TypeAdapter(list[int]).validate_python(["1", 2]) == [1, 2]
+
+
+def test_the_driver_releases_off_the_loop_then_takes_its_baseline() -> None:
+    """The node's driver: the first look releases (on a thread of its own, which ends), the
+    look ``settle`` s later records the baseline, and stopping it ends its task."""
+    if not code_pages.available():
+        pytest.skip("no /proc/self/smaps (not Linux)")
+
+    class Plan(ReleasePlan):
+        def __init__(self) -> None:
+            super().__init__()
+            self.taken = asyncio.Event()
+
+        def settled(self, resident_kib: int) -> None:
+            super().settled(resident_kib)
+            self.taken.set()
+
+    async def run() -> CodePages:
+        plan = Plan()
+        pages = CodePages(plan, first=0.0, period=60.0, settle=0.0)
+        pages.start()
+        await asyncio.wait_for(plan.taken.wait(), 10)
+        await pages.stop()
+        return pages
+
+    pages = asyncio.run(run())
+    assert pages.releases == 1 and pages.released_kib > 0
+    assert pages.plan.baseline_kib is not None and pages.plan.baseline_kib > 0
+    for thread in threading.enumerate():  # each look's thread ends once it has handed back
+        if thread.name == "code-pages":
+            thread.join(2)
+    assert not any(t.name == "code-pages" for t in threading.enumerate())
