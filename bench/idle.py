@@ -5,7 +5,9 @@ Per checkout (``--tree``, run in turn for each repetition so before/after share 
 load): ``stagecast serve`` as a subprocess; its CPU over ``--seconds`` from ``/proc/PID/stat``
 (the whole process, every thread) and its memory (RSS, PSS and USS from
 ``/proc/PID/smaps_rollup``), (a) with nothing connected, (b) with one 720p30 WHIP anchor and no
-viewer, (c) with one light viewer too (``bench.load_viewers --light``: counts RTP at its socket).
+viewer, (c) with one light viewer too (``bench.load_viewers --light``: counts RTP at its socket),
+and that viewer's time from its POST to its first frame (a join after the node has released its
+idle code pages, ``relay.ops.code_pages``, once ``--seconds`` >= 30).
 The anchor is ffmpeg's WHIP muxer (``bench.peer``'s source: testsrc2, x264 constrained baseline
 CBR ``--kbps``, Opus) or, with ``--anchor aiortc``, an aiortc peer in this process. ``--janus``
 adds Janus (``bench.janus``: a streaming mountpoint fed the same source as plain RTP, no
@@ -67,6 +69,7 @@ class Stage:
 class Idle:
     tree: str
     stages: dict[str, Stage] = field(default_factory=dict)
+    ttff: float | None = None  # the light viewer's POST to first frame, s
 
 
 def memory_mib(pid: int) -> tuple[float, float, float]:
@@ -149,6 +152,7 @@ async def measure(children: Children, tree: Path, args: argparse.Namespace) -> I
         viewers = LoadWorker(viewer_child)
         joined = await viewers.call({"op": "set", "n": 1}, 60)
         if joined.get("n") == 1:
+            result.ttff = float(joined["ttff"][0])
             await asyncio.sleep(args.settle)
             result.stages["viewer"] = await stage(pid, args.seconds)
         return result
@@ -251,14 +255,15 @@ def row(r: Idle) -> str:
         cells.append(
             "-"
             if s is None
-            else f"{s.cores:.4f} / {s.rss:.0f} / {s.pss:.0f} / {s.uss:.0f} (load {s.load:.1f})"
+            else f"{s.cores:.4f} / {s.rss:.1f} / {s.pss:.1f} / {s.uss:.1f} (load {s.load:.1f})"
         )
+    cells.append("-" if r.ttff is None else f"{1000 * r.ttff:.0f}")
     return "| " + " | ".join(cells) + " |"
 
 
 HEAD = (
     "| tree | nothing connected: cores / RSS / PSS / USS MiB | one ingest, no viewer "
-    "| one ingest, one light viewer |\n|---|---|---|---|"
+    "| one ingest, one light viewer | viewer's first frame, ms |\n|---|---|---|---|---|"
 )
 
 
@@ -314,8 +319,11 @@ def main() -> None:
     args = parser.parse_args()
     args.tree = [Path(t).resolve() for t in (args.tree or ["."])]
     results = asyncio.run(run(args))
-    print("\n| tree | runs | stage | cores min / median | RSS / PSS / USS MiB (median) |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| tree | runs | stage | cores min / median | RSS / PSS / USS MiB (median) "
+        "| first frame ms (median) |"
+    )
+    print("|---|---|---|---|---|---|")
     for tree in dict.fromkeys(r.tree for r in results):
         rs = [r for r in results if r.tree == tree]
         for name in STAGES:
@@ -323,12 +331,14 @@ def main() -> None:
             if not ss:
                 continue
             cores = [s.cores for s in ss]
+            joins = [1000 * r.ttff for r in rs if r.ttff is not None]
+            ttff = f"{statistics.median(joins):.0f}" if name == "viewer" and joins else "-"
             low, mid = min(cores), statistics.median(cores)
             print(
                 f"| {tree} | {len(ss)} | {name} | {low:.4f} / {mid:.4f} "
                 f"| {statistics.median(s.rss for s in ss):.0f} / "
                 f"{statistics.median(s.pss for s in ss):.0f} / "
-                f"{statistics.median(s.uss for s in ss):.0f} |"
+                f"{statistics.median(s.uss for s in ss):.0f} | {ttff} |"
             )
 
 

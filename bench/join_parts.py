@@ -14,6 +14,9 @@ the node's work only, whatever else the machine runs. Per join:
 Modes run interleaved, join by join: ``shared`` (the node's one UDP port, ICE-lite, the node's
 certificate: as served by default), ``per-peer`` (``udp_port`` 0: sockets and gathering per
 peer connection) and ``fresh`` (per-peer, and a fresh certificate per join: aiortc's own way).
+``released`` is ``shared`` with the node's idle code pages released just before each join
+(``relay.ops.code_pages``, which a node does at most every 30 s): the worst case of the faults
+that bring the join's native code back.
 ``--cprofile FILE`` profiles the node's side (this thread only, timed by its CPU clock) of the
 ``shared`` joins and prints where a join's CPU goes, in ms per join.
 Micro-timings of some pieces (certificate, fingerprints, host addresses, SDP parse, the receive
@@ -22,6 +25,7 @@ difference between the two modes.
 
     python -m bench.join_parts --joins 40
     python -m bench.join_parts --joins 100 --modes shared --cprofile /tmp/joins.prof
+    python -m bench.join_parts --joins 40 --modes shared,released
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from relay.auth.access import Grant
 from relay.media.frames import CodecSpec, MediaKind
 from relay.media.hub import FanoutHub
 from relay.media.stream_key import StreamKey
+from relay.ops import code_pages
 from relay.rtc.certificates import RotatingCertificate
 from relay.rtc.peer import close_quietly, rtc_configuration
 from relay.rtc.sdp import check_offer
@@ -152,6 +157,7 @@ async def run(
     await shared.start()
     services = {
         "shared": ViewerService(lambda key, subject: hub, transport=shared),
+        "released": ViewerService(lambda key, subject: hub, transport=shared),
         "per-peer": ViewerService(lambda key, subject: hub),
         "fresh": ViewerService(lambda key, subject: hub),
     }
@@ -164,6 +170,8 @@ async def run(
             await join(service, client)
         for _ in range(args.joins):
             for mode, service in services.items():
+                if mode == "released":
+                    code_pages.release()
                 if profiler is not None and mode == "shared":
                     profiler.enable()
                 try:
@@ -195,7 +203,7 @@ def print_profile(profiler: cProfile.Profile, out: str, joins: int, top: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--joins", type=int, default=40)
-    parser.add_argument("--modes", default="shared,per-peer,fresh")
+    parser.add_argument("--modes", default="shared,per-peer,fresh", help="and released")
     parser.add_argument("--cprofile", default="", help="profile the shared joins to this file")
     parser.add_argument("--top", type=int, default=45)
     args = parser.parse_args()

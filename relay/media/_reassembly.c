@@ -12,7 +12,10 @@
  *
  * Storage: an open-addressing table keyed by the unwrapped sequence number (key & mask: a run
  * of consecutive numbers never collides), linear probing, backward-shift deletion. It holds at
- * most max_packets + 1 packets (more is a stall: skipped at once), so its size is fixed.
+ * most max_packets + 1 packets (more is a stall: skipped at once). It starts at 64 slots and
+ * doubles when half full: sized for 1024 packets from the start, each video SSRC's table was
+ * 192 KiB, all of it touched as the sequence numbers went round, for the ~10-100 packets a
+ * frame or a repair wait holds.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -105,6 +108,29 @@ static void insert(Core *self, int64_t key, int64_t ts, int marker, PyObject *pa
         self->max_dirty = 0;
     }
     self->count++;
+}
+
+/* Double the table (called before an insert would fill it past half). */
+static int grow(Core *self) {
+    int64_t old_size = self->mask + 1, size = old_size * 2;
+    Slot *old = self->slots;
+    Slot *slots = PyMem_Calloc((size_t)size, sizeof(Slot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int64_t i = 0; i < old_size; i++) {
+        if (old[i].used) {
+            int64_t j = old[i].key & (size - 1);
+            while (slots[j].used)
+                j = (j + 1) & (size - 1);
+            slots[j] = old[i];
+        }
+    }
+    self->slots = slots;
+    self->mask = size - 1;
+    PyMem_Free(old);
+    return 0;
 }
 
 /* Remove the slot at index i (its references are dropped), shifting its probe chain back. */
@@ -387,6 +413,8 @@ static PyObject *Core_push(Core *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     int extends = !marker && !self->has_gap_since &&
                   (find(self, seq - 1) != NULL || (self->count == 0 && seq == self->next));
+    if (2 * ((int64_t)self->count + 1) > self->mask + 1 && grow(self) < 0)
+        return NULL;
     insert(self, seq, ts, marker, payload, data, now);
     if (extends && self->count <= self->max_packets)
         Py_RETURN_NONE; /* extends the run from next and ends no frame: nothing to drain */
@@ -439,9 +467,7 @@ static int Core_init(Core *self, PyObject *args, PyObject *kwds) {
         self->codec = CODEC_VP8;
     self->max_wait = max_wait;
     self->max_packets = max_packets;
-    int64_t size = 64;
-    while (size < 2 * ((int64_t)max_packets + 2))
-        size <<= 1;
+    int64_t size = 64; /* grows with the packets held (grow) */
     self->slots = PyMem_Calloc((size_t)size, sizeof(Slot));
     if (self->slots == NULL) {
         PyErr_NoMemory();

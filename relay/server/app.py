@@ -19,6 +19,7 @@ from relay.http.problems import install_problem_handlers, problem_responses
 from relay.http.ratelimit import ClientRateLimiter
 from relay.media.playout_delay import PlayoutDelayLimits
 from relay.media.retransmit import RetransmitLimits
+from relay.ops.code_pages import CodePages
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.viewers import ViewerLimits
 from relay.server.metrics import CONTENT_TYPE
@@ -65,9 +66,14 @@ def create_node_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await node.start()
+        pages = CodePages() if limits.release_code_pages else None
+        if pages is not None:
+            pages.start()
         try:
             yield
         finally:
+            if pages is not None:
+                await pages.stop()
             await node.shutdown()
 
     app = FastAPI(title=title, version="0.1.0", summary=summary, lifespan=lifespan)

@@ -185,6 +185,12 @@ class LimitSettings(BaseModel):
     full passes (``gc.freeze``), and unfreeze and collect once many of them have ended, at a
     calm moment: a full pass over hundreds of viewers' objects stops every stream for
     100-400 ms (relay.ops.gc_freezer)."""
+    release_code_pages: bool = True
+    """Unmap the shared libraries' clean code and read-only pages 2 s after start, and again
+    when a session's setup brought 4 MiB of them back (looked at every 30 s): the kernel maps
+    them in large folios, ~19-23 MiB resident after startup or a handshake, of which an idle
+    node with one ingest runs ~6 MiB. What runs next faults back in from the page cache
+    (relay.ops.code_pages). False: keep them mapped."""
     max_remote_candidates: int = Field(32, ge=1, le=1000)
     """Distinct remote ICE candidate addresses a session keeps (offer and trickle PATCHes
     together); more are ignored, and a PATCH whose new candidates are all beyond it gets 422.

@@ -178,16 +178,10 @@ async def exercise(base: str, pid: int, log: Path, secret: str, key: str) -> Non
     """One anchor, then the checks; then /v1/runtime and a chat member, then the checks again."""
     from websockets.asyncio.client import connect
 
-    from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whip_publish
+    from tests.support.small_anchor import publish_small_anchor
 
     tokens = TokenAuthority(secret)
-    publisher = await whip_publish(
-        base,
-        "demo",
-        tokens.mint("demo", "anchor", "test", 600),
-        video=StampedVideoTrack(320, 180, 15),
-        audio=ToneAudioTrack(440),
-    )
+    publisher = await publish_small_anchor(base, secret)
     try:
         connected = asyncio.Event()
         publisher.pc.on("connectionstatechange", lambda: connected.set())
