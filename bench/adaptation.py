@@ -4,6 +4,7 @@ same run's pinned viewer as the baseline.
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
                                [--viewers aiortc,chromium] [--no-probing]
                                [--playout-delay | --no-playout-delay] [--no-nack-solicit] [--fec]
+                               [--no-feedback-repair]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -44,7 +45,9 @@ default) for the minimum playout delay given to lossy Chromium viewers (``pd`` i
 cell: the largest given, ms;
 ``jb``: Chromium's jitter buffer target/delay per frame over the run, ms); ``--no-nack-solicit``
 (``media.viewer_nack_solicit = false``) the baseline for the holes made so that aiortc viewers
-NACK again.
+NACK again; ``--no-feedback-repair`` (``media.viewer_feedback_repair = false``) the baseline
+for resending what a Chromium viewer's transport-cc feedback reports lost and no NACK asked
+for (``unasked``/``repaired``/``late nacks`` per own freeze).
 """
 
 from __future__ import annotations
@@ -214,7 +217,8 @@ def watch(
 
 
 VERDICTS = ("nacked_packets", "retransmissions", "rtx_follow_ups", "rtx_late", "rtx_repeat",
-            "rtx_over_budget", "keyframe_requests", "nack_solicits", "solicited_nacks")  # fmt: skip
+            "rtx_over_budget", "keyframe_requests", "nack_solicits", "solicited_nacks",
+            "feedback_lost", "feedback_unasked", "feedback_repairs", "late_nacks")  # fmt: skip
 SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", "delay_usage",
            "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps",
            "rtt_ms", "playout_delay_ms", *VERDICTS)  # fmt: skip
@@ -332,6 +336,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_FEC"] = "true"
         if args.no_nack_solicit:
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
+        if args.no_feedback_repair:
+            env["STAGECAST_MEDIA__VIEWER_FEEDBACK_REPAIR"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
@@ -544,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no holes made for viewers that NACK once (media.viewer_nack_solicit = false)",
     )
+    parser.add_argument(
+        "--no-feedback-repair",
+        action="store_true",
+        help="no resend of packets a transport-cc viewer's feedback reports lost and no NACK "
+        "asked for (media.viewer_feedback_repair = false)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
     args = parser.parse_args(argv)
@@ -573,14 +585,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{c['at']} s {c['s']} s asked {c['nacked_packets']} resent "
                     f"{c['retransmissions']}+{c['rtx_follow_ups']} late {c['rtx_late']} "
                     f"repeat {c['rtx_repeat']} over {c['rtx_over_budget']} pli "
-                    f"{c['keyframe_requests']} rtt {c['rtt_ms']}" for c in own))  # fmt: skip
+                    f"{c['keyframe_requests']} rtt {c['rtt_ms']} unasked "
+                    f"{c['feedback_unasked']} repaired {c['feedback_repairs']} late nacks "
+                    f"{c['late_nacks']}" for c in own))  # fmt: skip
     print(f"commit {git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{args.seconds:.0f} s per profile, blind hold "
           f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "
           f"{args.viewers} (aiortc {'stock' if args.stock_aiortc else 'with --resync'}), "
           f"probing {'off' if args.no_probing else 'on'}; "
           f"playout delay {'on' if args.playout_delay else 'off'}; "
-          f"nack solicit {'off' if args.no_nack_solicit else 'on'}; ladder "
+          f"nack solicit {'off' if args.no_nack_solicit else 'on'}; "
+          f"feedback repair {'off' if args.no_feedback_repair else 'on'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

@@ -119,6 +119,7 @@ def viewer_limits(
         transport_cc=media.viewer_transport_cc,
         probing=media.viewer_probing,
         nack_solicit=media.viewer_nack_solicit,
+        feedback_repair=media.viewer_feedback_repair,
         playout_delay=PlayoutDelayLimits(
             enabled=media.viewer_playout_delay,
             max_ms=media.viewer_playout_delay_max_ms,

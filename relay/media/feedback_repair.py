@@ -1,0 +1,134 @@
+"""Packets a viewer lost that it did not ask for, found in its transport-cc feedback (sans-I/O).
+
+A Chromium viewer NACKs a hole when it sees it, and asks again only after its own round-trip
+estimate (libwebrtc's NackRequester), which a receive-only Chromium never measures: it keeps
+the default, 100 ms. When that first NACK is lost on the way (5 % loss on the uplink), the hole
+waits ~100 ms for the repeat plus a round trip for the answer: a frame gap past Chromium's
+183 ms freeze threshold at 40 ms RTT. The viewer's transport-cc feedback (every 50-100 ms)
+already says which packets did not arrive. A media packet it reports lost for which no NACK
+came within ``MARGIN`` (the NACK leaves at gap detection, before or with the feedback; the
+margin is for the uplink's jitter between the two) is resent as if NACKed: same budget, same
+deadline, and a NACK that comes later within a round trip is a repeat
+(``relay.media.retransmit``). A packet a later feedback reports received (reordered, late)
+before the margin is up is left alone.
+
+``on_sent`` every frame's run of numbers (transport-wide first, RTP first, count), ``on_nack``
+every NACK, ``on_lost`` what a feedback reported lost; ``due`` hands out the RTP sequence
+numbers to resend once their margin has passed.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from relay.media.estimator import HISTORY
+
+MARGIN = 0.02
+"""Seconds a packet reported lost waits for its NACK before it is resent without one: the
+jitter between a NACK and the feedback that left with it (the bed's +-10 ms per packet)."""
+MEMORY = 1024
+"""RTP sequence numbers NACKed lately (and packets waiting for their margin), at most."""
+
+
+class FeedbackRepair:
+    """One video sender's packets lost without a NACK. Counters: ``reported`` (media packets
+    the feedback reported lost), ``unasked`` (no NACK within the margin), ``late_nacks`` (of
+    those, a NACK came after all; ``late_nack_delay``: seconds from their send to it, summed),
+    ``due_count`` (handed out to be resent)."""
+
+    def __init__(self, margin: float = MARGIN) -> None:
+        if margin < 0:
+            raise ValueError("margin >= 0")
+        self.margin = margin
+        # by transport-wide number (as the estimator's history): (number << 16) | RTP number
+        # of each media packet, and its send time
+        self._media_of = array("l", [-1]) * HISTORY
+        self._sent_at = array("d", [0.0]) * HISTORY
+        self._nacked: dict[int, float] = {}  # RTP sequence number -> when a NACK asked for it
+        self._pending: dict[int, tuple[float, int]] = {}  # RTP seq -> (due, transport seq)
+        self._unasked: dict[int, float] = {}  # RTP seq -> its send time, reported, never asked
+        self.reported = 0
+        self.unasked = 0
+        self.late_nacks = 0
+        self.late_nack_delay = 0.0
+        self.due_count = 0
+
+    def on_sent(self, first_transport: int, first_seq: int, count: int, now: float) -> None:
+        """A frame's ``count`` media packets went out now, numbered from both firsts on."""
+        media_of, sent_at = self._media_of, self._sent_at
+        for k in range(count):
+            t = (first_transport + k) & 0xFFFF
+            i = t & (HISTORY - 1)
+            media_of[i] = (t << 16) | ((first_seq + k) & 0xFFFF)
+            sent_at[i] = now
+
+    def on_nack(self, sequences: Iterable[int], now: float) -> None:
+        nacked, pending, unasked = self._nacked, self._pending, self._unasked
+        for seq in sequences:
+            pending.pop(seq, None)
+            sent = unasked.pop(seq, None)
+            if sent is not None:
+                self.late_nacks += 1
+                self.late_nack_delay += now - sent
+            nacked.pop(seq, None)
+            nacked[seq] = now
+        _trim(nacked)
+        _trim(unasked)
+
+    def on_lost(self, transport_seqs: Iterable[int], now: float) -> float | None:
+        """Transport-wide numbers a feedback reported lost: the media packets among them that no
+        NACK asked for wait ``margin``; returns when the first of them is due (None: none)."""
+        due: float | None = None
+        for tseq in transport_seqs:
+            found = self._media(tseq)
+            if found is None:
+                continue
+            seq, _ = found
+            if seq in self._pending:
+                continue
+            self.reported += 1
+            if seq in self._nacked:
+                continue
+            at = now + self.margin
+            self._pending[seq] = (at, tseq)
+            due = at if due is None else min(due, at)
+        _trim(self._pending)
+        return due
+
+    def next_due(self) -> float | None:
+        return min((at for at, _ in self._pending.values()), default=None)
+
+    def due(self, now: float, acked: Callable[[int], bool]) -> list[int]:
+        """RTP sequence numbers whose margin passed with no NACK, and no later feedback saying
+        they arrived (``acked(transport_seq)``): to be resent as if NACKed."""
+        out: list[int] = []
+        pending = self._pending
+        for seq, (at, tseq) in list(pending.items()):
+            if at > now:
+                continue
+            del pending[seq]
+            if acked(tseq):
+                continue
+            found = self._media(tseq)
+            self.unasked += 1
+            self._unasked[seq] = found[1] if found is not None else now
+            out.append(seq)
+        _trim(self._unasked)
+        self.due_count += len(out)
+        return out
+
+    def _media(self, tseq: int) -> tuple[int, float] | None:
+        """The RTP sequence number and send time of the media packet numbered ``tseq``
+        (None: not one of ours: audio, a retransmission, parity, or forgotten)."""
+        i = tseq & (HISTORY - 1)
+        entry = self._media_of[i]
+        if entry < 0 or entry >> 16 != tseq & 0xFFFF:
+            return None
+        return entry & 0xFFFF, self._sent_at[i]
+
+
+def _trim(table: dict[int, Any]) -> None:
+    while len(table) > MEMORY:
+        del table[next(iter(table))]
