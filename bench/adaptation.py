@@ -221,7 +221,7 @@ VERDICTS = ("nacked_packets", "retransmissions", "rtx_follow_ups", "rtx_late", "
             "feedback_lost", "feedback_unasked", "feedback_repairs", "late_nacks")  # fmt: skip
 SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", "delay_usage",
            "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps",
-           "rtt_ms", "playout_delay_ms", "late_nack_ms", *VERDICTS)  # fmt: skip
+           "rtt_ms", "playout_delay_ms", "late_nack_ms", "unasked_ms", *VERDICTS)  # fmt: skip
 
 
 def freeze_causes(

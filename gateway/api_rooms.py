@@ -83,13 +83,14 @@ def feedback_repair_view(video: DirectSender) -> dict[str, object]:
     repair = video.repair
     if repair is None:
         return {}
-    late = repair.late_nacks
+    late, unasked = repair.late_nacks, repair.unasked
     return {
         "feedback_lost": repair.reported,
         "feedback_unasked": repair.unasked,
         "feedback_repairs": video.repairs,
         "late_nacks": late,
         "late_nack_ms": round(1000 * repair.late_nack_delay / late, 1) if late else None,
+        "unasked_ms": round(1000 * repair.unasked_delay / unasked, 1) if unasked else None,
     }
 
 

@@ -35,8 +35,9 @@ MEMORY = 1024
 class FeedbackRepair:
     """One video sender's packets lost without a NACK. Counters: ``reported`` (media packets
     the feedback reported lost), ``unasked`` (no NACK within the margin), ``late_nacks`` (of
-    those, a NACK came after all; ``late_nack_delay``: seconds from their send to it, summed),
-    ``due_count`` (handed out to be resent)."""
+    those, a NACK came after all; ``late_nack_delay``: seconds from their send to it, summed;
+    ``unasked_delay``: seconds from their send to the end of their margin, summed: what a
+    repair gains on the viewer's own repeat is the difference of the two means)."""
 
     def __init__(self, margin: float = MARGIN) -> None:
         if margin < 0:
@@ -53,7 +54,7 @@ class FeedbackRepair:
         self.unasked = 0
         self.late_nacks = 0
         self.late_nack_delay = 0.0
-        self.due_count = 0
+        self.unasked_delay = 0.0
 
     def on_sent(self, first_transport: int, first_seq: int, count: int, now: float) -> None:
         """A frame's ``count`` media packets went out now, numbered from both firsts on."""
@@ -112,11 +113,12 @@ class FeedbackRepair:
             if acked(tseq):
                 continue
             found = self._media(tseq)
+            sent = found[1] if found is not None else now
             self.unasked += 1
-            self._unasked[seq] = found[1] if found is not None else now
+            self.unasked_delay += now - sent
+            self._unasked[seq] = sent
             out.append(seq)
         _trim(self._unasked)
-        self.due_count += len(out)
         return out
 
     def _media(self, tseq: int) -> tuple[int, float] | None:

@@ -154,8 +154,9 @@ class DirectSender:
         # for one without transport-cc
         self._solicit = solicit
         self.solicitor: NackSolicitor | None = None
-        # media packets its transport-cc feedback reports lost that no NACK asked for, resent
-        # as if NACKed (relay/media/feedback_repair.py), for a viewer with transport-cc
+        # media packets its transport-cc feedback reports lost that no NACK asked for
+        # (relay/media/feedback_repair.py; counted for every viewer with transport-cc), resent
+        # as if NACKed with ``feedback_repair``
         self._feedback_repair = feedback_repair
         self.repair: FeedbackRepair | None = None
         self.repairs = 0  # of them, resent
@@ -226,7 +227,7 @@ class DirectSender:
         if self._solicit and profile.transport_cc_id is None:
             self.solicitor = NackSolicitor()
         estimator = self.estimator
-        if self._feedback_repair and self._twcc_id is not None and estimator is not None:
+        if self._twcc_id is not None and estimator is not None:
             self.repair = FeedbackRepair()
             estimator.on_lost = self._on_feedback_lost
         limits, ext_id = self._playout_limits, profile.playout_delay_id
@@ -538,8 +539,9 @@ class DirectSender:
             return
         now = time.monotonic()
         try:
-            if self.rewriter is not None and self._route() is not None:
-                for seq in repair.due(now, estimator.acked):
+            unasked = repair.due(now, estimator.acked)
+            if self._feedback_repair and self.rewriter is not None and self._route() is not None:
+                for seq in unasked:
                     if self._answer(seq, now):
                         self.repairs += 1
         except Exception:

@@ -89,7 +89,8 @@ class MediaSettings(BaseModel):
     after its own round-trip estimate, which a receive-only Chromium never measures (100 ms):
     with the round trip that is a freeze. A media packet its transport-cc feedback reports lost
     and that no NACK asked for within 20 ms is resent as if NACKed, within the same budget
-    (``relay/media/feedback_repair.py``; ``feedback_repairs`` in the viewers listing)."""
+    (``relay/media/feedback_repair.py``; ``feedback_repairs`` in the viewers listing). Off: such
+    packets are still counted (``feedback_unasked``, ``late_nacks``, ``late_nack_ms``)."""
     viewer_playout_delay: bool = False
     """Off by default: in the loaded test bed (load 7-24, six off/on pairs) Chromium froze more
     with it, not less (BENCHMARKS.md, a-loss3); turn on to measure it on a quiet machine.

@@ -84,6 +84,7 @@ def test_only_a_loss_no_nack_asked_for_is_resent_after_the_margin(native: bool) 
     assert sorted(v.repair.due(0.15 + MARGIN, v.estimator.acked)) == [rtp[1], rtp[8], rtp[14]]
     assert v2.repair.due(0.15 + MARGIN, v2.estimator.acked) == [rtp[14]]
     assert v2.repair.reported == 3 and v2.repair.unasked == 1
+    assert v2.repair.unasked_delay == pytest.approx(0.15 + MARGIN - 0.033 * 2)
     # the viewer's own repeat for 14 comes ~0.1 s later: a late NACK, and no second repair
     v2.repair.on_nack([rtp[14]], 0.3)
     assert v2.repair.late_nacks == 1
@@ -139,6 +140,6 @@ def test_a_viewer_reporting_everything_lost_gets_its_budget_only(native: bool) -
         for seq in v.repair.due(now, v.estimator.acked):
             verdict = budget.decide(seq, SIZE, rng.uniform(0, 0.1), 0.04, now)
             resent += SIZE if verdict is Verdict.SEND else 0
-    assert v.repair.due_count <= 300 * PACKETS
+    assert v.repair.unasked <= 300 * PACKETS
     assert budget.refused[Verdict.OVER_BUDGET] > 0
     assert resent <= limits.share * media + budget.opening + SIZE
