@@ -145,7 +145,7 @@ class DirectSender:
         playout_delay: PlayoutDelayLimits | None = None,
         solicit: bool = False,
         fec: bool = True,
-        feedback_repair: bool = False,
+        feedback_repair: bool | None = None,
     ) -> None:
         self._seam = SenderSeam(sender)
         self._fec_allowed = fec  # ULPFEC in RED when the viewer negotiated it
@@ -155,8 +155,8 @@ class DirectSender:
         self._solicit = solicit
         self.solicitor: NackSolicitor | None = None
         # media packets its transport-cc feedback reports lost that no NACK asked for
-        # (relay/media/feedback_repair.py; counted for every viewer with transport-cc), resent
-        # as if NACKed with ``feedback_repair``
+        # (relay/media/feedback_repair.py): counted unless ``feedback_repair`` is None (one
+        # sender of the transport's: the video), resent as if NACKed when it is True
         self._feedback_repair = feedback_repair
         self.repair: FeedbackRepair | None = None
         self.repairs = 0  # of them, resent
@@ -227,7 +227,8 @@ class DirectSender:
         if self._solicit and profile.transport_cc_id is None:
             self.solicitor = NackSolicitor()
         estimator = self.estimator
-        if self._twcc_id is not None and estimator is not None:
+        tracked = self._feedback_repair is not None and self._twcc_id is not None
+        if tracked and estimator is not None:
             self.repair = FeedbackRepair()
             estimator.on_lost = self._on_feedback_lost
         limits, ext_id = self._playout_limits, profile.playout_delay_id

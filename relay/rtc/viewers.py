@@ -575,7 +575,7 @@ class ViewerService:
             own_reports=True,  # sent by self._report, one tick for every viewer
             playout_delay=self.limits.playout_delay if queue.kind == "video" else None,
             solicit=self.limits.nack_solicit and queue.kind == "video",
-            feedback_repair=self.limits.feedback_repair and queue.kind == "video",
+            feedback_repair=self.limits.feedback_repair if queue.kind == "video" else None,
             fec=self.limits.fec,
         )
         if (
