@@ -8,18 +8,12 @@ skips otherwise."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import pytest
-
-from bench.anchor_ramp import CHROMIUM
-from bench.netbed import netns
 from tests.support import chromium_viewer
 
-UNAVAILABLE = netns.why_unavailable()
 FEC_ON = {"STAGECAST_MEDIA__VIEWER_FEC": "true"}  # off by default
-pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no test bed: {UNAVAILABLE}")
+pytestmark = chromium_viewer.MARKS
 
 
 def watch_through(leg_profile: str, seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -27,12 +21,7 @@ def watch_through(leg_profile: str, seconds: float) -> tuple[dict[str, Any], dic
     return chromium_viewer.watch_through(leg_profile, seconds, FEC_ON, "--fec-histograms")
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-@pytest.mark.timeout(300)
 def test_a_chromium_viewer_on_a_lossy_link_gets_and_uses_ulpfec() -> None:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"chromium is not installed at {CHROMIUM}")
     seconds = 20.0
     played, viewer = watch_through("loss5-rtt40", seconds)
     inbound = played["inbound"]
@@ -46,12 +35,7 @@ def test_a_chromium_viewer_on_a_lossy_link_gets_and_uses_ulpfec() -> None:
     assert played["state"] == "playing", played
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-@pytest.mark.timeout(300)
 def test_a_chromium_viewer_on_a_clean_link_gets_no_parity() -> None:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"chromium is not installed at {CHROMIUM}")
     seconds = 12.0
     played, viewer = watch_through("clean", seconds)
     inbound = played["inbound"]

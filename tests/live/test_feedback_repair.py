@@ -8,25 +8,13 @@ twice for them); on a clean link nothing is reported lost and nothing is resent.
 
 from __future__ import annotations
 
-import os
+from tests.support.chromium_viewer import MARKS, watch_through
 
-import pytest
-
-from bench.anchor_ramp import CHROMIUM
-from bench.netbed import netns
-from tests.support.chromium_viewer import watch_through
-
-UNAVAILABLE = netns.why_unavailable()
-pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no test bed: {UNAVAILABLE}")
+pytestmark = MARKS
 DEFAULTS: dict[str, str] = {}  # media.viewer_feedback_repair is on by default
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-@pytest.mark.timeout(300)
 def test_a_chromium_viewer_whose_nack_was_lost_gets_the_packet_anyway() -> None:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"chromium is not installed at {CHROMIUM}")
     seconds = 20.0
     played, viewer = watch_through("loss5-rtt40", seconds, DEFAULTS)
     lost, unasked = viewer.get("feedback_lost", 0), viewer.get("feedback_unasked", 0)
@@ -38,12 +26,7 @@ def test_a_chromium_viewer_whose_nack_was_lost_gets_the_packet_anyway() -> None:
     assert inbound["framesDecoded"] >= 10 * seconds, inbound  # plays (the machine sets the rate)
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-@pytest.mark.timeout(300)
 def test_a_chromium_viewer_on_a_clean_link_gets_no_repair() -> None:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"chromium is not installed at {CHROMIUM}")
     seconds = 12.0
     played, viewer = watch_through("clean", seconds, DEFAULTS)
     assert viewer.get("transport_cc") is True, viewer

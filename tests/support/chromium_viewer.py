@@ -7,18 +7,31 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from bench.anchor_ramp import CHROMIUM
+from bench.netbed import netns
 from bench.netbed.bed import NetBed
 from bench.netbed.profiles import profile
 from bench.netbed.room import BedRoom
 
 ROOT = Path(__file__).resolve().parents[2]
+UNAVAILABLE = netns.why_unavailable()
+MARKS = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no test bed: {UNAVAILABLE}"),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no chromium at {CHROMIUM}"),
+]
+"""A test module's ``pytestmark`` for tests that run this viewer."""
 
 
 def watch(
