@@ -4,7 +4,9 @@ Frames skip the RTCRtpSender's RTP task altogether. The negotiated parameters ar
 ``send()``, packets are rewritten per viewer (``rtp_rewrite``), encrypted with the DTLS transport's
 SRTP session and written to the nominated ICE pair's UDP socket synchronously (``srtp_writer``: a C
 loop when built); NACKs are answered from our own history within a budget and a playout deadline
-(``relay.media.retransmit``), and sender reports read our counters.
+(``relay.media.retransmit``), and so are the media packets a transport-cc viewer's feedback
+reports lost that no NACK asked for (``relay.media.feedback_repair``: a lost NACK); sender
+reports read our counters.
 aiortc's RTCP handling (RR, PLI) keeps running, and so do its sender reports (with ``own_reports``
 sent from the viewer service's one tick for all viewers, not a task per sender); receiver
 reports' loss is noted on the way, over a second or more (``relay.media.report_loss``: the layer
