@@ -19,17 +19,20 @@ numbers to resend once their margin has passed.
 
 from __future__ import annotations
 
-from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any
-
-from relay.media.estimator import HISTORY
 
 MARGIN = 0.02
 """Seconds a packet reported lost waits for its NACK before it is resent without one: the
 jitter between a NACK and the feedback that left with it (the bed's +-10 ms per packet)."""
 MEMORY = 1024
 """RTP sequence numbers NACKed lately (and packets waiting for their margin), at most."""
+RUNS = 256
+"""Frames whose numbers are remembered, at least (~8 s at 30 fps; the budget's deadline is 2 s)."""
+MAX_PER_FEEDBACK = 64
+"""Lost packets taken from one feedback (its newest): an honest one reports a few; one that
+says everything was lost costs no more than this."""
 
 
 class FeedbackRepair:
@@ -43,10 +46,11 @@ class FeedbackRepair:
         if margin < 0:
             raise ValueError("margin >= 0")
         self.margin = margin
-        # by transport-wide number (as the estimator's history): (number << 16) | RTP number
-        # of each media packet, and its send time
-        self._media_of = array("l", [-1]) * HISTORY
-        self._sent_at = array("d", [0.0]) * HISTORY
+        # one entry per frame (per frame and viewer: an append, no loop): its first
+        # transport-wide number unwrapped, and (first RTP number, packets, send time)
+        self._starts: list[int] = []
+        self._runs: list[tuple[int, int, float]] = []
+        self._newest: tuple[int, int] | None = None  # (16-bit, unwrapped) of the last start
         self._nacked: dict[int, float] = {}  # RTP sequence number -> when a NACK asked for it
         self._pending: dict[int, tuple[float, int]] = {}  # RTP seq -> (due, transport seq)
         self._unasked: dict[int, float] = {}  # RTP seq -> its send time, reported, never asked
@@ -58,12 +62,16 @@ class FeedbackRepair:
 
     def on_sent(self, first_transport: int, first_seq: int, count: int, now: float) -> None:
         """A frame's ``count`` media packets went out now, numbered from both firsts on."""
-        media_of, sent_at = self._media_of, self._sent_at
-        for k in range(count):
-            t = (first_transport + k) & 0xFFFF
-            i = t & (HISTORY - 1)
-            media_of[i] = (t << 16) | ((first_seq + k) & 0xFFFF)
-            sent_at[i] = now
+        if count <= 0:
+            return
+        newest = self._newest
+        u = first_transport if newest is None else newest[1] + _delta(first_transport, newest[0])
+        self._newest = (first_transport, u)
+        starts, runs = self._starts, self._runs
+        starts.append(u)
+        runs.append((first_seq, count, now))
+        if len(starts) > 2 * RUNS:
+            del starts[:RUNS], runs[:RUNS]
 
     def on_nack(self, sequences: Iterable[int], now: float) -> None:
         nacked, pending, unasked = self._nacked, self._pending, self._unasked
@@ -82,7 +90,7 @@ class FeedbackRepair:
         """Transport-wide numbers a feedback reported lost: the media packets among them that no
         NACK asked for wait ``margin``; returns when the first of them is due (None: none)."""
         due: float | None = None
-        for tseq in transport_seqs:
+        for tseq in list(transport_seqs)[-MAX_PER_FEEDBACK:]:
             found = self._media(tseq)
             if found is None:
                 continue
@@ -124,11 +132,23 @@ class FeedbackRepair:
     def _media(self, tseq: int) -> tuple[int, float] | None:
         """The RTP sequence number and send time of the media packet numbered ``tseq``
         (None: not one of ours: audio, a retransmission, parity, or forgotten)."""
-        i = tseq & (HISTORY - 1)
-        entry = self._media_of[i]
-        if entry < 0 or entry >> 16 != tseq & 0xFFFF:
+        newest = self._newest
+        if newest is None:
             return None
-        return entry & 0xFFFF, self._sent_at[i]
+        u = newest[1] + _delta(tseq, newest[0])
+        i = bisect_right(self._starts, u) - 1
+        if i < 0:
+            return None
+        first_seq, count, sent = self._runs[i]
+        offset = u - self._starts[i]
+        if offset >= count:
+            return None
+        return (first_seq + offset) & 0xFFFF, sent
+
+
+def _delta(a: int, b: int) -> int:
+    """``a - b`` for 16-bit numbers, within -32768..32767."""
+    return ((a - b + 0x8000) & 0xFFFF) - 0x8000
 
 
 def _trim(table: dict[int, Any]) -> None:

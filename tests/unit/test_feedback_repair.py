@@ -143,3 +143,15 @@ def test_a_viewer_reporting_everything_lost_gets_its_budget_only(native: bool) -
     assert v.repair.unasked <= 300 * PACKETS
     assert budget.refused[Verdict.OVER_BUDGET] > 0
     assert resent <= limits.share * media + budget.opening + SIZE
+
+
+def test_numbers_map_across_the_wrap_and_only_while_remembered() -> None:
+    r = FeedbackRepair()
+    r.on_sent(65533, 65534, 5, 0.0)  # transport 65533..1, RTP 65534..2
+    r.on_sent(3, 3, 4, 0.033)  # transport 3..6 (2 was audio), RTP 3..6
+    assert r.on_lost([1, 2, 5, 7], 0.1) == pytest.approx(0.1 + MARGIN)
+    assert sorted(r.due(0.2, lambda _: False)) == [2, 5]  # transport 2 was audio, 7 not sent
+    assert r.unasked == 2 and r.unasked_delay == pytest.approx(0.2 + 0.2 - 0.033)
+    for i in range(2 * 256 + 1):  # frames enough to forget the first ones
+        r.on_sent((7 + 4 * i) & 0xFFFF, (7 + 4 * i) & 0xFFFF, 4, 1.0)
+    assert r.on_lost([65534], 2.0) is None and r.reported == 2
