@@ -4,7 +4,7 @@ same run's pinned viewer as the baseline.
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
                                [--viewers aiortc,chromium] [--no-probing]
                                [--playout-delay | --no-playout-delay] [--no-nack-solicit] [--fec]
-                               [--no-feedback-repair]
+                               [--feedback-repair]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -45,9 +45,9 @@ default) for the minimum playout delay given to lossy Chromium viewers (``pd`` i
 cell: the largest given, ms;
 ``jb``: Chromium's jitter buffer target/delay per frame over the run, ms); ``--no-nack-solicit``
 (``media.viewer_nack_solicit = false``) the baseline for the holes made so that aiortc viewers
-NACK again; ``--no-feedback-repair`` (``media.viewer_feedback_repair = false``) the baseline
-for resending what a Chromium viewer's transport-cc feedback reports lost and no NACK asked
-for (``unasked``/``repaired``/``late nacks`` per own freeze).
+NACK again; ``--feedback-repair`` (``media.viewer_feedback_repair = true``, off by default)
+resends what a Chromium viewer's transport-cc feedback reports lost and no NACK asked for
+(``unasked``/``repaired``/``late nacks`` per own freeze, counted either way).
 """
 
 from __future__ import annotations
@@ -336,8 +336,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_FEC"] = "true"
         if args.no_nack_solicit:
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
-        if args.no_feedback_repair:
-            env["STAGECAST_MEDIA__VIEWER_FEEDBACK_REPAIR"] = "false"
+        if args.feedback_repair:
+            env["STAGECAST_MEDIA__VIEWER_FEEDBACK_REPAIR"] = "true"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
@@ -551,10 +551,10 @@ def main(argv: list[str] | None = None) -> int:
         help="no holes made for viewers that NACK once (media.viewer_nack_solicit = false)",
     )
     parser.add_argument(
-        "--no-feedback-repair",
+        "--feedback-repair",
         action="store_true",
-        help="no resend of packets a transport-cc viewer's feedback reports lost and no NACK "
-        "asked for (media.viewer_feedback_repair = false)",
+        help="resend packets a transport-cc viewer's feedback reports lost and no NACK asked "
+        "for (media.viewer_feedback_repair = true; default off)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
           f"probing {'off' if args.no_probing else 'on'}; "
           f"playout delay {'on' if args.playout_delay else 'off'}; "
           f"nack solicit {'off' if args.no_nack_solicit else 'on'}; "
-          f"feedback repair {'off' if args.no_feedback_repair else 'on'}; ladder "
+          f"feedback repair {'on' if args.feedback_repair else 'off'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

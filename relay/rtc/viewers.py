@@ -167,9 +167,9 @@ class ViewerLimits:
     nack_solicit: bool = True
     """Make a viewer without transport-cc that NACKs a hole once (aiortc) send its missing list
     again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
-    feedback_repair: bool = True
+    feedback_repair: bool = False
     """Resend a transport-cc viewer's media packets that its feedback reports lost and no NACK
-    asked for (its NACK was lost): ``relay/media/feedback_repair.py``."""
+    asked for (its NACK was lost): ``relay/media/feedback_repair.py`` (counted either way)."""
     playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)
     """The playout-delay extension: answered when a viewer offers it (Chromium), a minimum
     playout delay of one repair round while the viewer asks for repairs (direct sending only)."""
