@@ -4,6 +4,7 @@ same run's pinned viewer as the baseline.
     python -m bench.adaptation [--seconds 30] [--profiles 1mbps,500kbps,...] [--json out.json]
                                [--viewers aiortc,chromium] [--no-probing]
                                [--playout-delay | --no-playout-delay] [--no-nack-solicit] [--fec]
+                               [--feedback-repair]
 
 The source of layers is the mixer's ladder (simulcast was not in main when this was written):
 the stamped 720p anchor plus a small second anchor (a 320x180 inset, so the room is mixed; the
@@ -50,6 +51,9 @@ NACK again; ``--solicit-lossy 0`` (``media.viewer_nack_solicit_lossy_s``, 0.1 by
 them in every frame while a viewer loses 3 % or more. Each freeze of an aiortc viewer is put
 down to what held it from the viewer's own NACK log (``bench.netbed.holes``): a hole repaired
 after one NACK or more, one never repaired (keyframe), or no hole (machine, decoder, source).
+``--feedback-repair`` (``media.viewer_feedback_repair = true``, off by default)
+resends what a Chromium viewer's transport-cc feedback reports lost and no NACK asked for
+(``unasked``/``repaired``/``late nacks`` per own freeze, counted either way).
 """
 
 from __future__ import annotations
@@ -222,10 +226,11 @@ def watch(
 
 
 VERDICTS = ("nacked_packets", "retransmissions", "rtx_follow_ups", "rtx_late", "rtx_repeat",
-            "rtx_over_budget", "keyframe_requests", "nack_solicits", "solicited_nacks")  # fmt: skip
+            "rtx_over_budget", "keyframe_requests", "nack_solicits", "solicited_nacks",
+            "feedback_lost", "feedback_unasked", "feedback_repairs", "late_nacks")  # fmt: skip
 SAMPLED = ("layer", "estimate_source", "estimate_bps", "acked_bps", "sent_bps", "delay_usage",
            "estimate_loss", "probes", "probes_succeeded", "probe_bytes", "probe_bps",
-           "rtt_ms", "playout_delay_ms", *VERDICTS)  # fmt: skip
+           "rtt_ms", "playout_delay_ms", "late_nack_ms", "unasked_ms", *VERDICTS)  # fmt: skip
 
 
 def freeze_causes(
@@ -342,6 +347,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT_LOSSY_S"] = str(args.solicit_lossy)
         if args.no_nack_solicit:
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
+        if args.feedback_repair:
+            env["STAGECAST_MEDIA__VIEWER_FEEDBACK_REPAIR"] = "true"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
@@ -595,6 +602,12 @@ def main(argv: list[str] | None = None) -> int:
         help="media.viewer_nack_solicit_lossy_s: seconds between holes made at >= 3 %% loss "
         "(0: every frame; default 0.1, the pace of lower loss)",
     )
+    parser.add_argument(
+        "--feedback-repair",
+        action="store_true",
+        help="resend packets a transport-cc viewer's feedback reports lost and no NACK asked "
+        "for (media.viewer_feedback_repair = true; default off)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
     args = parser.parse_args(argv)
@@ -627,7 +640,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{c['at']} s {c['s']} s asked {c['nacked_packets']} resent "
                     f"{c['retransmissions']}+{c['rtx_follow_ups']} late {c['rtx_late']} "
                     f"repeat {c['rtx_repeat']} over {c['rtx_over_budget']} pli "
-                    f"{c['keyframe_requests']} rtt {c['rtt_ms']}" for c in own))  # fmt: skip
+                    f"{c['keyframe_requests']} rtt {c['rtt_ms']} unasked "
+                    f"{c['feedback_unasked']} repaired {c['feedback_repairs']} late nacks "
+                    f"{c['late_nacks']}" for c in own))  # fmt: skip
     print(f"commit {git_head()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{args.seconds:.0f} s per profile, blind hold "
           f"{args.blind_hold if args.blind_hold is not None else 'default'}, viewers "
@@ -635,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
           f"probing {'off' if args.no_probing else 'on'}; "
           f"playout delay {'on' if args.playout_delay else 'off'}; "
           f"nack solicit {'off' if args.no_nack_solicit else 'on'}"
-          f" (lossy {args.solicit_lossy if args.solicit_lossy is not None else 'default'}); ladder "
+          f" (lossy {args.solicit_lossy if args.solicit_lossy is not None else 'default'}); "
+          f"feedback repair {'on' if args.feedback_repair else 'off'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

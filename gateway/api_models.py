@@ -140,6 +140,17 @@ class ViewerView(BaseModel):
     """Holes made so that it NACKs its missing list again (a viewer that asks once, without
     transport-cc: relay/media/nack_solicit.py), and the NACKs that answered one."""
     solicited_nacks: int = 0
+    # a transport-cc viewer's media packets its feedback reported lost; of them those no NACK
+    # asked for within the repair margin (a lost NACK), resent without one
+    # (relay/media/feedback_repair.py, media.viewer_feedback_repair), and those a NACK asked
+    # for after all (the viewer's own repeat), with the mean time from their send to it; the
+    # mean time from an unasked one's send to the end of its margin (when it is resent)
+    feedback_lost: int = 0
+    feedback_unasked: int = 0
+    feedback_repairs: int = 0
+    late_nacks: int = 0
+    late_nack_ms: float | None = None
+    unasked_ms: float | None = None
     playout_delay_ms: int | None = None
     """The minimum playout delay its frames carry now (the playout-delay extension: while it
     asks for repairs, relay/media/playout_delay.py); None: none (not negotiated, or a clean

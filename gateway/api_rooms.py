@@ -19,6 +19,7 @@ from relay.http.whep import LayerRequest
 from relay.media.hub import FanoutHub
 from relay.media.repair_wait import RepairWait
 from relay.media.retransmit import Verdict
+from relay.rtc.direct_sender import DirectSender
 from relay.rtc.nack_requests import NackRequests
 from relay.rtc.viewers import ViewerService, ViewerSession
 
@@ -77,6 +78,22 @@ def stream_view(room: str, hub: FanoutHub | None, viewers: int) -> StreamView:
     )
 
 
+def feedback_repair_view(video: DirectSender) -> dict[str, object]:
+    """A video sender's packets lost without a NACK (relay/media/feedback_repair.py)."""
+    repair = video.repair
+    if repair is None:
+        return {}
+    late, unasked = repair.late_nacks, repair.unasked
+    return {
+        "feedback_lost": repair.reported,
+        "feedback_unasked": repair.unasked,
+        "feedback_repairs": video.repairs,
+        "late_nacks": late,
+        "late_nack_ms": round(1000 * repair.late_nack_delay / late, 1) if late else None,
+        "unasked_ms": round(1000 * repair.unasked_delay / unasked, 1) if unasked else None,
+    }
+
+
 def viewer_view(s: ViewerSession) -> ViewerView:
     video = s.senders.get("video")
     feedback = (
@@ -100,6 +117,7 @@ def viewer_view(s: ViewerSession) -> ViewerView:
             "playout_delay_ms": None if video.playout is None else video.playout.delay_ms,
             "nack_solicits": 0 if video.solicitor is None else video.solicitor.made_count,
             "solicited_nacks": 0 if video.solicitor is None else video.solicitor.solicited,
+            **feedback_repair_view(video),
             "keyframe_requests": video.keyframe_requests,
             "keyframe_requests_suppressed": s.keyframe_gate.suppressed if s.keyframe_gate else 0,
             "rtt_ms": None if (rtt := video.round_trip_time()) is None else round(rtt * 1000, 1),

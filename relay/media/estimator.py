@@ -726,6 +726,9 @@ class BandwidthEstimator:
         self.reports = 0
         self.malformed = 0
         self._clamped = 0  # REMB, receiver reports, round trips (the feedback's: TwccState)
+        # told the transport-wide numbers a feedback reported lost, when one did (repairs
+        # without a NACK: relay/media/feedback_repair.py); None: nobody asks
+        self.on_lost: Callable[[list[int], float], None] | None = None
 
     @property
     def feedbacks(self) -> int:
@@ -855,25 +858,55 @@ class BandwidthEstimator:
         cc = self._cc
         probe_bps = -1.0 if self._probe_bps is None else self._probe_bps
         rtt = self._rtt or 0.0
+        lost_before = cc.lost_packets
         if not self._clusters:  # the common case: in one call (in C when built)
             if cc.take(fci, now, probe_bps, self._probe_at, rtt) == 1:
                 self.malformed += 1
-            return
-        # while a probe cluster waits for its feedback: matched here, its packets counted to it
-        if not cc.admit(now):
-            return
+        else:  # while a probe cluster waits for its feedback: its packets counted to it
+            if not cc.admit(now):
+                return
+            try:
+                feedback = parse_transport_feedback(fci)
+            except FeedbackError:
+                self.malformed += 1
+                return
+            clusters = self._clusters
+            history = (self._seq, self._time, self._size, self._acked)
+            matched = match_feedback(feedback, now, history, cc.group, self._cluster_of, clusters)
+            cc.apply(now, *matched, probe_bps, self._probe_at, rtt)
+            for cid, c in list(clusters.items()):
+                if c.ended is not None and len(c.packets) + c.lost >= c.sent:
+                    self._finish_probe(cid, c, now)
+        if self.on_lost is not None and cc.lost_packets != lost_before:
+            # only a feedback that reported a loss is read again (a clean one costs nothing)
+            self.on_lost(self.reported_lost(fci, now), now)
+
+    def reported_lost(self, fci: bytes | memoryview, now: float) -> list[int]:
+        """The transport-wide numbers of the packets a feedback (already taken) reports not
+        received that we sent within ``HISTORY_AGE`` and no feedback has reported received."""
         try:
-            feedback = parse_transport_feedback(fci)
-        except FeedbackError:
-            self.malformed += 1
-            return
-        clusters = self._clusters
-        history = (self._seq, self._time, self._size, self._acked)
-        matched = match_feedback(feedback, now, history, cc.group, self._cluster_of, clusters)
-        cc.apply(now, *matched, probe_bps, self._probe_at, rtt)
-        for cid, c in list(clusters.items()):
-            if c.ended is not None and len(c.packets) + c.lost >= c.sent:
-                self._finish_probe(cid, c, now)
+            if self.native:
+                base, _, arrivals = _twcc.parse(fci)
+            else:
+                parsed = parse_transport_feedback(fci)
+                base, arrivals = parsed.base_sequence, parsed.arrivals
+        except ValueError:  # FeedbackError is one
+            return []
+        seqs, times, acked = self._seq, self._time, self._acked
+        out = []
+        for offset, arrival in enumerate(arrivals):
+            if arrival is None:
+                seq = (base + offset) & 0xFFFF
+                i = seq & (HISTORY - 1)
+                if seqs[i] == seq and not acked[i] and now - times[i] <= HISTORY_AGE:
+                    out.append(seq)
+        return out
+
+    def acked(self, seq: int) -> bool:
+        """Whether a feedback reported transport-wide number ``seq`` received (True, too, once
+        it is no longer remembered: nothing can be done about it any more)."""
+        i = seq & (HISTORY - 1)
+        return self._seq[i] != seq or bool(self._acked[i])
 
     def twcc_loss(self, now: float) -> float:
         return self._cc.loss(now)

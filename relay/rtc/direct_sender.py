@@ -4,7 +4,9 @@ Frames skip the RTCRtpSender's RTP task altogether. The negotiated parameters ar
 ``send()``, packets are rewritten per viewer (``rtp_rewrite``), encrypted with the DTLS transport's
 SRTP session and written to the nominated ICE pair's UDP socket synchronously (``srtp_writer``: a C
 loop when built); NACKs are answered from our own history within a budget and a playout deadline
-(``relay.media.retransmit``), and sender reports read our counters.
+(``relay.media.retransmit``), and so are the media packets a transport-cc viewer's feedback
+reports lost that no NACK asked for (``relay.media.feedback_repair``: a lost NACK); sender
+reports read our counters.
 aiortc's RTCP handling (RR, PLI) keeps running, and so do its sender reports (with ``own_reports``
 sent from the viewer service's one tick for all viewers, not a task per sender); receiver
 reports' loss is noted on the way, over a second or more (``relay.media.report_loss``: the layer
@@ -41,6 +43,7 @@ from aiortc.rtp import (
 )
 
 from relay.media.estimator import BandwidthEstimator
+from relay.media.feedback_repair import FeedbackRepair
 from relay.media.frames import EncodedFrame
 from relay.media.nack_solicit import EVERY, NackSolicitor
 from relay.media.playout_delay import PlayoutDelayLimits, PlayoutDelayPolicy
@@ -145,6 +148,7 @@ class DirectSender:
         solicit: bool = False,
         solicit_lossy_every: float = EVERY,
         fec: bool = True,
+        feedback_repair: bool | None = None,
     ) -> None:
         self._seam = SenderSeam(sender)
         self._fec_allowed = fec  # ULPFEC in RED when the viewer negotiated it
@@ -154,6 +158,13 @@ class DirectSender:
         self._solicit = solicit
         self._solicit_lossy_every = solicit_lossy_every
         self.solicitor: NackSolicitor | None = None
+        # media packets its transport-cc feedback reports lost that no NACK asked for
+        # (relay/media/feedback_repair.py): counted unless ``feedback_repair`` is None (one
+        # sender of the transport's: the video), resent as if NACKed when it is True
+        self._feedback_repair = feedback_repair
+        self.repair: FeedbackRepair | None = None
+        self.repairs = 0  # of them, resent
+        self._repair_timer: asyncio.TimerHandle | None = None
         # a minimum playout delay while the viewer needs repairs (relay/media/playout_delay.py),
         # when it negotiated the extension; the template id of each value sent
         self._playout_limits = playout_delay
@@ -219,6 +230,11 @@ class DirectSender:
         self._twcc_offset = -1 if self._twcc_id is not None else 0
         if self._solicit and profile.transport_cc_id is None:
             self.solicitor = NackSolicitor(lossy_every=self._solicit_lossy_every)
+        estimator = self.estimator
+        tracked = self._feedback_repair is not None and self._twcc_id is not None
+        if tracked and estimator is not None:
+            self.repair = FeedbackRepair()
+            estimator.on_lost = self._on_feedback_lost
         limits, ext_id = self._playout_limits, profile.playout_delay_id
         # (an id over 14 would turn the one-byte extension block into a two-byte one, moving
         # the transport-wide sequence number's offset between a frame and the next)
@@ -235,11 +251,14 @@ class DirectSender:
                     lost, solicited = self.solicitor.split(lost)
                 self.nacked_packets += len(lost)
                 rewriter = self.rewriter
+                now = time.monotonic()
+                if self.repair is not None:
+                    self.repair.on_nack(lost, now)
                 self.budget.on_nack(
                     lost,
                     rewriter.packets if rewriter is not None else 0,
                     self._seam.round_trip_time(),
-                    time.monotonic(),
+                    now,
                     solicited=solicited,
                 )
         elif isinstance(packet, RtcpPsfbPacket):
@@ -327,6 +346,9 @@ class DirectSender:
     def close(self) -> None:
         """Release the duplicated socket (the ICE transport keeps its own)."""
         self._closed = True
+        if self._repair_timer is not None:
+            self._repair_timer.cancel()
+            self._repair_timer = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -381,6 +403,8 @@ class DirectSender:
                 twcc = self._find_twcc_offset(packets.templates[0])
             if twcc and estimator is not None:
                 first = estimator.record(packets.sizes, now)
+                if self.repair is not None:
+                    self.repair.on_sent(first, seq, len(packets.sizes), now)
                 if fec is not None:
                     templates, runs, size = self._protect(
                         fec, packets, seq, ts, twcc, first, frame, now
@@ -499,10 +523,48 @@ class DirectSender:
         if filler is not None:  # lost, or the NACK left before it came: sent again, outside
             self._send_plain(filler)  # the budget (the receiver's jitter buffer waits on it)
             return
+        self._answer(sequence_number, time.monotonic())
+
+    def _on_feedback_lost(self, transport_seqs: list[int], now: float) -> None:
+        """The estimator's feedback reported these lost: those no NACK asks for within the
+        repair's margin are resent then (``_repair_due``)."""
+        repair = self.repair
+        if repair is None or self._closed:
+            return
+        due = repair.on_lost(transport_seqs, now)
+        if due is not None and self._repair_timer is None:
+            self._repair_timer = asyncio.get_running_loop().call_later(
+                max(0.0, due - now), self._repair_due
+            )
+
+    def _repair_due(self) -> None:
+        self._repair_timer = None
+        repair, estimator = self.repair, self.estimator
+        if repair is None or estimator is None or self._closed:
+            return
         now = time.monotonic()
+        try:
+            unasked = repair.due(now, estimator.acked)
+            if self._feedback_repair and self.rewriter is not None and self._route() is not None:
+                for seq in unasked:
+                    if self._answer(seq, now):
+                        self.repairs += 1
+        except Exception:
+            self._count_error("feedback repair failed")
+        due = repair.next_due()
+        if due is not None:
+            self._repair_timer = asyncio.get_running_loop().call_later(
+                max(0.0, due - now), self._repair_due
+            )
+
+    def _answer(self, sequence_number: int, now: float) -> bool:
+        """A packet asked for (a NACK, or feedback that reported it lost unasked), resent if
+        the budget says so; True when it was."""
+        rewriter = self.rewriter
+        assert rewriter is not None
         found = rewriter.lookup_sent(sequence_number, now)
         if found is None:
-            return
+            return False
         size, age, keyframe = found  # seconds since it was sent (the send path tells the time)
         superseded = rewriter.superseded(age, now)  # a keyframe went out after it
         estimator = self.estimator
@@ -535,15 +597,17 @@ class DirectSender:
             superseded=superseded,
         )
         if verdict is not Verdict.SEND:
-            return
+            return False
         sent = self.resend(sequence_number, size, now)
-        if sent:
-            self.retransmissions += 1
-            self.rtx_bytes += sent
-            if budget.wants_follow_up:
-                asyncio.get_running_loop().call_later(
-                    FOLLOW_UP_AFTER, self._follow_up, sequence_number, size
-                )
+        if not sent:
+            return False
+        self.retransmissions += 1
+        self.rtx_bytes += sent
+        if budget.wants_follow_up:
+            asyncio.get_running_loop().call_later(
+                FOLLOW_UP_AFTER, self._follow_up, sequence_number, size
+            )
+        return True
 
     def _follow_up(self, sequence_number: int, size: int) -> None:
         """The second copy of a retransmission (``RetransmitBudget.follow_up``)."""

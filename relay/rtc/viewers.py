@@ -170,6 +170,9 @@ class ViewerLimits:
     again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
     nack_solicit_lossy: float = EVERY
     """Seconds between those while it asks for 3 % or more of its packets (0: every frame)."""
+    feedback_repair: bool = False
+    """Resend a transport-cc viewer's media packets that its feedback reports lost and no NACK
+    asked for (its NACK was lost): ``relay/media/feedback_repair.py`` (counted either way)."""
     playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)
     """The playout-delay extension: answered when a viewer offers it (Chromium), a minimum
     playout delay of one repair round while the viewer asks for repairs (direct sending only)."""
@@ -190,6 +193,8 @@ class EgressTotals:
     rtx_bytes: int = 0
     rtx_late: int = 0
     rtx_over_budget: int = 0
+    feedback_unasked: int = 0  # media packets lost per transport-cc feedback, never NACKed
+    feedback_repairs: int = 0  # of them, resent (relay/media/feedback_repair.py)
     fec_packets: int = 0  # ULPFEC parity packets sent (relay/rtc/fec_sender.py)
     fec_bytes: int = 0
     keyframe_requests: int = 0
@@ -218,6 +223,9 @@ class EgressTotals:
             self.rtx_late += s.budget.refused[Verdict.LATE]
             self.rtx_over_budget += s.budget.refused[Verdict.OVER_BUDGET]
             self.keyframe_requests += s.keyframe_requests
+            self.feedback_repairs += s.repairs
+            if s.repair is not None:
+                self.feedback_unasked += s.repair.unasked
             if s.fec is not None:
                 self.fec_packets += s.fec.packets
                 self.fec_bytes += s.fec.octets
@@ -571,6 +579,7 @@ class ViewerService:
             playout_delay=self.limits.playout_delay if queue.kind == "video" else None,
             solicit=self.limits.nack_solicit and queue.kind == "video",
             solicit_lossy_every=self.limits.nack_solicit_lossy,
+            feedback_repair=self.limits.feedback_repair if queue.kind == "video" else None,
             fec=self.limits.fec,
         )
         if (

@@ -126,6 +126,7 @@ def viewer_limits(
         probing=media.viewer_probing,
         nack_solicit=media.viewer_nack_solicit,
         nack_solicit_lossy=media.viewer_nack_solicit_lossy_s,
+        feedback_repair=media.viewer_feedback_repair,
         playout_delay=PlayoutDelayLimits(
             enabled=media.viewer_playout_delay,
             max_ms=media.viewer_playout_delay_max_ms,

@@ -103,6 +103,16 @@ class NodeCollector(Collector):
                 eg.rtx_over_budget,
             ),
             (
+                "stagecast_viewer_feedback_unasked",
+                "Media packets viewers' transport-cc feedback reported lost that no NACK asked for",
+                eg.feedback_unasked,
+            ),
+            (
+                "stagecast_viewer_feedback_repairs",
+                "Of them, packets resent without a NACK (media.viewer_feedback_repair)",
+                eg.feedback_repairs,
+            ),
+            (
                 "stagecast_viewer_keyframe_requests",
                 "Keyframe requests (PLI/FIR) received from viewers",
                 eg.keyframe_requests,
