@@ -111,6 +111,8 @@ class Gateway:
     async def start(self) -> None:
         log.info("gateway up at %s", self.settings.base_url)
         await self.transport.start()
+        if self.transport.port is not None:
+            self.transport.port.quiet = self.media_quiet
         self.lag.start()
         if self.settings.limits.gc_freeze_sessions:
             viewers = self.viewers
@@ -148,6 +150,17 @@ class Gateway:
         if self.cluster is not None:
             await self.cluster.stop()
         await self.transport.close()
+
+    def media_quiet(self) -> bool:
+        """Nothing on this node takes media as it arrives: no viewer session, no mixer (a room
+        with one anchor at most) and no hub with a consumer (a recording, a bridge, a co-host's
+        tap): the shared port may read the anchors' packets in batches (``udp_quiet_reads``)."""
+        if self.viewers.sessions:
+            return False
+        for stage in self.stages:
+            if len(stage.anchor_ids) > 1 or any(h.wanted for h in stage.renditions.values()):
+                return False
+        return not any(h.wanted for s in self.anchors.sessions.values() for h in s.layers)
 
     def readiness(self) -> Readiness:
         detail = {
