@@ -113,6 +113,7 @@ class Gateway:
         await self.transport.start()
         if self.transport.port is not None:
             self.transport.port.quiet = self.media_quiet
+        self.lag.idle = self.media_quiet
         self.lag.start()
         if self.settings.limits.gc_freeze_sessions:
             viewers = self.viewers
@@ -154,7 +155,9 @@ class Gateway:
     def media_quiet(self) -> bool:
         """Nothing on this node takes media as it arrives: no viewer session, no mixer (a room
         with one anchor at most) and no hub with a consumer (a recording, a bridge, a co-host's
-        tap): the shared port may read the anchors' packets in batches (``udp_quiet_reads``)."""
+        tap): the shared port may read the anchors' packets in batches (``udp_quiet_reads``)
+        and the loop-lag sampler may sample once a second (what the overload guard needs of it
+        comes with a join: ``LoopLagMonitor.quicken``)."""
         if self.viewers.sessions:
             return False
         for stage in self.stages:
