@@ -154,16 +154,24 @@ class Gateway:
 
     def media_quiet(self) -> bool:
         """Nothing on this node takes media as it arrives: no viewer session, no mixer (a room
-        with one anchor at most) and no hub with a consumer (a recording, a bridge, a co-host's
-        tap): the shared port may read the anchors' packets in batches (``udp_quiet_reads``)
-        and the loop-lag sampler may sample once a second (what the overload guard needs of it
-        comes with a join: ``LoopLagMonitor.quicken``)."""
+        with one anchor at most), no hub with a consumer (a recording, a bridge, a co-host's
+        tap), and no anchor steering its bitrate by our transport-cc feedback (a browser:
+        feedback made late by batched reads could lower what a viewer then joins to). Then the
+        shared port may read the anchors' packets in batches (``udp_quiet_reads``) and the
+        loop-lag sampler sample once a second (what the overload guard needs of it comes with a
+        join: ``LoopLagMonitor.quicken``)."""
         if self.viewers.sessions:
             return False
         for stage in self.stages:
             if len(stage.anchor_ids) > 1 or any(h.wanted for h in stage.renditions.values()):
                 return False
-        return not any(h.wanted for s in self.anchors.sessions.values() for h in s.layers)
+        for session in self.anchors.sessions.values():
+            congestion = session.congestion
+            if congestion is not None and congestion.negotiated:
+                return False  # its bandwidth estimate reads our feedback's timing: not late
+            if any(h.wanted for h in session.layers):
+                return False
+        return True
 
     def readiness(self) -> Readiness:
         detail = {
