@@ -18,6 +18,10 @@ their CPU over the same N windows (the fairest before/after on a loaded machine)
     python -m bench.idle --seconds 60
     python -m bench.idle --seconds 30 --repeat 3 --tree /work/wt/base --tree . --janus
     python -m bench.idle --seconds 20 --paired 8 --tree /work/wt/base --tree .
+    python -m bench.idle --seconds 20 --paired 6 --variant STAGECAST_WEBRTC__UDP_QUIET_READS=5
+
+``--variant ENV=VALUE[,ENV=VALUE]`` (paired only) adds a node from the first tree with those
+settings in its environment, beside every tree's own: settings compared in the same windows.
 """
 
 from __future__ import annotations
@@ -211,7 +215,11 @@ async def paired(children: Children, args: argparse.Namespace) -> None:
     alone: dict[str, str] = {}
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     token = TokenAuthority(SECRET).mint(ROOM, "anchor", "bench", 3600)
-    for tree in args.tree:
+    nodes = [(tree, tree.name, {}) for tree in args.tree]
+    for variant in args.variant:
+        extra = dict(kv.split("=", 1) for kv in variant.split(",") if kv)
+        nodes.append((args.tree[0], variant, extra))
+    for tree, name, extra in nodes:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         argv = ["env", "-C", str(tree), sys.executable, "-m", "gateway.cli", "serve"]
@@ -220,14 +228,15 @@ async def paired(children: Children, args: argparse.Namespace) -> None:
             "STAGECAST_AUTH__TOKEN_SECRET": SECRET,
             "STAGECAST_LOG_LEVEL": "warning",
             "PYTHONPATH": str(tree),
+            **extra,
         }
         node = await children.start(f"node-{tree.name}-{port}", argv, env=env)
         await wait_healthy(url, node)
         await asyncio.sleep(args.settle)
-        alone[tree.name] = memory_cells(node.proc.pid)
+        alone[name] = memory_cells(node.proc.pid)
         source = whip_source_argv(exe, Source(kbps=args.kbps), f"{url}/whip/{ROOM}", token)
         await children.start(f"anchor-{port}", source)
-        pids[tree.name] = node.proc.pid
+        pids[name] = node.proc.pid
     await asyncio.sleep(args.settle + 5)
     cores: dict[str, list[float]] = {name: [] for name in pids}
     print("| window | " + " | ".join(pids) + " | load |\n|" + "---|" * (len(pids) + 2))
@@ -316,6 +325,13 @@ def main() -> None:
         help="every tree's node and ffmpeg anchor at once, CPU over WINDOWS shared windows",
     )
     parser.add_argument("--tree", action="append", help="checkout to run the node from")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ENV=VALUE[,...]",
+        help="with --paired: one more node from the first tree with these settings",
+    )
     args = parser.parse_args()
     args.tree = [Path(t).resolve() for t in (args.tree or ["."])]
     results = asyncio.run(run(args))

@@ -111,6 +111,9 @@ class Gateway:
     async def start(self) -> None:
         log.info("gateway up at %s", self.settings.base_url)
         await self.transport.start()
+        if self.transport.port is not None:
+            self.transport.port.quiet = self.media_quiet
+        self.lag.idle = self.media_quiet
         self.lag.start()
         if self.settings.limits.gc_freeze_sessions:
             viewers = self.viewers
@@ -148,6 +151,27 @@ class Gateway:
         if self.cluster is not None:
             await self.cluster.stop()
         await self.transport.close()
+
+    def media_quiet(self) -> bool:
+        """Nothing on this node takes media as it arrives: no viewer session, no mixer (a room
+        with one anchor at most), no hub with a consumer (a recording, a bridge, a co-host's
+        tap), and no anchor steering its bitrate by our transport-cc feedback (a browser:
+        feedback made late by batched reads could lower what a viewer then joins to). Then the
+        shared port may read the anchors' packets in batches (``udp_quiet_reads``) and the
+        loop-lag sampler sample once a second (what the overload guard needs of it comes with a
+        join: ``LoopLagMonitor.quicken``)."""
+        if self.viewers.sessions:
+            return False
+        for stage in self.stages:
+            if len(stage.anchor_ids) > 1 or any(h.wanted for h in stage.renditions.values()):
+                return False
+        for session in self.anchors.sessions.values():
+            congestion = session.congestion
+            if congestion is not None and congestion.negotiated:
+                return False  # its bandwidth estimate reads our feedback's timing: not late
+            if any(h.wanted for h in session.layers):
+                return False
+        return True
 
     def readiness(self) -> Readiness:
         detail = {

@@ -23,6 +23,14 @@ set, past that many reads a second a socket is left unread until a read is due a
 1 / ``max_reads`` s later: what came meanwhile is one recvmmsg); below it, as at an idle node
 or a small room, every readable event is served at once.
 
+While the node is quiet (``quiet``, asked at most once a second: nobody takes media as it
+arrives, e.g. one ingest and no viewer) reads are paced at ``quiet_reads`` a second: an ffmpeg
+anchor's audio and video wake the loop ~80 times a second, and each wake-up costs the node
+more than most of what it brings (``bench.idle``, loaded: 20 reads a second -30 %, 10 -45 %).
+The wait it adds (up to 1 / ``quiet_reads`` s) is seen by nobody; a session registering (a
+viewer's or an anchor's offer) ends it at once and for ``QUIET_GRACE`` s, so handshakes and
+first frames are never paced.
+
 While a datagram is handed on, ``arrival`` holds when the kernel received it (SO_TIMESTAMPNS,
 ``time.monotonic``'s clock): transport-cc feedback reports that, not when this reader got round
 to it.
@@ -42,6 +50,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aioice import stun
@@ -64,6 +73,10 @@ MAX_READS = 0.0
 saving could not be shown on the loaded 2-core test machine, see BENCHMARKS.md
 ``bench.port_pacing``; 500 caps the wait it adds to an anchor's packet at 2 ms)."""
 READ_BURST = 20.0  # ... and in a burst before the pacing starts
+QUIET_READS = 10.0
+"""Reads a second while the node is quiet (0: read every readable event then too)."""
+QUIET_CHECK = 1.0  # s between looks at ``quiet``
+QUIET_GRACE = 5.0  # s unpaced after a session registers: its handshake and first frames
 SO_SNDBUFFORCE = 32  # Linux (the socket module has no names for these)
 SO_RCVBUFFORCE = 33
 
@@ -79,9 +92,18 @@ class SharedUdpPort:
     session's packets would queue behind each other. ``native`` False: the Python
     recvfrom/sendto loops instead of recvmmsg/sendmmsg (tests and benchmarks compare them)."""
 
-    def __init__(self, *, native: bool = True, max_reads: float = MAX_READS) -> None:
+    def __init__(
+        self, *, native: bool = True, max_reads: float = MAX_READS, quiet_reads: float = QUIET_READS
+    ) -> None:
         self.table: MuxTable[DatagramSink] = MuxTable()
         self.max_reads = max_reads
+        self.quiet_reads = quiet_reads
+        # set by the app: True while nobody takes media as it arrives (None: never quiet)
+        self.quiet: Callable[[], bool] | None = None
+        self._quiet_now = False
+        self._quiet_due = 0.0  # when to ask ``quiet`` again
+        self._grace_until = 0.0  # no quiet pacing before (a session registered)
+        self._resumes: dict[str, asyncio.TimerHandle] = {}  # paused sockets' next reads
         self._read_tokens: dict[str, tuple[float, float]] = {}  # per socket: (tokens, when)
         self.paced = 0  # reads put off (a socket left unread until its next read is due)
         self._socks: dict[str, socket.socket] = {}  # by the address bound
@@ -157,6 +179,9 @@ class SharedUdpPort:
         socks: dict[str, Socket]
         socks, self._socks = self._socks, {}
         self._pending.clear()
+        for handle in self._resumes.values():
+            handle.cancel()
+        self._resumes.clear()
         for sock in socks.values():
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(sock.fileno())
@@ -167,6 +192,19 @@ class SharedUdpPort:
 
     def register(self, ufrag: str, password: str, sink: DatagramSink) -> None:
         self.table.add(ufrag, password, sink)
+        self._end_quiet()
+
+    def _end_quiet(self) -> None:
+        """A session is coming: no quiet pacing for ``QUIET_GRACE`` s, paused sockets read now."""
+        self._grace_until = time.monotonic() + QUIET_GRACE
+        self._quiet_now, self._quiet_due = False, 0.0
+        self._read_tokens.clear()
+        resumes, self._resumes = self._resumes, {}
+        for local, handle in resumes.items():
+            handle.cancel()
+            sock = self._socks.get(local)
+            if sock is not None:
+                self._resume(sock, local)
 
     def unregister(self, ufrag: str) -> None:
         self.set_lane(ufrag, None)
@@ -223,24 +261,44 @@ class SharedUdpPort:
                 self.datagram_received(data, addr, local)
         finally:
             self.arrival = None
-            if self.max_reads > 0:
-                self._pace(sock, local)
+            rate = self._read_rate()
+            if rate > 0:
+                self._pace(sock, local, rate)
 
-    def _pace(self, sock: Socket, local: str) -> None:
-        """A read was served: when reads come faster than ``max_reads`` a second (past a burst
-        of ``READ_BURST``), the socket is not watched until the next one is due."""
+    def _read_rate(self) -> float:
+        """Reads a second the socket is paced to now (0: none): ``max_reads``, or while the
+        node is quiet ``quiet_reads`` if lower."""
+        quiet, rate = self.quiet, self.max_reads
+        if quiet is None or self.quiet_reads <= 0:
+            return rate
+        now = time.monotonic()
+        if now >= self._quiet_due:
+            self._quiet_due = now + QUIET_CHECK
+            try:
+                self._quiet_now = now >= self._grace_until and quiet()
+            except Exception:
+                log.exception("shared UDP port: the quiet check failed")
+                self._quiet_now = False
+        if not self._quiet_now:
+            return rate
+        return min(rate, self.quiet_reads) if rate > 0 else self.quiet_reads
+
+    def _pace(self, sock: Socket, local: str, rate: float) -> None:
+        """A read was served: when reads come faster than ``rate`` a second (past a burst of
+        ``READ_BURST``), the socket is not watched until the next one is due."""
         now = time.monotonic()
         tokens, at = self._read_tokens.get(local, (READ_BURST, now))
-        tokens = min(READ_BURST, tokens + (now - at) * self.max_reads) - 1.0
+        tokens = min(READ_BURST, tokens + (now - at) * rate) - 1.0
         self._read_tokens[local] = (tokens, now)
         if tokens >= 0.0 or self._loop is None:
             return
         self.paced += 1
         self._loop.remove_reader(sock.fileno())
-        self._loop.call_later(-tokens / self.max_reads, self._resume, sock, local)
+        self._resumes[local] = self._loop.call_later(-tokens / rate, self._resume, sock, local)
 
     def _resume(self, sock: Socket, local: str) -> None:
         """Watch the socket again (the loop's poll in this same turn finds what waits)."""
+        self._resumes.pop(local, None)
         if self._socks.get(local) is sock and sock.fileno() >= 0 and self._loop is not None:
             self._loop.add_reader(sock.fileno(), self._readable, sock, local)
 

@@ -46,6 +46,8 @@ class TransportConfig:
     udp_max_reads: float = 0.0
     """Reads of that port a second before they are paced (``SharedUdpPort.max_reads``; 0: no
     pacing)."""
+    udp_quiet_reads: float = 10.0
+    """... and while the node is quiet (``SharedUdpPort.quiet_reads``; 0: no quiet pacing)."""
     tcp_port: int = 0
     """The node's one ICE-TCP port beside ``udp_port`` (RFC 6544 passive); 0: no ICE-TCP."""
     addresses: tuple[str, ...] = ()
@@ -77,7 +79,7 @@ class NodeTransport:
             hosts = list(c.addresses)
         else:
             hosts = get_host_addresses(use_ipv4=True, use_ipv6=False) or ["127.0.0.1"]
-        port = SharedUdpPort(max_reads=c.udp_max_reads)
+        port = SharedUdpPort(max_reads=c.udp_max_reads, quiet_reads=c.udp_quiet_reads)
         try:
             if c.announce:  # the candidates are not local: every address of each family
                 for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):

@@ -60,9 +60,9 @@ def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> N
     import socket
 
     from uvicorn.config import Config  # not ``uvicorn.Server``: that is uvicorn.main (see below)
-    from uvicorn.server import Server
 
     from relay.http.slow_clients import SlowClientLimits, guarded_http_protocol
+    from relay.server.http_server import HttpServer
     from relay.server.listen import listening_sockets
     from relay.server.ws_protocol import lazy_ws_protocol
 
@@ -92,7 +92,7 @@ def run(app: object, settings: NodeSettings, *, http_fd: int | None = None) -> N
         ssl_keyfile=settings.tls_keyfile or None,
         log_config=uvicorn_log_config(),  # credentials redacted from the access log
     )
-    server = Server(config)
+    server = HttpServer(config)
     if http_fd is not None:
         server.run(sockets=[socket.socket(fileno=http_fd)])
         return

@@ -329,6 +329,15 @@ class WebRtcSettings(BaseModel):
     up to 1 / ``udp_max_reads`` s of wait for every datagram, an anchor's media included (500:
     2 ms). Off by default until a quiet machine shows the saving (BENCHMARKS.md)."""
 
+    udp_quiet_reads: float = Field(10.0, ge=0, le=100000)
+    """Reads of the UDP port a second while nothing on the node takes media as it arrives (no
+    viewer, recording, bridge, co-host tap or mixer, and no anchor steering its bitrate by our
+    transport-cc feedback: e.g. one ffmpeg ingest and no viewer); 0: every readable event at
+    once then too. An anchor's packets then wait up to 1 / this (100 ms), which nobody sees; a
+    new session (a viewer's offer) ends it at once. Each wake-up of the node costs more than
+    most of what it brings: one ffmpeg anchor's ~80 a second become 10 (BENCHMARKS.md,
+    ``bench.idle``)."""
+
     consent_timeout: float = Field(30.0, gt=0, le=3600)
     """A WHIP/WHEP session whose peer sends no authenticated STUN and no SRTP/SRTCP for this
     many seconds ends (instead of RFC 7675 consent checks, which ffmpeg's WHIP muxer never
@@ -498,6 +507,7 @@ def transport_config(settings: NodeSettings) -> TransportConfig:
         consent_timeout=settings.webrtc.consent_timeout,
         udp_port=settings.webrtc.udp_port,
         udp_max_reads=settings.webrtc.udp_max_reads,
+        udp_quiet_reads=settings.webrtc.udp_quiet_reads,
         tcp_port=settings.webrtc.tcp_port,
         addresses=settings.webrtc.addresses,
         announce=settings.webrtc.announce,
