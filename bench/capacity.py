@@ -362,7 +362,9 @@ async def run(args: argparse.Namespace) -> list[Point]:
         shared = args.ports == "shared"
         serve += ["--udp-port", str(free_udp_port() if shared else 0)]
         origin_pin = pin_server if args.target == "gateway" else pin_client
-        origin = await children.start("origin", origin_pin + serve, env=env)
+        origin = await children.start(
+            "origin", origin_pin + serve, env=env, own_session=args.target == "gateway"
+        )
         origin_url = f"http://127.0.0.1:{origin_port}"
         await wait_healthy(origin_url, origin)
         server, url = origin, origin_url
@@ -371,7 +373,7 @@ async def run(args: argparse.Namespace) -> list[Point]:
             relay = [sys.executable, "-m", "gateway.cli", "relay", "--upstream", origin_url]
             relay += ["--port", str(edge_port), "--node-id", "edge-bench", "--workers", "1"]
             relay += ["--udp-port", str(free_udp_port() if shared else 0)]
-            server = await children.start("edge", pin_server + relay, env=env)
+            server = await children.start("edge", pin_server + relay, env=env, own_session=True)
             url = f"http://127.0.0.1:{edge_port}"
             await wait_healthy(url, server)
         token = tokens.mint(ROOM, "anchor", "bench", 3600)
