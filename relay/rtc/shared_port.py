@@ -26,7 +26,8 @@ or a small room, every readable event is served at once.
 While the node is quiet (``quiet``, asked at most once a second: nobody takes media as it
 arrives, e.g. one ingest and no viewer) reads are paced at ``quiet_reads`` a second: an ffmpeg
 anchor's audio and video wake the loop ~80 times a second, and each wake-up costs the node
-more than most of what it brings (``bench.idle``, loaded: 20 reads a second -30 %, 10 -45 %).
+more than most of what it brings (``bench.idle``, loaded: 20 reads a second -30 %, 10 -45 %;
+quiet, paired: 10 a second 0.0110 core, 5 a second 0.0085).
 The wait it adds (up to 1 / ``quiet_reads`` s) is seen by nobody; a session registering (a
 viewer's or an anchor's offer) ends it at once and for ``QUIET_GRACE`` s, so handshakes and
 first frames are never paced.
@@ -73,8 +74,10 @@ MAX_READS = 0.0
 saving could not be shown on the loaded 2-core test machine, see BENCHMARKS.md
 ``bench.port_pacing``; 500 caps the wait it adds to an anchor's packet at 2 ms)."""
 READ_BURST = 20.0  # ... and in a burst before the pacing starts
-QUIET_READS = 10.0
-"""Reads a second while the node is quiet (0: read every readable event then too)."""
+QUIET_READS = 5.0
+"""Reads a second while the node is quiet (0: read every readable event then too). 5: an anchor's
+packets wait up to 0.2 s, well within a sender's retransmission history (aiortc keeps 128
+packets, ~0.85 s of 720p) should one be lost while nobody watches."""
 QUIET_CHECK = 1.0  # s between looks at ``quiet``
 QUIET_GRACE = 5.0  # s unpaced after a session registers: its handshake and first frames
 SO_SNDBUFFORCE = 32  # Linux (the socket module has no names for these)

@@ -46,7 +46,7 @@ class TransportConfig:
     udp_max_reads: float = 0.0
     """Reads of that port a second before they are paced (``SharedUdpPort.max_reads``; 0: no
     pacing)."""
-    udp_quiet_reads: float = 10.0
+    udp_quiet_reads: float = 5.0
     """... and while the node is quiet (``SharedUdpPort.quiet_reads``; 0: no quiet pacing)."""
     tcp_port: int = 0
     """The node's one ICE-TCP port beside ``udp_port`` (RFC 6544 passive); 0: no ICE-TCP."""

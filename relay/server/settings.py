@@ -329,13 +329,13 @@ class WebRtcSettings(BaseModel):
     up to 1 / ``udp_max_reads`` s of wait for every datagram, an anchor's media included (500:
     2 ms). Off by default until a quiet machine shows the saving (BENCHMARKS.md)."""
 
-    udp_quiet_reads: float = Field(10.0, ge=0, le=100000)
+    udp_quiet_reads: float = Field(5.0, ge=0, le=100000)
     """Reads of the UDP port a second while nothing on the node takes media as it arrives (no
     viewer, recording, bridge, co-host tap or mixer, and no anchor steering its bitrate by our
     transport-cc feedback: e.g. one ffmpeg ingest and no viewer); 0: every readable event at
-    once then too. An anchor's packets then wait up to 1 / this (100 ms), which nobody sees; a
+    once then too. An anchor's packets then wait up to 1 / this (200 ms), which nobody sees; a
     new session (a viewer's offer) ends it at once. Each wake-up of the node costs more than
-    most of what it brings: one ffmpeg anchor's ~80 a second become 10 (BENCHMARKS.md,
+    most of what it brings: one ffmpeg anchor's ~80 a second become 5 (BENCHMARKS.md,
     ``bench.idle``)."""
 
     consent_timeout: float = Field(30.0, gt=0, le=3600)
