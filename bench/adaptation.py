@@ -51,9 +51,9 @@ NACK again; ``--solicit-lossy 0`` (``media.viewer_nack_solicit_lossy_s``, 0.1 by
 them in every frame while a viewer loses 3 % or more. Each freeze of an aiortc viewer is put
 down to what held it from the viewer's own NACK log (``bench.netbed.holes``): a hole repaired
 after one NACK or more, one never repaired (keyframe), or no hole (machine, decoder, source).
-``--feedback-repair`` (``media.viewer_feedback_repair = true``, off by default)
-resends what a Chromium viewer's transport-cc feedback reports lost and no NACK asked for
-(``unasked``/``repaired``/``late nacks`` per own freeze, counted either way).
+``--no-feedback-repair`` (``media.viewer_feedback_repair = false``) is the baseline for the
+resends (on by default) of what a Chromium viewer's transport-cc feedback reports lost and no
+NACK asked for (``unasked``/``repaired``/``late nacks`` per own freeze, counted either way).
 """
 
 from __future__ import annotations
@@ -347,8 +347,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT_LOSSY_S"] = str(args.solicit_lossy)
         if args.no_nack_solicit:
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
-        if args.feedback_repair:
-            env["STAGECAST_MEDIA__VIEWER_FEEDBACK_REPAIR"] = "true"
+        if args.no_feedback_repair:
+            env["STAGECAST_MEDIA__VIEWER_FEEDBACK_REPAIR"] = "false"
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
@@ -603,10 +603,10 @@ def main(argv: list[str] | None = None) -> int:
         "(0: every frame; default 0.1, the pace of lower loss)",
     )
     parser.add_argument(
-        "--feedback-repair",
+        "--no-feedback-repair",
         action="store_true",
-        help="resend packets a transport-cc viewer's feedback reports lost and no NACK asked "
-        "for (media.viewer_feedback_repair = true; default off)",
+        help="no resends of packets a transport-cc viewer's feedback reports lost and no NACK "
+        "asked for (media.viewer_feedback_repair = false; the baseline)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
           f"playout delay {'on' if args.playout_delay else 'off'}; "
           f"nack solicit {'off' if args.no_nack_solicit else 'on'}"
           f" (lossy {args.solicit_lossy if args.solicit_lossy is not None else 'default'}); "
-          f"feedback repair {'on' if args.feedback_repair else 'off'}; ladder "
+          f"feedback repair {'off' if args.no_feedback_repair else 'on'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

@@ -170,7 +170,7 @@ class ViewerLimits:
     again every 0.1 s while it asks for repairs (``relay/media/nack_solicit.py``)."""
     nack_solicit_lossy: float = EVERY
     """Seconds between those while it asks for 3 % or more of its packets (0: every frame)."""
-    feedback_repair: bool = False
+    feedback_repair: bool = True
     """Resend a transport-cc viewer's media packets that its feedback reports lost and no NACK
     asked for (its NACK was lost): ``relay/media/feedback_repair.py`` (counted either way)."""
     playout_delay: PlayoutDelayLimits = field(default_factory=PlayoutDelayLimits)

@@ -91,16 +91,16 @@ class MediaSettings(BaseModel):
     default, the pace of lower loss: in the loaded bed (load 20-24, 8 interleaved pairs) 0 did
     not cut aiortc viewers' own freezes (BENCHMARKS.md, a-loss4); a quiet ``bench.adaptation
     --solicit-lossy 0`` against the default is the next step."""
-    viewer_feedback_repair: bool = False
-    """Off by default: in the loaded bed (load 17-32) Chromium's own freezes were not shown to
-    fall with it (BENCHMARKS.md, twcc-rtx); turn on to measure it on a quiet machine
-    (``bench.adaptation --feedback-repair``). A viewer with transport-cc (Chromium) asks again
-    for a hole whose NACK was lost only after its own round-trip estimate, which a receive-only
-    Chromium never measures (100 ms): with the round trip that is a freeze. On, a media packet
-    its transport-cc feedback reports lost and that no NACK asked for within 20 ms is resent as
-    if NACKed, within the same budget (``relay/media/feedback_repair.py``; ``feedback_repairs``
-    in the viewers listing). Off, such packets are still counted (``feedback_unasked``,
-    ``late_nacks``, ``late_nack_ms``, ``unasked_ms``)."""
+    viewer_feedback_repair: bool = True
+    """On by default: in the quiet bed (5 off/on pairs, ``bench.adaptation --profiles loss5-rtt40
+    --viewers chromium [--no-feedback-repair]``) Chromium froze 1.4 -> 0.0 % median, less or as
+    little in 5 of 5 pairs (BENCHMARKS.md, "feedback repair, quiet"). A viewer with transport-cc
+    (Chromium) asks again for a hole whose NACK was lost only after its own round-trip estimate,
+    which a receive-only Chromium never measures (100 ms): with the round trip that is a freeze.
+    On, a media packet its transport-cc feedback reports lost and that no NACK asked for within
+    20 ms is resent as if NACKed, within the same budget (``relay/media/feedback_repair.py``;
+    ``feedback_repairs`` in the viewers listing). Off, such packets are still counted
+    (``feedback_unasked``, ``late_nacks``, ``late_nack_ms``, ``unasked_ms``)."""
     viewer_playout_delay: bool = False
     """Off by default: in the loaded test bed (load 7-24, six off/on pairs) Chromium froze more
     with it, not less (BENCHMARKS.md, a-loss3); turn on to measure it on a quiet machine.
