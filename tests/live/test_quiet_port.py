@@ -5,12 +5,12 @@ is not paced while it watches; once it leaves, the node is quiet again."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from gateway.synthetic import StampedVideoTrack, ToneAudioTrack, whep_watch, whip_publish
 from relay.rtc.shared_port import QUIET_GRACE
+from tests.live.test_live_path import wait_for
 from tests.live.test_shared_port import shared_port_server
 from tests.support.server import RunningServer
 
@@ -21,15 +21,6 @@ def paced(server: RunningServer) -> int:
     port = server.gateway.transport.port
     assert port is not None
     return port.paced
-
-
-async def until(check: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 @pytest.mark.timeout(90)
@@ -44,11 +35,11 @@ async def test_an_anchor_alone_is_read_in_batches_until_a_viewer_comes() -> None
         )
         try:
             gateway = server.gateway
-            assert await until(lambda: gateway.stages.live_hub(ROOM) is not None, 15)
+            assert await wait_for(lambda: gateway.stages.live_hub(ROOM) is not None, 15)
             assert server.call(gateway.media_quiet)
             # after the anchor's own grace, its audio and video (~80 readable events a second)
             # are read at 20 a second at most: reads are put off
-            assert await until(lambda: paced(server) > 20, QUIET_GRACE + 15)
+            assert await wait_for(lambda: paced(server) > 20, QUIET_GRACE + 15)
             viewer = await whep_watch(server.base_url, ROOM, decode=False)
             try:
                 assert not server.call(gateway.media_quiet)
@@ -59,6 +50,6 @@ async def test_an_anchor_alone_is_read_in_batches_until_a_viewer_comes() -> None
                 assert viewer.video_frames > frames
             finally:
                 await viewer.close()
-            assert await until(lambda: server.call(gateway.media_quiet), 10)
+            assert await wait_for(lambda: server.call(gateway.media_quiet), 10)
         finally:
             await publisher.close()
