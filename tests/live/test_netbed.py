@@ -142,9 +142,9 @@ def test_a_viewer_the_stream_does_not_fit_cannot_storm_the_anchor_or_its_link() 
         room = BedRoom(bed)
         try:
             room.start()
-            before = room.api(f"/v1/rooms/{room.room}/stream")
+            before, started = room.api(f"/v1/rooms/{room.room}/stream"), time.monotonic()
             (seen,) = room.watch(["thin"], seconds)
-            after = room.api(f"/v1/rooms/{room.room}/stream")
+            after, elapsed = room.api(f"/v1/rooms/{room.room}/stream"), time.monotonic() - started
         finally:
             room.close()
     gw = seen["gateway"]
@@ -152,7 +152,8 @@ def test_a_viewer_the_stream_does_not_fit_cannot_storm_the_anchor_or_its_link() 
     assert gw["retransmissions"] < 80 * seconds  # 25 % of ~150 video packets/s, plus a burst
     assert gw["rtx_late"] + gw["rtx_repeat"] + gw["rtx_over_budget"] > 0
     assert gw["keyframe_requests_suppressed"] > 0
-    assert after["keyframes_in"] - before["keyframes_in"] <= 12  # ~1 per s at most
+    # ~1 per s at most, over the whole watch (its setup too: 12 s of watching took 13-15 s)
+    assert after["keyframes_in"] - before["keyframes_in"] <= elapsed + 1
 
 
 @pytest.mark.slow
