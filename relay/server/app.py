@@ -133,6 +133,7 @@ def viewer_limits(
             fixed_ms=min(media.viewer_playout_delay_fixed_ms, media.viewer_playout_delay_max_ms),
         ),
         fec=media.viewer_fec,
+        audio_red=media.viewer_audio_red,
         estimation=media.viewer_estimation,
         keyframe_backoff=media.viewer_keyframe_backoff,
         connect_timeout=sessions.connect_timeout,

@@ -123,6 +123,14 @@ class MediaSettings(BaseModel):
     default: in the quiet bed it did not cut Chromium's freezes at 2 % or 5 % loss and raised
     glass-to-glass p50 by 10-94 ms (BENCHMARKS.md, fec); libwebrtc itself sends no ULPFEC for
     H264 with NACK (without a picture id its receiver waits on every sequence number)."""
+    viewer_audio_red: int = Field(2, ge=0, le=3)
+    """Earlier Opus payloads each audio packet carries (RFC 2198 RED, as LiveKit sends it) for
+    a viewer that offers ``red/48000/2`` (Chromium): a loss of up to this many packets in a row
+    is rebuilt from the next packet, where a retransmission would come too late for an audio
+    jitter buffer (Chromium sends no NACK for audio). 0: no RED. Costs the audio's payload
+    bytes again per copy (64 kbit/s Opus: +~70 kbit/s per copy) and one copy of the packet per
+    audio frame and viewer (``relay/media/audio_red.py``; ``audio_red_copies`` in the viewers
+    listing)."""
     native_send: bool = True
     """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells

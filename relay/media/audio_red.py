@@ -1,0 +1,112 @@
+"""Audio redundancy for lossy viewers: Opus in RED (RFC 2198), sans I/O.
+
+A lost Opus packet is 20 ms of sound a receiver has to conceal, and a retransmission comes a
+round trip too late for an audio jitter buffer of 40-80 ms (Chromium sends no NACK for audio).
+With RED each packet carries the previous ``distance`` packets' payloads too, as LiveKit sends
+it to subscribers that offer ``red/48000/2`` (fmtp ``111/111``): one packet lost alone, or up to
+``distance`` in a row, is rebuilt from the next one that arrives (libwebrtc's NetEq splits RED
+into its blocks by timestamp and drops the copies it has). The cost is the bytes: an Opus
+stream's payload goes ``1 + distance`` times, plus 4 bytes of block header per copy.
+
+Wire format (RFC 2198 §3): the block headers, then the blocks' data in the same order. A
+redundant block's header is 4 bytes, F=1 | block PT (7) | timestamp offset (14) | length (10);
+the primary's is one byte, F=0 | PT. Redundant blocks come oldest first, the primary last.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from struct import Struct
+
+MAX_OFFSET = (1 << 14) - 1
+"""The largest timestamp offset a block header holds (341 ms at 48 kHz)."""
+MAX_LENGTH = (1 << 10) - 1
+"""The largest block a header can announce (bytes)."""
+MAX_DISTANCE = 3
+"""Redundant copies at most: libwebrtc's sender uses 1-2; more only adds bytes on random loss."""
+
+_HEADER = Struct("!I")
+
+
+@dataclass(frozen=True, slots=True)
+class RedBlock:
+    """One block of a RED payload: its payload type, how many clock ticks before the
+    packet's own timestamp it belongs (0 for the primary), and its data."""
+
+    payload_type: int
+    offset: int
+    data: bytes
+
+
+def pack(primary_pt: int, primary: bytes, redundant: list[RedBlock]) -> bytes:
+    """A RED payload: ``redundant`` (oldest first) then ``primary``. Blocks whose offset or
+    length a header cannot hold must not be passed (``RedEncoder`` leaves them out)."""
+    heads = bytearray()
+    for block in redundant:
+        if not 0 < block.offset <= MAX_OFFSET or len(block.data) > MAX_LENGTH:
+            raise ValueError(f"RED block out of range: offset {block.offset}, {len(block.data)} B")
+        heads += _HEADER.pack(
+            0x80000000 | (block.payload_type & 0x7F) << 24 | block.offset << 10 | len(block.data)
+        )
+    heads.append(primary_pt & 0x7F)
+    return bytes(heads) + b"".join(b.data for b in redundant) + primary
+
+
+def parse(payload: bytes) -> list[RedBlock]:
+    """The blocks of a RED payload in order (the primary last, offset 0); ValueError when the
+    headers do not fit the payload."""
+    headers: list[tuple[int, int, int]] = []
+    pos = 0
+    while True:
+        if pos >= len(payload):
+            raise ValueError("RED payload ends inside its block headers")
+        if not payload[pos] & 0x80:
+            headers.append((payload[pos] & 0x7F, 0, -1))
+            pos += 1
+            break
+        if pos + 4 > len(payload):
+            raise ValueError("RED payload ends inside a block header")
+        word = _HEADER.unpack_from(payload, pos)[0]
+        headers.append(((word >> 24) & 0x7F, (word >> 10) & MAX_OFFSET, word & MAX_LENGTH))
+        pos += 4
+    blocks = []
+    for pt, offset, length in headers:
+        end = len(payload) if length < 0 else pos + length
+        if end > len(payload):
+            raise ValueError("RED block runs past the payload")
+        blocks.append(RedBlock(pt, offset, payload[pos:end]))
+        pos = end
+    return blocks
+
+
+class RedEncoder:
+    """One viewer's RED: the payloads it was last sent, put ahead of each new one.
+
+    ``encode`` takes each frame's payload and timestamp in send order (what this viewer gets:
+    a frame its queue dropped is not repeated, the gap is only left wider). An earlier payload
+    rides along while it is at most ``MAX_OFFSET`` ticks older and fits a block; a timestamp
+    that goes backwards (a new timeline) forgets them."""
+
+    def __init__(self, media_pt: int, distance: int) -> None:
+        if not 0 < distance <= MAX_DISTANCE:
+            raise ValueError(f"RED distance must be 1..{MAX_DISTANCE}, not {distance}")
+        self.media_pt = media_pt
+        self.distance = distance
+        self._earlier: deque[tuple[int, bytes]] = deque(maxlen=distance)  # (timestamp, payload)
+        self.copies = 0  # redundant blocks sent
+        self.octets = 0  # bytes the copies added (their data and 4-byte headers)
+
+    def encode(self, payload: bytes, timestamp: int) -> bytes:
+        redundant = []
+        for ts, data in self._earlier:
+            offset = timestamp - ts
+            if 0 < offset <= MAX_OFFSET and len(data) <= MAX_LENGTH:
+                redundant.append(RedBlock(self.media_pt, offset, data))
+        if self._earlier and timestamp <= self._earlier[-1][0]:
+            self._earlier.clear()
+        self._earlier.append((timestamp, payload))
+        out = pack(self.media_pt, payload, redundant)
+        self.copies += len(redundant)
+        self.octets += len(out) - len(payload) - 1
+        return out
