@@ -54,7 +54,7 @@ after one NACK or more, one never repaired (keyframe), or no hole (machine, deco
 ``--no-feedback-repair`` (``media.viewer_feedback_repair = false``) is the baseline for the
 resends (on by default) of what a Chromium viewer's transport-cc feedback reports lost and no
 NACK asked for (``unasked``/``repaired``/``late nacks`` per own freeze, counted either way).
-A Chromium viewer's audio: packets lost (what RED rebuilt counts as received), the share of
+A Chromium viewer's audio: packets lost on the link (what RED rebuilt included), the share of
 its samples that were concealment and the concealment events, its audio jitter buffer's delay;
 ``--audio-red 0`` (``media.viewer_audio_red``) is the baseline for Opus in RED.
 """
@@ -545,8 +545,8 @@ def audio_share(v: dict[str, Any]) -> str:
 
 
 def audio_cells(v: dict[str, Any]) -> list[str]:
-    """A Chromium viewer's audio (``bench.netbed.chromium.audio_result``): packets lost (what
-    RED rebuilt counts as received), the share of its samples that were concealment with the
+    """A Chromium viewer's audio (``bench.netbed.chromium.audio_result``): packets lost on the
+    link (what RED rebuilt included), the share of its samples that were concealment with the
     concealment events, and its jitter buffer's delay; "-" for aiortc viewers."""
     share = v.get("audio_concealed_share")
     if share is None:

@@ -49,7 +49,7 @@ AUDIO_KEYS = (
     "fecPacketsDiscarded",
 )  # fmt: skip
 """Chromium's inbound-rtp audio counters the bench keeps (NetEq's: concealment, its jitter
-buffer, and ``fecPacketsReceived``, which counts RED's redundant blocks and Opus in-band FEC)."""
+buffer, FEC)."""
 INBOUND = """async () => {
   const pc = window.stagecast && window.stagecast.pc;
   if (!pc) return null;
@@ -226,11 +226,11 @@ def bench_result(
 
 
 def audio_result(a: dict[str, Any]) -> dict[str, Any]:
-    """What Chromium's audio receiver made of the run: packets lost on the link (after
-    anything RED rebuilt: NetEq counts a packet rebuilt from a redundant block as received),
-    the share of the samples it played that were concealment (``concealedSamples /
-    totalSamplesReceived``, the silent ones included), concealment events, its jitter
-    buffer's delay per sample emitted, and ``fecPacketsReceived``."""
+    """What Chromium's audio receiver made of the run: packets lost on the link (a packet RED
+    rebuilt still counts lost), the share of the samples it played that were concealment
+    (``concealedSamples / totalSamplesReceived``, the silent ones included), concealment
+    events, its jitter buffer's delay per sample emitted, and ``fecPacketsReceived`` (Opus
+    in-band FEC; this Chromium counts no RED block there: 0 with RED on)."""
     total = float(a.get("totalSamplesReceived") or 0)
     emitted = float(a.get("jitterBufferEmittedCount") or 0)
     lost, received = a.get("packetsLost"), a.get("packetsReceived")

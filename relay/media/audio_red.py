@@ -25,6 +25,11 @@ MAX_LENGTH = (1 << 10) - 1
 """The largest block a header can announce (bytes)."""
 MAX_DISTANCE = 3
 """Redundant copies at most: libwebrtc's sender uses 1-2; more only adds bytes on random loss."""
+ON_LOSS = 0.01
+"""Loss (0..1) from which a viewer's audio carries copies; below ``OFF_LOSS`` they stop."""
+OFF_LOSS = 0.005
+RED_SHARE = 0.25
+"""Share of the viewer's estimate the copies may take at most (retransmissions' rule)."""
 
 _HEADER = Struct("!I")
 
@@ -80,8 +85,24 @@ def parse(payload: bytes) -> list[RedBlock]:
     return blocks
 
 
+def copies_for(
+    distance: int, *, on: bool, loss: float, allowed_bps: float | None, copy_bps: float
+) -> int:
+    """Copies per packet for a viewer that loses ``loss`` (0..1): none on a clean link (below
+    ``ON_LOSS``; once on, below ``OFF_LOSS``), else ``distance``, or as many copies of
+    ``copy_bps`` (the audio's own rate) as fit in ``allowed_bps``, what its estimate leaves
+    beside the media (None: no estimate). A link that loses because it is full gets none:
+    copies would only add to what overflows it."""
+    if loss < (OFF_LOSS if on else ON_LOSS):
+        return 0
+    if allowed_bps is None:
+        return distance
+    return max(0, min(distance, int(allowed_bps // max(copy_bps, 1.0))))
+
+
 class RedEncoder:
-    """One viewer's RED: the payloads it was last sent, put ahead of each new one.
+    """One viewer's RED: the payloads it was last sent, the last ``copies`` of them (``distance``
+    at most, the default) put ahead of each new one.
 
     ``encode`` takes each frame's payload and timestamp in send order (what this viewer gets:
     a frame its queue dropped is not repeated, the gap is only left wider). An earlier payload
@@ -93,13 +114,18 @@ class RedEncoder:
             raise ValueError(f"RED distance must be 1..{MAX_DISTANCE}, not {distance}")
         self.media_pt = media_pt
         self.distance = distance
+        self.copies_now = distance  # how many of the earlier payloads go (0..distance)
         self._earlier: deque[tuple[int, bytes]] = deque(maxlen=distance)  # (timestamp, payload)
+        self.payload_octets = 0  # the primaries' bytes (the audio's own rate)
         self.copies = 0  # redundant blocks sent
         self.octets = 0  # bytes the copies added (their data and 4-byte headers)
 
     def encode(self, payload: bytes, timestamp: int) -> bytes:
         redundant = []
-        for ts, data in self._earlier:
+        skip = len(self._earlier) - self.copies_now
+        for i, (ts, data) in enumerate(self._earlier):
+            if i < skip:
+                continue
             offset = timestamp - ts
             if 0 < offset <= MAX_OFFSET and len(data) <= MAX_LENGTH:
                 redundant.append(RedBlock(self.media_pt, offset, data))
@@ -108,5 +134,6 @@ class RedEncoder:
         self._earlier.append((timestamp, payload))
         out = pack(self.media_pt, payload, redundant)
         self.copies += len(redundant)
+        self.payload_octets += len(payload)
         self.octets += len(out) - len(payload) - 1
         return out

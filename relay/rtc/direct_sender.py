@@ -159,9 +159,11 @@ class DirectSender:
         fec: bool = True,
         feedback_repair: bool | None = None,
         audio_red: int = 0,
+        audio_red_on_loss: bool = False,
     ) -> None:
         self._seam = SenderSeam(sender)
         self._audio_red = audio_red  # redundant copies per audio packet when RED is negotiated
+        self._audio_red_on_loss = audio_red_on_loss  # only while the viewer loses packets
         self.red: RedSender | None = None
         self._fec_allowed = fec  # ULPFEC in RED when the viewer negotiated it
         self.fec: FecSender | None = None
@@ -235,7 +237,13 @@ class DirectSender:
         if red is not None and ulpfec is not None:
             self.fec = FecSender(red, ulpfec, self.estimator, self.report_loss)
         elif red is not None:
-            self.red = RedSender(profile, self._audio_red)
+            self.red = RedSender(
+                profile,
+                self._audio_red,
+                on_loss=self._audio_red_on_loss,
+                estimator=self.estimator,
+                report_loss=self.report_loss,
+            )
         self._clock_rate = parameters.codecs[0].clockRate or 90000
         self._template_id = self._cache.template_id(profile)
         seam = self._seam
@@ -402,7 +410,7 @@ class DirectSender:
         packets = self._cache.packets(frame, rewriter.profile, tid)
         red = self.red
         if red is not None:  # the viewer's earlier audio payloads ahead of this one
-            packets = red.wrap(packets, frame)
+            packets = red.wrap(packets, frame, now)
         filler: bytes | None = None
         solicitor = self.solicitor
         if solicitor is not None and solicitor.due(

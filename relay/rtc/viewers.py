@@ -166,6 +166,8 @@ class ViewerLimits:
     audio_red: int = 2
     """Earlier audio payloads each audio packet carries for a viewer that offers Opus in RED
     (``relay/media/audio_red.py``; direct sending only); 0: no RED."""
+    audio_red_on_loss: bool = True
+    """Those copies only while the viewer loses packets, as many as its estimate has room for."""
     estimation: bool = True
     """A bandwidth estimator and a layer selector per viewer (direct sending only); off: neither
     (the baseline for their cost)."""
@@ -589,6 +591,7 @@ class ViewerService:
             feedback_repair=self.limits.feedback_repair if queue.kind == "video" else None,
             fec=self.limits.fec,
             audio_red=self.limits.audio_red if queue.kind == "audio" else 0,
+            audio_red_on_loss=self.limits.audio_red_on_loss,
         )
         if (
             queue.kind == "video"

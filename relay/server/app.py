@@ -134,6 +134,7 @@ def viewer_limits(
         ),
         fec=media.viewer_fec,
         audio_red=media.viewer_audio_red,
+        audio_red_on_loss=media.viewer_audio_red_on_loss,
         estimation=media.viewer_estimation,
         keyframe_backoff=media.viewer_keyframe_backoff,
         connect_timeout=sessions.connect_timeout,

@@ -12,12 +12,13 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 
-from relay.media.audio_red import MAX_OFFSET, RedBlock, RedEncoder, pack, parse
+from relay.media.audio_red import MAX_OFFSET, RedBlock, RedEncoder, copies_for, pack, parse
 from relay.media.frames import EncodedFrame
+from relay.media.report_loss import ReportLoss
 from relay.rtc.adapter import accept_audio_red
 from relay.rtc.direct_sender import send_profile
 from relay.rtc.red_sender import RedSender
-from relay.rtc.rtp_rewrite import RtpRewriter, TemplateCache, header_length
+from relay.rtc.rtp_rewrite import RtpRewriter, SendProfile, TemplateCache, header_length
 from tests.support.offers import fixture
 
 OPUS, RED = 111, 63
@@ -189,3 +190,41 @@ async def test_red_over_another_codec_is_not_answered() -> None:
     offer = fixture("chromium_whep.sdp").replace("a=fmtp:63 111/111", "a=fmtp:63 0/0")
     accepted, sdp, _ = await _answer(offer)
     assert not accepted and "red/48000" not in sdp
+
+
+def test_copies_follow_the_loss_with_hysteresis() -> None:
+    def copies(loss: float, on: bool) -> int:
+        return copies_for(2, on=on, loss=loss, allowed_bps=None, copy_bps=80_000)
+
+    assert copies(0.0, False) == 0 and copies(0.008, False) == 0
+    assert copies(0.01, False) == 2 and copies(0.05, False) == 2
+    assert copies(0.007, True) == 2, "once on, kept down to OFF_LOSS"
+    assert copies(0.004, True) == 0
+
+
+def test_a_full_link_gets_only_the_copies_its_estimate_leaves_room_for() -> None:
+    def copies(allowed: float) -> int:
+        return copies_for(2, on=False, loss=0.05, allowed_bps=allowed, copy_bps=80_000)
+
+    assert copies(500_000) == 2 and copies(100_000) == 1 and copies(50_000) == 0
+
+
+def test_on_loss_the_sender_adds_copies_only_once_the_viewer_loses() -> None:
+    profile = SendProfile(OPUS, "1", (), red_payload_type=RED)
+    reports = ReportLoss()
+    sender = RedSender(profile, 2, on_loss=True, report_loss=reports)
+    cache = TemplateCache(lambda: 0)
+
+    def send(i: int, now: float) -> list[RedBlock]:
+        frame = _frame(bytes((i,)) * 100, 960 * i)
+        (packet,) = sender.wrap(cache.packets(frame, profile), frame, now).templates
+        return parse(packet[header_length(packet) :])
+
+    reports.on_report(100, 0, 0.0)
+    assert all(len(send(i, i * 0.02)) == 1 for i in range(50)), "a clean link: no copies"
+    reports.on_report(200, 6, 1.5)  # 6 % of a window lost
+    blocks = [send(i, 1.0 + i * 0.02) for i in range(50, 80)]
+    assert len(blocks[-1]) == 3 and sender.copies_now == 2
+    assert blocks[-1][0] == RedBlock(OPUS, 1920, bytes((77,)) * 100)
+    reports.on_report(400, 6, 3.0)  # nothing lost since
+    assert len([send(i, 3.0 + i * 0.02) for i in range(80, 120)][-1]) == 1
