@@ -99,7 +99,11 @@ def audio_red_view(s: ViewerSession) -> dict[str, object]:
     audio = s.senders.get("audio")
     if audio is None or audio.red is None:
         return {}
-    return {"audio_red_copies": audio.red.copies, "audio_red_bytes": audio.red.octets}
+    return {
+        "audio_red": True,
+        "audio_red_copies": audio.red.copies,
+        "audio_red_bytes": audio.red.octets,
+    }
 
 
 def viewer_view(s: ViewerSession) -> ViewerView:

@@ -121,19 +121,29 @@ class RedEncoder:
         self.octets = 0  # bytes the copies added (their data and 4-byte headers)
 
     def encode(self, payload: bytes, timestamp: int) -> bytes:
-        redundant = []
-        skip = len(self._earlier) - self.copies_now
-        for i, (ts, data) in enumerate(self._earlier):
-            if i < skip:
-                continue
-            offset = timestamp - ts
-            if 0 < offset <= MAX_OFFSET and len(data) <= MAX_LENGTH:
-                redundant.append(RedBlock(self.media_pt, offset, data))
-        if self._earlier and timestamp <= self._earlier[-1][0]:
-            self._earlier.clear()
-        self._earlier.append((timestamp, payload))
-        out = pack(self.media_pt, payload, redundant)
-        self.copies += len(redundant)
+        """The RED payload for this frame (``pack``'s layout, built inline: this runs per
+        audio packet and viewer)."""
+        earlier = self._earlier
+        pt = self.media_pt & 0x7F
+        heads: list[bytes] = []
+        datas: list[bytes] = []
+        if self.copies_now and earlier:
+            skip = len(earlier) - self.copies_now
+            for ts, data in earlier:
+                if skip > 0:
+                    skip -= 1
+                    continue
+                offset = timestamp - ts
+                if 0 < offset <= MAX_OFFSET and len(data) <= MAX_LENGTH:
+                    heads.append(_HEADER.pack(0x80000000 | pt << 24 | offset << 10 | len(data)))
+                    datas.append(data)
+            if timestamp <= earlier[-1][0]:
+                earlier.clear()
+        earlier.append((timestamp, payload))
         self.payload_octets += len(payload)
+        if not heads:
+            return bytes((pt,)) + payload
+        self.copies += len(heads)
+        out = b"".join(heads) + bytes((pt,)) + b"".join(datas) + payload
         self.octets += len(out) - len(payload) - 1
         return out

@@ -15,7 +15,7 @@ from relay.media.estimator import BandwidthEstimator
 from relay.media.frames import EncodedFrame
 from relay.media.report_loss import ReportLoss
 from relay.rtc.link_reading import LinkReader
-from relay.rtc.rtp_rewrite import FramePackets, SendProfile, header_length
+from relay.rtc.rtp_rewrite import FramePackets, SendProfile
 
 
 class RedSender:
@@ -75,9 +75,12 @@ class RedSender:
         if len(packets.templates) != 1 or len(frame.payloads) != 1:
             self.added = 0
             return packets
+        payload = frame.payloads[0]
+        red = self.encoder.encode(payload, frame.timestamp)
+        if len(red) == len(payload) + 1:  # no copies: the template is that packet already
+            self.added = 0
+            return packets
         template = packets.templates[0]
-        packet = template[: header_length(template)] + self.encoder.encode(
-            frame.payloads[0], frame.timestamp
-        )
+        packet = template[: len(template) - len(payload) - 1] + red
         self.added = len(packet) - len(template)
         return FramePackets((packet,), packets.runs, (len(packet),))
