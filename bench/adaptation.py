@@ -636,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         "--audio-red",
         type=int,
         default=None,
-        help="media.viewer_audio_red: earlier Opus payloads per audio packet for viewers that "
+        help="media.viewer_audio_red: earlier Opus payloads per audio packet (while they lose "
+        "packets: media.viewer_audio_red_on_loss) for viewers that "
         "offer RED (Chromium); 0: none (the baseline)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")

@@ -128,7 +128,7 @@ class MediaSettings(BaseModel):
     it) for a viewer that offers ``red/48000/2`` (Chromium): a loss of up to this many packets
     in a row is rebuilt from the next packet, where a retransmission would come too late for an
     audio jitter buffer (Chromium sends no NACK for audio). Bed, Chromium at 5 % loss + 40 ms,
-    3 off/on pairs (load 5-14): concealment events 108-120 -> 4-25, concealed samples 5.0 ->
+    4 off/on pairs (load 5-14): concealment events 103-120 -> 4-35, concealed samples 5.0 ->
     0.1 % in the least loaded pair (BENCHMARKS.md, a-red). 0: no RED. Each copy costs the
     audio's own rate again (the mixer's Opus: ~85 kbit/s) and a copy of the packet per audio
     frame and viewer (``relay/media/audio_red.py``; ``audio_red_copies`` in the viewers
