@@ -54,6 +54,9 @@ after one NACK or more, one never repaired (keyframe), or no hole (machine, deco
 ``--no-feedback-repair`` (``media.viewer_feedback_repair = false``) is the baseline for the
 resends (on by default) of what a Chromium viewer's transport-cc feedback reports lost and no
 NACK asked for (``unasked``/``repaired``/``late nacks`` per own freeze, counted either way).
+A Chromium viewer's audio: packets lost on the link (what RED rebuilt included), the share of
+its samples that were concealment and the concealment events, its audio jitter buffer's delay;
+``--audio-red 0`` (``media.viewer_audio_red``) is the baseline for Opus in RED.
 """
 
 from __future__ import annotations
@@ -349,6 +352,8 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
             env["STAGECAST_MEDIA__VIEWER_NACK_SOLICIT"] = "false"
         if args.no_feedback_repair:
             env["STAGECAST_MEDIA__VIEWER_FEEDBACK_REPAIR"] = "false"
+        if args.audio_red is not None:
+            env["STAGECAST_MEDIA__VIEWER_AUDIO_RED"] = str(args.audio_red)
         room, inset = ladder_room(bed, log_dir / name if log_dir else None, env)
         try:
             time.sleep(2.0)  # the mixer's first keyframes out
@@ -412,7 +417,7 @@ def run_profile(name: str, args: argparse.Namespace, log_dir: Path | None) -> di
 COLUMNS = (
     "profile", "viewer", "frozen %", "ttff s", "after settle %", "freezes", "own % (n)",
     "gaps % (n)", "g2g p50/p95 ms", "settle s", "switches (up)", "/10 s", "layer", "kbps",
-    "audio %", "probes (ok)",
+    "audio %", "audio lost", "concealed % (ev)", "audio jb ms", "probes (ok)",
 )  # fmt: skip
 
 
@@ -450,6 +455,7 @@ def cells(row: dict[str, Any]) -> list[list[str]]:
                 str(a["layer"]),
                 f"{v['kbps']:.0f}",
                 audio_share(v),
+                *audio_cells(v),
                 "{} ({})".format(*v.get("probes", (0, 0))),
             ]
         )
@@ -538,6 +544,24 @@ def audio_share(v: dict[str, Any]) -> str:
     return f"{min(100.0, 100 * v['audio_frames'] / (50 * span)):.0f}"
 
 
+def audio_cells(v: dict[str, Any]) -> list[str]:
+    """A Chromium viewer's audio (``bench.netbed.chromium.audio_result``): packets lost on the
+    link (what RED rebuilt included), the share of its samples that were concealment with the
+    concealment events, and its jitter buffer's delay; "-" for aiortc viewers."""
+    share = v.get("audio_concealed_share")
+    if share is None:
+        return ["-", "-", "-"]
+    lost = v.get("audio_lost")
+    received = v.get("audio_received") or 0
+    lost_cell = "-" if lost is None else f"{lost} ({100 * lost / max(1, lost + received):.1f} %)"
+    jb = v.get("audio_jb_ms")
+    return [
+        lost_cell,
+        f"{100 * share:.2f} ({v.get('audio_conceal_events')})",
+        "-" if jb is None else f"{jb:.0f}",
+    ]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [list(COLUMNS)] + [c for r in rows for c in cells(r)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
@@ -608,6 +632,14 @@ def main(argv: list[str] | None = None) -> int:
         help="no resends of packets a transport-cc viewer's feedback reports lost and no NACK "
         "asked for (media.viewer_feedback_repair = false; the baseline)",
     )
+    parser.add_argument(
+        "--audio-red",
+        type=int,
+        default=None,
+        help="media.viewer_audio_red: earlier Opus payloads per audio packet (while they lose "
+        "packets: media.viewer_audio_red_on_loss) for viewers that "
+        "offer RED (Chromium); 0: none (the baseline)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--logs", type=Path, default=None, help="process logs directory")
     args = parser.parse_args(argv)
@@ -651,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
           f"playout delay {'on' if args.playout_delay else 'off'}; "
           f"nack solicit {'off' if args.no_nack_solicit else 'on'}"
           f" (lossy {args.solicit_lossy if args.solicit_lossy is not None else 'default'}); "
-          f"feedback repair {'off' if args.no_feedback_repair else 'on'}; ladder "
+          f"feedback repair {'off' if args.no_feedback_repair else 'on'}; audio red "
+          f"{args.audio_red if args.audio_red is not None else 'default'}; ladder "
           + ", ".join(f"{n} {k} kbps" for n, _, _, k in LADDER))  # fmt: skip
     print(table(rows))
     if args.json is not None:

@@ -134,6 +134,9 @@ class ViewerView(BaseModel):
     fec_overhead: float = 0.0
     fec_loss: float = 0.0
     fec_limited: int = 0
+    audio_red: bool = False  # Opus in RED negotiated (relay/media/audio_red.py)
+    audio_red_copies: int = 0  # earlier audio payloads its audio packets carried (RED)
+    audio_red_bytes: int = 0
     asks_again: bool = False  # the viewer repeats its NACKs on its own (a browser does)
     nack_share: float = 0.0  # share of the packets sent that it asked for, last second or more
     nack_solicits: int = 0

@@ -94,6 +94,18 @@ def feedback_repair_view(video: DirectSender) -> dict[str, object]:
     }
 
 
+def audio_red_view(s: ViewerSession) -> dict[str, object]:
+    """What its audio's RED carried (relay/media/audio_red.py), when negotiated."""
+    audio = s.senders.get("audio")
+    if audio is None or audio.red is None:
+        return {}
+    return {
+        "audio_red": True,
+        "audio_red_copies": audio.red.copies,
+        "audio_red_bytes": audio.red.octets,
+    }
+
+
 def viewer_view(s: ViewerSession) -> ViewerView:
     video = s.senders.get("video")
     feedback = (
@@ -118,6 +130,7 @@ def viewer_view(s: ViewerSession) -> ViewerView:
             "nack_solicits": 0 if video.solicitor is None else video.solicitor.made_count,
             "solicited_nacks": 0 if video.solicitor is None else video.solicitor.solicited,
             **feedback_repair_view(video),
+            **audio_red_view(s),
             "keyframe_requests": video.keyframe_requests,
             "keyframe_requests_suppressed": s.keyframe_gate.suppressed if s.keyframe_gate else 0,
             "rtt_ms": None if (rtt := video.round_trip_time()) is None else round(rtt * 1000, 1),

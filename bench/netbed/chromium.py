@@ -13,7 +13,8 @@ so ``bench.adaptation`` reads both): the WHEP session id, Chromium's own freezes
 (freezeCount/totalFreezesDuration, sampled every half second: a growth of the total is a
 freeze that ended then), frames decoded, time to first frame, kbit/s, glass-to-glass p50/p95
 from the stamps of the presented frames (the watch page's own stamp reader, every other
-frame), and the decoded resolution over time.
+frame), the decoded resolution over time, and what its audio receiver made of the run
+(packets lost, concealed share, concealment events, jitter buffer, FEC/RED blocks used).
 """
 
 from __future__ import annotations
@@ -40,11 +41,23 @@ ARGS = [
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
+AUDIO_KEYS = (
+    "packetsLost", "packetsReceived", "packetsDiscarded", "concealedSamples",
+    "silentConcealedSamples", "totalSamplesReceived", "concealmentEvents",
+    "insertedSamplesForDeceleration", "removedSamplesForAcceleration", "jitterBufferDelay",
+    "jitterBufferEmittedCount", "jitterBufferTargetDelay", "fecPacketsReceived",
+    "fecPacketsDiscarded",
+)  # fmt: skip
+"""Chromium's inbound-rtp audio counters the bench keeps (NetEq's: concealment, its jitter
+buffer, FEC)."""
 INBOUND = """async () => {
   const pc = window.stagecast && window.stagecast.pc;
   if (!pc) return null;
   const out = {};
   (await pc.getStats()).forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+      out.audio = AUDIO_KEYS.reduce((a, k) => (a[k] = s[k], a), {});
+    }
     if (s.type === 'inbound-rtp' && s.kind === 'video') {
       for (const k of ['framesDecoded', 'packetsLost', 'packetsReceived', 'nackCount', 'pliCount',
                        'freezeCount', 'totalFreezesDuration', 'jitterBufferDelay',
@@ -55,7 +68,7 @@ INBOUND = """async () => {
     }
   });
   return out;
-}"""
+}""".replace("AUDIO_KEYS", json.dumps(AUDIO_KEYS))
 
 
 SAMPLE = """async () => {
@@ -72,10 +85,11 @@ SAMPLE = """async () => {
     } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
       out.audioBytes = s.bytesReceived;
       out.audioSamples = s.totalSamplesReceived;
+      out.audio = AUDIO_KEYS.reduce((a, k) => (a[k] = s[k], a), {});
     }
   });
   return out;
-}"""
+}""".replace("AUDIO_KEYS", json.dumps(AUDIO_KEYS))
 STAMPS = """async () => {
   const { StampReader, latencyMs } = await import('/static/js/stamps.js');
   const video = document.querySelector('#player');
@@ -207,6 +221,31 @@ def bench_result(
         "ended_at": ended,
         "freeze_events": events,
         "audio_frames": audio,
+        **audio_result(last.get("audio") or {}),
+    }
+
+
+def audio_result(a: dict[str, Any]) -> dict[str, Any]:
+    """What Chromium's audio receiver made of the run: packets lost on the link (a packet RED
+    rebuilt still counts lost), the share of the samples it played that were concealment
+    (``concealedSamples / totalSamplesReceived``, the silent ones included), concealment
+    events, its jitter buffer's delay per sample emitted, and ``fecPacketsReceived`` (Opus
+    in-band FEC; this Chromium counts no RED block there: 0 with RED on)."""
+    total = float(a.get("totalSamplesReceived") or 0)
+    emitted = float(a.get("jitterBufferEmittedCount") or 0)
+    lost, received = a.get("packetsLost"), a.get("packetsReceived")
+    return {
+        "audio_lost": lost,
+        "audio_received": received,
+        "audio_concealed_share": None
+        if not total
+        else float(a.get("concealedSamples") or 0) / total,
+        "audio_conceal_events": a.get("concealmentEvents"),
+        "audio_jb_ms": None
+        if not emitted
+        else round(1000 * float(a.get("jitterBufferDelay") or 0) / emitted, 1),
+        "audio_fec": a.get("fecPacketsReceived"),
+        "audio_fec_discarded": a.get("fecPacketsDiscarded"),
     }
 
 

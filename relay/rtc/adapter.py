@@ -33,7 +33,8 @@ The hooks that make encoded forwarding possible:
 * header extensions only our send path writes (``accept_header_extension``: the playout delay)
   are answered by adding them to the transceivers' negotiated ``_headerExtensions``.
 * RED + ULPFEC (``accept_red_ulpfec``): the transceiver's negotiated ``_codecs`` get the offer's
-  red, its rtx and ulpfec appended, so the answer carries them (``relay/media/ulpfec.py``).
+  red, its rtx and ulpfec appended, so the answer carries them (``relay/media/ulpfec.py``);
+  audio RED likewise (``accept_audio_red``: ``relay/media/audio_red.py``).
 * sender reports (``SenderSeam.own_reports``/``sender_report``/``send_reports``): a direct
   sender's aiortc RTCP task ends as it starts, and its reports are built as that task builds
   them and sent by the viewer service's one tick for every viewer.
@@ -851,6 +852,25 @@ def accept_transport_cc(pc: RTCPeerConnection, uris: tuple[str, ...]) -> bool:
 FEC_CODECS = ("red", "ulpfec")
 
 
+def _offered_codecs(
+    pc: RTCPeerConnection, kind: str
+) -> Iterator[tuple[Any, list[RTCRtpCodecParameters]]]:
+    """(offered m-line, its transceiver's negotiated ``_codecs``) for each ``kind`` section of
+    ``pc``'s remote offer: codecs appended there are answered (aiortc writes its answer, and
+    the senders' parameters, from that list)."""
+    description = _remote_description(pc)
+    if description is None:
+        return
+    transceivers = {t.mid: t for t in pc.getTransceivers() if t.mid is not None}
+    for media in description.media:
+        transceiver = transceivers.get(media.rtp.muxId)
+        if media.kind != kind or transceiver is None:
+            continue
+        if not hasattr(transceiver, "_codecs"):
+            raise AdapterError("RTCRtpTransceiver internals changed: no _codecs")
+        yield media, transceiver._codecs
+
+
 def accept_red_ulpfec(pc: RTCPeerConnection) -> bool:
     """Answer ``red`` and ``ulpfec`` (and the ``rtx`` whose apt is the offer's RED) on the video
     m-line when the remote offer has both, with the offer's payload types, after the section's
@@ -858,20 +878,10 @@ def accept_red_ulpfec(pc: RTCPeerConnection) -> bool:
     them; libwebrtc's receiver turns its ULPFEC decoder on only when both are negotiated
     (``relay/media/ulpfec.py``). Call after ``setRemoteDescription``, before the answer. True
     when they were added."""
-    description = _remote_description(pc)
-    if description is None:
-        return False
-    transceivers = {t.mid: t for t in pc.getTransceivers() if t.mid is not None}
-    for media in description.media:
-        transceiver = transceivers.get(media.rtp.muxId)
-        if media.kind != "video" or transceiver is None:
-            continue
+    for media, codecs in _offered_codecs(pc, "video"):
         found = {c.name.lower(): c for c in media.rtp.codecs if c.name.lower() in FEC_CODECS}
         if len(found) != len(FEC_CODECS) or any(c.clockRate != 90000 for c in found.values()):
             continue
-        if not hasattr(transceiver, "_codecs"):
-            raise AdapterError("RTCRtpTransceiver internals changed: no _codecs")
-        codecs: list[RTCRtpCodecParameters] = transceiver._codecs
         if not codecs or any(c.name.lower() in FEC_CODECS for c in codecs):
             continue
         red = found["red"].payloadType
@@ -899,6 +909,43 @@ def accept_red_ulpfec(pc: RTCPeerConnection) -> bool:
             )
         )
         codecs.extend(added)
+        return True
+    return False
+
+
+def accept_audio_red(pc: RTCPeerConnection) -> bool:
+    """Answer ``red/48000/2`` on the audio m-line when the remote offer has it for Opus (fmtp
+    ``111/111``: the answer's Opus payload type, as Chromium offers it), with the offer's
+    payload type, after Opus (which stays first: what the anchor sends). aiortc knows no RED
+    and answers without it (``relay/media/audio_red.py``). Call after
+    ``setRemoteDescription``, before the answer. True when it was added."""
+    for media, codecs in _offered_codecs(pc, "audio"):
+        if not codecs or codecs[0].name.lower() != "opus" or codecs[0].payloadType is None:
+            continue
+        if any(c.name.lower() == "red" for c in codecs):
+            continue
+        opus = codecs[0].payloadType
+        red = next(
+            (
+                c
+                for c in media.rtp.codecs
+                if c.name.lower() == "red"
+                and c.clockRate == 48000
+                and all(b == str(opus) for p in c.parameters for b in p.split("/"))
+            ),
+            None,
+        )
+        if red is None or red.payloadType in {c.payloadType for c in codecs}:
+            continue
+        codecs.append(
+            RTCRtpCodecParameters(
+                mimeType="audio/red",
+                clockRate=48000,
+                channels=2,
+                payloadType=red.payloadType,
+                parameters={f"{opus}/{opus}": None},
+            )
+        )
         return True
     return False
 

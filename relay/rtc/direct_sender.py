@@ -63,6 +63,7 @@ from relay.rtc.adapter import (
     pair_stream,
 )
 from relay.rtc.fec_sender import FecSender
+from relay.rtc.red_sender import RedSender
 from relay.rtc.rtp_rewrite import (
     FramePackets,
     RtpRewriter,
@@ -89,11 +90,15 @@ def new_template_cache() -> TemplateCache:
     return TemplateCache(current_ntp_time)
 
 
-def send_profile(parameters: RTCRtpSendParameters, *, fec: bool = True) -> SendProfile:
+def send_profile(
+    parameters: RTCRtpSendParameters, *, fec: bool = True, audio_red: bool = False
+) -> SendProfile:
     """What the viewer negotiated that shapes its packets. With ``fec`` and red + ulpfec
     negotiated (``relay.rtc.adapter.accept_red_ulpfec``), every video packet goes in RED, as
     libwebrtc senders send it (its ULPFEC decoder sees only RED packets), and a
-    retransmission in RED's own RTX payload type: what was sent."""
+    retransmission in RED's own RTX payload type: what was sent. With ``audio_red`` and red
+    negotiated on audio (``relay.rtc.adapter.accept_audio_red``), audio goes in RED
+    (``relay.rtc.red_sender``)."""
     primary = parameters.codecs[0]
     if primary.payloadType is None:
         raise AdapterError("negotiated codec has no payload type")
@@ -110,7 +115,11 @@ def send_profile(parameters: RTCRtpSendParameters, *, fec: bool = True) -> SendP
 
     named = {c.name.lower(): c.payloadType for c in parameters.codecs}
     red, ulpfec = named.get("red"), named.get("ulpfec")
-    if not fec or red is None or ulpfec is None or red == primary.payloadType:
+    if primary.mimeType.lower().startswith("audio/"):
+        ulpfec = None
+        if not audio_red or red == primary.payloadType:
+            red = None
+    elif not fec or red is None or ulpfec is None or red == primary.payloadType:
         red = ulpfec = None
     return SendProfile(
         payload_type=primary.payloadType,
@@ -149,8 +158,13 @@ class DirectSender:
         solicit_lossy_every: float = EVERY,
         fec: bool = True,
         feedback_repair: bool | None = None,
+        audio_red: int = 0,
+        audio_red_on_loss: bool = False,
     ) -> None:
         self._seam = SenderSeam(sender)
+        self._audio_red = audio_red  # redundant copies per audio packet when RED is negotiated
+        self._audio_red_on_loss = audio_red_on_loss  # only while the viewer loses packets
+        self.red: RedSender | None = None
         self._fec_allowed = fec  # ULPFEC in RED when the viewer negotiated it
         self.fec: FecSender | None = None
         # holes made so that a viewer that NACKs once asks again (relay/media/nack_solicit.py),
@@ -218,10 +232,18 @@ class DirectSender:
             self._seam.own_reports()
 
     def _negotiated(self, parameters: RTCRtpSendParameters) -> None:
-        profile = send_profile(parameters, fec=self._fec_allowed)
+        profile = send_profile(parameters, fec=self._fec_allowed, audio_red=self._audio_red > 0)
         red, ulpfec = profile.red_payload_type, profile.ulpfec_payload_type
         if red is not None and ulpfec is not None:
             self.fec = FecSender(red, ulpfec, self.estimator, self.report_loss)
+        elif red is not None:
+            self.red = RedSender(
+                profile,
+                self._audio_red,
+                on_loss=self._audio_red_on_loss,
+                estimator=self.estimator,
+                report_loss=self.report_loss,
+            )
         self._clock_rate = parameters.codecs[0].clockRate or 90000
         self._template_id = self._cache.template_id(profile)
         seam = self._seam
@@ -386,6 +408,9 @@ class DirectSender:
                         rewriter.profile, extra
                     )
         packets = self._cache.packets(frame, rewriter.profile, tid)
+        red = self.red
+        if red is not None:  # the viewer's earlier audio payloads ahead of this one
+            packets = red.wrap(packets, frame, now)
         filler: bytes | None = None
         solicitor = self.solicitor
         if solicitor is not None and solicitor.due(
@@ -396,6 +421,8 @@ class DirectSender:
         seq, ts = rewriter.assign(packets.templates, frame.timestamp, frame.keyframe, now)
         estimator = self.estimator
         templates, runs, size = packets.templates, packets.runs, frame.size
+        if red is not None:
+            size += red.added
         fec = self.fec
         try:
             twcc = self._twcc_offset

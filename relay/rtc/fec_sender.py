@@ -7,7 +7,8 @@ frame's, in the same SSRC and sequence space, kept in the viewer's history (a NA
 answered like any), recorded for transport-cc and counted in what the viewer was sent, so the
 retransmission allowance (``relay.media.retransmit``) sees the room parity left. The level
 follows the viewer's loss (``relay.media.ulpfec.protection``; none on a clean link), read every
-``LOSS_EVERY`` from its receiver reports and transport-cc feedback (loss before repair), and
+half second from its receiver reports and transport-cc feedback (loss before repair:
+``relay.rtc.link_reading``), and
 parity that does not fit beside the media in its bandwidth estimate is not sent.
 """
 
@@ -18,8 +19,8 @@ from struct import Struct
 
 from relay.media.estimator import BandwidthEstimator
 from relay.media.report_loss import ReportLoss
-from relay.media.retransmit import rtx_allowance
 from relay.media.ulpfec import FecPlan, Parity, fec_payload
+from relay.rtc.link_reading import LinkReader
 from relay.rtc.rtp_rewrite import SEQ_TS_SSRC
 
 try:
@@ -29,7 +30,6 @@ except ImportError:  # built without a C compiler: the Python reference
 
 PARITY: Parity = fec_payload if _c_parity is None else _c_parity
 """The XOR parity in C when built (``_srtp_writer.c``), else ``relay.media.ulpfec``'s."""
-LOSS_EVERY = 0.5  # seconds between two readings of the viewer's loss
 FEC_SHARE = 0.25
 """Share of the viewer's estimate parity may take at most (``relay.media.retransmit``'s rule:
 at least twice the loss, at most this)."""
@@ -50,13 +50,9 @@ class FecSender:
         report_loss: ReportLoss,
     ) -> None:
         self.plan = FecPlan(red_pt, ulpfec_pt, PARITY)
-        self._estimator = estimator
-        self._reports = report_loss
-        self._due = 0.0
+        self._link = LinkReader(estimator, report_loss)
         self.loss = 0.0  # the loss the level was last set from
         self.limited = 0  # readings at which the estimate cut the parity the loss asked for
-        self._bytes_at: float | None = None
-        self._bytes_seen = 0
 
     @property
     def packets(self) -> int:
@@ -73,30 +69,17 @@ class FecSender:
         return 0.0 if level is None else 1.0 / level[0]
 
     def _update(self, now: float) -> None:
-        self._due = now + LOSS_EVERY
-        parity_bps = 0.0
-        if self._bytes_at is not None and now > self._bytes_at:
-            parity_bps = 8 * (self.plan.octets - self._bytes_seen) / (now - self._bytes_at)
-        self._bytes_at, self._bytes_seen = now, self.plan.octets
-        loss = self._reports.fraction
-        estimator = self._estimator
-        target: int | None = None
-        sent = 0.0
-        if estimator is not None:
-            estimate = estimator.snapshot(now)
-            if estimate.source == "twcc":  # the larger: either may lag a change
-                loss = max(loss, estimate.loss_fraction)
-                target, sent = estimate.target_bps, estimate.sent_bps
-        self.loss = loss
+        reading = self._link.read(now, self.plan.octets)
+        loss = self.loss = reading.loss
         plan = self.plan
         plan.set_loss(loss)
         level = plan.level
-        if level is not None and target is not None and sent > 0:
+        allowed = reading.allowance(FEC_SHARE)
+        if level is not None and allowed is not None:
             # parity takes what the estimate leaves beside the media, as retransmissions do
             # (the same allowance, and they share it: both are in what was sent), at least a
             # share that grows with the loss: fewer parity packets, never on and off
-            media = max(1.0, sent - parity_bps)
-            allowed = rtx_allowance(target, media, FEC_SHARE, loss) or 0.0
+            media = reading.media_bps
             need = math.ceil(media / max(allowed, 1.0))  # media packets per parity packet
             if need > level[0]:
                 self.limited += 1
@@ -121,7 +104,7 @@ class FecSender:
         on from the frame's), or none. ``templates`` are the frame's RED packets, numbered
         ``seq``... with timestamp ``ts`` and, with ``twcc_offset``, transport-wide sequence
         numbers from ``twcc_first``: the parity covers the packets as the viewer receives them."""
-        if now >= self._due:
+        if now >= self._link.next_at:
             self._update(now)
         if self.plan.level is None:
             return []

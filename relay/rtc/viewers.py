@@ -42,6 +42,7 @@ from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
+    accept_audio_red,
     accept_header_extension,
     accept_red_ulpfec,
     accept_transport_cc,
@@ -162,6 +163,11 @@ class ViewerLimits:
     fec: bool = False
     """Answer red + ulpfec where a viewer offers both and send it ULPFEC parity while it loses
     packets (``relay/rtc/fec_sender.py``; direct sending only)."""
+    audio_red: int = 2
+    """Earlier audio payloads each audio packet carries for a viewer that offers Opus in RED
+    (``relay/media/audio_red.py``; direct sending only); 0: no RED."""
+    audio_red_on_loss: bool = True
+    """Those copies only while the viewer loses packets, as many as its estimate has room for."""
     estimation: bool = True
     """A bandwidth estimator and a layer selector per viewer (direct sending only); off: neither
     (the baseline for their cost)."""
@@ -262,6 +268,7 @@ class ViewerSession:
     reports_due: float = 0.0  # when its senders' next reports go (monotonic)
     reports_sent: int = 0
     fec: bool = False  # red + ulpfec negotiated with the viewer
+    audio_red: bool = False  # audio RED negotiated with the viewer
 
     @property
     def layer(self) -> str | None:
@@ -547,6 +554,8 @@ class ViewerService:
             accept_header_extension(pc, PLAYOUT_DELAY_URI)
         if self.limits.fec and self.limits.direct:
             session.fec = accept_red_ulpfec(pc)
+        if self.limits.audio_red and self.limits.direct:
+            session.audio_red = accept_audio_red(pc)
         if session.estimator is not None:
             if self.limits.transport_cc:
                 session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
@@ -581,6 +590,8 @@ class ViewerService:
             solicit_lossy_every=self.limits.nack_solicit_lossy,
             feedback_repair=self.limits.feedback_repair if queue.kind == "video" else None,
             fec=self.limits.fec,
+            audio_red=self.limits.audio_red if queue.kind == "audio" else 0,
+            audio_red_on_loss=self.limits.audio_red_on_loss,
         )
         if (
             queue.kind == "video"

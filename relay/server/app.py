@@ -133,6 +133,8 @@ def viewer_limits(
             fixed_ms=min(media.viewer_playout_delay_fixed_ms, media.viewer_playout_delay_max_ms),
         ),
         fec=media.viewer_fec,
+        audio_red=media.viewer_audio_red,
+        audio_red_on_loss=media.viewer_audio_red_on_loss,
         estimation=media.viewer_estimation,
         keyframe_backoff=media.viewer_keyframe_backoff,
         connect_timeout=sessions.connect_timeout,

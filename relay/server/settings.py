@@ -123,6 +123,22 @@ class MediaSettings(BaseModel):
     default: in the quiet bed it did not cut Chromium's freezes at 2 % or 5 % loss and raised
     glass-to-glass p50 by 10-94 ms (BENCHMARKS.md, fec); libwebrtc itself sends no ULPFEC for
     H264 with NACK (without a picture id its receiver waits on every sequence number)."""
+    viewer_audio_red: int = Field(2, ge=0, le=3)
+    """Earlier Opus payloads each audio packet carries at most (RFC 2198 RED, as LiveKit sends
+    it) for a viewer that offers ``red/48000/2`` (Chromium): a loss of up to this many packets
+    in a row is rebuilt from the next packet, where a retransmission would come too late for an
+    audio jitter buffer (Chromium sends no NACK for audio). Bed, Chromium at 5 % loss + 40 ms,
+    4 off/on pairs (load 5-14): concealment events 103-120 -> 4-35, concealed samples 5.0 ->
+    0.1 % in the least loaded pair (BENCHMARKS.md, a-red). 0: no RED. Each copy costs the
+    audio's own rate again (the mixer's Opus: ~85 kbit/s) and a copy of the packet per audio
+    frame and viewer (``relay/media/audio_red.py``; ``audio_red_copies`` in the viewers
+    listing)."""
+    viewer_audio_red_on_loss: bool = True
+    """Copies only while the viewer loses 1 % of its packets or more (receiver reports and
+    transport-cc; off below 0.5 %), and only as many as its estimate leaves room for beside the
+    media (retransmissions' allowance). Off: every copy always: behind a 500 kbit/s link the
+    180p layer plus two copies overflowed it (Chromium froze 0.0 -> 16-17 %, audio lost 0.1-0.3
+    -> 3.5-3.9 %, 2 pairs; BENCHMARKS.md, a-red)."""
     native_send: bool = True
     """Send to viewers through the C loop (relay/rtc/_srtp_writer.c) when it was built: ~0.001 core
     less per viewer than the same loop in Python, which is the fallback. ``/v1/runtime`` tells
