@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from relay.ops.loop_lag import LoopLagMonitor, overload_check
@@ -24,3 +25,38 @@ def test_loop_lag_window() -> None:
     assert overload_check(busy, None, None)() is False
     busy.record(0.0, now=time.monotonic(), busy=0.95)
     assert overload_check(busy, None, 0.9)() and not overload_check(busy, None, 0.99)()
+
+
+class Counted(LoopLagMonitor):
+    samples = 0
+
+    def record(self, lag: float, now: float, busy: float = 0.0) -> None:
+        self.samples += 1
+        super().record(lag, now, busy)
+
+
+async def test_an_idle_node_samples_slowly_until_a_join_is_judged() -> None:
+    """While ``idle`` says so the sampler wakes every ``idle_interval``; a join judged by the
+    overload guard (``quicken``) makes it sample every ``interval`` for the window, and a node
+    that is not idle always does."""
+    lag = Counted(interval=0.02, window=0.6, idle_interval=0.3)
+    idle = True
+    lag.idle = lambda: idle
+    lag.start()
+    try:
+        await asyncio.sleep(0.05)  # the first sample's interval was taken at start
+        n = lag.samples
+        await asyncio.sleep(0.65)
+        assert lag.samples - n <= 3, "idle: at most one sample each 0.3 s"
+        overload_check(lag, 0.5, None)()  # a join asks: from the next sample on, fast
+        await asyncio.sleep(0.35)  # the slow sample under way ends, then 0.02 s apart
+        n = lag.samples
+        await asyncio.sleep(0.2)
+        assert lag.samples - n >= 4
+        idle = False
+        await asyncio.sleep(0.7)  # past the window: not idle, so still fast
+        n = lag.samples
+        await asyncio.sleep(0.2)
+        assert lag.samples - n >= 4
+    finally:
+        await lag.stop()
