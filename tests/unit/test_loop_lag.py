@@ -60,3 +60,23 @@ async def test_an_idle_node_samples_slowly_until_a_join_is_judged() -> None:
         assert lag.samples - n >= 4
     finally:
         await lag.stop()
+
+
+async def test_a_join_ends_the_idle_sleep_so_a_stall_after_it_is_seen() -> None:
+    """A join judged while the sampler is in its long idle sleep ends that sleep: a block of
+    the loop right after the join is seen by the next join (in one 2 s sleep it ends before the
+    wake-up is due and nothing is late: the 201 test_api's overloaded node gave)."""
+    lag = Counted(interval=0.05, window=3.0, idle_interval=2.0)
+    lag.idle = lambda: True
+    lag.start()
+    try:
+        await asyncio.sleep(0.05)
+        check = overload_check(lag, 0.2, None)
+        assert not check()  # the first viewer: admitted, and the sampler quickened
+        await asyncio.sleep(0.05)
+        time.sleep(0.4)  # noqa: ASYNC251 (the loop falls behind)
+        await asyncio.sleep(0.2)
+        assert check(), "the block after the join went unseen"
+        assert lag.samples >= 3
+    finally:
+        await lag.stop()
