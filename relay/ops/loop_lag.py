@@ -9,13 +9,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from relay.ops.timer_grid import next_tick
+
 log = logging.getLogger(__name__)
 
 
 class LoopLagMonitor:
-    """Measures how late a ``interval`` sleep wakes up and how busy the loop's thread was
-    meanwhile (its own CPU time, so other processes on the machine do not count), and
-    remembers the last ``window`` s.
+    """Measures how late a sleep to the next multiple of ``interval`` wakes up and how busy the
+    loop's thread was meanwhile (its own CPU time, so other processes on the machine do not
+    count), and remembers the last ``window`` s.
 
     One event loop can use one core. A loop that is behind, or near that core, cannot take on
     more viewers without making every viewer (and the anchors' ICE consent checks) late:
@@ -94,9 +96,12 @@ class LoopLagMonitor:
         while True:
             interval = self._next_interval()
             t0, c0 = time.monotonic(), time.thread_time()
-            self._due = t0 + interval
+            # due on the grid of the node's other timers, woken with them (timer_grid)
+            at = loop.time()
+            wait = next_tick(at, interval) - at
+            self._due = t0 + wait
             self._woken = woken = loop.create_future()
-            timer = loop.call_later(interval, _wake, woken)
+            timer = loop.call_at(at + wait, _wake, woken)
             try:
                 await woken
             finally:
