@@ -46,7 +46,8 @@ class LoopLagMonitor:
         self._woken: asyncio.Future[None] | None = None  # the sample under way's wake-up
         self.last_lag = 0.0
         self.max_lag = 0.0
-        self._recent: deque[tuple[float, float, float]] = deque()  # (time, lag, busy)
+        # (time, lag, busy, span: the sample's length, what its busy share weighs)
+        self._recent: deque[tuple[float, float, float, float]] = deque()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -73,23 +74,26 @@ class LoopLagMonitor:
             log.exception("loop lag: the idle check failed")
             return self.interval
 
-    def record(self, lag: float, now: float, busy: float = 0.0) -> None:
+    def record(self, lag: float, now: float, busy: float = 0.0, span: float = 1.0) -> None:
         self.last_lag = lag
         self.max_lag = max(self.max_lag, lag)
-        self._recent.append((now, lag, busy))
+        self._recent.append((now, lag, busy, span))
         while self._recent and now - self._recent[0][0] > self.window:
             self._recent.popleft()
 
     def lagging(self, threshold: float, now: float | None = None) -> bool:
         """Whether the loop was more than ``threshold`` s late within the last window."""
         now = time.monotonic() if now is None else now
-        return any(lag > threshold for t, lag, _ in self._recent if now - t <= self.window)
+        return any(lag > threshold for t, lag, _, _ in self._recent if now - t <= self.window)
 
     def busy(self, now: float | None = None) -> float:
-        """The loop thread's mean CPU share (of one core) over the last window."""
+        """The loop thread's CPU share (of one core) over the last window: each sample weighed
+        by its length, as samples are 1 s, 0.1 s or (ended by ``quicken``) shorter: a join's
+        own work in a 1 ms sample must not count as much as a quiet second."""
         now = time.monotonic() if now is None else now
-        shares = [b for t, _, b in self._recent if now - t <= self.window]
-        return sum(shares) / len(shares) if shares else 0.0
+        spans = [(b * s, s) for t, _, b, s in self._recent if now - t <= self.window]
+        total = sum(s for _, s in spans)
+        return sum(w for w, _ in spans) / total if total > 0 else 0.0
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,7 +113,7 @@ class LoopLagMonitor:
                 self._woken = None
             now = time.monotonic()
             busy = (time.thread_time() - c0) / max(now - t0, 1e-6)
-            self.record(max(0.0, now - self._due), now, min(1.0, busy))
+            self.record(max(0.0, now - self._due), now, min(1.0, busy), now - t0)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -30,9 +30,9 @@ def test_loop_lag_window() -> None:
 class Counted(LoopLagMonitor):
     samples = 0
 
-    def record(self, lag: float, now: float, busy: float = 0.0) -> None:
+    def record(self, lag: float, now: float, busy: float = 0.0, span: float = 1.0) -> None:
         self.samples += 1
-        super().record(lag, now, busy)
+        super().record(lag, now, busy, span)
 
 
 async def test_an_idle_node_samples_slowly_until_a_join_is_judged() -> None:
@@ -80,3 +80,15 @@ async def test_a_join_ends_the_idle_sleep_so_a_stall_after_it_is_seen() -> None:
         assert lag.samples >= 3
     finally:
         await lag.stop()
+
+
+def test_busy_weighs_each_sample_by_its_length() -> None:
+    """A quiet second, then a join's own work in the 1 ms sample its ``quicken`` ended: the
+    share over the window is ~2 %, not the 51 % of a mean of the two samples (which the next
+    join would then be refused on at ``max_loop_busy`` 0.5)."""
+    lag = LoopLagMonitor(window=3.0)
+    now = time.monotonic()
+    lag.record(0.0, now - 0.001, busy=0.02, span=1.0)
+    lag.record(0.0, now, busy=1.0, span=0.001)
+    assert abs(lag.busy(now) - (0.02 + 0.001) / 1.001) < 1e-9
+    assert not overload_check(lag, None, 0.5)()
