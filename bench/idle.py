@@ -13,7 +13,9 @@ CBR ``--kbps``, Opus) or, with ``--anchor aiortc``, an aiortc peer in this proce
 adds Janus (``bench.janus``: a streaming mountpoint fed the same source as plain RTP, no
 viewer) as the C reference. Every row gives the load average: the machine may be shared.
 ``--paired N`` runs every tree's node with its own ffmpeg anchor at the same time and measures
-their CPU over the same N windows (the fairest before/after on a loaded machine).
+their CPU over the same N windows (the fairest before/after on a loaded machine), also in ns
+(the live threads' ``schedstat``: /proc/PID/stat's 10 ms ticks are 0.0005 core in 20 s), and
+their wake-ups a second (voluntary context switches).
 
     python -m bench.idle --seconds 60
     python -m bench.idle --seconds 30 --repeat 3 --tree /work/wt/base --tree . --janus
@@ -84,6 +86,21 @@ def memory_mib(pid: int) -> tuple[float, float, float]:
         kb[parts[0].rstrip(":")] = int(parts[1])
     uss = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
     return kb.get("Rss", 0) / 1024, kb.get("Pss", 0) / 1024, uss / 1024
+
+
+def threads_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds in ns resolution (``schedstat``) and sleeps (voluntary context switches: each
+    is a wake-up) summed over the process's live threads: /proc/PID/stat counts in 10 ms
+    ticks, one tick in a 20 s window is 0.0005 core, about the size of what is compared. A
+    thread that ended within the window (a code-page look) is missing from both."""
+    cpu_ns, sleeps = 0, 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            cpu_ns += int((task / "schedstat").read_text().split()[0])
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    sleeps += int(line.split()[1])
+    return cpu_ns / 1e9, sleeps
 
 
 def ffmpeg_loaded(pid: int) -> bool:
@@ -239,19 +256,34 @@ async def paired(children: Children, args: argparse.Namespace) -> None:
         pids[name] = node.proc.pid
     await asyncio.sleep(args.settle + 5)
     cores: dict[str, list[float]] = {name: [] for name in pids}
-    print("| window | " + " | ".join(pids) + " | load |\n|" + "---|" * (len(pids) + 2))
+    fine: dict[str, list[float]] = {name: [] for name in pids}
+    wakes: dict[str, list[float]] = {name: [] for name in pids}
+    print(
+        "| window | "
+        + " | ".join(f"{name} core (schedstat) wake-ups/s" for name in pids)
+        + " | load |\n|"
+        + "---|" * (len(pids) + 2)
+    )
     for window in range(args.paired):
         cpu0, t0 = {name: process_cpu(pid) for name, pid in pids.items()}, time.monotonic()
+        use0 = {name: threads_usage(pid) for name, pid in pids.items()}
         await asyncio.sleep(args.seconds)
         wall = time.monotonic() - t0
         for name, pid in pids.items():
             cores[name].append((process_cpu(pid) - cpu0[name]) / wall)
-        cells = " | ".join(f"{cores[name][-1]:.4f}" for name in pids)
+            cpu, sleeps = threads_usage(pid)
+            fine[name].append((cpu - use0[name][0]) / wall)
+            wakes[name].append((sleeps - use0[name][1]) / wall)
+        cells = " | ".join(
+            f"{cores[n][-1]:.4f} ({fine[n][-1]:.5f}) {wakes[n][-1]:.1f}" for n in pids
+        )
         print(f"| {window} | {cells} | {os.getloadavg()[0]:.1f} |", flush=True)
     for name, values in cores.items():
         print(
             f"{name}: one ingest, no viewer: {min(values):.4f} / {statistics.median(values):.4f}"
-            f" core (min / median of {len(values)} windows); RSS / PSS / USS "
+            f" core (min / median of {len(values)} windows; schedstat"
+            f" {min(fine[name]):.5f} / {statistics.median(fine[name]):.5f}); wake-ups"
+            f" {statistics.median(wakes[name]):.1f}/s median; RSS / PSS / USS "
             + memory_cells(pids[name])
             + f"; before the anchor: {alone[name]}"
         )

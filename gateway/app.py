@@ -113,6 +113,7 @@ class Gateway:
         await self.transport.start()
         if self.transport.port is not None:
             self.transport.port.quiet = self.media_quiet
+        self.lag.idle = self.media_quiet
         self.lag.start()
         if self.settings.limits.gc_freeze_sessions:
             viewers = self.viewers
@@ -156,7 +157,9 @@ class Gateway:
         with one anchor at most), no hub with a consumer (a recording, a bridge, a co-host's
         tap), and no anchor steering its bitrate by our transport-cc feedback (a browser:
         feedback made late by batched reads could lower what a viewer then joins to). Then the
-        shared port may read the anchors' packets in batches (``udp_quiet_reads``)."""
+        shared port may read the anchors' packets in batches (``udp_quiet_reads``) and the
+        loop-lag sampler may sample once a second (what the overload guard needs of it comes
+        with a join: ``LoopLagMonitor.quicken``)."""
         if self.viewers.sessions:
             return False
         for stage in self.stages:

@@ -34,6 +34,7 @@ from relay.cluster.registry import (
 from relay.cluster.routing import FRESH_VIEW, Decision, Full, Redirect, judged_at, route
 from relay.errors import ServiceUnavailable, StagecastError
 from relay.ops.process_cpu import ProcessCpu
+from relay.ops.timer_grid import next_tick
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,9 @@ class ClusterNode:
     async def _beat_loop(self) -> None:
         while not self._stopping:
             # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.heartbeat):
+            with contextlib.suppress(TimeoutError):  # on the node's timer grid (timer_grid)
+                beat_at = next_tick(asyncio.get_running_loop().time(), self.config.heartbeat)
+                async with asyncio.timeout_at(beat_at):
                     await self._wake.wait()
             self._wake.clear()
             if self._stopping:

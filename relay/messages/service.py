@@ -34,6 +34,7 @@ from relay.messages.envelope import (
 from relay.messages.likes import LikeAggregator
 from relay.messages.mutes import MuteList
 from relay.messages.policy import DEFAULT_CHAT_MODE, Permissions, permissions
+from relay.ops.timer_grid import sleep_to_tick
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ class RoomChannels:
 
     async def _check_standing(self) -> None:
         while True:
-            await asyncio.sleep(self.config.standing_interval)
+            await sleep_to_tick(self.config.standing_interval)  # with the node's other timers
             try:
                 self.sweep()
             except Exception:

@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable, Collection, Hashable, Iterator
 from enum import Enum
 
+from relay.ops.timer_grid import sleep_to_tick
+
 log = logging.getLogger("stagecast.gc")
 
 _FREEZING = threading.RLock()
@@ -145,7 +147,7 @@ class GcFreezer:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.period)
+            await sleep_to_tick(self.period)  # with the node's other timers (timer_grid)
             try:
                 self.step()
             except Exception:  # never the end of the node

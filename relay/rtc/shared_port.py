@@ -30,7 +30,9 @@ more than most of what it brings (``bench.idle``, loaded: 20 reads a second -30 
 quiet, paired: 10 a second 0.0110 core, 5 a second 0.0085).
 The wait it adds (up to 1 / ``quiet_reads`` s) is seen by nobody; a session registering (a
 viewer's or an anchor's offer) ends it at once and for ``QUIET_GRACE`` s, so handshakes and
-first frames are never paced.
+first frames are never paced. Quiet reads fall due on multiples of 1 / ``quiet_reads`` s of the
+loop's clock, where the node's once-a-second timers fall too (``relay.ops.timer_grid``): those
+then cost no wake-up of their own.
 
 While a datagram is handed on, ``arrival`` holds when the kernel received it (SO_TIMESTAMPNS,
 ``time.monotonic``'s clock): transport-cc feedback reports that, not when this reader got round
@@ -56,6 +58,7 @@ from typing import Any, Protocol
 
 from aioice import stun
 
+from relay.ops.timer_grid import first_tick
 from relay.rtc import udp_batch
 from relay.rtc.mux_table import Addr, MuxTable, is_stun
 
@@ -297,7 +300,10 @@ class SharedUdpPort:
             return
         self.paced += 1
         self._loop.remove_reader(sock.fileno())
-        self._resumes[local] = self._loop.call_later(-tokens / rate, self._resume, sock, local)
+        at = self._loop.time() - tokens / rate
+        if self._quiet_now:  # on the grid of the node's other timers: one wake-up with them
+            at = first_tick(at, 1.0 / rate)
+        self._resumes[local] = self._loop.call_at(at, self._resume, sock, local)
 
     def _resume(self, sock: Socket, local: str) -> None:
         """Watch the socket again (the loop's poll in this same turn finds what waits)."""

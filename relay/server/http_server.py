@@ -14,6 +14,8 @@ from types import FrameType
 
 from uvicorn.server import Server
 
+from relay.ops.timer_grid import next_tick
+
 TICK = 1.0  # s
 
 
@@ -29,7 +31,8 @@ class HttpServer(Server):
         while not should_exit:
             counter = (counter + 10) % 864000  # on_tick's once-a-second work at every tick
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK):
+                # on the grid of the node's other timers: woken with them (relay.ops.timer_grid)
+                async with asyncio.timeout_at(next_tick(self._loop.time(), TICK)):
                     await self._wake.wait()
             should_exit = await self.on_tick(counter)
 
