@@ -1601,6 +1601,18 @@ def _feedback_split(
             task.add_done_callback(resuming.discard)
 
 
+def flush_feedback_lane(pc: RTCPeerConnection) -> int:
+    """The counts ``pc``'s feedback lane holds since its last tick, to the tick now; returns
+    how many lone feedback datagrams the lane took in all."""
+    taken = 0
+    for dtls, _ in ice_transports(pc):
+        reader: RtcpReader | None = dtls.__dict__.get("_stagecast_lane_reader")
+        if reader is not None:
+            reader.flush()
+            taken += reader.lane_feedbacks
+    return taken
+
+
 LANE_RETRY = 1.0
 """Seconds between a session's lane installs (each rebuilds the port's lane table)."""
 
