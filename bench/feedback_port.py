@@ -24,16 +24,13 @@ import os
 import random
 import socket
 import time
-from types import SimpleNamespace
-from typing import Any
 
 from aioice import stun
-from aiortc.rtcdtlstransport import State as DtlsState
 from pylibsrtp import Policy, Session
 
 from relay.media.cc_feedback import build_transport_feedback
 from relay.media.estimator import BandwidthEstimator
-from relay.rtc.adapter import FeedbackLane, _PortTransport, _SessionSink
+from relay.rtc.adapter import FeedbackLane, bench_feedback_session
 from relay.rtc.shared_port import SharedUdpPort
 
 PASSWORD = "p" * 22
@@ -75,39 +72,24 @@ def send(port: int, spread: bool, seconds: float, viewers: int) -> None:
         s.close()
 
 
-class Dtls:
-    """What ``_receive_feedback`` and ``_feedback_lane`` read of aiortc's RTCDtlsTransport."""
-
-    def __init__(self, srtp: Session, connection: Any) -> None:
-        self._rx_srtp = srtp
-        self._state = DtlsState.CONNECTED
-        self._RTCDtlsTransport__rx_bytes = 0
-        self._RTCDtlsTransport__rx_packets = 0
-        self.transport = SimpleNamespace(_connection=connection)
-
-    async def _handle_rtcp_data(self, data: bytes) -> None:
-        pass
-
-
 def viewer(port: SharedUdpPort, ufrag: str, lane: bool) -> BandwidthEstimator:
     """One viewer session's receive side on ``port``, as ``ViewerService`` wires it."""
     estimator = BandwidthEstimator()
-    connection = SimpleNamespace(_queue=asyncio.Queue(), data_received=lambda *_: None)
-    connection._protocols = [SimpleNamespace(transport=_PortTransport(port, ufrag, None, ""))]
-    dtls = Dtls(Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND)), connection)
 
     def on_feedback(fcis: tuple[bytes, ...]) -> None:  # ViewerSession.on_transport_feedback
         now = time.monotonic()
         for fci in fcis:
             estimator.on_transport_feedback(fci, now)
 
-    dtls._stagecast_feedback = on_feedback  # as tap_transport_feedback installs it
     state = estimator.lane()
-    dtls._stagecast_feedback_lane = (
-        FeedbackLane(*state, lambda n: None) if lane and state is not None else None
+    bench_feedback_session(
+        port,
+        ufrag,
+        PASSWORD,
+        Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_INBOUND)),
+        on_feedback,
+        FeedbackLane(*state, lambda n: None) if lane and state is not None else None,
     )
-    protocol = SimpleNamespace(local_candidate=SimpleNamespace(component=1))
-    port.register(ufrag, PASSWORD, _SessionSink(connection, {"": protocol}, dtls))
     return estimator
 
 

@@ -85,6 +85,7 @@ from array import array
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
+from types import SimpleNamespace
 from typing import Any
 
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
@@ -991,6 +992,42 @@ def tap_transport_feedback(
 
 
 # -- bench hooks ----------------------------------------------------------------------------------
+class _BenchDtls:
+    """What ``_receive_feedback`` and ``_feedback_lane`` read of aiortc's RTCDtlsTransport."""
+
+    def __init__(self, srtp: Any, connection: Any) -> None:
+        self._rx_srtp = srtp
+        self._state = DtlsState.CONNECTED
+        self._RTCDtlsTransport__rx_bytes = 0
+        self._RTCDtlsTransport__rx_packets = 0
+        self.transport = SimpleNamespace(_connection=connection)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        pass
+
+
+def bench_feedback_session(
+    port: Any,
+    ufrag: str,
+    password: str,
+    srtp: Any,
+    on_feedback: FeedbackHandler,
+    lane: FeedbackLane | None,
+) -> None:
+    """Register on the shared ``port`` a session whose SRTCP (decrypted with ``srtp``) takes
+    the node's feedback paths (``_SessionSink``, ``_receive_feedback``, the feedback lane when
+    ``lane``), with stand-ins for aiortc's DTLS transport and aioice's connection holding what
+    those paths read (no handshake: the keys are given). For bench/feedback_port.py only."""
+    connection = SimpleNamespace(_queue=asyncio.Queue(), data_received=lambda *_: None)
+    transport = _PortTransport(port, ufrag, None, "")  # type: ignore[arg-type]
+    connection._protocols = [SimpleNamespace(transport=transport)]
+    dtls: Any = _BenchDtls(srtp, connection)
+    dtls._stagecast_feedback = on_feedback
+    dtls._stagecast_feedback_lane = lane
+    protocol: Any = SimpleNamespace(local_candidate=SimpleNamespace(component=1))
+    port.register(ufrag, password, _SessionSink(connection, {"": protocol}, dtls))
+
+
 def use_bench_h264_encoder(
     preset: str, kbps: int, on_payloads: Callable[[list[bytes]], None]
 ) -> None:

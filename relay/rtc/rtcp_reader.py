@@ -143,16 +143,17 @@ class PyRtcpReader:
         now = time.monotonic()
         if now >= self._due:
             self._due = now + TICK
-            counts = self._rx_bytes, self._rx_packets, self._feedbacks
-            self._rx_bytes = self._rx_packets = self._feedbacks = 0
-            _reported(tick, *counts, now)
+            _reported(self._tick, tick, now)
         return True
 
     def flush(self) -> None:
         if self._lane is not None and (self._rx_packets or self._feedbacks):
-            counts = self._rx_bytes, self._rx_packets, self._feedbacks
-            self._rx_bytes = self._rx_packets = self._feedbacks = 0
-            self._lane[4](*counts, time.monotonic())
+            self._tick(self._lane[4], time.monotonic())
+
+    def _tick(self, tick: Tick, now: float) -> None:
+        counts = self._rx_bytes, self._rx_packets, self._feedbacks
+        self._rx_bytes = self._rx_packets = self._feedbacks = 0
+        tick(*counts, now)
 
 
 def _reported(fn: Callable[..., None], *args: Any) -> None:
