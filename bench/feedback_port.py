@@ -17,7 +17,6 @@ datagram, and the share the lane took.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -28,6 +27,7 @@ import time
 from aioice import stun
 from pylibsrtp import Policy, Session
 
+from bench.port_pacing import window
 from relay.media.cc_feedback import build_transport_feedback
 from relay.media.estimator import BandwidthEstimator
 from relay.rtc.adapter import FeedbackLane, bench_feedback_session
@@ -98,17 +98,10 @@ async def measure(lane: bool, spread: bool, viewers: int, seconds: float) -> dic
     await port.open("127.0.0.1", 0)
     estimators = [viewer(port, f"v{i:07d}", lane) for i in range(viewers)]
     sender = multiprocessing.Process(target=send, args=(port.port, spread, seconds + 3, viewers))
-    sender.start()
-    try:
-        await asyncio.sleep(2.0)  # the STUN checks, then each session's first feedback
-        cpu0, got0, laned0 = time.process_time(), port.received, port.laned
-        t0 = time.monotonic()
-        await asyncio.sleep(seconds)
-        cpu, elapsed = time.process_time() - cpu0, time.monotonic() - t0
-        got, laned = port.received - got0, port.laned - laned0
-    finally:
-        sender.join()
-        port.close()
+    # settled: the STUN checks, then each session's first feedback
+    cpu, elapsed, (got, laned) = await window(
+        port, sender, 2.0, seconds, lambda: (port.received, port.laned)
+    )
     assert sum(e.feedbacks for e in estimators) > 0
     return {
         "datagrams/s": got / elapsed,
