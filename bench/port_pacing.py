@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aioice import stun
@@ -65,6 +66,31 @@ def send(port: int, mode: str, seconds: float, viewers: int) -> None:
         s.close()
 
 
+async def window(
+    port: SharedUdpPort,
+    sender: multiprocessing.Process,
+    settle: float,
+    seconds: float,
+    counts: Callable[[], tuple[int, ...]],
+    settled: Callable[[], None] = lambda: None,
+) -> tuple[float, float, tuple[int, ...]]:
+    """Start ``sender``, let ``settle`` s pass, then measure ``seconds``: this process's CPU,
+    the elapsed time and how much each of ``counts`` grew; the sender is joined and the port
+    closed after."""
+    sender.start()
+    try:
+        await asyncio.sleep(settle)
+        settled()
+        cpu0, counts0, t0 = time.process_time(), counts(), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu, elapsed = time.process_time() - cpu0, time.monotonic() - t0
+        grown = tuple(b - a for a, b in zip(counts0, counts(), strict=True))
+    finally:
+        sender.join()
+        port.close()
+    return cpu, elapsed, grown
+
+
 async def measure(mode: str, max_reads: float, viewers: int, seconds: float) -> dict[str, float]:
     port = SharedUdpPort(max_reads=max_reads)
     await port.open("127.0.0.1", 0)
@@ -72,17 +98,9 @@ async def measure(mode: str, max_reads: float, viewers: int, seconds: float) -> 
     for i in range(viewers):
         port.register(f"v{i:07d}", PASSWORD, Sink(port, waits))
     sender = multiprocessing.Process(target=send, args=(port.port, mode, seconds + 2, viewers))
-    sender.start()
-    try:
-        await asyncio.sleep(1.5)
-        waits.clear()
-        cpu0, reads0, got0, t0 = time.process_time(), port.reads, port.received, time.monotonic()
-        await asyncio.sleep(seconds)
-        cpu, elapsed = time.process_time() - cpu0, time.monotonic() - t0
-        reads, got = port.reads - reads0, port.received - got0
-    finally:
-        sender.join()
-        port.close()
+    cpu, elapsed, (reads, got) = await window(
+        port, sender, 1.5, seconds, lambda: (port.reads, port.received), waits.clear
+    )
     w = sorted(waits) or [0.0]
     return {
         "datagrams/s": got / elapsed,

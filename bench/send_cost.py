@@ -24,7 +24,8 @@ selector may cost <= 10 % more CPU per viewer). Then the path that replaced it f
 that negotiated transport-cc: the datagram taken in the port's read callback, decrypted and
 split by ``relay/rtc/rtcp_reader.py`` (C reader, and its Python reference) and its FCI given to
 ``ViewerSession.on_transport_feedback`` (the sink's own test of the first header left out: a
-few comparisons).
+few comparisons). Last, the feedback lane that stands in for that path: the reader bound to the
+estimator's state (``take``, as the port's recvmmsg loop calls it; C, and its Python reference).
 
     python -m bench.send_cost [--frames 20000] [--python]
 """
@@ -268,10 +269,13 @@ async def _receive_round(key: bytes, events: list[tuple[str, Any, float]]) -> fl
     return (spent - idle) / feedbacks * 1e6
 
 
-def port_path_cost(seconds: int = 20, rounds: int = 5, *, native: bool = True) -> float:
+def port_path_cost(
+    seconds: int = 20, rounds: int = 5, *, native: bool = True, lane: bool = False
+) -> float:
     """Thread CPU (us) per feedback datagram through the port's read-callback path: the
-    reader's decrypt and split, and the session's ``on_transport_feedback``; best of
-    ``rounds``."""
+    reader's decrypt and split, and the session's ``on_transport_feedback``; with ``lane``,
+    through the reader bound as the port's feedback lane instead (``take``: decrypt, split and
+    the estimator's C state in one call, relay/rtc/_rtcp_reader.c); best of ``rounds``."""
     key = bytes(range(30))
     tx = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     events = feedback_trace(seconds)
@@ -286,6 +290,10 @@ def port_path_cost(seconds: int = 20, rounds: int = 5, *, native: bool = True) -
         reader = new_rtcp_reader(rx, native=native)
         estimator = BandwidthEstimator()
         viewer = SimpleNamespace(estimator=estimator, rtcp_errors=0, port_feedbacks=0, id="bench")
+        if lane:
+            state = estimator.lane()
+            assert state is not None
+            reader.bind(*state, lambda *_: None, lambda *_: None)
         spent = 0.0
         feedbacks = 0
         for kind, data, _ in protected:
@@ -295,6 +303,10 @@ def port_path_cost(seconds: int = 20, rounds: int = 5, *, native: bool = True) -
                 continue
             feedbacks += 1
             t0 = time.thread_time()
+            if lane:
+                assert reader.take(data)
+                spent += time.thread_time() - t0
+                continue
             split = reader.read(data)
             assert split is not None
             fcis, rest = split
@@ -331,11 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         f"feedback datagram, session sink to estimator: {us:.1f} us each, "
         f"{us * 20 / 1e6:.5f} core per viewer at 20/s"
     )
-    for native in (True, False):
-        us = port_path_cost(native=native)
+    for native, lane in ((True, False), (False, False), (True, True), (False, True)):
+        us = port_path_cost(native=native, lane=lane)
+        where = "the port's feedback lane" if lane else "the port's read callback"
         print(
-            f"feedback datagram in the port's read callback ({'C' if native else 'Python'} "
-            f"reader): {us:.1f} us each, {us * 20 / 1e6:.5f} core per viewer at 20/s"
+            f"feedback datagram in {where} ({'C' if native else 'Python'} reader): {us:.1f} us "
+            f"each, {us * 20 / 1e6:.5f} core per viewer at 20/s"
         )
     return 0
 

@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from relay.media.cc_feedback import (
     RTCP_RTPFB,
@@ -729,6 +730,22 @@ class BandwidthEstimator:
         # told the transport-wide numbers a feedback reported lost, when one did (repairs
         # without a NACK: relay/media/feedback_repair.py); None: nobody asks
         self.on_lost: Callable[[list[int], float], None] | None = None
+        # what TwccState.take reads besides the feedback: probe_bps (-1: none), probe_at, rtt,
+        # and 1.0 while a probe cluster waits (its feedback must be matched here); kept current
+        # for a feedback lane that calls take without Python (relay/rtc/_rtcp_reader.c)
+        self.lane_params = array("d", [-1.0, float("-inf"), 0.0, 0.0])
+
+    def _sync_lane(self) -> None:
+        p = self.lane_params
+        p[0] = -1.0 if self._probe_bps is None else self._probe_bps
+        p[1] = self._probe_at
+        p[2] = self._rtt or 0.0
+        p[3] = 1.0 if self._clusters else 0.0
+
+    def lane(self) -> tuple[Any, array[float], Callable[[bytes, float, int, int], None]] | None:
+        """(the TwccState, ``lane_params``, ``taken``) for a feedback lane that takes lone
+        transport-cc feedback in C; None when this estimator's state is not the C one."""
+        return (self._cc, self.lane_params, self.taken) if self.native else None
 
     @property
     def feedbacks(self) -> int:
@@ -789,6 +806,7 @@ class BandwidthEstimator:
             self.end_probe(now)
         self._probing = cluster
         self._clusters[cluster] = _Cluster()
+        self._sync_lane()
 
     def renew_probe(self, now: float) -> None:
         """The viewer was moved up on the last probe's result: it holds another
@@ -796,6 +814,7 @@ class BandwidthEstimator:
         cap, 1.5 x a window of the old layer's rate, would cut the target under the new one)."""
         if self._probe_bps is not None and now - self._probe_at <= PROBE_FRESH:
             self._probe_at = now
+            self._sync_lane()
 
     def end_probe(self, now: float) -> None:
         cluster = self._clusters.get(self._probing)
@@ -842,6 +861,7 @@ class BandwidthEstimator:
                 cc.delay_target = max(cc.delay_target, bps)
             if cc.loss_target is not None and cc.loss(now) <= LOSS_HIGH:
                 cc.loss_target = max(cc.loss_target, bps)
+        self._sync_lane()
 
     def sent(self, size: int, now: float) -> None:
         """Bytes sent to the viewer (a frame, a retransmission): the rate receiver reports and
@@ -856,28 +876,35 @@ class BandwidthEstimator:
     def on_transport_feedback(self, fci: bytes | memoryview, now: float) -> None:
         """A transport-cc feedback's FCI (after the two SSRCs)."""
         cc = self._cc
-        probe_bps = -1.0 if self._probe_bps is None else self._probe_bps
-        rtt = self._rtt or 0.0
+        probe_bps, probe_at, rtt, _ = self.lane_params
         lost_before = cc.lost_packets
         if not self._clusters:  # the common case: in one call (in C when built)
-            if cc.take(fci, now, probe_bps, self._probe_at, rtt) == 1:
-                self.malformed += 1
-        else:  # while a probe cluster waits for its feedback: its packets counted to it
-            if not cc.admit(now):
-                return
-            try:
-                feedback = parse_transport_feedback(fci)
-            except FeedbackError:
-                self.malformed += 1
-                return
-            clusters = self._clusters
-            history = (self._seq, self._time, self._size, self._acked)
-            matched = match_feedback(feedback, now, history, cc.group, self._cluster_of, clusters)
-            cc.apply(now, *matched, probe_bps, self._probe_at, rtt)
-            for cid, c in list(clusters.items()):
-                if c.ended is not None and len(c.packets) + c.lost >= c.sent:
-                    self._finish_probe(cid, c, now)
-        if self.on_lost is not None and cc.lost_packets != lost_before:
+            self.taken(fci, now, cc.take(fci, now, probe_bps, probe_at, rtt), lost_before)
+            return
+        # while a probe cluster waits for its feedback: its packets counted to it
+        if not cc.admit(now):
+            return
+        try:
+            feedback = parse_transport_feedback(fci)
+        except FeedbackError:
+            self.malformed += 1
+            return
+        clusters = self._clusters
+        history = (self._seq, self._time, self._size, self._acked)
+        matched = match_feedback(feedback, now, history, cc.group, self._cluster_of, clusters)
+        cc.apply(now, *matched, probe_bps, probe_at, rtt)
+        for cid, c in list(clusters.items()):
+            if c.ended is not None and len(c.packets) + c.lost >= c.sent:
+                self._finish_probe(cid, c, now)
+        self.taken(fci, now, 0, lost_before)
+
+    def taken(self, fci: bytes | memoryview, now: float, code: int, lost_before: int) -> None:
+        """After ``TwccState.take`` gave ``code`` (1: malformed) for ``fci``: the counts and
+        feedback repair. A feedback lane calls it only for a malformed FCI or one that reported
+        a loss (nothing else happens here)."""
+        if code == 1:
+            self.malformed += 1
+        if self.on_lost is not None and self._cc.lost_packets != lost_before:
             # only a feedback that reported a loss is read again (a clean one costs nothing)
             self.on_lost(self.reported_lost(fci, now), now)
 
@@ -954,6 +981,7 @@ class BandwidthEstimator:
             self._clamped += 1
             return
         self._rtt = rtt
+        self._sync_lane()
 
     # -- the result -----------------------------------------------------------------------------
     def _clamp(self, bps: float) -> int:

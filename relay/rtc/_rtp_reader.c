@@ -780,7 +780,8 @@ static PyObject *Reader_take(Reader *self, PyObject *data) {
     }
     Py_ssize_t n = PyBytes_GET_SIZE(data);
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
-    if (n > BUF_SIZE || n < 12 || p[0] != 0x80 || self->nlanes == 0)
+    if (n > BUF_SIZE || n < 12 || p[0] != 0x80 || self->nlanes == 0 ||
+        (p[1] >= 192 && p[1] <= 223)) /* SRTCP (the port offers it too) */
         Py_RETURN_FALSE;
     Lane *lane = find_lane(self, be32(p + 8));
     if (lane == NULL || (p[1] & 0x7F) != lane->pt)

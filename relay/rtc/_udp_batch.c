@@ -79,13 +79,14 @@ static PyObject *address(const struct sockaddr_storage *a) {
     return Py_BuildValue("(si)", "", 0);
 }
 
-/* An SRTP datagram (RFC 7983: first byte 128..191; RTCP's packet types 192..223 excluded) from
- * an address with a lane (`lanes`: {(host, port): take}) offered to it: 1 taken, 0 not,
+/* An SRTP or SRTCP datagram (RFC 7983: first byte 128..191) from an address with a lane
+ * (`lanes`: {(host, port): take}) offered to it (the take tells RTP from RTCP: a viewer's
+ * feedback lane takes SRTCP, relay/rtc/_rtcp_reader.c): 1 taken, 0 not,
  * -1 a Python error. A take that raises is reported as unraisable and counted taken (dropped):
  * the rest of the batch still goes on. */
 static int offer_lane(PyObject *lanes, const unsigned char *d, unsigned int len, PyObject *addr,
                       PyObject **bytes) {
-    if (len < 12 || d[0] < 128 || d[0] > 191 || (d[1] >= 192 && d[1] <= 223))
+    if (len < 12 || d[0] < 128 || d[0] > 191)
         return 0;
     PyObject *take = PyDict_GetItemWithError(lanes, addr);
     if (take == NULL)

@@ -82,8 +82,11 @@ import queue
 import socket
 import threading
 import time
+from array import array
 from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
+from types import SimpleNamespace
 from typing import Any
 
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
@@ -125,7 +128,7 @@ from relay.media.consent import ConsentTimer
 from relay.media.frames import EncodedFrame
 from relay.rtc.candidates import CandidatePolicy
 from relay.rtc.mux_table import is_stun
-from relay.rtc.rtcp_reader import RtcpReader, new_rtcp_reader
+from relay.rtc.rtcp_reader import RtcpReader, laneable, new_rtcp_reader
 from relay.rtc.rtp_reader import (
     LANE_DEPAYLOADERS,
     RtpReader,
@@ -1004,21 +1007,74 @@ def tap_rtcp(pc: RTCPeerConnection, on_rtcp: Callable[[bytes], bytes]) -> None:
 FeedbackHandler = Callable[[tuple[bytes, ...]], None]
 
 
-def tap_transport_feedback(pc: RTCPeerConnection, on_feedback: FeedbackHandler) -> None:
+@dataclass(frozen=True, slots=True)
+class FeedbackLane:
+    """Where a feedback lane takes a viewer's lone transport-cc datagrams (rtcp_reader.py's
+    ``bind``): the estimator's ``lane()`` and what counts the datagrams it took."""
+
+    state: Any
+    params: array[float]
+    taken: Callable[[bytes, float, int, int], None]
+    counted: Callable[[int], None]
+
+
+def tap_transport_feedback(
+    pc: RTCPeerConnection, on_feedback: FeedbackHandler, lane: FeedbackLane | None = None
+) -> None:
     """On the shared UDP port, a datagram of ``pc``'s whose first packet is transport-cc
     feedback is decrypted and split in the port's read callback (``_receive_feedback``, when
     nothing of the session waits in its queue): ``on_feedback`` gets its transport-cc FCIs at
     once, and aiortc (through ``tap_rtcp``'s and the consent wrappers) only the rest, if any.
     Other datagrams (and everything off the shared port) take aiortc's path: ``tap_rtcp``'s
-    callback must take transport-cc feedback too. ``on_feedback`` must not raise."""
+    callback must take transport-cc feedback too. ``on_feedback`` must not raise. With ``lane``
+    (and the C reader), the first such datagram also makes the session's SRTCP reader a lane of
+    the port's recvmmsg loop (``_feedback_lane``): lone feedback then reaches ``lane.state``
+    without Python, and ``on_feedback`` gets only what the lane leaves."""
     for dtls, _ in ice_transports(pc):
         for name in ("_rx_srtp", "_state", "_handle_rtcp_data", "_RTCDtlsTransport__rx_bytes"):
             if not hasattr(dtls, name):
                 raise AdapterError(f"RTCDtlsTransport internals changed: no {name}")
         dtls._stagecast_feedback = on_feedback
+        dtls._stagecast_feedback_lane = lane
 
 
 # -- bench hooks ----------------------------------------------------------------------------------
+class _BenchDtls:
+    """What ``_receive_feedback`` and ``_feedback_lane`` read of aiortc's RTCDtlsTransport."""
+
+    def __init__(self, srtp: Any, connection: Any) -> None:
+        self._rx_srtp = srtp
+        self._state = DtlsState.CONNECTED
+        self._RTCDtlsTransport__rx_bytes = 0
+        self._RTCDtlsTransport__rx_packets = 0
+        self.transport = SimpleNamespace(_connection=connection)
+
+    async def _handle_rtcp_data(self, data: bytes) -> None:
+        pass
+
+
+def bench_feedback_session(
+    port: Any,
+    ufrag: str,
+    password: str,
+    srtp: Any,
+    on_feedback: FeedbackHandler,
+    lane: FeedbackLane | None,
+) -> None:
+    """Register on the shared ``port`` a session whose SRTCP (decrypted with ``srtp``) takes
+    the node's feedback paths (``_SessionSink``, ``_receive_feedback``, the feedback lane when
+    ``lane``), with stand-ins for aiortc's DTLS transport and aioice's connection holding what
+    those paths read (no handshake: the keys are given). For bench/feedback_port.py only."""
+    connection = SimpleNamespace(_queue=asyncio.Queue(), data_received=lambda *_: None)
+    transport = _PortTransport(port, ufrag, None, "")  # type: ignore[arg-type]
+    connection._protocols = [SimpleNamespace(transport=transport)]
+    dtls: Any = _BenchDtls(srtp, connection)
+    dtls._stagecast_feedback = on_feedback
+    dtls._stagecast_feedback_lane = lane
+    protocol: Any = SimpleNamespace(local_candidate=SimpleNamespace(component=1))
+    port.register(ufrag, password, _SessionSink(connection, {"": protocol}, dtls))
+
+
 def use_bench_h264_encoder(
     preset: str, kbps: int, on_payloads: Callable[[list[bytes]], None]
 ) -> None:
@@ -1601,7 +1657,22 @@ def _receive_feedback(
     split = reader[1].read(data)
     if split is None:
         return True  # as aiortc does: dropped (replayed, forged, not ours)
-    fcis, rest = split
+    _feedback_split(dtls, connection, on_feedback, resuming, *split)
+    _feedback_lane(dtls, connection, on_feedback, resuming, reader[1])
+    return True
+
+
+def _feedback_split(
+    dtls: Any,
+    connection: Any,
+    on_feedback: FeedbackHandler,
+    resuming: set[asyncio.Task[None]],
+    fcis: tuple[bytes, ...],
+    rest: bytes,
+) -> None:
+    """A decrypted, split feedback datagram: the FCIs to the tap, the rest of the compound to
+    aiortc's handler (with the consent and ``tap_rtcp`` wrappers on it) as its receive task
+    would have given it; the consent timer sees the datagram either way."""
     if fcis:
         timer: ConsentTimer | None = getattr(connection, "_stagecast_consent", None)
         if timer is not None:
@@ -1612,7 +1683,63 @@ def _receive_feedback(
         if task is not None:
             resuming.add(task)
             task.add_done_callback(resuming.discard)
-    return True
+
+
+def flush_feedback_lane(pc: RTCPeerConnection) -> int:
+    """The counts ``pc``'s feedback lane holds since its last tick, to the tick now; returns
+    how many lone feedback datagrams the lane took in all."""
+    taken = 0
+    for dtls, _ in ice_transports(pc):
+        reader: RtcpReader | None = dtls.__dict__.get("_stagecast_lane_reader")
+        if reader is not None:
+            reader.flush()
+            taken += reader.lane_feedbacks
+    return taken
+
+
+LANE_RETRY = 1.0
+"""Seconds between a session's lane installs (each rebuilds the port's lane table)."""
+
+
+def _feedback_lane(
+    dtls: Any,
+    connection: Any,
+    on_feedback: FeedbackHandler,
+    resuming: set[asyncio.Task[None]],
+    reader: RtcpReader,
+) -> None:
+    """After a feedback datagram took the read callback's path: make ``reader`` the session's
+    lane on the shared port (again: the peer's addresses may have changed since), when the tap
+    has a ``FeedbackLane``, the reader is the C one and no RTP lane holds the session. At most
+    once a ``LANE_RETRY``."""
+    lane: FeedbackLane | None = dtls.__dict__.get("_stagecast_feedback_lane")
+    if lane is None or not laneable(reader):
+        return
+    rtp: tuple[Any, RtpReader] | None = dtls.__dict__.get("_stagecast_reader")
+    if rtp is not None and rtp[1].lanes:
+        return
+    now = time.monotonic()
+    if now < dtls.__dict__.get("_stagecast_lane_at", 0.0) + LANE_RETRY:
+        return
+    dtls._stagecast_lane_at = now
+    if dtls.__dict__.get("_stagecast_lane_reader") is not reader:
+        dtls._stagecast_lane_reader = reader
+
+        def slow(fcis: tuple[bytes, ...], rest: bytes) -> None:
+            _feedback_split(dtls, connection, on_feedback, resuming, fcis, rest)
+
+        def tick(rx_bytes: int, rx_packets: int, feedbacks: int, now: float) -> None:
+            """Once a second: what the lane's datagrams count for the transport (getStats),
+            the session and consent (a 30 s timeout: a second late is nothing)."""
+            dtls._RTCDtlsTransport__rx_bytes += rx_bytes
+            dtls._RTCDtlsTransport__rx_packets += rx_packets
+            lane.counted(feedbacks)
+            timer: ConsentTimer | None = getattr(connection, "_stagecast_consent", None)
+            if timer is not None:
+                timer.seen(now)
+
+        reader.bind(lane.state, lane.params, lane.taken, slow, tick)
+    _port_lane(dtls, reader.take)
 
 
 def _parsed_rtp_handler(dtls: Any) -> Callable[[Any, int], Coroutine[Any, Any, None]]:

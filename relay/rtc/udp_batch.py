@@ -96,16 +96,17 @@ Take = Callable[[bytes], bool]
 
 
 def lane_candidate(data: bytes) -> bool:
-    """SRTP, not SRTCP (RFC 7983: first byte 128..191; RTCP packet types 192..223)."""
-    return len(data) >= 12 and 127 < data[0] < 192 and not 191 < data[1] < 224
+    """SRTP or SRTCP (RFC 7983: first byte 128..191); the lane's take tells them apart."""
+    return len(data) >= 12 and 127 < data[0] < 192
 
 
 def recv_laned(
     sock: socket.socket, limit: int, lanes: dict[Addr, Take], *, native: bool = True
 ) -> tuple[list[Stamped], int]:
-    """As ``recv_stamped``, with each SRTP datagram from an address in ``lanes`` first offered
-    to its ``take`` (a C lane of the receive path: relay/rtc/_rtp_reader.c), which handles it
-    whole or leaves it (False); returns the datagrams left and how many were taken."""
+    """As ``recv_stamped``, with each SRTP or SRTCP datagram from an address in ``lanes`` first
+    offered to its ``take`` (a C lane of the receive path: relay/rtc/_rtp_reader.c for an
+    anchor's media, _rtcp_reader.c for a viewer's feedback), which handles it whole or leaves it
+    (False); returns the datagrams left and how many were taken."""
     if native and _native is not None:
         got: tuple[list[Stamped], int] = _native.recv(sock.fileno(), limit, True, lanes)
         return got

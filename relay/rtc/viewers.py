@@ -42,6 +42,7 @@ from relay.media.retransmit import RetransmitLimits, Verdict
 from relay.media.stream_key import StreamKey
 from relay.media.viewer_queue import ViewerQueue
 from relay.rtc.adapter import (
+    FeedbackLane,
     accept_audio_red,
     accept_header_extension,
     accept_red_ulpfec,
@@ -264,7 +265,7 @@ class ViewerSession:
     transport_cc: bool = False  # negotiated with the viewer
     prober: ProbeSender | None = None  # probe clusters (transport-cc, RTX, a ladder)
     rtcp_errors: int = 0
-    port_feedbacks: int = 0  # transport-cc datagrams taken in the shared port's read callback
+    port_feedbacks: int = 0  # transport-cc datagrams taken in the shared port's read (or its lane)
     reports_due: float = 0.0  # when its senders' next reports go (monotonic)
     reports_sent: int = 0
     fec: bool = False  # red + ulpfec negotiated with the viewer
@@ -295,6 +296,11 @@ class ViewerSession:
             if self.rtcp_errors == 1:
                 log.exception("viewer %s: RTCP feedback not understood", self.id)
             return data
+
+    def count_port_feedbacks(self, feedbacks: int) -> None:
+        """Lone feedback datagrams the port's feedback lane took into the estimator (counted
+        once a second: relay/rtc/adapter.py, ``_feedback_lane``)."""
+        self.port_feedbacks += feedbacks
 
     def on_transport_feedback(self, fcis: tuple[bytes, ...]) -> None:
         """Transport-cc feedback the shared port's read callback split off a datagram (the
@@ -561,7 +567,12 @@ class ViewerService:
                 session.transport_cc = accept_transport_cc(pc, TRANSPORT_CC_URIS)
             tap_rtcp(pc, session.on_rtcp_data)  # before the transport's consent hook
             if session.transport_cc:  # its feedback taken in the shared port's read callback
-                tap_transport_feedback(pc, session.on_transport_feedback)
+                lane = session.estimator.lane() if self.limits.native else None
+                tap_transport_feedback(
+                    pc,
+                    session.on_transport_feedback,
+                    None if lane is None else FeedbackLane(*lane, session.count_port_feedbacks),
+                )
         await self._transport.prepare_answer(pc)
 
     def _direct_sender(

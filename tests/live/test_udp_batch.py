@@ -142,9 +142,9 @@ def test_recv_stamped_without_stamps_enabled_gives_the_read_time(
 def test_recv_laned_offers_srtp_from_a_lane_address_and_lists_the_rest(
     native: bool, sockets: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SRTP (first byte 128..191, not an RTCP packet type) from an address with a lane goes to
-    its ``take`` first; what it takes is counted, what it leaves is listed in order with the
-    rest (STUN, DTLS, SRTCP, other addresses); a take that raises does not end the batch."""
+    """SRTP and SRTCP (first byte 128..191) from an address with a lane go to its ``take``
+    first; what it takes is counted, what it leaves is listed in order with the rest (STUN,
+    DTLS, other addresses); a take that raises does not end the batch."""
     if native and not udp_batch.NATIVE:
         pytest.skip("built without a C compiler")
     a, b = sockets
@@ -156,6 +156,8 @@ def test_recv_laned_offers_srtp_from_a_lane_address_and_lists_the_rest(
 
         def take(data: bytes) -> bool:
             offered.append(data)
+            if 191 < data[1] < 224:
+                return False  # RTCP: left (as an RTP lane leaves it)
             if data[2] == 3:
                 raise RuntimeError("a lane failed")
             return data[2] % 2 == 0  # takes the even ones
@@ -181,7 +183,7 @@ def test_recv_laned_offers_srtp_from_a_lane_address_and_lists_the_rest(
         unraisable: list[object] = []
         monkeypatch.setattr(sys, "unraisablehook", unraisable.append)  # the C one reports so
         left, taken = udp_batch.recv_laned(b, 100, lanes, native=native)
-        assert offered == rtp
+        assert offered == [rtp[0], sent[2][1], *rtp[1:]]
         assert taken == 4  # rtp 0, 2, 4, and 3, which raised (dropped)
         assert len(unraisable) == (1 if native else 0)
         listed = [(addr, data) for data, addr, _ in left]
