@@ -240,46 +240,93 @@ class _Window:
 
 class _Buckets:
     """Bytes added over the last second in ten 0.1 s buckets: adding is a few operations (it
-    runs per frame and viewer), reading sums them."""
+    runs per frame and viewer), reading sums them. The state is one array of doubles
+    (``BUCKET`` .. ``COUNTS``) so that the C send loop (``relay/rtc/_srtp_writer.c``,
+    ``send_recorded``) adds a frame's bytes as it sends it, with this class's arithmetic."""
 
-    __slots__ = ("_bucket", "_counts", "_current", "_start")
+    __slots__ = ("state",)
     SLOTS = 10
     WIDTH = WINDOW / 10
+    BUCKET, CURRENT, STARTED, START, SPAN, COUNTS = range(6)  # COUNTS: the first of SLOTS
 
     def __init__(self) -> None:
-        self._counts = [0] * self.SLOTS
-        self._bucket = 0
-        self._current = 0
-        self._start: float | None = None
+        self.state = array("d", [0.0]) * (self.COUNTS + self.SLOTS)
+        self.state[self.SPAN] = self.WIDTH
 
     def add(self, now: float, value: int) -> None:
+        state = self.state
         bucket = int(now / self.WIDTH)
-        if bucket != self._bucket:
+        if bucket != state[0]:
             self._roll(bucket, now)
-        self._current += value
+        state[1] += value
 
     def _roll(self, bucket: int, now: float) -> None:
-        if self._start is None:
-            self._start = now
-        counts = self._counts
-        if bucket > self._bucket:
-            counts[self._bucket % self.SLOTS] = self._current
-            for b in range(self._bucket + 1, min(bucket, self._bucket + self.SLOTS + 1)):
-                counts[b % self.SLOTS] = 0
-        self._bucket = bucket
-        self._current = 0
+        state, slots, counts = self.state, self.SLOTS, self.COUNTS
+        if not state[self.STARTED]:
+            state[self.STARTED], state[self.START] = 1.0, now
+        current = int(state[self.BUCKET])
+        if bucket > current:
+            state[counts + current % slots] = state[self.CURRENT]
+            for b in range(current + 1, min(bucket, current + slots + 1)):
+                state[counts + b % slots] = 0.0
+        state[self.BUCKET] = bucket
+        state[self.CURRENT] = 0.0
 
     def rate(self, now: float, minimum_span: float = 0.25) -> float | None:
         """Per second over the last second (the buckets before the current one)."""
         bucket = int(now / self.WIDTH)
-        if bucket != self._bucket:
+        state = self.state
+        if bucket != state[self.BUCKET]:
             self._roll(bucket, now)
-        if self._start is None or now - self._start < minimum_span:
+        start = state[self.START]
+        if not state[self.STARTED] or now - start < minimum_span:
             return None
-        counts = self._counts
-        total = sum(counts[(bucket - k) % self.SLOTS] for k in range(1, self.SLOTS))
-        span = min(WINDOW - self.WIDTH, max(self.WIDTH, now - self._start - (now % self.WIDTH)))
+        slots, counts = self.SLOTS, self.COUNTS
+        total = sum(state[counts + (bucket - k) % slots] for k in range(1, slots))
+        span = min(WINDOW - self.WIDTH, max(self.WIDTH, now - start - (now % self.WIDTH)))
         return total / span
+
+
+@dataclass(frozen=True)
+class SendLog:
+    """Where one estimator's sends are recorded, for a send loop that records a frame's
+    packets as it sends them (``relay/rtc/_srtp_writer.c``'s ``send_recorded``: one call per
+    frame instead of three): the history transport-cc feedback is matched against, the next
+    transport-wide sequence number (``next[0]``, shared by the transport's senders) and the
+    bytes-sent meter (``_Buckets``, whose ``state`` the C loop adds to)."""
+
+    seqs: array[int]
+    times: array[float]
+    sizes: array[int]
+    acked: bytearray
+    next: array[int]
+    meter: _Buckets
+
+
+def record_sent(
+    log: SendLog,
+    sizes: Sequence[int],
+    now: float,
+    clusters: array[int] | None = None,
+    cluster: int = 0,
+) -> int:
+    """Packets of ``sizes`` sent now, numbered on from ``log.next[0]`` (and, with
+    ``clusters``, counted to probe cluster ``cluster``): what ``send_recorded`` records before
+    its send, in Python (the reference). Returns the first number."""
+    first = seq = log.next[0]
+    seqs, times, lengths, acked = log.seqs, log.times, log.sizes, log.acked
+    mask = len(acked) - 1
+    for n in sizes:
+        i = seq & mask
+        seqs[i] = seq
+        times[i] = now
+        lengths[i] = n
+        acked[i] = 0
+        if clusters is not None:
+            clusters[i] = cluster
+        seq = (seq + 1) & 0xFFFF
+    log.next[0] = seq
+    return first
 
 
 class _Trendline:
@@ -695,7 +742,7 @@ class BandwidthEstimator:
         self.native = native and _twcc is not None  # transport-cc feedback taken in C
         self.min_bps = min_bps
         self.max_bps = max_bps
-        self.next_sequence = 0  # the next transport-wide sequence number
+        self._next = array("l", [0])  # the next transport-wide sequence number (SendLog.next)
         self._seq = array("l", [-1]) * HISTORY
         self._time = array("d", [0.0]) * HISTORY
         self._size = array("l", [0]) * HISTORY
@@ -708,6 +755,9 @@ class BandwidthEstimator:
         self._probe_at = float("-inf")  # ... and when it came
         self.probes = 0  # clusters measured
         self._sent = _Buckets()
+        self.send_log = SendLog(
+            self._seq, self._time, self._size, self._acked, self._next, self._sent
+        )
         # ``sent`` in one call (per frame and viewer): the meter's own add, bound
         self.add_sent: Callable[[float, int], None] = self._sent.add
         # the transport-cc side (the rate limit, groups, trendline, windows, targets): in C
@@ -773,26 +823,28 @@ class BandwidthEstimator:
         return self._cc.lost_packets
 
     # -- what we send ---------------------------------------------------------------------------
+    @property
+    def next_sequence(self) -> int:
+        """The next transport-wide sequence number."""
+        return self._next[0]
+
+    @next_sequence.setter
+    def next_sequence(self, value: int) -> None:
+        self._next[0] = value
+
     def record(self, sizes: tuple[int, ...] | list[int], now: float) -> int:
         """Number ``len(sizes)`` packets sent now with transport-wide sequence numbers; returns
         the first (the i-th packet gets ``(first + i) & 0xFFFF``)."""
-        first = seq = self.next_sequence
-        seqs, times, lengths, acked = self._seq, self._time, self._size, self._acked
         if self.native and not self._probing:  # per frame and transport-cc viewer: in C
-            self.next_sequence = _twcc.record(seqs, times, lengths, acked, first, sizes, now)
+            first = self._next[0]
+            self._next[0] = _twcc.record(
+                self._seq, self._time, self._size, self._acked, first, sizes, now
+            )
             return first
         # a probe cluster's packets are tagged here (the C loop does not know clusters; a
         # cluster is 0.1 s, and its feedback is matched in Python: match_feedback)
-        clusters, cluster = self._cluster_of, self._probing
-        for size in sizes:
-            i = seq & (HISTORY - 1)
-            seqs[i] = seq
-            times[i] = now
-            lengths[i] = size
-            acked[i] = 0
-            clusters[i] = cluster
-            seq = (seq + 1) & 0xFFFF
-        self.next_sequence = seq
+        cluster = self._probing
+        first = record_sent(self.send_log, sizes, now, self._cluster_of, cluster)
         if cluster:
             self._clusters[cluster].sent += len(sizes)
         return first

@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <stdint.h>
@@ -42,11 +43,32 @@ typedef struct {
     socklen_t addrlen;
     int gso_refused;
     unsigned char *buf;
+    /* an estimator's SendLog (relay/media/estimator.py), when bound (record_into): its history
+     * arrays, next transport-wide sequence number and bytes-sent meter, written by send_recorded */
+    int logged;
+    Py_buffer log_seqs, log_times, log_sizes, log_acked, log_next, log_meter;
 } Writer;
+
+/* the meter's state: relay/media/estimator.py's _Buckets (BUCKET .. COUNTS, then SLOTS counts) */
+enum { M_BUCKET, M_CURRENT, M_STARTED, M_START, M_WIDTH, M_COUNTS };
+#define M_SLOTS 10
 
 static PyObject *fileno_name;
 
+static void release_log(Writer *self) {
+    if (!self->logged)
+        return;
+    self->logged = 0;
+    PyBuffer_Release(&self->log_seqs);
+    PyBuffer_Release(&self->log_times);
+    PyBuffer_Release(&self->log_sizes);
+    PyBuffer_Release(&self->log_acked);
+    PyBuffer_Release(&self->log_next);
+    PyBuffer_Release(&self->log_meter);
+}
+
 static void Writer_dealloc(Writer *self) {
+    release_log(self);
     Py_XDECREF(self->sock);
     Py_XDECREF(self->session);
     PyMem_Free(self->buf);
@@ -174,37 +196,14 @@ static int gso_refusal(int err) {
     return err == EIO || err == EINVAL || err == EOPNOTSUPP || err == ENOPROTOOPT;
 }
 
-static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6 && nargs != 8) {
-        PyErr_SetString(PyExc_TypeError,
-                        "send(templates, runs, seq, ts, ssrc, gso[, twcc_offset, twcc_seq])");
-        return NULL;
-    }
-    PyObject *templates = args[0], *runs = args[1];
-    if (!PyTuple_Check(templates) || !PyTuple_Check(runs)) {
-        PyErr_SetString(PyExc_TypeError, "templates and runs must be tuples");
-        return NULL;
-    }
-    if (self->buf == NULL || self->sock == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "SrtpWriter.__init__ was not called");
-        return NULL;
-    }
-    unsigned long seq, ts, ssrc;
-    if (!u32_arg(args[2], 0xFFFF, "seq", &seq) || !u32_arg(args[3], 0xFFFFFFFF, "ts", &ts) ||
-        !u32_arg(args[4], 0xFFFFFFFF, "ssrc", &ssrc))
-        return NULL;
-    int gso = PyObject_IsTrue(args[5]);
-    if (gso < 0)
-        return NULL;
-    /* the transport-wide sequence number extension's value: its offset in every template (0:
-     * not negotiated) and the number the first packet gets */
-    unsigned long twcc_offset = 0, twcc_seq = 0;
-    if (nargs == 8 && (!u32_arg(args[6], BUF_SIZE, "twcc_offset", &twcc_offset) ||
-                       !u32_arg(args[7], 0xFFFF, "twcc_seq", &twcc_seq)))
-        return NULL;
+/* The frame's packets numbered, encrypted and sent (see Writer_send): the GSO sends made, or -1
+ * with an exception set. */
+static long send_packets(Writer *self, PyObject *templates, PyObject *runs, unsigned long seq,
+                         unsigned long ts, unsigned long ssrc, int gso, unsigned long twcc_offset,
+                         unsigned long twcc_seq) {
     int fd = current_fd(self);
     if (fd < 0)
-        return NULL;
+        return -1;
     Py_ssize_t count = PyTuple_GET_SIZE(templates);
     long sends = 0;
     unsigned char *buf = self->buf;
@@ -212,15 +211,15 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
         PyObject *run = PyTuple_GET_ITEM(runs, r);
         if (!PyTuple_Check(run) || PyTuple_GET_SIZE(run) != 2) {
             PyErr_SetString(PyExc_TypeError, "a run is a (start, end) tuple");
-            return NULL;
+            return -1;
         }
         Py_ssize_t start = PyLong_AsSsize_t(PyTuple_GET_ITEM(run, 0));
         Py_ssize_t end = PyLong_AsSsize_t(PyTuple_GET_ITEM(run, 1));
         if (PyErr_Occurred())
-            return NULL;
+            return -1;
         if (start < 0 || end > count || start >= end) {
             PyErr_SetString(PyExc_ValueError, "run out of the frame's packets");
-            return NULL;
+            return -1;
         }
         size_t offset = 0;
         Py_ssize_t n = 0;
@@ -229,16 +228,16 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
             PyObject *template = PyTuple_GET_ITEM(templates, i);
             if (!PyBytes_Check(template)) {
                 PyErr_SetString(PyExc_TypeError, "templates must be bytes");
-                return NULL;
+                return -1;
             }
             n = PyBytes_GET_SIZE(template);
             if (n < 12) {
                 PyErr_SetString(PyExc_ValueError, "an RTP packet is at least 12 bytes");
-                return NULL;
+                return -1;
             }
             if (offset + (size_t)n > BUF_SIZE - TAG_ROOM) {
                 PyErr_SetString(PyExc_ValueError, "RTP packets too large for the SRTP buffer");
-                return NULL;
+                return -1;
             }
             unsigned char *p = buf + offset;
             memcpy(p, PyBytes_AS_STRING(template), (size_t)n);
@@ -252,7 +251,7 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
                 if (twcc_offset + 2 > (size_t)n) {
                     PyErr_SetString(PyExc_ValueError,
                                     "transport-wide sequence number beyond the packet");
-                    return NULL;
+                    return -1;
                 }
                 uint16_t w = htons((uint16_t)twcc_seq);
                 memcpy(p + twcc_offset, &w, 2);
@@ -262,7 +261,7 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
             int status = self->protect(self->ctx, p, &protected_len);
             if (status) {
                 PyErr_Format(PyExc_RuntimeError, "srtp_protect failed: %d", status);
-                return NULL;
+                return -1;
             }
             offset += (size_t)protected_len;
         }
@@ -273,8 +272,10 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
                 sends++;
                 continue;
             }
-            if (!gso_refusal(errno))
-                return PyErr_SetFromErrno(PyExc_OSError); /* EAGAIN: BlockingIOError */
+            if (!gso_refusal(errno)) {
+                PyErr_SetFromErrno(PyExc_OSError); /* EAGAIN: BlockingIOError */
+                return -1;
+            }
             /* no UDP GSO on this path: this run one datagram per call, and the caller stops asking */
             self->gso_refused = 1;
             gso = 0;
@@ -282,11 +283,192 @@ static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nar
         size_t at = 0;
         for (Py_ssize_t i = start; i < end; i++) {
             size_t size = (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(templates, i)) + (size_t)tag;
-            if (sendto(fd, buf + at, size, 0, (struct sockaddr *)&self->addr, self->addrlen) < 0)
-                return PyErr_SetFromErrno(PyExc_OSError);
+            if (sendto(fd, buf + at, size, 0, (struct sockaddr *)&self->addr, self->addrlen) < 0) {
+                PyErr_SetFromErrno(PyExc_OSError);
+                return -1;
+            }
             at += size;
         }
     }
+    return sends;
+}
+
+/* send()'s and send_recorded()'s common arguments: templates, runs, seq, ts, ssrc, gso; 0 with
+ * an exception set. */
+static int frame_args(Writer *self, PyObject *const *args, unsigned long *seq, unsigned long *ts,
+                      unsigned long *ssrc, int *gso) {
+    if (!PyTuple_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "templates and runs must be tuples");
+        return 0;
+    }
+    if (self->buf == NULL || self->sock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SrtpWriter.__init__ was not called");
+        return 0;
+    }
+    if (!u32_arg(args[2], 0xFFFF, "seq", seq) || !u32_arg(args[3], 0xFFFFFFFF, "ts", ts) ||
+        !u32_arg(args[4], 0xFFFFFFFF, "ssrc", ssrc))
+        return 0;
+    *gso = PyObject_IsTrue(args[5]);
+    return *gso >= 0;
+}
+
+static PyObject *Writer_send(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send(templates, runs, seq, ts, ssrc, gso[, twcc_offset, twcc_seq])");
+        return NULL;
+    }
+    unsigned long seq, ts, ssrc;
+    int gso;
+    if (!frame_args(self, args, &seq, &ts, &ssrc, &gso))
+        return NULL;
+    /* the transport-wide sequence number extension's value: its offset in every template (0:
+     * not negotiated) and the number the first packet gets */
+    unsigned long twcc_offset = 0, twcc_seq = 0;
+    if (nargs == 8 && (!u32_arg(args[6], BUF_SIZE, "twcc_offset", &twcc_offset) ||
+                       !u32_arg(args[7], 0xFFFF, "twcc_seq", &twcc_seq)))
+        return NULL;
+    long sends = send_packets(self, args[0], args[1], seq, ts, ssrc, gso, twcc_offset, twcc_seq);
+    return sends < 0 ? NULL : PyLong_FromLong(sends);
+}
+
+/* Python's floor modulo for the meter's slots (a bucket number may be negative in tests). */
+static long floor_mod(long a, long m) {
+    long r = a % m;
+    return r < 0 ? r + m : r;
+}
+
+/* _Buckets.add(now, value), in the same arithmetic. */
+static void meter_add(double *m, double now, double value) {
+    double bucket = trunc(now / m[M_WIDTH]); /* Python's int(): toward zero */
+    if (bucket != m[M_BUCKET]) {
+        if (!m[M_STARTED]) {
+            m[M_STARTED] = 1.0;
+            m[M_START] = now;
+        }
+        long current = (long)m[M_BUCKET], b_new = (long)bucket;
+        if (b_new > current) {
+            m[M_COUNTS + floor_mod(current, M_SLOTS)] = m[M_CURRENT];
+            long stop = b_new < current + M_SLOTS + 1 ? b_new : current + M_SLOTS + 1;
+            for (long b = current + 1; b < stop; b++)
+                m[M_COUNTS + floor_mod(b, M_SLOTS)] = 0.0;
+        }
+        m[M_BUCKET] = bucket;
+        m[M_CURRENT] = 0.0;
+    }
+    m[M_CURRENT] += value;
+}
+
+/* One of SendLog's arrays as a writable buffer of `format` and `items` items (0: any count). */
+static int log_buffer(PyObject *log, const char *name, const char *format, Py_ssize_t itemsize,
+                      Py_ssize_t items, Py_buffer *out) {
+    PyObject *obj = PyObject_GetAttrString(log, name);
+    if (obj == NULL)
+        return -1;
+    int flags = PyBUF_WRITABLE | (format ? PyBUF_FORMAT : 0);
+    int bad = PyObject_GetBuffer(obj, out, flags);
+    Py_DECREF(obj);
+    if (bad)
+        return -1;
+    if ((format && strcmp(out->format, format)) || out->len % itemsize ||
+        (items && out->len != items * itemsize)) {
+        PyErr_Format(PyExc_ValueError, "SendLog.%s: wrong type or length", name);
+        PyBuffer_Release(out);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Writer_record_into(Writer *self, PyObject *log) {
+    release_log(self);
+    PyObject *meter = PyObject_GetAttrString(log, "meter");
+    if (meter == NULL)
+        return NULL;
+    Py_buffer b[6];
+    int got = 0;
+    if (log_buffer(log, "seqs", "l", sizeof(long), 0, &b[got]) == 0 && ++got &&
+        log_buffer(log, "times", "d", sizeof(double), 0, &b[got]) == 0 && ++got &&
+        log_buffer(log, "sizes", "l", sizeof(long), 0, &b[got]) == 0 && ++got &&
+        log_buffer(log, "acked", NULL, 1, 0, &b[got]) == 0 && ++got &&
+        log_buffer(log, "next", "l", sizeof(long), 1, &b[got]) == 0 && ++got &&
+        log_buffer(meter, "state", "d", sizeof(double), M_COUNTS + M_SLOTS, &b[got]) == 0)
+        ++got;
+    Py_DECREF(meter);
+    Py_ssize_t history = got == 6 ? b[3].len : 0;
+    if (got == 6 && (history == 0 || (history & (history - 1)) ||
+                     b[0].len != history * (Py_ssize_t)sizeof(long) ||
+                     b[1].len != history * (Py_ssize_t)sizeof(double) ||
+                     b[2].len != history * (Py_ssize_t)sizeof(long) ||
+                     !(((double *)b[5].buf)[M_WIDTH] > 0))) {
+        PyErr_SetString(PyExc_ValueError, "SendLog: history arrays of one power-of-two length");
+        got = -got;
+    }
+    if (got != 6) {
+        for (int i = 0; i < (got < 0 ? -got : got); i++)
+            PyBuffer_Release(&b[i]);
+        return NULL;
+    }
+    self->log_seqs = b[0];
+    self->log_times = b[1];
+    self->log_sizes = b[2];
+    self->log_acked = b[3];
+    self->log_next = b[4];
+    self->log_meter = b[5];
+    self->logged = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Writer_send_recorded(Writer *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "send_recorded(templates, runs, seq, ts, ssrc, gso, "
+                                         "twcc_offset, now, size)");
+        return NULL;
+    }
+    if (!self->logged) {
+        PyErr_SetString(PyExc_RuntimeError, "send_recorded before record_into");
+        return NULL;
+    }
+    unsigned long seq, ts, ssrc, twcc_offset;
+    int gso;
+    if (!frame_args(self, args, &seq, &ts, &ssrc, &gso) ||
+        !u32_arg(args[6], BUF_SIZE, "twcc_offset", &twcc_offset))
+        return NULL;
+    double now = PyFloat_AsDouble(args[7]);
+    long size = PyLong_AsLong(args[8]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!twcc_offset) {
+        PyErr_SetString(PyExc_ValueError, "send_recorded needs the transport-wide number's offset");
+        return NULL;
+    }
+    /* recorded before the send, as estimator.record was: a packet a full buffer kept back
+     * reads as lost */
+    PyObject *templates = args[0];
+    Py_ssize_t count = PyTuple_GET_SIZE(templates);
+    for (Py_ssize_t k = 0; k < count; k++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(templates, k))) {
+            PyErr_SetString(PyExc_TypeError, "templates must be bytes");
+            return NULL;
+        }
+    long *next = self->log_next.buf, *seq_of = self->log_seqs.buf, *size_of = self->log_sizes.buf;
+    double *time_of = self->log_times.buf;
+    unsigned char *acked_of = self->log_acked.buf;
+    long mask = (long)self->log_acked.len - 1;
+    long first = *next & 0xFFFF, number = first;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        long i = number & mask;
+        seq_of[i] = number;
+        time_of[i] = now;
+        size_of[i] = (long)PyBytes_GET_SIZE(PyTuple_GET_ITEM(templates, k));
+        acked_of[i] = 0;
+        number = (number + 1) & 0xFFFF;
+    }
+    *next = number;
+    long sends = send_packets(self, templates, args[1], seq, ts, ssrc, gso, twcc_offset,
+                              (unsigned long)first);
+    if (sends < 0)
+        return NULL;
+    meter_add(self->log_meter.buf, now, (double)size);
     return PyLong_FromLong(sends);
 }
 
@@ -301,6 +483,13 @@ static PyMethodDef Writer_methods[] = {
      "(with twcc_offset, packet i also gets transport-wide sequence number twcc_seq + i there);\n"
      "(gso), the rest one datagram per call. A kernel that refuses GSO sets gso_refused (the\n"
      "frame still goes out datagram by datagram); BlockingIOError and other socket errors raise."},
+    {"record_into", (PyCFunction)Writer_record_into, METH_O,
+     "record_into(log): bind an estimator's SendLog (relay/media/estimator.py) for send_recorded."},
+    {"send_recorded", (PyCFunction)(void (*)(void))Writer_send_recorded, METH_FASTCALL,
+     "send_recorded(templates, runs, seq, ts, ssrc, gso, twcc_offset, now, size) -> GSO sends\n\n"
+     "send() numbered from the bound SendLog's next transport-wide number, each packet recorded\n"
+     "in its history (sent at now) before the send, and size bytes added to its meter after it:\n"
+     "estimator.record, send and estimator.add_sent in one call (record_sent is the reference)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,6 +2,8 @@ import socket
 
 from pylibsrtp import Session
 
+from relay.media.estimator import SendLog
+
 class SrtpWriter:
     gso_refused: bool
     def __init__(
@@ -22,6 +24,20 @@ class SrtpWriter:
         gso: bool,
         twcc_offset: int = 0,
         twcc_seq: int = 0,
+        /,
+    ) -> int: ...
+    def record_into(self, log: SendLog, /) -> None: ...
+    def send_recorded(
+        self,
+        templates: tuple[bytes, ...],
+        runs: tuple[tuple[int, int], ...],
+        seq: int,
+        ts: int,
+        ssrc: int,
+        gso: bool,
+        twcc_offset: int,
+        now: float,
+        size: int,
         /,
     ) -> int: ...
 

@@ -348,6 +348,8 @@ class DirectSender:
         self._writer = new_srtp_writer(
             self._seam.srtp(), self._sock, pair_remote_address(pair), native=self.native
         )
+        if self.estimator is not None:
+            self._writer.record_into(self.estimator.send_log)
         return self._writer
 
     def _stream_route(self, pair: Any) -> SrtpWriter | None:
@@ -363,6 +365,8 @@ class DirectSender:
         self._out = stream
         self.gso = False  # a stream has no UDP GSO: no attempt, no refusal to log
         self._writer = PySrtpWriter(self._seam.srtp(), stream, pair_remote_address(pair))
+        if self.estimator is not None:
+            self._writer.record_into(self.estimator.send_log)
         return self._writer
 
     def close(self) -> None:
@@ -424,11 +428,21 @@ class DirectSender:
         if red is not None:
             size += red.added
         fec = self.fec
+        metered = False  # the frame's bytes added to the estimator's meter by the send call
         try:
             twcc = self._twcc_offset
             if twcc < 0:
                 twcc = self._find_twcc_offset(packets.templates[0])
-            if twcc and estimator is not None:
+            if twcc and estimator is not None and fec is None and not estimator.probing:
+                # numbered, recorded and metered in the send call: one call per frame
+                if self.repair is not None:
+                    first = estimator.send_log.next[0]
+                    self.repair.on_sent(first, seq, len(templates), now)
+                self.gso_sends += writer.send_recorded(
+                    templates, runs, seq, ts, rewriter.ssrc, self.gso, twcc, now, size
+                )
+                metered = True
+            elif twcc and estimator is not None:
                 first = estimator.record(packets.sizes, now)
                 if self.repair is not None:
                     self.repair.on_sent(first, seq, len(packets.sizes), now)
@@ -459,7 +473,7 @@ class DirectSender:
             self.gso = False  # one datagram per call from now on
             log.info("UDP GSO refused on this path: sending datagram by datagram")
         self.octets += size  # the budget is credited with it when a NACK comes
-        if estimator is not None:
+        if estimator is not None and not metered:
             estimator.add_sent(now, size)
         if self.after_frame is not None:
             self.after_frame(now)

@@ -22,6 +22,7 @@ from pylibsrtp import Session as SrtpSession
 from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
 from pylibsrtp._binding import lib as srtp_lib
 
+from relay.media.estimator import SendLog, record_sent
 from relay.rtc.rtp_rewrite import SEQ_TS_SSRC
 
 try:
@@ -95,6 +96,29 @@ class SrtpWriter(Protocol):
         datagram by datagram); ``BlockingIOError`` and other socket errors propagate."""
         ...
 
+    def record_into(self, log: SendLog, /) -> None:
+        """Bind an estimator's ``SendLog`` for ``send_recorded``."""
+        ...
+
+    def send_recorded(
+        self,
+        templates: tuple[bytes, ...],
+        runs: tuple[tuple[int, int], ...],
+        seq: int,
+        ts: int,
+        ssrc: int,
+        gso: bool,
+        twcc_offset: int,
+        now: float,
+        size: int,
+        /,
+    ) -> int:
+        """``send`` numbered from the bound log's next transport-wide number: every packet is
+        recorded in its history (sent at ``now``) before the send, and ``size`` bytes go to
+        its meter after it; what ``estimator.record``, ``send`` and ``estimator.add_sent`` did
+        in three calls per frame (``relay.media.estimator.record_sent`` is the reference)."""
+        ...
+
 
 def new_srtp_writer(
     session: SrtpSession, sock: socket.socket, addr: Address, *, native: bool = True
@@ -160,6 +184,33 @@ class PySrtpWriter:
         self._view = memoryview(self._buf)
         self._len = srtp_ffi.new("int *")
         self.gso_refused = False
+        self._log: SendLog | None = None
+
+    def record_into(self, log: SendLog, /) -> None:
+        self._log = log
+
+    def send_recorded(
+        self,
+        templates: tuple[bytes, ...],
+        runs: tuple[tuple[int, int], ...],
+        seq: int,
+        ts: int,
+        ssrc: int,
+        gso: bool,
+        twcc_offset: int,
+        now: float,
+        size: int,
+        /,
+    ) -> int:
+        log = self._log
+        if log is None:
+            raise RuntimeError("send_recorded before record_into")
+        if not twcc_offset:
+            raise ValueError("send_recorded needs the transport-wide number's offset")
+        first = record_sent(log, tuple(map(len, templates)), now)
+        sends = self.send(templates, runs, seq, ts, ssrc, gso, twcc_offset, first)
+        log.meter.add(now, size)
+        return sends
 
     def send(
         self,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import struct
 import sysconfig
+from array import array
 from pathlib import Path
 
 import pytest
 from pylibsrtp import Policy, Session
 
+from relay.media.estimator import BandwidthEstimator
 from relay.rtc.srtp_writer import NATIVE, PySrtpWriter, SrtpWriter, new_srtp_writer
 
 KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key + 14-byte salt
@@ -154,3 +157,64 @@ def test_python_fallback_is_chosen_without_the_c_loop() -> None:
     headers = Path(sysconfig.get_paths()["include"], "Python.h")
     if shutil.which("cc") and headers.exists():  # then pip install built it
         assert NATIVE
+
+
+TWCC_FRAME = tuple(
+    bytes([0x90, 96]) + bytes(10) + bytes([0xBE, 0xDE, 0, 1, 0x51, 0, 0, 0]) + bytes([i]) * n
+    for i, n in enumerate(FRAME)
+)  # the transport-wide number (id 5) at offset 17
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-loop", "python-loop"])
+def test_send_recorded_is_record_send_and_meter_in_one_call(native: bool) -> None:
+    """``send_recorded`` leaves the estimator as ``record`` + ``send`` + ``add_sent`` did (the
+    history, the next number across its wrap, the meter over bucket rolls and a gap, and
+    an audio sender's packets numbered between) and puts the same datagrams on the wire."""
+    if native and not NATIVE:
+        pytest.skip("the C send loop is not built")
+    ours, reference = BandwidthEstimator(), BandwidthEstimator()
+    for est in (ours, reference):
+        est.next_sequence = 0xFFFA
+    sizes = tuple(map(len, TWCC_FRAME))
+    wire: dict[bool, list[bytes]] = {}
+    for recorded, est in ((True, ours), (False, reference)):
+        rx, tx, addr = _pair(socket.AF_INET)
+        with rx, tx:
+            writer = new_srtp_writer(_session(), tx, addr, native=native)
+            writer.record_into(est.send_log)
+            for k, now in enumerate((100.01, 100.02, 100.17, 100.55, 103.3, 103.31, 104.05)):
+                size = 5000 + k
+                if recorded:
+                    writer.send_recorded(TWCC_FRAME, RUNS, 8 * k, 9, SSRC, True, 17, now, size)
+                else:
+                    first = est.record(sizes, now)
+                    writer.send(TWCC_FRAME, RUNS, 8 * k, 9, SSRC, True, 17, first)
+                    est.add_sent(now, size)
+                est.record((120,), now)  # the transport's audio sender, in between
+            wire[recorded] = _received(rx, 7 * len(TWCC_FRAME))
+    assert wire[True] == wire[False]
+    assert ours.next_sequence == reference.next_sequence == (0xFFFA + 7 * 9) & 0xFFFF
+    assert ours._seq == reference._seq and ours._size == reference._size
+    assert ours._time == reference._time and ours._acked == reference._acked
+    assert ours.send_log.meter.state == reference.send_log.meter.state
+    assert ours.sent_bps(104.2) == reference.sent_bps(104.2) > 0
+
+
+@pytest.mark.skipif(not NATIVE, reason="the C send loop is not built")
+def test_send_recorded_refuses_an_unbound_writer_and_bad_logs() -> None:
+    rx, tx, addr = _pair(socket.AF_INET)
+    with rx, tx:
+        writer = new_srtp_writer(_session(), tx, addr)
+        with pytest.raises(RuntimeError):
+            writer.send_recorded(TWCC_FRAME, RUNS, 0, 0, SSRC, True, 17, 1.0, 10)
+        log = BandwidthEstimator().send_log
+        with pytest.raises(ValueError):
+            writer.record_into(dataclasses.replace(log, next=array("l", [0, 0])))
+        with pytest.raises(ValueError):
+            writer.record_into(dataclasses.replace(log, times=array("d", [0.0]) * 1000))
+        writer.record_into(log)
+        with pytest.raises(ValueError):  # no transport-wide number's offset
+            writer.send_recorded(TWCC_FRAME, RUNS, 0, 0, SSRC, True, 0, 1.0, 10)
+        with pytest.raises(TypeError):  # nothing recorded for a frame that cannot go out
+            writer.send_recorded((b"x" * 20, "y"), ((0, 2),), 0, 0, SSRC, True, 17, 1.0, 10)
+        assert log.next[0] == 0
